@@ -1,0 +1,44 @@
+//! The `Broker` trait: where messages are published.
+
+use std::fmt::Debug;
+use std::future::Future;
+
+use crate::{Envelope, Result};
+
+/// A message broker that the relay publishes to.
+///
+/// # Contract
+///
+/// - [`publish`](Broker::publish) resolves `Ok` only once the broker has
+///   confirmed the message (a publisher-confirm ack on RabbitMQ, a PubAck on
+///   JetStream, an entry id from Redis, a PUBACK at QoS 1 on MQTT). Only then
+///   does the relay mark the row sent.
+/// - A nack, a returned (unroutable) message, a lost connection or a timeout is
+///   an `Err`; the row stays pending and is retried. Errors that will not go
+///   away by retrying (a message the broker can never take) have
+///   [`Error::is_retryable`](crate::Error::is_retryable) `false`.
+/// - Calls may run concurrently; an adapter pipelines them (it does not wait
+///   for one confirm before sending the next). Two calls for messages of the
+///   same key are never made at once by the relay, so per-key order is the
+///   order of calls.
+/// - A broker reconnects by itself after its connection drops; a publish
+///   during the outage fails (retryable) rather than waiting forever.
+///
+/// # Cancel safety
+///
+/// Dropping a `publish` future is safe: the message may or may not have
+/// reached the broker, and the row stays pending, so it will be published
+/// again (at least once).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a txmsg broker",
+    note = "use a broker adapter such as `txmsg::rabbitmq::RabbitBroker` or `txmsg::memory::MemoryBroker`"
+)]
+pub trait Broker: Debug + Clone + Send + Sync + 'static {
+    /// Publishes one message and waits for the broker's confirm.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Broker`](crate::Error::Broker) when the broker refused, did not
+    /// confirm, or could not be reached.
+    fn publish(&self, envelope: &Envelope) -> impl Future<Output = Result<()>> + Send;
+}

@@ -1,0 +1,338 @@
+//! Validated configuration: identifiers for SQL, table names, relay settings.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::{Error, Result};
+
+/// Longest identifier accepted (PostgreSQL truncates at 63 bytes, MySQL at 64).
+pub const MAX_IDENT_LEN: usize = 63;
+
+/// A SQL identifier (schema or table name) that has been validated.
+///
+/// Only ASCII letters, digits and `_` are accepted, starting with a letter or
+/// `_`, at most [`MAX_IDENT_LEN`] bytes. Adapters still quote it when they put
+/// it in SQL; values are always bind parameters.
+///
+/// # Examples
+///
+/// ```
+/// use txmsg_core::Ident;
+///
+/// assert!(Ident::new("txmsg_outbox").is_ok());
+/// assert!(Ident::new("orders; drop table x").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Ident(Arc<str>);
+
+impl Ident {
+    /// Validates `name` as an identifier.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] saying which rule the name broke.
+    pub fn new(name: &str) -> Result<Self> {
+        Self::for_field("identifier", name)
+    }
+
+    /// Validates `name`, naming `field` in the error.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `field`, saying which rule the name broke.
+    pub fn for_field(field: &'static str, name: &str) -> Result<Self> {
+        let first_ok = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+        if name.is_empty() {
+            return Err(Error::config(field, "must not be empty"));
+        }
+        if name.len() > MAX_IDENT_LEN {
+            return Err(Error::config(field, format!("must be at most {MAX_IDENT_LEN} bytes")));
+        }
+        if !first_ok || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(Error::config(
+                field,
+                format!(
+                    "must start with a letter or `_` and contain only ASCII letters, digits and `_`, got {name:?}"
+                ),
+            ));
+        }
+        Ok(Ident(name.into()))
+    }
+
+    /// The identifier as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a store keeps its tables.
+///
+/// Defaults: no schema (the connection's default), `txmsg_outbox`,
+/// `txmsg_inbox`, `txmsg_migrations`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tables {
+    schema: Option<Ident>,
+    outbox: Ident,
+    inbox: Ident,
+    migrations: Ident,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Tables {
+            schema: None,
+            outbox: Ident("txmsg_outbox".into()),
+            inbox: Ident("txmsg_inbox".into()),
+            migrations: Ident("txmsg_migrations".into()),
+        }
+    }
+}
+
+impl Tables {
+    /// Puts the tables in `schema` (where the database has schemas).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if `schema` is not a valid identifier.
+    pub fn schema(mut self, schema: &str) -> Result<Self> {
+        self.schema = Some(Ident::for_field("schema", schema)?);
+        Ok(self)
+    }
+
+    /// Names the outbox table.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if `name` is not a valid identifier.
+    pub fn outbox(mut self, name: &str) -> Result<Self> {
+        self.outbox = Ident::for_field("outbox_table", name)?;
+        Ok(self)
+    }
+
+    /// Names the inbox table.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if `name` is not a valid identifier.
+    pub fn inbox(mut self, name: &str) -> Result<Self> {
+        self.inbox = Ident::for_field("inbox_table", name)?;
+        Ok(self)
+    }
+
+    /// Names the table that records applied migrations.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if `name` is not a valid identifier.
+    pub fn migrations(mut self, name: &str) -> Result<Self> {
+        self.migrations = Ident::for_field("migrations_table", name)?;
+        Ok(self)
+    }
+
+    /// The schema, if one was set.
+    pub fn schema_name(&self) -> Option<&Ident> {
+        self.schema.as_ref()
+    }
+
+    /// The outbox table's name.
+    pub fn outbox_name(&self) -> &Ident {
+        &self.outbox
+    }
+
+    /// The inbox table's name.
+    pub fn inbox_name(&self) -> &Ident {
+        &self.inbox
+    }
+
+    /// The migrations table's name.
+    pub fn migrations_name(&self) -> &Ident {
+        &self.migrations
+    }
+
+    /// `name` qualified with the schema and quoted with `quote` (e.g. `"` for
+    /// PostgreSQL and SQLite, `` ` `` for MySQL).
+    pub fn qualified(&self, name: &Ident, quote: char) -> String {
+        match &self.schema {
+            Some(s) => format!("{quote}{s}{quote}.{quote}{name}{quote}"),
+            None => format!("{quote}{name}{quote}"),
+        }
+    }
+}
+
+/// What the relay does with the later messages of a key whose message went dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DeadKeyPolicy {
+    /// The key is parked: its later messages wait until an operator replays or
+    /// purges the dead one. Keeps order per key strict.
+    #[default]
+    Park,
+    /// The key's later messages go on; the dead one is out of order if replayed.
+    Skip,
+}
+
+/// Settings of a [`Relay`](crate::Relay), validated by [`RelayConfig::validate`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct RelayConfig {
+    /// Most rows claimed by one poll. Default 500.
+    pub batch_size: u32,
+    /// Most rows of one key claimed by one poll, after its first. Default 100.
+    pub per_key_batch: u32,
+    /// How long a claimed row (or a row written by this process for the fast
+    /// path) belongs to this relay before another may take it. Default 30 s.
+    pub lease: Duration,
+    /// How often the poller looks for rows when nothing wakes it. Default 1 s.
+    pub poll_interval: Duration,
+    /// Attempts before a message is dead. Default 10.
+    pub max_attempts: u32,
+    /// First retry delay. Default 200 ms.
+    pub backoff_min: Duration,
+    /// Longest retry delay. Default 60 s.
+    pub backoff_max: Duration,
+    /// Largest payload published, in bytes; larger ones go dead. Default 1 MiB.
+    pub max_payload_bytes: usize,
+    /// Most publishes awaiting a broker confirm at once. Default 512.
+    pub max_in_flight: usize,
+    /// Messages buffered for the fast path; beyond it, new messages go to the
+    /// poller. Default 16 384.
+    pub fast_path_capacity: usize,
+    /// Most sent marks written in one statement. Default 512.
+    pub mark_batch: usize,
+    /// Longest a sent mark waits to be batched. Default 5 ms.
+    pub mark_interval: Duration,
+    /// Longest a publish may wait for the broker's confirm. Default 30 s.
+    pub publish_timeout: Duration,
+    /// How long shutdown waits for in-flight publishes. Default 10 s.
+    pub shutdown_timeout: Duration,
+    /// What a dead message does to its key. Default [`DeadKeyPolicy::Park`].
+    pub dead_key_policy: DeadKeyPolicy,
+    /// The clock. Default the system clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("batch_size", &self.batch_size)
+            .field("per_key_batch", &self.per_key_batch)
+            .field("lease", &self.lease)
+            .field("poll_interval", &self.poll_interval)
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("fast_path_capacity", &self.fast_path_capacity)
+            .field("mark_batch", &self.mark_batch)
+            .field("mark_interval", &self.mark_interval)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("dead_key_policy", &self.dead_key_policy)
+            .field("clock", &self.clock)
+            .finish()
+    }
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            batch_size: 500,
+            per_key_batch: 100,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            max_attempts: 10,
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(60),
+            max_payload_bytes: 1024 * 1024,
+            max_in_flight: 512,
+            fast_path_capacity: 16 * 1024,
+            mark_batch: 512,
+            mark_interval: Duration::from_millis(5),
+            publish_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(10),
+            dead_key_policy: DeadKeyPolicy::Park,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Checks every field.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the first field that breaks its rule.
+    pub fn validate(&self) -> Result<()> {
+        fn positive(field: &'static str, v: u64) -> Result<()> {
+            if v == 0 { Err(Error::config(field, "must be greater than zero")) } else { Ok(()) }
+        }
+        positive("batch_size", self.batch_size.into())?;
+        positive("max_attempts", self.max_attempts.into())?;
+        positive("max_payload_bytes", self.max_payload_bytes as u64)?;
+        positive("max_in_flight", self.max_in_flight as u64)?;
+        positive("fast_path_capacity", self.fast_path_capacity as u64)?;
+        positive("mark_batch", self.mark_batch as u64)?;
+        if self.lease < Duration::from_secs(1) {
+            return Err(Error::config("lease", "must be at least 1 s"));
+        }
+        if self.poll_interval.is_zero() {
+            return Err(Error::config("poll_interval", "must be greater than zero"));
+        }
+        if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {
+            return Err(Error::config("backoff_min", "must be greater than zero and at most backoff_max"));
+        }
+        if self.publish_timeout >= self.lease {
+            return Err(Error::config(
+                "publish_timeout",
+                "must be shorter than lease, or another relay could publish the same row meanwhile",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ident_refuses_injection_and_names_the_field() {
+        let err = Tables::default().outbox("orders; drop table x").unwrap_err();
+        assert!(matches!(err, Error::Config { field: "outbox_table", .. }));
+        for bad in ["", "1abc", "a-b", "a b", "a\"b", "a.b", "é", &"x".repeat(64)] {
+            assert!(Ident::new(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Ident::new("_Orders_2").unwrap().as_str(), "_Orders_2");
+    }
+
+    #[test]
+    fn qualified_quotes_both_parts() {
+        let t = Tables::default().schema("app").unwrap();
+        assert_eq!(t.qualified(t.outbox_name(), '"'), "\"app\".\"txmsg_outbox\"");
+        assert_eq!(Tables::default().qualified(&Ident::new("x").unwrap(), '`'), "`x`");
+    }
+
+    #[test]
+    fn relay_config_rules() {
+        assert!(RelayConfig::default().validate().is_ok());
+        let c = RelayConfig { max_attempts: 0, ..RelayConfig::default() };
+        assert!(matches!(c.validate(), Err(Error::Config { field: "max_attempts", .. })));
+        let c = RelayConfig { publish_timeout: Duration::from_secs(60), ..RelayConfig::default() };
+        assert!(matches!(c.validate(), Err(Error::Config { field: "publish_timeout", .. })));
+    }
+}

@@ -1,0 +1,35 @@
+//! Runtime of [txmsg](https://docs.rs/txmsg): envelopes, the [`Store`] and
+//! [`Broker`] traits, transactions that carry messages ([`Tx`]), and the
+//! [`Relay`] that publishes them.
+//!
+//! Users depend on the `txmsg` crate, which re-exports this one; adapters
+//! depend on this crate alone.
+
+mod broker;
+mod clock;
+mod config;
+mod envelope;
+mod error;
+mod relay;
+mod store;
+mod topic;
+mod tx;
+
+pub use broker::Broker;
+pub use clock::{Clock, SystemClock};
+pub use config::{DeadKeyPolicy, Ident, MAX_IDENT_LEN, RelayConfig, Tables};
+pub use envelope::{Envelope, Headers, Message, TRACEPARENT};
+pub use error::{BoxError, Error, Result};
+pub use relay::{Relay, RelayHandle};
+pub use store::{
+    BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Failure, Inserted, Lease, OutboxStats,
+    OutboxWriter, SqlStore, Store,
+};
+pub use topic::{MAX_TOPIC_LEN, validate_topic};
+pub use tx::{Outbox, Tx};
+
+/// Support for generated code and adapters: not public API, may change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::relay::error_chain;
+}

@@ -1,0 +1,695 @@
+//! The relay: publishes committed outbox rows and marks them sent once the
+//! broker confirms.
+//!
+//! Two ways in, one way out:
+//! - **Fast path**: rows written by this process through an
+//!   [`Outbox`](crate::Outbox) that has this relay are leased to it at insert
+//!   and handed over from memory right after commit; no re-read.
+//! - **Poller**: rows whose lease ran out (a crash's leftovers), rows written
+//!   without a lease (other processes, a full fast path) and rows due for a
+//!   retry are claimed in batches with a lease.
+//!
+//! Both publish through the same step, which keeps order per (topic, key):
+//! one message of a key is in flight at a time, and a failure holds back the
+//! rest of its key. Sent marks are batched.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc::OwnedPermit;
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::store::{ClaimRequest, Failure, Lease};
+use crate::{Broker, Clock, DeadKeyPolicy, Envelope, Error, RelayConfig, Result, Store};
+
+/// A message handed from a committed [`Tx`](crate::Tx) to the fast path.
+#[derive(Debug)]
+pub(crate) struct FastMsg {
+    pub(crate) envelope: Envelope,
+    pub(crate) lease_until: DateTime<Utc>,
+}
+
+/// What an [`Outbox`](crate::Outbox) needs from its relay.
+#[derive(Debug, Clone)]
+pub(crate) struct RelayLink {
+    pub(crate) owner: Uuid,
+    lease: Duration,
+    fast: mpsc::Sender<FastMsg>,
+    wake: Arc<Notify>,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl RelayLink {
+    /// Room on the fast path and the lease to write the row with, or `None`
+    /// when the fast path is full or closed (the row then goes to the poller).
+    pub(crate) fn reserve(&self, now: DateTime<Utc>) -> Option<(Lease, OwnedPermit<FastMsg>)> {
+        let permit = self.fast.clone().try_reserve_owned().ok()?;
+        Some((crate::tx::fast_lease(self.owner, now, self.lease), permit))
+    }
+
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// A relay between a [`Store`] and a [`Broker`], not yet started.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> txmsg::Result<()> {
+/// use txmsg::{Outbox, Relay, RelayConfig};
+/// use txmsg::memory::MemoryBroker;
+/// use txmsg::sqlite::SqliteStore;
+///
+/// let store = SqliteStore::connect("sqlite::memory:").await?;
+/// store.migrate().await?;
+/// let relay = Relay::new(store.clone(), MemoryBroker::new(), RelayConfig::default())?.start();
+/// let outbox = Outbox::new(&store).with_relay(&relay);
+/// // ... produce with `outbox` ...
+/// relay.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Relay<S, B> {
+    store: S,
+    broker: B,
+    config: RelayConfig,
+}
+
+impl<S: Store, B: Broker> Relay<S, B> {
+    /// A relay from `store` to `broker`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if `config` breaks a rule.
+    pub fn new(store: S, broker: B, config: RelayConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Relay { store, broker, config })
+    }
+
+    /// Starts the fast path, the poller and the mark writer on the current
+    /// Tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a Tokio runtime.
+    pub fn start(self) -> RelayHandle {
+        let owner = Uuid::now_v7();
+        let (fast_tx, fast_rx) = mpsc::channel(self.config.fast_path_capacity);
+        let (marks_tx, marks_rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let wake = Arc::new(Notify::new());
+        let link = RelayLink {
+            owner,
+            lease: self.config.lease,
+            fast: fast_tx,
+            wake: Arc::clone(&wake),
+            clock: Arc::clone(&self.config.clock),
+        };
+        let shared = Arc::new(Shared {
+            inflight: Arc::new(Semaphore::new(self.config.max_in_flight)),
+            store: self.store,
+            broker: self.broker,
+            config: self.config,
+            owner,
+            marks: marks_tx,
+            held: Mutex::new(HashMap::new()),
+            seed: fastrand::u64(..),
+        });
+        let span = tracing::info_span!("txmsg.relay", relay = %owner);
+        let task = tokio::spawn(
+            run(shared, fast_rx, marks_rx, wake, stop_rx).instrument(span),
+        );
+        RelayHandle {
+            inner: Arc::new(HandleInner { link, stop: stop_tx, task: tokio::sync::Mutex::new(Some(task)) }),
+        }
+    }
+}
+
+/// A running relay. Cheap to clone; dropping every handle does not stop it,
+/// [`shutdown`](RelayHandle::shutdown) does.
+#[derive(Debug, Clone)]
+pub struct RelayHandle {
+    inner: Arc<HandleInner>,
+}
+
+#[derive(Debug)]
+struct HandleInner {
+    link: RelayLink,
+    stop: watch::Sender<bool>,
+    task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl RelayHandle {
+    /// The relay's id, written as the lease owner of the rows it holds.
+    pub fn id(&self) -> Uuid {
+        self.inner.link.owner
+    }
+
+    /// Makes the poller look for rows now instead of at its next tick.
+    pub fn wake(&self) {
+        self.inner.link.wake();
+    }
+
+    pub(crate) fn link(&self) -> RelayLink {
+        self.inner.link.clone()
+    }
+
+    /// Stops the relay gracefully and waits for it.
+    ///
+    /// New commits go to the poller of whichever relay runs next; messages
+    /// waiting on the fast path are released at once for other relays;
+    /// in-flight publishes get up to `shutdown_timeout` to be confirmed and
+    /// marked. Nothing is lost: a row not marked sent stays pending.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the relay keeps shutting down; calling again waits again.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.stop.send(true);
+        let mut task = self.inner.task.lock().await;
+        if let Some(handle) = task.as_mut() {
+            if let Err(e) = handle.await {
+                tracing::error!(error = %e, "txmsg relay task failed");
+            }
+            *task = None;
+        }
+    }
+}
+
+struct Shared<S, B> {
+    store: S,
+    broker: B,
+    config: RelayConfig,
+    owner: Uuid,
+    inflight: Arc<Semaphore>,
+    marks: mpsc::UnboundedSender<Uuid>,
+    /// Keys whose fast-path message failed, until when later fast-path
+    /// messages of the key must go to the poller instead.
+    held: Mutex<HashMap<KeyId, DateTime<Utc>>>,
+    seed: u64,
+}
+
+type KeyId = (String, String);
+
+fn key_of(e: &Envelope) -> Option<KeyId> {
+    e.key.as_ref().map(|k| (e.topic.clone(), k.clone()))
+}
+
+/// How one publish attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Sent,
+    /// Failed, will be retried: the key is held back.
+    Failed,
+    /// Dead: with the park policy the key is held back.
+    Dead,
+    /// Not attempted (lease about to run out, or shutting down).
+    Skipped,
+}
+
+async fn run<S: Store, B: Broker>(
+    shared: Arc<Shared<S, B>>,
+    fast_rx: mpsc::Receiver<FastMsg>,
+    marks_rx: mpsc::UnboundedReceiver<Uuid>,
+    wake: Arc<Notify>,
+    stop: watch::Receiver<bool>,
+) {
+    let marker = tokio::spawn(mark_loop(Arc::clone(&shared), marks_rx, stop.clone()));
+    tokio::join!(
+        fast_loop(Arc::clone(&shared), fast_rx, stop.clone()),
+        poll_loop(Arc::clone(&shared), wake, stop.clone()),
+    );
+    // Both loops have drained their in-flight publishes; the marker flushes
+    // what they confirmed and stops.
+    drop(shared);
+    if let Err(e) = marker.await {
+        tracing::error!(error = %e, "txmsg mark writer failed");
+    }
+}
+
+impl<S: Store, B: Broker> Shared<S, B> {
+    fn now(&self) -> DateTime<Utc> {
+        self.config.clock.now()
+    }
+
+    fn retry_at(&self, env: &Envelope, attempts: u32) -> DateTime<Utc> {
+        let delay = retry_delay(&self.config, attempts, self.seed ^ env.id.as_u64_pair().1);
+        let now = self.now();
+        chrono::Duration::from_std(delay).ok().and_then(|d| now.checked_add_signed(d)).unwrap_or(now)
+    }
+
+    /// Publishes one message held under `lease_until`, and records the outcome.
+    async fn publish_one(&self, env: &Envelope, lease_until: DateTime<Utc>) -> Outcome {
+        let now = self.now();
+        let topic = env.topic.clone();
+        if env.is_expired(now) {
+            return self.dead(env, "expired before it could be delivered").await;
+        }
+        if env.payload.len() > self.config.max_payload_bytes {
+            let reason = Error::PayloadTooLarge {
+                size: env.payload.len(),
+                limit: self.config.max_payload_bytes,
+            }
+            .to_string();
+            return self.dead(env, &reason).await;
+        }
+        let margin = chrono::Duration::from_std(self.config.publish_timeout).unwrap_or_default();
+        if lease_until - margin <= now {
+            // Another relay may take the row before a confirm could arrive.
+            return Outcome::Skipped;
+        }
+        let Ok(_permit) = Arc::clone(&self.inflight).acquire_owned().await else {
+            return Outcome::Skipped;
+        };
+        let started = std::time::Instant::now();
+        fail::fail_point!("txmsg::relay::before_publish", |_| Outcome::Skipped);
+        let result = match tokio::time::timeout(
+            self.config.publish_timeout,
+            self.broker.publish(env),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(Error::Broker {
+                message: format!("no confirm within {:?}", self.config.publish_timeout),
+                retryable: true,
+                source: None,
+            }),
+        };
+        match result {
+            Ok(()) => {
+                metrics::histogram!("txmsg_publish_duration_seconds", "topic" => topic.clone())
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!("txmsg_published_total", "topic" => topic).increment(1);
+                fail::fail_point!("txmsg::relay::after_publish_before_mark", |_| Outcome::Sent);
+                // The receiver lives until every publisher has finished.
+                let _ = self.marks.send(env.id);
+                Outcome::Sent
+            }
+            Err(e) => {
+                let attempts = env.attempts.saturating_add(1);
+                if !e.is_retryable() || attempts >= self.config.max_attempts {
+                    let reason = if e.is_retryable() {
+                        format!("gave up after {attempts} attempts: {}", error_chain(&e))
+                    } else {
+                        error_chain(&e)
+                    };
+                    return self.dead(env, &reason).await;
+                }
+                metrics::counter!("txmsg_publish_retries_total", "topic" => topic).increment(1);
+                let failure = Failure {
+                    id: env.id,
+                    owner: self.owner,
+                    next_attempt_at: self.retry_at(env, attempts),
+                    error: error_chain(&e),
+                };
+                tracing::warn!(attempt = attempts, error = %failure.error, retry_at = %failure.next_attempt_at, "publish failed");
+                if let Err(e) = self.store.mark_failed(&failure).await {
+                    tracing::error!(error = %error_chain(&e), "could not record a failed publish; the row is retried when its lease runs out");
+                }
+                Outcome::Failed
+            }
+        }
+    }
+
+    async fn dead(&self, env: &Envelope, reason: &str) -> Outcome {
+        tracing::error!(reason, "message is dead");
+        metrics::counter!("txmsg_dead_letters_total", "topic" => env.topic.clone()).increment(1);
+        if let Err(e) = self.store.mark_dead(env.id, self.owner, reason, self.now()).await {
+            tracing::error!(error = %error_chain(&e), "could not mark a message dead; it is retried when its lease runs out");
+        }
+        Outcome::Dead
+    }
+
+    /// Whether a failure holds back the later messages of its key.
+    fn holds_key(&self, outcome: Outcome) -> bool {
+        match outcome {
+            Outcome::Sent => false,
+            Outcome::Dead => self.config.dead_key_policy == DeadKeyPolicy::Park,
+            Outcome::Failed | Outcome::Skipped => true,
+        }
+    }
+
+    /// Publishes the messages of one key (or one keyless message) in order,
+    /// stopping at the first that is not sent; the rest are released.
+    async fn publish_group(&self, group: Vec<Envelope>, lease_until: DateTime<Utc>) {
+        let mut rest = group.into_iter();
+        while let Some(env) = rest.next() {
+            let span = tracing::info_span!(
+                "txmsg.publish",
+                topic = %env.topic,
+                key = env.key.as_deref(),
+                message_id = %env.id,
+                attempt = env.attempts + 1,
+            );
+            let outcome = self.publish_one(&env, lease_until).instrument(span).await;
+            if self.holds_key(outcome) {
+                let ids: Vec<Uuid> = rest.map(|e| e.id).collect();
+                self.release(&ids).await;
+                return;
+            }
+        }
+    }
+
+    async fn release(&self, ids: &[Uuid]) {
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.release(ids, self.owner).await {
+            tracing::warn!(error = %error_chain(&e), count = ids.len(), "could not release leases; they run out on their own");
+        }
+    }
+
+    fn is_held(&self, key: &KeyId, now: DateTime<Utc>) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        match held.get(key) {
+            Some(until) if *until > now => true,
+            Some(_) => {
+                held.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn hold(&self, key: KeyId) {
+        // Any fast-path message of this key was leased before now + lease.
+        let until = crate::tx::fast_lease(self.owner, self.now(), self.config.lease).until;
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(key, until);
+    }
+}
+
+/// The delay before retry number `attempts` (1-based), with jitter.
+pub(crate) fn retry_delay(config: &RelayConfig, attempts: u32, seed: u64) -> Duration {
+    backon::ExponentialBuilder::new()
+        .with_min_delay(config.backoff_min)
+        .with_max_delay(config.backoff_max)
+        .with_factor(2.0)
+        .with_jitter()
+        .with_jitter_seed(seed)
+        .without_max_times()
+        .build()
+        .nth(attempts.saturating_sub(1) as usize)
+        .unwrap_or(config.backoff_max)
+}
+
+/// `e` and its sources, joined with `: `.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
+
+/// Resolves once shutdown was asked for (or the handle is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Messages from committed transactions of this process.
+async fn fast_loop<S: Store, B: Broker>(
+    shared: Arc<Shared<S, B>>,
+    mut rx: mpsc::Receiver<FastMsg>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Keys with a message in flight, and what waits behind it.
+    let mut queues: HashMap<KeyId, VecDeque<FastMsg>> = HashMap::new();
+    let mut running: JoinSet<Option<(KeyId, bool)>> = JoinSet::new();
+    let spawn = |running: &mut JoinSet<Option<(KeyId, bool)>>, msg: FastMsg| {
+        let shared = Arc::clone(&shared);
+        running.spawn(async move {
+            let key = key_of(&msg.envelope);
+            let span = tracing::info_span!(
+                "txmsg.publish",
+                topic = %msg.envelope.topic,
+                key = msg.envelope.key.as_deref(),
+                message_id = %msg.envelope.id,
+                attempt = 1,
+                path = "fast",
+            );
+            let outcome = shared.publish_one(&msg.envelope, msg.lease_until).instrument(span).await;
+            key.map(|k| (k, shared.holds_key(outcome)))
+        });
+    };
+    loop {
+        tokio::select! {
+            biased;
+            () = stopped(&mut stop) => break,
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                let Ok(Some((key, failed))) = done else { continue };
+                if failed {
+                    shared.hold(key.clone());
+                    let ids: Vec<Uuid> = queues.remove(&key).into_iter().flatten().map(|m| m.envelope.id).collect();
+                    shared.release(&ids).await;
+                } else if let Some(next) = queues.get_mut(&key).and_then(VecDeque::pop_front) {
+                    spawn(&mut running, next);
+                } else {
+                    queues.remove(&key);
+                }
+            }
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break };
+                match key_of(&msg.envelope) {
+                    None => spawn(&mut running, msg),
+                    Some(key) => {
+                        if shared.is_held(&key, shared.now()) {
+                            shared.release(&[msg.envelope.id]).await;
+                        } else if let Some(q) = queues.get_mut(&key) {
+                            q.push_back(msg);
+                        } else {
+                            queues.insert(key, VecDeque::new());
+                            spawn(&mut running, msg);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Shutting down: no new fast-path work; what waits is released for the
+    // next relay, what is in flight gets the shutdown timeout.
+    rx.close();
+    let mut waiting: Vec<Uuid> = queues.into_values().flatten().map(|m| m.envelope.id).collect();
+    while let Ok(msg) = rx.try_recv() {
+        waiting.push(msg.envelope.id);
+    }
+    shared.release(&waiting).await;
+    drain(&mut running, shared.config.shutdown_timeout).await;
+}
+
+async fn drain<T: 'static>(running: &mut JoinSet<T>, timeout: Duration) {
+    let all = async { while running.join_next().await.is_some() {} };
+    if tokio::time::timeout(timeout, all).await.is_err() {
+        tracing::warn!(left = running.len(), "shutdown timeout: in-flight publishes abandoned, their rows stay pending");
+        running.abort_all();
+    }
+}
+
+/// Rows of other processes, crash leftovers and retries.
+async fn poll_loop<S: Store, B: Broker>(
+    shared: Arc<Shared<S, B>>,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut errors = 0u32;
+    loop {
+        tokio::select! {
+            biased;
+            () = stopped(&mut stop) => return,
+            () = wake.notified() => {}
+            () = tokio::time::sleep(shared.config.poll_interval) => {}
+        }
+        // Drain: claim again at once while batches come back full.
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let now = shared.now();
+            let lease = crate::tx::fast_lease(shared.owner, now, shared.config.lease);
+            let req = ClaimRequest {
+                lease,
+                now,
+                limit: shared.config.batch_size,
+                per_key_limit: shared.config.per_key_batch,
+                dead_parks_key: shared.config.dead_key_policy == DeadKeyPolicy::Park,
+            };
+            let claimed = shared
+                .store
+                .claim(&req)
+                .instrument(tracing::debug_span!("txmsg.relay.claim", limit = req.limit))
+                .await;
+            let batch = match claimed {
+                Ok(batch) => {
+                    errors = 0;
+                    batch
+                }
+                Err(e) => {
+                    errors = errors.saturating_add(1);
+                    let delay = retry_delay(&shared.config, errors, shared.seed);
+                    tracing::warn!(error = %error_chain(&e), retry_in = ?delay, "claim failed");
+                    tokio::select! {
+                        () = stopped(&mut stop) => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    continue;
+                }
+            };
+            let full = batch.len() >= req.limit as usize;
+            if batch.is_empty() {
+                break;
+            }
+            tracing::debug!(count = batch.len(), "claimed");
+            let mut running = JoinSet::new();
+            for group in group_by_key(batch) {
+                let shared = Arc::clone(&shared);
+                running.spawn(async move { shared.publish_group(group, lease.until).await });
+            }
+            tokio::select! {
+                () = async { while running.join_next().await.is_some() {} } => {}
+                () = stopped(&mut stop) => {
+                    drain(&mut running, shared.config.shutdown_timeout).await;
+                    return;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+    }
+}
+
+/// Splits a claimed batch (in id order) into per-key groups, keeping order;
+/// every keyless message is a group of its own.
+fn group_by_key(batch: Vec<Envelope>) -> Vec<Vec<Envelope>> {
+    let mut groups: Vec<Vec<Envelope>> = Vec::new();
+    let mut index: HashMap<KeyId, usize> = HashMap::new();
+    for env in batch {
+        match key_of(&env) {
+            None => groups.push(vec![env]),
+            Some(k) => match index.get(&k) {
+                Some(&i) => groups[i].push(env),
+                None => {
+                    index.insert(k, groups.len());
+                    groups.push(vec![env]);
+                }
+            },
+        }
+    }
+    groups
+}
+
+/// Writes sent marks in batches.
+async fn mark_loop<S: Store, B: Broker>(
+    shared: Arc<Shared<S, B>>,
+    mut rx: mpsc::UnboundedReceiver<Uuid>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let max = shared.config.mark_batch;
+    let mut batch = Vec::with_capacity(max);
+    loop {
+        let first = tokio::select! {
+            m = rx.recv() => m,
+            () = stopped(&mut stop) => None,
+        };
+        let Some(first) = first else { break };
+        batch.push(first);
+        let deadline = tokio::time::sleep(shared.config.mark_interval);
+        tokio::pin!(deadline);
+        while batch.len() < max {
+            tokio::select! {
+                m = rx.recv() => match m { Some(id) => batch.push(id), None => break },
+                () = &mut deadline => break,
+            }
+        }
+        write_marks(&shared, &mut batch).await;
+    }
+    // Stopping: the publishers are done; flush what they confirmed.
+    while let Ok(id) = rx.try_recv() {
+        batch.push(id);
+        if batch.len() >= max {
+            write_marks(&shared, &mut batch).await;
+        }
+    }
+    write_marks(&shared, &mut batch).await;
+}
+
+async fn write_marks<S: Store, B: Broker>(shared: &Shared<S, B>, batch: &mut Vec<Uuid>) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut tries = 0u32;
+    loop {
+        match shared.store.mark_sent(batch, shared.now()).await {
+            Ok(()) => break,
+            Err(e) if tries < 5 => {
+                tries += 1;
+                let delay = retry_delay(&shared.config, tries, shared.seed);
+                tracing::warn!(error = %error_chain(&e), retry_in = ?delay, "could not mark messages sent");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), count = batch.len(), "could not mark messages sent; they will be published again");
+                break;
+            }
+        }
+    }
+    batch.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_grows_and_is_capped() {
+        let cfg = RelayConfig {
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            ..RelayConfig::default()
+        };
+        let d1 = retry_delay(&cfg, 1, 7);
+        let d4 = retry_delay(&cfg, 4, 7);
+        assert!(d1 >= Duration::from_millis(100) && d1 < Duration::from_millis(200), "{d1:?}");
+        assert!(d4 >= Duration::from_millis(800), "{d4:?}");
+        // Jitter adds at most the delay itself.
+        assert!(retry_delay(&cfg, 30, 7) <= Duration::from_secs(2));
+        // Same seed, same schedule.
+        assert_eq!(retry_delay(&cfg, 3, 42), retry_delay(&cfg, 3, 42));
+    }
+
+    #[test]
+    fn groups_keep_order_per_key() {
+        let mk = |key: Option<&str>, n: u8| Envelope {
+            id: Uuid::from_u128(u128::from(n)),
+            topic: "t".into(),
+            key: key.map(Into::into),
+            idempotency_key: n.to_string(),
+            headers: Default::default(),
+            payload: vec![n],
+            created_at: Utc::now(),
+            expires_at: None,
+            attempts: 0,
+        };
+        let groups = group_by_key(vec![
+            mk(Some("a"), 1),
+            mk(None, 2),
+            mk(Some("b"), 3),
+            mk(Some("a"), 4),
+            mk(None, 5),
+        ]);
+        let ids: Vec<Vec<u8>> =
+            groups.iter().map(|g| g.iter().map(|e| e.payload[0]).collect()).collect();
+        assert_eq!(ids, vec![vec![1, 4], vec![2], vec![3], vec![5]]);
+    }
+}

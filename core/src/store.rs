@@ -1,0 +1,227 @@
+//! The `Store` trait: the outbox table as the relay sees it, and the writer
+//! that producers use inside their own transaction.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::{Envelope, Result};
+
+/// A boxed future, for the object-safe [`OutboxWriter`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The relay that holds a row, and until when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// Id of the relay that holds the row.
+    pub owner: Uuid,
+    /// When the lease runs out and another relay may take the row.
+    pub until: DateTime<Utc>,
+}
+
+/// What [`OutboxWriter::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Inserted {
+    /// Inserted under the requested lease: the writing process publishes it.
+    Leased,
+    /// Inserted without a lease, because an earlier message of the same key is
+    /// still pending elsewhere: the poller publishes it, in key order.
+    Unleased,
+    /// Not inserted: the (topic, idempotency key) already exists.
+    Duplicate,
+}
+
+/// Writes outbox rows on a connection the caller's transaction owns.
+///
+/// Implemented by each SQL store for its database; generated producer code
+/// reaches it through [`Tx`](crate::Tx).
+pub trait OutboxWriter<DB: sqlx::Database>: Debug + Send + Sync + 'static {
+    /// Inserts `envelope` as a pending row.
+    ///
+    /// With `lease`, the row is inserted leased to that relay unless an
+    /// earlier pending (or parked) row of the same (topic, key) belongs to no
+    /// one or to another relay; then it is inserted unleased, so order per key
+    /// is kept by the poller. A row with the same (topic, idempotency key) is
+    /// not overwritten: the result is [`Inserted::Duplicate`] and the
+    /// transaction stays usable.
+    fn insert<'a>(
+        &'a self,
+        conn: &'a mut DB::Connection,
+        envelope: &'a Envelope,
+        lease: Option<Lease>,
+    ) -> BoxFuture<'a, Result<Inserted>>;
+}
+
+/// A store whose outbox lives in an sqlx database, so producers can write to
+/// it in their own transaction.
+pub trait SqlStore: Store {
+    /// The sqlx database.
+    type Database: sqlx::Database;
+
+    /// The connection pool.
+    fn pool(&self) -> &sqlx::Pool<Self::Database>;
+
+    /// The row writer for producers.
+    fn writer(&self) -> Arc<dyn OutboxWriter<Self::Database>>;
+
+    /// Begins a transaction suitable for producers (SQLite takes the write lock
+    /// up front, so that concurrent writers wait instead of failing).
+    fn begin(&self) -> BoxFuture<'_, Result<sqlx::Transaction<'static, Self::Database>>>;
+}
+
+/// What the relay asks for when it polls.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest {
+    /// The claiming relay and the lease it takes.
+    pub lease: Lease,
+    /// The current time.
+    pub now: DateTime<Utc>,
+    /// Most rows to claim.
+    pub limit: u32,
+    /// Most rows of one key to claim after the key's first.
+    pub per_key_limit: u32,
+    /// Whether a dead row holds back the later rows of its key.
+    pub dead_parks_key: bool,
+}
+
+/// A failed publish attempt, to be recorded.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The row.
+    pub id: Uuid,
+    /// The relay that held it; the update only applies while it still does.
+    pub owner: Uuid,
+    /// When to try again.
+    pub next_attempt_at: DateTime<Utc>,
+    /// Why it failed.
+    pub error: String,
+}
+
+/// A message that will not be published again without an operator.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The message.
+    pub envelope: Envelope,
+    /// Why it is dead.
+    pub reason: String,
+    /// When it went dead.
+    pub dead_at: DateTime<Utc>,
+}
+
+/// Which dead letters to list.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct DeadFilter {
+    /// Only this topic.
+    pub topic: Option<String>,
+    /// Only this key.
+    pub key: Option<String>,
+    /// At most this many, oldest first. `None` means 100.
+    pub limit: Option<u32>,
+}
+
+impl DeadFilter {
+    /// Only dead letters of `topic`.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topic = Some(topic.into());
+        self
+    }
+
+    /// Only dead letters of `key`.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// At most `limit` dead letters.
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+}
+
+/// Counts of the outbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutboxStats {
+    /// Rows waiting to be published.
+    pub pending: u64,
+    /// Creation time of the oldest pending row.
+    pub oldest_pending: Option<DateTime<Utc>>,
+    /// Dead rows.
+    pub dead: u64,
+    /// Sent rows not yet purged.
+    pub sent: u64,
+}
+
+/// The outbox table, as the relay and operators use it.
+///
+/// # Contract
+///
+/// - Row states: `pending` → `sent`, or `pending` → `dead` (→ `pending` again
+///   by [`replay`](Store::replay)).
+/// - [`claim`](Store::claim) leases rows atomically: two relays calling it at
+///   once never get the same row while its lease runs. It returns, per
+///   (topic, key), only the oldest pending rows, in id order, and never a row
+///   of a key whose earlier row is leased to someone else, waiting for a
+///   retry, or (with `dead_parks_key`) dead. Rows without a key have no order.
+/// - Each method is one short transaction; errors leave the rows as they were.
+///
+/// # Cancel safety
+///
+/// Every method is a single transaction: dropping its future either commits
+/// nothing or (if the commit was already sent) everything.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a txmsg store",
+    note = "use a store adapter such as `txmsg::postgres::PgStore` or `txmsg::sqlite::SqliteStore`"
+)]
+pub trait Store: Debug + Clone + Send + Sync + 'static {
+    /// Creates or upgrades the tables; applying it twice changes nothing.
+    fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Leases due pending rows to `req.lease.owner`.
+    fn claim(&self, req: &ClaimRequest) -> impl Future<Output = Result<Vec<Envelope>>> + Send;
+
+    /// Marks rows sent at `at`.
+    fn mark_sent(&self, ids: &[Uuid], at: DateTime<Utc>) -> impl Future<Output = Result<()>> + Send;
+
+    /// Records a failed attempt: attempts + 1, retry at `next_attempt_at`, lease released.
+    fn mark_failed(&self, failure: &Failure) -> impl Future<Output = Result<()>> + Send;
+
+    /// Marks a row dead with `reason` (only while `owner` holds it).
+    fn mark_dead(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Gives up `owner`'s lease on rows without counting an attempt.
+    fn release(&self, ids: &[Uuid], owner: Uuid) -> impl Future<Output = Result<()>> + Send;
+
+    /// Lists dead letters, oldest first.
+    fn dead_letters(
+        &self,
+        filter: &DeadFilter,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send;
+
+    /// Puts a dead row back to pending with attempts reset. `false` if it was not dead.
+    fn replay(&self, id: Uuid, at: DateTime<Utc>) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Deletes up to `limit` sent rows sent before `before`; returns how many.
+    fn purge_sent(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Counts rows by state.
+    fn stats(&self) -> impl Future<Output = Result<OutboxStats>> + Send;
+}

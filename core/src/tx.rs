@@ -1,0 +1,265 @@
+//! `Outbox` (the producer's handle) and `Tx` (a local transaction that
+//! carries outbox messages).
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use tokio::sync::mpsc::OwnedPermit;
+use uuid::Uuid;
+
+use crate::relay::{FastMsg, RelayLink};
+use crate::store::{Inserted, Lease, OutboxWriter, SqlStore};
+use crate::{Clock, Error, Message, Result, SystemClock};
+
+/// The producer's handle on a store: begins transactions that can carry
+/// outbox messages, and hands committed messages to a relay.
+///
+/// Cheap to clone. Without [`with_relay`](Outbox::with_relay), committed
+/// messages wait for a relay's poller (in this or another process); with it,
+/// they are published right after commit.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> txmsg_core::Result<()> {
+/// # let store: txmsg_core::__doc::FakeStore = unimplemented!();
+/// use txmsg_core::{Message, Outbox};
+///
+/// let outbox = Outbox::new(&store);
+/// let mut tx = outbox.begin().await?;
+/// tx.enqueue(Message::new("orders.placed", &42)?).await?;
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
+pub struct Outbox<DB: sqlx::Database> {
+    inner: Arc<OutboxInner<DB>>,
+}
+
+type BeginFn<DB> = Arc<
+    dyn Fn() -> crate::store::BoxFuture<'static, Result<sqlx::Transaction<'static, DB>>>
+        + Send
+        + Sync,
+>;
+
+struct OutboxInner<DB: sqlx::Database> {
+    pool: sqlx::Pool<DB>,
+    writer: Arc<dyn OutboxWriter<DB>>,
+    begin: BeginFn<DB>,
+    relay: Option<RelayLink>,
+    clock: Arc<dyn Clock>,
+}
+
+impl<DB: sqlx::Database> Clone for Outbox<DB> {
+    fn clone(&self) -> Self {
+        Outbox { inner: Arc::clone(&self.inner) }
+    }
+}
+
+impl<DB: sqlx::Database> fmt::Debug for Outbox<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox")
+            .field("writer", &self.inner.writer)
+            .field("relay", &self.inner.relay.as_ref().map(|r| r.owner))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<DB: sqlx::Database> Outbox<DB> {
+    /// An outbox on `store`, without a relay in this process.
+    pub fn new<S: SqlStore<Database = DB>>(store: &S) -> Self {
+        let s = store.clone();
+        Outbox {
+            inner: Arc::new(OutboxInner {
+                pool: store.pool().clone(),
+                writer: store.writer(),
+                begin: Arc::new(move || {
+                    let s = s.clone();
+                    Box::pin(async move { s.begin().await })
+                }),
+                relay: None,
+                clock: Arc::new(SystemClock),
+            }),
+        }
+    }
+
+    /// Hands committed messages to `relay` right after commit (the fast path).
+    ///
+    /// Messages are written leased to the relay, so no other relay publishes
+    /// them meanwhile; the relay's clock is used for timestamps.
+    pub fn with_relay(self, relay: &crate::RelayHandle) -> Self {
+        let link = relay.link();
+        let inner = OutboxInner {
+            pool: self.inner.pool.clone(),
+            writer: Arc::clone(&self.inner.writer),
+            begin: Arc::clone(&self.inner.begin),
+            clock: Arc::clone(&link.clock),
+            relay: Some(link),
+        };
+        Outbox { inner: Arc::new(inner) }
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &sqlx::Pool<DB> {
+        &self.inner.pool
+    }
+
+    /// Begins a transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] if no connection could be had or `BEGIN` failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped call leaves no transaction open.
+    pub async fn begin(&self) -> Result<Tx<'static, DB>> {
+        let txn = (self.inner.begin)().await?;
+        Ok(self.wrap(txn))
+    }
+
+    /// Wraps a transaction begun elsewhere, so that messages can be added to it.
+    pub fn wrap<'c>(&self, txn: sqlx::Transaction<'c, DB>) -> Tx<'c, DB> {
+        Tx { txn, outbox: self.clone(), pending: Vec::new(), nudge: false }
+    }
+}
+
+/// A local database transaction that also carries outbox messages.
+///
+/// Derefs to the sqlx connection, so business statements run on it as on any
+/// sqlx transaction (`query(..).execute(&mut **tx)` where `tx: &mut Tx`).
+/// Messages added with [`enqueue`](Tx::enqueue) commit or roll back with the
+/// business rows; after [`commit`](Tx::commit) they are handed to the relay.
+/// Dropping a `Tx` without committing rolls it back.
+pub struct Tx<'c, DB: sqlx::Database> {
+    txn: sqlx::Transaction<'c, DB>,
+    outbox: Outbox<DB>,
+    pending: Vec<(FastMsg, OwnedPermit<FastMsg>)>,
+    nudge: bool,
+}
+
+impl<DB: sqlx::Database> fmt::Debug for Tx<'_, DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tx").field("pending", &self.pending.len()).finish_non_exhaustive()
+    }
+}
+
+impl<DB: sqlx::Database> Deref for Tx<'_, DB> {
+    type Target = DB::Connection;
+
+    fn deref(&self) -> &Self::Target {
+        &self.txn
+    }
+}
+
+impl<DB: sqlx::Database> DerefMut for Tx<'_, DB> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.txn
+    }
+}
+
+impl<'c, DB: sqlx::Database> Tx<'c, DB> {
+    /// Writes `message` to the outbox in this transaction and returns its id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Duplicate`] if the topic already has a message with this
+    /// idempotency key (the transaction should be rolled back);
+    /// [`Error::Database`] if the insert failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: if dropped, the row may or may not be in the
+    /// transaction; roll the transaction back.
+    pub async fn enqueue(&mut self, message: Message) -> Result<Uuid> {
+        let inner = &self.outbox.inner;
+        let now = inner.clock.now();
+        let envelope = message.into_envelope(now);
+        let span = tracing::debug_span!(
+            "txmsg.enqueue",
+            topic = %envelope.topic,
+            key = envelope.key.as_deref(),
+            message_id = %envelope.id,
+        );
+        // A permit reserves room on the fast path before the row is written, so
+        // a leased row is always handed over after commit.
+        let reserved = inner.relay.as_ref().and_then(|r| r.reserve(now));
+        let lease = reserved.as_ref().map(|(lease, _)| *lease);
+        let outcome = {
+            use tracing::Instrument;
+            inner.writer.insert(&mut self.txn, &envelope, lease).instrument(span).await?
+        };
+        let id = envelope.id;
+        match (outcome, reserved) {
+            (Inserted::Duplicate, _) => {
+                return Err(Error::Duplicate {
+                    topic: envelope.topic,
+                    idempotency_key: envelope.idempotency_key,
+                });
+            }
+            (Inserted::Leased, Some((lease, permit))) => {
+                self.pending.push((FastMsg { envelope, lease_until: lease.until }, permit));
+            }
+            _ => self.nudge = true,
+        }
+        Ok(id)
+    }
+
+    /// Commits the business rows and the messages together, then hands the
+    /// messages to the relay.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] if the commit failed; then nothing was written.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: if dropped during the commit, the transaction may or
+    /// may not have committed. Committed messages are published either way
+    /// (by the poller, once their lease runs out).
+    pub async fn commit(self) -> Result<()> {
+        let Tx { txn, outbox, pending, nudge } = self;
+        fail::fail_point!("txmsg::before_commit", |_| Err(Error::Shutdown));
+        txn.commit().await?;
+        fail::fail_point!("txmsg::after_commit_before_handoff", |_| Ok(()));
+        if let Some(relay) = &outbox.inner.relay {
+            for (msg, permit) in pending {
+                permit.send(msg);
+            }
+            if nudge {
+                relay.wake();
+            }
+        }
+        Ok(())
+    }
+
+    /// Rolls back the business rows and the messages.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] if the rollback failed (the database rolls back
+    /// on its own when the connection closes).
+    pub async fn rollback(self) -> Result<()> {
+        self.txn.rollback().await?;
+        Ok(())
+    }
+
+    /// The underlying sqlx transaction.
+    pub fn as_transaction(&mut self) -> &mut sqlx::Transaction<'c, DB> {
+        &mut self.txn
+    }
+
+    /// How many messages this transaction carries for the fast path.
+    pub fn fast_path_len(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// Used by the relay to build the lease a fast-path row is written with.
+pub(crate) fn fast_lease(owner: Uuid, now: chrono::DateTime<chrono::Utc>, lease: std::time::Duration) -> Lease {
+    let until = chrono::Duration::from_std(lease)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(now);
+    Lease { owner, until }
+}

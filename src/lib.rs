@@ -1,0 +1,122 @@
+//! Reliable messaging with eventual consistency for Rust services.
+//!
+//! A service function that changes its database and must tell the world about
+//! it is annotated once; txmsg writes the message to an outbox table in the
+//! same local transaction, publishes it to the broker right after commit, and
+//! republishes anything a crash left behind. The guarantee: **a message is
+//! delivered if and only if its local transaction committed, at least once.**
+//!
+//! ```no_run
+//! use txmsg::sqlite::SqliteStore;
+//! use txmsg::memory::MemoryBroker;
+//! use txmsg::{Outbox, Relay, RelayConfig, Tx};
+//!
+//! #[derive(serde::Serialize)]
+//! struct OrderPlaced { id: i64, total_cents: i64 }
+//!
+//! #[txmsg::transactional_message(topic = "orders.placed", key = id, idempotency_key = format!("order-{id}"))]
+//! async fn place_order(
+//!     tx: &mut Tx<'_, sqlx::Sqlite>,
+//!     id: i64,
+//!     total_cents: i64,
+//! ) -> Result<OrderPlaced, txmsg::Error> {
+//!     sqlx::query("INSERT INTO orders (id, total_cents) VALUES (?, ?)")
+//!         .bind(id)
+//!         .bind(total_cents)
+//!         .execute(&mut **tx)
+//!         .await?;
+//!     Ok(OrderPlaced { id, total_cents })
+//! }
+//!
+//! # async fn run() -> txmsg::Result<()> {
+//! let store = SqliteStore::connect("sqlite::memory:").await?;
+//! store.migrate().await?;
+//! let relay = Relay::new(store.clone(), MemoryBroker::new(), RelayConfig::default())?.start();
+//! let outbox = Outbox::new(&store).with_relay(&relay);
+//!
+//! // One call: begin, run the body, write the message, commit, publish.
+//! place_order_and_commit(&outbox, 1, 4200).await?;
+//!
+//! // Or compose several calls in the caller's transaction.
+//! let mut tx = outbox.begin().await?;
+//! place_order(&mut tx, 2, 100).await?;
+//! place_order(&mut tx, 3, 250).await?;
+//! tx.commit().await?;
+//! relay.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Feature flags
+//!
+//! | feature    | enables                                              | default |
+//! |------------|------------------------------------------------------|---------|
+//! | `sqlite`   | [`sqlite::SqliteStore`], the embedded default store   | yes     |
+//! | `memory`   | [`memory::MemoryBroker`], the in-process broker       | yes     |
+//! | `postgres` | [`postgres::PgStore`] (sqlx, PostgreSQL ≥ 12)         | no      |
+//! | `rabbitmq` | [`rabbitmq::RabbitBroker`] (lapin, publisher confirms)| no      |
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use txmsg_core::{
+    Broker, Clock, DeadFilter, DeadKeyPolicy, DeadLetter, Envelope, Error, Headers, Ident,
+    Message, Outbox, OutboxStats, Relay, RelayConfig, RelayHandle, Result, SqlStore, Store,
+    SystemClock, Tables, Tx, validate_topic,
+};
+pub use txmsg_macros::transactional_message;
+
+/// Building blocks for adapters and for code that drives the runtime by hand.
+pub mod core {
+    pub use txmsg_core::{
+        BoxError, BoxFuture, ClaimRequest, Failure, Inserted, Lease, MAX_IDENT_LEN,
+        MAX_TOPIC_LEN, OutboxWriter, TRACEPARENT,
+    };
+}
+
+/// PostgreSQL store.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres {
+    pub use txmsg_postgres::*;
+}
+
+/// SQLite store, the embedded default.
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub mod sqlite {
+    pub use txmsg_sqlite::*;
+}
+
+/// RabbitMQ broker.
+#[cfg(feature = "rabbitmq")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rabbitmq")))]
+pub mod rabbitmq {
+    pub use txmsg_rabbitmq::*;
+}
+
+/// In-process broker.
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub mod memory {
+    pub use txmsg_memory::*;
+}
+
+// Not public API: what the macros' generated code refers to. Anything here may
+// change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use core::future::Future;
+    pub use core::result::Result::{self, Err, Ok};
+    pub use std::string::String;
+
+    pub use serde;
+    pub use txmsg_core::{Error, Message, Outbox, Tx};
+
+    /// Fixes the output type of the user's body, so that `?` inside it
+    /// converts errors into the declared error type.
+    #[inline(always)]
+    pub fn typed<T, F: Future<Output = T>>(f: F) -> F {
+        f
+    }
+
+    /// Asserts at compile time that a payload type is `Serialize`.
+    pub fn assert_serialize<T: ?Sized + serde::Serialize>() {}
+}
