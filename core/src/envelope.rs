@@ -62,6 +62,29 @@ impl fmt::Debug for Envelope {
 }
 
 impl Envelope {
+    /// An envelope with no key, headers or expiry and no attempts, for
+    /// adapters that rebuild envelopes from stored rows or received messages;
+    /// set the other (public) fields afterwards.
+    pub fn new(
+        id: Uuid,
+        topic: impl Into<String>,
+        idempotency_key: impl Into<String>,
+        payload: Vec<u8>,
+        created_at: DateTime<Utc>,
+    ) -> Self {
+        Envelope {
+            id,
+            topic: topic.into(),
+            key: None,
+            idempotency_key: idempotency_key.into(),
+            headers: Headers::new(),
+            payload,
+            created_at,
+            expires_at: None,
+            attempts: 0,
+        }
+    }
+
     /// Decodes the payload as `M`.
     ///
     /// # Errors

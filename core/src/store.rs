@@ -114,6 +114,13 @@ pub struct DeadLetter {
     pub dead_at: DateTime<Utc>,
 }
 
+impl DeadLetter {
+    /// A dead letter, for adapters that read them from storage.
+    pub fn new(envelope: Envelope, reason: impl Into<String>, dead_at: DateTime<Utc>) -> Self {
+        DeadLetter { envelope, reason: reason.into(), dead_at }
+    }
+}
+
 /// Which dead letters to list.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -146,7 +153,7 @@ impl DeadFilter {
     }
 }
 
-/// Counts of the outbox.
+/// Counts of the outbox (build with `Default` and set the fields).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct OutboxStats {
