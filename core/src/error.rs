@@ -87,6 +87,18 @@ pub enum Error {
         source: Option<BoxError>,
     },
 
+    /// The broker cannot be reached (connection refused, lost or closing);
+    /// nothing is wrong with the message. The relay does not count this as a
+    /// failed attempt: it releases the message and pauses publishing.
+    #[error("broker unavailable: {message}")]
+    BrokerUnavailable {
+        /// What happened.
+        message: String,
+        /// The driver's error, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
+
     /// The backend cannot do this.
     #[error("unsupported by this backend: {0}")]
     Unsupported(&'static str),
@@ -114,6 +126,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Broker { retryable, .. } => *retryable,
+            Error::BrokerUnavailable { .. } => true,
             Error::Database(e) => !matches!(
                 e,
                 sqlx::Error::Database(d) if d.is_unique_violation() || d.is_check_violation()
@@ -131,6 +144,16 @@ impl Error {
     /// A broker error that will fail again the same way.
     pub fn broker_permanent(message: impl fmt::Display) -> Self {
         Error::Broker { message: message.to_string(), retryable: false, source: None }
+    }
+
+    /// The broker cannot be reached.
+    pub fn broker_unavailable(message: impl fmt::Display, source: Option<BoxError>) -> Self {
+        Error::BrokerUnavailable { message: message.to_string(), source }
+    }
+
+    /// Whether this is [`Error::BrokerUnavailable`].
+    pub fn is_broker_unavailable(&self) -> bool {
+        matches!(self, Error::BrokerUnavailable { .. })
     }
 
     /// A configuration error for `field`.

@@ -121,6 +121,7 @@ impl<S: Store, B: Broker> Relay<S, B> {
             owner,
             marks: marks_tx,
             held: Mutex::new(HashMap::new()),
+            outage: Mutex::new((0, None)),
             seed: fastrand::u64(..),
         });
         let span = tracing::info_span!("txmsg.relay", relay = %owner);
@@ -194,6 +195,9 @@ struct Shared<S, B> {
     /// Keys whose fast-path message failed, until when later fast-path
     /// messages of the key must go to the poller instead.
     held: Mutex<HashMap<KeyId, DateTime<Utc>>>,
+    /// While the broker is unreachable: consecutive failures and when the
+    /// poller may try again.
+    outage: Mutex<(u32, Option<tokio::time::Instant>)>,
     seed: u64,
 }
 
@@ -213,6 +217,8 @@ enum Outcome {
     Dead,
     /// Not attempted (lease about to run out, or shutting down).
     Skipped,
+    /// The broker could not be reached: released without counting an attempt.
+    Unavailable,
 }
 
 async fn run<S: Store, B: Broker>(
@@ -286,6 +292,7 @@ impl<S: Store, B: Broker> Shared<S, B> {
         };
         match result {
             Ok(()) => {
+                self.broker_reachable();
                 metrics::histogram!("txmsg_publish_duration_seconds", "topic" => topic.clone())
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!("txmsg_published_total", "topic" => topic).increment(1);
@@ -293,6 +300,12 @@ impl<S: Store, B: Broker> Shared<S, B> {
                 // The receiver lives until every publisher has finished.
                 let _ = self.marks.send(env.id);
                 Outcome::Sent
+            }
+            Err(e) if e.is_broker_unavailable() => {
+                let pause = self.broker_unreachable();
+                tracing::warn!(error = %error_chain(&e), pause = ?pause, "broker unavailable; message released, publishing paused");
+                self.release(&[env.id]).await;
+                Outcome::Unavailable
             }
             Err(e) => {
                 let attempts = env.attempts.saturating_add(1);
@@ -334,7 +347,7 @@ impl<S: Store, B: Broker> Shared<S, B> {
         match outcome {
             Outcome::Sent => false,
             Outcome::Dead => self.config.dead_key_policy == DeadKeyPolicy::Park,
-            Outcome::Failed | Outcome::Skipped => true,
+            Outcome::Failed | Outcome::Skipped | Outcome::Unavailable => true,
         }
     }
 
@@ -366,6 +379,29 @@ impl<S: Store, B: Broker> Shared<S, B> {
         if let Err(e) = self.store.release(ids, self.owner).await {
             tracing::warn!(error = %error_chain(&e), count = ids.len(), "could not release leases; they run out on their own");
         }
+    }
+
+    /// Records one more failure to reach the broker; returns the pause.
+    fn broker_unreachable(&self) -> Duration {
+        let mut outage = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        outage.0 = outage.0.saturating_add(1);
+        let pause = retry_delay(&self.config, outage.0, self.seed).min(Duration::from_secs(5));
+        outage.1 = Some(tokio::time::Instant::now() + pause);
+        pause
+    }
+
+    fn broker_reachable(&self) {
+        let mut outage = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        if outage.0 != 0 {
+            tracing::info!(failures = outage.0, "broker reachable again");
+        }
+        *outage = (0, None);
+    }
+
+    /// When the poller may publish again, if the broker was unreachable.
+    fn paused_until(&self) -> Option<tokio::time::Instant> {
+        let outage = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        outage.1.filter(|t| *t > tokio::time::Instant::now())
     }
 
     fn is_held(&self, key: &KeyId, now: DateTime<Utc>) -> bool {
@@ -514,6 +550,12 @@ async fn poll_loop<S: Store, B: Broker>(
         loop {
             if *stop.borrow() {
                 return;
+            }
+            if let Some(until) = shared.paused_until() {
+                tokio::select! {
+                    () = stopped(&mut stop) => return,
+                    () = tokio::time::sleep_until(until) => {}
+                }
             }
             let now = shared.now();
             let lease = crate::tx::fast_lease(shared.owner, now, shared.config.lease);
