@@ -1,1 +1,60 @@
-//! placeholder
+//! RabbitMQ broker for [txmsg](https://docs.rs/txmsg), on
+//! [lapin](https://docs.rs/lapin), with publisher confirms.
+//!
+//! [`RabbitBroker`] implements [`Broker`](txmsg_core::Broker): the relay hands
+//! it each committed message, and it resolves only once RabbitMQ has
+//! confirmed the message, so a row is marked sent only after the broker has
+//! it (at least once out). Messages go to one durable topic exchange with the
+//! topic as routing key, as persistent JSON in CloudEvents binary content mode,
+//! so consumers in any language can read them:
+//!
+//! | AMQP                                  | value                                   |
+//! |---------------------------------------|-----------------------------------------|
+//! | routing key                           | topic                                   |
+//! | `content_type`                        | `application/json`                      |
+//! | `delivery_mode`                       | 2 (persistent)                          |
+//! | `message_id`                          | idempotency key                         |
+//! | `timestamp`                           | creation time (seconds)                 |
+//! | header `cloudEvents_id`               | idempotency key                         |
+//! | header `cloudEvents_type`             | topic                                   |
+//! | header `cloudEvents_source`           | [`RabbitConfig::source`]                |
+//! | header `cloudEvents_specversion`      | `1.0`                                   |
+//! | header `cloudEvents_time`             | creation time, RFC 3339                 |
+//! | header `cloudEvents_partitionkey`     | ordering key, when there is one         |
+//! | header `cloudEvents_traceparent`      | W3C trace context, when there is one    |
+//! | header `txmsg-id`                     | message id (UUIDv7)                     |
+//! | other headers                         | the message's other headers, as is      |
+//! | body                                  | the JSON payload, byte for byte         |
+//!
+//! The broker reconnects by itself after the connection drops; publishes
+//! during the outage fail at once with a retryable error, and the relay
+//! tries them again later.
+//!
+//! ```no_run
+//! use txmsg_rabbitmq::{RabbitBroker, RabbitConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let broker = RabbitBroker::connect(
+//!     "amqp://guest:guest@127.0.0.1:5672/%2f",
+//!     RabbitConfig::default().source("/orders")?,
+//! )
+//! .await?;
+//! broker.bind_queue("billing", "orders.#").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Feature flags
+//!
+//! | feature | enables                                  | default |
+//! |---------|------------------------------------------|---------|
+//! | `tls`   | `amqps://` URLs, through rustls          | no      |
+
+mod broker;
+mod config;
+mod link;
+mod url;
+mod wire;
+
+pub use broker::RabbitBroker;
+pub use config::RabbitConfig;
+pub use wire::{CLOUDEVENTS_PREFIX, TXMSG_ID_HEADER};

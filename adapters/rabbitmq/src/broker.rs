@@ -1,0 +1,353 @@
+//! [`RabbitBroker`]: the [`Broker`] for RabbitMQ.
+
+use std::fmt;
+use std::sync::Arc;
+
+use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Confirmation, message::BasicReturnMessage};
+use tracing::{Instrument, debug, debug_span};
+use txmsg_core::{Broker, Envelope, Error, Result};
+
+use crate::config::RabbitConfig;
+use crate::link::{Down, Shared, broker_error, publish_error};
+use crate::url::BrokerUrl;
+
+/// Reply code of a normal close.
+const REPLY_SUCCESS: u16 = 200;
+
+/// A [`Broker`] that publishes to a RabbitMQ topic exchange with publisher
+/// confirms.
+///
+/// Each message goes to the exchange named in [`RabbitConfig`] with its topic
+/// as the routing key, persistent, as JSON, in CloudEvents binary content mode
+/// (see [`CLOUDEVENTS_PREFIX`](crate::CLOUDEVENTS_PREFIX) for the headers).
+/// [`publish`](Broker::publish) resolves `Ok` only once RabbitMQ has confirmed
+/// the message. Publishes are pipelined: concurrent calls share one channel
+/// and each waits for its own confirm.
+///
+/// When the connection or channel is lost, the broker reconnects by itself
+/// in the background, with exponential backoff
+/// ([`RabbitConfig::reconnect_backoff`]), and declares the exchange again.
+/// Until it is back, publishes fail at once with a retryable
+/// [`Error::Broker`]; they never wait for the connection.
+///
+/// Clones share the connection. Dropping the last clone closes it.
+///
+/// # Examples
+///
+/// ```no_run
+/// use txmsg_rabbitmq::{RabbitBroker, RabbitConfig};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = RabbitConfig::default().exchange("shop")?.source("/orders")?;
+/// let broker = RabbitBroker::connect("amqp://guest:guest@127.0.0.1:5672/%2f", config).await?;
+/// // A durable queue that receives every `orders.*` message.
+/// broker.bind_queue("billing.orders", "orders.*").await?;
+/// // Hand `broker` to a `Relay`; it publishes through `Broker::publish`.
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RabbitBroker {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for RabbitBroker {
+    // The URL is shown with its password masked.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitBroker")
+            .field("url", &self.shared.url)
+            .field("exchange", &self.exchange())
+            .field("mandatory", &self.shared.config.get_mandatory())
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RabbitBroker {
+    /// Connects to RabbitMQ at `url`, opens a channel in publisher-confirm
+    /// mode and declares the exchange (topic, durable).
+    ///
+    /// `url` is an `amqp://user:password@host:port/vhost` URL (`amqps://`
+    /// with the `tls` feature); the default virtual host `/` is written
+    /// `%2f`. The password is never logged nor shown by `Debug`.
+    ///
+    /// Must be called inside a Tokio runtime, which then also runs the
+    /// reconnect task.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Config`] for `url` if it is not an AMQP URL.
+    /// - [`Error::Broker`] if RabbitMQ cannot be reached (retryable, with the
+    ///   driver's error as its source), refuses the credentials or virtual
+    ///   host, or refuses the exchange declaration because an exchange of
+    ///   that name exists with other settings (both not retryable).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future abandons the attempt and closes any connection it
+    /// opened.
+    pub async fn connect(url: &str, config: RabbitConfig) -> Result<Self> {
+        let url = BrokerUrl::parse(url)?;
+        let span =
+            debug_span!("txmsg.rabbitmq.connect", url = %url, exchange = config.get_exchange());
+        let shared = Shared::connect(url, config).instrument(span).await?;
+        Ok(RabbitBroker { shared })
+    }
+
+    /// The exchange messages are published to.
+    pub fn exchange(&self) -> &str {
+        self.shared.exchange.as_str()
+    }
+
+    /// The settings the broker was connected with.
+    pub fn config(&self) -> &RabbitConfig {
+        &self.shared.config
+    }
+
+    /// Whether the broker has an open connection and channel right now.
+    ///
+    /// `false` during an outage, while the broker reconnects, and after
+    /// [`close`](Self::close).
+    pub fn is_connected(&self) -> bool {
+        self.shared.is_connected()
+    }
+
+    /// Declares the durable queue `queue` and binds it to the exchange with
+    /// `topic_pattern`, so that it receives every message whose topic
+    /// matches: `orders.placed` exactly, `orders.*` one more segment,
+    /// `orders.#` any number of them. Declaring an existing queue with the
+    /// same settings, or binding it again, changes nothing.
+    ///
+    /// Runs on a channel of its own, so a refusal does not disturb
+    /// publishes in flight.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Config`] for `queue` or `topic_pattern` if it is empty or
+    ///   longer than 255 bytes.
+    /// - [`Error::Broker`] if the broker is not connected (retryable), or
+    ///   RabbitMQ refuses the declaration, for instance because the queue
+    ///   exists with other settings (not retryable).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may leave the queue declared but not yet bound;
+    /// calling again completes it.
+    pub async fn bind_queue(&self, queue: &str, topic_pattern: &str) -> Result<()> {
+        let queue_name = short("queue", queue)?;
+        let pattern = short("topic_pattern", topic_pattern)?;
+        let link = self.shared.link()?;
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| broker_error("could not open a rabbitmq channel", e))?;
+        channel
+            .queue_declare(
+                queue_name.clone(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| broker_error(format!("declaring queue `{queue}` failed"), e))?;
+        channel
+            .queue_bind(
+                queue_name,
+                self.shared.exchange.clone(),
+                pattern,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| {
+                broker_error(
+                    format!(
+                        "binding queue `{queue}` to exchange `{}` with `{topic_pattern}` failed",
+                        self.exchange()
+                    ),
+                    e,
+                )
+            })?;
+        // The declaration and binding are done; a failed close changes nothing.
+        let _ = channel.close(REPLY_SUCCESS, "OK".into()).await;
+        Ok(())
+    }
+
+    /// Removes the binding of `queue` to the exchange for `topic_pattern`;
+    /// the queue and its messages stay.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BrokerUnavailable`] if the broker is not connected;
+    /// [`Error::Broker`] if RabbitMQ refused the unbind.
+    pub async fn unbind_queue(&self, queue: &str, topic_pattern: &str) -> Result<()> {
+        let queue_name = short("queue", queue)?;
+        let pattern = short("topic_pattern", topic_pattern)?;
+        let link = self.shared.link()?;
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| broker_error("could not open a rabbitmq channel", e))?;
+        channel
+            .queue_unbind(
+                queue_name,
+                self.shared.exchange.clone(),
+                pattern,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| {
+                broker_error(
+                    format!("unbinding queue `{queue}` from `{topic_pattern}` failed"),
+                    e,
+                )
+            })?;
+        let _ = channel.close(REPLY_SUCCESS, "OK".into()).await;
+        Ok(())
+    }
+
+    /// Closes the connection after the confirms of publishes in flight have
+    /// arrived, and stops reconnecting. Later publishes fail with a
+    /// retryable [`Error::Broker`] (their messages stay pending for another
+    /// relay). Closing again does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Broker`] if the connection could not be closed cleanly; it is
+    /// dropped all the same.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future leaves the broker closed; its connection closes
+    /// when the last clone is dropped.
+    pub async fn close(&self) -> Result<()> {
+        let Some(link) = self.shared.close() else {
+            return Ok(());
+        };
+        // Errors here mean the channel is gone already: nothing to wait for.
+        let _ = link.channel.wait_for_confirms().await;
+        if !link.connection.status().connected() {
+            return Ok(());
+        }
+        link.connection
+            .close(REPLY_SUCCESS, "OK".into())
+            .await
+            .map_err(|e| broker_error("closing the rabbitmq connection failed", e))
+    }
+
+    async fn publish_confirmed(&self, envelope: &Envelope) -> Result<()> {
+        let (routing_key, properties) = self.shared.wire.encode(envelope)?;
+        let link = self.shared.link()?;
+        let options = BasicPublishOptions {
+            mandatory: self.shared.config.get_mandatory(),
+            ..BasicPublishOptions::default()
+        };
+        let confirm = match link
+            .channel
+            .basic_publish(
+                self.shared.exchange.clone(),
+                routing_key,
+                options,
+                &envelope.payload,
+                properties,
+            )
+            .await
+        {
+            Ok(confirm) => confirm,
+            Err(e) => {
+                self.shared.check(&link, Down::Lapin(e.clone()), false);
+                return Err(publish_error(
+                    format!("publishing to exchange `{}` failed", self.exchange()),
+                    e,
+                ));
+            }
+        };
+        match confirm.await {
+            Ok(Confirmation::Ack(None)) => Ok(()),
+            Ok(Confirmation::Ack(Some(returned))) => {
+                debug!(
+                    reply_code = returned.reply_code,
+                    "rabbitmq returned the message"
+                );
+                Err(self.unroutable(envelope, &returned))
+            }
+            Ok(Confirmation::Nack(_)) => {
+                debug!("rabbitmq nacked the message");
+                Err(Error::Broker {
+                    message: format!("rabbitmq nacked message {}", envelope.id),
+                    retryable: true,
+                    source: None,
+                })
+            }
+            Ok(Confirmation::NotRequested) => {
+                self.shared.check(&link, Down::NoConfirms, true);
+                Err(Error::broker(
+                    format!("rabbitmq did not confirm message {}", envelope.id),
+                    Down::NoConfirms,
+                ))
+            }
+            Err(e) => {
+                self.shared.check(&link, Down::Lapin(e.clone()), false);
+                Err(publish_error(
+                    format!("no publisher confirm for message {}", envelope.id),
+                    e,
+                ))
+            }
+        }
+    }
+
+    fn unroutable(&self, envelope: &Envelope, returned: &BasicReturnMessage) -> Error {
+        Error::Broker {
+            message: format!(
+                "unroutable: no queue bound for routing key `{}` on exchange `{}`",
+                envelope.topic,
+                self.exchange()
+            ),
+            retryable: true,
+            source: returned
+                .error()
+                .map(|e| Box::new(e) as txmsg_core::BoxError),
+        }
+    }
+}
+
+impl Broker for RabbitBroker {
+    /// Publishes `envelope` and waits for RabbitMQ's publisher confirm.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Broker`], retryable, if the broker is not connected (it is
+    /// reconnecting), RabbitMQ nacked the message, returned it as
+    /// unroutable (with [`RabbitConfig::mandatory`]), or the connection was
+    /// lost before the confirm; not retryable if the topic or a header name
+    /// is longer than AMQP allows (255 bytes).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future is safe: the message may or may not have reached
+    /// RabbitMQ, and the caller publishes it again (at least once).
+    async fn publish(&self, envelope: &Envelope) -> Result<()> {
+        let span = debug_span!(
+            "txmsg.rabbitmq.publish",
+            topic = %envelope.topic,
+            key = envelope.key.as_deref(),
+            message_id = %envelope.id,
+            attempt = envelope.attempts,
+            exchange = self.exchange(),
+        );
+        self.publish_confirmed(envelope).instrument(span).await
+    }
+}
+
+/// `value` as an AMQP short string, or a config error for `field`.
+fn short(field: &'static str, value: &str) -> Result<ShortString> {
+    if value.is_empty() {
+        return Err(Error::config(field, "must not be empty"));
+    }
+    ShortString::try_new(value).map_err(|_| Error::config(field, "must be at most 255 bytes"))
+}

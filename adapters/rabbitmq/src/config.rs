@@ -1,0 +1,341 @@
+//! Settings of a [`RabbitBroker`](crate::RabbitBroker).
+
+use std::time::Duration;
+
+use txmsg_core::{Error, Result};
+
+/// Longest exchange name RabbitMQ accepts, in bytes (an AMQP short string).
+const MAX_EXCHANGE_LEN: usize = 255;
+
+/// Longest connection name accepted, in bytes.
+const MAX_CONNECTION_NAME_LEN: usize = 255;
+
+/// Longest CloudEvents `source` accepted, in bytes.
+const MAX_SOURCE_LEN: usize = 4096;
+
+/// Settings of a [`RabbitBroker`](crate::RabbitBroker), checked as they are set.
+///
+/// | setting | default | meaning |
+/// |---------|---------|---------|
+/// | [`exchange`](Self::exchange) | `"txmsg"` | durable topic exchange messages are published to; the routing key is the topic |
+/// | [`mandatory`](Self::mandatory) | `false` | whether a message no queue is bound for is an error |
+/// | [`source`](Self::source) | `"/txmsg"` | the CloudEvents `source` attribute of every message |
+/// | [`connection_name`](Self::connection_name) | `"txmsg"` | the name RabbitMQ shows for the connection |
+/// | [`reconnect_backoff`](Self::reconnect_backoff) | 100 ms to 10 s | delays between reconnect attempts (exponential, with jitter) |
+/// | [`connect_timeout`](Self::connect_timeout) | 10 s | longest one connect attempt may take |
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use txmsg_rabbitmq::RabbitConfig;
+///
+/// let config = RabbitConfig::default()
+///     .exchange("billing.events")?
+///     .mandatory(true)
+///     .source("/billing")?
+///     .reconnect_backoff(Duration::from_millis(50), Duration::from_secs(5))?;
+/// assert_eq!(config.get_exchange(), "billing.events");
+///
+/// assert!(RabbitConfig::default().exchange("no spaces").is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RabbitConfig {
+    exchange: String,
+    mandatory: bool,
+    source: String,
+    connection_name: String,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+    connect_timeout: Duration,
+}
+
+impl Default for RabbitConfig {
+    fn default() -> Self {
+        RabbitConfig {
+            exchange: "txmsg".to_owned(),
+            mandatory: false,
+            source: "/txmsg".to_owned(),
+            connection_name: "txmsg".to_owned(),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RabbitConfig {
+    /// Names the exchange messages are published to.
+    ///
+    /// The broker declares it as a durable topic exchange when it connects
+    /// and publishes each message with its topic as the routing key, so a
+    /// queue bound with `orders.*` receives `orders.placed`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `exchange` if the name is empty, longer than
+    /// 255 bytes, contains anything but ASCII letters, digits, `-`, `_`, `.`
+    /// and `:`, or starts with `amq.` (reserved by RabbitMQ).
+    pub fn exchange(mut self, name: &str) -> Result<Self> {
+        if name.is_empty() {
+            return Err(Error::config("exchange", "must not be empty"));
+        }
+        if name.len() > MAX_EXCHANGE_LEN {
+            return Err(Error::config(
+                "exchange",
+                format!("must be at most {MAX_EXCHANGE_LEN} bytes"),
+            ));
+        }
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        {
+            return Err(Error::config(
+                "exchange",
+                format!(
+                    "may contain only ASCII letters, digits, `-`, `_`, `.` and `:`, got {name:?}"
+                ),
+            ));
+        }
+        if name.starts_with("amq.") {
+            return Err(Error::config(
+                "exchange",
+                format!("must not start with `amq.`, which RabbitMQ reserves, got {name:?}"),
+            ));
+        }
+        self.exchange = name.to_owned();
+        Ok(self)
+    }
+
+    /// Sets whether a message that no queue is bound for is an error.
+    ///
+    /// Off (the default), RabbitMQ drops such a message and confirms it, as
+    /// any topic exchange does: publishing to a topic nobody listens to is
+    /// not a failure. On, RabbitMQ returns it and
+    /// [`publish`](txmsg_core::Broker::publish) fails with a retryable
+    /// [`Error::Broker`], so the message stays pending until a queue is bound.
+    pub fn mandatory(mut self, mandatory: bool) -> Self {
+        self.mandatory = mandatory;
+        self
+    }
+
+    /// Sets the CloudEvents `source` attribute carried by every message: a
+    /// URI reference naming the producing service, such as `/billing` or
+    /// `https://example.com/orders`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `source` if it is empty, longer than 4096 bytes,
+    /// or contains whitespace or control characters.
+    pub fn source(mut self, source: &str) -> Result<Self> {
+        self.source = checked_text("source", source, MAX_SOURCE_LEN)?;
+        Ok(self)
+    }
+
+    /// Sets the connection name RabbitMQ shows for the connection (the
+    /// `connection_name` client property), to tell services apart in the
+    /// management UI and in `rabbitmqctl list_connections`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `connection_name` if it is empty, longer than
+    /// 255 bytes, or contains control characters.
+    pub fn connection_name(mut self, name: &str) -> Result<Self> {
+        if name.chars().any(char::is_control) {
+            return Err(Error::config(
+                "connection_name",
+                "must not contain control characters",
+            ));
+        }
+        if name.is_empty() {
+            return Err(Error::config("connection_name", "must not be empty"));
+        }
+        if name.len() > MAX_CONNECTION_NAME_LEN {
+            return Err(Error::config(
+                "connection_name",
+                format!("must be at most {MAX_CONNECTION_NAME_LEN} bytes"),
+            ));
+        }
+        self.connection_name = name.to_owned();
+        Ok(self)
+    }
+
+    /// Sets the delays between reconnect attempts after the connection was
+    /// lost: the first waits `min`, each next one twice as long (with jitter),
+    /// up to `max`. Attempts go on until one succeeds or the broker is closed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `reconnect_backoff` if `min` is zero or greater
+    /// than `max`.
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Result<Self> {
+        if min.is_zero() || min > max {
+            return Err(Error::config(
+                "reconnect_backoff",
+                format!("min must be greater than zero and at most max, got {min:?} and {max:?}"),
+            ));
+        }
+        self.reconnect_min = min;
+        self.reconnect_max = max;
+        Ok(self)
+    }
+
+    /// Sets the longest one connect attempt (TCP, handshake, channel setup,
+    /// exchange declaration) may take before it counts as failed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `connect_timeout` if it is zero.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Result<Self> {
+        if timeout.is_zero() {
+            return Err(Error::config(
+                "connect_timeout",
+                "must be greater than zero",
+            ));
+        }
+        self.connect_timeout = timeout;
+        Ok(self)
+    }
+
+    /// The exchange messages are published to.
+    pub fn get_exchange(&self) -> &str {
+        &self.exchange
+    }
+
+    /// Whether a message that no queue is bound for is an error.
+    pub fn get_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    /// The CloudEvents `source` attribute.
+    pub fn get_source(&self) -> &str {
+        &self.source
+    }
+
+    /// The connection name shown by RabbitMQ.
+    pub fn get_connection_name(&self) -> &str {
+        &self.connection_name
+    }
+
+    /// The shortest and longest delay between reconnect attempts.
+    pub fn get_reconnect_backoff(&self) -> (Duration, Duration) {
+        (self.reconnect_min, self.reconnect_max)
+    }
+
+    /// The longest one connect attempt may take.
+    pub fn get_connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+}
+
+/// `value` if it is 1 to `max` bytes without whitespace or control characters.
+fn checked_text(field: &'static str, value: &str, max: usize) -> Result<String> {
+    if value.is_empty() {
+        return Err(Error::config(field, "must not be empty"));
+    }
+    if value.len() > max {
+        return Err(Error::config(field, format!("must be at most {max} bytes")));
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::config(
+            field,
+            "must not contain whitespace or control characters",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(err: Error) -> &'static str {
+        match err {
+            Error::Config { field, .. } => field,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = RabbitConfig::default();
+        assert_eq!(c.get_exchange(), "txmsg");
+        assert!(!c.get_mandatory());
+        assert_eq!(c.get_source(), "/txmsg");
+        assert_eq!(c.get_connection_name(), "txmsg");
+        let (min, max) = c.get_reconnect_backoff();
+        assert!(!min.is_zero() && min <= max);
+    }
+
+    #[test]
+    fn exchange_rules() {
+        for good in ["txmsg", "billing.events", "a-b_c:d.e", &"x".repeat(255)] {
+            assert_eq!(
+                RabbitConfig::default()
+                    .exchange(good)
+                    .unwrap()
+                    .get_exchange(),
+                good
+            );
+        }
+        for bad in [
+            "",
+            "a b",
+            "a/b",
+            "é",
+            "a#",
+            "a*",
+            "amq.topic",
+            &"x".repeat(256),
+        ] {
+            let err = RabbitConfig::default().exchange(bad).unwrap_err();
+            assert_eq!(field_of(err), "exchange", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn source_and_name_rules() {
+        assert!(
+            RabbitConfig::default()
+                .source("https://example.com/orders")
+                .is_ok()
+        );
+        for bad in ["", "a b", "a\nb"] {
+            assert_eq!(
+                field_of(RabbitConfig::default().source(bad).unwrap_err()),
+                "source"
+            );
+        }
+        assert!(
+            RabbitConfig::default()
+                .connection_name("orders service")
+                .is_ok()
+        );
+        for bad in ["", "a\u{7}b", &"n".repeat(256)] {
+            let err = RabbitConfig::default().connection_name(bad).unwrap_err();
+            assert_eq!(field_of(err), "connection_name");
+        }
+    }
+
+    #[test]
+    fn backoff_and_timeout_rules() {
+        let ms = Duration::from_millis;
+        assert!(
+            RabbitConfig::default()
+                .reconnect_backoff(ms(1), ms(1))
+                .is_ok()
+        );
+        for (min, max) in [(ms(0), ms(10)), (ms(20), ms(10))] {
+            let err = RabbitConfig::default()
+                .reconnect_backoff(min, max)
+                .unwrap_err();
+            assert_eq!(field_of(err), "reconnect_backoff");
+        }
+        let err = RabbitConfig::default()
+            .connect_timeout(Duration::ZERO)
+            .unwrap_err();
+        assert_eq!(field_of(err), "connect_timeout");
+    }
+}

@@ -1,0 +1,662 @@
+//! `RabbitBroker` against a real RabbitMQ, found through `AMQP_URL`
+//! (default `amqp://guest:guest@127.0.0.1:5672/%2f`). The reconnect test also
+//! runs `rabbitmqctl` on this machine to close the broker's connection.
+//!
+//! Every test uses its own exchange and queues (uuid suffix) and deletes them
+//! at the end, so tests run in parallel and leave nothing behind.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, Utc};
+use futures_util::FutureExt;
+use lapin::options::{
+    BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use txmsg_core::{Broker, Envelope, Error, TRACEPARENT};
+use txmsg_rabbitmq::{RabbitBroker, RabbitConfig};
+use uuid::Uuid;
+
+const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
+}
+
+/// A unique name for this test run.
+fn unique(prefix: &str) -> String {
+    format!("txmsg-test-{prefix}-{}", Uuid::now_v7().simple())
+}
+
+/// Connects the broker under test, failing with a message naming `AMQP_URL`.
+async fn connect(config: RabbitConfig) -> RabbitBroker {
+    let url = amqp_url();
+    match RabbitBroker::connect(&url, config).await {
+        Ok(broker) => broker,
+        Err(e) => panic!(
+            "cannot reach RabbitMQ through AMQP_URL (set AMQP_URL, default {DEFAULT_AMQP_URL}): {e:?}"
+        ),
+    }
+}
+
+/// A plain lapin channel, to inspect and clean up what the broker did.
+async fn raw_channel() -> (Connection, Channel) {
+    let url = amqp_url();
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach RabbitMQ through AMQP_URL: {e}"));
+    let channel = conn.create_channel().await.expect("create channel");
+    (conn, channel)
+}
+
+/// The exchange and queues of one test, deleted when it ends.
+#[derive(Clone)]
+struct Names {
+    exchange: String,
+    queues: Vec<String>,
+}
+
+impl Names {
+    fn new(queues: usize) -> Self {
+        Names {
+            exchange: unique("ex"),
+            queues: (0..queues).map(|i| unique(&format!("q{i}"))).collect(),
+        }
+    }
+
+    fn config(&self) -> RabbitConfig {
+        RabbitConfig::default()
+            .exchange(&self.exchange)
+            .expect("valid exchange name")
+            .source("/txmsg-tests")
+            .expect("valid source")
+    }
+
+    async fn cleanup(&self) {
+        let (conn, ch) = raw_channel().await;
+        for q in &self.queues {
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = ch
+            .exchange_delete(
+                self.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+        let _ = conn.close(200, "OK".into()).await;
+    }
+}
+
+/// Runs `test` with fresh names, then deletes them whether it passed or not.
+async fn with_names<F, Fut>(queues: usize, test: F)
+where
+    F: FnOnce(Names) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let names = Names::new(queues);
+    let outcome = AssertUnwindSafe(test(names.clone())).catch_unwind().await;
+    names.cleanup().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn envelope(topic: &str, n: usize) -> Envelope {
+    let payload = format!(r#"{{"n":{n},"note":"caf\u00e9 ✓"}}"#).into_bytes();
+    Envelope::new(
+        Uuid::now_v7(),
+        topic,
+        format!("idem-{n}-{}", Uuid::now_v7()),
+        payload,
+        Utc::now(),
+    )
+}
+
+fn text(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).expect("utf-8"),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        other => panic!("expected a string header, got {other:?}"),
+    }
+}
+
+fn header(props: &BasicProperties, name: &str) -> Option<String> {
+    props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(name))
+        .map(text)
+}
+
+/// Takes every message waiting in `queue`.
+async fn drain(ch: &Channel, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
+    let mut out = Vec::new();
+    while let Some(msg) = ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+    {
+        out.push(msg);
+    }
+    out
+}
+
+async fn queue_len(ch: &Channel, queue: &str) -> u32 {
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("passive queue.declare")
+    .message_count()
+}
+
+#[tokio::test]
+async fn publish_is_confirmed_and_delivered_once_with_cloudevents_headers() {
+    with_names(1, |names| async move {
+        let broker = connect(names.config()).await;
+        assert_eq!(broker.exchange(), names.exchange);
+        let queue = &names.queues[0];
+        broker
+            .bind_queue(queue, "orders.*")
+            .await
+            .expect("bind queue");
+
+        let mut env = envelope("orders.placed", 42);
+        env.key = Some("order-42".into());
+        env.headers.insert(
+            TRACEPARENT.into(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        );
+        env.headers.insert("tenant".into(), "acme".into());
+        broker.publish(&env).await.expect("publish confirmed");
+
+        let (conn, ch) = raw_channel().await;
+        let mut got = drain(&ch, queue).await;
+        assert_eq!(got.len(), 1, "the message arrives exactly once");
+        let msg = got.remove(0);
+        let d = &msg.delivery;
+        assert_eq!(d.data, env.payload, "payload bytes are unchanged");
+        assert_eq!(d.exchange.as_str(), names.exchange);
+        assert_eq!(d.routing_key.as_str(), "orders.placed");
+        assert!(!d.redelivered);
+
+        let p = &d.properties;
+        assert_eq!(
+            p.content_type().as_ref().map(|s| s.as_str()),
+            Some("application/json")
+        );
+        assert_eq!(p.delivery_mode(), &Some(2), "persistent");
+        assert_eq!(
+            p.message_id().as_ref().map(|s| s.as_str()),
+            Some(env.idempotency_key.as_str())
+        );
+        assert_eq!(p.timestamp(), &Some(env.created_at.timestamp() as u64));
+
+        let time = env.created_at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+        let expected = [
+            ("cloudEvents_id", env.idempotency_key.as_str()),
+            ("cloudEvents_type", "orders.placed"),
+            ("cloudEvents_source", "/txmsg-tests"),
+            ("cloudEvents_specversion", "1.0"),
+            ("cloudEvents_time", time.as_str()),
+            ("cloudEvents_partitionkey", "order-42"),
+            (
+                "cloudEvents_traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("tenant", "acme"),
+        ];
+        for (name, value) in expected {
+            assert_eq!(header(p, name).as_deref(), Some(value), "header {name}");
+        }
+        assert_eq!(header(p, "txmsg-id"), Some(env.id.to_string()));
+        assert_eq!(
+            header(p, TRACEPARENT),
+            None,
+            "traceparent travels as the CloudEvents attribute"
+        );
+        let time_back = chrono::DateTime::parse_from_rfc3339(&time).expect("RFC 3339 time");
+        assert_eq!(time_back, env.created_at);
+
+        assert_eq!(queue_len(&ch, queue).await, 0, "nothing else arrived");
+        let _ = conn.close(200, "OK".into()).await;
+        broker.close().await.expect("close");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_publishes_are_all_confirmed_and_delivered() {
+    const N: usize = 500;
+    with_names(1, |names| async move {
+        let broker = connect(names.config()).await;
+        let queue = &names.queues[0];
+        broker
+            .bind_queue(queue, "bulk.#")
+            .await
+            .expect("bind queue");
+
+        let envelopes: Vec<Envelope> = (0..N).map(|n| envelope("bulk.item", n)).collect();
+        let expected: BTreeSet<String> = envelopes.iter().map(|e| e.id.to_string()).collect();
+        let tasks: Vec<_> = envelopes
+            .into_iter()
+            .map(|env| {
+                let broker = broker.clone();
+                tokio::spawn(async move { broker.publish(&env).await })
+            })
+            .collect();
+        let started = Instant::now();
+        for task in tasks {
+            task.await.expect("task").expect("publish confirmed");
+        }
+        eprintln!(
+            "{N} concurrent publishes confirmed in {:?}",
+            started.elapsed()
+        );
+
+        let (conn, ch) = raw_channel().await;
+        let got = drain(&ch, queue).await;
+        assert_eq!(got.len(), N, "every confirmed message was delivered, once");
+        let ids: BTreeSet<String> = got
+            .iter()
+            .map(|m| header(&m.delivery.properties, "txmsg-id").expect("txmsg-id header"))
+            .collect();
+        assert_eq!(ids, expected);
+        let _ = conn.close(200, "OK".into()).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn mandatory_publish_without_a_bound_queue_is_a_retryable_error() {
+    with_names(1, |names| async move {
+        let broker = connect(names.config().mandatory(true)).await;
+        let env = envelope("nobody.listens", 1);
+        let err = broker
+            .publish(&env)
+            .await
+            .expect_err("unroutable with mandatory");
+        assert!(
+            matches!(
+                err,
+                Error::Broker {
+                    retryable: true,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.is_retryable());
+
+        // Once a queue is bound, the same message goes through.
+        broker
+            .bind_queue(&names.queues[0], "nobody.#")
+            .await
+            .expect("bind queue");
+        broker.publish(&env).await.expect("routable now");
+        let (conn, ch) = raw_channel().await;
+        assert_eq!(queue_len(&ch, &names.queues[0]).await, 1);
+        let _ = conn.close(200, "OK".into()).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unroutable_publish_without_mandatory_is_confirmed() {
+    with_names(0, |names| async move {
+        let broker = connect(names.config()).await;
+        broker
+            .publish(&envelope("nobody.listens", 1))
+            .await
+            .expect("dropped by RabbitMQ, confirmed");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connect_to_a_closed_port_is_a_retryable_broker_error() {
+    let url = "amqp://guest:hunter2-secret@127.0.0.1:1/%2f";
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        RabbitBroker::connect(url, RabbitConfig::default()),
+    )
+    .await
+    .expect("connect gives up instead of hanging");
+    let err = result.expect_err("nothing listens on port 1");
+    match &err {
+        Error::Broker {
+            retryable: true,
+            source: Some(_),
+            ..
+        } => {}
+        other => panic!("expected a retryable broker error with a source, got {other:?}"),
+    }
+    let mut shown = format!("{err} {err:?}");
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        shown.push_str(&s.to_string());
+        source = s.source();
+    }
+    assert!(!shown.contains("hunter2"), "the password leaked: {shown}");
+}
+
+#[tokio::test]
+async fn bad_url_is_a_config_error() {
+    let err = RabbitBroker::connect("http://guest:guest@127.0.0.1/", RabbitConfig::default())
+        .await
+        .expect_err("not an amqp URL");
+    assert!(matches!(err, Error::Config { field: "url", .. }), "{err:?}");
+}
+
+/// Closes, from the server side, the connection whose client-provided name is
+/// `name`: the same as an operator's `rabbitmqctl close_connection`.
+fn close_connection_named(name: &str) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .expect("run rabbitmqctl (installed with rabbitmq-server)");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl list_connections: {out:?}"
+    );
+    let list = String::from_utf8_lossy(&out.stdout);
+    let pid = list
+        .lines()
+        .find(|line| line.contains(name))
+        .and_then(|line| line.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no connection named {name} in:\n{list}"))
+        .to_owned();
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", &pid, "test"])
+        .output()
+        .expect("run rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl close_connection {pid}: {out:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_the_server_closes_the_connection() {
+    with_names(1, |names| async move {
+        let conn_name = unique("conn");
+        let config = names
+            .config()
+            .connection_name(&conn_name)
+            .expect("valid name")
+            // A visible outage: the first reconnect attempt waits one second.
+            .reconnect_backoff(Duration::from_secs(1), Duration::from_secs(2))
+            .expect("valid backoff");
+        let broker = connect(config).await;
+        let queue = &names.queues[0];
+        broker
+            .bind_queue(queue, "reconnect.#")
+            .await
+            .expect("bind queue");
+        broker
+            .publish(&envelope("reconnect.before", 0))
+            .await
+            .expect("publish before");
+
+        let name = conn_name.clone();
+        tokio::task::spawn_blocking(move || close_connection_named(&name))
+            .await
+            .expect("rabbitmqctl");
+
+        // The broker notices the close.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while broker.is_connected() {
+            assert!(
+                Instant::now() < deadline,
+                "the broker did not notice the closed connection"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // During the outage publishes fail fast and retryable; then they succeed
+        // again, with the same broker object.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut failures = 0;
+        let mut delivered = 1;
+        loop {
+            let started = Instant::now();
+            let outcome = tokio::time::timeout(
+                Duration::from_secs(5),
+                broker.publish(&envelope("reconnect.after", failures)),
+            )
+            .await
+            .expect("a publish during the outage must not hang");
+            match outcome {
+                Ok(()) => {
+                    delivered += 1;
+                    break;
+                }
+                Err(err) => {
+                    // An outage is not the message's fault: the relay must
+                    // not count it as a failed attempt.
+                    assert!(err.is_broker_unavailable(), "{err:?}");
+                    assert!(
+                        started.elapsed() < Duration::from_secs(2),
+                        "a publish during the outage took {:?}",
+                        started.elapsed()
+                    );
+                    failures += 1;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no successful publish within 20 s of the close"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(failures > 0, "the outage was not visible to publishes");
+        assert!(broker.is_connected());
+
+        // The new connection works like the first one.
+        for n in 0..10 {
+            broker
+                .publish(&envelope("reconnect.later", n))
+                .await
+                .expect("publish after reconnect");
+            delivered += 1;
+        }
+        let (conn, ch) = raw_channel().await;
+        assert_eq!(queue_len(&ch, queue).await, delivered);
+        let _ = conn.close(200, "OK".into()).await;
+        broker.close().await.expect("close");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn debug_never_shows_the_password() {
+    with_names(0, |names| async move {
+        let broker = connect(names.config()).await;
+        let uri: lapin::uri::AMQPUri = amqp_url().parse().expect("AMQP_URL parses");
+        let password = uri.authority.userinfo.password;
+        let shown = format!("{broker:?}");
+        assert!(shown.contains(":***@"), "{shown}");
+        assert!(!shown.contains(&format!(":{password}@")), "{shown}");
+        assert!(shown.contains(&names.exchange), "{shown}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_in_the_background_without_publishes() {
+    with_names(0, |names| async move {
+        let conn_name = unique("conn");
+        let broker = connect(
+            names
+                .config()
+                .connection_name(&conn_name)
+                .expect("valid name"),
+        )
+        .await;
+        let name = conn_name.clone();
+        tokio::task::spawn_blocking(move || close_connection_named(&name))
+            .await
+            .expect("rabbitmqctl");
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while broker.is_connected() {
+            assert!(
+                Instant::now() < deadline,
+                "the broker did not notice the closed connection"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !broker.is_connected() {
+            assert!(Instant::now() < deadline, "no reconnect within 20 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        broker
+            .publish(&envelope("background.after", 1))
+            .await
+            .expect("publish after reconnect");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn recovers_when_the_exchange_is_deleted_under_it() {
+    with_names(1, |names| async move {
+        let broker = connect(names.config()).await;
+        let queue = &names.queues[0];
+        broker
+            .publish(&envelope("gone.before", 0))
+            .await
+            .expect("publish before");
+
+        let (conn, ch) = raw_channel().await;
+        ch.exchange_delete(
+            names.exchange.as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await
+        .expect("delete exchange");
+
+        // RabbitMQ closes the publishing channel (404); the broker opens a new
+        // one and declares the exchange again.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut failures = 0;
+        loop {
+            let outcome = tokio::time::timeout(
+                Duration::from_secs(5),
+                broker.publish(&envelope("gone.after", failures)),
+            )
+            .await
+            .expect("a publish must not hang");
+            match outcome {
+                Ok(()) => break,
+                Err(err) => {
+                    assert!(err.is_retryable(), "{err:?}");
+                    failures += 1;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no successful publish within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            failures > 0,
+            "publishing to the deleted exchange did not fail"
+        );
+
+        broker
+            .bind_queue(queue, "gone.#")
+            .await
+            .expect("bind queue");
+        broker
+            .publish(&envelope("gone.later", 1))
+            .await
+            .expect("publish");
+        assert_eq!(queue_len(&ch, queue).await, 1);
+        let _ = conn.close(200, "OK".into()).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn refused_credentials_are_a_permanent_broker_error() {
+    let mut uri: lapin::uri::AMQPUri = amqp_url().parse().expect("AMQP_URL parses");
+    uri.authority.userinfo.password = format!("wrong-{}", Uuid::now_v7().simple());
+    let err = RabbitBroker::connect(&uri.to_string(), RabbitConfig::default())
+        .await
+        .expect_err("RabbitMQ refuses a wrong password");
+    assert!(
+        matches!(
+            err,
+            Error::Broker {
+                retryable: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!format!("{err} {err:?}").contains(&uri.authority.userinfo.password));
+}
+
+#[tokio::test]
+async fn refused_bind_queue_does_not_disturb_publishing() {
+    with_names(1, |names| async move {
+        let broker = connect(names.config()).await;
+        let queue = &names.queues[0];
+        // The queue exists already, but not durable: RabbitMQ refuses the
+        // durable declaration.
+        let (conn, ch) = raw_channel().await;
+        ch.queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare transient queue");
+        let err = broker
+            .bind_queue(queue, "t.#")
+            .await
+            .expect_err("precondition failed");
+        assert!(
+            matches!(
+                err,
+                Error::Broker {
+                    retryable: false,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+
+        assert!(broker.is_connected());
+        broker
+            .publish(&envelope("t.after", 1))
+            .await
+            .expect("publishing is unaffected");
+        assert!(matches!(
+            broker.bind_queue("", "t.#").await,
+            Err(Error::Config { field: "queue", .. })
+        ));
+        let _ = conn.close(200, "OK".into()).await;
+    })
+    .await;
+}
