@@ -1,0 +1,132 @@
+//! Versioned migrations of the outbox and inbox tables.
+//!
+//! Each migration is a SQL template whose placeholders (`{outbox}`, `{inbox}`
+//! and the index names) are replaced with the configured, validated and quoted
+//! names when the store is built. A new version is one more entry at the end of
+//! [`MIGRATIONS`]; a shipped entry is never edited.
+
+use chrono::Utc;
+use sqlx::PgPool;
+use txmsg_core::Result;
+
+use crate::sql::Sql;
+
+/// One migration.
+#[derive(Debug)]
+pub(crate) struct Migration {
+    /// Version, increasing from 1.
+    pub(crate) version: i32,
+    /// What it does, recorded in the migrations table.
+    pub(crate) description: &'static str,
+    /// SQL template, possibly several statements.
+    pub(crate) sql: &'static str,
+}
+
+/// Every migration, oldest first.
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "outbox and inbox tables",
+    sql: V1_OUTBOX_AND_INBOX,
+}];
+
+// The poller's index is on `id` rather than `next_attempt_at`: a claim reads
+// pending rows in id order and stops at its limit, while an index on the due
+// time would make it check and sort every due row of a backlog first.
+const V1_OUTBOX_AND_INBOX: &str = "
+CREATE TABLE {outbox} (
+    id uuid PRIMARY KEY,
+    topic text NOT NULL,
+    key text NULL,
+    idempotency_key text NOT NULL,
+    payload bytea NOT NULL,
+    headers jsonb NOT NULL DEFAULT '{}',
+    state text NOT NULL CHECK (state IN ('prepared', 'pending', 'sent', 'dead')),
+    attempts int NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL,
+    lease_owner uuid NULL,
+    lease_until timestamptz NULL,
+    checks int NOT NULL DEFAULT 0,
+    expires_at timestamptz NULL,
+    last_error text NULL,
+    created_at timestamptz NOT NULL,
+    sent_at timestamptz NULL,
+    dead_at timestamptz NULL,
+    UNIQUE (topic, idempotency_key)
+);
+CREATE INDEX {outbox_pending_idx} ON {outbox} (id) WHERE state = 'pending';
+CREATE INDEX {outbox_key_idx} ON {outbox} (topic, key, id) WHERE state IN ('pending', 'dead');
+CREATE TABLE {inbox} (
+    consumer_group text NOT NULL,
+    idempotency_key text NOT NULL,
+    processed_at timestamptz NOT NULL,
+    PRIMARY KEY (consumer_group, idempotency_key)
+);
+CREATE INDEX {inbox_processed_idx} ON {inbox} (processed_at);
+";
+
+/// Applies the migrations not yet recorded, all in one transaction.
+///
+/// The transaction first takes an advisory lock derived from the migrations
+/// table's name, so concurrent calls (several processes starting at once) run
+/// one after the other, and the later ones find nothing left to do.
+pub(crate) async fn migrate(pool: &PgPool, sql: &Sql) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(sql.migrate_lock_key)
+        .execute(&mut *tx)
+        .await?;
+    if let Some((schema, create)) = &sql.create_schema {
+        // Checked first: CREATE SCHEMA IF NOT EXISTS needs the CREATE right on
+        // the database even when the schema is already there.
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(schema)
+                .fetch_one(&mut *tx)
+                .await?;
+        if !exists {
+            sqlx::query(create.get()).execute(&mut *tx).await?;
+        }
+    }
+    sqlx::query(sql.create_migrations.get())
+        .execute(&mut *tx)
+        .await?;
+    let applied: Vec<i32> = sqlx::query_scalar(sql.applied_versions.get())
+        .fetch_all(&mut *tx)
+        .await?;
+    for m in &sql.migrations {
+        if applied.contains(&m.version) {
+            continue;
+        }
+        sqlx::raw_sql(m.sql.get()).execute(&mut *tx).await?;
+        sqlx::query(sql.record_migration.get())
+            .bind(m.version)
+            .bind(m.description)
+            .bind(Utc::now())
+            .execute(&mut *tx)
+            .await?;
+        tracing::info!(
+            version = m.version,
+            description = m.description,
+            "applied migration"
+        );
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_increase_from_one() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(
+                usize::try_from(m.version).unwrap(),
+                i + 1,
+                "{}",
+                m.description
+            );
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Rows to envelopes and back.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use txmsg_core::{Envelope, Headers, Result};
+use uuid::Uuid;
+
+/// Headers as the jsonb object they are stored as.
+pub(crate) fn headers_to_json(headers: &Headers) -> Value {
+    Value::Object(
+        headers
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    )
+}
+
+/// Headers from their jsonb object. Rows written by other tools may hold
+/// values that are not strings; those are kept as their JSON text.
+fn headers_from_json(value: Value) -> Headers {
+    match value {
+        Value::Object(map) => map
+            .into_iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => (k, s),
+                other => (k, other.to_string()),
+            })
+            .collect(),
+        _ => Headers::new(),
+    }
+}
+
+/// An envelope from a row holding the columns of
+/// [`ENVELOPE_COLUMNS`](crate::sql), read by name.
+pub(crate) fn envelope(row: &PgRow) -> Result<Envelope> {
+    let mut env = Envelope::new(
+        row.try_get::<Uuid, _>("id")?,
+        row.try_get::<String, _>("topic")?,
+        row.try_get::<String, _>("idempotency_key")?,
+        row.try_get::<Vec<u8>, _>("payload")?,
+        row.try_get::<DateTime<Utc>, _>("created_at")?,
+    );
+    env.key = row.try_get("key")?;
+    env.headers = headers_from_json(row.try_get::<Value, _>("headers")?);
+    env.expires_at = row.try_get("expires_at")?;
+    env.attempts = u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0);
+    Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_and_tolerate_other_json() {
+        let mut h = Headers::new();
+        h.insert("traceparent".into(), "00-abc-def-01".into());
+        h.insert("x".into(), String::new());
+        assert_eq!(headers_from_json(headers_to_json(&h)), h);
+        let odd = serde_json::json!({"n": 1, "s": "v"});
+        let got = headers_from_json(odd);
+        assert_eq!(got.get("n").map(String::as_str), Some("1"));
+        assert_eq!(got.get("s").map(String::as_str), Some("v"));
+        assert!(headers_from_json(serde_json::json!([1])).is_empty());
+    }
+}

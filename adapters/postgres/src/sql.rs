@@ -1,0 +1,333 @@
+//! Every SQL statement of the store, rendered once from validated table names.
+//!
+//! Table, schema and index names come from [`Tables`], whose identifiers are
+//! validated (ASCII letters, digits, `_`) and are quoted here; every value is a
+//! bind parameter. That is what makes the `AssertSqlSafe` wrappers around these
+//! strings sound.
+
+use std::sync::Arc;
+
+use sqlx::AssertSqlSafe;
+use txmsg_core::{Ident, MAX_IDENT_LEN, Tables};
+
+use crate::migrate::MIGRATIONS;
+
+/// Columns an [`Envelope`](txmsg_core::Envelope) is read from, in this order.
+const ENVELOPE_COLUMNS: &str =
+    "id, topic, key, idempotency_key, payload, headers, attempts, created_at, expires_at";
+
+/// One SQL string, cheap to clone into a query.
+#[derive(Debug, Clone)]
+pub(crate) struct Stmt(Arc<str>);
+
+impl Stmt {
+    fn new(sql: String) -> Self {
+        Stmt(sql.into())
+    }
+
+    /// The statement for `sqlx::query` and friends.
+    ///
+    /// Only table names are formatted into the string, validated and quoted;
+    /// values are bound.
+    pub(crate) fn get(&self) -> AssertSqlSafe<Arc<str>> {
+        AssertSqlSafe(Arc::clone(&self.0))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A migration, rendered for the configured tables.
+#[derive(Debug)]
+pub(crate) struct RenderedMigration {
+    pub(crate) version: i32,
+    pub(crate) description: &'static str,
+    pub(crate) sql: Stmt,
+}
+
+/// The statements of one store.
+#[derive(Debug)]
+pub(crate) struct Sql {
+    /// Key of the advisory lock that serialises migrations on these tables.
+    pub(crate) migrate_lock_key: i64,
+    /// The schema's name and the statement that creates it, if one is set.
+    pub(crate) create_schema: Option<(String, Stmt)>,
+    pub(crate) create_migrations: Stmt,
+    pub(crate) applied_versions: Stmt,
+    pub(crate) record_migration: Stmt,
+    pub(crate) migrations: Vec<RenderedMigration>,
+
+    pub(crate) insert: Stmt,
+    pub(crate) claim_heads: Stmt,
+    pub(crate) claim_followers: Stmt,
+    pub(crate) claim_lease: Stmt,
+    pub(crate) mark_sent: Stmt,
+    pub(crate) mark_failed: Stmt,
+    pub(crate) mark_dead: Stmt,
+    pub(crate) release: Stmt,
+    pub(crate) dead_letters: Stmt,
+    pub(crate) replay: Stmt,
+    pub(crate) purge_sent: Stmt,
+    pub(crate) stats: Stmt,
+}
+
+/// `"<table><suffix>"`, the base shortened so the name fits PostgreSQL's
+/// identifier limit instead of being truncated (and colliding) by the server.
+fn index_name(table: &Ident, suffix: &str) -> String {
+    let name = table.as_str();
+    let room = MAX_IDENT_LEN.saturating_sub(suffix.len());
+    // Identifiers are ASCII, so any byte offset is a char boundary.
+    let base = name.get(..room.min(name.len())).unwrap_or(name);
+    format!("\"{base}{suffix}\"")
+}
+
+/// FNV-1a, so every build and every process derives the same lock key.
+fn lock_key(text: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+impl Sql {
+    pub(crate) fn new(tables: &Tables) -> Self {
+        let outbox = tables.qualified(tables.outbox_name(), '"');
+        let inbox = tables.qualified(tables.inbox_name(), '"');
+        let migrations_table = tables.qualified(tables.migrations_name(), '"');
+        let o = &outbox;
+        let cols = ENVELOPE_COLUMNS;
+
+        let render = |template: &str| {
+            template
+                .replace("{outbox}", &outbox)
+                .replace("{inbox}", &inbox)
+                .replace(
+                    "{outbox_pending_idx}",
+                    &index_name(tables.outbox_name(), "_pending_idx"),
+                )
+                .replace(
+                    "{outbox_key_idx}",
+                    &index_name(tables.outbox_name(), "_key_idx"),
+                )
+                .replace(
+                    "{inbox_processed_idx}",
+                    &index_name(tables.inbox_name(), "_processed_idx"),
+                )
+        };
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|m| RenderedMigration {
+                version: m.version,
+                description: m.description,
+                sql: Stmt::new(render(m.sql)),
+            })
+            .collect();
+
+        Sql {
+            migrate_lock_key: lock_key(&format!("txmsg migrate {migrations_table}")),
+            create_schema: tables.schema_name().map(|s| {
+                (
+                    s.to_string(),
+                    Stmt::new(format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"")),
+                )
+            }),
+            create_migrations: Stmt::new(format!(
+                "CREATE TABLE IF NOT EXISTS {migrations_table} (\
+                 version int PRIMARY KEY, \
+                 description text NOT NULL, \
+                 applied_at timestamptz NOT NULL)"
+            )),
+            applied_versions: Stmt::new(format!("SELECT version FROM {migrations_table}")),
+            record_migration: Stmt::new(format!(
+                "INSERT INTO {migrations_table} (version, description, applied_at) \
+                 VALUES ($1, $2, $3)"
+            )),
+            migrations,
+
+            // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
+            // $6 headers, $7 created_at, $8 expires_at, $9 lease owner,
+            // $10 lease until.
+            //
+            // The row is leased to $9 unless an earlier row of its key is
+            // pending or dead and not $9's: then the poller must publish this
+            // one after it, so it goes in unleased.
+            insert: Stmt::new(format!(
+                "INSERT INTO {o} AS n (id, topic, key, idempotency_key, payload, headers, state, \
+                 attempts, next_attempt_at, lease_owner, lease_until, created_at, expires_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, 'pending', 0, $7, \
+                 CASE WHEN b.blocked THEN NULL ELSE $9::uuid END, \
+                 CASE WHEN b.blocked THEN NULL ELSE $10::timestamptz END, \
+                 $7, $8 \
+                 FROM (SELECT $3::text IS NOT NULL AND EXISTS (\
+                   SELECT 1 FROM {o} p \
+                   WHERE p.topic = $2 AND p.key = $3 AND p.id < $1 \
+                   AND p.state IN ('pending', 'dead') \
+                   AND (p.lease_owner IS NULL OR p.lease_owner <> $9)) AS blocked) AS b \
+                 ON CONFLICT (topic, idempotency_key) DO NOTHING \
+                 RETURNING (n.lease_owner IS NOT NULL)"
+            )),
+
+            // $1 now, $2 dead_parks_key, $3 limit.
+            //
+            // A head is a due, unleased (or lease-expired) pending row that is
+            // first of its key. Locking the heads is what keeps two relays off
+            // one key at once: the later rows of a key are only ever claimed
+            // as followers of its head, in the transaction that holds the
+            // head's row lock, and a concurrent claimer skips the locked head
+            // (SKIP LOCKED) while every later row of that key still has the
+            // earlier pending row in front of it. After commit the head is
+            // leased, so it is still pending and still blocks its key.
+            claim_heads: Stmt::new(format!(
+                "SELECT o.id, o.topic, o.key FROM {o} o \
+                 WHERE o.state = 'pending' AND o.next_attempt_at <= $1 \
+                 AND (o.lease_until IS NULL OR o.lease_until < $1) \
+                 AND (o.key IS NULL OR NOT EXISTS (\
+                   SELECT 1 FROM {o} e \
+                   WHERE e.topic = o.topic AND e.key = o.key AND e.id < o.id \
+                   AND e.state IN ('pending', 'dead') AND (e.state = 'pending' OR $2))) \
+                 ORDER BY o.id \
+                 LIMIT $3 \
+                 FOR UPDATE OF o SKIP LOCKED"
+            )),
+
+            // $1 head ids, $2 head topics, $3 head keys, $4 now,
+            // $5 dead_parks_key, $6 per-key limit.
+            //
+            // The rows after each head that could block or follow it, in key
+            // order; the caller keeps the unbroken prefix of claimable ones.
+            // With dead rows not parking their key they are skipped here.
+            claim_followers: Stmt::new(format!(
+                "SELECT h.id AS head, f.id, f.claimable FROM \
+                 unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY AS h(id, topic, key, ord) \
+                 CROSS JOIN LATERAL (\
+                   SELECT o.id, (o.state = 'pending' AND o.next_attempt_at <= $4 \
+                     AND (o.lease_until IS NULL OR o.lease_until < $4)) AS claimable \
+                   FROM {o} o \
+                   WHERE o.topic = h.topic AND o.key = h.key AND o.id > h.id \
+                   AND o.state IN ('pending', 'dead') AND (o.state = 'pending' OR $5) \
+                   ORDER BY o.id \
+                   LIMIT $6) AS f \
+                 ORDER BY h.ord, f.id"
+            )),
+
+            // $1 ids, $2 owner, $3 until, $4 now.
+            //
+            // The conditions are checked again: a follower is not locked
+            // before this statement, and its last owner may have finished it
+            // meanwhile.
+            claim_lease: Stmt::new(format!(
+                "UPDATE {o} SET lease_owner = $2, lease_until = $3 \
+                 WHERE id = ANY($1) AND state = 'pending' \
+                 AND (lease_until IS NULL OR lease_until < $4) \
+                 RETURNING {cols}"
+            )),
+
+            mark_sent: Stmt::new(format!(
+                "UPDATE {o} SET state = 'sent', sent_at = $2, lease_owner = NULL, lease_until = NULL \
+                 WHERE id = ANY($1) AND state = 'pending'"
+            )),
+
+            mark_failed: Stmt::new(format!(
+                "UPDATE {o} SET attempts = attempts + 1, next_attempt_at = $3, last_error = $4, \
+                 lease_owner = NULL, lease_until = NULL \
+                 WHERE id = $1 AND lease_owner = $2 AND state = 'pending'"
+            )),
+
+            mark_dead: Stmt::new(format!(
+                "UPDATE {o} SET state = 'dead', last_error = $3, dead_at = $4, \
+                 lease_owner = NULL, lease_until = NULL \
+                 WHERE id = $1 AND state = 'pending' \
+                 AND (lease_owner = $2 OR lease_owner IS NULL)"
+            )),
+
+            release: Stmt::new(format!(
+                "UPDATE {o} SET lease_owner = NULL, lease_until = NULL \
+                 WHERE id = ANY($1) AND lease_owner = $2 AND state = 'pending'"
+            )),
+
+            // $1 topic or NULL, $2 key or NULL, $3 limit.
+            dead_letters: Stmt::new(format!(
+                "SELECT {cols}, last_error, dead_at FROM {o} \
+                 WHERE state = 'dead' \
+                 AND ($1::text IS NULL OR topic = $1) \
+                 AND ($2::text IS NULL OR key = $2) \
+                 ORDER BY dead_at, id \
+                 LIMIT $3"
+            )),
+
+            replay: Stmt::new(format!(
+                "UPDATE {o} SET state = 'pending', attempts = 0, next_attempt_at = $2, \
+                 lease_owner = NULL, lease_until = NULL, dead_at = NULL \
+                 WHERE id = $1 AND state = 'dead'"
+            )),
+
+            // No ORDER BY: the first matching rows found are as good as any,
+            // and sorting would read every sent row. SKIP LOCKED keeps the
+            // purge from waiting on anything else.
+            purge_sent: Stmt::new(format!(
+                "DELETE FROM {o} WHERE id IN (\
+                   SELECT id FROM {o} WHERE state = 'sent' AND sent_at < $1 \
+                   LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            )),
+
+            stats: Stmt::new(format!(
+                "SELECT count(*) FILTER (WHERE state = 'pending'), \
+                 min(created_at) FILTER (WHERE state = 'pending'), \
+                 count(*) FILTER (WHERE state = 'dead'), \
+                 count(*) FILTER (WHERE state = 'sent') \
+                 FROM {o}"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_names_fit_the_identifier_limit() {
+        let long = Ident::new(&"t".repeat(MAX_IDENT_LEN)).unwrap();
+        let name = index_name(&long, "_pending_idx");
+        assert_eq!(name.len(), MAX_IDENT_LEN + 2);
+        assert!(name.ends_with("_pending_idx\""));
+        assert_eq!(
+            index_name(&Ident::new("o").unwrap(), "_key_idx"),
+            "\"o_key_idx\""
+        );
+    }
+
+    #[test]
+    fn statements_use_qualified_quoted_names() {
+        let tables = Tables::default()
+            .schema("app")
+            .unwrap()
+            .outbox("events")
+            .unwrap();
+        let sql = Sql::new(&tables);
+        assert!(sql.mark_sent.as_str().contains("\"app\".\"events\""));
+        assert!(
+            sql.create_migrations
+                .as_str()
+                .contains("\"app\".\"txmsg_migrations\"")
+        );
+        let m = &sql.migrations[0].sql;
+        assert!(m.as_str().contains("\"app\".\"txmsg_inbox\""));
+        assert!(m.as_str().contains("\"events_pending_idx\""));
+        for placeholder in ["{outbox}", "{inbox}", "_idx}"] {
+            assert!(!m.as_str().contains(placeholder), "{placeholder}");
+        }
+    }
+
+    #[test]
+    fn lock_key_depends_on_the_tables() {
+        let a = Sql::new(&Tables::default()).migrate_lock_key;
+        let b = Sql::new(&Tables::default().schema("b").unwrap()).migrate_lock_key;
+        assert_ne!(a, b);
+        assert_eq!(a, Sql::new(&Tables::default()).migrate_lock_key);
+    }
+}

@@ -1,0 +1,387 @@
+//! `PgStore`: the outbox in PostgreSQL.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Postgres, Row};
+use txmsg_core::{
+    BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, OutboxStats,
+    OutboxWriter, Result, SqlStore, Store, Tables,
+};
+use uuid::Uuid;
+
+use crate::migrate;
+use crate::row;
+use crate::sql::Sql;
+use crate::writer::PgWriter;
+
+/// Pool size of [`PgStore::connect`].
+const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+
+/// Dead letters listed when the filter sets no limit.
+const DEFAULT_DEAD_LIMIT: u32 = 100;
+
+/// A [`Store`] whose outbox and inbox are PostgreSQL tables.
+///
+/// Every SQL statement is built once, when the store is made, from the
+/// validated names in [`Tables`]; values are always bind parameters. Every
+/// timestamp written comes from the caller (the relay's clock, the producer's
+/// clock), never from the database's `now()`, so tests can drive time.
+///
+/// Rows are claimed with `FOR UPDATE SKIP LOCKED` and a lease, so several
+/// relays, in one process or many, can share a store. Cheap to clone: clones
+/// share the pool. Its `Debug` output shows the tables and the pool size,
+/// never the connection string.
+///
+/// # Examples
+///
+/// ```no_run
+/// # mod txmsg { pub use txmsg_core::*; pub mod postgres { pub use txmsg_postgres::*; } }
+/// use txmsg::postgres::PgStore;
+/// use txmsg::{Outbox, Message, Store, Tables};
+///
+/// # async fn demo() -> txmsg::Result<()> {
+/// let tables = Tables::default().schema("billing")?;
+/// let store = PgStore::connect_with("postgres://app@db/app", tables, 20).await?;
+/// store.migrate().await?;
+///
+/// let mut tx = Outbox::new(&store).begin().await?;
+/// tx.enqueue(Message::new("invoices.created", &7)?.key(7)).await?;
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    tables: Tables,
+    sql: Arc<Sql>,
+    writer: Arc<PgWriter>,
+}
+
+impl fmt::Debug for PgStore {
+    // The pool's options hold the password: show only what is safe.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgStore")
+            .field("tables", &self.tables)
+            .field(
+                "max_connections",
+                &self.pool.options().get_max_connections(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// A store on `pool`, with its tables where `tables` says.
+    ///
+    /// Nothing is executed; call [`migrate`](Store::migrate) to create the
+    /// tables.
+    pub fn new(pool: PgPool, tables: Tables) -> Self {
+        let sql = Arc::new(Sql::new(&tables));
+        let writer = Arc::new(PgWriter {
+            sql: Arc::clone(&sql),
+        });
+        PgStore {
+            pool,
+            tables,
+            sql,
+            writer,
+        }
+    }
+
+    /// Connects to `url` with the default [`Tables`] and a pool of 10
+    /// connections.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] if the URL is malformed or no connection could be
+    /// opened.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped call leaves no pool behind.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, Tables::default(), DEFAULT_MAX_CONNECTIONS).await
+    }
+
+    /// Connects to `url` with a pool of at most `max_connections`, tables
+    /// where `tables` says.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if `max_connections` is zero; [`Error::Database`] if
+    /// the URL is malformed or no connection could be opened.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped call leaves no pool behind.
+    pub async fn connect_with(url: &str, tables: Tables, max_connections: u32) -> Result<Self> {
+        if max_connections == 0 {
+            return Err(Error::config(
+                "max_connections",
+                "must be greater than zero",
+            ));
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect(url)
+            .await?;
+        Ok(Self::new(pool, tables))
+    }
+
+    /// Where the tables are.
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+}
+
+fn limit(n: u32) -> i64 {
+    i64::from(n)
+}
+
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+impl Store for PgStore {
+    async fn migrate(&self) -> Result<()> {
+        migrate::migrate(&self.pool, &self.sql).await
+    }
+
+    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Envelope>> {
+        if req.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let sql = &self.sql;
+        let mut tx = self.pool.begin().await?;
+
+        let heads = sqlx::query(sql.claim_heads.get())
+            .bind(req.now)
+            .bind(req.dead_parks_key)
+            .bind(limit(req.limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        if heads.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let mut ids: Vec<Uuid> = Vec::with_capacity(heads.len());
+        let (mut head_ids, mut head_topics, mut head_keys) = (Vec::new(), Vec::new(), Vec::new());
+        for head in &heads {
+            let id: Uuid = head.try_get(0)?;
+            ids.push(id);
+            if let Some(key) = head.try_get::<Option<String>, _>(2)? {
+                head_ids.push(id);
+                head_topics.push(head.try_get::<String, _>(1)?);
+                head_keys.push(key);
+            }
+        }
+
+        // Followers: for each keyed head, the rows after it while they are
+        // claimable, up to the per-key limit, within what is left of the limit.
+        let mut budget = usize::try_from(req.limit)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(ids.len());
+        if budget > 0 && req.per_key_limit > 0 && !head_ids.is_empty() {
+            let rows = sqlx::query(sql.claim_followers.get())
+                .bind(head_ids.as_slice())
+                .bind(head_topics.as_slice())
+                .bind(head_keys.as_slice())
+                .bind(req.now)
+                .bind(req.dead_parks_key)
+                .bind(limit(req.per_key_limit))
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut current = None;
+            let mut open = false;
+            for row in &rows {
+                let head: Uuid = row.try_get("head")?;
+                if current != Some(head) {
+                    current = Some(head);
+                    open = true;
+                }
+                // The first row that is leased elsewhere, waiting for a retry
+                // or dead closes its key for this claim.
+                let claimable = row
+                    .try_get::<Option<bool>, _>("claimable")?
+                    .unwrap_or(false);
+                if !open || !claimable {
+                    open = false;
+                    continue;
+                }
+                if budget == 0 {
+                    break;
+                }
+                ids.push(row.try_get("id")?);
+                budget -= 1;
+            }
+        }
+
+        let rows = sqlx::query(sql.claim_lease.get())
+            .bind(ids.as_slice())
+            .bind(req.lease.owner)
+            .bind(req.lease.until)
+            .bind(req.now)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut claimed = rows.iter().map(row::envelope).collect::<Result<Vec<_>>>()?;
+        tx.commit().await?;
+        claimed.sort_by_key(|e| e.id);
+        Ok(claimed)
+    }
+
+    async fn mark_sent(&self, ids: &[Uuid], at: DateTime<Utc>) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(self.sql.mark_sent.get())
+            .bind(ids)
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn mark_failed(&self, failure: &Failure) -> Result<()> {
+        sqlx::query(self.sql.mark_failed.get())
+            .bind(failure.id)
+            .bind(failure.owner)
+            .bind(failure.next_attempt_at)
+            .bind(&failure.error)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn mark_dead(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(self.sql.mark_dead.get())
+            .bind(id)
+            .bind(owner)
+            .bind(reason)
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn release(&self, ids: &[Uuid], owner: Uuid) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(self.sql.release.get())
+            .bind(ids)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, filter: &DeadFilter) -> Result<Vec<DeadLetter>> {
+        let rows = sqlx::query(self.sql.dead_letters.get())
+            .bind(filter.topic.as_deref())
+            .bind(filter.key.as_deref())
+            .bind(limit(filter.limit.unwrap_or(DEFAULT_DEAD_LIMIT)))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let envelope = row::envelope(r)?;
+                let reason: Option<String> = r.try_get("last_error")?;
+                let dead_at: Option<DateTime<Utc>> = r.try_get("dead_at")?;
+                let dead_at = dead_at.unwrap_or(envelope.created_at);
+                Ok(DeadLetter::new(
+                    envelope,
+                    reason.unwrap_or_default(),
+                    dead_at,
+                ))
+            })
+            .collect()
+    }
+
+    async fn replay(&self, id: Uuid, at: DateTime<Utc>) -> Result<bool> {
+        let done = sqlx::query(self.sql.replay.get())
+            .bind(id)
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn purge_sent(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let done = sqlx::query(self.sql.purge_sent.get())
+            .bind(before)
+            .bind(self::limit(limit))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn stats(&self) -> Result<OutboxStats> {
+        let row = sqlx::query(self.sql.stats.get())
+            .fetch_one(&self.pool)
+            .await?;
+        let mut stats = OutboxStats::default();
+        stats.pending = count(row.try_get(0)?);
+        stats.oldest_pending = row.try_get(1)?;
+        stats.dead = count(row.try_get(2)?);
+        stats.sent = count(row.try_get(3)?);
+        Ok(stats)
+    }
+}
+
+impl SqlStore for PgStore {
+    type Database = Postgres;
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn writer(&self) -> Arc<dyn OutboxWriter<Postgres>> {
+        Arc::clone(&self.writer) as Arc<dyn OutboxWriter<Postgres>>
+    }
+
+    fn begin(&self) -> BoxFuture<'_, Result<sqlx::Transaction<'static, Postgres>>> {
+        Box::pin(async move { Ok(self.pool.begin().await?) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn debug_never_shows_the_password() {
+        let pool = PgPoolOptions::new()
+            .connect_lazy("postgres://app:s3cret-pw@127.0.0.1:1/app")
+            .unwrap();
+        let store = PgStore::new(pool, Tables::default());
+        let shown = format!("{store:?}");
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        assert!(shown.contains("txmsg_outbox"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn zero_connections_is_a_config_error() {
+        let err = PgStore::connect_with("postgres://127.0.0.1:1/x", Tables::default(), 0)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Config {
+                field: "max_connections",
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,48 @@
+//! The outbox writer producers use inside their own transaction.
+
+use std::sync::Arc;
+
+use sqlx::{PgConnection, Postgres};
+use txmsg_core::{BoxFuture, Envelope, Inserted, Lease, OutboxWriter, Result};
+
+use crate::row::headers_to_json;
+use crate::sql::Sql;
+
+/// Inserts outbox rows on the caller's connection, in one statement each.
+#[derive(Debug)]
+pub(crate) struct PgWriter {
+    pub(crate) sql: Arc<Sql>,
+}
+
+impl OutboxWriter<Postgres> for PgWriter {
+    fn insert<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        envelope: &'a Envelope,
+        lease: Option<Lease>,
+    ) -> BoxFuture<'a, Result<Inserted>> {
+        Box::pin(async move {
+            // `ON CONFLICT DO NOTHING` rather than catching the unique
+            // violation: an error would abort the caller's transaction, while
+            // no returned row leaves it usable.
+            let leased: Option<bool> = sqlx::query_scalar(self.sql.insert.get())
+                .bind(envelope.id)
+                .bind(&envelope.topic)
+                .bind(envelope.key.as_deref())
+                .bind(&envelope.idempotency_key)
+                .bind(envelope.payload.as_slice())
+                .bind(headers_to_json(&envelope.headers))
+                .bind(envelope.created_at)
+                .bind(envelope.expires_at)
+                .bind(lease.map(|l| l.owner))
+                .bind(lease.map(|l| l.until))
+                .fetch_optional(conn)
+                .await?;
+            Ok(match leased {
+                None => Inserted::Duplicate,
+                Some(true) => Inserted::Leased,
+                Some(false) => Inserted::Unleased,
+            })
+        })
+    }
+}

@@ -1,0 +1,286 @@
+//! `PgStore` against a real PostgreSQL: the store conformance suite, plus what
+//! only PostgreSQL has (schemas, advisory-locked migrations, many claimers).
+//!
+//! The server is found through `DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`). Each test works in a schema
+//! of its own, `txmsg_t_<uuid>`, and drops it at the end.
+
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+
+use chrono::{Duration, Utc};
+use futures_util::FutureExt;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, PgPool};
+use txmsg_core::{ClaimRequest, Error, Lease, Message, Outbox, Store, Tables};
+use txmsg_postgres::PgStore;
+use uuid::Uuid;
+
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A pool on the test server; fails (never skips) when it cannot be reached.
+async fn pool() -> PgPool {
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
+    PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot reach PostgreSQL: {e}; start it or point DATABASE_URL at a server \
+                 (default {DEFAULT_URL})"
+            )
+        })
+}
+
+fn schema_name() -> String {
+    format!("txmsg_t_{}", Uuid::now_v7().simple())
+}
+
+async fn drop_schema(pool: &PgPool, schema: &str) {
+    // `schema` comes from `schema_name`: letters, digits and `_` only.
+    sqlx::query(AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(pool)
+    .await
+    .expect("drop schema");
+}
+
+/// Runs `test` with a fresh schema name and drops the schema afterwards, also
+/// when `test` panics.
+async fn with_schema<F, Fut>(test: F)
+where
+    F: FnOnce(PgPool, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let pool = pool().await;
+    let schema = schema_name();
+    let outcome = AssertUnwindSafe(test(pool.clone(), schema.clone()))
+        .catch_unwind()
+        .await;
+    drop_schema(&pool, &schema).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn tables(schema: &str) -> Tables {
+    Tables::default().schema(schema).expect("valid schema name")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_suite() {
+    let pool = pool().await;
+    let schemas = Arc::new(Mutex::new(Vec::new()));
+    let make = || {
+        let pool = pool.clone();
+        let schemas = Arc::clone(&schemas);
+        async move {
+            let schema = schema_name();
+            schemas.lock().unwrap().push(schema.clone());
+            let store = PgStore::new(pool, tables(&schema));
+            store.migrate().await.expect("migrate");
+            store
+        }
+    };
+    let outcome = AssertUnwindSafe(txmsg_testkit::store::run_all(make))
+        .catch_unwind()
+        .await;
+    let created = std::mem::take(&mut *schemas.lock().unwrap());
+    for schema in created {
+        drop_schema(&pool, &schema).await;
+    }
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test]
+async fn schema_qualified_tables_work() {
+    with_schema(|pool, schema| async move {
+        let custom = tables(&schema)
+            .outbox("events_out")
+            .and_then(|t| t.inbox("events_in"))
+            .and_then(|t| t.migrations("events_versions"))
+            .expect("valid names");
+        let store = PgStore::new(pool.clone(), custom);
+        store.migrate().await.expect("migrate");
+        let other = PgStore::new(pool.clone(), tables(&schema));
+        other.migrate().await.expect("migrate");
+
+        let mut found: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
+        )
+        .bind(&schema)
+        .fetch_all(&pool)
+        .await
+        .expect("list tables");
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                "events_in",
+                "events_out",
+                "events_versions",
+                "txmsg_inbox",
+                "txmsg_migrations",
+                "txmsg_outbox"
+            ]
+        );
+
+        let mut tx = Outbox::new(&store).begin().await.expect("begin");
+        let id = tx
+            .enqueue(Message::new("pg.schema", &1).expect("message"))
+            .await
+            .expect("enqueue");
+        tx.commit().await.expect("commit");
+
+        let now = Utc::now() + Duration::seconds(1);
+        let req = |owner| ClaimRequest {
+            lease: Lease {
+                owner,
+                until: now + Duration::seconds(30),
+            },
+            now,
+            limit: 10,
+            per_key_limit: 10,
+            dead_parks_key: true,
+        };
+        assert!(
+            other
+                .claim(&req(Uuid::now_v7()))
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+        let claimed = store.claim(&req(Uuid::now_v7())).await.expect("claim");
+        assert_eq!(claimed.iter().map(|e| e.id).collect::<Vec<_>>(), vec![id]);
+
+        let in_table: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM \"{schema}\".events_out WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+        assert_eq!(in_table, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_migrate_is_safe() {
+    with_schema(|pool, schema| async move {
+        let store = PgStore::new(pool.clone(), tables(&schema));
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.migrate().await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("task").expect("concurrent migrate");
+        }
+
+        let versions = || async {
+            sqlx::query_as::<_, (i32, String)>(AssertSqlSafe(format!(
+                "SELECT version, applied_at::text FROM \"{schema}\".txmsg_migrations ORDER BY version"
+            )))
+            .fetch_all(&pool)
+            .await
+            .expect("read migrations")
+        };
+        let first = versions().await;
+        assert_eq!(first.iter().map(|(v, _)| *v).collect::<Vec<_>>(), vec![1]);
+        store.migrate().await.expect("migrate again");
+        assert_eq!(versions().await, first, "migrating again changes nothing");
+    })
+    .await;
+}
+
+#[test]
+fn bad_identifiers_are_rejected_before_any_sql() {
+    let bad = "orders; drop table x";
+    let field = |r: Result<Tables, Error>| match r {
+        Err(Error::Config { field, .. }) => field,
+        other => panic!("expected a config error, got {other:?}"),
+    };
+    assert_eq!(field(Tables::default().outbox(bad)), "outbox_table");
+    assert_eq!(field(Tables::default().inbox(bad)), "inbox_table");
+    assert_eq!(field(Tables::default().migrations(bad)), "migrations_table");
+    assert_eq!(field(Tables::default().schema(bad)), "schema");
+    assert_eq!(field(Tables::default().schema("a\"b")), "schema");
+    assert_eq!(field(Tables::default().outbox("")), "outbox_table");
+    // A store can only be built from validated `Tables`, so no statement with
+    // such a name can exist, let alone run.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_claimers_over_2000_rows_get_each_id_once() {
+    with_schema(|pool, schema| async move {
+        let store = PgStore::new(pool.clone(), tables(&schema));
+        store.migrate().await.expect("migrate");
+
+        let outbox = Outbox::new(&store);
+        let mut written = HashSet::new();
+        for batch in 0..4 {
+            let mut tx = outbox.begin().await.expect("begin");
+            for n in 0..500 {
+                let i = batch * 500 + n;
+                let mut m = Message::new("pg.claimers", &i).expect("message");
+                if i % 3 != 0 {
+                    m = m.key(i % 40);
+                }
+                written.insert(tx.enqueue(m).await.expect("enqueue"));
+            }
+            tx.commit().await.expect("commit");
+        }
+        assert_eq!(written.len(), 2000);
+
+        let claimer = |store: PgStore| async move {
+            let owner = Uuid::now_v7();
+            let mut got = Vec::new();
+            for _ in 0..10_000 {
+                let now = Utc::now() + Duration::seconds(1);
+                let req = ClaimRequest {
+                    lease: Lease {
+                        owner,
+                        until: now + Duration::seconds(60),
+                    },
+                    now,
+                    limit: 50,
+                    per_key_limit: 10,
+                    dead_parks_key: true,
+                };
+                let claimed = store.claim(&req).await.expect("claim");
+                if claimed.is_empty() {
+                    if store.stats().await.expect("stats").pending == 0 {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                let ids: Vec<Uuid> = claimed.iter().map(|e| e.id).collect();
+                store.mark_sent(&ids, now).await.expect("mark_sent");
+                got.extend(ids);
+            }
+            got
+        };
+        let a = tokio::spawn(claimer(store.clone()));
+        let b = tokio::spawn(claimer(store.clone()));
+        let (a, b) = (a.await.expect("claimer a"), b.await.expect("claimer b"));
+
+        let mut seen = HashSet::new();
+        for id in a.iter().chain(&b) {
+            assert!(seen.insert(*id), "row {id} was claimed twice");
+        }
+        assert_eq!(seen, written, "every row claimed exactly once");
+        assert!(!a.is_empty() && !b.is_empty(), "both claimers took part");
+        let stats = store.stats().await.expect("stats");
+        assert_eq!((stats.pending, stats.sent), (0, 2000));
+    })
+    .await;
+}

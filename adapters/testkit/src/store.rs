@@ -1,0 +1,1233 @@
+//! The conformance suite of [`Store`] (and [`SqlStore`]) adapters.
+//!
+//! Every function takes a store that is freshly migrated, empty and used by
+//! nothing else (its own database, schema or table names), runs one part of
+//! the contract documented on [`Store`] and
+//! [`OutboxWriter`](txmsg_core::OutboxWriter), and panics with a description
+//! of the first broken rule. Outcomes are observed through the
+//! store's own methods (claims, dead letters, stats), never through SQL, so
+//! the same functions check every SQL store: PostgreSQL, SQLite, MySQL.
+//!
+//! Rows are written the way producers write them, through
+//! [`Outbox::new`]`(&store).begin()`, [`Tx::enqueue`](txmsg_core::Tx::enqueue)
+//! and `commit`, without a relay, so they are inserted unleased. The lease
+//! path of the writer is driven directly with [`SqlStore::writer`] on a
+//! [`SqlStore::begin`] transaction.
+//!
+//! Timestamps written by producers come from the system clock; the suite
+//! passes its own `now` to claims, always a second or more after the rows were
+//! written, so stores that keep time at millisecond precision pass too.
+//!
+//! # Examples
+//!
+//! In an adapter's integration tests, with a function that opens a store on a
+//! database, schema or table prefix of its own:
+//!
+//! ```no_run
+//! use txmsg_core::{SqlStore, Store};
+//!
+//! async fn store_conformance<S: SqlStore>(open_isolated: impl Fn() -> S) {
+//!     txmsg_testkit::store::run_all(|| {
+//!         let store = open_isolated();
+//!         async move {
+//!             store.migrate().await.expect("migrate");
+//!             store
+//!         }
+//!     })
+//!     .await;
+//! }
+//! ```
+//!
+//! Or one case at a time, e.g. `store::claim_keeps_key_order(&store).await`.
+//!
+//! # Panics
+//!
+//! Every function panics when the store breaks the contract or fails.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+
+use chrono::{DateTime, Duration, Utc};
+use txmsg_core::{
+    ClaimRequest, DeadFilter, Envelope, Failure, Inserted, Lease, Message, Outbox, SqlStore, Store,
+};
+use uuid::Uuid;
+
+/// Runs every case of this suite, each on a fresh store from `make`.
+///
+/// `make` must return a migrated, empty store that no other case or test
+/// uses. Cases run one after another; each prints its name to stderr first,
+/// so a failure's output says which case broke.
+///
+/// # Panics
+///
+/// When a case fails.
+pub async fn run_all<S, F, Fut>(mut make: F)
+where
+    S: SqlStore,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = S>,
+{
+    macro_rules! cases {
+        ($($case:ident),* $(,)?) => {
+            $(
+                eprintln!("store conformance: {}", stringify!($case));
+                $case(&make().await).await;
+            )*
+        };
+    }
+    cases!(
+        migrate_is_idempotent,
+        commit_round_trips_every_field,
+        rollback_writes_nothing,
+        duplicate_idempotency_key_is_reported,
+        claim_leases_rows,
+        mark_sent_finishes_rows,
+        mark_failed_schedules_a_retry,
+        mark_dead_lists_and_replays,
+        release_gives_rows_back,
+        purge_sent_deletes_old_sent_rows_in_batches,
+        claim_keeps_key_order,
+        leased_head_holds_back_its_key,
+        retry_holds_back_its_key,
+        dead_row_parks_its_key,
+        claim_stops_a_key_at_its_first_unclaimable_row,
+        claim_respects_limits,
+        concurrent_claims_are_disjoint,
+        insert_with_lease_yields_to_earlier_rows,
+        expired_messages_are_claimed,
+        timestamps_come_from_the_caller,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// helpers
+
+const LEASE_SECS: i64 = 30;
+
+fn secs(n: i64) -> Duration {
+    Duration::seconds(n)
+}
+
+/// A claim by `owner` at `now`, leasing for 30 s, with a dead row parking
+/// its key.
+fn claim_req(owner: Uuid, now: DateTime<Utc>, limit: u32) -> ClaimRequest {
+    ClaimRequest {
+        lease: Lease {
+            owner,
+            until: now + secs(LEASE_SECS),
+        },
+        now,
+        limit,
+        per_key_limit: 100,
+        dead_parks_key: true,
+    }
+}
+
+async fn claim<S: Store>(store: &S, owner: Uuid, now: DateTime<Utc>) -> Vec<Envelope> {
+    claim_with(store, &claim_req(owner, now, 1000)).await
+}
+
+async fn claim_with<S: Store>(store: &S, req: &ClaimRequest) -> Vec<Envelope> {
+    let claimed = store.claim(req).await.expect("claim failed");
+    let ids = ids(&claimed);
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "claim must return rows sorted by id");
+    claimed
+}
+
+fn ids(envelopes: &[Envelope]) -> Vec<Uuid> {
+    envelopes.iter().map(|e| e.id).collect()
+}
+
+/// A message of `topic` with ordering key `key` and a small JSON payload.
+fn msg(topic: &str, key: Option<&str>, n: u32) -> Message {
+    let m = Message::new(topic, &n).expect("valid message");
+    match key {
+        Some(k) => m.key(k),
+        None => m,
+    }
+}
+
+/// Writes `messages` in one committed transaction; returns their ids.
+async fn enqueue<S: SqlStore>(store: &S, messages: Vec<Message>) -> Vec<Uuid> {
+    let mut tx = Outbox::new(store).begin().await.expect("begin failed");
+    let mut ids = Vec::with_capacity(messages.len());
+    for m in messages {
+        ids.push(tx.enqueue(m).await.expect("enqueue failed"));
+    }
+    tx.commit().await.expect("commit failed");
+    ids
+}
+
+/// An envelope as the producer side builds it, for driving the writer
+/// directly: a fresh UUIDv7 id and idempotency key, written now.
+fn envelope(topic: &str, key: Option<&str>) -> Envelope {
+    let id = Uuid::now_v7();
+    let mut env = Envelope::new(id, topic, id.to_string(), b"{}".to_vec(), Utc::now());
+    env.key = key.map(str::to_owned);
+    env
+}
+
+/// Inserts `env` through the store's writer in its own transaction.
+async fn insert<S: SqlStore>(store: &S, env: &Envelope, lease: Option<Lease>) -> Inserted {
+    let mut tx = store.begin().await.expect("begin failed");
+    let outcome = store
+        .writer()
+        .insert(&mut *tx, env, lease)
+        .await
+        .expect("insert failed");
+    tx.commit().await.expect("commit failed");
+    outcome
+}
+
+fn close(a: DateTime<Utc>, b: DateTime<Utc>) -> bool {
+    (a - b).abs() <= Duration::milliseconds(1)
+}
+
+/// A point safely after every row written so far.
+fn after_writes() -> DateTime<Utc> {
+    Utc::now() + secs(1)
+}
+
+// ---------------------------------------------------------------------------
+// cases
+
+/// `migrate` may run again on a migrated store, and keeps its rows.
+pub async fn migrate_is_idempotent<S: SqlStore>(store: &S) {
+    store.migrate().await.expect("second migrate failed");
+    enqueue(store, vec![msg("conf.migrate", None, 1)]).await;
+    store.migrate().await.expect("third migrate failed");
+    let stats = store.stats().await.expect("stats failed");
+    assert_eq!(stats.pending, 1, "migrate must keep existing rows");
+    assert_eq!((stats.sent, stats.dead), (0, 0));
+}
+
+/// A committed message becomes a claimable row that carries every field as
+/// written: topic, key, idempotency key, headers, exact payload bytes,
+/// creation time and expiry.
+pub async fn commit_round_trips_every_field<S: SqlStore>(store: &S) {
+    let before = Utc::now();
+    let message = Message::new("conf.round-trip", &("order", 7, "žluťoučký kůň", 1.5))
+        .expect("valid message")
+        .key("order-7")
+        .idempotency_key("order-7-placed")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .header("x-tenant", "acme")
+        .ttl(std::time::Duration::from_secs(3600));
+    let id = enqueue(store, vec![message]).await[0];
+    let after = Utc::now();
+
+    let stats = store.stats().await.expect("stats failed");
+    assert_eq!(stats.pending, 1);
+
+    let owner = Uuid::now_v7();
+    let claimed = claim(store, owner, after_writes()).await;
+    assert_eq!(claimed.len(), 1, "a committed row must be claimable");
+    let env = &claimed[0];
+    assert_eq!(env.id, id);
+    assert_eq!(env.topic, "conf.round-trip");
+    assert_eq!(env.key.as_deref(), Some("order-7"));
+    assert_eq!(env.idempotency_key, "order-7-placed");
+    assert_eq!(
+        env.payload,
+        "[\"order\",7,\"žluťoučký kůň\",1.5]".as_bytes()
+    );
+    let headers: BTreeMap<String, String> = [
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+        ("x-tenant", "acme"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(env.headers, headers);
+    assert_eq!(env.attempts, 0);
+    assert!(
+        env.created_at >= before - Duration::milliseconds(1)
+            && env.created_at <= after + Duration::milliseconds(1),
+        "created_at {} must be the producer's clock at enqueue",
+        env.created_at
+    );
+    let expires_at = env.expires_at.expect("a message with a ttl has an expiry");
+    assert!(
+        close(expires_at, env.created_at + secs(3600)),
+        "expires_at must be created_at + ttl"
+    );
+    let oldest = stats.oldest_pending.expect("one pending row has an age");
+    assert!(close(oldest, env.created_at));
+
+    // A message without key, headers or ttl comes back without them.
+    let id = enqueue(store, vec![msg("conf.round-trip", None, 2)]).await[0];
+    let claimed = claim(store, owner, after_writes()).await;
+    assert_eq!(ids(&claimed), vec![id]);
+    assert_eq!(claimed[0].key, None);
+    assert!(claimed[0].headers.is_empty());
+    assert_eq!(claimed[0].expires_at, None);
+    assert_eq!(claimed[0].payload, b"2");
+    assert_eq!(
+        claimed[0].idempotency_key,
+        id.to_string(),
+        "default idempotency key is the id"
+    );
+}
+
+/// A rolled-back (or dropped) transaction leaves no row.
+pub async fn rollback_writes_nothing<S: SqlStore>(store: &S) {
+    let outbox = Outbox::new(store);
+    let mut tx = outbox.begin().await.expect("begin failed");
+    tx.enqueue(msg("conf.rollback", Some("k"), 1))
+        .await
+        .expect("enqueue failed");
+    tx.rollback().await.expect("rollback failed");
+
+    let mut tx = outbox.begin().await.expect("begin failed");
+    tx.enqueue(msg("conf.rollback", None, 2))
+        .await
+        .expect("enqueue failed");
+    drop(tx);
+
+    assert!(
+        claim(store, Uuid::now_v7(), after_writes())
+            .await
+            .is_empty()
+    );
+    let stats = store.stats().await.expect("stats failed");
+    assert_eq!((stats.pending, stats.sent, stats.dead), (0, 0, 0));
+    assert_eq!(stats.oldest_pending, None);
+}
+
+/// A second message with a topic's idempotency key is refused with
+/// `Error::Duplicate`, the transaction stays usable, and the same key on
+/// another topic is a different message.
+pub async fn duplicate_idempotency_key_is_reported<S: SqlStore>(store: &S) {
+    let first = msg("conf.dup", None, 1).idempotency_key("once");
+    let first_id = enqueue(store, vec![first]).await[0];
+
+    let mut tx = Outbox::new(store).begin().await.expect("begin failed");
+    let again = tx
+        .enqueue(msg("conf.dup", None, 2).idempotency_key("once"))
+        .await;
+    let err = again.expect_err("a repeated idempotency key must be refused");
+    assert!(err.is_duplicate(), "expected Error::Duplicate, got {err:?}");
+    // The transaction still works and commits its other messages.
+    let other = tx
+        .enqueue(msg("conf.dup", None, 3).idempotency_key("other"))
+        .await;
+    let other_id = other.expect("the transaction must stay usable after a duplicate");
+    let same_key_elsewhere = tx
+        .enqueue(msg("conf.dup-elsewhere", None, 4).idempotency_key("once"))
+        .await;
+    let elsewhere_id = same_key_elsewhere.expect("idempotency keys are per topic");
+    let twice = tx
+        .enqueue(msg("conf.dup", None, 5).idempotency_key("other"))
+        .await;
+    assert!(
+        twice.is_err_and(|e| e.is_duplicate()),
+        "a duplicate in one transaction is refused"
+    );
+    tx.commit().await.expect("commit after a duplicate failed");
+
+    let claimed = claim(store, Uuid::now_v7(), after_writes()).await;
+    assert_eq!(ids(&claimed), vec![first_id, other_id, elsewhere_id]);
+    assert_eq!(
+        claimed[0].payload, b"1",
+        "the first message must not be overwritten"
+    );
+}
+
+/// A claim leases rows: no other claim gets them while the lease runs, and
+/// anyone gets them once `now` is past its end.
+pub async fn claim_leases_rows<S: SqlStore>(store: &S) {
+    let written = enqueue(
+        store,
+        vec![
+            msg("conf.lease", None, 1),
+            msg("conf.lease", None, 2),
+            msg("conf.lease", None, 3),
+        ],
+    )
+    .await;
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let t0 = after_writes();
+
+    assert_eq!(ids(&claim(store, a, t0).await), written);
+    assert!(
+        claim(store, b, t0).await.is_empty(),
+        "leased rows must not be claimed by another"
+    );
+    assert!(
+        claim(store, a, t0).await.is_empty(),
+        "leased rows are not handed out twice"
+    );
+    let near_end = t0 + secs(LEASE_SECS - 1);
+    assert!(
+        claim(store, b, near_end).await.is_empty(),
+        "the lease runs until its end"
+    );
+
+    let after_lease = t0 + secs(LEASE_SECS + 1);
+    assert_eq!(
+        ids(&claim(store, b, after_lease).await),
+        written,
+        "expired leases are claimable"
+    );
+    assert!(
+        claim(store, a, after_lease).await.is_empty(),
+        "the new lease holds"
+    );
+}
+
+/// Sent rows are never claimed again, are counted as sent, and marking them
+/// again changes nothing.
+pub async fn mark_sent_finishes_rows<S: SqlStore>(store: &S) {
+    let written = enqueue(
+        store,
+        vec![msg("conf.sent", Some("k"), 1), msg("conf.sent", None, 2)],
+    )
+    .await;
+    let a = Uuid::now_v7();
+    let t0 = after_writes();
+    assert_eq!(claim(store, a, t0).await.len(), 2);
+    store
+        .mark_sent(&written[..1], t0)
+        .await
+        .expect("mark_sent failed");
+    store
+        .mark_sent(&[], t0)
+        .await
+        .expect("mark_sent of nothing failed");
+
+    let later = t0 + secs(3600);
+    assert_eq!(
+        ids(&claim(store, Uuid::now_v7(), later).await),
+        vec![written[1]]
+    );
+    store
+        .mark_sent(&written, later)
+        .await
+        .expect("mark_sent failed");
+    store
+        .mark_sent(&written, later)
+        .await
+        .expect("marking sent rows again failed");
+
+    assert!(
+        claim(store, Uuid::now_v7(), later + secs(3600))
+            .await
+            .is_empty()
+    );
+    let stats = store.stats().await.expect("stats failed");
+    assert_eq!((stats.pending, stats.sent, stats.dead), (0, 2, 0));
+    assert_eq!(stats.oldest_pending, None);
+}
+
+/// A failed attempt counts, releases the lease, and hides the row until its
+/// retry time; only the lease holder can record it.
+pub async fn mark_failed_schedules_a_retry<S: SqlStore>(store: &S) {
+    let id = enqueue(store, vec![msg("conf.retry", None, 1)]).await[0];
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let t0 = after_writes();
+    assert_eq!(claim(store, a, t0).await.len(), 1);
+
+    let fail = |owner, retry_at| Failure {
+        id,
+        owner,
+        next_attempt_at: retry_at,
+        error: "broker unreachable".to_owned(),
+    };
+    store
+        .mark_failed(&fail(b, t0))
+        .await
+        .expect("mark_failed failed");
+    assert!(
+        claim(store, b, t0).await.is_empty(),
+        "only the lease holder may record a failure"
+    );
+
+    store
+        .mark_failed(&fail(a, t0 + secs(60)))
+        .await
+        .expect("mark_failed failed");
+    assert!(
+        claim(store, b, t0 + secs(1)).await.is_empty(),
+        "a failed row waits for its retry"
+    );
+    assert!(
+        claim(store, b, t0 + secs(59)).await.is_empty(),
+        "a failed row waits for its retry"
+    );
+    let retried = claim(store, b, t0 + secs(60)).await;
+    assert_eq!(
+        ids(&retried),
+        vec![id],
+        "a failed row is due at its retry time"
+    );
+    assert_eq!(retried[0].attempts, 1);
+
+    store
+        .mark_failed(&fail(b, t0 + secs(120)))
+        .await
+        .expect("mark_failed failed");
+    let retried = claim(store, a, t0 + secs(121)).await;
+    assert_eq!(retried[0].attempts, 2);
+    let stats = store.stats().await.expect("stats failed");
+    assert_eq!(
+        (stats.pending, stats.dead),
+        (1, 0),
+        "a failed row stays pending"
+    );
+}
+
+/// A dead row is listed with its reason, oldest first and filtered by topic
+/// and key, is not claimed, and is replayed as a fresh pending row.
+pub async fn mark_dead_lists_and_replays<S: SqlStore>(store: &S) {
+    let written = enqueue(
+        store,
+        vec![
+            msg("conf.dead-a", Some("k1"), 1),
+            msg("conf.dead-b", None, 2),
+            msg("conf.dead-b", None, 3),
+        ],
+    )
+    .await;
+    let (x, y, z) = (written[0], written[1], written[2]);
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let t0 = after_writes();
+    assert_eq!(claim(store, a, t0).await.len(), 3);
+
+    // One failure first, so replay has attempts to reset.
+    let failure = Failure {
+        id: x,
+        owner: a,
+        next_attempt_at: t0,
+        error: "first failure".to_owned(),
+    };
+    store
+        .mark_failed(&failure)
+        .await
+        .expect("mark_failed failed");
+    assert_eq!(ids(&claim(store, a, t0).await), vec![x]);
+
+    store
+        .mark_dead(y, b, "not the owner", t0)
+        .await
+        .expect("mark_dead failed");
+    let none = store
+        .dead_letters(&DeadFilter::default())
+        .await
+        .expect("dead_letters failed");
+    assert!(none.is_empty(), "only the lease holder may mark a row dead");
+
+    store
+        .mark_dead(x, a, "payload too large", t0 + secs(1))
+        .await
+        .expect("mark_dead failed");
+    store
+        .mark_dead(y, a, "expired", t0 + secs(2))
+        .await
+        .expect("mark_dead failed");
+
+    let dead = store
+        .dead_letters(&DeadFilter::default())
+        .await
+        .expect("dead_letters failed");
+    let listed: Vec<(Uuid, &str)> = dead
+        .iter()
+        .map(|d| (d.envelope.id, d.reason.as_str()))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![(x, "payload too large"), (y, "expired")],
+        "oldest first, with reasons"
+    );
+    assert!(
+        close(dead[0].dead_at, t0 + secs(1)),
+        "dead_at is the caller's time"
+    );
+    assert_eq!(dead[0].envelope.topic, "conf.dead-a");
+    assert_eq!(dead[0].envelope.attempts, 1);
+
+    let by_topic = store
+        .dead_letters(&DeadFilter::default().topic("conf.dead-b"))
+        .await;
+    assert_eq!(
+        by_topic
+            .expect("dead_letters failed")
+            .iter()
+            .map(|d| d.envelope.id)
+            .collect::<Vec<_>>(),
+        vec![y]
+    );
+    let by_key = store.dead_letters(&DeadFilter::default().key("k1")).await;
+    assert_eq!(
+        by_key
+            .expect("dead_letters failed")
+            .iter()
+            .map(|d| d.envelope.id)
+            .collect::<Vec<_>>(),
+        vec![x]
+    );
+    let limited = store.dead_letters(&DeadFilter::default().limit(1)).await;
+    assert_eq!(limited.expect("dead_letters failed").len(), 1);
+
+    let stats = store.stats().await.expect("stats failed");
+    assert_eq!((stats.pending, stats.dead), (1, 2));
+    let later = t0 + secs(3600);
+    assert_eq!(
+        ids(&claim(store, b, later).await),
+        vec![z],
+        "dead rows are never claimed"
+    );
+
+    let replay_at = later + secs(10);
+    assert!(store.replay(x, replay_at).await.expect("replay failed"));
+    assert!(
+        !store.replay(x, replay_at).await.expect("replay failed"),
+        "x is no longer dead"
+    );
+    assert!(
+        !store.replay(z, replay_at).await.expect("replay failed"),
+        "z was never dead"
+    );
+    assert!(
+        !store
+            .replay(Uuid::now_v7(), replay_at)
+            .await
+            .expect("replay failed")
+    );
+
+    assert!(
+        claim(store, b, replay_at - secs(1)).await.is_empty(),
+        "replayed rows are due at `at`"
+    );
+    let replayed = claim(store, b, replay_at).await;
+    assert_eq!(ids(&replayed), vec![x]);
+    assert_eq!(replayed[0].attempts, 0, "replay resets attempts");
+    let dead = store
+        .dead_letters(&DeadFilter::default())
+        .await
+        .expect("dead_letters failed");
+    assert_eq!(
+        dead.iter().map(|d| d.envelope.id).collect::<Vec<_>>(),
+        vec![y]
+    );
+}
+
+/// `release` gives the holder's rows back at once, without counting an
+/// attempt; another relay's release changes nothing.
+pub async fn release_gives_rows_back<S: SqlStore>(store: &S) {
+    let written = enqueue(
+        store,
+        vec![
+            msg("conf.release", Some("k"), 1),
+            msg("conf.release", None, 2),
+        ],
+    )
+    .await;
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let t0 = after_writes();
+    assert_eq!(claim(store, a, t0).await.len(), 2);
+
+    store.release(&written, b).await.expect("release failed");
+    assert!(
+        claim(store, b, t0).await.is_empty(),
+        "only the lease holder may release"
+    );
+
+    store.release(&written, a).await.expect("release failed");
+    store
+        .release(&[], a)
+        .await
+        .expect("release of nothing failed");
+    let again = claim(store, b, t0).await;
+    assert_eq!(ids(&again), written, "released rows are claimable at once");
+    assert!(
+        again.iter().all(|e| e.attempts == 0),
+        "release counts no attempt"
+    );
+}
+
+/// `purge_sent` deletes only sent rows older than its cut-off, at most
+/// `limit` per call.
+pub async fn purge_sent_deletes_old_sent_rows_in_batches<S: SqlStore>(store: &S) {
+    let written: Vec<Uuid> =
+        enqueue(store, (0..7).map(|n| msg("conf.purge", None, n)).collect()).await;
+    let a = Uuid::now_v7();
+    let t0 = after_writes();
+    assert_eq!(claim(store, a, t0).await.len(), 7);
+    store
+        .mark_sent(&written[..3], t0)
+        .await
+        .expect("mark_sent failed");
+    store
+        .mark_sent(&written[3..5], t0 + secs(100))
+        .await
+        .expect("mark_sent failed");
+    store
+        .mark_dead(written[5], a, "dead", t0)
+        .await
+        .expect("mark_dead failed");
+    // written[6] stays pending.
+
+    let cut = t0 + secs(50);
+    assert_eq!(store.purge_sent(cut, 2).await.expect("purge failed"), 2);
+    assert_eq!(store.purge_sent(cut, 2).await.expect("purge failed"), 1);
+    assert_eq!(store.purge_sent(cut, 2).await.expect("purge failed"), 0);
+    assert_eq!(store.purge_sent(cut, 0).await.expect("purge failed"), 0);
+    let stats = store.stats().await.expect("stats failed");
+    assert_eq!((stats.pending, stats.sent, stats.dead), (1, 2, 1));
+
+    let far = t0 + secs(3600);
+    assert_eq!(store.purge_sent(far, 100).await.expect("purge failed"), 2);
+    let stats = store.stats().await.expect("stats failed");
+    assert_eq!(
+        (stats.pending, stats.sent, stats.dead),
+        (1, 0, 1),
+        "only sent rows are purged"
+    );
+    assert_eq!(ids(&claim(store, a, far).await), vec![written[6]]);
+}
+
+/// A claim returns each key's rows in write order, interleaved keys and
+/// keyless rows alike.
+pub async fn claim_keeps_key_order<S: SqlStore>(store: &S) {
+    let t = "conf.order";
+    let written = enqueue(
+        store,
+        vec![
+            msg(t, Some("a"), 1),
+            msg(t, Some("b"), 2),
+            msg(t, None, 3),
+            msg(t, Some("a"), 4),
+            msg(t, Some("b"), 5),
+            msg(t, Some("a"), 6),
+            msg("conf.order-other", Some("a"), 7),
+        ],
+    )
+    .await;
+    let mut sorted = written.clone();
+    sorted.sort();
+    assert_eq!(written, sorted, "ids must sort in write order");
+
+    let claimed = claim(store, Uuid::now_v7(), after_writes()).await;
+    assert_eq!(ids(&claimed), written);
+    let payloads: Vec<&[u8]> = claimed.iter().map(|e| e.payload.as_slice()).collect();
+    let expected: Vec<&[u8]> = vec![b"1", b"2", b"3", b"4", b"5", b"6", b"7"];
+    assert_eq!(payloads, expected);
+}
+
+/// While a key's first row is leased to one relay, another relay gets none of
+/// that key's rows, but keyless rows and other keys (and the same key on
+/// another topic) flow.
+pub async fn leased_head_holds_back_its_key<S: SqlStore>(store: &S) {
+    let t = "conf.held";
+    let w = enqueue(
+        store,
+        vec![
+            msg(t, Some("a"), 1),
+            msg(t, Some("a"), 2),
+            msg(t, Some("b"), 3),
+            msg(t, None, 4),
+            msg(t, Some("a"), 5),
+            msg("conf.held-other", Some("a"), 6),
+        ],
+    )
+    .await;
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let t0 = after_writes();
+
+    assert_eq!(
+        ids(&claim_with(store, &claim_req(a, t0, 1)).await),
+        vec![w[0]]
+    );
+    assert_eq!(
+        ids(&claim(store, b, t0).await),
+        vec![w[2], w[3], w[5]],
+        "key `a` must wait for its leased first row"
+    );
+
+    // The holder finishes the first row: the rest of the key is next, in order.
+    store
+        .mark_sent(&[w[0]], t0)
+        .await
+        .expect("mark_sent failed");
+    assert_eq!(ids(&claim(store, a, t0).await), vec![w[1], w[4]]);
+}
+
+/// A row waiting for its retry holds back the later rows of its key, and only
+/// those.
+pub async fn retry_holds_back_its_key<S: SqlStore>(store: &S) {
+    let t = "conf.retry-order";
+    let w = enqueue(
+        store,
+        vec![
+            msg(t, Some("a"), 1),
+            msg(t, Some("a"), 2),
+            msg(t, Some("b"), 3),
+        ],
+    )
+    .await;
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let t0 = after_writes();
+    assert_eq!(ids(&claim(store, a, t0).await), w);
+
+    let failure = Failure {
+        id: w[0],
+        owner: a,
+        next_attempt_at: t0 + secs(60),
+        error: "nack".to_owned(),
+    };
+    store
+        .mark_failed(&failure)
+        .await
+        .expect("mark_failed failed");
+    store.release(&[w[1]], a).await.expect("release failed");
+    store
+        .mark_sent(&[w[2]], t0)
+        .await
+        .expect("mark_sent failed");
+    let later_b = enqueue(store, vec![msg(t, Some("b"), 4)]).await[0];
+
+    let t1 = after_writes().max(t0 + secs(1));
+    assert_eq!(
+        ids(&claim(store, b, t1).await),
+        vec![later_b],
+        "key `a` waits for its retry, key `b` flows"
+    );
+    store
+        .mark_sent(&[later_b], t1)
+        .await
+        .expect("mark_sent failed");
+
+    let retried = claim(store, b, t0 + secs(60)).await;
+    assert_eq!(
+        ids(&retried),
+        vec![w[0], w[1]],
+        "the retry comes first, then the rest of its key"
+    );
+    assert_eq!(retried[0].attempts, 1);
+}
+
+/// With `dead_parks_key`, a dead row holds back the later rows of its key
+/// until it is replayed; without it they flow.
+pub async fn dead_row_parks_its_key<S: SqlStore>(store: &S) {
+    let t = "conf.park";
+    let w = enqueue(
+        store,
+        vec![msg(t, Some("a"), 1), msg(t, Some("a"), 2), msg(t, None, 3)],
+    )
+    .await;
+    let owners: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    let t0 = after_writes();
+    assert_eq!(ids(&claim(store, owners[0], t0).await), w);
+    store
+        .mark_dead(w[0], owners[0], "poison", t0)
+        .await
+        .expect("mark_dead failed");
+    store
+        .release(&w[1..], owners[0])
+        .await
+        .expect("release failed");
+
+    let parked = claim_req(owners[1], t0, 100);
+    assert_eq!(
+        ids(&claim_with(store, &parked).await),
+        vec![w[2]],
+        "key `a` is parked"
+    );
+    store
+        .mark_sent(&[w[2]], t0)
+        .await
+        .expect("mark_sent failed");
+    assert!(
+        claim_with(store, &parked).await.is_empty(),
+        "key `a` stays parked"
+    );
+
+    let skipping = ClaimRequest {
+        dead_parks_key: false,
+        ..claim_req(owners[2], t0, 100)
+    };
+    assert_eq!(
+        ids(&claim_with(store, &skipping).await),
+        vec![w[1]],
+        "without parking it flows"
+    );
+    store
+        .release(&[w[1]], owners[2])
+        .await
+        .expect("release failed");
+
+    assert!(store.replay(w[0], t0).await.expect("replay failed"));
+    let replayed = claim_with(store, &claim_req(owners[3], t0, 100)).await;
+    assert_eq!(
+        ids(&replayed),
+        vec![w[0], w[1]],
+        "after replay the key flows in order"
+    );
+}
+
+/// The rows claimed of a key are an unbroken run from its first: a row behind
+/// one that waits for a retry, is leased elsewhere or (with `dead_parks_key`)
+/// is dead is not claimed, even when it is claimable itself.
+pub async fn claim_stops_a_key_at_its_first_unclaimable_row<S: SqlStore>(store: &S) {
+    let t = "conf.gap";
+    let w = enqueue(store, (0..4).map(|n| msg(t, Some("a"), n)).collect()).await;
+    let owners: Vec<Uuid> = (0..6).map(|_| Uuid::now_v7()).collect();
+    let t0 = after_writes();
+    assert_eq!(ids(&claim(store, owners[0], t0).await), w);
+
+    // The second row waits for a retry; the others are given back.
+    let failure = Failure {
+        id: w[1],
+        owner: owners[0],
+        next_attempt_at: t0 + secs(60),
+        error: "nack".into(),
+    };
+    store
+        .mark_failed(&failure)
+        .await
+        .expect("mark_failed failed");
+    store
+        .release(&[w[0], w[2], w[3]], owners[0])
+        .await
+        .expect("release failed");
+    assert_eq!(
+        ids(&claim(store, owners[1], t0).await),
+        vec![w[0]],
+        "a retry closes the run"
+    );
+    store
+        .release(&[w[0]], owners[1])
+        .await
+        .expect("release failed");
+
+    // The second row is leased elsewhere.
+    let t1 = t0 + secs(60);
+    assert_eq!(ids(&claim(store, owners[2], t1).await), w);
+    store
+        .release(&[w[0], w[2], w[3]], owners[2])
+        .await
+        .expect("release failed");
+    assert_eq!(
+        ids(&claim(store, owners[3], t1).await),
+        vec![w[0]],
+        "a lease closes the run"
+    );
+    store
+        .release(&[w[0]], owners[3])
+        .await
+        .expect("release failed");
+
+    // The second row is dead.
+    store
+        .mark_dead(w[1], owners[2], "poison", t1)
+        .await
+        .expect("mark_dead failed");
+    let parked = claim_req(owners[4], t1, 100);
+    assert_eq!(
+        ids(&claim_with(store, &parked).await),
+        vec![w[0]],
+        "a dead row closes the run"
+    );
+    store
+        .release(&[w[0]], owners[4])
+        .await
+        .expect("release failed");
+    let skipping = ClaimRequest {
+        dead_parks_key: false,
+        ..claim_req(owners[5], t1, 100)
+    };
+    let claimed = ids(&claim_with(store, &skipping).await);
+    assert_eq!(
+        claimed,
+        vec![w[0], w[2], w[3]],
+        "without parking a dead row is passed over"
+    );
+}
+
+/// A claim returns at most `limit` rows and, per key, the first row plus at
+/// most `per_key_limit` more, always a prefix of the key's pending rows.
+pub async fn claim_respects_limits<S: SqlStore>(store: &S) {
+    let t = "conf.limits";
+    let mut messages = Vec::new();
+    for n in 0..5 {
+        messages.push(msg(t, Some("a"), n));
+        messages.push(msg(t, Some("b"), 10 + n));
+    }
+    messages.extend((0..3).map(|n| msg(t, None, 20 + n)));
+    let w = enqueue(store, messages).await;
+    let of_key =
+        |k: &str| -> Vec<Uuid> { (0..5).map(|n| w[2 * n + usize::from(k == "b")]).collect() };
+    let keyless: Vec<Uuid> = w[10..].to_vec();
+    let t0 = after_writes();
+
+    let req = ClaimRequest {
+        per_key_limit: 2,
+        ..claim_req(Uuid::now_v7(), t0, 100)
+    };
+    let claimed = ids(&claim_with(store, &req).await);
+    let mut expected: Vec<Uuid> = of_key("a")[..3].to_vec();
+    expected.extend_from_slice(&of_key("b")[..3]);
+    expected.extend_from_slice(&keyless);
+    expected.sort();
+    assert_eq!(
+        claimed, expected,
+        "one head and two more per key, all keyless rows"
+    );
+
+    // A claim with a smaller limit, after those leases ran out.
+    let t1 = t0 + secs(LEASE_SECS + 1);
+    let req = claim_req(Uuid::now_v7(), t1, 4);
+    let claimed = ids(&claim_with(store, &req).await);
+    assert_eq!(
+        claimed.len(),
+        4,
+        "exactly `limit` rows when more are claimable"
+    );
+    for key in ["a", "b"] {
+        let rows = of_key(key);
+        let got: Vec<Uuid> = claimed
+            .iter()
+            .copied()
+            .filter(|id| rows.contains(id))
+            .collect();
+        assert_eq!(
+            got,
+            rows[..got.len()].to_vec(),
+            "key {key}: a claim takes a prefix"
+        );
+    }
+
+    // Only the first row of each key with `per_key_limit` 0.
+    let t2 = t1 + secs(LEASE_SECS + 1);
+    let req = ClaimRequest {
+        per_key_limit: 0,
+        ..claim_req(Uuid::now_v7(), t2, 100)
+    };
+    let claimed = ids(&claim_with(store, &req).await);
+    let mut expected = vec![of_key("a")[0], of_key("b")[0]];
+    expected.extend_from_slice(&keyless);
+    expected.sort();
+    assert_eq!(claimed, expected);
+
+    let req = claim_req(Uuid::now_v7(), t2, 0);
+    assert!(
+        claim_with(store, &req).await.is_empty(),
+        "limit 0 claims nothing"
+    );
+}
+
+/// Two relays claiming at the same time never get the same row, and between
+/// them every key is published in order.
+pub async fn concurrent_claims_are_disjoint<S: SqlStore>(store: &S) {
+    let t = "conf.concurrent";
+    let mut written = Vec::new();
+    for batch in 0..4u32 {
+        let messages = (0..50u32)
+            .map(|n| {
+                let i = batch * 50 + n;
+                let key = (i % 2 == 0).then(|| format!("k{}", i % 20));
+                msg(t, key.as_deref(), i)
+            })
+            .collect();
+        written.extend(enqueue(store, messages).await);
+    }
+    let total = written.len();
+    let key_of: BTreeMap<Uuid, Option<String>> = written
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, (i % 2 == 0).then(|| format!("k{}", i % 20))))
+        .collect();
+
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let t0 = after_writes();
+    let mut seen = HashSet::new();
+    let mut published: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
+    for round in 0..200 {
+        let now = t0 + Duration::milliseconds(round);
+        let (ra, rb) = (
+            claim_req(a, now, 17),
+            ClaimRequest {
+                per_key_limit: 3,
+                ..claim_req(b, now, 23)
+            },
+        );
+        let (got_a, got_b) = tokio::join!(store.claim(&ra), store.claim(&rb));
+        let (got_a, got_b) = (got_a.expect("claim failed"), got_b.expect("claim failed"));
+        if got_a.is_empty() && got_b.is_empty() && seen.len() == total {
+            break;
+        }
+        for env in got_a.iter().chain(&got_b) {
+            assert!(seen.insert(env.id), "row {} was claimed twice", env.id);
+            if let Some(Some(key)) = key_of.get(&env.id) {
+                published.entry(key.clone()).or_default().push(env.id);
+            }
+        }
+        let (ids_a, ids_b) = (ids(&got_a), ids(&got_b));
+        let (sent_a, sent_b) =
+            tokio::join!(store.mark_sent(&ids_a, now), store.mark_sent(&ids_b, now));
+        sent_a.expect("mark_sent failed");
+        sent_b.expect("mark_sent failed");
+    }
+    assert_eq!(seen.len(), total, "every row must be claimed exactly once");
+    for (key, order) in &published {
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, &sorted, "key {key} was claimed out of order");
+    }
+    let stats = store.stats().await.expect("stats failed");
+    assert_eq!((stats.pending, stats.sent), (0, total as u64));
+}
+
+/// The writer leases a new row to the requested relay unless an earlier row of
+/// its key is pending (or dead) and not that relay's; a duplicate leaves the
+/// transaction usable.
+pub async fn insert_with_lease_yields_to_earlier_rows<S: SqlStore>(store: &S) {
+    let t = "conf.insert-lease";
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let until = Utc::now() + secs(3600);
+    let lease_a = Some(Lease { owner: a, until });
+    let lease_b = Some(Lease { owner: b, until });
+
+    let e1 = envelope(t, Some("k"));
+    assert_eq!(
+        insert(store, &e1, lease_a).await,
+        Inserted::Leased,
+        "first row of a key"
+    );
+
+    let mut tx = store.begin().await.expect("begin failed");
+    let writer = store.writer();
+    let e2 = envelope(t, Some("k"));
+    let e3 = envelope(t, Some("k"));
+    let e4 = envelope(t, Some("k2"));
+    let e5 = envelope(t, None);
+    let e6 = envelope(t, Some("k"));
+    let mut dup = envelope(t, None);
+    dup.idempotency_key = e1.idempotency_key.clone();
+    let e7 = envelope(t, None);
+    let e8 = envelope(t, Some("k3"));
+    let e9 = envelope(t, Some("k3"));
+    let cases = [
+        (
+            &e2,
+            lease_a,
+            Inserted::Leased,
+            "earlier rows are the same relay's",
+        ),
+        (
+            &e3,
+            lease_b,
+            Inserted::Unleased,
+            "an earlier row belongs to another relay",
+        ),
+        (&e4, lease_b, Inserted::Leased, "another key"),
+        (&e5, lease_b, Inserted::Leased, "no key"),
+        (&e6, None, Inserted::Unleased, "no lease asked for"),
+        (
+            &dup,
+            lease_a,
+            Inserted::Duplicate,
+            "same topic and idempotency key",
+        ),
+        (
+            &e7,
+            lease_a,
+            Inserted::Leased,
+            "the transaction is usable after a duplicate",
+        ),
+        (&e8, None, Inserted::Unleased, "no lease asked for"),
+        (
+            &e9,
+            lease_a,
+            Inserted::Unleased,
+            "an earlier row belongs to no relay",
+        ),
+    ];
+    for (env, lease, expected, why) in cases {
+        let got = writer
+            .insert(&mut *tx, env, lease)
+            .await
+            .expect("insert failed");
+        assert_eq!(got, expected, "{why}");
+    }
+    tx.commit().await.expect("commit failed");
+
+    // Rows of a finished key no longer hold it back.
+    store
+        .mark_sent(&[e4.id], Utc::now())
+        .await
+        .expect("mark_sent failed");
+    let e10 = envelope(t, Some("k2"));
+    assert_eq!(
+        insert(store, &e10, lease_a).await,
+        Inserted::Leased,
+        "earlier rows were sent"
+    );
+
+    // A dead row parks its key for inserts too.
+    let e11 = envelope(t, Some("k4"));
+    assert_eq!(insert(store, &e11, lease_a).await, Inserted::Leased);
+    store
+        .mark_dead(e11.id, a, "poison", Utc::now())
+        .await
+        .expect("mark_dead failed");
+    let e12 = envelope(t, Some("k4"));
+    assert_eq!(
+        insert(store, &e12, lease_a).await,
+        Inserted::Unleased,
+        "a dead row parks its key"
+    );
+
+    // Only the unleased rows of keys not held by a lease are claimable, so
+    // key `k` (held by `a`) waits while key `k3` flows.
+    let now = after_writes();
+    let claimed = claim(store, c, now).await;
+    assert_eq!(ids(&claimed), vec![e8.id, e9.id]);
+    let stats = store.stats().await.expect("stats failed");
+    assert_eq!(
+        stats.pending, 10,
+        "every row but the sent, the dead and the duplicate is pending"
+    );
+}
+
+/// Expired messages are still claimed, so the relay can dead-letter them with
+/// that reason.
+pub async fn expired_messages_are_claimed<S: SqlStore>(store: &S) {
+    let message = msg("conf.expiry", None, 1).ttl(std::time::Duration::from_secs(1));
+    let id = enqueue(store, vec![message]).await[0];
+    let now = after_writes() + secs(3600);
+    let claimed = claim(store, Uuid::now_v7(), now).await;
+    assert_eq!(ids(&claimed), vec![id]);
+    assert!(claimed[0].is_expired(now));
+}
+
+/// A row is due at its creation time as given by the writer's caller, not by
+/// the database's clock.
+pub async fn timestamps_come_from_the_caller<S: SqlStore>(store: &S) {
+    let future = Utc::now() + secs(86_400);
+    let id = Uuid::now_v7();
+    let mut env = Envelope::new(id, "conf.clock", id.to_string(), b"1".to_vec(), future);
+    env.expires_at = Some(future + secs(60));
+    assert_eq!(insert(store, &env, None).await, Inserted::Unleased);
+
+    let owner = Uuid::now_v7();
+    assert!(
+        claim(store, owner, after_writes()).await.is_empty(),
+        "not due before created_at"
+    );
+    let claimed = claim(store, owner, future).await;
+    assert_eq!(ids(&claimed), vec![id]);
+    assert!(close(claimed[0].created_at, future));
+    assert!(!claimed[0].is_expired(future));
+    let stats = store.stats().await.expect("stats failed");
+    assert!(stats.oldest_pending.is_some_and(|t| close(t, future)));
+}
