@@ -43,12 +43,18 @@ impl Ident {
     ///
     /// [`Error::Config`] for `field`, saying which rule the name broke.
     pub fn for_field(field: &'static str, name: &str) -> Result<Self> {
-        let first_ok = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+        let first_ok = name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
         if name.is_empty() {
             return Err(Error::config(field, "must not be empty"));
         }
         if name.len() > MAX_IDENT_LEN {
-            return Err(Error::config(field, format!("must be at most {MAX_IDENT_LEN} bytes")));
+            return Err(Error::config(
+                field,
+                format!("must be at most {MAX_IDENT_LEN} bytes"),
+            ));
         }
         if !first_ok || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(Error::config(
@@ -185,9 +191,20 @@ pub enum DeadKeyPolicy {
     Skip,
 }
 
-/// Settings of a [`Relay`](crate::Relay), validated by [`RelayConfig::validate`].
+/// Settings of a [`Relay`](crate::Relay), validated by [`RelayConfig::validate`]
+/// when the relay is made.
+///
+/// Set the fields you need and take the rest from `Default`, so that fields
+/// added later do not break your code:
+///
+/// ```
+/// use std::time::Duration;
+/// use txmsg_core::RelayConfig;
+///
+/// let config = RelayConfig { max_attempts: 5, lease: Duration::from_secs(60), ..RelayConfig::default() };
+/// assert!(config.validate().is_ok());
+/// ```
 #[derive(Clone)]
-#[non_exhaustive]
 pub struct RelayConfig {
     /// Most rows claimed by one poll. Default 500.
     pub batch_size: u32,
@@ -215,7 +232,7 @@ pub struct RelayConfig {
     pub mark_batch: usize,
     /// Longest a sent mark waits to be batched. Default 5 ms.
     pub mark_interval: Duration,
-    /// Longest a publish may wait for the broker's confirm. Default 30 s.
+    /// Longest a publish may wait for the broker's confirm; shorter than `lease`. Default 10 s.
     pub publish_timeout: Duration,
     /// How long shutdown waits for in-flight publishes. Default 10 s.
     pub shutdown_timeout: Duration,
@@ -263,7 +280,7 @@ impl Default for RelayConfig {
             fast_path_capacity: 16 * 1024,
             mark_batch: 512,
             mark_interval: Duration::from_millis(5),
-            publish_timeout: Duration::from_secs(30),
+            publish_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
             dead_key_policy: DeadKeyPolicy::Park,
             clock: Arc::new(SystemClock),
@@ -279,7 +296,11 @@ impl RelayConfig {
     /// [`Error::Config`] naming the first field that breaks its rule.
     pub fn validate(&self) -> Result<()> {
         fn positive(field: &'static str, v: u64) -> Result<()> {
-            if v == 0 { Err(Error::config(field, "must be greater than zero")) } else { Ok(()) }
+            if v == 0 {
+                Err(Error::config(field, "must be greater than zero"))
+            } else {
+                Ok(())
+            }
         }
         positive("batch_size", self.batch_size.into())?;
         positive("max_attempts", self.max_attempts.into())?;
@@ -294,7 +315,10 @@ impl RelayConfig {
             return Err(Error::config("poll_interval", "must be greater than zero"));
         }
         if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {
-            return Err(Error::config("backoff_min", "must be greater than zero and at most backoff_max"));
+            return Err(Error::config(
+                "backoff_min",
+                "must be greater than zero and at most backoff_max",
+            ));
         }
         if self.publish_timeout >= self.lease {
             return Err(Error::config(
@@ -312,9 +336,26 @@ mod tests {
 
     #[test]
     fn ident_refuses_injection_and_names_the_field() {
-        let err = Tables::default().outbox("orders; drop table x").unwrap_err();
-        assert!(matches!(err, Error::Config { field: "outbox_table", .. }));
-        for bad in ["", "1abc", "a-b", "a b", "a\"b", "a.b", "é", &"x".repeat(64)] {
+        let err = Tables::default()
+            .outbox("orders; drop table x")
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Config {
+                field: "outbox_table",
+                ..
+            }
+        ));
+        for bad in [
+            "",
+            "1abc",
+            "a-b",
+            "a b",
+            "a\"b",
+            "a.b",
+            "é",
+            &"x".repeat(64),
+        ] {
             assert!(Ident::new(bad).is_err(), "{bad:?}");
         }
         assert_eq!(Ident::new("_Orders_2").unwrap().as_str(), "_Orders_2");
@@ -323,16 +364,40 @@ mod tests {
     #[test]
     fn qualified_quotes_both_parts() {
         let t = Tables::default().schema("app").unwrap();
-        assert_eq!(t.qualified(t.outbox_name(), '"'), "\"app\".\"txmsg_outbox\"");
-        assert_eq!(Tables::default().qualified(&Ident::new("x").unwrap(), '`'), "`x`");
+        assert_eq!(
+            t.qualified(t.outbox_name(), '"'),
+            "\"app\".\"txmsg_outbox\""
+        );
+        assert_eq!(
+            Tables::default().qualified(&Ident::new("x").unwrap(), '`'),
+            "`x`"
+        );
     }
 
     #[test]
     fn relay_config_rules() {
         assert!(RelayConfig::default().validate().is_ok());
-        let c = RelayConfig { max_attempts: 0, ..RelayConfig::default() };
-        assert!(matches!(c.validate(), Err(Error::Config { field: "max_attempts", .. })));
-        let c = RelayConfig { publish_timeout: Duration::from_secs(60), ..RelayConfig::default() };
-        assert!(matches!(c.validate(), Err(Error::Config { field: "publish_timeout", .. })));
+        let c = RelayConfig {
+            max_attempts: 0,
+            ..RelayConfig::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(Error::Config {
+                field: "max_attempts",
+                ..
+            })
+        ));
+        let c = RelayConfig {
+            publish_timeout: Duration::from_secs(60),
+            ..RelayConfig::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(Error::Config {
+                field: "publish_timeout",
+                ..
+            })
+        ));
     }
 }

@@ -91,8 +91,10 @@ impl Envelope {
     ///
     /// [`Error::Payload`] if the JSON does not match `M`.
     pub fn decode<M: serde::de::DeserializeOwned>(&self) -> Result<M> {
-        serde_json::from_slice(&self.payload)
-            .map_err(|source| Error::Payload { topic: self.topic.clone(), source })
+        serde_json::from_slice(&self.payload).map_err(|source| Error::Payload {
+            topic: self.topic.clone(),
+            source,
+        })
     }
 
     /// Whether the message has expired at `now`.
@@ -138,8 +140,10 @@ impl Message {
     /// [`Error::Payload`] if `payload` cannot be serialized.
     pub fn new<M: Serialize + ?Sized>(topic: &str, payload: &M) -> Result<Self> {
         validate_topic(topic)?;
-        let payload = serde_json::to_vec(payload)
-            .map_err(|source| Error::Payload { topic: topic.to_owned(), source })?;
+        let payload = serde_json::to_vec(payload).map_err(|source| Error::Payload {
+            topic: topic.to_owned(),
+            source,
+        })?;
         Ok(Message {
             topic: topic.to_owned(),
             payload,
@@ -216,8 +220,10 @@ mod tests {
     #[test]
     fn ttl_sets_expiry() {
         let now = Utc::now();
-        let env =
-            Message::new("t", &1).unwrap().ttl(Duration::from_secs(60)).into_envelope(now);
+        let env = Message::new("t", &1)
+            .unwrap()
+            .ttl(Duration::from_secs(60))
+            .into_envelope(now);
         assert_eq!(env.expires_at, Some(now + chrono::Duration::seconds(60)));
         assert!(!env.is_expired(now));
         assert!(env.is_expired(now + chrono::Duration::seconds(61)));
@@ -225,12 +231,17 @@ mod tests {
 
     #[test]
     fn debug_hides_payload() {
-        let env = Message::new("t", &"secret").unwrap().into_envelope(Utc::now());
+        let env = Message::new("t", &"secret")
+            .unwrap()
+            .into_envelope(Utc::now());
         assert!(!format!("{env:?}").contains("secret"));
     }
 
     #[test]
     fn bad_topic_is_refused() {
-        assert!(matches!(Message::new("a b", &1), Err(Error::InvalidTopic { .. })));
+        assert!(matches!(
+            Message::new("a b", &1),
+            Err(Error::InvalidTopic { .. })
+        ));
     }
 }

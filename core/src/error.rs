@@ -127,28 +127,41 @@ impl Error {
         match self {
             Error::Broker { retryable, .. } => *retryable,
             Error::BrokerUnavailable { .. } => true,
-            Error::Database(e) => !matches!(
-                e,
-                sqlx::Error::Database(d) if d.is_unique_violation() || d.is_check_violation()
-                    || d.is_foreign_key_violation()
-            ) && !matches!(e, sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_)),
+            Error::Database(e) => {
+                !matches!(
+                    e,
+                    sqlx::Error::Database(d) if d.is_unique_violation() || d.is_check_violation()
+                        || d.is_foreign_key_violation()
+                ) && !matches!(e, sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_))
+            }
             _ => false,
         }
     }
 
     /// A broker error that may succeed if tried again.
     pub fn broker(message: impl fmt::Display, source: impl Into<BoxError>) -> Self {
-        Error::Broker { message: message.to_string(), retryable: true, source: Some(source.into()) }
+        Error::Broker {
+            message: message.to_string(),
+            retryable: true,
+            source: Some(source.into()),
+        }
     }
 
     /// A broker error that will fail again the same way.
     pub fn broker_permanent(message: impl fmt::Display) -> Self {
-        Error::Broker { message: message.to_string(), retryable: false, source: None }
+        Error::Broker {
+            message: message.to_string(),
+            retryable: false,
+            source: None,
+        }
     }
 
     /// The broker cannot be reached.
     pub fn broker_unavailable(message: impl fmt::Display, source: Option<BoxError>) -> Self {
-        Error::BrokerUnavailable { message: message.to_string(), source }
+        Error::BrokerUnavailable {
+            message: message.to_string(),
+            source,
+        }
     }
 
     /// Whether this is [`Error::BrokerUnavailable`].
@@ -158,6 +171,9 @@ impl Error {
 
     /// A configuration error for `field`.
     pub fn config(field: &'static str, reason: impl Into<String>) -> Self {
-        Error::Config { field, reason: reason.into() }
+        Error::Config {
+            field,
+            reason: reason.into(),
+        }
     }
 }

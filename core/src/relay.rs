@@ -91,7 +91,11 @@ impl<S: Store, B: Broker> Relay<S, B> {
     /// [`Error::Config`] if `config` breaks a rule.
     pub fn new(store: S, broker: B, config: RelayConfig) -> Result<Self> {
         config.validate()?;
-        Ok(Relay { store, broker, config })
+        Ok(Relay {
+            store,
+            broker,
+            config,
+        })
     }
 
     /// Starts the fast path, the poller and the mark writer on the current
@@ -125,11 +129,13 @@ impl<S: Store, B: Broker> Relay<S, B> {
             seed: fastrand::u64(..),
         });
         let span = tracing::info_span!("txmsg.relay", relay = %owner);
-        let task = tokio::spawn(
-            run(shared, fast_rx, marks_rx, wake, stop_rx).instrument(span),
-        );
+        let task = tokio::spawn(run(shared, fast_rx, marks_rx, wake, stop_rx).instrument(span));
         RelayHandle {
-            inner: Arc::new(HandleInner { link, stop: stop_tx, task: tokio::sync::Mutex::new(Some(task)) }),
+            inner: Arc::new(HandleInner {
+                link,
+                stop: stop_tx,
+                task: tokio::sync::Mutex::new(Some(task)),
+            }),
         }
     }
 }
@@ -229,10 +235,17 @@ async fn run<S: Store, B: Broker>(
     stop: watch::Receiver<bool>,
 ) {
     let marker = tokio::spawn(mark_loop(Arc::clone(&shared), marks_rx, stop.clone()));
+    let watcher = shared
+        .store
+        .watch(crate::store::Waker(Arc::clone(&wake)))
+        .map(|watch| tokio::spawn(watch.instrument(tracing::debug_span!("txmsg.relay.watch"))));
     tokio::join!(
         fast_loop(Arc::clone(&shared), fast_rx, stop.clone()),
         poll_loop(Arc::clone(&shared), wake, stop.clone()),
     );
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     // Both loops have drained their in-flight publishes; the marker flushes
     // what they confirmed and stops.
     drop(shared);
@@ -249,7 +262,10 @@ impl<S: Store, B: Broker> Shared<S, B> {
     fn retry_at(&self, env: &Envelope, attempts: u32) -> DateTime<Utc> {
         let delay = retry_delay(&self.config, attempts, self.seed ^ env.id.as_u64_pair().1);
         let now = self.now();
-        chrono::Duration::from_std(delay).ok().and_then(|d| now.checked_add_signed(d)).unwrap_or(now)
+        chrono::Duration::from_std(delay)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .unwrap_or(now)
     }
 
     /// Publishes one message held under `lease_until`, and records the outcome.
@@ -277,19 +293,16 @@ impl<S: Store, B: Broker> Shared<S, B> {
         };
         let started = std::time::Instant::now();
         fail::fail_point!("txmsg::relay::before_publish", |_| Outcome::Skipped);
-        let result = match tokio::time::timeout(
-            self.config.publish_timeout,
-            self.broker.publish(env),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(Error::Broker {
-                message: format!("no confirm within {:?}", self.config.publish_timeout),
-                retryable: true,
-                source: None,
-            }),
-        };
+        let result =
+            match tokio::time::timeout(self.config.publish_timeout, self.broker.publish(env)).await
+            {
+                Ok(r) => r,
+                Err(_) => Err(Error::Broker {
+                    message: format!("no confirm within {:?}", self.config.publish_timeout),
+                    retryable: true,
+                    source: None,
+                }),
+            };
         match result {
             Ok(()) => {
                 self.broker_reachable();
@@ -336,7 +349,11 @@ impl<S: Store, B: Broker> Shared<S, B> {
     async fn dead(&self, env: &Envelope, reason: &str) -> Outcome {
         tracing::error!(reason, "message is dead");
         metrics::counter!("txmsg_dead_letters_total", "topic" => env.topic.clone()).increment(1);
-        if let Err(e) = self.store.mark_dead(env.id, self.owner, reason, self.now()).await {
+        if let Err(e) = self
+            .store
+            .mark_dead(env.id, self.owner, reason, self.now())
+            .await
+        {
             tracing::error!(error = %error_chain(&e), "could not mark a message dead; it is retried when its lease runs out");
         }
         Outcome::Dead
@@ -419,7 +436,10 @@ impl<S: Store, B: Broker> Shared<S, B> {
     fn hold(&self, key: KeyId) {
         // Any fast-path message of this key was leased before now + lease.
         let until = crate::tx::fast_lease(self.owner, self.now(), self.config.lease).until;
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(key, until);
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, until);
     }
 }
 
@@ -475,7 +495,10 @@ async fn fast_loop<S: Store, B: Broker>(
                 attempt = 1,
                 path = "fast",
             );
-            let outcome = shared.publish_one(&msg.envelope, msg.lease_until).instrument(span).await;
+            let outcome = shared
+                .publish_one(&msg.envelope, msg.lease_until)
+                .instrument(span)
+                .await;
             key.map(|k| (k, shared.holds_key(outcome)))
         });
     };
@@ -516,7 +539,11 @@ async fn fast_loop<S: Store, B: Broker>(
     // Shutting down: no new fast-path work; what waits is released for the
     // next relay, what is in flight gets the shutdown timeout.
     rx.close();
-    let mut waiting: Vec<Uuid> = queues.into_values().flatten().map(|m| m.envelope.id).collect();
+    let mut waiting: Vec<Uuid> = queues
+        .into_values()
+        .flatten()
+        .map(|m| m.envelope.id)
+        .collect();
     while let Ok(msg) = rx.try_recv() {
         waiting.push(msg.envelope.id);
     }
@@ -527,7 +554,10 @@ async fn fast_loop<S: Store, B: Broker>(
 async fn drain<T: 'static>(running: &mut JoinSet<T>, timeout: Duration) {
     let all = async { while running.join_next().await.is_some() {} };
     if tokio::time::timeout(timeout, all).await.is_err() {
-        tracing::warn!(left = running.len(), "shutdown timeout: in-flight publishes abandoned, their rows stay pending");
+        tracing::warn!(
+            left = running.len(),
+            "shutdown timeout: in-flight publishes abandoned, their rows stay pending"
+        );
         running.abort_all();
     }
 }
@@ -702,7 +732,10 @@ mod tests {
         };
         let d1 = retry_delay(&cfg, 1, 7);
         let d4 = retry_delay(&cfg, 4, 7);
-        assert!(d1 >= Duration::from_millis(100) && d1 < Duration::from_millis(200), "{d1:?}");
+        assert!(
+            d1 >= Duration::from_millis(100) && d1 < Duration::from_millis(200),
+            "{d1:?}"
+        );
         assert!(d4 >= Duration::from_millis(800), "{d4:?}");
         // Jitter adds at most the delay itself.
         assert!(retry_delay(&cfg, 30, 7) <= Duration::from_secs(2));
@@ -730,8 +763,10 @@ mod tests {
             mk(Some("a"), 4),
             mk(None, 5),
         ]);
-        let ids: Vec<Vec<u8>> =
-            groups.iter().map(|g| g.iter().map(|e| e.payload[0]).collect()).collect();
+        let ids: Vec<Vec<u8>> = groups
+            .iter()
+            .map(|g| g.iter().map(|e| e.payload[0]).collect())
+            .collect();
         assert_eq!(ids, vec![vec![1, 4], vec![2], vec![3], vec![5]]);
     }
 }

@@ -57,6 +57,17 @@ pub trait OutboxWriter<DB: sqlx::Database>: Debug + Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Inserted>>;
 }
 
+/// Wakes a relay's poller; handed to [`Store::watch`].
+#[derive(Debug, Clone)]
+pub struct Waker(pub(crate) Arc<tokio::sync::Notify>);
+
+impl Waker {
+    /// Makes the poller look for rows now.
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
 /// A store whose outbox lives in an sqlx database, so producers can write to
 /// it in their own transaction.
 pub trait SqlStore: Store {
@@ -117,7 +128,11 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// A dead letter, for adapters that read them from storage.
     pub fn new(envelope: Envelope, reason: impl Into<String>, dead_at: DateTime<Utc>) -> Self {
-        DeadLetter { envelope, reason: reason.into(), dead_at }
+        DeadLetter {
+            envelope,
+            reason: reason.into(),
+            dead_at,
+        }
     }
 }
 
@@ -196,7 +211,8 @@ pub trait Store: Debug + Clone + Send + Sync + 'static {
     fn claim(&self, req: &ClaimRequest) -> impl Future<Output = Result<Vec<Envelope>>> + Send;
 
     /// Marks rows sent at `at`.
-    fn mark_sent(&self, ids: &[Uuid], at: DateTime<Utc>) -> impl Future<Output = Result<()>> + Send;
+    fn mark_sent(&self, ids: &[Uuid], at: DateTime<Utc>)
+    -> impl Future<Output = Result<()>> + Send;
 
     /// Records a failed attempt: attempts + 1, retry at `next_attempt_at`, lease released.
     fn mark_failed(&self, failure: &Failure) -> impl Future<Output = Result<()>> + Send;
@@ -231,4 +247,13 @@ pub trait Store: Debug + Clone + Send + Sync + 'static {
 
     /// Counts rows by state.
     fn stats(&self) -> impl Future<Output = Result<OutboxStats>> + Send;
+
+    /// A task that wakes the relay when another process committed rows, if
+    /// the store has such a signal (PostgreSQL `LISTEN`/`NOTIFY`, when
+    /// enabled). It runs until dropped and must not return early on errors
+    /// (reconnect and go on). The default is `None`: the relay just polls.
+    fn watch(&self, waker: Waker) -> Option<BoxFuture<'static, ()>> {
+        let _ = waker;
+        None
+    }
 }

@@ -52,7 +52,9 @@ struct OutboxInner<DB: sqlx::Database> {
 
 impl<DB: sqlx::Database> Clone for Outbox<DB> {
     fn clone(&self) -> Self {
-        Outbox { inner: Arc::clone(&self.inner) }
+        Outbox {
+            inner: Arc::clone(&self.inner),
+        }
     }
 }
 
@@ -96,7 +98,9 @@ impl<DB: sqlx::Database> Outbox<DB> {
             clock: Arc::clone(&link.clock),
             relay: Some(link),
         };
-        Outbox { inner: Arc::new(inner) }
+        Outbox {
+            inner: Arc::new(inner),
+        }
     }
 
     /// The connection pool.
@@ -120,7 +124,12 @@ impl<DB: sqlx::Database> Outbox<DB> {
 
     /// Wraps a transaction begun elsewhere, so that messages can be added to it.
     pub fn wrap<'c>(&self, txn: sqlx::Transaction<'c, DB>) -> Tx<'c, DB> {
-        Tx { txn, outbox: self.clone(), pending: Vec::new(), nudge: false }
+        Tx {
+            txn,
+            outbox: self.clone(),
+            pending: Vec::new(),
+            nudge: false,
+        }
     }
 }
 
@@ -140,7 +149,9 @@ pub struct Tx<'c, DB: sqlx::Database> {
 
 impl<DB: sqlx::Database> fmt::Debug for Tx<'_, DB> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tx").field("pending", &self.pending.len()).finish_non_exhaustive()
+        f.debug_struct("Tx")
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -187,7 +198,11 @@ impl<'c, DB: sqlx::Database> Tx<'c, DB> {
         let lease = reserved.as_ref().map(|(lease, _)| *lease);
         let outcome = {
             use tracing::Instrument;
-            inner.writer.insert(&mut self.txn, &envelope, lease).instrument(span).await?
+            inner
+                .writer
+                .insert(&mut self.txn, &envelope, lease)
+                .instrument(span)
+                .await?
         };
         let id = envelope.id;
         match (outcome, reserved) {
@@ -198,7 +213,13 @@ impl<'c, DB: sqlx::Database> Tx<'c, DB> {
                 });
             }
             (Inserted::Leased, Some((lease, permit))) => {
-                self.pending.push((FastMsg { envelope, lease_until: lease.until }, permit));
+                self.pending.push((
+                    FastMsg {
+                        envelope,
+                        lease_until: lease.until,
+                    },
+                    permit,
+                ));
             }
             _ => self.nudge = true,
         }
@@ -218,7 +239,12 @@ impl<'c, DB: sqlx::Database> Tx<'c, DB> {
     /// may not have committed. Committed messages are published either way
     /// (by the poller, once their lease runs out).
     pub async fn commit(self) -> Result<()> {
-        let Tx { txn, outbox, pending, nudge } = self;
+        let Tx {
+            txn,
+            outbox,
+            pending,
+            nudge,
+        } = self;
         fail::fail_point!("txmsg::before_commit", |_| Err(Error::Shutdown));
         txn.commit().await?;
         fail::fail_point!("txmsg::after_commit_before_handoff", |_| Ok(()));
@@ -256,7 +282,11 @@ impl<'c, DB: sqlx::Database> Tx<'c, DB> {
 }
 
 /// Used by the relay to build the lease a fast-path row is written with.
-pub(crate) fn fast_lease(owner: Uuid, now: chrono::DateTime<chrono::Utc>, lease: std::time::Duration) -> Lease {
+pub(crate) fn fast_lease(
+    owner: Uuid,
+    now: chrono::DateTime<chrono::Utc>,
+    lease: std::time::Duration,
+) -> Lease {
     let until = chrono::Duration::from_std(lease)
         .ok()
         .and_then(|d| now.checked_add_signed(d))

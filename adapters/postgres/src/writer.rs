@@ -12,6 +12,8 @@ use crate::sql::Sql;
 #[derive(Debug)]
 pub(crate) struct PgWriter {
     pub(crate) sql: Arc<Sql>,
+    /// Channel to `NOTIFY` when a row is left for relays of other processes.
+    pub(crate) notify: Option<txmsg_core::Ident>,
 }
 
 impl OutboxWriter<Postgres> for PgWriter {
@@ -36,13 +38,22 @@ impl OutboxWriter<Postgres> for PgWriter {
                 .bind(envelope.expires_at)
                 .bind(lease.map(|l| l.owner))
                 .bind(lease.map(|l| l.until))
-                .fetch_optional(conn)
+                .fetch_optional(&mut *conn)
                 .await?;
-            Ok(match leased {
+            let inserted = match leased {
                 None => Inserted::Duplicate,
                 Some(true) => Inserted::Leased,
                 Some(false) => Inserted::Unleased,
-            })
+            };
+            if let (Inserted::Unleased, Some(channel)) = (inserted, &self.notify) {
+                // Delivered at commit, and only then; repeats within one
+                // transaction are folded into one by PostgreSQL.
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(channel.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok(inserted)
         })
     }
 }

@@ -284,3 +284,56 @@ async fn two_claimers_over_2000_rows_get_each_id_once() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_wakes_a_relay_of_another_process() {
+    with_schema(|pool, schema| async move {
+        let store = PgStore::new(pool, tables(&schema))
+            .with_notify("txmsg_wake_test")
+            .unwrap();
+        store.migrate().await.unwrap();
+        let broker = txmsg_memory::MemoryBroker::new();
+        let mut sub = broker.subscribe(&format!("wake.{schema}"));
+        // The relay polls only once a minute: only the NOTIFY can wake it.
+        let config = txmsg_core::RelayConfig {
+            poll_interval: std::time::Duration::from_secs(60),
+            ..txmsg_core::RelayConfig::default()
+        };
+        let relay = txmsg_core::Relay::new(store.clone(), broker, config)
+            .unwrap()
+            .start();
+        // Let the relay's first poll and its LISTEN happen.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        // A producer without a relay in its process, as another service would be.
+        let producer = Outbox::new(&store);
+        let mut tx = producer.begin().await.unwrap();
+        tx.enqueue(Message::new(&format!("wake.{schema}"), &1).unwrap())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), sub.recv()).await;
+        relay.shutdown().await;
+        assert!(
+            matches!(got, Ok(Some(_))),
+            "the relay was not woken by NOTIFY"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn notify_channel_is_validated() {
+    let pool = PgPoolOptions::new()
+        .connect_lazy("postgres://x@127.0.0.1/x")
+        .unwrap();
+    let err = PgStore::new(pool, Tables::default())
+        .with_notify("a; drop")
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        Error::Config {
+            field: "notify_channel",
+            ..
+        }
+    ));
+}
