@@ -57,17 +57,17 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use txmsg_core::{
-    Broker, Clock, DeadFilter, DeadKeyPolicy, DeadLetter, Envelope, Error, Headers, Ident,
-    Message, Outbox, OutboxStats, Relay, RelayConfig, RelayHandle, Result, SqlStore, Store,
-    SystemClock, Tables, Tx, validate_topic,
+    Broker, Clock, DeadFilter, DeadKeyPolicy, DeadLetter, Envelope, Error, Headers, Ident, Message,
+    Outbox, OutboxStats, Relay, RelayConfig, RelayHandle, Result, SqlStore, Store, SystemClock,
+    Tables, Tx, validate_topic,
 };
 pub use txmsg_macros::transactional_message;
 
 /// Building blocks for adapters and for code that drives the runtime by hand.
 pub mod core {
     pub use txmsg_core::{
-        BoxError, BoxFuture, ClaimRequest, Failure, Inserted, Lease, MAX_IDENT_LEN,
-        MAX_TOPIC_LEN, OutboxWriter, TRACEPARENT,
+        BoxError, BoxFuture, ClaimRequest, Failure, Inserted, Lease, MAX_IDENT_LEN, MAX_TOPIC_LEN,
+        OutboxWriter, TRACEPARENT,
     };
 }
 
@@ -103,8 +103,10 @@ pub mod memory {
 // change in any release.
 #[doc(hidden)]
 pub mod __private {
+    pub use core::convert::From;
     pub use core::future::Future;
     pub use core::result::Result::{self, Err, Ok};
+    pub use core::time::Duration;
     pub use std::string::String;
 
     pub use serde;
@@ -117,6 +119,46 @@ pub mod __private {
         f
     }
 
-    /// Asserts at compile time that a payload type is `Serialize`.
-    pub fn assert_serialize<T: ?Sized + serde::Serialize>() {}
+    /// A type that can be the payload of a message: any `Serialize` type.
+    ///
+    /// Generated code builds messages through it, at the payload type of a
+    /// `#[transactional_message]` function, so that a payload that is not
+    /// `Serialize` gets this error message, there. (`Serialize` is a bound of
+    /// the impl rather than a supertrait, so that rustc reports this trait.)
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be the payload of a transactional message: it does not implement `serde::Serialize`",
+        label = "the payload must implement `serde::Serialize`",
+        note = "for local types consider adding `#[derive(serde::Serialize)]` to `{Self}`"
+    )]
+    pub trait Payload {
+        /// `Message::new(topic, self)`.
+        fn to_message(&self, topic: &str) -> Result<Message, Error>;
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl<T: ?Sized + serde::Serialize> Payload for T {
+        #[inline]
+        fn to_message(&self, topic: &str) -> Result<Message, Error> {
+            Message::new(topic, self)
+        }
+    }
+
+    /// A value that can be a message key (ordering or idempotency): any
+    /// `Display` type.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a message key: it does not implement `std::fmt::Display`",
+        label = "keys are turned into strings with `Display`"
+    )]
+    pub trait Key {
+        /// The key as a `String`.
+        fn to_key(&self) -> String;
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl<T: ?Sized + core::fmt::Display> Key for T {
+        #[inline]
+        fn to_key(&self) -> String {
+            self.to_string()
+        }
+    }
 }

@@ -76,7 +76,10 @@ impl MemoryBroker {
     /// Subscribes to `topic`.
     pub fn subscribe(&self, topic: &str) -> MemorySubscription {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.subscribers().entry(topic.to_owned()).or_default().push(tx);
+        self.subscribers()
+            .entry(topic.to_owned())
+            .or_default()
+            .push(tx);
         MemorySubscription { rx }
     }
 
@@ -98,7 +101,10 @@ impl MemoryBroker {
     }
 
     fn subscribers(&self) -> MutexGuard<'_, HashMap<String, Vec<mpsc::UnboundedSender<Envelope>>>> {
-        self.inner.subscribers.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner
+            .subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn try_publish(&self, envelope: &Envelope) -> Result<()> {

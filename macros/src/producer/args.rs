@@ -1,0 +1,206 @@
+//! The arguments of `#[transactional_message(...)]`.
+//!
+//! Parsing only splits the arguments into `name = value` pairs and keeps
+//! every value as an expression; which names exist and what their values must
+//! look like is checked in `valid.rs`, so that all mistakes are reported at
+//! once.
+
+use proc_macro2::TokenStream;
+use syn::parse::Parser;
+use syn::{Expr, LitStr, Path, Token};
+
+/// The names `#[transactional_message]` accepts, in the order the docs list them.
+pub(crate) const NAMES: &[&str] = &["topic", "key", "idempotency_key", "ttl", "crate"];
+
+/// One argument as written: `name = value`, or a bare `name`.
+pub(crate) struct RawArg {
+    /// The name, a path as written (`topic`, or a mistake like `a::b`).
+    pub(crate) name: Path,
+    /// The value after `=`, if there is one.
+    pub(crate) value: Option<Expr>,
+}
+
+/// Splits the attribute's arguments into [`RawArg`]s.
+///
+/// Fails only on syntax that cannot be read at all, such as a missing comma.
+pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Vec<RawArg>> {
+    let mut raw = Vec::new();
+    let parser = syn::meta::parser(|meta| {
+        let value = if meta.input.peek(Token![=]) {
+            Some(meta.value()?.parse::<Expr>()?)
+        } else if meta.input.is_empty() || meta.input.peek(Token![,]) {
+            None
+        } else {
+            let name = path_to_string(&meta.path);
+            return Err(meta.input.error(format!(
+                "expected `=` after `{name}` in `#[transactional_message]`, as in `{name} = ...`"
+            )));
+        };
+        raw.push(RawArg {
+            name: meta.path,
+            value,
+        });
+        Ok(())
+    });
+    parser.parse2(tokens)?;
+    Ok(raw)
+}
+
+/// The arguments once checked: everything the expansion needs.
+pub(crate) struct Args {
+    /// The topic, a valid topic name.
+    pub(crate) topic: LitStr,
+    /// Ordering key expression, turned into a `String` through `Display`.
+    pub(crate) key: Option<Expr>,
+    /// Idempotency key expression, turned into a `String` through `Display`.
+    pub(crate) idempotency_key: Option<Expr>,
+    /// Time to live, in milliseconds (never zero).
+    pub(crate) ttl: Option<u64>,
+    /// Path of the `txmsg` crate, if renamed; `::txmsg` otherwise.
+    pub(crate) krate: Option<Path>,
+}
+
+/// `a::b` for a path, for messages.
+pub(crate) fn path_to_string(path: &Path) -> String {
+    let mut s = String::new();
+    if path.leading_colon.is_some() {
+        s.push_str("::");
+    }
+    for (i, segment) in path.segments.iter().enumerate() {
+        if i > 0 {
+            s.push_str("::");
+        }
+        s.push_str(&segment.ident.to_string());
+    }
+    s
+}
+
+/// Parses a time to live such as `"500ms"`, `"30s"`, `"30m"`, `"2h"` or
+/// `"1d"` into milliseconds.
+///
+/// # Errors
+///
+/// What was expected instead, for the message.
+pub(crate) fn parse_ttl(text: &str) -> Result<u64, &'static str> {
+    const NOT_A_DURATION: &str =
+        "expected a whole number and a unit, one of `ms`, `s`, `m`, `h`, `d`, as in \"30m\"";
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60 * 1_000,
+        "h" => 60 * 60 * 1_000,
+        "d" => 24 * 60 * 60 * 1_000,
+        _ => return Err(NOT_A_DURATION),
+    };
+    if number.is_empty() {
+        return Err(NOT_A_DURATION);
+    }
+    const TOO_LARGE: &str = "expected at most 2^64 - 1 milliseconds";
+    let number: u64 = number.parse().map_err(|_| TOO_LARGE)?;
+    if number == 0 {
+        return Err("expected a duration greater than zero");
+    }
+    number.checked_mul(millis_per_unit).ok_or(TOO_LARGE)
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::*;
+
+    fn names(raw: &[RawArg]) -> Vec<String> {
+        raw.iter().map(|arg| path_to_string(&arg.name)).collect()
+    }
+
+    #[test]
+    fn empty_arguments_parse_to_nothing() {
+        assert!(parse(TokenStream::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn keeps_every_argument_in_order() {
+        let raw = parse(quote! {
+            topic = "orders.placed",
+            key = order.id,
+            idempotency_key = format!("order-{}", order.id),
+            ttl = "30m",
+            crate = "my_txmsg",
+        })
+        .unwrap();
+        assert_eq!(
+            names(&raw),
+            ["topic", "key", "idempotency_key", "ttl", "crate"]
+        );
+        assert!(raw.iter().all(|arg| arg.value.is_some()));
+        assert!(matches!(raw[1].value, Some(Expr::Field(_))));
+        assert!(matches!(raw[2].value, Some(Expr::Macro(_))));
+    }
+
+    #[test]
+    fn keeps_unknown_repeated_and_bare_names_for_validation() {
+        let raw = parse(quote!(topic = "a", topic = "b", half, a::b = 1)).unwrap();
+        assert_eq!(names(&raw), ["topic", "topic", "half", "a::b"]);
+        assert!(raw[2].value.is_none());
+    }
+
+    #[test]
+    fn keyword_names_parse() {
+        let raw = parse(quote!(crate = "x", type = 1)).unwrap();
+        assert_eq!(names(&raw), ["crate", "type"]);
+    }
+
+    #[test]
+    fn missing_comma_is_a_syntax_error() {
+        let err = parse(quote!(topic = "a" key = b)).err().unwrap();
+        assert_eq!(err.to_string(), "expected `,`");
+    }
+
+    #[test]
+    fn list_syntax_asks_for_equals() {
+        let err = parse(quote!(topic("a"))).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "expected `=` after `topic` in `#[transactional_message]`, as in `topic = ...`"
+        );
+    }
+
+    #[test]
+    fn ttl_units() {
+        assert_eq!(parse_ttl("500ms"), Ok(500));
+        assert_eq!(parse_ttl("30s"), Ok(30_000));
+        assert_eq!(parse_ttl("30m"), Ok(1_800_000));
+        assert_eq!(parse_ttl("2h"), Ok(7_200_000));
+        assert_eq!(parse_ttl("1d"), Ok(86_400_000));
+    }
+
+    #[test]
+    fn ttl_rejects_bad_text() {
+        for bad in [
+            "", "30", "m", "30 m", "30min", "1.5h", "-1s", "+1s", "1h30m", "30M", " 30s",
+        ] {
+            let reason = parse_ttl(bad).unwrap_err();
+            assert!(
+                reason.starts_with("expected a whole number and a unit"),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            parse_ttl("0s"),
+            Err("expected a duration greater than zero")
+        );
+        assert_eq!(
+            parse_ttl("0ms"),
+            Err("expected a duration greater than zero")
+        );
+        for big in ["99999999999999999999ms", "999999999999999999d"] {
+            assert_eq!(
+                parse_ttl(big),
+                Err("expected at most 2^64 - 1 milliseconds"),
+                "{big}"
+            );
+        }
+    }
+}

@@ -1,0 +1,581 @@
+//! Code generation for a checked [`Producer`]. Nothing here can fail.
+//!
+//! Two items are emitted: the user's function with a body that runs the
+//! original body and then enqueues the message in the caller's transaction,
+//! and `{name}_and_commit`, which runs it in a transaction of its own.
+
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::visit::Visit;
+use syn::{
+    AttrStyle, Attribute, FnArg, GenericParam, Generics, Lifetime, Pat, Signature, Token,
+    WherePredicate,
+};
+
+use super::Producer;
+use super::sig;
+
+/// The user's function and its `_and_commit` companion.
+pub(crate) fn expand(p: &Producer<'_>) -> TokenStream {
+    let producer = producer_fn(p);
+    let and_commit = and_commit_fn(p);
+    quote! {
+        #producer
+        #and_commit
+    }
+}
+
+/// The user's function: attributes, visibility and signature as written; the
+/// body runs the original block, then writes the message.
+///
+/// The block runs as an `async move` block, so that the function's future is
+/// `Send` whenever the parameters are, as without the macro (a block that
+/// borrowed them would need them `Sync`). The transaction parameter is moved
+/// to `__txmsg_tx` first, and the block gets a reborrow under the parameter's
+/// name: moving that into the block leaves the transaction usable afterwards.
+/// `typed` fixes the block's output type, so `?` inside it converts errors
+/// into `E`, and `return` returns from the block.
+fn producer_fn(p: &Producer<'_>) -> TokenStream {
+    let func = p.func;
+    let outer = func
+        .attrs
+        .iter()
+        .filter(|attr| matches!(attr.style, AttrStyle::Outer));
+    let inner = func
+        .attrs
+        .iter()
+        .filter(|attr| matches!(attr.style, AttrStyle::Inner(_)));
+    let vis = &func.vis;
+    let (sig, tx_mut) = signature(p);
+    let block = &func.block;
+    let private = private_path(p, Span::call_site());
+    let tx = p.tx;
+    let payload = p.payload;
+    let error = p.error;
+    let topic = &p.args.topic;
+
+    // Evaluated before the body, which may move the parameters they use.
+    let key = p.args.key.as_ref().map(|expr| {
+        let to_key = to_key(p, expr);
+        quote!(let __txmsg_key: #private::String = #to_key;)
+    });
+    let idempotency_key = p.args.idempotency_key.as_ref().map(|expr| {
+        let to_key = to_key(p, expr);
+        quote!(let __txmsg_idempotency_key: #private::String = #to_key;)
+    });
+    let set_key = key.as_ref().map(|_| quote!(.key(__txmsg_key)));
+    let set_idempotency_key = idempotency_key
+        .as_ref()
+        .map(|_| quote!(.idempotency_key(__txmsg_idempotency_key)));
+    let set_ttl = p
+        .args
+        .ttl
+        .map(|millis| quote!(.ttl(#private::Duration::from_millis(#millis))));
+
+    // `Message::new(topic, &payload)` through the `Payload` trait, spanned at
+    // `M`: a payload that is not `Serialize` is reported there, once.
+    let new_message = {
+        let span = payload.span();
+        let private = private_path(p, span);
+        quote_spanned!(span=> <#payload as #private::Payload>::to_message)
+    };
+    let from_error = from_error(p);
+
+    quote! {
+        #(#outer)*
+        #vis #sig {
+            #(#inner)*
+            #key
+            #idempotency_key
+            let __txmsg_tx = #tx;
+            let #tx_mut #tx = &mut *__txmsg_tx;
+            let __txmsg_result = #private::typed::<#private::Result<#payload, #error>, _>(
+                async move #block
+            )
+            .await;
+            match __txmsg_result {
+                #private::Ok(__txmsg_payload) => {
+                    let __txmsg_enqueued = match #new_message(&__txmsg_payload, #topic) {
+                        #private::Ok(__txmsg_message) => {
+                            let __txmsg_message = __txmsg_message
+                                #set_key
+                                #set_idempotency_key
+                                #set_ttl;
+                            #private::Tx::enqueue(&mut *__txmsg_tx, __txmsg_message).await
+                        }
+                        #private::Err(__txmsg_error) => #private::Err(__txmsg_error),
+                    };
+                    match __txmsg_enqueued {
+                        #private::Ok(_) => #private::Ok(__txmsg_payload),
+                        #private::Err(__txmsg_error) => #private::Err(#from_error(__txmsg_error)),
+                    }
+                }
+                #private::Err(__txmsg_error) => #private::Err(__txmsg_error),
+            }
+        }
+    }
+}
+
+/// The signature as written, but for a `mut` on the transaction parameter,
+/// which goes to the reborrow the body sees (see [`producer_fn`]).
+fn signature(p: &Producer<'_>) -> (Signature, Option<Token![mut]>) {
+    let mut sig = p.func.sig.clone();
+    let mut tx_mut = None;
+    // Validation made the first parameter the transaction, bound to a name.
+    if let Some(FnArg::Typed(arg)) = sig.inputs.first_mut()
+        && let Pat::Ident(pat) = &mut *arg.pat
+    {
+        tx_mut = pat.mutability.take();
+    }
+    (sig, tx_mut)
+}
+
+/// `{name}_and_commit`: begins a transaction, calls the user's function,
+/// commits on `Ok` and rolls back on `Err`.
+fn and_commit_fn(p: &Producer<'_>) -> TokenStream {
+    let func = p.func;
+    let name = &func.sig.ident;
+    let and_commit = format_ident!("{}_and_commit", name.unraw(), span = name.span());
+    let attrs = func.attrs.iter().filter(|attr| kept_on_and_commit(attr));
+    let vis = &func.vis;
+    let generics = and_commit_generics(p);
+    let where_clause = &generics.where_clause;
+    let output = &func.sig.output;
+    let private = private_path(p, Span::call_site());
+    let db = p.db;
+    let from_error = from_error(p);
+
+    // Parameters are forwarded by name. Patterns that bind no single name
+    // (`(a, b): (u8, u8)`, `_: u8`) get one, and so does a parameter named
+    // like the function, which would hide it.
+    let (params, forwarded): (Vec<_>, Vec<_>) = p
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, param)| {
+            let ty = &param.ty;
+            let name = match sig::binding(&param.pat) {
+                Some(binding) if binding != name => binding.clone(),
+                _ => format_ident!("__txmsg_arg{}", i, span = param.pat.span()),
+            };
+            (quote!(#name: #ty), name)
+        })
+        .unzip();
+    let outbox = if forwarded.iter().any(|name| name == "outbox") {
+        format_ident!("__txmsg_outbox")
+    } else {
+        format_ident!("outbox")
+    };
+
+    let doc = format!(
+        " Runs `{name}` in a transaction of its own: begins it on `{outbox}`, commits it if \
+         `{name}` returns `Ok` (handing the message to the outbox's relay, if it has one) and \
+         rolls it back if it returns `Err`."
+    );
+    let doc_origin = " Generated by `#[transactional_message]`.";
+
+    quote! {
+        #(#attrs)*
+        #[doc = #doc]
+        #[doc = ""]
+        #[doc = #doc_origin]
+        #[allow(dead_code)]
+        #vis async fn #and_commit #generics (
+            #outbox: &#private::Outbox<#db>,
+            #(#params),*
+        ) #output #where_clause {
+            let mut __txmsg_tx = match #private::Outbox::begin(#outbox).await {
+                #private::Ok(__txmsg_tx) => __txmsg_tx,
+                #private::Err(__txmsg_error) => return #private::Err(#from_error(__txmsg_error)),
+            };
+            match #name(&mut __txmsg_tx, #(#forwarded),*).await {
+                #private::Ok(__txmsg_payload) => match #private::Tx::commit(__txmsg_tx).await {
+                    #private::Ok(()) => #private::Ok(__txmsg_payload),
+                    #private::Err(__txmsg_error) => #private::Err(#from_error(__txmsg_error)),
+                },
+                #private::Err(__txmsg_error) => {
+                    // Dropping the transaction rolls it back too; rolling back
+                    // here returns the connection to the pool at once. The
+                    // function's error matters more than a failed rollback.
+                    let _ = #private::Tx::rollback(__txmsg_tx).await;
+                    #private::Err(__txmsg_error)
+                }
+            }
+        }
+    }
+}
+
+/// The user's generics without the lifetimes only the transaction parameter
+/// used: `_and_commit` has no such parameter, and an unused lifetime would
+/// trip `unused_lifetimes`. Bounds and `where` predicates naming a dropped
+/// lifetime go too; the call then infers it as the local borrow.
+fn and_commit_generics(p: &Producer<'_>) -> Generics {
+    let mut used = Lifetimes::default();
+    for param in &p.params {
+        used.visit_type(&param.ty);
+    }
+    used.visit_return_type(&p.func.sig.output);
+    let kept = |lifetime: &Lifetime| {
+        lifetime.ident == "static" || lifetime.ident == "_" || used.0.contains(&lifetime.ident)
+    };
+
+    let mut generics = p.func.sig.generics.clone();
+    generics.params = generics
+        .params
+        .into_iter()
+        .filter_map(|param| match param {
+            GenericParam::Lifetime(mut def) => {
+                def.bounds = def.bounds.into_iter().filter(kept).collect();
+                kept(&def.lifetime).then_some(GenericParam::Lifetime(def))
+            }
+            other => Some(other),
+        })
+        .collect();
+    if let Some(where_clause) = &mut generics.where_clause {
+        where_clause.predicates = std::mem::take(&mut where_clause.predicates)
+            .into_iter()
+            .filter_map(|predicate| match predicate {
+                WherePredicate::Lifetime(mut predicate) => {
+                    predicate.bounds = predicate.bounds.into_iter().filter(kept).collect();
+                    (kept(&predicate.lifetime) && !predicate.bounds.is_empty())
+                        .then_some(WherePredicate::Lifetime(predicate))
+                }
+                other => {
+                    let mut named = Lifetimes::default();
+                    named.visit_where_predicate(&other);
+                    named
+                        .0
+                        .iter()
+                        .all(|ident| used.0.contains(ident))
+                        .then_some(other)
+                }
+            })
+            .collect();
+    }
+    generics
+}
+
+/// The lifetimes a piece of syntax names.
+#[derive(Default)]
+struct Lifetimes(Vec<proc_macro2::Ident>);
+
+impl Visit<'_> for Lifetimes {
+    fn visit_lifetime(&mut self, lifetime: &Lifetime) {
+        if lifetime.ident != "static" && lifetime.ident != "_" {
+            self.0.push(lifetime.ident.clone());
+        }
+    }
+}
+
+/// Attributes of the user's function that also apply to `_and_commit`: it
+/// must exist under the same `cfg`, and allowed lints stay allowed.
+fn kept_on_and_commit(attr: &Attribute) -> bool {
+    matches!(attr.style, AttrStyle::Outer)
+        && ["cfg", "allow", "deprecated"]
+            .iter()
+            .any(|name| attr.path().is_ident(name))
+}
+
+/// `<E as From<txmsg::Error>>::from`, spanned at `E` so that an error type
+/// without that conversion is reported there.
+fn from_error(p: &Producer<'_>) -> TokenStream {
+    let error = p.error;
+    let span = error.span();
+    let private = private_path(p, span);
+    quote_spanned!(span=> <#error as #private::From<#private::Error>>::from)
+}
+
+/// `Key::to_key(&(expr))`, the expression's value as a `String` through
+/// `Display`, spanned at the expression so that a key that is not `Display`
+/// is reported there.
+fn to_key(p: &Producer<'_>, expr: &syn::Expr) -> TokenStream {
+    let span = expr.span();
+    let private = private_path(p, span);
+    quote_spanned!(span=> #private::Key::to_key(&(#expr)))
+}
+
+/// The path of the runtime's hidden module, `::txmsg::__private` by default,
+/// with every token at `span`.
+fn private_path(p: &Producer<'_>, span: Span) -> TokenStream {
+    match &p.args.krate {
+        Some(path) => {
+            let path = respan(path.to_token_stream(), span);
+            quote_spanned!(span=> #path::__private)
+        }
+        None => quote_spanned!(span=> ::txmsg::__private),
+    }
+}
+
+/// `tokens` with every span set to `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let TokenTree::Group(group) = &token {
+                let mut respanned = Group::new(group.delimiter(), respan(group.stream(), span));
+                respanned.set_span(span);
+                token = TokenTree::Group(respanned);
+            } else {
+                token.set_span(span);
+            }
+            token
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+    use syn::ItemFn;
+
+    use super::*;
+    use crate::producer::{args, sig::Sig, valid};
+
+    /// Every identifier in `tokens`, groups included.
+    fn idents(tokens: &TokenStream) -> Vec<proc_macro2::Ident> {
+        tokens
+            .clone()
+            .into_iter()
+            .flat_map(|token| match token {
+                TokenTree::Ident(ident) => vec![ident],
+                TokenTree::Group(group) => idents(&group.stream()),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    fn expand_str(args: TokenStream, func: TokenStream) -> syn::File {
+        let func: ItemFn = syn::parse2(func).unwrap();
+        let sig = Sig::new(&func);
+        let producer = valid::check(args::parse(args), &sig).unwrap_or_else(|e| panic!("{e}"));
+        syn::parse2(expand(&producer)).unwrap()
+    }
+
+    fn item_fn(file: &syn::File, i: usize) -> &ItemFn {
+        match &file.items[i] {
+            syn::Item::Fn(func) => func,
+            other => panic!("expected a fn, got {}", other.to_token_stream()),
+        }
+    }
+
+    #[test]
+    fn keeps_the_signature_and_adds_and_commit() {
+        let file = expand_str(
+            quote!(topic = "orders.placed", key = id, ttl = "30s"),
+            quote! {
+                /// Places an order.
+                #[inline]
+                pub(crate) async fn place<'a>(
+                    mut tx: &mut txmsg::Tx<'_, sqlx::Sqlite>,
+                    id: i64,
+                    note: &'a str,
+                ) -> Result<Order, MyError> {
+                    Ok(Order { id })
+                }
+            },
+        );
+        let user = item_fn(&file, 0);
+        assert_eq!(user.attrs.len(), 2);
+        // As written, but for the `mut` of the transaction, which goes to the
+        // reborrow the body sees.
+        assert_eq!(
+            user.sig.to_token_stream().to_string(),
+            quote! {
+                async fn place<'a>(
+                    tx: &mut txmsg::Tx<'_, sqlx::Sqlite>,
+                    id: i64,
+                    note: &'a str,
+                ) -> Result<Order, MyError>
+            }
+            .to_string()
+        );
+        let body = user.block.to_token_stream().to_string();
+        assert!(body.contains("let __txmsg_tx = tx ; let mut tx = & mut * __txmsg_tx ;"));
+        assert!(body.contains("async move { Ok (Order { id }) }"), "{body}");
+        assert!(
+            body.contains("enqueue (& mut * __txmsg_tx , __txmsg_message)"),
+            "{body}"
+        );
+        assert!(
+            body.contains(":: txmsg :: __private :: Key :: to_key (& (id))"),
+            "{body}"
+        );
+        assert!(body.contains("from_millis (30000u64)"), "{body}");
+        assert!(
+            body.contains("< Order as :: txmsg :: __private :: Payload > :: to_message"),
+            "{body}"
+        );
+        assert!(body.contains("\"orders.placed\""), "{body}");
+
+        let and_commit = item_fn(&file, 1);
+        assert_eq!(and_commit.sig.ident, "place_and_commit");
+        assert!(and_commit.sig.asyncness.is_some());
+        assert_eq!(and_commit.vis.to_token_stream().to_string(), "pub (crate)");
+        assert_eq!(
+            and_commit.sig.inputs.to_token_stream().to_string(),
+            quote!(outbox: &::txmsg::__private::Outbox<sqlx::Sqlite>, id: i64, note: &'a str)
+                .to_string()
+        );
+        assert_eq!(and_commit.sig.generics.params.len(), 1);
+        let docs = and_commit
+            .attrs
+            .iter()
+            .filter(|a| a.path().is_ident("doc"))
+            .count();
+        assert_eq!(docs, 3);
+        assert!(!and_commit.attrs.iter().any(|a| a.path().is_ident("inline")));
+    }
+
+    #[test]
+    fn forwards_parameters_without_a_name() {
+        let file = expand_str(
+            quote!(topic = "a"),
+            quote! {
+                async fn f(
+                    tx: &mut Tx<'_, Db>,
+                    (a, b): (u8, u8),
+                    _: u8,
+                    mut c: u8,
+                    outbox: u8,
+                    f: u8,
+                ) -> Result<(), E> { Ok(()) }
+            },
+        );
+        let and_commit = item_fn(&file, 1);
+        assert_eq!(
+            and_commit.sig.inputs.to_token_stream().to_string(),
+            quote! {
+                __txmsg_outbox: &::txmsg::__private::Outbox<Db>,
+                __txmsg_arg0: (u8, u8),
+                __txmsg_arg1: u8,
+                c: u8,
+                outbox: u8,
+                __txmsg_arg4: u8
+            }
+            .to_string()
+        );
+        let body = and_commit.block.to_token_stream().to_string();
+        let call = "f (& mut __txmsg_tx , __txmsg_arg0 , __txmsg_arg1 , c , outbox , __txmsg_arg4)";
+        assert!(body.contains(call), "{body}");
+    }
+
+    #[test]
+    fn without_keys_or_ttl_the_message_is_plain() {
+        let file = expand_str(
+            quote!(topic = "a"),
+            quote!(
+                async fn f(tx: &mut Tx<'_, Db>) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        let body = item_fn(&file, 0).block.to_token_stream().to_string();
+        assert!(!body.contains("__txmsg_key"));
+        assert!(!body.contains("ttl"));
+    }
+
+    #[test]
+    fn a_renamed_crate_is_used_everywhere() {
+        let file = expand_str(
+            quote!(topic = "a", key = 1, crate = "::my_txmsg"),
+            quote!(
+                async fn f(tx: &mut Tx<'_, Db>) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        let all = file.to_token_stream();
+        let all_idents = idents(&all);
+        assert!(!all_idents.iter().any(|i| i == "txmsg"));
+        assert!(all_idents.iter().any(|i| i == "my_txmsg"));
+    }
+
+    #[test]
+    fn raw_names_get_a_valid_companion() {
+        let file = expand_str(
+            quote!(topic = "a"),
+            quote!(
+                async fn r#move(tx: &mut Tx<'_, Db>) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert_eq!(item_fn(&file, 1).sig.ident, "move_and_commit");
+    }
+
+    #[test]
+    fn inner_attributes_stay_in_the_body() {
+        let file = expand_str(
+            quote!(topic = "a"),
+            quote! {
+                #[cfg(test)]
+                #[allow(unused)]
+                #[doc = "x"]
+                async fn f(tx: &mut Tx<'_, Db>) -> Result<(), E> {
+                    #![allow(clippy::all)]
+                    Ok(())
+                }
+            },
+        );
+        let user = item_fn(&file, 0);
+        assert_eq!(user.attrs.len(), 4, "3 outer + 1 inner");
+        let and_commit = item_fn(&file, 1);
+        let kept: Vec<_> = and_commit
+            .attrs
+            .iter()
+            .map(|a| a.path().to_token_stream().to_string())
+            .filter(|p| p != "doc")
+            .collect();
+        assert_eq!(kept, ["cfg", "allow", "allow"]);
+    }
+
+    #[test]
+    fn and_commit_keeps_only_the_lifetimes_it_uses() {
+        let file = expand_str(
+            quote!(topic = "a"),
+            quote! {
+                async fn f<'a: 'b + 'static, 'b, 'c>(tx: &'b mut Tx<'c, Db>, s: &'a str)
+                    -> Result<M<'a>, E>
+                where
+                    'a: 'b,
+                    'static: 'a,
+                    &'b (): Sized,
+                    &'a (): Sized,
+                { todo!() }
+            },
+        );
+        let generics = &item_fn(&file, 1).sig.generics;
+        assert_eq!(
+            generics.to_token_stream().to_string(),
+            quote!(<'a: 'static>).to_string()
+        );
+        assert_eq!(
+            generics.where_clause.to_token_stream().to_string(),
+            quote!(where 'static: 'a, &'a (): Sized).to_string()
+        );
+
+        let file = expand_str(
+            quote!(topic = "a"),
+            quote! {
+                async fn f<'t>(tx: &mut Tx<'t, Db>) -> Result<(), E> where 't: 't { todo!() }
+            },
+        );
+        let sig = &item_fn(&file, 1).sig;
+        assert!(sig.generics.params.is_empty());
+        let printed = item_fn(&file, 1).sig.to_token_stream().to_string();
+        assert!(!printed.contains("where"), "{printed}");
+        assert!(
+            !printed.contains('<') || !printed.contains("'t"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn respan_reaches_into_groups() {
+        let span = Span::call_site();
+        let out = respan(quote!(a::<(b, [c])>), span);
+        assert_eq!(out.to_string(), quote!(a::<(b, [c])>).to_string());
+    }
+}

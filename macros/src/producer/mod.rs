@@ -1,0 +1,132 @@
+//! `#[transactional_message]`: parse, then validate, then expand.
+//!
+//! - `args.rs` splits the attribute's arguments into `name = value` pairs;
+//! - `sig.rs` classifies the function's parameters and return type;
+//! - `valid.rs` checks both and reports every mistake at once, each at its
+//!   token, and returns a [`Producer`];
+//! - `expand.rs` turns a [`Producer`] into code, and cannot fail.
+
+mod args;
+mod expand;
+mod sig;
+mod valid;
+
+use proc_macro2::{Span, TokenStream};
+use syn::{Ident, ItemFn, PatType, Type};
+
+use self::args::Args;
+use self::sig::Sig;
+use crate::diag;
+
+/// A checked `#[transactional_message]` function: everything the expansion
+/// needs, borrowed from the parsed function.
+pub(crate) struct Producer<'a> {
+    /// The function as written.
+    pub(crate) func: &'a ItemFn,
+    /// The checked attribute arguments.
+    pub(crate) args: Args,
+    /// Name of the transaction parameter (the first one).
+    pub(crate) tx: &'a Ident,
+    /// The database type `DB` of `&mut Tx<'_, DB>`.
+    pub(crate) db: &'a Type,
+    /// The parameters after the transaction.
+    pub(crate) params: Vec<&'a PatType>,
+    /// The payload type `M` of `Result<M, E>`.
+    pub(crate) payload: &'a Type,
+    /// The error type `E` of `Result<M, E>`.
+    pub(crate) error: &'a Type,
+}
+
+/// Expands `#[transactional_message(args)] item`.
+///
+/// On any error, the item is emitted unchanged next to the errors.
+pub(crate) fn transactional_message(args: TokenStream, item: TokenStream) -> TokenStream {
+    let func = match syn::parse2::<ItemFn>(item.clone()) {
+        Ok(func) => func,
+        Err(error) => {
+            let error = if syn::parse2::<syn::Item>(item.clone()).is_ok() {
+                // Valid Rust, just not a function with a body.
+                syn::Error::new(
+                    Span::call_site(),
+                    "`#[transactional_message]` can only be used on an `async fn` with a body",
+                )
+            } else {
+                error
+            };
+            return diag::item_with_error(item, error);
+        }
+    };
+    let sig = Sig::new(&func);
+    match valid::check(args::parse(args), &sig) {
+        Ok(producer) => expand::expand(&producer),
+        Err(error) => diag::item_with_error(item, error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::*;
+
+    fn compile_errors(tokens: &TokenStream) -> usize {
+        tokens.to_string().matches("compile_error").count()
+    }
+
+    #[test]
+    fn valid_input_expands_to_two_functions() {
+        let out = transactional_message(
+            quote!(topic = "orders.placed"),
+            quote! {
+                async fn place(tx: &mut Tx<'_, Sqlite>, id: i64) -> Result<Order, Error> {
+                    Ok(Order { id })
+                }
+            },
+        );
+        let file: syn::File = syn::parse2(out).unwrap();
+        assert_eq!(file.items.len(), 2);
+    }
+
+    #[test]
+    fn invalid_input_keeps_the_function_and_adds_the_errors() {
+        let item = quote! {
+            fn place(id: i64) -> Order { Order { id } }
+        };
+        let out = transactional_message(quote!(topik = "x"), item.clone());
+        assert!(out.to_string().starts_with(&item.to_string()));
+        // unknown argument, missing topic, not async, no transaction, not a Result
+        assert_eq!(compile_errors(&out), 5, "{out}");
+    }
+
+    #[test]
+    fn other_items_are_refused() {
+        let out = transactional_message(
+            quote!(topic = "a"),
+            quote!(
+                struct S;
+            ),
+        );
+        assert!(
+            out.to_string()
+                .contains("can only be used on an `async fn` with a body")
+        );
+        let out = transactional_message(
+            quote!(topic = "a"),
+            quote!(
+                async fn f(&self) -> u8;
+            ),
+        );
+        assert!(
+            out.to_string()
+                .contains("can only be used on an `async fn` with a body")
+        );
+    }
+
+    #[test]
+    fn unparsable_items_keep_the_syntax_error() {
+        let item = quote!(async fn f() { let });
+        let out = transactional_message(quote!(topic = "a"), item.clone());
+        assert!(out.to_string().starts_with(&item.to_string()));
+        assert_eq!(compile_errors(&out), 1);
+    }
+}

@@ -1,0 +1,29 @@
+use txmsg::{Tx, transactional_message};
+
+#[derive(serde::Serialize)]
+struct OrderPlaced {
+    id: i64,
+}
+
+#[transactional_message(topic = "orders.placed", ttl = "30 minutes")]
+async fn place_order(tx: &mut Tx<'_, sqlx::Sqlite>, id: i64) -> Result<OrderPlaced, txmsg::Error> {
+    sqlx::query("INSERT INTO orders (id) VALUES (?)")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(OrderPlaced { id })
+}
+
+#[transactional_message(topic = "orders.placed", ttl = "0s")]
+async fn place_other_order(
+    tx: &mut Tx<'_, sqlx::Sqlite>,
+    id: i64,
+) -> Result<OrderPlaced, txmsg::Error> {
+    sqlx::query("INSERT INTO orders (id) VALUES (?)")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(OrderPlaced { id })
+}
+
+fn main() {}

@@ -1,0 +1,17 @@
+use txmsg::{Tx, transactional_message};
+
+#[derive(serde::Serialize)]
+struct OrderPlaced {
+    id: i64,
+}
+
+#[transactional_message(key = id)]
+async fn place_order(tx: &mut Tx<'_, sqlx::Sqlite>, id: i64) -> Result<OrderPlaced, txmsg::Error> {
+    sqlx::query("INSERT INTO orders (id) VALUES (?)")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(OrderPlaced { id })
+}
+
+fn main() {}
