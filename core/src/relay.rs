@@ -122,7 +122,8 @@ impl<S: Store, B: Broker> Relay<S, B> {
             store: self.store,
             broker: self.broker,
             config: self.config,
-            owner,
+            fast_owner: owner,
+            poll_owner: Uuid::now_v7(),
             marks: marks_tx,
             held: Mutex::new(HashMap::new()),
             outage: Mutex::new((0, None)),
@@ -195,7 +196,12 @@ struct Shared<S, B> {
     store: S,
     broker: B,
     config: RelayConfig,
-    owner: Uuid,
+    /// Lease owner of rows written for this relay's fast path.
+    fast_owner: Uuid,
+    /// Lease owner of rows this relay's poller claimed. Distinct from
+    /// `fast_owner`, so that a row claimed by the poller makes later rows of
+    /// its key skip the fast path (which would otherwise overtake it).
+    poll_owner: Uuid,
     inflight: Arc<Semaphore>,
     marks: mpsc::UnboundedSender<Uuid>,
     /// Keys whose fast-path message failed, until when later fast-path
@@ -269,11 +275,14 @@ impl<S: Store, B: Broker> Shared<S, B> {
     }
 
     /// Publishes one message held under `lease_until`, and records the outcome.
-    async fn publish_one(&self, env: &Envelope, lease_until: DateTime<Utc>) -> Outcome {
+    async fn publish_one(&self, env: &Envelope, lease: Lease) -> Outcome {
+        let (owner, lease_until) = (lease.owner, lease.until);
         let now = self.now();
         let topic = env.topic.clone();
         if env.is_expired(now) {
-            return self.dead(env, "expired before it could be delivered").await;
+            return self
+                .dead(env, owner, "expired before it could be delivered")
+                .await;
         }
         if env.payload.len() > self.config.max_payload_bytes {
             let reason = Error::PayloadTooLarge {
@@ -281,7 +290,7 @@ impl<S: Store, B: Broker> Shared<S, B> {
                 limit: self.config.max_payload_bytes,
             }
             .to_string();
-            return self.dead(env, &reason).await;
+            return self.dead(env, owner, &reason).await;
         }
         let margin = chrono::Duration::from_std(self.config.publish_timeout).unwrap_or_default();
         if lease_until - margin <= now {
@@ -317,7 +326,7 @@ impl<S: Store, B: Broker> Shared<S, B> {
             Err(e) if e.is_broker_unavailable() => {
                 let pause = self.broker_unreachable();
                 tracing::warn!(error = %error_chain(&e), pause = ?pause, "broker unavailable; message released, publishing paused");
-                self.release(&[env.id]).await;
+                self.release(&[env.id], owner).await;
                 Outcome::Unavailable
             }
             Err(e) => {
@@ -328,12 +337,12 @@ impl<S: Store, B: Broker> Shared<S, B> {
                     } else {
                         error_chain(&e)
                     };
-                    return self.dead(env, &reason).await;
+                    return self.dead(env, owner, &reason).await;
                 }
                 metrics::counter!("txmsg_publish_retries_total", "topic" => topic).increment(1);
                 let failure = Failure {
                     id: env.id,
-                    owner: self.owner,
+                    owner,
                     next_attempt_at: self.retry_at(env, attempts),
                     error: error_chain(&e),
                 };
@@ -346,12 +355,12 @@ impl<S: Store, B: Broker> Shared<S, B> {
         }
     }
 
-    async fn dead(&self, env: &Envelope, reason: &str) -> Outcome {
+    async fn dead(&self, env: &Envelope, owner: Uuid, reason: &str) -> Outcome {
         tracing::error!(reason, "message is dead");
         metrics::counter!("txmsg_dead_letters_total", "topic" => env.topic.clone()).increment(1);
         if let Err(e) = self
             .store
-            .mark_dead(env.id, self.owner, reason, self.now())
+            .mark_dead(env.id, owner, reason, self.now())
             .await
         {
             tracing::error!(error = %error_chain(&e), "could not mark a message dead; it is retried when its lease runs out");
@@ -370,7 +379,7 @@ impl<S: Store, B: Broker> Shared<S, B> {
 
     /// Publishes the messages of one key (or one keyless message) in order,
     /// stopping at the first that is not sent; the rest are released.
-    async fn publish_group(&self, group: Vec<Envelope>, lease_until: DateTime<Utc>) {
+    async fn publish_group(&self, group: Vec<Envelope>, lease: Lease) {
         let mut rest = group.into_iter();
         while let Some(env) = rest.next() {
             let span = tracing::info_span!(
@@ -380,20 +389,20 @@ impl<S: Store, B: Broker> Shared<S, B> {
                 message_id = %env.id,
                 attempt = env.attempts + 1,
             );
-            let outcome = self.publish_one(&env, lease_until).instrument(span).await;
+            let outcome = self.publish_one(&env, lease).instrument(span).await;
             if self.holds_key(outcome) {
                 let ids: Vec<Uuid> = rest.map(|e| e.id).collect();
-                self.release(&ids).await;
+                self.release(&ids, lease.owner).await;
                 return;
             }
         }
     }
 
-    async fn release(&self, ids: &[Uuid]) {
+    async fn release(&self, ids: &[Uuid], owner: Uuid) {
         if ids.is_empty() {
             return;
         }
-        if let Err(e) = self.store.release(ids, self.owner).await {
+        if let Err(e) = self.store.release(ids, owner).await {
             tracing::warn!(error = %error_chain(&e), count = ids.len(), "could not release leases; they run out on their own");
         }
     }
@@ -435,7 +444,7 @@ impl<S: Store, B: Broker> Shared<S, B> {
 
     fn hold(&self, key: KeyId) {
         // Any fast-path message of this key was leased before now + lease.
-        let until = crate::tx::fast_lease(self.owner, self.now(), self.config.lease).until;
+        let until = crate::tx::fast_lease(self.fast_owner, self.now(), self.config.lease).until;
         self.held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -495,8 +504,12 @@ async fn fast_loop<S: Store, B: Broker>(
                 attempt = 1,
                 path = "fast",
             );
+            let lease = Lease {
+                owner: shared.fast_owner,
+                until: msg.lease_until,
+            };
             let outcome = shared
-                .publish_one(&msg.envelope, msg.lease_until)
+                .publish_one(&msg.envelope, lease)
                 .instrument(span)
                 .await;
             key.map(|k| (k, shared.holds_key(outcome)))
@@ -511,7 +524,7 @@ async fn fast_loop<S: Store, B: Broker>(
                 if failed {
                     shared.hold(key.clone());
                     let ids: Vec<Uuid> = queues.remove(&key).into_iter().flatten().map(|m| m.envelope.id).collect();
-                    shared.release(&ids).await;
+                    shared.release(&ids, shared.fast_owner).await;
                 } else if let Some(next) = queues.get_mut(&key).and_then(VecDeque::pop_front) {
                     spawn(&mut running, next);
                 } else {
@@ -524,7 +537,7 @@ async fn fast_loop<S: Store, B: Broker>(
                     None => spawn(&mut running, msg),
                     Some(key) => {
                         if shared.is_held(&key, shared.now()) {
-                            shared.release(&[msg.envelope.id]).await;
+                            shared.release(&[msg.envelope.id], shared.fast_owner).await;
                         } else if let Some(q) = queues.get_mut(&key) {
                             q.push_back(msg);
                         } else {
@@ -547,7 +560,7 @@ async fn fast_loop<S: Store, B: Broker>(
     while let Ok(msg) = rx.try_recv() {
         waiting.push(msg.envelope.id);
     }
-    shared.release(&waiting).await;
+    shared.release(&waiting, shared.fast_owner).await;
     drain(&mut running, shared.config.shutdown_timeout).await;
 }
 
@@ -588,7 +601,7 @@ async fn poll_loop<S: Store, B: Broker>(
                 }
             }
             let now = shared.now();
-            let lease = crate::tx::fast_lease(shared.owner, now, shared.config.lease);
+            let lease = crate::tx::fast_lease(shared.poll_owner, now, shared.config.lease);
             let req = ClaimRequest {
                 lease,
                 now,
@@ -625,7 +638,7 @@ async fn poll_loop<S: Store, B: Broker>(
             let mut running = JoinSet::new();
             for group in group_by_key(batch) {
                 let shared = Arc::clone(&shared);
-                running.spawn(async move { shared.publish_group(group, lease.until).await });
+                running.spawn(async move { shared.publish_group(group, lease).await });
             }
             tokio::select! {
                 () = async { while running.join_next().await.is_some() {} } => {}
