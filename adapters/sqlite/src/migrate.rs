@@ -1,0 +1,138 @@
+//! Versioned migrations.
+//!
+//! Each version is applied once, recorded in the migrations table, and all
+//! pending versions run in one `BEGIN IMMEDIATE` transaction: two processes
+//! migrating at once serialize, and the second finds nothing left to do.
+//! A later version is one more entry at the end of [`MIGRATIONS`].
+
+use chrono::Utc;
+use sqlx::{SqlStr, SqlitePool};
+use txmsg_core::Result;
+
+use crate::sql::{Names, Statements};
+
+/// One schema version. Statements use the `{outbox}`, `{inbox}`,
+/// `{outbox_bare}` and `{inbox_bare}` placeholders for the table names.
+struct Migration {
+    version: i64,
+    description: &'static str,
+    statements: &'static [&'static str],
+}
+
+/// Every version, oldest first. Never edit a released entry; add a new one.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "outbox and inbox tables",
+    statements: &[
+        // Ids are UUIDv7 stored as their 16 bytes: SQLite compares blobs with
+        // memcmp, so they sort in write order like the uuid type elsewhere,
+        // at under half the size of the text form. Times are unix
+        // microseconds, always written by the caller, so comparisons are exact.
+        r#"CREATE TABLE {outbox} (
+            id BLOB NOT NULL PRIMARY KEY,
+            topic TEXT NOT NULL,
+            "key" TEXT,
+            idempotency_key TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            headers TEXT NOT NULL DEFAULT '{}',
+            state TEXT NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('prepared', 'pending', 'sent', 'dead')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at INTEGER NOT NULL,
+            lease_owner BLOB,
+            lease_until INTEGER,
+            checks INTEGER NOT NULL DEFAULT 0,
+            expires_at INTEGER,
+            last_error TEXT,
+            created_at INTEGER NOT NULL,
+            sent_at INTEGER,
+            dead_at INTEGER,
+            UNIQUE (topic, idempotency_key)
+        ) STRICT"#,
+        // Pending rows in id order: what the poller scans first.
+        r#"CREATE INDEX "{outbox_bare}_pending" ON {outbox} (id) WHERE state = 'pending'"#,
+        // Order per key: "is there an earlier pending row of this key" and
+        // "the key's next rows" are one seek each, and the claim can visit
+        // each key with pending rows once, however many rows it has.
+        r#"CREATE INDEX "{outbox_bare}_pending_key" ON {outbox} (topic, "key", id)
+            WHERE state = 'pending' AND "key" IS NOT NULL"#,
+        r#"CREATE INDEX "{outbox_bare}_pending_keyless" ON {outbox} (id)
+            WHERE state = 'pending' AND "key" IS NULL"#,
+        // Dead rows park their key.
+        r#"CREATE INDEX "{outbox_bare}_dead_key" ON {outbox} (topic, "key", id)
+            WHERE state = 'dead'"#,
+        // The dead-letter list, oldest first, and retention of sent rows.
+        r#"CREATE INDEX "{outbox_bare}_dead" ON {outbox} (dead_at, id) WHERE state = 'dead'"#,
+        r#"CREATE INDEX "{outbox_bare}_sent" ON {outbox} (sent_at) WHERE state = 'sent'"#,
+        r#"CREATE TABLE {inbox} (
+            consumer_group TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL,
+            processed_at INTEGER NOT NULL,
+            PRIMARY KEY (consumer_group, idempotency_key)
+        ) STRICT, WITHOUT ROWID"#,
+        r#"CREATE INDEX "{inbox_bare}_processed" ON {inbox} (processed_at)"#,
+    ],
+}];
+
+/// A migration with the table names filled in.
+#[derive(Debug)]
+pub(crate) struct Rendered {
+    version: i64,
+    description: &'static str,
+    statements: Vec<SqlStr>,
+}
+
+/// Renders every migration for `names`.
+pub(crate) fn render(names: &Names) -> Vec<Rendered> {
+    MIGRATIONS
+        .iter()
+        .map(|m| Rendered {
+            version: m.version,
+            description: m.description,
+            statements: m.statements.iter().map(|s| names.render(s)).collect(),
+        })
+        .collect()
+}
+
+/// Applies the versions not yet recorded, in one transaction.
+pub(crate) async fn run(
+    pool: &SqlitePool,
+    sql: &Statements,
+    migrations: &[Rendered],
+) -> Result<()> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::query(sql.create_migrations.clone())
+        .execute(&mut *tx)
+        .await?;
+    let applied: Vec<i64> = sqlx::query_scalar(sql.applied_migrations.clone())
+        .fetch_all(&mut *tx)
+        .await?;
+    for m in migrations.iter().filter(|m| !applied.contains(&m.version)) {
+        for statement in &m.statements {
+            sqlx::query(statement.clone()).execute(&mut *tx).await?;
+        }
+        sqlx::query(sql.record_migration.clone())
+            .bind(m.version)
+            .bind(m.description)
+            .bind(Utc::now().timestamp_micros())
+            .execute(&mut *tx)
+            .await?;
+        tracing::info!(
+            version = m.version,
+            description = m.description,
+            "applied txmsg migration"
+        );
+    }
+    if let Some(newest) = applied.iter().max() {
+        let known = migrations.iter().map(|m| m.version).max().unwrap_or(0);
+        if *newest > known {
+            tracing::warn!(
+                database = newest,
+                known,
+                "the txmsg tables were migrated by a newer version of txmsg-sqlite"
+            );
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}

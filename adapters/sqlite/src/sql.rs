@@ -1,0 +1,378 @@
+//! Every statement the store runs, built once from the validated table names.
+//!
+//! Table names are [`Ident`]s (ASCII letters, digits and `_`), quoted with
+//! `"`; every value is a bind parameter. Nothing else is ever pasted into SQL.
+//!
+//! The claim statements join with `CROSS JOIN`, which SQLite never reorders:
+//! without statistics its planner may otherwise scan the whole outbox in id
+//! order rather than look up the few rows a claim is about.
+
+use std::sync::Arc;
+
+use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
+use txmsg_core::{Error, Ident, Result, Tables};
+
+/// The envelope columns, in the order [`crate::row::envelope`] reads them.
+const ENVELOPE_COLUMNS: &str =
+    r#"id, topic, "key", idempotency_key, payload, headers, created_at, expires_at, attempts"#;
+
+/// Id-list sizes a batch statement is prepared for. A batch is cut into
+/// chunks of at most the largest size, and a chunk is padded (by repeating
+/// its last id) up to the next size, so a handful of prepared statements serve
+/// every batch. The largest stays far below SQLite's variable limit (32 766).
+const ID_LIST_SIZES: [usize; 4] = [1, 16, 128, 512];
+
+/// The table names, rendered for SQL.
+#[derive(Debug)]
+pub(crate) struct Names {
+    /// `"outbox"`, quoted.
+    outbox: String,
+    /// `"inbox"`, quoted.
+    inbox: String,
+    /// `"migrations"`, quoted.
+    migrations: String,
+    /// The outbox name unquoted, to prefix index names with.
+    outbox_bare: String,
+    /// The inbox name unquoted, to prefix index names with.
+    inbox_bare: String,
+}
+
+impl Names {
+    /// Renders `tables`, refusing a schema: SQLite has none.
+    pub(crate) fn new(tables: &Tables) -> Result<Self> {
+        if let Some(schema) = tables.schema_name() {
+            return Err(Error::config(
+                "schema",
+                format!(
+                    "is not supported by sqlite, which has no schemas (got {schema:?}); \
+                     name the tables instead, or use a separate database file"
+                ),
+            ));
+        }
+        let quote = |name: &Ident| tables.qualified(name, '"');
+        Ok(Names {
+            outbox: quote(tables.outbox_name()),
+            inbox: quote(tables.inbox_name()),
+            migrations: quote(tables.migrations_name()),
+            outbox_bare: tables.outbox_name().as_str().to_owned(),
+            inbox_bare: tables.inbox_name().as_str().to_owned(),
+        })
+    }
+
+    /// Fills the `{outbox}`, `{inbox}`, `{migrations}` (quoted names) and
+    /// `{outbox_bare}`, `{inbox_bare}` (unquoted, for index names)
+    /// placeholders of `template`.
+    pub(crate) fn render(&self, template: &str) -> SqlStr {
+        sql(template
+            .replace("{outbox_bare}", &self.outbox_bare)
+            .replace("{inbox_bare}", &self.inbox_bare)
+            .replace("{outbox}", &self.outbox)
+            .replace("{inbox}", &self.inbox)
+            .replace("{migrations}", &self.migrations))
+    }
+}
+
+/// Wraps a statement built from validated identifiers only.
+fn sql(s: String) -> SqlStr {
+    // Shared, so cloning a statement for each execution is a reference count.
+    AssertSqlSafe(Arc::<str>::from(s)).into_sql_str()
+}
+
+/// Prepared forms of one statement that ends in an id list, one per entry of
+/// [`ID_LIST_SIZES`].
+#[derive(Debug)]
+pub(crate) struct IdList {
+    /// (size, statement), smallest first.
+    pub(crate) by_size: [(usize, SqlStr); ID_LIST_SIZES.len()],
+}
+
+impl IdList {
+    /// `head` followed by `(?first, ?first+1, ...)` for each size.
+    fn new(names: &Names, head: &str, first: usize) -> Self {
+        let by_size = ID_LIST_SIZES.map(|n| {
+            let list: Vec<String> = (first..first + n).map(|i| format!("?{i}")).collect();
+            (n, names.render(&format!("{head} ({})", list.join(", "))))
+        });
+        IdList { by_size }
+    }
+
+    /// The statement for a chunk of `len` ids, and how many ids it takes
+    /// (the largest form if `len` exceeds every size: callers chunk first).
+    pub(crate) fn for_len(&self, len: usize) -> (&SqlStr, usize) {
+        let [.., largest] = &self.by_size;
+        let (n, s) = self
+            .by_size
+            .iter()
+            .find(|(n, _)| *n >= len)
+            .unwrap_or(largest);
+        (s, *n)
+    }
+}
+
+/// All statements of one store.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    pub(crate) insert: SqlStr,
+    /// Claim with heads found in id order ([`HEADS_IN_ID_ORDER`]).
+    pub(crate) claim_in_id_order: SqlStr,
+    /// Claim with heads found per key ([`HEADS_BY_KEY`]).
+    pub(crate) claim_by_key: SqlStr,
+    pub(crate) mark_sent: IdList,
+    pub(crate) mark_failed: SqlStr,
+    pub(crate) mark_dead: SqlStr,
+    pub(crate) release: IdList,
+    pub(crate) dead_letters: SqlStr,
+    pub(crate) replay: SqlStr,
+    pub(crate) purge_sent: SqlStr,
+    pub(crate) stats: SqlStr,
+    pub(crate) create_migrations: SqlStr,
+    pub(crate) applied_migrations: SqlStr,
+    pub(crate) record_migration: SqlStr,
+}
+
+impl Statements {
+    pub(crate) fn new(names: &Names) -> Self {
+        Statements {
+            insert: names.render(INSERT),
+            claim_in_id_order: names.render(&claim(HEADS_IN_ID_ORDER)),
+            claim_by_key: names.render(&claim(HEADS_BY_KEY)),
+            mark_sent: IdList::new(names, MARK_SENT, 2),
+            mark_failed: names.render(MARK_FAILED),
+            mark_dead: names.render(MARK_DEAD),
+            release: IdList::new(names, RELEASE, 2),
+            dead_letters: names.render(&DEAD_LETTERS.replace("{columns}", ENVELOPE_COLUMNS)),
+            replay: names.render(REPLAY),
+            purge_sent: names.render(PURGE_SENT),
+            stats: names.render(STATS),
+            create_migrations: names.render(CREATE_MIGRATIONS),
+            applied_migrations: names.render("SELECT version FROM {migrations}"),
+            record_migration: names.render(
+                "INSERT INTO {migrations} (version, description, applied_at) VALUES (?1, ?2, ?3)",
+            ),
+        }
+    }
+}
+
+fn claim(heads: &str) -> String {
+    CLAIM
+        .replace("{heads}", heads)
+        .replace("{columns}", ENVELOPE_COLUMNS)
+}
+
+/// Inserts a pending row, leased to `?9` until `?10` unless the row has a key
+/// and an earlier row of that key is pending or dead without belonging to
+/// `?9` (then unleased, so the poller keeps the key's order). A row whose
+/// (topic, idempotency key) exists is left alone and nothing is returned.
+///
+/// `?1` id, `?2` topic, `?3` key, `?4` idempotency key, `?5` payload,
+/// `?6` headers, `?7` created at (and first due), `?8` expires at,
+/// `?9` lease owner, `?10` lease until.
+const INSERT: &str = r#"
+INSERT INTO {outbox} (id, topic, "key", idempotency_key, payload, headers, state, attempts,
+                      next_attempt_at, lease_owner, lease_until, checks, expires_at, created_at)
+SELECT ?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7,
+       CASE WHEN w.unleased THEN NULL ELSE ?9 END,
+       CASE WHEN w.unleased THEN NULL ELSE ?10 END,
+       0, ?8, ?7
+FROM (
+    SELECT ?9 IS NULL OR (?3 IS NOT NULL AND (
+        EXISTS (
+            SELECT 1 FROM {outbox} e
+            WHERE e.state = 'pending' AND e.topic = ?2 AND e."key" = ?3 AND e.id < ?1
+              AND (e.lease_owner IS NULL OR e.lease_owner <> ?9))
+        -- Dead rows never hold a lease.
+        OR EXISTS (
+            SELECT 1 FROM {outbox} e
+            WHERE e.state = 'dead' AND e.topic = ?2 AND e."key" = ?3 AND e.id < ?1)
+    )) AS unleased
+) AS w
+WHERE true
+ON CONFLICT (topic, idempotency_key) DO NOTHING
+RETURNING lease_owner IS NOT NULL AS leased
+"#;
+
+/// Leases the rows a relay may publish now: `{heads}` is one of
+/// [`HEADS_IN_ID_ORDER`] and [`HEADS_BY_KEY`], which pick the first rows to
+/// claim as `heads (id, topic, "key")`; this statement adds their followers
+/// and takes the lease, in one statement.
+///
+/// - `budget`: how many followers fit in `?3` after the heads.
+/// - `sized`: for each keyed head, how many pending rows follow it, counted
+///   in the index only, at most `?4`.
+/// - `takers`: the keyed heads, in id order, as long as the followers of the
+///   heads before them may not fill the budget. Later heads could not get a
+///   follower in, so their rows are never read. (A follower that cannot be
+///   claimed now still counts against its head, so a claim can come back
+///   short of `?3` when a key's rows are interrupted by leased or retrying
+///   ones; the rest waits for the next claim.)
+/// - `followers`: each taker's next pending rows (at most `?4`, none past a
+///   dead row when `?2`), with the number of rows before each (itself
+///   included) that cannot be claimed now; only the unbroken claimable
+///   prefix (`blocked = 0`) is kept.
+/// - `picked`: the followers that fill the budget, heads in id order first.
+///
+/// `?1` now, `?2` dead parks key, `?3` limit, `?4` per-key limit,
+/// `?5` lease owner, `?6` lease until; `?7` is used by the heads.
+const CLAIM: &str = r#"
+WITH RECURSIVE {heads},
+budget (n) AS (SELECT ?3 - count(*) FROM heads),
+sized AS (
+    SELECT h.id, h.topic, h."key",
+           (SELECT count(*) FROM (
+                SELECT 1 FROM {outbox} p
+                WHERE p.state = 'pending' AND p.topic = h.topic AND p."key" = h."key"
+                  AND p.id > h.id
+                LIMIT ?4)) AS most
+    FROM heads h
+    WHERE h."key" IS NOT NULL
+),
+takers AS MATERIALIZED (
+    SELECT id, topic, "key" FROM (
+        SELECT id, topic, "key",
+               coalesce(SUM(most) OVER (ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING
+                                                          AND 1 PRECEDING), 0) AS before
+        FROM sized)
+    WHERE before < (SELECT n FROM budget)
+),
+followers AS (
+    SELECT f.id, h.id AS head,
+           SUM(CASE WHEN f.next_attempt_at <= ?1
+                         AND (f.lease_until IS NULL OR f.lease_until < ?1)
+                    THEN 0 ELSE 1 END)
+               OVER (PARTITION BY h.id ORDER BY f.id ROWS UNBOUNDED PRECEDING) AS blocked
+    FROM takers h
+    CROSS JOIN {outbox} f ON f.id IN (
+        SELECT p.id FROM {outbox} p
+        WHERE p.state = 'pending' AND p.topic = h.topic AND p."key" = h."key" AND p.id > h.id
+          AND NOT (?2 AND EXISTS (
+              SELECT 1 FROM {outbox} d
+              WHERE d.state = 'dead' AND d.topic = h.topic AND d."key" = h."key"
+                AND d.id > h.id AND d.id < p.id))
+        ORDER BY p.id
+        LIMIT ?4)
+),
+picked AS (
+    SELECT id, ROW_NUMBER() OVER (ORDER BY head, id) AS n FROM followers WHERE blocked = 0
+)
+UPDATE {outbox} SET lease_owner = ?5, lease_until = ?6
+WHERE id IN (
+    SELECT id FROM heads
+    UNION ALL
+    SELECT id FROM picked WHERE n <= (SELECT n FROM budget))
+RETURNING {columns}
+"#;
+
+/// Heads among the `?7` oldest pending rows: due, unleased (or the lease ran
+/// out), and keyless or the first pending row of their key with no dead row
+/// before it when `?2`; at most `?3`, in id order.
+///
+/// Cheap when heads are dense (keyless rows, many keys): it reads about as
+/// many rows as it returns. Behind a long run of one key's rows it finds
+/// few; then the store goes on with [`HEADS_BY_KEY`].
+const HEADS_IN_ID_ORDER: &str = r#"heads AS MATERIALIZED (
+    SELECT h.id, h.topic, h."key"
+    FROM (SELECT id FROM {outbox} WHERE state = 'pending' ORDER BY id LIMIT ?7) AS s
+    CROSS JOIN {outbox} h ON h.id = s.id
+    WHERE h.next_attempt_at <= ?1
+      AND (h.lease_until IS NULL OR h.lease_until < ?1)
+      AND (h."key" IS NULL OR (
+          NOT EXISTS (
+              SELECT 1 FROM {outbox} e
+              WHERE e.state = 'pending' AND e.topic = h.topic AND e."key" = h."key"
+                AND e.id < h.id)
+          AND NOT (?2 AND EXISTS (
+              SELECT 1 FROM {outbox} e
+              WHERE e.state = 'dead' AND e.topic = h.topic AND e."key" = h."key"
+                AND e.id < h.id))))
+    ORDER BY h.id
+    LIMIT ?3
+)"#;
+
+/// The same heads, found per key: `walk` visits each (topic, key) with
+/// pending rows once, through the pending-key index, landing on the key's
+/// first pending row (one index seek per key, however many rows the key
+/// has); keyless heads come from the keyless index. At most `?3`, in id
+/// order.
+const HEADS_BY_KEY: &str = r#"walk (id) AS (
+    SELECT (SELECT f.id FROM {outbox} f
+            WHERE f.state = 'pending' AND f."key" IS NOT NULL
+            ORDER BY f.topic, f."key", f.id LIMIT 1)
+    UNION ALL
+    -- Two seeks rather than a row-value comparison, which SQLite would
+    -- answer by scanning the rest of the topic.
+    SELECT coalesce(
+               (SELECT n.id FROM {outbox} n
+                WHERE n.state = 'pending' AND n."key" IS NOT NULL
+                  AND n.topic = c.topic AND n."key" > c."key"
+                ORDER BY n.topic, n."key", n.id LIMIT 1),
+               (SELECT n.id FROM {outbox} n
+                WHERE n.state = 'pending' AND n."key" IS NOT NULL AND n.topic > c.topic
+                ORDER BY n.topic, n."key", n.id LIMIT 1))
+    FROM walk w CROSS JOIN {outbox} c ON c.id = w.id
+),
+heads AS MATERIALIZED (
+    SELECT h.id, h.topic, h."key" FROM walk w CROSS JOIN {outbox} h ON h.id = w.id
+    WHERE h.next_attempt_at <= ?1
+      AND (h.lease_until IS NULL OR h.lease_until < ?1)
+      AND NOT (?2 AND EXISTS (
+          SELECT 1 FROM {outbox} e
+          WHERE e.state = 'dead' AND e.topic = h.topic AND e."key" = h."key" AND e.id < h.id))
+    UNION ALL
+    SELECT id, topic, "key" FROM (
+        SELECT k.id, k.topic, k."key" FROM {outbox} k
+        WHERE k.state = 'pending' AND k."key" IS NULL
+          AND k.next_attempt_at <= ?1
+          AND (k.lease_until IS NULL OR k.lease_until < ?1)
+        ORDER BY k.id
+        LIMIT ?3)
+    ORDER BY id
+    LIMIT ?3
+)"#;
+
+/// `?1` sent at, then the ids.
+const MARK_SENT: &str = "UPDATE {outbox} \
+     SET state = 'sent', sent_at = ?1, lease_owner = NULL, lease_until = NULL \
+     WHERE state = 'pending' AND id IN";
+
+/// `?1` owner, then the ids.
+const RELEASE: &str = "UPDATE {outbox} SET lease_owner = NULL, lease_until = NULL \
+     WHERE state = 'pending' AND lease_owner = ?1 AND id IN";
+
+/// `?1` id, `?2` owner, `?3` next attempt at, `?4` error.
+const MARK_FAILED: &str = "UPDATE {outbox} \
+     SET attempts = attempts + 1, next_attempt_at = ?3, last_error = ?4, \
+         lease_owner = NULL, lease_until = NULL \
+     WHERE id = ?1 AND state = 'pending' AND lease_owner = ?2";
+
+/// `?1` id, `?2` owner, `?3` reason, `?4` dead at.
+const MARK_DEAD: &str = "UPDATE {outbox} \
+     SET state = 'dead', last_error = ?3, dead_at = ?4, lease_owner = NULL, lease_until = NULL \
+     WHERE id = ?1 AND state = 'pending' AND (lease_owner IS NULL OR lease_owner = ?2)";
+
+/// `?1` topic or null, `?2` key or null, `?3` limit.
+const DEAD_LETTERS: &str = r#"SELECT {columns}, last_error, dead_at FROM {outbox}
+WHERE state = 'dead' AND (?1 IS NULL OR topic = ?1) AND (?2 IS NULL OR "key" = ?2)
+ORDER BY dead_at, id
+LIMIT ?3"#;
+
+/// `?1` id, `?2` due at.
+const REPLAY: &str = "UPDATE {outbox} \
+     SET state = 'pending', attempts = 0, next_attempt_at = ?2, dead_at = NULL, \
+         lease_owner = NULL, lease_until = NULL \
+     WHERE id = ?1 AND state = 'dead'";
+
+/// `?1` sent before, `?2` limit.
+const PURGE_SENT: &str = "DELETE FROM {outbox} WHERE id IN (\
+     SELECT id FROM {outbox} WHERE state = 'sent' AND sent_at < ?1 ORDER BY sent_at LIMIT ?2)";
+
+const STATS: &str = "SELECT \
+     (SELECT count(*) FROM {outbox} WHERE state = 'pending') AS pending, \
+     (SELECT min(created_at) FROM {outbox} WHERE state = 'pending') AS oldest_pending, \
+     (SELECT count(*) FROM {outbox} WHERE state = 'dead') AS dead, \
+     (SELECT count(*) FROM {outbox} WHERE state = 'sent') AS sent";
+
+const CREATE_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS {migrations} (\
+     version INTEGER NOT NULL PRIMARY KEY, \
+     description TEXT NOT NULL, \
+     applied_at INTEGER NOT NULL\
+     ) STRICT";
