@@ -14,6 +14,7 @@
 //! rest of its key. Sent marks are batched.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +42,8 @@ pub(crate) struct RelayLink {
     pub(crate) owner: Uuid,
     lease: Duration,
     fast: mpsc::Sender<FastMsg>,
+    /// False once shutdown began: new rows go to the poller.
+    accepting: Arc<AtomicBool>,
     wake: Arc<Notify>,
     pub(crate) clock: Arc<dyn Clock>,
 }
@@ -49,6 +52,9 @@ impl RelayLink {
     /// Room on the fast path and the lease to write the row with, or `None`
     /// when the fast path is full or closed (the row then goes to the poller).
     pub(crate) fn reserve(&self, now: DateTime<Utc>) -> Option<(Lease, OwnedPermit<FastMsg>)> {
+        if !self.accepting.load(Ordering::Acquire) {
+            return None;
+        }
         let permit = self.fast.clone().try_reserve_owned().ok()?;
         Some((crate::tx::fast_lease(self.owner, now, self.lease), permit))
     }
@@ -110,10 +116,12 @@ impl<S: Store, B: Broker> Relay<S, B> {
         let (marks_tx, marks_rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(false);
         let wake = Arc::new(Notify::new());
+        let accepting = Arc::new(AtomicBool::new(true));
         let link = RelayLink {
             owner,
             lease: self.config.lease,
-            fast: fast_tx,
+            fast: fast_tx.clone(),
+            accepting: Arc::clone(&accepting),
             wake: Arc::clone(&wake),
             clock: Arc::clone(&self.config.clock),
         };
@@ -123,6 +131,8 @@ impl<S: Store, B: Broker> Relay<S, B> {
             broker: self.broker,
             config: self.config,
             fast_owner: owner,
+            fast_probe: fast_tx,
+            accepting,
             poll_owner: Uuid::now_v7(),
             marks: marks_tx,
             held: Mutex::new(HashMap::new()),
@@ -202,6 +212,9 @@ struct Shared<S, B> {
     /// `fast_owner`, so that a row claimed by the poller makes later rows of
     /// its key skip the fast path (which would otherwise overtake it).
     poll_owner: Uuid,
+    /// A sender kept to see whether reserved fast-path slots are still out.
+    fast_probe: mpsc::Sender<FastMsg>,
+    accepting: Arc<AtomicBool>,
     inflight: Arc<Semaphore>,
     marks: mpsc::UnboundedSender<Uuid>,
     /// Keys whose fast-path message failed, until when later fast-path
@@ -550,16 +563,31 @@ async fn fast_loop<S: Store, B: Broker>(
         }
     }
     // Shutting down: no new fast-path work; what waits is released for the
-    // next relay, what is in flight gets the shutdown timeout.
-    rx.close();
+    // next relay, what is in flight gets the shutdown timeout. A transaction
+    // may have reserved a slot before shutdown and commit after it: wait
+    // (bounded) until every slot is used or given back, so that its row is
+    // released too rather than left leased until the lease runs out.
+    shared.accepting.store(false, Ordering::Release);
     let mut waiting: Vec<Uuid> = queues
         .into_values()
         .flatten()
         .map(|m| m.envelope.id)
         .collect();
-    while let Ok(msg) = rx.try_recv() {
-        waiting.push(msg.envelope.id);
+    let deadline = tokio::time::Instant::now() + shared.config.shutdown_timeout;
+    loop {
+        while let Ok(msg) = rx.try_recv() {
+            waiting.push(msg.envelope.id);
+        }
+        let all_back = shared.fast_probe.capacity() == shared.fast_probe.max_capacity();
+        if all_back || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::select! {
+            msg = rx.recv() => waiting.extend(msg.map(|m| m.envelope.id)),
+            () = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
     }
+    rx.close();
     shared.release(&waiting, shared.fast_owner).await;
     drain(&mut running, shared.config.shutdown_timeout).await;
 }

@@ -83,8 +83,8 @@ impl MemoryBroker {
         MemorySubscription { rx }
     }
 
-    /// Makes every publish fail (retryable) while `down` is true, as a broker
-    /// that cannot be reached.
+    /// Makes every publish fail with [`Error::BrokerUnavailable`] while `down`
+    /// is true, as a broker that cannot be reached.
     pub fn set_down(&self, down: bool) {
         self.inner.down.store(down, Ordering::SeqCst);
     }
@@ -109,11 +109,7 @@ impl MemoryBroker {
 
     fn try_publish(&self, envelope: &Envelope) -> Result<()> {
         if self.inner.down.load(Ordering::SeqCst) {
-            return Err(Error::Broker {
-                message: "in-process broker is down".into(),
-                retryable: true,
-                source: None,
-            });
+            return Err(Error::broker_unavailable("in-process broker is down", None));
         }
         let rejected = self
             .inner

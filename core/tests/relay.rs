@@ -1,0 +1,339 @@
+//! Relay behaviour on the embedded store and the in-process broker: fast
+//! path, poller, retries and dead letters, outages, order per key, expiry,
+//! shutdown.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use txmsg_core::{DeadFilter, Message, Outbox, Relay, RelayConfig, Store};
+use txmsg_memory::{MemoryBroker, MemorySubscription};
+use txmsg_sqlite::SqliteStore;
+
+async fn store() -> (SqliteStore, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!("txmsg-relay-{}.db", uuid::Uuid::now_v7()));
+    let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    (store, path)
+}
+
+fn cleanup(path: std::path::PathBuf) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+fn config() -> RelayConfig {
+    RelayConfig {
+        poll_interval: Duration::from_millis(50),
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(80),
+        ..RelayConfig::default()
+    }
+}
+
+/// Receives until `n` messages arrived or 10 s passed, then 200 ms more.
+async fn receive(sub: &mut MemorySubscription, n: usize) -> Vec<txmsg_core::Envelope> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let wait = if out.len() >= n {
+            Duration::from_millis(200)
+        } else {
+            deadline - tokio::time::Instant::now()
+        };
+        match tokio::time::timeout(wait, sub.recv()).await {
+            Ok(Some(e)) => out.push(e),
+            _ => break,
+        }
+    }
+    out
+}
+
+async fn send(outbox: &Outbox<sqlx::Sqlite>, topic: &str, key: Option<&str>, idem: &str) {
+    let mut msg = Message::new(topic, &idem).unwrap().idempotency_key(idem);
+    if let Some(k) = key {
+        msg = msg.key(k);
+    }
+    let mut tx = outbox.begin().await.unwrap();
+    tx.enqueue(msg).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn wait_for<F, Fut>(mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not met within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_path_publishes_committed_messages_only() {
+    let (store, path) = store().await;
+    let broker = MemoryBroker::new();
+    let mut sub = broker.subscribe("t.fast");
+    let relay = Relay::new(store.clone(), broker.clone(), config())
+        .unwrap()
+        .start();
+    let outbox = Outbox::new(&store).with_relay(&relay);
+    for n in 0..20 {
+        let mut tx = outbox.begin().await.unwrap();
+        tx.enqueue(Message::new("t.fast", &n).unwrap().idempotency_key(n))
+            .await
+            .unwrap();
+        assert_eq!(tx.fast_path_len(), 1, "leased to this relay at insert");
+        if n % 4 == 0 {
+            tx.rollback().await.unwrap();
+        } else {
+            tx.commit().await.unwrap();
+        }
+    }
+    let got = receive(&mut sub, 15).await;
+    relay.shutdown().await;
+    assert_eq!(got.len(), 15);
+    assert!(
+        got.iter()
+            .all(|e| e.idempotency_key.parse::<u32>().unwrap() % 4 != 0)
+    );
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.sent, stats.pending), (15, 0));
+    cleanup(path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poller_publishes_rows_written_without_a_relay() {
+    let (store, path) = store().await;
+    let outbox = Outbox::new(&store);
+    for n in 0..120 {
+        send(
+            &outbox,
+            "t.poll",
+            Some(&format!("k{}", n % 7)),
+            &n.to_string(),
+        )
+        .await;
+    }
+    let broker = MemoryBroker::new();
+    let mut sub = broker.subscribe("t.poll");
+    let relay = Relay::new(
+        store.clone(),
+        broker,
+        RelayConfig {
+            batch_size: 50,
+            ..config()
+        },
+    )
+    .unwrap()
+    .start();
+    let got = receive(&mut sub, 120).await;
+    relay.shutdown().await;
+    assert_eq!(got.len(), 120);
+    let mut per_key: HashMap<String, Vec<u32>> = HashMap::new();
+    for e in got {
+        per_key
+            .entry(e.key.clone().unwrap())
+            .or_default()
+            .push(e.idempotency_key.parse().unwrap());
+    }
+    for (k, ns) in per_key {
+        assert!(ns.windows(2).all(|w| w[0] < w[1]), "order of {k}: {ns:?}");
+    }
+    cleanup(path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_message_is_retried_then_dead_while_other_keys_flow() {
+    let (store, path) = store().await;
+    let broker = MemoryBroker::new();
+    let mut sub = broker.subscribe("t.fail");
+    broker.reject_if(Some(Arc::new(|e: &txmsg_core::Envelope| {
+        e.key.as_deref() == Some("bad")
+    })));
+    let cfg = RelayConfig {
+        max_attempts: 3,
+        ..config()
+    };
+    let relay = Relay::new(store.clone(), broker.clone(), cfg)
+        .unwrap()
+        .start();
+    let outbox = Outbox::new(&store).with_relay(&relay);
+    send(&outbox, "t.fail", Some("bad"), "bad-0").await;
+    send(&outbox, "t.fail", Some("bad"), "bad-1").await;
+    for n in 0..10 {
+        send(&outbox, "t.fail", Some("good"), &format!("good-{n}")).await;
+    }
+    let got = receive(&mut sub, 10).await;
+    assert_eq!(got.len(), 10);
+    assert!(got.iter().all(|e| e.key.as_deref() == Some("good")));
+    let s = store.clone();
+    wait_for(|| {
+        let s = s.clone();
+        async move { s.stats().await.unwrap().dead == 1 }
+    })
+    .await;
+    relay.shutdown().await;
+    let dead = store.dead_letters(&DeadFilter::default()).await.unwrap();
+    assert_eq!(
+        dead.len(),
+        1,
+        "only the key's first message went dead; the second is parked"
+    );
+    assert_eq!(dead[0].envelope.idempotency_key, "bad-0");
+    assert_eq!(
+        dead[0].envelope.attempts, 2,
+        "two failures recorded, the third attempt went dead"
+    );
+    assert!(
+        dead[0].reason.contains("gave up after 3 attempts"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(
+        store.stats().await.unwrap().pending,
+        1,
+        "bad-1 waits behind the dead one"
+    );
+
+    // Replay after the broker accepts again: both go out, in order.
+    broker.reject_if(None);
+    let relay = Relay::new(store.clone(), broker.clone(), config())
+        .unwrap()
+        .start();
+    assert!(
+        store
+            .replay(dead[0].envelope.id, chrono::Utc::now())
+            .await
+            .unwrap()
+    );
+    relay.wake();
+    let got = receive(&mut sub, 2).await;
+    relay.shutdown().await;
+    let keys: Vec<_> = got.iter().map(|e| e.idempotency_key.as_str()).collect();
+    assert_eq!(keys, ["bad-0", "bad-1"]);
+    cleanup(path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_counts_no_attempts_and_recovers() {
+    let (store, path) = store().await;
+    let broker = MemoryBroker::new();
+    let mut sub = broker.subscribe("t.down");
+    let cfg = RelayConfig {
+        max_attempts: 2,
+        ..config()
+    };
+    let relay = Relay::new(store.clone(), broker.clone(), cfg)
+        .unwrap()
+        .start();
+    let outbox = Outbox::new(&store).with_relay(&relay);
+    broker.set_down(true);
+    for n in 0..30 {
+        send(
+            &outbox,
+            "t.down",
+            Some(&format!("k{}", n % 3)),
+            &n.to_string(),
+        )
+        .await;
+    }
+    // Longer than max_attempts × backoff: an outage must not kill messages.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.dead, stats.sent), (30, 0, 0));
+    broker.set_down(false);
+    let got = receive(&mut sub, 30).await;
+    relay.shutdown().await;
+    assert_eq!(got.len(), 30);
+    let mut per_key: HashMap<String, Vec<u32>> = HashMap::new();
+    for e in got {
+        per_key
+            .entry(e.key.clone().unwrap())
+            .or_default()
+            .push(e.idempotency_key.parse().unwrap());
+    }
+    for (k, ns) in per_key {
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "order of {k} after the outage: {ns:?}"
+        );
+    }
+    cleanup(path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_message_is_dead_never_published() {
+    let (store, path) = store().await;
+    let outbox = Outbox::new(&store);
+    let mut tx = outbox.begin().await.unwrap();
+    tx.enqueue(
+        Message::new("t.exp", &1)
+            .unwrap()
+            .ttl(Duration::from_millis(1)),
+    )
+    .await
+    .unwrap();
+    tx.enqueue(Message::new("t.exp", &2).unwrap())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let broker = MemoryBroker::new();
+    let mut sub = broker.subscribe("t.exp");
+    let relay = Relay::new(store.clone(), broker, config()).unwrap().start();
+    let got = receive(&mut sub, 1).await;
+    relay.shutdown().await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, b"2");
+    let dead = store.dead_letters(&DeadFilter::default()).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].reason.contains("expired"));
+    cleanup(path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_across_a_shutdown_under_load() {
+    let (store, path) = store().await;
+    let broker = MemoryBroker::new();
+    let mut sub = broker.subscribe("t.stop");
+    let relay = Relay::new(store.clone(), broker.clone(), config())
+        .unwrap()
+        .start();
+    let outbox = Outbox::new(&store).with_relay(&relay);
+    let producer = {
+        let outbox = outbox.clone();
+        tokio::spawn(async move {
+            for n in 0..300 {
+                send(
+                    &outbox,
+                    "t.stop",
+                    Some(&format!("k{}", n % 4)),
+                    &n.to_string(),
+                )
+                .await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    relay.shutdown().await;
+    producer.await.unwrap();
+    // A new relay takes over whatever the first left.
+    let relay = Relay::new(store.clone(), broker, config()).unwrap().start();
+    let got = receive(&mut sub, 300).await;
+    relay.shutdown().await;
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for e in &got {
+        *seen.entry(e.idempotency_key.clone()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 300, "none lost");
+    assert_eq!(store.stats().await.unwrap().pending, 0);
+    cleanup(path);
+}
