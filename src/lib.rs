@@ -63,6 +63,11 @@ pub use txmsg_core::{
 };
 pub use txmsg_macros::transactional_message;
 
+/// The traits whose methods users call: `use txmsg::prelude::*;`.
+pub mod prelude {
+    pub use txmsg_core::{Broker, SqlStore, Store};
+}
+
 /// Building blocks for adapters and for code that drives the runtime by hand.
 pub mod core {
     pub use txmsg_core::{

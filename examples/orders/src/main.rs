@@ -1,1 +1,202 @@
-fn main() {}
+//! An order service whose `place_order` is a `#[transactional_message]`.
+//!
+//! Run with no services (SQLite file + in-process broker):
+//!
+//! ```text
+//! cargo run -p txmsg-example-orders
+//! ```
+//!
+//! or on PostgreSQL + RabbitMQ:
+//!
+//! ```text
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
+//! AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo run -p txmsg-example-orders
+//! ```
+//!
+//! It places orders (some fail their business check and roll back, one is
+//! retried with the same idempotency key), lets the relay publish, consumes
+//! what reached the broker and checks that every committed order was
+//! published exactly once and no rolled-back one was.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use txmsg::{Outbox, Relay, RelayConfig};
+
+mod service;
+mod wiring;
+
+use service::{NewOrder, OrderError};
+
+/// Orders the demo places: (id, customer, total in cents). A total of zero
+/// fails the business check, so that order rolls back.
+const ORDERS: &[(i64, &str, i64)] = &[
+    (1, "ada", 4_200),
+    (2, "grace", 1_999),
+    (3, "edsger", 0),
+    (4, "barbara", 12_500),
+    (5, "ken", 800),
+    (6, "dennis", 0),
+    (7, "margaret", 31_415),
+    (8, "leslie", 2_718),
+];
+
+/// The order placed twice with the same idempotency key, as a client retry would.
+const RETRIED: i64 = 5;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+
+    let backend = wiring::Backend::from_env().await?;
+    println!("txmsg order demo on {}", backend.describe());
+    let summary = backend.run().await?;
+    summary.print();
+    if summary.consistent() {
+        println!("OK: every committed order was published exactly once, no rolled-back order was");
+        Ok(())
+    } else {
+        Err("inconsistent: see the summary above".into())
+    }
+}
+
+/// What the demo saw.
+#[derive(Debug, Default)]
+struct Summary {
+    committed: Vec<i64>,
+    rolled_back: Vec<i64>,
+    duplicates_rejected: Vec<i64>,
+    /// Order id → times its message reached the consumer.
+    received: BTreeMap<i64, u32>,
+    /// Rows in the business table at the end.
+    rows: i64,
+}
+
+impl Summary {
+    fn consistent(&self) -> bool {
+        self.committed.len() == self.received.len()
+            && self
+                .committed
+                .iter()
+                .all(|id| self.received.get(id) == Some(&1))
+    }
+
+    fn print(&self) {
+        println!();
+        println!(
+            "orders committed        : {} {:?}",
+            self.committed.len(),
+            self.committed
+        );
+        println!("rows in demo_orders     : {}", self.rows);
+        println!(
+            "orders rolled back      : {} {:?}",
+            self.rolled_back.len(),
+            self.rolled_back
+        );
+        println!(
+            "retries rejected as dup : {} {:?}",
+            self.duplicates_rejected.len(),
+            self.duplicates_rejected
+        );
+        let total: u32 = self.received.values().sum();
+        println!(
+            "messages on the broker  : {total} for orders {:?}",
+            self.received.keys().collect::<Vec<_>>()
+        );
+    }
+}
+
+/// Places the demo's orders through `place` and records what happened.
+async fn place_all<F, Fut>(summary: &mut Summary, mut place: F) -> Result<(), OrderError>
+where
+    F: FnMut(NewOrder) -> Fut,
+    Fut: std::future::Future<Output = Result<service::OrderPlaced, OrderError>>,
+{
+    let mut attempts: Vec<NewOrder> = ORDERS
+        .iter()
+        .map(|&(id, customer, total)| NewOrder::new(id, customer, total))
+        .collect();
+    // The client retries order 5 (its first try did commit).
+    if let Some(retry) = attempts.iter().find(|o| o.id == RETRIED).cloned() {
+        attempts.push(retry);
+    }
+    for order in attempts {
+        let id = order.id;
+        match place(order).await {
+            Ok(placed) => {
+                println!(
+                    "placed order {:>2} for {:<9} {:>7} cents",
+                    placed.id, placed.customer, placed.total_cents
+                );
+                summary.committed.push(id);
+            }
+            Err(OrderError::Rejected(why)) => {
+                println!("order {id:>2} rolled back: {why}");
+                summary.rolled_back.push(id);
+            }
+            Err(OrderError::Txmsg(e)) if e.is_duplicate() => {
+                println!(
+                    "order {id:>2} retried with the same idempotency key: rejected as a duplicate, nothing written twice"
+                );
+                summary.duplicates_rejected.push(id);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `expected` messages arrived (and a little longer, to catch
+/// any duplicate), or the deadline passes.
+async fn collect(summary: &mut Summary, expected: usize, receiver: &mut wiring::Receiver) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = 0usize;
+    loop {
+        let wait = if seen >= expected {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(20)
+        };
+        let until = deadline.min(tokio::time::Instant::now() + wait);
+        match tokio::time::timeout_at(until, receiver.next()).await {
+            Ok(Some(id)) => {
+                *summary.received.entry(id).or_default() += 1;
+                seen += 1;
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+}
+
+/// Runs the demo on one store: relay started, orders placed, messages counted.
+async fn run_demo<S, B, F, Fut>(
+    store: S,
+    broker: B,
+    mut receiver: wiring::Receiver,
+    mut place: F,
+) -> Result<Summary, Box<dyn std::error::Error>>
+where
+    S: txmsg::SqlStore,
+    B: txmsg::Broker,
+    F: FnMut(Outbox<S::Database>, NewOrder) -> Fut,
+    Fut: std::future::Future<Output = Result<service::OrderPlaced, OrderError>>,
+{
+    let relay = Relay::new(store.clone(), broker, RelayConfig::default())?.start();
+    let outbox = Outbox::new(&store).with_relay(&relay);
+    let mut summary = Summary::default();
+    place_all(&mut summary, |order| place(outbox.clone(), order)).await?;
+    let expected = summary.committed.len();
+    collect(&mut summary, expected, &mut receiver).await;
+    relay.shutdown().await;
+    let stats = store.stats().await?;
+    println!(
+        "outbox                  : {} sent, {} pending, {} dead",
+        stats.sent, stats.pending, stats.dead
+    );
+    Ok(summary)
+}
