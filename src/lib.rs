@@ -9,6 +9,7 @@
 //! ```no_run
 //! use txmsg::sqlite::SqliteStore;
 //! use txmsg::memory::MemoryBroker;
+//! use txmsg::prelude::*;
 //! use txmsg::{Outbox, Relay, RelayConfig, Tx};
 //!
 //! #[derive(serde::Serialize)]

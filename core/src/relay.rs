@@ -70,6 +70,7 @@ impl RelayLink {
 ///
 /// ```no_run
 /// # async fn demo() -> txmsg::Result<()> {
+/// use txmsg::prelude::*;
 /// use txmsg::{Outbox, Relay, RelayConfig};
 /// use txmsg::memory::MemoryBroker;
 /// use txmsg::sqlite::SqliteStore;

@@ -22,10 +22,12 @@ use crate::{Clock, Error, Message, Result, SystemClock};
 /// # Examples
 ///
 /// ```no_run
-/// # async fn demo() -> txmsg_core::Result<()> {
-/// # let store: txmsg_core::__doc::FakeStore = unimplemented!();
-/// use txmsg_core::{Message, Outbox};
+/// # async fn demo() -> txmsg::Result<()> {
+/// use txmsg::prelude::*;
+/// use txmsg::sqlite::SqliteStore;
+/// use txmsg::{Message, Outbox};
 ///
+/// let store = SqliteStore::connect("sqlite://app.db").await?;
 /// let outbox = Outbox::new(&store);
 /// let mut tx = outbox.begin().await?;
 /// tx.enqueue(Message::new("orders.placed", &42)?).await?;

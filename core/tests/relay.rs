@@ -2,6 +2,9 @@
 //! path, poller, retries and dead letters, outages, order per key, expiry,
 //! shutdown.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

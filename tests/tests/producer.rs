@@ -2,6 +2,9 @@
 //! atomicity, duplicates, composition, crash leftovers, several relays, order
 //! per key, failing messages, bad config, broker outages.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 

@@ -31,7 +31,10 @@ pub(crate) enum BrokerChoice {
 pub(crate) enum Receiver {
     Memory(MemorySubscription),
     /// The connection is kept so the consumer stays open.
-    Rabbit(#[allow(dead_code)] lapin::Connection, lapin::Consumer),
+    Rabbit(
+        #[allow(dead_code)] Box<lapin::Connection>,
+        Box<lapin::Consumer>,
+    ),
 }
 
 impl Receiver {
@@ -113,7 +116,7 @@ impl Backend {
                     .await?;
                 (
                     BrokerChoice::Rabbit(broker, exchange.to_owned()),
-                    Receiver::Rabbit(conn, consumer),
+                    Receiver::Rabbit(Box::new(conn), Box::new(consumer)),
                 )
             }
             Err(_) => {
