@@ -57,6 +57,7 @@
 //! | `rabbitmq` | [`rabbitmq::RabbitBroker`] (lapin, publisher confirms)| no      |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub use txmsg_core::metrics;
 pub use txmsg_core::{
     Broker, Clock, DeadFilter, DeadKeyPolicy, DeadLetter, Envelope, Error, Headers, Ident, Message,
     Outbox, OutboxStats, Relay, RelayConfig, RelayHandle, Result, SqlStore, Store, SystemClock,

@@ -10,6 +10,7 @@ mod clock;
 mod config;
 mod envelope;
 mod error;
+pub mod metrics;
 mod relay;
 mod store;
 mod topic;

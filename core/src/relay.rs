@@ -112,6 +112,7 @@ impl<S: Store, B: Broker> Relay<S, B> {
     ///
     /// If called outside a Tokio runtime.
     pub fn start(self) -> RelayHandle {
+        crate::metrics::describe();
         let owner = Uuid::now_v7();
         let (fast_tx, fast_rx) = mpsc::channel(self.config.fast_path_capacity);
         let (marks_tx, marks_rx) = mpsc::unbounded_channel();
@@ -329,9 +330,9 @@ impl<S: Store, B: Broker> Shared<S, B> {
         match result {
             Ok(()) => {
                 self.broker_reachable();
-                metrics::histogram!("txmsg_publish_duration_seconds", "topic" => topic.clone())
+                metrics::histogram!(crate::metrics::PUBLISH_DURATION_SECONDS, "topic" => topic.clone())
                     .record(started.elapsed().as_secs_f64());
-                metrics::counter!("txmsg_published_total", "topic" => topic).increment(1);
+                metrics::counter!(crate::metrics::PUBLISHED_TOTAL, "topic" => topic).increment(1);
                 fail::fail_point!("txmsg::relay::after_publish_before_mark", |_| Outcome::Sent);
                 // The receiver lives until every publisher has finished.
                 let _ = self.marks.send(env.id);
@@ -353,7 +354,8 @@ impl<S: Store, B: Broker> Shared<S, B> {
                     };
                     return self.dead(env, owner, &reason).await;
                 }
-                metrics::counter!("txmsg_publish_retries_total", "topic" => topic).increment(1);
+                metrics::counter!(crate::metrics::PUBLISH_RETRIES_TOTAL, "topic" => topic)
+                    .increment(1);
                 let failure = Failure {
                     id: env.id,
                     owner,
@@ -371,7 +373,8 @@ impl<S: Store, B: Broker> Shared<S, B> {
 
     async fn dead(&self, env: &Envelope, owner: Uuid, reason: &str) -> Outcome {
         tracing::error!(reason, "message is dead");
-        metrics::counter!("txmsg_dead_letters_total", "topic" => env.topic.clone()).increment(1);
+        metrics::counter!(crate::metrics::DEAD_LETTERS_TOTAL, "topic" => env.topic.clone())
+            .increment(1);
         if let Err(e) = self
             .store
             .mark_dead(env.id, owner, reason, self.now())

@@ -1,0 +1,35 @@
+//! Names of the metrics txmsg records through the `metrics` facade.
+//!
+//! txmsg never installs a recorder: install one (for example a Prometheus
+//! exporter) in your application to collect these. Labels come from small
+//! fixed sets (the topic), never from keys or ids.
+
+use std::sync::Once;
+
+/// Messages the broker confirmed, by `topic`. Counter.
+pub const PUBLISHED_TOTAL: &str = "txmsg_published_total";
+/// Time from sending a message to the broker's confirm, by `topic`. Histogram, seconds.
+pub const PUBLISH_DURATION_SECONDS: &str = "txmsg_publish_duration_seconds";
+/// Failed publish attempts that will be retried, by `topic`. Counter.
+pub const PUBLISH_RETRIES_TOTAL: &str = "txmsg_publish_retries_total";
+/// Messages that went dead, by `topic`. Counter.
+pub const DEAD_LETTERS_TOTAL: &str = "txmsg_dead_letters_total";
+
+static DESCRIBE: Once = Once::new();
+
+/// Describes every metric once per process, for recorders that show help text.
+pub(crate) fn describe() {
+    DESCRIBE.call_once(|| {
+        metrics::describe_counter!(PUBLISHED_TOTAL, "messages the broker confirmed");
+        metrics::describe_histogram!(
+            PUBLISH_DURATION_SECONDS,
+            metrics::Unit::Seconds,
+            "time from sending a message to the broker's confirm"
+        );
+        metrics::describe_counter!(
+            PUBLISH_RETRIES_TOTAL,
+            "failed publish attempts that will be retried"
+        );
+        metrics::describe_counter!(DEAD_LETTERS_TOTAL, "messages that went dead");
+    });
+}
