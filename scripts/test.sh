@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: sets up the services, then runs every test of the
-# workspace (unit, integration against the real services, trybuild, doctests).
+# workspace: doctests, then unit, integration (against the real services),
+# example and trybuild tests under nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
@@ -9,5 +10,5 @@ export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
-cargo nextest run --workspace --all-features --profile "${NEXTEST_PROFILE:-default}" "$@"
 cargo test --doc --workspace --all-features
+cargo nextest run --workspace --all-features --profile "${NEXTEST_PROFILE:-default}" "$@"
