@@ -1,11 +1,13 @@
 //! PostgreSQL store for [txmsg](https://docs.rs/txmsg), on sqlx.
 //!
-//! [`PgStore`] keeps the outbox and the inbox in two tables (by default
-//! `txmsg_outbox` and `txmsg_inbox`, optionally in a schema of their own, see
-//! [`Tables`](txmsg_core::Tables)) and writes outbox rows in the producer's own
-//! transaction. [`migrate`](txmsg_core::Store::migrate) creates them; it is
-//! versioned, runs in one transaction under an advisory lock, and may be called
-//! by every process at start.
+//! [`PgStore`] keeps the outbox, the inbox and the consumers' dead letters in
+//! three tables (by default `txmsg_outbox`, `txmsg_inbox` and
+//! `txmsg_consumer_dead`, optionally in a schema of their own, see
+//! [`Tables`](txmsg_core::Tables)), writes outbox rows in the producer's own
+//! transaction and inbox keys in the handler's.
+//! [`migrate`](txmsg_core::Store::migrate) creates them; it is versioned, runs
+//! in one transaction under an advisory lock, and may be called by every
+//! process at start.
 //!
 //! # Tables
 //!
@@ -16,7 +18,12 @@
 //! lease of the relay that holds it, its expiry, last error, and when it was
 //! written, sent or went dead. Two partial indexes serve the relay: pending
 //! rows by id, and pending or dead rows by (topic, key, id) for the order
-//! checks. The inbox holds (consumer group, idempotency key, processed at).
+//! checks. The inbox holds (consumer group, idempotency key, processed at),
+//! with an index on the time for retention. The consumer dead-letter table
+//! (named `<inbox>_dead` beside a renamed inbox table) holds each message a
+//! group gave up on as it was delivered (message id, topic, key, idempotency
+//! key, headers, payload, creation time), with the reason, the attempts and
+//! when it went dead, indexed by (group, dead at, id).
 //!
 //! # Ordering and concurrency
 //!

@@ -1,9 +1,9 @@
 //! Versioned migrations of the outbox and inbox tables.
 //!
-//! Each migration is a SQL template whose placeholders (`{outbox}`, `{inbox}`
-//! and the index names) are replaced with the configured, validated and quoted
-//! names when the store is built. A new version is one more entry at the end of
-//! [`MIGRATIONS`]; a shipped entry is never edited.
+//! Each migration is a SQL template whose placeholders (`{outbox}`, `{inbox}`,
+//! `{consumer_dead}` and the index names) are replaced with the configured,
+//! validated and quoted names when the store is built. A new version is one
+//! more entry at the end of [`MIGRATIONS`]; a shipped entry is never edited.
 
 use chrono::Utc;
 use sqlx::PgPool;
@@ -23,11 +23,18 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, oldest first.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "outbox and inbox tables",
-    sql: V1_OUTBOX_AND_INBOX,
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "outbox and inbox tables",
+        sql: V1_OUTBOX_AND_INBOX,
+    },
+    Migration {
+        version: 2,
+        description: "consumer dead letters",
+        sql: V2_CONSUMER_DEAD,
+    },
+];
 
 // The poller's index is on `id` rather than `next_attempt_at`: a claim reads
 // pending rows in id order and stops at its limit, while an index on the due
@@ -64,12 +71,38 @@ CREATE TABLE {inbox} (
 CREATE INDEX {inbox_processed_idx} ON {inbox} (processed_at);
 ";
 
+// The inbox's retention index is in version 1 already; `IF NOT EXISTS` adds it
+// to tables that lack it. Dead letters keep the message as it was delivered:
+// its id (`envelope_id`), topic, key, idempotency key (empty for a message
+// that could not be read), headers and exact payload bytes.
+const V2_CONSUMER_DEAD: &str = "
+CREATE INDEX IF NOT EXISTS {inbox_processed_idx} ON {inbox} (processed_at);
+CREATE TABLE {consumer_dead} (
+    id uuid PRIMARY KEY,
+    consumer_group text NOT NULL,
+    topic text NOT NULL,
+    key text NULL,
+    idempotency_key text NOT NULL,
+    headers jsonb NOT NULL DEFAULT '{}',
+    payload bytea NOT NULL,
+    envelope_id uuid NOT NULL,
+    created_at timestamptz NOT NULL,
+    reason text NOT NULL,
+    attempts int NOT NULL DEFAULT 0,
+    dead_at timestamptz NOT NULL
+);
+CREATE INDEX {consumer_dead_idx} ON {consumer_dead} (consumer_group, dead_at, id);
+";
+
 /// Applies the migrations not yet recorded, all in one transaction.
 ///
 /// The transaction first takes an advisory lock derived from the migrations
 /// table's name, so concurrent calls (several processes starting at once) run
 /// one after the other, and the later ones find nothing left to do.
 pub(crate) async fn migrate(pool: &PgPool, sql: &Sql) -> Result<()> {
+    // Checked before anything runs: the inbox table's name must leave a name
+    // for the dead-letter table.
+    let migrations = sql.migrations()?;
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(sql.migrate_lock_key)
@@ -93,7 +126,7 @@ pub(crate) async fn migrate(pool: &PgPool, sql: &Sql) -> Result<()> {
     let applied: Vec<i32> = sqlx::query_scalar(sql.applied_versions.get())
         .fetch_all(&mut *tx)
         .await?;
-    for m in &sql.migrations {
+    for m in migrations {
         if applied.contains(&m.version) {
             continue;
         }

@@ -1,9 +1,10 @@
-//! Rows to envelopes and back.
+//! Rows to envelopes and dead letters, and back.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
+use txmsg_core::consumer::ConsumerDeadLetter;
 use txmsg_core::{Envelope, Headers, Result};
 use uuid::Uuid;
 
@@ -47,6 +48,33 @@ pub(crate) fn envelope(row: &PgRow) -> Result<Envelope> {
     env.expires_at = row.try_get("expires_at")?;
     env.attempts = u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0);
     Ok(env)
+}
+
+/// Attempts as stored (`int`); counts beyond its range are kept as its largest value.
+pub(crate) fn attempts_to_int(attempts: u32) -> i32 {
+    i32::try_from(attempts).unwrap_or(i32::MAX)
+}
+
+/// A consumer dead letter from a row holding the columns of
+/// [`CONSUMER_DEAD_COLUMNS`](crate::sql), read by name.
+pub(crate) fn consumer_dead_letter(row: &PgRow) -> Result<ConsumerDeadLetter> {
+    let mut env = Envelope::new(
+        row.try_get::<Uuid, _>("envelope_id")?,
+        row.try_get::<String, _>("topic")?,
+        row.try_get::<String, _>("idempotency_key")?,
+        row.try_get::<Vec<u8>, _>("payload")?,
+        row.try_get::<DateTime<Utc>, _>("created_at")?,
+    );
+    env.key = row.try_get("key")?;
+    env.headers = headers_from_json(row.try_get::<Value, _>("headers")?);
+    Ok(ConsumerDeadLetter::new(
+        row.try_get::<Uuid, _>("id")?,
+        row.try_get::<String, _>("consumer_group")?,
+        env,
+        row.try_get::<String, _>("reason")?,
+        u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
+        row.try_get::<DateTime<Utc>, _>("dead_at")?,
+    ))
 }
 
 #[cfg(test)]

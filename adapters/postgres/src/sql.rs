@@ -8,13 +8,24 @@
 use std::sync::Arc;
 
 use sqlx::AssertSqlSafe;
-use txmsg_core::{Ident, MAX_IDENT_LEN, Tables};
+use txmsg_core::{Error, Ident, MAX_IDENT_LEN, Result, Tables};
 
 use crate::migrate::MIGRATIONS;
 
 /// Columns an [`Envelope`](txmsg_core::Envelope) is read from, in this order.
 const ENVELOPE_COLUMNS: &str =
     "id, topic, key, idempotency_key, payload, headers, attempts, created_at, expires_at";
+
+/// Columns a [`ConsumerDeadLetter`](txmsg_core::consumer::ConsumerDeadLetter)
+/// is read from, in this order.
+const CONSUMER_DEAD_COLUMNS: &str = "id, consumer_group, topic, key, idempotency_key, headers, \
+     payload, envelope_id, created_at, reason, attempts, dead_at";
+
+/// The consumer dead-letter table beside the default inbox table.
+const DEFAULT_CONSUMER_DEAD: &str = "txmsg_consumer_dead";
+
+/// Suffix of the consumer dead-letter table beside a renamed inbox table.
+const CONSUMER_DEAD_SUFFIX: &str = "_dead";
 
 /// One SQL string, cheap to clone into a query.
 #[derive(Debug, Clone)]
@@ -47,6 +58,17 @@ pub(crate) struct RenderedMigration {
     pub(crate) sql: Stmt,
 }
 
+/// The statements of the inbox and the consumer dead letters.
+#[derive(Debug)]
+pub(crate) struct InboxSql {
+    pub(crate) record: Stmt,
+    pub(crate) remove_dead: Stmt,
+    pub(crate) add_dead: Stmt,
+    pub(crate) dead_letters: Stmt,
+    pub(crate) dead_letter: Stmt,
+    pub(crate) purge: Stmt,
+}
+
 /// The statements of one store.
 #[derive(Debug)]
 pub(crate) struct Sql {
@@ -57,7 +79,10 @@ pub(crate) struct Sql {
     pub(crate) create_migrations: Stmt,
     pub(crate) applied_versions: Stmt,
     pub(crate) record_migration: Stmt,
-    pub(crate) migrations: Vec<RenderedMigration>,
+    /// The migrations, or why the inbox table's name cannot be used.
+    migrations: std::result::Result<Vec<RenderedMigration>, String>,
+    /// The inbox's statements, or why the inbox table's name cannot be used.
+    inbox: std::result::Result<InboxSql, String>,
 
     pub(crate) insert: Stmt,
     pub(crate) claim_heads: Stmt,
@@ -83,6 +108,40 @@ fn index_name(table: &Ident, suffix: &str) -> String {
     format!("\"{base}{suffix}\"")
 }
 
+/// The consumer dead-letter table's name: `txmsg_consumer_dead` beside the
+/// default inbox table, `<inbox>_dead` beside a renamed one.
+///
+/// The error is the reason the inbox table's name cannot be used: the derived
+/// name would be longer than PostgreSQL's identifier limit (the server would
+/// truncate it, possibly into another table's name), or it would be the name
+/// of the outbox or migrations table.
+pub(crate) fn consumer_dead_table(tables: &Tables) -> std::result::Result<Ident, String> {
+    let inbox = tables.inbox_name();
+    let name = if inbox == Tables::default().inbox_name() {
+        DEFAULT_CONSUMER_DEAD.to_owned()
+    } else {
+        format!("{inbox}{CONSUMER_DEAD_SUFFIX}")
+    };
+    if name.len() > MAX_IDENT_LEN {
+        return Err(format!(
+            "must be at most {} bytes, so that its dead-letter table `{name}` fits in {MAX_IDENT_LEN}",
+            MAX_IDENT_LEN - CONSUMER_DEAD_SUFFIX.len()
+        ));
+    }
+    let dead = Ident::new(&name).map_err(|e| e.to_string())?;
+    for (other, what) in [
+        (tables.outbox_name(), "outbox"),
+        (tables.migrations_name(), "migrations"),
+    ] {
+        if other == &dead {
+            return Err(format!(
+                "leaves no name for its dead-letter table: `{dead}` is the {what} table"
+            ));
+        }
+    }
+    Ok(dead)
+}
+
 /// FNV-1a, so every build and every process derives the same lock key.
 fn lock_key(text: &str) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -100,11 +159,14 @@ impl Sql {
         let migrations_table = tables.qualified(tables.migrations_name(), '"');
         let o = &outbox;
         let cols = ENVELOPE_COLUMNS;
+        let dead_table = consumer_dead_table(tables);
 
-        let render = |template: &str| {
+        let render = |template: &str, dead: &Ident| {
             template
                 .replace("{outbox}", &outbox)
                 .replace("{inbox}", &inbox)
+                .replace("{consumer_dead}", &tables.qualified(dead, '"'))
+                .replace("{consumer_dead_idx}", &index_name(dead, "_group_idx"))
                 .replace(
                     "{outbox_pending_idx}",
                     &index_name(tables.outbox_name(), "_pending_idx"),
@@ -118,14 +180,20 @@ impl Sql {
                     &index_name(tables.inbox_name(), "_processed_idx"),
                 )
         };
-        let migrations = MIGRATIONS
-            .iter()
-            .map(|m| RenderedMigration {
-                version: m.version,
-                description: m.description,
-                sql: Stmt::new(render(m.sql)),
-            })
-            .collect();
+        let migrations = dead_table.as_ref().map_err(Clone::clone).map(|dead| {
+            MIGRATIONS
+                .iter()
+                .map(|m| RenderedMigration {
+                    version: m.version,
+                    description: m.description,
+                    sql: Stmt::new(render(m.sql, dead)),
+                })
+                .collect()
+        });
+        let inbox_sql = dead_table
+            .as_ref()
+            .map_err(Clone::clone)
+            .map(|dead| InboxSql::new(&inbox, &tables.qualified(dead, '"')));
 
         Sql {
             migrate_lock_key: lock_key(&format!("txmsg migrate {migrations_table}")),
@@ -147,6 +215,7 @@ impl Sql {
                  VALUES ($1, $2, $3)"
             )),
             migrations,
+            inbox: inbox_sql,
 
             // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
             // $6 headers, $7 created_at, $8 expires_at, $9 lease owner,
@@ -285,6 +354,90 @@ impl Sql {
     }
 }
 
+impl Sql {
+    /// The migrations.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `inbox_table` if its name leaves no name for the
+    /// consumer dead-letter table.
+    pub(crate) fn migrations(&self) -> Result<&[RenderedMigration]> {
+        self.migrations
+            .as_deref()
+            .map_err(|reason| Error::config("inbox_table", reason.clone()))
+    }
+
+    /// The inbox's statements.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `inbox_table` if its name leaves no name for the
+    /// consumer dead-letter table.
+    pub(crate) fn inbox(&self) -> Result<&InboxSql> {
+        self.inbox
+            .as_ref()
+            .map_err(|reason| Error::config("inbox_table", reason.clone()))
+    }
+}
+
+impl InboxSql {
+    /// Statements on the inbox table `i` and the dead-letter table `d`, both
+    /// qualified and quoted.
+    fn new(i: &str, d: &str) -> Self {
+        let cols = CONSUMER_DEAD_COLUMNS;
+        InboxSql {
+            // $1 group, $2 idempotency key, $3 processed at.
+            //
+            // `ON CONFLICT DO NOTHING` rather than catching the unique
+            // violation, which would abort the handler's transaction. A
+            // concurrent transaction that inserted the same key holds its
+            // index entry: this insert waits for it to end, then inserts (it
+            // rolled back) or does nothing (it committed).
+            record: Stmt::new(format!(
+                "INSERT INTO {i} (consumer_group, idempotency_key, processed_at) \
+                 VALUES ($1, $2, $3) \
+                 ON CONFLICT (consumer_group, idempotency_key) DO NOTHING"
+            )),
+
+            remove_dead: Stmt::new(format!("DELETE FROM {d} WHERE id = $1")),
+
+            // $1 id, $2 group, $3 topic, $4 key, $5 idempotency key,
+            // $6 headers, $7 payload, $8 envelope id, $9 created at,
+            // $10 reason, $11 attempts, $12 dead at. Adding the same dead
+            // letter twice (a retry after a lost reply) keeps the first.
+            add_dead: Stmt::new(format!(
+                "INSERT INTO {d} ({cols}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 ON CONFLICT (id) DO NOTHING"
+            )),
+
+            // $1 group, $2 topic or NULL, $3 key or NULL, $4 limit.
+            dead_letters: Stmt::new(format!(
+                "SELECT {cols} FROM {d} \
+                 WHERE consumer_group = $1 \
+                 AND ($2::text IS NULL OR topic = $2) \
+                 AND ($3::text IS NULL OR key = $3) \
+                 ORDER BY dead_at, id \
+                 LIMIT $4"
+            )),
+
+            // $1 group, $2 id.
+            dead_letter: Stmt::new(format!(
+                "SELECT {cols} FROM {d} WHERE consumer_group = $1 AND id = $2"
+            )),
+
+            // $1 processed before, $2 limit. As `purge_sent`: no ORDER BY,
+            // and SKIP LOCKED so the purge never waits on a handler.
+            purge: Stmt::new(format!(
+                "DELETE FROM {i} WHERE (consumer_group, idempotency_key) IN (\
+                   SELECT consumer_group, idempotency_key FROM {i} \
+                   WHERE processed_at < $1 \
+                   LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,12 +468,68 @@ mod tests {
                 .as_str()
                 .contains("\"app\".\"txmsg_migrations\"")
         );
-        let m = &sql.migrations[0].sql;
+        let m = &sql.migrations().unwrap()[0].sql;
         assert!(m.as_str().contains("\"app\".\"txmsg_inbox\""));
         assert!(m.as_str().contains("\"events_pending_idx\""));
         for placeholder in ["{outbox}", "{inbox}", "_idx}"] {
             assert!(!m.as_str().contains(placeholder), "{placeholder}");
         }
+    }
+
+    #[test]
+    fn consumer_dead_table_is_named_after_the_inbox() {
+        let name = |t: &Tables| consumer_dead_table(t).map(|i| i.to_string());
+        assert_eq!(name(&Tables::default()).unwrap(), "txmsg_consumer_dead");
+        let renamed = Tables::default().inbox("events_in").unwrap();
+        assert_eq!(name(&renamed).unwrap(), "events_in_dead");
+        let fits = Tables::default().inbox(&"i".repeat(58)).unwrap();
+        assert_eq!(name(&fits).unwrap().len(), MAX_IDENT_LEN);
+        let too_long = Tables::default().inbox(&"i".repeat(59)).unwrap();
+        assert!(name(&too_long).unwrap_err().contains("at most 58 bytes"));
+        let clash = Tables::default()
+            .inbox("events")
+            .unwrap()
+            .outbox("events_dead")
+            .unwrap();
+        assert!(name(&clash).unwrap_err().contains("outbox"));
+
+        let sql = Sql::new(&too_long);
+        assert!(matches!(
+            sql.migrations(),
+            Err(Error::Config {
+                field: "inbox_table",
+                ..
+            })
+        ));
+        assert!(sql.inbox().is_err());
+    }
+
+    #[test]
+    fn version_2_creates_the_dead_letter_table_beside_the_inbox() {
+        let tables = Tables::default()
+            .schema("app")
+            .unwrap()
+            .inbox("events_in")
+            .unwrap();
+        let sql = Sql::new(&tables);
+        let v2 = &sql.migrations().unwrap()[1];
+        assert_eq!(v2.version, 2);
+        let text = v2.sql.as_str();
+        assert!(
+            text.contains("CREATE TABLE \"app\".\"events_in_dead\""),
+            "{text}"
+        );
+        assert!(text.contains("\"events_in_dead_group_idx\""), "{text}");
+        assert!(
+            text.contains("IF NOT EXISTS \"events_in_processed_idx\""),
+            "{text}"
+        );
+        for placeholder in ["{inbox", "{consumer_dead", "_idx}"] {
+            assert!(!text.contains(placeholder), "{placeholder}");
+        }
+        let inbox = sql.inbox().unwrap();
+        assert!(inbox.record.as_str().contains("\"app\".\"events_in\""));
+        assert!(inbox.purge.as_str().contains("SKIP LOCKED"));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres, Row};
+use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore, InboxWriter};
 use txmsg_core::{
     BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, OutboxStats,
     OutboxWriter, Result, SqlStore, Store, Tables, Waker,
@@ -15,7 +16,7 @@ use uuid::Uuid;
 use crate::migrate;
 use crate::row;
 use crate::sql::Sql;
-use crate::writer::PgWriter;
+use crate::writer::{PgInbox, PgWriter};
 
 /// Pool size of [`PgStore::connect`].
 const DEFAULT_MAX_CONNECTIONS: u32 = 10;
@@ -24,6 +25,12 @@ const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 const DEFAULT_DEAD_LIMIT: u32 = 100;
 
 /// A [`Store`] whose outbox and inbox are PostgreSQL tables.
+///
+/// It is also an [`InboxStore`]: consumer groups record processed
+/// idempotency keys in the inbox table, in the handler's transaction, and
+/// keep the messages they gave up on in a dead-letter table beside it
+/// (`txmsg_consumer_dead` beside the default inbox, `<inbox>_dead` beside a
+/// renamed one).
 ///
 /// Every SQL statement is built once, when the store is made, from the
 /// validated names in [`Tables`]; values are always bind parameters. Every
@@ -58,6 +65,7 @@ pub struct PgStore {
     tables: Tables,
     sql: Arc<Sql>,
     writer: Arc<PgWriter>,
+    inbox: Arc<PgInbox>,
     notify: Option<txmsg_core::Ident>,
 }
 
@@ -80,17 +88,35 @@ impl PgStore {
     ///
     /// Nothing is executed; call [`migrate`](Store::migrate) to create the
     /// tables.
+    ///
+    /// The consumer dead-letter table beside a renamed inbox table is named
+    /// `<inbox>_dead`, so the inbox table's name must leave room for the
+    /// suffix within PostgreSQL's 63 bytes, and the result must not be the
+    /// name of the outbox or migrations table. This constructor cannot fail:
+    /// with such a name, [`migrate`](Store::migrate) and every inbox method
+    /// return [`Error::Config`] for `inbox_table` before running anything
+    /// ([`connect_with`](PgStore::connect_with) returns it at once). Outbox
+    /// methods are not affected.
     pub fn new(pool: PgPool, tables: Tables) -> Self {
-        let sql = Arc::new(Sql::new(&tables));
+        let sql = Sql::new(&tables);
+        Self::build(pool, tables, sql)
+    }
+
+    fn build(pool: PgPool, tables: Tables, sql: Sql) -> Self {
+        let sql = Arc::new(sql);
         let writer = Arc::new(PgWriter {
             sql: Arc::clone(&sql),
             notify: None,
+        });
+        let inbox = Arc::new(PgInbox {
+            sql: Arc::clone(&sql),
         });
         PgStore {
             pool,
             tables,
             sql,
             writer,
+            inbox,
             notify: None,
         }
     }
@@ -115,8 +141,11 @@ impl PgStore {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if `max_connections` is zero; [`Error::Database`] if
-    /// the URL is malformed or no connection could be opened.
+    /// [`Error::Config`] if `max_connections` is zero or the inbox table's
+    /// name leaves no name for its dead-letter table (see
+    /// [`new`](PgStore::new)), checked before connecting;
+    /// [`Error::Database`] if the URL is malformed or no connection could be
+    /// opened.
     ///
     /// # Cancel safety
     ///
@@ -128,11 +157,13 @@ impl PgStore {
                 "must be greater than zero",
             ));
         }
+        let sql = Sql::new(&tables);
+        sql.inbox()?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .connect(url)
             .await?;
-        Ok(Self::new(pool, tables))
+        Ok(Self::build(pool, tables, sql))
     }
 
     /// Where the tables are.
@@ -433,6 +464,73 @@ impl SqlStore for PgStore {
     }
 }
 
+impl InboxStore for PgStore {
+    fn inbox(&self) -> Arc<dyn InboxWriter<Postgres>> {
+        Arc::clone(&self.inbox) as Arc<dyn InboxWriter<Postgres>>
+    }
+
+    async fn add_consumer_dead(&self, dead: &ConsumerDeadLetter) -> Result<()> {
+        let env = &dead.envelope;
+        sqlx::query(self.sql.inbox()?.add_dead.get())
+            .bind(dead.id)
+            .bind(&dead.group)
+            .bind(&env.topic)
+            .bind(env.key.as_deref())
+            .bind(&env.idempotency_key)
+            .bind(row::headers_to_json(&env.headers))
+            .bind(env.payload.as_slice())
+            .bind(env.id)
+            .bind(env.created_at)
+            .bind(&dead.reason)
+            .bind(row::attempts_to_int(dead.attempts))
+            .bind(dead.dead_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn consumer_dead_letters(
+        &self,
+        group: &str,
+        filter: &DeadFilter,
+    ) -> Result<Vec<ConsumerDeadLetter>> {
+        let rows = sqlx::query(self.sql.inbox()?.dead_letters.get())
+            .bind(group)
+            .bind(filter.topic.as_deref())
+            .bind(filter.key.as_deref())
+            .bind(limit(filter.limit.unwrap_or(DEFAULT_DEAD_LIMIT)))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(row::consumer_dead_letter).collect()
+    }
+
+    async fn consumer_dead_letter(
+        &self,
+        group: &str,
+        id: Uuid,
+    ) -> Result<Option<ConsumerDeadLetter>> {
+        let row = sqlx::query(self.sql.inbox()?.dead_letter.get())
+            .bind(group)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(row::consumer_dead_letter).transpose()
+    }
+
+    async fn purge_inbox(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        let sql = self.sql.inbox()?;
+        if limit == 0 {
+            return Ok(0);
+        }
+        let done = sqlx::query(sql.purge.get())
+            .bind(before)
+            .bind(self::limit(limit))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,6 +544,50 @@ mod tests {
         let shown = format!("{store:?}");
         assert!(!shown.contains("s3cret-pw"), "{shown}");
         assert!(shown.contains("txmsg_outbox"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn an_inbox_name_without_room_for_its_dead_letters_is_a_config_error() {
+        let long = "i".repeat(60);
+        let tables = Tables::default().inbox(&long).unwrap();
+        let err = PgStore::connect_with("postgres://127.0.0.1:1/x", tables.clone(), 1)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Config {
+                    field: "inbox_table",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // Built on a pool, the store reports it before running anything: the
+        // pool points at a closed port.
+        let pool = PgPoolOptions::new()
+            .connect_lazy("postgres://127.0.0.1:1/x")
+            .unwrap();
+        let store = PgStore::new(pool, tables);
+        for err in [
+            store.migrate().await.unwrap_err(),
+            store.purge_inbox(Utc::now(), 10).await.unwrap_err(),
+            store
+                .consumer_dead_letters("g", &DeadFilter::default())
+                .await
+                .unwrap_err(),
+        ] {
+            assert!(
+                matches!(
+                    err,
+                    Error::Config {
+                        field: "inbox_table",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+        }
     }
 
     #[tokio::test]

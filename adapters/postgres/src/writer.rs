@@ -1,9 +1,13 @@
-//! The outbox writer producers use inside their own transaction.
+//! The outbox writer producers use inside their own transaction, and the
+//! inbox writer handlers use inside theirs.
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres};
+use txmsg_core::consumer::InboxWriter;
 use txmsg_core::{BoxFuture, Envelope, Inserted, Lease, OutboxWriter, Result};
+use uuid::Uuid;
 
 use crate::row::headers_to_json;
 use crate::sql::Sql;
@@ -54,6 +58,47 @@ impl OutboxWriter<Postgres> for PgWriter {
                     .await?;
             }
             Ok(inserted)
+        })
+    }
+}
+
+/// Records inbox keys and removes replayed dead letters on the handler's
+/// connection, in one statement each.
+#[derive(Debug)]
+pub(crate) struct PgInbox {
+    pub(crate) sql: Arc<Sql>,
+}
+
+impl InboxWriter<Postgres> for PgInbox {
+    fn record<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        group: &'a str,
+        idempotency_key: &'a str,
+        at: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let done = sqlx::query(self.sql.inbox()?.record.get())
+                .bind(group)
+                .bind(idempotency_key)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn remove_dead<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        id: Uuid,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let done = sqlx::query(self.sql.inbox()?.remove_dead.get())
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            Ok(done.rows_affected() > 0)
         })
     }
 }

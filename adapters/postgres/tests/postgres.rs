@@ -98,6 +98,78 @@ async fn conformance_suite() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inbox_conformance_suite() {
+    let pool = pool().await;
+    let schemas = Arc::new(Mutex::new(Vec::new()));
+    let make = || {
+        let pool = pool.clone();
+        let schemas = Arc::clone(&schemas);
+        async move {
+            let schema = schema_name();
+            schemas.lock().unwrap().push(schema.clone());
+            let store = PgStore::new(pool, tables(&schema));
+            store.migrate().await.expect("migrate");
+            store
+        }
+    };
+    let outcome = AssertUnwindSafe(txmsg_testkit::inbox::run_all(make))
+        .catch_unwind()
+        .await;
+    let created = std::mem::take(&mut *schemas.lock().unwrap());
+    for schema in created {
+        drop_schema(&pool, &schema).await;
+    }
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Takes the tables in `schema` back to version 1: no consumer dead-letter
+/// table, no record of version 2.
+async fn to_version_1(pool: &PgPool, schema: &str, dead_table: &str, migrations_table: &str) {
+    let mut tx = pool.begin().await.expect("begin");
+    // Names from the test itself: letters, digits and `_` only.
+    sqlx::query(AssertSqlSafe(format!(
+        "DROP TABLE \"{schema}\".\"{dead_table}\""
+    )))
+    .execute(&mut *tx)
+    .await
+    .expect("drop the dead-letter table");
+    sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM \"{schema}\".\"{migrations_table}\" WHERE version = 2"
+    )))
+    .execute(&mut *tx)
+    .await
+    .expect("forget version 2");
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test]
+async fn upgrade_from_version_1_keeps_rows() {
+    with_schema(|pool, schema| async move {
+        let store = PgStore::new(pool.clone(), tables(&schema));
+        store.migrate().await.expect("migrate");
+        txmsg_testkit::inbox::upgrade_keeps_rows(&store, || {
+            to_version_1(&pool, &schema, "txmsg_consumer_dead", "txmsg_migrations")
+        })
+        .await;
+
+        let renamed = tables(&schema)
+            .outbox("events_out")
+            .and_then(|t| t.inbox("events_in"))
+            .and_then(|t| t.migrations("events_versions"))
+            .expect("valid names");
+        let store = PgStore::new(pool.clone(), renamed);
+        store.migrate().await.expect("migrate");
+        txmsg_testkit::inbox::upgrade_keeps_rows(&store, || {
+            to_version_1(&pool, &schema, "events_in_dead", "events_versions")
+        })
+        .await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn schema_qualified_tables_work() {
     with_schema(|pool, schema| async move {
@@ -123,8 +195,10 @@ async fn schema_qualified_tables_work() {
             found,
             [
                 "events_in",
+                "events_in_dead",
                 "events_out",
                 "events_versions",
+                "txmsg_consumer_dead",
                 "txmsg_inbox",
                 "txmsg_migrations",
                 "txmsg_outbox"
@@ -194,7 +268,10 @@ async fn concurrent_migrate_is_safe() {
             .expect("read migrations")
         };
         let first = versions().await;
-        assert_eq!(first.iter().map(|(v, _)| *v).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(
+            first.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         store.migrate().await.expect("migrate again");
         assert_eq!(versions().await, first, "migrating again changes nothing");
     })
@@ -293,7 +370,7 @@ async fn notify_wakes_a_relay_of_another_process() {
             .unwrap();
         store.migrate().await.unwrap();
         let broker = txmsg_memory::MemoryBroker::new();
-        let mut sub = broker.subscribe(&format!("wake.{schema}"));
+        let mut sub = broker.observe(&format!("wake.{schema}"));
         // The relay polls only once a minute: only the NOTIFY can wake it.
         let config = txmsg_core::RelayConfig {
             poll_interval: std::time::Duration::from_secs(60),

@@ -11,7 +11,11 @@
 //! - `txmsg_outbox`: one row per message, with its state (`prepared`,
 //!   `pending`, `sent`, `dead`), attempts, next attempt time, lease, expiry,
 //!   last error and timestamps; unique per (topic, idempotency key).
-//! - `txmsg_inbox`: processed (consumer group, idempotency key) pairs.
+//! - `txmsg_inbox`: processed (consumer group, idempotency key) pairs, with
+//!   when they were processed (for retention).
+//! - `txmsg_consumer_dead`: messages a consumer group gave up on, as
+//!   delivered, with the reason, the attempts and when (named `<inbox>_dead`
+//!   beside a renamed inbox table).
 //! - `txmsg_migrations`: applied schema versions.
 
 mod migrate;

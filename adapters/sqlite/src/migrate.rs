@@ -12,7 +12,8 @@ use txmsg_core::Result;
 use crate::sql::{Names, Statements};
 
 /// One schema version. Statements use the `{outbox}`, `{inbox}`,
-/// `{outbox_bare}` and `{inbox_bare}` placeholders for the table names.
+/// `{consumer_dead}`, `{outbox_bare}`, `{inbox_bare}` and
+/// `{consumer_dead_bare}` placeholders for the table names.
 struct Migration {
     version: i64,
     description: &'static str,
@@ -20,15 +21,16 @@ struct Migration {
 }
 
 /// Every version, oldest first. Never edit a released entry; add a new one.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "outbox and inbox tables",
-    statements: &[
-        // Ids are UUIDv7 stored as their 16 bytes: SQLite compares blobs with
-        // memcmp, so they sort in write order like the uuid type elsewhere,
-        // at under half the size of the text form. Times are unix
-        // microseconds, always written by the caller, so comparisons are exact.
-        r#"CREATE TABLE {outbox} (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "outbox and inbox tables",
+        statements: &[
+            // Ids are UUIDv7 stored as their 16 bytes: SQLite compares blobs with
+            // memcmp, so they sort in write order like the uuid type elsewhere,
+            // at under half the size of the text form. Times are unix
+            // microseconds, always written by the caller, so comparisons are exact.
+            r#"CREATE TABLE {outbox} (
             id BLOB NOT NULL PRIMARY KEY,
             topic TEXT NOT NULL,
             "key" TEXT,
@@ -49,30 +51,61 @@ const MIGRATIONS: &[Migration] = &[Migration {
             dead_at INTEGER,
             UNIQUE (topic, idempotency_key)
         ) STRICT"#,
-        // Pending rows in id order: what the poller scans first.
-        r#"CREATE INDEX "{outbox_bare}_pending" ON {outbox} (id) WHERE state = 'pending'"#,
-        // Order per key: "is there an earlier pending row of this key" and
-        // "the key's next rows" are one seek each, and the claim can visit
-        // each key with pending rows once, however many rows it has.
-        r#"CREATE INDEX "{outbox_bare}_pending_key" ON {outbox} (topic, "key", id)
+            // Pending rows in id order: what the poller scans first.
+            r#"CREATE INDEX "{outbox_bare}_pending" ON {outbox} (id) WHERE state = 'pending'"#,
+            // Order per key: "is there an earlier pending row of this key" and
+            // "the key's next rows" are one seek each, and the claim can visit
+            // each key with pending rows once, however many rows it has.
+            r#"CREATE INDEX "{outbox_bare}_pending_key" ON {outbox} (topic, "key", id)
             WHERE state = 'pending' AND "key" IS NOT NULL"#,
-        r#"CREATE INDEX "{outbox_bare}_pending_keyless" ON {outbox} (id)
+            r#"CREATE INDEX "{outbox_bare}_pending_keyless" ON {outbox} (id)
             WHERE state = 'pending' AND "key" IS NULL"#,
-        // Dead rows park their key.
-        r#"CREATE INDEX "{outbox_bare}_dead_key" ON {outbox} (topic, "key", id)
+            // Dead rows park their key.
+            r#"CREATE INDEX "{outbox_bare}_dead_key" ON {outbox} (topic, "key", id)
             WHERE state = 'dead'"#,
-        // The dead-letter list, oldest first, and retention of sent rows.
-        r#"CREATE INDEX "{outbox_bare}_dead" ON {outbox} (dead_at, id) WHERE state = 'dead'"#,
-        r#"CREATE INDEX "{outbox_bare}_sent" ON {outbox} (sent_at) WHERE state = 'sent'"#,
-        r#"CREATE TABLE {inbox} (
+            // The dead-letter list, oldest first, and retention of sent rows.
+            r#"CREATE INDEX "{outbox_bare}_dead" ON {outbox} (dead_at, id) WHERE state = 'dead'"#,
+            r#"CREATE INDEX "{outbox_bare}_sent" ON {outbox} (sent_at) WHERE state = 'sent'"#,
+            r#"CREATE TABLE {inbox} (
             consumer_group TEXT NOT NULL,
             idempotency_key TEXT NOT NULL,
             processed_at INTEGER NOT NULL,
             PRIMARY KEY (consumer_group, idempotency_key)
         ) STRICT, WITHOUT ROWID"#,
-        r#"CREATE INDEX "{inbox_bare}_processed" ON {inbox} (processed_at)"#,
-    ],
-}];
+            r#"CREATE INDEX "{inbox_bare}_processed" ON {inbox} (processed_at)"#,
+        ],
+    },
+    Migration {
+        version: 2,
+        description: "consumer dead letters",
+        statements: &[
+            // Retention of inbox keys: in version 1 already, added where
+            // missing.
+            r#"CREATE INDEX IF NOT EXISTS "{inbox_bare}_processed" ON {inbox} (processed_at)"#,
+            // The message as it was delivered: its id (`envelope_id`), topic,
+            // key, idempotency key (empty for a message that could not be
+            // read), headers and exact payload bytes; why and when the group
+            // gave up. A rowid table: payloads may be large.
+            r#"CREATE TABLE {consumer_dead} (
+                id BLOB NOT NULL PRIMARY KEY,
+                consumer_group TEXT NOT NULL,
+                topic TEXT NOT NULL,
+                "key" TEXT,
+                idempotency_key TEXT NOT NULL,
+                headers TEXT NOT NULL DEFAULT '{}',
+                payload BLOB NOT NULL,
+                envelope_id BLOB NOT NULL,
+                created_at INTEGER NOT NULL,
+                reason TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                dead_at INTEGER NOT NULL
+            ) STRICT"#,
+            // A group's dead letters, oldest first.
+            r#"CREATE INDEX "{consumer_dead_bare}_group" ON {consumer_dead}
+                (consumer_group, dead_at, id)"#,
+        ],
+    },
+];
 
 /// A migration with the table names filled in.
 #[derive(Debug)]
@@ -135,4 +168,73 @@ pub(crate) async fn run(
     }
     tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::sqlite::SqlitePoolOptions;
+    use txmsg_core::Tables;
+
+    use super::*;
+
+    #[test]
+    fn versions_increase_from_one() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(
+                usize::try_from(m.version).unwrap(),
+                i + 1,
+                "{}",
+                m.description
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn version_2_upgrades_a_version_1_database_keeping_its_rows() {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let names = Names::new(&Tables::default()).unwrap();
+        let sql = Statements::new(&names);
+        let migrations = render(&names);
+        run(&pool, &sql, &migrations[..1]).await.unwrap();
+        sqlx::query(
+            "INSERT INTO txmsg_outbox (id, topic, idempotency_key, payload, next_attempt_at, created_at) \
+             VALUES (x'01', 't', 'k', x'31', 1, 1)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO txmsg_inbox (consumer_group, idempotency_key, processed_at) VALUES ('g', 'k', 1)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+
+        run(&pool, &sql, &migrations).await.unwrap();
+        run(&pool, &sql, &migrations).await.unwrap();
+        let versions: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM txmsg_migrations ORDER BY version")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(versions, [1, 2]);
+        let count = |table: &'static str| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                    "SELECT count(*) FROM {table}"
+                )))
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+            }
+        };
+        assert_eq!(count("txmsg_outbox").await, 1);
+        assert_eq!(count("txmsg_inbox").await, 1);
+        assert_eq!(count("txmsg_consumer_dead").await, 0);
+    }
 }

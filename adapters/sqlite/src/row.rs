@@ -1,8 +1,9 @@
-//! Conversions between rows and envelopes.
+//! Conversions between rows and envelopes or dead letters.
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
+use txmsg_core::consumer::ConsumerDeadLetter;
 use txmsg_core::{DeadLetter, Envelope, Headers, Result};
 use uuid::Uuid;
 
@@ -40,6 +41,22 @@ pub(crate) fn headers_json(headers: &Headers) -> String {
     serde_json::to_string(headers).unwrap_or_else(|_| String::from("{}"))
 }
 
+fn headers(row: &SqliteRow) -> Result<Headers> {
+    let headers: String = row.try_get("headers")?;
+    Ok(
+        serde_json::from_str(&headers).map_err(|e| sqlx::Error::ColumnDecode {
+            index: "headers".to_owned(),
+            source: Box::new(e),
+        })?,
+    )
+}
+
+fn attempts(row: &SqliteRow) -> Result<u32> {
+    let attempts: i64 = row.try_get("attempts")?;
+    Ok(u32::try_from(attempts)
+        .map_err(|_| decode_error("attempts", format!("{attempts} is out of range")))?)
+}
+
 /// Reads the envelope columns of a row.
 pub(crate) fn envelope(row: &SqliteRow) -> Result<Envelope> {
     let id: Uuid = row.try_get("id")?;
@@ -54,15 +71,9 @@ pub(crate) fn envelope(row: &SqliteRow) -> Result<Envelope> {
         get_time(row, "created_at")?,
     );
     env.key = row.try_get("key")?;
-    let headers: String = row.try_get("headers")?;
-    env.headers = serde_json::from_str(&headers).map_err(|e| sqlx::Error::ColumnDecode {
-        index: "headers".to_owned(),
-        source: Box::new(e),
-    })?;
+    env.headers = headers(row)?;
     env.expires_at = get_opt_time(row, "expires_at")?;
-    let attempts: i64 = row.try_get("attempts")?;
-    env.attempts = u32::try_from(attempts)
-        .map_err(|_| decode_error("attempts", format!("{attempts} is out of range")))?;
+    env.attempts = attempts(row)?;
     Ok(env)
 }
 
@@ -75,5 +86,27 @@ pub(crate) fn dead_letter(row: &SqliteRow) -> Result<DeadLetter> {
         envelope(row)?,
         reason.unwrap_or_default(),
         dead_at,
+    ))
+}
+
+/// Reads a consumer dead letter: the message as delivered, the group, the
+/// reason, the attempts and when it went dead.
+pub(crate) fn consumer_dead_letter(row: &SqliteRow) -> Result<ConsumerDeadLetter> {
+    let mut env = Envelope::new(
+        row.try_get::<Uuid, _>("envelope_id")?,
+        row.try_get::<String, _>("topic")?,
+        row.try_get::<String, _>("idempotency_key")?,
+        row.try_get::<Vec<u8>, _>("payload")?,
+        get_time(row, "created_at")?,
+    );
+    env.key = row.try_get("key")?;
+    env.headers = headers(row)?;
+    Ok(ConsumerDeadLetter::new(
+        row.try_get::<Uuid, _>("id")?,
+        row.try_get::<String, _>("consumer_group")?,
+        env,
+        row.try_get::<String, _>("reason")?,
+        attempts(row)?,
+        get_time(row, "dead_at")?,
     ))
 }

@@ -10,11 +10,21 @@
 use std::sync::Arc;
 
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
-use txmsg_core::{Error, Ident, Result, Tables};
+use txmsg_core::{Error, Ident, MAX_IDENT_LEN, Result, Tables};
 
 /// The envelope columns, in the order [`crate::row::envelope`] reads them.
 const ENVELOPE_COLUMNS: &str =
     r#"id, topic, "key", idempotency_key, payload, headers, created_at, expires_at, attempts"#;
+
+/// The consumer dead-letter columns, in the order the insert binds them.
+const CONSUMER_DEAD_COLUMNS: &str = r#"id, consumer_group, topic, "key", idempotency_key, headers,
+    payload, envelope_id, created_at, reason, attempts, dead_at"#;
+
+/// The consumer dead-letter table beside the default inbox table.
+const DEFAULT_CONSUMER_DEAD: &str = "txmsg_consumer_dead";
+
+/// Suffix of the consumer dead-letter table beside a renamed inbox table.
+const CONSUMER_DEAD_SUFFIX: &str = "_dead";
 
 /// Id-list sizes a batch statement is prepared for. A batch is cut into
 /// chunks of at most the largest size, and a chunk is padded (by repeating
@@ -31,14 +41,20 @@ pub(crate) struct Names {
     inbox: String,
     /// `"migrations"`, quoted.
     migrations: String,
+    /// The consumer dead-letter table, quoted.
+    consumer_dead: String,
     /// The outbox name unquoted, to prefix index names with.
     outbox_bare: String,
     /// The inbox name unquoted, to prefix index names with.
     inbox_bare: String,
+    /// The consumer dead-letter table unquoted, to prefix index names with.
+    consumer_dead_bare: String,
 }
 
 impl Names {
-    /// Renders `tables`, refusing a schema: SQLite has none.
+    /// Renders `tables`, refusing a schema (SQLite has none) and an inbox
+    /// name that leaves no name for the consumer dead-letter table (see
+    /// [`consumer_dead_table`]).
     pub(crate) fn new(tables: &Tables) -> Result<Self> {
         if let Some(schema) = tables.schema_name() {
             return Err(Error::config(
@@ -49,27 +65,81 @@ impl Names {
                 ),
             ));
         }
+        let consumer_dead = consumer_dead_table(tables)?;
         let quote = |name: &Ident| tables.qualified(name, '"');
         Ok(Names {
             outbox: quote(tables.outbox_name()),
             inbox: quote(tables.inbox_name()),
             migrations: quote(tables.migrations_name()),
+            consumer_dead: quote(&consumer_dead),
             outbox_bare: tables.outbox_name().as_str().to_owned(),
             inbox_bare: tables.inbox_name().as_str().to_owned(),
+            consumer_dead_bare: consumer_dead.as_str().to_owned(),
         })
     }
 
-    /// Fills the `{outbox}`, `{inbox}`, `{migrations}` (quoted names) and
-    /// `{outbox_bare}`, `{inbox_bare}` (unquoted, for index names)
-    /// placeholders of `template`.
+    /// Fills the `{outbox}`, `{inbox}`, `{migrations}`, `{consumer_dead}`
+    /// (quoted names) and `{outbox_bare}`, `{inbox_bare}`,
+    /// `{consumer_dead_bare}` (unquoted, for index names) placeholders of
+    /// `template`.
     pub(crate) fn render(&self, template: &str) -> SqlStr {
-        sql(template
+        sql(self.render_text(template))
+    }
+
+    fn render_text(&self, template: &str) -> String {
+        template
             .replace("{outbox_bare}", &self.outbox_bare)
             .replace("{inbox_bare}", &self.inbox_bare)
+            .replace("{consumer_dead_bare}", &self.consumer_dead_bare)
             .replace("{outbox}", &self.outbox)
             .replace("{inbox}", &self.inbox)
-            .replace("{migrations}", &self.migrations))
+            .replace("{migrations}", &self.migrations)
+            .replace("{consumer_dead}", &self.consumer_dead)
     }
+}
+
+/// The consumer dead-letter table's name: `txmsg_consumer_dead` beside the
+/// default inbox table, `<inbox>_dead` beside a renamed one.
+///
+/// # Errors
+///
+/// [`Error::Config`] for `inbox_table` if the derived name would be longer
+/// than [`MAX_IDENT_LEN`] (the limit every store applies, so that one
+/// configuration works on all of them), or would be the name of the outbox or
+/// migrations table or of the outbox's dead-row index.
+fn consumer_dead_table(tables: &Tables) -> Result<Ident> {
+    let inbox = tables.inbox_name();
+    let name = if inbox == Tables::default().inbox_name() {
+        DEFAULT_CONSUMER_DEAD.to_owned()
+    } else {
+        format!("{inbox}{CONSUMER_DEAD_SUFFIX}")
+    };
+    if name.len() > MAX_IDENT_LEN {
+        return Err(Error::config(
+            "inbox_table",
+            format!(
+                "must be at most {} bytes, so that its dead-letter table `{name}` fits in {MAX_IDENT_LEN}",
+                MAX_IDENT_LEN - CONSUMER_DEAD_SUFFIX.len()
+            ),
+        ));
+    }
+    let dead = Ident::for_field("inbox_table", &name)?;
+    // Tables and indexes share one namespace; the outbox's dead-row index is
+    // `<outbox>_dead`.
+    let outbox_dead_index = format!("{}_dead", tables.outbox_name());
+    for (other, what) in [
+        (tables.outbox_name().as_str(), "the outbox table"),
+        (tables.migrations_name().as_str(), "the migrations table"),
+        (outbox_dead_index.as_str(), "an index of the outbox table"),
+    ] {
+        if other == dead.as_str() {
+            return Err(Error::config(
+                "inbox_table",
+                format!("leaves no name for its dead-letter table: `{dead}` is {what}"),
+            ));
+        }
+    }
+    Ok(dead)
 }
 
 /// Wraps a statement built from validated identifiers only.
@@ -128,6 +198,12 @@ pub(crate) struct Statements {
     pub(crate) create_migrations: SqlStr,
     pub(crate) applied_migrations: SqlStr,
     pub(crate) record_migration: SqlStr,
+    pub(crate) inbox_record: SqlStr,
+    pub(crate) inbox_purge: SqlStr,
+    pub(crate) consumer_dead_add: SqlStr,
+    pub(crate) consumer_dead_remove: SqlStr,
+    pub(crate) consumer_dead_list: SqlStr,
+    pub(crate) consumer_dead_get: SqlStr,
 }
 
 impl Statements {
@@ -149,6 +225,15 @@ impl Statements {
             record_migration: names.render(
                 "INSERT INTO {migrations} (version, description, applied_at) VALUES (?1, ?2, ?3)",
             ),
+            inbox_record: names.render(INBOX_RECORD),
+            inbox_purge: names.render(INBOX_PURGE),
+            consumer_dead_add: names
+                .render(&CONSUMER_DEAD_ADD.replace("{columns}", CONSUMER_DEAD_COLUMNS)),
+            consumer_dead_remove: names.render("DELETE FROM {consumer_dead} WHERE id = ?1"),
+            consumer_dead_list: names
+                .render(&CONSUMER_DEAD_LIST.replace("{columns}", CONSUMER_DEAD_COLUMNS)),
+            consumer_dead_get: names
+                .render(&CONSUMER_DEAD_GET.replace("{columns}", CONSUMER_DEAD_COLUMNS)),
         }
     }
 }
@@ -371,8 +456,89 @@ const STATS: &str = "SELECT \
      (SELECT count(*) FROM {outbox} WHERE state = 'dead') AS dead, \
      (SELECT count(*) FROM {outbox} WHERE state = 'sent') AS sent";
 
+/// `?1` group, `?2` idempotency key, `?3` processed at.
+///
+/// `ON CONFLICT DO NOTHING` rather than catching the constraint error, which
+/// would leave the handler's transaction to roll back. Concurrent handlers
+/// cannot both get here: their transactions begin with `BEGIN IMMEDIATE`, so
+/// the second waits for the first to end and then sees its key (or not, if it
+/// rolled back).
+const INBOX_RECORD: &str = "INSERT INTO {inbox} (consumer_group, idempotency_key, processed_at) \
+     VALUES (?1, ?2, ?3) \
+     ON CONFLICT (consumer_group, idempotency_key) DO NOTHING";
+
+/// `?1` processed before, `?2` limit; the oldest first, through the
+/// `processed_at` index.
+const INBOX_PURGE: &str = "DELETE FROM {inbox} WHERE (consumer_group, idempotency_key) IN (\
+     SELECT consumer_group, idempotency_key FROM {inbox} \
+     WHERE processed_at < ?1 ORDER BY processed_at LIMIT ?2)";
+
+/// `?1` id, `?2` group, `?3` topic, `?4` key, `?5` idempotency key,
+/// `?6` headers, `?7` payload, `?8` envelope id, `?9` created at,
+/// `?10` reason, `?11` attempts, `?12` dead at. Adding the same dead letter
+/// twice (a retry after a lost reply) keeps the first.
+const CONSUMER_DEAD_ADD: &str = "INSERT INTO {consumer_dead} ({columns}) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+     ON CONFLICT (id) DO NOTHING";
+
+/// `?1` group, `?2` topic or null, `?3` key or null, `?4` limit.
+const CONSUMER_DEAD_LIST: &str = r#"SELECT {columns} FROM {consumer_dead}
+WHERE consumer_group = ?1 AND (?2 IS NULL OR topic = ?2) AND (?3 IS NULL OR "key" = ?3)
+ORDER BY dead_at, id
+LIMIT ?4"#;
+
+/// `?1` group, `?2` id.
+const CONSUMER_DEAD_GET: &str =
+    "SELECT {columns} FROM {consumer_dead} WHERE consumer_group = ?1 AND id = ?2";
+
 const CREATE_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS {migrations} (\
      version INTEGER NOT NULL PRIMARY KEY, \
      description TEXT NOT NULL, \
      applied_at INTEGER NOT NULL\
      ) STRICT";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dead_name(tables: &Tables) -> Result<String> {
+        Names::new(tables).map(|n| n.consumer_dead_bare)
+    }
+
+    #[test]
+    fn consumer_dead_table_is_named_after_the_inbox() {
+        assert_eq!(
+            dead_name(&Tables::default()).unwrap(),
+            "txmsg_consumer_dead"
+        );
+        let renamed = Tables::default().inbox("events_in").unwrap();
+        assert_eq!(dead_name(&renamed).unwrap(), "events_in_dead");
+        let names = Names::new(&renamed).unwrap();
+        assert_eq!(
+            names.render_text("{consumer_dead} {consumer_dead_bare}_group {inbox}"),
+            "\"events_in_dead\" events_in_dead_group \"events_in\""
+        );
+        let fits = Tables::default().inbox(&"i".repeat(58)).unwrap();
+        assert_eq!(dead_name(&fits).unwrap().len(), MAX_IDENT_LEN);
+    }
+
+    #[test]
+    fn an_inbox_name_without_room_for_its_dead_letters_is_refused() {
+        let too_long = Tables::default().inbox(&"i".repeat(59)).unwrap();
+        let clash = Tables::default()
+            .inbox("events")
+            .unwrap()
+            .migrations("events_dead")
+            .unwrap();
+        let index_clash = Tables::default().outbox("txmsg_consumer").unwrap();
+        for tables in [too_long, clash, index_clash] {
+            assert!(matches!(
+                Names::new(&tables),
+                Err(Error::Config {
+                    field: "inbox_table",
+                    ..
+                })
+            ));
+        }
+    }
+}

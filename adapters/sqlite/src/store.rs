@@ -10,6 +10,7 @@ use sqlx::query::Query;
 use sqlx::sqlite::SqliteArguments;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Encode, Row, SqlStr, Sqlite, SqliteConnection, SqlitePool, Type};
+use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore, InboxWriter};
 use txmsg_core::{
     BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, OutboxStats,
     OutboxWriter, Result, SqlStore, Store, Tables,
@@ -17,9 +18,9 @@ use txmsg_core::{
 use uuid::Uuid;
 
 use crate::migrate::{self, Rendered};
-use crate::row::{self, micros};
+use crate::row::{self, headers_json, micros};
 use crate::sql::{IdList, Names, Statements};
-use crate::writer::SqliteWriter;
+use crate::writer::{SqliteInbox, SqliteWriter};
 
 /// How long a statement waits for another connection's write lock before it
 /// fails with `SQLITE_BUSY`.
@@ -44,6 +45,14 @@ const BEGIN_IMMEDIATE: &str = "BEGIN IMMEDIATE";
 /// Producers write outbox rows in their own transactions on
 /// [`pool`](SqlStore::pool); the relay claims, marks and retries rows through
 /// [`Store`]. Cheap to clone: clones share the pool.
+///
+/// It is also an [`InboxStore`]: consumer groups record processed
+/// idempotency keys in the inbox table, in the handler's transaction, and
+/// keep the messages they gave up on in a dead-letter table beside it
+/// (`txmsg_consumer_dead` beside the default inbox, `<inbox>_dead` beside a
+/// renamed one). Handlers' transactions begin with `BEGIN IMMEDIATE` too, so
+/// two deliveries of one message are handled one after the other: the second
+/// finds the first's key and does not run its handler.
 ///
 /// # Storage
 ///
@@ -97,6 +106,7 @@ struct Inner {
     sql: Statements,
     migrations: Vec<Rendered>,
     writer: Arc<SqliteWriter>,
+    inbox: Arc<SqliteInbox>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -142,9 +152,11 @@ impl SqliteStore {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a URL that is not an SQLite URL, or for `tables`
-    /// with a schema (SQLite has no schemas), checked before the database is
-    /// opened; [`Error::Database`] if the database cannot be opened.
+    /// [`Error::Config`] for a URL that is not an SQLite URL, for `tables`
+    /// with a schema (SQLite has no schemas), or for an inbox table whose name
+    /// leaves no name for its dead-letter table (see
+    /// [`new`](SqliteStore::new)), checked before the database is opened;
+    /// [`Error::Database`] if the database cannot be opened.
     ///
     /// # Cancel safety
     ///
@@ -185,9 +197,16 @@ impl SqliteStore {
     /// The pool's connections should have a busy timeout; see
     /// [`connect`](SqliteStore::connect) for the settings it uses.
     ///
+    /// The consumer dead-letter table beside a renamed inbox table is named
+    /// `<inbox>_dead`, so the inbox table's name may be at most 58 bytes
+    /// (the 63-byte limit of identifiers, which every store applies, less the
+    /// suffix), and the result must not be the name of the outbox or
+    /// migrations table or of the outbox's dead-row index (`<outbox>_dead`).
+    ///
     /// # Errors
     ///
-    /// [`Error::Config`] if `tables` has a schema: SQLite has none.
+    /// [`Error::Config`] if `tables` has a schema (SQLite has none), or for
+    /// `inbox_table` if its name leaves no name for the dead-letter table.
     pub fn new(pool: SqlitePool, tables: Tables) -> Result<Self> {
         let names = Names::new(&tables)?;
         Ok(Self::build(pool, tables, &names))
@@ -196,6 +215,10 @@ impl SqliteStore {
     fn build(pool: SqlitePool, tables: Tables, names: &Names) -> Self {
         let sql = Statements::new(names);
         let writer = Arc::new(SqliteWriter::new(sql.insert.clone()));
+        let inbox = Arc::new(SqliteInbox::new(
+            sql.inbox_record.clone(),
+            sql.consumer_dead_remove.clone(),
+        ));
         let migrations = migrate::render(names);
         SqliteStore {
             inner: Arc::new(Inner {
@@ -204,6 +227,7 @@ impl SqliteStore {
                 sql,
                 migrations,
                 writer,
+                inbox,
             }),
         }
     }
@@ -429,5 +453,72 @@ impl SqlStore for SqliteStore {
 
     fn begin(&self) -> BoxFuture<'_, Result<sqlx::Transaction<'static, Sqlite>>> {
         Box::pin(self.begin_immediate())
+    }
+}
+
+impl InboxStore for SqliteStore {
+    fn inbox(&self) -> Arc<dyn InboxWriter<Sqlite>> {
+        Arc::clone(&self.inner.inbox) as Arc<dyn InboxWriter<Sqlite>>
+    }
+
+    async fn add_consumer_dead(&self, dead: &ConsumerDeadLetter) -> Result<()> {
+        let env = &dead.envelope;
+        sqlx::query(self.inner.sql.consumer_dead_add.clone())
+            .bind(dead.id)
+            .bind(dead.group.as_str())
+            .bind(env.topic.as_str())
+            .bind(env.key.as_deref())
+            .bind(env.idempotency_key.as_str())
+            .bind(headers_json(&env.headers))
+            .bind(env.payload.as_slice())
+            .bind(env.id)
+            .bind(micros(env.created_at))
+            .bind(dead.reason.as_str())
+            .bind(i64::from(dead.attempts))
+            .bind(micros(dead.dead_at))
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn consumer_dead_letters(
+        &self,
+        group: &str,
+        filter: &DeadFilter,
+    ) -> Result<Vec<ConsumerDeadLetter>> {
+        let limit = filter.limit.unwrap_or(DEFAULT_DEAD_LIMIT);
+        let rows = sqlx::query(self.inner.sql.consumer_dead_list.clone())
+            .bind(group)
+            .bind(filter.topic.as_deref())
+            .bind(filter.key.as_deref())
+            .bind(i64::from(limit))
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter().map(row::consumer_dead_letter).collect()
+    }
+
+    async fn consumer_dead_letter(
+        &self,
+        group: &str,
+        id: Uuid,
+    ) -> Result<Option<ConsumerDeadLetter>> {
+        let row = sqlx::query(self.inner.sql.consumer_dead_get.clone())
+            .bind(group)
+            .bind(id)
+            .fetch_optional(&self.inner.pool)
+            .await?;
+        row.as_ref().map(row::consumer_dead_letter).transpose()
+    }
+
+    async fn purge_inbox(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let done = sqlx::query(self.inner.sql.inbox_purge.clone())
+            .bind(micros(before))
+            .bind(i64::from(limit))
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 }

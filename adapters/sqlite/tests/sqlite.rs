@@ -958,6 +958,33 @@ async fn bad_table_names_are_refused_before_any_sql_runs() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Config { field: "url", .. }), "{err:?}");
+
+    // The consumer dead-letter table is `<inbox>_dead`: the inbox name must
+    // leave room for the suffix.
+    let long_inbox = Tables::default().inbox(&"i".repeat(59)).unwrap();
+    let err = SqliteStore::connect_with(&db.url(), long_inbox.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Config {
+                field: "inbox_table",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!db.path.exists(), "the database was opened");
+    let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+    let err = SqliteStore::new(pool, long_inbox).unwrap_err();
+    assert!(matches!(
+        err,
+        Error::Config {
+            field: "inbox_table",
+            ..
+        }
+    ));
 }
 
 #[tokio::test]
@@ -986,16 +1013,19 @@ async fn custom_table_names_and_idempotent_migrations() {
             .fetch_all(store.pool())
             .await
             .unwrap();
-    assert_eq!(names, vec!["app_in", "app_mig", "app_out"]);
-    let versions: Vec<(i64, String)> = sqlx::query("SELECT version, description FROM app_mig")
-        .fetch_all(store.pool())
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    assert_eq!(versions.len(), 1);
-    assert_eq!(versions[0].0, 1);
+    assert_eq!(names, vec!["app_in", "app_in_dead", "app_mig", "app_out"]);
+    let versions: Vec<(i64, String)> =
+        sqlx::query("SELECT version, description FROM app_mig ORDER BY version")
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+    assert_eq!(
+        versions.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
 
     insert(&store, &env(1, "t", Some("k")), None).await;
     assert_eq!(
@@ -1067,4 +1097,67 @@ async fn conformance_on_files() {
 #[tokio::test]
 async fn conformance_in_memory() {
     txmsg_testkit::store::run_all(memory_store).await;
+}
+
+#[tokio::test]
+async fn inbox_conformance_on_files() {
+    let mut dbs = Vec::new();
+    txmsg_testkit::inbox::run_all(|| {
+        let db = TempDb::new();
+        let url = db.url();
+        dbs.push(db);
+        async move {
+            let store = SqliteStore::connect(&url).await.unwrap();
+            store.migrate().await.unwrap();
+            store
+        }
+    })
+    .await;
+    drop(dbs);
+}
+
+#[tokio::test]
+async fn inbox_conformance_in_memory() {
+    txmsg_testkit::inbox::run_all(memory_store).await;
+}
+
+/// Takes `store`'s tables back to version 1: no consumer dead-letter table,
+/// no record of version 2.
+async fn to_version_1(store: &SqliteStore, dead_table: &str, migrations_table: &str) {
+    let mut tx = store.pool().begin().await.unwrap();
+    // Names from the test itself: letters and `_` only.
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE \"{dead_table}\"")))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM \"{migrations_table}\" WHERE version = 2"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn upgrade_from_version_1_keeps_rows() {
+    let (store, _db) = file_store().await;
+    txmsg_testkit::inbox::upgrade_keeps_rows(&store, || {
+        to_version_1(&store, "txmsg_consumer_dead", "txmsg_migrations")
+    })
+    .await;
+
+    let tables = Tables::default()
+        .inbox("app_in")
+        .unwrap()
+        .migrations("app_mig")
+        .unwrap();
+    let store = SqliteStore::connect_with("sqlite::memory:", tables)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    txmsg_testkit::inbox::upgrade_keeps_rows(&store, || {
+        to_version_1(&store, "app_in_dead", "app_mig")
+    })
+    .await;
 }

@@ -8,5 +8,13 @@
 //! - [`store`]: the [`Store`](txmsg_core::Store) and
 //!   [`SqlStore`](txmsg_core::SqlStore) contract (outbox writes, claims,
 //!   leases, order per key, retries, dead letters, retention).
+//! - [`broker`]: the [`Broker`](txmsg_core::Broker) contract (confirmed
+//!   publishes, consumer groups, redelivery, order per key, payload sizes).
+//! - [`inbox`]: the [`InboxStore`](txmsg_core::consumer::InboxStore) and
+//!   [`InboxWriter`](txmsg_core::consumer::InboxWriter) contract (inbox keys
+//!   once per group, in the handler's transaction; consumer dead letters;
+//!   inbox retention; migrations).
 
+pub mod broker;
+pub mod inbox;
 pub mod store;
