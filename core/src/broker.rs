@@ -3,6 +3,7 @@
 use std::fmt::Debug;
 use std::future::Future;
 
+use crate::consumer::{SubscribeSpec, Subscription};
 use crate::{Envelope, Result};
 
 /// A message broker that the relay publishes to.
@@ -41,4 +42,20 @@ pub trait Broker: Debug + Clone + Send + Sync + 'static {
     /// [`Error::Broker`](crate::Error::Broker) when the broker refused, did not
     /// confirm, or could not be reached.
     fn publish(&self, envelope: &Envelope) -> impl Future<Output = Result<()>> + Send;
+
+    /// Subscribes `spec.group` to `spec.topic`.
+    ///
+    /// Every group receives every message published to the topic after the
+    /// group first subscribed (the group's queue outlives its consumers);
+    /// consumers of one group share its messages. A delivery not
+    /// acknowledged (nacked, dropped, or its consumer gone) is delivered
+    /// again. The adapter decodes the wire format into an [`Envelope`], or an
+    /// [`Undecodable`](crate::consumer::Undecodable) with the reason.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BrokerUnavailable`](crate::Error::BrokerUnavailable) if the
+    /// broker cannot be reached; [`Error::Broker`](crate::Error::Broker) if
+    /// it refused the subscription.
+    fn subscribe(&self, spec: &SubscribeSpec) -> impl Future<Output = Result<Subscription>> + Send;
 }

@@ -85,6 +85,9 @@ impl fmt::Display for Ident {
     }
 }
 
+/// Suffix of the consumer dead-letter table, after the inbox table's name.
+const DEAD_SUFFIX: &str = "_dead";
+
 /// Where a store keeps its tables.
 ///
 /// Defaults: no schema (the connection's default), `txmsg_outbox`,
@@ -135,7 +138,18 @@ impl Tables {
     ///
     /// [`Error::Config`] if `name` is not a valid identifier.
     pub fn inbox(mut self, name: &str) -> Result<Self> {
-        self.inbox = Ident::for_field("inbox_table", name)?;
+        let ident = Ident::for_field("inbox_table", name)?;
+        // The consumer dead-letter table is named `<inbox>_dead`.
+        if name.len() + DEAD_SUFFIX.len() > MAX_IDENT_LEN {
+            return Err(Error::config(
+                "inbox_table",
+                format!(
+                    "must be at most {} bytes, so that `<name>{DEAD_SUFFIX}` fits",
+                    MAX_IDENT_LEN - DEAD_SUFFIX.len()
+                ),
+            ));
+        }
+        self.inbox = ident;
         Ok(self)
     }
 
@@ -359,6 +373,19 @@ mod tests {
             assert!(Ident::new(bad).is_err(), "{bad:?}");
         }
         assert_eq!(Ident::new("_Orders_2").unwrap().as_str(), "_Orders_2");
+    }
+
+    #[test]
+    fn inbox_name_leaves_room_for_its_dead_letter_table() {
+        assert!(Tables::default().inbox(&"i".repeat(58)).is_ok());
+        let err = Tables::default().inbox(&"i".repeat(59)).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Config {
+                field: "inbox_table",
+                ..
+            }
+        ));
     }
 
     #[test]

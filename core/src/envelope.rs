@@ -184,8 +184,15 @@ impl Message {
     }
 
     /// Turns the message into an envelope written at `now`.
-    pub(crate) fn into_envelope(self, now: DateTime<Utc>) -> Envelope {
+    pub(crate) fn into_envelope(mut self, now: DateTime<Utc>) -> Envelope {
         let id = Uuid::now_v7();
+        // The trace context of the span that writes the row, not of the
+        // relay that will publish it.
+        if !self.headers.contains_key(TRACEPARENT)
+            && let Some(tp) = crate::trace::current_traceparent()
+        {
+            self.headers.insert(TRACEPARENT.to_owned(), tp);
+        }
         let expires_at = self
             .ttl
             .and_then(|ttl| chrono::Duration::from_std(ttl).ok())

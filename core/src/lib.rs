@@ -8,12 +8,14 @@
 mod broker;
 mod clock;
 mod config;
+pub mod consumer;
 mod envelope;
 mod error;
 pub mod metrics;
 mod relay;
 mod store;
 mod topic;
+mod trace;
 mod tx;
 
 pub use broker::Broker;

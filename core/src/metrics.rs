@@ -15,6 +15,16 @@ pub const PUBLISH_RETRIES_TOTAL: &str = "txmsg_publish_retries_total";
 /// Messages that went dead, by `topic`. Counter.
 pub const DEAD_LETTERS_TOTAL: &str = "txmsg_dead_letters_total";
 
+/// Messages a consumer group settled, by `topic`, `group` and `outcome`
+/// (`applied`, `duplicate`, `dead`, `requeued`). Counter.
+pub const CONSUMED_TOTAL: &str = "txmsg_consumed_total";
+/// Redeliveries a consumer group recognised in its inbox and skipped, by
+/// `topic` and `group`. Counter.
+pub const INBOX_DUPLICATES_TOTAL: &str = "txmsg_inbox_duplicates_total";
+/// Time a handler call took, including its transaction, by `topic` and
+/// `group`. Histogram, seconds.
+pub const HANDLE_DURATION_SECONDS: &str = "txmsg_handle_duration_seconds";
+
 static DESCRIBE: Once = Once::new();
 
 /// Describes every metric once per process, for recorders that show help text.
@@ -31,5 +41,15 @@ pub(crate) fn describe() {
             "failed publish attempts that will be retried"
         );
         metrics::describe_counter!(DEAD_LETTERS_TOTAL, "messages that went dead");
+        metrics::describe_counter!(CONSUMED_TOTAL, "messages a consumer group settled");
+        metrics::describe_counter!(
+            INBOX_DUPLICATES_TOTAL,
+            "redeliveries skipped through the inbox"
+        );
+        metrics::describe_histogram!(
+            HANDLE_DURATION_SECONDS,
+            metrics::Unit::Seconds,
+            "time a handler call took, including its transaction"
+        );
     });
 }

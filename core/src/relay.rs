@@ -471,16 +471,25 @@ impl<S: Store, B: Broker> Shared<S, B> {
 
 /// The delay before retry number `attempts` (1-based), with jitter.
 pub(crate) fn retry_delay(config: &RelayConfig, attempts: u32, seed: u64) -> Duration {
+    backoff(config.backoff_min, config.backoff_max, attempts, seed)
+}
+
+/// As [`retry_delay`], between `min` and `max`, with a random seed.
+pub(crate) fn retry_delay_between(min: Duration, max: Duration, attempts: u32) -> Duration {
+    backoff(min, max, attempts, fastrand::u64(..))
+}
+
+fn backoff(min: Duration, max: Duration, attempts: u32, seed: u64) -> Duration {
     backon::ExponentialBuilder::new()
-        .with_min_delay(config.backoff_min)
-        .with_max_delay(config.backoff_max)
+        .with_min_delay(min)
+        .with_max_delay(max)
         .with_factor(2.0)
         .with_jitter()
         .with_jitter_seed(seed)
         .without_max_times()
         .build()
         .nth(attempts.saturating_sub(1) as usize)
-        .unwrap_or(config.backoff_max)
+        .unwrap_or(max)
 }
 
 /// `e` and its sources, joined with `: `.

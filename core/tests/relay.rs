@@ -83,7 +83,7 @@ where
 async fn fast_path_publishes_committed_messages_only() {
     let (store, path) = store().await;
     let broker = MemoryBroker::new();
-    let mut sub = broker.subscribe("t.fast");
+    let mut sub = broker.observe("t.fast");
     let relay = Relay::new(store.clone(), broker.clone(), config())
         .unwrap()
         .start();
@@ -126,7 +126,7 @@ async fn poller_publishes_rows_written_without_a_relay() {
         .await;
     }
     let broker = MemoryBroker::new();
-    let mut sub = broker.subscribe("t.poll");
+    let mut sub = broker.observe("t.poll");
     let relay = Relay::new(
         store.clone(),
         broker,
@@ -157,7 +157,7 @@ async fn poller_publishes_rows_written_without_a_relay() {
 async fn failing_message_is_retried_then_dead_while_other_keys_flow() {
     let (store, path) = store().await;
     let broker = MemoryBroker::new();
-    let mut sub = broker.subscribe("t.fail");
+    let mut sub = broker.observe("t.fail");
     broker.reject_if(Some(Arc::new(|e: &txmsg_core::Envelope| {
         e.key.as_deref() == Some("bad")
     })));
@@ -229,7 +229,7 @@ async fn failing_message_is_retried_then_dead_while_other_keys_flow() {
 async fn broker_outage_counts_no_attempts_and_recovers() {
     let (store, path) = store().await;
     let broker = MemoryBroker::new();
-    let mut sub = broker.subscribe("t.down");
+    let mut sub = broker.observe("t.down");
     let cfg = RelayConfig {
         max_attempts: 2,
         ..config()
@@ -290,7 +290,7 @@ async fn expired_message_is_dead_never_published() {
     tx.commit().await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let broker = MemoryBroker::new();
-    let mut sub = broker.subscribe("t.exp");
+    let mut sub = broker.observe("t.exp");
     let relay = Relay::new(store.clone(), broker, config()).unwrap().start();
     let got = receive(&mut sub, 1).await;
     relay.shutdown().await;
@@ -306,7 +306,7 @@ async fn expired_message_is_dead_never_published() {
 async fn nothing_is_lost_across_a_shutdown_under_load() {
     let (store, path) = store().await;
     let broker = MemoryBroker::new();
-    let mut sub = broker.subscribe("t.stop");
+    let mut sub = broker.observe("t.stop");
     let relay = Relay::new(store.clone(), broker.clone(), config())
         .unwrap()
         .start();

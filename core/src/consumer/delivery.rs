@@ -1,0 +1,140 @@
+//! What brokers hand to consumers: deliveries and subscriptions.
+
+use std::fmt;
+
+use tokio::sync::mpsc;
+
+use crate::store::BoxFuture;
+use crate::{Envelope, Headers, Result};
+
+/// What a consumer subscribes to: one topic, for one consumer group.
+///
+/// Every group gets every message of the topic once; within a group,
+/// messages are shared among its consumers (RabbitMQ: a durable queue per
+/// (group, topic) bound to the topic's exchange).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeSpec {
+    /// The consumer group.
+    pub group: String,
+    /// The topic.
+    pub topic: String,
+    /// Most deliveries handed out and not yet acknowledged.
+    pub prefetch: u16,
+}
+
+/// A message the broker delivered that could not be read as an envelope
+/// (no usable id, wrong content type, ...). The consumer dead-letters it
+/// with `reason` and acknowledges it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Undecodable {
+    /// Why it could not be read.
+    pub reason: String,
+    /// The topic it arrived on.
+    pub topic: String,
+    /// Its headers, as far as they could be read.
+    pub headers: Headers,
+    /// Its body.
+    pub body: Vec<u8>,
+}
+
+impl fmt::Debug for Undecodable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Undecodable")
+            .field("reason", &self.reason)
+            .field("topic", &self.topic)
+            .field("headers", &self.headers)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+/// Settles one delivery with the broker.
+///
+/// Each method consumes the acker: a delivery is settled once.
+pub trait Acker: fmt::Debug + Send + Sync + 'static {
+    /// Acknowledges: the broker forgets the message.
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
+
+    /// Gives the message back: the broker delivers it again (to this or
+    /// another consumer of the group).
+    fn nack(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
+}
+
+/// One message delivered to a consumer group, not yet acknowledged.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The message, or why it could not be read.
+    pub message: std::result::Result<Envelope, Undecodable>,
+    /// Whether the broker says it delivered this message before.
+    pub redelivered: bool,
+    acker: Box<dyn Acker>,
+}
+
+impl Delivery {
+    /// A delivery settled through `acker`.
+    pub fn new(
+        message: std::result::Result<Envelope, Undecodable>,
+        redelivered: bool,
+        acker: Box<dyn Acker>,
+    ) -> Self {
+        Delivery {
+            message,
+            redelivered,
+            acker,
+        }
+    }
+
+    /// Acknowledges the delivery.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BrokerUnavailable`](crate::Error::BrokerUnavailable) if the
+    /// connection is gone: the broker will deliver the message again.
+    pub async fn ack(self) -> Result<()> {
+        self.acker.ack().await
+    }
+
+    /// Hands the delivery back for redelivery.
+    ///
+    /// # Errors
+    ///
+    /// As [`ack`](Delivery::ack); a lost connection gives it back anyway.
+    pub async fn nack(self) -> Result<()> {
+        self.acker.nack().await
+    }
+}
+
+/// The deliveries of one [`SubscribeSpec`], as a stream of [`Delivery`].
+///
+/// Dropping it stops the subscription; deliveries not acknowledged by then
+/// are delivered again.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: mpsc::Receiver<Delivery>,
+    stop: Option<tokio::task::AbortHandle>,
+}
+
+impl Subscription {
+    /// A subscription fed by an adapter's task through `rx`; `stop` ends that
+    /// task when the subscription is dropped.
+    pub fn new(rx: mpsc::Receiver<Delivery>, stop: Option<tokio::task::AbortHandle>) -> Self {
+        Subscription { rx, stop }
+    }
+
+    /// The next delivery; `None` once the subscription ended.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: no delivery is lost by dropping the call.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.abort();
+        }
+    }
+}

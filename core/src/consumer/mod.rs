@@ -1,0 +1,15 @@
+//! The receiving side: subscriptions, deliveries, the inbox, registered
+//! handlers and the [`Consumer`] runtime that applies each message once per
+//! consumer group.
+
+mod delivery;
+mod inbox;
+mod registry;
+mod runtime;
+
+pub use delivery::{Acker, Delivery, SubscribeSpec, Subscription, Undecodable};
+pub use inbox::{ConsumerDeadLetter, InboxStore, InboxWriter};
+pub use registry::{
+    AnyCtx, HandleOutcome, HandlerCtx, HandlerFn, HandlerRecord, registered_handlers, run_handler,
+};
+pub use runtime::{Consumer, ConsumerConfig, ConsumerHandle, ConsumerStats};

@@ -1,0 +1,709 @@
+//! The consumer runtime: one per consumer group.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::delivery::{Delivery, SubscribeSpec, Subscription, Undecodable};
+use super::inbox::{ConsumerDeadLetter, InboxStore};
+use super::registry::{AnyCtx, HandleOutcome, HandlerCtx, HandlerRecord, registered_handlers};
+use crate::relay::error_chain;
+use crate::{Broker, Clock, DeadFilter, Envelope, Error, Outbox, Result, SystemClock};
+
+/// Settings of a [`Consumer`].
+///
+/// Build with [`ConsumerConfig::new`] and set fields, taking the rest from
+/// it:
+///
+/// ```
+/// use txmsg_core::consumer::ConsumerConfig;
+///
+/// let config = ConsumerConfig { prefetch: 128, ..ConsumerConfig::new("billing") };
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone)]
+pub struct ConsumerConfig {
+    /// The consumer group; same rules as a topic name.
+    pub group: String,
+    /// Deliveries per topic handed out and not yet acknowledged. Default 64.
+    pub prefetch: u16,
+    /// Handler calls running at once per topic (one per key at a time).
+    /// Default 16.
+    pub concurrency: usize,
+    /// First delay before a failed handler runs again. Default 100 ms.
+    pub backoff_min: Duration,
+    /// Longest delay between handler attempts. Default 10 s.
+    pub backoff_max: Duration,
+    /// Largest payload handled, in bytes; larger ones are dead. Default 1 MiB.
+    pub max_payload_bytes: usize,
+    /// How long shutdown waits for running handlers. Default 10 s.
+    pub shutdown_timeout: Duration,
+    /// The clock for inbox and dead-letter times. Default the system clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for ConsumerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumerConfig")
+            .field("group", &self.group)
+            .field("prefetch", &self.prefetch)
+            .field("concurrency", &self.concurrency)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerConfig {
+    /// Defaults for consumer group `group`.
+    pub fn new(group: impl Into<String>) -> Self {
+        ConsumerConfig {
+            group: group.into(),
+            prefetch: 64,
+            concurrency: 16,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            max_payload_bytes: 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(10),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Checks every field.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the first field that breaks its rule.
+    pub fn validate(&self) -> Result<()> {
+        crate::validate_topic(&self.group).map_err(|e| match e {
+            Error::InvalidTopic { reason, .. } => Error::config("group", reason),
+            other => other,
+        })?;
+        if self.prefetch == 0 {
+            return Err(Error::config("prefetch", "must be greater than zero"));
+        }
+        if self.concurrency == 0 {
+            return Err(Error::config("concurrency", "must be greater than zero"));
+        }
+        if self.max_payload_bytes == 0 {
+            return Err(Error::config(
+                "max_payload_bytes",
+                "must be greater than zero",
+            ));
+        }
+        if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {
+            return Err(Error::config(
+                "backoff_min",
+                "must be greater than zero and at most backoff_max",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The runtime of one consumer group: subscribes to the topic of each
+/// `#[message_handler]` registered for the group and applies each message
+/// once.
+///
+/// For each delivery: the handler runs in a transaction that also records
+/// the message's idempotency key in the group's inbox; after the commit the
+/// delivery is acknowledged. A redelivered message whose key is in the inbox
+/// is acknowledged without running the handler. A failing handler is tried
+/// again with backoff up to its `max_attempts`, then the message is kept as
+/// a consumer dead letter with the last error, and acknowledged. A message
+/// that cannot be read or deserialized is dead at once, with the reason.
+/// Messages of one key are handled one at a time, in delivery order.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> txmsg::Result<()> {
+/// use txmsg::consumer::{Consumer, ConsumerConfig};
+/// use txmsg::memory::MemoryBroker;
+/// use txmsg::prelude::*;
+/// use txmsg::sqlite::SqliteStore;
+///
+/// let store = SqliteStore::connect("sqlite://billing.db").await?;
+/// store.migrate().await?;
+/// let consumer = Consumer::new(store, MemoryBroker::new(), ConsumerConfig::new("billing"))?
+///     .start()
+///     .await?;
+/// // ... handlers run ...
+/// consumer.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Consumer<S: InboxStore, B> {
+    store: S,
+    broker: B,
+    config: ConsumerConfig,
+    outbox: Outbox<S::Database>,
+}
+
+impl<S: InboxStore, B: Broker> Consumer<S, B> {
+    /// A consumer of `config.group` reading from `broker`, with its inbox in
+    /// `store`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if `config` breaks a rule.
+    pub fn new(store: S, broker: B, config: ConsumerConfig) -> Result<Self> {
+        config.validate()?;
+        let outbox = Outbox::new(&store);
+        Ok(Consumer {
+            store,
+            broker,
+            config,
+            outbox,
+        })
+    }
+
+    /// Begins handler transactions from `outbox`, so that messages handlers
+    /// write go out through its relay right after commit.
+    pub fn with_outbox(mut self, outbox: Outbox<S::Database>) -> Self {
+        self.outbox = outbox;
+        self
+    }
+
+    /// The handlers registered for this consumer's group, checked: at least
+    /// one, one per topic, all for this store's database.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the handlers at fault.
+    pub fn handlers(&self) -> Result<Vec<&'static HandlerRecord>> {
+        handlers_for(&self.config.group, std::any::type_name::<S::Database>())
+    }
+
+    /// Subscribes to every topic of the group's handlers and starts handling.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if the group has no handler, two handlers for one
+    /// topic, or a handler for another database; a broker error if a
+    /// subscription failed.
+    pub async fn start(self) -> Result<ConsumerHandle<S>> {
+        crate::metrics::describe();
+        let handlers = self.handlers()?;
+        let ctx: Arc<AnyCtx> = Arc::new(HandlerCtx {
+            outbox: self.outbox.clone(),
+            inbox: self.store.inbox(),
+            group: self.config.group.clone(),
+            clock: Arc::clone(&self.config.clock),
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let counters = Arc::new(Counters::default());
+        let mut tasks = Vec::with_capacity(handlers.len());
+        for record in &handlers {
+            let spec = SubscribeSpec {
+                group: self.config.group.clone(),
+                topic: record.topic.to_owned(),
+                prefetch: self.config.prefetch,
+            };
+            let subscription = self.broker.subscribe(&spec).await?;
+            let worker = Worker {
+                record,
+                ctx: Arc::clone(&ctx),
+                store: self.store.clone(),
+                broker: self.broker.clone(),
+                config: self.config.clone(),
+                spec,
+                counters: Arc::clone(&counters),
+            };
+            let span = tracing::info_span!("txmsg.consumer", group = %self.config.group, topic = record.topic);
+            tasks.push(tokio::spawn(
+                worker.run(subscription, stop_rx.clone()).instrument(span),
+            ));
+        }
+        Ok(ConsumerHandle {
+            inner: Arc::new(HandleInner {
+                store: self.store,
+                group: self.config.group,
+                ctx,
+                handlers,
+                counters,
+                stop: stop_tx,
+                tasks: tokio::sync::Mutex::new(tasks),
+            }),
+        })
+    }
+}
+
+/// The group's handlers, checked: per topic, the one handler whose
+/// transaction type is the store's database. A program may register a
+/// handler once per database it supports; two for one (topic, group,
+/// database), or only handlers of other databases for a topic, are errors.
+fn handlers_for(group: &str, database: &str) -> Result<Vec<&'static HandlerRecord>> {
+    let all: Vec<&'static HandlerRecord> = registered_handlers()
+        .into_iter()
+        .filter(|h| h.group == group)
+        .collect();
+    if all.is_empty() {
+        return Err(Error::config(
+            "group",
+            format!("no `#[message_handler]` is registered for group `{group}`"),
+        ));
+    }
+    let mut chosen: Vec<&'static HandlerRecord> = Vec::new();
+    let mut topics: Vec<&'static str> = all.iter().map(|h| h.topic).collect();
+    topics.dedup();
+    for topic in topics {
+        let for_topic = all.iter().filter(|h| h.topic == topic);
+        let matching: Vec<&&'static HandlerRecord> = for_topic
+            .clone()
+            .filter(|h| (h.database)() == database)
+            .collect();
+        match matching.as_slice() {
+            [one] => chosen.push(one),
+            [a, b, ..] => {
+                return Err(Error::config(
+                    "group",
+                    format!(
+                        "two handlers for topic `{topic}` in group `{group}`: {} and {}",
+                        a.location(),
+                        b.location()
+                    ),
+                ));
+            }
+            [] => {
+                let others: Vec<String> = for_topic
+                    .map(|h| format!("{} takes a `{}` transaction", h.location(), (h.database)()))
+                    .collect();
+                return Err(Error::config(
+                    "group",
+                    format!(
+                        "no handler for topic `{topic}` in group `{group}` runs on the consumer's store (`{database}`): {}",
+                        others.join("; ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(chosen)
+}
+
+/// Counts of what a running consumer did since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerStats {
+    /// Messages whose handler ran and committed.
+    pub applied: u64,
+    /// Redeliveries recognised in the inbox and skipped.
+    pub duplicates: u64,
+    /// Messages kept as dead letters.
+    pub dead: u64,
+    /// Deliveries handed back to the broker (shutdown, store unavailable).
+    pub requeued: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    applied: AtomicU64,
+    duplicates: AtomicU64,
+    dead: AtomicU64,
+    requeued: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> ConsumerStats {
+        ConsumerStats {
+            applied: self.applied.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            dead: self.dead.load(Ordering::Relaxed),
+            requeued: self.requeued.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A running consumer. Cheap to clone.
+#[derive(Debug)]
+pub struct ConsumerHandle<S: InboxStore> {
+    inner: Arc<HandleInner<S>>,
+}
+
+impl<S: InboxStore> Clone for ConsumerHandle<S> {
+    fn clone(&self) -> Self {
+        ConsumerHandle {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct HandleInner<S> {
+    store: S,
+    group: String,
+    ctx: Arc<AnyCtx>,
+    handlers: Vec<&'static HandlerRecord>,
+    counters: Arc<Counters>,
+    stop: watch::Sender<bool>,
+    tasks: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for HandleInner<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumerHandle")
+            .field("store", &self.store)
+            .field("group", &self.group)
+            .field("handlers", &self.handlers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: InboxStore> ConsumerHandle<S> {
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.inner.group
+    }
+
+    /// What the consumer did since it started.
+    pub fn stats(&self) -> ConsumerStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// The group's dead letters, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] if the store failed.
+    pub async fn dead_letters(&self, filter: &DeadFilter) -> Result<Vec<ConsumerDeadLetter>> {
+        self.inner
+            .store
+            .consumer_dead_letters(&self.inner.group, filter)
+            .await
+    }
+
+    /// Runs the handler again for dead letter `id`. If it succeeds (or the
+    /// message was applied meanwhile), the dead letter is removed in the
+    /// same transaction as the effects; if it fails, it stays.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if no dead letter `id` exists for the group or no
+    /// handler of the group takes its topic; [`Error::Database`] if the store
+    /// failed.
+    pub async fn replay(&self, id: Uuid) -> Result<HandleOutcome> {
+        let Some(dead) = self
+            .inner
+            .store
+            .consumer_dead_letter(&self.inner.group, id)
+            .await?
+        else {
+            return Err(Error::config(
+                "id",
+                format!("no dead letter {id} in group `{}`", self.inner.group),
+            ));
+        };
+        let Some(record) = self
+            .inner
+            .handlers
+            .iter()
+            .find(|h| h.topic == dead.envelope.topic)
+        else {
+            return Err(Error::config(
+                "id",
+                format!(
+                    "no handler of group `{}` takes topic `{}`",
+                    self.inner.group, dead.envelope.topic
+                ),
+            ));
+        };
+        let span = tracing::info_span!("txmsg.replay", group = %self.inner.group, topic = record.topic, dead_letter = %id);
+        Ok((record.call)(&*self.inner.ctx, &dead.envelope, Some(id))
+            .instrument(span)
+            .await)
+    }
+
+    /// Stops gracefully: no new deliveries are taken, running handlers get
+    /// up to `shutdown_timeout` to finish (what they commit is acknowledged),
+    /// and everything not acknowledged is delivered again later.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the consumer keeps stopping; calling again waits again.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.stop.send(true);
+        let mut tasks = self.inner.tasks.lock().await;
+        for task in tasks.drain(..) {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "txmsg consumer task failed");
+            }
+        }
+    }
+}
+
+/// Handles the deliveries of one topic.
+struct Worker<S, B> {
+    record: &'static HandlerRecord,
+    ctx: Arc<AnyCtx>,
+    store: S,
+    broker: B,
+    config: ConsumerConfig,
+    spec: SubscribeSpec,
+    counters: Arc<Counters>,
+}
+
+/// What a finished delivery tells the worker loop: its key, if any.
+type Done = Option<String>;
+
+impl<S: InboxStore, B: Broker> Worker<S, B> {
+    async fn run(self, mut subscription: Subscription, mut stop: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let permits = Arc::new(Semaphore::new(this.config.concurrency));
+        // Keys with a delivery being handled, and what waits behind it.
+        let mut queues: HashMap<String, VecDeque<Delivery>> = HashMap::new();
+        let mut running: JoinSet<Done> = JoinSet::new();
+        let mut resubscribes = 0u32;
+        let stop_for_tasks = stop.clone();
+        let spawn = |running: &mut JoinSet<Done>, d: Delivery, key: Option<String>| {
+            let this = Arc::clone(&this);
+            let permits = Arc::clone(&permits);
+            let stop = stop_for_tasks.clone();
+            running.spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return key;
+                };
+                this.process(d, stop).await;
+                key
+            });
+        };
+        loop {
+            tokio::select! {
+                biased;
+                () = stopped(&mut stop) => break,
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    let Ok(Some(key)) = done else { continue };
+                    match queues.get_mut(&key).and_then(VecDeque::pop_front) {
+                        Some(next) => spawn(&mut running, next, Some(key)),
+                        None => { queues.remove(&key); }
+                    }
+                }
+                d = subscription.next(), if running.len() < this.config.concurrency * 4 => {
+                    let Some(d) = d else {
+                        // The broker ended the subscription (connection
+                        // lost): subscribe again with backoff.
+                        resubscribes = resubscribes.saturating_add(1);
+                        let delay = crate::relay::retry_delay_between(this.config.backoff_min, this.config.backoff_max, resubscribes);
+                        tracing::warn!(retry_in = ?delay, "subscription ended; subscribing again");
+                        tokio::select! {
+                            () = stopped(&mut stop) => break,
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                        match this.broker.subscribe(&this.spec).await {
+                            Ok(s) => { subscription = s; resubscribes = 0; }
+                            Err(e) => tracing::warn!(error = %error_chain(&e), "subscribing again failed"),
+                        }
+                        continue;
+                    };
+                    let key = d.message.as_ref().ok().and_then(|e| e.key.clone());
+                    match key {
+                        None => spawn(&mut running, d, None),
+                        Some(k) => match queues.get_mut(&k) {
+                            Some(q) => q.push_back(d),
+                            None => {
+                                queues.insert(k.clone(), VecDeque::new());
+                                spawn(&mut running, d, Some(k));
+                            }
+                        },
+                    }
+                }
+            }
+        }
+        // Stopping: take nothing new; what waits is handed back to the
+        // broker, what runs gets the shutdown timeout.
+        drop(subscription);
+        for d in queues.into_values().flatten() {
+            let _ = d.nack().await;
+        }
+        let all = async { while running.join_next().await.is_some() {} };
+        if tokio::time::timeout(this.config.shutdown_timeout, all)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = running.len(),
+                "shutdown timeout: running handlers abandoned; their messages are delivered again"
+            );
+            running.abort_all();
+        }
+    }
+
+    fn count(&self, outcome: &'static str) {
+        let counter = match outcome {
+            "applied" => &self.counters.applied,
+            "duplicate" => &self.counters.duplicates,
+            "dead" => &self.counters.dead,
+            _ => &self.counters.requeued,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(
+            crate::metrics::CONSUMED_TOTAL,
+            "topic" => self.record.topic,
+            "group" => self.config.group.clone(),
+            "outcome" => outcome
+        )
+        .increment(1);
+    }
+
+    /// Handles one delivery to the end: acknowledged once applied, skipped
+    /// or dead; handed back if stopping or if its dead letter could not be
+    /// stored.
+    async fn process(&self, delivery: Delivery, mut stop: watch::Receiver<bool>) {
+        let envelope = match &delivery.message {
+            Ok(e) => e.clone(),
+            Err(bad) => {
+                let reason = format!("undecodable message: {}", bad.reason);
+                let kept = undecodable_envelope(bad);
+                return self.dead(delivery, kept, reason, 0).await;
+            }
+        };
+        let span = tracing::info_span!(
+            "txmsg.handle",
+            topic = %envelope.topic,
+            group = %self.config.group,
+            key = envelope.key.as_deref(),
+            message_id = %envelope.id,
+            attempt = tracing::field::Empty,
+            traceparent = envelope.headers.get(crate::TRACEPARENT).map(String::as_str),
+        );
+        if let Some(tp) = envelope.headers.get(crate::TRACEPARENT) {
+            crate::trace::set_parent(&span, tp);
+        }
+        async {
+            if envelope.payload.len() > self.config.max_payload_bytes {
+                let reason = Error::PayloadTooLarge {
+                    size: envelope.payload.len(),
+                    limit: self.config.max_payload_bytes,
+                }
+                .to_string();
+                return self.dead(delivery, envelope, reason, 0).await;
+            }
+            let max = self.record.max_attempts.max(1);
+            let mut attempt = 0u32;
+            loop {
+                attempt += 1;
+                tracing::Span::current().record("attempt", attempt);
+                let started = std::time::Instant::now();
+                let outcome = (self.record.call)(&*self.ctx, &envelope, None).await;
+                metrics::histogram!(
+                    crate::metrics::HANDLE_DURATION_SECONDS,
+                    "topic" => self.record.topic,
+                    "group" => self.config.group.clone()
+                )
+                .record(started.elapsed().as_secs_f64());
+                match outcome {
+                    HandleOutcome::Applied => {
+                        self.count("applied");
+                        // A crash here: committed, never acknowledged (the
+                        // delivery is dropped unsettled on return).
+                        fail::fail_point!("txmsg::consumer::after_commit_before_ack", |_| {});
+                        return ack(delivery).await;
+                    }
+                    HandleOutcome::Duplicate => {
+                        tracing::debug!(
+                            "already applied; acknowledged without running the handler"
+                        );
+                        metrics::counter!(
+                            crate::metrics::INBOX_DUPLICATES_TOTAL,
+                            "topic" => self.record.topic,
+                            "group" => self.config.group.clone()
+                        )
+                        .increment(1);
+                        self.count("duplicate");
+                        return ack(delivery).await;
+                    }
+                    HandleOutcome::Poison(reason) => {
+                        return self.dead(delivery, envelope, reason, attempt).await;
+                    }
+                    HandleOutcome::WrongDatabase(db) => {
+                        let reason = format!("handler {} is for `{db}`", self.record.location());
+                        return self.dead(delivery, envelope, reason, attempt).await;
+                    }
+                    HandleOutcome::Failed(error) if attempt >= max => {
+                        let reason = format!("gave up after {attempt} attempts: {error}");
+                        return self.dead(delivery, envelope, reason, attempt).await;
+                    }
+                    HandleOutcome::Failed(error) => {
+                        let delay = crate::relay::retry_delay_between(
+                            self.config.backoff_min,
+                            self.config.backoff_max,
+                            attempt,
+                        );
+                        tracing::warn!(%error, retry_in = ?delay, "handler failed");
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            () = stopped(&mut stop) => {
+                                self.count("requeued");
+                                let _ = delivery.nack().await;
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Keeps the message as a dead letter, then acknowledges it; if the dead
+    /// letter cannot be stored, hands the message back instead, so nothing
+    /// is lost.
+    async fn dead(&self, delivery: Delivery, envelope: Envelope, reason: String, attempts: u32) {
+        tracing::error!(%reason, "message is dead for this group");
+        let dead = ConsumerDeadLetter::new(
+            Uuid::now_v7(),
+            self.config.group.clone(),
+            envelope,
+            reason,
+            attempts,
+            self.config.clock.now(),
+        );
+        match self.store.add_consumer_dead(&dead).await {
+            Ok(()) => {
+                metrics::counter!(crate::metrics::DEAD_LETTERS_TOTAL, "topic" => self.record.topic)
+                    .increment(1);
+                self.count("dead");
+                ack(delivery).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "could not store the dead letter; the message is handed back");
+                self.count("requeued");
+                let _ = delivery.nack().await;
+            }
+        }
+    }
+}
+
+async fn ack(delivery: Delivery) {
+    if let Err(e) = delivery.ack().await {
+        // The effects are committed with the inbox key: a redelivery is
+        // recognised and skipped.
+        tracing::warn!(error = %error_chain(&e), "acknowledgement failed; the redelivery will be skipped");
+    }
+}
+
+/// What can be kept of an undecodable delivery, as an envelope.
+fn undecodable_envelope(bad: &Undecodable) -> Envelope {
+    let mut e = Envelope::new(
+        Uuid::now_v7(),
+        bad.topic.clone(),
+        String::new(),
+        bad.body.clone(),
+        chrono::Utc::now(),
+    );
+    e.headers = bad.headers.clone();
+    e
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}

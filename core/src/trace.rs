@@ -1,0 +1,137 @@
+//! W3C trace context (`traceparent`) between the span that writes a message
+//! and the span of the handler that applies it.
+//!
+//! With the `opentelemetry` feature and a `tracing-opentelemetry` layer
+//! installed, the writer's span context is captured when the row is written
+//! (not when it is published) and the handler's span is made its child.
+//! Without them, a `traceparent` header set by hand is still carried and
+//! recorded on the handler's span.
+
+/// The `traceparent` of the current span, if it has a valid span context.
+pub(crate) fn current_traceparent() -> Option<String> {
+    #[cfg(feature = "opentelemetry")]
+    {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+        let cx = tracing::Span::current().context();
+        let span = cx.span();
+        let sc = span.span_context();
+        if sc.is_valid() {
+            return Some(format!(
+                "00-{}-{}-{:02x}",
+                sc.trace_id(),
+                sc.span_id(),
+                sc.trace_flags().to_u8()
+            ));
+        }
+    }
+    None
+}
+
+/// Makes `span` a child of the remote span described by `traceparent`.
+/// Malformed values are ignored.
+pub(crate) fn set_parent(span: &tracing::Span, traceparent: &str) {
+    #[cfg(feature = "opentelemetry")]
+    if let Some(sc) = parse(traceparent) {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+        let cx = opentelemetry::Context::new().with_remote_span_context(sc);
+        let _ = span.set_parent(cx);
+    }
+    #[cfg(not(feature = "opentelemetry"))]
+    let _ = (span, traceparent);
+}
+
+/// Parses a version-00 `traceparent`. Written by hand rather than with the
+/// SDK's propagator: the format is four fixed fields, and the SDK is a heavy
+/// dependency for a library.
+#[cfg(feature = "opentelemetry")]
+fn parse(traceparent: &str) -> Option<opentelemetry::trace::SpanContext> {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+
+    let mut parts = traceparent.trim().split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version != "00"
+        || parts.next().is_some()
+        || trace.len() != 32
+        || span.len() != 16
+        || flags.len() != 2
+    {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(trace).ok()?;
+    let span_id = SpanId::from_hex(span).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    let sc = SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::new(flags),
+        true,
+        TraceState::default(),
+    );
+    sc.is_valid().then_some(sc)
+}
+
+#[cfg(all(test, feature = "opentelemetry"))]
+mod tests {
+    use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::{current_traceparent, parse, set_parent};
+
+    fn with_otel<R>(f: impl FnOnce() -> R) -> R {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, f)
+    }
+
+    #[test]
+    fn writer_context_is_captured_and_handler_becomes_its_child() {
+        with_otel(|| {
+            let writer = tracing::info_span!("place_order");
+            let tp = writer
+                .in_scope(current_traceparent)
+                .expect("a traceparent inside an OTel span");
+            let writer_trace = writer.context().span().span_context().trace_id();
+            assert!(tp.contains(&writer_trace.to_string()), "{tp}");
+
+            let handler = tracing::info_span!("txmsg.handle");
+            set_parent(&handler, &tp);
+            let handler_trace = handler.context().span().span_context().trace_id();
+            assert_eq!(
+                handler_trace, writer_trace,
+                "the handler's span continues the writer's trace"
+            );
+        });
+    }
+
+    #[test]
+    fn no_traceparent_outside_a_span() {
+        with_otel(|| assert!(current_traceparent().is_none()));
+    }
+
+    #[test]
+    fn parses_valid_and_refuses_malformed() {
+        let sc = parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "00-zzf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-é",
+        ] {
+            assert!(parse(bad).is_none(), "{bad:?}");
+        }
+    }
+}
