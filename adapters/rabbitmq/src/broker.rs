@@ -7,10 +7,11 @@ use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions}
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Confirmation, message::BasicReturnMessage};
 use tracing::{Instrument, debug, debug_span};
+use txmsg_core::consumer::{SubscribeSpec, Subscription};
 use txmsg_core::{Broker, Envelope, Error, Result};
 
 use crate::config::RabbitConfig;
-use crate::link::{Down, Shared, broker_error, publish_error};
+use crate::link::{Down, Shared, broker_error, driver_error};
 use crate::url::BrokerUrl;
 
 /// Reply code of a normal close.
@@ -29,8 +30,12 @@ const REPLY_SUCCESS: u16 = 200;
 /// When the connection or channel is lost, the broker reconnects by itself
 /// in the background, with exponential backoff
 /// ([`RabbitConfig::reconnect_backoff`]), and declares the exchange again.
-/// Until it is back, publishes fail at once with a retryable
-/// [`Error::Broker`]; they never wait for the connection.
+/// Until it is back, publishes fail at once with
+/// [`Error::BrokerUnavailable`]; they never wait for the connection.
+///
+/// Consumer groups read through [`subscribe`](Broker::subscribe): a durable
+/// queue per (group, topic), named by [`queue_name`](Self::queue_name),
+/// consumed on a channel of its own per subscription.
 ///
 /// Clones share the connection. Dropping the last clone closes it.
 ///
@@ -126,9 +131,9 @@ impl RabbitBroker {
     ///
     /// - [`Error::Config`] for `queue` or `topic_pattern` if it is empty or
     ///   longer than 255 bytes.
-    /// - [`Error::Broker`] if the broker is not connected (retryable), or
-    ///   RabbitMQ refuses the declaration, for instance because the queue
-    ///   exists with other settings (not retryable).
+    /// - [`Error::BrokerUnavailable`] if the broker is not connected.
+    /// - [`Error::Broker`] if RabbitMQ refuses the declaration, for instance
+    ///   because the queue exists with other settings (not retryable).
     ///
     /// # Cancel safety
     ///
@@ -211,9 +216,22 @@ impl RabbitBroker {
         Ok(())
     }
 
+    /// The name of the durable queue that consumer group `group` reads
+    /// `topic` from: `<exchange>.<group>.<topic>`, declared by the group's
+    /// first [`subscribe`](Broker::subscribe) and kept after its consumers
+    /// are gone. Delete it to remove the group from the topic.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `group` if the name would be longer than the
+    /// 255 bytes AMQP allows.
+    pub fn queue_name(&self, group: &str, topic: &str) -> Result<String> {
+        crate::consume::queue_name(self.exchange(), group, topic).map(String::from)
+    }
+
     /// Closes the connection after the confirms of publishes in flight have
-    /// arrived, and stops reconnecting. Later publishes fail with a
-    /// retryable [`Error::Broker`] (their messages stay pending for another
+    /// arrived, and stops reconnecting. Later publishes and subscribes fail
+    /// with [`Error::BrokerUnavailable`] (messages stay pending for another
     /// relay). Closing again does nothing.
     ///
     /// # Errors
@@ -261,7 +279,7 @@ impl RabbitBroker {
             Ok(confirm) => confirm,
             Err(e) => {
                 self.shared.check(&link, Down::Lapin(e.clone()), false);
-                return Err(publish_error(
+                return Err(driver_error(
                     format!("publishing to exchange `{}` failed", self.exchange()),
                     e,
                 ));
@@ -293,7 +311,7 @@ impl RabbitBroker {
             }
             Err(e) => {
                 self.shared.check(&link, Down::Lapin(e.clone()), false);
-                Err(publish_error(
+                Err(driver_error(
                     format!("no publisher confirm for message {}", envelope.id),
                     e,
                 ))
@@ -321,11 +339,12 @@ impl Broker for RabbitBroker {
     ///
     /// # Errors
     ///
-    /// [`Error::Broker`], retryable, if the broker is not connected (it is
-    /// reconnecting), RabbitMQ nacked the message, returned it as
-    /// unroutable (with [`RabbitConfig::mandatory`]), or the connection was
-    /// lost before the confirm; not retryable if the topic or a header name
-    /// is longer than AMQP allows (255 bytes).
+    /// [`Error::BrokerUnavailable`] if the broker is not connected (it is
+    /// reconnecting) or the connection was lost before the confirm;
+    /// [`Error::Broker`], retryable, if RabbitMQ nacked the message or
+    /// returned it as unroutable (with [`RabbitConfig::mandatory`]); not
+    /// retryable if the topic or a header name is longer than AMQP allows
+    /// (255 bytes).
     ///
     /// # Cancel safety
     ///
@@ -341,6 +360,47 @@ impl Broker for RabbitBroker {
             exchange = self.exchange(),
         );
         self.publish_confirmed(envelope).instrument(span).await
+    }
+
+    /// Subscribes consumer group `spec.group` to `spec.topic`.
+    ///
+    /// Declares the group's durable queue ([`queue_name`](Self::queue_name))
+    /// and binds it to the exchange with the topic as routing key, then
+    /// consumes it on a channel of its own, with `basic.qos` set to
+    /// `spec.prefetch` (per consumer). Subscriptions of one group share the
+    /// queue, so RabbitMQ spreads its messages over them; each group has a
+    /// queue of its own, so every group gets every message. The queue
+    /// receives what is published after its first declaration; messages
+    /// published before it are not kept for the group.
+    ///
+    /// Deliveries are decoded from CloudEvents in binary content mode (the
+    /// format [`publish`](Broker::publish) writes, whoever the producer);
+    /// one without an id or with a content type other than
+    /// `application/json` arrives as an
+    /// [`Undecodable`](txmsg_core::consumer::Undecodable) with the reason.
+    /// An ack is `basic.ack`, a nack `basic.nack` with requeue, and a
+    /// delivery dropped unsettled is nacked in the background. Dropping the
+    /// subscription cancels the consumer; its channel closes once its
+    /// deliveries are settled or dropped, and RabbitMQ delivers whatever is
+    /// still unacknowledged again. When the connection is lost the
+    /// subscription ends (its `next` returns `None`) and the caller
+    /// subscribes again once the broker has reconnected.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::InvalidTopic`] for the topic; [`Error::Config`] for a bad
+    ///   group, a zero prefetch, or a queue name longer than 255 bytes.
+    /// - [`Error::BrokerUnavailable`] while the broker is not connected.
+    /// - [`Error::Broker`] if RabbitMQ refused the queue, the binding or the
+    ///   consumer, for instance because a queue of that name exists with
+    ///   other settings (not retryable) or the exchange is gone.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may leave the queue declared and bound, which a
+    /// later call finds as it is; no consumer is left behind.
+    async fn subscribe(&self, spec: &SubscribeSpec) -> Result<Subscription> {
+        crate::consume::subscribe(&self.shared, spec).await
     }
 }
 

@@ -26,9 +26,21 @@
 //! | other headers                         | the message's other headers, as is      |
 //! | body                                  | the JSON payload, byte for byte         |
 //!
+//! Consumer groups subscribe through [`Broker::subscribe`](txmsg_core::Broker::subscribe):
+//! each (group, topic) gets a durable queue named `<exchange>.<group>.<topic>`,
+//! bound with the topic as routing key and consumed with the group's
+//! prefetch, so every group gets every message and the consumers of one
+//! group share them. Deliveries are read back from the table above; messages
+//! from other producers in CloudEvents binary content mode are read too
+//! (`cloudEvents:` prefixes, the `message_id` property and the routing key
+//! stand in for missing attributes), and one that cannot be read (no id,
+//! another content type) reaches the consumer as an
+//! [`Undecodable`](txmsg_core::consumer::Undecodable) with the reason.
+//!
 //! The broker reconnects by itself after the connection drops; publishes
 //! during the outage fail at once with a retryable error, and the relay
-//! tries them again later.
+//! tries them again later. Subscriptions end with the connection, and the
+//! consumer runtime subscribes again.
 //!
 //! ```no_run
 //! use txmsg_rabbitmq::{RabbitBroker, RabbitConfig};
@@ -51,6 +63,7 @@
 
 mod broker;
 mod config;
+mod consume;
 mod link;
 mod url;
 mod wire;

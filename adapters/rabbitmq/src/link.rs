@@ -36,7 +36,8 @@ pub(crate) struct Shared {
     pub(crate) config: RabbitConfig,
     pub(crate) exchange: ShortString,
     pub(crate) wire: Wire,
-    runtime: Handle,
+    /// The runtime that runs background tasks: reconnects, subscriptions.
+    pub(crate) runtime: Handle,
     generations: AtomicU64,
     state: Mutex<State>,
 }
@@ -129,9 +130,10 @@ pub(crate) fn is_retryable(e: &lapin::Error) -> bool {
     }
 }
 
-/// The error for a publish that failed with `e`: the broker is unavailable
-/// when the connection or channel went away, a plain broker error otherwise.
-pub(crate) fn publish_error(message: impl fmt::Display, e: lapin::Error) -> Error {
+/// The error for an operation that failed with `e`: the broker is
+/// unavailable when the connection or channel went away, a plain broker
+/// error otherwise.
+pub(crate) fn driver_error(message: impl fmt::Display, e: lapin::Error) -> Error {
     let connection_gone = matches!(
         e.kind(),
         ErrorKind::IOError(_)
@@ -201,9 +203,26 @@ impl Shared {
     ///
     /// # Errors
     ///
-    /// [`Error::Broker`], retryable, during an outage, while RabbitMQ blocks
+    /// [`Error::BrokerUnavailable`] during an outage, while RabbitMQ blocks
     /// the connection, and after [`close`](Self::close).
     pub(crate) fn link(self: &Arc<Self>) -> Result<Arc<Link>> {
+        self.live_link(true)
+    }
+
+    /// The live link, for declaring and consuming: as [`link`](Self::link),
+    /// but usable while RabbitMQ blocks publishing on the connection, since
+    /// a blocked connection still delivers (and consuming helps the broker
+    /// out of its resource alarm).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BrokerUnavailable`] during an outage and after
+    /// [`close`](Self::close).
+    pub(crate) fn consuming_link(self: &Arc<Self>) -> Result<Arc<Link>> {
+        self.live_link(false)
+    }
+
+    fn live_link(self: &Arc<Self>, publishing: bool) -> Result<Arc<Link>> {
         let mut state = self.lock();
         if state.closed {
             return Err(Error::broker_unavailable(
@@ -213,7 +232,7 @@ impl Shared {
         }
         match state.link.as_ref() {
             Some(link) if link.healthy() => {
-                if link.connection.status().blocked() {
+                if publishing && link.connection.status().blocked() {
                     return Err(Error::broker_unavailable(
                         format!(
                             "rabbitmq at {} blocks publishing on this connection (resource alarm)",

@@ -1,9 +1,11 @@
 //! The wire format: CloudEvents in binary content mode over AMQP 0-9-1.
 
-use chrono::SecondsFormat;
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use txmsg_core::{Envelope, Error, Result, TRACEPARENT};
+use txmsg_core::consumer::Undecodable;
+use txmsg_core::{Envelope, Error, Headers, Result, TRACEPARENT};
+use uuid::Uuid;
 
 /// The header name of a CloudEvents attribute.
 macro_rules! ce {
@@ -124,6 +126,169 @@ fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(value.into())
 }
 
+/// The CloudEvents attributes a delivery's envelope takes its fields from;
+/// they do not appear among its headers.
+const MAPPED_ATTRIBUTES: [&str; 7] = [
+    "id",
+    "type",
+    "time",
+    "partitionkey",
+    "traceparent",
+    "specversion",
+    "datacontenttype",
+];
+
+/// The other spelling of the CloudEvents prefix that the AMQP binding allows.
+const CLOUDEVENTS_PREFIX_COLON: &str = "cloudEvents:";
+
+/// Reads a delivery as an envelope: the inverse of [`Wire::encode`], and
+/// what any producer writing CloudEvents in binary content mode over AMQP
+/// sends.
+///
+/// - The content type must be absent or `application/json` (parameters such
+///   as `charset` allowed); anything else, structured content mode
+///   (`application/cloudevents+json`) included, is undecodable.
+/// - `id` (header `cloudEvents_id` or `cloudEvents:id`, else the
+///   `message_id` property) is the idempotency key; without one the
+///   delivery is undecodable.
+/// - `type` is the topic, the routing key when absent; `partitionkey` the
+///   ordering key; `traceparent` the `traceparent` header; `time` (RFC 3339
+///   text or an AMQP timestamp) the creation time, else the `timestamp`
+///   property, else now.
+/// - [`TXMSG_ID_HEADER`] is the message id when it is a UUID; otherwise the
+///   envelope gets a fresh UUIDv7.
+/// - Every other header is kept under the name it arrived with (the
+///   CloudEvents `source`, for one, as `cloudEvents_source`): strings as
+///   they are, booleans and integers as their decimal text, AMQP timestamps
+///   as RFC 3339. Values of other types and strings that are not UTF-8 are
+///   left out.
+/// - The body is the payload, byte for byte; whether it is JSON is for the
+///   handler to find out.
+pub(crate) fn decode(
+    routing_key: &str,
+    properties: &BasicProperties,
+    body: Vec<u8>,
+) -> std::result::Result<Envelope, Undecodable> {
+    let mut headers = Headers::new();
+    if let Some(table) = properties.headers() {
+        for (name, value) in table.inner() {
+            if let Some(value) = header_text(value) {
+                headers.insert(name.as_str().to_owned(), value);
+            }
+        }
+    }
+    if let Some(content_type) = properties
+        .content_type()
+        .as_ref()
+        .filter(|c| !is_json(c.as_str()))
+    {
+        return Err(Undecodable {
+            reason: format!(
+                "unsupported content type `{}`: expected `{CONTENT_TYPE}` in cloudevents binary content mode",
+                content_type.as_str().escape_debug()
+            ),
+            topic: routing_key.to_owned(),
+            headers,
+            body,
+        });
+    }
+    let id = attribute(&headers, "id")
+        .map(str::to_owned)
+        .or_else(|| {
+            properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str().to_owned())
+        })
+        .filter(|id| !id.is_empty());
+    let Some(idempotency_key) = id else {
+        return Err(Undecodable {
+            reason: "missing CloudEvents id".to_owned(),
+            topic: routing_key.to_owned(),
+            headers,
+            body,
+        });
+    };
+    let topic = attribute(&headers, "type")
+        .filter(|t| !t.is_empty())
+        .unwrap_or(routing_key)
+        .to_owned();
+    let key = attribute(&headers, "partitionkey").map(str::to_owned);
+    let traceparent = attribute(&headers, "traceparent").map(str::to_owned);
+    let created_at = attribute(&headers, "time")
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|| properties.timestamp().and_then(seconds))
+        .unwrap_or_else(Utc::now);
+    let id = headers
+        .get(TXMSG_ID_HEADER)
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .unwrap_or_else(Uuid::now_v7);
+
+    headers.remove(TXMSG_ID_HEADER);
+    for name in MAPPED_ATTRIBUTES {
+        headers.remove(&format!("{CLOUDEVENTS_PREFIX}{name}"));
+        headers.remove(&format!("{CLOUDEVENTS_PREFIX_COLON}{name}"));
+    }
+    if let Some(traceparent) = traceparent {
+        headers.insert(TRACEPARENT.to_owned(), traceparent);
+    }
+    let mut envelope = Envelope::new(id, topic, idempotency_key, body, created_at);
+    envelope.key = key;
+    envelope.headers = headers;
+    Ok(envelope)
+}
+
+/// The CloudEvents attribute `name` among `headers`, under either prefix
+/// (`cloudEvents_` preferred).
+fn attribute<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
+    headers
+        .get(&format!("{CLOUDEVENTS_PREFIX}{name}"))
+        .or_else(|| headers.get(&format!("{CLOUDEVENTS_PREFIX_COLON}{name}")))
+        .map(String::as_str)
+}
+
+/// Whether `content_type` is `application/json`, parameters aside.
+fn is_json(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case(CONTENT_TYPE))
+}
+
+/// A header value as text: strings that are UTF-8, booleans, integers and
+/// timestamps; `None` for anything else.
+fn header_text(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        AMQPValue::Boolean(b) => Some(b.to_string()),
+        AMQPValue::ShortShortInt(n) => Some(n.to_string()),
+        AMQPValue::ShortShortUInt(n) => Some(n.to_string()),
+        AMQPValue::ShortInt(n) => Some(n.to_string()),
+        AMQPValue::ShortUInt(n) => Some(n.to_string()),
+        AMQPValue::LongInt(n) => Some(n.to_string()),
+        AMQPValue::LongUInt(n) => Some(n.to_string()),
+        AMQPValue::LongLongInt(n) => Some(n.to_string()),
+        AMQPValue::Timestamp(t) => {
+            seconds(*t).map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        }
+        AMQPValue::Float(_)
+        | AMQPValue::Double(_)
+        | AMQPValue::DecimalValue(_)
+        | AMQPValue::FieldArray(_)
+        | AMQPValue::FieldTable(_)
+        | AMQPValue::ByteArray(_)
+        | AMQPValue::Void => None,
+    }
+}
+
+/// An AMQP timestamp (seconds since the epoch) as a time, if representable.
+fn seconds(t: u64) -> Option<DateTime<Utc>> {
+    let t = i64::try_from(t).ok()?;
+    Utc.timestamp_opt(t, 0).single()
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::{TimeZone, Utc};
@@ -235,5 +400,254 @@ mod tests {
         env.topic = "t".repeat(256);
         let err = Wire::new("/shop").encode(&env).unwrap_err();
         assert!(!err.is_retryable());
+    }
+    fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (name, value) in entries {
+            t.insert(ShortString::try_new(*name).unwrap(), value.clone());
+        }
+        t
+    }
+
+    fn props(entries: &[(&str, AMQPValue)]) -> BasicProperties {
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_headers(table(entries))
+    }
+
+    fn bytes(value: &[u8]) -> AMQPValue {
+        AMQPValue::LongString(value.to_vec().into())
+    }
+
+    #[test]
+    fn decode_inverts_encode() {
+        let env = envelope();
+        let (rk, props) = Wire::new("/shop").encode(&env).unwrap();
+        let got = decode(rk.as_str(), &props, env.payload.clone()).unwrap();
+        assert_eq!(got.id, env.id);
+        assert_eq!(got.topic, env.topic);
+        assert_eq!(got.key, env.key);
+        assert_eq!(got.idempotency_key, env.idempotency_key);
+        assert_eq!(got.payload, env.payload);
+        assert_eq!(got.created_at, env.created_at);
+        let mut expected = env.headers.clone();
+        expected.insert("cloudEvents_source".into(), "/shop".into());
+        assert_eq!(got.headers, expected);
+    }
+
+    #[test]
+    fn decode_keeps_sub_second_times() {
+        let mut env = envelope();
+        env.created_at = Utc::now();
+        let (rk, props) = Wire::new("/shop").encode(&env).unwrap();
+        let got = decode(rk.as_str(), &props, Vec::new()).unwrap();
+        assert_eq!(got.created_at, env.created_at);
+    }
+
+    #[test]
+    fn decode_reads_a_foreign_binary_mode_event() {
+        let props = props(&[
+            ("cloudEvents:id", text("evt-1")),
+            ("cloudEvents:type", text("com.example.order.placed")),
+            ("cloudEvents:source", text("/shop")),
+            ("cloudEvents:specversion", text("1.0")),
+            ("cloudEvents:time", text("2024-05-06T07:08:09.123+02:00")),
+            ("cloudEvents:partitionkey", text("order-9")),
+            ("cloudEvents:traceparent", text("00-abc-def-01")),
+            ("cloudEvents:sequence", AMQPValue::LongInt(42)),
+            ("cloudEvents:urgent", AMQPValue::Boolean(true)),
+            ("x-tenant", AMQPValue::ShortString("acme".into())),
+        ]);
+        let got = decode("orders.placed", &props, b"{}".to_vec()).unwrap();
+        assert_eq!(got.idempotency_key, "evt-1");
+        assert_eq!(got.topic, "com.example.order.placed");
+        assert_eq!(got.key.as_deref(), Some("order-9"));
+        assert_eq!(
+            got.created_at,
+            DateTime::parse_from_rfc3339("2024-05-06T05:08:09.123Z").unwrap()
+        );
+        assert_eq!(
+            got.id.get_version_num(),
+            7,
+            "a fresh UUIDv7 without txmsg-id"
+        );
+        let expected: Headers = [
+            ("traceparent", "00-abc-def-01"),
+            ("cloudEvents:source", "/shop"),
+            ("cloudEvents:sequence", "42"),
+            ("cloudEvents:urgent", "true"),
+            ("x-tenant", "acme"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(got.headers, expected);
+    }
+
+    #[test]
+    fn decode_falls_back_to_properties_and_routing_key() {
+        let props = BasicProperties::default()
+            .with_message_id("mid-1".into())
+            .with_timestamp(1_700_000_000);
+        let got = decode("orders.placed", &props, Vec::new()).unwrap();
+        assert_eq!(got.idempotency_key, "mid-1");
+        assert_eq!(got.topic, "orders.placed");
+        assert_eq!(got.key, None);
+        assert_eq!(got.created_at.timestamp(), 1_700_000_000);
+        assert!(got.headers.is_empty());
+        assert!(got.payload.is_empty());
+    }
+
+    #[test]
+    fn decode_reads_an_amqp_timestamp_time() {
+        let props = props(&[
+            ("cloudEvents_id", text("e")),
+            ("cloudEvents_time", AMQPValue::Timestamp(1_700_000_000)),
+        ]);
+        let got = decode("t", &props, Vec::new()).unwrap();
+        assert_eq!(got.created_at.timestamp(), 1_700_000_000);
+    }
+
+    #[test]
+    fn unparsable_time_is_now() {
+        let before = Utc::now();
+        for time in [
+            text("yesterday"),
+            AMQPValue::Timestamp(u64::MAX),
+            bytes(b"\xff"),
+        ] {
+            let props = props(&[("cloudEvents_id", text("e")), ("cloudEvents_time", time)]);
+            let got = decode("t", &props, Vec::new()).unwrap();
+            assert!(got.created_at >= before && got.created_at <= Utc::now());
+        }
+    }
+
+    #[test]
+    fn txmsg_id_must_be_a_uuid() {
+        let id = Uuid::now_v7();
+        let props_ok = props(&[
+            ("cloudEvents_id", text("e")),
+            (TXMSG_ID_HEADER, text(&id.to_string())),
+        ]);
+        assert_eq!(decode("t", &props_ok, Vec::new()).unwrap().id, id);
+        let props_bad = props(&[
+            ("cloudEvents_id", text("e")),
+            (TXMSG_ID_HEADER, text("nope")),
+        ]);
+        let got = decode("t", &props_bad, Vec::new()).unwrap();
+        assert_ne!(got.id.to_string(), "nope");
+        assert!(!got.headers.contains_key(TXMSG_ID_HEADER));
+    }
+
+    #[test]
+    fn missing_or_empty_id_is_undecodable() {
+        for props in [
+            props(&[("cloudEvents_type", text("t")), ("x-tenant", text("acme"))]),
+            props(&[("cloudEvents_id", text(""))]),
+            props(&[("cloudEvents_id", bytes(b"\xff\xfe"))]),
+            props(&[("cloudEvents_id", AMQPValue::FieldArray(Default::default()))]),
+            BasicProperties::default().with_message_id("".into()),
+            BasicProperties::default(),
+        ] {
+            let bad = decode("orders.placed", &props, b"{}".to_vec()).unwrap_err();
+            assert_eq!(bad.reason, "missing CloudEvents id");
+            assert_eq!(bad.topic, "orders.placed");
+            assert_eq!(bad.body, b"{}");
+        }
+        let bad = decode("t", &props(&[("x-tenant", text("acme"))]), Vec::new()).unwrap_err();
+        assert_eq!(
+            bad.headers.get("x-tenant").map(String::as_str),
+            Some("acme")
+        );
+    }
+
+    #[test]
+    fn content_type_must_be_json() {
+        for ok in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+        ] {
+            let props = props(&[("cloudEvents_id", text("e"))]).with_content_type(ok.into());
+            assert!(decode("t", &props, Vec::new()).is_ok(), "{ok}");
+        }
+        let bare = BasicProperties::default().with_message_id("e".into());
+        assert!(decode("t", &bare, Vec::new()).is_ok(), "no content type");
+        for bad in [
+            "application/cloudevents+json",
+            "text/plain",
+            "application/jsonx",
+            "",
+            "\u{1b}[31m",
+        ] {
+            let props = props(&[("cloudEvents_id", text("e"))]).with_content_type(bad.into());
+            let err = decode("t", &props, b"x".to_vec()).unwrap_err();
+            assert!(err.reason.contains("content type"), "{}", err.reason);
+            assert!(
+                err.reason.contains(&bad.escape_debug().to_string()),
+                "{}",
+                err.reason
+            );
+            assert!(!err.reason.contains('\u{1b}'));
+            assert_eq!(err.body, b"x");
+            assert_eq!(
+                err.headers.get("cloudEvents_id").map(String::as_str),
+                Some("e")
+            );
+        }
+    }
+
+    #[test]
+    fn unreadable_header_values_are_left_out() {
+        let mut nested = FieldTable::default();
+        nested.insert("a".into(), AMQPValue::LongInt(1));
+        let mut long_invalid = vec![b'a'; 70_000];
+        long_invalid[65_000] = 0xff;
+        let props = props(&[
+            ("cloudEvents_id", text("e")),
+            ("bad-utf8", bytes(&long_invalid)),
+            ("table", AMQPValue::FieldTable(nested)),
+            (
+                "array",
+                AMQPValue::FieldArray(vec![AMQPValue::Boolean(true)].into()),
+            ),
+            ("bytes", AMQPValue::ByteArray(vec![1, 2, 3].into())),
+            ("float", AMQPValue::Float(1.5)),
+            ("double", AMQPValue::Double(2.5)),
+            ("void", AMQPValue::Void),
+            ("int", AMQPValue::LongLongInt(-7)),
+            ("ok", text("yes")),
+        ]);
+        let got = decode("t", &props, Vec::new()).unwrap();
+        let names: Vec<&str> = got.headers.keys().map(String::as_str).collect();
+        assert_eq!(names, ["int", "ok"]);
+        assert_eq!(got.headers["int"], "-7");
+    }
+
+    #[test]
+    fn huge_headers_decode() {
+        let huge = "v".repeat(4 * 1024 * 1024);
+        let mut entries = vec![("cloudEvents_id", text(&huge))];
+        let names: Vec<String> = (0..1000).map(|i| format!("h{i}")).collect();
+        for name in &names {
+            entries.push((name.as_str(), text("x")));
+        }
+        let long_name = "n".repeat(255);
+        entries.push((long_name.as_str(), text(&huge)));
+        let got = decode("t", &props(&entries), Vec::new()).unwrap();
+        assert_eq!(got.idempotency_key.len(), huge.len());
+        assert_eq!(got.headers.len(), 1001);
+        assert_eq!(got.headers[&long_name].len(), huge.len());
+    }
+
+    #[test]
+    fn attribute_with_underscore_wins_over_colon() {
+        let props = props(&[
+            ("cloudEvents_id", text("underscore")),
+            ("cloudEvents:id", text("colon")),
+        ]);
+        let got = decode("t", &props, Vec::new()).unwrap();
+        assert_eq!(got.idempotency_key, "underscore");
+        assert!(got.headers.is_empty());
     }
 }

@@ -8,15 +8,18 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
 use futures_util::FutureExt;
 use lapin::options::{
-    BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use txmsg_core::consumer::{Delivery, SubscribeSpec, Subscription};
 use txmsg_core::{Broker, Envelope, Error, TRACEPARENT};
 use txmsg_rabbitmq::{RabbitBroker, RabbitConfig};
 use uuid::Uuid;
@@ -58,6 +61,8 @@ async fn raw_channel() -> (Connection, Channel) {
 struct Names {
     exchange: String,
     queues: Vec<String>,
+    /// Group queues declared by subscriptions during the test.
+    group_queues: Arc<Mutex<Vec<String>>>,
 }
 
 impl Names {
@@ -65,7 +70,16 @@ impl Names {
         Names {
             exchange: unique("ex"),
             queues: (0..queues).map(|i| unique(&format!("q{i}"))).collect(),
+            group_queues: Arc::default(),
         }
+    }
+
+    /// Records the queue of `group` for `topic`, to delete it at the end.
+    fn group_queue(&self, group: &str, topic: &str) {
+        self.group_queues
+            .lock()
+            .expect("lock")
+            .push(format!("{}.{group}.{topic}", self.exchange));
     }
 
     fn config(&self) -> RabbitConfig {
@@ -78,7 +92,8 @@ impl Names {
 
     async fn cleanup(&self) {
         let (conn, ch) = raw_channel().await;
-        for q in &self.queues {
+        let group_queues = self.group_queues.lock().expect("lock").clone();
+        for q in self.queues.iter().chain(&group_queues) {
             let _ = ch
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                 .await;
@@ -657,6 +672,298 @@ async fn refused_bind_queue_does_not_disturb_publishing() {
             Err(Error::Config { field: "queue", .. })
         ));
         let _ = conn.close(200, "OK".into()).await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// subscriptions
+
+/// A `RabbitBroker` that records the group queues its subscriptions declare,
+/// so the test can delete them.
+#[derive(Debug, Clone)]
+struct Recording {
+    broker: RabbitBroker,
+    names: Arc<Mutex<Vec<String>>>,
+}
+
+impl Broker for Recording {
+    async fn publish(&self, envelope: &Envelope) -> txmsg_core::Result<()> {
+        self.broker.publish(envelope).await
+    }
+
+    async fn subscribe(&self, spec: &SubscribeSpec) -> txmsg_core::Result<Subscription> {
+        if let Ok(queue) = self.broker.queue_name(&spec.group, &spec.topic) {
+            self.names.lock().expect("lock").push(queue);
+        }
+        self.broker.subscribe(spec).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance() {
+    with_names(0, |names| async move {
+        let broker = connect(names.config()).await;
+        let recording = Recording {
+            broker: broker.clone(),
+            names: Arc::clone(&names.group_queues),
+        };
+        txmsg_testkit::broker::run_all(|| std::future::ready(recording.clone()), "conf").await;
+        broker.close().await.expect("close");
+    })
+    .await;
+}
+
+fn spec(group: &str, topic: &str, prefetch: u16) -> SubscribeSpec {
+    SubscribeSpec {
+        group: group.to_owned(),
+        topic: topic.to_owned(),
+        prefetch,
+    }
+}
+
+async fn next(sub: &mut Subscription) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("a delivery within 10 s")
+        .expect("the subscription is open")
+}
+
+/// Publishes `body` to the exchange the way another CloudEvents producer
+/// would, with a plain lapin channel.
+async fn publish_raw(exchange: &str, routing_key: &str, properties: BasicProperties, body: &[u8]) {
+    let (conn, ch) = raw_channel().await;
+    ch.confirm_select(Default::default())
+        .await
+        .expect("confirm mode");
+    ch.basic_publish(
+        exchange.into(),
+        routing_key.into(),
+        BasicPublishOptions::default(),
+        body,
+        properties,
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+    let _ = conn.close(200, "OK".into()).await;
+}
+
+fn ce_headers(entries: &[(&str, &str)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (name, value) in entries {
+        table.insert(
+            ShortString::try_new(*name).expect("short name"),
+            AMQPValue::LongString((*value).into()),
+        );
+    }
+    table
+}
+
+#[tokio::test]
+async fn reads_cloudevents_from_other_producers() {
+    with_names(0, |names| async move {
+        let broker = connect(names.config()).await;
+        let topic = "foreign.placed";
+        names.group_queue("g", topic);
+        let mut sub = broker
+            .subscribe(&spec("g", topic, 8))
+            .await
+            .expect("subscribe");
+
+        let headers = ce_headers(&[
+            ("cloudEvents_id", "evt-77"),
+            ("cloudEvents_type", topic),
+            ("cloudEvents_source", "https://example.com/shop"),
+            ("cloudEvents_specversion", "1.0"),
+            ("cloudEvents_time", "2024-05-06T07:08:09.5Z"),
+            ("cloudEvents_partitionkey", "order-77"),
+            (
+                "cloudEvents_traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("x-tenant", "acme"),
+        ]);
+        let body = br#"{"order":77}"#;
+        publish_raw(
+            &names.exchange,
+            topic,
+            BasicProperties::default()
+                .with_content_type("application/json; charset=utf-8".into())
+                .with_headers(headers),
+            body,
+        )
+        .await;
+
+        let d = next(&mut sub).await;
+        assert!(!d.redelivered);
+        let env = d.message.as_ref().expect("decoded").clone();
+        assert_eq!(env.idempotency_key, "evt-77");
+        assert_eq!(env.topic, topic);
+        assert_eq!(env.key.as_deref(), Some("order-77"));
+        assert_eq!(env.payload, body);
+        assert_eq!(
+            env.created_at,
+            chrono::DateTime::parse_from_rfc3339("2024-05-06T07:08:09.5Z").expect("time")
+        );
+        assert_eq!(
+            env.headers.get(TRACEPARENT).map(String::as_str),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        assert_eq!(
+            env.headers.get("x-tenant").map(String::as_str),
+            Some("acme")
+        );
+        assert_eq!(
+            env.headers.get("cloudEvents_source").map(String::as_str),
+            Some("https://example.com/shop")
+        );
+        assert!(!env.headers.contains_key("cloudEvents_id"));
+        d.ack().await.expect("ack");
+
+        // No id anywhere: undecodable, with the reason, the topic and the body.
+        publish_raw(
+            &names.exchange,
+            topic,
+            BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_headers(ce_headers(&[
+                    ("cloudEvents_type", topic),
+                    ("x-tenant", "acme"),
+                ])),
+            b"{}",
+        )
+        .await;
+        let d = next(&mut sub).await;
+        let bad = d.message.as_ref().expect_err("no id");
+        assert!(
+            bad.reason.contains("missing CloudEvents id"),
+            "{}",
+            bad.reason
+        );
+        assert_eq!(bad.topic, topic);
+        assert_eq!(bad.body, b"{}");
+        assert_eq!(
+            bad.headers.get("x-tenant").map(String::as_str),
+            Some("acme")
+        );
+        d.ack().await.expect("ack");
+
+        // Not JSON: undecodable, naming the content type.
+        publish_raw(
+            &names.exchange,
+            topic,
+            BasicProperties::default()
+                .with_content_type("text/plain".into())
+                .with_headers(ce_headers(&[("cloudEvents_id", "evt-78")])),
+            b"hello",
+        )
+        .await;
+        let d = next(&mut sub).await;
+        let bad = d.message.as_ref().expect_err("text/plain");
+        assert!(bad.reason.contains("text/plain"), "{}", bad.reason);
+        assert_eq!(bad.body, b"hello");
+        d.ack().await.expect("ack");
+
+        broker.close().await.expect("close");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn queue_names_are_checked() {
+    with_names(0, |names| async move {
+        let broker = connect(names.config()).await;
+        assert_eq!(
+            broker
+                .queue_name("billing", "orders.placed")
+                .expect("short"),
+            format!("{}.billing.orders.placed", names.exchange)
+        );
+        let long = "t".repeat(200);
+        assert!(matches!(
+            broker.queue_name(&long, &long),
+            Err(Error::Config { field: "group", .. })
+        ));
+        let err = broker
+            .subscribe(&spec(&long, &long, 4))
+            .await
+            .expect_err("queue name too long");
+        assert!(
+            matches!(err, Error::Config { field: "group", .. }),
+            "{err:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_ends_with_the_connection_and_unacked_messages_come_back() {
+    with_names(0, |names| async move {
+        let conn_name = unique("conn");
+        let config = names
+            .config()
+            .connection_name(&conn_name)
+            .expect("valid name")
+            .reconnect_backoff(Duration::from_millis(200), Duration::from_secs(1))
+            .expect("valid backoff");
+        let broker = connect(config).await;
+        let topic = "lost.conn";
+        names.group_queue("g", topic);
+        let group_spec = spec("g", topic, 8);
+        let mut sub = broker.subscribe(&group_spec).await.expect("subscribe");
+        let sent = envelope(topic, 1);
+        broker.publish(&sent).await.expect("publish");
+        let held = next(&mut sub).await;
+        assert_eq!(held.message.as_ref().expect("decoded").id, sent.id);
+
+        let name = conn_name.clone();
+        tokio::task::spawn_blocking(move || close_connection_named(&name))
+            .await
+            .expect("rabbitmqctl");
+
+        // The subscription ends; settling what it handed out fails as
+        // unavailable, since RabbitMQ delivers it again anyway.
+        let end = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("the subscription ends within 10 s");
+        assert!(end.is_none(), "no delivery after the connection is lost");
+        let err = held.ack().await.expect_err("the channel is gone");
+        assert!(err.is_broker_unavailable(), "{err:?}");
+
+        // Subscribing again works once the broker has reconnected, and the
+        // unacknowledged message is delivered again.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut sub = loop {
+            match broker.subscribe(&group_spec).await {
+                Ok(sub) => break sub,
+                Err(err) => {
+                    assert!(err.is_broker_unavailable(), "{err:?}");
+                    assert!(Instant::now() < deadline, "no resubscribe within 20 s");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let again = next(&mut sub).await;
+        assert_eq!(again.message.as_ref().expect("decoded").id, sent.id);
+        assert!(again.redelivered);
+        again.ack().await.expect("ack");
+        broker.close().await.expect("close");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn subscribe_while_closed_is_unavailable() {
+    with_names(0, |names| async move {
+        let broker = connect(names.config()).await;
+        broker.close().await.expect("close");
+        let err = broker
+            .subscribe(&spec("g", "closed.topic", 4))
+            .await
+            .expect_err("closed");
+        assert!(err.is_broker_unavailable(), "{err:?}");
     })
     .await;
 }

@@ -121,7 +121,7 @@ impl Backend {
             }
             Err(_) => {
                 let broker = MemoryBroker::new();
-                let sub = broker.subscribe("orders.placed");
+                let sub = broker.observe("orders.placed");
                 (BrokerChoice::Memory(broker), Receiver::Memory(sub))
             }
         };

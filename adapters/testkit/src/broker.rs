@@ -1,0 +1,542 @@
+//! The conformance suite of [`Broker`] adapters.
+//!
+//! Every case takes a connected broker and a prefix, derives its topic and
+//! group names from the prefix (so cases and test runs never see each
+//! other's messages), runs one part of the contract documented on
+//! [`Broker`], and panics with a description of the first broken rule.
+//! Messages are published with [`Broker::publish`] and received through
+//! [`Broker::subscribe`], as the relay and the consumer runtime do; nothing
+//! else of the adapter is used.
+//!
+//! What the suite holds every broker to:
+//!
+//! - A publish resolves once confirmed, and the message reaches every group
+//!   subscribed to its topic, with every envelope field as published: id,
+//!   topic, ordering key, idempotency key, headers (including
+//!   `traceparent`; a broker may add headers of its own) and the payload
+//!   bytes, creation time to the millisecond.
+//! - Each group gets every message once; the subscriptions of one group
+//!   share its messages (each to exactly one), and a subscription never has
+//!   more than its `prefetch` deliveries unsettled.
+//! - A nacked delivery, a delivery dropped unsettled and the unsettled
+//!   deliveries of a dropped subscription are delivered again, marked
+//!   redelivered once they were handed out.
+//! - With one subscription, the messages of a key arrive in publish order.
+//! - A group's queue is created by its first subscribe and outlives its
+//!   subscriptions: messages published while the group has no subscriber
+//!   wait for its next one. Messages published before the group's first
+//!   subscribe are not required to reach it (brokers create queues at
+//!   subscribe time), so no case publishes any.
+//! - Bad topic or group names and a zero prefetch are refused.
+//!
+//! A case proves that nothing more arrives by waiting [`QUIET`] for it; all
+//! other waits end as soon as what they wait for arrives, and fail after
+//! [`WAIT`].
+//!
+//! # Examples
+//!
+//! In an adapter's integration tests:
+//!
+//! ```no_run
+//! use txmsg_core::Broker;
+//!
+//! async fn broker_conformance<B: Broker>(connect: impl Fn() -> B) {
+//!     let prefix = format!("conf-{}", uuid::Uuid::now_v7().simple());
+//!     txmsg_testkit::broker::run_all(|| std::future::ready(connect()), &prefix).await;
+//! }
+//! ```
+//!
+//! Or one case at a time, e.g.
+//! `broker::nack_redelivers(&broker, "conf-1234").await`.
+//!
+//! # Panics
+//!
+//! Every function panics when the broker breaks the contract or fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::Utc;
+use txmsg_core::consumer::{Delivery, SubscribeSpec, Subscription};
+use txmsg_core::{Broker, Envelope, Error, TRACEPARENT};
+use uuid::Uuid;
+
+/// Longest wait for a delivery that must arrive.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// How long a case waits to see that nothing more arrives.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// Runs every case of this suite, each on a broker from `make`.
+///
+/// `prefix` starts every topic and group name the cases use; give each
+/// test run its own (e.g. with a UUID in it) and keep it short: the names
+/// must pass [`validate_topic`](txmsg_core::validate_topic), and some
+/// brokers build queue names from them. Cases run one after another; each
+/// prints its name to stderr first, so a failure's output says which case
+/// broke.
+///
+/// # Panics
+///
+/// When a case fails, or `prefix` is not a valid topic name.
+pub async fn run_all<B, F, Fut>(mut make: F, prefix: &str)
+where
+    B: Broker,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = B>,
+{
+    if let Err(e) = txmsg_core::validate_topic(prefix) {
+        panic!("the prefix must be a valid topic name: {e}");
+    }
+    macro_rules! cases {
+        ($($case:ident),* $(,)?) => {
+            $(
+                eprintln!("broker conformance: {}", stringify!($case));
+                $case(&make().await, prefix).await;
+            )*
+        };
+    }
+    cases!(
+        delivers_every_field,
+        every_group_gets_every_message,
+        group_members_share_messages,
+        nack_redelivers,
+        dropped_delivery_is_redelivered,
+        dropped_subscription_redelivers,
+        per_key_order_is_kept,
+        large_and_empty_payloads,
+        queue_outlives_its_subscribers,
+        subscribe_refuses_bad_specs,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// helpers
+
+fn spec(group: String, topic: &str, prefetch: u16) -> SubscribeSpec {
+    SubscribeSpec {
+        group,
+        topic: topic.to_owned(),
+        prefetch,
+    }
+}
+
+async fn subscribe<B: Broker>(broker: &B, spec: &SubscribeSpec) -> Subscription {
+    match broker.subscribe(spec).await {
+        Ok(sub) => sub,
+        Err(e) => panic!(
+            "subscribing group `{}` to `{}` failed: {e:?}",
+            spec.group, spec.topic
+        ),
+    }
+}
+
+async fn publish<B: Broker>(broker: &B, envelope: &Envelope) {
+    if let Err(e) = broker.publish(envelope).await {
+        panic!("publishing {} failed: {e:?}", envelope.id);
+    }
+}
+
+/// A message of `topic` numbered `n` (in its payload and idempotency key).
+fn envelope(topic: &str, n: usize) -> Envelope {
+    let id = Uuid::now_v7();
+    Envelope::new(
+        id,
+        topic,
+        format!("n-{n}-{id}"),
+        format!(r#"{{"n":{n}}}"#).into_bytes(),
+        Utc::now(),
+    )
+}
+
+/// The next delivery of `sub`; fails after [`WAIT`].
+async fn next(sub: &mut Subscription, what: &str) -> Delivery {
+    match tokio::time::timeout(WAIT, sub.next()).await {
+        Ok(Some(d)) => d,
+        Ok(None) => panic!("{what}: the subscription ended"),
+        Err(_) => panic!("{what}: nothing was delivered within {WAIT:?}"),
+    }
+}
+
+/// Fails if `sub` delivers anything within [`QUIET`].
+async fn quiet(sub: &mut Subscription, what: &str) {
+    if let Ok(Some(d)) = tokio::time::timeout(QUIET, sub.next()).await {
+        panic!("{what}: unexpected delivery {:?}", d.message);
+    }
+}
+
+/// The envelope of `d`, failing if the broker could not decode it.
+fn envelope_of(d: &Delivery) -> &Envelope {
+    match &d.message {
+        Ok(e) => e,
+        Err(bad) => panic!("a delivery could not be decoded: {}", bad.reason),
+    }
+}
+
+async fn ack(d: Delivery) {
+    if let Err(e) = d.ack().await {
+        panic!("ack failed: {e:?}");
+    }
+}
+
+/// Receives `n` deliveries of `sub` and acknowledges each; returns their
+/// envelopes in arrival order.
+async fn take_and_ack(sub: &mut Subscription, n: usize, what: &str) -> Vec<Envelope> {
+    let mut got = Vec::with_capacity(n);
+    for i in 0..n {
+        let d = next(sub, &format!("{what} (delivery {} of {n})", i + 1)).await;
+        got.push(envelope_of(&d).clone());
+        ack(d).await;
+    }
+    got
+}
+
+fn id_set(envelopes: &[Envelope]) -> BTreeSet<Uuid> {
+    envelopes.iter().map(|e| e.id).collect()
+}
+
+/// Fails unless `got` holds each of `expected` exactly once.
+fn assert_once(got: &[Envelope], expected: &[Envelope], what: &str) {
+    assert_eq!(
+        got.len(),
+        id_set(got).len(),
+        "{what}: a message was delivered twice"
+    );
+    assert_eq!(
+        id_set(got),
+        id_set(expected),
+        "{what}: not every published message was delivered"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// cases
+
+/// A confirmed publish reaches a subscribed group with every envelope field
+/// as published.
+pub async fn delivers_every_field<B: Broker>(broker: &B, prefix: &str) {
+    let topic = format!("{prefix}.fields");
+    let mut sub = subscribe(broker, &spec(format!("{prefix}.g"), &topic, 8)).await;
+
+    let mut full = Envelope::new(
+        Uuid::now_v7(),
+        topic.as_str(),
+        "order-7-placed",
+        r#"{"order":7,"note":"žluťoučký kůň ✓","total":1.5}"#
+            .as_bytes()
+            .to_vec(),
+        Utc::now(),
+    );
+    full.key = Some("order-7".into());
+    full.headers.insert(
+        TRACEPARENT.into(),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+    );
+    full.headers.insert("x-tenant".into(), "acme".into());
+    publish(broker, &full).await;
+
+    let plain = envelope(&topic, 2);
+    publish(broker, &plain).await;
+
+    for sent in [&full, &plain] {
+        let d = next(&mut sub, "round trip").await;
+        assert!(!d.redelivered, "a first delivery is not redelivered");
+        let got = envelope_of(&d).clone();
+        ack(d).await;
+        assert_eq!(got.id, sent.id, "messages of one publisher arrive in order");
+        assert_eq!(got.topic, sent.topic);
+        assert_eq!(got.key, sent.key, "ordering key");
+        assert_eq!(got.idempotency_key, sent.idempotency_key);
+        assert_eq!(got.payload, sent.payload, "payload bytes must be unchanged");
+        for (name, value) in &sent.headers {
+            assert_eq!(
+                got.headers.get(name),
+                Some(value),
+                "header `{name}` must arrive with its value"
+            );
+        }
+        if !sent.headers.contains_key(TRACEPARENT) {
+            assert!(
+                !got.headers.contains_key(TRACEPARENT),
+                "no traceparent was published"
+            );
+        }
+        assert!(
+            (got.created_at - sent.created_at).abs() <= chrono::Duration::milliseconds(1),
+            "created_at {} must be the published {}",
+            got.created_at,
+            sent.created_at
+        );
+    }
+    quiet(&mut sub, "round trip").await;
+}
+
+/// Two groups on one topic each get every message, once.
+pub async fn every_group_gets_every_message<B: Broker>(broker: &B, prefix: &str) {
+    const N: usize = 10;
+    let topic = format!("{prefix}.fanout");
+    let mut a = subscribe(broker, &spec(format!("{prefix}.ga"), &topic, 16)).await;
+    let mut b = subscribe(broker, &spec(format!("{prefix}.gb"), &topic, 16)).await;
+
+    let sent: Vec<Envelope> = (0..N).map(|n| envelope(&topic, n)).collect();
+    for e in &sent {
+        publish(broker, e).await;
+    }
+    let got_a = take_and_ack(&mut a, N, "group a").await;
+    let got_b = take_and_ack(&mut b, N, "group b").await;
+    assert_once(&got_a, &sent, "group a");
+    assert_once(&got_b, &sent, "group b");
+    quiet(&mut a, "group a after every message").await;
+    quiet(&mut b, "group b after every message").await;
+}
+
+/// Two subscriptions of one group share its messages: each message goes to
+/// exactly one of them, none is lost, and a subscription with `prefetch` 1
+/// holding an unsettled delivery gets nothing more.
+pub async fn group_members_share_messages<B: Broker>(broker: &B, prefix: &str) {
+    const N: usize = 20;
+    let topic = format!("{prefix}.share");
+    let group = format!("{prefix}.g");
+    let mut a = subscribe(broker, &spec(group.clone(), &topic, 1)).await;
+    let mut b = subscribe(broker, &spec(group, &topic, 1)).await;
+
+    let sent: Vec<Envelope> = (0..N).map(|n| envelope(&topic, n)).collect();
+    for e in &sent {
+        publish(broker, e).await;
+    }
+    // `a` keeps its first delivery unsettled: with prefetch 1, every other
+    // message must go to `b`.
+    let held = next(&mut a, "first delivery of member a").await;
+    let mut got = vec![envelope_of(&held).clone()];
+    got.extend(take_and_ack(&mut b, N - 1, "member b while a holds one").await);
+    quiet(
+        &mut a,
+        "member a with one delivery unsettled and prefetch 1",
+    )
+    .await;
+    ack(held).await;
+
+    assert_once(&got, &sent, "the group");
+    quiet(&mut a, "member a after every message").await;
+    quiet(&mut b, "member b after every message").await;
+}
+
+/// A nacked delivery is delivered again, marked redelivered.
+pub async fn nack_redelivers<B: Broker>(broker: &B, prefix: &str) {
+    let topic = format!("{prefix}.nack");
+    let mut sub = subscribe(broker, &spec(format!("{prefix}.g"), &topic, 4)).await;
+    let sent = envelope(&topic, 1);
+    publish(broker, &sent).await;
+
+    let first = next(&mut sub, "first delivery").await;
+    assert!(!first.redelivered, "a first delivery is not redelivered");
+    assert_eq!(envelope_of(&first).id, sent.id);
+    if let Err(e) = first.nack().await {
+        panic!("nack failed: {e:?}");
+    }
+
+    let again = next(&mut sub, "delivery after nack").await;
+    assert_eq!(
+        envelope_of(&again).id,
+        sent.id,
+        "the nacked message comes back"
+    );
+    assert_eq!(envelope_of(&again).payload, sent.payload);
+    assert!(
+        again.redelivered,
+        "a nacked message comes back marked redelivered"
+    );
+    ack(again).await;
+    quiet(&mut sub, "after the redelivery was acknowledged").await;
+}
+
+/// A delivery dropped without ack or nack (its handler crashed) is
+/// delivered again, marked redelivered.
+pub async fn dropped_delivery_is_redelivered<B: Broker>(broker: &B, prefix: &str) {
+    let topic = format!("{prefix}.drop-delivery");
+    let mut sub = subscribe(broker, &spec(format!("{prefix}.g"), &topic, 4)).await;
+    let sent = envelope(&topic, 1);
+    publish(broker, &sent).await;
+
+    let first = next(&mut sub, "first delivery").await;
+    assert_eq!(envelope_of(&first).id, sent.id);
+    drop(first);
+
+    let again = next(&mut sub, "delivery after the first was dropped").await;
+    assert_eq!(
+        envelope_of(&again).id,
+        sent.id,
+        "the dropped message comes back"
+    );
+    assert!(
+        again.redelivered,
+        "a dropped delivery comes back marked redelivered"
+    );
+    ack(again).await;
+    quiet(&mut sub, "after the redelivery was acknowledged").await;
+}
+
+/// The unsettled deliveries of a dropped subscription (a consumer that
+/// crashed between its commit and its acknowledgement) go to the group's
+/// next subscription.
+pub async fn dropped_subscription_redelivers<B: Broker>(broker: &B, prefix: &str) {
+    const N: usize = 3;
+    let topic = format!("{prefix}.drop-sub");
+    let group_spec = spec(format!("{prefix}.g"), &topic, 10);
+    let mut first = subscribe(broker, &group_spec).await;
+    let sent: Vec<Envelope> = (0..N).map(|n| envelope(&topic, n)).collect();
+    for e in &sent {
+        publish(broker, e).await;
+    }
+    let held = next(&mut first, "first subscription").await;
+    let held_id = envelope_of(&held).id;
+    // The consumer dies: its subscription first, then what it was handling.
+    drop(first);
+    drop(held);
+
+    let mut second = subscribe(broker, &group_spec).await;
+    let mut got = Vec::with_capacity(N);
+    for i in 0..N {
+        let d = next(
+            &mut second,
+            &format!("second subscription (delivery {} of {N})", i + 1),
+        )
+        .await;
+        let e = envelope_of(&d).clone();
+        if e.id == held_id {
+            assert!(
+                d.redelivered,
+                "a message handed out before comes back marked redelivered"
+            );
+        }
+        got.push(e);
+        ack(d).await;
+    }
+    assert_once(&got, &sent, "the second subscription");
+    quiet(&mut second, "second subscription after every message").await;
+}
+
+/// With one subscription, the messages of each key arrive in publish order.
+pub async fn per_key_order_is_kept<B: Broker>(broker: &B, prefix: &str) {
+    const N: usize = 100;
+    const KEYS: usize = 3;
+    let topic = format!("{prefix}.order");
+    let mut sub = subscribe(broker, &spec(format!("{prefix}.g"), &topic, 32)).await;
+
+    let mut position: BTreeMap<Uuid, (String, usize)> = BTreeMap::new();
+    let mut sent = Vec::with_capacity(N);
+    for n in 0..N {
+        let mut e = envelope(&topic, n);
+        let key = format!("key-{}", n % KEYS);
+        e.key = Some(key.clone());
+        position.insert(e.id, (key, n));
+        publish(broker, &e).await;
+        sent.push(e);
+    }
+    let got = take_and_ack(&mut sub, N, "ordered messages").await;
+    assert_once(&got, &sent, "ordered messages");
+
+    let mut seen: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for e in &got {
+        let Some((key, n)) = position.get(&e.id) else {
+            panic!("unknown message {}", e.id);
+        };
+        assert_eq!(e.key.as_ref(), Some(key), "the ordering key travels");
+        seen.entry(key.clone()).or_default().push(*n);
+    }
+    for (key, order) in &seen {
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            order, &sorted,
+            "messages of `{key}` arrived out of publish order"
+        );
+    }
+    quiet(&mut sub, "after every ordered message").await;
+}
+
+/// A 512 KiB payload and an empty one arrive byte for byte.
+pub async fn large_and_empty_payloads<B: Broker>(broker: &B, prefix: &str) {
+    let topic = format!("{prefix}.sizes");
+    let mut sub = subscribe(broker, &spec(format!("{prefix}.g"), &topic, 4)).await;
+
+    let mut large = envelope(&topic, 1);
+    let mut body = Vec::with_capacity(512 * 1024);
+    body.push(b'"');
+    body.extend((0..512 * 1024 - 2).map(|i| b'a' + (i % 26) as u8));
+    body.push(b'"');
+    large.payload = body;
+    let mut empty = envelope(&topic, 2);
+    empty.payload = Vec::new();
+    publish(broker, &large).await;
+    publish(broker, &empty).await;
+
+    let got = take_and_ack(&mut sub, 2, "large and empty payloads").await;
+    assert_once(
+        &got,
+        &[large.clone(), empty.clone()],
+        "large and empty payloads",
+    );
+    for sent in [&large, &empty] {
+        let Some(e) = got.iter().find(|e| e.id == sent.id) else {
+            panic!("message {} is missing", sent.id);
+        };
+        assert_eq!(
+            e.payload.len(),
+            sent.payload.len(),
+            "payload length must be unchanged"
+        );
+        assert!(e.payload == sent.payload, "payload bytes must be unchanged");
+    }
+    quiet(&mut sub, "after both payloads").await;
+}
+
+/// A group's queue outlives its subscriptions: messages published while
+/// the group has no subscriber arrive at its next one.
+pub async fn queue_outlives_its_subscribers<B: Broker>(broker: &B, prefix: &str) {
+    const N: usize = 5;
+    let topic = format!("{prefix}.durable");
+    let group_spec = spec(format!("{prefix}.g"), &topic, 8);
+    let first = subscribe(broker, &group_spec).await;
+    drop(first);
+
+    let sent: Vec<Envelope> = (0..N).map(|n| envelope(&topic, n)).collect();
+    for e in &sent {
+        publish(broker, e).await;
+    }
+    let mut again = subscribe(broker, &group_spec).await;
+    let got = take_and_ack(&mut again, N, "messages published while the group was away").await;
+    assert_once(&got, &sent, "messages published while the group was away");
+    quiet(&mut again, "after every waiting message").await;
+}
+
+/// Bad topic and group names and a zero prefetch are refused.
+pub async fn subscribe_refuses_bad_specs<B: Broker>(broker: &B, prefix: &str) {
+    let topic = format!("{prefix}.bad");
+    let group = format!("{prefix}.g");
+    let cases = [
+        (
+            spec(group.clone(), "no spaces allowed", 4),
+            "a topic with spaces",
+        ),
+        (
+            spec(group.clone(), &format!("{topic}.*"), 4),
+            "a wildcard topic",
+        ),
+        (spec(String::new(), &topic, 4), "an empty group"),
+        (spec("bad group".into(), &topic, 4), "a group with spaces"),
+    ];
+    for (bad, what) in cases {
+        match broker.subscribe(&bad).await {
+            Err(Error::InvalidTopic { .. } | Error::Config { .. }) => {}
+            Err(other) => panic!("{what}: expected InvalidTopic or Config, got {other:?}"),
+            Ok(_) => panic!("{what}: the subscription was accepted"),
+        }
+    }
+    match broker.subscribe(&spec(group, &topic, 0)).await {
+        Err(Error::Config { .. }) => {}
+        Err(other) => panic!("prefetch 0: expected Config, got {other:?}"),
+        Ok(_) => panic!("prefetch 0: the subscription was accepted"),
+    }
+}
