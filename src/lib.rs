@@ -57,13 +57,14 @@
 //! | `rabbitmq` | [`rabbitmq::RabbitBroker`] (lapin, publisher confirms)| no      |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub use txmsg_core::consumer;
 pub use txmsg_core::metrics;
 pub use txmsg_core::{
     Broker, Clock, DeadFilter, DeadKeyPolicy, DeadLetter, Envelope, Error, Headers, Ident, Message,
     Outbox, OutboxStats, Relay, RelayConfig, RelayHandle, Result, SqlStore, Store, SystemClock,
     Tables, Tx, validate_topic,
 };
-pub use txmsg_macros::transactional_message;
+pub use txmsg_macros::{message_handler, transactional_message};
 
 /// The traits whose methods users call: `use txmsg::prelude::*;`.
 pub mod prelude {
@@ -110,14 +111,22 @@ pub mod memory {
 // change in any release.
 #[doc(hidden)]
 pub mod __private {
+    pub use core::any::type_name;
     pub use core::convert::From;
     pub use core::future::Future;
+    pub use core::marker::Send;
+    pub use core::option::Option;
     pub use core::result::Result::{self, Err, Ok};
     pub use core::time::Duration;
+    pub use core::{concat, file, line, module_path};
+    pub use std::boxed::Box;
     pub use std::string::String;
 
+    pub use inventory;
     pub use serde;
-    pub use txmsg_core::{Error, Message, Outbox, Tx};
+    pub use txmsg_core::consumer::{AnyCtx, HandleOutcome, HandlerRecord, run_handler};
+    pub use txmsg_core::{BoxFuture, Envelope, Error, Message, Outbox, Tx};
+    pub use uuid::Uuid;
 
     /// Fixes the output type of the user's body, so that `?` inside it
     /// converts errors into the declared error type.
@@ -168,4 +177,36 @@ pub mod __private {
             self.to_string()
         }
     }
+
+    /// A type that can be the message of a `#[message_handler]`: any
+    /// `DeserializeOwned` type.
+    ///
+    /// Generated code calls the runtime from a function generic over the
+    /// message type, bounded by this trait and given the user's type: a
+    /// message that is not `DeserializeOwned` gets this error message, at its
+    /// type, once. (`DeserializeOwned` is a supertrait, so that the bound
+    /// implies the runtime's, and a bound of the impl, so that rustc reports
+    /// this trait.)
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be the message of a `#[message_handler]`: it does not implement `serde::Deserialize`",
+        label = "the message must implement `serde::de::DeserializeOwned`",
+        note = "for local types consider adding `#[derive(serde::Deserialize)]` to `{Self}`"
+    )]
+    pub trait HandlerMessage: serde::de::DeserializeOwned {}
+
+    #[diagnostic::do_not_recommend]
+    impl<T: serde::de::DeserializeOwned> HandlerMessage for T {}
+
+    /// A type that can be the error of a `#[message_handler]`: any `Display`
+    /// type, whose text becomes the reason of a dead letter. Used as
+    /// [`HandlerMessage`] is.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be the error of a `#[message_handler]`: it does not implement `std::fmt::Display`",
+        label = "the error must implement `std::fmt::Display`",
+        note = "its text becomes the reason of the dead letter when the handler gives up"
+    )]
+    pub trait HandlerError: core::fmt::Display {}
+
+    #[diagnostic::do_not_recommend]
+    impl<T: core::fmt::Display> HandlerError for T {}
 }

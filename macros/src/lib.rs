@@ -1,9 +1,12 @@
 //! Attribute macros of [txmsg](https://docs.rs/txmsg).
 //!
-//! Use them through the `txmsg` crate (`txmsg::transactional_message`); the
-//! code they generate refers to `txmsg` and nothing else.
+//! Use them through the `txmsg` crate (`txmsg::transactional_message`,
+//! `txmsg::message_handler`); the code they generate refers to `txmsg` and
+//! nothing else.
 
+mod common;
 mod diag;
+mod handler;
 mod producer;
 
 use proc_macro::TokenStream;
@@ -177,4 +180,220 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn transactional_message(args: TokenStream, item: TokenStream) -> TokenStream {
     producer::transactional_message(args.into(), item.into()).into()
+}
+
+/// Makes an `async fn` the idempotent consumer of a topic for a consumer
+/// group: each message is applied once, in a transaction that also records
+/// it in the group's inbox.
+///
+/// The function is registered when the program starts; a
+/// [`Consumer`] started for the group finds it without a hand-written list,
+/// subscribes to its topic and calls it for every message.
+///
+/// ```no_run
+/// use txmsg::consumer::{Consumer, ConsumerConfig};
+/// use txmsg::memory::MemoryBroker;
+/// use txmsg::prelude::*;
+/// use txmsg::sqlite::SqliteStore;
+/// use txmsg::{Envelope, Tx, message_handler};
+///
+/// #[derive(serde::Deserialize)]
+/// struct OrderPlaced {
+///     id: i64,
+///     total_cents: i64,
+/// }
+///
+/// #[message_handler(topic = "orders.placed", group = "billing", max_attempts = 5)]
+/// async fn bill_order(
+///     tx: &mut Tx<'_, sqlx::Sqlite>,
+///     order: OrderPlaced,
+///     envelope: &Envelope,
+/// ) -> Result<(), txmsg::Error> {
+///     sqlx::query("INSERT INTO invoices (order_id, cents, message_key) VALUES (?, ?, ?)")
+///         .bind(order.id)
+///         .bind(order.total_cents)
+///         .bind(&envelope.idempotency_key)
+///         .execute(&mut **tx)
+///         .await?;
+///     Ok(())
+/// }
+///
+/// # async fn run() -> txmsg::Result<()> {
+/// let store = SqliteStore::connect("sqlite://billing.db").await?;
+/// store.migrate().await?;
+/// // Runs `bill_order`, and every other handler of the group.
+/// let consumer = Consumer::new(store, MemoryBroker::new(), ConsumerConfig::new("billing"))?
+///     .start()
+///     .await?;
+/// // ...
+/// consumer.shutdown().await;
+/// # Ok(()) }
+/// ```
+///
+/// # Arguments
+///
+/// | argument             | required | value                                                  |
+/// |----------------------|----------|--------------------------------------------------------|
+/// | `topic = "..."`      | yes      | the topic consumed, a string literal checked at compile time: 1 to 200 bytes of ASCII letters, digits, `.`, `-`, `_`, no empty segment |
+/// | `group = "..."`      | yes      | the consumer group, a string literal with the same rule; each group gets every message of the topic and keeps its own inbox |
+/// | `max_attempts = <n>` | no       | how many times the handler is called for one message before the message is dead-lettered, an integer literal of at least 1; default 5 |
+/// | `crate = "path"`     | no       | path of the `txmsg` crate if the dependency is renamed; default `::txmsg` |
+///
+/// # Signature
+///
+/// ```text
+/// [pub(..)] async fn name['a, ..](tx: &mut Tx<'_, DB>, message: M) -> Result<(), E>
+/// [pub(..)] async fn name['a, ..](tx: &mut Tx<'_, DB>, message: M, envelope: &Envelope) -> Result<(), E>
+/// ```
+///
+/// - `async fn`, any visibility, attributes allowed, lifetime parameters
+///   allowed but no type or const parameters and no `impl Trait`;
+/// - a free function: the generated code calls it by its name in the
+///   enclosing module, so functions in an `impl` block are not supported,
+///   with or without `self`;
+/// - the first parameter is the transaction, `&mut Tx<'_, DB>` where `Tx`
+///   is [`txmsg::Tx`] (under any path or alias ending in `Tx`) and `DB` a
+///   sqlx database such as `sqlx::Sqlite`, which must be the database of the
+///   consumer's store;
+/// - the second is the message, taken by value: an owned type (no borrowed
+///   lifetimes) with `M: serde::de::DeserializeOwned`, decoded from the
+///   message's JSON payload;
+/// - the third, optional, is the message's [`txmsg::Envelope`], by shared
+///   reference: its idempotency key, ordering key, headers and times;
+/// - the return type is `Result<(), E>` (any path ending in `Result`, with
+///   both arguments written out) with `E: std::fmt::Display`.
+///
+/// Any other shape is a compile error at the offending token, as are unknown
+/// or repeated arguments, a missing or invalid topic or group, and a
+/// `max_attempts` of 0. A message type that is not `DeserializeOwned` and an
+/// error type that is not `Display` are reported at their types.
+///
+/// # Exactly once
+///
+/// Brokers deliver at least once; the consumer turns that into exactly once
+/// per group. For each delivery it:
+///
+/// 1. decodes the payload into `M` (a payload that does not decode is dead
+///    at once, with the reason, and never retried);
+/// 2. begins a transaction, and inserts the message's idempotency key into
+///    the group's inbox in it; if the key is there already, the message was
+///    applied before: the handler does not run, and the delivery is
+///    acknowledged;
+/// 3. calls the handler with the transaction;
+/// 4. commits, and only then acknowledges the delivery.
+///
+/// The handler's writes and the inbox key commit together or not at all. A
+/// crash before the commit leaves nothing behind, and the broker delivers
+/// the message again; a crash between the commit and the acknowledgement
+/// ends in a redelivery that the inbox recognises. Messages the handler
+/// writes with `#[transactional_message]` functions in the same transaction
+/// are sent if and only if it commits.
+///
+/// If the handler returns `Err` (or the commit fails), the transaction rolls
+/// back, effects and inbox key with it, and the handler is called again
+/// after an exponential backoff with jitter (see
+/// [`ConsumerConfig`]), up to `max_attempts` calls in all.
+/// Then the message is dead for the group: it is kept as a consumer dead
+/// letter whose reason holds the last error's `Display` text, and
+/// acknowledged. Dead letters can be listed and replayed through the
+/// [`ConsumerHandle`]. Messages with the same ordering key are handled one
+/// at a time, in order.
+///
+/// # Registration and duplicates
+///
+/// Each handler submits a [`HandlerRecord`] (topic, group, `max_attempts`,
+/// path, file and line, database) to [`inventory`]; a consumer started for a
+/// group takes the records of that group, and
+/// [`registered_handlers`] lists them all. Two handlers for the same
+/// (topic, group), possibly in different crates, cannot be seen at compile
+/// time, since each macro call sees one function and the records are
+/// collected when the program is linked: [`Consumer::start`] refuses them,
+/// naming both functions and where they are, and so it does a handler
+/// whose database differs from the store's.
+///
+/// # Generated code
+///
+/// The function as written, unchanged: it can still be called directly, for
+/// instance from a test with a transaction of its own (there is no inbox or
+/// acknowledgement then). Next to it, inside `const _: () = { ... };`, an
+/// adapter with the signature the runtime calls, an entry point that runs
+/// the steps above through `run_handler`, and the registration. Written by
+/// hand, the example above is:
+///
+/// ```
+/// use txmsg::consumer::{AnyCtx, HandleOutcome, HandlerRecord, run_handler};
+/// use txmsg::core::BoxFuture;
+/// use txmsg::{Envelope, Tx};
+///
+/// # #[derive(serde::Deserialize)]
+/// # struct OrderPlaced { id: i64, total_cents: i64 }
+/// async fn bill_order(
+///     tx: &mut Tx<'_, sqlx::Sqlite>,
+///     order: OrderPlaced,
+///     envelope: &Envelope,
+/// ) -> Result<(), txmsg::Error> {
+///     // The body, unchanged.
+/// #   let _ = (tx, order.id, order.total_cents, envelope);
+/// #   Ok(())
+/// }
+///
+/// // The signature the runtime calls (without the envelope parameter, the
+/// // adapter drops it).
+/// fn adapter<'t>(
+///     tx: &'t mut Tx<'static, sqlx::Sqlite>,
+///     order: OrderPlaced,
+///     envelope: &'t Envelope,
+/// ) -> BoxFuture<'t, Result<(), txmsg::Error>> {
+///     Box::pin(bill_order(tx, order, envelope))
+/// }
+///
+/// // The entry point: decodes the payload, begins the transaction, records
+/// // the inbox key, calls the adapter, commits. `replay` is the dead letter
+/// // being replayed, if any, removed in the same transaction.
+/// fn call<'a>(
+///     ctx: &'a AnyCtx,
+///     envelope: &'a Envelope,
+///     replay: Option<uuid::Uuid>,
+/// ) -> BoxFuture<'a, HandleOutcome> {
+///     Box::pin(run_handler::<sqlx::Sqlite, OrderPlaced, txmsg::Error, _>(
+///         ctx, envelope, replay, adapter,
+///     ))
+/// }
+///
+/// inventory::submit! {
+///     HandlerRecord {
+///         topic: "orders.placed",
+///         group: "billing",
+///         max_attempts: 5,
+///         name: concat!(module_path!(), "::", "bill_order"),
+///         file: file!(),
+///         line: line!(),
+///         database: std::any::type_name::<sqlx::Sqlite>,
+///         call,
+///     }
+/// }
+///
+/// # fn main() {
+/// let handlers = txmsg::consumer::registered_handlers();
+/// assert_eq!((handlers[0].topic, handlers[0].group), ("orders.placed", "billing"));
+/// # }
+/// ```
+///
+/// The generated entry point calls `run_handler` through a function generic
+/// over the message and error types, bounded so that a message that is not
+/// `DeserializeOwned`, or an error that is not `Display`, is reported once,
+/// at its type.
+///
+/// [`Consumer`]: https://docs.rs/txmsg/latest/txmsg/consumer/struct.Consumer.html
+/// [`Consumer::start`]: https://docs.rs/txmsg/latest/txmsg/consumer/struct.Consumer.html#method.start
+/// [`ConsumerConfig`]: https://docs.rs/txmsg/latest/txmsg/consumer/struct.ConsumerConfig.html
+/// [`ConsumerHandle`]: https://docs.rs/txmsg/latest/txmsg/consumer/struct.ConsumerHandle.html
+/// [`HandlerRecord`]: https://docs.rs/txmsg/latest/txmsg/consumer/struct.HandlerRecord.html
+/// [`registered_handlers`]: https://docs.rs/txmsg/latest/txmsg/consumer/fn.registered_handlers.html
+/// [`inventory`]: https://docs.rs/inventory
+/// [`txmsg::Tx`]: https://docs.rs/txmsg/latest/txmsg/struct.Tx.html
+/// [`txmsg::Envelope`]: https://docs.rs/txmsg/latest/txmsg/struct.Envelope.html
+#[proc_macro_attribute]
+pub fn message_handler(args: TokenStream, item: TokenStream) -> TokenStream {
+    handler::message_handler(args.into(), item.into()).into()
 }

@@ -8,3 +8,10 @@ fn transactional_message() {
     t.compile_fail("tests/ui/transactional_message/fail/*.rs");
     t.pass("tests/ui/transactional_message/pass/*.rs");
 }
+
+#[test]
+fn message_handler() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("tests/ui/message_handler/fail/*.rs");
+    t.pass("tests/ui/message_handler/pass/*.rs");
+}

@@ -1,49 +1,30 @@
 //! The arguments of `#[transactional_message(...)]`.
 //!
-//! Parsing only splits the arguments into `name = value` pairs and keeps
-//! every value as an expression; which names exist and what their values must
-//! look like is checked in `valid.rs`, so that all mistakes are reported at
-//! once.
+//! Splitting them into `name = value` pairs is shared with the other macros
+//! (`common::args`); this file says which names exist and what a checked
+//! set of arguments holds.
 
 use proc_macro2::TokenStream;
-use syn::parse::Parser;
-use syn::{Expr, LitStr, Path, Token};
+use syn::{Expr, LitStr, Path};
 
-/// The names `#[transactional_message]` accepts, in the order the docs list them.
-pub(crate) const NAMES: &[&str] = &["topic", "key", "idempotency_key", "ttl", "crate"];
+use crate::common::args::{self, Attr, RawArg};
 
-/// One argument as written: `name = value`, or a bare `name`.
-pub(crate) struct RawArg {
-    /// The name, a path as written (`topic`, or a mistake like `a::b`).
-    pub(crate) name: Path,
-    /// The value after `=`, if there is one.
-    pub(crate) value: Option<Expr>,
-}
+/// `#[transactional_message]`, as messages describe it.
+pub(crate) const ATTR: Attr = Attr {
+    name: "transactional_message",
+    keys: &["topic", "key", "idempotency_key", "ttl", "crate"],
+    placeholder: |key| match key {
+        "key" | "idempotency_key" => "<expression>",
+        _ => "\"...\"",
+    },
+    synonyms: &[("ordering_key", "key"), ("routing_key", "key")],
+};
 
 /// Splits the attribute's arguments into [`RawArg`]s.
 ///
 /// Fails only on syntax that cannot be read at all, such as a missing comma.
 pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Vec<RawArg>> {
-    let mut raw = Vec::new();
-    let parser = syn::meta::parser(|meta| {
-        let value = if meta.input.peek(Token![=]) {
-            Some(meta.value()?.parse::<Expr>()?)
-        } else if meta.input.is_empty() || meta.input.peek(Token![,]) {
-            None
-        } else {
-            let name = path_to_string(&meta.path);
-            return Err(meta.input.error(format!(
-                "expected `=` after `{name}` in `#[transactional_message]`, as in `{name} = ...`"
-            )));
-        };
-        raw.push(RawArg {
-            name: meta.path,
-            value,
-        });
-        Ok(())
-    });
-    parser.parse2(tokens)?;
-    Ok(raw)
+    args::parse(tokens, &ATTR)
 }
 
 /// The arguments once checked: everything the expansion needs.
@@ -58,21 +39,6 @@ pub(crate) struct Args {
     pub(crate) ttl: Option<u64>,
     /// Path of the `txmsg` crate, if renamed; `::txmsg` otherwise.
     pub(crate) krate: Option<Path>,
-}
-
-/// `a::b` for a path, for messages.
-pub(crate) fn path_to_string(path: &Path) -> String {
-    let mut s = String::new();
-    if path.leading_colon.is_some() {
-        s.push_str("::");
-    }
-    for (i, segment) in path.segments.iter().enumerate() {
-        if i > 0 {
-            s.push_str("::");
-        }
-        s.push_str(&segment.ident.to_string());
-    }
-    s
 }
 
 /// Parses a time to live such as `"500ms"`, `"30s"`, `"30m"`, `"2h"` or
@@ -110,15 +76,7 @@ mod tests {
     use quote::quote;
 
     use super::*;
-
-    fn names(raw: &[RawArg]) -> Vec<String> {
-        raw.iter().map(|arg| path_to_string(&arg.name)).collect()
-    }
-
-    #[test]
-    fn empty_arguments_parse_to_nothing() {
-        assert!(parse(TokenStream::new()).unwrap().is_empty());
-    }
+    use crate::common::args::path_to_string;
 
     #[test]
     fn keeps_every_argument_in_order() {
@@ -130,32 +88,9 @@ mod tests {
             crate = "my_txmsg",
         })
         .unwrap();
-        assert_eq!(
-            names(&raw),
-            ["topic", "key", "idempotency_key", "ttl", "crate"]
-        );
+        let names: Vec<_> = raw.iter().map(|arg| path_to_string(&arg.name)).collect();
+        assert_eq!(names, ATTR.keys);
         assert!(raw.iter().all(|arg| arg.value.is_some()));
-        assert!(matches!(raw[1].value, Some(Expr::Field(_))));
-        assert!(matches!(raw[2].value, Some(Expr::Macro(_))));
-    }
-
-    #[test]
-    fn keeps_unknown_repeated_and_bare_names_for_validation() {
-        let raw = parse(quote!(topic = "a", topic = "b", half, a::b = 1)).unwrap();
-        assert_eq!(names(&raw), ["topic", "topic", "half", "a::b"]);
-        assert!(raw[2].value.is_none());
-    }
-
-    #[test]
-    fn keyword_names_parse() {
-        let raw = parse(quote!(crate = "x", type = 1)).unwrap();
-        assert_eq!(names(&raw), ["crate", "type"]);
-    }
-
-    #[test]
-    fn missing_comma_is_a_syntax_error() {
-        let err = parse(quote!(topic = "a" key = b)).err().unwrap();
-        assert_eq!(err.to_string(), "expected `,`");
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! original body and then enqueues the message in the caller's transaction,
 //! and `{name}_and_commit`, which runs it in a transaction of its own.
 
-use proc_macro2::{Group, Span, TokenStream, TokenTree};
-use quote::{ToTokens, format_ident, quote, quote_spanned};
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::visit::Visit;
@@ -296,42 +296,21 @@ fn to_key(p: &Producer<'_>, expr: &syn::Expr) -> TokenStream {
     quote_spanned!(span=> #private::Key::to_key(&(#expr)))
 }
 
-/// The path of the runtime's hidden module, `::txmsg::__private` by default,
-/// with every token at `span`.
+/// The path of the runtime's hidden module, with every token at `span`.
 fn private_path(p: &Producer<'_>, span: Span) -> TokenStream {
-    match &p.args.krate {
-        Some(path) => {
-            let path = respan(path.to_token_stream(), span);
-            quote_spanned!(span=> #path::__private)
-        }
-        None => quote_spanned!(span=> ::txmsg::__private),
-    }
-}
-
-/// `tokens` with every span set to `span`.
-fn respan(tokens: TokenStream, span: Span) -> TokenStream {
-    tokens
-        .into_iter()
-        .map(|mut token| {
-            if let TokenTree::Group(group) = &token {
-                let mut respanned = Group::new(group.delimiter(), respan(group.stream(), span));
-                respanned.set_span(span);
-                token = TokenTree::Group(respanned);
-            } else {
-                token.set_span(span);
-            }
-            token
-        })
-        .collect()
+    crate::common::expand::private_path(p.args.krate.as_ref(), span)
 }
 
 #[cfg(test)]
 mod tests {
-    use quote::quote;
+    use proc_macro2::TokenTree;
+    use quote::{ToTokens, quote};
     use syn::ItemFn;
 
     use super::*;
-    use crate::producer::{args, sig::Sig, valid};
+
+    use crate::common::sig::Sig;
+    use crate::producer::{args, valid};
 
     /// Every identifier in `tokens`, groups included.
     fn idents(tokens: &TokenStream) -> Vec<proc_macro2::Ident> {
@@ -570,12 +549,5 @@ mod tests {
             !printed.contains('<') || !printed.contains("'t"),
             "{printed}"
         );
-    }
-
-    #[test]
-    fn respan_reaches_into_groups() {
-        let span = Span::call_site();
-        let out = respan(quote!(a::<(b, [c])>), span);
-        assert_eq!(out.to_string(), quote!(a::<(b, [c])>).to_string());
     }
 }

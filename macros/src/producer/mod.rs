@@ -1,7 +1,9 @@
 //! `#[transactional_message]`: parse, then validate, then expand.
 //!
-//! - `args.rs` splits the attribute's arguments into `name = value` pairs;
-//! - `sig.rs` classifies the function's parameters and return type;
+//! - `args.rs` names the attribute's arguments (splitting them into
+//!   `name = value` pairs is shared, in `common::args`);
+//! - `sig.rs` adds what this macro needs to the shared model of the
+//!   function (`common::sig`);
 //! - `valid.rs` checks both and reports every mistake at once, each at its
 //!   token, and returns a [`Producer`];
 //! - `expand.rs` turns a [`Producer`] into code, and cannot fail.
@@ -11,12 +13,12 @@ mod expand;
 mod sig;
 mod valid;
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 use syn::{Ident, ItemFn, PatType, Type};
 
 use self::args::Args;
-use self::sig::Sig;
-use crate::diag;
+use crate::common::sig::Sig;
+use crate::{common, diag};
 
 /// A checked `#[transactional_message]` function: everything the expansion
 /// needs, borrowed from the parsed function.
@@ -41,20 +43,9 @@ pub(crate) struct Producer<'a> {
 ///
 /// On any error, the item is emitted unchanged next to the errors.
 pub(crate) fn transactional_message(args: TokenStream, item: TokenStream) -> TokenStream {
-    let func = match syn::parse2::<ItemFn>(item.clone()) {
+    let func = match common::parse_fn(item.clone(), &args::ATTR) {
         Ok(func) => func,
-        Err(error) => {
-            let error = if syn::parse2::<syn::Item>(item.clone()).is_ok() {
-                // Valid Rust, just not a function with a body.
-                syn::Error::new(
-                    Span::call_site(),
-                    "`#[transactional_message]` can only be used on an `async fn` with a body",
-                )
-            } else {
-                error
-            };
-            return diag::item_with_error(item, error);
-        }
+        Err(tokens) => return tokens,
     };
     let sig = Sig::new(&func);
     match valid::check(args::parse(args), &sig) {
@@ -94,8 +85,9 @@ mod tests {
         };
         let out = transactional_message(quote!(topik = "x"), item.clone());
         assert!(out.to_string().starts_with(&item.to_string()));
-        // unknown argument, missing topic, not async, no transaction, not a Result
-        assert_eq!(compile_errors(&out), 5, "{out}");
+        // unknown argument (taken for `topic`), not async, no transaction,
+        // not a Result
+        assert_eq!(compile_errors(&out), 4, "{out}");
     }
 
     #[test]

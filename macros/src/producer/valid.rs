@@ -5,23 +5,26 @@
 //! the error is `From<txmsg::Error>`) are left to rustc through spanned
 //! bounds in the expansion.
 
-use proc_macro2::Span;
-use quote::ToTokens;
-use syn::{Error, Expr, ExprLit, GenericParam, Ident, Lit, LitStr, PatType, Path, Type};
+use syn::{Error, Expr, Ident, PatType, Type};
 
 use super::Producer;
-use super::args::{self, Args, NAMES, RawArg};
-use super::sig::{self, Input, Output, Sig};
-use crate::diag::{Errors, did_you_mean, join};
-
-/// Longest topic accepted, in bytes, as in the runtime's `MAX_TOPIC_LEN`.
-const MAX_TOPIC_LEN: usize = 200;
+use super::args::{self, ATTR, Args};
+use super::sig;
+use crate::common::args::RawArg;
+use crate::common::sig::Sig;
+use crate::common::valid::{
+    check_crate, check_qualifiers, check_result, check_topic, known_args, missing, string_literal,
+};
+use crate::diag::{Errors, join};
 
 /// Checks the arguments and the function, and returns what the expansion
 /// needs, or every error found.
 pub(crate) fn check<'a>(raw: syn::Result<Vec<RawArg>>, sig: &Sig<'a>) -> syn::Result<Producer<'a>> {
     let args = raw.and_then(check_args);
-    let shape = join(check_fn(sig), join(check_tx(sig), check_output(sig)));
+    let shape = join(
+        check_qualifiers(sig, &ATTR),
+        join(check_tx(sig), check_output(sig)),
+    );
     let (args, ((), ((tx, db, params), (payload, error)))) = join(args, shape)?;
     Ok(Producer {
         func: sig.func,
@@ -37,43 +40,19 @@ pub(crate) fn check<'a>(raw: syn::Result<Vec<RawArg>>, sig: &Sig<'a>) -> syn::Re
 /// Checks names and values of the attribute's arguments.
 fn check_args(raw: Vec<RawArg>) -> syn::Result<Args> {
     let mut errors = Errors::default();
-    let mut seen: Vec<String> = Vec::new();
+    let known = known_args(raw, &ATTR, &mut errors);
+    let missing_topic = || missing("topic", &ATTR, "topic = \"orders.placed\"");
+    let topic_written = known.written("topic");
     let mut topic = None;
     let mut key = None;
     let mut idempotency_key = None;
     let mut ttl = None;
     let mut krate = None;
-    for RawArg { name: path, value } in raw {
-        let name = args::path_to_string(&path);
-        if !NAMES.contains(&name.as_str()) {
-            errors.push(unknown_argument(&path, &name));
-            continue;
-        }
-        if seen.contains(&name) {
-            errors.push(Error::new_spanned(
-                &path,
-                format!(
-                    "duplicate argument `{name}` to `#[transactional_message]`, \
-                     expected each argument at most once"
-                ),
-            ));
-            continue;
-        }
-        seen.push(name.clone());
-        let Some(value) = value else {
-            let example = if name == "key" || name == "idempotency_key" {
-                "<expression>"
-            } else {
-                "\"...\""
-            };
-            errors.push(Error::new_spanned(
-                &path,
-                format!("expected `{name} = {example}` in `#[transactional_message]`"),
-            ));
-            continue;
-        };
+    for (name, value) in known.args {
         let checked = match name.as_str() {
-            "topic" => check_topic(value).map(|v| topic = Some(v)),
+            "topic" => {
+                check_topic(value, "topic", "\"orders.placed\"", &ATTR).map(|v| topic = Some(v))
+            }
             "key" => {
                 key = Some(value);
                 Ok(())
@@ -83,20 +62,13 @@ fn check_args(raw: Vec<RawArg>) -> syn::Result<Args> {
                 Ok(())
             }
             "ttl" => check_ttl(value).map(|v| ttl = Some(v)),
-            _ => check_crate(value).map(|v| krate = Some(v)),
+            _ => check_crate(value, &ATTR).map(|v| krate = Some(v)),
         };
         if let Err(error) = checked {
             errors.push(error);
         }
     }
-    let missing_topic = || {
-        Error::new(
-            Span::call_site(),
-            "missing `topic = \"...\"` in `#[transactional_message]`, \
-             as in `#[transactional_message(topic = \"orders.placed\")]`",
-        )
-    };
-    if topic.is_none() && !seen.iter().any(|name| name == "topic") {
+    if !topic_written {
         errors.push(missing_topic());
     }
     errors.finish(())?;
@@ -110,72 +82,9 @@ fn check_args(raw: Vec<RawArg>) -> syn::Result<Args> {
     })
 }
 
-/// The error for a name `#[transactional_message]` does not know.
-fn unknown_argument(path: &Path, name: &str) -> Error {
-    let mut message = format!(
-        "unknown argument `{name}` to `#[transactional_message]`, expected one of: {}",
-        NAMES.join(", ")
-    );
-    if let Some(close) = did_you_mean(name, NAMES) {
-        message.push_str(&format!("; did you mean `{close}`?"));
-    }
-    Error::new_spanned(path, message)
-}
-
-/// `value` as a string literal, or an error saying what `name` expects.
-fn string_literal(value: Expr, name: &str, example: &str) -> syn::Result<LitStr> {
-    match value {
-        Expr::Lit(ExprLit {
-            lit: Lit::Str(lit), ..
-        }) => Ok(lit),
-        Expr::Group(group) => string_literal(*group.expr, name, example),
-        other => Err(Error::new_spanned(
-            other,
-            format!(
-                "expected a string literal for `{name}` in `#[transactional_message]`, \
-                 as in `{name} = {example}`"
-            ),
-        )),
-    }
-}
-
-/// A topic name that every supported broker accepts.
-fn check_topic(value: Expr) -> syn::Result<LitStr> {
-    let lit = string_literal(value, "topic", "\"orders.placed\"")?;
-    let topic = lit.value();
-    match topic_rule_broken(&topic) {
-        None => Ok(lit),
-        Some(reason) => Err(Error::new(
-            lit.span(),
-            format!("invalid topic `{topic}` in `#[transactional_message]`: {reason}"),
-        )),
-    }
-}
-
-/// The rule `topic` breaks, if any: the runtime's `validate_topic` rule,
-/// restated (this crate cannot depend on the runtime) with the same wording.
-fn topic_rule_broken(topic: &str) -> Option<&'static str> {
-    if topic.is_empty() {
-        return Some("must not be empty");
-    }
-    if topic.len() > MAX_TOPIC_LEN {
-        return Some("must be at most 200 bytes");
-    }
-    if !topic
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-    {
-        return Some("may contain only ASCII letters, digits, `.`, `-` and `_`");
-    }
-    if topic.starts_with('.') || topic.ends_with('.') || topic.contains("..") {
-        return Some("must not start or end with `.` or contain an empty segment");
-    }
-    None
-}
-
 /// A time to live, in milliseconds.
 fn check_ttl(value: Expr) -> syn::Result<u64> {
-    let lit = string_literal(value, "ttl", "\"30m\"")?;
+    let lit = string_literal(value, "ttl", "\"30m\"", &ATTR)?;
     let text = lit.value();
     args::parse_ttl(&text).map_err(|reason| {
         Error::new(
@@ -185,88 +94,11 @@ fn check_ttl(value: Expr) -> syn::Result<u64> {
     })
 }
 
-/// The path of a renamed `txmsg` dependency.
-fn check_crate(value: Expr) -> syn::Result<Path> {
-    let lit = string_literal(value, "crate", "\"my_txmsg\"")?;
-    lit.parse::<Path>().map_err(|_| {
-        Error::new(
-            lit.span(),
-            format!(
-                "expected a path such as \"my_txmsg\" or \"::my_txmsg\" for `crate` \
-                 in `#[transactional_message]`, found \"{}\"",
-                lit.value()
-            ),
-        )
-    })
-}
-
-/// The qualifiers and generics: an `async fn`, safe, not `extern`, generic
-/// over lifetimes only, no `self`.
-fn check_fn(sig: &Sig<'_>) -> syn::Result<()> {
-    let mut errors = Errors::default();
-    let fn_sig = &sig.func.sig;
-    if fn_sig.asyncness.is_none() {
-        errors.push(Error::new(
-            fn_sig.fn_token.span,
-            "`#[transactional_message]` functions must be `async fn`",
-        ));
-    }
-    if let Some(unsafety) = &fn_sig.unsafety {
-        errors.push(Error::new(
-            unsafety.span,
-            "`#[transactional_message]` functions cannot be `unsafe`, expected a safe `async fn`",
-        ));
-    }
-    if let Some(abi) = &fn_sig.abi {
-        errors.push(Error::new_spanned(
-            abi,
-            "`#[transactional_message]` functions cannot be `extern`, expected a Rust `async fn`",
-        ));
-    }
-    for param in &fn_sig.generics.params {
-        if !matches!(param, GenericParam::Lifetime(_)) {
-            errors.push(Error::new_spanned(
-                param,
-                "`#[transactional_message]` functions cannot have type or const parameters, \
-                 expected lifetime parameters only",
-            ));
-        }
-    }
-    for input in &sig.inputs {
-        if let Input::Receiver(receiver) = input {
-            errors.push(Error::new_spanned(
-                receiver,
-                "`#[transactional_message]` functions cannot take `self`, expected a free \
-                 function whose first parameter is `&mut txmsg::Tx<'_, DB>`",
-            ));
-        }
-    }
-    errors.finish(())
-}
-
 /// The transaction parameter (first, named, `&mut Tx<'_, DB>`) and the
 /// parameters after it.
 #[allow(clippy::type_complexity)]
 fn check_tx<'a>(sig: &Sig<'a>) -> syn::Result<(&'a Ident, &'a Type, Vec<&'a PatType>)> {
-    const EXPECTED: &str = "expected `&mut txmsg::Tx<'_, DB>` as the first parameter of a `#[transactional_message]` function";
-    let mut typed = sig.inputs.iter().filter_map(|input| match input {
-        Input::Typed { arg, tx } => Some((*arg, tx.as_ref())),
-        Input::Receiver(_) => None,
-    });
-    let Some((first, first_tx)) = typed.next() else {
-        return Err(Error::new(sig.func.sig.paren_token.span.join(), EXPECTED));
-    };
-    let rest: Vec<_> = typed.collect();
-    let Some(tx) = first_tx else {
-        if let Some((misplaced, _)) = rest.iter().find(|(_, tx)| tx.is_some()) {
-            return Err(Error::new_spanned(
-                misplaced,
-                "the `&mut txmsg::Tx<'_, DB>` parameter of a `#[transactional_message]` \
-                 function must come first",
-            ));
-        }
-        return Err(Error::new_spanned(first, EXPECTED));
-    };
+    let (first, db, rest) = crate::common::valid::check_tx(sig, &ATTR)?;
     let Some(name) = sig::binding(&first.pat) else {
         return Err(Error::new_spanned(
             &first.pat,
@@ -274,52 +106,26 @@ fn check_tx<'a>(sig: &Sig<'a>) -> syn::Result<(&'a Ident, &'a Type, Vec<&'a PatT
              function, as in `tx: &mut txmsg::Tx<'_, DB>`",
         ));
     };
-    Ok((name, tx.db, rest.into_iter().map(|(arg, _)| arg).collect()))
+    Ok((name, db, rest))
 }
 
 /// The payload and error types of the `Result<M, E>` return type.
 fn check_output<'a>(sig: &Sig<'a>) -> syn::Result<(&'a Type, &'a Type)> {
-    const EXPECTED: &str = "expected the return type `Result<M, E>` of a \
-         `#[transactional_message]` function, where `M: Serialize` is the message payload \
-         and `E: From<txmsg::Error>`";
-    match sig.output {
-        Output::Result { payload, error } => Ok((payload, error)),
-        Output::ShortResult { ty, payload } => Err(Error::new_spanned(
-            ty,
-            format!(
-                "{EXPECTED}; this `Result` alias hides `E`, write it out, \
-                 as in `Result<{}, txmsg::Error>`",
-                type_to_string(payload)
-            ),
-        )),
-        Output::Other(ty) => Err(Error::new_spanned(ty, EXPECTED)),
-        Output::Default => Err(Error::new(sig.func.sig.paren_token.span.close(), EXPECTED)),
-    }
-}
-
-/// A type as users write it, more or less: `Vec<a::B>` rather than the
-/// token stream's `Vec < a :: B >`.
-fn type_to_string(ty: &Type) -> String {
-    let text = ty.to_token_stream().to_string();
-    [
-        (" :: ", "::"),
-        (":: ", "::"),
-        (" < ", "<"),
-        (" >", ">"),
-        ("& ", "&"),
-        (" ,", ","),
-    ]
-    .iter()
-    .fold(text, |text, (from, to)| text.replace(from, to))
+    check_result(
+        sig,
+        "expected the return type `Result<M, E>` of a `#[transactional_message]` function, \
+         where `M: Serialize` is the message payload and `E: From<txmsg::Error>`",
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use proc_macro2::TokenStream;
-    use quote::quote;
+    use quote::{ToTokens, quote};
     use syn::ItemFn;
 
     use super::*;
+    use crate::common::valid::MAX_TOPIC_LEN;
 
     const GOOD_FN: &str =
         "async fn f(tx: &mut Tx<'_, Sqlite>, id: i64) -> Result<Order, Error> { todo!() }";
@@ -401,7 +207,7 @@ mod tests {
             "unknown argument `topik` to `#[transactional_message]`, expected one of: \
              topic, key, idempotency_key, ttl, crate; did you mean `topic`?"
         );
-        assert_eq!(messages.len(), 2, "the topic is also missing: {messages:?}");
+        assert_eq!(messages.len(), 1, "not also a missing topic: {messages:?}");
         assert!(args_messages(quote!(topic = "a", a::topic = 1))[0].contains("`a::topic`"));
     }
 
@@ -666,21 +472,6 @@ mod tests {
                  as in `Result<Order, txmsg::Error>`"
             )]
         );
-    }
-
-    #[test]
-    fn types_print_as_written() {
-        for text in [
-            "Order",
-            "Vec<Order>",
-            "Option<Vec<a::B>>",
-            "&'a str",
-            "::a::B<C, D>",
-            "()",
-        ] {
-            let ty: Type = syn::parse_str(text).unwrap();
-            assert_eq!(type_to_string(&ty), text);
-        }
     }
 
     #[test]

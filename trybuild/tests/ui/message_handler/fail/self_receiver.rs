@@ -1,0 +1,22 @@
+use txmsg::{Tx, message_handler};
+
+#[derive(serde::Deserialize)]
+struct OrderPlaced {
+    id: i64,
+}
+
+struct Billing;
+
+impl Billing {
+    #[message_handler(topic = "orders.placed", group = "billing")]
+    async fn bill(
+        &self,
+        tx: &mut Tx<'_, sqlx::Sqlite>,
+        order: OrderPlaced,
+    ) -> Result<(), txmsg::Error> {
+        let _ = (tx, order.id);
+        Ok(())
+    }
+}
+
+fn main() {}
