@@ -229,6 +229,31 @@ impl RabbitBroker {
         crate::consume::queue_name(self.exchange(), group, topic).map(String::from)
     }
 
+    /// Deletes the queue of consumer group `group` for `topic`, with the
+    /// messages in it: for decommissioning a group. Deleting a queue that
+    /// does not exist succeeds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BrokerUnavailable`] if the broker is not connected;
+    /// [`Error::Broker`] if RabbitMQ refused.
+    pub async fn delete_group_queue(&self, group: &str, topic: &str) -> Result<()> {
+        let name = self.queue_name(group, topic)?;
+        let queue = short("queue", &name)?;
+        let link = self.shared.link()?;
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| broker_error("could not open a rabbitmq channel", e))?;
+        channel
+            .queue_delete(queue, lapin::options::QueueDeleteOptions::default())
+            .await
+            .map_err(|e| broker_error(format!("deleting queue `{name}` failed"), e))?;
+        let _ = channel.close(REPLY_SUCCESS, "OK".into()).await;
+        Ok(())
+    }
+
     /// Closes the connection after the confirms of publishes in flight have
     /// arrived, and stops reconnecting. Later publishes and subscribes fail
     /// with [`Error::BrokerUnavailable`] (messages stay pending for another

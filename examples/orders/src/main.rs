@@ -21,7 +21,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use txmsg::{Outbox, Relay, RelayConfig};
+use txmsg::consumer::{Consumer, ConsumerConfig, InboxStore, SubscribeSpec, Subscription};
+use txmsg::prelude::*;
+use txmsg::{Envelope, Outbox, Relay, RelayConfig};
 
 mod service;
 mod wiring;
@@ -41,6 +43,13 @@ const ORDERS: &[(i64, &str, i64)] = &[
     (8, "leslie", 2_718),
 ];
 
+/// The topic of placed orders.
+const TOPIC: &str = "orders.placed";
+/// The billing service's consumer group.
+const BILLING_GROUP: &str = "billing";
+/// The demo's auditor, which only counts what reaches the broker.
+const AUDIT_GROUP: &str = "demo-audit";
+
 /// The order placed twice with the same idempotency key, as a client retry would.
 const RETRIED: i64 = 5;
 
@@ -57,7 +66,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let summary = backend.run().await?;
     summary.print();
     if summary.consistent() {
-        println!("OK: every committed order was published exactly once, no rolled-back order was");
+        println!(
+            "OK: every committed order was published exactly once and billed once; no rolled-back order was; the redelivery was ignored"
+        );
         Ok(())
     } else {
         Err("inconsistent: see the summary above".into())
@@ -74,6 +85,12 @@ struct Summary {
     received: BTreeMap<i64, u32>,
     /// Rows in the business table at the end.
     rows: i64,
+    /// Invoices billing wrote.
+    invoices: i64,
+    /// Messages billing applied.
+    billed: u64,
+    /// Redeliveries billing recognised and skipped.
+    redeliveries_ignored: u64,
 }
 
 impl Summary {
@@ -108,6 +125,11 @@ impl Summary {
             "messages on the broker  : {total} for orders {:?}",
             self.received.keys().collect::<Vec<_>>()
         );
+        println!(
+            "invoices (billing)      : {} ({} applied)",
+            self.invoices, self.billed
+        );
+        println!("redeliveries ignored    : {}", self.redeliveries_ignored);
     }
 }
 
@@ -151,52 +173,118 @@ where
     Ok(())
 }
 
-/// Waits until `expected` messages arrived (and a little longer, to catch
-/// any duplicate), or the deadline passes.
-async fn collect(summary: &mut Summary, expected: usize, receiver: &mut wiring::Receiver) {
+/// Waits until `expected` messages arrived at the audit subscription (and a
+/// little longer, to catch any duplicate), or the deadline passes. Returns
+/// the envelopes.
+async fn collect(
+    summary: &mut Summary,
+    expected: usize,
+    audit: &mut Subscription,
+) -> Vec<Envelope> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut seen = 0usize;
+    let mut seen = Vec::new();
     loop {
-        let wait = if seen >= expected {
+        let wait = if seen.len() >= expected {
             Duration::from_millis(500)
         } else {
             Duration::from_secs(20)
         };
         let until = deadline.min(tokio::time::Instant::now() + wait);
-        match tokio::time::timeout_at(until, receiver.next()).await {
-            Ok(Some(id)) => {
-                *summary.received.entry(id).or_default() += 1;
-                seen += 1;
+        match tokio::time::timeout_at(until, audit.next()).await {
+            Ok(Some(delivery)) => {
+                if let Ok(env) = &delivery.message {
+                    if let Ok(order) = env.decode::<service::OrderPlaced>() {
+                        *summary.received.entry(order.id).or_default() += 1;
+                    }
+                    seen.push(env.clone());
+                }
+                let _ = delivery.ack().await;
             }
             Ok(None) | Err(_) => break,
         }
     }
+    seen
 }
 
-/// Runs the demo on one store: relay started, orders placed, messages counted.
+/// Polls `done` every 20 ms for up to 20 s.
+async fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..1_000 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Runs the demo on one store and broker: billing consumer and relay
+/// started, orders placed, messages counted, one message redelivered.
 async fn run_demo<S, B, F, Fut>(
     store: S,
     broker: B,
-    mut receiver: wiring::Receiver,
     mut place: F,
 ) -> Result<Summary, Box<dyn std::error::Error>>
 where
-    S: txmsg::SqlStore,
-    B: txmsg::Broker,
+    S: InboxStore,
+    B: Broker,
     F: FnMut(Outbox<S::Database>, NewOrder) -> Fut,
     Fut: std::future::Future<Output = Result<service::OrderPlaced, OrderError>>,
 {
-    let relay = Relay::new(store.clone(), broker, RelayConfig::default())?.start();
+    // An auditor that only looks at what reaches the broker.
+    let spec = SubscribeSpec {
+        group: AUDIT_GROUP.into(),
+        topic: TOPIC.into(),
+        prefetch: 64,
+    };
+    let mut audit = broker.subscribe(&spec).await?;
+    let relay = Relay::new(store.clone(), broker.clone(), RelayConfig::default())?.start();
     let outbox = Outbox::new(&store).with_relay(&relay);
+    // The billing service: finds its #[message_handler] by itself.
+    let billing = Consumer::new(
+        store.clone(),
+        broker.clone(),
+        ConsumerConfig::new(BILLING_GROUP),
+    )?
+    .with_outbox(outbox.clone())
+    .start()
+    .await?;
+
     let mut summary = Summary::default();
     place_all(&mut summary, |order| place(outbox.clone(), order)).await?;
     let expected = summary.committed.len();
-    collect(&mut summary, expected, &mut receiver).await;
+    let seen = collect(&mut summary, expected, &mut audit).await;
+    wait_until(|| billing.stats().applied >= expected as u64).await;
+
+    // The broker delivers the first order again, as after a lost ack.
+    if let Some(first) = seen.first() {
+        broker.publish(first).await?;
+        let skipped = wait_until(|| billing.stats().duplicates >= 1).await;
+        let order = first
+            .decode::<service::OrderPlaced>()
+            .map(|o| o.id)
+            .unwrap_or_default();
+        if skipped {
+            println!(
+                "order {order:>2} delivered to billing again: recognised in the inbox, not billed twice"
+            );
+        }
+        // The auditor sees the redelivery too; take it off its queue.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            if let Some(d) = audit.next().await {
+                let _ = d.ack().await;
+            }
+        })
+        .await;
+    }
+    let stats = billing.stats();
+    summary.billed = stats.applied;
+    summary.redeliveries_ignored = stats.duplicates;
+    billing.shutdown().await;
     relay.shutdown().await;
-    let stats = store.stats().await?;
+    let outbox_stats = store.stats().await?;
     println!(
         "outbox                  : {} sent, {} pending, {} dead",
-        stats.sent, stats.pending, stats.dead
+        outbox_stats.sent, outbox_stats.pending, outbox_stats.dead
     );
     Ok(summary)
 }

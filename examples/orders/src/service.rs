@@ -65,7 +65,39 @@ macro_rules! order_service {
                 )
                 .execute(pool)
                 .await?;
+                sqlx::query(
+                    "CREATE TABLE IF NOT EXISTS demo_invoices (
+                         order_id BIGINT NOT NULL,
+                         customer TEXT NOT NULL,
+                         amount_cents BIGINT NOT NULL
+                     )",
+                )
+                .execute(pool)
+                .await?;
                 sqlx::query("DELETE FROM demo_orders").execute(pool).await?;
+                sqlx::query("DELETE FROM demo_invoices").execute(pool).await?;
+                Ok(())
+            }
+
+            /// Counts the invoices billing wrote.
+            pub(crate) async fn count_invoices(pool: &sqlx::Pool<$db>) -> Result<i64, sqlx::Error> {
+                sqlx::query_scalar("SELECT count(*) FROM demo_invoices").fetch_one(pool).await
+            }
+
+            /// The billing service: bills each placed order exactly once.
+            /// The inbox key is recorded in the same transaction as the
+            /// invoice, so a redelivered `orders.placed` is skipped.
+            #[txmsg::message_handler(topic = "orders.placed", group = "billing", max_attempts = 5)]
+            pub(crate) async fn bill_order(
+                tx: &mut Tx<'_, $db>,
+                order: OrderPlaced,
+            ) -> Result<(), OrderError> {
+                sqlx::query("INSERT INTO demo_invoices (order_id, customer, amount_cents) VALUES ($1, $2, $3)")
+                    .bind(order.id)
+                    .bind(&order.customer)
+                    .bind(order.total_cents)
+                    .execute(&mut **tx)
+                    .await?;
                 Ok(())
             }
 

@@ -1,16 +1,14 @@
 //! Picks the store and the broker from the environment.
 
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use txmsg::Tables;
-use txmsg::memory::{MemoryBroker, MemorySubscription};
+use txmsg::memory::MemoryBroker;
 use txmsg::postgres::PgStore;
 use txmsg::prelude::*;
 use txmsg::rabbitmq::{RabbitBroker, RabbitConfig};
 use txmsg::sqlite::SqliteStore;
 
-use crate::service::{OrderPlaced, on_postgres, on_sqlite};
-use crate::{Summary, run_demo};
+use crate::service::{on_postgres, on_sqlite};
+use crate::{AUDIT_GROUP, BILLING_GROUP, Summary, TOPIC, run_demo};
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -24,40 +22,12 @@ pub(crate) enum StoreChoice {
 /// The broker chosen by `AMQP_URL` (RabbitMQ) or its absence (in-process).
 pub(crate) enum BrokerChoice {
     Memory(MemoryBroker),
-    Rabbit(RabbitBroker, String),
-}
-
-/// Where the demo consumes what the relay published.
-pub(crate) enum Receiver {
-    Memory(MemorySubscription),
-    /// The connection is kept so the consumer stays open.
-    Rabbit(
-        #[allow(dead_code)] Box<lapin::Connection>,
-        Box<lapin::Consumer>,
-    ),
-}
-
-impl Receiver {
-    /// The order id of the next message, or `None` when the source closed.
-    pub(crate) async fn next(&mut self) -> Option<i64> {
-        let body = match self {
-            Receiver::Memory(sub) => sub.recv().await?.payload,
-            Receiver::Rabbit(_, consumer) => {
-                let delivery = consumer.next().await?.ok()?;
-                delivery.ack(BasicAckOptions::default()).await.ok()?;
-                delivery.data.clone()
-            }
-        };
-        serde_json::from_slice::<OrderPlaced>(&body)
-            .ok()
-            .map(|o| o.id)
-    }
+    Rabbit(RabbitBroker),
 }
 
 pub(crate) struct Backend {
     store: StoreChoice,
     broker: BrokerChoice,
-    receiver: Receiver,
 }
 
 impl Backend {
@@ -77,7 +47,7 @@ impl Backend {
             }
             Ok(url) => {
                 return Err(format!(
-                    "DATABASE_URL must be a postgres:// or sqlite: URL, got scheme of {:?}",
+                    "DATABASE_URL must be a postgres:// or sqlite: URL, got scheme {:?}",
                     url.split(':').next()
                 )
                 .into());
@@ -92,44 +62,21 @@ impl Backend {
                 )
             }
         };
-        let (broker, receiver) = match std::env::var("AMQP_URL") {
+        let broker = match std::env::var("AMQP_URL") {
             Ok(url) => {
-                let exchange = "txmsg.demo";
                 let broker =
-                    RabbitBroker::connect(&url, RabbitConfig::default().exchange(exchange)?)
+                    RabbitBroker::connect(&url, RabbitConfig::default().exchange("txmsg.demo")?)
                         .await?;
-                let queue = format!("txmsg.demo.orders.{}", uuid::Uuid::now_v7().simple());
-                broker.bind_queue(&queue, "orders.placed").await?;
-                let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
-                    .await?;
-                let channel = conn.create_channel().await?;
-                let consumer = channel
-                    .basic_consume(
-                        queue.as_str().into(),
-                        "demo".into(),
-                        BasicConsumeOptions {
-                            exclusive: true,
-                            ..Default::default()
-                        },
-                        Default::default(),
-                    )
-                    .await?;
-                (
-                    BrokerChoice::Rabbit(broker, exchange.to_owned()),
-                    Receiver::Rabbit(Box::new(conn), Box::new(consumer)),
-                )
+                // The demo owns these queues: start without a previous run's
+                // leftovers.
+                for group in [AUDIT_GROUP, BILLING_GROUP] {
+                    broker.delete_group_queue(group, TOPIC).await?;
+                }
+                BrokerChoice::Rabbit(broker)
             }
-            Err(_) => {
-                let broker = MemoryBroker::new();
-                let sub = broker.observe("orders.placed");
-                (BrokerChoice::Memory(broker), Receiver::Memory(sub))
-            }
+            Err(_) => BrokerChoice::Memory(MemoryBroker::new()),
         };
-        Ok(Backend {
-            store,
-            broker,
-            receiver,
-        })
+        Ok(Backend { store, broker })
     }
 
     pub(crate) fn describe(&self) -> String {
@@ -139,18 +86,14 @@ impl Backend {
             StoreChoice::Postgres(_) => "PostgreSQL".to_owned(),
         };
         let broker = match &self.broker {
-            BrokerChoice::Memory(_) => "the in-process broker".to_owned(),
-            BrokerChoice::Rabbit(_, exchange) => format!("RabbitMQ (exchange {exchange})"),
+            BrokerChoice::Memory(_) => "the in-process broker",
+            BrokerChoice::Rabbit(_) => "RabbitMQ (exchange txmsg.demo)",
         };
         format!("{store} + {broker}")
     }
 
     pub(crate) async fn run(self) -> Result<Summary, BoxError> {
-        let Backend {
-            store,
-            broker,
-            receiver,
-        } = self;
+        let Backend { store, broker } = self;
         match store {
             StoreChoice::Sqlite(store, temp_file) => {
                 store.migrate().await?;
@@ -159,10 +102,11 @@ impl Backend {
                     on_sqlite::place_order_and_commit(&outbox, order).await
                 };
                 let mut summary = match broker {
-                    BrokerChoice::Memory(b) => run_demo(store.clone(), b, receiver, place).await,
-                    BrokerChoice::Rabbit(b, _) => run_demo(store.clone(), b, receiver, place).await,
+                    BrokerChoice::Memory(b) => run_demo(store.clone(), b, place).await,
+                    BrokerChoice::Rabbit(b) => run_demo(store.clone(), b, place).await,
                 }?;
                 summary.rows = on_sqlite::count_orders(store.pool()).await?;
+                summary.invoices = on_sqlite::count_invoices(store.pool()).await?;
                 store.pool().close().await;
                 if let Some(path) = temp_file {
                     for suffix in ["", "-wal", "-shm"] {
@@ -178,10 +122,11 @@ impl Backend {
                     on_postgres::place_order_and_commit(&outbox, order).await
                 };
                 let mut summary = match broker {
-                    BrokerChoice::Memory(b) => run_demo(store.clone(), b, receiver, place).await,
-                    BrokerChoice::Rabbit(b, _) => run_demo(store.clone(), b, receiver, place).await,
+                    BrokerChoice::Memory(b) => run_demo(store.clone(), b, place).await,
+                    BrokerChoice::Rabbit(b) => run_demo(store.clone(), b, place).await,
                 }?;
                 summary.rows = on_postgres::count_orders(store.pool()).await?;
+                summary.invoices = on_postgres::count_invoices(store.pool()).await?;
                 Ok(summary)
             }
         }

@@ -28,6 +28,8 @@ fn assert_consistent(stdout: &str) {
     assert!(stdout.contains("rows in demo_orders     : 6"), "{stdout}");
     assert!(stdout.contains("retries rejected as dup : 1"), "{stdout}");
     assert!(stdout.contains("messages on the broker  : 6"), "{stdout}");
+    assert!(stdout.contains("invoices (billing)      : 6"), "{stdout}");
+    assert!(stdout.contains("redeliveries ignored    : 1"), "{stdout}");
 }
 
 #[test]
