@@ -198,6 +198,35 @@ impl Rabbit {
         out
     }
 
+    /// Messages ready in `queue` (not counting delivered, unacknowledged
+    /// ones), or `None` if it does not exist.
+    pub async fn queue_depth(&self, queue: &str) -> Option<u32> {
+        let channel = self.conn.create_channel().await.ok()?;
+        let q = channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .ok()?;
+        let _ = channel.close(200, "done".into()).await;
+        Some(q.message_count())
+    }
+
+    /// Deletes the queues of these (group, topic) pairs.
+    pub async fn delete_group_queues(&self, groups: &[(&str, &str)]) {
+        for (group, topic) in groups {
+            self.broker
+                .delete_group_queue(group, topic)
+                .await
+                .expect("delete group queue");
+        }
+    }
+
     /// Deletes the queue and the exchange.
     pub async fn cleanup(self) {
         if let Ok(channel) = self.conn.create_channel().await {

@@ -528,15 +528,12 @@ async fn bad_table_name_is_refused_before_any_sql() {
         .exchange("bad exchange\n")
         .unwrap_err();
     assert!(matches!(err, Error::Config { .. }));
-    let err = Relay::new(
-        PgSchema::new().await.store,
-        Rabbit::new().await.broker,
-        RelayConfig {
-            batch_size: 0,
-            ..RelayConfig::default()
-        },
-    )
-    .unwrap_err();
+    let (pg, rabbit) = setup().await;
+    let bad = RelayConfig {
+        batch_size: 0,
+        ..RelayConfig::default()
+    };
+    let err = Relay::new(pg.store.clone(), rabbit.broker.clone(), bad).unwrap_err();
     assert!(matches!(
         err,
         Error::Config {
@@ -544,6 +541,8 @@ async fn bad_table_name_is_refused_before_any_sql() {
             ..
         }
     ));
+    rabbit.cleanup().await;
+    pg.drop_schema().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
