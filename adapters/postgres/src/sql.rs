@@ -426,12 +426,12 @@ impl InboxSql {
                 "SELECT {cols} FROM {d} WHERE consumer_group = $1 AND id = $2"
             )),
 
-            // $1 processed before, $2 limit. As `purge_sent`: no ORDER BY,
+            // $1 processed before, $2 limit, $3 group. As `purge_sent`: no ORDER BY,
             // and SKIP LOCKED so the purge never waits on a handler.
             purge: Stmt::new(format!(
                 "DELETE FROM {i} WHERE (consumer_group, idempotency_key) IN (\
                    SELECT consumer_group, idempotency_key FROM {i} \
-                   WHERE processed_at < $1 \
+                   WHERE consumer_group = $3 AND processed_at < $1 \
                    LIMIT $2 FOR UPDATE SKIP LOCKED)"
             )),
         }
@@ -484,8 +484,8 @@ mod tests {
         assert_eq!(name(&renamed).unwrap(), "events_in_dead");
         let fits = Tables::default().inbox(&"i".repeat(58)).unwrap();
         assert_eq!(name(&fits).unwrap().len(), MAX_IDENT_LEN);
-        let too_long = Tables::default().inbox(&"i".repeat(59)).unwrap();
-        assert!(name(&too_long).unwrap_err().contains("at most 58 bytes"));
+        // Refused where the name is set, before any store sees it.
+        assert!(Tables::default().inbox(&"i".repeat(59)).is_err());
         let clash = Tables::default()
             .inbox("events")
             .unwrap()
@@ -493,7 +493,7 @@ mod tests {
             .unwrap();
         assert!(name(&clash).unwrap_err().contains("outbox"));
 
-        let sql = Sql::new(&too_long);
+        let sql = Sql::new(&clash);
         assert!(matches!(
             sql.migrations(),
             Err(Error::Config {

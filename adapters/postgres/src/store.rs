@@ -517,7 +517,7 @@ impl InboxStore for PgStore {
         row.as_ref().map(row::consumer_dead_letter).transpose()
     }
 
-    async fn purge_inbox(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+    async fn purge_inbox(&self, group: &str, before: DateTime<Utc>, limit: u32) -> Result<u64> {
         let sql = self.sql.inbox()?;
         if limit == 0 {
             return Ok(0);
@@ -525,6 +525,7 @@ impl InboxStore for PgStore {
         let done = sqlx::query(sql.purge.get())
             .bind(before)
             .bind(self::limit(limit))
+            .bind(group)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
@@ -548,8 +549,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_inbox_name_without_room_for_its_dead_letters_is_a_config_error() {
-        let long = "i".repeat(60);
-        let tables = Tables::default().inbox(&long).unwrap();
+        // `events` + `_dead` is the outbox's name.
+        let tables = Tables::default()
+            .inbox("events")
+            .unwrap()
+            .outbox("events_dead")
+            .unwrap();
         let err = PgStore::connect_with("postgres://127.0.0.1:1/x", tables.clone(), 1)
             .await
             .unwrap_err();
@@ -571,7 +576,7 @@ mod tests {
         let store = PgStore::new(pool, tables);
         for err in [
             store.migrate().await.unwrap_err(),
-            store.purge_inbox(Utc::now(), 10).await.unwrap_err(),
+            store.purge_inbox("g", Utc::now(), 10).await.unwrap_err(),
             store
                 .consumer_dead_letters("g", &DeadFilter::default())
                 .await

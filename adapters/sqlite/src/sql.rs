@@ -467,11 +467,10 @@ const INBOX_RECORD: &str = "INSERT INTO {inbox} (consumer_group, idempotency_key
      VALUES (?1, ?2, ?3) \
      ON CONFLICT (consumer_group, idempotency_key) DO NOTHING";
 
-/// `?1` processed before, `?2` limit; the oldest first, through the
-/// `processed_at` index.
+/// `?1` processed before, `?2` limit, `?3` group; the oldest first.
 const INBOX_PURGE: &str = "DELETE FROM {inbox} WHERE (consumer_group, idempotency_key) IN (\
      SELECT consumer_group, idempotency_key FROM {inbox} \
-     WHERE processed_at < ?1 ORDER BY processed_at LIMIT ?2)";
+     WHERE consumer_group = ?3 AND processed_at < ?1 ORDER BY processed_at LIMIT ?2)";
 
 /// `?1` id, `?2` group, `?3` topic, `?4` key, `?5` idempotency key,
 /// `?6` headers, `?7` payload, `?8` envelope id, `?9` created at,
@@ -524,14 +523,15 @@ mod tests {
 
     #[test]
     fn an_inbox_name_without_room_for_its_dead_letters_is_refused() {
-        let too_long = Tables::default().inbox(&"i".repeat(59)).unwrap();
+        // Too long is refused where the name is set.
+        assert!(Tables::default().inbox(&"i".repeat(59)).is_err());
         let clash = Tables::default()
             .inbox("events")
             .unwrap()
             .migrations("events_dead")
             .unwrap();
         let index_clash = Tables::default().outbox("txmsg_consumer").unwrap();
-        for tables in [too_long, clash, index_clash] {
+        for tables in [clash, index_clash] {
             assert!(matches!(
                 Names::new(&tables),
                 Err(Error::Config {

@@ -510,13 +510,14 @@ impl InboxStore for SqliteStore {
         row.as_ref().map(row::consumer_dead_letter).transpose()
     }
 
-    async fn purge_inbox(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+    async fn purge_inbox(&self, group: &str, before: DateTime<Utc>, limit: u32) -> Result<u64> {
         if limit == 0 {
             return Ok(0);
         }
         let done = sqlx::query(self.inner.sql.inbox_purge.clone())
             .bind(micros(before))
             .bind(i64::from(limit))
+            .bind(group)
             .execute(&self.inner.pool)
             .await?;
         Ok(done.rows_affected())

@@ -960,8 +960,14 @@ async fn bad_table_names_are_refused_before_any_sql_runs() {
     assert!(matches!(err, Error::Config { field: "url", .. }), "{err:?}");
 
     // The consumer dead-letter table is `<inbox>_dead`: the inbox name must
-    // leave room for the suffix.
-    let long_inbox = Tables::default().inbox(&"i".repeat(59)).unwrap();
+    // leave room for the suffix (refused where it is set) and must not clash
+    // with another table (refused by the store before opening anything).
+    assert!(Tables::default().inbox(&"i".repeat(59)).is_err());
+    let long_inbox = Tables::default()
+        .inbox("events")
+        .unwrap()
+        .outbox("events_dead")
+        .unwrap();
     let err = SqliteStore::connect_with(&db.url(), long_inbox.clone())
         .await
         .unwrap_err();

@@ -113,10 +113,12 @@ pub trait InboxStore: SqlStore {
         id: Uuid,
     ) -> impl Future<Output = Result<Option<ConsumerDeadLetter>>> + Send;
 
-    /// Deletes up to `limit` inbox keys processed before `before`; returns
-    /// how many. Runs in its own short transaction, never blocking producers.
+    /// Deletes up to `limit` of `group`'s inbox keys processed before
+    /// `before`; returns how many. Runs in its own short transaction, never
+    /// blocking producers or handlers.
     fn purge_inbox(
         &self,
+        group: &str,
         before: DateTime<Utc>,
         limit: u32,
     ) -> impl Future<Output = Result<u64>> + Send;

@@ -45,6 +45,20 @@ pub struct ConsumerConfig {
     pub max_payload_bytes: usize,
     /// How long shutdown waits for running handlers. Default 10 s.
     pub shutdown_timeout: Duration,
+    /// How long the group's inbox keeps a processed key; older keys are
+    /// purged, and a redelivery after that would be applied again. Must
+    /// exceed the redelivery horizon (see [`ConsumerConfig::redelivery_window`]).
+    /// Default 7 days.
+    pub inbox_retention: Duration,
+    /// How long a message may stay in the broker before it is delivered
+    /// again (consumers down, deliveries handed back at shutdown). With the
+    /// handlers' retries it makes the redelivery horizon that
+    /// `inbox_retention` must exceed. Default 24 h.
+    pub redelivery_window: Duration,
+    /// How often old inbox keys are purged. Default 60 s.
+    pub purge_interval: Duration,
+    /// Most inbox keys deleted by one purge statement. Default 1 000.
+    pub purge_batch: u32,
     /// The clock for inbox and dead-letter times. Default the system clock.
     pub clock: Arc<dyn Clock>,
 }
@@ -59,6 +73,10 @@ impl fmt::Debug for ConsumerConfig {
             .field("backoff_max", &self.backoff_max)
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("inbox_retention", &self.inbox_retention)
+            .field("redelivery_window", &self.redelivery_window)
+            .field("purge_interval", &self.purge_interval)
+            .field("purge_batch", &self.purge_batch)
             .finish_non_exhaustive()
     }
 }
@@ -74,8 +92,45 @@ impl ConsumerConfig {
             backoff_max: Duration::from_secs(10),
             max_payload_bytes: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
+            inbox_retention: Duration::from_secs(7 * 24 * 3600),
+            redelivery_window: Duration::from_secs(24 * 3600),
+            purge_interval: Duration::from_secs(60),
+            purge_batch: 1_000,
             clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The longest time after its first delivery that a message of a
+    /// handler with `max_attempts` may be delivered again:
+    /// `redelivery_window + max_attempts × backoff_max`.
+    pub fn redelivery_horizon(&self, max_attempts: u32) -> Duration {
+        self.redelivery_window
+            .saturating_add(self.backoff_max.saturating_mul(max_attempts))
+    }
+
+    /// Checks that inbox keys outlive every redelivery of the group's
+    /// handlers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `inbox_retention`, saying why.
+    pub fn check_retention(&self, handlers: &[&HandlerRecord]) -> Result<()> {
+        let attempts = handlers.iter().map(|h| h.max_attempts).max().unwrap_or(1);
+        let horizon = self.redelivery_horizon(attempts);
+        if self.inbox_retention <= horizon {
+            return Err(Error::config(
+                "inbox_retention",
+                format!(
+                    "is {:?}, not longer than the redelivery horizon of group `{}` ({:?} = redelivery_window {:?} + {attempts} attempts × backoff_max {:?}): a message redelivered after its key was purged would be applied twice",
+                    self.inbox_retention,
+                    self.group,
+                    horizon,
+                    self.redelivery_window,
+                    self.backoff_max
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks every field.
@@ -99,6 +154,12 @@ impl ConsumerConfig {
                 "max_payload_bytes",
                 "must be greater than zero",
             ));
+        }
+        if self.purge_interval.is_zero() {
+            return Err(Error::config("purge_interval", "must be greater than zero"));
+        }
+        if self.purge_batch == 0 {
+            return Err(Error::config("purge_batch", "must be greater than zero"));
         }
         if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {
             return Err(Error::config(
@@ -194,6 +255,7 @@ impl<S: InboxStore, B: Broker> Consumer<S, B> {
     pub async fn start(self) -> Result<ConsumerHandle<S>> {
         crate::metrics::describe();
         let handlers = self.handlers()?;
+        self.config.check_retention(&handlers)?;
         let ctx: Arc<AnyCtx> = Arc::new(HandlerCtx {
             outbox: self.outbox.clone(),
             inbox: self.store.inbox(),
@@ -224,6 +286,10 @@ impl<S: InboxStore, B: Broker> Consumer<S, B> {
                 worker.run(subscription, stop_rx.clone()).instrument(span),
             ));
         }
+        let purger = purge_loop(self.store.clone(), self.config.clone(), stop_rx.clone());
+        tasks.push(tokio::spawn(purger.instrument(
+            tracing::info_span!("txmsg.inbox.purge", group = %self.config.group),
+        )));
         Ok(ConsumerHandle {
             inner: Arc::new(HandleInner {
                 store: self.store,
@@ -679,6 +745,47 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                 self.count("requeued");
                 let _ = delivery.nack().await;
             }
+        }
+    }
+}
+
+/// Deletes the group's inbox keys older than the retention, in batches,
+/// every `purge_interval`, until stopped.
+async fn purge_loop<S: InboxStore>(
+    store: S,
+    config: ConsumerConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let retention =
+        chrono::Duration::from_std(config.inbox_retention).unwrap_or(chrono::Duration::MAX);
+    loop {
+        tokio::select! {
+            () = stopped(&mut stop) => return,
+            () = tokio::time::sleep(config.purge_interval) => {}
+        }
+        let Some(before) = config.clock.now().checked_sub_signed(retention) else {
+            continue;
+        };
+        let mut purged = 0u64;
+        loop {
+            match store
+                .purge_inbox(&config.group, before, config.purge_batch)
+                .await
+            {
+                Ok(n) => {
+                    purged += n;
+                    if n < u64::from(config.purge_batch) || *stop.borrow() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e), "inbox purge failed; trying again at the next interval");
+                    break;
+                }
+            }
+        }
+        if purged > 0 {
+            tracing::debug!(purged, "purged old inbox keys");
         }
     }
 }
