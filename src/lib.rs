@@ -55,6 +55,7 @@
 //! | `memory`   | [`memory::MemoryBroker`], the in-process broker       | yes     |
 //! | `postgres` | [`postgres::PgStore`] (sqlx, PostgreSQL ≥ 12)         | no      |
 //! | `rabbitmq` | [`rabbitmq::RabbitBroker`] (lapin, publisher confirms)| no      |
+//! | `opentelemetry` | `traceparent` captured when a message is written; handler spans continue the trace | no |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use txmsg_core::consumer;
