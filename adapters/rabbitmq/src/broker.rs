@@ -277,10 +277,21 @@ impl RabbitBroker {
         if !link.connection.status().connected() {
             return Ok(());
         }
-        link.connection
-            .close(REPLY_SUCCESS, "OK".into())
-            .await
-            .map_err(|e| broker_error("closing the rabbitmq connection failed", e))
+        match link.connection.close(REPLY_SUCCESS, "OK".into()).await {
+            Ok(()) => Ok(()),
+            // A channel (a dropped subscription's) or the connection was
+            // already closing: closed all the same.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    lapin::ErrorKind::InvalidChannelState(..)
+                        | lapin::ErrorKind::InvalidConnectionState(_)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(broker_error("closing the rabbitmq connection failed", e)),
+        }
     }
 
     async fn publish_confirmed(&self, envelope: &Envelope) -> Result<()> {
