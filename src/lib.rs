@@ -59,6 +59,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use txmsg_core::consumer;
+pub use txmsg_core::half;
 pub use txmsg_core::metrics;
 pub use txmsg_core::{
     Broker, Clock, DeadFilter, DeadKeyPolicy, DeadLetter, Envelope, Error, Headers, Ident, Message,

@@ -11,6 +11,7 @@ mod config;
 pub mod consumer;
 mod envelope;
 mod error;
+pub mod half;
 pub mod metrics;
 mod relay;
 mod store;

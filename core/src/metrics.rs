@@ -25,6 +25,10 @@ pub const INBOX_DUPLICATES_TOTAL: &str = "txmsg_inbox_duplicates_total";
 /// `group`. Histogram, seconds.
 pub const HANDLE_DURATION_SECONDS: &str = "txmsg_handle_duration_seconds";
 
+/// Check-backs that ran, by `topic` and `outcome` (`commit`, `rollback`,
+/// `unknown`, `error`). Counter.
+pub const CHECK_BACKS_TOTAL: &str = "txmsg_check_backs_total";
+
 static DESCRIBE: Once = Once::new();
 
 /// Describes every metric once per process, for recorders that show help text.
@@ -41,6 +45,7 @@ pub(crate) fn describe() {
             "failed publish attempts that will be retried"
         );
         metrics::describe_counter!(DEAD_LETTERS_TOTAL, "messages that went dead");
+        metrics::describe_counter!(CHECK_BACKS_TOTAL, "check-backs that ran, by outcome");
         metrics::describe_counter!(CONSUMED_TOTAL, "messages a consumer group settled");
         metrics::describe_counter!(
             INBOX_DUPLICATES_TOTAL,

@@ -55,6 +55,34 @@ pub trait OutboxWriter<DB: sqlx::Database>: Debug + Send + Sync + 'static {
         envelope: &'a Envelope,
         lease: Option<Lease>,
     ) -> BoxFuture<'a, Result<Inserted>>;
+
+    /// Inserts `envelope` as a *prepared* row (not deliverable) whose first
+    /// check-back is due at `check_at`. A row with the same (topic,
+    /// idempotency key) is not overwritten: [`Inserted::Duplicate`].
+    fn prepare<'a>(
+        &'a self,
+        conn: &'a mut DB::Connection,
+        envelope: &'a Envelope,
+        check_at: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Inserted>> {
+        let _ = (conn, envelope, check_at);
+        Box::pin(async { Err(crate::Error::Unsupported("half messages")) })
+    }
+
+    /// Settles prepared row `id`, only if it is still prepared (the fence):
+    /// [`Resolve::Commit`](crate::half::Resolve::Commit) makes it pending and
+    /// due at `now`, [`Resolve::Rollback`](crate::half::Resolve::Rollback)
+    /// deletes it. Otherwise reports what it found.
+    fn resolve<'a>(
+        &'a self,
+        conn: &'a mut DB::Connection,
+        id: Uuid,
+        resolve: crate::half::Resolve,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<crate::half::Resolved>> {
+        let _ = (conn, id, resolve, now);
+        Box::pin(async { Err(crate::Error::Unsupported("half messages")) })
+    }
 }
 
 /// Wakes a relay's poller; handed to [`Store::watch`].
@@ -217,7 +245,9 @@ pub trait Store: Debug + Clone + Send + Sync + 'static {
     /// Records a failed attempt: attempts + 1, retry at `next_attempt_at`, lease released.
     fn mark_failed(&self, failure: &Failure) -> impl Future<Output = Result<()>> + Send;
 
-    /// Marks a row dead with `reason` (only while `owner` holds it).
+    /// Marks a pending or prepared row dead with `reason` (only while
+    /// `owner` holds it, or nobody does). A dead half message remembers that
+    /// it was prepared, so that [`resume`](Store::resume) can put it back.
     fn mark_dead(
         &self,
         id: Uuid,
@@ -247,6 +277,53 @@ pub trait Store: Debug + Clone + Send + Sync + 'static {
 
     /// Counts rows by state.
     fn stats(&self) -> impl Future<Output = Result<OutboxStats>> + Send;
+
+    /// Leases prepared rows whose next check is due (`next_attempt_at <=
+    /// now`) to `req.lease.owner`, oldest first, at most `req.limit`; two
+    /// workers never get the same row while its lease runs. Keys play no
+    /// part. Expired prepared rows are returned too.
+    fn claim_prepared(
+        &self,
+        req: &ClaimRequest,
+    ) -> impl Future<Output = Result<Vec<crate::half::PreparedMessage>>> + Send {
+        let _ = req;
+        async { Err(crate::Error::Unsupported("half messages")) }
+    }
+
+    /// Records a check-back of prepared row `id` that answered Unknown (or
+    /// failed): the next check is due at `next_check_at`, the lease is
+    /// released, and `checks` grows by one if the check really ran
+    /// (`counted`). Only while `owner` holds the row and it is prepared.
+    fn record_check(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        next_check_at: DateTime<Utc>,
+        counted: bool,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (id, owner, next_check_at, counted);
+        async { Err(crate::Error::Unsupported("half messages")) }
+    }
+
+    /// Settles prepared row `id` for the check-back worker, with the same
+    /// fence as [`OutboxWriter::resolve`].
+    fn resolve_prepared(
+        &self,
+        id: Uuid,
+        resolve: crate::half::Resolve,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<crate::half::Resolved>> + Send {
+        let _ = (id, resolve, now);
+        async { Err(crate::Error::Unsupported("half messages")) }
+    }
+
+    /// Puts a dead half message back to prepared with its checks reset,
+    /// first check due at `at` (an operator's resume). `false` if `id` is not
+    /// a dead half message.
+    fn resume(&self, id: Uuid, at: DateTime<Utc>) -> impl Future<Output = Result<bool>> + Send {
+        let _ = (id, at);
+        async { Err(crate::Error::Unsupported("half messages")) }
+    }
 
     /// A task that wakes the relay when another process committed rows, if
     /// the store has such a signal (PostgreSQL `LISTEN`/`NOTIFY`, when

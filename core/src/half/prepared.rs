@@ -1,0 +1,119 @@
+//! The producer's side of a half message.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::{Envelope, Error, Outbox, Result};
+
+/// How to settle a prepared message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolve {
+    /// Make it deliverable (pending).
+    Commit,
+    /// Delete it: it is never published.
+    Rollback,
+}
+
+/// What settling a prepared message found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Resolved {
+    /// It was prepared and is now settled as asked.
+    Done,
+    /// It had already been committed (by the producer or a check-back).
+    AlreadyCommitted,
+    /// It had already been rolled back (the row is gone).
+    AlreadyRolledBack,
+    /// It is dead (unresolved after its checks, or expired).
+    Dead,
+}
+
+/// A prepared message as the check-back worker claims it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PreparedMessage {
+    /// The message.
+    pub envelope: Envelope,
+    /// Check-backs that really ran so far.
+    pub checks: u32,
+}
+
+impl PreparedMessage {
+    /// A claimed prepared message, for stores that read them back.
+    pub fn new(envelope: Envelope, checks: u32) -> Self {
+        PreparedMessage { envelope, checks }
+    }
+}
+
+/// A half message stored prepared, waiting for the local work's outcome.
+///
+/// [`commit`](Prepared::commit) makes it deliverable (and wakes the relay);
+/// [`rollback`](Prepared::rollback) deletes it. Dropped without either (a
+/// panic, a crash), it stays prepared and the topic's check-back decides.
+#[must_use = "a prepared message is resolved by commit() or rollback(), or later by its check-back"]
+pub struct Prepared<DB: sqlx::Database> {
+    outbox: Outbox<DB>,
+    id: Uuid,
+    topic: String,
+}
+
+impl<DB: sqlx::Database> fmt::Debug for Prepared<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepared")
+            .field("id", &self.id)
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+impl<DB: sqlx::Database> Prepared<DB> {
+    pub(crate) fn new(outbox: Outbox<DB>, id: Uuid, topic: String) -> Self {
+        Prepared { outbox, id, topic }
+    }
+
+    /// Id of the message.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// Makes the message deliverable; the relay publishes it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RolledBack`] if a check-back rolled it back first (the local
+    /// work should then be compensated); [`Error::Database`] if the store
+    /// failed (the message stays prepared and its check-back decides).
+    pub async fn commit(self) -> Result<()> {
+        match self.outbox.resolve(self.id, Resolve::Commit).await? {
+            Resolved::Done | Resolved::AlreadyCommitted => {
+                self.outbox.wake_relay();
+                Ok(())
+            }
+            Resolved::AlreadyRolledBack | Resolved::Dead => Err(Error::RolledBack { id: self.id }),
+        }
+    }
+
+    /// Deletes the message: it is never published.
+    ///
+    /// Returns [`Resolved::AlreadyCommitted`] if a check-back committed it
+    /// first: the message goes out although the local work failed, and the
+    /// caller must compensate.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] if the store failed: the message stays prepared
+    /// and its check-back decides.
+    pub async fn rollback(self) -> Result<Resolved> {
+        self.outbox.resolve(self.id, Resolve::Rollback).await
+    }
+}
+
+/// When the first check of a message prepared at `now` is due.
+pub(crate) fn first_check_at(now: DateTime<Utc>, after: std::time::Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(after)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(now)
+}

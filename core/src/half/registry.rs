@@ -1,0 +1,86 @@
+//! Check-back functions registered by `#[check_back]`.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+
+use crate::Envelope;
+use crate::store::BoxFuture;
+
+/// A check-back's verdict on a prepared message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CheckStatus {
+    /// The local work committed: deliver the message.
+    Commit,
+    /// The local work rolled back (or never happened): delete the message.
+    Rollback,
+    /// Not known yet: check again later.
+    Unknown,
+}
+
+/// How generated code calls a check-back: the prepared message in, the
+/// verdict (or the error text, which counts as Unknown) out.
+pub type CheckBackFn = for<'a> fn(&'a Envelope) -> BoxFuture<'a, Result<CheckStatus, String>>;
+
+/// A `#[check_back]`, registered at compile time.
+///
+/// One per topic: a second one for a topic is refused when a
+/// [`CheckBackWorker`](super::CheckBackWorker) starts, naming both.
+#[derive(Clone, Copy)]
+pub struct CheckBackRecord {
+    /// Topic whose prepared messages it resolves.
+    pub topic: &'static str,
+    /// Path of the function (`module_path!()::name`).
+    pub name: &'static str,
+    /// Source file.
+    pub file: &'static str,
+    /// Line.
+    pub line: u32,
+    /// The generated entry point.
+    pub call: CheckBackFn,
+}
+
+impl fmt::Debug for CheckBackRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckBackRecord")
+            .field("topic", &self.topic)
+            .field("name", &self.name)
+            .field("location", &format_args!("{}:{}", self.file, self.line))
+            .finish()
+    }
+}
+
+impl CheckBackRecord {
+    /// `name (file:line)`, for messages that point at the function.
+    pub fn location(&self) -> String {
+        format!("`{}` ({}:{})", self.name, self.file, self.line)
+    }
+}
+
+inventory::collect!(CheckBackRecord);
+
+/// Every registered check-back, sorted by (topic, name).
+pub fn registered_check_backs() -> Vec<&'static CheckBackRecord> {
+    let mut all: Vec<&'static CheckBackRecord> =
+        inventory::iter::<CheckBackRecord>.into_iter().collect();
+    all.sort_by_key(|c| (c.topic, c.name));
+    all
+}
+
+/// Decodes the payload as `M` and runs `check` on it. Called by generated
+/// code; an undecodable payload or an error is reported as text (the worker
+/// counts it as Unknown).
+pub async fn run_check_back<M, E, F>(envelope: &Envelope, check: F) -> Result<CheckStatus, String>
+where
+    M: DeserializeOwned,
+    E: fmt::Display,
+    F: for<'t> FnOnce(&'t M) -> BoxFuture<'t, Result<CheckStatus, E>>,
+{
+    let message: M = serde_json::from_slice(&envelope.payload).map_err(|e| {
+        format!(
+            "payload does not match `{}`: {e}",
+            std::any::type_name::<M>()
+        )
+    })?;
+    check(&message).await.map_err(|e| e.to_string())
+}

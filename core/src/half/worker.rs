@@ -1,0 +1,383 @@
+//! The check-back worker: resolves prepared messages whose outcome is unknown.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::prepared::{PreparedMessage, Resolve, Resolved};
+use super::registry::{CheckBackRecord, CheckStatus, registered_check_backs};
+use crate::relay::error_chain;
+use crate::store::{ClaimRequest, Lease};
+use crate::{Clock, Error, RelayHandle, Result, Store, SystemClock};
+
+/// Settings of a [`CheckBackWorker`]. Defaults follow RocketMQ 5: first
+/// check 6 s after a message was prepared (set by the producer, see
+/// [`CheckBackConfig::check_after`]), then 30 s apart, 15 checks.
+#[derive(Clone)]
+pub struct CheckBackConfig {
+    /// Time from preparing a message to its first check. Producers use it
+    /// (through their attribute or call); here it is only validated. Default 6 s.
+    pub check_after: Duration,
+    /// Time between checks that answered Unknown (or failed). Default 30 s.
+    pub interval: Duration,
+    /// Checks that really ran before the message is dead. Default 15.
+    pub max_checks: u32,
+    /// Longest a check-back may take; past it, the check counts as Unknown.
+    /// Default 10 s.
+    pub timeout: Duration,
+    /// Most prepared messages claimed at once. Default 100.
+    pub batch_size: u32,
+    /// Check-backs running at once. Default 16.
+    pub concurrency: usize,
+    /// How long a claimed message belongs to this worker. Default 60 s.
+    pub lease: Duration,
+    /// How often to look for due messages. Default 1 s.
+    pub poll_interval: Duration,
+    /// The clock. Default the system clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for CheckBackConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckBackConfig")
+            .field("check_after", &self.check_after)
+            .field("interval", &self.interval)
+            .field("max_checks", &self.max_checks)
+            .field("timeout", &self.timeout)
+            .field("batch_size", &self.batch_size)
+            .field("concurrency", &self.concurrency)
+            .field("lease", &self.lease)
+            .field("poll_interval", &self.poll_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for CheckBackConfig {
+    fn default() -> Self {
+        CheckBackConfig {
+            check_after: Duration::from_secs(6),
+            interval: Duration::from_secs(30),
+            max_checks: 15,
+            timeout: Duration::from_secs(10),
+            batch_size: 100,
+            concurrency: 16,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl CheckBackConfig {
+    /// Checks every field.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the first field that breaks its rule.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_checks == 0 {
+            return Err(Error::config("max_checks", "must be greater than zero"));
+        }
+        if self.batch_size == 0 || self.concurrency == 0 {
+            return Err(Error::config(
+                "batch_size",
+                "batch_size and concurrency must be greater than zero",
+            ));
+        }
+        if self.interval.is_zero() || self.poll_interval.is_zero() {
+            return Err(Error::config(
+                "interval",
+                "interval and poll_interval must be greater than zero",
+            ));
+        }
+        if self.timeout >= self.lease {
+            return Err(Error::config(
+                "timeout",
+                "must be shorter than lease, or another worker could check the same message meanwhile",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Resolves prepared messages whose producer did not (a crash, a panic, a
+/// lost connection) by asking the topic's `#[check_back]`.
+///
+/// Due prepared messages are claimed with a lease, so several workers on one
+/// store never check the same message at once. Commit makes the message
+/// deliverable, Rollback deletes it, Unknown (or an error, or a timeout)
+/// schedules another check; after `max_checks` checks that really ran the
+/// message is dead with the reason `unresolved after N checks`. A message
+/// whose topic has no check-back is dead with that reason. A prepared
+/// message past its expiry is checked one last time: Commit lets the relay
+/// dead-letter it as expired, Rollback deletes it, anything else makes it
+/// dead as expired.
+#[derive(Debug)]
+pub struct CheckBackWorker<S> {
+    store: S,
+    config: CheckBackConfig,
+    relay: Option<RelayHandle>,
+}
+
+impl<S: Store> CheckBackWorker<S> {
+    /// A worker on `store`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if `config` breaks a rule.
+    pub fn new(store: S, config: CheckBackConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(CheckBackWorker {
+            store,
+            config,
+            relay: None,
+        })
+    }
+
+    /// Wakes `relay` when a check commits a message, so it goes out at once.
+    pub fn with_relay(mut self, relay: &RelayHandle) -> Self {
+        self.relay = Some(relay.clone());
+        self
+    }
+
+    /// The registered check-backs by topic, checked: one per topic.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming both functions of a topic that has two.
+    pub fn check_backs() -> Result<HashMap<&'static str, &'static CheckBackRecord>> {
+        let all = registered_check_backs();
+        let mut by_topic: HashMap<&'static str, &'static CheckBackRecord> = HashMap::new();
+        for c in all {
+            if let Some(first) = by_topic.insert(c.topic, c) {
+                return Err(Error::config(
+                    "check_back",
+                    format!(
+                        "two check-backs for topic `{}`: {} and {}",
+                        c.topic,
+                        first.location(),
+                        c.location()
+                    ),
+                ));
+            }
+        }
+        Ok(by_topic)
+    }
+
+    /// Starts checking on the current Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if a topic has two check-backs.
+    pub fn start(self) -> Result<CheckBackHandle> {
+        crate::metrics::describe();
+        let check_backs = Self::check_backs()?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            store: self.store,
+            config: self.config,
+            relay: self.relay,
+            check_backs,
+            owner: Uuid::now_v7(),
+        });
+        let span = tracing::info_span!("txmsg.check_back.worker", worker = %shared.owner);
+        let task = tokio::spawn(run(shared, stop_rx).instrument(span));
+        Ok(CheckBackHandle {
+            stop: stop_tx,
+            task: Arc::new(tokio::sync::Mutex::new(Some(task))),
+        })
+    }
+}
+
+/// A running check-back worker.
+#[derive(Debug, Clone)]
+pub struct CheckBackHandle {
+    stop: watch::Sender<bool>,
+    task: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl CheckBackHandle {
+    /// Stops after the checks in progress; what was claimed and not checked
+    /// is checked again when its lease runs out.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the worker keeps stopping; calling again waits again.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let mut task = self.task.lock().await;
+        if let Some(handle) = task.as_mut() {
+            if let Err(e) = handle.await {
+                tracing::error!(error = %e, "txmsg check-back worker failed");
+            }
+            *task = None;
+        }
+    }
+}
+
+struct Shared<S> {
+    store: S,
+    config: CheckBackConfig,
+    relay: Option<RelayHandle>,
+    check_backs: HashMap<&'static str, &'static CheckBackRecord>,
+    owner: Uuid,
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(now)
+}
+
+async fn run<S: Store>(shared: Arc<Shared<S>>, mut stop: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(shared.config.concurrency));
+    loop {
+        let now = shared.config.clock.now();
+        let req = ClaimRequest {
+            lease: Lease {
+                owner: shared.owner,
+                until: after(now, shared.config.lease),
+            },
+            now,
+            limit: shared.config.batch_size,
+            per_key_limit: 0,
+            dead_parks_key: false,
+        };
+        let claimed = shared.store.claim_prepared(&req).await;
+        let batch = match claimed {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "claiming prepared messages failed");
+                Vec::new()
+            }
+        };
+        let full = batch.len() >= req.limit as usize;
+        let mut running = JoinSet::new();
+        for prepared in batch {
+            let shared = Arc::clone(&shared);
+            let permits = Arc::clone(&permits);
+            let stop = stop.clone();
+            running.spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                check_one(&shared, prepared, stop).await;
+            });
+        }
+        while running.join_next().await.is_some() {}
+        if full {
+            continue;
+        }
+        tokio::select! {
+            () = stopped(&mut stop) => return,
+            () = tokio::time::sleep(shared.config.poll_interval) => {}
+        }
+    }
+}
+
+/// Checks one prepared message and applies the verdict.
+async fn check_one<S: Store>(
+    shared: &Shared<S>,
+    prepared: PreparedMessage,
+    mut stop: watch::Receiver<bool>,
+) {
+    let env = &prepared.envelope;
+    let span = tracing::info_span!(
+        "txmsg.check_back",
+        topic = %env.topic,
+        key = env.key.as_deref(),
+        message_id = %env.id,
+        check = prepared.checks + 1,
+    );
+    async {
+        let now = shared.config.clock.now();
+        let expired = env.is_expired(now);
+        let Some(record) = shared.check_backs.get(env.topic.as_str()) else {
+            let reason = format!("no `#[check_back]` is registered for topic `{}`", env.topic);
+            return dead(shared, env, &reason).await;
+        };
+        let verdict = tokio::select! {
+            r = tokio::time::timeout(shared.config.timeout, (record.call)(env)) => match r {
+                Ok(Ok(status)) => Ok(status),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(format!("no answer within {:?}", shared.config.timeout)),
+            },
+            // Stopping: this check did not really run; the lease runs out.
+            () = stopped(&mut stop) => return,
+        };
+        let outcome = match &verdict {
+            Ok(CheckStatus::Commit) => "commit",
+            Ok(CheckStatus::Rollback) => "rollback",
+            Ok(CheckStatus::Unknown) => "unknown",
+            Err(_) => "error",
+        };
+        metrics::counter!(crate::metrics::CHECK_BACKS_TOTAL, "topic" => env.topic.clone(), "outcome" => outcome).increment(1);
+        match verdict {
+            Ok(CheckStatus::Commit) => resolve(shared, env.id, Resolve::Commit).await,
+            Ok(CheckStatus::Rollback) => resolve(shared, env.id, Resolve::Rollback).await,
+            other => {
+                if let Err(e) = &other {
+                    tracing::warn!(error = %e, "check-back failed; counted as Unknown");
+                }
+                let checks = prepared.checks.saturating_add(1);
+                if expired {
+                    let reason = format!("expired while unresolved after {checks} checks");
+                    return dead(shared, env, &reason).await;
+                }
+                if checks >= shared.config.max_checks {
+                    let reason = format!("unresolved after {checks} checks");
+                    return dead(shared, env, &reason).await;
+                }
+                let next = after(now, shared.config.interval);
+                if let Err(e) = shared.store.record_check(env.id, shared.owner, next, true).await {
+                    tracing::warn!(error = %error_chain(&e), "could not record the check; it runs again when the lease runs out");
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn resolve<S: Store>(shared: &Shared<S>, id: Uuid, resolve: Resolve) {
+    let now = shared.config.clock.now();
+    match shared.store.resolve_prepared(id, resolve, now).await {
+        Ok(Resolved::Done) => {
+            tracing::info!(verdict = ?resolve, "prepared message resolved by its check-back");
+            if resolve == Resolve::Commit
+                && let Some(relay) = &shared.relay
+            {
+                relay.wake();
+            }
+        }
+        Ok(other) => {
+            tracing::info!(verdict = ?resolve, found = ?other, "the producer settled the message first; the check-back's verdict is dropped")
+        }
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "could not apply the verdict; the message is checked again")
+        }
+    }
+}
+
+async fn dead<S: Store>(shared: &Shared<S>, env: &crate::Envelope, reason: &str) {
+    let id = env.id;
+    tracing::error!(reason, "prepared message is dead");
+    metrics::counter!(crate::metrics::DEAD_LETTERS_TOTAL, "topic" => env.topic.clone())
+        .increment(1);
+    let now = shared.config.clock.now();
+    if let Err(e) = shared.store.mark_dead(id, shared.owner, reason, now).await {
+        tracing::warn!(error = %error_chain(&e), "could not mark the message dead; it is checked again");
+    }
+}
