@@ -206,6 +206,8 @@ pub struct OutboxStats {
     pub oldest_pending: Option<DateTime<Utc>>,
     /// Dead rows.
     pub dead: u64,
+    /// Half messages stored prepared, not yet committed or rolled back.
+    pub prepared: u64,
     /// Sent rows not yet purged.
     pub sent: u64,
 }
