@@ -14,16 +14,27 @@
 //! The outbox holds one row per message: its id (UUIDv7, so ids sort in write
 //! order), topic, ordering key, idempotency key (unique per topic), the exact
 //! JSON bytes of the payload (`bytea`), headers (`jsonb`), its state
-//! (`pending`, `sent` or `dead`), attempts, the time of its next attempt, the
+//! (`prepared`, `pending`, `sent` or `dead`), attempts, check-backs so far
+//! and whether it is a half message, the time of its next attempt, the
 //! lease of the relay that holds it, its expiry, last error, and when it was
 //! written, sent or went dead. Two partial indexes serve the relay: pending
 //! rows by id, and pending or dead rows by (topic, key, id) for the order
-//! checks. The inbox holds (consumer group, idempotency key, processed at),
+//! checks; a third, prepared rows by id, serves the check-back worker. The inbox holds (consumer group, idempotency key, processed at),
 //! with an index on the time for retention. The consumer dead-letter table
 //! (named `<inbox>_dead` beside a renamed inbox table) holds each message a
 //! group gave up on as it was delivered (message id, topic, key, idempotency
 //! key, headers, payload, creation time), with the reason, the attempts and
 //! when it went dead, indexed by (group, dead at, id).
+//!
+//! # Half messages
+//!
+//! A half message is stored `prepared` (not deliverable, invisible to relays
+//! and to the order of its key) with its first check-back due, and marked as
+//! a half message. Committing it is a conditional update to `pending`,
+//! rolling it back a conditional delete, both only while it is still
+//! prepared: whichever of the producer and the check-back worker comes second
+//! finds the other's outcome. A half message that goes dead while prepared
+//! keeps its mark, so [`resume`](txmsg_core::Store::resume) can put it back.
 //!
 //! # Ordering and concurrency
 //!
@@ -38,6 +49,7 @@
 //! |---------|------------------------------------|---------|
 //! | `tls`   | TLS to PostgreSQL through rustls   | no      |
 
+mod half;
 mod migrate;
 mod row;
 mod sql;

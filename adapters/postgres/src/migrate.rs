@@ -34,6 +34,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "consumer dead letters",
         sql: V2_CONSUMER_DEAD,
     },
+    Migration {
+        version: 3,
+        description: "half messages",
+        sql: V3_HALF_MESSAGES,
+    },
 ];
 
 // The poller's index is on `id` rather than `next_attempt_at`: a claim reads
@@ -92,6 +97,15 @@ CREATE TABLE {consumer_dead} (
     dead_at timestamptz NOT NULL
 );
 CREATE INDEX {consumer_dead_idx} ON {consumer_dead} (consumer_group, dead_at, id);
+";
+
+// `half` marks a prepared half message. Committing it clears the mark (the
+// row is then an ordinary message); a row that goes dead while prepared keeps
+// it, which is what lets an operator resume it. The check-back worker reads
+// prepared rows in id order, as the poller reads pending ones.
+const V3_HALF_MESSAGES: &str = "
+ALTER TABLE {outbox} ADD COLUMN IF NOT EXISTS half boolean NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS {outbox_prepared_idx} ON {outbox} (id) WHERE state = 'prepared';
 ";
 
 /// Applies the migrations not yet recorded, all in one transaction.

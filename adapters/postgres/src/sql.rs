@@ -96,6 +96,14 @@ pub(crate) struct Sql {
     pub(crate) replay: Stmt,
     pub(crate) purge_sent: Stmt,
     pub(crate) stats: Stmt,
+
+    pub(crate) prepare: Stmt,
+    pub(crate) resolve_commit: Stmt,
+    pub(crate) resolve_rollback: Stmt,
+    pub(crate) state_of: Stmt,
+    pub(crate) claim_prepared: Stmt,
+    pub(crate) record_check: Stmt,
+    pub(crate) resume: Stmt,
 }
 
 /// `"<table><suffix>"`, the base shortened so the name fits PostgreSQL's
@@ -159,6 +167,11 @@ impl Sql {
         let migrations_table = tables.qualified(tables.migrations_name(), '"');
         let o = &outbox;
         let cols = ENVELOPE_COLUMNS;
+        let returning = ENVELOPE_COLUMNS
+            .split(", ")
+            .map(|c| format!("o.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let dead_table = consumer_dead_table(tables);
 
         let render = |template: &str, dead: &Ident| {
@@ -170,6 +183,10 @@ impl Sql {
                 .replace(
                     "{outbox_pending_idx}",
                     &index_name(tables.outbox_name(), "_pending_idx"),
+                )
+                .replace(
+                    "{outbox_prepared_idx}",
+                    &index_name(tables.outbox_name(), "_prepared_idx"),
                 )
                 .replace(
                     "{outbox_key_idx}",
@@ -309,7 +326,7 @@ impl Sql {
             mark_dead: Stmt::new(format!(
                 "UPDATE {o} SET state = 'dead', last_error = $3, dead_at = $4, \
                  lease_owner = NULL, lease_until = NULL \
-                 WHERE id = $1 AND state = 'pending' \
+                 WHERE id = $1 AND state IN ('pending', 'prepared') \
                  AND (lease_owner = $2 OR lease_owner IS NULL)"
             )),
 
@@ -328,9 +345,11 @@ impl Sql {
                  LIMIT $3"
             )),
 
+            // Replaying a dead half message delivers it: it is an ordinary
+            // message from then on, so it loses its half mark.
             replay: Stmt::new(format!(
                 "UPDATE {o} SET state = 'pending', attempts = 0, next_attempt_at = $2, \
-                 lease_owner = NULL, lease_until = NULL, dead_at = NULL \
+                 lease_owner = NULL, lease_until = NULL, dead_at = NULL, half = false \
                  WHERE id = $1 AND state = 'dead'"
             )),
 
@@ -347,8 +366,67 @@ impl Sql {
                 "SELECT count(*) FILTER (WHERE state = 'pending'), \
                  min(created_at) FILTER (WHERE state = 'pending'), \
                  count(*) FILTER (WHERE state = 'dead'), \
-                 count(*) FILTER (WHERE state = 'sent') \
+                 count(*) FILTER (WHERE state = 'sent'), \
+                 count(*) FILTER (WHERE state = 'prepared') \
                  FROM {o}"
+            )),
+
+            // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
+            // $6 headers, $7 created_at, $8 expires_at, $9 first check at.
+            // Not leased: only the check-back worker leases prepared rows.
+            prepare: Stmt::new(format!(
+                "INSERT INTO {o} (id, topic, key, idempotency_key, payload, headers, state, \
+                 attempts, next_attempt_at, checks, half, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'prepared', 0, $9, 0, true, $7, $8) \
+                 ON CONFLICT (topic, idempotency_key) DO NOTHING"
+            )),
+
+            // $1 id, $2 now. The fence: only a row that is still prepared.
+            resolve_commit: Stmt::new(format!(
+                "UPDATE {o} SET state = 'pending', next_attempt_at = $2, \
+                 lease_owner = NULL, lease_until = NULL, half = false \
+                 WHERE id = $1 AND state = 'prepared'"
+            )),
+
+            // $1 id.
+            resolve_rollback: Stmt::new(format!(
+                "DELETE FROM {o} WHERE id = $1 AND state = 'prepared'"
+            )),
+
+            // $1 id.
+            state_of: Stmt::new(format!("SELECT state FROM {o} WHERE id = $1")),
+
+            // $1 owner, $2 until, $3 now, $4 limit. One statement, so one
+            // transaction: SKIP LOCKED keeps concurrent workers apart. The
+            // rows are picked in a materialized CTE, evaluated once: a
+            // subquery under `IN` may be planned so that it runs again and
+            // goes past its limit.
+            claim_prepared: Stmt::new(format!(
+                "WITH picked AS MATERIALIZED (\
+                   SELECT id FROM {o} \
+                   WHERE state = 'prepared' AND next_attempt_at <= $3 \
+                   AND (lease_until IS NULL OR lease_until < $3) \
+                   ORDER BY id \
+                   LIMIT $4 \
+                   FOR UPDATE SKIP LOCKED) \
+                 UPDATE {o} AS o SET lease_owner = $1, lease_until = $2 \
+                 FROM picked WHERE o.id = picked.id \
+                 RETURNING {returning}, o.checks"
+            )),
+
+            // $1 id, $2 owner, $3 next check at, $4 checks to add (0 or 1).
+            record_check: Stmt::new(format!(
+                "UPDATE {o} SET checks = checks + $4, next_attempt_at = $3, \
+                 lease_owner = NULL, lease_until = NULL \
+                 WHERE id = $1 AND lease_owner = $2 AND state = 'prepared'"
+            )),
+
+            // $1 id, $2 first check at. Only a half message that went dead
+            // while prepared.
+            resume: Stmt::new(format!(
+                "UPDATE {o} SET state = 'prepared', checks = 0, next_attempt_at = $2, \
+                 lease_owner = NULL, lease_until = NULL, dead_at = NULL \
+                 WHERE id = $1 AND state = 'dead' AND half"
             )),
         }
     }
@@ -530,6 +608,27 @@ mod tests {
         let inbox = sql.inbox().unwrap();
         assert!(inbox.record.as_str().contains("\"app\".\"events_in\""));
         assert!(inbox.purge.as_str().contains("SKIP LOCKED"));
+    }
+
+    #[test]
+    fn version_3_adds_the_half_mark_and_the_prepared_index() {
+        let tables = Tables::default()
+            .schema("app")
+            .unwrap()
+            .outbox("events")
+            .unwrap();
+        let sql = Sql::new(&tables);
+        let v3 = &sql.migrations().unwrap()[2];
+        assert_eq!(v3.version, 3);
+        let text = v3.sql.as_str();
+        assert!(
+            text.contains("ALTER TABLE \"app\".\"events\" ADD COLUMN IF NOT EXISTS half"),
+            "{text}"
+        );
+        assert!(text.contains("\"events_prepared_idx\""), "{text}");
+        assert!(!text.contains("_idx}"), "{text}");
+        assert!(sql.claim_prepared.as_str().contains("SKIP LOCKED"));
+        assert!(sql.mark_dead.as_str().contains("'prepared'"));
     }
 
     #[test]

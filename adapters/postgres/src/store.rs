@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres, Row};
 use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore, InboxWriter};
+use txmsg_core::half::{PreparedMessage, Resolve, Resolved};
 use txmsg_core::{
     BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, OutboxStats,
     OutboxWriter, Result, SqlStore, Store, Tables, Waker,
@@ -438,7 +439,66 @@ impl Store for PgStore {
         stats.oldest_pending = row.try_get(1)?;
         stats.dead = count(row.try_get(2)?);
         stats.sent = count(row.try_get(3)?);
+        stats.prepared = count(row.try_get(4)?);
         Ok(stats)
+    }
+
+    async fn claim_prepared(&self, req: &ClaimRequest) -> Result<Vec<PreparedMessage>> {
+        if req.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(self.sql.claim_prepared.get())
+            .bind(req.lease.owner)
+            .bind(req.lease.until)
+            .bind(req.now)
+            .bind(limit(req.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut claimed = rows
+            .iter()
+            .map(|r| {
+                let checks = u32::try_from(r.try_get::<i32, _>("checks")?).unwrap_or(0);
+                Ok(PreparedMessage::new(row::envelope(r)?, checks))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        claimed.sort_by_key(|p| p.envelope.id);
+        Ok(claimed)
+    }
+
+    async fn record_check(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        next_check_at: DateTime<Utc>,
+        counted: bool,
+    ) -> Result<()> {
+        sqlx::query(self.sql.record_check.get())
+            .bind(id)
+            .bind(owner)
+            .bind(next_check_at)
+            .bind(i32::from(counted))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn resolve_prepared(
+        &self,
+        id: Uuid,
+        resolve: Resolve,
+        now: DateTime<Utc>,
+    ) -> Result<Resolved> {
+        let mut conn = self.pool.acquire().await?;
+        crate::half::resolve(&mut conn, &self.sql, self.notify.as_ref(), id, resolve, now).await
+    }
+
+    async fn resume(&self, id: Uuid, at: DateTime<Utc>) -> Result<bool> {
+        let done = sqlx::query(self.sql.resume.get())
+            .bind(id)
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     fn watch(&self, waker: Waker) -> Option<BoxFuture<'static, ()>> {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres};
 use txmsg_core::consumer::InboxWriter;
+use txmsg_core::half::{Resolve, Resolved};
 use txmsg_core::{BoxFuture, Envelope, Inserted, Lease, OutboxWriter, Result};
 use uuid::Uuid;
 
@@ -59,6 +60,50 @@ impl OutboxWriter<Postgres> for PgWriter {
             }
             Ok(inserted)
         })
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        envelope: &'a Envelope,
+        check_at: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Inserted>> {
+        Box::pin(async move {
+            let done = sqlx::query(self.sql.prepare.get())
+                .bind(envelope.id)
+                .bind(&envelope.topic)
+                .bind(envelope.key.as_deref())
+                .bind(&envelope.idempotency_key)
+                .bind(envelope.payload.as_slice())
+                .bind(headers_to_json(&envelope.headers))
+                .bind(envelope.created_at)
+                .bind(envelope.expires_at)
+                .bind(check_at)
+                .execute(&mut *conn)
+                .await?;
+            Ok(if done.rows_affected() == 0 {
+                Inserted::Duplicate
+            } else {
+                Inserted::Unleased
+            })
+        })
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        id: Uuid,
+        resolve: Resolve,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Resolved>> {
+        Box::pin(crate::half::resolve(
+            conn,
+            &self.sql,
+            self.notify.as_ref(),
+            id,
+            resolve,
+            now,
+        ))
     }
 }
 

@@ -125,6 +125,76 @@ async fn inbox_conformance_suite() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn half_conformance_suite() {
+    let pool = pool().await;
+    let schemas = Arc::new(Mutex::new(Vec::new()));
+    let make = || {
+        let pool = pool.clone();
+        let schemas = Arc::clone(&schemas);
+        async move {
+            let schema = schema_name();
+            schemas.lock().unwrap().push(schema.clone());
+            let store = PgStore::new(pool, tables(&schema));
+            store.migrate().await.expect("migrate");
+            store
+        }
+    };
+    let outcome = AssertUnwindSafe(txmsg_testkit::half::run_all(make))
+        .catch_unwind()
+        .await;
+    let created = std::mem::take(&mut *schemas.lock().unwrap());
+    for schema in created {
+        drop_schema(&pool, &schema).await;
+    }
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Takes the tables in `schema` back to version 2: no `half` column and no
+/// index of prepared rows, no record of version 3.
+async fn to_version_2(pool: &PgPool, schema: &str, outbox: &str, migrations_table: &str) {
+    let mut tx = pool.begin().await.expect("begin");
+    // Names from the test itself: letters, digits and `_` only.
+    for statement in [
+        format!("DROP INDEX \"{schema}\".\"{outbox}_prepared_idx\""),
+        format!("ALTER TABLE \"{schema}\".\"{outbox}\" DROP COLUMN half"),
+        format!("DELETE FROM \"{schema}\".\"{migrations_table}\" WHERE version = 3"),
+    ] {
+        sqlx::query(AssertSqlSafe(statement))
+            .execute(&mut *tx)
+            .await
+            .expect("downgrade");
+    }
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test]
+async fn upgrade_from_version_2_keeps_rows() {
+    with_schema(|pool, schema| async move {
+        let store = PgStore::new(pool.clone(), tables(&schema));
+        store.migrate().await.expect("migrate");
+        txmsg_testkit::half::upgrade_keeps_rows(&store, || {
+            to_version_2(&pool, &schema, "txmsg_outbox", "txmsg_migrations")
+        })
+        .await;
+
+        let renamed = tables(&schema)
+            .outbox("events_out")
+            .and_then(|t| t.inbox("events_in"))
+            .and_then(|t| t.migrations("events_versions"))
+            .expect("valid names");
+        let store = PgStore::new(pool.clone(), renamed);
+        store.migrate().await.expect("migrate");
+        txmsg_testkit::half::upgrade_keeps_rows(&store, || {
+            to_version_2(&pool, &schema, "events_out", "events_versions")
+        })
+        .await;
+    })
+    .await;
+}
+
 /// Takes the tables in `schema` back to version 1: no consumer dead-letter
 /// table, no record of version 2.
 async fn to_version_1(pool: &PgPool, schema: &str, dead_table: &str, migrations_table: &str) {
@@ -270,7 +340,7 @@ async fn concurrent_migrate_is_safe() {
         let first = versions().await;
         assert_eq!(
             first.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
-            vec![1, 2]
+            vec![1, 2, 3]
         );
         store.migrate().await.expect("migrate again");
         assert_eq!(versions().await, first, "migrating again changes nothing");

@@ -9,7 +9,8 @@
 //! has no schemas, so a schema is refused):
 //!
 //! - `txmsg_outbox`: one row per message, with its state (`prepared`,
-//!   `pending`, `sent`, `dead`), attempts, next attempt time, lease, expiry,
+//!   `pending`, `sent`, `dead`), attempts, next attempt (or check-back)
+//!   time, lease, check-backs so far, whether it is a half message, expiry,
 //!   last error and timestamps; unique per (topic, idempotency key).
 //! - `txmsg_inbox`: processed (consumer group, idempotency key) pairs, with
 //!   when they were processed (for retention).
@@ -17,7 +18,16 @@
 //!   delivered, with the reason, the attempts and when (named `<inbox>_dead`
 //!   beside a renamed inbox table).
 //! - `txmsg_migrations`: applied schema versions.
+//!
+//! Half messages are stored `prepared` (invisible to relays and to the order
+//! of their key) and marked as half messages. Committing one is a
+//! conditional update to `pending`, rolling it back a conditional delete,
+//! both only while it is still prepared, so whichever of the producer and the
+//! check-back worker comes second finds the other's outcome. A half message
+//! that goes dead while prepared keeps its mark, so
+//! [`resume`](txmsg_core::Store::resume) can put it back.
 
+mod half;
 mod migrate;
 mod row;
 mod sql;

@@ -105,6 +105,19 @@ const MIGRATIONS: &[Migration] = &[
                 (consumer_group, dead_at, id)"#,
         ],
     },
+    Migration {
+        version: 3,
+        description: "half messages",
+        statements: &[
+            // Marks a prepared half message. Committing it clears the mark
+            // (the row is then an ordinary message); a row that goes dead
+            // while prepared keeps it, which is what lets an operator resume it.
+            "ALTER TABLE {outbox} ADD COLUMN half INTEGER NOT NULL DEFAULT 0 CHECK (half IN (0, 1))",
+            // Prepared rows in id order: what the check-back worker scans.
+            r#"CREATE INDEX IF NOT EXISTS "{outbox_bare}_prepared" ON {outbox} (id)
+            WHERE state = 'prepared'"#,
+        ],
+    },
 ];
 
 /// A migration with the table names filled in.
@@ -221,7 +234,7 @@ mod tests {
                 .fetch_all(&pool)
                 .await
                 .unwrap();
-        assert_eq!(versions, [1, 2]);
+        assert_eq!(versions, [1, 2, 3]);
         let count = |table: &'static str| {
             let pool = pool.clone();
             async move {

@@ -179,6 +179,18 @@ impl IdList {
     }
 }
 
+/// The statements that settle a prepared row, shared by the producers'
+/// writer and the store.
+#[derive(Debug, Clone)]
+pub(crate) struct Settle {
+    /// `?1` id, `?2` now: prepared → pending.
+    pub(crate) commit: SqlStr,
+    /// `?1` id: deletes a prepared row.
+    pub(crate) rollback: SqlStr,
+    /// `?1` id: the row's state.
+    pub(crate) state_of: SqlStr,
+}
+
 /// All statements of one store.
 #[derive(Debug)]
 pub(crate) struct Statements {
@@ -204,6 +216,11 @@ pub(crate) struct Statements {
     pub(crate) consumer_dead_remove: SqlStr,
     pub(crate) consumer_dead_list: SqlStr,
     pub(crate) consumer_dead_get: SqlStr,
+    pub(crate) prepare: SqlStr,
+    pub(crate) settle: Settle,
+    pub(crate) claim_prepared: SqlStr,
+    pub(crate) record_check: SqlStr,
+    pub(crate) resume: SqlStr,
 }
 
 impl Statements {
@@ -234,6 +251,15 @@ impl Statements {
                 .render(&CONSUMER_DEAD_LIST.replace("{columns}", CONSUMER_DEAD_COLUMNS)),
             consumer_dead_get: names
                 .render(&CONSUMER_DEAD_GET.replace("{columns}", CONSUMER_DEAD_COLUMNS)),
+            prepare: names.render(PREPARE),
+            settle: Settle {
+                commit: names.render(RESOLVE_COMMIT),
+                rollback: names.render(RESOLVE_ROLLBACK),
+                state_of: names.render("SELECT state FROM {outbox} WHERE id = ?1"),
+            },
+            claim_prepared: names.render(&CLAIM_PREPARED.replace("{columns}", ENVELOPE_COLUMNS)),
+            record_check: names.render(RECORD_CHECK),
+            resume: names.render(RESUME),
         }
     }
 }
@@ -432,7 +458,8 @@ const MARK_FAILED: &str = "UPDATE {outbox} \
 /// `?1` id, `?2` owner, `?3` reason, `?4` dead at.
 const MARK_DEAD: &str = "UPDATE {outbox} \
      SET state = 'dead', last_error = ?3, dead_at = ?4, lease_owner = NULL, lease_until = NULL \
-     WHERE id = ?1 AND state = 'pending' AND (lease_owner IS NULL OR lease_owner = ?2)";
+     WHERE id = ?1 AND state IN ('pending', 'prepared') \
+       AND (lease_owner IS NULL OR lease_owner = ?2)";
 
 /// `?1` topic or null, `?2` key or null, `?3` limit.
 const DEAD_LETTERS: &str = r#"SELECT {columns}, last_error, dead_at FROM {outbox}
@@ -440,10 +467,11 @@ WHERE state = 'dead' AND (?1 IS NULL OR topic = ?1) AND (?2 IS NULL OR "key" = ?
 ORDER BY dead_at, id
 LIMIT ?3"#;
 
-/// `?1` id, `?2` due at.
+/// `?1` id, `?2` due at. Replaying a dead half message delivers it: it is
+/// an ordinary message from then on, so it loses its half mark.
 const REPLAY: &str = "UPDATE {outbox} \
      SET state = 'pending', attempts = 0, next_attempt_at = ?2, dead_at = NULL, \
-         lease_owner = NULL, lease_until = NULL \
+         lease_owner = NULL, lease_until = NULL, half = 0 \
      WHERE id = ?1 AND state = 'dead'";
 
 /// `?1` sent before, `?2` limit.
@@ -454,7 +482,54 @@ const STATS: &str = "SELECT \
      (SELECT count(*) FROM {outbox} WHERE state = 'pending') AS pending, \
      (SELECT min(created_at) FROM {outbox} WHERE state = 'pending') AS oldest_pending, \
      (SELECT count(*) FROM {outbox} WHERE state = 'dead') AS dead, \
-     (SELECT count(*) FROM {outbox} WHERE state = 'sent') AS sent";
+     (SELECT count(*) FROM {outbox} WHERE state = 'sent') AS sent, \
+     (SELECT count(*) FROM {outbox} WHERE state = 'prepared') AS prepared";
+
+/// Inserts a prepared half message, unleased (only the check-back worker
+/// leases prepared rows), its first check due at `?9`. A row whose (topic,
+/// idempotency key) exists is left alone.
+///
+/// `?1` id, `?2` topic, `?3` key, `?4` idempotency key, `?5` payload,
+/// `?6` headers, `?7` created at, `?8` expires at, `?9` first check at.
+const PREPARE: &str = r#"
+INSERT INTO {outbox} (id, topic, "key", idempotency_key, payload, headers, state, attempts,
+                      next_attempt_at, checks, half, expires_at, created_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'prepared', 0, ?9, 0, 1, ?8, ?7)
+ON CONFLICT (topic, idempotency_key) DO NOTHING
+"#;
+
+/// `?1` id, `?2` now. The fence: only a row that is still prepared.
+const RESOLVE_COMMIT: &str = "UPDATE {outbox} \
+     SET state = 'pending', next_attempt_at = ?2, lease_owner = NULL, lease_until = NULL, \
+         half = 0 \
+     WHERE id = ?1 AND state = 'prepared'";
+
+/// `?1` id. The fence: only a row that is still prepared.
+const RESOLVE_ROLLBACK: &str = "DELETE FROM {outbox} WHERE id = ?1 AND state = 'prepared'";
+
+/// Leases due prepared rows (unleased or the lease ran out), oldest first.
+///
+/// `?1` owner, `?2` lease until, `?3` now, `?4` limit.
+const CLAIM_PREPARED: &str = "UPDATE {outbox} SET lease_owner = ?1, lease_until = ?2 \
+     WHERE id IN (\
+         SELECT id FROM {outbox} \
+         WHERE state = 'prepared' AND next_attempt_at <= ?3 \
+           AND (lease_until IS NULL OR lease_until < ?3) \
+         ORDER BY id \
+         LIMIT ?4) \
+     RETURNING {columns}, checks";
+
+/// `?1` id, `?2` owner, `?3` next check at, `?4` checks to add (0 or 1).
+const RECORD_CHECK: &str = "UPDATE {outbox} \
+     SET checks = checks + ?4, next_attempt_at = ?3, lease_owner = NULL, lease_until = NULL \
+     WHERE id = ?1 AND state = 'prepared' AND lease_owner = ?2";
+
+/// `?1` id, `?2` first check at. Only a half message that went dead while
+/// prepared.
+const RESUME: &str = "UPDATE {outbox} \
+     SET state = 'prepared', checks = 0, next_attempt_at = ?2, dead_at = NULL, \
+         lease_owner = NULL, lease_until = NULL \
+     WHERE id = ?1 AND state = 'dead' AND half = 1";
 
 /// `?1` group, `?2` idempotency key, `?3` processed at.
 ///

@@ -11,6 +11,7 @@ use sqlx::sqlite::SqliteArguments;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Encode, Row, SqlStr, Sqlite, SqliteConnection, SqlitePool, Type};
 use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore, InboxWriter};
+use txmsg_core::half::{PreparedMessage, Resolve, Resolved};
 use txmsg_core::{
     BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, OutboxStats,
     OutboxWriter, Result, SqlStore, Store, Tables,
@@ -214,7 +215,11 @@ impl SqliteStore {
 
     fn build(pool: SqlitePool, tables: Tables, names: &Names) -> Self {
         let sql = Statements::new(names);
-        let writer = Arc::new(SqliteWriter::new(sql.insert.clone()));
+        let writer = Arc::new(SqliteWriter::new(
+            sql.insert.clone(),
+            sql.prepare.clone(),
+            sql.settle.clone(),
+        ));
         let inbox = Arc::new(SqliteInbox::new(
             sql.inbox_record.clone(),
             sql.consumer_dead_remove.clone(),
@@ -436,7 +441,72 @@ impl Store for SqliteStore {
             .and_then(DateTime::from_timestamp_micros);
         stats.dead = count(row.try_get("dead")?);
         stats.sent = count(row.try_get("sent")?);
+        stats.prepared = count(row.try_get("prepared")?);
         Ok(stats)
+    }
+
+    async fn claim_prepared(&self, req: &ClaimRequest) -> Result<Vec<PreparedMessage>> {
+        if req.limit == 0 {
+            return Ok(Vec::new());
+        }
+        // As `claim`: the write lock is held from the first read to the
+        // commit, so two workers never lease the same row.
+        let mut tx = self.begin_immediate().await?;
+        let rows = sqlx::query(self.inner.sql.claim_prepared.clone())
+            .bind(req.lease.owner)
+            .bind(micros(req.lease.until))
+            .bind(micros(req.now))
+            .bind(i64::from(req.limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        // Decode before committing: a row that cannot be read is not leased.
+        let mut claimed = rows
+            .iter()
+            .map(|r| {
+                let checks: i64 = r.try_get("checks")?;
+                let checks = u32::try_from(checks).unwrap_or(u32::MAX);
+                Ok(PreparedMessage::new(row::envelope(r)?, checks))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        tx.commit().await?;
+        claimed.sort_by_key(|p| p.envelope.id);
+        Ok(claimed)
+    }
+
+    async fn record_check(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        next_check_at: DateTime<Utc>,
+        counted: bool,
+    ) -> Result<()> {
+        sqlx::query(self.inner.sql.record_check.clone())
+            .bind(id)
+            .bind(owner)
+            .bind(micros(next_check_at))
+            .bind(i64::from(counted))
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn resolve_prepared(
+        &self,
+        id: Uuid,
+        resolve: Resolve,
+        now: DateTime<Utc>,
+    ) -> Result<Resolved> {
+        let mut conn = self.inner.pool.acquire().await?;
+        crate::half::resolve(&mut conn, &self.inner.sql.settle, id, resolve, now).await
+    }
+
+    async fn resume(&self, id: Uuid, at: DateTime<Utc>) -> Result<bool> {
+        let done = sqlx::query(self.inner.sql.resume.clone())
+            .bind(id)
+            .bind(micros(at))
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 }
 

@@ -3,20 +3,28 @@
 use chrono::{DateTime, Utc};
 use sqlx::{SqlStr, Sqlite, SqliteConnection};
 use txmsg_core::consumer::InboxWriter;
+use txmsg_core::half::{Resolve, Resolved};
 use txmsg_core::{BoxFuture, Envelope, Inserted, Lease, OutboxWriter, Result};
 use uuid::Uuid;
 
 use crate::row::{headers_json, micros};
+use crate::sql::Settle;
 
 /// Inserts outbox rows on the caller's connection (inside its transaction).
 #[derive(Debug)]
 pub(crate) struct SqliteWriter {
     insert: SqlStr,
+    prepare: SqlStr,
+    settle: Settle,
 }
 
 impl SqliteWriter {
-    pub(crate) fn new(insert: SqlStr) -> Self {
-        SqliteWriter { insert }
+    pub(crate) fn new(insert: SqlStr, prepare: SqlStr, settle: Settle) -> Self {
+        SqliteWriter {
+            insert,
+            prepare,
+            settle,
+        }
     }
 }
 
@@ -49,6 +57,43 @@ impl OutboxWriter<Sqlite> for SqliteWriter {
                 Some(false) => Inserted::Unleased,
             })
         })
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        conn: &'a mut SqliteConnection,
+        envelope: &'a Envelope,
+        check_at: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Inserted>> {
+        Box::pin(async move {
+            let done = sqlx::query(self.prepare.clone())
+                .bind(envelope.id)
+                .bind(envelope.topic.as_str())
+                .bind(envelope.key.as_deref())
+                .bind(envelope.idempotency_key.as_str())
+                .bind(envelope.payload.as_slice())
+                .bind(headers_json(&envelope.headers))
+                .bind(micros(envelope.created_at))
+                .bind(envelope.expires_at.map(micros))
+                .bind(micros(check_at))
+                .execute(conn)
+                .await?;
+            Ok(if done.rows_affected() == 0 {
+                Inserted::Duplicate
+            } else {
+                Inserted::Unleased
+            })
+        })
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        conn: &'a mut SqliteConnection,
+        id: Uuid,
+        resolve: Resolve,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Resolved>> {
+        Box::pin(crate::half::resolve(conn, &self.settle, id, resolve, now))
     }
 }
 

@@ -1030,7 +1030,7 @@ async fn custom_table_names_and_idempotent_migrations() {
             .collect();
     assert_eq!(
         versions.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
-        vec![1, 2]
+        vec![1, 2, 3]
     );
 
     insert(&store, &env(1, "t", Some("k")), None).await;
@@ -1125,6 +1125,67 @@ async fn inbox_conformance_on_files() {
 #[tokio::test]
 async fn inbox_conformance_in_memory() {
     txmsg_testkit::inbox::run_all(memory_store).await;
+}
+
+#[tokio::test]
+async fn half_conformance_on_files() {
+    let mut dbs = Vec::new();
+    txmsg_testkit::half::run_all(|| {
+        let db = TempDb::new();
+        let url = db.url();
+        dbs.push(db);
+        async move {
+            let store = SqliteStore::connect(&url).await.unwrap();
+            store.migrate().await.unwrap();
+            store
+        }
+    })
+    .await;
+    drop(dbs);
+}
+
+#[tokio::test]
+async fn half_conformance_in_memory() {
+    txmsg_testkit::half::run_all(memory_store).await;
+}
+
+/// Takes `store`'s tables back to version 2: no `half` column and no index
+/// of prepared rows, no record of version 3.
+async fn to_version_2(store: &SqliteStore, outbox: &str, migrations_table: &str) {
+    let mut tx = store.pool().begin().await.unwrap();
+    // Names from the test itself: letters and `_` only.
+    for statement in [
+        format!("DROP INDEX \"{outbox}_prepared\""),
+        format!("ALTER TABLE \"{outbox}\" DROP COLUMN half"),
+        format!("DELETE FROM \"{migrations_table}\" WHERE version = 3"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn upgrade_from_version_2_keeps_rows() {
+    let (store, _db) = file_store().await;
+    txmsg_testkit::half::upgrade_keeps_rows(&store, || {
+        to_version_2(&store, "txmsg_outbox", "txmsg_migrations")
+    })
+    .await;
+
+    let tables = Tables::default()
+        .outbox("app_out")
+        .unwrap()
+        .migrations("app_mig")
+        .unwrap();
+    let store = SqliteStore::connect_with("sqlite::memory:", tables)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    txmsg_testkit::half::upgrade_keeps_rows(&store, || to_version_2(&store, "app_out", "app_mig"))
+        .await;
 }
 
 /// Takes `store`'s tables back to version 1: no consumer dead-letter table,

@@ -14,7 +14,11 @@
 //!   [`InboxWriter`](txmsg_core::consumer::InboxWriter) contract (inbox keys
 //!   once per group, in the handler's transaction; consumer dead letters;
 //!   inbox retention; migrations).
+//! - [`half`]: half messages on a [`SqlStore`](txmsg_core::SqlStore)
+//!   (prepared rows, commit and rollback fenced against the check-back
+//!   worker, check-back claims, dead and resumed half messages).
 
 pub mod broker;
+pub mod half;
 pub mod inbox;
 pub mod store;
