@@ -66,7 +66,7 @@ pub use txmsg_core::{
     Outbox, OutboxStats, Relay, RelayConfig, RelayHandle, Result, SqlStore, Store, SystemClock,
     Tables, Tx, validate_topic,
 };
-pub use txmsg_macros::{message_handler, transactional_message};
+pub use txmsg_macros::{check_back, message_handler, transactional_message};
 
 /// The traits whose methods users call: `use txmsg::prelude::*;`.
 pub mod prelude {
@@ -116,7 +116,7 @@ pub mod __private {
     pub use core::any::type_name;
     pub use core::convert::From;
     pub use core::future::Future;
-    pub use core::marker::Send;
+    pub use core::marker::{Send, Sized};
     pub use core::option::Option;
     pub use core::result::Result::{self, Err, Ok};
     pub use core::time::Duration;
@@ -127,6 +127,7 @@ pub mod __private {
     pub use inventory;
     pub use serde;
     pub use txmsg_core::consumer::{AnyCtx, HandleOutcome, HandlerRecord, run_handler};
+    pub use txmsg_core::half::{CheckBackRecord, CheckStatus, Prepared, run_check_back};
     pub use txmsg_core::{BoxFuture, Envelope, Error, Message, Outbox, Tx};
     pub use uuid::Uuid;
 
@@ -211,4 +212,60 @@ pub mod __private {
 
     #[diagnostic::do_not_recommend]
     impl<T: core::fmt::Display> HandlerError for T {}
+
+    /// A database a half producer's `_and_commit` can prepare messages in:
+    /// any sqlx database. (The facade does not depend on sqlx; generated code
+    /// names it through this trait.)
+    pub trait Database: txmsg_core::__private::sqlx::Database {}
+
+    impl<T: txmsg_core::__private::sqlx::Database> Database for T {}
+
+    /// Implemented by the type `#[check_back]` declares next to its function,
+    /// for each payload type the function can check: its `M` for `&M`, every
+    /// type for `&Envelope`. A half producer's `check_back = path` requires it
+    /// for its payload.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not a check-back for `{M}`",
+        label = "this check-back takes another payload type",
+        note = "a half producer's `check_back` must take `&{M}` (or `&txmsg::Envelope`)"
+    )]
+    pub trait CheckBackFor<M: ?Sized> {}
+
+    /// Compiles only if `C` is a check-back for payload `M`.
+    #[inline(always)]
+    pub fn assert_check_back<M: ?Sized, C: CheckBackFor<M>>() {}
+
+    /// A type that can be the message of a `#[check_back]`: any
+    /// `DeserializeOwned` type. Used as [`HandlerMessage`] is.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be the message of a `#[check_back]`: it does not implement `serde::Deserialize`",
+        label = "the message must implement `serde::de::DeserializeOwned`",
+        note = "for local types consider adding `#[derive(serde::Deserialize)]` to `{Self}`"
+    )]
+    pub trait CheckBackMessage: serde::de::DeserializeOwned {}
+
+    #[diagnostic::do_not_recommend]
+    impl<T: serde::de::DeserializeOwned> CheckBackMessage for T {}
+
+    /// A type that can be the error of a `#[check_back]`: any `Display` type,
+    /// whose text is logged when the check fails (which counts as Unknown).
+    /// Used as [`HandlerMessage`] is.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be the error of a `#[check_back]`: it does not implement `std::fmt::Display`",
+        label = "the error must implement `std::fmt::Display`",
+        note = "a failed check is logged with this text and counts as `Unknown`"
+    )]
+    pub trait CheckBackError: core::fmt::Display {}
+
+    #[diagnostic::do_not_recommend]
+    impl<T: core::fmt::Display> CheckBackError for T {}
+
+    /// Runs a `#[check_back]` that takes the `&Envelope`: the verdict, or the
+    /// error's text (which the worker counts as Unknown).
+    pub async fn run_envelope_check_back<E: core::fmt::Display>(
+        envelope: &Envelope,
+        check: for<'t> fn(&'t Envelope) -> BoxFuture<'t, Result<CheckStatus, E>>,
+    ) -> Result<CheckStatus, String> {
+        check(envelope).await.map_err(|e| e.to_string())
+    }
 }

@@ -36,4 +36,5 @@ pub use tx::{Outbox, Tx};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::relay::error_chain;
+    pub use sqlx;
 }

@@ -1,9 +1,10 @@
 //! Attribute macros of [txmsg](https://docs.rs/txmsg).
 //!
 //! Use them through the `txmsg` crate (`txmsg::transactional_message`,
-//! `txmsg::message_handler`); the code they generate refers to `txmsg` and
-//! nothing else.
+//! `txmsg::check_back`, `txmsg::message_handler`); the code they generate
+//! refers to `txmsg` and nothing else.
 
+mod check_back;
 mod common;
 mod diag;
 mod handler;
@@ -62,6 +63,9 @@ use proc_macro::TokenStream;
 /// | `key = <expr>`           | no       | the ordering key: messages with the same topic and key are published in order |
 /// | `idempotency_key = <expr>` | no     | what consumers deduplicate on; a fresh UUIDv7 when absent |
 /// | `ttl = "..."`            | no       | how long the message may wait for delivery before it is dead-lettered as expired: a whole number and a unit, `ms`, `s`, `m`, `h` or `d` (`"500ms"`, `"30m"`, `"1d"`) |
+/// | `half`                   | no       | makes the function a half-message producer, see [Half messages](#half-messages) |
+/// | `check_back = path`      | no, only with `half` | the [`#[check_back]`](macro@check_back) function of the topic, checked at compile time to take this producer's payload |
+/// | `check_after = "..."`    | no, only with `half` | time from storing the message prepared to its first check-back, in the syntax of `ttl`; default `"6s"` |
 /// | `crate = "path"`         | no       | path of the `txmsg` crate if the dependency is renamed; default `::txmsg` |
 ///
 /// `key` and `idempotency_key` are Rust expressions that may use the
@@ -176,7 +180,163 @@ use proc_macro::TokenStream;
 /// With `ttl = "30m"`, the message would also get
 /// `.ttl(Duration::from_secs(30 * 60))`.
 ///
+/// # Half messages
+///
+/// When the local work is not in the store's database (another database,
+/// a payment API), the message cannot share its transaction. With `half`,
+/// the message is stored *prepared* (stored, not deliverable) before the
+/// function runs, then committed (deliverable) if it returns `Ok` or rolled
+/// back (deleted) if it returns `Err`, as RocketMQ's transactional messages
+/// and DTM's two-phase messages do. If the process dies in between, the
+/// message stays prepared, and after `check_after` the
+/// [`CheckBackWorker`] asks the topic's [`#[check_back]`](macro@check_back)
+/// function whether the local work happened: Commit, Rollback or Unknown.
+///
+/// ```no_run
+/// use txmsg::half::CheckStatus;
+/// use txmsg::{Outbox, check_back, transactional_message};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct PaymentRequested {
+///     order: i64,
+///     cents: i64,
+/// }
+/// # mod payments {
+/// #     pub async fn charge(_: i64, _: i64, _: &str) -> Result<String, txmsg::Error> { Ok(String::new()) }
+/// #     pub async fn status(_: i64) -> Result<Option<bool>, std::io::Error> { Ok(None) }
+/// # }
+///
+/// #[transactional_message(
+///     topic = "payments.requested",
+///     half,
+///     check_back = payment_state,
+///     key = payment.order,
+///     idempotency_key = format!("pay-{}", payment.order),
+/// )]
+/// async fn charge(payment: &PaymentRequested, card: &str) -> Result<String, txmsg::Error> {
+///     // Local work outside the store's database.
+///     payments::charge(payment.order, payment.cents, card).await
+/// }
+///
+/// /// Whether the payment went through, for messages whose producer died.
+/// #[check_back(topic = "payments.requested")]
+/// async fn payment_state(payment: &PaymentRequested) -> Result<CheckStatus, std::io::Error> {
+///     Ok(match payments::status(payment.order).await? {
+///         Some(true) => CheckStatus::Commit,
+///         Some(false) => CheckStatus::Rollback,
+///         None => CheckStatus::Unknown,
+///     })
+/// }
+///
+/// # async fn run(outbox: Outbox<sqlx::Sqlite>) -> txmsg::Result<()> {
+/// let payment = PaymentRequested { order: 1, cents: 4200 };
+/// let receipt = charge_and_commit(&outbox, &payment, "4242").await?;
+/// # let _ = receipt;
+/// # Ok(()) }
+/// ```
+///
+/// The signature of a half producer:
+///
+/// ```text
+/// [pub(..)] async fn name['a, ..](msg: &M, params..) -> Result<T, E>
+/// ```
+///
+/// - no transaction parameter: the local work is not in the store's
+///   database;
+/// - the first parameter is the payload by shared reference, `&M` with
+///   `M: serde::Serialize`: the message is stored before the body runs, so
+///   the payload exists before it. Other parameters follow;
+/// - the return type is `Result<T, E>` with `E: From<txmsg::Error>`; `T` is
+///   whatever the function returns (a receipt, `()`).
+///
+/// `key`, `idempotency_key` and `ttl` work as above; the keys are evaluated
+/// before the message is stored, and may use the parameters that are plain
+/// names (the payload among them). A `Tx` parameter, a payload taken by
+/// value or by `&mut`, and a function without parameters are compile errors,
+/// as are `check_back` or `check_after` without `half`.
+///
+/// The function itself is emitted unchanged. Next to it comes
+/// `name_and_commit(outbox: &Outbox<DB>, params..) -> Result<T, E>`, generic
+/// over the sqlx database `DB` of the outbox, with the same visibility,
+/// lifetimes and parameters (all of them, the payload first). It:
+///
+/// 1. builds the message from the payload and the keys, and stores it
+///    prepared with [`Outbox::prepare`], its first check due after
+///    `check_after`; if that fails (for instance `Error::Duplicate`, when the
+///    topic already has a message with this idempotency key), it returns
+///    `Err(E::from(error))` and the function does not run;
+/// 2. calls the function;
+/// 3. on `Ok(value)`, commits the message and returns `Ok(value)`. The
+///    commit is fenced: if a check-back rolled the message back meanwhile,
+///    it fails with `Error::RolledBack`, returned as `Err(E::from(error))`:
+///    the local work happened but its message will not be sent, so the
+///    caller should compensate;
+/// 4. on `Err(error)`, rolls the message back and returns `Err(error)`. A
+///    failed rollback is ignored (the message stays prepared and its
+///    check-back decides), and so is a check-back having committed the
+///    message first: the message then goes out although the work failed.
+///
+/// If the function panics, or the future is dropped before it finishes, the
+/// message stays prepared and the topic's check-back decides. So does a
+/// process that dies at any step.
+///
+/// With `check_back = path`, `path` must name a `#[check_back]` function
+/// that takes `&M`, this producer's payload type, or `&txmsg::Envelope`;
+/// anything else is a compile error at `path`. `#[check_back]` declares a
+/// hidden type of the function's name for this check (a function and a type
+/// may share a name), so a plain function there is an error too. Without
+/// `check_back`, a check-back for the topic must be registered somewhere
+/// in the program; a prepared message whose topic has none is dead when it
+/// comes up for a check.
+///
+/// Checks follow RocketMQ's defaults: the first after `check_after` (6 s),
+/// then 30 s apart while the answer is Unknown, up to 15 checks, after which
+/// the message is dead; the interval and the number of checks are settings of
+/// the [`CheckBackWorker`]. Only a check that really ran counts. The
+/// check-back's verdict is fenced like the producer's: whichever of the two
+/// settles the message second finds it settled and loses.
+///
+/// Written by hand, `charge_and_commit` above is:
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # use txmsg::{Message, Outbox};
+/// # #[derive(serde::Serialize)]
+/// # struct PaymentRequested { order: i64, cents: i64 }
+/// # async fn charge(payment: &PaymentRequested, card: &str) -> Result<String, txmsg::Error> {
+/// #     let _ = (payment.cents, card);
+/// #     Ok(String::new())
+/// # }
+/// async fn charge_and_commit<DB: sqlx::Database>(
+///     outbox: &Outbox<DB>,
+///     payment: &PaymentRequested,
+///     card: &str,
+/// ) -> Result<String, txmsg::Error> {
+///     // (A hidden check that `payment_state` takes `&PaymentRequested`.)
+///     // The keys, then the message, stored prepared.
+///     let key = payment.order.to_string();
+///     let idempotency_key = format!("pay-{}", payment.order);
+///     let message = Message::new("payments.requested", payment)?
+///         .key(key)
+///         .idempotency_key(idempotency_key);
+///     let prepared = outbox.prepare(message, Duration::from_millis(6000)).await?;
+///     // The local work, then the message's fate.
+///     match charge(payment, card).await {
+///         Ok(value) => {
+///             prepared.commit().await?;
+///             Ok(value)
+///         }
+///         Err(error) => {
+///             let _ = prepared.rollback().await;
+///             Err(error)
+///         }
+///     }
+/// }
+/// ```
+///
 /// [`txmsg::Tx`]: https://docs.rs/txmsg/latest/txmsg/struct.Tx.html
+/// [`CheckBackWorker`]: https://docs.rs/txmsg/latest/txmsg/half/struct.CheckBackWorker.html
+/// [`Outbox::prepare`]: https://docs.rs/txmsg/latest/txmsg/struct.Outbox.html#method.prepare
 #[proc_macro_attribute]
 pub fn transactional_message(args: TokenStream, item: TokenStream) -> TokenStream {
     producer::transactional_message(args.into(), item.into()).into()
@@ -396,4 +556,168 @@ pub fn transactional_message(args: TokenStream, item: TokenStream) -> TokenStrea
 #[proc_macro_attribute]
 pub fn message_handler(args: TokenStream, item: TokenStream) -> TokenStream {
     handler::message_handler(args.into(), item.into()).into()
+}
+
+/// Makes an `async fn` the check-back of a topic: the function the
+/// [`CheckBackWorker`] asks about a half message whose producer never said
+/// whether its local work happened (RocketMQ's `checkLocalTransaction`,
+/// DTM's QueryPrepared).
+///
+/// It looks at the business data and answers with a [`CheckStatus`]:
+/// `Commit` (the work happened: deliver the message), `Rollback` (it did not,
+/// and will not: delete the message) or `Unknown` (ask again later). An error
+/// counts as Unknown, and its text is logged. See
+/// [`#[transactional_message(half)]`](macro@transactional_message#half-messages)
+/// for the producer's side.
+///
+/// ```
+/// use txmsg::half::CheckStatus;
+/// use txmsg::{Envelope, check_back};
+///
+/// #[derive(serde::Deserialize)]
+/// struct PaymentRequested {
+///     order: i64,
+/// }
+/// # mod payments {
+/// #     pub async fn status(_: i64) -> Result<Option<bool>, std::io::Error> { Ok(None) }
+/// # }
+///
+/// #[check_back(topic = "payments.requested")]
+/// async fn payment_state(payment: &PaymentRequested) -> Result<CheckStatus, std::io::Error> {
+///     Ok(match payments::status(payment.order).await? {
+///         Some(true) => CheckStatus::Commit,
+///         Some(false) => CheckStatus::Rollback,
+///         None => CheckStatus::Unknown,
+///     })
+/// }
+///
+/// // Or, for any payload, from the envelope.
+/// #[check_back(topic = "audit.logged")]
+/// async fn audit_state(envelope: &Envelope) -> Result<CheckStatus, String> {
+///     Ok(if envelope.idempotency_key.is_empty() {
+///         CheckStatus::Rollback
+///     } else {
+///         CheckStatus::Commit
+///     })
+/// }
+/// # fn main() {}
+/// ```
+///
+/// # Arguments
+///
+/// | argument         | required | value                                                  |
+/// |------------------|----------|--------------------------------------------------------|
+/// | `topic = "..."`  | yes      | the topic whose prepared messages it resolves, a string literal checked at compile time: 1 to 200 bytes of ASCII letters, digits, `.`, `-`, `_`, no empty segment |
+/// | `crate = "path"` | no       | path of the `txmsg` crate if the dependency is renamed; default `::txmsg` |
+///
+/// # Signature
+///
+/// ```text
+/// [pub(..)] async fn name['a, ..](message: &M) -> Result<CheckStatus, E>
+/// [pub(..)] async fn name['a, ..](envelope: &Envelope) -> Result<CheckStatus, E>
+/// ```
+///
+/// - `async fn`, any visibility, attributes allowed, lifetime parameters
+///   allowed but no type or const parameters and no `impl Trait`; a free
+///   function (not in an `impl` block, no `self`);
+/// - exactly one parameter, by shared reference: the message `&M`, an owned
+///   type (no borrowed lifetimes) with `M: serde::de::DeserializeOwned`,
+///   decoded from the message's JSON payload; or the whole
+///   [`txmsg::Envelope`], whose payload is not decoded;
+/// - no transaction: the function looks at the business data on its own;
+/// - the return type is `Result<CheckStatus, E>` (any paths ending in
+///   `Result` and `CheckStatus`, with both arguments written out) with
+///   `E: std::fmt::Display`.
+///
+/// Any other shape is a compile error at the offending token, as are unknown
+/// or repeated arguments and a missing or invalid topic. A message type that
+/// is not `DeserializeOwned` and an error type that is not `Display` are
+/// reported at their types.
+///
+/// # Registration and duplicates
+///
+/// Each check-back submits a [`CheckBackRecord`] (topic, path, file and
+/// line, entry point) to [`inventory`]; [`registered_check_backs`] lists
+/// them all, and a [`CheckBackWorker`] resolves each prepared message with
+/// the check-back of its topic. One check-back per topic: two, possibly in
+/// different crates, cannot be seen at compile time, so
+/// [`CheckBackWorker::start`] refuses them, naming both functions and where
+/// they are. A payload that does not decode as `M` is an error, so it counts
+/// as Unknown and the message is checked again, until it is dead.
+///
+/// # Generated code
+///
+/// The function as written, unchanged: it can still be called directly, for
+/// instance from tests. Next to it:
+///
+/// - a hidden, uninhabited type of the same name and visibility (a function
+///   and a type may share a name), which implements a hidden trait for the
+///   payload type the function takes (for every type, for `&Envelope`):
+///   half producers that name the function in `check_back = path` require
+///   it for their payload, so a check-back of another payload is a compile
+///   error at their `path`;
+/// - inside `const _: () = { ... };`, an entry point that decodes the payload
+///   and calls the function, and its registration. For `payment_state`
+///   above, that is:
+///
+/// ```
+/// use txmsg::Envelope;
+/// use txmsg::core::BoxFuture;
+/// use txmsg::half::{CheckBackRecord, CheckStatus, run_check_back};
+///
+/// # #[derive(serde::Deserialize)]
+/// # struct PaymentRequested { order: i64 }
+/// async fn payment_state(payment: &PaymentRequested) -> Result<CheckStatus, std::io::Error> {
+///     // The body, unchanged.
+/// #   let _ = payment.order;
+/// #   Ok(CheckStatus::Unknown)
+/// }
+///
+/// // The signature the entry point calls.
+/// fn adapter<'t>(
+///     payment: &'t PaymentRequested,
+/// ) -> BoxFuture<'t, Result<CheckStatus, std::io::Error>> {
+///     Box::pin(payment_state(payment))
+/// }
+///
+/// // The entry point: decodes the payload, calls the adapter, turns an
+/// // error into its text. (A check-back of `&Envelope` is called with the
+/// // envelope as is.)
+/// fn call<'a>(envelope: &'a Envelope) -> BoxFuture<'a, Result<CheckStatus, String>> {
+///     Box::pin(run_check_back::<PaymentRequested, std::io::Error, _>(
+///         envelope, adapter,
+///     ))
+/// }
+///
+/// inventory::submit! {
+///     CheckBackRecord {
+///         topic: "payments.requested",
+///         name: concat!(module_path!(), "::", "payment_state"),
+///         file: file!(),
+///         line: line!(),
+///         call,
+///     }
+/// }
+///
+/// # fn main() {
+/// let check_backs = txmsg::half::registered_check_backs();
+/// assert!(check_backs.iter().any(|c| c.topic == "payments.requested"));
+/// # }
+/// ```
+///
+/// As for `#[message_handler]`, the generated entry point calls
+/// `run_check_back` through a function generic over the message and error
+/// types, so that a message that is not `DeserializeOwned`, or an error
+/// that is not `Display`, is reported once, at its type.
+///
+/// [`CheckStatus`]: https://docs.rs/txmsg/latest/txmsg/half/enum.CheckStatus.html
+/// [`CheckBackWorker`]: https://docs.rs/txmsg/latest/txmsg/half/struct.CheckBackWorker.html
+/// [`CheckBackWorker::start`]: https://docs.rs/txmsg/latest/txmsg/half/struct.CheckBackWorker.html#method.start
+/// [`CheckBackRecord`]: https://docs.rs/txmsg/latest/txmsg/half/struct.CheckBackRecord.html
+/// [`registered_check_backs`]: https://docs.rs/txmsg/latest/txmsg/half/fn.registered_check_backs.html
+/// [`inventory`]: https://docs.rs/inventory
+/// [`txmsg::Envelope`]: https://docs.rs/txmsg/latest/txmsg/struct.Envelope.html
+#[proc_macro_attribute]
+pub fn check_back(args: TokenStream, item: TokenStream) -> TokenStream {
+    check_back::check_back(args.into(), item.into()).into()
 }

@@ -15,3 +15,10 @@ fn message_handler() {
     t.compile_fail("tests/ui/message_handler/fail/*.rs");
     t.pass("tests/ui/message_handler/pass/*.rs");
 }
+
+#[test]
+fn check_back() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("tests/ui/check_back/fail/*.rs");
+    t.pass("tests/ui/check_back/pass/*.rs");
+}

@@ -15,6 +15,8 @@ pub(crate) struct Attr {
     pub(crate) name: &'static str,
     /// The argument names it accepts, in the order the docs list them.
     pub(crate) keys: &'static [&'static str],
+    /// Those of `keys` written alone, without a value: `half`.
+    pub(crate) flags: &'static [&'static str],
     /// What the value of each argument looks like, for messages: `"..."`,
     /// `<expression>`, `5`.
     pub(crate) placeholder: fn(&str) -> &'static str,
@@ -83,7 +85,8 @@ pub(crate) mod tests {
     /// An attribute for tests.
     pub(crate) const TEST: Attr = Attr {
         name: "test_attr",
-        keys: &["topic", "key", "crate"],
+        keys: &["topic", "key", "flag", "crate"],
+        flags: &["flag"],
         placeholder: |key| {
             if key == "key" {
                 "<expression>"

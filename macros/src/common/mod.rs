@@ -1,5 +1,5 @@
 //! What the macros share: splitting attribute arguments, the model of the
-//! annotated function, the checks whose wording must not drift apart (topic
+//! annotated function and the shapes of its types, the checks whose wording must not drift apart (topic
 //! names, `crate = "..."`, qualifiers, the transaction parameter), and the
 //! paths generated code uses.
 //!
@@ -9,6 +9,7 @@
 pub(crate) mod args;
 pub(crate) mod expand;
 pub(crate) mod sig;
+pub(crate) mod types;
 pub(crate) mod valid;
 
 use proc_macro2::{Span, TokenStream};

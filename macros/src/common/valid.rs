@@ -8,6 +8,7 @@ use syn::{Error, Expr, ExprLit, GenericParam, Lit, LitStr, PatType, Path, Type};
 
 use super::args::{Attr, RawArg, path_to_string};
 use super::sig::{Input, Output, Sig};
+use super::types::first_impl_trait;
 use crate::diag::{Errors, did_you_mean};
 
 /// Longest topic accepted, in bytes, as in the runtime's `MAX_TOPIC_LEN`.
@@ -17,8 +18,9 @@ pub(crate) const MAX_TOPIC_LEN: usize = 200;
 pub(crate) struct Known {
     /// `(name, value)` in the order written, each name at most once.
     pub(crate) args: Vec<(String, Expr)>,
-    /// Every accepted name written, with a value or not.
-    seen: Vec<String>,
+    /// Every accepted name written, with a value or not, as written (the
+    /// first time), for errors that point at it.
+    seen: Vec<(String, Path)>,
     /// The names unknown arguments were taken for (`group` for `grup`).
     suggested: Vec<&'static str>,
 }
@@ -27,13 +29,23 @@ impl Known {
     /// Whether `key` was written, or misspelled, so that a key with a bad
     /// value or a typo is not also reported as missing.
     pub(crate) fn written(&self, key: &str) -> bool {
-        self.seen.iter().any(|name| name == key) || self.suggested.contains(&key)
+        self.seen.iter().any(|(name, _)| name == key) || self.suggested.contains(&key)
+    }
+
+    /// The name `key` as written, if it was: for a flag, whether it is set;
+    /// for any key, where to point at it.
+    pub(crate) fn name(&self, key: &str) -> Option<&Path> {
+        self.seen
+            .iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, path)| path)
     }
 }
 
 /// Sorts `raw` into the known arguments, reporting into `errors` every name
 /// the attribute does not accept, every repeated name (at its second
-/// occurrence) and every name written without a value.
+/// occurrence), every name written without a value and every flag written
+/// with one. Flags are not in [`Known::args`]: see [`Known::name`].
 pub(crate) fn known_args(raw: Vec<RawArg>, attr: &Attr, errors: &mut Errors) -> Known {
     let mut known = Known {
         args: Vec::new(),
@@ -48,7 +60,7 @@ pub(crate) fn known_args(raw: Vec<RawArg>, attr: &Attr, errors: &mut Errors) -> 
             known.suggested.extend(suggestion);
             continue;
         }
-        if known.seen.contains(&name) {
+        if known.seen.iter().any(|(seen, _)| *seen == name) {
             errors.push(Error::new_spanned(
                 &path,
                 format!(
@@ -58,8 +70,17 @@ pub(crate) fn known_args(raw: Vec<RawArg>, attr: &Attr, errors: &mut Errors) -> 
             ));
             continue;
         }
-        known.seen.push(name.clone());
+        known.seen.push((name.clone(), path.clone()));
+        let flag = attr.flags.contains(&name.as_str());
         match value {
+            Some(value) if flag => errors.push(Error::new_spanned(
+                value,
+                format!(
+                    "`{name}` takes no value in `#[{}]`, expected `{name}` alone",
+                    attr.name
+                ),
+            )),
+            None if flag => {}
             Some(value) => known.args.push((name, value)),
             None => errors.push(Error::new_spanned(
                 &path,
@@ -190,7 +211,10 @@ pub(crate) fn check_crate(value: Expr, attr: &Attr) -> syn::Result<Path> {
 
 /// The qualifiers and generics: an `async fn`, safe, not `extern`, generic
 /// over lifetimes only, no `self`.
-pub(crate) fn check_qualifiers(sig: &Sig<'_>, attr: &Attr) -> syn::Result<()> {
+///
+/// `first` completes "expected a free function ..." in the message for a
+/// `self` receiver: "whose first parameter is `&mut txmsg::Tx<'_, DB>`".
+pub(crate) fn check_qualifiers(sig: &Sig<'_>, attr: &Attr, first: &str) -> syn::Result<()> {
     let name = attr.name;
     let mut errors = Errors::default();
     let fn_sig = &sig.func.sig;
@@ -228,8 +252,37 @@ pub(crate) fn check_qualifiers(sig: &Sig<'_>, attr: &Attr) -> syn::Result<()> {
             errors.push(Error::new_spanned(
                 receiver,
                 format!(
-                    "`#[{name}]` functions cannot take `self`, expected a free \
-                     function whose first parameter is `&mut txmsg::Tx<'_, DB>`"
+                    "`#[{name}]` functions cannot take `self`, expected a free function {first}"
+                ),
+            ));
+        }
+    }
+    errors.finish(())
+}
+
+/// No `impl Trait` in the signature: the generated code names the types
+/// outside the function.
+pub(crate) fn check_no_impl_trait(sig: &Sig<'_>, attr: &Attr) -> syn::Result<()> {
+    let mut errors = Errors::default();
+    let mut types: Vec<&Type> = sig
+        .inputs
+        .iter()
+        .filter_map(|input| match input {
+            Input::Typed { arg, .. } => Some(&*arg.ty),
+            Input::Receiver(_) => None,
+        })
+        .collect();
+    if let syn::ReturnType::Type(_, ty) = &sig.func.sig.output {
+        types.push(ty);
+    }
+    for ty in types {
+        if let Some(found) = first_impl_trait(ty) {
+            errors.push(Error::new_spanned(
+                found,
+                format!(
+                    "`#[{}]` functions cannot use `impl Trait` in their signature, \
+                     expected concrete types",
+                    attr.name
                 ),
             ));
         }
@@ -349,8 +402,8 @@ mod tests {
         assert_eq!(
             messages,
             [
-                "unknown argument `kye` to `#[test_attr]`, expected one of: topic, key, crate; \
-                 did you mean `key`?",
+                "unknown argument `kye` to `#[test_attr]`, expected one of: topic, key, flag, \
+                 crate; did you mean `key`?",
                 "expected `key = <expression>` in `#[test_attr]`",
                 "duplicate argument `topic` to `#[test_attr]`, expected each argument at most once",
             ]
@@ -372,13 +425,34 @@ mod tests {
     }
 
     #[test]
+    fn flags_take_no_value() {
+        let mut errors = Errors::default();
+        let raw = args::parse(quote!(flag, topic = "a"), &TEST).unwrap();
+        let known = known_args(raw, &TEST, &mut errors);
+        assert!(known.name("flag").is_some());
+        assert!(known.name("key").is_none());
+        assert_eq!(known.args.len(), 1);
+        assert!(errors.finish(()).is_ok());
+
+        let (names, messages) = known_messages(quote!(flag = true, flag));
+        assert!(names.is_empty());
+        assert_eq!(
+            messages,
+            [
+                "`flag` takes no value in `#[test_attr]`, expected `flag` alone",
+                "duplicate argument `flag` to `#[test_attr]`, expected each argument at most once",
+            ]
+        );
+    }
+
+    #[test]
     fn synonyms_are_suggested() {
         let (_, messages) = known_messages(quote!(routing_key = 1));
         assert_eq!(
             messages,
             [
                 "unknown argument `routing_key` to `#[test_attr]`, expected one of: topic, key, \
-              crate; did you mean `key`?"
+              flag, crate; did you mean `key`?"
             ]
         );
     }
@@ -476,7 +550,7 @@ mod tests {
     #[test]
     fn qualifiers_name_the_attribute() {
         let func: ItemFn = syn::parse_str("fn f() {}").unwrap();
-        let error = check_qualifiers(&Sig::new(&func), &TEST).err().unwrap();
+        let error = check_qualifiers(&Sig::new(&func), &TEST, "").err().unwrap();
         assert_eq!(
             error.to_string(),
             "`#[test_attr]` functions must be `async fn`"

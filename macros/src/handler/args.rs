@@ -13,6 +13,7 @@ use crate::common::args::{self, Attr, RawArg};
 pub(crate) const ATTR: Attr = Attr {
     name: "message_handler",
     keys: &["topic", "group", "max_attempts", "crate"],
+    flags: &[],
     placeholder: |key| match key {
         "max_attempts" => "5",
         _ => "\"...\"",

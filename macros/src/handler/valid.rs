@@ -10,13 +10,18 @@ use syn::{Error, Expr, ExprLit, Lit, PatType, Type, UnOp};
 
 use super::Handler;
 use super::args::{ATTR, Args, DEFAULT_MAX_ATTEMPTS};
-use super::sig::{EnvelopeShape, envelope_shape, first_borrow, first_impl_trait, is_unit};
+use super::sig::is_unit;
 use crate::common::args::RawArg;
-use crate::common::sig::{Input, Sig, peel};
+use crate::common::sig::{Sig, peel};
+use crate::common::types::{EnvelopeShape, envelope_shape, first_borrow, first_impl_trait};
 use crate::common::valid::{
-    check_crate, check_qualifiers, check_result, check_topic, known_args, missing, type_to_string,
+    check_crate, check_no_impl_trait, check_qualifiers, check_result, check_topic, known_args,
+    missing, type_to_string,
 };
 use crate::diag::{Errors, join};
+
+/// What a `self` receiver stands in place of, for its message.
+const TX_FIRST: &str = "whose first parameter is `&mut txmsg::Tx<'_, DB>`";
 
 /// How the attribute is written with its required arguments, for messages.
 const EXAMPLE: &str = "topic = \"orders.placed\", group = \"billing\"";
@@ -26,7 +31,10 @@ const EXAMPLE: &str = "topic = \"orders.placed\", group = \"billing\"";
 pub(crate) fn check<'a>(raw: syn::Result<Vec<RawArg>>, sig: &Sig<'a>) -> syn::Result<Handler<'a>> {
     let args = raw.and_then(check_args);
     let shape = join(
-        join(check_qualifiers(sig, &ATTR), check_no_impl_trait(sig)),
+        join(
+            check_qualifiers(sig, &ATTR, TX_FIRST),
+            check_no_impl_trait(sig, &ATTR),
+        ),
         join(check_params(sig), check_output(sig)),
     );
     let (args, (_, ((db, message, takes_envelope), error))) = join(args, shape)?;
@@ -121,32 +129,6 @@ fn not_an_integer(value: &dyn ToTokens) -> Error {
         "expected an integer literal for `max_attempts` in `#[message_handler]`, \
          as in `max_attempts = 5`",
     )
-}
-
-/// `impl Trait` cannot be named by the generated code.
-fn check_no_impl_trait(sig: &Sig<'_>) -> syn::Result<()> {
-    let mut errors = Errors::default();
-    let mut types: Vec<&Type> = sig
-        .inputs
-        .iter()
-        .filter_map(|input| match input {
-            Input::Typed { arg, .. } => Some(&*arg.ty),
-            Input::Receiver(_) => None,
-        })
-        .collect();
-    if let syn::ReturnType::Type(_, ty) = &sig.func.sig.output {
-        types.push(ty);
-    }
-    for ty in types {
-        if let Some(found) = first_impl_trait(ty) {
-            errors.push(Error::new_spanned(
-                found,
-                "`#[message_handler]` functions cannot use `impl Trait` in their signature, \
-                 expected concrete types",
-            ));
-        }
-    }
-    errors.finish(())
 }
 
 /// The transaction, the message and the optional envelope: the database

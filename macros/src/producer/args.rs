@@ -12,9 +12,20 @@ use crate::common::args::{self, Attr, RawArg};
 /// `#[transactional_message]`, as messages describe it.
 pub(crate) const ATTR: Attr = Attr {
     name: "transactional_message",
-    keys: &["topic", "key", "idempotency_key", "ttl", "crate"],
+    keys: &[
+        "topic",
+        "key",
+        "idempotency_key",
+        "ttl",
+        "half",
+        "check_back",
+        "check_after",
+        "crate",
+    ],
+    flags: &["half"],
     placeholder: |key| match key {
         "key" | "idempotency_key" => "<expression>",
+        "check_back" => "<path>",
         _ => "\"...\"",
     },
     synonyms: &[("ordering_key", "key"), ("routing_key", "key")],
@@ -37,17 +48,42 @@ pub(crate) struct Args {
     pub(crate) idempotency_key: Option<Expr>,
     /// Time to live, in milliseconds (never zero).
     pub(crate) ttl: Option<u64>,
+    /// Set for a half producer (`half`): what it needs beyond the above.
+    pub(crate) half: Option<Half>,
     /// Path of the `txmsg` crate, if renamed; `::txmsg` otherwise.
     pub(crate) krate: Option<Path>,
 }
 
-/// Parses a time to live such as `"500ms"`, `"30s"`, `"30m"`, `"2h"` or
-/// `"1d"` into milliseconds.
+/// The arguments only a half producer has.
+pub(crate) struct Half {
+    /// `check_back = path`: the `#[check_back]` function the producer names,
+    /// checked at compile time to take its payload.
+    pub(crate) check_back: Option<Path>,
+    /// Time from preparing the message to its first check-back, in
+    /// milliseconds (never zero).
+    pub(crate) check_after: u64,
+}
+
+/// Time to the first check-back when `check_after` is not given: 6 s, as in
+/// RocketMQ.
+pub(crate) const DEFAULT_CHECK_AFTER_MILLIS: u64 = 6_000;
+
+impl Default for Half {
+    fn default() -> Self {
+        Half {
+            check_back: None,
+            check_after: DEFAULT_CHECK_AFTER_MILLIS,
+        }
+    }
+}
+
+/// Parses a duration (`ttl`, `check_after`) such as `"500ms"`, `"30s"`,
+/// `"30m"`, `"2h"` or `"1d"` into milliseconds.
 ///
 /// # Errors
 ///
 /// What was expected instead, for the message.
-pub(crate) fn parse_ttl(text: &str) -> Result<u64, &'static str> {
+pub(crate) fn parse_duration(text: &str) -> Result<u64, &'static str> {
     const NOT_A_DURATION: &str =
         "expected a whole number and a unit, one of `ms`, `s`, `m`, `h`, `d`, as in \"30m\"";
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
@@ -85,12 +121,20 @@ mod tests {
             key = order.id,
             idempotency_key = format!("order-{}", order.id),
             ttl = "30m",
+            half,
+            check_back = payment_state,
+            check_after = "10s",
             crate = "my_txmsg",
         })
         .unwrap();
         let names: Vec<_> = raw.iter().map(|arg| path_to_string(&arg.name)).collect();
         assert_eq!(names, ATTR.keys);
-        assert!(raw.iter().all(|arg| arg.value.is_some()));
+        let bare: Vec<_> = raw
+            .iter()
+            .filter(|arg| arg.value.is_none())
+            .map(|arg| path_to_string(&arg.name))
+            .collect();
+        assert_eq!(bare, ATTR.flags);
     }
 
     #[test]
@@ -104,11 +148,11 @@ mod tests {
 
     #[test]
     fn ttl_units() {
-        assert_eq!(parse_ttl("500ms"), Ok(500));
-        assert_eq!(parse_ttl("30s"), Ok(30_000));
-        assert_eq!(parse_ttl("30m"), Ok(1_800_000));
-        assert_eq!(parse_ttl("2h"), Ok(7_200_000));
-        assert_eq!(parse_ttl("1d"), Ok(86_400_000));
+        assert_eq!(parse_duration("500ms"), Ok(500));
+        assert_eq!(parse_duration("30s"), Ok(30_000));
+        assert_eq!(parse_duration("30m"), Ok(1_800_000));
+        assert_eq!(parse_duration("2h"), Ok(7_200_000));
+        assert_eq!(parse_duration("1d"), Ok(86_400_000));
     }
 
     #[test]
@@ -116,23 +160,23 @@ mod tests {
         for bad in [
             "", "30", "m", "30 m", "30min", "1.5h", "-1s", "+1s", "1h30m", "30M", " 30s",
         ] {
-            let reason = parse_ttl(bad).unwrap_err();
+            let reason = parse_duration(bad).unwrap_err();
             assert!(
                 reason.starts_with("expected a whole number and a unit"),
                 "{bad:?}"
             );
         }
         assert_eq!(
-            parse_ttl("0s"),
+            parse_duration("0s"),
             Err("expected a duration greater than zero")
         );
         assert_eq!(
-            parse_ttl("0ms"),
+            parse_duration("0ms"),
             Err("expected a duration greater than zero")
         );
         for big in ["99999999999999999999ms", "999999999999999999d"] {
             assert_eq!(
-                parse_ttl(big),
+                parse_duration(big),
                 Err("expected at most 2^64 - 1 milliseconds"),
                 "{big}"
             );

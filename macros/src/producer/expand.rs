@@ -1,26 +1,33 @@
 //! Code generation for a checked [`Producer`]. Nothing here can fail.
 //!
-//! Two items are emitted: the user's function with a body that runs the
-//! original body and then enqueues the message in the caller's transaction,
-//! and `{name}_and_commit`, which runs it in a transaction of its own.
+//! Two items are emitted. For a producer that joins the caller's
+//! transaction: the user's function with a body that runs the original body
+//! and then enqueues the message in that transaction, and
+//! `{name}_and_commit`, which runs it in a transaction of its own. For a half
+//! producer: the user's function unchanged, and `{name}_and_commit`, which
+//! stores the message prepared, runs the function, and commits or rolls the
+//! message back.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::visit::Visit;
 use syn::{
-    AttrStyle, Attribute, FnArg, GenericParam, Generics, Lifetime, Pat, Signature, Token,
-    WherePredicate,
+    AttrStyle, Attribute, FnArg, GenericParam, Generics, Ident, Lifetime, Pat, Signature, Token,
+    Type, WherePredicate,
 };
 
-use super::Producer;
+use super::args::Half;
 use super::sig;
+use super::{Mode, Producer};
 
 /// The user's function and its `_and_commit` companion.
 pub(crate) fn expand(p: &Producer<'_>) -> TokenStream {
-    let producer = producer_fn(p);
-    let and_commit = and_commit_fn(p);
+    let (producer, and_commit) = match &p.mode {
+        Mode::Tx { tx, db } => (producer_fn(p, tx), and_commit_fn(p, db)),
+        Mode::Half(half) => (p.func.to_token_stream(), half_and_commit_fn(p, half)),
+    };
     quote! {
         #producer
         #and_commit
@@ -37,7 +44,7 @@ pub(crate) fn expand(p: &Producer<'_>) -> TokenStream {
 /// name: moving that into the block leaves the transaction usable afterwards.
 /// `typed` fixes the block's output type, so `?` inside it converts errors
 /// into `E`, and `return` returns from the block.
-fn producer_fn(p: &Producer<'_>) -> TokenStream {
+fn producer_fn(p: &Producer<'_>, tx: &Ident) -> TokenStream {
     let func = p.func;
     let outer = func
         .attrs
@@ -51,44 +58,21 @@ fn producer_fn(p: &Producer<'_>) -> TokenStream {
     let (sig, tx_mut) = signature(p);
     let block = &func.block;
     let private = private_path(p, Span::call_site());
-    let tx = p.tx;
     let payload = p.payload;
     let error = p.error;
     let topic = &p.args.topic;
-
-    // Evaluated before the body, which may move the parameters they use.
-    let key = p.args.key.as_ref().map(|expr| {
-        let to_key = to_key(p, expr);
-        quote!(let __txmsg_key: #private::String = #to_key;)
-    });
-    let idempotency_key = p.args.idempotency_key.as_ref().map(|expr| {
-        let to_key = to_key(p, expr);
-        quote!(let __txmsg_idempotency_key: #private::String = #to_key;)
-    });
-    let set_key = key.as_ref().map(|_| quote!(.key(__txmsg_key)));
-    let set_idempotency_key = idempotency_key
-        .as_ref()
-        .map(|_| quote!(.idempotency_key(__txmsg_idempotency_key)));
-    let set_ttl = p
-        .args
-        .ttl
-        .map(|millis| quote!(.ttl(#private::Duration::from_millis(#millis))));
-
-    // `Message::new(topic, &payload)` through the `Payload` trait, spanned at
-    // `M`: a payload that is not `Serialize` is reported there, once.
-    let new_message = {
-        let span = payload.span();
-        let private = private_path(p, span);
-        quote_spanned!(span=> <#payload as #private::Payload>::to_message)
-    };
+    let Keys {
+        eval: keys,
+        set: set_keys,
+    } = keys(p);
+    let new_message = new_message(p);
     let from_error = from_error(p);
 
     quote! {
         #(#outer)*
         #vis #sig {
             #(#inner)*
-            #key
-            #idempotency_key
+            #keys
             let __txmsg_tx = #tx;
             let #tx_mut #tx = &mut *__txmsg_tx;
             let __txmsg_result = #private::typed::<#private::Result<#payload, #error>, _>(
@@ -99,10 +83,7 @@ fn producer_fn(p: &Producer<'_>) -> TokenStream {
                 #private::Ok(__txmsg_payload) => {
                     let __txmsg_enqueued = match #new_message(&__txmsg_payload, #topic) {
                         #private::Ok(__txmsg_message) => {
-                            let __txmsg_message = __txmsg_message
-                                #set_key
-                                #set_idempotency_key
-                                #set_ttl;
+                            let __txmsg_message = __txmsg_message #set_keys;
                             #private::Tx::enqueue(&mut *__txmsg_tx, __txmsg_message).await
                         }
                         #private::Err(__txmsg_error) => #private::Err(__txmsg_error),
@@ -134,40 +115,22 @@ fn signature(p: &Producer<'_>) -> (Signature, Option<Token![mut]>) {
 
 /// `{name}_and_commit`: begins a transaction, calls the user's function,
 /// commits on `Ok` and rolls back on `Err`.
-fn and_commit_fn(p: &Producer<'_>) -> TokenStream {
+fn and_commit_fn(p: &Producer<'_>, db: &Type) -> TokenStream {
     let func = p.func;
     let name = &func.sig.ident;
-    let and_commit = format_ident!("{}_and_commit", name.unraw(), span = name.span());
+    let and_commit = and_commit_name(p);
     let attrs = func.attrs.iter().filter(|attr| kept_on_and_commit(attr));
     let vis = &func.vis;
     let generics = and_commit_generics(p);
     let where_clause = &generics.where_clause;
     let output = &func.sig.output;
     let private = private_path(p, Span::call_site());
-    let db = p.db;
     let from_error = from_error(p);
-
-    // Parameters are forwarded by name. Patterns that bind no single name
-    // (`(a, b): (u8, u8)`, `_: u8`) get one, and so does a parameter named
-    // like the function, which would hide it.
-    let (params, forwarded): (Vec<_>, Vec<_>) = p
-        .params
-        .iter()
-        .enumerate()
-        .map(|(i, param)| {
-            let ty = &param.ty;
-            let name = match sig::binding(&param.pat) {
-                Some(binding) if binding != name => binding.clone(),
-                _ => format_ident!("__txmsg_arg{}", i, span = param.pat.span()),
-            };
-            (quote!(#name: #ty), name)
-        })
-        .unzip();
-    let outbox = if forwarded.iter().any(|name| name == "outbox") {
-        format_ident!("__txmsg_outbox")
-    } else {
-        format_ident!("outbox")
-    };
+    let Forwarded {
+        params,
+        names: forwarded,
+        outbox,
+    } = forwarded(p);
 
     let doc = format!(
         " Runs `{name}` in a transaction of its own: begins it on `{outbox}`, commits it if \
@@ -205,6 +168,195 @@ fn and_commit_fn(p: &Producer<'_>) -> TokenStream {
             }
         }
     }
+}
+
+/// `{name}_and_commit` of a half producer: stores the message prepared,
+/// calls the user's function, commits the message on `Ok` and rolls it back
+/// on `Err`. Generic over the database, which nothing else in the signature
+/// names.
+fn half_and_commit_fn(p: &Producer<'_>, half: &Half) -> TokenStream {
+    let func = p.func;
+    let name = &func.sig.ident;
+    let and_commit = and_commit_name(p);
+    let attrs = func.attrs.iter().filter(|attr| kept_on_and_commit(attr));
+    let vis = &func.vis;
+    let generics = and_commit_generics(p);
+    let private = private_path(p, Span::call_site());
+    // The user's generic parameters (lifetimes only), then the database.
+    let params = &generics.params;
+    let comma = (!params.is_empty() && !params.trailing_punct()).then(|| quote!(,));
+    let generics_with_db = quote!(<#params #comma __TxmsgDb: #private::Database>);
+    let where_clause = &generics.where_clause;
+    let output = &func.sig.output;
+    let topic = &p.args.topic;
+    let from_error = from_error(p);
+    let Forwarded {
+        params,
+        names: forwarded,
+        outbox,
+    } = forwarded(p);
+    // Validation made the payload `&M` the first parameter.
+    let payload_arg = forwarded.first();
+    let Keys {
+        eval: keys,
+        set: set_keys,
+    } = keys(p);
+    let new_message = new_message(p);
+    let check_after = half.check_after;
+
+    // `check_back = path` takes this payload: `path` is also the name of a
+    // type that `#[check_back]` declares, which implements
+    // `CheckBackFor<M>` for the payload it takes. The call is spanned at
+    // `path`, so a mismatch is reported there.
+    let assert_check_back = half.check_back.as_ref().map(|path| {
+        let span = path.span();
+        let private = private_path(p, span);
+        let payload = p.payload;
+        quote_spanned!(span=> #private::assert_check_back::<#payload, #path>();)
+    });
+
+    let doc = format!(
+        " Runs `{name}` as a half message: stores the message prepared on `{outbox}`, calls \
+         `{name}`, then commits the message if it returned `Ok` and rolls it back if it \
+         returned `Err`. If this future is dropped or panics in between, the message stays \
+         prepared and the topic's check-back decides."
+    );
+    let doc_origin = " Generated by `#[transactional_message(half)]`.";
+
+    quote! {
+        #(#attrs)*
+        #[doc = #doc]
+        #[doc = ""]
+        #[doc = #doc_origin]
+        #[allow(dead_code)]
+        #vis async fn #and_commit #generics_with_db (
+            #outbox: &#private::Outbox<__TxmsgDb>,
+            #(#params),*
+        ) #output #where_clause {
+            #assert_check_back
+            #keys
+            let __txmsg_prepared = match #new_message(#payload_arg, #topic) {
+                #private::Ok(__txmsg_message) => {
+                    let __txmsg_message = __txmsg_message #set_keys;
+                    #private::Outbox::prepare(
+                        #outbox,
+                        __txmsg_message,
+                        #private::Duration::from_millis(#check_after),
+                    )
+                    .await
+                }
+                #private::Err(__txmsg_error) => #private::Err(__txmsg_error),
+            };
+            let __txmsg_prepared = match __txmsg_prepared {
+                #private::Ok(__txmsg_prepared) => __txmsg_prepared,
+                #private::Err(__txmsg_error) => return #private::Err(#from_error(__txmsg_error)),
+            };
+            match #name(#(#forwarded),*).await {
+                #private::Ok(__txmsg_value) => {
+                    match #private::Prepared::commit(__txmsg_prepared).await {
+                        #private::Ok(()) => #private::Ok(__txmsg_value),
+                        #private::Err(__txmsg_error) => {
+                            #private::Err(#from_error(__txmsg_error))
+                        }
+                    }
+                }
+                #private::Err(__txmsg_error) => {
+                    // The function's error matters more than a failed
+                    // rollback, which leaves the message to its check-back.
+                    let _ = #private::Prepared::rollback(__txmsg_prepared).await;
+                    #private::Err(__txmsg_error)
+                }
+            }
+        }
+    }
+}
+
+/// `{name}_and_commit`, at the function's name.
+fn and_commit_name(p: &Producer<'_>) -> Ident {
+    let name = &p.func.sig.ident;
+    format_ident!("{}_and_commit", name.unraw(), span = name.span())
+}
+
+/// The parameters of `_and_commit` and the names it forwards them by.
+struct Forwarded {
+    /// `name: Type`, for the signature.
+    params: Vec<TokenStream>,
+    /// The names, for the call.
+    names: Vec<Ident>,
+    /// The name of the outbox parameter, unlike any of them.
+    outbox: Ident,
+}
+
+/// Parameters are forwarded by name. Patterns that bind no single name
+/// (`(a, b): (u8, u8)`, `_: u8`) get one, and so does a parameter named like
+/// the function, which would hide it.
+fn forwarded(p: &Producer<'_>) -> Forwarded {
+    let name = &p.func.sig.ident;
+    let (params, names): (Vec<_>, Vec<_>) = p
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, param)| {
+            let ty = &param.ty;
+            let name = match sig::binding(&param.pat) {
+                Some(binding) if binding != name => binding.clone(),
+                _ => format_ident!("__txmsg_arg{}", i, span = param.pat.span()),
+            };
+            (quote!(#name: #ty), name)
+        })
+        .unzip();
+    let outbox = if names.iter().any(|name| name == "outbox") {
+        format_ident!("__txmsg_outbox")
+    } else {
+        format_ident!("outbox")
+    };
+    Forwarded {
+        params,
+        names,
+        outbox,
+    }
+}
+
+/// The message's keys and time to live.
+struct Keys {
+    /// Statements that evaluate the keys into `String`s: before the body,
+    /// which may move the parameters they use.
+    eval: TokenStream,
+    /// The builder calls that set them (and the time to live) on a `Message`.
+    set: TokenStream,
+}
+
+fn keys(p: &Producer<'_>) -> Keys {
+    let private = private_path(p, Span::call_site());
+    let key = p.args.key.as_ref().map(|expr| {
+        let to_key = to_key(p, expr);
+        quote!(let __txmsg_key: #private::String = #to_key;)
+    });
+    let idempotency_key = p.args.idempotency_key.as_ref().map(|expr| {
+        let to_key = to_key(p, expr);
+        quote!(let __txmsg_idempotency_key: #private::String = #to_key;)
+    });
+    let set_key = key.as_ref().map(|_| quote!(.key(__txmsg_key)));
+    let set_idempotency_key = idempotency_key
+        .as_ref()
+        .map(|_| quote!(.idempotency_key(__txmsg_idempotency_key)));
+    let set_ttl = p
+        .args
+        .ttl
+        .map(|millis| quote!(.ttl(#private::Duration::from_millis(#millis))));
+    Keys {
+        eval: quote!(#key #idempotency_key),
+        set: quote!(#set_key #set_idempotency_key #set_ttl),
+    }
+}
+
+/// `Message::new(topic, &payload)` through the `Payload` trait, spanned at
+/// `M`: a payload that is not `Serialize` is reported there, once.
+fn new_message(p: &Producer<'_>) -> TokenStream {
+    let payload = p.payload;
+    let span = payload.span();
+    let private = private_path(p, span);
+    quote_spanned!(span=> <#payload as #private::Payload>::to_message)
 }
 
 /// The user's generics without the lifetimes only the transaction parameter
@@ -549,5 +701,119 @@ mod tests {
             !printed.contains('<') || !printed.contains("'t"),
             "{printed}"
         );
+    }
+
+    fn squeeze(tokens: impl ToTokens) -> String {
+        tokens.to_token_stream().to_string().replace(' ', "")
+    }
+
+    const HALF: &str = "
+        /// Charges a card.
+        pub(crate) async fn charge<'a>(
+            payment: &'a Payment,
+            card: &'a str,
+            (a, b): (u8, u8),
+        ) -> Result<Receipt, PayError> {
+            Ok(Receipt)
+        }";
+
+    #[test]
+    fn half_keeps_the_function_as_written() {
+        let func: ItemFn = syn::parse_str(HALF).unwrap();
+        let file = expand_str(
+            quote!(topic = "payments.requested", half),
+            func.to_token_stream(),
+        );
+        assert_eq!(file.items.len(), 2);
+        assert_eq!(
+            item_fn(&file, 0).to_token_stream().to_string(),
+            func.to_token_stream().to_string()
+        );
+    }
+
+    #[test]
+    fn half_and_commit_prepares_calls_and_resolves() {
+        let func: ItemFn = syn::parse_str(HALF).unwrap();
+        let file = expand_str(
+            quote!(
+                topic = "payments.requested",
+                half,
+                check_back = checks::payment_state,
+                key = payment.id,
+                ttl = "1h",
+            ),
+            func.to_token_stream(),
+        );
+        let and_commit = item_fn(&file, 1);
+        assert_eq!(and_commit.sig.ident, "charge_and_commit");
+        assert_eq!(and_commit.vis.to_token_stream().to_string(), "pub (crate)");
+        assert_eq!(
+            squeeze(&and_commit.sig),
+            squeeze(quote! {
+                async fn charge_and_commit<'a, __TxmsgDb: ::txmsg::__private::Database>(
+                    outbox: &::txmsg::__private::Outbox<__TxmsgDb>,
+                    payment: &'a Payment,
+                    card: &'a str,
+                    __txmsg_arg2: (u8, u8)
+                ) -> Result<Receipt, PayError>
+            })
+        );
+        let body = squeeze(&and_commit.block);
+        let mut at = 0;
+        // In this order.
+        for expected in [
+            quote!(::txmsg::__private::assert_check_back::<Payment, checks::payment_state>();),
+            quote!(let __txmsg_key: ::txmsg::__private::String =
+                ::txmsg::__private::Key::to_key(&(payment.id));),
+            quote!(<Payment as ::txmsg::__private::Payload>::to_message(
+                payment,
+                "payments.requested"
+            )),
+            quote!(.key(__txmsg_key).ttl(::txmsg::__private::Duration::from_millis(3600000u64))),
+            quote!(::txmsg::__private::Outbox::prepare(
+                outbox,
+                __txmsg_message,
+                ::txmsg::__private::Duration::from_millis(6000u64),
+            )),
+            quote!(charge(payment, card, __txmsg_arg2).await),
+            quote!(::txmsg::__private::Prepared::commit(__txmsg_prepared).await),
+            quote!(<PayError as ::txmsg::__private::From<::txmsg::__private::Error>>::from),
+            quote!(::txmsg::__private::Prepared::rollback(__txmsg_prepared).await),
+        ] {
+            let expected = squeeze(expected);
+            let found = body[at..].find(&expected);
+            assert!(found.is_some(), "{expected}\nafter {at} in\n{body}");
+            at += found.unwrap_or(0);
+        }
+    }
+
+    #[test]
+    fn half_without_check_back_asserts_nothing() {
+        let file = expand_str(
+            quote!(topic = "a", half, check_after = "500ms"),
+            quote!(
+                async fn f(m: &M) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        let body = squeeze(&item_fn(&file, 1).block);
+        assert!(!body.contains("assert_check_back"), "{body}");
+        assert!(body.contains("from_millis(500u64)"), "{body}");
+    }
+
+    #[test]
+    fn half_with_a_renamed_crate() {
+        let file = expand_str(
+            quote!(topic = "a", half, check_back = c, crate = "my_txmsg"),
+            quote!(
+                async fn f(m: &M) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        let all_idents = idents(&file.to_token_stream());
+        assert!(!all_idents.iter().any(|i| i == "txmsg"));
+        assert!(all_idents.iter().any(|i| i == "my_txmsg"));
     }
 }

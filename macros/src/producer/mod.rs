@@ -16,7 +16,7 @@ mod valid;
 use proc_macro2::TokenStream;
 use syn::{Ident, ItemFn, PatType, Type};
 
-use self::args::Args;
+use self::args::{Args, Half};
 use crate::common::sig::Sig;
 use crate::{common, diag};
 
@@ -25,18 +25,34 @@ use crate::{common, diag};
 pub(crate) struct Producer<'a> {
     /// The function as written.
     pub(crate) func: &'a ItemFn,
-    /// The checked attribute arguments.
+    /// The checked attribute arguments (but for `half`, moved to `mode`).
     pub(crate) args: Args,
-    /// Name of the transaction parameter (the first one).
-    pub(crate) tx: &'a Ident,
-    /// The database type `DB` of `&mut Tx<'_, DB>`.
-    pub(crate) db: &'a Type,
-    /// The parameters after the transaction.
+    /// Whether the message joins the caller's transaction or is a half
+    /// message.
+    pub(crate) mode: Mode<'a>,
+    /// The parameters `_and_commit` forwards: those after the transaction,
+    /// or all of them for a half producer.
     pub(crate) params: Vec<&'a PatType>,
-    /// The payload type `M` of `Result<M, E>`.
+    /// The payload type `M`: of `Result<M, E>`, or of a half producer's
+    /// first parameter `&M`.
     pub(crate) payload: &'a Type,
-    /// The error type `E` of `Result<M, E>`.
+    /// The error type `E` of `Result<_, E>`.
     pub(crate) error: &'a Type,
+}
+
+/// The two kinds of producer.
+pub(crate) enum Mode<'a> {
+    /// `async fn(tx: &mut Tx<'_, DB>, ..) -> Result<M, E>`: the message is
+    /// written in the caller's transaction.
+    Tx {
+        /// Name of the transaction parameter (the first one).
+        tx: &'a Ident,
+        /// The database type `DB` of `&mut Tx<'_, DB>`.
+        db: &'a Type,
+    },
+    /// `half`: `async fn(msg: &M, ..) -> Result<T, E>`, whose message is
+    /// stored prepared before the body runs, then committed or rolled back.
+    Half(Half),
 }
 
 /// Expands `#[transactional_message(args)] item`.

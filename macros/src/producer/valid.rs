@@ -5,36 +5,84 @@
 //! the error is `From<txmsg::Error>`) are left to rustc through spanned
 //! bounds in the expansion.
 
-use syn::{Error, Expr, Ident, PatType, Type};
+use syn::{Error, Expr, ExprPath, Ident, PatType, Path, PathArguments, Type};
 
-use super::Producer;
-use super::args::{self, ATTR, Args};
+use super::args::{self, ATTR, Args, DEFAULT_CHECK_AFTER_MILLIS, Half};
 use super::sig;
+use super::{Mode, Producer};
 use crate::common::args::RawArg;
-use crate::common::sig::Sig;
+use crate::common::sig::{Input, Sig, peel};
+use crate::common::types::first_impl_trait;
 use crate::common::valid::{
     check_crate, check_qualifiers, check_result, check_topic, known_args, missing, string_literal,
+    type_to_string,
 };
 use crate::diag::{Errors, join};
 
+/// What a `self` receiver stands in place of, for its message.
+const TX_FIRST: &str = "whose first parameter is `&mut txmsg::Tx<'_, DB>`";
+/// The same, for half producers.
+const PAYLOAD_FIRST: &str = "whose first parameter is the payload `&M`";
+
 /// Checks the arguments and the function, and returns what the expansion
 /// needs, or every error found.
+///
+/// The function's shape depends on `half`: when the arguments cannot be
+/// read at all, it is checked as a producer without `half`.
 pub(crate) fn check<'a>(raw: syn::Result<Vec<RawArg>>, sig: &Sig<'a>) -> syn::Result<Producer<'a>> {
+    let half = raw
+        .as_ref()
+        .is_ok_and(|raw| raw.iter().any(|arg| arg.name.is_ident("half")));
     let args = raw.and_then(check_args);
-    let shape = join(
-        check_qualifiers(sig, &ATTR),
-        join(check_tx(sig), check_output(sig)),
-    );
-    let (args, ((), ((tx, db, params), (payload, error)))) = join(args, shape)?;
+    let shape = if half {
+        check_half_shape(sig)
+    } else {
+        check_tx_shape(sig)
+    };
+    let (mut args, (tx, params, payload, error)) = join(args, shape)?;
+    let mode = match tx {
+        Some((tx, db)) => Mode::Tx { tx, db },
+        None => Mode::Half(args.half.take().unwrap_or_default()),
+    };
     Ok(Producer {
         func: sig.func,
         args,
-        tx,
-        db,
+        mode,
         params,
         payload,
         error,
     })
+}
+
+/// What the shape checks find: the transaction's name and database type
+/// (none for a half producer), the parameters `_and_commit` forwards, the
+/// payload type and the error type.
+type Shape<'a> = (
+    Option<(&'a Ident, &'a Type)>,
+    Vec<&'a PatType>,
+    &'a Type,
+    &'a Type,
+);
+
+/// A producer that joins the caller's transaction:
+/// `async fn(tx: &mut Tx<'_, DB>, ..) -> Result<M, E>`.
+fn check_tx_shape<'a>(sig: &Sig<'a>) -> syn::Result<Shape<'a>> {
+    let shape = join(
+        check_qualifiers(sig, &ATTR, TX_FIRST),
+        join(check_tx(sig), check_output(sig)),
+    );
+    let ((), ((tx, db, params), (payload, error))) = shape?;
+    Ok((Some((tx, db)), params, payload, error))
+}
+
+/// A half producer: `async fn(msg: &M, ..) -> Result<T, E>`.
+fn check_half_shape<'a>(sig: &Sig<'a>) -> syn::Result<Shape<'a>> {
+    let shape = join(
+        check_qualifiers(sig, &ATTR, PAYLOAD_FIRST),
+        join(check_half_params(sig), check_half_output(sig)),
+    );
+    let ((), ((payload, params), error)) = shape?;
+    Ok((None, params, payload, error))
 }
 
 /// Checks names and values of the attribute's arguments.
@@ -43,10 +91,28 @@ fn check_args(raw: Vec<RawArg>) -> syn::Result<Args> {
     let known = known_args(raw, &ATTR, &mut errors);
     let missing_topic = || missing("topic", &ATTR, "topic = \"orders.placed\"");
     let topic_written = known.written("topic");
+    let is_half = known.name("half").is_some();
+    for (key, example) in [
+        ("check_back", "check_back = payment_state"),
+        ("check_after", "check_after = \"10s\""),
+    ] {
+        if let Some(name) = known.name(key).filter(|_| !is_half) {
+            errors.push(Error::new_spanned(
+                name,
+                format!(
+                    "`{key}` requires `half` in `#[transactional_message]`: only half producers \
+                     are checked back, as in `#[transactional_message(topic = \"...\", half, \
+                     {example})]`"
+                ),
+            ));
+        }
+    }
     let mut topic = None;
     let mut key = None;
     let mut idempotency_key = None;
     let mut ttl = None;
+    let mut check_back = None;
+    let mut check_after = None;
     let mut krate = None;
     for (name, value) in known.args {
         let checked = match name.as_str() {
@@ -61,7 +127,11 @@ fn check_args(raw: Vec<RawArg>) -> syn::Result<Args> {
                 idempotency_key = Some(value);
                 Ok(())
             }
-            "ttl" => check_ttl(value).map(|v| ttl = Some(v)),
+            "ttl" => check_duration(value, "ttl", "\"30m\"").map(|v| ttl = Some(v)),
+            "check_back" => check_back_path(value).map(|v| check_back = Some(v)),
+            "check_after" => {
+                check_duration(value, "check_after", "\"10s\"").map(|v| check_after = Some(v))
+            }
             _ => check_crate(value, &ATTR).map(|v| krate = Some(v)),
         };
         if let Err(error) = checked {
@@ -73,25 +143,54 @@ fn check_args(raw: Vec<RawArg>) -> syn::Result<Args> {
     }
     errors.finish(())?;
     let topic = topic.ok_or_else(missing_topic)?;
+    let half = is_half.then(|| Half {
+        check_back,
+        check_after: check_after.unwrap_or(DEFAULT_CHECK_AFTER_MILLIS),
+    });
     Ok(Args {
         topic,
         key,
         idempotency_key,
         ttl,
+        half,
         krate,
     })
 }
 
-/// A time to live, in milliseconds.
-fn check_ttl(value: Expr) -> syn::Result<u64> {
-    let lit = string_literal(value, "ttl", "\"30m\"", &ATTR)?;
+/// A duration (`ttl`, `check_after`), in milliseconds.
+fn check_duration(value: Expr, key: &str, example: &str) -> syn::Result<u64> {
+    let lit = string_literal(value, key, example, &ATTR)?;
     let text = lit.value();
-    args::parse_ttl(&text).map_err(|reason| {
+    args::parse_duration(&text).map_err(|reason| {
         Error::new(
             lit.span(),
-            format!("invalid ttl `{text}` in `#[transactional_message]`: {reason}"),
+            format!("invalid {key} `{text}` in `#[transactional_message]`: {reason}"),
         )
     })
+}
+
+/// `check_back = path`: a path without generic arguments.
+fn check_back_path(value: Expr) -> syn::Result<Path> {
+    match value {
+        Expr::Path(ExprPath {
+            attrs,
+            qself: None,
+            path,
+        }) if attrs.is_empty()
+            && path
+                .segments
+                .iter()
+                .all(|segment| matches!(segment.arguments, PathArguments::None)) =>
+        {
+            Ok(path)
+        }
+        Expr::Group(group) => check_back_path(*group.expr),
+        other => Err(Error::new_spanned(
+            other,
+            "expected the path of a `#[check_back]` function for `check_back` in \
+             `#[transactional_message]`, as in `check_back = payment_state`",
+        )),
+    }
 }
 
 /// The transaction parameter (first, named, `&mut Tx<'_, DB>`) and the
@@ -107,6 +206,68 @@ fn check_tx<'a>(sig: &Sig<'a>) -> syn::Result<(&'a Ident, &'a Type, Vec<&'a PatT
         ));
     };
     Ok((name, db, rest))
+}
+
+/// The payload type `M` of a half producer's first parameter `&M`, and all
+/// the parameters (the payload included), which `_and_commit` forwards.
+fn check_half_params<'a>(sig: &Sig<'a>) -> syn::Result<(&'a Type, Vec<&'a PatType>)> {
+    const EXPECTED: &str = "expected the payload `msg: &M` as the first parameter of a \
+                            `#[transactional_message(half)]` function";
+    let typed: Vec<_> = sig
+        .inputs
+        .iter()
+        .filter_map(|input| match input {
+            Input::Typed { arg, tx } => Some((*arg, tx.is_some())),
+            Input::Receiver(_) => None,
+        })
+        .collect();
+    let Some((first, _)) = typed.first() else {
+        return Err(Error::new(sig.func.sig.paren_token.span.join(), EXPECTED));
+    };
+    if let Some((tx, _)) = typed.iter().find(|(_, is_tx)| *is_tx) {
+        return Err(Error::new_spanned(
+            tx,
+            "`#[transactional_message(half)]` functions do their local work outside the \
+             store's transaction: take the payload `&M` as the first parameter, not a `Tx`",
+        ));
+    }
+    let params = typed.iter().map(|(arg, _)| *arg).collect();
+    let ty = &*first.ty;
+    let by_reference = |elem: &Type| {
+        Error::new_spanned(
+            ty,
+            format!(
+                "the payload of a `#[transactional_message(half)]` function is stored before \
+                 its body runs, take it by shared reference: expected `&{}` rather than `{}`",
+                type_to_string(elem),
+                type_to_string(ty)
+            ),
+        )
+    };
+    match peel(ty) {
+        Type::Reference(reference) if reference.mutability.is_none() => {
+            if let Some(found) = first_impl_trait(&reference.elem) {
+                return Err(Error::new_spanned(
+                    found,
+                    "the payload of a `#[transactional_message(half)]` function cannot be \
+                     `impl Trait`, expected a concrete type",
+                ));
+            }
+            Ok((&reference.elem, params))
+        }
+        Type::Reference(reference) => Err(by_reference(&reference.elem)),
+        _ => Err(by_reference(ty)),
+    }
+}
+
+/// The error type of a half producer's `Result<T, E>` return type.
+fn check_half_output<'a>(sig: &Sig<'a>) -> syn::Result<&'a Type> {
+    let (_, error) = check_result(
+        sig,
+        "expected the return type `Result<T, E>` of a `#[transactional_message(half)]` \
+         function, where `E: From<txmsg::Error>`",
+    )?;
+    Ok(error)
 }
 
 /// The payload and error types of the `Result<M, E>` return type.
@@ -165,8 +326,11 @@ mod tests {
         assert!(p.args.idempotency_key.is_some());
         assert_eq!(p.args.ttl, Some(7_200_000));
         assert_eq!(p.args.krate.to_token_stream().to_string(), ":: my_txmsg");
-        assert_eq!(p.tx, "tx");
-        assert_eq!(p.db.to_token_stream().to_string(), "Sqlite");
+        let Mode::Tx { tx, db } = &p.mode else {
+            panic!("not a half producer")
+        };
+        assert_eq!(*tx, "tx");
+        assert_eq!(db.to_token_stream().to_string(), "Sqlite");
         assert_eq!(p.params.len(), 1);
         assert_eq!(p.payload.to_token_stream().to_string(), "Order");
         assert_eq!(p.error.to_token_stream().to_string(), "Error");
@@ -184,17 +348,10 @@ mod tests {
     #[test]
     fn unknown_argument_lists_the_names() {
         assert_eq!(
-            args_messages(quote!(topic = "a", half)),
+            args_messages(quote!(topic = "a", group = "b")),
             [
-                "unknown argument `half` to `#[transactional_message]`, expected one of: \
-              topic, key, idempotency_key, ttl, crate"
-            ]
-        );
-        assert_eq!(
-            args_messages(quote!(topic = "a", check_back = my_check)),
-            [
-                "unknown argument `check_back` to `#[transactional_message]`, expected one of: \
-              topic, key, idempotency_key, ttl, crate"
+                "unknown argument `group` to `#[transactional_message]`, expected one of: \
+              topic, key, idempotency_key, ttl, half, check_back, check_after, crate"
             ]
         );
     }
@@ -205,7 +362,8 @@ mod tests {
         assert_eq!(
             messages[0],
             "unknown argument `topik` to `#[transactional_message]`, expected one of: \
-             topic, key, idempotency_key, ttl, crate; did you mean `topic`?"
+             topic, key, idempotency_key, ttl, half, check_back, check_after, crate; \
+             did you mean `topic`?"
         );
         assert_eq!(messages.len(), 1, "not also a missing topic: {messages:?}");
         assert!(args_messages(quote!(topic = "a", a::topic = 1))[0].contains("`a::topic`"));
@@ -478,5 +636,175 @@ mod tests {
     fn every_signature_error_is_reported() {
         let messages = sig_messages("fn f<T>(id: T) -> T { todo!() }");
         assert_eq!(messages.len(), 4, "{messages:#?}");
+    }
+
+    const HALF_FN: &str =
+        "async fn f(payment: &Payment, card: String) -> Result<Receipt, Error> { todo!() }";
+
+    fn half_messages(func: &str) -> Vec<String> {
+        messages(quote!(topic = "a", half), func)
+    }
+
+    fn half_of(args: TokenStream, func: &str) -> (Option<String>, u64, String, usize) {
+        let func: ItemFn = syn::parse_str(func).unwrap();
+        let sig = Sig::new(&func);
+        let p = check(args::parse(args), &sig).unwrap_or_else(|e| panic!("{e}"));
+        let Mode::Half(half) = &p.mode else {
+            panic!("not a half producer")
+        };
+        (
+            half.check_back
+                .as_ref()
+                .map(|path| path.to_token_stream().to_string()),
+            half.check_after,
+            p.payload.to_token_stream().to_string(),
+            p.params.len(),
+        )
+    }
+
+    #[test]
+    fn half_producers() {
+        assert_eq!(
+            half_of(quote!(topic = "a", half), HALF_FN),
+            (None, 6_000, "Payment".to_owned(), 2)
+        );
+        assert_eq!(
+            half_of(
+                quote!(
+                    half,
+                    topic = "a",
+                    check_back = checks::payment_state,
+                    check_after = "1m",
+                    key = payment.id,
+                ),
+                HALF_FN
+            ),
+            (
+                Some("checks :: payment_state".to_owned()),
+                60_000,
+                "Payment".to_owned(),
+                2
+            )
+        );
+        for func in [
+            "async fn f(p: &'static Payment) -> Result<(), E> { todo!() }",
+            "pub(crate) async fn f<'a>(_: &'a Note<'a>) -> std::result::Result<u8, E> \
+             { todo!() }",
+            "async fn f(p: &Payment, (a, b): (u8, u8), x: impl Display) -> Result<(), E> \
+             { todo!() }",
+        ] {
+            assert!(
+                half_messages(func).is_empty(),
+                "{func}: {:?}",
+                half_messages(func)
+            );
+        }
+    }
+
+    #[test]
+    fn half_arguments() {
+        let needs_half = |key: &str, example: &str| {
+            format!(
+                "`{key}` requires `half` in `#[transactional_message]`: only half producers \
+                 are checked back, as in `#[transactional_message(topic = \"...\", half, \
+                 {example})]`"
+            )
+        };
+        assert_eq!(
+            args_messages(quote!(topic = "a", check_back = payment_state)),
+            [needs_half("check_back", "check_back = payment_state")]
+        );
+        assert_eq!(
+            args_messages(quote!(topic = "a", check_after = "10s")),
+            [needs_half("check_after", "check_after = \"10s\"")]
+        );
+        assert_eq!(
+            messages(quote!(topic = "a", half = true), HALF_FN),
+            ["`half` takes no value in `#[transactional_message]`, expected `half` alone"]
+        );
+        assert_eq!(
+            messages(
+                quote!(topic = "a", half, check_back = "payment_state"),
+                HALF_FN
+            ),
+            [
+                "expected the path of a `#[check_back]` function for `check_back` in \
+              `#[transactional_message]`, as in `check_back = payment_state`"
+            ]
+        );
+        assert_eq!(
+            messages(quote!(topic = "a", half, check_back = f::<u8>), HALF_FN).len(),
+            1
+        );
+        assert_eq!(
+            messages(quote!(topic = "a", half, check_back), HALF_FN),
+            ["expected `check_back = <path>` in `#[transactional_message]`"]
+        );
+        assert_eq!(
+            messages(quote!(topic = "a", half, check_after = "6"), HALF_FN),
+            [
+                "invalid check_after `6` in `#[transactional_message]`: expected a whole number \
+              and a unit, one of `ms`, `s`, `m`, `h`, `d`, as in \"30m\""
+            ]
+        );
+    }
+
+    #[test]
+    fn half_signatures() {
+        const EXPECTED: &str = "expected the payload `msg: &M` as the first parameter of a \
+                                `#[transactional_message(half)]` function";
+        assert_eq!(
+            half_messages("async fn f() -> Result<(), E> { todo!() }"),
+            [EXPECTED]
+        );
+        let not_tx = "`#[transactional_message(half)]` functions do their local work outside \
+                      the store's transaction: take the payload `&M` as the first parameter, \
+                      not a `Tx`";
+        assert_eq!(
+            half_messages("async fn f(tx: &mut Tx<'_, Sqlite>, p: &P) -> Result<P, E> { todo!() }"),
+            [not_tx]
+        );
+        assert_eq!(
+            half_messages("async fn f(p: &P, tx: &mut Tx<'_, Sqlite>) -> Result<P, E> { todo!() }"),
+            [not_tx]
+        );
+        assert_eq!(
+            half_messages("async fn f(p: Payment) -> Result<(), E> { todo!() }"),
+            [
+                "the payload of a `#[transactional_message(half)]` function is stored before its \
+              body runs, take it by shared reference: expected `&Payment` rather than `Payment`"
+            ]
+        );
+        assert_eq!(
+            half_messages("async fn f(p: &mut Payment) -> Result<(), E> { todo!() }"),
+            [
+                "the payload of a `#[transactional_message(half)]` function is stored before its \
+              body runs, take it by shared reference: expected `&Payment` rather than \
+              `&mut Payment`"
+            ]
+        );
+        assert_eq!(
+            half_messages("async fn f(p: &impl Serialize) -> Result<(), E> { todo!() }"),
+            [
+                "the payload of a `#[transactional_message(half)]` function cannot be \
+              `impl Trait`, expected a concrete type"
+            ]
+        );
+        assert_eq!(
+            half_messages("async fn f(p: &P) -> Option<()> { todo!() }"),
+            [
+                "expected the return type `Result<T, E>` of a `#[transactional_message(half)]` \
+              function, where `E: From<txmsg::Error>`"
+            ]
+        );
+        assert_eq!(
+            half_messages("async fn f(&self, p: &P) -> Result<(), E> { todo!() }"),
+            [
+                "`#[transactional_message]` functions cannot take `self`, expected a free \
+              function whose first parameter is the payload `&M`"
+            ]
+        );
+        // not async, a type parameter, no payload, not a Result
+        assert_eq!(half_messages("fn f<T>() -> T { todo!() }").len(), 4);
     }
 }

@@ -14,8 +14,8 @@ async fn place_order(tx: &mut Tx<'_, sqlx::Sqlite>, id: i64) -> Result<OrderPlac
     Ok(OrderPlaced { id })
 }
 
-// Half messages are not supported by this version.
-#[transactional_message(topic = "orders.placed", half)]
+// Where messages go is the broker's configuration, not the producer's.
+#[transactional_message(topic = "orders.placed", exchange = "orders")]
 async fn place_other_order(
     tx: &mut Tx<'_, sqlx::Sqlite>,
     id: i64,
