@@ -30,4 +30,17 @@ async fn place_other_order(
     Ok(OrderPlaced { id })
 }
 
+// An empty topic is refused too.
+#[transactional_message(topic = "")]
+async fn place_nameless_order(
+    tx: &mut Tx<'_, sqlx::Sqlite>,
+    id: i64,
+) -> Result<OrderPlaced, txmsg::Error> {
+    sqlx::query("INSERT INTO orders (id) VALUES (?)")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(OrderPlaced { id })
+}
+
 fn main() {}
