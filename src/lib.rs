@@ -181,6 +181,42 @@ pub mod __private {
         }
     }
 
+    /// A value that can be the time to live of a message, given as an
+    /// expression (`ttl = <expr>`): a `Duration`, or an `Option<Duration>`
+    /// whose `None` means no expiry.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a ttl: expected a `std::time::Duration` or `Option<Duration>`",
+        label = "expected a `Duration` or `Option<Duration>` (`None` for no expiry)",
+        note = "a string literal such as `ttl = \"30m\"` is checked at compile time"
+    )]
+    pub trait IntoTtl {
+        /// The time to live, `None` for none.
+        fn into_ttl(self) -> Option<Duration>;
+    }
+
+    impl IntoTtl for Duration {
+        #[inline]
+        fn into_ttl(self) -> Option<Duration> {
+            Some(self)
+        }
+    }
+
+    impl IntoTtl for Option<Duration> {
+        #[inline]
+        fn into_ttl(self) -> Option<Duration> {
+            self
+        }
+    }
+
+    /// Sets the time to live of `message`, if there is one.
+    #[inline]
+    pub fn with_ttl(message: Message, ttl: Option<Duration>) -> Message {
+        match ttl {
+            Some(ttl) => message.ttl(ttl),
+            None => message,
+        }
+    }
+
     /// A type that can be the message of a `#[message_handler]`: any
     /// `DeserializeOwned` type.
     ///

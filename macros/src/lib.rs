@@ -62,7 +62,8 @@ use proc_macro::TokenStream;
 /// | `topic = "..."`          | yes      | the topic, a string literal checked at compile time: 1 to 200 bytes of ASCII letters, digits, `.`, `-`, `_`, no empty segment |
 /// | `key = <expr>`           | no       | the ordering key: messages with the same topic and key are published in order |
 /// | `idempotency_key = <expr>` | no     | what consumers deduplicate on; a fresh UUIDv7 when absent |
-/// | `ttl = "..."`            | no       | how long the message may wait for delivery before it is dead-lettered as expired: a whole number and a unit, `ms`, `s`, `m`, `h` or `d` (`"500ms"`, `"30m"`, `"1d"`) |
+/// | `ttl = "..."`            | no       | how long the message may wait for delivery before it is dead-lettered as expired: a whole number and a unit, `ms`, `s`, `m`, `h` or `d` (`"500ms"`, `"30m"`, `"1d"`), checked at compile time |
+/// | `ttl = <expr>`           | no       | the same, chosen per call: an expression of type `std::time::Duration`, or `Option<Duration>` where `None` means no expiry (`ttl = ttl` with a parameter `ttl: Option<Duration>`) |
 /// | `half`                   | no       | makes the function a half-message producer, see [Half messages](#half-messages) |
 /// | `check_back = path`      | no, only with `half` | the [`#[check_back]`](macro@check_back) function of the topic, checked at compile time to take this producer's payload |
 /// | `check_after = "..."`    | no, only with `half` | time from storing the message prepared to its first check-back, in the syntax of `ttl`; default `"6s"` |
@@ -71,8 +72,34 @@ use proc_macro::TokenStream;
 /// `key` and `idempotency_key` are Rust expressions that may use the
 /// function's parameters. They are evaluated before the body runs, so the
 /// body may move those parameters, and turned into `String`s with
-/// [`Display`](std::fmt::Display). `ttl` and the topic are checked at compile
-/// time.
+/// [`Display`](std::fmt::Display). The topic is checked at compile time, and
+/// so is `ttl` written as a string literal. Any other `ttl` is an expression
+/// evaluated with the keys, before the body runs, to a `Duration` (the
+/// message expires that long after it is written; a zero `Duration` makes
+/// it expire at once) or an `Option<Duration>` (`None`: it never expires).
+/// It lets each caller choose:
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use txmsg::{Tx, transactional_message};
+///
+/// # #[derive(serde::Serialize)]
+/// # struct QuoteIssued { id: i64 }
+/// #[transactional_message(topic = "quotes.issued", ttl = valid_for)]
+/// async fn issue_quote(
+///     tx: &mut Tx<'_, sqlx::Sqlite>,
+///     id: i64,
+///     valid_for: Option<Duration>,
+/// ) -> Result<QuoteIssued, txmsg::Error> {
+/// #   let _ = tx;
+///     Ok(QuoteIssued { id })
+/// }
+///
+/// # async fn run(mut tx: Tx<'_, sqlx::Sqlite>) -> txmsg::Result<()> {
+/// issue_quote(&mut tx, 1, Some(Duration::from_secs(15 * 60))).await?;
+/// issue_quote(&mut tx, 2, None).await?; // never expires
+/// # Ok(()) }
+/// ```
 ///
 /// # Signature
 ///
@@ -90,7 +117,8 @@ use proc_macro::TokenStream;
 ///   message payload and `E: From<txmsg::Error>` the error type.
 ///
 /// Any other shape is a compile error at the offending token, as are unknown
-/// or repeated arguments, a missing or invalid topic and an invalid `ttl`.
+/// or repeated arguments, a missing or invalid topic and an invalid `ttl`:
+/// see [Compile-time checks](#compile-time-checks).
 ///
 /// # Generated code
 ///
@@ -178,7 +206,9 @@ use proc_macro::TokenStream;
 /// ```
 ///
 /// With `ttl = "30m"`, the message would also get
-/// `.ttl(Duration::from_secs(30 * 60))`.
+/// `.ttl(Duration::from_secs(30 * 60))`; with `ttl = <expr>`, the expression
+/// is evaluated next to the keys, and the message gets `.ttl(d)` when it
+/// gives `d` or `Some(d)`, nothing when it gives `None`.
 ///
 /// # Half messages
 ///
@@ -249,9 +279,11 @@ use proc_macro::TokenStream;
 /// - the return type is `Result<T, E>` with `E: From<txmsg::Error>`; `T` is
 ///   whatever the function returns (a receipt, `()`).
 ///
-/// `key`, `idempotency_key` and `ttl` work as above; the keys are evaluated
-/// before the message is stored, and may use the parameters that are plain
-/// names (the payload among them). A `Tx` parameter, a payload taken by
+/// `key`, `idempotency_key` and `ttl` work as above; the keys and a `ttl`
+/// expression are evaluated before the message is stored, and may use the
+/// parameters that are plain names (the payload among them). Since the
+/// function is emitted unchanged, a parameter that only the attribute reads
+/// (`ttl = _ttl`) is unused in it: an `_` prefix keeps the lint quiet. A `Tx` parameter, a payload taken by
 /// value or by `&mut`, and a function without parameters are compile errors,
 /// as are `check_back` or `check_after` without `half`.
 ///
@@ -333,6 +365,145 @@ use proc_macro::TokenStream;
 ///     }
 /// }
 /// ```
+///
+/// # Compile-time checks
+///
+/// Every mistake below is a compile error, reported at the token named, and
+/// all of them are reported at once; the function is still emitted, so that
+/// its callers keep compiling. `A → B` reads: writing `A` gives the error
+/// `B`.
+///
+/// The item:
+///
+/// - an `async fn` with a body: `struct Order;` or `async fn f(&self);` (no
+///   body) → `` `#[transactional_message]` can only be used on an `async fn`
+///   with a body ``, at the attribute;
+/// - `async`: `fn place_order(..)` → `` `#[transactional_message]` functions
+///   must be `async fn` ``, at the `fn` token;
+/// - safe and Rust ABI: `async unsafe fn` → ``… cannot be `unsafe` ``, at
+///   `unsafe`; `async extern "C" fn` → ``… cannot be `extern` ``, at the ABI;
+/// - no generics but lifetimes: `async fn f<T>(..)` or `<const N: usize>` →
+///   `` `#[transactional_message]` functions cannot have type or const
+///   parameters, expected lifetime parameters only ``, at each parameter;
+/// - a free function: `async fn f(&self, tx: ..)` → `` `#[transactional_message]`
+///   functions cannot take `self`, expected a free function whose first
+///   parameter is `&mut txmsg::Tx<'_, DB>` `` (for `half`: ``… is the payload
+///   `&M` ``), at `self`.
+///
+/// The arguments:
+///
+/// - `name = value` syntax: `topic("a")` → ``expected `=` after `topic` in
+///   `#[transactional_message]`, as in `topic = ...` ``; `topic = "a" key = id`
+///   → ``expected `,` ``;
+/// - known names: `exchange = "x"` → ``unknown argument `exchange` to
+///   `#[transactional_message]`, expected one of: topic, key,
+///   idempotency_key, ttl, half, check_back, check_after, crate``, at the
+///   name; a near miss or a synonym adds a suggestion: `kye = id`,
+///   `ordering_key = id` or `routing_key = id` → ``…; did you mean `key`?``
+///   (and a misspelt `topic` is not also reported missing);
+/// - each name once: `key = a, key = b` → ``duplicate argument `key` to
+///   `#[transactional_message]`, expected each argument at most once``, at
+///   the second `key`;
+/// - a value where one is expected, none for `half`: `key` alone →
+///   ``expected `key = <expression>` in `#[transactional_message]` ``;
+///   `half = true` → `` `half` takes no value in `#[transactional_message]`,
+///   expected `half` alone ``;
+/// - a topic: none → ``missing `topic = "..."` in `#[transactional_message]`,
+///   as in `#[transactional_message(topic = "orders.placed")]` ``, at the
+///   attribute; `topic = ORDERS` → ``expected a string literal for `topic`
+///   …, as in `topic = "orders.placed"` ``;
+/// - a valid topic, at the literal: `topic = ""` → ``invalid topic … in
+///   `#[transactional_message]`: must not be empty``; 201 bytes → ``…: must
+///   be at most 200 bytes``; `topic = "orders.*"` or `"a b"` → ``…: may
+///   contain only ASCII letters, digits, `.`, `-` and `_` ``; `".a"`, `"a."`
+///   or `"a..b"` → ``…: must not start or end with `.` or contain an empty
+///   segment``;
+/// - a `ttl` literal that parses, at the literal: `ttl = "30 minutes"`,
+///   `"30"`, `"1h30m"` or `"1.5h"` → ``invalid ttl `30 minutes` in
+///   `#[transactional_message]`: expected a whole number and a unit, one of
+///   `ms`, `s`, `m`, `h`, `d`, as in "30m"``; `ttl = "0s"` → ``…: expected
+///   a duration greater than zero``; more than 2⁶⁴ − 1 ms → ``…: expected at
+///   most 2^64 - 1 milliseconds``;
+/// - a `ttl` expression of the right type: `ttl = 5` or `ttl = secs` with
+///   `secs: u64` → `` `{integer}` cannot be a ttl: expected a
+///   `std::time::Duration` or `Option<Duration>` ``, at the expression;
+/// - keys that are `Display`: `key = customer` with `customer: CustomerId`
+///   and no `Display` impl → `` `CustomerId` cannot be a message key: it does
+///   not implement `std::fmt::Display` ``, at the expression (same for
+///   `idempotency_key`);
+/// - `crate` a path: `crate = "not a path"` → ``expected a path such as
+///   "my_txmsg" or "::my_txmsg" for `crate` in `#[transactional_message]`,
+///   found "not a path"``; `crate = my_txmsg` → ``expected a string literal
+///   for `crate` …``.
+///
+/// The signature, without `half`:
+///
+/// - a transaction first: `async fn f(id: i64)`, `async fn f()` or
+///   `tx: &Tx<'_, Sqlite>` (not `&mut`) → ``expected `&mut txmsg::Tx<'_, DB>`
+///   as the first parameter of a `#[transactional_message]` function``, at
+///   the parameter (or the parentheses);
+/// - first, not later: `async fn f(id: i64, tx: &mut Tx<'_, Sqlite>)` →
+///   ``the `&mut txmsg::Tx<'_, DB>` parameter of a `#[transactional_message]`
+///   function must come first``, at the transaction;
+/// - bound to a name: `_: &mut Tx<'_, Sqlite>` → ``expected a name for the
+///   transaction parameter of a `#[transactional_message]` function, as in
+///   `tx: &mut txmsg::Tx<'_, DB>` ``;
+/// - `Result<M, E>` with both arguments: no return type, `-> Order` or
+///   `-> Option<Order>` → ``expected the return type `Result<M, E>` of a
+///   `#[transactional_message]` function, where `M: Serialize` is the
+///   message payload and `E: From<txmsg::Error>` ``, at the type; an alias
+///   `-> txmsg::Result<Order>` adds ``; this `Result` alias hides `E`, write
+///   it out, as in `Result<Order, txmsg::Error>` ``;
+/// - a payload that is `Serialize`: `Result<OrderPlaced, _>` without
+///   `#[derive(Serialize)]` → `` `OrderPlaced` cannot be the payload of a
+///   transactional message: it does not implement `serde::Serialize` ``, at
+///   `OrderPlaced`;
+/// - an error that takes `txmsg::Error`: `Result<_, OrderError>` without
+///   `From<txmsg::Error>` → ``the trait bound `OrderError: From<txmsg::Error>`
+///   is not satisfied``, at `OrderError`.
+///
+/// The signature and arguments, with `half`:
+///
+/// - `check_back` and `check_after` only with `half`: `check_back =
+///   payment_state` alone → `` `check_back` requires `half` in
+///   `#[transactional_message]`: only half producers are checked back, as
+///   in `#[transactional_message(topic = "...", half, check_back =
+///   payment_state)]` ``, at the name (same for `check_after`);
+/// - a payload first: `async fn f()` → ``expected the payload `msg: &M` as
+///   the first parameter of a `#[transactional_message(half)]` function``;
+/// - no transaction: `async fn f(tx: &mut Tx<'_, Sqlite>, p: &P)` (anywhere)
+///   → `` `#[transactional_message(half)]` functions do their local work
+///   outside the store's transaction: take the payload `&M` as the first
+///   parameter, not a `Tx` ``, at the parameter;
+/// - the payload by shared reference: `p: Payment` or `p: &mut Payment` →
+///   ``the payload of a `#[transactional_message(half)]` function is stored
+///   before its body runs, take it by shared reference: expected `&Payment`
+///   rather than `Payment` ``; `p: &impl Serialize` → ``… cannot be
+///   `impl Trait`, expected a concrete type``;
+/// - `Result<T, E>`: `-> Option<()>` → ``expected the return type
+///   `Result<T, E>` of a `#[transactional_message(half)]` function, where
+///   `E: From<txmsg::Error>` ``; the payload must be `Serialize` and `E`
+///   `From<txmsg::Error>`, as above;
+/// - `check_after` as `ttl`: `check_after = "6 seconds"` → ``invalid
+///   check_after `6 seconds` in `#[transactional_message]`: expected a whole
+///   number and a unit, …``; `"0s"` → ``…: expected a duration greater than
+///   zero``;
+/// - `check_back` a plain path: `check_back = "payment_state"` or
+///   `check_back = f::<u8>` → ``expected the path of a `#[check_back]`
+///   function for `check_back` in `#[transactional_message]`, as in
+///   `check_back = payment_state` ``;
+/// - `check_back` naming a `#[check_back]` function: a plain `async fn` →
+///   rustc's ``constant provided when a type was expected`` (with ``help:
+///   `payment_state` is a function item, not a type``), at the path;
+/// - `check_back` of this payload: `check_back = refund_state` where
+///   `refund_state` takes `&RefundRequested` → `` `refund_state` is not a
+///   check-back for `PaymentRequested` ``, at the path (a check-back of
+///   `&txmsg::Envelope` fits any payload).
+///
+/// What one macro call cannot see is checked when the program runs: a half
+/// producer without `check_back` relies on a `#[check_back]` for its topic
+/// being registered somewhere, and a prepared message whose topic has none
+/// is dead when it comes up for a check.
 ///
 /// [`txmsg::Tx`]: https://docs.rs/txmsg/latest/txmsg/struct.Tx.html
 /// [`CheckBackWorker`]: https://docs.rs/txmsg/latest/txmsg/half/struct.CheckBackWorker.html
@@ -426,7 +597,8 @@ pub fn transactional_message(args: TokenStream, item: TokenStream) -> TokenStrea
 /// Any other shape is a compile error at the offending token, as are unknown
 /// or repeated arguments, a missing or invalid topic or group, and a
 /// `max_attempts` of 0. A message type that is not `DeserializeOwned` and an
-/// error type that is not `Display` are reported at their types.
+/// error type that is not `Display` are reported at their types. See
+/// [Compile-time checks](#compile-time-checks).
 ///
 /// # Exactly once
 ///
@@ -544,6 +716,117 @@ pub fn transactional_message(args: TokenStream, item: TokenStream) -> TokenStrea
 /// `DeserializeOwned`, or an error that is not `Display`, is reported once,
 /// at its type.
 ///
+/// # Compile-time checks
+///
+/// Every mistake below is a compile error, reported at the token named, and
+/// all of them are reported at once; the function is still emitted. `A → B`
+/// reads: writing `A` gives the error `B`.
+///
+/// The item:
+///
+/// - an `async fn` with a body: `struct Bill;` → `` `#[message_handler]` can
+///   only be used on an `async fn` with a body ``;
+/// - `async`: `fn bill(..)` → `` `#[message_handler]` functions must be
+///   `async fn` ``, at the `fn` token;
+/// - safe and Rust ABI: `async unsafe fn` → ``… cannot be `unsafe` ``;
+///   `async extern "C" fn` → ``… cannot be `extern` ``;
+/// - no generics but lifetimes: `async fn bill<T>(..)` → `` `#[message_handler]`
+///   functions cannot have type or const parameters, expected lifetime
+///   parameters only ``, at `T`;
+/// - a free function: `async fn bill(&self, tx: ..)` → `` `#[message_handler]`
+///   functions cannot take `self`, expected a free function whose first
+///   parameter is `&mut txmsg::Tx<'_, DB>` ``, at `self`;
+/// - no `impl Trait`: `message: impl DeserializeOwned` → `` `#[message_handler]`
+///   functions cannot use `impl Trait` in their signature, expected concrete
+///   types ``, at the `impl Trait`.
+///
+/// The arguments:
+///
+/// - `name = value` syntax and commas: `group("billing")` → ``expected `=`
+///   after `group` in `#[message_handler]`, as in `group = ...` ``;
+/// - known names: `ttl = "30m"` → ``unknown argument `ttl` to
+///   `#[message_handler]`, expected one of: topic, group, max_attempts,
+///   crate``, at the name; a near miss or a synonym adds a suggestion:
+///   `grup`, `consumer_group` or `group_id` → ``…; did you mean `group`?``,
+///   `max_retries`, `retries` or `attempts` → ``…; did you mean
+///   `max_attempts`?``;
+/// - each name once: `group = "a", group = "b"` → ``duplicate argument
+///   `group` to `#[message_handler]`, expected each argument at most once``,
+///   at the second;
+/// - a value: `group` alone → ``expected `group = "..."` in
+///   `#[message_handler]` ``;
+/// - a topic and a group: either missing → ``missing `group = "..."` in
+///   `#[message_handler]`, as in `#[message_handler(topic = "orders.placed",
+///   group = "billing")]` `` (each missing one is reported);
+/// - string literals that follow the topic rule, at the literal: `topic =
+///   ORDERS` → ``expected a string literal for `topic` in
+///   `#[message_handler]`, as in `topic = "orders.placed"` ``; `topic =
+///   "orders.*"` or `group = "billing service"` → ``invalid group `billing
+///   service` in `#[message_handler]`: may contain only ASCII letters,
+///   digits, `.`, `-` and `_` ``; `group = ""` → ``…: must not be empty``;
+///   more than 200 bytes, a leading or trailing `.` or an empty segment as
+///   for `#[transactional_message]`;
+/// - `max_attempts` an integer literal of at least 1 that fits a `u32`:
+///   `max_attempts = 0` or `-1` → ``invalid max_attempts `0` in
+///   `#[message_handler]`: expected at least 1 attempt``; `max_attempts =
+///   "5"` or `= MAX` → ``expected an integer literal for `max_attempts` in
+///   `#[message_handler]`, as in `max_attempts = 5` ``; `5u8` → ``…: expected
+///   a `u32` ``; `4294967296` → ``…: expected at most 4294967295 attempts``;
+/// - `crate` a path in a string literal: `crate = "not a path"` →
+///   ``expected a path such as "my_txmsg" or "::my_txmsg" for `crate` …``.
+///
+/// The signature:
+///
+/// - a transaction first: `async fn bill(order: OrderPlaced)` or `tx: &Tx<'_,
+///   Sqlite>` → ``expected `&mut txmsg::Tx<'_, DB>` as the first parameter
+///   of a `#[message_handler]` function``; `(order: OrderPlaced, tx: &mut
+///   Tx<'_, Sqlite>)` → ``the `&mut txmsg::Tx<'_, DB>` parameter of a
+///   `#[message_handler]` function must come first``;
+/// - two or three parameters: `(tx)` or `(tx, order, envelope, extra)` →
+///   ``expected 2 or 3 parameters in a `#[message_handler]` function: `tx:
+///   &mut txmsg::Tx<'_, DB>, message: M` and optionally `envelope:
+///   &txmsg::Envelope` ``, at the parentheses or the extra parameters;
+/// - the message second: `(tx, envelope: &Envelope)` → ``expected `message:
+///   M` as the second parameter of a `#[message_handler]` function, before
+///   the `&txmsg::Envelope` ``; `(tx, envelope: &Envelope, order:
+///   OrderPlaced)` → ``the `&txmsg::Envelope` parameter of a
+///   `#[message_handler]` function must come last, after the message``;
+/// - the message by value: `order: &OrderPlaced` → `` `#[message_handler]`
+///   functions take the message by value, expected `OrderPlaced` rather than
+///   `&OrderPlaced` ``;
+/// - an owned message: `note: Note<'a>` → ``the message type of a
+///   `#[message_handler]` function cannot borrow, expected an owned type
+///   (`M: DeserializeOwned`)``, at the lifetime;
+/// - a message that is `DeserializeOwned`: `OrderPlaced` without
+///   `#[derive(Deserialize)]` → `` `OrderPlaced` cannot be the message of a
+///   `#[message_handler]`: it does not implement `serde::Deserialize` ``, at
+///   the type;
+/// - the envelope third, by shared reference: `id: i64` → ``expected
+///   `&txmsg::Envelope` as the third parameter of a `#[message_handler]`
+///   function``; `&mut Envelope` adds ``; the envelope is shared, take it by
+///   `&` ``, `Envelope` adds ``; take it by reference``;
+/// - `Result<(), E>`: no return type or `-> Option<()>` → ``expected the
+///   return type `Result<(), E>` of a `#[message_handler]` function, where
+///   `E: Display` ``; `-> Result<u64, E>` adds ``; a handler returns `()`
+///   when it succeeds``; an alias `-> txmsg::Result<()>` adds ``; this
+///   `Result` alias hides `E`, write it out, as in `Result<(),
+///   txmsg::Error>` ``;
+/// - an owned error: `Result<(), &'a str>` → ``the error type of a
+///   `#[message_handler]` function cannot borrow, expected an owned type or
+///   `'static` references``;
+/// - an error that is `Display`: `Result<(), BillingError>` without `Display`
+///   → `` `BillingError` cannot be the error of a `#[message_handler]`: it
+///   does not implement `std::fmt::Display` ``, at the type;
+/// - a `Send` future: an `Rc` held across an `.await` → rustc's ``future
+///   cannot be sent between threads safely``, at the function's name.
+///
+/// Two handlers for one (topic, group), possibly in different crates,
+/// cannot be seen by a single macro call: each call sees one function.
+/// [`Consumer::start`] refuses them when the consumer starts, with an error
+/// naming both functions and where they are; it refuses a handler whose
+/// database is not the store's too. See [Registration and
+/// duplicates](#registration-and-duplicates).
+///
 /// [`Consumer`]: https://docs.rs/txmsg/latest/txmsg/consumer/struct.Consumer.html
 /// [`Consumer::start`]: https://docs.rs/txmsg/latest/txmsg/consumer/struct.Consumer.html#method.start
 /// [`ConsumerConfig`]: https://docs.rs/txmsg/latest/txmsg/consumer/struct.ConsumerConfig.html
@@ -632,7 +915,7 @@ pub fn message_handler(args: TokenStream, item: TokenStream) -> TokenStream {
 /// Any other shape is a compile error at the offending token, as are unknown
 /// or repeated arguments and a missing or invalid topic. A message type that
 /// is not `DeserializeOwned` and an error type that is not `Display` are
-/// reported at their types.
+/// reported at their types. See [Compile-time checks](#compile-time-checks).
 ///
 /// # Registration and duplicates
 ///
@@ -709,6 +992,100 @@ pub fn message_handler(args: TokenStream, item: TokenStream) -> TokenStream {
 /// `run_check_back` through a function generic over the message and error
 /// types, so that a message that is not `DeserializeOwned`, or an error
 /// that is not `Display`, is reported once, at its type.
+///
+/// # Compile-time checks
+///
+/// Every mistake below is a compile error, reported at the token named, and
+/// all of them are reported at once; the function is still emitted. `A → B`
+/// reads: writing `A` gives the error `B`.
+///
+/// The item:
+///
+/// - an `async fn` with a body: `struct State;` → `` `#[check_back]` can only
+///   be used on an `async fn` with a body ``;
+/// - `async`: `fn payment_state(..)` → `` `#[check_back]` functions must be
+///   `async fn` ``, at the `fn` token;
+/// - safe and Rust ABI: `async unsafe fn` → ``… cannot be `unsafe` ``;
+///   `async extern "C" fn` → ``… cannot be `extern` ``;
+/// - no generics but lifetimes: `async fn payment_state<M>(..)` →
+///   `` `#[check_back]` functions cannot have type or const parameters,
+///   expected lifetime parameters only ``, at `M`;
+/// - a free function: `async fn payment_state(&self)` → `` `#[check_back]`
+///   functions cannot take `self`, expected a free function whose parameter
+///   is `&M` or `&txmsg::Envelope` ``, at `self`;
+/// - no `impl Trait`: `message: &impl DeserializeOwned` → `` `#[check_back]`
+///   functions cannot use `impl Trait` in their signature, expected concrete
+///   types ``.
+///
+/// The arguments:
+///
+/// - `name = value` syntax and commas: `topic("a")` → ``expected `=` after
+///   `topic` in `#[check_back]`, as in `topic = ...` ``;
+/// - known names: `group = "billing"` → ``unknown argument `group` to
+///   `#[check_back]`, expected one of: topic, crate``, at the name; a near
+///   miss adds a suggestion: `topik` → ``…; did you mean `topic`?``;
+/// - each name once: `topic = "a", topic = "b"` → ``duplicate argument
+///   `topic` to `#[check_back]`, expected each argument at most once``, at
+///   the second;
+/// - a value: `topic` alone → ``expected `topic = "..."` in `#[check_back]` ``;
+/// - a topic: none → ``missing `topic = "..."` in `#[check_back]`, as in
+///   `#[check_back(topic = "payments.requested")]` ``, at the attribute;
+///   `topic = PAYMENTS` → ``expected a string literal for `topic` …``;
+/// - a valid topic, at the literal, with the rule and messages of
+///   `#[transactional_message]`: `topic = "payments.*"` → ``invalid topic
+///   `payments.*` in `#[check_back]`: may contain only ASCII letters,
+///   digits, `.`, `-` and `_` ``;
+/// - `crate` a path in a string literal: `crate = "not a path"` →
+///   ``expected a path such as "my_txmsg" or "::my_txmsg" for `crate` …``.
+///
+/// The signature:
+///
+/// - exactly one parameter: `async fn payment_state()` or `(payment: &P,
+///   extra: u8)` → ``expected exactly one parameter in a `#[check_back]`
+///   function: `message: &M` or `envelope: &txmsg::Envelope` ``, at the
+///   parentheses or the extra parameters;
+/// - no transaction: `(tx: &mut Tx<'_, Sqlite>)` → `` `#[check_back]`
+///   functions get no transaction: they look at the business data on their
+///   own, expected `message: &M` or `envelope: &txmsg::Envelope` as the only
+///   parameter ``;
+/// - the message by shared reference: `payment: PaymentRequested` or `&mut
+///   PaymentRequested` → `` `#[check_back]` functions take the message by
+///   shared reference, expected `&PaymentRequested` rather than
+///   `PaymentRequested` ``;
+/// - the envelope by shared reference: `&mut Envelope` → ``expected
+///   `&txmsg::Envelope` as the parameter of a `#[check_back]` function; the
+///   envelope is shared, take it by `&` ``; `Envelope` → ``…; take it by
+///   reference``;
+/// - an owned message: `&Note<'a>` → ``the message type of a `#[check_back]`
+///   function cannot borrow, expected an owned type (`M: DeserializeOwned`)``;
+/// - a message that is `DeserializeOwned`: `&PaymentRequested` without
+///   `#[derive(Deserialize)]` → `` `PaymentRequested` cannot be the message
+///   of a `#[check_back]`: it does not implement `serde::Deserialize` ``, at
+///   the type;
+/// - `Result<CheckStatus, E>`: no return type or `-> CheckStatus` →
+///   ``expected the return type `Result<CheckStatus, E>` of a `#[check_back]`
+///   function, where `E: Display` ``; `-> Result<bool, E>` adds ``; a
+///   check-back answers with `txmsg::half::CheckStatus`: `Commit`,
+///   `Rollback` or `Unknown` ``; an alias `-> txmsg::Result<CheckStatus>`
+///   adds ``; this `Result` alias hides `E`, write it out …``;
+/// - an owned error: `Result<CheckStatus, &'a str>` → ``the error type of a
+///   `#[check_back]` function cannot borrow, expected an owned type or
+///   `'static` references``;
+/// - an error that is `Display`: `Result<CheckStatus, CheckError>` without
+///   `Display` → `` `CheckError` cannot be the error of a `#[check_back]`: it
+///   does not implement `std::fmt::Display` ``, at the type;
+/// - a `Send` future: an `Rc` held across an `.await` → rustc's ``future
+///   cannot be sent between threads safely``.
+///
+/// A half producer's `check_back = path` is checked against this function's
+/// payload type at the producer: see [`#[transactional_message]`'s
+/// checks](macro@transactional_message#compile-time-checks).
+///
+/// Two check-backs for one topic, possibly in different crates, cannot be
+/// seen by a single macro call: each call sees one function.
+/// [`CheckBackWorker::start`] refuses them when the check-back worker
+/// starts, with an error naming both functions and where they are. See
+/// [Registration and duplicates](#registration-and-duplicates).
 ///
 /// [`CheckStatus`]: https://docs.rs/txmsg/latest/txmsg/half/enum.CheckStatus.html
 /// [`CheckBackWorker`]: https://docs.rs/txmsg/latest/txmsg/half/struct.CheckBackWorker.html

@@ -25,6 +25,7 @@ pub(crate) const ATTR: Attr = Attr {
     flags: &["half"],
     placeholder: |key| match key {
         "key" | "idempotency_key" => "<expression>",
+        "ttl" => "\"...\" or <expression>",
         "check_back" => "<path>",
         _ => "\"...\"",
     },
@@ -46,12 +47,21 @@ pub(crate) struct Args {
     pub(crate) key: Option<Expr>,
     /// Idempotency key expression, turned into a `String` through `Display`.
     pub(crate) idempotency_key: Option<Expr>,
-    /// Time to live, in milliseconds (never zero).
-    pub(crate) ttl: Option<u64>,
+    /// Time to live: a literal checked at compile time, or an expression.
+    pub(crate) ttl: Option<Ttl>,
     /// Set for a half producer (`half`): what it needs beyond the above.
     pub(crate) half: Option<Half>,
     /// Path of the `txmsg` crate, if renamed; `::txmsg` otherwise.
     pub(crate) krate: Option<Path>,
+}
+
+/// `ttl = ...`: how long the message may wait for delivery.
+pub(crate) enum Ttl {
+    /// `ttl = "30m"`: milliseconds (never zero), checked at compile time.
+    Millis(u64),
+    /// `ttl = <expr>`: a `Duration` or an `Option<Duration>` (`None` for no
+    /// expiry), evaluated per call before the body runs.
+    Expr(Expr),
 }
 
 /// The arguments only a half producer has.

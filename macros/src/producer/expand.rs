@@ -18,7 +18,7 @@ use syn::{
     Type, WherePredicate,
 };
 
-use super::args::Half;
+use super::args::{Half, Ttl};
 use super::sig;
 use super::{Mode, Producer};
 
@@ -83,7 +83,7 @@ fn producer_fn(p: &Producer<'_>, tx: &Ident) -> TokenStream {
                 #private::Ok(__txmsg_payload) => {
                     let __txmsg_enqueued = match #new_message(&__txmsg_payload, #topic) {
                         #private::Ok(__txmsg_message) => {
-                            let __txmsg_message = __txmsg_message #set_keys;
+                            #set_keys
                             #private::Tx::enqueue(&mut *__txmsg_tx, __txmsg_message).await
                         }
                         #private::Err(__txmsg_error) => #private::Err(__txmsg_error),
@@ -237,7 +237,7 @@ fn half_and_commit_fn(p: &Producer<'_>, half: &Half) -> TokenStream {
             #keys
             let __txmsg_prepared = match #new_message(#payload_arg, #topic) {
                 #private::Ok(__txmsg_message) => {
-                    let __txmsg_message = __txmsg_message #set_keys;
+                    #set_keys
                     #private::Outbox::prepare(
                         #outbox,
                         __txmsg_message,
@@ -319,10 +319,11 @@ fn forwarded(p: &Producer<'_>) -> Forwarded {
 
 /// The message's keys and time to live.
 struct Keys {
-    /// Statements that evaluate the keys into `String`s: before the body,
-    /// which may move the parameters they use.
+    /// Statements that evaluate the keys into `String`s, and a `ttl`
+    /// expression into an `Option<Duration>`: before the body, which may
+    /// move the parameters they use.
     eval: TokenStream,
-    /// The builder calls that set them (and the time to live) on a `Message`.
+    /// Statements that set them on `__txmsg_message`.
     set: TokenStream,
 }
 
@@ -340,13 +341,32 @@ fn keys(p: &Producer<'_>) -> Keys {
     let set_idempotency_key = idempotency_key
         .as_ref()
         .map(|_| quote!(.idempotency_key(__txmsg_idempotency_key)));
-    let set_ttl = p
-        .args
-        .ttl
-        .map(|millis| quote!(.ttl(#private::Duration::from_millis(#millis))));
+    let (ttl, set_ttl, with_ttl) = match &p.args.ttl {
+        None => (None, None, None),
+        Some(Ttl::Millis(millis)) => (
+            None,
+            Some(quote!(.ttl(#private::Duration::from_millis(#millis)))),
+            None,
+        ),
+        Some(Ttl::Expr(expr)) => {
+            let into_ttl = into_ttl(p, expr);
+            (
+                Some(quote! {
+                    let __txmsg_ttl: #private::Option<#private::Duration> = #into_ttl;
+                }),
+                None,
+                Some(quote! {
+                    let __txmsg_message = #private::with_ttl(__txmsg_message, __txmsg_ttl);
+                }),
+            )
+        }
+    };
     Keys {
-        eval: quote!(#key #idempotency_key),
-        set: quote!(#set_key #set_idempotency_key #set_ttl),
+        eval: quote!(#key #idempotency_key #ttl),
+        set: quote! {
+            let __txmsg_message = __txmsg_message #set_key #set_idempotency_key #set_ttl;
+            #with_ttl
+        },
     }
 }
 
@@ -446,6 +466,15 @@ fn to_key(p: &Producer<'_>, expr: &syn::Expr) -> TokenStream {
     let span = expr.span();
     let private = private_path(p, span);
     quote_spanned!(span=> #private::Key::to_key(&(#expr)))
+}
+
+/// `IntoTtl::into_ttl(expr)`, the expression's value as an
+/// `Option<Duration>`, spanned at the expression so that a value of another
+/// type is reported there.
+fn into_ttl(p: &Producer<'_>, expr: &syn::Expr) -> TokenStream {
+    let span = expr.span();
+    let private = private_path(p, span);
+    quote_spanned!(span=> #private::IntoTtl::into_ttl(#expr))
 }
 
 /// The path of the runtime's hidden module, with every token at `span`.
@@ -605,6 +634,48 @@ mod tests {
         let body = item_fn(&file, 0).block.to_token_stream().to_string();
         assert!(!body.contains("__txmsg_key"));
         assert!(!body.contains("ttl"));
+    }
+
+    #[test]
+    fn a_ttl_expression_is_evaluated_before_the_body() {
+        let eval = squeeze(quote! {
+            let __txmsg_ttl: ::txmsg::__private::Option<::txmsg::__private::Duration> =
+                ::txmsg::__private::IntoTtl::into_ttl(ttl);
+        });
+        let set = squeeze(quote! {
+            let __txmsg_message = ::txmsg::__private::with_ttl(__txmsg_message, __txmsg_ttl);
+        });
+        let file = expand_str(
+            quote!(topic = "a", ttl = ttl),
+            quote!(
+                async fn f(tx: &mut Tx<'_, Db>, ttl: Option<Duration>) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        let body = squeeze(&item_fn(&file, 0).block);
+        let (eval_at, body_at, set_at) =
+            (body.find(&eval), body.find("asyncmove"), body.find(&set));
+        assert!(eval_at.is_some() && set_at.is_some(), "{body}");
+        assert!(eval_at < body_at && body_at < set_at, "{body}");
+        assert!(!body.contains(".ttl("), "{body}");
+
+        let file = expand_str(
+            quote!(topic = "a", half, ttl = ttl),
+            quote!(
+                async fn f(m: &M, ttl: Duration) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        let body = squeeze(&item_fn(&file, 1).block);
+        let (eval_at, set_at, prepare_at) = (
+            body.find(&eval),
+            body.find(&set),
+            body.find("Outbox::prepare"),
+        );
+        assert!(eval_at.is_some() && set_at.is_some(), "{body}");
+        assert!(eval_at < set_at && set_at < prepare_at, "{body}");
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! the error is `From<txmsg::Error>`) are left to rustc through spanned
 //! bounds in the expansion.
 
-use syn::{Error, Expr, ExprPath, Ident, PatType, Path, PathArguments, Type};
+use syn::{Error, Expr, ExprLit, ExprPath, Ident, Lit, PatType, Path, PathArguments, Type};
 
-use super::args::{self, ATTR, Args, DEFAULT_CHECK_AFTER_MILLIS, Half};
+use super::args::{self, ATTR, Args, DEFAULT_CHECK_AFTER_MILLIS, Half, Ttl};
 use super::sig;
 use super::{Mode, Producer};
 use crate::common::args::RawArg;
@@ -127,7 +127,7 @@ fn check_args(raw: Vec<RawArg>) -> syn::Result<Args> {
                 idempotency_key = Some(value);
                 Ok(())
             }
-            "ttl" => check_duration(value, "ttl", "\"30m\"").map(|v| ttl = Some(v)),
+            "ttl" => check_ttl(value).map(|v| ttl = Some(v)),
             "check_back" => check_back_path(value).map(|v| check_back = Some(v)),
             "check_after" => {
                 check_duration(value, "check_after", "\"10s\"").map(|v| check_after = Some(v))
@@ -155,6 +155,27 @@ fn check_args(raw: Vec<RawArg>) -> syn::Result<Args> {
         half,
         krate,
     })
+}
+
+/// `ttl`: a string literal is a duration checked here; anything else is an
+/// expression whose type rustc checks (`Duration` or `Option<Duration>`).
+fn check_ttl(value: Expr) -> syn::Result<Ttl> {
+    if is_string_literal(&value) {
+        check_duration(value, "ttl", "\"30m\"").map(Ttl::Millis)
+    } else {
+        Ok(Ttl::Expr(value))
+    }
+}
+
+/// Whether `value` is a string literal (possibly in an invisible group).
+fn is_string_literal(value: &Expr) -> bool {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(_), ..
+        }) => true,
+        Expr::Group(group) => is_string_literal(&group.expr),
+        _ => false,
+    }
 }
 
 /// A duration (`ttl`, `check_after`), in milliseconds.
@@ -324,7 +345,7 @@ mod tests {
         assert_eq!(p.args.topic.value(), "orders.placed");
         assert_eq!(p.args.key.to_token_stream().to_string(), "id");
         assert!(p.args.idempotency_key.is_some());
-        assert_eq!(p.args.ttl, Some(7_200_000));
+        assert!(matches!(p.args.ttl, Some(Ttl::Millis(7_200_000))));
         assert_eq!(p.args.krate.to_token_stream().to_string(), ":: my_txmsg");
         let Mode::Tx { tx, db } = &p.mode else {
             panic!("not a half producer")
@@ -409,13 +430,6 @@ mod tests {
             ]
         );
         assert_eq!(
-            args_messages(quote!(topic = "a", ttl = 30)),
-            [
-                "expected a string literal for `ttl` in `#[transactional_message]`, \
-              as in `ttl = \"30m\"`"
-            ]
-        );
-        assert_eq!(
             args_messages(quote!(topic)),
             ["expected `topic = \"...\"` in `#[transactional_message]`"]
         );
@@ -496,6 +510,30 @@ mod tests {
             args_messages(quote!(topic = "a", ttl = "0s")),
             ["invalid ttl `0s` in `#[transactional_message]`: \
               expected a duration greater than zero"]
+        );
+    }
+
+    #[test]
+    fn ttl_may_be_an_expression() {
+        let func: ItemFn = syn::parse_str(GOOD_FN).unwrap();
+        let sig = Sig::new(&func);
+        for (tokens, expr) in [
+            (quote!(topic = "a", ttl = ttl), "ttl"),
+            (quote!(topic = "a", ttl = 5), "5"),
+            (
+                quote!(topic = "a", ttl = Duration::from_secs(30)),
+                "Duration :: from_secs (30)",
+            ),
+        ] {
+            let p = check(args::parse(tokens), &sig).unwrap_or_else(|e| panic!("{e}"));
+            let Some(Ttl::Expr(found)) = &p.args.ttl else {
+                panic!("not an expression: {expr}")
+            };
+            assert_eq!(found.to_token_stream().to_string(), expr);
+        }
+        assert_eq!(
+            args_messages(quote!(topic = "a", ttl)),
+            ["expected `ttl = \"...\" or <expression>` in `#[transactional_message]`"]
         );
     }
 
