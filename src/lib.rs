@@ -55,6 +55,8 @@
 //! | `memory`   | [`memory::MemoryBroker`], the in-process broker       | yes     |
 //! | `postgres` | [`postgres::PgStore`] (sqlx, PostgreSQL ≥ 12)         | no      |
 //! | `rabbitmq` | [`rabbitmq::RabbitBroker`] (lapin, publisher confirms)| no      |
+//! | `redis`    | [`redis::RedisBroker`] (Redis Streams, consumer groups) | no |
+//! | `mqtt`     | [`mqtt::MqttBroker`] (MQTT 5, QoS 1, shared subscriptions) | no |
 //! | `opentelemetry` | `traceparent` captured when a message is written; handler spans continue the trace | no |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -100,6 +102,20 @@ pub mod sqlite {
 #[cfg_attr(docsrs, doc(cfg(feature = "rabbitmq")))]
 pub mod rabbitmq {
     pub use txmsg_rabbitmq::*;
+}
+
+/// Redis Streams broker.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis {
+    pub use txmsg_redis::*;
+}
+
+/// MQTT 5 broker.
+#[cfg(feature = "mqtt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mqtt")))]
+pub mod mqtt {
+    pub use txmsg_mqtt::*;
 }
 
 /// In-process broker.

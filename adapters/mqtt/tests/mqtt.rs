@@ -1,0 +1,193 @@
+//! Integration tests against a real MQTT 5 server (Mosquitto ≥ 2), found
+//! through `MQTT_URL` (default `mqtt://127.0.0.1:1883`).
+//!
+//! Runs every case of the broker conformance suite that MQTT meets; for
+//! `group_members_share_messages`, which MQTT cannot meet (the server
+//! does not move a message queued for one member of a shared subscription
+//! to another when the first is at its receive maximum), it checks the
+//! documented behaviour instead.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use txmsg_core::consumer::{SubscribeSpec, Subscription};
+use txmsg_core::{Broker, Envelope};
+use txmsg_mqtt::{MqttBroker, MqttConfig};
+use txmsg_testkit::broker as suite;
+use uuid::Uuid;
+
+fn url() -> String {
+    std::env::var("MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".to_owned())
+}
+
+/// A broker with a topic prefix of its own, and a conformance prefix.
+async fn broker() -> (MqttBroker, String) {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let config = MqttConfig::default()
+        .topic_prefix(&format!("txmsg-test/{id}/"))
+        .expect("a valid topic prefix");
+    let url = url();
+    let broker = match MqttBroker::connect(&url, config).await {
+        Ok(b) => b,
+        Err(e) => panic!("cannot reach the MQTT server at MQTT_URL={url}: {e:?}"),
+    };
+    (broker, format!("c{}", &id[20..]))
+}
+
+macro_rules! case {
+    ($name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let (b, prefix) = broker().await;
+            suite::$name(&b, &prefix).await;
+        }
+    };
+}
+
+case!(delivers_every_field);
+case!(every_group_gets_every_message);
+case!(nack_redelivers);
+case!(dropped_delivery_is_redelivered);
+case!(dropped_subscription_redelivers);
+case!(per_key_order_is_kept);
+case!(large_and_empty_payloads);
+case!(queue_outlives_its_subscribers);
+case!(subscribe_refuses_bad_specs);
+
+fn envelope(topic: &str, n: usize) -> Envelope {
+    let id = Uuid::now_v7();
+    Envelope::new(
+        id,
+        topic,
+        format!("n-{n}-{id}"),
+        format!(r#"{{"n":{n}}}"#).into_bytes(),
+        Utc::now(),
+    )
+}
+
+fn spec(group: &str, topic: &str, prefetch: u16) -> SubscribeSpec {
+    SubscribeSpec {
+        group: group.to_owned(),
+        topic: topic.to_owned(),
+        prefetch,
+    }
+}
+
+/// Receives and acknowledges deliveries until none arrives for `quiet`.
+async fn drain(sub: &mut Subscription, quiet: Duration) -> Vec<Uuid> {
+    let mut got = Vec::new();
+    while let Ok(Some(d)) = tokio::time::timeout(quiet, sub.next()).await {
+        got.push(d.message.as_ref().expect("a decodable delivery").id);
+        d.ack().await.expect("ack");
+    }
+    got
+}
+
+/// Members of one group (one shared subscription) share its messages:
+/// each message goes to exactly one member, none is lost. A message the
+/// server handed to a member that holds its `prefetch` unsettled waits for
+/// that member (MQTT does not move it to another member); it arrives once
+/// the member settles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_members_share_messages_as_documented() {
+    const N: usize = 20;
+    let (b, prefix) = broker().await;
+    let topic = format!("{prefix}.share");
+    let group = format!("{prefix}.g");
+    let mut a = b.subscribe(&spec(&group, &topic, 1)).await.unwrap();
+    let mut m = b.subscribe(&spec(&group, &topic, 1)).await.unwrap();
+    let sent: Vec<Envelope> = (0..N).map(|n| envelope(&topic, n)).collect();
+    for e in &sent {
+        b.publish(e).await.unwrap();
+    }
+    let held = tokio::time::timeout(suite::WAIT, a.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut got = vec![held.message.as_ref().unwrap().id];
+    let from_m = drain(&mut m, Duration::from_secs(1)).await;
+    assert!(!from_m.is_empty(), "the other member gets its share");
+    assert!(
+        from_m.len() < N - 1,
+        "messages queued for the holding member wait for it"
+    );
+    got.extend(from_m);
+    held.ack().await.unwrap();
+    got.extend(drain(&mut a, Duration::from_secs(1)).await);
+    got.extend(drain(&mut m, suite::QUIET).await);
+    let ids: BTreeSet<Uuid> = got.iter().copied().collect();
+    assert_eq!(got.len(), ids.len(), "a message was delivered twice");
+    assert_eq!(
+        ids,
+        sent.iter().map(|e| e.id).collect(),
+        "a message was lost"
+    );
+}
+
+/// A closed port is a retryable `BrokerUnavailable`, not a hang.
+#[tokio::test]
+async fn closed_port_is_retryable() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        MqttBroker::connect(&format!("mqtt://127.0.0.1:{port}"), MqttConfig::default()),
+    )
+    .await
+    .expect("connecting to a closed port must fail fast")
+    .unwrap_err();
+    assert!(err.is_broker_unavailable(), "{err:?}");
+    assert!(err.is_retryable(), "{err:?}");
+}
+
+/// A malformed URL is a configuration error naming `url`.
+#[tokio::test]
+async fn bad_url_is_a_config_error() {
+    for url in ["http://127.0.0.1", "mqtt://", "mqtt://host:notaport"] {
+        let err = MqttBroker::connect(url, MqttConfig::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, txmsg_core::Error::Config { field: "url", .. }),
+            "{url}: {err:?}"
+        );
+    }
+}
+
+/// `Debug` never shows the password.
+#[tokio::test]
+async fn debug_hides_the_password() {
+    let url = url();
+    let with_password = url.replacen("mqtt://", "mqtt://someone:hunter2@", 1);
+    // Mosquitto may accept or refuse the login; either way nothing leaks.
+    match MqttBroker::connect(&with_password, MqttConfig::default()).await {
+        Ok(b) => assert!(!format!("{b:?}").contains("hunter2")),
+        Err(e) => assert!(!format!("{e:?} {e}").contains("hunter2")),
+    }
+}
+
+/// A message larger than `max_packet_size` is refused before it is sent,
+/// with an error that retrying cannot fix.
+#[tokio::test]
+async fn oversize_message_is_refused() {
+    let (b, prefix) = broker().await;
+    let small = MqttBroker::connect(
+        &url(),
+        b.config()
+            .clone()
+            .max_packet_size(4096)
+            .expect("a valid size"),
+    )
+    .await
+    .expect("connect");
+    let mut e = envelope(&format!("{prefix}.big"), 1);
+    e.payload = vec![b'1'; 8192];
+    let err = small.publish(&e).await.expect_err("too large");
+    assert!(
+        matches!(err, txmsg_core::Error::PayloadTooLarge { limit: 4096, .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+}

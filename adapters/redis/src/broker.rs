@@ -1,0 +1,260 @@
+//! [`RedisBroker`]: the [`Broker`] for Redis Streams.
+
+use std::fmt;
+use std::sync::Arc;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Value};
+use tracing::{Instrument, debug_span};
+use txmsg_core::consumer::{SubscribeSpec, Subscription};
+use txmsg_core::{Broker, Envelope, Error, Result};
+
+use crate::config::RedisConfig;
+
+/// How often a lost connection is tried again before a command fails.
+const RECONNECT_RETRIES: usize = 1;
+
+/// A [`Broker`] on Redis Streams: one stream per topic, one consumer group
+/// of the stream per txmsg consumer group.
+///
+/// [`publish`](Broker::publish) adds the message to the stream at
+/// `<prefix><topic>` with `XADD` and resolves `Ok` once Redis replied with
+/// the entry id. Publishes are pipelined over one multiplexed connection
+/// shared by all clones. When the connection drops it is opened again on the
+/// next command; commands during the outage fail with
+/// [`Error::BrokerUnavailable`].
+///
+/// [`subscribe`](Broker::subscribe) joins the stream's consumer group
+/// `spec.group` (created by the group's first subscribe, at the end of the
+/// stream) as a consumer of its own, on a connection of its own: see the
+/// [crate documentation](crate) for how deliveries are acknowledged,
+/// nacked and taken over.
+///
+/// `Debug` shows the URL with its password masked.
+///
+/// # Examples
+///
+/// ```no_run
+/// use txmsg_redis::{RedisBroker, RedisConfig};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = RedisConfig::default().key_prefix("shop:")?;
+/// let broker = RedisBroker::connect("redis://127.0.0.1:6379", config).await?;
+/// assert_eq!(broker.stream_key("orders.placed"), "shop:orders.placed");
+/// // Hand `broker` to a `Relay`; it publishes through `Broker::publish`.
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisBroker {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// What the clones of one broker share.
+pub(crate) struct Inner {
+    pub(crate) client: redis::Client,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) config: RedisConfig,
+    pub(crate) url: String,
+}
+
+impl fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("url", &self.inner.url)
+            .field("key_prefix", &self.inner.config.get_key_prefix())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBroker {
+    /// Connects to Redis at `url` (`redis://[user:password@]host:port/db`,
+    /// or `unix://` paths) and checks that it answers.
+    ///
+    /// Must be called inside a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Config`] for `url` if it is not a Redis URL.
+    /// - [`Error::BrokerUnavailable`] if Redis cannot be reached (retryable).
+    /// - [`Error::Broker`] if Redis refused the connection, for instance the
+    ///   credentials.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future abandons the attempt and closes any connection it
+    /// opened.
+    pub async fn connect(url: &str, config: RedisConfig) -> Result<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::config("url", format!("not a redis url: {e}")))?;
+        let masked = mask_password(url);
+        let span = debug_span!("txmsg.redis.connect", url = %masked);
+        let conn = manager(&client, &config, config.get_response_timeout())
+            .instrument(span)
+            .await?;
+        Ok(RedisBroker {
+            inner: Arc::new(Inner {
+                client,
+                conn,
+                config,
+                url: masked,
+            }),
+        })
+    }
+
+    /// The settings the broker was connected with.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// The key of the stream of `topic`: `<prefix><topic>`.
+    pub fn stream_key(&self, topic: &str) -> String {
+        format!("{}{topic}", self.inner.config.get_key_prefix())
+    }
+}
+
+impl Broker for RedisBroker {
+    /// Adds `envelope` to its topic's stream with `XADD` (trimming with
+    /// `MAXLEN ~` when [`RedisConfig::max_len`] is set); `Ok` once Redis
+    /// replied with the entry id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`] for a bad topic name;
+    /// [`Error::BrokerUnavailable`] if Redis cannot be reached or did not
+    /// answer in time; [`Error::Broker`] if it refused the entry (not
+    /// retryable if the key holds something other than a stream).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future is safe: the entry may or may not have been
+    /// added, and the caller publishes it again (at least once).
+    async fn publish(&self, envelope: &Envelope) -> Result<()> {
+        let span = debug_span!(
+            "txmsg.redis.publish",
+            topic = %envelope.topic,
+            key = envelope.key.as_deref(),
+            message_id = %envelope.id,
+            attempt = envelope.attempts,
+        );
+        self.add(envelope).instrument(span).await
+    }
+
+    /// Subscribes consumer group `spec.group` to `spec.topic`.
+    ///
+    /// Creates the stream's consumer group `spec.group` if it does not exist
+    /// (at the end of the stream, creating an empty stream if needed), opens
+    /// a connection of its own and starts a task that reads the group as a
+    /// new consumer, with at most `spec.prefetch` deliveries unsettled.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`] or [`Error::Config`] for a bad topic or group
+    /// name or a zero prefetch; [`Error::BrokerUnavailable`] if Redis cannot
+    /// be reached; [`Error::Broker`] if it refused to create the group.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may leave the group created; nothing is read
+    /// until a subscription is returned.
+    async fn subscribe(&self, spec: &SubscribeSpec) -> Result<Subscription> {
+        let span = debug_span!("txmsg.redis.subscribe", topic = %spec.topic, group = %spec.group);
+        crate::consume::subscribe(self, spec).instrument(span).await
+    }
+}
+
+impl RedisBroker {
+    /// `XADD` of `envelope`, `Ok` on an entry id.
+    async fn add(&self, envelope: &Envelope) -> Result<()> {
+        txmsg_core::validate_topic(&envelope.topic)?;
+        let key = self.stream_key(&envelope.topic);
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&key);
+        if let Some(max_len) = self.inner.config.get_max_len() {
+            cmd.arg("MAXLEN").arg("~").arg(max_len);
+        }
+        cmd.arg("*");
+        for (name, value) in crate::wire::encode(envelope, self.inner.config.get_source()) {
+            cmd.arg(name).arg(value);
+        }
+        let mut conn = self.inner.conn.clone();
+        let reply: Value = cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| redis_error(format!("XADD to `{key}` failed"), e))?;
+        match reply {
+            Value::BulkString(_) | Value::SimpleString(_) | Value::VerbatimString { .. } => {
+                tracing::trace!(id = %envelope.id, key, "published");
+                Ok(())
+            }
+            other => Err(Error::broker_permanent(format!(
+                "XADD to `{key}` replied {other:?} instead of an entry id"
+            ))),
+        }
+    }
+}
+
+/// A connection manager for `client` whose commands time out after
+/// `response_timeout`; connects once before returning.
+pub(crate) async fn manager(
+    client: &redis::Client,
+    config: &RedisConfig,
+    response_timeout: std::time::Duration,
+) -> Result<ConnectionManager> {
+    let manager_config = ConnectionManagerConfig::new()
+        .set_number_of_retries(RECONNECT_RETRIES)
+        .set_min_delay(std::time::Duration::from_millis(50))
+        .set_max_delay(std::time::Duration::from_secs(1))
+        .set_connection_timeout(Some(config.get_connect_timeout()))
+        .set_response_timeout(Some(response_timeout));
+    ConnectionManager::new_with_config(client.clone(), manager_config)
+        .await
+        .map_err(|e| redis_error("could not connect to redis", e))
+}
+
+/// The txmsg error for a failed Redis command.
+///
+/// Lost or refused connections and timeouts are
+/// [`Error::BrokerUnavailable`]; a key of the wrong type is a permanent
+/// [`Error::Broker`]; anything else a retryable one.
+pub(crate) fn redis_error(what: impl fmt::Display, e: RedisError) -> Error {
+    if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_timeout() {
+        Error::broker_unavailable(format!("{what}: {e}"), Some(Box::new(e)))
+    } else if e.code() == Some("WRONGTYPE") {
+        Error::broker_permanent(format!("{what}: {e}"))
+    } else {
+        Error::broker(format!("{what}: {e}"), e)
+    }
+}
+
+/// `url` with the password, if any, replaced by `***`.
+fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+        None if userinfo.is_empty() => url.to_owned(),
+        // `redis://password@host` is read as a password alone by some clients.
+        None => format!("{scheme}://***@{host}{path}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask_password;
+
+    #[test]
+    fn masks_passwords() {
+        assert_eq!(
+            mask_password("redis://u:secret@h:6379/0"),
+            "redis://u:***@h:6379/0"
+        );
+        assert_eq!(mask_password("redis://:secret@h"), "redis://:***@h");
+        assert_eq!(mask_password("redis://h:6379"), "redis://h:6379");
+    }
+}

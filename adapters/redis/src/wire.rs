@@ -1,0 +1,232 @@
+//! The wire format: CloudEvents attributes as stream entry fields.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use txmsg_core::consumer::Undecodable;
+use txmsg_core::{Envelope, Headers, TRACEPARENT};
+use uuid::Uuid;
+
+/// Field of the CloudEvents `id`: the idempotency key.
+pub const FIELD_ID: &str = "ce-id";
+/// Field of the CloudEvents `type`: the topic.
+pub const FIELD_TYPE: &str = "ce-type";
+/// Field of the CloudEvents `source`.
+pub const FIELD_SOURCE: &str = "ce-source";
+/// Field of the CloudEvents `specversion` (`1.0`).
+pub const FIELD_SPECVERSION: &str = "ce-specversion";
+/// Field of the CloudEvents `time`: the creation time, RFC 3339.
+pub const FIELD_TIME: &str = "ce-time";
+/// Field of the CloudEvents `partitionkey` (partitioning extension): the
+/// ordering key.
+pub const FIELD_PARTITIONKEY: &str = "ce-partitionkey";
+/// Field of the `traceparent` (distributed tracing extension).
+pub const FIELD_TRACEPARENT: &str = "traceparent";
+/// Field of the content type of the payload (`application/json`).
+pub const FIELD_CONTENT_TYPE: &str = "content-type";
+/// Field of the txmsg message id (the outbox row's UUIDv7).
+pub const FIELD_TXMSG_ID: &str = "txmsg-id";
+/// Field of the payload bytes.
+pub const FIELD_DATA: &str = "data";
+/// Prefix of the fields that carry the other envelope headers:
+/// header `x-tenant` travels as field `h-x-tenant`.
+pub const HEADER_PREFIX: &str = "h-";
+
+/// The CloudEvents specification version published.
+const SPEC_VERSION: &str = "1.0";
+
+/// Content type of every payload.
+const CONTENT_TYPE: &str = "application/json";
+
+/// The fields and values of the entry `envelope` is published as, in order.
+pub(crate) fn encode(envelope: &Envelope, source: &str) -> Vec<(String, Vec<u8>)> {
+    let mut fields: Vec<(String, Vec<u8>)> = Vec::with_capacity(10 + envelope.headers.len());
+    let mut put = |name: &str, value: &[u8]| fields.push((name.to_owned(), value.to_vec()));
+    put(FIELD_ID, envelope.idempotency_key.as_bytes());
+    put(FIELD_TYPE, envelope.topic.as_bytes());
+    put(FIELD_SOURCE, source.as_bytes());
+    put(FIELD_SPECVERSION, SPEC_VERSION.as_bytes());
+    let time = envelope
+        .created_at
+        .to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    put(FIELD_TIME, time.as_bytes());
+    if let Some(key) = &envelope.key {
+        put(FIELD_PARTITIONKEY, key.as_bytes());
+    }
+    if let Some(traceparent) = envelope.headers.get(TRACEPARENT) {
+        put(FIELD_TRACEPARENT, traceparent.as_bytes());
+    }
+    put(FIELD_CONTENT_TYPE, CONTENT_TYPE.as_bytes());
+    put(FIELD_TXMSG_ID, envelope.id.to_string().as_bytes());
+    for (name, value) in &envelope.headers {
+        if name == TRACEPARENT {
+            continue;
+        }
+        put(&format!("{HEADER_PREFIX}{name}"), value.as_bytes());
+    }
+    put(FIELD_DATA, &envelope.payload);
+    fields
+}
+
+/// Reads the fields of a stream entry as an envelope: the inverse of
+/// [`encode`], and what any producer writing these fields sends.
+///
+/// - The content type must be absent or `application/json` (parameters
+///   allowed); anything else is undecodable.
+/// - `ce-id` is the idempotency key; without one (or empty) the entry is
+///   undecodable.
+/// - `ce-type` is the topic (`topic` when absent), `ce-partitionkey` the
+///   ordering key, `traceparent` the `traceparent` header, `ce-time`
+///   (RFC 3339) the creation time, else now.
+/// - `txmsg-id` is the message id when it is a UUID, else a fresh UUIDv7.
+/// - `h-<name>` fields are the headers `<name>`; every other field (the
+///   `ce-source`, for one) is kept as a header under its own name. Values
+///   that are not UTF-8 are left out.
+/// - `data` is the payload, byte for byte (empty when absent).
+pub(crate) fn decode(
+    topic: &str,
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
+) -> std::result::Result<Envelope, Undecodable> {
+    let mut raw = Headers::new();
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        let Ok(name) = String::from_utf8(name) else {
+            continue;
+        };
+        if name == FIELD_DATA {
+            body = value;
+            continue;
+        }
+        if let Ok(value) = String::from_utf8(value) {
+            raw.insert(name, value);
+        }
+    }
+    let undecodable = |reason: String, headers: Headers, body: Vec<u8>| Undecodable {
+        reason,
+        topic: topic.to_owned(),
+        headers,
+        body,
+    };
+    if let Some(content_type) = raw.get(FIELD_CONTENT_TYPE).filter(|c| !is_json(c)) {
+        let reason = format!(
+            "unsupported content type `{}`: expected `{CONTENT_TYPE}`",
+            content_type.escape_debug()
+        );
+        return Err(undecodable(reason, raw, body));
+    }
+    let Some(idempotency_key) = raw.get(FIELD_ID).filter(|id| !id.is_empty()).cloned() else {
+        return Err(undecodable(
+            format!("missing CloudEvents id (field `{FIELD_ID}`)"),
+            raw,
+            body,
+        ));
+    };
+    let message_topic = raw
+        .get(FIELD_TYPE)
+        .filter(|t| !t.is_empty())
+        .cloned()
+        .unwrap_or_else(|| topic.to_owned());
+    let key = raw.get(FIELD_PARTITIONKEY).cloned();
+    let created_at = raw
+        .get(FIELD_TIME)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(Utc::now);
+    let id = raw
+        .get(FIELD_TXMSG_ID)
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .unwrap_or_else(Uuid::now_v7);
+
+    let mut headers = Headers::new();
+    for (name, value) in raw {
+        match name.as_str() {
+            FIELD_ID | FIELD_TYPE | FIELD_SPECVERSION | FIELD_TIME | FIELD_PARTITIONKEY
+            | FIELD_CONTENT_TYPE | FIELD_TXMSG_ID => {}
+            FIELD_TRACEPARENT => {
+                headers.insert(TRACEPARENT.to_owned(), value);
+            }
+            other => match other.strip_prefix(HEADER_PREFIX) {
+                Some(header) => {
+                    headers.insert(header.to_owned(), value);
+                }
+                None => {
+                    headers.insert(name, value);
+                }
+            },
+        }
+    }
+    let mut envelope = Envelope::new(id, message_topic, idempotency_key, body, created_at);
+    envelope.key = key;
+    envelope.headers = headers;
+    Ok(envelope)
+}
+
+/// Whether `content_type` is `application/json`, parameters aside.
+fn is_json(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case(CONTENT_TYPE))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn bytes(fields: Vec<(String, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+        fields
+            .into_iter()
+            .map(|(n, v)| (n.into_bytes(), v))
+            .collect()
+    }
+
+    #[test]
+    fn round_trips_every_field() {
+        let at = Utc.with_ymd_and_hms(2024, 5, 6, 7, 8, 9).unwrap();
+        let mut env = Envelope::new(
+            Uuid::now_v7(),
+            "orders.placed",
+            "order-7",
+            b"{}".to_vec(),
+            at,
+        );
+        env.key = Some("7".into());
+        env.headers
+            .insert(TRACEPARENT.into(), "00-abc-def-01".into());
+        env.headers.insert("tenant".into(), "acme".into());
+        let fields = encode(&env, "/shop");
+        assert!(fields.iter().any(|(n, v)| n == "h-tenant" && v == b"acme"));
+        assert!(
+            fields
+                .iter()
+                .any(|(n, v)| n == "ce-source" && v == b"/shop")
+        );
+        let got = decode("orders.placed", bytes(fields)).unwrap();
+        assert_eq!(got.id, env.id);
+        assert_eq!(got.idempotency_key, "order-7");
+        assert_eq!(got.key, env.key);
+        assert_eq!(got.created_at, at);
+        assert_eq!(got.payload, b"{}");
+        assert_eq!(got.headers.get("tenant").map(String::as_str), Some("acme"));
+        assert_eq!(
+            got.headers.get(TRACEPARENT).map(String::as_str),
+            Some("00-abc-def-01")
+        );
+    }
+
+    #[test]
+    fn missing_id_and_foreign_content_type_are_undecodable() {
+        let bad = decode("t", vec![(b"data".to_vec(), b"{}".to_vec())]).unwrap_err();
+        assert!(bad.reason.contains("ce-id"), "{}", bad.reason);
+        assert_eq!(bad.body, b"{}");
+        let bad = decode(
+            "t",
+            vec![
+                (b"ce-id".to_vec(), b"1".to_vec()),
+                (b"content-type".to_vec(), b"text/plain".to_vec()),
+            ],
+        )
+        .unwrap_err();
+        assert!(bad.reason.contains("content type"), "{}", bad.reason);
+    }
+}
