@@ -55,6 +55,7 @@
 //! | `memory`   | [`memory::MemoryBroker`], the in-process broker       | yes     |
 //! | `postgres` | [`postgres::PgStore`] (sqlx, PostgreSQL ≥ 12)         | no      |
 //! | `rabbitmq` | [`rabbitmq::RabbitBroker`] (lapin, publisher confirms)| no      |
+//! | `mysql`    | [`mysql::MySqlStore`] (sqlx, MariaDB >= 10.6, MySQL 8) | no |
 //! | `redis`    | [`redis::RedisBroker`] (Redis Streams, consumer groups) | no |
 //! | `mqtt`     | [`mqtt::MqttBroker`] (MQTT 5, QoS 1, shared subscriptions) | no |
 //! | `opentelemetry` | `traceparent` captured when a message is written; handler spans continue the trace | no |
@@ -88,6 +89,13 @@ pub mod core {
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres {
     pub use txmsg_postgres::*;
+}
+
+/// MySQL / MariaDB store.
+#[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+pub mod mysql {
+    pub use txmsg_mysql::*;
 }
 
 /// SQLite store, the embedded default.

@@ -1,0 +1,63 @@
+//! Half messages: settling a prepared row, shared by the producer's writer
+//! and the check-back worker's store method.
+
+use chrono::{DateTime, Utc};
+use sqlx::mysql::MySqlConnection;
+use txmsg_core::Result;
+use txmsg_core::half::{Resolve, Resolved};
+use uuid::Uuid;
+
+use crate::sql::Sql;
+
+/// How often the conditional update is tried again when the row turns out to
+/// be prepared after all (an operator resumed it in between).
+const ATTEMPTS: usize = 3;
+
+/// Settles prepared row `id`, only if it is still prepared (the fence), and
+/// otherwise reports what it found.
+///
+/// Each statement runs on its own (autocommit on a pool connection, or inside
+/// the caller's transaction): the update or delete first, then, when it
+/// touched nothing, a locking read of the row's state.
+pub(crate) async fn resolve(
+    conn: &mut MySqlConnection,
+    sql: &Sql,
+    id: Uuid,
+    resolve: Resolve,
+    now: DateTime<Utc>,
+) -> Result<Resolved> {
+    for _ in 0..ATTEMPTS {
+        let done = match resolve {
+            Resolve::Commit => {
+                sqlx::query(sql.resolve_commit.get())
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?
+            }
+            Resolve::Rollback => {
+                sqlx::query(sql.resolve_rollback.get())
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?
+            }
+        };
+        if done.rows_affected() > 0 {
+            return Ok(Resolved::Done);
+        }
+        let state: Option<String> = sqlx::query_scalar(sql.state_of.get())
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        match state.as_deref() {
+            None => return Ok(Resolved::AlreadyRolledBack),
+            Some("dead") => return Ok(Resolved::Dead),
+            Some("prepared") => continue,
+            Some(_) => return Ok(Resolved::AlreadyCommitted),
+        }
+    }
+    Err(sqlx::Error::Protocol(format!(
+        "prepared message {id} kept changing while it was being settled"
+    ))
+    .into())
+}

@@ -1,0 +1,39 @@
+//! MySQL and MariaDB store for [txmsg](https://docs.rs/txmsg), on sqlx.
+//!
+//! [`MySqlStore`] keeps the outbox, the inbox and the consumers' dead letters
+//! in three InnoDB tables (by default `txmsg_outbox`, `txmsg_inbox` and
+//! `txmsg_consumer_dead`, optionally in a database of their own, see
+//! [`Tables`](txmsg_core::Tables)), writes outbox rows in the producer's own
+//! transaction and inbox keys in the handler's. It needs `FOR UPDATE SKIP
+//! LOCKED`: MySQL 8 or MariaDB 10.6 and later.
+//!
+//! [`migrate`](txmsg_core::Store::migrate) creates the tables. It is
+//! versioned and may be called by every process at start: calls are
+//! serialised with `GET_LOCK`, and since DDL is not transactional here every
+//! step is idempotent, so an interrupted migration is completed by the next
+//! call.
+//!
+//! # Tables
+//!
+//! Ids are `BINARY(16)` (UUIDv7, so ids sort in write order), timestamps
+//! `DATETIME(6)` in UTC written from the caller's clock, payloads `LONGBLOB`
+//! (the exact JSON bytes), headers a JSON object in `LONGTEXT`. Text columns
+//! use the `utf8mb4_bin` collation, so topics, keys and idempotency keys
+//! compare byte for byte. The outbox is indexed by (state, id) for the relay
+//! and the check-back worker, and by (topic, key, id) for the order checks;
+//! (topic, idempotency key) is unique.
+//!
+//! # Features
+//!
+//! | feature | enables                              | default |
+//! |---------|--------------------------------------|---------|
+//! | `tls`   | TLS to MySQL or MariaDB via rustls   | no      |
+
+mod half;
+mod migrate;
+mod row;
+mod sql;
+mod store;
+mod writer;
+
+pub use store::MySqlStore;

@@ -1,0 +1,291 @@
+//! Versioned migrations of the outbox and inbox tables.
+//!
+//! MySQL and MariaDB commit each DDL statement on its own, so a migration
+//! cannot be one transaction: instead every step is idempotent (`CREATE TABLE
+//! IF NOT EXISTS`, columns and indexes added only when `information_schema`
+//! lacks them), and a migration interrupted halfway is completed by the next
+//! call. Calls are serialised with `GET_LOCK`. A new version is one more
+//! entry at the end of [`MIGRATIONS`]; a shipped entry is never edited.
+
+use chrono::Utc;
+use sqlx::MySqlPool;
+use sqlx::mysql::MySqlConnection;
+use txmsg_core::Result;
+
+use crate::sql::{RenderedMigration, RenderedStep, Sql};
+
+/// How long `migrate` waits for a concurrent migration, in seconds.
+const LOCK_WAIT_SECS: i64 = 120;
+
+/// A table a step adds a column or an index to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Table {
+    Outbox,
+    Inbox,
+}
+
+/// One idempotent step of a migration. Templates hold the placeholders
+/// `{outbox}`, `{inbox}` and `{consumer_dead}`.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// A statement that is idempotent by itself.
+    Sql(&'static str),
+    /// `alter` adds `column` to `table`; run only when the column is missing.
+    AddColumn {
+        table: Table,
+        column: &'static str,
+        alter: &'static str,
+    },
+    /// `create` adds `index` to `table`; run only when the index is missing.
+    AddIndex {
+        table: Table,
+        index: &'static str,
+        create: &'static str,
+    },
+}
+
+/// One migration.
+#[derive(Debug)]
+pub(crate) struct Migration {
+    /// Version, increasing from 1.
+    pub(crate) version: i32,
+    /// What it does, recorded in the migrations table.
+    pub(crate) description: &'static str,
+    /// Its steps, in order.
+    pub(crate) steps: &'static [Step],
+}
+
+/// Every migration, oldest first.
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "outbox and inbox tables",
+        steps: &[Step::Sql(V1_OUTBOX), Step::Sql(V1_INBOX)],
+    },
+    Migration {
+        version: 2,
+        description: "consumer dead letters",
+        steps: &[
+            Step::AddIndex {
+                table: Table::Inbox,
+                index: "txmsg_processed_idx",
+                create: "CREATE INDEX txmsg_processed_idx ON {inbox} (processed_at)",
+            },
+            Step::Sql(V2_CONSUMER_DEAD),
+        ],
+    },
+    Migration {
+        version: 3,
+        description: "half messages",
+        steps: &[Step::AddColumn {
+            table: Table::Outbox,
+            column: "half",
+            alter: "ALTER TABLE {outbox} ADD COLUMN half BOOLEAN NOT NULL DEFAULT FALSE",
+        }],
+    },
+];
+
+// Without partial indexes, the poller's and the check-back worker's index is
+// (state, id): a claim reads the rows of one state in id order and stops at
+// its limit. (topic, key, id) serves the order checks. Text is compared
+// byte for byte (utf8mb4_bin): idempotency keys and topics are case
+// sensitive.
+const V1_OUTBOX: &str = "
+CREATE TABLE IF NOT EXISTS {outbox} (
+    id BINARY(16) NOT NULL,
+    topic VARCHAR(255) NOT NULL,
+    `key` VARCHAR(255) NULL,
+    idempotency_key VARCHAR(255) NOT NULL,
+    payload LONGBLOB NOT NULL,
+    headers LONGTEXT NOT NULL,
+    state VARCHAR(16) NOT NULL CHECK (state IN ('prepared', 'pending', 'sent', 'dead')),
+    attempts INT NOT NULL DEFAULT 0,
+    next_attempt_at DATETIME(6) NOT NULL,
+    lease_owner BINARY(16) NULL,
+    lease_until DATETIME(6) NULL,
+    checks INT NOT NULL DEFAULT 0,
+    expires_at DATETIME(6) NULL,
+    last_error TEXT NULL,
+    created_at DATETIME(6) NOT NULL,
+    sent_at DATETIME(6) NULL,
+    dead_at DATETIME(6) NULL,
+    PRIMARY KEY (id),
+    UNIQUE KEY txmsg_idempotency_idx (topic, idempotency_key),
+    KEY txmsg_state_idx (state, id),
+    KEY txmsg_key_idx (topic, `key`, id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
+
+const V1_INBOX: &str = "
+CREATE TABLE IF NOT EXISTS {inbox} (
+    consumer_group VARCHAR(255) NOT NULL,
+    idempotency_key VARCHAR(255) NOT NULL,
+    processed_at DATETIME(6) NOT NULL,
+    PRIMARY KEY (consumer_group, idempotency_key),
+    KEY txmsg_processed_idx (processed_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
+
+// Dead letters keep the message as it was delivered: its id (`envelope_id`),
+// topic, key, idempotency key (empty for a message that could not be read),
+// headers and exact payload bytes.
+const V2_CONSUMER_DEAD: &str = "
+CREATE TABLE IF NOT EXISTS {consumer_dead} (
+    id BINARY(16) NOT NULL,
+    consumer_group VARCHAR(255) NOT NULL,
+    topic VARCHAR(255) NOT NULL,
+    `key` VARCHAR(255) NULL,
+    idempotency_key TEXT NOT NULL,
+    headers LONGTEXT NOT NULL,
+    payload LONGBLOB NOT NULL,
+    envelope_id BINARY(16) NOT NULL,
+    created_at DATETIME(6) NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INT NOT NULL DEFAULT 0,
+    dead_at DATETIME(6) NOT NULL,
+    PRIMARY KEY (id),
+    KEY txmsg_group_idx (consumer_group, dead_at, id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
+
+/// Applies the migrations not yet recorded.
+///
+/// The connection first takes a `GET_LOCK` lock named after the migrations
+/// table, so concurrent calls (several processes starting at once) run one
+/// after the other, and the later ones find nothing left to do. The
+/// connection is closed afterwards rather than returned to the pool, so a
+/// call dropped halfway never leaves the lock held by a pooled connection.
+pub(crate) async fn migrate(pool: &MySqlPool, sql: &Sql) -> Result<()> {
+    // Checked before anything runs: the inbox table's name must leave a name
+    // for the dead-letter table.
+    let migrations = sql.migrations()?;
+    let mut conn = pool.acquire().await?;
+    conn.close_on_drop();
+    let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+        .bind(&sql.migrate_lock)
+        .bind(LOCK_WAIT_SECS)
+        .fetch_one(&mut *conn)
+        .await?;
+    if got != Some(1) {
+        return Err(sqlx::Error::Protocol(format!(
+            "timed out waiting for lock `{}` held by a concurrent migration",
+            sql.migrate_lock
+        ))
+        .into());
+    }
+    let outcome = apply(&mut conn, sql, migrations).await;
+    let released = sqlx::query("SELECT RELEASE_LOCK(?)")
+        .bind(&sql.migrate_lock)
+        .execute(&mut *conn)
+        .await;
+    outcome?;
+    released?;
+    Ok(())
+}
+
+async fn apply(
+    conn: &mut MySqlConnection,
+    sql: &Sql,
+    migrations: &[RenderedMigration],
+) -> Result<()> {
+    if let Some((schema, create)) = &sql.create_schema {
+        // Checked first: CREATE DATABASE IF NOT EXISTS needs the CREATE right
+        // even when the database is already there.
+        let exists: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+        )
+        .bind(schema)
+        .fetch_one(&mut *conn)
+        .await?;
+        if exists == 0 {
+            sqlx::query(create.get()).execute(&mut *conn).await?;
+        }
+    }
+    sqlx::query(sql.create_migrations.get())
+        .execute(&mut *conn)
+        .await?;
+    let applied: Vec<i32> = sqlx::query_scalar(sql.applied_versions.get())
+        .fetch_all(&mut *conn)
+        .await?;
+    for m in migrations {
+        if applied.contains(&m.version) {
+            continue;
+        }
+        for step in &m.steps {
+            run_step(conn, sql, step).await?;
+        }
+        sqlx::query(sql.record_migration.get())
+            .bind(m.version)
+            .bind(m.description)
+            .bind(Utc::now())
+            .execute(&mut *conn)
+            .await?;
+        tracing::info!(
+            version = m.version,
+            description = m.description,
+            "applied migration"
+        );
+    }
+    Ok(())
+}
+
+async fn run_step(conn: &mut MySqlConnection, sql: &Sql, step: &RenderedStep) -> Result<()> {
+    match step {
+        RenderedStep::Sql(stmt) => {
+            sqlx::query(stmt.get()).execute(&mut *conn).await?;
+        }
+        RenderedStep::AddColumn {
+            table,
+            column,
+            alter,
+        } => {
+            let found: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
+                 AND COLUMN_NAME = ?",
+            )
+            .bind(sql.schema.as_deref())
+            .bind(table)
+            .bind(column)
+            .fetch_one(&mut *conn)
+            .await?;
+            if found == 0 {
+                sqlx::query(alter.get()).execute(&mut *conn).await?;
+            }
+        }
+        RenderedStep::AddIndex {
+            table,
+            index,
+            create,
+        } => {
+            let found: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.STATISTICS \
+                 WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
+                 AND INDEX_NAME = ?",
+            )
+            .bind(sql.schema.as_deref())
+            .bind(table)
+            .bind(index)
+            .fetch_one(&mut *conn)
+            .await?;
+            if found == 0 {
+                sqlx::query(create.get()).execute(&mut *conn).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_increase_from_one() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(
+                usize::try_from(m.version).unwrap(),
+                i + 1,
+                "{}",
+                m.description
+            );
+        }
+    }
+}

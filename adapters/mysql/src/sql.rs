@@ -1,0 +1,657 @@
+//! Every SQL statement of the store, rendered once from validated table names.
+//!
+//! Table and database names come from [`Tables`], whose identifiers are
+//! validated (ASCII letters, digits, `_`) and are quoted here with backticks;
+//! every value is a bind parameter. That is what makes the `AssertSqlSafe`
+//! wrappers around these strings sound.
+
+use std::sync::Arc;
+
+use sqlx::AssertSqlSafe;
+use txmsg_core::{Error, Ident, MAX_IDENT_LEN, Result, Tables};
+
+use crate::migrate::{MIGRATIONS, Step, Table};
+
+/// Columns an [`Envelope`](txmsg_core::Envelope) is read from, in this order.
+pub(crate) const ENVELOPE_COLUMNS: &str =
+    "id, topic, `key`, idempotency_key, payload, headers, attempts, created_at, expires_at";
+
+/// Columns a [`ConsumerDeadLetter`](txmsg_core::consumer::ConsumerDeadLetter)
+/// is read from, in this order.
+const CONSUMER_DEAD_COLUMNS: &str = "id, consumer_group, topic, `key`, idempotency_key, headers, \
+     payload, envelope_id, created_at, reason, attempts, dead_at";
+
+/// The consumer dead-letter table beside the default inbox table.
+const DEFAULT_CONSUMER_DEAD: &str = "txmsg_consumer_dead";
+
+/// Suffix of the consumer dead-letter table beside a renamed inbox table.
+const CONSUMER_DEAD_SUFFIX: &str = "_dead";
+
+/// The placeholder a statement with an id list has where the list goes.
+const IDS: &str = "{ids}";
+
+/// One SQL string, cheap to clone into a query.
+#[derive(Debug, Clone)]
+pub(crate) struct Stmt(Arc<str>);
+
+impl Stmt {
+    fn new(sql: String) -> Self {
+        Stmt(sql.into())
+    }
+
+    /// The statement for `sqlx::query` and friends.
+    ///
+    /// Only table names are formatted into the string, validated and quoted;
+    /// values are bound.
+    pub(crate) fn get(&self) -> AssertSqlSafe<Arc<str>> {
+        AssertSqlSafe(Arc::clone(&self.0))
+    }
+
+    /// The statement with its `{ids}` list made of `n` placeholders (at
+    /// least one), for as many bound ids.
+    pub(crate) fn with_ids(&self, n: usize) -> AssertSqlSafe<String> {
+        let list = vec!["?"; n.max(1)].join(", ");
+        AssertSqlSafe(self.0.replace(IDS, &list))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One step of a migration, rendered for the configured tables.
+#[derive(Debug)]
+pub(crate) enum RenderedStep {
+    /// A statement that is idempotent by itself.
+    Sql(Stmt),
+    /// `alter` adds `column` to table `table`, unless it has it already.
+    AddColumn {
+        table: String,
+        column: &'static str,
+        alter: Stmt,
+    },
+    /// `create` adds index `index` to table `table`, unless it has it already.
+    AddIndex {
+        table: String,
+        index: &'static str,
+        create: Stmt,
+    },
+}
+
+/// A migration, rendered for the configured tables.
+#[derive(Debug)]
+pub(crate) struct RenderedMigration {
+    pub(crate) version: i32,
+    pub(crate) description: &'static str,
+    pub(crate) steps: Vec<RenderedStep>,
+}
+
+/// The statements of the inbox and the consumer dead letters.
+#[derive(Debug)]
+pub(crate) struct InboxSql {
+    pub(crate) record: Stmt,
+    pub(crate) remove_dead: Stmt,
+    pub(crate) add_dead: Stmt,
+    pub(crate) dead_letters: Stmt,
+    pub(crate) dead_letter: Stmt,
+    pub(crate) purge_pick: Stmt,
+    pub(crate) purge_delete: Stmt,
+}
+
+/// The statements of one store.
+#[derive(Debug)]
+pub(crate) struct Sql {
+    /// Name of the `GET_LOCK` lock that serialises migrations on these tables.
+    pub(crate) migrate_lock: String,
+    /// The database's name and the statement that creates it, if one is set.
+    pub(crate) create_schema: Option<(String, Stmt)>,
+    /// The database holding the tables, if not the connection's default.
+    pub(crate) schema: Option<String>,
+    pub(crate) create_migrations: Stmt,
+    pub(crate) applied_versions: Stmt,
+    pub(crate) record_migration: Stmt,
+    /// The migrations, or why the inbox table's name cannot be used.
+    migrations: std::result::Result<Vec<RenderedMigration>, String>,
+    /// The inbox's statements, or why the inbox table's name cannot be used.
+    inbox: std::result::Result<InboxSql, String>,
+
+    pub(crate) insert: Stmt,
+    pub(crate) inserted: Stmt,
+    pub(crate) claim_heads: Stmt,
+    pub(crate) claim_heads_lock: Stmt,
+    pub(crate) claim_followers: Stmt,
+    pub(crate) claim_lock: Stmt,
+    pub(crate) claim_lease: Stmt,
+    pub(crate) mark_sent: Stmt,
+    pub(crate) mark_failed: Stmt,
+    pub(crate) mark_dead: Stmt,
+    pub(crate) release: Stmt,
+    pub(crate) dead_letters: Stmt,
+    pub(crate) replay: Stmt,
+    pub(crate) purge_pick: Stmt,
+    pub(crate) purge_delete: Stmt,
+    pub(crate) stats: Stmt,
+
+    pub(crate) prepare: Stmt,
+    pub(crate) resolve_commit: Stmt,
+    pub(crate) resolve_rollback: Stmt,
+    pub(crate) state_of: Stmt,
+    pub(crate) claim_prepared: Stmt,
+    pub(crate) record_check: Stmt,
+    pub(crate) resume: Stmt,
+}
+
+/// The consumer dead-letter table's name: `txmsg_consumer_dead` beside the
+/// default inbox table, `<inbox>_dead` beside a renamed one.
+///
+/// The error is the reason the inbox table's name cannot be used: the derived
+/// name would be longer than the identifier limit, or it would be the name of
+/// the outbox or migrations table.
+pub(crate) fn consumer_dead_table(tables: &Tables) -> std::result::Result<Ident, String> {
+    let inbox = tables.inbox_name();
+    let name = if inbox == Tables::default().inbox_name() {
+        DEFAULT_CONSUMER_DEAD.to_owned()
+    } else {
+        format!("{inbox}{CONSUMER_DEAD_SUFFIX}")
+    };
+    if name.len() > MAX_IDENT_LEN {
+        return Err(format!(
+            "must be at most {} bytes, so that its dead-letter table `{name}` fits in {MAX_IDENT_LEN}",
+            MAX_IDENT_LEN - CONSUMER_DEAD_SUFFIX.len()
+        ));
+    }
+    let dead = Ident::new(&name).map_err(|e| e.to_string())?;
+    for (other, what) in [
+        (tables.outbox_name(), "outbox"),
+        (tables.migrations_name(), "migrations"),
+    ] {
+        if other == &dead {
+            return Err(format!(
+                "leaves no name for its dead-letter table: `{dead}` is the {what} table"
+            ));
+        }
+    }
+    Ok(dead)
+}
+
+/// FNV-1a, so every build and every process derives the same lock name.
+fn lock_hash(text: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+impl Sql {
+    pub(crate) fn new(tables: &Tables) -> Self {
+        let outbox = tables.qualified(tables.outbox_name(), '`');
+        let inbox = tables.qualified(tables.inbox_name(), '`');
+        let migrations_table = tables.qualified(tables.migrations_name(), '`');
+        let o = &outbox;
+        let cols = ENVELOPE_COLUMNS;
+        let dead_table = consumer_dead_table(tables);
+
+        let render = |template: &str, dead: &Ident| {
+            template
+                .replace("{outbox}", &outbox)
+                .replace("{inbox}", &inbox)
+                .replace("{consumer_dead}", &tables.qualified(dead, '`'))
+        };
+        let table_name = |table: Table| match table {
+            Table::Outbox => tables.outbox_name().to_string(),
+            Table::Inbox => tables.inbox_name().to_string(),
+        };
+        let migrations = dead_table.as_ref().map_err(Clone::clone).map(|dead| {
+            MIGRATIONS
+                .iter()
+                .map(|m| RenderedMigration {
+                    version: m.version,
+                    description: m.description,
+                    steps: m
+                        .steps
+                        .iter()
+                        .map(|step| match *step {
+                            Step::Sql(text) => RenderedStep::Sql(Stmt::new(render(text, dead))),
+                            Step::AddColumn {
+                                table,
+                                column,
+                                alter,
+                            } => RenderedStep::AddColumn {
+                                table: table_name(table),
+                                column,
+                                alter: Stmt::new(render(alter, dead)),
+                            },
+                            Step::AddIndex {
+                                table,
+                                index,
+                                create,
+                            } => RenderedStep::AddIndex {
+                                table: table_name(table),
+                                index,
+                                create: Stmt::new(render(create, dead)),
+                            },
+                        })
+                        .collect(),
+                })
+                .collect()
+        });
+        let inbox_sql = dead_table
+            .as_ref()
+            .map_err(Clone::clone)
+            .map(|dead| InboxSql::new(&inbox, &tables.qualified(dead, '`')));
+
+        Sql {
+            migrate_lock: format!(
+                "txmsg_migrate_{:016x}",
+                lock_hash(&format!("txmsg migrate {migrations_table}"))
+            ),
+            create_schema: tables.schema_name().map(|s| {
+                (
+                    s.to_string(),
+                    Stmt::new(format!(
+                        "CREATE DATABASE IF NOT EXISTS `{s}` \
+                         CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+                    )),
+                )
+            }),
+            schema: tables.schema_name().map(ToString::to_string),
+            create_migrations: Stmt::new(format!(
+                "CREATE TABLE IF NOT EXISTS {migrations_table} (\
+                 version INT NOT NULL PRIMARY KEY, \
+                 description VARCHAR(255) NOT NULL, \
+                 applied_at DATETIME(6) NOT NULL\
+                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+            )),
+            applied_versions: Stmt::new(format!("SELECT version FROM {migrations_table}")),
+            record_migration: Stmt::new(format!(
+                "INSERT INTO {migrations_table} (version, description, applied_at) \
+                 VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE version = version"
+            )),
+            migrations,
+            inbox: inbox_sql,
+
+            // 1 id, 2 topic, 3 key, 4 idempotency key, 5 payload, 6 headers,
+            // 7 next attempt at, 8 lease owner, 9 lease until, 10 created at,
+            // 11 expires at, then for the order check: 12 key, 13 topic,
+            // 14 key, 15 id, 16 lease owner.
+            //
+            // The row is leased to the owner unless an earlier row of its key
+            // is pending or dead and not the owner's: then the poller must
+            // publish this one after it, so it goes in unleased. A duplicate
+            // (same topic and idempotency key) changes nothing; `inserted`
+            // then tells which row holds the key.
+            insert: Stmt::new(format!(
+                "INSERT INTO {o} (id, topic, `key`, idempotency_key, payload, headers, state, \
+                 attempts, next_attempt_at, lease_owner, lease_until, checks, half, \
+                 created_at, expires_at) \
+                 SELECT ?, ?, ?, ?, ?, ?, 'pending', 0, ?, \
+                 CASE WHEN b.blocked THEN NULL ELSE ? END, \
+                 CASE WHEN b.blocked THEN NULL ELSE ? END, \
+                 0, FALSE, ?, ? \
+                 FROM (SELECT (? IS NOT NULL AND EXISTS (\
+                   SELECT 1 FROM {o} p \
+                   WHERE p.topic = ? AND p.`key` = ? AND p.id < ? \
+                   AND p.state IN ('pending', 'dead') \
+                   AND (p.lease_owner IS NULL OR p.lease_owner <> ?))) AS blocked) AS b \
+                 ON DUPLICATE KEY UPDATE id = id"
+            )),
+
+            // 1 topic, 2 idempotency key. The row holding the key, read with
+            // a lock so that it is the latest committed version, and whether
+            // it is leased.
+            inserted: Stmt::new(format!(
+                "SELECT id, CAST(lease_owner IS NOT NULL AS SIGNED) AS leased FROM {o} \
+                 WHERE topic = ? AND idempotency_key = ? LOCK IN SHARE MODE"
+            )),
+
+            // 1 now, 2 now, 3 dead_parks_key, 4 limit.
+            //
+            // A head is a due, unleased (or lease-expired) pending row that is
+            // first of its key. This read takes no locks: in MariaDB a locking
+            // read with SKIP LOCKED would skip locked rows inside the order
+            // check too, and so would take a row whose earlier row another
+            // claimer holds for a head. The heads found are locked next
+            // (`claim_heads_lock`).
+            claim_heads: Stmt::new(format!(
+                "SELECT o.id FROM {o} o \
+                 WHERE o.state = 'pending' AND o.next_attempt_at <= ? \
+                 AND (o.lease_until IS NULL OR o.lease_until < ?) \
+                 AND (o.`key` IS NULL OR NOT EXISTS (\
+                   SELECT 1 FROM {o} e \
+                   WHERE e.topic = o.topic AND e.`key` = o.`key` AND e.id < o.id \
+                   AND e.state IN ('pending', 'dead') AND (e.state = 'pending' OR ?))) \
+                 ORDER BY o.id \
+                 LIMIT ?"
+            )),
+
+            // 1 now, 2 now, then the head ids. Locking the heads is what keeps
+            // two relays off one key at once: the later rows of a key are only
+            // ever claimed as followers of its head, in the transaction that
+            // holds the head's row lock, and a concurrent claimer skips the
+            // locked head (SKIP LOCKED) while every later row of that key
+            // still has the earlier pending row in front of it. After commit
+            // the head is leased, so it is still pending and still blocks its
+            // key. The head's own conditions are checked again under the lock.
+            claim_heads_lock: Stmt::new(format!(
+                "SELECT id, topic, `key` FROM {o} FORCE INDEX (PRIMARY) \
+                 WHERE state = 'pending' AND next_attempt_at <= ? \
+                 AND (lease_until IS NULL OR lease_until < ?) \
+                 AND id IN ({IDS}) \
+                 ORDER BY id \
+                 FOR UPDATE SKIP LOCKED"
+            )),
+
+            // 1 now, 2 now, 3 topic, 4 key, 5 head id, 6 dead_parks_key,
+            // 7 per-key limit.
+            //
+            // The rows after one head that could block or follow it, in key
+            // order; the caller keeps the unbroken prefix of claimable ones.
+            // With dead rows not parking their key they are skipped here.
+            claim_followers: Stmt::new(format!(
+                "SELECT id, CAST((state = 'pending' AND next_attempt_at <= ? \
+                   AND (lease_until IS NULL OR lease_until < ?)) AS SIGNED) AS claimable \
+                 FROM {o} \
+                 WHERE topic = ? AND `key` = ? AND id > ? \
+                 AND state IN ('pending', 'dead') AND (state = 'pending' OR ?) \
+                 ORDER BY id \
+                 LIMIT ?"
+            )),
+
+            // 1 now, then the ids. The conditions are checked again: a
+            // follower is not locked before this statement, and its last
+            // owner may have finished it meanwhile.
+            claim_lock: Stmt::new(format!(
+                "SELECT {cols} FROM {o} FORCE INDEX (PRIMARY) \
+                 WHERE state = 'pending' AND (lease_until IS NULL OR lease_until < ?) \
+                 AND id IN ({IDS}) \
+                 FOR UPDATE"
+            )),
+
+            // 1 owner, 2 until, then the ids (locked by `claim_lock`).
+            claim_lease: Stmt::new(format!(
+                "UPDATE {o} FORCE INDEX (PRIMARY) SET lease_owner = ?, lease_until = ? \
+                 WHERE id IN ({IDS})"
+            )),
+
+            // 1 sent at, then the ids.
+            mark_sent: Stmt::new(format!(
+                "UPDATE {o} SET state = 'sent', sent_at = ?, lease_owner = NULL, lease_until = NULL \
+                 WHERE state = 'pending' AND id IN ({IDS})"
+            )),
+
+            // 1 next attempt at, 2 error, 3 id, 4 owner.
+            mark_failed: Stmt::new(format!(
+                "UPDATE {o} SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, \
+                 lease_owner = NULL, lease_until = NULL \
+                 WHERE id = ? AND lease_owner = ? AND state = 'pending'"
+            )),
+
+            // 1 reason, 2 dead at, 3 id, 4 owner.
+            mark_dead: Stmt::new(format!(
+                "UPDATE {o} SET state = 'dead', last_error = ?, dead_at = ?, \
+                 lease_owner = NULL, lease_until = NULL \
+                 WHERE id = ? AND state IN ('pending', 'prepared') \
+                 AND (lease_owner = ? OR lease_owner IS NULL)"
+            )),
+
+            // 1 owner, then the ids.
+            release: Stmt::new(format!(
+                "UPDATE {o} SET lease_owner = NULL, lease_until = NULL \
+                 WHERE lease_owner = ? AND state = 'pending' AND id IN ({IDS})"
+            )),
+
+            // 1, 2 topic or NULL, 3, 4 key or NULL, 5 limit.
+            dead_letters: Stmt::new(format!(
+                "SELECT {cols}, last_error, dead_at FROM {o} \
+                 WHERE state = 'dead' \
+                 AND (? IS NULL OR topic = ?) \
+                 AND (? IS NULL OR `key` = ?) \
+                 ORDER BY dead_at, id \
+                 LIMIT ?"
+            )),
+
+            // 1 next attempt at, 2 id. Replaying a dead half message delivers
+            // it: it is an ordinary message from then on, so it loses its
+            // half mark.
+            replay: Stmt::new(format!(
+                "UPDATE {o} SET state = 'pending', attempts = 0, next_attempt_at = ?, \
+                 lease_owner = NULL, lease_until = NULL, dead_at = NULL, half = FALSE \
+                 WHERE id = ? AND state = 'dead'"
+            )),
+
+            // 1 before, 2 limit. No ORDER BY: the first matching rows found
+            // are as good as any. SKIP LOCKED keeps the purge from waiting on
+            // anything else.
+            purge_pick: Stmt::new(format!(
+                "SELECT id FROM {o} WHERE state = 'sent' AND sent_at < ? \
+                 LIMIT ? FOR UPDATE SKIP LOCKED"
+            )),
+
+            // The ids picked (and locked) by `purge_pick`.
+            purge_delete: Stmt::new(format!(
+                "DELETE FROM {o} WHERE state = 'sent' AND id IN ({IDS})"
+            )),
+
+            stats: Stmt::new(format!(
+                "SELECT COUNT(CASE WHEN state = 'pending' THEN 1 END) AS pending, \
+                 MIN(CASE WHEN state = 'pending' THEN created_at END) AS oldest, \
+                 COUNT(CASE WHEN state = 'dead' THEN 1 END) AS dead, \
+                 COUNT(CASE WHEN state = 'sent' THEN 1 END) AS sent, \
+                 COUNT(CASE WHEN state = 'prepared' THEN 1 END) AS prepared \
+                 FROM {o}"
+            )),
+
+            // 1 id, 2 topic, 3 key, 4 idempotency key, 5 payload, 6 headers,
+            // 7 first check at, 8 created_at, 9 expires_at.
+            // Not leased: only the check-back worker leases prepared rows.
+            prepare: Stmt::new(format!(
+                "INSERT INTO {o} (id, topic, `key`, idempotency_key, payload, headers, state, \
+                 attempts, next_attempt_at, checks, half, created_at, expires_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, 'prepared', 0, ?, 0, TRUE, ?, ?) \
+                 ON DUPLICATE KEY UPDATE id = id"
+            )),
+
+            // 1 now, 2 id. The fence: only a row that is still prepared.
+            resolve_commit: Stmt::new(format!(
+                "UPDATE {o} SET state = 'pending', next_attempt_at = ?, \
+                 lease_owner = NULL, lease_until = NULL, half = FALSE \
+                 WHERE id = ? AND state = 'prepared'"
+            )),
+
+            // 1 id.
+            resolve_rollback: Stmt::new(format!(
+                "DELETE FROM {o} WHERE id = ? AND state = 'prepared'"
+            )),
+
+            // 1 id. A locking read: the latest committed state.
+            state_of: Stmt::new(format!(
+                "SELECT state FROM {o} WHERE id = ? LOCK IN SHARE MODE"
+            )),
+
+            // 1 now, 2 now, 3 limit. SKIP LOCKED keeps concurrent workers
+            // apart; the rows are then leased by id (`claim_lease`).
+            claim_prepared: Stmt::new(format!(
+                "SELECT {cols}, checks FROM {o} \
+                 WHERE state = 'prepared' AND next_attempt_at <= ? \
+                 AND (lease_until IS NULL OR lease_until < ?) \
+                 ORDER BY id \
+                 LIMIT ? \
+                 FOR UPDATE SKIP LOCKED"
+            )),
+
+            // 1 checks to add (0 or 1), 2 next check at, 3 id, 4 owner.
+            record_check: Stmt::new(format!(
+                "UPDATE {o} SET checks = checks + ?, next_attempt_at = ?, \
+                 lease_owner = NULL, lease_until = NULL \
+                 WHERE id = ? AND lease_owner = ? AND state = 'prepared'"
+            )),
+
+            // 1 first check at, 2 id. Only a half message that went dead
+            // while prepared.
+            resume: Stmt::new(format!(
+                "UPDATE {o} SET state = 'prepared', checks = 0, next_attempt_at = ?, \
+                 lease_owner = NULL, lease_until = NULL, dead_at = NULL \
+                 WHERE id = ? AND state = 'dead' AND half"
+            )),
+        }
+    }
+
+    /// The migrations.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `inbox_table` if its name leaves no name for the
+    /// consumer dead-letter table.
+    pub(crate) fn migrations(&self) -> Result<&[RenderedMigration]> {
+        self.migrations
+            .as_deref()
+            .map_err(|reason| Error::config("inbox_table", reason.clone()))
+    }
+
+    /// The inbox's statements.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `inbox_table` if its name leaves no name for the
+    /// consumer dead-letter table.
+    pub(crate) fn inbox(&self) -> Result<&InboxSql> {
+        self.inbox
+            .as_ref()
+            .map_err(|reason| Error::config("inbox_table", reason.clone()))
+    }
+}
+
+impl InboxSql {
+    /// Statements on the inbox table `i` and the dead-letter table `d`, both
+    /// qualified and quoted.
+    fn new(i: &str, d: &str) -> Self {
+        let cols = CONSUMER_DEAD_COLUMNS;
+        InboxSql {
+            // 1 group, 2 idempotency key, 3 processed at.
+            //
+            // `ON DUPLICATE KEY UPDATE` rather than catching the duplicate
+            // key error. A duplicate sets `LAST_INSERT_ID(1)`, which the
+            // reply carries as its insert id (0 for an insert: the table has
+            // no auto-increment column); the affected-row count cannot tell
+            // them apart, as the driver asks for found rows. A concurrent
+            // transaction that inserted the same key holds its index entry:
+            // this insert waits for it to end, then inserts (it rolled back)
+            // or does nothing (it committed).
+            record: Stmt::new(format!(
+                "INSERT INTO {i} (consumer_group, idempotency_key, processed_at) \
+                 VALUES (?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE \
+                 processed_at = IF(LAST_INSERT_ID(1) = 1, processed_at, processed_at)"
+            )),
+
+            remove_dead: Stmt::new(format!("DELETE FROM {d} WHERE id = ?")),
+
+            // 1 id, 2 group, 3 topic, 4 key, 5 idempotency key, 6 headers,
+            // 7 payload, 8 envelope id, 9 created at, 10 reason, 11 attempts,
+            // 12 dead at. Adding the same dead letter twice (a retry after a
+            // lost reply) keeps the first.
+            add_dead: Stmt::new(format!(
+                "INSERT INTO {d} ({cols}) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE id = id"
+            )),
+
+            // 1 group, 2, 3 topic or NULL, 4, 5 key or NULL, 6 limit.
+            dead_letters: Stmt::new(format!(
+                "SELECT {cols} FROM {d} \
+                 WHERE consumer_group = ? \
+                 AND (? IS NULL OR topic = ?) \
+                 AND (? IS NULL OR `key` = ?) \
+                 ORDER BY dead_at, id \
+                 LIMIT ?"
+            )),
+
+            // 1 group, 2 id.
+            dead_letter: Stmt::new(format!(
+                "SELECT {cols} FROM {d} WHERE consumer_group = ? AND id = ?"
+            )),
+
+            // 1 group, 2 processed before, 3 limit. As `purge_pick`: no ORDER
+            // BY, and SKIP LOCKED so the purge never waits on a handler.
+            purge_pick: Stmt::new(format!(
+                "SELECT idempotency_key FROM {i} \
+                 WHERE consumer_group = ? AND processed_at < ? \
+                 LIMIT ? FOR UPDATE SKIP LOCKED"
+            )),
+
+            // 1 group, then the keys picked (and locked) by `purge_pick`.
+            purge_delete: Stmt::new(format!(
+                "DELETE FROM {i} WHERE consumer_group = ? AND idempotency_key IN ({IDS})"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_use_qualified_quoted_names() {
+        let tables = Tables::default()
+            .schema("app")
+            .unwrap()
+            .outbox("events")
+            .unwrap();
+        let sql = Sql::new(&tables);
+        assert!(sql.mark_sent.as_str().contains("`app`.`events`"));
+        assert!(
+            sql.create_migrations
+                .as_str()
+                .contains("`app`.`txmsg_migrations`")
+        );
+        for m in sql.migrations().unwrap() {
+            for step in &m.steps {
+                let text = match step {
+                    RenderedStep::Sql(s) => s.as_str(),
+                    RenderedStep::AddColumn { alter, .. } => alter.as_str(),
+                    RenderedStep::AddIndex { create, .. } => create.as_str(),
+                };
+                assert!(!text.contains('{'), "{text}");
+                assert!(!text.contains('"'), "{text}");
+            }
+        }
+        assert!(!sql.insert.as_str().contains("IGNORE"));
+    }
+
+    #[test]
+    fn id_lists_have_one_placeholder_per_id() {
+        let sql = Sql::new(&Tables::default());
+        let AssertSqlSafe(text) = sql.mark_sent.with_ids(3);
+        assert!(text.contains("IN (?, ?, ?)"), "{text}");
+    }
+
+    #[test]
+    fn consumer_dead_table_is_named_after_the_inbox() {
+        let name = |t: &Tables| consumer_dead_table(t).map(|i| i.to_string());
+        assert_eq!(name(&Tables::default()).unwrap(), "txmsg_consumer_dead");
+        let renamed = Tables::default().inbox("events_in").unwrap();
+        assert_eq!(name(&renamed).unwrap(), "events_in_dead");
+        let clash = Tables::default()
+            .inbox("events")
+            .unwrap()
+            .outbox("events_dead")
+            .unwrap();
+        assert!(name(&clash).unwrap_err().contains("outbox"));
+        let sql = Sql::new(&clash);
+        assert!(sql.migrations().is_err());
+        assert!(sql.inbox().is_err());
+    }
+
+    #[test]
+    fn lock_name_depends_on_the_tables_and_fits() {
+        let a = Sql::new(&Tables::default()).migrate_lock;
+        let b = Sql::new(&Tables::default().schema("b").unwrap()).migrate_lock;
+        assert_ne!(a, b);
+        assert!(a.len() <= 64);
+        assert_eq!(a, Sql::new(&Tables::default()).migrate_lock);
+    }
+}

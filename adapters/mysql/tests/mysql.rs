@@ -1,0 +1,329 @@
+//! `MySqlStore` against a real MySQL or MariaDB: the conformance suites, plus
+//! what only a server shows (lock-serialised migrations, many claimers).
+//!
+//! The server is found through `MYSQL_URL` (default
+//! `mysql://root@127.0.0.1:3306/test`). Each store works in a database of its
+//! own, `txmsg_t_<uuid>`, dropped at the end.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+
+use chrono::{Duration, Utc};
+use futures_util::FutureExt;
+use sqlx::mysql::MySqlPoolOptions;
+use sqlx::{AssertSqlSafe, MySqlPool};
+use txmsg_core::{ClaimRequest, Error, Lease, Message, Outbox, Store, Tables};
+use txmsg_mysql::MySqlStore;
+use uuid::Uuid;
+
+const DEFAULT_URL: &str = "mysql://root@127.0.0.1:3306/test";
+
+/// A pool on the test server; fails (never skips) when it cannot be reached.
+async fn pool() -> MySqlPool {
+    let url = std::env::var("MYSQL_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
+    MySqlPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot reach MySQL/MariaDB: {e}; start it or point MYSQL_URL at a server \
+                 (default {DEFAULT_URL})"
+            )
+        })
+}
+
+fn schema_name() -> String {
+    format!("txmsg_t_{}", Uuid::now_v7().simple())
+}
+
+async fn drop_schema(pool: &MySqlPool, schema: &str) {
+    // `schema` comes from `schema_name`: letters, digits and `_` only.
+    sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{schema}`")))
+        .execute(pool)
+        .await
+        .expect("drop database");
+}
+
+/// Runs `test` with a fresh database name and drops the database
+/// afterwards, also when `test` panics.
+async fn with_schema<F, Fut>(test: F)
+where
+    F: FnOnce(MySqlPool, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let pool = pool().await;
+    let schema = schema_name();
+    let outcome = AssertUnwindSafe(test(pool.clone(), schema.clone()))
+        .catch_unwind()
+        .await;
+    drop_schema(&pool, &schema).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn tables(schema: &str) -> Tables {
+    Tables::default().schema(schema).expect("valid schema name")
+}
+
+/// Runs a suite whose stores each get a fresh, migrated database, and drops
+/// every database it made afterwards.
+async fn suite<F, Fut>(run: F)
+where
+    F: FnOnce(
+        Box<dyn FnMut() -> futures_util::future::BoxFuture<'static, MySqlStore> + Send>,
+    ) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let pool = pool().await;
+    let schemas = Arc::new(Mutex::new(Vec::new()));
+    let make = {
+        let pool = pool.clone();
+        let schemas = Arc::clone(&schemas);
+        move || {
+            let pool = pool.clone();
+            let schemas = Arc::clone(&schemas);
+            async move {
+                let schema = schema_name();
+                schemas.lock().expect("schemas lock").push(schema.clone());
+                let store = MySqlStore::new(pool, tables(&schema));
+                store.migrate().await.expect("migrate");
+                store
+            }
+            .boxed()
+        }
+    };
+    let outcome = AssertUnwindSafe(run(Box::new(make))).catch_unwind().await;
+    let created = std::mem::take(&mut *schemas.lock().expect("schemas lock"));
+    for schema in created {
+        drop_schema(&pool, &schema).await;
+    }
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_suite() {
+    suite(txmsg_testkit::store::run_all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inbox_conformance_suite() {
+    suite(txmsg_testkit::inbox::run_all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn half_conformance_suite() {
+    suite(txmsg_testkit::half::run_all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrade_from_version_1_keeps_rows() {
+    with_schema(|pool, schema| async move {
+        let store = MySqlStore::new(pool.clone(), tables(&schema));
+        store.migrate().await.expect("migrate");
+        let to_previous = || async {
+            for stmt in [
+                format!("DROP TABLE `{schema}`.`txmsg_consumer_dead`"),
+                format!("DELETE FROM `{schema}`.`txmsg_migrations` WHERE version >= 2"),
+            ] {
+                sqlx::query(AssertSqlSafe(stmt))
+                    .execute(&pool)
+                    .await
+                    .expect("back to version 1");
+            }
+        };
+        txmsg_testkit::inbox::upgrade_keeps_rows(&store, to_previous).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_migrate_is_safe() {
+    with_schema(|pool, schema| async move {
+        let store = MySqlStore::new(pool.clone(), tables(&schema));
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.migrate().await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("task").expect("concurrent migrate");
+        }
+
+        let versions = || async {
+            sqlx::query_as::<_, (i32, String)>(AssertSqlSafe(format!(
+                "SELECT version, CAST(applied_at AS CHAR) FROM `{schema}`.txmsg_migrations \
+                 ORDER BY version"
+            )))
+            .fetch_all(&pool)
+            .await
+            .expect("read migrations")
+        };
+        let first = versions().await;
+        assert_eq!(
+            first.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        store.migrate().await.expect("migrate again");
+        assert_eq!(versions().await, first, "migrating again changes nothing");
+    })
+    .await;
+}
+
+#[test]
+fn bad_identifiers_are_rejected_before_any_sql() {
+    let bad = "orders; drop table x";
+    let field = |r: Result<Tables, Error>| match r {
+        Err(Error::Config { field, .. }) => field,
+        other => panic!("expected a config error, got {other:?}"),
+    };
+    assert_eq!(field(Tables::default().outbox(bad)), "outbox_table");
+    assert_eq!(field(Tables::default().inbox(bad)), "inbox_table");
+    assert_eq!(field(Tables::default().migrations(bad)), "migrations_table");
+    assert_eq!(field(Tables::default().schema(bad)), "schema");
+    assert_eq!(field(Tables::default().schema("a`b")), "schema");
+    assert_eq!(field(Tables::default().outbox("x`y")), "outbox_table");
+    assert_eq!(field(Tables::default().outbox("")), "outbox_table");
+    // A store can only be built from validated `Tables`, so no statement with
+    // such a name can exist, let alone run.
+}
+
+#[tokio::test]
+async fn an_inbox_name_without_room_for_its_dead_letters_is_refused_before_any_sql() {
+    let tables = Tables::default()
+        .inbox("events")
+        .unwrap()
+        .outbox("events_dead")
+        .unwrap();
+    let err = MySqlStore::connect_with("mysql://127.0.0.1:1/x", tables.clone(), 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Config {
+                field: "inbox_table",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // The pool points at a closed port: any SQL would fail differently.
+    let pool = MySqlPoolOptions::new()
+        .connect_lazy("mysql://127.0.0.1:1/x")
+        .unwrap();
+    let store = MySqlStore::new(pool, tables);
+    let err = store.migrate().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Config {
+                field: "inbox_table",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_claimers_over_1000_rows_get_each_id_once() {
+    with_schema(|pool, schema| async move {
+        let store = MySqlStore::new(pool.clone(), tables(&schema));
+        store.migrate().await.expect("migrate");
+
+        let outbox = Outbox::new(&store);
+        let mut written = HashSet::new();
+        for batch in 0..2 {
+            let mut tx = outbox.begin().await.expect("begin");
+            for n in 0..500 {
+                let i = batch * 500 + n;
+                let mut m = Message::new("my.claimers", &i).expect("message");
+                if i % 3 != 0 {
+                    m = m.key(i % 40);
+                }
+                written.insert(tx.enqueue(m).await.expect("enqueue"));
+            }
+            tx.commit().await.expect("commit");
+        }
+        assert_eq!(written.len(), 1000);
+
+        let claimer = |store: MySqlStore| async move {
+            let owner = Uuid::now_v7();
+            let mut got = Vec::new();
+            for _ in 0..10_000 {
+                let now = Utc::now() + Duration::seconds(1);
+                let req = ClaimRequest {
+                    lease: Lease {
+                        owner,
+                        until: now + Duration::seconds(60),
+                    },
+                    now,
+                    limit: 50,
+                    per_key_limit: 10,
+                    dead_parks_key: true,
+                };
+                let claimed = store.claim(&req).await.expect("claim");
+                if claimed.is_empty() {
+                    if store.stats().await.expect("stats").pending == 0 {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                let ids: Vec<Uuid> = claimed.iter().map(|e| e.id).collect();
+                store.mark_sent(&ids, now).await.expect("mark_sent");
+                got.extend(ids);
+            }
+            got
+        };
+        let a = tokio::spawn(claimer(store.clone()));
+        let b = tokio::spawn(claimer(store.clone()));
+        let (a, b) = (a.await.expect("claimer a"), b.await.expect("claimer b"));
+
+        let mut seen = HashSet::new();
+        for id in a.iter().chain(&b) {
+            assert!(seen.insert(*id), "row {id} was claimed twice");
+        }
+        assert_eq!(seen, written, "every row claimed exactly once");
+        let stats = store.stats().await.expect("stats");
+        assert_eq!((stats.pending, stats.sent), (0, 1000));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn case_differing_idempotency_keys_are_distinct() {
+    with_schema(|pool, schema| async move {
+        let store = MySqlStore::new(pool, tables(&schema));
+        store.migrate().await.expect("migrate");
+        let mut tx = Outbox::new(&store).begin().await.expect("begin");
+        let a = tx
+            .enqueue(
+                Message::new("t", &1)
+                    .expect("message")
+                    .idempotency_key("Once"),
+            )
+            .await
+            .expect("enqueue");
+        let b = tx
+            .enqueue(
+                Message::new("t", &2)
+                    .expect("message")
+                    .idempotency_key("once"),
+            )
+            .await
+            .expect("enqueue");
+        tx.commit().await.expect("commit");
+        assert_ne!(a, b);
+        assert_eq!(store.stats().await.expect("stats").pending, 2);
+    })
+    .await;
+}
