@@ -56,6 +56,7 @@
 //! | `postgres` | [`postgres::PgStore`] (sqlx, PostgreSQL ≥ 12)         | no      |
 //! | `rabbitmq` | [`rabbitmq::RabbitBroker`] (lapin, publisher confirms)| no      |
 //! | `mysql`    | [`mysql::MySqlStore`] (sqlx, MariaDB >= 10.6, MySQL 8) | no |
+//! | `nats`     | [`nats::NatsBroker`] (JetStream, publish acks, durable pull consumers) | no |
 //! | `redis`    | [`redis::RedisBroker`] (Redis Streams, consumer groups) | no |
 //! | `mqtt`     | [`mqtt::MqttBroker`] (MQTT 5, QoS 1, shared subscriptions) | no |
 //! | `opentelemetry` | `traceparent` captured when a message is written; handler spans continue the trace | no |
@@ -110,6 +111,13 @@ pub mod sqlite {
 #[cfg_attr(docsrs, doc(cfg(feature = "rabbitmq")))]
 pub mod rabbitmq {
     pub use txmsg_rabbitmq::*;
+}
+
+/// NATS JetStream broker.
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub mod nats {
+    pub use txmsg_nats::*;
 }
 
 /// Redis Streams broker.

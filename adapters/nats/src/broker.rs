@@ -1,0 +1,624 @@
+//! [`NatsBroker`]: publishing with PubAcks, pull consumers per group.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream::{self, consumer, context, stream};
+use futures_util::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tracing::Instrument;
+use txmsg_core::consumer::{Acker, Delivery, SubscribeSpec, Subscription};
+use txmsg_core::{BoxFuture, Broker, Envelope, Error, Result, validate_topic};
+
+use crate::config::NatsConfig;
+use crate::wire::{self, Wire};
+
+/// How long one pull request waits on the server for messages.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+
+/// Pause after a failed pull request before the next one.
+const PULL_RETRY: Duration = Duration::from_millis(500);
+
+/// Longest durable consumer name built, in bytes; longer names are cut and
+/// suffixed with a hash of the whole.
+const MAX_DURABLE_LEN: usize = 200;
+
+/// A [`Broker`] on NATS JetStream.
+///
+/// Cloning is cheap: clones share the connection. `Debug` shows the stream,
+/// the subject prefix and the connection state, never the URL or
+/// credentials.
+///
+/// See the [crate docs](crate) for the wire format, the consumer model and
+/// the limits of what JetStream promises.
+#[derive(Clone)]
+pub struct NatsBroker {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    config: Arc<NatsConfig>,
+    wire: Wire,
+}
+
+impl fmt::Debug for NatsBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsBroker")
+            .field("stream", &self.config.get_stream())
+            .field("subject_prefix", &self.config.get_subject_prefix())
+            .field("connection", &self.client.connection_state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsBroker {
+    /// Connects to the NATS server at `url` (`nats://host:4222`, or a
+    /// comma-separated list), then creates the configured stream or updates
+    /// it to the configured subjects and duplicate window.
+    ///
+    /// After this first connect, the client reconnects by itself whenever
+    /// the connection drops.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::BrokerUnavailable`] if the server cannot be reached within
+    ///   the connect timeout (refused, unknown host, timed out).
+    /// - [`Error::Config`] for `url` if it cannot be parsed.
+    /// - A permanent [`Error::Broker`] if the server refuses the credentials,
+    ///   or the stream cannot be created or updated (for instance because
+    ///   another stream already takes its subjects); a retryable one if the
+    ///   JetStream API did not answer.
+    pub async fn connect(url: &str, config: NatsConfig) -> Result<Self> {
+        let options = async_nats::ConnectOptions::new()
+            .name("txmsg")
+            .connection_timeout(config.get_connect_timeout());
+        let connecting = async_nats::connect_with_options(url, options);
+        let client = match tokio::time::timeout(config.get_connect_timeout(), connecting).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(connect_error(e)),
+            Err(_) => {
+                return Err(Error::broker_unavailable(
+                    format!(
+                        "connecting to nats timed out after {:?}",
+                        config.get_connect_timeout()
+                    ),
+                    None,
+                ));
+            }
+        };
+        Self::with_client(client, config).await
+    }
+
+    /// A broker on an already connected client (with options of your own:
+    /// credentials, TLS, ...); creates or updates the stream as
+    /// [`connect`](Self::connect) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect), for the stream.
+    pub async fn with_client(client: async_nats::Client, config: NatsConfig) -> Result<Self> {
+        let js = context::ContextBuilder::new()
+            .timeout(config.get_publish_timeout())
+            .build(client.clone());
+        let broker = NatsBroker {
+            wire: Wire::new(config.get_source()),
+            client,
+            js,
+            config: Arc::new(config),
+        };
+        broker.ensure_stream().await?;
+        Ok(broker)
+    }
+
+    /// Creates the stream, or updates it to the configured settings.
+    async fn ensure_stream(&self) -> Result<()> {
+        let wanted = stream::Config {
+            name: self.config.get_stream().to_owned(),
+            subjects: vec![self.config.stream_subjects()],
+            duplicate_window: self.config.get_duplicate_window(),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        self.js
+            .create_or_update_stream(wanted)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                self.failure(
+                    format!("creating or updating stream `{}`", self.config.get_stream()),
+                    e,
+                )
+            })
+    }
+
+    /// The broker's settings.
+    pub fn config(&self) -> &NatsConfig {
+        &self.config
+    }
+
+    /// Whether the client is connected right now.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    /// The durable consumer name of `group` on `topic`: both names with
+    /// `_` written `_u` and `.` written `_d`, joined by `_s` (so different
+    /// pairs never share a name), cut to 200 bytes plus a hash if longer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`] if `group` or `topic` is not a valid topic
+    /// name.
+    pub fn durable_name(&self, group: &str, topic: &str) -> Result<String> {
+        durable_name(group, topic)
+    }
+
+    /// Deletes the durable consumer of `group` on `topic`: its position and
+    /// unsettled deliveries are gone, and its next subscribe starts from the
+    /// oldest message the stream still holds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`] for bad names; [`Error::Broker`] or
+    /// [`Error::BrokerUnavailable`] if the server refused or cannot be
+    /// reached (deleting a consumer that does not exist is refused).
+    pub async fn delete_group_consumer(&self, group: &str, topic: &str) -> Result<()> {
+        let name = durable_name(group, topic)?;
+        self.js
+            .delete_consumer_from_stream(&name, self.config.get_stream())
+            .await
+            .map(|_| ())
+            .map_err(|e| self.failure(format!("deleting consumer `{name}`"), e))
+    }
+
+    /// Deletes the stream with every message and consumer in it (for tests
+    /// and teardown).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Broker`] or [`Error::BrokerUnavailable`] if the server
+    /// refused or cannot be reached.
+    pub async fn delete_stream(&self) -> Result<()> {
+        self.js
+            .delete_stream(self.config.get_stream())
+            .await
+            .map(|_| ())
+            .map_err(|e| self.failure(format!("deleting stream `{}`", self.config.get_stream()), e))
+    }
+
+    /// Flushes what the client buffered and waits for the server.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BrokerUnavailable`] if the connection is down.
+    pub async fn flush(&self) -> Result<()> {
+        self.client.flush().await.map_err(|e| {
+            Error::broker_unavailable("flushing the nats connection failed", Some(e.into()))
+        })
+    }
+
+    /// An error of the server or the connection: unavailable while the
+    /// connection is down, else retryable.
+    fn failure(
+        &self,
+        what: impl fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        failure(&self.client, what, source)
+    }
+
+    async fn publish_envelope(&self, envelope: &Envelope) -> Result<()> {
+        validate_topic(&envelope.topic)?;
+        if !self.is_connected() {
+            return Err(Error::broker_unavailable(
+                "the nats connection is down",
+                None,
+            ));
+        }
+        let headers = self.wire.encode(envelope)?;
+        let subject = self.config.subject(&envelope.topic);
+        let payload = envelope.payload.clone().into();
+        let timeout = self.config.get_publish_timeout();
+        let publishing = async {
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, payload)
+                .await?;
+            ack.await
+        };
+        match tokio::time::timeout(timeout, publishing).await {
+            Ok(Ok(ack)) => {
+                if ack.duplicate {
+                    tracing::debug!(
+                        id = %envelope.id,
+                        idempotency_key = %envelope.idempotency_key,
+                        "nats dropped a duplicate within the stream's duplicate window"
+                    );
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                use context::PublishErrorKind as K;
+                match e.kind() {
+                    K::MaxPayloadExceeded => Err(Error::Broker {
+                        message: format!(
+                            "message {} is larger than the server's max_payload",
+                            envelope.id
+                        ),
+                        retryable: false,
+                        source: Some(e.into()),
+                    }),
+                    _ => Err(self.failure(format!("publishing {}", envelope.id), e)),
+                }
+            }
+            Err(_) if !self.is_connected() => Err(Error::broker_unavailable(
+                format!("publishing {}: the nats connection is down", envelope.id),
+                None,
+            )),
+            Err(_) => Err(Error::Broker {
+                message: format!("publishing {}: no PubAck within {timeout:?}", envelope.id),
+                retryable: true,
+                source: None,
+            }),
+        }
+    }
+
+    async fn subscribe_spec(&self, spec: &SubscribeSpec) -> Result<Subscription> {
+        validate_topic(&spec.topic)?;
+        validate_topic(&spec.group).map_err(|e| match e {
+            Error::InvalidTopic { reason, .. } => Error::config("group", reason),
+            other => other,
+        })?;
+        if spec.prefetch == 0 {
+            return Err(Error::config("prefetch", "must be at least 1"));
+        }
+        if !self.is_connected() {
+            return Err(Error::broker_unavailable(
+                "the nats connection is down",
+                None,
+            ));
+        }
+        let name = durable_name(&spec.group, &spec.topic)?;
+        let stream = self
+            .js
+            .get_stream(self.config.get_stream())
+            .await
+            .map_err(|e| {
+                self.failure(
+                    format!("looking up stream `{}`", self.config.get_stream()),
+                    e,
+                )
+            })?;
+        let wanted = consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: self.config.subject(&spec.topic),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.config.get_ack_wait(),
+            max_ack_pending: i64::from(self.config.get_max_ack_pending()),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        };
+        let pull: consumer::PullConsumer = stream
+            .get_or_create_consumer(&name, wanted)
+            .await
+            .map_err(|e| self.failure(format!("creating consumer `{name}`"), e))?;
+
+        let prefetch = usize::from(spec.prefetch);
+        let (tx, rx) = mpsc::channel(prefetch);
+        // No abort handle: the task ends by itself once the subscription
+        // drops its receiver, after handing back what its last pull request
+        // still brings (an aborted task would leave those messages waiting
+        // for `ack_wait`).
+        tokio::spawn(pull_loop(
+            pull,
+            tx,
+            prefetch,
+            self.client.clone(),
+            Arc::clone(&self.config),
+        ));
+        Ok(Subscription::new(rx, None))
+    }
+}
+
+impl Broker for NatsBroker {
+    fn publish(&self, envelope: &Envelope) -> impl Future<Output = Result<()>> + Send {
+        let span = tracing::debug_span!(
+            "txmsg.nats.publish",
+            topic = %envelope.topic,
+            key = envelope.key.as_deref(),
+            message_id = %envelope.id,
+            attempt = envelope.attempts,
+        );
+        self.publish_envelope(envelope).instrument(span)
+    }
+
+    fn subscribe(&self, spec: &SubscribeSpec) -> impl Future<Output = Result<Subscription>> + Send {
+        self.subscribe_spec(spec)
+    }
+}
+
+/// Pulls messages of `pull` into `tx`, never holding more than `prefetch`
+/// unsettled: each delivery carries a permit, given back when it is
+/// settled or dropped.
+///
+/// Ends when `tx` closes (the subscription was dropped); a pull request
+/// cannot be withdrawn, so it first hands back (Nak) whatever the open pull
+/// request still brings, until that request ends.
+async fn pull_loop(
+    pull: consumer::PullConsumer,
+    tx: mpsc::Sender<Delivery>,
+    prefetch: usize,
+    client: async_nats::Client,
+    config: Arc<NatsConfig>,
+) {
+    let permits = Arc::new(Semaphore::new(prefetch));
+    loop {
+        let first = tokio::select! {
+            () = tx.closed() => return,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let mut held = vec![first];
+        while held.len() < prefetch {
+            match Arc::clone(&permits).try_acquire_owned() {
+                Ok(p) => held.push(p),
+                Err(_) => break,
+            }
+        }
+        let batch = pull
+            .batch()
+            .max_messages(held.len())
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::debug!(error = %e, "nats pull request failed; trying again");
+                drop(held);
+                tokio::time::sleep(PULL_RETRY).await;
+                continue;
+            }
+        };
+        let mut closed = false;
+        loop {
+            // The server ends a pull request after PULL_EXPIRES; the extra
+            // time covers a connection that went away meanwhile.
+            let next = tokio::select! {
+                () = tx.closed(), if !closed => {
+                    closed = true;
+                    continue;
+                }
+                next = tokio::time::timeout(PULL_EXPIRES * 2, batch.next()) => next,
+            };
+            let message = match next {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(e))) => {
+                    tracing::debug!(error = %e, "nats pull request ended with an error");
+                    tokio::time::sleep(PULL_RETRY).await;
+                    break;
+                }
+                Ok(None) | Err(_) => break,
+            };
+            let redelivered = message.info().map(|i| i.delivered > 1).unwrap_or(false);
+            let (message, acker) = message.split();
+            let acker = NatsAcker {
+                acker: Some(acker),
+                permit: held.pop(),
+                client: client.clone(),
+                timeout: config.get_publish_timeout(),
+            };
+            if closed {
+                // Handed back at once by the acker's drop.
+                drop(acker);
+                continue;
+            }
+            let topic = config
+                .topic_of(message.subject.as_str())
+                .unwrap_or(message.subject.as_str())
+                .to_owned();
+            let decoded = wire::decode(&topic, message.headers.as_ref(), message.payload.to_vec());
+            let delivery = Delivery::new(decoded, redelivered, Box::new(acker));
+            if tx.send(delivery).await.is_err() {
+                // The subscription is gone; the delivery was dropped and
+                // handed back.
+                closed = true;
+            }
+        }
+        drop(held);
+        if closed {
+            return;
+        }
+    }
+}
+
+/// Settles one JetStream delivery; hands it back (Nak) when dropped
+/// unsettled.
+struct NatsAcker {
+    acker: Option<jetstream::message::Acker>,
+    permit: Option<OwnedSemaphorePermit>,
+    client: async_nats::Client,
+    timeout: Duration,
+}
+
+impl fmt::Debug for NatsAcker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsAcker")
+            .field("settled", &self.acker.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Acker for NatsAcker {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            let Some(acker) = self.acker.take() else {
+                return Ok(());
+            };
+            let result = match tokio::time::timeout(self.timeout, acker.double_ack()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(failure(
+                    &self.client,
+                    "acknowledging a delivery",
+                    ErrorText(e.to_string()),
+                )),
+                Err(_) => Err(failure(
+                    &self.client,
+                    "acknowledging a delivery",
+                    ErrorText(format!("no answer within {:?}", self.timeout)),
+                )),
+            };
+            drop(self.permit.take());
+            result
+        })
+    }
+
+    fn nack(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            let Some(acker) = self.acker.take() else {
+                return Ok(());
+            };
+            let result = acker
+                .ack_with(jetstream::AckKind::Nak(None))
+                .await
+                .map_err(|e| {
+                    failure(
+                        &self.client,
+                        "handing a delivery back",
+                        ErrorText(e.to_string()),
+                    )
+                });
+            drop(self.permit.take());
+            result
+        })
+    }
+}
+
+impl Drop for NatsAcker {
+    fn drop(&mut self) {
+        let Some(acker) = self.acker.take() else {
+            return;
+        };
+        let permit = self.permit.take();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    if let Err(e) = acker.ack_with(jetstream::AckKind::Nak(None)).await {
+                        tracing::debug!(error = %e, "handing a dropped delivery back failed; it comes back after ack_wait");
+                    }
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tracing::debug!(
+                    "a delivery was dropped outside a runtime; it comes back after ack_wait"
+                );
+            }
+        }
+    }
+}
+
+/// An error message from the driver, kept as a source.
+#[derive(Debug)]
+struct ErrorText(String);
+
+impl fmt::Display for ErrorText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ErrorText {}
+
+/// An error of the server or the connection: unavailable while `client`'s
+/// connection is down, else retryable.
+fn failure(
+    client: &async_nats::Client,
+    what: impl fmt::Display,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
+    if client.connection_state() == State::Connected {
+        Error::broker(format!("{what} failed: {source}"), source)
+    } else {
+        Error::broker_unavailable(
+            format!("{what} failed: the nats connection is down"),
+            Some(Box::new(source)),
+        )
+    }
+}
+
+/// The error of a failed first connect.
+fn connect_error(e: async_nats::ConnectError) -> Error {
+    use async_nats::ConnectErrorKind as K;
+    match e.kind() {
+        K::ServerParse => Error::config("url", format!("not a nats server address: {e}")),
+        K::Authentication | K::AuthorizationViolation | K::Tls => Error::Broker {
+            message: format!("nats refused the connection: {e}"),
+            retryable: false,
+            source: Some(e.into()),
+        },
+        K::Dns | K::TimedOut | K::Io | K::MaxReconnects => {
+            Error::broker_unavailable(format!("nats cannot be reached: {e}"), Some(e.into()))
+        }
+    }
+}
+
+/// See [`NatsBroker::durable_name`].
+pub(crate) fn durable_name(group: &str, topic: &str) -> Result<String> {
+    validate_topic(group)?;
+    validate_topic(topic)?;
+    let mut name = String::with_capacity(group.len() + topic.len() + 8);
+    escape(group, &mut name);
+    name.push_str("_s");
+    escape(topic, &mut name);
+    if name.len() > MAX_DURABLE_LEN {
+        let hash = fnv1a(name.as_bytes());
+        // Only ASCII was written, so any byte offset is a char boundary.
+        name.truncate(MAX_DURABLE_LEN - 17);
+        name.push('_');
+        name.push_str(&format!("{hash:016x}"));
+    }
+    Ok(name)
+}
+
+/// Appends `text` with `_` written `_u` and `.` written `_d`.
+fn escape(text: &str, out: &mut String) {
+    for c in text.chars() {
+        match c {
+            '_' => out.push_str("_u"),
+            '.' => out.push_str("_d"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The 64-bit FNV-1a hash of `bytes` (stable across releases, unlike the
+/// standard library's hasher).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durable_names_are_distinct_and_legal() {
+        let a = durable_name("a.b", "c").unwrap();
+        let b = durable_name("a_b", "c").unwrap();
+        let c = durable_name("a", "b.c").unwrap();
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        for n in [&a, &b, &c] {
+            assert!(!n.contains(['.', '*', '>', ' ']), "{n}");
+        }
+        let long = durable_name(&"g".repeat(200), &"t".repeat(200)).unwrap();
+        assert_eq!(long.len(), MAX_DURABLE_LEN);
+        assert!(durable_name("bad group", "t").is_err());
+        assert!(durable_name("g", "t.*").is_err());
+    }
+}

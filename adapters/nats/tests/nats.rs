@@ -1,0 +1,221 @@
+//! Integration tests against a real NATS server with JetStream enabled, at
+//! `NATS_URL` (default `nats://127.0.0.1:4222`).
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use chrono::Utc;
+use txmsg_core::consumer::{Delivery, SubscribeSpec, Subscription};
+use txmsg_core::{Broker, Envelope};
+use txmsg_nats::{NatsBroker, NatsConfig};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// A configuration with a stream and subject prefix of its own.
+fn config() -> NatsConfig {
+    let id = Uuid::now_v7().simple().to_string();
+    NatsConfig::default()
+        .stream(format!("T{id}"))
+        .and_then(|c| c.subject_prefix(format!("t{id}")))
+        .and_then(|c| c.ack_wait(Duration::from_secs(5)))
+        .and_then(|c| c.publish_timeout(Duration::from_secs(5)))
+        .expect("a valid configuration")
+}
+
+async fn connect(config: &NatsConfig) -> NatsBroker {
+    match NatsBroker::connect(&url(), config.clone()).await {
+        Ok(broker) => broker,
+        Err(e) => panic!(
+            "cannot reach NATS JetStream at {} (set NATS_URL to a server started with -js): {e:?}",
+            url()
+        ),
+    }
+}
+
+async fn plain_client() -> async_nats::Client {
+    match async_nats::connect(url()).await {
+        Ok(c) => c,
+        Err(e) => panic!("cannot reach NATS at {} (set NATS_URL): {e}", url()),
+    }
+}
+
+async fn next(sub: &mut Subscription) -> Delivery {
+    match tokio::time::timeout(WAIT, sub.next()).await {
+        Ok(Some(d)) => d,
+        Ok(None) => panic!("the subscription ended"),
+        Err(_) => panic!("nothing was delivered within {WAIT:?}"),
+    }
+}
+
+fn spec(group: &str, topic: &str) -> SubscribeSpec {
+    SubscribeSpec {
+        group: group.to_owned(),
+        topic: topic.to_owned(),
+        prefetch: 8,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_conformance() {
+    let config = config();
+    let broker = connect(&config).await;
+    let prefix = format!("c{}", &Uuid::now_v7().simple().to_string()[20..]);
+    txmsg_testkit::broker::run_all(|| connect(&config), &prefix).await;
+    broker.delete_stream().await.expect("delete the stream");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicate_msg_id_within_the_window_is_dropped() {
+    let config = config();
+    let broker = connect(&config).await;
+    let mut sub = broker
+        .subscribe(&spec("dedup", "orders.placed"))
+        .await
+        .expect("subscribe");
+
+    let env = Envelope::new(
+        Uuid::now_v7(),
+        "orders.placed",
+        "order-1",
+        b"{}".to_vec(),
+        Utc::now(),
+    );
+    broker.publish(&env).await.expect("first publish is acked");
+    broker.publish(&env).await.expect("republish is acked");
+    // Another row with the same idempotency key: dropped as well.
+    let mut again = env.clone();
+    again.id = Uuid::now_v7();
+    broker.publish(&again).await.expect("same key is acked");
+
+    let first = next(&mut sub).await;
+    assert_eq!(first.message.as_ref().map(|e| e.id).ok(), Some(env.id));
+    first.ack().await.expect("ack");
+    let mut extra = 0;
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(700), sub.next()).await {
+        extra += 1;
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(
+        extra, 0,
+        "a republish within the duplicate window was delivered"
+    );
+    drop(sub);
+    broker.delete_stream().await.expect("delete the stream");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn foreign_cloudevents_message_is_decoded() {
+    let config = config();
+    let broker = connect(&config).await;
+    let mut sub = broker
+        .subscribe(&spec("foreign", "payments.done"))
+        .await
+        .expect("subscribe");
+
+    let js = async_nats::jetstream::new(plain_client().await);
+    let mut headers = HeaderMap::new();
+    headers.insert("ce-id", "pay-42");
+    headers.insert("ce-type", "payments.done");
+    headers.insert("ce-source", "/payments");
+    headers.insert("ce-specversion", "1.0");
+    headers.insert("ce-time", "2024-05-06T07:08:09Z");
+    headers.insert("ce-partitionkey", "acct-1");
+    headers.insert("Content-Type", "application/json");
+    headers.insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    );
+    headers.insert("x-tenant", "acme");
+    js.publish_with_headers(
+        config.subject("payments.done"),
+        headers,
+        br#"{"amount":5}"#.to_vec().into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("puback");
+
+    let d = next(&mut sub).await;
+    let env = d.message.clone().expect("decodable");
+    assert_eq!(env.idempotency_key, "pay-42");
+    assert_eq!(env.topic, "payments.done");
+    assert_eq!(env.key.as_deref(), Some("acct-1"));
+    assert_eq!(env.payload, br#"{"amount":5}"#);
+    assert_eq!(env.created_at.to_rfc3339(), "2024-05-06T07:08:09+00:00");
+    assert_eq!(
+        env.headers.get("traceparent").map(String::as_str),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
+    assert_eq!(
+        env.headers.get("x-tenant").map(String::as_str),
+        Some("acme")
+    );
+    assert!(!d.redelivered);
+    d.ack().await.expect("ack");
+    drop(sub);
+    broker.delete_stream().await.expect("delete the stream");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn message_without_ce_id_is_undecodable() {
+    let config = config();
+    let broker = connect(&config).await;
+    let mut sub = broker
+        .subscribe(&spec("bad", "raw.events"))
+        .await
+        .expect("subscribe");
+
+    let js = async_nats::jetstream::new(plain_client().await);
+    let mut headers = HeaderMap::new();
+    headers.insert("ce-type", "raw.events");
+    headers.insert("Content-Type", "application/json");
+    js.publish_with_headers(config.subject("raw.events"), headers, b"{}".to_vec().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("puback");
+    let mut headers = HeaderMap::new();
+    headers.insert("ce-id", "x-1");
+    headers.insert("Content-Type", "text/plain");
+    js.publish_with_headers(config.subject("raw.events"), headers, b"hi".to_vec().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("puback");
+
+    let d = next(&mut sub).await;
+    let bad = d.message.as_ref().expect_err("no ce-id: undecodable");
+    assert!(bad.reason.contains("ce-id"), "reason: {}", bad.reason);
+    assert_eq!(bad.topic, "raw.events");
+    assert_eq!(bad.body, b"{}");
+    d.ack().await.expect("ack");
+
+    let d = next(&mut sub).await;
+    let bad = d.message.as_ref().expect_err("text/plain: undecodable");
+    assert!(bad.reason.contains("text/plain"), "reason: {}", bad.reason);
+    d.ack().await.expect("ack");
+    drop(sub);
+    broker.delete_stream().await.expect("delete the stream");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn debug_shows_no_credentials() {
+    let config = config();
+    let url = url();
+    let with_user = url.replacen("nats://", "nats://someone:s3cr3t@", 1);
+    let broker = match NatsBroker::connect(&with_user, config.clone()).await {
+        Ok(b) => b,
+        // A server with authentication refuses made-up credentials.
+        Err(_) => connect(&config).await,
+    };
+    let shown = format!("{broker:?}");
+    assert!(!shown.contains("s3cr3t"), "{shown}");
+    assert!(shown.contains(config.get_stream()), "{shown}");
+    broker.delete_stream().await.expect("delete the stream");
+}
