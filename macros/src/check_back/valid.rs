@@ -196,7 +196,7 @@ mod tests {
     use super::*;
     use crate::check_back::args;
 
-    const GOOD_FN: &str = "async fn f(payment: &Payment) -> Result<CheckStatus, Error> { todo!() }";
+    const GOOD_FN: &str = "async fn f(payment: &Payment) -> Result<CheckStatus, Error> { loop {} }";
 
     fn check_str(args: TokenStream, func: &str) -> syn::Result<(String, Option<String>, String)> {
         let func: ItemFn = syn::parse_str(func)?;
@@ -247,9 +247,9 @@ mod tests {
         for func in [
             GOOD_FN,
             "pub async fn f(e: &txmsg::Envelope) -> Result<txmsg::half::CheckStatus, String> \
-             { todo!() }",
+             { loop {} }",
             "pub(crate) async fn f<'a>(_: &'a Vec<Payment>) \
-             -> std::result::Result<CheckStatus, &'static str> { todo!() }",
+             -> std::result::Result<CheckStatus, &'static str> { loop {} }",
         ] {
             assert!(
                 sig_messages(func).is_empty(),
@@ -259,7 +259,7 @@ mod tests {
         }
         let (_, message, _) = check_str(
             quote!(topic = "a"),
-            "async fn f(e: &Envelope) -> Result<CheckStatus, E> { todo!() }",
+            "async fn f(e: &Envelope) -> Result<CheckStatus, E> { loop {} }",
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(message, None);
@@ -297,29 +297,29 @@ mod tests {
     #[test]
     fn shared_checks_name_this_attribute() {
         assert_eq!(
-            sig_messages("fn f(m: &M) -> Result<CheckStatus, E> { todo!() }"),
+            sig_messages("fn f(m: &M) -> Result<CheckStatus, E> { loop {} }"),
             ["`#[check_back]` functions must be `async fn`"]
         );
         assert_eq!(
-            sig_messages("async fn f<T>(m: &T) -> Result<CheckStatus, E> { todo!() }"),
+            sig_messages("async fn f<T>(m: &T) -> Result<CheckStatus, E> { loop {} }"),
             [
                 "`#[check_back]` functions cannot have type or const parameters, \
               expected lifetime parameters only"
             ]
         );
         assert_eq!(
-            sig_messages("async fn f(&self, m: &M) -> Result<CheckStatus, E> { todo!() }"),
+            sig_messages("async fn f(&self, m: &M) -> Result<CheckStatus, E> { loop {} }"),
             [
                 "`#[check_back]` functions cannot take `self`, expected a free function \
               whose parameter is `&M` or `&txmsg::Envelope`"
             ]
         );
         assert_eq!(
-            sig_messages("async fn f(&self) -> Result<CheckStatus, E> { todo!() }").len(),
+            sig_messages("async fn f(&self) -> Result<CheckStatus, E> { loop {} }").len(),
             1
         );
         assert_eq!(
-            sig_messages("async fn f(m: &impl Msg) -> Result<CheckStatus, E> { todo!() }"),
+            sig_messages("async fn f(m: &impl Msg) -> Result<CheckStatus, E> { loop {} }"),
             [
                 "`#[check_back]` functions cannot use `impl Trait` in their signature, \
               expected concrete types"
@@ -330,11 +330,11 @@ mod tests {
     #[test]
     fn parameter_count() {
         assert_eq!(
-            sig_messages("async fn f() -> Result<CheckStatus, E> { todo!() }"),
+            sig_messages("async fn f() -> Result<CheckStatus, E> { loop {} }"),
             [COUNT]
         );
         assert_eq!(
-            sig_messages("async fn f(m: &M, e: &Envelope) -> Result<CheckStatus, E> { todo!() }"),
+            sig_messages("async fn f(m: &M, e: &Envelope) -> Result<CheckStatus, E> { loop {} }"),
             [COUNT]
         );
     }
@@ -342,39 +342,39 @@ mod tests {
     #[test]
     fn parameter_shape() {
         assert_eq!(
-            sig_messages("async fn f(m: Payment) -> Result<CheckStatus, E> { todo!() }"),
+            sig_messages("async fn f(m: Payment) -> Result<CheckStatus, E> { loop {} }"),
             [
                 "`#[check_back]` functions take the message by shared reference, \
               expected `&Payment` rather than `Payment`"
             ]
         );
         assert_eq!(
-            sig_messages("async fn f(m: &mut Payment) -> Result<CheckStatus, E> { todo!() }"),
+            sig_messages("async fn f(m: &mut Payment) -> Result<CheckStatus, E> { loop {} }"),
             [
                 "`#[check_back]` functions take the message by shared reference, \
               expected `&Payment` rather than `&mut Payment`"
             ]
         );
         assert_eq!(
-            sig_messages("async fn f(e: Envelope) -> Result<CheckStatus, E> { todo!() }"),
+            sig_messages("async fn f(e: Envelope) -> Result<CheckStatus, E> { loop {} }"),
             [
                 "expected `&txmsg::Envelope` as the parameter of a `#[check_back]` function; \
               take it by reference"
             ]
         );
         assert_eq!(
-            sig_messages("async fn f(e: &mut Envelope) -> Result<CheckStatus, E> { todo!() }")
+            sig_messages("async fn f(e: &mut Envelope) -> Result<CheckStatus, E> { loop {} }")
                 .len(),
             1
         );
         assert!(
             sig_messages(
-                "async fn f(tx: &mut Tx<'_, Sqlite>) -> Result<CheckStatus, E> { todo!() }"
+                "async fn f(tx: &mut Tx<'_, Sqlite>) -> Result<CheckStatus, E> { loop {} }"
             )[0]
             .starts_with("`#[check_back]` functions get no transaction")
         );
         assert_eq!(
-            sig_messages("async fn f<'a>(m: &Note<'a>) -> Result<CheckStatus, E> { todo!() }"),
+            sig_messages("async fn f<'a>(m: &Note<'a>) -> Result<CheckStatus, E> { loop {} }"),
             [
                 "the message type of a `#[check_back]` function cannot borrow, \
               expected an owned type (`M: DeserializeOwned`)"
@@ -386,26 +386,26 @@ mod tests {
     fn return_type() {
         for func in [
             "async fn f(m: &M) { }",
-            "async fn f(m: &M) -> CheckStatus { todo!() }",
+            "async fn f(m: &M) -> CheckStatus { loop {} }",
         ] {
             assert_eq!(sig_messages(func), [NOT_RESULT], "{func}");
         }
         assert_eq!(
-            sig_messages("async fn f(m: &M) -> Result<bool, E> { todo!() }"),
+            sig_messages("async fn f(m: &M) -> Result<bool, E> { loop {} }"),
             [format!(
                 "{NOT_RESULT}; a check-back answers with `txmsg::half::CheckStatus`: \
                  `Commit`, `Rollback` or `Unknown`"
             )]
         );
         assert_eq!(
-            sig_messages("async fn f(m: &M) -> txmsg::Result<CheckStatus> { todo!() }"),
+            sig_messages("async fn f(m: &M) -> txmsg::Result<CheckStatus> { loop {} }"),
             [format!(
                 "{NOT_RESULT}; this `Result` alias hides `E`, write it out, \
                  as in `Result<CheckStatus, txmsg::Error>`"
             )]
         );
         assert_eq!(
-            sig_messages("async fn f<'a>(m: &M) -> Result<CheckStatus, &'a str> { todo!() }"),
+            sig_messages("async fn f<'a>(m: &M) -> Result<CheckStatus, &'a str> { loop {} }"),
             [
                 "the error type of a `#[check_back]` function cannot borrow, \
               expected an owned type or `'static` references"
@@ -419,7 +419,7 @@ mod tests {
         // parameters, not a Result
         let messages = messages(
             quote!(grp = "a"),
-            "fn f<T>(a: &T, b: &T) -> bool { todo!() }",
+            "fn f<T>(a: &T, b: &T) -> bool { loop {} }",
         );
         assert_eq!(messages.len(), 6, "{messages:#?}");
     }
