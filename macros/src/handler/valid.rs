@@ -245,7 +245,7 @@ mod tests {
     use crate::handler::args;
 
     const GOOD_FN: &str = "async fn f(tx: &mut Tx<'_, Sqlite>, order: Order, envelope: &Envelope) \
-                           -> Result<(), Error> { todo!() }";
+                           -> Result<(), Error> { loop {} }";
 
     fn check_str(
         args: TokenStream,
@@ -473,13 +473,13 @@ mod tests {
     fn accepts_the_documented_shapes() {
         for func in [
             GOOD_FN,
-            "async fn f(tx: &mut Tx<'_, Sqlite>, order: Order) -> Result<(), Error> { todo!() }",
+            "async fn f(tx: &mut Tx<'_, Sqlite>, order: Order) -> Result<(), Error> { loop {} }",
             "pub(crate) async fn f<'a>(mut tx: &'a mut txmsg::Tx<'_, sqlx::Postgres>, \
              (a, b): (i64, i64), _: &'a txmsg::Envelope) -> std::result::Result<(), String> \
-             { todo!() }",
+             { loop {} }",
             "async fn f(_: &mut Tx<Sqlite>, m: Cow<'static, str>) -> Result<(), &'static str> \
-             { todo!() }",
-            "async fn f(tx: &mut Tx<'_, Sqlite>, m: Vec<Order>) -> Result<((),), E> { todo!() }",
+             { loop {} }",
+            "async fn f(tx: &mut Tx<'_, Sqlite>, m: Vec<Order>) -> Result<((),), E> { loop {} }",
         ] {
             let (func, ok) = (func, sig_messages(func));
             if func.contains("((),)") {
@@ -493,12 +493,12 @@ mod tests {
     #[test]
     fn shared_checks_name_this_attribute() {
         assert_eq!(
-            sig_messages("fn f(tx: &mut Tx<'_, Sqlite>, m: M) -> Result<(), E> { todo!() }"),
+            sig_messages("fn f(tx: &mut Tx<'_, Sqlite>, m: M) -> Result<(), E> { loop {} }"),
             ["`#[message_handler]` functions must be `async fn`"]
         );
         assert_eq!(
             sig_messages(
-                "async fn f<T>(tx: &mut Tx<'_, Sqlite>, m: T) -> Result<(), E> { todo!() }"
+                "async fn f<T>(tx: &mut Tx<'_, Sqlite>, m: T) -> Result<(), E> { loop {} }"
             ),
             [
                 "`#[message_handler]` functions cannot have type or const parameters, \
@@ -507,7 +507,7 @@ mod tests {
         );
         assert_eq!(
             sig_messages(
-                "async fn f(&self, tx: &mut Tx<'_, Sqlite>, m: M) -> Result<(), E> { todo!() }"
+                "async fn f(&self, tx: &mut Tx<'_, Sqlite>, m: M) -> Result<(), E> { loop {} }"
             ),
             [
                 "`#[message_handler]` functions cannot take `self`, expected a free function \
@@ -519,22 +519,22 @@ mod tests {
     #[test]
     fn transaction_parameter() {
         assert_eq!(
-            sig_messages("async fn f() -> Result<(), E> { todo!() }"),
+            sig_messages("async fn f() -> Result<(), E> { loop {} }"),
             [NOT_TX]
         );
         assert_eq!(
-            sig_messages("async fn f(m: M, e: &Envelope) -> Result<(), E> { todo!() }"),
+            sig_messages("async fn f(m: M, e: &Envelope) -> Result<(), E> { loop {} }"),
             [NOT_TX]
         );
         assert_eq!(
             sig_messages(
                 "async fn f(tx: &mut sqlx::Transaction<'_, Sqlite>, m: M) -> Result<(), E> \
-                 { todo!() }"
+                 { loop {} }"
             ),
             [NOT_TX]
         );
         assert_eq!(
-            sig_messages("async fn f(m: M, tx: &mut Tx<'_, Sqlite>) -> Result<(), E> { todo!() }"),
+            sig_messages("async fn f(m: M, tx: &mut Tx<'_, Sqlite>) -> Result<(), E> { loop {} }"),
             [
                 "the `&mut txmsg::Tx<'_, DB>` parameter of a `#[message_handler]` function \
               must come first"
@@ -545,13 +545,13 @@ mod tests {
     #[test]
     fn parameter_count() {
         assert_eq!(
-            sig_messages("async fn f(tx: &mut Tx<'_, Sqlite>) -> Result<(), E> { todo!() }"),
+            sig_messages("async fn f(tx: &mut Tx<'_, Sqlite>) -> Result<(), E> { loop {} }"),
             [COUNT]
         );
         assert_eq!(
             sig_messages(
                 "async fn f(tx: &mut Tx<'_, Sqlite>, m: M, e: &Envelope, n: u32) \
-                 -> Result<(), E> { todo!() }"
+                 -> Result<(), E> { loop {} }"
             ),
             [COUNT]
         );
@@ -561,7 +561,7 @@ mod tests {
     fn message_parameter() {
         assert_eq!(
             sig_messages(
-                "async fn f(tx: &mut Tx<'_, Sqlite>, m: &Order) -> Result<(), E> { todo!() }"
+                "async fn f(tx: &mut Tx<'_, Sqlite>, m: &Order) -> Result<(), E> { loop {} }"
             ),
             [
                 "`#[message_handler]` functions take the message by value, expected `Order` \
@@ -573,13 +573,13 @@ mod tests {
         for message in ["Note<'a>", "Note<'_>", "Vec<&'static str>", "(i64, &str)"] {
             let func = format!(
                 "async fn f<'a>(tx: &mut Tx<'_, Sqlite>, m: {message}) -> Result<(), E> \
-                 {{ todo!() }}"
+                 {{ loop {{}} }}"
             );
             assert_eq!(sig_messages(&func), [borrows], "{message}");
         }
         assert_eq!(
             sig_messages(
-                "async fn f(tx: &mut Tx<'_, Sqlite>, e: &Envelope) -> Result<(), E> { todo!() }"
+                "async fn f(tx: &mut Tx<'_, Sqlite>, e: &Envelope) -> Result<(), E> { loop {} }"
             ),
             [
                 "expected `message: M` as the second parameter of a `#[message_handler]` \
@@ -589,7 +589,7 @@ mod tests {
         assert_eq!(
             sig_messages(
                 "async fn f(tx: &mut Tx<'_, Sqlite>, e: &Envelope, m: M) -> Result<(), E> \
-                 { todo!() }"
+                 { loop {} }"
             ),
             [
                 "the `&txmsg::Envelope` parameter of a `#[message_handler]` function \
@@ -603,7 +603,7 @@ mod tests {
         let with = |envelope: &str| {
             sig_messages(&format!(
                 "async fn f(tx: &mut Tx<'_, Sqlite>, m: M, e: {envelope}) -> Result<(), E> \
-                 {{ todo!() }}"
+                 {{ loop {{}} }}"
             ))
         };
         assert_eq!(
@@ -625,9 +625,9 @@ mod tests {
         let expected = "`#[message_handler]` functions cannot use `impl Trait` in their \
                         signature, expected concrete types";
         for func in [
-            "async fn f(tx: &mut Tx<'_, Sqlite>, m: impl Msg) -> Result<(), E> { todo!() }",
-            "async fn f(tx: &mut Tx<'_, impl Db>, m: M) -> Result<(), E> { todo!() }",
-            "async fn f(tx: &mut Tx<'_, Sqlite>, m: M) -> Result<(), impl Display> { todo!() }",
+            "async fn f(tx: &mut Tx<'_, Sqlite>, m: impl Msg) -> Result<(), E> { loop {} }",
+            "async fn f(tx: &mut Tx<'_, impl Db>, m: M) -> Result<(), E> { loop {} }",
+            "async fn f(tx: &mut Tx<'_, Sqlite>, m: M) -> Result<(), impl Display> { loop {} }",
         ] {
             assert_eq!(sig_messages(func), [expected], "{func}");
         }
@@ -638,19 +638,19 @@ mod tests {
         for func in [
             "async fn f(tx: &mut Tx<'_, Sqlite>, m: M) { }",
             "async fn f(tx: &mut Tx<'_, Sqlite>, m: M) -> () { }",
-            "async fn f(tx: &mut Tx<'_, Sqlite>, m: M) -> Option<()> { todo!() }",
+            "async fn f(tx: &mut Tx<'_, Sqlite>, m: M) -> Option<()> { loop {} }",
         ] {
             assert_eq!(sig_messages(func), [NOT_RESULT], "{func}");
         }
         assert_eq!(
-            sig_messages("async fn f(tx: &mut Tx<'_, Sqlite>, m: M) -> Result<u8, E> { todo!() }"),
+            sig_messages("async fn f(tx: &mut Tx<'_, Sqlite>, m: M) -> Result<u8, E> { loop {} }"),
             [format!(
                 "{NOT_RESULT}; a handler returns `()` when it succeeds"
             )]
         );
         assert_eq!(
             sig_messages(
-                "async fn f(tx: &mut Tx<'_, Sqlite>, m: M) -> anyhow::Result<()> { todo!() }"
+                "async fn f(tx: &mut Tx<'_, Sqlite>, m: M) -> anyhow::Result<()> { loop {} }"
             ),
             [format!(
                 "{NOT_RESULT}; this `Result` alias hides `E`, write it out, \
@@ -659,7 +659,7 @@ mod tests {
         );
         assert_eq!(
             sig_messages(
-                "async fn f<'a>(tx: &mut Tx<'_, Sqlite>, m: M) -> Result<(), &'a str> { todo!() }"
+                "async fn f<'a>(tx: &mut Tx<'_, Sqlite>, m: M) -> Result<(), &'a str> { loop {} }"
             ),
             [
                 "the error type of a `#[message_handler]` function cannot borrow, \
@@ -671,7 +671,7 @@ mod tests {
     #[test]
     fn every_signature_error_is_reported() {
         // not async, a type parameter, no transaction, not a `Result`
-        let messages = sig_messages("fn f<T>(m: T) -> T { todo!() }");
+        let messages = sig_messages("fn f<T>(m: T) -> T { loop {} }");
         assert_eq!(messages.len(), 4, "{messages:#?}");
     }
 

@@ -745,7 +745,7 @@ mod tests {
                     'static: 'a,
                     &'b (): Sized,
                     &'a (): Sized,
-                { todo!() }
+                { loop {} }
             },
         );
         let generics = &item_fn(&file, 1).sig.generics;
@@ -761,7 +761,7 @@ mod tests {
         let file = expand_str(
             quote!(topic = "a"),
             quote! {
-                async fn f<'t>(tx: &mut Tx<'t, Db>) -> Result<(), E> where 't: 't { todo!() }
+                async fn f<'t>(tx: &mut Tx<'t, Db>) -> Result<(), E> where 't: 't { loop {} }
             },
         );
         let sig = &item_fn(&file, 1).sig;

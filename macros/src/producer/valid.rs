@@ -310,7 +310,7 @@ mod tests {
     use crate::common::valid::MAX_TOPIC_LEN;
 
     const GOOD_FN: &str =
-        "async fn f(tx: &mut Tx<'_, Sqlite>, id: i64) -> Result<Order, Error> { todo!() }";
+        "async fn f(tx: &mut Tx<'_, Sqlite>, id: i64) -> Result<Order, Error> { loop {} }";
 
     fn check_tokens(args: TokenStream, func: &str) -> syn::Result<String> {
         let func: ItemFn = syn::parse_str(func)?;
@@ -564,11 +564,11 @@ mod tests {
     fn accepts_the_documented_shapes() {
         for func in [
             GOOD_FN,
-            "pub async fn f(tx: &mut txmsg::Tx<'_, sqlx::Sqlite>) -> Result<(), E> { todo!() }",
+            "pub async fn f(tx: &mut txmsg::Tx<'_, sqlx::Sqlite>) -> Result<(), E> { loop {} }",
             "pub(crate) async fn f<'a>(mut tx: &mut Tx<'a, Sqlite>, s: &'a str) \
-             -> std::result::Result<M<'a>, E> { todo!() }",
+             -> std::result::Result<M<'a>, E> { loop {} }",
             "async fn f(tx: &mut Tx<'_, Sqlite>, (a, b): (u8, u8), _: u8) -> Result<M, E> \
-             where 'static: 'static { todo!() }",
+             where 'static: 'static { loop {} }",
         ] {
             assert!(
                 sig_messages(func).is_empty(),
@@ -581,7 +581,7 @@ mod tests {
     #[test]
     fn not_async() {
         assert_eq!(
-            sig_messages("fn f(tx: &mut Tx<'_, Sqlite>) -> Result<M, E> { todo!() }"),
+            sig_messages("fn f(tx: &mut Tx<'_, Sqlite>) -> Result<M, E> { loop {} }"),
             ["`#[transactional_message]` functions must be `async fn`"]
         );
     }
@@ -589,7 +589,7 @@ mod tests {
     #[test]
     fn unsafe_and_extern() {
         let messages = sig_messages(
-            "async unsafe extern \"C\" fn f(tx: &mut Tx<'_, Sqlite>) -> Result<M, E> { todo!() }",
+            "async unsafe extern \"C\" fn f(tx: &mut Tx<'_, Sqlite>) -> Result<M, E> { loop {} }",
         );
         assert_eq!(messages.len(), 2, "{messages:?}");
     }
@@ -598,7 +598,7 @@ mod tests {
     fn generics() {
         let messages = sig_messages(
             "async fn f<'a, T, const N: usize>(tx: &mut Tx<'a, Sqlite>, t: T) -> Result<M, E> \
-             { todo!() }",
+             { loop {} }",
         );
         assert_eq!(
             messages,
@@ -610,7 +610,7 @@ mod tests {
     #[test]
     fn receivers() {
         let messages =
-            sig_messages("async fn f(&self, tx: &mut Tx<'_, Sqlite>) -> Result<M, E> { todo!() }");
+            sig_messages("async fn f(&self, tx: &mut Tx<'_, Sqlite>) -> Result<M, E> { loop {} }");
         assert_eq!(
             messages,
             [
@@ -623,20 +623,20 @@ mod tests {
     #[test]
     fn transaction_parameter() {
         assert_eq!(
-            sig_messages("async fn f() -> Result<M, E> { todo!() }"),
+            sig_messages("async fn f() -> Result<M, E> { loop {} }"),
             [NOT_TX]
         );
         assert_eq!(
-            sig_messages("async fn f(id: i64) -> Result<M, E> { todo!() }"),
+            sig_messages("async fn f(id: i64) -> Result<M, E> { loop {} }"),
             [NOT_TX]
         );
         assert_eq!(
-            sig_messages("async fn f(tx: &Tx<'_, Sqlite>) -> Result<M, E> { todo!() }"),
+            sig_messages("async fn f(tx: &Tx<'_, Sqlite>) -> Result<M, E> { loop {} }"),
             [NOT_TX]
         );
         assert_eq!(
             sig_messages(
-                "async fn f(id: i64, tx: &mut Tx<'_, Sqlite>) -> Result<M, E> { todo!() }"
+                "async fn f(id: i64, tx: &mut Tx<'_, Sqlite>) -> Result<M, E> { loop {} }"
             ),
             [
                 "the `&mut txmsg::Tx<'_, DB>` parameter of a `#[transactional_message]` \
@@ -644,7 +644,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            sig_messages("async fn f(_: &mut Tx<'_, Sqlite>) -> Result<M, E> { todo!() }"),
+            sig_messages("async fn f(_: &mut Tx<'_, Sqlite>) -> Result<M, E> { loop {} }"),
             [
                 "expected a name for the transaction parameter of a `#[transactional_message]` \
               function, as in `tx: &mut txmsg::Tx<'_, DB>`"
@@ -656,13 +656,13 @@ mod tests {
     fn return_type() {
         for func in [
             "async fn f(tx: &mut Tx<'_, Sqlite>) { }",
-            "async fn f(tx: &mut Tx<'_, Sqlite>) -> Order { todo!() }",
-            "async fn f(tx: &mut Tx<'_, Sqlite>) -> Option<Order> { todo!() }",
+            "async fn f(tx: &mut Tx<'_, Sqlite>) -> Order { loop {} }",
+            "async fn f(tx: &mut Tx<'_, Sqlite>) -> Option<Order> { loop {} }",
         ] {
             assert_eq!(sig_messages(func), [NOT_RESULT], "{func}");
         }
         assert_eq!(
-            sig_messages("async fn f(tx: &mut Tx<'_, Sqlite>) -> txmsg::Result<Order> { todo!() }"),
+            sig_messages("async fn f(tx: &mut Tx<'_, Sqlite>) -> txmsg::Result<Order> { loop {} }"),
             [format!(
                 "{NOT_RESULT}; this `Result` alias hides `E`, write it out, \
                  as in `Result<Order, txmsg::Error>`"
@@ -672,12 +672,12 @@ mod tests {
 
     #[test]
     fn every_signature_error_is_reported() {
-        let messages = sig_messages("fn f<T>(id: T) -> T { todo!() }");
+        let messages = sig_messages("fn f<T>(id: T) -> T { loop {} }");
         assert_eq!(messages.len(), 4, "{messages:#?}");
     }
 
     const HALF_FN: &str =
-        "async fn f(payment: &Payment, card: String) -> Result<Receipt, Error> { todo!() }";
+        "async fn f(payment: &Payment, card: String) -> Result<Receipt, Error> { loop {} }";
 
     fn half_messages(func: &str) -> Vec<String> {
         messages(quote!(topic = "a", half), func)
@@ -725,11 +725,11 @@ mod tests {
             )
         );
         for func in [
-            "async fn f(p: &'static Payment) -> Result<(), E> { todo!() }",
+            "async fn f(p: &'static Payment) -> Result<(), E> { loop {} }",
             "pub(crate) async fn f<'a>(_: &'a Note<'a>) -> std::result::Result<u8, E> \
-             { todo!() }",
+             { loop {} }",
             "async fn f(p: &Payment, (a, b): (u8, u8), x: impl Display) -> Result<(), E> \
-             { todo!() }",
+             { loop {} }",
         ] {
             assert!(
                 half_messages(func).is_empty(),
@@ -792,29 +792,29 @@ mod tests {
         const EXPECTED: &str = "expected the payload `msg: &M` as the first parameter of a \
                                 `#[transactional_message(half)]` function";
         assert_eq!(
-            half_messages("async fn f() -> Result<(), E> { todo!() }"),
+            half_messages("async fn f() -> Result<(), E> { loop {} }"),
             [EXPECTED]
         );
         let not_tx = "`#[transactional_message(half)]` functions do their local work outside \
                       the store's transaction: take the payload `&M` as the first parameter, \
                       not a `Tx`";
         assert_eq!(
-            half_messages("async fn f(tx: &mut Tx<'_, Sqlite>, p: &P) -> Result<P, E> { todo!() }"),
+            half_messages("async fn f(tx: &mut Tx<'_, Sqlite>, p: &P) -> Result<P, E> { loop {} }"),
             [not_tx]
         );
         assert_eq!(
-            half_messages("async fn f(p: &P, tx: &mut Tx<'_, Sqlite>) -> Result<P, E> { todo!() }"),
+            half_messages("async fn f(p: &P, tx: &mut Tx<'_, Sqlite>) -> Result<P, E> { loop {} }"),
             [not_tx]
         );
         assert_eq!(
-            half_messages("async fn f(p: Payment) -> Result<(), E> { todo!() }"),
+            half_messages("async fn f(p: Payment) -> Result<(), E> { loop {} }"),
             [
                 "the payload of a `#[transactional_message(half)]` function is stored before its \
               body runs, take it by shared reference: expected `&Payment` rather than `Payment`"
             ]
         );
         assert_eq!(
-            half_messages("async fn f(p: &mut Payment) -> Result<(), E> { todo!() }"),
+            half_messages("async fn f(p: &mut Payment) -> Result<(), E> { loop {} }"),
             [
                 "the payload of a `#[transactional_message(half)]` function is stored before its \
               body runs, take it by shared reference: expected `&Payment` rather than \
@@ -822,27 +822,27 @@ mod tests {
             ]
         );
         assert_eq!(
-            half_messages("async fn f(p: &impl Serialize) -> Result<(), E> { todo!() }"),
+            half_messages("async fn f(p: &impl Serialize) -> Result<(), E> { loop {} }"),
             [
                 "the payload of a `#[transactional_message(half)]` function cannot be \
               `impl Trait`, expected a concrete type"
             ]
         );
         assert_eq!(
-            half_messages("async fn f(p: &P) -> Option<()> { todo!() }"),
+            half_messages("async fn f(p: &P) -> Option<()> { loop {} }"),
             [
                 "expected the return type `Result<T, E>` of a `#[transactional_message(half)]` \
               function, where `E: From<txmsg::Error>`"
             ]
         );
         assert_eq!(
-            half_messages("async fn f(&self, p: &P) -> Result<(), E> { todo!() }"),
+            half_messages("async fn f(&self, p: &P) -> Result<(), E> { loop {} }"),
             [
                 "`#[transactional_message]` functions cannot take `self`, expected a free \
               function whose first parameter is the payload `&M`"
             ]
         );
         // not async, a type parameter, no payload, not a Result
-        assert_eq!(half_messages("fn f<T>() -> T { todo!() }").len(), 4);
+        assert_eq!(half_messages("fn f<T>() -> T { loop {} }").len(), 4);
     }
 }
