@@ -53,9 +53,9 @@ struct Inner {
     config: MqttConfig,
     link: tokio::sync::Mutex<Option<Arc<Link>>>,
     /// The persistent sessions of subscriptions, by (group, topic): client
-    /// id and the sender of its subscription. A session whose subscription
-    /// was dropped (its sender closed) is resumed by the group's next
-    /// subscription.
+    /// id and a weak handle on the sender of its subscription. A session
+    /// whose subscription was dropped (its sender closed) or ended (its
+    /// reader gone) is resumed by the group's next subscription.
     sessions: Mutex<HashMap<(String, String), Vec<Session>>>,
 }
 
@@ -84,9 +84,17 @@ impl Drop for Link {
 
 type Confirm = oneshot::Sender<Result<()>>;
 
-/// A subscription's persistent session: its client id, and the sender
-/// that feeds its subscription (closed once the subscription is dropped).
-type Session = (String, mpsc::Sender<Delivery>);
+/// A subscription's persistent session: its client id, and a weak handle
+/// on the sender that feeds its subscription. Only the subscription's
+/// reader holds the sender itself, so that the subscription ends (its
+/// `next` returns `None`) once the reader gives up on a lost connection.
+type Session = (String, mpsc::WeakSender<Delivery>);
+
+/// Whether the subscription fed through `sender` is over: dropped by its
+/// consumer, or ended by its reader.
+fn session_is_free(sender: &mpsc::WeakSender<Delivery>) -> bool {
+    sender.upgrade().is_none_or(|tx| tx.is_closed())
+}
 
 /// Publishes handed to the event loop (in request order) and those sent
 /// (by packet id), awaiting their PUBACK.
@@ -116,11 +124,14 @@ fn lock(waiters: &Mutex<Waiters>) -> std::sync::MutexGuard<'_, Waiters> {
 
 impl MqttBroker {
     /// Connects to the MQTT server at `url` (`mqtt://[user[:password]@]host[:port]`,
-    /// port 1883 by default; `tcp://` is accepted as well).
+    /// port 1883 by default; `tcp://` is accepted as well; `mqtts://` or
+    /// `ssl://`, port 8883 by default, for TLS with the `tls` feature, see
+    /// [`MqttConfig`]).
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a malformed URL;
+    /// [`Error::Config`] for a malformed URL, a TLS URL without the `tls`
+    /// feature, or TLS settings that cannot be used;
     /// [`Error::BrokerUnavailable`] if the server cannot be reached or
     /// refused the connection.
     ///
@@ -128,7 +139,7 @@ impl MqttBroker {
     ///
     /// Cancel safe: a dropped call leaves nothing behind.
     pub async fn connect(url: &str, config: MqttConfig) -> Result<Self> {
-        let endpoint = Endpoint::parse(url)?;
+        let endpoint = config.endpoint(url)?;
         let inner = Inner {
             endpoint,
             config,
@@ -183,6 +194,7 @@ impl Inner {
         if let Some((user, password)) = &self.endpoint.credentials {
             o.set_credentials(user.clone(), password.clone());
         }
+        o.set_transport(self.endpoint.transport.clone());
         o
     }
 
@@ -399,14 +411,14 @@ impl MqttBroker {
             let entries = sessions
                 .entry((spec.group.clone(), spec.topic.clone()))
                 .or_default();
-            match entries.iter_mut().find(|(_, old)| old.is_closed()) {
+            match entries.iter_mut().find(|(_, old)| session_is_free(old)) {
                 Some(entry) => {
-                    entry.1 = tx.clone();
+                    entry.1 = tx.downgrade();
                     entry.0.clone()
                 }
                 None => {
                     let id = inner.new_client_id();
-                    entries.push((id.clone(), tx.clone()));
+                    entries.push((id.clone(), tx.downgrade()));
                     id
                 }
             }

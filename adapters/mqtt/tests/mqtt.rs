@@ -15,6 +15,7 @@ use txmsg_core::consumer::{SubscribeSpec, Subscription};
 use txmsg_core::{Broker, Envelope};
 use txmsg_mqtt::{MqttBroker, MqttConfig};
 use txmsg_testkit::broker as suite;
+use txmsg_testkit::proxy::TcpProxy;
 use uuid::Uuid;
 
 fn url() -> String {
@@ -54,6 +55,93 @@ case!(per_key_order_is_kept);
 case!(large_and_empty_payloads);
 case!(queue_outlives_its_subscribers);
 case!(subscribe_refuses_bad_specs);
+
+/// The broker, connected through a proxy that cuts its connections, comes
+/// back by itself: publishes are confirmed again, the group gets what was
+/// published after the outage, and nothing confirmed before is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_reconnects_after_connection_drop() {
+    let id = Uuid::now_v7().simple().to_string();
+    let config = MqttConfig::default()
+        .topic_prefix(&format!("txmsg-test/{id}/"))
+        .expect("a valid topic prefix");
+    let (proxy, via_proxy) = TcpProxy::for_url(&url(), 1883).await;
+    suite::reconnects_after_connection_drop(
+        || async move {
+            match MqttBroker::connect(&via_proxy, config).await {
+                Ok(b) => b,
+                Err(e) => panic!("cannot reach the MQTT server at MQTT_URL={}: {e:?}", url()),
+            }
+        },
+        &proxy,
+        &format!("r{}", &id[20..]),
+    )
+    .await;
+}
+
+/// A subscription whose connection stays down longer than its reconnect
+/// attempts last ends (`next` returns `None`, so the consumer runtime
+/// subscribes again) rather than waiting forever, and subscribing again
+/// once the server is back resumes its session: the message it held
+/// unsettled comes again, and messages published meanwhile arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_ends_after_a_long_outage_and_resubscribing_resumes_it() {
+    let id = Uuid::now_v7().simple().to_string();
+    let config = MqttConfig::default()
+        .topic_prefix(&format!("txmsg-test/{id}/"))
+        .expect("a valid topic prefix");
+    let (proxy, via_proxy) = TcpProxy::for_url(&url(), 1883).await;
+    let b = MqttBroker::connect(&via_proxy, config)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the MQTT server at MQTT_URL={}: {e:?}", url()));
+    let topic = format!("r{}.long", &id[20..]);
+    let group_spec = spec("g", &topic, 4);
+    let mut sub = b.subscribe(&group_spec).await.expect("subscribe");
+    let held_msg = envelope(&topic, 0);
+    b.publish(&held_msg).await.expect("publish");
+    let held = tokio::time::timeout(suite::WAIT, sub.next())
+        .await
+        .expect("a delivery")
+        .expect("the subscription is open");
+    assert_eq!(held.message.as_ref().expect("decodable").id, held_msg.id);
+
+    proxy.set_down();
+    let end = tokio::time::timeout(suite::WAIT, sub.next())
+        .await
+        .expect("the subscription ends while the server stays unreachable");
+    assert!(end.is_none(), "nothing can be delivered during the outage");
+    drop(held);
+    proxy.set_up();
+
+    let later = envelope(&topic, 1);
+    let deadline = std::time::Instant::now() + suite::WAIT;
+    while let Err(e) = b.publish(&later).await {
+        assert!(e.is_retryable(), "{e:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no publish after the outage: {e:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut again = b.subscribe(&group_spec).await.expect("subscribe again");
+    let mut got = BTreeSet::new();
+    while got.len() < 2 {
+        let d = tokio::time::timeout(suite::WAIT, again.next())
+            .await
+            .expect("the resumed session delivers")
+            .expect("the subscription is open");
+        let e = d.message.as_ref().expect("decodable").clone();
+        if e.id == held_msg.id {
+            assert!(
+                d.redelivered,
+                "the held message comes again marked redelivered"
+            );
+        }
+        got.insert(e.id);
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(got, BTreeSet::from([held_msg.id, later.id]));
+}
 
 fn envelope(topic: &str, n: usize) -> Envelope {
     let id = Uuid::now_v7();

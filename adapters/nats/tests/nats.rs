@@ -8,6 +8,7 @@ use chrono::Utc;
 use txmsg_core::consumer::{Delivery, SubscribeSpec, Subscription};
 use txmsg_core::{Broker, Envelope};
 use txmsg_nats::{NatsBroker, NatsConfig};
+use txmsg_testkit::proxy::TcpProxy;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -67,6 +68,36 @@ async fn broker_conformance() {
     let prefix = format!("c{}", &Uuid::now_v7().simple().to_string()[20..]);
     txmsg_testkit::broker::run_all(|| connect(&config), &prefix).await;
     broker.delete_stream().await.expect("delete the stream");
+}
+
+/// The broker, connected through a proxy that cuts its connection, comes
+/// back by itself: publishes are confirmed again, the group gets what was
+/// published after the outage, and nothing confirmed before is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_reconnects_after_connection_drop() {
+    let config = config();
+    let (proxy, via_proxy) = TcpProxy::for_url(&url(), 4222).await;
+    let prefix = format!("r{}", &Uuid::now_v7().simple().to_string()[20..]);
+    let broker_config = config.clone();
+    txmsg_testkit::broker::reconnects_after_connection_drop(
+        || async move {
+            match NatsBroker::connect(&via_proxy, broker_config).await {
+                Ok(broker) => broker,
+                Err(e) => panic!(
+                    "cannot reach NATS JetStream at {} (set NATS_URL to a server started with -js): {e:?}",
+                    url()
+                ),
+            }
+        },
+        &proxy,
+        &prefix,
+    )
+    .await;
+    connect(&config)
+        .await
+        .delete_stream()
+        .await
+        .expect("delete the stream");
 }
 
 #[tokio::test(flavor = "multi_thread")]

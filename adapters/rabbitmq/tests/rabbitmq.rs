@@ -22,6 +22,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use txmsg_core::consumer::{Delivery, SubscribeSpec, Subscription};
 use txmsg_core::{Broker, Envelope, Error, TRACEPARENT};
 use txmsg_rabbitmq::{RabbitBroker, RabbitConfig};
+use txmsg_testkit::proxy::TcpProxy;
 use uuid::Uuid;
 
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -710,6 +711,36 @@ async fn conformance() {
         };
         txmsg_testkit::broker::run_all(|| std::future::ready(recording.clone()), "conf").await;
         broker.close().await.expect("close");
+    })
+    .await;
+}
+
+/// The broker, connected through a proxy that cuts its connection, comes
+/// back by itself: publishes are confirmed again, the group gets what was
+/// published after the outage, and nothing confirmed before is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_reconnects_after_connection_drop() {
+    with_names(0, |names| async move {
+        let (proxy, via_proxy) = TcpProxy::for_url(&amqp_url(), 5672).await;
+        let config = names.config();
+        let group_queues = Arc::clone(&names.group_queues);
+        txmsg_testkit::broker::reconnects_after_connection_drop(
+            || async move {
+                let broker = match RabbitBroker::connect(&via_proxy, config).await {
+                    Ok(broker) => broker,
+                    Err(e) => panic!(
+                        "cannot reach RabbitMQ through AMQP_URL (set AMQP_URL, default {DEFAULT_AMQP_URL}): {e:?}"
+                    ),
+                };
+                Recording {
+                    broker,
+                    names: group_queues,
+                }
+            },
+            &proxy,
+            "reconn",
+        )
+        .await;
     })
     .await;
 }

@@ -7,6 +7,7 @@ use chrono::Utc;
 use txmsg_core::consumer::SubscribeSpec;
 use txmsg_core::{Broker, Envelope, Error};
 use txmsg_redis::{RedisBroker, RedisConfig};
+use txmsg_testkit::proxy::TcpProxy;
 use uuid::Uuid;
 
 fn redis_url() -> String {
@@ -77,6 +78,32 @@ async fn broker_conformance() {
     let topics = format!("conf-{}", &Uuid::now_v7().simple().to_string()[20..]);
     let broker = connect(&prefix).await;
     txmsg_testkit::broker::run_all(|| std::future::ready(broker.clone()), &topics).await;
+    delete_keys(&prefix).await;
+}
+
+/// The broker, connected through a proxy that cuts its connection, comes
+/// back by itself: publishes are confirmed again, the group gets what was
+/// published after the outage, and nothing confirmed before is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_reconnects_after_connection_drop() {
+    let prefix = key_prefix();
+    let topics = format!("r{}", &Uuid::now_v7().simple().to_string()[20..]);
+    let (proxy, via_proxy) = TcpProxy::for_url(&redis_url(), 6379).await;
+    let broker_config = config(&prefix);
+    txmsg_testkit::broker::reconnects_after_connection_drop(
+        || async move {
+            match RedisBroker::connect(&via_proxy, broker_config).await {
+                Ok(broker) => broker,
+                Err(e) => panic!(
+                    "the Redis at REDIS_URL={} is unreachable: {e:?}",
+                    redis_url()
+                ),
+            }
+        },
+        &proxy,
+        &topics,
+    )
+    .await;
     delete_keys(&prefix).await;
 }
 

@@ -28,6 +28,14 @@
 //!   subscribe are not required to reach it (brokers create queues at
 //!   subscribe time), so no case publishes any.
 //! - Bad topic or group names and a zero prefetch are refused.
+//! - After its connection drops and the service is reachable again, the
+//!   broker reconnects by itself: publishing succeeds again within
+//!   [`WAIT`] (publishes during the outage fail with a retryable error
+//!   rather than hang), messages published after the outage reach the
+//!   group, and nothing confirmed before the drop is lost. This case,
+//!   [`reconnects_after_connection_drop`], is not part of [`run_all`]: it
+//!   needs the broker connected through a [`TcpProxy`], so an adapter's
+//!   tests call it on its own.
 //!
 //! A case proves that nothing more arrives by waiting [`QUIET`] for it; all
 //! other waits end as soon as what they wait for arrives, and fail after
@@ -49,24 +57,51 @@
 //! Or one case at a time, e.g.
 //! `broker::nack_redelivers(&broker, "conf-1234").await`.
 //!
+//! The reconnect case connects its broker through a proxy that it cuts:
+//!
+//! ```no_run
+//! use txmsg_core::Broker;
+//! use txmsg_testkit::proxy::TcpProxy;
+//!
+//! async fn reconnect_conformance<B, Fut>(url: &str, connect: impl FnOnce(String) -> Fut)
+//! where
+//!     B: Broker,
+//!     Fut: std::future::Future<Output = B>,
+//! {
+//!     let (proxy, via_proxy) = TcpProxy::for_url(url, 5672).await;
+//!     let prefix = format!("conf-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+//!     txmsg_testkit::broker::reconnects_after_connection_drop(
+//!         || connect(via_proxy),
+//!         &proxy,
+//!         &prefix,
+//!     )
+//!     .await;
+//! }
+//! ```
+//!
 //! # Panics
 //!
 //! Every function panics when the broker breaks the contract or fails.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use txmsg_core::consumer::{Delivery, SubscribeSpec, Subscription};
 use txmsg_core::{Broker, Envelope, Error, TRACEPARENT};
 use uuid::Uuid;
 
+use crate::proxy::TcpProxy;
+
 /// Longest wait for a delivery that must arrive.
 pub const WAIT: Duration = Duration::from_secs(15);
 
 /// How long a case waits to see that nothing more arrives.
 pub const QUIET: Duration = Duration::from_millis(300);
+
+/// How long [`reconnects_after_connection_drop`] keeps the connection cut.
+pub const OUTAGE: Duration = Duration::from_millis(500);
 
 /// Runs every case of this suite, each on a broker from `make`.
 ///
@@ -538,5 +573,195 @@ pub async fn subscribe_refuses_bad_specs<B: Broker>(broker: &B, prefix: &str) {
         Err(Error::Config { .. }) => {}
         Err(other) => panic!("prefetch 0: expected Config, got {other:?}"),
         Ok(_) => panic!("prefetch 0: the subscription was accepted"),
+    }
+}
+
+/// After the broker's connection drops and the service is reachable again,
+/// the broker reconnects by itself: publishing succeeds again, messages
+/// published after the outage reach the group, and nothing confirmed
+/// before the drop is lost.
+///
+/// `make_via_proxy` connects the broker under test to the service through
+/// `proxy` (at [`TcpProxy::addr`]), which must be up. The case subscribes a
+/// group, publishes two messages and receives both, acknowledging the first
+/// and holding the second unsettled; then it cuts every connection
+/// ([`TcpProxy::set_down`]), keeps the service unreachable for [`OUTAGE`],
+/// and lets connections through again ([`TcpProxy::set_up`]).
+///
+/// Then, as the relay does, it publishes three messages, each again while
+/// the publish fails: every error must be retryable, and each message must
+/// be confirmed within [`WAIT`] of the outage's end; a publish that neither
+/// confirms nor fails by then is a hang. It settles the held delivery: if
+/// that fails (its connection is gone), the message must be delivered
+/// again. Every message published after the outage must reach the group
+/// within [`WAIT`]: through the subscription opened before the outage or,
+/// as the consumer runtime does when the broker ends a subscription
+/// (`next` returns `None`), through a new subscribe after a short backoff
+/// (a failing subscribe is tried again). Delivery is at least once: a
+/// message of this case may arrive twice, but a message delivered before
+/// the outage that arrives again must be marked redelivered.
+///
+/// # Panics
+///
+/// When the broker breaks one of these rules or fails otherwise, or
+/// `prefix` is not a valid topic name.
+pub async fn reconnects_after_connection_drop<B, F, Fut>(
+    make_via_proxy: F,
+    proxy: &TcpProxy,
+    prefix: &str,
+) where
+    B: Broker,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = B>,
+{
+    const AFTER: usize = 3;
+    if let Err(e) = txmsg_core::validate_topic(prefix) {
+        panic!("the prefix must be a valid topic name: {e}");
+    }
+    let broker = make_via_proxy().await;
+    let topic = format!("{prefix}.reconnect");
+    let group_spec = spec(format!("{prefix}.g"), &topic, 8);
+    let mut sub = subscribe(&broker, &group_spec).await;
+
+    let settled = envelope(&topic, 0);
+    publish(&broker, &settled).await;
+    let d = next(&mut sub, "first delivery before the outage").await;
+    assert_eq!(envelope_of(&d).id, settled.id, "the first message arrives");
+    ack(d).await;
+    let unsettled = envelope(&topic, 1);
+    publish(&broker, &unsettled).await;
+    let held = next(&mut sub, "second delivery before the outage").await;
+    assert_eq!(
+        envelope_of(&held).id,
+        unsettled.id,
+        "the second message arrives"
+    );
+
+    proxy.set_down();
+    tokio::time::sleep(OUTAGE).await;
+    proxy.set_up();
+
+    let deadline = Instant::now() + WAIT;
+    let after: Vec<Envelope> = (0..AFTER).map(|n| envelope(&topic, 2 + n)).collect();
+    let mut failed_publishes = 0;
+    for e in &after {
+        failed_publishes += publish_until(&broker, e, deadline).await;
+    }
+
+    let held_was_settled = match tokio::time::timeout(WAIT, held.ack()).await {
+        Ok(result) => result.is_ok(),
+        Err(_) => {
+            panic!("acknowledging a delivery from before the outage did not end within {WAIT:?}")
+        }
+    };
+    let mut expected = id_set(&after);
+    if !held_was_settled {
+        // Its acknowledgement was lost with the connection: the broker
+        // still has it, so it must come again.
+        expected.insert(unsettled.id);
+    }
+
+    let deadline = Instant::now() + WAIT;
+    let mut got = BTreeSet::new();
+    let mut resubscribes = 0u32;
+    while !expected.is_subset(&got) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, sub.next()).await {
+            Ok(Some(d)) => {
+                let e = envelope_of(&d);
+                if e.id == settled.id || e.id == unsettled.id {
+                    assert!(
+                        d.redelivered,
+                        "a message delivered before the outage comes again marked redelivered"
+                    );
+                } else {
+                    assert!(
+                        expected.contains(&e.id),
+                        "after the outage: unexpected message {e:?}"
+                    );
+                }
+                got.insert(e.id);
+                ack(d).await;
+            }
+            Ok(None) => {
+                // The broker ended the subscription with its connection:
+                // subscribe again, as the consumer runtime does.
+                resubscribes = resubscribes.saturating_add(1);
+                if let Some(again) = resubscribe(&broker, &group_spec, resubscribes, deadline).await
+                {
+                    sub = again;
+                }
+            }
+            Err(_) => {
+                let missing: Vec<&Uuid> = expected.difference(&got).collect();
+                panic!(
+                    "after the outage: {} of {} messages did not arrive within {WAIT:?} \
+                     ({resubscribes} subscribes again): {missing:?}",
+                    missing.len(),
+                    expected.len()
+                );
+            }
+        }
+    }
+    eprintln!(
+        "reconnect: {failed_publishes} publishes failed after the outage, \
+         {resubscribes} subscribes again, held delivery settled: {held_was_settled}"
+    );
+}
+
+/// Publishes `envelope` again while the publish fails, as the relay does;
+/// fails on an error that is not retryable, or if no publish was confirmed
+/// by `deadline`. Returns how many publishes failed.
+async fn publish_until<B: Broker>(broker: &B, envelope: &Envelope, deadline: Instant) -> u32 {
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, broker.publish(envelope)).await {
+            Ok(Ok(())) => return attempts - 1,
+            Ok(Err(e)) => {
+                assert!(
+                    e.is_retryable(),
+                    "a publish after a connection drop must fail retryable, got {e:?}"
+                );
+                if Instant::now() >= deadline {
+                    panic!(
+                        "publishing {} after the outage still failed after {attempts} attempts \
+                         within {WAIT:?}: {e:?}",
+                        envelope.id
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(_) => panic!(
+                "publishing {} after the outage: no confirm and no error within {WAIT:?} \
+                 ({attempts} attempts)",
+                envelope.id
+            ),
+        }
+    }
+}
+
+/// Subscribes `spec` again after the backoff of attempt `attempt` (100 ms
+/// doubling up to 1 s); `None` if the subscribe failed, so the caller
+/// tries again. Fails if it does not end by `deadline`.
+async fn resubscribe<B: Broker>(
+    broker: &B,
+    spec: &SubscribeSpec,
+    attempt: u32,
+    deadline: Instant,
+) -> Option<Subscription> {
+    let delay = Duration::from_millis(100)
+        .saturating_mul(1 << attempt.saturating_sub(1).min(4))
+        .min(Duration::from_secs(1));
+    tokio::time::sleep(delay).await;
+    let left = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(left, broker.subscribe(spec)).await {
+        Ok(Ok(sub)) => Some(sub),
+        Ok(Err(_)) => None,
+        Err(_) => panic!(
+            "subscribing group `{}` again after the outage did not end within {WAIT:?}",
+            spec.group
+        ),
     }
 }

@@ -17,8 +17,13 @@
 //! - [`half`]: half messages on a [`SqlStore`](txmsg_core::SqlStore)
 //!   (prepared rows, commit and rollback fenced against the check-back
 //!   worker, check-back claims, dead and resumed half messages).
+//! - [`proxy`]: [`TcpProxy`](proxy::TcpProxy), a TCP forwarder that cuts,
+//!   refuses, pauses and slows the connections of an adapter under test, for
+//!   cases such as
+//!   [`broker::reconnects_after_connection_drop`].
 
 pub mod broker;
 pub mod half;
 pub mod inbox;
+pub mod proxy;
 pub mod store;
