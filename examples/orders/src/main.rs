@@ -1,17 +1,42 @@
 //! An order service whose `place_order` is a `#[transactional_message]`.
 //!
-//! Run with no services (SQLite file + in-process broker):
+//! Run with no services (a temporary SQLite file + the in-process broker):
 //!
 //! ```text
 //! cargo run -p txmsg-example-orders
 //! ```
 //!
-//! or on PostgreSQL + RabbitMQ:
+//! or choose the store with `DATABASE_URL` and the broker with `BROKER_URL`,
+//! by their scheme:
+//!
+//! | variable       | scheme                         | backend                    |
+//! |----------------|--------------------------------|----------------------------|
+//! | `DATABASE_URL` | unset                          | SQLite, a temporary file   |
+//! |                | `sqlite:`                      | SQLite, that file          |
+//! |                | `postgres://`, `postgresql://` | PostgreSQL                 |
+//! |                | `mysql://`, `mariadb://`       | MySQL / MariaDB            |
+//! | `BROKER_URL`   | unset                          | in-process (or `AMQP_URL`) |
+//! |                | `amqp://`, `amqps://`          | RabbitMQ                   |
+//! |                | `nats://`                      | NATS JetStream             |
+//! |                | `redis://`                     | Redis Streams              |
+//! |                | `mqtt://`                      | MQTT 5                     |
+//!
+//! `AMQP_URL` (RabbitMQ) is read when `BROKER_URL` is unset. Any other
+//! scheme stops the demo with an error naming the variable. For example:
 //!
 //! ```text
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
-//! AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo run -p txmsg-example-orders
+//! BROKER_URL=nats://127.0.0.1:4222 cargo run -p txmsg-example-orders
+//!
+//! DATABASE_URL=mysql://root@127.0.0.1:3306/test \
+//! BROKER_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo run -p txmsg-example-orders
 //! ```
+//!
+//! On a server, each run works in names of its own (a PostgreSQL schema or
+//! MySQL database `txmsg_demo_<run>`, a RabbitMQ exchange, NATS stream,
+//! Redis key or MQTT topic prefix with the same suffix) and removes them at
+//! the end (MQTT sessions expire a minute later), so runs side by side do
+//! not disturb each other.
 //!
 //! It places orders (some fail their business check and roll back, one is
 //! retried with the same idempotency key), lets the relay publish, consumes
@@ -19,6 +44,7 @@
 //! published exactly once and no rolled-back one was.
 
 use std::collections::BTreeMap;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use txmsg::consumer::{Consumer, ConsumerConfig, InboxStore, SubscribeSpec, Subscription};
@@ -54,13 +80,24 @@ const AUDIT_GROUP: &str = "demo-audit";
 const RETRIED: i64 = 5;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
 
+    match demo().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Picks the backends, runs the demo and checks what it saw.
+async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     let backend = wiring::Backend::from_env().await?;
     println!("txmsg order demo on {}", backend.describe());
     let summary = backend.run().await?;
@@ -218,11 +255,14 @@ async fn wait_until(mut done: impl FnMut() -> bool) -> bool {
 }
 
 /// Runs the demo on one store and broker: billing consumer and relay
-/// started, orders placed, messages counted, one message redelivered.
+/// started, orders placed, messages counted, one message redelivered
+/// (`redeliver_after` the messages arrived: a broker that drops a republish
+/// for a while, as NATS JetStream does, would otherwise swallow it).
 async fn run_demo<S, B, F, Fut>(
     store: S,
     broker: B,
     mut place: F,
+    redeliver_after: Duration,
 ) -> Result<Summary, Box<dyn std::error::Error>>
 where
     S: InboxStore,
@@ -230,6 +270,9 @@ where
     F: FnMut(Outbox<S::Database>, NewOrder) -> Fut,
     Fut: std::future::Future<Output = Result<service::OrderPlaced, OrderError>>,
 {
+    // Both groups subscribe before any order is placed: on Redis Streams
+    // and MQTT a group only gets what is published after its first
+    // subscribe.
     // An auditor that only looks at what reaches the broker.
     let spec = SubscribeSpec {
         group: AUDIT_GROUP.into(),
@@ -257,6 +300,7 @@ where
 
     // The broker delivers the first order again, as after a lost ack.
     if let Some(first) = seen.first() {
+        tokio::time::sleep(redeliver_after).await;
         broker.publish(first).await?;
         let skipped = wait_until(|| billing.stats().duplicates >= 1).await;
         let order = first

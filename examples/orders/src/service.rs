@@ -45,9 +45,10 @@ impl From<sqlx::Error> for OrderError {
     }
 }
 
-/// The same service for each database: only the transaction type differs.
+/// The same service for each database: only the transaction type and the
+/// bind parameters' syntax (`$1` on PostgreSQL, `?` on MySQL) differ.
 macro_rules! order_service {
-    ($module:ident, $db:ty) => {
+    ($module:ident, $db:ty, values = $values:literal) => {
         pub(crate) mod $module {
             use super::{NewOrder, OrderError, OrderPlaced};
             use txmsg::Tx;
@@ -92,12 +93,15 @@ macro_rules! order_service {
                 tx: &mut Tx<'_, $db>,
                 order: OrderPlaced,
             ) -> Result<(), OrderError> {
-                sqlx::query("INSERT INTO demo_invoices (order_id, customer, amount_cents) VALUES ($1, $2, $3)")
-                    .bind(order.id)
-                    .bind(&order.customer)
-                    .bind(order.total_cents)
-                    .execute(&mut **tx)
-                    .await?;
+                sqlx::query(concat!(
+                    "INSERT INTO demo_invoices (order_id, customer, amount_cents) VALUES ",
+                    $values
+                ))
+                .bind(order.id)
+                .bind(&order.customer)
+                .bind(order.total_cents)
+                .execute(&mut **tx)
+                .await?;
                 Ok(())
             }
 
@@ -118,9 +122,10 @@ macro_rules! order_service {
                 tx: &mut Tx<'_, $db>,
                 order: NewOrder,
             ) -> Result<OrderPlaced, OrderError> {
-                sqlx::query(
-                    "INSERT INTO demo_orders (id, customer, total_cents) VALUES ($1, $2, $3)",
-                )
+                sqlx::query(concat!(
+                    "INSERT INTO demo_orders (id, customer, total_cents) VALUES ",
+                    $values
+                ))
                 .bind(order.id)
                 .bind(&order.customer)
                 .bind(order.total_cents)
@@ -140,5 +145,6 @@ macro_rules! order_service {
     };
 }
 
-order_service!(on_sqlite, sqlx::Sqlite);
-order_service!(on_postgres, sqlx::Postgres);
+order_service!(on_sqlite, sqlx::Sqlite, values = "(?, ?, ?)");
+order_service!(on_postgres, sqlx::Postgres, values = "($1, $2, $3)");
+order_service!(on_mysql, sqlx::MySql, values = "(?, ?, ?)");
