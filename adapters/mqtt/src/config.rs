@@ -1,8 +1,11 @@
 //! Validated settings of an [`MqttBroker`](crate::MqttBroker).
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use txmsg_core::{Error, Result};
+
+use crate::url::Endpoint;
 
 /// Longest topic prefix, in bytes.
 const MAX_PREFIX_LEN: usize = 128;
@@ -12,6 +15,18 @@ const MAX_CLIENT_ID_PREFIX_LEN: usize = 64;
 const MAX_SOURCE_LEN: usize = 255;
 
 /// Settings of an [`MqttBroker`](crate::MqttBroker), validated as they are set.
+///
+/// # TLS
+///
+/// An `mqtts://` URL (or `ssl://`, port 8883 by default) connects over TLS;
+/// it needs the crate's `tls` feature, and without it
+/// [`MqttBroker::connect`](crate::MqttBroker::connect) refuses the URL with
+/// [`Error::Config`] for `url` rather than connecting in plain text. The
+/// server's certificate is checked against the system's trust store, or only
+/// against [`tls_ca_file`](Self::tls_ca_file) when that is set;
+/// [`tls_client_auth`](Self::tls_client_auth) adds a client certificate
+/// (mutual TLS). The TLS options are refused for a plain `mqtt://` URL,
+/// which would not use them.
 ///
 /// # Examples
 ///
@@ -37,6 +52,8 @@ pub struct MqttConfig {
     connect_timeout: Duration,
     publish_timeout: Duration,
     max_packet_size: u32,
+    tls_ca_file: Option<PathBuf>,
+    tls_client_auth: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for MqttConfig {
@@ -50,6 +67,8 @@ impl Default for MqttConfig {
             connect_timeout: Duration::from_secs(5),
             publish_timeout: Duration::from_secs(30),
             max_packet_size: 16 * 1024 * 1024,
+            tls_ca_file: None,
+            tls_client_auth: None,
         }
     }
 }
@@ -215,6 +234,48 @@ impl MqttConfig {
         Ok(self)
     }
 
+    /// Trusts only the CA certificates in the PEM file at `path` for
+    /// `mqtts://` connections, instead of the system's trust store.
+    ///
+    /// The file is read when the broker connects; a file that cannot be
+    /// read or holds no certificate then is an [`Error::Config`] for
+    /// `tls_ca_file`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `tls_ca_file` if the path is empty, or if the
+    /// crate was built without its `tls` feature.
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Result<Self> {
+        let path = path.into();
+        check_tls_path("tls_ca_file", &path)?;
+        self.tls_ca_file = Some(path);
+        Ok(self)
+    }
+
+    /// Authenticates to the server with the client certificate chain in the
+    /// PEM file `cert` and its private key in the PEM file `key` (mutual
+    /// TLS), for `mqtts://` connections.
+    ///
+    /// The files are read when the broker connects; files that cannot be
+    /// read or used then are an [`Error::Config`] for `tls_client_auth`.
+    /// The key is never shown, neither by `Debug` nor in errors.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `tls_client_auth` if a path is empty, or if the
+    /// crate was built without its `tls` feature.
+    pub fn tls_client_auth(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Result<Self> {
+        let (cert, key) = (cert.into(), key.into());
+        check_tls_path("tls_client_auth", &cert)?;
+        check_tls_path("tls_client_auth", &key)?;
+        self.tls_client_auth = Some((cert, key));
+        Ok(self)
+    }
+
     /// The topic prefix.
     pub fn get_topic_prefix(&self) -> &str {
         &self.topic_prefix
@@ -253,6 +314,160 @@ impl MqttConfig {
     /// The largest packet size.
     pub fn get_max_packet_size(&self) -> u32 {
         self.max_packet_size
+    }
+
+    /// The PEM file of the CAs trusted for `mqtts://`, if set.
+    pub fn get_tls_ca_file(&self) -> Option<&Path> {
+        self.tls_ca_file.as_deref()
+    }
+
+    /// The PEM files of the client certificate chain and its key, if set.
+    pub fn get_tls_client_auth(&self) -> Option<(&Path, &Path)> {
+        self.tls_client_auth
+            .as_ref()
+            .map(|(cert, key)| (cert.as_path(), key.as_path()))
+    }
+
+    /// The server at `url`, with the transport these settings ask for.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `url` if it is malformed or asks for TLS
+    /// without the `tls` feature; for `tls_ca_file` or `tls_client_auth` if
+    /// they are set for a plain URL, or their files cannot be read or used.
+    /// No message quotes the URL.
+    pub(crate) fn endpoint(&self, url: &str) -> Result<Endpoint> {
+        let mut endpoint = Endpoint::parse(url)?;
+        if endpoint.tls {
+            endpoint.transport = self.tls_transport()?;
+        } else {
+            let plain = "is set, but the URL is not `mqtts://`, so the connection \
+                         would not use TLS";
+            if self.tls_ca_file.is_some() {
+                return Err(Error::config("tls_ca_file", plain));
+            }
+            if self.tls_client_auth.is_some() {
+                return Err(Error::config("tls_client_auth", plain));
+            }
+        }
+        Ok(endpoint)
+    }
+
+    /// TLS through rustls with the `ring` provider, trusting the CA file or
+    /// the system's roots, with the client certificate when one is set.
+    #[cfg(feature = "tls")]
+    fn tls_transport(&self) -> Result<rumqttc::Transport> {
+        use std::sync::Arc;
+
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.tls_ca_file {
+            Some(path) => {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| pem_error("tls_ca_file", path, &e))?;
+                for cert in certs {
+                    roots.add(cert).map_err(|e| {
+                        Error::config(
+                            "tls_ca_file",
+                            format!("`{}` holds a bad certificate: {e}", path.display()),
+                        )
+                    })?;
+                }
+                if roots.is_empty() {
+                    return Err(Error::config(
+                        "tls_ca_file",
+                        format!("`{}` holds no certificate", path.display()),
+                    ));
+                }
+            }
+            None => {
+                // Unreadable system certificates are skipped, as browsers do.
+                let (added, _) =
+                    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                if added == 0 {
+                    return Err(Error::config(
+                        "tls_ca_file",
+                        "is not set, and the system trust store holds no certificate",
+                    ));
+                }
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::config("url", format!("no TLS version can be offered: {e}")))?
+            .with_root_certificates(roots);
+        let config = match &self.tls_client_auth {
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| pem_error("tls_client_auth", cert, &e))?;
+                if chain.is_empty() {
+                    return Err(Error::config(
+                        "tls_client_auth",
+                        format!("`{}` holds no certificate", cert.display()),
+                    ));
+                }
+                let key_der = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| pem_error("tls_client_auth", key, &e))?;
+                builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                    Error::config(
+                        "tls_client_auth",
+                        format!("the certificate and key cannot be used: {e}"),
+                    )
+                })?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        Ok(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
+        ))
+    }
+
+    /// Never reached: [`Endpoint::parse`] refuses TLS URLs without the `tls`
+    /// feature.
+    #[cfg(not(feature = "tls"))]
+    fn tls_transport(&self) -> Result<rumqttc::Transport> {
+        Err(Error::config(
+            "url",
+            "`mqtts://` needs the `tls` feature of txmsg-mqtt (the `tls` feature of txmsg)",
+        ))
+    }
+}
+
+/// Refuses an empty path, or any TLS setting without the `tls` feature.
+fn check_tls_path(field: &'static str, path: &Path) -> Result<()> {
+    if !cfg!(feature = "tls") {
+        return Err(Error::config(
+            field,
+            "needs the `tls` feature of txmsg-mqtt (the `tls` feature of txmsg)",
+        ));
+    }
+    if path.as_os_str().is_empty() {
+        return Err(Error::config(field, "must not be an empty path"));
+    }
+    Ok(())
+}
+
+/// The config error for a PEM file that could not be read or parsed. Only
+/// I/O errors are quoted: parse errors may quote the file, which may be a
+/// private key.
+#[cfg(feature = "tls")]
+fn pem_error(field: &'static str, path: &Path, e: &rustls::pki_types::pem::Error) -> Error {
+    match e {
+        rustls::pki_types::pem::Error::Io(io) => {
+            Error::config(field, format!("cannot read `{}`: {io}", path.display()))
+        }
+        _ => Error::config(
+            field,
+            format!(
+                "`{}` is not a PEM file of the expected kind",
+                path.display()
+            ),
+        ),
     }
 }
 
@@ -298,5 +513,144 @@ mod tests {
         );
         assert!(MqttConfig::default().max_packet_size(10).is_err());
         assert!(MqttConfig::default().source("").is_err());
+    }
+
+    fn field_of<T>(result: Result<T>) -> &'static str {
+        match result {
+            Err(Error::Config { field, .. }) => field,
+            Err(other) => panic!("expected a config error, got {other:?}"),
+            Ok(_) => panic!("expected a config error, got a value"),
+        }
+    }
+
+    #[test]
+    fn a_plain_url_is_plain_tcp() {
+        let e = MqttConfig::default()
+            .endpoint("mqtt://u:s3cr3t-pw@127.0.0.1:1883")
+            .unwrap();
+        assert!(!e.tls);
+        assert!(matches!(e.transport, rumqttc::Transport::Tcp));
+        assert!(!format!("{e:?} {e}").contains("s3cr3t-pw"));
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn without_tls_a_tls_url_or_option_is_a_config_error() {
+        assert_eq!(
+            field_of(MqttConfig::default().endpoint("mqtts://127.0.0.1")),
+            "url"
+        );
+        assert_eq!(
+            field_of(MqttConfig::default().tls_ca_file("/etc/ssl/ca.pem")),
+            "tls_ca_file"
+        );
+        assert_eq!(
+            field_of(MqttConfig::default().tls_client_auth("c.pem", "k.pem")),
+            "tls_client_auth"
+        );
+    }
+
+    #[cfg(feature = "tls")]
+    mod tls {
+        use super::*;
+
+        /// A file of the test's own under the system's temporary directory.
+        fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
+            let path = std::env::temp_dir().join(format!(
+                "txmsg-mqtt-{}-{name}",
+                uuid::Uuid::now_v7().simple()
+            ));
+            std::fs::write(&path, contents).unwrap();
+            path
+        }
+
+        #[test]
+        fn options_are_kept() {
+            let c = MqttConfig::default()
+                .tls_ca_file("/etc/ssl/ca.pem")
+                .unwrap()
+                .tls_client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
+                .unwrap();
+            assert_eq!(c.get_tls_ca_file(), Some(Path::new("/etc/ssl/ca.pem")));
+            assert_eq!(
+                c.get_tls_client_auth(),
+                Some((Path::new("/etc/ssl/c.pem"), Path::new("/etc/ssl/k.pem")))
+            );
+            assert_eq!(
+                field_of(MqttConfig::default().tls_ca_file("")),
+                "tls_ca_file"
+            );
+            assert_eq!(
+                field_of(MqttConfig::default().tls_client_auth("", "k.pem")),
+                "tls_client_auth"
+            );
+        }
+
+        #[test]
+        fn options_with_a_plain_url_are_refused() {
+            let c = MqttConfig::default()
+                .tls_ca_file("/etc/ssl/ca.pem")
+                .unwrap();
+            assert_eq!(field_of(c.endpoint("mqtt://127.0.0.1")), "tls_ca_file");
+            let c = MqttConfig::default()
+                .tls_client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
+                .unwrap();
+            assert_eq!(field_of(c.endpoint("tcp://127.0.0.1")), "tls_client_auth");
+        }
+
+        #[test]
+        fn a_tls_url_gets_a_tls_transport() {
+            // The system trust store of this machine is used.
+            let e = MqttConfig::default()
+                .endpoint("mqtts://u:s3cr3t-pw@broker.example.com")
+                .unwrap();
+            assert!(e.tls);
+            assert_eq!(e.port, 8883);
+            assert!(matches!(
+                e.transport,
+                rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(_))
+            ));
+            assert!(!format!("{e:?} {e}").contains("s3cr3t-pw"));
+        }
+
+        #[test]
+        fn unreadable_or_bad_files_are_config_errors() {
+            let missing = std::env::temp_dir().join("txmsg-mqtt-no-such-ca.pem");
+            let c = MqttConfig::default().tls_ca_file(&missing).unwrap();
+            assert_eq!(field_of(c.endpoint("mqtts://h")), "tls_ca_file");
+
+            let empty = temp_file("ca.pem", b"no pem here");
+            let c = MqttConfig::default().tls_ca_file(&empty).unwrap();
+            let result = c.endpoint("mqtts://h");
+            std::fs::remove_file(&empty).unwrap();
+            assert_eq!(field_of(result), "tls_ca_file");
+
+            let garbage = temp_file(
+                "ca.pem",
+                b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+            );
+            let c = MqttConfig::default().tls_ca_file(&garbage).unwrap();
+            let result = c.endpoint("mqtts://h");
+            std::fs::remove_file(&garbage).unwrap();
+            assert_eq!(field_of(result), "tls_ca_file");
+
+            let key = temp_file(
+                "key.pem",
+                b"-----BEGIN PRIVATE KEY-----\ns3cr3t-key!\n-----END PRIVATE KEY-----\n",
+            );
+            let cert = temp_file("cert.pem", b"");
+            let c = MqttConfig::default().tls_client_auth(&cert, &key).unwrap();
+            let result = c.endpoint("mqtts://h");
+            std::fs::remove_file(&key).unwrap();
+            std::fs::remove_file(&cert).unwrap();
+            match result {
+                Err(Error::Config {
+                    field: "tls_client_auth",
+                    reason,
+                }) => assert!(!reason.contains("s3cr3t-key"), "{reason}"),
+                Err(other) => panic!("expected a config error, got {other:?}"),
+                Ok(_) => panic!("expected a config error, got an endpoint"),
+            }
+        }
     }
 }

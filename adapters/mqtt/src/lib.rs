@@ -57,6 +57,15 @@
 //! messages queued for it and its unacknowledged ones again (marked
 //! redelivered).
 //!
+//! When its connection drops, a subscription reconnects and resumes its
+//! session by itself; after a few failed attempts in a row (about three
+//! seconds when the server refuses connections) it ends instead: its
+//! `next` returns `None`, and the consumer runtime subscribes again, which
+//! resumes the session once the server is reachable. The publishing
+//! connection is opened again by the next publish; publishes during an
+//! outage fail with
+//! [`Error::BrokerUnavailable`](txmsg_core::Error::BrokerUnavailable).
+//!
 //! # What MQTT cannot promise
 //!
 //! - **No negative ack.** MQTT has no way to give one message back. A
@@ -89,7 +98,27 @@
 //!   meanwhile.
 //! - **Retained messages, QoS 2 and MQTT 3.1.1 are not used.** MQTT 3.1.1
 //!   has neither user properties nor shared subscriptions in the standard.
-//! - **No TLS** in this version (`mqtt://` and `tcp://` URLs only).
+//!
+//! # TLS
+//!
+//! With the `tls` feature, an `mqtts://` URL (or `ssl://`; port 8883 by
+//! default) connects through rustls with the `ring` provider. The server's
+//! certificate is checked against the system's trust store, or only against
+//! the CA file of [`MqttConfig::tls_ca_file`];
+//! [`MqttConfig::tls_client_auth`] adds a client certificate and key (mutual
+//! TLS). Without the feature, an `mqtts://` URL and the TLS settings are
+//! refused with [`Error::Config`](txmsg_core::Error::Config), never used in
+//! plain text.
+//!
+//! The password of a URL (`mqtt://user:password@host`) is never shown:
+//! `Debug` shows the server and the user only, and no error message quotes
+//! the URL.
+//!
+//! # Feature flags
+//!
+//! | feature | enables                                                  | default |
+//! |---------|----------------------------------------------------------|---------|
+//! | `tls`   | `mqtts://` URLs, through rustls with the `ring` provider | no      |
 //!
 //! # Examples
 //!

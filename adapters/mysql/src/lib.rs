@@ -28,6 +28,21 @@
 //! | feature | enables                              | default |
 //! |---------|--------------------------------------|---------|
 //! | `tls`   | TLS to MySQL or MariaDB via rustls   | no      |
+//!
+//! # TLS
+//!
+//! With `tls`, the URL's `ssl-mode` decides: `PREFERRED` (the default) uses
+//! TLS when the server offers it, `REQUIRED` insists on it, `VERIFY_CA` and
+//! `VERIFY_IDENTITY` also check the server's certificate, against the CA
+//! file of `ssl-ca` when given; `ssl-cert` and `ssl-key` name a client
+//! certificate and key. For example
+//! `mysql://app@db.example.com/app?ssl-mode=VERIFY_IDENTITY&ssl-ca=/etc/ssl/db-ca.pem`.
+//! Without `tls`, `PREFERRED` connects in plain text, and `REQUIRED` or
+//! stricter fails to connect rather than do so.
+//!
+//! The password of the URL is never shown: `Debug` of [`MySqlStore`] shows
+//! the tables and the pool size only, and connection errors do not quote the
+//! URL.
 
 mod half;
 mod migrate;

@@ -63,15 +63,15 @@ impl NatsBroker {
     ///
     /// - [`Error::BrokerUnavailable`] if the server cannot be reached within
     ///   the connect timeout (refused, unknown host, timed out).
-    /// - [`Error::Config`] for `url` if it cannot be parsed.
+    /// - [`Error::Config`] for `url` if it cannot be parsed, or names a
+    ///   `tls://` server without the `tls` feature; for a TLS file of
+    ///   [`NatsConfig`] that cannot be read.
     /// - A permanent [`Error::Broker`] if the server refuses the credentials,
     ///   or the stream cannot be created or updated (for instance because
     ///   another stream already takes its subjects); a retryable one if the
     ///   JetStream API did not answer.
     pub async fn connect(url: &str, config: NatsConfig) -> Result<Self> {
-        let options = async_nats::ConnectOptions::new()
-            .name("txmsg")
-            .connection_timeout(config.get_connect_timeout());
+        let options = config.connect_options(url)?;
         let connecting = async_nats::connect_with_options(url, options);
         let client = match tokio::time::timeout(config.get_connect_timeout(), connecting).await {
             Ok(Ok(client)) => client,

@@ -1,5 +1,6 @@
 //! Settings of a [`NatsBroker`](crate::NatsBroker).
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use txmsg_core::{Error, Result};
@@ -25,6 +26,18 @@ const MAX_SOURCE_LEN: usize = 4096;
 /// | [`connect_timeout`](Self::connect_timeout) | 10 s | longest the first connect may take |
 /// | [`publish_timeout`](Self::publish_timeout) | 10 s | longest a publish waits for its PubAck |
 /// | [`source`](Self::source) | `"/txmsg"` | the CloudEvents `source` attribute of every message |
+/// | [`tls_ca_file`](Self::tls_ca_file) | none (the system's roots) | PEM file of the CAs trusted for TLS |
+/// | [`tls_client_auth`](Self::tls_client_auth) | none | PEM client certificate and key for TLS |
+///
+/// # TLS
+///
+/// A `tls://` server URL connects over TLS; so does a `nats://` one whose
+/// server asks for TLS, and any URL once a TLS option is set (the client
+/// then requires TLS and never falls back to plain text). TLS needs the
+/// crate's `tls` feature: without it a `tls://` URL is refused with
+/// [`Error::Config`] for `url`, and so are the TLS options. The server's
+/// certificate is checked against the system's trust store, plus
+/// [`tls_ca_file`](Self::tls_ca_file) when that is set.
 ///
 /// # Examples
 ///
@@ -53,6 +66,8 @@ pub struct NatsConfig {
     connect_timeout: Duration,
     publish_timeout: Duration,
     source: String,
+    tls_ca_file: Option<PathBuf>,
+    tls_client_auth: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for NatsConfig {
@@ -66,6 +81,8 @@ impl Default for NatsConfig {
             connect_timeout: Duration::from_secs(10),
             publish_timeout: Duration::from_secs(10),
             source: "/txmsg".to_owned(),
+            tls_ca_file: None,
+            tls_client_auth: None,
         }
     }
 }
@@ -232,6 +249,47 @@ impl NatsConfig {
         Ok(self)
     }
 
+    /// Trusts the CA certificates in the PEM file at `path` for TLS
+    /// connections, and requires TLS.
+    ///
+    /// The file must exist when the broker connects, or connecting fails
+    /// with [`Error::Config`] for `tls_ca_file`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `tls_ca_file` if the path is empty, or if the
+    /// crate was built without its `tls` feature.
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Result<Self> {
+        let path = path.into();
+        check_tls_path("tls_ca_file", &path)?;
+        self.tls_ca_file = Some(path);
+        Ok(self)
+    }
+
+    /// Authenticates to the server with the client certificate in the PEM
+    /// file `cert` and its private key in the PEM file `key` (mutual TLS),
+    /// and requires TLS.
+    ///
+    /// The files must exist when the broker connects, or connecting fails
+    /// with [`Error::Config`] for `tls_client_auth`. The key is never shown,
+    /// neither by `Debug` nor in errors.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `tls_client_auth` if a path is empty, or if the
+    /// crate was built without its `tls` feature.
+    pub fn tls_client_auth(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Result<Self> {
+        let (cert, key) = (cert.into(), key.into());
+        check_tls_path("tls_client_auth", &cert)?;
+        check_tls_path("tls_client_auth", &key)?;
+        self.tls_client_auth = Some((cert, key));
+        Ok(self)
+    }
+
     /// The stream name.
     pub fn get_stream(&self) -> &str {
         &self.stream
@@ -272,6 +330,70 @@ impl NatsConfig {
         &self.source
     }
 
+    /// The PEM file of the CAs trusted for TLS, if set.
+    pub fn get_tls_ca_file(&self) -> Option<&Path> {
+        self.tls_ca_file.as_deref()
+    }
+
+    /// The PEM files of the client certificate and its key, if set.
+    pub fn get_tls_client_auth(&self) -> Option<(&Path, &Path)> {
+        self.tls_client_auth
+            .as_ref()
+            .map(|(cert, key)| (cert.as_path(), key.as_path()))
+    }
+
+    /// The client options for connecting to `url` with these settings.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `url` if one of its servers asks for TLS
+    /// (`tls://`, `wss://`) without the `tls` feature; for `tls_ca_file` or
+    /// `tls_client_auth` if a file they name does not exist. No message
+    /// quotes the URL.
+    pub(crate) fn connect_options(&self, url: &str) -> Result<async_nats::ConnectOptions> {
+        if !cfg!(feature = "tls") && url.split(',').any(asks_for_tls) {
+            return Err(Error::config(
+                "url",
+                "a `tls://` server needs the `tls` feature of txmsg-nats \
+                 (the `tls` feature of txmsg)",
+            ));
+        }
+        let options = async_nats::ConnectOptions::new()
+            .name("txmsg")
+            .connection_timeout(self.connect_timeout);
+        self.with_tls(options)
+    }
+
+    /// `options` with the TLS settings, if any.
+    #[cfg(feature = "tls")]
+    fn with_tls(
+        &self,
+        mut options: async_nats::ConnectOptions,
+    ) -> Result<async_nats::ConnectOptions> {
+        ensure_crypto_provider();
+        if let Some(path) = &self.tls_ca_file {
+            check_file("tls_ca_file", path)?;
+            options = options
+                .add_root_certificates(path.clone())
+                .require_tls(true);
+        }
+        if let Some((cert, key)) = &self.tls_client_auth {
+            check_file("tls_client_auth", cert)?;
+            check_file("tls_client_auth", key)?;
+            options = options
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
+        Ok(options)
+    }
+
+    /// `options` as they are: without the `tls` feature no TLS option can
+    /// be set.
+    #[cfg(not(feature = "tls"))]
+    fn with_tls(&self, options: async_nats::ConnectOptions) -> Result<async_nats::ConnectOptions> {
+        Ok(options)
+    }
+
     /// The subject `topic` is published on: `<prefix>.<topic>`.
     pub fn subject(&self, topic: &str) -> String {
         format!("{}.{topic}", self.subject_prefix)
@@ -288,6 +410,54 @@ impl NatsConfig {
             .strip_prefix(self.subject_prefix.as_str())
             .and_then(|rest| rest.strip_prefix('.'))
             .filter(|t| !t.is_empty())
+    }
+}
+
+/// Whether the server address `server` (one entry of a URL list) asks for
+/// TLS: `tls://` or `wss://`.
+fn asks_for_tls(server: &str) -> bool {
+    server.trim().split_once("://").is_some_and(|(scheme, _)| {
+        scheme.eq_ignore_ascii_case("tls") || scheme.eq_ignore_ascii_case("wss")
+    })
+}
+
+/// Refuses an empty path, or any TLS setting without the `tls` feature.
+fn check_tls_path(field: &'static str, path: &Path) -> Result<()> {
+    if !cfg!(feature = "tls") {
+        return Err(Error::config(
+            field,
+            "needs the `tls` feature of txmsg-nats (the `tls` feature of txmsg)",
+        ));
+    }
+    if path.as_os_str().is_empty() {
+        return Err(Error::config(field, "must not be an empty path"));
+    }
+    Ok(())
+}
+
+/// Refuses a path that is not a readable file.
+#[cfg(feature = "tls")]
+fn check_file(field: &'static str, path: &Path) -> Result<()> {
+    match std::fs::File::open(path) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::config(
+            field,
+            format!("cannot read `{}`: {e}", path.display()),
+        )),
+    }
+}
+
+/// Makes rustls's `ring` provider the process default when the process has
+/// none: the NATS client asks rustls for the default, and a build that
+/// holds two providers (`ring` and `aws-lc-rs`) has none until one is
+/// installed. A provider installed by the application is kept.
+#[cfg(feature = "tls")]
+fn ensure_crypto_provider() {
+    use async_nats::rustls::crypto::{CryptoProvider, ring};
+
+    if CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: either way there is one.
+        let _ = ring::default_provider().install_default();
     }
 }
 
@@ -312,6 +482,82 @@ mod tests {
         assert!(c.clone().connect_timeout(Duration::ZERO).is_err());
         assert!(c.clone().publish_timeout(Duration::ZERO).is_err());
         assert!(c.clone().source("a\nb").is_err());
+    }
+
+    fn field_of<T>(result: Result<T>) -> &'static str {
+        match result {
+            Err(Error::Config { field, .. }) => field,
+            Err(other) => panic!("expected a config error, got {other:?}"),
+            Ok(_) => panic!("expected a config error, got a value"),
+        }
+    }
+
+    #[test]
+    fn tls_servers_are_recognised() {
+        assert!(asks_for_tls("tls://h:4222"));
+        assert!(asks_for_tls(" TLS://h"));
+        assert!(asks_for_tls("wss://h"));
+        assert!(!asks_for_tls("nats://h"));
+        assert!(!asks_for_tls("h:4222"));
+    }
+
+    #[test]
+    fn plain_urls_need_no_tls() {
+        assert!(
+            NatsConfig::default()
+                .connect_options("nats://u:s3cr3t-pw@127.0.0.1:4222")
+                .is_ok()
+        );
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn without_tls_a_tls_url_or_option_is_a_config_error() {
+        for url in ["tls://127.0.0.1:4222", "nats://a:4222,tls://b:4222"] {
+            assert_eq!(field_of(NatsConfig::default().connect_options(url)), "url");
+        }
+        assert_eq!(
+            field_of(NatsConfig::default().tls_ca_file("/etc/ssl/ca.pem")),
+            "tls_ca_file"
+        );
+        assert_eq!(
+            field_of(NatsConfig::default().tls_client_auth("c.pem", "k.pem")),
+            "tls_client_auth"
+        );
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_options() {
+        assert!(
+            NatsConfig::default()
+                .connect_options("tls://127.0.0.1:4222")
+                .is_ok()
+        );
+        let c = NatsConfig::default()
+            .tls_ca_file("/etc/ssl/ca.pem")
+            .unwrap()
+            .tls_client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
+            .unwrap();
+        assert_eq!(c.get_tls_ca_file(), Some(Path::new("/etc/ssl/ca.pem")));
+        assert_eq!(
+            c.get_tls_client_auth(),
+            Some((Path::new("/etc/ssl/c.pem"), Path::new("/etc/ssl/k.pem")))
+        );
+        assert_eq!(
+            field_of(NatsConfig::default().tls_ca_file("")),
+            "tls_ca_file"
+        );
+        let missing = std::env::temp_dir().join("txmsg-nats-no-such-ca.pem");
+        let c = NatsConfig::default().tls_ca_file(&missing).unwrap();
+        assert_eq!(field_of(c.connect_options("tls://h:4222")), "tls_ca_file");
+        let c = NatsConfig::default()
+            .tls_client_auth(&missing, &missing)
+            .unwrap();
+        assert_eq!(
+            field_of(c.connect_options("tls://h:4222")),
+            "tls_client_auth"
+        );
     }
 
     #[test]

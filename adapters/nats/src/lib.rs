@@ -105,8 +105,23 @@
 //! |---------|-----------------------------------------------------|---------|
 //! | `tls`   | `tls://` servers, through rustls with the `ring` provider | no |
 //!
-//! Without `tls`, only plain `nats://` connections work; a client built
-//! with TLS of your own can be passed to [`NatsBroker::with_client`].
+//! With `tls`, a `tls://` server URL connects through rustls, and so does a
+//! `nats://` one whose server asks for TLS. The server's certificate is
+//! checked against the system's trust store plus the CA file of
+//! [`NatsConfig::tls_ca_file`]; [`NatsConfig::tls_client_auth`] adds a
+//! client certificate and key (mutual TLS). Setting either makes TLS
+//! required, so the client never falls back to plain text. When the process
+//! has no default rustls crypto provider, connecting installs rustls's `ring`
+//! provider as the default.
+//!
+//! Without `tls`, only plain `nats://` connections work: a `tls://` URL and
+//! the TLS settings are refused with
+//! [`Error::Config`](txmsg_core::Error::Config). A client built with options
+//! of your own can be passed to [`NatsBroker::with_client`].
+//!
+//! Credentials in the URL (`nats://user:password@host`, `nats://token@host`)
+//! are never shown: `Debug` shows neither the URL nor the credentials, and no
+//! error message quotes the URL.
 
 mod broker;
 mod config;

@@ -48,6 +48,21 @@
 //! | feature | enables                            | default |
 //! |---------|------------------------------------|---------|
 //! | `tls`   | TLS to PostgreSQL through rustls   | no      |
+//!
+//! # TLS
+//!
+//! With `tls`, the URL's `sslmode` decides: `prefer` (the default) uses TLS
+//! when the server offers it, `require` insists on it, `verify-ca` and
+//! `verify-full` also check the server's certificate, against the CA file
+//! of `sslrootcert` when given; `sslcert` and `sslkey` name a client
+//! certificate and key. For example
+//! `postgres://app@db.example.com/app?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem`.
+//! Without `tls`, `sslmode=prefer` connects in plain text, and `require` or
+//! stricter fails to connect rather than do so.
+//!
+//! The password of the URL is never shown: `Debug` of [`PgStore`] shows the
+//! tables and the pool size only, and connection errors do not quote the
+//! URL.
 
 mod half;
 mod migrate;

@@ -60,6 +60,15 @@
 //! | feature | enables                                  | default |
 //! |---------|------------------------------------------|---------|
 //! | `tls`   | `amqps://` URLs, through rustls          | no      |
+//!
+//! With `tls`, an `amqps://` URL (port 5671 by default) connects through
+//! rustls, checking the server's certificate against the system's trust
+//! store. Without it, an `amqps://` URL is refused with
+//! [`Error::Config`](txmsg_core::Error::Config) rather than used in plain
+//! text.
+//!
+//! The password of the URL is never shown: `Debug` and the connect span show
+//! the URL with `***` in its place, and no error message quotes the URL.
 
 mod broker;
 mod config;

@@ -17,8 +17,10 @@ impl BrokerUrl {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for `url`; the message never quotes the URL, which
-    /// may hold a password.
+    /// [`Error::Config`] for `url` if it is not an AMQP URL, or is an
+    /// `amqps://` URL without the `tls` feature (which would otherwise
+    /// connect in plain text); the message never quotes the URL, which may
+    /// hold a password.
     pub(crate) fn parse(url: &str) -> Result<Self> {
         let uri: AMQPUri = url.parse().map_err(|e: String| {
             // Some parser messages quote the input, password included.
@@ -32,6 +34,12 @@ impl BrokerUrl {
             };
             Error::config("url", reason)
         })?;
+        if !cfg!(feature = "tls") && uri.scheme == lapin::uri::AMQPScheme::AMQPS {
+            return Err(Error::config(
+                "url",
+                "`amqps://` needs the `tls` feature of txmsg-rabbitmq (the `tls` feature of txmsg)",
+            ));
+        }
         let redacted = redact(&uri);
         Ok(BrokerUrl { uri, redacted })
     }
@@ -90,6 +98,19 @@ mod tests {
         assert!(!format!("{url:?} {url}").contains("s3cr"));
     }
 
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn amqps_needs_the_tls_feature() {
+        match BrokerUrl::parse("amqps://svc:s3cr3t-pw@rabbit.example.com/prod") {
+            Err(Error::Config {
+                field: "url",
+                reason,
+            }) => assert!(!reason.contains("s3cr3t-pw"), "{reason}"),
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[cfg(feature = "tls")]
     #[test]
     fn keeps_vhost_and_user() {
         let url = BrokerUrl::parse("amqps://svc@rabbit.example.com/prod").unwrap();

@@ -84,9 +84,7 @@ impl RedisBroker {
     /// Dropping the future abandons the attempt and closes any connection it
     /// opened.
     pub async fn connect(url: &str, config: RedisConfig) -> Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::config("url", format!("not a redis url: {e}")))?;
-        let masked = mask_password(url);
+        let (client, masked) = config.open_client(url)?;
         let span = debug_span!("txmsg.redis.connect", url = %masked);
         let conn = manager(&client, &config, config.get_response_timeout())
             .instrument(span)
@@ -223,38 +221,5 @@ pub(crate) fn redis_error(what: impl fmt::Display, e: RedisError) -> Error {
         Error::broker_permanent(format!("{what}: {e}"))
     } else {
         Error::broker(format!("{what}: {e}"), e)
-    }
-}
-
-/// `url` with the password, if any, replaced by `***`.
-fn mask_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
-        None if userinfo.is_empty() => url.to_owned(),
-        // `redis://password@host` is read as a password alone by some clients.
-        None => format!("{scheme}://***@{host}{path}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::mask_password;
-
-    #[test]
-    fn masks_passwords() {
-        assert_eq!(
-            mask_password("redis://u:secret@h:6379/0"),
-            "redis://u:***@h:6379/0"
-        );
-        assert_eq!(mask_password("redis://:secret@h"), "redis://:***@h");
-        assert_eq!(mask_password("redis://h:6379"), "redis://h:6379");
     }
 }

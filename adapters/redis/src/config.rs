@@ -1,5 +1,6 @@
 //! Settings of a [`RedisBroker`](crate::RedisBroker).
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use txmsg_core::{Error, Result};
@@ -21,6 +22,20 @@ const MAX_SOURCE_LEN: usize = 4096;
 /// | [`read_count`](Self::read_count) | 100 | most entries one read asks for (never more than the free prefetch) |
 /// | [`source`](Self::source) | `"/txmsg"` | the CloudEvents `source` of every message |
 /// | [`timeouts`](Self::timeouts) | 5 s, 5 s | connect and response timeouts |
+/// | [`tls_ca_file`](Self::tls_ca_file) | none (the system's roots) | PEM file of the CAs trusted for `rediss://` |
+/// | [`tls_client_auth`](Self::tls_client_auth) | none | PEM client certificate and key for `rediss://` |
+///
+/// # TLS
+///
+/// A `rediss://` URL (or `valkeys://`) connects over TLS; it needs the
+/// crate's `tls` feature, and without it [`RedisBroker::connect`] refuses the
+/// URL with [`Error::Config`] for `url` rather than connecting in plain
+/// text. The server's certificate is checked against the system's trust
+/// store, or only against [`tls_ca_file`](Self::tls_ca_file) when that is
+/// set. The TLS options are refused for a plain `redis://` URL, which would
+/// not use them.
+///
+/// [`RedisBroker::connect`]: crate::RedisBroker::connect
 ///
 /// # Examples
 ///
@@ -48,6 +63,8 @@ pub struct RedisConfig {
     source: String,
     connect_timeout: Duration,
     response_timeout: Duration,
+    tls_ca_file: Option<PathBuf>,
+    tls_client_auth: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for RedisConfig {
@@ -61,6 +78,8 @@ impl Default for RedisConfig {
             source: "/txmsg".to_owned(),
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
+            tls_ca_file: None,
+            tls_client_auth: None,
         }
     }
 }
@@ -184,6 +203,47 @@ impl RedisConfig {
         Ok(self)
     }
 
+    /// Trusts only the CA certificates in the PEM file at `path` for
+    /// `rediss://` connections, instead of the system's trust store.
+    ///
+    /// The file is read when the broker connects; a file that cannot be
+    /// read or parsed then is an [`Error::Config`] for `tls_ca_file`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `tls_ca_file` if the path is empty, or if the
+    /// crate was built without its `tls` feature.
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Result<Self> {
+        let path = path.into();
+        check_tls_path("tls_ca_file", &path)?;
+        self.tls_ca_file = Some(path);
+        Ok(self)
+    }
+
+    /// Authenticates to the server with the client certificate chain in the
+    /// PEM file `cert` and its private key in the PEM file `key` (mutual
+    /// TLS), for `rediss://` connections.
+    ///
+    /// The files are read when the broker connects; a file that cannot be
+    /// read or parsed then is an [`Error::Config`] for `tls_client_auth`.
+    /// The key is never shown, neither by `Debug` nor in errors.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `tls_client_auth` if a path is empty, or if the
+    /// crate was built without its `tls` feature.
+    pub fn tls_client_auth(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Result<Self> {
+        let (cert, key) = (cert.into(), key.into());
+        check_tls_path("tls_client_auth", &cert)?;
+        check_tls_path("tls_client_auth", &key)?;
+        self.tls_client_auth = Some((cert, key));
+        Ok(self)
+    }
+
     /// The prefix of every stream key.
     pub fn get_key_prefix(&self) -> &str {
         &self.key_prefix
@@ -223,6 +283,204 @@ impl RedisConfig {
     pub fn get_response_timeout(&self) -> Duration {
         self.response_timeout
     }
+
+    /// The PEM file of the CAs trusted for `rediss://`, if set.
+    pub fn get_tls_ca_file(&self) -> Option<&Path> {
+        self.tls_ca_file.as_deref()
+    }
+
+    /// The PEM files of the client certificate chain and its key, if set.
+    pub fn get_tls_client_auth(&self) -> Option<(&Path, &Path)> {
+        self.tls_client_auth
+            .as_ref()
+            .map(|(cert, key)| (cert.as_path(), key.as_path()))
+    }
+
+    /// A client for `url` with these settings, and `url` with its password
+    /// masked, for logs and `Debug`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `url` if it is not a Redis URL, or asks for TLS
+    /// (`rediss://`) without the `tls` feature; for `tls_ca_file` or
+    /// `tls_client_auth` if they are set for a plain URL, or their files
+    /// cannot be read or used. No message quotes the URL.
+    pub(crate) fn open_client(&self, url: &str) -> Result<(redis::Client, String)> {
+        let tls = uses_tls(url);
+        if tls && !cfg!(feature = "tls") {
+            return Err(Error::config(
+                "url",
+                "`rediss://` needs the `tls` feature of txmsg-redis \
+                 (the `tls` feature of txmsg)",
+            ));
+        }
+        if !tls {
+            let plain = "is set, but the URL is not `rediss://`, so the connection \
+                         would not use TLS";
+            if self.tls_ca_file.is_some() {
+                return Err(Error::config("tls_ca_file", plain));
+            }
+            if self.tls_client_auth.is_some() {
+                return Err(Error::config("tls_client_auth", plain));
+            }
+        }
+        let client = self.build_client(url, tls)?;
+        Ok((client, redact_url(url)))
+    }
+
+    /// A client for `url`, with the TLS settings when `tls`.
+    #[cfg(feature = "tls")]
+    fn build_client(&self, url: &str, tls: bool) -> Result<redis::Client> {
+        use redis::IntoConnectionInfo as _;
+
+        if !tls {
+            return redis::Client::open(url).map_err(url_error);
+        }
+        if url.ends_with("#insecure") {
+            return Err(Error::config(
+                "url",
+                "`#insecure` (no certificate check) is not supported",
+            ));
+        }
+        ensure_crypto_provider();
+        if self.tls_ca_file.is_none() && self.tls_client_auth.is_none() {
+            return redis::Client::open(url).map_err(url_error);
+        }
+        let info = url.into_connection_info().map_err(url_error)?;
+        let root_cert = match &self.tls_ca_file {
+            Some(path) => Some(read_file("tls_ca_file", path)?),
+            None => None,
+        };
+        let client_tls = match &self.tls_client_auth {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: read_file("tls_client_auth", cert)?,
+                client_key: read_file("tls_client_auth", key)?,
+            }),
+            None => None,
+        };
+        let field = if client_tls.is_some() {
+            "tls_client_auth"
+        } else {
+            "tls_ca_file"
+        };
+        redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )
+        .map_err(|e| Error::config(field, format!("cannot be used for TLS: {e}")))
+    }
+
+    /// A client for `url` (never TLS: [`open_client`](Self::open_client)
+    /// refused it already).
+    #[cfg(not(feature = "tls"))]
+    fn build_client(&self, url: &str, _tls: bool) -> Result<redis::Client> {
+        redis::Client::open(url).map_err(url_error)
+    }
+}
+
+/// Whether `url` asks for TLS: `rediss://` or `valkeys://`.
+fn uses_tls(url: &str) -> bool {
+    url.split_once("://").is_some_and(|(scheme, _)| {
+        scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
+    })
+}
+
+/// The config error for a URL the client refused. The client's messages
+/// about URLs are fixed texts that never quote the URL.
+fn url_error(e: redis::RedisError) -> Error {
+    Error::config("url", format!("is not a valid redis url: {e}"))
+}
+
+/// Refuses an empty path, or any TLS setting without the `tls` feature.
+fn check_tls_path(field: &'static str, path: &Path) -> Result<()> {
+    if !cfg!(feature = "tls") {
+        return Err(Error::config(
+            field,
+            "needs the `tls` feature of txmsg-redis (the `tls` feature of txmsg)",
+        ));
+    }
+    if path.as_os_str().is_empty() {
+        return Err(Error::config(field, "must not be an empty path"));
+    }
+    Ok(())
+}
+
+/// The bytes of the file at `path`.
+#[cfg(feature = "tls")]
+fn read_file(field: &'static str, path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| Error::config(field, format!("cannot read `{}`: {e}", path.display())))
+}
+
+/// Makes rustls's `ring` provider the process default when the process has
+/// none: the Redis client asks rustls for the default, and a build that
+/// holds two providers (`ring` and `aws-lc-rs`) has none until one is
+/// installed. A provider installed by the application is kept.
+#[cfg(feature = "tls")]
+fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: either way there is one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// `url` with its password masked: the password of the user info
+/// (`redis://user:***@host`, or `redis://***@host` for a lone password) and
+/// the `pass` or `password` query parameters (`unix:///run/redis.sock?pass=***`).
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let mut out = format!("{scheme}://");
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            match userinfo.split_once(':') {
+                Some((user, _)) => {
+                    out.push_str(user);
+                    out.push_str(":***@");
+                }
+                None if userinfo.is_empty() => out.push('@'),
+                // `redis://password@host` is read as a password alone by some clients.
+                None => out.push_str("***@"),
+            }
+            out.push_str(host);
+        }
+        None => out.push_str(authority),
+    }
+    let (before_fragment, fragment) = match tail.split_once('#') {
+        Some((before, fragment)) => (before, Some(fragment)),
+        None => (tail, None),
+    };
+    match before_fragment.split_once('?') {
+        Some((path, query)) => {
+            out.push_str(path);
+            out.push('?');
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _))
+                        if key.eq_ignore_ascii_case("pass")
+                            || key.eq_ignore_ascii_case("password") =>
+                    {
+                        format!("{key}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            out.push_str(&pairs.join("&"));
+        }
+        None => out.push_str(before_fragment),
+    }
+    if let Some(fragment) = fragment {
+        out.push('#');
+        out.push_str(fragment);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -239,5 +497,188 @@ mod tests {
         assert!(c.clone().read_count(0).is_err());
         assert!(c.clone().source("").is_err());
         assert!(c.timeouts(Duration::ZERO, Duration::from_secs(1)).is_err());
+    }
+
+    fn field_of<T: std::fmt::Debug>(result: Result<T>) -> &'static str {
+        match result {
+            Err(Error::Config { field, .. }) => field,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn masks_passwords() {
+        assert_eq!(
+            redact_url("redis://u:secret@h:6379/0"),
+            "redis://u:***@h:6379/0"
+        );
+        assert_eq!(redact_url("redis://:secret@h"), "redis://:***@h");
+        assert_eq!(redact_url("rediss://secret@h/1"), "rediss://***@h/1");
+        assert_eq!(redact_url("redis://u:p@ss@h"), "redis://u:***@h");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(
+            redact_url("unix:///run/redis.sock?db=1&pass=secret"),
+            "unix:///run/redis.sock?db=1&pass=***"
+        );
+        assert_eq!(
+            redact_url("redis://h?protocol=resp3&Password=secret#x"),
+            "redis://h?protocol=resp3&Password=***#x"
+        );
+        assert_eq!(redact_url("not a url secret"), "***");
+    }
+
+    #[test]
+    fn tls_urls_are_recognised() {
+        assert!(uses_tls("rediss://h"));
+        assert!(uses_tls("REDISS://h"));
+        assert!(uses_tls("valkeys://h"));
+        assert!(!uses_tls("redis://h"));
+        assert!(!uses_tls("unix:///run/redis.sock"));
+        assert!(!uses_tls("rediss"));
+    }
+
+    #[test]
+    fn a_bad_url_is_a_config_error_that_does_not_quote_it() {
+        for bad in [
+            "http://u:s3cr3t-pw@h",
+            "redis://u:s3cr3t-pw@h/notanumber",
+            "s3cr3t-pw",
+        ] {
+            match RedisConfig::default().open_client(bad) {
+                Err(Error::Config {
+                    field: "url",
+                    reason,
+                }) => {
+                    assert!(!reason.contains("s3cr3t-pw"), "{reason}");
+                }
+                other => panic!("{bad}: expected a config error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_plain_url_keeps_the_password_out_of_the_shown_form() {
+        let (_, shown) = RedisConfig::default()
+            .open_client("redis://app:s3cr3t-pw@127.0.0.1:6379/0")
+            .unwrap();
+        assert_eq!(shown, "redis://app:***@127.0.0.1:6379/0");
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn without_tls_a_tls_url_or_option_is_a_config_error() {
+        assert_eq!(
+            field_of(RedisConfig::default().open_client("rediss://127.0.0.1:6379")),
+            "url"
+        );
+        assert_eq!(
+            field_of(RedisConfig::default().tls_ca_file("/etc/ssl/ca.pem")),
+            "tls_ca_file"
+        );
+        assert_eq!(
+            field_of(RedisConfig::default().tls_client_auth("c.pem", "k.pem")),
+            "tls_client_auth"
+        );
+    }
+
+    #[cfg(feature = "tls")]
+    mod tls {
+        use super::*;
+
+        /// A file of the test's own under the system's temporary directory.
+        fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
+            let path = std::env::temp_dir().join(format!(
+                "txmsg-redis-{}-{name}",
+                uuid::Uuid::now_v7().simple()
+            ));
+            std::fs::write(&path, contents).unwrap();
+            path
+        }
+
+        #[test]
+        fn a_tls_url_builds_a_client() {
+            let (_, shown) = RedisConfig::default()
+                .open_client("rediss://app:s3cr3t-pw@redis.example.com:6380")
+                .unwrap();
+            assert_eq!(shown, "rediss://app:***@redis.example.com:6380");
+        }
+
+        #[test]
+        fn options_are_kept() {
+            let c = RedisConfig::default()
+                .tls_ca_file("/etc/ssl/ca.pem")
+                .unwrap()
+                .tls_client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
+                .unwrap();
+            assert_eq!(c.get_tls_ca_file(), Some(Path::new("/etc/ssl/ca.pem")));
+            assert_eq!(
+                c.get_tls_client_auth(),
+                Some((Path::new("/etc/ssl/c.pem"), Path::new("/etc/ssl/k.pem")))
+            );
+            assert_eq!(
+                field_of(RedisConfig::default().tls_ca_file("")),
+                "tls_ca_file"
+            );
+            assert_eq!(
+                field_of(RedisConfig::default().tls_client_auth("c.pem", "")),
+                "tls_client_auth"
+            );
+        }
+
+        #[test]
+        fn options_with_a_plain_url_are_refused() {
+            let c = RedisConfig::default()
+                .tls_ca_file("/etc/ssl/ca.pem")
+                .unwrap();
+            assert_eq!(
+                field_of(c.open_client("redis://127.0.0.1:6379")),
+                "tls_ca_file"
+            );
+            let c = RedisConfig::default()
+                .tls_client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
+                .unwrap();
+            assert_eq!(
+                field_of(c.open_client("redis://127.0.0.1:6379")),
+                "tls_client_auth"
+            );
+        }
+
+        #[test]
+        fn insecure_is_refused() {
+            assert_eq!(
+                field_of(RedisConfig::default().open_client("rediss://h#insecure")),
+                "url"
+            );
+        }
+
+        #[test]
+        fn unreadable_or_bad_files_are_config_errors() {
+            let missing = std::env::temp_dir().join("txmsg-redis-no-such-ca.pem");
+            let c = RedisConfig::default().tls_ca_file(&missing).unwrap();
+            assert_eq!(field_of(c.open_client("rediss://h")), "tls_ca_file");
+
+            let garbage = temp_file(
+                "ca.pem",
+                b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+            );
+            let c = RedisConfig::default().tls_ca_file(&garbage).unwrap();
+            let result = c.open_client("rediss://h");
+            std::fs::remove_file(&garbage).unwrap();
+            assert_eq!(field_of(result), "tls_ca_file");
+
+            let key = temp_file("key.pem", b"s3cr3t-key-bytes");
+            let cert = temp_file("cert.pem", b"");
+            let c = RedisConfig::default().tls_client_auth(&cert, &key).unwrap();
+            let result = c.open_client("rediss://h");
+            std::fs::remove_file(&key).unwrap();
+            std::fs::remove_file(&cert).unwrap();
+            match result {
+                Err(Error::Config {
+                    field: "tls_client_auth",
+                    reason,
+                }) => assert!(!reason.contains("s3cr3t-key-bytes"), "{reason}"),
+                other => panic!("expected a config error, got {other:?}"),
+            }
+        }
     }
 }

@@ -33,6 +33,29 @@
 //!
 //! With [`RedisConfig::max_len`], streams are trimmed (`MAXLEN ~`): entries
 //! trimmed before a group read them are never delivered to it.
+//!
+//! # TLS
+//!
+//! With the `tls` feature, a `rediss://` URL (or `valkeys://`) connects
+//! through rustls. The server's certificate is checked against the system's
+//! trust store, or only against the CA file of
+//! [`RedisConfig::tls_ca_file`]; [`RedisConfig::tls_client_auth`] adds a
+//! client certificate and key (mutual TLS). `#insecure` URLs (no certificate
+//! check) are refused. Without the feature, a `rediss://` URL and the TLS
+//! settings are refused with
+//! [`Error::Config`](txmsg_core::Error::Config), never used in plain text.
+//! When the process has no default rustls crypto provider, connecting over
+//! TLS installs rustls's `ring` provider as the default.
+//!
+//! The password of a URL (`redis://user:password@host`, or `?pass=` of a
+//! `unix://` URL) is never shown: `Debug` and the connect span show the URL
+//! with `***` in its place, and no error message quotes the URL.
+//!
+//! # Feature flags
+//!
+//! | feature | enables                                                   | default |
+//! |---------|-----------------------------------------------------------|---------|
+//! | `tls`   | `rediss://` URLs, through rustls with the `ring` provider | no      |
 
 mod broker;
 mod config;
