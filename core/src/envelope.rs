@@ -252,3 +252,156 @@ mod tests {
         ));
     }
 }
+
+/// Properties over arbitrary payloads and names: decoding never panics and
+/// fails with [`Error::Payload`]; a message turns into an envelope that
+/// carries every field and decodes back to the value it was built from.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+    use serde::Deserialize;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Order {
+        id: u64,
+        customer: String,
+        lines: Vec<i32>,
+        note: Option<String>,
+        paid: bool,
+    }
+
+    fn order() -> impl Strategy<Value = Order> {
+        (
+            any::<u64>(),
+            "(?s).{0,40}",
+            proptest::collection::vec(any::<i32>(), 0..8),
+            proptest::option::of("(?s).{0,40}"),
+            any::<bool>(),
+        )
+            .prop_map(|(id, customer, lines, note, paid)| Order {
+                id,
+                customer,
+                lines,
+                note,
+                paid,
+            })
+    }
+
+    /// Payloads a consumer may receive: arbitrary bytes, JSON of the wrong
+    /// shape, JSON cut short, nesting past the parser's limit, and far more
+    /// bytes than usual.
+    fn payload() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => proptest::collection::vec(any::<u8>(), 0..256),
+            2 => order().prop_map(|o| serde_json::to_vec(&o).expect("serializable")),
+            1 => (order(), any::<prop::sample::Index>()).prop_map(|(o, at)| {
+                let json = serde_json::to_vec(&o).expect("serializable");
+                json[..at.index(json.len())].to_vec()
+            }),
+            1 => Just(br#"{"id":"seven","customer":1,"lines":{},"paid":null}"#.to_vec()),
+            1 => Just(br#"[1,2,3]"#.to_vec()),
+            1 => (1usize..200_000).prop_map(|n| vec![b'['; n]),
+            1 => (1usize << 20..(1 << 20) + 8).prop_map(|n| {
+                let mut big = br#"{"id":1,"customer":""#.to_vec();
+                big.resize(n, b'a');
+                big
+            }),
+        ]
+    }
+
+    fn topic() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9_-]{1,20}(\\.[A-Za-z0-9_-]{1,20}){0,3}"
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn decode_never_panics_and_names_the_topic(topic in topic(), payload in payload()) {
+            let env = Envelope::new(Uuid::now_v7(), topic.clone(), "k", payload.clone(), Utc::now());
+            let expected = serde_json::from_slice::<Order>(&payload).ok();
+            match env.decode::<Order>() {
+                Ok(order) => prop_assert_eq!(Some(order), expected),
+                Err(Error::Payload { topic: named, .. }) => {
+                    prop_assert!(expected.is_none());
+                    prop_assert_eq!(named, topic);
+                    let text = env.decode::<Order>().map(drop).map_err(|e| e.to_string());
+                    prop_assert!(text.is_err_and(|t| !t.trim().is_empty()));
+                }
+                Err(other) => prop_assert!(false, "expected Error::Payload, got {:?}", other),
+            }
+            // Any JSON value at all: still an answer, never a panic.
+            let _ = env.decode::<serde_json::Value>();
+        }
+
+        #[test]
+        fn json_cut_short_is_refused(order in order(), at in any::<prop::sample::Index>()) {
+            let json = serde_json::to_vec(&order).expect("serializable");
+            let cut = json[..at.index(json.len())].to_vec();
+            let env = Envelope::new(Uuid::now_v7(), "orders", "k", cut, Utc::now());
+            let refused = matches!(env.decode::<Order>(), Err(Error::Payload { .. }));
+            prop_assert!(refused, "JSON cut short must be refused");
+        }
+
+        #[test]
+        fn message_round_trips_through_an_envelope(
+            topic in topic(),
+            order in order(),
+            key in proptest::option::of("(?s).{0,40}"),
+            idempotency_key in proptest::option::of("(?s).{0,40}"),
+            headers in proptest::collection::btree_map("(?s).{0,20}", "(?s).{0,40}", 0..6),
+            ttl in proptest::option::of(0u64..10_000_000),
+        ) {
+            let mut message = Message::new(&topic, &order).expect("valid topic and payload");
+            if let Some(k) = &key {
+                message = message.key(k);
+            }
+            if let Some(k) = &idempotency_key {
+                message = message.idempotency_key(k);
+            }
+            for (name, value) in &headers {
+                message = message.header(name.clone(), value.clone());
+            }
+            if let Some(secs) = ttl {
+                message = message.ttl(Duration::from_secs(secs));
+            }
+            let now = Utc::now();
+            let env = message.into_envelope(now);
+            prop_assert_eq!(&env.topic, &topic);
+            prop_assert_eq!(&env.key, &key);
+            let expected_key = idempotency_key.unwrap_or_else(|| env.id.to_string());
+            prop_assert_eq!(&env.idempotency_key, &expected_key);
+            prop_assert_eq!(&env.headers, &headers);
+            prop_assert_eq!(env.created_at, now);
+            prop_assert_eq!(
+                env.expires_at,
+                ttl.map(|s| now + chrono::Duration::seconds(i64::try_from(s).expect("small")))
+            );
+            prop_assert_eq!(env.decode::<Order>().expect("decodes"), order);
+        }
+
+        #[test]
+        fn message_refuses_bad_topics_with_a_reason(
+            topic in prop_oneof![topic(), "(?s).{0,210}", "[A-Za-z0-9._-]{0,210}"]
+        ) {
+            match (Message::new(&topic, &1), validate_topic(&topic)) {
+                (Ok(m), Ok(())) => prop_assert_eq!(m.topic(), topic.as_str()),
+                (Err(Error::InvalidTopic { topic: named, reason }), Err(_)) => {
+                    prop_assert_eq!(named, topic);
+                    prop_assert!(!reason.trim().is_empty());
+                }
+                (got, rule) => prop_assert!(false, "Message::new gave {:?}, the rule {:?}", got, rule),
+            }
+        }
+    }
+}

@@ -124,7 +124,7 @@ pub(crate) fn decode(
         Some(ct) if is_json(ct) => {}
         Some(ct) => {
             return Err(undecodable(
-                format!("content type `{ct}` is not JSON"),
+                format!("content type `{}` is not JSON", ct.escape_debug()),
                 &attrs,
                 &headers,
             ));
@@ -234,5 +234,158 @@ mod tests {
             panic!("a foreign event decodes");
         };
         assert_eq!(got.topic, "t");
+    }
+}
+
+/// Properties over arbitrary publishes: decoding never panics, and answers
+/// with an envelope or a reason; what [`encode`] writes decodes back to the
+/// same envelope.
+#[cfg(test)]
+mod props {
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Text a user property could hold, with the values the decoder looks
+    /// for.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => "(?s).{0,40}",
+            1 => Just(String::new()),
+            1 => any::<u128>().prop_map(|n| Uuid::from_u128(n).to_string()),
+            1 => time().prop_map(|t| t.to_rfc3339()),
+            1 => Just("v".repeat(70_000)),
+        ]
+    }
+
+    /// A user property name: a reserved one or any other.
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            1 => proptest::sample::select(RESERVED.to_vec()).prop_map(str::to_owned),
+            1 => "(?s).{0,30}",
+        ]
+    }
+
+    fn content_type() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(prop_oneof![
+            Just(JSON.to_owned()),
+            Just("application/cloudevents+json".to_owned()),
+            Just("Application/JSON; charset=utf-8".to_owned()),
+            Just("text/plain".to_owned()),
+            Just(String::new()),
+            "(?s).{0,30}",
+        ])
+    }
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => proptest::collection::vec(any::<u8>(), 0..256),
+            1 => (0usize..15).prop_map(|n| br#"{"order":7,"x":"y"}"#[..n].to_vec()),
+            1 => (1usize << 20..(1 << 20) + 8).prop_map(|n| vec![b'{'; n]),
+        ]
+    }
+
+    fn time() -> impl Strategy<Value = DateTime<Utc>> {
+        (0i64..253_402_300_799, 0u32..1_000_000_000)
+            .prop_map(|(s, n)| Utc.timestamp_opt(s, n).single().expect("in chrono's range"))
+    }
+
+    prop_compose! {
+        /// An envelope with any text in every field; header names other than
+        /// the reserved ones (`traceparent` aside, which travels as itself).
+        fn envelope()(
+            id in any::<u128>(),
+            topic in "(?s).{0,40}",
+            idempotency_key in "(?s).{1,300}",
+            key in proptest::option::of("(?s).{0,40}"),
+            headers in proptest::collection::btree_map(
+                prop_oneof![
+                    "(?s).{0,30}",
+                    Just(TRACEPARENT.to_owned()),
+                ]
+                .prop_filter("not reserved", |n| {
+                    n == TRACEPARENT || !RESERVED.contains(&n.as_str())
+                }),
+                "(?s).{0,40}",
+                0..8,
+            ),
+            payload in body(),
+            created_at in time(),
+        ) -> Envelope {
+            let mut env =
+                Envelope::new(Uuid::from_u128(id), topic, idempotency_key, payload, created_at);
+            env.key = key;
+            env.headers = headers;
+            env
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn decode_never_panics_and_explains_refusals(
+            prefix in "(?s).{0,10}",
+            topic in "(?s).{0,40}",
+            props in proptest::option::of((
+                content_type(),
+                proptest::collection::vec((name(), value()), 0..12),
+            )),
+            payload in body(),
+        ) {
+            let props = props.map(|(content_type, user_properties)| PublishProperties {
+                content_type,
+                user_properties,
+                ..PublishProperties::default()
+            });
+            let refused_type = props
+                .as_ref()
+                .and_then(|p| p.content_type.as_deref())
+                .is_some_and(|c| !is_json(c));
+            match decode(&prefix, &topic, props.as_ref(), &payload) {
+                Ok(env) => {
+                    prop_assert!(!refused_type, "a foreign content type must be refused");
+                    prop_assert!(!env.idempotency_key.is_empty());
+                    prop_assert_eq!(&env.payload, &payload, "the payload is kept byte for byte");
+                    for reserved in RESERVED {
+                        if reserved != TRACEPARENT {
+                            prop_assert!(!env.headers.contains_key(reserved));
+                        }
+                    }
+                }
+                Err(bad) => {
+                    prop_assert!(!bad.reason.trim().is_empty(), "a refusal says why");
+                    prop_assert!(
+                        !bad.reason.chars().any(char::is_control),
+                        "a reason that reaches logs holds no control characters: {:?}",
+                        bad.reason
+                    );
+                    prop_assert_eq!(&bad.body, &payload, "the body is kept for the dead letter");
+                }
+            }
+        }
+
+        #[test]
+        fn decode_inverts_encode(
+            env in envelope(),
+            source in "(?s).{0,40}",
+            prefix in "(?s).{0,10}",
+        ) {
+            let props = encode(&env, &source);
+            let on = mqtt_topic(&prefix, &env.topic);
+            prop_assert!(packet_size(&on, &props, env.payload.len()) > env.payload.len());
+            let got = decode(&prefix, &on, Some(&props), &env.payload)
+                .expect("what encode writes decodes");
+            prop_assert_eq!(got, env);
+        }
     }
 }

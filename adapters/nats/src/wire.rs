@@ -293,3 +293,185 @@ mod tests {
         assert_eq!(got.topic, "t");
     }
 }
+
+/// Properties over arbitrary messages: decoding never panics, and answers
+/// with an envelope or a reason; what [`Wire::encode`] writes decodes back to
+/// the same envelope.
+#[cfg(test)]
+mod props {
+    use chrono::{DateTime, TimeZone, Utc};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Text that a NATS header value can hold (no line breaks).
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => "[^\r\n]{0,40}",
+            1 => Just(String::new()),
+            1 => any::<u128>().prop_map(|n| Uuid::from_u128(n).to_string()),
+            1 => time().prop_map(|t| t.to_rfc3339()),
+            1 => Just("application/json".to_owned()),
+            1 => Just("text/plain; charset=utf-8".to_owned()),
+            1 => Just("v".repeat(70_000)),
+        ]
+    }
+
+    /// A header name: one the decoder maps, in any case, or any other.
+    fn header_name() -> impl Strategy<Value = HeaderName> {
+        let known = proptest::sample::select(
+            MAPPED_HEADERS
+                .iter()
+                .chain(["ce-source", TRACEPARENT].iter())
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+        let cased = (known, any::<u64>()).prop_map(|(name, bits)| {
+            name.chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if bits >> (i % 64) & 1 == 1 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect::<String>()
+        });
+        prop_oneof![1 => cased, 1 => "[!-9;-~]{0,30}"]
+            .prop_map(|n| HeaderName::from_str(&n).expect("a valid header name"))
+    }
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => proptest::collection::vec(any::<u8>(), 0..256),
+            1 => (0usize..15).prop_map(|n| br#"{"order":7,"x":"y"}"#[..n].to_vec()),
+            1 => (1usize << 20..(1 << 20) + 8).prop_map(|n| vec![b'{'; n]),
+        ]
+    }
+
+    fn time() -> impl Strategy<Value = DateTime<Utc>> {
+        (0i64..253_402_300_799, 0u32..1_000_000_000)
+            .prop_map(|(s, n)| Utc.timestamp_opt(s, n).single().expect("in chrono's range"))
+    }
+
+    prop_compose! {
+        /// An envelope every field of which can travel in NATS headers, with
+        /// header names that none of the mapped ones matches in any case.
+        fn envelope()(
+            id in any::<u128>(),
+            topic in "[^\r\n]{0,40}",
+            idempotency_key in "[^\r\n]{1,300}",
+            key in proptest::option::of("[^\r\n]{0,40}"),
+            headers in proptest::collection::btree_map(
+                "[!-9;-~]{0,30}".prop_filter("not a mapped header", |n| {
+                    let lower = n.to_ascii_lowercase();
+                    !lower.starts_with("ce-")
+                        && !MAPPED_HEADERS.iter().any(|m| m.eq_ignore_ascii_case(n))
+                        && (lower != TRACEPARENT || n == TRACEPARENT)
+                }),
+                "[^\r\n]{0,40}",
+                0..8,
+            ),
+            payload in body(),
+            created_at in time(),
+        ) -> Envelope {
+            let mut env =
+                Envelope::new(Uuid::from_u128(id), topic, idempotency_key, payload, created_at);
+            env.key = key;
+            env.headers = headers;
+            env
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn decode_never_panics_and_explains_refusals(
+            topic in "(?s).{0,40}",
+            headers in proptest::option::of(
+                proptest::collection::vec((header_name(), value()), 0..12)
+            ),
+            body in body(),
+        ) {
+            let map = headers.map(|entries| {
+                let mut map = HeaderMap::new();
+                for (name, value) in entries {
+                    map.append(name, value.as_str());
+                }
+                map
+            });
+            match decode(&topic, map.as_ref(), body.clone()) {
+                Ok(env) => {
+                    prop_assert!(!env.idempotency_key.is_empty());
+                    prop_assert_eq!(&env.payload, &body, "the body is the payload, byte for byte");
+                    for mapped in MAPPED_HEADERS {
+                        prop_assert!(
+                            !env.headers.keys().any(|n| n.eq_ignore_ascii_case(mapped)),
+                            "{} must not stay among the headers", mapped
+                        );
+                    }
+                }
+                Err(bad) => {
+                    prop_assert!(!bad.reason.trim().is_empty(), "a refusal says why");
+                    prop_assert!(
+                        !bad.reason.chars().any(char::is_control),
+                        "a reason that reaches logs holds no control characters: {:?}",
+                        bad.reason
+                    );
+                    prop_assert_eq!(&bad.body, &body, "the body is kept for the dead letter");
+                    prop_assert_eq!(&bad.topic, &topic);
+                }
+            }
+        }
+
+        #[test]
+        fn encode_never_panics_and_refuses_only_what_headers_cannot_hold(
+            topic in "(?s).{0,20}",
+            idempotency_key in "(?s).{1,20}",
+            key in proptest::option::of("(?s).{0,20}"),
+            headers in proptest::collection::btree_map("(?s).{0,12}", "(?s).{0,12}", 0..4),
+            source in "(?s).{0,12}",
+        ) {
+            let mut env = Envelope::new(Uuid::now_v7(), topic, idempotency_key, Vec::new(), Utc::now());
+            env.key = key;
+            env.headers = headers;
+            let bad_value = |v: &str| v.contains(['\r', '\n']);
+            let unfit = env.headers.keys().any(|n| HeaderName::from_str(n).is_err())
+                || env.headers.values().any(|v| bad_value(v))
+                || [&env.topic, &env.idempotency_key, &source]
+                    .into_iter()
+                    .any(|v| bad_value(v))
+                || env.key.as_deref().is_some_and(bad_value);
+            match Wire::new(&source).encode(&env) {
+                Ok(_) => prop_assert!(!unfit, "a field that cannot travel was accepted"),
+                Err(e) => {
+                    prop_assert!(unfit, "refused a message that fits: {}", e);
+                    prop_assert!(!e.is_retryable());
+                    prop_assert!(!e.to_string().trim().is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn decode_inverts_encode(env in envelope(), source in "[^\r\n]{0,40}") {
+            let headers = Wire::new(&source)
+                .encode(&env)
+                .expect("every field fits");
+            let got = decode(&env.topic, Some(&headers), env.payload.clone())
+                .expect("what encode writes decodes");
+            let mut expected = env.clone();
+            expected.headers.insert("ce-source".to_owned(), source);
+            prop_assert_eq!(got, expected);
+        }
+    }
+}

@@ -651,3 +651,256 @@ mod tests {
         assert!(got.headers.is_empty());
     }
 }
+
+/// Properties over arbitrary deliveries: decoding never panics, and answers
+/// with an envelope or a reason; what [`Wire::encode`] writes decodes back to
+/// the same envelope.
+#[cfg(test)]
+mod props {
+    use chrono::{DateTime, TimeZone, Utc};
+    use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+    use proptest::prelude::*;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Any text that fits an AMQP short string (255 bytes).
+    fn short() -> impl Strategy<Value = String> {
+        "(?s).{0,60}".prop_filter("fits a short string", |s| s.len() <= 255)
+    }
+
+    /// Text a producer could put in a CloudEvents attribute: anything, plus
+    /// the values the decoder looks for.
+    fn text_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => "(?s).{0,40}",
+            1 => Just(String::new()),
+            1 => any::<u128>().prop_map(|n| Uuid::from_u128(n).to_string()),
+            1 => time().prop_map(|t| t.to_rfc3339()),
+            1 => Just("2024-13-45T99:99:99Z".to_owned()),
+            1 => Just("x".repeat(70_000)),
+        ]
+    }
+
+    /// An AMQP header value of any type, strings that are not UTF-8 included.
+    fn amqp_value() -> impl Strategy<Value = AMQPValue> {
+        prop_oneof![
+            4 => text_value().prop_map(|s| AMQPValue::LongString(s.into())),
+            2 => proptest::collection::vec(any::<u8>(), 0..64)
+                .prop_map(|b| AMQPValue::LongString(LongString::from(b))),
+            1 => short().prop_map(|s| AMQPValue::ShortString(ShortString::from(s))),
+            1 => any::<bool>().prop_map(AMQPValue::Boolean),
+            1 => any::<i8>().prop_map(AMQPValue::ShortShortInt),
+            1 => any::<u8>().prop_map(AMQPValue::ShortShortUInt),
+            1 => any::<i16>().prop_map(AMQPValue::ShortInt),
+            1 => any::<u16>().prop_map(AMQPValue::ShortUInt),
+            1 => any::<i32>().prop_map(AMQPValue::LongInt),
+            1 => any::<u32>().prop_map(AMQPValue::LongUInt),
+            1 => any::<i64>().prop_map(AMQPValue::LongLongInt),
+            2 => any::<u64>().prop_map(AMQPValue::Timestamp),
+            1 => any::<f32>().prop_map(AMQPValue::Float),
+            1 => any::<f64>().prop_map(AMQPValue::Double),
+            1 => Just(AMQPValue::Void),
+            1 => proptest::collection::vec(any::<u8>(), 0..16)
+                .prop_map(|b| AMQPValue::ByteArray(b.into())),
+            1 => Just(AMQPValue::FieldArray(FieldArray::default())),
+            1 => Just(AMQPValue::FieldTable(FieldTable::default())),
+        ]
+    }
+
+    /// A header name: one the decoder maps, under either prefix, or any other.
+    fn header_name() -> impl Strategy<Value = String> {
+        let mapped = proptest::sample::select(
+            MAPPED_ATTRIBUTES
+                .iter()
+                .chain(["source", "sequence"].iter())
+                .flat_map(|a| {
+                    [
+                        format!("{CLOUDEVENTS_PREFIX}{a}"),
+                        format!("{CLOUDEVENTS_PREFIX_COLON}{a}"),
+                    ]
+                })
+                .chain([TXMSG_ID_HEADER.to_owned(), TRACEPARENT.to_owned()])
+                .collect::<Vec<_>>(),
+        );
+        prop_oneof![1 => mapped, 1 => short()]
+    }
+
+    fn content_type() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(prop_oneof![
+            Just("application/json".to_owned()),
+            Just("application/json; charset=utf-8".to_owned()),
+            Just("APPLICATION/JSON".to_owned()),
+            Just("application/cloudevents+json".to_owned()),
+            Just("text/plain".to_owned()),
+            Just(String::new()),
+            short(),
+        ])
+    }
+
+    /// A body: arbitrary bytes, JSON cut short, or far larger than usual.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => proptest::collection::vec(any::<u8>(), 0..256),
+            1 => (0usize..15).prop_map(|n| br#"{"order":7,"x":"y"}"#[..n].to_vec()),
+            1 => (1usize << 20..(1 << 20) + 8).prop_map(|n| vec![b'{'; n]),
+        ]
+    }
+
+    /// A time that RFC 3339 can write, to the nanosecond.
+    fn time() -> impl Strategy<Value = DateTime<Utc>> {
+        (0i64..253_402_300_799, 0u32..1_000_000_000)
+            .prop_map(|(s, n)| Utc.timestamp_opt(s, n).single().expect("in chrono's range"))
+    }
+
+    prop_compose! {
+        fn delivery()(
+            routing_key in "(?s).{0,40}",
+            content_type in content_type(),
+            message_id in proptest::option::of(short()),
+            timestamp in proptest::option::of(any::<u64>()),
+            headers in proptest::option::of(
+                proptest::collection::vec((header_name(), amqp_value()), 0..12)
+            ),
+            body in body(),
+        ) -> (String, BasicProperties, Vec<u8>) {
+            let mut props = BasicProperties::default();
+            if let Some(c) = content_type {
+                props = props.with_content_type(ShortString::from(c));
+            }
+            if let Some(m) = message_id {
+                props = props.with_message_id(ShortString::from(m));
+            }
+            if let Some(t) = timestamp {
+                props = props.with_timestamp(t);
+            }
+            if let Some(entries) = headers {
+                let mut table = FieldTable::default();
+                for (name, value) in entries {
+                    table.insert(ShortString::from(name), value);
+                }
+                props = props.with_headers(table);
+            }
+            (routing_key, props, body)
+        }
+    }
+
+    prop_compose! {
+        /// An envelope every field of which can travel over AMQP: names of
+        /// at most 255 bytes, none in the CloudEvents namespace.
+        fn envelope()(
+            id in any::<u128>(),
+            topic in short(),
+            idempotency_key in "(?s).{1,300}",
+            key in proptest::option::of("(?s).{0,40}"),
+            traceparent in proptest::option::of("(?s).{0,60}"),
+            headers in proptest::collection::btree_map(
+                short().prop_filter("not an attribute", |n| {
+                    !n.starts_with("cloudEvents") && n != TXMSG_ID_HEADER && n != TRACEPARENT
+                }),
+                "(?s).{0,40}",
+                0..8,
+            ),
+            payload in body(),
+            created_at in time(),
+        ) -> Envelope {
+            let mut env =
+                Envelope::new(Uuid::from_u128(id), topic, idempotency_key, payload, created_at);
+            env.key = key;
+            env.headers = headers;
+            if let Some(tp) = traceparent {
+                env.headers.insert(TRACEPARENT.to_owned(), tp);
+            }
+            env
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn decode_never_panics_and_explains_refusals(
+            (routing_key, props, body) in delivery()
+        ) {
+            let refused_type = props
+                .content_type()
+                .as_ref()
+                .is_some_and(|c| !is_json(c.as_str()));
+            match decode(&routing_key, &props, body.clone()) {
+                Ok(env) => {
+                    prop_assert!(!refused_type, "a foreign content type must be refused");
+                    prop_assert!(!env.idempotency_key.is_empty());
+                    prop_assert_eq!(&env.payload, &body, "the body is the payload, byte for byte");
+                    prop_assert!(!env.headers.contains_key(TXMSG_ID_HEADER));
+                    for name in MAPPED_ATTRIBUTES {
+                        let underscore = format!("{CLOUDEVENTS_PREFIX}{name}");
+                        let colon = format!("{CLOUDEVENTS_PREFIX_COLON}{name}");
+                        prop_assert!(!env.headers.contains_key(&underscore));
+                        prop_assert!(!env.headers.contains_key(&colon));
+                    }
+                }
+                Err(bad) => {
+                    prop_assert!(!bad.reason.trim().is_empty(), "a refusal says why");
+                    prop_assert!(
+                        !bad.reason.chars().any(char::is_control),
+                        "a reason that reaches logs holds no control characters: {:?}",
+                        bad.reason
+                    );
+                    prop_assert_eq!(&bad.body, &body, "the body is kept for the dead letter");
+                    prop_assert_eq!(&bad.topic, &routing_key);
+                    if refused_type {
+                        prop_assert!(bad.reason.contains("content type"), "{}", bad.reason);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn encode_never_panics_and_refuses_only_oversize_names(
+            topic in "(?s).{0,100}",
+            names in proptest::collection::vec("(?s).{0,100}", 0..4),
+            key in proptest::option::of("(?s).{0,40}"),
+        ) {
+            let mut env = Envelope::new(Uuid::now_v7(), topic, "k", Vec::new(), Utc::now());
+            env.key = key;
+            for name in names {
+                env.headers.insert(name, "v".to_owned());
+            }
+            let too_long = env.topic.len() > 255
+                || env.headers.keys().any(|n| n != TRACEPARENT && n.len() > 255);
+            match Wire::new("/src").encode(&env) {
+                Ok((routing_key, _)) => {
+                    prop_assert!(!too_long);
+                    prop_assert_eq!(routing_key.as_str(), env.topic.as_str());
+                }
+                Err(e) => {
+                    prop_assert!(too_long, "refused a message that fits: {}", e);
+                    prop_assert!(!e.is_retryable());
+                    prop_assert!(!e.to_string().trim().is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn decode_inverts_encode(env in envelope(), source in "(?s).{0,40}") {
+            let (routing_key, props) = Wire::new(&source)
+                .encode(&env)
+                .expect("every field fits");
+            let got = decode(routing_key.as_str(), &props, env.payload.clone())
+                .expect("what encode writes decodes");
+            let mut expected = env.clone();
+            expected
+                .headers
+                .insert(format!("{CLOUDEVENTS_PREFIX}source"), source);
+            prop_assert_eq!(got, expected);
+        }
+    }
+}

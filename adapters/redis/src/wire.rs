@@ -230,3 +230,157 @@ mod tests {
         assert!(bad.reason.contains("content type"), "{}", bad.reason);
     }
 }
+
+/// Properties over arbitrary stream entries: decoding never panics, and
+/// answers with an envelope or a reason; what [`encode`] writes decodes back
+/// to the same envelope.
+#[cfg(test)]
+mod props {
+    use chrono::{DateTime, TimeZone, Utc};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Bytes that are not UTF-8 more often than chance would make them.
+    fn raw_bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..32),
+            proptest::collection::vec(any::<u8>(), 0..32).prop_map(|mut b| {
+                b.push(0xff);
+                b
+            }),
+        ]
+    }
+
+    /// A field name: one the decoder reads, a header field, or any bytes.
+    fn field_name() -> impl Strategy<Value = Vec<u8>> {
+        let known = proptest::sample::select(vec![
+            FIELD_ID,
+            FIELD_TYPE,
+            FIELD_SOURCE,
+            FIELD_SPECVERSION,
+            FIELD_TIME,
+            FIELD_PARTITIONKEY,
+            FIELD_TRACEPARENT,
+            FIELD_CONTENT_TYPE,
+            FIELD_TXMSG_ID,
+            FIELD_DATA,
+        ]);
+        prop_oneof![
+            3 => known.prop_map(|n| n.as_bytes().to_vec()),
+            1 => "(?s).{0,20}".prop_map(|n| format!("{HEADER_PREFIX}{n}").into_bytes()),
+            2 => raw_bytes(),
+        ]
+    }
+
+    /// A field value: text the decoder looks for, any text or any bytes.
+    fn field_value() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            2 => "(?s).{0,40}".prop_map(String::into_bytes),
+            1 => Just(Vec::new()),
+            1 => any::<u128>().prop_map(|n| Uuid::from_u128(n).to_string().into_bytes()),
+            1 => time().prop_map(|t| t.to_rfc3339().into_bytes()),
+            1 => Just(b"application/json; charset=utf-8".to_vec()),
+            1 => Just(b"application/xml".to_vec()),
+            2 => raw_bytes(),
+            1 => body(),
+        ]
+    }
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => proptest::collection::vec(any::<u8>(), 0..256),
+            1 => (0usize..15).prop_map(|n| br#"{"order":7,"x":"y"}"#[..n].to_vec()),
+            1 => (1usize << 20..(1 << 20) + 8).prop_map(|n| vec![b'{'; n]),
+        ]
+    }
+
+    fn time() -> impl Strategy<Value = DateTime<Utc>> {
+        (0i64..253_402_300_799, 0u32..1_000_000_000)
+            .prop_map(|(s, n)| Utc.timestamp_opt(s, n).single().expect("in chrono's range"))
+    }
+
+    prop_compose! {
+        /// An envelope with any text in every field: stream entries carry
+        /// bytes, so nothing needs to be left out.
+        fn envelope()(
+            id in any::<u128>(),
+            topic in "(?s).{0,40}",
+            idempotency_key in "(?s).{1,300}",
+            key in proptest::option::of("(?s).{0,40}"),
+            headers in proptest::collection::btree_map("(?s).{0,30}", "(?s).{0,40}", 0..8),
+            payload in body(),
+            created_at in time(),
+        ) -> Envelope {
+            let mut env =
+                Envelope::new(Uuid::from_u128(id), topic, idempotency_key, payload, created_at);
+            env.key = key;
+            env.headers = headers;
+            env
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn decode_never_panics_and_explains_refusals(
+            topic in "(?s).{0,40}",
+            fields in proptest::collection::vec((field_name(), field_value()), 0..16),
+        ) {
+            let body = fields
+                .iter()
+                .rev()
+                .find(|(n, _)| n.as_slice() == FIELD_DATA.as_bytes())
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            // The last content type that is text is the one that counts.
+            let refused_type = fields
+                .iter()
+                .rev()
+                .filter(|(n, _)| n.as_slice() == FIELD_CONTENT_TYPE.as_bytes())
+                .find_map(|(_, v)| std::str::from_utf8(v).ok())
+                .is_some_and(|c| !is_json(c));
+            match decode(&topic, fields) {
+                Ok(env) => {
+                    prop_assert!(!refused_type, "a foreign content type must be refused");
+                    prop_assert!(!env.idempotency_key.is_empty());
+                    prop_assert_eq!(&env.payload, &body, "the data field is the payload");
+                    for mapped in [FIELD_ID, FIELD_TYPE, FIELD_TIME, FIELD_CONTENT_TYPE, FIELD_TXMSG_ID] {
+                        prop_assert!(!env.headers.contains_key(mapped));
+                    }
+                }
+                Err(bad) => {
+                    prop_assert!(!bad.reason.trim().is_empty(), "a refusal says why");
+                    prop_assert!(
+                        !bad.reason.chars().any(char::is_control),
+                        "a reason that reaches logs holds no control characters: {:?}",
+                        bad.reason
+                    );
+                    prop_assert_eq!(&bad.body, &body, "the body is kept for the dead letter");
+                    prop_assert_eq!(&bad.topic, &topic);
+                }
+            }
+        }
+
+        #[test]
+        fn decode_inverts_encode(env in envelope(), source in "(?s).{0,40}") {
+            let fields = encode(&env, &source)
+                .into_iter()
+                .map(|(n, v)| (n.into_bytes(), v))
+                .collect();
+            let got = decode(&env.topic, fields).expect("what encode writes decodes");
+            let mut expected = env.clone();
+            expected.headers.insert(FIELD_SOURCE.to_owned(), source);
+            prop_assert_eq!(got, expected);
+        }
+    }
+}
