@@ -252,6 +252,15 @@ pub struct RelayConfig {
     pub shutdown_timeout: Duration,
     /// What a dead message does to its key. Default [`DeadKeyPolicy::Park`].
     pub dead_key_policy: DeadKeyPolicy,
+    /// How long sent rows are kept before the relay purges them; `None`
+    /// keeps them forever. Default 7 days.
+    pub sent_retention: Option<Duration>,
+    /// How often the relay purges sent rows past `sent_retention`. Default 60 s.
+    pub purge_interval: Duration,
+    /// Most rows one purge statement deletes; a purge deletes batch after
+    /// batch, pausing between them, so producers are never blocked by a
+    /// long delete. Default 1 000.
+    pub purge_batch: u32,
     /// The clock. Default the system clock.
     pub clock: Arc<dyn Clock>,
 }
@@ -274,6 +283,9 @@ impl fmt::Debug for RelayConfig {
             .field("publish_timeout", &self.publish_timeout)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("dead_key_policy", &self.dead_key_policy)
+            .field("sent_retention", &self.sent_retention)
+            .field("purge_interval", &self.purge_interval)
+            .field("purge_batch", &self.purge_batch)
             .field("clock", &self.clock)
             .finish()
     }
@@ -297,6 +309,9 @@ impl Default for RelayConfig {
             publish_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
             dead_key_policy: DeadKeyPolicy::Park,
+            sent_retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            purge_interval: Duration::from_secs(60),
+            purge_batch: 1_000,
             clock: Arc::new(SystemClock),
         }
     }
@@ -322,6 +337,16 @@ impl RelayConfig {
         positive("max_in_flight", self.max_in_flight as u64)?;
         positive("fast_path_capacity", self.fast_path_capacity as u64)?;
         positive("mark_batch", self.mark_batch as u64)?;
+        positive("purge_batch", self.purge_batch.into())?;
+        if self.purge_interval.is_zero() {
+            return Err(Error::config("purge_interval", "must be greater than zero"));
+        }
+        if self
+            .sent_retention
+            .is_some_and(|r| chrono::Duration::from_std(r).is_err())
+        {
+            return Err(Error::config("sent_retention", "is too long"));
+        }
         if self.lease < Duration::from_secs(1) {
             return Err(Error::config("lease", "must be at least 1 s"));
         }

@@ -15,6 +15,9 @@ pub const PUBLISH_RETRIES_TOTAL: &str = "txmsg_publish_retries_total";
 /// Messages that went dead, by `topic`. Counter.
 pub const DEAD_LETTERS_TOTAL: &str = "txmsg_dead_letters_total";
 
+/// Sent outbox rows the relay purged after their retention. Counter.
+pub const SENT_PURGED_TOTAL: &str = "txmsg_sent_purged_total";
+
 /// Messages a consumer group settled, by `topic`, `group` and `outcome`
 /// (`applied`, `duplicate`, `dead`, `requeued`). Counter.
 pub const CONSUMED_TOTAL: &str = "txmsg_consumed_total";
@@ -45,6 +48,10 @@ pub(crate) fn describe() {
             "failed publish attempts that will be retried"
         );
         metrics::describe_counter!(DEAD_LETTERS_TOTAL, "messages that went dead");
+        metrics::describe_counter!(
+            SENT_PURGED_TOTAL,
+            "sent outbox rows purged after their retention"
+        );
         metrics::describe_counter!(CHECK_BACKS_TOTAL, "check-backs that ran, by outcome");
         metrics::describe_counter!(CONSUMED_TOTAL, "messages a consumer group settled");
         metrics::describe_counter!(

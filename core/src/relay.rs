@@ -263,6 +263,7 @@ async fn run<S: Store, B: Broker>(
     tokio::join!(
         fast_loop(Arc::clone(&shared), fast_rx, stop.clone()),
         poll_loop(Arc::clone(&shared), wake, stop.clone()),
+        purge_loop(Arc::clone(&shared), stop.clone()),
     );
     if let Some(watcher) = watcher {
         watcher.abort();
@@ -502,6 +503,65 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         src = cause.source();
     }
     s
+}
+
+/// Deletes sent rows older than `sent_retention`, one batch at a time with a
+/// pause between batches, so that a large backlog never holds locks for long
+/// and producers keep committing meanwhile.
+async fn purge_loop<S: Store, B: Broker>(
+    shared: Arc<Shared<S, B>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(retention) = shared
+        .config
+        .sent_retention
+        .and_then(|r| chrono::Duration::from_std(r).ok())
+    else {
+        return;
+    };
+    let mut tick = tokio::time::interval(shared.config.purge_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stopped(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        loop {
+            let before = shared.now() - retention;
+            let started = std::time::Instant::now();
+            match shared
+                .store
+                .purge_sent(before, shared.config.purge_batch)
+                .await
+            {
+                Ok(n) => {
+                    if n > 0 {
+                        metrics::counter!(crate::metrics::SENT_PURGED_TOTAL).increment(n);
+                        tracing::debug!(rows = n, "purged sent rows");
+                    }
+                    if n < u64::from(shared.config.purge_batch) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging sent rows failed; trying at the next interval");
+                    break;
+                }
+            }
+            // Let producers and the other loops at the table between
+            // batches: rest at least as long as the batch took.
+            tokio::select! {
+                () = stopped(&mut stop) => return,
+                () = tokio::time::sleep(purge_pause(started.elapsed())) => {}
+            }
+        }
+    }
+}
+
+/// The rest between two full purge batches: as long as the last one took,
+/// at least 10 ms, so a purge keeps at most half of the database's time.
+pub(crate) fn purge_pause(batch_took: Duration) -> Duration {
+    batch_took.max(Duration::from_millis(10))
 }
 
 /// Resolves once shutdown was asked for (or the handle is gone).

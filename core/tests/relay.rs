@@ -340,3 +340,86 @@ async fn nothing_is_lost_across_a_shutdown_under_load() {
     assert_eq!(store.stats().await.unwrap().pending, 0);
     cleanup(path);
 }
+
+#[tokio::test]
+async fn sent_rows_are_purged_after_their_retention_in_batches() {
+    let (store, path) = store().await;
+    let broker = MemoryBroker::new();
+    let mut sub = broker.observe("purge.t");
+    // Kept for 1 s, purged in batches of 7 (so a purge takes several
+    // statements), looked at every 50 ms.
+    let cfg = RelayConfig {
+        sent_retention: Some(Duration::from_secs(1)),
+        purge_interval: Duration::from_millis(50),
+        purge_batch: 7,
+        ..config()
+    };
+    let relay = Relay::new(store.clone(), broker.clone(), cfg)
+        .unwrap()
+        .start();
+    let outbox = Outbox::new(&store).with_relay(&relay);
+    for i in 0..40 {
+        send(&outbox, "purge.t", Some("k"), &format!("p-{i}")).await;
+    }
+    assert_eq!(receive(&mut sub, 40).await.len(), 40);
+    // Right after publishing, the rows are still kept ...
+    let stats = store.stats().await.unwrap();
+    assert!(
+        stats.sent > 0,
+        "sent rows are kept for their retention: {stats:?}"
+    );
+    // ... and after the retention they are gone, all of them.
+    wait_for(|| async { store.stats().await.unwrap().sent == 0 }).await;
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.dead, stats.sent), (0, 0, 0));
+    relay.shutdown().await;
+
+    // Without a retention nothing is purged.
+    let cfg = RelayConfig {
+        sent_retention: None,
+        purge_interval: Duration::from_millis(50),
+        ..config()
+    };
+    let relay = Relay::new(store.clone(), broker.clone(), cfg)
+        .unwrap()
+        .start();
+    let outbox = Outbox::new(&store).with_relay(&relay);
+    for i in 0..5 {
+        send(&outbox, "purge.t", Some("k"), &format!("q-{i}")).await;
+    }
+    assert_eq!(receive(&mut sub, 5).await.len(), 5);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        store.stats().await.unwrap().sent,
+        5,
+        "kept without a retention"
+    );
+    relay.shutdown().await;
+    cleanup(path);
+}
+
+#[test]
+fn purge_settings_are_validated() {
+    let zero_batch = RelayConfig {
+        purge_batch: 0,
+        ..RelayConfig::default()
+    };
+    assert!(
+        zero_batch
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("purge_batch")
+    );
+    let zero_interval = RelayConfig {
+        purge_interval: Duration::ZERO,
+        ..RelayConfig::default()
+    };
+    assert!(
+        zero_interval
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("purge_interval")
+    );
+}

@@ -768,6 +768,7 @@ async fn purge_loop<S: InboxStore>(
         };
         let mut purged = 0u64;
         loop {
+            let started = std::time::Instant::now();
             match store
                 .purge_inbox(&config.group, before, config.purge_batch)
                 .await
@@ -776,6 +777,13 @@ async fn purge_loop<S: InboxStore>(
                     purged += n;
                     if n < u64::from(config.purge_batch) || *stop.borrow() {
                         break;
+                    }
+                    // Between full batches, rest at least as long as the
+                    // batch took: handlers get the table at least half the
+                    // time.
+                    tokio::select! {
+                        () = stopped(&mut stop) => return,
+                        () = tokio::time::sleep(crate::relay::purge_pause(started.elapsed())) => {}
                     }
                 }
                 Err(e) => {
