@@ -16,3 +16,6 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 cargo test --doc --workspace --all-features
 cargo nextest run --workspace --all-features --profile "${NEXTEST_PROFILE:-default}" "$@"
+# RabbitMQ stopped and started under load: alone, since it stops RabbitMQ
+# for every other test.
+bash scripts/faults.sh restart
