@@ -116,6 +116,23 @@ async fn connect(env: &Env, max: u32) -> Result<(PgStore, RabbitBroker), BoxErro
 fn crash_on_panic() -> Option<fail::FailScenario<'static>> {
     std::env::var_os("FAILPOINTS")?;
     std::panic::set_hook(Box::new(|info| {
+        // The harness counts crashes by fail point from this line.
+        let what = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("panic");
+        let point = what
+            .split_whitespace()
+            .find(|w| w.starts_with("txmsg::"))
+            .unwrap_or(what);
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "crash {point}");
+            let _ = out.flush();
+        }
         eprintln!("crash: {info}");
         std::process::abort();
     }));

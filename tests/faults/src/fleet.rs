@@ -108,6 +108,8 @@ pub(crate) struct Fleet {
     totals: (u64, u64),
     /// How lives ended, by kind.
     pub(crate) exits: BTreeMap<String, u32>,
+    /// Crashes at fail points, by fail point.
+    pub(crate) crashes: Arc<Mutex<BTreeMap<String, u32>>>,
 }
 
 impl Fleet {
@@ -125,6 +127,7 @@ impl Fleet {
             verbose,
             totals: (0, 0),
             exits: BTreeMap::new(),
+            crashes: Arc::default(),
         })
     }
 
@@ -178,6 +181,7 @@ impl Fleet {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             (p.applied, p.duplicates)
         };
+        let crashes = Arc::clone(&self.crashes);
         if let Some(stdout) = stdout {
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stdout).lines();
@@ -188,6 +192,14 @@ impl Fleet {
                     match line.as_str() {
                         "ready" => p.ready = true,
                         "done" => p.done = true,
+                        _ if line.starts_with("crash ") => {
+                            let point = line.trim_start_matches("crash ").to_owned();
+                            *crashes
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .entry(point)
+                                .or_default() += 1;
+                        }
                         _ => {
                             if let Some((applied, duplicates)) = parse_stats(&line) {
                                 p.applied = base.0 + applied;

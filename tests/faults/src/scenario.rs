@@ -111,6 +111,7 @@ pub(crate) struct Report {
     harness_sigkills: u32,
     harness_sigterms: u32,
     exits: std::collections::BTreeMap<String, u32>,
+    fail_point_crashes: std::collections::BTreeMap<String, u32>,
     process_lives: u32,
     published_at_least_once: i64,
     published_twice: i64,
@@ -200,6 +201,9 @@ impl Report {
         println!("harness SIGTERMs         {}", self.harness_sigterms);
         for (kind, n) in &self.exits {
             println!("process exits: {kind:<10} {n}");
+        }
+        for (point, n) in &self.fail_point_crashes {
+            println!("crash at fail point      {point}: {n}");
         }
         println!("process lives            {}", self.process_lives);
         println!("published (distinct)     {}", self.published_at_least_once);
@@ -461,6 +465,11 @@ pub(crate) async fn run(opts: Options) -> Result<Report, BoxError> {
     let (_, dups) = fleet.consumer_totals();
     report.duplicates_delivered_to_consumers += dups;
     report.exits = fleet.exits.clone();
+    report.fail_point_crashes = fleet
+        .crashes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     report.process_lives = fleet.lives();
     if let Some(p) = &pg_proxy {
         p.set_up();
