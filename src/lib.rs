@@ -68,7 +68,7 @@ pub use txmsg_core::metrics;
 pub use txmsg_core::{
     Broker, Clock, DeadFilter, DeadKeyPolicy, DeadLetter, Envelope, Error, Headers, Ident, Message,
     Outbox, OutboxStats, Relay, RelayConfig, RelayHandle, Result, SqlStore, Store, SystemClock,
-    Tables, Tx, validate_topic,
+    Tables, TopicStats, Tx, validate_topic,
 };
 pub use txmsg_macros::{check_back, message_handler, transactional_message};
 

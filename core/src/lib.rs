@@ -27,7 +27,7 @@ pub use error::{BoxError, Error, Result};
 pub use relay::{Relay, RelayHandle};
 pub use store::{
     BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Failure, Inserted, Lease, OutboxStats,
-    OutboxWriter, SqlStore, Store, Waker,
+    OutboxWriter, SqlStore, Store, TopicStats, Waker,
 };
 pub use topic::{MAX_TOPIC_LEN, validate_topic};
 pub use tx::{Outbox, Tx};

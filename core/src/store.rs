@@ -212,6 +212,35 @@ pub struct OutboxStats {
     pub sent: u64,
 }
 
+/// The outbox rows of one topic, as [`Store::topic_stats`] counts them
+/// (build with [`TopicStats::new`] and set the fields).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopicStats {
+    /// The topic.
+    pub topic: String,
+    /// Rows waiting to be published.
+    pub pending: u64,
+    /// Half messages stored prepared, not yet committed or rolled back.
+    pub prepared: u64,
+    /// Creation time of the oldest pending row.
+    pub oldest_pending: Option<DateTime<Utc>>,
+    /// Dead rows.
+    pub dead: u64,
+    /// Rows sent at or after the `since` of the query.
+    pub sent_since: u64,
+}
+
+impl TopicStats {
+    /// Counts of `topic`, all zero.
+    pub fn new(topic: impl Into<String>) -> Self {
+        TopicStats {
+            topic: topic.into(),
+            ..TopicStats::default()
+        }
+    }
+}
+
 /// The outbox table, as the relay and operators use it.
 ///
 /// # Contract
@@ -279,6 +308,44 @@ pub trait Store: Debug + Clone + Send + Sync + 'static {
 
     /// Counts rows by state.
     fn stats(&self) -> impl Future<Output = Result<OutboxStats>> + Send;
+
+    /// Counts the outbox per topic: pending, prepared and dead rows, the
+    /// oldest pending row's creation time, and rows sent at or after
+    /// `since`. One entry per topic that has any row in the table (sent rows
+    /// not yet purged included), sorted by topic.
+    ///
+    /// Reads the whole table: meant for operators, not for a hot path. The
+    /// default returns [`Error::Unsupported`](crate::Error::Unsupported).
+    fn topic_stats(
+        &self,
+        since: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<TopicStats>>> + Send {
+        let _ = since;
+        async { Err(crate::Error::Unsupported("per-topic stats")) }
+    }
+
+    /// One dead row by its message id; `None` if there is no such row or it
+    /// is not dead. The default returns
+    /// [`Error::Unsupported`](crate::Error::Unsupported).
+    fn dead_letter(&self, id: Uuid) -> impl Future<Output = Result<Option<DeadLetter>>> + Send {
+        let _ = id;
+        async { Err(crate::Error::Unsupported("dead letter by id")) }
+    }
+
+    /// Deletes dead rows that match `filter` (topic, key) and went dead
+    /// before `before`, at most `filter.limit` of them (100 when `None`),
+    /// oldest first; returns how many. Call it again until it returns less
+    /// than the limit to purge everything that matches. Other rows are never
+    /// touched. The default returns
+    /// [`Error::Unsupported`](crate::Error::Unsupported).
+    fn purge_dead(
+        &self,
+        filter: &DeadFilter,
+        before: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64>> + Send {
+        let _ = (filter, before);
+        async { Err(crate::Error::Unsupported("dead letter purge")) }
+    }
 
     /// Leases prepared rows whose next check is due (`next_attempt_at <=
     /// now`) to `req.lease.owner`, oldest first, at most `req.limit`; two

@@ -132,6 +132,10 @@ pub(crate) struct Sql {
     pub(crate) purge_pick: Stmt,
     pub(crate) purge_delete: Stmt,
     pub(crate) stats: Stmt,
+    pub(crate) topic_stats: Stmt,
+    pub(crate) dead_letter: Stmt,
+    pub(crate) purge_dead_pick: Stmt,
+    pub(crate) purge_dead_delete: Stmt,
 
     pub(crate) prepare: Stmt,
     pub(crate) resolve_commit: Stmt,
@@ -442,6 +446,38 @@ impl Sql {
                  COUNT(CASE WHEN state = 'sent' THEN 1 END) AS sent, \
                  COUNT(CASE WHEN state = 'prepared' THEN 1 END) AS prepared \
                  FROM {o}"
+            )),
+
+            // 1 sent since. Every row is read: for operators only.
+            topic_stats: Stmt::new(format!(
+                "SELECT topic, \
+                 COUNT(CASE WHEN state = 'pending' THEN 1 END) AS pending, \
+                 COUNT(CASE WHEN state = 'prepared' THEN 1 END) AS prepared, \
+                 MIN(CASE WHEN state = 'pending' THEN created_at END) AS oldest, \
+                 COUNT(CASE WHEN state = 'dead' THEN 1 END) AS dead, \
+                 COUNT(CASE WHEN state = 'sent' AND sent_at >= ? THEN 1 END) AS sent_since \
+                 FROM {o} GROUP BY topic ORDER BY topic"
+            )),
+
+            // 1 id.
+            dead_letter: Stmt::new(format!(
+                "SELECT {cols}, last_error, dead_at FROM {o} WHERE id = ? AND state = 'dead'"
+            )),
+
+            // 1, 2 topic or NULL, 3, 4 key or NULL, 5 dead before, 6 limit.
+            // SKIP LOCKED, as `purge_pick`.
+            purge_dead_pick: Stmt::new(format!(
+                "SELECT id FROM {o} WHERE state = 'dead' \
+                 AND (? IS NULL OR topic = ?) \
+                 AND (? IS NULL OR `key` = ?) \
+                 AND COALESCE(dead_at, created_at) < ? \
+                 ORDER BY dead_at, id \
+                 LIMIT ? FOR UPDATE SKIP LOCKED"
+            )),
+
+            // The ids picked (and locked) by `purge_dead_pick`.
+            purge_dead_delete: Stmt::new(format!(
+                "DELETE FROM {o} WHERE state = 'dead' AND id IN ({IDS})"
             )),
 
             // 1 id, 2 topic, 3 key, 4 idempotency key, 5 payload, 6 headers,

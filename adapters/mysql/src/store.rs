@@ -11,7 +11,7 @@ use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore, InboxWriter};
 use txmsg_core::half::{PreparedMessage, Resolve, Resolved};
 use txmsg_core::{
     BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, OutboxStats,
-    OutboxWriter, Result, SqlStore, Store, Tables,
+    OutboxWriter, Result, SqlStore, Store, Tables, TopicStats,
 };
 use uuid::Uuid;
 
@@ -302,6 +302,19 @@ fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+/// A dead letter from a row of `dead_letters` or `dead_letter`.
+fn dead_letter(r: &sqlx::mysql::MySqlRow) -> Result<DeadLetter> {
+    let envelope = row::envelope(r)?;
+    let reason: Option<String> = r.try_get("last_error")?;
+    let dead_at: Option<DateTime<Utc>> = r.try_get("dead_at")?;
+    let dead_at = dead_at.unwrap_or(envelope.created_at);
+    Ok(DeadLetter::new(
+        envelope,
+        reason.unwrap_or_default(),
+        dead_at,
+    ))
+}
+
 impl Store for MySqlStore {
     async fn migrate(&self) -> Result<()> {
         migrate::migrate(&self.pool, &self.sql).await
@@ -382,19 +395,7 @@ impl Store for MySqlStore {
             .bind(limit(filter.limit.unwrap_or(DEFAULT_DEAD_LIMIT)))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                let envelope = row::envelope(r)?;
-                let reason: Option<String> = r.try_get("last_error")?;
-                let dead_at: Option<DateTime<Utc>> = r.try_get("dead_at")?;
-                let dead_at = dead_at.unwrap_or(envelope.created_at);
-                Ok(DeadLetter::new(
-                    envelope,
-                    reason.unwrap_or_default(),
-                    dead_at,
-                ))
-            })
-            .collect()
+        rows.iter().map(dead_letter).collect()
     }
 
     async fn replay(&self, id: Uuid, at: DateTime<Utc>) -> Result<bool> {
@@ -441,6 +442,61 @@ impl Store for MySqlStore {
         stats.sent = count(row.try_get("sent")?);
         stats.prepared = count(row.try_get("prepared")?);
         Ok(stats)
+    }
+
+    async fn topic_stats(&self, since: DateTime<Utc>) -> Result<Vec<TopicStats>> {
+        let rows = sqlx::query(self.sql.topic_stats.get())
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let mut stats = TopicStats::new(r.try_get::<String, _>("topic")?);
+                stats.pending = count(r.try_get("pending")?);
+                stats.prepared = count(r.try_get("prepared")?);
+                stats.oldest_pending = r.try_get("oldest")?;
+                stats.dead = count(r.try_get("dead")?);
+                stats.sent_since = count(r.try_get("sent_since")?);
+                Ok(stats)
+            })
+            .collect()
+    }
+
+    async fn dead_letter(&self, id: Uuid) -> Result<Option<DeadLetter>> {
+        let row = sqlx::query(self.sql.dead_letter.get())
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(dead_letter).transpose()
+    }
+
+    async fn purge_dead(&self, filter: &DeadFilter, before: DateTime<Utc>) -> Result<u64> {
+        let limit = filter.limit.unwrap_or(DEFAULT_DEAD_LIMIT);
+        if limit == 0 {
+            return Ok(0);
+        }
+        let mut conn = read_committed(&self.pool).await?;
+        let mut tx = conn.begin().await?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(self.sql.purge_dead_pick.get())
+            .bind(filter.topic.as_deref())
+            .bind(filter.topic.as_deref())
+            .bind(filter.key.as_deref())
+            .bind(filter.key.as_deref())
+            .bind(before)
+            .bind(self::limit(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        if ids.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        let mut q = sqlx::query(self.sql.purge_dead_delete.with_ids(ids.len()));
+        for id in &ids {
+            q = q.bind(*id);
+        }
+        let done = q.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
     }
 
     async fn claim_prepared(&self, req: &ClaimRequest) -> Result<Vec<PreparedMessage>> {

@@ -96,6 +96,9 @@ pub(crate) struct Sql {
     pub(crate) replay: Stmt,
     pub(crate) purge_sent: Stmt,
     pub(crate) stats: Stmt,
+    pub(crate) topic_stats: Stmt,
+    pub(crate) dead_letter: Stmt,
+    pub(crate) purge_dead: Stmt,
 
     pub(crate) prepare: Stmt,
     pub(crate) resolve_commit: Stmt,
@@ -355,11 +358,14 @@ impl Sql {
 
             // No ORDER BY: the first matching rows found are as good as any,
             // and sorting would read every sent row. SKIP LOCKED keeps the
-            // purge from waiting on anything else.
+            // purge from waiting on anything else. A materialized CTE is
+            // evaluated once: a subquery under `IN` may run again and delete
+            // more than the limit.
             purge_sent: Stmt::new(format!(
-                "DELETE FROM {o} WHERE id IN (\
+                "WITH picked AS MATERIALIZED (\
                    SELECT id FROM {o} WHERE state = 'sent' AND sent_at < $1 \
-                   LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                   LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 DELETE FROM {o} AS o USING picked WHERE o.id = picked.id"
             )),
 
             stats: Stmt::new(format!(
@@ -369,6 +375,38 @@ impl Sql {
                  count(*) FILTER (WHERE state = 'sent'), \
                  count(*) FILTER (WHERE state = 'prepared') \
                  FROM {o}"
+            )),
+
+            // $1 sent since. Every row is read: for operators only.
+            topic_stats: Stmt::new(format!(
+                "SELECT topic, \
+                 count(*) FILTER (WHERE state = 'pending'), \
+                 count(*) FILTER (WHERE state = 'prepared'), \
+                 min(created_at) FILTER (WHERE state = 'pending'), \
+                 count(*) FILTER (WHERE state = 'dead'), \
+                 count(*) FILTER (WHERE state = 'sent' AND sent_at >= $1) \
+                 FROM {o} GROUP BY topic ORDER BY topic"
+            )),
+
+            // $1 id.
+            dead_letter: Stmt::new(format!(
+                "SELECT {cols}, last_error, dead_at FROM {o} WHERE id = $1 AND state = 'dead'"
+            )),
+
+            // $1 topic or NULL, $2 key or NULL, $3 dead before, $4 limit.
+            // SKIP LOCKED, as `purge_sent`. The rows are picked in a
+            // materialized CTE, evaluated once, as in `claim_prepared`: a
+            // subquery under `IN` may run again and go past its limit.
+            purge_dead: Stmt::new(format!(
+                "WITH picked AS MATERIALIZED (\
+                   SELECT id FROM {o} WHERE state = 'dead' \
+                   AND ($1::text IS NULL OR topic = $1) \
+                   AND ($2::text IS NULL OR key = $2) \
+                   AND COALESCE(dead_at, created_at) < $3 \
+                   ORDER BY dead_at, id \
+                   LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                 DELETE FROM {o} AS o USING picked \
+                 WHERE o.id = picked.id AND o.state = 'dead'"
             )),
 
             // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
@@ -506,11 +544,15 @@ impl InboxSql {
 
             // $1 processed before, $2 limit, $3 group. As `purge_sent`: no ORDER BY,
             // and SKIP LOCKED so the purge never waits on a handler.
+            // Materialized for the same reason.
             purge: Stmt::new(format!(
-                "DELETE FROM {i} WHERE (consumer_group, idempotency_key) IN (\
+                "WITH picked AS MATERIALIZED (\
                    SELECT consumer_group, idempotency_key FROM {i} \
                    WHERE consumer_group = $3 AND processed_at < $1 \
-                   LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                   LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 DELETE FROM {i} AS i USING picked \
+                 WHERE i.consumer_group = picked.consumer_group \
+                   AND i.idempotency_key = picked.idempotency_key"
             )),
         }
     }

@@ -10,7 +10,7 @@ use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore, InboxWriter};
 use txmsg_core::half::{PreparedMessage, Resolve, Resolved};
 use txmsg_core::{
     BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, OutboxStats,
-    OutboxWriter, Result, SqlStore, Store, Tables, Waker,
+    OutboxWriter, Result, SqlStore, Store, Tables, TopicStats, Waker,
 };
 use uuid::Uuid;
 
@@ -248,6 +248,19 @@ fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+/// A dead letter from a row of `dead_letters` or `dead_letter`.
+fn dead_letter(r: &sqlx::postgres::PgRow) -> Result<DeadLetter> {
+    let envelope = row::envelope(r)?;
+    let reason: Option<String> = r.try_get("last_error")?;
+    let dead_at: Option<DateTime<Utc>> = r.try_get("dead_at")?;
+    let dead_at = dead_at.unwrap_or(envelope.created_at);
+    Ok(DeadLetter::new(
+        envelope,
+        reason.unwrap_or_default(),
+        dead_at,
+    ))
+}
+
 impl Store for PgStore {
     async fn migrate(&self) -> Result<()> {
         migrate::migrate(&self.pool, &self.sql).await
@@ -394,19 +407,7 @@ impl Store for PgStore {
             .bind(limit(filter.limit.unwrap_or(DEFAULT_DEAD_LIMIT)))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                let envelope = row::envelope(r)?;
-                let reason: Option<String> = r.try_get("last_error")?;
-                let dead_at: Option<DateTime<Utc>> = r.try_get("dead_at")?;
-                let dead_at = dead_at.unwrap_or(envelope.created_at);
-                Ok(DeadLetter::new(
-                    envelope,
-                    reason.unwrap_or_default(),
-                    dead_at,
-                ))
-            })
-            .collect()
+        rows.iter().map(dead_letter).collect()
     }
 
     async fn replay(&self, id: Uuid, at: DateTime<Utc>) -> Result<bool> {
@@ -441,6 +442,47 @@ impl Store for PgStore {
         stats.sent = count(row.try_get(3)?);
         stats.prepared = count(row.try_get(4)?);
         Ok(stats)
+    }
+
+    async fn topic_stats(&self, since: DateTime<Utc>) -> Result<Vec<TopicStats>> {
+        let rows = sqlx::query(self.sql.topic_stats.get())
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let mut stats = TopicStats::new(r.try_get::<String, _>(0)?);
+                stats.pending = count(r.try_get(1)?);
+                stats.prepared = count(r.try_get(2)?);
+                stats.oldest_pending = r.try_get(3)?;
+                stats.dead = count(r.try_get(4)?);
+                stats.sent_since = count(r.try_get(5)?);
+                Ok(stats)
+            })
+            .collect()
+    }
+
+    async fn dead_letter(&self, id: Uuid) -> Result<Option<DeadLetter>> {
+        let row = sqlx::query(self.sql.dead_letter.get())
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(dead_letter).transpose()
+    }
+
+    async fn purge_dead(&self, filter: &DeadFilter, before: DateTime<Utc>) -> Result<u64> {
+        let limit = filter.limit.unwrap_or(DEFAULT_DEAD_LIMIT);
+        if limit == 0 {
+            return Ok(0);
+        }
+        let done = sqlx::query(self.sql.purge_dead.get())
+            .bind(filter.topic.as_deref())
+            .bind(filter.key.as_deref())
+            .bind(before)
+            .bind(self::limit(limit))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     async fn claim_prepared(&self, req: &ClaimRequest) -> Result<Vec<PreparedMessage>> {

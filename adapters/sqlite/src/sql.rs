@@ -207,6 +207,9 @@ pub(crate) struct Statements {
     pub(crate) replay: SqlStr,
     pub(crate) purge_sent: SqlStr,
     pub(crate) stats: SqlStr,
+    pub(crate) topic_stats: SqlStr,
+    pub(crate) dead_letter: SqlStr,
+    pub(crate) purge_dead: SqlStr,
     pub(crate) create_migrations: SqlStr,
     pub(crate) applied_migrations: SqlStr,
     pub(crate) record_migration: SqlStr,
@@ -237,6 +240,9 @@ impl Statements {
             replay: names.render(REPLAY),
             purge_sent: names.render(PURGE_SENT),
             stats: names.render(STATS),
+            topic_stats: names.render(TOPIC_STATS),
+            dead_letter: names.render(&DEAD_LETTER.replace("{columns}", ENVELOPE_COLUMNS)),
+            purge_dead: names.render(PURGE_DEAD),
             create_migrations: names.render(CREATE_MIGRATIONS),
             applied_migrations: names.render("SELECT version FROM {migrations}"),
             record_migration: names.render(
@@ -484,6 +490,27 @@ const STATS: &str = "SELECT \
      (SELECT count(*) FROM {outbox} WHERE state = 'dead') AS dead, \
      (SELECT count(*) FROM {outbox} WHERE state = 'sent') AS sent, \
      (SELECT count(*) FROM {outbox} WHERE state = 'prepared') AS prepared";
+
+/// `?1` sent since. Every row is read: for operators only.
+const TOPIC_STATS: &str = "SELECT topic, \
+     sum(state = 'pending') AS pending, \
+     sum(state = 'prepared') AS prepared, \
+     min(CASE WHEN state = 'pending' THEN created_at END) AS oldest_pending, \
+     sum(state = 'dead') AS dead, \
+     sum(state = 'sent' AND sent_at >= ?1) AS sent_since \
+     FROM {outbox} GROUP BY topic ORDER BY topic";
+
+/// `?1` id.
+const DEAD_LETTER: &str =
+    "SELECT {columns}, last_error, dead_at FROM {outbox} WHERE id = ?1 AND state = 'dead'";
+
+/// `?1` topic or null, `?2` key or null, `?3` dead before, `?4` limit.
+const PURGE_DEAD: &str = r#"DELETE FROM {outbox} WHERE state = 'dead' AND id IN (
+    SELECT id FROM {outbox}
+    WHERE state = 'dead' AND (?1 IS NULL OR topic = ?1) AND (?2 IS NULL OR "key" = ?2)
+      AND coalesce(dead_at, created_at) < ?3
+    ORDER BY dead_at, id
+    LIMIT ?4)"#;
 
 /// Inserts a prepared half message, unleased (only the check-back worker
 /// leases prepared rows), its first check due at `?9`. A row whose (topic,

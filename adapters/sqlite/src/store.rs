@@ -14,7 +14,7 @@ use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore, InboxWriter};
 use txmsg_core::half::{PreparedMessage, Resolve, Resolved};
 use txmsg_core::{
     BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, OutboxStats,
-    OutboxWriter, Result, SqlStore, Store, Tables,
+    OutboxWriter, Result, SqlStore, Store, Tables, TopicStats,
 };
 use uuid::Uuid;
 
@@ -443,6 +443,49 @@ impl Store for SqliteStore {
         stats.sent = count(row.try_get("sent")?);
         stats.prepared = count(row.try_get("prepared")?);
         Ok(stats)
+    }
+
+    async fn topic_stats(&self, since: DateTime<Utc>) -> Result<Vec<TopicStats>> {
+        let rows = sqlx::query(self.inner.sql.topic_stats.clone())
+            .bind(micros(since))
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let mut stats = TopicStats::new(r.try_get::<String, _>("topic")?);
+                stats.pending = count(r.try_get("pending")?);
+                stats.prepared = count(r.try_get("prepared")?);
+                stats.oldest_pending = r
+                    .try_get::<Option<i64>, _>("oldest_pending")?
+                    .and_then(DateTime::from_timestamp_micros);
+                stats.dead = count(r.try_get("dead")?);
+                stats.sent_since = count(r.try_get("sent_since")?);
+                Ok(stats)
+            })
+            .collect()
+    }
+
+    async fn dead_letter(&self, id: Uuid) -> Result<Option<DeadLetter>> {
+        let row = sqlx::query(self.inner.sql.dead_letter.clone())
+            .bind(id)
+            .fetch_optional(&self.inner.pool)
+            .await?;
+        row.as_ref().map(row::dead_letter).transpose()
+    }
+
+    async fn purge_dead(&self, filter: &DeadFilter, before: DateTime<Utc>) -> Result<u64> {
+        let limit = filter.limit.unwrap_or(DEFAULT_DEAD_LIMIT);
+        if limit == 0 {
+            return Ok(0);
+        }
+        let done = sqlx::query(self.inner.sql.purge_dead.clone())
+            .bind(filter.topic.as_deref())
+            .bind(filter.key.as_deref())
+            .bind(micros(before))
+            .bind(i64::from(limit))
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     async fn claim_prepared(&self, req: &ClaimRequest) -> Result<Vec<PreparedMessage>> {

@@ -97,6 +97,8 @@ where
         insert_with_lease_yields_to_earlier_rows,
         expired_messages_are_claimed,
         timestamps_come_from_the_caller,
+        topic_stats_count_each_topic,
+        dead_letter_by_id_and_purge_dead,
     );
 }
 
@@ -1230,4 +1232,199 @@ pub async fn timestamps_come_from_the_caller<S: SqlStore>(store: &S) {
     assert!(!claimed[0].is_expired(future));
     let stats = store.stats().await.expect("stats failed");
     assert!(stats.oldest_pending.is_some_and(|t| close(t, future)));
+}
+
+/// `topic_stats` counts pending, prepared and dead rows per topic, the
+/// oldest pending row, and only the rows sent at or after `since`; topics
+/// come sorted.
+pub async fn topic_stats_count_each_topic<S: SqlStore>(store: &S) {
+    let (ta, tb) = ("conf.topics-a", "conf.topics-b");
+    let a = enqueue(
+        store,
+        (0..4).map(|n| msg(ta, Some("k"), n)).collect::<Vec<_>>(),
+    )
+    .await;
+    let b = enqueue(store, vec![msg(tb, None, 1), msg(tb, None, 2)]).await;
+
+    // One prepared half message in topic b.
+    let half = envelope(tb, None);
+    let mut tx = store.begin().await.expect("begin failed");
+    let prepared = store
+        .writer()
+        .prepare(&mut *tx, &half, Utc::now() + secs(3600))
+        .await
+        .expect("prepare failed");
+    assert_ne!(prepared, Inserted::Duplicate, "a prepared row is written");
+    tx.commit().await.expect("commit failed");
+
+    let owner = Uuid::now_v7();
+    let t0 = after_writes();
+    let claimed = claim(store, owner, t0).await;
+    assert_eq!(claimed.len(), 6);
+    let created = |id: Uuid| {
+        claimed
+            .iter()
+            .find(|e| e.id == id)
+            .map(|e| e.created_at)
+            .expect("claimed row")
+    };
+
+    // a[0] sent long ago, a[1] sent at t0: only a[1] is recent. b[0] dead,
+    // b[1] sent at t0. a[2], a[3] stay pending.
+    store
+        .mark_sent(&a[..1], t0 - secs(3600))
+        .await
+        .expect("mark_sent failed");
+    store
+        .mark_sent(&[a[1], b[1]], t0)
+        .await
+        .expect("mark_sent failed");
+    store
+        .mark_dead(b[0], owner, "broken", t0)
+        .await
+        .expect("mark_dead failed");
+    store.release(&a[2..], owner).await.expect("release failed");
+
+    let stats = store
+        .topic_stats(t0 - secs(60))
+        .await
+        .expect("topic_stats failed");
+    let topics: Vec<&str> = stats.iter().map(|s| s.topic.as_str()).collect();
+    assert_eq!(topics, vec![ta, tb], "one entry per topic, sorted");
+    let (sa, sb) = (&stats[0], &stats[1]);
+    assert_eq!(
+        (sa.pending, sa.prepared, sa.dead, sa.sent_since),
+        (2, 0, 0, 1),
+        "topic a: two pending, one sent since the cut (the other before it)"
+    );
+    let oldest = sa.oldest_pending.expect("topic a has pending rows");
+    assert!(
+        close(oldest, created(a[2])),
+        "oldest pending is the first pending row's creation time: {oldest} vs {}",
+        created(a[2])
+    );
+    assert_eq!(
+        (sb.pending, sb.prepared, sb.dead, sb.sent_since),
+        (0, 1, 1, 1),
+        "topic b: one prepared, one dead, one sent"
+    );
+    assert_eq!(sb.oldest_pending, None, "topic b has no pending row");
+
+    let later = store
+        .topic_stats(t0 + secs(1))
+        .await
+        .expect("topic_stats failed");
+    assert!(
+        later.iter().all(|s| s.sent_since == 0),
+        "nothing was sent after t0 + 1 s"
+    );
+}
+
+/// `dead_letter` finds one dead row by id (and nothing for a row that is
+/// not dead); `purge_dead` deletes only dead rows matching its topic, key
+/// and cut-off, oldest first, at most its limit per call.
+pub async fn dead_letter_by_id_and_purge_dead<S: SqlStore>(store: &S) {
+    let (ta, tb) = ("conf.purge-dead-a", "conf.purge-dead-b");
+    let written = enqueue(
+        store,
+        vec![
+            msg(ta, Some("k1"), 1),
+            msg(ta, Some("k2"), 2),
+            msg(ta, Some("k3"), 3),
+            msg(tb, Some("k1"), 4),
+            msg(tb, None, 5),
+        ],
+    )
+    .await;
+    let owner = Uuid::now_v7();
+    let t0 = after_writes();
+    assert_eq!(claim(store, owner, t0).await.len(), 5);
+    for (i, id) in written[..4].iter().enumerate() {
+        let at = t0 + secs(i64::try_from(i).expect("small") + 1);
+        store
+            .mark_dead(*id, owner, "gave up", at)
+            .await
+            .expect("mark_dead failed");
+    }
+    // written[4] stays pending (leased).
+
+    let one = store
+        .dead_letter(written[1])
+        .await
+        .expect("dead_letter failed")
+        .expect("written[1] is dead");
+    assert_eq!(one.envelope.id, written[1]);
+    assert_eq!(one.envelope.topic, ta);
+    assert_eq!(one.envelope.key.as_deref(), Some("k2"));
+    assert_eq!(one.reason, "gave up");
+    assert!(close(one.dead_at, t0 + secs(2)), "dead_at is the caller's");
+    assert!(
+        store
+            .dead_letter(written[4])
+            .await
+            .expect("dead_letter failed")
+            .is_none(),
+        "a pending row is not a dead letter"
+    );
+    assert!(
+        store
+            .dead_letter(Uuid::now_v7())
+            .await
+            .expect("dead_letter failed")
+            .is_none()
+    );
+
+    let dead_ids = |dead: Vec<txmsg_core::DeadLetter>| {
+        dead.into_iter().map(|d| d.envelope.id).collect::<Vec<_>>()
+    };
+    let far = t0 + secs(3600);
+
+    // By key: k1 of topic a and of topic b; the cut-off keeps b's (dead at +4 s).
+    let purged = store
+        .purge_dead(&DeadFilter::default().key("k1"), t0 + secs(3))
+        .await
+        .expect("purge_dead failed");
+    assert_eq!(purged, 1, "only k1's rows dead before the cut-off");
+    let left = dead_ids(
+        store
+            .dead_letters(&DeadFilter::default())
+            .await
+            .expect("dead_letters failed"),
+    );
+    assert_eq!(left, vec![written[1], written[2], written[3]]);
+
+    // By topic, in batches of one, oldest first.
+    let batch = DeadFilter::default().topic(ta).limit(1);
+    assert_eq!(store.purge_dead(&batch, far).await.expect("purge"), 1);
+    let left = dead_ids(
+        store
+            .dead_letters(&DeadFilter::default())
+            .await
+            .expect("dead_letters failed"),
+    );
+    assert_eq!(left, vec![written[2], written[3]], "the oldest goes first");
+    assert_eq!(store.purge_dead(&batch, far).await.expect("purge"), 1);
+    assert_eq!(store.purge_dead(&batch, far).await.expect("purge"), 0);
+    assert_eq!(
+        store
+            .purge_dead(&DeadFilter::default().limit(0), far)
+            .await
+            .expect("purge"),
+        0
+    );
+
+    // Everything dead; the pending row stays.
+    assert_eq!(
+        store
+            .purge_dead(&DeadFilter::default(), far)
+            .await
+            .expect("purge_dead failed"),
+        1
+    );
+    let stats = store.stats().await.expect("stats failed");
+    assert_eq!(
+        (stats.pending, stats.dead),
+        (1, 0),
+        "only dead rows are purged"
+    );
 }
