@@ -2,9 +2,10 @@
 //! the relay purges old sent rows and the consumer purges old inbox keys?
 //!
 //! The outbox and the inbox are filled with old rows first. Then producers
-//! write as fast as they can for a while with no purge running (the
-//! baseline), and again while a relay and a consumer purge the old rows in
-//! batches. The figures are the producers' throughput and commit latencies
+//! write as fast as they can for a while, with a relay publishing and a
+//! consumer applying every order, and nothing old enough to purge (the
+//! baseline); then again with the same relay and consumer set to purge the
+//! old rows, in batches. The figures are the producers' throughput and commit latencies
 //! in both phases, and how fast the purge went.
 
 use std::sync::Arc;
@@ -225,14 +226,30 @@ async fn measure(
         ..child::relay_config()
     };
 
-    // Baseline: a relay that keeps sent rows; no consumer.
+    // Both phases run the same relay and consumer (which applies every
+    // order produced); only their retentions differ. Baseline: nothing old
+    // enough to purge (sent rows kept, inbox keys kept a year).
+    let consumer_config = |retention: Duration| ConsumerConfig {
+        inbox_retention: retention,
+        purge_interval: Duration::from_millis(100),
+        purge_batch: opts.batch,
+        ..ConsumerConfig::new(ORDERED)
+    };
     let relay = Relay::new(store.clone(), broker.clone(), relay_config(None))?.start();
+    let consumer = Consumer::new(
+        store.clone(),
+        broker.clone(),
+        consumer_config(Duration::from_secs(365 * 24 * 3600)),
+    )?
+    .start()
+    .await?;
     let outbox = Outbox::new(&store).with_relay(&relay);
     let baseline = produce(&outbox, opts.clients, opts.seconds, 0).await?;
+    consumer.shutdown().await;
     relay.shutdown().await;
 
-    // The same, while a relay purges sent rows older than a day and a
-    // consumer purges inbox keys older than its retention.
+    // The same while the relay purges sent rows older than a day and the
+    // consumer inbox keys older than 7 days: the old rows.
     let purge_started = Instant::now();
     let relay = Relay::new(
         store.clone(),
@@ -243,12 +260,7 @@ async fn measure(
     let consumer = Consumer::new(
         store.clone(),
         broker.clone(),
-        ConsumerConfig {
-            inbox_retention: Duration::from_secs(7 * 24 * 3600),
-            purge_interval: Duration::from_millis(100),
-            purge_batch: opts.batch,
-            ..ConsumerConfig::new(ORDERED)
-        },
+        consumer_config(Duration::from_secs(7 * 24 * 3600)),
     )?
     .start()
     .await?;
