@@ -102,6 +102,12 @@ impl MySqlStore {
     /// method return [`Error::Config`] for `inbox_table` before running
     /// anything ([`connect_with`](MySqlStore::connect_with) returns it at
     /// once). Outbox methods are not affected.
+    ///
+    /// Run the pool's sessions in strict mode (`STRICT_TRANS_TABLES`, the
+    /// server default since MySQL 5.7 and MariaDB 10.2.4), so that a value
+    /// too long for its column is refused rather than cut;
+    /// [`connect_with`](MySqlStore::connect_with) sets it on every
+    /// connection.
     pub fn new(pool: MySqlPool, tables: Tables) -> Self {
         let sql = Sql::new(&tables);
         Self::build(pool, tables, sql)
@@ -164,6 +170,19 @@ impl MySqlStore {
         sql.inbox()?;
         let pool = MySqlPoolOptions::new()
             .max_connections(max_connections)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // Strict mode: a value too long for its column is an
+                    // error, never silently cut (a cut idempotency key could
+                    // collide with another).
+                    sqlx::Executor::execute(
+                        conn,
+                        "SET SESSION sql_mode = CONCAT_WS(',', @@SESSION.sql_mode, 'STRICT_TRANS_TABLES')",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
             .connect(url)
             .await?;
         Ok(Self::build(pool, tables, sql))
