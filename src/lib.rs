@@ -60,6 +60,7 @@
 //! | `redis`    | [`redis::RedisBroker`] (Redis Streams, consumer groups) | no |
 //! | `mqtt`     | [`mqtt::MqttBroker`] (MQTT 5, QoS 1, shared subscriptions) | no |
 //! | `opentelemetry` | `traceparent` captured when a message is written; handler spans continue the trace | no |
+//! | `testing`  | [`testing`]: an in-memory harness with a manual clock, fault injection and awaitable hooks | no |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use txmsg_core::consumer;
@@ -133,6 +134,10 @@ pub mod redis {
 pub mod mqtt {
     pub use txmsg_mqtt::*;
 }
+
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 /// In-process broker.
 #[cfg(feature = "memory")]

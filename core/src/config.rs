@@ -261,6 +261,11 @@ pub struct RelayConfig {
     /// batch, pausing between them, so producers are never blocked by a
     /// long delete. Default 1 000.
     pub purge_batch: u32,
+    /// How often the relay reads [`Store::stats`](crate::Store::stats) to
+    /// set the outbox gauges ([`OUTBOX_PENDING`](crate::metrics::OUTBOX_PENDING),
+    /// [`OUTBOX_OLDEST_PENDING_AGE_SECONDS`](crate::metrics::OUTBOX_OLDEST_PENDING_AGE_SECONDS));
+    /// `None` sets no gauges and reads nothing. Default 5 s.
+    pub stats_interval: Option<Duration>,
     /// The clock. Default the system clock.
     pub clock: Arc<dyn Clock>,
 }
@@ -286,6 +291,7 @@ impl fmt::Debug for RelayConfig {
             .field("sent_retention", &self.sent_retention)
             .field("purge_interval", &self.purge_interval)
             .field("purge_batch", &self.purge_batch)
+            .field("stats_interval", &self.stats_interval)
             .field("clock", &self.clock)
             .finish()
     }
@@ -312,6 +318,7 @@ impl Default for RelayConfig {
             sent_retention: Some(Duration::from_secs(7 * 24 * 3600)),
             purge_interval: Duration::from_secs(60),
             purge_batch: 1_000,
+            stats_interval: Some(Duration::from_secs(5)),
             clock: Arc::new(SystemClock),
         }
     }
@@ -340,6 +347,12 @@ impl RelayConfig {
         positive("purge_batch", self.purge_batch.into())?;
         if self.purge_interval.is_zero() {
             return Err(Error::config("purge_interval", "must be greater than zero"));
+        }
+        if self.stats_interval.is_some_and(|i| i.is_zero()) {
+            return Err(Error::config(
+                "stats_interval",
+                "must be greater than zero (`None` turns the outbox gauges off)",
+            ));
         }
         if self
             .sent_retention
@@ -451,5 +464,29 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn stats_interval_is_positive_or_off() {
+        let c = RelayConfig {
+            stats_interval: Some(Duration::ZERO),
+            ..RelayConfig::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(Error::Config {
+                field: "stats_interval",
+                ..
+            })
+        ));
+        let off = RelayConfig {
+            stats_interval: None,
+            ..RelayConfig::default()
+        };
+        assert!(off.validate().is_ok());
+        assert_eq!(
+            RelayConfig::default().stats_interval,
+            Some(Duration::from_secs(5))
+        );
     }
 }

@@ -15,6 +15,9 @@ pub mod half;
 pub mod metrics;
 mod relay;
 mod store;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 mod topic;
 mod trace;
 mod tx;

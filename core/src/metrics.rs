@@ -2,9 +2,68 @@
 //!
 //! txmsg never installs a recorder: install one (for example a Prometheus
 //! exporter) in your application to collect these. Labels come from small
-//! fixed sets (the topic), never from keys or ids.
+//! fixed sets (topic, consumer group, outcome), never from keys or ids.
+//!
+//! | name | type | labels | meaning |
+//! |------|------|--------|---------|
+//! | [`txmsg_outbox_pending`](OUTBOX_PENDING) | gauge | none | outbox rows waiting to be published |
+//! | [`txmsg_outbox_oldest_pending_age_seconds`](OUTBOX_OLDEST_PENDING_AGE_SECONDS) | gauge | none | age of the oldest pending row, 0 when none is pending |
+//! | [`txmsg_published_total`](PUBLISHED_TOTAL) | counter | `topic` | messages the broker confirmed |
+//! | [`txmsg_publish_duration_seconds`](PUBLISH_DURATION_SECONDS) | histogram | `topic` | time from sending a message to the broker's confirm |
+//! | [`txmsg_publish_retries_total`](PUBLISH_RETRIES_TOTAL) | counter | `topic` | failed publish attempts that will be retried |
+//! | [`txmsg_dead_letters_total`](DEAD_LETTERS_TOTAL) | counter | `topic` | messages that went dead: outbox rows (relay, check-back worker) and consumer dead letters |
+//! | [`txmsg_sent_purged_total`](SENT_PURGED_TOTAL) | counter | none | sent outbox rows purged after their retention |
+//! | [`txmsg_check_backs_total`](CHECK_BACKS_TOTAL) | counter | `topic`, `outcome` (`commit`, `rollback`, `unknown`, `error`) | check-backs of half messages that ran |
+//! | [`txmsg_consumed_total`](CONSUMED_TOTAL) | counter | `topic`, `group`, `outcome` (`applied`, `duplicate`, `dead`, `requeued`) | deliveries a consumer group settled |
+//! | [`txmsg_inbox_duplicates_total`](INBOX_DUPLICATES_TOTAL) | counter | `topic`, `group` | redeliveries recognised in the inbox and skipped |
+//! | [`txmsg_handle_duration_seconds`](HANDLE_DURATION_SECONDS) | histogram | `topic`, `group` | time a handler call took, its transaction included |
+//!
+//! Counters and histograms are recorded as things happen. The two outbox
+//! gauges are set by each running relay from [`Store::stats`](crate::Store::stats)
+//! every [`stats_interval`](crate::RelayConfig::stats_interval) (5 s by
+//! default, `None` turns them off); they count the whole outbox table, so
+//! every relay on the same table sets the same values. A process with relays
+//! on several outbox tables should turn the gauges off on all but one.
+//!
+//! # Installing an exporter
+//!
+//! Install the recorder once, early in `main` and before any relay, consumer
+//! or check-back worker starts: txmsg describes its metrics (help text and
+//! units) when the first of them starts, and a recorder installed later
+//! misses those descriptions. With the Prometheus exporter
+//! (`metrics-exporter-prometheus`, feature `http-listener`), which serves
+//! `/metrics` on its own listener:
+//!
+//! ```ignore
+//! use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+//!
+//! PrometheusBuilder::new()
+//!     .with_http_listener(([127, 0, 0, 1], 9464))
+//!     // Durations as Prometheus histograms (the default renders summaries).
+//!     .set_buckets_for_metric(
+//!         Matcher::Suffix("duration_seconds".into()),
+//!         &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0],
+//!     )?
+//!     .install()?;
+//! // ... then start the relay and the consumers ...
+//! ```
+//!
+//! The `txmsg-example-metrics` example in the repository runs exactly this
+//! next to an order flow; its test scrapes the endpoint.
 
 use std::sync::Once;
+
+use chrono::{DateTime, Utc};
+
+use crate::store::OutboxStats;
+
+/// Outbox rows waiting to be published, set by the relay every
+/// [`stats_interval`](crate::RelayConfig::stats_interval). Gauge, no labels.
+pub const OUTBOX_PENDING: &str = "txmsg_outbox_pending";
+/// Age of the oldest pending outbox row (0 when none is pending), set by the
+/// relay every [`stats_interval`](crate::RelayConfig::stats_interval).
+/// Gauge, seconds, no labels.
+pub const OUTBOX_OLDEST_PENDING_AGE_SECONDS: &str = "txmsg_outbox_oldest_pending_age_seconds";
 
 /// Messages the broker confirmed, by `topic`. Counter.
 pub const PUBLISHED_TOTAL: &str = "txmsg_published_total";
@@ -37,6 +96,12 @@ static DESCRIBE: Once = Once::new();
 /// Describes every metric once per process, for recorders that show help text.
 pub(crate) fn describe() {
     DESCRIBE.call_once(|| {
+        metrics::describe_gauge!(OUTBOX_PENDING, "outbox rows waiting to be published");
+        metrics::describe_gauge!(
+            OUTBOX_OLDEST_PENDING_AGE_SECONDS,
+            metrics::Unit::Seconds,
+            "age of the oldest pending outbox row, 0 when none is pending"
+        );
         metrics::describe_counter!(PUBLISHED_TOTAL, "messages the broker confirmed");
         metrics::describe_histogram!(
             PUBLISH_DURATION_SECONDS,
@@ -64,4 +129,66 @@ pub(crate) fn describe() {
             "time a handler call took, including its transaction"
         );
     });
+}
+
+/// Sets the outbox gauges from `stats`, read at `now`.
+pub(crate) fn record_outbox(stats: &OutboxStats, now: DateTime<Utc>) {
+    // A gauge is an f64: exact up to 2^53 rows.
+    metrics::gauge!(OUTBOX_PENDING).set(stats.pending as f64);
+    metrics::gauge!(OUTBOX_OLDEST_PENDING_AGE_SECONDS)
+        .set(oldest_pending_age(stats.oldest_pending, now));
+}
+
+/// Seconds since `oldest` at `now`: 0 when nothing is pending, and 0 rather
+/// than negative when the row's clock was ahead of ours.
+fn oldest_pending_age(oldest: Option<DateTime<Utc>>, now: DateTime<Utc>) -> f64 {
+    oldest
+        .and_then(|t| (now - t).to_std().ok())
+        .map_or(0.0, |age| age.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oldest_pending_age_is_seconds_and_never_negative() {
+        let now = Utc::now();
+        assert_eq!(oldest_pending_age(None, now), 0.0);
+        let age = oldest_pending_age(Some(now - chrono::Duration::milliseconds(2_500)), now);
+        assert!((age - 2.5).abs() < 1e-9, "{age}");
+        assert_eq!(
+            oldest_pending_age(Some(now + chrono::Duration::seconds(3)), now),
+            0.0
+        );
+    }
+
+    #[test]
+    fn names_follow_the_convention() {
+        let all = [
+            (OUTBOX_PENDING, "gauge"),
+            (OUTBOX_OLDEST_PENDING_AGE_SECONDS, "gauge"),
+            (PUBLISHED_TOTAL, "counter"),
+            (PUBLISH_DURATION_SECONDS, "histogram"),
+            (PUBLISH_RETRIES_TOTAL, "counter"),
+            (DEAD_LETTERS_TOTAL, "counter"),
+            (SENT_PURGED_TOTAL, "counter"),
+            (CHECK_BACKS_TOTAL, "counter"),
+            (CONSUMED_TOTAL, "counter"),
+            (INBOX_DUPLICATES_TOTAL, "counter"),
+            (HANDLE_DURATION_SECONDS, "histogram"),
+        ];
+        for (name, kind) in all {
+            assert!(name.starts_with("txmsg_"), "{name}");
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{name}"
+            );
+            assert_eq!(name.ends_with("_total"), kind == "counter", "{name}");
+            if kind == "histogram" {
+                assert!(name.ends_with("_seconds"), "{name}");
+            }
+        }
+    }
 }

@@ -50,6 +50,9 @@ struct OutboxInner<DB: sqlx::Database> {
     begin: BeginFn<DB>,
     relay: Option<RelayLink>,
     clock: Arc<dyn Clock>,
+    /// Commits whose fast-path handoff is still to be lost (fault injection).
+    #[cfg(feature = "testing")]
+    lost_handoffs: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl<DB: sqlx::Database> Clone for Outbox<DB> {
@@ -83,6 +86,8 @@ impl<DB: sqlx::Database> Outbox<DB> {
                 }),
                 relay: None,
                 clock: Arc::new(SystemClock),
+                #[cfg(feature = "testing")]
+                lost_handoffs: Arc::default(),
             }),
         }
     }
@@ -99,10 +104,39 @@ impl<DB: sqlx::Database> Outbox<DB> {
             begin: Arc::clone(&self.inner.begin),
             clock: Arc::clone(&link.clock),
             relay: Some(link),
+            #[cfg(feature = "testing")]
+            lost_handoffs: Arc::clone(&self.inner.lost_handoffs),
         };
         Outbox {
             inner: Arc::new(inner),
         }
+    }
+
+    /// Fault injection: the next `commits` commits that carry messages for
+    /// the relay's fast path, through this outbox, its clones or outboxes
+    /// made from it with [`with_relay`](Outbox::with_relay), commit their
+    /// messages but never hand them to the relay, as if the process died
+    /// right after `COMMIT`.
+    ///
+    /// Their rows stay leased to the relay until the lease runs out; then a
+    /// relay's poller publishes them, as it does a crash's leftovers. Replaces
+    /// any count set before; `0` turns it off.
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+    pub fn lose_next_handoffs(&self, commits: u32) {
+        self.inner
+            .lost_handoffs
+            .store(commits, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether this commit's handoff is to be lost, counting it.
+    #[cfg(feature = "testing")]
+    fn take_lost_handoff(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.inner
+            .lost_handoffs
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// The connection pool.
@@ -312,6 +346,12 @@ impl<'c, DB: sqlx::Database> Tx<'c, DB> {
         fail::fail_point!("txmsg::before_commit", |_| Err(Error::Shutdown));
         txn.commit().await?;
         fail::fail_point!("txmsg::after_commit_before_handoff", |_| Ok(()));
+        #[cfg(feature = "testing")]
+        if !pending.is_empty() && outbox.take_lost_handoff() {
+            // The permits go back unused; the rows wait for their lease to
+            // run out.
+            return Ok(());
+        }
         if let Some(relay) = &outbox.inner.relay {
             for (msg, permit) in pending {
                 permit.send(msg);

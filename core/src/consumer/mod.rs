@@ -4,11 +4,13 @@
 
 mod delivery;
 mod inbox;
+mod observe;
 mod registry;
 mod runtime;
 
 pub use delivery::{Acker, Delivery, SubscribeSpec, Subscription, Undecodable};
 pub use inbox::{ConsumerDeadLetter, InboxStore, InboxWriter};
+pub use observe::{Handled, HandledOutcome};
 pub use registry::{
     AnyCtx, HandleOutcome, HandlerCtx, HandlerFn, HandlerRecord, registered_handlers, run_handler,
 };

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::delivery::{Delivery, SubscribeSpec, Subscription, Undecodable};
 use super::inbox::{ConsumerDeadLetter, InboxStore};
+use super::observe::{Handled, HandledOutcome};
 use super::registry::{AnyCtx, HandleOutcome, HandlerCtx, HandlerRecord, registered_handlers};
 use crate::relay::error_chain;
 use crate::{Broker, Clock, DeadFilter, Envelope, Error, Outbox, Result, SystemClock};
@@ -208,6 +209,7 @@ pub struct Consumer<S: InboxStore, B> {
     broker: B,
     config: ConsumerConfig,
     outbox: Outbox<S::Database>,
+    observer: Option<mpsc::UnboundedSender<Handled>>,
 }
 
 impl<S: InboxStore, B: Broker> Consumer<S, B> {
@@ -225,7 +227,17 @@ impl<S: InboxStore, B: Broker> Consumer<S, B> {
             broker,
             config,
             outbox,
+            observer: None,
         })
+    }
+
+    /// Reports every delivery the consumer is done with to `observer`: what
+    /// tests await instead of sleeping (see [`Handled`]). Without an
+    /// observer, nothing is reported and nothing is allocated for it. A
+    /// closed observer is ignored.
+    pub fn with_observer(mut self, observer: mpsc::UnboundedSender<Handled>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Begins handler transactions from `outbox`, so that messages handlers
@@ -280,6 +292,7 @@ impl<S: InboxStore, B: Broker> Consumer<S, B> {
                 config: self.config.clone(),
                 spec,
                 counters: Arc::clone(&counters),
+                observer: self.observer.clone(),
             };
             let span = tracing::info_span!("txmsg.consumer", group = %self.config.group, topic = record.topic);
             tasks.push(tokio::spawn(
@@ -515,6 +528,7 @@ struct Worker<S, B> {
     config: ConsumerConfig,
     spec: SubscribeSpec,
     counters: Arc<Counters>,
+    observer: Option<mpsc::UnboundedSender<Handled>>,
 }
 
 /// What a finished delivery tells the worker loop: its key, if any.
@@ -602,6 +616,21 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
         }
     }
 
+    /// Tells the observer, if there is one, that `envelope` is settled.
+    fn report(&self, envelope: &Envelope, attempts: u32, outcome: impl FnOnce() -> HandledOutcome) {
+        if let Some(observer) = &self.observer {
+            let _ = observer.send(Handled {
+                group: self.config.group.clone(),
+                topic: envelope.topic.clone(),
+                message_id: envelope.id,
+                idempotency_key: envelope.idempotency_key.clone(),
+                key: envelope.key.clone(),
+                attempts,
+                outcome: outcome(),
+            });
+        }
+    }
+
     fn count(&self, outcome: &'static str) {
         let counter = match outcome {
             "applied" => &self.counters.applied,
@@ -668,6 +697,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                 match outcome {
                     HandleOutcome::Applied => {
                         self.count("applied");
+                        self.report(&envelope, attempt, || HandledOutcome::Applied);
                         // A crash here: committed, never acknowledged (the
                         // delivery is dropped unsettled on return).
                         fail::fail_point!("txmsg::consumer::after_commit_before_ack", |_| {});
@@ -684,6 +714,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                         )
                         .increment(1);
                         self.count("duplicate");
+                        self.report(&envelope, attempt - 1, || HandledOutcome::Duplicate);
                         return ack(delivery).await;
                     }
                     HandleOutcome::Poison(reason) => {
@@ -708,6 +739,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                             () = tokio::time::sleep(delay) => {}
                             () = stopped(&mut stop) => {
                                 self.count("requeued");
+                                self.report(&envelope, attempt, || HandledOutcome::Requeued);
                                 let _ = delivery.nack().await;
                                 return;
                             }
@@ -738,11 +770,15 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                 metrics::counter!(crate::metrics::DEAD_LETTERS_TOTAL, "topic" => self.record.topic)
                     .increment(1);
                 self.count("dead");
+                self.report(&dead.envelope, attempts, || {
+                    HandledOutcome::Dead(dead.reason.clone())
+                });
                 ack(delivery).await;
             }
             Err(e) => {
                 tracing::error!(error = %error_chain(&e), "could not store the dead letter; the message is handed back");
                 self.count("requeued");
+                self.report(&dead.envelope, attempts, || HandledOutcome::Requeued);
                 let _ = delivery.nack().await;
             }
         }
@@ -778,9 +814,9 @@ async fn purge_loop<S: InboxStore>(
                     if n < u64::from(config.purge_batch) || *stop.borrow() {
                         break;
                     }
-                    // Between full batches, rest at least as long as the
-                    // batch took: handlers get the table at least half the
-                    // time.
+                    // Between full batches, rest three times as long as
+                    // the batch took: the purge keeps at most a quarter of
+                    // the database's time.
                     tokio::select! {
                         () = stopped(&mut stop) => return,
                         () = tokio::time::sleep(crate::relay::purge_pause(started.elapsed())) => {}

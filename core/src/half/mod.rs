@@ -18,4 +18,4 @@ pub use prepared::{Prepared, PreparedMessage, Resolve, Resolved};
 pub use registry::{
     CheckBackFn, CheckBackRecord, CheckStatus, registered_check_backs, run_check_back,
 };
-pub use worker::{CheckBackConfig, CheckBackHandle, CheckBackWorker};
+pub use worker::{CheckBackConfig, CheckBackHandle, CheckBackWorker, Checked};

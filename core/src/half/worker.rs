@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -107,6 +107,31 @@ impl CheckBackConfig {
     }
 }
 
+/// One check-back that ran, as reported to the observer set with
+/// [`CheckBackWorker::with_observer`]: reported once its outcome is applied
+/// (the message committed, rolled back, scheduled for another check, or
+/// dead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Checked {
+    /// The topic.
+    pub topic: String,
+    /// The prepared message.
+    pub message_id: Uuid,
+    /// Which check this was for the message, from 1.
+    pub check: u32,
+    /// The verdict as counted: a check that failed or timed out counts as
+    /// [`CheckStatus::Unknown`].
+    pub status: CheckStatus,
+    /// Why the check failed or timed out, if it did.
+    pub error: Option<String>,
+    /// Whether the check-back did not answer within the timeout.
+    pub timed_out: bool,
+    /// Whether the message is dead after this check (unresolved after
+    /// `max_checks`, or expired).
+    pub dead: bool,
+}
+
 /// Resolves prepared messages whose producer did not (a crash, a panic, a
 /// lost connection) by asking the topic's `#[check_back]`.
 ///
@@ -124,6 +149,7 @@ pub struct CheckBackWorker<S> {
     store: S,
     config: CheckBackConfig,
     relay: Option<RelayHandle>,
+    observer: Option<mpsc::UnboundedSender<Checked>>,
 }
 
 impl<S: Store> CheckBackWorker<S> {
@@ -138,7 +164,15 @@ impl<S: Store> CheckBackWorker<S> {
             store,
             config,
             relay: None,
+            observer: None,
         })
+    }
+
+    /// Reports every check that ran to `observer` (see [`Checked`]): what
+    /// tests await instead of sleeping. A closed observer is ignored.
+    pub fn with_observer(mut self, observer: mpsc::UnboundedSender<Checked>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Wakes `relay` when a check commits a message, so it goes out at once.
@@ -180,18 +214,25 @@ impl<S: Store> CheckBackWorker<S> {
         crate::metrics::describe();
         let check_backs = Self::check_backs()?;
         let (stop_tx, stop_rx) = watch::channel(false);
+        #[cfg(feature = "testing")]
+        let timeouts = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let shared = Arc::new(Shared {
             store: self.store,
             config: self.config,
             relay: self.relay,
+            observer: self.observer,
             check_backs,
             owner: Uuid::now_v7(),
+            #[cfg(feature = "testing")]
+            timeouts: Arc::clone(&timeouts),
         });
         let span = tracing::info_span!("txmsg.check_back.worker", worker = %shared.owner);
         let task = tokio::spawn(run(shared, stop_rx).instrument(span));
         Ok(CheckBackHandle {
             stop: stop_tx,
             task: Arc::new(tokio::sync::Mutex::new(Some(task))),
+            #[cfg(feature = "testing")]
+            timeouts,
         })
     }
 }
@@ -201,9 +242,22 @@ impl<S: Store> CheckBackWorker<S> {
 pub struct CheckBackHandle {
     stop: watch::Sender<bool>,
     task: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    #[cfg(feature = "testing")]
+    timeouts: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl CheckBackHandle {
+    /// Fault injection: the next `checks` check-backs this worker runs get
+    /// no answer in time, as a check-back slower than `timeout`: the
+    /// function is not called and the check counts as Unknown. Replaces any
+    /// count set before; `0` turns it off.
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+    pub fn time_out_next_checks(&self, checks: u32) {
+        self.timeouts
+            .store(checks, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Stops after the checks in progress; what was claimed and not checked
     /// is checked again when its lease runs out.
     ///
@@ -226,8 +280,28 @@ struct Shared<S> {
     store: S,
     config: CheckBackConfig,
     relay: Option<RelayHandle>,
+    observer: Option<mpsc::UnboundedSender<Checked>>,
     check_backs: HashMap<&'static str, &'static CheckBackRecord>,
     owner: Uuid,
+    /// Checks still to be timed out (fault injection).
+    #[cfg(feature = "testing")]
+    timeouts: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl<S> Shared<S> {
+    /// Whether this check is to time out, counting it.
+    #[cfg(feature = "testing")]
+    fn take_timeout(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.timeouts
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    #[cfg(not(feature = "testing"))]
+    fn take_timeout(&self) -> bool {
+        false
+    }
 }
 
 async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -308,14 +382,19 @@ async fn check_one<S: Store>(
             let reason = format!("no `#[check_back]` is registered for topic `{}`", env.topic);
             return dead(shared, env, &reason).await;
         };
-        let verdict = tokio::select! {
-            r = tokio::time::timeout(shared.config.timeout, (record.call)(env)) => match r {
-                Ok(Ok(status)) => Ok(status),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(format!("no answer within {:?}", shared.config.timeout)),
-            },
-            // Stopping: this check did not really run; the lease runs out.
-            () = stopped(&mut stop) => return,
+        let no_answer = || format!("no answer within {:?}", shared.config.timeout);
+        let (verdict, timed_out) = if shared.take_timeout() {
+            (Err(no_answer()), true)
+        } else {
+            tokio::select! {
+                r = tokio::time::timeout(shared.config.timeout, (record.call)(env)) => match r {
+                    Ok(Ok(status)) => (Ok(status), false),
+                    Ok(Err(e)) => (Err(e), false),
+                    Err(_) => (Err(no_answer()), true),
+                },
+                // Stopping: this check did not really run; the lease runs out.
+                () = stopped(&mut stop) => return,
+            }
         };
         let outcome = match &verdict {
             Ok(CheckStatus::Commit) => "commit",
@@ -324,27 +403,45 @@ async fn check_one<S: Store>(
             Err(_) => "error",
         };
         metrics::counter!(crate::metrics::CHECK_BACKS_TOTAL, "topic" => env.topic.clone(), "outcome" => outcome).increment(1);
-        match verdict {
-            Ok(CheckStatus::Commit) => resolve(shared, env.id, Resolve::Commit).await,
-            Ok(CheckStatus::Rollback) => resolve(shared, env.id, Resolve::Rollback).await,
-            other => {
-                if let Err(e) = &other {
+        let checks = prepared.checks.saturating_add(1);
+        let (status, error) = match verdict {
+            Ok(status) => (status, None),
+            Err(e) => (CheckStatus::Unknown, Some(e)),
+        };
+        let mut is_dead = false;
+        match status {
+            CheckStatus::Commit => resolve(shared, env.id, Resolve::Commit).await,
+            CheckStatus::Rollback => resolve(shared, env.id, Resolve::Rollback).await,
+            CheckStatus::Unknown => {
+                if let Some(e) = &error {
                     tracing::warn!(error = %e, "check-back failed; counted as Unknown");
                 }
-                let checks = prepared.checks.saturating_add(1);
                 if expired {
                     let reason = format!("expired while unresolved after {checks} checks");
-                    return dead(shared, env, &reason).await;
-                }
-                if checks >= shared.config.max_checks {
+                    dead(shared, env, &reason).await;
+                    is_dead = true;
+                } else if checks >= shared.config.max_checks {
                     let reason = format!("unresolved after {checks} checks");
-                    return dead(shared, env, &reason).await;
-                }
-                let next = after(now, shared.config.interval);
-                if let Err(e) = shared.store.record_check(env.id, shared.owner, next, true).await {
-                    tracing::warn!(error = %error_chain(&e), "could not record the check; it runs again when the lease runs out");
+                    dead(shared, env, &reason).await;
+                    is_dead = true;
+                } else {
+                    let next = after(now, shared.config.interval);
+                    if let Err(e) = shared.store.record_check(env.id, shared.owner, next, true).await {
+                        tracing::warn!(error = %error_chain(&e), "could not record the check; it runs again when the lease runs out");
+                    }
                 }
             }
+        }
+        if let Some(observer) = &shared.observer {
+            let _ = observer.send(Checked {
+                topic: env.topic.clone(),
+                message_id: env.id,
+                check: checks,
+                status,
+                error,
+                timed_out,
+                dead: is_dead,
+            });
         }
     }
     .instrument(span)
