@@ -61,6 +61,7 @@
 //! | `mqtt`     | [`mqtt::MqttBroker`] (MQTT 5, QoS 1, shared subscriptions) | no |
 //! | `opentelemetry` | `traceparent` captured when a message is written; handler spans continue the trace | no |
 //! | `testing`  | [`testing`]: an in-memory harness with a manual clock, fault injection and awaitable hooks | no |
+//! | `tls`      | TLS (rustls) in every enabled network store and broker: `sslmode`/`ssl-mode`, `amqps://`, `tls://`, `rediss://`, `mqtts://` | no |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use txmsg_core::consumer;
