@@ -509,15 +509,19 @@ async fn poison_messages_are_dead_with_a_reason_and_the_rest_flow() {
 
 #[txmsg::message_handler(topic = "work.stop", group = "stop")]
 async fn stop_handler(tx: &mut Tx<'_, sqlx::Postgres>, work: Work) -> Result<(), HandlerError> {
-    // Slow enough that the stream is still flowing when the test stops it.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Slow enough that the stream is still flowing when the test stops it
+    // (500 messages at 16 at a time take over 1.5 s).
+    tokio::time::sleep(Duration::from_millis(50)).await;
     effect(tx, "stop", work.n).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_mid_stream_loses_nothing_and_applies_nothing_twice() {
     let (pg, rabbit) = setup().await;
-    let consumer = start(&pg, &rabbit, "stop").await;
+    // The group's queue exists from its first subscribe; the messages wait
+    // there, so the stream below is as long as the handlers make it,
+    // however slowly they were published.
+    start(&pg, &rabbit, "stop").await.shutdown().await;
     const N: i64 = 500;
     for n in 0..N {
         rabbit
@@ -526,6 +530,7 @@ async fn shutdown_mid_stream_loses_nothing_and_applies_nothing_twice() {
             .await
             .unwrap();
     }
+    let consumer = start(&pg, &rabbit, "stop").await;
     // Stop while messages are still flowing.
     for _ in 0..200 {
         if effects(&pg, "stop").await > 50 {
