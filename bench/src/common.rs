@@ -1,0 +1,453 @@
+//! What every mode shares: connections, an isolated PostgreSQL schema per
+//! variant, an isolated RabbitMQ exchange and queue, latency statistics, and
+//! a broker wrapper that records when each publish was confirmed.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lapin::options::{
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, ExchangeKind};
+use serde::Serialize;
+use txmsg::consumer::{SubscribeSpec, Subscription};
+use txmsg::postgres::PgStore;
+use txmsg::rabbitmq::{RabbitBroker, RabbitConfig};
+use txmsg::{Broker, Envelope, Store, Tables};
+
+/// Errors of the benchmark: anything printable.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The benchmark's result type.
+pub(crate) type Res<T> = Result<T, BoxError>;
+
+/// Where the services are and how big a run is.
+#[derive(Debug, Clone)]
+pub(crate) struct Env {
+    /// PostgreSQL URL.
+    pub(crate) db_url: String,
+    /// RabbitMQ URL.
+    pub(crate) amqp_url: String,
+    /// Rounds per variant (alternating framework, baseline, ...).
+    pub(crate) rounds: usize,
+    /// Length of a timed round.
+    pub(crate) round: Duration,
+    /// Concurrent producer clients.
+    pub(crate) clients: usize,
+    /// Rows of the drain mode.
+    pub(crate) drain_rows: usize,
+    /// Messages of the consumer mode.
+    pub(crate) consume_msgs: usize,
+    /// Rows of the memory mode: (small, large).
+    pub(crate) memory_rows: (usize, usize),
+    /// Publishes awaiting a confirm at once, framework and baseline alike.
+    pub(crate) window: usize,
+}
+
+/// A unique lowercase suffix for names.
+pub(crate) fn unique() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// Business table created in every schema: same for both variants.
+pub(crate) const BUSINESS_DDL: &str = "CREATE TABLE bench_orders (\
+    id bigint PRIMARY KEY, client int NOT NULL, amount bigint NOT NULL, created_at timestamptz NOT NULL);\
+    CREATE TABLE bench_effects (n bigint NOT NULL, grp text NOT NULL)";
+
+/// A PostgreSQL schema of its own, migrated by `PgStore::migrate()`, with
+/// the business tables beside the store's.
+#[derive(Debug, Clone)]
+pub(crate) struct Schema {
+    /// Schema name.
+    pub(crate) name: String,
+    /// Pool whose search path starts with the schema.
+    pub(crate) pool: sqlx::PgPool,
+    /// Migrated store in the schema.
+    pub(crate) store: PgStore,
+}
+
+impl Schema {
+    /// Creates the schema, a pool of `conns` connections and the tables.
+    pub(crate) async fn create(env: &Env, tag: &str, conns: u32) -> Res<Self> {
+        let name = format!("txmsg_bench_{tag}_{}", unique());
+        let pool = pool_in(&env.db_url, &name, conns).await?;
+        let store = PgStore::new(pool.clone(), Tables::default().schema(&name)?);
+        store.migrate().await?;
+        sqlx::raw_sql(BUSINESS_DDL).execute(&pool).await?;
+        Ok(Schema { name, pool, store })
+    }
+
+    /// Opens another pool on the same schema.
+    pub(crate) async fn attach(env: &Env, name: &str, conns: u32) -> Res<Self> {
+        let pool = pool_in(&env.db_url, name, conns).await?;
+        let store = PgStore::new(pool.clone(), Tables::default().schema(name)?);
+        Ok(Schema {
+            name: name.to_owned(),
+            pool,
+            store,
+        })
+    }
+
+    /// Empties the outbox, inbox and business tables between rounds.
+    pub(crate) async fn truncate(&self) -> Res<()> {
+        sqlx::raw_sql("TRUNCATE txmsg_outbox, txmsg_inbox, bench_orders, bench_effects")
+            .execute(&self.pool)
+            .await?;
+        sqlx::raw_sql("VACUUM ANALYZE txmsg_outbox")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Outbox rows still pending.
+    pub(crate) async fn pending(&self) -> Res<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM txmsg_outbox WHERE state = 'pending'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Drops the schema and closes the pool.
+    pub(crate) async fn drop(self) -> Res<()> {
+        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&self.pool)
+            .await?;
+        self.pool.close().await;
+        Ok(())
+    }
+}
+
+async fn pool_in(url: &str, schema: &str, conns: u32) -> Res<sqlx::PgPool> {
+    let search_path = format!("SET search_path TO {schema}, public");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(conns)
+        .min_connections(conns)
+        .after_connect(move |conn, _| {
+            let sql = search_path.clone();
+            Box::pin(async move {
+                sqlx::Executor::execute(conn, sqlx::AssertSqlSafe(sql)).await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+        .map_err(|e| format!("cannot reach PostgreSQL at DATABASE_URL: {e}"))?;
+    if schema_missing(&pool, schema).await? {
+        let sql = format!("CREATE SCHEMA {schema}");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await?;
+    }
+    Ok(pool)
+}
+
+async fn schema_missing(pool: &sqlx::PgPool, schema: &str) -> Res<bool> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(pool)
+            .await?;
+    Ok(!exists)
+}
+
+/// A RabbitMQ exchange of its own with a durable queue bound to all of it,
+/// the framework's broker on it, and a raw lapin connection for baselines.
+#[derive(Debug)]
+pub(crate) struct Rabbit {
+    /// Exchange name.
+    pub(crate) exchange: String,
+    /// Queue bound with `#`.
+    pub(crate) queue: String,
+    /// The framework's broker, publishing to `exchange`.
+    pub(crate) broker: RabbitBroker,
+    /// Raw connection for the baselines.
+    pub(crate) conn: lapin::Connection,
+}
+
+impl Rabbit {
+    /// Declares the exchange and the queue.
+    pub(crate) async fn create(env: &Env, tag: &str) -> Res<Self> {
+        let id = unique();
+        let exchange = format!("txmsg.bench.{tag}.{id}");
+        let queue = format!("{exchange}.all");
+        let broker =
+            RabbitBroker::connect(&env.amqp_url, RabbitConfig::default().exchange(&exchange)?)
+                .await
+                .map_err(|e| format!("cannot reach RabbitMQ at AMQP_URL: {e}"))?;
+        broker.bind_queue(&queue, "#").await?;
+        let conn = connect_raw(env).await?;
+        Ok(Rabbit {
+            exchange,
+            queue,
+            broker,
+            conn,
+        })
+    }
+
+    /// Removes every message from the queue.
+    pub(crate) async fn purge(&self) -> Res<()> {
+        let ch = self.conn.create_channel().await?;
+        ch.queue_purge(self.queue.as_str().into(), QueuePurgeOptions::default())
+            .await?;
+        let _ = ch.close(200, "done".into()).await;
+        Ok(())
+    }
+
+    /// Deletes the queue, the given extra queues and the exchange.
+    pub(crate) async fn cleanup(self, extra_queues: &[String]) -> Res<()> {
+        let ch = self.conn.create_channel().await?;
+        for q in std::iter::once(&self.queue).chain(extra_queues) {
+            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        ch.exchange_delete(
+            self.exchange.as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await?;
+        let _ = ch.close(200, "done".into()).await;
+        let _ = self.broker.close().await;
+        let _ = self.conn.close(200, "done".into()).await;
+        Ok(())
+    }
+}
+
+/// A plain lapin connection.
+pub(crate) async fn connect_raw(env: &Env) -> Res<lapin::Connection> {
+    Ok(
+        lapin::Connection::connect(&env.amqp_url, lapin::ConnectionProperties::default())
+            .await
+            .map_err(|e| format!("cannot reach RabbitMQ at AMQP_URL: {e}"))?,
+    )
+}
+
+/// A channel in confirm mode on which the exchange exists (declared as the
+/// framework's broker declares it).
+pub(crate) async fn confirm_channel(
+    conn: &lapin::Connection,
+    exchange: &str,
+) -> Res<lapin::Channel> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    ch.exchange_declare(
+        exchange.into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(ch)
+}
+
+/// Declares a durable queue bound to `exchange` with `pattern`.
+pub(crate) async fn declare_queue(
+    conn: &lapin::Connection,
+    exchange: &str,
+    queue: &str,
+    pattern: &str,
+) -> Res<()> {
+    let ch = conn.create_channel().await?;
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        pattern.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let _ = ch.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// The properties a careful hand-written publisher sets: persistent JSON
+/// with the message id, the creation time and the CloudEvents attributes a
+/// consumer needs (id, type, source, specversion).
+pub(crate) fn baseline_properties(id: &str, topic: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    for (k, v) in [
+        ("cloudEvents_id", id),
+        ("cloudEvents_type", topic),
+        ("cloudEvents_source", "/bench"),
+        ("cloudEvents_specversion", "1.0"),
+    ] {
+        headers.insert(ShortString::from(k), AMQPValue::LongString(v.into()));
+    }
+    let ts = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or_default();
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(id.into())
+        .with_timestamp(ts)
+        .with_headers(headers)
+}
+
+/// Latency summary in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct Lat {
+    /// Median.
+    pub(crate) p50_ms: f64,
+    /// 99th percentile.
+    pub(crate) p99_ms: f64,
+}
+
+/// Percentiles of `samples` (any order).
+pub(crate) fn lat(samples: &mut [Duration]) -> Lat {
+    if samples.is_empty() {
+        return Lat::default();
+    }
+    samples.sort_unstable();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples
+            .get(i.min(samples.len() - 1))
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
+    Lat {
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+    }
+}
+
+/// CPU time (user + system) this process used so far, from
+/// `/proc/self/stat` (clock ticks of 10 ms); zero where it cannot be read.
+pub(crate) fn process_cpu() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime: fields 14 and 15 of the line, 12 and 13 after `)`.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// Median of a list of figures.
+pub(crate) fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// A broker that forwards to the framework's RabbitMQ broker and records,
+/// for each publish the broker confirmed, the message's idempotency key
+/// and the instant of the confirm. The relay knows nothing about it; it is
+/// how the benchmark sees "commit → confirmed" without a relay hook.
+#[derive(Debug, Clone)]
+pub(crate) struct TimedBroker {
+    inner: RabbitBroker,
+    confirms: Arc<Mutex<Vec<(u64, Instant)>>>,
+    /// Confirms so far, recorded or not.
+    confirmed: Arc<AtomicUsize>,
+    /// Whether each confirm's instant is kept (not in the memory mode).
+    record: bool,
+}
+
+impl TimedBroker {
+    /// Wraps `inner`.
+    pub(crate) fn new(inner: RabbitBroker) -> Self {
+        TimedBroker {
+            inner,
+            confirms: Arc::new(Mutex::new(Vec::new())),
+            confirmed: Arc::new(AtomicUsize::new(0)),
+            record: true,
+        }
+    }
+
+    /// Wraps `inner`, counting confirms without keeping their instants.
+    pub(crate) fn counting(inner: RabbitBroker) -> Self {
+        TimedBroker {
+            record: false,
+            ..TimedBroker::new(inner)
+        }
+    }
+
+    /// Takes the confirms recorded so far.
+    pub(crate) fn take(&self) -> Vec<(u64, Instant)> {
+        self.confirms
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+
+    /// Confirms since the broker was wrapped.
+    pub(crate) fn count(&self) -> usize {
+        self.confirmed.load(Ordering::SeqCst)
+    }
+}
+
+impl Broker for TimedBroker {
+    async fn publish(&self, envelope: &Envelope) -> txmsg::Result<()> {
+        self.inner.publish(envelope).await?;
+        if self.record {
+            let now = Instant::now();
+            let seq = envelope.idempotency_key.parse::<u64>().unwrap_or(u64::MAX);
+            if let Ok(mut v) = self.confirms.lock() {
+                v.push((seq, now));
+            }
+        }
+        self.confirmed.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn subscribe(&self, spec: &SubscribeSpec) -> txmsg::Result<Subscription> {
+        self.inner.subscribe(spec).await
+    }
+}
+
+/// Which side of the comparison a figure belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// txmsg.
+    Framework,
+    /// Hand-written sqlx + lapin.
+    Baseline,
+}
+
+impl Side {
+    /// The alternating order of `rounds` rounds per side: F, B, F, B, ...
+    pub(crate) fn schedule(rounds: usize) -> Vec<(usize, Side)> {
+        (0..rounds)
+            .flat_map(|r| [(r, Side::Framework), (r, Side::Baseline)])
+            .collect()
+    }
+
+    /// Short label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Side::Framework => "txmsg",
+            Side::Baseline => "baseline",
+        }
+    }
+}
+
+/// Prints a mode's two figures and their ratio.
+pub(crate) fn print_pair(what: &str, unit: &str, fw: f64, bl: f64) -> f64 {
+    let ratio = if bl > 0.0 { fw / bl } else { 0.0 };
+    println!("{what}: txmsg {fw:.1} {unit} | baseline {bl:.1} {unit} | ratio {ratio:.3}");
+    ratio
+}

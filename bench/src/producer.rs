@@ -1,0 +1,596 @@
+//! The write path (`producer`) and commit → broker-confirmed (`e2e`).
+//!
+//! Both sides insert one business row and one outbox row (no ordering key,
+//! no expiry) in one transaction and commit. txmsg does it through a
+//! `#[transactional_message]` function's `_and_commit` form; the baseline
+//! with two prepared sqlx statements into an identically migrated schema.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc};
+use txmsg::{Outbox, Relay, RelayConfig, Tx};
+
+use crate::common::{
+    Env, Lat, Rabbit, Res, Schema, Side, TimedBroker, confirm_channel, lat, median, print_pair,
+};
+
+/// The event both sides write.
+#[derive(Debug, Serialize)]
+pub(crate) struct OrderPlaced {
+    /// Order id.
+    pub(crate) id: i64,
+    /// Client that placed it.
+    pub(crate) client: i32,
+    /// Amount in cents.
+    pub(crate) amount: i64,
+}
+
+/// Topic of the producer benchmarks.
+pub(crate) const TOPIC: &str = "bench.orders";
+
+/// The framework's producer: the business insert, and the message.
+#[txmsg::transactional_message(topic = "bench.orders", idempotency_key = id)]
+async fn place_order(
+    tx: &mut Tx<'_, sqlx::Postgres>,
+    id: i64,
+    client: i32,
+    amount: i64,
+) -> Result<OrderPlaced, txmsg::Error> {
+    sqlx::query(BUSINESS_INSERT)
+        .bind(id)
+        .bind(client)
+        .bind(amount)
+        .execute(&mut **tx)
+        .await?;
+    Ok(OrderPlaced { id, client, amount })
+}
+
+const BUSINESS_INSERT: &str =
+    "INSERT INTO bench_orders (id, client, amount, created_at) VALUES ($1, $2, $3, now())";
+
+/// The baseline's outbox insert: the same row txmsg writes, without lease.
+pub(crate) const OUTBOX_INSERT: &str = "INSERT INTO txmsg_outbox \
+    (id, topic, idempotency_key, payload, headers, state, attempts, next_attempt_at, created_at) \
+    VALUES ($1, $2, $3, $4, '{}', 'pending', 0, $5, $5)";
+
+/// The baseline's batched mark.
+pub(crate) const MARK_SENT: &str = "UPDATE txmsg_outbox SET state = 'sent', sent_at = now() \
+    WHERE id = ANY($1) AND state = 'pending'";
+
+/// A row the baseline hands from the producer to its publisher.
+#[derive(Debug)]
+struct Committed {
+    id: uuid::Uuid,
+    seq: i64,
+    payload: Vec<u8>,
+}
+
+/// Hand-written insert + insert + commit; returns the outbox row.
+async fn baseline_write(pool: &sqlx::PgPool, id: i64, client: i32, amount: i64) -> Res<Committed> {
+    let payload = serde_json::to_vec(&OrderPlaced { id, client, amount })?;
+    let row_id = uuid::Uuid::now_v7();
+    let mut tx = pool.begin().await?;
+    sqlx::query(BUSINESS_INSERT)
+        .bind(id)
+        .bind(client)
+        .bind(amount)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(OUTBOX_INSERT)
+        .bind(row_id)
+        .bind(TOPIC)
+        .bind(id.to_string())
+        .bind(payload.as_slice())
+        .bind(chrono::Utc::now())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Committed {
+        id: row_id,
+        seq: id,
+        payload,
+    })
+}
+
+/// Figures of one side of the producer mode.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct ProducerSide {
+    /// Transactions per second, per round.
+    pub(crate) tps_rounds: Vec<f64>,
+    /// Median of the rounds.
+    pub(crate) tps: f64,
+    /// Latency of one transaction over all rounds.
+    pub(crate) latency: Lat,
+    /// CPU time of the benchmark process (clients, pool, driver) per
+    /// transaction, microseconds, over all rounds.
+    pub(crate) client_cpu_us_per_tx: f64,
+}
+
+/// Result of the producer mode.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct ProducerResult {
+    /// Concurrent clients.
+    pub(crate) clients: usize,
+    /// txmsg.
+    pub(crate) txmsg: ProducerSide,
+    /// Hand-written.
+    pub(crate) baseline: ProducerSide,
+    /// txmsg / baseline throughput.
+    pub(crate) ratio: f64,
+}
+
+/// `producer`: the write path only (no relay).
+pub(crate) async fn producer(env: &Env) -> Res<ProducerResult> {
+    let conns = u32::try_from(env.clients)?;
+    let fw = Schema::create(env, "pf", conns).await?;
+    let bl = Schema::create(env, "pb", conns).await?;
+    let outbox = Outbox::new(&fw.store);
+    let next = Arc::new(AtomicI64::new(1));
+    let mut lats: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let mut tps: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut cpu = [Duration::ZERO; 2];
+    for (round, side) in Side::schedule(env.rounds) {
+        let schema = if side == Side::Framework { &fw } else { &bl };
+        schema.truncate().await?;
+        let cpu_before = crate::common::process_cpu();
+        let deadline = Instant::now() + env.round;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for client in 0..env.clients {
+            let (outbox, pool, next) = (outbox.clone(), bl.pool.clone(), Arc::clone(&next));
+            let client = i32::try_from(client)?;
+            tasks.push(tokio::spawn(async move {
+                let mut samples = Vec::new();
+                while Instant::now() < deadline {
+                    let id = next.fetch_add(1, Ordering::Relaxed);
+                    let t = Instant::now();
+                    match side {
+                        Side::Framework => {
+                            place_order_and_commit(&outbox, id, client, id % 10_000).await?;
+                        }
+                        Side::Baseline => {
+                            baseline_write(&pool, id, client, id % 10_000).await?;
+                        }
+                    }
+                    samples.push(t.elapsed());
+                }
+                Res::Ok(samples)
+            }));
+        }
+        let mut n = 0usize;
+        let i = usize::from(side == Side::Baseline);
+        for t in tasks {
+            let s = t.await??;
+            n += s.len();
+            lats[i].extend(s);
+        }
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        cpu[i] += crate::common::process_cpu().saturating_sub(cpu_before);
+        println!(
+            "  producer round {} {}: {rate:.1} tx/s",
+            round + 1,
+            side.label()
+        );
+        tps[i].push(rate);
+    }
+    fw.drop().await?;
+    bl.drop().await?;
+    let [mut lf, mut lb] = lats;
+    let [tf, tb] = tps;
+    let per_tx = |cpu: Duration, n: usize| cpu.as_secs_f64() * 1e6 / n.max(1) as f64;
+    let txmsg = ProducerSide {
+        tps: median(&tf),
+        tps_rounds: tf,
+        client_cpu_us_per_tx: per_tx(cpu[0], lf.len()),
+        latency: lat(&mut lf),
+    };
+    let baseline = ProducerSide {
+        tps: median(&tb),
+        tps_rounds: tb,
+        client_cpu_us_per_tx: per_tx(cpu[1], lb.len()),
+        latency: lat(&mut lb),
+    };
+    let ratio = print_pair(
+        &format!("producer ({} clients) throughput", env.clients),
+        "tx/s",
+        txmsg.tps,
+        baseline.tps,
+    );
+    println!(
+        "producer latency: txmsg p50 {:.3} ms p99 {:.3} ms | baseline p50 {:.3} ms p99 {:.3} ms",
+        txmsg.latency.p50_ms,
+        txmsg.latency.p99_ms,
+        baseline.latency.p50_ms,
+        baseline.latency.p99_ms
+    );
+    println!(
+        "producer benchmark-process CPU per transaction: txmsg {:.1} us | baseline {:.1} us",
+        txmsg.client_cpu_us_per_tx, baseline.client_cpu_us_per_tx
+    );
+    Ok(ProducerResult {
+        clients: env.clients,
+        txmsg,
+        baseline,
+        ratio,
+    })
+}
+
+/// Figures of one side of the e2e mode.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct E2eSide {
+    /// Peak confirmed messages per second, per round.
+    pub(crate) peak_rounds: Vec<f64>,
+    /// Median peak.
+    pub(crate) peak: f64,
+    /// Latency at peak.
+    pub(crate) peak_latency: Lat,
+    /// Confirmed messages per second at the offered half-peak load, per round.
+    pub(crate) half_rounds: Vec<f64>,
+    /// Median of those.
+    pub(crate) half: f64,
+    /// Commit → confirm latency at half of peak.
+    pub(crate) half_latency: Lat,
+    /// Every commit → confirm latency at half of peak, in ms (for the plot).
+    #[serde(skip)]
+    pub(crate) half_samples_ms: Vec<f64>,
+}
+
+/// Result of the e2e mode.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct E2eResult {
+    /// How latency is measured.
+    pub(crate) method: String,
+    /// Offered load of the half-peak rounds, msgs/s.
+    pub(crate) offered: f64,
+    /// txmsg.
+    pub(crate) txmsg: E2eSide,
+    /// Hand-written.
+    pub(crate) baseline: E2eSide,
+    /// txmsg / baseline peak throughput.
+    pub(crate) ratio: f64,
+}
+
+/// One timed e2e round: returns (confirmed msgs/s, commit → confirm samples).
+async fn e2e_round(
+    env: &Env,
+    side: Side,
+    schema: &Schema,
+    rabbit: &Rabbit,
+    rate: Option<f64>,
+    next: &Arc<AtomicI64>,
+) -> Res<(f64, Vec<Duration>)> {
+    schema.truncate().await?;
+    rabbit.purge().await?;
+    let timed = TimedBroker::new(rabbit.broker.clone());
+    let baseline_confirms: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+    let mut relay = None;
+    let mut pipeline = None;
+    let outbox = match side {
+        Side::Framework => {
+            let handle =
+                Relay::new(schema.store.clone(), timed.clone(), RelayConfig::default())?.start();
+            let o = Outbox::new(&schema.store).with_relay(&handle);
+            relay = Some(handle);
+            o
+        }
+        Side::Baseline => {
+            pipeline =
+                Some(baseline_pipeline(env, schema, rabbit, Arc::clone(&baseline_confirms)).await?);
+            Outbox::new(&schema.store)
+        }
+    };
+    let start = Instant::now();
+    let deadline = start + env.round;
+    let mut tasks = Vec::new();
+    for client in 0..env.clients {
+        let (outbox, pool, next) = (outbox.clone(), schema.pool.clone(), Arc::clone(next));
+        let to_publisher = pipeline.as_ref().map(|p: &Pipeline| p.tx.clone());
+        let client = i32::try_from(client)?;
+        let per_client = rate.map(|r| Duration::from_secs_f64(env.clients as f64 / r));
+        tasks.push(tokio::spawn(async move {
+            let mut commits = Vec::new();
+            let mut tick = per_client.map(tokio::time::interval);
+            loop {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                match &to_publisher {
+                    None => {
+                        place_order_and_commit(&outbox, id, client, id % 10_000).await?;
+                        commits.push((id, Instant::now()));
+                    }
+                    Some(p) => {
+                        let row = baseline_write(&pool, id, client, id % 10_000).await?;
+                        let now = Instant::now();
+                        commits.push((id, now));
+                        p.send(row).map_err(|_| "publisher stopped")?;
+                    }
+                }
+            }
+            Res::Ok(commits)
+        }));
+    }
+    let mut commits: HashMap<u64, Instant> = HashMap::new();
+    for t in tasks {
+        for (id, at) in t.await?? {
+            commits.insert(u64::try_from(id)?, at);
+        }
+    }
+    let count = || match side {
+        Side::Framework => timed.count(),
+        Side::Baseline => baseline_confirms
+            .lock()
+            .map(|v| v.len())
+            .unwrap_or_default(),
+    };
+    let wait_until = Instant::now() + Duration::from_secs(60);
+    while count() < commits.len() && Instant::now() < wait_until {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let confirms = match side {
+        Side::Framework => timed.take(),
+        Side::Baseline => baseline_confirms
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default(),
+    };
+    if let Some(r) = relay {
+        r.shutdown().await;
+    }
+    if let Some(p) = pipeline {
+        p.finish().await?;
+    }
+    if confirms.len() < commits.len() {
+        return Err(format!(
+            "{}: only {} of {} messages confirmed within 60 s",
+            side.label(),
+            confirms.len(),
+            commits.len()
+        )
+        .into());
+    }
+    let last = confirms.iter().map(|c| c.1).max().unwrap_or(start);
+    let span = match rate {
+        // Offered load: what was confirmed over the round.
+        Some(_) => env.round.max(last - start),
+        None => last - start,
+    };
+    let samples: Vec<Duration> = confirms
+        .iter()
+        .filter_map(|(seq, at)| commits.get(seq).map(|c| at.saturating_duration_since(*c)))
+        .collect();
+    Ok((confirms.len() as f64 / span.as_secs_f64(), samples))
+}
+
+/// The hand-written relay: producers send committed rows over a channel; one
+/// task publishes them on a confirm channel with at most `window` awaiting
+/// a confirm; confirmed ids are marked sent in batches (up to 512 ids or
+/// 5 ms), as txmsg's default marks are.
+#[derive(Debug)]
+struct Pipeline {
+    tx: mpsc::UnboundedSender<Committed>,
+    publisher: tokio::task::JoinHandle<Res<()>>,
+    marker: tokio::task::JoinHandle<Res<()>>,
+}
+
+impl Pipeline {
+    async fn finish(self) -> Res<()> {
+        drop(self.tx);
+        self.publisher.await??;
+        self.marker.await??;
+        Ok(())
+    }
+}
+
+async fn baseline_pipeline(
+    env: &Env,
+    schema: &Schema,
+    rabbit: &Rabbit,
+    confirms: Arc<Mutex<Vec<(u64, Instant)>>>,
+) -> Res<Pipeline> {
+    let ch = confirm_channel(&rabbit.conn, &rabbit.exchange).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Committed>();
+    let (mark_tx, mark_rx) = mpsc::unbounded_channel::<uuid::Uuid>();
+    let window = Arc::new(Semaphore::new(env.window));
+    let exchange = rabbit.exchange.clone();
+    let publisher = tokio::spawn(async move {
+        let mut waits = Vec::new();
+        while let Some(row) = rx.recv().await {
+            let permit = Arc::clone(&window).acquire_owned().await?;
+            let confirm = ch
+                .basic_publish(
+                    exchange.as_str().into(),
+                    TOPIC.into(),
+                    lapin::options::BasicPublishOptions::default(),
+                    &row.payload,
+                    crate::common::baseline_properties(&row.seq.to_string(), TOPIC),
+                )
+                .await?;
+            let (confirms, mark_tx) = (Arc::clone(&confirms), mark_tx.clone());
+            waits.push(tokio::spawn(async move {
+                let ok = matches!(confirm.await, Ok(lapin::Confirmation::Ack(_)));
+                let now = Instant::now();
+                drop(permit);
+                if ok {
+                    if let Ok(mut v) = confirms.lock() {
+                        v.push((u64::try_from(row.seq).unwrap_or(u64::MAX), now));
+                    }
+                    let _ = mark_tx.send(row.id);
+                }
+            }));
+            if waits.len() > 4096 {
+                waits.retain(|w: &tokio::task::JoinHandle<()>| !w.is_finished());
+            }
+        }
+        for w in waits {
+            w.await?;
+        }
+        let _ = ch.close(200, "done".into()).await;
+        Res::Ok(())
+    });
+    let marker = tokio::spawn(mark_loop(schema.pool.clone(), mark_rx));
+    Ok(Pipeline {
+        tx,
+        publisher,
+        marker,
+    })
+}
+
+/// Marks confirmed ids sent, up to 512 per statement, waiting at most 5 ms
+/// to fill a batch.
+pub(crate) async fn mark_loop(
+    pool: sqlx::PgPool,
+    mut rx: mpsc::UnboundedReceiver<uuid::Uuid>,
+) -> Res<()> {
+    let mut batch = Vec::with_capacity(512);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        let until = tokio::time::Instant::now() + Duration::from_millis(5);
+        while batch.len() < 512 {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(id)) => batch.push(id),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        sqlx::query(MARK_SENT).bind(&batch).execute(&pool).await?;
+        batch.clear();
+    }
+    Ok(())
+}
+
+/// `e2e`: peak first, then half of the lower peak.
+pub(crate) async fn e2e(env: &Env) -> Res<E2eResult> {
+    // Producers plus the relay's and the marker's connections.
+    let conns = u32::try_from(env.clients + 4)?;
+    let fw = Schema::create(env, "ef", conns).await?;
+    let bl = Schema::create(env, "eb", conns).await?;
+    let rabbit = Rabbit::create(env, "e2e").await?;
+    let next = Arc::new(AtomicI64::new(1));
+    let mut out = E2eResult {
+        method: "commit returned to the producer -> publisher confirm received \
+                 (txmsg: recorded by a Broker wrapper around RabbitBroker; \
+                 baseline: recorded where its confirm future resolves)"
+            .into(),
+        ..E2eResult::default()
+    };
+    let mut peak_lat: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for (round, side) in Side::schedule(env.rounds) {
+        let schema = if side == Side::Framework { &fw } else { &bl };
+        let (rate, mut s) = e2e_round(env, side, schema, &rabbit, None, &next).await?;
+        let l = lat(&mut s);
+        println!(
+            "  e2e peak round {} {}: {rate:.1} msg/s, p50 {:.3} ms p99 {:.3} ms",
+            round + 1,
+            side.label(),
+            l.p50_ms,
+            l.p99_ms
+        );
+        let (target, i) = match side {
+            Side::Framework => (&mut out.txmsg, 0),
+            Side::Baseline => (&mut out.baseline, 1),
+        };
+        target.peak_rounds.push(rate);
+        peak_lat[i].extend(s);
+    }
+    out.txmsg.peak = median(&out.txmsg.peak_rounds);
+    out.baseline.peak = median(&out.baseline.peak_rounds);
+    let [mut a, mut b] = peak_lat;
+    out.txmsg.peak_latency = lat(&mut a);
+    out.baseline.peak_latency = lat(&mut b);
+    out.offered = out.txmsg.peak.min(out.baseline.peak) / 2.0;
+    let mut half_lat: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for (round, side) in Side::schedule(env.rounds) {
+        let schema = if side == Side::Framework { &fw } else { &bl };
+        let (rate, mut s) = e2e_round(env, side, schema, &rabbit, Some(out.offered), &next).await?;
+        let l = lat(&mut s);
+        println!(
+            "  e2e half-peak round {} {}: {rate:.1} msg/s, p50 {:.3} ms p99 {:.3} ms",
+            round + 1,
+            side.label(),
+            l.p50_ms,
+            l.p99_ms
+        );
+        let (target, i) = match side {
+            Side::Framework => (&mut out.txmsg, 0),
+            Side::Baseline => (&mut out.baseline, 1),
+        };
+        target.half_rounds.push(rate);
+        half_lat[i].extend(s);
+    }
+    fw.drop().await?;
+    bl.drop().await?;
+    rabbit.cleanup(&[]).await?;
+    out.txmsg.half = median(&out.txmsg.half_rounds);
+    out.baseline.half = median(&out.baseline.half_rounds);
+    let [mut a, mut b] = half_lat;
+    out.txmsg.half_latency = lat(&mut a);
+    out.baseline.half_latency = lat(&mut b);
+    out.txmsg.half_samples_ms = a.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    out.baseline.half_samples_ms = b.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    println!("e2e latency: {}", out.method);
+    out.ratio = print_pair(
+        "e2e peak throughput",
+        "msg/s",
+        out.txmsg.peak,
+        out.baseline.peak,
+    );
+    println!(
+        "e2e at half of peak ({:.1} msg/s offered): txmsg {:.1} msg/s p50 {:.3} ms p99 {:.3} ms | \
+         baseline {:.1} msg/s p50 {:.3} ms p99 {:.3} ms",
+        out.offered,
+        out.txmsg.half,
+        out.txmsg.half_latency.p50_ms,
+        out.txmsg.half_latency.p99_ms,
+        out.baseline.half,
+        out.baseline.half_latency.p50_ms,
+        out.baseline.half_latency.p99_ms,
+    );
+    Ok(out)
+}
+
+/// Publishes `body` `n` times with confirms, at most `window` unconfirmed:
+/// the raw lapin rate the drain mode compares against.
+pub(crate) async fn raw_publish(
+    ch: &lapin::Channel,
+    exchange: &str,
+    n: usize,
+    window: usize,
+    body: &[u8],
+) -> Res<()> {
+    use futures_util::StreamExt;
+    let mut pending = futures_util::stream::FuturesUnordered::new();
+    for i in 0..n {
+        if pending.len() >= window
+            && let Some(r) = pending.next().await
+        {
+            r?;
+        }
+        let confirm = ch
+            .basic_publish(
+                exchange.into(),
+                TOPIC.into(),
+                lapin::options::BasicPublishOptions::default(),
+                body,
+                crate::common::baseline_properties(&i.to_string(), TOPIC),
+            )
+            .await?;
+        pending.push(async move {
+            match confirm.await? {
+                lapin::Confirmation::Ack(_) => Res::Ok(()),
+                other => Err(format!("not acknowledged: {other:?}").into()),
+            }
+        });
+    }
+    while let Some(r) = pending.next().await {
+        r?;
+    }
+    Ok(())
+}
