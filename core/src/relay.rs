@@ -723,14 +723,29 @@ async fn poll_loop<S: Store, B: Broker>(
             () = wake.notified() => {}
             () = tokio::time::sleep(shared.config.poll_interval) => {}
         }
-        // Drain: claim again at once while batches come back full.
+        // Drain: claim again at once while batches come back full. The next
+        // claim runs while the previous batch is still being published (at
+        // most two batches at once), so the database round trips of a claim
+        // overlap the broker's confirms instead of adding to them. This is
+        // as safe as two relays claiming side by side: rows being published
+        // are leased, so no claim takes them, and a leased pending row
+        // blocks the later rows of its key.
+        let mut previous: Option<JoinSet<()>> = None;
         loop {
             if *stop.borrow() {
+                if let Some(mut running) = previous.take() {
+                    drain(&mut running, shared.config.shutdown_timeout).await;
+                }
                 return;
             }
             if let Some(until) = shared.paused_until() {
                 tokio::select! {
-                    () = stopped(&mut stop) => return,
+                    () = stopped(&mut stop) => {
+                        if let Some(mut running) = previous.take() {
+                            drain(&mut running, shared.config.shutdown_timeout).await;
+                        }
+                        return;
+                    }
                     () = tokio::time::sleep_until(until) => {}
                 }
             }
@@ -758,7 +773,12 @@ async fn poll_loop<S: Store, B: Broker>(
                     let delay = retry_delay(&shared.config, errors, shared.seed);
                     tracing::warn!(error = %error_chain(&e), retry_in = ?delay, "claim failed");
                     tokio::select! {
-                        () = stopped(&mut stop) => return,
+                        () = stopped(&mut stop) => {
+                            if let Some(mut running) = previous.take() {
+                                drain(&mut running, shared.config.shutdown_timeout).await;
+                            }
+                            return;
+                        }
                         () = tokio::time::sleep(delay) => {}
                     }
                     continue;
@@ -766,7 +786,17 @@ async fn poll_loop<S: Store, B: Broker>(
             };
             let full = batch.len() >= req.limit as usize;
             if batch.is_empty() {
-                break;
+                // The rows left may be behind the keys still in flight:
+                // claim again once the previous batch is done.
+                match previous.take() {
+                    Some(mut running) => {
+                        if !settle(&shared, &mut running, &mut stop).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    None => break,
+                }
             }
             tracing::debug!(count = batch.len(), "claimed");
             let mut running = JoinSet::new();
@@ -774,16 +804,36 @@ async fn poll_loop<S: Store, B: Broker>(
                 let shared = Arc::clone(&shared);
                 running.spawn(async move { shared.publish_group(group, lease).await });
             }
-            tokio::select! {
-                () = async { while running.join_next().await.is_some() {} } => {}
-                () = stopped(&mut stop) => {
-                    drain(&mut running, shared.config.shutdown_timeout).await;
+            if let Some(mut earlier) = previous.take()
+                && !settle(&shared, &mut earlier, &mut stop).await
+            {
+                drain(&mut running, shared.config.shutdown_timeout).await;
+                return;
+            }
+            if full {
+                previous = Some(running);
+            } else {
+                if !settle(&shared, &mut running, &mut stop).await {
                     return;
                 }
-            }
-            if !full {
                 break;
             }
+        }
+    }
+}
+
+/// Waits for every publish of a batch; on shutdown drains them (within
+/// `shutdown_timeout`) and returns `false`.
+async fn settle<S: Store, B: Broker>(
+    shared: &Shared<S, B>,
+    running: &mut JoinSet<()>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        () = async { while running.join_next().await.is_some() {} } => true,
+        () = stopped(stop) => {
+            drain(running, shared.config.shutdown_timeout).await;
+            false
         }
     }
 }
