@@ -17,6 +17,9 @@
 //! - [`half`]: half messages on a [`SqlStore`](txmsg_core::SqlStore)
 //!   (prepared rows, commit and rollback fenced against the check-back
 //!   worker, check-back claims, dead and resumed half messages).
+//! - [`injection`]: hostile config identifiers refused before any SQL, and
+//!   hostile values through every user string that reaches SQL, byte for
+//!   byte (each store's injection tests wrap them around a canary table).
 //! - [`proxy`]: [`TcpProxy`](proxy::TcpProxy), a TCP forwarder that cuts,
 //!   refuses, pauses and slows the connections of an adapter under test, for
 //!   cases such as
@@ -25,5 +28,6 @@
 pub mod broker;
 pub mod half;
 pub mod inbox;
+pub mod injection;
 pub mod proxy;
 pub mod store;
