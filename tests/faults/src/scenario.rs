@@ -12,7 +12,7 @@ use txmsg::consumer::SubscribeSpec;
 use txmsg::postgres::PgStore;
 use txmsg::prelude::*;
 use txmsg::rabbitmq::{RabbitBroker, RabbitConfig};
-use txmsg_testkit::proxy::TcpProxy;
+use txmsg_testkit::proxy::{TcpProxy, url_target, url_via};
 
 use crate::child::{self, Env};
 use crate::fleet::{Fleet, Role};
@@ -303,18 +303,14 @@ fn tally_distinct(tally: &Mutex<Tally>) -> i64 {
     i64::try_from(t.seen.len()).unwrap_or(i64::MAX)
 }
 
-/// The host:port of a URL (`scheme://[user@]host:port/...`).
-fn host_port(url: &str) -> Result<String, BoxError> {
-    let rest = url.split_once("://").ok_or("URL without scheme")?.1;
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    Ok(host.to_owned())
+/// The host:port `url` points at (its scheme's default port if it names none).
+fn host_port(url: &str, default_port: u16) -> Result<String, BoxError> {
+    url_target(url, default_port).ok_or_else(|| "a URL without scheme or host".into())
 }
 
 /// `url` with its host:port replaced by `addr`.
 fn via(url: &str, addr: std::net::SocketAddr) -> Result<String, BoxError> {
-    let hp = host_port(url)?;
-    Ok(url.replacen(&hp, &addr.to_string(), 1))
+    url_via(url, addr).ok_or_else(|| "a URL without scheme or host".into())
 }
 
 /// Runs one scenario and returns its figures.
@@ -336,12 +332,12 @@ pub(crate) async fn run(opts: Options) -> Result<Report, BoxError> {
         RabbitBroker::connect(&opts.amqp, RabbitConfig::default().exchange(&exchange)?).await?;
 
     let pg_proxy = if opts.kind == Kind::Database {
-        Some(TcpProxy::start(&host_port(&opts.db)?).await)
+        Some(TcpProxy::start(host_port(&opts.db, 5432)?).await)
     } else {
         None
     };
     let amqp_proxy = if opts.kind == Kind::Broker {
-        Some(TcpProxy::start(&host_port(&opts.amqp)?).await)
+        Some(TcpProxy::start(host_port(&opts.amqp, 5672)?).await)
     } else {
         None
     };
@@ -832,27 +828,4 @@ async fn rabbitmqctl(action: &str) -> Result<(), BoxError> {
         .into());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{host_port, via};
-
-    #[test]
-    fn urls_are_pointed_at_a_proxy() {
-        let addr: std::net::SocketAddr =
-            "127.0.0.1:4000".parse().unwrap_or_else(|_| unreachable!());
-        assert_eq!(
-            via("amqp://guest:guest@127.0.0.1:5672/%2f", addr)
-                .ok()
-                .as_deref(),
-            Some("amqp://guest:guest@127.0.0.1:4000/%2f")
-        );
-        assert_eq!(
-            host_port("postgres://postgres@localhost:5432/postgres")
-                .ok()
-                .as_deref(),
-            Some("localhost:5432")
-        );
-    }
 }
