@@ -108,9 +108,32 @@ pub trait SqlStore: Store {
     /// The row writer for producers.
     fn writer(&self) -> Arc<dyn OutboxWriter<Self::Database>>;
 
-    /// Begins a transaction suitable for producers (SQLite takes the write lock
-    /// up front, so that concurrent writers wait instead of failing).
-    fn begin(&self) -> BoxFuture<'_, Result<sqlx::Transaction<'static, Self::Database>>>;
+    /// The statement that begins a producer's transaction, when the
+    /// database's plain `BEGIN` is not the right one (SQLite's
+    /// `BEGIN IMMEDIATE` takes the write lock up front, so that concurrent
+    /// writers wait instead of failing). `None`, the default: plain `BEGIN`.
+    fn begin_statement(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Begins a transaction suitable for producers, with
+    /// [`begin_statement`](SqlStore::begin_statement).
+    fn begin(&self) -> BoxFuture<'_, Result<sqlx::Transaction<'static, Self::Database>>> {
+        let pool = self.pool();
+        let statement = self.begin_statement();
+        Box::pin(async move { begin_with(pool, statement).await })
+    }
+}
+
+/// Begins a transaction on `pool` with `statement`, or plain `BEGIN`.
+pub(crate) async fn begin_with<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    statement: Option<&'static str>,
+) -> Result<sqlx::Transaction<'static, DB>> {
+    Ok(match statement {
+        Some(statement) => pool.begin_with(statement).await?,
+        None => pool.begin().await?,
+    })
 }
 
 /// What the relay asks for when it polls.

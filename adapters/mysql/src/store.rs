@@ -10,8 +10,8 @@ use sqlx::{Connection, MySql, MySqlPool, Row};
 use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore, InboxWriter};
 use txmsg_core::half::{PreparedMessage, Resolve, Resolved};
 use txmsg_core::{
-    BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, OutboxStats,
-    OutboxWriter, Result, SqlStore, Store, Tables, TopicStats,
+    ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, OutboxStats, OutboxWriter,
+    Result, SqlStore, Store, Tables, TopicStats,
 };
 use uuid::Uuid;
 
@@ -597,10 +597,6 @@ impl SqlStore for MySqlStore {
 
     fn writer(&self) -> Arc<dyn OutboxWriter<MySql>> {
         Arc::clone(&self.writer) as Arc<dyn OutboxWriter<MySql>>
-    }
-
-    fn begin(&self) -> BoxFuture<'_, Result<sqlx::Transaction<'static, MySql>>> {
-        Box::pin(async move { Ok(self.pool.begin().await?) })
     }
 }
 

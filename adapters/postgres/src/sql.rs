@@ -85,6 +85,7 @@ pub(crate) struct Sql {
     inbox: std::result::Result<InboxSql, String>,
 
     pub(crate) insert: Stmt,
+    pub(crate) insert_plain: Stmt,
     pub(crate) claim_heads: Stmt,
     pub(crate) claim_followers: Stmt,
     pub(crate) claim_lease: Stmt,
@@ -258,6 +259,25 @@ impl Sql {
                    AND (p.lease_owner IS NULL OR p.lease_owner <> $9)) AS blocked) AS b \
                  ON CONFLICT (topic, idempotency_key) DO NOTHING \
                  RETURNING (n.lease_owner IS NOT NULL)"
+            )),
+
+            // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
+            // $6 headers (NULL: none), $7 created_at, $8 expires_at,
+            // $9 lease owner, $10 lease until.
+            //
+            // `insert` without its per-key check, for the rows that do not
+            // need it: a row without an ordering key has no earlier row to
+            // wait for, and a row written without a lease is unleased either
+            // way. A plain `VALUES` insert, which PostgreSQL plans and runs
+            // for markedly less than the `INSERT ... SELECT` (measured in
+            // BENCHMARKS.md). No `RETURNING`: the affected row count says
+            // whether it was a duplicate.
+            insert_plain: Stmt::new(format!(
+                "INSERT INTO {o} (id, topic, key, idempotency_key, payload, headers, state, \
+                 attempts, next_attempt_at, lease_owner, lease_until, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, COALESCE($6, '{{}}'::jsonb), 'pending', 0, $7, \
+                 $9, $10, $7, $8) \
+                 ON CONFLICT (topic, idempotency_key) DO NOTHING"
             )),
 
             // $1 now, $2 dead_parks_key, $3 limit.

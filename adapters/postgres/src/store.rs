@@ -560,10 +560,6 @@ impl SqlStore for PgStore {
     fn writer(&self) -> Arc<dyn OutboxWriter<Postgres>> {
         Arc::clone(&self.writer) as Arc<dyn OutboxWriter<Postgres>>
     }
-
-    fn begin(&self) -> BoxFuture<'_, Result<sqlx::Transaction<'static, Postgres>>> {
-        Box::pin(async move { Ok(self.pool.begin().await?) })
-    }
 }
 
 impl InboxStore for PgStore {

@@ -13,8 +13,8 @@ use sqlx::{Encode, Row, SqlStr, Sqlite, SqliteConnection, SqlitePool, Type};
 use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore, InboxWriter};
 use txmsg_core::half::{PreparedMessage, Resolve, Resolved};
 use txmsg_core::{
-    BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, OutboxStats,
-    OutboxWriter, Result, SqlStore, Store, Tables, TopicStats,
+    ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, OutboxStats, OutboxWriter,
+    Result, SqlStore, Store, Tables, TopicStats,
 };
 use uuid::Uuid;
 
@@ -564,8 +564,8 @@ impl SqlStore for SqliteStore {
         Arc::clone(&self.inner.writer) as Arc<dyn OutboxWriter<Sqlite>>
     }
 
-    fn begin(&self) -> BoxFuture<'_, Result<sqlx::Transaction<'static, Sqlite>>> {
-        Box::pin(self.begin_immediate())
+    fn begin_statement(&self) -> Option<&'static str> {
+        Some(BEGIN_IMMEDIATE)
     }
 }
 

@@ -246,10 +246,6 @@ impl SqlStore for TableStore {
     fn writer(&self) -> Arc<dyn OutboxWriter<Sqlite>> {
         Arc::new(TableWriter)
     }
-
-    fn begin(&self) -> BoxFuture<'_, txmsg::Result<Transaction<'static, Sqlite>>> {
-        Box::pin(async move { Ok(self.pool.begin().await?) })
-    }
 }
 
 const NO: Error = Error::Unsupported("not needed by producers");
