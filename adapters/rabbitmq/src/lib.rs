@@ -36,6 +36,8 @@
 //! stand in for missing attributes), and one that cannot be read (no id,
 //! another content type) reaches the consumer as an
 //! [`Undecodable`](txmsg_core::consumer::Undecodable) with the reason.
+//! [`RabbitCodec`] writes and reads this format for programs that publish or
+//! consume with lapin directly.
 //!
 //! The broker reconnects by itself after the connection drops; publishes
 //! during the outage fail at once with a retryable error, and the relay
@@ -79,4 +81,4 @@ mod wire;
 
 pub use broker::RabbitBroker;
 pub use config::RabbitConfig;
-pub use wire::{CLOUDEVENTS_PREFIX, TXMSG_ID_HEADER};
+pub use wire::{CLOUDEVENTS_PREFIX, RabbitCodec, TXMSG_ID_HEADER};

@@ -7,6 +7,8 @@ use txmsg_core::consumer::Undecodable;
 use txmsg_core::{Envelope, Error, Headers, Result, TRACEPARENT};
 use uuid::Uuid;
 
+use crate::RabbitConfig;
+
 /// The header name of a CloudEvents attribute.
 macro_rules! ce {
     ($attribute:literal) => {
@@ -118,6 +120,112 @@ impl Wire {
             properties = properties.with_message_id(message_id);
         }
         Ok((routing_key, properties))
+    }
+}
+
+/// The AMQP form of txmsg messages, CloudEvents in binary content mode, for
+/// programs that publish or consume with [lapin] directly beside txmsg.
+///
+/// [`encode`](Self::encode) gives the routing key and properties that a
+/// [`RabbitBroker`](crate::RabbitBroker) with the same [`RabbitConfig`]
+/// publishes an envelope with (the body is the envelope's payload, as is),
+/// so a message published with them reaches txmsg consumers as if the relay
+/// had sent it. [`decode`](Self::decode) reads a delivery as txmsg consumers
+/// do: txmsg's messages, and those of any producer writing CloudEvents in
+/// binary content mode over AMQP. The mapping is the table in the
+/// [crate docs](crate).
+///
+/// The lapin types are those of the lapin version this crate depends on.
+///
+/// # Examples
+///
+/// ```
+/// use chrono::Utc;
+/// use txmsg_core::Envelope;
+/// use txmsg_rabbitmq::{RabbitCodec, RabbitConfig};
+/// use uuid::Uuid;
+///
+/// let codec = RabbitCodec::new(&RabbitConfig::default().source("/billing")?);
+/// let mut envelope = Envelope::new(
+///     Uuid::now_v7(),
+///     "orders.placed",
+///     "order-7",
+///     br#"{"id":7}"#.to_vec(),
+///     Utc::now(),
+/// );
+/// envelope.key = Some("customer-3".to_owned());
+///
+/// // What a relay would publish, to publish with lapin's `basic_publish`
+/// // (body: `envelope.payload`).
+/// let (routing_key, properties) = codec.encode(&envelope)?;
+/// assert_eq!(routing_key.as_str(), "orders.placed");
+///
+/// // What a consumer reads from a lapin delivery.
+/// let read = RabbitCodec::decode(routing_key.as_str(), &properties, envelope.payload.clone())
+///     .map_err(|undecodable| undecodable.reason)?;
+/// assert_eq!(read.id, envelope.id);
+/// assert_eq!(read.idempotency_key, "order-7");
+/// assert_eq!(read.key.as_deref(), Some("customer-3"));
+/// assert_eq!(read.headers["cloudEvents_source"], "/billing");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct RabbitCodec {
+    wire: Wire,
+}
+
+impl RabbitCodec {
+    /// The codec of a broker configured with `config`: its CloudEvents
+    /// [`source`](RabbitConfig::source) goes into every message encoded.
+    pub fn new(config: &RabbitConfig) -> Self {
+        RabbitCodec {
+            wire: Wire::new(config.get_source()),
+        }
+    }
+
+    /// The routing key and properties `envelope` is published with.
+    ///
+    /// The routing key is the topic. The properties are persistent,
+    /// `application/json`, with the idempotency key as `message_id` (when
+    /// it fits an AMQP short string; the `cloudEvents_id` header always
+    /// carries it), the creation time in seconds as `timestamp`, and as
+    /// headers the CloudEvents attributes, [`TXMSG_ID_HEADER`] and every
+    /// other envelope header as is; the attributes win over an envelope
+    /// header of the same name.
+    ///
+    /// # Errors
+    ///
+    /// A permanent [`Error::Broker`] if the topic or a header name is longer
+    /// than the 255 bytes AMQP allows: such a message can never be published.
+    pub fn encode(&self, envelope: &Envelope) -> Result<(ShortString, BasicProperties)> {
+        self.wire.encode(envelope)
+    }
+
+    /// Reads a delivery (its routing key, properties and body) as an
+    /// envelope: the inverse of [`encode`](Self::encode).
+    ///
+    /// The idempotency key is the CloudEvents `id` (header `cloudEvents_id`
+    /// or `cloudEvents:id`, else the `message_id` property); the topic is
+    /// `type`, else the routing key; the ordering key is `partitionkey`; the
+    /// `traceparent` header is the `traceparent` attribute; the creation
+    /// time is `time`, else the `timestamp` property, else now; the message
+    /// id is [`TXMSG_ID_HEADER`] when it is a UUID, else a fresh UUIDv7.
+    /// Other headers are kept under the names they arrived with (strings,
+    /// booleans, integers and timestamps, as text), and the body is the
+    /// payload, byte for byte.
+    ///
+    /// # Errors
+    ///
+    /// [`Undecodable`], with the reason, the topic, the headers that could be
+    /// read and the body, if the content type is neither absent nor
+    /// `application/json` (structured content mode included) or the delivery
+    /// has no CloudEvents `id` and no `message_id`.
+    pub fn decode(
+        routing_key: &str,
+        properties: &BasicProperties,
+        body: Vec<u8>,
+    ) -> std::result::Result<Envelope, Undecodable> {
+        decode(routing_key, properties, body)
     }
 }
 
