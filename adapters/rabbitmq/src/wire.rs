@@ -1,5 +1,7 @@
 //! The wire format: CloudEvents in binary content mode over AMQP 0-9-1.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -235,7 +237,8 @@ fn text(value: &str) -> AMQPValue {
 }
 
 /// The CloudEvents attributes a delivery's envelope takes its fields from;
-/// they do not appear among its headers.
+/// they do not appear among its headers. [`Attributes::take`] maps them.
+#[cfg(test)]
 const MAPPED_ATTRIBUTES: [&str; 7] = [
     "id",
     "type",
@@ -272,19 +275,15 @@ const CLOUDEVENTS_PREFIX_COLON: &str = "cloudEvents:";
 ///   left out.
 /// - The body is the payload, byte for byte; whether it is JSON is for the
 ///   handler to find out.
+///
+/// A header whose value cannot be read as text counts as absent: an
+/// attribute under one prefix then falls back to the other. An
+/// undecodable delivery keeps every header, the mapped ones included.
 pub(crate) fn decode(
     routing_key: &str,
     properties: &BasicProperties,
     body: Vec<u8>,
 ) -> std::result::Result<Envelope, Undecodable> {
-    let mut headers = Headers::new();
-    if let Some(table) = properties.headers() {
-        for (name, value) in table.inner() {
-            if let Some(value) = header_text(value) {
-                headers.insert(name.as_str().to_owned(), value);
-            }
-        }
-    }
     if let Some(content_type) = properties
         .content_type()
         .as_ref()
@@ -296,12 +295,40 @@ pub(crate) fn decode(
                 content_type.as_str().escape_debug()
             ),
             topic: routing_key.to_owned(),
-            headers,
+            headers: all_headers(properties),
             body,
         });
     }
-    let id = attribute(&headers, "id")
-        .map(str::to_owned)
+
+    let mut underscore = Attributes::default();
+    let mut colon = Attributes::default();
+    let mut txmsg_id = None;
+    let mut headers = Headers::new();
+    for (name, value) in properties.headers().iter().flat_map(FieldTable::inner) {
+        let name = name.as_str();
+        let Some(value) = header_text(value) else {
+            continue;
+        };
+        let kept = if name == TXMSG_ID_HEADER {
+            txmsg_id = Some(value);
+            None
+        } else if let Some(attribute) = name.strip_prefix(CLOUDEVENTS_PREFIX) {
+            underscore.take(attribute, value)
+        } else if let Some(attribute) = name.strip_prefix(CLOUDEVENTS_PREFIX_COLON) {
+            colon.take(attribute, value)
+        } else {
+            Some(value)
+        };
+        if let Some(value) = kept {
+            headers.insert(name.to_owned(), value.into_owned());
+        }
+    }
+
+    // `cloudEvents_` wins over `cloudEvents:`, even with an empty value.
+    let id = underscore
+        .id
+        .or(colon.id)
+        .map(Cow::into_owned)
         .or_else(|| {
             properties
                 .message_id()
@@ -313,47 +340,81 @@ pub(crate) fn decode(
         return Err(Undecodable {
             reason: "missing CloudEvents id".to_owned(),
             topic: routing_key.to_owned(),
-            headers,
+            headers: all_headers(properties),
             body,
         });
     };
-    let topic = attribute(&headers, "type")
+    let topic = underscore
+        .ty
+        .or(colon.ty)
         .filter(|t| !t.is_empty())
-        .unwrap_or(routing_key)
-        .to_owned();
-    let key = attribute(&headers, "partitionkey").map(str::to_owned);
-    let traceparent = attribute(&headers, "traceparent").map(str::to_owned);
-    let created_at = attribute(&headers, "time")
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map_or_else(|| routing_key.to_owned(), Cow::into_owned);
+    let key = underscore
+        .partitionkey
+        .or(colon.partitionkey)
+        .map(Cow::into_owned);
+    let created_at = underscore
+        .time
+        .or(colon.time)
+        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
         .map(|t| t.with_timezone(&Utc))
         .or_else(|| properties.timestamp().and_then(seconds))
         .unwrap_or_else(Utc::now);
-    let id = headers
-        .get(TXMSG_ID_HEADER)
-        .and_then(|id| Uuid::parse_str(id).ok())
+    let id = txmsg_id
+        .and_then(|id| Uuid::parse_str(&id).ok())
         .unwrap_or_else(Uuid::now_v7);
+    if let Some(traceparent) = underscore.traceparent.or(colon.traceparent) {
+        headers.insert(TRACEPARENT.to_owned(), traceparent.into_owned());
+    }
 
-    headers.remove(TXMSG_ID_HEADER);
-    for name in MAPPED_ATTRIBUTES {
-        headers.remove(&format!("{CLOUDEVENTS_PREFIX}{name}"));
-        headers.remove(&format!("{CLOUDEVENTS_PREFIX_COLON}{name}"));
-    }
-    if let Some(traceparent) = traceparent {
-        headers.insert(TRACEPARENT.to_owned(), traceparent);
-    }
     let mut envelope = Envelope::new(id, topic, idempotency_key, body, created_at);
     envelope.key = key;
     envelope.headers = headers;
     Ok(envelope)
 }
 
-/// The CloudEvents attribute `name` among `headers`, under either prefix
-/// (`cloudEvents_` preferred).
-fn attribute<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
-    headers
-        .get(&format!("{CLOUDEVENTS_PREFIX}{name}"))
-        .or_else(|| headers.get(&format!("{CLOUDEVENTS_PREFIX_COLON}{name}")))
-        .map(String::as_str)
+/// The values of the CloudEvents attributes an envelope takes its fields
+/// from, found under one of the two prefixes.
+#[derive(Default)]
+struct Attributes<'a> {
+    id: Option<Cow<'a, str>>,
+    ty: Option<Cow<'a, str>>,
+    time: Option<Cow<'a, str>>,
+    partitionkey: Option<Cow<'a, str>>,
+    traceparent: Option<Cow<'a, str>>,
+}
+
+impl<'a> Attributes<'a> {
+    /// Keeps `value` if `attribute` (a header name less its prefix) is
+    /// mapped to an envelope field, drops it if it is mapped to none
+    /// (`specversion`, `datacontenttype`), and otherwise hands it back, to
+    /// be kept as a header.
+    fn take(&mut self, attribute: &str, value: Cow<'a, str>) -> Option<Cow<'a, str>> {
+        let field = match attribute {
+            "id" => &mut self.id,
+            "type" => &mut self.ty,
+            "time" => &mut self.time,
+            "partitionkey" => &mut self.partitionkey,
+            "traceparent" => &mut self.traceparent,
+            "specversion" | "datacontenttype" => return None,
+            _ => return Some(value),
+        };
+        *field = Some(value);
+        None
+    }
+}
+
+/// Every header of a delivery that can be read as text, under the name it
+/// arrived with: what an undecodable delivery keeps.
+fn all_headers(properties: &BasicProperties) -> Headers {
+    properties
+        .headers()
+        .iter()
+        .flat_map(FieldTable::inner)
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), header_text(value)?.into_owned()))
+        })
+        .collect()
 }
 
 /// Whether `content_type` is `application/json`, parameters aside.
@@ -364,22 +425,22 @@ fn is_json(content_type: &str) -> bool {
         .is_some_and(|media| media.trim().eq_ignore_ascii_case(CONTENT_TYPE))
 }
 
-/// A header value as text: strings that are UTF-8, booleans, integers and
-/// timestamps; `None` for anything else.
-fn header_text(value: &AMQPValue) -> Option<String> {
+/// A header value as text: strings that are UTF-8 (borrowed), booleans,
+/// integers and timestamps; `None` for anything else.
+fn header_text(value: &AMQPValue) -> Option<Cow<'_, str>> {
     match value {
-        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        AMQPValue::Boolean(b) => Some(b.to_string()),
-        AMQPValue::ShortShortInt(n) => Some(n.to_string()),
-        AMQPValue::ShortShortUInt(n) => Some(n.to_string()),
-        AMQPValue::ShortInt(n) => Some(n.to_string()),
-        AMQPValue::ShortUInt(n) => Some(n.to_string()),
-        AMQPValue::LongInt(n) => Some(n.to_string()),
-        AMQPValue::LongUInt(n) => Some(n.to_string()),
-        AMQPValue::LongLongInt(n) => Some(n.to_string()),
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(Cow::Borrowed),
+        AMQPValue::ShortString(s) => Some(Cow::Borrowed(s.as_str())),
+        AMQPValue::Boolean(b) => Some(b.to_string().into()),
+        AMQPValue::ShortShortInt(n) => Some(n.to_string().into()),
+        AMQPValue::ShortShortUInt(n) => Some(n.to_string().into()),
+        AMQPValue::ShortInt(n) => Some(n.to_string().into()),
+        AMQPValue::ShortUInt(n) => Some(n.to_string().into()),
+        AMQPValue::LongInt(n) => Some(n.to_string().into()),
+        AMQPValue::LongUInt(n) => Some(n.to_string().into()),
+        AMQPValue::LongLongInt(n) => Some(n.to_string().into()),
         AMQPValue::Timestamp(t) => {
-            seconds(*t).map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+            seconds(*t).map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true).into())
         }
         AMQPValue::Float(_)
         | AMQPValue::Double(_)
@@ -757,6 +818,163 @@ mod tests {
         let got = decode("t", &props, Vec::new()).unwrap();
         assert_eq!(got.idempotency_key, "underscore");
         assert!(got.headers.is_empty());
+    }
+
+    #[test]
+    fn every_attribute_prefers_underscore_and_drops_both() {
+        // The colon spellings come first in the table, which is sorted.
+        let props = props(&[
+            ("cloudEvents:id", text("colon")),
+            ("cloudEvents:type", text("colon.type")),
+            ("cloudEvents:time", text("2020-01-01T00:00:00Z")),
+            ("cloudEvents:partitionkey", text("colon-key")),
+            ("cloudEvents:traceparent", text("00-colon-01")),
+            ("cloudEvents:specversion", text("1.0")),
+            ("cloudEvents:datacontenttype", text("application/json")),
+            ("cloudEvents_id", text("underscore")),
+            ("cloudEvents_type", text("underscore.type")),
+            ("cloudEvents_time", text("2024-05-06T07:08:09Z")),
+            ("cloudEvents_partitionkey", text("underscore-key")),
+            ("cloudEvents_traceparent", text("00-underscore-01")),
+            ("cloudEvents_specversion", text("1.0")),
+            ("cloudEvents_datacontenttype", text("application/json")),
+        ]);
+        let got = decode("t", &props, Vec::new()).unwrap();
+        assert_eq!(got.idempotency_key, "underscore");
+        assert_eq!(got.topic, "underscore.type");
+        assert_eq!(got.created_at.to_rfc3339(), "2024-05-06T07:08:09+00:00");
+        assert_eq!(got.key.as_deref(), Some("underscore-key"));
+        let names: Vec<&str> = got.headers.keys().map(String::as_str).collect();
+        assert_eq!(names, [TRACEPARENT]);
+        assert_eq!(got.headers[TRACEPARENT], "00-underscore-01");
+    }
+
+    #[test]
+    fn empty_underscore_attribute_does_not_fall_back_to_colon() {
+        let props = props(&[
+            ("cloudEvents_id", text("e")),
+            ("cloudEvents_type", text("")),
+            ("cloudEvents:type", text("colon.type")),
+        ]);
+        assert_eq!(decode("rk", &props, Vec::new()).unwrap().topic, "rk");
+
+        let empty_id = self::props(&[
+            ("cloudEvents_id", text("")),
+            ("cloudEvents:id", text("colon")),
+        ])
+        .with_message_id("mid".into());
+        let bad = decode("rk", &empty_id, Vec::new()).unwrap_err();
+        assert_eq!(bad.reason, "missing CloudEvents id");
+    }
+
+    #[test]
+    fn unreadable_underscore_attribute_falls_back_to_colon() {
+        let props = props(&[
+            ("cloudEvents_id", AMQPValue::FieldArray(Default::default())),
+            ("cloudEvents:id", text("colon")),
+            ("cloudEvents_time", AMQPValue::Timestamp(u64::MAX)),
+            ("cloudEvents:time", text("2024-05-06T07:08:09Z")),
+            ("cloudEvents_partitionkey", bytes(b"\xff")),
+            ("cloudEvents:partitionkey", text("colon-key")),
+        ]);
+        let got = decode("t", &props, Vec::new()).unwrap();
+        assert_eq!(got.idempotency_key, "colon");
+        assert_eq!(got.created_at.timestamp(), 1_714_979_289);
+        assert_eq!(got.key.as_deref(), Some("colon-key"));
+        assert!(got.headers.is_empty());
+    }
+
+    #[test]
+    fn non_string_values_are_read_as_text() {
+        let id = Uuid::now_v7();
+        let props = props(&[
+            ("cloudEvents_id", AMQPValue::LongLongInt(-42)),
+            ("cloudEvents_type", AMQPValue::ShortString("orders".into())),
+            ("cloudEvents_partitionkey", AMQPValue::LongUInt(7)),
+            ("cloudEvents_traceparent", AMQPValue::Boolean(false)),
+            (
+                TXMSG_ID_HEADER,
+                AMQPValue::ShortString(id.to_string().into()),
+            ),
+            ("cloudEvents_source", AMQPValue::ShortShortUInt(3)),
+            ("at", AMQPValue::Timestamp(1_700_000_000)),
+        ]);
+        let got = decode("t", &props, Vec::new()).unwrap();
+        assert_eq!(got.idempotency_key, "-42");
+        assert_eq!(got.topic, "orders");
+        assert_eq!(got.key.as_deref(), Some("7"));
+        assert_eq!(got.id, id);
+        let expected: Headers = [
+            ("at", "2023-11-14T22:13:20Z"),
+            ("cloudEvents_source", "3"),
+            (TRACEPARENT, "false"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(got.headers, expected);
+    }
+
+    #[test]
+    fn traceparent_attribute_replaces_a_plain_traceparent_header() {
+        let plain = props(&[
+            ("cloudEvents_id", text("e")),
+            (TRACEPARENT, text("00-plain-01")),
+        ]);
+        let got = decode("t", &plain, Vec::new()).unwrap();
+        assert_eq!(got.headers[TRACEPARENT], "00-plain-01");
+
+        let both = props(&[
+            ("cloudEvents_id", text("e")),
+            ("cloudEvents:traceparent", text("00-attribute-01")),
+            (TRACEPARENT, text("00-plain-01")),
+        ]);
+        let got = decode("t", &both, Vec::new()).unwrap();
+        assert_eq!(got.headers.len(), 1);
+        assert_eq!(got.headers[TRACEPARENT], "00-attribute-01");
+    }
+
+    #[test]
+    fn undecodable_keeps_every_readable_header() {
+        let entries = [
+            ("cloudEvents_type", text("t")),
+            ("cloudEvents:specversion", text("1.0")),
+            ("cloudEvents_time", AMQPValue::LongInt(5)),
+            (TXMSG_ID_HEADER, text("nope")),
+            ("x-tenant", text("acme")),
+            ("table", AMQPValue::FieldTable(FieldTable::default())),
+        ];
+        let expected: Headers = [
+            ("cloudEvents_type", "t"),
+            ("cloudEvents:specversion", "1.0"),
+            ("cloudEvents_time", "5"),
+            (TXMSG_ID_HEADER, "nope"),
+            ("x-tenant", "acme"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let missing_id = decode("t", &props(&entries), Vec::new()).unwrap_err();
+        assert_eq!(missing_id.headers, expected);
+        let with_id = [&entries[..], &[("cloudEvents_id", text("e"))]].concat();
+        let foreign = props(&with_id).with_content_type("text/plain".into());
+        let bad_type = decode("t", &foreign, Vec::new()).unwrap_err();
+        let mut expected = expected;
+        expected.insert("cloudEvents_id".into(), "e".into());
+        assert_eq!(bad_type.headers, expected);
+    }
+
+    #[test]
+    fn mapped_attributes_are_the_ones_taken() {
+        for prefix in [CLOUDEVENTS_PREFIX, CLOUDEVENTS_PREFIX_COLON] {
+            for attribute in MAPPED_ATTRIBUTES.iter().chain(&["source", "sequence", ""]) {
+                let name = format!("{prefix}{attribute}");
+                let props = props(&[("cloudEvents_id", text("e")), (&name, text("v"))]);
+                let got = decode("t", &props, Vec::new()).unwrap();
+                let kept = got.headers.contains_key(&name);
+                assert_eq!(kept, !MAPPED_ATTRIBUTES.contains(attribute), "{name}");
+            }
+        }
     }
 }
 
