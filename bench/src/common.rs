@@ -225,6 +225,51 @@ pub(crate) async fn connect_raw(env: &Env) -> Res<lapin::Connection> {
     )
 }
 
+/// A consumer that takes every message off a queue as it arrives
+/// (automatic acknowledgement, on a connection of its own), as the consumers
+/// of a running system do: without it the queue of the `e2e` mode would grow
+/// through the round, and RabbitMQ's own work on a long queue would show in
+/// both sides' latencies.
+#[derive(Debug)]
+pub(crate) struct QueueDrain {
+    conn: lapin::Connection,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl QueueDrain {
+    /// Starts consuming `queue`.
+    pub(crate) async fn start(env: &Env, queue: &str) -> Res<Self> {
+        use futures_util::StreamExt;
+        let conn = connect_raw(env).await?;
+        let ch = conn.create_channel().await?;
+        let mut deliveries = ch
+            .basic_consume(
+                queue.into(),
+                format!("drain-{}", unique()).as_str().into(),
+                lapin::options::BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let task = tokio::spawn(async move {
+            let mut n = 0u64;
+            while let Some(Ok(_)) = deliveries.next().await {
+                n += 1;
+            }
+            n
+        });
+        Ok(QueueDrain { conn, task })
+    }
+
+    /// Stops consuming; returns how many messages were taken.
+    pub(crate) async fn stop(self) -> Res<u64> {
+        let _ = self.conn.close(200, "done".into()).await;
+        Ok(self.task.await?)
+    }
+}
+
 /// A channel in confirm mode on which the exchange exists (declared as the
 /// framework's broker declares it).
 pub(crate) async fn confirm_channel(

@@ -15,7 +15,8 @@ use tokio::sync::{Semaphore, mpsc};
 use txmsg::{Outbox, Relay, RelayConfig, Tx};
 
 use crate::common::{
-    Env, Lat, Rabbit, Res, Schema, Side, TimedBroker, confirm_channel, lat, median, print_pair,
+    Env, Lat, QueueDrain, Rabbit, Res, Schema, Side, TimedBroker, confirm_channel, lat, median,
+    print_pair,
 };
 
 /// The event both sides write.
@@ -265,6 +266,7 @@ async fn e2e_round(
 ) -> Res<(f64, Vec<Duration>)> {
     schema.truncate().await?;
     rabbit.purge().await?;
+    let drain = QueueDrain::start(env, &rabbit.queue).await?;
     let timed = TimedBroker::new(rabbit.broker.clone());
     let baseline_confirms: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
     let mut relay = None;
@@ -348,6 +350,7 @@ async fn e2e_round(
     if let Some(p) = pipeline {
         p.finish().await?;
     }
+    drain.stop().await?;
     if confirms.len() < commits.len() {
         return Err(format!(
             "{}: only {} of {} messages confirmed within 60 s",
