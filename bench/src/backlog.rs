@@ -14,7 +14,8 @@ use txmsg::rabbitmq::{RabbitBroker, RabbitConfig};
 use txmsg::{Broker, Envelope, Relay, RelayConfig, Tx};
 
 use crate::common::{
-    Env, Rabbit, Res, Schema, Side, TimedBroker, confirm_channel, declare_queue, median, print_pair,
+    Env, QueueDrain, Rabbit, Res, Schema, Side, TimedBroker, confirm_channel, declare_queue,
+    median, print_pair,
 };
 use crate::producer::{OrderPlaced, TOPIC, raw_publish};
 
@@ -114,10 +115,13 @@ pub(crate) async fn drain(env: &Env) -> Res<DrainResult> {
     };
     for (round, side) in Side::schedule(env.rounds) {
         rabbit.purge().await?;
+        if side == Side::Framework {
+            schema.truncate().await?;
+            insert_backlog(&schema, env.drain_rows).await?;
+        }
+        let consumer = QueueDrain::start(env, &rabbit.queue).await?;
         let rate = match side {
             Side::Framework => {
-                schema.truncate().await?;
-                insert_backlog(&schema, env.drain_rows).await?;
                 let timed = TimedBroker::counting(rabbit.broker.clone());
                 let start = Instant::now();
                 let relay =
@@ -140,6 +144,7 @@ pub(crate) async fn drain(env: &Env) -> Res<DrainResult> {
                 env.drain_rows as f64 / elapsed.as_secs_f64()
             }
         };
+        consumer.stop().await?;
         println!(
             "  drain round {} {}: {rate:.1} msg/s",
             round + 1,
