@@ -118,6 +118,10 @@ pub trait SqlStore: Store {
 
     /// Begins a transaction suitable for producers, with
     /// [`begin_statement`](SqlStore::begin_statement).
+    ///
+    /// [`Outbox`](crate::Outbox) begins its transactions from
+    /// `begin_statement` directly, not through this method: a store that
+    /// needs another statement overrides `begin_statement`, not `begin`.
     fn begin(&self) -> BoxFuture<'_, Result<sqlx::Transaction<'static, Self::Database>>> {
         let pool = self.pool();
         let statement = self.begin_statement();
