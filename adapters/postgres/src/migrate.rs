@@ -39,6 +39,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "half messages",
         sql: V3_HALF_MESSAGES,
     },
+    Migration {
+        version: 4,
+        description: "outbox fillfactor 50",
+        sql: V4_OUTBOX_FILLFACTOR,
+    },
 ];
 
 // The poller's index is on `id` rather than `next_attempt_at`: a claim reads
@@ -106,6 +111,19 @@ CREATE INDEX {consumer_dead_idx} ON {consumer_dead} (consumer_group, dead_at, id
 const V3_HALF_MESSAGES: &str = "
 ALTER TABLE {outbox} ADD COLUMN IF NOT EXISTS half boolean NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS {outbox_prepared_idx} ON {outbox} (id) WHERE state = 'prepared';
+";
+
+// A claim leases each row it takes (`lease_owner`, `lease_until`, neither of
+// them indexed). With room left on the row's page PostgreSQL makes that a HOT
+// update: a new row version on the same page and no new index entries. On
+// full pages (the default fillfactor, 100) every lease wrote one entry into
+// each of the table's four indexes. Measured on 100 000 pending rows drained
+// in claims of 500: 91 % of the lease updates were HOT at 50, 40 % at 70, 2 %
+// at 100, and the relay drained ~15 % faster at 50 (BENCHMARKS.md). The cost
+// is space: pages are filled to half when rows are inserted. Changing the
+// setting only takes a brief lock and applies to pages filled from then on.
+const V4_OUTBOX_FILLFACTOR: &str = "
+ALTER TABLE {outbox} SET (fillfactor = 50);
 ";
 
 /// Applies the migrations not yet recorded, all in one transaction.

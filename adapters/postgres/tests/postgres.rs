@@ -315,6 +315,87 @@ async fn schema_qualified_tables_work() {
     .await;
 }
 
+/// The point of migration 4 (fillfactor 50): leasing claimed rows is a HOT
+/// update (no new index entries). Counted from PostgreSQL's own statistics,
+/// read on the single connection that ran the claim, after forcing it to
+/// flush them.
+#[tokio::test]
+async fn claim_leases_are_hot_updates() {
+    with_schema(|_pool, schema| async move {
+        let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
+        let one = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .expect("connect");
+        let store = PgStore::new(one.clone(), tables(&schema));
+        store.migrate().await.expect("migrate");
+        let options: Option<Vec<String>> = sqlx::query_scalar(
+            "SELECT c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = 'txmsg_outbox'",
+        )
+        .bind(&schema)
+        .fetch_one(&one)
+        .await
+        .expect("reloptions");
+        assert_eq!(options, Some(vec!["fillfactor=50".to_owned()]));
+
+        const ROWS: u32 = 1_000;
+        let mut tx = Outbox::new(&store).begin().await.expect("begin");
+        for n in 0..ROWS {
+            tx.enqueue(Message::new("pg.hot", &n).expect("message"))
+                .await
+                .expect("enqueue");
+        }
+        tx.commit().await.expect("commit");
+
+        let updates = || async {
+            sqlx::query("SELECT pg_stat_force_next_flush()")
+                .execute(&one)
+                .await
+                .expect("flush");
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables \
+                 WHERE schemaname = $1 AND relname = 'txmsg_outbox'",
+            )
+            .bind(&schema)
+            .fetch_one(&one)
+            .await
+            .expect("table statistics")
+        };
+        let (before, hot_before) = updates().await;
+        let now = Utc::now() + Duration::seconds(1);
+        let req = ClaimRequest {
+            lease: Lease {
+                owner: Uuid::now_v7(),
+                until: now + Duration::seconds(30),
+            },
+            now,
+            limit: 100,
+            per_key_limit: 10,
+            dead_parks_key: true,
+        };
+        let mut claimed = 0;
+        loop {
+            let batch = store.claim(&req).await.expect("claim");
+            if batch.is_empty() {
+                break;
+            }
+            claimed += batch.len();
+        }
+        assert_eq!(claimed, ROWS as usize);
+        let (after, hot_after) = updates().await;
+        assert_eq!(after - before, i64::from(ROWS), "one lease update per row");
+        let hot = hot_after - hot_before;
+        assert!(
+            hot * 10 >= i64::from(ROWS) * 8,
+            "only {hot} of {ROWS} lease updates were HOT"
+        );
+        one.close().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_migrate_is_safe() {
     with_schema(|pool, schema| async move {
@@ -340,7 +421,7 @@ async fn concurrent_migrate_is_safe() {
         let first = versions().await;
         assert_eq!(
             first.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
-            vec![1, 2, 3]
+            vec![1, 2, 3, 4]
         );
         store.migrate().await.expect("migrate again");
         assert_eq!(versions().await, first, "migrating again changes nothing");
