@@ -14,8 +14,8 @@ use txmsg::rabbitmq::{RabbitBroker, RabbitConfig};
 use txmsg::{Broker, Envelope, Relay, RelayConfig, Tx};
 
 use crate::common::{
-    Env, QueueDrain, Rabbit, Res, Schema, Side, TimedBroker, confirm_channel, declare_queue,
-    median, print_pair,
+    Env, Paired, QueueDrain, Rabbit, Res, Schema, Side, TimedBroker, confirm_channel,
+    declare_queue, median, print_pair,
 };
 use crate::producer::{OrderPlaced, TOPIC, raw_publish};
 
@@ -87,7 +87,9 @@ pub(crate) struct DrainResult {
     pub(crate) txmsg: f64,
     /// Median raw rate.
     pub(crate) baseline: f64,
-    /// txmsg / raw.
+    /// txmsg / raw, paired by round.
+    pub(crate) paired: Paired,
+    /// The ratio reported: the paired one.
     pub(crate) ratio: f64,
     /// Diagnostic, not a baseline: raw lapin publishing in stop-and-wait
     /// batches of the relay's claim size (publish a batch, wait for every
@@ -113,7 +115,7 @@ pub(crate) async fn drain(env: &Env) -> Res<DrainResult> {
         window: env.window,
         ..DrainResult::default()
     };
-    for (round, side) in Side::schedule(env.rounds) {
+    for (round, side) in Side::schedule(env, env.rounds) {
         rabbit.purge().await?;
         if side == Side::Framework {
             schema.truncate().await?;
@@ -175,7 +177,9 @@ pub(crate) async fn drain(env: &Env) -> Res<DrainResult> {
     rabbit.cleanup(&[]).await?;
     out.txmsg = median(&out.txmsg_rounds);
     out.baseline = median(&out.baseline_rounds);
-    out.ratio = print_pair(
+    out.paired = Paired::of(&out.txmsg_rounds, &out.baseline_rounds);
+    out.ratio = out.paired.ratio;
+    print_pair(
         &format!(
             "drain of {} rows (txmsg relay) vs {} raw lapin publishes, window {}",
             env.drain_rows, env.drain_rows, env.window
@@ -183,6 +187,7 @@ pub(crate) async fn drain(env: &Env) -> Res<DrainResult> {
         "msg/s",
         out.txmsg,
         out.baseline,
+        &out.paired,
     );
     Ok(out)
 }
@@ -229,7 +234,11 @@ pub(crate) struct ConsumerResult {
     pub(crate) txmsg: f64,
     /// Median hand-written rate.
     pub(crate) baseline: f64,
-    /// txmsg / baseline.
+    /// txmsg / baseline, paired by round.
+    pub(crate) paired: Paired,
+    /// txmsg / baseline in rounds that run both consumers at once.
+    pub(crate) together: Paired,
+    /// The ratio reported: the paired one.
     pub(crate) ratio: f64,
 }
 
@@ -281,7 +290,7 @@ pub(crate) async fn consumer(env: &Env) -> Res<ConsumerResult> {
         messages: n,
         ..ConsumerResult::default()
     };
-    for (round, side) in Side::schedule(env.rounds) {
+    for (round, side) in Side::schedule(env, env.rounds) {
         let schema = if side == Side::Framework { &fw } else { &bl };
         schema.truncate().await?;
         let topic = match side {
@@ -313,7 +322,9 @@ pub(crate) async fn consumer(env: &Env) -> Res<ConsumerResult> {
                 }
                 elapsed
             }
-            Side::Baseline => baseline_consume(&rabbit, &bl.pool, &bl_queue, n).await?,
+            Side::Baseline => {
+                baseline_consume(&rabbit, &bl.pool, &bl_queue, n, Arc::default()).await?
+            }
         };
         let rate = n as f64 / elapsed.as_secs_f64();
         println!(
@@ -326,18 +337,104 @@ pub(crate) async fn consumer(env: &Env) -> Res<ConsumerResult> {
             Side::Baseline => out.baseline_rounds.push(rate),
         }
     }
+    if env.only.is_none() {
+        let (mut f, mut b) = (Vec::new(), Vec::new());
+        for round in 0..env.rounds {
+            let (fr, br) = consume_together(env, &rabbit, &fw, &bl, &bl_queue, n).await?;
+            println!(
+                "  consumer round {} at once: txmsg {fr:.1} msg/s, baseline {br:.1} msg/s",
+                round + 1
+            );
+            f.push(fr);
+            b.push(br);
+        }
+        out.together = Paired::of(&f, &b);
+    }
     fw.drop().await?;
     bl.drop().await?;
     rabbit.cleanup(&[fw_queue, bl_queue]).await?;
     out.txmsg = median(&out.txmsg_rounds);
     out.baseline = median(&out.baseline_rounds);
-    out.ratio = print_pair(
+    out.paired = Paired::of(&out.txmsg_rounds, &out.baseline_rounds);
+    out.ratio = out.paired.ratio;
+    print_pair(
         &format!("consumer ({n} messages)"),
         "msg/s",
         out.txmsg,
         out.baseline,
+        &out.paired,
+    );
+    println!(
+        "consumer, both sides at once: ratio {:.3} (95 % CI {:.3} to {:.3}, {} rounds)",
+        out.together.ratio,
+        out.together.ci95_low,
+        out.together.ci95_high,
+        out.together.round_ratios.len()
     );
     Ok(out)
+}
+
+/// One round of both consumers at once, each on a queue of `n` messages of
+/// its own: their rates while both are running.
+async fn consume_together(
+    env: &Env,
+    rabbit: &Rabbit,
+    fw: &Schema,
+    bl: &Schema,
+    bl_queue: &str,
+    n: usize,
+) -> Res<(f64, f64)> {
+    fw.truncate().await?;
+    bl.truncate().await?;
+    fill(&rabbit.broker, CONSUME_TOPIC, n, env.window).await?;
+    fill(&rabbit.broker, CONSUME_BL_TOPIC, n, env.window).await?;
+    rabbit.purge().await?;
+    let config = ConsumerConfig {
+        prefetch: PREFETCH,
+        concurrency: CONSUME_CONCURRENCY,
+        ..ConsumerConfig::new("bench")
+    };
+    let handle = Consumer::new(fw.store.clone(), rabbit.broker.clone(), config)?
+        .start()
+        .await?;
+    let bl_applied = Arc::new(AtomicU64::new(0));
+    let baseline = baseline_consume(rabbit, &bl.pool, bl_queue, n, Arc::clone(&bl_applied));
+    let counts = || (handle.stats().applied, bl_applied.load(Ordering::SeqCst));
+    let sample = async {
+        // From when both have applied a tenth of their messages (both are
+        // up and running) until either has applied nine tenths.
+        let (low, high) = ((n as u64) / 10, (n as u64) * 9 / 10);
+        let mut from = (Instant::now(), 0, 0);
+        let mut started = false;
+        let until = Instant::now() + Duration::from_secs(600);
+        loop {
+            let (f, b) = counts();
+            if !started && f >= low && b >= low {
+                from = (Instant::now(), f, b);
+                started = true;
+            }
+            if f >= high || b >= high || Instant::now() > until {
+                let secs = from.0.elapsed().as_secs_f64().max(1e-6);
+                return (
+                    f.saturating_sub(from.1) as f64 / secs,
+                    b.saturating_sub(from.2) as f64 / secs,
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let (baseline, rates) = tokio::join!(baseline, sample);
+    baseline?;
+    let until = Instant::now() + Duration::from_secs(600);
+    while handle.stats().applied < n as u64 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let applied = handle.stats().applied;
+    handle.shutdown().await;
+    if applied < n as u64 {
+        return Err(format!("txmsg consumer applied {applied} of {n}").into());
+    }
+    Ok(rates)
 }
 
 /// The hand-written idempotent consumer: per delivery, in a task (at most
@@ -348,6 +445,7 @@ async fn baseline_consume(
     pool: &sqlx::PgPool,
     queue: &str,
     n: usize,
+    applied: Arc<AtomicU64>,
 ) -> Res<Duration> {
     let start = Instant::now();
     let ch = rabbit.conn.create_channel().await?;
@@ -362,7 +460,6 @@ async fn baseline_consume(
             Default::default(),
         )
         .await?;
-    let applied = Arc::new(AtomicU64::new(0));
     let limit = Arc::new(Semaphore::new(CONSUME_CONCURRENCY));
     let done = Arc::new(tokio::sync::Notify::new());
     let target = n as u64;

@@ -30,10 +30,14 @@ pub(crate) struct Env {
     pub(crate) db_url: String,
     /// RabbitMQ URL.
     pub(crate) amqp_url: String,
-    /// Rounds per variant (alternating framework, baseline, ...).
+    /// Rounds per side of the e2e, drain and consumer modes.
     pub(crate) rounds: usize,
-    /// Length of a timed round.
+    /// Length of a timed e2e round.
     pub(crate) round: Duration,
+    /// Rounds per side of the producer mode.
+    pub(crate) producer_rounds: usize,
+    /// Length of a producer round.
+    pub(crate) producer_round: Duration,
     /// Concurrent producer clients.
     pub(crate) clients: usize,
     /// Rows of the drain mode.
@@ -44,6 +48,10 @@ pub(crate) struct Env {
     pub(crate) memory_rows: (usize, usize),
     /// Publishes awaiting a confirm at once, framework and baseline alike.
     pub(crate) window: usize,
+    /// Whether each ABBA pair of rounds starts with the baseline.
+    pub(crate) baseline_first: bool,
+    /// Run this side alone (for a profiler); `None`: both.
+    pub(crate) only: Option<Side>,
 }
 
 /// A unique lowercase suffix for names.
@@ -465,19 +473,37 @@ impl Broker for TimedBroker {
 }
 
 /// Which side of the comparison a figure belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Side {
     /// txmsg.
+    #[value(name = "txmsg")]
     Framework,
     /// Hand-written sqlx + lapin.
     Baseline,
 }
 
 impl Side {
-    /// The alternating order of `rounds` rounds per side: F, B, F, B, ...
-    pub(crate) fn schedule(rounds: usize) -> Vec<(usize, Side)> {
+    /// The order of `rounds` rounds per side, alternating in ABBA
+    /// pairs (F, B, B, F, F, B, ...), so that a drift of the machine's
+    /// speed during the run (a cache warming up, a neighbour's load
+    /// fading) favours neither side; [`Env::baseline_first`] starts with
+    /// the baseline instead, [`Env::only`] runs one side alone (for a
+    /// profiler).
+    pub(crate) fn schedule(env: &Env, rounds: usize) -> Vec<(usize, Side)> {
+        let (first, second) = if env.baseline_first {
+            (Side::Baseline, Side::Framework)
+        } else {
+            (Side::Framework, Side::Baseline)
+        };
         (0..rounds)
-            .flat_map(|r| [(r, Side::Framework), (r, Side::Baseline)])
+            .flat_map(|r| {
+                if r % 2 == 0 {
+                    [(r, first), (r, second)]
+                } else {
+                    [(r, second), (r, first)]
+                }
+            })
+            .filter(|&(_, side)| env.only.is_none_or(|only| only == side))
             .collect()
     }
 
@@ -490,9 +516,150 @@ impl Side {
     }
 }
 
-/// Prints a mode's two figures and their ratio.
-pub(crate) fn print_pair(what: &str, unit: &str, fw: f64, bl: f64) -> f64 {
-    let ratio = if bl > 0.0 { fw / bl } else { 0.0 };
-    println!("{what}: txmsg {fw:.1} {unit} | baseline {bl:.1} {unit} | ratio {ratio:.3}");
-    ratio
+/// txmsg against the baseline over paired rounds: each round runs both
+/// sides back to back (or at once), so each round's ratio compares them
+/// under the same conditions, and drifts of the machine's speed that span
+/// several rounds cancel out.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Paired {
+    /// txmsg / baseline of each round.
+    pub(crate) round_ratios: Vec<f64>,
+    /// Geometric mean of the round ratios: the ratio reported.
+    pub(crate) ratio: f64,
+    /// Lower end of its 95 % confidence interval.
+    pub(crate) ci95_low: f64,
+    /// Upper end of its 95 % confidence interval.
+    pub(crate) ci95_high: f64,
+}
+
+impl Paired {
+    /// Pairs `txmsg[i]` with `baseline[i]`, both higher-is-better figures.
+    ///
+    /// The interval is Student's t on the logarithms of the round ratios
+    /// (their spread is roughly symmetric in log space: one side 10 % ahead
+    /// in one round and 10 % behind in the next average to 1). With one
+    /// round the interval is that round's ratio alone.
+    pub(crate) fn of(txmsg: &[f64], baseline: &[f64]) -> Self {
+        let round_ratios: Vec<f64> = txmsg
+            .iter()
+            .zip(baseline)
+            .filter(|&(&f, &b)| f > 0.0 && b > 0.0)
+            .map(|(f, b)| f / b)
+            .collect();
+        let n = round_ratios.len();
+        if n == 0 {
+            return Paired::default();
+        }
+        let logs: Vec<f64> = round_ratios.iter().map(|r| r.ln()).collect();
+        let mean = logs.iter().sum::<f64>() / n as f64;
+        let half_width = if n > 1 {
+            let var = logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+            t975(n - 1) * (var / n as f64).sqrt()
+        } else {
+            0.0
+        };
+        Paired {
+            round_ratios,
+            ratio: mean.exp(),
+            ci95_low: (mean - half_width).exp(),
+            ci95_high: (mean + half_width).exp(),
+        }
+    }
+}
+
+/// The 97.5th percentile of Student's t with `df` degrees of freedom (the
+/// two-sided 95 % factor); 1.96 from 31 on, where the table stops.
+fn t975(df: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    df.checked_sub(1)
+        .and_then(|i| TABLE.get(i))
+        .copied()
+        .unwrap_or(1.96)
+}
+
+/// Prints a mode's two figures (medians of the rounds) and the paired ratio.
+pub(crate) fn print_pair(what: &str, unit: &str, fw: f64, bl: f64, paired: &Paired) {
+    println!(
+        "{what}: txmsg {fw:.1} {unit} | baseline {bl:.1} {unit} (medians) | \
+         ratio {:.3} (95 % CI {:.3} to {:.3}, {} rounds)",
+        paired.ratio,
+        paired.ci95_low,
+        paired.ci95_high,
+        paired.round_ratios.len()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(baseline_first: bool, only: Option<Side>) -> Env {
+        Env {
+            db_url: String::new(),
+            amqp_url: String::new(),
+            rounds: 4,
+            round: Duration::from_secs(1),
+            producer_rounds: 4,
+            producer_round: Duration::from_secs(1),
+            clients: 8,
+            drain_rows: 1,
+            consume_msgs: 1,
+            memory_rows: (1, 10),
+            window: 1,
+            baseline_first,
+            only,
+        }
+    }
+
+    #[test]
+    fn schedule_alternates_in_abba_pairs() {
+        use Side::{Baseline as B, Framework as F};
+        let order =
+            |e: &Env| -> Vec<Side> { Side::schedule(e, 4).into_iter().map(|(_, s)| s).collect() };
+        assert_eq!(order(&env(false, None)), [F, B, B, F, F, B, B, F]);
+        assert_eq!(order(&env(true, None)), [B, F, F, B, B, F, F, B]);
+        assert_eq!(order(&env(false, Some(B))), [B, B, B, B]);
+        let rounds: Vec<usize> = Side::schedule(&env(false, None), 2)
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        assert_eq!(rounds, [0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn paired_ratio_is_the_geometric_mean_of_round_ratios() {
+        // 10 % ahead in one round and 10 % behind in the other: even.
+        let p = Paired::of(&[110.0, 100.0], &[100.0, 110.0]);
+        assert!((p.ratio - 1.0).abs() < 1e-12, "{p:?}");
+        assert_eq!(p.round_ratios.len(), 2);
+        assert!(p.ci95_low < 1.0 && p.ci95_high > 1.0, "{p:?}");
+
+        // The same ratio in every round, at any speed: no spread at all.
+        let p = Paired::of(&[90.0, 45.0, 180.0], &[100.0, 50.0, 200.0]);
+        assert!((p.ratio - 0.9).abs() < 1e-12, "{p:?}");
+        assert!((p.ci95_high - p.ci95_low).abs() < 1e-12, "{p:?}");
+    }
+
+    #[test]
+    fn paired_interval_uses_students_t() {
+        // ln ratios -0.1 and +0.1: mean 0, standard error 0.1, t(1) = 12.706.
+        let (a, b) = ((-0.1f64).exp(), 0.1f64.exp());
+        let p = Paired::of(&[a, b], &[1.0, 1.0]);
+        assert!((p.ci95_high.ln() - 12.706 * 0.1).abs() < 1e-9, "{p:?}");
+        assert!((p.ci95_low.ln() + 12.706 * 0.1).abs() < 1e-9, "{p:?}");
+        assert_eq!(t975(100), 1.96);
+    }
+
+    #[test]
+    fn paired_skips_missing_and_empty_rounds() {
+        assert_eq!(Paired::of(&[], &[]).round_ratios.len(), 0);
+        assert_eq!(Paired::of(&[], &[]).ratio, 0.0);
+        let p = Paired::of(&[1.0, 0.0, 3.0], &[2.0, 2.0]);
+        assert_eq!(p.round_ratios, [0.5]);
+        assert_eq!((p.ci95_low, p.ci95_high), (0.5, 0.5));
+    }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::common::{Env, Res};
+use crate::common::{Env, Res, Side};
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -35,12 +35,20 @@ struct Cli {
     /// Tiny sizes and one short round per side (a smoke run, not a measurement).
     #[arg(long, global = true)]
     quick: bool,
-    /// Rounds per side, alternating txmsg and baseline.
-    #[arg(long, global = true, default_value_t = 3)]
+    /// Rounds per side of e2e, drain and consumer, in ABBA pairs (txmsg,
+    /// baseline, baseline, txmsg, ...).
+    #[arg(long, global = true, default_value_t = 4)]
     rounds: usize,
-    /// Seconds per timed round (producer, e2e).
-    #[arg(long, global = true, default_value_t = 10.0)]
+    /// Seconds per timed e2e round.
+    #[arg(long, global = true, default_value_t = 8.0)]
     secs: f64,
+    /// Rounds per side of the producer mode, in ABBA pairs; as many again
+    /// run both sides at once.
+    #[arg(long, global = true, default_value_t = 12)]
+    producer_rounds: usize,
+    /// Seconds per producer round.
+    #[arg(long, global = true, default_value_t = 2.5)]
+    producer_secs: f64,
     /// Concurrent producer clients.
     #[arg(long, global = true, default_value_t = 8)]
     clients: usize,
@@ -54,6 +62,12 @@ struct Cli {
     /// Messages of the consumer mode.
     #[arg(long, global = true, default_value_t = 20_000)]
     consume_msgs: usize,
+    /// Start each ABBA pair of rounds with the baseline (default: txmsg).
+    #[arg(long, global = true)]
+    baseline_first: bool,
+    /// Run one side alone, e.g. under a profiler (no ratio is printed).
+    #[arg(long, global = true, value_name = "SIDE")]
+    only: Option<Side>,
     /// Where `all` writes its JSON and SVG.
     #[arg(long, global = true, default_value = "bench/out")]
     out: PathBuf,
@@ -109,11 +123,15 @@ fn env_of(cli: &Cli) -> Env {
             amqp_url,
             rounds: 1,
             round: Duration::from_millis(700),
+            producer_rounds: 1,
+            producer_round: Duration::from_millis(700),
             clients: cli.clients,
             drain_rows: 2_000,
             consume_msgs: 500,
             memory_rows: (200, 2_000),
             window: cli.window,
+            baseline_first: cli.baseline_first,
+            only: cli.only,
         }
     } else {
         Env {
@@ -121,11 +139,15 @@ fn env_of(cli: &Cli) -> Env {
             amqp_url,
             rounds: cli.rounds.max(1),
             round: Duration::from_secs_f64(cli.secs.max(0.1)),
+            producer_rounds: cli.producer_rounds.max(1),
+            producer_round: Duration::from_secs_f64(cli.producer_secs.max(0.1)),
             clients: cli.clients.max(1),
             drain_rows: cli.drain_rows.max(1),
             consume_msgs: cli.consume_msgs.max(1),
             memory_rows: (cli.drain_rows.max(10) / 10, cli.drain_rows.max(10)),
             window: cli.window.max(1),
+            baseline_first: cli.baseline_first,
+            only: cli.only,
         }
     }
 }
@@ -134,7 +156,10 @@ async fn run(cli: Cli) -> Res<()> {
     let env = env_of(&cli);
     if !matches!(cli.mode, Mode::RelayChild { .. }) {
         println!(
-            "txmsg-bench: {} round(s) per side, {:.1} s per timed round, {} clients, window {}",
+            "txmsg-bench: producer {} round(s) per side of {:.1} s; e2e, drain, consumer {} round(s) \
+             per side ({:.1} s per e2e round); {} clients, window {}",
+            env.producer_rounds,
+            env.producer_round.as_secs_f64(),
             env.rounds,
             env.round.as_secs_f64(),
             env.clients,
@@ -168,6 +193,8 @@ async fn run(cli: Cli) -> Res<()> {
                 cpus: std::thread::available_parallelism().map_or(0, usize::from),
                 rounds: env.rounds,
                 round_secs: env.round.as_secs_f64(),
+                producer_rounds: env.producer_rounds,
+                producer_round_secs: env.producer_round.as_secs_f64(),
                 producer,
                 e2e,
                 drain,

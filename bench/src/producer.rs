@@ -15,8 +15,8 @@ use tokio::sync::{Semaphore, mpsc};
 use txmsg::{Outbox, Relay, RelayConfig, Tx};
 
 use crate::common::{
-    Env, Lat, QueueDrain, Rabbit, Res, Schema, Side, TimedBroker, confirm_channel, lat, median,
-    print_pair,
+    Env, Lat, Paired, QueueDrain, Rabbit, Res, Schema, Side, TimedBroker, confirm_channel, lat,
+    median, print_pair,
 };
 
 /// The event both sides write.
@@ -97,6 +97,45 @@ async fn baseline_write(pool: &sqlx::PgPool, id: i64, client: i32, amount: i64) 
     })
 }
 
+/// One round of `side`: `clients` closed-loop clients until `deadline`;
+/// the latency of every transaction.
+async fn producer_round(
+    side: Side,
+    clients: usize,
+    outbox: &Outbox<sqlx::Postgres>,
+    pool: &sqlx::PgPool,
+    next: &Arc<AtomicI64>,
+    deadline: Instant,
+) -> Res<Vec<Duration>> {
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let (outbox, pool, next) = (outbox.clone(), pool.clone(), Arc::clone(next));
+        let client = i32::try_from(client)?;
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while Instant::now() < deadline {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                match side {
+                    Side::Framework => {
+                        place_order_and_commit(&outbox, id, client, id % 10_000).await?;
+                    }
+                    Side::Baseline => {
+                        baseline_write(&pool, id, client, id % 10_000).await?;
+                    }
+                }
+                samples.push(t.elapsed());
+            }
+            Res::Ok(samples)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok(all)
+}
+
 /// Figures of one side of the producer mode.
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct ProducerSide {
@@ -116,61 +155,59 @@ pub(crate) struct ProducerSide {
 pub(crate) struct ProducerResult {
     /// Concurrent clients.
     pub(crate) clients: usize,
-    /// txmsg.
+    /// txmsg, alternating rounds.
     pub(crate) txmsg: ProducerSide,
-    /// Hand-written.
+    /// Hand-written, alternating rounds.
     pub(crate) baseline: ProducerSide,
-    /// txmsg / baseline throughput.
+    /// txmsg / baseline throughput over the alternating rounds, paired by
+    /// round.
+    pub(crate) alternating: Paired,
+    /// txmsg / baseline transactions in rounds that run both sides at once
+    /// (half of the clients each), paired by round.
+    pub(crate) together: Paired,
+    /// The ratio reported: the alternating one.
     pub(crate) ratio: f64,
 }
 
 /// `producer`: the write path only (no relay).
+///
+/// Two measurements. Alternating rounds (ABBA pairs) run one side at a time
+/// with every client, as the target is stated. Rounds of both sides at
+/// once, half of the clients each, compare them under the very same
+/// conditions: a side whose transaction costs more (client or database)
+/// gets fewer of them done, whatever the machine's speed at that moment.
 pub(crate) async fn producer(env: &Env) -> Res<ProducerResult> {
     let conns = u32::try_from(env.clients)?;
     let fw = Schema::create(env, "pf", conns).await?;
     let bl = Schema::create(env, "pb", conns).await?;
     let outbox = Outbox::new(&fw.store);
     let next = Arc::new(AtomicI64::new(1));
+    let run = |side: Side, clients: usize, deadline: Instant| {
+        producer_round(side, clients, &outbox, &bl.pool, &next, deadline)
+    };
+    // The tables are emptied once, not between rounds: a `TRUNCATE` and the
+    // `VACUUM` after it leave I/O that spills into the next round. Both
+    // sides' tables grow alike, round after round.
+    fw.truncate().await?;
+    bl.truncate().await?;
+    // One unrecorded second per side first, so that no side's first round
+    // pays for cold caches.
+    for side in [Side::Framework, Side::Baseline] {
+        if env.only.is_none_or(|only| only == side) {
+            run(side, env.clients, Instant::now() + Duration::from_secs(1)).await?;
+        }
+    }
     let mut lats: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     let mut tps: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut cpu = [Duration::ZERO; 2];
-    for (round, side) in Side::schedule(env.rounds) {
-        let schema = if side == Side::Framework { &fw } else { &bl };
-        schema.truncate().await?;
+    for (round, side) in Side::schedule(env, env.producer_rounds) {
         let cpu_before = crate::common::process_cpu();
-        let deadline = Instant::now() + env.round;
         let start = Instant::now();
-        let mut tasks = Vec::new();
-        for client in 0..env.clients {
-            let (outbox, pool, next) = (outbox.clone(), bl.pool.clone(), Arc::clone(&next));
-            let client = i32::try_from(client)?;
-            tasks.push(tokio::spawn(async move {
-                let mut samples = Vec::new();
-                while Instant::now() < deadline {
-                    let id = next.fetch_add(1, Ordering::Relaxed);
-                    let t = Instant::now();
-                    match side {
-                        Side::Framework => {
-                            place_order_and_commit(&outbox, id, client, id % 10_000).await?;
-                        }
-                        Side::Baseline => {
-                            baseline_write(&pool, id, client, id % 10_000).await?;
-                        }
-                    }
-                    samples.push(t.elapsed());
-                }
-                Res::Ok(samples)
-            }));
-        }
-        let mut n = 0usize;
+        let samples = run(side, env.clients, start + env.producer_round).await?;
+        let rate = samples.len() as f64 / start.elapsed().as_secs_f64();
         let i = usize::from(side == Side::Baseline);
-        for t in tasks {
-            let s = t.await??;
-            n += s.len();
-            lats[i].extend(s);
-        }
-        let rate = n as f64 / start.elapsed().as_secs_f64();
         cpu[i] += crate::common::process_cpu().saturating_sub(cpu_before);
+        lats[i].extend(samples);
         println!(
             "  producer round {} {}: {rate:.1} tx/s",
             round + 1,
@@ -178,10 +215,33 @@ pub(crate) async fn producer(env: &Env) -> Res<ProducerResult> {
         );
         tps[i].push(rate);
     }
+    let mut together: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    if env.only.is_none() {
+        let half = (env.clients / 2).max(1);
+        for round in 0..env.producer_rounds {
+            let start = Instant::now();
+            let deadline = start + env.producer_round;
+            let (f, b) = tokio::join!(
+                run(Side::Framework, half, deadline),
+                run(Side::Baseline, half, deadline)
+            );
+            let secs = start.elapsed().as_secs_f64();
+            let (f, b) = (f?.len() as f64 / secs, b?.len() as f64 / secs);
+            println!(
+                "  producer round {} at once ({half} clients each): txmsg {f:.1} tx/s, \
+                 baseline {b:.1} tx/s",
+                round + 1
+            );
+            together[0].push(f);
+            together[1].push(b);
+        }
+    }
     fw.drop().await?;
     bl.drop().await?;
     let [mut lf, mut lb] = lats;
     let [tf, tb] = tps;
+    let alternating = Paired::of(&tf, &tb);
+    let together = Paired::of(&together[0], &together[1]);
     let per_tx = |cpu: Duration, n: usize| cpu.as_secs_f64() * 1e6 / n.max(1) as f64;
     let txmsg = ProducerSide {
         tps: median(&tf),
@@ -195,11 +255,21 @@ pub(crate) async fn producer(env: &Env) -> Res<ProducerResult> {
         client_cpu_us_per_tx: per_tx(cpu[1], lb.len()),
         latency: lat(&mut lb),
     };
-    let ratio = print_pair(
+    print_pair(
         &format!("producer ({} clients) throughput", env.clients),
         "tx/s",
         txmsg.tps,
         baseline.tps,
+        &alternating,
+    );
+    println!(
+        "producer, both sides at once ({} clients each): ratio {:.3} (95 % CI {:.3} to {:.3}, \
+         {} rounds)",
+        (env.clients / 2).max(1),
+        together.ratio,
+        together.ci95_low,
+        together.ci95_high,
+        together.round_ratios.len()
     );
     println!(
         "producer latency: txmsg p50 {:.3} ms p99 {:.3} ms | baseline p50 {:.3} ms p99 {:.3} ms",
@@ -216,7 +286,9 @@ pub(crate) async fn producer(env: &Env) -> Res<ProducerResult> {
         clients: env.clients,
         txmsg,
         baseline,
-        ratio,
+        ratio: alternating.ratio,
+        alternating,
+        together,
     })
 }
 
@@ -251,7 +323,13 @@ pub(crate) struct E2eResult {
     pub(crate) txmsg: E2eSide,
     /// Hand-written.
     pub(crate) baseline: E2eSide,
-    /// txmsg / baseline peak throughput.
+    /// txmsg / baseline peak throughput over the alternating rounds, paired
+    /// by round.
+    pub(crate) peak: Paired,
+    /// txmsg / baseline peak throughput in rounds that run both pipelines at
+    /// once (half of the clients each, an exchange and queue each).
+    pub(crate) peak_together: Paired,
+    /// The ratio reported: the paired peak ratio.
     pub(crate) ratio: f64,
 }
 
@@ -259,6 +337,7 @@ pub(crate) struct E2eResult {
 async fn e2e_round(
     env: &Env,
     side: Side,
+    clients: usize,
     schema: &Schema,
     rabbit: &Rabbit,
     rate: Option<f64>,
@@ -288,11 +367,11 @@ async fn e2e_round(
     let start = Instant::now();
     let deadline = start + env.round;
     let mut tasks = Vec::new();
-    for client in 0..env.clients {
+    for client in 0..clients {
         let (outbox, pool, next) = (outbox.clone(), schema.pool.clone(), Arc::clone(next));
         let to_publisher = pipeline.as_ref().map(|p: &Pipeline| p.tx.clone());
         let client = i32::try_from(client)?;
-        let per_client = rate.map(|r| Duration::from_secs_f64(env.clients as f64 / r));
+        let per_client = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
         tasks.push(tokio::spawn(async move {
             let mut commits = Vec::new();
             let mut tick = per_client.map(tokio::time::interval);
@@ -485,9 +564,9 @@ pub(crate) async fn e2e(env: &Env) -> Res<E2eResult> {
         ..E2eResult::default()
     };
     let mut peak_lat: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
-    for (round, side) in Side::schedule(env.rounds) {
+    for (round, side) in Side::schedule(env, env.rounds) {
         let schema = if side == Side::Framework { &fw } else { &bl };
-        let (rate, mut s) = e2e_round(env, side, schema, &rabbit, None, &next).await?;
+        let (rate, mut s) = e2e_round(env, side, env.clients, schema, &rabbit, None, &next).await?;
         let l = lat(&mut s);
         println!(
             "  e2e peak round {} {}: {rate:.1} msg/s, p50 {:.3} ms p99 {:.3} ms",
@@ -503,6 +582,27 @@ pub(crate) async fn e2e(env: &Env) -> Res<E2eResult> {
         target.peak_rounds.push(rate);
         peak_lat[i].extend(s);
     }
+    if env.only.is_none() {
+        let other = Rabbit::create(env, "e2e-b").await?;
+        let half = (env.clients / 2).max(1);
+        let (mut f, mut b) = (Vec::new(), Vec::new());
+        for round in 0..env.rounds {
+            let (fr, br) = tokio::join!(
+                e2e_round(env, Side::Framework, half, &fw, &rabbit, None, &next),
+                e2e_round(env, Side::Baseline, half, &bl, &other, None, &next)
+            );
+            let (fr, br) = (fr?.0, br?.0);
+            println!(
+                "  e2e peak round {} at once ({half} clients each): txmsg {fr:.1} msg/s, \
+                 baseline {br:.1} msg/s",
+                round + 1
+            );
+            f.push(fr);
+            b.push(br);
+        }
+        other.cleanup(&[]).await?;
+        out.peak_together = Paired::of(&f, &b);
+    }
     out.txmsg.peak = median(&out.txmsg.peak_rounds);
     out.baseline.peak = median(&out.baseline.peak_rounds);
     let [mut a, mut b] = peak_lat;
@@ -510,9 +610,18 @@ pub(crate) async fn e2e(env: &Env) -> Res<E2eResult> {
     out.baseline.peak_latency = lat(&mut b);
     out.offered = out.txmsg.peak.min(out.baseline.peak) / 2.0;
     let mut half_lat: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
-    for (round, side) in Side::schedule(env.rounds) {
+    for (round, side) in Side::schedule(env, env.rounds) {
         let schema = if side == Side::Framework { &fw } else { &bl };
-        let (rate, mut s) = e2e_round(env, side, schema, &rabbit, Some(out.offered), &next).await?;
+        let (rate, mut s) = e2e_round(
+            env,
+            side,
+            env.clients,
+            schema,
+            &rabbit,
+            Some(out.offered),
+            &next,
+        )
+        .await?;
         let l = lat(&mut s);
         println!(
             "  e2e half-peak round {} {}: {rate:.1} msg/s, p50 {:.3} ms p99 {:.3} ms",
@@ -539,11 +648,23 @@ pub(crate) async fn e2e(env: &Env) -> Res<E2eResult> {
     out.txmsg.half_samples_ms = a.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     out.baseline.half_samples_ms = b.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     println!("e2e latency: {}", out.method);
-    out.ratio = print_pair(
+    out.peak = Paired::of(&out.txmsg.peak_rounds, &out.baseline.peak_rounds);
+    out.ratio = out.peak.ratio;
+    print_pair(
         "e2e peak throughput",
         "msg/s",
         out.txmsg.peak,
         out.baseline.peak,
+        &out.peak,
+    );
+    println!(
+        "e2e peak, both pipelines at once ({} clients each): ratio {:.3} (95 % CI {:.3} to \
+         {:.3}, {} rounds)",
+        (env.clients / 2).max(1),
+        out.peak_together.ratio,
+        out.peak_together.ci95_low,
+        out.peak_together.ci95_high,
+        out.peak_together.round_ratios.len()
     );
     println!(
         "e2e at half of peak ({:.1} msg/s offered): txmsg {:.1} msg/s p50 {:.3} ms p99 {:.3} ms | \

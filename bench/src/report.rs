@@ -17,10 +17,14 @@ pub(crate) struct Report {
     pub(crate) finished_at: String,
     /// CPUs seen by the process.
     pub(crate) cpus: usize,
-    /// Rounds per side.
+    /// Rounds per side of e2e, drain and consumer.
     pub(crate) rounds: usize,
-    /// Length of a timed round, seconds.
+    /// Length of a timed e2e round, seconds.
     pub(crate) round_secs: f64,
+    /// Rounds per side of the producer mode.
+    pub(crate) producer_rounds: usize,
+    /// Length of a producer round, seconds.
+    pub(crate) producer_round_secs: f64,
     /// `producer`.
     pub(crate) producer: ProducerResult,
     /// `e2e`.

@@ -44,6 +44,11 @@ fn every_mode_completes_and_prints_both_figures() {
         assert!(fw > 0.0 && bl > 0.0, "both figures positive: {l}");
         assert!(l.contains("ratio "), "{l}");
     }
+    let together = line("producer, both sides at once");
+    assert!(
+        together.contains("ratio ") && together.contains("CI"),
+        "{together}"
+    );
     let half = line("e2e at half of peak");
     assert!(half.contains("p99") && half.contains("baseline"), "{half}");
     let mem = line("memory: relay peak RSS");
