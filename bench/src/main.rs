@@ -37,7 +37,7 @@ struct Cli {
     quick: bool,
     /// Rounds per side of e2e, drain and consumer, in ABBA pairs (txmsg,
     /// baseline, baseline, txmsg, ...).
-    #[arg(long, global = true, default_value_t = 4)]
+    #[arg(long, global = true, default_value_t = 6)]
     rounds: usize,
     /// Seconds per timed e2e round.
     #[arg(long, global = true, default_value_t = 8.0)]
