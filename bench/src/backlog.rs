@@ -9,7 +9,8 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
-use txmsg::consumer::{Consumer, ConsumerConfig};
+use txmsg::consumer::{Consumer, ConsumerConfig, ConsumerHandle};
+use txmsg::postgres::PgStore;
 use txmsg::rabbitmq::{RabbitBroker, RabbitConfig};
 use txmsg::{Broker, Envelope, Relay, RelayConfig, Tx};
 
@@ -302,25 +303,9 @@ pub(crate) async fn consumer(env: &Env) -> Res<ConsumerResult> {
         let start = Instant::now();
         let elapsed = match side {
             Side::Framework => {
-                let config = ConsumerConfig {
-                    prefetch: PREFETCH,
-                    concurrency: CONSUME_CONCURRENCY,
-                    ..ConsumerConfig::new("bench")
-                };
-                let handle = Consumer::new(fw.store.clone(), rabbit.broker.clone(), config)?
-                    .start()
-                    .await?;
-                let until = Instant::now() + Duration::from_secs(600);
-                while handle.stats().applied < n as u64 && Instant::now() < until {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                let elapsed = start.elapsed();
-                let applied = handle.stats().applied;
-                handle.shutdown().await;
-                if applied < n as u64 {
-                    return Err(format!("txmsg consumer applied {applied} of {n}").into());
-                }
-                elapsed
+                let handle = start_consumer(&fw, rabbit.broker.clone()).await?;
+                finish_consumer(handle, n).await?;
+                start.elapsed()
             }
             Side::Baseline => {
                 baseline_consume(&rabbit, &bl.pool, &bl_queue, n, Arc::default()).await?
@@ -389,14 +374,7 @@ async fn consume_together(
     fill(&rabbit.broker, CONSUME_TOPIC, n, env.window).await?;
     fill(&rabbit.broker, CONSUME_BL_TOPIC, n, env.window).await?;
     rabbit.purge().await?;
-    let config = ConsumerConfig {
-        prefetch: PREFETCH,
-        concurrency: CONSUME_CONCURRENCY,
-        ..ConsumerConfig::new("bench")
-    };
-    let handle = Consumer::new(fw.store.clone(), rabbit.broker.clone(), config)?
-        .start()
-        .await?;
+    let handle = start_consumer(fw, rabbit.broker.clone()).await?;
     let bl_applied = Arc::new(AtomicU64::new(0));
     let baseline = baseline_consume(rabbit, &bl.pool, bl_queue, n, Arc::clone(&bl_applied));
     let counts = || (handle.stats().applied, bl_applied.load(Ordering::SeqCst));
@@ -425,6 +403,24 @@ async fn consume_together(
     };
     let (baseline, rates) = tokio::join!(baseline, sample);
     baseline?;
+    finish_consumer(handle, n).await?;
+    Ok(rates)
+}
+
+/// Starts txmsg's consumer runtime for the benchmark's group on `fw`.
+async fn start_consumer(fw: &Schema, broker: RabbitBroker) -> Res<ConsumerHandle<PgStore>> {
+    let config = ConsumerConfig {
+        prefetch: PREFETCH,
+        concurrency: CONSUME_CONCURRENCY,
+        ..ConsumerConfig::new("bench")
+    };
+    Ok(Consumer::new(fw.store.clone(), broker, config)?
+        .start()
+        .await?)
+}
+
+/// Waits until `handle` applied `n` messages (at most 600 s), then stops it.
+async fn finish_consumer(handle: ConsumerHandle<PgStore>, n: usize) -> Res<()> {
     let until = Instant::now() + Duration::from_secs(600);
     while handle.stats().applied < n as u64 && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -434,7 +430,7 @@ async fn consume_together(
     if applied < n as u64 {
         return Err(format!("txmsg consumer applied {applied} of {n}").into());
     }
-    Ok(rates)
+    Ok(())
 }
 
 /// The hand-written idempotent consumer: per delivery, in a task (at most
