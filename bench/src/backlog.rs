@@ -16,7 +16,7 @@ use txmsg::{Broker, Envelope, Relay, RelayConfig, Tx};
 
 use crate::common::{
     Env, Paired, QueueDrain, Rabbit, Res, Schema, Side, TimedBroker, confirm_channel,
-    declare_queue, median, print_pair,
+    declare_queue, median, print_pair, print_together,
 };
 use crate::producer::{OrderPlaced, TOPIC, raw_publish};
 
@@ -349,13 +349,7 @@ pub(crate) async fn consumer(env: &Env) -> Res<ConsumerResult> {
         out.baseline,
         &out.paired,
     );
-    println!(
-        "consumer, both sides at once: ratio {:.3} (95 % CI {:.3} to {:.3}, {} rounds)",
-        out.together.ratio,
-        out.together.ci95_low,
-        out.together.ci95_high,
-        out.together.round_ratios.len()
-    );
+    print_together("consumer, both sides at once", &out.together);
     Ok(out)
 }
 

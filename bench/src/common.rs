@@ -593,6 +593,17 @@ pub(crate) fn print_pair(what: &str, unit: &str, fw: f64, bl: f64, paired: &Pair
     );
 }
 
+/// Prints the ratio of a mode's rounds that ran both sides at once.
+pub(crate) fn print_together(what: &str, paired: &Paired) {
+    println!(
+        "{what}: ratio {:.3} (95 % CI {:.3} to {:.3}, {} rounds)",
+        paired.ratio,
+        paired.ci95_low,
+        paired.ci95_high,
+        paired.round_ratios.len()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,7 +65,7 @@ struct Cli {
     /// Start each ABBA pair of rounds with the baseline (default: txmsg).
     #[arg(long, global = true)]
     baseline_first: bool,
-    /// Run one side alone, e.g. under a profiler (no ratio is printed).
+    /// Run one side alone, e.g. under a profiler (the ratios then show 0 rounds).
     #[arg(long, global = true, value_name = "SIDE")]
     only: Option<Side>,
     /// Where `all` writes its JSON and SVG.

@@ -16,7 +16,7 @@ use txmsg::{Outbox, Relay, RelayConfig, Tx};
 
 use crate::common::{
     Env, Lat, Paired, QueueDrain, Rabbit, Res, Schema, Side, TimedBroker, confirm_channel, lat,
-    median, print_pair,
+    median, print_pair, print_together,
 };
 
 /// The event both sides write.
@@ -262,14 +262,12 @@ pub(crate) async fn producer(env: &Env) -> Res<ProducerResult> {
         baseline.tps,
         &alternating,
     );
-    println!(
-        "producer, both sides at once ({} clients each): ratio {:.3} (95 % CI {:.3} to {:.3}, \
-         {} rounds)",
-        (env.clients / 2).max(1),
-        together.ratio,
-        together.ci95_low,
-        together.ci95_high,
-        together.round_ratios.len()
+    print_together(
+        &format!(
+            "producer, both sides at once ({} clients each)",
+            (env.clients / 2).max(1)
+        ),
+        &together,
     );
     println!(
         "producer latency: txmsg p50 {:.3} ms p99 {:.3} ms | baseline p50 {:.3} ms p99 {:.3} ms",
@@ -657,14 +655,12 @@ pub(crate) async fn e2e(env: &Env) -> Res<E2eResult> {
         out.baseline.peak,
         &out.peak,
     );
-    println!(
-        "e2e peak, both pipelines at once ({} clients each): ratio {:.3} (95 % CI {:.3} to \
-         {:.3}, {} rounds)",
-        (env.clients / 2).max(1),
-        out.peak_together.ratio,
-        out.peak_together.ci95_low,
-        out.peak_together.ci95_high,
-        out.peak_together.round_ratios.len()
+    print_together(
+        &format!(
+            "e2e peak, both pipelines at once ({} clients each)",
+            (env.clients / 2).max(1)
+        ),
+        &out.peak_together,
     );
     println!(
         "e2e at half of peak ({:.1} msg/s offered): txmsg {:.1} msg/s p50 {:.3} ms p99 {:.3} ms | \
