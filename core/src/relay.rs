@@ -18,8 +18,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::panic::AssertUnwindSafe;
+
 use backon::BackoffBuilder;
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use tokio::sync::mpsc::OwnedPermit;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
@@ -255,7 +258,8 @@ async fn run<S: Store, B: Broker>(
     wake: Arc<Notify>,
     stop: watch::Receiver<bool>,
 ) {
-    let marker = tokio::spawn(mark_loop(Arc::clone(&shared), marks_rx, stop.clone()));
+    let (publishers_done, done) = tokio::sync::oneshot::channel();
+    let marker = tokio::spawn(mark_loop(Arc::clone(&shared), marks_rx, done));
     let watcher = shared
         .store
         .watch(crate::store::Waker(Arc::clone(&wake)))
@@ -272,6 +276,7 @@ async fn run<S: Store, B: Broker>(
     // Both loops have drained their in-flight publishes; the marker flushes
     // what they confirmed and stops.
     drop(shared);
+    let _ = publishers_done.send(());
     if let Err(e) = marker.await {
         tracing::error!(error = %e, "txmsg mark writer failed");
     }
@@ -309,26 +314,37 @@ impl<S: Store, B: Broker> Shared<S, B> {
             .to_string();
             return self.dead(env, owner, &reason).await;
         }
-        let margin = chrono::Duration::from_std(self.config.publish_timeout).unwrap_or_default();
-        if lease_until - margin <= now {
-            // Another relay may take the row before a confirm could arrive.
-            return Outcome::Skipped;
-        }
         let Ok(_permit) = Arc::clone(&self.inflight).acquire_owned().await else {
             return Outcome::Skipped;
         };
+        // Checked once the slot is ours: waiting for it may take long. A
+        // confirm and its mark must land before the lease runs out, or
+        // another relay may have taken the row and publish it again.
+        let margin =
+            chrono::Duration::from_std(self.config.publish_timeout + self.config.mark_interval)
+                .unwrap_or(chrono::Duration::MAX);
+        if lease_until.signed_duration_since(self.now()) <= margin {
+            self.release(&[env.id], owner).await;
+            return Outcome::Skipped;
+        }
         let started = std::time::Instant::now();
         fail::fail_point!("txmsg::relay::before_publish", |_| Outcome::Skipped);
-        let result =
-            match tokio::time::timeout(self.config.publish_timeout, self.broker.publish(env)).await
-            {
-                Ok(r) => r,
-                Err(_) => Err(Error::Broker {
-                    message: format!("no confirm within {:?}", self.config.publish_timeout),
-                    retryable: true,
-                    source: None,
-                }),
-            };
+        // A panicking broker client is a failed attempt, not a lost task
+        // that would leave its key held forever.
+        let publish = AssertUnwindSafe(self.broker.publish(env)).catch_unwind();
+        let result = match tokio::time::timeout(self.config.publish_timeout, publish).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(panic)) => Err(Error::Broker {
+                message: format!("the broker client panicked: {}", panic_message(&*panic)),
+                retryable: true,
+                source: None,
+            }),
+            Err(_) => Err(Error::Broker {
+                message: format!("no confirm within {:?}", self.config.publish_timeout),
+                retryable: true,
+                source: None,
+            }),
+        };
         match result {
             Ok(()) => {
                 self.broker_reachable();
@@ -471,6 +487,17 @@ impl<S: Store, B: Broker> Shared<S, B> {
     }
 }
 
+/// The text of a caught panic's payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
 /// The delay before retry number `attempts` (1-based), with jitter.
 pub(crate) fn retry_delay(config: &RelayConfig, attempts: u32, seed: u64) -> Duration {
     backoff(config.backoff_min, config.backoff_max, attempts, seed)
@@ -610,42 +637,56 @@ async fn fast_loop<S: Store, B: Broker>(
 ) {
     // Keys with a message in flight, and what waits behind it.
     let mut queues: HashMap<KeyId, VecDeque<FastMsg>> = HashMap::new();
-    let mut running: JoinSet<Option<(KeyId, bool)>> = JoinSet::new();
-    let spawn = |running: &mut JoinSet<Option<(KeyId, bool)>>, msg: FastMsg| {
-        let shared = Arc::clone(&shared);
-        running.spawn(async move {
+    let mut running: JoinSet<bool> = JoinSet::new();
+    // The key of each running task, so that a task that ends in a panic
+    // still frees its key (held back, its row retried after its lease).
+    let mut keys: HashMap<tokio::task::Id, KeyId> = HashMap::new();
+    let spawn =
+        |running: &mut JoinSet<bool>, keys: &mut HashMap<tokio::task::Id, KeyId>, msg: FastMsg| {
+            let shared = Arc::clone(&shared);
             let key = key_of(&msg.envelope);
-            let span = tracing::info_span!(
-                "txmsg.publish",
-                topic = %msg.envelope.topic,
-                key = msg.envelope.key.as_deref(),
-                message_id = %msg.envelope.id,
-                attempt = 1,
-                path = "fast",
-            );
-            let lease = Lease {
-                owner: shared.fast_owner,
-                until: msg.lease_until,
-            };
-            let outcome = shared
-                .publish_one(&msg.envelope, lease)
-                .instrument(span)
-                .await;
-            key.map(|k| (k, shared.holds_key(outcome)))
-        });
-    };
+            let task = running.spawn(async move {
+                let span = tracing::info_span!(
+                    "txmsg.publish",
+                    topic = %msg.envelope.topic,
+                    key = msg.envelope.key.as_deref(),
+                    message_id = %msg.envelope.id,
+                    attempt = 1,
+                    path = "fast",
+                );
+                let lease = Lease {
+                    owner: shared.fast_owner,
+                    until: msg.lease_until,
+                };
+                let outcome = shared
+                    .publish_one(&msg.envelope, lease)
+                    .instrument(span)
+                    .await;
+                shared.holds_key(outcome)
+            });
+            if let Some(key) = key {
+                keys.insert(task.id(), key);
+            }
+        };
     loop {
         tokio::select! {
             biased;
             () = stopped(&mut stop) => break,
-            Some(done) = running.join_next(), if !running.is_empty() => {
-                let Ok(Some((key, failed))) = done else { continue };
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                let (id, failed) = match done {
+                    Ok((id, failed)) => (id, failed),
+                    Err(e) => {
+                        tracing::error!(error = %e, "a fast-path publish task failed; its key is held back");
+                        (e.id(), true)
+                    }
+                };
+                let Some(key) = keys.remove(&id) else { continue };
                 if failed {
                     shared.hold(key.clone());
                     let ids: Vec<Uuid> = queues.remove(&key).into_iter().flatten().map(|m| m.envelope.id).collect();
                     shared.release(&ids, shared.fast_owner).await;
                 } else if let Some(next) = queues.get_mut(&key).and_then(VecDeque::pop_front) {
-                    spawn(&mut running, next);
+                    spawn(&mut running, &mut keys, next);
                 } else {
                     queues.remove(&key);
                 }
@@ -653,7 +694,7 @@ async fn fast_loop<S: Store, B: Broker>(
             msg = rx.recv() => {
                 let Some(msg) = msg else { break };
                 match key_of(&msg.envelope) {
-                    None => spawn(&mut running, msg),
+                    None => spawn(&mut running, &mut keys, msg),
                     Some(key) => {
                         if shared.is_held(&key, shared.now()) {
                             shared.release(&[msg.envelope.id], shared.fast_owner).await;
@@ -661,7 +702,7 @@ async fn fast_loop<S: Store, B: Broker>(
                             q.push_back(msg);
                         } else {
                             queues.insert(key, VecDeque::new());
-                            spawn(&mut running, msg);
+                            spawn(&mut running, &mut keys, msg);
                         }
                     }
                 }
@@ -859,17 +900,21 @@ fn group_by_key(batch: Vec<Envelope>) -> Vec<Vec<Envelope>> {
 }
 
 /// Writes sent marks in batches.
+///
+/// Runs until `done` fires, which [`run`] does once every publisher has
+/// finished (including the shutdown drain), then flushes what is left: a
+/// confirm that arrives during shutdown is still marked.
 async fn mark_loop<S: Store, B: Broker>(
     shared: Arc<Shared<S, B>>,
     mut rx: mpsc::UnboundedReceiver<Uuid>,
-    mut stop: watch::Receiver<bool>,
+    mut done: tokio::sync::oneshot::Receiver<()>,
 ) {
     let max = shared.config.mark_batch;
     let mut batch = Vec::with_capacity(max);
     loop {
         let first = tokio::select! {
             m = rx.recv() => m,
-            () = stopped(&mut stop) => None,
+            _ = &mut done => None,
         };
         let Some(first) = first else { break };
         batch.push(first);
@@ -883,7 +928,7 @@ async fn mark_loop<S: Store, B: Broker>(
         }
         write_marks(&shared, &mut batch).await;
     }
-    // Stopping: the publishers are done; flush what they confirmed.
+    // The publishers are done; flush what they confirmed.
     while let Ok(id) = rx.try_recv() {
         batch.push(id);
         if batch.len() >= max {

@@ -215,12 +215,22 @@ impl<DB: sqlx::Database> Outbox<DB> {
     }
 
     /// Wraps a transaction begun elsewhere, so that messages can be added to it.
+    ///
+    /// A transaction nested in another (a savepoint, begun on a
+    /// transaction) commits into the outer one only, so its messages are not
+    /// handed to the fast path at [`Tx::commit`]: they are written without a
+    /// lease and the relay's poller publishes them once the outermost
+    /// transaction has committed (at its next poll or notification). If the
+    /// outer transaction rolls back, they are never published.
     pub fn wrap<'c>(&self, txn: sqlx::Transaction<'c, DB>) -> Tx<'c, DB> {
+        let depth =
+            <DB::TransactionManager as sqlx_core::transaction::TransactionManager>::get_transaction_depth(&txn);
         Tx {
             txn,
             outbox: self.clone(),
             pending: Vec::new(),
             nudge: false,
+            nested: depth > 1,
         }
     }
 }
@@ -237,6 +247,9 @@ pub struct Tx<'c, DB: sqlx::Database> {
     outbox: Outbox<DB>,
     pending: Vec<(FastMsg, OwnedPermit<FastMsg>)>,
     nudge: bool,
+    /// Begun inside another transaction: its commit is not the one that
+    /// makes the rows visible, so nothing goes to the fast path.
+    nested: bool,
 }
 
 impl<DB: sqlx::Database> fmt::Debug for Tx<'_, DB> {
@@ -286,7 +299,10 @@ impl<'c, DB: sqlx::Database> Tx<'c, DB> {
         );
         // A permit reserves room on the fast path before the row is written, so
         // a leased row is always handed over after commit.
-        let reserved = inner.relay.as_ref().and_then(|r| r.reserve(now));
+        let reserved = match &inner.relay {
+            Some(relay) if !self.nested => relay.reserve(now),
+            _ => None,
+        };
         let lease = reserved.as_ref().map(|(lease, _)| *lease);
         let outcome = {
             use tracing::Instrument;
@@ -336,6 +352,7 @@ impl<'c, DB: sqlx::Database> Tx<'c, DB> {
             outbox,
             pending,
             nudge,
+            nested: _,
         } = self;
         fail::fail_point!("txmsg::before_commit", |_| Err(Error::Shutdown));
         txn.commit().await?;

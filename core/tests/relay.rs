@@ -423,3 +423,207 @@ fn purge_settings_are_validated() {
             .contains("purge_interval")
     );
 }
+
+/// A broker in front of a [`MemoryBroker`] that waits before each publish
+/// and panics on the first publish of chosen idempotency keys.
+#[derive(Debug, Clone, Default)]
+struct Awkward {
+    inner: MemoryBroker,
+    delay: Duration,
+    panic_once: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    started: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl txmsg_core::Broker for Awkward {
+    async fn publish(&self, envelope: &txmsg_core::Envelope) -> txmsg_core::Result<()> {
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let panics = self
+            .panic_once
+            .lock()
+            .unwrap()
+            .remove(&envelope.idempotency_key);
+        assert!(!panics, "broker client bug on {}", envelope.idempotency_key);
+        self.inner.publish(envelope).await
+    }
+
+    async fn subscribe(
+        &self,
+        spec: &txmsg_core::consumer::SubscribeSpec,
+    ) -> txmsg_core::Result<txmsg_core::consumer::Subscription> {
+        self.inner.subscribe(spec).await
+    }
+}
+
+/// A transaction nested in another (a savepoint) commits into the outer
+/// one only: its messages go out once the outer transaction commits, and
+/// never if it rolls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_transaction_publishes_only_after_the_outer_commit() {
+    let (store, path) = store().await;
+    let broker = MemoryBroker::new();
+    let mut sub = broker.observe("t.nested");
+    let relay = Relay::new(store.clone(), broker.clone(), config())
+        .unwrap()
+        .start();
+    let outbox = Outbox::new(&store).with_relay(&relay);
+
+    for (idem, commit_outer) in [("rolled-back", false), ("committed", true)] {
+        let mut outer = outbox.begin().await.unwrap();
+        let nested = sqlx::Connection::begin(&mut *outer).await.unwrap();
+        let mut tx = outbox.wrap(nested);
+        tx.enqueue(
+            Message::new("t.nested", &idem)
+                .unwrap()
+                .key("k")
+                .idempotency_key(idem),
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        if commit_outer {
+            outer.commit().await.unwrap();
+        } else {
+            outer.rollback().await.unwrap();
+        }
+    }
+    let got = receive(&mut sub, 1).await;
+    relay.shutdown().await;
+    let keys: Vec<_> = got.iter().map(|e| e.idempotency_key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["committed"],
+        "only the message whose outer transaction committed is published"
+    );
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.sent, stats.pending), (1, 0));
+    cleanup(path);
+}
+
+/// A publish that panics is a failed attempt: the message is retried and
+/// the later messages of its key follow it, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_publish_is_a_failed_attempt_and_its_key_flows() {
+    let (store, path) = store().await;
+    let broker = Awkward::default();
+    broker.panic_once.lock().unwrap().insert("p1".into());
+    let mut sub = broker.inner.observe("t.panic");
+    let relay = Relay::new(store.clone(), broker.clone(), config())
+        .unwrap()
+        .start();
+    let outbox = Outbox::new(&store).with_relay(&relay);
+    for n in 1..=3 {
+        send(&outbox, "t.panic", Some("k"), &format!("p{n}")).await;
+    }
+    send(&outbox, "t.panic", Some("other"), "o1").await;
+    let got = receive(&mut sub, 4).await;
+    relay.shutdown().await;
+    let keys: Vec<_> = got.iter().map(|e| e.idempotency_key.as_str()).collect();
+    let of_k: Vec<_> = keys.iter().filter(|k| k.starts_with('p')).collect();
+    assert_eq!(of_k, [&"p1", &"p2", &"p3"], "all published: {keys:?}");
+    assert!(keys.contains(&"o1"), "{keys:?}");
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.sent, stats.pending, stats.dead), (4, 0, 0));
+    cleanup(path);
+}
+
+/// Publishes confirmed while a shutdown drains them are marked sent before
+/// the relay stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_marks_what_in_flight_publishes_confirmed() {
+    let (store, path) = store().await;
+    let broker = Awkward {
+        delay: Duration::from_millis(300),
+        ..Awkward::default()
+    };
+    let relay = Relay::new(store.clone(), broker.clone(), config())
+        .unwrap()
+        .start();
+    let outbox = Outbox::new(&store).with_relay(&relay);
+    for n in 0..5 {
+        send(&outbox, "t.drain", None, &format!("d{n}")).await;
+    }
+    let started = Arc::clone(&broker.started);
+    wait_for(|| {
+        let started = Arc::clone(&started);
+        async move { started.load(std::sync::atomic::Ordering::SeqCst) == 5 }
+    })
+    .await;
+    relay.shutdown().await;
+    assert_eq!(
+        broker.inner.published(),
+        5,
+        "the in-flight publishes finished"
+    );
+    let stats = store.stats().await.unwrap();
+    assert_eq!(
+        (stats.sent, stats.pending),
+        (5, 0),
+        "every confirmed publish is marked sent"
+    );
+    cleanup(path);
+}
+
+/// A message waiting for a publish slot is not published once its lease
+/// is too close to running out: another relay may have taken it meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_is_checked_after_waiting_for_a_publish_slot() {
+    let (store, path) = store().await;
+    let slow = Awkward {
+        delay: Duration::from_millis(250),
+        ..Awkward::default()
+    };
+    let fast = Awkward {
+        inner: slow.inner.clone(),
+        ..Awkward::default()
+    };
+    let mut sub = slow.inner.observe("t.lease");
+    let one_at_a_time = RelayConfig {
+        max_in_flight: 1,
+        lease: Duration::from_secs(1),
+        publish_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let a = Relay::new(store.clone(), slow.clone(), one_at_a_time)
+        .unwrap()
+        .start();
+    let b = Relay::new(
+        store.clone(),
+        fast,
+        RelayConfig {
+            poll_interval: Duration::from_millis(20),
+            ..config()
+        },
+    )
+    .unwrap()
+    .start();
+    let outbox = Outbox::new(&store).with_relay(&a);
+    let mut tx = outbox.begin().await.unwrap();
+    for n in 0..8 {
+        tx.enqueue(
+            Message::new("t.lease", &n)
+                .unwrap()
+                .idempotency_key(format!("l{n}")),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(tx.fast_path_len(), 8);
+    tx.commit().await.unwrap();
+    let got = receive(&mut sub, 8).await;
+    a.shutdown().await;
+    b.shutdown().await;
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for e in &got {
+        *seen.entry(e.idempotency_key.clone()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 8, "none lost: {seen:?}");
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "none published twice: {seen:?}"
+    );
+    cleanup(path);
+}
