@@ -430,7 +430,7 @@ async fn purges<D: Db>(db: &D) {
     ] {
         assert!(
             inbox
-                .record(&mut *tx, group, key, at)
+                .record(&mut *tx, group, "t.cli", key, at)
                 .await
                 .expect("record")
         );
@@ -450,14 +450,14 @@ async fn purges<D: Db>(db: &D) {
     let mut tx = store.begin().await.expect("begin");
     assert!(
         !inbox
-            .record(&mut *tx, "h", "k1", now)
+            .record(&mut *tx, "h", "t.cli", "k1", now)
             .await
             .expect("record"),
         "another group's keys are not purged"
     );
     assert!(
         inbox
-            .record(&mut *tx, "g", "k1", now)
+            .record(&mut *tx, "g", "t.cli", "k1", now)
             .await
             .expect("record"),
         "the purged key is gone"

@@ -150,3 +150,158 @@ async fn old_inbox_keys_are_purged_in_batches() {
         "effects stay"
     );
 }
+
+#[derive(Debug, serde::Deserialize)]
+struct Order {
+    n: u32,
+}
+
+async fn applied(
+    tx: &mut Tx<'_, sqlx::Sqlite>,
+    topic: &str,
+    order: &Order,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO applied (topic, n) VALUES (?, ?)")
+        .bind(topic)
+        .bind(order.n)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+#[txmsg::message_handler(topic = "t.multi.placed", group = "multi")]
+async fn on_placed(tx: &mut Tx<'_, sqlx::Sqlite>, order: Order) -> Result<(), sqlx::Error> {
+    applied(tx, "t.multi.placed", &order).await
+}
+
+#[txmsg::message_handler(topic = "t.multi.shipped", group = "multi")]
+async fn on_shipped(tx: &mut Tx<'_, sqlx::Sqlite>, order: Order) -> Result<(), sqlx::Error> {
+    applied(tx, "t.multi.shipped", &order).await
+}
+
+#[txmsg::message_handler(topic = "t.panicky", group = "panicky", max_attempts = 2)]
+async fn sometimes_panics(tx: &mut Tx<'_, sqlx::Sqlite>, order: Order) -> Result<(), sqlx::Error> {
+    assert!(order.n != 1, "handler bug on order {}", order.n);
+    applied(tx, "t.panicky", &order).await
+}
+
+async fn store_with_applied() -> SqliteStore {
+    let store = store().await;
+    sqlx::query("CREATE TABLE applied (topic TEXT NOT NULL, n INTEGER NOT NULL)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store
+}
+
+fn order(topic: &str, key: &str, idempotency_key: &str, n: u32) -> Envelope {
+    let mut env = Envelope::new(
+        uuid::Uuid::now_v7(),
+        topic,
+        idempotency_key,
+        format!(r#"{{"n":{n}}}"#).into_bytes(),
+        Utc::now(),
+    );
+    env.key = Some(key.to_owned());
+    env
+}
+
+/// Waits for `n` settled deliveries (10 s at most) and returns them.
+async fn settled(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<txmsg::consumer::Handled>,
+    n: usize,
+) -> Vec<txmsg::consumer::Handled> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while out.len() < n {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(h)) => out.push(h),
+            _ => break,
+        }
+    }
+    out
+}
+
+/// An idempotency key is unique per topic, so one key on two topics is two
+/// messages: a group handling both applies each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_idempotency_key_on_two_topics_is_applied_on_each() {
+    let store = store_with_applied().await;
+    let broker = MemoryBroker::new();
+    let (observer, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let consumer = Consumer::new(store.clone(), broker.clone(), ConsumerConfig::new("multi"))
+        .unwrap()
+        .with_observer(observer)
+        .start()
+        .await
+        .unwrap();
+    broker
+        .publish(&order("t.multi.placed", "42", "order-42", 42))
+        .await
+        .unwrap();
+    broker
+        .publish(&order("t.multi.shipped", "42", "order-42", 42))
+        .await
+        .unwrap();
+    let done = settled(&mut rx, 2).await;
+    consumer.shutdown().await;
+    let outcomes: Vec<_> = done
+        .iter()
+        .map(|h| (h.topic.clone(), h.outcome.clone()))
+        .collect();
+    assert_eq!(done.len(), 2, "{outcomes:?}");
+    assert!(
+        done.iter()
+            .all(|h| h.outcome == txmsg::consumer::HandledOutcome::Applied),
+        "both messages are applied, neither is a duplicate of the other: {outcomes:?}"
+    );
+    assert_eq!(count(&store, "SELECT count(*) FROM applied").await, 2);
+}
+
+/// A panicking handler is a failed attempt: retried, then dead with the
+/// panic's message; the later messages of its key and other keys go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_handler_is_retried_then_dead_and_its_key_flows() {
+    let store = store_with_applied().await;
+    let broker = MemoryBroker::new();
+    let (observer, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let config = ConsumerConfig {
+        backoff_min: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(20),
+        ..ConsumerConfig::new("panicky")
+    };
+    let consumer = Consumer::new(store.clone(), broker.clone(), config)
+        .unwrap()
+        .with_observer(observer)
+        .start()
+        .await
+        .unwrap();
+    for (key, n) in [("k", 1), ("k", 2), ("other", 3)] {
+        broker
+            .publish(&order("t.panicky", key, &format!("p{n}"), n))
+            .await
+            .unwrap();
+    }
+    let done = settled(&mut rx, 3).await;
+    consumer.shutdown().await;
+    let by_key: Vec<_> = done
+        .iter()
+        .map(|h| (h.idempotency_key.clone(), h.outcome.clone(), h.attempts))
+        .collect();
+    assert_eq!(done.len(), 3, "every message is settled: {by_key:?}");
+    let dead = done.iter().find(|h| h.idempotency_key == "p1").unwrap();
+    match &dead.outcome {
+        txmsg::consumer::HandledOutcome::Dead(reason) => {
+            assert!(
+                reason.contains("panicked") && reason.contains("handler bug on order 1"),
+                "{reason}"
+            );
+        }
+        other => panic!("p1 must be dead, got {other:?}"),
+    }
+    assert_eq!(
+        dead.attempts, 2,
+        "a panic is an attempt, retried up to max_attempts"
+    );
+    assert_eq!(count(&store, "SELECT count(*) FROM applied").await, 2);
+}

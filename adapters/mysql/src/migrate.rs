@@ -83,6 +83,22 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             alter: "ALTER TABLE {outbox} ADD COLUMN half BOOLEAN NOT NULL DEFAULT FALSE",
         }],
     },
+    Migration {
+        version: 4,
+        description: "inbox keyed by topic",
+        // Idempotency keys are unique per topic, so the inbox key is
+        // (group, topic, idempotency key). One ALTER, so the column and the
+        // new primary key come together or not at all. Keys recorded before
+        // keep an empty topic and count for every topic until purged.
+        steps: &[Step::AddColumn {
+            table: Table::Inbox,
+            column: "topic",
+            alter: "ALTER TABLE {inbox} \
+                    ADD COLUMN topic VARCHAR(255) NOT NULL DEFAULT '' AFTER consumer_group, \
+                    DROP PRIMARY KEY, \
+                    ADD PRIMARY KEY (consumer_group, topic, idempotency_key)",
+        }],
+    },
 ];
 
 // Without partial indexes, the poller's and the check-back worker's index is

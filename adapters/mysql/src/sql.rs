@@ -47,6 +47,13 @@ impl Stmt {
         AssertSqlSafe(Arc::clone(&self.0))
     }
 
+    /// The statement with its `{ids}` list made of `n` pairs of
+    /// placeholders `(?, ?)` (at least one), for as many bound pairs.
+    pub(crate) fn with_pairs(&self, n: usize) -> AssertSqlSafe<String> {
+        let list = vec!["(?, ?)"; n.max(1)].join(", ");
+        AssertSqlSafe(self.0.replace(IDS, &list))
+    }
+
     /// The statement with its `{ids}` list made of `n` placeholders (at
     /// least one), for as many bound ids.
     pub(crate) fn with_ids(&self, n: usize) -> AssertSqlSafe<String> {
@@ -91,6 +98,8 @@ pub(crate) struct RenderedMigration {
 #[derive(Debug)]
 pub(crate) struct InboxSql {
     pub(crate) record: Stmt,
+    pub(crate) has_legacy_keys: Stmt,
+    pub(crate) is_legacy_key: Stmt,
     pub(crate) remove_dead: Stmt,
     pub(crate) add_dead: Stmt,
     pub(crate) dead_letters: Stmt,
@@ -566,7 +575,7 @@ impl InboxSql {
     fn new(i: &str, d: &str) -> Self {
         let cols = CONSUMER_DEAD_COLUMNS;
         InboxSql {
-            // 1 group, 2 idempotency key, 3 processed at.
+            // 1 group, 2 topic, 3 idempotency key, 4 processed at.
             //
             // `ON DUPLICATE KEY UPDATE` rather than catching the duplicate
             // key error. A duplicate sets `LAST_INSERT_ID(1)`, which the
@@ -577,10 +586,23 @@ impl InboxSql {
             // this insert waits for it to end, then inserts (it rolled back)
             // or does nothing (it committed).
             record: Stmt::new(format!(
-                "INSERT INTO {i} (consumer_group, idempotency_key, processed_at) \
-                 VALUES (?, ?, ?) \
+                "INSERT INTO {i} (consumer_group, topic, idempotency_key, processed_at) \
+                 VALUES (?, ?, ?, ?) \
                  ON DUPLICATE KEY UPDATE \
                  processed_at = IF(LAST_INSERT_ID(1) = 1, processed_at, processed_at)"
+            )),
+
+            // 1 group. Whether the group has keys recorded before the inbox
+            // kept topics (empty topic). Plain reads: no locks. Such keys
+            // are never written again, so once a group has none it never has.
+            has_legacy_keys: Stmt::new(format!(
+                "SELECT EXISTS (SELECT 1 FROM {i} WHERE consumer_group = ? AND topic = '')"
+            )),
+
+            // 1 group, 2 idempotency key.
+            is_legacy_key: Stmt::new(format!(
+                "SELECT EXISTS (SELECT 1 FROM {i} \
+                 WHERE consumer_group = ? AND topic = '' AND idempotency_key = ?)"
             )),
 
             remove_dead: Stmt::new(format!("DELETE FROM {d} WHERE id = ?")),
@@ -613,14 +635,15 @@ impl InboxSql {
             // 1 group, 2 processed before, 3 limit. As `purge_pick`: no ORDER
             // BY, and SKIP LOCKED so the purge never waits on a handler.
             purge_pick: Stmt::new(format!(
-                "SELECT idempotency_key FROM {i} \
+                "SELECT topic, idempotency_key FROM {i} \
                  WHERE consumer_group = ? AND processed_at < ? \
                  LIMIT ? FOR UPDATE SKIP LOCKED"
             )),
 
-            // 1 group, then the keys picked (and locked) by `purge_pick`.
+            // 1 group, then the (topic, key) pairs picked (and locked) by
+            // `purge_pick`.
             purge_delete: Stmt::new(format!(
-                "DELETE FROM {i} WHERE consumer_group = ? AND idempotency_key IN ({IDS})"
+                "DELETE FROM {i} WHERE consumer_group = ? AND (topic, idempotency_key) IN ({IDS})"
             )),
         }
     }

@@ -120,6 +120,7 @@ impl MySqlStore {
         });
         let inbox = Arc::new(MySqlInbox {
             sql: Arc::clone(&sql),
+            without_legacy_keys: std::sync::Mutex::default(),
         });
         MySqlStore {
             pool,
@@ -336,7 +337,14 @@ fn dead_letter(r: &sqlx::mysql::MySqlRow) -> Result<DeadLetter> {
 
 impl Store for MySqlStore {
     async fn migrate(&self) -> Result<()> {
-        migrate::migrate(&self.pool, &self.sql).await
+        migrate::migrate(&self.pool, &self.sql).await?;
+        // What the inbox knew of the tables may have changed.
+        self.inbox
+            .without_legacy_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        Ok(())
     }
 
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Envelope>> {
@@ -662,7 +670,7 @@ impl InboxStore for MySqlStore {
         }
         let mut conn = read_committed(&self.pool).await?;
         let mut tx = conn.begin().await?;
-        let keys: Vec<String> = sqlx::query_scalar(sql.purge_pick.get())
+        let keys: Vec<(String, String)> = sqlx::query_as(sql.purge_pick.get())
             .bind(group)
             .bind(before)
             .bind(self::limit(limit))
@@ -672,9 +680,9 @@ impl InboxStore for MySqlStore {
             tx.commit().await?;
             return Ok(0);
         }
-        let mut q = sqlx::query(sql.purge_delete.with_ids(keys.len())).bind(group);
-        for key in &keys {
-            q = q.bind(key);
+        let mut q = sqlx::query(sql.purge_delete.with_pairs(keys.len())).bind(group);
+        for (topic, key) in &keys {
+            q = q.bind(topic).bind(key);
         }
         let done = q.execute(&mut *tx).await?;
         tx.commit().await?;

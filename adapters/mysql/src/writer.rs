@@ -129,6 +129,47 @@ impl OutboxWriter<MySql> for MySqlWriter {
 #[derive(Debug)]
 pub(crate) struct MySqlInbox {
     pub(crate) sql: Arc<Sql>,
+    /// Groups seen to have no key recorded before the inbox kept topics.
+    /// No such key is written any more, so a group stays in the set, and
+    /// its records skip the look-up.
+    pub(crate) without_legacy_keys: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl MySqlInbox {
+    /// Whether `group` recorded `idempotency_key` before the inbox kept
+    /// topics: such a key counts for every topic.
+    async fn is_legacy_key(
+        &self,
+        conn: &mut MySqlConnection,
+        group: &str,
+        idempotency_key: &str,
+    ) -> Result<bool> {
+        let known_clean = self
+            .without_legacy_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(group);
+        if known_clean {
+            return Ok(false);
+        }
+        let sql = self.sql.inbox()?;
+        let any: bool = sqlx::query_scalar(sql.has_legacy_keys.get())
+            .bind(group)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !any {
+            self.without_legacy_keys
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(group.to_owned());
+            return Ok(false);
+        }
+        Ok(sqlx::query_scalar(sql.is_legacy_key.get())
+            .bind(group)
+            .bind(idempotency_key)
+            .fetch_one(&mut *conn)
+            .await?)
+    }
 }
 
 impl InboxWriter<MySql> for MySqlInbox {
@@ -136,12 +177,20 @@ impl InboxWriter<MySql> for MySqlInbox {
         &'a self,
         conn: &'a mut MySqlConnection,
         group: &'a str,
+        topic: &'a str,
         idempotency_key: &'a str,
         at: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
+            if self
+                .is_legacy_key(&mut *conn, group, idempotency_key)
+                .await?
+            {
+                return Ok(false);
+            }
             let done = sqlx::query(self.sql.inbox()?.record.get())
                 .bind(group)
+                .bind(topic)
                 .bind(idempotency_key)
                 .bind(at)
                 .execute(&mut *conn)

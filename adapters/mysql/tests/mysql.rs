@@ -123,6 +123,43 @@ async fn half_conformance_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inbox_keys_from_before_topics_are_recognised() {
+    with_schema(|pool, schema| async move {
+        let store = MySqlStore::new(pool.clone(), tables(&schema));
+        store.migrate().await.expect("migrate");
+        txmsg_testkit::inbox::keys_from_before_topics_are_recognised(&store, |group, key| {
+            let (pool, schema) = (pool.clone(), schema.clone());
+            async move {
+                // Names from the test itself: letters, digits and `_` only.
+                for stmt in [
+                    format!(
+                        "ALTER TABLE `{schema}`.`txmsg_inbox` DROP PRIMARY KEY, DROP COLUMN topic, \
+                         ADD PRIMARY KEY (consumer_group, idempotency_key)"
+                    ),
+                    format!("DELETE FROM `{schema}`.`txmsg_migrations` WHERE version = 4"),
+                ] {
+                    sqlx::query(AssertSqlSafe(stmt))
+                        .execute(&pool)
+                        .await
+                        .expect("back to the layout without topics");
+                }
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO `{schema}`.`txmsg_inbox` (consumer_group, idempotency_key, processed_at) \
+                     VALUES (?, ?, '2023-11-14 22:13:20')"
+                )))
+                .bind(group)
+                .bind(key)
+                .execute(&pool)
+                .await
+                .expect("record an old key");
+            }
+        })
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upgrade_from_version_1_keeps_rows() {
     with_schema(|pool, schema| async move {
         let store = MySqlStore::new(pool.clone(), tables(&schema));
@@ -169,7 +206,7 @@ async fn concurrent_migrate_is_safe() {
         let first = versions().await;
         assert_eq!(
             first.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
-            vec![1, 2, 3]
+            vec![1, 2, 3, 4]
         );
         store.migrate().await.expect("migrate again");
         assert_eq!(versions().await, first, "migrating again changes nothing");

@@ -22,7 +22,7 @@
 //! | NATS                    | value                                   |
 //! |-------------------------|-----------------------------------------|
 //! | subject                 | `<prefix>.<topic>`                      |
-//! | header `Nats-Msg-Id`    | idempotency key (JetStream deduplication) |
+//! | header `Nats-Msg-Id`    | `<topic>/<idempotency key>` (JetStream deduplication) |
 //! | header `ce-id`          | idempotency key                         |
 //! | header `ce-type`        | topic                                   |
 //! | header `ce-source`      | [`NatsConfig::source`]                  |

@@ -59,8 +59,8 @@ impl Wire {
     }
 
     /// The headers `envelope` is published with: every envelope header as
-    /// is (`traceparent` included), then `Nats-Msg-Id` and `ce-id` = the
-    /// idempotency key, `ce-type` = the topic, `ce-source`,
+    /// is (`traceparent` included), then `Nats-Msg-Id` = [`msg_id`],
+    /// `ce-id` = the idempotency key, `ce-type` = the topic, `ce-source`,
     /// `ce-specversion`, `ce-time`, `ce-partitionkey` (when there is an
     /// ordering key), `content-type: application/json` and `txmsg-id`. The
     /// attributes win over an envelope header of the same name.
@@ -87,7 +87,7 @@ impl Wire {
             headers.insert(name, value_of(value)?);
             Ok(())
         };
-        put(MSG_ID_HEADER, &envelope.idempotency_key)?;
+        put(MSG_ID_HEADER, &msg_id(envelope))?;
         put("ce-id", &envelope.idempotency_key)?;
         put("ce-type", &envelope.topic)?;
         put("ce-source", &self.source)?;
@@ -100,6 +100,14 @@ impl Wire {
         put(TXMSG_ID_HEADER, &envelope.id.to_string())?;
         Ok(headers)
     }
+}
+
+/// The JetStream deduplication id of `envelope`: `<topic>/<idempotency
+/// key>`. Idempotency keys are unique per topic and one stream holds every
+/// topic, so the key alone would drop one topic's message as a copy of
+/// another's. Topics never contain `/`, so the id is unambiguous.
+pub(crate) fn msg_id(envelope: &Envelope) -> String {
+    format!("{}/{}", envelope.topic, envelope.idempotency_key)
 }
 
 /// `value` as a header value, or a permanent error.
@@ -246,7 +254,10 @@ mod tests {
     fn round_trip() {
         let env = envelope();
         let headers = Wire::new("/shop").encode(&env).unwrap();
-        assert_eq!(headers.get(MSG_ID_HEADER).unwrap().as_str(), "order-7");
+        assert_eq!(
+            headers.get(MSG_ID_HEADER).unwrap().as_str(),
+            "orders.placed/order-7"
+        );
         assert_eq!(headers.get("ce-id").unwrap().as_str(), "order-7");
         assert_eq!(headers.get("ce-source").unwrap().as_str(), "/shop");
         assert_eq!(

@@ -44,6 +44,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "outbox fillfactor 50",
         sql: V4_OUTBOX_FILLFACTOR,
     },
+    Migration {
+        version: 5,
+        description: "inbox keyed by topic",
+        sql: V5_INBOX_TOPIC,
+    },
 ];
 
 // The poller's index is on `id` rather than `next_attempt_at`: a claim reads
@@ -125,6 +130,27 @@ CREATE INDEX IF NOT EXISTS {outbox_prepared_idx} ON {outbox} (id) WHERE state = 
 // to pages filled from then on.
 const V4_OUTBOX_FILLFACTOR: &str = "
 ALTER TABLE {outbox} SET (fillfactor = 50);
+";
+
+// Idempotency keys are unique per topic, so the inbox key is (group, topic,
+// idempotency key). Keys recorded before keep an empty topic and count for
+// every topic (the record statement looks for them too) until retention
+// purges them. The primary key's name depends on how the table was created,
+// so it is looked up. Adding a column with a constant default rewrites
+// nothing; the new primary key index is built once.
+const V5_INBOX_TOPIC: &str = "
+ALTER TABLE {inbox} ADD COLUMN IF NOT EXISTS topic text NOT NULL DEFAULT '';
+DO $txmsg$
+DECLARE pk text;
+BEGIN
+    SELECT conname INTO pk FROM pg_constraint
+    WHERE conrelid = '{inbox}'::regclass AND contype = 'p';
+    IF pk IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE {inbox} DROP CONSTRAINT %I', pk);
+    END IF;
+END
+$txmsg$;
+ALTER TABLE {inbox} ADD PRIMARY KEY (consumer_group, topic, idempotency_key);
 ";
 
 /// Applies the migrations not yet recorded, all in one transaction.

@@ -522,17 +522,22 @@ impl InboxSql {
     fn new(i: &str, d: &str) -> Self {
         let cols = CONSUMER_DEAD_COLUMNS;
         InboxSql {
-            // $1 group, $2 idempotency key, $3 processed at.
+            // $1 group, $2 topic, $3 idempotency key, $4 processed at.
             //
             // `ON CONFLICT DO NOTHING` rather than catching the unique
             // violation, which would abort the handler's transaction. A
             // concurrent transaction that inserted the same key holds its
             // index entry: this insert waits for it to end, then inserts (it
-            // rolled back) or does nothing (it committed).
+            // rolled back) or does nothing (it committed). A key recorded
+            // before the inbox kept topics (empty topic) counts for every
+            // topic: one more primary-key probe, a plain (non-locking) read.
+            // No such key is written any more, so the probe cannot race.
             record: Stmt::new(format!(
-                "INSERT INTO {i} (consumer_group, idempotency_key, processed_at) \
-                 VALUES ($1, $2, $3) \
-                 ON CONFLICT (consumer_group, idempotency_key) DO NOTHING"
+                "INSERT INTO {i} (consumer_group, topic, idempotency_key, processed_at) \
+                 SELECT $1::text, $2::text, $3::text, $4::timestamptz \
+                 WHERE NOT EXISTS (SELECT 1 FROM {i} \
+                   WHERE consumer_group = $1 AND topic = '' AND idempotency_key = $3) \
+                 ON CONFLICT (consumer_group, topic, idempotency_key) DO NOTHING"
             )),
 
             remove_dead: Stmt::new(format!("DELETE FROM {d} WHERE id = $1")),
@@ -567,11 +572,12 @@ impl InboxSql {
             // Materialized for the same reason.
             purge: Stmt::new(format!(
                 "WITH picked AS MATERIALIZED (\
-                   SELECT consumer_group, idempotency_key FROM {i} \
+                   SELECT consumer_group, topic, idempotency_key FROM {i} \
                    WHERE consumer_group = $3 AND processed_at < $1 \
                    LIMIT $2 FOR UPDATE SKIP LOCKED) \
                  DELETE FROM {i} AS i USING picked \
                  WHERE i.consumer_group = picked.consumer_group \
+                   AND i.topic = picked.topic \
                    AND i.idempotency_key = picked.idempotency_key"
             )),
         }

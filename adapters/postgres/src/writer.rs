@@ -165,12 +165,14 @@ impl InboxWriter<Postgres> for PgInbox {
         &'a self,
         conn: &'a mut PgConnection,
         group: &'a str,
+        topic: &'a str,
         idempotency_key: &'a str,
         at: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             let done = sqlx::query(self.sql.inbox()?.record.get())
                 .bind(group)
+                .bind(topic)
                 .bind(idempotency_key)
                 .bind(at)
                 .execute(&mut *conn)

@@ -216,6 +216,47 @@ async fn to_version_1(pool: &PgPool, schema: &str, dead_table: &str, migrations_
 }
 
 #[tokio::test]
+async fn inbox_keys_from_before_topics_are_recognised() {
+    with_schema(|pool, schema| async move {
+        let store = PgStore::new(pool.clone(), tables(&schema));
+        store.migrate().await.expect("migrate");
+        txmsg_testkit::inbox::keys_from_before_topics_are_recognised(&store, |group, key| {
+            let (pool, schema) = (pool.clone(), schema.clone());
+            async move {
+                let mut tx = pool.begin().await.expect("begin");
+                // Names from the test itself: letters, digits and `_` only.
+                let inbox = format!("\"{schema}\".\"txmsg_inbox\"");
+                for stmt in [
+                    format!("ALTER TABLE {inbox} DROP CONSTRAINT txmsg_inbox_pkey"),
+                    format!("ALTER TABLE {inbox} DROP COLUMN topic"),
+                    format!(
+                        "ALTER TABLE {inbox} ADD PRIMARY KEY (consumer_group, idempotency_key)"
+                    ),
+                    format!("DELETE FROM \"{schema}\".\"txmsg_migrations\" WHERE version = 5"),
+                ] {
+                    sqlx::query(AssertSqlSafe(stmt))
+                        .execute(&mut *tx)
+                        .await
+                        .expect("back to the layout without topics");
+                }
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO {inbox} (consumer_group, idempotency_key, processed_at) \
+                     VALUES ($1, $2, '2023-11-14T22:13:20Z')"
+                )))
+                .bind(group)
+                .bind(key)
+                .execute(&mut *tx)
+                .await
+                .expect("record an old key");
+                tx.commit().await.expect("commit");
+            }
+        })
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn upgrade_from_version_1_keeps_rows() {
     with_schema(|pool, schema| async move {
         let store = PgStore::new(pool.clone(), tables(&schema));
@@ -421,7 +462,7 @@ async fn concurrent_migrate_is_safe() {
         let first = versions().await;
         assert_eq!(
             first.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
-            vec![1, 2, 3, 4]
+            vec![1, 2, 3, 4, 5]
         );
         store.migrate().await.expect("migrate again");
         assert_eq!(versions().await, first, "migrating again changes nothing");

@@ -118,6 +118,28 @@ const MIGRATIONS: &[Migration] = &[
             WHERE state = 'prepared'"#,
         ],
     },
+    Migration {
+        version: 4,
+        description: "inbox keyed by topic",
+        statements: &[
+            // Idempotency keys are unique per topic, so the inbox key is
+            // (group, topic, idempotency key). SQLite cannot change a
+            // primary key: the table is rebuilt. Keys recorded before keep
+            // an empty topic and count for every topic until purged.
+            r#"CREATE TABLE "{inbox_bare}_v4" (
+            consumer_group TEXT NOT NULL,
+            topic TEXT NOT NULL DEFAULT '',
+            idempotency_key TEXT NOT NULL,
+            processed_at INTEGER NOT NULL,
+            PRIMARY KEY (consumer_group, topic, idempotency_key)
+        ) STRICT, WITHOUT ROWID"#,
+            r#"INSERT INTO "{inbox_bare}_v4" (consumer_group, topic, idempotency_key, processed_at)
+            SELECT consumer_group, '', idempotency_key, processed_at FROM {inbox}"#,
+            "DROP TABLE {inbox}",
+            r#"ALTER TABLE "{inbox_bare}_v4" RENAME TO {inbox}"#,
+            r#"CREATE INDEX "{inbox_bare}_processed" ON {inbox} (processed_at)"#,
+        ],
+    },
 ];
 
 /// A migration with the table names filled in.
@@ -234,7 +256,7 @@ mod tests {
                 .fetch_all(&pool)
                 .await
                 .unwrap();
-        assert_eq!(versions, [1, 2, 3]);
+        assert_eq!(versions, [1, 2, 3, 4]);
         let count = |table: &'static str| {
             let pool = pool.clone();
             async move {

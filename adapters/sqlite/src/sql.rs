@@ -558,20 +558,23 @@ const RESUME: &str = "UPDATE {outbox} \
          lease_owner = NULL, lease_until = NULL \
      WHERE id = ?1 AND state = 'dead' AND half = 1";
 
-/// `?1` group, `?2` idempotency key, `?3` processed at.
+/// `?1` group, `?2` topic, `?3` idempotency key, `?4` processed at.
 ///
 /// `ON CONFLICT DO NOTHING` rather than catching the constraint error, which
 /// would leave the handler's transaction to roll back. Concurrent handlers
 /// cannot both get here: their transactions begin with `BEGIN IMMEDIATE`, so
 /// the second waits for the first to end and then sees its key (or not, if it
-/// rolled back).
-const INBOX_RECORD: &str = "INSERT INTO {inbox} (consumer_group, idempotency_key, processed_at) \
-     VALUES (?1, ?2, ?3) \
-     ON CONFLICT (consumer_group, idempotency_key) DO NOTHING";
+/// rolled back). A key recorded before the inbox kept topics (empty topic)
+/// counts for every topic: one more primary-key probe.
+const INBOX_RECORD: &str = "INSERT INTO {inbox} (consumer_group, topic, idempotency_key, processed_at) \
+     SELECT ?1, ?2, ?3, ?4 \
+     WHERE NOT EXISTS (SELECT 1 FROM {inbox} \
+       WHERE consumer_group = ?1 AND topic = '' AND idempotency_key = ?3) \
+     ON CONFLICT (consumer_group, topic, idempotency_key) DO NOTHING";
 
 /// `?1` processed before, `?2` limit, `?3` group; the oldest first.
-const INBOX_PURGE: &str = "DELETE FROM {inbox} WHERE (consumer_group, idempotency_key) IN (\
-     SELECT consumer_group, idempotency_key FROM {inbox} \
+const INBOX_PURGE: &str = "DELETE FROM {inbox} WHERE (consumer_group, topic, idempotency_key) IN (\
+     SELECT consumer_group, topic, idempotency_key FROM {inbox} \
      WHERE consumer_group = ?3 AND processed_at < ?1 ORDER BY processed_at LIMIT ?2)";
 
 /// `?1` id, `?2` group, `?3` topic, `?4` key, `?5` idempotency key,

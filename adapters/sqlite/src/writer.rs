@@ -119,12 +119,14 @@ impl InboxWriter<Sqlite> for SqliteInbox {
         &'a self,
         conn: &'a mut SqliteConnection,
         group: &'a str,
+        topic: &'a str,
         idempotency_key: &'a str,
         at: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             let done = sqlx::query(self.record.clone())
                 .bind(group)
+                .bind(topic)
                 .bind(idempotency_key)
                 .bind(micros(at))
                 .execute(conn)

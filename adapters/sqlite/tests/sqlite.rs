@@ -1030,7 +1030,7 @@ async fn custom_table_names_and_idempotent_migrations() {
             .collect();
     assert_eq!(
         versions.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
-        vec![1, 2, 3]
+        vec![1, 2, 3, 4]
     );
 
     insert(&store, &env(1, "t", Some("k")), None).await;
@@ -1047,7 +1047,7 @@ async fn custom_table_names_and_idempotent_migrations() {
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert_eq!(inbox_cols, 3);
+    assert_eq!(inbox_cols, 4, "group, topic, idempotency key, processed at");
 }
 
 #[tokio::test]
@@ -1204,6 +1204,41 @@ async fn to_version_1(store: &SqliteStore, dead_table: &str, migrations_table: &
     .await
     .unwrap();
     tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn inbox_keys_from_before_topics_are_recognised() {
+    let (store, _db) = file_store().await;
+    txmsg_testkit::inbox::keys_from_before_topics_are_recognised(&store, |group, key| {
+        let pool = store.pool().clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            for stmt in [
+                "CREATE TABLE old_inbox (consumer_group TEXT NOT NULL, \
+                 idempotency_key TEXT NOT NULL, processed_at INTEGER NOT NULL, \
+                 PRIMARY KEY (consumer_group, idempotency_key)) STRICT, WITHOUT ROWID",
+                "INSERT INTO old_inbox SELECT consumer_group, idempotency_key, processed_at \
+                 FROM txmsg_inbox",
+                "DROP TABLE txmsg_inbox",
+                "ALTER TABLE old_inbox RENAME TO txmsg_inbox",
+                "CREATE INDEX txmsg_inbox_processed ON txmsg_inbox (processed_at)",
+                "DELETE FROM txmsg_migrations WHERE version = 4",
+            ] {
+                sqlx::query(stmt).execute(&mut *tx).await.unwrap();
+            }
+            sqlx::query(
+                "INSERT INTO txmsg_inbox (consumer_group, idempotency_key, processed_at) \
+                 VALUES (?1, ?2, 1700000000000000)",
+            )
+            .bind(group)
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -134,6 +134,7 @@ where
     }
     cases!(
         delivers_every_field,
+        one_idempotency_key_on_two_topics_is_two_messages,
         every_group_gets_every_message,
         group_members_share_messages,
         nack_redelivers,
@@ -305,6 +306,46 @@ pub async fn delivers_every_field<B: Broker>(broker: &B, prefix: &str) {
         );
     }
     quiet(&mut sub, "round trip").await;
+}
+
+/// Idempotency keys are unique per topic: one key on two topics is two
+/// messages, and a group subscribed to both gets each (no broker-side
+/// deduplication may take one for a copy of the other).
+pub async fn one_idempotency_key_on_two_topics_is_two_messages<B: Broker>(
+    broker: &B,
+    prefix: &str,
+) {
+    let group = format!("{prefix}.gk");
+    let topics = [format!("{prefix}.placed"), format!("{prefix}.shipped")];
+    let mut subs = Vec::new();
+    for topic in &topics {
+        subs.push(subscribe(broker, &spec(group.clone(), topic, 8)).await);
+    }
+    let sent: Vec<Envelope> = topics
+        .iter()
+        .map(|topic| {
+            Envelope::new(
+                Uuid::now_v7(),
+                topic.as_str(),
+                format!("order-42-{prefix}"),
+                b"{}".to_vec(),
+                Utc::now(),
+            )
+        })
+        .collect();
+    for e in &sent {
+        publish(broker, e).await;
+    }
+    for (sub, e) in subs.iter_mut().zip(&sent) {
+        let got = take_and_ack(
+            sub,
+            1,
+            &format!("{} with a key also used on another topic", e.topic),
+        )
+        .await;
+        assert_once(&got, std::slice::from_ref(e), &e.topic);
+        quiet(sub, &e.topic).await;
+    }
 }
 
 /// Two groups on one topic each get every message, once.

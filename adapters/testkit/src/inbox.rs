@@ -77,6 +77,7 @@ where
     cases!(
         migrate_is_idempotent,
         record_is_once_per_group_and_key,
+        record_is_once_per_topic_and_key,
         rollback_leaves_no_key,
         duplicate_keeps_the_transaction_usable,
         key_commits_with_business_writes,
@@ -107,12 +108,19 @@ fn at(n: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_700_000_000 + n, 0).expect("a valid time")
 }
 
-/// Records `(group, key)` at `at` on the transaction `tx`, panicking on error.
+/// The topic of the keys the cases record when the topic does not matter.
+const TOPIC: &str = "conf.inbox";
+
+/// Records `(group, key)` of [`TOPIC`] (or of `topic`) at `at` on the
+/// transaction `tx`, panicking on error.
 macro_rules! record {
     ($store:expr, $tx:expr, $group:expr, $key:expr, $at:expr) => {
+        record!($store, $tx, $group, TOPIC, $key, $at)
+    };
+    ($store:expr, $tx:expr, $group:expr, $topic:expr, $key:expr, $at:expr) => {
         $store
             .inbox()
-            .record(&mut *$tx, $group, $key, $at)
+            .record(&mut *$tx, $group, $topic, $key, $at)
             .await
             .expect("record failed")
     };
@@ -137,8 +145,20 @@ async fn record_committed<S: InboxStore>(
     key: &str,
     at: DateTime<Utc>,
 ) -> bool {
+    record_committed_in(store, group, TOPIC, key, at).await
+}
+
+/// Records `(group, topic, key)` in its own committed transaction; returns
+/// whether it was new.
+async fn record_committed_in<S: InboxStore>(
+    store: &S,
+    group: &str,
+    topic: &str,
+    key: &str,
+    at: DateTime<Utc>,
+) -> bool {
     let mut tx = store.begin().await.expect("begin failed");
-    let fresh = record!(store, tx, group, key, at);
+    let fresh = record!(store, tx, group, topic, key, at);
     tx.commit().await.expect("commit failed");
     fresh
 }
@@ -146,8 +166,13 @@ async fn record_committed<S: InboxStore>(
 /// Whether `(group, key)` is recorded, asked without changing anything: the
 /// key is recorded again in a transaction that is rolled back.
 async fn is_recorded<S: InboxStore>(store: &S, group: &str, key: &str) -> bool {
+    is_recorded_in(store, group, TOPIC, key).await
+}
+
+/// Whether `(group, topic, key)` is recorded, asked as [`is_recorded`].
+async fn is_recorded_in<S: InboxStore>(store: &S, group: &str, topic: &str, key: &str) -> bool {
     let mut tx = store.begin().await.expect("begin failed");
-    let fresh = record!(store, tx, group, key, at(0));
+    let fresh = record!(store, tx, group, topic, key, at(0));
     tx.rollback().await.expect("rollback failed");
     !fresh
 }
@@ -329,6 +354,83 @@ where
     assert_eq!(
         list(store, GROUP, &DeadFilter::default()).await,
         vec![dead.id]
+    );
+}
+
+/// Idempotency keys are unique per topic: the same key on two topics is two
+/// messages, each recorded once.
+pub async fn record_is_once_per_topic_and_key<S: InboxStore>(store: &S) {
+    assert!(
+        record_committed_in(store, GROUP, "conf.placed", "order-42", at(0)).await,
+        "a new (topic, key) is recorded"
+    );
+    assert!(
+        record_committed_in(store, GROUP, "conf.shipped", "order-42", at(1)).await,
+        "the same key on another topic is another message"
+    );
+    for topic in ["conf.placed", "conf.shipped"] {
+        assert!(
+            !record_committed_in(store, GROUP, topic, "order-42", at(2)).await,
+            "({topic}, order-42) recorded before is a duplicate"
+        );
+    }
+    assert!(
+        !is_recorded_in(store, GROUP, "conf.cancelled", "order-42").await,
+        "a third topic's key is not recorded"
+    );
+}
+
+/// Keys recorded before the inbox kept topics are still recognised after
+/// the upgrade: they count for every topic, and new keys are per topic.
+///
+/// `store` is migrated and empty; `to_layout_without_topics` takes its inbox
+/// back to the layout before the topic was part of the key (the table keyed
+/// by (group, idempotency key) only, and the version's record deleted) and
+/// records the key it is given for the group it is given, as that version
+/// did. Not part of [`run_all`].
+pub async fn keys_from_before_topics_are_recognised<S, F, Fut>(
+    store: &S,
+    to_layout_without_topics: F,
+) where
+    S: InboxStore,
+    F: FnOnce(&'static str, &'static str) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    assert!(record_committed(store, GROUP, "kept-across", at(0)).await);
+    to_layout_without_topics(GROUP, "recorded-before").await;
+    store
+        .migrate()
+        .await
+        .expect("migrate from the layout without topics failed");
+    store
+        .migrate()
+        .await
+        .expect("migrate after the upgrade failed");
+    for topic in [TOPIC, "conf.other"] {
+        assert!(
+            is_recorded_in(store, GROUP, topic, "recorded-before").await,
+            "a key recorded before the upgrade is a duplicate on {topic}"
+        );
+    }
+    assert!(
+        is_recorded_in(store, GROUP, TOPIC, "kept-across").await,
+        "keys recorded by this version survive being taken back and upgraded"
+    );
+    assert!(
+        !is_recorded_in(store, "conf-other-group", TOPIC, "recorded-before").await,
+        "an old key belongs to its group only"
+    );
+    assert!(record_committed_in(store, GROUP, "conf.a", "fresh", at(1)).await);
+    assert!(record_committed_in(store, GROUP, "conf.b", "fresh", at(1)).await);
+    assert!(!record_committed_in(store, GROUP, "conf.a", "fresh", at(2)).await);
+    let purged = store
+        .purge_inbox(GROUP, at(100), 100)
+        .await
+        .expect("purge failed");
+    assert_eq!(purged, 4, "old and new keys are purged alike");
+    assert!(
+        !is_recorded_in(store, GROUP, TOPIC, "recorded-before").await,
+        "a purged old key is gone"
     );
 }
 

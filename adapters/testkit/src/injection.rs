@@ -335,19 +335,19 @@ pub async fn assert_inbox_keeps_hostile_values<S: InboxStore>(
         .collect();
     for s in &values {
         let mut tx = store.begin().await.expect("begin");
-        let fresh = store.inbox().record(&mut *tx, s, s, at(0)).await;
+        let fresh = store.inbox().record(&mut *tx, s, s, s, at(0)).await;
         assert!(fresh.expect("record"), "first record of {s:?}");
         assert!(
             store
                 .inbox()
-                .record(&mut *tx, "inj-plain", s, at(0))
+                .record(&mut *tx, "inj-plain", "inj.topic", s, at(0))
                 .await
                 .expect("record"),
             "another group's key is another key"
         );
         tx.commit().await.expect("commit");
         let mut tx = store.begin().await.expect("begin");
-        let again = store.inbox().record(&mut *tx, s, s, at(1)).await;
+        let again = store.inbox().record(&mut *tx, s, s, s, at(1)).await;
         assert!(
             !again.expect("record"),
             "{s:?} is a duplicate, matched exactly"
@@ -361,7 +361,7 @@ pub async fn assert_inbox_keeps_hostile_values<S: InboxStore>(
         let mut tx = store.begin().await.expect("begin");
         let err = store
             .inbox()
-            .record(&mut *tx, "inj-plain", s, at(0))
+            .record(&mut *tx, "inj-plain", "inj.topic", s, at(0))
             .await
             .expect_err("a key the database cannot hold is refused");
         assert!(!err.to_string().trim().is_empty());

@@ -13,16 +13,21 @@ use crate::{DeadFilter, Envelope, Result, SqlStore};
 
 /// Records processed keys on a connection the handler's transaction owns.
 pub trait InboxWriter<DB: sqlx::Database>: Debug + Send + Sync + 'static {
-    /// Records that `group` processed `idempotency_key` at `at`.
+    /// Records that `group` processed the message of `topic` with
+    /// `idempotency_key` at `at`.
     ///
-    /// Returns `false` (and changes nothing) if the key was recorded before:
-    /// the message is a duplicate and its handler must not run. The
+    /// Idempotency keys are unique per topic (as in the outbox), so the same
+    /// key on two topics is two messages. Returns `false` (and changes
+    /// nothing) if the (topic, key) was recorded before: the message is a
+    /// duplicate and its handler must not run. A key recorded by a version
+    /// that kept no topic counts for every topic until it is purged. The
     /// transaction stays usable either way. A concurrent transaction
     /// recording the same key makes this call wait until it ends.
     fn record<'a>(
         &'a self,
         conn: &'a mut DB::Connection,
         group: &'a str,
+        topic: &'a str,
         idempotency_key: &'a str,
         at: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<bool>>;
@@ -82,8 +87,10 @@ impl ConsumerDeadLetter {
 ///
 /// # Contract
 ///
-/// - The inbox table has one row per (group, idempotency key); the
-///   [`InboxWriter`] inserts it in the handler's transaction.
+/// - The inbox table has one row per (group, topic, idempotency key); the
+///   [`InboxWriter`] inserts it in the handler's transaction. Rows recorded
+///   before the topic was part of the key have an empty topic and count for
+///   every topic.
 /// - Consumer dead letters are kept per group until replayed or purged.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot keep an inbox",

@@ -144,7 +144,13 @@ where
     let now = ctx.clock.now();
     let fresh = ctx
         .inbox
-        .record(&mut tx, &ctx.group, &envelope.idempotency_key, now)
+        .record(
+            &mut tx,
+            &ctx.group,
+            &envelope.topic,
+            &envelope.idempotency_key,
+            now,
+        )
         .await;
     match fresh {
         Ok(true) => {}

@@ -2,12 +2,15 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
+
+use futures_util::FutureExt;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -531,8 +534,9 @@ struct Worker<S, B> {
     observer: Option<mpsc::UnboundedSender<Handled>>,
 }
 
-/// What a finished delivery tells the worker loop: its key, if any.
-type Done = Option<String>;
+/// What a finished delivery tells the worker loop: nothing; its key is
+/// looked up by task id, so that a task that panicked frees it too.
+type Done = ();
 
 impl<S: InboxStore, B: Broker> Worker<S, B> {
     async fn run(self, mut subscription: Subscription, mut stop: watch::Receiver<bool>) {
@@ -543,26 +547,41 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
         let mut running: JoinSet<Done> = JoinSet::new();
         let mut resubscribes = 0u32;
         let stop_for_tasks = stop.clone();
-        let spawn = |running: &mut JoinSet<Done>, d: Delivery, key: Option<String>| {
+        let mut keys: HashMap<tokio::task::Id, String> = HashMap::new();
+        let spawn = |running: &mut JoinSet<Done>,
+                     keys: &mut HashMap<tokio::task::Id, String>,
+                     d: Delivery,
+                     key: Option<String>| {
             let this = Arc::clone(&this);
             let permits = Arc::clone(&permits);
             let stop = stop_for_tasks.clone();
-            running.spawn(async move {
+            let task = running.spawn(async move {
                 let Ok(_permit) = permits.acquire_owned().await else {
-                    return key;
+                    return;
                 };
                 this.process(d, stop).await;
-                key
             });
+            if let Some(key) = key {
+                keys.insert(task.id(), key);
+            }
         };
         loop {
             tokio::select! {
                 biased;
                 () = stopped(&mut stop) => break,
-                Some(done) = running.join_next(), if !running.is_empty() => {
-                    let Ok(Some(key)) = done else { continue };
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                    let id = match done {
+                        Ok((id, ())) => id,
+                        Err(e) => {
+                            // Its delivery was dropped unsettled: the broker
+                            // delivers it again.
+                            tracing::error!(error = %e, "a delivery task failed");
+                            e.id()
+                        }
+                    };
+                    let Some(key) = keys.remove(&id) else { continue };
                     match queues.get_mut(&key).and_then(VecDeque::pop_front) {
-                        Some(next) => spawn(&mut running, next, Some(key)),
+                        Some(next) => spawn(&mut running, &mut keys, next, Some(key)),
                         None => { queues.remove(&key); }
                     }
                 }
@@ -585,12 +604,12 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                     };
                     let key = d.message.as_ref().ok().and_then(|e| e.key.clone());
                     match key {
-                        None => spawn(&mut running, d, None),
+                        None => spawn(&mut running, &mut keys, d, None),
                         Some(k) => match queues.get_mut(&k) {
                             Some(q) => q.push_back(d),
                             None => {
                                 queues.insert(k.clone(), VecDeque::new());
-                                spawn(&mut running, d, Some(k));
+                                spawn(&mut running, &mut keys, d, Some(k));
                             }
                         },
                     }
@@ -687,7 +706,17 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                 attempt += 1;
                 tracing::Span::current().record("attempt", attempt);
                 let started = std::time::Instant::now();
-                let outcome = (self.record.call)(&*self.ctx, &envelope, None).await;
+                // A panicking handler is a failed attempt: retried, then
+                // dead with the panic message, its key freed for the next.
+                // Its transaction was dropped while unwinding: rolled back.
+                let call = (self.record.call)(&*self.ctx, &envelope, None);
+                let outcome = match AssertUnwindSafe(call).catch_unwind().await {
+                    Ok(outcome) => outcome,
+                    Err(panic) => HandleOutcome::Failed(format!(
+                        "handler panicked: {}",
+                        crate::relay::panic_message(&*panic)
+                    )),
+                };
                 metrics::histogram!(
                     crate::metrics::HANDLE_DURATION_SECONDS,
                     "topic" => self.record.topic,
