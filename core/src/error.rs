@@ -34,6 +34,21 @@ pub enum Error {
         id: uuid::Uuid,
     },
 
+    /// A half-message producer's local work failed, but its check-back had
+    /// already answered Commit (the work outlived the first check): the
+    /// message is committed and will be delivered. The caller must
+    /// compensate the effects the message announces, or retry the work so
+    /// that it succeeds.
+    #[error(
+        "the local work failed after the check-back committed message {id} of topic `{topic}`: it will be delivered; compensate"
+    )]
+    CommittedByCheckBack {
+        /// Id of the message.
+        id: uuid::Uuid,
+        /// Topic of the message.
+        topic: String,
+    },
+
     /// The payload could not be turned into JSON, or JSON into the payload type.
     #[error("payload of topic `{topic}` could not be (de)serialized")]
     Payload {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use txmsg::half::{CheckBackConfig, CheckBackWorker};
+use txmsg::half::{CheckBackConfig, CheckBackWorker, CheckStatus};
 use txmsg_core::{DeadFilter, Message, Outbox, Store};
 use txmsg_sqlite::SqliteStore;
 
@@ -49,4 +49,206 @@ async fn a_prepared_message_without_a_check_back_is_dead_with_that_reason() {
         dead[0].reason
     );
     assert_eq!(store.stats().await.unwrap().prepared, 0);
+}
+
+/// Signals between the tests below and their check-backs.
+static RACE_CHECKING: tokio::sync::Notify = tokio::sync::Notify::const_new();
+static RACE_PRODUCER_DONE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+#[txmsg::check_back(topic = "t.half.race")]
+async fn race_check(_n: &u32) -> Result<CheckStatus, std::convert::Infallible> {
+    RACE_CHECKING.notify_one();
+    RACE_PRODUCER_DONE.notified().await;
+    Ok(CheckStatus::Unknown)
+}
+
+/// A check-back's last Unknown never makes a message dead that its producer
+/// committed meanwhile: a check-back outcome applies only to a row still
+/// prepared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_half_message_is_never_made_dead_by_its_check_back() {
+    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    let outbox = Outbox::new(&store);
+    let prepared = outbox
+        .prepare(
+            Message::new("t.half.race", &1u32).unwrap(),
+            Duration::from_millis(1),
+        )
+        .await
+        .unwrap();
+    let (observer, mut checked) = tokio::sync::mpsc::unbounded_channel();
+    let config = CheckBackConfig {
+        poll_interval: Duration::from_millis(10),
+        max_checks: 1,
+        ..CheckBackConfig::default()
+    };
+    let worker = CheckBackWorker::new(store.clone(), config)
+        .unwrap()
+        .with_observer(observer)
+        .start()
+        .unwrap();
+    RACE_CHECKING.notified().await;
+    // The check is running; the producer commits now.
+    prepared.commit().await.unwrap();
+    RACE_PRODUCER_DONE.notify_one();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), checked.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    worker.shutdown().await;
+    assert_eq!(outcome.status, CheckStatus::Unknown);
+    let dead = store.dead_letters(&DeadFilter::default()).await.unwrap();
+    assert!(
+        dead.is_empty(),
+        "the committed message must not be dead: {:?}",
+        dead.iter().map(|d| &d.reason).collect::<Vec<_>>()
+    );
+    let stats = store.stats().await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.dead),
+        (1, 0),
+        "it waits for the relay"
+    );
+}
+
+/// Check-backs run per message id, for the test below.
+static DUP_CALLS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+#[txmsg::check_back(topic = "t.half.dup")]
+async fn slow_check(n: &u32) -> Result<CheckStatus, std::convert::Infallible> {
+    DUP_CALLS.lock().unwrap().push(*n);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(CheckStatus::Commit)
+}
+
+/// A claimed message waiting for a check-back slot is not checked once its
+/// lease is too close to running out: another worker may have claimed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_back_lease_is_checked_after_waiting_for_a_slot() {
+    let store = SqliteStore::connect(&format!(
+        "sqlite://{}",
+        std::env::temp_dir()
+            .join(format!("txmsg-half-{}.db", uuid::Uuid::now_v7()))
+            .display()
+    ))
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let outbox = Outbox::new(&store);
+    for n in 0..8u32 {
+        drop(
+            outbox
+                .prepare(
+                    Message::new("t.half.dup", &n).unwrap(),
+                    Duration::from_millis(1),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let config = CheckBackConfig {
+        poll_interval: Duration::from_millis(20),
+        concurrency: 1,
+        lease: Duration::from_secs(1),
+        timeout: Duration::from_millis(400),
+        ..CheckBackConfig::default()
+    };
+    let a = CheckBackWorker::new(store.clone(), config.clone())
+        .unwrap()
+        .start()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let b = CheckBackWorker::new(store.clone(), config)
+        .unwrap()
+        .start()
+        .unwrap();
+    for _ in 0..500 {
+        if store.stats().await.unwrap().prepared == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    let mut calls = DUP_CALLS.lock().unwrap().clone();
+    calls.sort_unstable();
+    assert_eq!(
+        calls,
+        (0..8).collect::<Vec<_>>(),
+        "every message checked exactly once"
+    );
+}
+
+#[derive(Debug)]
+enum SplitError {
+    Body,
+    Txmsg(txmsg::Error),
+}
+
+impl From<txmsg::Error> for SplitError {
+    fn from(e: txmsg::Error) -> Self {
+        SplitError::Txmsg(e)
+    }
+}
+
+static SPLIT_COMMITTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+#[txmsg::check_back(topic = "t.half.split")]
+async fn split_check(_n: &u32) -> Result<CheckStatus, std::convert::Infallible> {
+    Ok(CheckStatus::Commit)
+}
+
+#[txmsg::transactional_message(topic = "t.half.split", half, check_back = split_check, check_after = "1ms")]
+async fn fails_late(_n: &u32) -> Result<(), SplitError> {
+    // The local work outlives `check_after`; the check-back commits the
+    // message meanwhile; then the work fails.
+    SPLIT_COMMITTED.notified().await;
+    Err(SplitError::Body)
+}
+
+/// A half producer whose body failed after its check-back committed the
+/// message is told so: the message will be delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_producer_reports_a_commit_by_check_back_after_its_body_failed() {
+    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    let outbox = Outbox::new(&store);
+    let (observer, mut checked) = tokio::sync::mpsc::unbounded_channel();
+    let worker = CheckBackWorker::new(
+        store.clone(),
+        CheckBackConfig {
+            poll_interval: Duration::from_millis(10),
+            ..CheckBackConfig::default()
+        },
+    )
+    .unwrap()
+    .with_observer(observer)
+    .start()
+    .unwrap();
+    let producer = tokio::spawn({
+        let outbox = outbox.clone();
+        async move { fails_late_and_commit(&outbox, &7).await }
+    });
+    let check = tokio::time::timeout(Duration::from_secs(10), checked.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(check.status, CheckStatus::Commit);
+    SPLIT_COMMITTED.notify_one();
+    let result = producer.await.unwrap();
+    worker.shutdown().await;
+    assert_eq!(
+        store.stats().await.unwrap().pending,
+        1,
+        "the message goes out"
+    );
+    assert!(
+        matches!(
+            result,
+            Err(SplitError::Txmsg(txmsg::Error::CommittedByCheckBack { .. }))
+        ),
+        "the caller learns that the message was committed: {result:?}"
+    );
 }

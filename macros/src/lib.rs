@@ -305,8 +305,10 @@ use proc_macro::TokenStream;
 ///    caller should compensate;
 /// 4. on `Err(error)`, rolls the message back and returns `Err(error)`. A
 ///    failed rollback is ignored (the message stays prepared and its
-///    check-back decides), and so is a check-back having committed the
-///    message first: the message then goes out although the work failed.
+///    check-back decides). If the check-back committed the message first
+///    (the work outlived `check_after`), the message goes out although the
+///    work failed: the caller gets `Err(E::from(Error::CommittedByCheckBack
+///    { id, topic }))` instead of `error`, and should compensate.
 ///
 /// If the function panics, or the future is dropped before it finishes, the
 /// message stays prepared and the topic's check-back decides. So does a
@@ -359,8 +361,14 @@ use proc_macro::TokenStream;
 ///             Ok(value)
 ///         }
 ///         Err(error) => {
-///             let _ = prepared.rollback().await;
-///             Err(error)
+///             // Committed by its check-back meanwhile: it will be delivered.
+///             let (id, topic) = (prepared.id(), prepared.topic().to_owned());
+///             match prepared.rollback().await {
+///                 Ok(txmsg::half::Resolved::AlreadyCommitted) => {
+///                     Err(txmsg::Error::CommittedByCheckBack { id, topic }.into())
+///                 }
+///                 _ => Err(error),
+///             }
 ///         }
 ///     }
 /// }

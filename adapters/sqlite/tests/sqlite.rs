@@ -632,18 +632,25 @@ async fn followers_stop_at_the_first_row_that_cannot_be_claimed() {
 #[tokio::test]
 async fn a_dead_row_parks_its_key_unless_told_otherwise() {
     let (store, _db) = file_store().await;
-    insert(&store, &env(1, "t", Some("a")), None).await;
+    // Rows 1 and 4 are held by `holder`, which gives up on them.
+    let holder = Uuid::now_v7();
+    let held = Some(Lease {
+        owner: holder,
+        until: secs(30),
+    });
+    // Written first, so that their keys are free and they take the lease.
+    insert(&store, &env(1, "t", Some("a")), held).await;
+    insert(&store, &env(4, "t", Some("b")), held).await;
     insert(&store, &env(2, "t", Some("a")), None).await;
     insert(&store, &env(3, "t", Some("b")), None).await;
-    insert(&store, &env(4, "t", Some("b")), None).await;
     insert(&store, &env(5, "t", Some("b")), None).await;
     // a1 dead: a2 waits. b4 dead (out of order, as after a skip and a replay).
     store
-        .mark_dead(id(1), Uuid::now_v7(), "bad", secs(0))
+        .mark_dead(id(1), holder, "bad", secs(0))
         .await
         .unwrap();
     store
-        .mark_dead(id(4), Uuid::now_v7(), "bad", secs(0))
+        .mark_dead(id(4), holder, "bad", secs(0))
         .await
         .unwrap();
 

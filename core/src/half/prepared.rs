@@ -78,6 +78,11 @@ impl<DB: sqlx::Database> Prepared<DB> {
         self.id
     }
 
+    /// Topic of the message.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
     /// Makes the message deliverable; the relay publishes it.
     ///
     /// # Errors

@@ -339,6 +339,7 @@ async fn run<S: Store>(shared: Arc<Shared<S>>, mut stop: watch::Receiver<bool>) 
         };
         let full = batch.len() >= req.limit as usize;
         let mut running = JoinSet::new();
+        let lease_until = req.lease.until;
         for prepared in batch {
             let shared = Arc::clone(&shared);
             let permits = Arc::clone(&permits);
@@ -347,6 +348,16 @@ async fn run<S: Store>(shared: Arc<Shared<S>>, mut stop: watch::Receiver<bool>) 
                 let Ok(_permit) = permits.acquire_owned().await else {
                     return;
                 };
+                // Checked once the slot is ours: waiting for it may take
+                // long, and once the lease is too short for a check another
+                // worker may already be checking the same message.
+                let left = lease_until.signed_duration_since(shared.config.clock.now());
+                let needed = chrono::Duration::from_std(shared.config.timeout)
+                    .unwrap_or(chrono::Duration::MAX);
+                if left <= needed {
+                    tracing::debug!(message_id = %prepared.envelope.id, "lease too short after waiting for a slot; checked when it runs out");
+                    return;
+                }
                 check_one(&shared, prepared, stop).await;
             });
         }

@@ -263,8 +263,19 @@ fn half_and_commit_fn(p: &Producer<'_>, half: &Half) -> TokenStream {
                 #private::Err(__txmsg_error) => {
                     // The function's error matters more than a failed
                     // rollback, which leaves the message to its check-back.
-                    let _ = #private::Prepared::rollback(__txmsg_prepared).await;
-                    #private::Err(__txmsg_error)
+                    // But if the check-back committed the message first, it
+                    // will be delivered: the caller is told so instead.
+                    let __txmsg_id = #private::Prepared::id(&__txmsg_prepared);
+                    let __txmsg_topic = #private::String::from(#private::Prepared::topic(&__txmsg_prepared));
+                    match #private::Prepared::rollback(__txmsg_prepared).await {
+                        #private::Ok(#private::Resolved::AlreadyCommitted) => #private::Err(#from_error(
+                            #private::Error::CommittedByCheckBack {
+                                id: __txmsg_id,
+                                topic: __txmsg_topic,
+                            },
+                        )),
+                        _ => #private::Err(__txmsg_error),
+                    }
                 }
             }
         }
