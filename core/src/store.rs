@@ -303,12 +303,9 @@ pub trait Store: Debug + Clone + Send + Sync + 'static {
     /// Records a failed attempt: attempts + 1, retry at `next_attempt_at`, lease released.
     fn mark_failed(&self, failure: &Failure) -> impl Future<Output = Result<()>> + Send;
 
-    /// Marks a pending or prepared row dead with `reason`, only while
-    /// `owner` holds its lease. Fenced so that an outcome applies only to
-    /// the row as its owner saw it: a half message committed meanwhile (its
-    /// lease cleared) is never made dead by a check-back that ended
-    /// unresolved. A dead half message remembers that it was prepared, so
-    /// that [`resume`](Store::resume) can put it back.
+    /// Marks a pending or prepared row dead with `reason` (only while
+    /// `owner` holds it, or nobody does). A dead half message remembers that
+    /// it was prepared, so that [`resume`](Store::resume) can put it back.
     fn mark_dead(
         &self,
         id: Uuid,

@@ -407,7 +407,7 @@ impl Sql {
                 "UPDATE {o} SET state = 'dead', last_error = ?, dead_at = ?, \
                  lease_owner = NULL, lease_until = NULL \
                  WHERE id = ? AND state IN ('pending', 'prepared') \
-                 AND lease_owner = ?"
+                 AND (lease_owner = ? OR lease_owner IS NULL)"
             )),
 
             // 1 owner, then the ids.

@@ -350,7 +350,7 @@ impl Sql {
                 "UPDATE {o} SET state = 'dead', last_error = $3, dead_at = $4, \
                  lease_owner = NULL, lease_until = NULL \
                  WHERE id = $1 AND state IN ('pending', 'prepared') \
-                 AND lease_owner = $2"
+                 AND (lease_owner = $2 OR lease_owner IS NULL)"
             )),
 
             release: Stmt::new(format!(

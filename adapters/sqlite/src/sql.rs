@@ -465,7 +465,7 @@ const MARK_FAILED: &str = "UPDATE {outbox} \
 const MARK_DEAD: &str = "UPDATE {outbox} \
      SET state = 'dead', last_error = ?3, dead_at = ?4, lease_owner = NULL, lease_until = NULL \
      WHERE id = ?1 AND state IN ('pending', 'prepared') \
-       AND lease_owner = ?2";
+       AND (lease_owner IS NULL OR lease_owner = ?2)";
 
 /// `?1` topic or null, `?2` key or null, `?3` limit.
 const DEAD_LETTERS: &str = r#"SELECT {columns}, last_error, dead_at FROM {outbox}

@@ -90,7 +90,6 @@ where
         record_check_counts_and_reschedules,
         record_check_by_another_owner_changes_nothing,
         mark_dead_takes_prepared_rows,
-        mark_dead_spares_a_row_committed_meanwhile,
         resume_puts_a_dead_half_message_back,
         resume_ignores_other_dead_rows,
     );
@@ -663,31 +662,8 @@ pub async fn record_check_by_another_owner_changes_nothing<S: SqlStore>(store: &
     assert_eq!(got[0].checks, 0, "the check must not have been counted");
 }
 
-/// A check-back that ends unresolved while the producer commits its half
-/// message does not make the committed message dead: `mark_dead` applies
-/// only to a row its owner still holds.
-pub async fn mark_dead_spares_a_row_committed_meanwhile<S: SqlStore>(store: &S) {
-    let t = "conf.half.dead.race";
-    let prepared = prepare_now(store, msg(t, Some("k"), 1)).await;
-    let id = prepared.id();
-    let worker = Uuid::now_v7();
-    let t0 = after_writes();
-    assert_eq!(claim_prepared(store, worker, t0, 1).await.len(), 1);
-    // The producer commits while the worker's last check is still running.
-    assert_eq!(resolve(store, id, Resolve::Commit).await, Resolved::Done);
-    store
-        .mark_dead(id, worker, "unresolved after 1 checks", t0 + secs(1))
-        .await
-        .expect("mark_dead failed");
-    assert_eq!(
-        counts(store).await,
-        (0, 1, 0, 0),
-        "a committed half message is never made dead by its check-back"
-    );
-}
-
-/// `mark_dead` takes a prepared row held by the caller, and not one held by
-/// another worker or by nobody; the dead half message is listed with its
+/// `mark_dead` takes a prepared row held by the caller or by nobody, and not
+/// one held by another worker; the dead half message is listed with its
 /// reason, is no longer checked, and settling it reports it dead.
 pub async fn mark_dead_takes_prepared_rows<S: SqlStore>(store: &S) {
     let t = "conf.half.dead";
@@ -709,20 +685,9 @@ pub async fn mark_dead_takes_prepared_rows<S: SqlStore>(store: &S) {
     );
 
     store
-        .mark_dead(free_id, b, "nobody holds it", t0)
-        .await
-        .expect("mark_dead failed");
-    assert_eq!(
-        counts(store).await,
-        (2, 0, 0, 0),
-        "a row nobody holds stays: only its owner may give up on it"
-    );
-
-    store
         .mark_dead(held_id, a, "unresolved after 15 checks", t0 + secs(1))
         .await
         .expect("mark_dead failed");
-    assert_eq!(claim_prepared(store, b, t0 + secs(2), 10).await.len(), 1);
     store
         .mark_dead(free_id, b, "no check-back for the topic", t0 + secs(2))
         .await
