@@ -318,11 +318,10 @@ impl<S: Store, B: Broker> Shared<S, B> {
             return Outcome::Skipped;
         };
         // Checked once the slot is ours: waiting for it may take long. A
-        // confirm and its mark must land before the lease runs out, or
+        // confirm must be able to arrive before the lease runs out, or
         // another relay may have taken the row and publish it again.
-        let margin =
-            chrono::Duration::from_std(self.config.publish_timeout + self.config.mark_interval)
-                .unwrap_or(chrono::Duration::MAX);
+        let margin = chrono::Duration::from_std(self.config.publish_timeout)
+            .unwrap_or(chrono::Duration::MAX);
         if lease_until.signed_duration_since(self.now()) <= margin {
             self.release(&[env.id], owner).await;
             return Outcome::Skipped;
