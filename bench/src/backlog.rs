@@ -451,32 +451,39 @@ async fn baseline_consume(
         )
         .await?;
     let limit = Arc::new(Semaphore::new(CONSUME_CONCURRENCY));
-    let done = Arc::new(tokio::sync::Notify::new());
     let target = n as u64;
-    let mut errors = Vec::new();
-    loop {
+    let mut tasks = tokio::task::JoinSet::new();
+    while applied.load(Ordering::SeqCst) < target {
+        // A failed delivery ends the run at once with its error, rather than
+        // leaving the loop waiting for deliveries that will never be acked.
         let next = tokio::select! {
             d = deliveries.next() => d,
-            () = done.notified() => None,
+            Some(joined) = tasks.join_next() => {
+                joined??;
+                continue;
+            }
         };
         let Some(delivery) = next else { break };
         let delivery = delivery?;
         let permit = Arc::clone(&limit).acquire_owned().await?;
-        let (pool, counter, done) = (pool.clone(), Arc::clone(&applied), Arc::clone(&done));
-        errors.push(tokio::spawn(async move {
+        let (pool, counter) = (pool.clone(), Arc::clone(&applied));
+        tasks.spawn(async move {
             let key = delivery
                 .properties
                 .message_id()
                 .as_ref()
                 .map(|s| s.to_string())
                 .ok_or("no message id")?;
+            let topic = delivery.routing_key.to_string();
             let work: Work = serde_json::from_slice(&delivery.data)?;
             let mut tx = pool.begin().await?;
             let fresh = sqlx::query(
-                "INSERT INTO txmsg_inbox (consumer_group, idempotency_key, processed_at) \
-                 VALUES ($1, $2, now()) ON CONFLICT (consumer_group, idempotency_key) DO NOTHING",
+                "INSERT INTO txmsg_inbox (consumer_group, topic, idempotency_key, processed_at) \
+                 VALUES ($1, $2, $3, now()) \
+                 ON CONFLICT (consumer_group, topic, idempotency_key) DO NOTHING",
             )
             .bind("bench")
+            .bind(&topic)
             .bind(&key)
             .execute(&mut *tx)
             .await?
@@ -491,25 +498,12 @@ async fn baseline_consume(
             tx.commit().await?;
             delivery.ack(BasicAckOptions::default()).await?;
             drop(permit);
-            if counter.fetch_add(1, Ordering::SeqCst) + 1 >= target {
-                done.notify_one();
-            }
+            counter.fetch_add(1, Ordering::SeqCst);
             Res::Ok(())
-        }));
-        if errors.len() > 1024 {
-            let (finished, running): (Vec<_>, Vec<_>) =
-                errors.into_iter().partition(|h| h.is_finished());
-            for h in finished {
-                h.await??;
-            }
-            errors = running;
-        }
-        if applied.load(Ordering::SeqCst) >= target {
-            break;
-        }
+        });
     }
-    for h in errors {
-        h.await??;
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
     }
     let elapsed = start.elapsed();
     let _ = ch.close(200, "done".into()).await;

@@ -127,8 +127,9 @@ async fn fill(pool: &PgPool, rows: i64) -> Result<(), sqlx::Error> {
     .execute(pool)
     .await?;
     sqlx::query(
-        "INSERT INTO txmsg_inbox (consumer_group, idempotency_key, processed_at)
-         SELECT $2, 'old-' || g, now() - interval '30 days' FROM generate_series(1, $1) g",
+        "INSERT INTO txmsg_inbox (consumer_group, topic, idempotency_key, processed_at)
+         SELECT $2, 'faults.old', 'old-' || g, now() - interval '30 days'
+           FROM generate_series(1, $1) g",
     )
     .bind(rows)
     .bind(ORDERED)
