@@ -401,6 +401,21 @@ pub trait Store: Debug + Clone + Send + Sync + 'static {
         async { Err(crate::Error::Unsupported("half messages")) }
     }
 
+    /// Marks prepared row `id` dead with `reason` for the check-back worker:
+    /// only while the row is still prepared and `owner` holds its lease, so
+    /// a verdict never reaches a row its producer settled meanwhile. Returns
+    /// `false` if the row was not changed for that reason.
+    fn mark_prepared_dead(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        let _ = (id, owner, reason, at);
+        async { Err(crate::Error::Unsupported("half messages")) }
+    }
+
     /// Settles prepared row `id` for the check-back worker, with the same
     /// fence as [`OutboxWriter::resolve`].
     fn resolve_prepared(

@@ -66,7 +66,6 @@ async fn race_check(_n: &u32) -> Result<CheckStatus, std::convert::Infallible> {
 /// committed meanwhile: a check-back outcome applies only to a row still
 /// prepared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue #16 item 3 is not fixed yet: fencing mark_dead by owner broke callers that mark unleased rows; needs a prepared-only mark"]
 async fn committed_half_message_is_never_made_dead_by_its_check_back() {
     let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
     store.migrate().await.unwrap();

@@ -152,6 +152,7 @@ pub(crate) struct Sql {
     pub(crate) state_of: Stmt,
     pub(crate) claim_prepared: Stmt,
     pub(crate) record_check: Stmt,
+    pub(crate) mark_prepared_dead: Stmt,
     pub(crate) resume: Stmt,
 }
 
@@ -530,6 +531,13 @@ impl Sql {
             // 1 checks to add (0 or 1), 2 next check at, 3 id, 4 owner.
             record_check: Stmt::new(format!(
                 "UPDATE {o} SET checks = checks + ?, next_attempt_at = ?, \
+                 lease_owner = NULL, lease_until = NULL \
+                 WHERE id = ? AND lease_owner = ? AND state = 'prepared'"
+            )),
+
+            // 1 reason, 2 at, 3 id, 4 owner.
+            mark_prepared_dead: Stmt::new(format!(
+                "UPDATE {o} SET state = 'dead', last_error = ?, dead_at = ?, \
                  lease_owner = NULL, lease_until = NULL \
                  WHERE id = ? AND lease_owner = ? AND state = 'prepared'"
             )),

@@ -576,6 +576,23 @@ impl Store for MySqlStore {
         Ok(())
     }
 
+    async fn mark_prepared_dead(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(self.sql.mark_prepared_dead.get())
+            .bind(reason)
+            .bind(at)
+            .bind(id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn resolve_prepared(
         &self,
         id: Uuid,

@@ -107,6 +107,7 @@ pub(crate) struct Sql {
     pub(crate) state_of: Stmt,
     pub(crate) claim_prepared: Stmt,
     pub(crate) record_check: Stmt,
+    pub(crate) mark_prepared_dead: Stmt,
     pub(crate) resume: Stmt,
 }
 
@@ -475,6 +476,13 @@ impl Sql {
             // $1 id, $2 owner, $3 next check at, $4 checks to add (0 or 1).
             record_check: Stmt::new(format!(
                 "UPDATE {o} SET checks = checks + $4, next_attempt_at = $3, \
+                 lease_owner = NULL, lease_until = NULL \
+                 WHERE id = $1 AND lease_owner = $2 AND state = 'prepared'"
+            )),
+
+            // $1 id, $2 owner, $3 reason, $4 at.
+            mark_prepared_dead: Stmt::new(format!(
+                "UPDATE {o} SET state = 'dead', last_error = $3, dead_at = $4, \
                  lease_owner = NULL, lease_until = NULL \
                  WHERE id = $1 AND lease_owner = $2 AND state = 'prepared'"
             )),

@@ -524,6 +524,23 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn mark_prepared_dead(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(self.sql.mark_prepared_dead.get())
+            .bind(id)
+            .bind(owner)
+            .bind(reason)
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn resolve_prepared(
         &self,
         id: Uuid,

@@ -223,6 +223,7 @@ pub(crate) struct Statements {
     pub(crate) settle: Settle,
     pub(crate) claim_prepared: SqlStr,
     pub(crate) record_check: SqlStr,
+    pub(crate) mark_prepared_dead: SqlStr,
     pub(crate) resume: SqlStr,
 }
 
@@ -265,6 +266,7 @@ impl Statements {
             },
             claim_prepared: names.render(&CLAIM_PREPARED.replace("{columns}", ENVELOPE_COLUMNS)),
             record_check: names.render(RECORD_CHECK),
+            mark_prepared_dead: names.render(MARK_PREPARED_DEAD),
             resume: names.render(RESUME),
         }
     }
@@ -549,6 +551,11 @@ const CLAIM_PREPARED: &str = "UPDATE {outbox} SET lease_owner = ?1, lease_until 
 /// `?1` id, `?2` owner, `?3` next check at, `?4` checks to add (0 or 1).
 const RECORD_CHECK: &str = "UPDATE {outbox} \
      SET checks = checks + ?4, next_attempt_at = ?3, lease_owner = NULL, lease_until = NULL \
+     WHERE id = ?1 AND state = 'prepared' AND lease_owner = ?2";
+
+/// `?1` id, `?2` owner, `?3` reason, `?4` at.
+const MARK_PREPARED_DEAD: &str = "UPDATE {outbox} \
+     SET state = 'dead', last_error = ?3, dead_at = ?4, lease_owner = NULL, lease_until = NULL \
      WHERE id = ?1 AND state = 'prepared' AND lease_owner = ?2";
 
 /// `?1` id, `?2` first check at. Only a half message that went dead while

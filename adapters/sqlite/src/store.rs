@@ -533,6 +533,23 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn mark_prepared_dead(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(self.inner.sql.mark_prepared_dead.clone())
+            .bind(id)
+            .bind(owner)
+            .bind(reason)
+            .bind(micros(at))
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn resolve_prepared(
         &self,
         id: Uuid,

@@ -90,6 +90,7 @@ where
         record_check_counts_and_reschedules,
         record_check_by_another_owner_changes_nothing,
         mark_dead_takes_prepared_rows,
+        mark_prepared_dead_only_takes_a_held_prepared_row,
         resume_puts_a_dead_half_message_back,
         resume_ignores_other_dead_rows,
     );
@@ -732,6 +733,47 @@ pub async fn mark_dead_takes_prepared_rows<S: SqlStore>(store: &S) {
         Resolved::Dead
     );
     assert_eq!(counts(store).await, (0, 0, 0, 2));
+}
+
+/// `mark_prepared_dead`, the check-back worker's verdict, applies only to a
+/// row still prepared and held by the caller: not to a row another worker
+/// holds, nobody holds, or its producer committed while the check ran.
+pub async fn mark_prepared_dead_only_takes_a_held_prepared_row<S: SqlStore>(store: &S) {
+    let t = "conf.half.fence";
+    let raced = prepare_now(store, msg(t, Some("k"), 1)).await;
+    let held = prepare_now(store, msg(t, Some("k"), 2)).await;
+    let free = prepare_now(store, msg(t, None, 3)).await;
+    let (raced_id, held_id, free_id) = (raced.id(), held.id(), free.id());
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let t0 = after_writes();
+    assert_eq!(claim_prepared(store, a, t0, 2).await.len(), 2);
+
+    // The producer commits while a's check runs.
+    raced.commit().await.expect("commit failed");
+    let mark = |id, owner| async move {
+        store
+            .mark_prepared_dead(id, owner, "unresolved after 1 checks", t0)
+            .await
+            .expect("mark_prepared_dead failed")
+    };
+    assert!(!mark(raced_id, a).await, "a committed row is not prepared");
+    assert!(!mark(held_id, b).await, "another worker holds it");
+    assert!(!mark(free_id, a).await, "nobody holds it");
+    assert_eq!(counts(store).await, (2, 1, 0, 0), "nothing changed");
+
+    assert!(mark(held_id, a).await, "the holder's verdict applies");
+    assert_eq!(counts(store).await, (1, 1, 0, 1));
+    let dead = store
+        .dead_letters(&DeadFilter::default())
+        .await
+        .expect("dead_letters failed");
+    assert_eq!(
+        dead.iter()
+            .map(|d| (d.envelope.id, d.reason.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(held_id, "unresolved after 1 checks")]
+    );
+    assert_eq!(relay_claim(store, t0 + secs(1)).await, vec![raced_id]);
 }
 
 /// `resume` puts a half message that went dead while prepared back to

@@ -391,7 +391,8 @@ async fn check_one<S: Store>(
         let expired = env.is_expired(now);
         let Some(record) = shared.check_backs.get(env.topic.as_str()) else {
             let reason = format!("no `#[check_back]` is registered for topic `{}`", env.topic);
-            return dead(shared, env, &reason).await;
+            dead(shared, env, &reason).await;
+            return;
         };
         let no_answer = || format!("no answer within {:?}", shared.config.timeout);
         let (verdict, timed_out) = if shared.take_timeout() {
@@ -429,12 +430,10 @@ async fn check_one<S: Store>(
                 }
                 if expired {
                     let reason = format!("expired while unresolved after {checks} checks");
-                    dead(shared, env, &reason).await;
-                    is_dead = true;
+                    is_dead = dead(shared, env, &reason).await;
                 } else if checks >= shared.config.max_checks {
                     let reason = format!("unresolved after {checks} checks");
-                    dead(shared, env, &reason).await;
-                    is_dead = true;
+                    is_dead = dead(shared, env, &reason).await;
                 } else {
                     let next = after(now, shared.config.interval);
                     if let Err(e) = shared.store.record_check(env.id, shared.owner, next, true).await {
@@ -479,13 +478,31 @@ async fn resolve<S: Store>(shared: &Shared<S>, id: Uuid, resolve: Resolve) {
     }
 }
 
-async fn dead<S: Store>(shared: &Shared<S>, env: &crate::Envelope, reason: &str) {
-    let id = env.id;
-    tracing::error!(reason, "prepared message is dead");
-    metrics::counter!(crate::metrics::DEAD_LETTERS_TOTAL, "topic" => env.topic.clone())
-        .increment(1);
+/// Marks the prepared message dead; `true` if it was, `false` if its
+/// producer settled it first (or the mark failed and it is checked again).
+async fn dead<S: Store>(shared: &Shared<S>, env: &crate::Envelope, reason: &str) -> bool {
     let now = shared.config.clock.now();
-    if let Err(e) = shared.store.mark_dead(id, shared.owner, reason, now).await {
-        tracing::warn!(error = %error_chain(&e), "could not mark the message dead; it is checked again");
+    match shared
+        .store
+        .mark_prepared_dead(env.id, shared.owner, reason, now)
+        .await
+    {
+        Ok(true) => {
+            tracing::error!(reason, "prepared message is dead");
+            metrics::counter!(crate::metrics::DEAD_LETTERS_TOTAL, "topic" => env.topic.clone())
+                .increment(1);
+            true
+        }
+        Ok(false) => {
+            tracing::info!(
+                reason,
+                "the producer settled the message first; it is not made dead"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "could not mark the message dead; it is checked again");
+            false
+        }
     }
 }
