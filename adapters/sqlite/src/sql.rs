@@ -153,7 +153,7 @@ fn sql(s: String) -> SqlStr {
 #[derive(Debug)]
 pub(crate) struct IdList {
     /// (size, statement), smallest first.
-    pub(crate) by_size: [(usize, SqlStr); ID_LIST_SIZES.len()],
+    by_size: [(usize, SqlStr); ID_LIST_SIZES.len()],
 }
 
 impl IdList {
@@ -164,6 +164,12 @@ impl IdList {
             (n, names.render(&format!("{head} ({})", list.join(", "))))
         });
         IdList { by_size }
+    }
+
+    /// The most ids one statement takes.
+    pub(crate) fn largest(&self) -> usize {
+        let [.., (n, _)] = &self.by_size;
+        *n
     }
 
     /// The statement for a chunk of `len` ids, and how many ids it takes

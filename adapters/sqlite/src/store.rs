@@ -252,13 +252,13 @@ impl SqliteStore {
     where
         T: for<'t> Encode<'t, Sqlite> + Type<Sqlite> + Copy + Send + Sync,
     {
-        let [.., (largest, _)] = &list.by_size;
-        if ids.len() <= *largest {
+        let largest = list.largest();
+        if ids.len() <= largest {
             let mut conn = self.inner.pool.acquire().await?;
             return update_chunk(&mut conn, list, first, ids).await;
         }
         let mut tx = self.begin_immediate().await?;
-        for chunk in ids.chunks(*largest) {
+        for chunk in ids.chunks(largest) {
             update_chunk(&mut tx, list, first, chunk).await?;
         }
         tx.commit().await?;
@@ -351,8 +351,53 @@ impl Store for SqliteStore {
                 .await?;
             rows.extend(more);
         }
-        // Decode before committing: a row that cannot be read is not leased.
-        let mut claimed = rows.iter().map(row::envelope).collect::<Result<Vec<_>>>()?;
+        // Decode before committing. SQLite keeps what it is given (a row
+        // written by hand or another program may hold headers that are not
+        // JSON, or an id of the wrong length): such a row is dead-lettered
+        // with the reason in this transaction, so it neither fails every
+        // claim nor comes back when its lease runs out. Rows of its key
+        // claimed after it are given back, as they would be behind any dead
+        // row.
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut broken: Vec<(String, Option<String>, Vec<u8>)> = Vec::new();
+        for r in &rows {
+            match row::envelope(r) {
+                Ok(env) => claimed.push(env),
+                Err(e) => {
+                    let id: Vec<u8> = r.try_get("id")?;
+                    let reason = format!(
+                        "the row cannot be read: {}",
+                        txmsg_core::__private::error_chain(&e)
+                    );
+                    tracing::error!(reason, "outbox row dead-lettered");
+                    sqlx::query(self.inner.sql.mark_dead.clone())
+                        .bind(id.as_slice())
+                        .bind(req.lease.owner)
+                        .bind(reason)
+                        .bind(micros(req.now))
+                        .execute(&mut *tx)
+                        .await?;
+                    broken.push((r.try_get("topic")?, r.try_get("key")?, id));
+                }
+            }
+        }
+        if !broken.is_empty() {
+            let behind_broken = |env: &Envelope| {
+                env.key.is_some()
+                    && broken.iter().any(|(topic, key, id)| {
+                        *topic == env.topic
+                            && *key == env.key
+                            && env.id.as_bytes().as_slice() > id.as_slice()
+                    })
+            };
+            let (back, keep): (Vec<Envelope>, Vec<Envelope>) =
+                claimed.into_iter().partition(|env| behind_broken(env));
+            let back: Vec<Uuid> = back.iter().map(|env| env.id).collect();
+            for chunk in back.chunks(self.inner.sql.release.largest()) {
+                update_chunk(&mut tx, &self.inner.sql.release, req.lease.owner, chunk).await?;
+            }
+            claimed = keep;
+        }
         tx.commit().await?;
         claimed.sort_by_key(|e| e.id);
         // A lease that ends before `now` leaves the rows of the first step
