@@ -36,7 +36,8 @@ use crate::{Broker, Clock, DeadKeyPolicy, Envelope, Error, RelayConfig, Result, 
 #[derive(Debug)]
 pub(crate) struct FastMsg {
     pub(crate) envelope: Envelope,
-    pub(crate) lease_until: DateTime<Utc>,
+    /// The lease the row was written with (its transaction's owner).
+    pub(crate) lease: Lease,
 }
 
 /// What an [`Outbox`](crate::Outbox) needs from its relay.
@@ -54,12 +55,16 @@ pub(crate) struct RelayLink {
 impl RelayLink {
     /// Room on the fast path and the lease to write the row with, or `None`
     /// when the fast path is full or closed (the row then goes to the poller).
-    pub(crate) fn reserve(&self, now: DateTime<Utc>) -> Option<(Lease, OwnedPermit<FastMsg>)> {
+    pub(crate) fn reserve(
+        &self,
+        owner: Uuid,
+        now: DateTime<Utc>,
+    ) -> Option<(Lease, OwnedPermit<FastMsg>)> {
         if !self.accepting.load(Ordering::Acquire) {
             return None;
         }
         let permit = self.fast.clone().try_reserve_owned().ok()?;
-        Some((crate::tx::fast_lease(self.owner, now, self.lease), permit))
+        Some((crate::tx::fast_lease(owner, now, self.lease), permit))
     }
 
     pub(crate) fn wake(&self) {
@@ -135,10 +140,9 @@ impl<S: Store, B: Broker> Relay<S, B> {
             store: self.store,
             broker: self.broker,
             config: self.config,
-            fast_owner: owner,
             fast_probe: fast_tx,
             accepting,
-            poll_owner: Uuid::now_v7(),
+            poll_owner: owner,
             marks: marks_tx,
             held: Mutex::new(HashMap::new()),
             outage: Mutex::new((0, None)),
@@ -171,7 +175,9 @@ struct HandleInner {
 }
 
 impl RelayHandle {
-    /// The relay's id, written as the lease owner of the rows it holds.
+    /// The relay's id, written as the lease owner of the rows its poller
+    /// claims. (Rows written for the fast path are leased to their
+    /// transaction.)
     pub fn id(&self) -> Uuid {
         self.inner.link.owner
     }
@@ -211,11 +217,10 @@ struct Shared<S, B> {
     store: S,
     broker: B,
     config: RelayConfig,
-    /// Lease owner of rows written for this relay's fast path.
-    fast_owner: Uuid,
-    /// Lease owner of rows this relay's poller claimed. Distinct from
-    /// `fast_owner`, so that a row claimed by the poller makes later rows of
-    /// its key skip the fast path (which would otherwise overtake it).
+    /// Lease owner of rows this relay's poller claimed (the relay's id).
+    /// Fast-path rows are leased to their transaction instead, so a row
+    /// claimed by the poller makes later rows of its key skip the fast path
+    /// (which would otherwise overtake it).
     poll_owner: Uuid,
     /// A sender kept to see whether reserved fast-path slots are still out.
     fast_probe: mpsc::Sender<FastMsg>,
@@ -432,6 +437,17 @@ impl<S: Store, B: Broker> Shared<S, B> {
         }
     }
 
+    /// Releases fast-path rows, each under its own transaction's lease.
+    async fn release_fast(&self, msgs: &[FastMsg]) {
+        let mut by_owner: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        for m in msgs {
+            by_owner.entry(m.lease.owner).or_default().push(m.envelope.id);
+        }
+        for (owner, ids) in by_owner {
+            self.release(&ids, owner).await;
+        }
+    }
+
     async fn release(&self, ids: &[Uuid], owner: Uuid) {
         if ids.is_empty() {
             return;
@@ -478,7 +494,7 @@ impl<S: Store, B: Broker> Shared<S, B> {
 
     fn hold(&self, key: KeyId) {
         // Any fast-path message of this key was leased before now + lease.
-        let until = crate::tx::fast_lease(self.fast_owner, self.now(), self.config.lease).until;
+        let until = crate::tx::fast_lease(Uuid::nil(), self.now(), self.config.lease).until;
         self.held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -653,10 +669,7 @@ async fn fast_loop<S: Store, B: Broker>(
                     attempt = 1,
                     path = "fast",
                 );
-                let lease = Lease {
-                    owner: shared.fast_owner,
-                    until: msg.lease_until,
-                };
+                let lease = msg.lease;
                 let outcome = shared
                     .publish_one(&msg.envelope, lease)
                     .instrument(span)
@@ -682,8 +695,8 @@ async fn fast_loop<S: Store, B: Broker>(
                 let Some(key) = keys.remove(&id) else { continue };
                 if failed {
                     shared.hold(key.clone());
-                    let ids: Vec<Uuid> = queues.remove(&key).into_iter().flatten().map(|m| m.envelope.id).collect();
-                    shared.release(&ids, shared.fast_owner).await;
+                    let waiting: Vec<FastMsg> = queues.remove(&key).into_iter().flatten().collect();
+                    shared.release_fast(&waiting).await;
                 } else if let Some(next) = queues.get_mut(&key).and_then(VecDeque::pop_front) {
                     spawn(&mut running, &mut keys, next);
                 } else {
@@ -696,7 +709,7 @@ async fn fast_loop<S: Store, B: Broker>(
                     None => spawn(&mut running, &mut keys, msg),
                     Some(key) => {
                         if shared.is_held(&key, shared.now()) {
-                            shared.release(&[msg.envelope.id], shared.fast_owner).await;
+                            shared.release(&[msg.envelope.id], msg.lease.owner).await;
                         } else if let Some(q) = queues.get_mut(&key) {
                             q.push_back(msg);
                         } else {
@@ -714,27 +727,23 @@ async fn fast_loop<S: Store, B: Broker>(
     // (bounded) until every slot is used or given back, so that its row is
     // released too rather than left leased until the lease runs out.
     shared.accepting.store(false, Ordering::Release);
-    let mut waiting: Vec<Uuid> = queues
-        .into_values()
-        .flatten()
-        .map(|m| m.envelope.id)
-        .collect();
+    let mut waiting: Vec<FastMsg> = queues.into_values().flatten().collect();
     let deadline = tokio::time::Instant::now() + shared.config.shutdown_timeout;
     loop {
         while let Ok(msg) = rx.try_recv() {
-            waiting.push(msg.envelope.id);
+            waiting.push(msg);
         }
         let all_back = shared.fast_probe.capacity() == shared.fast_probe.max_capacity();
         if all_back || tokio::time::Instant::now() >= deadline {
             break;
         }
         tokio::select! {
-            msg = rx.recv() => waiting.extend(msg.map(|m| m.envelope.id)),
+            msg = rx.recv() => waiting.extend(msg),
             () = tokio::time::sleep(Duration::from_millis(5)) => {}
         }
     }
     rx.close();
-    shared.release(&waiting, shared.fast_owner).await;
+    shared.release_fast(&waiting).await;
     drain(&mut running, shared.config.shutdown_timeout).await;
 }
 

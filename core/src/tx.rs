@@ -88,8 +88,9 @@ impl<DB: sqlx::Database> Outbox<DB> {
 
     /// Hands committed messages to `relay` right after commit (the fast path).
     ///
-    /// Messages are written leased to the relay, so no other relay publishes
-    /// them meanwhile; the relay's clock is used for timestamps.
+    /// Messages are written with a fast-path lease (owned by their
+    /// transaction), so no relay's poller publishes them meanwhile; the
+    /// relay's clock is used for timestamps.
     pub fn with_relay(self, relay: &crate::RelayHandle) -> Self {
         let link = relay.link();
         let inner = OutboxInner {
@@ -112,7 +113,7 @@ impl<DB: sqlx::Database> Outbox<DB> {
     /// messages but never hand them to the relay, as if the process died
     /// right after `COMMIT`.
     ///
-    /// Their rows stay leased to the relay until the lease runs out; then a
+    /// Their rows stay leased until the lease runs out; then a
     /// relay's poller publishes them, as it does a crash's leftovers. Replaces
     /// any count set before; `0` turns it off.
     #[cfg(feature = "testing")]
@@ -231,6 +232,7 @@ impl<DB: sqlx::Database> Outbox<DB> {
             pending: Vec::new(),
             nudge: false,
             nested: depth > 1,
+            fast_owner: Uuid::now_v7(),
         }
     }
 }
@@ -250,6 +252,13 @@ pub struct Tx<'c, DB: sqlx::Database> {
     /// Begun inside another transaction: its commit is not the one that
     /// makes the rows visible, so nothing goes to the fast path.
     nested: bool,
+    /// Lease owner of this transaction's fast-path rows. One per
+    /// transaction, not per relay: a later row of a key goes in leased only
+    /// past earlier rows of this same transaction, whose hand-offs arrive in
+    /// order; a row of another transaction of the key, even one of this
+    /// process whose hand-off is still on its way, sends it to the poller,
+    /// which publishes it after that row.
+    fast_owner: Uuid,
 }
 
 impl<DB: sqlx::Database> fmt::Debug for Tx<'_, DB> {
@@ -300,7 +309,7 @@ impl<'c, DB: sqlx::Database> Tx<'c, DB> {
         // A permit reserves room on the fast path before the row is written, so
         // a leased row is always handed over after commit.
         let reserved = match &inner.relay {
-            Some(relay) if !self.nested => relay.reserve(now),
+            Some(relay) if !self.nested => relay.reserve(self.fast_owner, now),
             _ => None,
         };
         let lease = reserved.as_ref().map(|(lease, _)| *lease);
@@ -324,7 +333,7 @@ impl<'c, DB: sqlx::Database> Tx<'c, DB> {
                 self.pending.push((
                     FastMsg {
                         envelope,
-                        lease_until: lease.until,
+                        lease,
                     },
                     permit,
                 ));
@@ -353,6 +362,7 @@ impl<'c, DB: sqlx::Database> Tx<'c, DB> {
             pending,
             nudge,
             nested: _,
+            fast_owner: _,
         } = self;
         fail::fail_point!("txmsg::before_commit", |_| Err(Error::Shutdown));
         txn.commit().await?;

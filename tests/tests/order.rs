@@ -77,7 +77,6 @@ macro_rules! t1_then_t2 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fast-path commit order (issue #16, item 5) is not fixed yet: publishes [\"t2\", \"t1\"]"]
 async fn fast_path_keeps_commit_order_on_sqlite() {
     let scenario = fail::FailScenario::setup();
     let path = std::env::temp_dir().join(format!("txmsg-order-{}.db", uuid::Uuid::now_v7()));
@@ -107,7 +106,6 @@ async fn fast_path_keeps_commit_order_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fast-path commit order (issue #16, item 5) is not fixed yet: publishes [\"t2\", \"t1\"]"]
 async fn fast_path_keeps_commit_order_on_postgres() {
     let scenario = fail::FailScenario::setup();
     let pg = PgSchema::new().await;

@@ -364,3 +364,100 @@ async fn case_differing_idempotency_keys_are_distinct() {
     })
     .await;
 }
+
+/// Concurrent producers of one key with a relay attached, at the default
+/// REPEATABLE READ: none of them is rolled back by a deadlock (error 1213),
+/// and every message is published once, in the order of its commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_producers_of_one_key_never_deadlock() {
+    const TASKS: usize = 12;
+    const PER_TASK: usize = 60;
+    with_schema(|pool, schema| async move {
+        let store = MySqlStore::new(pool.clone(), tables(&schema));
+        store.migrate().await.expect("migrate");
+        let broker = txmsg_memory::MemoryBroker::new();
+        let mut sub = broker.observe("my.one-key");
+        let relay = txmsg_core::Relay::new(
+            store.clone(),
+            broker,
+            txmsg_core::RelayConfig {
+                poll_interval: std::time::Duration::from_millis(1),
+                ..txmsg_core::RelayConfig::default()
+            },
+        )
+        .expect("relay")
+        .start();
+        let outbox = Outbox::new(&store).with_relay(&relay);
+        // Whenever every earlier row of the key is sent, a check of the key
+        // reads up to the end of its rows.
+        let mut tx = outbox.begin().await.expect("begin");
+        tx.enqueue(Message::new("my.one-key", &0).expect("message").key("k"))
+            .await
+            .expect("enqueue");
+        tx.commit().await.expect("commit");
+        sub.recv().await.expect("the first message");
+        let mut tasks = tokio::task::JoinSet::new();
+        for task in 0..TASKS {
+            let outbox = outbox.clone();
+            tasks.spawn(async move {
+                let mut deadlocks = Vec::new();
+                for n in 0..PER_TASK {
+                    let attempt = async {
+                        let mut tx = outbox.begin().await?;
+                        tx.enqueue(
+                            Message::new("my.one-key", &(task, n))?
+                                .key("k")
+                                .idempotency_key(format!("{task}-{n}")),
+                        )
+                        .await?;
+                        tx.commit().await
+                    };
+                    if let Err(e) = attempt.await {
+                        deadlocks.push(txmsg_core::__private::error_chain(&e));
+                    }
+                }
+                deadlocks
+            });
+        }
+        let mut failed = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            failed.extend(done.expect("producer task"));
+        }
+        let total = TASKS * PER_TASK;
+        let mut published = HashSet::new();
+        // Each task's transactions are serialised (one begins after the
+        // last committed), so its messages must come out in its order.
+        let mut last_of_task = vec![None::<usize>; TASKS];
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        while published.len() < total - failed.len() {
+            match tokio::time::timeout_at(deadline, sub.recv()).await {
+                Ok(Some(e)) => {
+                    let (task, n) = e.idempotency_key.split_once('-').expect("task-n");
+                    let (task, n): (usize, usize) =
+                        (task.parse().expect("task"), n.parse().expect("n"));
+                    assert!(
+                        last_of_task[task].is_none_or(|last| last < n),
+                        "{task}-{n} published after {task}-{:?}",
+                        last_of_task[task]
+                    );
+                    last_of_task[task] = Some(n);
+                    assert!(
+                        published.insert(e.idempotency_key.clone()),
+                        "{} published twice",
+                        e.idempotency_key
+                    );
+                }
+                _ => break,
+            }
+        }
+        relay.shutdown().await;
+        assert!(
+            failed.is_empty(),
+            "{} of {total} transactions failed, first: {:?}",
+            failed.len(),
+            failed.first()
+        );
+        assert_eq!(published.len(), total, "every message published");
+    })
+    .await;
+}
