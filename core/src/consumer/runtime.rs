@@ -632,6 +632,11 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                 "shutdown timeout: running handlers abandoned; their messages are delivered again"
             );
             running.abort_all();
+            // Wait until they are gone: their transactions rolled back and
+            // their deliveries handed back before `shutdown` returns, so a
+            // consumer started next cannot apply a later message of a key
+            // before an abandoned earlier one is back in the queue.
+            while running.join_next().await.is_some() {}
         }
     }
 
