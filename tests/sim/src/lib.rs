@@ -1,0 +1,926 @@
+//! A seeded concurrency simulation of txmsg, checked by counting.
+//!
+//! One [`run`] is one schedule: from its seed it draws how many producers,
+//! relays and consumers run, what each transaction writes (one or two
+//! messages, ordering keys from a small set, one idempotency key on two
+//! topics, rollbacks, savepoints that commit or roll back, half messages
+//! resolved by their producer or left to the check-back), and which faults
+//! hit: publish panics, refused publishes, lost and slow confirms, handler
+//! panics and failures, a relay and a consumer shut down and replaced at a
+//! random point, leases that run out under slow confirms. Everything runs
+//! in one process on SQLite (a file, so that connections really interleave)
+//! and the in-process broker.
+//!
+//! When the producers are done and everything has settled (or a bound has
+//! passed), [`run`] counts:
+//!
+//! - **nothing lost**: every committed message is applied by every group
+//!   subscribed to its topic;
+//! - **no phantom**: nothing of a rolled-back transaction, a rolled-back
+//!   savepoint or a rolled-back half message is applied;
+//! - **nothing applied twice** per group (effects are counted, not the
+//!   inbox);
+//! - **per-key commit order**: one producer's transactions are serialised,
+//!   so at every group its messages of one (topic, key) are applied in the
+//!   order it committed them;
+//! - **nothing stuck**: no row is left pending, prepared or dead, and no
+//!   delivery is dead-lettered by a consumer;
+//! - **no committed half message dead**.
+//!
+//! # Why not a deterministic executor
+//!
+//! FoundationDB-style simulation (and shuttle, turmoil, madsim) owns every
+//! source of nondeterminism: the scheduler, time and I/O. txmsg runs on
+//! Tokio and sqlx, whose SQLite driver does its work on its own threads;
+//! madsim and shuttle would need both replaced, and turmoil simulates the
+//! network, which this process does not use. So the seed fixes the
+//! *schedule*, that is every decision and every fault, but not the thread
+//! interleaving, which the real runtime varies from run to run (as it does
+//! in production). A failing seed replays the same schedule; run it a few
+//! times if the interleaving that broke it is rare. Faults inside the
+//! broker and the handlers are drawn per message and attempt from the seed
+//! (not from a shared stream), so they do not depend on timing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use txmsg::consumer::{Consumer, ConsumerConfig, ConsumerHandle, InboxStore};
+use txmsg::half::{CheckBackConfig, CheckBackHandle, CheckBackWorker, CheckStatus};
+use txmsg::memory::MemoryBroker;
+use txmsg::prelude::*;
+use txmsg::sqlite::SqliteStore;
+use txmsg::{DeadFilter, Envelope, Error, Message, Outbox, Relay, RelayConfig, RelayHandle, Tx};
+
+/// Topic consumed by both groups.
+pub const TOPIC_A: &str = "sim.a";
+/// Topic consumed by group one only.
+pub const TOPIC_B: &str = "sim.b";
+/// Topic of half messages, consumed by group one.
+pub const TOPIC_H: &str = "sim.h";
+/// The groups, and the topics each consumes.
+const GROUPS: [(&str, &[&str]); 2] = [
+    ("sim-1", &[TOPIC_A, TOPIC_B, TOPIC_H]),
+    ("sim-2", &[TOPIC_A]),
+];
+
+/// What a message carries: who wrote it, where, and the faults its handlers
+/// and publishes meet (drawn from the seed when it was written).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rec {
+    /// The simulation run (its store file is found by this).
+    pub run: u64,
+    /// Producer number.
+    pub producer: u32,
+    /// The producer's transaction number (its commit order).
+    pub n: u32,
+    /// Message number within the transaction.
+    pub i: u32,
+    /// Handler attempts that panic, then fail, before one succeeds.
+    pub panics: u8,
+    /// Handler attempts that return an error after the panics.
+    pub failures: u8,
+}
+
+/// Per-run state the handlers and check-backs reach through [`Rec::run`].
+struct RunState {
+    pool: sqlx::SqlitePool,
+    /// Handler attempts per (group, topic, idempotency key).
+    attempts: HashMap<(String, String, String), u32>,
+}
+
+static RUNS: Mutex<BTreeMap<u64, RunState>> = Mutex::new(BTreeMap::new());
+
+fn runs() -> std::sync::MutexGuard<'static, BTreeMap<u64, RunState>> {
+    RUNS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The handler body shared by every (group, topic): injected panics and
+/// failures first, then the effect, in the handler's transaction.
+async fn apply(
+    group: &str,
+    tx: &mut Tx<'_, sqlx::Sqlite>,
+    rec: Rec,
+    env: &Envelope,
+) -> Result<(), Error> {
+    let attempt = {
+        let mut runs = runs();
+        let state = runs.get_mut(&rec.run).ok_or(Error::Shutdown)?;
+        let n = state
+            .attempts
+            .entry((
+                group.to_owned(),
+                env.topic.clone(),
+                env.idempotency_key.clone(),
+            ))
+            .or_insert(0);
+        *n += 1;
+        *n
+    };
+    if attempt <= u32::from(rec.panics) {
+        panic!("injected handler panic (attempt {attempt})");
+    }
+    if attempt <= u32::from(rec.panics) + u32::from(rec.failures) {
+        return Err(Error::Broker {
+            message: format!("injected handler failure (attempt {attempt})"),
+            retryable: true,
+            source: None,
+        });
+    }
+    sqlx::query(
+        "INSERT INTO effects (grp, topic, idem, okey, producer, n, i) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .bind(group)
+    .bind(&env.topic)
+    .bind(&env.idempotency_key)
+    .bind(env.key.as_deref())
+    .bind(rec.producer)
+    .bind(rec.n)
+    .bind(rec.i)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[txmsg::message_handler(topic = "sim.a", group = "sim-1", max_attempts = 1000)]
+async fn sim1_a(tx: &mut Tx<'_, sqlx::Sqlite>, rec: Rec, env: &Envelope) -> Result<(), Error> {
+    apply("sim-1", tx, rec, env).await
+}
+
+#[txmsg::message_handler(topic = "sim.b", group = "sim-1", max_attempts = 1000)]
+async fn sim1_b(tx: &mut Tx<'_, sqlx::Sqlite>, rec: Rec, env: &Envelope) -> Result<(), Error> {
+    apply("sim-1", tx, rec, env).await
+}
+
+#[txmsg::message_handler(topic = "sim.h", group = "sim-1", max_attempts = 1000)]
+async fn sim1_h(tx: &mut Tx<'_, sqlx::Sqlite>, rec: Rec, env: &Envelope) -> Result<(), Error> {
+    apply("sim-1", tx, rec, env).await
+}
+
+#[txmsg::message_handler(topic = "sim.a", group = "sim-2", max_attempts = 1000)]
+async fn sim2_a(tx: &mut Tx<'_, sqlx::Sqlite>, rec: Rec, env: &Envelope) -> Result<(), Error> {
+    apply("sim-2", tx, rec, env).await
+}
+
+/// The half messages' check-back: Commit if the producer recorded its
+/// decision to commit, Rollback if it recorded a rollback, Unknown while it
+/// has recorded neither (its business transaction may still be running).
+#[txmsg::check_back(topic = "sim.h")]
+async fn sim_check(rec: &Rec) -> Result<CheckStatus, Error> {
+    let pool = runs()
+        .get(&rec.run)
+        .map(|s| s.pool.clone())
+        .ok_or(Error::Shutdown)?;
+    let decided: Option<i64> =
+        sqlx::query_scalar("SELECT committed FROM half_decisions WHERE producer = ?1 AND n = ?2")
+            .bind(rec.producer)
+            .bind(rec.n)
+            .fetch_optional(&pool)
+            .await?;
+    Ok(match decided {
+        Some(1) => CheckStatus::Commit,
+        Some(_) => CheckStatus::Rollback,
+        None => CheckStatus::Unknown,
+    })
+}
+
+/// The schedule drawn from a seed.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The seed.
+    pub seed: u64,
+    /// Producer tasks.
+    pub producers: u32,
+    /// Transactions per producer.
+    pub transactions: u32,
+    /// Relays over the store (as if in several processes).
+    pub relays: u32,
+    /// Ordering keys in use (each producer has its own).
+    pub keys: u32,
+    /// Percent chances, per transaction: rolled back, a savepoint, a half
+    /// message, one idempotency key on two topics.
+    pub rollback_pct: u32,
+    /// See `rollback_pct`.
+    pub savepoint_pct: u32,
+    /// See `rollback_pct`.
+    pub half_pct: u32,
+    /// See `rollback_pct`.
+    pub shared_key_pct: u32,
+    /// Percent chances, per publish attempt: panic, refused, confirm lost
+    /// (published, reported failed), slow confirm.
+    pub publish_panic_pct: u32,
+    /// See `publish_panic_pct`.
+    pub publish_fail_pct: u32,
+    /// See `publish_panic_pct`.
+    pub lost_confirm_pct: u32,
+    /// See `publish_panic_pct`.
+    pub slow_pct: u32,
+    /// Percent chance that a message's handler panics / fails first.
+    pub handler_fault_pct: u32,
+    /// After how many committed transactions (all producers) relay 0 is
+    /// shut down and replaced; `None`: never.
+    pub relay_restart_after: Option<u32>,
+    /// After how many committed transactions group one's consumer is shut
+    /// down and replaced; `None`: never.
+    pub consumer_restart_after: Option<u32>,
+    /// The relays' lease (short: some slow confirms outlive it).
+    pub lease: Duration,
+}
+
+impl Plan {
+    /// Draws the schedule of `seed`.
+    pub fn new(seed: u64) -> Self {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let producers = rng.u32(1..=4);
+        let transactions = rng.u32(4..=14);
+        let total = producers * transactions;
+        Plan {
+            seed,
+            producers,
+            transactions,
+            relays: rng.u32(1..=2),
+            keys: rng.u32(1..=3),
+            rollback_pct: rng.u32(0..=20),
+            savepoint_pct: rng.u32(0..=20),
+            half_pct: rng.u32(0..=25),
+            shared_key_pct: rng.u32(0..=20),
+            publish_panic_pct: rng.u32(0..=5),
+            publish_fail_pct: rng.u32(0..=15),
+            lost_confirm_pct: rng.u32(0..=10),
+            slow_pct: rng.u32(0..=10),
+            handler_fault_pct: rng.u32(0..=25),
+            relay_restart_after: rng.bool().then(|| rng.u32(0..total)),
+            consumer_restart_after: rng.bool().then(|| rng.u32(0..total)),
+            lease: Duration::from_millis(rng.u64(1000..=2000)),
+        }
+    }
+}
+
+/// A broken promise found by the checker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Which promise.
+    pub invariant: &'static str,
+    /// What was counted.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.invariant, self.detail)
+    }
+}
+
+/// What one run did and found.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Messages of committed transactions, per group that consumes them.
+    pub expected_applications: usize,
+    /// Messages written by transactions (or savepoints, or half messages)
+    /// that rolled back.
+    pub rolled_back: usize,
+    /// Publishes the broker wrapper reported failed (panic, refusal, lost
+    /// confirm), and those it slowed down.
+    pub publish_faults: usize,
+    /// Invariant checks made (one per counted item).
+    pub checks: usize,
+    /// What broke.
+    pub violations: Vec<Violation>,
+}
+
+/// The in-process broker behind faults drawn per message and attempt.
+#[derive(Debug, Clone)]
+struct FaultyBroker {
+    inner: MemoryBroker,
+    plan: Arc<Plan>,
+    attempts: Arc<Mutex<HashMap<(String, String), u32>>>,
+    faults: Arc<Mutex<usize>>,
+}
+
+enum Fault {
+    Panic,
+    Refuse,
+    LoseConfirm,
+    Slow(Duration),
+}
+
+impl FaultyBroker {
+    fn fault(&self, env: &Envelope) -> Option<Fault> {
+        let attempt = {
+            let mut attempts = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
+            let n = attempts
+                .entry((env.topic.clone(), env.idempotency_key.clone()))
+                .or_insert(0);
+            *n += 1;
+            *n
+        };
+        // From the message's name, not its id (a time-based UUID differs
+        // on every run), so that a seed replays the same faults.
+        let mut rng = fastrand::Rng::with_seed(fnv(&[
+            &self.plan.seed.to_le_bytes(),
+            env.topic.as_bytes(),
+            env.idempotency_key.as_bytes(),
+            &attempt.to_le_bytes(),
+        ]));
+        let p = &self.plan;
+        let roll = rng.u32(0..100);
+        let mut edge = p.publish_panic_pct;
+        if roll < edge {
+            return Some(Fault::Panic);
+        }
+        edge += p.publish_fail_pct;
+        if roll < edge {
+            return Some(Fault::Refuse);
+        }
+        edge += p.lost_confirm_pct;
+        if roll < edge {
+            return Some(Fault::LoseConfirm);
+        }
+        edge += p.slow_pct;
+        if roll < edge {
+            // Mostly short; one in four up to longer than the lease, so
+            // that the publish times out and another relay may take the row.
+            let most = if rng.u32(0..4) == 0 {
+                u64::try_from(p.lease.as_millis()).unwrap_or(u64::MAX) * 3 / 2
+            } else {
+                50
+            };
+            return Some(Fault::Slow(Duration::from_millis(rng.u64(1..=most))));
+        }
+        None
+    }
+
+    fn count(&self) {
+        *self.faults.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+    }
+}
+
+impl Broker for FaultyBroker {
+    async fn publish(&self, envelope: &Envelope) -> txmsg::Result<()> {
+        let refused = || Error::Broker {
+            message: "injected: refused".to_owned(),
+            retryable: true,
+            source: None,
+        };
+        match self.fault(envelope) {
+            None => self.inner.publish(envelope).await,
+            Some(Fault::Panic) => {
+                self.count();
+                panic!("injected publish panic")
+            }
+            Some(Fault::Refuse) => {
+                self.count();
+                Err(refused())
+            }
+            Some(Fault::LoseConfirm) => {
+                self.count();
+                self.inner.publish(envelope).await?;
+                Err(Error::Broker {
+                    message: "injected: confirm lost".to_owned(),
+                    retryable: true,
+                    source: None,
+                })
+            }
+            Some(Fault::Slow(d)) => {
+                self.count();
+                tokio::time::sleep(d).await;
+                self.inner.publish(envelope).await
+            }
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        spec: &txmsg::consumer::SubscribeSpec,
+    ) -> txmsg::Result<txmsg::consumer::Subscription> {
+        self.inner.subscribe(spec).await
+    }
+}
+
+/// FNV-1a over `parts`: a stable hash (std's is randomly keyed per process).
+fn fnv(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in *part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// What producers wrote, for the checker.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// (topic, idempotency key, ordering key, producer, n, i) of messages
+    /// that must be applied.
+    committed: Vec<(String, String, Option<String>, u32, u32, u32)>,
+    /// (topic, idempotency key) of messages that must never be applied.
+    rolled_back: Vec<(String, String)>,
+    /// Committed transactions so far (drives the restarts).
+    commits: u32,
+}
+
+struct World {
+    plan: Arc<Plan>,
+    store: SqliteStore,
+    broker: FaultyBroker,
+    relays: Mutex<Vec<RelayHandle>>,
+    consumers: Mutex<Vec<ConsumerHandle<SqliteStore>>>,
+    checks: CheckBackHandle,
+    ledger: Mutex<Ledger>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn relay_config(plan: &Plan) -> RelayConfig {
+    RelayConfig {
+        poll_interval: Duration::from_millis(10),
+        lease: plan.lease,
+        publish_timeout: plan.lease / 3,
+        backoff_min: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(50),
+        max_attempts: 1000,
+        shutdown_timeout: Duration::from_millis(200),
+        mark_interval: Duration::from_millis(5),
+        ..RelayConfig::default()
+    }
+}
+
+async fn start_consumer(
+    world_store: &SqliteStore,
+    broker: &FaultyBroker,
+    group: &str,
+) -> txmsg::Result<ConsumerHandle<SqliteStore>> {
+    let config = ConsumerConfig {
+        backoff_min: Duration::from_millis(2),
+        backoff_max: Duration::from_millis(20),
+        shutdown_timeout: Duration::from_millis(200),
+        ..ConsumerConfig::new(group)
+    };
+    Consumer::new(world_store.clone(), broker.clone(), config)?
+        .start()
+        .await
+}
+
+impl World {
+    /// Called after each committed transaction: the scheduled restarts.
+    async fn committed(&self) -> txmsg::Result<()> {
+        let commits = {
+            let mut ledger = lock(&self.ledger);
+            ledger.commits += 1;
+            ledger.commits
+        };
+        if self.plan.relay_restart_after == Some(commits) {
+            let old = lock(&self.relays)[0].clone();
+            old.shutdown().await;
+            let fresh = Relay::new(
+                self.store.clone(),
+                self.broker.clone(),
+                relay_config(&self.plan),
+            )?
+            .start();
+            lock(&self.relays)[0] = fresh;
+        }
+        if self.plan.consumer_restart_after == Some(commits) {
+            let old = lock(&self.consumers)[0].clone();
+            old.shutdown().await;
+            let fresh = start_consumer(&self.store, &self.broker, GROUPS[0].0).await?;
+            lock(&self.consumers)[0] = fresh;
+        }
+        Ok(())
+    }
+
+    fn outbox(&self, producer: u32) -> Outbox<sqlx::Sqlite> {
+        let relays = lock(&self.relays);
+        let relay = &relays[producer as usize % relays.len()];
+        Outbox::new(&self.store).with_relay(relay)
+    }
+}
+
+/// One producer's transactions, in order (each begins after the last one
+/// committed or rolled back).
+async fn produce(world: Arc<World>, producer: u32) -> txmsg::Result<()> {
+    let plan = Arc::clone(&world.plan);
+    let mut rng =
+        fastrand::Rng::with_seed(plan.seed.wrapping_mul(31).wrapping_add(u64::from(producer)));
+    for n in 0..plan.transactions {
+        let outbox = world.outbox(producer);
+        let roll = rng.u32(0..100);
+        let rec = |i: u32, rng: &mut fastrand::Rng| {
+            let faulty = rng.u32(0..100) < plan.handler_fault_pct;
+            Rec {
+                run: plan.seed,
+                producer,
+                n,
+                i,
+                panics: if faulty { rng.u8(0..=1) } else { 0 },
+                failures: if faulty { rng.u8(0..=2) } else { 0 },
+            }
+        };
+        if roll < plan.half_pct {
+            half(&world, &outbox, producer, n, rec(0, &mut rng), &mut rng).await?;
+            continue;
+        }
+        let rollback = rng.u32(0..100) < plan.rollback_pct;
+        let savepoint = rng.u32(0..100) < plan.savepoint_pct;
+        let savepoint_rollback = savepoint && rng.bool();
+        let shared = rng.u32(0..100) < plan.shared_key_pct;
+        let count = rng.u32(1..=2);
+        let mut messages = Vec::new();
+        for i in 0..count {
+            let topic = if shared || rng.bool() {
+                TOPIC_A
+            } else {
+                TOPIC_B
+            };
+            let key =
+                (rng.u32(0..4) > 0).then(|| format!("p{producer}-k{}", rng.u32(0..plan.keys)));
+            messages.push((topic, format!("p{producer}-{n}-{i}"), key, rec(i, &mut rng)));
+        }
+        if shared {
+            // The first message's idempotency key again, on the other topic.
+            let (_, idem, key, first) = messages[0].clone();
+            messages.push((TOPIC_B, idem, key, Rec { i: count, ..first }));
+        }
+        let mut tx = outbox.begin().await?;
+        sqlx::query("INSERT INTO business (producer, n) VALUES (?1, ?2)")
+            .bind(producer)
+            .bind(n)
+            .execute(&mut *tx)
+            .await?;
+        let mut in_savepoint = Vec::new();
+        for (topic, idem, key, rec) in &messages {
+            let mut m = Message::new(topic, rec)?.idempotency_key(idem.clone());
+            if let Some(k) = key {
+                m = m.key(k.clone());
+            }
+            if savepoint && rec.i + 1 == count {
+                in_savepoint.push(m);
+            } else {
+                tx.enqueue(m).await?;
+            }
+        }
+        if !in_savepoint.is_empty() {
+            let inner = sqlx::Connection::begin(&mut *tx).await?;
+            let mut inner = outbox.wrap(inner);
+            for m in in_savepoint {
+                inner.enqueue(m).await?;
+            }
+            if savepoint_rollback {
+                inner.rollback().await?;
+            } else {
+                inner.commit().await?;
+            }
+        }
+        let committed = if rollback {
+            tx.rollback().await?;
+            false
+        } else {
+            tx.commit().await?;
+            true
+        };
+        {
+            let mut ledger = lock(&world.ledger);
+            for (topic, idem, key, rec) in messages {
+                let lost_with_savepoint = savepoint_rollback && rec.i + 1 == count;
+                if committed && !lost_with_savepoint {
+                    ledger
+                        .committed
+                        .push((topic.to_owned(), idem, key, producer, n, rec.i));
+                } else {
+                    ledger.rolled_back.push((topic.to_owned(), idem));
+                }
+            }
+        }
+        if committed {
+            world.committed().await?;
+        }
+    }
+    Ok(())
+}
+
+/// A half message: prepared, then the business decision recorded, then
+/// the producer settles it itself, or leaves it to the check-back (which
+/// may also run before the decision and answer Unknown).
+async fn half(
+    world: &World,
+    outbox: &Outbox<sqlx::Sqlite>,
+    producer: u32,
+    n: u32,
+    rec: Rec,
+    rng: &mut fastrand::Rng,
+) -> txmsg::Result<()> {
+    let idem = format!("p{producer}-{n}-h");
+    let check_after = Duration::from_millis(rng.u64(1..=40));
+    let settle = rng.u32(0..3);
+    // A half message commits when it is resolved. One the producer settles
+    // itself commits in the producer's order and shares its key with the
+    // producer's other half messages; one left to the check-back commits
+    // whenever the check-back resolves it, an order the checker cannot
+    // know, so it gets a key of its own.
+    let key = if settle == 0 {
+        format!("p{producer}-half-{n}")
+    } else {
+        format!("p{producer}-half")
+    };
+    let prepared = outbox
+        .prepare(
+            Message::new(TOPIC_H, &rec)?
+                .idempotency_key(idem.clone())
+                .key(key.clone()),
+            check_after,
+        )
+        .await?;
+    let commit = rng.u32(0..100) >= 25;
+    tokio::time::sleep(Duration::from_millis(rng.u64(0..=30))).await;
+    sqlx::query("INSERT INTO half_decisions (producer, n, committed) VALUES (?1, ?2, ?3)")
+        .bind(producer)
+        .bind(n)
+        .bind(i64::from(commit))
+        .execute(world.store.pool())
+        .await?;
+    match settle {
+        0 => {} // left to the check-back
+        _ if commit => prepared.commit().await?,
+        _ => {
+            prepared.rollback().await?;
+        }
+    }
+    let mut ledger = lock(&world.ledger);
+    if commit {
+        ledger
+            .committed
+            .push((TOPIC_H.to_owned(), idem, Some(key), producer, n, 0));
+    } else {
+        ledger.rolled_back.push((TOPIC_H.to_owned(), idem));
+    }
+    Ok(())
+}
+
+/// Effects applied: (group, topic, idempotency key) -> how many, and the
+/// order in which each group applied them.
+async fn effects(
+    pool: &sqlx::SqlitePool,
+) -> txmsg::Result<Vec<(String, String, String, Option<String>, u32, u32, u32)>> {
+    Ok(
+        sqlx::query_as("SELECT grp, topic, idem, okey, producer, n, i FROM effects ORDER BY seq")
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// Runs the schedule of `seed` and counts. `bound` is how long everything
+/// may take to settle after the producers finished.
+///
+/// # Errors
+///
+/// When the simulation itself could not run (the store could not be made,
+/// a producer's statement failed for a reason that is not a fault).
+pub async fn run(seed: u64, bound: Duration) -> txmsg::Result<Report> {
+    let plan = Arc::new(Plan::new(seed));
+    let path: PathBuf =
+        std::env::temp_dir().join(format!("txmsg-sim-{seed}-{}.db", uuid::Uuid::now_v7()));
+    let store = SqliteStore::connect(&format!("sqlite://{}", path.display())).await?;
+    store.migrate().await?;
+    for ddl in [
+        "CREATE TABLE business (producer INTEGER NOT NULL, n INTEGER NOT NULL)",
+        "CREATE TABLE half_decisions (producer INTEGER NOT NULL, n INTEGER NOT NULL, committed INTEGER NOT NULL)",
+        "CREATE TABLE effects (seq INTEGER PRIMARY KEY AUTOINCREMENT, grp TEXT NOT NULL, topic TEXT NOT NULL, \
+         idem TEXT NOT NULL, okey TEXT, producer INTEGER NOT NULL, n INTEGER NOT NULL, i INTEGER NOT NULL)",
+    ] {
+        sqlx::query(ddl).execute(store.pool()).await?;
+    }
+    runs().insert(
+        seed,
+        RunState {
+            pool: store.pool().clone(),
+            attempts: HashMap::new(),
+        },
+    );
+    let outcome = simulate(Arc::clone(&plan), store.clone(), bound).await;
+    runs().remove(&seed);
+    store.pool().close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    outcome
+}
+
+async fn simulate(plan: Arc<Plan>, store: SqliteStore, bound: Duration) -> txmsg::Result<Report> {
+    let broker = FaultyBroker {
+        inner: MemoryBroker::new(),
+        plan: Arc::clone(&plan),
+        attempts: Arc::default(),
+        faults: Arc::default(),
+    };
+    // Consumers first: a group receives what is published after it subscribed.
+    let mut consumers = Vec::new();
+    for (group, _) in GROUPS {
+        consumers.push(start_consumer(&store, &broker, group).await?);
+    }
+    let mut relays = Vec::new();
+    for _ in 0..plan.relays {
+        relays.push(Relay::new(store.clone(), broker.clone(), relay_config(&plan))?.start());
+    }
+    let checks = CheckBackWorker::new(
+        store.clone(),
+        CheckBackConfig {
+            interval: Duration::from_millis(10),
+            poll_interval: Duration::from_millis(5),
+            max_checks: 10_000,
+            lease: plan.lease,
+            timeout: Duration::from_millis(100),
+            ..CheckBackConfig::default()
+        },
+    )?
+    .with_relay(&relays[0])
+    .start()?;
+    let world = Arc::new(World {
+        plan: Arc::clone(&plan),
+        store: store.clone(),
+        broker: broker.clone(),
+        relays: Mutex::new(relays),
+        consumers: Mutex::new(consumers),
+        checks,
+        ledger: Mutex::new(Ledger::default()),
+    });
+    let mut producers = tokio::task::JoinSet::new();
+    for p in 0..plan.producers {
+        producers.spawn(produce(Arc::clone(&world), p));
+    }
+    while let Some(done) = producers.join_next().await {
+        done.map_err(|e| Error::Config {
+            field: "producer",
+            reason: format!("a producer task failed: {e}"),
+        })??;
+    }
+
+    let mut report = Report::default();
+    let expected: HashMap<(String, String, String), usize> = {
+        let ledger = lock(&world.ledger);
+        report.rolled_back = ledger.rolled_back.len();
+        let mut expected = HashMap::new();
+        for (topic, idem, ..) in &ledger.committed {
+            for (group, topics) in GROUPS {
+                if topics.contains(&topic.as_str()) {
+                    expected.insert((group.to_owned(), topic.clone(), idem.clone()), 1);
+                }
+            }
+        }
+        expected
+    };
+    report.expected_applications = expected.len();
+
+    // Settle: every expected application made and the outbox empty, or the
+    // bound passed.
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let applied = effects(store.pool()).await?.len();
+        let stats = store.stats().await?;
+        if applied >= expected.len() && stats.pending == 0 && stats.prepared == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A little longer, so that a duplicate on its way is counted too.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    world.checks.shutdown().await;
+    let relays = lock(&world.relays).clone();
+    for relay in relays {
+        relay.shutdown().await;
+    }
+    let consumers = lock(&world.consumers).clone();
+    for consumer in consumers {
+        consumer.shutdown().await;
+    }
+    report.publish_faults = *lock(&broker.faults);
+    check(&world, &expected, &mut report).await?;
+    Ok(report)
+}
+
+async fn check(
+    world: &World,
+    expected: &HashMap<(String, String, String), usize>,
+    report: &mut Report,
+) -> txmsg::Result<()> {
+    let store = &world.store;
+    let applied = effects(store.pool()).await?;
+    let mut counts: HashMap<(String, String, String), usize> = HashMap::new();
+    for (group, topic, idem, ..) in &applied {
+        *counts
+            .entry((group.clone(), topic.clone(), idem.clone()))
+            .or_default() += 1;
+    }
+    let mut violate = |invariant: &'static str, detail: String| {
+        report.violations.push(Violation { invariant, detail });
+    };
+    // Nothing lost, nothing applied twice.
+    for (k, want) in expected {
+        let got = counts.get(k).copied().unwrap_or(0);
+        if got == 0 {
+            violate("nothing lost", format!("{k:?} committed, never applied"));
+        } else if got > *want {
+            violate("applied once", format!("{k:?} applied {got} times"));
+        }
+    }
+    // No phantom.
+    let (rolled_back, committed): (HashSet<(String, String)>, usize) = {
+        let ledger = lock(&world.ledger);
+        (
+            ledger.rolled_back.iter().cloned().collect(),
+            ledger.committed.len(),
+        )
+    };
+    for (k, got) in &counts {
+        if !expected.contains_key(k) {
+            let why = if rolled_back.contains(&(k.1.clone(), k.2.clone())) {
+                "rolled back"
+            } else {
+                "never written"
+            };
+            violate("no phantom", format!("{k:?} applied {got} times, {why}"));
+        }
+    }
+    // Per-key commit order at every group: one producer's messages of one
+    // (topic, key) in (n, i) order.
+    let mut last: HashMap<(String, String, String), (u32, u32)> = HashMap::new();
+    for (group, topic, idem, key, _producer, n, i) in &applied {
+        let Some(key) = key else { continue };
+        let slot = (group.clone(), topic.clone(), key.clone());
+        if let Some(prev) = last.get(&slot)
+            && *prev > (*n, *i)
+        {
+            violate(
+                "per-key commit order",
+                format!(
+                    "{slot:?}: {idem} (transaction {n}, message {i}) applied after transaction {}, message {}",
+                    prev.0, prev.1
+                ),
+            );
+        }
+        last.insert(slot, (*n, *i));
+    }
+    // Nothing stuck, nothing dead.
+    let stats = store.stats().await?;
+    if stats.pending > 0 || stats.prepared > 0 {
+        violate(
+            "nothing stuck",
+            format!(
+                "{} pending and {} prepared rows left",
+                stats.pending, stats.prepared
+            ),
+        );
+    }
+    for dead in store.dead_letters(&DeadFilter::default()).await? {
+        let half = dead.envelope.topic == TOPIC_H;
+        violate(
+            if half {
+                "no committed half message dead"
+            } else {
+                "nothing stuck"
+            },
+            format!(
+                "{} {} dead: {}",
+                dead.envelope.topic, dead.envelope.idempotency_key, dead.reason
+            ),
+        );
+    }
+    for (group, _) in GROUPS {
+        for dead in store
+            .consumer_dead_letters(group, &DeadFilter::default())
+            .await?
+        {
+            violate(
+                "nothing stuck",
+                format!(
+                    "{group} dead-lettered {}: {}",
+                    dead.envelope.idempotency_key, dead.reason
+                ),
+            );
+        }
+    }
+    report.checks = expected.len() + counts.len() + applied.len() + committed + 2;
+    Ok(())
+}
+
+/// `e` and its causes, `: `-separated.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
