@@ -441,7 +441,10 @@ impl<S: Store, B: Broker> Shared<S, B> {
     async fn release_fast(&self, msgs: &[FastMsg]) {
         let mut by_owner: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
         for m in msgs {
-            by_owner.entry(m.lease.owner).or_default().push(m.envelope.id);
+            by_owner
+                .entry(m.lease.owner)
+                .or_default()
+                .push(m.envelope.id);
         }
         for (owner, ids) in by_owner {
             self.release(&ids, owner).await;

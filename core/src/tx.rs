@@ -330,13 +330,7 @@ impl<'c, DB: sqlx::Database> Tx<'c, DB> {
                 });
             }
             (Inserted::Leased, Some((lease, permit))) => {
-                self.pending.push((
-                    FastMsg {
-                        envelope,
-                        lease,
-                    },
-                    permit,
-                ));
+                self.pending.push((FastMsg { envelope, lease }, permit));
             }
             _ => self.nudge = true,
         }

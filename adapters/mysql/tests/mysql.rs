@@ -427,7 +427,7 @@ async fn concurrent_producers_of_one_key_never_deadlock() {
         let mut published = HashSet::new();
         // Each task's transactions are serialised (one begins after the
         // last committed), so its messages must come out in its order.
-        let mut last_of_task = vec![None::<usize>; TASKS];
+        let mut last_of_task = [None::<usize>; TASKS];
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
         while published.len() < total - failed.len() {
             match tokio::time::timeout_at(deadline, sub.recv()).await {
