@@ -75,7 +75,6 @@ impl OutboxWriter<MySql> for MySqlWriter {
                 .bind(key)
                 .bind(&envelope.topic)
                 .bind(key)
-                .bind(envelope.id)
                 .bind(owner)
                 .execute(&mut *conn)
                 .await?;
