@@ -8,8 +8,9 @@
 //! hit: publish panics, refused publishes, lost and slow confirms, handler
 //! panics and failures, a relay and a consumer shut down and replaced at a
 //! random point, leases that run out under slow confirms. Everything runs
-//! in one process on SQLite (a file, so that connections really interleave)
-//! and the in-process broker.
+//! in one process on the in-process broker and a [`Backend`]: SQLite (a
+//! file, so that connections really interleave) or PostgreSQL (a schema of
+//! its own at `DATABASE_URL`).
 //!
 //! When the producers are done and everything has settled (or a bound has
 //! passed), [`run`] counts:
@@ -33,7 +34,10 @@
 //! source of nondeterminism: the scheduler, time and I/O. txmsg runs on
 //! Tokio and sqlx, whose SQLite driver does its work on its own threads;
 //! madsim and shuttle would need both replaced, and turmoil simulates the
-//! network, which this process does not use. So the seed fixes the
+//! network, which this process does not use; a proptest state machine
+//! would shrink a failing schedule, but shrinking needs a run that fails
+//! the same way each time, which real threads do not give. So the seed
+//! fixes the
 //! *schedule*, that is every decision and every fault, but not the thread
 //! interleaving, which the real runtime varies from run to run (as it does
 //! in production). A failing seed replays the same schedule; run it a few
@@ -43,7 +47,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -52,26 +55,43 @@ use txmsg::consumer::{Consumer, ConsumerConfig, ConsumerHandle, InboxStore};
 use txmsg::half::{CheckBackConfig, CheckBackHandle, CheckBackWorker, CheckStatus};
 use txmsg::memory::MemoryBroker;
 use txmsg::prelude::*;
-use txmsg::sqlite::SqliteStore;
-use txmsg::{DeadFilter, Envelope, Error, Message, Outbox, Relay, RelayConfig, RelayHandle, Tx};
+use txmsg::{DeadFilter, Envelope, Error, Message, Outbox, Relay, RelayConfig, RelayHandle};
 
-/// Topic consumed by both groups.
-pub const TOPIC_A: &str = "sim.a";
-/// Topic consumed by group one only.
-pub const TOPIC_B: &str = "sim.b";
-/// Topic of half messages, consumed by group one.
-pub const TOPIC_H: &str = "sim.h";
-/// The groups, and the topics each consumes.
-const GROUPS: [(&str, &[&str]); 2] = [
-    ("sim-1", &[TOPIC_A, TOPIC_B, TOPIC_H]),
-    ("sim-2", &[TOPIC_A]),
-];
+mod backend;
+
+pub use backend::{Backend, Postgres, Sqlite};
+
+/// The topics and groups of one backend: groups do not cross backends, so
+/// both backends' handlers can live in one process.
+#[derive(Debug, Clone, Copy)]
+pub struct Names {
+    /// Topic consumed by both groups.
+    pub a: &'static str,
+    /// Topic consumed by the first group only.
+    pub b: &'static str,
+    /// Topic of half messages, consumed by the first group.
+    pub h: &'static str,
+    /// The first group (topics a, b and h).
+    pub group1: &'static str,
+    /// The second group (topic a).
+    pub group2: &'static str,
+}
+
+impl Names {
+    /// Each group with the topics it consumes.
+    fn groups(&self) -> [(&'static str, Vec<&'static str>); 2] {
+        [
+            (self.group1, vec![self.a, self.b, self.h]),
+            (self.group2, vec![self.a]),
+        ]
+    }
+}
 
 /// What a message carries: who wrote it, where, and the faults its handlers
-/// and publishes meet (drawn from the seed when it was written).
+/// meet (drawn from the seed when it was written).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Rec {
-    /// The simulation run (its store file is found by this).
+    /// The simulation run (its state in `RUNS`).
     pub run: u64,
     /// Producer number.
     pub producer: u32,
@@ -79,17 +99,20 @@ pub struct Rec {
     pub n: u32,
     /// Message number within the transaction.
     pub i: u32,
-    /// Handler attempts that panic, then fail, before one succeeds.
+    /// Handler attempts that panic before one succeeds.
     pub panics: u8,
     /// Handler attempts that return an error after the panics.
     pub failures: u8,
 }
 
 /// Per-run state the handlers and check-backs reach through [`Rec::run`].
+#[derive(Default)]
 struct RunState {
-    pool: sqlx::SqlitePool,
     /// Handler attempts per (group, topic, idempotency key).
     attempts: HashMap<(String, String, String), u32>,
+    /// Half messages' business decisions, recorded by the producer once
+    /// they are committed: (producer, n) -> commit.
+    decisions: HashMap<(u32, u32), bool>,
 }
 
 static RUNS: Mutex<BTreeMap<u64, RunState>> = Mutex::new(BTreeMap::new());
@@ -98,14 +121,11 @@ fn runs() -> std::sync::MutexGuard<'static, BTreeMap<u64, RunState>> {
     RUNS.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The handler body shared by every (group, topic): injected panics and
-/// failures first, then the effect, in the handler's transaction.
-async fn apply(
-    group: &str,
-    tx: &mut Tx<'_, sqlx::Sqlite>,
-    rec: Rec,
-    env: &Envelope,
-) -> Result<(), Error> {
+/// The injected faults of a handler attempt: panics first, then failures,
+/// as `rec` says; `Ok` when this attempt may apply its effect.
+// The panic is the fault being injected.
+#[allow(clippy::panic_in_result_fn)]
+fn handler_faults(group: &str, rec: &Rec, env: &Envelope) -> Result<(), Error> {
     let attempt = {
         let mut runs = runs();
         let state = runs.get_mut(&rec.run).ok_or(Error::Shutdown)?;
@@ -130,62 +150,25 @@ async fn apply(
             source: None,
         });
     }
-    sqlx::query(
-        "INSERT INTO effects (grp, topic, idem, okey, producer, n, i) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )
-    .bind(group)
-    .bind(&env.topic)
-    .bind(&env.idempotency_key)
-    .bind(env.key.as_deref())
-    .bind(rec.producer)
-    .bind(rec.n)
-    .bind(rec.i)
-    .execute(&mut **tx)
-    .await?;
     Ok(())
-}
-
-#[txmsg::message_handler(topic = "sim.a", group = "sim-1", max_attempts = 1000)]
-async fn sim1_a(tx: &mut Tx<'_, sqlx::Sqlite>, rec: Rec, env: &Envelope) -> Result<(), Error> {
-    apply("sim-1", tx, rec, env).await
-}
-
-#[txmsg::message_handler(topic = "sim.b", group = "sim-1", max_attempts = 1000)]
-async fn sim1_b(tx: &mut Tx<'_, sqlx::Sqlite>, rec: Rec, env: &Envelope) -> Result<(), Error> {
-    apply("sim-1", tx, rec, env).await
-}
-
-#[txmsg::message_handler(topic = "sim.h", group = "sim-1", max_attempts = 1000)]
-async fn sim1_h(tx: &mut Tx<'_, sqlx::Sqlite>, rec: Rec, env: &Envelope) -> Result<(), Error> {
-    apply("sim-1", tx, rec, env).await
-}
-
-#[txmsg::message_handler(topic = "sim.a", group = "sim-2", max_attempts = 1000)]
-async fn sim2_a(tx: &mut Tx<'_, sqlx::Sqlite>, rec: Rec, env: &Envelope) -> Result<(), Error> {
-    apply("sim-2", tx, rec, env).await
 }
 
 /// The half messages' check-back: Commit if the producer recorded its
 /// decision to commit, Rollback if it recorded a rollback, Unknown while it
 /// has recorded neither (its business transaction may still be running).
-#[txmsg::check_back(topic = "sim.h")]
-async fn sim_check(rec: &Rec) -> Result<CheckStatus, Error> {
-    let pool = runs()
-        .get(&rec.run)
-        .map(|s| s.pool.clone())
-        .ok_or(Error::Shutdown)?;
-    let decided: Option<i64> =
-        sqlx::query_scalar("SELECT committed FROM half_decisions WHERE producer = ?1 AND n = ?2")
-            .bind(rec.producer)
-            .bind(rec.n)
-            .fetch_optional(&pool)
-            .await?;
-    Ok(match decided {
-        Some(1) => CheckStatus::Commit,
-        Some(_) => CheckStatus::Rollback,
+fn check_back_answer(rec: &Rec) -> Result<CheckStatus, Error> {
+    let runs = runs();
+    let state = runs.get(&rec.run).ok_or(Error::Shutdown)?;
+    Ok(match state.decisions.get(&(rec.producer, rec.n)) {
+        Some(true) => CheckStatus::Commit,
+        Some(false) => CheckStatus::Rollback,
         None => CheckStatus::Unknown,
     })
 }
+
+/// One applied effect, as the handlers record it: group, topic,
+/// idempotency key, ordering key, producer, transaction, message.
+pub type Effect = (String, String, String, Option<String>, i64, i64, i64);
 
 /// The schedule drawn from a seed.
 #[derive(Debug, Clone)]
@@ -425,12 +408,14 @@ struct Ledger {
     commits: u32,
 }
 
-struct World {
+struct World<B: Backend> {
     plan: Arc<Plan>,
-    store: SqliteStore,
+    /// This run's key in `RUNS`.
+    run: u64,
+    store: B::Store,
     broker: FaultyBroker,
     relays: Mutex<Vec<RelayHandle>>,
-    consumers: Mutex<Vec<ConsumerHandle<SqliteStore>>>,
+    consumers: Mutex<Vec<ConsumerHandle<B::Store>>>,
     checks: CheckBackHandle,
     ledger: Mutex<Ledger>,
 }
@@ -453,11 +438,11 @@ fn relay_config(plan: &Plan) -> RelayConfig {
     }
 }
 
-async fn start_consumer(
-    world_store: &SqliteStore,
+async fn start_consumer<S: InboxStore>(
+    world_store: &S,
     broker: &FaultyBroker,
     group: &str,
-) -> txmsg::Result<ConsumerHandle<SqliteStore>> {
+) -> txmsg::Result<ConsumerHandle<S>> {
     let config = ConsumerConfig {
         backoff_min: Duration::from_millis(2),
         backoff_max: Duration::from_millis(20),
@@ -469,7 +454,7 @@ async fn start_consumer(
         .await
 }
 
-impl World {
+impl<B: Backend> World<B> {
     /// Called after each committed transaction: the scheduled restarts.
     async fn committed(&self) -> txmsg::Result<()> {
         let commits = {
@@ -491,13 +476,13 @@ impl World {
         if self.plan.consumer_restart_after == Some(commits) {
             let old = lock(&self.consumers)[0].clone();
             old.shutdown().await;
-            let fresh = start_consumer(&self.store, &self.broker, GROUPS[0].0).await?;
+            let fresh = start_consumer(&self.store, &self.broker, B::NAMES.group1).await?;
             lock(&self.consumers)[0] = fresh;
         }
         Ok(())
     }
 
-    fn outbox(&self, producer: u32) -> Outbox<sqlx::Sqlite> {
+    fn outbox(&self, producer: u32) -> Outbox<B::Db> {
         let relays = lock(&self.relays);
         let relay = &relays[producer as usize % relays.len()];
         Outbox::new(&self.store).with_relay(relay)
@@ -506,7 +491,7 @@ impl World {
 
 /// One producer's transactions, in order (each begins after the last one
 /// committed or rolled back).
-async fn produce(world: Arc<World>, producer: u32) -> txmsg::Result<()> {
+async fn produce<B: Backend>(world: Arc<World<B>>, producer: u32) -> txmsg::Result<()> {
     let plan = Arc::clone(&world.plan);
     let mut rng =
         fastrand::Rng::with_seed(plan.seed.wrapping_mul(31).wrapping_add(u64::from(producer)));
@@ -516,7 +501,7 @@ async fn produce(world: Arc<World>, producer: u32) -> txmsg::Result<()> {
         let rec = |i: u32, rng: &mut fastrand::Rng| {
             let faulty = rng.u32(0..100) < plan.handler_fault_pct;
             Rec {
-                run: plan.seed,
+                run: world.run,
                 producer,
                 n,
                 i,
@@ -536,9 +521,9 @@ async fn produce(world: Arc<World>, producer: u32) -> txmsg::Result<()> {
         let mut messages = Vec::new();
         for i in 0..count {
             let topic = if shared || rng.bool() {
-                TOPIC_A
+                B::NAMES.a
             } else {
-                TOPIC_B
+                B::NAMES.b
             };
             let key =
                 (rng.u32(0..4) > 0).then(|| format!("p{producer}-k{}", rng.u32(0..plan.keys)));
@@ -547,14 +532,10 @@ async fn produce(world: Arc<World>, producer: u32) -> txmsg::Result<()> {
         if shared {
             // The first message's idempotency key again, on the other topic.
             let (_, idem, key, first) = messages[0].clone();
-            messages.push((TOPIC_B, idem, key, Rec { i: count, ..first }));
+            messages.push((B::NAMES.b, idem, key, Rec { i: count, ..first }));
         }
         let mut tx = outbox.begin().await?;
-        sqlx::query("INSERT INTO business (producer, n) VALUES (?1, ?2)")
-            .bind(producer)
-            .bind(n)
-            .execute(&mut *tx)
-            .await?;
+        B::business(&mut tx, producer, n).await?;
         let mut in_savepoint = Vec::new();
         for (topic, idem, key, rec) in &messages {
             let mut m = Message::new(topic, rec)?.idempotency_key(idem.clone());
@@ -609,9 +590,9 @@ async fn produce(world: Arc<World>, producer: u32) -> txmsg::Result<()> {
 /// A half message: prepared, then the business decision recorded, then
 /// the producer settles it itself, or leaves it to the check-back (which
 /// may also run before the decision and answer Unknown).
-async fn half(
-    world: &World,
-    outbox: &Outbox<sqlx::Sqlite>,
+async fn half<B: Backend>(
+    world: &World<B>,
+    outbox: &Outbox<B::Db>,
     producer: u32,
     n: u32,
     rec: Rec,
@@ -632,7 +613,7 @@ async fn half(
     };
     let prepared = outbox
         .prepare(
-            Message::new(TOPIC_H, &rec)?
+            Message::new(B::NAMES.h, &rec)?
                 .idempotency_key(idem.clone())
                 .key(key.clone()),
             check_after,
@@ -640,12 +621,17 @@ async fn half(
         .await?;
     let commit = rng.u32(0..100) >= 25;
     tokio::time::sleep(Duration::from_millis(rng.u64(0..=30))).await;
-    sqlx::query("INSERT INTO half_decisions (producer, n, committed) VALUES (?1, ?2, ?3)")
-        .bind(producer)
-        .bind(n)
-        .bind(i64::from(commit))
-        .execute(world.store.pool())
-        .await?;
+    // The business transaction, then its outcome for the check-back.
+    let mut tx = outbox.begin().await?;
+    B::business(&mut tx, producer, n).await?;
+    if commit {
+        tx.commit().await?;
+    } else {
+        tx.rollback().await?;
+    }
+    if let Some(state) = runs().get_mut(&rec.run) {
+        state.decisions.insert((producer, n), commit);
+    }
     match settle {
         0 => {} // left to the check-back
         _ if commit => prepared.commit().await?,
@@ -657,23 +643,11 @@ async fn half(
     if commit {
         ledger
             .committed
-            .push((TOPIC_H.to_owned(), idem, Some(key), producer, n, 0));
+            .push((B::NAMES.h.to_owned(), idem, Some(key), producer, n, 0));
     } else {
-        ledger.rolled_back.push((TOPIC_H.to_owned(), idem));
+        ledger.rolled_back.push((B::NAMES.h.to_owned(), idem));
     }
     Ok(())
-}
-
-/// Effects applied: (group, topic, idempotency key) -> how many, and the
-/// order in which each group applied them.
-async fn effects(
-    pool: &sqlx::SqlitePool,
-) -> txmsg::Result<Vec<(String, String, String, Option<String>, u32, u32, u32)>> {
-    Ok(
-        sqlx::query_as("SELECT grp, topic, idem, okey, producer, n, i FROM effects ORDER BY seq")
-            .fetch_all(pool)
-            .await?,
-    )
 }
 
 /// Runs the schedule of `seed` and counts. `bound` is how long everything
@@ -683,37 +657,26 @@ async fn effects(
 ///
 /// When the simulation itself could not run (the store could not be made,
 /// a producer's statement failed for a reason that is not a fault).
-pub async fn run(seed: u64, bound: Duration) -> txmsg::Result<Report> {
+pub async fn run<B: Backend>(seed: u64, bound: Duration) -> txmsg::Result<Report> {
     let plan = Arc::new(Plan::new(seed));
-    let path: PathBuf =
-        std::env::temp_dir().join(format!("txmsg-sim-{seed}-{}.db", uuid::Uuid::now_v7()));
-    let store = SqliteStore::connect(&format!("sqlite://{}", path.display())).await?;
-    store.migrate().await?;
-    for ddl in [
-        "CREATE TABLE business (producer INTEGER NOT NULL, n INTEGER NOT NULL)",
-        "CREATE TABLE half_decisions (producer INTEGER NOT NULL, n INTEGER NOT NULL, committed INTEGER NOT NULL)",
-        "CREATE TABLE effects (seq INTEGER PRIMARY KEY AUTOINCREMENT, grp TEXT NOT NULL, topic TEXT NOT NULL, \
-         idem TEXT NOT NULL, okey TEXT, producer INTEGER NOT NULL, n INTEGER NOT NULL, i INTEGER NOT NULL)",
-    ] {
-        sqlx::query(ddl).execute(store.pool()).await?;
-    }
-    runs().insert(
-        seed,
-        RunState {
-            pool: store.pool().clone(),
-            attempts: HashMap::new(),
-        },
-    );
-    let outcome = simulate(Arc::clone(&plan), store.clone(), bound).await;
-    runs().remove(&seed);
-    store.pool().close().await;
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    let place = B::open(seed).await?;
+    // Runs of one seed may go at once (one per backend): state is kept per
+    // run, not per seed.
+    static NEXT_RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = NEXT_RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    runs().insert(run, RunState::default());
+    let outcome = simulate::<B>(Arc::clone(&plan), B::store(&place).clone(), run, bound).await;
+    runs().remove(&run);
+    B::close(place).await;
     outcome
 }
 
-async fn simulate(plan: Arc<Plan>, store: SqliteStore, bound: Duration) -> txmsg::Result<Report> {
+async fn simulate<B: Backend>(
+    plan: Arc<Plan>,
+    store: B::Store,
+    run: u64,
+    bound: Duration,
+) -> txmsg::Result<Report> {
     let broker = FaultyBroker {
         inner: MemoryBroker::new(),
         plan: Arc::clone(&plan),
@@ -722,7 +685,7 @@ async fn simulate(plan: Arc<Plan>, store: SqliteStore, bound: Duration) -> txmsg
     };
     // Consumers first: a group receives what is published after it subscribed.
     let mut consumers = Vec::new();
-    for (group, _) in GROUPS {
+    for (group, _) in B::NAMES.groups() {
         consumers.push(start_consumer(&store, &broker, group).await?);
     }
     let mut relays = Vec::new();
@@ -744,6 +707,7 @@ async fn simulate(plan: Arc<Plan>, store: SqliteStore, bound: Duration) -> txmsg
     .start()?;
     let world = Arc::new(World {
         plan: Arc::clone(&plan),
+        run,
         store: store.clone(),
         broker: broker.clone(),
         relays: Mutex::new(relays),
@@ -753,7 +717,7 @@ async fn simulate(plan: Arc<Plan>, store: SqliteStore, bound: Duration) -> txmsg
     });
     let mut producers = tokio::task::JoinSet::new();
     for p in 0..plan.producers {
-        producers.spawn(produce(Arc::clone(&world), p));
+        producers.spawn(produce::<B>(Arc::clone(&world), p));
     }
     while let Some(done) = producers.join_next().await {
         done.map_err(|e| Error::Config {
@@ -768,7 +732,7 @@ async fn simulate(plan: Arc<Plan>, store: SqliteStore, bound: Duration) -> txmsg
         report.rolled_back = ledger.rolled_back.len();
         let mut expected = HashMap::new();
         for (topic, idem, ..) in &ledger.committed {
-            for (group, topics) in GROUPS {
+            for (group, topics) in B::NAMES.groups() {
                 if topics.contains(&topic.as_str()) {
                     expected.insert((group.to_owned(), topic.clone(), idem.clone()), 1);
                 }
@@ -782,7 +746,7 @@ async fn simulate(plan: Arc<Plan>, store: SqliteStore, bound: Duration) -> txmsg
     // bound passed.
     let deadline = tokio::time::Instant::now() + bound;
     loop {
-        let applied = effects(store.pool()).await?.len();
+        let applied = B::effects(&store).await?.len();
         let stats = store.stats().await?;
         if applied >= expected.len() && stats.pending == 0 && stats.prepared == 0 {
             break;
@@ -808,13 +772,13 @@ async fn simulate(plan: Arc<Plan>, store: SqliteStore, bound: Duration) -> txmsg
     Ok(report)
 }
 
-async fn check(
-    world: &World,
+async fn check<B: Backend>(
+    world: &World<B>,
     expected: &HashMap<(String, String, String), usize>,
     report: &mut Report,
 ) -> txmsg::Result<()> {
     let store = &world.store;
-    let applied = effects(store.pool()).await?;
+    let applied = B::effects(store).await?;
     let mut counts: HashMap<(String, String, String), usize> = HashMap::new();
     for (group, topic, idem, ..) in &applied {
         *counts
@@ -853,7 +817,7 @@ async fn check(
     }
     // Per-key commit order at every group: one producer's messages of one
     // (topic, key) in (n, i) order.
-    let mut last: HashMap<(String, String, String), (u32, u32)> = HashMap::new();
+    let mut last: HashMap<(String, String, String), (i64, i64)> = HashMap::new();
     for (group, topic, idem, key, _producer, n, i) in &applied {
         let Some(key) = key else { continue };
         let slot = (group.clone(), topic.clone(), key.clone());
@@ -882,7 +846,7 @@ async fn check(
         );
     }
     for dead in store.dead_letters(&DeadFilter::default()).await? {
-        let half = dead.envelope.topic == TOPIC_H;
+        let half = dead.envelope.topic == B::NAMES.h;
         violate(
             if half {
                 "no committed half message dead"
@@ -895,7 +859,7 @@ async fn check(
             ),
         );
     }
-    for (group, _) in GROUPS {
+    for (group, _) in B::NAMES.groups() {
         for dead in store
             .consumer_dead_letters(group, &DeadFilter::default())
             .await?

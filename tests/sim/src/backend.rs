@@ -1,0 +1,235 @@
+//! The stores a simulation runs on: SQLite (a file per run) and PostgreSQL
+//! (a schema per run). Each has its own topics and groups, so that both
+//! backends' handlers and check-backs are registered in one process.
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use txmsg::consumer::InboxStore;
+use txmsg::postgres::PgStore;
+use txmsg::prelude::*;
+use txmsg::sqlite::SqliteStore;
+use txmsg::{Envelope, Error, Tx};
+use txmsg_tests::PgSchema;
+
+use crate::{Effect, Names, Rec, check_back_answer, handler_faults};
+
+/// A store the simulation runs on.
+pub trait Backend: Send + Sync + 'static {
+    /// The database.
+    type Db: sqlx::Database;
+    /// The store.
+    type Store: InboxStore + SqlStore<Database = Self::Db> + Clone;
+    /// What one run owns (its file or schema), dropped by [`close`](Self::close).
+    type Place: Send;
+    /// This backend's topics and groups.
+    const NAMES: Names;
+
+    /// A fresh, migrated store with the business tables, for run `seed`.
+    fn open(seed: u64) -> impl Future<Output = txmsg::Result<Self::Place>> + Send;
+    /// The store of `place`.
+    fn store(place: &Self::Place) -> &Self::Store;
+    /// Removes what [`open`](Self::open) made.
+    fn close(place: Self::Place) -> impl Future<Output = ()> + Send;
+    /// The producer's business row, in its transaction.
+    fn business(
+        tx: &mut Tx<'_, Self::Db>,
+        producer: u32,
+        n: u32,
+    ) -> impl Future<Output = txmsg::Result<()>> + Send;
+    /// Every applied effect, in the order the handlers committed them.
+    fn effects(store: &Self::Store) -> impl Future<Output = txmsg::Result<Vec<Effect>>> + Send;
+}
+
+const BUSINESS: &str = "INSERT INTO business (producer, n) VALUES ($1, $2)";
+const EFFECT: &str = "INSERT INTO effects (grp, topic, idem, okey, producer, n, i) \
+                      VALUES ($1, $2, $3, $4, $5, $6, $7)";
+const EFFECTS: &str = "SELECT grp, topic, idem, okey, producer, n, i FROM effects ORDER BY seq";
+const TABLES: &str = "CREATE TABLE business (producer BIGINT NOT NULL, n BIGINT NOT NULL); \
+     CREATE TABLE effects (seq {serial} PRIMARY KEY, grp TEXT NOT NULL, topic TEXT NOT NULL, \
+     idem TEXT NOT NULL, okey TEXT, producer BIGINT NOT NULL, n BIGINT NOT NULL, i BIGINT NOT NULL)";
+
+/// Binds a handler's effect: SQLite numbers `$1`…`$7` in order of first
+/// use, as PostgreSQL does, so both share [`EFFECT`].
+macro_rules! record_effect {
+    ($tx:expr, $group:expr, $env:expr, $rec:expr) => {
+        sqlx::query(EFFECT)
+            .bind($group)
+            .bind(&$env.topic)
+            .bind(&$env.idempotency_key)
+            .bind($env.key.as_deref())
+            .bind(i64::from($rec.producer))
+            .bind(i64::from($rec.n))
+            .bind(i64::from($rec.i))
+            .execute(&mut **$tx)
+            .await
+    };
+}
+
+/// The embedded store: one file per run (so that connections interleave as
+/// they do with a server).
+#[derive(Debug)]
+pub struct Sqlite;
+
+impl Backend for Sqlite {
+    type Db = sqlx::Sqlite;
+    type Store = SqliteStore;
+    type Place = (SqliteStore, PathBuf);
+    const NAMES: Names = Names {
+        a: "sim.a",
+        b: "sim.b",
+        h: "sim.h",
+        group1: "sim-1",
+        group2: "sim-2",
+    };
+
+    async fn open(seed: u64) -> txmsg::Result<Self::Place> {
+        let path =
+            std::env::temp_dir().join(format!("txmsg-sim-{seed}-{}.db", uuid::Uuid::now_v7()));
+        let store = SqliteStore::connect(&format!("sqlite://{}", path.display())).await?;
+        store.migrate().await?;
+        let tables = TABLES.replace("{serial}", "INTEGER");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(tables))
+            .execute(store.pool())
+            .await?;
+        Ok((store, path))
+    }
+
+    fn store(place: &Self::Place) -> &SqliteStore {
+        &place.0
+    }
+
+    async fn close((store, path): Self::Place) {
+        store.pool().close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
+    async fn business(tx: &mut Tx<'_, sqlx::Sqlite>, producer: u32, n: u32) -> txmsg::Result<()> {
+        sqlx::query(BUSINESS)
+            .bind(i64::from(producer))
+            .bind(i64::from(n))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn effects(store: &SqliteStore) -> txmsg::Result<Vec<Effect>> {
+        Ok(sqlx::query_as(EFFECTS).fetch_all(store.pool()).await?)
+    }
+}
+
+#[txmsg::message_handler(topic = "sim.a", group = "sim-1", max_attempts = 1000)]
+async fn sqlite_1a(tx: &mut Tx<'_, sqlx::Sqlite>, rec: Rec, env: &Envelope) -> Result<(), Error> {
+    handler_faults("sim-1", &rec, env)?;
+    record_effect!(tx, "sim-1", env, rec)?;
+    Ok(())
+}
+
+#[txmsg::message_handler(topic = "sim.b", group = "sim-1", max_attempts = 1000)]
+async fn sqlite_1b(tx: &mut Tx<'_, sqlx::Sqlite>, rec: Rec, env: &Envelope) -> Result<(), Error> {
+    handler_faults("sim-1", &rec, env)?;
+    record_effect!(tx, "sim-1", env, rec)?;
+    Ok(())
+}
+
+#[txmsg::message_handler(topic = "sim.h", group = "sim-1", max_attempts = 1000)]
+async fn sqlite_1h(tx: &mut Tx<'_, sqlx::Sqlite>, rec: Rec, env: &Envelope) -> Result<(), Error> {
+    handler_faults("sim-1", &rec, env)?;
+    record_effect!(tx, "sim-1", env, rec)?;
+    Ok(())
+}
+
+#[txmsg::message_handler(topic = "sim.a", group = "sim-2", max_attempts = 1000)]
+async fn sqlite_2a(tx: &mut Tx<'_, sqlx::Sqlite>, rec: Rec, env: &Envelope) -> Result<(), Error> {
+    handler_faults("sim-2", &rec, env)?;
+    record_effect!(tx, "sim-2", env, rec)?;
+    Ok(())
+}
+
+#[txmsg::check_back(topic = "sim.h")]
+async fn sqlite_check(rec: &Rec) -> Result<txmsg::half::CheckStatus, Error> {
+    check_back_answer(rec)
+}
+
+/// The production database: one schema per run (first on the pool's
+/// search path), at `DATABASE_URL`.
+#[derive(Debug)]
+pub struct Postgres;
+
+impl Backend for Postgres {
+    type Db = sqlx::Postgres;
+    type Store = PgStore;
+    type Place = PgSchema;
+    const NAMES: Names = Names {
+        a: "simpg.a",
+        b: "simpg.b",
+        h: "simpg.h",
+        group1: "simpg-1",
+        group2: "simpg-2",
+    };
+
+    async fn open(_seed: u64) -> txmsg::Result<Self::Place> {
+        let schema = PgSchema::new().await;
+        let tables = TABLES.replace("{serial}", "BIGSERIAL");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(tables))
+            .execute(&schema.pool)
+            .await?;
+        Ok(schema)
+    }
+
+    fn store(place: &Self::Place) -> &PgStore {
+        &place.store
+    }
+
+    async fn close(place: Self::Place) {
+        place.drop_schema().await;
+    }
+
+    async fn business(tx: &mut Tx<'_, sqlx::Postgres>, producer: u32, n: u32) -> txmsg::Result<()> {
+        sqlx::query(BUSINESS)
+            .bind(i64::from(producer))
+            .bind(i64::from(n))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn effects(store: &PgStore) -> txmsg::Result<Vec<Effect>> {
+        Ok(sqlx::query_as(EFFECTS).fetch_all(store.pool()).await?)
+    }
+}
+
+#[txmsg::message_handler(topic = "simpg.a", group = "simpg-1", max_attempts = 1000)]
+async fn pg_1a(tx: &mut Tx<'_, sqlx::Postgres>, rec: Rec, env: &Envelope) -> Result<(), Error> {
+    handler_faults("simpg-1", &rec, env)?;
+    record_effect!(tx, "simpg-1", env, rec)?;
+    Ok(())
+}
+
+#[txmsg::message_handler(topic = "simpg.b", group = "simpg-1", max_attempts = 1000)]
+async fn pg_1b(tx: &mut Tx<'_, sqlx::Postgres>, rec: Rec, env: &Envelope) -> Result<(), Error> {
+    handler_faults("simpg-1", &rec, env)?;
+    record_effect!(tx, "simpg-1", env, rec)?;
+    Ok(())
+}
+
+#[txmsg::message_handler(topic = "simpg.h", group = "simpg-1", max_attempts = 1000)]
+async fn pg_1h(tx: &mut Tx<'_, sqlx::Postgres>, rec: Rec, env: &Envelope) -> Result<(), Error> {
+    handler_faults("simpg-1", &rec, env)?;
+    record_effect!(tx, "simpg-1", env, rec)?;
+    Ok(())
+}
+
+#[txmsg::message_handler(topic = "simpg.a", group = "simpg-2", max_attempts = 1000)]
+async fn pg_2a(tx: &mut Tx<'_, sqlx::Postgres>, rec: Rec, env: &Envelope) -> Result<(), Error> {
+    handler_faults("simpg-2", &rec, env)?;
+    record_effect!(tx, "simpg-2", env, rec)?;
+    Ok(())
+}
+
+#[txmsg::check_back(topic = "simpg.h")]
+async fn pg_check(rec: &Rec) -> Result<txmsg::half::CheckStatus, Error> {
+    check_back_answer(rec)
+}
