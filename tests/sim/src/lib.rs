@@ -37,10 +37,9 @@
 //! network, which this process does not use; a proptest state machine
 //! would shrink a failing schedule, but shrinking needs a run that fails
 //! the same way each time, which real threads do not give. So the seed
-//! fixes the
-//! *schedule*, that is every decision and every fault, but not the thread
-//! interleaving, which the real runtime varies from run to run (as it does
-//! in production). A failing seed replays the same schedule; run it a few
+//! fixes the *schedule*, that is every decision and every fault, but not
+//! the thread interleaving, which the real runtime varies from run to run
+//! (as it does in production). A failing seed replays the same schedule; run it a few
 //! times if the interleaving that broke it is rare. Faults inside the
 //! broker and the handlers are drawn per message and attempt from the seed
 //! (not from a shared stream), so they do not depend on timing.
