@@ -4,15 +4,16 @@
 #   bash scripts/faults.sh restart   RabbitMQ stopped and started mid-run (300 messages);
 #                                    run alone: it stops RabbitMQ for everyone
 #   bash scripts/faults.sh long      the long runs whose figures are in RELIABILITY.md
-#   bash scripts/faults.sh sim       the seeded simulation over 3000 schedules (SIM_SEEDS,
-#                                    SIM_FIRST_SEED; SIM_SEED=<n> replays one); no services
+#   bash scripts/faults.sh sim       the seeded simulation over 3000 schedules on SQLite and 3000
+#                                    on PostgreSQL (SIM_SEEDS, SIM_PG_SEEDS, SIM_FIRST_SEED;
+#                                    SIM_SEED=<n> replays one)
 #
 # The short runs of every scenario are tests (tests/faults/tests/short.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = sim ]; then
-  # In-process (SQLite and the in-process broker): CI runs 200 schedules.
-  export SIM_SEEDS=${SIM_SEEDS:-3000}
+  # In one process on the in-process broker; CI runs 200 of each.
+  export SIM_SEEDS=${SIM_SEEDS:-3000} SIM_PG_SEEDS=${SIM_PG_SEEDS:-3000}
   exec cargo test -q -p txmsg-sim -- --nocapture
 fi
 export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}

@@ -2,7 +2,7 @@
 //! and fails with every seed that broke a promise, and how.
 //!
 //! `SIM_SEEDS` (default 200) SQLite schedules and `SIM_PG_SEEDS` (default
-//! 40) PostgreSQL schedules, from `SIM_FIRST_SEED` (default 1);
+//! 200) PostgreSQL schedules, from `SIM_FIRST_SEED` (default 1);
 //! `SIM_SEED=<n>` replays one schedule on both. PostgreSQL is found through
 //! `DATABASE_URL`.
 
@@ -103,5 +103,5 @@ async fn every_promise_holds_under_seeded_schedules_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_promise_holds_under_seeded_schedules_on_postgres() {
-    seeds::<Postgres>("SIM_PG_SEEDS", 40).await;
+    seeds::<Postgres>("SIM_PG_SEEDS", 200).await;
 }
