@@ -290,13 +290,11 @@ impl Sql {
             // 1 id, 2 topic, 3 key, 4 idempotency key, 5 payload, 6 headers,
             // 7 next attempt at, 8 lease owner, 9 lease until, 10 created at,
             // 11 expires at, then for the order check: 12 key, 13 topic,
-            // 14 key, 15 lease owner.
+            // 14 key, 15 id, 16 lease owner.
             //
-            // The row is leased to the owner (its transaction) unless another
-            // row of its key is pending or dead and not the owner's: then the
-            // poller must publish this one after it, so it goes in unleased.
-            // Ids are not compared: a writer whose clock is behind makes ids
-            // that sort before rows committed earlier. A duplicate
+            // The row is leased to the owner unless an earlier row of its key
+            // is pending or dead and not the owner's: then the poller must
+            // publish this one after it, so it goes in unleased. A duplicate
             // (same topic and idempotency key) changes nothing; `inserted`
             // then tells which row holds the key.
             insert: Stmt::new(format!(
@@ -309,7 +307,7 @@ impl Sql {
                  0, FALSE, ?, ? \
                  FROM (SELECT (? IS NOT NULL AND EXISTS (\
                    SELECT 1 FROM {o} p \
-                   WHERE p.topic = ? AND p.`key` = ? \
+                   WHERE p.topic = ? AND p.`key` = ? AND p.id < ? \
                    AND p.state IN ('pending', 'dead') \
                    AND (p.lease_owner IS NULL OR p.lease_owner <> ?))) AS blocked) AS b \
                  ON DUPLICATE KEY UPDATE id = id"

@@ -75,6 +75,7 @@ impl OutboxWriter<MySql> for MySqlWriter {
                 .bind(key)
                 .bind(&envelope.topic)
                 .bind(key)
+                .bind(envelope.id)
                 .bind(owner)
                 .execute(&mut *conn)
                 .await?;

@@ -243,11 +243,9 @@ impl Sql {
             // $6 headers, $7 created_at, $8 expires_at, $9 lease owner,
             // $10 lease until.
             //
-            // The row is leased to $9 (its transaction) unless another row
-            // of its key is pending or dead and not $9's: then the poller
-            // must publish this one after it, so it goes in unleased. Ids
-            // are not compared: a writer whose clock is behind makes ids
-            // that sort before rows committed earlier.
+            // The row is leased to $9 unless an earlier row of its key is
+            // pending or dead and not $9's: then the poller must publish this
+            // one after it, so it goes in unleased.
             insert: Stmt::new(format!(
                 "INSERT INTO {o} AS n (id, topic, key, idempotency_key, payload, headers, state, \
                  attempts, next_attempt_at, lease_owner, lease_until, created_at, expires_at) \
@@ -257,7 +255,7 @@ impl Sql {
                  $7, $8 \
                  FROM (SELECT $3::text IS NOT NULL AND EXISTS (\
                    SELECT 1 FROM {o} p \
-                   WHERE p.topic = $2 AND p.key = $3 \
+                   WHERE p.topic = $2 AND p.key = $3 AND p.id < $1 \
                    AND p.state IN ('pending', 'dead') \
                    AND (p.lease_owner IS NULL OR p.lease_owner <> $9)) AS blocked) AS b \
                  ON CONFLICT (topic, idempotency_key) DO NOTHING \

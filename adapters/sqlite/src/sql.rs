@@ -285,10 +285,8 @@ fn claim(heads: &str) -> String {
 }
 
 /// Inserts a pending row, leased to `?9` until `?10` unless the row has a key
-/// and another row of that key is pending or dead without belonging to `?9`
-/// (then unleased, so the poller keeps the key's order). Ids are not
-/// compared: a writer whose clock is behind makes ids that sort before rows
-/// committed earlier. A row whose
+/// and an earlier row of that key is pending or dead without belonging to
+/// `?9` (then unleased, so the poller keeps the key's order). A row whose
 /// (topic, idempotency key) exists is left alone and nothing is returned.
 ///
 /// `?1` id, `?2` topic, `?3` key, `?4` idempotency key, `?5` payload,
@@ -305,12 +303,12 @@ FROM (
     SELECT ?9 IS NULL OR (?3 IS NOT NULL AND (
         EXISTS (
             SELECT 1 FROM {outbox} e
-            WHERE e.state = 'pending' AND e.topic = ?2 AND e."key" = ?3
+            WHERE e.state = 'pending' AND e.topic = ?2 AND e."key" = ?3 AND e.id < ?1
               AND (e.lease_owner IS NULL OR e.lease_owner <> ?9))
         -- Dead rows never hold a lease.
         OR EXISTS (
             SELECT 1 FROM {outbox} e
-            WHERE e.state = 'dead' AND e.topic = ?2 AND e."key" = ?3)
+            WHERE e.state = 'dead' AND e.topic = ?2 AND e."key" = ?3 AND e.id < ?1)
     )) AS unleased
 ) AS w
 WHERE true

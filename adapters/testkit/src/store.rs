@@ -95,7 +95,6 @@ where
         claim_respects_limits,
         concurrent_claims_are_disjoint,
         insert_with_lease_yields_to_earlier_rows,
-        insert_with_lease_yields_to_rows_with_a_later_id,
         expired_messages_are_claimed,
         timestamps_come_from_the_caller,
         topic_stats_count_each_topic,
@@ -1088,54 +1087,6 @@ pub async fn concurrent_claims_are_disjoint<S: SqlStore>(store: &S) {
     }
     let stats = store.stats().await.expect("stats failed");
     assert_eq!((stats.pending, stats.sent), (0, total as u64));
-}
-
-/// A writer whose clock is behind makes ids that sort before rows already
-/// in the table. A new row still goes in unleased when a pending (or dead)
-/// row of its key from another transaction exists, whatever the ids say:
-/// the fast path must not overtake a row committed before it.
-pub async fn insert_with_lease_yields_to_rows_with_a_later_id<S: SqlStore>(store: &S) {
-    let t = "conf.insert-clock";
-    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-    let until = Utc::now() + secs(3600);
-    let lease = |owner| Some(Lease { owner, until });
-    // Ids from a clock a minute behind.
-    let behind = || {
-        let at = Utc::now() - secs(60);
-        let ts = uuid::Timestamp::from_unix(
-            uuid::NoContext,
-            u64::try_from(at.timestamp()).expect("after 1970"),
-            at.timestamp_subsec_nanos(),
-        );
-        let id = Uuid::new_v7(ts);
-        let mut env = Envelope::new(id, t, id.to_string(), b"{}".to_vec(), Utc::now());
-        env.key = Some("k".to_owned());
-        env
-    };
-
-    let pending = envelope(t, Some("k"));
-    assert_eq!(insert(store, &pending, lease(b)).await, Inserted::Leased);
-    let late = behind();
-    assert!(late.id < pending.id);
-    assert_eq!(
-        insert(store, &late, lease(a)).await,
-        Inserted::Unleased,
-        "a pending row of the key with a later id"
-    );
-
-    let dead = envelope("conf.insert-clock-dead", Some("k"));
-    assert_eq!(insert(store, &dead, None).await, Inserted::Unleased);
-    store
-        .mark_dead(dead.id, b, "bad", Utc::now())
-        .await
-        .expect("mark_dead failed");
-    let mut late = behind();
-    late.topic = "conf.insert-clock-dead".to_owned();
-    assert_eq!(
-        insert(store, &late, lease(a)).await,
-        Inserted::Unleased,
-        "a dead row of the key with a later id"
-    );
 }
 
 /// The writer leases a new row to the requested relay unless an earlier row of
