@@ -632,11 +632,23 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                 "shutdown timeout: running handlers abandoned; their messages are delivered again"
             );
             running.abort_all();
-            // Wait until they are gone: their transactions rolled back and
-            // their deliveries handed back before `shutdown` returns, so a
+            // Wait until they are gone (their transactions dropped, their
+            // deliveries handed back) before `shutdown` returns, so that a
             // consumer started next cannot apply a later message of a key
-            // before an abandoned earlier one is back in the queue.
-            while running.join_next().await.is_some() {}
+            // before an abandoned earlier one is back in the queue. An
+            // aborted task ends at its next await; one that never yields
+            // (blocking code in a handler) is left after a second timeout.
+            let gone = async { while running.join_next().await.is_some() {} };
+            if tokio::time::timeout(this.config.shutdown_timeout, gone)
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    left = running.len(),
+                    "aborted handlers did not stop (blocking code in a handler?); \
+                     their messages are delivered again once they do"
+                );
+            }
         }
     }
 
