@@ -359,7 +359,9 @@ impl Store for SqliteStore {
         // claimed after it are given back, as they would be behind any dead
         // row.
         let mut claimed = Vec::with_capacity(rows.len());
-        let mut broken: Vec<(String, Option<String>, Vec<u8>)> = Vec::new();
+        // (topic and key if they can be read, id) of each row dead-lettered.
+        type TopicKey = Option<(String, Option<String>)>;
+        let mut broken: Vec<(TopicKey, Vec<u8>)> = Vec::new();
         for r in &rows {
             match row::envelope(r) {
                 Ok(env) => claimed.push(env),
@@ -377,17 +379,24 @@ impl Store for SqliteStore {
                         .bind(micros(req.now))
                         .execute(&mut *tx)
                         .await?;
-                    broken.push((r.try_get("topic")?, r.try_get("key")?, id));
+                    let topic_key = r
+                        .try_get("topic")
+                        .and_then(|topic| Ok((topic, r.try_get("key")?)))
+                        .ok();
+                    broken.push((topic_key, id));
                 }
             }
         }
         if !broken.is_empty() {
+            // A keyed row after a dead one of its key, or after one whose
+            // key cannot be read (it may be this row's).
             let behind_broken = |env: &Envelope| {
                 env.key.is_some()
-                    && broken.iter().any(|(topic, key, id)| {
-                        *topic == env.topic
-                            && *key == env.key
-                            && env.id.as_bytes().as_slice() > id.as_slice()
+                    && broken.iter().any(|(topic_key, id)| {
+                        env.id.as_bytes().as_slice() > id.as_slice()
+                            && topic_key
+                                .as_ref()
+                                .is_none_or(|(topic, key)| *topic == env.topic && *key == env.key)
                     })
             };
             let (back, keep): (Vec<Envelope>, Vec<Envelope>) =
