@@ -497,7 +497,7 @@ impl<S: Store, B: Broker> Shared<S, B> {
 
     fn hold(&self, key: KeyId) {
         // Any fast-path message of this key was leased before now + lease.
-        let until = crate::tx::fast_lease(Uuid::nil(), self.now(), self.config.lease).until;
+        let until = crate::tx::lease_until(self.now(), self.config.lease);
         self.held
             .lock()
             .unwrap_or_else(|p| p.into_inner())

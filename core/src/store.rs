@@ -378,6 +378,12 @@ pub trait Store: Debug + Clone + Send + Sync + 'static {
     /// now`) to `req.lease.owner`, oldest first, at most `req.limit`; two
     /// workers never get the same row while its lease runs. Keys play no
     /// part. Expired prepared rows are returned too.
+    ///
+    /// A store that supports half messages implements this together with
+    /// [`record_check`](Store::record_check),
+    /// [`resolve_prepared`](Store::resolve_prepared),
+    /// [`mark_prepared_dead`](Store::mark_prepared_dead) and
+    /// [`resume`](Store::resume).
     fn claim_prepared(
         &self,
         req: &ClaimRequest,

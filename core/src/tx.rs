@@ -406,9 +406,19 @@ pub(crate) fn fast_lease(
     now: chrono::DateTime<chrono::Utc>,
     lease: std::time::Duration,
 ) -> Lease {
-    let until = chrono::Duration::from_std(lease)
+    Lease {
+        owner,
+        until: lease_until(now, lease),
+    }
+}
+
+/// When a lease of length `lease` taken at `now` runs out.
+pub(crate) fn lease_until(
+    now: chrono::DateTime<chrono::Utc>,
+    lease: std::time::Duration,
+) -> chrono::DateTime<chrono::Utc> {
+    chrono::Duration::from_std(lease)
         .ok()
         .and_then(|d| now.checked_add_signed(d))
-        .unwrap_or(now);
-    Lease { owner, until }
+        .unwrap_or(now)
 }
