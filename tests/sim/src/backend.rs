@@ -37,22 +37,43 @@ pub trait Backend: Send + Sync + 'static {
         producer: u32,
         n: u32,
     ) -> impl Future<Output = txmsg::Result<()>> + Send;
-    /// Every applied effect, in the order the handlers committed them.
+    /// Every applied effect.
     fn effects(store: &Self::Store) -> impl Future<Output = txmsg::Result<Vec<Effect>>> + Send;
 }
 
 const BUSINESS: &str = "INSERT INTO business (producer, n) VALUES ($1, $2)";
-const EFFECT: &str = "INSERT INTO effects (grp, topic, idem, okey, producer, n, i) \
-                      VALUES ($1, $2, $3, $4, $5, $6, $7)";
-const EFFECTS: &str = "SELECT grp, topic, idem, okey, producer, n, i FROM effects ORDER BY seq";
+const EFFECT: &str = "INSERT INTO effects (grp, topic, idem, okey, producer, n, i, pos) \
+                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+/// The next place of an effect of (group, topic, key): the row lock it
+/// takes is held until the handler's transaction ends, so places follow
+/// commit order even if two handlers of one key overlap.
+const NEXT_POS: &str = "INSERT INTO key_pos (grp, topic, okey, n) VALUES ($1, $2, $3, 1) \
+                        ON CONFLICT (grp, topic, okey) DO UPDATE SET n = key_pos.n + 1 \
+                        RETURNING n";
+const EFFECTS: &str =
+    "SELECT grp, topic, idem, okey, producer, n, i, pos FROM effects ORDER BY seq";
 const TABLES: &str = "CREATE TABLE business (producer BIGINT NOT NULL, n BIGINT NOT NULL); \
      CREATE TABLE effects (seq {serial} PRIMARY KEY, grp TEXT NOT NULL, topic TEXT NOT NULL, \
-     idem TEXT NOT NULL, okey TEXT, producer BIGINT NOT NULL, n BIGINT NOT NULL, i BIGINT NOT NULL)";
+     idem TEXT NOT NULL, okey TEXT, producer BIGINT NOT NULL, n BIGINT NOT NULL, i BIGINT NOT NULL, \
+     pos BIGINT); \
+     CREATE TABLE key_pos (grp TEXT NOT NULL, topic TEXT NOT NULL, okey TEXT NOT NULL, \
+     n BIGINT NOT NULL, PRIMARY KEY (grp, topic, okey))";
 
-/// Binds a handler's effect: SQLite numbers `$1`…`$7` in order of first
-/// use, as PostgreSQL does, so both share [`EFFECT`].
+/// Records a handler's effect and its place: SQLite numbers `$1`, `$2`, …
+/// in order of first use, as PostgreSQL does, so both share the statements.
 macro_rules! record_effect {
-    ($tx:expr, $group:expr, $env:expr, $rec:expr) => {
+    ($tx:expr, $group:expr, $env:expr, $rec:expr) => {{
+        let pos: Option<i64> = match &$env.key {
+            Some(key) => Some(
+                sqlx::query_scalar(NEXT_POS)
+                    .bind($group)
+                    .bind(&$env.topic)
+                    .bind(key)
+                    .fetch_one(&mut **$tx)
+                    .await?,
+            ),
+            None => None,
+        };
         sqlx::query(EFFECT)
             .bind($group)
             .bind(&$env.topic)
@@ -61,9 +82,10 @@ macro_rules! record_effect {
             .bind(i64::from($rec.producer))
             .bind(i64::from($rec.n))
             .bind(i64::from($rec.i))
+            .bind(pos)
             .execute(&mut **$tx)
             .await
-    };
+    }};
 }
 
 /// The embedded store: one file per run (so that connections interleave as

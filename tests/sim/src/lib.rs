@@ -166,8 +166,18 @@ fn check_back_answer(rec: &Rec) -> Result<CheckStatus, Error> {
 }
 
 /// One applied effect, as the handlers record it: group, topic,
-/// idempotency key, ordering key, producer, transaction, message.
-pub type Effect = (String, String, String, Option<String>, i64, i64, i64);
+/// idempotency key, ordering key, producer, transaction, message, and its
+/// place among the committed effects of its (group, topic, key).
+pub type Effect = (
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+);
 
 /// The schedule drawn from a seed.
 #[derive(Debug, Clone)]
@@ -745,9 +755,14 @@ async fn simulate<B: Backend>(
     // bound passed.
     let deadline = tokio::time::Instant::now() + bound;
     loop {
-        let applied = B::effects(&store).await?.len();
+        let applied: HashSet<(String, String, String)> = B::effects(&store)
+            .await?
+            .into_iter()
+            .map(|(group, topic, idem, ..)| (group, topic, idem))
+            .filter(|k| expected.contains_key(k))
+            .collect();
         let stats = store.stats().await?;
-        if applied >= expected.len() && stats.pending == 0 && stats.prepared == 0 {
+        if applied.len() == expected.len() && stats.pending == 0 && stats.prepared == 0 {
             break;
         }
         if tokio::time::Instant::now() >= deadline {
@@ -815,9 +830,13 @@ async fn check<B: Backend>(
         }
     }
     // Per-key commit order at every group: one producer's messages of one
-    // (topic, key) in (n, i) order.
+    // (topic, key) in (n, i) order, taken in the order the handlers'
+    // transactions committed (`pos`, counted under a row lock per key in
+    // the handler's transaction, so overlapping handlers are seen too).
+    let mut by_pos: Vec<&Effect> = applied.iter().filter(|e| e.3.is_some()).collect();
+    by_pos.sort_by_key(|e| e.7);
     let mut last: HashMap<(String, String, String), (i64, i64)> = HashMap::new();
-    for (group, topic, idem, key, _producer, n, i) in &applied {
+    for (group, topic, idem, key, _producer, n, i, _pos) in by_pos {
         let Some(key) = key else { continue };
         let slot = (group.clone(), topic.clone(), key.clone());
         if let Some(prev) = last.get(&slot)

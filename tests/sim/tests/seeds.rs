@@ -89,6 +89,10 @@ async fn seeds<B: Backend>(count_var: &str, default_count: u64) {
         B::NAMES.a
     );
     assert!(
+        runs == seeds.len() && applications > 0 && checks > 0,
+        "the schedules ran and expected something to be applied"
+    );
+    assert!(
         failures.is_empty(),
         "{} seeds broke a promise (replay one with SIM_SEED=<seed>):\n{}",
         failures.len(),
