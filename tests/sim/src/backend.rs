@@ -37,6 +37,12 @@ pub trait Backend: Send + Sync + 'static {
         producer: u32,
         n: u32,
     ) -> impl Future<Output = txmsg::Result<()>> + Send;
+    /// Takes shared key `key`'s lock row in the transaction and returns the
+    /// transaction's place in the key's commit order.
+    fn next_order(
+        tx: &mut Tx<'_, Self::Db>,
+        key: u32,
+    ) -> impl Future<Output = txmsg::Result<i64>> + Send;
     /// Every applied effect.
     fn effects(store: &Self::Store) -> impl Future<Output = txmsg::Result<Vec<Effect>>> + Send;
 }
@@ -50,6 +56,7 @@ const EFFECT: &str = "INSERT INTO effects (grp, topic, idem, okey, producer, n, 
 const NEXT_POS: &str = "INSERT INTO key_pos (grp, topic, okey, n) VALUES ($1, $2, $3, 1) \
                         ON CONFLICT (grp, topic, okey) DO UPDATE SET n = key_pos.n + 1 \
                         RETURNING n";
+const NEXT_ORDER: &str = "UPDATE key_seq SET n = n + 1 WHERE k = $1 RETURNING n";
 const EFFECTS: &str =
     "SELECT grp, topic, idem, okey, producer, n, i, pos FROM effects ORDER BY seq";
 const TABLES: &str = "CREATE TABLE business (producer BIGINT NOT NULL, n BIGINT NOT NULL); \
@@ -57,7 +64,9 @@ const TABLES: &str = "CREATE TABLE business (producer BIGINT NOT NULL, n BIGINT 
      idem TEXT NOT NULL, okey TEXT, producer BIGINT NOT NULL, n BIGINT NOT NULL, i BIGINT NOT NULL, \
      pos BIGINT); \
      CREATE TABLE key_pos (grp TEXT NOT NULL, topic TEXT NOT NULL, okey TEXT NOT NULL, \
-     n BIGINT NOT NULL, PRIMARY KEY (grp, topic, okey))";
+     n BIGINT NOT NULL, PRIMARY KEY (grp, topic, okey)); \
+     CREATE TABLE key_seq (k BIGINT PRIMARY KEY, n BIGINT NOT NULL); \
+     INSERT INTO key_seq (k, n) VALUES (0, 0), (1, 0), (2, 0)";
 
 /// Records a handler's effect and its place: SQLite numbers `$1`, `$2`, …
 /// in order of first use, as PostgreSQL does, so both share the statements.
@@ -80,7 +89,7 @@ macro_rules! record_effect {
             .bind(&$env.idempotency_key)
             .bind($env.key.as_deref())
             .bind(i64::from($rec.producer))
-            .bind(i64::from($rec.n))
+            .bind($rec.order)
             .bind(i64::from($rec.i))
             .bind(pos)
             .execute(&mut **$tx)
@@ -135,6 +144,13 @@ impl Backend for Sqlite {
             .execute(&mut **tx)
             .await?;
         Ok(())
+    }
+
+    async fn next_order(tx: &mut Tx<'_, sqlx::Sqlite>, key: u32) -> txmsg::Result<i64> {
+        Ok(sqlx::query_scalar(NEXT_ORDER)
+            .bind(i64::from(key))
+            .fetch_one(&mut **tx)
+            .await?)
     }
 
     async fn effects(store: &SqliteStore) -> txmsg::Result<Vec<Effect>> {
@@ -216,6 +232,13 @@ impl Backend for Postgres {
             .execute(&mut **tx)
             .await?;
         Ok(())
+    }
+
+    async fn next_order(tx: &mut Tx<'_, sqlx::Postgres>, key: u32) -> txmsg::Result<i64> {
+        Ok(sqlx::query_scalar(NEXT_ORDER)
+            .bind(i64::from(key))
+            .fetch_one(&mut **tx)
+            .await?)
     }
 
     async fn effects(store: &PgStore) -> txmsg::Result<Vec<Effect>> {

@@ -22,8 +22,10 @@
 //! - **nothing applied twice** per group (effects are counted, not the
 //!   inbox);
 //! - **per-key commit order**: one producer's transactions are serialised,
-//!   so at every group its messages of one (topic, key) are applied in the
-//!   order it committed them;
+//!   and so are all producers' transactions of the keys they share (a lock
+//!   row per key, taken before the messages are written, counts their
+//!   commits), so at every group the messages of one (topic, key) are
+//!   applied in commit order;
 //! - **nothing stuck**: no row is left pending, prepared or dead, and no
 //!   delivery is dead-lettered by a consumer;
 //! - **no committed half message dead**.
@@ -94,8 +96,12 @@ pub struct Rec {
     pub run: u64,
     /// Producer number.
     pub producer: u32,
-    /// The producer's transaction number (its commit order).
+    /// The producer's transaction number.
     pub n: u32,
+    /// Its commit order among the transactions of its key: `n` for a
+    /// producer's own keys; for a key all producers share, the count its
+    /// transaction took under the key's lock row.
+    pub order: i64,
     /// Message number within the transaction.
     pub i: u32,
     /// Handler attempts that panic before one succeeds.
@@ -212,6 +218,9 @@ pub struct Plan {
     pub slow_pct: u32,
     /// Percent chance that a message's handler panics / fails first.
     pub handler_fault_pct: u32,
+    /// Percent chance, per transaction, that its keyed messages use a key
+    /// shared by all producers.
+    pub common_key_pct: u32,
     /// After how many committed transactions (all producers) relay 0 is
     /// shut down and replaced; `None`: never.
     pub relay_restart_after: Option<u32>,
@@ -247,6 +256,8 @@ impl Plan {
             relay_restart_after: rng.bool().then(|| rng.u32(0..total)),
             consumer_restart_after: rng.bool().then(|| rng.u32(0..total)),
             lease: Duration::from_millis(rng.u64(1000..=2000)),
+            // Drawn last, so the draws above are those of earlier versions.
+            common_key_pct: rng.u32(0..=40),
         }
     }
 }
@@ -513,6 +524,7 @@ async fn produce<B: Backend>(world: Arc<World<B>>, producer: u32) -> txmsg::Resu
                 run: world.run,
                 producer,
                 n,
+                order: i64::from(n),
                 i,
                 panics: if faulty { rng.u8(0..=1) } else { 0 },
                 failures: if faulty { rng.u8(0..=2) } else { 0 },
@@ -527,6 +539,9 @@ async fn produce<B: Backend>(world: Arc<World<B>>, producer: u32) -> txmsg::Resu
         let savepoint_rollback = savepoint && rng.bool();
         let shared = rng.u32(0..100) < plan.shared_key_pct;
         let count = rng.u32(1..=2);
+        // Keys every producer writes (through its own relay): serialised by
+        // a lock row taken before the messages are written.
+        let common = (rng.u32(0..100) < plan.common_key_pct).then(|| rng.u32(0..plan.keys));
         let mut messages = Vec::new();
         for i in 0..count {
             let topic = if shared || rng.bool() {
@@ -534,8 +549,10 @@ async fn produce<B: Backend>(world: Arc<World<B>>, producer: u32) -> txmsg::Resu
             } else {
                 B::NAMES.b
             };
-            let key =
-                (rng.u32(0..4) > 0).then(|| format!("p{producer}-k{}", rng.u32(0..plan.keys)));
+            let key = (rng.u32(0..4) > 0).then(|| match common {
+                Some(k) => format!("common-k{k}"),
+                None => format!("p{producer}-k{}", rng.u32(0..plan.keys)),
+            });
             messages.push((topic, format!("p{producer}-{n}-{i}"), key, rec(i, &mut rng)));
         }
         if shared {
@@ -545,6 +562,12 @@ async fn produce<B: Backend>(world: Arc<World<B>>, producer: u32) -> txmsg::Resu
         }
         let mut tx = outbox.begin().await?;
         B::business(&mut tx, producer, n).await?;
+        if let Some(k) = common {
+            let order = B::next_order(&mut tx, k).await?;
+            for (.., rec) in &mut messages {
+                rec.order = order;
+            }
+        }
         let mut in_savepoint = Vec::new();
         for (topic, idem, key, rec) in &messages {
             let mut m = Message::new(topic, rec)?.idempotency_key(idem.clone());
@@ -845,7 +868,7 @@ async fn check<B: Backend>(
             violate(
                 "per-key commit order",
                 format!(
-                    "{slot:?}: {idem} (transaction {n}, message {i}) applied after transaction {}, message {}",
+                    "{slot:?}: {idem} (commit {n}, message {i}) applied after commit {}, message {}",
                     prev.0, prev.1
                 ),
             );
