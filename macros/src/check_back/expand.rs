@@ -48,7 +48,10 @@ pub(crate) fn expand(c: &CheckBack<'_>) -> TokenStream {
     let call = {
         let span = name.span();
         let private = private_path(krate, span);
-        quote_spanned!(span=> #private::Box::pin(#name(__txmsg_message)))
+        // The argument keeps call-site hygiene, as the parameter it names
+        // does, also when the function comes from a `macro_rules!` expansion.
+        let message = quote!(__txmsg_message);
+        quote_spanned!(span=> #private::Box::pin(#name(#message)))
     };
 
     let by_payload = match c.message {

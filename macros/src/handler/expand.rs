@@ -54,7 +54,10 @@ pub(crate) fn expand(h: &Handler<'_>) -> TokenStream {
         let span = name.span();
         let private = private_path(krate, span);
         let envelope = h.takes_envelope.then(|| quote!(, __txmsg_envelope));
-        quote_spanned!(span=> #private::Box::pin(#name(__txmsg_tx, __txmsg_message #envelope)))
+        // The arguments keep call-site hygiene, as the parameters they name
+        // do, also when the function comes from a `macro_rules!` expansion.
+        let args = quote!(__txmsg_tx, __txmsg_message #envelope);
+        quote_spanned!(span=> #private::Box::pin(#name(#args)))
     };
     let envelope_param = if h.takes_envelope {
         quote!(__txmsg_envelope)
