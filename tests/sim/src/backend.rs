@@ -68,33 +68,72 @@ const TABLES: &str = "CREATE TABLE business (producer BIGINT NOT NULL, n BIGINT 
      CREATE TABLE key_seq (k BIGINT PRIMARY KEY, n BIGINT NOT NULL); \
      INSERT INTO key_seq (k, n) VALUES (0, 0), (1, 0), (2, 0)";
 
-/// Records a handler's effect and its place: SQLite numbers `$1`, `$2`, …
-/// in order of first use, as PostgreSQL does, so both share the statements.
-macro_rules! record_effect {
-    ($tx:expr, $group:expr, $env:expr, $rec:expr) => {{
-        let pos: Option<i64> = match &$env.key {
-            Some(key) => Some(
-                sqlx::query_scalar(NEXT_POS)
+/// The statements a backend runs, the same text on both databases (SQLite
+/// numbers `$1`, `$2`, … in order of first use, as PostgreSQL does): the
+/// `business`, `next_order` and `effects` methods for database `$db`.
+macro_rules! db_statements {
+    ($db:ident, $store:ident) => {
+        async fn business(tx: &mut Tx<'_, sqlx::$db>, producer: u32, n: u32) -> txmsg::Result<()> {
+            sqlx::query(BUSINESS)
+                .bind(i64::from(producer))
+                .bind(i64::from(n))
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        }
+
+        async fn next_order(tx: &mut Tx<'_, sqlx::$db>, key: u32) -> txmsg::Result<i64> {
+            Ok(sqlx::query_scalar(NEXT_ORDER)
+                .bind(i64::from(key))
+                .fetch_one(&mut **tx)
+                .await?)
+        }
+
+        async fn effects(store: &$store) -> txmsg::Result<Vec<Effect>> {
+            Ok(sqlx::query_as(EFFECTS).fetch_all(store.pool()).await?)
+        }
+    };
+}
+
+/// A backend's handlers (each: its injected faults, then the effect and
+/// its place in its key's commit order) and its half messages' check-back.
+macro_rules! handlers {
+    ($db:ident; check $check:ident: $half:tt; $($name:ident: $topic:tt, $group:tt;)*) => {
+        $(
+            #[txmsg::message_handler(topic = $topic, group = $group, max_attempts = 1000)]
+            async fn $name(tx: &mut Tx<'_, sqlx::$db>, rec: Rec, env: &Envelope) -> Result<(), Error> {
+                handler_faults($group, &rec, env)?;
+                let pos: Option<i64> = match &env.key {
+                    Some(key) => Some(
+                        sqlx::query_scalar(NEXT_POS)
+                            .bind($group)
+                            .bind(&env.topic)
+                            .bind(key)
+                            .fetch_one(&mut **tx)
+                            .await?,
+                    ),
+                    None => None,
+                };
+                sqlx::query(EFFECT)
                     .bind($group)
-                    .bind(&$env.topic)
-                    .bind(key)
-                    .fetch_one(&mut **$tx)
-                    .await?,
-            ),
-            None => None,
-        };
-        sqlx::query(EFFECT)
-            .bind($group)
-            .bind(&$env.topic)
-            .bind(&$env.idempotency_key)
-            .bind($env.key.as_deref())
-            .bind(i64::from($rec.producer))
-            .bind($rec.order)
-            .bind(i64::from($rec.i))
-            .bind(pos)
-            .execute(&mut **$tx)
-            .await
-    }};
+                    .bind(&env.topic)
+                    .bind(&env.idempotency_key)
+                    .bind(env.key.as_deref())
+                    .bind(i64::from(rec.producer))
+                    .bind(rec.order)
+                    .bind(i64::from(rec.i))
+                    .bind(pos)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+        )*
+
+        #[txmsg::check_back(topic = $half)]
+        async fn $check(rec: &Rec) -> Result<txmsg::half::CheckStatus, Error> {
+            check_back_answer(rec)
+        }
+    };
 }
 
 /// The embedded store: one file per run (so that connections interleave as
@@ -137,58 +176,16 @@ impl Backend for Sqlite {
         }
     }
 
-    async fn business(tx: &mut Tx<'_, sqlx::Sqlite>, producer: u32, n: u32) -> txmsg::Result<()> {
-        sqlx::query(BUSINESS)
-            .bind(i64::from(producer))
-            .bind(i64::from(n))
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-
-    async fn next_order(tx: &mut Tx<'_, sqlx::Sqlite>, key: u32) -> txmsg::Result<i64> {
-        Ok(sqlx::query_scalar(NEXT_ORDER)
-            .bind(i64::from(key))
-            .fetch_one(&mut **tx)
-            .await?)
-    }
-
-    async fn effects(store: &SqliteStore) -> txmsg::Result<Vec<Effect>> {
-        Ok(sqlx::query_as(EFFECTS).fetch_all(store.pool()).await?)
-    }
+    db_statements!(Sqlite, SqliteStore);
 }
 
-#[txmsg::message_handler(topic = "sim.a", group = "sim-1", max_attempts = 1000)]
-async fn sqlite_1a(tx: &mut Tx<'_, sqlx::Sqlite>, rec: Rec, env: &Envelope) -> Result<(), Error> {
-    handler_faults("sim-1", &rec, env)?;
-    record_effect!(tx, "sim-1", env, rec)?;
-    Ok(())
-}
-
-#[txmsg::message_handler(topic = "sim.b", group = "sim-1", max_attempts = 1000)]
-async fn sqlite_1b(tx: &mut Tx<'_, sqlx::Sqlite>, rec: Rec, env: &Envelope) -> Result<(), Error> {
-    handler_faults("sim-1", &rec, env)?;
-    record_effect!(tx, "sim-1", env, rec)?;
-    Ok(())
-}
-
-#[txmsg::message_handler(topic = "sim.h", group = "sim-1", max_attempts = 1000)]
-async fn sqlite_1h(tx: &mut Tx<'_, sqlx::Sqlite>, rec: Rec, env: &Envelope) -> Result<(), Error> {
-    handler_faults("sim-1", &rec, env)?;
-    record_effect!(tx, "sim-1", env, rec)?;
-    Ok(())
-}
-
-#[txmsg::message_handler(topic = "sim.a", group = "sim-2", max_attempts = 1000)]
-async fn sqlite_2a(tx: &mut Tx<'_, sqlx::Sqlite>, rec: Rec, env: &Envelope) -> Result<(), Error> {
-    handler_faults("sim-2", &rec, env)?;
-    record_effect!(tx, "sim-2", env, rec)?;
-    Ok(())
-}
-
-#[txmsg::check_back(topic = "sim.h")]
-async fn sqlite_check(rec: &Rec) -> Result<txmsg::half::CheckStatus, Error> {
-    check_back_answer(rec)
+handlers! {
+    Sqlite;
+    check sqlite_check: "sim.h";
+    sqlite_1a: "sim.a", "sim-1";
+    sqlite_1b: "sim.b", "sim-1";
+    sqlite_1h: "sim.h", "sim-1";
+    sqlite_2a: "sim.a", "sim-2";
 }
 
 /// The production database: one schema per run (first on the pool's
@@ -225,56 +222,14 @@ impl Backend for Postgres {
         place.drop_schema().await;
     }
 
-    async fn business(tx: &mut Tx<'_, sqlx::Postgres>, producer: u32, n: u32) -> txmsg::Result<()> {
-        sqlx::query(BUSINESS)
-            .bind(i64::from(producer))
-            .bind(i64::from(n))
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-
-    async fn next_order(tx: &mut Tx<'_, sqlx::Postgres>, key: u32) -> txmsg::Result<i64> {
-        Ok(sqlx::query_scalar(NEXT_ORDER)
-            .bind(i64::from(key))
-            .fetch_one(&mut **tx)
-            .await?)
-    }
-
-    async fn effects(store: &PgStore) -> txmsg::Result<Vec<Effect>> {
-        Ok(sqlx::query_as(EFFECTS).fetch_all(store.pool()).await?)
-    }
+    db_statements!(Postgres, PgStore);
 }
 
-#[txmsg::message_handler(topic = "simpg.a", group = "simpg-1", max_attempts = 1000)]
-async fn pg_1a(tx: &mut Tx<'_, sqlx::Postgres>, rec: Rec, env: &Envelope) -> Result<(), Error> {
-    handler_faults("simpg-1", &rec, env)?;
-    record_effect!(tx, "simpg-1", env, rec)?;
-    Ok(())
-}
-
-#[txmsg::message_handler(topic = "simpg.b", group = "simpg-1", max_attempts = 1000)]
-async fn pg_1b(tx: &mut Tx<'_, sqlx::Postgres>, rec: Rec, env: &Envelope) -> Result<(), Error> {
-    handler_faults("simpg-1", &rec, env)?;
-    record_effect!(tx, "simpg-1", env, rec)?;
-    Ok(())
-}
-
-#[txmsg::message_handler(topic = "simpg.h", group = "simpg-1", max_attempts = 1000)]
-async fn pg_1h(tx: &mut Tx<'_, sqlx::Postgres>, rec: Rec, env: &Envelope) -> Result<(), Error> {
-    handler_faults("simpg-1", &rec, env)?;
-    record_effect!(tx, "simpg-1", env, rec)?;
-    Ok(())
-}
-
-#[txmsg::message_handler(topic = "simpg.a", group = "simpg-2", max_attempts = 1000)]
-async fn pg_2a(tx: &mut Tx<'_, sqlx::Postgres>, rec: Rec, env: &Envelope) -> Result<(), Error> {
-    handler_faults("simpg-2", &rec, env)?;
-    record_effect!(tx, "simpg-2", env, rec)?;
-    Ok(())
-}
-
-#[txmsg::check_back(topic = "simpg.h")]
-async fn pg_check(rec: &Rec) -> Result<txmsg::half::CheckStatus, Error> {
-    check_back_answer(rec)
+handlers! {
+    Postgres;
+    check pg_check: "simpg.h";
+    pg_1a: "simpg.a", "simpg-1";
+    pg_1b: "simpg.b", "simpg-1";
+    pg_1h: "simpg.h", "simpg-1";
+    pg_2a: "simpg.a", "simpg-2";
 }
