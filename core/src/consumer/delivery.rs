@@ -2,7 +2,9 @@
 
 use std::fmt;
 
-use tokio::sync::mpsc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
 
 use crate::store::BoxFuture;
 use crate::{Envelope, Headers, Result};
@@ -107,18 +109,46 @@ impl Delivery {
 /// The deliveries of one [`SubscribeSpec`], as a stream of [`Delivery`].
 ///
 /// Dropping it stops the subscription; deliveries not acknowledged by then
-/// are delivered again.
+/// are delivered again. A consumer that stops gracefully calls
+/// [`close`](Subscription::close) first, so that it can hand back what the
+/// adapter had already received in the order it was delivered.
 #[derive(Debug)]
 pub struct Subscription {
     rx: mpsc::Receiver<Delivery>,
     stop: Option<tokio::task::AbortHandle>,
+    closing: Option<oneshot::Sender<()>>,
 }
+
+/// Longest [`Subscription::close`] waits for its adapter to stop.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Subscription {
     /// A subscription fed by an adapter's task through `rx`; `stop` ends that
-    /// task when the subscription is dropped.
+    /// task when the subscription is dropped or closed.
     pub fn new(rx: mpsc::Receiver<Delivery>, stop: Option<tokio::task::AbortHandle>) -> Self {
-        Subscription { rx, stop }
+        Subscription {
+            rx,
+            stop,
+            closing: None,
+        }
+    }
+
+    /// A subscription fed through `rx` by an adapter's task that stops
+    /// taking new messages from the broker once the receiver of `closing`
+    /// resolves (on [`close`](Subscription::close) or when the subscription
+    /// is dropped), still passes on what it had already asked for, and then
+    /// drops its sender.
+    ///
+    /// Use it where the broker may still send messages after the adapter
+    /// stopped asking (a pull request that cannot be withdrawn): the
+    /// consumer then hands them back after the ones it holds, in delivery
+    /// order.
+    pub fn with_close(rx: mpsc::Receiver<Delivery>, closing: oneshot::Sender<()>) -> Self {
+        Subscription {
+            rx,
+            stop: None,
+            closing: Some(closing),
+        }
     }
 
     /// The next delivery; `None` once the subscription ended.
@@ -128,6 +158,43 @@ impl Subscription {
     /// Cancel safe: no delivery is lost by dropping the call.
     pub async fn next(&mut self) -> Option<Delivery> {
         self.rx.recv().await
+    }
+
+    /// Stops taking new deliveries and returns, in delivery order, the ones
+    /// the adapter had already received and not yet handed out; afterwards
+    /// [`next`](Subscription::next) returns `None`.
+    ///
+    /// The caller settles what it gets (a consumer that stops hands it back
+    /// after the deliveries it holds). Waits at most [`CLOSE_TIMEOUT`] for
+    /// the adapter; deliveries arriving later are dropped unsettled, which
+    /// hands them back.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: deliveries taken before the future is dropped are
+    /// dropped with it (unsettled, so they are delivered again).
+    pub async fn close(&mut self) -> Vec<Delivery> {
+        let mut left = Vec::new();
+        match self.closing.take() {
+            Some(closing) => {
+                let _ = closing.send(());
+                let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+                while let Ok(Some(d)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    left.push(d);
+                }
+                self.rx.close();
+            }
+            None => {
+                self.rx.close();
+                while let Ok(d) = self.rx.try_recv() {
+                    left.push(d);
+                }
+            }
+        }
+        if let Some(stop) = self.stop.take() {
+            stop.abort();
+        }
+        left
     }
 }
 

@@ -8,7 +8,7 @@ mod observe;
 mod registry;
 mod runtime;
 
-pub use delivery::{Acker, Delivery, SubscribeSpec, Subscription, Undecodable};
+pub use delivery::{Acker, CLOSE_TIMEOUT, Delivery, SubscribeSpec, Subscription, Undecodable};
 pub use inbox::{ConsumerDeadLetter, InboxStore, InboxWriter};
 pub use observe::{Handled, HandledOutcome};
 pub use registry::{

@@ -616,12 +616,14 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                 }
             }
         }
-        // Stopping: take nothing new; what waits is handed back to the
-        // broker, what runs gets the shutdown timeout.
-        drop(subscription);
-        for d in queues.into_values().flatten() {
-            let _ = d.nack().await;
-        }
+        // Stopping: take nothing new, and hand back what is not handled in
+        // the order it was delivered, key by key: first what runs (its
+        // handler finishes within the shutdown timeout or hands it back),
+        // then what waits behind it, then what the adapter had received
+        // and not yet handed out. A broker that redelivers in the order of
+        // hand-backs (JetStream) then keeps each key's order for the next
+        // consumer.
+        let late = subscription.close().await;
         let all = async { while running.join_next().await.is_some() {} };
         if tokio::time::timeout(this.config.shutdown_timeout, all)
             .await
@@ -650,6 +652,14 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                 );
             }
         }
+        let waiting = queues.into_values().flatten().chain(late);
+        for d in waiting {
+            this.count("requeued");
+            if let Err(e) = d.nack().await {
+                tracing::debug!(error = %error_chain(&e), "handing back a delivery failed; the broker delivers it again");
+            }
+        }
+        drop(subscription);
     }
 
     /// Tells the observer, if there is one, that `envelope` is settled.
@@ -693,7 +703,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
             Err(bad) => {
                 let reason = format!("undecodable message: {}", bad.reason);
                 let kept = undecodable_envelope(bad);
-                return self.dead(delivery, kept, reason, 0).await;
+                return self.dead(delivery, kept, reason, 0, stop).await;
             }
         };
         let span = tracing::info_span!(
@@ -715,7 +725,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                     limit: self.config.max_payload_bytes,
                 }
                 .to_string();
-                return self.dead(delivery, envelope, reason, 0).await;
+                return self.dead(delivery, envelope, reason, 0, stop).await;
             }
             let max = self.record.max_attempts.max(1);
             let mut attempt = 0u32;
@@ -764,15 +774,21 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                         return ack(delivery).await;
                     }
                     HandleOutcome::Poison(reason) => {
-                        return self.dead(delivery, envelope, reason, attempt).await;
+                        return self
+                            .dead(delivery, envelope, reason, attempt, stop.clone())
+                            .await;
                     }
                     HandleOutcome::WrongDatabase(db) => {
                         let reason = format!("handler {} is for `{db}`", self.record.location());
-                        return self.dead(delivery, envelope, reason, attempt).await;
+                        return self
+                            .dead(delivery, envelope, reason, attempt, stop.clone())
+                            .await;
                     }
                     HandleOutcome::Failed(error) if attempt >= max => {
                         let reason = format!("gave up after {attempt} attempts: {error}");
-                        return self.dead(delivery, envelope, reason, attempt).await;
+                        return self
+                            .dead(delivery, envelope, reason, attempt, stop.clone())
+                            .await;
                     }
                     HandleOutcome::Failed(error) => {
                         let delay = crate::relay::retry_delay_between(
@@ -798,10 +814,19 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
         .await
     }
 
-    /// Keeps the message as a dead letter, then acknowledges it; if the dead
-    /// letter cannot be stored, hands the message back instead, so nothing
-    /// is lost.
-    async fn dead(&self, delivery: Delivery, envelope: Envelope, reason: String, attempts: u32) {
+    /// Keeps the message as a dead letter, then acknowledges it. While the
+    /// dead letter cannot be stored (the database is down), the delivery is
+    /// kept, and with it its key: storing is tried again with backoff, and
+    /// the next message of the key waits. Only a stopping consumer hands the
+    /// message back, so nothing is lost.
+    async fn dead(
+        &self,
+        delivery: Delivery,
+        envelope: Envelope,
+        reason: String,
+        attempts: u32,
+        mut stop: watch::Receiver<bool>,
+    ) {
         tracing::error!(%reason, "message is dead for this group");
         let dead = ConsumerDeadLetter::new(
             Uuid::now_v7(),
@@ -811,21 +836,40 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
             attempts,
             self.config.clock.now(),
         );
-        match self.store.add_consumer_dead(&dead).await {
-            Ok(()) => {
-                metrics::counter!(crate::metrics::DEAD_LETTERS_TOTAL, "topic" => self.record.topic)
-                    .increment(1);
-                self.count("dead");
-                self.report(&dead.envelope, attempts, || {
-                    HandledOutcome::Dead(dead.reason.clone())
-                });
-                ack(delivery).await;
-            }
-            Err(e) => {
-                tracing::error!(error = %error_chain(&e), "could not store the dead letter; the message is handed back");
-                self.count("requeued");
-                self.report(&dead.envelope, attempts, || HandledOutcome::Requeued);
-                let _ = delivery.nack().await;
+        let mut failures = 0u32;
+        loop {
+            match self.store.add_consumer_dead(&dead).await {
+                Ok(()) => {
+                    metrics::counter!(crate::metrics::DEAD_LETTERS_TOTAL, "topic" => self.record.topic)
+                        .increment(1);
+                    self.count("dead");
+                    self.report(&dead.envelope, attempts, || {
+                        HandledOutcome::Dead(dead.reason.clone())
+                    });
+                    return ack(delivery).await;
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let delay = crate::relay::retry_delay_between(
+                        self.config.backoff_min,
+                        self.config.backoff_max,
+                        failures,
+                    );
+                    tracing::warn!(
+                        error = %error_chain(&e),
+                        retry_in = ?delay,
+                        "could not store the dead letter; its key waits"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = stopped(&mut stop) => {
+                            self.count("requeued");
+                            self.report(&dead.envelope, attempts, || HandledOutcome::Requeued);
+                            let _ = delivery.nack().await;
+                            return;
+                        }
+                    }
+                }
             }
         }
     }
