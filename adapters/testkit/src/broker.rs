@@ -141,11 +141,20 @@ where
         dropped_delivery_is_redelivered,
         dropped_subscription_redelivers,
         per_key_order_is_kept,
+        handed_back_message_holds_its_key,
+        order_across_a_restart_of_the_only_consumer,
         large_and_empty_payloads,
         queue_outlives_its_subscribers,
         subscribe_refuses_bad_specs,
     );
+    eprintln!("broker conformance: nothing_confirmed_is_lost_to_a_slow_consumer");
+    nothing_confirmed_is_lost_to_a_slow_consumer(&make().await, prefix, SLOW_CONSUMER_BACKLOG)
+        .await;
 }
+
+/// How many messages [`run_all`] publishes past a slow consumer: twice
+/// Mosquitto's default per-session queue (1 000 messages).
+pub const SLOW_CONSUMER_BACKLOG: usize = 2_000;
 
 // ---------------------------------------------------------------------------
 // helpers
@@ -530,6 +539,259 @@ pub async fn per_key_order_is_kept<B: Broker>(broker: &B, prefix: &str) {
         );
     }
     quiet(&mut sub, "after every ordered message").await;
+}
+
+/// The number in the payload of a message built by [`envelope`].
+fn number_of(e: &Envelope) -> usize {
+    let value: serde_json::Value = match serde_json::from_slice(&e.payload) {
+        Ok(v) => v,
+        Err(err) => panic!("message {} has an unreadable payload: {err}", e.id),
+    };
+    match value.get("n").and_then(serde_json::Value::as_u64) {
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        None => panic!("message {} has no number", e.id),
+    }
+}
+
+/// `n` messages of `topic`, all of ordering key `key`, numbered from 0.
+fn keyed(topic: &str, key: &str, n: usize) -> Vec<Envelope> {
+    (0..n)
+        .map(|i| {
+            let mut e = envelope(topic, i);
+            e.key = Some(key.to_owned());
+            e
+        })
+        .collect()
+}
+
+/// A delivery handed back while its subscription holds nothing else (a
+/// prefetch of one) is the next delivery: it comes back before later
+/// messages of its key, marked redelivered.
+pub async fn handed_back_message_holds_its_key<B: Broker>(broker: &B, prefix: &str) {
+    const N: usize = 4;
+    let topic = format!("{prefix}.holds-key");
+    let mut sub = subscribe(broker, &spec(format!("{prefix}.g"), &topic, 1)).await;
+    let sent = keyed(&topic, "k", N);
+    for e in &sent {
+        publish(broker, e).await;
+    }
+    let mut got = Vec::with_capacity(N + 2);
+    // Each of the first two messages is handed back once before it is
+    // acknowledged.
+    for expected in 0..N {
+        let d = next(&mut sub, &format!("message {expected} of the key")).await;
+        let n = number_of(envelope_of(&d));
+        assert_eq!(
+            n, expected,
+            "after its predecessor was handed back and then acknowledged, message {expected} of the key is next"
+        );
+        if expected < 2 {
+            if let Err(e) = d.nack().await {
+                panic!("nack failed: {e:?}");
+            }
+            let again = next(&mut sub, &format!("message {expected} handed back")).await;
+            assert_eq!(
+                number_of(envelope_of(&again)),
+                expected,
+                "a handed-back message comes back before later messages of its key"
+            );
+            assert!(again.redelivered, "it comes back marked redelivered");
+            got.push(envelope_of(&again).clone());
+            ack(again).await;
+        } else {
+            got.push(envelope_of(&d).clone());
+            ack(d).await;
+        }
+    }
+    assert_once(&got, &sent, "the key's messages");
+    quiet(&mut sub, "after every message of the key").await;
+}
+
+/// A consumer that stops gracefully, the only one of its group: it closes
+/// its subscription, hands back what it holds and what the adapter had
+/// received, in delivery order, and drops the subscription. The group's
+/// next subscription gets every message of the key in publish order, each
+/// once, the handed-back ones first. Done three times, with the first
+/// subscription holding 1, 3 and 6 messages.
+pub async fn order_across_a_restart_of_the_only_consumer<B: Broker>(broker: &B, prefix: &str) {
+    const N: usize = 12;
+    for (round, held) in [1usize, 3, 6].into_iter().enumerate() {
+        let topic = format!("{prefix}.restart{round}");
+        let group_spec = spec(format!("{prefix}.g"), &topic, 6);
+        let mut first = subscribe(broker, &group_spec).await;
+        let sent = keyed(&topic, "k", N);
+        for e in &sent {
+            publish(broker, e).await;
+        }
+        let mut holding = Vec::with_capacity(held);
+        for i in 0..held {
+            let d = next(
+                &mut first,
+                &format!("round {round}: first subscription, delivery {i}"),
+            )
+            .await;
+            assert_eq!(
+                number_of(envelope_of(&d)),
+                i,
+                "round {round}: the first subscription gets the key in publish order"
+            );
+            holding.push(d);
+        }
+        let late = first.close().await;
+        for d in holding.into_iter().chain(late) {
+            if let Err(e) = d.nack().await {
+                panic!("round {round}: hand-back failed: {e:?}");
+            }
+        }
+        drop(first);
+
+        let mut second = subscribe(broker, &group_spec).await;
+        let got = take_and_ack(
+            &mut second,
+            N,
+            &format!("round {round}: second subscription"),
+        )
+        .await;
+        let order: Vec<usize> = got.iter().map(number_of).collect();
+        assert_eq!(
+            order,
+            (0..N).collect::<Vec<_>>(),
+            "round {round}: after a restart of the only consumer holding {held}, the key's messages arrive in publish order"
+        );
+        assert_once(&got, &sent, "the second subscription");
+        quiet(&mut second, "second subscription after every message").await;
+    }
+}
+
+/// A delivery held unsettled for `hold` (longer than the adapter's
+/// redelivery timeout, as configured by the caller) by a live subscription
+/// is not delivered again, to it or to another member of its group, and
+/// its acknowledgement after that succeeds.
+///
+/// Not part of [`run_all`]: the caller knows its adapter's timeout.
+pub async fn held_delivery_is_not_redelivered<B: Broker>(broker: &B, prefix: &str, hold: Duration) {
+    let topic = format!("{prefix}.held");
+    let group_spec = spec(format!("{prefix}.g"), &topic, 4);
+    let mut a = subscribe(broker, &group_spec).await;
+    let mut b = subscribe(broker, &group_spec).await;
+    let sent = envelope(&topic, 1);
+    publish(broker, &sent).await;
+    let held = tokio::select! {
+        d = a.next() => d,
+        d = b.next() => d,
+        () = tokio::time::sleep(WAIT) => None,
+    };
+    let Some(held) = held else {
+        panic!("nothing was delivered within {WAIT:?}");
+    };
+    assert_eq!(envelope_of(&held).id, sent.id);
+    tokio::select! {
+        () = tokio::time::sleep(hold) => {}
+        Some(d) = a.next() => panic!("a held delivery was delivered again while held: {:?}", d.message.map(|e| e.id)),
+        Some(d) = b.next() => panic!("a held delivery was delivered again while held: {:?}", d.message.map(|e| e.id)),
+    }
+    ack(held).await;
+    quiet(&mut a, "member a after the ack").await;
+    quiet(&mut b, "member b after the ack").await;
+}
+
+/// `n` messages confirmed while the group's only subscription (prefetch 1)
+/// holds its first delivery all reach the group once it goes on: a
+/// confirmed publish is never lost because a consumer is slow.
+pub async fn nothing_confirmed_is_lost_to_a_slow_consumer<B: Broker>(
+    broker: &B,
+    prefix: &str,
+    n: usize,
+) {
+    let topic = format!("{prefix}.slow");
+    let mut sub = subscribe(broker, &spec(format!("{prefix}.g"), &topic, 1)).await;
+    let sent: Vec<Envelope> = (0..n).map(|i| envelope(&topic, i)).collect();
+    publish(broker, &sent[0]).await;
+    let first = next(&mut sub, "first delivery").await;
+    for e in &sent[1..] {
+        publish(broker, e).await;
+    }
+    let mut got = vec![envelope_of(&first).clone()];
+    ack(first).await;
+    got.extend(take_and_ack(&mut sub, n - 1, "after the slow consumer went on").await);
+    assert_once(&got, &sent, "a slow consumer's group");
+    quiet(&mut sub, "after every message").await;
+}
+
+/// Nothing a broker adapter and its driver log, at any level, shows the
+/// password of its URL: connecting to a server that refuses connections
+/// (`refused_url`, whose connect must fail) and to the service (`url`),
+/// then, if the service took the connection, publishing, subscribing and
+/// receiving a message. A failed connect's error must not show it either.
+///
+/// `connect` connects the adapter under test to a URL; both URLs carry
+/// `password`. Not part of [`run_all`]: it needs URLs with a password, and
+/// it installs a global log subscriber ([`logs::capture`](crate::logs::capture)).
+pub async fn no_password_in_logs<B, F, Fut>(
+    connect: F,
+    url: &str,
+    refused_url: &str,
+    password: &str,
+    prefix: &str,
+) where
+    B: Broker,
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = txmsg_core::Result<B>>,
+{
+    assert!(
+        url.contains(password) && refused_url.contains(password),
+        "both URLs must carry the password"
+    );
+    let logs = crate::logs::capture();
+    tracing::debug!("no_password_in_logs: capture check");
+    match connect(refused_url.to_owned()).await {
+        Ok(_) => panic!("connecting to a server that refuses connections succeeded"),
+        Err(e) => assert_hidden(&e, password),
+    }
+    match connect(url.to_owned()).await {
+        Ok(broker) => {
+            let shown = format!("{broker:?}");
+            assert!(
+                !shown.contains(password),
+                "Debug shows the password: {shown}"
+            );
+            let topic = format!("{prefix}.secret");
+            let mut sub = subscribe(&broker, &spec(format!("{prefix}.g"), &topic, 4)).await;
+            let sent = envelope(&topic, 1);
+            publish(&broker, &sent).await;
+            let d = next(&mut sub, "the message").await;
+            assert_eq!(envelope_of(&d).id, sent.id);
+            ack(d).await;
+        }
+        Err(e) => assert_hidden(&e, password),
+    }
+    let text = logs.text();
+    assert!(
+        text.contains("no_password_in_logs: capture check"),
+        "the log capture does not work"
+    );
+    if let Some(at) = text.find(password) {
+        let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+        panic!(
+            "the logs show the password: {}",
+            &text[line_start..line_end]
+        );
+    }
+}
+
+/// Fails if `err` shows `password` in its `Display`, `Debug` or sources.
+fn assert_hidden(err: &Error, password: &str) {
+    let mut shown = format!("{err} {err:?}");
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        shown.push_str(&format!(" {s}"));
+        source = s.source();
+    }
+    assert!(
+        !shown.contains(password),
+        "an error shows the password: {shown}"
+    );
 }
 
 /// A 512 KiB payload and an empty one arrive byte for byte.

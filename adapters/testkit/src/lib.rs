@@ -20,6 +20,8 @@
 //! - [`injection`]: hostile config identifiers refused before any SQL, and
 //!   hostile values through every user string that reaches SQL, byte for
 //!   byte (each store's injection tests wrap them around a canary table).
+//! - [`logs`]: everything a test process logs, at every level, captured
+//!   so that a case can check what the logs show (no password).
 //! - [`proxy`]: [`TcpProxy`](proxy::TcpProxy), a TCP forwarder that cuts,
 //!   refuses, pauses and slows the connections of an adapter under test, for
 //!   cases such as
@@ -29,5 +31,6 @@ pub mod broker;
 pub mod half;
 pub mod inbox;
 pub mod injection;
+pub mod logs;
 pub mod proxy;
 pub mod store;
