@@ -1,13 +1,14 @@
 //! [`NatsBroker`]: publishing with PubAcks, pull consumers per group.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::jetstream::{self, consumer, context, stream};
 use futures_util::StreamExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::Instrument;
 use txmsg_core::consumer::{Acker, Delivery, SubscribeSpec, Subscription};
 use txmsg_core::{BoxFuture, Broker, Envelope, Error, Result, validate_topic};
@@ -71,8 +72,8 @@ impl NatsBroker {
     ///   another stream already takes its subjects); a retryable one if the
     ///   JetStream API did not answer.
     pub async fn connect(url: &str, config: NatsConfig) -> Result<Self> {
-        let options = config.connect_options(url)?;
-        let connecting = async_nats::connect_with_options(url, options);
+        let (options, servers) = config.connect_options(url)?;
+        let connecting = async_nats::connect_with_options(servers, options);
         let client = match tokio::time::timeout(config.get_connect_timeout(), connecting).await {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => return Err(connect_error(e)),
@@ -110,25 +111,75 @@ impl NatsBroker {
         Ok(broker)
     }
 
-    /// Creates the stream, or updates it to the configured settings.
+    /// Creates the stream with the configured settings; an existing stream
+    /// keeps every setting of its operator (limits, replicas, storage,
+    /// description, ...) and gets only what txmsg needs: its subjects added
+    /// and the configured duplicate window. A stream that already has both
+    /// is not touched.
     async fn ensure_stream(&self) -> Result<()> {
-        let wanted = stream::Config {
-            name: self.config.get_stream().to_owned(),
-            subjects: vec![self.config.stream_subjects()],
-            duplicate_window: self.config.get_duplicate_window(),
-            storage: stream::StorageType::File,
-            ..Default::default()
+        let name = self.config.get_stream();
+        let subjects = self.config.stream_subjects();
+        let window = self.config.get_duplicate_window();
+        let existing = match self.js.get_stream(name).await {
+            Ok(mut stream) => Some(
+                stream
+                    .info()
+                    .await
+                    .map_err(|e| self.failure(format!("reading stream `{name}`"), e))?
+                    .config
+                    .clone(),
+            ),
+            Err(e)
+                if matches!(e.kind(), context::GetStreamErrorKind::JetStream(ref js)
+                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                None
+            }
+            Err(e) => return Err(self.failure(format!("looking up stream `{name}`"), e)),
         };
-        self.js
-            .create_or_update_stream(wanted)
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                self.failure(
-                    format!("creating or updating stream `{}`", self.config.get_stream()),
-                    e,
-                )
-            })
+        match existing {
+            None => {
+                let wanted = stream::Config {
+                    name: name.to_owned(),
+                    subjects: vec![subjects],
+                    duplicate_window: window,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                };
+                match self.js.create_stream(wanted).await {
+                    Ok(_) => Ok(()),
+                    // Created meanwhile by another process: check it as an
+                    // existing one.
+                    Err(e)
+                        if matches!(e.kind(), context::CreateStreamErrorKind::JetStream(ref js)
+                            if js.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST) =>
+                    {
+                        Box::pin(self.ensure_stream()).await
+                    }
+                    Err(e) => Err(self.failure(format!("creating stream `{name}`"), e)),
+                }
+            }
+            Some(mut config) => {
+                let mut changed = Vec::new();
+                if !config.subjects.contains(&subjects) {
+                    config.subjects.push(subjects);
+                    changed.push("subjects");
+                }
+                if config.duplicate_window != window {
+                    config.duplicate_window = window;
+                    changed.push("duplicate_window");
+                }
+                if changed.is_empty() {
+                    return Ok(());
+                }
+                tracing::info!(stream = name, ?changed, "updating the stream for txmsg");
+                self.js
+                    .update_stream(config)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.failure(format!("updating stream `{name}`"), e))
+            }
+        }
     }
 
     /// The broker's settings.
@@ -305,18 +356,25 @@ impl NatsBroker {
 
         let prefetch = usize::from(spec.prefetch);
         let (tx, rx) = mpsc::channel(prefetch);
-        // No abort handle: the task ends by itself once the subscription
-        // drops its receiver, after handing back what its last pull request
-        // still brings (an aborted task would leave those messages waiting
-        // for `ack_wait`).
-        tokio::spawn(pull_loop(
-            pull,
-            tx,
-            prefetch,
+        let (closing_tx, closing) = oneshot::channel();
+        let held = Arc::new(HeldReplies::default());
+        tokio::spawn(keep_in_progress(
+            Arc::downgrade(&held),
             self.client.clone(),
-            Arc::clone(&self.config),
+            self.config.get_ack_wait() / 3,
         ));
-        Ok(Subscription::new(rx, None))
+        tokio::spawn(pull_loop(
+            PullLoop {
+                pull,
+                tx,
+                prefetch,
+                client: self.client.clone(),
+                config: Arc::clone(&self.config),
+                held,
+            },
+            closing,
+        ));
+        Ok(Subscription::with_close(rx, closing_tx))
     }
 }
 
@@ -337,37 +395,95 @@ impl Broker for NatsBroker {
     }
 }
 
-/// Pulls messages of `pull` into `tx`, never holding more than `prefetch`
-/// unsettled: each delivery carries a permit, given back when it is
-/// settled or dropped.
-///
-/// Ends when `tx` closes (the subscription was dropped); a pull request
-/// cannot be withdrawn, so it first hands back (Nak) whatever the open pull
-/// request still brings, until that request ends.
-async fn pull_loop(
+/// The reply subjects of a subscription's unsettled deliveries, each under
+/// a number of its own.
+#[derive(Default)]
+struct HeldReplies {
+    next: std::sync::atomic::AtomicU64,
+    replies: Mutex<HashMap<u64, async_nats::Subject>>,
+}
+
+impl HeldReplies {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, async_nats::Subject>> {
+        self.replies.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers `reply`; returns its number.
+    fn insert(&self, reply: async_nats::Subject) -> u64 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().insert(id, reply);
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+}
+
+/// Tells the server, every `every`, that each delivery still held by the
+/// subscription is being worked on (`+WPI`), so that it is not delivered
+/// again after `ack_wait` while the consumer holds it (handler retries,
+/// messages waiting behind another of their key). Ends with the
+/// subscription and its last delivery.
+async fn keep_in_progress(held: Weak<HeldReplies>, client: async_nats::Client, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(held) = held.upgrade() else { return };
+        let replies: Vec<async_nats::Subject> = held.lock().values().cloned().collect();
+        drop(held);
+        for reply in replies {
+            if let Err(e) = client.publish(reply, "+WPI".into()).await {
+                tracing::debug!(error = %e, "telling nats a delivery is in progress failed");
+            }
+        }
+    }
+}
+
+/// What a subscription's pull loop works with.
+struct PullLoop {
     pull: consumer::PullConsumer,
     tx: mpsc::Sender<Delivery>,
     prefetch: usize,
     client: async_nats::Client,
     config: Arc<NatsConfig>,
-) {
-    let permits = Arc::new(Semaphore::new(prefetch));
+    held: Arc<HeldReplies>,
+}
+
+/// Pulls messages into the subscription, never holding more than
+/// `prefetch` unsettled: each delivery carries a permit, given back when it
+/// is settled or dropped.
+///
+/// When `closing` resolves (the subscription is closed or dropped) it asks
+/// for nothing more; a pull request cannot be withdrawn, so it still passes
+/// on what the open request brings until that request ends, then ends,
+/// which ends the subscription. A consumer that closes its subscription
+/// thus gets those messages too and hands them back after the ones it
+/// holds, in delivery order; the server redelivers in the order of
+/// hand-backs, and no request of this subscription is open by then to take
+/// them.
+async fn pull_loop(this: PullLoop, mut closing: oneshot::Receiver<()>) {
+    let permits = Arc::new(Semaphore::new(this.prefetch));
     loop {
         let first = tokio::select! {
-            () = tx.closed() => return,
+            _ = &mut closing => return,
+            () = this.tx.closed() => return,
             permit = Arc::clone(&permits).acquire_owned() => match permit {
                 Ok(p) => p,
                 Err(_) => return,
             },
         };
         let mut held = vec![first];
-        while held.len() < prefetch {
+        while held.len() < this.prefetch {
             match Arc::clone(&permits).try_acquire_owned() {
                 Ok(p) => held.push(p),
                 Err(_) => break,
             }
         }
-        let batch = pull
+        let batch = this
+            .pull
             .batch()
             .max_messages(held.len())
             .expires(PULL_EXPIRES)
@@ -378,8 +494,10 @@ async fn pull_loop(
             Err(e) => {
                 tracing::debug!(error = %e, "nats pull request failed; trying again");
                 drop(held);
-                tokio::time::sleep(PULL_RETRY).await;
-                continue;
+                tokio::select! {
+                    _ = &mut closing => return,
+                    () = tokio::time::sleep(PULL_RETRY) => continue,
+                }
             }
         };
         let mut closed = false;
@@ -387,7 +505,7 @@ async fn pull_loop(
             // The server ends a pull request after PULL_EXPIRES; the extra
             // time covers a connection that went away meanwhile.
             let next = tokio::select! {
-                () = tx.closed(), if !closed => {
+                _ = &mut closing, if !closed => {
                     closed = true;
                     continue;
                 }
@@ -397,38 +515,36 @@ async fn pull_loop(
                 Ok(Some(Ok(message))) => message,
                 Ok(Some(Err(e))) => {
                     tracing::debug!(error = %e, "nats pull request ended with an error");
-                    tokio::time::sleep(PULL_RETRY).await;
+                    if !closed {
+                        tokio::time::sleep(PULL_RETRY).await;
+                    }
                     break;
                 }
                 Ok(None) | Err(_) => break,
             };
             let redelivered = message.info().map(|i| i.delivered > 1).unwrap_or(false);
+            let reply = message.message.reply.clone();
             let (message, acker) = message.split();
+            let held_id = reply.map(|r| this.held.insert(r));
             let acker = NatsAcker {
                 acker: Some(acker),
                 permit: held.pop(),
-                client: client.clone(),
-                timeout: config.get_publish_timeout(),
+                client: this.client.clone(),
+                timeout: this.config.get_publish_timeout(),
+                held: held_id.map(|id| (Arc::clone(&this.held), id)),
             };
-            if closed {
-                // Handed back at once by the acker's drop.
-                drop(acker);
-                continue;
-            }
-            let topic = config
+            let topic = this
+                .config
                 .topic_of(message.subject.as_str())
                 .unwrap_or(message.subject.as_str())
                 .to_owned();
             let decoded = wire::decode(&topic, message.headers.as_ref(), message.payload.to_vec());
             let delivery = Delivery::new(decoded, redelivered, Box::new(acker));
-            if tx.send(delivery).await.is_err() {
-                // The subscription is gone; the delivery was dropped and
-                // handed back.
-                closed = true;
-            }
+            // Dropped if the subscription is gone: handed back.
+            let _ = this.tx.send(delivery).await;
         }
         drop(held);
-        if closed {
+        if closed || this.tx.is_closed() {
             return;
         }
     }
@@ -441,6 +557,17 @@ struct NatsAcker {
     permit: Option<OwnedSemaphorePermit>,
     client: async_nats::Client,
     timeout: Duration,
+    /// Its entry among the subscription's held deliveries.
+    held: Option<(Arc<HeldReplies>, u64)>,
+}
+
+impl NatsAcker {
+    /// No longer held: no more progress for it.
+    fn release(&mut self) {
+        if let Some((held, id)) = self.held.take() {
+            held.remove(id);
+        }
+    }
 }
 
 impl fmt::Debug for NatsAcker {
@@ -457,6 +584,7 @@ impl Acker for NatsAcker {
             let Some(acker) = self.acker.take() else {
                 return Ok(());
             };
+            self.release();
             let result = match tokio::time::timeout(self.timeout, acker.double_ack()).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(failure(
@@ -475,21 +603,30 @@ impl Acker for NatsAcker {
         })
     }
 
+    /// Hands the delivery back and waits for the server to confirm it
+    /// before its permit is freed, so that the subscription's next pull
+    /// request cannot overtake it: the server redelivers it before later
+    /// messages of its key.
     fn nack(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
             let Some(acker) = self.acker.take() else {
                 return Ok(());
             };
-            let result = acker
-                .ack_with(jetstream::AckKind::Nak(None))
-                .await
-                .map_err(|e| {
-                    failure(
-                        &self.client,
-                        "handing a delivery back",
-                        ErrorText(e.to_string()),
-                    )
-                });
+            self.release();
+            let nak = acker.double_ack_with(jetstream::AckKind::Nak(None));
+            let result = match tokio::time::timeout(self.timeout, nak).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(failure(
+                    &self.client,
+                    "handing a delivery back",
+                    ErrorText(e.to_string()),
+                )),
+                Err(_) => Err(failure(
+                    &self.client,
+                    "handing a delivery back",
+                    ErrorText(format!("no answer within {:?}", self.timeout)),
+                )),
+            };
             drop(self.permit.take());
             result
         })
@@ -498,6 +635,7 @@ impl Acker for NatsAcker {
 
 impl Drop for NatsAcker {
     fn drop(&mut self) {
+        self.release();
         let Some(acker) = self.acker.take() else {
             return;
         };

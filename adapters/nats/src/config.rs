@@ -350,7 +350,15 @@ impl NatsConfig {
     /// (`tls://`, `wss://`) without the `tls` feature; for `tls_ca_file` or
     /// `tls_client_auth` if a file they name does not exist. No message
     /// quotes the URL.
-    pub(crate) fn connect_options(&self, url: &str) -> Result<async_nats::ConnectOptions> {
+    ///
+    /// The credentials of the URL are taken out of it and given to the
+    /// client as options, so that the URL handed to the client (which logs
+    /// the server address on every connect attempt) holds no secret; the
+    /// URL without them is returned with the options.
+    pub(crate) fn connect_options(
+        &self,
+        url: &str,
+    ) -> Result<(async_nats::ConnectOptions, String)> {
         if !cfg!(feature = "tls") && url.split(',').any(asks_for_tls) {
             return Err(Error::config(
                 "url",
@@ -358,10 +366,18 @@ impl NatsConfig {
                  (the `tls` feature of txmsg)",
             ));
         }
-        let options = async_nats::ConnectOptions::new()
+        let (servers, credentials) = without_credentials(url)?;
+        let mut options = async_nats::ConnectOptions::new()
             .name("txmsg")
             .connection_timeout(self.connect_timeout);
-        self.with_tls(options)
+        options = match credentials {
+            Some(Credentials::UserPassword(user, password)) => {
+                options.user_and_password(user, password)
+            }
+            Some(Credentials::Token(token)) => options.token(token),
+            None => options,
+        };
+        Ok((self.with_tls(options)?, servers))
     }
 
     /// `options` with the TLS settings, if any.
@@ -411,6 +427,58 @@ impl NatsConfig {
             .and_then(|rest| rest.strip_prefix('.'))
             .filter(|t| !t.is_empty())
     }
+}
+
+/// Credentials found in a server URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Credentials {
+    /// `user:password@`.
+    UserPassword(String, String),
+    /// `token@`.
+    Token(String),
+}
+
+/// `url` (a comma-separated list of servers) with the user information
+/// taken out of every server, and the credentials it held. Servers that
+/// name different credentials are refused: the client has one set.
+fn without_credentials(url: &str) -> Result<(String, Option<Credentials>)> {
+    let mut found: Option<Credentials> = None;
+    let mut servers = Vec::new();
+    for server in url.split(',') {
+        let server = server.trim();
+        let (scheme, rest) = match server.split_once("://") {
+            Some((scheme, rest)) => (Some(scheme), rest),
+            None => (None, server),
+        };
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        let host = match authority.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let credentials = match userinfo.split_once(':') {
+                    Some((user, password)) => {
+                        Credentials::UserPassword(user.to_owned(), password.to_owned())
+                    }
+                    None => Credentials::Token(userinfo.to_owned()),
+                };
+                match &found {
+                    Some(other) if *other != credentials => {
+                        return Err(Error::config(
+                            "url",
+                            "its servers name different credentials; give every server the same ones",
+                        ));
+                    }
+                    _ => found = Some(credentials),
+                }
+                host
+            }
+            None => authority,
+        };
+        servers.push(match scheme {
+            Some(scheme) => format!("{scheme}://{host}{tail}"),
+            None => format!("{host}{tail}"),
+        });
+    }
+    Ok((servers.join(","), found))
 }
 
 /// Whether the server address `server` (one entry of a URL list) asks for
@@ -499,6 +567,31 @@ mod tests {
         assert!(asks_for_tls("wss://h"));
         assert!(!asks_for_tls("nats://h"));
         assert!(!asks_for_tls("h:4222"));
+    }
+
+    #[test]
+    fn credentials_leave_the_url() {
+        let (servers, credentials) =
+            without_credentials("nats://u:s3cr3t-pw@127.0.0.1:4222, nats://u:s3cr3t-pw@h2")
+                .unwrap();
+        assert_eq!(servers, "nats://127.0.0.1:4222,nats://h2");
+        assert_eq!(
+            credentials,
+            Some(Credentials::UserPassword("u".into(), "s3cr3t-pw".into()))
+        );
+        let (servers, credentials) = without_credentials("tok3n@h:4222/x").unwrap();
+        assert_eq!(servers, "h:4222/x");
+        assert_eq!(credentials, Some(Credentials::Token("tok3n".into())));
+        assert_eq!(
+            without_credentials("nats://h").unwrap(),
+            ("nats://h".to_owned(), None)
+        );
+        let err = without_credentials("nats://a:1@h1,nats://b:2@h2").unwrap_err();
+        assert!(!err.to_string().contains('1') || !err.to_string().contains("a:1"));
+        assert_eq!(
+            field_of(without_credentials("nats://a:1@h1,nats://b:2@h2")),
+            "url"
+        );
     }
 
     #[test]

@@ -70,6 +70,110 @@ async fn broker_conformance() {
     broker.delete_stream().await.expect("delete the stream");
 }
 
+/// A delivery held three times as long as the group's `ack_wait` (1 s) is
+/// not delivered again: the adapter tells the server it is still being
+/// worked on.
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_held_delivery_is_not_redelivered() {
+    let config = config()
+        .ack_wait(Duration::from_secs(1))
+        .expect("a valid ack_wait");
+    let broker = connect(&config).await;
+    let prefix = format!("h{}", &Uuid::now_v7().simple().to_string()[20..]);
+    txmsg_testkit::broker::held_delivery_is_not_redelivered(
+        &broker,
+        &prefix,
+        Duration::from_secs(3),
+    )
+    .await;
+    broker.delete_stream().await.expect("delete the stream");
+}
+
+/// `connect` to a stream an operator created keeps the operator's
+/// settings: only what txmsg needs (its subjects, the duplicate window) is
+/// changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_keeps_the_operators_stream_settings() {
+    use async_nats::jetstream::stream;
+    let config = config();
+    let js = async_nats::jetstream::new(plain_client().await);
+    let mut created = js
+        .create_stream(stream::Config {
+            name: config.get_stream().to_owned(),
+            subjects: vec![config.stream_subjects()],
+            description: Some("operated by the payments team".to_owned()),
+            max_age: Duration::from_secs(3600),
+            max_messages: 1_000,
+            max_bytes: 10 * 1024 * 1024,
+            duplicate_window: config.get_duplicate_window(),
+            ..Default::default()
+        })
+        .await
+        .expect("the operator's stream is created");
+    let before = created.info().await.expect("stream info").config.clone();
+
+    let broker = connect(&config).await;
+    let after = created.info().await.expect("stream info").config.clone();
+    assert_eq!(
+        (
+            after.description.as_deref(),
+            after.max_age,
+            after.max_messages,
+            after.max_bytes,
+            after.num_replicas,
+        ),
+        (
+            before.description.as_deref(),
+            before.max_age,
+            before.max_messages,
+            before.max_bytes,
+            before.num_replicas,
+        ),
+        "connect changed the operator's stream settings"
+    );
+
+    // A stream without txmsg's subjects or with another duplicate window
+    // gets them, and keeps the rest.
+    let mut narrowed = after.clone();
+    narrowed.subjects = vec![format!("{}x.other", config.get_subject_prefix())];
+    narrowed.duplicate_window = Duration::from_secs(5);
+    js.update_stream(narrowed)
+        .await
+        .expect("the operator narrows the stream");
+    drop(broker);
+    let broker = connect(&config).await;
+    let again = created.info().await.expect("stream info").config.clone();
+    assert!(
+        again.subjects.contains(&config.stream_subjects()),
+        "txmsg's subjects are added: {:?}",
+        again.subjects
+    );
+    assert!(
+        again
+            .subjects
+            .contains(&format!("{}x.other", config.get_subject_prefix())),
+        "the operator's subjects stay: {:?}",
+        again.subjects
+    );
+    assert_eq!(again.duplicate_window, config.get_duplicate_window());
+    assert_eq!(
+        (
+            again.description.as_deref(),
+            again.max_age,
+            again.max_messages,
+            again.max_bytes
+        ),
+        (
+            before.description.as_deref(),
+            before.max_age,
+            before.max_messages,
+            before.max_bytes
+        ),
+        "the rest is kept"
+    );
+    broker.delete_stream().await.expect("delete the stream");
+}
+
 /// The broker, connected through a proxy that cuts its connection, comes
 /// back by itself: publishes are confirmed again, the group gets what was
 /// published after the outage, and nothing confirmed before is lost.

@@ -82,3 +82,30 @@ async fn debug_and_connection_errors_never_show_the_password() {
         assert_hidden(&err);
     }
 }
+
+/// Connecting (to a closed port and to the server), publishing and
+/// receiving log nothing that shows the password, at any level: the
+/// driver logs the server's address on every connect attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_password_in_logs() {
+    let config = NatsConfig::default()
+        .stream(format!("REDACT_{}", uuid::Uuid::now_v7().simple()))
+        .and_then(|c| c.subject_prefix(format!("redact{}", uuid::Uuid::now_v7().simple())))
+        .and_then(|c| c.connect_timeout(Duration::from_secs(3)))
+        .expect("valid settings");
+    let connect_config = config.clone();
+    txmsg_testkit::broker::no_password_in_logs(
+        move |url: String| {
+            let config = connect_config.clone();
+            async move { NatsBroker::connect(&url, config).await }
+        },
+        &with_password(&nats_url(), "txmsg"),
+        &format!("nats://app:{PASSWORD}@127.0.0.1:1"),
+        PASSWORD,
+        "redact",
+    )
+    .await;
+    if let Ok(broker) = NatsBroker::connect(&nats_url(), config).await {
+        let _ = broker.delete_stream().await;
+    }
+}
