@@ -161,6 +161,98 @@ impl Broker for RedisBroker {
 }
 
 impl RedisBroker {
+    /// Deletes the entries of `topic`'s stream that every consumer group of
+    /// the stream has acknowledged (`XTRIM MINID`), and returns how many
+    /// were deleted.
+    ///
+    /// A stream grows without bound unless it is trimmed: acknowledged
+    /// entries stay in it. [`RedisConfig::max_len`] bounds it by count,
+    /// whatever was acknowledged (an entry trimmed before its group
+    /// acknowledged it is lost, and reaches the group as a dead letter that
+    /// says so); this trims only what no group needs, so call it
+    /// periodically instead, or as well. A stream without consumer groups
+    /// is left as it is.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`] for a bad topic name; a broker error if Redis
+    /// failed.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run(broker: txmsg_redis::RedisBroker) -> txmsg_core::Result<()> {
+    /// let deleted = broker.trim_acknowledged("orders.placed").await?;
+    /// println!("{deleted} acknowledged entries deleted");
+    /// # Ok(()) }
+    /// ```
+    pub async fn trim_acknowledged(&self, topic: &str) -> Result<u64> {
+        txmsg_core::validate_topic(topic)?;
+        let key = self.stream_key(topic);
+        let mut conn = self.inner.conn.clone();
+        let failed =
+            |what: &str, e: RedisError| redis_error(format!("{what} of `{key}` failed"), e);
+        let groups: Value = match redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(groups) => groups,
+            // No such stream: nothing to trim.
+            Err(e) if e.to_string().contains("no such key") => return Ok(0),
+            Err(e) => return Err(failed("XINFO GROUPS", e)),
+        };
+        let mut floor: Option<(u64, u64)> = None;
+        for group in crate::consume::array(groups) {
+            let mut name = None;
+            let mut pending = 0;
+            let mut last = None;
+            for (field, value) in crate::consume::pairs(group) {
+                match crate::consume::text(field).as_deref() {
+                    Some("name") => name = crate::consume::text(value),
+                    Some("pending") => pending = crate::consume::integer(value),
+                    Some("last-delivered-id") => last = crate::consume::text(value),
+                    _ => {}
+                }
+            }
+            let (Some(name), Some(last)) = (name, last) else {
+                continue;
+            };
+            let needed = if pending > 0 {
+                let summary: Value = redis::cmd("XPENDING")
+                    .arg(&key)
+                    .arg(&name)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| failed("XPENDING", e))?;
+                let oldest = crate::consume::array(summary)
+                    .into_iter()
+                    .nth(1)
+                    .and_then(crate::consume::text);
+                match oldest {
+                    Some(id) => crate::consume::parse_id(&id),
+                    // Settled meanwhile: nothing older than the last read.
+                    None => successor(crate::consume::parse_id(&last)),
+                }
+            } else {
+                successor(crate::consume::parse_id(&last))
+            };
+            floor = Some(floor.map_or(needed, |f| f.min(needed)));
+        }
+        let Some((ms, seq)) = floor else {
+            return Ok(0);
+        };
+        let deleted: u64 = redis::cmd("XTRIM")
+            .arg(&key)
+            .arg("MINID")
+            .arg(format!("{ms}-{seq}"))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| failed("XTRIM", e))?;
+        Ok(deleted)
+    }
+
     /// `XADD` of `envelope`, `Ok` on an entry id.
     async fn add(&self, envelope: &Envelope) -> Result<()> {
         txmsg_core::validate_topic(&envelope.topic)?;
@@ -188,6 +280,14 @@ impl RedisBroker {
                 "XADD to `{key}` replied {other:?} instead of an entry id"
             ))),
         }
+    }
+}
+
+/// The entry id right after `id`.
+fn successor((ms, seq): (u64, u64)) -> (u64, u64) {
+    match seq.checked_add(1) {
+        Some(seq) => (ms, seq),
+        None => (ms.saturating_add(1), 0),
     }
 }
 

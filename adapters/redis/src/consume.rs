@@ -6,13 +6,28 @@
 //! delivery holds a permit until it is settled or dropped, and a read asks
 //! for no more entries than there are free permits. The task also
 //!
-//! - claims nacked entries back at once (`XCLAIM`) and delivers them again;
+//! - first takes over, in stream order, what the group's consumers that are
+//!   gone (a crashed process) still hold, and what was handed back, before
+//!   it reads a new entry, so that a restarted consumer keeps each key's
+//!   order;
+//! - claims handed-back entries back at once (`XCLAIM`) and delivers them
+//!   again before anything newer;
 //! - takes over entries of its group idle longer than the claim time
-//!   (`XAUTOCLAIM`): deliveries dropped unsettled and those of vanished
-//!   consumers;
-//! - keeps the entries it holds from going idle (`XCLAIM ... JUSTID`
-//!   to itself), so that no other consumer takes over a delivery that is
-//!   still being handled.
+//!   (`XAUTOCLAIM`);
+//! - keeps the entries it holds from going idle (`XCLAIM ... JUSTID` to
+//!   itself, every tick), so that no other consumer takes over a delivery
+//!   that is still being handled, and so that other consumers can tell it
+//!   is alive;
+//! - reports entries trimmed from the stream before they were acknowledged
+//!   (`max_len`) as undecodable deliveries, which the consumer keeps as
+//!   dead letters with the reason.
+//!
+//! A hand-back (nack, or a delivery dropped unsettled) moves the entry to
+//! the group's [`HANDED_BACK`] consumer, idle: any consumer of the group
+//! takes it from there, the subscription that handed it back at once. A
+//! subscription that ends removes its consumer from the group (`XGROUP
+//! DELCONSUMER`) when it holds nothing; consumers left by crashed processes
+//! are removed by the next subscription once it took over their entries.
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
@@ -21,11 +36,11 @@ use std::time::Duration;
 
 use redis::Value;
 use redis::aio::ConnectionManager;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, warn};
-use txmsg_core::consumer::{Acker, Delivery, SubscribeSpec, Subscription};
-use txmsg_core::{BoxFuture, Error, Result};
+use txmsg_core::consumer::{Acker, Delivery, SubscribeSpec, Subscription, Undecodable};
+use txmsg_core::{BoxFuture, Error, Headers, Result};
 use uuid::Uuid;
 
 use crate::broker::{RedisBroker, manager, redis_error};
@@ -35,6 +50,17 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// First pause after a failed read.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The consumer of a group that holds handed-back entries until a consumer
+/// of the group takes them. It never reads.
+pub(crate) const HANDED_BACK: &str = "txmsg-handed-back";
+
+/// The idle time a hand-back gives an entry (one day): longer than any
+/// claim time, so that every consumer's `XAUTOCLAIM` takes it at once.
+const HANDED_BACK_IDLE_MS: u64 = 24 * 3600 * 1000;
+
+/// Most pending entries of one gone consumer looked up per round.
+const TAKEOVER_BATCH: usize = 1000;
 
 /// Checks the names and the prefetch of `spec`.
 fn validate(spec: &SubscribeSpec) -> Result<()> {
@@ -89,11 +115,15 @@ pub(crate) async fn subscribe(broker: &RedisBroker, spec: &SubscribeSpec) -> Res
     let (tx, rx) = mpsc::channel(usize::from(spec.prefetch));
     let (nack_tx, nack_rx) = mpsc::unbounded_channel();
     let claim_idle = config.get_claim_idle();
+    // Never wait longer than a third of the claim time: the task must
+    // keep its held entries fresh.
+    let tick = config.get_block().min(claim_idle / 3);
     let shared = Arc::new(Shared {
         conn,
         key,
         group: spec.group.clone(),
         consumer,
+        topic: spec.topic.clone(),
         held: Mutex::new(HashSet::new()),
         nacks: nack_tx,
     });
@@ -103,21 +133,22 @@ pub(crate) async fn subscribe(broker: &RedisBroker, spec: &SubscribeSpec) -> Res
         consumer = shared.consumer,
         "subscribed"
     );
+    let (closing_tx, closing) = oneshot::channel();
     let task = Reader {
         shared,
         reader,
-        topic: spec.topic.clone(),
         tx,
         nack_rx,
         permits: Arc::new(Semaphore::new(usize::from(spec.prefetch))),
         claim_idle,
-        // Never wait longer than a third of the claim time: the task must
-        // keep its held entries fresh.
-        tick: config.get_block().min(claim_idle / 3),
+        tick,
+        // A live consumer touches the group at least every tick; one that
+        // did not for three ticks and a response timeout is gone.
+        gone_after: tick * 3 + config.get_response_timeout(),
         read_count: config.get_read_count(),
     };
-    let handle = tokio::spawn(task.run());
-    Ok(Subscription::new(rx, Some(handle.abort_handle())))
+    tokio::spawn(task.run(closing));
+    Ok(Subscription::with_close(rx, closing_tx))
 }
 
 /// What a subscription's task and its ackers share.
@@ -126,9 +157,10 @@ struct Shared {
     key: String,
     group: String,
     consumer: String,
+    topic: String,
     /// Ids of the entries delivered and not yet settled or dropped.
     held: Mutex<HashSet<String>>,
-    /// Ids of nacked entries, for the task to deliver again.
+    /// Ids of handed-back entries, for the task to deliver again.
     nacks: mpsc::UnboundedSender<String>,
 }
 
@@ -136,32 +168,126 @@ impl Shared {
     fn held(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Moves entry `id` to the group's [`HANDED_BACK`] consumer, idle, so
+    /// that any consumer of the group takes it at once (this
+    /// subscription's task first, if it still runs).
+    async fn hand_back(&self, id: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let moved: redis::RedisResult<Value> = redis::cmd("XCLAIM")
+            .arg(&self.key)
+            .arg(&self.group)
+            .arg(HANDED_BACK)
+            .arg(0)
+            .arg(id)
+            .arg("IDLE")
+            .arg(HANDED_BACK_IDLE_MS)
+            .arg("JUSTID")
+            .query_async(&mut conn)
+            .await;
+        let moved = moved.map_err(|e| {
+            redis_error(
+                format!(
+                    "handing entry {id} of `{}` back to group `{}` failed; another consumer takes it over after the claim time",
+                    self.key, self.group
+                ),
+                e,
+            )
+        })?;
+        if array(moved).is_empty() {
+            // Redis claims only entries still in the stream.
+            tracing::error!(
+                key = self.key,
+                group = self.group,
+                id,
+                "a handed-back entry was trimmed from the stream (max_len) before it was acknowledged; it is lost"
+            );
+            return Err(Error::broker_permanent(format!(
+                "entry {id} of `{}` was trimmed from the stream (max_len) before group `{}` acknowledged it: it cannot be handed back and is lost",
+                self.key, self.group
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Shared {
+    /// The subscription and its last delivery are gone: its consumer leaves
+    /// the group, if it holds nothing (what a consumer holds is lost with
+    /// it, so one that still holds entries stays for another to take them
+    /// over).
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut conn = self.conn.clone();
+        let key = std::mem::take(&mut self.key);
+        let group = std::mem::take(&mut self.group);
+        let consumer = std::mem::take(&mut self.consumer);
+        runtime.spawn(async move {
+            if let Err(e) = remove_if_idle(&mut conn, &key, &group, &consumer).await {
+                debug!(key, group, consumer, error = %e, "removing the consumer from its group failed");
+            }
+        });
+    }
+}
+
+/// Removes `consumer` from `group` if it holds no entry.
+async fn remove_if_idle(
+    conn: &mut ConnectionManager,
+    key: &str,
+    group: &str,
+    consumer: &str,
+) -> redis::RedisResult<()> {
+    let pending: Value = redis::cmd("XPENDING")
+        .arg(key)
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(1)
+        .arg(consumer)
+        .query_async(conn)
+        .await?;
+    if array(pending).is_empty() {
+        let _: Value = redis::cmd("XGROUP")
+            .arg("DELCONSUMER")
+            .arg(key)
+            .arg(group)
+            .arg(consumer)
+            .query_async(conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The reading task of one subscription.
 struct Reader {
     shared: Arc<Shared>,
     reader: ConnectionManager,
-    topic: String,
     tx: mpsc::Sender<Delivery>,
     nack_rx: mpsc::UnboundedReceiver<String>,
     permits: Arc<Semaphore>,
     claim_idle: Duration,
     tick: Duration,
+    gone_after: Duration,
     read_count: usize,
 }
 
 /// Where the task is in its periodic work.
 struct State {
+    /// Entries to claim and deliver before anything newer: taken over from
+    /// gone consumers, handed back.
     nacked: VecDeque<String>,
     cursor: String,
     next_autoclaim: Instant,
     next_refresh: Instant,
+    /// Whether the group's gone consumers were taken over.
+    taken_over: bool,
 }
 
 /// Why a step of the task ended early.
 enum Stop {
-    /// The subscription was dropped.
+    /// The subscription was closed or dropped.
     Closed,
     /// A command failed; try again after a pause.
     Failed(Error),
@@ -173,19 +299,33 @@ impl From<Error> for Stop {
     }
 }
 
+/// A consumer of the group, as `XINFO CONSUMERS` shows it.
+struct ConsumerInfo {
+    name: String,
+    pending: u64,
+    idle: Duration,
+}
+
 impl Reader {
-    async fn run(mut self) {
+    async fn run(mut self, mut closing: oneshot::Receiver<()>) {
         let now = Instant::now();
         let mut state = State {
             nacked: VecDeque::new(),
             cursor: "0-0".to_owned(),
             next_autoclaim: now,
-            next_refresh: now + self.claim_idle / 3,
+            next_refresh: now + self.tick,
+            taken_over: false,
         };
         let mut backoff = MIN_BACKOFF;
         loop {
             while let Ok(id) = self.nack_rx.try_recv() {
                 state.nacked.push_back(id);
+            }
+            // A step is never cancelled (entries read and not delivered
+            // would wait for a takeover): closing is seen between steps,
+            // which take at most about a tick.
+            if !matches!(closing.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+                return;
             }
             match self.step(&mut state).await {
                 Ok(()) => backoff = MIN_BACKOFF,
@@ -203,7 +343,10 @@ impl Reader {
                         let mut conn = self.shared.conn.clone();
                         let _ = create_group(&mut conn, &self.shared.key, &self.shared.group).await;
                     }
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        _ = &mut closing => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
@@ -213,12 +356,17 @@ impl Reader {
         }
     }
 
-    /// One round: keep held entries fresh, deliver nacked ones again, take
-    /// over idle ones, then read new ones (or wait for a free permit).
+    /// One round: take over what gone consumers left (once), keep held
+    /// entries fresh, deliver handed-back ones again, take over idle ones,
+    /// then read new ones (or wait for a free permit).
     async fn step(&mut self, state: &mut State) -> std::result::Result<(), Stop> {
+        if !state.taken_over {
+            self.take_over_gone(state).await?;
+            state.taken_over = true;
+        }
         if Instant::now() >= state.next_refresh {
             self.refresh().await?;
-            state.next_refresh = Instant::now() + self.claim_idle / 3;
+            state.next_refresh = Instant::now() + self.tick;
         }
 
         let free = self.permits.available_permits();
@@ -228,7 +376,14 @@ impl Reader {
             let mut cmd = self.claim_cmd();
             cmd.arg(0).arg(&ids);
             let reply: Value = self.query(&cmd, "XCLAIM").await?;
-            self.deliver(entries(reply), true).await?;
+            let claimed = entries(reply);
+            let trimmed = self.trimmed_among(&ids, &claimed).await?;
+            self.deliver(claimed, true).await?;
+            self.deliver_trimmed(trimmed).await?;
+        }
+        if !state.nacked.is_empty() {
+            // Older entries wait for permits: nothing newer before them.
+            return self.wait_for_permit().await;
         }
 
         let free = self.permits.available_permits();
@@ -245,7 +400,17 @@ impl Reader {
             let mut parts = array(reply).into_iter();
             let cursor = parts.next().and_then(text).unwrap_or_else(|| "0-0".into());
             let claimed = parts.next().map(entries).unwrap_or_default();
-            if cursor == "0-0" {
+            // Redis 7 lists the ids of entries it found deleted from the
+            // stream (trimmed) and dropped from the pending list.
+            let trimmed: Vec<String> = parts
+                .next()
+                .map(array)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(text)
+                .collect();
+            let scanned = cursor == "0-0";
+            if scanned {
                 state.next_autoclaim = Instant::now() + self.claim_idle / 2;
             }
             state.cursor = cursor;
@@ -258,18 +423,16 @@ impl Reader {
                 );
             }
             self.deliver(claimed, true).await?;
+            self.deliver_trimmed(trimmed).await?;
+            if !scanned {
+                // Older idle entries may follow: read nothing newer yet.
+                return Ok(());
+            }
         }
 
         let free = self.permits.available_permits();
         if free == 0 {
-            // Wait for a delivery to be settled (which frees a permit), but
-            // no longer than a tick: held entries must be kept fresh.
-            if let Ok(Ok(permit)) =
-                tokio::time::timeout(self.tick, self.permits.clone().acquire_owned()).await
-            {
-                drop(permit);
-            }
-            return Ok(());
+            return self.wait_for_permit().await;
         }
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
@@ -294,6 +457,159 @@ impl Reader {
         self.deliver(new, false).await
     }
 
+    /// Waits for a delivery to be settled (which frees a permit), but no
+    /// longer than a tick: held entries must be kept fresh.
+    async fn wait_for_permit(&mut self) -> std::result::Result<(), Stop> {
+        if let Ok(Ok(permit)) =
+            tokio::time::timeout(self.tick, self.permits.clone().acquire_owned()).await
+        {
+            drop(permit);
+        }
+        Ok(())
+    }
+
+    /// Queues, in stream order, the entries of the group's consumers that
+    /// are gone and the handed-back ones, to be delivered before anything
+    /// newer; removes gone consumers that hold nothing.
+    ///
+    /// A consumer holding entries is alive when it touched the group
+    /// within `gone_after` (a live subscription refreshes what it holds
+    /// every tick); one that did not, not even while it is watched for that
+    /// long, is gone. So this waits only when another consumer holds
+    /// entries and was quiet lately, as after a crash, and at most
+    /// `gone_after`.
+    async fn take_over_gone(&mut self, state: &mut State) -> std::result::Result<(), Stop> {
+        let started = Instant::now();
+        let mut watched: Vec<String> = Vec::new();
+        let mut gone: Vec<String> = vec![HANDED_BACK.to_owned()];
+        loop {
+            let consumers = self.consumers().await?;
+            let mut wait = Duration::ZERO;
+            watched.clear();
+            for c in consumers {
+                if c.name == self.shared.consumer || c.name == HANDED_BACK || gone.contains(&c.name)
+                {
+                    continue;
+                }
+                if c.idle >= self.gone_after {
+                    gone.push(c.name);
+                } else if c.pending > 0 && started.elapsed() < self.gone_after {
+                    // Quiet for less than the bound: alive, or just
+                    // crashed. Look again once the bound has passed for
+                    // it; touching the group meanwhile shows it alive.
+                    let until_gone = self.gone_after - c.idle;
+                    if c.idle >= started.elapsed() {
+                        watched.push(c.name);
+                        wait = wait.max(until_gone);
+                    }
+                }
+            }
+            if watched.is_empty() {
+                break;
+            }
+            tokio::time::sleep(wait.min(self.tick)).await;
+        }
+        let mut ids = Vec::new();
+        for name in &gone {
+            ids.extend(self.pending_of(name).await?);
+        }
+        // Stream order: ids are `<ms>-<seq>`.
+        ids.sort_by_key(|id| parse_id(id));
+        ids.dedup();
+        if !ids.is_empty() {
+            debug!(
+                key = self.shared.key,
+                group = self.shared.group,
+                count = ids.len(),
+                "taking over entries of gone consumers and handed-back ones"
+            );
+        }
+        state.nacked.extend(ids);
+        for name in gone.iter().filter(|n| n.as_str() != HANDED_BACK) {
+            // Its entries are claimed before they are delivered; removing
+            // the consumer now would drop the ones not claimed yet.
+            if self.pending_of(name).await?.is_empty() {
+                let mut cmd = redis::cmd("XGROUP");
+                cmd.arg("DELCONSUMER")
+                    .arg(&self.shared.key)
+                    .arg(&self.shared.group)
+                    .arg(name);
+                let _: Value = self.query(&cmd, "XGROUP DELCONSUMER").await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The consumers of the group.
+    async fn consumers(&mut self) -> Result<Vec<ConsumerInfo>> {
+        let mut cmd = redis::cmd("XINFO");
+        cmd.arg("CONSUMERS")
+            .arg(&self.shared.key)
+            .arg(&self.shared.group);
+        let reply: Value = self.query(&cmd, "XINFO CONSUMERS").await?;
+        Ok(array(reply)
+            .into_iter()
+            .filter_map(|consumer| {
+                let mut name = None;
+                let mut pending = 0;
+                let mut idle = 0;
+                for (field, value) in pairs(consumer) {
+                    match text(field).as_deref() {
+                        Some("name") => name = text(value),
+                        Some("pending") => pending = integer(value),
+                        Some("idle") => idle = integer(value),
+                        _ => {}
+                    }
+                }
+                Some(ConsumerInfo {
+                    name: name?,
+                    pending,
+                    idle: Duration::from_millis(idle),
+                })
+            })
+            .collect())
+    }
+
+    /// Up to [`TAKEOVER_BATCH`] ids pending for consumer `name`, oldest
+    /// first.
+    async fn pending_of(&mut self, name: &str) -> Result<Vec<String>> {
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(&self.shared.key)
+            .arg(&self.shared.group)
+            .arg("-")
+            .arg("+")
+            .arg(TAKEOVER_BATCH)
+            .arg(name);
+        let reply: Value = self.query(&cmd, "XPENDING").await?;
+        Ok(array(reply)
+            .into_iter()
+            .filter_map(|entry| array(entry).into_iter().next().and_then(text))
+            .collect())
+    }
+
+    /// Of `asked`, the ids that `XCLAIM` did not return because the entry
+    /// is no longer in the stream (trimmed); ids of entries that still
+    /// exist were settled by another consumer meanwhile and are left out.
+    async fn trimmed_among(
+        &mut self,
+        asked: &[String],
+        claimed: &[Entry],
+    ) -> std::result::Result<Vec<String>, Stop> {
+        let mut trimmed = Vec::new();
+        for id in asked {
+            if claimed.iter().any(|(got, _)| got == id) {
+                continue;
+            }
+            let mut cmd = redis::cmd("XRANGE");
+            cmd.arg(&self.shared.key).arg(id).arg(id);
+            let reply: Value = self.query(&cmd, "XRANGE").await?;
+            if array(reply).is_empty() {
+                trimmed.push(id.clone());
+            }
+        }
+        Ok(trimmed)
+    }
+
     /// `XCLAIM <key> <group> <consumer>`, to be completed with the idle time
     /// and ids.
     fn claim_cmd(&self) -> redis::Cmd {
@@ -304,7 +620,10 @@ impl Reader {
         cmd
     }
 
-    /// Resets the idle time of the entries this subscription holds.
+    /// Resets the idle time of the entries this subscription holds, which
+    /// also shows the consumer alive to the group's other consumers (Redis
+    /// counts a consumer's idle time from its last read or claim that
+    /// found something).
     async fn refresh(&mut self) -> std::result::Result<(), Stop> {
         let ids: Vec<String> = self.shared.held().iter().cloned().collect();
         if ids.is_empty() {
@@ -335,27 +654,95 @@ impl Reader {
         redelivered: bool,
     ) -> std::result::Result<(), Stop> {
         for (id, fields) in entries {
-            let permit = self
-                .permits
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| Stop::Closed)?;
-            self.shared.held().insert(id.clone());
-            let message = crate::wire::decode(&self.topic, fields);
-            let acker = RedisAcker {
-                held: Held {
-                    shared: self.shared.clone(),
-                    id,
-                },
-                _permit: permit,
-            };
-            let delivery = Delivery::new(message, redelivered, Box::new(acker));
-            if self.tx.send(delivery).await.is_err() {
-                return Err(Stop::Closed);
-            }
+            let message = crate::wire::decode(&self.shared.topic, fields);
+            self.send(id, message, redelivered).await?;
         }
         Ok(())
+    }
+
+    /// Hands the subscription an undecodable delivery for each entry that
+    /// was trimmed from the stream before it was acknowledged: its content
+    /// is lost, and the consumer keeps it as a dead letter with the reason.
+    async fn deliver_trimmed(&mut self, ids: Vec<String>) -> std::result::Result<(), Stop> {
+        for id in ids {
+            warn!(
+                key = self.shared.key,
+                group = self.shared.group,
+                id,
+                "an entry was trimmed from the stream before it was acknowledged; its content is lost"
+            );
+            let mut headers = Headers::new();
+            headers.insert("redis-entry-id".to_owned(), id.clone());
+            let message = Err(Undecodable {
+                reason: format!(
+                    "entry {id} of `{}` was trimmed from the stream (max_len) before group `{}` acknowledged it; its content is lost",
+                    self.shared.key, self.shared.group
+                ),
+                topic: self.shared.topic.clone(),
+                headers,
+                body: Vec::new(),
+            });
+            self.send(id, message, true).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(
+        &mut self,
+        id: String,
+        message: std::result::Result<txmsg_core::Envelope, Undecodable>,
+        redelivered: bool,
+    ) -> std::result::Result<(), Stop> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Stop::Closed)?;
+        self.shared.held().insert(id.clone());
+        let acker = RedisAcker {
+            shared: Arc::clone(&self.shared),
+            id,
+            permit: Some(permit),
+            settled: false,
+        };
+        let delivery = Delivery::new(message, redelivered, Box::new(acker));
+        if self.tx.send(delivery).await.is_err() {
+            return Err(Stop::Closed);
+        }
+        Ok(())
+    }
+}
+
+/// The parts of an entry id, for ordering.
+pub(crate) fn parse_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (
+        ms.parse().unwrap_or(u64::MAX),
+        seq.parse().unwrap_or(u64::MAX),
+    )
+}
+
+/// The (field, value) pairs of a map reply, or of a flat array of them.
+pub(crate) fn pairs(value: Value) -> Vec<(Value, Value)> {
+    match value {
+        Value::Map(pairs) => pairs,
+        other => {
+            let mut flat = array(other).into_iter();
+            let mut pairs = Vec::new();
+            while let (Some(n), Some(v)) = (flat.next(), flat.next()) {
+                pairs.push((n, v));
+            }
+            pairs
+        }
+    }
+}
+
+/// A reply as a number (0 for anything else).
+pub(crate) fn integer(value: Value) -> u64 {
+    match value {
+        Value::Int(n) => u64::try_from(n).unwrap_or(0),
+        other => text(other).and_then(|t| t.parse().ok()).unwrap_or(0),
     }
 }
 
@@ -363,7 +750,7 @@ impl Reader {
 type Entry = (String, Vec<(Vec<u8>, Vec<u8>)>);
 
 /// The elements of an array reply (none for anything else).
-fn array(value: Value) -> Vec<Value> {
+pub(crate) fn array(value: Value) -> Vec<Value> {
     match value {
         Value::Array(items) | Value::Set(items) => items,
         Value::Attribute { data, .. } => array(*data),
@@ -372,7 +759,7 @@ fn array(value: Value) -> Vec<Value> {
 }
 
 /// A reply as text, for ids and names.
-fn text(value: Value) -> Option<String> {
+pub(crate) fn text(value: Value) -> Option<String> {
     bytes(value).and_then(|b| String::from_utf8(b).ok())
 }
 
@@ -430,44 +817,60 @@ fn entries(value: Value) -> Vec<Entry> {
         .collect()
 }
 
-/// Marks an entry as held by its subscription until dropped.
-struct Held {
+/// Settles one entry: `XACK`, or a hand-back on nack and when dropped
+/// unsettled.
+struct RedisAcker {
     shared: Arc<Shared>,
     id: String,
+    permit: Option<OwnedSemaphorePermit>,
+    settled: bool,
 }
 
-impl Drop for Held {
-    fn drop(&mut self) {
+impl RedisAcker {
+    /// No longer held by the subscription.
+    fn release(&self) {
         self.shared.held().remove(&self.id);
     }
-}
-
-/// Settles one entry: `XACK`, or back to the subscription's task on nack.
-struct RedisAcker {
-    held: Held,
-    _permit: OwnedSemaphorePermit,
 }
 
 impl fmt::Debug for RedisAcker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisAcker")
-            .field("key", &self.held.shared.key)
-            .field("group", &self.held.shared.group)
-            .field("id", &self.held.id)
+            .field("key", &self.shared.key)
+            .field("group", &self.shared.group)
+            .field("id", &self.id)
             .finish_non_exhaustive()
     }
 }
 
+/// Hands entry `id` back and tells the subscription's task, if it still
+/// runs, to deliver it again before anything newer; only then frees the
+/// delivery's permit, so that the task cannot read a newer entry first.
+async fn hand_back(
+    shared: Arc<Shared>,
+    id: String,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Result<()> {
+    let result = shared.hand_back(&id).await;
+    // A closed channel means the subscription is gone; the entry waits,
+    // idle, for the group's next consumer.
+    let _ = shared.nacks.send(id);
+    drop(permit);
+    result
+}
+
 impl Acker for RedisAcker {
     /// `XACK`: the entry leaves the group's pending entries.
-    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
-            let shared = self.held.shared.clone();
+            self.settled = true;
+            self.release();
+            let shared = Arc::clone(&self.shared);
             let mut conn = shared.conn.clone();
             let acked: redis::RedisResult<Value> = redis::cmd("XACK")
                 .arg(&shared.key)
                 .arg(&shared.group)
-                .arg(&self.held.id)
+                .arg(&self.id)
                 .query_async(&mut conn)
                 .await;
             drop(self);
@@ -483,19 +886,39 @@ impl Acker for RedisAcker {
         })
     }
 
-    /// Hands the entry back to the subscription's task, which claims it
-    /// back and delivers it again at once. If the subscription is gone, the
-    /// entry stays pending and is taken over once idle.
-    fn nack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+    /// Hands the entry back: the subscription's task claims it back and
+    /// delivers it again before anything newer; if the subscription is
+    /// gone, the group's next consumer takes it first.
+    fn nack(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
-            let shared = self.held.shared.clone();
-            let id = self.held.id.clone();
-            // Settle first: the permit must be free for the redelivery.
+            self.settled = true;
+            self.release();
+            let shared = Arc::clone(&self.shared);
+            let id = std::mem::take(&mut self.id);
+            let permit = self.permit.take();
             drop(self);
-            // A closed channel means the subscription is gone; the entry
-            // stays pending and is taken over once idle.
-            let _ = shared.nacks.send(id);
-            Ok(())
+            hand_back(shared, id, permit).await
         })
+    }
+}
+
+impl Drop for RedisAcker {
+    fn drop(&mut self) {
+        self.release();
+        if self.settled {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Taken over by another consumer after the claim time.
+            return;
+        };
+        let shared = Arc::clone(&self.shared);
+        let id = std::mem::take(&mut self.id);
+        let permit = self.permit.take();
+        runtime.spawn(async move {
+            if let Err(e) = hand_back(shared, id, permit).await {
+                debug!(error = %e, "handing back a dropped delivery failed");
+            }
+        });
     }
 }

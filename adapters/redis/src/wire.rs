@@ -79,7 +79,9 @@ pub(crate) fn encode(envelope: &Envelope, source: &str) -> Vec<(String, Vec<u8>)
 /// - `txmsg-id` is the message id when it is a UUID, else a fresh UUIDv7.
 /// - `h-<name>` fields are the headers `<name>`; every other field (the
 ///   `ce-source`, for one) is kept as a header under its own name. Values
-///   that are not UTF-8 are left out.
+///   that are not UTF-8 are left out, except an ordering key: an entry whose
+///   `ce-partitionkey` is not UTF-8 is undecodable (taken as keyless, it
+///   would be handled out of its key's order).
 /// - `data` is the payload, byte for byte (empty when absent).
 pub(crate) fn decode(
     topic: &str,
@@ -87,6 +89,7 @@ pub(crate) fn decode(
 ) -> std::result::Result<Envelope, Undecodable> {
     let mut raw = Headers::new();
     let mut body = Vec::new();
+    let mut key_is_binary = false;
     for (name, value) in fields {
         let Ok(name) = String::from_utf8(name) else {
             continue;
@@ -95,8 +98,12 @@ pub(crate) fn decode(
             body = value;
             continue;
         }
-        if let Ok(value) = String::from_utf8(value) {
-            raw.insert(name, value);
+        match String::from_utf8(value) {
+            Ok(value) => {
+                raw.insert(name, value);
+            }
+            Err(_) if name == FIELD_PARTITIONKEY => key_is_binary = true,
+            Err(_) => {}
         }
     }
     let undecodable = |reason: String, headers: Headers, body: Vec<u8>| Undecodable {
@@ -105,6 +112,14 @@ pub(crate) fn decode(
         headers,
         body,
     };
+    if key_is_binary {
+        // Taken as keyless, it would be handled out of its key's order.
+        return Err(undecodable(
+            format!("the ordering key (field `{FIELD_PARTITIONKEY}`) is not UTF-8"),
+            raw,
+            body,
+        ));
+    }
     if let Some(content_type) = raw.get(FIELD_CONTENT_TYPE).filter(|c| !is_json(c)) {
         let reason = format!(
             "unsupported content type `{}`: expected `{CONTENT_TYPE}`",
@@ -212,6 +227,21 @@ mod tests {
             got.headers.get(TRACEPARENT).map(String::as_str),
             Some("00-abc-def-01")
         );
+    }
+
+    #[test]
+    fn an_ordering_key_that_is_not_utf8_is_undecodable() {
+        let bad = decode(
+            "t",
+            vec![
+                (b"ce-id".to_vec(), b"1".to_vec()),
+                (b"ce-partitionkey".to_vec(), vec![0xff, 0xfe]),
+                (b"data".to_vec(), b"{}".to_vec()),
+            ],
+        )
+        .unwrap_err();
+        assert!(bad.reason.contains("ordering key"), "{}", bad.reason);
+        assert_eq!(bad.body, b"{}");
     }
 
     #[test]

@@ -75,3 +75,24 @@ async fn debug_and_connection_errors_never_show_the_password() {
         assert_hidden(&err);
     }
 }
+
+/// Connecting (to a closed port and to the server), publishing and
+/// receiving log nothing that shows the password, at any level.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_password_in_logs() {
+    let prefix = format!("txmsg-test-{}:", uuid::Uuid::now_v7().simple());
+    let config = RedisConfig::default()
+        .key_prefix(&prefix)
+        .expect("a valid prefix");
+    txmsg_testkit::broker::no_password_in_logs(
+        move |url: String| {
+            let config = config.clone();
+            async move { RedisBroker::connect(&url, config).await }
+        },
+        &with_password(&redis_url(), "default"),
+        &format!("redis://default:{PASSWORD}@127.0.0.1:1"),
+        PASSWORD,
+        "redact",
+    )
+    .await;
+}

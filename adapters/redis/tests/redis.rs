@@ -286,26 +286,250 @@ async fn debug_hides_the_password() {
     }
 }
 
-#[tokio::test]
-async fn held_delivery_is_not_taken_over() {
+/// A delivery held for three times the claim time (1 s) is neither taken
+/// over by another consumer of the group nor delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_held_delivery_is_not_redelivered() {
     let prefix = key_prefix();
     let broker = connect(&prefix).await;
-    let mut holder = broker.subscribe(&spec("slow")).await.expect("subscribe");
-    let env = Envelope::new(Uuid::now_v7(), "slow", "k-1", b"{}".to_vec(), Utc::now());
-    broker.publish(&env).await.expect("publish");
-    let held = next_delivery(&mut holder).await;
+    txmsg_testkit::broker::held_delivery_is_not_redelivered(
+        &broker,
+        "held",
+        Duration::from_secs(3),
+    )
+    .await;
+    delete_keys(&prefix).await;
+}
 
-    // Another consumer of the group, while the first one handles its
-    // delivery for several times the claim time (1 s).
-    let mut other = broker.subscribe(&spec("slow")).await.expect("subscribe");
-    if let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(3500), other.next()).await {
-        panic!("a delivery still being handled was taken over: {d:?}");
+fn keyed(topic: &str, n: usize) -> Envelope {
+    let mut e = Envelope::new(
+        Uuid::now_v7(),
+        topic,
+        format!("k-{n}"),
+        format!(r#"{{"n":{n}}}"#).into_bytes(),
+        Utc::now(),
+    );
+    e.key = Some("k".to_owned());
+    e
+}
+
+fn number(d: &txmsg_core::consumer::Delivery) -> String {
+    match &d.message {
+        Ok(e) => e.idempotency_key.clone(),
+        Err(bad) => panic!("undecodable: {}", bad.reason),
     }
-    if let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(300), holder.next()).await {
-        panic!("a delivery still being handled was delivered again: {d:?}");
+}
+
+/// The only consumer of a group crashes holding the first three messages
+/// of a key (its process is gone: nothing is handed back). The group's
+/// next consumer gets them first, then the rest, in publish order, without
+/// waiting for the claim time (30 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_after_a_crash_of_the_only_consumer() {
+    let prefix = key_prefix();
+    let config = config(&prefix)
+        .claim_idle(Duration::from_secs(30))
+        .expect("valid claim_idle");
+    let broker = RedisBroker::connect(&redis_url(), config)
+        .await
+        .expect("redis");
+    let mut first = broker.subscribe(&spec("crash")).await.expect("subscribe");
+    for n in 0..8 {
+        broker.publish(&keyed("crash", n)).await.expect("publish");
     }
+    let mut held = Vec::new();
+    for n in 0..3 {
+        let d = next_delivery(&mut first).await;
+        assert_eq!(number(&d), format!("k-{n}"));
+        held.push(d);
+    }
+    // A crash: the subscription's task ends and what it held is neither
+    // acknowledged nor handed back.
+    std::mem::forget(held);
+    drop(first);
+
+    let started = std::time::Instant::now();
+    let mut second = broker.subscribe(&spec("crash")).await.expect("subscribe");
+    let mut order = Vec::new();
+    for _ in 0..8 {
+        let d = next_delivery(&mut second).await;
+        order.push(number(&d));
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(
+        order,
+        (0..8).map(|n| format!("k-{n}")).collect::<Vec<_>>(),
+        "after a crash of the only consumer, the key's messages arrive in publish order"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the crashed consumer's messages came back only after {:?}",
+        started.elapsed()
+    );
+    delete_keys(&prefix).await;
+}
+
+/// Subscriptions that end leave no consumer behind in their group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_subscriptions_leave_the_group() {
+    let prefix = key_prefix();
+    let broker = connect(&prefix).await;
+    for n in 0..3 {
+        let mut sub = broker.subscribe(&spec("leave")).await.expect("subscribe");
+        broker.publish(&keyed("leave", n)).await.expect("publish");
+        let d = next_delivery(&mut sub).await;
+        if n == 1 {
+            // One hands back what it held before it ends.
+            let _ = sub.close().await;
+            d.nack().await.expect("nack");
+        } else {
+            d.ack().await.expect("ack");
+        }
+        drop(sub);
+    }
+    let mut conn = plain_client().await;
+    let mut names = Vec::new();
+    for _ in 0..50 {
+        let consumers: Vec<redis::Value> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(broker.stream_key("leave"))
+            .arg("g")
+            .query_async(&mut conn)
+            .await
+            .expect("XINFO CONSUMERS");
+        names = consumers
+            .into_iter()
+            .filter_map(|c| match c {
+                redis::Value::Map(pairs) => pairs.into_iter().find_map(|(k, v)| {
+                    (k == redis::Value::BulkString(b"name".to_vec())).then_some(v)
+                }),
+                redis::Value::Array(flat) => flat.get(1).cloned(),
+                _ => None,
+            })
+            .filter_map(|v| match v {
+                redis::Value::BulkString(b) => String::from_utf8(b).ok(),
+                _ => None,
+            })
+            .filter(|n| n != "txmsg-handed-back")
+            .collect();
+        if names.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(names.is_empty(), "consumers left in the group: {names:?}");
+    delete_keys(&prefix).await;
+}
+
+/// An entry trimmed from the stream (`max_len`) after it was delivered and
+/// before it was acknowledged is not silently gone: taken over after a
+/// crash, it reaches the group as an undecodable delivery that says why,
+/// which the consumer keeps as a dead letter; handed back by a live
+/// consumer, the hand-back fails with an error that says it is lost, and
+/// the subscription reports it the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_trimmed_before_its_ack_is_reported() {
+    let prefix = key_prefix();
+    let broker = RedisBroker::connect(
+        &redis_url(),
+        config(&prefix).max_len(Some(10)).expect("valid max_len"),
+    )
+    .await
+    .expect("redis");
+    let single = SubscribeSpec {
+        prefetch: 1,
+        ..spec("trim")
+    };
+    for crash in [false, true] {
+        let mut sub = broker.subscribe(&single).await.expect("subscribe");
+        broker.publish(&keyed("trim", 0)).await.expect("publish");
+        let held = next_delivery(&mut sub).await;
+        if crash {
+            // The consumer's process is gone: what it held is neither
+            // acknowledged nor handed back.
+            std::mem::forget(held);
+            drop(sub);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            trim_away(&broker).await;
+            sub = broker.subscribe(&single).await.expect("subscribe");
+        } else {
+            trim_away(&broker).await;
+            // The consumer lets go of it after a refresh found it trimmed.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let err = held
+                .nack()
+                .await
+                .expect_err("a trimmed entry cannot be handed back");
+            assert!(err.to_string().contains("trimmed"), "{err}");
+        }
+        let d = next_delivery(&mut sub).await;
+        match &d.message {
+            Err(bad) => assert!(
+                bad.reason.contains("trimmed"),
+                "crash {crash}: {}",
+                bad.reason
+            ),
+            Ok(e) => panic!(
+                "crash {crash}: the trimmed entry vanished; the next delivery was {}",
+                e.idempotency_key
+            ),
+        }
+        d.ack().await.expect("ack");
+        drop(sub);
+        delete_keys(&prefix).await;
+    }
+}
+
+/// Publishes enough entries of topic `trim` to trim its first ones away
+/// (`max_len` 10, trimmed by whole nodes of 100 entries).
+async fn trim_away(broker: &RedisBroker) {
+    for n in 1..400 {
+        broker.publish(&keyed("trim", n)).await.expect("publish");
+    }
+}
+
+/// `trim_acknowledged` deletes what every group acknowledged and keeps
+/// what a group still holds or has not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trim_acknowledged_keeps_what_a_group_needs() {
+    let prefix = key_prefix();
+    let broker = connect(&prefix).await;
+    let mut fast = broker.subscribe(&spec("grow")).await.expect("subscribe");
+    let slow_spec = SubscribeSpec {
+        group: "slow".to_owned(),
+        prefetch: 1,
+        ..spec("grow")
+    };
+    let mut slow = broker.subscribe(&slow_spec).await.expect("subscribe");
+    for n in 0..10 {
+        broker.publish(&keyed("grow", n)).await.expect("publish");
+    }
+    for _ in 0..10 {
+        next_delivery(&mut fast).await.ack().await.expect("ack");
+    }
+    // The slow group acknowledges 4 and holds the fifth.
+    for _ in 0..4 {
+        next_delivery(&mut slow).await.ack().await.expect("ack");
+    }
+    let held = next_delivery(&mut slow).await;
+    assert_eq!(number(&held), "k-4");
+    let deleted = broker.trim_acknowledged("grow").await.expect("trim");
+    assert_eq!(deleted, 4, "the four entries both groups acknowledged");
     held.ack().await.expect("ack");
-    drop((holder, other));
+    for n in 5..10 {
+        let d = next_delivery(&mut slow).await;
+        assert_eq!(number(&d), format!("k-{n}"), "nothing needed was trimmed");
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(broker.trim_acknowledged("grow").await.expect("trim"), 6);
+    assert_eq!(
+        broker
+            .trim_acknowledged("no-such-topic")
+            .await
+            .expect("trim"),
+        0
+    );
+    drop((fast, slow));
     delete_keys(&prefix).await;
 }
 
