@@ -277,8 +277,11 @@ const CLOUDEVENTS_PREFIX_COLON: &str = "cloudEvents:";
 ///   handler to find out.
 ///
 /// A header whose value cannot be read as text counts as absent: an
-/// attribute under one prefix then falls back to the other. An
-/// undecodable delivery keeps every header, the mapped ones included.
+/// attribute under one prefix then falls back to the other. The ordering
+/// key is the exception: a `partitionkey` that is not text, with no
+/// readable one under the other prefix, makes the delivery undecodable
+/// (taken as keyless, it would be handled out of its key's order). An undecodable delivery keeps every header, the mapped
+/// ones included.
 pub(crate) fn decode(
     routing_key: &str,
     properties: &BasicProperties,
@@ -304,9 +307,17 @@ pub(crate) fn decode(
     let mut colon = Attributes::default();
     let mut txmsg_id = None;
     let mut headers = Headers::new();
+    let mut unreadable_key = None;
     for (name, value) in properties.headers().iter().flat_map(FieldTable::inner) {
         let name = name.as_str();
         let Some(value) = header_text(value) else {
+            if name
+                .strip_prefix(CLOUDEVENTS_PREFIX)
+                .or_else(|| name.strip_prefix(CLOUDEVENTS_PREFIX_COLON))
+                == Some("partitionkey")
+            {
+                unreadable_key = Some(name);
+            }
             continue;
         };
         let kept = if name == TXMSG_ID_HEADER {
@@ -353,6 +364,15 @@ pub(crate) fn decode(
         .partitionkey
         .or(colon.partitionkey)
         .map(Cow::into_owned);
+    if let (None, Some(name)) = (&key, unreadable_key) {
+        // Taken as keyless, it would be handled out of its key's order.
+        return Err(Undecodable {
+            reason: format!("the ordering key (header `{name}`) is not text"),
+            topic: routing_key.to_owned(),
+            headers: all_headers(properties),
+            body,
+        });
+    }
     let created_at = underscore
         .time
         .or(colon.time)
@@ -763,6 +783,20 @@ mod tests {
                 err.headers.get("cloudEvents_id").map(String::as_str),
                 Some("e")
             );
+        }
+    }
+
+    #[test]
+    fn an_ordering_key_that_is_not_text_is_undecodable() {
+        for name in ["cloudEvents_partitionkey", "cloudEvents:partitionkey"] {
+            let props = props(&[("cloudEvents_id", text("e")), (name, bytes(&[0xff, 0xfe]))]);
+            let bad = decode("t", &props, b"{}".to_vec()).unwrap_err();
+            assert!(
+                bad.reason.contains("ordering key") && bad.reason.contains(name),
+                "{}",
+                bad.reason
+            );
+            assert_eq!(bad.body, b"{}");
         }
     }
 

@@ -715,6 +715,57 @@ async fn conformance() {
     .await;
 }
 
+/// A delivery held for 3 s is not delivered again while its channel lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_held_delivery_is_not_redelivered() {
+    with_names(0, |names| async move {
+        let broker = connect(names.config()).await;
+        let recording = Recording {
+            broker: broker.clone(),
+            names: Arc::clone(&names.group_queues),
+        };
+        txmsg_testkit::broker::held_delivery_is_not_redelivered(
+            &recording,
+            "held",
+            Duration::from_secs(3),
+        )
+        .await;
+        broker.close().await.expect("close");
+    })
+    .await;
+}
+
+/// Connecting with a password RabbitMQ refuses, and to a closed port, logs
+/// nothing that shows the password, at any level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_password_in_logs() {
+    const PASSWORD: &str = "s3cr3t-pw";
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let uri: lapin::uri::AMQPUri = amqp_url().parse().expect("AMQP_URL parses");
+    let url = format!(
+        "amqp://{}:{PASSWORD}@{}:{}/%2f",
+        uri.authority.userinfo.username, uri.authority.host, uri.authority.port
+    );
+    with_names(0, |names| async move {
+        let config = names.config();
+        txmsg_testkit::broker::no_password_in_logs(
+            move |url: String| {
+                let config = config.clone();
+                async move { RabbitBroker::connect(&url, config).await }
+            },
+            &url,
+            &format!("amqp://app:{PASSWORD}@127.0.0.1:{closed_port}/%2f"),
+            PASSWORD,
+            "redact",
+        )
+        .await;
+    })
+    .await;
+}
+
 /// The broker, connected through a proxy that cuts its connection, comes
 /// back by itself: publishes are confirmed again, the group gets what was
 /// published after the outage, and nothing confirmed before is lost.
