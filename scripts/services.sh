@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the services the integration tests talk to are installed, running
 # and accepting connections on loopback: PostgreSQL, RabbitMQ, MariaDB, Redis,
-# Mosquitto and NATS (JetStream). Installs missing ones from Debian's packages.
+# Mosquitto (the machine's, and one on port 1884 with scripts/mosquitto.conf)
+# and NATS (JetStream). Installs missing ones from Debian's packages.
 # Safe to run again: running services are left alone.
 set -euo pipefail
 
@@ -52,6 +53,8 @@ ensure RabbitMQ 5672 rabbitmq-server "rabbitmq-server" "rabbitmq-server -detache
 ensure Redis 6379 redis-server "redis-server" \
   'mkdir -p /var/lib/redis /var/log/redis && redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log'
 ensure Mosquitto 1883 mosquitto "mosquitto" "mosquitto -d -c /etc/mosquitto/mosquitto.conf"
+# The tests' Mosquitto, with the queue settings txmsg's MQTT mode needs.
+ensure "Mosquitto (txmsg settings)" 1884 mosquitto "mosquitto" "mosquitto -d -c $(cd "$(dirname "$0")" && pwd)/mosquitto.conf"
 ensure NATS 4222 /usr/sbin/nats-server "nats-server" \
   'mkdir -p /var/lib/nats-server && start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log'
 ensure MariaDB 3306 /usr/sbin/mariadbd "mariadb-server" \
@@ -61,6 +64,7 @@ wait_port PostgreSQL 5432
 wait_port RabbitMQ 5672 180
 wait_port Redis 6379
 wait_port Mosquitto 1883
+wait_port "Mosquitto (txmsg settings)" 1884
 wait_port NATS 4222
 wait_port MariaDB 3306
 

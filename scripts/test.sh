@@ -10,7 +10,7 @@ export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 export MYSQL_URL=${MYSQL_URL:-mysql://root@127.0.0.1:3306/test}
 export NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
-export MQTT_URL=${MQTT_URL:-mqtt://127.0.0.1:1883}
+export MQTT_URL=${MQTT_URL:-mqtt://127.0.0.1:1884}
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi

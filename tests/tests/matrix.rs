@@ -225,7 +225,7 @@ async fn postgres_mqtt() {
     let config = MqttConfig::default()
         .topic_prefix(&format!("txmsg-test/{}/", unique()))
         .expect("a valid configuration");
-    let url = env_or("MQTT_URL", "mqtt://127.0.0.1:1883");
+    let url = env_or("MQTT_URL", "mqtt://127.0.0.1:1884");
     let broker = MqttBroker::connect(&url, config)
         .await
         .unwrap_or_else(|e| panic!("cannot reach the MQTT server at MQTT_URL={url}: {e:?}"));

@@ -1,7 +1,7 @@
 //! Passwords are never shown: not by `Debug`, not in connection errors.
 //!
 //! Runs against the MQTT server at `MQTT_URL` (default
-//! `mqtt://127.0.0.1:1883`).
+//! `mqtt://127.0.0.1:1884`, the Mosquitto of `scripts/mosquitto.conf`).
 
 use std::time::Duration;
 
@@ -43,7 +43,7 @@ fn assert_hidden(err: &(dyn std::error::Error + 'static)) {
 }
 
 fn mqtt_url() -> String {
-    std::env::var("MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".to_owned())
+    std::env::var("MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1884".to_owned())
 }
 
 #[tokio::test]
@@ -79,4 +79,29 @@ async fn debug_and_connection_errors_never_show_the_password() {
             .expect_err("no broker on a closed port or a malformed URL");
         assert_hidden(&err);
     }
+}
+
+/// Connecting (to a closed port and to the server), publishing and
+/// receiving log nothing that shows the password, at any level.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_password_in_logs() {
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let config = MqttConfig::default()
+        .topic_prefix(&format!("txmsg-test/{}/", uuid::Uuid::now_v7().simple()))
+        .and_then(|c| c.connect_timeout(Duration::from_secs(2)))
+        .expect("valid settings");
+    txmsg_testkit::broker::no_password_in_logs(
+        move |url: String| {
+            let config = config.clone();
+            async move { MqttBroker::connect(&url, config).await }
+        },
+        &with_password(&mqtt_url(), "txmsg"),
+        &format!("mqtt://app:{PASSWORD}@127.0.0.1:{closed_port}"),
+        PASSWORD,
+        "redact",
+    )
+    .await;
 }

@@ -168,7 +168,7 @@ fn demo_on_postgres_and_redis() {
 
 #[test]
 fn demo_on_postgres_and_mqtt() {
-    let mqtt = env_or("MQTT_URL", "mqtt://127.0.0.1:1883");
+    let mqtt = env_or("MQTT_URL", "mqtt://127.0.0.1:1884");
     let stdout = run_demo(&[("DATABASE_URL", postgres_url()), ("BROKER_URL", mqtt)]);
     assert_backends(&stdout, "PostgreSQL", "MQTT");
     assert_consistent(&stdout);
