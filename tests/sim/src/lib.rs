@@ -7,7 +7,12 @@
 //! resolved by their producer or left to the check-back), and which faults
 //! hit: publish panics, refused publishes, lost and slow confirms, handler
 //! panics and failures, a relay and a consumer shut down and replaced at a
-//! random point, leases that run out under slow confirms. Everything runs
+//! random point, leases that run out under slow confirms, and the faults of
+//! a broker's consuming side: acknowledgements lost (the applied message is
+//! delivered again), duplicate deliveries (a copy while the first is still
+//! held, as after an ack timeout), and a subscription's connection lost
+//! mid-stream (it ends, the consumer subscribes again, and what it had not
+//! settled is delivered again). Everything runs
 //! in one process on the in-process broker and a [`Backend`]: SQLite (a
 //! file, so that connections really interleave) or PostgreSQL (a schema of
 //! its own at `DATABASE_URL`).
@@ -52,7 +57,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use txmsg::consumer::{Consumer, ConsumerConfig, ConsumerHandle, InboxStore};
+use txmsg::consumer::{Acker, Consumer, ConsumerConfig, ConsumerHandle, Delivery, InboxStore};
 use txmsg::half::{CheckBackConfig, CheckBackHandle, CheckBackWorker, CheckStatus};
 use txmsg::memory::MemoryBroker;
 use txmsg::prelude::*;
@@ -229,6 +234,18 @@ pub struct Plan {
     pub consumer_restart_after: Option<u32>,
     /// The relays' lease (short: some slow confirms outlive it).
     pub lease: Duration,
+    /// Percent chance, per delivery, that its acknowledgement is lost (the
+    /// broker delivers the applied message again, as after a connection
+    /// drop between the commit and the ack).
+    pub lost_ack_pct: u32,
+    /// Percent chance, per delivery, that the broker delivers a copy of it
+    /// as well (at least once: a redelivery after a timeout while it is
+    /// still being handled).
+    pub duplicate_pct: u32,
+    /// After how many deliveries to a group its subscription's connection
+    /// is lost (once per group): it ends, the consumer subscribes again,
+    /// and what it had not settled is delivered again; `None`: never.
+    pub subscription_lost_after: Option<u32>,
 }
 
 impl Plan {
@@ -258,6 +275,9 @@ impl Plan {
             lease: Duration::from_millis(rng.u64(1000..=2000)),
             // Drawn last, so the draws above are those of earlier versions.
             common_key_pct: rng.u32(0..=40),
+            lost_ack_pct: rng.u32(0..=10),
+            duplicate_pct: rng.u32(0..=10),
+            subscription_lost_after: rng.bool().then(|| rng.u32(1..=total.max(1) * 2)),
         }
     }
 }
@@ -300,8 +320,13 @@ struct FaultyBroker {
     inner: MemoryBroker,
     plan: Arc<Plan>,
     attempts: Arc<Mutex<HashMap<(String, String), u32>>>,
+    /// Deliveries per (group, topic, idempotency key), for consume faults.
+    deliveries: Arc<Mutex<HashMap<DeliveryName, u32>>>,
     faults: Arc<Mutex<usize>>,
 }
+
+/// A message as one group receives it: (group, topic, idempotency key).
+type DeliveryName = (String, String, String);
 
 enum Fault {
     Panic,
@@ -399,7 +424,128 @@ impl Broker for FaultyBroker {
         &self,
         spec: &txmsg::consumer::SubscribeSpec,
     ) -> txmsg::Result<txmsg::consumer::Subscription> {
-        self.inner.subscribe(spec).await
+        let inner = self.inner.subscribe(spec).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(usize::from(spec.prefetch));
+        let (closing_tx, closing) = tokio::sync::oneshot::channel();
+        tokio::spawn(faulty_deliveries(
+            self.clone(),
+            spec.group.clone(),
+            inner,
+            tx,
+            closing,
+        ));
+        Ok(txmsg::consumer::Subscription::with_close(rx, closing_tx))
+    }
+}
+
+/// Passes the deliveries of `inner` on with the consume-side faults of the
+/// plan: lost acknowledgements, duplicate deliveries, and the connection
+/// lost after a number of deliveries (the subscription ends; what it had
+/// not settled is delivered again).
+async fn faulty_deliveries(
+    broker: FaultyBroker,
+    group: String,
+    mut inner: txmsg::consumer::Subscription,
+    tx: tokio::sync::mpsc::Sender<Delivery>,
+    mut closing: tokio::sync::oneshot::Receiver<()>,
+) {
+    let plan = Arc::clone(&broker.plan);
+    let stream = (group.clone(), String::new(), String::new());
+    loop {
+        let d = tokio::select! {
+            _ = &mut closing => {
+                for d in inner.close().await {
+                    if tx.send(d).await.is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+            d = inner.next() => d,
+        };
+        let Some(d) = d else { return };
+        let delivered = {
+            // Counted per group over its subscriptions (under a name no
+            // message has), so the connection is lost once per group.
+            let mut counts = lock(&broker.deliveries);
+            let n = counts.entry(stream.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if plan.subscription_lost_after == Some(delivered) {
+            // The connection is lost: this delivery and every unsettled
+            // one come back to the group's next subscription.
+            return;
+        }
+        let Ok(envelope) = &d.message else {
+            if tx.send(d).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let count = {
+            let mut counts = lock(&broker.deliveries);
+            let n = counts
+                .entry((
+                    group.clone(),
+                    envelope.topic.clone(),
+                    envelope.idempotency_key.clone(),
+                ))
+                .or_insert(0);
+            *n += 1;
+            *n
+        };
+        let mut rng = fastrand::Rng::with_seed(fnv(&[
+            &plan.seed.to_le_bytes(),
+            b"consume",
+            group.as_bytes(),
+            envelope.topic.as_bytes(),
+            envelope.idempotency_key.as_bytes(),
+            &count.to_le_bytes(),
+        ]));
+        let lose_ack = rng.u32(0..100) < plan.lost_ack_pct;
+        if rng.u32(0..100) < plan.duplicate_pct {
+            // A copy reaches the group too (at the end of its queue).
+            let copy = envelope.clone();
+            let _ = broker.inner.publish(&copy).await;
+        }
+        let message = d.message.clone();
+        let redelivered = d.redelivered;
+        let acker = FaultyAcker { inner: d, lose_ack };
+        if tx
+            .send(Delivery::new(message, redelivered, Box::new(acker)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Settles a delivery of the in-process broker, or loses its ack: the
+/// broker then delivers it again.
+#[derive(Debug)]
+struct FaultyAcker {
+    inner: Delivery,
+    lose_ack: bool,
+}
+
+impl Acker for FaultyAcker {
+    fn ack(self: Box<Self>) -> txmsg::core::BoxFuture<'static, txmsg::Result<()>> {
+        Box::pin(async move {
+            if self.lose_ack {
+                // The consumer thinks it acknowledged; the broker never
+                // heard of it.
+                let _ = self.inner.nack().await;
+                Ok(())
+            } else {
+                self.inner.ack().await
+            }
+        })
+    }
+
+    fn nack(self: Box<Self>) -> txmsg::core::BoxFuture<'static, txmsg::Result<()>> {
+        Box::pin(self.inner.nack())
     }
 }
 
@@ -713,6 +859,7 @@ async fn simulate<B: Backend>(
         inner: MemoryBroker::new(),
         plan: Arc::clone(&plan),
         attempts: Arc::default(),
+        deliveries: Arc::default(),
         faults: Arc::default(),
     };
     // Consumers first: a group receives what is published after it subscribed.
