@@ -21,7 +21,16 @@
 //! - A nacked delivery, a delivery dropped unsettled and the unsettled
 //!   deliveries of a dropped subscription are delivered again, marked
 //!   redelivered once they were handed out.
-//! - With one subscription, the messages of a key arrive in publish order.
+//! - With one subscription, the messages of a key arrive in publish order;
+//!   a delivery handed back while its subscription holds nothing else comes
+//!   back before later messages of its key.
+//! - A consumer that stops gracefully (it closes its subscription and hands
+//!   back what it holds and what the adapter had received, in delivery
+//!   order) and is the only one of its group: the group's next
+//!   subscription gets every message of a key in publish order.
+//! - Messages confirmed while the group's only subscription holds its
+//!   first delivery ([`SLOW_CONSUMER_BACKLOG`] of them) all reach the
+//!   group.
 //! - A group's queue is created by its first subscribe and outlives its
 //!   subscriptions: messages published while the group has no subscriber
 //!   wait for its next one. Messages published before the group's first
@@ -36,6 +45,12 @@
 //!   [`reconnects_after_connection_drop`], is not part of [`run_all`]: it
 //!   needs the broker connected through a [`TcpProxy`], so an adapter's
 //!   tests call it on its own.
+//!
+//! - Not part of [`run_all`], because the caller supplies what they need:
+//!   [`held_delivery_is_not_redelivered`] (a hold longer than the adapter's
+//!   redelivery timeout, as the caller configured it) and
+//!   [`no_password_in_logs`] (URLs with a password; it installs a global
+//!   log subscriber).
 //!
 //! A case proves that nothing more arrives by waiting [`QUIET`] for it; all
 //! other waits end as soon as what they wait for arrives, and fail after
@@ -168,7 +183,7 @@ fn spec(group: String, topic: &str, prefetch: u16) -> SubscribeSpec {
 }
 
 async fn subscribe<B: Broker>(broker: &B, spec: &SubscribeSpec) -> Subscription {
-    match broker.subscribe(spec).await {
+    match within(broker.subscribe(spec), "subscribe").await {
         Ok(sub) => sub,
         Err(e) => panic!(
             "subscribing group `{}` to `{}` failed: {e:?}",
@@ -178,7 +193,7 @@ async fn subscribe<B: Broker>(broker: &B, spec: &SubscribeSpec) -> Subscription 
 }
 
 async fn publish<B: Broker>(broker: &B, envelope: &Envelope) {
-    if let Err(e) = broker.publish(envelope).await {
+    if let Err(e) = within(broker.publish(envelope), "publish").await {
         panic!("publishing {} failed: {e:?}", envelope.id);
     }
 }
@@ -193,6 +208,15 @@ fn envelope(topic: &str, n: usize) -> Envelope {
         format!(r#"{{"n":{n}}}"#).into_bytes(),
         Utc::now(),
     )
+}
+
+/// `future`'s output; fails after [`WAIT`], naming `what`, so that a case
+/// that hangs says where.
+async fn within<T>(future: impl Future<Output = T>, what: &str) -> T {
+    match tokio::time::timeout(WAIT, future).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what} did not finish within {WAIT:?}"),
+    }
 }
 
 /// The next delivery of `sub`; fails after [`WAIT`].
@@ -220,7 +244,7 @@ fn envelope_of(d: &Delivery) -> &Envelope {
 }
 
 async fn ack(d: Delivery) {
-    if let Err(e) = d.ack().await {
+    if let Err(e) = within(d.ack(), "ack").await {
         panic!("ack failed: {e:?}");
     }
 }
@@ -417,7 +441,7 @@ pub async fn nack_redelivers<B: Broker>(broker: &B, prefix: &str) {
     let first = next(&mut sub, "first delivery").await;
     assert!(!first.redelivered, "a first delivery is not redelivered");
     assert_eq!(envelope_of(&first).id, sent.id);
-    if let Err(e) = first.nack().await {
+    if let Err(e) = within(first.nack(), "nack").await {
         panic!("nack failed: {e:?}");
     }
 
@@ -586,7 +610,7 @@ pub async fn handed_back_message_holds_its_key<B: Broker>(broker: &B, prefix: &s
             "after its predecessor was handed back and then acknowledged, message {expected} of the key is next"
         );
         if expected < 2 {
-            if let Err(e) = d.nack().await {
+            if let Err(e) = within(d.nack(), "nack").await {
                 panic!("nack failed: {e:?}");
             }
             let again = next(&mut sub, &format!("message {expected} handed back")).await;
@@ -637,9 +661,9 @@ pub async fn order_across_a_restart_of_the_only_consumer<B: Broker>(broker: &B, 
             );
             holding.push(d);
         }
-        let late = first.close().await;
+        let late = within(first.close(), "close").await;
         for d in holding.into_iter().chain(late) {
-            if let Err(e) = d.nack().await {
+            if let Err(e) = within(d.nack(), "nack").await {
                 panic!("round {round}: hand-back failed: {e:?}");
             }
         }
