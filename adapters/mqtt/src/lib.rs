@@ -66,6 +66,28 @@
 //! outage fail with
 //! [`Error::BrokerUnavailable`](txmsg_core::Error::BrokerUnavailable).
 //!
+//! # Server settings
+//!
+//! The PUBACK says that the server has the message, not that it will keep
+//! it for the group: Mosquitto keeps at most `max_queued_messages` (1 000
+//! by default) and `max_queued_bytes` per session beyond those in flight,
+//! and drops the rest without telling anyone, after the publisher got its
+//! PUBACK (the relay has marked them sent). A group whose consumer is slow
+//! or down for a while then loses confirmed messages. MQTT mode needs a
+//! server that keeps every queued message; for Mosquitto:
+//!
+//! ```text
+//! max_queued_messages 0
+//! max_queued_bytes 0
+//! persistence true
+//! persistence_location /var/lib/mosquitto/
+//! ```
+//!
+//! The adapter cannot read the server's settings; the tests of this crate
+//! run against a Mosquitto configured this way (`scripts/mosquitto.conf`),
+//! and the conformance case for a slow consumer (2 000 messages past a held
+//! delivery) fails on one with the defaults.
+//!
 //! # What MQTT cannot promise
 //!
 //! - **No negative ack.** MQTT has no way to give one message back. A

@@ -9,9 +9,11 @@
 //! # Stream and subjects
 //!
 //! One JetStream stream (default `TXMSG`, file storage) takes every subject
-//! under the configured prefix (default `txmsg.>`); it is created, or
-//! updated to the configured subjects and duplicate window, when the broker
-//! connects. Topic `orders.placed` is published on subject
+//! under the configured prefix (default `txmsg.>`); it is created when the
+//! broker connects and does not exist yet. A stream that exists keeps every
+//! setting its operator gave it (limits, replicas, storage, description):
+//! connect only adds txmsg's subjects and sets the configured duplicate
+//! window, when they differ. Topic `orders.placed` is published on subject
 //! `txmsg.orders.placed`.
 //!
 //! # Wire format
@@ -50,10 +52,17 @@
 //! so they share its messages. Each subscription holds at most its
 //! `prefetch` deliveries unsettled (the adapter pulls no more than that);
 //! the consumer's `max_ack_pending` ([`NatsConfig::max_ack_pending`]) caps
-//! the group as a whole. An ack is a double ack (the server confirms it); a
-//! nack, and a delivery dropped unsettled, is a `Nak`, so the message comes
-//! back at once, marked redelivered. When a subscription is dropped, what
-//! its last pull request still brings is handed back the same way.
+//! the group as a whole. A delivery still held (its handler retrying, or
+//! waiting behind another message of its key) is kept in progress (`+WPI`
+//! every third of `ack_wait`), so the server does not deliver it again. An
+//! ack is a double ack (the server confirms it); a nack is a confirmed
+//! `Nak`, and the subscription asks for nothing more until the server has
+//! it, so the message comes back at once, marked redelivered, before later
+//! messages of its key. A delivery dropped unsettled is a `Nak` too. When a
+//! subscription is closed, it asks for nothing more and passes on what its
+//! open pull request still brings, so that a stopping consumer hands it
+//! back after what it holds, in delivery order; when it is dropped, those
+//! are handed back.
 //!
 //! # What NATS does not promise
 //!
@@ -61,8 +70,8 @@
 //!   `All`: a group's first subscribe starts at the oldest message the
 //!   stream still holds on that subject, not at "now". With the stream's
 //!   default limits (no age or size limit) that is every message ever
-//!   published to the topic; give the stream limits of your own (it is only
-//!   updated, never recreated, at connect) or delete the consumer with
+//!   published to the topic; give the stream limits of your own (connect
+//!   keeps them) or delete the consumer with
 //!   [`NatsBroker::delete_group_consumer`] to start over.
 //! - **Deduplication is bounded by the window.** A republish with the same
 //!   `Nats-Msg-Id` is acknowledged and dropped only within
@@ -70,9 +79,14 @@
 //!   delivered again. Consumers must still deduplicate on the idempotency
 //!   key.
 //! - **Order.** With one subscription, messages arrive in stream order, so
-//!   per key in publish order; a nacked or expired delivery comes back
-//!   after later messages, and the subscriptions of one group see no
-//!   common order.
+//!   per key in publish order, and a nacked delivery comes back before
+//!   later messages of its key; a delivery of a crashed process comes back
+//!   after `ack_wait`, after later messages, and the subscriptions of one
+//!   group see no common order.
+//! - **The stream's limits win.** `max_age`, `max_msgs` and `max_bytes`
+//!   (with discard old) delete messages whether or not their groups
+//!   acknowledged them: size them above the largest backlog a group can
+//!   build.
 //! - **Crashes wait for `ack_wait`.** Deliveries of a process that dies
 //!   without a word (no Nak sent) come back after
 //!   [`NatsConfig::ack_wait`]. A delivery dropped outside a tokio runtime

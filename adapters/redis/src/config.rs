@@ -110,7 +110,10 @@ impl RedisConfig {
     /// (`XADD ... MAXLEN ~`); `None` (the default) keeps every entry.
     ///
     /// Trimming does not look at consumer groups: entries trimmed before a
-    /// group read them are lost to it.
+    /// group read them are lost to it, and entries trimmed after delivery
+    /// but before their ack reach the group as dead letters saying so.
+    /// [`RedisBroker::trim_acknowledged`](crate::RedisBroker::trim_acknowledged)
+    /// trims only what every group acknowledged.
     ///
     /// # Errors
     ///

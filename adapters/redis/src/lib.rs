@@ -11,15 +11,26 @@
 //!   its first subscribe (`XGROUP CREATE ... $ MKSTREAM`), so it receives what
 //!   is published after that. Every subscription is a consumer of its own in
 //!   the group, reading with `XREADGROUP`.
-//! - An acknowledgement is `XACK`. A nacked delivery is claimed back at once
-//!   (`XCLAIM`) and delivered again. A delivery that is neither acknowledged
-//!   nor nacked (dropped, or its subscription or process gone) stays in the
-//!   group's pending entries list; once it has been idle for
-//!   [`RedisConfig::claim_idle`], any subscription of the group takes it over
-//!   (`XAUTOCLAIM`) and delivers it again, marked redelivered. A
-//!   subscription keeps the deliveries it holds from going idle, so a slow
-//!   handler does not lose its delivery to another consumer.
-//!
+//! - An acknowledgement is `XACK`. A hand-back (a nack, or a delivery
+//!   dropped unsettled) moves the entry to the group's `txmsg-handed-back`
+//!   consumer, idle, and the subscription claims it back (`XCLAIM`) and
+//!   delivers it again before anything newer, marked redelivered; if the
+//!   subscription is gone, the group's next subscription takes it first.
+//! - A new subscription first takes over, in stream order, what was handed
+//!   back and what consumers that are gone (a crashed process) still hold,
+//!   and reads nothing newer before them: a restarted consumer keeps each
+//!   key's order. A consumer holding entries is gone when it has not
+//!   refreshed them for three read ticks (`min(block, claim_idle / 3)`) and
+//!   a response timeout; the new subscription watches that long at most,
+//!   and only when another consumer holds entries and was quiet lately.
+//! - Entries held by a live consumer for longer than
+//!   [`RedisConfig::claim_idle`] would be taken over (`XAUTOCLAIM`) by
+//!   another subscription of the group; a subscription keeps the entries it
+//!   holds fresh, so only those of a stuck process are.
+//! - A subscription that ends removes its consumer from the group when it
+//!   holds nothing (`XGROUP DELCONSUMER`); gone consumers are removed once
+//!   their entries were taken over.
+
 //! # What Redis promises
 //!
 //! An entry id from `XADD` means the entry is in the server's memory. Whether
@@ -31,8 +42,18 @@
 //! at-least-once promise of txmsg holds only as far as the server keeps what
 //! it acknowledged.
 //!
-//! With [`RedisConfig::max_len`], streams are trimmed (`MAXLEN ~`): entries
-//! trimmed before a group read them are never delivered to it.
+//! # Stream growth
+//!
+//! A stream keeps its entries after every group acknowledged them: without
+//! trimming it grows without bound. [`RedisBroker::trim_acknowledged`]
+//! deletes what every group of a stream acknowledged and nothing else; call
+//! it periodically. [`RedisConfig::max_len`] trims by count on every
+//! publish (`MAXLEN ~`) whatever was acknowledged: entries trimmed before a
+//! group read them are never delivered to it, and an entry trimmed after it
+//! was delivered and before it was acknowledged reaches the group as an
+//! [`Undecodable`](txmsg_core::consumer::Undecodable) delivery saying so
+//! (the consumer keeps it as a dead letter; its content is lost). Keep
+//! `max_len` well above the largest backlog, or leave it off.
 //!
 //! # TLS
 //!
