@@ -228,3 +228,13 @@ async fn given_back_messages_keep_their_place() {
         vec![b"0".to_vec(), b"1".to_vec(), b"2".to_vec(), b"3".to_vec()]
     );
 }
+
+#[tokio::test]
+async fn conformance_held_delivery_is_not_redelivered() {
+    txmsg_testkit::broker::held_delivery_is_not_redelivered(
+        &MemoryBroker::new(),
+        "held",
+        std::time::Duration::from_secs(1),
+    )
+    .await;
+}
