@@ -472,42 +472,40 @@ impl Reader {
     /// are gone and the handed-back ones, to be delivered before anything
     /// newer; removes gone consumers that hold nothing.
     ///
-    /// A consumer holding entries is alive when it touched the group
-    /// within `gone_after` (a live subscription refreshes what it holds
-    /// every tick); one that did not, not even while it is watched for that
-    /// long, is gone. So this waits only when another consumer holds
-    /// entries and was quiet lately, as after a crash, and at most
-    /// `gone_after`.
+    /// A live subscription refreshes what it holds every tick, which
+    /// Redis counts as the consumer touching the group. A consumer holding
+    /// entries is gone once it has not touched the group for `gone_after`;
+    /// it is alive once it touched it well after this subscription started
+    /// (a consumer that crashed touches it at most once more, in the step
+    /// it was in). So this waits only while another consumer holds entries:
+    /// about three ticks for a live one, at most `gone_after` for one that
+    /// crashed.
     async fn take_over_gone(&mut self, state: &mut State) -> std::result::Result<(), Stop> {
         let started = Instant::now();
-        let mut watched: Vec<String> = Vec::new();
+        // How long after this subscription started a consumer that had
+        // crashed may still touch the group (its last step).
+        let last_step = self.tick * 2 + Duration::from_millis(200);
         let mut gone: Vec<String> = vec![HANDED_BACK.to_owned()];
         loop {
             let consumers = self.consumers().await?;
-            let mut wait = Duration::ZERO;
-            watched.clear();
+            let elapsed = started.elapsed();
+            let mut undecided = false;
             for c in consumers {
-                if c.name == self.shared.consumer || c.name == HANDED_BACK || gone.contains(&c.name)
-                {
+                if c.name == self.shared.consumer || gone.contains(&c.name) {
                     continue;
                 }
                 if c.idle >= self.gone_after {
                     gone.push(c.name);
-                } else if c.pending > 0 && started.elapsed() < self.gone_after {
-                    // Quiet for less than the bound: alive, or just
-                    // crashed. Look again once the bound has passed for
-                    // it; touching the group meanwhile shows it alive.
-                    let until_gone = self.gone_after - c.idle;
-                    if c.idle >= started.elapsed() {
-                        watched.push(c.name);
-                        wait = wait.max(until_gone);
-                    }
+                } else if c.pending > 0 && elapsed.saturating_sub(c.idle) <= last_step {
+                    // Last touched before or just after this subscription
+                    // started: alive, or just crashed.
+                    undecided = true;
                 }
             }
-            if watched.is_empty() {
+            if !undecided || elapsed >= self.gone_after + last_step {
                 break;
             }
-            tokio::time::sleep(wait.min(self.tick)).await;
+            tokio::time::sleep(self.tick).await;
         }
         let mut ids = Vec::new();
         for name in &gone {

@@ -347,6 +347,8 @@ async fn order_after_a_crash_of_the_only_consumer() {
     // acknowledged nor handed back.
     std::mem::forget(held);
     drop(first);
+    // The process is gone: its reader's last step is over.
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let started = std::time::Instant::now();
     let mut second = broker.subscribe(&spec("crash")).await.expect("subscribe");
