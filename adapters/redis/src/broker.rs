@@ -10,6 +10,7 @@ use txmsg_core::consumer::{SubscribeSpec, Subscription};
 use txmsg_core::{Broker, Envelope, Error, Result};
 
 use crate::config::RedisConfig;
+use crate::reply::{array, integer, pairs, parse_id, text};
 
 /// How often a lost connection is tried again before a command fails.
 const RECONNECT_RETRIES: usize = 1;
@@ -204,15 +205,15 @@ impl RedisBroker {
             Err(e) => return Err(failed("XINFO GROUPS", e)),
         };
         let mut floor: Option<(u64, u64)> = None;
-        for group in crate::consume::array(groups) {
+        for group in array(groups) {
             let mut name = None;
             let mut pending = 0;
             let mut last = None;
-            for (field, value) in crate::consume::pairs(group) {
-                match crate::consume::text(field).as_deref() {
-                    Some("name") => name = crate::consume::text(value),
-                    Some("pending") => pending = crate::consume::integer(value),
-                    Some("last-delivered-id") => last = crate::consume::text(value),
+            for (field, value) in pairs(group) {
+                match text(field).as_deref() {
+                    Some("name") => name = text(value),
+                    Some("pending") => pending = integer(value),
+                    Some("last-delivered-id") => last = text(value),
                     _ => {}
                 }
             }
@@ -226,17 +227,17 @@ impl RedisBroker {
                     .query_async(&mut conn)
                     .await
                     .map_err(|e| failed("XPENDING", e))?;
-                let oldest = crate::consume::array(summary)
+                let oldest = array(summary)
                     .into_iter()
                     .nth(1)
-                    .and_then(crate::consume::text);
+                    .and_then(text);
                 match oldest {
-                    Some(id) => crate::consume::parse_id(&id),
+                    Some(id) => parse_id(&id),
                     // Settled meanwhile: nothing older than the last read.
-                    None => successor(crate::consume::parse_id(&last)),
+                    None => successor(parse_id(&last)),
                 }
             } else {
-                successor(crate::consume::parse_id(&last))
+                successor(parse_id(&last))
             };
             floor = Some(floor.map_or(needed, |f| f.min(needed)));
         }

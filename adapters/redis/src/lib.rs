@@ -81,6 +81,7 @@
 mod broker;
 mod config;
 mod consume;
+mod reply;
 mod wire;
 
 pub use broker::RedisBroker;
