@@ -246,7 +246,7 @@ impl Broker for MemoryBroker {
     /// Cancel safe: the group's queue may be created, but nothing is taken
     /// from it.
     async fn subscribe(&self, spec: &SubscribeSpec) -> Result<Subscription> {
-        check_spec(spec)?;
+        spec.validate()?;
         self.check_up()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::broker_permanent("subscribing to the in-process broker needs a tokio runtime")
@@ -258,19 +258,6 @@ impl Broker for MemoryBroker {
         let feeder = runtime.spawn(feed(queue, unsettled, tx));
         Ok(Subscription::new(rx, Some(feeder.abort_handle())))
     }
-}
-
-/// Checks the names and the prefetch of `spec`.
-fn check_spec(spec: &SubscribeSpec) -> Result<()> {
-    txmsg_core::validate_topic(&spec.topic)?;
-    txmsg_core::validate_topic(&spec.group).map_err(|e| match e {
-        Error::InvalidTopic { reason, .. } => Error::config("group", reason),
-        other => other,
-    })?;
-    if spec.prefetch == 0 {
-        return Err(Error::config("prefetch", "must be greater than zero"));
-    }
-    Ok(())
 }
 
 /// Moves messages from `queue` into one subscription, keeping at most as

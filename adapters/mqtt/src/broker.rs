@@ -330,16 +330,7 @@ impl Broker for MqttBroker {
     }
 
     async fn subscribe(&self, spec: &SubscribeSpec) -> Result<Subscription> {
-        txmsg_core::validate_topic(&spec.topic)?;
-        if txmsg_core::validate_topic(&spec.group).is_err() {
-            return Err(Error::config(
-                "group",
-                "must be a valid topic-like name (no spaces, wildcards or `/`)",
-            ));
-        }
-        if spec.prefetch == 0 {
-            return Err(Error::config("prefetch", "must be at least 1"));
-        }
+        spec.validate()?;
         let span = tracing::debug_span!(
             "txmsg.mqtt.subscription",
             topic = %spec.topic,

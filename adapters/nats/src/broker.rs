@@ -315,14 +315,7 @@ impl NatsBroker {
     }
 
     async fn subscribe_spec(&self, spec: &SubscribeSpec) -> Result<Subscription> {
-        validate_topic(&spec.topic)?;
-        validate_topic(&spec.group).map_err(|e| match e {
-            Error::InvalidTopic { reason, .. } => Error::config("group", reason),
-            other => other,
-        })?;
-        if spec.prefetch == 0 {
-            return Err(Error::config("prefetch", "must be at least 1"));
-        }
+        spec.validate()?;
         if !self.is_connected() {
             return Err(Error::broker_unavailable(
                 "the nats connection is down",

@@ -47,22 +47,9 @@ pub(crate) fn queue_name(exchange: &str, group: &str, topic: &str) -> Result<Sho
     })
 }
 
-/// Checks the names and the prefetch of `spec`.
-fn check_spec(spec: &SubscribeSpec) -> Result<()> {
-    txmsg_core::validate_topic(&spec.topic)?;
-    txmsg_core::validate_topic(&spec.group).map_err(|e| match e {
-        Error::InvalidTopic { reason, .. } => Error::config("group", reason),
-        other => other,
-    })?;
-    if spec.prefetch == 0 {
-        return Err(Error::config("prefetch", "must be greater than zero"));
-    }
-    Ok(())
-}
-
 /// Declares and binds the group's queue, then starts consuming it.
 pub(crate) async fn subscribe(shared: &Arc<Shared>, spec: &SubscribeSpec) -> Result<Subscription> {
-    check_spec(spec)?;
+    spec.validate()?;
     let queue = queue_name(shared.exchange.as_str(), &spec.group, &spec.topic)?;
     // Validated above: at most 200 bytes.
     let routing_key = ShortString::try_new(spec.topic.as_str())

@@ -44,6 +44,7 @@ use txmsg_core::{BoxFuture, Error, Headers, Result};
 use uuid::Uuid;
 
 use crate::broker::{RedisBroker, manager, redis_error};
+use crate::reply::{Entry, array, entries, integer, pairs, parse_id, streams, text};
 
 /// Longest pause between two attempts after a failed read.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -61,19 +62,6 @@ const HANDED_BACK_IDLE_MS: u64 = 24 * 3600 * 1000;
 
 /// Most pending entries of one gone consumer looked up per round.
 const TAKEOVER_BATCH: usize = 1000;
-
-/// Checks the names and the prefetch of `spec`.
-fn validate(spec: &SubscribeSpec) -> Result<()> {
-    txmsg_core::validate_topic(&spec.topic)?;
-    txmsg_core::validate_topic(&spec.group).map_err(|e| match e {
-        Error::InvalidTopic { reason, .. } => Error::config("group", reason),
-        other => other,
-    })?;
-    if spec.prefetch == 0 {
-        return Err(Error::config("prefetch", "must be greater than zero"));
-    }
-    Ok(())
-}
 
 /// Creates consumer group `group` of the stream at `key` at the stream's
 /// end, creating the stream if needed; an existing group is left as it is.
@@ -98,7 +86,7 @@ async fn create_group(conn: &mut ConnectionManager, key: &str, group: &str) -> R
 
 /// Subscribes as described on [`RedisBroker`]'s `subscribe`.
 pub(crate) async fn subscribe(broker: &RedisBroker, spec: &SubscribeSpec) -> Result<Subscription> {
-    validate(spec)?;
+    spec.validate()?;
     let inner = &broker.inner;
     let key = broker.stream_key(&spec.topic);
     let mut conn = inner.conn.clone();
@@ -710,109 +698,6 @@ impl Reader {
         }
         Ok(())
     }
-}
-
-/// The parts of an entry id, for ordering.
-pub(crate) fn parse_id(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (
-        ms.parse().unwrap_or(u64::MAX),
-        seq.parse().unwrap_or(u64::MAX),
-    )
-}
-
-/// The (field, value) pairs of a map reply, or of a flat array of them.
-pub(crate) fn pairs(value: Value) -> Vec<(Value, Value)> {
-    match value {
-        Value::Map(pairs) => pairs,
-        other => {
-            let mut flat = array(other).into_iter();
-            let mut pairs = Vec::new();
-            while let (Some(n), Some(v)) = (flat.next(), flat.next()) {
-                pairs.push((n, v));
-            }
-            pairs
-        }
-    }
-}
-
-/// A reply as a number (0 for anything else).
-pub(crate) fn integer(value: Value) -> u64 {
-    match value {
-        Value::Int(n) => u64::try_from(n).unwrap_or(0),
-        other => text(other).and_then(|t| t.parse().ok()).unwrap_or(0),
-    }
-}
-
-/// One entry: its id and its fields.
-type Entry = (String, Vec<(Vec<u8>, Vec<u8>)>);
-
-/// The elements of an array reply (none for anything else).
-pub(crate) fn array(value: Value) -> Vec<Value> {
-    match value {
-        Value::Array(items) | Value::Set(items) => items,
-        Value::Attribute { data, .. } => array(*data),
-        _ => Vec::new(),
-    }
-}
-
-/// A reply as text, for ids and names.
-pub(crate) fn text(value: Value) -> Option<String> {
-    bytes(value).and_then(|b| String::from_utf8(b).ok())
-}
-
-/// A reply as bytes, for field names and values.
-fn bytes(value: Value) -> Option<Vec<u8>> {
-    match value {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.into_bytes()),
-        Value::VerbatimString { text, .. } => Some(text.into_bytes()),
-        Value::Int(n) => Some(n.to_string().into_bytes()),
-        _ => None,
-    }
-}
-
-/// The (stream, entries) pairs of an `XREADGROUP` reply.
-fn streams(value: Value) -> Vec<(Value, Value)> {
-    match value {
-        Value::Map(pairs) => pairs,
-        other => array(other)
-            .into_iter()
-            .filter_map(|pair| {
-                let mut parts = array(pair).into_iter();
-                Some((parts.next()?, parts.next()?))
-            })
-            .collect(),
-    }
-}
-
-/// The entries of an array of `[id, [field, value, ...]]`; entries that
-/// are gone (nil) are left out.
-fn entries(value: Value) -> Vec<Entry> {
-    array(value)
-        .into_iter()
-        .filter_map(|entry| {
-            let mut parts = array(entry).into_iter();
-            let id = parts.next().and_then(text)?;
-            let fields = match parts.next()? {
-                Value::Map(pairs) => pairs
-                    .into_iter()
-                    .filter_map(|(n, v)| Some((bytes(n)?, bytes(v)?)))
-                    .collect(),
-                other => {
-                    let mut flat = array(other).into_iter();
-                    let mut fields = Vec::new();
-                    while let (Some(n), Some(v)) = (flat.next(), flat.next()) {
-                        if let (Some(n), Some(v)) = (bytes(n), bytes(v)) {
-                            fields.push((n, v));
-                        }
-                    }
-                    fields
-                }
-            };
-            Some((id, fields))
-        })
-        .collect()
 }
 
 /// Settles one entry: `XACK`, or a hand-back on nack and when dropped

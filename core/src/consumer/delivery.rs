@@ -24,6 +24,37 @@ pub struct SubscribeSpec {
     pub prefetch: u16,
 }
 
+impl SubscribeSpec {
+    /// Checks the spec as every broker does before it subscribes: the topic
+    /// and the group are valid topic names, the prefetch is at least one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`](crate::Error::InvalidTopic) for the topic;
+    /// [`Error::Config`](crate::Error::Config) naming `group` or
+    /// `prefetch`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use txmsg_core::consumer::SubscribeSpec;
+    ///
+    /// let spec = SubscribeSpec { group: "billing".into(), topic: "orders.placed".into(), prefetch: 0 };
+    /// assert!(spec.validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        crate::validate_topic(&self.topic)?;
+        crate::validate_topic(&self.group).map_err(|e| match e {
+            crate::Error::InvalidTopic { reason, .. } => crate::Error::config("group", reason),
+            other => other,
+        })?;
+        if self.prefetch == 0 {
+            return Err(crate::Error::config("prefetch", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 /// A message the broker delivered that could not be read as an envelope
 /// (no usable id, wrong content type, ...). The consumer dead-letters it
 /// with `reason` and acknowledges it.
