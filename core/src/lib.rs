@@ -5,8 +5,10 @@
 //! Users depend on the `txmsg` crate, which re-exports this one; adapters
 //! depend on this crate alone.
 
+mod backoff;
 mod broker;
 mod clock;
+pub mod cloudevents;
 mod config;
 pub mod consumer;
 mod envelope;
@@ -18,6 +20,7 @@ mod store;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+pub mod tls;
 mod topic;
 mod trace;
 mod tx;
@@ -38,6 +41,6 @@ pub use tx::{Outbox, Tx};
 /// Support for generated code and adapters: not public API, may change in any release.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::relay::error_chain;
+    pub use crate::error::error_chain;
     pub use sqlx;
 }

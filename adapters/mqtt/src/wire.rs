@@ -2,12 +2,13 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use txmsg_core::cloudevents::{CONTENT_TYPE, SPEC_VERSION, is_json};
 use txmsg_core::consumer::Undecodable;
 use txmsg_core::{Envelope, Headers, TRACEPARENT};
 use uuid::Uuid;
 
 /// The user property carrying the message id (a UUIDv7).
-pub const TXMSG_ID_PROPERTY: &str = "txmsg-id";
+pub const TXMSG_ID_PROPERTY: &str = txmsg_core::cloudevents::TXMSG_ID;
 
 const CE_ID: &str = "ce-id";
 const CE_TYPE: &str = "ce-type";
@@ -15,7 +16,6 @@ const CE_SOURCE: &str = "ce-source";
 const CE_SPECVERSION: &str = "ce-specversion";
 const CE_TIME: &str = "ce-time";
 const CE_PARTITIONKEY: &str = "ce-partitionkey";
-const JSON: &str = "application/json";
 
 /// User property names written from envelope fields; an envelope header
 /// of the same name is left out.
@@ -41,7 +41,7 @@ pub(crate) fn encode(envelope: &Envelope, source: &str) -> PublishProperties {
         (CE_ID.into(), envelope.idempotency_key.clone()),
         (CE_TYPE.into(), envelope.topic.clone()),
         (CE_SOURCE.into(), source.to_owned()),
-        (CE_SPECVERSION.into(), "1.0".into()),
+        (CE_SPECVERSION.into(), SPEC_VERSION.into()),
         (
             CE_TIME.into(),
             envelope
@@ -62,7 +62,7 @@ pub(crate) fn encode(envelope: &Envelope, source: &str) -> PublishProperties {
         }
     }
     PublishProperties {
-        content_type: Some(JSON.into()),
+        content_type: Some(CONTENT_TYPE.into()),
         user_properties: props,
         ..PublishProperties::default()
     }
@@ -124,7 +124,7 @@ pub(crate) fn decode(
         Some(ct) if is_json(ct) => {}
         Some(ct) => {
             return Err(undecodable(
-                format!("content type `{}` is not JSON", ct.escape_debug()),
+                format!("content type `{}` is not CONTENT_TYPE", ct.escape_debug()),
                 &attrs,
                 &headers,
             ));
@@ -160,16 +160,6 @@ pub(crate) fn decode(
     Ok(envelope)
 }
 
-fn is_json(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence == JSON || essence.ends_with("+json")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,7 +183,7 @@ mod tests {
     fn decode_inverts_encode() {
         let e = envelope();
         let props = encode(&e, "/src");
-        assert_eq!(props.content_type.as_deref(), Some(JSON));
+        assert_eq!(props.content_type.as_deref(), Some(CONTENT_TYPE));
         let got = decode("p/", "p/orders.placed", Some(&props), &e.payload);
         let Ok(got) = got else {
             panic!("undecodable: {got:?}");
@@ -277,9 +267,9 @@ mod props {
 
     fn content_type() -> impl Strategy<Value = Option<String>> {
         proptest::option::of(prop_oneof![
-            Just(JSON.to_owned()),
+            Just(CONTENT_TYPE.to_owned()),
             Just("application/cloudevents+json".to_owned()),
-            Just("Application/JSON; charset=utf-8".to_owned()),
+            Just("Application/CONTENT_TYPE; charset=utf-8".to_owned()),
             Just("text/plain".to_owned()),
             Just(String::new()),
             "(?s).{0,30}",

@@ -1,6 +1,7 @@
 //! The wire format: CloudEvents in binary content mode over NATS headers.
 
 use std::str::FromStr;
+use txmsg_core::cloudevents::{CONTENT_TYPE, SPEC_VERSION, is_json};
 
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -15,7 +16,7 @@ pub const CLOUDEVENTS_PREFIX: &str = "ce-";
 
 /// Header carrying the txmsg message id (the outbox row's UUIDv7), next to
 /// the CloudEvents `id`, which is the idempotency key.
-pub const TXMSG_ID_HEADER: &str = "txmsg-id";
+pub const TXMSG_ID_HEADER: &str = txmsg_core::cloudevents::TXMSG_ID;
 
 /// The JetStream header that the stream deduplicates on; it carries the
 /// idempotency key.
@@ -23,12 +24,6 @@ pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
 /// The header carrying the payload's media type.
 const CONTENT_TYPE_HEADER: &str = "content-type";
-
-/// The CloudEvents specification version published.
-const SPEC_VERSION: &str = "1.0";
-
-/// Content type of every payload (the CloudEvents `datacontenttype`).
-const CONTENT_TYPE: &str = "application/json";
 
 /// Headers the envelope takes its fields from; they do not appear among its
 /// headers after decoding.
@@ -218,14 +213,6 @@ fn find<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
                 .map(|(_, v)| v)
         })
         .map(String::as_str)
-}
-
-/// Whether `content_type` is `application/json`, parameters aside.
-fn is_json(content_type: &str) -> bool {
-    content_type
-        .split(';')
-        .next()
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case(CONTENT_TYPE))
 }
 
 #[cfg(test)]

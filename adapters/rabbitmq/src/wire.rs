@@ -1,6 +1,7 @@
 //! The wire format: CloudEvents in binary content mode over AMQP 0-9-1.
 
 use std::borrow::Cow;
+use txmsg_core::cloudevents::{CONTENT_TYPE, SPEC_VERSION, is_json};
 
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use lapin::BasicProperties;
@@ -32,13 +33,7 @@ pub const CLOUDEVENTS_PREFIX: &str = ce!("");
 
 /// Header carrying the txmsg message id (the outbox row's UUIDv7), next to the
 /// CloudEvents `id`, which is the idempotency key.
-pub const TXMSG_ID_HEADER: &str = "txmsg-id";
-
-/// The CloudEvents specification version published.
-const SPEC_VERSION: &str = "1.0";
-
-/// Content type of every payload (the CloudEvents `datacontenttype`).
-const CONTENT_TYPE: &str = "application/json";
+pub const TXMSG_ID_HEADER: &str = txmsg_core::cloudevents::TXMSG_ID;
 
 /// AMQP 0-9-1 delivery mode of a message stored on disk.
 const PERSISTENT: u8 = 2;
@@ -435,14 +430,6 @@ fn all_headers(properties: &BasicProperties) -> Headers {
             Some((name.as_str().to_owned(), header_text(value)?.into_owned()))
         })
         .collect()
-}
-
-/// Whether `content_type` is `application/json`, parameters aside.
-fn is_json(content_type: &str) -> bool {
-    content_type
-        .split(';')
-        .next()
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case(CONTENT_TYPE))
 }
 
 /// A header value as text: strings that are UTF-8 (borrowed), booleans,

@@ -1,6 +1,7 @@
 //! The wire format: CloudEvents attributes as stream entry fields.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use txmsg_core::cloudevents::{CONTENT_TYPE, SPEC_VERSION, is_json};
 use txmsg_core::consumer::Undecodable;
 use txmsg_core::{Envelope, Headers, TRACEPARENT};
 use uuid::Uuid;
@@ -23,18 +24,12 @@ pub const FIELD_TRACEPARENT: &str = "traceparent";
 /// Field of the content type of the payload (`application/json`).
 pub const FIELD_CONTENT_TYPE: &str = "content-type";
 /// Field of the txmsg message id (the outbox row's UUIDv7).
-pub const FIELD_TXMSG_ID: &str = "txmsg-id";
+pub const FIELD_TXMSG_ID: &str = txmsg_core::cloudevents::TXMSG_ID;
 /// Field of the payload bytes.
 pub const FIELD_DATA: &str = "data";
 /// Prefix of the fields that carry the other envelope headers:
 /// header `x-tenant` travels as field `h-x-tenant`.
 pub const HEADER_PREFIX: &str = "h-";
-
-/// The CloudEvents specification version published.
-const SPEC_VERSION: &str = "1.0";
-
-/// Content type of every payload.
-const CONTENT_TYPE: &str = "application/json";
 
 /// The fields and values of the entry `envelope` is published as, in order.
 pub(crate) fn encode(envelope: &Envelope, source: &str) -> Vec<(String, Vec<u8>)> {
@@ -172,14 +167,6 @@ pub(crate) fn decode(
     envelope.key = key;
     envelope.headers = headers;
     Ok(envelope)
-}
-
-/// Whether `content_type` is `application/json`, parameters aside.
-fn is_json(content_type: &str) -> bool {
-    content_type
-        .split(';')
-        .next()
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case(CONTENT_TYPE))
 }
 
 #[cfg(test)]
