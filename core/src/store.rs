@@ -216,6 +216,15 @@ impl DeadFilter {
         self
     }
 
+    /// How many dead letters are listed when [`limit`](DeadFilter::limit)
+    /// is not set.
+    pub const DEFAULT_LIMIT: u32 = 100;
+
+    /// The limit to apply: the one set, else [`DeadFilter::DEFAULT_LIMIT`].
+    pub fn limit_or_default(&self) -> u32 {
+        self.limit.unwrap_or(Self::DEFAULT_LIMIT)
+    }
+
     /// At most `limit` dead letters.
     pub fn limit(mut self, limit: u32) -> Self {
         self.limit = Some(limit);

@@ -23,9 +23,6 @@ use crate::writer::{MySqlInbox, MySqlWriter};
 /// Pool size of [`MySqlStore::connect`].
 const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 
-/// Dead letters listed when the filter sets no limit.
-const DEFAULT_DEAD_LIMIT: u32 = 100;
-
 /// How often a claim is tried when the server ends it to break a deadlock.
 const CLAIM_ATTEMPTS: usize = 3;
 
@@ -419,7 +416,7 @@ impl Store for MySqlStore {
             .bind(filter.topic.as_deref())
             .bind(filter.key.as_deref())
             .bind(filter.key.as_deref())
-            .bind(limit(filter.limit.unwrap_or(DEFAULT_DEAD_LIMIT)))
+            .bind(limit(filter.limit_or_default()))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(dead_letter).collect()
@@ -498,7 +495,7 @@ impl Store for MySqlStore {
     }
 
     async fn purge_dead(&self, filter: &DeadFilter, before: DateTime<Utc>) -> Result<u64> {
-        let limit = filter.limit.unwrap_or(DEFAULT_DEAD_LIMIT);
+        let limit = filter.limit_or_default();
         if limit == 0 {
             return Ok(0);
         }
@@ -661,7 +658,7 @@ impl InboxStore for MySqlStore {
             .bind(filter.topic.as_deref())
             .bind(filter.key.as_deref())
             .bind(filter.key.as_deref())
-            .bind(limit(filter.limit.unwrap_or(DEFAULT_DEAD_LIMIT)))
+            .bind(limit(filter.limit_or_default()))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(row::consumer_dead_letter).collect()

@@ -22,9 +22,6 @@ use crate::writer::{PgInbox, PgWriter};
 /// Pool size of [`PgStore::connect`].
 const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 
-/// Dead letters listed when the filter sets no limit.
-const DEFAULT_DEAD_LIMIT: u32 = 100;
-
 /// A [`Store`] whose outbox and inbox are PostgreSQL tables.
 ///
 /// It is also an [`InboxStore`]: consumer groups record processed
@@ -404,7 +401,7 @@ impl Store for PgStore {
         let rows = sqlx::query(self.sql.dead_letters.get())
             .bind(filter.topic.as_deref())
             .bind(filter.key.as_deref())
-            .bind(limit(filter.limit.unwrap_or(DEFAULT_DEAD_LIMIT)))
+            .bind(limit(filter.limit_or_default()))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(dead_letter).collect()
@@ -471,7 +468,7 @@ impl Store for PgStore {
     }
 
     async fn purge_dead(&self, filter: &DeadFilter, before: DateTime<Utc>) -> Result<u64> {
-        let limit = filter.limit.unwrap_or(DEFAULT_DEAD_LIMIT);
+        let limit = filter.limit_or_default();
         if limit == 0 {
             return Ok(0);
         }
@@ -613,7 +610,7 @@ impl InboxStore for PgStore {
             .bind(group)
             .bind(filter.topic.as_deref())
             .bind(filter.key.as_deref())
-            .bind(limit(filter.limit.unwrap_or(DEFAULT_DEAD_LIMIT)))
+            .bind(limit(filter.limit_or_default()))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(row::consumer_dead_letter).collect()

@@ -32,9 +32,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const SCAN_FACTOR: i64 = 4;
 const MIN_SCAN: i64 = 1024;
 
-/// Dead letters listed when the filter sets no limit.
-const DEFAULT_DEAD_LIMIT: u32 = 100;
-
 /// The statement that begins every write transaction: it takes SQLite's write
 /// lock at once, so a second writer waits on the busy timeout instead of
 /// failing when it would upgrade a read lock later.
@@ -453,7 +450,7 @@ impl Store for SqliteStore {
     }
 
     async fn dead_letters(&self, filter: &DeadFilter) -> Result<Vec<DeadLetter>> {
-        let limit = filter.limit.unwrap_or(DEFAULT_DEAD_LIMIT);
+        let limit = filter.limit_or_default();
         let rows = sqlx::query(self.inner.sql.dead_letters.clone())
             .bind(filter.topic.as_deref())
             .bind(filter.key.as_deref())
@@ -528,7 +525,7 @@ impl Store for SqliteStore {
     }
 
     async fn purge_dead(&self, filter: &DeadFilter, before: DateTime<Utc>) -> Result<u64> {
-        let limit = filter.limit.unwrap_or(DEFAULT_DEAD_LIMIT);
+        let limit = filter.limit_or_default();
         if limit == 0 {
             return Ok(0);
         }
@@ -670,7 +667,7 @@ impl InboxStore for SqliteStore {
         group: &str,
         filter: &DeadFilter,
     ) -> Result<Vec<ConsumerDeadLetter>> {
-        let limit = filter.limit.unwrap_or(DEFAULT_DEAD_LIMIT);
+        let limit = filter.limit_or_default();
         let rows = sqlx::query(self.inner.sql.consumer_dead_list.clone())
             .bind(group)
             .bind(filter.topic.as_deref())
