@@ -438,20 +438,6 @@ impl MqttConfig {
     }
 }
 
-/// Refuses an empty path, or any TLS setting without the `tls` feature.
-fn check_tls_path(field: &'static str, path: &Path) -> Result<()> {
-    if !cfg!(feature = "tls") {
-        return Err(Error::config(
-            field,
-            "needs the `tls` feature of txmsg-mqtt (the `tls` feature of txmsg)",
-        ));
-    }
-    if path.as_os_str().is_empty() {
-        return Err(Error::config(field, "must not be an empty path"));
-    }
-    Ok(())
-}
-
 /// The config error for a PEM file that could not be read or parsed. Only
 /// I/O errors are quoted: parse errors may quote the file, which may be a
 /// private key.
@@ -469,6 +455,11 @@ fn pem_error(field: &'static str, path: &Path, e: &rustls::pki_types::pem::Error
             ),
         ),
     }
+}
+
+/// Refuses an empty path, or any TLS setting without the `tls` feature.
+fn check_tls_path(field: &'static str, path: &Path) -> Result<()> {
+    txmsg_core::tls::check_file_setting(field, path, cfg!(feature = "tls"), "txmsg-mqtt")
 }
 
 #[cfg(test)]

@@ -489,20 +489,6 @@ fn asks_for_tls(server: &str) -> bool {
     })
 }
 
-/// Refuses an empty path, or any TLS setting without the `tls` feature.
-fn check_tls_path(field: &'static str, path: &Path) -> Result<()> {
-    if !cfg!(feature = "tls") {
-        return Err(Error::config(
-            field,
-            "needs the `tls` feature of txmsg-nats (the `tls` feature of txmsg)",
-        ));
-    }
-    if path.as_os_str().is_empty() {
-        return Err(Error::config(field, "must not be an empty path"));
-    }
-    Ok(())
-}
-
 /// Refuses a path that is not a readable file.
 #[cfg(feature = "tls")]
 fn check_file(field: &'static str, path: &Path) -> Result<()> {
@@ -527,6 +513,11 @@ fn ensure_crypto_provider() {
         // Losing a race to another installer is fine: either way there is one.
         let _ = ring::default_provider().install_default();
     }
+}
+
+/// Refuses an empty path, or any TLS setting without the `tls` feature.
+fn check_tls_path(field: &'static str, path: &Path) -> Result<()> {
+    txmsg_core::tls::check_file_setting(field, path, cfg!(feature = "tls"), "txmsg-nats")
 }
 
 #[cfg(test)]

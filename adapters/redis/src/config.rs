@@ -397,20 +397,6 @@ fn url_error(e: redis::RedisError) -> Error {
     Error::config("url", format!("is not a valid redis url: {e}"))
 }
 
-/// Refuses an empty path, or any TLS setting without the `tls` feature.
-fn check_tls_path(field: &'static str, path: &Path) -> Result<()> {
-    if !cfg!(feature = "tls") {
-        return Err(Error::config(
-            field,
-            "needs the `tls` feature of txmsg-redis (the `tls` feature of txmsg)",
-        ));
-    }
-    if path.as_os_str().is_empty() {
-        return Err(Error::config(field, "must not be an empty path"));
-    }
-    Ok(())
-}
-
 /// The bytes of the file at `path`.
 #[cfg(feature = "tls")]
 fn read_file(field: &'static str, path: &Path) -> Result<Vec<u8>> {
@@ -484,6 +470,11 @@ pub(crate) fn redact_url(url: &str) -> String {
         out.push_str(fragment);
     }
     out
+}
+
+/// Refuses an empty path, or any TLS setting without the `tls` feature.
+fn check_tls_path(field: &'static str, path: &Path) -> Result<()> {
+    txmsg_core::tls::check_file_setting(field, path, cfg!(feature = "tls"), "txmsg-redis")
 }
 
 #[cfg(test)]
