@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use std::panic::AssertUnwindSafe;
 
-use backon::BackoffBuilder;
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use tokio::sync::mpsc::OwnedPermit;
@@ -29,6 +28,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::error::{error_chain, panic_message};
 use crate::store::{ClaimRequest, Failure, Lease};
 use crate::{Broker, Clock, DeadKeyPolicy, Envelope, Error, RelayConfig, Result, Store};
 
@@ -505,50 +505,9 @@ impl<S: Store, B: Broker> Shared<S, B> {
     }
 }
 
-/// The text of a caught panic's payload.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".to_owned()
-    }
-}
-
 /// The delay before retry number `attempts` (1-based), with jitter.
 pub(crate) fn retry_delay(config: &RelayConfig, attempts: u32, seed: u64) -> Duration {
-    backoff(config.backoff_min, config.backoff_max, attempts, seed)
-}
-
-/// As [`retry_delay`], between `min` and `max`, with a random seed.
-pub(crate) fn retry_delay_between(min: Duration, max: Duration, attempts: u32) -> Duration {
-    backoff(min, max, attempts, fastrand::u64(..))
-}
-
-fn backoff(min: Duration, max: Duration, attempts: u32, seed: u64) -> Duration {
-    backon::ExponentialBuilder::new()
-        .with_min_delay(min)
-        .with_max_delay(max)
-        .with_factor(2.0)
-        .with_jitter()
-        .with_jitter_seed(seed)
-        .without_max_times()
-        .build()
-        .nth(attempts.saturating_sub(1) as usize)
-        .unwrap_or(max)
-}
-
-/// `e` and its sources, joined with `: `.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
+    crate::backoff::delay(config.backoff_min, config.backoff_max, attempts, seed)
 }
 
 /// Deletes sent rows older than `sent_retention`, one batch at a time with a
@@ -598,17 +557,10 @@ async fn purge_loop<S: Store, B: Broker>(
             // batches: rest at least as long as the batch took.
             tokio::select! {
                 () = stopped(&mut stop) => return,
-                () = tokio::time::sleep(purge_pause(started.elapsed())) => {}
+                () = tokio::time::sleep(crate::backoff::purge_pause(started.elapsed())) => {}
             }
         }
     }
-}
-
-/// The rest between two full purge batches: three times as long as the last
-/// one took, at least 10 ms, so a purge keeps at most a quarter of the
-/// database's time for itself and producers barely notice a large backlog.
-pub(crate) fn purge_pause(batch_took: Duration) -> Duration {
-    (batch_took * 3).max(Duration::from_millis(10))
 }
 
 /// Sets the outbox gauges from [`Store::stats`] every `stats_interval`

@@ -379,7 +379,7 @@ impl<B: Broker> Broker for TestBroker<B> {
             Err(e) => {
                 self.refused.push(Refused {
                     envelope: envelope.clone(),
-                    error: crate::relay::error_chain(&e),
+                    error: crate::error::error_chain(&e),
                     unavailable: e.is_broker_unavailable(),
                 });
                 Err(e)

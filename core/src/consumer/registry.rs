@@ -139,7 +139,7 @@ where
     };
     let mut tx = match ctx.outbox.begin().await {
         Ok(tx) => tx,
-        Err(e) => return HandleOutcome::Failed(crate::relay::error_chain(&e)),
+        Err(e) => return HandleOutcome::Failed(crate::error::error_chain(&e)),
     };
     let now = ctx.clock.now();
     let fresh = ctx
@@ -159,15 +159,15 @@ where
             // applied before, so it can go.
             if let Some(id) = replay {
                 if let Err(e) = ctx.inbox.remove_dead(&mut tx, id).await {
-                    return HandleOutcome::Failed(crate::relay::error_chain(&e));
+                    return HandleOutcome::Failed(crate::error::error_chain(&e));
                 }
                 if let Err(e) = tx.commit().await {
-                    return HandleOutcome::Failed(crate::relay::error_chain(&e));
+                    return HandleOutcome::Failed(crate::error::error_chain(&e));
                 }
             }
             return HandleOutcome::Duplicate;
         }
-        Err(e) => return HandleOutcome::Failed(crate::relay::error_chain(&e)),
+        Err(e) => return HandleOutcome::Failed(crate::error::error_chain(&e)),
     }
     if let Err(e) = handler(&mut tx, message, envelope).await {
         // Dropping the transaction rolls back the effects and the inbox key.
@@ -176,10 +176,10 @@ where
     if let Some(id) = replay
         && let Err(e) = ctx.inbox.remove_dead(&mut tx, id).await
     {
-        return HandleOutcome::Failed(crate::relay::error_chain(&e));
+        return HandleOutcome::Failed(crate::error::error_chain(&e));
     }
     match tx.commit().await {
         Ok(()) => HandleOutcome::Applied,
-        Err(e) => HandleOutcome::Failed(crate::relay::error_chain(&e)),
+        Err(e) => HandleOutcome::Failed(crate::error::error_chain(&e)),
     }
 }

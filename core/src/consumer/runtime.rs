@@ -18,7 +18,7 @@ use super::delivery::{Delivery, SubscribeSpec, Subscription, Undecodable};
 use super::inbox::{ConsumerDeadLetter, InboxStore};
 use super::observe::{Handled, HandledOutcome};
 use super::registry::{AnyCtx, HandleOutcome, HandlerCtx, HandlerRecord, registered_handlers};
-use crate::relay::error_chain;
+use crate::error::error_chain;
 use crate::{Broker, Clock, DeadFilter, Envelope, Error, Outbox, Result, SystemClock};
 
 /// Settings of a [`Consumer`].
@@ -590,7 +590,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                         // The broker ended the subscription (connection
                         // lost): subscribe again with backoff.
                         resubscribes = resubscribes.saturating_add(1);
-                        let delay = crate::relay::retry_delay_between(this.config.backoff_min, this.config.backoff_max, resubscribes);
+                        let delay = crate::backoff::delay_between(this.config.backoff_min, this.config.backoff_max, resubscribes);
                         tracing::warn!(retry_in = ?delay, "subscription ended; subscribing again");
                         tokio::select! {
                             () = stopped(&mut stop) => break,
@@ -741,7 +741,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                     Ok(outcome) => outcome,
                     Err(panic) => HandleOutcome::Failed(format!(
                         "handler panicked: {}",
-                        crate::relay::panic_message(&*panic)
+                        crate::error::panic_message(&*panic)
                     )),
                 };
                 metrics::histogram!(
@@ -791,7 +791,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                             .await;
                     }
                     HandleOutcome::Failed(error) => {
-                        let delay = crate::relay::retry_delay_between(
+                        let delay = crate::backoff::delay_between(
                             self.config.backoff_min,
                             self.config.backoff_max,
                             attempt,
@@ -850,7 +850,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
-                    let delay = crate::relay::retry_delay_between(
+                    let delay = crate::backoff::delay_between(
                         self.config.backoff_min,
                         self.config.backoff_max,
                         failures,
@@ -909,7 +909,7 @@ async fn purge_loop<S: InboxStore>(
                     // the database's time.
                     tokio::select! {
                         () = stopped(&mut stop) => return,
-                        () = tokio::time::sleep(crate::relay::purge_pause(started.elapsed())) => {}
+                        () = tokio::time::sleep(crate::backoff::purge_pause(started.elapsed())) => {}
                     }
                 }
                 Err(e) => {

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::prepared::{PreparedMessage, Resolve, Resolved};
 use super::registry::{CheckBackRecord, CheckStatus, registered_check_backs};
-use crate::relay::error_chain;
+use crate::error::error_chain;
 use crate::store::{ClaimRequest, Lease};
 use crate::{Clock, Error, RelayHandle, Result, Store, SystemClock};
 
