@@ -30,10 +30,24 @@ fn spec(group: &str, topic: &str, prefetch: u16) -> SubscribeSpec {
     }
 }
 
-#[tokio::test]
-async fn conformance() {
-    txmsg_testkit::broker::run_all(|| std::future::ready(MemoryBroker::new()), "conf").await;
+/// A broker of its own per conformance case.
+struct Memory(MemoryBroker);
+
+impl txmsg_testkit::broker::BrokerFixture for Memory {
+    type Broker = MemoryBroker;
+
+    async fn start() -> Self {
+        Memory(MemoryBroker::new())
+    }
+
+    async fn broker(&self) -> MemoryBroker {
+        self.0.clone()
+    }
+
+    async fn finish(self) {}
 }
+
+txmsg_testkit::broker_conformance!(Memory);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance_on_one_shared_broker_in_parallel() {

@@ -36,38 +36,43 @@ async fn broker() -> (MqttBroker, String) {
     (broker, format!("c{}", &id[20..]))
 }
 
-macro_rules! case {
-    ($name:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let (b, prefix) = broker().await;
-            suite::$name(&b, &prefix).await;
-        }
-    };
+/// A topic prefix of its own per conformance case.
+struct Mqtt(MqttBroker);
+
+impl suite::BrokerFixture for Mqtt {
+    type Broker = MqttBroker;
+
+    async fn start() -> Self {
+        Mqtt(broker().await.0)
+    }
+
+    async fn broker(&self) -> MqttBroker {
+        self.0.clone()
+    }
+
+    async fn finish(self) {}
 }
 
-case!(delivers_every_field);
-case!(every_group_gets_every_message);
-case!(nack_redelivers);
-case!(dropped_delivery_is_redelivered);
-case!(dropped_subscription_redelivers);
-case!(per_key_order_is_kept);
-case!(handed_back_message_holds_its_key);
-case!(order_across_a_restart_of_the_only_consumer);
-case!(large_and_empty_payloads);
-case!(queue_outlives_its_subscribers);
-case!(subscribe_refuses_bad_specs);
-
-/// More messages than Mosquitto keeps per session by default (1 000),
-/// confirmed while the group's only consumer holds its first delivery, all
-/// reach the group: the server must run with `max_queued_messages 0` (see
-/// the crate docs), as `scripts/mosquitto.conf` does.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nothing_confirmed_is_lost_to_a_slow_consumer() {
-    let (b, prefix) = broker().await;
-    suite::nothing_confirmed_is_lost_to_a_slow_consumer(&b, &prefix, suite::SLOW_CONSUMER_BACKLOG)
-        .await;
-}
+// Every case but `group_members_share_messages`, which MQTT cannot keep
+// as stated (see the crate docs: a member at its receive maximum gets its
+// share queued); `group_members_share_messages_as_documented` below holds
+// it to what MQTT does. The slow-consumer case needs the server settings
+// of `scripts/mosquitto.conf`.
+txmsg_testkit::broker_conformance!(Mqtt:
+    delivers_every_field,
+    one_idempotency_key_on_two_topics_is_two_messages,
+    every_group_gets_every_message,
+    nack_redelivers,
+    dropped_delivery_is_redelivered,
+    dropped_subscription_redelivers,
+    per_key_order_is_kept,
+    handed_back_message_holds_its_key,
+    order_across_a_restart_of_the_only_consumer,
+    large_and_empty_payloads,
+    queue_outlives_its_subscribers,
+    subscribe_refuses_bad_specs,
+    slow_consumer_loses_nothing,
+);
 
 /// A delivery held for 3 s is not delivered again while its session lives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -61,14 +61,32 @@ fn spec(group: &str, topic: &str) -> SubscribeSpec {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn broker_conformance() {
-    let config = config();
-    let broker = connect(&config).await;
-    let prefix = format!("c{}", &Uuid::now_v7().simple().to_string()[20..]);
-    txmsg_testkit::broker::run_all(|| connect(&config), &prefix).await;
-    broker.delete_stream().await.expect("delete the stream");
+/// A stream and subject prefix of its own per conformance case.
+struct Nats {
+    config: NatsConfig,
 }
+
+impl txmsg_testkit::broker::BrokerFixture for Nats {
+    type Broker = NatsBroker;
+
+    async fn start() -> Self {
+        Nats { config: config() }
+    }
+
+    async fn broker(&self) -> NatsBroker {
+        connect(&self.config).await
+    }
+
+    async fn finish(self) {
+        connect(&self.config)
+            .await
+            .delete_stream()
+            .await
+            .expect("delete the stream");
+    }
+}
+
+txmsg_testkit::broker_conformance!(Nats);
 
 /// A delivery held three times as long as the group's `ack_wait` (1 s) is
 /// not delivered again: the adapter tells the server it is still being

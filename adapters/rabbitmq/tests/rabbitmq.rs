@@ -701,19 +701,36 @@ impl Broker for Recording {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn conformance() {
-    with_names(0, |names| async move {
-        let broker = connect(names.config()).await;
-        let recording = Recording {
-            broker: broker.clone(),
-            names: Arc::clone(&names.group_queues),
-        };
-        txmsg_testkit::broker::run_all(|| std::future::ready(recording.clone()), "conf").await;
-        broker.close().await.expect("close");
-    })
-    .await;
+/// An exchange of its own per conformance case; its group queues are
+/// recorded and deleted with it.
+struct Rabbit {
+    names: Names,
+    broker: RabbitBroker,
 }
+
+impl txmsg_testkit::broker::BrokerFixture for Rabbit {
+    type Broker = Recording;
+
+    async fn start() -> Self {
+        let names = Names::new(0);
+        let broker = connect(names.config()).await;
+        Rabbit { names, broker }
+    }
+
+    async fn broker(&self) -> Recording {
+        Recording {
+            broker: self.broker.clone(),
+            names: Arc::clone(&self.names.group_queues),
+        }
+    }
+
+    async fn finish(self) {
+        self.broker.close().await.expect("close");
+        self.names.cleanup().await;
+    }
+}
+
+txmsg_testkit::broker_conformance!(Rabbit);
 
 /// A delivery held for 3 s is not delivered again while its channel lives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

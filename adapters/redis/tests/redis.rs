@@ -72,14 +72,30 @@ async fn delete_keys(prefix: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn broker_conformance() {
-    let prefix = key_prefix();
-    let topics = format!("conf-{}", &Uuid::now_v7().simple().to_string()[20..]);
-    let broker = connect(&prefix).await;
-    txmsg_testkit::broker::run_all(|| std::future::ready(broker.clone()), &topics).await;
-    delete_keys(&prefix).await;
+/// A key prefix of its own per conformance case.
+struct Redis {
+    prefix: String,
 }
+
+impl txmsg_testkit::broker::BrokerFixture for Redis {
+    type Broker = RedisBroker;
+
+    async fn start() -> Self {
+        Redis {
+            prefix: key_prefix(),
+        }
+    }
+
+    async fn broker(&self) -> RedisBroker {
+        connect(&self.prefix).await
+    }
+
+    async fn finish(self) {
+        delete_keys(&self.prefix).await;
+    }
+}
+
+txmsg_testkit::broker_conformance!(Redis);
 
 /// The broker, connected through a proxy that cuts its connection, comes
 /// back by itself: publishes are confirmed again, the group gets what was

@@ -118,6 +118,91 @@ pub const QUIET: Duration = Duration::from_millis(300);
 /// How long [`reconnects_after_connection_drop`] keeps the connection cut.
 pub const OUTAGE: Duration = Duration::from_millis(500);
 
+/// What an adapter's tests supply to run this suite one case per test
+/// (see [`broker_conformance!`](crate::broker_conformance)): a fresh,
+/// isolated setup per case (its own stream, exchange or key prefix), a
+/// broker on it, and the cleanup.
+pub trait BrokerFixture: Sized + Send {
+    /// The broker under test.
+    type Broker: Broker;
+
+    /// Sets up what one case needs.
+    fn start() -> impl Future<Output = Self> + Send;
+
+    /// A broker of this setup (a clone, or a new connection).
+    fn broker(&self) -> impl Future<Output = Self::Broker> + Send;
+
+    /// Deletes what the case left (not run when the case failed).
+    fn finish(self) -> impl Future<Output = ()> + Send;
+}
+
+/// A prefix for one case's topic and group names: short, unique, valid.
+pub fn unique_prefix() -> String {
+    format!("c{}", &Uuid::now_v7().simple().to_string()[20..])
+}
+
+/// Invokes the macro at path `[$path]` with `[$pre]` followed by the cases
+/// of [`run_all`], each taking `(&broker, prefix)`: the one list of the
+/// suite's cases.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __broker_cases {
+    ([$($path:tt)*] [$($pre:tt)*]) => {
+        $($path)*! {
+            $($pre)*
+            delivers_every_field,
+            one_idempotency_key_on_two_topics_is_two_messages,
+            every_group_gets_every_message,
+            group_members_share_messages,
+            nack_redelivers,
+            dropped_delivery_is_redelivered,
+            dropped_subscription_redelivers,
+            per_key_order_is_kept,
+            handed_back_message_holds_its_key,
+            order_across_a_restart_of_the_only_consumer,
+            large_and_empty_payloads,
+            queue_outlives_its_subscribers,
+            subscribe_refuses_bad_specs,
+            slow_consumer_loses_nothing,
+        }
+    };
+}
+
+/// One `#[tokio::test]` per case of this suite, in a module `conformance`,
+/// each on a fresh fixture, so that one case runs alone
+/// (`cargo nextest run -p txmsg-nats -E 'test(conformance::nack_redelivers)'`)
+/// and a failure hides no other case.
+///
+/// `broker_conformance!(Fixture)` runs every case; `broker_conformance!(
+/// Fixture: case, case, ...)` runs the cases named (for a broker that
+/// cannot keep some rule: its docs say which and why). `Fixture`
+/// implements [`BrokerFixture`]; the adapters' own tests
+/// (`adapters/*/tests/*.rs`) show one fixture per broker. The calling test
+/// crate needs `tokio` with the `macros` and `rt-multi-thread` features.
+#[macro_export]
+macro_rules! broker_conformance {
+    ($fixture:ty) => {
+        $crate::__broker_cases!([$crate::broker_conformance] [$fixture:]);
+    };
+    ($fixture:ty : $($case:ident),* $(,)?) => {
+        mod conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    use $crate::broker::BrokerFixture as _;
+                    let fixture = <$fixture>::start().await;
+                    let broker = fixture.broker().await;
+                    $crate::broker::$case(&broker, &$crate::broker::unique_prefix()).await;
+                    drop(broker);
+                    fixture.finish().await;
+                }
+            )*
+        }
+    };
+}
+
 /// Runs every case of this suite, each on a broker from `make`.
 ///
 /// `prefix` starts every topic and group name the cases use; give each
@@ -125,7 +210,8 @@ pub const OUTAGE: Duration = Duration::from_millis(500);
 /// must pass [`validate_topic`](txmsg_core::validate_topic), and some
 /// brokers build queue names from them. Cases run one after another; each
 /// prints its name to stderr first, so a failure's output says which case
-/// broke.
+/// broke. [`broker_conformance!`](crate::broker_conformance) runs each case
+/// as a test of its own instead.
 ///
 /// # Panics
 ///
@@ -147,29 +233,18 @@ where
             )*
         };
     }
-    cases!(
-        delivers_every_field,
-        one_idempotency_key_on_two_topics_is_two_messages,
-        every_group_gets_every_message,
-        group_members_share_messages,
-        nack_redelivers,
-        dropped_delivery_is_redelivered,
-        dropped_subscription_redelivers,
-        per_key_order_is_kept,
-        handed_back_message_holds_its_key,
-        order_across_a_restart_of_the_only_consumer,
-        large_and_empty_payloads,
-        queue_outlives_its_subscribers,
-        subscribe_refuses_bad_specs,
-    );
-    eprintln!("broker conformance: nothing_confirmed_is_lost_to_a_slow_consumer");
-    nothing_confirmed_is_lost_to_a_slow_consumer(&make().await, prefix, SLOW_CONSUMER_BACKLOG)
-        .await;
+    crate::__broker_cases!([cases] []);
 }
 
 /// How many messages [`run_all`] publishes past a slow consumer: twice
 /// Mosquitto's default per-session queue (1 000 messages).
 pub const SLOW_CONSUMER_BACKLOG: usize = 2_000;
+
+/// [`nothing_confirmed_is_lost_to_a_slow_consumer`] with
+/// [`SLOW_CONSUMER_BACKLOG`] messages.
+pub async fn slow_consumer_loses_nothing<B: Broker>(broker: &B, prefix: &str) {
+    nothing_confirmed_is_lost_to_a_slow_consumer(broker, prefix, SLOW_CONSUMER_BACKLOG).await;
+}
 
 // ---------------------------------------------------------------------------
 // helpers
