@@ -8,7 +8,6 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
 
 use chrono::{Duration, Utc};
 use futures_util::FutureExt;
@@ -70,57 +69,36 @@ fn tables(schema: &str) -> Tables {
     Tables::default().schema(schema).expect("valid schema name")
 }
 
-/// Runs a suite whose stores each get a fresh, migrated database, and drops
-/// every database it made afterwards.
-async fn suite<F, Fut>(run: F)
-where
-    F: FnOnce(
-        Box<dyn FnMut() -> futures_util::future::BoxFuture<'static, MySqlStore> + Send>,
-    ) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let pool = pool().await;
-    let schemas = Arc::new(Mutex::new(Vec::new()));
-    let make = {
-        let pool = pool.clone();
-        let schemas = Arc::clone(&schemas);
-        move || {
-            let pool = pool.clone();
-            let schemas = Arc::clone(&schemas);
-            async move {
-                let schema = schema_name();
-                schemas.lock().expect("schemas lock").push(schema.clone());
-                let store = MySqlStore::new(pool, tables(&schema));
-                store.migrate().await.expect("migrate");
-                store
-            }
-            .boxed()
+/// A database of its own per conformance case.
+struct MySql {
+    pool: MySqlPool,
+    schema: String,
+}
+
+impl txmsg_testkit::StoreFixture for MySql {
+    type Store = MySqlStore;
+
+    async fn start() -> Self {
+        MySql {
+            pool: pool().await,
+            schema: schema_name(),
         }
-    };
-    let outcome = AssertUnwindSafe(run(Box::new(make))).catch_unwind().await;
-    let created = std::mem::take(&mut *schemas.lock().expect("schemas lock"));
-    for schema in created {
-        drop_schema(&pool, &schema).await;
     }
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
+
+    async fn store(&self) -> MySqlStore {
+        let store = MySqlStore::new(self.pool.clone(), tables(&self.schema));
+        store.migrate().await.expect("migrate");
+        store
+    }
+
+    async fn finish(self) {
+        drop_schema(&self.pool, &self.schema).await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn conformance_suite() {
-    suite(txmsg_testkit::store::run_all).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn inbox_conformance_suite() {
-    suite(txmsg_testkit::inbox::run_all).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn half_conformance_suite() {
-    suite(txmsg_testkit::half::run_all).await;
-}
+txmsg_testkit::store_conformance!(MySql);
+txmsg_testkit::inbox_conformance!(MySql);
+txmsg_testkit::half_conformance!(MySql);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn inbox_keys_from_before_topics_are_recognised() {

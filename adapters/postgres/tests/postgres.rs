@@ -7,7 +7,6 @@
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
 
 use chrono::{Duration, Utc};
 use futures_util::FutureExt;
@@ -71,86 +70,36 @@ fn tables(schema: &str) -> Tables {
     Tables::default().schema(schema).expect("valid schema name")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn conformance_suite() {
-    let pool = pool().await;
-    let schemas = Arc::new(Mutex::new(Vec::new()));
-    let make = || {
-        let pool = pool.clone();
-        let schemas = Arc::clone(&schemas);
-        async move {
-            let schema = schema_name();
-            schemas.lock().unwrap().push(schema.clone());
-            let store = PgStore::new(pool, tables(&schema));
-            store.migrate().await.expect("migrate");
-            store
+/// A schema of its own per conformance case.
+struct Pg {
+    pool: PgPool,
+    schema: String,
+}
+
+impl txmsg_testkit::StoreFixture for Pg {
+    type Store = PgStore;
+
+    async fn start() -> Self {
+        Pg {
+            pool: pool().await,
+            schema: schema_name(),
         }
-    };
-    let outcome = AssertUnwindSafe(txmsg_testkit::store::run_all(make))
-        .catch_unwind()
-        .await;
-    let created = std::mem::take(&mut *schemas.lock().unwrap());
-    for schema in created {
-        drop_schema(&pool, &schema).await;
     }
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
+
+    async fn store(&self) -> PgStore {
+        let store = PgStore::new(self.pool.clone(), tables(&self.schema));
+        store.migrate().await.expect("migrate");
+        store
+    }
+
+    async fn finish(self) {
+        drop_schema(&self.pool, &self.schema).await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn inbox_conformance_suite() {
-    let pool = pool().await;
-    let schemas = Arc::new(Mutex::new(Vec::new()));
-    let make = || {
-        let pool = pool.clone();
-        let schemas = Arc::clone(&schemas);
-        async move {
-            let schema = schema_name();
-            schemas.lock().unwrap().push(schema.clone());
-            let store = PgStore::new(pool, tables(&schema));
-            store.migrate().await.expect("migrate");
-            store
-        }
-    };
-    let outcome = AssertUnwindSafe(txmsg_testkit::inbox::run_all(make))
-        .catch_unwind()
-        .await;
-    let created = std::mem::take(&mut *schemas.lock().unwrap());
-    for schema in created {
-        drop_schema(&pool, &schema).await;
-    }
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn half_conformance_suite() {
-    let pool = pool().await;
-    let schemas = Arc::new(Mutex::new(Vec::new()));
-    let make = || {
-        let pool = pool.clone();
-        let schemas = Arc::clone(&schemas);
-        async move {
-            let schema = schema_name();
-            schemas.lock().unwrap().push(schema.clone());
-            let store = PgStore::new(pool, tables(&schema));
-            store.migrate().await.expect("migrate");
-            store
-        }
-    };
-    let outcome = AssertUnwindSafe(txmsg_testkit::half::run_all(make))
-        .catch_unwind()
-        .await;
-    let created = std::mem::take(&mut *schemas.lock().unwrap());
-    for schema in created {
-        drop_schema(&pool, &schema).await;
-    }
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
+txmsg_testkit::store_conformance!(Pg);
+txmsg_testkit::inbox_conformance!(Pg);
+txmsg_testkit::half_conformance!(Pg);
 
 /// Takes the tables in `schema` back to version 2: no `half` column and no
 /// index of prepared rows, no record of version 3.

@@ -227,10 +227,7 @@ impl RedisBroker {
                     .query_async(&mut conn)
                     .await
                     .map_err(|e| failed("XPENDING", e))?;
-                let oldest = array(summary)
-                    .into_iter()
-                    .nth(1)
-                    .and_then(text);
+                let oldest = array(summary).into_iter().nth(1).and_then(text);
                 match oldest {
                     Some(id) => parse_id(&id),
                     // Settled meanwhile: nothing older than the last read.

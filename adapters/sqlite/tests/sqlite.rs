@@ -1090,71 +1090,48 @@ async fn store_is_clone_and_debug_without_secrets() {
     assert!(format!("{:?}", store.writer()).contains("SqliteWriter"));
 }
 
-#[tokio::test]
-async fn conformance_on_files() {
-    let mut dbs = Vec::new();
-    txmsg_testkit::store::run_all(|| {
-        let db = TempDb::new();
-        let url = db.url();
-        dbs.push(db);
-        async move {
-            let store = SqliteStore::connect(&url).await.unwrap();
-            store.migrate().await.unwrap();
-            store
-        }
-    })
-    .await;
-    drop(dbs);
+/// A database file of its own per conformance case.
+struct Files(TempDb);
+
+impl txmsg_testkit::StoreFixture for Files {
+    type Store = SqliteStore;
+
+    async fn start() -> Self {
+        Files(TempDb::new())
+    }
+
+    async fn store(&self) -> SqliteStore {
+        let store = SqliteStore::connect(&self.0.url()).await.unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+
+    async fn finish(self) {}
 }
 
-#[tokio::test]
-async fn conformance_in_memory() {
-    txmsg_testkit::store::run_all(memory_store).await;
+/// An in-memory database per conformance case.
+struct InMemory;
+
+impl txmsg_testkit::StoreFixture for InMemory {
+    type Store = SqliteStore;
+
+    async fn start() -> Self {
+        InMemory
+    }
+
+    async fn store(&self) -> SqliteStore {
+        memory_store().await
+    }
+
+    async fn finish(self) {}
 }
 
-#[tokio::test]
-async fn inbox_conformance_on_files() {
-    let mut dbs = Vec::new();
-    txmsg_testkit::inbox::run_all(|| {
-        let db = TempDb::new();
-        let url = db.url();
-        dbs.push(db);
-        async move {
-            let store = SqliteStore::connect(&url).await.unwrap();
-            store.migrate().await.unwrap();
-            store
-        }
-    })
-    .await;
-    drop(dbs);
-}
-
-#[tokio::test]
-async fn inbox_conformance_in_memory() {
-    txmsg_testkit::inbox::run_all(memory_store).await;
-}
-
-#[tokio::test]
-async fn half_conformance_on_files() {
-    let mut dbs = Vec::new();
-    txmsg_testkit::half::run_all(|| {
-        let db = TempDb::new();
-        let url = db.url();
-        dbs.push(db);
-        async move {
-            let store = SqliteStore::connect(&url).await.unwrap();
-            store.migrate().await.unwrap();
-            store
-        }
-    })
-    .await;
-    drop(dbs);
-}
-
-#[tokio::test]
-async fn half_conformance_in_memory() {
-    txmsg_testkit::half::run_all(memory_store).await;
-}
+txmsg_testkit::store_conformance!(Files, store_conformance_on_files);
+txmsg_testkit::store_conformance!(InMemory, store_conformance_in_memory);
+txmsg_testkit::inbox_conformance!(Files, inbox_conformance_on_files);
+txmsg_testkit::inbox_conformance!(InMemory, inbox_conformance_in_memory);
+txmsg_testkit::half_conformance!(Files, half_conformance_on_files);
+txmsg_testkit::half_conformance!(InMemory, half_conformance_in_memory);
 
 /// Takes `store`'s tables back to version 2: no `half` column and no index
 /// of prepared rows, no record of version 3.

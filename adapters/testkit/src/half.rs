@@ -50,6 +50,49 @@ use txmsg_core::{
     ClaimRequest, DeadFilter, Envelope, Failure, Inserted, Lease, Message, Outbox, SqlStore, Store,
 };
 use uuid::Uuid;
+/// Invokes the macro at path `[$path]` with `[$pre]` followed by the cases
+/// of [`run_all`]: the one list of this suite's cases.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __half_cases {
+    ([$($path:tt)*] [$($pre:tt)*]) => {
+        $($path)*! {
+            $($pre)*
+        migrate_is_idempotent,
+        prepared_is_stored_but_not_published,
+        prepared_round_trips_every_field,
+        prepared_row_does_not_hold_back_its_key,
+        duplicate_idempotency_key_is_reported,
+        commit_makes_it_pending,
+        rollback_deletes_it,
+        check_back_rollback_fences_a_later_commit,
+        producer_commit_fences_a_later_check_back,
+        check_back_commit_fences_a_later_rollback,
+        claim_prepared_leases_rows,
+        concurrent_prepared_claims_are_disjoint,
+        record_check_counts_and_reschedules,
+        record_check_by_another_owner_changes_nothing,
+        mark_dead_takes_prepared_rows,
+        mark_prepared_dead_only_takes_a_held_prepared_row,
+        resume_puts_a_dead_half_message_back,
+        resume_ignores_other_dead_rows,
+        }
+    };
+}
+
+/// One `#[tokio::test]` per case of this suite, in a module
+/// `half_conformance` (or the one named after the fixture), each on a
+/// fresh [`StoreFixture`](crate::StoreFixture), so that one case runs
+/// alone and a failure hides no other. See [`crate::StoreFixture`].
+#[macro_export]
+macro_rules! half_conformance {
+    ($fixture:ty) => {
+        $crate::half_conformance!($fixture, half_conformance);
+    };
+    ($fixture:ty, $module:ident) => {
+        $crate::__half_cases!([$crate::__store_fixture_tests] [$module, half, $fixture:]);
+    };
+}
 
 /// Runs every case of this suite, each on a fresh store from `make`.
 ///
@@ -74,26 +117,7 @@ where
             )*
         };
     }
-    cases!(
-        migrate_is_idempotent,
-        prepared_is_stored_but_not_published,
-        prepared_round_trips_every_field,
-        prepared_row_does_not_hold_back_its_key,
-        duplicate_idempotency_key_is_reported,
-        commit_makes_it_pending,
-        rollback_deletes_it,
-        check_back_rollback_fences_a_later_commit,
-        producer_commit_fences_a_later_check_back,
-        check_back_commit_fences_a_later_rollback,
-        claim_prepared_leases_rows,
-        concurrent_prepared_claims_are_disjoint,
-        record_check_counts_and_reschedules,
-        record_check_by_another_owner_changes_nothing,
-        mark_dead_takes_prepared_rows,
-        mark_prepared_dead_only_takes_a_held_prepared_row,
-        resume_puts_a_dead_half_message_back,
-        resume_ignores_other_dead_rows,
-    );
+    crate::__half_cases!([cases] []);
 }
 
 // ---------------------------------------------------------------------------

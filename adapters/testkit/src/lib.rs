@@ -27,6 +27,8 @@
 //!   cases such as
 //!   [`broker::reconnects_after_connection_drop`].
 
+use std::future::Future;
+
 pub mod broker;
 pub mod half;
 pub mod inbox;
@@ -34,3 +36,47 @@ pub mod injection;
 pub mod logs;
 pub mod proxy;
 pub mod store;
+
+/// What a store adapter's tests supply to run the store, inbox and half
+/// suites one case per test ([`store_conformance!`],
+/// [`inbox_conformance!`], [`half_conformance!`]): a fresh, isolated
+/// database per case (a schema of its own, a file), a migrated store on
+/// it, and the cleanup. The adapters' own tests (`adapters/*/tests/*.rs`)
+/// show one fixture per store.
+pub trait StoreFixture: Sized + Send {
+    /// The store under test.
+    type Store: Send + Sync;
+
+    /// Sets up what one case needs.
+    fn start() -> impl Future<Output = Self> + Send;
+
+    /// A migrated store of this setup.
+    fn store(&self) -> impl Future<Output = Self::Store> + Send;
+
+    /// Deletes what the case left (not run when the case failed).
+    fn finish(self) -> impl Future<Output = ()> + Send;
+}
+
+/// The tests of one suite over a [`StoreFixture`]: `[$module, $suite,
+/// $fixture: cases...]`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __store_fixture_tests {
+    ($module:ident, $suite:ident, $fixture:ty : $($case:ident),* $(,)?) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    use $crate::StoreFixture as _;
+                    let fixture = <$fixture>::start().await;
+                    let store = fixture.store().await;
+                    $crate::$suite::$case(&store).await;
+                    drop(store);
+                    fixture.finish().await;
+                }
+            )*
+        }
+    };
+}

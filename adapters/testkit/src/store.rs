@@ -52,6 +52,53 @@ use txmsg_core::{
     ClaimRequest, DeadFilter, Envelope, Failure, Inserted, Lease, Message, Outbox, SqlStore, Store,
 };
 use uuid::Uuid;
+/// Invokes the macro at path `[$path]` with `[$pre]` followed by the cases
+/// of [`run_all`]: the one list of this suite's cases.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __store_cases {
+    ([$($path:tt)*] [$($pre:tt)*]) => {
+        $($path)*! {
+            $($pre)*
+        migrate_is_idempotent,
+        commit_round_trips_every_field,
+        rollback_writes_nothing,
+        duplicate_idempotency_key_is_reported,
+        claim_leases_rows,
+        mark_sent_finishes_rows,
+        mark_failed_schedules_a_retry,
+        mark_dead_lists_and_replays,
+        release_gives_rows_back,
+        purge_sent_deletes_old_sent_rows_in_batches,
+        claim_keeps_key_order,
+        leased_head_holds_back_its_key,
+        retry_holds_back_its_key,
+        dead_row_parks_its_key,
+        claim_stops_a_key_at_its_first_unclaimable_row,
+        claim_respects_limits,
+        concurrent_claims_are_disjoint,
+        insert_with_lease_yields_to_earlier_rows,
+        expired_messages_are_claimed,
+        timestamps_come_from_the_caller,
+        topic_stats_count_each_topic,
+        dead_letter_by_id_and_purge_dead,
+        }
+    };
+}
+
+/// One `#[tokio::test]` per case of this suite, in a module
+/// `store_conformance` (or the one named after the fixture), each on a
+/// fresh [`StoreFixture`](crate::StoreFixture), so that one case runs
+/// alone and a failure hides no other. See [`crate::StoreFixture`].
+#[macro_export]
+macro_rules! store_conformance {
+    ($fixture:ty) => {
+        $crate::store_conformance!($fixture, store_conformance);
+    };
+    ($fixture:ty, $module:ident) => {
+        $crate::__store_cases!([$crate::__store_fixture_tests] [$module, store, $fixture:]);
+    };
+}
 
 /// Runs every case of this suite, each on a fresh store from `make`.
 ///
@@ -76,30 +123,7 @@ where
             )*
         };
     }
-    cases!(
-        migrate_is_idempotent,
-        commit_round_trips_every_field,
-        rollback_writes_nothing,
-        duplicate_idempotency_key_is_reported,
-        claim_leases_rows,
-        mark_sent_finishes_rows,
-        mark_failed_schedules_a_retry,
-        mark_dead_lists_and_replays,
-        release_gives_rows_back,
-        purge_sent_deletes_old_sent_rows_in_batches,
-        claim_keeps_key_order,
-        leased_head_holds_back_its_key,
-        retry_holds_back_its_key,
-        dead_row_parks_its_key,
-        claim_stops_a_key_at_its_first_unclaimable_row,
-        claim_respects_limits,
-        concurrent_claims_are_disjoint,
-        insert_with_lease_yields_to_earlier_rows,
-        expired_messages_are_claimed,
-        timestamps_come_from_the_caller,
-        topic_stats_count_each_topic,
-        dead_letter_by_id_and_purge_dead,
-    );
+    crate::__store_cases!([cases] []);
 }
 
 // ---------------------------------------------------------------------------
