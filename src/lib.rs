@@ -68,15 +68,15 @@ pub use txmsg_core::consumer;
 pub use txmsg_core::half;
 pub use txmsg_core::metrics;
 pub use txmsg_core::{
-    Broker, Clock, DeadFilter, DeadKeyPolicy, DeadLetter, Envelope, Error, Headers, Ident, Message,
-    Outbox, OutboxStats, Relay, RelayConfig, RelayHandle, Result, SqlStore, Store, SystemClock,
-    Tables, TopicStats, Tx, validate_topic,
+    Broker, Clock, DeadFilter, DeadKeyPolicy, DeadLetter, Envelope, Error, HalfStore, Headers,
+    Ident, Message, Outbox, OutboxStats, Relay, RelayConfig, RelayHandle, Result, SqlStore, Store,
+    SystemClock, Tables, TopicStats, Tx, validate_topic,
 };
 pub use txmsg_macros::{check_back, message_handler, transactional_message};
 
 /// The traits whose methods users call: `use txmsg::prelude::*;`.
 pub mod prelude {
-    pub use txmsg_core::{Broker, SqlStore, Store};
+    pub use txmsg_core::{Broker, HalfStore, SqlStore, Store};
 }
 
 /// Building blocks for adapters and for code that drives the runtime by hand.

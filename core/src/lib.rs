@@ -32,8 +32,8 @@ pub use envelope::{Envelope, Headers, Message, TRACEPARENT};
 pub use error::{BoxError, Error, Result};
 pub use relay::{Relay, RelayHandle};
 pub use store::{
-    BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Failure, Inserted, Lease, OutboxStats,
-    OutboxWriter, SqlStore, Store, TopicStats, Waker,
+    BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Failure, HalfStore, Inserted, Lease,
+    OutboxStats, OutboxWriter, SqlStore, Store, TopicStats, Waker,
 };
 pub use topic::{MAX_TOPIC_LEN, validate_topic};
 pub use tx::{Outbox, Tx};

@@ -383,23 +383,34 @@ pub trait Store: Debug + Clone + Send + Sync + 'static {
         async { Err(crate::Error::Unsupported("dead letter purge")) }
     }
 
+    /// A task that wakes the relay when another process committed rows, if
+    /// the store has such a signal (PostgreSQL `LISTEN`/`NOTIFY`, when
+    /// enabled). It runs until dropped and must not return early on errors
+    /// (reconnect and go on). The default is `None`: the relay just polls.
+    fn watch(&self, waker: Waker) -> Option<BoxFuture<'static, ()>> {
+        let _ = waker;
+        None
+    }
+}
+
+/// A [`Store`] that keeps half messages (prepared rows settled by their
+/// producer or by the check-back), as the
+/// [`CheckBackWorker`](crate::half::CheckBackWorker) needs. A capability of
+/// its own, as [`InboxStore`](crate::consumer::InboxStore) is, so that a
+/// store without half messages is found out when the program is compiled.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not keep half messages",
+    note = "the check-back worker needs a store that implements `HalfStore`: `PgStore`, `MySqlStore` and `SqliteStore` do"
+)]
+pub trait HalfStore: Store {
     /// Leases prepared rows whose next check is due (`next_attempt_at <=
     /// now`) to `req.lease.owner`, oldest first, at most `req.limit`; two
     /// workers never get the same row while its lease runs. Keys play no
     /// part. Expired prepared rows are returned too.
-    ///
-    /// A store that supports half messages implements this together with
-    /// [`record_check`](Store::record_check),
-    /// [`resolve_prepared`](Store::resolve_prepared),
-    /// [`mark_prepared_dead`](Store::mark_prepared_dead) and
-    /// [`resume`](Store::resume).
     fn claim_prepared(
         &self,
         req: &ClaimRequest,
-    ) -> impl Future<Output = Result<Vec<crate::half::PreparedMessage>>> + Send {
-        let _ = req;
-        async { Err(crate::Error::Unsupported("half messages")) }
-    }
+    ) -> impl Future<Output = Result<Vec<crate::half::PreparedMessage>>> + Send;
 
     /// Records a check-back of prepared row `id` that answered Unknown (or
     /// failed): the next check is due at `next_check_at`, the lease is
@@ -411,10 +422,7 @@ pub trait Store: Debug + Clone + Send + Sync + 'static {
         owner: Uuid,
         next_check_at: DateTime<Utc>,
         counted: bool,
-    ) -> impl Future<Output = Result<()>> + Send {
-        let _ = (id, owner, next_check_at, counted);
-        async { Err(crate::Error::Unsupported("half messages")) }
-    }
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Marks prepared row `id` dead with `reason` for the check-back worker:
     /// only while the row is still prepared and `owner` holds its lease, so
@@ -426,10 +434,7 @@ pub trait Store: Debug + Clone + Send + Sync + 'static {
         owner: Uuid,
         reason: &str,
         at: DateTime<Utc>,
-    ) -> impl Future<Output = Result<bool>> + Send {
-        let _ = (id, owner, reason, at);
-        async { Err(crate::Error::Unsupported("half messages")) }
-    }
+    ) -> impl Future<Output = Result<bool>> + Send;
 
     /// Settles prepared row `id` for the check-back worker, with the same
     /// fence as [`OutboxWriter::resolve`].
@@ -438,25 +443,10 @@ pub trait Store: Debug + Clone + Send + Sync + 'static {
         id: Uuid,
         resolve: crate::half::Resolve,
         now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<crate::half::Resolved>> + Send {
-        let _ = (id, resolve, now);
-        async { Err(crate::Error::Unsupported("half messages")) }
-    }
+    ) -> impl Future<Output = Result<crate::half::Resolved>> + Send;
 
     /// Puts a dead half message back to prepared with its checks reset,
     /// first check due at `at` (an operator's resume). `false` if `id` is not
     /// a dead half message.
-    fn resume(&self, id: Uuid, at: DateTime<Utc>) -> impl Future<Output = Result<bool>> + Send {
-        let _ = (id, at);
-        async { Err(crate::Error::Unsupported("half messages")) }
-    }
-
-    /// A task that wakes the relay when another process committed rows, if
-    /// the store has such a signal (PostgreSQL `LISTEN`/`NOTIFY`, when
-    /// enabled). It runs until dropped and must not return early on errors
-    /// (reconnect and go on). The default is `None`: the relay just polls.
-    fn watch(&self, waker: Waker) -> Option<BoxFuture<'static, ()>> {
-        let _ = waker;
-        None
-    }
+    fn resume(&self, id: Uuid, at: DateTime<Utc>) -> impl Future<Output = Result<bool>> + Send;
 }

@@ -10,8 +10,8 @@ use sqlx::{Connection, MySql, MySqlPool, Row};
 use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore, InboxWriter};
 use txmsg_core::half::{PreparedMessage, Resolve, Resolved};
 use txmsg_core::{
-    ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, OutboxStats, OutboxWriter,
-    Result, SqlStore, Store, Tables, TopicStats,
+    ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, HalfStore, OutboxStats,
+    OutboxWriter, Result, SqlStore, Store, Tables, TopicStats,
 };
 use uuid::Uuid;
 
@@ -522,7 +522,9 @@ impl Store for MySqlStore {
         tx.commit().await?;
         Ok(done.rows_affected())
     }
+}
 
+impl HalfStore for MySqlStore {
     async fn claim_prepared(&self, req: &ClaimRequest) -> Result<Vec<PreparedMessage>> {
         if req.limit == 0 {
             return Ok(Vec::new());

@@ -9,8 +9,8 @@ use sqlx::{PgPool, Postgres, Row};
 use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore, InboxWriter};
 use txmsg_core::half::{PreparedMessage, Resolve, Resolved};
 use txmsg_core::{
-    BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, OutboxStats,
-    OutboxWriter, Result, SqlStore, Store, Tables, TopicStats, Waker,
+    BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, HalfStore,
+    OutboxStats, OutboxWriter, Result, SqlStore, Store, Tables, TopicStats, Waker,
 };
 use uuid::Uuid;
 
@@ -482,6 +482,14 @@ impl Store for PgStore {
         Ok(done.rows_affected())
     }
 
+    fn watch(&self, waker: Waker) -> Option<BoxFuture<'static, ()>> {
+        let channel = self.notify.clone()?;
+        let pool = self.pool.clone();
+        Some(Box::pin(listen(pool, channel, waker)))
+    }
+}
+
+impl HalfStore for PgStore {
     async fn claim_prepared(&self, req: &ClaimRequest) -> Result<Vec<PreparedMessage>> {
         if req.limit == 0 {
             return Ok(Vec::new());
@@ -555,12 +563,6 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)
-    }
-
-    fn watch(&self, waker: Waker) -> Option<BoxFuture<'static, ()>> {
-        let channel = self.notify.clone()?;
-        let pool = self.pool.clone();
-        Some(Box::pin(listen(pool, channel, waker)))
     }
 }
 

@@ -13,8 +13,8 @@ use sqlx::{Encode, Row, SqlStr, Sqlite, SqliteConnection, SqlitePool, Type};
 use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore, InboxWriter};
 use txmsg_core::half::{PreparedMessage, Resolve, Resolved};
 use txmsg_core::{
-    ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, OutboxStats, OutboxWriter,
-    Result, SqlStore, Store, Tables, TopicStats,
+    ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, HalfStore, OutboxStats,
+    OutboxWriter, Result, SqlStore, Store, Tables, TopicStats,
 };
 use uuid::Uuid;
 
@@ -538,7 +538,9 @@ impl Store for SqliteStore {
             .await?;
         Ok(done.rows_affected())
     }
+}
 
+impl HalfStore for SqliteStore {
     async fn claim_prepared(&self, req: &ClaimRequest) -> Result<Vec<PreparedMessage>> {
         if req.limit == 0 {
             return Ok(Vec::new());

@@ -18,7 +18,7 @@
 //! ```no_run
 //! use txmsg_core::{SqlStore, Store};
 //!
-//! async fn half_conformance<S: SqlStore>(open_isolated: impl Fn() -> S) {
+//! async fn half_conformance<S: SqlStore + HalfStore>(open_isolated: impl Fn() -> S) {
 //!     txmsg_testkit::half::run_all(|| {
 //!         let store = open_isolated();
 //!         async move {
@@ -47,7 +47,8 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Duration, Utc};
 use txmsg_core::half::{Prepared, PreparedMessage, Resolve, Resolved};
 use txmsg_core::{
-    ClaimRequest, DeadFilter, Envelope, Failure, Inserted, Lease, Message, Outbox, SqlStore, Store,
+    ClaimRequest, DeadFilter, Envelope, Failure, HalfStore, Inserted, Lease, Message, Outbox,
+    SqlStore,
 };
 use uuid::Uuid;
 /// Invokes the macro at path `[$path]` with `[$pre]` followed by the cases
@@ -105,7 +106,7 @@ macro_rules! half_conformance {
 /// When a case fails.
 pub async fn run_all<S, F, Fut>(mut make: F)
 where
-    S: SqlStore,
+    S: SqlStore + HalfStore,
     F: FnMut() -> Fut,
     Fut: Future<Output = S>,
 {
@@ -157,7 +158,7 @@ fn msg(topic: &str, key: Option<&str>, n: u32) -> Message {
 }
 
 /// Stores `message` prepared, its first check due after `check_after`.
-async fn prepare<S: SqlStore>(
+async fn prepare<S: SqlStore + HalfStore>(
     store: &S,
     message: Message,
     check_after: StdDuration,
@@ -169,12 +170,15 @@ async fn prepare<S: SqlStore>(
 }
 
 /// Stores a prepared message due at once.
-async fn prepare_now<S: SqlStore>(store: &S, message: Message) -> Prepared<S::Database> {
+async fn prepare_now<S: SqlStore + HalfStore>(
+    store: &S,
+    message: Message,
+) -> Prepared<S::Database> {
     prepare(store, message, StdDuration::ZERO).await
 }
 
 /// The relay's claim.
-async fn relay_claim<S: Store>(store: &S, now: DateTime<Utc>) -> Vec<Uuid> {
+async fn relay_claim<S: HalfStore>(store: &S, now: DateTime<Utc>) -> Vec<Uuid> {
     store
         .claim(&req(Uuid::now_v7(), now, 1000))
         .await
@@ -185,7 +189,7 @@ async fn relay_claim<S: Store>(store: &S, now: DateTime<Utc>) -> Vec<Uuid> {
 }
 
 /// The check-back worker's claim, checked for id order.
-async fn claim_prepared<S: Store>(
+async fn claim_prepared<S: HalfStore>(
     store: &S,
     owner: Uuid,
     now: DateTime<Utc>,
@@ -206,14 +210,14 @@ fn prepared_ids(claimed: &[PreparedMessage]) -> Vec<Uuid> {
     claimed.iter().map(|p| p.envelope.id).collect()
 }
 
-async fn resolve<S: Store>(store: &S, id: Uuid, how: Resolve) -> Resolved {
+async fn resolve<S: HalfStore>(store: &S, id: Uuid, how: Resolve) -> Resolved {
     store
         .resolve_prepared(id, how, Utc::now())
         .await
         .expect("resolve_prepared failed")
 }
 
-async fn counts<S: Store>(store: &S) -> (u64, u64, u64, u64) {
+async fn counts<S: HalfStore>(store: &S) -> (u64, u64, u64, u64) {
     let s = store.stats().await.expect("stats failed");
     (s.prepared, s.pending, s.sent, s.dead)
 }
@@ -226,7 +230,7 @@ fn close(a: DateTime<Utc>, b: DateTime<Utc>) -> bool {
 // cases
 
 /// `migrate` may run again on a migrated store and keeps prepared rows.
-pub async fn migrate_is_idempotent<S: SqlStore>(store: &S) {
+pub async fn migrate_is_idempotent<S: SqlStore + HalfStore>(store: &S) {
     store.migrate().await.expect("second migrate failed");
     let p = prepare_now(store, msg("conf.half.migrate", None, 1)).await;
     store.migrate().await.expect("third migrate failed");
@@ -238,7 +242,7 @@ pub async fn migrate_is_idempotent<S: SqlStore>(store: &S) {
 /// A prepared message is counted in `stats().prepared`, is never claimed by
 /// the relay, is left alone by the relay's marks, and is claimed by
 /// `claim_prepared` only once its first check is due.
-pub async fn prepared_is_stored_but_not_published<S: SqlStore>(store: &S) {
+pub async fn prepared_is_stored_but_not_published<S: SqlStore + HalfStore>(store: &S) {
     let p = prepare(
         store,
         msg("conf.half.hidden", None, 1),
@@ -289,7 +293,7 @@ pub async fn prepared_is_stored_but_not_published<S: SqlStore>(store: &S) {
 /// `claim_prepared` returns every field as written: topic, key, idempotency
 /// key, headers, exact payload bytes, creation time and expiry; expired
 /// prepared rows are returned too.
-pub async fn prepared_round_trips_every_field<S: SqlStore>(store: &S) {
+pub async fn prepared_round_trips_every_field<S: SqlStore + HalfStore>(store: &S) {
     let before = Utc::now();
     let message = Message::new("conf.half.fields", &("order", 7, "žluťoučký kůň"))
         .expect("valid message")
@@ -325,7 +329,7 @@ pub async fn prepared_round_trips_every_field<S: SqlStore>(store: &S) {
 
 /// A prepared row is not part of its key's order: later messages of the same
 /// key are claimed past it, and the writer leases them at insert.
-pub async fn prepared_row_does_not_hold_back_its_key<S: SqlStore>(store: &S) {
+pub async fn prepared_row_does_not_hold_back_its_key<S: SqlStore + HalfStore>(store: &S) {
     let t = "conf.half.key";
     let _p = prepare_now(store, msg(t, Some("k"), 1)).await;
 
@@ -369,7 +373,7 @@ pub async fn prepared_row_does_not_hold_back_its_key<S: SqlStore>(store: &S) {
 
 /// Preparing a message whose idempotency key the topic already has is
 /// refused with `Error::Duplicate` and stores nothing.
-pub async fn duplicate_idempotency_key_is_reported<S: SqlStore>(store: &S) {
+pub async fn duplicate_idempotency_key_is_reported<S: SqlStore + HalfStore>(store: &S) {
     let t = "conf.half.dup";
     let first = prepare_now(store, msg(t, None, 1).idempotency_key("once")).await;
     let again = Outbox::new(store)
@@ -405,7 +409,7 @@ pub async fn duplicate_idempotency_key_is_reported<S: SqlStore>(store: &S) {
 
 /// `Prepared::commit` makes the row pending and claimable by the relay; the
 /// check-back worker no longer sees it.
-pub async fn commit_makes_it_pending<S: SqlStore>(store: &S) {
+pub async fn commit_makes_it_pending<S: SqlStore + HalfStore>(store: &S) {
     let p = prepare(
         store,
         msg("conf.half.commit", Some("k"), 1),
@@ -431,7 +435,7 @@ pub async fn commit_makes_it_pending<S: SqlStore>(store: &S) {
 }
 
 /// `Prepared::rollback` deletes the row: nothing to publish, check or list.
-pub async fn rollback_deletes_it<S: SqlStore>(store: &S) {
+pub async fn rollback_deletes_it<S: SqlStore + HalfStore>(store: &S) {
     let p = prepare_now(store, msg("conf.half.rollback", None, 1)).await;
     let id = p.id();
     assert_eq!(p.rollback().await.expect("rollback failed"), Resolved::Done);
@@ -458,7 +462,7 @@ pub async fn rollback_deletes_it<S: SqlStore>(store: &S) {
 
 /// The fence: a check-back that rolled the message back first makes the
 /// producer's commit fail with `Error::RolledBack`.
-pub async fn check_back_rollback_fences_a_later_commit<S: SqlStore>(store: &S) {
+pub async fn check_back_rollback_fences_a_later_commit<S: SqlStore + HalfStore>(store: &S) {
     let p = prepare_now(store, msg("conf.half.fence1", None, 1)).await;
     let id = p.id();
     let owner = Uuid::now_v7();
@@ -481,7 +485,7 @@ pub async fn check_back_rollback_fences_a_later_commit<S: SqlStore>(store: &S) {
 
 /// The fence: after the producer committed, the check-back's verdicts find
 /// the message committed and change nothing.
-pub async fn producer_commit_fences_a_later_check_back<S: SqlStore>(store: &S) {
+pub async fn producer_commit_fences_a_later_check_back<S: SqlStore + HalfStore>(store: &S) {
     let p = prepare_now(store, msg("conf.half.fence2", None, 1)).await;
     let id = p.id();
     let owner = Uuid::now_v7();
@@ -512,7 +516,7 @@ pub async fn producer_commit_fences_a_later_check_back<S: SqlStore>(store: &S) {
 
 /// The fence: after a check-back committed the message, the producer's
 /// rollback reports `AlreadyCommitted` and the message goes out.
-pub async fn check_back_commit_fences_a_later_rollback<S: SqlStore>(store: &S) {
+pub async fn check_back_commit_fences_a_later_rollback<S: SqlStore + HalfStore>(store: &S) {
     let p = prepare_now(store, msg("conf.half.fence3", None, 1)).await;
     let id = p.id();
     assert_eq!(resolve(store, id, Resolve::Commit).await, Resolved::Done);
@@ -526,7 +530,7 @@ pub async fn check_back_commit_fences_a_later_rollback<S: SqlStore>(store: &S) {
 
 /// `claim_prepared` leases what it returns, oldest first and at most
 /// `limit`: another worker gets those rows only once the lease ran out.
-pub async fn claim_prepared_leases_rows<S: SqlStore>(store: &S) {
+pub async fn claim_prepared_leases_rows<S: SqlStore + HalfStore>(store: &S) {
     let mut ids = Vec::new();
     for n in 0..3 {
         ids.push(
@@ -557,7 +561,7 @@ pub async fn claim_prepared_leases_rows<S: SqlStore>(store: &S) {
 }
 
 /// Two workers claiming at once never get the same prepared row.
-pub async fn concurrent_prepared_claims_are_disjoint<S: SqlStore>(store: &S) {
+pub async fn concurrent_prepared_claims_are_disjoint<S: SqlStore + HalfStore>(store: &S) {
     let total = 300u32;
     let mut written = HashSet::new();
     for n in 0..total {
@@ -607,7 +611,7 @@ pub async fn concurrent_prepared_claims_are_disjoint<S: SqlStore>(store: &S) {
 
 /// `record_check` releases the row, moves its next check, and counts the
 /// check only when it really ran.
-pub async fn record_check_counts_and_reschedules<S: SqlStore>(store: &S) {
+pub async fn record_check_counts_and_reschedules<S: SqlStore + HalfStore>(store: &S) {
     let p = prepare_now(store, msg("conf.half.checks", None, 1)).await;
     let id = p.id();
     let owner = Uuid::now_v7();
@@ -662,7 +666,7 @@ pub async fn record_check_counts_and_reschedules<S: SqlStore>(store: &S) {
 
 /// `record_check` by a worker that does not hold the row changes nothing:
 /// the holder's lease stays and the checks are not counted.
-pub async fn record_check_by_another_owner_changes_nothing<S: SqlStore>(store: &S) {
+pub async fn record_check_by_another_owner_changes_nothing<S: SqlStore + HalfStore>(store: &S) {
     let id = prepare_now(store, msg("conf.half.owner", None, 1))
         .await
         .id();
@@ -690,7 +694,7 @@ pub async fn record_check_by_another_owner_changes_nothing<S: SqlStore>(store: &
 /// `mark_dead` takes a prepared row held by the caller or by nobody, and not
 /// one held by another worker; the dead half message is listed with its
 /// reason, is no longer checked, and settling it reports it dead.
-pub async fn mark_dead_takes_prepared_rows<S: SqlStore>(store: &S) {
+pub async fn mark_dead_takes_prepared_rows<S: SqlStore + HalfStore>(store: &S) {
     let t = "conf.half.dead";
     let held = prepare_now(store, msg(t, Some("k"), 1)).await;
     let free = prepare_now(store, msg(t, None, 2)).await;
@@ -762,7 +766,7 @@ pub async fn mark_dead_takes_prepared_rows<S: SqlStore>(store: &S) {
 /// `mark_prepared_dead`, the check-back worker's verdict, applies only to a
 /// row still prepared and held by the caller: not to a row another worker
 /// holds, nobody holds, or its producer committed while the check ran.
-pub async fn mark_prepared_dead_only_takes_a_held_prepared_row<S: SqlStore>(store: &S) {
+pub async fn mark_prepared_dead_only_takes_a_held_prepared_row<S: SqlStore + HalfStore>(store: &S) {
     let t = "conf.half.fence";
     let raced = prepare_now(store, msg(t, Some("k"), 1)).await;
     let held = prepare_now(store, msg(t, Some("k"), 2)).await;
@@ -803,7 +807,7 @@ pub async fn mark_prepared_dead_only_takes_a_held_prepared_row<S: SqlStore>(stor
 /// `resume` puts a half message that went dead while prepared back to
 /// prepared, checks reset, first check at the given time; it is then
 /// settled as usual.
-pub async fn resume_puts_a_dead_half_message_back<S: SqlStore>(store: &S) {
+pub async fn resume_puts_a_dead_half_message_back<S: SqlStore + HalfStore>(store: &S) {
     let p = prepare_now(store, msg("conf.half.resume", None, 1)).await;
     let id = p.id();
     let owner = Uuid::now_v7();
@@ -855,7 +859,7 @@ pub async fn resume_puts_a_dead_half_message_back<S: SqlStore>(store: &S) {
 /// `resume` is `false` for anything but a half message that went dead while
 /// prepared: an unknown id, an ordinary dead message, a committed half
 /// message that went dead in the relay, a replayed one.
-pub async fn resume_ignores_other_dead_rows<S: SqlStore>(store: &S) {
+pub async fn resume_ignores_other_dead_rows<S: SqlStore + HalfStore>(store: &S) {
     let t = "conf.half.not-half";
     let at = after_writes();
     assert!(
@@ -917,7 +921,7 @@ pub async fn resume_ignores_other_dead_rows<S: SqlStore>(store: &S) {
 /// rows. Not part of [`run_all`].
 pub async fn upgrade_keeps_rows<S, F, Fut>(store: &S, to_previous_version: F)
 where
-    S: SqlStore,
+    S: SqlStore + HalfStore,
     F: FnOnce() -> Fut,
     Fut: Future<Output = ()>,
 {

@@ -15,7 +15,7 @@ use super::prepared::{PreparedMessage, Resolve, Resolved};
 use super::registry::{CheckBackRecord, CheckStatus, registered_check_backs};
 use crate::error::error_chain;
 use crate::store::{ClaimRequest, Lease};
-use crate::{Clock, Error, RelayHandle, Result, Store, SystemClock};
+use crate::{Clock, Error, HalfStore, RelayHandle, Result, SystemClock};
 
 /// Settings of a [`CheckBackWorker`]. Defaults follow RocketMQ 5: first
 /// check 6 s after a message was prepared (set by the producer, see
@@ -152,7 +152,7 @@ pub struct CheckBackWorker<S> {
     observer: Option<mpsc::UnboundedSender<Checked>>,
 }
 
-impl<S: Store> CheckBackWorker<S> {
+impl<S: HalfStore> CheckBackWorker<S> {
     /// A worker on `store`.
     ///
     /// # Errors
@@ -315,7 +315,7 @@ fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
         .unwrap_or(now)
 }
 
-async fn run<S: Store>(shared: Arc<Shared<S>>, mut stop: watch::Receiver<bool>) {
+async fn run<S: HalfStore>(shared: Arc<Shared<S>>, mut stop: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(shared.config.concurrency));
     loop {
         let now = shared.config.clock.now();
@@ -373,7 +373,7 @@ async fn run<S: Store>(shared: Arc<Shared<S>>, mut stop: watch::Receiver<bool>) 
 }
 
 /// Checks one prepared message and applies the verdict.
-async fn check_one<S: Store>(
+async fn check_one<S: HalfStore>(
     shared: &Shared<S>,
     prepared: PreparedMessage,
     mut stop: watch::Receiver<bool>,
@@ -458,7 +458,7 @@ async fn check_one<S: Store>(
     .await;
 }
 
-async fn resolve<S: Store>(shared: &Shared<S>, id: Uuid, resolve: Resolve) {
+async fn resolve<S: HalfStore>(shared: &Shared<S>, id: Uuid, resolve: Resolve) {
     let now = shared.config.clock.now();
     match shared.store.resolve_prepared(id, resolve, now).await {
         Ok(Resolved::Done) => {
@@ -480,7 +480,7 @@ async fn resolve<S: Store>(shared: &Shared<S>, id: Uuid, resolve: Resolve) {
 
 /// Marks the prepared message dead; `true` if it was, `false` if its
 /// producer settled it first (or the mark failed and it is checked again).
-async fn dead<S: Store>(shared: &Shared<S>, env: &crate::Envelope, reason: &str) -> bool {
+async fn dead<S: HalfStore>(shared: &Shared<S>, env: &crate::Envelope, reason: &str) -> bool {
     let now = shared.config.clock.now();
     match shared
         .store

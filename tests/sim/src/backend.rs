@@ -19,7 +19,7 @@ pub trait Backend: Send + Sync + 'static {
     /// The database.
     type Db: sqlx::Database;
     /// The store.
-    type Store: InboxStore + SqlStore<Database = Self::Db> + Clone;
+    type Store: InboxStore + HalfStore + SqlStore<Database = Self::Db> + Clone;
     /// What one run owns (its file or schema), dropped by [`close`](Self::close).
     type Place: Send;
     /// This backend's topics and groups.
