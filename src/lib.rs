@@ -80,72 +80,56 @@ pub mod prelude {
 }
 
 /// Building blocks for adapters and for code that drives the runtime by hand.
-pub mod core {
+pub mod adapter {
     pub use txmsg_core::{
         BoxError, BoxFuture, ClaimRequest, Failure, Inserted, Lease, MAX_IDENT_LEN, MAX_TOPIC_LEN,
         OutboxWriter, TRACEPARENT,
     };
 }
 
-/// PostgreSQL store.
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub mod postgres {
-    pub use txmsg_postgres::*;
-}
+#[doc(inline)]
+pub use txmsg_postgres as postgres;
 
-/// MySQL / MariaDB store.
 #[cfg(feature = "mysql")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
-pub mod mysql {
-    pub use txmsg_mysql::*;
-}
+#[doc(inline)]
+pub use txmsg_mysql as mysql;
 
-/// SQLite store, the embedded default.
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-pub mod sqlite {
-    pub use txmsg_sqlite::*;
-}
+#[doc(inline)]
+pub use txmsg_sqlite as sqlite;
 
-/// RabbitMQ broker.
 #[cfg(feature = "rabbitmq")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rabbitmq")))]
-pub mod rabbitmq {
-    pub use txmsg_rabbitmq::*;
-}
+#[doc(inline)]
+pub use txmsg_rabbitmq as rabbitmq;
 
-/// NATS JetStream broker.
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
-pub mod nats {
-    pub use txmsg_nats::*;
-}
+#[doc(inline)]
+pub use txmsg_nats as nats;
 
-/// Redis Streams broker.
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub mod redis {
-    pub use txmsg_redis::*;
-}
+#[doc(inline)]
+pub use txmsg_redis as redis;
 
-/// MQTT 5 broker.
 #[cfg(feature = "mqtt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mqtt")))]
-pub mod mqtt {
-    pub use txmsg_mqtt::*;
-}
+#[doc(inline)]
+pub use txmsg_mqtt as mqtt;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
-/// In-process broker.
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
-pub mod memory {
-    pub use txmsg_memory::*;
-}
+#[doc(inline)]
+pub use txmsg_memory as memory;
 
 // Not public API: what the macros' generated code refers to. Anything here may
 // change in any release.

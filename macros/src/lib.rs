@@ -662,7 +662,7 @@ pub fn transactional_message(args: TokenStream, item: TokenStream) -> TokenStrea
 ///
 /// ```
 /// use txmsg::consumer::{AnyCtx, HandleOutcome, HandlerRecord, run_handler};
-/// use txmsg::core::BoxFuture;
+/// use txmsg::adapter::BoxFuture;
 /// use txmsg::{Envelope, Tx};
 ///
 /// # #[derive(serde::Deserialize)]
@@ -953,7 +953,7 @@ pub fn message_handler(args: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// ```
 /// use txmsg::Envelope;
-/// use txmsg::core::BoxFuture;
+/// use txmsg::adapter::BoxFuture;
 /// use txmsg::half::{CheckBackRecord, CheckStatus, run_check_back};
 ///
 /// # #[derive(serde::Deserialize)]

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde::Serialize;
-use txmsg::core::Lease;
+use txmsg::adapter::Lease;
 use txmsg::{
     DeadFilter, Envelope, Error, Message, Outbox, Relay, RelayConfig, SqlStore, Store, Tables, Tx,
 };

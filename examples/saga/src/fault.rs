@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::mpsc;
+use txmsg::adapter::BoxFuture;
 use txmsg::consumer::{Acker, Delivery, SubscribeSpec, Subscription};
-use txmsg::core::BoxFuture;
 use txmsg::{Broker, Envelope, Result};
 
 use crate::service::{ORDERS_PLACED, PAYMENTS_CHARGED, Service};

@@ -531,7 +531,7 @@ struct FaultyAcker {
 }
 
 impl Acker for FaultyAcker {
-    fn ack(self: Box<Self>) -> txmsg::core::BoxFuture<'static, txmsg::Result<()>> {
+    fn ack(self: Box<Self>) -> txmsg::adapter::BoxFuture<'static, txmsg::Result<()>> {
         Box::pin(async move {
             if self.lose_ack {
                 // The consumer thinks it acknowledged; the broker never
@@ -544,7 +544,7 @@ impl Acker for FaultyAcker {
         })
     }
 
-    fn nack(self: Box<Self>) -> txmsg::core::BoxFuture<'static, txmsg::Result<()>> {
+    fn nack(self: Box<Self>) -> txmsg::adapter::BoxFuture<'static, txmsg::Result<()>> {
         Box::pin(self.inner.nack())
     }
 }

@@ -6,7 +6,7 @@ use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 use sqlx::types::Uuid;
 use sqlx::types::chrono::{DateTime, Utc};
 use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
-use txmsg::core::{BoxFuture, ClaimRequest, Failure, Inserted, Lease, OutboxWriter};
+use txmsg::adapter::{BoxFuture, ClaimRequest, Failure, Inserted, Lease, OutboxWriter};
 use txmsg::{
     DeadFilter, DeadLetter, Envelope, Error, Outbox, OutboxStats, SqlStore, Store, Tx,
     transactional_message,
