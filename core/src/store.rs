@@ -350,38 +350,26 @@ pub trait Store: Debug + Clone + Send + Sync + 'static {
     /// `since`. One entry per topic that has any row in the table (sent rows
     /// not yet purged included), sorted by topic.
     ///
-    /// Reads the whole table: meant for operators, not for a hot path. The
-    /// default returns [`Error::Unsupported`](crate::Error::Unsupported).
+    /// Reads the whole table: meant for operators, not for a hot path.
     fn topic_stats(
         &self,
         since: DateTime<Utc>,
-    ) -> impl Future<Output = Result<Vec<TopicStats>>> + Send {
-        let _ = since;
-        async { Err(crate::Error::Unsupported("per-topic stats")) }
-    }
+    ) -> impl Future<Output = Result<Vec<TopicStats>>> + Send;
 
     /// One dead row by its message id; `None` if there is no such row or it
-    /// is not dead. The default returns
-    /// [`Error::Unsupported`](crate::Error::Unsupported).
-    fn dead_letter(&self, id: Uuid) -> impl Future<Output = Result<Option<DeadLetter>>> + Send {
-        let _ = id;
-        async { Err(crate::Error::Unsupported("dead letter by id")) }
-    }
+    /// is not dead.
+    fn dead_letter(&self, id: Uuid) -> impl Future<Output = Result<Option<DeadLetter>>> + Send;
 
     /// Deletes dead rows that match `filter` (topic, key) and went dead
     /// before `before`, at most `filter.limit` of them (100 when `None`),
     /// oldest first; returns how many. Call it again until it returns less
     /// than the limit to purge everything that matches. Other rows are never
-    /// touched. The default returns
-    /// [`Error::Unsupported`](crate::Error::Unsupported).
+    /// touched.
     fn purge_dead(
         &self,
         filter: &DeadFilter,
         before: DateTime<Utc>,
-    ) -> impl Future<Output = Result<u64>> + Send {
-        let _ = (filter, before);
-        async { Err(crate::Error::Unsupported("dead letter purge")) }
-    }
+    ) -> impl Future<Output = Result<u64>> + Send;
 
     /// A task that wakes the relay when another process committed rows, if
     /// the store has such a signal (PostgreSQL `LISTEN`/`NOTIFY`, when

@@ -281,4 +281,13 @@ impl Store for TableStore {
     async fn stats(&self) -> txmsg::Result<OutboxStats> {
         Err(NO)
     }
+    async fn topic_stats(&self, _: DateTime<Utc>) -> txmsg::Result<Vec<txmsg::TopicStats>> {
+        Err(NO)
+    }
+    async fn dead_letter(&self, _: Uuid) -> txmsg::Result<Option<DeadLetter>> {
+        Err(NO)
+    }
+    async fn purge_dead(&self, _: &DeadFilter, _: DateTime<Utc>) -> txmsg::Result<u64> {
+        Err(NO)
+    }
 }
