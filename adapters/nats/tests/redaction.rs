@@ -4,43 +4,12 @@
 //! `nats://127.0.0.1:4222`).
 
 use std::time::Duration;
+use txmsg_testkit::redaction::{assert_hidden, with_password};
 
 use txmsg_nats::{NatsBroker, NatsConfig};
 
 /// The password of every URL built here.
 const PASSWORD: &str = "s3cr3t-pw";
-
-/// `url` with `PASSWORD` as its password, for its user or `default_user`.
-fn with_password(url: &str, default_user: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let (user, host) = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            (if user.is_empty() { default_user } else { user }, host)
-        }
-        None => (default_user, authority),
-    };
-    format!("{scheme}://{user}:{PASSWORD}@{host}{path}")
-}
-
-/// Everything an error shows: `Display`, `Debug` and every source's `Display`.
-fn everything_shown(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut shown = format!("{err} {err:?}");
-    let mut source = err.source();
-    while let Some(s) = source {
-        shown.push_str(&format!(" {s}"));
-        source = s.source();
-    }
-    shown
-}
-
-/// Fails if `err` shows the password anywhere.
-fn assert_hidden(err: &(dyn std::error::Error + 'static)) {
-    let shown = everything_shown(err);
-    assert!(!shown.contains(PASSWORD), "the password leaked: {shown}");
-}
 
 fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
@@ -55,7 +24,7 @@ async fn debug_and_connection_errors_never_show_the_password() {
         .expect("valid settings");
     // A server without authentication ignores the password; one with it
     // refuses it: either way it is not shown.
-    let url = with_password(&nats_url(), "txmsg");
+    let url = with_password(&nats_url(), "txmsg", PASSWORD);
     match NatsBroker::connect(&url, config.clone()).await {
         Ok(broker) => {
             let shown = format!("{broker:?}");
@@ -66,7 +35,7 @@ async fn debug_and_connection_errors_never_show_the_password() {
                 .await
                 .expect("the test's stream is deleted");
         }
-        Err(e) => assert_hidden(&e),
+        Err(e) => assert_hidden(&e, PASSWORD),
     }
     for url in [
         // Nothing listens on port 1.
@@ -79,7 +48,7 @@ async fn debug_and_connection_errors_never_show_the_password() {
         let err = NatsBroker::connect(&url, config.clone())
             .await
             .expect_err("no broker on a closed port or a malformed URL");
-        assert_hidden(&err);
+        assert_hidden(&err, PASSWORD);
     }
 }
 
@@ -99,7 +68,7 @@ async fn no_password_in_logs() {
             let config = connect_config.clone();
             async move { NatsBroker::connect(&url, config).await }
         },
-        &with_password(&nats_url(), "txmsg"),
+        &with_password(&nats_url(), "txmsg", PASSWORD),
         &format!("nats://app:{PASSWORD}@127.0.0.1:1"),
         PASSWORD,
         "redact",

@@ -3,41 +3,10 @@
 //! Runs against the Redis at `REDIS_URL` (default `redis://127.0.0.1:6379`).
 
 use txmsg_redis::{RedisBroker, RedisConfig};
+use txmsg_testkit::redaction::{assert_hidden, with_password};
 
 /// The password of every URL built here.
 const PASSWORD: &str = "s3cr3t-pw";
-
-/// `url` with `PASSWORD` as its password, for its user or `default_user`.
-fn with_password(url: &str, default_user: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let (user, host) = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            (if user.is_empty() { default_user } else { user }, host)
-        }
-        None => (default_user, authority),
-    };
-    format!("{scheme}://{user}:{PASSWORD}@{host}{path}")
-}
-
-/// Everything an error shows: `Display`, `Debug` and every source's `Display`.
-fn everything_shown(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut shown = format!("{err} {err:?}");
-    let mut source = err.source();
-    while let Some(s) = source {
-        shown.push_str(&format!(" {s}"));
-        source = s.source();
-    }
-    shown
-}
-
-/// Fails if `err` shows the password anywhere.
-fn assert_hidden(err: &(dyn std::error::Error + 'static)) {
-    let shown = everything_shown(err);
-    assert!(!shown.contains(PASSWORD), "the password leaked: {shown}");
-}
 
 fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -47,14 +16,14 @@ fn redis_url() -> String {
 async fn debug_and_connection_errors_never_show_the_password() {
     // A server without ACLs may take or refuse the password: either way it
     // is not shown.
-    let url = with_password(&redis_url(), "default");
+    let url = with_password(&redis_url(), "default", PASSWORD);
     match RedisBroker::connect(&url, RedisConfig::default()).await {
         Ok(broker) => {
             let shown = format!("{broker:?}");
             assert!(!shown.contains(PASSWORD), "{shown}");
             assert!(shown.contains(":***@"), "{shown}");
         }
-        Err(e) => assert_hidden(&e),
+        Err(e) => assert_hidden(&e, PASSWORD),
     }
     let closed_port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -72,7 +41,7 @@ async fn debug_and_connection_errors_never_show_the_password() {
         let err = RedisBroker::connect(&url, RedisConfig::default())
             .await
             .expect_err("no broker on a closed port or a malformed URL");
-        assert_hidden(&err);
+        assert_hidden(&err, PASSWORD);
     }
 }
 
@@ -89,7 +58,7 @@ async fn no_password_in_logs() {
             let config = config.clone();
             async move { RedisBroker::connect(&url, config).await }
         },
-        &with_password(&redis_url(), "default"),
+        &with_password(&redis_url(), "default", PASSWORD),
         &format!("redis://default:{PASSWORD}@127.0.0.1:1"),
         PASSWORD,
         "redact",

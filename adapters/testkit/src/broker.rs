@@ -845,7 +845,7 @@ pub async fn no_password_in_logs<B, F, Fut>(
     tracing::debug!("no_password_in_logs: capture check");
     match connect(refused_url.to_owned()).await {
         Ok(_) => panic!("connecting to a server that refuses connections succeeded"),
-        Err(e) => assert_hidden(&e, password),
+        Err(e) => crate::redaction::assert_hidden(&e, password),
     }
     match connect(url.to_owned()).await {
         Ok(broker) => {
@@ -862,7 +862,7 @@ pub async fn no_password_in_logs<B, F, Fut>(
             assert_eq!(envelope_of(&d).id, sent.id);
             ack(d).await;
         }
-        Err(e) => assert_hidden(&e, password),
+        Err(e) => crate::redaction::assert_hidden(&e, password),
     }
     let text = logs.text();
     assert!(
@@ -877,20 +877,6 @@ pub async fn no_password_in_logs<B, F, Fut>(
             &text[line_start..line_end]
         );
     }
-}
-
-/// Fails if `err` shows `password` in its `Display`, `Debug` or sources.
-fn assert_hidden(err: &Error, password: &str) {
-    let mut shown = format!("{err} {err:?}");
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        shown.push_str(&format!(" {s}"));
-        source = s.source();
-    }
-    assert!(
-        !shown.contains(password),
-        "an error shows the password: {shown}"
-    );
 }
 
 /// A 512 KiB payload and an empty one arrive byte for byte.

@@ -16,7 +16,7 @@
 //! # Examples
 //!
 //! ```no_run
-//! use txmsg_core::{SqlStore, Store};
+//! use txmsg_core::{HalfStore, SqlStore, Store};
 //!
 //! async fn half_conformance<S: SqlStore + HalfStore>(open_isolated: impl Fn() -> S) {
 //!     txmsg_testkit::half::run_all(|| {

@@ -22,6 +22,8 @@
 //!   byte (each store's injection tests wrap them around a canary table).
 //! - [`logs`]: everything a test process logs, at every level, captured
 //!   so that a case can check what the logs show (no password).
+//! - [`redaction`]: URLs with a password, and what an error shows, for the
+//!   tests that check no password is ever shown.
 //! - [`proxy`]: [`TcpProxy`](proxy::TcpProxy), a TCP forwarder that cuts,
 //!   refuses, pauses and slows the connections of an adapter under test, for
 //!   cases such as
@@ -35,6 +37,7 @@ pub mod inbox;
 pub mod injection;
 pub mod logs;
 pub mod proxy;
+pub mod redaction;
 pub mod store;
 
 /// What a store adapter's tests supply to run the store, inbox and half
