@@ -314,7 +314,7 @@ pub trait Store: Debug + Clone + Send + Sync + 'static {
 
     /// Marks a pending or prepared row dead with `reason` (only while
     /// `owner` holds it, or nobody does). A dead half message remembers that
-    /// it was prepared, so that [`resume`](Store::resume) can put it back.
+    /// it was prepared, so that [`resume`](HalfStore::resume) can put it back.
     fn mark_dead(
         &self,
         id: Uuid,

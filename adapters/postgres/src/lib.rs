@@ -34,7 +34,7 @@
 //! rolling it back a conditional delete, both only while it is still
 //! prepared: whichever of the producer and the check-back worker comes second
 //! finds the other's outcome. A half message that goes dead while prepared
-//! keeps its mark, so [`resume`](txmsg_core::Store::resume) can put it back.
+//! keeps its mark, so [`resume`](txmsg_core::HalfStore::resume) can put it back.
 //!
 //! # Ordering and concurrency
 //!

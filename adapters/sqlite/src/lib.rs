@@ -25,7 +25,7 @@
 //! both only while it is still prepared, so whichever of the producer and the
 //! check-back worker comes second finds the other's outcome. A half message
 //! that goes dead while prepared keeps its mark, so
-//! [`resume`](txmsg_core::Store::resume) can put it back.
+//! [`resume`](txmsg_core::HalfStore::resume) can put it back.
 
 mod half;
 mod migrate;

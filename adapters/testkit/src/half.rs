@@ -1,8 +1,8 @@
 //! The conformance suite of half messages: the prepared rows a
 //! [`SqlStore`] keeps for [`Outbox::prepare`], settled by the producer
 //! ([`Prepared::commit`], [`Prepared::rollback`]) or by the check-back worker
-//! ([`Store::claim_prepared`], [`Store::record_check`],
-//! [`Store::resolve_prepared`], [`Store::mark_dead`], [`Store::resume`]).
+//! ([`HalfStore::claim_prepared`], [`HalfStore::record_check`],
+//! [`HalfStore::resolve_prepared`], [`Store::mark_dead`](txmsg_core::Store::mark_dead), [`HalfStore::resume`]).
 //!
 //! Every function takes a store that is freshly migrated, empty and used by
 //! nothing else, runs one part of the contract and panics with a description
