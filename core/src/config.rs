@@ -88,6 +88,9 @@ impl fmt::Display for Ident {
 /// Suffix of the consumer dead-letter table, after the inbox table's name.
 const DEAD_SUFFIX: &str = "_dead";
 
+/// The consumer dead-letter table beside the default inbox table.
+const DEFAULT_CONSUMER_DEAD: &str = "txmsg_consumer_dead";
+
 /// Where a store keeps its tables.
 ///
 /// Defaults: no schema (the connection's default), `txmsg_outbox`,
@@ -176,6 +179,55 @@ impl Tables {
     /// The inbox table's name.
     pub fn inbox_name(&self) -> &Ident {
         &self.inbox
+    }
+
+    /// The table consumer dead letters are kept in, named after the inbox
+    /// table: `txmsg_consumer_dead` beside the default inbox, `<inbox>_dead`
+    /// beside a renamed one. Every store uses this name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `inbox_table`, saying why the inbox table's
+    /// name leaves no name for its dead letters: the derived name would be
+    /// longer than [`MAX_IDENT_LEN`], or it is the outbox or migrations
+    /// table.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use txmsg_core::Tables;
+    ///
+    /// assert_eq!(Tables::default().consumer_dead_name().unwrap().as_str(), "txmsg_consumer_dead");
+    /// let renamed = Tables::default().inbox("events_in").unwrap();
+    /// assert_eq!(renamed.consumer_dead_name().unwrap().as_str(), "events_in_dead");
+    /// ```
+    pub fn consumer_dead_name(&self) -> Result<Ident> {
+        let name = if self.inbox == Tables::default().inbox {
+            DEFAULT_CONSUMER_DEAD.to_owned()
+        } else {
+            format!("{}{DEAD_SUFFIX}", self.inbox)
+        };
+        if name.len() > MAX_IDENT_LEN {
+            return Err(Error::config(
+                "inbox_table",
+                format!(
+                    "must be at most {} bytes, so that its dead-letter table `{name}` fits in {MAX_IDENT_LEN}",
+                    MAX_IDENT_LEN - DEAD_SUFFIX.len()
+                ),
+            ));
+        }
+        let dead = Ident::for_field("inbox_table", &name)?;
+        for (other, what) in [(&self.outbox, "outbox"), (&self.migrations, "migrations")] {
+            if *other == dead {
+                return Err(Error::config(
+                    "inbox_table",
+                    format!(
+                        "leaves no name for its dead-letter table: `{dead}` is the {what} table"
+                    ),
+                ));
+            }
+        }
+        Ok(dead)
     }
 
     /// The migrations table's name.

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use sqlx::AssertSqlSafe;
-use txmsg_core::{Error, Ident, MAX_IDENT_LEN, Result, Tables};
+use txmsg_core::{Error, Ident, Result, Tables};
 
 use crate::migrate::{MIGRATIONS, Step, Table};
 
@@ -20,12 +20,6 @@ pub(crate) const ENVELOPE_COLUMNS: &str =
 /// is read from, in this order.
 const CONSUMER_DEAD_COLUMNS: &str = "id, consumer_group, topic, `key`, idempotency_key, headers, \
      payload, envelope_id, created_at, reason, attempts, dead_at";
-
-/// The consumer dead-letter table beside the default inbox table.
-const DEFAULT_CONSUMER_DEAD: &str = "txmsg_consumer_dead";
-
-/// Suffix of the consumer dead-letter table beside a renamed inbox table.
-const CONSUMER_DEAD_SUFFIX: &str = "_dead";
 
 /// The placeholder a statement with an id list has where the list goes.
 const IDS: &str = "{ids}";
@@ -155,38 +149,13 @@ pub(crate) struct Sql {
     pub(crate) mark_prepared_dead: Stmt,
     pub(crate) resume: Stmt,
 }
-
-/// The consumer dead-letter table's name: `txmsg_consumer_dead` beside the
-/// default inbox table, `<inbox>_dead` beside a renamed one.
-///
-/// The error is the reason the inbox table's name cannot be used: the derived
-/// name would be longer than the identifier limit, or it would be the name of
-/// the outbox or migrations table.
+/// The consumer dead-letter table ([`Tables::consumer_dead_name`]); the
+/// error is the reason the inbox table's name cannot be used.
 pub(crate) fn consumer_dead_table(tables: &Tables) -> std::result::Result<Ident, String> {
-    let inbox = tables.inbox_name();
-    let name = if inbox == Tables::default().inbox_name() {
-        DEFAULT_CONSUMER_DEAD.to_owned()
-    } else {
-        format!("{inbox}{CONSUMER_DEAD_SUFFIX}")
-    };
-    if name.len() > MAX_IDENT_LEN {
-        return Err(format!(
-            "must be at most {} bytes, so that its dead-letter table `{name}` fits in {MAX_IDENT_LEN}",
-            MAX_IDENT_LEN - CONSUMER_DEAD_SUFFIX.len()
-        ));
-    }
-    let dead = Ident::new(&name).map_err(|e| e.to_string())?;
-    for (other, what) in [
-        (tables.outbox_name(), "outbox"),
-        (tables.migrations_name(), "migrations"),
-    ] {
-        if other == &dead {
-            return Err(format!(
-                "leaves no name for its dead-letter table: `{dead}` is the {what} table"
-            ));
-        }
-    }
-    Ok(dead)
+    tables.consumer_dead_name().map_err(|e| match e {
+        txmsg_core::Error::Config { reason, .. } => reason,
+        other => other.to_string(),
+    })
 }
 
 /// FNV-1a, so every build and every process derives the same lock name.

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
-use txmsg_core::{Error, Ident, MAX_IDENT_LEN, Result, Tables};
+use txmsg_core::{Error, Ident, Result, Tables};
 
 /// The envelope columns, in the order [`crate::row::envelope`] reads them.
 const ENVELOPE_COLUMNS: &str =
@@ -19,12 +19,6 @@ const ENVELOPE_COLUMNS: &str =
 /// The consumer dead-letter columns, in the order the insert binds them.
 const CONSUMER_DEAD_COLUMNS: &str = r#"id, consumer_group, topic, "key", idempotency_key, headers,
     payload, envelope_id, created_at, reason, attempts, dead_at"#;
-
-/// The consumer dead-letter table beside the default inbox table.
-const DEFAULT_CONSUMER_DEAD: &str = "txmsg_consumer_dead";
-
-/// Suffix of the consumer dead-letter table beside a renamed inbox table.
-const CONSUMER_DEAD_SUFFIX: &str = "_dead";
 
 /// Id-list sizes a batch statement is prepared for. A batch is cut into
 /// chunks of at most the largest size, and a chunk is padded (by repeating
@@ -104,40 +98,20 @@ impl Names {
 /// # Errors
 ///
 /// [`Error::Config`] for `inbox_table` if the derived name would be longer
-/// than [`MAX_IDENT_LEN`] (the limit every store applies, so that one
+/// than [`MAX_IDENT_LEN`](txmsg_core::MAX_IDENT_LEN) (the limit every store applies, so that one
 /// configuration works on all of them), or would be the name of the outbox or
 /// migrations table or of the outbox's dead-row index.
 fn consumer_dead_table(tables: &Tables) -> Result<Ident> {
-    let inbox = tables.inbox_name();
-    let name = if inbox == Tables::default().inbox_name() {
-        DEFAULT_CONSUMER_DEAD.to_owned()
-    } else {
-        format!("{inbox}{CONSUMER_DEAD_SUFFIX}")
-    };
-    if name.len() > MAX_IDENT_LEN {
+    let dead = tables.consumer_dead_name()?;
+    // Tables and indexes share one namespace; the outbox's dead-row index is
+    // `<outbox>_dead`.
+    if format!("{}_dead", tables.outbox_name()) == dead.as_str() {
         return Err(Error::config(
             "inbox_table",
             format!(
-                "must be at most {} bytes, so that its dead-letter table `{name}` fits in {MAX_IDENT_LEN}",
-                MAX_IDENT_LEN - CONSUMER_DEAD_SUFFIX.len()
+                "leaves no name for its dead-letter table: `{dead}` is an index of the outbox table"
             ),
         ));
-    }
-    let dead = Ident::for_field("inbox_table", &name)?;
-    // Tables and indexes share one namespace; the outbox's dead-row index is
-    // `<outbox>_dead`.
-    let outbox_dead_index = format!("{}_dead", tables.outbox_name());
-    for (other, what) in [
-        (tables.outbox_name().as_str(), "the outbox table"),
-        (tables.migrations_name().as_str(), "the migrations table"),
-        (outbox_dead_index.as_str(), "an index of the outbox table"),
-    ] {
-        if other == dead.as_str() {
-            return Err(Error::config(
-                "inbox_table",
-                format!("leaves no name for its dead-letter table: `{dead}` is {what}"),
-            ));
-        }
     }
     Ok(dead)
 }
@@ -636,7 +610,7 @@ mod tests {
             "\"events_in_dead\" events_in_dead_group \"events_in\""
         );
         let fits = Tables::default().inbox(&"i".repeat(58)).unwrap();
-        assert_eq!(dead_name(&fits).unwrap().len(), MAX_IDENT_LEN);
+        assert_eq!(dead_name(&fits).unwrap().len(), txmsg_core::MAX_IDENT_LEN);
     }
 
     #[test]
