@@ -17,6 +17,18 @@ use txmsg::postgres::PgStore;
 use txmsg::rabbitmq::{RabbitBroker, RabbitConfig};
 use txmsg::{Store, Tables};
 
+/// The error of the tests' handlers: a message, and any sqlx error as its
+/// text.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HandlerError(pub String);
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(e: sqlx::Error) -> Self {
+        HandlerError(e.to_string())
+    }
+}
+
 /// `DATABASE_URL`, or the machine's PostgreSQL.
 pub fn database_url() -> String {
     std::env::var("DATABASE_URL")

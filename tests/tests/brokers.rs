@@ -26,7 +26,7 @@ use txmsg::nats::{NatsBroker, NatsConfig};
 use txmsg::postgres::PgStore;
 use txmsg::redis::{RedisBroker, RedisConfig};
 use txmsg::{Broker, DeadFilter, Envelope, Tx};
-use txmsg_tests::{PgSchema, Rabbit, unique};
+use txmsg_tests::{HandlerError, PgSchema, Rabbit, unique};
 
 const TOPIC: &str = "brokers.work";
 const GROUP: &str = "brokers";
@@ -35,16 +35,6 @@ const GROUP: &str = "brokers";
 struct Work {
     key: String,
     n: i64,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct HandlerError(String);
-
-impl From<sqlx::Error> for HandlerError {
-    fn from(e: sqlx::Error) -> Self {
-        HandlerError(e.to_string())
-    }
 }
 
 /// How long each handler call takes, in milliseconds (one test per process

@@ -17,21 +17,11 @@ use txmsg::consumer::{Consumer, ConsumerConfig, ConsumerHandle, HandleOutcome};
 use txmsg::postgres::PgStore;
 use txmsg::prelude::*;
 use txmsg::{DeadFilter, Envelope, Message, Outbox, Relay, RelayConfig, Tx};
-use txmsg_tests::{PgSchema, Rabbit};
+use txmsg_tests::{HandlerError, PgSchema, Rabbit};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Work {
     n: i64,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct HandlerError(String);
-
-impl From<sqlx::Error> for HandlerError {
-    fn from(e: sqlx::Error) -> Self {
-        HandlerError(e.to_string())
-    }
 }
 
 async fn effect(tx: &mut Tx<'_, sqlx::Postgres>, group: &str, n: i64) -> Result<(), HandlerError> {

@@ -19,7 +19,7 @@ use txmsg::nats::{NatsBroker, NatsConfig};
 use txmsg::redis::{RedisBroker, RedisConfig};
 use txmsg::sqlite::SqliteStore;
 use txmsg::{Envelope, SqlStore, Store, Tables, Tx};
-use txmsg_tests::{PgSchema, Rabbit, unique};
+use txmsg_tests::{HandlerError, PgSchema, Rabbit, unique};
 
 const TOPIC: &str = "matrix.work";
 const GROUP: &str = "matrix";
@@ -33,16 +33,6 @@ const CREATE: &str = "CREATE TABLE matrix_effects (n BIGINT NOT NULL)";
 #[derive(Debug, Serialize, Deserialize)]
 struct Work {
     n: i64,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct HandlerError(String);
-
-impl From<sqlx::Error> for HandlerError {
-    fn from(e: sqlx::Error) -> Self {
-        HandlerError(e.to_string())
-    }
 }
 
 #[txmsg::message_handler(topic = "matrix.work", group = "matrix")]
