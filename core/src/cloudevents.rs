@@ -304,7 +304,14 @@ impl Binding {
                 continue;
             }
             if let Some((prefix, attribute)) = self.attribute_of(name) {
-                let slot = match attribute.to_ascii_lowercase().as_str() {
+                let lower;
+                let attribute = if self.case_insensitive {
+                    lower = attribute.to_ascii_lowercase();
+                    lower.as_str()
+                } else {
+                    attribute
+                };
+                let slot = match attribute {
                     ID => Some(0),
                     TYPE => Some(1),
                     TIME => Some(2),
@@ -342,7 +349,7 @@ impl Binding {
         if first(3).is_none()
             && let Some(name) = incoming.unreadable.iter().find(|name| {
                 self.attribute_of(name)
-                    .is_some_and(|(_, a)| a.eq_ignore_ascii_case(PARTITIONKEY))
+                    .is_some_and(|(_, a)| self.same(a, PARTITIONKEY))
             })
         {
             let reason = format!(

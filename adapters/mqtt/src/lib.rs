@@ -36,12 +36,14 @@
 //! | other user properties             | the message's other headers, as is    |
 //! | payload                           | the JSON payload                      |
 //!
-//! Deliveries are read back from the table above. Events from other
-//! producers are read too: without `ce-type` the topic is the MQTT topic
-//! less the prefix, without `txmsg-id` a fresh id is given, without
-//! `ce-time` the time of receipt is used. A message with no `ce-id` or a
-//! content type other than JSON reaches the consumer as an
-//! [`Undecodable`](txmsg_core::consumer::Undecodable) with the reason.
+//! Deliveries are read back from the table above, by the rules every
+//! broker shares ([`Binding::decode`](txmsg_core::cloudevents::Binding::decode)).
+//! Events from other producers are read too: without `ce-type` the topic is
+//! the MQTT topic less the prefix, without a `txmsg-id` that is a UUID a
+//! fresh id is given, without `ce-time` the time of receipt is used. A
+//! message with no `ce-id` or a content type other than JSON reaches the
+//! consumer as an [`Undecodable`](txmsg_core::consumer::Undecodable) with
+//! the reason.
 //!
 //! # Subscriptions
 //!

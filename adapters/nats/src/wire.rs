@@ -1,13 +1,11 @@
 //! The wire format: CloudEvents in binary content mode over NATS headers.
 
 use std::str::FromStr;
-use txmsg_core::cloudevents::{CONTENT_TYPE, SPEC_VERSION, is_json};
+use txmsg_core::cloudevents::{Binding, Incoming};
 
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
-use chrono::{DateTime, SecondsFormat, Utc};
 use txmsg_core::consumer::Undecodable;
-use txmsg_core::{Envelope, Error, Headers, Result, TRACEPARENT};
-use uuid::Uuid;
+use txmsg_core::{Envelope, Error, Result};
 
 /// Prefix of the headers that carry the CloudEvents attributes: `ce-id`,
 /// `ce-type`, ... (as in the CloudEvents HTTP binding; the NATS binding
@@ -23,21 +21,15 @@ pub const TXMSG_ID_HEADER: &str = txmsg_core::cloudevents::TXMSG_ID;
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
 /// The header carrying the payload's media type.
-const CONTENT_TYPE_HEADER: &str = "content-type";
+pub(crate) const CONTENT_TYPE_HEADER: &str = "content-type";
 
-/// Headers the envelope takes its fields from; they do not appear among its
-/// headers after decoding.
-const MAPPED_HEADERS: [&str; 9] = [
-    "ce-id",
-    "ce-type",
-    "ce-time",
-    "ce-partitionkey",
-    "ce-specversion",
-    "ce-datacontenttype",
-    CONTENT_TYPE_HEADER,
-    TXMSG_ID_HEADER,
-    MSG_ID_HEADER,
-];
+/// How CloudEvents travel in NATS headers: `ce-` attributes, names compared
+/// without regard to case (NATS headers are HTTP-like), the content type as
+/// a header, and `Nats-Msg-Id` kept for JetStream.
+pub(crate) const BINDING: Binding = Binding::new("header", &[CLOUDEVENTS_PREFIX])
+    .case_insensitive()
+    .content_type_header(CONTENT_TYPE_HEADER)
+    .transport_headers(&[MSG_ID_HEADER]);
 
 /// Header values shared by every message of one broker.
 #[derive(Debug, Clone)]
@@ -53,12 +45,10 @@ impl Wire {
         }
     }
 
-    /// The headers `envelope` is published with: every envelope header as
-    /// is (`traceparent` included), then `Nats-Msg-Id` = [`msg_id`],
-    /// `ce-id` = the idempotency key, `ce-type` = the topic, `ce-source`,
-    /// `ce-specversion`, `ce-time`, `ce-partitionkey` (when there is an
-    /// ordering key), `content-type: application/json` and `txmsg-id`. The
-    /// attributes win over an envelope header of the same name.
+    /// The headers `envelope` is published with: the pairs of
+    /// [`Binding::encode`] (the CloudEvents attributes, `content-type`,
+    /// `txmsg-id` and every other envelope header, `traceparent` included)
+    /// and `Nats-Msg-Id` = [`msg_id`].
     ///
     /// # Errors
     ///
@@ -66,33 +56,16 @@ impl Wire {
     /// in a NATS header (non-ASCII or `:` in a name, a line break in a value).
     pub(crate) fn encode(&self, envelope: &Envelope) -> Result<HeaderMap> {
         let mut headers = HeaderMap::new();
-        for (name, value) in &envelope.headers {
-            let Ok(name) = HeaderName::from_str(name) else {
+        for (name, value) in BINDING.encode(envelope, &self.source) {
+            let Ok(name) = HeaderName::from_str(&name) else {
                 return Err(Error::broker_permanent(format!(
                     "header name `{}` cannot travel in a nats header",
                     name.escape_debug()
                 )));
             };
-            headers.insert(name, value_of(value)?);
+            headers.insert(name, value_of(&value)?);
         }
-        let time = envelope
-            .created_at
-            .to_rfc3339_opts(SecondsFormat::AutoSi, true);
-        let mut put = |name: &'static str, value: &str| -> Result<()> {
-            headers.insert(name, value_of(value)?);
-            Ok(())
-        };
-        put(MSG_ID_HEADER, &msg_id(envelope))?;
-        put("ce-id", &envelope.idempotency_key)?;
-        put("ce-type", &envelope.topic)?;
-        put("ce-source", &self.source)?;
-        put("ce-specversion", SPEC_VERSION)?;
-        put("ce-time", &time)?;
-        if let Some(key) = &envelope.key {
-            put("ce-partitionkey", key)?;
-        }
-        put(CONTENT_TYPE_HEADER, CONTENT_TYPE)?;
-        put(TXMSG_ID_HEADER, &envelope.id.to_string())?;
+        headers.insert(MSG_ID_HEADER, value_of(&msg_id(envelope))?);
         Ok(headers)
     }
 }
@@ -115,109 +88,35 @@ fn value_of(value: &str) -> Result<HeaderValue> {
     })
 }
 
-/// Reads a message as an envelope: the inverse of [`Wire::encode`], and
-/// what any producer writing CloudEvents in binary content mode over NATS
-/// headers sends. Header names are matched without regard to case.
-///
-/// - The content type must be absent or `application/json` (parameters such
-///   as `charset` allowed); anything else is undecodable.
-/// - `ce-id` is the idempotency key; without one (or with an empty one) the
-///   message is undecodable.
-/// - `ce-type` is the topic, else `topic` (the subject without the prefix);
-///   `ce-partitionkey` the ordering key; `ce-time` (RFC 3339) the creation
-///   time, else now.
-/// - [`TXMSG_ID_HEADER`] is the message id when it is a UUID; otherwise the
-///   envelope gets a fresh UUIDv7.
-/// - Every other header is kept under the name it arrived with (its first
-///   value), `traceparent` and `ce-source` among them.
-/// - The body is the payload, byte for byte.
+/// Reads a message that arrived on `topic` (the subject less the prefix) as
+/// an envelope, by the rules of [`Binding::decode`]: the inverse of
+/// [`Wire::encode`], and what any producer writing CloudEvents in binary
+/// content mode over NATS headers sends. Of a repeated header the first
+/// value counts.
 pub(crate) fn decode(
     topic: &str,
     nats_headers: Option<&HeaderMap>,
     body: Vec<u8>,
 ) -> std::result::Result<Envelope, Undecodable> {
-    let mut headers = Headers::new();
+    let mut incoming = Incoming::new(topic, body);
     if let Some(map) = nats_headers {
         for (name, values) in map.iter() {
             if let Some(value) = values.first() {
-                headers.insert(
-                    AsRef::<str>::as_ref(name).to_owned(),
-                    value.as_str().to_owned(),
-                );
+                let name: &str = name.as_ref();
+                incoming
+                    .headers
+                    .push((name.to_owned(), value.as_str().to_owned()));
             }
         }
     }
-    if let Some(content_type) = find(&headers, CONTENT_TYPE_HEADER).filter(|c| !is_json(c)) {
-        return Err(Undecodable {
-            reason: format!(
-                "unsupported content type `{}`: expected `{CONTENT_TYPE}` in cloudevents binary content mode",
-                content_type.escape_debug()
-            ),
-            topic: topic.to_owned(),
-            headers,
-            body,
-        });
-    }
-    let Some(idempotency_key) = find(&headers, "ce-id")
-        .filter(|id| !id.is_empty())
-        .map(str::to_owned)
-    else {
-        return Err(Undecodable {
-            reason: "missing CloudEvents id (header `ce-id`)".to_owned(),
-            topic: topic.to_owned(),
-            headers,
-            body,
-        });
-    };
-    let event_topic = find(&headers, "ce-type")
-        .filter(|t| !t.is_empty())
-        .unwrap_or(topic)
-        .to_owned();
-    let key = find(&headers, "ce-partitionkey").map(str::to_owned);
-    let created_at = find(&headers, "ce-time")
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
-        .unwrap_or_else(Utc::now);
-    let id = find(&headers, TXMSG_ID_HEADER)
-        .and_then(|id| Uuid::parse_str(id).ok())
-        .unwrap_or_else(Uuid::now_v7);
-
-    headers.retain(|name, _| {
-        !MAPPED_HEADERS
-            .iter()
-            .any(|mapped| mapped.eq_ignore_ascii_case(name))
-    });
-    if let Some(name) = headers
-        .keys()
-        .find(|n| n.eq_ignore_ascii_case(TRACEPARENT) && n.as_str() != TRACEPARENT)
-        .cloned()
-        && let Some(value) = headers.remove(&name)
-    {
-        headers.insert(TRACEPARENT.to_owned(), value);
-    }
-    let mut envelope = Envelope::new(id, event_topic, idempotency_key, body, created_at);
-    envelope.key = key;
-    envelope.headers = headers;
-    Ok(envelope)
-}
-
-/// The value of header `name` among `headers`, matched without regard to
-/// case.
-fn find<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
-        .or_else(|| {
-            headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v)
-        })
-        .map(String::as_str)
+    BINDING.decode(incoming)
 }
 
 #[cfg(test)]
 mod tests {
-    use chrono::TimeZone;
+    use chrono::{TimeZone, Utc};
+    use txmsg_core::TRACEPARENT;
+    use uuid::Uuid;
 
     use super::*;
 
@@ -299,6 +198,8 @@ mod tests {
 mod props {
     use chrono::{DateTime, TimeZone, Utc};
     use proptest::prelude::*;
+    use txmsg_core::TRACEPARENT;
+    use uuid::Uuid;
 
     use super::*;
 
@@ -308,44 +209,6 @@ mod props {
             failure_persistence: None,
             ..ProptestConfig::default()
         }
-    }
-
-    /// Text that a NATS header value can hold (no line breaks).
-    fn value() -> impl Strategy<Value = String> {
-        prop_oneof![
-            4 => "[^\r\n]{0,40}",
-            1 => Just(String::new()),
-            1 => any::<u128>().prop_map(|n| Uuid::from_u128(n).to_string()),
-            1 => time().prop_map(|t| t.to_rfc3339()),
-            1 => Just("application/json".to_owned()),
-            1 => Just("text/plain; charset=utf-8".to_owned()),
-            1 => Just("v".repeat(70_000)),
-        ]
-    }
-
-    /// A header name: one the decoder maps, in any case, or any other.
-    fn header_name() -> impl Strategy<Value = HeaderName> {
-        let known = proptest::sample::select(
-            MAPPED_HEADERS
-                .iter()
-                .chain(["ce-source", TRACEPARENT].iter())
-                .copied()
-                .collect::<Vec<_>>(),
-        );
-        let cased = (known, any::<u64>()).prop_map(|(name, bits)| {
-            name.chars()
-                .enumerate()
-                .map(|(i, c)| {
-                    if bits >> (i % 64) & 1 == 1 {
-                        c.to_ascii_uppercase()
-                    } else {
-                        c
-                    }
-                })
-                .collect::<String>()
-        });
-        prop_oneof![1 => cased, 1 => "[!-9;-~]{0,30}"]
-            .prop_map(|n| HeaderName::from_str(&n).expect("a valid header name"))
     }
 
     fn body() -> impl Strategy<Value = Vec<u8>> {
@@ -373,7 +236,9 @@ mod props {
                 "[!-9;-~]{0,30}".prop_filter("not a mapped header", |n| {
                     let lower = n.to_ascii_lowercase();
                     !lower.starts_with("ce-")
-                        && !MAPPED_HEADERS.iter().any(|m| m.eq_ignore_ascii_case(n))
+                        && ![CONTENT_TYPE_HEADER, MSG_ID_HEADER, TXMSG_ID_HEADER]
+                            .iter()
+                            .any(|m| m.eq_ignore_ascii_case(n))
                         && (lower != TRACEPARENT || n == TRACEPARENT)
                 }),
                 "[^\r\n]{0,40}",
@@ -392,45 +257,6 @@ mod props {
 
     proptest! {
         #![proptest_config(config())]
-
-        #[test]
-        fn decode_never_panics_and_explains_refusals(
-            topic in "(?s).{0,40}",
-            headers in proptest::option::of(
-                proptest::collection::vec((header_name(), value()), 0..12)
-            ),
-            body in body(),
-        ) {
-            let map = headers.map(|entries| {
-                let mut map = HeaderMap::new();
-                for (name, value) in entries {
-                    map.append(name, value.as_str());
-                }
-                map
-            });
-            match decode(&topic, map.as_ref(), body.clone()) {
-                Ok(env) => {
-                    prop_assert!(!env.idempotency_key.is_empty());
-                    prop_assert_eq!(&env.payload, &body, "the body is the payload, byte for byte");
-                    for mapped in MAPPED_HEADERS {
-                        prop_assert!(
-                            !env.headers.keys().any(|n| n.eq_ignore_ascii_case(mapped)),
-                            "{} must not stay among the headers", mapped
-                        );
-                    }
-                }
-                Err(bad) => {
-                    prop_assert!(!bad.reason.trim().is_empty(), "a refusal says why");
-                    prop_assert!(
-                        !bad.reason.chars().any(char::is_control),
-                        "a reason that reaches logs holds no control characters: {:?}",
-                        bad.reason
-                    );
-                    prop_assert_eq!(&bad.body, &body, "the body is kept for the dead letter");
-                    prop_assert_eq!(&bad.topic, &topic);
-                }
-            }
-        }
 
         #[test]
         fn encode_never_panics_and_refuses_only_what_headers_cannot_hold(

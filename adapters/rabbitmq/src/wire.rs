@@ -1,14 +1,13 @@
 //! The wire format: CloudEvents in binary content mode over AMQP 0-9-1.
 
 use std::borrow::Cow;
-use txmsg_core::cloudevents::{CONTENT_TYPE, SPEC_VERSION, is_json};
+use txmsg_core::cloudevents::{Binding, CONTENT_TYPE, Incoming};
 
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use txmsg_core::consumer::Undecodable;
-use txmsg_core::{Envelope, Error, Headers, Result, TRACEPARENT};
-use uuid::Uuid;
+use txmsg_core::{Envelope, Error, Result};
 
 use crate::RabbitConfig;
 
@@ -41,14 +40,14 @@ const PERSISTENT: u8 = 2;
 /// Header values shared by every message of one broker.
 #[derive(Debug, Clone)]
 pub(crate) struct Wire {
-    source: LongString,
+    source: String,
 }
 
 impl Wire {
     /// The shared values for a broker whose CloudEvents `source` is `source`.
     pub(crate) fn new(source: &str) -> Self {
         Wire {
-            source: source.into(),
+            source: source.to_owned(),
         }
     }
 
@@ -74,39 +73,16 @@ impl Wire {
                 envelope.topic.len()
             ))
         })?;
-
         let mut headers = FieldTable::default();
-        for (name, value) in &envelope.headers {
-            if name == TRACEPARENT {
-                continue;
-            }
-            let key = ShortString::try_new(name.as_str()).map_err(|_| {
+        for (name, value) in BINDING.encode(envelope, &self.source) {
+            let len = name.len();
+            let key = ShortString::try_new(name).map_err(|_| {
                 Error::broker_permanent(format!(
-                    "header name of {} bytes is longer than the 255 bytes amqp allows",
-                    name.len()
+                    "header name of {len} bytes is longer than the 255 bytes amqp allows"
                 ))
             })?;
-            headers.insert(key, text(value));
+            headers.insert(key, text(&value));
         }
-        // The names below are constants far shorter than 255 bytes.
-        headers.insert(ce!("id").into(), text(&envelope.idempotency_key));
-        headers.insert(ce!("type").into(), text(&envelope.topic));
-        headers.insert(
-            ce!("source").into(),
-            AMQPValue::LongString(self.source.clone()),
-        );
-        headers.insert(ce!("specversion").into(), text(SPEC_VERSION));
-        let time = envelope
-            .created_at
-            .to_rfc3339_opts(SecondsFormat::AutoSi, true);
-        headers.insert(ce!("time").into(), text(&time));
-        if let Some(key) = &envelope.key {
-            headers.insert(ce!("partitionkey").into(), text(key));
-        }
-        if let Some(traceparent) = envelope.headers.get(TRACEPARENT) {
-            headers.insert(ce!("traceparent").into(), text(traceparent));
-        }
-        headers.insert(TXMSG_ID_HEADER.into(), text(&envelope.id.to_string()));
 
         let mut properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
@@ -232,7 +208,7 @@ fn text(value: &str) -> AMQPValue {
 }
 
 /// The CloudEvents attributes a delivery's envelope takes its fields from;
-/// they do not appear among its headers. [`Attributes::take`] maps them.
+/// they do not appear among its headers.
 #[cfg(test)]
 const MAPPED_ATTRIBUTES: [&str; 7] = [
     "id",
@@ -246,6 +222,13 @@ const MAPPED_ATTRIBUTES: [&str; 7] = [
 
 /// The other spelling of the CloudEvents prefix that the AMQP binding allows.
 const CLOUDEVENTS_PREFIX_COLON: &str = "cloudEvents:";
+
+/// How CloudEvents travel in AMQP 0-9-1 headers: the binding's two
+/// prefixes (`cloudEvents_` written and preferred, `cloudEvents:` read),
+/// names compared exactly, `traceparent` as an attribute, the content type,
+/// message id and timestamp as properties.
+const BINDING: Binding =
+    Binding::new("header", &[CLOUDEVENTS_PREFIX, CLOUDEVENTS_PREFIX_COLON]).traceparent_attribute();
 
 /// Reads a delivery as an envelope: the inverse of [`Wire::encode`], and
 /// what any producer writing CloudEvents in binary content mode over AMQP
@@ -282,154 +265,25 @@ pub(crate) fn decode(
     properties: &BasicProperties,
     body: Vec<u8>,
 ) -> std::result::Result<Envelope, Undecodable> {
-    if let Some(content_type) = properties
+    let mut incoming = Incoming::new(routing_key, body);
+    incoming.content_type = properties
         .content_type()
         .as_ref()
-        .filter(|c| !is_json(c.as_str()))
-    {
-        return Err(Undecodable {
-            reason: format!(
-                "unsupported content type `{}`: expected `{CONTENT_TYPE}` in cloudevents binary content mode",
-                content_type.as_str().escape_debug()
-            ),
-            topic: routing_key.to_owned(),
-            headers: all_headers(properties),
-            body,
-        });
-    }
-
-    let mut underscore = Attributes::default();
-    let mut colon = Attributes::default();
-    let mut txmsg_id = None;
-    let mut headers = Headers::new();
-    let mut unreadable_key = None;
+        .map(|c| c.as_str().to_owned());
+    incoming.message_id = properties
+        .message_id()
+        .as_ref()
+        .map(|m| m.as_str().to_owned());
+    incoming.timestamp = properties.timestamp().and_then(seconds);
     for (name, value) in properties.headers().iter().flat_map(FieldTable::inner) {
-        let name = name.as_str();
-        let Some(value) = header_text(value) else {
-            if name
-                .strip_prefix(CLOUDEVENTS_PREFIX)
-                .or_else(|| name.strip_prefix(CLOUDEVENTS_PREFIX_COLON))
-                == Some("partitionkey")
-            {
-                unreadable_key = Some(name);
-            }
-            continue;
-        };
-        let kept = if name == TXMSG_ID_HEADER {
-            txmsg_id = Some(value);
-            None
-        } else if let Some(attribute) = name.strip_prefix(CLOUDEVENTS_PREFIX) {
-            underscore.take(attribute, value)
-        } else if let Some(attribute) = name.strip_prefix(CLOUDEVENTS_PREFIX_COLON) {
-            colon.take(attribute, value)
-        } else {
-            Some(value)
-        };
-        if let Some(value) = kept {
-            headers.insert(name.to_owned(), value.into_owned());
+        match header_text(value) {
+            Some(value) => incoming
+                .headers
+                .push((name.as_str().to_owned(), value.into_owned())),
+            None => incoming.unreadable.push(name.as_str().to_owned()),
         }
     }
-
-    // `cloudEvents_` wins over `cloudEvents:`, even with an empty value.
-    let id = underscore
-        .id
-        .or(colon.id)
-        .map(Cow::into_owned)
-        .or_else(|| {
-            properties
-                .message_id()
-                .as_ref()
-                .map(|m| m.as_str().to_owned())
-        })
-        .filter(|id| !id.is_empty());
-    let Some(idempotency_key) = id else {
-        return Err(Undecodable {
-            reason: "missing CloudEvents id".to_owned(),
-            topic: routing_key.to_owned(),
-            headers: all_headers(properties),
-            body,
-        });
-    };
-    let topic = underscore
-        .ty
-        .or(colon.ty)
-        .filter(|t| !t.is_empty())
-        .map_or_else(|| routing_key.to_owned(), Cow::into_owned);
-    let key = underscore
-        .partitionkey
-        .or(colon.partitionkey)
-        .map(Cow::into_owned);
-    if let (None, Some(name)) = (&key, unreadable_key) {
-        // Taken as keyless, it would be handled out of its key's order.
-        return Err(Undecodable {
-            reason: format!("the ordering key (header `{name}`) is not text"),
-            topic: routing_key.to_owned(),
-            headers: all_headers(properties),
-            body,
-        });
-    }
-    let created_at = underscore
-        .time
-        .or(colon.time)
-        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-        .map(|t| t.with_timezone(&Utc))
-        .or_else(|| properties.timestamp().and_then(seconds))
-        .unwrap_or_else(Utc::now);
-    let id = txmsg_id
-        .and_then(|id| Uuid::parse_str(&id).ok())
-        .unwrap_or_else(Uuid::now_v7);
-    if let Some(traceparent) = underscore.traceparent.or(colon.traceparent) {
-        headers.insert(TRACEPARENT.to_owned(), traceparent.into_owned());
-    }
-
-    let mut envelope = Envelope::new(id, topic, idempotency_key, body, created_at);
-    envelope.key = key;
-    envelope.headers = headers;
-    Ok(envelope)
-}
-
-/// The values of the CloudEvents attributes an envelope takes its fields
-/// from, found under one of the two prefixes.
-#[derive(Default)]
-struct Attributes<'a> {
-    id: Option<Cow<'a, str>>,
-    ty: Option<Cow<'a, str>>,
-    time: Option<Cow<'a, str>>,
-    partitionkey: Option<Cow<'a, str>>,
-    traceparent: Option<Cow<'a, str>>,
-}
-
-impl<'a> Attributes<'a> {
-    /// Keeps `value` if `attribute` (a header name less its prefix) is
-    /// mapped to an envelope field, drops it if it is mapped to none
-    /// (`specversion`, `datacontenttype`), and otherwise hands it back, to
-    /// be kept as a header.
-    fn take(&mut self, attribute: &str, value: Cow<'a, str>) -> Option<Cow<'a, str>> {
-        let field = match attribute {
-            "id" => &mut self.id,
-            "type" => &mut self.ty,
-            "time" => &mut self.time,
-            "partitionkey" => &mut self.partitionkey,
-            "traceparent" => &mut self.traceparent,
-            "specversion" | "datacontenttype" => return None,
-            _ => return Some(value),
-        };
-        *field = Some(value);
-        None
-    }
-}
-
-/// Every header of a delivery that can be read as text, under the name it
-/// arrived with: what an undecodable delivery keeps.
-fn all_headers(properties: &BasicProperties) -> Headers {
-    properties
-        .headers()
-        .iter()
-        .flat_map(FieldTable::inner)
-        .filter_map(|(name, value)| {
-            Some((name.as_str().to_owned(), header_text(value)?.into_owned()))
-        })
-        .collect()
+    BINDING.decode(incoming)
 }
 
 /// A header value as text: strings that are UTF-8 (borrowed), booleans,
@@ -468,6 +322,7 @@ fn seconds(t: u64) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use chrono::{TimeZone, Utc};
+    use txmsg_core::{Headers, TRACEPARENT};
     use uuid::Uuid;
 
     use super::*;
@@ -726,7 +581,10 @@ mod tests {
             BasicProperties::default(),
         ] {
             let bad = decode("orders.placed", &props, b"{}".to_vec()).unwrap_err();
-            assert_eq!(bad.reason, "missing CloudEvents id");
+            assert_eq!(
+                bad.reason,
+                "missing CloudEvents id (header `cloudEvents_id`)"
+            );
             assert_eq!(bad.topic, "orders.placed");
             assert_eq!(bad.body, b"{}");
         }
@@ -885,7 +743,10 @@ mod tests {
         ])
         .with_message_id("mid".into());
         let bad = decode("rk", &empty_id, Vec::new()).unwrap_err();
-        assert_eq!(bad.reason, "missing CloudEvents id");
+        assert_eq!(
+            bad.reason,
+            "missing CloudEvents id (header `cloudEvents_id`)"
+        );
     }
 
     #[test]
@@ -1007,6 +868,7 @@ mod props {
     use chrono::{DateTime, TimeZone, Utc};
     use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
     use proptest::prelude::*;
+    use txmsg_core::TRACEPARENT;
     use uuid::Uuid;
 
     use super::*;
@@ -1180,7 +1042,7 @@ mod props {
             let refused_type = props
                 .content_type()
                 .as_ref()
-                .is_some_and(|c| !is_json(c.as_str()));
+                .is_some_and(|c| !txmsg_core::cloudevents::is_json(c.as_str()));
             match decode(&routing_key, &props, body.clone()) {
                 Ok(env) => {
                     prop_assert!(!refused_type, "a foreign content type must be refused");
