@@ -90,8 +90,8 @@
 //! harness.deliver_next_twice(1);
 //! place_order_and_commit(&harness.outbox(), 1, 4200).await?;
 //! let handled = harness.wait_handled(2).await?;
-//! assert!(handled[0].outcome == txmsg::consumer::HandledOutcome::Applied);
-//! assert!(handled[1].outcome == txmsg::consumer::HandledOutcome::Duplicate);
+//! assert!(handled[0].outcome == txmsg::consumer::Settlement::Applied);
+//! assert!(handled[1].outcome == txmsg::consumer::Settlement::Duplicate);
 //!
 //! // Crash between commit and publish: nothing goes out...
 //! harness.crash_after_commit();

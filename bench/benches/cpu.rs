@@ -543,7 +543,7 @@ mod producer {
 /// The consumer: a delivered message applied once, with its inbox key, in
 /// one transaction.
 mod consumer {
-    use txmsg::consumer::{Consumer, ConsumerConfig, HandledOutcome};
+    use txmsg::consumer::{Consumer, ConsumerConfig, Settlement};
     use txmsg::memory::MemoryBroker;
 
     use super::*;
@@ -634,7 +634,7 @@ mod consumer {
                 rt.block_on(async {
                     broker.publish(&envelope).await.expect("queued");
                     let done = handled.recv().await.expect("a running consumer");
-                    assert_eq!(done.outcome, HandledOutcome::Applied);
+                    assert_eq!(done.outcome, Settlement::Applied);
                 });
             });
             rt.block_on(consumer.shutdown());

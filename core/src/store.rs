@@ -70,16 +70,16 @@ pub trait OutboxWriter<DB: sqlx::Database>: Debug + Send + Sync + 'static {
     }
 
     /// Settles prepared row `id`, only if it is still prepared (the fence):
-    /// [`Resolve::Commit`](crate::half::Resolve::Commit) makes it pending and
-    /// due at `now`, [`Resolve::Rollback`](crate::half::Resolve::Rollback)
+    /// [`Decision::Commit`](crate::half::Decision::Commit) makes it pending and
+    /// due at `now`, [`Decision::Rollback`](crate::half::Decision::Rollback)
     /// deletes it. Otherwise reports what it found.
     fn resolve<'a>(
         &'a self,
         conn: &'a mut DB::Connection,
         id: Uuid,
-        resolve: crate::half::Resolve,
+        resolve: crate::half::Decision,
         now: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<crate::half::Resolved>> {
+    ) -> BoxFuture<'a, Result<crate::half::ResolveOutcome>> {
         let _ = (conn, id, resolve, now);
         Box::pin(async { Err(crate::Error::Unsupported("half messages")) })
     }
@@ -398,7 +398,7 @@ pub trait HalfStore: Store {
     fn claim_prepared(
         &self,
         req: &ClaimRequest,
-    ) -> impl Future<Output = Result<Vec<crate::half::PreparedMessage>>> + Send;
+    ) -> impl Future<Output = Result<Vec<crate::half::ClaimedHalf>>> + Send;
 
     /// Records a check-back of prepared row `id` that answered Unknown (or
     /// failed): the next check is due at `next_check_at`, the lease is
@@ -429,9 +429,9 @@ pub trait HalfStore: Store {
     fn resolve_prepared(
         &self,
         id: Uuid,
-        resolve: crate::half::Resolve,
+        resolve: crate::half::Decision,
         now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<crate::half::Resolved>> + Send;
+    ) -> impl Future<Output = Result<crate::half::ResolveOutcome>> + Send;
 
     /// Puts a dead half message back to prepared with its checks reset,
     /// first check due at `at` (an operator's resume). `false` if `id` is not

@@ -201,8 +201,8 @@ impl<DB: sqlx::Database> Outbox<DB> {
     pub(crate) async fn resolve(
         &self,
         id: Uuid,
-        resolve: crate::half::Resolve,
-    ) -> Result<crate::half::Resolved> {
+        resolve: crate::half::Decision,
+    ) -> Result<crate::half::ResolveOutcome> {
         let now = self.inner.clock.now();
         let mut conn = self.inner.pool.acquire().await?;
         self.inner.writer.resolve(&mut conn, id, resolve, now).await

@@ -252,7 +252,7 @@ async fn one_idempotency_key_on_two_topics_is_applied_on_each() {
     assert_eq!(done.len(), 2, "{outcomes:?}");
     assert!(
         done.iter()
-            .all(|h| h.outcome == txmsg::consumer::HandledOutcome::Applied),
+            .all(|h| h.outcome == txmsg::consumer::Settlement::Applied),
         "both messages are applied, neither is a duplicate of the other: {outcomes:?}"
     );
     assert_eq!(count(&store, "SELECT count(*) FROM applied").await, 2);
@@ -291,7 +291,7 @@ async fn panicking_handler_is_retried_then_dead_and_its_key_flows() {
     assert_eq!(done.len(), 3, "every message is settled: {by_key:?}");
     let dead = done.iter().find(|h| h.idempotency_key == "p1").unwrap();
     match &dead.outcome {
-        txmsg::consumer::HandledOutcome::Dead(reason) => {
+        txmsg::consumer::Settlement::Dead(reason) => {
             assert!(
                 reason.contains("panicked") && reason.contains("handler bug on order 1"),
                 "{reason}"

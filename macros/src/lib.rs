@@ -364,7 +364,7 @@ use proc_macro::TokenStream;
 ///             // Committed by its check-back meanwhile: it will be delivered.
 ///             let (id, topic) = (prepared.id(), prepared.topic().to_owned());
 ///             match prepared.rollback().await {
-///                 Ok(txmsg::half::Resolved::AlreadyCommitted) => {
+///                 Ok(txmsg::half::ResolveOutcome::AlreadyCommitted) => {
 ///                     Err(txmsg::Error::CommittedByCheckBack { id, topic }.into())
 ///                 }
 ///                 _ => Err(error),
@@ -661,7 +661,7 @@ pub fn transactional_message(args: TokenStream, item: TokenStream) -> TokenStrea
 /// hand, the example above is:
 ///
 /// ```
-/// use txmsg::consumer::{AnyCtx, HandleOutcome, HandlerRecord, run_handler};
+/// use txmsg::consumer::{AnyCtx, HandlerOutcome, HandlerRecord, run_handler};
 /// use txmsg::adapter::BoxFuture;
 /// use txmsg::{Envelope, Tx};
 ///
@@ -694,7 +694,7 @@ pub fn transactional_message(args: TokenStream, item: TokenStream) -> TokenStrea
 ///     ctx: &'a AnyCtx,
 ///     envelope: &'a Envelope,
 ///     replay: Option<uuid::Uuid>,
-/// ) -> BoxFuture<'a, HandleOutcome> {
+/// ) -> BoxFuture<'a, HandlerOutcome> {
 ///     Box::pin(run_handler::<sqlx::Sqlite, OrderPlaced, txmsg::Error, _>(
 ///         ctx, envelope, replay, adapter,
 ///     ))

@@ -13,7 +13,7 @@ use std::time::Duration;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
-use txmsg::consumer::{Consumer, ConsumerConfig, ConsumerHandle, HandleOutcome};
+use txmsg::consumer::{Consumer, ConsumerConfig, ConsumerHandle, HandlerOutcome};
 use txmsg::postgres::PgStore;
 use txmsg::prelude::*;
 use txmsg::{DeadFilter, Envelope, Message, Outbox, Relay, RelayConfig, Tx};
@@ -237,7 +237,7 @@ async fn always_failing_handler_goes_dead_and_replay_applies_it_once() {
     // Still failing: the dead letter stays.
     assert!(matches!(
         consumer.replay(dead[0].id).await.unwrap(),
-        HandleOutcome::Failed(_)
+        HandlerOutcome::Failed(_)
     ));
     assert_eq!(
         consumer
@@ -251,7 +251,7 @@ async fn always_failing_handler_goes_dead_and_replay_applies_it_once() {
     BROKEN.store(false, Ordering::SeqCst);
     assert_eq!(
         consumer.replay(dead[0].id).await.unwrap(),
-        HandleOutcome::Applied
+        HandlerOutcome::Applied
     );
     assert!(
         consumer

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use txmsg::consumer::HandledOutcome;
+use txmsg::consumer::Settlement;
 use txmsg::half::CheckStatus;
 use txmsg::prelude::*;
 use txmsg::testing::TestHarness;
@@ -92,10 +92,7 @@ async fn duplicate_delivery_is_applied_once() -> TestResult {
 
     let handled = harness.wait_handled(2).await?;
     let outcomes: Vec<_> = handled.iter().map(|h| h.outcome.clone()).collect();
-    assert_eq!(
-        outcomes,
-        [HandledOutcome::Applied, HandledOutcome::Duplicate]
-    );
+    assert_eq!(outcomes, [Settlement::Applied, Settlement::Duplicate]);
     assert_eq!(handled[0].message_id, handled[1].message_id);
     assert_eq!(harness.published("shop.orders.placed").len(), 1);
 
@@ -103,7 +100,7 @@ async fn duplicate_delivery_is_applied_once() -> TestResult {
     let published = harness.wait_published("shop.orders.placed", 1).await?;
     harness.redeliver(&published[0]).await?;
     let handled = harness.wait_handled(3).await?;
-    assert_eq!(handled[2].outcome, HandledOutcome::Duplicate);
+    assert_eq!(handled[2].outcome, Settlement::Duplicate);
 
     assert_eq!(invoices(&harness, 1).await, 1, "one invoice for one order");
     harness.shutdown().await;
@@ -132,7 +129,7 @@ async fn crash_between_commit_and_publish_is_healed() -> TestResult {
     let published = harness.wait_published("shop.orders.placed", 1).await?;
     assert_eq!(published[0].idempotency_key, "order-2");
     let handled = harness.wait_handled_message(published[0].id).await?;
-    assert_eq!(handled.outcome, HandledOutcome::Applied);
+    assert_eq!(handled.outcome, Settlement::Applied);
 
     // Commits after the restart take the fast path of the new relay.
     place_order_and_commit(&harness.outbox(), 3, 120).await?;

@@ -8,7 +8,7 @@ use sqlx::mysql::MySqlPoolOptions;
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, MySql, MySqlPool, Row};
 use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore, InboxWriter};
-use txmsg_core::half::{PreparedMessage, Resolve, Resolved};
+use txmsg_core::half::{ClaimedHalf, Decision, ResolveOutcome};
 use txmsg_core::{
     ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, HalfStore, OutboxStats,
     OutboxWriter, Result, SqlStore, Store, Tables, TopicStats,
@@ -525,7 +525,7 @@ impl Store for MySqlStore {
 }
 
 impl HalfStore for MySqlStore {
-    async fn claim_prepared(&self, req: &ClaimRequest) -> Result<Vec<PreparedMessage>> {
+    async fn claim_prepared(&self, req: &ClaimRequest) -> Result<Vec<ClaimedHalf>> {
         if req.limit == 0 {
             return Ok(Vec::new());
         }
@@ -541,7 +541,7 @@ impl HalfStore for MySqlStore {
             .iter()
             .map(|r| {
                 let checks = u32::try_from(r.try_get::<i32, _>("checks")?).unwrap_or(0);
-                Ok(PreparedMessage::new(row::envelope(r)?, checks))
+                Ok(ClaimedHalf::new(row::envelope(r)?, checks))
             })
             .collect::<Result<Vec<_>>>()?;
         if !claimed.is_empty() {
@@ -595,9 +595,9 @@ impl HalfStore for MySqlStore {
     async fn resolve_prepared(
         &self,
         id: Uuid,
-        resolve: Resolve,
+        resolve: Decision,
         now: DateTime<Utc>,
-    ) -> Result<Resolved> {
+    ) -> Result<ResolveOutcome> {
         let mut conn = self.pool.acquire().await?;
         crate::half::resolve(&mut conn, &self.sql, id, resolve, now).await
     }

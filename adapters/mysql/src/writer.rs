@@ -8,7 +8,7 @@ use sqlx::MySql;
 use sqlx::Row;
 use sqlx::mysql::MySqlConnection;
 use txmsg_core::consumer::InboxWriter;
-use txmsg_core::half::{Resolve, Resolved};
+use txmsg_core::half::{Decision, ResolveOutcome};
 use txmsg_core::{BoxFuture, Envelope, Inserted, Lease, OutboxWriter, Result};
 use uuid::Uuid;
 
@@ -117,9 +117,9 @@ impl OutboxWriter<MySql> for MySqlWriter {
         &'a self,
         conn: &'a mut MySqlConnection,
         id: Uuid,
-        resolve: Resolve,
+        resolve: Decision,
         now: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<Resolved>> {
+    ) -> BoxFuture<'a, Result<ResolveOutcome>> {
         Box::pin(crate::half::resolve(conn, &self.sql, id, resolve, now))
     }
 }

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
-use txmsg_core::half::{Resolve, Resolved};
+use txmsg_core::half::{Decision, ResolveOutcome};
 use txmsg_core::{Ident, Result};
 use uuid::Uuid;
 
@@ -25,19 +25,19 @@ pub(crate) async fn resolve(
     sql: &Sql,
     notify: Option<&Ident>,
     id: Uuid,
-    resolve: Resolve,
+    resolve: Decision,
     now: DateTime<Utc>,
-) -> Result<Resolved> {
+) -> Result<ResolveOutcome> {
     for _ in 0..ATTEMPTS {
         let done = match resolve {
-            Resolve::Commit => {
+            Decision::Commit => {
                 sqlx::query(sql.resolve_commit.get())
                     .bind(id)
                     .bind(now)
                     .execute(&mut *conn)
                     .await?
             }
-            Resolve::Rollback => {
+            Decision::Rollback => {
                 sqlx::query(sql.resolve_rollback.get())
                     .bind(id)
                     .execute(&mut *conn)
@@ -45,23 +45,23 @@ pub(crate) async fn resolve(
             }
         };
         if done.rows_affected() > 0 {
-            if let (Resolve::Commit, Some(channel)) = (resolve, notify) {
+            if let (Decision::Commit, Some(channel)) = (resolve, notify) {
                 sqlx::query("SELECT pg_notify($1, '')")
                     .bind(channel.as_str())
                     .execute(&mut *conn)
                     .await?;
             }
-            return Ok(Resolved::Done);
+            return Ok(ResolveOutcome::Done);
         }
         let state: Option<String> = sqlx::query_scalar(sql.state_of.get())
             .bind(id)
             .fetch_optional(&mut *conn)
             .await?;
         match state.as_deref() {
-            None => return Ok(Resolved::AlreadyRolledBack),
-            Some("dead") => return Ok(Resolved::Dead),
+            None => return Ok(ResolveOutcome::AlreadyRolledBack),
+            Some("dead") => return Ok(ResolveOutcome::Dead),
             Some("prepared") => continue,
-            Some(_) => return Ok(Resolved::AlreadyCommitted),
+            Some(_) => return Ok(ResolveOutcome::AlreadyCommitted),
         }
     }
     Err(sqlx::Error::Protocol(format!(

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres, Row};
 use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore, InboxWriter};
-use txmsg_core::half::{PreparedMessage, Resolve, Resolved};
+use txmsg_core::half::{ClaimedHalf, Decision, ResolveOutcome};
 use txmsg_core::{
     BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, HalfStore,
     OutboxStats, OutboxWriter, Result, SqlStore, Store, Tables, TopicStats, Waker,
@@ -490,7 +490,7 @@ impl Store for PgStore {
 }
 
 impl HalfStore for PgStore {
-    async fn claim_prepared(&self, req: &ClaimRequest) -> Result<Vec<PreparedMessage>> {
+    async fn claim_prepared(&self, req: &ClaimRequest) -> Result<Vec<ClaimedHalf>> {
         if req.limit == 0 {
             return Ok(Vec::new());
         }
@@ -505,7 +505,7 @@ impl HalfStore for PgStore {
             .iter()
             .map(|r| {
                 let checks = u32::try_from(r.try_get::<i32, _>("checks")?).unwrap_or(0);
-                Ok(PreparedMessage::new(row::envelope(r)?, checks))
+                Ok(ClaimedHalf::new(row::envelope(r)?, checks))
             })
             .collect::<Result<Vec<_>>>()?;
         claimed.sort_by_key(|p| p.envelope.id);
@@ -549,9 +549,9 @@ impl HalfStore for PgStore {
     async fn resolve_prepared(
         &self,
         id: Uuid,
-        resolve: Resolve,
+        resolve: Decision,
         now: DateTime<Utc>,
-    ) -> Result<Resolved> {
+    ) -> Result<ResolveOutcome> {
         let mut conn = self.pool.acquire().await?;
         crate::half::resolve(&mut conn, &self.sql, self.notify.as_ref(), id, resolve, now).await
     }

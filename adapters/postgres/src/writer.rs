@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres};
 use txmsg_core::consumer::InboxWriter;
-use txmsg_core::half::{Resolve, Resolved};
+use txmsg_core::half::{Decision, ResolveOutcome};
 use txmsg_core::{BoxFuture, Envelope, Inserted, Lease, OutboxWriter, Result};
 use uuid::Uuid;
 
@@ -80,9 +80,9 @@ impl OutboxWriter<Postgres> for PgWriter {
         &'a self,
         conn: &'a mut PgConnection,
         id: Uuid,
-        resolve: Resolve,
+        resolve: Decision,
         now: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<Resolved>> {
+    ) -> BoxFuture<'a, Result<ResolveOutcome>> {
         Box::pin(crate::half::resolve(
             conn,
             &self.sql,

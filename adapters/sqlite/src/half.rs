@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::SqliteConnection;
 use txmsg_core::Result;
-use txmsg_core::half::{Resolve, Resolved};
+use txmsg_core::half::{Decision, ResolveOutcome};
 use uuid::Uuid;
 
 use crate::row::micros;
@@ -21,19 +21,19 @@ pub(crate) async fn resolve(
     conn: &mut SqliteConnection,
     sql: &Settle,
     id: Uuid,
-    resolve: Resolve,
+    resolve: Decision,
     now: DateTime<Utc>,
-) -> Result<Resolved> {
+) -> Result<ResolveOutcome> {
     for _ in 0..ATTEMPTS {
         let done = match resolve {
-            Resolve::Commit => {
+            Decision::Commit => {
                 sqlx::query(sql.commit.clone())
                     .bind(id)
                     .bind(micros(now))
                     .execute(&mut *conn)
                     .await?
             }
-            Resolve::Rollback => {
+            Decision::Rollback => {
                 sqlx::query(sql.rollback.clone())
                     .bind(id)
                     .execute(&mut *conn)
@@ -41,17 +41,17 @@ pub(crate) async fn resolve(
             }
         };
         if done.rows_affected() > 0 {
-            return Ok(Resolved::Done);
+            return Ok(ResolveOutcome::Done);
         }
         let state: Option<String> = sqlx::query_scalar(sql.state_of.clone())
             .bind(id)
             .fetch_optional(&mut *conn)
             .await?;
         match state.as_deref() {
-            None => return Ok(Resolved::AlreadyRolledBack),
-            Some("dead") => return Ok(Resolved::Dead),
+            None => return Ok(ResolveOutcome::AlreadyRolledBack),
+            Some("dead") => return Ok(ResolveOutcome::Dead),
             Some("prepared") => continue,
-            Some(_) => return Ok(Resolved::AlreadyCommitted),
+            Some(_) => return Ok(ResolveOutcome::AlreadyCommitted),
         }
     }
     Err(sqlx::Error::Protocol(format!(

@@ -11,7 +11,7 @@ use sqlx::sqlite::SqliteArguments;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Encode, Row, SqlStr, Sqlite, SqliteConnection, SqlitePool, Type};
 use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore, InboxWriter};
-use txmsg_core::half::{PreparedMessage, Resolve, Resolved};
+use txmsg_core::half::{ClaimedHalf, Decision, ResolveOutcome};
 use txmsg_core::{
     ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, HalfStore, OutboxStats,
     OutboxWriter, Result, SqlStore, Store, Tables, TopicStats,
@@ -541,7 +541,7 @@ impl Store for SqliteStore {
 }
 
 impl HalfStore for SqliteStore {
-    async fn claim_prepared(&self, req: &ClaimRequest) -> Result<Vec<PreparedMessage>> {
+    async fn claim_prepared(&self, req: &ClaimRequest) -> Result<Vec<ClaimedHalf>> {
         if req.limit == 0 {
             return Ok(Vec::new());
         }
@@ -561,7 +561,7 @@ impl HalfStore for SqliteStore {
             .map(|r| {
                 let checks: i64 = r.try_get("checks")?;
                 let checks = u32::try_from(checks).unwrap_or(u32::MAX);
-                Ok(PreparedMessage::new(row::envelope(r)?, checks))
+                Ok(ClaimedHalf::new(row::envelope(r)?, checks))
             })
             .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
@@ -606,9 +606,9 @@ impl HalfStore for SqliteStore {
     async fn resolve_prepared(
         &self,
         id: Uuid,
-        resolve: Resolve,
+        resolve: Decision,
         now: DateTime<Utc>,
-    ) -> Result<Resolved> {
+    ) -> Result<ResolveOutcome> {
         let mut conn = self.inner.pool.acquire().await?;
         crate::half::resolve(&mut conn, &self.inner.sql.settle, id, resolve, now).await
     }

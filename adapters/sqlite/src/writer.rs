@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{SqlStr, Sqlite, SqliteConnection};
 use txmsg_core::consumer::InboxWriter;
-use txmsg_core::half::{Resolve, Resolved};
+use txmsg_core::half::{Decision, ResolveOutcome};
 use txmsg_core::{BoxFuture, Envelope, Inserted, Lease, OutboxWriter, Result};
 use uuid::Uuid;
 
@@ -90,9 +90,9 @@ impl OutboxWriter<Sqlite> for SqliteWriter {
         &'a self,
         conn: &'a mut SqliteConnection,
         id: Uuid,
-        resolve: Resolve,
+        resolve: Decision,
         now: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<Resolved>> {
+    ) -> BoxFuture<'a, Result<ResolveOutcome>> {
         Box::pin(crate::half::resolve(conn, &self.settle, id, resolve, now))
     }
 }

@@ -45,7 +45,7 @@ use std::future::Future;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
-use txmsg_core::half::{Prepared, PreparedMessage, Resolve, Resolved};
+use txmsg_core::half::{ClaimedHalf, Decision, Prepared, ResolveOutcome};
 use txmsg_core::{
     ClaimRequest, DeadFilter, Envelope, Failure, HalfStore, Inserted, Lease, Message, Outbox,
     SqlStore,
@@ -194,7 +194,7 @@ async fn claim_prepared<S: HalfStore>(
     owner: Uuid,
     now: DateTime<Utc>,
     limit: u32,
-) -> Vec<PreparedMessage> {
+) -> Vec<ClaimedHalf> {
     let claimed = store
         .claim_prepared(&req(owner, now, limit))
         .await
@@ -206,11 +206,11 @@ async fn claim_prepared<S: HalfStore>(
     claimed
 }
 
-fn prepared_ids(claimed: &[PreparedMessage]) -> Vec<Uuid> {
+fn prepared_ids(claimed: &[ClaimedHalf]) -> Vec<Uuid> {
     claimed.iter().map(|p| p.envelope.id).collect()
 }
 
-async fn resolve<S: HalfStore>(store: &S, id: Uuid, how: Resolve) -> Resolved {
+async fn resolve<S: HalfStore>(store: &S, id: Uuid, how: Decision) -> ResolveOutcome {
     store
         .resolve_prepared(id, how, Utc::now())
         .await
@@ -438,7 +438,10 @@ pub async fn commit_makes_it_pending<S: SqlStore + HalfStore>(store: &S) {
 pub async fn rollback_deletes_it<S: SqlStore + HalfStore>(store: &S) {
     let p = prepare_now(store, msg("conf.half.rollback", None, 1)).await;
     let id = p.id();
-    assert_eq!(p.rollback().await.expect("rollback failed"), Resolved::Done);
+    assert_eq!(
+        p.rollback().await.expect("rollback failed"),
+        ResolveOutcome::Done
+    );
     assert_eq!(counts(store).await, (0, 0, 0, 0));
     assert!(relay_claim(store, after_writes()).await.is_empty());
     assert!(
@@ -455,8 +458,8 @@ pub async fn rollback_deletes_it<S: SqlStore + HalfStore>(store: &S) {
         "a rolled-back message is not a dead letter"
     );
     assert_eq!(
-        resolve(store, id, Resolve::Commit).await,
-        Resolved::AlreadyRolledBack
+        resolve(store, id, Decision::Commit).await,
+        ResolveOutcome::AlreadyRolledBack
     );
 }
 
@@ -470,7 +473,10 @@ pub async fn check_back_rollback_fences_a_later_commit<S: SqlStore + HalfStore>(
         prepared_ids(&claim_prepared(store, owner, after_writes(), 10).await),
         vec![id]
     );
-    assert_eq!(resolve(store, id, Resolve::Rollback).await, Resolved::Done);
+    assert_eq!(
+        resolve(store, id, Decision::Rollback).await,
+        ResolveOutcome::Done
+    );
     let err = p
         .commit()
         .await
@@ -495,20 +501,20 @@ pub async fn producer_commit_fences_a_later_check_back<S: SqlStore + HalfStore>(
     );
     p.commit().await.expect("commit failed");
     assert_eq!(
-        resolve(store, id, Resolve::Rollback).await,
-        Resolved::AlreadyCommitted
+        resolve(store, id, Decision::Rollback).await,
+        ResolveOutcome::AlreadyCommitted
     );
     assert_eq!(
-        resolve(store, id, Resolve::Commit).await,
-        Resolved::AlreadyCommitted
+        resolve(store, id, Decision::Commit).await,
+        ResolveOutcome::AlreadyCommitted
     );
     assert_eq!(counts(store).await, (0, 1, 0, 0), "the row stays pending");
     let now = after_writes();
     assert_eq!(relay_claim(store, now).await, vec![id]);
     store.mark_sent(&[id], now).await.expect("mark_sent failed");
     assert_eq!(
-        resolve(store, id, Resolve::Rollback).await,
-        Resolved::AlreadyCommitted,
+        resolve(store, id, Decision::Rollback).await,
+        ResolveOutcome::AlreadyCommitted,
         "a sent message was committed"
     );
     assert_eq!(counts(store).await, (0, 0, 1, 0));
@@ -519,10 +525,13 @@ pub async fn producer_commit_fences_a_later_check_back<S: SqlStore + HalfStore>(
 pub async fn check_back_commit_fences_a_later_rollback<S: SqlStore + HalfStore>(store: &S) {
     let p = prepare_now(store, msg("conf.half.fence3", None, 1)).await;
     let id = p.id();
-    assert_eq!(resolve(store, id, Resolve::Commit).await, Resolved::Done);
+    assert_eq!(
+        resolve(store, id, Decision::Commit).await,
+        ResolveOutcome::Done
+    );
     assert_eq!(
         p.rollback().await.expect("rollback failed"),
-        Resolved::AlreadyCommitted
+        ResolveOutcome::AlreadyCommitted
     );
     assert_eq!(counts(store).await, (0, 1, 0, 0));
     assert_eq!(relay_claim(store, after_writes()).await, vec![id]);
@@ -593,8 +602,8 @@ pub async fn concurrent_prepared_claims_are_disjoint<S: SqlStore + HalfStore>(st
         // Half are committed, half wait for a check far in the future.
         for p in &got_a {
             assert_eq!(
-                resolve(store, p.envelope.id, Resolve::Commit).await,
-                Resolved::Done
+                resolve(store, p.envelope.id, Decision::Commit).await,
+                ResolveOutcome::Done
             );
         }
         for p in &got_b {
@@ -745,8 +754,8 @@ pub async fn mark_dead_takes_prepared_rows<S: SqlStore + HalfStore>(store: &S) {
     );
     assert!(relay_claim(store, t0 + secs(3600)).await.is_empty());
     assert_eq!(
-        resolve(store, free_id, Resolve::Rollback).await,
-        Resolved::Dead
+        resolve(store, free_id, Decision::Rollback).await,
+        ResolveOutcome::Dead
     );
     let err = held
         .commit()
@@ -758,7 +767,7 @@ pub async fn mark_dead_takes_prepared_rows<S: SqlStore + HalfStore>(store: &S) {
     );
     assert_eq!(
         free.rollback().await.expect("rollback failed"),
-        Resolved::Dead
+        ResolveOutcome::Dead
     );
     assert_eq!(counts(store).await, (0, 0, 0, 2));
 }
@@ -852,7 +861,10 @@ pub async fn resume_puts_a_dead_half_message_back<S: SqlStore + HalfStore>(store
     assert_eq!(prepared_ids(&got), vec![id]);
     assert_eq!(got[0].checks, 0, "resume resets the checks");
 
-    assert_eq!(resolve(store, id, Resolve::Commit).await, Resolved::Done);
+    assert_eq!(
+        resolve(store, id, Decision::Commit).await,
+        ResolveOutcome::Done
+    );
     assert_eq!(relay_claim(store, after_writes()).await, vec![id]);
 }
 

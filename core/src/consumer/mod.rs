@@ -10,8 +10,8 @@ mod runtime;
 
 pub use delivery::{Acker, CLOSE_TIMEOUT, Delivery, SubscribeSpec, Subscription, Undecodable};
 pub use inbox::{ConsumerDeadLetter, InboxStore, InboxWriter};
-pub use observe::{Handled, HandledOutcome};
+pub use observe::{Handled, Settlement};
 pub use registry::{
-    AnyCtx, HandleOutcome, HandlerCtx, HandlerFn, HandlerRecord, registered_handlers, run_handler,
+    AnyCtx, HandlerCtx, HandlerFn, HandlerOutcome, HandlerRecord, registered_handlers, run_handler,
 };
 pub use runtime::{Consumer, ConsumerConfig, ConsumerHandle, ConsumerStats};

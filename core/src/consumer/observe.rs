@@ -5,7 +5,7 @@ use uuid::Uuid;
 /// How the consumer settled one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum HandledOutcome {
+pub enum Settlement {
     /// The handler ran and its transaction committed with the inbox key.
     Applied,
     /// The idempotency key was already in the group's inbox: acknowledged
@@ -40,5 +40,5 @@ pub struct Handled {
     /// Handler attempts made for this delivery (0 if the handler never ran).
     pub attempts: u32,
     /// How the delivery was settled.
-    pub outcome: HandledOutcome,
+    pub outcome: Settlement,
 }

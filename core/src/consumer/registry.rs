@@ -18,7 +18,7 @@ pub type AnyCtx = dyn Any + Send + Sync;
 /// How generated code calls a handler: context, message, and the id of the
 /// dead letter being replayed, if any.
 pub type HandlerFn =
-    for<'a> fn(&'a AnyCtx, &'a Envelope, Option<Uuid>) -> BoxFuture<'a, HandleOutcome>;
+    for<'a> fn(&'a AnyCtx, &'a Envelope, Option<Uuid>) -> BoxFuture<'a, HandlerOutcome>;
 
 /// A `#[message_handler]`, registered at compile time.
 ///
@@ -79,7 +79,7 @@ pub fn registered_handlers() -> Vec<&'static HandlerRecord> {
 /// How one handler call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum HandleOutcome {
+pub enum HandlerOutcome {
     /// The handler ran and its transaction (with the inbox key) committed.
     Applied,
     /// The inbox already had the key: the handler did not run.
@@ -118,7 +118,7 @@ pub async fn run_handler<DB, M, E, F>(
     envelope: &Envelope,
     replay: Option<Uuid>,
     handler: F,
-) -> HandleOutcome
+) -> HandlerOutcome
 where
     DB: sqlx::Database,
     M: DeserializeOwned,
@@ -126,12 +126,12 @@ where
     F: for<'t> FnOnce(&'t mut Tx<'static, DB>, M, &'t Envelope) -> BoxFuture<'t, Result<(), E>>,
 {
     let Some(ctx) = ctx.downcast_ref::<HandlerCtx<DB>>() else {
-        return HandleOutcome::WrongDatabase(std::any::type_name::<DB>());
+        return HandlerOutcome::WrongDatabase(std::any::type_name::<DB>());
     };
     let message: M = match serde_json::from_slice(&envelope.payload) {
         Ok(m) => m,
         Err(e) => {
-            return HandleOutcome::Poison(format!(
+            return HandlerOutcome::Poison(format!(
                 "payload does not match `{}`: {e}",
                 std::any::type_name::<M>()
             ));
@@ -139,7 +139,7 @@ where
     };
     let mut tx = match ctx.outbox.begin().await {
         Ok(tx) => tx,
-        Err(e) => return HandleOutcome::Failed(crate::error::error_chain(&e)),
+        Err(e) => return HandlerOutcome::Failed(crate::error::error_chain(&e)),
     };
     let now = ctx.clock.now();
     let fresh = ctx
@@ -159,27 +159,27 @@ where
             // applied before, so it can go.
             if let Some(id) = replay {
                 if let Err(e) = ctx.inbox.remove_dead(&mut tx, id).await {
-                    return HandleOutcome::Failed(crate::error::error_chain(&e));
+                    return HandlerOutcome::Failed(crate::error::error_chain(&e));
                 }
                 if let Err(e) = tx.commit().await {
-                    return HandleOutcome::Failed(crate::error::error_chain(&e));
+                    return HandlerOutcome::Failed(crate::error::error_chain(&e));
                 }
             }
-            return HandleOutcome::Duplicate;
+            return HandlerOutcome::Duplicate;
         }
-        Err(e) => return HandleOutcome::Failed(crate::error::error_chain(&e)),
+        Err(e) => return HandlerOutcome::Failed(crate::error::error_chain(&e)),
     }
     if let Err(e) = handler(&mut tx, message, envelope).await {
         // Dropping the transaction rolls back the effects and the inbox key.
-        return HandleOutcome::Failed(e.to_string());
+        return HandlerOutcome::Failed(e.to_string());
     }
     if let Some(id) = replay
         && let Err(e) = ctx.inbox.remove_dead(&mut tx, id).await
     {
-        return HandleOutcome::Failed(crate::error::error_chain(&e));
+        return HandlerOutcome::Failed(crate::error::error_chain(&e));
     }
     match tx.commit().await {
-        Ok(()) => HandleOutcome::Applied,
-        Err(e) => HandleOutcome::Failed(crate::error::error_chain(&e)),
+        Ok(()) => HandlerOutcome::Applied,
+        Err(e) => HandlerOutcome::Failed(crate::error::error_chain(&e)),
     }
 }

@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use super::delivery::{Delivery, SubscribeSpec, Subscription, Undecodable};
 use super::inbox::{ConsumerDeadLetter, InboxStore};
-use super::observe::{Handled, HandledOutcome};
-use super::registry::{AnyCtx, HandleOutcome, HandlerCtx, HandlerRecord, registered_handlers};
+use super::observe::{Handled, Settlement};
+use super::registry::{AnyCtx, HandlerCtx, HandlerOutcome, HandlerRecord, registered_handlers};
 use crate::error::error_chain;
 use crate::{Broker, Clock, DeadFilter, Envelope, Error, Outbox, Result, SystemClock};
 
@@ -472,7 +472,7 @@ impl<S: InboxStore> ConsumerHandle<S> {
     /// [`Error::Config`] if no dead letter `id` exists for the group or no
     /// handler of the group takes its topic; [`Error::Database`] if the store
     /// failed.
-    pub async fn replay(&self, id: Uuid) -> Result<HandleOutcome> {
+    pub async fn replay(&self, id: Uuid) -> Result<HandlerOutcome> {
         let Some(dead) = self
             .inner
             .store
@@ -663,7 +663,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
     }
 
     /// Tells the observer, if there is one, that `envelope` is settled.
-    fn report(&self, envelope: &Envelope, attempts: u32, outcome: impl FnOnce() -> HandledOutcome) {
+    fn report(&self, envelope: &Envelope, attempts: u32, outcome: impl FnOnce() -> Settlement) {
         if let Some(observer) = &self.observer {
             let _ = observer.send(Handled {
                 group: self.config.group.clone(),
@@ -739,7 +739,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                 let call = (self.record.call)(&*self.ctx, &envelope, None);
                 let outcome = match AssertUnwindSafe(call).catch_unwind().await {
                     Ok(outcome) => outcome,
-                    Err(panic) => HandleOutcome::Failed(format!(
+                    Err(panic) => HandlerOutcome::Failed(format!(
                         "handler panicked: {}",
                         crate::error::panic_message(&*panic)
                     )),
@@ -751,15 +751,15 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                 )
                 .record(started.elapsed().as_secs_f64());
                 match outcome {
-                    HandleOutcome::Applied => {
+                    HandlerOutcome::Applied => {
                         self.count("applied");
-                        self.report(&envelope, attempt, || HandledOutcome::Applied);
+                        self.report(&envelope, attempt, || Settlement::Applied);
                         // A crash here: committed, never acknowledged (the
                         // delivery is dropped unsettled on return).
                         fail::fail_point!("txmsg::consumer::after_commit_before_ack", |_| {});
                         return ack(delivery).await;
                     }
-                    HandleOutcome::Duplicate => {
+                    HandlerOutcome::Duplicate => {
                         tracing::debug!(
                             "already applied; acknowledged without running the handler"
                         );
@@ -770,27 +770,27 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                         )
                         .increment(1);
                         self.count("duplicate");
-                        self.report(&envelope, attempt - 1, || HandledOutcome::Duplicate);
+                        self.report(&envelope, attempt - 1, || Settlement::Duplicate);
                         return ack(delivery).await;
                     }
-                    HandleOutcome::Poison(reason) => {
+                    HandlerOutcome::Poison(reason) => {
                         return self
                             .dead(delivery, envelope, reason, attempt, stop.clone())
                             .await;
                     }
-                    HandleOutcome::WrongDatabase(db) => {
+                    HandlerOutcome::WrongDatabase(db) => {
                         let reason = format!("handler {} is for `{db}`", self.record.location());
                         return self
                             .dead(delivery, envelope, reason, attempt, stop.clone())
                             .await;
                     }
-                    HandleOutcome::Failed(error) if attempt >= max => {
+                    HandlerOutcome::Failed(error) if attempt >= max => {
                         let reason = format!("gave up after {attempt} attempts: {error}");
                         return self
                             .dead(delivery, envelope, reason, attempt, stop.clone())
                             .await;
                     }
-                    HandleOutcome::Failed(error) => {
+                    HandlerOutcome::Failed(error) => {
                         let delay = crate::backoff::delay_between(
                             self.config.backoff_min,
                             self.config.backoff_max,
@@ -801,7 +801,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                             () = tokio::time::sleep(delay) => {}
                             () = stopped(&mut stop) => {
                                 self.count("requeued");
-                                self.report(&envelope, attempt, || HandledOutcome::Requeued);
+                                self.report(&envelope, attempt, || Settlement::Requeued);
                                 let _ = delivery.nack().await;
                                 return;
                             }
@@ -844,7 +844,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                         .increment(1);
                     self.count("dead");
                     self.report(&dead.envelope, attempts, || {
-                        HandledOutcome::Dead(dead.reason.clone())
+                        Settlement::Dead(dead.reason.clone())
                     });
                     return ack(delivery).await;
                 }
@@ -864,7 +864,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                         () = tokio::time::sleep(delay) => {}
                         () = stopped(&mut stop) => {
                             self.count("requeued");
-                            self.report(&dead.envelope, attempts, || HandledOutcome::Requeued);
+                            self.report(&dead.envelope, attempts, || Settlement::Requeued);
                             let _ = delivery.nack().await;
                             return;
                         }

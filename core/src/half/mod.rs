@@ -14,7 +14,7 @@ mod registry;
 mod worker;
 
 pub(crate) use prepared::first_check_at;
-pub use prepared::{Prepared, PreparedMessage, Resolve, Resolved};
+pub use prepared::{ClaimedHalf, Decision, Prepared, ResolveOutcome};
 pub use registry::{
     CheckBackFn, CheckBackRecord, CheckStatus, registered_check_backs, run_check_back,
 };

@@ -9,7 +9,7 @@ use crate::{Envelope, Error, Outbox, Result};
 
 /// How to settle a prepared message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resolve {
+pub enum Decision {
     /// Make it deliverable (pending).
     Commit,
     /// Delete it: it is never published.
@@ -19,7 +19,7 @@ pub enum Resolve {
 /// What settling a prepared message found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Resolved {
+pub enum ResolveOutcome {
     /// It was prepared and is now settled as asked.
     Done,
     /// It had already been committed (by the producer or a check-back).
@@ -33,17 +33,17 @@ pub enum Resolved {
 /// A prepared message as the check-back worker claims it.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub struct PreparedMessage {
+pub struct ClaimedHalf {
     /// The message.
     pub envelope: Envelope,
     /// Check-backs that really ran so far.
     pub checks: u32,
 }
 
-impl PreparedMessage {
+impl ClaimedHalf {
     /// A claimed prepared message, for stores that read them back.
     pub fn new(envelope: Envelope, checks: u32) -> Self {
-        PreparedMessage { envelope, checks }
+        ClaimedHalf { envelope, checks }
     }
 }
 
@@ -91,18 +91,20 @@ impl<DB: sqlx::Database> Prepared<DB> {
     /// work should then be compensated); [`Error::Database`] if the store
     /// failed (the message stays prepared and its check-back decides).
     pub async fn commit(self) -> Result<()> {
-        match self.outbox.resolve(self.id, Resolve::Commit).await? {
-            Resolved::Done | Resolved::AlreadyCommitted => {
+        match self.outbox.resolve(self.id, Decision::Commit).await? {
+            ResolveOutcome::Done | ResolveOutcome::AlreadyCommitted => {
                 self.outbox.wake_relay();
                 Ok(())
             }
-            Resolved::AlreadyRolledBack | Resolved::Dead => Err(Error::RolledBack { id: self.id }),
+            ResolveOutcome::AlreadyRolledBack | ResolveOutcome::Dead => {
+                Err(Error::RolledBack { id: self.id })
+            }
         }
     }
 
     /// Deletes the message: it is never published.
     ///
-    /// Returns [`Resolved::AlreadyCommitted`] if a check-back committed it
+    /// Returns [`ResolveOutcome::AlreadyCommitted`] if a check-back committed it
     /// first: the message goes out although the local work failed, and the
     /// caller must compensate.
     ///
@@ -110,8 +112,8 @@ impl<DB: sqlx::Database> Prepared<DB> {
     ///
     /// [`Error::Database`] if the store failed: the message stays prepared
     /// and its check-back decides.
-    pub async fn rollback(self) -> Result<Resolved> {
-        self.outbox.resolve(self.id, Resolve::Rollback).await
+    pub async fn rollback(self) -> Result<ResolveOutcome> {
+        self.outbox.resolve(self.id, Decision::Rollback).await
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::prepared::{PreparedMessage, Resolve, Resolved};
+use super::prepared::{ClaimedHalf, Decision, ResolveOutcome};
 use super::registry::{CheckBackRecord, CheckStatus, registered_check_backs};
 use crate::error::error_chain;
 use crate::store::{ClaimRequest, Lease};
@@ -375,7 +375,7 @@ async fn run<S: HalfStore>(shared: Arc<Shared<S>>, mut stop: watch::Receiver<boo
 /// Checks one prepared message and applies the verdict.
 async fn check_one<S: HalfStore>(
     shared: &Shared<S>,
-    prepared: PreparedMessage,
+    prepared: ClaimedHalf,
     mut stop: watch::Receiver<bool>,
 ) {
     let env = &prepared.envelope;
@@ -422,8 +422,8 @@ async fn check_one<S: HalfStore>(
         };
         let mut is_dead = false;
         match status {
-            CheckStatus::Commit => resolve(shared, env.id, Resolve::Commit).await,
-            CheckStatus::Rollback => resolve(shared, env.id, Resolve::Rollback).await,
+            CheckStatus::Commit => resolve(shared, env.id, Decision::Commit).await,
+            CheckStatus::Rollback => resolve(shared, env.id, Decision::Rollback).await,
             CheckStatus::Unknown => {
                 if let Some(e) = &error {
                     tracing::warn!(error = %e, "check-back failed; counted as Unknown");
@@ -458,12 +458,12 @@ async fn check_one<S: HalfStore>(
     .await;
 }
 
-async fn resolve<S: HalfStore>(shared: &Shared<S>, id: Uuid, resolve: Resolve) {
+async fn resolve<S: HalfStore>(shared: &Shared<S>, id: Uuid, resolve: Decision) {
     let now = shared.config.clock.now();
     match shared.store.resolve_prepared(id, resolve, now).await {
-        Ok(Resolved::Done) => {
+        Ok(ResolveOutcome::Done) => {
             tracing::info!(verdict = ?resolve, "prepared message resolved by its check-back");
-            if resolve == Resolve::Commit
+            if resolve == Decision::Commit
                 && let Some(relay) = &shared.relay
             {
                 relay.wake();

@@ -96,7 +96,7 @@ pub(crate) fn expand(h: &Handler<'_>) -> TokenStream {
                 __txmsg_ctx: &'a #private::AnyCtx,
                 __txmsg_envelope: &'a #private::Envelope,
                 __txmsg_replay: #private::Option<#private::Uuid>,
-            ) -> #private::BoxFuture<'a, #private::HandleOutcome> {
+            ) -> #private::BoxFuture<'a, #private::HandlerOutcome> {
                 __txmsg_run::<#message, #error>(
                     __txmsg_ctx,
                     __txmsg_envelope,
@@ -114,7 +114,7 @@ pub(crate) fn expand(h: &Handler<'_>) -> TokenStream {
                     __TxmsgMessage,
                     &'t #private::Envelope,
                 ) -> #private::BoxFuture<'t, #private::Result<(), __TxmsgError>>,
-            ) -> #private::BoxFuture<'a, #private::HandleOutcome>
+            ) -> #private::BoxFuture<'a, #private::HandlerOutcome>
             where
                 __TxmsgMessage: #message_bound,
                 __TxmsgError: #error_bound,

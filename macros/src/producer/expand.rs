@@ -268,7 +268,7 @@ fn half_and_commit_fn(p: &Producer<'_>, half: &Half) -> TokenStream {
                     let __txmsg_id = #private::Prepared::id(&__txmsg_prepared);
                     let __txmsg_topic = #private::String::from(#private::Prepared::topic(&__txmsg_prepared));
                     match #private::Prepared::rollback(__txmsg_prepared).await {
-                        #private::Ok(#private::Resolved::AlreadyCommitted) => #private::Err(#from_error(
+                        #private::Ok(#private::ResolveOutcome::AlreadyCommitted) => #private::Err(#from_error(
                             #private::Error::CommittedByCheckBack {
                                 id: __txmsg_id,
                                 topic: __txmsg_topic,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sqlx::types::Uuid;
 use sqlx::types::chrono::Utc;
-use txmsg::consumer::{Consumer, ConsumerConfig, HandleOutcome, registered_handlers};
+use txmsg::consumer::{Consumer, ConsumerConfig, HandlerOutcome, registered_handlers};
 use txmsg::memory::MemoryBroker;
 use txmsg::prelude::*;
 use txmsg::sqlite::SqliteStore;
@@ -101,7 +101,7 @@ async fn main() {
     // The generated entry point checks the database of what it runs with.
     let placed = r#"{"id": 1, "total_cents": 4200}"#;
     let outcome = (record.call)(&(), &envelope("orders.placed", "m-1", placed), None).await;
-    assert_eq!(outcome, HandleOutcome::WrongDatabase(sqlite));
+    assert_eq!(outcome, HandlerOutcome::WrongDatabase(sqlite));
 
     // A consumer of each group on one database and one broker.
     let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
@@ -153,7 +153,7 @@ async fn main() {
 
     // Replayed once the handler accepts it, through the same entry point.
     BILL_EMPTY_ORDERS.store(true, Ordering::SeqCst);
-    assert_eq!(billing.replay(dead[0].id).await.unwrap(), HandleOutcome::Applied);
+    assert_eq!(billing.replay(dead[0].id).await.unwrap(), HandlerOutcome::Applied);
     assert!(billing.dead_letters(&DeadFilter::default()).await.unwrap().is_empty());
 
     // A handler without the envelope (a replay is not counted as applied).

@@ -20,7 +20,7 @@ struct Box;
 struct Option;
 struct Uuid;
 struct HandlerRecord;
-struct HandleOutcome;
+struct HandlerOutcome;
 struct AnyCtx;
 struct BoxFuture;
 fn run_handler() {}
