@@ -17,6 +17,7 @@ pub mod half;
 pub mod metrics;
 mod relay;
 mod store;
+mod task;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
@@ -32,8 +33,8 @@ pub use envelope::{Envelope, Headers, Message, TRACEPARENT};
 pub use error::{BoxError, Error, Result};
 pub use relay::{Relay, RelayHandle};
 pub use store::{
-    BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Failure, HalfStore, Inserted, Lease,
-    OutboxStats, OutboxWriter, SqlStore, Store, TopicStats, Waker,
+    BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Failure, HalfStore, HalfWriter, Inserted,
+    Lease, OutboxStats, OutboxWriter, SqlStore, Store, TopicStats, Waker,
 };
 pub use topic::{MAX_TOPIC_LEN, validate_topic};
 pub use tx::{Outbox, Tx};

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use futures_util::FutureExt;
 use tracing::Instrument;
@@ -19,6 +20,7 @@ use super::inbox::{ConsumerDeadLetter, InboxStore};
 use super::observe::{Handled, Settlement};
 use super::registry::{AnyCtx, HandlerCtx, HandlerOutcome, HandlerRecord, registered_handlers};
 use crate::error::error_chain;
+use crate::task::Tasks;
 use crate::{Broker, Clock, DeadFilter, Envelope, Error, Outbox, Result, SystemClock};
 
 /// Settings of a [`Consumer`].
@@ -277,9 +279,8 @@ impl<S: InboxStore, B: Broker> Consumer<S, B> {
             group: self.config.group.clone(),
             clock: Arc::clone(&self.config.clock),
         });
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let tasks = Tasks::new();
         let counters = Arc::new(Counters::default());
-        let mut tasks = Vec::with_capacity(handlers.len());
         for record in &handlers {
             let spec = SubscribeSpec {
                 group: self.config.group.clone(),
@@ -298,14 +299,14 @@ impl<S: InboxStore, B: Broker> Consumer<S, B> {
                 observer: self.observer.clone(),
             };
             let span = tracing::info_span!("txmsg.consumer", group = %self.config.group, topic = record.topic);
-            tasks.push(tokio::spawn(
-                worker.run(subscription, stop_rx.clone()).instrument(span),
-            ));
+            let run = worker.run(subscription, tasks.stop_signal());
+            tasks.spawn("consumer", run.instrument(span));
         }
-        let purger = purge_loop(self.store.clone(), self.config.clone(), stop_rx.clone());
-        tasks.push(tokio::spawn(purger.instrument(
-            tracing::info_span!("txmsg.inbox.purge", group = %self.config.group),
-        )));
+        let purger = purge_loop(self.store.clone(), self.config.clone(), tasks.stop_signal());
+        tasks.spawn(
+            "inbox purge",
+            purger.instrument(tracing::info_span!("txmsg.inbox.purge", group = %self.config.group)),
+        );
         Ok(ConsumerHandle {
             inner: Arc::new(HandleInner {
                 store: self.store,
@@ -313,8 +314,7 @@ impl<S: InboxStore, B: Broker> Consumer<S, B> {
                 ctx,
                 handlers,
                 counters,
-                stop: stop_tx,
-                tasks: tokio::sync::Mutex::new(tasks),
+                tasks,
             }),
         })
     }
@@ -426,8 +426,7 @@ struct HandleInner<S> {
     ctx: Arc<AnyCtx>,
     handlers: Vec<&'static HandlerRecord>,
     counters: Arc<Counters>,
-    stop: watch::Sender<bool>,
-    tasks: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    tasks: Tasks,
 }
 
 impl<S: fmt::Debug> fmt::Debug for HandleInner<S> {
@@ -512,13 +511,7 @@ impl<S: InboxStore> ConsumerHandle<S> {
     ///
     /// Cancel safe: the consumer keeps stopping; calling again waits again.
     pub async fn shutdown(&self) {
-        let _ = self.inner.stop.send(true);
-        let mut tasks = self.inner.tasks.lock().await;
-        for task in tasks.drain(..) {
-            if let Err(e) = task.await {
-                tracing::error!(error = %e, "txmsg consumer task failed");
-            }
-        }
+        self.inner.tasks.shutdown().await;
     }
 }
 
@@ -539,7 +532,7 @@ struct Worker<S, B> {
 type Done = ();
 
 impl<S: InboxStore, B: Broker> Worker<S, B> {
-    async fn run(self, mut subscription: Subscription, mut stop: watch::Receiver<bool>) {
+    async fn run(self, mut subscription: Subscription, stop: CancellationToken) {
         let this = Arc::new(self);
         let permits = Arc::new(Semaphore::new(this.config.concurrency));
         // Keys with a delivery being handled, and what waits behind it.
@@ -568,7 +561,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
         loop {
             tokio::select! {
                 biased;
-                () = stopped(&mut stop) => break,
+                () = stop.cancelled() => break,
                 Some(done) = running.join_next_with_id(), if !running.is_empty() => {
                     let id = match done {
                         Ok((id, ())) => id,
@@ -593,7 +586,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                         let delay = crate::backoff::delay_between(this.config.backoff_min, this.config.backoff_max, resubscribes);
                         tracing::warn!(retry_in = ?delay, "subscription ended; subscribing again");
                         tokio::select! {
-                            () = stopped(&mut stop) => break,
+                            () = stop.cancelled() => break,
                             () = tokio::time::sleep(delay) => {}
                         }
                         match this.broker.subscribe(&this.spec).await {
@@ -697,7 +690,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
     /// Handles one delivery to the end: acknowledged once applied, skipped
     /// or dead; handed back if stopping or if its dead letter could not be
     /// stored.
-    async fn process(&self, delivery: Delivery, mut stop: watch::Receiver<bool>) {
+    async fn process(&self, delivery: Delivery, stop: CancellationToken) {
         let envelope = match &delivery.message {
             Ok(e) => e.clone(),
             Err(bad) => {
@@ -799,7 +792,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                         tracing::warn!(%error, retry_in = ?delay, "handler failed");
                         tokio::select! {
                             () = tokio::time::sleep(delay) => {}
-                            () = stopped(&mut stop) => {
+                            () = stop.cancelled() => {
                                 self.count("requeued");
                                 self.report(&envelope, attempt, || Settlement::Requeued);
                                 let _ = delivery.nack().await;
@@ -825,7 +818,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
         envelope: Envelope,
         reason: String,
         attempts: u32,
-        mut stop: watch::Receiver<bool>,
+        stop: CancellationToken,
     ) {
         tracing::error!(%reason, "message is dead for this group");
         let dead = ConsumerDeadLetter::new(
@@ -862,7 +855,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                     );
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        () = stopped(&mut stop) => {
+                        () = stop.cancelled() => {
                             self.count("requeued");
                             self.report(&dead.envelope, attempts, || Settlement::Requeued);
                             let _ = delivery.nack().await;
@@ -877,16 +870,12 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
 
 /// Deletes the group's inbox keys older than the retention, in batches,
 /// every `purge_interval`, until stopped.
-async fn purge_loop<S: InboxStore>(
-    store: S,
-    config: ConsumerConfig,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn purge_loop<S: InboxStore>(store: S, config: ConsumerConfig, stop: CancellationToken) {
     let retention =
         chrono::Duration::from_std(config.inbox_retention).unwrap_or(chrono::Duration::MAX);
     loop {
         tokio::select! {
-            () = stopped(&mut stop) => return,
+            () = stop.cancelled() => return,
             () = tokio::time::sleep(config.purge_interval) => {}
         }
         let Some(before) = config.clock.now().checked_sub_signed(retention) else {
@@ -901,14 +890,14 @@ async fn purge_loop<S: InboxStore>(
             {
                 Ok(n) => {
                     purged += n;
-                    if n < u64::from(config.purge_batch) || *stop.borrow() {
+                    if n < u64::from(config.purge_batch) || stop.is_cancelled() {
                         break;
                     }
                     // Between full batches, rest three times as long as
                     // the batch took: the purge keeps at most a quarter of
                     // the database's time.
                     tokio::select! {
-                        () = stopped(&mut stop) => return,
+                        () = stop.cancelled() => return,
                         () = tokio::time::sleep(crate::backoff::purge_pause(started.elapsed())) => {}
                     }
                 }
@@ -943,8 +932,4 @@ fn undecodable_envelope(bad: &Undecodable) -> Envelope {
     );
     e.headers = bad.headers.clone();
     e
-}
-
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }

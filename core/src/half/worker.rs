@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -15,6 +16,7 @@ use super::prepared::{ClaimedHalf, Decision, ResolveOutcome};
 use super::registry::{CheckBackRecord, CheckStatus, registered_check_backs};
 use crate::error::error_chain;
 use crate::store::{ClaimRequest, Lease};
+use crate::task::Tasks;
 use crate::{Clock, Error, HalfStore, RelayHandle, Result, SystemClock};
 
 /// Settings of a [`CheckBackWorker`]. Defaults follow RocketMQ 5: first
@@ -213,7 +215,6 @@ impl<S: HalfStore> CheckBackWorker<S> {
     pub fn start(self) -> Result<CheckBackHandle> {
         crate::metrics::describe();
         let check_backs = Self::check_backs()?;
-        let (stop_tx, stop_rx) = watch::channel(false);
         #[cfg(feature = "testing")]
         let timeouts = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let shared = Arc::new(Shared {
@@ -227,10 +228,13 @@ impl<S: HalfStore> CheckBackWorker<S> {
             timeouts: Arc::clone(&timeouts),
         });
         let span = tracing::info_span!("txmsg.check_back.worker", worker = %shared.owner);
-        let task = tokio::spawn(run(shared, stop_rx).instrument(span));
+        let tasks = Tasks::new();
+        tasks.spawn(
+            "check-back worker",
+            run(shared, tasks.stop_signal()).instrument(span),
+        );
         Ok(CheckBackHandle {
-            stop: stop_tx,
-            task: Arc::new(tokio::sync::Mutex::new(Some(task))),
+            tasks,
             #[cfg(feature = "testing")]
             timeouts,
         })
@@ -240,8 +244,7 @@ impl<S: HalfStore> CheckBackWorker<S> {
 /// A running check-back worker.
 #[derive(Debug, Clone)]
 pub struct CheckBackHandle {
-    stop: watch::Sender<bool>,
-    task: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    tasks: Tasks,
     #[cfg(feature = "testing")]
     timeouts: Arc<std::sync::atomic::AtomicU32>,
 }
@@ -265,14 +268,7 @@ impl CheckBackHandle {
     ///
     /// Cancel safe: the worker keeps stopping; calling again waits again.
     pub async fn shutdown(&self) {
-        let _ = self.stop.send(true);
-        let mut task = self.task.lock().await;
-        if let Some(handle) = task.as_mut() {
-            if let Err(e) = handle.await {
-                tracing::error!(error = %e, "txmsg check-back worker failed");
-            }
-            *task = None;
-        }
+        self.tasks.shutdown().await;
     }
 }
 
@@ -304,10 +300,6 @@ impl<S> Shared<S> {
     }
 }
 
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
 fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     chrono::Duration::from_std(d)
         .ok()
@@ -315,7 +307,7 @@ fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
         .unwrap_or(now)
 }
 
-async fn run<S: HalfStore>(shared: Arc<Shared<S>>, mut stop: watch::Receiver<bool>) {
+async fn run<S: HalfStore>(shared: Arc<Shared<S>>, stop: CancellationToken) {
     let permits = Arc::new(Semaphore::new(shared.config.concurrency));
     loop {
         let now = shared.config.clock.now();
@@ -366,7 +358,7 @@ async fn run<S: HalfStore>(shared: Arc<Shared<S>>, mut stop: watch::Receiver<boo
             continue;
         }
         tokio::select! {
-            () = stopped(&mut stop) => return,
+            () = stop.cancelled() => return,
             () = tokio::time::sleep(shared.config.poll_interval) => {}
         }
     }
@@ -376,7 +368,7 @@ async fn run<S: HalfStore>(shared: Arc<Shared<S>>, mut stop: watch::Receiver<boo
 async fn check_one<S: HalfStore>(
     shared: &Shared<S>,
     prepared: ClaimedHalf,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let env = &prepared.envelope;
     let span = tracing::info_span!(
@@ -405,7 +397,7 @@ async fn check_one<S: HalfStore>(
                     Err(_) => (Err(no_answer()), true),
                 },
                 // Stopping: this check did not really run; the lease runs out.
-                () = stopped(&mut stop) => return,
+                () = stop.cancelled() => return,
             }
         };
         let outcome = match &verdict {
