@@ -150,7 +150,7 @@ pub mod __private {
     pub use serde;
     pub use txmsg_core::consumer::{AnyCtx, HandlerOutcome, HandlerRecord, run_handler};
     pub use txmsg_core::half::{
-        CheckBackRecord, CheckStatus, Prepared, ResolveOutcome, run_check_back,
+        CheckBackRecord, CheckStatus, HalfOutbox, Prepared, ResolveOutcome, run_check_back,
     };
     pub use txmsg_core::{BoxFuture, Envelope, Error, Message, Outbox, Tx};
     pub use uuid::Uuid;

@@ -117,7 +117,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use txmsg_core::consumer::{Consumer, ConsumerConfig, ConsumerHandle, Handled};
-use txmsg_core::half::{CheckBackConfig, CheckBackHandle, CheckBackWorker, Checked};
+use txmsg_core::half::{CheckBackConfig, CheckBackHandle, CheckBackWorker, Checked, HalfOutbox};
 use txmsg_memory::MemoryBroker;
 use txmsg_sqlite::SqliteStore;
 use uuid::Uuid;
@@ -162,7 +162,7 @@ pub struct TestHarness {
 /// The relay of the moment and the outbox that hands commits to it.
 struct Running {
     relay: RelayHandle,
-    outbox: Outbox<Db>,
+    outbox: HalfOutbox<Db>,
 }
 
 impl fmt::Debug for TestHarness {
@@ -201,7 +201,7 @@ impl TestHarness {
         };
         let broker = TestBroker::new(MemoryBroker::new());
         let relay = Relay::new(store.clone(), broker.clone(), relay_config.clone())?.start();
-        let outbox = Outbox::new(&store).with_relay(&relay);
+        let outbox = HalfOutbox::new(&store).with_relay(&relay);
         Ok(TestHarness {
             store,
             broker,
@@ -247,6 +247,13 @@ impl TestHarness {
     /// The outbox to produce with: commits are handed to the running relay.
     /// After [`restart_relay`](TestHarness::restart_relay), take it again.
     pub fn outbox(&self) -> Outbox<Db> {
+        self.running().outbox.outbox().clone()
+    }
+
+    /// The outbox to produce half messages with (what
+    /// `#[transactional_message(half, ...)]` producers take): commits are
+    /// handed to the running relay.
+    pub fn half_outbox(&self) -> HalfOutbox<Db> {
         self.running().outbox.clone()
     }
 
@@ -355,7 +362,7 @@ impl TestHarness {
             self.relay_config.clone(),
         )?
         .start();
-        let outbox = Outbox::new(&self.store).with_relay(&relay);
+        let outbox = HalfOutbox::new(&self.store).with_relay(&relay);
         *self.running() = Running { relay, outbox };
         Ok(())
     }

@@ -55,7 +55,13 @@ pub trait OutboxWriter<DB: sqlx::Database>: Debug + Send + Sync + 'static {
         envelope: &'a Envelope,
         lease: Option<Lease>,
     ) -> BoxFuture<'a, Result<Inserted>>;
+}
 
+/// Writes and settles half messages on a connection of the producer: what a
+/// [`HalfStore`] supplies to [`HalfOutbox`](crate::half::HalfOutbox), as
+/// [`OutboxWriter`] is what a [`SqlStore`] supplies to
+/// [`Outbox`](crate::Outbox).
+pub trait HalfWriter<DB: sqlx::Database>: Debug + Send + Sync + 'static {
     /// Inserts `envelope` as a *prepared* row (not deliverable) whose first
     /// check-back is due at `check_at`. A row with the same (topic,
     /// idempotency key) is not overwritten: [`Inserted::Duplicate`].
@@ -64,10 +70,7 @@ pub trait OutboxWriter<DB: sqlx::Database>: Debug + Send + Sync + 'static {
         conn: &'a mut DB::Connection,
         envelope: &'a Envelope,
         check_at: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<Inserted>> {
-        let _ = (conn, envelope, check_at);
-        Box::pin(async { Err(crate::Error::Unsupported("half messages")) })
-    }
+    ) -> BoxFuture<'a, Result<Inserted>>;
 
     /// Settles prepared row `id`, only if it is still prepared (the fence):
     /// [`Decision::Commit`](crate::half::Decision::Commit) makes it pending and
@@ -77,12 +80,9 @@ pub trait OutboxWriter<DB: sqlx::Database>: Debug + Send + Sync + 'static {
         &'a self,
         conn: &'a mut DB::Connection,
         id: Uuid,
-        resolve: crate::half::Decision,
+        decision: crate::half::Decision,
         now: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<crate::half::ResolveOutcome>> {
-        let _ = (conn, id, resolve, now);
-        Box::pin(async { Err(crate::Error::Unsupported("half messages")) })
-    }
+    ) -> BoxFuture<'a, Result<crate::half::ResolveOutcome>>;
 }
 
 /// Wakes a relay's poller; handed to [`Store::watch`].
@@ -388,9 +388,13 @@ pub trait Store: Debug + Clone + Send + Sync + 'static {
 /// store without half messages is found out when the program is compiled.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` does not keep half messages",
-    note = "the check-back worker needs a store that implements `HalfStore`: `PgStore`, `MySqlStore` and `SqliteStore` do"
+    note = "half messages (the check-back worker, a `HalfOutbox`) need a store that implements `HalfStore`: `PgStore`, `MySqlStore` and `SqliteStore` do"
 )]
-pub trait HalfStore: Store {
+pub trait HalfStore: SqlStore {
+    /// The writer that prepares and settles half messages on a producer's
+    /// connection.
+    fn half_writer(&self) -> Arc<dyn HalfWriter<Self::Database>>;
+
     /// Leases prepared rows whose next check is due (`next_attempt_at <=
     /// now`) to `req.lease.owner`, oldest first, at most `req.limit`; two
     /// workers never get the same row while its lease runs. Keys play no
@@ -425,7 +429,7 @@ pub trait HalfStore: Store {
     ) -> impl Future<Output = Result<bool>> + Send;
 
     /// Settles prepared row `id` for the check-back worker, with the same
-    /// fence as [`OutboxWriter::resolve`].
+    /// fence as [`HalfWriter::resolve`].
     fn resolve_prepared(
         &self,
         id: Uuid,

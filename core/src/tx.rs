@@ -5,6 +5,8 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+
 use tokio::sync::mpsc::OwnedPermit;
 use uuid::Uuid;
 
@@ -153,59 +155,14 @@ impl<DB: sqlx::Database> Outbox<DB> {
         Ok(self.wrap(txn))
     }
 
-    /// Stores `message` prepared, in a short transaction of its own, with its
-    /// first check-back due after `check_after`: the half-message producer's
-    /// first step, before local work outside the store's database.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Duplicate`] if the topic already has a message with this
-    /// idempotency key; [`Error::Database`] if the store failed;
-    /// [`Error::Unsupported`] if the store has no half messages.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: a dropped call either stored nothing or a prepared row
-    /// its check-back resolves.
-    pub async fn prepare(
-        &self,
-        message: Message,
-        check_after: std::time::Duration,
-    ) -> Result<crate::half::Prepared<DB>> {
-        let now = self.inner.clock.now();
-        let envelope = message.into_envelope(now);
-        let mut conn = self.inner.pool.acquire().await?;
-        let inserted = self
-            .inner
-            .writer
-            .prepare(
-                &mut conn,
-                &envelope,
-                crate::half::first_check_at(now, check_after),
-            )
-            .await?;
-        if inserted == Inserted::Duplicate {
-            return Err(Error::Duplicate {
-                topic: envelope.topic,
-                idempotency_key: envelope.idempotency_key,
-            });
-        }
-        Ok(crate::half::Prepared::new(
-            self.clone(),
-            envelope.id,
-            envelope.topic,
-        ))
+    /// A connection of the outbox's pool.
+    pub(crate) async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<DB>> {
+        Ok(self.inner.pool.acquire().await?)
     }
 
-    /// Settles prepared message `id` (fenced: only if still prepared).
-    pub(crate) async fn resolve(
-        &self,
-        id: Uuid,
-        resolve: crate::half::Decision,
-    ) -> Result<crate::half::ResolveOutcome> {
-        let now = self.inner.clock.now();
-        let mut conn = self.inner.pool.acquire().await?;
-        self.inner.writer.resolve(&mut conn, id, resolve, now).await
+    /// Now, by the outbox's clock (its relay's, when it has one).
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
     }
 
     /// Wakes the relay's poller, if this outbox has a relay.

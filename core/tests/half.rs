@@ -7,14 +7,15 @@
 use std::time::Duration;
 
 use txmsg::half::{CheckBackConfig, CheckBackWorker, CheckStatus};
-use txmsg_core::{DeadFilter, Message, Outbox, Store};
+use txmsg_core::half::HalfOutbox;
+use txmsg_core::{DeadFilter, Message, Store};
 use txmsg_sqlite::SqliteStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepared_message_without_a_check_back_is_dead_with_that_reason() {
     let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
     store.migrate().await.unwrap();
-    let outbox = Outbox::new(&store);
+    let outbox = HalfOutbox::new(&store);
     let prepared = outbox
         .prepare(
             Message::new("orphans.x", &1).unwrap(),
@@ -69,7 +70,7 @@ async fn race_check(_n: &u32) -> Result<CheckStatus, std::convert::Infallible> {
 async fn committed_half_message_is_never_made_dead_by_its_check_back() {
     let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
     store.migrate().await.unwrap();
-    let outbox = Outbox::new(&store);
+    let outbox = HalfOutbox::new(&store);
     let prepared = outbox
         .prepare(
             Message::new("t.half.race", &1u32).unwrap(),
@@ -135,7 +136,7 @@ async fn check_back_lease_is_checked_after_waiting_for_a_slot() {
     .await
     .unwrap();
     store.migrate().await.unwrap();
-    let outbox = Outbox::new(&store);
+    let outbox = HalfOutbox::new(&store);
     for n in 0..8u32 {
         drop(
             outbox
@@ -214,7 +215,7 @@ async fn fails_late(_n: &u32) -> Result<(), SplitError> {
 async fn half_producer_reports_a_commit_by_check_back_after_its_body_failed() {
     let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
     store.migrate().await.unwrap();
-    let outbox = Outbox::new(&store);
+    let outbox = HalfOutbox::new(&store);
     let (observer, mut checked) = tokio::sync::mpsc::unbounded_channel();
     let worker = CheckBackWorker::new(
         store.clone(),

@@ -223,8 +223,8 @@ use proc_macro::TokenStream;
 /// function whether the local work happened: Commit, Rollback or Unknown.
 ///
 /// ```no_run
-/// use txmsg::half::CheckStatus;
-/// use txmsg::{Outbox, check_back, transactional_message};
+/// use txmsg::half::{CheckStatus, HalfOutbox};
+/// use txmsg::{check_back, transactional_message};
 ///
 /// #[derive(serde::Serialize, serde::Deserialize)]
 /// struct PaymentRequested {
@@ -258,7 +258,7 @@ use proc_macro::TokenStream;
 ///     })
 /// }
 ///
-/// # async fn run(outbox: Outbox<sqlx::Sqlite>) -> txmsg::Result<()> {
+/// # async fn run(outbox: HalfOutbox<sqlx::Sqlite>) -> txmsg::Result<()> {
 /// let payment = PaymentRequested { order: 1, cents: 4200 };
 /// let receipt = charge_and_commit(&outbox, &payment, "4242").await?;
 /// # let _ = receipt;
@@ -288,12 +288,14 @@ use proc_macro::TokenStream;
 /// as are `check_back` or `check_after` without `half`.
 ///
 /// The function itself is emitted unchanged. Next to it comes
-/// `name_and_commit(outbox: &Outbox<DB>, params..) -> Result<T, E>`, generic
-/// over the sqlx database `DB` of the outbox, with the same visibility,
-/// lifetimes and parameters (all of them, the payload first). It:
+/// `name_and_commit(outbox: &HalfOutbox<DB>, params..) -> Result<T, E>`,
+/// generic over the sqlx database `DB` of the outbox, with the same
+/// visibility, lifetimes and parameters (all of them, the payload first). A
+/// [`HalfOutbox`] is built only from a store that keeps half messages, so a
+/// half producer on a store without them does not compile. It:
 ///
 /// 1. builds the message from the payload and the keys, and stores it
-///    prepared with [`Outbox::prepare`], its first check due after
+///    prepared with [`HalfOutbox::prepare`], its first check due after
 ///    `check_after`; if that fails (for instance `Error::Duplicate`, when the
 ///    topic already has a message with this idempotency key), it returns
 ///    `Err(E::from(error))` and the function does not run;
@@ -334,7 +336,8 @@ use proc_macro::TokenStream;
 ///
 /// ```no_run
 /// # use std::time::Duration;
-/// # use txmsg::{Message, Outbox};
+/// # use txmsg::Message;
+/// # use txmsg::half::HalfOutbox;
 /// # #[derive(serde::Serialize)]
 /// # struct PaymentRequested { order: i64, cents: i64 }
 /// # async fn charge(payment: &PaymentRequested, card: &str) -> Result<String, txmsg::Error> {
@@ -342,7 +345,7 @@ use proc_macro::TokenStream;
 /// #     Ok(String::new())
 /// # }
 /// async fn charge_and_commit<DB: sqlx::Database>(
-///     outbox: &Outbox<DB>,
+///     outbox: &HalfOutbox<DB>,
 ///     payment: &PaymentRequested,
 ///     card: &str,
 /// ) -> Result<String, txmsg::Error> {
@@ -515,7 +518,8 @@ use proc_macro::TokenStream;
 ///
 /// [`txmsg::Tx`]: https://docs.rs/txmsg/latest/txmsg/struct.Tx.html
 /// [`CheckBackWorker`]: https://docs.rs/txmsg/latest/txmsg/half/struct.CheckBackWorker.html
-/// [`Outbox::prepare`]: https://docs.rs/txmsg/latest/txmsg/struct.Outbox.html#method.prepare
+/// [`HalfOutbox`]: https://docs.rs/txmsg/latest/txmsg/half/struct.HalfOutbox.html
+/// [`HalfOutbox::prepare`]: https://docs.rs/txmsg/latest/txmsg/half/struct.HalfOutbox.html#method.prepare
 #[proc_macro_attribute]
 pub fn transactional_message(args: TokenStream, item: TokenStream) -> TokenStream {
     producer::transactional_message(args.into(), item.into()).into()

@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+use txmsg::half::HalfOutbox;
 use txmsg::half::{CheckBackConfig, CheckBackHandle, CheckBackWorker, CheckStatus};
 use txmsg::prelude::*;
-use txmsg::{DeadFilter, Error, Message, Outbox, Relay, RelayConfig, RelayHandle};
+use txmsg::{DeadFilter, Error, Message, Relay, RelayConfig, RelayHandle};
 use txmsg_tests::{PgSchema, Rabbit, Received};
 
 const TOPIC: &str = "payments.charged";
@@ -157,7 +158,7 @@ struct Env {
     pg: PgSchema,
     rabbit: Rabbit,
     relay: RelayHandle,
-    outbox: Outbox<sqlx::Postgres>,
+    outbox: HalfOutbox<sqlx::Postgres>,
 }
 
 async fn setup() -> Env {
@@ -170,7 +171,7 @@ async fn setup() -> Env {
     let relay = Relay::new(pg.store.clone(), rabbit.broker.clone(), config)
         .unwrap()
         .start();
-    let outbox = Outbox::new(&pg.store).with_relay(&relay);
+    let outbox = HalfOutbox::new(&pg.store).with_relay(&relay);
     Env {
         pg,
         rabbit,

@@ -204,7 +204,7 @@ async fn check_back_timeout_counts_as_unknown() -> TestResult {
     // Prepared, the payment captured, then the process dies before commit.
     let payment = Payment { id: "pay-1".into() };
     let prepared = harness
-        .outbox()
+        .half_outbox()
         .prepare(
             Message::new("shop.payments.captured", &payment)?,
             check_after,

@@ -10,8 +10,8 @@ use sqlx::{Connection, MySql, MySqlPool, Row};
 use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore, InboxWriter};
 use txmsg_core::half::{ClaimedHalf, Decision, ResolveOutcome};
 use txmsg_core::{
-    ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, HalfStore, OutboxStats,
-    OutboxWriter, Result, SqlStore, Store, Tables, TopicStats,
+    ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, HalfStore, HalfWriter,
+    OutboxStats, OutboxWriter, Result, SqlStore, Store, Tables, TopicStats,
 };
 use uuid::Uuid;
 
@@ -525,6 +525,10 @@ impl Store for MySqlStore {
 }
 
 impl HalfStore for MySqlStore {
+    fn half_writer(&self) -> Arc<dyn HalfWriter<MySql>> {
+        Arc::clone(&self.writer) as Arc<dyn HalfWriter<MySql>>
+    }
+
     async fn claim_prepared(&self, req: &ClaimRequest) -> Result<Vec<ClaimedHalf>> {
         if req.limit == 0 {
             return Ok(Vec::new());

@@ -9,7 +9,7 @@ use sqlx::Row;
 use sqlx::mysql::MySqlConnection;
 use txmsg_core::consumer::InboxWriter;
 use txmsg_core::half::{Decision, ResolveOutcome};
-use txmsg_core::{BoxFuture, Envelope, Inserted, Lease, OutboxWriter, Result};
+use txmsg_core::{BoxFuture, Envelope, HalfWriter, Inserted, Lease, OutboxWriter, Result};
 use uuid::Uuid;
 
 use crate::row::headers_to_json;
@@ -86,7 +86,9 @@ impl OutboxWriter<MySql> for MySqlWriter {
             })
         })
     }
+}
 
+impl HalfWriter<MySql> for MySqlWriter {
     fn prepare<'a>(
         &'a self,
         conn: &'a mut MySqlConnection,

@@ -10,7 +10,7 @@ use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore, InboxWriter};
 use txmsg_core::half::{ClaimedHalf, Decision, ResolveOutcome};
 use txmsg_core::{
     BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, HalfStore,
-    OutboxStats, OutboxWriter, Result, SqlStore, Store, Tables, TopicStats, Waker,
+    HalfWriter, OutboxStats, OutboxWriter, Result, SqlStore, Store, Tables, TopicStats, Waker,
 };
 use uuid::Uuid;
 
@@ -490,6 +490,10 @@ impl Store for PgStore {
 }
 
 impl HalfStore for PgStore {
+    fn half_writer(&self) -> Arc<dyn HalfWriter<Postgres>> {
+        Arc::clone(&self.writer) as Arc<dyn HalfWriter<Postgres>>
+    }
+
     async fn claim_prepared(&self, req: &ClaimRequest) -> Result<Vec<ClaimedHalf>> {
         if req.limit == 0 {
             return Ok(Vec::new());

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres};
 use txmsg_core::consumer::InboxWriter;
 use txmsg_core::half::{Decision, ResolveOutcome};
-use txmsg_core::{BoxFuture, Envelope, Inserted, Lease, OutboxWriter, Result};
+use txmsg_core::{BoxFuture, Envelope, HalfWriter, Inserted, Lease, OutboxWriter, Result};
 use uuid::Uuid;
 
 use crate::row::headers_to_json;
@@ -48,7 +48,9 @@ impl OutboxWriter<Postgres> for PgWriter {
             Ok(inserted)
         })
     }
+}
 
+impl HalfWriter<Postgres> for PgWriter {
     fn prepare<'a>(
         &'a self,
         conn: &'a mut PgConnection,

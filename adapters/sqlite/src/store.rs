@@ -13,8 +13,8 @@ use sqlx::{Encode, Row, SqlStr, Sqlite, SqliteConnection, SqlitePool, Type};
 use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore, InboxWriter};
 use txmsg_core::half::{ClaimedHalf, Decision, ResolveOutcome};
 use txmsg_core::{
-    ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, HalfStore, OutboxStats,
-    OutboxWriter, Result, SqlStore, Store, Tables, TopicStats,
+    ClaimRequest, DeadFilter, DeadLetter, Envelope, Error, Failure, HalfStore, HalfWriter,
+    OutboxStats, OutboxWriter, Result, SqlStore, Store, Tables, TopicStats,
 };
 use uuid::Uuid;
 
@@ -541,6 +541,10 @@ impl Store for SqliteStore {
 }
 
 impl HalfStore for SqliteStore {
+    fn half_writer(&self) -> Arc<dyn HalfWriter<Sqlite>> {
+        Arc::clone(&self.inner.writer) as Arc<dyn HalfWriter<Sqlite>>
+    }
+
     async fn claim_prepared(&self, req: &ClaimRequest) -> Result<Vec<ClaimedHalf>> {
         if req.limit == 0 {
             return Ok(Vec::new());

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{SqlStr, Sqlite, SqliteConnection};
 use txmsg_core::consumer::InboxWriter;
 use txmsg_core::half::{Decision, ResolveOutcome};
-use txmsg_core::{BoxFuture, Envelope, Inserted, Lease, OutboxWriter, Result};
+use txmsg_core::{BoxFuture, Envelope, HalfWriter, Inserted, Lease, OutboxWriter, Result};
 use uuid::Uuid;
 
 use crate::row::{headers_json, micros};
@@ -58,7 +58,9 @@ impl OutboxWriter<Sqlite> for SqliteWriter {
             })
         })
     }
+}
 
+impl HalfWriter<Sqlite> for SqliteWriter {
     fn prepare<'a>(
         &'a self,
         conn: &'a mut SqliteConnection,

@@ -1,5 +1,5 @@
 //! The conformance suite of half messages: the prepared rows a
-//! [`SqlStore`] keeps for [`Outbox::prepare`], settled by the producer
+//! [`SqlStore`] keeps for [`HalfOutbox::prepare`], settled by the producer
 //! ([`Prepared::commit`], [`Prepared::rollback`]) or by the check-back worker
 //! ([`HalfStore::claim_prepared`], [`HalfStore::record_check`],
 //! [`HalfStore::resolve_prepared`], [`Store::mark_dead`](txmsg_core::Store::mark_dead), [`HalfStore::resume`]).
@@ -9,7 +9,7 @@
 //! of the first broken rule. Outcomes are observed through the store's own
 //! methods (claims, dead letters, stats), never through SQL.
 //!
-//! The producer side goes through [`Outbox::new`]`(&store)`, whose clock is
+//! The producer side goes through [`HalfOutbox::new`]`(&store)`, whose clock is
 //! the system clock; the worker side passes its own `now` to every claim,
 //! a second or more after the rows were written, and never sleeps.
 //!
@@ -45,7 +45,7 @@ use std::future::Future;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
-use txmsg_core::half::{ClaimedHalf, Decision, Prepared, ResolveOutcome};
+use txmsg_core::half::{ClaimedHalf, Decision, HalfOutbox, Prepared, ResolveOutcome};
 use txmsg_core::{
     ClaimRequest, DeadFilter, Envelope, Failure, HalfStore, Inserted, Lease, Message, Outbox,
     SqlStore,
@@ -163,7 +163,7 @@ async fn prepare<S: SqlStore + HalfStore>(
     message: Message,
     check_after: StdDuration,
 ) -> Prepared<S::Database> {
-    Outbox::new(store)
+    HalfOutbox::new(store)
         .prepare(message, check_after)
         .await
         .expect("prepare failed")
@@ -239,7 +239,8 @@ pub async fn migrate_is_idempotent<S: SqlStore + HalfStore>(store: &S) {
     assert_eq!(prepared_ids(&claimed), vec![p.id()]);
 }
 
-/// A prepared message is counted in `stats().prepared`, is never claimed by
+/// A prepared message is counted in `stats().prepared` and in its topic's
+/// `topic_stats`, is never claimed by
 /// the relay, is left alone by the relay's marks, and is claimed by
 /// `claim_prepared` only once its first check is due.
 pub async fn prepared_is_stored_but_not_published<S: SqlStore + HalfStore>(store: &S) {
@@ -254,6 +255,19 @@ pub async fn prepared_is_stored_but_not_published<S: SqlStore + HalfStore>(store
     assert_eq!(stats.prepared, 1, "a prepared row is counted as prepared");
     assert_eq!((stats.pending, stats.sent, stats.dead), (0, 0, 0));
     assert_eq!(stats.oldest_pending, None, "a prepared row is not pending");
+    let topics = store
+        .topic_stats(Utc::now() - secs(60))
+        .await
+        .expect("topic_stats failed");
+    let counted: Vec<_> = topics
+        .iter()
+        .map(|t| (t.topic.as_str(), t.prepared, t.pending))
+        .collect();
+    assert_eq!(
+        counted,
+        vec![("conf.half.hidden", 1, 0)],
+        "topic_stats counts the prepared row under its topic"
+    );
 
     let late = after_writes() + secs(3600);
     assert!(
@@ -376,7 +390,7 @@ pub async fn prepared_row_does_not_hold_back_its_key<S: SqlStore + HalfStore>(st
 pub async fn duplicate_idempotency_key_is_reported<S: SqlStore + HalfStore>(store: &S) {
     let t = "conf.half.dup";
     let first = prepare_now(store, msg(t, None, 1).idempotency_key("once")).await;
-    let again = Outbox::new(store)
+    let again = HalfOutbox::new(store)
         .prepare(msg(t, None, 2).idempotency_key("once"), StdDuration::ZERO)
         .await;
     let err = again.expect_err("a repeated idempotency key must be refused");
@@ -388,7 +402,7 @@ pub async fn duplicate_idempotency_key_is_reported<S: SqlStore + HalfStore>(stor
         .await
         .expect("enqueue failed");
     tx.commit().await.expect("commit failed");
-    let err = Outbox::new(store)
+    let err = HalfOutbox::new(store)
         .prepare(
             msg(t, None, 4).idempotency_key("pending-one"),
             StdDuration::ZERO,

@@ -9,10 +9,12 @@
 //! second loses and is told ([`Error::RolledBack`](crate::Error::RolledBack)
 //! to a producer whose message a check-back already rolled back).
 
+mod outbox;
 mod prepared;
 mod registry;
 mod worker;
 
+pub use outbox::HalfOutbox;
 pub(crate) use prepared::first_check_at;
 pub use prepared::{ClaimedHalf, Decision, Prepared, ResolveOutcome};
 pub use registry::{

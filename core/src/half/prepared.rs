@@ -5,7 +5,8 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::{Envelope, Error, Outbox, Result};
+use crate::half::HalfOutbox;
+use crate::{Envelope, Error, Result};
 
 /// How to settle a prepared message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +55,7 @@ impl ClaimedHalf {
 /// panic, a crash), it stays prepared and the topic's check-back decides.
 #[must_use = "a prepared message is resolved by commit() or rollback(), or later by its check-back"]
 pub struct Prepared<DB: sqlx::Database> {
-    outbox: Outbox<DB>,
+    outbox: HalfOutbox<DB>,
     id: Uuid,
     topic: String,
 }
@@ -69,7 +70,7 @@ impl<DB: sqlx::Database> fmt::Debug for Prepared<DB> {
 }
 
 impl<DB: sqlx::Database> Prepared<DB> {
-    pub(crate) fn new(outbox: Outbox<DB>, id: Uuid, topic: String) -> Self {
+    pub(crate) fn new(outbox: HalfOutbox<DB>, id: Uuid, topic: String) -> Self {
         Prepared { outbox, id, topic }
     }
 

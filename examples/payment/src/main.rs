@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use txmsg::consumer::SubscribeSpec;
+use txmsg::half::HalfOutbox;
 use txmsg::half::{CheckBackConfig, CheckBackWorker, CheckStatus};
 use txmsg::memory::MemoryBroker;
 use txmsg::prelude::*;
 use txmsg::sqlite::SqliteStore;
-use txmsg::{Outbox, Relay, RelayConfig};
+use txmsg::{Relay, RelayConfig};
 
 const TOPIC: &str = "payments.charged";
 
@@ -136,7 +137,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut ledger = broker.subscribe(&spec).await?;
     let relay = Relay::new(store.clone(), broker.clone(), RelayConfig::default())?.start();
-    let outbox = Outbox::new(&store).with_relay(&relay);
+    let outbox = HalfOutbox::new(&store).with_relay(&relay);
     let config = CheckBackConfig {
         interval: Duration::from_millis(200),
         poll_interval: Duration::from_millis(50),

@@ -230,7 +230,7 @@ fn half_and_commit_fn(p: &Producer<'_>, half: &Half) -> TokenStream {
         #[doc = #doc_origin]
         #[allow(dead_code)]
         #vis async fn #and_commit #generics_with_db (
-            #outbox: &#private::Outbox<__TxmsgDb>,
+            #outbox: &#private::HalfOutbox<__TxmsgDb>,
             #(#params),*
         ) #output #where_clause {
             #assert_check_back
@@ -238,7 +238,7 @@ fn half_and_commit_fn(p: &Producer<'_>, half: &Half) -> TokenStream {
             let __txmsg_prepared = match #new_message(#payload_arg, #topic) {
                 #private::Ok(__txmsg_message) => {
                     #set_keys
-                    #private::Outbox::prepare(
+                    #private::HalfOutbox::prepare(
                         #outbox,
                         __txmsg_message,
                         #private::Duration::from_millis(#check_after),
@@ -683,7 +683,7 @@ mod tests {
         let (eval_at, set_at, prepare_at) = (
             body.find(&eval),
             body.find(&set),
-            body.find("Outbox::prepare"),
+            body.find("HalfOutbox::prepare"),
         );
         assert!(eval_at.is_some() && set_at.is_some(), "{body}");
         assert!(eval_at < set_at && set_at < prepare_at, "{body}");
@@ -833,7 +833,7 @@ mod tests {
             squeeze(&and_commit.sig),
             squeeze(quote! {
                 async fn charge_and_commit<'a, __TxmsgDb: ::txmsg::__private::Database>(
-                    outbox: &::txmsg::__private::Outbox<__TxmsgDb>,
+                    outbox: &::txmsg::__private::HalfOutbox<__TxmsgDb>,
                     payment: &'a Payment,
                     card: &'a str,
                     __txmsg_arg2: (u8, u8)
@@ -852,7 +852,7 @@ mod tests {
                 "payments.requested"
             )),
             quote!(.key(__txmsg_key).ttl(::txmsg::__private::Duration::from_millis(3600000u64))),
-            quote!(::txmsg::__private::Outbox::prepare(
+            quote!(::txmsg::__private::HalfOutbox::prepare(
                 outbox,
                 __txmsg_message,
                 ::txmsg::__private::Duration::from_millis(6000u64),

@@ -58,10 +58,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use txmsg::consumer::{Acker, Consumer, ConsumerConfig, ConsumerHandle, Delivery, InboxStore};
+use txmsg::half::HalfOutbox;
 use txmsg::half::{CheckBackConfig, CheckBackHandle, CheckBackWorker, CheckStatus};
 use txmsg::memory::MemoryBroker;
 use txmsg::prelude::*;
-use txmsg::{DeadFilter, Envelope, Error, Message, Outbox, Relay, RelayConfig, RelayHandle};
+use txmsg::{DeadFilter, Envelope, Error, Message, Relay, RelayConfig, RelayHandle};
 
 mod backend;
 
@@ -648,10 +649,10 @@ impl<B: Backend> World<B> {
         Ok(())
     }
 
-    fn outbox(&self, producer: u32) -> Outbox<B::Db> {
+    fn outbox(&self, producer: u32) -> HalfOutbox<B::Db> {
         let relays = lock(&self.relays);
         let relay = &relays[producer as usize % relays.len()];
-        Outbox::new(&self.store).with_relay(relay)
+        HalfOutbox::new(&self.store).with_relay(relay)
     }
 }
 
@@ -770,7 +771,7 @@ async fn produce<B: Backend>(world: Arc<World<B>>, producer: u32) -> txmsg::Resu
 /// may also run before the decision and answer Unknown).
 async fn half<B: Backend>(
     world: &World<B>,
-    outbox: &Outbox<B::Db>,
+    outbox: &HalfOutbox<B::Db>,
     producer: u32,
     n: u32,
     rec: Rec,

@@ -1,7 +1,8 @@
 //! Check-backs of a payload and of the envelope, and half producers that
 //! name them, in the same module or another one.
 use txmsg::half::CheckStatus;
-use txmsg::{Envelope, Outbox, check_back, transactional_message};
+use txmsg::half::HalfOutbox;
+use txmsg::{Envelope, check_back, transactional_message};
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PaymentRequested {
@@ -65,7 +66,7 @@ async fn direct() -> Result<CheckStatus, PayError> {
     checks::payment_state(&payment).await
 }
 
-async fn run(outbox: &Outbox<sqlx::Sqlite>) -> Result<(), PayError> {
+async fn run(outbox: &HalfOutbox<sqlx::Sqlite>) -> Result<(), PayError> {
     let payment = PaymentRequested {
         order: 1,
         cents: 4200,

@@ -9,7 +9,8 @@
 #![deny(unreachable_pub, unused_results, clippy::all)]
 
 use txmsg::half::CheckStatus;
-use txmsg::{Envelope, Outbox, check_back, transactional_message};
+use txmsg::half::HalfOutbox;
+use txmsg::{Envelope, check_back, transactional_message};
 
 /// The payload.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -61,7 +62,7 @@ async fn refund(order: &i64) -> Result<(), txmsg::Error> {
     }))
 }
 
-async fn run(outbox: &Outbox<sqlx::Sqlite>) -> txmsg::Result<()> {
+async fn run(outbox: &HalfOutbox<sqlx::Sqlite>) -> txmsg::Result<()> {
     refund_and_commit(outbox, &1).await
 }
 

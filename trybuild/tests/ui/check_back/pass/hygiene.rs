@@ -19,6 +19,7 @@ type Result<T, E = AppError> = std::result::Result<T, E>;
 struct Error;
 struct Message;
 struct Outbox;
+struct HalfOutbox;
 struct Prepared;
 struct Envelope;
 struct Duration;
@@ -83,7 +84,7 @@ async fn refund(order: &i64) -> Result<(), AppError> {
     Ok(())
 }
 
-async fn run(outbox: &messaging::Outbox<sqlx::Sqlite>) -> Result<()> {
+async fn run(outbox: &messaging::half::HalfOutbox<sqlx::Sqlite>) -> Result<()> {
     charge_and_commit(outbox, &PaymentRequested { order: 1 }).await?;
     refund_and_commit(outbox, &1).await
 }

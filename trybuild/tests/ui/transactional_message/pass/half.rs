@@ -1,7 +1,8 @@
 //! Half producers: with a check-back of their payload, of the envelope, or
 //! none (one registered elsewhere for the topic, found at run time).
 use txmsg::half::CheckStatus;
-use txmsg::{Envelope, Outbox, check_back, transactional_message};
+use txmsg::half::HalfOutbox;
+use txmsg::{Envelope, check_back, transactional_message};
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PaymentRequested {
@@ -58,7 +59,7 @@ async fn book(order: &i64, _: u8, (a, b): (u8, u8)) -> Result<u8, txmsg::Error> 
     Ok(a + b)
 }
 
-async fn run(outbox: &Outbox<sqlx::Sqlite>) -> txmsg::Result<()> {
+async fn run(outbox: &HalfOutbox<sqlx::Sqlite>) -> txmsg::Result<()> {
     let payment = PaymentRequested {
         order: 1,
         cents: 4200,
@@ -77,7 +78,7 @@ async fn run(outbox: &Outbox<sqlx::Sqlite>) -> txmsg::Result<()> {
 fn assert_send<T: Send>(_: &T) {}
 
 #[allow(dead_code)]
-fn futures_are_send(outbox: &Outbox<sqlx::Sqlite>, payment: &PaymentRequested) {
+fn futures_are_send(outbox: &HalfOutbox<sqlx::Sqlite>, payment: &PaymentRequested) {
     assert_send(&charge_and_commit(outbox, payment, 1, String::new()));
     assert_send(&book_and_commit(outbox, &1, 0, (1, 2)));
     assert_send(&run(outbox));

@@ -8,7 +8,8 @@ use std::time::Duration;
 use txmsg::half::CheckStatus;
 use txmsg::prelude::*;
 use txmsg::sqlite::SqliteStore;
-use txmsg::{Error, Outbox, check_back, transactional_message};
+use txmsg::half::HalfOutbox;
+use txmsg::{Error, check_back, transactional_message};
 
 #[derive(Debug, thiserror::Error)]
 enum PayError {
@@ -73,7 +74,7 @@ async fn charge_late(payment: &PaymentRequested, store: &SqliteStore) -> Result<
 async fn main() {
     let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
     store.migrate().await.unwrap();
-    let outbox = Outbox::new(&store);
+    let outbox = HalfOutbox::new(&store);
     let payment = |order| PaymentRequested { order, cents: 4200 };
 
     // `Ok`: the message is committed, deliverable.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 use sqlx::types::Uuid;
 use sqlx::types::chrono::{DateTime, Utc};
-use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
+use sqlx::{Row, Sqlite, SqliteConnection};
 use txmsg::adapter::{BoxFuture, ClaimRequest, Failure, Inserted, Lease, OutboxWriter};
 use txmsg::{
     DeadFilter, DeadLetter, Envelope, Error, Outbox, OutboxStats, SqlStore, Store, Tx,

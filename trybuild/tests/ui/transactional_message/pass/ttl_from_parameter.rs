@@ -5,6 +5,7 @@ use std::time::Duration;
 use txmsg::half::CheckStatus;
 use txmsg::prelude::*;
 use txmsg::sqlite::SqliteStore;
+use txmsg::half::HalfOutbox;
 use txmsg::{Outbox, Tx, check_back, transactional_message};
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -77,6 +78,7 @@ async fn main() {
     let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
     store.migrate().await.unwrap();
     let outbox = Outbox::new(&store);
+    let half = HalfOutbox::new(&store);
     let minute = Duration::from_secs(60);
 
     place_order_and_commit(&outbox, 1, Some(minute))
@@ -89,14 +91,14 @@ async fn main() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    charge_and_commit(&outbox, &OrderPlaced { id: 5 }, minute)
+    charge_and_commit(&half, &OrderPlaced { id: 5 }, minute)
         .await
         .unwrap();
-    let expires = charge_maybe_and_commit(&outbox, &OrderPlaced { id: 6 }, Some(minute))
+    let expires = charge_maybe_and_commit(&half, &OrderPlaced { id: 6 }, Some(minute))
         .await
         .unwrap();
     assert!(expires);
-    let expires = charge_maybe_and_commit(&outbox, &OrderPlaced { id: 7 }, None)
+    let expires = charge_maybe_and_commit(&half, &OrderPlaced { id: 7 }, None)
         .await
         .unwrap();
     assert!(!expires);
