@@ -137,66 +137,24 @@ mod tests {
 /// `txmsg_core::cloudevents`).
 #[cfg(test)]
 mod props {
-    use chrono::{DateTime, TimeZone, Utc};
     use proptest::prelude::*;
     use txmsg_core::TRACEPARENT;
-    use uuid::Uuid;
+    use txmsg_testkit::wire::{envelopes, proptest_config};
 
     use super::*;
 
-    fn config() -> ProptestConfig {
-        ProptestConfig {
-            cases: 256,
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
-
-    fn body() -> impl Strategy<Value = Vec<u8>> {
-        prop_oneof![
-            4 => proptest::collection::vec(any::<u8>(), 0..256),
-            1 => (0usize..15).prop_map(|n| br#"{"order":7,"x":"y"}"#[..n].to_vec()),
-            1 => (1usize << 20..(1 << 20) + 8).prop_map(|n| vec![b'{'; n]),
-        ]
-    }
-
-    fn time() -> impl Strategy<Value = DateTime<Utc>> {
-        (0i64..253_402_300_799, 0u32..1_000_000_000)
-            .prop_map(|(s, n)| Utc.timestamp_opt(s, n).single().expect("in chrono's range"))
-    }
-
-    prop_compose! {
-        /// An envelope with any text in every field; header names other than
-        /// the reserved ones (`traceparent` aside, which travels as itself).
-        fn envelope()(
-            id in any::<u128>(),
-            topic in "(?s).{0,40}",
-            idempotency_key in "(?s).{1,300}",
-            key in proptest::option::of("(?s).{0,40}"),
-            headers in proptest::collection::btree_map(
-                prop_oneof![
-                    "(?s).{0,30}",
-                    Just(TRACEPARENT.to_owned()),
-                ]
-                .prop_filter("not an attribute", |n| {
-                    !n.starts_with("ce-") && n != TXMSG_ID_PROPERTY
-                }),
-                "(?s).{0,40}",
-                0..8,
-            ),
-            payload in body(),
-            created_at in time(),
-        ) -> Envelope {
-            let mut env =
-                Envelope::new(Uuid::from_u128(id), topic, idempotency_key, payload, created_at);
-            env.key = key;
-            env.headers = headers;
-            env
-        }
+    /// An envelope with any text in every field; header names other than
+    /// the attributes (`traceparent` aside, which travels as itself).
+    fn envelope() -> impl Strategy<Value = Envelope> {
+        let names = prop_oneof!["(?s).{0,30}", Just(TRACEPARENT.to_owned())]
+            .prop_filter("not an attribute", |n: &String| {
+                !n.starts_with("ce-") && n != TXMSG_ID_PROPERTY
+            });
+        envelopes("(?s).", names)
     }
 
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(proptest_config())]
 
         #[test]
         fn decode_inverts_encode(

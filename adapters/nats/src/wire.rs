@@ -114,26 +114,13 @@ pub(crate) fn decode(
 
 #[cfg(test)]
 mod tests {
-    use chrono::{TimeZone, Utc};
     use txmsg_core::TRACEPARENT;
-    use uuid::Uuid;
+    use txmsg_testkit::wire::sample_envelope;
 
     use super::*;
 
     fn envelope() -> Envelope {
-        let at = Utc.with_ymd_and_hms(2024, 5, 6, 7, 8, 9).unwrap();
-        let mut env = Envelope::new(
-            Uuid::now_v7(),
-            "orders.placed",
-            "order-7",
-            b"{}".to_vec(),
-            at,
-        );
-        env.key = Some("7".into());
-        env.headers
-            .insert(TRACEPARENT.into(), "00-abc-def-01".into());
-        env.headers.insert("tenant".into(), "acme".into());
-        env
+        sample_envelope()
     }
 
     #[test]
@@ -196,67 +183,30 @@ mod tests {
 /// the same envelope.
 #[cfg(test)]
 mod props {
-    use chrono::{DateTime, TimeZone, Utc};
+    use chrono::Utc;
     use proptest::prelude::*;
     use txmsg_core::TRACEPARENT;
+    use txmsg_testkit::wire::{envelopes, proptest_config};
     use uuid::Uuid;
 
     use super::*;
 
-    fn config() -> ProptestConfig {
-        ProptestConfig {
-            cases: 256,
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
-
-    fn body() -> impl Strategy<Value = Vec<u8>> {
-        prop_oneof![
-            4 => proptest::collection::vec(any::<u8>(), 0..256),
-            1 => (0usize..15).prop_map(|n| br#"{"order":7,"x":"y"}"#[..n].to_vec()),
-            1 => (1usize << 20..(1 << 20) + 8).prop_map(|n| vec![b'{'; n]),
-        ]
-    }
-
-    fn time() -> impl Strategy<Value = DateTime<Utc>> {
-        (0i64..253_402_300_799, 0u32..1_000_000_000)
-            .prop_map(|(s, n)| Utc.timestamp_opt(s, n).single().expect("in chrono's range"))
-    }
-
-    prop_compose! {
-        /// An envelope every field of which can travel in NATS headers, with
-        /// header names that none of the mapped ones matches in any case.
-        fn envelope()(
-            id in any::<u128>(),
-            topic in "[^\r\n]{0,40}",
-            idempotency_key in "[^\r\n]{1,300}",
-            key in proptest::option::of("[^\r\n]{0,40}"),
-            headers in proptest::collection::btree_map(
-                "[!-9;-~]{0,30}".prop_filter("not a mapped header", |n| {
-                    let lower = n.to_ascii_lowercase();
-                    !lower.starts_with("ce-")
-                        && ![CONTENT_TYPE_HEADER, MSG_ID_HEADER, TXMSG_ID_HEADER]
-                            .iter()
-                            .any(|m| m.eq_ignore_ascii_case(n))
-                        && (lower != TRACEPARENT || n == TRACEPARENT)
-                }),
-                "[^\r\n]{0,40}",
-                0..8,
-            ),
-            payload in body(),
-            created_at in time(),
-        ) -> Envelope {
-            let mut env =
-                Envelope::new(Uuid::from_u128(id), topic, idempotency_key, payload, created_at);
-            env.key = key;
-            env.headers = headers;
-            env
-        }
+    /// An envelope every field of which can travel in NATS headers, with
+    /// header names that none of the mapped ones matches in any case.
+    fn envelope() -> impl Strategy<Value = Envelope> {
+        let names = "[!-9;-~]{0,30}".prop_filter("not a mapped header", |n: &String| {
+            let lower = n.to_ascii_lowercase();
+            !lower.starts_with("ce-")
+                && ![CONTENT_TYPE_HEADER, MSG_ID_HEADER, TXMSG_ID_HEADER]
+                    .iter()
+                    .any(|m| m.eq_ignore_ascii_case(n))
+                && (lower != TRACEPARENT || n == TRACEPARENT)
+        });
+        envelopes("[^\r\n]", names)
     }
 
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(proptest_config())]
 
         #[test]
         fn encode_never_panics_and_refuses_only_what_headers_cannot_hold(

@@ -321,26 +321,15 @@ fn seconds(t: u64) -> Option<DateTime<Utc>> {
 
 #[cfg(test)]
 mod tests {
-    use chrono::{TimeZone, Utc};
+    use chrono::Utc;
     use txmsg_core::{Headers, TRACEPARENT};
+    use txmsg_testkit::wire::sample_envelope;
     use uuid::Uuid;
 
     use super::*;
 
     fn envelope() -> Envelope {
-        let at = Utc.with_ymd_and_hms(2024, 5, 6, 7, 8, 9).unwrap();
-        let mut env = Envelope::new(
-            Uuid::now_v7(),
-            "orders.placed",
-            "order-7",
-            b"{}".to_vec(),
-            at,
-        );
-        env.key = Some("7".into());
-        env.headers
-            .insert(TRACEPARENT.into(), "00-abc-def-01".into());
-        env.headers.insert("tenant".into(), "acme".into());
-        env
+        sample_envelope()
     }
 
     fn header<'a>(props: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
@@ -865,21 +854,14 @@ mod tests {
 /// the same envelope.
 #[cfg(test)]
 mod props {
-    use chrono::{DateTime, TimeZone, Utc};
+    use chrono::Utc;
     use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
     use proptest::prelude::*;
     use txmsg_core::TRACEPARENT;
+    use txmsg_testkit::wire::{bodies, proptest_config, times};
     use uuid::Uuid;
 
     use super::*;
-
-    fn config() -> ProptestConfig {
-        ProptestConfig {
-            cases: 256,
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
 
     /// Any text that fits an AMQP short string (255 bytes).
     fn short() -> impl Strategy<Value = String> {
@@ -893,7 +875,7 @@ mod props {
             3 => "(?s).{0,40}",
             1 => Just(String::new()),
             1 => any::<u128>().prop_map(|n| Uuid::from_u128(n).to_string()),
-            1 => time().prop_map(|t| t.to_rfc3339()),
+            1 => times().prop_map(|t| t.to_rfc3339()),
             1 => Just("2024-13-45T99:99:99Z".to_owned()),
             1 => Just("x".repeat(70_000)),
         ]
@@ -955,21 +937,6 @@ mod props {
         ])
     }
 
-    /// A body: arbitrary bytes, JSON cut short, or far larger than usual.
-    fn body() -> impl Strategy<Value = Vec<u8>> {
-        prop_oneof![
-            4 => proptest::collection::vec(any::<u8>(), 0..256),
-            1 => (0usize..15).prop_map(|n| br#"{"order":7,"x":"y"}"#[..n].to_vec()),
-            1 => (1usize << 20..(1 << 20) + 8).prop_map(|n| vec![b'{'; n]),
-        ]
-    }
-
-    /// A time that RFC 3339 can write, to the nanosecond.
-    fn time() -> impl Strategy<Value = DateTime<Utc>> {
-        (0i64..253_402_300_799, 0u32..1_000_000_000)
-            .prop_map(|(s, n)| Utc.timestamp_opt(s, n).single().expect("in chrono's range"))
-    }
-
     prop_compose! {
         fn delivery()(
             routing_key in "(?s).{0,40}",
@@ -979,7 +946,7 @@ mod props {
             headers in proptest::option::of(
                 proptest::collection::vec((header_name(), amqp_value()), 0..12)
             ),
-            body in body(),
+            body in bodies(),
         ) -> (String, BasicProperties, Vec<u8>) {
             let mut props = BasicProperties::default();
             if let Some(c) = content_type {
@@ -1018,8 +985,8 @@ mod props {
                 "(?s).{0,40}",
                 0..8,
             ),
-            payload in body(),
-            created_at in time(),
+            payload in bodies(),
+            created_at in times(),
         ) -> Envelope {
             let mut env =
                 Envelope::new(Uuid::from_u128(id), topic, idempotency_key, payload, created_at);
@@ -1033,7 +1000,7 @@ mod props {
     }
 
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(proptest_config())]
 
         #[test]
         fn decode_never_panics_and_explains_refusals(

@@ -77,9 +77,8 @@ pub(crate) fn decode(
 
 #[cfg(test)]
 mod tests {
-    use chrono::{TimeZone, Utc};
     use txmsg_core::TRACEPARENT;
-    use uuid::Uuid;
+    use txmsg_testkit::wire::sample_envelope;
 
     use super::*;
 
@@ -92,18 +91,7 @@ mod tests {
 
     #[test]
     fn round_trips_every_field() {
-        let at = Utc.with_ymd_and_hms(2024, 5, 6, 7, 8, 9).unwrap();
-        let mut env = Envelope::new(
-            Uuid::now_v7(),
-            "orders.placed",
-            "order-7",
-            b"{}".to_vec(),
-            at,
-        );
-        env.key = Some("7".into());
-        env.headers
-            .insert(TRACEPARENT.into(), "00-abc-def-01".into());
-        env.headers.insert("tenant".into(), "acme".into());
+        let env = sample_envelope();
         let fields = encode(&env, "/shop");
         assert!(fields.iter().any(|(n, v)| n == "h-tenant" && v == b"acme"));
         assert!(
@@ -115,7 +103,7 @@ mod tests {
         assert_eq!(got.id, env.id);
         assert_eq!(got.idempotency_key, "order-7");
         assert_eq!(got.key, env.key);
-        assert_eq!(got.created_at, at);
+        assert_eq!(got.created_at, env.created_at);
         assert_eq!(got.payload, b"{}");
         assert_eq!(got.headers.get("tenant").map(String::as_str), Some("acme"));
         assert_eq!(
@@ -161,55 +149,19 @@ mod tests {
 /// `txmsg_core::cloudevents`).
 #[cfg(test)]
 mod props {
-    use chrono::{DateTime, TimeZone, Utc};
     use proptest::prelude::*;
-    use uuid::Uuid;
+    use txmsg_testkit::wire::{envelopes, proptest_config};
 
     use super::*;
 
-    fn config() -> ProptestConfig {
-        ProptestConfig {
-            cases: 256,
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
-
-    fn body() -> impl Strategy<Value = Vec<u8>> {
-        prop_oneof![
-            4 => proptest::collection::vec(any::<u8>(), 0..256),
-            1 => (0usize..15).prop_map(|n| br#"{"order":7,"x":"y"}"#[..n].to_vec()),
-            1 => (1usize << 20..(1 << 20) + 8).prop_map(|n| vec![b'{'; n]),
-        ]
-    }
-
-    fn time() -> impl Strategy<Value = DateTime<Utc>> {
-        (0i64..253_402_300_799, 0u32..1_000_000_000)
-            .prop_map(|(s, n)| Utc.timestamp_opt(s, n).single().expect("in chrono's range"))
-    }
-
-    prop_compose! {
-        /// An envelope with any text in every field: stream entries carry
-        /// bytes, so nothing needs to be left out.
-        fn envelope()(
-            id in any::<u128>(),
-            topic in "(?s).{0,40}",
-            idempotency_key in "(?s).{1,300}",
-            key in proptest::option::of("(?s).{0,40}"),
-            headers in proptest::collection::btree_map("(?s).{0,30}", "(?s).{0,40}", 0..8),
-            payload in body(),
-            created_at in time(),
-        ) -> Envelope {
-            let mut env =
-                Envelope::new(Uuid::from_u128(id), topic, idempotency_key, payload, created_at);
-            env.key = key;
-            env.headers = headers;
-            env
-        }
+    /// An envelope with any text in every field: stream entries carry
+    /// bytes, so nothing needs to be left out.
+    fn envelope() -> impl Strategy<Value = Envelope> {
+        envelopes("(?s).", "(?s).{0,30}")
     }
 
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(proptest_config())]
 
         #[test]
         fn decode_inverts_encode(env in envelope(), source in "(?s).{0,40}") {

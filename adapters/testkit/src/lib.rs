@@ -39,6 +39,7 @@ pub mod logs;
 pub mod proxy;
 pub mod redaction;
 pub mod store;
+pub mod wire;
 
 /// What a store adapter's tests supply to run the store, inbox and half
 /// suites one case per test ([`store_conformance!`],
