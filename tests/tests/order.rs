@@ -126,3 +126,76 @@ async fn fast_path_keeps_commit_order_on_postgres() {
     pg.drop_schema().await;
     assert_eq!(got, ["t1", "t2"], "published in commit order");
 }
+
+/// A key held back on the fast path (its last fast-path message failed)
+/// sends a transaction's first message of the key to the poller. Its second
+/// message must follow it there even when the hold runs out in between (a
+/// slow release, here the fail point's sleep): on the fast path it would be
+/// published before the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_sent_to_the_poller_keeps_its_order() {
+    let scenario = fail::FailScenario::setup();
+    let path = std::env::temp_dir().join(format!("txmsg-order-{}.db", uuid::Uuid::now_v7()));
+    let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let broker = MemoryBroker::new();
+    let mut sub = broker.observe("t.order");
+    // The first publish of `t0` fails: the key is held for one lease.
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    broker.reject_if(Some(std::sync::Arc::new({
+        let refused = std::sync::Arc::clone(&refused);
+        move |e: &txmsg::Envelope| {
+            e.idempotency_key == "t0" && !refused.swap(true, std::sync::atomic::Ordering::SeqCst)
+        }
+    })));
+    let config = RelayConfig {
+        lease: Duration::from_secs(2),
+        publish_timeout: Duration::from_millis(500),
+        backoff_min: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(20),
+        ..relay_config()
+    };
+    let relay = Relay::new(store.clone(), broker, config).unwrap().start();
+    let outbox = Outbox::new(&store).with_relay(&relay);
+    let message = |idem: &str| {
+        Message::new("t.order", &idem)
+            .unwrap()
+            .key("k")
+            .idempotency_key(idem)
+    };
+    let mut tx = outbox.begin().await.unwrap();
+    tx.enqueue(message("t0")).await.unwrap();
+    tx.commit().await.unwrap();
+    let failed_at = tokio::time::Instant::now();
+    // Refused on the fast path, then published by the poller.
+    assert_eq!(receive(&mut sub, 1).await, ["t0"]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while store.stats().await.unwrap().pending > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "t0 not marked sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Late in the hold (2 s from the failure): `m0` goes to the poller, and
+    // its release takes longer than what is left of the hold, not than
+    // `m1`'s lease (2 s from its insert) less the publish timeout.
+    tokio::time::sleep_until(failed_at + Duration::from_millis(1200)).await;
+    fail::cfg("txmsg::relay::fast_release_held", "1*sleep(1000)").unwrap();
+    let mut tx = outbox.begin().await.unwrap();
+    tx.enqueue(message("m0")).await.unwrap();
+    tx.enqueue(message("m1")).await.unwrap();
+    assert_eq!(
+        tx.fast_path_len(),
+        2,
+        "both rows go in leased, for the fast path"
+    );
+    tx.commit().await.unwrap();
+    let got = receive(&mut sub, 2).await;
+    relay.shutdown().await;
+    scenario.teardown();
+    assert_eq!(got, ["m0", "m1"], "published in the transaction's order");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}

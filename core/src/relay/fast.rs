@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use uuid::Uuid;
 
 use super::{FastMsg, KeyId, Shared, drain, key_of};
 use crate::{Broker, Store};
@@ -23,33 +24,35 @@ pub(super) async fn fast_loop<S: Store, B: Broker>(
     // Keys with a message in flight, and what waits behind it.
     let mut queues: HashMap<KeyId, VecDeque<FastMsg>> = HashMap::new();
     let mut running: JoinSet<bool> = JoinSet::new();
-    // The key of each running task, so that a task that ends in a panic
-    // still frees its key (held back, its row retried after its lease).
-    let mut keys: HashMap<tokio::task::Id, KeyId> = HashMap::new();
-    let spawn =
-        |running: &mut JoinSet<bool>, keys: &mut HashMap<tokio::task::Id, KeyId>, msg: FastMsg| {
-            let shared = Arc::clone(&shared);
-            let key = key_of(&msg.envelope);
-            let task = running.spawn(async move {
-                let span = tracing::info_span!(
-                    "txmsg.publish",
-                    topic = %msg.envelope.topic,
-                    key = msg.envelope.key.as_deref(),
-                    message_id = %msg.envelope.id,
-                    attempt = 1,
-                    path = "fast",
-                );
-                let lease = msg.lease;
-                let outcome = shared
-                    .publish_one(&msg.envelope, lease)
-                    .instrument(span)
-                    .await;
-                shared.holds_key(outcome)
-            });
-            if let Some(key) = key {
-                keys.insert(task.id(), key);
-            }
-        };
+    // The key and transaction of each running task, so that a task that
+    // ends in a panic still frees its key (held back, its row retried after
+    // its lease).
+    let mut keys: HashMap<tokio::task::Id, (KeyId, Uuid)> = HashMap::new();
+    let spawn = |running: &mut JoinSet<bool>,
+                 keys: &mut HashMap<tokio::task::Id, (KeyId, Uuid)>,
+                 msg: FastMsg| {
+        let shared = Arc::clone(&shared);
+        let key = key_of(&msg.envelope).map(|key| (key, msg.lease.owner));
+        let task = running.spawn(async move {
+            let span = tracing::info_span!(
+                "txmsg.publish",
+                topic = %msg.envelope.topic,
+                key = msg.envelope.key.as_deref(),
+                message_id = %msg.envelope.id,
+                attempt = 1,
+                path = "fast",
+            );
+            let lease = msg.lease;
+            let outcome = shared
+                .publish_one(&msg.envelope, lease)
+                .instrument(span)
+                .await;
+            shared.holds_key(outcome)
+        });
+        if let Some(key) = key {
+            keys.insert(task.id(), key);
+        }
+    };
     loop {
         tokio::select! {
             biased;
@@ -62,9 +65,9 @@ pub(super) async fn fast_loop<S: Store, B: Broker>(
                         (e.id(), true)
                     }
                 };
-                let Some(key) = keys.remove(&id) else { continue };
+                let Some((key, owner)) = keys.remove(&id) else { continue };
                 if failed {
-                    shared.hold(key.clone());
+                    shared.hold(key.clone(), owner);
                     let waiting: Vec<FastMsg> = queues.remove(&key).into_iter().flatten().collect();
                     shared.release_fast(&waiting).await;
                 } else if let Some(next) = queues.get_mut(&key).and_then(VecDeque::pop_front) {
@@ -78,7 +81,8 @@ pub(super) async fn fast_loop<S: Store, B: Broker>(
                 match key_of(&msg.envelope) {
                     None => spawn(&mut running, &mut keys, msg),
                     Some(key) => {
-                        if shared.is_held(&key, shared.now()) {
+                        if shared.divert(&key, msg.lease.owner, shared.now()) {
+                            fail::fail_point!("txmsg::relay::fast_release_held");
                             shared.release(&[msg.envelope.id], msg.lease.owner).await;
                         } else if let Some(q) = queues.get_mut(&key) {
                             q.push_back(msg);

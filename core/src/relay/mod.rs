@@ -224,9 +224,11 @@ pub(super) struct Shared<S, B> {
     accepting: Arc<AtomicBool>,
     pub(super) inflight: Arc<Semaphore>,
     pub(super) marks: mpsc::UnboundedSender<Uuid>,
-    /// Keys whose fast-path message failed, until when later fast-path
-    /// messages of the key must go to the poller instead.
-    pub(super) held: Mutex<HashMap<KeyId, DateTime<Utc>>>,
+    /// Keys whose fast-path message failed: until when later fast-path
+    /// messages of the key must go to the poller instead, and the last
+    /// transaction whose message of the key went there (the rest of its
+    /// messages follow it, whenever they arrive).
+    pub(super) held: Mutex<HashMap<KeyId, (DateTime<Utc>, Uuid)>>,
     /// While the broker is unreachable: consecutive failures and when the
     /// poller may try again.
     pub(super) outage: Mutex<(u32, Option<tokio::time::Instant>)>,

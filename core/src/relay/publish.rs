@@ -212,10 +212,19 @@ impl<S: Store, B: Broker> Shared<S, B> {
         outage.1.filter(|t| *t > tokio::time::Instant::now())
     }
 
-    pub(super) fn is_held(&self, key: &KeyId, now: DateTime<Utc>) -> bool {
+    /// Whether the fast-path message of `key` written by transaction `owner`
+    /// must go to the poller: while the key is held back after a failure,
+    /// and for every later message of a transaction one of whose messages of
+    /// the key went there (on the fast path it would overtake that one, even
+    /// once the hold has run out). Records `owner` as the key's last
+    /// transaction sent to the poller.
+    pub(super) fn divert(&self, key: &KeyId, owner: Uuid, now: DateTime<Utc>) -> bool {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        match held.get(key) {
-            Some(until) if *until > now => true,
+        match held.get_mut(key) {
+            Some((until, diverted)) if *until > now || *diverted == owner => {
+                *diverted = owner;
+                true
+            }
             Some(_) => {
                 held.remove(key);
                 false
@@ -224,12 +233,14 @@ impl<S: Store, B: Broker> Shared<S, B> {
         }
     }
 
-    pub(super) fn hold(&self, key: KeyId) {
+    /// Holds `key` back after the failure of a fast-path message of
+    /// transaction `owner`.
+    pub(super) fn hold(&self, key: KeyId, owner: Uuid) {
         // Any fast-path message of this key was leased before now + lease.
         let until = crate::tx::lease_until(self.now(), self.config.lease);
         self.held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key, until);
+            .insert(key, (until, owner));
     }
 }
