@@ -67,6 +67,7 @@
 pub use txmsg_core::consumer;
 pub use txmsg_core::half;
 pub use txmsg_core::metrics;
+pub use txmsg_core::tls;
 pub use txmsg_core::{
     Broker, Clock, DeadFilter, DeadKeyPolicy, DeadLetter, Envelope, Error, HalfStore, Headers,
     Ident, Message, Outbox, OutboxStats, Relay, RelayConfig, RelayHandle, Result, SqlStore, Store,
@@ -81,9 +82,10 @@ pub mod prelude {
 
 /// Building blocks for adapters and for code that drives the runtime by hand.
 pub mod adapter {
+    pub use txmsg_core::cloudevents;
     pub use txmsg_core::{
-        BoxError, BoxFuture, ClaimRequest, Failure, Inserted, Lease, MAX_IDENT_LEN, MAX_TOPIC_LEN,
-        OutboxWriter, TRACEPARENT,
+        BoxError, BoxFuture, ClaimRequest, Failure, HalfWriter, Inserted, Lease, MAX_IDENT_LEN,
+        MAX_TOPIC_LEN, OutboxWriter, TRACEPARENT,
     };
 }
 

@@ -53,6 +53,45 @@ pub const CONTENT_TYPE: &str = "application/json";
 /// UUIDv7, beside the CloudEvents `id` (the idempotency key).
 pub const TXMSG_ID: &str = "txmsg-id";
 
+/// Longest CloudEvents `source` accepted, in bytes.
+pub const MAX_SOURCE_LEN: usize = 4096;
+
+/// Checks the CloudEvents `source` a broker is configured with: a
+/// URI-reference (`/billing`, `urn:shop:orders`, `https://shop.example/orders`)
+/// of 1 to [`MAX_SOURCE_LEN`] bytes, so without whitespace or control
+/// characters. Every broker applies this one rule.
+///
+/// # Errors
+///
+/// [`Error::Config`](crate::Error::Config) for `source`.
+///
+/// # Examples
+///
+/// ```
+/// use txmsg_core::cloudevents::check_source;
+///
+/// assert_eq!(check_source("/billing")?, "/billing");
+/// assert!(check_source("").is_err());
+/// assert!(check_source("two words").is_err());
+/// # Ok::<(), txmsg_core::Error>(())
+/// ```
+pub fn check_source(source: impl Into<String>) -> crate::Result<String> {
+    let source = source.into();
+    if source.is_empty() || source.len() > MAX_SOURCE_LEN {
+        return Err(crate::Error::config(
+            "source",
+            format!("must be 1 to {MAX_SOURCE_LEN} bytes long"),
+        ));
+    }
+    if source.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(crate::Error::config(
+            "source",
+            "must be a URI-reference: no whitespace or control characters",
+        ));
+    }
+    Ok(source)
+}
+
 /// Whether a content type is JSON as txmsg reads it: `application/json`,
 /// in any letter case, with parameters (`; charset=utf-8`) allowed.
 ///
@@ -678,6 +717,30 @@ mod tests {
             .unwrap();
         assert_eq!(got.headers.get("tenant").map(String::as_str), Some("acme"));
         assert_eq!(got.headers.get("loose").map(String::as_str), Some("kept"));
+    }
+
+    #[test]
+    fn one_rule_for_every_source() {
+        assert_eq!(check_source("urn:shop:orders").unwrap(), "urn:shop:orders");
+        assert!(check_source("x".repeat(MAX_SOURCE_LEN)).is_ok());
+        for bad in [
+            String::new(),
+            "x".repeat(MAX_SOURCE_LEN + 1),
+            "a b".into(),
+            "a\nb".into(),
+            "a\u{7}".into(),
+        ] {
+            assert!(
+                matches!(
+                    check_source(bad.clone()),
+                    Err(crate::Error::Config {
+                        field: "source",
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

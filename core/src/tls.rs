@@ -1,6 +1,8 @@
-//! Checks shared by the TLS settings of the network adapters.
+//! The TLS settings the network brokers share: the files of a connection,
+//! checked once for every adapter.
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
@@ -8,21 +10,7 @@ use crate::{Error, Result};
 /// adapter crate `adapter` when it is set: refused without the adapter's
 /// `tls` feature (`tls_enabled`), and refused if empty. Whether the file
 /// can be read is checked when it is used.
-///
-/// # Errors
-///
-/// [`Error::Config`] naming `field`.
-///
-/// # Examples
-///
-/// ```
-/// use std::path::Path;
-///
-/// let refused = txmsg_core::tls::check_file_setting("tls_ca_file", Path::new("ca.pem"), false, "txmsg-nats");
-/// assert!(refused.unwrap_err().to_string().contains("`tls` feature of txmsg-nats"));
-/// assert!(txmsg_core::tls::check_file_setting("tls_ca_file", Path::new(""), true, "txmsg-nats").is_err());
-/// ```
-pub fn check_file_setting(
+fn check_file_setting(
     field: &'static str,
     path: &Path,
     tls_enabled: bool,
@@ -38,4 +26,180 @@ pub fn check_file_setting(
         return Err(Error::config(field, "must not be an empty path"));
     }
     Ok(())
+}
+
+/// The TLS files of a broker's connection: the CA certificates to trust
+/// instead of the system's trust store, and a client certificate with its
+/// private key for mutual TLS. Only the paths are kept; the files are read
+/// when the broker connects, and a file that cannot be read or used then is
+/// an [`Error::Config`] naming the setting.
+///
+/// Given to a broker's settings (`NatsConfig::tls`, `RedisConfig::tls`,
+/// `MqttConfig::tls`), which refuse it when their crate was built without
+/// its `tls` feature. `Debug` shows the paths, never the key's contents.
+///
+/// # Examples
+///
+/// ```
+/// use txmsg_core::tls::TlsFiles;
+///
+/// let files = TlsFiles::default()
+///     .ca_file("/etc/ssl/billing-ca.pem")?
+///     .client_auth("/etc/ssl/app.pem", "/etc/ssl/app.key")?;
+/// assert!(files.get_ca_file().is_some());
+/// assert!(TlsFiles::default().ca_file("").is_err());
+/// # Ok::<(), txmsg_core::Error>(())
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    ca_file: Option<PathBuf>,
+    client_auth: Option<(PathBuf, PathBuf)>,
+}
+
+impl fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("ca_file", &self.ca_file)
+            .field("client_auth", &self.client_auth)
+            .finish()
+    }
+}
+
+impl TlsFiles {
+    /// Trusts only the CA certificates in the PEM file at `path`, instead of
+    /// the system's trust store.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `tls_ca_file` if the path is empty.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Result<Self> {
+        let path = path.into();
+        check_path("tls_ca_file", &path)?;
+        self.ca_file = Some(path);
+        Ok(self)
+    }
+
+    /// Authenticates with the client certificate chain in the PEM file
+    /// `cert` and its private key in the PEM file `key` (mutual TLS).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `tls_client_auth` if a path is empty.
+    pub fn client_auth(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Result<Self> {
+        let (cert, key) = (cert.into(), key.into());
+        check_path("tls_client_auth", &cert)?;
+        check_path("tls_client_auth", &key)?;
+        self.client_auth = Some((cert, key));
+        Ok(self)
+    }
+
+    /// The PEM file of the trusted CAs, if set.
+    pub fn get_ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
+    }
+
+    /// The PEM files of the client certificate chain and its key, if set.
+    pub fn get_client_auth(&self) -> Option<(&Path, &Path)> {
+        self.client_auth
+            .as_ref()
+            .map(|(cert, key)| (cert.as_path(), key.as_path()))
+    }
+
+    /// Whether no file is set.
+    pub fn is_empty(&self) -> bool {
+        self.ca_file.is_none() && self.client_auth.is_none()
+    }
+
+    /// These files, for adapter crate `adapter` built with its `tls`
+    /// feature or not (`tls_enabled`): refused without it, naming the first
+    /// setting that is set.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `tls_ca_file` or `tls_client_auth`.
+    pub fn for_adapter(self, tls_enabled: bool, adapter: &str) -> Result<Self> {
+        if let Some(path) = &self.ca_file {
+            check_file_setting("tls_ca_file", path, tls_enabled, adapter)?;
+        }
+        if let Some((cert, _)) = &self.client_auth {
+            check_file_setting("tls_client_auth", cert, tls_enabled, adapter)?;
+        }
+        Ok(self)
+    }
+
+    /// Refuses files set for a connection that does not use TLS (`uses_tls`
+    /// false), which would silently not use them; `why` says what the URL
+    /// is instead.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `tls_ca_file` or `tls_client_auth`.
+    pub fn check_used(&self, uses_tls: bool, why: &str) -> Result<()> {
+        if uses_tls {
+            return Ok(());
+        }
+        let field = if self.ca_file.is_some() {
+            "tls_ca_file"
+        } else if self.client_auth.is_some() {
+            "tls_client_auth"
+        } else {
+            return Ok(());
+        };
+        Err(Error::config(
+            field,
+            format!("is set, but {why}, so the connection would not use TLS"),
+        ))
+    }
+}
+
+fn check_path(field: &'static str, path: &Path) -> Result<()> {
+    if path.as_os_str().is_empty() {
+        return Err(Error::config(field, "must not be an empty path"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(e: Error) -> &'static str {
+        match e {
+            Error::Config { field, .. } => field,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn files_are_checked_where_they_are_set_and_used() {
+        assert_eq!(
+            field(TlsFiles::default().ca_file("").unwrap_err()),
+            "tls_ca_file"
+        );
+        assert_eq!(
+            field(TlsFiles::default().client_auth("c.pem", "").unwrap_err()),
+            "tls_client_auth"
+        );
+        let files = TlsFiles::default().client_auth("c.pem", "k.pem").unwrap();
+        assert_eq!(
+            files.get_client_auth(),
+            Some((Path::new("c.pem"), Path::new("k.pem")))
+        );
+        assert_eq!(
+            field(files.clone().for_adapter(false, "txmsg-x").unwrap_err()),
+            "tls_client_auth"
+        );
+        assert!(files.clone().for_adapter(true, "txmsg-x").is_ok());
+        assert!(TlsFiles::default().for_adapter(false, "txmsg-x").is_ok());
+        assert_eq!(
+            field(files.check_used(false, "the URL is plain").unwrap_err()),
+            "tls_client_auth"
+        );
+        assert!(files.check_used(true, "").is_ok());
+        assert!(TlsFiles::default().check_used(false, "").is_ok());
+    }
 }

@@ -1,8 +1,10 @@
 //! Validated settings of an [`MqttBroker`](crate::MqttBroker).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use txmsg_core::cloudevents::check_source;
+use txmsg_core::tls::TlsFiles;
 use txmsg_core::{Error, Result};
 
 use crate::url::Endpoint;
@@ -11,8 +13,6 @@ use crate::url::Endpoint;
 const MAX_PREFIX_LEN: usize = 128;
 /// Longest client id prefix, in bytes (a UUID is appended to it).
 const MAX_CLIENT_ID_PREFIX_LEN: usize = 64;
-/// Longest CloudEvents `source`, in bytes.
-const MAX_SOURCE_LEN: usize = 255;
 
 /// Settings of an [`MqttBroker`](crate::MqttBroker), validated as they are set.
 ///
@@ -23,8 +23,8 @@ const MAX_SOURCE_LEN: usize = 255;
 /// [`MqttBroker::connect`](crate::MqttBroker::connect) refuses the URL with
 /// [`Error::Config`] for `url` rather than connecting in plain text. The
 /// server's certificate is checked against the system's trust store, or only
-/// against [`tls_ca_file`](Self::tls_ca_file) when that is set;
-/// [`tls_client_auth`](Self::tls_client_auth) adds a client certificate
+/// against [`TlsFiles::ca_file`] when that is set;
+/// [`TlsFiles::client_auth`] adds a client certificate
 /// (mutual TLS). The TLS options are refused for a plain `mqtt://` URL,
 /// which would not use them.
 ///
@@ -52,8 +52,7 @@ pub struct MqttConfig {
     connect_timeout: Duration,
     publish_timeout: Duration,
     max_packet_size: u32,
-    tls_ca_file: Option<PathBuf>,
-    tls_client_auth: Option<(PathBuf, PathBuf)>,
+    tls: TlsFiles,
 }
 
 impl Default for MqttConfig {
@@ -67,8 +66,7 @@ impl Default for MqttConfig {
             connect_timeout: Duration::from_secs(5),
             publish_timeout: Duration::from_secs(30),
             max_packet_size: 16 * 1024 * 1024,
-            tls_ca_file: None,
-            tls_client_auth: None,
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -128,23 +126,14 @@ impl MqttConfig {
         Ok(self)
     }
 
-    /// Sets the CloudEvents `source` of published messages (default `/txmsg`).
+    /// Sets the CloudEvents `source` of every message (default `/txmsg`), by
+    /// the rule every broker shares ([`check_source`]).
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if empty, longer than 255 bytes, or holding control
-    /// characters.
-    pub fn source(mut self, source: &str) -> Result<Self> {
-        if source.is_empty()
-            || source.len() > MAX_SOURCE_LEN
-            || source.chars().any(char::is_control)
-        {
-            return Err(Error::config(
-                "source",
-                "must be 1 to 255 bytes without control characters",
-            ));
-        }
-        self.source = source.to_owned();
+    /// [`Error::Config`] for `source` if [`check_source`] refuses it.
+    pub fn source(mut self, source: impl Into<String>) -> Result<Self> {
+        self.source = check_source(source)?;
         Ok(self)
     }
 
@@ -234,45 +223,16 @@ impl MqttConfig {
         Ok(self)
     }
 
-    /// Trusts only the CA certificates in the PEM file at `path` for
-    /// `mqtts://` connections, instead of the system's trust store.
-    ///
-    /// The file is read when the broker connects; a file that cannot be
-    /// read or holds no certificate then is an [`Error::Config`] for
-    /// `tls_ca_file`.
+    /// Sets the TLS files of `mqtts://` connections: a CA file trusted
+    /// instead of the system's roots, a client certificate and key (see
+    /// [`TlsFiles`]; read when the broker connects).
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for `tls_ca_file` if the path is empty, or if the
-    /// crate was built without its `tls` feature.
-    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Result<Self> {
-        let path = path.into();
-        check_tls_path("tls_ca_file", &path)?;
-        self.tls_ca_file = Some(path);
-        Ok(self)
-    }
-
-    /// Authenticates to the server with the client certificate chain in the
-    /// PEM file `cert` and its private key in the PEM file `key` (mutual
-    /// TLS), for `mqtts://` connections.
-    ///
-    /// The files are read when the broker connects; files that cannot be
-    /// read or used then are an [`Error::Config`] for `tls_client_auth`.
-    /// The key is never shown, neither by `Debug` nor in errors.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for `tls_client_auth` if a path is empty, or if the
-    /// crate was built without its `tls` feature.
-    pub fn tls_client_auth(
-        mut self,
-        cert: impl Into<PathBuf>,
-        key: impl Into<PathBuf>,
-    ) -> Result<Self> {
-        let (cert, key) = (cert.into(), key.into());
-        check_tls_path("tls_client_auth", &cert)?;
-        check_tls_path("tls_client_auth", &key)?;
-        self.tls_client_auth = Some((cert, key));
+    /// [`Error::Config`] for the file set first without the `tls` feature
+    /// of txmsg-mqtt.
+    pub fn tls(mut self, files: TlsFiles) -> Result<Self> {
+        self.tls = files.for_adapter(cfg!(feature = "tls"), "txmsg-mqtt")?;
         Ok(self)
     }
 
@@ -316,16 +276,9 @@ impl MqttConfig {
         self.max_packet_size
     }
 
-    /// The PEM file of the CAs trusted for `mqtts://`, if set.
-    pub fn get_tls_ca_file(&self) -> Option<&Path> {
-        self.tls_ca_file.as_deref()
-    }
-
-    /// The PEM files of the client certificate chain and its key, if set.
-    pub fn get_tls_client_auth(&self) -> Option<(&Path, &Path)> {
-        self.tls_client_auth
-            .as_ref()
-            .map(|(cert, key)| (cert.as_path(), key.as_path()))
+    /// The TLS files.
+    pub fn get_tls(&self) -> &TlsFiles {
+        &self.tls
     }
 
     /// The server at `url`, with the transport these settings ask for.
@@ -341,14 +294,7 @@ impl MqttConfig {
         if endpoint.tls {
             endpoint.transport = self.tls_transport()?;
         } else {
-            let plain = "is set, but the URL is not `mqtts://`, so the connection \
-                         would not use TLS";
-            if self.tls_ca_file.is_some() {
-                return Err(Error::config("tls_ca_file", plain));
-            }
-            if self.tls_client_auth.is_some() {
-                return Err(Error::config("tls_client_auth", plain));
-            }
+            self.tls.check_used(false, "the URL is not `mqtts://`")?;
         }
         Ok(endpoint)
     }
@@ -363,7 +309,7 @@ impl MqttConfig {
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
         let mut roots = rustls::RootCertStore::empty();
-        match &self.tls_ca_file {
+        match self.tls.get_ca_file() {
             Some(path) => {
                 let certs = CertificateDer::pem_file_iter(path)
                     .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -400,7 +346,7 @@ impl MqttConfig {
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::config("url", format!("no TLS version can be offered: {e}")))?
             .with_root_certificates(roots);
-        let config = match &self.tls_client_auth {
+        let config = match self.tls.get_client_auth() {
             Some((cert, key)) => {
                 let chain = CertificateDer::pem_file_iter(cert)
                     .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -455,11 +401,6 @@ fn pem_error(field: &'static str, path: &Path, e: &rustls::pki_types::pem::Error
             ),
         ),
     }
-}
-
-/// Refuses an empty path, or any TLS setting without the `tls` feature.
-fn check_tls_path(field: &'static str, path: &Path) -> Result<()> {
-    txmsg_core::tls::check_file_setting(field, path, cfg!(feature = "tls"), "txmsg-mqtt")
 }
 
 #[cfg(test)]
@@ -532,59 +473,76 @@ mod tests {
             "url"
         );
         assert_eq!(
-            field_of(MqttConfig::default().tls_ca_file("/etc/ssl/ca.pem")),
+            field_of(
+                TlsFiles::default()
+                    .ca_file("/etc/ssl/ca.pem")
+                    .and_then(|f| MqttConfig::default().tls(f))
+            ),
             "tls_ca_file"
         );
         assert_eq!(
-            field_of(MqttConfig::default().tls_client_auth("c.pem", "k.pem")),
+            field_of(
+                TlsFiles::default()
+                    .client_auth("c.pem", "k.pem")
+                    .and_then(|f| MqttConfig::default().tls(f))
+            ),
             "tls_client_auth"
         );
     }
 
     #[cfg(feature = "tls")]
     mod tls {
-        use super::*;
+        use txmsg_testkit::temp_file;
 
-        /// A file of the test's own under the system's temporary directory.
-        fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
-            let path = std::env::temp_dir().join(format!(
-                "txmsg-mqtt-{}-{name}",
-                uuid::Uuid::now_v7().simple()
-            ));
-            std::fs::write(&path, contents).unwrap();
-            path
-        }
+        use super::*;
 
         #[test]
         fn options_are_kept() {
             let c = MqttConfig::default()
-                .tls_ca_file("/etc/ssl/ca.pem")
-                .unwrap()
-                .tls_client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
+                .tls(
+                    TlsFiles::default()
+                        .ca_file("/etc/ssl/ca.pem")
+                        .unwrap()
+                        .client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
+                        .unwrap(),
+                )
                 .unwrap();
-            assert_eq!(c.get_tls_ca_file(), Some(Path::new("/etc/ssl/ca.pem")));
             assert_eq!(
-                c.get_tls_client_auth(),
+                c.get_tls().get_ca_file(),
+                Some(Path::new("/etc/ssl/ca.pem"))
+            );
+            assert_eq!(
+                c.get_tls().get_client_auth(),
                 Some((Path::new("/etc/ssl/c.pem"), Path::new("/etc/ssl/k.pem")))
             );
             assert_eq!(
-                field_of(MqttConfig::default().tls_ca_file("")),
+                field_of(
+                    TlsFiles::default()
+                        .ca_file("")
+                        .and_then(|f| MqttConfig::default().tls(f))
+                ),
                 "tls_ca_file"
             );
             assert_eq!(
-                field_of(MqttConfig::default().tls_client_auth("", "k.pem")),
+                field_of(
+                    TlsFiles::default()
+                        .client_auth("", "k.pem")
+                        .and_then(|f| MqttConfig::default().tls(f))
+                ),
                 "tls_client_auth"
             );
         }
 
         #[test]
         fn options_with_a_plain_url_are_refused() {
-            let c = MqttConfig::default()
-                .tls_ca_file("/etc/ssl/ca.pem")
+            let c = TlsFiles::default()
+                .ca_file("/etc/ssl/ca.pem")
+                .and_then(|f| MqttConfig::default().tls(f))
                 .unwrap();
             assert_eq!(field_of(c.endpoint("mqtt://127.0.0.1")), "tls_ca_file");
-            let c = MqttConfig::default()
-                .tls_client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
+            let c = TlsFiles::default()
+                .client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
+                .and_then(|f| MqttConfig::default().tls(f))
                 .unwrap();
             assert_eq!(field_of(c.endpoint("tcp://127.0.0.1")), "tls_client_auth");
         }
@@ -607,11 +565,17 @@ mod tests {
         #[test]
         fn unreadable_or_bad_files_are_config_errors() {
             let missing = std::env::temp_dir().join("txmsg-mqtt-no-such-ca.pem");
-            let c = MqttConfig::default().tls_ca_file(&missing).unwrap();
+            let c = TlsFiles::default()
+                .ca_file(&missing)
+                .and_then(|f| MqttConfig::default().tls(f))
+                .unwrap();
             assert_eq!(field_of(c.endpoint("mqtts://h")), "tls_ca_file");
 
             let empty = temp_file("ca.pem", b"no pem here");
-            let c = MqttConfig::default().tls_ca_file(&empty).unwrap();
+            let c = TlsFiles::default()
+                .ca_file(&empty)
+                .and_then(|f| MqttConfig::default().tls(f))
+                .unwrap();
             let result = c.endpoint("mqtts://h");
             std::fs::remove_file(&empty).unwrap();
             assert_eq!(field_of(result), "tls_ca_file");
@@ -620,7 +584,10 @@ mod tests {
                 "ca.pem",
                 b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
             );
-            let c = MqttConfig::default().tls_ca_file(&garbage).unwrap();
+            let c = TlsFiles::default()
+                .ca_file(&garbage)
+                .and_then(|f| MqttConfig::default().tls(f))
+                .unwrap();
             let result = c.endpoint("mqtts://h");
             std::fs::remove_file(&garbage).unwrap();
             assert_eq!(field_of(result), "tls_ca_file");
@@ -630,7 +597,10 @@ mod tests {
                 b"-----BEGIN PRIVATE KEY-----\ns3cr3t-key!\n-----END PRIVATE KEY-----\n",
             );
             let cert = temp_file("cert.pem", b"");
-            let c = MqttConfig::default().tls_client_auth(&cert, &key).unwrap();
+            let c = TlsFiles::default()
+                .client_auth(&cert, &key)
+                .and_then(|f| MqttConfig::default().tls(f))
+                .unwrap();
             let result = c.endpoint("mqtts://h");
             std::fs::remove_file(&key).unwrap();
             std::fs::remove_file(&cert).unwrap();

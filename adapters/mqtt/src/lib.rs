@@ -128,8 +128,8 @@
 //! With the `tls` feature, an `mqtts://` URL (or `ssl://`; port 8883 by
 //! default) connects through rustls with the `ring` provider. The server's
 //! certificate is checked against the system's trust store, or only against
-//! the CA file of [`MqttConfig::tls_ca_file`];
-//! [`MqttConfig::tls_client_auth`] adds a client certificate and key (mutual
+//! the CA file of the [`MqttConfig::tls`] CA file ([`TlsFiles::ca_file`](txmsg_core::tls::TlsFiles::ca_file));
+//! [`TlsFiles::client_auth`](txmsg_core::tls::TlsFiles::client_auth) adds a client certificate and key (mutual
 //! TLS). Without the feature, an `mqtts://` URL and the TLS settings are
 //! refused with [`Error::Config`](txmsg_core::Error::Config), never used in
 //! plain text.

@@ -1,8 +1,10 @@
 //! Settings of a [`NatsBroker`](crate::NatsBroker).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use txmsg_core::cloudevents::check_source;
+use txmsg_core::tls::TlsFiles;
 use txmsg_core::{Error, Result};
 
 /// Longest stream name accepted, in bytes.
@@ -10,9 +12,6 @@ const MAX_STREAM_LEN: usize = 64;
 
 /// Longest subject prefix accepted, in bytes.
 const MAX_PREFIX_LEN: usize = 128;
-
-/// Longest CloudEvents `source` accepted, in bytes.
-const MAX_SOURCE_LEN: usize = 4096;
 
 /// Settings of a [`NatsBroker`](crate::NatsBroker), checked as they are set.
 ///
@@ -26,8 +25,7 @@ const MAX_SOURCE_LEN: usize = 4096;
 /// | [`connect_timeout`](Self::connect_timeout) | 10 s | longest the first connect may take |
 /// | [`publish_timeout`](Self::publish_timeout) | 10 s | longest a publish waits for its PubAck |
 /// | [`source`](Self::source) | `"/txmsg"` | the CloudEvents `source` attribute of every message |
-/// | [`tls_ca_file`](Self::tls_ca_file) | none (the system's roots) | PEM file of the CAs trusted for TLS |
-/// | [`tls_client_auth`](Self::tls_client_auth) | none | PEM client certificate and key for TLS |
+/// | [`tls`](Self::tls) | none (the system's roots, no client certificate) | the PEM files of the trusted CAs, and of a client certificate and key, for TLS |
 ///
 /// # TLS
 ///
@@ -37,7 +35,7 @@ const MAX_SOURCE_LEN: usize = 4096;
 /// crate's `tls` feature: without it a `tls://` URL is refused with
 /// [`Error::Config`] for `url`, and so are the TLS options. The server's
 /// certificate is checked against the system's trust store, plus
-/// [`tls_ca_file`](Self::tls_ca_file) when that is set.
+/// [`TlsFiles::ca_file`] when that is set.
 ///
 /// # Examples
 ///
@@ -66,8 +64,7 @@ pub struct NatsConfig {
     connect_timeout: Duration,
     publish_timeout: Duration,
     source: String,
-    tls_ca_file: Option<PathBuf>,
-    tls_client_auth: Option<(PathBuf, PathBuf)>,
+    tls: TlsFiles,
 }
 
 impl Default for NatsConfig {
@@ -81,8 +78,7 @@ impl Default for NatsConfig {
             connect_timeout: Duration::from_secs(10),
             publish_timeout: Duration::from_secs(10),
             source: "/txmsg".to_owned(),
-            tls_ca_file: None,
-            tls_client_auth: None,
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -225,68 +221,27 @@ impl NatsConfig {
         Ok(self)
     }
 
-    /// Sets the CloudEvents `source` attribute of every message.
+    /// Sets the CloudEvents `source` of every message (default `/txmsg`), by
+    /// the rule every broker shares ([`check_source`]).
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for `source` if it is empty, longer than 4096 bytes
-    /// or contains control characters.
+    /// [`Error::Config`] for `source` if [`check_source`] refuses it.
     pub fn source(mut self, source: impl Into<String>) -> Result<Self> {
-        let source = source.into();
-        if source.is_empty() || source.len() > MAX_SOURCE_LEN {
-            return Err(Error::config(
-                "source",
-                format!("must be 1 to {MAX_SOURCE_LEN} bytes long"),
-            ));
-        }
-        if source.chars().any(char::is_control) {
-            return Err(Error::config(
-                "source",
-                "may not contain control characters",
-            ));
-        }
-        self.source = source;
+        self.source = check_source(source)?;
         Ok(self)
     }
 
-    /// Trusts the CA certificates in the PEM file at `path` for TLS
-    /// connections, and requires TLS.
-    ///
-    /// The file must exist when the broker connects, or connecting fails
-    /// with [`Error::Config`] for `tls_ca_file`.
+    /// Sets the TLS files: CA certificates trusted beside the system's
+    /// roots, a client certificate and key (see [`TlsFiles`]; read when the
+    /// broker connects). Once any is set, the client requires TLS.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for `tls_ca_file` if the path is empty, or if the
-    /// crate was built without its `tls` feature.
-    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Result<Self> {
-        let path = path.into();
-        check_tls_path("tls_ca_file", &path)?;
-        self.tls_ca_file = Some(path);
-        Ok(self)
-    }
-
-    /// Authenticates to the server with the client certificate in the PEM
-    /// file `cert` and its private key in the PEM file `key` (mutual TLS),
-    /// and requires TLS.
-    ///
-    /// The files must exist when the broker connects, or connecting fails
-    /// with [`Error::Config`] for `tls_client_auth`. The key is never shown,
-    /// neither by `Debug` nor in errors.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for `tls_client_auth` if a path is empty, or if the
-    /// crate was built without its `tls` feature.
-    pub fn tls_client_auth(
-        mut self,
-        cert: impl Into<PathBuf>,
-        key: impl Into<PathBuf>,
-    ) -> Result<Self> {
-        let (cert, key) = (cert.into(), key.into());
-        check_tls_path("tls_client_auth", &cert)?;
-        check_tls_path("tls_client_auth", &key)?;
-        self.tls_client_auth = Some((cert, key));
+    /// [`Error::Config`] for the file set first without the `tls` feature
+    /// of txmsg-nats.
+    pub fn tls(mut self, files: TlsFiles) -> Result<Self> {
+        self.tls = files.for_adapter(cfg!(feature = "tls"), "txmsg-nats")?;
         Ok(self)
     }
 
@@ -330,16 +285,9 @@ impl NatsConfig {
         &self.source
     }
 
-    /// The PEM file of the CAs trusted for TLS, if set.
-    pub fn get_tls_ca_file(&self) -> Option<&Path> {
-        self.tls_ca_file.as_deref()
-    }
-
-    /// The PEM files of the client certificate and its key, if set.
-    pub fn get_tls_client_auth(&self) -> Option<(&Path, &Path)> {
-        self.tls_client_auth
-            .as_ref()
-            .map(|(cert, key)| (cert.as_path(), key.as_path()))
+    /// The TLS files.
+    pub fn get_tls(&self) -> &TlsFiles {
+        &self.tls
     }
 
     /// The client options for connecting to `url` with these settings.
@@ -387,17 +335,17 @@ impl NatsConfig {
         mut options: async_nats::ConnectOptions,
     ) -> Result<async_nats::ConnectOptions> {
         ensure_crypto_provider();
-        if let Some(path) = &self.tls_ca_file {
+        if let Some(path) = self.tls.get_ca_file() {
             check_file("tls_ca_file", path)?;
             options = options
-                .add_root_certificates(path.clone())
+                .add_root_certificates(path.to_owned())
                 .require_tls(true);
         }
-        if let Some((cert, key)) = &self.tls_client_auth {
+        if let Some((cert, key)) = self.tls.get_client_auth() {
             check_file("tls_client_auth", cert)?;
             check_file("tls_client_auth", key)?;
             options = options
-                .add_client_certificate(cert.clone(), key.clone())
+                .add_client_certificate(cert.to_owned(), key.to_owned())
                 .require_tls(true);
         }
         Ok(options)
@@ -515,11 +463,6 @@ fn ensure_crypto_provider() {
     }
 }
 
-/// Refuses an empty path, or any TLS setting without the `tls` feature.
-fn check_tls_path(field: &'static str, path: &Path) -> Result<()> {
-    txmsg_core::tls::check_file_setting(field, path, cfg!(feature = "tls"), "txmsg-nats")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,11 +544,19 @@ mod tests {
             assert_eq!(field_of(NatsConfig::default().connect_options(url)), "url");
         }
         assert_eq!(
-            field_of(NatsConfig::default().tls_ca_file("/etc/ssl/ca.pem")),
+            field_of(
+                TlsFiles::default()
+                    .ca_file("/etc/ssl/ca.pem")
+                    .and_then(|f| NatsConfig::default().tls(f))
+            ),
             "tls_ca_file"
         );
         assert_eq!(
-            field_of(NatsConfig::default().tls_client_auth("c.pem", "k.pem")),
+            field_of(
+                TlsFiles::default()
+                    .client_auth("c.pem", "k.pem")
+                    .and_then(|f| NatsConfig::default().tls(f))
+            ),
             "tls_client_auth"
         );
     }
@@ -619,24 +570,39 @@ mod tests {
                 .is_ok()
         );
         let c = NatsConfig::default()
-            .tls_ca_file("/etc/ssl/ca.pem")
-            .unwrap()
-            .tls_client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
+            .tls(
+                TlsFiles::default()
+                    .ca_file("/etc/ssl/ca.pem")
+                    .unwrap()
+                    .client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
+                    .unwrap(),
+            )
             .unwrap();
-        assert_eq!(c.get_tls_ca_file(), Some(Path::new("/etc/ssl/ca.pem")));
         assert_eq!(
-            c.get_tls_client_auth(),
+            c.get_tls().get_ca_file(),
+            Some(Path::new("/etc/ssl/ca.pem"))
+        );
+        assert_eq!(
+            c.get_tls().get_client_auth(),
             Some((Path::new("/etc/ssl/c.pem"), Path::new("/etc/ssl/k.pem")))
         );
         assert_eq!(
-            field_of(NatsConfig::default().tls_ca_file("")),
+            field_of(
+                TlsFiles::default()
+                    .ca_file("")
+                    .and_then(|f| NatsConfig::default().tls(f))
+            ),
             "tls_ca_file"
         );
         let missing = std::env::temp_dir().join("txmsg-nats-no-such-ca.pem");
-        let c = NatsConfig::default().tls_ca_file(&missing).unwrap();
+        let c = TlsFiles::default()
+            .ca_file(&missing)
+            .and_then(|f| NatsConfig::default().tls(f))
+            .unwrap();
         assert_eq!(field_of(c.connect_options("tls://h:4222")), "tls_ca_file");
-        let c = NatsConfig::default()
-            .tls_client_auth(&missing, &missing)
+        let c = TlsFiles::default()
+            .client_auth(&missing, &missing)
+            .and_then(|f| NatsConfig::default().tls(f))
             .unwrap();
         assert_eq!(
             field_of(c.connect_options("tls://h:4222")),

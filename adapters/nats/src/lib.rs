@@ -122,7 +122,7 @@
 //! With `tls`, a `tls://` server URL connects through rustls, and so does a
 //! `nats://` one whose server asks for TLS. The server's certificate is
 //! checked against the system's trust store plus the CA file of
-//! [`NatsConfig::tls_ca_file`]; [`NatsConfig::tls_client_auth`] adds a
+//! the [`NatsConfig::tls`] CA file ([`TlsFiles::ca_file`](txmsg_core::tls::TlsFiles::ca_file)); [`TlsFiles::client_auth`](txmsg_core::tls::TlsFiles::client_auth) adds a
 //! client certificate and key (mutual TLS). Setting either makes TLS
 //! required, so the client never falls back to plain text. When the process
 //! has no default rustls crypto provider, connecting installs rustls's `ring`

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use txmsg_core::cloudevents::check_source;
 use txmsg_core::{Error, Result};
 
 /// Longest exchange name RabbitMQ accepts, in bytes (an AMQP short string).
@@ -9,9 +10,6 @@ const MAX_EXCHANGE_LEN: usize = 255;
 
 /// Longest connection name accepted, in bytes.
 const MAX_CONNECTION_NAME_LEN: usize = 255;
-
-/// Longest CloudEvents `source` accepted, in bytes.
-const MAX_SOURCE_LEN: usize = 4096;
 
 /// Settings of a [`RabbitBroker`](crate::RabbitBroker), checked as they are set.
 ///
@@ -121,16 +119,14 @@ impl RabbitConfig {
         self
     }
 
-    /// Sets the CloudEvents `source` attribute carried by every message: a
-    /// URI reference naming the producing service, such as `/billing` or
-    /// `https://example.com/orders`.
+    /// Sets the CloudEvents `source` of every message (default `/txmsg`), by
+    /// the rule every broker shares ([`check_source`]).
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for `source` if it is empty, longer than 4096 bytes,
-    /// or contains whitespace or control characters.
-    pub fn source(mut self, source: &str) -> Result<Self> {
-        self.source = checked_text("source", source, MAX_SOURCE_LEN)?;
+    /// [`Error::Config`] for `source` if [`check_source`] refuses it.
+    pub fn source(mut self, source: impl Into<String>) -> Result<Self> {
+        self.source = check_source(source)?;
         Ok(self)
     }
 
@@ -228,23 +224,6 @@ impl RabbitConfig {
     pub fn get_connect_timeout(&self) -> Duration {
         self.connect_timeout
     }
-}
-
-/// `value` if it is 1 to `max` bytes without whitespace or control characters.
-fn checked_text(field: &'static str, value: &str, max: usize) -> Result<String> {
-    if value.is_empty() {
-        return Err(Error::config(field, "must not be empty"));
-    }
-    if value.len() > max {
-        return Err(Error::config(field, format!("must be at most {max} bytes")));
-    }
-    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(Error::config(
-            field,
-            "must not contain whitespace or control characters",
-        ));
-    }
-    Ok(value.to_owned())
 }
 
 #[cfg(test)]

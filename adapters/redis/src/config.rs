@@ -1,15 +1,14 @@
 //! Settings of a [`RedisBroker`](crate::RedisBroker).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use txmsg_core::cloudevents::check_source;
+use txmsg_core::tls::TlsFiles;
 use txmsg_core::{Error, Result};
 
 /// Longest key prefix accepted, in bytes.
 const MAX_PREFIX_LEN: usize = 128;
-
-/// Longest CloudEvents `source` accepted, in bytes.
-const MAX_SOURCE_LEN: usize = 4096;
 
 /// Settings of a [`RedisBroker`](crate::RedisBroker), checked as they are set.
 ///
@@ -22,8 +21,7 @@ const MAX_SOURCE_LEN: usize = 4096;
 /// | [`read_count`](Self::read_count) | 100 | most entries one read asks for (never more than the free prefetch) |
 /// | [`source`](Self::source) | `"/txmsg"` | the CloudEvents `source` of every message |
 /// | [`timeouts`](Self::timeouts) | 5 s, 5 s | connect and response timeouts |
-/// | [`tls_ca_file`](Self::tls_ca_file) | none (the system's roots) | PEM file of the CAs trusted for `rediss://` |
-/// | [`tls_client_auth`](Self::tls_client_auth) | none | PEM client certificate and key for `rediss://` |
+/// | [`tls`](Self::tls) | none (the system's roots, no client certificate) | the PEM files of the trusted CAs, and of a client certificate and key, for `rediss://` |
 ///
 /// # TLS
 ///
@@ -31,7 +29,7 @@ const MAX_SOURCE_LEN: usize = 4096;
 /// crate's `tls` feature, and without it [`RedisBroker::connect`] refuses the
 /// URL with [`Error::Config`] for `url` rather than connecting in plain
 /// text. The server's certificate is checked against the system's trust
-/// store, or only against [`tls_ca_file`](Self::tls_ca_file) when that is
+/// store, or only against [`TlsFiles::ca_file`] when that is
 /// set. The TLS options are refused for a plain `redis://` URL, which would
 /// not use them.
 ///
@@ -63,8 +61,7 @@ pub struct RedisConfig {
     source: String,
     connect_timeout: Duration,
     response_timeout: Duration,
-    tls_ca_file: Option<PathBuf>,
-    tls_client_auth: Option<(PathBuf, PathBuf)>,
+    tls: TlsFiles,
 }
 
 impl Default for RedisConfig {
@@ -78,8 +75,7 @@ impl Default for RedisConfig {
             source: "/txmsg".to_owned(),
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
-            tls_ca_file: None,
-            tls_client_auth: None,
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -173,17 +169,14 @@ impl RedisConfig {
         Ok(self)
     }
 
-    /// Sets the CloudEvents `source` attribute of every message.
+    /// Sets the CloudEvents `source` of every message (default `/txmsg`), by
+    /// the rule every broker shares ([`check_source`]).
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for `source` if it is empty or longer than 4096
-    /// bytes.
-    pub fn source(mut self, source: &str) -> Result<Self> {
-        if source.is_empty() || source.len() > MAX_SOURCE_LEN {
-            return Err(Error::config("source", "must be 1 to 4096 bytes"));
-        }
-        source.clone_into(&mut self.source);
+    /// [`Error::Config`] for `source` if [`check_source`] refuses it.
+    pub fn source(mut self, source: impl Into<String>) -> Result<Self> {
+        self.source = check_source(source)?;
         Ok(self)
     }
 
@@ -206,44 +199,16 @@ impl RedisConfig {
         Ok(self)
     }
 
-    /// Trusts only the CA certificates in the PEM file at `path` for
-    /// `rediss://` connections, instead of the system's trust store.
-    ///
-    /// The file is read when the broker connects; a file that cannot be
-    /// read or parsed then is an [`Error::Config`] for `tls_ca_file`.
+    /// Sets the TLS files of `rediss://` connections: a CA file trusted
+    /// instead of the system's roots, a client certificate and key (see
+    /// [`TlsFiles`]; read when the broker connects).
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for `tls_ca_file` if the path is empty, or if the
-    /// crate was built without its `tls` feature.
-    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Result<Self> {
-        let path = path.into();
-        check_tls_path("tls_ca_file", &path)?;
-        self.tls_ca_file = Some(path);
-        Ok(self)
-    }
-
-    /// Authenticates to the server with the client certificate chain in the
-    /// PEM file `cert` and its private key in the PEM file `key` (mutual
-    /// TLS), for `rediss://` connections.
-    ///
-    /// The files are read when the broker connects; a file that cannot be
-    /// read or parsed then is an [`Error::Config`] for `tls_client_auth`.
-    /// The key is never shown, neither by `Debug` nor in errors.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for `tls_client_auth` if a path is empty, or if the
-    /// crate was built without its `tls` feature.
-    pub fn tls_client_auth(
-        mut self,
-        cert: impl Into<PathBuf>,
-        key: impl Into<PathBuf>,
-    ) -> Result<Self> {
-        let (cert, key) = (cert.into(), key.into());
-        check_tls_path("tls_client_auth", &cert)?;
-        check_tls_path("tls_client_auth", &key)?;
-        self.tls_client_auth = Some((cert, key));
+    /// [`Error::Config`] for the file set first without the `tls` feature
+    /// of txmsg-redis.
+    pub fn tls(mut self, files: TlsFiles) -> Result<Self> {
+        self.tls = files.for_adapter(cfg!(feature = "tls"), "txmsg-redis")?;
         Ok(self)
     }
 
@@ -287,16 +252,9 @@ impl RedisConfig {
         self.response_timeout
     }
 
-    /// The PEM file of the CAs trusted for `rediss://`, if set.
-    pub fn get_tls_ca_file(&self) -> Option<&Path> {
-        self.tls_ca_file.as_deref()
-    }
-
-    /// The PEM files of the client certificate chain and its key, if set.
-    pub fn get_tls_client_auth(&self) -> Option<(&Path, &Path)> {
-        self.tls_client_auth
-            .as_ref()
-            .map(|(cert, key)| (cert.as_path(), key.as_path()))
+    /// The TLS files of `rediss://` connections.
+    pub fn get_tls(&self) -> &TlsFiles {
+        &self.tls
     }
 
     /// A client for `url` with these settings, and `url` with its password
@@ -317,16 +275,7 @@ impl RedisConfig {
                  (the `tls` feature of txmsg)",
             ));
         }
-        if !tls {
-            let plain = "is set, but the URL is not `rediss://`, so the connection \
-                         would not use TLS";
-            if self.tls_ca_file.is_some() {
-                return Err(Error::config("tls_ca_file", plain));
-            }
-            if self.tls_client_auth.is_some() {
-                return Err(Error::config("tls_client_auth", plain));
-            }
-        }
+        self.tls.check_used(tls, "the URL is not `rediss://`")?;
         let client = self.build_client(url, tls)?;
         Ok((client, redact_url(url)))
     }
@@ -346,15 +295,15 @@ impl RedisConfig {
             ));
         }
         ensure_crypto_provider();
-        if self.tls_ca_file.is_none() && self.tls_client_auth.is_none() {
+        if self.tls.is_empty() {
             return redis::Client::open(url).map_err(url_error);
         }
         let info = url.into_connection_info().map_err(url_error)?;
-        let root_cert = match &self.tls_ca_file {
+        let root_cert = match self.tls.get_ca_file() {
             Some(path) => Some(read_file("tls_ca_file", path)?),
             None => None,
         };
-        let client_tls = match &self.tls_client_auth {
+        let client_tls = match self.tls.get_client_auth() {
             Some((cert, key)) => Some(redis::ClientTlsConfig {
                 client_cert: read_file("tls_client_auth", cert)?,
                 client_key: read_file("tls_client_auth", key)?,
@@ -472,11 +421,6 @@ pub(crate) fn redact_url(url: &str) -> String {
     out
 }
 
-/// Refuses an empty path, or any TLS setting without the `tls` feature.
-fn check_tls_path(field: &'static str, path: &Path) -> Result<()> {
-    txmsg_core::tls::check_file_setting(field, path, cfg!(feature = "tls"), "txmsg-redis")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,28 +510,28 @@ mod tests {
             "url"
         );
         assert_eq!(
-            field_of(RedisConfig::default().tls_ca_file("/etc/ssl/ca.pem")),
+            field_of(
+                TlsFiles::default()
+                    .ca_file("/etc/ssl/ca.pem")
+                    .and_then(|f| RedisConfig::default().tls(f))
+            ),
             "tls_ca_file"
         );
         assert_eq!(
-            field_of(RedisConfig::default().tls_client_auth("c.pem", "k.pem")),
+            field_of(
+                TlsFiles::default()
+                    .client_auth("c.pem", "k.pem")
+                    .and_then(|f| RedisConfig::default().tls(f))
+            ),
             "tls_client_auth"
         );
     }
 
     #[cfg(feature = "tls")]
     mod tls {
-        use super::*;
+        use txmsg_testkit::temp_file;
 
-        /// A file of the test's own under the system's temporary directory.
-        fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
-            let path = std::env::temp_dir().join(format!(
-                "txmsg-redis-{}-{name}",
-                uuid::Uuid::now_v7().simple()
-            ));
-            std::fs::write(&path, contents).unwrap();
-            path
-        }
+        use super::*;
 
         #[test]
         fn a_tls_url_builds_a_client() {
@@ -600,36 +544,53 @@ mod tests {
         #[test]
         fn options_are_kept() {
             let c = RedisConfig::default()
-                .tls_ca_file("/etc/ssl/ca.pem")
-                .unwrap()
-                .tls_client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
+                .tls(
+                    TlsFiles::default()
+                        .ca_file("/etc/ssl/ca.pem")
+                        .unwrap()
+                        .client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
+                        .unwrap(),
+                )
                 .unwrap();
-            assert_eq!(c.get_tls_ca_file(), Some(Path::new("/etc/ssl/ca.pem")));
             assert_eq!(
-                c.get_tls_client_auth(),
+                c.get_tls().get_ca_file(),
+                Some(Path::new("/etc/ssl/ca.pem"))
+            );
+            assert_eq!(
+                c.get_tls().get_client_auth(),
                 Some((Path::new("/etc/ssl/c.pem"), Path::new("/etc/ssl/k.pem")))
             );
             assert_eq!(
-                field_of(RedisConfig::default().tls_ca_file("")),
+                field_of(
+                    TlsFiles::default()
+                        .ca_file("")
+                        .and_then(|f| RedisConfig::default().tls(f))
+                ),
                 "tls_ca_file"
             );
             assert_eq!(
-                field_of(RedisConfig::default().tls_client_auth("c.pem", "")),
+                field_of(
+                    TlsFiles::default()
+                        .client_auth("c.pem", "")
+                        .and_then(|f| RedisConfig::default().tls(f))
+                ),
                 "tls_client_auth"
             );
         }
 
         #[test]
         fn options_with_a_plain_url_are_refused() {
-            let c = RedisConfig::default()
-                .tls_ca_file("/etc/ssl/ca.pem")
+            let c = TlsFiles::default()
+                .ca_file("/etc/ssl/ca.pem")
+                .and_then(|f| RedisConfig::default().tls(f))
                 .unwrap();
             assert_eq!(
                 field_of(c.open_client("redis://127.0.0.1:6379")),
                 "tls_ca_file"
             );
-            let c = RedisConfig::default()
-                .tls_client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
+            let c = TlsFiles::default()
+                .client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
+                .and_then(|f| RedisConfig::default().tls(f))
                 .unwrap();
             assert_eq!(
                 field_of(c.open_client("redis://127.0.0.1:6379")),
@@ -648,21 +609,30 @@ mod tests {
         #[test]
         fn unreadable_or_bad_files_are_config_errors() {
             let missing = std::env::temp_dir().join("txmsg-redis-no-such-ca.pem");
-            let c = RedisConfig::default().tls_ca_file(&missing).unwrap();
+            let c = TlsFiles::default()
+                .ca_file(&missing)
+                .and_then(|f| RedisConfig::default().tls(f))
+                .unwrap();
             assert_eq!(field_of(c.open_client("rediss://h")), "tls_ca_file");
 
             let garbage = temp_file(
                 "ca.pem",
                 b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
             );
-            let c = RedisConfig::default().tls_ca_file(&garbage).unwrap();
+            let c = TlsFiles::default()
+                .ca_file(&garbage)
+                .and_then(|f| RedisConfig::default().tls(f))
+                .unwrap();
             let result = c.open_client("rediss://h");
             std::fs::remove_file(&garbage).unwrap();
             assert_eq!(field_of(result), "tls_ca_file");
 
             let key = temp_file("key.pem", b"s3cr3t-key-bytes");
             let cert = temp_file("cert.pem", b"");
-            let c = RedisConfig::default().tls_client_auth(&cert, &key).unwrap();
+            let c = TlsFiles::default()
+                .client_auth(&cert, &key)
+                .and_then(|f| RedisConfig::default().tls(f))
+                .unwrap();
             let result = c.open_client("rediss://h");
             std::fs::remove_file(&key).unwrap();
             std::fs::remove_file(&cert).unwrap();

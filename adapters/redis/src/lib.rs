@@ -60,7 +60,7 @@
 //! With the `tls` feature, a `rediss://` URL (or `valkeys://`) connects
 //! through rustls. The server's certificate is checked against the system's
 //! trust store, or only against the CA file of
-//! [`RedisConfig::tls_ca_file`]; [`RedisConfig::tls_client_auth`] adds a
+//! the [`RedisConfig::tls`] CA file ([`TlsFiles::ca_file`](txmsg_core::tls::TlsFiles::ca_file)); [`TlsFiles::client_auth`](txmsg_core::tls::TlsFiles::client_auth) adds a
 //! client certificate and key (mutual TLS). `#insecure` URLs (no certificate
 //! check) are refused. Without the feature, a `rediss://` URL and the TLS
 //! settings are refused with

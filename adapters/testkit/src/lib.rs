@@ -84,3 +84,16 @@ macro_rules! __store_fixture_tests {
         }
     };
 }
+
+/// Writes `contents` to a file of the caller's own under the system's
+/// temporary directory (named after `name`, made unique) and returns its
+/// path; the caller removes it.
+///
+/// # Panics
+///
+/// If the file cannot be written.
+pub fn temp_file(name: &str, contents: &[u8]) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("txmsg-{}-{name}", uuid::Uuid::now_v7().simple()));
+    std::fs::write(&path, contents).expect("the temporary file could not be written");
+    path
+}

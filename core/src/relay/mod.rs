@@ -111,7 +111,7 @@ impl<S: Store, B: Broker> Relay<S, B> {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if `config` breaks a rule.
+    /// [`Error::Config`](crate::Error::Config) if `config` breaks a rule.
     pub fn new(store: S, broker: B, config: RelayConfig) -> Result<Self> {
         config.validate()?;
         Ok(Relay {
