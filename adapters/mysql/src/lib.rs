@@ -44,7 +44,7 @@
 //! the tables and the pool size only, and connection errors do not quote the
 //! URL.
 
-mod half;
+mod dialect;
 mod migrate;
 mod row;
 mod sql;

@@ -7,8 +7,9 @@
 
 use std::sync::Arc;
 
-use sqlx::AssertSqlSafe;
+use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 use txmsg_core::{Error, Ident, Result, Tables};
+use txmsg_sql::SettleSql;
 
 use crate::migrate::{MIGRATIONS, Step, Table};
 
@@ -23,6 +24,12 @@ const CONSUMER_DEAD_COLUMNS: &str = "id, consumer_group, topic, `key`, idempoten
 
 /// The placeholder a statement with an id list has where the list goes.
 const IDS: &str = "{ids}";
+
+/// `sql` as a statement for the shared SQL layer: only validated, quoted
+/// table names are formatted into it; values are bound.
+fn sql_str(sql: String) -> SqlStr {
+    AssertSqlSafe(sql).into_sql_str()
+}
 
 /// One SQL string, cheap to clone into a query.
 #[derive(Debug, Clone)]
@@ -141,9 +148,7 @@ pub(crate) struct Sql {
     pub(crate) purge_dead_delete: Stmt,
 
     pub(crate) prepare: Stmt,
-    pub(crate) resolve_commit: Stmt,
-    pub(crate) resolve_rollback: Stmt,
-    pub(crate) state_of: Stmt,
+    pub(crate) settle: SettleSql,
     pub(crate) claim_prepared: Stmt,
     pub(crate) record_check: Stmt,
     pub(crate) mark_prepared_dead: Stmt,
@@ -470,21 +475,21 @@ impl Sql {
             )),
 
             // 1 now, 2 id. The fence: only a row that is still prepared.
-            resolve_commit: Stmt::new(format!(
-                "UPDATE {o} SET state = 'pending', next_attempt_at = ?, \
-                 lease_owner = NULL, lease_until = NULL, half = FALSE \
-                 WHERE id = ? AND state = 'prepared'"
-            )),
-
-            // 1 id.
-            resolve_rollback: Stmt::new(format!(
-                "DELETE FROM {o} WHERE id = ? AND state = 'prepared'"
-            )),
-
-            // 1 id. A locking read: the latest committed state.
-            state_of: Stmt::new(format!(
-                "SELECT state FROM {o} WHERE id = ? LOCK IN SHARE MODE"
-            )),
+            settle: SettleSql {
+                commit: sql_str(format!(
+                    "UPDATE {o} SET state = 'pending', next_attempt_at = ?, \
+                     lease_owner = NULL, lease_until = NULL, half = FALSE \
+                     WHERE id = ? AND state = 'prepared'"
+                )),
+                rollback: sql_str(format!(
+                    "DELETE FROM {o} WHERE id = ? AND state = 'prepared'"
+                )),
+                // A locking read: the latest committed state.
+                state_of: sql_str(format!(
+                    "SELECT state FROM {o} WHERE id = ? LOCK IN SHARE MODE"
+                )),
+                after_commit: None,
+            },
 
             // 1 now, 2 now, 3 limit. SKIP LOCKED keeps concurrent workers
             // apart; the rows are then leased by id (`claim_lease`).

@@ -15,6 +15,7 @@ use txmsg_core::{
 };
 use uuid::Uuid;
 
+use crate::dialect::MySqlDialect;
 use crate::migrate;
 use crate::row;
 use crate::sql::Sql;
@@ -603,7 +604,7 @@ impl HalfStore for MySqlStore {
         now: DateTime<Utc>,
     ) -> Result<ResolveOutcome> {
         let mut conn = self.pool.acquire().await?;
-        crate::half::resolve(&mut conn, &self.sql, id, resolve, now).await
+        txmsg_sql::settle::<MySqlDialect>(&mut conn, &self.sql.settle, id, resolve, now, None).await
     }
 
     async fn resume(&self, id: Uuid, at: DateTime<Utc>) -> Result<bool> {

@@ -12,6 +12,7 @@ use txmsg_core::half::{Decision, ResolveOutcome};
 use txmsg_core::{BoxFuture, Envelope, HalfWriter, Inserted, Lease, OutboxWriter, Result};
 use uuid::Uuid;
 
+use crate::dialect::MySqlDialect;
 use crate::row::headers_to_json;
 use crate::sql::Sql;
 
@@ -122,7 +123,14 @@ impl HalfWriter<MySql> for MySqlWriter {
         resolve: Decision,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<ResolveOutcome>> {
-        Box::pin(crate::half::resolve(conn, &self.sql, id, resolve, now))
+        Box::pin(txmsg_sql::settle::<MySqlDialect>(
+            conn,
+            &self.sql.settle,
+            id,
+            resolve,
+            now,
+            None,
+        ))
     }
 }
 

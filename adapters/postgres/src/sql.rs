@@ -7,8 +7,9 @@
 
 use std::sync::Arc;
 
-use sqlx::AssertSqlSafe;
+use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 use txmsg_core::{Error, Ident, MAX_IDENT_LEN, Result, Tables};
+use txmsg_sql::SettleSql;
 
 use crate::migrate::MIGRATIONS;
 
@@ -20,6 +21,12 @@ const ENVELOPE_COLUMNS: &str =
 /// is read from, in this order.
 const CONSUMER_DEAD_COLUMNS: &str = "id, consumer_group, topic, key, idempotency_key, headers, \
      payload, envelope_id, created_at, reason, attempts, dead_at";
+
+/// `sql` as a statement for the shared SQL layer: only validated, quoted
+/// table names are formatted into it; values are bound.
+fn sql_str(sql: String) -> SqlStr {
+    AssertSqlSafe(sql).into_sql_str()
+}
 
 /// One SQL string, cheap to clone into a query.
 #[derive(Debug, Clone)]
@@ -96,9 +103,7 @@ pub(crate) struct Sql {
     pub(crate) purge_dead: Stmt,
 
     pub(crate) prepare: Stmt,
-    pub(crate) resolve_commit: Stmt,
-    pub(crate) resolve_rollback: Stmt,
-    pub(crate) state_of: Stmt,
+    pub(crate) settle: SettleSql,
     pub(crate) claim_prepared: Stmt,
     pub(crate) record_check: Stmt,
     pub(crate) mark_prepared_dead: Stmt,
@@ -408,20 +413,20 @@ impl Sql {
                  ON CONFLICT (topic, idempotency_key) DO NOTHING"
             )),
 
-            // $1 id, $2 now. The fence: only a row that is still prepared.
-            resolve_commit: Stmt::new(format!(
-                "UPDATE {o} SET state = 'pending', next_attempt_at = $2, \
-                 lease_owner = NULL, lease_until = NULL, half = false \
-                 WHERE id = $1 AND state = 'prepared'"
-            )),
-
-            // $1 id.
-            resolve_rollback: Stmt::new(format!(
-                "DELETE FROM {o} WHERE id = $1 AND state = 'prepared'"
-            )),
-
-            // $1 id.
-            state_of: Stmt::new(format!("SELECT state FROM {o} WHERE id = $1")),
+            // $1 now, $2 id. The fence: only a row that is still prepared.
+            settle: SettleSql {
+                commit: sql_str(format!(
+                    "UPDATE {o} SET state = 'pending', next_attempt_at = $1, \
+                     lease_owner = NULL, lease_until = NULL, half = false \
+                     WHERE id = $2 AND state = 'prepared'"
+                )),
+                rollback: sql_str(format!(
+                    "DELETE FROM {o} WHERE id = $1 AND state = 'prepared'"
+                )),
+                state_of: sql_str(format!("SELECT state FROM {o} WHERE id = $1")),
+                // Wakes relays of other processes, when a channel is set.
+                after_commit: Some(sql_str("SELECT pg_notify($1, '')".to_owned())),
+            },
 
             // $1 owner, $2 until, $3 now, $4 limit. One statement, so one
             // transaction: SKIP LOCKED keeps concurrent workers apart. The

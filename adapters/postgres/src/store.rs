@@ -14,6 +14,7 @@ use txmsg_core::{
 };
 use uuid::Uuid;
 
+use crate::dialect::PgDialect;
 use crate::migrate;
 use crate::row;
 use crate::sql::Sql;
@@ -557,7 +558,8 @@ impl HalfStore for PgStore {
         now: DateTime<Utc>,
     ) -> Result<ResolveOutcome> {
         let mut conn = self.pool.acquire().await?;
-        crate::half::resolve(&mut conn, &self.sql, self.notify.as_ref(), id, resolve, now).await
+        let notify = self.notify.as_ref().map(txmsg_core::Ident::as_str);
+        txmsg_sql::settle::<PgDialect>(&mut conn, &self.sql.settle, id, resolve, now, notify).await
     }
 
     async fn resume(&self, id: Uuid, at: DateTime<Utc>) -> Result<bool> {

@@ -10,6 +10,7 @@ use txmsg_core::half::{Decision, ResolveOutcome};
 use txmsg_core::{BoxFuture, Envelope, HalfWriter, Inserted, Lease, OutboxWriter, Result};
 use uuid::Uuid;
 
+use crate::dialect::PgDialect;
 use crate::row::headers_to_json;
 use crate::sql::Sql;
 
@@ -85,13 +86,13 @@ impl HalfWriter<Postgres> for PgWriter {
         resolve: Decision,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<ResolveOutcome>> {
-        Box::pin(crate::half::resolve(
+        Box::pin(txmsg_sql::settle::<PgDialect>(
             conn,
-            &self.sql,
-            self.notify.as_ref(),
+            &self.sql.settle,
             id,
             resolve,
             now,
+            self.notify.as_ref().map(txmsg_core::Ident::as_str),
         ))
     }
 }

@@ -27,7 +27,7 @@
 //! that goes dead while prepared keeps its mark, so
 //! [`resume`](txmsg_core::HalfStore::resume) can put it back.
 
-mod half;
+mod dialect;
 mod migrate;
 mod row;
 mod sql;

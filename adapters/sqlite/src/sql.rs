@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 use txmsg_core::{Error, Ident, Result, Tables};
+use txmsg_sql::SettleSql;
 
 /// The envelope columns, in the order [`crate::row::envelope`] reads them.
 const ENVELOPE_COLUMNS: &str =
@@ -159,18 +160,6 @@ impl IdList {
     }
 }
 
-/// The statements that settle a prepared row, shared by the producers'
-/// writer and the store.
-#[derive(Debug, Clone)]
-pub(crate) struct Settle {
-    /// `?1` id, `?2` now: prepared → pending.
-    pub(crate) commit: SqlStr,
-    /// `?1` id: deletes a prepared row.
-    pub(crate) rollback: SqlStr,
-    /// `?1` id: the row's state.
-    pub(crate) state_of: SqlStr,
-}
-
 /// All statements of one store.
 #[derive(Debug)]
 pub(crate) struct Statements {
@@ -200,7 +189,7 @@ pub(crate) struct Statements {
     pub(crate) consumer_dead_list: SqlStr,
     pub(crate) consumer_dead_get: SqlStr,
     pub(crate) prepare: SqlStr,
-    pub(crate) settle: Settle,
+    pub(crate) settle: SettleSql,
     pub(crate) claim_prepared: SqlStr,
     pub(crate) record_check: SqlStr,
     pub(crate) mark_prepared_dead: SqlStr,
@@ -239,10 +228,11 @@ impl Statements {
             consumer_dead_get: names
                 .render(&CONSUMER_DEAD_GET.replace("{columns}", CONSUMER_DEAD_COLUMNS)),
             prepare: names.render(PREPARE),
-            settle: Settle {
+            settle: SettleSql {
                 commit: names.render(RESOLVE_COMMIT),
                 rollback: names.render(RESOLVE_ROLLBACK),
                 state_of: names.render("SELECT state FROM {outbox} WHERE id = ?1"),
+                after_commit: None,
             },
             claim_prepared: names.render(&CLAIM_PREPARED.replace("{columns}", ENVELOPE_COLUMNS)),
             record_check: names.render(RECORD_CHECK),
@@ -507,11 +497,11 @@ VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'prepared', 0, ?9, 0, 1, ?8, ?7)
 ON CONFLICT (topic, idempotency_key) DO NOTHING
 "#;
 
-/// `?1` id, `?2` now. The fence: only a row that is still prepared.
+/// `?1` now, `?2` id. The fence: only a row that is still prepared.
 const RESOLVE_COMMIT: &str = "UPDATE {outbox} \
-     SET state = 'pending', next_attempt_at = ?2, lease_owner = NULL, lease_until = NULL, \
+     SET state = 'pending', next_attempt_at = ?1, lease_owner = NULL, lease_until = NULL, \
          half = 0 \
-     WHERE id = ?1 AND state = 'prepared'";
+     WHERE id = ?2 AND state = 'prepared'";
 
 /// `?1` id. The fence: only a row that is still prepared.
 const RESOLVE_ROLLBACK: &str = "DELETE FROM {outbox} WHERE id = ?1 AND state = 'prepared'";

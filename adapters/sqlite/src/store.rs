@@ -18,6 +18,7 @@ use txmsg_core::{
 };
 use uuid::Uuid;
 
+use crate::dialect::SqliteDialect;
 use crate::migrate::{self, Rendered};
 use crate::row::{self, headers_json, micros};
 use crate::sql::{IdList, Names, Statements};
@@ -614,7 +615,15 @@ impl HalfStore for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<ResolveOutcome> {
         let mut conn = self.inner.pool.acquire().await?;
-        crate::half::resolve(&mut conn, &self.inner.sql.settle, id, resolve, now).await
+        txmsg_sql::settle::<SqliteDialect>(
+            &mut conn,
+            &self.inner.sql.settle,
+            id,
+            resolve,
+            now,
+            None,
+        )
+        .await
     }
 
     async fn resume(&self, id: Uuid, at: DateTime<Utc>) -> Result<bool> {

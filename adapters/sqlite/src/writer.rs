@@ -8,18 +8,20 @@ use txmsg_core::{BoxFuture, Envelope, HalfWriter, Inserted, Lease, OutboxWriter,
 use uuid::Uuid;
 
 use crate::row::{headers_json, micros};
-use crate::sql::Settle;
+use txmsg_sql::SettleSql;
+
+use crate::dialect::SqliteDialect;
 
 /// Inserts outbox rows on the caller's connection (inside its transaction).
 #[derive(Debug)]
 pub(crate) struct SqliteWriter {
     insert: SqlStr,
     prepare: SqlStr,
-    settle: Settle,
+    settle: SettleSql,
 }
 
 impl SqliteWriter {
-    pub(crate) fn new(insert: SqlStr, prepare: SqlStr, settle: Settle) -> Self {
+    pub(crate) fn new(insert: SqlStr, prepare: SqlStr, settle: SettleSql) -> Self {
         SqliteWriter {
             insert,
             prepare,
@@ -95,7 +97,14 @@ impl HalfWriter<Sqlite> for SqliteWriter {
         resolve: Decision,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<ResolveOutcome>> {
-        Box::pin(crate::half::resolve(conn, &self.settle, id, resolve, now))
+        Box::pin(txmsg_sql::settle::<SqliteDialect>(
+            conn,
+            &self.settle,
+            id,
+            resolve,
+            now,
+            None,
+        ))
     }
 }
 

@@ -1,0 +1,13 @@
+//! MySQL and MariaDB as a [`Dialect`](txmsg_sql::Dialect) of the shared SQL
+//! layer: ids as 16-byte binaries, times as DATETIME(6) in UTC, headers as
+//! JSON text.
+
+use sqlx::MySql;
+
+use crate::row::headers_to_json;
+
+/// The bindings of this database.
+#[derive(Debug)]
+pub(crate) struct MySqlDialect;
+
+txmsg_sql::native_dialect!(MySqlDialect, MySql, headers_to_json);

@@ -1,0 +1,170 @@
+//! What a SQL store's database supplies, and statements run over it.
+
+use chrono::{DateTime, Utc};
+use sqlx::query::Query;
+use sqlx::{Database, Executor, SqlStr};
+use txmsg_core::{Headers, Result};
+use uuid::Uuid;
+
+/// A connection of dialect `D`.
+pub type Conn<D> = <<D as Dialect>::Db as Database>::Connection;
+
+/// A row of dialect `D`.
+pub type SqlRow<D> = <<D as Dialect>::Db as Database>::Row;
+
+/// A statement of dialect `D` with its arguments.
+pub type SqlQuery<'q, D> =
+    Query<'q, <D as Dialect>::Db, <<D as Dialect>::Db as Database>::Arguments>;
+
+/// A value bound to a statement, in the terms every dialect can bind: each
+/// dialect stores times, ids, headers and id lists its own way.
+///
+/// Every dialect binds every kind (no wildcard): a kind added here is a
+/// compile error in each dialect until it says how it stores it.
+#[derive(Debug, Clone, Copy)]
+pub enum Arg<'a> {
+    /// A message or owner id.
+    Id(Uuid),
+    /// An id or `NULL`.
+    OptId(Option<Uuid>),
+    /// A point in time.
+    Time(DateTime<Utc>),
+    /// A point in time or `NULL`.
+    OptTime(Option<DateTime<Utc>>),
+    /// Text.
+    Text(&'a str),
+    /// Text or `NULL`.
+    OptText(Option<&'a str>),
+    /// An integer.
+    Int(i64),
+    /// A boolean.
+    Bool(bool),
+    /// Bytes.
+    Bytes(&'a [u8]),
+    /// Headers, as the dialect stores them.
+    Headers(&'a Headers),
+}
+
+/// What a database supplies to the shared SQL layer.
+pub trait Dialect: Send + Sync + 'static {
+    /// The sqlx database.
+    type Db: Database<Arguments: sqlx::IntoArguments<Self::Db>>;
+
+    /// The connection as an sqlx executor. Every connection is one; saying
+    /// it here, once per dialect, spares generic code the bound on every
+    /// function.
+    fn executor<'c>(conn: &'c mut Conn<Self>) -> impl Executor<'c, Database = Self::Db> + 'c;
+
+    /// `query` with `arg` bound as its next parameter.
+    fn bind<'q>(query: SqlQuery<'q, Self>, arg: Arg<'_>) -> SqlQuery<'q, Self>;
+
+    /// How many rows a statement changed.
+    fn rows_affected(done: &<Self::Db as Database>::QueryResult) -> u64;
+
+    /// Column `index` of `row` as text, `None` for `NULL`.
+    ///
+    /// # Errors
+    ///
+    /// [`txmsg_core::Error::Database`] if the column is not text.
+    fn text(row: &SqlRow<Self>, index: usize) -> Result<Option<String>>;
+}
+
+fn query<'q, D: Dialect>(sql: &SqlStr, args: &[Arg<'_>]) -> SqlQuery<'q, D> {
+    args.iter()
+        .fold(sqlx::query(sql.clone()), |q, arg| D::bind(q, *arg))
+}
+
+/// Runs `sql` with `args` on `conn`; how many rows it changed.
+///
+/// # Errors
+///
+/// [`txmsg_core::Error::Database`] if the statement failed.
+pub async fn execute<D: Dialect>(
+    conn: &mut Conn<D>,
+    sql: &SqlStr,
+    args: &[Arg<'_>],
+) -> Result<u64> {
+    let done = query::<D>(sql, args).execute(D::executor(conn)).await?;
+    Ok(D::rows_affected(&done))
+}
+
+/// Runs `sql` with `args` on `conn`; its first row, if any.
+///
+/// # Errors
+///
+/// [`txmsg_core::Error::Database`] if the statement failed.
+pub async fn fetch_optional<D: Dialect>(
+    conn: &mut Conn<D>,
+    sql: &SqlStr,
+    args: &[Arg<'_>],
+) -> Result<Option<SqlRow<D>>> {
+    Ok(query::<D>(sql, args)
+        .fetch_optional(D::executor(conn))
+        .await?)
+}
+
+/// Runs `sql` with `args` on `conn`; every row.
+///
+/// # Errors
+///
+/// [`txmsg_core::Error::Database`] if the statement failed.
+pub async fn fetch_all<D: Dialect>(
+    conn: &mut Conn<D>,
+    sql: &SqlStr,
+    args: &[Arg<'_>],
+) -> Result<Vec<SqlRow<D>>> {
+    Ok(query::<D>(sql, args).fetch_all(D::executor(conn)).await?)
+}
+
+/// Implements [`Dialect`] for `$dialect` on database `$db` whose driver
+/// binds ids (`Uuid`) and times (`DateTime<Utc>`) natively, as PostgreSQL
+/// and MySQL do; headers are bound as `$headers(&Headers)` returns them.
+///
+/// One definition for such databases, so their dialects cannot drift apart.
+#[macro_export]
+macro_rules! native_dialect {
+    ($dialect:ty, $db:ty, $headers:path) => {
+        impl $crate::Dialect for $dialect {
+            type Db = $db;
+
+            fn executor<'c>(
+                conn: &'c mut $crate::Conn<Self>,
+            ) -> impl $crate::__private::sqlx::Executor<'c, Database = $db> + 'c {
+                conn
+            }
+
+            fn bind<'q>(
+                query: $crate::SqlQuery<'q, Self>,
+                arg: $crate::Arg<'_>,
+            ) -> $crate::SqlQuery<'q, Self> {
+                use $crate::Arg;
+                match arg {
+                    Arg::Id(id) => query.bind(id),
+                    Arg::OptId(id) => query.bind(id),
+                    Arg::Time(t) => query.bind(t),
+                    Arg::OptTime(t) => query.bind(t),
+                    Arg::Text(text) => query.bind(text),
+                    Arg::OptText(text) => query.bind(text),
+                    Arg::Int(n) => query.bind(n),
+                    Arg::Bool(b) => query.bind(b),
+                    Arg::Bytes(bytes) => query.bind(bytes),
+                    Arg::Headers(headers) => query.bind($headers(headers)),
+                }
+            }
+
+            fn rows_affected(
+                done: &<$db as $crate::__private::sqlx::Database>::QueryResult,
+            ) -> u64 {
+                done.rows_affected()
+            }
+
+            fn text(
+                row: &$crate::SqlRow<Self>,
+                index: usize,
+            ) -> $crate::__private::txmsg_core::Result<::std::option::Option<::std::string::String>>
+            {
+                Ok($crate::__private::sqlx::Row::try_get(row, index)?)
+            }
+        }
+    };
+}

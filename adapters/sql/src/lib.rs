@@ -1,0 +1,24 @@
+//! The layer the txmsg SQL stores share.
+//!
+//! A store crate supplies a [`Dialect`]: how its database binds each kind of
+//! value ([`Arg`]), reads a column, and counts affected rows. Everything
+//! written over that is here once, for every SQL store: running statements
+//! ([`execute`], [`fetch_optional`]) and settling half messages
+//! ([`settle`]). A store crate keeps its SQL text and what truly differs
+//! between databases.
+//!
+//! Generic sqlx code usually needs a bound such as `for<'c> &'c mut
+//! DB::Connection: Executor<'c>` on every function; [`Dialect::executor`]
+//! says it once per dialect instead.
+
+mod dialect;
+mod half;
+
+pub use dialect::{Arg, Conn, Dialect, SqlQuery, SqlRow, execute, fetch_all, fetch_optional};
+pub use half::{SettleSql, settle};
+
+#[doc(hidden)]
+pub mod __private {
+    pub use sqlx;
+    pub use txmsg_core;
+}
