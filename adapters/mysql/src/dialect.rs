@@ -4,10 +4,14 @@
 
 use sqlx::MySql;
 
-use crate::row::headers_to_json;
-
 /// The bindings of this database.
 #[derive(Debug)]
 pub(crate) struct MySqlDialect;
 
-txmsg_sql::native_dialect!(MySqlDialect, MySql, headers_to_json);
+txmsg_sql::native_dialect!(
+    MySqlDialect,
+    MySql,
+    String,
+    txmsg_sql::headers_to_text,
+    txmsg_sql::headers_from_text
+);

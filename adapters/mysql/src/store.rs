@@ -17,7 +17,6 @@ use uuid::Uuid;
 
 use crate::dialect::MySqlDialect;
 use crate::migrate;
-use crate::row;
 use crate::sql::Sql;
 use crate::writer::{MySqlInbox, MySqlWriter};
 
@@ -296,7 +295,10 @@ impl MySqlStore {
             lock = lock.bind(*id);
         }
         let rows = lock.fetch_all(&mut *tx).await?;
-        let mut claimed = rows.iter().map(row::envelope).collect::<Result<Vec<_>>>()?;
+        let mut claimed = rows
+            .iter()
+            .map(txmsg_sql::envelope::<MySqlDialect>)
+            .collect::<Result<Vec<_>>>()?;
         if !claimed.is_empty() {
             let mut lease = sqlx::query(sql.claim_lease.with_ids(claimed.len()))
                 .bind(req.lease.owner)
@@ -318,19 +320,6 @@ fn limit(n: u32) -> i64 {
 
 fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
-}
-
-/// A dead letter from a row of `dead_letters` or `dead_letter`.
-fn dead_letter(r: &sqlx::mysql::MySqlRow) -> Result<DeadLetter> {
-    let envelope = row::envelope(r)?;
-    let reason: Option<String> = r.try_get("last_error")?;
-    let dead_at: Option<DateTime<Utc>> = r.try_get("dead_at")?;
-    let dead_at = dead_at.unwrap_or(envelope.created_at);
-    Ok(DeadLetter::new(
-        envelope,
-        reason.unwrap_or_default(),
-        dead_at,
-    ))
 }
 
 impl Store for MySqlStore {
@@ -420,7 +409,9 @@ impl Store for MySqlStore {
             .bind(limit(filter.limit_or_default()))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(dead_letter).collect()
+        rows.iter()
+            .map(txmsg_sql::dead_letter::<MySqlDialect>)
+            .collect()
     }
 
     async fn replay(&self, id: Uuid, at: DateTime<Utc>) -> Result<bool> {
@@ -492,7 +483,9 @@ impl Store for MySqlStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(dead_letter).transpose()
+        row.as_ref()
+            .map(txmsg_sql::dead_letter::<MySqlDialect>)
+            .transpose()
     }
 
     async fn purge_dead(&self, filter: &DeadFilter, before: DateTime<Utc>) -> Result<u64> {
@@ -546,7 +539,10 @@ impl HalfStore for MySqlStore {
             .iter()
             .map(|r| {
                 let checks = u32::try_from(r.try_get::<i32, _>("checks")?).unwrap_or(0);
-                Ok(ClaimedHalf::new(row::envelope(r)?, checks))
+                Ok(ClaimedHalf::new(
+                    txmsg_sql::envelope::<MySqlDialect>(r)?,
+                    checks,
+                ))
             })
             .collect::<Result<Vec<_>>>()?;
         if !claimed.is_empty() {
@@ -642,12 +638,12 @@ impl InboxStore for MySqlStore {
             .bind(&env.topic)
             .bind(env.key.as_deref())
             .bind(&env.idempotency_key)
-            .bind(row::headers_to_json(&env.headers))
+            .bind(txmsg_sql::headers_to_text(&env.headers))
             .bind(env.payload.as_slice())
             .bind(env.id)
             .bind(env.created_at)
             .bind(&dead.reason)
-            .bind(row::attempts_to_int(dead.attempts))
+            .bind(txmsg_sql::attempts_to_int(dead.attempts))
             .bind(dead.dead_at)
             .execute(&self.pool)
             .await?;
@@ -668,7 +664,9 @@ impl InboxStore for MySqlStore {
             .bind(limit(filter.limit_or_default()))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(row::consumer_dead_letter).collect()
+        rows.iter()
+            .map(txmsg_sql::consumer_dead_letter::<MySqlDialect>)
+            .collect()
     }
 
     async fn consumer_dead_letter(
@@ -681,7 +679,9 @@ impl InboxStore for MySqlStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(row::consumer_dead_letter).transpose()
+        row.as_ref()
+            .map(txmsg_sql::consumer_dead_letter::<MySqlDialect>)
+            .transpose()
     }
 
     async fn purge_inbox(&self, group: &str, before: DateTime<Utc>, limit: u32) -> Result<u64> {

@@ -13,7 +13,6 @@ use txmsg_core::{BoxFuture, Envelope, HalfWriter, Inserted, Lease, OutboxWriter,
 use uuid::Uuid;
 
 use crate::dialect::MySqlDialect;
-use crate::row::headers_to_json;
 use crate::sql::Sql;
 
 /// Inserts outbox rows on the caller's connection.
@@ -67,7 +66,7 @@ impl OutboxWriter<MySql> for MySqlWriter {
                 .bind(key)
                 .bind(&envelope.idempotency_key)
                 .bind(envelope.payload.as_slice())
-                .bind(headers_to_json(&envelope.headers))
+                .bind(txmsg_sql::headers_to_text(&envelope.headers))
                 .bind(envelope.created_at)
                 .bind(owner)
                 .bind(lease.map(|l| l.until))
@@ -103,7 +102,7 @@ impl HalfWriter<MySql> for MySqlWriter {
                 .bind(envelope.key.as_deref())
                 .bind(&envelope.idempotency_key)
                 .bind(envelope.payload.as_slice())
-                .bind(headers_to_json(&envelope.headers))
+                .bind(txmsg_sql::headers_to_text(&envelope.headers))
                 .bind(check_at)
                 .bind(envelope.created_at)
                 .bind(envelope.expires_at)

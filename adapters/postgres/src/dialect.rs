@@ -3,10 +3,14 @@
 
 use sqlx::Postgres;
 
-use crate::row::headers_to_json;
-
 /// The bindings of this database.
 #[derive(Debug)]
 pub(crate) struct PgDialect;
 
-txmsg_sql::native_dialect!(PgDialect, Postgres, headers_to_json);
+txmsg_sql::native_dialect!(
+    PgDialect,
+    Postgres,
+    serde_json::Value,
+    txmsg_sql::headers_to_json,
+    txmsg_sql::headers_from_json
+);

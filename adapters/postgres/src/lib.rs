@@ -66,7 +66,6 @@
 
 mod dialect;
 mod migrate;
-mod row;
 mod sql;
 mod store;
 mod writer;

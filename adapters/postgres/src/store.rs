@@ -16,7 +16,6 @@ use uuid::Uuid;
 
 use crate::dialect::PgDialect;
 use crate::migrate;
-use crate::row;
 use crate::sql::Sql;
 use crate::writer::{PgInbox, PgWriter};
 
@@ -246,19 +245,6 @@ fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-/// A dead letter from a row of `dead_letters` or `dead_letter`.
-fn dead_letter(r: &sqlx::postgres::PgRow) -> Result<DeadLetter> {
-    let envelope = row::envelope(r)?;
-    let reason: Option<String> = r.try_get("last_error")?;
-    let dead_at: Option<DateTime<Utc>> = r.try_get("dead_at")?;
-    let dead_at = dead_at.unwrap_or(envelope.created_at);
-    Ok(DeadLetter::new(
-        envelope,
-        reason.unwrap_or_default(),
-        dead_at,
-    ))
-}
-
 impl Store for PgStore {
     async fn migrate(&self) -> Result<()> {
         migrate::migrate(&self.pool, &self.sql).await
@@ -340,7 +326,10 @@ impl Store for PgStore {
             .bind(req.now)
             .fetch_all(&mut *tx)
             .await?;
-        let mut claimed = rows.iter().map(row::envelope).collect::<Result<Vec<_>>>()?;
+        let mut claimed = rows
+            .iter()
+            .map(txmsg_sql::envelope::<PgDialect>)
+            .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
         claimed.sort_by_key(|e| e.id);
         Ok(claimed)
@@ -405,7 +394,9 @@ impl Store for PgStore {
             .bind(limit(filter.limit_or_default()))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(dead_letter).collect()
+        rows.iter()
+            .map(txmsg_sql::dead_letter::<PgDialect>)
+            .collect()
     }
 
     async fn replay(&self, id: Uuid, at: DateTime<Utc>) -> Result<bool> {
@@ -465,7 +456,9 @@ impl Store for PgStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(dead_letter).transpose()
+        row.as_ref()
+            .map(txmsg_sql::dead_letter::<PgDialect>)
+            .transpose()
     }
 
     async fn purge_dead(&self, filter: &DeadFilter, before: DateTime<Utc>) -> Result<u64> {
@@ -510,7 +503,10 @@ impl HalfStore for PgStore {
             .iter()
             .map(|r| {
                 let checks = u32::try_from(r.try_get::<i32, _>("checks")?).unwrap_or(0);
-                Ok(ClaimedHalf::new(row::envelope(r)?, checks))
+                Ok(ClaimedHalf::new(
+                    txmsg_sql::envelope::<PgDialect>(r)?,
+                    checks,
+                ))
             })
             .collect::<Result<Vec<_>>>()?;
         claimed.sort_by_key(|p| p.envelope.id);
@@ -597,12 +593,12 @@ impl InboxStore for PgStore {
             .bind(&env.topic)
             .bind(env.key.as_deref())
             .bind(&env.idempotency_key)
-            .bind(row::headers_to_json(&env.headers))
+            .bind(txmsg_sql::headers_to_json(&env.headers))
             .bind(env.payload.as_slice())
             .bind(env.id)
             .bind(env.created_at)
             .bind(&dead.reason)
-            .bind(row::attempts_to_int(dead.attempts))
+            .bind(txmsg_sql::attempts_to_int(dead.attempts))
             .bind(dead.dead_at)
             .execute(&self.pool)
             .await?;
@@ -621,7 +617,9 @@ impl InboxStore for PgStore {
             .bind(limit(filter.limit_or_default()))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(row::consumer_dead_letter).collect()
+        rows.iter()
+            .map(txmsg_sql::consumer_dead_letter::<PgDialect>)
+            .collect()
     }
 
     async fn consumer_dead_letter(
@@ -634,7 +632,9 @@ impl InboxStore for PgStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(row::consumer_dead_letter).transpose()
+        row.as_ref()
+            .map(txmsg_sql::consumer_dead_letter::<PgDialect>)
+            .transpose()
     }
 
     async fn purge_inbox(&self, group: &str, before: DateTime<Utc>, limit: u32) -> Result<u64> {

@@ -11,8 +11,8 @@ use txmsg_core::{BoxFuture, Envelope, HalfWriter, Inserted, Lease, OutboxWriter,
 use uuid::Uuid;
 
 use crate::dialect::PgDialect;
-use crate::row::headers_to_json;
 use crate::sql::Sql;
+use txmsg_sql::headers_to_json;
 
 /// Inserts outbox rows on the caller's connection, in one statement each.
 #[derive(Debug)]

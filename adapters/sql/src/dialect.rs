@@ -61,12 +61,49 @@ pub trait Dialect: Send + Sync + 'static {
     /// How many rows a statement changed.
     fn rows_affected(done: &<Self::Db as Database>::QueryResult) -> u64;
 
-    /// Column `index` of `row` as text, `None` for `NULL`.
+    /// Column `name` of `row` as an id.
     ///
     /// # Errors
     ///
-    /// [`txmsg_core::Error::Database`] if the column is not text.
-    fn text(row: &SqlRow<Self>, index: usize) -> Result<Option<String>>;
+    /// [`txmsg_core::Error::Database`] if the column is missing or holds
+    /// something else (so for each getter below).
+    fn id(row: &SqlRow<Self>, name: &str) -> Result<Uuid>;
+
+    /// Column `name` of `row` as text, `None` for `NULL`.
+    ///
+    /// # Errors
+    ///
+    /// As [`id`](Self::id).
+    fn text(row: &SqlRow<Self>, name: &str) -> Result<Option<String>>;
+
+    /// Column `name` of `row` as bytes.
+    ///
+    /// # Errors
+    ///
+    /// As [`id`](Self::id).
+    fn bytes(row: &SqlRow<Self>, name: &str) -> Result<Vec<u8>>;
+
+    /// Column `name` of `row` as a time, `None` for `NULL`.
+    ///
+    /// # Errors
+    ///
+    /// As [`id`](Self::id).
+    fn time(row: &SqlRow<Self>, name: &str) -> Result<Option<DateTime<Utc>>>;
+
+    /// Column `name` of `row` as an integer (attempts, checks), `None` for
+    /// `NULL`.
+    ///
+    /// # Errors
+    ///
+    /// As [`id`](Self::id).
+    fn int(row: &SqlRow<Self>, name: &str) -> Result<Option<i64>>;
+
+    /// Column `name` of `row` as headers.
+    ///
+    /// # Errors
+    ///
+    /// As [`id`](Self::id), and if the stored value is not a JSON object.
+    fn headers(row: &SqlRow<Self>, name: &str) -> Result<Headers>;
 }
 
 fn query<'q, D: Dialect>(sql: &SqlStr, args: &[Arg<'_>]) -> SqlQuery<'q, D> {
@@ -117,13 +154,15 @@ pub async fn fetch_all<D: Dialect>(
 }
 
 /// Implements [`Dialect`] for `$dialect` on database `$db` whose driver
-/// binds ids (`Uuid`) and times (`DateTime<Utc>`) natively, as PostgreSQL
-/// and MySQL do; headers are bound as `$headers(&Headers)` returns them.
+/// binds and reads ids (`Uuid`), times (`DateTime<Utc>`), text, bytes and
+/// integers natively, as PostgreSQL and MySQL do. Headers are stored as
+/// `$headers` (a JSON value or JSON text), written with `$to(&Headers)` and
+/// read with `$from($headers) -> Result<Headers>`.
 ///
 /// One definition for such databases, so their dialects cannot drift apart.
 #[macro_export]
 macro_rules! native_dialect {
-    ($dialect:ty, $db:ty, $headers:path) => {
+    ($dialect:ty, $db:ty, $headers:ty, $to:path, $from:path) => {
         impl $crate::Dialect for $dialect {
             type Db = $db;
 
@@ -148,7 +187,7 @@ macro_rules! native_dialect {
                     Arg::Int(n) => query.bind(n),
                     Arg::Bool(b) => query.bind(b),
                     Arg::Bytes(bytes) => query.bind(bytes),
-                    Arg::Headers(headers) => query.bind($headers(headers)),
+                    Arg::Headers(headers) => query.bind($to(headers)),
                 }
             }
 
@@ -158,12 +197,55 @@ macro_rules! native_dialect {
                 done.rows_affected()
             }
 
+            fn id(
+                row: &$crate::SqlRow<Self>,
+                name: &str,
+            ) -> $crate::__private::txmsg_core::Result<$crate::__private::uuid::Uuid> {
+                Ok($crate::__private::sqlx::Row::try_get(row, name)?)
+            }
+
             fn text(
                 row: &$crate::SqlRow<Self>,
-                index: usize,
-            ) -> $crate::__private::txmsg_core::Result<::std::option::Option<::std::string::String>>
-            {
-                Ok($crate::__private::sqlx::Row::try_get(row, index)?)
+                name: &str,
+            ) -> $crate::__private::txmsg_core::Result<Option<String>> {
+                Ok($crate::__private::sqlx::Row::try_get(row, name)?)
+            }
+
+            fn bytes(
+                row: &$crate::SqlRow<Self>,
+                name: &str,
+            ) -> $crate::__private::txmsg_core::Result<Vec<u8>> {
+                Ok($crate::__private::sqlx::Row::try_get(row, name)?)
+            }
+
+            fn time(
+                row: &$crate::SqlRow<Self>,
+                name: &str,
+            ) -> $crate::__private::txmsg_core::Result<
+                Option<$crate::__private::chrono::DateTime<$crate::__private::chrono::Utc>>,
+            > {
+                Ok($crate::__private::sqlx::Row::try_get(row, name)?)
+            }
+
+            fn int(
+                row: &$crate::SqlRow<Self>,
+                name: &str,
+            ) -> $crate::__private::txmsg_core::Result<Option<i64>> {
+                // The integer columns read through here (attempts, checks)
+                // are 32-bit on these databases.
+                Ok(
+                    $crate::__private::sqlx::Row::try_get::<Option<i32>, _>(row, name)?
+                        .map(i64::from),
+                )
+            }
+
+            fn headers(
+                row: &$crate::SqlRow<Self>,
+                name: &str,
+            ) -> $crate::__private::txmsg_core::Result<$crate::__private::txmsg_core::Headers> {
+                $from($crate::__private::sqlx::Row::try_get::<$headers, _>(
+                    row, name,
+                )?)
             }
         }
     };

@@ -66,7 +66,7 @@ pub async fn settle<D: Dialect>(
             return Ok(ResolveOutcome::Done);
         }
         let state = match fetch_optional::<D>(conn, &sql.state_of, &[Arg::Id(id)]).await? {
-            Some(row) => D::text(&row, 0)?,
+            Some(row) => D::text(&row, "state")?,
             None => None,
         };
         match state.as_deref() {

@@ -3,8 +3,9 @@
 //! A store crate supplies a [`Dialect`]: how its database binds each kind of
 //! value ([`Arg`]), reads a column, and counts affected rows. Everything
 //! written over that is here once, for every SQL store: running statements
-//! ([`execute`], [`fetch_optional`]) and settling half messages
-//! ([`settle`]). A store crate keeps its SQL text and what truly differs
+//! ([`execute`], [`fetch_optional`]), reading rows as envelopes and dead
+//! letters ([`envelope`], [`dead_letter`], [`consumer_dead_letter`]) and
+//! settling half messages ([`settle`]). A store crate keeps its SQL text and what truly differs
 //! between databases.
 //!
 //! Generic sqlx code usually needs a bound such as `for<'c> &'c mut
@@ -13,12 +14,19 @@
 
 mod dialect;
 mod half;
+mod row;
 
 pub use dialect::{Arg, Conn, Dialect, SqlQuery, SqlRow, execute, fetch_all, fetch_optional};
 pub use half::{SettleSql, settle};
+pub use row::{
+    attempts_to_int, consumer_dead_letter, dead_letter, envelope, headers_from_json,
+    headers_from_text, headers_to_json, headers_to_text,
+};
 
 #[doc(hidden)]
 pub mod __private {
+    pub use chrono;
     pub use sqlx;
     pub use txmsg_core;
+    pub use uuid;
 }

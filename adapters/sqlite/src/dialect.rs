@@ -1,12 +1,19 @@
 //! SQLite as a [`Dialect`] of the shared SQL layer: times as unix
 //! microseconds, ids as 16-byte blobs, headers as JSON text.
 
+use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteQueryResult;
 use sqlx::{Executor, Row, Sqlite, SqliteConnection};
-use txmsg_core::Result;
+use txmsg_core::{Headers, Result};
 use txmsg_sql::{Arg, Dialect, SqlQuery, SqlRow};
+use uuid::Uuid;
 
-use crate::row::{headers_json, micros};
+/// A time as stored: unix microseconds. Always written by the caller (never
+/// SQLite's own clock), so comparisons are exact and a test clock drives
+/// leases and retries.
+pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
 
 /// SQLite's bindings.
 #[derive(Debug)]
@@ -30,7 +37,7 @@ impl Dialect for SqliteDialect {
             Arg::Int(n) => query.bind(n),
             Arg::Bool(b) => query.bind(b),
             Arg::Bytes(bytes) => query.bind(bytes),
-            Arg::Headers(headers) => query.bind(headers_json(headers)),
+            Arg::Headers(headers) => query.bind(txmsg_sql::headers_to_text(headers)),
         }
     }
 
@@ -38,7 +45,37 @@ impl Dialect for SqliteDialect {
         done.rows_affected()
     }
 
-    fn text(row: &SqlRow<Self>, index: usize) -> Result<Option<String>> {
-        Ok(row.try_get(index)?)
+    fn id(row: &SqlRow<Self>, name: &str) -> Result<Uuid> {
+        Ok(row.try_get(name)?)
+    }
+
+    fn text(row: &SqlRow<Self>, name: &str) -> Result<Option<String>> {
+        Ok(row.try_get(name)?)
+    }
+
+    fn bytes(row: &SqlRow<Self>, name: &str) -> Result<Vec<u8>> {
+        Ok(row.try_get(name)?)
+    }
+
+    fn time(row: &SqlRow<Self>, name: &str) -> Result<Option<DateTime<Utc>>> {
+        row.try_get::<Option<i64>, _>(name)?
+            .map(|v| {
+                DateTime::from_timestamp_micros(v).ok_or_else(|| {
+                    sqlx::Error::ColumnDecode {
+                        index: name.to_owned(),
+                        source: format!("{v} is not a time in microseconds").into(),
+                    }
+                    .into()
+                })
+            })
+            .transpose()
+    }
+
+    fn int(row: &SqlRow<Self>, name: &str) -> Result<Option<i64>> {
+        Ok(row.try_get(name)?)
+    }
+
+    fn headers(row: &SqlRow<Self>, name: &str) -> Result<Headers> {
+        txmsg_sql::headers_from_text(row.try_get(name)?)
     }
 }

@@ -29,7 +29,6 @@
 
 mod dialect;
 mod migrate;
-mod row;
 mod sql;
 mod store;
 mod writer;

@@ -19,8 +19,8 @@ use txmsg_core::{
 use uuid::Uuid;
 
 use crate::dialect::SqliteDialect;
+use crate::dialect::micros;
 use crate::migrate::{self, Rendered};
-use crate::row::{self, headers_json, micros};
 use crate::sql::{IdList, Names, Statements};
 use crate::writer::{SqliteInbox, SqliteWriter};
 
@@ -361,7 +361,7 @@ impl Store for SqliteStore {
         type TopicKey = Option<(String, Option<String>)>;
         let mut broken: Vec<(TopicKey, Vec<u8>)> = Vec::new();
         for r in &rows {
-            match row::envelope(r) {
+            match txmsg_sql::envelope::<SqliteDialect>(r) {
                 Ok(env) => claimed.push(env),
                 Err(e) => {
                     let id: Vec<u8> = r.try_get("id")?;
@@ -458,7 +458,9 @@ impl Store for SqliteStore {
             .bind(i64::from(limit))
             .fetch_all(&self.inner.pool)
             .await?;
-        rows.iter().map(row::dead_letter).collect()
+        rows.iter()
+            .map(txmsg_sql::dead_letter::<SqliteDialect>)
+            .collect()
     }
 
     async fn replay(&self, id: Uuid, at: DateTime<Utc>) -> Result<bool> {
@@ -522,7 +524,9 @@ impl Store for SqliteStore {
             .bind(id)
             .fetch_optional(&self.inner.pool)
             .await?;
-        row.as_ref().map(row::dead_letter).transpose()
+        row.as_ref()
+            .map(txmsg_sql::dead_letter::<SqliteDialect>)
+            .transpose()
     }
 
     async fn purge_dead(&self, filter: &DeadFilter, before: DateTime<Utc>) -> Result<u64> {
@@ -566,7 +570,10 @@ impl HalfStore for SqliteStore {
             .map(|r| {
                 let checks: i64 = r.try_get("checks")?;
                 let checks = u32::try_from(checks).unwrap_or(u32::MAX);
-                Ok(ClaimedHalf::new(row::envelope(r)?, checks))
+                Ok(ClaimedHalf::new(
+                    txmsg_sql::envelope::<SqliteDialect>(r)?,
+                    checks,
+                ))
             })
             .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
@@ -665,7 +672,7 @@ impl InboxStore for SqliteStore {
             .bind(env.topic.as_str())
             .bind(env.key.as_deref())
             .bind(env.idempotency_key.as_str())
-            .bind(headers_json(&env.headers))
+            .bind(txmsg_sql::headers_to_text(&env.headers))
             .bind(env.payload.as_slice())
             .bind(env.id)
             .bind(micros(env.created_at))
@@ -690,7 +697,9 @@ impl InboxStore for SqliteStore {
             .bind(i64::from(limit))
             .fetch_all(&self.inner.pool)
             .await?;
-        rows.iter().map(row::consumer_dead_letter).collect()
+        rows.iter()
+            .map(txmsg_sql::consumer_dead_letter::<SqliteDialect>)
+            .collect()
     }
 
     async fn consumer_dead_letter(
@@ -703,7 +712,9 @@ impl InboxStore for SqliteStore {
             .bind(id)
             .fetch_optional(&self.inner.pool)
             .await?;
-        row.as_ref().map(row::consumer_dead_letter).transpose()
+        row.as_ref()
+            .map(txmsg_sql::consumer_dead_letter::<SqliteDialect>)
+            .transpose()
     }
 
     async fn purge_inbox(&self, group: &str, before: DateTime<Utc>, limit: u32) -> Result<u64> {

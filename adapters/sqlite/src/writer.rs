@@ -7,7 +7,7 @@ use txmsg_core::half::{Decision, ResolveOutcome};
 use txmsg_core::{BoxFuture, Envelope, HalfWriter, Inserted, Lease, OutboxWriter, Result};
 use uuid::Uuid;
 
-use crate::row::{headers_json, micros};
+use crate::dialect::micros;
 use txmsg_sql::SettleSql;
 
 use crate::dialect::SqliteDialect;
@@ -46,7 +46,7 @@ impl OutboxWriter<Sqlite> for SqliteWriter {
                 .bind(envelope.key.as_deref())
                 .bind(envelope.idempotency_key.as_str())
                 .bind(envelope.payload.as_slice())
-                .bind(headers_json(&envelope.headers))
+                .bind(txmsg_sql::headers_to_text(&envelope.headers))
                 .bind(micros(envelope.created_at))
                 .bind(envelope.expires_at.map(micros))
                 .bind(lease.map(|l| l.owner))
@@ -76,7 +76,7 @@ impl HalfWriter<Sqlite> for SqliteWriter {
                 .bind(envelope.key.as_deref())
                 .bind(envelope.idempotency_key.as_str())
                 .bind(envelope.payload.as_slice())
-                .bind(headers_json(&envelope.headers))
+                .bind(txmsg_sql::headers_to_text(&envelope.headers))
                 .bind(micros(envelope.created_at))
                 .bind(envelope.expires_at.map(micros))
                 .bind(micros(check_at))
