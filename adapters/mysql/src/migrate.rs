@@ -7,11 +7,11 @@
 //! call. Calls are serialised with `GET_LOCK`. A new version is one more
 //! entry at the end of [`MIGRATIONS`]; a shipped entry is never edited.
 
-use chrono::Utc;
 use sqlx::MySqlPool;
 use sqlx::mysql::MySqlConnection;
-use txmsg_core::Result;
+use txmsg_core::{BoxFuture, Result};
 
+use crate::dialect::MySqlDialect;
 use crate::sql::{RenderedMigration, RenderedStep, Sql};
 
 /// How long `migrate` waits for a concurrent migration, in seconds.
@@ -214,32 +214,42 @@ async fn apply(
             sqlx::query(create.get()).execute(&mut *conn).await?;
         }
     }
-    sqlx::query(sql.create_migrations.get())
-        .execute(&mut *conn)
-        .await?;
-    let applied: Vec<i32> = sqlx::query_scalar(sql.applied_versions.get())
-        .fetch_all(&mut *conn)
-        .await?;
-    for m in migrations {
-        if applied.contains(&m.version) {
-            continue;
-        }
-        for step in &m.steps {
-            run_step(conn, sql, step).await?;
-        }
-        sqlx::query(sql.record_migration.get())
-            .bind(m.version)
-            .bind(m.description)
-            .bind(Utc::now())
-            .execute(&mut *conn)
-            .await?;
-        tracing::info!(
-            version = m.version,
-            description = m.description,
-            "applied migration"
-        );
+    let migrations: Vec<WithSteps<'_>> = migrations
+        .iter()
+        .map(|migration| WithSteps { sql, migration })
+        .collect();
+    txmsg_sql::apply_migrations::<MySqlDialect, _>(
+        conn,
+        &sql.migrations_table,
+        &migrations,
+        "txmsg-mysql",
+    )
+    .await
+}
+
+/// A migration with what its steps need to look up the schema.
+struct WithSteps<'a> {
+    sql: &'a Sql,
+    migration: &'a RenderedMigration,
+}
+
+impl txmsg_sql::Migration<MySqlDialect> for WithSteps<'_> {
+    fn version(&self) -> i64 {
+        i64::from(self.migration.version)
     }
-    Ok(())
+
+    fn description(&self) -> &'static str {
+        self.migration.description
+    }
+
+    fn apply<'a>(&'a self, conn: &'a mut MySqlConnection) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            for step in &self.migration.steps {
+                run_step(conn, self.sql, step).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
 async fn run_step(conn: &mut MySqlConnection, sql: &Sql, step: &RenderedStep) -> Result<()> {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 use txmsg_core::{Error, Ident, Result, Tables};
-use txmsg_sql::SettleSql;
+use txmsg_sql::{MigrationsSql, SettleSql};
 
 use crate::migrate::{MIGRATIONS, Step, Table};
 
@@ -118,9 +118,7 @@ pub(crate) struct Sql {
     pub(crate) create_schema: Option<(String, Stmt)>,
     /// The database holding the tables, if not the connection's default.
     pub(crate) schema: Option<String>,
-    pub(crate) create_migrations: Stmt,
-    pub(crate) applied_versions: Stmt,
-    pub(crate) record_migration: Stmt,
+    pub(crate) migrations_table: MigrationsSql,
     /// The migrations, or why the inbox table's name cannot be used.
     migrations: std::result::Result<Vec<RenderedMigration>, String>,
     /// The inbox's statements, or why the inbox table's name cannot be used.
@@ -246,18 +244,20 @@ impl Sql {
                 )
             }),
             schema: tables.schema_name().map(ToString::to_string),
-            create_migrations: Stmt::new(format!(
-                "CREATE TABLE IF NOT EXISTS {migrations_table} (\
+            migrations_table: MigrationsSql {
+                create: sql_str(format!(
+                    "CREATE TABLE IF NOT EXISTS {migrations_table} (\
                  version INT NOT NULL PRIMARY KEY, \
                  description VARCHAR(255) NOT NULL, \
                  applied_at DATETIME(6) NOT NULL\
                  ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
-            )),
-            applied_versions: Stmt::new(format!("SELECT version FROM {migrations_table}")),
-            record_migration: Stmt::new(format!(
-                "INSERT INTO {migrations_table} (version, description, applied_at) \
+                )),
+                applied: sql_str(format!("SELECT version FROM {migrations_table}")),
+                record: sql_str(format!(
+                    "INSERT INTO {migrations_table} (version, description, applied_at) \
                  VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE version = version"
-            )),
+                )),
+            },
             migrations,
             inbox: inbox_sql,
 
@@ -645,7 +645,8 @@ mod tests {
         let sql = Sql::new(&tables);
         assert!(sql.mark_sent.as_str().contains("`app`.`events`"));
         assert!(
-            sql.create_migrations
+            sql.migrations_table
+                .create
                 .as_str()
                 .contains("`app`.`txmsg_migrations`")
         );

@@ -5,11 +5,11 @@
 //! validated and quoted names when the store is built. A new version is one
 //! more entry at the end of [`MIGRATIONS`]; a shipped entry is never edited.
 
-use chrono::Utc;
-use sqlx::PgPool;
-use txmsg_core::Result;
+use sqlx::{PgConnection, PgPool};
+use txmsg_core::{BoxFuture, Result};
 
-use crate::sql::Sql;
+use crate::dialect::PgDialect;
+use crate::sql::{RenderedMigration, Sql};
 
 /// One migration.
 #[derive(Debug)]
@@ -179,31 +179,33 @@ pub(crate) async fn migrate(pool: &PgPool, sql: &Sql) -> Result<()> {
             sqlx::query(create.get()).execute(&mut *tx).await?;
         }
     }
-    sqlx::query(sql.create_migrations.get())
-        .execute(&mut *tx)
-        .await?;
-    let applied: Vec<i32> = sqlx::query_scalar(sql.applied_versions.get())
-        .fetch_all(&mut *tx)
-        .await?;
-    for m in migrations {
-        if applied.contains(&m.version) {
-            continue;
-        }
-        sqlx::raw_sql(m.sql.get()).execute(&mut *tx).await?;
-        sqlx::query(sql.record_migration.get())
-            .bind(m.version)
-            .bind(m.description)
-            .bind(Utc::now())
-            .execute(&mut *tx)
-            .await?;
-        tracing::info!(
-            version = m.version,
-            description = m.description,
-            "applied migration"
-        );
-    }
+    txmsg_sql::apply_migrations::<PgDialect, _>(
+        &mut tx,
+        &sql.migrations_table,
+        migrations,
+        "txmsg-postgres",
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
+}
+
+impl txmsg_sql::Migration<PgDialect> for RenderedMigration {
+    fn version(&self) -> i64 {
+        i64::from(self.version)
+    }
+
+    fn description(&self) -> &'static str {
+        self.description
+    }
+
+    fn apply<'a>(&'a self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<()>> {
+        // Several statements (one a `DO` block): the simple query protocol.
+        Box::pin(async move {
+            sqlx::raw_sql(self.sql.get()).execute(conn).await?;
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 use txmsg_core::{Error, Ident, MAX_IDENT_LEN, Result, Tables};
-use txmsg_sql::SettleSql;
+use txmsg_sql::{MigrationsSql, SettleSql};
 
 use crate::migrate::MIGRATIONS;
 
@@ -77,9 +77,7 @@ pub(crate) struct Sql {
     pub(crate) migrate_lock_key: i64,
     /// The schema's name and the statement that creates it, if one is set.
     pub(crate) create_schema: Option<(String, Stmt)>,
-    pub(crate) create_migrations: Stmt,
-    pub(crate) applied_versions: Stmt,
-    pub(crate) record_migration: Stmt,
+    pub(crate) migrations_table: MigrationsSql,
     /// The migrations, or why the inbox table's name cannot be used.
     migrations: std::result::Result<Vec<RenderedMigration>, String>,
     /// The inbox's statements, or why the inbox table's name cannot be used.
@@ -198,17 +196,19 @@ impl Sql {
                     Stmt::new(format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"")),
                 )
             }),
-            create_migrations: Stmt::new(format!(
-                "CREATE TABLE IF NOT EXISTS {migrations_table} (\
+            migrations_table: MigrationsSql {
+                create: sql_str(format!(
+                    "CREATE TABLE IF NOT EXISTS {migrations_table} (\
                  version int PRIMARY KEY, \
                  description text NOT NULL, \
                  applied_at timestamptz NOT NULL)"
-            )),
-            applied_versions: Stmt::new(format!("SELECT version FROM {migrations_table}")),
-            record_migration: Stmt::new(format!(
-                "INSERT INTO {migrations_table} (version, description, applied_at) \
+                )),
+                applied: sql_str(format!("SELECT version FROM {migrations_table}")),
+                record: sql_str(format!(
+                    "INSERT INTO {migrations_table} (version, description, applied_at) \
                  VALUES ($1, $2, $3)"
-            )),
+                )),
+            },
             migrations,
             inbox: inbox_sql,
 
@@ -591,7 +591,8 @@ mod tests {
         let sql = Sql::new(&tables);
         assert!(sql.mark_sent.as_str().contains("\"app\".\"events\""));
         assert!(
-            sql.create_migrations
+            sql.migrations_table
+                .create
                 .as_str()
                 .contains("\"app\".\"txmsg_migrations\"")
         );

@@ -4,8 +4,9 @@
 //! value ([`Arg`]), reads a column, and counts affected rows. Everything
 //! written over that is here once, for every SQL store: running statements
 //! ([`execute`], [`fetch_optional`]), reading rows as envelopes and dead
-//! letters ([`envelope`], [`dead_letter`], [`consumer_dead_letter`]) and
-//! settling half messages ([`settle`]). A store crate keeps its SQL text and what truly differs
+//! letters ([`envelope`], [`dead_letter`], [`consumer_dead_letter`]),
+//! applying migrations ([`apply_migrations`]) and settling half messages
+//! ([`settle`]). A store crate keeps its SQL text and what truly differs
 //! between databases.
 //!
 //! Generic sqlx code usually needs a bound such as `for<'c> &'c mut
@@ -14,10 +15,12 @@
 
 mod dialect;
 mod half;
+mod migrate;
 mod row;
 
 pub use dialect::{Arg, Conn, Dialect, SqlQuery, SqlRow, execute, fetch_all, fetch_optional};
 pub use half::{SettleSql, settle};
+pub use migrate::{Migration, MigrationsSql, apply_migrations};
 pub use row::{
     attempts_to_int, consumer_dead_letter, dead_letter, envelope, headers_from_json,
     headers_from_text, headers_to_json, headers_to_text,

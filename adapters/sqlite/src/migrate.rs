@@ -5,9 +5,10 @@
 //! migrating at once serialize, and the second finds nothing left to do.
 //! A later version is one more entry at the end of [`MIGRATIONS`].
 
-use chrono::Utc;
-use sqlx::{SqlStr, SqlitePool};
-use txmsg_core::Result;
+use sqlx::{SqlStr, SqliteConnection, SqlitePool};
+use txmsg_core::{BoxFuture, Result};
+
+use crate::dialect::SqliteDialect;
 
 use crate::sql::{Names, Statements};
 
@@ -162,47 +163,42 @@ pub(crate) fn render(names: &Names) -> Vec<Rendered> {
         .collect()
 }
 
-/// Applies the versions not yet recorded, in one transaction.
+/// Applies the versions not yet recorded, in one `BEGIN IMMEDIATE`
+/// transaction: SQLite's write lock keeps concurrent calls apart.
 pub(crate) async fn run(
     pool: &SqlitePool,
     sql: &Statements,
     migrations: &[Rendered],
 ) -> Result<()> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    sqlx::query(sql.create_migrations.clone())
-        .execute(&mut *tx)
-        .await?;
-    let applied: Vec<i64> = sqlx::query_scalar(sql.applied_migrations.clone())
-        .fetch_all(&mut *tx)
-        .await?;
-    for m in migrations.iter().filter(|m| !applied.contains(&m.version)) {
-        for statement in &m.statements {
-            sqlx::query(statement.clone()).execute(&mut *tx).await?;
-        }
-        sqlx::query(sql.record_migration.clone())
-            .bind(m.version)
-            .bind(m.description)
-            .bind(Utc::now().timestamp_micros())
-            .execute(&mut *tx)
-            .await?;
-        tracing::info!(
-            version = m.version,
-            description = m.description,
-            "applied txmsg migration"
-        );
-    }
-    if let Some(newest) = applied.iter().max() {
-        let known = migrations.iter().map(|m| m.version).max().unwrap_or(0);
-        if *newest > known {
-            tracing::warn!(
-                database = newest,
-                known,
-                "the txmsg tables were migrated by a newer version of txmsg-sqlite"
-            );
-        }
-    }
+    txmsg_sql::apply_migrations::<SqliteDialect, _>(
+        &mut tx,
+        &sql.migrations,
+        migrations,
+        "txmsg-sqlite",
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
+}
+
+impl txmsg_sql::Migration<SqliteDialect> for Rendered {
+    fn version(&self) -> i64 {
+        self.version
+    }
+
+    fn description(&self) -> &'static str {
+        self.description
+    }
+
+    fn apply<'a>(&'a self, conn: &'a mut SqliteConnection) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            for statement in &self.statements {
+                txmsg_sql::execute::<SqliteDialect>(conn, statement, &[]).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]

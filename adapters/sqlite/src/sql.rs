@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 use txmsg_core::{Error, Ident, Result, Tables};
-use txmsg_sql::SettleSql;
+use txmsg_sql::{MigrationsSql, SettleSql};
 
 /// The envelope columns, in the order [`crate::row::envelope`] reads them.
 const ENVELOPE_COLUMNS: &str =
@@ -179,9 +179,7 @@ pub(crate) struct Statements {
     pub(crate) topic_stats: SqlStr,
     pub(crate) dead_letter: SqlStr,
     pub(crate) purge_dead: SqlStr,
-    pub(crate) create_migrations: SqlStr,
-    pub(crate) applied_migrations: SqlStr,
-    pub(crate) record_migration: SqlStr,
+    pub(crate) migrations: MigrationsSql,
     pub(crate) inbox_record: SqlStr,
     pub(crate) inbox_purge: SqlStr,
     pub(crate) consumer_dead_add: SqlStr,
@@ -213,11 +211,13 @@ impl Statements {
             topic_stats: names.render(TOPIC_STATS),
             dead_letter: names.render(&DEAD_LETTER.replace("{columns}", ENVELOPE_COLUMNS)),
             purge_dead: names.render(PURGE_DEAD),
-            create_migrations: names.render(CREATE_MIGRATIONS),
-            applied_migrations: names.render("SELECT version FROM {migrations}"),
-            record_migration: names.render(
+            migrations: MigrationsSql {
+                create: names.render(CREATE_MIGRATIONS),
+                applied: names.render("SELECT version FROM {migrations}"),
+                record: names.render(
                 "INSERT INTO {migrations} (version, description, applied_at) VALUES (?1, ?2, ?3)",
             ),
+            },
             inbox_record: names.render(INBOX_RECORD),
             inbox_purge: names.render(INBOX_PURGE),
             consumer_dead_add: names

@@ -1283,3 +1283,30 @@ async fn a_row_that_cannot_be_read_is_dead_lettered_and_the_claim_goes_on() {
     parks.dead_parks_key = false;
     assert_eq!(claim_nums(&store, &parks).await, vec![3]);
 }
+
+/// A database whose tables a newer txmsg migrated is used as it is, with a
+/// warning that names the versions (the shared migration runner: one
+/// behaviour on every store).
+#[tokio::test]
+async fn a_database_migrated_by_a_newer_txmsg_is_reported() {
+    let logs = txmsg_testkit::logs::capture();
+    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    sqlx::query(
+        "INSERT INTO txmsg_migrations (version, description, applied_at) \
+         VALUES (99, 'from a newer txmsg', 0)",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let text = logs.text();
+    assert!(
+        text.contains("migrated by a newer version") && text.contains("database=99"),
+        "{text}"
+    );
+    assert!(
+        text.contains("store=\"txmsg-sqlite\"") || text.contains("store=txmsg-sqlite"),
+        "{text}"
+    );
+}
