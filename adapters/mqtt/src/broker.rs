@@ -571,10 +571,16 @@ impl Acker for MqttAcker {
         let client = self.client.clone();
         Box::pin(async move {
             // MQTT has no negative ack: end the connection (the session
-            // stays) so the server sends unacknowledged messages again.
-            client.disconnect().await.map_err(|e| {
-                Error::broker_unavailable("the mqtt subscription is gone", Some(Box::new(e)))
-            })
+            // stays) so the server sends unacknowledged messages again. A
+            // connection already gone (its subscription closed, or lost)
+            // has done that: the request finds no event loop to take it.
+            match client.disconnect().await {
+                Ok(()) | Err(rumqttc::v5::ClientError::Request(_)) => Ok(()),
+                Err(e) => Err(Error::broker_unavailable(
+                    "the mqtt subscription is gone",
+                    Some(Box::new(e)),
+                )),
+            }
         })
     }
 }

@@ -304,3 +304,44 @@ async fn oversize_message_is_refused() {
     );
     assert!(!err.is_retryable());
 }
+
+/// A delivery handed back after its subscription was closed (the
+/// connection is gone) is handed back all the same: the session keeps it
+/// unacknowledged and the server sends it again. The call says so rather
+/// than failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_back_after_the_connection_closed_succeeds() {
+    let (broker, prefix) = broker().await;
+    let topic = format!("{prefix}.handback");
+    let group = spec(&format!("{prefix}.g"), &topic, 4);
+    let mut sub = broker.subscribe(&group).await.expect("subscribe");
+    let sent = [envelope(&topic, 0), envelope(&topic, 1)];
+    for e in &sent {
+        broker.publish(e).await.expect("publish");
+    }
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("a delivery within 10 s")
+            .expect("the subscription is open");
+        held.push(d);
+    }
+    // The consumer stops: it closes the subscription, then hands back what
+    // it holds (as the runtime does), after the connection has gone.
+    let late = sub.close().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for d in held.into_iter().chain(late) {
+        d.nack().await.expect("a hand-back after close");
+    }
+    drop(sub);
+
+    let mut again = broker.subscribe(&group).await.expect("subscribe again");
+    let got = drain(&mut again, Duration::from_secs(3)).await;
+    let ids: BTreeSet<Uuid> = got.into_iter().collect();
+    assert_eq!(
+        ids,
+        sent.iter().map(|e| e.id).collect(),
+        "both are delivered again"
+    );
+}

@@ -569,31 +569,6 @@ mod tests {
                 .connect_options("tls://127.0.0.1:4222")
                 .is_ok()
         );
-        let c = NatsConfig::default()
-            .tls(
-                TlsFiles::default()
-                    .ca_file("/etc/ssl/ca.pem")
-                    .unwrap()
-                    .client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
-                    .unwrap(),
-            )
-            .unwrap();
-        assert_eq!(
-            c.get_tls().get_ca_file(),
-            Some(Path::new("/etc/ssl/ca.pem"))
-        );
-        assert_eq!(
-            c.get_tls().get_client_auth(),
-            Some((Path::new("/etc/ssl/c.pem"), Path::new("/etc/ssl/k.pem")))
-        );
-        assert_eq!(
-            field_of(
-                TlsFiles::default()
-                    .ca_file("")
-                    .and_then(|f| NatsConfig::default().tls(f))
-            ),
-            "tls_ca_file"
-        );
         let missing = std::env::temp_dir().join("txmsg-nats-no-such-ca.pem");
         let c = TlsFiles::default()
             .ca_file(&missing)

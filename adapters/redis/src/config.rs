@@ -542,43 +542,6 @@ mod tests {
         }
 
         #[test]
-        fn options_are_kept() {
-            let c = RedisConfig::default()
-                .tls(
-                    TlsFiles::default()
-                        .ca_file("/etc/ssl/ca.pem")
-                        .unwrap()
-                        .client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
-                        .unwrap(),
-                )
-                .unwrap();
-            assert_eq!(
-                c.get_tls().get_ca_file(),
-                Some(Path::new("/etc/ssl/ca.pem"))
-            );
-            assert_eq!(
-                c.get_tls().get_client_auth(),
-                Some((Path::new("/etc/ssl/c.pem"), Path::new("/etc/ssl/k.pem")))
-            );
-            assert_eq!(
-                field_of(
-                    TlsFiles::default()
-                        .ca_file("")
-                        .and_then(|f| RedisConfig::default().tls(f))
-                ),
-                "tls_ca_file"
-            );
-            assert_eq!(
-                field_of(
-                    TlsFiles::default()
-                        .client_auth("c.pem", "")
-                        .and_then(|f| RedisConfig::default().tls(f))
-                ),
-                "tls_client_auth"
-            );
-        }
-
-        #[test]
         fn options_with_a_plain_url_are_refused() {
             let c = TlsFiles::default()
                 .ca_file("/etc/ssl/ca.pem")
