@@ -214,89 +214,43 @@ async fn apply(
             sqlx::query(create.get()).execute(&mut *conn).await?;
         }
     }
-    let migrations: Vec<WithSteps<'_>> = migrations
-        .iter()
-        .map(|migration| WithSteps { sql, migration })
-        .collect();
     txmsg_sql::apply_migrations::<MySqlDialect, _>(
         conn,
         &sql.migrations_table,
-        &migrations,
+        migrations,
         "txmsg-mysql",
     )
     .await
 }
 
-/// A migration with what its steps need to look up the schema.
-struct WithSteps<'a> {
-    sql: &'a Sql,
-    migration: &'a RenderedMigration,
-}
-
-impl txmsg_sql::Migration<MySqlDialect> for WithSteps<'_> {
-    fn version(&self) -> i64 {
-        i64::from(self.migration.version)
-    }
-
-    fn description(&self) -> &'static str {
-        self.migration.description
-    }
-
+impl txmsg_sql::Step<MySqlDialect> for RenderedStep {
     fn apply<'a>(&'a self, conn: &'a mut MySqlConnection) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            for step in &self.migration.steps {
-                run_step(conn, self.sql, step).await?;
-            }
+            let then = match self {
+                RenderedStep::Sql(statement) => statement,
+                RenderedStep::Unless {
+                    exists,
+                    schema,
+                    table,
+                    name,
+                    then,
+                } => {
+                    let found: i64 = sqlx::query_scalar(*exists)
+                        .bind(schema.as_deref())
+                        .bind(table)
+                        .bind(*name)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    if found > 0 {
+                        return Ok(());
+                    }
+                    then
+                }
+            };
+            sqlx::query(then.clone()).execute(&mut *conn).await?;
             Ok(())
         })
     }
-}
-
-async fn run_step(conn: &mut MySqlConnection, sql: &Sql, step: &RenderedStep) -> Result<()> {
-    match step {
-        RenderedStep::Sql(stmt) => {
-            sqlx::query(stmt.get()).execute(&mut *conn).await?;
-        }
-        RenderedStep::AddColumn {
-            table,
-            column,
-            alter,
-        } => {
-            let found: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM information_schema.COLUMNS \
-                 WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
-                 AND COLUMN_NAME = ?",
-            )
-            .bind(sql.schema.as_deref())
-            .bind(table)
-            .bind(column)
-            .fetch_one(&mut *conn)
-            .await?;
-            if found == 0 {
-                sqlx::query(alter.get()).execute(&mut *conn).await?;
-            }
-        }
-        RenderedStep::AddIndex {
-            table,
-            index,
-            create,
-        } => {
-            let found: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM information_schema.STATISTICS \
-                 WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
-                 AND INDEX_NAME = ?",
-            )
-            .bind(sql.schema.as_deref())
-            .bind(table)
-            .bind(index)
-            .fetch_one(&mut *conn)
-            .await?;
-            if found == 0 {
-                sqlx::query(create.get()).execute(&mut *conn).await?;
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -68,32 +68,33 @@ impl Stmt {
     }
 }
 
-/// One step of a migration, rendered for the configured tables.
+/// A step of a migration, rendered for the configured tables.
 #[derive(Debug)]
 pub(crate) enum RenderedStep {
     /// A statement that is idempotent by itself.
-    Sql(Stmt),
-    /// `alter` adds `column` to table `table`, unless it has it already.
-    AddColumn {
+    Sql(SqlStr),
+    /// `then`, unless `exists` (a count in `information_schema` over the
+    /// schema, `table` and `name`) finds the column or index already there:
+    /// MySQL has no `IF NOT EXISTS` for them.
+    Unless {
+        exists: &'static str,
+        schema: Option<String>,
         table: String,
-        column: &'static str,
-        alter: Stmt,
-    },
-    /// `create` adds index `index` to table `table`, unless it has it already.
-    AddIndex {
-        table: String,
-        index: &'static str,
-        create: Stmt,
+        name: &'static str,
+        then: SqlStr,
     },
 }
 
 /// A migration, rendered for the configured tables.
-#[derive(Debug)]
-pub(crate) struct RenderedMigration {
-    pub(crate) version: i32,
-    pub(crate) description: &'static str,
-    pub(crate) steps: Vec<RenderedStep>,
-}
+pub(crate) type RenderedMigration = txmsg_sql::Migration<RenderedStep>;
+
+/// Whether a column exists: schema, table, column.
+const COLUMN_EXISTS: &str = "SELECT COUNT(*) FROM information_schema.COLUMNS \
+     WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND COLUMN_NAME = ?";
+
+/// Whether an index exists: schema, table, index.
+const INDEX_EXISTS: &str = "SELECT COUNT(*) FROM information_schema.STATISTICS \
+     WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND INDEX_NAME = ?";
 
 /// The statements of the inbox and the consumer dead letters.
 #[derive(Debug)]
@@ -116,8 +117,6 @@ pub(crate) struct Sql {
     pub(crate) migrate_lock: String,
     /// The database's name and the statement that creates it, if one is set.
     pub(crate) create_schema: Option<(String, Stmt)>,
-    /// The database holding the tables, if not the connection's default.
-    pub(crate) schema: Option<String>,
     pub(crate) migrations_table: MigrationsSql,
     /// The migrations, or why the inbox table's name cannot be used.
     migrations: std::result::Result<Vec<RenderedMigration>, String>,
@@ -194,31 +193,32 @@ impl Sql {
             MIGRATIONS
                 .iter()
                 .map(|m| RenderedMigration {
-                    version: m.version,
+                    version: i64::from(m.version),
                     description: m.description,
                     steps: m
                         .steps
                         .iter()
-                        .map(|step| match *step {
-                            Step::Sql(text) => RenderedStep::Sql(Stmt::new(render(text, dead))),
-                            Step::AddColumn {
-                                table,
-                                column,
-                                alter,
-                            } => RenderedStep::AddColumn {
+                        .map(|step| {
+                            let unless = |exists, table, name, then: &str| RenderedStep::Unless {
+                                exists,
+                                schema: tables.schema_name().map(ToString::to_string),
                                 table: table_name(table),
-                                column,
-                                alter: Stmt::new(render(alter, dead)),
-                            },
-                            Step::AddIndex {
-                                table,
-                                index,
-                                create,
-                            } => RenderedStep::AddIndex {
-                                table: table_name(table),
-                                index,
-                                create: Stmt::new(render(create, dead)),
-                            },
+                                name,
+                                then: sql_str(render(then, dead)),
+                            };
+                            match *step {
+                                Step::Sql(text) => RenderedStep::Sql(sql_str(render(text, dead))),
+                                Step::AddColumn {
+                                    table,
+                                    column,
+                                    alter,
+                                } => unless(COLUMN_EXISTS, table, column, alter),
+                                Step::AddIndex {
+                                    table,
+                                    index,
+                                    create,
+                                } => unless(INDEX_EXISTS, table, index, create),
+                            }
                         })
                         .collect(),
                 })
@@ -243,7 +243,6 @@ impl Sql {
                     )),
                 )
             }),
-            schema: tables.schema_name().map(ToString::to_string),
             migrations_table: MigrationsSql {
                 create: sql_str(format!(
                     "CREATE TABLE IF NOT EXISTS {migrations_table} (\
@@ -653,9 +652,7 @@ mod tests {
         for m in sql.migrations().unwrap() {
             for step in &m.steps {
                 let text = match step {
-                    RenderedStep::Sql(s) => s.as_str(),
-                    RenderedStep::AddColumn { alter, .. } => alter.as_str(),
-                    RenderedStep::AddIndex { create, .. } => create.as_str(),
+                    RenderedStep::Sql(s) | RenderedStep::Unless { then: s, .. } => s.as_str(),
                 };
                 assert!(!text.contains('{'), "{text}");
                 assert!(!text.contains('"'), "{text}");

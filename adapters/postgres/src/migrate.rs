@@ -5,11 +5,11 @@
 //! validated and quoted names when the store is built. A new version is one
 //! more entry at the end of [`MIGRATIONS`]; a shipped entry is never edited.
 
-use sqlx::{PgConnection, PgPool};
-use txmsg_core::{BoxFuture, Result};
+use sqlx::PgPool;
+use txmsg_core::Result;
 
 use crate::dialect::PgDialect;
-use crate::sql::{RenderedMigration, Sql};
+use crate::sql::Sql;
 
 /// One migration.
 #[derive(Debug)]
@@ -188,24 +188,6 @@ pub(crate) async fn migrate(pool: &PgPool, sql: &Sql) -> Result<()> {
     .await?;
     tx.commit().await?;
     Ok(())
-}
-
-impl txmsg_sql::Migration<PgDialect> for RenderedMigration {
-    fn version(&self) -> i64 {
-        i64::from(self.version)
-    }
-
-    fn description(&self) -> &'static str {
-        self.description
-    }
-
-    fn apply<'a>(&'a self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<()>> {
-        // Several statements (one a `DO` block): the simple query protocol.
-        Box::pin(async move {
-            sqlx::raw_sql(self.sql.get()).execute(conn).await?;
-            Ok(())
-        })
-    }
 }
 
 #[cfg(test)]

@@ -51,13 +51,8 @@ impl Stmt {
     }
 }
 
-/// A migration, rendered for the configured tables.
-#[derive(Debug)]
-pub(crate) struct RenderedMigration {
-    pub(crate) version: i32,
-    pub(crate) description: &'static str,
-    pub(crate) sql: Stmt,
-}
+/// A migration, rendered for the configured tables: one script.
+pub(crate) type RenderedMigration = txmsg_sql::Migration<SqlStr>;
 
 /// The statements of the inbox and the consumer dead letters.
 #[derive(Debug)]
@@ -177,9 +172,9 @@ impl Sql {
             MIGRATIONS
                 .iter()
                 .map(|m| RenderedMigration {
-                    version: m.version,
+                    version: i64::from(m.version),
                     description: m.description,
-                    sql: Stmt::new(render(m.sql, dead)),
+                    steps: vec![sql_str(render(m.sql, dead))],
                 })
                 .collect()
         });
@@ -596,7 +591,7 @@ mod tests {
                 .as_str()
                 .contains("\"app\".\"txmsg_migrations\"")
         );
-        let m = &sql.migrations().unwrap()[0].sql;
+        let m = &sql.migrations().unwrap()[0].steps[0];
         assert!(m.as_str().contains("\"app\".\"txmsg_inbox\""));
         assert!(m.as_str().contains("\"events_pending_idx\""));
         for placeholder in ["{outbox}", "{inbox}", "_idx}"] {
@@ -642,7 +637,7 @@ mod tests {
         let sql = Sql::new(&tables);
         let v2 = &sql.migrations().unwrap()[1];
         assert_eq!(v2.version, 2);
-        let text = v2.sql.as_str();
+        let text = v2.steps[0].as_str();
         assert!(
             text.contains("CREATE TABLE \"app\".\"events_in_dead\""),
             "{text}"
@@ -670,7 +665,7 @@ mod tests {
         let sql = Sql::new(&tables);
         let v3 = &sql.migrations().unwrap()[2];
         assert_eq!(v3.version, 3);
-        let text = v3.sql.as_str();
+        let text = v3.steps[0].as_str();
         assert!(
             text.contains("ALTER TABLE \"app\".\"events\" ADD COLUMN IF NOT EXISTS half"),
             "{text}"

@@ -20,7 +20,7 @@ mod row;
 
 pub use dialect::{Arg, Conn, Dialect, SqlQuery, SqlRow, execute, fetch_all, fetch_optional};
 pub use half::{SettleSql, settle};
-pub use migrate::{Migration, MigrationsSql, apply_migrations};
+pub use migrate::{Migration, MigrationsSql, Step, apply_migrations};
 pub use row::{
     attempts_to_int, consumer_dead_letter, dead_letter, envelope, headers_from_json,
     headers_from_text, headers_to_json, headers_to_text,

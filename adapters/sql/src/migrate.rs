@@ -20,16 +20,35 @@ pub struct MigrationsSql {
     pub record: SqlStr,
 }
 
-/// One migration of a store, rendered for its tables.
-pub trait Migration<D: Dialect>: Send + Sync {
+/// One migration of a store, rendered for its tables: its version, what it
+/// does, and its steps in order.
+#[derive(Debug, Clone)]
+pub struct Migration<S> {
     /// Its version, increasing from 1.
-    fn version(&self) -> i64;
-
+    pub version: i64,
     /// What it does, recorded in the migrations table.
-    fn description(&self) -> &'static str;
+    pub description: &'static str,
+    /// Its steps.
+    pub steps: Vec<S>,
+}
 
+/// One step of a migration, as its store applies it.
+pub trait Step<D: Dialect>: Send + Sync {
     /// Applies it on `conn`.
     fn apply<'a>(&'a self, conn: &'a mut Conn<D>) -> BoxFuture<'a, Result<()>>;
+}
+
+/// A step that is SQL text, run as a script (it may hold several
+/// statements, a PostgreSQL `DO` block among them).
+impl<D: Dialect> Step<D> for SqlStr {
+    fn apply<'a>(&'a self, conn: &'a mut Conn<D>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::raw_sql(self.clone())
+                .execute(D::executor(conn))
+                .await?;
+            Ok(())
+        })
+    }
 }
 
 /// Applies the migrations among `migrations` not yet recorded, oldest
@@ -44,10 +63,10 @@ pub trait Migration<D: Dialect>: Send + Sync {
 ///
 /// [`txmsg_core::Error::Database`] if a statement failed; the migrations
 /// applied before it stay recorded only if the caller commits.
-pub async fn apply_migrations<D: Dialect, M: Migration<D>>(
+pub async fn apply_migrations<D: Dialect, S: Step<D>>(
     conn: &mut Conn<D>,
     sql: &MigrationsSql,
-    migrations: &[M],
+    migrations: &[Migration<S>],
     store: &str,
 ) -> Result<()> {
     execute::<D>(conn, &sql.create, &[]).await?;
@@ -57,24 +76,23 @@ pub async fn apply_migrations<D: Dialect, M: Migration<D>>(
         .map(|row| D::int(row, "version"))
         .filter_map(Result::transpose)
         .collect::<Result<Vec<i64>>>()?;
-    for m in migrations
-        .iter()
-        .filter(|m| !applied.contains(&m.version()))
-    {
-        m.apply(conn).await?;
+    for m in migrations.iter().filter(|m| !applied.contains(&m.version)) {
+        for step in &m.steps {
+            step.apply(conn).await?;
+        }
         let record = [
-            Arg::Int(m.version()),
-            Arg::Text(m.description()),
+            Arg::Int(m.version),
+            Arg::Text(m.description),
             Arg::Time(Utc::now()),
         ];
         execute::<D>(conn, &sql.record, &record).await?;
         tracing::info!(
-            version = m.version(),
-            description = m.description(),
+            version = m.version,
+            description = m.description,
             "applied txmsg migration"
         );
     }
-    let known = migrations.iter().map(Migration::version).max().unwrap_or(0);
+    let known = migrations.iter().map(|m| m.version).max().unwrap_or(0);
     if let Some(newest) = applied.iter().copied().max().filter(|v| *v > known) {
         tracing::warn!(
             database = newest,

@@ -5,8 +5,8 @@
 //! migrating at once serialize, and the second finds nothing left to do.
 //! A later version is one more entry at the end of [`MIGRATIONS`].
 
-use sqlx::{SqlStr, SqliteConnection, SqlitePool};
-use txmsg_core::{BoxFuture, Result};
+use sqlx::{SqlStr, SqlitePool};
+use txmsg_core::Result;
 
 use crate::dialect::SqliteDialect;
 
@@ -144,12 +144,7 @@ const MIGRATIONS: &[Migration] = &[
 ];
 
 /// A migration with the table names filled in.
-#[derive(Debug)]
-pub(crate) struct Rendered {
-    version: i64,
-    description: &'static str,
-    statements: Vec<SqlStr>,
-}
+pub(crate) type Rendered = txmsg_sql::Migration<SqlStr>;
 
 /// Renders every migration for `names`.
 pub(crate) fn render(names: &Names) -> Vec<Rendered> {
@@ -158,7 +153,7 @@ pub(crate) fn render(names: &Names) -> Vec<Rendered> {
         .map(|m| Rendered {
             version: m.version,
             description: m.description,
-            statements: m.statements.iter().map(|s| names.render(s)).collect(),
+            steps: m.statements.iter().map(|s| names.render(s)).collect(),
         })
         .collect()
 }
@@ -180,25 +175,6 @@ pub(crate) async fn run(
     .await?;
     tx.commit().await?;
     Ok(())
-}
-
-impl txmsg_sql::Migration<SqliteDialect> for Rendered {
-    fn version(&self) -> i64 {
-        self.version
-    }
-
-    fn description(&self) -> &'static str {
-        self.description
-    }
-
-    fn apply<'a>(&'a self, conn: &'a mut SqliteConnection) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            for statement in &self.statements {
-                txmsg_sql::execute::<SqliteDialect>(conn, statement, &[]).await?;
-            }
-            Ok(())
-        })
-    }
 }
 
 #[cfg(test)]
