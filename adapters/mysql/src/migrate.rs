@@ -252,20 +252,3 @@ impl txmsg_sql::Step<MySqlDialect> for RenderedStep {
         })
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_increase_from_one() {
-        for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(
-                usize::try_from(m.version).unwrap(),
-                i + 1,
-                "{}",
-                m.description
-            );
-        }
-    }
-}

@@ -189,20 +189,3 @@ pub(crate) async fn migrate(pool: &PgPool, sql: &Sql) -> Result<()> {
     tx.commit().await?;
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_increase_from_one() {
-        for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(
-                usize::try_from(m.version).unwrap(),
-                i + 1,
-                "{}",
-                m.description
-            );
-        }
-    }
-}

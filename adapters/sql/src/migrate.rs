@@ -61,14 +61,30 @@ impl<D: Dialect> Step<D> for SqlStr {
 ///
 /// # Errors
 ///
-/// [`txmsg_core::Error::Database`] if a statement failed; the migrations
-/// applied before it stay recorded only if the caller commits.
+/// [`txmsg_core::Error::Database`] if the versions of `migrations` are not
+/// 1, 2, 3, ... in order, or if a statement failed; the migrations applied
+/// before it stay recorded only if the caller commits.
 pub async fn apply_migrations<D: Dialect, S: Step<D>>(
     conn: &mut Conn<D>,
     sql: &MigrationsSql,
     migrations: &[Migration<S>],
     store: &str,
 ) -> Result<()> {
+    // A store's own mistake, found by its first migrate (every conformance
+    // suite runs one) before anything is applied.
+    if let Some((i, m)) = migrations
+        .iter()
+        .enumerate()
+        .find(|(i, m)| i64::try_from(i + 1).ok() != Some(m.version))
+    {
+        return Err(sqlx::Error::Protocol(format!(
+            "{store}: migration `{}` is number {} but has version {}",
+            m.description,
+            i + 1,
+            m.version
+        ))
+        .into());
+    }
     execute::<D>(conn, &sql.create, &[]).await?;
     let applied = fetch_all::<D>(conn, &sql.applied, &[])
         .await?
