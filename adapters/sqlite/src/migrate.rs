@@ -184,16 +184,20 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn misnumbered_migrations_are_refused_before_anything_runs() {
+    /// An empty in-memory database, its statements and its migrations.
+    async fn fresh() -> (SqlitePool, Statements, Vec<Rendered>) {
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect("sqlite::memory:")
             .await
             .unwrap();
         let names = Names::new(&Tables::default()).unwrap();
-        let sql = Statements::new(&names);
-        let migrations = render(&names);
+        (pool, Statements::new(&names), render(&names))
+    }
+
+    #[tokio::test]
+    async fn misnumbered_migrations_are_refused_before_anything_runs() {
+        let (pool, sql, migrations) = fresh().await;
         let err = run(&pool, &sql, &migrations[1..]).await.unwrap_err();
         let shown = txmsg_core::__private::error_chain(&err);
         assert!(shown.contains("is number 1 but has version 2"), "{shown}");
@@ -207,14 +211,7 @@ mod tests {
 
     #[tokio::test]
     async fn version_2_upgrades_a_version_1_database_keeping_its_rows() {
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect("sqlite::memory:")
-            .await
-            .unwrap();
-        let names = Names::new(&Tables::default()).unwrap();
-        let sql = Statements::new(&names);
-        let migrations = render(&names);
+        let (pool, sql, migrations) = fresh().await;
         run(&pool, &sql, &migrations[..1]).await.unwrap();
         sqlx::query(
             "INSERT INTO txmsg_outbox (id, topic, idempotency_key, payload, next_attempt_at, created_at) \
