@@ -124,7 +124,7 @@ pub(crate) struct Sql {
     inbox: std::result::Result<InboxSql, String>,
 
     pub(crate) insert: Stmt,
-    pub(crate) inserted: Stmt,
+    pub(crate) inserted: SqlStr,
     pub(crate) claim_heads: Stmt,
     pub(crate) claim_heads_lock: Stmt,
     pub(crate) claim_followers: Stmt,
@@ -144,7 +144,7 @@ pub(crate) struct Sql {
     pub(crate) purge_dead_pick: Stmt,
     pub(crate) purge_dead_delete: Stmt,
 
-    pub(crate) prepare: Stmt,
+    pub(crate) prepare: SqlStr,
     pub(crate) settle: SettleSql,
     pub(crate) claim_prepared: Stmt,
     pub(crate) record_check: Stmt,
@@ -289,7 +289,7 @@ impl Sql {
             // 1 topic, 2 idempotency key. The row holding the key, read with
             // a lock so that it is the latest committed version, and whether
             // it is leased.
-            inserted: Stmt::new(format!(
+            inserted: sql_str(format!(
                 "SELECT id, CAST(lease_owner IS NOT NULL AS SIGNED) AS leased FROM {o} \
                  WHERE topic = ? AND idempotency_key = ? LOCK IN SHARE MODE"
             )),
@@ -466,7 +466,7 @@ impl Sql {
             // 1 id, 2 topic, 3 key, 4 idempotency key, 5 payload, 6 headers,
             // 7 first check at, 8 created_at, 9 expires_at.
             // Not leased: only the check-back worker leases prepared rows.
-            prepare: Stmt::new(format!(
+            prepare: sql_str(format!(
                 "INSERT INTO {o} (id, topic, `key`, idempotency_key, payload, headers, state, \
                  attempts, next_attempt_at, checks, half, created_at, expires_at) \
                  VALUES (?, ?, ?, ?, ?, ?, 'prepared', 0, ?, 0, TRUE, ?, ?) \

@@ -15,6 +15,8 @@ use txmsg_core::{
 };
 use uuid::Uuid;
 
+use txmsg_sql::SqlHalfWriter;
+
 use crate::dialect::MySqlDialect;
 use crate::migrate;
 use crate::sql::Sql;
@@ -71,6 +73,7 @@ pub struct MySqlStore {
     tables: Tables,
     sql: Arc<Sql>,
     writer: Arc<MySqlWriter>,
+    half: Arc<SqlHalfWriter<MySqlDialect>>,
     inbox: Arc<MySqlInbox>,
 }
 
@@ -119,11 +122,16 @@ impl MySqlStore {
             sql: Arc::clone(&sql),
             without_legacy_keys: std::sync::Mutex::default(),
         });
+        let half = Arc::new(
+            SqlHalfWriter::new(sql.prepare.clone(), sql.settle.clone(), None)
+                .with_holder(sql.inserted.clone()),
+        );
         MySqlStore {
             pool,
             tables,
             sql,
             writer,
+            half,
             inbox,
         }
     }
@@ -520,7 +528,7 @@ impl Store for MySqlStore {
 
 impl HalfStore for MySqlStore {
     fn half_writer(&self) -> Arc<dyn HalfWriter<MySql>> {
-        Arc::clone(&self.writer) as Arc<dyn HalfWriter<MySql>>
+        Arc::clone(&self.half) as Arc<dyn HalfWriter<MySql>>
     }
 
     async fn claim_prepared(&self, req: &ClaimRequest) -> Result<Vec<ClaimedHalf>> {

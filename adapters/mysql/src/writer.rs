@@ -8,11 +8,9 @@ use sqlx::MySql;
 use sqlx::Row;
 use sqlx::mysql::MySqlConnection;
 use txmsg_core::consumer::InboxWriter;
-use txmsg_core::half::{Decision, ResolveOutcome};
-use txmsg_core::{BoxFuture, Envelope, HalfWriter, Inserted, Lease, OutboxWriter, Result};
+use txmsg_core::{BoxFuture, Envelope, Inserted, Lease, OutboxWriter, Result};
 use uuid::Uuid;
 
-use crate::dialect::MySqlDialect;
 use crate::sql::Sql;
 
 /// Inserts outbox rows on the caller's connection.
@@ -28,7 +26,7 @@ async fn holder(
     sql: &Sql,
     envelope: &Envelope,
 ) -> Result<Option<bool>> {
-    let row = sqlx::query(sql.inserted.get())
+    let row = sqlx::query(sql.inserted.clone())
         .bind(&envelope.topic)
         .bind(&envelope.idempotency_key)
         .fetch_optional(&mut *conn)
@@ -85,51 +83,6 @@ impl OutboxWriter<MySql> for MySqlWriter {
                 Some(false) => Inserted::Unleased,
             })
         })
-    }
-}
-
-impl HalfWriter<MySql> for MySqlWriter {
-    fn prepare<'a>(
-        &'a self,
-        conn: &'a mut MySqlConnection,
-        envelope: &'a Envelope,
-        check_at: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<Inserted>> {
-        Box::pin(async move {
-            sqlx::query(self.sql.prepare.get())
-                .bind(envelope.id)
-                .bind(&envelope.topic)
-                .bind(envelope.key.as_deref())
-                .bind(&envelope.idempotency_key)
-                .bind(envelope.payload.as_slice())
-                .bind(txmsg_sql::headers_to_text(&envelope.headers))
-                .bind(check_at)
-                .bind(envelope.created_at)
-                .bind(envelope.expires_at)
-                .execute(&mut *conn)
-                .await?;
-            Ok(match holder(conn, &self.sql, envelope).await? {
-                None => Inserted::Duplicate,
-                Some(_) => Inserted::Unleased,
-            })
-        })
-    }
-
-    fn resolve<'a>(
-        &'a self,
-        conn: &'a mut MySqlConnection,
-        id: Uuid,
-        resolve: Decision,
-        now: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<ResolveOutcome>> {
-        Box::pin(txmsg_sql::settle::<MySqlDialect>(
-            conn,
-            &self.sql.settle,
-            id,
-            resolve,
-            now,
-            None,
-        ))
     }
 }
 

@@ -95,7 +95,7 @@ pub(crate) struct Sql {
     pub(crate) dead_letter: Stmt,
     pub(crate) purge_dead: Stmt,
 
-    pub(crate) prepare: Stmt,
+    pub(crate) prepare: SqlStr,
     pub(crate) settle: SettleSql,
     pub(crate) claim_prepared: Stmt,
     pub(crate) record_check: Stmt,
@@ -401,10 +401,10 @@ impl Sql {
             // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
             // $6 headers, $7 created_at, $8 expires_at, $9 first check at.
             // Not leased: only the check-back worker leases prepared rows.
-            prepare: Stmt::new(format!(
+            prepare: sql_str(format!(
                 "INSERT INTO {o} (id, topic, key, idempotency_key, payload, headers, state, \
                  attempts, next_attempt_at, checks, half, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'prepared', 0, $9, 0, true, $7, $8) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'prepared', 0, $7, 0, true, $8, $9) \
                  ON CONFLICT (topic, idempotency_key) DO NOTHING"
             )),
 

@@ -14,6 +14,8 @@ use txmsg_core::{
 };
 use uuid::Uuid;
 
+use txmsg_sql::SqlHalfWriter;
+
 use crate::dialect::PgDialect;
 use crate::migrate;
 use crate::sql::Sql;
@@ -63,6 +65,7 @@ pub struct PgStore {
     tables: Tables,
     sql: Arc<Sql>,
     writer: Arc<PgWriter>,
+    half: Arc<SqlHalfWriter<PgDialect>>,
     inbox: Arc<PgInbox>,
     notify: Option<txmsg_core::Ident>,
 }
@@ -109,11 +112,17 @@ impl PgStore {
         let inbox = Arc::new(PgInbox {
             sql: Arc::clone(&sql),
         });
+        let half = Arc::new(SqlHalfWriter::new(
+            sql.prepare.clone(),
+            sql.settle.clone(),
+            None,
+        ));
         PgStore {
             pool,
             tables,
             sql,
             writer,
+            half,
             inbox,
             notify: None,
         }
@@ -189,6 +198,11 @@ impl PgStore {
             sql: Arc::clone(&self.sql),
             notify: Some(channel.clone()),
         });
+        self.half = Arc::new(SqlHalfWriter::new(
+            self.sql.prepare.clone(),
+            self.sql.settle.clone(),
+            Some(channel.as_str().to_owned()),
+        ));
         self.notify = Some(channel);
         Ok(self)
     }
@@ -485,7 +499,7 @@ impl Store for PgStore {
 
 impl HalfStore for PgStore {
     fn half_writer(&self) -> Arc<dyn HalfWriter<Postgres>> {
-        Arc::clone(&self.writer) as Arc<dyn HalfWriter<Postgres>>
+        Arc::clone(&self.half) as Arc<dyn HalfWriter<Postgres>>
     }
 
     async fn claim_prepared(&self, req: &ClaimRequest) -> Result<Vec<ClaimedHalf>> {

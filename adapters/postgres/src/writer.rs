@@ -6,11 +6,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres};
 use txmsg_core::consumer::InboxWriter;
-use txmsg_core::half::{Decision, ResolveOutcome};
-use txmsg_core::{BoxFuture, Envelope, HalfWriter, Inserted, Lease, OutboxWriter, Result};
+use txmsg_core::{BoxFuture, Envelope, Inserted, Lease, OutboxWriter, Result};
 use uuid::Uuid;
 
-use crate::dialect::PgDialect;
 use crate::sql::Sql;
 use txmsg_sql::headers_to_json;
 
@@ -48,52 +46,6 @@ impl OutboxWriter<Postgres> for PgWriter {
             }
             Ok(inserted)
         })
-    }
-}
-
-impl HalfWriter<Postgres> for PgWriter {
-    fn prepare<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        envelope: &'a Envelope,
-        check_at: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<Inserted>> {
-        Box::pin(async move {
-            let done = sqlx::query(self.sql.prepare.get())
-                .bind(envelope.id)
-                .bind(&envelope.topic)
-                .bind(envelope.key.as_deref())
-                .bind(&envelope.idempotency_key)
-                .bind(envelope.payload.as_slice())
-                .bind(headers_to_json(&envelope.headers))
-                .bind(envelope.created_at)
-                .bind(envelope.expires_at)
-                .bind(check_at)
-                .execute(&mut *conn)
-                .await?;
-            Ok(if done.rows_affected() == 0 {
-                Inserted::Duplicate
-            } else {
-                Inserted::Unleased
-            })
-        })
-    }
-
-    fn resolve<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        id: Uuid,
-        resolve: Decision,
-        now: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<ResolveOutcome>> {
-        Box::pin(txmsg_sql::settle::<PgDialect>(
-            conn,
-            &self.sql.settle,
-            id,
-            resolve,
-            now,
-            self.notify.as_ref().map(txmsg_core::Ident::as_str),
-        ))
     }
 }
 

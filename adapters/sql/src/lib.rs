@@ -17,6 +17,7 @@ mod dialect;
 mod half;
 mod migrate;
 mod row;
+mod writer;
 
 pub use dialect::{Arg, Conn, Dialect, SqlQuery, SqlRow, execute, fetch_all, fetch_optional};
 pub use half::{SettleSql, settle};
@@ -25,6 +26,7 @@ pub use row::{
     attempts_to_int, consumer_dead_letter, dead_letter, envelope, headers_from_json,
     headers_from_text, headers_to_json, headers_to_text,
 };
+pub use writer::SqlHalfWriter;
 
 #[doc(hidden)]
 pub mod __private {

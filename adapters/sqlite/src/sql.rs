@@ -493,7 +493,7 @@ const PURGE_DEAD: &str = r#"DELETE FROM {outbox} WHERE state = 'dead' AND id IN 
 const PREPARE: &str = r#"
 INSERT INTO {outbox} (id, topic, "key", idempotency_key, payload, headers, state, attempts,
                       next_attempt_at, checks, half, expires_at, created_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'prepared', 0, ?9, 0, 1, ?8, ?7)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'prepared', 0, ?7, 0, 1, ?9, ?8)
 ON CONFLICT (topic, idempotency_key) DO NOTHING
 "#;
 

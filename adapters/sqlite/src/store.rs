@@ -18,6 +18,8 @@ use txmsg_core::{
 };
 use uuid::Uuid;
 
+use txmsg_sql::SqlHalfWriter;
+
 use crate::dialect::SqliteDialect;
 use crate::dialect::micros;
 use crate::migrate::{self, Rendered};
@@ -105,6 +107,7 @@ struct Inner {
     sql: Statements,
     migrations: Vec<Rendered>,
     writer: Arc<SqliteWriter>,
+    half: Arc<SqlHalfWriter<SqliteDialect>>,
     inbox: Arc<SqliteInbox>,
 }
 
@@ -213,14 +216,15 @@ impl SqliteStore {
 
     fn build(pool: SqlitePool, tables: Tables, names: &Names) -> Self {
         let sql = Statements::new(names);
-        let writer = Arc::new(SqliteWriter::new(
-            sql.insert.clone(),
-            sql.prepare.clone(),
-            sql.settle.clone(),
-        ));
+        let writer = Arc::new(SqliteWriter::new(sql.insert.clone()));
         let inbox = Arc::new(SqliteInbox::new(
             sql.inbox_record.clone(),
             sql.consumer_dead_remove.clone(),
+        ));
+        let half = Arc::new(SqlHalfWriter::new(
+            sql.prepare.clone(),
+            sql.settle.clone(),
+            None,
         ));
         let migrations = migrate::render(names);
         SqliteStore {
@@ -230,6 +234,7 @@ impl SqliteStore {
                 sql,
                 migrations,
                 writer,
+                half,
                 inbox,
             }),
         }
@@ -547,7 +552,7 @@ impl Store for SqliteStore {
 
 impl HalfStore for SqliteStore {
     fn half_writer(&self) -> Arc<dyn HalfWriter<Sqlite>> {
-        Arc::clone(&self.inner.writer) as Arc<dyn HalfWriter<Sqlite>>
+        Arc::clone(&self.inner.half) as Arc<dyn HalfWriter<Sqlite>>
     }
 
     async fn claim_prepared(&self, req: &ClaimRequest) -> Result<Vec<ClaimedHalf>> {

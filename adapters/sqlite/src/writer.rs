@@ -3,30 +3,20 @@
 use chrono::{DateTime, Utc};
 use sqlx::{SqlStr, Sqlite, SqliteConnection};
 use txmsg_core::consumer::InboxWriter;
-use txmsg_core::half::{Decision, ResolveOutcome};
-use txmsg_core::{BoxFuture, Envelope, HalfWriter, Inserted, Lease, OutboxWriter, Result};
+use txmsg_core::{BoxFuture, Envelope, Inserted, Lease, OutboxWriter, Result};
 use uuid::Uuid;
 
 use crate::dialect::micros;
-use txmsg_sql::SettleSql;
-
-use crate::dialect::SqliteDialect;
 
 /// Inserts outbox rows on the caller's connection (inside its transaction).
 #[derive(Debug)]
 pub(crate) struct SqliteWriter {
     insert: SqlStr,
-    prepare: SqlStr,
-    settle: SettleSql,
 }
 
 impl SqliteWriter {
-    pub(crate) fn new(insert: SqlStr, prepare: SqlStr, settle: SettleSql) -> Self {
-        SqliteWriter {
-            insert,
-            prepare,
-            settle,
-        }
+    pub(crate) fn new(insert: SqlStr) -> Self {
+        SqliteWriter { insert }
     }
 }
 
@@ -59,52 +49,6 @@ impl OutboxWriter<Sqlite> for SqliteWriter {
                 Some(false) => Inserted::Unleased,
             })
         })
-    }
-}
-
-impl HalfWriter<Sqlite> for SqliteWriter {
-    fn prepare<'a>(
-        &'a self,
-        conn: &'a mut SqliteConnection,
-        envelope: &'a Envelope,
-        check_at: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<Inserted>> {
-        Box::pin(async move {
-            let done = sqlx::query(self.prepare.clone())
-                .bind(envelope.id)
-                .bind(envelope.topic.as_str())
-                .bind(envelope.key.as_deref())
-                .bind(envelope.idempotency_key.as_str())
-                .bind(envelope.payload.as_slice())
-                .bind(txmsg_sql::headers_to_text(&envelope.headers))
-                .bind(micros(envelope.created_at))
-                .bind(envelope.expires_at.map(micros))
-                .bind(micros(check_at))
-                .execute(conn)
-                .await?;
-            Ok(if done.rows_affected() == 0 {
-                Inserted::Duplicate
-            } else {
-                Inserted::Unleased
-            })
-        })
-    }
-
-    fn resolve<'a>(
-        &'a self,
-        conn: &'a mut SqliteConnection,
-        id: Uuid,
-        resolve: Decision,
-        now: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<ResolveOutcome>> {
-        Box::pin(txmsg_sql::settle::<SqliteDialect>(
-            conn,
-            &self.settle,
-            id,
-            resolve,
-            now,
-            None,
-        ))
     }
 }
 
