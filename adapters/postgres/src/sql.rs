@@ -57,8 +57,8 @@ pub(crate) type RenderedMigration = txmsg_sql::Migration<SqlStr>;
 /// The statements of the inbox and the consumer dead letters.
 #[derive(Debug)]
 pub(crate) struct InboxSql {
-    pub(crate) record: Stmt,
-    pub(crate) remove_dead: Stmt,
+    pub(crate) record: SqlStr,
+    pub(crate) remove_dead: SqlStr,
     pub(crate) add_dead: Stmt,
     pub(crate) dead_letters: Stmt,
     pub(crate) dead_letter: Stmt,
@@ -508,7 +508,7 @@ impl InboxSql {
             // before the inbox kept topics (empty topic) counts for every
             // topic: one more primary-key probe, a plain (non-locking) read.
             // No such key is written any more, so the probe cannot race.
-            record: Stmt::new(format!(
+            record: sql_str(format!(
                 "INSERT INTO {i} (consumer_group, topic, idempotency_key, processed_at) \
                  SELECT $1::text, $2::text, $3::text, $4::timestamptz \
                  WHERE NOT EXISTS (SELECT 1 FROM {i} \
@@ -516,7 +516,7 @@ impl InboxSql {
                  ON CONFLICT (consumer_group, topic, idempotency_key) DO NOTHING"
             )),
 
-            remove_dead: Stmt::new(format!("DELETE FROM {d} WHERE id = $1")),
+            remove_dead: sql_str(format!("DELETE FROM {d} WHERE id = $1")),
 
             // $1 id, $2 group, $3 topic, $4 key, $5 idempotency key,
             // $6 headers, $7 payload, $8 envelope id, $9 created at,

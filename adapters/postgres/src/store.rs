@@ -14,12 +14,12 @@ use txmsg_core::{
 };
 use uuid::Uuid;
 
-use txmsg_sql::SqlHalfWriter;
+use txmsg_sql::{SqlHalfWriter, SqlInbox};
 
 use crate::dialect::PgDialect;
 use crate::migrate;
 use crate::sql::Sql;
-use crate::writer::{PgInbox, PgWriter};
+use crate::writer::PgWriter;
 
 /// Pool size of [`PgStore::connect`].
 const DEFAULT_MAX_CONNECTIONS: u32 = 10;
@@ -66,7 +66,7 @@ pub struct PgStore {
     sql: Arc<Sql>,
     writer: Arc<PgWriter>,
     half: Arc<SqlHalfWriter<PgDialect>>,
-    inbox: Arc<PgInbox>,
+    inbox: Arc<SqlInbox<PgDialect>>,
     notify: Option<txmsg_core::Ident>,
 }
 
@@ -109,8 +109,10 @@ impl PgStore {
             sql: Arc::clone(&sql),
             notify: None,
         });
-        let inbox = Arc::new(PgInbox {
-            sql: Arc::clone(&sql),
+        let inbox = Arc::new(match sql.inbox() {
+            Ok(inbox) => SqlInbox::new(inbox.record.clone(), inbox.remove_dead.clone()),
+            Err(Error::Config { reason, .. }) => SqlInbox::refusing(reason),
+            Err(other) => SqlInbox::refusing(other.to_string()),
         });
         let half = Arc::new(SqlHalfWriter::new(
             sql.prepare.clone(),

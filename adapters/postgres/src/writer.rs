@@ -3,11 +3,8 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres};
-use txmsg_core::consumer::InboxWriter;
 use txmsg_core::{BoxFuture, Envelope, Inserted, Lease, OutboxWriter, Result};
-use uuid::Uuid;
 
 use crate::sql::Sql;
 use txmsg_sql::headers_to_json;
@@ -104,49 +101,6 @@ impl PgWriter {
             (0, _) => Inserted::Duplicate,
             (_, Some(_)) => Inserted::Leased,
             (_, None) => Inserted::Unleased,
-        })
-    }
-}
-
-/// Records inbox keys and removes replayed dead letters on the handler's
-/// connection, in one statement each.
-#[derive(Debug)]
-pub(crate) struct PgInbox {
-    pub(crate) sql: Arc<Sql>,
-}
-
-impl InboxWriter<Postgres> for PgInbox {
-    fn record<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        group: &'a str,
-        topic: &'a str,
-        idempotency_key: &'a str,
-        at: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(async move {
-            let done = sqlx::query(self.sql.inbox()?.record.get())
-                .bind(group)
-                .bind(topic)
-                .bind(idempotency_key)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-            Ok(done.rows_affected() == 1)
-        })
-    }
-
-    fn remove_dead<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        id: Uuid,
-    ) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(async move {
-            let done = sqlx::query(self.sql.inbox()?.remove_dead.get())
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-            Ok(done.rows_affected() > 0)
         })
     }
 }

@@ -26,7 +26,7 @@ pub use row::{
     attempts_to_int, consumer_dead_letter, dead_letter, envelope, headers_from_json,
     headers_from_text, headers_to_json, headers_to_text,
 };
-pub use writer::SqlHalfWriter;
+pub use writer::{SqlHalfWriter, SqlInbox};
 
 #[doc(hidden)]
 pub mod __private {

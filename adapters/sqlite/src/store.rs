@@ -18,13 +18,13 @@ use txmsg_core::{
 };
 use uuid::Uuid;
 
-use txmsg_sql::SqlHalfWriter;
+use txmsg_sql::{SqlHalfWriter, SqlInbox};
 
 use crate::dialect::SqliteDialect;
 use crate::dialect::micros;
 use crate::migrate::{self, Rendered};
 use crate::sql::{IdList, Names, Statements};
-use crate::writer::{SqliteInbox, SqliteWriter};
+use crate::writer::SqliteWriter;
 
 /// How long a statement waits for another connection's write lock before it
 /// fails with `SQLITE_BUSY`.
@@ -108,7 +108,7 @@ struct Inner {
     migrations: Vec<Rendered>,
     writer: Arc<SqliteWriter>,
     half: Arc<SqlHalfWriter<SqliteDialect>>,
-    inbox: Arc<SqliteInbox>,
+    inbox: Arc<SqlInbox<SqliteDialect>>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -217,7 +217,7 @@ impl SqliteStore {
     fn build(pool: SqlitePool, tables: Tables, names: &Names) -> Self {
         let sql = Statements::new(names);
         let writer = Arc::new(SqliteWriter::new(sql.insert.clone()));
-        let inbox = Arc::new(SqliteInbox::new(
+        let inbox = Arc::new(SqlInbox::new(
             sql.inbox_record.clone(),
             sql.consumer_dead_remove.clone(),
         ));

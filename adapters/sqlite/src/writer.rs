@@ -1,10 +1,7 @@
 //! The producers' row writer, and the handlers' inbox writer.
 
-use chrono::{DateTime, Utc};
 use sqlx::{SqlStr, Sqlite, SqliteConnection};
-use txmsg_core::consumer::InboxWriter;
 use txmsg_core::{BoxFuture, Envelope, Inserted, Lease, OutboxWriter, Result};
-use uuid::Uuid;
 
 use crate::dialect::micros;
 
@@ -48,59 +45,6 @@ impl OutboxWriter<Sqlite> for SqliteWriter {
                 Some(true) => Inserted::Leased,
                 Some(false) => Inserted::Unleased,
             })
-        })
-    }
-}
-
-/// Records inbox keys and removes replayed dead letters on the handler's
-/// connection (inside its transaction), in one statement each.
-#[derive(Debug)]
-pub(crate) struct SqliteInbox {
-    record: SqlStr,
-    remove_dead: SqlStr,
-}
-
-impl SqliteInbox {
-    pub(crate) fn new(record: SqlStr, remove_dead: SqlStr) -> Self {
-        SqliteInbox {
-            record,
-            remove_dead,
-        }
-    }
-}
-
-impl InboxWriter<Sqlite> for SqliteInbox {
-    fn record<'a>(
-        &'a self,
-        conn: &'a mut SqliteConnection,
-        group: &'a str,
-        topic: &'a str,
-        idempotency_key: &'a str,
-        at: DateTime<Utc>,
-    ) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(async move {
-            let done = sqlx::query(self.record.clone())
-                .bind(group)
-                .bind(topic)
-                .bind(idempotency_key)
-                .bind(micros(at))
-                .execute(conn)
-                .await?;
-            Ok(done.rows_affected() == 1)
-        })
-    }
-
-    fn remove_dead<'a>(
-        &'a self,
-        conn: &'a mut SqliteConnection,
-        id: Uuid,
-    ) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(async move {
-            let done = sqlx::query(self.remove_dead.clone())
-                .bind(id)
-                .execute(conn)
-                .await?;
-            Ok(done.rows_affected() > 0)
         })
     }
 }
