@@ -22,6 +22,16 @@ fn relay_config() -> RelayConfig {
     }
 }
 
+/// A migrated store in a database file of its own, and the file's path.
+async fn sqlite_store() -> (SqliteStore, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!("txmsg-order-{}.db", uuid::Uuid::now_v7()));
+    let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    (store, path)
+}
+
 /// Receives `n` messages of `sub` (10 s at most).
 async fn receive(sub: &mut txmsg::memory::MemorySubscription, n: usize) -> Vec<String> {
     let mut out = Vec::new();
@@ -79,11 +89,7 @@ macro_rules! t1_then_t2 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fast_path_keeps_commit_order_on_sqlite() {
     let scenario = fail::FailScenario::setup();
-    let path = std::env::temp_dir().join(format!("txmsg-order-{}.db", uuid::Uuid::now_v7()));
-    let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    let (store, path) = sqlite_store().await;
     sqlx::query("CREATE TABLE counter (n INTEGER NOT NULL)")
         .execute(store.pool())
         .await
@@ -135,11 +141,7 @@ async fn fast_path_keeps_commit_order_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_sent_to_the_poller_keeps_its_order() {
     let scenario = fail::FailScenario::setup();
-    let path = std::env::temp_dir().join(format!("txmsg-order-{}.db", uuid::Uuid::now_v7()));
-    let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    let (store, path) = sqlite_store().await;
     let broker = MemoryBroker::new();
     let mut sub = broker.observe("t.order");
     // The first publish of `t0` fails: the key is held for one lease.

@@ -43,6 +43,21 @@ pub fn attempts_to_int(attempts: u32) -> i32 {
     i32::try_from(attempts).unwrap_or(i32::MAX)
 }
 
+/// The message columns both tables have: the id in column `id_column`,
+/// `topic`, `key`, `idempotency_key`, `payload`, `headers`, `created_at`.
+fn message<D: Dialect>(row: &SqlRow<D>, id_column: &str) -> Result<Envelope> {
+    let mut env = Envelope::new(
+        D::id(row, id_column)?,
+        text::<D>(row, "topic")?,
+        text::<D>(row, "idempotency_key")?,
+        D::bytes(row, "payload")?,
+        time::<D>(row, "created_at")?,
+    );
+    env.key = D::text(row, "key")?;
+    env.headers = D::headers(row, "headers")?;
+    Ok(env)
+}
+
 /// An envelope from a row holding the columns `id`, `topic`, `key`,
 /// `idempotency_key`, `payload`, `headers`, `created_at`, `expires_at` and
 /// `attempts`, read by name.
@@ -52,15 +67,7 @@ pub fn attempts_to_int(attempts: u32) -> i32 {
 /// [`txmsg_core::Error::Database`] if a column is missing, `NULL` where it
 /// may not be, or holds something else.
 pub fn envelope<D: Dialect>(row: &SqlRow<D>) -> Result<Envelope> {
-    let mut env = Envelope::new(
-        D::id(row, "id")?,
-        text::<D>(row, "topic")?,
-        text::<D>(row, "idempotency_key")?,
-        D::bytes(row, "payload")?,
-        time::<D>(row, "created_at")?,
-    );
-    env.key = D::text(row, "key")?;
-    env.headers = D::headers(row, "headers")?;
+    let mut env = message::<D>(row, "id")?;
     env.expires_at = D::time(row, "expires_at")?;
     env.attempts = count::<D>(row, "attempts")?;
     Ok(env)
@@ -89,15 +96,7 @@ pub fn dead_letter<D: Dialect>(row: &SqlRow<D>) -> Result<DeadLetter> {
 ///
 /// As [`envelope`].
 pub fn consumer_dead_letter<D: Dialect>(row: &SqlRow<D>) -> Result<ConsumerDeadLetter> {
-    let mut env = Envelope::new(
-        D::id(row, "envelope_id")?,
-        text::<D>(row, "topic")?,
-        text::<D>(row, "idempotency_key")?,
-        D::bytes(row, "payload")?,
-        time::<D>(row, "created_at")?,
-    );
-    env.key = D::text(row, "key")?;
-    env.headers = D::headers(row, "headers")?;
+    let env = message::<D>(row, "envelope_id")?;
     Ok(ConsumerDeadLetter::new(
         D::id(row, "id")?,
         text::<D>(row, "consumer_group")?,
