@@ -1,0 +1,162 @@
+//! The settings of a consumer group's runtime.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::registry::HandlerRecord;
+use crate::{Clock, Error, Result, SystemClock};
+
+/// Settings of a [`Consumer`](super::Consumer).
+///
+/// Build with [`ConsumerConfig::new`] and set fields, taking the rest from
+/// it:
+///
+/// ```
+/// use txmsg_core::consumer::ConsumerConfig;
+///
+/// let config = ConsumerConfig { prefetch: 128, ..ConsumerConfig::new("billing") };
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone)]
+pub struct ConsumerConfig {
+    /// The consumer group; same rules as a topic name.
+    pub group: String,
+    /// Deliveries per topic handed out and not yet acknowledged. Default 64.
+    pub prefetch: u16,
+    /// Handler calls running at once per topic (one per key at a time).
+    /// Default 16.
+    pub concurrency: usize,
+    /// First delay before a failed handler runs again. Default 100 ms.
+    pub backoff_min: Duration,
+    /// Longest delay between handler attempts. Default 10 s.
+    pub backoff_max: Duration,
+    /// Largest payload handled, in bytes; larger ones are dead. Default 1 MiB.
+    pub max_payload_bytes: usize,
+    /// How long shutdown waits for running handlers. Default 10 s.
+    pub shutdown_timeout: Duration,
+    /// How long the group's inbox keeps a processed key; older keys are
+    /// purged, and a redelivery after that would be applied again. Must
+    /// exceed the redelivery horizon (see [`ConsumerConfig::redelivery_window`]).
+    /// Default 7 days.
+    pub inbox_retention: Duration,
+    /// How long a message may stay in the broker before it is delivered
+    /// again (consumers down, deliveries handed back at shutdown). With the
+    /// handlers' retries it makes the redelivery horizon that
+    /// `inbox_retention` must exceed. Default 24 h.
+    pub redelivery_window: Duration,
+    /// How often old inbox keys are purged. Default 60 s.
+    pub purge_interval: Duration,
+    /// Most inbox keys deleted by one purge statement. Default 1 000.
+    pub purge_batch: u32,
+    /// The clock for inbox and dead-letter times. Default the system clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for ConsumerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumerConfig")
+            .field("group", &self.group)
+            .field("prefetch", &self.prefetch)
+            .field("concurrency", &self.concurrency)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("inbox_retention", &self.inbox_retention)
+            .field("redelivery_window", &self.redelivery_window)
+            .field("purge_interval", &self.purge_interval)
+            .field("purge_batch", &self.purge_batch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerConfig {
+    /// Defaults for consumer group `group`.
+    pub fn new(group: impl Into<String>) -> Self {
+        ConsumerConfig {
+            group: group.into(),
+            prefetch: 64,
+            concurrency: 16,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            max_payload_bytes: 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(10),
+            inbox_retention: Duration::from_secs(7 * 24 * 3600),
+            redelivery_window: Duration::from_secs(24 * 3600),
+            purge_interval: Duration::from_secs(60),
+            purge_batch: 1_000,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The longest time after its first delivery that a message of a
+    /// handler with `max_attempts` may be delivered again:
+    /// `redelivery_window + max_attempts × backoff_max`.
+    pub fn redelivery_horizon(&self, max_attempts: u32) -> Duration {
+        self.redelivery_window
+            .saturating_add(self.backoff_max.saturating_mul(max_attempts))
+    }
+
+    /// Checks that inbox keys outlive every redelivery of the group's
+    /// handlers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `inbox_retention`, saying why.
+    pub fn check_retention(&self, handlers: &[&HandlerRecord]) -> Result<()> {
+        let attempts = handlers.iter().map(|h| h.max_attempts).max().unwrap_or(1);
+        let horizon = self.redelivery_horizon(attempts);
+        if self.inbox_retention <= horizon {
+            return Err(Error::config(
+                "inbox_retention",
+                format!(
+                    "is {:?}, not longer than the redelivery horizon of group `{}` ({:?} = redelivery_window {:?} + {attempts} attempts × backoff_max {:?}): a message redelivered after its key was purged would be applied twice",
+                    self.inbox_retention,
+                    self.group,
+                    horizon,
+                    self.redelivery_window,
+                    self.backoff_max
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks every field.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the first field that breaks its rule.
+    pub fn validate(&self) -> Result<()> {
+        crate::validate_topic(&self.group).map_err(|e| match e {
+            Error::InvalidTopic { reason, .. } => Error::config("group", reason),
+            other => other,
+        })?;
+        if self.prefetch == 0 {
+            return Err(Error::config("prefetch", "must be greater than zero"));
+        }
+        if self.concurrency == 0 {
+            return Err(Error::config("concurrency", "must be greater than zero"));
+        }
+        if self.max_payload_bytes == 0 {
+            return Err(Error::config(
+                "max_payload_bytes",
+                "must be greater than zero",
+            ));
+        }
+        if self.purge_interval.is_zero() {
+            return Err(Error::config("purge_interval", "must be greater than zero"));
+        }
+        if self.purge_batch == 0 {
+            return Err(Error::config("purge_batch", "must be greater than zero"));
+        }
+        if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {
+            return Err(Error::config(
+                "backoff_min",
+                "must be greater than zero and at most backoff_max",
+            ));
+        }
+        Ok(())
+    }
+}
