@@ -83,7 +83,7 @@ impl PgSchema {
         let store = PgStore::new(
             pool.clone(),
             Tables::default().schema(&name).expect("schema name"),
-        );
+        )?;
         store.migrate().await.expect("migrate");
         PgSchema { name, pool, store }
     }

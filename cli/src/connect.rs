@@ -121,7 +121,7 @@ pub(crate) async fn connect(
                 .connect(url)
                 .await
                 .map_err(refused)?;
-            Ok(AnyStore::Postgres(PgStore::new(pool, tables)))
+            Ok(AnyStore::Postgres(PgStore::new(pool, tables)?))
         }
         Kind::MySql => {
             // sqlx knows MariaDB by the `mysql` scheme.

@@ -138,9 +138,12 @@ impl Db for Pg {
 
     async fn store(&self) -> PgStore {
         let tables = Tables::default().schema(&self.schema).expect("schema");
-        PgStore::connect_with(&self.url, tables, 4)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at DATABASE_URL: {e}"))
+        PgStore::connect_with(
+            &self.url,
+            txmsg::postgres::StoreConfig::from(tables).max_connections(4),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at DATABASE_URL: {e}"))
     }
 }
 

@@ -3,14 +3,16 @@
 
 use sqlx::Postgres;
 
-/// The bindings of this database.
+/// PostgreSQL as a backend of the shared SQL store: [`PgStore`](crate::PgStore)
+/// is a [`TableStore`](txmsg_sql::TableStore) over it.
 #[derive(Debug)]
-pub(crate) struct PgDialect;
+pub struct Pg;
 
 txmsg_sql::native_dialect!(
-    PgDialect,
+    Pg,
     Postgres,
     serde_json::Value,
     txmsg_sql::headers_to_json,
-    txmsg_sql::headers_from_json
+    txmsg_sql::headers_from_json,
+    array
 );

@@ -8,7 +8,7 @@
 use sqlx::PgPool;
 use txmsg_core::Result;
 
-use crate::dialect::PgDialect;
+use crate::dialect::Pg;
 use crate::sql::Sql;
 
 /// One migration.
@@ -159,9 +159,7 @@ ALTER TABLE {inbox} ADD PRIMARY KEY (consumer_group, topic, idempotency_key);
 /// table's name, so concurrent calls (several processes starting at once) run
 /// one after the other, and the later ones find nothing left to do.
 pub(crate) async fn migrate(pool: &PgPool, sql: &Sql) -> Result<()> {
-    // Checked before anything runs: the inbox table's name must leave a name
-    // for the dead-letter table.
-    let migrations = sql.migrations()?;
+    let sql = &sql.own;
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(sql.migrate_lock_key)
@@ -176,13 +174,13 @@ pub(crate) async fn migrate(pool: &PgPool, sql: &Sql) -> Result<()> {
                 .fetch_one(&mut *tx)
                 .await?;
         if !exists {
-            sqlx::query(create.get()).execute(&mut *tx).await?;
+            sqlx::query(create.clone()).execute(&mut *tx).await?;
         }
     }
-    txmsg_sql::apply_migrations::<PgDialect, _>(
+    txmsg_sql::apply_migrations::<Pg, _>(
         &mut tx,
         &sql.migrations_table,
-        migrations,
+        &sql.migrations,
         "txmsg-postgres",
     )
     .await?;

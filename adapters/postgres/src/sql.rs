@@ -5,11 +5,9 @@
 //! bind parameter. That is what makes the `AssertSqlSafe` wrappers around these
 //! strings sound.
 
-use std::sync::Arc;
-
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
-use txmsg_core::{Error, Ident, MAX_IDENT_LEN, Result, Tables};
-use txmsg_sql::{MigrationsSql, SettleSql};
+use txmsg_core::{Ident, MAX_IDENT_LEN, Result, Tables};
+use txmsg_sql::{InboxStatements, MigrationsSql, SettleSql, Statements, Stmt};
 
 use crate::migrate::MIGRATIONS;
 
@@ -28,80 +26,33 @@ fn sql_str(sql: String) -> SqlStr {
     AssertSqlSafe(sql).into_sql_str()
 }
 
-/// One SQL string, cheap to clone into a query.
-#[derive(Debug, Clone)]
-pub(crate) struct Stmt(Arc<str>);
-
-impl Stmt {
-    fn new(sql: String) -> Self {
-        Stmt(sql.into())
-    }
-
-    /// The statement for `sqlx::query` and friends.
-    ///
-    /// Only table names are formatted into the string, validated and quoted;
-    /// values are bound.
-    pub(crate) fn get(&self) -> AssertSqlSafe<Arc<str>> {
-        AssertSqlSafe(Arc::clone(&self.0))
-    }
-
-    #[cfg(test)]
-    pub(crate) fn as_str(&self) -> &str {
-        &self.0
-    }
+/// `sql` as a statement of the shared store.
+fn stmt(sql: String) -> Stmt {
+    Stmt::new(sql_str(sql))
 }
 
 /// A migration, rendered for the configured tables: one script.
 pub(crate) type RenderedMigration = txmsg_sql::Migration<SqlStr>;
 
-/// The statements of the inbox and the consumer dead letters.
+/// The statements only PostgreSQL runs: migrations, the producer's insert
+/// and the claim.
 #[derive(Debug)]
-pub(crate) struct InboxSql {
-    pub(crate) record: SqlStr,
-    pub(crate) remove_dead: SqlStr,
-    pub(crate) add_dead: Stmt,
-    pub(crate) dead_letters: Stmt,
-    pub(crate) dead_letter: Stmt,
-    pub(crate) purge: Stmt,
-}
-
-/// The statements of one store.
-#[derive(Debug)]
-pub(crate) struct Sql {
+pub struct Own {
     /// Key of the advisory lock that serialises migrations on these tables.
     pub(crate) migrate_lock_key: i64,
     /// The schema's name and the statement that creates it, if one is set.
-    pub(crate) create_schema: Option<(String, Stmt)>,
+    pub(crate) create_schema: Option<(String, SqlStr)>,
     pub(crate) migrations_table: MigrationsSql,
-    /// The migrations, or why the inbox table's name cannot be used.
-    migrations: std::result::Result<Vec<RenderedMigration>, String>,
-    /// The inbox's statements, or why the inbox table's name cannot be used.
-    inbox: std::result::Result<InboxSql, String>,
-
-    pub(crate) insert: Stmt,
-    pub(crate) insert_plain: Stmt,
-    pub(crate) claim_heads: Stmt,
-    pub(crate) claim_followers: Stmt,
-    pub(crate) claim_lease: Stmt,
-    pub(crate) mark_sent: Stmt,
-    pub(crate) mark_failed: Stmt,
-    pub(crate) mark_dead: Stmt,
-    pub(crate) release: Stmt,
-    pub(crate) dead_letters: Stmt,
-    pub(crate) replay: Stmt,
-    pub(crate) purge_sent: Stmt,
-    pub(crate) stats: Stmt,
-    pub(crate) topic_stats: Stmt,
-    pub(crate) dead_letter: Stmt,
-    pub(crate) purge_dead: Stmt,
-
-    pub(crate) prepare: SqlStr,
-    pub(crate) settle: SettleSql,
-    pub(crate) claim_prepared: Stmt,
-    pub(crate) record_check: Stmt,
-    pub(crate) mark_prepared_dead: Stmt,
-    pub(crate) resume: Stmt,
+    pub(crate) migrations: Vec<RenderedMigration>,
+    pub(crate) insert: SqlStr,
+    pub(crate) insert_plain: SqlStr,
+    pub(crate) claim_heads: SqlStr,
+    pub(crate) claim_followers: SqlStr,
+    pub(crate) claim_lease: SqlStr,
 }
+
+/// The statements of one store.
+pub(crate) type Sql = Statements<Own>;
 
 /// `"<table><suffix>"`, the base shortened so the name fits PostgreSQL's
 /// identifier limit instead of being truncated (and colliding) by the server.
@@ -111,14 +62,6 @@ fn index_name(table: &Ident, suffix: &str) -> String {
     // Identifiers are ASCII, so any byte offset is a char boundary.
     let base = name.get(..room.min(name.len())).unwrap_or(name);
     format!("\"{base}{suffix}\"")
-}
-/// The consumer dead-letter table ([`Tables::consumer_dead_name`]); the
-/// error is the reason the inbox table's name cannot be used.
-pub(crate) fn consumer_dead_table(tables: &Tables) -> std::result::Result<Ident, String> {
-    tables.consumer_dead_name().map_err(|e| match e {
-        txmsg_core::Error::Config { reason, .. } => reason,
-        other => other.to_string(),
-    })
 }
 
 /// FNV-1a, so every build and every process derives the same lock key.
@@ -131,8 +74,14 @@ fn lock_key(text: &str) -> i64 {
     i64::from_ne_bytes(hash.to_ne_bytes())
 }
 
-impl Sql {
-    pub(crate) fn new(tables: &Tables) -> Self {
+/// Every statement of a store on `tables`.
+///
+/// # Errors
+///
+/// [`Error::Config`] for `inbox_table` if its name leaves no name for the
+/// consumer dead-letter table.
+pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
+    {
         let outbox = tables.qualified(tables.outbox_name(), '"');
         let inbox = tables.qualified(tables.inbox_name(), '"');
         let migrations_table = tables.qualified(tables.migrations_name(), '"');
@@ -143,9 +92,9 @@ impl Sql {
             .map(|c| format!("o.{c}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let dead_table = consumer_dead_table(tables);
+        let dead = &tables.consumer_dead_name()?;
 
-        let render = |template: &str, dead: &Ident| {
+        let render = |template: &str| {
             template
                 .replace("{outbox}", &outbox)
                 .replace("{inbox}", &inbox)
@@ -168,27 +117,20 @@ impl Sql {
                     &index_name(tables.inbox_name(), "_processed_idx"),
                 )
         };
-        let migrations = dead_table.as_ref().map_err(Clone::clone).map(|dead| {
-            MIGRATIONS
-                .iter()
-                .map(|m| RenderedMigration {
-                    version: i64::from(m.version),
-                    description: m.description,
-                    steps: vec![sql_str(render(m.sql, dead))],
-                })
-                .collect()
-        });
-        let inbox_sql = dead_table
-            .as_ref()
-            .map_err(Clone::clone)
-            .map(|dead| InboxSql::new(&inbox, &tables.qualified(dead, '"')));
-
-        Sql {
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|m| RenderedMigration {
+                version: i64::from(m.version),
+                description: m.description,
+                steps: vec![sql_str(render(m.sql))],
+            })
+            .collect();
+        let own = Own {
             migrate_lock_key: lock_key(&format!("txmsg migrate {migrations_table}")),
             create_schema: tables.schema_name().map(|s| {
                 (
                     s.to_string(),
-                    Stmt::new(format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"")),
+                    sql_str(format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"")),
                 )
             }),
             migrations_table: MigrationsSql {
@@ -205,7 +147,6 @@ impl Sql {
                 )),
             },
             migrations,
-            inbox: inbox_sql,
 
             // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
             // $6 headers, $7 created_at, $8 expires_at, $9 lease owner,
@@ -214,7 +155,7 @@ impl Sql {
             // The row is leased to $9 unless an earlier row of its key is
             // pending or dead and not $9's: then the poller must publish this
             // one after it, so it goes in unleased.
-            insert: Stmt::new(format!(
+            insert: sql_str(format!(
                 "INSERT INTO {o} AS n (id, topic, key, idempotency_key, payload, headers, state, \
                  attempts, next_attempt_at, lease_owner, lease_until, created_at, expires_at) \
                  SELECT $1, $2, $3, $4, $5, $6, 'pending', 0, $7, \
@@ -241,7 +182,7 @@ impl Sql {
             // for markedly less than the `INSERT ... SELECT` (measured in
             // BENCHMARKS.md). No `RETURNING`: the affected row count says
             // whether it was a duplicate.
-            insert_plain: Stmt::new(format!(
+            insert_plain: sql_str(format!(
                 "INSERT INTO {o} (id, topic, key, idempotency_key, payload, headers, state, \
                  attempts, next_attempt_at, lease_owner, lease_until, created_at, expires_at) \
                  VALUES ($1, $2, $3, $4, $5, COALESCE($6, '{{}}'::jsonb), 'pending', 0, $7, \
@@ -259,7 +200,7 @@ impl Sql {
             // (SKIP LOCKED) while every later row of that key still has the
             // earlier pending row in front of it. After commit the head is
             // leased, so it is still pending and still blocks its key.
-            claim_heads: Stmt::new(format!(
+            claim_heads: sql_str(format!(
                 "SELECT o.id, o.topic, o.key FROM {o} o \
                  WHERE o.state = 'pending' AND o.next_attempt_at <= $1 \
                  AND (o.lease_until IS NULL OR o.lease_until < $1) \
@@ -278,7 +219,7 @@ impl Sql {
             // The rows after each head that could block or follow it, in key
             // order; the caller keeps the unbroken prefix of claimable ones.
             // With dead rows not parking their key they are skipped here.
-            claim_followers: Stmt::new(format!(
+            claim_followers: sql_str(format!(
                 "SELECT h.id AS head, f.id, f.claimable FROM \
                  unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY AS h(id, topic, key, ord) \
                  CROSS JOIN LATERAL (\
@@ -297,38 +238,42 @@ impl Sql {
             // The conditions are checked again: a follower is not locked
             // before this statement, and its last owner may have finished it
             // meanwhile.
-            claim_lease: Stmt::new(format!(
+            claim_lease: sql_str(format!(
                 "UPDATE {o} SET lease_owner = $2, lease_until = $3 \
                  WHERE id = ANY($1) AND state = 'pending' \
                  AND (lease_until IS NULL OR lease_until < $4) \
                  RETURNING {cols}"
             )),
-
-            mark_sent: Stmt::new(format!(
+        };
+        Ok(Statements {
+            own,
+            inbox: inbox_statements(&inbox, &tables.qualified(dead, '"')),
+            prepare_holder: None,
+            mark_sent: stmt(format!(
                 "UPDATE {o} SET state = 'sent', sent_at = $2, lease_owner = NULL, lease_until = NULL \
                  WHERE id = ANY($1) AND state = 'pending'"
             )),
 
-            mark_failed: Stmt::new(format!(
+            mark_failed: stmt(format!(
                 "UPDATE {o} SET attempts = attempts + 1, next_attempt_at = $3, last_error = $4, \
                  lease_owner = NULL, lease_until = NULL \
                  WHERE id = $1 AND lease_owner = $2 AND state = 'pending'"
             )),
 
-            mark_dead: Stmt::new(format!(
+            mark_dead: stmt(format!(
                 "UPDATE {o} SET state = 'dead', last_error = $3, dead_at = $4, \
                  lease_owner = NULL, lease_until = NULL \
                  WHERE id = $1 AND state IN ('pending', 'prepared') \
                  AND (lease_owner = $2 OR lease_owner IS NULL)"
             )),
 
-            release: Stmt::new(format!(
+            release: stmt(format!(
                 "UPDATE {o} SET lease_owner = NULL, lease_until = NULL \
                  WHERE id = ANY($1) AND lease_owner = $2 AND state = 'pending'"
             )),
 
             // $1 topic or NULL, $2 key or NULL, $3 limit.
-            dead_letters: Stmt::new(format!(
+            dead_letters: stmt(format!(
                 "SELECT {cols}, last_error, dead_at FROM {o} \
                  WHERE state = 'dead' \
                  AND ($1::text IS NULL OR topic = $1) \
@@ -339,7 +284,7 @@ impl Sql {
 
             // Replaying a dead half message delivers it: it is an ordinary
             // message from then on, so it loses its half mark.
-            replay: Stmt::new(format!(
+            replay: stmt(format!(
                 "UPDATE {o} SET state = 'pending', attempts = 0, next_attempt_at = $2, \
                  lease_owner = NULL, lease_until = NULL, dead_at = NULL, half = false \
                  WHERE id = $1 AND state = 'dead'"
@@ -350,35 +295,35 @@ impl Sql {
             // purge from waiting on anything else. A materialized CTE is
             // evaluated once: a subquery under `IN` may run again and delete
             // more than the limit.
-            purge_sent: Stmt::new(format!(
+            purge_sent: stmt(format!(
                 "WITH picked AS MATERIALIZED (\
                    SELECT id FROM {o} WHERE state = 'sent' AND sent_at < $1 \
                    LIMIT $2 FOR UPDATE SKIP LOCKED) \
                  DELETE FROM {o} AS o USING picked WHERE o.id = picked.id"
             )),
 
-            stats: Stmt::new(format!(
-                "SELECT count(*) FILTER (WHERE state = 'pending'), \
-                 min(created_at) FILTER (WHERE state = 'pending'), \
-                 count(*) FILTER (WHERE state = 'dead'), \
-                 count(*) FILTER (WHERE state = 'sent'), \
-                 count(*) FILTER (WHERE state = 'prepared') \
+            stats: stmt(format!(
+                "SELECT count(*) FILTER (WHERE state = 'pending') AS pending, \
+                 min(created_at) FILTER (WHERE state = 'pending') AS oldest, \
+                 count(*) FILTER (WHERE state = 'dead') AS dead, \
+                 count(*) FILTER (WHERE state = 'sent') AS sent, \
+                 count(*) FILTER (WHERE state = 'prepared') AS prepared \
                  FROM {o}"
             )),
 
             // $1 sent since. Every row is read: for operators only.
-            topic_stats: Stmt::new(format!(
+            topic_stats: stmt(format!(
                 "SELECT topic, \
-                 count(*) FILTER (WHERE state = 'pending'), \
-                 count(*) FILTER (WHERE state = 'prepared'), \
-                 min(created_at) FILTER (WHERE state = 'pending'), \
-                 count(*) FILTER (WHERE state = 'dead'), \
-                 count(*) FILTER (WHERE state = 'sent' AND sent_at >= $1) \
+                 count(*) FILTER (WHERE state = 'pending') AS pending, \
+                 count(*) FILTER (WHERE state = 'prepared') AS prepared, \
+                 min(created_at) FILTER (WHERE state = 'pending') AS oldest, \
+                 count(*) FILTER (WHERE state = 'dead') AS dead, \
+                 count(*) FILTER (WHERE state = 'sent' AND sent_at >= $1) AS sent_since \
                  FROM {o} GROUP BY topic ORDER BY topic"
             )),
 
             // $1 id.
-            dead_letter: Stmt::new(format!(
+            dead_letter: stmt(format!(
                 "SELECT {cols}, last_error, dead_at FROM {o} WHERE id = $1 AND state = 'dead'"
             )),
 
@@ -386,7 +331,7 @@ impl Sql {
             // SKIP LOCKED, as `purge_sent`. The rows are picked in a
             // materialized CTE, evaluated once, as in `claim_prepared`: a
             // subquery under `IN` may run again and go past its limit.
-            purge_dead: Stmt::new(format!(
+            purge_dead: stmt(format!(
                 "WITH picked AS MATERIALIZED (\
                    SELECT id FROM {o} WHERE state = 'dead' \
                    AND ($1::text IS NULL OR topic = $1) \
@@ -428,7 +373,7 @@ impl Sql {
             // rows are picked in a materialized CTE, evaluated once: a
             // subquery under `IN` may be planned so that it runs again and
             // goes past its limit.
-            claim_prepared: Stmt::new(format!(
+            claim_prepared: stmt(format!(
                 "WITH picked AS MATERIALIZED (\
                    SELECT id FROM {o} \
                    WHERE state = 'prepared' AND next_attempt_at <= $3 \
@@ -442,14 +387,14 @@ impl Sql {
             )),
 
             // $1 id, $2 owner, $3 next check at, $4 checks to add (0 or 1).
-            record_check: Stmt::new(format!(
+            record_check: stmt(format!(
                 "UPDATE {o} SET checks = checks + $4, next_attempt_at = $3, \
                  lease_owner = NULL, lease_until = NULL \
                  WHERE id = $1 AND lease_owner = $2 AND state = 'prepared'"
             )),
 
             // $1 id, $2 owner, $3 reason, $4 at.
-            mark_prepared_dead: Stmt::new(format!(
+            mark_prepared_dead: stmt(format!(
                 "UPDATE {o} SET state = 'dead', last_error = $3, dead_at = $4, \
                  lease_owner = NULL, lease_until = NULL \
                  WHERE id = $1 AND lease_owner = $2 AND state = 'prepared'"
@@ -457,47 +402,21 @@ impl Sql {
 
             // $1 id, $2 first check at. Only a half message that went dead
             // while prepared.
-            resume: Stmt::new(format!(
+            resume: stmt(format!(
                 "UPDATE {o} SET state = 'prepared', checks = 0, next_attempt_at = $2, \
                  lease_owner = NULL, lease_until = NULL, dead_at = NULL \
                  WHERE id = $1 AND state = 'dead' AND half"
             )),
-        }
+        })
     }
 }
 
-impl Sql {
-    /// The migrations.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for `inbox_table` if its name leaves no name for the
-    /// consumer dead-letter table.
-    pub(crate) fn migrations(&self) -> Result<&[RenderedMigration]> {
-        self.migrations
-            .as_deref()
-            .map_err(|reason| Error::config("inbox_table", reason.clone()))
-    }
-
-    /// The inbox's statements.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for `inbox_table` if its name leaves no name for the
-    /// consumer dead-letter table.
-    pub(crate) fn inbox(&self) -> Result<&InboxSql> {
-        self.inbox
-            .as_ref()
-            .map_err(|reason| Error::config("inbox_table", reason.clone()))
-    }
-}
-
-impl InboxSql {
-    /// Statements on the inbox table `i` and the dead-letter table `d`, both
-    /// qualified and quoted.
-    fn new(i: &str, d: &str) -> Self {
+/// Statements on the inbox table `i` and the dead-letter table `d`, both
+/// qualified and quoted.
+fn inbox_statements(i: &str, d: &str) -> InboxStatements {
+    {
         let cols = CONSUMER_DEAD_COLUMNS;
-        InboxSql {
+        InboxStatements {
             // $1 group, $2 topic, $3 idempotency key, $4 processed at.
             //
             // `ON CONFLICT DO NOTHING` rather than catching the unique
@@ -522,14 +441,14 @@ impl InboxSql {
             // $6 headers, $7 payload, $8 envelope id, $9 created at,
             // $10 reason, $11 attempts, $12 dead at. Adding the same dead
             // letter twice (a retry after a lost reply) keeps the first.
-            add_dead: Stmt::new(format!(
+            add_dead: stmt(format!(
                 "INSERT INTO {d} ({cols}) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
                  ON CONFLICT (id) DO NOTHING"
             )),
 
             // $1 group, $2 topic or NULL, $3 key or NULL, $4 limit.
-            dead_letters: Stmt::new(format!(
+            dead_letters: stmt(format!(
                 "SELECT {cols} FROM {d} \
                  WHERE consumer_group = $1 \
                  AND ($2::text IS NULL OR topic = $2) \
@@ -539,14 +458,14 @@ impl InboxSql {
             )),
 
             // $1 group, $2 id.
-            dead_letter: Stmt::new(format!(
+            dead_letter: stmt(format!(
                 "SELECT {cols} FROM {d} WHERE consumer_group = $1 AND id = $2"
             )),
 
             // $1 processed before, $2 limit, $3 group. As `purge_sent`: no ORDER BY,
             // and SKIP LOCKED so the purge never waits on a handler.
             // Materialized for the same reason.
-            purge: Stmt::new(format!(
+            purge: stmt(format!(
                 "WITH picked AS MATERIALIZED (\
                    SELECT consumer_group, topic, idempotency_key FROM {i} \
                    WHERE consumer_group = $3 AND processed_at < $1 \
@@ -563,6 +482,7 @@ impl InboxSql {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use txmsg_core::Error;
 
     #[test]
     fn index_names_fit_the_identifier_limit() {
@@ -583,15 +503,16 @@ mod tests {
             .unwrap()
             .outbox("events")
             .unwrap();
-        let sql = Sql::new(&tables);
+        let sql = statements(&tables).unwrap();
         assert!(sql.mark_sent.as_str().contains("\"app\".\"events\""));
         assert!(
-            sql.migrations_table
+            sql.own
+                .migrations_table
                 .create
                 .as_str()
                 .contains("\"app\".\"txmsg_migrations\"")
         );
-        let m = &sql.migrations().unwrap()[0].steps[0];
+        let m = &sql.own.migrations[0].steps[0];
         assert!(m.as_str().contains("\"app\".\"txmsg_inbox\""));
         assert!(m.as_str().contains("\"events_pending_idx\""));
         for placeholder in ["{outbox}", "{inbox}", "_idx}"] {
@@ -601,7 +522,11 @@ mod tests {
 
     #[test]
     fn consumer_dead_table_is_named_after_the_inbox() {
-        let name = |t: &Tables| consumer_dead_table(t).map(|i| i.to_string());
+        let name = |t: &Tables| {
+            t.consumer_dead_name()
+                .map(|i| i.to_string())
+                .map_err(|e| e.to_string())
+        };
         assert_eq!(name(&Tables::default()).unwrap(), "txmsg_consumer_dead");
         let renamed = Tables::default().inbox("events_in").unwrap();
         assert_eq!(name(&renamed).unwrap(), "events_in_dead");
@@ -616,15 +541,13 @@ mod tests {
             .unwrap();
         assert!(name(&clash).unwrap_err().contains("outbox"));
 
-        let sql = Sql::new(&clash);
         assert!(matches!(
-            sql.migrations(),
+            statements(&clash),
             Err(Error::Config {
                 field: "inbox_table",
                 ..
             })
         ));
-        assert!(sql.inbox().is_err());
     }
 
     #[test]
@@ -634,8 +557,8 @@ mod tests {
             .unwrap()
             .inbox("events_in")
             .unwrap();
-        let sql = Sql::new(&tables);
-        let v2 = &sql.migrations().unwrap()[1];
+        let sql = statements(&tables).unwrap();
+        let v2 = &sql.own.migrations[1];
         assert_eq!(v2.version, 2);
         let text = v2.steps[0].as_str();
         assert!(
@@ -650,7 +573,7 @@ mod tests {
         for placeholder in ["{inbox", "{consumer_dead", "_idx}"] {
             assert!(!text.contains(placeholder), "{placeholder}");
         }
-        let inbox = sql.inbox().unwrap();
+        let inbox = &sql.inbox;
         assert!(inbox.record.as_str().contains("\"app\".\"events_in\""));
         assert!(inbox.purge.as_str().contains("SKIP LOCKED"));
     }
@@ -662,8 +585,8 @@ mod tests {
             .unwrap()
             .outbox("events")
             .unwrap();
-        let sql = Sql::new(&tables);
-        let v3 = &sql.migrations().unwrap()[2];
+        let sql = statements(&tables).unwrap();
+        let v3 = &sql.own.migrations[2];
         assert_eq!(v3.version, 3);
         let text = v3.steps[0].as_str();
         assert!(
@@ -678,9 +601,10 @@ mod tests {
 
     #[test]
     fn lock_key_depends_on_the_tables() {
-        let a = Sql::new(&Tables::default()).migrate_lock_key;
-        let b = Sql::new(&Tables::default().schema("b").unwrap()).migrate_lock_key;
+        let key = |t: &Tables| statements(t).unwrap().own.migrate_lock_key;
+        let a = key(&Tables::default());
+        let b = key(&Tables::default().schema("b").unwrap());
         assert_ne!(a, b);
-        assert_eq!(a, Sql::new(&Tables::default()).migrate_lock_key);
+        assert_eq!(a, key(&Tables::default()));
     }
 }

@@ -55,7 +55,7 @@ impl PgWriter {
         envelope: &Envelope,
         lease: Option<Lease>,
     ) -> Result<Inserted> {
-        let leased: Option<bool> = sqlx::query_scalar(self.sql.insert.get())
+        let leased: Option<bool> = sqlx::query_scalar(self.sql.own.insert.clone())
             .bind(envelope.id)
             .bind(&envelope.topic)
             .bind(envelope.key.as_deref())
@@ -84,7 +84,7 @@ impl PgWriter {
         lease: Option<Lease>,
     ) -> Result<Inserted> {
         let headers = (!envelope.headers.is_empty()).then(|| headers_to_json(&envelope.headers));
-        let done = sqlx::query(self.sql.insert_plain.get())
+        let done = sqlx::query(self.sql.own.insert_plain.clone())
             .bind(envelope.id)
             .bind(&envelope.topic)
             .bind(envelope.key.as_deref())

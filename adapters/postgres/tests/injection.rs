@@ -126,7 +126,8 @@ async fn hostile_identifiers_are_refused_before_any_sql() {
             let store = PgStore::new(
                 pool.clone(),
                 Tables::default().schema(&schema).expect("valid"),
-            );
+            )
+            .expect("store");
             match store.with_notify(bad) {
                 Err(Error::Config { field, .. }) => assert_eq!(field, "notify_channel"),
                 other => panic!("notify channel {bad:?} must be refused, got {other:?}"),
@@ -151,6 +152,7 @@ async fn reserved_words_as_table_names_are_quoted() {
             .and_then(|t| t.migrations("Table"))
             .expect("valid identifiers");
         let store = PgStore::new(pool.clone(), tables)
+            .expect("store")
             .with_notify("listen")
             .expect("valid channel");
         store.migrate().await.expect("migrate");
@@ -170,7 +172,8 @@ async fn reserved_words_as_table_names_are_quoted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_values_round_trip_through_the_outbox() {
     with_canary(|pool, schema| async move {
-        let store = PgStore::new(pool, Tables::default().schema(&schema).expect("valid"));
+        let store =
+            PgStore::new(pool, Tables::default().schema(&schema).expect("valid")).expect("store");
         store.migrate().await.expect("migrate");
         assert_outbox_keeps_hostile_values(&store, pg_expect).await;
     })
@@ -180,7 +183,8 @@ async fn hostile_values_round_trip_through_the_outbox() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_values_round_trip_through_the_inbox() {
     with_canary(|pool, schema| async move {
-        let store = PgStore::new(pool, Tables::default().schema(&schema).expect("valid"));
+        let store =
+            PgStore::new(pool, Tables::default().schema(&schema).expect("valid")).expect("store");
         store.migrate().await.expect("migrate");
         assert_inbox_keeps_hostile_values(&store, pg_expect).await;
     })

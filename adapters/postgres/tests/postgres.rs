@@ -87,7 +87,7 @@ impl txmsg_testkit::StoreFixture for Pg {
     }
 
     async fn store(&self) -> PgStore {
-        let store = PgStore::new(self.pool.clone(), tables(&self.schema));
+        let store = PgStore::new(self.pool.clone(), tables(&self.schema)).expect("store");
         store.migrate().await.expect("migrate");
         store
     }
@@ -122,7 +122,7 @@ async fn to_version_2(pool: &PgPool, schema: &str, outbox: &str, migrations_tabl
 #[tokio::test]
 async fn upgrade_from_version_2_keeps_rows() {
     with_schema(|pool, schema| async move {
-        let store = PgStore::new(pool.clone(), tables(&schema));
+        let store = PgStore::new(pool.clone(), tables(&schema)).expect("store");
         store.migrate().await.expect("migrate");
         txmsg_testkit::half::upgrade_keeps_rows(&store, || {
             to_version_2(&pool, &schema, "txmsg_outbox", "txmsg_migrations")
@@ -134,7 +134,7 @@ async fn upgrade_from_version_2_keeps_rows() {
             .and_then(|t| t.inbox("events_in"))
             .and_then(|t| t.migrations("events_versions"))
             .expect("valid names");
-        let store = PgStore::new(pool.clone(), renamed);
+        let store = PgStore::new(pool.clone(), renamed).expect("store");
         store.migrate().await.expect("migrate");
         txmsg_testkit::half::upgrade_keeps_rows(&store, || {
             to_version_2(&pool, &schema, "events_out", "events_versions")
@@ -167,7 +167,7 @@ async fn to_version_1(pool: &PgPool, schema: &str, dead_table: &str, migrations_
 #[tokio::test]
 async fn inbox_keys_from_before_topics_are_recognised() {
     with_schema(|pool, schema| async move {
-        let store = PgStore::new(pool.clone(), tables(&schema));
+        let store = PgStore::new(pool.clone(), tables(&schema)).expect("store");
         store.migrate().await.expect("migrate");
         txmsg_testkit::inbox::keys_from_before_topics_are_recognised(&store, |group, key| {
             let (pool, schema) = (pool.clone(), schema.clone());
@@ -208,7 +208,7 @@ async fn inbox_keys_from_before_topics_are_recognised() {
 #[tokio::test]
 async fn upgrade_from_version_1_keeps_rows() {
     with_schema(|pool, schema| async move {
-        let store = PgStore::new(pool.clone(), tables(&schema));
+        let store = PgStore::new(pool.clone(), tables(&schema)).expect("store");
         store.migrate().await.expect("migrate");
         txmsg_testkit::inbox::upgrade_keeps_rows(&store, || {
             to_version_1(&pool, &schema, "txmsg_consumer_dead", "txmsg_migrations")
@@ -220,7 +220,7 @@ async fn upgrade_from_version_1_keeps_rows() {
             .and_then(|t| t.inbox("events_in"))
             .and_then(|t| t.migrations("events_versions"))
             .expect("valid names");
-        let store = PgStore::new(pool.clone(), renamed);
+        let store = PgStore::new(pool.clone(), renamed).expect("store");
         store.migrate().await.expect("migrate");
         txmsg_testkit::inbox::upgrade_keeps_rows(&store, || {
             to_version_1(&pool, &schema, "events_in_dead", "events_versions")
@@ -238,9 +238,9 @@ async fn schema_qualified_tables_work() {
             .and_then(|t| t.inbox("events_in"))
             .and_then(|t| t.migrations("events_versions"))
             .expect("valid names");
-        let store = PgStore::new(pool.clone(), custom);
+        let store = PgStore::new(pool.clone(), custom).expect("store");
         store.migrate().await.expect("migrate");
-        let other = PgStore::new(pool.clone(), tables(&schema));
+        let other = PgStore::new(pool.clone(), tables(&schema)).expect("store");
         other.migrate().await.expect("migrate");
 
         let mut found: Vec<String> = sqlx::query_scalar(
@@ -318,7 +318,7 @@ async fn claim_leases_are_hot_updates() {
             .connect(&url)
             .await
             .expect("connect");
-        let store = PgStore::new(one.clone(), tables(&schema));
+        let store = PgStore::new(one.clone(), tables(&schema)).expect("store");
         store.migrate().await.expect("migrate");
         let options: Option<Vec<String>> = sqlx::query_scalar(
             "SELECT c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -389,7 +389,7 @@ async fn claim_leases_are_hot_updates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_migrate_is_safe() {
     with_schema(|pool, schema| async move {
-        let store = PgStore::new(pool.clone(), tables(&schema));
+        let store = PgStore::new(pool.clone(), tables(&schema)).expect("store");
         let tasks: Vec<_> = (0..4)
             .map(|_| {
                 let store = store.clone();
@@ -439,7 +439,7 @@ fn bad_identifiers_are_rejected_before_any_sql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_claimers_over_2000_rows_get_each_id_once() {
     with_schema(|pool, schema| async move {
-        let store = PgStore::new(pool.clone(), tables(&schema));
+        let store = PgStore::new(pool.clone(), tables(&schema)).expect("store");
         store.migrate().await.expect("migrate");
 
         let outbox = Outbox::new(&store);
@@ -507,6 +507,7 @@ async fn two_claimers_over_2000_rows_get_each_id_once() {
 async fn notify_wakes_a_relay_of_another_process() {
     with_schema(|pool, schema| async move {
         let store = PgStore::new(pool, tables(&schema))
+            .expect("store")
             .with_notify("txmsg_wake_test")
             .unwrap();
         store.migrate().await.unwrap();
@@ -545,6 +546,7 @@ async fn notify_channel_is_validated() {
         .connect_lazy("postgres://x@127.0.0.1/x")
         .unwrap();
     let err = PgStore::new(pool, Tables::default())
+        .expect("store")
         .with_notify("a; drop")
         .unwrap_err();
     assert!(matches!(

@@ -20,7 +20,7 @@ async fn debug_and_connection_errors_never_show_the_password() {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .connect_lazy(&format!("postgres://app:{PASSWORD}@127.0.0.1:1/app"))
         .expect("a valid URL");
-    let store = PgStore::new(pool, txmsg_core::Tables::default());
+    let store = PgStore::new(pool, txmsg_core::Tables::default()).expect("store");
     let shown = format!("{store:?}");
     assert!(!shown.contains(PASSWORD), "{shown}");
     assert!(shown.contains("txmsg_outbox"), "{shown}");

@@ -43,6 +43,9 @@ pub enum Arg<'a> {
     Bytes(&'a [u8]),
     /// Headers, as the dialect stores them.
     Headers(&'a Headers),
+    /// A list of ids, for `IN (...)` or `= ANY(...)`: see
+    /// [`Stmt`](crate::Stmt) for how it is bound.
+    Ids(&'a [Uuid]),
 }
 
 /// What a database supplies to the shared SQL layer.
@@ -57,6 +60,13 @@ pub trait Dialect: Send + Sync + 'static {
 
     /// `query` with `arg` bound as its next parameter.
     fn bind<'q>(query: SqlQuery<'q, Self>, arg: Arg<'_>) -> SqlQuery<'q, Self>;
+
+    /// `query` with `ids` bound as one array parameter where the database
+    /// has arrays; by default, each id as a parameter of its own (for a
+    /// statement with as many placeholders).
+    fn bind_ids<'q>(query: SqlQuery<'q, Self>, ids: &[Uuid]) -> SqlQuery<'q, Self> {
+        ids.iter().fold(query, |q, id| Self::bind(q, Arg::Id(*id)))
+    }
 
     /// How many rows a statement changed.
     fn rows_affected(done: &<Self::Db as Database>::QueryResult) -> u64;
@@ -97,6 +107,14 @@ pub trait Dialect: Send + Sync + 'static {
     ///
     /// As [`id`](Self::id).
     fn int(row: &SqlRow<Self>, name: &str) -> Result<Option<i64>>;
+
+    /// Column `name` of `row` as a count (`COUNT(*)` and sums of counts);
+    /// `NULL` and negative values count as zero.
+    ///
+    /// # Errors
+    ///
+    /// As [`id`](Self::id).
+    fn count(row: &SqlRow<Self>, name: &str) -> Result<u64>;
 
     /// Column `name` of `row` as headers.
     ///
@@ -159,10 +177,30 @@ pub async fn fetch_all<D: Dialect>(
 /// `$headers` (a JSON value or JSON text), written with `$to(&Headers)` and
 /// read with `$from($headers) -> Result<Headers>`.
 ///
+/// An optional last argument says how an id list ([`Arg::Ids`]) is bound:
+/// `array` (one array parameter, PostgreSQL) or `each` (a parameter per id,
+/// the default).
+///
 /// One definition for such databases, so their dialects cannot drift apart.
 #[macro_export]
 macro_rules! native_dialect {
     ($dialect:ty, $db:ty, $headers:ty, $to:path, $from:path) => {
+        $crate::native_dialect!($dialect, $db, $headers, $to, $from, each);
+    };
+    ($dialect:ty, $db:ty, $headers:ty, $to:path, $from:path, array) => {
+        $crate::native_dialect!(@impl $dialect, $db, $headers, $to, $from,
+            fn bind_ids<'q>(
+                query: $crate::SqlQuery<'q, Self>,
+                ids: &[$crate::__private::uuid::Uuid],
+            ) -> $crate::SqlQuery<'q, Self> {
+                query.bind(ids.to_vec())
+            }
+        );
+    };
+    ($dialect:ty, $db:ty, $headers:ty, $to:path, $from:path, each) => {
+        $crate::native_dialect!(@impl $dialect, $db, $headers, $to, $from,);
+    };
+    (@impl $dialect:ty, $db:ty, $headers:ty, $to:path, $from:path, $($bind_ids:item)?) => {
         impl $crate::Dialect for $dialect {
             type Db = $db;
 
@@ -188,8 +226,11 @@ macro_rules! native_dialect {
                     Arg::Bool(b) => query.bind(b),
                     Arg::Bytes(bytes) => query.bind(bytes),
                     Arg::Headers(headers) => query.bind($to(headers)),
+                    Arg::Ids(ids) => Self::bind_ids(query, ids),
                 }
             }
+
+            $($bind_ids)?
 
             fn rows_affected(
                 done: &<$db as $crate::__private::sqlx::Database>::QueryResult,
@@ -237,6 +278,14 @@ macro_rules! native_dialect {
                     $crate::__private::sqlx::Row::try_get::<Option<i32>, _>(row, name)?
                         .map(i64::from),
                 )
+            }
+
+            fn count(
+                row: &$crate::SqlRow<Self>,
+                name: &str,
+            ) -> $crate::__private::txmsg_core::Result<u64> {
+                let n = $crate::__private::sqlx::Row::try_get::<Option<i64>, _>(row, name)?;
+                Ok(n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
             }
 
             fn headers(

@@ -1,13 +1,15 @@
 //! The layer the txmsg SQL stores share.
 //!
-//! A store crate supplies a [`Dialect`]: how its database binds each kind of
-//! value ([`Arg`]), reads a column, and counts affected rows. Everything
-//! written over that is here once, for every SQL store: running statements
-//! ([`execute`], [`fetch_optional`]), reading rows as envelopes and dead
+//! A store crate supplies a [`Backend`]: its [`Dialect`] (how its database
+//! binds each kind of value ([`Arg`]), reads a column, and counts affected
+//! rows), its statements' text ([`Statements`]), how it connects, migrates
+//! and claims. Everything written over that is here once, for every SQL
+//! store: the store itself ([`TableStore`], which implements every store
+//! trait), running statements ([`Stmt`]), reading rows as envelopes and dead
 //! letters ([`envelope`], [`dead_letter`], [`consumer_dead_letter`]),
-//! applying migrations ([`apply_migrations`]) and settling half messages
-//! ([`settle`]). A store crate keeps its SQL text and what truly differs
-//! between databases.
+//! applying migrations ([`apply_migrations`]), settling half messages
+//! ([`settle`]) and the half-message and inbox writers. A store crate keeps
+//! its SQL text and what truly differs between databases.
 //!
 //! Generic sqlx code usually needs a bound such as `for<'c> &'c mut
 //! DB::Connection: Executor<'c>` on every function; [`Dialect::executor`]
@@ -17,6 +19,8 @@ mod dialect;
 mod half;
 mod migrate;
 mod row;
+mod stmt;
+mod store;
 mod writer;
 
 pub use dialect::{Arg, Conn, Dialect, SqlQuery, SqlRow, execute, fetch_all, fetch_optional};
@@ -25,6 +29,11 @@ pub use migrate::{Migration, MigrationsSql, Step, apply_migrations};
 pub use row::{
     attempts_to_int, consumer_dead_letter, dead_letter, envelope, headers_from_json,
     headers_from_text, headers_to_json, headers_to_text,
+};
+pub use stmt::{IdList, Stmt};
+pub use store::{
+    Backend, DEFAULT_MAX_CONNECTIONS, InboxStatements, Notifying, Statements, StoreConfig,
+    TableStore,
 };
 pub use writer::{SqlHalfWriter, SqlInbox};
 

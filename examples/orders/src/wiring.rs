@@ -190,7 +190,7 @@ impl StoreChoice {
                     .await?;
                 let tables = Tables::default().schema(&schema)?;
                 Ok(StoreChoice::Postgres {
-                    store: PgStore::new(pool, tables),
+                    store: PgStore::new(pool, tables)?,
                     schema,
                 })
             }

@@ -280,7 +280,7 @@ impl Databases for PgSchemas {
         let schema = self.schema(service);
         let pool = self.pool(Some(&schema)).await?;
         let tables = Tables::default().schema(&schema)?;
-        Ok(PgStore::new(pool, tables))
+        Ok(PgStore::new(pool, tables)?)
     }
 
     async fn create_tables(service: Service, store: &PgStore) -> Result<(), BoxError> {

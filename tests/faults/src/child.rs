@@ -93,7 +93,7 @@ async fn connect(env: &Env, max: u32) -> Result<(PgStore, RabbitBroker), BoxErro
             }
         }
     };
-    let store = PgStore::new(pool, Tables::default().schema(&env.schema)?);
+    let store = PgStore::new(pool, Tables::default().schema(&env.schema)?)?;
     let config = RabbitConfig::default()
         .exchange(&env.exchange)?
         .connection_name(&env.app)?

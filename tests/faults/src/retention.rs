@@ -215,7 +215,7 @@ async fn measure(
     schema: &str,
     broker: &RabbitBroker,
 ) -> Result<Report, BoxError> {
-    let store = PgStore::new(pool.clone(), Tables::default().schema(schema)?);
+    let store = PgStore::new(pool.clone(), Tables::default().schema(schema)?)?;
     store.migrate().await?;
     workload::create_schema(pool).await?;
     fill(pool, opts.rows).await?;

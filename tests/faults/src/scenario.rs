@@ -325,7 +325,7 @@ pub(crate) async fn run(opts: Options) -> Result<Report, BoxError> {
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
         .execute(&admin)
         .await?;
-    let store = PgStore::new(admin.clone(), Tables::default().schema(&schema)?);
+    let store = PgStore::new(admin.clone(), Tables::default().schema(&schema)?)?;
     store.migrate().await?;
     workload::create_schema(&admin).await?;
     let rabbit =
