@@ -83,7 +83,8 @@ impl PgSchema {
         let store = PgStore::new(
             pool.clone(),
             Tables::default().schema(&name).expect("schema name"),
-        )?;
+        )
+        .expect("store");
         store.migrate().await.expect("migrate");
         PgSchema { name, pool, store }
     }

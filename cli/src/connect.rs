@@ -121,7 +121,9 @@ pub(crate) async fn connect(
                 .connect(url)
                 .await
                 .map_err(refused)?;
-            Ok(AnyStore::Postgres(PgStore::new(pool, tables)?))
+            Ok(AnyStore::Postgres(
+                PgStore::new(pool, tables).map_err(failed)?,
+            ))
         }
         Kind::MySql => {
             // sqlx knows MariaDB by the `mysql` scheme.
@@ -137,7 +139,9 @@ pub(crate) async fn connect(
                 .connect(&url)
                 .await
                 .map_err(refused)?;
-            Ok(AnyStore::MySql(MySqlStore::new(pool, tables)))
+            Ok(AnyStore::MySql(
+                MySqlStore::new(pool, tables).map_err(failed)?,
+            ))
         }
         Kind::Sqlite => {
             if !create

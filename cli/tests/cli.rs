@@ -568,9 +568,12 @@ impl Db for Maria {
             .and_then(|t| t.inbox(&format!("{}_inbox", self.prefix)))
             .and_then(|t| t.migrations(&format!("{}_migrations", self.prefix)))
             .expect("table names");
-        MySqlStore::connect_with(&self.url, tables, 4)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach MariaDB at MYSQL_URL: {e}"))
+        MySqlStore::connect_with(
+            &self.url,
+            txmsg::mysql::StoreConfig::from(tables).max_connections(4),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach MariaDB at MYSQL_URL: {e}"))
     }
 }
 

@@ -288,7 +288,7 @@ async fn mariadb_rabbitmq() {
         .connect_with(options)
         .await
         .unwrap();
-    let store = MySqlStore::new(pool.clone(), Tables::default());
+    let store = MySqlStore::new(pool.clone(), Tables::default()).expect("store");
     store.migrate().await.unwrap();
     sqlx::raw_sql(CREATE).execute(&pool).await.unwrap();
     let rabbit = Rabbit::new().await;

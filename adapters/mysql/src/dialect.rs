@@ -4,12 +4,14 @@
 
 use sqlx::MySql;
 
-/// The bindings of this database.
+/// MySQL and MariaDB as a backend of the shared SQL store:
+/// [`MySqlStore`](crate::MySqlStore) is a
+/// [`TableStore`](txmsg_sql::TableStore) over it.
 #[derive(Debug)]
-pub(crate) struct MySqlDialect;
+pub struct MySqlBackend;
 
 txmsg_sql::native_dialect!(
-    MySqlDialect,
+    MySqlBackend,
     MySql,
     String,
     txmsg_sql::headers_to_text,

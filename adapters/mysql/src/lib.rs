@@ -50,4 +50,6 @@ mod sql;
 mod store;
 mod writer;
 
+pub use dialect::MySqlBackend;
 pub use store::MySqlStore;
+pub use txmsg_sql::StoreConfig;

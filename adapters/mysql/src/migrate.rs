@@ -11,7 +11,7 @@ use sqlx::MySqlPool;
 use sqlx::mysql::MySqlConnection;
 use txmsg_core::{BoxFuture, Result};
 
-use crate::dialect::MySqlDialect;
+use crate::dialect::MySqlBackend;
 use crate::sql::{RenderedMigration, RenderedStep, Sql};
 
 /// How long `migrate` waits for a concurrent migration, in seconds.
@@ -169,26 +169,24 @@ CREATE TABLE IF NOT EXISTS {consumer_dead} (
 /// connection is closed afterwards rather than returned to the pool, so a
 /// call dropped halfway never leaves the lock held by a pooled connection.
 pub(crate) async fn migrate(pool: &MySqlPool, sql: &Sql) -> Result<()> {
-    // Checked before anything runs: the inbox table's name must leave a name
-    // for the dead-letter table.
-    let migrations = sql.migrations()?;
+    let migrations = &sql.own.migrations;
     let mut conn = pool.acquire().await?;
     conn.close_on_drop();
     let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
-        .bind(&sql.migrate_lock)
+        .bind(&sql.own.migrate_lock)
         .bind(LOCK_WAIT_SECS)
         .fetch_one(&mut *conn)
         .await?;
     if got != Some(1) {
         return Err(sqlx::Error::Protocol(format!(
             "timed out waiting for lock `{}` held by a concurrent migration",
-            sql.migrate_lock
+            sql.own.migrate_lock
         ))
         .into());
     }
     let outcome = apply(&mut conn, sql, migrations).await;
     let released = sqlx::query("SELECT RELEASE_LOCK(?)")
-        .bind(&sql.migrate_lock)
+        .bind(&sql.own.migrate_lock)
         .execute(&mut *conn)
         .await;
     outcome?;
@@ -201,7 +199,7 @@ async fn apply(
     sql: &Sql,
     migrations: &[RenderedMigration],
 ) -> Result<()> {
-    if let Some((schema, create)) = &sql.create_schema {
+    if let Some((schema, create)) = &sql.own.create_schema {
         // Checked first: CREATE DATABASE IF NOT EXISTS needs the CREATE right
         // even when the database is already there.
         let exists: i64 = sqlx::query_scalar(
@@ -214,16 +212,16 @@ async fn apply(
             sqlx::query(create.get()).execute(&mut *conn).await?;
         }
     }
-    txmsg_sql::apply_migrations::<MySqlDialect, _>(
+    txmsg_sql::apply_migrations::<MySqlBackend, _>(
         conn,
-        &sql.migrations_table,
+        &sql.own.migrations_table,
         migrations,
         "txmsg-mysql",
     )
     .await
 }
 
-impl txmsg_sql::Step<MySqlDialect> for RenderedStep {
+impl txmsg_sql::Step<MySqlBackend> for RenderedStep {
     fn apply<'a>(&'a self, conn: &'a mut MySqlConnection) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let then = match self {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 use txmsg_core::{Error, Ident, Result, Tables};
-use txmsg_sql::{MigrationsSql, SettleSql};
+use txmsg_sql::{IdList, InboxStatements, MigrationsSql, SettleSql, Statements, Stmt};
 
 use crate::migrate::{MIGRATIONS, Step, Table};
 
@@ -31,13 +31,13 @@ fn sql_str(sql: String) -> SqlStr {
     AssertSqlSafe(sql).into_sql_str()
 }
 
-/// One SQL string, cheap to clone into a query.
+/// One SQL string of this store only, cheap to clone into a query.
 #[derive(Debug, Clone)]
-pub(crate) struct Stmt(Arc<str>);
+pub(crate) struct Text(Arc<str>);
 
-impl Stmt {
+impl Text {
     fn new(sql: String) -> Self {
-        Stmt(sql.into())
+        Text(sql.into())
     }
 
     /// The statement for `sqlx::query` and friends.
@@ -69,7 +69,7 @@ impl Stmt {
 }
 
 /// A step of a migration, rendered for the configured tables.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum RenderedStep {
     /// A statement that is idempotent by itself.
     Sql(SqlStr),
@@ -99,57 +99,57 @@ const INDEX_EXISTS: &str = "SELECT COUNT(*) FROM information_schema.STATISTICS \
 /// The statements of the inbox and the consumer dead letters.
 #[derive(Debug)]
 pub(crate) struct InboxSql {
-    pub(crate) record: Stmt,
-    pub(crate) has_legacy_keys: Stmt,
-    pub(crate) is_legacy_key: Stmt,
-    pub(crate) remove_dead: Stmt,
-    pub(crate) add_dead: Stmt,
-    pub(crate) dead_letters: Stmt,
-    pub(crate) dead_letter: Stmt,
-    pub(crate) purge_pick: Stmt,
-    pub(crate) purge_delete: Stmt,
+    pub(crate) record: Text,
+    pub(crate) has_legacy_keys: Text,
+    pub(crate) is_legacy_key: Text,
+    pub(crate) remove_dead: Text,
+    pub(crate) add_dead: Text,
+    pub(crate) dead_letters: Text,
+    pub(crate) dead_letter: Text,
+    pub(crate) purge_pick: Text,
+    pub(crate) purge_delete: Text,
 }
 
 /// The statements of one store.
 #[derive(Debug)]
-pub(crate) struct Sql {
+pub(crate) struct Texts {
     /// Name of the `GET_LOCK` lock that serialises migrations on these tables.
     pub(crate) migrate_lock: String,
     /// The database's name and the statement that creates it, if one is set.
-    pub(crate) create_schema: Option<(String, Stmt)>,
+    pub(crate) create_schema: Option<(String, Text)>,
     pub(crate) migrations_table: MigrationsSql,
     /// The migrations, or why the inbox table's name cannot be used.
     migrations: std::result::Result<Vec<RenderedMigration>, String>,
     /// The inbox's statements, or why the inbox table's name cannot be used.
     inbox: std::result::Result<InboxSql, String>,
 
-    pub(crate) insert: Stmt,
+    pub(crate) insert: Text,
     pub(crate) inserted: SqlStr,
-    pub(crate) claim_heads: Stmt,
-    pub(crate) claim_heads_lock: Stmt,
-    pub(crate) claim_followers: Stmt,
-    pub(crate) claim_lock: Stmt,
-    pub(crate) claim_lease: Stmt,
-    pub(crate) mark_sent: Stmt,
-    pub(crate) mark_failed: Stmt,
-    pub(crate) mark_dead: Stmt,
-    pub(crate) release: Stmt,
-    pub(crate) dead_letters: Stmt,
-    pub(crate) replay: Stmt,
-    pub(crate) purge_pick: Stmt,
-    pub(crate) purge_delete: Stmt,
-    pub(crate) stats: Stmt,
-    pub(crate) topic_stats: Stmt,
-    pub(crate) dead_letter: Stmt,
-    pub(crate) purge_dead_pick: Stmt,
-    pub(crate) purge_dead_delete: Stmt,
+    pub(crate) claim_heads: Text,
+    pub(crate) claim_heads_lock: Text,
+    pub(crate) claim_followers: Text,
+    pub(crate) claim_lock: Text,
+    pub(crate) claim_lease: Text,
+    pub(crate) mark_sent: Text,
+    pub(crate) mark_failed: Text,
+    pub(crate) mark_dead: Text,
+    pub(crate) release: Text,
+    pub(crate) dead_letters: Text,
+    pub(crate) replay: Text,
+    pub(crate) purge_pick: Text,
+    pub(crate) purge_delete: Text,
+    pub(crate) stats: Text,
+    pub(crate) topic_stats: Text,
+    pub(crate) dead_letter: Text,
+    pub(crate) purge_dead_pick: Text,
+    pub(crate) purge_dead_delete: Text,
 
     pub(crate) prepare: SqlStr,
     pub(crate) settle: SettleSql,
-    pub(crate) claim_prepared: Stmt,
-    pub(crate) record_check: Stmt,
-    pub(crate) mark_prepared_dead: Stmt,
-    pub(crate) resume: Stmt,
+    pub(crate) claim_prepared: Text,
+    pub(crate) record_check: Text,
+    pub(crate) mark_prepared_dead: Text,
+    pub(crate) resume: Text,
 }
 /// The consumer dead-letter table ([`Tables::consumer_dead_name`]); the
 /// error is the reason the inbox table's name cannot be used.
@@ -170,8 +170,8 @@ fn lock_hash(text: &str) -> u64 {
     hash
 }
 
-impl Sql {
-    pub(crate) fn new(tables: &Tables) -> Self {
+impl Texts {
+    fn new(tables: &Tables) -> Self {
         let outbox = tables.qualified(tables.outbox_name(), '`');
         let inbox = tables.qualified(tables.inbox_name(), '`');
         let migrations_table = tables.qualified(tables.migrations_name(), '`');
@@ -229,7 +229,7 @@ impl Sql {
             .map_err(Clone::clone)
             .map(|dead| InboxSql::new(&inbox, &tables.qualified(dead, '`')));
 
-        Sql {
+        Texts {
             migrate_lock: format!(
                 "txmsg_migrate_{:016x}",
                 lock_hash(&format!("txmsg migrate {migrations_table}"))
@@ -237,7 +237,7 @@ impl Sql {
             create_schema: tables.schema_name().map(|s| {
                 (
                     s.to_string(),
-                    Stmt::new(format!(
+                    Text::new(format!(
                         "CREATE DATABASE IF NOT EXISTS `{s}` \
                          CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
                     )),
@@ -270,7 +270,7 @@ impl Sql {
             // publish this one after it, so it goes in unleased. A duplicate
             // (same topic and idempotency key) changes nothing; `inserted`
             // then tells which row holds the key.
-            insert: Stmt::new(format!(
+            insert: Text::new(format!(
                 "INSERT INTO {o} (id, topic, `key`, idempotency_key, payload, headers, state, \
                  attempts, next_attempt_at, lease_owner, lease_until, checks, half, \
                  created_at, expires_at) \
@@ -302,7 +302,7 @@ impl Sql {
             // check too, and so would take a row whose earlier row another
             // claimer holds for a head. The heads found are locked next
             // (`claim_heads_lock`).
-            claim_heads: Stmt::new(format!(
+            claim_heads: Text::new(format!(
                 "SELECT o.id FROM {o} o \
                  WHERE o.state = 'pending' AND o.next_attempt_at <= ? \
                  AND (o.lease_until IS NULL OR o.lease_until < ?) \
@@ -322,7 +322,7 @@ impl Sql {
             // still has the earlier pending row in front of it. After commit
             // the head is leased, so it is still pending and still blocks its
             // key. The head's own conditions are checked again under the lock.
-            claim_heads_lock: Stmt::new(format!(
+            claim_heads_lock: Text::new(format!(
                 "SELECT id, topic, `key` FROM {o} FORCE INDEX (PRIMARY) \
                  WHERE state = 'pending' AND next_attempt_at <= ? \
                  AND (lease_until IS NULL OR lease_until < ?) \
@@ -337,7 +337,7 @@ impl Sql {
             // The rows after one head that could block or follow it, in key
             // order; the caller keeps the unbroken prefix of claimable ones.
             // With dead rows not parking their key they are skipped here.
-            claim_followers: Stmt::new(format!(
+            claim_followers: Text::new(format!(
                 "SELECT id, CAST((state = 'pending' AND next_attempt_at <= ? \
                    AND (lease_until IS NULL OR lease_until < ?)) AS SIGNED) AS claimable \
                  FROM {o} \
@@ -350,7 +350,7 @@ impl Sql {
             // 1 now, then the ids. The conditions are checked again: a
             // follower is not locked before this statement, and its last
             // owner may have finished it meanwhile.
-            claim_lock: Stmt::new(format!(
+            claim_lock: Text::new(format!(
                 "SELECT {cols} FROM {o} FORCE INDEX (PRIMARY) \
                  WHERE state = 'pending' AND (lease_until IS NULL OR lease_until < ?) \
                  AND id IN ({IDS}) \
@@ -358,26 +358,26 @@ impl Sql {
             )),
 
             // 1 owner, 2 until, then the ids (locked by `claim_lock`).
-            claim_lease: Stmt::new(format!(
+            claim_lease: Text::new(format!(
                 "UPDATE {o} FORCE INDEX (PRIMARY) SET lease_owner = ?, lease_until = ? \
                  WHERE id IN ({IDS})"
             )),
 
             // 1 sent at, then the ids.
-            mark_sent: Stmt::new(format!(
+            mark_sent: Text::new(format!(
                 "UPDATE {o} SET state = 'sent', sent_at = ?, lease_owner = NULL, lease_until = NULL \
                  WHERE state = 'pending' AND id IN ({IDS})"
             )),
 
             // 1 next attempt at, 2 error, 3 id, 4 owner.
-            mark_failed: Stmt::new(format!(
+            mark_failed: Text::new(format!(
                 "UPDATE {o} SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, \
                  lease_owner = NULL, lease_until = NULL \
                  WHERE id = ? AND lease_owner = ? AND state = 'pending'"
             )),
 
             // 1 reason, 2 dead at, 3 id, 4 owner.
-            mark_dead: Stmt::new(format!(
+            mark_dead: Text::new(format!(
                 "UPDATE {o} SET state = 'dead', last_error = ?, dead_at = ?, \
                  lease_owner = NULL, lease_until = NULL \
                  WHERE id = ? AND state IN ('pending', 'prepared') \
@@ -385,13 +385,13 @@ impl Sql {
             )),
 
             // 1 owner, then the ids.
-            release: Stmt::new(format!(
+            release: Text::new(format!(
                 "UPDATE {o} SET lease_owner = NULL, lease_until = NULL \
                  WHERE lease_owner = ? AND state = 'pending' AND id IN ({IDS})"
             )),
 
             // 1, 2 topic or NULL, 3, 4 key or NULL, 5 limit.
-            dead_letters: Stmt::new(format!(
+            dead_letters: Text::new(format!(
                 "SELECT {cols}, last_error, dead_at FROM {o} \
                  WHERE state = 'dead' \
                  AND (? IS NULL OR topic = ?) \
@@ -403,7 +403,7 @@ impl Sql {
             // 1 next attempt at, 2 id. Replaying a dead half message delivers
             // it: it is an ordinary message from then on, so it loses its
             // half mark.
-            replay: Stmt::new(format!(
+            replay: Text::new(format!(
                 "UPDATE {o} SET state = 'pending', attempts = 0, next_attempt_at = ?, \
                  lease_owner = NULL, lease_until = NULL, dead_at = NULL, half = FALSE \
                  WHERE id = ? AND state = 'dead'"
@@ -412,17 +412,17 @@ impl Sql {
             // 1 before, 2 limit. No ORDER BY: the first matching rows found
             // are as good as any. SKIP LOCKED keeps the purge from waiting on
             // anything else.
-            purge_pick: Stmt::new(format!(
+            purge_pick: Text::new(format!(
                 "SELECT id FROM {o} WHERE state = 'sent' AND sent_at < ? \
                  LIMIT ? FOR UPDATE SKIP LOCKED"
             )),
 
             // The ids picked (and locked) by `purge_pick`.
-            purge_delete: Stmt::new(format!(
+            purge_delete: Text::new(format!(
                 "DELETE FROM {o} WHERE state = 'sent' AND id IN ({IDS})"
             )),
 
-            stats: Stmt::new(format!(
+            stats: Text::new(format!(
                 "SELECT COUNT(CASE WHEN state = 'pending' THEN 1 END) AS pending, \
                  MIN(CASE WHEN state = 'pending' THEN created_at END) AS oldest, \
                  COUNT(CASE WHEN state = 'dead' THEN 1 END) AS dead, \
@@ -432,7 +432,7 @@ impl Sql {
             )),
 
             // 1 sent since. Every row is read: for operators only.
-            topic_stats: Stmt::new(format!(
+            topic_stats: Text::new(format!(
                 "SELECT topic, \
                  COUNT(CASE WHEN state = 'pending' THEN 1 END) AS pending, \
                  COUNT(CASE WHEN state = 'prepared' THEN 1 END) AS prepared, \
@@ -443,13 +443,13 @@ impl Sql {
             )),
 
             // 1 id.
-            dead_letter: Stmt::new(format!(
+            dead_letter: Text::new(format!(
                 "SELECT {cols}, last_error, dead_at FROM {o} WHERE id = ? AND state = 'dead'"
             )),
 
             // 1, 2 topic or NULL, 3, 4 key or NULL, 5 dead before, 6 limit.
             // SKIP LOCKED, as `purge_pick`.
-            purge_dead_pick: Stmt::new(format!(
+            purge_dead_pick: Text::new(format!(
                 "SELECT id FROM {o} WHERE state = 'dead' \
                  AND (? IS NULL OR topic = ?) \
                  AND (? IS NULL OR `key` = ?) \
@@ -459,7 +459,7 @@ impl Sql {
             )),
 
             // The ids picked (and locked) by `purge_dead_pick`.
-            purge_dead_delete: Stmt::new(format!(
+            purge_dead_delete: Text::new(format!(
                 "DELETE FROM {o} WHERE state = 'dead' AND id IN ({IDS})"
             )),
 
@@ -492,7 +492,7 @@ impl Sql {
 
             // 1 now, 2 now, 3 limit. SKIP LOCKED keeps concurrent workers
             // apart; the rows are then leased by id (`claim_lease`).
-            claim_prepared: Stmt::new(format!(
+            claim_prepared: Text::new(format!(
                 "SELECT {cols}, checks FROM {o} \
                  WHERE state = 'prepared' AND next_attempt_at <= ? \
                  AND (lease_until IS NULL OR lease_until < ?) \
@@ -502,14 +502,14 @@ impl Sql {
             )),
 
             // 1 checks to add (0 or 1), 2 next check at, 3 id, 4 owner.
-            record_check: Stmt::new(format!(
+            record_check: Text::new(format!(
                 "UPDATE {o} SET checks = checks + ?, next_attempt_at = ?, \
                  lease_owner = NULL, lease_until = NULL \
                  WHERE id = ? AND lease_owner = ? AND state = 'prepared'"
             )),
 
             // 1 reason, 2 at, 3 id, 4 owner.
-            mark_prepared_dead: Stmt::new(format!(
+            mark_prepared_dead: Text::new(format!(
                 "UPDATE {o} SET state = 'dead', last_error = ?, dead_at = ?, \
                  lease_owner = NULL, lease_until = NULL \
                  WHERE id = ? AND lease_owner = ? AND state = 'prepared'"
@@ -517,7 +517,7 @@ impl Sql {
 
             // 1 first check at, 2 id. Only a half message that went dead
             // while prepared.
-            resume: Stmt::new(format!(
+            resume: Text::new(format!(
                 "UPDATE {o} SET state = 'prepared', checks = 0, next_attempt_at = ?, \
                  lease_owner = NULL, lease_until = NULL, dead_at = NULL \
                  WHERE id = ? AND state = 'dead' AND half"
@@ -566,7 +566,7 @@ impl InboxSql {
             // transaction that inserted the same key holds its index entry:
             // this insert waits for it to end, then inserts (it rolled back)
             // or does nothing (it committed).
-            record: Stmt::new(format!(
+            record: Text::new(format!(
                 "INSERT INTO {i} (consumer_group, topic, idempotency_key, processed_at) \
                  VALUES (?, ?, ?, ?) \
                  ON DUPLICATE KEY UPDATE \
@@ -576,30 +576,30 @@ impl InboxSql {
             // 1 group. Whether the group has keys recorded before the inbox
             // kept topics (empty topic). Plain reads: no locks. Such keys
             // are never written again, so once a group has none it never has.
-            has_legacy_keys: Stmt::new(format!(
+            has_legacy_keys: Text::new(format!(
                 "SELECT EXISTS (SELECT 1 FROM {i} WHERE consumer_group = ? AND topic = '')"
             )),
 
             // 1 group, 2 idempotency key.
-            is_legacy_key: Stmt::new(format!(
+            is_legacy_key: Text::new(format!(
                 "SELECT EXISTS (SELECT 1 FROM {i} \
                  WHERE consumer_group = ? AND topic = '' AND idempotency_key = ?)"
             )),
 
-            remove_dead: Stmt::new(format!("DELETE FROM {d} WHERE id = ?")),
+            remove_dead: Text::new(format!("DELETE FROM {d} WHERE id = ?")),
 
             // 1 id, 2 group, 3 topic, 4 key, 5 idempotency key, 6 headers,
             // 7 payload, 8 envelope id, 9 created at, 10 reason, 11 attempts,
             // 12 dead at. Adding the same dead letter twice (a retry after a
             // lost reply) keeps the first.
-            add_dead: Stmt::new(format!(
+            add_dead: Text::new(format!(
                 "INSERT INTO {d} ({cols}) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  ON DUPLICATE KEY UPDATE id = id"
             )),
 
             // 1 group, 2, 3 topic or NULL, 4, 5 key or NULL, 6 limit.
-            dead_letters: Stmt::new(format!(
+            dead_letters: Text::new(format!(
                 "SELECT {cols} FROM {d} \
                  WHERE consumer_group = ? \
                  AND (? IS NULL OR topic = ?) \
@@ -609,13 +609,13 @@ impl InboxSql {
             )),
 
             // 1 group, 2 id.
-            dead_letter: Stmt::new(format!(
+            dead_letter: Text::new(format!(
                 "SELECT {cols} FROM {d} WHERE consumer_group = ? AND id = ?"
             )),
 
             // 1 group, 2 processed before, 3 limit. As `purge_pick`: no ORDER
             // BY, and SKIP LOCKED so the purge never waits on a handler.
-            purge_pick: Stmt::new(format!(
+            purge_pick: Text::new(format!(
                 "SELECT topic, idempotency_key FROM {i} \
                  WHERE consumer_group = ? AND processed_at < ? \
                  LIMIT ? FOR UPDATE SKIP LOCKED"
@@ -623,11 +623,121 @@ impl InboxSql {
 
             // 1 group, then the (topic, key) pairs picked (and locked) by
             // `purge_pick`.
-            purge_delete: Stmt::new(format!(
+            purge_delete: Text::new(format!(
                 "DELETE FROM {i} WHERE consumer_group = ? AND (topic, idempotency_key) IN ({IDS})"
             )),
         }
     }
+}
+
+/// The statements only MySQL runs, and what the inbox learnt of the tables.
+#[derive(Debug)]
+pub struct Own {
+    /// Name of the `GET_LOCK` lock that serialises migrations on these tables.
+    pub(crate) migrate_lock: String,
+    /// The database's name and the statement that creates it, if one is set.
+    pub(crate) create_schema: Option<(String, Text)>,
+    pub(crate) migrations_table: MigrationsSql,
+    pub(crate) migrations: Vec<RenderedMigration>,
+    pub(crate) insert: Text,
+    pub(crate) inserted: SqlStr,
+    pub(crate) claim_heads: Text,
+    pub(crate) claim_heads_lock: Text,
+    pub(crate) claim_followers: Text,
+    pub(crate) claim_lock: Text,
+    pub(crate) claim_lease: Text,
+    pub(crate) purge_delete: Text,
+    pub(crate) purge_dead_delete: Text,
+    pub(crate) inbox_record: Text,
+    pub(crate) has_legacy_keys: Text,
+    pub(crate) is_legacy_key: Text,
+    pub(crate) inbox_purge_delete: Text,
+    /// Groups seen to have no key recorded before the inbox kept topics.
+    /// No such key is written any more, so a group stays in the set (until
+    /// the next migration), and its records skip the look-up.
+    pub(crate) without_legacy_keys: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// The statements of one store.
+pub(crate) type Sql = Statements<Own>;
+
+/// A statement of the shared store.
+fn shared(text: &Text) -> Stmt {
+    Stmt::new(sql_str(text.0.to_string()))
+}
+
+/// A shared statement with an id list, prepared for the usual lengths.
+fn shared_ids(text: &Text) -> Stmt {
+    Stmt::id_list(IdList::new(&IdList::SIZES, |n| {
+        sql_str(text.0.replace(IDS, &vec!["?"; n].join(", ")))
+    }))
+}
+
+/// Every statement of a store on `tables`. MySQL's placeholders are
+/// positional, so each shared statement says which argument fills each.
+///
+/// # Errors
+///
+/// [`Error::Config`] for `inbox_table` if its name leaves no name for the
+/// consumer dead-letter table.
+pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
+    let t = Texts::new(tables);
+    let migrations = t.migrations()?.to_vec();
+    let i = t.inbox()?;
+    let inbox = InboxStatements {
+        record: sql_str(i.record.0.to_string()),
+        remove_dead: sql_str(i.remove_dead.0.to_string()),
+        add_dead: shared(&i.add_dead),
+        dead_letters: shared(&i.dead_letters).bind_order(&[0, 1, 1, 2, 2, 3]),
+        dead_letter: shared(&i.dead_letter),
+        // Picks the keys to delete; see `MySqlBackend::purge_inbox`.
+        purge: shared(&i.purge_pick).bind_order(&[2, 0, 1]),
+    };
+    let own = Own {
+        migrate_lock: t.migrate_lock.clone(),
+        create_schema: t.create_schema.clone(),
+        migrations_table: t.migrations_table.clone(),
+        migrations,
+        insert: t.insert.clone(),
+        inserted: t.inserted.clone(),
+        claim_heads: t.claim_heads.clone(),
+        claim_heads_lock: t.claim_heads_lock.clone(),
+        claim_followers: t.claim_followers.clone(),
+        claim_lock: t.claim_lock.clone(),
+        claim_lease: t.claim_lease.clone(),
+        purge_delete: t.purge_delete.clone(),
+        purge_dead_delete: t.purge_dead_delete.clone(),
+        inbox_record: i.record.clone(),
+        has_legacy_keys: i.has_legacy_keys.clone(),
+        is_legacy_key: i.is_legacy_key.clone(),
+        inbox_purge_delete: i.purge_delete.clone(),
+        without_legacy_keys: std::sync::Mutex::default(),
+    };
+    Ok(Statements {
+        mark_sent: shared_ids(&t.mark_sent).bind_order(&[1, 0]),
+        mark_failed: shared(&t.mark_failed).bind_order(&[2, 3, 0, 1]),
+        mark_dead: shared(&t.mark_dead).bind_order(&[2, 3, 0, 1]),
+        release: shared_ids(&t.release).bind_order(&[1, 0]),
+        dead_letters: shared(&t.dead_letters).bind_order(&[0, 0, 1, 1, 2]),
+        replay: shared(&t.replay).bind_order(&[1, 0]),
+        // Picks the rows to delete; see `MySqlBackend::purge_sent`.
+        purge_sent: shared(&t.purge_pick),
+        stats: shared(&t.stats),
+        topic_stats: shared(&t.topic_stats),
+        dead_letter: shared(&t.dead_letter),
+        // Picks the rows to delete; see `MySqlBackend::purge_dead`.
+        purge_dead: shared(&t.purge_dead_pick).bind_order(&[0, 0, 1, 1, 2, 3]),
+        prepare: t.prepare.clone(),
+        prepare_holder: Some(t.inserted.clone()),
+        settle: t.settle.clone(),
+        // Picks the rows to lease; see `MySqlBackend::claim_prepared`.
+        claim_prepared: shared(&t.claim_prepared).bind_order(&[2, 2, 3]),
+        record_check: shared(&t.record_check).bind_order(&[3, 2, 0, 1]),
+        mark_prepared_dead: shared(&t.mark_prepared_dead).bind_order(&[2, 3, 0, 1]),
+        resume: shared(&t.resume).bind_order(&[1, 0]),
+        inbox,
+        own,
+    })
 }
 
 #[cfg(test)]
@@ -641,7 +751,7 @@ mod tests {
             .unwrap()
             .outbox("events")
             .unwrap();
-        let sql = Sql::new(&tables);
+        let sql = Texts::new(&tables);
         assert!(sql.mark_sent.as_str().contains("`app`.`events`"));
         assert!(
             sql.migrations_table
@@ -663,7 +773,7 @@ mod tests {
 
     #[test]
     fn id_lists_have_one_placeholder_per_id() {
-        let sql = Sql::new(&Tables::default());
+        let sql = Texts::new(&Tables::default());
         let AssertSqlSafe(text) = sql.mark_sent.with_ids(3);
         assert!(text.contains("IN (?, ?, ?)"), "{text}");
     }
@@ -680,17 +790,17 @@ mod tests {
             .outbox("events_dead")
             .unwrap();
         assert!(name(&clash).unwrap_err().contains("outbox"));
-        let sql = Sql::new(&clash);
+        let sql = Texts::new(&clash);
         assert!(sql.migrations().is_err());
         assert!(sql.inbox().is_err());
     }
 
     #[test]
     fn lock_name_depends_on_the_tables_and_fits() {
-        let a = Sql::new(&Tables::default()).migrate_lock;
-        let b = Sql::new(&Tables::default().schema("b").unwrap()).migrate_lock;
+        let a = Texts::new(&Tables::default()).migrate_lock;
+        let b = Texts::new(&Tables::default().schema("b").unwrap()).migrate_lock;
         assert_ne!(a, b);
         assert!(a.len() <= 64);
-        assert_eq!(a, Sql::new(&Tables::default()).migrate_lock);
+        assert_eq!(a, Texts::new(&Tables::default()).migrate_lock);
     }
 }

@@ -26,7 +26,7 @@ async fn holder(
     sql: &Sql,
     envelope: &Envelope,
 ) -> Result<Option<bool>> {
-    let row = sqlx::query(sql.inserted.clone())
+    let row = sqlx::query(sql.own.inserted.clone())
         .bind(&envelope.topic)
         .bind(&envelope.idempotency_key)
         .fetch_optional(&mut *conn)
@@ -58,7 +58,7 @@ impl OutboxWriter<MySql> for MySqlWriter {
             // read back, tells them apart.
             let key = envelope.key.as_deref();
             let owner = lease.map(|l| l.owner);
-            sqlx::query(self.sql.insert.get())
+            sqlx::query(self.sql.own.insert.get())
                 .bind(envelope.id)
                 .bind(&envelope.topic)
                 .bind(key)
@@ -91,10 +91,6 @@ impl OutboxWriter<MySql> for MySqlWriter {
 #[derive(Debug)]
 pub(crate) struct MySqlInbox {
     pub(crate) sql: Arc<Sql>,
-    /// Groups seen to have no key recorded before the inbox kept topics.
-    /// No such key is written any more, so a group stays in the set, and
-    /// its records skip the look-up.
-    pub(crate) without_legacy_keys: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl MySqlInbox {
@@ -107,6 +103,8 @@ impl MySqlInbox {
         idempotency_key: &str,
     ) -> Result<bool> {
         let known_clean = self
+            .sql
+            .own
             .without_legacy_keys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -114,13 +112,13 @@ impl MySqlInbox {
         if known_clean {
             return Ok(false);
         }
-        let sql = self.sql.inbox()?;
+        let sql = &self.sql.own;
         let any: bool = sqlx::query_scalar(sql.has_legacy_keys.get())
             .bind(group)
             .fetch_one(&mut *conn)
             .await?;
         if !any {
-            self.without_legacy_keys
+            sql.without_legacy_keys
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(group.to_owned());
@@ -150,7 +148,7 @@ impl InboxWriter<MySql> for MySqlInbox {
             {
                 return Ok(false);
             }
-            let done = sqlx::query(self.sql.inbox()?.record.get())
+            let done = sqlx::query(self.sql.own.inbox_record.get())
                 .bind(group)
                 .bind(topic)
                 .bind(idempotency_key)
@@ -168,7 +166,7 @@ impl InboxWriter<MySql> for MySqlInbox {
         id: Uuid,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            let done = sqlx::query(self.sql.inbox()?.remove_dead.get())
+            let done = sqlx::query(self.sql.inbox.remove_dead.clone())
                 .bind(id)
                 .execute(&mut *conn)
                 .await?;

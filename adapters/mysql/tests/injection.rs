@@ -144,7 +144,7 @@ async fn reserved_words_as_table_names_are_quoted() {
             .and_then(|t| t.inbox("order"))
             .and_then(|t| t.migrations("table"))
             .expect("valid identifiers");
-        let store = MySqlStore::new(pool.clone(), tables);
+        let store = MySqlStore::new(pool.clone(), tables).expect("store");
         store.migrate().await.expect("migrate");
         let mut tx = Outbox::new(&store).begin().await.expect("begin");
         tx.enqueue(Message::new("inj.reserved", &1).expect("valid"))
@@ -162,7 +162,8 @@ async fn reserved_words_as_table_names_are_quoted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_values_round_trip_through_the_outbox() {
     with_canary(|pool, schema| async move {
-        let store = MySqlStore::new(pool, Tables::default().schema(&schema).expect("valid"));
+        let store = MySqlStore::new(pool, Tables::default().schema(&schema).expect("valid"))
+            .expect("store");
         store.migrate().await.expect("migrate");
         assert_outbox_keeps_hostile_values(&store, mysql_expect).await;
     })
@@ -172,7 +173,8 @@ async fn hostile_values_round_trip_through_the_outbox() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_values_round_trip_through_the_inbox() {
     with_canary(|pool, schema| async move {
-        let store = MySqlStore::new(pool, Tables::default().schema(&schema).expect("valid"));
+        let store = MySqlStore::new(pool, Tables::default().schema(&schema).expect("valid"))
+            .expect("store");
         store.migrate().await.expect("migrate");
         assert_inbox_keeps_hostile_values(&store, mysql_expect).await;
     })

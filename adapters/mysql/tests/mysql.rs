@@ -86,7 +86,7 @@ impl txmsg_testkit::StoreFixture for MySql {
     }
 
     async fn store(&self) -> MySqlStore {
-        let store = MySqlStore::new(self.pool.clone(), tables(&self.schema));
+        let store = MySqlStore::new(self.pool.clone(), tables(&self.schema)).expect("store");
         store.migrate().await.expect("migrate");
         store
     }
@@ -103,7 +103,7 @@ txmsg_testkit::half_conformance!(MySql);
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn inbox_keys_from_before_topics_are_recognised() {
     with_schema(|pool, schema| async move {
-        let store = MySqlStore::new(pool.clone(), tables(&schema));
+        let store = MySqlStore::new(pool.clone(), tables(&schema)).expect("store");
         store.migrate().await.expect("migrate");
         txmsg_testkit::inbox::keys_from_before_topics_are_recognised(&store, |group, key| {
             let (pool, schema) = (pool.clone(), schema.clone());
@@ -140,7 +140,7 @@ async fn inbox_keys_from_before_topics_are_recognised() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upgrade_from_version_1_keeps_rows() {
     with_schema(|pool, schema| async move {
-        let store = MySqlStore::new(pool.clone(), tables(&schema));
+        let store = MySqlStore::new(pool.clone(), tables(&schema)).expect("store");
         store.migrate().await.expect("migrate");
         let to_previous = || async {
             for stmt in [
@@ -161,7 +161,7 @@ async fn upgrade_from_version_1_keeps_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_migrate_is_safe() {
     with_schema(|pool, schema| async move {
-        let store = MySqlStore::new(pool.clone(), tables(&schema));
+        let store = MySqlStore::new(pool.clone(), tables(&schema)).expect("store");
         let tasks: Vec<_> = (0..4)
             .map(|_| {
                 let store = store.clone();
@@ -217,7 +217,7 @@ async fn an_inbox_name_without_room_for_its_dead_letters_is_refused_before_any_s
         .unwrap()
         .outbox("events_dead")
         .unwrap();
-    let err = MySqlStore::connect_with("mysql://127.0.0.1:1/x", tables.clone(), 1)
+    let err = MySqlStore::connect_with("mysql://127.0.0.1:1/x", tables.clone())
         .await
         .unwrap_err();
     assert!(
@@ -234,8 +234,7 @@ async fn an_inbox_name_without_room_for_its_dead_letters_is_refused_before_any_s
     let pool = MySqlPoolOptions::new()
         .connect_lazy("mysql://127.0.0.1:1/x")
         .unwrap();
-    let store = MySqlStore::new(pool, tables);
-    let err = store.migrate().await.unwrap_err();
+    let err = MySqlStore::new(pool, tables).unwrap_err();
     assert!(
         matches!(
             err,
@@ -251,7 +250,7 @@ async fn an_inbox_name_without_room_for_its_dead_letters_is_refused_before_any_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_claimers_over_1000_rows_get_each_id_once() {
     with_schema(|pool, schema| async move {
-        let store = MySqlStore::new(pool.clone(), tables(&schema));
+        let store = MySqlStore::new(pool.clone(), tables(&schema)).expect("store");
         store.migrate().await.expect("migrate");
 
         let outbox = Outbox::new(&store);
@@ -317,7 +316,7 @@ async fn two_claimers_over_1000_rows_get_each_id_once() {
 #[tokio::test]
 async fn case_differing_idempotency_keys_are_distinct() {
     with_schema(|pool, schema| async move {
-        let store = MySqlStore::new(pool, tables(&schema));
+        let store = MySqlStore::new(pool, tables(&schema)).expect("store");
         store.migrate().await.expect("migrate");
         let mut tx = Outbox::new(&store).begin().await.expect("begin");
         let a = tx
@@ -351,7 +350,7 @@ async fn concurrent_producers_of_one_key_never_deadlock() {
     const TASKS: usize = 12;
     const PER_TASK: usize = 60;
     with_schema(|pool, schema| async move {
-        let store = MySqlStore::new(pool.clone(), tables(&schema));
+        let store = MySqlStore::new(pool.clone(), tables(&schema)).expect("store");
         store.migrate().await.expect("migrate");
         let broker = txmsg_memory::MemoryBroker::new();
         let mut sub = broker.observe("my.one-key");

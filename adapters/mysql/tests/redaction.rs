@@ -19,7 +19,7 @@ async fn debug_and_connection_errors_never_show_the_password() {
     let pool = sqlx::mysql::MySqlPoolOptions::new()
         .connect_lazy(&format!("mysql://app:{PASSWORD}@127.0.0.1:1/app"))
         .expect("a valid URL");
-    let store = MySqlStore::new(pool, txmsg_core::Tables::default());
+    let store = MySqlStore::new(pool, txmsg_core::Tables::default()).expect("store");
     let shown = format!("{store:?}");
     assert!(!shown.contains(PASSWORD), "{shown}");
     assert!(shown.contains("txmsg_outbox"), "{shown}");

@@ -6,10 +6,10 @@ use sqlx::Postgres;
 /// PostgreSQL as a backend of the shared SQL store: [`PgStore`](crate::PgStore)
 /// is a [`TableStore`](txmsg_sql::TableStore) over it.
 #[derive(Debug)]
-pub struct Pg;
+pub struct PgBackend;
 
 txmsg_sql::native_dialect!(
-    Pg,
+    PgBackend,
     Postgres,
     serde_json::Value,
     txmsg_sql::headers_to_json,

@@ -70,6 +70,6 @@ mod sql;
 mod store;
 mod writer;
 
-pub use dialect::Pg;
+pub use dialect::PgBackend;
 pub use store::PgStore;
 pub use txmsg_sql::StoreConfig;

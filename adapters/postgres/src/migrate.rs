@@ -8,7 +8,7 @@
 use sqlx::PgPool;
 use txmsg_core::Result;
 
-use crate::dialect::Pg;
+use crate::dialect::PgBackend;
 use crate::sql::Sql;
 
 /// One migration.
@@ -177,7 +177,7 @@ pub(crate) async fn migrate(pool: &PgPool, sql: &Sql) -> Result<()> {
             sqlx::query(create.clone()).execute(&mut *tx).await?;
         }
     }
-    txmsg_sql::apply_migrations::<Pg, _>(
+    txmsg_sql::apply_migrations::<PgBackend, _>(
         &mut tx,
         &sql.migrations_table,
         &sql.migrations,

@@ -8,7 +8,7 @@ use txmsg_core::{BoxFuture, ClaimRequest, Envelope, Ident, Result, Tables, Waker
 use txmsg_sql::{Backend, Notifying, StoreConfig, TableStore};
 use uuid::Uuid;
 
-use crate::dialect::Pg;
+use crate::dialect::PgBackend;
 use crate::migrate;
 use crate::sql::{self, Sql};
 use crate::writer::PgWriter;
@@ -49,9 +49,9 @@ use crate::writer::PgWriter;
 /// tx.commit().await?;
 /// # Ok(()) }
 /// ```
-pub type PgStore = TableStore<Pg>;
+pub type PgStore = TableStore<PgBackend>;
 
-impl Backend for Pg {
+impl Backend for PgBackend {
     const STORE: &'static str = "PgStore";
 
     type Own = sql::Own;
@@ -156,7 +156,7 @@ impl Backend for Pg {
             .await?;
         let claimed = rows
             .iter()
-            .map(txmsg_sql::envelope::<Pg>)
+            .map(txmsg_sql::envelope::<PgBackend>)
             .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
         Ok(claimed)
@@ -167,7 +167,7 @@ impl Backend for Pg {
     }
 }
 
-impl Notifying for Pg {}
+impl Notifying for PgBackend {}
 
 /// Listens on `channel` and wakes the relay on each notification, for as
 /// long as it runs; reconnects after errors.

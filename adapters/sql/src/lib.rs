@@ -33,7 +33,7 @@ pub use row::{
 pub use stmt::{IdList, Stmt};
 pub use store::{
     Backend, DEFAULT_MAX_CONNECTIONS, InboxStatements, Notifying, Statements, StoreConfig,
-    TableStore,
+    TableStore, read_claimed,
 };
 pub use writer::{SqlHalfWriter, SqlInbox};
 

@@ -15,7 +15,7 @@ use txmsg_core::{
 };
 use uuid::Uuid;
 
-use crate::dialect::{Arg, Dialect, SqlRow};
+use crate::dialect::{Arg, Conn, Dialect, SqlRow};
 use crate::half::{SettleSql, settle};
 use crate::row::{attempts_to_int, consumer_dead_letter, dead_letter, envelope};
 use crate::stmt::Stmt;
@@ -831,4 +831,87 @@ impl<B: Backend> InboxStore for TableStore<B> {
         }
         B::purge_inbox(self, group, before, limit).await
     }
+}
+
+/// Reads the rows a claim leased, in the claim's transaction `conn`.
+///
+/// A database keeps what it is given: a row written by hand or by another
+/// program may hold headers that are not a JSON object, or an id of the
+/// wrong length. Such a row is dead-lettered with the reason in this
+/// transaction ([`Statements::mark_dead`], as the claim's owner), so it
+/// neither fails every claim nor comes back when its lease runs out. The
+/// rows of its key claimed after it are given back
+/// ([`Statements::release`]), as they would be behind any dead row.
+///
+/// # Errors
+///
+/// [`Error::Database`] if a statement failed or a row's id cannot be read
+/// even as bytes.
+pub async fn read_claimed<B: Backend>(
+    conn: &mut Conn<B>,
+    sql: &Statements<B::Own>,
+    rows: &[SqlRow<B>],
+    req: &ClaimRequest,
+) -> Result<Vec<Envelope>> {
+    let mut claimed = Vec::with_capacity(rows.len());
+    // (topic and key where they can be read, id bytes) of each row
+    // dead-lettered.
+    type TopicKey = Option<(String, Option<String>)>;
+    let mut broken: Vec<(TopicKey, Vec<u8>)> = Vec::new();
+    for row in rows {
+        let e = match envelope::<B>(row) {
+            Ok(env) => {
+                claimed.push(env);
+                continue;
+            }
+            Err(e) => e,
+        };
+        let reason = format!(
+            "the row cannot be read: {}",
+            txmsg_core::__private::error_chain(&e)
+        );
+        tracing::error!(reason, "outbox row dead-lettered");
+        let id = match B::id(row, "id") {
+            Ok(id) => id.as_bytes().to_vec(),
+            Err(_) => B::bytes(row, "id")?,
+        };
+        let id_arg = match Uuid::from_slice(&id) {
+            Ok(uuid) => Arg::Id(uuid),
+            Err(_) => Arg::Bytes(&id),
+        };
+        let args = [
+            id_arg,
+            Arg::Id(req.lease.owner),
+            Arg::Text(&reason),
+            Arg::Time(req.now),
+        ];
+        sql.mark_dead.execute::<B>(conn, &args).await?;
+        let topic_key = match (B::text(row, "topic"), B::text(row, "key")) {
+            (Ok(Some(topic)), Ok(key)) => Some((topic, key)),
+            _ => None,
+        };
+        broken.push((topic_key, id));
+    }
+    if broken.is_empty() {
+        return Ok(claimed);
+    }
+    // A keyed row after a dead one of its key, or after one whose key cannot
+    // be read (it may be this row's). Ids compare as their bytes.
+    let behind_broken = |env: &Envelope| {
+        env.key.is_some()
+            && broken.iter().any(|(topic_key, id)| {
+                env.id.as_bytes().as_slice() > id.as_slice()
+                    && topic_key
+                        .as_ref()
+                        .is_none_or(|(topic, key)| *topic == env.topic && *key == env.key)
+            })
+    };
+    let (back, keep): (Vec<Envelope>, Vec<Envelope>) =
+        claimed.into_iter().partition(|env| behind_broken(env));
+    let back: Vec<Uuid> = back.iter().map(|env| env.id).collect();
+    for chunk in back.chunks(sql.release.ids_per_statement()) {
+        let args = [Arg::Ids(chunk), Arg::Id(req.lease.owner)];
+        sql.release.execute::<B>(conn, &args).await?;
+    }
+    Ok(keep)
 }

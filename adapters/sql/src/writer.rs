@@ -123,7 +123,8 @@ impl<D: Dialect> HalfWriter<D::Db> for SqlHalfWriter<D> {
 /// Records inbox keys and removes replayed dead letters on a handler's
 /// connection, in one statement each, for a store of dialect `D`.
 pub struct SqlInbox<D> {
-    statements: std::result::Result<(SqlStr, SqlStr), String>,
+    record: SqlStr,
+    remove_dead: SqlStr,
     dialect: PhantomData<fn() -> D>,
 }
 
@@ -140,25 +141,10 @@ impl<D> SqlInbox<D> {
     /// dead letter by id.
     pub fn new(record: SqlStr, remove_dead: SqlStr) -> Self {
         SqlInbox {
-            statements: Ok((record, remove_dead)),
+            record,
+            remove_dead,
             dialect: PhantomData,
         }
-    }
-
-    /// A writer that refuses every call with [`txmsg_core::Error::Config`]
-    /// for `inbox_table` and `reason` (the store's inbox table cannot be
-    /// used), so only the inbox fails and the outbox works on.
-    pub fn refusing(reason: String) -> Self {
-        SqlInbox {
-            statements: Err(reason),
-            dialect: PhantomData,
-        }
-    }
-
-    fn statements(&self) -> Result<&(SqlStr, SqlStr)> {
-        self.statements
-            .as_ref()
-            .map_err(|reason| txmsg_core::Error::config("inbox_table", reason.clone()))
     }
 }
 
@@ -172,21 +158,19 @@ impl<D: Dialect> txmsg_core::consumer::InboxWriter<D::Db> for SqlInbox<D> {
         at: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            let (record, _) = self.statements()?;
             let args = [
                 Arg::Text(group),
                 Arg::Text(topic),
                 Arg::Text(idempotency_key),
                 Arg::Time(at),
             ];
-            Ok(execute::<D>(conn, record, &args).await? == 1)
+            Ok(execute::<D>(conn, &self.record, &args).await? == 1)
         })
     }
 
     fn remove_dead<'a>(&'a self, conn: &'a mut Conn<D>, id: Uuid) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(async move {
-            let (_, remove_dead) = self.statements()?;
-            Ok(execute::<D>(conn, remove_dead, &[Arg::Id(id)]).await? > 0)
-        })
+        Box::pin(
+            async move { Ok(execute::<D>(conn, &self.remove_dead, &[Arg::Id(id)]).await? > 0) },
+        )
     }
 }

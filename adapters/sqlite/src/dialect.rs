@@ -15,11 +15,13 @@ pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-/// SQLite's bindings.
+/// SQLite as a backend of the shared SQL store:
+/// [`SqliteStore`](crate::SqliteStore) is a
+/// [`TableStore`](txmsg_sql::TableStore) over it.
 #[derive(Debug)]
-pub(crate) struct SqliteDialect;
+pub struct SqliteBackend;
 
-impl Dialect for SqliteDialect {
+impl Dialect for SqliteBackend {
     type Db = Sqlite;
 
     fn executor<'c>(conn: &'c mut SqliteConnection) -> impl Executor<'c, Database = Sqlite> + 'c {
@@ -38,6 +40,7 @@ impl Dialect for SqliteDialect {
             Arg::Bool(b) => query.bind(b),
             Arg::Bytes(bytes) => query.bind(bytes),
             Arg::Headers(headers) => query.bind(txmsg_sql::headers_to_text(headers)),
+            Arg::Ids(ids) => Self::bind_ids(query, ids),
         }
     }
 
@@ -73,6 +76,11 @@ impl Dialect for SqliteDialect {
 
     fn int(row: &SqlRow<Self>, name: &str) -> Result<Option<i64>> {
         Ok(row.try_get(name)?)
+    }
+
+    fn count(row: &SqlRow<Self>, name: &str) -> Result<u64> {
+        let n: Option<i64> = row.try_get(name)?;
+        Ok(n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
     }
 
     fn headers(row: &SqlRow<Self>, name: &str) -> Result<Headers> {

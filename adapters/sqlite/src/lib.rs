@@ -33,4 +33,6 @@ mod sql;
 mod store;
 mod writer;
 
+pub use dialect::SqliteBackend;
 pub use store::SqliteStore;
+pub use txmsg_sql::StoreConfig;

@@ -8,9 +8,9 @@
 use sqlx::{SqlStr, SqlitePool};
 use txmsg_core::Result;
 
-use crate::dialect::SqliteDialect;
+use crate::dialect::SqliteBackend;
 
-use crate::sql::{Names, Statements};
+use crate::sql::{Names, Sql};
 
 /// One schema version. Statements use the `{outbox}`, `{inbox}`,
 /// `{consumer_dead}`, `{outbox_bare}`, `{inbox_bare}` and
@@ -160,15 +160,11 @@ pub(crate) fn render(names: &Names) -> Vec<Rendered> {
 
 /// Applies the versions not yet recorded, in one `BEGIN IMMEDIATE`
 /// transaction: SQLite's write lock keeps concurrent calls apart.
-pub(crate) async fn run(
-    pool: &SqlitePool,
-    sql: &Statements,
-    migrations: &[Rendered],
-) -> Result<()> {
+pub(crate) async fn run(pool: &SqlitePool, sql: &Sql, migrations: &[Rendered]) -> Result<()> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    txmsg_sql::apply_migrations::<SqliteDialect, _>(
+    txmsg_sql::apply_migrations::<SqliteBackend, _>(
         &mut tx,
-        &sql.migrations,
+        &sql.own.migrations,
         migrations,
         "txmsg-sqlite",
     )
@@ -183,16 +179,17 @@ mod tests {
     use txmsg_core::Tables;
 
     use super::*;
+    use crate::sql::with_names;
 
     /// An empty in-memory database, its statements and its migrations.
-    async fn fresh() -> (SqlitePool, Statements, Vec<Rendered>) {
+    async fn fresh() -> (SqlitePool, Sql, Vec<Rendered>) {
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect("sqlite::memory:")
             .await
             .unwrap();
         let names = Names::new(&Tables::default()).unwrap();
-        (pool, Statements::new(&names), render(&names))
+        (pool, with_names(&names), render(&names))
     }
 
     #[tokio::test]

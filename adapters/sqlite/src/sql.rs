@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 use txmsg_core::{Error, Ident, Result, Tables};
-use txmsg_sql::{MigrationsSql, SettleSql};
+use txmsg_sql::{IdList, InboxStatements, MigrationsSql, SettleSql, Statements, Stmt};
+
+use crate::migrate::{self, Rendered};
 
 /// The envelope columns, in the order [`crate::row::envelope`] reads them.
 const ENVELOPE_COLUMNS: &str =
@@ -20,12 +22,6 @@ const ENVELOPE_COLUMNS: &str =
 /// The consumer dead-letter columns, in the order the insert binds them.
 const CONSUMER_DEAD_COLUMNS: &str = r#"id, consumer_group, topic, "key", idempotency_key, headers,
     payload, envelope_id, created_at, reason, attempts, dead_at"#;
-
-/// Id-list sizes a batch statement is prepared for. A batch is cut into
-/// chunks of at most the largest size, and a chunk is padded (by repeating
-/// its last id) up to the next size, so a handful of prepared statements serve
-/// every batch. The largest stays far below SQLite's variable limit (32 766).
-const ID_LIST_SIZES: [usize; 4] = [1, 16, 128, 512];
 
 /// The table names, rendered for SQL.
 #[derive(Debug)]
@@ -123,122 +119,91 @@ fn sql(s: String) -> SqlStr {
     AssertSqlSafe(Arc::<str>::from(s)).into_sql_str()
 }
 
-/// Prepared forms of one statement that ends in an id list, one per entry of
-/// [`ID_LIST_SIZES`].
-#[derive(Debug)]
-pub(crate) struct IdList {
-    /// (size, statement), smallest first.
-    by_size: [(usize, SqlStr); ID_LIST_SIZES.len()],
+/// `head` followed by `(?first, ?first+1, ...)`, prepared for the usual
+/// list lengths.
+fn id_list(names: &Names, head: &str, first: usize) -> Stmt {
+    Stmt::id_list(IdList::new(&IdList::SIZES, |n| {
+        let list: Vec<String> = (first..first + n).map(|i| format!("?{i}")).collect();
+        names.render(&format!("{head} ({})", list.join(", ")))
+    }))
 }
 
-impl IdList {
-    /// `head` followed by `(?first, ?first+1, ...)` for each size.
-    fn new(names: &Names, head: &str, first: usize) -> Self {
-        let by_size = ID_LIST_SIZES.map(|n| {
-            let list: Vec<String> = (first..first + n).map(|i| format!("?{i}")).collect();
-            (n, names.render(&format!("{head} ({})", list.join(", "))))
-        });
-        IdList { by_size }
-    }
-
-    /// The most ids one statement takes.
-    pub(crate) fn largest(&self) -> usize {
-        let [.., (n, _)] = &self.by_size;
-        *n
-    }
-
-    /// The statement for a chunk of `len` ids, and how many ids it takes
-    /// (the largest form if `len` exceeds every size: callers chunk first).
-    pub(crate) fn for_len(&self, len: usize) -> (&SqlStr, usize) {
-        let [.., largest] = &self.by_size;
-        let (n, s) = self
-            .by_size
-            .iter()
-            .find(|(n, _)| *n >= len)
-            .unwrap_or(largest);
-        (s, *n)
-    }
-}
-
-/// All statements of one store.
+/// The statements only SQLite runs: migrations, the producer's insert and
+/// the claim.
 #[derive(Debug)]
-pub(crate) struct Statements {
+pub struct Own {
     pub(crate) insert: SqlStr,
     /// Claim with heads found in id order ([`HEADS_IN_ID_ORDER`]).
     pub(crate) claim_in_id_order: SqlStr,
     /// Claim with heads found per key ([`HEADS_BY_KEY`]).
     pub(crate) claim_by_key: SqlStr,
-    pub(crate) mark_sent: IdList,
-    pub(crate) mark_failed: SqlStr,
-    pub(crate) mark_dead: SqlStr,
-    pub(crate) release: IdList,
-    pub(crate) dead_letters: SqlStr,
-    pub(crate) replay: SqlStr,
-    pub(crate) purge_sent: SqlStr,
-    pub(crate) stats: SqlStr,
-    pub(crate) topic_stats: SqlStr,
-    pub(crate) dead_letter: SqlStr,
-    pub(crate) purge_dead: SqlStr,
     pub(crate) migrations: MigrationsSql,
-    pub(crate) inbox_record: SqlStr,
-    pub(crate) inbox_purge: SqlStr,
-    pub(crate) consumer_dead_add: SqlStr,
-    pub(crate) consumer_dead_remove: SqlStr,
-    pub(crate) consumer_dead_list: SqlStr,
-    pub(crate) consumer_dead_get: SqlStr,
-    pub(crate) prepare: SqlStr,
-    pub(crate) settle: SettleSql,
-    pub(crate) claim_prepared: SqlStr,
-    pub(crate) record_check: SqlStr,
-    pub(crate) mark_prepared_dead: SqlStr,
-    pub(crate) resume: SqlStr,
+    pub(crate) rendered: Vec<Rendered>,
 }
 
-impl Statements {
-    pub(crate) fn new(names: &Names) -> Self {
-        Statements {
-            insert: names.render(INSERT),
-            claim_in_id_order: names.render(&claim(HEADS_IN_ID_ORDER)),
-            claim_by_key: names.render(&claim(HEADS_BY_KEY)),
-            mark_sent: IdList::new(names, MARK_SENT, 2),
-            mark_failed: names.render(MARK_FAILED),
-            mark_dead: names.render(MARK_DEAD),
-            release: IdList::new(names, RELEASE, 2),
-            dead_letters: names.render(&DEAD_LETTERS.replace("{columns}", ENVELOPE_COLUMNS)),
-            replay: names.render(REPLAY),
-            purge_sent: names.render(PURGE_SENT),
-            stats: names.render(STATS),
-            topic_stats: names.render(TOPIC_STATS),
-            dead_letter: names.render(&DEAD_LETTER.replace("{columns}", ENVELOPE_COLUMNS)),
-            purge_dead: names.render(PURGE_DEAD),
-            migrations: MigrationsSql {
-                create: names.render(CREATE_MIGRATIONS),
-                applied: names.render("SELECT version FROM {migrations}"),
-                record: names.render(
+/// The statements of one store.
+pub(crate) type Sql = Statements<Own>;
+
+/// Every statement of a store on `tables`.
+///
+/// # Errors
+///
+/// As [`Names::new`].
+pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
+    let names = Names::new(tables)?;
+    Ok(with_names(&names))
+}
+
+/// Every statement of a store on the tables `names` names.
+pub(crate) fn with_names(names: &Names) -> Sql {
+    let stmt = |template: &str| Stmt::new(names.render(template));
+    let own = Own {
+        insert: names.render(INSERT),
+        claim_in_id_order: names.render(&claim(HEADS_IN_ID_ORDER)),
+        claim_by_key: names.render(&claim(HEADS_BY_KEY)),
+        migrations: MigrationsSql {
+            create: names.render(CREATE_MIGRATIONS),
+            applied: names.render("SELECT version FROM {migrations}"),
+            record: names.render(
                 "INSERT INTO {migrations} (version, description, applied_at) VALUES (?1, ?2, ?3)",
             ),
-            },
-            inbox_record: names.render(INBOX_RECORD),
-            inbox_purge: names.render(INBOX_PURGE),
-            consumer_dead_add: names
-                .render(&CONSUMER_DEAD_ADD.replace("{columns}", CONSUMER_DEAD_COLUMNS)),
-            consumer_dead_remove: names.render("DELETE FROM {consumer_dead} WHERE id = ?1"),
-            consumer_dead_list: names
-                .render(&CONSUMER_DEAD_LIST.replace("{columns}", CONSUMER_DEAD_COLUMNS)),
-            consumer_dead_get: names
-                .render(&CONSUMER_DEAD_GET.replace("{columns}", CONSUMER_DEAD_COLUMNS)),
-            prepare: names.render(PREPARE),
-            settle: SettleSql {
-                commit: names.render(RESOLVE_COMMIT),
-                rollback: names.render(RESOLVE_ROLLBACK),
-                state_of: names.render("SELECT state FROM {outbox} WHERE id = ?1"),
-                after_commit: None,
-            },
-            claim_prepared: names.render(&CLAIM_PREPARED.replace("{columns}", ENVELOPE_COLUMNS)),
-            record_check: names.render(RECORD_CHECK),
-            mark_prepared_dead: names.render(MARK_PREPARED_DEAD),
-            resume: names.render(RESUME),
-        }
+        },
+        rendered: migrate::render(names),
+    };
+    Statements {
+        // The list is numbered from `?2`: `?1` is the time or the owner.
+        mark_sent: id_list(names, MARK_SENT, 2).bind_order(&[1, 0]),
+        mark_failed: stmt(MARK_FAILED),
+        mark_dead: stmt(MARK_DEAD),
+        release: id_list(names, RELEASE, 2).bind_order(&[1, 0]),
+        dead_letters: stmt(&DEAD_LETTERS.replace("{columns}", ENVELOPE_COLUMNS)),
+        replay: stmt(REPLAY),
+        purge_sent: stmt(PURGE_SENT),
+        stats: stmt(STATS),
+        topic_stats: stmt(TOPIC_STATS),
+        dead_letter: stmt(&DEAD_LETTER.replace("{columns}", ENVELOPE_COLUMNS)),
+        purge_dead: stmt(PURGE_DEAD),
+        prepare: names.render(PREPARE),
+        prepare_holder: None,
+        settle: SettleSql {
+            commit: names.render(RESOLVE_COMMIT),
+            rollback: names.render(RESOLVE_ROLLBACK),
+            state_of: names.render("SELECT state FROM {outbox} WHERE id = ?1"),
+            after_commit: None,
+        },
+        claim_prepared: stmt(&CLAIM_PREPARED.replace("{columns}", ENVELOPE_COLUMNS)),
+        record_check: stmt(RECORD_CHECK),
+        mark_prepared_dead: stmt(MARK_PREPARED_DEAD),
+        resume: stmt(RESUME),
+        inbox: InboxStatements {
+            record: names.render(INBOX_RECORD),
+            remove_dead: names.render("DELETE FROM {consumer_dead} WHERE id = ?1"),
+            add_dead: stmt(&CONSUMER_DEAD_ADD.replace("{columns}", CONSUMER_DEAD_COLUMNS)),
+            dead_letters: stmt(&CONSUMER_DEAD_LIST.replace("{columns}", CONSUMER_DEAD_COLUMNS)),
+            dead_letter: stmt(&CONSUMER_DEAD_GET.replace("{columns}", CONSUMER_DEAD_COLUMNS)),
+            purge: stmt(INBOX_PURGE),
+        },
+        own,
     }
 }
 
@@ -458,7 +423,7 @@ const PURGE_SENT: &str = "DELETE FROM {outbox} WHERE id IN (\
 
 const STATS: &str = "SELECT \
      (SELECT count(*) FROM {outbox} WHERE state = 'pending') AS pending, \
-     (SELECT min(created_at) FROM {outbox} WHERE state = 'pending') AS oldest_pending, \
+     (SELECT min(created_at) FROM {outbox} WHERE state = 'pending') AS oldest, \
      (SELECT count(*) FROM {outbox} WHERE state = 'dead') AS dead, \
      (SELECT count(*) FROM {outbox} WHERE state = 'sent') AS sent, \
      (SELECT count(*) FROM {outbox} WHERE state = 'prepared') AS prepared";
@@ -467,7 +432,7 @@ const STATS: &str = "SELECT \
 const TOPIC_STATS: &str = "SELECT topic, \
      sum(state = 'pending') AS pending, \
      sum(state = 'prepared') AS prepared, \
-     min(CASE WHEN state = 'pending' THEN created_at END) AS oldest_pending, \
+     min(CASE WHEN state = 'pending' THEN created_at END) AS oldest, \
      sum(state = 'dead') AS dead, \
      sum(state = 'sent' AND sent_at >= ?1) AS sent_since \
      FROM {outbox} GROUP BY topic ORDER BY topic";

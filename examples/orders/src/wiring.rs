@@ -218,7 +218,7 @@ impl StoreChoice {
                     .await
                     .map_err(reaching(STORE_VAR, "MySQL/MariaDB"))?;
                 Ok(StoreChoice::MySql {
-                    store: MySqlStore::new(pool, Tables::default()),
+                    store: MySqlStore::new(pool, Tables::default())?,
                     database,
                 })
             }
