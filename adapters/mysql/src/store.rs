@@ -351,19 +351,19 @@ async fn claim_once(store: &MySqlStore, req: &ClaimRequest) -> Result<Vec<Envelo
         lock = lock.bind(*id);
     }
     let rows = lock.fetch_all(&mut *tx).await?;
-    let claimed = rows
-        .iter()
-        .map(txmsg_sql::envelope::<MySqlBackend>)
-        .collect::<Result<Vec<_>>>()?;
-    if !claimed.is_empty() {
-        let mut lease = sqlx::query(sql.claim_lease.with_ids(claimed.len()))
+    if !rows.is_empty() {
+        // Leased first, so that a row that cannot be read is dead-lettered
+        // as this claim's.
+        let mut lease = sqlx::query(sql.claim_lease.with_ids(rows.len()))
             .bind(req.lease.owner)
             .bind(req.lease.until);
-        for env in &claimed {
-            lease = lease.bind(env.id);
+        for row in &rows {
+            lease = lease.bind(row.try_get::<Uuid, _>("id")?);
         }
         lease.execute(&mut *tx).await?;
     }
+    let claimed =
+        txmsg_sql::read_claimed::<MySqlBackend>(&mut tx, store.statements(), &rows, req).await?;
     tx.commit().await?;
     Ok(claimed)
 }

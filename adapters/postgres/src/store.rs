@@ -154,10 +154,10 @@ impl Backend for PgBackend {
             .bind(req.now)
             .fetch_all(&mut *tx)
             .await?;
-        let claimed = rows
-            .iter()
-            .map(txmsg_sql::envelope::<PgBackend>)
-            .collect::<Result<Vec<_>>>()?;
+        // Read before committing: a row that cannot be read is dead-lettered
+        // in this transaction.
+        let claimed =
+            txmsg_sql::read_claimed::<Self>(&mut tx, store.statements(), &rows, req).await?;
         tx.commit().await?;
         Ok(claimed)
     }

@@ -557,3 +557,41 @@ async fn notify_channel_is_validated() {
         }
     ));
 }
+
+/// Headers that are not a JSON object (as a row written by hand can hold)
+/// make a row unreadable: the claim dead-letters it and goes on.
+#[tokio::test]
+async fn an_unreadable_row_is_dead_lettered_and_the_claim_goes_on() {
+    with_schema(|pool, schema| async move {
+        let store = PgStore::new(pool.clone(), tables(&schema)).expect("store");
+        store.migrate().await.expect("migrate");
+        // The schema name comes from the test: letters, digits and `_`.
+        let outbox = format!("\"{schema}\".txmsg_outbox");
+        let corrupt = |id: Uuid| {
+            let (pool, outbox) = (pool.clone(), outbox.clone());
+            async move {
+                sqlx::query(AssertSqlSafe(format!(
+                    "UPDATE {outbox} SET headers = '[1]'::jsonb WHERE id = $1"
+                )))
+                .bind(id)
+                .execute(&pool)
+                .await
+                .expect("corrupt");
+            }
+        };
+        let last_error = |id: Uuid| {
+            let (pool, outbox) = (pool.clone(), outbox.clone());
+            async move {
+                sqlx::query_scalar(AssertSqlSafe(format!(
+                    "SELECT last_error FROM {outbox} WHERE id = $1"
+                )))
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .expect("last_error")
+            }
+        };
+        txmsg_testkit::store::an_unreadable_row_is_dead_lettered(&store, corrupt, last_error).await;
+    })
+    .await;
+}

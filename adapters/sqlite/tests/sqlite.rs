@@ -1254,34 +1254,27 @@ async fn upgrade_from_version_1_keeps_rows() {
 #[tokio::test]
 async fn a_row_that_cannot_be_read_is_dead_lettered_and_the_claim_goes_on() {
     let store = memory_store().await;
-    for n in 1..=3 {
-        insert(&store, &env(n, "t", Some("k")), None).await;
-    }
-    insert(&store, &env(4, "t", Some("other")), None).await;
-    sqlx::query("UPDATE txmsg_outbox SET headers = 'not json' WHERE id = ?1")
-        .bind(id(2))
-        .execute(store.pool())
-        .await
-        .unwrap();
-    let owner = Uuid::now_v7();
-    // Row 1 is the key's head; 2 cannot be read; 3 waits behind it.
-    assert_eq!(claim_nums(&store, &req(owner, secs(1))).await, vec![1, 4]);
-    assert_eq!(state_of(&store, 2).await, "dead");
-    let reason: String = sqlx::query_scalar("SELECT last_error FROM txmsg_outbox WHERE id = ?1")
-        .bind(id(2))
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-    assert!(
-        reason.starts_with("the row cannot be read:") && reason.contains("headers"),
-        "{reason}"
-    );
-    store.mark_sent(&[id(1), id(4)], secs(1)).await.unwrap();
-    // The dead row parks its key (the default), and claims keep working.
-    let mut parks = req(owner, secs(2));
-    assert!(claim_nums(&store, &parks).await.is_empty());
-    parks.dead_parks_key = false;
-    assert_eq!(claim_nums(&store, &parks).await, vec![3]);
+    let corrupt = |id: Uuid| {
+        let store = store.clone();
+        async move {
+            sqlx::query("UPDATE txmsg_outbox SET headers = 'not json' WHERE id = ?1")
+                .bind(id)
+                .execute(store.pool())
+                .await
+                .unwrap();
+        }
+    };
+    let last_error = |id: Uuid| {
+        let store = store.clone();
+        async move {
+            sqlx::query_scalar("SELECT last_error FROM txmsg_outbox WHERE id = ?1")
+                .bind(id)
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+        }
+    };
+    txmsg_testkit::store::an_unreadable_row_is_dead_lettered(&store, corrupt, last_error).await;
 }
 
 /// A database whose tables a newer txmsg migrated is used as it is, with a

@@ -1441,3 +1441,62 @@ pub async fn dead_letter_by_id_and_purge_dead<S: SqlStore>(store: &S) {
         "only dead rows are purged"
     );
 }
+
+/// A row that cannot be read (`corrupt(id)` makes row `id` unreadable, as a
+/// row written by hand or by another program can be) is dead-lettered with
+/// the reason (`last_error(id)` reads it) by the claim that meets it: the
+/// claim returns the other rows, the rows of its key behind it wait (a dead
+/// row parks its key), and no claim is stuck on it.
+///
+/// Not part of [`store_conformance!`]: making a row unreadable takes each
+/// database's own SQL, so each store's tests call it with theirs.
+pub async fn an_unreadable_row_is_dead_lettered<S, C, CF, R, RF>(
+    store: &S,
+    corrupt: C,
+    last_error: R,
+) where
+    S: SqlStore,
+    C: FnOnce(Uuid) -> CF,
+    CF: std::future::Future<Output = ()>,
+    R: FnOnce(Uuid) -> RF,
+    RF: std::future::Future<Output = Option<String>>,
+{
+    let t = "conf.unreadable";
+    let w = enqueue(
+        store,
+        vec![
+            msg(t, Some("k"), 1),
+            msg(t, Some("k"), 2),
+            msg(t, Some("k"), 3),
+            msg(t, Some("other"), 4),
+        ],
+    )
+    .await;
+    corrupt(w[1]).await;
+    let owner = Uuid::now_v7();
+    let t0 = after_writes();
+    // Row 1 is the key's head; 2 cannot be read; 3 waits behind it.
+    let claimed = store
+        .claim(&claim_req(owner, t0, 100))
+        .await
+        .expect("a claim must not fail on a row it cannot read");
+    assert_eq!(ids(&claimed), vec![w[0], w[3]]);
+    let stats = store.stats().await.expect("stats failed");
+    assert_eq!(stats.dead, 1, "the unreadable row is dead");
+    let reason = last_error(w[1]).await.unwrap_or_default();
+    assert!(
+        reason.starts_with("the row cannot be read:"),
+        "reason: {reason:?}"
+    );
+    store
+        .mark_sent(&[w[0], w[3]], t0)
+        .await
+        .expect("mark_sent failed");
+    // The dead row parks its key, and claims keep working.
+    assert!(claim(store, Uuid::now_v7(), t0).await.is_empty());
+    let skipping = ClaimRequest {
+        dead_parks_key: false,
+        ..claim_req(Uuid::now_v7(), t0 + secs(2 * LEASE_SECS), 100)
+    };
+    assert_eq!(ids(&claim_with(store, &skipping).await), vec![w[2]]);
+}
