@@ -20,10 +20,10 @@ use crate::writer::{MySqlInbox, MySqlWriter};
 /// How often a claim is tried when the server ends it to break a deadlock.
 const CLAIM_ATTEMPTS: usize = 3;
 
-/// A [`Store`] whose outbox and inbox are MySQL (8 or later) or MariaDB
+/// A [`Store`](txmsg_core::Store) whose outbox and inbox are MySQL (8 or later) or MariaDB
 /// (10.6 or later) tables.
 ///
-/// It is also an [`InboxStore`]: consumer groups record processed
+/// It is also an [`InboxStore`](txmsg_core::consumer::InboxStore): consumer groups record processed
 /// idempotency keys in the inbox table, in the handler's transaction, and
 /// keep the messages they gave up on in a dead-letter table beside it
 /// (`txmsg_consumer_dead` beside the default inbox, `<inbox>_dead` beside a
@@ -31,7 +31,7 @@ const CLAIM_ATTEMPTS: usize = 3;
 /// database.
 ///
 /// Every SQL statement is built once, when the store is made, from the
-/// validated names in [`Tables`]; values are always bind parameters. Every
+/// validated names in [`Tables`](txmsg_core::Tables); values are always bind parameters. Every
 /// timestamp written comes from the caller, never from the database's
 /// `NOW()`, so tests can drive time.
 ///

@@ -13,16 +13,16 @@ use crate::migrate;
 use crate::sql::{self, Sql};
 use crate::writer::PgWriter;
 
-/// A [`Store`] whose outbox and inbox are PostgreSQL tables.
+/// A [`Store`](txmsg_core::Store) whose outbox and inbox are PostgreSQL tables.
 ///
-/// It is also an [`InboxStore`]: consumer groups record processed
+/// It is also an [`InboxStore`](txmsg_core::consumer::InboxStore): consumer groups record processed
 /// idempotency keys in the inbox table, in the handler's transaction, and
 /// keep the messages they gave up on in a dead-letter table beside it
 /// (`txmsg_consumer_dead` beside the default inbox, `<inbox>_dead` beside a
 /// renamed one).
 ///
 /// Every SQL statement is built once, when the store is made, from the
-/// validated names in [`Tables`]; values are always bind parameters. Every
+/// validated names in [`Tables`](txmsg_core::Tables); values are always bind parameters. Every
 /// timestamp written comes from the caller (the relay's clock, the producer's
 /// clock), never from the database's `now()`, so tests can drive time.
 ///

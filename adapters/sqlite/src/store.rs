@@ -34,10 +34,10 @@ const BEGIN_IMMEDIATE: &str = "BEGIN IMMEDIATE";
 /// store.
 ///
 /// Producers write outbox rows in their own transactions on
-/// [`pool`](SqlStore::pool); the relay claims, marks and retries rows through
-/// [`Store`]. Cheap to clone: clones share the pool.
+/// [`pool`](txmsg_core::SqlStore::pool); the relay claims, marks and retries rows through
+/// [`Store`](txmsg_core::Store). Cheap to clone: clones share the pool.
 ///
-/// It is also an [`InboxStore`]: consumer groups record processed
+/// It is also an [`InboxStore`](txmsg_core::consumer::InboxStore): consumer groups record processed
 /// idempotency keys in the inbox table, in the handler's transaction, and
 /// keep the messages they gave up on in a dead-letter table beside it
 /// (`txmsg_consumer_dead` beside the default inbox, `<inbox>_dead` beside a
@@ -60,7 +60,7 @@ const BEGIN_IMMEDIATE: &str = "BEGIN IMMEDIATE";
 /// # Concurrency
 ///
 /// SQLite allows one writer at a time. Every write transaction (producers'
-/// through [`SqlStore::begin`], the relay's claims, migrations) starts with
+/// through [`SqlStore::begin`](txmsg_core::SqlStore::begin), the relay's claims, migrations) starts with
 /// `BEGIN IMMEDIATE`, so concurrent writers queue on the busy timeout (5 s)
 /// instead of failing with `SQLITE_BUSY`. File databases use WAL, so readers
 /// never wait for the writer.
