@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
-use txmsg_core::{Error, Ident, Result, Tables};
+use txmsg_core::{Result, Tables};
 use txmsg_sql::{IdList, InboxStatements, MigrationsSql, SettleSql, Statements, Stmt};
 
 use crate::migrate::{MIGRATIONS, Step, Table};
@@ -110,56 +110,6 @@ pub(crate) struct InboxSql {
     pub(crate) purge_delete: Text,
 }
 
-/// The statements of one store.
-#[derive(Debug)]
-pub(crate) struct Texts {
-    /// Name of the `GET_LOCK` lock that serialises migrations on these tables.
-    pub(crate) migrate_lock: String,
-    /// The database's name and the statement that creates it, if one is set.
-    pub(crate) create_schema: Option<(String, Text)>,
-    pub(crate) migrations_table: MigrationsSql,
-    /// The migrations, or why the inbox table's name cannot be used.
-    migrations: std::result::Result<Vec<RenderedMigration>, String>,
-    /// The inbox's statements, or why the inbox table's name cannot be used.
-    inbox: std::result::Result<InboxSql, String>,
-
-    pub(crate) insert: Text,
-    pub(crate) inserted: SqlStr,
-    pub(crate) claim_heads: Text,
-    pub(crate) claim_heads_lock: Text,
-    pub(crate) claim_followers: Text,
-    pub(crate) claim_lock: Text,
-    pub(crate) claim_lease: Text,
-    pub(crate) mark_sent: Text,
-    pub(crate) mark_failed: Text,
-    pub(crate) mark_dead: Text,
-    pub(crate) release: Text,
-    pub(crate) dead_letters: Text,
-    pub(crate) replay: Text,
-    pub(crate) purge_pick: Text,
-    pub(crate) purge_delete: Text,
-    pub(crate) stats: Text,
-    pub(crate) topic_stats: Text,
-    pub(crate) dead_letter: Text,
-    pub(crate) purge_dead_pick: Text,
-    pub(crate) purge_dead_delete: Text,
-
-    pub(crate) prepare: SqlStr,
-    pub(crate) settle: SettleSql,
-    pub(crate) claim_prepared: Text,
-    pub(crate) record_check: Text,
-    pub(crate) mark_prepared_dead: Text,
-    pub(crate) resume: Text,
-}
-/// The consumer dead-letter table ([`Tables::consumer_dead_name`]); the
-/// error is the reason the inbox table's name cannot be used.
-pub(crate) fn consumer_dead_table(tables: &Tables) -> std::result::Result<Ident, String> {
-    tables.consumer_dead_name().map_err(|e| match e {
-        txmsg_core::Error::Config { reason, .. } => reason,
-        other => other.to_string(),
-    })
-}
-
 /// FNV-1a, so every build and every process derives the same lock name.
 fn lock_hash(text: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -170,66 +120,249 @@ fn lock_hash(text: &str) -> u64 {
     hash
 }
 
-impl Texts {
-    fn new(tables: &Tables) -> Self {
-        let outbox = tables.qualified(tables.outbox_name(), '`');
-        let inbox = tables.qualified(tables.inbox_name(), '`');
-        let migrations_table = tables.qualified(tables.migrations_name(), '`');
-        let o = &outbox;
-        let cols = ENVELOPE_COLUMNS;
-        let dead_table = consumer_dead_table(tables);
+/// Every statement of a store on `tables`. MySQL's placeholders are
+/// positional, so each shared statement says which argument fills each.
+///
+/// # Errors
+///
+/// [`Error::Config`] for `inbox_table` if its name leaves no name for the
+/// consumer dead-letter table.
+pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
+    let outbox = tables.qualified(tables.outbox_name(), '`');
+    let inbox = tables.qualified(tables.inbox_name(), '`');
+    let migrations_table = tables.qualified(tables.migrations_name(), '`');
+    let o = &outbox;
+    let cols = ENVELOPE_COLUMNS;
+    let dead = &tables.consumer_dead_name()?;
 
-        let render = |template: &str, dead: &Ident| {
-            template
-                .replace("{outbox}", &outbox)
-                .replace("{inbox}", &inbox)
-                .replace("{consumer_dead}", &tables.qualified(dead, '`'))
-        };
-        let table_name = |table: Table| match table {
-            Table::Outbox => tables.outbox_name().to_string(),
-            Table::Inbox => tables.inbox_name().to_string(),
-        };
-        let migrations = dead_table.as_ref().map_err(Clone::clone).map(|dead| {
-            MIGRATIONS
-                .iter()
-                .map(|m| RenderedMigration {
-                    version: i64::from(m.version),
-                    description: m.description,
-                    steps: m
-                        .steps
-                        .iter()
-                        .map(|step| {
-                            let unless = |exists, table, name, then: &str| RenderedStep::Unless {
-                                exists,
-                                schema: tables.schema_name().map(ToString::to_string),
-                                table: table_name(table),
-                                name,
-                                then: sql_str(render(then, dead)),
-                            };
-                            match *step {
-                                Step::Sql(text) => RenderedStep::Sql(sql_str(render(text, dead))),
-                                Step::AddColumn {
-                                    table,
-                                    column,
-                                    alter,
-                                } => unless(COLUMN_EXISTS, table, column, alter),
-                                Step::AddIndex {
-                                    table,
-                                    index,
-                                    create,
-                                } => unless(INDEX_EXISTS, table, index, create),
-                            }
-                        })
-                        .collect(),
-                })
-                .collect()
-        });
-        let inbox_sql = dead_table
-            .as_ref()
-            .map_err(Clone::clone)
-            .map(|dead| InboxSql::new(&inbox, &tables.qualified(dead, '`')));
+    let render = |template: &str| {
+        template
+            .replace("{outbox}", &outbox)
+            .replace("{inbox}", &inbox)
+            .replace("{consumer_dead}", &tables.qualified(dead, '`'))
+    };
+    let table_name = |table: Table| match table {
+        Table::Outbox => tables.outbox_name().to_string(),
+        Table::Inbox => tables.inbox_name().to_string(),
+    };
+    let migrations = {
+        MIGRATIONS
+            .iter()
+            .map(|m| RenderedMigration {
+                version: i64::from(m.version),
+                description: m.description,
+                steps: m
+                    .steps
+                    .iter()
+                    .map(|step| {
+                        let unless = |exists, table, name, then: &str| RenderedStep::Unless {
+                            exists,
+                            schema: tables.schema_name().map(ToString::to_string),
+                            table: table_name(table),
+                            name,
+                            then: sql_str(render(then)),
+                        };
+                        match *step {
+                            Step::Sql(text) => RenderedStep::Sql(sql_str(render(text))),
+                            Step::AddColumn {
+                                table,
+                                column,
+                                alter,
+                            } => unless(COLUMN_EXISTS, table, column, alter),
+                            Step::AddIndex {
+                                table,
+                                index,
+                                create,
+                            } => unless(INDEX_EXISTS, table, index, create),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect()
+    };
+    let i = InboxSql::new(&inbox, &tables.qualified(dead, '`'));
+    let inbox = InboxStatements {
+        record: sql_str(i.record.0.to_string()),
+        remove_dead: sql_str(i.remove_dead.0.to_string()),
+        add_dead: shared(&i.add_dead),
+        dead_letters: shared(&i.dead_letters).bind_order(&[0, 1, 1, 2, 2, 3]),
+        dead_letter: shared(&i.dead_letter),
+        // Picks the keys to delete; see `MySqlBackend::purge_inbox`.
+        purge: shared(&i.purge_pick).bind_order(&[2, 0, 1]),
+    };
 
-        Texts {
+    // 1 topic, 2 idempotency key. The row holding the key, read with
+    // a lock so that it is the latest committed version, and whether
+    // it is leased.
+    let inserted = sql_str(format!(
+        "SELECT id, CAST(lease_owner IS NOT NULL AS SIGNED) AS leased FROM {o} \
+                 WHERE topic = ? AND idempotency_key = ? LOCK IN SHARE MODE"
+    ));
+
+    Ok(Statements {
+        // 1 sent at, then the ids.
+        mark_sent: shared_ids(&Text::new(format!(
+            "UPDATE {o} SET state = 'sent', sent_at = ?, lease_owner = NULL, lease_until = NULL \
+                 WHERE state = 'pending' AND id IN ({IDS})"
+        )))
+        .bind_order(&[1, 0]),
+
+        // 1 next attempt at, 2 error, 3 id, 4 owner.
+        mark_failed: shared(&Text::new(format!(
+            "UPDATE {o} SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, \
+                 lease_owner = NULL, lease_until = NULL \
+                 WHERE id = ? AND lease_owner = ? AND state = 'pending'"
+        )))
+        .bind_order(&[2, 3, 0, 1]),
+
+        // 1 reason, 2 dead at, 3 id, 4 owner.
+        mark_dead: shared(&Text::new(format!(
+            "UPDATE {o} SET state = 'dead', last_error = ?, dead_at = ?, \
+                 lease_owner = NULL, lease_until = NULL \
+                 WHERE id = ? AND state IN ('pending', 'prepared') \
+                 AND (lease_owner = ? OR lease_owner IS NULL)"
+        )))
+        .bind_order(&[2, 3, 0, 1]),
+
+        // 1 owner, then the ids.
+        release: shared_ids(&Text::new(format!(
+            "UPDATE {o} SET lease_owner = NULL, lease_until = NULL \
+                 WHERE lease_owner = ? AND state = 'pending' AND id IN ({IDS})"
+        )))
+        .bind_order(&[1, 0]),
+
+        // 1, 2 topic or NULL, 3, 4 key or NULL, 5 limit.
+        dead_letters: shared(&Text::new(format!(
+            "SELECT {cols}, last_error, dead_at FROM {o} \
+                 WHERE state = 'dead' \
+                 AND (? IS NULL OR topic = ?) \
+                 AND (? IS NULL OR `key` = ?) \
+                 ORDER BY dead_at, id \
+                 LIMIT ?"
+        )))
+        .bind_order(&[0, 0, 1, 1, 2]),
+
+        // 1 next attempt at, 2 id. Replaying a dead half message delivers
+        // it: it is an ordinary message from then on, so it loses its
+        // half mark.
+        replay: shared(&Text::new(format!(
+            "UPDATE {o} SET state = 'pending', attempts = 0, next_attempt_at = ?, \
+                 lease_owner = NULL, lease_until = NULL, dead_at = NULL, half = FALSE \
+                 WHERE id = ? AND state = 'dead'"
+        )))
+        .bind_order(&[1, 0]),
+
+        // 1 before, 2 limit. No ORDER BY: the first matching rows found
+        // are as good as any. SKIP LOCKED keeps the purge from waiting on
+        // anything else.
+        purge_sent: shared(&Text::new(format!(
+            "SELECT id FROM {o} WHERE state = 'sent' AND sent_at < ? \
+                 LIMIT ? FOR UPDATE SKIP LOCKED"
+        ))),
+
+        stats: shared(&Text::new(format!(
+            "SELECT COUNT(CASE WHEN state = 'pending' THEN 1 END) AS pending, \
+                 MIN(CASE WHEN state = 'pending' THEN created_at END) AS oldest, \
+                 COUNT(CASE WHEN state = 'dead' THEN 1 END) AS dead, \
+                 COUNT(CASE WHEN state = 'sent' THEN 1 END) AS sent, \
+                 COUNT(CASE WHEN state = 'prepared' THEN 1 END) AS prepared \
+                 FROM {o}"
+        ))),
+
+        // 1 sent since. Every row is read: for operators only.
+        topic_stats: shared(&Text::new(format!(
+            "SELECT topic, \
+                 COUNT(CASE WHEN state = 'pending' THEN 1 END) AS pending, \
+                 COUNT(CASE WHEN state = 'prepared' THEN 1 END) AS prepared, \
+                 MIN(CASE WHEN state = 'pending' THEN created_at END) AS oldest, \
+                 COUNT(CASE WHEN state = 'dead' THEN 1 END) AS dead, \
+                 COUNT(CASE WHEN state = 'sent' AND sent_at >= ? THEN 1 END) AS sent_since \
+                 FROM {o} GROUP BY topic ORDER BY topic"
+        ))),
+
+        // 1 id.
+        dead_letter: shared(&Text::new(format!(
+            "SELECT {cols}, last_error, dead_at FROM {o} WHERE id = ? AND state = 'dead'"
+        ))),
+
+        // 1, 2 topic or NULL, 3, 4 key or NULL, 5 dead before, 6 limit.
+        // SKIP LOCKED, as `purge_pick`.
+        purge_dead: shared(&Text::new(format!(
+            "SELECT id FROM {o} WHERE state = 'dead' \
+                 AND (? IS NULL OR topic = ?) \
+                 AND (? IS NULL OR `key` = ?) \
+                 AND COALESCE(dead_at, created_at) < ? \
+                 ORDER BY dead_at, id \
+                 LIMIT ? FOR UPDATE SKIP LOCKED"
+        )))
+        .bind_order(&[0, 0, 1, 1, 2, 3]),
+
+        // 1 now, 2 now, 3 limit. SKIP LOCKED keeps concurrent workers
+        // apart; the rows are then leased by id (`claim_lease`).
+        claim_prepared: shared(&Text::new(format!(
+            "SELECT {cols}, checks FROM {o} \
+                 WHERE state = 'prepared' AND next_attempt_at <= ? \
+                 AND (lease_until IS NULL OR lease_until < ?) \
+                 ORDER BY id \
+                 LIMIT ? \
+                 FOR UPDATE SKIP LOCKED"
+        )))
+        .bind_order(&[2, 2, 3]),
+
+        // 1 checks to add (0 or 1), 2 next check at, 3 id, 4 owner.
+        record_check: shared(&Text::new(format!(
+            "UPDATE {o} SET checks = checks + ?, next_attempt_at = ?, \
+                 lease_owner = NULL, lease_until = NULL \
+                 WHERE id = ? AND lease_owner = ? AND state = 'prepared'"
+        )))
+        .bind_order(&[3, 2, 0, 1]),
+
+        // 1 reason, 2 at, 3 id, 4 owner.
+        mark_prepared_dead: shared(&Text::new(format!(
+            "UPDATE {o} SET state = 'dead', last_error = ?, dead_at = ?, \
+                 lease_owner = NULL, lease_until = NULL \
+                 WHERE id = ? AND lease_owner = ? AND state = 'prepared'"
+        )))
+        .bind_order(&[2, 3, 0, 1]),
+
+        // 1 first check at, 2 id. Only a half message that went dead
+        // while prepared.
+        resume: shared(&Text::new(format!(
+            "UPDATE {o} SET state = 'prepared', checks = 0, next_attempt_at = ?, \
+                 lease_owner = NULL, lease_until = NULL, dead_at = NULL \
+                 WHERE id = ? AND state = 'dead' AND half"
+        )))
+        .bind_order(&[1, 0]),
+        prepare_holder: Some(inserted.clone()),
+        // 1 id, 2 topic, 3 key, 4 idempotency key, 5 payload, 6 headers,
+        // 7 first check at, 8 created_at, 9 expires_at.
+        // Not leased: only the check-back worker leases prepared rows.
+        prepare: sql_str(format!(
+            "INSERT INTO {o} (id, topic, `key`, idempotency_key, payload, headers, state, \
+                 attempts, next_attempt_at, checks, half, created_at, expires_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, 'prepared', 0, ?, 0, TRUE, ?, ?) \
+                 ON DUPLICATE KEY UPDATE id = id"
+        )),
+
+        // 1 now, 2 id. The fence: only a row that is still prepared.
+        settle: SettleSql {
+            commit: sql_str(format!(
+                "UPDATE {o} SET state = 'pending', next_attempt_at = ?, \
+                     lease_owner = NULL, lease_until = NULL, half = FALSE \
+                     WHERE id = ? AND state = 'prepared'"
+            )),
+            rollback: sql_str(format!(
+                "DELETE FROM {o} WHERE id = ? AND state = 'prepared'"
+            )),
+            // A locking read: the latest committed state.
+            state_of: sql_str(format!(
+                "SELECT state FROM {o} WHERE id = ? LOCK IN SHARE MODE"
+            )),
+            after_commit: None,
+        },
+
+        inbox,
+        own: Own {
             migrate_lock: format!(
                 "txmsg_migrate_{:016x}",
                 lock_hash(&format!("txmsg migrate {migrations_table}"))
@@ -258,7 +391,10 @@ impl Texts {
                 )),
             },
             migrations,
-            inbox: inbox_sql,
+            inbox_record: i.record,
+            has_legacy_keys: i.has_legacy_keys,
+            is_legacy_key: i.is_legacy_key,
+            inbox_purge_delete: i.purge_delete,
 
             // 1 id, 2 topic, 3 key, 4 idempotency key, 5 payload, 6 headers,
             // 7 next attempt at, 8 lease owner, 9 lease until, 10 created at,
@@ -286,13 +422,7 @@ impl Texts {
                  ON DUPLICATE KEY UPDATE id = id"
             )),
 
-            // 1 topic, 2 idempotency key. The row holding the key, read with
-            // a lock so that it is the latest committed version, and whether
-            // it is leased.
-            inserted: sql_str(format!(
-                "SELECT id, CAST(lease_owner IS NOT NULL AS SIGNED) AS leased FROM {o} \
-                 WHERE topic = ? AND idempotency_key = ? LOCK IN SHARE MODE"
-            )),
+            inserted: inserted.clone(),
 
             // 1 now, 2 now, 3 dead_parks_key, 4 limit.
             //
@@ -363,99 +493,9 @@ impl Texts {
                  WHERE id IN ({IDS})"
             )),
 
-            // 1 sent at, then the ids.
-            mark_sent: Text::new(format!(
-                "UPDATE {o} SET state = 'sent', sent_at = ?, lease_owner = NULL, lease_until = NULL \
-                 WHERE state = 'pending' AND id IN ({IDS})"
-            )),
-
-            // 1 next attempt at, 2 error, 3 id, 4 owner.
-            mark_failed: Text::new(format!(
-                "UPDATE {o} SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, \
-                 lease_owner = NULL, lease_until = NULL \
-                 WHERE id = ? AND lease_owner = ? AND state = 'pending'"
-            )),
-
-            // 1 reason, 2 dead at, 3 id, 4 owner.
-            mark_dead: Text::new(format!(
-                "UPDATE {o} SET state = 'dead', last_error = ?, dead_at = ?, \
-                 lease_owner = NULL, lease_until = NULL \
-                 WHERE id = ? AND state IN ('pending', 'prepared') \
-                 AND (lease_owner = ? OR lease_owner IS NULL)"
-            )),
-
-            // 1 owner, then the ids.
-            release: Text::new(format!(
-                "UPDATE {o} SET lease_owner = NULL, lease_until = NULL \
-                 WHERE lease_owner = ? AND state = 'pending' AND id IN ({IDS})"
-            )),
-
-            // 1, 2 topic or NULL, 3, 4 key or NULL, 5 limit.
-            dead_letters: Text::new(format!(
-                "SELECT {cols}, last_error, dead_at FROM {o} \
-                 WHERE state = 'dead' \
-                 AND (? IS NULL OR topic = ?) \
-                 AND (? IS NULL OR `key` = ?) \
-                 ORDER BY dead_at, id \
-                 LIMIT ?"
-            )),
-
-            // 1 next attempt at, 2 id. Replaying a dead half message delivers
-            // it: it is an ordinary message from then on, so it loses its
-            // half mark.
-            replay: Text::new(format!(
-                "UPDATE {o} SET state = 'pending', attempts = 0, next_attempt_at = ?, \
-                 lease_owner = NULL, lease_until = NULL, dead_at = NULL, half = FALSE \
-                 WHERE id = ? AND state = 'dead'"
-            )),
-
-            // 1 before, 2 limit. No ORDER BY: the first matching rows found
-            // are as good as any. SKIP LOCKED keeps the purge from waiting on
-            // anything else.
-            purge_pick: Text::new(format!(
-                "SELECT id FROM {o} WHERE state = 'sent' AND sent_at < ? \
-                 LIMIT ? FOR UPDATE SKIP LOCKED"
-            )),
-
             // The ids picked (and locked) by `purge_pick`.
             purge_delete: Text::new(format!(
                 "DELETE FROM {o} WHERE state = 'sent' AND id IN ({IDS})"
-            )),
-
-            stats: Text::new(format!(
-                "SELECT COUNT(CASE WHEN state = 'pending' THEN 1 END) AS pending, \
-                 MIN(CASE WHEN state = 'pending' THEN created_at END) AS oldest, \
-                 COUNT(CASE WHEN state = 'dead' THEN 1 END) AS dead, \
-                 COUNT(CASE WHEN state = 'sent' THEN 1 END) AS sent, \
-                 COUNT(CASE WHEN state = 'prepared' THEN 1 END) AS prepared \
-                 FROM {o}"
-            )),
-
-            // 1 sent since. Every row is read: for operators only.
-            topic_stats: Text::new(format!(
-                "SELECT topic, \
-                 COUNT(CASE WHEN state = 'pending' THEN 1 END) AS pending, \
-                 COUNT(CASE WHEN state = 'prepared' THEN 1 END) AS prepared, \
-                 MIN(CASE WHEN state = 'pending' THEN created_at END) AS oldest, \
-                 COUNT(CASE WHEN state = 'dead' THEN 1 END) AS dead, \
-                 COUNT(CASE WHEN state = 'sent' AND sent_at >= ? THEN 1 END) AS sent_since \
-                 FROM {o} GROUP BY topic ORDER BY topic"
-            )),
-
-            // 1 id.
-            dead_letter: Text::new(format!(
-                "SELECT {cols}, last_error, dead_at FROM {o} WHERE id = ? AND state = 'dead'"
-            )),
-
-            // 1, 2 topic or NULL, 3, 4 key or NULL, 5 dead before, 6 limit.
-            // SKIP LOCKED, as `purge_pick`.
-            purge_dead_pick: Text::new(format!(
-                "SELECT id FROM {o} WHERE state = 'dead' \
-                 AND (? IS NULL OR topic = ?) \
-                 AND (? IS NULL OR `key` = ?) \
-                 AND COALESCE(dead_at, created_at) < ? \
-                 ORDER BY dead_at, id \
-                 LIMIT ? FOR UPDATE SKIP LOCKED"
             )),
 
             // The ids picked (and locked) by `purge_dead_pick`.
@@ -463,91 +503,9 @@ impl Texts {
                 "DELETE FROM {o} WHERE state = 'dead' AND id IN ({IDS})"
             )),
 
-            // 1 id, 2 topic, 3 key, 4 idempotency key, 5 payload, 6 headers,
-            // 7 first check at, 8 created_at, 9 expires_at.
-            // Not leased: only the check-back worker leases prepared rows.
-            prepare: sql_str(format!(
-                "INSERT INTO {o} (id, topic, `key`, idempotency_key, payload, headers, state, \
-                 attempts, next_attempt_at, checks, half, created_at, expires_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, 'prepared', 0, ?, 0, TRUE, ?, ?) \
-                 ON DUPLICATE KEY UPDATE id = id"
-            )),
-
-            // 1 now, 2 id. The fence: only a row that is still prepared.
-            settle: SettleSql {
-                commit: sql_str(format!(
-                    "UPDATE {o} SET state = 'pending', next_attempt_at = ?, \
-                     lease_owner = NULL, lease_until = NULL, half = FALSE \
-                     WHERE id = ? AND state = 'prepared'"
-                )),
-                rollback: sql_str(format!(
-                    "DELETE FROM {o} WHERE id = ? AND state = 'prepared'"
-                )),
-                // A locking read: the latest committed state.
-                state_of: sql_str(format!(
-                    "SELECT state FROM {o} WHERE id = ? LOCK IN SHARE MODE"
-                )),
-                after_commit: None,
-            },
-
-            // 1 now, 2 now, 3 limit. SKIP LOCKED keeps concurrent workers
-            // apart; the rows are then leased by id (`claim_lease`).
-            claim_prepared: Text::new(format!(
-                "SELECT {cols}, checks FROM {o} \
-                 WHERE state = 'prepared' AND next_attempt_at <= ? \
-                 AND (lease_until IS NULL OR lease_until < ?) \
-                 ORDER BY id \
-                 LIMIT ? \
-                 FOR UPDATE SKIP LOCKED"
-            )),
-
-            // 1 checks to add (0 or 1), 2 next check at, 3 id, 4 owner.
-            record_check: Text::new(format!(
-                "UPDATE {o} SET checks = checks + ?, next_attempt_at = ?, \
-                 lease_owner = NULL, lease_until = NULL \
-                 WHERE id = ? AND lease_owner = ? AND state = 'prepared'"
-            )),
-
-            // 1 reason, 2 at, 3 id, 4 owner.
-            mark_prepared_dead: Text::new(format!(
-                "UPDATE {o} SET state = 'dead', last_error = ?, dead_at = ?, \
-                 lease_owner = NULL, lease_until = NULL \
-                 WHERE id = ? AND lease_owner = ? AND state = 'prepared'"
-            )),
-
-            // 1 first check at, 2 id. Only a half message that went dead
-            // while prepared.
-            resume: Text::new(format!(
-                "UPDATE {o} SET state = 'prepared', checks = 0, next_attempt_at = ?, \
-                 lease_owner = NULL, lease_until = NULL, dead_at = NULL \
-                 WHERE id = ? AND state = 'dead' AND half"
-            )),
-        }
-    }
-
-    /// The migrations.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for `inbox_table` if its name leaves no name for the
-    /// consumer dead-letter table.
-    pub(crate) fn migrations(&self) -> Result<&[RenderedMigration]> {
-        self.migrations
-            .as_deref()
-            .map_err(|reason| Error::config("inbox_table", reason.clone()))
-    }
-
-    /// The inbox's statements.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for `inbox_table` if its name leaves no name for the
-    /// consumer dead-letter table.
-    pub(crate) fn inbox(&self) -> Result<&InboxSql> {
-        self.inbox
-            .as_ref()
-            .map_err(|reason| Error::config("inbox_table", reason.clone()))
-    }
+            without_legacy_keys: std::sync::Mutex::default(),
+        },
+    })
 }
 
 impl InboxSql {
@@ -673,73 +631,6 @@ fn shared_ids(text: &Text) -> Stmt {
     }))
 }
 
-/// Every statement of a store on `tables`. MySQL's placeholders are
-/// positional, so each shared statement says which argument fills each.
-///
-/// # Errors
-///
-/// [`Error::Config`] for `inbox_table` if its name leaves no name for the
-/// consumer dead-letter table.
-pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
-    let t = Texts::new(tables);
-    let migrations = t.migrations()?.to_vec();
-    let i = t.inbox()?;
-    let inbox = InboxStatements {
-        record: sql_str(i.record.0.to_string()),
-        remove_dead: sql_str(i.remove_dead.0.to_string()),
-        add_dead: shared(&i.add_dead),
-        dead_letters: shared(&i.dead_letters).bind_order(&[0, 1, 1, 2, 2, 3]),
-        dead_letter: shared(&i.dead_letter),
-        // Picks the keys to delete; see `MySqlBackend::purge_inbox`.
-        purge: shared(&i.purge_pick).bind_order(&[2, 0, 1]),
-    };
-    let own = Own {
-        migrate_lock: t.migrate_lock.clone(),
-        create_schema: t.create_schema.clone(),
-        migrations_table: t.migrations_table.clone(),
-        migrations,
-        insert: t.insert.clone(),
-        inserted: t.inserted.clone(),
-        claim_heads: t.claim_heads.clone(),
-        claim_heads_lock: t.claim_heads_lock.clone(),
-        claim_followers: t.claim_followers.clone(),
-        claim_lock: t.claim_lock.clone(),
-        claim_lease: t.claim_lease.clone(),
-        purge_delete: t.purge_delete.clone(),
-        purge_dead_delete: t.purge_dead_delete.clone(),
-        inbox_record: i.record.clone(),
-        has_legacy_keys: i.has_legacy_keys.clone(),
-        is_legacy_key: i.is_legacy_key.clone(),
-        inbox_purge_delete: i.purge_delete.clone(),
-        without_legacy_keys: std::sync::Mutex::default(),
-    };
-    Ok(Statements {
-        mark_sent: shared_ids(&t.mark_sent).bind_order(&[1, 0]),
-        mark_failed: shared(&t.mark_failed).bind_order(&[2, 3, 0, 1]),
-        mark_dead: shared(&t.mark_dead).bind_order(&[2, 3, 0, 1]),
-        release: shared_ids(&t.release).bind_order(&[1, 0]),
-        dead_letters: shared(&t.dead_letters).bind_order(&[0, 0, 1, 1, 2]),
-        replay: shared(&t.replay).bind_order(&[1, 0]),
-        // Picks the rows to delete; see `MySqlBackend::purge_sent`.
-        purge_sent: shared(&t.purge_pick),
-        stats: shared(&t.stats),
-        topic_stats: shared(&t.topic_stats),
-        dead_letter: shared(&t.dead_letter),
-        // Picks the rows to delete; see `MySqlBackend::purge_dead`.
-        purge_dead: shared(&t.purge_dead_pick).bind_order(&[0, 0, 1, 1, 2, 3]),
-        prepare: t.prepare.clone(),
-        prepare_holder: Some(t.inserted.clone()),
-        settle: t.settle.clone(),
-        // Picks the rows to lease; see `MySqlBackend::claim_prepared`.
-        claim_prepared: shared(&t.claim_prepared).bind_order(&[2, 2, 3]),
-        record_check: shared(&t.record_check).bind_order(&[3, 2, 0, 1]),
-        mark_prepared_dead: shared(&t.mark_prepared_dead).bind_order(&[2, 3, 0, 1]),
-        resume: shared(&t.resume).bind_order(&[1, 0]),
-        inbox,
-        own,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -751,15 +642,16 @@ mod tests {
             .unwrap()
             .outbox("events")
             .unwrap();
-        let sql = Texts::new(&tables);
+        let sql = statements(&tables).unwrap();
         assert!(sql.mark_sent.as_str().contains("`app`.`events`"));
         assert!(
-            sql.migrations_table
+            sql.own
+                .migrations_table
                 .create
                 .as_str()
                 .contains("`app`.`txmsg_migrations`")
         );
-        for m in sql.migrations().unwrap() {
+        for m in &sql.own.migrations {
             for step in &m.steps {
                 let text = match step {
                     RenderedStep::Sql(s) | RenderedStep::Unless { then: s, .. } => s.as_str(),
@@ -768,19 +660,25 @@ mod tests {
                 assert!(!text.contains('"'), "{text}");
             }
         }
-        assert!(!sql.insert.as_str().contains("IGNORE"));
+        assert!(!sql.own.insert.as_str().contains("IGNORE"));
     }
 
     #[test]
     fn id_lists_have_one_placeholder_per_id() {
-        let sql = Texts::new(&Tables::default());
-        let AssertSqlSafe(text) = sql.mark_sent.with_ids(3);
+        let sql = statements(&Tables::default()).unwrap();
+        let AssertSqlSafe(text) = sql.own.claim_lease.with_ids(3);
         assert!(text.contains("IN (?, ?, ?)"), "{text}");
+        // Shared id lists are prepared for a few lengths; the longest here.
+        assert!(sql.mark_sent.as_str().contains("IN (?, ?, ?, ?"));
     }
 
     #[test]
     fn consumer_dead_table_is_named_after_the_inbox() {
-        let name = |t: &Tables| consumer_dead_table(t).map(|i| i.to_string());
+        let name = |t: &Tables| {
+            t.consumer_dead_name()
+                .map(|i| i.to_string())
+                .map_err(|e| e.to_string())
+        };
         assert_eq!(name(&Tables::default()).unwrap(), "txmsg_consumer_dead");
         let renamed = Tables::default().inbox("events_in").unwrap();
         assert_eq!(name(&renamed).unwrap(), "events_in_dead");
@@ -790,17 +688,22 @@ mod tests {
             .outbox("events_dead")
             .unwrap();
         assert!(name(&clash).unwrap_err().contains("outbox"));
-        let sql = Texts::new(&clash);
-        assert!(sql.migrations().is_err());
-        assert!(sql.inbox().is_err());
+        assert!(matches!(
+            statements(&clash),
+            Err(txmsg_core::Error::Config {
+                field: "inbox_table",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn lock_name_depends_on_the_tables_and_fits() {
-        let a = Texts::new(&Tables::default()).migrate_lock;
-        let b = Texts::new(&Tables::default().schema("b").unwrap()).migrate_lock;
+        let lock = |t: &Tables| statements(t).unwrap().own.migrate_lock;
+        let a = lock(&Tables::default());
+        let b = lock(&Tables::default().schema("b").unwrap());
         assert_ne!(a, b);
         assert!(a.len() <= 64);
-        assert_eq!(a, Texts::new(&Tables::default()).migrate_lock);
+        assert_eq!(a, lock(&Tables::default()));
     }
 }
