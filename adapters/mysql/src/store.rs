@@ -371,36 +371,3 @@ async fn claim_once(store: &MySqlStore, req: &ClaimRequest) -> Result<Vec<Envelo
 fn limit(n: u32) -> i64 {
     i64::from(n)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn debug_never_shows_the_password() {
-        let pool = MySqlPoolOptions::new()
-            .connect_lazy("mysql://app:s3cret-pw@127.0.0.1:1/app")
-            .unwrap();
-        let store = MySqlStore::new(pool, Tables::default()).unwrap();
-        let shown = format!("{store:?}");
-        assert!(!shown.contains("s3cret-pw"), "{shown}");
-        assert!(shown.contains("txmsg_outbox"), "{shown}");
-    }
-
-    #[tokio::test]
-    async fn zero_connections_is_a_config_error() {
-        let err = MySqlStore::connect_with(
-            "mysql://127.0.0.1:1/x",
-            StoreConfig::default().max_connections(0),
-        )
-        .await
-        .unwrap_err();
-        assert!(matches!(
-            err,
-            Error::Config {
-                field: "max_connections",
-                ..
-            }
-        ));
-    }
-}

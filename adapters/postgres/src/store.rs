@@ -222,17 +222,6 @@ mod tests {
     use txmsg_core::Error;
 
     #[tokio::test]
-    async fn debug_never_shows_the_password() {
-        let pool = PgPoolOptions::new()
-            .connect_lazy("postgres://app:s3cret-pw@127.0.0.1:1/app")
-            .unwrap();
-        let store = PgStore::new(pool, Tables::default()).unwrap();
-        let shown = format!("{store:?}");
-        assert!(!shown.contains("s3cret-pw"), "{shown}");
-        assert!(shown.contains("txmsg_outbox"), "{shown}");
-    }
-
-    #[tokio::test]
     async fn an_inbox_name_without_room_for_its_dead_letters_is_a_config_error() {
         // `events` + `_dead` is the outbox's name.
         let tables = Tables::default()

@@ -266,12 +266,8 @@ pub trait Backend: Dialect + Sized {
         limit: u32,
     ) -> impl Future<Output = Result<u64>> + Send {
         async move {
-            let mut conn = store.pool.acquire().await?;
-            store
-                .statements()
-                .purge_sent
-                .execute::<Self>(&mut conn, &[Arg::Time(before), Arg::Int(i64::from(limit))])
-                .await
+            let args = [Arg::Time(before), Arg::Int(i64::from(limit))];
+            store.run(&store.sql.purge_sent, &args).await
         }
     }
 
@@ -284,20 +280,13 @@ pub trait Backend: Dialect + Sized {
         limit: u32,
     ) -> impl Future<Output = Result<u64>> + Send {
         async move {
-            let mut conn = store.pool.acquire().await?;
-            store
-                .statements()
-                .purge_dead
-                .execute::<Self>(
-                    &mut conn,
-                    &[
-                        Arg::OptText(filter.topic.as_deref()),
-                        Arg::OptText(filter.key.as_deref()),
-                        Arg::Time(before),
-                        Arg::Int(i64::from(limit)),
-                    ],
-                )
-                .await
+            let args = [
+                Arg::OptText(filter.topic.as_deref()),
+                Arg::OptText(filter.key.as_deref()),
+                Arg::Time(before),
+                Arg::Int(i64::from(limit)),
+            ];
+            store.run(&store.sql.purge_dead, &args).await
         }
     }
 
@@ -310,20 +299,12 @@ pub trait Backend: Dialect + Sized {
         limit: u32,
     ) -> impl Future<Output = Result<u64>> + Send {
         async move {
-            let mut conn = store.pool.acquire().await?;
-            store
-                .statements()
-                .inbox
-                .purge
-                .execute::<Self>(
-                    &mut conn,
-                    &[
-                        Arg::Time(before),
-                        Arg::Int(i64::from(limit)),
-                        Arg::Text(group),
-                    ],
-                )
-                .await
+            let args = [
+                Arg::Time(before),
+                Arg::Int(i64::from(limit)),
+                Arg::Text(group),
+            ];
+            store.run(&store.sql.inbox.purge, &args).await
         }
     }
 
