@@ -383,23 +383,15 @@ impl RelayConfig {
     ///
     /// [`Error::Config`] naming the first field that breaks its rule.
     pub fn validate(&self) -> Result<()> {
-        fn positive(field: &'static str, v: u64) -> Result<()> {
-            if v == 0 {
-                Err(Error::config(field, "must be greater than zero"))
-            } else {
-                Ok(())
-            }
-        }
-        positive("batch_size", self.batch_size.into())?;
-        positive("max_attempts", self.max_attempts.into())?;
-        positive("max_payload_bytes", self.max_payload_bytes as u64)?;
-        positive("max_in_flight", self.max_in_flight as u64)?;
-        positive("fast_path_capacity", self.fast_path_capacity as u64)?;
-        positive("mark_batch", self.mark_batch as u64)?;
-        positive("purge_batch", self.purge_batch.into())?;
-        if self.purge_interval.is_zero() {
-            return Err(Error::config("purge_interval", "must be greater than zero"));
-        }
+        use crate::check::{at_least, backoff, positive};
+        positive("batch_size", self.batch_size)?;
+        positive("max_attempts", self.max_attempts)?;
+        positive("max_payload_bytes", self.max_payload_bytes)?;
+        positive("max_in_flight", self.max_in_flight)?;
+        positive("fast_path_capacity", self.fast_path_capacity)?;
+        positive("mark_batch", self.mark_batch)?;
+        positive("purge_batch", self.purge_batch)?;
+        positive("purge_interval", self.purge_interval)?;
         if self.stats_interval.is_some_and(|i| i.is_zero()) {
             return Err(Error::config(
                 "stats_interval",
@@ -412,18 +404,14 @@ impl RelayConfig {
         {
             return Err(Error::config("sent_retention", "is too long"));
         }
-        if self.lease < Duration::from_secs(1) {
-            return Err(Error::config("lease", "must be at least 1 s"));
-        }
-        if self.poll_interval.is_zero() {
-            return Err(Error::config("poll_interval", "must be greater than zero"));
-        }
-        if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {
-            return Err(Error::config(
-                "backoff_min",
-                "must be greater than zero and at most backoff_max",
-            ));
-        }
+        at_least("lease", self.lease, Duration::from_secs(1))?;
+        positive("poll_interval", self.poll_interval)?;
+        backoff(
+            "backoff_min",
+            self.backoff_min,
+            "backoff_max",
+            self.backoff_max,
+        )?;
         if self.publish_timeout >= self.lease {
             return Err(Error::config(
                 "publish_timeout",

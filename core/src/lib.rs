@@ -7,6 +7,7 @@
 
 mod backoff;
 mod broker;
+pub mod check;
 mod clock;
 pub mod cloudevents;
 mod config;

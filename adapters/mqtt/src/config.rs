@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::time::Duration;
+use txmsg_core::check;
 
 use txmsg_core::cloudevents::check_source;
 use txmsg_core::tls::TlsFiles;
@@ -143,16 +144,12 @@ impl MqttConfig {
     ///
     /// [`Error::Config`] unless it is 5 s to 65535 s, in whole seconds.
     pub fn keep_alive(mut self, keep_alive: Duration) -> Result<Self> {
-        if keep_alive < Duration::from_secs(5)
-            || keep_alive > Duration::from_secs(u64::from(u16::MAX))
-            || keep_alive.subsec_nanos() != 0
-        {
-            return Err(Error::config(
-                "keep_alive",
-                "must be whole seconds from 5 s to 65535 s",
-            ));
-        }
-        self.keep_alive = keep_alive;
+        self.keep_alive = check::whole_seconds(
+            "keep_alive",
+            keep_alive,
+            Duration::from_secs(5),
+            Duration::from_secs(u64::from(u16::MAX)),
+        )?;
         Ok(self)
     }
 
@@ -166,13 +163,12 @@ impl MqttConfig {
     ///
     /// [`Error::Config`] unless it is whole seconds below `u32::MAX` s.
     pub fn session_expiry(mut self, expiry: Duration) -> Result<Self> {
-        if expiry >= Duration::from_secs(u64::from(u32::MAX)) || expiry.subsec_nanos() != 0 {
-            return Err(Error::config(
-                "session_expiry",
-                "must be whole seconds below 4294967295 s",
-            ));
-        }
-        self.session_expiry = expiry;
+        self.session_expiry = check::whole_seconds(
+            "session_expiry",
+            expiry,
+            Duration::ZERO,
+            Duration::from_secs(u64::from(u32::MAX) - 1),
+        )?;
         Ok(self)
     }
 
@@ -180,15 +176,14 @@ impl MqttConfig {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] unless it is 1 s or more, in whole seconds.
+    /// [`Error::Config`] unless it is whole seconds from 1 s to 1 h.
     pub fn connect_timeout(mut self, timeout: Duration) -> Result<Self> {
-        if timeout < Duration::from_secs(1) || timeout.subsec_nanos() != 0 {
-            return Err(Error::config(
-                "connect_timeout",
-                "must be whole seconds, at least 1 s",
-            ));
-        }
-        self.connect_timeout = timeout;
+        self.connect_timeout = check::whole_seconds(
+            "connect_timeout",
+            timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        )?;
         Ok(self)
     }
 
@@ -199,10 +194,7 @@ impl MqttConfig {
     ///
     /// [`Error::Config`] if zero.
     pub fn publish_timeout(mut self, timeout: Duration) -> Result<Self> {
-        if timeout.is_zero() {
-            return Err(Error::config("publish_timeout", "must not be zero"));
-        }
-        self.publish_timeout = timeout;
+        self.publish_timeout = check::positive("publish_timeout", timeout)?;
         Ok(self)
     }
 
@@ -213,13 +205,7 @@ impl MqttConfig {
     ///
     /// [`Error::Config`] if below 1024 bytes or above 256 MiB.
     pub fn max_packet_size(mut self, size: u32) -> Result<Self> {
-        if !(1024..=256 * 1024 * 1024).contains(&size) {
-            return Err(Error::config(
-                "max_packet_size",
-                "must be from 1024 bytes to 256 MiB",
-            ));
-        }
-        self.max_packet_size = size;
+        self.max_packet_size = check::within("max_packet_size", size, 1024, 256 * 1024 * 1024)?;
         Ok(self)
     }
 

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::time::Duration;
+use txmsg_core::check;
 
 use txmsg_core::cloudevents::check_source;
 use txmsg_core::tls::TlsFiles;
@@ -156,10 +157,8 @@ impl NatsConfig {
     ///
     /// [`Error::Config`] for `duplicate_window` if it is under 1 s.
     pub fn duplicate_window(mut self, window: Duration) -> Result<Self> {
-        if window < Duration::from_secs(1) {
-            return Err(Error::config("duplicate_window", "must be at least 1 s"));
-        }
-        self.duplicate_window = window;
+        self.duplicate_window =
+            check::at_least("duplicate_window", window, Duration::from_secs(1))?;
         Ok(self)
     }
 
@@ -172,10 +171,7 @@ impl NatsConfig {
     ///
     /// [`Error::Config`] for `ack_wait` if it is under 1 s.
     pub fn ack_wait(mut self, ack_wait: Duration) -> Result<Self> {
-        if ack_wait < Duration::from_secs(1) {
-            return Err(Error::config("ack_wait", "must be at least 1 s"));
-        }
-        self.ack_wait = ack_wait;
+        self.ack_wait = check::at_least("ack_wait", ack_wait, Duration::from_secs(1))?;
         Ok(self)
     }
 
@@ -187,10 +183,7 @@ impl NatsConfig {
     ///
     /// [`Error::Config`] for `max_ack_pending` if it is 0.
     pub fn max_ack_pending(mut self, max: u32) -> Result<Self> {
-        if max == 0 {
-            return Err(Error::config("max_ack_pending", "must be at least 1"));
-        }
-        self.max_ack_pending = max;
+        self.max_ack_pending = check::positive("max_ack_pending", max)?;
         Ok(self)
     }
 
@@ -200,10 +193,7 @@ impl NatsConfig {
     ///
     /// [`Error::Config`] for `connect_timeout` if it is zero.
     pub fn connect_timeout(mut self, timeout: Duration) -> Result<Self> {
-        if timeout.is_zero() {
-            return Err(Error::config("connect_timeout", "must be more than zero"));
-        }
-        self.connect_timeout = timeout;
+        self.connect_timeout = check::positive("connect_timeout", timeout)?;
         Ok(self)
     }
 
@@ -214,10 +204,7 @@ impl NatsConfig {
     ///
     /// [`Error::Config`] for `publish_timeout` if it is zero.
     pub fn publish_timeout(mut self, timeout: Duration) -> Result<Self> {
-        if timeout.is_zero() {
-            return Err(Error::config("publish_timeout", "must be more than zero"));
-        }
-        self.publish_timeout = timeout;
+        self.publish_timeout = check::positive("publish_timeout", timeout)?;
         Ok(self)
     }
 

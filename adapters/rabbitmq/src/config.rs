@@ -1,6 +1,7 @@
 //! Settings of a [`RabbitBroker`](crate::RabbitBroker).
 
 use std::time::Duration;
+use txmsg_core::check;
 
 use txmsg_core::cloudevents::check_source;
 use txmsg_core::{Error, Result};
@@ -185,13 +186,7 @@ impl RabbitConfig {
     ///
     /// [`Error::Config`] for `connect_timeout` if it is zero.
     pub fn connect_timeout(mut self, timeout: Duration) -> Result<Self> {
-        if timeout.is_zero() {
-            return Err(Error::config(
-                "connect_timeout",
-                "must be greater than zero",
-            ));
-        }
-        self.connect_timeout = timeout;
+        self.connect_timeout = check::positive("connect_timeout", timeout)?;
         Ok(self)
     }
 

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::time::Duration;
+use txmsg_core::check;
 
 use txmsg_core::cloudevents::check_source;
 use txmsg_core::tls::TlsFiles;
@@ -132,13 +133,12 @@ impl RedisConfig {
     /// [`Error::Config`] for `claim_idle` if it is under 100 ms or over one
     /// day.
     pub fn claim_idle(mut self, idle: Duration) -> Result<Self> {
-        if idle < Duration::from_millis(100) || idle > Duration::from_secs(86_400) {
-            return Err(Error::config(
-                "claim_idle",
-                "must be between 100 ms and one day",
-            ));
-        }
-        self.claim_idle = idle;
+        self.claim_idle = check::within(
+            "claim_idle",
+            idle,
+            Duration::from_millis(100),
+            Duration::from_secs(86_400),
+        )?;
         Ok(self)
     }
 
@@ -148,10 +148,12 @@ impl RedisConfig {
     ///
     /// [`Error::Config`] for `block` if it is under 10 ms or over 60 s.
     pub fn block(mut self, block: Duration) -> Result<Self> {
-        if block < Duration::from_millis(10) || block > Duration::from_secs(60) {
-            return Err(Error::config("block", "must be between 10 ms and 60 s"));
-        }
-        self.block = block;
+        self.block = check::within(
+            "block",
+            block,
+            Duration::from_millis(10),
+            Duration::from_secs(60),
+        )?;
         Ok(self)
     }
 
@@ -162,10 +164,7 @@ impl RedisConfig {
     ///
     /// [`Error::Config`] for `read_count` if it is zero or over 10 000.
     pub fn read_count(mut self, count: usize) -> Result<Self> {
-        if count == 0 || count > 10_000 {
-            return Err(Error::config("read_count", "must be between 1 and 10000"));
-        }
-        self.read_count = count;
+        self.read_count = check::within("read_count", count, 1, 10_000)?;
         Ok(self)
     }
 

@@ -133,30 +133,18 @@ impl ConsumerConfig {
             Error::InvalidTopic { reason, .. } => Error::config("group", reason),
             other => other,
         })?;
-        if self.prefetch == 0 {
-            return Err(Error::config("prefetch", "must be greater than zero"));
-        }
-        if self.concurrency == 0 {
-            return Err(Error::config("concurrency", "must be greater than zero"));
-        }
-        if self.max_payload_bytes == 0 {
-            return Err(Error::config(
-                "max_payload_bytes",
-                "must be greater than zero",
-            ));
-        }
-        if self.purge_interval.is_zero() {
-            return Err(Error::config("purge_interval", "must be greater than zero"));
-        }
-        if self.purge_batch == 0 {
-            return Err(Error::config("purge_batch", "must be greater than zero"));
-        }
-        if self.backoff_min.is_zero() || self.backoff_min > self.backoff_max {
-            return Err(Error::config(
-                "backoff_min",
-                "must be greater than zero and at most backoff_max",
-            ));
-        }
+        use crate::check::{backoff, positive};
+        positive("prefetch", self.prefetch)?;
+        positive("concurrency", self.concurrency)?;
+        positive("max_payload_bytes", self.max_payload_bytes)?;
+        positive("purge_interval", self.purge_interval)?;
+        positive("purge_batch", self.purge_batch)?;
+        backoff(
+            "backoff_min",
+            self.backoff_min,
+            "backoff_max",
+            self.backoff_max,
+        )?;
         Ok(())
     }
 }

@@ -48,9 +48,7 @@ impl SubscribeSpec {
             crate::Error::InvalidTopic { reason, .. } => crate::Error::config("group", reason),
             other => other,
         })?;
-        if self.prefetch == 0 {
-            return Err(crate::Error::config("prefetch", "must be at least 1"));
-        }
+        crate::check::positive("prefetch", self.prefetch)?;
         Ok(())
     }
 }

@@ -84,21 +84,12 @@ impl CheckBackConfig {
     ///
     /// [`Error::Config`] naming the first field that breaks its rule.
     pub fn validate(&self) -> Result<()> {
-        if self.max_checks == 0 {
-            return Err(Error::config("max_checks", "must be greater than zero"));
-        }
-        if self.batch_size == 0 || self.concurrency == 0 {
-            return Err(Error::config(
-                "batch_size",
-                "batch_size and concurrency must be greater than zero",
-            ));
-        }
-        if self.interval.is_zero() || self.poll_interval.is_zero() {
-            return Err(Error::config(
-                "interval",
-                "interval and poll_interval must be greater than zero",
-            ));
-        }
+        use crate::check::positive;
+        positive("max_checks", self.max_checks)?;
+        positive("batch_size", self.batch_size)?;
+        positive("concurrency", self.concurrency)?;
+        positive("interval", self.interval)?;
+        positive("poll_interval", self.poll_interval)?;
         if self.timeout >= self.lease {
             return Err(Error::config(
                 "timeout",

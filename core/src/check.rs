@@ -1,0 +1,209 @@
+//! Checks of configuration values, with one wording for each kind of limit,
+//! so that every configuration of every txmsg crate refuses a bad value the
+//! same way.
+//!
+//! Each check returns the value when it is within its limits, and otherwise
+//! [`Error::Config`] for the field, saying what the limit is:
+//!
+//! ```
+//! use std::time::Duration;
+//! use txmsg_core::check;
+//!
+//! let lease = check::at_least("lease", Duration::from_secs(30), Duration::from_secs(1))?;
+//! assert_eq!(lease, Duration::from_secs(30));
+//!
+//! let err = check::positive("batch", 0u32).unwrap_err();
+//! assert_eq!(err.to_string(), "invalid configuration: batch must be greater than zero");
+//! # Ok::<(), txmsg_core::Error>(())
+//! ```
+
+use std::time::Duration;
+
+use crate::{Error, Result};
+
+/// A value a limit can be put on.
+pub trait Bounded: PartialOrd + Copy {
+    /// The zero of its kind.
+    const ZERO: Self;
+
+    /// The value as an error shows it: `5 s`, `100 ms`, `1024`.
+    fn show(&self) -> String;
+}
+
+impl Bounded for Duration {
+    const ZERO: Self = Duration::ZERO;
+
+    fn show(&self) -> String {
+        if self.subsec_nanos() == 0 {
+            format!("{} s", self.as_secs())
+        } else if self.subsec_nanos().is_multiple_of(1_000_000) {
+            format!("{} ms", self.as_millis())
+        } else {
+            format!("{self:?}")
+        }
+    }
+}
+
+macro_rules! bounded_int {
+    ($($t:ty),*) => {$(
+        impl Bounded for $t {
+            const ZERO: Self = 0;
+
+            fn show(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+
+bounded_int!(u8, u16, u32, u64, usize, i32, i64);
+
+/// `value` unless it is zero.
+///
+/// # Errors
+///
+/// [`Error::Config`] for `field`: "must be greater than zero".
+pub fn positive<T: Bounded>(field: &'static str, value: T) -> Result<T> {
+    if value > T::ZERO {
+        Ok(value)
+    } else {
+        Err(Error::config(field, "must be greater than zero"))
+    }
+}
+
+/// `value` if it is at least `min`.
+///
+/// # Errors
+///
+/// [`Error::Config`] for `field`: "must be at least `min`".
+pub fn at_least<T: Bounded>(field: &'static str, value: T, min: T) -> Result<T> {
+    if value >= min {
+        Ok(value)
+    } else {
+        Err(Error::config(
+            field,
+            format!("must be at least {}", min.show()),
+        ))
+    }
+}
+
+/// `value` if it is from `min` to `max`, both included.
+///
+/// # Errors
+///
+/// [`Error::Config`] for `field`: "must be from `min` to `max`".
+pub fn within<T: Bounded>(field: &'static str, value: T, min: T, max: T) -> Result<T> {
+    if min <= value && value <= max {
+        Ok(value)
+    } else {
+        Err(Error::config(
+            field,
+            format!("must be from {} to {}", min.show(), max.show()),
+        ))
+    }
+}
+
+/// `value` if it is a whole number of seconds from `min` to `max`, both
+/// included (for protocols that count in seconds).
+///
+/// # Errors
+///
+/// [`Error::Config`] for `field`: "must be whole seconds from `min` to
+/// `max`".
+pub fn whole_seconds(
+    field: &'static str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration> {
+    if value.subsec_nanos() == 0 && min <= value && value <= max {
+        Ok(value)
+    } else {
+        Err(Error::config(
+            field,
+            format!(
+                "must be whole seconds from {} to {}",
+                min.show(),
+                max.show()
+            ),
+        ))
+    }
+}
+
+/// `value` if it is above zero and at most `max`, the value of `max_field`:
+/// the first delay of a backoff, which must not pass its last.
+///
+/// # Errors
+///
+/// [`Error::Config`] for `field`: "must be greater than zero and at most
+/// `max_field`".
+pub fn backoff(
+    field: &'static str,
+    value: Duration,
+    max_field: &'static str,
+    max: Duration,
+) -> Result<Duration> {
+    if value.is_zero() || value > max {
+        Err(Error::config(
+            field,
+            format!("must be greater than zero and at most {max_field}"),
+        ))
+    } else {
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(e: Error) -> String {
+        match e {
+            Error::Config { reason, .. } => reason,
+            other => panic!("not a config error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_limit_has_one_wording() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        assert_eq!(positive("f", 3u32).unwrap(), 3);
+        assert_eq!(
+            reason(positive("f", Duration::ZERO).unwrap_err()),
+            "must be greater than zero"
+        );
+        assert_eq!(
+            reason(at_least("f", ms(500), s(1)).unwrap_err()),
+            "must be at least 1 s"
+        );
+        assert_eq!(within("f", ms(100), ms(100), s(60)).unwrap(), ms(100));
+        assert_eq!(
+            reason(within("f", ms(5), ms(10), s(60)).unwrap_err()),
+            "must be from 10 ms to 60 s"
+        );
+        assert_eq!(
+            reason(within("f", 2000u32, 1, 1024).unwrap_err()),
+            "must be from 1 to 1024"
+        );
+        assert!(whole_seconds("f", s(5), s(5), s(65_535)).is_ok());
+        assert_eq!(
+            reason(whole_seconds("f", ms(5_500), s(5), s(65_535)).unwrap_err()),
+            "must be whole seconds from 5 s to 65535 s"
+        );
+        assert!(backoff("min", ms(10), "max", s(1)).is_ok());
+        for bad in [Duration::ZERO, s(2)] {
+            assert_eq!(
+                reason(backoff("min", bad, "max", s(1)).unwrap_err()),
+                "must be greater than zero and at most max"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_show_in_the_unit_they_are_whole_in() {
+        assert_eq!(Duration::from_secs(86_400).show(), "86400 s");
+        assert_eq!(Duration::from_millis(1_500).show(), "1500 ms");
+        assert_eq!(Duration::from_micros(1_500).show(), "1.5ms");
+    }
+}
