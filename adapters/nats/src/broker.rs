@@ -14,7 +14,7 @@ use txmsg_core::consumer::{Acker, Delivery, SubscribeSpec, Subscription};
 use txmsg_core::{BoxFuture, Broker, Envelope, Error, Result, validate_topic};
 
 use crate::config::NatsConfig;
-use crate::wire::{self, Wire};
+use crate::wire;
 
 /// How long one pull request waits on the server for messages.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
@@ -39,7 +39,7 @@ pub struct NatsBroker {
     client: async_nats::Client,
     js: jetstream::Context,
     config: Arc<NatsConfig>,
-    wire: Wire,
+    source: String,
 }
 
 impl fmt::Debug for NatsBroker {
@@ -102,7 +102,7 @@ impl NatsBroker {
             .timeout(config.get_publish_timeout())
             .build(client.clone());
         let broker = NatsBroker {
-            wire: Wire::new(config.get_source()),
+            source: config.get_source().to_owned(),
             client,
             js,
             config: Arc::new(config),
@@ -266,7 +266,7 @@ impl NatsBroker {
                 None,
             ));
         }
-        let headers = self.wire.encode(envelope)?;
+        let headers = wire::encode(envelope, &self.source)?;
         let subject = self.config.subject(&envelope.topic);
         let payload = envelope.payload.clone().into();
         let timeout = self.config.get_publish_timeout();

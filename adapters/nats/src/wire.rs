@@ -31,43 +31,28 @@ pub(crate) const BINDING: Binding = Binding::new("header", &[CLOUDEVENTS_PREFIX]
     .content_type_header(CONTENT_TYPE_HEADER)
     .transport_headers(&[MSG_ID_HEADER]);
 
-/// Header values shared by every message of one broker.
-#[derive(Debug, Clone)]
-pub(crate) struct Wire {
-    source: String,
-}
-
-impl Wire {
-    /// The shared values for a broker whose CloudEvents `source` is `source`.
-    pub(crate) fn new(source: &str) -> Self {
-        Wire {
-            source: source.to_owned(),
-        }
+/// The headers `envelope` is published with: the pairs of
+/// [`Binding::encode`] (the CloudEvents attributes, `content-type`,
+/// `txmsg-id` and every other envelope header, `traceparent` included)
+/// and `Nats-Msg-Id` = [`msg_id`].
+///
+/// # Errors
+///
+/// A permanent [`Error::Broker`] if a header name or value cannot travel
+/// in a NATS header (non-ASCII or `:` in a name, a line break in a value).
+pub(crate) fn encode(envelope: &Envelope, source: &str) -> Result<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in BINDING.encode(envelope, source) {
+        let Ok(name) = HeaderName::from_str(&name) else {
+            return Err(Error::broker_permanent(format!(
+                "header name `{}` cannot travel in a nats header",
+                name.escape_debug()
+            )));
+        };
+        headers.insert(name, value_of(&value)?);
     }
-
-    /// The headers `envelope` is published with: the pairs of
-    /// [`Binding::encode`] (the CloudEvents attributes, `content-type`,
-    /// `txmsg-id` and every other envelope header, `traceparent` included)
-    /// and `Nats-Msg-Id` = [`msg_id`].
-    ///
-    /// # Errors
-    ///
-    /// A permanent [`Error::Broker`] if a header name or value cannot travel
-    /// in a NATS header (non-ASCII or `:` in a name, a line break in a value).
-    pub(crate) fn encode(&self, envelope: &Envelope) -> Result<HeaderMap> {
-        let mut headers = HeaderMap::new();
-        for (name, value) in BINDING.encode(envelope, &self.source) {
-            let Ok(name) = HeaderName::from_str(&name) else {
-                return Err(Error::broker_permanent(format!(
-                    "header name `{}` cannot travel in a nats header",
-                    name.escape_debug()
-                )));
-            };
-            headers.insert(name, value_of(&value)?);
-        }
-        headers.insert(MSG_ID_HEADER, value_of(&msg_id(envelope))?);
-        Ok(headers)
-    }
+    headers.insert(MSG_ID_HEADER, value_of(&msg_id(envelope))?);
+    Ok(headers)
 }
 
 /// The JetStream deduplication id of `envelope`: `<topic>/<idempotency
@@ -90,7 +75,7 @@ fn value_of(value: &str) -> Result<HeaderValue> {
 
 /// Reads a message that arrived on `topic` (the subject less the prefix) as
 /// an envelope, by the rules of [`Binding::decode`]: the inverse of
-/// [`Wire::encode`], and what any producer writing CloudEvents in binary
+/// [`encode`], and what any producer writing CloudEvents in binary
 /// content mode over NATS headers sends. Of a repeated header the first
 /// value counts.
 pub(crate) fn decode(
@@ -126,7 +111,7 @@ mod tests {
     #[test]
     fn round_trip() {
         let env = envelope();
-        let headers = Wire::new("/shop").encode(&env).unwrap();
+        let headers = encode(&env, "/shop").unwrap();
         assert_eq!(
             headers.get(MSG_ID_HEADER).unwrap().as_str(),
             "orders.placed/order-7"
@@ -154,10 +139,10 @@ mod tests {
     fn refuses_bad_headers() {
         let mut env = envelope();
         env.headers.insert("bad:name".into(), "x".into());
-        assert!(!Wire::new("/s").encode(&env).unwrap_err().is_retryable());
+        assert!(!encode(&env, "/s").unwrap_err().is_retryable());
         let mut env = envelope();
         env.headers.insert("x".into(), "a\r\nb".into());
-        assert!(!Wire::new("/s").encode(&env).unwrap_err().is_retryable());
+        assert!(!encode(&env, "/s").unwrap_err().is_retryable());
     }
 
     #[test]
@@ -179,7 +164,7 @@ mod tests {
 }
 
 /// Properties over arbitrary messages: decoding never panics, and answers
-/// with an envelope or a reason; what [`Wire::encode`] writes decodes back to
+/// with an envelope or a reason; what [`encode`] writes decodes back to
 /// the same envelope.
 #[cfg(test)]
 mod props {
@@ -226,7 +211,7 @@ mod props {
                     .into_iter()
                     .any(|v| bad_value(v))
                 || env.key.as_deref().is_some_and(bad_value);
-            match Wire::new(&source).encode(&env) {
+            match encode(&env, &source) {
                 Ok(_) => prop_assert!(!unfit, "a field that cannot travel was accepted"),
                 Err(e) => {
                     prop_assert!(unfit, "refused a message that fits: {}", e);
@@ -238,8 +223,7 @@ mod props {
 
         #[test]
         fn decode_inverts_encode(env in envelope(), source in "[^\r\n]{0,40}") {
-            let headers = Wire::new(&source)
-                .encode(&env)
+            let headers = encode(&env, &source)
                 .expect("every field fits");
             let got = decode(&env.topic, Some(&headers), env.payload.clone())
                 .expect("what encode writes decodes");

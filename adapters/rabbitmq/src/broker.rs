@@ -295,7 +295,7 @@ impl RabbitBroker {
     }
 
     async fn publish_confirmed(&self, envelope: &Envelope) -> Result<()> {
-        let (routing_key, properties) = self.shared.wire.encode(envelope)?;
+        let (routing_key, properties) = crate::wire::encode(envelope, &self.shared.source)?;
         let link = self.shared.link()?;
         let options = BasicPublishOptions {
             mandatory: self.shared.config.get_mandatory(),

@@ -28,14 +28,13 @@ use txmsg_core::{Error, Result};
 
 use crate::config::RabbitConfig;
 use crate::url::BrokerUrl;
-use crate::wire::Wire;
 
 /// What every clone of one broker shares.
 pub(crate) struct Shared {
     pub(crate) url: BrokerUrl,
     pub(crate) config: RabbitConfig,
     pub(crate) exchange: ShortString,
-    pub(crate) wire: Wire,
+    pub(crate) source: String,
     /// The runtime that runs background tasks: reconnects, subscriptions.
     pub(crate) runtime: Handle,
     generations: AtomicU64,
@@ -169,7 +168,7 @@ impl Shared {
         let exchange = ShortString::try_new(config.get_exchange())
             .map_err(|_| Error::config("exchange", "must be at most 255 bytes"))?;
         let shared = Arc::new(Shared {
-            wire: Wire::new(config.get_source()),
+            source: config.get_source().to_owned(),
             url,
             config,
             exchange,

@@ -37,63 +37,49 @@ pub const TXMSG_ID_HEADER: &str = txmsg_core::cloudevents::TXMSG_ID;
 /// AMQP 0-9-1 delivery mode of a message stored on disk.
 const PERSISTENT: u8 = 2;
 
-/// Header values shared by every message of one broker.
-#[derive(Debug, Clone)]
-pub(crate) struct Wire {
-    source: String,
-}
-
-impl Wire {
-    /// The shared values for a broker whose CloudEvents `source` is `source`.
-    pub(crate) fn new(source: &str) -> Self {
-        Wire {
-            source: source.to_owned(),
-        }
-    }
-
-    /// The routing key and properties `envelope` is published with.
-    ///
-    /// Persistent, `application/json`, `message_id` = idempotency key (when
-    /// it fits an AMQP short string; the `cloudEvents_id` header always
-    /// carries it), `timestamp` = creation time in seconds, and as headers:
-    /// the CloudEvents attributes `id`, `type`, `source`, `specversion`,
-    /// `time`, `partitionkey` (the ordering key, from the partitioning
-    /// extension) and `traceparent` (from the distributed tracing extension),
-    /// [`TXMSG_ID_HEADER`], and every other envelope header as is. The
-    /// attributes win over an envelope header of the same name.
-    ///
-    /// # Errors
-    ///
-    /// A permanent [`Error::Broker`] if the topic or a header name is longer
-    /// than the 255 bytes AMQP allows: such a message can never be published.
-    pub(crate) fn encode(&self, envelope: &Envelope) -> Result<(ShortString, BasicProperties)> {
-        let routing_key = ShortString::try_new(envelope.topic.as_str()).map_err(|_| {
+/// The routing key and properties `envelope` is published with, its
+/// CloudEvents `source` being `source`.
+///
+/// Persistent, `application/json`, `message_id` = idempotency key (when
+/// it fits an AMQP short string; the `cloudEvents_id` header always
+/// carries it), `timestamp` = creation time in seconds, and as headers:
+/// the CloudEvents attributes `id`, `type`, `source`, `specversion`,
+/// `time`, `partitionkey` (the ordering key, from the partitioning
+/// extension) and `traceparent` (from the distributed tracing extension),
+/// [`TXMSG_ID_HEADER`], and every other envelope header as is. The
+/// attributes win over an envelope header of the same name.
+///
+/// # Errors
+///
+/// A permanent [`Error::Broker`] if the topic or a header name is longer
+/// than the 255 bytes AMQP allows: such a message can never be published.
+pub(crate) fn encode(envelope: &Envelope, source: &str) -> Result<(ShortString, BasicProperties)> {
+    let routing_key = ShortString::try_new(envelope.topic.as_str()).map_err(|_| {
+        Error::broker_permanent(format!(
+            "topic of {} bytes is longer than the 255 bytes an amqp routing key allows",
+            envelope.topic.len()
+        ))
+    })?;
+    let mut headers = FieldTable::default();
+    for (name, value) in BINDING.encode(envelope, source) {
+        let len = name.len();
+        let key = ShortString::try_new(name).map_err(|_| {
             Error::broker_permanent(format!(
-                "topic of {} bytes is longer than the 255 bytes an amqp routing key allows",
-                envelope.topic.len()
+                "header name of {len} bytes is longer than the 255 bytes amqp allows"
             ))
         })?;
-        let mut headers = FieldTable::default();
-        for (name, value) in BINDING.encode(envelope, &self.source) {
-            let len = name.len();
-            let key = ShortString::try_new(name).map_err(|_| {
-                Error::broker_permanent(format!(
-                    "header name of {len} bytes is longer than the 255 bytes amqp allows"
-                ))
-            })?;
-            headers.insert(key, text(&value));
-        }
-
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(PERSISTENT)
-            .with_content_type(CONTENT_TYPE.into())
-            .with_timestamp(u64::try_from(envelope.created_at.timestamp()).unwrap_or(0))
-            .with_headers(headers);
-        if let Ok(message_id) = ShortString::try_new(envelope.idempotency_key.as_str()) {
-            properties = properties.with_message_id(message_id);
-        }
-        Ok((routing_key, properties))
+        headers.insert(key, text(&value));
     }
+
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type(CONTENT_TYPE.into())
+        .with_timestamp(u64::try_from(envelope.created_at.timestamp()).unwrap_or(0))
+        .with_headers(headers);
+    if let Ok(message_id) = ShortString::try_new(envelope.idempotency_key.as_str()) {
+        properties = properties.with_message_id(message_id);
+    }
+    Ok((routing_key, properties))
 }
 
 /// The AMQP form of txmsg messages, CloudEvents in binary content mode, for
@@ -144,7 +130,7 @@ impl Wire {
 /// ```
 #[derive(Debug, Clone)]
 pub struct RabbitCodec {
-    wire: Wire,
+    source: String,
 }
 
 impl RabbitCodec {
@@ -152,7 +138,7 @@ impl RabbitCodec {
     /// [`source`](RabbitConfig::source) goes into every message encoded.
     pub fn new(config: &RabbitConfig) -> Self {
         RabbitCodec {
-            wire: Wire::new(config.get_source()),
+            source: config.get_source().to_owned(),
         }
     }
 
@@ -171,7 +157,7 @@ impl RabbitCodec {
     /// A permanent [`Error::Broker`] if the topic or a header name is longer
     /// than the 255 bytes AMQP allows: such a message can never be published.
     pub fn encode(&self, envelope: &Envelope) -> Result<(ShortString, BasicProperties)> {
-        self.wire.encode(envelope)
+        encode(envelope, &self.source)
     }
 
     /// Reads a delivery (its routing key, properties and body) as an
@@ -230,7 +216,7 @@ const CLOUDEVENTS_PREFIX_COLON: &str = "cloudEvents:";
 const BINDING: Binding =
     Binding::new("header", &[CLOUDEVENTS_PREFIX, CLOUDEVENTS_PREFIX_COLON]).traceparent_attribute();
 
-/// Reads a delivery as an envelope: the inverse of [`Wire::encode`], and
+/// Reads a delivery as an envelope: the inverse of [`encode`], and
 /// what any producer writing CloudEvents in binary content mode over AMQP
 /// sends.
 ///
@@ -339,7 +325,7 @@ mod tests {
     #[test]
     fn maps_cloudevents_attributes() {
         let env = envelope();
-        let (rk, props) = Wire::new("/shop").encode(&env).unwrap();
+        let (rk, props) = encode(&env, "/shop").unwrap();
         assert_eq!(rk.as_str(), "orders.placed");
         assert_eq!(props.delivery_mode(), &Some(2));
         assert_eq!(
@@ -375,7 +361,7 @@ mod tests {
         let mut env = envelope();
         env.key = None;
         env.headers.clear();
-        let (_, props) = Wire::new("/shop").encode(&env).unwrap();
+        let (_, props) = encode(&env, "/shop").unwrap();
         assert_eq!(header(&props, "cloudEvents_partitionkey"), None);
         assert_eq!(header(&props, "cloudEvents_traceparent"), None);
     }
@@ -384,7 +370,7 @@ mod tests {
     fn attributes_win_over_envelope_headers() {
         let mut env = envelope();
         env.headers.insert("cloudEvents_id".into(), "forged".into());
-        let (_, props) = Wire::new("/shop").encode(&env).unwrap();
+        let (_, props) = encode(&env, "/shop").unwrap();
         assert_eq!(header(&props, "cloudEvents_id"), Some(&text("order-7")));
     }
 
@@ -392,7 +378,7 @@ mod tests {
     fn long_idempotency_key_still_travels_as_the_id() {
         let mut env = envelope();
         env.idempotency_key = "k".repeat(300);
-        let (_, props) = Wire::new("/shop").encode(&env).unwrap();
+        let (_, props) = encode(&env, "/shop").unwrap();
         assert_eq!(props.message_id(), &None);
         assert_eq!(
             header(&props, "cloudEvents_id"),
@@ -404,7 +390,7 @@ mod tests {
     fn oversize_names_are_permanent_errors() {
         let mut env = envelope();
         env.headers.insert("h".repeat(256), "v".into());
-        let err = Wire::new("/shop").encode(&env).unwrap_err();
+        let err = encode(&env, "/shop").unwrap_err();
         assert!(
             matches!(
                 err,
@@ -418,7 +404,7 @@ mod tests {
 
         let mut env = envelope();
         env.topic = "t".repeat(256);
-        let err = Wire::new("/shop").encode(&env).unwrap_err();
+        let err = encode(&env, "/shop").unwrap_err();
         assert!(!err.is_retryable());
     }
     fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
@@ -442,7 +428,7 @@ mod tests {
     #[test]
     fn decode_inverts_encode() {
         let env = envelope();
-        let (rk, props) = Wire::new("/shop").encode(&env).unwrap();
+        let (rk, props) = encode(&env, "/shop").unwrap();
         let got = decode(rk.as_str(), &props, env.payload.clone()).unwrap();
         assert_eq!(got.id, env.id);
         assert_eq!(got.topic, env.topic);
@@ -459,7 +445,7 @@ mod tests {
     fn decode_keeps_sub_second_times() {
         let mut env = envelope();
         env.created_at = Utc::now();
-        let (rk, props) = Wire::new("/shop").encode(&env).unwrap();
+        let (rk, props) = encode(&env, "/shop").unwrap();
         let got = decode(rk.as_str(), &props, Vec::new()).unwrap();
         assert_eq!(got.created_at, env.created_at);
     }
@@ -850,7 +836,7 @@ mod tests {
 }
 
 /// Properties over arbitrary deliveries: decoding never panics, and answers
-/// with an envelope or a reason; what [`Wire::encode`] writes decodes back to
+/// with an envelope or a reason; what [`encode`] writes decodes back to
 /// the same envelope.
 #[cfg(test)]
 mod props {
@@ -1052,7 +1038,7 @@ mod props {
             }
             let too_long = env.topic.len() > 255
                 || env.headers.keys().any(|n| n != TRACEPARENT && n.len() > 255);
-            match Wire::new("/src").encode(&env) {
+            match encode(&env, "/src") {
                 Ok((routing_key, _)) => {
                     prop_assert!(!too_long);
                     prop_assert_eq!(routing_key.as_str(), env.topic.as_str());
@@ -1067,8 +1053,7 @@ mod props {
 
         #[test]
         fn decode_inverts_encode(env in envelope(), source in "(?s).{0,40}") {
-            let (routing_key, props) = Wire::new(&source)
-                .encode(&env)
+            let (routing_key, props) = encode(&env, &source)
                 .expect("every field fits");
             let got = decode(routing_key.as_str(), &props, env.payload.clone())
                 .expect("what encode writes decodes");
