@@ -13,7 +13,7 @@
 //! assert_eq!(lease, Duration::from_secs(30));
 //!
 //! let err = check::positive("batch", 0u32).unwrap_err();
-//! assert_eq!(err.to_string(), "invalid configuration: batch must be greater than zero");
+//! assert_eq!(err.to_string(), "invalid configuration: `batch` must be greater than zero");
 //! # Ok::<(), txmsg_core::Error>(())
 //! ```
 

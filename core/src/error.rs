@@ -87,8 +87,20 @@ pub enum Error {
     },
 
     /// The database failed or refused a statement.
-    #[error("database error")]
+    #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+
+    /// No connection to the database could be opened: the server refused
+    /// it, could not be reached, or turned the login down.
+    #[error("cannot connect to the database at {address}")]
+    Connect {
+        /// Where the database was looked for: `host:port`, or a socket or
+        /// file path. Never the password.
+        address: String,
+        /// What the driver reported.
+        #[source]
+        source: sqlx::Error,
+    },
 
     /// The broker failed, refused or did not confirm a message.
     #[error("broker error: {message}")]
@@ -141,7 +153,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Broker { retryable, .. } => *retryable,
-            Error::BrokerUnavailable { .. } => true,
+            Error::BrokerUnavailable { .. } | Error::Connect { .. } => true,
             Error::Database(e) => {
                 !matches!(
                     e,
@@ -198,8 +210,13 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
+        let text = cause.to_string();
+        // An error that shows its cause in its own message (as
+        // `Error::Database` does) is not repeated.
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         src = cause.source();
     }
     s
@@ -213,5 +230,36 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "a panic without a message".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_error_shows_its_cause_once() {
+        let err = Error::from(sqlx::Error::PoolTimedOut);
+        assert_eq!(
+            err.to_string(),
+            "database error: pool timed out while waiting for an open connection"
+        );
+        assert_eq!(error_chain(&err), err.to_string());
+    }
+
+    #[test]
+    fn a_connect_error_names_the_address_and_chains_its_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let err = Error::Connect {
+            address: "127.0.0.1:1".to_owned(),
+            source: sqlx::Error::Io(io),
+        };
+        assert!(err.is_retryable());
+        let shown = error_chain(&err);
+        assert!(
+            shown.starts_with("cannot connect to the database at 127.0.0.1:1: ")
+                && shown.contains("Connection refused"),
+            "{shown}"
+        );
     }
 }

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sqlx::mysql::MySqlPoolOptions;
+use std::str::FromStr;
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions};
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, MySql, MySqlPool, Row};
 use txmsg_core::half::ClaimedHalf;
@@ -62,6 +64,8 @@ pub type MySqlStore = TableStore<MySqlBackend>;
 impl Backend for MySqlBackend {
     const STORE: &'static str = "MySqlStore";
 
+    const SCHEMES: &'static [&'static str] = &["mysql", "mariadb"];
+
     type Own = sql::Own;
 
     fn statements(tables: &Tables) -> Result<Sql> {
@@ -72,6 +76,16 @@ impl Backend for MySqlBackend {
     /// value too long for its column is refused rather than cut. A pool
     /// given to [`TableStore::new`] should do the same.
     async fn connect(url: &str, config: &StoreConfig) -> Result<MySqlPool> {
+        // The driver knows MariaDB by the `mysql` scheme.
+        let url = match url.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("mariadb") => {
+                format!("mysql://{rest}")
+            }
+            _ => url.to_owned(),
+        };
+        let options = MySqlConnectOptions::from_str(&url)
+            .map_err(|e| Error::config("url", format!("is not a mysql url: {e}")))?;
+        txmsg_sql::connect_once::<MySqlConnection>(&options, &url, 3306).await?;
         Ok(MySqlPoolOptions::new()
             .max_connections(config.get_max_connections())
             .after_connect(|conn, _| {
@@ -87,7 +101,7 @@ impl Backend for MySqlBackend {
                     Ok(())
                 })
             })
-            .connect(url)
+            .connect_with(options)
             .await?)
     }
 

@@ -476,3 +476,36 @@ async fn an_unreadable_row_is_dead_lettered_and_the_claim_goes_on() {
     })
     .await;
 }
+
+/// A server that refuses the connection is reported at once, as a
+/// connection error naming where it was looked for and why, not as a pool
+/// timeout half a minute later.
+#[tokio::test]
+async fn a_refused_connection_names_the_address_and_the_cause() {
+    let err = MySqlStore::connect("mysql://app:s3cret-pw@127.0.0.1:1/app")
+        .await
+        .unwrap_err();
+    let shown = txmsg_core::__private::error_chain(&err);
+    assert!(
+        matches!(&err, Error::Connect { address, .. } if address == "127.0.0.1:1"),
+        "{shown}"
+    );
+    assert!(shown.contains("refused"), "{shown}");
+    assert!(!shown.contains("s3cret-pw"), "{shown}");
+}
+
+/// Another database's URL is refused before anything is looked up.
+#[tokio::test]
+async fn a_url_of_another_database_is_a_config_error() {
+    for url in [
+        "postgres://postgres@127.0.0.1/x",
+        "sqlite::memory:",
+        "127.0.0.1:3306",
+    ] {
+        let err = MySqlStore::connect(url).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Config { field: "url", reason } if reason.contains("mysql://")),
+            "{url}: {err:?}"
+        );
+    }
+}

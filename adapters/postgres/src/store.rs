@@ -2,9 +2,11 @@
 
 use std::future::Future;
 
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Row};
-use txmsg_core::{BoxFuture, ClaimRequest, Envelope, Ident, Result, Tables, Waker};
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool, Row};
+use txmsg_core::{BoxFuture, ClaimRequest, Envelope, Error, Ident, Result, Tables, Waker};
 use txmsg_sql::{Backend, Notifying, StoreConfig, TableStore};
 use uuid::Uuid;
 
@@ -54,6 +56,8 @@ pub type PgStore = TableStore<PgBackend>;
 impl Backend for PgBackend {
     const STORE: &'static str = "PgStore";
 
+    const SCHEMES: &'static [&'static str] = &["postgres", "postgresql"];
+
     type Own = sql::Own;
 
     fn statements(tables: &Tables) -> Result<Sql> {
@@ -61,9 +65,12 @@ impl Backend for PgBackend {
     }
 
     async fn connect(url: &str, config: &StoreConfig) -> Result<PgPool> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| Error::config("url", format!("is not a postgres url: {e}")))?;
+        txmsg_sql::connect_once::<PgConnection>(&options, url, 5432).await?;
         Ok(PgPoolOptions::new()
             .max_connections(config.get_max_connections())
-            .connect(url)
+            .connect_with(options)
             .await?)
     }
 

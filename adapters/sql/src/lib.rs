@@ -15,6 +15,7 @@
 //! DB::Connection: Executor<'c>` on every function; [`Dialect::executor`]
 //! says it once per dialect instead.
 
+mod connect;
 mod dialect;
 mod half;
 mod migrate;
@@ -23,6 +24,7 @@ mod stmt;
 mod store;
 mod writer;
 
+pub use connect::{address_of, check_scheme, connect_once};
 pub use dialect::{Arg, Conn, Dialect, SqlQuery, SqlRow, execute, fetch_all, fetch_optional};
 pub use half::{SettleSql, settle};
 pub use migrate::{Migration, MigrationsSql, Step, apply_migrations};

@@ -172,8 +172,11 @@ pub struct InboxStatements {
 /// Methods taking the store have a default where one statement does the
 /// work, run in a transaction begun with [`BEGIN`](Backend::BEGIN).
 pub trait Backend: Dialect + Sized {
-    /// The store's name in `Debug` output.
+    /// The store's name in `Debug` output and errors.
     const STORE: &'static str;
+
+    /// The URL schemes the store connects to (`postgres`, `sqlite`, ...).
+    const SCHEMES: &'static [&'static str];
 
     /// The statement that begins a store transaction, when not the
     /// database's default (SQLite: `BEGIN IMMEDIATE`).
@@ -191,8 +194,11 @@ pub trait Backend: Dialect + Sized {
     /// dead-letter table).
     fn statements(tables: &Tables) -> Result<Statements<Self::Own>>;
 
-    /// A pool for `url`, with `config`'s connection limit (already checked
-    /// to be above zero).
+    /// A pool for `url` (its scheme already checked), with `config`'s
+    /// connection limit (already checked to be above zero). A backend over
+    /// the network opens a first connection on its own
+    /// ([`connect_once`](crate::connect_once)), so that a refused or
+    /// unreachable server is reported at once with its address.
     fn connect(
         url: &str,
         config: &StoreConfig,
@@ -441,7 +447,9 @@ impl<B: Backend> TableStore<B> {
     /// [`Error::Config`] if `max_connections` is zero, the URL is not one of
     /// this database, or the tables cannot be so named (see
     /// [`new`](TableStore::new)), checked before connecting;
-    /// [`Error::Database`] if no connection could be opened.
+    /// [`Error::Connect`] if the server refused the connection, could not be
+    /// reached or turned the login down (with the address and the driver's
+    /// error); [`Error::Database`] if the pool could not be set up.
     ///
     /// # Cancel safety
     ///
@@ -454,7 +462,9 @@ impl<B: Backend> TableStore<B> {
                 "must be greater than zero",
             ));
         }
-        // The names first: a bad name is found without a database.
+        // The URL and the names first: they are found wrong without a
+        // database.
+        crate::connect::check_scheme(url, B::SCHEMES, B::STORE)?;
         B::statements(&config.tables)?;
         let pool = B::connect(url, &config).await?;
         Self::new(pool, config.tables)

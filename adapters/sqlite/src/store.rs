@@ -91,6 +91,8 @@ pub type SqliteStore = TableStore<SqliteBackend>;
 impl Backend for SqliteBackend {
     const STORE: &'static str = "SqliteStore";
 
+    const SCHEMES: &'static [&'static str] = &["sqlite"];
+
     const BEGIN: Option<&'static str> = Some(BEGIN_IMMEDIATE);
 
     type Own = sql::Own;
@@ -103,13 +105,6 @@ impl Backend for SqliteBackend {
     /// URL (`sqlite://path/to/file.db`, `sqlite:file.db`, or
     /// `sqlite::memory:`).
     async fn connect(url: &str, config: &StoreConfig) -> Result<SqlitePool> {
-        if !url.starts_with("sqlite:") {
-            // The URL itself is not shown: another database's could hold a password.
-            return Err(Error::config(
-                "url",
-                "must be an sqlite url (`sqlite:` followed by a path)",
-            ));
-        }
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| Error::config("url", format!("is not an sqlite url: {e}")))?
             .create_if_missing(true)
