@@ -49,61 +49,58 @@ impl Endpoint {
     /// without the `tls` feature. No message quotes the URL.
     pub(crate) fn parse(url: &str) -> Result<Self> {
         let bad = |rule: &str| Error::config("url", rule.to_owned());
-        let (tls, rest) = if let Some(rest) = url
-            .strip_prefix("mqtt://")
-            .or_else(|| url.strip_prefix("tcp://"))
-        {
-            (false, rest)
-        } else if let Some(rest) = url
-            .strip_prefix("mqtts://")
-            .or_else(|| url.strip_prefix("ssl://"))
-        {
-            (true, rest)
-        } else {
-            return Err(bad(
-                "must start with `mqtt://` or `tcp://`, or `mqtts://` or `ssl://` for TLS",
-            ));
+        let parsed = url::Url::parse(url).map_err(|e| match e {
+            url::ParseError::InvalidPort => bad("has a bad port"),
+            url::ParseError::EmptyHost => bad("has no host"),
+            url::ParseError::RelativeUrlWithoutBase => {
+                bad("must start with `mqtt://` or `tcp://`, or `mqtts://` or `ssl://` for TLS")
+            }
+            _ => bad("is not a well-formed url"),
+        })?;
+        let tls = match parsed.scheme() {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            _ => {
+                return Err(bad(
+                    "must start with `mqtt://` or `tcp://`, or `mqtts://` or `ssl://` for TLS",
+                ));
+            }
         };
         if tls && !cfg!(feature = "tls") {
             return Err(bad(
                 "`mqtts://` needs the `tls` feature of txmsg-mqtt (the `tls` feature of txmsg)",
             ));
         }
-        let rest = rest.trim_end_matches('/');
-        if rest.contains('/') || rest.contains('?') {
+        if !matches!(parsed.path(), "" | "/")
+            || parsed.query().is_some()
+            || parsed.fragment().is_some()
+        {
             return Err(bad("must not have a path or query"));
         }
-        let (credentials, hostport) = match rest.rsplit_once('@') {
-            Some((userinfo, hostport)) => {
-                let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-                if user.is_empty() {
-                    return Err(bad("has an empty user name"));
-                }
-                (Some((user.to_owned(), password.to_owned())), hostport)
-            }
-            None => (None, rest),
+        let host = match parsed.host() {
+            Some(url::Host::Domain(d)) if !d.is_empty() => d.to_owned(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            _ => return Err(bad("has no host")),
         };
-        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let Some((host, after)) = v6.split_once(']') else {
-                return Err(bad("has an unclosed `[`"));
-            };
-            (host, after.strip_prefix(':'))
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (hostport, None),
-            }
+        // User and password as the URL percent-encodes them (`p%40ss` is
+        // `p@ss`), decoded.
+        let decode = |part: &str| {
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| bad("has a user or password that is not UTF-8 once decoded"))
         };
-        if host.is_empty() {
-            return Err(bad("has no host"));
-        }
-        let port = match port {
-            None if tls => TLS_PORT,
-            None => PLAIN_PORT,
-            Some(p) => p.parse::<u16>().map_err(|_| bad("has a bad port"))?,
+        let credentials = match (parsed.username(), parsed.password()) {
+            ("", None) => None,
+            ("", Some(_)) => return Err(bad("has an empty user name")),
+            (user, password) => Some((decode(user)?, decode(password.unwrap_or(""))?)),
         };
+        let port = parsed
+            .port()
+            .unwrap_or(if tls { TLS_PORT } else { PLAIN_PORT });
         Ok(Endpoint {
-            host: host.to_owned(),
+            host,
             port,
             credentials,
             tls,
@@ -148,6 +145,21 @@ mod tests {
                 other => panic!("{bad}: expected a config error, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn user_and_password_are_percent_decoded() {
+        let Ok(e) = Endpoint::parse("mqtt://us%3Aer:p%40ss%2Fw%25rd@h") else {
+            panic!("parses")
+        };
+        assert_eq!(
+            e.credentials,
+            Some(("us:er".to_owned(), "p@ss/w%rd".to_owned()))
+        );
+        let Ok(e) = Endpoint::parse("mqtt://[::1]:1884") else {
+            panic!("parses")
+        };
+        assert_eq!((e.host.as_str(), e.port), ("::1", 1884));
     }
 
     #[cfg(feature = "tls")]
