@@ -63,6 +63,47 @@
 //! | `testing`  | [`testing`]: an in-memory harness with a manual clock, fault injection and awaitable hooks | no |
 //! | `tls`      | TLS (rustls) in every enabled network store and broker: `sslmode`/`ssl-mode`, `amqps://`, `tls://`, `rediss://`, `mqtts://` | no |
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// The feature table links each feature's item; with the feature off, the
+// link goes to the item's page on docs.rs, so the docs build with any set of
+// features. The empty line ends the table, so the definitions are read as
+// definitions.
+#![doc = ""]
+#![cfg_attr(
+    not(feature = "sqlite"),
+    doc = "[`sqlite::SqliteStore`]: https://docs.rs/txmsg-sqlite/latest/txmsg_sqlite/struct.SqliteStore.html"
+)]
+#![cfg_attr(
+    not(feature = "memory"),
+    doc = "[`memory::MemoryBroker`]: https://docs.rs/txmsg-memory/latest/txmsg_memory/struct.MemoryBroker.html"
+)]
+#![cfg_attr(
+    not(feature = "postgres"),
+    doc = "[`postgres::PgStore`]: https://docs.rs/txmsg-postgres/latest/txmsg_postgres/type.PgStore.html"
+)]
+#![cfg_attr(
+    not(feature = "rabbitmq"),
+    doc = "[`rabbitmq::RabbitBroker`]: https://docs.rs/txmsg-rabbitmq/latest/txmsg_rabbitmq/struct.RabbitBroker.html"
+)]
+#![cfg_attr(
+    not(feature = "mysql"),
+    doc = "[`mysql::MySqlStore`]: https://docs.rs/txmsg-mysql/latest/txmsg_mysql/type.MySqlStore.html"
+)]
+#![cfg_attr(
+    not(feature = "nats"),
+    doc = "[`nats::NatsBroker`]: https://docs.rs/txmsg-nats/latest/txmsg_nats/struct.NatsBroker.html"
+)]
+#![cfg_attr(
+    not(feature = "redis"),
+    doc = "[`redis::RedisBroker`]: https://docs.rs/txmsg-redis/latest/txmsg_redis/struct.RedisBroker.html"
+)]
+#![cfg_attr(
+    not(feature = "mqtt"),
+    doc = "[`mqtt::MqttBroker`]: https://docs.rs/txmsg-mqtt/latest/txmsg_mqtt/struct.MqttBroker.html"
+)]
+#![cfg_attr(
+    not(feature = "testing"),
+    doc = "[`testing`]: https://docs.rs/txmsg/latest/txmsg/testing/index.html"
+)]
 
 pub use txmsg_core::consumer;
 pub use txmsg_core::half;
@@ -74,6 +115,20 @@ pub use txmsg_core::{
     SystemClock, Tables, TopicStats, Tx, validate_topic,
 };
 pub use txmsg_macros::{check_back, message_handler, transactional_message};
+
+/// The sqlx txmsg is built on (0.9), so that a service writes its business
+/// SQL with the same types the transaction ([`Tx`]) carries: with another
+/// sqlx version in the service, `sqlx::Postgres` and `txmsg::sqlx::Postgres`
+/// are different types and nothing fits. Depend on `sqlx = "0.9"` with the
+/// features of your database, or use this re-export.
+///
+/// ```
+/// use txmsg::sqlx::{Database, Transaction};
+///
+/// fn takes<DB: Database>(_: &mut txmsg::Tx<'_, DB>) {}
+/// fn same_types<DB: Database>(_: &mut Transaction<'static, DB>) {}
+/// ```
+pub use sqlx;
 
 /// The traits whose methods users call: `use txmsg::prelude::*;`.
 pub mod prelude {

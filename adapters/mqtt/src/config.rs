@@ -1,5 +1,6 @@
 //! Validated settings of an [`MqttBroker`](crate::MqttBroker).
 
+#[cfg(feature = "tls")]
 use std::path::Path;
 use std::time::Duration;
 use txmsg_core::check;

@@ -1,5 +1,6 @@
 //! Settings of a [`NatsBroker`](crate::NatsBroker).
 
+#[cfg(feature = "tls")]
 use std::path::Path;
 use std::time::Duration;
 use txmsg_core::check;
