@@ -17,7 +17,7 @@ const MAX_CONNECTION_NAME_LEN: usize = 255;
 /// | setting | default | meaning |
 /// |---------|---------|---------|
 /// | [`exchange`](Self::exchange) | `"txmsg"` | durable topic exchange messages are published to; the routing key is the topic |
-/// | [`mandatory`](Self::mandatory) | `false` | whether a message no queue is bound for is an error |
+/// | [`mandatory`](Self::mandatory) | `true` | whether a message no queue is bound for is an error (kept and retried) rather than dropped |
 /// | [`source`](Self::source) | `"/txmsg"` | the CloudEvents `source` attribute of every message |
 /// | [`connection_name`](Self::connection_name) | `"txmsg"` | the name RabbitMQ shows for the connection |
 /// | [`reconnect_backoff`](Self::reconnect_backoff) | 100 ms to 10 s | delays between reconnect attempts (exponential, with jitter) |
@@ -55,7 +55,7 @@ impl Default for RabbitConfig {
     fn default() -> Self {
         RabbitConfig {
             exchange: "txmsg".to_owned(),
-            mandatory: false,
+            mandatory: true,
             source: "/txmsg".to_owned(),
             connection_name: "txmsg".to_owned(),
             reconnect_min: Duration::from_millis(100),
@@ -110,11 +110,15 @@ impl RabbitConfig {
 
     /// Sets whether a message that no queue is bound for is an error.
     ///
-    /// Off (the default), RabbitMQ drops such a message and confirms it, as
-    /// any topic exchange does: publishing to a topic nobody listens to is
-    /// not a failure. On, RabbitMQ returns it and
+    /// On (the default), RabbitMQ returns such a message and
     /// [`publish`](txmsg_core::Broker::publish) fails with a retryable
-    /// [`Error::Broker`], so the message stays pending until a queue is bound.
+    /// [`Error::Broker`] ("unroutable: no queue bound for routing key ..."),
+    /// so the relay keeps the message and retries it with backoff until a
+    /// consumer group's queue is bound, or until it is dead after
+    /// `max_attempts` with that reason: a message published before its
+    /// consumers first started is not lost. Off, RabbitMQ drops such a
+    /// message and confirms it, as any topic exchange does; turn it off only
+    /// for topics that may have no listener on purpose.
     pub fn mandatory(mut self, mandatory: bool) -> Self {
         self.mandatory = mandatory;
         self
@@ -236,7 +240,7 @@ mod tests {
     fn defaults() {
         let c = RabbitConfig::default();
         assert_eq!(c.get_exchange(), "txmsg");
-        assert!(!c.get_mandatory());
+        assert!(c.get_mandatory());
         assert_eq!(c.get_source(), "/txmsg");
         assert_eq!(c.get_connection_name(), "txmsg");
         let (min, max) = c.get_reconnect_backoff();

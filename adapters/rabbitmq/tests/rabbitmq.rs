@@ -328,10 +328,30 @@ async fn mandatory_publish_without_a_bound_queue_is_a_retryable_error() {
     .await;
 }
 
+/// A message published before any queue is bound for its topic is not
+/// confirmed by default: RabbitMQ would drop it, so the relay keeps it and
+/// retries (nothing is lost silently).
+#[tokio::test]
+async fn by_default_a_message_no_queue_is_bound_for_is_not_confirmed() {
+    with_names(0, |names| async move {
+        let broker = connect(names.config()).await;
+        let err = broker
+            .publish(&envelope("nobody.listens", 1))
+            .await
+            .expect_err("RabbitMQ would drop it: it must not be confirmed");
+        assert!(err.is_retryable(), "{err:?}");
+        assert!(
+            err.to_string().contains("no queue bound"),
+            "the reason says why: {err}"
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn unroutable_publish_without_mandatory_is_confirmed() {
     with_names(0, |names| async move {
-        let broker = connect(names.config()).await;
+        let broker = connect(names.config().mandatory(false)).await;
         broker
             .publish(&envelope("nobody.listens", 1))
             .await
@@ -522,6 +542,8 @@ async fn reconnects_in_the_background_without_publishes() {
         let broker = connect(
             names
                 .config()
+                // Publishes here go to topics nobody listens to, on purpose.
+                .mandatory(false)
                 .connection_name(&conn_name)
                 .expect("valid name"),
         )
@@ -555,7 +577,13 @@ async fn reconnects_in_the_background_without_publishes() {
 #[tokio::test]
 async fn recovers_when_the_exchange_is_deleted_under_it() {
     with_names(1, |names| async move {
-        let broker = connect(names.config()).await;
+        let broker = connect(
+            names
+                .config()
+                // Publishes here go to topics nobody listens to, on purpose.
+                .mandatory(false),
+        )
+        .await;
         let queue = &names.queues[0];
         broker
             .publish(&envelope("gone.before", 0))
@@ -636,7 +664,13 @@ async fn refused_credentials_are_a_permanent_broker_error() {
 #[tokio::test]
 async fn refused_bind_queue_does_not_disturb_publishing() {
     with_names(1, |names| async move {
-        let broker = connect(names.config()).await;
+        let broker = connect(
+            names
+                .config()
+                // Publishes here go to topics nobody listens to, on purpose.
+                .mandatory(false),
+        )
+        .await;
         let queue = &names.queues[0];
         // The queue exists already, but not durable: RabbitMQ refuses the
         // durable declaration.
