@@ -313,8 +313,11 @@ pub trait Store: Debug + Clone + Send + Sync + 'static {
     fn mark_failed(&self, failure: &Failure) -> impl Future<Output = Result<()>> + Send;
 
     /// Marks a pending or prepared row dead with `reason` (only while
-    /// `owner` holds it, or nobody does). A dead half message remembers that
-    /// it was prepared, so that [`resume`](HalfStore::resume) can put it back.
+    /// `owner` holds it, or nobody does). A pending row counts this as an
+    /// attempt (attempts + 1): its dead letter shows every attempt the relay
+    /// made, the last included, as a reason like "gave up after 10
+    /// attempts" says. A dead half message remembers that it was prepared,
+    /// so that [`resume`](HalfStore::resume) can put it back.
     fn mark_dead(
         &self,
         id: Uuid,

@@ -192,8 +192,8 @@ async fn failing_message_is_retried_then_dead_while_other_keys_flow() {
     );
     assert_eq!(dead[0].envelope.idempotency_key, "bad-0");
     assert_eq!(
-        dead[0].envelope.attempts, 2,
-        "two failures recorded, the third attempt went dead"
+        dead[0].envelope.attempts, 3,
+        "three attempts, the third went dead: as the reason says"
     );
     assert!(
         dead[0].reason.contains("gave up after 3 attempts"),

@@ -489,12 +489,11 @@ async fn rejected_message_is_retried_with_backoff_then_dead_and_other_keys_flow(
     relay.shutdown().await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].envelope.idempotency_key, "lost-0");
-    assert_eq!(
-        dead[0].envelope.attempts, 3,
-        "three failed attempts recorded before the fourth went dead"
-    );
+    // The dead letter counts every attempt, the last included, as its
+    // reason does.
+    assert_eq!(dead[0].envelope.attempts, 4, "reason: {}", dead[0].reason);
     assert!(
-        dead[0].reason.contains("unroutable"),
+        dead[0].reason.contains("unroutable") && dead[0].reason.contains("after 4 attempts"),
         "reason: {}",
         dead[0].reason
     );

@@ -217,7 +217,11 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
 
         // 1 reason, 2 dead at, 3 id, 4 owner.
         mark_dead: shared(&Text::new(format!(
-            "UPDATE {o} SET state = 'dead', last_error = ?, dead_at = ?, \
+            // `attempts` first: MySQL assigns left to right, with the new
+            // values of the columns already set.
+            "UPDATE {o} SET \
+                 attempts = CASE WHEN state = 'pending' THEN attempts + 1 ELSE attempts END, \
+                 state = 'dead', last_error = ?, dead_at = ?, \
                  lease_owner = NULL, lease_until = NULL \
                  WHERE id = ? AND state IN ('pending', 'prepared') \
                  AND (lease_owner = ? OR lease_owner IS NULL)"

@@ -262,6 +262,7 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
 
             mark_dead: stmt(format!(
                 "UPDATE {o} SET state = 'dead', last_error = $3, dead_at = $4, \
+                 attempts = CASE WHEN state = 'pending' THEN attempts + 1 ELSE attempts END, \
                  lease_owner = NULL, lease_until = NULL \
                  WHERE id = $1 AND state IN ('pending', 'prepared') \
                  AND (lease_owner = $2 OR lease_owner IS NULL)"

@@ -400,7 +400,8 @@ const MARK_FAILED: &str = "UPDATE {outbox} \
 
 /// `?1` id, `?2` owner, `?3` reason, `?4` dead at.
 const MARK_DEAD: &str = "UPDATE {outbox} \
-     SET state = 'dead', last_error = ?3, dead_at = ?4, lease_owner = NULL, lease_until = NULL \
+     SET state = 'dead', last_error = ?3, dead_at = ?4, lease_owner = NULL, lease_until = NULL, \
+         attempts = CASE WHEN state = 'pending' THEN attempts + 1 ELSE attempts END \
      WHERE id = ?1 AND state IN ('pending', 'prepared') \
        AND (lease_owner IS NULL OR lease_owner = ?2)";
 

@@ -411,7 +411,10 @@ async fn dead_rows_are_listed_and_replayed() {
     );
     assert_eq!(all[0].reason, "gave up");
     assert_eq!(all[0].dead_at, secs(1));
-    assert_eq!(all[2].envelope, env(1, "orders", Some("a")));
+    // Going dead counts as the row's attempt.
+    let mut attempted = env(1, "orders", Some("a"));
+    attempted.attempts = 1;
+    assert_eq!(all[2].envelope, attempted);
     let orders = store
         .dead_letters(&DeadFilter::default().topic("orders"))
         .await

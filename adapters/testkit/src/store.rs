@@ -578,7 +578,10 @@ pub async fn mark_dead_lists_and_replays<S: SqlStore>(store: &S) {
         "dead_at is the caller's time"
     );
     assert_eq!(dead[0].envelope.topic, "conf.dead-a");
-    assert_eq!(dead[0].envelope.attempts, 1);
+    assert_eq!(
+        dead[0].envelope.attempts, 2,
+        "one failure, then the attempt that went dead"
+    );
 
     let by_topic = store
         .dead_letters(&DeadFilter::default().topic("conf.dead-b"))
