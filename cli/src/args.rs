@@ -223,9 +223,19 @@ pub(crate) struct InboxPurgeArgs {
     #[arg(long, value_name = "GROUP")]
     pub(crate) group: String,
 
-    /// Delete keys processed at least this long ago (e.g. 7d).
+    /// Delete keys processed at least this long ago (e.g. 7d). Must be
+    /// longer than the group's redelivery horizon (see
+    /// --allow-below-horizon).
     #[arg(long, value_parser = parse_age, value_name = "AGE")]
     pub(crate) older_than: Duration,
+
+    /// Allow --older-than at or below the default redelivery horizon
+    /// (redelivery_window 24h + 5 attempts x backoff_max 10s), for a group
+    /// whose consumers are configured to stop redelivering sooner. A key
+    /// purged while its message may still be redelivered lets that message
+    /// be applied twice.
+    #[arg(long)]
+    pub(crate) allow_below_horizon: bool,
 
     /// Rows per batch.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Value, json};
-use txmsg::consumer::{ConsumerDeadLetter, InboxStore};
+use txmsg::consumer::{ConsumerConfig, ConsumerDeadLetter, InboxStore};
 use txmsg::{DeadFilter, DeadLetter, Envelope, Error};
 use txmsg_core::TopicStats;
 use uuid::Uuid;
@@ -449,10 +449,36 @@ async fn dead_purge<S: InboxStore>(r: &Runner<'_, S>, args: &PurgeArgs) -> Resul
     ))
 }
 
+/// Attempts of a handler that does not set `max_attempts`.
+const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// Refuses an inbox retention the library itself refuses
+/// (`ConsumerConfig::check_retention`): keys must outlive every redelivery,
+/// here judged with the consumer's default settings.
+fn check_inbox_age(args: &InboxPurgeArgs) -> Result<(), Failure> {
+    let defaults = ConsumerConfig::new(args.group.clone());
+    let horizon = defaults.redelivery_horizon(DEFAULT_MAX_ATTEMPTS);
+    if args.older_than > horizon || args.allow_below_horizon {
+        return Ok(());
+    }
+    let age = |d: Duration| format_age(i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    Err(Failure::Usage(format!(
+        "--older-than {} is not longer than the redelivery horizon of a group with the \
+         default settings (redelivery_window {} + {DEFAULT_MAX_ATTEMPTS} attempts x \
+         backoff_max {}): a message redelivered after its key was purged would be applied \
+         twice; pass --allow-below-horizon if group `{}` stops redelivering sooner",
+        age(args.older_than),
+        age(defaults.redelivery_window),
+        age(defaults.backoff_max),
+        args.group,
+    )))
+}
+
 async fn inbox_purge<S: InboxStore>(
     r: &Runner<'_, S>,
     args: &InboxPurgeArgs,
 ) -> Result<Output, Failure> {
+    check_inbox_age(args)?;
     let before = r.ago(args.older_than)?;
     let mut purged = 0u64;
     loop {

@@ -525,6 +525,45 @@ async fn sqlite_purges() {
     purges(&Lite::new()).await;
 }
 
+/// `inbox purge` refuses an age the library refuses as an inbox retention:
+/// a key purged while its message may still be redelivered lets that message
+/// be applied twice. `--allow-below-horizon` is the operator's explicit
+/// override.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_inbox_purge_below_the_redelivery_horizon_is_refused() {
+    let db = Lite::new();
+    ok(&strs(&with(&db, &["migrate"])));
+    let err = fails(
+        &strs(&with(
+            &db,
+            &["inbox", "purge", "--group", "g", "--older-than", "1m"],
+        )),
+        2,
+    );
+    assert!(
+        err.contains("redelivery horizon") && err.contains("--allow-below-horizon"),
+        "{err}"
+    );
+    let purged = json(&strs(&with(
+        &db,
+        &[
+            "inbox",
+            "purge",
+            "--group",
+            "g",
+            "--older-than",
+            "1m",
+            "--allow-below-horizon",
+        ],
+    )));
+    assert_eq!(purged["purged"], 0);
+    // Longer than the horizon: no override needed.
+    json(&strs(&with(
+        &db,
+        &["inbox", "purge", "--group", "g", "--older-than", "2d"],
+    )));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_unmigrated_file_says_to_migrate() {
     let db = Lite::new();
