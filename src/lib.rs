@@ -111,8 +111,8 @@ pub use txmsg_core::metrics;
 pub use txmsg_core::tls;
 pub use txmsg_core::{
     Broker, Clock, DeadFilter, DeadKeyPolicy, DeadLetter, Envelope, Error, HalfStore, Headers,
-    Ident, Message, Outbox, OutboxStats, Relay, RelayConfig, RelayHandle, Result, SqlStore, Store,
-    SystemClock, Tables, TopicStats, Tx, validate_topic,
+    Health, Ident, Message, Outbox, OutboxStats, Relay, RelayConfig, RelayHandle, Result, SqlStore,
+    Store, SystemClock, Tables, TopicStats, Tx, validate_topic,
 };
 pub use txmsg_macros::{check_back, message_handler, transactional_message};
 

@@ -37,6 +37,7 @@ pub use store::{
     BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Failure, HalfStore, HalfWriter, Inserted,
     Lease, OutboxStats, OutboxWriter, SqlStore, Store, TopicStats, Waker,
 };
+pub use task::Health;
 pub use topic::{MAX_TOPIC_LEN, validate_topic};
 pub use tx::{Outbox, Tx};
 

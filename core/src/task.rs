@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,36 @@ use crate::error::panic_message;
 pub(crate) struct Tasks {
     stop: CancellationToken,
     tracker: TaskTracker,
+    /// The first task that ended before the stop signal, and why.
+    failed: Arc<Mutex<Option<(&'static str, String)>>>,
+}
+
+/// Whether a running component (a relay, a consumer, a check-back worker)
+/// still does its work: for readiness and liveness probes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Health {
+    /// Every task runs.
+    Running,
+    /// Shutdown began (or ended): the tasks are stopping or stopped.
+    Stopped,
+    /// A task ended on its own before shutdown, so the component no longer
+    /// does all its work: the task's name and why it ended (the panic's
+    /// message). Its messages are safe (whatever it held is delivered again
+    /// or claimed by another process); restart the component.
+    Failed {
+        /// The task: `relay`, `consumer`, `inbox purge`, `check-back`.
+        task: &'static str,
+        /// Why it ended.
+        reason: String,
+    },
+}
+
+impl Health {
+    /// Whether the component runs: [`Health::Running`].
+    pub fn is_running(&self) -> bool {
+        matches!(self, Health::Running)
+    }
 }
 
 impl Tasks {
@@ -42,11 +73,34 @@ impl Tasks {
     where
         F: Future<Output = ()> + Send + 'static,
     {
+        let (stop, failed) = (self.stop.clone(), Arc::clone(&self.failed));
         self.tracker.spawn(async move {
-            if let Err(panic) = AssertUnwindSafe(task).catch_unwind().await {
-                tracing::error!(task = what, panic = %panic_message(&*panic), "txmsg task panicked");
+            let reason = match AssertUnwindSafe(task).catch_unwind().await {
+                Err(panic) => {
+                    let message = panic_message(&*panic);
+                    tracing::error!(task = what, panic = %message, "txmsg task panicked");
+                    format!("panicked: {message}")
+                }
+                Ok(()) => "ended before shutdown".to_owned(),
+            };
+            if !stop.is_cancelled() {
+                let mut failed = failed.lock().unwrap_or_else(|p| p.into_inner());
+                failed.get_or_insert((what, reason));
             }
         });
+    }
+
+    /// Whether every task runs, shutdown began, or a task ended on its own.
+    pub(crate) fn health(&self) -> Health {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        match &*failed {
+            Some((task, reason)) => Health::Failed {
+                task,
+                reason: reason.clone(),
+            },
+            None if self.stop.is_cancelled() => Health::Stopped,
+            None => Health::Running,
+        }
     }
 
     /// Fires the stop signal and waits until every task has finished.
@@ -80,10 +134,35 @@ mod tests {
                 finished.fetch_add(1, Ordering::SeqCst);
             });
         }
+        assert_eq!(tasks.health(), Health::Running);
         tasks.spawn("panics", async { panic!("boom") });
+        // The panicking task ends at once; the others wait for the stop.
+        for _ in 0..100 {
+            if !tasks.health().is_running() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            tasks.health(),
+            Health::Failed {
+                task: "panics",
+                reason: "panicked: boom".to_owned()
+            }
+        );
         tasks.shutdown().await;
         assert_eq!(finished.load(Ordering::SeqCst), 3);
         // Again: nothing left to wait for.
         tasks.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn tasks_that_end_at_shutdown_leave_the_health_stopped() {
+        let tasks = Tasks::new();
+        let stop = tasks.stop_signal();
+        tasks.spawn("waits", async move { stop.cancelled().await });
+        assert!(tasks.health().is_running());
+        tasks.shutdown().await;
+        assert_eq!(tasks.health(), Health::Stopped);
     }
 }

@@ -101,7 +101,9 @@ async fn fast_path_publishes_committed_messages_only() {
         }
     }
     let got = receive(&mut sub, 15).await;
+    assert_eq!(relay.health(), txmsg_core::Health::Running);
     relay.shutdown().await;
+    assert_eq!(relay.health(), txmsg_core::Health::Stopped);
     assert_eq!(got.len(), 15);
     assert!(
         got.iter()

@@ -345,6 +345,13 @@ impl<S: InboxStore> ConsumerHandle<S> {
             .await)
     }
 
+    /// Whether every topic's worker and the inbox purge run, for a readiness
+    /// or liveness probe: a task that ended on its own (a panic) says so
+    /// here, without a call to [`shutdown`](ConsumerHandle::shutdown).
+    pub fn health(&self) -> crate::Health {
+        self.inner.tasks.health()
+    }
+
     /// Stops gracefully: no new deliveries are taken, running handlers get
     /// up to `shutdown_timeout` to finish (what they commit is acknowledged),
     /// and everything not acknowledged is delivered again later.

@@ -252,6 +252,13 @@ impl CheckBackHandle {
             .store(checks, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Whether the worker runs, for a readiness or liveness probe: a worker
+    /// whose task ended on its own (a panic) says so here, without a call to
+    /// [`shutdown`](CheckBackHandle::shutdown).
+    pub fn health(&self) -> crate::Health {
+        self.tasks.health()
+    }
+
     /// Stops after the checks in progress; what was claimed and not checked
     /// is checked again when its lease runs out.
     ///

@@ -195,6 +195,13 @@ impl RelayHandle {
         self.inner.link.clone()
     }
 
+    /// Whether the relay runs, for a readiness or liveness probe: a relay
+    /// whose task ended on its own (a panic) says so here, without a call to
+    /// [`shutdown`](RelayHandle::shutdown).
+    pub fn health(&self) -> crate::Health {
+        self.inner.tasks.health()
+    }
+
     /// Stops the relay gracefully and waits for it.
     ///
     /// New commits go to the poller of whichever relay runs next; messages
