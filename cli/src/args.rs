@@ -185,6 +185,10 @@ pub(crate) struct ReplayArgs {
     #[arg(long)]
     pub(crate) all: bool,
 
+    /// Say which dead letters would be replayed, and replay nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+
     /// Rows per batch.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub(crate) batch: u32,
@@ -200,6 +204,10 @@ pub(crate) struct PurgeArgs {
     /// Delete every dead letter (required when no filter is given).
     #[arg(long)]
     pub(crate) all: bool,
+
+    /// Say how many dead letters would be deleted, and delete nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 
     /// Rows per batch.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -236,6 +244,10 @@ pub(crate) struct InboxPurgeArgs {
     /// be applied twice.
     #[arg(long)]
     pub(crate) allow_below_horizon: bool,
+
+    /// Say how many keys would be deleted, and delete nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 
     /// Rows per batch.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]

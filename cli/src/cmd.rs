@@ -143,6 +143,50 @@ async fn status<S: InboxStore>(r: &Runner<'_, S>, args: &StatusArgs) -> Result<O
     Ok(Output::ok(json, text))
 }
 
+/// The most dead letters a dry run looks at.
+const DRY_RUN_LIMIT: u32 = 10_000;
+
+/// The ids of the dead letters `filter` selects that went dead before
+/// `before` (all of them without), oldest first, at most
+/// [`DRY_RUN_LIMIT`]; and whether there may be more.
+async fn selected_dead<S: InboxStore>(
+    r: &Runner<'_, S>,
+    filter: &FilterArgs,
+    before: Option<DateTime<Utc>>,
+) -> Result<(Vec<Uuid>, bool), Failure> {
+    let listed = r
+        .store
+        .dead_letters(&dead_filter(filter, DRY_RUN_LIMIT))
+        .await
+        .map_err(|e| r.fail(e))?;
+    let capped = listed.len() >= DRY_RUN_LIMIT as usize;
+    let ids = listed
+        .iter()
+        .take_while(|d| before.is_none_or(|b| d.dead_at < b))
+        .map(|d| d.envelope.id)
+        .collect();
+    Ok((ids, capped))
+}
+
+/// The text and JSON of a dry run that would `verb` `ids`.
+fn dry_run_output(verb: &str, ids: &[Uuid], capped: bool) -> Output {
+    let more = if capped { " or more" } else { "" };
+    let mut text = format!(
+        "would {verb} {}{more} dead letter(s) (dry run: nothing changed)\n",
+        ids.len()
+    );
+    for id in ids.iter().take(20) {
+        text.push_str(&format!("  {id}\n"));
+    }
+    if ids.len() > 20 {
+        text.push_str(&format!("  ... and {} more\n", ids.len() - 20));
+    }
+    Output::ok(
+        json!({ format!("would_{verb}"): ids, "more": capped, "dry_run": true }),
+        text,
+    )
+}
+
 fn dead_filter(filter: &FilterArgs, limit: u32) -> DeadFilter {
     let mut f = DeadFilter::default().limit(limit);
     if let Some(topic) = &filter.topic {
@@ -351,6 +395,31 @@ async fn dead_replay<S: InboxStore>(
 ) -> Result<Output, Failure> {
     let mut replayed: Vec<Uuid> = Vec::new();
     let mut not_dead: Vec<Uuid> = Vec::new();
+    if args.dry_run {
+        if !args.ids.is_empty() {
+            let mut dead = Vec::new();
+            for id in &args.ids {
+                if r.store
+                    .dead_letter(*id)
+                    .await
+                    .map_err(|e| r.fail(e))?
+                    .is_some()
+                {
+                    dead.push(*id);
+                }
+            }
+            return Ok(dry_run_output("replay", &dead, false));
+        }
+        if !args.filter.any() && !args.all {
+            return Err(Failure::Usage(
+                "say which dead letters to replay: message ids, --topic, --key, --older-than, or --all"
+                    .to_owned(),
+            ));
+        }
+        let cutoff = args.filter.older_than.map(|a| r.ago(a)).transpose()?;
+        let (ids, capped) = selected_dead(r, &args.filter, cutoff).await?;
+        return Ok(dry_run_output("replay", &ids, capped));
+    }
     if !args.ids.is_empty() {
         for id in &args.ids {
             if r.store.replay(*id, r.now).await.map_err(|e| r.fail(e))? {
@@ -429,6 +498,10 @@ async fn dead_purge<S: InboxStore>(r: &Runner<'_, S>, args: &PurgeArgs) -> Resul
         Some(age) => r.ago(age)?,
         None => far_future(),
     };
+    if args.dry_run {
+        let (ids, capped) = selected_dead(r, &args.filter, Some(before)).await?;
+        return Ok(dry_run_output("purge", &ids, capped));
+    }
     let filter = dead_filter(&args.filter, args.batch);
     let mut purged = 0u64;
     loop {
@@ -480,6 +553,34 @@ async fn inbox_purge<S: InboxStore>(
 ) -> Result<Output, Failure> {
     check_inbox_age(args)?;
     let before = r.ago(args.older_than)?;
+    // A group with no key at all is most likely a misspelt name.
+    let far = Utc::now() + chrono::Duration::days(36_500);
+    let any = r
+        .store
+        .count_inbox(&args.group, far)
+        .await
+        .map_err(|e| r.fail(e))?;
+    if any == 0 {
+        eprintln!(
+            "warning: group `{}` has no inbox keys at all: is the group name right?",
+            args.group
+        );
+    }
+    if args.dry_run {
+        let would = r
+            .store
+            .count_inbox(&args.group, before)
+            .await
+            .map_err(|e| r.fail(e))?;
+        return Ok(Output::ok(
+            json!({ "group": args.group, "would_purge": would, "dry_run": true }),
+            format!(
+                "would purge {would} inbox key(s) of group `{}` processed before {} (dry run: nothing deleted)\n",
+                args.group,
+                rfc3339(before)
+            ),
+        ));
+    }
     let mut purged = 0u64;
     loop {
         let n = r

@@ -410,6 +410,26 @@ async fn purges<D: Db>(db: &D) {
 
     let err = fails(&strs(&with(db, &["dead", "purge"])), 2);
     assert!(err.contains("--all"), "{err}");
+    let would = json(&strs(&with(
+        db,
+        &["dead", "purge", "--older-than", "1h", "--dry-run"],
+    )));
+    assert_eq!(
+        would["would_purge"].as_array().map(Vec::len),
+        Some(3),
+        "{would}"
+    );
+    let would = json(&strs(&with(db, &["dead", "replay", "--all", "--dry-run"])));
+    assert_eq!(
+        would["would_replay"].as_array().map(Vec::len),
+        Some(4),
+        "{would}"
+    );
+    assert_eq!(
+        store.stats().await.expect("stats").dead,
+        4,
+        "dry runs change nothing"
+    );
     let purged = json(&strs(&with(
         db,
         &["dead", "purge", "--older-than", "1h", "--batch", "2"],
@@ -439,11 +459,24 @@ async fn purges<D: Db>(db: &D) {
         );
     }
     tx.commit().await.expect("commit");
+    let would = json(&strs(&with(
+        db,
+        &[
+            "inbox",
+            "purge",
+            "--group",
+            "g",
+            "--older-than",
+            "7d",
+            "--dry-run",
+        ],
+    )));
+    assert_eq!(would["would_purge"], 2, "{would}");
     let purged = json(&strs(&with(
         db,
         &["inbox", "purge", "--group", "g", "--older-than", "7d"],
     )));
-    assert_eq!(purged["purged"], 2);
+    assert_eq!(purged["purged"], 2, "the dry run deleted nothing");
     let purged = json(&strs(&with(
         db,
         &["inbox", "purge", "--group", "g", "--older-than", "7d"],
@@ -557,6 +590,24 @@ async fn sqlite_inbox_purge_below_the_redelivery_horizon_is_refused() {
         ],
     )));
     assert_eq!(purged["purged"], 0);
+    // An unknown group is named in a warning.
+    let out = txmsg(&strs(&with(
+        &db,
+        &[
+            "inbox",
+            "purge",
+            "--group",
+            "g",
+            "--older-than",
+            "1m",
+            "--allow-below-horizon",
+        ],
+    )));
+    assert!(
+        stderr(&out).contains("group `g` has no inbox keys at all"),
+        "{}",
+        stderr(&out)
+    );
     // Longer than the horizon: no override needed.
     json(&strs(&with(
         &db,

@@ -189,6 +189,9 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
         dead_letter: shared(&i.dead_letter),
         // Picks the keys to delete; see `MySqlBackend::purge_inbox`.
         purge: shared(&i.purge_pick).bind_order(&[2, 0, 1]),
+        count: Stmt::new(sql_str(format!(
+            "SELECT COUNT(*) AS n FROM {inbox} WHERE consumer_group = ? AND processed_at < ?"
+        ))),
     };
 
     // 1 topic, 2 idempotency key. The row holding the key, read with

@@ -463,6 +463,11 @@ fn inbox_statements(i: &str, d: &str) -> InboxStatements {
                 "SELECT {cols} FROM {d} WHERE consumer_group = $1 AND id = $2"
             )),
 
+            // $1 group, $2 processed before.
+            count: stmt(format!(
+                "SELECT count(*) AS n FROM {i} WHERE consumer_group = $1 AND processed_at < $2"
+            )),
+
             // $1 processed before, $2 limit, $3 group. As `purge_sent`: no ORDER BY,
             // and SKIP LOCKED so the purge never waits on a handler.
             // Materialized for the same reason.

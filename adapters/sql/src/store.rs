@@ -163,6 +163,8 @@ pub struct InboxStatements {
     /// Deletes a group's keys: (processed before, limit, group); see
     /// [`Backend::purge_inbox`].
     pub purge: Stmt,
+    /// Counts a group's keys: (group, processed before); column `n`.
+    pub count: Stmt,
 }
 
 /// A database a [`TableStore`] runs on: its [`Dialect`] plus what truly
@@ -821,6 +823,14 @@ impl<B: Backend> InboxStore for TableStore<B> {
             return Ok(0);
         }
         B::purge_inbox(self, group, before, limit).await
+    }
+
+    async fn count_inbox(&self, group: &str, before: DateTime<Utc>) -> Result<u64> {
+        let args = [Arg::Text(group), Arg::Time(before)];
+        match self.fetch_optional(&self.sql.inbox.count, &args).await? {
+            Some(row) => B::count(&row, "n"),
+            None => Ok(0),
+        }
     }
 }
 

@@ -802,7 +802,8 @@ pub async fn remove_dead_follows_the_transaction<S: InboxStore>(store: &S) {
 }
 
 /// `purge_inbox` deletes at most `limit` of the group's keys processed
-/// before `before`, never a later one nor another group's, and says how many.
+/// before `before`, never a later one nor another group's, and says how many;
+/// `count_inbox` counts what it would delete.
 pub async fn purge_inbox_deletes_old_keys_in_batches<S: InboxStore>(store: &S) {
     let old: Vec<String> = (0..5).map(|n| format!("old-{n}")).collect();
     let new: Vec<String> = (0..3).map(|n| format!("new-{n}")).collect();
@@ -815,6 +816,19 @@ pub async fn purge_inbox_deletes_old_keys_in_batches<S: InboxStore>(store: &S) {
         assert!(record!(store, tx, GROUP, key, at(100 + n)));
     }
     tx.commit().await.expect("commit failed");
+
+    let count = |group, before| store.count_inbox(group, before);
+    assert_eq!(count(GROUP, at(100)).await.expect("count_inbox failed"), 5);
+    assert_eq!(
+        count(GROUP, at(1_000)).await.expect("count_inbox failed"),
+        8
+    );
+    assert_eq!(
+        count("conf-no-such-group", at(1_000))
+            .await
+            .expect("count_inbox failed"),
+        0
+    );
 
     let purge = |limit| store.purge_inbox(GROUP, at(100), limit);
     assert_eq!(
@@ -833,6 +847,11 @@ pub async fn purge_inbox_deletes_old_keys_in_batches<S: InboxStore>(store: &S) {
         purge(2).await.expect("purge_inbox failed"),
         0,
         "only keys processed before `before`"
+    );
+    assert_eq!(count(GROUP, at(100)).await.expect("count_inbox failed"), 0);
+    assert_eq!(
+        count(GROUP, at(1_000)).await.expect("count_inbox failed"),
+        3
     );
 
     for key in &old {

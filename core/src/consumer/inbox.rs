@@ -120,6 +120,16 @@ pub trait InboxStore: SqlStore {
         id: Uuid,
     ) -> impl Future<Output = Result<Option<ConsumerDeadLetter>>> + Send;
 
+    /// How many inbox keys `group` recorded before `before`: what
+    /// [`purge_inbox`](Self::purge_inbox) with that time would delete, all
+    /// batches together. With a `before` in the future, whether the group
+    /// has recorded anything at all.
+    fn count_inbox(
+        &self,
+        group: &str,
+        before: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
     /// Deletes up to `limit` of `group`'s inbox keys processed before
     /// `before`; returns how many. Runs in its own short transaction, never
     /// blocking producers or handlers.
