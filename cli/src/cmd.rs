@@ -297,7 +297,8 @@ async fn dead_list<S: InboxStore>(r: &Runner<'_, S>, args: &ListArgs) -> Result<
         });
         (json, rows)
     };
-    let text = if rows.is_empty() {
+    let mut json = json;
+    let mut text = if rows.is_empty() {
         "no dead letters\n".to_owned()
     } else {
         let mut text = table(&header, &rows);
@@ -309,6 +310,27 @@ async fn dead_list<S: InboxStore>(r: &Runner<'_, S>, args: &ListArgs) -> Result<
         }
         text
     };
+    if args.group.is_none() {
+        // These were the outbox's; say where the consumers' are.
+        let groups = r
+            .store
+            .consumer_dead_groups()
+            .await
+            .map_err(|e| r.fail(e))?;
+        text = format!("outbox dead letters:\n{text}");
+        if groups.is_empty() {
+            text.push_str("no consumer group has dead letters\n");
+        } else {
+            text.push_str("consumer groups with dead letters (list with --group <group>):\n");
+            for (group, n) in &groups {
+                text.push_str(&format!("  {group}: {n}\n"));
+            }
+        }
+        json["consumer_dead_groups"] = groups
+            .iter()
+            .map(|(group, n)| json!({ "group": group, "dead_letters": n }))
+            .collect();
+    }
     Ok(Output::ok(json, text))
 }
 

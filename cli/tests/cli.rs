@@ -613,6 +613,31 @@ async fn sqlite_inbox_purge_below_the_redelivery_horizon_is_refused() {
         &db,
         &["inbox", "purge", "--group", "g", "--older-than", "2d"],
     )));
+    // `dead list` names the groups whose dead letters it does not show.
+    let store = db.store().await;
+    let env = txmsg::Envelope::new(Uuid::now_v7(), "t.cli", "k-1", b"{}".to_vec(), Utc::now());
+    let dead = txmsg::consumer::ConsumerDeadLetter::new(
+        Uuid::now_v7(),
+        "billing",
+        env,
+        "handler failed",
+        5,
+        Utc::now(),
+    );
+    store
+        .add_consumer_dead(&dead)
+        .await
+        .expect("add_consumer_dead");
+    let listed = ok(&strs(&with(&db, &["dead", "list"])));
+    assert!(
+        listed.contains("no dead letters") && listed.contains("billing: 1"),
+        "{listed}"
+    );
+    let listed = json(&strs(&with(&db, &["dead", "list"])));
+    assert_eq!(
+        listed["consumer_dead_groups"][0]["group"], "billing",
+        "{listed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

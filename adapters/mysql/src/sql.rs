@@ -189,6 +189,11 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
         dead_letter: shared(&i.dead_letter),
         // Picks the keys to delete; see `MySqlBackend::purge_inbox`.
         purge: shared(&i.purge_pick).bind_order(&[2, 0, 1]),
+        dead_groups: Stmt::new(sql_str(format!(
+            "SELECT consumer_group, COUNT(*) AS n FROM {} \
+             GROUP BY consumer_group ORDER BY consumer_group",
+            tables.qualified(dead, '`')
+        ))),
         count: Stmt::new(sql_str(format!(
             "SELECT COUNT(*) AS n FROM {inbox} WHERE consumer_group = ? AND processed_at < ?"
         ))),

@@ -463,6 +463,11 @@ fn inbox_statements(i: &str, d: &str) -> InboxStatements {
                 "SELECT {cols} FROM {d} WHERE consumer_group = $1 AND id = $2"
             )),
 
+            dead_groups: stmt(format!(
+                "SELECT consumer_group, count(*) AS n FROM {d} \
+                 GROUP BY consumer_group ORDER BY consumer_group"
+            )),
+
             // $1 group, $2 processed before.
             count: stmt(format!(
                 "SELECT count(*) AS n FROM {i} WHERE consumer_group = $1 AND processed_at < $2"

@@ -165,6 +165,9 @@ pub struct InboxStatements {
     pub purge: Stmt,
     /// Counts a group's keys: (group, processed before); column `n`.
     pub count: Stmt,
+    /// The groups with dead letters and how many, by name: (); columns
+    /// `consumer_group`, `n`.
+    pub dead_groups: Stmt,
 }
 
 /// A database a [`TableStore`] runs on: its [`Dialect`] plus what truly
@@ -823,6 +826,18 @@ impl<B: Backend> InboxStore for TableStore<B> {
             return Ok(0);
         }
         B::purge_inbox(self, group, before, limit).await
+    }
+
+    async fn consumer_dead_groups(&self) -> Result<Vec<(String, u64)>> {
+        let rows = self.fetch_all(&self.sql.inbox.dead_groups, &[]).await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    B::text(row, "consumer_group")?.unwrap_or_default(),
+                    B::count(row, "n")?,
+                ))
+            })
+            .collect()
     }
 
     async fn count_inbox(&self, group: &str, before: DateTime<Utc>) -> Result<u64> {

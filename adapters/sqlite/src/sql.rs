@@ -202,6 +202,10 @@ pub(crate) fn with_names(names: &Names) -> Sql {
             dead_letters: stmt(&CONSUMER_DEAD_LIST.replace("{columns}", CONSUMER_DEAD_COLUMNS)),
             dead_letter: stmt(&CONSUMER_DEAD_GET.replace("{columns}", CONSUMER_DEAD_COLUMNS)),
             purge: stmt(INBOX_PURGE),
+            dead_groups: stmt(
+                "SELECT consumer_group, count(*) AS n FROM {consumer_dead} \
+                 GROUP BY consumer_group ORDER BY consumer_group",
+            ),
             count: stmt(
                 "SELECT count(*) AS n FROM {inbox} WHERE consumer_group = ?1 AND processed_at < ?2",
             ),

@@ -678,6 +678,17 @@ pub async fn dead_letters_are_listed_oldest_first_with_filters<S: InboxStore>(st
     for dead in [&a, &b, &c, &d, &other] {
         add_dead(store, dead).await;
     }
+    assert_eq!(
+        store
+            .consumer_dead_groups()
+            .await
+            .expect("consumer_dead_groups failed"),
+        vec![
+            ("conf-group".to_owned(), 4),
+            ("conf-other-group".to_owned(), 1)
+        ],
+        "each group with its count, by name"
+    );
 
     let all = oldest_first(&[&a, &b, &c, &d]);
     assert_eq!(

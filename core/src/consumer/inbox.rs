@@ -120,6 +120,11 @@ pub trait InboxStore: SqlStore {
         id: Uuid,
     ) -> impl Future<Output = Result<Option<ConsumerDeadLetter>>> + Send;
 
+    /// Every consumer group that has dead letters, with how many, by group
+    /// name: where to look with
+    /// [`consumer_dead_letters`](Self::consumer_dead_letters).
+    fn consumer_dead_groups(&self) -> impl Future<Output = Result<Vec<(String, u64)>>> + Send;
+
     /// How many inbox keys `group` recorded before `before`: what
     /// [`purge_inbox`](Self::purge_inbox) with that time would delete, all
     /// batches together. With a `before` in the future, whether the group
