@@ -51,8 +51,8 @@
 //!
 //! | feature    | enables                                              | default |
 //! |------------|------------------------------------------------------|---------|
-//! | `sqlite`   | [`sqlite::SqliteStore`], the embedded default store   | yes     |
-//! | `memory`   | [`memory::MemoryBroker`], the in-process broker       | yes     |
+//! | `sqlite`   | [`sqlite::SqliteStore`], the embedded store            | no      |
+//! | `memory`   | [`memory::MemoryBroker`], the in-process broker       | no      |
 //! | `postgres` | [`postgres::PgStore`] (sqlx, PostgreSQL ≥ 12)         | no      |
 //! | `rabbitmq` | [`rabbitmq::RabbitBroker`] (lapin, publisher confirms)| no      |
 //! | `mysql`    | [`mysql::MySqlStore`] (sqlx, MariaDB >= 10.6, MySQL 8) | no |
