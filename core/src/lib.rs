@@ -5,6 +5,16 @@
 //! Users depend on the `txmsg` crate, which re-exports this one; adapters
 //! depend on this crate alone.
 
+/// A fail point of the fault tests: `fail::fail_point!` with the
+/// `failpoints` feature, nothing without it (the `fail` crate is not even
+/// compiled then).
+macro_rules! fail_point {
+    ($($args:tt)*) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($($args)*);
+    };
+}
+
 mod backoff;
 mod broker;
 pub mod check;

@@ -315,9 +315,9 @@ impl<'c, DB: sqlx::Database> Tx<'c, DB> {
             nested: _,
             fast_owner: _,
         } = self;
-        fail::fail_point!("txmsg::before_commit", |_| Err(Error::Shutdown));
+        fail_point!("txmsg::before_commit", |_| Err(Error::Shutdown));
         txn.commit().await?;
-        fail::fail_point!("txmsg::after_commit_before_handoff", |_| Ok(()));
+        fail_point!("txmsg::after_commit_before_handoff", |_| Ok(()));
         #[cfg(feature = "testing")]
         if !pending.is_empty() && outbox.take_lost_handoff() {
             // The permits go back unused; the rows wait for their lease to

@@ -259,7 +259,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                         self.report(&envelope, attempt, || Settlement::Applied);
                         // A crash here: committed, never acknowledged (the
                         // delivery is dropped unsettled on return).
-                        fail::fail_point!("txmsg::consumer::after_commit_before_ack", |_| {});
+                        fail_point!("txmsg::consumer::after_commit_before_ack", |_| {});
                         return ack(delivery).await;
                     }
                     HandlerOutcome::Duplicate => {

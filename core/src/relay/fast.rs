@@ -82,7 +82,7 @@ pub(super) async fn fast_loop<S: Store, B: Broker>(
                     None => spawn(&mut running, &mut keys, msg),
                     Some(key) => {
                         if shared.divert(&key, msg.lease.owner, shared.now()) {
-                            fail::fail_point!("txmsg::relay::fast_release_held");
+                            fail_point!("txmsg::relay::fast_release_held");
                             shared.release(&[msg.envelope.id], msg.lease.owner).await;
                         } else if let Some(q) = queues.get_mut(&key) {
                             q.push_back(msg);

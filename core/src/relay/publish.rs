@@ -61,7 +61,7 @@ impl<S: Store, B: Broker> Shared<S, B> {
             return Outcome::Skipped;
         }
         let started = std::time::Instant::now();
-        fail::fail_point!("txmsg::relay::before_publish", |_| Outcome::Skipped);
+        fail_point!("txmsg::relay::before_publish", |_| Outcome::Skipped);
         // A panicking broker client is a failed attempt, not a lost task
         // that would leave its key held forever.
         let publish = AssertUnwindSafe(self.broker.publish(env)).catch_unwind();
@@ -84,7 +84,7 @@ impl<S: Store, B: Broker> Shared<S, B> {
                 metrics::histogram!(crate::metrics::PUBLISH_DURATION_SECONDS, "topic" => topic.clone())
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!(crate::metrics::PUBLISHED_TOTAL, "topic" => topic).increment(1);
-                fail::fail_point!("txmsg::relay::after_publish_before_mark", |_| Outcome::Sent);
+                fail_point!("txmsg::relay::after_publish_before_mark", |_| Outcome::Sent);
                 // The receiver lives until every publisher has finished.
                 let _ = self.marks.send(env.id);
                 Outcome::Sent
