@@ -4,6 +4,7 @@
 //!
 //! Users depend on the `txmsg` crate, which re-exports this one; adapters
 //! depend on this crate alone.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// A fail point of the fault tests: `fail::fail_point!` with the
 /// `failpoints` feature, nothing without it (the `fail` crate is not even
