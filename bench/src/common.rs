@@ -454,6 +454,10 @@ impl TimedBroker {
 }
 
 impl Broker for TimedBroker {
+    fn system(&self) -> &'static str {
+        "rabbitmq"
+    }
+
     async fn publish(&self, envelope: &Envelope) -> txmsg::Result<()> {
         self.inner.publish(envelope).await?;
         if self.record {

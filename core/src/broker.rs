@@ -58,4 +58,11 @@ pub trait Broker: Debug + Clone + Send + Sync + 'static {
     /// broker cannot be reached; [`Error::Broker`](crate::Error::Broker) if
     /// it refused the subscription.
     fn subscribe(&self, spec: &SubscribeSpec) -> impl Future<Output = Result<Subscription>> + Send;
+
+    /// The messaging system, as OpenTelemetry's `messaging.system` names it
+    /// on the relay's and the consumer's spans (`rabbitmq`, `nats`, ...). A
+    /// wrapper around another broker returns the inner broker's.
+    fn system(&self) -> &'static str {
+        "unknown"
+    }
 }

@@ -362,6 +362,10 @@ impl<B: Broker> TestBroker<B> {
 }
 
 impl<B: Broker> Broker for TestBroker<B> {
+    fn system(&self) -> &'static str {
+        self.inner.system()
+    }
+
     /// Publishes through the wrapped broker and records the outcome; a
     /// duplicate asked for with [`duplicate_next`](TestBroker::duplicate_next)
     /// is published right after the first copy is confirmed.

@@ -212,6 +212,10 @@ impl MemoryBroker {
 }
 
 impl Broker for MemoryBroker {
+    fn system(&self) -> &'static str {
+        "txmsg_memory"
+    }
+
     /// Puts `envelope` into the queue of every group subscribed to its topic
     /// and hands it to every observer, then confirms.
     ///

@@ -319,6 +319,10 @@ fn puback_result(reason: &PubAckReason) -> Result<()> {
 }
 
 impl Broker for MqttBroker {
+    fn system(&self) -> &'static str {
+        "mqtt"
+    }
+
     async fn publish(&self, envelope: &Envelope) -> Result<()> {
         let span = tracing::debug_span!(
             "txmsg.publish",

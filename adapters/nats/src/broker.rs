@@ -372,6 +372,10 @@ impl NatsBroker {
 }
 
 impl Broker for NatsBroker {
+    fn system(&self) -> &'static str {
+        "nats"
+    }
+
     fn publish(&self, envelope: &Envelope) -> impl Future<Output = Result<()>> + Send {
         let span = tracing::debug_span!(
             "txmsg.nats.publish",

@@ -371,6 +371,10 @@ impl RabbitBroker {
 }
 
 impl Broker for RabbitBroker {
+    fn system(&self) -> &'static str {
+        "rabbitmq"
+    }
+
     /// Publishes `envelope` and waits for RabbitMQ's publisher confirm.
     ///
     /// # Errors

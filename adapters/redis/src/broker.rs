@@ -112,6 +112,10 @@ impl RedisBroker {
 }
 
 impl Broker for RedisBroker {
+    fn system(&self) -> &'static str {
+        "redis"
+    }
+
     /// Adds `envelope` to its topic's stream with `XADD` (trimming with
     /// `MAXLEN ~` when [`RedisConfig::max_len`] is set); `Ok` once Redis
     /// replied with the entry id.

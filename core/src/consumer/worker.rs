@@ -211,6 +211,13 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
         };
         let span = tracing::info_span!(
             "txmsg.handle",
+            otel.name = %format_args!("process {}", envelope.topic),
+            otel.kind = "consumer",
+            messaging.system = self.broker.system(),
+            messaging.operation.type = "process",
+            messaging.destination.name = %envelope.topic,
+            messaging.consumer.group.name = %self.config.group,
+            messaging.message.id = %envelope.id,
             topic = %envelope.topic,
             group = %self.config.group,
             key = envelope.key.as_deref(),

@@ -34,14 +34,7 @@ pub(super) async fn fast_loop<S: Store, B: Broker>(
         let shared = Arc::clone(&shared);
         let key = key_of(&msg.envelope).map(|key| (key, msg.lease.owner));
         let task = running.spawn(async move {
-            let span = tracing::info_span!(
-                "txmsg.publish",
-                topic = %msg.envelope.topic,
-                key = msg.envelope.key.as_deref(),
-                message_id = %msg.envelope.id,
-                attempt = 1,
-                path = "fast",
-            );
+            let span = shared.publish_span(&msg.envelope, 1, "fast");
             let lease = msg.lease;
             let outcome = shared
                 .publish_one(&msg.envelope, lease)

@@ -145,18 +145,37 @@ impl<S: Store, B: Broker> Shared<S, B> {
         }
     }
 
+    /// The span of one publish attempt, with OpenTelemetry's messaging
+    /// attributes (a `publish <topic>` producer span when exported through
+    /// tracing-opentelemetry). `path` is `fast` or `poll`.
+    pub(super) fn publish_span(
+        &self,
+        env: &Envelope,
+        attempt: u32,
+        path: &'static str,
+    ) -> tracing::Span {
+        tracing::info_span!(
+            "txmsg.publish",
+            otel.name = %format_args!("publish {}", env.topic),
+            otel.kind = "producer",
+            messaging.system = self.broker.system(),
+            messaging.operation.type = "send",
+            messaging.destination.name = %env.topic,
+            messaging.message.id = %env.id,
+            topic = %env.topic,
+            key = env.key.as_deref(),
+            message_id = %env.id,
+            attempt,
+            path,
+        )
+    }
+
     /// Publishes the messages of one key (or one keyless message) in order,
     /// stopping at the first that is not sent; the rest are released.
     pub(super) async fn publish_group(&self, group: Vec<Envelope>, lease: Lease) {
         let mut rest = group.into_iter();
         while let Some(env) = rest.next() {
-            let span = tracing::info_span!(
-                "txmsg.publish",
-                topic = %env.topic,
-                key = env.key.as_deref(),
-                message_id = %env.id,
-                attempt = env.attempts + 1,
-            );
+            let span = self.publish_span(&env, env.attempts + 1, "poll");
             let outcome = self.publish_one(&env, lease).instrument(span).await;
             if self.holds_key(outcome) {
                 let ids: Vec<Uuid> = rest.map(|e| e.id).collect();

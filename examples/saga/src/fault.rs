@@ -174,6 +174,10 @@ impl<B: Broker> FaultyBroker<B> {
 }
 
 impl<B: Broker> Broker for FaultyBroker<B> {
+    fn system(&self) -> &'static str {
+        self.inner.system()
+    }
+
     async fn publish(&self, envelope: &Envelope) -> Result<()> {
         if self.fault.strikes_publish(envelope) {
             return hang().await;
