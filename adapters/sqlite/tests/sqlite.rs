@@ -1306,3 +1306,19 @@ async fn a_database_migrated_by_a_newer_txmsg_is_reported() {
         "{text}"
     );
 }
+
+/// Another database's URL (or a bare path) is refused before anything is
+/// opened.
+#[tokio::test]
+async fn a_url_of_another_database_is_a_config_error() {
+    txmsg_testkit::store::other_databases_urls_are_config_errors(
+        |url| async move { SqliteStore::connect(&url).await },
+        &[
+            "postgres://postgres@127.0.0.1/x",
+            "orders.db",
+            "mysql://root@h/db",
+        ],
+        "`sqlite:`",
+    )
+    .await;
+}

@@ -1503,3 +1503,48 @@ pub async fn an_unreadable_row_is_dead_lettered<S, C, CF, R, RF>(
     };
     assert_eq!(ids(&claim_with(store, &skipping).await), vec![w[2]]);
 }
+
+/// `connect(url)` on a server that refuses the connection (`url` points at a
+/// closed port and holds the password `s3cret-pw`) fails at once with
+/// [`Error::Connect`](txmsg_core::Error::Connect) naming `address` and the
+/// refusal, never the password.
+pub async fn a_refused_connection_names_the_address<S, F, Fut>(connect: F, url: &str, address: &str)
+where
+    S: std::fmt::Debug,
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = txmsg_core::Result<S>>,
+{
+    let err = connect(url.to_owned())
+        .await
+        .expect_err("nothing listens there");
+    let shown = txmsg_core::__private::error_chain(&err);
+    assert!(
+        matches!(&err, txmsg_core::Error::Connect { address: a, .. } if a == address),
+        "{shown}"
+    );
+    assert!(shown.contains("refused"), "{shown}");
+    assert!(!shown.contains("s3cret-pw"), "{shown}");
+}
+
+/// `connect` refuses each of `urls` (other databases' URLs, or none at all)
+/// with [`Error::Config`](txmsg_core::Error::Config) for `url`, naming
+/// `scheme`, before anything is looked up.
+pub async fn other_databases_urls_are_config_errors<S, F, Fut>(
+    connect: F,
+    urls: &[&str],
+    scheme: &str,
+) where
+    S: std::fmt::Debug,
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = txmsg_core::Result<S>>,
+{
+    for url in urls {
+        let err = connect((*url).to_owned())
+            .await
+            .expect_err("another database's url");
+        assert!(
+            matches!(&err, txmsg_core::Error::Config { field: "url", reason } if reason.contains(scheme)),
+            "{url}: {err:?}"
+        );
+    }
+}
