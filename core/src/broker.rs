@@ -66,3 +66,28 @@ pub trait Broker: Debug + Clone + Send + Sync + 'static {
         "unknown"
     }
 }
+
+/// The span a broker adapter's [`Broker::publish`] runs in: one name and one
+/// set of fields for every adapter, below the relay's `publish <topic>` span.
+///
+/// # Examples
+///
+/// ```
+/// use tracing::Instrument;
+/// use txmsg_core::{Envelope, broker_publish_span};
+///
+/// # async fn send(_: &Envelope) {}
+/// # async fn demo(envelope: &Envelope) {
+/// send(envelope).instrument(broker_publish_span("nats", envelope)).await;
+/// # }
+/// ```
+pub fn broker_publish_span(system: &'static str, envelope: &Envelope) -> tracing::Span {
+    tracing::debug_span!(
+        "txmsg.broker.publish",
+        messaging.system = system,
+        topic = %envelope.topic,
+        key = envelope.key.as_deref(),
+        message_id = %envelope.id,
+        attempt = envelope.attempts,
+    )
+}

@@ -270,7 +270,7 @@ pub enum DeadKeyPolicy {
 /// let config = RelayConfig { max_attempts: 5, lease: Duration::from_secs(60), ..RelayConfig::default() };
 /// assert!(config.validate().is_ok());
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RelayConfig {
     /// Most rows claimed by one poll. Default 500.
     pub batch_size: u32,
@@ -320,33 +320,6 @@ pub struct RelayConfig {
     pub stats_interval: Option<Duration>,
     /// The clock. Default the system clock.
     pub clock: Arc<dyn Clock>,
-}
-
-impl fmt::Debug for RelayConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RelayConfig")
-            .field("batch_size", &self.batch_size)
-            .field("per_key_batch", &self.per_key_batch)
-            .field("lease", &self.lease)
-            .field("poll_interval", &self.poll_interval)
-            .field("max_attempts", &self.max_attempts)
-            .field("backoff_min", &self.backoff_min)
-            .field("backoff_max", &self.backoff_max)
-            .field("max_payload_bytes", &self.max_payload_bytes)
-            .field("max_in_flight", &self.max_in_flight)
-            .field("fast_path_capacity", &self.fast_path_capacity)
-            .field("mark_batch", &self.mark_batch)
-            .field("mark_interval", &self.mark_interval)
-            .field("publish_timeout", &self.publish_timeout)
-            .field("shutdown_timeout", &self.shutdown_timeout)
-            .field("dead_key_policy", &self.dead_key_policy)
-            .field("sent_retention", &self.sent_retention)
-            .field("purge_interval", &self.purge_interval)
-            .field("purge_batch", &self.purge_batch)
-            .field("stats_interval", &self.stats_interval)
-            .field("clock", &self.clock)
-            .finish()
-    }
 }
 
 impl Default for RelayConfig {
@@ -454,8 +427,14 @@ mod tests {
     }
 
     #[test]
-    fn inbox_name_leaves_room_for_its_dead_letter_table() {
-        assert!(Tables::default().inbox(&"i".repeat(58)).is_ok());
+    fn the_consumer_dead_table_is_named_after_the_inbox() {
+        let name = |t: &Tables| t.consumer_dead_name().map(|i| i.to_string());
+        assert_eq!(name(&Tables::default()).unwrap(), "txmsg_consumer_dead");
+        let renamed = Tables::default().inbox("events_in").unwrap();
+        assert_eq!(name(&renamed).unwrap(), "events_in_dead");
+        let fits = Tables::default().inbox(&"i".repeat(58)).unwrap();
+        assert_eq!(name(&fits).unwrap().len(), MAX_IDENT_LEN);
+        // Too long is refused where the name is set.
         let err = Tables::default().inbox(&"i".repeat(59)).unwrap_err();
         assert!(matches!(
             err,
@@ -464,6 +443,25 @@ mod tests {
                 ..
             }
         ));
+        for (clash, what) in [("outbox", "outbox"), ("migrations", "migrations")] {
+            let tables = match clash {
+                "outbox" => Tables::default().outbox("events_dead"),
+                _ => Tables::default().migrations("events_dead"),
+            };
+            let tables = tables.unwrap().inbox("events").unwrap();
+            let err = tables.consumer_dead_name().unwrap_err();
+            assert!(
+                matches!(
+                    &err,
+                    Error::Config {
+                        field: "inbox_table",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains(what), "{err}");
+        }
     }
 
     #[test]

@@ -324,12 +324,7 @@ impl Broker for MqttBroker {
     }
 
     async fn publish(&self, envelope: &Envelope) -> Result<()> {
-        let span = tracing::debug_span!(
-            "txmsg.publish",
-            topic = %envelope.topic,
-            key = envelope.key.as_deref(),
-            message_id = %envelope.id,
-        );
+        let span = txmsg_core::broker_publish_span("mqtt", envelope);
         self.publish_inner(envelope).instrument(span).await
     }
 

@@ -393,6 +393,7 @@ fn pem_error(field: &'static str, path: &Path, e: &rustls::pki_types::pem::Error
 #[cfg(test)]
 mod tests {
     use super::*;
+    use txmsg_testkit::config::field_of;
 
     #[test]
     fn defaults() {
@@ -432,14 +433,6 @@ mod tests {
         );
         assert!(MqttConfig::default().max_packet_size(10).is_err());
         assert!(MqttConfig::default().source("").is_err());
-    }
-
-    fn field_of<T>(result: Result<T>) -> &'static str {
-        match result {
-            Err(Error::Config { field, .. }) => field,
-            Err(other) => panic!("expected a config error, got {other:?}"),
-            Ok(_) => panic!("expected a config error, got a value"),
-        }
     }
 
     #[test]

@@ -377,13 +377,7 @@ impl Broker for NatsBroker {
     }
 
     fn publish(&self, envelope: &Envelope) -> impl Future<Output = Result<()>> + Send {
-        let span = tracing::debug_span!(
-            "txmsg.nats.publish",
-            topic = %envelope.topic,
-            key = envelope.key.as_deref(),
-            message_id = %envelope.id,
-            attempt = envelope.attempts,
-        );
+        let span = txmsg_core::broker_publish_span("nats", envelope);
         self.publish_envelope(envelope).instrument(span)
     }
 

@@ -454,6 +454,7 @@ fn ensure_crypto_provider() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use txmsg_testkit::config::field_of;
 
     #[test]
     fn validates() {
@@ -472,14 +473,6 @@ mod tests {
         assert!(c.clone().connect_timeout(Duration::ZERO).is_err());
         assert!(c.clone().publish_timeout(Duration::ZERO).is_err());
         assert!(c.clone().source("a\nb").is_err());
-    }
-
-    fn field_of<T>(result: Result<T>) -> &'static str {
-        match result {
-            Err(Error::Config { field, .. }) => field,
-            Err(other) => panic!("expected a config error, got {other:?}"),
-            Ok(_) => panic!("expected a config error, got a value"),
-        }
     }
 
     #[test]

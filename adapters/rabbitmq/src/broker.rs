@@ -391,14 +391,7 @@ impl Broker for RabbitBroker {
     /// Dropping the future is safe: the message may or may not have reached
     /// RabbitMQ, and the caller publishes it again (at least once).
     async fn publish(&self, envelope: &Envelope) -> Result<()> {
-        let span = debug_span!(
-            "txmsg.rabbitmq.publish",
-            topic = %envelope.topic,
-            key = envelope.key.as_deref(),
-            message_id = %envelope.id,
-            attempt = envelope.attempts,
-            exchange = self.exchange(),
-        );
+        let span = txmsg_core::broker_publish_span("rabbitmq", envelope);
         self.publish_confirmed(envelope).instrument(span).await
     }
 

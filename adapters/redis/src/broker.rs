@@ -132,13 +132,7 @@ impl Broker for RedisBroker {
     /// Dropping the future is safe: the entry may or may not have been
     /// added, and the caller publishes it again (at least once).
     async fn publish(&self, envelope: &Envelope) -> Result<()> {
-        let span = debug_span!(
-            "txmsg.redis.publish",
-            topic = %envelope.topic,
-            key = envelope.key.as_deref(),
-            message_id = %envelope.id,
-            attempt = envelope.attempts,
-        );
+        let span = txmsg_core::broker_publish_span("redis", envelope);
         self.add(envelope).instrument(span).await
     }
 

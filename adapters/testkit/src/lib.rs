@@ -32,6 +32,7 @@
 use std::future::Future;
 
 pub mod broker;
+pub mod config;
 pub mod half;
 pub mod inbox;
 pub mod injection;

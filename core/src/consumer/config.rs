@@ -1,6 +1,5 @@
 //! The settings of a consumer group's runtime.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use crate::{Clock, Error, Result, SystemClock};
 /// let config = ConsumerConfig { prefetch: 128, ..ConsumerConfig::new("billing") };
 /// assert!(config.validate().is_ok());
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ConsumerConfig {
     /// The consumer group; same rules as a topic name.
     pub group: String,
@@ -51,24 +50,6 @@ pub struct ConsumerConfig {
     pub purge_batch: u32,
     /// The clock for inbox and dead-letter times. Default the system clock.
     pub clock: Arc<dyn Clock>,
-}
-
-impl fmt::Debug for ConsumerConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConsumerConfig")
-            .field("group", &self.group)
-            .field("prefetch", &self.prefetch)
-            .field("concurrency", &self.concurrency)
-            .field("backoff_min", &self.backoff_min)
-            .field("backoff_max", &self.backoff_max)
-            .field("max_payload_bytes", &self.max_payload_bytes)
-            .field("shutdown_timeout", &self.shutdown_timeout)
-            .field("inbox_retention", &self.inbox_retention)
-            .field("redelivery_window", &self.redelivery_window)
-            .field("purge_interval", &self.purge_interval)
-            .field("purge_batch", &self.purge_batch)
-            .finish_non_exhaustive()
-    }
 }
 
 impl ConsumerConfig {

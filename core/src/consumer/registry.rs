@@ -47,15 +47,16 @@ pub struct HandlerRecord {
 }
 
 impl fmt::Debug for HandlerRecord {
+    // The entry points are function pointers: where the handler is written
+    // says more than their addresses.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HandlerRecord")
-            .field("topic", &self.topic)
-            .field("group", &self.group)
-            .field("max_attempts", &self.max_attempts)
-            .field("name", &self.name)
-            .field("location", &format_args!("{}:{}", self.file, self.line))
-            .field("database", &(self.database)())
-            .finish()
+        let (topic, group, db) = (self.topic, self.group, (self.database)());
+        write!(
+            f,
+            "HandlerRecord({topic} for {group} on {db}, {}",
+            self.location()
+        )?;
+        write!(f, ", max_attempts {})", self.max_attempts)
     }
 }
 

@@ -1,7 +1,6 @@
 //! The check-back worker: resolves prepared messages whose outcome is unknown.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +21,7 @@ use crate::{Clock, Error, HalfStore, RelayHandle, Result, SystemClock};
 /// Settings of a [`CheckBackWorker`]. Defaults follow RocketMQ 5: first
 /// check 6 s after a message was prepared (set by the producer, see
 /// [`CheckBackConfig::check_after`]), then 30 s apart, 15 checks.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct CheckBackConfig {
     /// Time from preparing a message to its first check. Producers use it
     /// (through their attribute or call); here it is only validated. Default 6 s.
@@ -44,21 +43,6 @@ pub struct CheckBackConfig {
     pub poll_interval: Duration,
     /// The clock. Default the system clock.
     pub clock: Arc<dyn Clock>,
-}
-
-impl fmt::Debug for CheckBackConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CheckBackConfig")
-            .field("check_after", &self.check_after)
-            .field("interval", &self.interval)
-            .field("max_checks", &self.max_checks)
-            .field("timeout", &self.timeout)
-            .field("batch_size", &self.batch_size)
-            .field("concurrency", &self.concurrency)
-            .field("lease", &self.lease)
-            .field("poll_interval", &self.poll_interval)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Default for CheckBackConfig {

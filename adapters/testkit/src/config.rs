@@ -1,0 +1,57 @@
+//! Helpers for the tests of configuration checks.
+
+use txmsg_core::{Error, Result};
+
+/// The field an [`Error::Config`] names.
+///
+/// # Examples
+///
+/// ```
+/// use txmsg_core::Error;
+/// use txmsg_testkit::config::field_of;
+///
+/// let refused: txmsg_core::Result<()> = Err(Error::Config { field: "url", reason: "no host".into() });
+/// assert_eq!(field_of(refused), "url");
+/// ```
+///
+/// # Panics
+///
+/// If `result` is a value or another error.
+pub fn field_of<T>(result: Result<T>) -> &'static str {
+    match result {
+        Err(Error::Config { field, .. }) => field,
+        Err(other) => panic!("expected a config error, got {other:?}"),
+        Ok(_) => panic!("expected a config error, got a value"),
+    }
+}
+
+/// Fails unless `result` is an [`Error::Config`] for `field` whose reason
+/// does not quote `secret`: a refused URL must not show its password.
+///
+/// # Examples
+///
+/// ```
+/// use txmsg_core::Error;
+/// use txmsg_testkit::config::assert_refused_without;
+///
+/// let refused: txmsg_core::Result<()> =
+///     Err(Error::Config { field: "url", reason: "not a URL".into() });
+/// assert_refused_without(refused, "url", "s3cr3t");
+/// ```
+///
+/// # Panics
+///
+/// If `result` is a value, another error, a config error for another field,
+/// or its reason shows `secret`.
+pub fn assert_refused_without<T>(result: Result<T>, field: &str, secret: &str) {
+    match result {
+        Err(Error::Config { field: f, reason }) if f == field => {
+            assert!(
+                !reason.contains(secret),
+                "the reason shows {secret:?}: {reason}"
+            );
+        }
+        Err(other) => panic!("expected a config error for `{field}`, got {other:?}"),
+        Ok(_) => panic!("expected a config error for `{field}`, got a value"),
+    }
+}
