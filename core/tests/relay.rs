@@ -65,6 +65,25 @@ async fn send(outbox: &Outbox<sqlx::Sqlite>, topic: &str, key: Option<&str>, ide
     tx.commit().await.unwrap();
 }
 
+/// Fails unless every key's messages (idempotency keys `0`, `1`, ...) came
+/// in increasing order; keyless ones have no order.
+fn assert_key_order(got: &[txmsg_core::Envelope], when: &str) {
+    let mut per_key: HashMap<&str, Vec<u32>> = HashMap::new();
+    for e in got.iter().filter(|e| e.key.is_some()) {
+        let n = e.idempotency_key.parse().unwrap();
+        per_key
+            .entry(e.key.as_deref().unwrap())
+            .or_default()
+            .push(n);
+    }
+    for (k, ns) in per_key {
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "order of {k}{when}: {ns:?}"
+        );
+    }
+}
+
 async fn wait_for<F, Fut>(mut cond: F)
 where
     F: FnMut() -> Fut,
@@ -142,16 +161,7 @@ async fn poller_publishes_rows_written_without_a_relay() {
     let got = receive(&mut sub, 120).await;
     relay.shutdown().await;
     assert_eq!(got.len(), 120);
-    let mut per_key: HashMap<String, Vec<u32>> = HashMap::new();
-    for e in got {
-        per_key
-            .entry(e.key.clone().unwrap())
-            .or_default()
-            .push(e.idempotency_key.parse().unwrap());
-    }
-    for (k, ns) in per_key {
-        assert!(ns.windows(2).all(|w| w[0] < w[1]), "order of {k}: {ns:?}");
-    }
+    assert_key_order(&got, "");
     cleanup(path);
 }
 
@@ -258,19 +268,7 @@ async fn broker_outage_counts_no_attempts_and_recovers() {
     let got = receive(&mut sub, 30).await;
     relay.shutdown().await;
     assert_eq!(got.len(), 30);
-    let mut per_key: HashMap<String, Vec<u32>> = HashMap::new();
-    for e in got {
-        per_key
-            .entry(e.key.clone().unwrap())
-            .or_default()
-            .push(e.idempotency_key.parse().unwrap());
-    }
-    for (k, ns) in per_key {
-        assert!(
-            ns.windows(2).all(|w| w[0] < w[1]),
-            "order of {k} after the outage: {ns:?}"
-        );
-    }
+    assert_key_order(&got, " after the outage");
     cleanup(path);
 }
 
@@ -692,5 +690,120 @@ async fn a_publish_span_carries_the_messaging_attributes() {
     assert_eq!(field("messaging.operation.type"), "send");
     assert_eq!(field("messaging.destination.name"), "t.otel");
     assert_eq!(field("messaging.message.id"), got[0].id.to_string());
+    cleanup(path);
+}
+
+/// Shutdown publishes what the relay holds: the messages queued behind
+/// their key and those waiting for a publish slot go out, in order, rather
+/// than being left pending for another relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_publishes_what_waits_for_a_slot_or_its_key() {
+    let (store, path) = store().await;
+    let broker = Awkward {
+        delay: Duration::from_millis(10),
+        ..Awkward::default()
+    };
+    let mut sub = broker.inner.observe("t.flush");
+    let one_at_a_time = RelayConfig {
+        max_in_flight: 1,
+        ..config()
+    };
+    let relay = Relay::new(store.clone(), broker.clone(), one_at_a_time)
+        .unwrap()
+        .start();
+    let outbox = Outbox::new(&store).with_relay(&relay);
+    // One transaction's messages of a key all go to the fast path (a later
+    // transaction's would go to the poller while the key has one pending).
+    let mut tx = outbox.begin().await.unwrap();
+    for n in 0..20 {
+        let msg = Message::new("t.flush", &n)
+            .unwrap()
+            .key("k")
+            .idempotency_key(n.to_string());
+        tx.enqueue(msg).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    for n in 20..30 {
+        send(&outbox, "t.flush", None, &n.to_string()).await;
+    }
+    relay.shutdown().await;
+    let stats = store.stats().await.unwrap();
+    assert_eq!(
+        (stats.sent, stats.pending),
+        (30, 0),
+        "everything held when shutdown began was published and marked"
+    );
+    let got = receive(&mut sub, 30).await;
+    assert_eq!(got.len(), 30);
+    assert_key_order(&got, " across the shutdown");
+    cleanup(path);
+}
+
+/// Past its deadline, shutdown leaves what it could not publish to the next
+/// relay at once: released, not leased until the lease runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_past_its_deadline_releases_what_it_could_not_publish() {
+    let (store, path) = store().await;
+    let slow = Awkward {
+        delay: Duration::from_millis(100),
+        ..Awkward::default()
+    };
+    let mut sub = slow.inner.observe("t.deadline");
+    let short = RelayConfig {
+        max_in_flight: 1,
+        shutdown_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let relay = Relay::new(store.clone(), slow.clone(), short)
+        .unwrap()
+        .start();
+    let outbox = Outbox::new(&store).with_relay(&relay);
+    let mut tx = outbox.begin().await.unwrap();
+    for n in 0..10 {
+        let msg = Message::new("t.deadline", &n)
+            .unwrap()
+            .key("k")
+            .idempotency_key(n.to_string());
+        tx.enqueue(msg).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    for n in 10..30 {
+        send(&outbox, "t.deadline", None, &n.to_string()).await;
+    }
+    relay.shutdown().await;
+    let left = store.stats().await.unwrap().pending;
+    assert!(left > 0, "a 300 ms flush cannot publish 3 s of messages");
+    // Nothing is leased any more: a claim now (far inside the 30 s lease)
+    // gets every pending row of a key's head and every keyless one.
+    let owner = uuid::Uuid::now_v7();
+    let now = chrono::Utc::now();
+    let claimed = store
+        .claim(&txmsg_core::ClaimRequest {
+            lease: txmsg_core::Lease {
+                owner,
+                until: now + chrono::Duration::seconds(30),
+            },
+            now,
+            limit: 100,
+            per_key_limit: 100,
+            dead_parks_key: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.len() as u64,
+        left,
+        "every row left pending is claimable at once"
+    );
+    let ids: Vec<_> = claimed.iter().map(|e| e.id).collect();
+    store.release(&ids, owner).await.unwrap();
+    // And the next relay publishes them, every key in order.
+    let relay = Relay::new(store.clone(), slow.inner.clone(), config())
+        .unwrap()
+        .start();
+    let got = receive(&mut sub, 30).await;
+    relay.shutdown().await;
+    assert_eq!(got.len(), 30, "nothing lost");
+    assert_key_order(&got, " across two relays");
     cleanup(path);
 }

@@ -46,10 +46,23 @@ pub(super) async fn fast_loop<S: Store, B: Broker>(
             keys.insert(task.id(), key);
         }
     };
+    // After a stop: no new fast-path work; what was handed over already is
+    // published until nothing is left or the flush deadline (see
+    // `RelayHandle::shutdown`). A transaction may have reserved a slot
+    // before the stop and commit after it: its message is awaited too, so
+    // that its row is published or released rather than left leased.
+    let mut stopping = false;
     loop {
+        if stopping && queues.is_empty() && running.is_empty() && slots_back(&shared) {
+            break;
+        }
         tokio::select! {
             biased;
-            () = stop.cancelled() => break,
+            () = stop.cancelled(), if !stopping => {
+                stopping = true;
+                shared.accepting.store(false, Ordering::Release);
+            }
+            () = shared.deadline.cancelled(), if stopping => break,
             Some(done) = running.join_next_with_id(), if !running.is_empty() => {
                 let (id, failed) = match done {
                     Ok((id, failed)) => (id, failed),
@@ -86,30 +99,25 @@ pub(super) async fn fast_loop<S: Store, B: Broker>(
                     }
                 }
             }
+            // A slot given back unused wakes nothing: look again.
+            () = tokio::time::sleep(Duration::from_millis(5)), if stopping => {}
         }
     }
-    // Shutting down: no new fast-path work; what waits is released for the
-    // next relay, what is in flight gets the shutdown timeout. A transaction
-    // may have reserved a slot before shutdown and commit after it: wait
-    // (bounded) until every slot is used or given back, so that its row is
-    // released too rather than left leased until the lease runs out.
+    // Past the deadline (or with nothing left): what still waits is
+    // released for the next relay; running publishes release their own
+    // rows if they have not reached the broker yet.
     shared.accepting.store(false, Ordering::Release);
-    let mut waiting: Vec<FastMsg> = queues.into_values().flatten().collect();
-    let deadline = tokio::time::Instant::now() + shared.config.shutdown_timeout;
-    loop {
-        while let Ok(msg) = rx.try_recv() {
-            waiting.push(msg);
-        }
-        let all_back = shared.fast_probe.capacity() == shared.fast_probe.max_capacity();
-        if all_back || tokio::time::Instant::now() >= deadline {
-            break;
-        }
-        tokio::select! {
-            msg = rx.recv() => waiting.extend(msg),
-            () = tokio::time::sleep(Duration::from_millis(5)) => {}
-        }
-    }
     rx.close();
+    let mut waiting: Vec<FastMsg> = queues.into_values().flatten().collect();
+    while let Ok(msg) = rx.try_recv() {
+        waiting.push(msg);
+    }
     shared.release_fast(&waiting).await;
-    drain(&mut running, shared.config.shutdown_timeout).await;
+    drain(&shared, &mut running).await;
+}
+
+/// Whether every fast-path slot is back: none reserved by a transaction,
+/// none holding a message not yet received.
+fn slots_back<S, B>(shared: &Shared<S, B>) -> bool {
+    shared.fast_probe.capacity() == shared.fast_probe.max_capacity()
 }

@@ -154,6 +154,7 @@ impl<S: Store, B: Broker> Relay<S, B> {
             held: Mutex::new(HashMap::new()),
             outage: Mutex::new((0, None)),
             seed: fastrand::u64(..),
+            deadline: CancellationToken::new(),
         });
         let span = tracing::info_span!("txmsg.relay", relay = %owner);
         let tasks = Tasks::new();
@@ -202,12 +203,26 @@ impl RelayHandle {
         self.inner.tasks.health()
     }
 
-    /// Stops the relay gracefully and waits for it.
+    /// Stops the relay gracefully and waits for it, publishing what it
+    /// holds first.
     ///
-    /// New commits go to the poller of whichever relay runs next; messages
-    /// waiting on the fast path are released at once for other relays;
-    /// in-flight publishes get up to `shutdown_timeout` to be confirmed and
-    /// marked. Nothing is lost: a row not marked sent stays pending.
+    /// 1. New commits stop using the fast path: their rows are left pending
+    ///    for the poller of whichever relay runs next. This relay's poller
+    ///    claims nothing more.
+    /// 2. **Flush.** What the relay already holds is published, in order per
+    ///    key: messages handed over by committed transactions (those queued
+    ///    behind their key or waiting for a publish slot included) and the
+    ///    rows the poller claimed. This goes on until nothing is left or
+    ///    `shutdown_timeout` has passed since the call.
+    /// 3. Past `shutdown_timeout`, whatever has not reached the broker is
+    ///    released at once (pending, with no lease, so the next relay
+    ///    publishes it without waiting for a lease to run out); publishes
+    ///    already at the broker get up to `publish_timeout` more for their
+    ///    confirm. A publish still unconfirmed then is abandoned: its row
+    ///    stays leased until its lease runs out.
+    ///
+    /// Every confirmed publish is marked sent before this returns. Nothing
+    /// is lost: a row not marked sent stays pending.
     ///
     /// # Cancel safety
     ///
@@ -240,6 +255,9 @@ pub(super) struct Shared<S, B> {
     /// poller may try again.
     pub(super) outage: Mutex<(u32, Option<tokio::time::Instant>)>,
     pub(super) seed: u64,
+    /// Fired `shutdown_timeout` after shutdown began: the flush is over,
+    /// what has not reached the broker yet is released.
+    pub(super) deadline: CancellationToken,
 }
 
 pub(super) type KeyId = (String, String);
@@ -275,12 +293,23 @@ async fn run<S: Store, B: Broker>(
         .store
         .watch(crate::store::Waker(Arc::clone(&wake)))
         .map(|watch| tokio::spawn(watch.instrument(tracing::debug_span!("txmsg.relay.watch"))));
+    // The flush after a stop lasts `shutdown_timeout` at most.
+    let deadline = {
+        let (stop, deadline) = (stop.clone(), shared.deadline.clone());
+        let flush = shared.config.shutdown_timeout;
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            tokio::time::sleep(flush).await;
+            deadline.cancel();
+        })
+    };
     tokio::join!(
         fast_loop(Arc::clone(&shared), fast_rx, stop.clone()),
         poll_loop(Arc::clone(&shared), wake, stop.clone()),
         purge_loop(Arc::clone(&shared), stop.clone()),
         stats_loop(Arc::clone(&shared), stop.clone()),
     );
+    deadline.abort();
     if let Some(watcher) = watcher {
         watcher.abort();
     }
@@ -298,14 +327,25 @@ pub(crate) fn retry_delay(config: &RelayConfig, attempts: u32, seed: u64) -> Dur
     crate::backoff::delay(config.backoff_min, config.backoff_max, attempts, seed)
 }
 
-/// Waits for the in-flight publishes of `running`, at most `timeout`; then
-/// abandons the rest (their rows stay pending).
-pub(super) async fn drain<T: 'static>(running: &mut JoinSet<T>, timeout: Duration) {
+/// Waits for the publishes of `running` once the relay stops: they go on
+/// until the flush deadline, then release what has not reached the broker;
+/// a publish at the broker gets `publish_timeout` more, then is abandoned
+/// (its row stays leased until the lease runs out).
+pub(super) async fn drain<S, B, T: 'static>(shared: &Shared<S, B>, running: &mut JoinSet<T>) {
+    let grace = shared.config.publish_timeout;
     let all = async { while running.join_next().await.is_some() {} };
-    if tokio::time::timeout(timeout, all).await.is_err() {
+    let limit = async {
+        shared.deadline.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    let abandoned = tokio::select! {
+        () = all => false,
+        () = limit => true,
+    };
+    if abandoned {
         tracing::warn!(
             left = running.len(),
-            "shutdown timeout: in-flight publishes abandoned, their rows stay pending"
+            "shutdown: publishes still unconfirmed are abandoned, their rows stay pending"
         );
         running.abort_all();
     }

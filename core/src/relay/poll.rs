@@ -39,7 +39,7 @@ pub(super) async fn poll_loop<S: Store, B: Broker>(
         loop {
             if stop.is_cancelled() {
                 if let Some(mut running) = previous.take() {
-                    drain(&mut running, shared.config.shutdown_timeout).await;
+                    drain(&shared, &mut running).await;
                 }
                 return;
             }
@@ -47,7 +47,7 @@ pub(super) async fn poll_loop<S: Store, B: Broker>(
                 tokio::select! {
                     () = stop.cancelled() => {
                         if let Some(mut running) = previous.take() {
-                            drain(&mut running, shared.config.shutdown_timeout).await;
+                            drain(&shared, &mut running).await;
                         }
                         return;
                     }
@@ -80,7 +80,7 @@ pub(super) async fn poll_loop<S: Store, B: Broker>(
                     tokio::select! {
                         () = stop.cancelled() => {
                             if let Some(mut running) = previous.take() {
-                                drain(&mut running, shared.config.shutdown_timeout).await;
+                                drain(&shared, &mut running).await;
                             }
                             return;
                         }
@@ -112,7 +112,7 @@ pub(super) async fn poll_loop<S: Store, B: Broker>(
             if let Some(mut earlier) = previous.take()
                 && !settle(&shared, &mut earlier, &stop).await
             {
-                drain(&mut running, shared.config.shutdown_timeout).await;
+                drain(&shared, &mut running).await;
                 return;
             }
             if full {
@@ -127,8 +127,8 @@ pub(super) async fn poll_loop<S: Store, B: Broker>(
     }
 }
 
-/// Waits for every publish of a batch; on shutdown drains them (within
-/// `shutdown_timeout`) and returns `false`.
+/// Waits for every publish of a batch; on shutdown lets them finish (see
+/// [`drain`]) and returns `false`.
 async fn settle<S: Store, B: Broker>(
     shared: &Shared<S, B>,
     running: &mut JoinSet<()>,
@@ -137,7 +137,7 @@ async fn settle<S: Store, B: Broker>(
     tokio::select! {
         () = async { while running.join_next().await.is_some() {} } => true,
         () = stop.cancelled() => {
-            drain(running, shared.config.shutdown_timeout).await;
+            drain(shared, running).await;
             false
         }
     }

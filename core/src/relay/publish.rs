@@ -48,7 +48,15 @@ impl<S: Store, B: Broker> Shared<S, B> {
             .to_string();
             return self.dead(env, owner, &reason).await;
         }
-        let Ok(_permit) = Arc::clone(&self.inflight).acquire_owned().await else {
+        // Past the shutdown deadline nothing starts: the row is released
+        // for the next relay rather than left leased.
+        let permit = tokio::select! {
+            biased;
+            () = self.deadline.cancelled() => None,
+            permit = Arc::clone(&self.inflight).acquire_owned() => permit.ok(),
+        };
+        let Some(_permit) = permit else {
+            self.release(&[env.id], owner).await;
             return Outcome::Skipped;
         };
         // Checked once the slot is ours: waiting for it may take long. A
