@@ -112,7 +112,7 @@ pub use txmsg_core::tls;
 pub use txmsg_core::{
     Broker, Clock, DeadFilter, DeadKeyPolicy, DeadLetter, Envelope, Error, HalfStore, Headers,
     Health, Ident, Message, Outbox, OutboxStats, Relay, RelayConfig, RelayHandle, Result, SqlStore,
-    Store, SystemClock, Tables, TopicStats, Tx, validate_topic,
+    State, Store, SystemClock, Tables, TopicStats, Tx, validate_topic,
 };
 pub use txmsg_macros::{check_back, message_handler, transactional_message};
 
@@ -140,7 +140,7 @@ pub mod adapter {
     pub use txmsg_core::cloudevents;
     pub use txmsg_core::{
         BoxError, BoxFuture, ClaimRequest, Failure, HalfWriter, Inserted, Lease, MAX_IDENT_LEN,
-        MAX_TOPIC_LEN, OutboxWriter, TRACEPARENT,
+        MAX_TOPIC_LEN, OutboxWriter, StateType, States, TRACEPARENT,
     };
 }
 
@@ -196,20 +196,23 @@ pub mod __private {
     pub use core::convert::From;
     pub use core::future::Future;
     pub use core::marker::{Send, Sized};
-    pub use core::option::Option;
+    pub use core::option::Option::{self, Some};
     pub use core::result::Result::{self, Err, Ok};
     pub use core::time::Duration;
     pub use core::{concat, file, line, module_path};
     pub use std::boxed::Box;
     pub use std::string::String;
 
+    pub use core::any::TypeId;
     pub use inventory;
     pub use serde;
     pub use txmsg_core::consumer::{AnyCtx, HandlerOutcome, HandlerRecord, run_handler};
     pub use txmsg_core::half::{
         CheckBackRecord, CheckStatus, HalfOutbox, Prepared, ResolveOutcome, run_check_back,
     };
-    pub use txmsg_core::{BoxFuture, Envelope, Error, Message, Outbox, Tx};
+    pub use txmsg_core::{
+        BoxFuture, Envelope, Error, Message, Outbox, State, StateType, States, Tx,
+    };
     pub use uuid::Uuid;
 
     /// Fixes the output type of the user's body, so that `?` inside it
@@ -379,10 +382,41 @@ pub mod __private {
 
     /// Runs a `#[check_back]` that takes the `&Envelope`: the verdict, or the
     /// error's text (which the worker counts as Unknown).
+    /// A `#[check_back]` of the `&Envelope` as generated code calls it: the
+    /// envelope and the worker's states in, `None` if a state it takes is
+    /// missing.
+    pub type EnvelopeCheck<E> =
+        for<'t> fn(&'t Envelope, &'t States) -> Option<BoxFuture<'t, Result<CheckStatus, E>>>;
+
     pub async fn run_envelope_check_back<E: core::fmt::Display>(
         envelope: &Envelope,
-        check: for<'t> fn(&'t Envelope) -> BoxFuture<'t, Result<CheckStatus, E>>,
+        states: &States,
+        check: EnvelopeCheck<E>,
     ) -> Result<CheckStatus, String> {
-        check(envelope).await.map_err(|e| e.to_string())
+        match check(envelope, states) {
+            Some(call) => call.await.map_err(|e| e.to_string()),
+            None => Err(txmsg_core::half::MISSING_STATE.to_owned()),
+        }
+    }
+
+    /// A type that can be the `T` of a handler's or check-back's `State<T>`
+    /// parameter: `Clone + Send + Sync + 'static`, so that its runner can
+    /// keep one value and give each call a clone. Used as
+    /// [`HandlerMessage`] is.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be the state of a handler or check-back: it must be `Clone + Send + Sync + 'static`",
+        label = "taken as `State<{Self}>` here",
+        note = "wrap what cannot be cloned in an `Arc`, and derive `Clone`"
+    )]
+    pub trait AppState: Clone + Send + Sync + 'static {}
+
+    #[diagnostic::do_not_recommend]
+    impl<T: Clone + Send + Sync + 'static> AppState for T {}
+
+    /// The value of state type `T`, bounded by [`AppState`] so that a type
+    /// that cannot be state gets its message, at the parameter.
+    #[inline]
+    pub fn state<T: AppState>(states: &States) -> Option<State<T>> {
+        states.get::<T>()
     }
 }

@@ -2,8 +2,8 @@
 //! time by hand, inject faults, and await what happened instead of
 //! sleeping.
 //!
-//! A [`TestHarness`] wires together what a service runs, all in memory: an
-//! SQLite store (`sqlite::memory:`, migrated), the in-process broker
+//! A [`TestHarness`] wires together what a service runs, in process: a
+//! store (by default SQLite, `sqlite::memory:`, migrated), the in-process broker
 //! (wrapped in a [`TestBroker`] that records every publish), a
 //! [`ManualClock`] that every component reads, a relay, and an [`Outbox`]
 //! that hands commits to it. Consumer groups and the check-back worker are
@@ -29,8 +29,11 @@
 //!   [`check_back_timeout`](TestHarness::check_back_timeout).
 //!
 //! Handlers and check-backs are the program's own `#[message_handler]` and
-//! `#[check_back]` functions, found as in production; handlers must take an
-//! SQLite transaction (`&mut Tx<'_, sqlx::Sqlite>`).
+//! `#[check_back]` functions, found as in production, given the states of
+//! [`with_state`](TestHarness::with_state). [`TestHarness::new`] runs on
+//! an in-memory SQLite store, for handlers of `&mut Tx<'_, sqlx::Sqlite>`;
+//! [`TestHarness::on`] runs on any store, so a PostgreSQL or MySQL service
+//! tests its own handlers on its own database.
 //!
 //! # Examples
 //!
@@ -116,18 +119,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use txmsg_core::consumer::{Consumer, ConsumerConfig, ConsumerHandle, Handled};
+use txmsg_core::consumer::{Consumer, ConsumerConfig, ConsumerHandle, Handled, InboxStore};
 use txmsg_core::half::{CheckBackConfig, CheckBackHandle, CheckBackWorker, Checked, HalfOutbox};
+use txmsg_core::{HalfStore, States};
 use txmsg_memory::MemoryBroker;
 use txmsg_sqlite::SqliteStore;
 use uuid::Uuid;
 
-use crate::{Envelope, Outbox, Relay, RelayConfig, RelayHandle, Result, SqlStore, Store};
+use crate::{Envelope, Outbox, Relay, RelayConfig, RelayHandle, Result};
 
 pub use txmsg_core::testing::{ManualClock, Recorder, Refused, TestBroker, WaitTimeout};
-
-/// The database of the harness's store (SQLite).
-type Db = <SqliteStore as SqlStore>::Database;
 
 /// How long a wait lasts by default before it fails.
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
@@ -144,28 +145,29 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 /// Consumer groups receive only what is published after they start (as on a
 /// broker where the group's queue is created by its first subscription):
 /// start them with [`consumer`](TestHarness::consumer) before producing.
-pub struct TestHarness {
-    store: SqliteStore,
+pub struct TestHarness<S: HalfStore + InboxStore = SqliteStore> {
+    store: S,
     broker: TestBroker<MemoryBroker>,
     clock: ManualClock,
     relay_config: RelayConfig,
-    running: Mutex<Running>,
-    consumers: Mutex<Vec<ConsumerHandle<SqliteStore>>>,
+    running: Mutex<Running<S::Database>>,
+    consumers: Mutex<Vec<ConsumerHandle<S>>>,
     check_backs: Mutex<Option<CheckBackHandle>>,
     /// Check-back timeouts asked for before the worker started.
     pending_timeouts: AtomicU32,
     handled: Recorder<Handled>,
     checked: Recorder<Checked>,
     wait: Duration,
+    states: States,
 }
 
 /// The relay of the moment and the outbox that hands commits to it.
-struct Running {
+struct Running<DB: sqlx::Database> {
     relay: RelayHandle,
-    outbox: HalfOutbox<Db>,
+    outbox: HalfOutbox<DB>,
 }
 
-impl fmt::Debug for TestHarness {
+impl<S: HalfStore + InboxStore> fmt::Debug for TestHarness<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TestHarness")
             .field("store", &self.store)
@@ -176,7 +178,7 @@ impl fmt::Debug for TestHarness {
     }
 }
 
-impl TestHarness {
+impl TestHarness<SqliteStore> {
     /// A migrated in-memory SQLite store, an in-process broker, a manual
     /// clock and a running relay.
     ///
@@ -190,6 +192,29 @@ impl TestHarness {
     /// If called outside a Tokio runtime.
     pub async fn new() -> Result<Self> {
         let store = SqliteStore::connect("sqlite::memory:").await?;
+        Self::on(store).await
+    }
+}
+
+impl<S: HalfStore + InboxStore> TestHarness<S> {
+    /// The harness on `store`, any store with an inbox and half messages
+    /// (PostgreSQL, MySQL, SQLite), migrated here; an in-process broker, a
+    /// manual clock and a running relay. The service's handlers of `store`'s
+    /// database run in it as they run in production.
+    ///
+    /// The harness uses the store's tables as they are: give it a store of
+    /// its own (e.g. on a schema or with table names of the test), so that
+    /// other tests' rows are not published or claimed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`](crate::Error::Database) if the store could not be
+    /// migrated.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a Tokio runtime.
+    pub async fn on(store: S) -> Result<Self> {
         store.migrate().await?;
         let clock = ManualClock::new();
         let relay_config = RelayConfig {
@@ -214,7 +239,16 @@ impl TestHarness {
             handled: Recorder::new(),
             checked: Recorder::new(),
             wait: DEFAULT_WAIT,
+            states: States::default(),
         })
+    }
+
+    /// Gives `state` to the consumers and the check-back worker the harness
+    /// starts from now on: what their `State<T>` parameters receive, as
+    /// [`Consumer::with_state`] does.
+    pub fn with_state<T: Clone + Send + Sync + 'static>(mut self, state: T) -> Self {
+        self.states.insert(state);
+        self
     }
 
     /// Waits at most `wait` in each `wait_*` call (default 10 s).
@@ -223,9 +257,9 @@ impl TestHarness {
         self
     }
 
-    /// The store: its [`pool`](SqlStore::pool) is where the test creates its
+    /// The store: its [`pool`](crate::SqlStore::pool) is where the test creates its
     /// business tables and checks their rows.
-    pub fn store(&self) -> &SqliteStore {
+    pub fn store(&self) -> &S {
         &self.store
     }
 
@@ -246,14 +280,14 @@ impl TestHarness {
 
     /// The outbox to produce with: commits are handed to the running relay.
     /// After [`restart_relay`](TestHarness::restart_relay), take it again.
-    pub fn outbox(&self) -> Outbox<Db> {
+    pub fn outbox(&self) -> Outbox<S::Database> {
         self.running().outbox.outbox().clone()
     }
 
     /// The outbox to produce half messages with (what
     /// `#[transactional_message(half, ...)]` producers take): commits are
     /// handed to the running relay.
-    pub fn half_outbox(&self) -> HalfOutbox<Db> {
+    pub fn half_outbox(&self) -> HalfOutbox<S::Database> {
         self.running().outbox.clone()
     }
 
@@ -270,8 +304,9 @@ impl TestHarness {
     /// # Errors
     ///
     /// As [`Consumer::start`]: no handler for the group, two for one topic, a
-    /// handler for another database.
-    pub async fn consumer(&self, group: &str) -> Result<ConsumerHandle<SqliteStore>> {
+    /// handler for another database, a `State<T>` not given with
+    /// [`with_state`](TestHarness::with_state).
+    pub async fn consumer(&self, group: &str) -> Result<ConsumerHandle<S>> {
         let config = ConsumerConfig {
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_millis(200),
@@ -281,6 +316,7 @@ impl TestHarness {
         let handle = Consumer::new(self.store.clone(), self.broker.clone(), config)?
             .with_outbox(self.outbox())
             .with_observer(self.handled.sender())
+            .with_states(self.states.clone())
             .start()
             .await?;
         lock(&self.consumers).push(handle.clone());
@@ -295,7 +331,9 @@ impl TestHarness {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`](crate::Error::Config) if a topic has two check-backs.
+    /// [`Error::Config`](crate::Error::Config) if a topic has two check-backs,
+    /// or a check-back takes a `State<T>` not given with
+    /// [`with_state`](TestHarness::with_state).
     pub fn check_backs(&self) -> Result<CheckBackHandle> {
         let mut slot = lock(&self.check_backs);
         if let Some(handle) = slot.as_ref() {
@@ -309,6 +347,7 @@ impl TestHarness {
         let handle = CheckBackWorker::new(self.store.clone(), config)?
             .with_relay(&self.relay())
             .with_observer(self.checked.sender())
+            .with_states(self.states.clone())
             .start()?;
         handle.time_out_next_checks(self.pending_timeouts.swap(0, Ordering::SeqCst));
         *slot = Some(handle.clone());
@@ -547,7 +586,7 @@ impl TestHarness {
         self.relay().shutdown().await;
     }
 
-    fn running(&self) -> MutexGuard<'_, Running> {
+    fn running(&self) -> MutexGuard<'_, Running<S::Database>> {
         lock(&self.running)
     }
 }

@@ -28,6 +28,7 @@ mod error;
 pub mod half;
 pub mod metrics;
 mod relay;
+mod state;
 mod store;
 mod task;
 #[cfg(feature = "testing")]
@@ -44,6 +45,7 @@ pub use config::{DeadKeyPolicy, Ident, MAX_IDENT_LEN, RelayConfig, Tables};
 pub use envelope::{Envelope, Headers, Message, TRACEPARENT};
 pub use error::{BoxError, Error, Result};
 pub use relay::{Relay, RelayHandle};
+pub use state::{State, StateType, States};
 pub use store::{
     BoxFuture, ClaimRequest, DeadFilter, DeadLetter, Failure, HalfStore, HalfWriter, Inserted,
     Lease, OutboxStats, OutboxWriter, SqlStore, Store, TopicStats, Waker,

@@ -587,6 +587,7 @@ pub fn transactional_message(args: TokenStream, item: TokenStream) -> TokenStrea
 /// ```text
 /// [pub(..)] async fn name['a, ..](tx: &mut Tx<'_, DB>, message: M) -> Result<(), E>
 /// [pub(..)] async fn name['a, ..](tx: &mut Tx<'_, DB>, message: M, envelope: &Envelope) -> Result<(), E>
+/// [pub(..)] async fn name['a, ..](tx: &mut Tx<'_, DB>, message: M, [envelope: &Envelope,] app: State<AppState>, ..) -> Result<(), E>
 /// ```
 ///
 /// - `async fn`, any visibility, attributes allowed, lifetime parameters
@@ -601,8 +602,13 @@ pub fn transactional_message(args: TokenStream, item: TokenStream) -> TokenStrea
 /// - the second is the message, taken by value: an owned type (no borrowed
 ///   lifetimes) with `M: serde::de::DeserializeOwned`, decoded from the
 ///   message's JSON payload;
-/// - the third, optional, is the message's [`txmsg::Envelope`], by shared
-///   reference: its idempotency key, ordering key, headers and times;
+/// - then, optional and in any order: the message's [`txmsg::Envelope`], by
+///   shared reference (its idempotency key, ordering key, headers and
+///   times), and any number of `State<T>` parameters ([`txmsg::State`]),
+///   each a clone of the value of type `T` given to the consumer with
+///   [`Consumer::with_state`](txmsg::consumer::Consumer::with_state); `T`
+///   must be `Clone + Send + Sync + 'static`, and a consumer lacking a
+///   handler's state refuses to start, naming the handler and `T`;
 /// - the return type is `Result<(), E>` (any path ending in `Result`, with
 ///   both arguments written out) with `E: std::fmt::Display`.
 ///
@@ -682,13 +688,16 @@ pub fn transactional_message(args: TokenStream, item: TokenStream) -> TokenStrea
 /// }
 ///
 /// // The signature the runtime calls (without the envelope parameter, the
-/// // adapter drops it).
+/// // adapter drops it). For each `State<T>` parameter it takes the value
+/// // from `states`, and returns `None` if there is none (which the consumer
+/// // rules out at start).
 /// fn adapter<'t>(
 ///     tx: &'t mut Tx<'static, sqlx::Sqlite>,
 ///     order: OrderPlaced,
 ///     envelope: &'t Envelope,
-/// ) -> BoxFuture<'t, Result<(), txmsg::Error>> {
-///     Box::pin(bill_order(tx, order, envelope))
+///     _states: &'t txmsg::adapter::States,
+/// ) -> Option<BoxFuture<'t, Result<(), txmsg::Error>>> {
+///     Some(Box::pin(bill_order(tx, order, envelope)))
 /// }
 ///
 /// // The entry point: decodes the payload, begins the transaction, records
@@ -713,6 +722,8 @@ pub fn transactional_message(args: TokenStream, item: TokenStream) -> TokenStrea
 ///         file: file!(),
 ///         line: line!(),
 ///         database: std::any::type_name::<sqlx::Sqlite>,
+///         // The `State<T>` types it takes: none here.
+///         states: &[],
 ///         call,
 ///     }
 /// }
@@ -794,15 +805,24 @@ pub fn transactional_message(args: TokenStream, item: TokenStream) -> TokenStrea
 ///   of a `#[message_handler]` function``; `(order: OrderPlaced, tx: &mut
 ///   Tx<'_, Sqlite>)` → ``the `&mut txmsg::Tx<'_, DB>` parameter of a
 ///   `#[message_handler]` function must come first``;
-/// - two or three parameters: `(tx)` or `(tx, order, envelope, extra)` →
-///   ``expected 2 or 3 parameters in a `#[message_handler]` function: `tx:
-///   &mut txmsg::Tx<'_, DB>, message: M` and optionally `envelope:
-///   &txmsg::Envelope` ``, at the parentheses or the extra parameters;
+/// - a message: `(tx)` → ``expected the parameters of a `#[message_handler]`
+///   function: `tx: &mut txmsg::Tx<'_, DB>, message: M`, then optionally
+///   `envelope: &txmsg::Envelope` and `State<T>` parameters``, at the
+///   parentheses;
 /// - the message second: `(tx, envelope: &Envelope)` → ``expected `message:
 ///   M` as the second parameter of a `#[message_handler]` function, before
 ///   the `&txmsg::Envelope` ``; `(tx, envelope: &Envelope, order:
 ///   OrderPlaced)` → ``the `&txmsg::Envelope` parameter of a
-///   `#[message_handler]` function must come last, after the message``;
+///   `#[message_handler]` function must come after the message`` (and the
+///   same for a `State<T>`);
+/// - after the message, only the envelope and states: `(tx, order, attempt:
+///   u32)` → ``expected `&txmsg::Envelope` or `State<T>` parameters after the
+///   message of a `#[message_handler]` function``, at the extra parameters;
+///   a second `&Envelope` → ``a `#[message_handler]` function takes the
+///   `&txmsg::Envelope` once``;
+/// - a state type that can be state: `State<Rc<Pool>>` → `` `Rc<Pool>` cannot
+///   be the state of a handler or check-back: it must be `Clone + Send +
+///   Sync + 'static` ``, at the type;
 /// - the message by value: `order: &OrderPlaced` → `` `#[message_handler]`
 ///   functions take the message by value, expected `OrderPlaced` rather than
 ///   `&OrderPlaced` ``;
@@ -813,10 +833,10 @@ pub fn transactional_message(args: TokenStream, item: TokenStream) -> TokenStrea
 ///   `#[derive(Deserialize)]` → `` `OrderPlaced` cannot be the message of a
 ///   `#[message_handler]`: it does not implement `serde::Deserialize` ``, at
 ///   the type;
-/// - the envelope third, by shared reference: `id: i64` → ``expected
-///   `&txmsg::Envelope` as the third parameter of a `#[message_handler]`
-///   function``; `&mut Envelope` adds ``; the envelope is shared, take it by
-///   `&` ``, `Envelope` adds ``; take it by reference``;
+/// - the envelope by shared reference: `&mut Envelope` → ``expected
+///   `&txmsg::Envelope` as the envelope parameter of a `#[message_handler]`
+///   function; the envelope is shared, take it by `&` ``, `Envelope` →
+///   ``…; take it by reference``;
 /// - `Result<(), E>`: no return type or `-> Option<()>` → ``expected the
 ///   return type `Result<(), E>` of a `#[message_handler]` function, where
 ///   `E: Display` ``; `-> Result<u64, E>` adds ``; a handler returns `()`
@@ -910,15 +930,20 @@ pub fn message_handler(args: TokenStream, item: TokenStream) -> TokenStream {
 /// ```text
 /// [pub(..)] async fn name['a, ..](message: &M) -> Result<CheckStatus, E>
 /// [pub(..)] async fn name['a, ..](envelope: &Envelope) -> Result<CheckStatus, E>
+/// [pub(..)] async fn name['a, ..](message: &M, app: State<AppState>, ..) -> Result<CheckStatus, E>
 /// ```
 ///
 /// - `async fn`, any visibility, attributes allowed, lifetime parameters
 ///   allowed but no type or const parameters and no `impl Trait`; a free
 ///   function (not in an `impl` block, no `self`);
-/// - exactly one parameter, by shared reference: the message `&M`, an owned
-///   type (no borrowed lifetimes) with `M: serde::de::DeserializeOwned`,
-///   decoded from the message's JSON payload; or the whole
-///   [`txmsg::Envelope`], whose payload is not decoded;
+/// - first, by shared reference: the message `&M`, an owned type (no
+///   borrowed lifetimes) with `M: serde::de::DeserializeOwned`, decoded from
+///   the message's JSON payload; or the whole [`txmsg::Envelope`], whose
+///   payload is not decoded;
+/// - then any number of `State<T>` parameters ([`txmsg::State`]), each a
+///   clone of the value of type `T` given to the worker with
+///   [`CheckBackWorker::with_state`]; a worker lacking one refuses to start,
+///   naming the check-back and `T`;
 /// - no transaction: the function looks at the business data on its own;
 /// - the return type is `Result<CheckStatus, E>` (any paths ending in
 ///   `Result` and `CheckStatus`, with both arguments written out) with
@@ -968,19 +993,24 @@ pub fn message_handler(args: TokenStream, item: TokenStream) -> TokenStream {
 /// #   Ok(CheckStatus::Unknown)
 /// }
 ///
-/// // The signature the entry point calls.
+/// // The signature the entry point calls; `None` if a `State<T>` it takes
+/// // is missing from `states` (which the worker rules out at start).
 /// fn adapter<'t>(
 ///     payment: &'t PaymentRequested,
-/// ) -> BoxFuture<'t, Result<CheckStatus, std::io::Error>> {
-///     Box::pin(payment_state(payment))
+///     _states: &'t txmsg::adapter::States,
+/// ) -> Option<BoxFuture<'t, Result<CheckStatus, std::io::Error>>> {
+///     Some(Box::pin(payment_state(payment)))
 /// }
 ///
 /// // The entry point: decodes the payload, calls the adapter, turns an
 /// // error into its text. (A check-back of `&Envelope` is called with the
 /// // envelope as is.)
-/// fn call<'a>(envelope: &'a Envelope) -> BoxFuture<'a, Result<CheckStatus, String>> {
+/// fn call<'a>(
+///     envelope: &'a Envelope,
+///     states: &'a txmsg::adapter::States,
+/// ) -> BoxFuture<'a, Result<CheckStatus, String>> {
 ///     Box::pin(run_check_back::<PaymentRequested, std::io::Error, _>(
-///         envelope, adapter,
+///         envelope, states, adapter,
 ///     ))
 /// }
 ///
@@ -990,6 +1020,7 @@ pub fn message_handler(args: TokenStream, item: TokenStream) -> TokenStream {
 ///         name: concat!(module_path!(), "::", "payment_state"),
 ///         file: file!(),
 ///         line: line!(),
+///         states: &[],
 ///         call,
 ///     }
 /// }
@@ -1052,14 +1083,18 @@ pub fn message_handler(args: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// The signature:
 ///
-/// - exactly one parameter: `async fn payment_state()` or `(payment: &P,
-///   extra: u8)` → ``expected exactly one parameter in a `#[check_back]`
-///   function: `message: &M` or `envelope: &txmsg::Envelope` ``, at the
-///   parentheses or the extra parameters;
+/// - the message, then only states: `async fn payment_state()` or
+///   `(payment: &P, extra: u8)` → ``expected the parameters of a
+///   `#[check_back]` function: `message: &M` or `envelope:
+///   &txmsg::Envelope`, then optionally `State<T>` parameters``, at the
+///   parentheses or the extra parameters; `(app: State<App>, payment: &P)`
+///   → ``expected `message: &M` or `envelope: &txmsg::Envelope` as the first
+///   parameter of a `#[check_back]` function, before the `State<T>`
+///   parameters``;
 /// - no transaction: `(tx: &mut Tx<'_, Sqlite>)` → `` `#[check_back]`
 ///   functions get no transaction: they look at the business data on their
-///   own, expected `message: &M` or `envelope: &txmsg::Envelope` as the only
-///   parameter ``;
+///   own, expected `message: &M` or `envelope: &txmsg::Envelope` as the
+///   first parameter ``;
 /// - the message by shared reference: `payment: PaymentRequested` or `&mut
 ///   PaymentRequested` → `` `#[check_back]` functions take the message by
 ///   shared reference, expected `&PaymentRequested` rather than

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::inbox::InboxWriter;
 use crate::store::BoxFuture;
-use crate::{Clock, Envelope, Outbox, Tx};
+use crate::{Clock, Envelope, Outbox, StateType, States, Tx};
 
 /// The type-erased context a registered handler runs in; it is a
 /// [`HandlerCtx`] of the handler's database.
@@ -42,6 +42,9 @@ pub struct HandlerRecord {
     pub line: u32,
     /// Name of the handler's sqlx database type.
     pub database: fn() -> &'static str,
+    /// The `State<T>` types the handler takes, which its consumer must be
+    /// given ([`Consumer::with_state`](super::Consumer::with_state)).
+    pub states: &'static [StateType],
     /// The generated entry point.
     pub call: HandlerFn,
 }
@@ -101,6 +104,7 @@ pub struct HandlerCtx<DB: sqlx::Database> {
     pub(crate) inbox: Arc<dyn InboxWriter<DB>>,
     pub(crate) group: String,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) states: States,
 }
 
 impl<DB: sqlx::Database> fmt::Debug for HandlerCtx<DB> {
@@ -124,7 +128,12 @@ where
     DB: sqlx::Database,
     M: DeserializeOwned,
     E: fmt::Display,
-    F: for<'t> FnOnce(&'t mut Tx<'static, DB>, M, &'t Envelope) -> BoxFuture<'t, Result<(), E>>,
+    F: for<'t> FnOnce(
+        &'t mut Tx<'static, DB>,
+        M,
+        &'t Envelope,
+        &'t States,
+    ) -> Option<BoxFuture<'t, Result<(), E>>>,
 {
     let Some(ctx) = ctx.downcast_ref::<HandlerCtx<DB>>() else {
         return HandlerOutcome::WrongDatabase(std::any::type_name::<DB>());
@@ -170,7 +179,14 @@ where
         }
         Err(e) => return HandlerOutcome::Failed(crate::error::error_chain(&e)),
     }
-    if let Err(e) = handler(&mut tx, message, envelope).await {
+    // `None` when a `State<T>` the handler takes is missing: the consumer
+    // checks them all at start, so only a consumer built by hand gets here.
+    let Some(call) = handler(&mut tx, message, envelope, &ctx.states) else {
+        return HandlerOutcome::Failed(
+            "a `State<T>` the handler takes was not given to the consumer".into(),
+        );
+    };
+    if let Err(e) = call.await {
         // Dropping the transaction rolls back the effects and the inbox key.
         return HandlerOutcome::Failed(e.to_string());
     }

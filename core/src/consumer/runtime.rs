@@ -14,7 +14,7 @@ use super::inbox::{ConsumerDeadLetter, InboxStore};
 use super::observe::Handled;
 use super::registry::{AnyCtx, HandlerCtx, HandlerOutcome, HandlerRecord, registered_handlers};
 use crate::task::Tasks;
-use crate::{Broker, DeadFilter, Error, Outbox, Result};
+use crate::{Broker, DeadFilter, Error, Outbox, Result, States};
 
 use super::config::ConsumerConfig;
 use super::worker::{Worker, purge_loop};
@@ -57,6 +57,7 @@ pub struct Consumer<S: InboxStore, B> {
     config: ConsumerConfig,
     outbox: Outbox<S::Database>,
     observer: Option<mpsc::UnboundedSender<Handled>>,
+    states: States,
 }
 
 impl<S: InboxStore, B: Broker> Consumer<S, B> {
@@ -75,7 +76,45 @@ impl<S: InboxStore, B: Broker> Consumer<S, B> {
             config,
             outbox,
             observer: None,
+            states: States::default(),
         })
+    }
+
+    /// Gives the group's handlers `state`: each handler parameter
+    /// `State<T>` gets a clone of it (one value per type; a second value
+    /// of a type replaces the first).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> txmsg::Result<()> {
+    /// use txmsg::consumer::{Consumer, ConsumerConfig};
+    /// use txmsg::memory::MemoryBroker;
+    /// use txmsg::sqlite::SqliteStore;
+    ///
+    /// #[derive(Clone)]
+    /// struct AppState {
+    ///     fx_rates_url: String,
+    /// }
+    ///
+    /// let store = SqliteStore::connect("sqlite://billing.db").await?;
+    /// let app = AppState { fx_rates_url: "https://fx.example".into() };
+    /// let consumer = Consumer::new(store, MemoryBroker::new(), ConsumerConfig::new("billing"))?
+    ///     .with_state(app)
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_state<T: Clone + Send + Sync + 'static>(mut self, state: T) -> Self {
+        self.states.insert(state);
+        self
+    }
+
+    /// Gives the group's handlers every state of `states`, replacing those
+    /// given before: one set shared by several consumers.
+    pub fn with_states(mut self, states: States) -> Self {
+        self.states = states;
+        self
     }
 
     /// Reports every delivery the consumer is done with to `observer`: what
@@ -109,17 +148,24 @@ impl<S: InboxStore, B: Broker> Consumer<S, B> {
     /// # Errors
     ///
     /// [`Error::Config`] if the group has no handler, two handlers for one
-    /// topic, or a handler for another database; a broker error if a
-    /// subscription failed.
+    /// topic, a handler for another database, or a handler taking a
+    /// `State<T>` the consumer was not given ([`with_state`](Self::with_state));
+    /// a broker error if a subscription failed.
     pub async fn start(self) -> Result<ConsumerHandle<S>> {
         crate::metrics::describe();
         let handlers = self.handlers()?;
         self.config.check_retention(&handlers)?;
+        for handler in &handlers {
+            let who = format!("handler {}", handler.location());
+            self.states
+                .check(handler.states, &who, "Consumer::with_state")?;
+        }
         let ctx: Arc<AnyCtx> = Arc::new(HandlerCtx {
             outbox: self.outbox.clone(),
             inbox: self.store.inbox(),
             group: self.config.group.clone(),
             clock: Arc::clone(&self.config.clock),
+            states: self.states.clone(),
         });
         let tasks = Tasks::new();
         let counters = Arc::new(Counters::default());

@@ -18,6 +18,7 @@ pub use outbox::HalfOutbox;
 pub(crate) use prepared::first_check_at;
 pub use prepared::{ClaimedHalf, Decision, Prepared, ResolveOutcome};
 pub use registry::{
-    CheckBackFn, CheckBackRecord, CheckStatus, registered_check_backs, run_check_back,
+    CheckBackFn, CheckBackRecord, CheckStatus, MISSING_STATE, registered_check_backs,
+    run_check_back,
 };
 pub use worker::{CheckBackConfig, CheckBackHandle, CheckBackWorker, Checked};

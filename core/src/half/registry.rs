@@ -4,8 +4,8 @@ use std::fmt;
 
 use serde::de::DeserializeOwned;
 
-use crate::Envelope;
 use crate::store::BoxFuture;
+use crate::{Envelope, StateType, States};
 
 /// A check-back's verdict on a prepared message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -18,9 +18,11 @@ pub enum CheckStatus {
     Unknown,
 }
 
-/// How generated code calls a check-back: the prepared message in, the
-/// verdict (or the error text, which counts as Unknown) out.
-pub type CheckBackFn = for<'a> fn(&'a Envelope) -> BoxFuture<'a, Result<CheckStatus, String>>;
+/// How generated code calls a check-back: the prepared message and the
+/// worker's states in, the verdict (or the error text, which counts as
+/// Unknown) out.
+pub type CheckBackFn =
+    for<'a> fn(&'a Envelope, &'a States) -> BoxFuture<'a, Result<CheckStatus, String>>;
 
 /// A `#[check_back]`, registered at compile time.
 ///
@@ -36,6 +38,9 @@ pub struct CheckBackRecord {
     pub file: &'static str,
     /// Line.
     pub line: u32,
+    /// The `State<T>` types the function takes, which its worker must be
+    /// given ([`CheckBackWorker::with_state`](super::CheckBackWorker::with_state)).
+    pub states: &'static [StateType],
     /// The generated entry point.
     pub call: CheckBackFn,
 }
@@ -68,11 +73,15 @@ pub fn registered_check_backs() -> Vec<&'static CheckBackRecord> {
 /// Decodes the payload as `M` and runs `check` on it. Called by generated
 /// code; an undecodable payload or an error is reported as text (the worker
 /// counts it as Unknown).
-pub async fn run_check_back<M, E, F>(envelope: &Envelope, check: F) -> Result<CheckStatus, String>
+pub async fn run_check_back<M, E, F>(
+    envelope: &Envelope,
+    states: &States,
+    check: F,
+) -> Result<CheckStatus, String>
 where
     M: DeserializeOwned,
     E: fmt::Display,
-    F: for<'t> FnOnce(&'t M) -> BoxFuture<'t, Result<CheckStatus, E>>,
+    F: for<'t> FnOnce(&'t M, &'t States) -> Option<BoxFuture<'t, Result<CheckStatus, E>>>,
 {
     let message: M = serde_json::from_slice(&envelope.payload).map_err(|e| {
         format!(
@@ -80,5 +89,13 @@ where
             std::any::type_name::<M>()
         )
     })?;
-    check(&message).await.map_err(|e| e.to_string())
+    match check(&message, states) {
+        Some(call) => call.await.map_err(|e| e.to_string()),
+        None => Err(MISSING_STATE.to_owned()),
+    }
 }
+
+/// Why a check-back that takes a `State<T>` its worker lacks did not run
+/// (the worker checks them all at start, so only a worker built by hand
+/// gets here).
+pub const MISSING_STATE: &str = "a `State<T>` the check-back takes was not given to the worker";

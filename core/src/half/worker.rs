@@ -16,7 +16,7 @@ use super::registry::{CheckBackRecord, CheckStatus, registered_check_backs};
 use crate::error::error_chain;
 use crate::store::{ClaimRequest, Lease};
 use crate::task::Tasks;
-use crate::{Clock, Error, HalfStore, RelayHandle, Result, SystemClock};
+use crate::{Clock, Error, HalfStore, RelayHandle, Result, States, SystemClock};
 
 /// Settings of a [`CheckBackWorker`]. Defaults follow RocketMQ 5: first
 /// check 6 s after a message was prepared (set by the producer, see
@@ -127,6 +127,7 @@ pub struct CheckBackWorker<S> {
     config: CheckBackConfig,
     relay: Option<RelayHandle>,
     observer: Option<mpsc::UnboundedSender<Checked>>,
+    states: States,
 }
 
 impl<S: HalfStore> CheckBackWorker<S> {
@@ -142,7 +143,23 @@ impl<S: HalfStore> CheckBackWorker<S> {
             config,
             relay: None,
             observer: None,
+            states: States::default(),
         })
+    }
+
+    /// Gives the check-backs `state`: each parameter `State<T>` gets a clone
+    /// of it (one value per type; a second value of a type replaces the
+    /// first).
+    pub fn with_state<T: Clone + Send + Sync + 'static>(mut self, state: T) -> Self {
+        self.states.insert(state);
+        self
+    }
+
+    /// Gives the check-backs every state of `states`, replacing those given
+    /// before.
+    pub fn with_states(mut self, states: States) -> Self {
+        self.states = states;
+        self
     }
 
     /// Reports every check that ran to `observer` (see [`Checked`]): what
@@ -186,10 +203,19 @@ impl<S: HalfStore> CheckBackWorker<S> {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if a topic has two check-backs.
+    /// [`Error::Config`] if a topic has two check-backs, or a check-back
+    /// takes a `State<T>` the worker was not given
+    /// ([`with_state`](Self::with_state)).
     pub fn start(self) -> Result<CheckBackHandle> {
         crate::metrics::describe();
         let check_backs = Self::check_backs()?;
+        let mut records: Vec<&CheckBackRecord> = check_backs.values().copied().collect();
+        records.sort_by_key(|c| (c.topic, c.name));
+        for c in records {
+            let who = format!("check-back {}", c.location());
+            self.states
+                .check(c.states, &who, "CheckBackWorker::with_state")?;
+        }
         #[cfg(feature = "testing")]
         let timeouts = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let shared = Arc::new(Shared {
@@ -197,6 +223,7 @@ impl<S: HalfStore> CheckBackWorker<S> {
             config: self.config,
             relay: self.relay,
             observer: self.observer,
+            states: self.states,
             check_backs,
             owner: Uuid::now_v7(),
             #[cfg(feature = "testing")]
@@ -259,6 +286,7 @@ struct Shared<S> {
     config: CheckBackConfig,
     relay: Option<RelayHandle>,
     observer: Option<mpsc::UnboundedSender<Checked>>,
+    states: States,
     check_backs: HashMap<&'static str, &'static CheckBackRecord>,
     owner: Uuid,
     /// Checks still to be timed out (fault injection).
@@ -373,7 +401,7 @@ async fn check_one<S: HalfStore>(
             (Err(no_answer()), true)
         } else {
             tokio::select! {
-                r = tokio::time::timeout(shared.config.timeout, (record.call)(env)) => match r {
+                r = tokio::time::timeout(shared.config.timeout, (record.call)(env, &shared.states)) => match r {
                     Ok(Ok(status)) => (Ok(status), false),
                     Ok(Err(e)) => (Err(e), false),
                     Err(_) => (Err(no_answer()), true),

@@ -9,7 +9,7 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -19,7 +19,7 @@ use txmsg::half::{CheckBackConfig, CheckBackWorker, CheckStatus};
 use txmsg::memory::MemoryBroker;
 use txmsg::prelude::*;
 use txmsg::sqlite::SqliteStore;
-use txmsg::{Relay, RelayConfig};
+use txmsg::{Relay, RelayConfig, State};
 
 const TOPIC: &str = "payments.charged";
 
@@ -38,32 +38,38 @@ enum ProviderState {
     Declined,
 }
 
-fn provider() -> &'static Mutex<HashMap<String, ProviderState>> {
-    static PROVIDER: OnceLock<Mutex<HashMap<String, ProviderState>>> = OnceLock::new();
-    PROVIDER.get_or_init(|| Mutex::new(HashMap::new()))
+/// A client of the payment provider, shared by the producer and the
+/// check-back (which gets it as `State<Provider>`). Here the provider is
+/// simulated in memory.
+#[derive(Debug, Clone, Default)]
+struct Provider {
+    payments: Arc<Mutex<HashMap<String, ProviderState>>>,
 }
 
-fn provider_state(payment_id: &str) -> Option<ProviderState> {
-    provider()
-        .lock()
-        .ok()
-        .and_then(|p| p.get(payment_id).copied())
-}
-
-/// Calls the provider: captures the payment, or declines amounts over 10 000.
-async fn provider_charge(payment: &PaymentCaptured) -> Result<(), PaymentError> {
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    let state = if payment.amount_cents > 10_000 {
-        ProviderState::Declined
-    } else {
-        ProviderState::Captured
-    };
-    if let Ok(mut p) = provider().lock() {
-        p.insert(payment.payment_id.clone(), state);
+impl Provider {
+    /// What the provider knows of a payment.
+    fn state(&self, payment_id: &str) -> Option<ProviderState> {
+        self.payments
+            .lock()
+            .ok()
+            .and_then(|p| p.get(payment_id).copied())
     }
-    match state {
-        ProviderState::Captured => Ok(()),
-        ProviderState::Declined => Err(PaymentError::Declined),
+
+    /// Captures the payment, or declines amounts over 10 000.
+    async fn charge(&self, payment: &PaymentCaptured) -> Result<(), PaymentError> {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let state = if payment.amount_cents > 10_000 {
+            ProviderState::Declined
+        } else {
+            ProviderState::Captured
+        };
+        if let Ok(mut p) = self.payments.lock() {
+            p.insert(payment.payment_id.clone(), state);
+        }
+        match state {
+            ProviderState::Captured => Ok(()),
+            ProviderState::Declined => Err(PaymentError::Declined),
+        }
     }
 }
 
@@ -97,11 +103,15 @@ enum Crash {
     key = payment.order_id,
     idempotency_key = payment.payment_id,
 )]
-async fn charge(payment: &PaymentCaptured, crash: Crash) -> Result<(), PaymentError> {
+async fn charge(
+    payment: &PaymentCaptured,
+    provider: &Provider,
+    crash: Crash,
+) -> Result<(), PaymentError> {
     if crash == Crash::BeforeCharge {
         std::future::pending::<()>().await;
     }
-    provider_charge(payment).await?;
+    provider.charge(payment).await?;
     if crash == Crash::AfterCharge {
         std::future::pending::<()>().await;
     }
@@ -110,8 +120,11 @@ async fn charge(payment: &PaymentCaptured, crash: Crash) -> Result<(), PaymentEr
 
 /// Asks the provider what became of a payment whose producer vanished.
 #[txmsg::check_back(topic = "payments.charged")]
-async fn payment_status(payment: &PaymentCaptured) -> Result<CheckStatus, PaymentError> {
-    Ok(match provider_state(&payment.payment_id) {
+async fn payment_status(
+    payment: &PaymentCaptured,
+    provider: State<Provider>,
+) -> Result<CheckStatus, PaymentError> {
+    Ok(match provider.state(&payment.payment_id) {
         Some(ProviderState::Captured) => CheckStatus::Commit,
         Some(ProviderState::Declined) => CheckStatus::Rollback,
         // The provider never saw it: the charge did not happen.
@@ -143,8 +156,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         poll_interval: Duration::from_millis(50),
         ..CheckBackConfig::default()
     };
+    let provider = Provider::default();
     let worker = CheckBackWorker::new(store.clone(), config)?
         .with_relay(&relay)
+        .with_state(provider.clone())
         .start()?;
 
     println!("txmsg payment demo on SQLite + the in-process broker");
@@ -161,7 +176,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             order_id,
             amount_cents,
         };
-        let call = charge_and_commit(&outbox, &payment, crash);
+        let call = charge_and_commit(&outbox, &payment, &provider, crash);
         match crash {
             Crash::No => match call.await {
                 Ok(()) => println!("order {order_id}: payment captured, message committed"),
@@ -211,7 +226,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
 
-    let captured: BTreeSet<String> = provider()
+    let captured: BTreeSet<String> = provider
+        .payments
         .lock()
         .map(|p| {
             p.iter()

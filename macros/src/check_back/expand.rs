@@ -43,15 +43,46 @@ pub(crate) fn expand(c: &CheckBack<'_>) -> TokenStream {
         quote_spanned!(span=> #private::CheckBackError + 'static)
     };
 
+    // The `State<T>`s the function takes, fetched as `#[message_handler]`
+    // fetches them: each by a call spanned at its `T`; a missing one makes
+    // the adapter return `None` (the worker checks them all at start).
+    let state_names: Vec<proc_macro2::Ident> = (0..c.states.len())
+        .map(|i| proc_macro2::Ident::new(&format!("__txmsg_state_{i}"), Span::call_site()))
+        .collect();
+    let fetches: Vec<TokenStream> = c
+        .states
+        .iter()
+        .zip(&state_names)
+        .map(|(ty, var)| {
+            let span = ty.span();
+            let private = private_path(krate, span);
+            let fetch = quote_spanned!(span=> #private::state::<#ty>);
+            quote!(let #var = #fetch(__txmsg_states)?;)
+        })
+        .collect();
+    let state_types = c.states.iter().map(|ty| {
+        quote! {
+            #private::StateType {
+                id: #private::TypeId::of::<#ty>,
+                name: #private::type_name::<#ty>,
+            }
+        }
+    });
+    let states_param = if c.states.is_empty() {
+        quote!(_)
+    } else {
+        quote!(__txmsg_states)
+    };
+
     // The call of the user's function, spanned at its name so that a future
     // that is not `Send` is reported there.
     let call = {
         let span = name.span();
         let private = private_path(krate, span);
-        // The argument keeps call-site hygiene, as the parameter it names
-        // does, also when the function comes from a `macro_rules!` expansion.
-        let message = quote!(__txmsg_message);
-        quote_spanned!(span=> #private::Box::pin(#name(#message)))
+        // The arguments keep call-site hygiene, as the parameters they name
+        // do, also when the function comes from a `macro_rules!` expansion.
+        let args = quote!(__txmsg_message #(, #state_names)*);
+        quote_spanned!(span=> #private::Some(#private::Box::pin(#name(#args))))
     };
 
     let by_payload = match c.message {
@@ -66,21 +97,26 @@ pub(crate) fn expand(c: &CheckBack<'_>) -> TokenStream {
 
                 fn __txmsg_adapter<'t>(
                     __txmsg_message: &'t #message,
-                ) -> #private::BoxFuture<'t, #private::Result<#private::CheckStatus, #error>> {
+                    #states_param: &'t #private::States,
+                ) -> #private::Option<#private::BoxFuture<'t, #private::Result<#private::CheckStatus, #error>>> {
+                    #(#fetches)*
                     #call
                 }
 
                 fn __txmsg_call<'a>(
                     __txmsg_envelope: &'a #private::Envelope,
+                    __txmsg_states: &'a #private::States,
                 ) -> #private::BoxFuture<'a, #private::Result<#private::CheckStatus, #private::String>> {
-                    __txmsg_run::<#message, #error>(__txmsg_envelope, __txmsg_adapter)
+                    __txmsg_run::<#message, #error>(__txmsg_envelope, __txmsg_states, __txmsg_adapter)
                 }
 
                 fn __txmsg_run<'a, __TxmsgMessage, __TxmsgError>(
                     __txmsg_envelope: &'a #private::Envelope,
+                    __txmsg_states: &'a #private::States,
                     __txmsg_check: for<'t> fn(
                         &'t __TxmsgMessage,
-                    ) -> #private::BoxFuture<'t, #private::Result<#private::CheckStatus, __TxmsgError>>,
+                        &'t #private::States,
+                    ) -> #private::Option<#private::BoxFuture<'t, #private::Result<#private::CheckStatus, __TxmsgError>>>,
                 ) -> #private::BoxFuture<'a, #private::Result<#private::CheckStatus, #private::String>>
                 where
                     __TxmsgMessage: #message_bound,
@@ -88,6 +124,7 @@ pub(crate) fn expand(c: &CheckBack<'_>) -> TokenStream {
                 {
                     #private::Box::pin(#private::run_check_back::<__TxmsgMessage, __TxmsgError, _>(
                         __txmsg_envelope,
+                        __txmsg_states,
                         __txmsg_check,
                     ))
                 }
@@ -102,27 +139,33 @@ pub(crate) fn expand(c: &CheckBack<'_>) -> TokenStream {
 
             fn __txmsg_adapter<'t>(
                 __txmsg_message: &'t #private::Envelope,
-            ) -> #private::BoxFuture<'t, #private::Result<#private::CheckStatus, #error>> {
+                #states_param: &'t #private::States,
+            ) -> #private::Option<#private::BoxFuture<'t, #private::Result<#private::CheckStatus, #error>>> {
+                #(#fetches)*
                 #call
             }
 
             fn __txmsg_call<'a>(
                 __txmsg_envelope: &'a #private::Envelope,
+                __txmsg_states: &'a #private::States,
             ) -> #private::BoxFuture<'a, #private::Result<#private::CheckStatus, #private::String>> {
-                __txmsg_run::<#error>(__txmsg_envelope, __txmsg_adapter)
+                __txmsg_run::<#error>(__txmsg_envelope, __txmsg_states, __txmsg_adapter)
             }
 
             fn __txmsg_run<'a, __TxmsgError>(
                 __txmsg_envelope: &'a #private::Envelope,
+                __txmsg_states: &'a #private::States,
                 __txmsg_check: for<'t> fn(
                     &'t #private::Envelope,
-                ) -> #private::BoxFuture<'t, #private::Result<#private::CheckStatus, __TxmsgError>>,
+                    &'t #private::States,
+                ) -> #private::Option<#private::BoxFuture<'t, #private::Result<#private::CheckStatus, __TxmsgError>>>,
             ) -> #private::BoxFuture<'a, #private::Result<#private::CheckStatus, #private::String>>
             where
                 __TxmsgError: #error_bound,
             {
                 #private::Box::pin(#private::run_envelope_check_back::<__TxmsgError>(
                     __txmsg_envelope,
+                    __txmsg_states,
                     __txmsg_check,
                 ))
             }
@@ -161,6 +204,7 @@ pub(crate) fn expand(c: &CheckBack<'_>) -> TokenStream {
                     name: #private::concat!(#private::module_path!(), "::", #fn_name),
                     file: #file,
                     line: #line,
+                    states: &[#(#state_types),*],
                     call: __txmsg_call,
                 }
             }
@@ -257,9 +301,12 @@ mod tests {
         let registration = squeeze(registration(&file));
         for expected in [
             quote!(impl ::txmsg::__private::CheckBackFor<Payment> for payment_state {}),
-            quote!(::txmsg::__private::Box::pin(payment_state(__txmsg_message))),
+            quote!(::txmsg::__private::Some(::txmsg::__private::Box::pin(
+                payment_state(__txmsg_message)
+            ))),
             quote!(__txmsg_run::<Payment, PayError>(
                 __txmsg_envelope,
+                __txmsg_states,
                 __txmsg_adapter
             )),
             quote!(where
@@ -270,7 +317,38 @@ mod tests {
             quote!(::txmsg::__private::inventory::submit!),
             quote!(topic: "payments.requested",),
             quote!(name: ::txmsg::__private::concat!(::txmsg::__private::module_path!(), "::", "payment_state"),),
+            quote!(states: &[],),
             quote!(call: __txmsg_call,),
+        ] {
+            let expected = squeeze(expected);
+            assert!(
+                registration.contains(&expected),
+                "{expected}\nin\n{registration}"
+            );
+        }
+    }
+
+    #[test]
+    fn states_are_fetched_spanned_at_their_types_and_registered() {
+        let file = expand_tokens(
+            quote!(topic = "a"),
+            quote!(
+                async fn check(
+                    p: &Payment,
+                    api: State<Api>,
+                    db: State<Db>,
+                ) -> Result<CheckStatus, E> {
+                    Ok(CheckStatus::Unknown)
+                }
+            ),
+        );
+        let registration = squeeze(registration(&file));
+        for expected in [
+            quote!(let __txmsg_state_0 = ::txmsg::__private::state::<Api>(__txmsg_states)?;),
+            quote!(let __txmsg_state_1 = ::txmsg::__private::state::<Db>(__txmsg_states)?;),
+            quote!(check(__txmsg_message, __txmsg_state_0, __txmsg_state_1)),
+            quote!(id: ::txmsg::__private::TypeId::of::<Api>,),
+            quote!(name: ::txmsg::__private::type_name::<Db>,),
         ] {
             let expected = squeeze(expected);
             assert!(
@@ -299,7 +377,11 @@ mod tests {
                 }
             ),
             quote!(::txmsg::__private::run_envelope_check_back::<__TxmsgError>),
-            quote!(__txmsg_run::<E>(__txmsg_envelope, __txmsg_adapter)),
+            quote!(__txmsg_run::<E>(
+                __txmsg_envelope,
+                __txmsg_states,
+                __txmsg_adapter
+            )),
             quote!("::", "match"),
         ] {
             let expected = squeeze(expected);

@@ -31,6 +31,8 @@ pub(crate) struct CheckBack<'a> {
     /// The message type `M` of a `&M` parameter; `None` for
     /// `&txmsg::Envelope`.
     pub(crate) message: Option<&'a Type>,
+    /// The `T` of each `State<T>` parameter, in order.
+    pub(crate) states: Vec<&'a Type>,
     /// The error type `E` of `Result<CheckStatus, E>`.
     pub(crate) error: &'a Type,
 }

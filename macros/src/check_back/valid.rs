@@ -13,7 +13,9 @@ use super::args::{ATTR, Args};
 use super::sig::is_check_status;
 use crate::common::args::RawArg;
 use crate::common::sig::{Input, Sig, peel};
-use crate::common::types::{EnvelopeShape, envelope_shape, first_borrow, first_impl_trait};
+use crate::common::types::{
+    EnvelopeShape, envelope_shape, first_borrow, first_impl_trait, state_type,
+};
 use crate::common::valid::{
     check_crate, check_no_impl_trait, check_qualifiers, check_result, check_topic, known_args,
     missing, type_to_string,
@@ -40,11 +42,12 @@ pub(crate) fn check<'a>(
         ),
         join(check_param(sig), check_output(sig)),
     );
-    let (args, (_, (message, error))) = join(args, shape)?;
+    let (args, (_, ((message, states), error))) = join(args, shape)?;
     Ok(CheckBack {
         func: sig.func,
         args,
         message,
+        states,
         error,
     })
 }
@@ -76,11 +79,12 @@ fn check_args(raw: Vec<RawArg>) -> syn::Result<Args> {
     })
 }
 
-/// The one parameter: the message type `M` of `&M`, or `None` for
-/// `&txmsg::Envelope`.
-fn check_param<'a>(sig: &Sig<'a>) -> syn::Result<Option<&'a Type>> {
-    const COUNT: &str = "expected exactly one parameter in a `#[check_back]` function: \
-                         `message: &M` or `envelope: &txmsg::Envelope`";
+/// The parameters: the message type `M` of `&M` (`None` for
+/// `&txmsg::Envelope`), then the `T` of each `State<T>`.
+fn check_param<'a>(sig: &Sig<'a>) -> syn::Result<(Option<&'a Type>, Vec<&'a Type>)> {
+    const COUNT: &str = "expected the parameters of a `#[check_back]` function: \
+                         `message: &M` or `envelope: &txmsg::Envelope`, then optionally \
+                         `State<T>` parameters";
     let typed: Vec<_> = sig
         .inputs
         .iter()
@@ -89,23 +93,49 @@ fn check_param<'a>(sig: &Sig<'a>) -> syn::Result<Option<&'a Type>> {
             Input::Receiver(_) => None,
         })
         .collect();
-    match typed.as_slice() {
+    let (first, rest) = match typed.as_slice() {
         // A `self` alone is reported by `check_qualifiers`.
-        [] if sig.inputs.is_empty() => Err(Error::new(sig.func.sig.paren_token.span.join(), COUNT)),
-        [] => Ok(None),
-        [(arg, true)] => Err(Error::new_spanned(
-            arg,
+        [] if sig.inputs.is_empty() => {
+            return Err(Error::new(sig.func.sig.paren_token.span.join(), COUNT));
+        }
+        [] => return Ok((None, Vec::new())),
+        [first, rest @ ..] => (first, rest),
+    };
+    if first.1 {
+        return Err(Error::new_spanned(
+            first.0,
             "`#[check_back]` functions get no transaction: they look at the business data \
              on their own, expected `message: &M` or `envelope: &txmsg::Envelope` as the \
-             only parameter",
-        )),
-        [(arg, false)] => check_message(arg),
-        // From the first extra parameter to the last.
-        [_, extra @ ..] => {
-            let extra = extra.iter().map(|(arg, _)| arg);
-            Err(Error::new_spanned(quote!(#(#extra),*), COUNT))
+             first parameter",
+        ));
+    }
+    if state_type(&first.0.ty).is_some() {
+        return Err(Error::new_spanned(
+            first.0,
+            "expected `message: &M` or `envelope: &txmsg::Envelope` as the first parameter \
+             of a `#[check_back]` function, before the `State<T>` parameters",
+        ));
+    }
+    let mut states = Vec::new();
+    let mut extra = Vec::new();
+    for (arg, _) in rest {
+        match state_type(&arg.ty) {
+            Some(inner) => states.push(inner),
+            None => extra.push(*arg),
         }
     }
+    let message = check_message(first.0);
+    if !extra.is_empty() {
+        let count = Error::new_spanned(quote!(#(#extra),*), COUNT);
+        return Err(match message {
+            Ok(_) => count,
+            Err(mut e) => {
+                e.combine(count);
+                e
+            }
+        });
+    }
+    Ok((message?, states))
 }
 
 /// `&M` or `&Envelope`.
@@ -225,8 +255,9 @@ mod tests {
         messages(quote!(topic = "a"), func)
     }
 
-    const COUNT: &str = "expected exactly one parameter in a `#[check_back]` function: \
-                         `message: &M` or `envelope: &txmsg::Envelope`";
+    const COUNT: &str = "expected the parameters of a `#[check_back]` function: \
+                         `message: &M` or `envelope: &txmsg::Envelope`, then optionally \
+                         `State<T>` parameters";
     const NOT_RESULT: &str = "expected the return type `Result<CheckStatus, E>` of a \
                               `#[check_back]` function, where `E: Display`";
 
@@ -336,6 +367,27 @@ mod tests {
         assert_eq!(
             sig_messages("async fn f(m: &M, e: &Envelope) -> Result<CheckStatus, E> { loop {} }"),
             [COUNT]
+        );
+    }
+
+    #[test]
+    fn state_parameters_follow_the_message() {
+        let func: ItemFn = syn::parse_str(
+            "async fn f(e: &Envelope, a: State<App>, b: txmsg::State<Clients>) \
+             -> Result<CheckStatus, E> { loop {} }",
+        )
+        .unwrap();
+        let sig = Sig::new(&func);
+        let c = check(args::parse(quote!(topic = "a")), &sig).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.message.is_none());
+        let states: Vec<String> = c.states.iter().map(|t| type_to_string(t)).collect();
+        assert_eq!(states, ["App", "Clients"]);
+        assert_eq!(
+            sig_messages("async fn f(s: State<App>, m: &M) -> Result<CheckStatus, E> { loop {} }"),
+            [
+                "expected `message: &M` or `envelope: &txmsg::Envelope` as the first parameter \
+                 of a `#[check_back]` function, before the `State<T>` parameters"
+            ]
         );
     }
 

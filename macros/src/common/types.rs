@@ -42,6 +42,19 @@ pub(crate) fn envelope_shape(ty: &Type) -> EnvelopeShape {
     }
 }
 
+/// The `T` of `State<T>` (under any path ending in `State`), if `ty` is
+/// one: an application state parameter.
+pub(crate) fn state_type(ty: &Type) -> Option<&Type> {
+    let last = last_segment(peel(ty), "State")?;
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    match args.args.iter().collect::<Vec<_>>().as_slice() {
+        [syn::GenericArgument::Type(inner)] => Some(inner),
+        _ => None,
+    }
+}
+
 /// The first `impl Trait` in `ty`, if any.
 pub(crate) fn first_impl_trait(ty: &Type) -> Option<&TypeImplTrait> {
     #[derive(Default)]

@@ -11,7 +11,7 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{AttrStyle, LitStr};
 
-use super::Handler;
+use super::{Extra, Handler};
 use crate::common::expand::private_path;
 
 /// The user's function and its registration.
@@ -48,21 +48,63 @@ pub(crate) fn expand(h: &Handler<'_>) -> TokenStream {
         quote_spanned!(span=> #private::HandlerError + 'static)
     };
 
+    // The `State<T>`s the function takes, each fetched from the consumer's
+    // states by a call spanned at its `T`, so that a type that cannot be
+    // state is reported there. A missing one makes the adapter return
+    // `None` (the consumer checks them all at start).
+    let states: Vec<&syn::Type> = h
+        .extras
+        .iter()
+        .filter_map(|extra| match extra {
+            Extra::State(ty) => Some(*ty),
+            Extra::Envelope => None,
+        })
+        .collect();
+    let state_names: Vec<proc_macro2::Ident> = (0..states.len())
+        .map(|i| proc_macro2::Ident::new(&format!("__txmsg_state_{i}"), Span::call_site()))
+        .collect();
+    let fetches = states.iter().zip(&state_names).map(|(ty, var)| {
+        let span = ty.span();
+        let private = private_path(krate, span);
+        let fetch = quote_spanned!(span=> #private::state::<#ty>);
+        quote!(let #var = #fetch(__txmsg_states)?;)
+    });
+    let state_types = states.iter().map(|ty| {
+        quote! {
+            #private::StateType {
+                id: #private::TypeId::of::<#ty>,
+                name: #private::type_name::<#ty>,
+            }
+        }
+    });
+
     // The call of the user's function, spanned at its name so that a future
     // that is not `Send` is reported there.
     let call = {
         let span = name.span();
         let private = private_path(krate, span);
-        let envelope = h.takes_envelope.then(|| quote!(, __txmsg_envelope));
         // The arguments keep call-site hygiene, as the parameters they name
         // do, also when the function comes from a `macro_rules!` expansion.
-        let args = quote!(__txmsg_tx, __txmsg_message #envelope);
-        quote_spanned!(span=> #private::Box::pin(#name(#args)))
+        let mut next_state = state_names.iter();
+        let extras = h.extras.iter().map(|extra| match extra {
+            Extra::Envelope => quote!(__txmsg_envelope),
+            Extra::State(_) => {
+                let var = next_state.next();
+                quote!(#var)
+            }
+        });
+        let args = quote!(__txmsg_tx, __txmsg_message #(, #extras)*);
+        quote_spanned!(span=> #private::Some(#private::Box::pin(#name(#args))))
     };
-    let envelope_param = if h.takes_envelope {
+    let envelope_param = if h.extras.iter().any(|e| matches!(e, Extra::Envelope)) {
         quote!(__txmsg_envelope)
     } else {
         quote!(_)
+    };
+    let states_param = if states.is_empty() {
+        quote!(_)
+    } else {
+        quote!(__txmsg_states)
     };
 
     let topic = &h.args.topic;
@@ -88,7 +130,9 @@ pub(crate) fn expand(h: &Handler<'_>) -> TokenStream {
                 __txmsg_tx: &'t mut #private::Tx<'static, #db>,
                 __txmsg_message: #message,
                 #envelope_param: &'t #private::Envelope,
-            ) -> #private::BoxFuture<'t, #private::Result<(), #error>> {
+                #states_param: &'t #private::States,
+            ) -> #private::Option<#private::BoxFuture<'t, #private::Result<(), #error>>> {
+                #(#fetches)*
                 #call
             }
 
@@ -113,7 +157,8 @@ pub(crate) fn expand(h: &Handler<'_>) -> TokenStream {
                     &'t mut #private::Tx<'static, #db>,
                     __TxmsgMessage,
                     &'t #private::Envelope,
-                ) -> #private::BoxFuture<'t, #private::Result<(), __TxmsgError>>,
+                    &'t #private::States,
+                ) -> #private::Option<#private::BoxFuture<'t, #private::Result<(), __TxmsgError>>>,
             ) -> #private::BoxFuture<'a, #private::HandlerOutcome>
             where
                 __TxmsgMessage: #message_bound,
@@ -136,6 +181,7 @@ pub(crate) fn expand(h: &Handler<'_>) -> TokenStream {
                     file: #file,
                     line: #line,
                     database: #private::type_name::<#db>,
+                    states: &[#(#state_types),*],
                     call: __txmsg_call,
                 }
             }
@@ -222,11 +268,10 @@ mod tests {
                 __txmsg_tx: &'t mut ::txmsg::__private::Tx<'static, sqlx::Sqlite>,
                 __txmsg_message: OrderPlaced,
                 __txmsg_envelope: &'t ::txmsg::__private::Envelope,
-            ) -> ::txmsg::__private::BoxFuture<'t, ::txmsg::__private::Result<(), BillingError>>),
-            quote!(::txmsg::__private::Box::pin(bill(
-                __txmsg_tx,
-                __txmsg_message,
-                __txmsg_envelope
+                _: &'t ::txmsg::__private::States,
+            ) -> ::txmsg::__private::Option<::txmsg::__private::BoxFuture<'t, ::txmsg::__private::Result<(), BillingError>>>),
+            quote!(::txmsg::__private::Some(::txmsg::__private::Box::pin(
+                bill(__txmsg_tx, __txmsg_message, __txmsg_envelope)
             ))),
             quote!(__txmsg_run::<OrderPlaced, BillingError>(
                 __txmsg_ctx,
@@ -245,6 +290,7 @@ mod tests {
             quote!(topic: "orders.placed", group: "billing", max_attempts: 3,),
             quote!(name: ::txmsg::__private::concat!(::txmsg::__private::module_path!(), "::", "bill"),),
             quote!(database: ::txmsg::__private::type_name::<sqlx::Sqlite>,),
+            quote!(states: &[],),
             quote!(call: __txmsg_call,),
         ] {
             let expected = squeeze(expected);
@@ -274,6 +320,53 @@ mod tests {
             )))))
         );
         assert!(registration.contains("max_attempts:5,"), "{registration}");
+    }
+
+    #[test]
+    fn states_are_passed_in_the_order_written() {
+        let file = expand_tokens(
+            quote!(topic = "a", group = "b"),
+            quote!(
+                async fn f(
+                    tx: &mut Tx<'_, Db>,
+                    m: M,
+                    a: State<A>,
+                    e: &Envelope,
+                    b: State<B>,
+                ) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        let registration = squeeze(registration(&file));
+        for expected in [
+            quote!(__txmsg_states: &'t ::txmsg::__private::States,),
+            quote!(let __txmsg_state_0 = ::txmsg::__private::state::<A>(__txmsg_states)?;),
+            quote!(let __txmsg_state_1 = ::txmsg::__private::state::<B>(__txmsg_states)?;),
+            quote!(f(
+                __txmsg_tx,
+                __txmsg_message,
+                __txmsg_state_0,
+                __txmsg_envelope,
+                __txmsg_state_1
+            )),
+            quote!(states: &[
+                ::txmsg::__private::StateType {
+                    id: ::txmsg::__private::TypeId::of::<A>,
+                    name: ::txmsg::__private::type_name::<A>,
+                },
+                ::txmsg::__private::StateType {
+                    id: ::txmsg::__private::TypeId::of::<B>,
+                    name: ::txmsg::__private::type_name::<B>,
+                }
+            ],),
+        ] {
+            let expected = squeeze(expected);
+            assert!(
+                registration.contains(&expected),
+                "{expected}\nin\n{registration}"
+            );
+        }
     }
 
     #[test]

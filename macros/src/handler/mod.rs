@@ -32,10 +32,19 @@ pub(crate) struct Handler<'a> {
     pub(crate) db: &'a Type,
     /// The message type `M` of the second parameter.
     pub(crate) message: &'a Type,
-    /// Whether the function takes the `&Envelope` third parameter.
-    pub(crate) takes_envelope: bool,
+    /// What follows the message, in the order written.
+    pub(crate) extras: Vec<Extra<'a>>,
     /// The error type `E` of `Result<(), E>`.
     pub(crate) error: &'a Type,
+}
+
+/// A parameter after the message.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Extra<'a> {
+    /// `&txmsg::Envelope`.
+    Envelope,
+    /// `State<T>`, with its `T`.
+    State(&'a Type),
 }
 
 /// Expands `#[message_handler(args)] item`.

@@ -8,12 +8,14 @@
 use quote::{ToTokens, quote};
 use syn::{Error, Expr, ExprLit, Lit, PatType, Type, UnOp};
 
-use super::Handler;
 use super::args::{ATTR, Args, DEFAULT_MAX_ATTEMPTS};
 use super::sig::is_unit;
+use super::{Extra, Handler};
 use crate::common::args::RawArg;
 use crate::common::sig::{Sig, peel};
-use crate::common::types::{EnvelopeShape, envelope_shape, first_borrow, first_impl_trait};
+use crate::common::types::{
+    EnvelopeShape, envelope_shape, first_borrow, first_impl_trait, state_type,
+};
 use crate::common::valid::{
     check_crate, check_no_impl_trait, check_qualifiers, check_result, check_topic, known_args,
     missing, type_to_string,
@@ -37,13 +39,13 @@ pub(crate) fn check<'a>(raw: syn::Result<Vec<RawArg>>, sig: &Sig<'a>) -> syn::Re
         ),
         join(check_params(sig), check_output(sig)),
     );
-    let (args, (_, ((db, message, takes_envelope), error))) = join(args, shape)?;
+    let (args, (_, ((db, message, extras), error))) = join(args, shape)?;
     Ok(Handler {
         func: sig.func,
         args,
         db,
         message,
-        takes_envelope,
+        extras,
         error,
     })
 }
@@ -131,40 +133,77 @@ fn not_an_integer(value: &dyn ToTokens) -> Error {
     )
 }
 
-/// The transaction, the message and the optional envelope: the database
-/// type, the message type, and whether the envelope is taken.
-fn check_params<'a>(sig: &Sig<'a>) -> syn::Result<(&'a Type, &'a Type, bool)> {
+/// The parameters: the transaction's database, the message type, and what
+/// follows the message (the envelope and `State<T>`s, in the order written).
+fn check_params<'a>(sig: &Sig<'a>) -> syn::Result<(&'a Type, &'a Type, Vec<Extra<'a>>)> {
     let (_, db, rest) = crate::common::valid::check_tx(sig, &ATTR)?;
-    const COUNT: &str = "expected 2 or 3 parameters in a `#[message_handler]` function: \
-                         `tx: &mut txmsg::Tx<'_, DB>, message: M` and optionally \
-                         `envelope: &txmsg::Envelope`";
-    match rest.as_slice() {
-        [] => Err(Error::new(sig.func.sig.paren_token.span.join(), COUNT)),
-        [message] => {
-            if envelope_shape(&message.ty) == EnvelopeShape::Shared {
-                return Err(Error::new_spanned(
-                    message,
-                    "expected `message: M` as the second parameter of a `#[message_handler]` \
-                     function, before the `&txmsg::Envelope`",
+    const COUNT: &str = "expected the parameters of a `#[message_handler]` function: \
+                         `tx: &mut txmsg::Tx<'_, DB>, message: M`, then optionally \
+                         `envelope: &txmsg::Envelope` and `State<T>` parameters";
+    let Some((message, after)) = rest.split_first() else {
+        return Err(Error::new(sig.func.sig.paren_token.span.join(), COUNT));
+    };
+    let envelope_first = envelope_shape(&message.ty) == EnvelopeShape::Shared;
+    if envelope_first || state_type(&message.ty).is_some() {
+        let what = if envelope_first {
+            "`&txmsg::Envelope`"
+        } else {
+            "`State<T>` parameters"
+        };
+        let message_follows = after
+            .iter()
+            .any(|p| envelope_shape(&p.ty) != EnvelopeShape::Shared && state_type(&p.ty).is_none());
+        let text = if message_follows {
+            let what = if envelope_first {
+                "`&txmsg::Envelope` parameter"
+            } else {
+                "`State<T>` parameter"
+            };
+            format!("the {what} of a `#[message_handler]` function must come after the message")
+        } else {
+            format!(
+                "expected `message: M` as the second parameter of a `#[message_handler]` \
+                 function, before the {what}"
+            )
+        };
+        return Err(Error::new_spanned(message, text));
+    }
+    let mut errors = Errors::default();
+    let message = check_message(message).map_err(|e| errors.push(e)).ok();
+    let mut extras = Vec::new();
+    let mut unknown = Vec::new();
+    let mut envelope_seen = false;
+    for param in after {
+        if let Some(inner) = state_type(&param.ty) {
+            extras.push(Extra::State(inner));
+        } else if envelope_shape(&param.ty) != EnvelopeShape::Other {
+            if envelope_seen {
+                errors.push(Error::new_spanned(
+                    param,
+                    "a `#[message_handler]` function takes the `&txmsg::Envelope` once",
                 ));
             }
-            Ok((db, check_message(message)?, false))
-        }
-        [message, envelope] => {
-            if envelope_shape(&message.ty) == EnvelopeShape::Shared
-                && envelope_shape(&envelope.ty) != EnvelopeShape::Shared
-            {
-                return Err(Error::new_spanned(
-                    message,
-                    "the `&txmsg::Envelope` parameter of a `#[message_handler]` function \
-                     must come last, after the message",
-                ));
+            envelope_seen = true;
+            if let Err(e) = check_envelope(param) {
+                errors.push(e);
             }
-            let (message, ()) = join(check_message(message), check_envelope(envelope))?;
-            Ok((db, message, true))
+            extras.push(Extra::Envelope);
+        } else {
+            unknown.push(param);
         }
-        // From the first extra parameter to the last.
-        [_, _, extra @ ..] => Err(Error::new_spanned(quote!(#(#extra),*), COUNT)),
+    }
+    if !unknown.is_empty() {
+        errors.push(Error::new_spanned(
+            quote!(#(#unknown),*),
+            "expected `&txmsg::Envelope` or `State<T>` parameters after the message of a \
+             `#[message_handler]` function",
+        ));
+    }
+    errors.finish(())?;
+    match message {
+        Some(message) => Ok((db, message, extras)),
+        // Reported above.
+        None => Err(Error::new(sig.func.sig.paren_token.span.join(), COUNT)),
     }
 }
 
@@ -197,10 +236,10 @@ fn check_message(arg: &PatType) -> syn::Result<&Type> {
     }
 }
 
-/// The third parameter: `&txmsg::Envelope`.
+/// The envelope parameter: `&txmsg::Envelope`.
 fn check_envelope(arg: &PatType) -> syn::Result<()> {
     const EXPECTED: &str =
-        "expected `&txmsg::Envelope` as the third parameter of a `#[message_handler]` function";
+        "expected `&txmsg::Envelope` as the envelope parameter of a `#[message_handler]` function";
     let hint = match envelope_shape(&arg.ty) {
         EnvelopeShape::Shared => return Ok(()),
         EnvelopeShape::Mut => "; the envelope is shared, take it by `&`",
@@ -258,7 +297,7 @@ mod tests {
                 h.args,
                 type_to_string(h.db),
                 type_to_string(h.message),
-                h.takes_envelope,
+                h.extras.iter().any(|e| matches!(e, Extra::Envelope)),
                 type_to_string(h.error),
             )
         })
@@ -461,11 +500,13 @@ mod tests {
 
     const NOT_TX: &str = "expected `&mut txmsg::Tx<'_, DB>` as the first parameter of a \
                           `#[message_handler]` function";
-    const COUNT: &str = "expected 2 or 3 parameters in a `#[message_handler]` function: \
-                         `tx: &mut txmsg::Tx<'_, DB>, message: M` and optionally \
-                         `envelope: &txmsg::Envelope`";
-    const NOT_ENVELOPE: &str = "expected `&txmsg::Envelope` as the third parameter of a \
+    const COUNT: &str = "expected the parameters of a `#[message_handler]` function: \
+                         `tx: &mut txmsg::Tx<'_, DB>, message: M`, then optionally \
+                         `envelope: &txmsg::Envelope` and `State<T>` parameters";
+    const NOT_ENVELOPE: &str = "expected `&txmsg::Envelope` as the envelope parameter of a \
                                 `#[message_handler]` function";
+    const NOT_EXTRA: &str = "expected `&txmsg::Envelope` or `State<T>` parameters after the \
+                             message of a `#[message_handler]` function";
     const NOT_RESULT: &str = "expected the return type `Result<(), E>` of a \
                               `#[message_handler]` function, where `E: Display`";
 
@@ -553,7 +594,7 @@ mod tests {
                 "async fn f(tx: &mut Tx<'_, Sqlite>, m: M, e: &Envelope, n: u32) \
                  -> Result<(), E> { loop {} }"
             ),
-            [COUNT]
+            [NOT_EXTRA]
         );
     }
 
@@ -593,8 +634,49 @@ mod tests {
             ),
             [
                 "the `&txmsg::Envelope` parameter of a `#[message_handler]` function \
-              must come last, after the message"
+              must come after the message"
             ]
+        );
+        assert_eq!(
+            sig_messages(
+                "async fn f(tx: &mut Tx<'_, Sqlite>, s: State<App>, m: M) -> Result<(), E> \
+                 { loop {} }"
+            ),
+            [
+                "the `State<T>` parameter of a `#[message_handler]` function \
+              must come after the message"
+            ]
+        );
+    }
+
+    #[test]
+    fn state_parameters_follow_the_message_in_any_order_with_the_envelope() {
+        let extras = |func: &str| {
+            let func: ItemFn = syn::parse_str(func).unwrap();
+            let sig = Sig::new(&func);
+            let h = check(args::parse(quote!(topic = "a", group = "b")), &sig)
+                .unwrap_or_else(|e| panic!("{e}"));
+            h.extras
+                .iter()
+                .map(|e| match e {
+                    Extra::Envelope => "envelope".to_owned(),
+                    Extra::State(ty) => type_to_string(ty),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            extras(
+                "async fn f(tx: &mut Tx<'_, Pg>, m: M, a: State<App>, e: &Envelope, \
+                 b: txmsg::State<Arc<Clients>>) -> Result<(), E> { loop {} }"
+            ),
+            ["App", "envelope", "Arc<Clients>"]
+        );
+        assert_eq!(
+            sig_messages(
+                "async fn f(tx: &mut Tx<'_, Sqlite>, m: M, e: &Envelope, d: &Envelope) \
+                 -> Result<(), E> { loop {} }"
+            ),
+            ["a `#[message_handler]` function takes the `&txmsg::Envelope` once"]
         );
     }
 
@@ -616,8 +698,8 @@ mod tests {
             with("Envelope"),
             [format!("{NOT_ENVELOPE}; take it by reference")]
         );
-        assert_eq!(with("&str"), [NOT_ENVELOPE]);
-        assert_eq!(with("u32"), [NOT_ENVELOPE]);
+        assert_eq!(with("&str"), [NOT_EXTRA]);
+        assert_eq!(with("u32"), [NOT_EXTRA]);
     }
 
     #[test]

@@ -87,6 +87,7 @@ async fn main() {
     assert_eq!(by_topic.len(), 2);
 
     // The payload is decoded, and the verdict read from the database.
+    let states = txmsg::adapter::States::default();
     for (payload, verdict) in [
         (&br#"{"order":1}"#[..], CheckStatus::Commit),
         (br#"{"order":2}"#, CheckStatus::Rollback),
@@ -94,22 +95,22 @@ async fn main() {
         (br#"{"order":4}"#, CheckStatus::Rollback),
     ] {
         let env = envelope("payments.requested", "k", payload);
-        assert_eq!((payments.call)(&env).await, Ok(verdict));
+        assert_eq!((payments.call)(&env, &states).await, Ok(verdict));
     }
 
     // A payload that does not decode is an error, which the worker counts as
     // Unknown.
     let env = envelope("payments.requested", "k", br#"{"id":1}"#);
-    let error = (payments.call)(&env).await.unwrap_err();
+    let error = (payments.call)(&env, &states).await.unwrap_err();
     assert!(error.contains("payload does not match"), "{error}");
 
     // An envelope check-back sees the envelope; its error is its text.
     let audit = all[0];
     let env = envelope("audit.logged", "audit-1", b"\"started\"");
-    assert_eq!((audit.call)(&env).await, Ok(CheckStatus::Commit));
+    assert_eq!((audit.call)(&env, &states).await, Ok(CheckStatus::Commit));
     let env = envelope("audit.logged", "other", b"null");
     assert_eq!(
-        (audit.call)(&env).await,
+        (audit.call)(&env, &states).await,
         Err("no audit line other".to_owned())
     );
 
