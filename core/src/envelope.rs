@@ -16,6 +16,10 @@ pub type Headers = BTreeMap<String, String>;
 /// Header carrying the W3C trace context of the span that wrote the message.
 pub const TRACEPARENT: &str = "traceparent";
 
+/// Header carrying the W3C `tracestate` (vendor trace data) of the span that
+/// wrote the message, beside its [`TRACEPARENT`]; absent when empty.
+pub const TRACESTATE: &str = "tracestate";
+
 /// A message with everything the relay and the consumers need.
 ///
 /// The payload is JSON. `id` is a UUIDv7 assigned when the message is
@@ -189,9 +193,12 @@ impl Message {
         // The trace context of the span that writes the row, not of the
         // relay that will publish it.
         if !self.headers.contains_key(TRACEPARENT)
-            && let Some(tp) = crate::trace::current_traceparent()
+            && let Some((tp, state)) = crate::trace::current_context()
         {
             self.headers.insert(TRACEPARENT.to_owned(), tp);
+            if let Some(state) = state {
+                self.headers.insert(TRACESTATE.to_owned(), state);
+            }
         }
         let expires_at = self
             .ttl

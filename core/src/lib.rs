@@ -42,7 +42,7 @@ mod tx;
 pub use broker::{Broker, broker_publish_span};
 pub use clock::{Clock, SystemClock};
 pub use config::{DeadKeyPolicy, Ident, MAX_IDENT_LEN, RelayConfig, Tables};
-pub use envelope::{Envelope, Headers, Message, TRACEPARENT};
+pub use envelope::{Envelope, Headers, Message, TRACEPARENT, TRACESTATE};
 pub use error::{BoxError, Error, Result};
 pub use relay::{Relay, RelayHandle};
 pub use state::{State, StateType, States};

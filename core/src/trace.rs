@@ -1,5 +1,5 @@
-//! W3C trace context (`traceparent`) between the span that writes a message
-//! and the span of the handler that applies it.
+//! W3C trace context (`traceparent` and `tracestate`) between the span that
+//! writes a message and the span of the handler that applies it.
 //!
 //! With the `opentelemetry` feature and a `tracing-opentelemetry` layer
 //! installed, the writer's span context is captured when the row is written
@@ -7,8 +7,9 @@
 //! Without them, a `traceparent` header set by hand is still carried and
 //! recorded on the handler's span.
 
-/// The `traceparent` of the current span, if it has a valid span context.
-pub(crate) fn current_traceparent() -> Option<String> {
+/// The `traceparent` of the current span, and its `tracestate` when that is
+/// not empty, if the span has a valid span context.
+pub(crate) fn current_context() -> Option<(String, Option<String>)> {
     #[cfg(feature = "opentelemetry")]
     {
         use opentelemetry::trace::TraceContextExt;
@@ -18,22 +19,25 @@ pub(crate) fn current_traceparent() -> Option<String> {
         let span = cx.span();
         let sc = span.span_context();
         if sc.is_valid() {
-            return Some(format!(
+            let traceparent = format!(
                 "00-{}-{}-{:02x}",
                 sc.trace_id(),
                 sc.span_id(),
                 sc.trace_flags().to_u8()
-            ));
+            );
+            let state = sc.trace_state().header();
+            return Some((traceparent, (!state.is_empty()).then_some(state)));
         }
     }
     None
 }
 
-/// Makes `span` a child of the remote span described by `traceparent`.
-/// Malformed values are ignored.
-pub(crate) fn set_parent(span: &tracing::Span, traceparent: &str) {
+/// Makes `span` a child of the remote span described by `traceparent` and
+/// `tracestate`. Malformed values are ignored (a malformed `tracestate`
+/// alone is dropped).
+pub(crate) fn set_parent(span: &tracing::Span, traceparent: &str, tracestate: Option<&str>) {
     #[cfg(feature = "opentelemetry")]
-    if let Some(sc) = parse(traceparent) {
+    if let Some(sc) = parse(traceparent, tracestate) {
         use opentelemetry::trace::TraceContextExt;
         use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -41,14 +45,14 @@ pub(crate) fn set_parent(span: &tracing::Span, traceparent: &str) {
         let _ = span.set_parent(cx);
     }
     #[cfg(not(feature = "opentelemetry"))]
-    let _ = (span, traceparent);
+    let _ = (span, traceparent, tracestate);
 }
 
 /// Parses a version-00 `traceparent`. Written by hand rather than with the
 /// SDK's propagator: the format is four fixed fields, and the SDK is a heavy
 /// dependency for a library.
 #[cfg(feature = "opentelemetry")]
-fn parse(traceparent: &str) -> Option<opentelemetry::trace::SpanContext> {
+fn parse(traceparent: &str, tracestate: Option<&str>) -> Option<opentelemetry::trace::SpanContext> {
     use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
     let mut parts = traceparent.trim().split('-');
@@ -65,13 +69,10 @@ fn parse(traceparent: &str) -> Option<opentelemetry::trace::SpanContext> {
     let trace_id = TraceId::from_hex(trace).ok()?;
     let span_id = SpanId::from_hex(span).ok()?;
     let flags = u8::from_str_radix(flags, 16).ok()?;
-    let sc = SpanContext::new(
-        trace_id,
-        span_id,
-        TraceFlags::new(flags),
-        true,
-        TraceState::default(),
-    );
+    let state = tracestate
+        .and_then(|t| t.parse::<TraceState>().ok())
+        .unwrap_or_default();
+    let sc = SpanContext::new(trace_id, span_id, TraceFlags::new(flags), true, state);
     sc.is_valid().then_some(sc)
 }
 
@@ -81,7 +82,7 @@ mod tests {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     use tracing_subscriber::layer::SubscriberExt;
 
-    use super::{current_traceparent, parse, set_parent};
+    use super::{current_context, parse, set_parent};
 
     fn with_otel<R>(f: impl FnOnce() -> R) -> R {
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
@@ -94,14 +95,15 @@ mod tests {
     fn writer_context_is_captured_and_handler_becomes_its_child() {
         with_otel(|| {
             let writer = tracing::info_span!("place_order");
-            let tp = writer
-                .in_scope(current_traceparent)
+            let (tp, state) = writer
+                .in_scope(current_context)
                 .expect("a traceparent inside an OTel span");
+            assert_eq!(state, None, "no vendor state was set");
             let writer_trace = writer.context().span().span_context().trace_id();
             assert!(tp.contains(&writer_trace.to_string()), "{tp}");
 
             let handler = tracing::info_span!("txmsg.handle");
-            set_parent(&handler, &tp);
+            set_parent(&handler, &tp, Some("vendor=abc,other=1"));
             let handler_trace = handler.context().span().span_context().trace_id();
             assert_eq!(
                 handler_trace, writer_trace,
@@ -111,13 +113,35 @@ mod tests {
     }
 
     #[test]
+    fn tracestate_travels_with_the_traceparent() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let sc = parse(tp, Some("vendor=abc,other=1")).unwrap();
+        assert_eq!(sc.trace_state().header(), "vendor=abc,other=1");
+        assert_eq!(sc.trace_state().get("vendor"), Some("abc"));
+        // A malformed state is dropped, the parent kept.
+        let sc = parse(tp, Some("not a state")).unwrap();
+        assert_eq!(sc.trace_state().header(), "");
+        // And a writer's state is captured with its traceparent.
+        with_otel(|| {
+            let remote = tracing::info_span!("remote");
+            set_parent(&remote, tp, Some("vendor=abc"));
+            let (_, state) = remote.in_scope(current_context).unwrap();
+            assert_eq!(state.as_deref(), Some("vendor=abc"));
+        });
+    }
+
+    #[test]
     fn no_traceparent_outside_a_span() {
-        with_otel(|| assert!(current_traceparent().is_none()));
+        with_otel(|| assert!(current_context().is_none()));
     }
 
     #[test]
     fn parses_valid_and_refuses_malformed() {
-        let sc = parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let sc = parse(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            None,
+        )
+        .unwrap();
         assert_eq!(
             sc.trace_id().to_string(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -131,7 +155,7 @@ mod tests {
             "00-zzf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-é",
         ] {
-            assert!(parse(bad).is_none(), "{bad:?}");
+            assert!(parse(bad, None).is_none(), "{bad:?}");
         }
     }
 }

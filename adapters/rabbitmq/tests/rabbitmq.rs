@@ -999,6 +999,40 @@ async fn reads_cloudevents_from_other_producers() {
         assert_eq!(bad.body, b"hello");
         d.ack().await.expect("ack");
 
+        // Structured content mode (the Dapr default): the event is the body.
+        let event = format!(
+            r#"{{"specversion":"1.0","id":"evt-79","source":"/dapr","type":"{topic}",
+                "partitionkey":"order-79","tracestate":"dapr=1","data":{{"order":79}}}}"#
+        );
+        publish_raw(
+            &names.exchange,
+            topic,
+            BasicProperties::default().with_content_type("application/cloudevents+json".into()),
+            event.as_bytes(),
+        )
+        .await;
+        let d = next(&mut sub).await;
+        let env = d
+            .message
+            .as_ref()
+            .expect("a structured event is read")
+            .clone();
+        assert_eq!(env.idempotency_key, "evt-79");
+        assert_eq!(
+            (env.topic.as_str(), env.key.as_deref()),
+            (topic, Some("order-79"))
+        );
+        assert_eq!(env.payload, br#"{"order":79}"#);
+        assert_eq!(
+            env.headers.get("tracestate").map(String::as_str),
+            Some("dapr=1")
+        );
+        assert_eq!(
+            env.headers.get("cloudEvents_source").map(String::as_str),
+            Some("/dapr")
+        );
+        d.ack().await.expect("ack");
+
         broker.close().await.expect("close");
     })
     .await;

@@ -226,7 +226,8 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
             traceparent = envelope.headers.get(crate::TRACEPARENT).map(String::as_str),
         );
         if let Some(tp) = envelope.headers.get(crate::TRACEPARENT) {
-            crate::trace::set_parent(&span, tp);
+            let state = envelope.headers.get(crate::TRACESTATE).map(String::as_str);
+            crate::trace::set_parent(&span, tp, state);
         }
         async {
             if envelope.payload.len() > self.config.max_payload_bytes {

@@ -1,7 +1,8 @@
 //! The CloudEvents binary content mode, once for every broker: txmsg writes
 //! CloudEvents 1.0 in binary content mode (the payload is the JSON body, the
 //! attributes travel as headers, properties or fields), and reads that mode
-//! back from any producer.
+//! back from any producer, as well as the structured content mode
+//! (`application/cloudevents+json`, the whole event as the JSON body).
 //!
 //! A broker adapter describes its protocol binding with a [`Binding`] (the
 //! attribute prefix, how header names compare, what it calls a header) and
@@ -37,11 +38,15 @@
 //! assert_eq!(read.headers.get("ce-source").map(String::as_str), Some("/shop"));
 //! ```
 
+mod structured;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use uuid::Uuid;
 
+pub use structured::STRUCTURED_CONTENT_TYPE;
+
 use crate::consumer::Undecodable;
-use crate::{Envelope, Headers, TRACEPARENT};
+use crate::{Envelope, Headers, TRACEPARENT, TRACESTATE};
 
 /// The CloudEvents spec version txmsg writes.
 pub const SPEC_VERSION: &str = "1.0";
@@ -258,13 +263,15 @@ impl Binding {
         if let Some(key) = &envelope.key {
             pairs.push((self.attribute(PARTITIONKEY), key.clone()));
         }
-        if let Some(traceparent) = envelope.headers.get(TRACEPARENT) {
-            let name = if self.traceparent_attribute {
-                self.attribute(TRACEPARENT)
-            } else {
-                TRACEPARENT.to_owned()
-            };
-            pairs.push((name, traceparent.clone()));
+        for trace in [TRACEPARENT, TRACESTATE] {
+            if let Some(value) = envelope.headers.get(trace) {
+                let name = if self.traceparent_attribute {
+                    self.attribute(trace)
+                } else {
+                    trace.to_owned()
+                };
+                pairs.push((name, value.clone()));
+            }
         }
         if let Some(name) = self.content_type_header {
             pairs.push((name.to_owned(), CONTENT_TYPE.to_owned()));
@@ -272,7 +279,7 @@ impl Binding {
         pairs.push((TXMSG_ID.to_owned(), envelope.id.to_string()));
         let reserved = pairs.len();
         for (name, value) in &envelope.headers {
-            if name == TRACEPARENT {
+            if name == TRACEPARENT || name == TRACESTATE {
                 continue;
             }
             let name = match self.header_prefix {
@@ -294,8 +301,10 @@ impl Binding {
     /// binary content mode on this binding sends. The rules, in order:
     ///
     /// 1. The content type (the transport's, else the binding's content
-    ///    type header) must be absent or JSON ([`is_json`]); anything else,
-    ///    the structured content mode included, is undecodable.
+    ///    type header) must be absent or JSON ([`is_json`]); anything else
+    ///    is undecodable. `application/cloudevents+json` is the structured
+    ///    content mode, read from the JSON body by the same rules
+    ///    ([`STRUCTURED_CONTENT_TYPE`]); a batch of events is undecodable.
     /// 2. A `partitionkey` attribute whose value could not be read as text,
     ///    with no readable one under another prefix, is undecodable: taken
     ///    as keyless, the message would be handled out of its key's order.
@@ -321,10 +330,19 @@ impl Binding {
     ///
     /// [`Undecodable`], with the reason, for a message the rules refuse.
     pub fn decode(&self, incoming: Incoming) -> Result<Envelope, Undecodable> {
+        let declared = incoming.content_type.as_deref().or_else(|| {
+            let header = self.content_type_header?;
+            let found = incoming.headers.iter().find(|(n, _)| self.same(n, header));
+            found.map(|(_, v)| v.as_str())
+        });
+        if let Some(batch) = declared.and_then(structured::structured_kind) {
+            return self.decode_structured(incoming, batch);
+        }
         let slots = self.prefixes.len().max(1);
-        let mut attributes: Vec<[Option<&str>; 5]> = vec![[None; 5]; slots];
+        let mut attributes: Vec<[Option<&str>; 6]> = vec![[None; 6]; slots];
         let mut txmsg_id = None;
-        let mut plain_traceparent = None;
+        // `traceparent` and `tracestate` as plain headers.
+        let mut plain_trace: [Option<&str>; 2] = [None; 2];
         let mut content_type = incoming.content_type.as_deref();
         let mut headers = Headers::new();
         for (name, value) in &incoming.headers {
@@ -356,6 +374,7 @@ impl Binding {
                     TIME => Some(2),
                     PARTITIONKEY => Some(3),
                     TRACEPARENT => Some(4),
+                    TRACESTATE => Some(5),
                     SPECVERSION | DATACONTENTTYPE => continue,
                     _ => None,
                 };
@@ -364,8 +383,11 @@ impl Binding {
                     continue;
                 }
             }
-            if self.same(name, TRACEPARENT) {
-                plain_traceparent.get_or_insert(value.as_str());
+            if let Some(i) = [TRACEPARENT, TRACESTATE]
+                .iter()
+                .position(|t| self.same(name, t))
+            {
+                plain_trace[i].get_or_insert(value.as_str());
                 continue;
             }
             let name = self
@@ -423,8 +445,10 @@ impl Binding {
         let id = txmsg_id
             .and_then(|id| Uuid::parse_str(id).ok())
             .unwrap_or_else(Uuid::now_v7);
-        if let Some(traceparent) = first(4).or(plain_traceparent) {
-            headers.insert(TRACEPARENT.to_owned(), traceparent.to_owned());
+        for (i, trace) in [TRACEPARENT, TRACESTATE].into_iter().enumerate() {
+            if let Some(value) = first(4 + i).or(plain_trace[i]) {
+                headers.insert(trace.to_owned(), value.to_owned());
+            }
         }
         let mut envelope = Envelope::new(id, topic, idempotency_key, incoming.body, created_at);
         envelope.key = key;
@@ -532,6 +556,7 @@ mod tests {
         env.key = Some("7".into());
         env.headers
             .insert(TRACEPARENT.into(), "00-abc-def-01".into());
+        env.headers.insert(TRACESTATE.into(), "vendor=abc".into());
         env.headers.insert("tenant".into(), "acme".into());
         env
     }
@@ -559,10 +584,11 @@ mod tests {
             assert_eq!(got.created_at, env.created_at);
             assert_eq!(got.payload, env.payload);
             assert_eq!(got.headers.get(TRACEPARENT).unwrap(), "00-abc-def-01");
+            assert_eq!(got.headers.get(TRACESTATE).unwrap(), "vendor=abc");
             assert_eq!(got.headers.get("tenant").unwrap(), "acme");
             let source = format!("{}source", binding.prefixes[0]);
             assert_eq!(got.headers.get(&source).unwrap(), "/shop", "{binding:?}");
-            assert_eq!(got.headers.len(), 3, "{:?}", got.headers);
+            assert_eq!(got.headers.len(), 4, "{:?}", got.headers);
         }
     }
 
@@ -604,11 +630,11 @@ mod tests {
     fn only_json_is_read() {
         for binding in ALL {
             let mut m = incoming(&[("ce-id", "1"), ("cloudEvents_id", "1")]);
-            m.content_type = Some("application/cloudevents+json".into());
+            m.content_type = Some("application/xml".into());
             let bad = binding.decode(m).unwrap_err();
             assert!(
                 bad.reason
-                    .starts_with("unsupported content type `application/cloudevents+json`"),
+                    .starts_with("unsupported content type `application/xml`"),
                 "{}",
                 bad.reason
             );
@@ -685,6 +711,7 @@ mod tests {
             ("cloudEvents_time", at),
             ("cloudEvents_traceparent", "attr"),
             ("traceparent", "plain"),
+            ("tracestate", "v=plain"),
             ("cloudEvents_specversion", "1.0"),
             ("cloudEvents_source", "/s"),
         ]);
@@ -696,7 +723,11 @@ mod tests {
             got.headers.get(TRACEPARENT).map(String::as_str),
             Some("attr")
         );
-        assert_eq!(got.headers.len(), 2, "{:?}", got.headers);
+        assert_eq!(
+            got.headers.get(TRACESTATE).map(String::as_str),
+            Some("v=plain")
+        );
+        assert_eq!(got.headers.len(), 3, "{:?}", got.headers);
         let stamp = Utc.with_ymd_and_hms(2020, 1, 2, 3, 4, 5).unwrap();
         let mut m = incoming(&[("ce-id", "1"), ("ce-time", "yesterday"), ("ce-type", "")]);
         m.timestamp = Some(stamp);
