@@ -140,7 +140,7 @@ pub mod adapter {
     pub use txmsg_core::cloudevents;
     pub use txmsg_core::{
         BoxError, BoxFuture, ClaimRequest, Failure, HalfWriter, Inserted, Lease, MAX_IDENT_LEN,
-        MAX_TOPIC_LEN, OutboxWriter, StateType, States, TRACEPARENT,
+        MAX_TOPIC_LEN, OutboxWriter, StateType, States, TRACEPARENT, TRACESTATE,
     };
 }
 

@@ -78,11 +78,22 @@ pub(crate) struct DbArgs {
     pub(crate) connect_timeout: Duration,
 }
 
+/// Options of `migrate`.
+#[derive(Debug, Args)]
+pub(crate) struct MigrateArgs {
+    /// Print the migrations as one SQL script (for sqlx migrate, refinery,
+    /// Flyway, ...) instead of applying them; connects to nothing. Applied
+    /// once, the script records each version, so `txmsg migrate` afterwards
+    /// changes nothing.
+    #[arg(long)]
+    pub(crate) print_sql: bool,
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Create or upgrade the txmsg tables; running it again changes nothing.
-    Migrate,
+    Migrate(MigrateArgs),
     /// Per topic: pending, prepared, oldest pending age, dead, and sent in the last minute.
     Status(StatusArgs),
     /// Dead letters: messages that will not be published again without an operator.

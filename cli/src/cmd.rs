@@ -29,7 +29,7 @@ pub(crate) struct Output {
 }
 
 impl Output {
-    fn ok(json: Value, text: String) -> Self {
+    pub(crate) fn ok(json: Value, text: String) -> Self {
         Output {
             json,
             text,
@@ -71,7 +71,7 @@ pub(crate) async fn run<S: InboxStore>(
         now: Utc::now(),
     };
     match command {
-        Command::Migrate => {
+        Command::Migrate(_) => {
             store.migrate().await.map_err(|e| r.fail(e))?;
             Ok(Output::ok(
                 json!({ "migrated": true }),

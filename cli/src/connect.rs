@@ -160,6 +160,45 @@ pub(crate) async fn connect(
     }
 }
 
+/// The migrations of the store `url` names, on `tables`, as one SQL script,
+/// without connecting: the URL only says which database it is.
+pub(crate) fn migration_script(url: &str, tables: Tables) -> Result<String, Failure> {
+    let failed = |e: Error| Failure::Failed(describe(&e, None));
+    let lazy = |e: sqlx::Error| failed(Error::Database(e));
+    Ok(match kind(url)? {
+        Kind::Postgres => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .connect_lazy(url)
+                .map_err(lazy)?;
+            PgStore::new(pool, tables)
+                .map_err(failed)?
+                .migration_script()
+        }
+        Kind::MySql => {
+            let url = match url.split_once("://") {
+                Some((scheme, rest)) if scheme.eq_ignore_ascii_case("mariadb") => {
+                    format!("mysql://{rest}")
+                }
+                _ => url.to_owned(),
+            };
+            let pool = sqlx::mysql::MySqlPoolOptions::new()
+                .connect_lazy(&url)
+                .map_err(lazy)?;
+            MySqlStore::new(pool, tables)
+                .map_err(failed)?
+                .migration_script()
+        }
+        Kind::Sqlite => {
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .connect_lazy(url)
+                .map_err(lazy)?;
+            SqliteStore::new(pool, tables)
+                .map_err(failed)?
+                .migration_script()
+        }
+    })
+}
+
 /// Whether the database says a table or schema is missing.
 fn missing_table(e: &dyn sqlx::error::DatabaseError) -> bool {
     let code = e.code();

@@ -14,6 +14,7 @@
 //! | command | what it does |
 //! |---------|--------------|
 //! | `txmsg migrate` | creates or upgrades the tables; running it again changes nothing |
+//! | `txmsg migrate --print-sql` | prints the migrations as one SQL script for a migration tool of your own; connects to nothing |
 //! | `txmsg status [--sent-window 1m]` | per topic: pending, prepared, age of the oldest pending message, dead, and sent within the window |
 //! | `txmsg dead list [--topic T] [--key K] [--older-than AGE] [--limit N] [--group G]` | dead letters, oldest first; with `--group`, a consumer group's |
 //! | `txmsg dead show ID [--group G]` | one dead letter in full: headers, payload, reason |
@@ -122,7 +123,14 @@ async fn run(cli: &Cli) -> Result<cmd::Output, Failure> {
         outbox: outbox_name(&tables),
         connect_timeout: cli.db.connect_timeout,
     };
-    let create = matches!(cli.command, Command::Migrate);
+    if let Command::Migrate(args::MigrateArgs { print_sql: true }) = &cli.command {
+        let script = connect::migration_script(url, tables)?;
+        return Ok(cmd::Output::ok(
+            serde_json::json!({ "sql": script }),
+            script,
+        ));
+    }
+    let create = matches!(cli.command, Command::Migrate(_));
     let store = connect::connect(url, tables, create, &ctx).await?;
     match &store {
         AnyStore::Postgres(s) => cmd::run(s, &cli.command, &ctx).await,

@@ -790,3 +790,42 @@ fn help_lists_every_command() {
         assert!(dead.contains(command), "{dead}");
     }
 }
+
+/// `migrate --print-sql` prints the script for the options' tables and
+/// connects to nothing: a closed port and a file that does not exist are
+/// fine, and the file is not created.
+#[test]
+fn migrate_print_sql_connects_to_nothing() {
+    let pg = ok(&[
+        "--database-url",
+        "postgres://app@127.0.0.1:1/app",
+        "--schema",
+        "billing",
+        "migrate",
+        "--print-sql",
+    ]);
+    assert!(
+        pg.contains("CREATE SCHEMA IF NOT EXISTS \"billing\""),
+        "{pg}"
+    );
+    assert!(
+        pg.contains("INSERT INTO \"billing\".\"txmsg_migrations\""),
+        "{pg}"
+    );
+    let mysql = ok(&[
+        "--database-url",
+        "mariadb://root@127.0.0.1:1/t",
+        "migrate",
+        "--print-sql",
+    ]);
+    assert!(mysql.contains("PREPARE txmsg_step"), "{mysql}");
+    let path = std::env::temp_dir().join(format!("txmsg-cli-{}.db", unique()));
+    let url = format!("sqlite://{}", path.display());
+    let sqlite = json(&["--database-url", &url, "migrate", "--print-sql"]);
+    let script = sqlite["sql"].as_str().expect("the script under `sql`");
+    assert!(
+        script.contains("CREATE TABLE IF NOT EXISTS \"txmsg_migrations\""),
+        "{script}"
+    );
+    assert!(!path.exists(), "printing the script created the database");
+}

@@ -249,4 +249,46 @@ impl txmsg_sql::Step<MySqlBackend> for RenderedStep {
             Ok(())
         })
     }
+
+    /// MySQL has no `IF NOT EXISTS` for columns and indexes, and no `IF`
+    /// outside stored programs: a conditional step is a prepared statement
+    /// that is either the step or `DO 0`, chosen by the same
+    /// `information_schema` count `migrate` makes.
+    fn script(&self) -> String {
+        match self {
+            RenderedStep::Sql(statement) => statement.as_str().to_owned(),
+            RenderedStep::Unless {
+                exists,
+                schema,
+                table,
+                name,
+                then,
+            } => {
+                let schema = schema.as_deref().map_or_else(|| "NULL".to_owned(), literal);
+                let mut args = [schema, literal(table), literal(name)].into_iter();
+                let mut count = String::new();
+                let mut parts = exists.split('?').peekable();
+                while let Some(part) = parts.next() {
+                    count.push_str(part);
+                    if parts.peek().is_some() {
+                        count.push_str(&args.next().unwrap_or_default());
+                    }
+                }
+                format!(
+                    "-- adds `{name}` to `{table}` unless it is there\n\
+                     SET @txmsg_step = IF(({count}) > 0, 'DO 0', {then});\n\
+                     PREPARE txmsg_step FROM @txmsg_step;\n\
+                     EXECUTE txmsg_step;\n\
+                     DEALLOCATE PREPARE txmsg_step",
+                    then = literal(then.as_str())
+                )
+            }
+        }
+    }
+}
+
+/// `text` as a MySQL string literal: quotes doubled, backslashes escaped.
+/// Only txmsg's own statements and checked identifiers reach it.
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
 }

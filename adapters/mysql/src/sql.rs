@@ -62,7 +62,6 @@ impl Text {
         AssertSqlSafe(self.0.replace(IDS, &list))
     }
 
-    #[cfg(test)]
     pub(crate) fn as_str(&self) -> &str {
         &self.0
     }

@@ -132,6 +132,23 @@ impl Backend for MySqlBackend {
         Ok(())
     }
 
+    fn migration_script(store: &MySqlStore) -> String {
+        let sql = &store.statements().own;
+        let tables = store.tables();
+        let before: Vec<&str> = sql.create_schema.iter().map(|(_, s)| s.as_str()).collect();
+        let target = txmsg_sql::ScriptTarget {
+            store: "txmsg-mysql",
+            before: &before,
+            migrations_table: &tables.qualified(tables.migrations_name(), '`'),
+            now: "CURRENT_TIMESTAMP(6)",
+        };
+        txmsg_sql::migration_script::<MySqlBackend, _>(
+            target,
+            &sql.migrations_table,
+            &sql.migrations,
+        )
+    }
+
     async fn claim(store: &MySqlStore, req: &ClaimRequest) -> Result<Vec<Envelope>> {
         let mut attempt = 1;
         loop {

@@ -88,6 +88,19 @@ impl Backend for PgBackend {
         migrate::migrate(txmsg_core::SqlStore::pool(store), store.statements())
     }
 
+    fn migration_script(store: &PgStore) -> String {
+        let sql = &store.statements().own;
+        let tables = store.tables();
+        let before: Vec<&str> = sql.create_schema.iter().map(|(_, s)| s.as_str()).collect();
+        let target = txmsg_sql::ScriptTarget {
+            store: "txmsg-postgres",
+            before: &before,
+            migrations_table: &tables.qualified(tables.migrations_name(), '"'),
+            now: "now()",
+        };
+        txmsg_sql::migration_script::<PgBackend, _>(target, &sql.migrations_table, &sql.migrations)
+    }
+
     async fn claim(store: &PgStore, req: &ClaimRequest) -> Result<Vec<Envelope>> {
         let sql = &store.statements().own;
         let mut tx = store.begin_store_tx().await?;

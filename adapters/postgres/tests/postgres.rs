@@ -623,3 +623,31 @@ async fn a_url_of_another_database_is_a_config_error() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_migration_script_does_what_migrate_does() {
+    with_schema(|pool, schema| async move {
+        let store = PgStore::new(pool.clone(), tables(&schema)).expect("store");
+        let script = store.migration_script();
+        assert!(script.contains(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")));
+        let count = format!("SELECT count(*) FROM \"{schema}\".txmsg_migrations");
+        txmsg_testkit::store::a_migration_script_does_what_migrate_does(
+            store,
+            script,
+            |script| async {
+                sqlx::raw_sql(AssertSqlSafe(script))
+                    .execute(&pool)
+                    .await
+                    .expect("the script runs");
+            },
+            || async {
+                sqlx::query_scalar(AssertSqlSafe(count.clone()))
+                    .fetch_one(&pool)
+                    .await
+                    .expect("count")
+            },
+        )
+        .await;
+    })
+    .await;
+}

@@ -27,7 +27,9 @@ mod writer;
 pub use connect::{address_of, check_scheme, connect_once};
 pub use dialect::{Arg, Conn, Dialect, SqlQuery, SqlRow, execute, fetch_all, fetch_optional};
 pub use half::{SettleSql, settle};
-pub use migrate::{Migration, MigrationsSql, Step, apply_migrations};
+pub use migrate::{
+    Migration, MigrationsSql, ScriptTarget, Step, apply_migrations, migration_script,
+};
 pub use row::{
     attempts_to_int, consumer_dead_letter, dead_letter, envelope, headers_from_json,
     headers_from_text, headers_to_json, headers_to_text,

@@ -36,6 +36,11 @@ pub struct Migration<S> {
 pub trait Step<D: Dialect>: Send + Sync {
     /// Applies it on `conn`.
     fn apply<'a>(&'a self, conn: &'a mut Conn<D>) -> BoxFuture<'a, Result<()>>;
+
+    /// The step as SQL text for a migration tool of the user's own (see
+    /// [`migration_script`]): what it runs on a database that does not
+    /// have it yet.
+    fn script(&self) -> String;
 }
 
 /// A step that is SQL text, run as a script (it may hold several
@@ -49,6 +54,79 @@ impl<D: Dialect> Step<D> for SqlStr {
             Ok(())
         })
     }
+
+    fn script(&self) -> String {
+        self.as_str().to_owned()
+    }
+}
+
+/// Where a [`migration_script`] records each version, as `migrate` does.
+#[derive(Debug, Clone, Copy)]
+pub struct ScriptTarget<'a> {
+    /// The store, named in the script's heading (`txmsg-postgres`, ...).
+    pub store: &'a str,
+    /// Statements run before the migrations (creating the schema).
+    pub before: &'a [&'a str],
+    /// The migrations table, qualified and quoted.
+    pub migrations_table: &'a str,
+    /// The database's expression for the current time, in the migrations
+    /// table's `applied_at` type.
+    pub now: &'a str,
+}
+
+/// Every migration as one SQL script, for teams whose migrations run
+/// through a tool of their own (sqlx migrate, refinery, Flyway): the
+/// migrations table, then each migration's steps followed by the row that
+/// records it. Applied once, in order, it leaves the database as `migrate`
+/// would; `migrate` then finds every version recorded and changes nothing.
+///
+/// The script holds only text of txmsg's own and the names of the
+/// configured tables, which were checked as identifiers and quoted when the
+/// store was built.
+pub fn migration_script<D: Dialect, S: Step<D>>(
+    target: ScriptTarget<'_>,
+    sql: &MigrationsSql,
+    migrations: &[Migration<S>],
+) -> String {
+    let last = migrations.last().map_or(0, |m| m.version);
+    let mut out = format!(
+        "-- txmsg tables ({store}), migrations 1 to {last}.\n\
+         -- Apply once, in order; txmsg's `migrate` then finds every version\n\
+         -- recorded in {table} and changes nothing.\n\n",
+        store = target.store,
+        table = target.migrations_table,
+    );
+    for statement in target.before {
+        push_statement(&mut out, statement);
+    }
+    push_statement(&mut out, sql.create.as_str());
+    for m in migrations {
+        out.push_str(&format!("\n-- {}: {}\n", m.version, m.description));
+        for step in &m.steps {
+            push_statement(&mut out, &step.script());
+        }
+        push_statement(
+            &mut out,
+            &format!(
+                "INSERT INTO {} (version, description, applied_at) VALUES ({}, '{}', {})",
+                target.migrations_table,
+                m.version,
+                m.description.replace('\'', "''"),
+                target.now
+            ),
+        );
+    }
+    out
+}
+
+/// Appends `statement`, trimmed and ended with `;`, on lines of its own.
+fn push_statement(out: &mut String, statement: &str) {
+    let statement = statement.trim();
+    out.push_str(statement);
+    if !statement.ends_with(';') {
+        out.push(';');
+    }
+    out.push('\n');
 }
 
 /// Applies the migrations among `migrations` not yet recorded, oldest

@@ -227,6 +227,10 @@ pub trait Backend: Dialect + Sized {
     /// Creates or upgrades the tables; see [`Store::migrate`].
     fn migrate(store: &TableStore<Self>) -> impl Future<Output = Result<()>> + Send;
 
+    /// Every migration as one SQL script; see
+    /// [`TableStore::migration_script`] and [`crate::migration_script`].
+    fn migration_script(store: &TableStore<Self>) -> String;
+
     /// Leases deliverable rows; see [`Store::claim`]. Called with a limit
     /// above zero.
     fn claim(
@@ -478,6 +482,17 @@ impl<B: Backend> TableStore<B> {
     /// Where the tables are.
     pub fn tables(&self) -> &Tables {
         &self.tables
+    }
+
+    /// Every migration as one SQL script, for a migration tool of the
+    /// team's own (sqlx migrate, refinery, Flyway) instead of
+    /// [`Store::migrate`]: the DDL for this store's tables, each migration
+    /// followed by the row that records it, so that `migrate` afterwards
+    /// finds every version applied and changes nothing. Needs no
+    /// connection. The `txmsg migrate --print-sql` command prints it.
+    ///
+    pub fn migration_script(&self) -> String {
+        B::migration_script(self)
     }
 
     /// The statements, for the backend's own methods.

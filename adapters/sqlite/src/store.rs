@@ -139,6 +139,19 @@ impl Backend for SqliteBackend {
         migrate::run(txmsg_core::SqlStore::pool(store), sql, &sql.own.rendered).await
     }
 
+    fn migration_script(store: &SqliteStore) -> String {
+        let sql = &store.statements().own;
+        let tables = store.tables();
+        let target = txmsg_sql::ScriptTarget {
+            store: "txmsg-sqlite",
+            before: &[],
+            migrations_table: &tables.qualified(tables.migrations_name(), '"'),
+            // `applied_at` holds microseconds since the Unix epoch.
+            now: "CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)",
+        };
+        txmsg_sql::migration_script::<SqliteBackend, _>(target, &sql.migrations, &sql.rendered)
+    }
+
     async fn claim(store: &SqliteStore, req: &ClaimRequest) -> Result<Vec<Envelope>> {
         // SQLite has one writer, so `BEGIN IMMEDIATE` is its equivalent of
         // `FOR UPDATE SKIP LOCKED`: the write lock is held from the first read

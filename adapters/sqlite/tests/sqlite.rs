@@ -1322,3 +1322,35 @@ async fn a_url_of_another_database_is_a_config_error() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_migration_script_does_what_migrate_does() {
+    let db = TempDb::new();
+    let store = SqliteStore::connect(&db.url()).await.unwrap();
+    let script = store.migration_script();
+    let pool = txmsg_core::SqlStore::pool(&store).clone();
+    txmsg_testkit::store::a_migration_script_does_what_migrate_does(
+        store,
+        script,
+        |script| async {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(script))
+                .execute(&pool)
+                .await
+                .expect("the script runs");
+        },
+        || async {
+            sqlx::query_scalar("SELECT count(*) FROM txmsg_migrations")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        },
+    )
+    .await;
+    // The recorded time is microseconds since the epoch, as `migrate` writes.
+    let applied: i64 = sqlx::query_scalar("SELECT min(applied_at) FROM txmsg_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp_micros();
+    assert!((now - applied).abs() < 60_000_000, "{applied} vs {now}");
+}

@@ -1548,3 +1548,55 @@ pub async fn other_databases_urls_are_config_errors<S, F, Fut>(
         );
     }
 }
+
+/// A store's migration script (`TableStore::migration_script`, `txmsg
+/// migrate --print-sql`) does what `migrate` does: `apply` runs `script` on
+/// the store's fresh database, then `migrate` finds every version recorded
+/// (`versions` counts the rows of the migrations table: as many before as
+/// after, as many as the script's heading says) and changes nothing, and a
+/// message written through the store's tables is pending in it.
+///
+/// # Panics
+///
+/// When any of that does not hold.
+pub async fn a_migration_script_does_what_migrate_does<S, A, AF, V, VF>(
+    store: S,
+    script: String,
+    apply: A,
+    versions: V,
+) where
+    S: txmsg_core::SqlStore,
+    A: FnOnce(String) -> AF,
+    AF: Future<Output = ()>,
+    V: Fn() -> VF,
+    VF: Future<Output = i64>,
+{
+    let migrations: i64 = script
+        .split_once("migrations 1 to ")
+        .and_then(|(_, rest)| rest.split('.').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a heading with the last version: {script}"));
+    assert!(script.contains("INSERT INTO"), "{script}");
+    apply(script).await;
+    assert_eq!(
+        versions().await,
+        migrations,
+        "the script records each migration"
+    );
+    store
+        .migrate()
+        .await
+        .expect("migrate after the script finds nothing to do");
+    assert_eq!(
+        versions().await,
+        migrations,
+        "migrate applied nothing again"
+    );
+    let outbox = txmsg_core::Outbox::new(&store);
+    let mut tx = outbox.begin().await.expect("begin");
+    tx.enqueue(txmsg_core::Message::new("script.check", &1).expect("message"))
+        .await
+        .expect("enqueue into the scripted tables");
+    tx.commit().await.expect("commit");
+    assert_eq!(store.stats().await.expect("stats").pending, 1);
+}
