@@ -606,7 +606,7 @@ pub fn transactional_message(args: TokenStream, item: TokenStream) -> TokenStrea
 ///   shared reference (its idempotency key, ordering key, headers and
 ///   times), and any number of `State<T>` parameters ([`txmsg::State`]),
 ///   each a clone of the value of type `T` given to the consumer with
-///   [`Consumer::with_state`](txmsg::consumer::Consumer::with_state); `T`
+///   [`Consumer::with_state`]; `T`
 ///   must be `Clone + Send + Sync + 'static`, and a consumer lacking a
 ///   handler's state refuses to start, naming the handler and `T`;
 /// - the return type is `Result<(), E>` (any path ending in `Result`, with
@@ -868,6 +868,8 @@ pub fn transactional_message(args: TokenStream, item: TokenStream) -> TokenStrea
 /// [`inventory`]: https://docs.rs/inventory
 /// [`txmsg::Tx`]: https://docs.rs/txmsg/latest/txmsg/struct.Tx.html
 /// [`txmsg::Envelope`]: https://docs.rs/txmsg/latest/txmsg/struct.Envelope.html
+/// [`txmsg::State`]: https://docs.rs/txmsg/latest/txmsg/struct.State.html
+/// [`Consumer::with_state`]: https://docs.rs/txmsg/latest/txmsg/consumer/struct.Consumer.html#method.with_state
 #[proc_macro_attribute]
 pub fn message_handler(args: TokenStream, item: TokenStream) -> TokenStream {
     handler::message_handler(args.into(), item.into()).into()
@@ -1141,6 +1143,8 @@ pub fn message_handler(args: TokenStream, item: TokenStream) -> TokenStream {
 /// [`registered_check_backs`]: https://docs.rs/txmsg/latest/txmsg/half/fn.registered_check_backs.html
 /// [`inventory`]: https://docs.rs/inventory
 /// [`txmsg::Envelope`]: https://docs.rs/txmsg/latest/txmsg/struct.Envelope.html
+/// [`txmsg::State`]: https://docs.rs/txmsg/latest/txmsg/struct.State.html
+/// [`CheckBackWorker::with_state`]: https://docs.rs/txmsg/latest/txmsg/half/struct.CheckBackWorker.html#method.with_state
 #[proc_macro_attribute]
 pub fn check_back(args: TokenStream, item: TokenStream) -> TokenStream {
     check_back::check_back(args.into(), item.into()).into()
