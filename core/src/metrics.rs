@@ -8,22 +8,31 @@
 //! |------|------|--------|---------|
 //! | [`txmsg_outbox_pending`](OUTBOX_PENDING) | gauge | none | outbox rows waiting to be published |
 //! | [`txmsg_outbox_oldest_pending_age_seconds`](OUTBOX_OLDEST_PENDING_AGE_SECONDS) | gauge | none | age of the oldest pending row, 0 when none is pending |
+//! | [`txmsg_outbox_prepared`](OUTBOX_PREPARED) | gauge | none | half messages stored prepared, not yet committed or rolled back |
+//! | [`txmsg_outbox_topic_pending`](OUTBOX_TOPIC_PENDING) | gauge | `topic` | rows of the topic waiting to be published |
+//! | [`txmsg_outbox_topic_oldest_pending_age_seconds`](OUTBOX_TOPIC_OLDEST_PENDING_AGE_SECONDS) | gauge | `topic` | age of the topic's oldest pending row, 0 when none is pending |
+//! | [`txmsg_inbox_keys`](INBOX_KEYS) | gauge | `group` | inbox keys the group holds, set after each inbox purge |
 //! | [`txmsg_published_total`](PUBLISHED_TOTAL) | counter | `topic` | messages the broker confirmed |
 //! | [`txmsg_publish_duration_seconds`](PUBLISH_DURATION_SECONDS) | histogram | `topic` | time from sending a message to the broker's confirm |
 //! | [`txmsg_publish_retries_total`](PUBLISH_RETRIES_TOTAL) | counter | `topic` | failed publish attempts that will be retried |
-//! | [`txmsg_dead_letters_total`](DEAD_LETTERS_TOTAL) | counter | `topic` | messages that went dead: outbox rows (relay, check-back worker) and consumer dead letters |
+//! | [`txmsg_dead_letters_total`](DEAD_LETTERS_TOTAL) | counter | `topic`, `side` (`outbox`, `consumer`), `group` (consumer side) | messages that went dead: outbox rows (relay, check-back worker) and consumer dead letters |
 //! | [`txmsg_sent_purged_total`](SENT_PURGED_TOTAL) | counter | none | sent outbox rows purged after their retention |
 //! | [`txmsg_check_backs_total`](CHECK_BACKS_TOTAL) | counter | `topic`, `outcome` (`commit`, `rollback`, `unknown`, `error`) | check-backs of half messages that ran |
 //! | [`txmsg_consumed_total`](CONSUMED_TOTAL) | counter | `topic`, `group`, `outcome` (`applied`, `duplicate`, `dead`, `requeued`) | deliveries a consumer group settled |
 //! | [`txmsg_inbox_duplicates_total`](INBOX_DUPLICATES_TOTAL) | counter | `topic`, `group` | redeliveries recognised in the inbox and skipped |
 //! | [`txmsg_handle_duration_seconds`](HANDLE_DURATION_SECONDS) | histogram | `topic`, `group` | time a handler call took, its transaction included |
 //!
-//! Counters and histograms are recorded as things happen. The two outbox
-//! gauges are set by each running relay from [`Store::stats`](crate::Store::stats)
-//! every [`stats_interval`](crate::RelayConfig::stats_interval) (5 s by
-//! default, `None` turns them off); they count the whole outbox table, so
-//! every relay on the same table sets the same values. A process with relays
-//! on several outbox tables should turn the gauges off on all but one.
+//! Counters and histograms are recorded as things happen. The outbox gauges
+//! are set by each running relay from [`Store::stats`](crate::Store::stats)
+//! and [`Store::pending_by_topic`](crate::Store::pending_by_topic) every
+//! [`stats_interval`](crate::RelayConfig::stats_interval) (5 s by default);
+//! they count the whole outbox table, so every relay on the same table sets
+//! the same values. To have one relay report them (one count per interval
+//! for the database), give the others `stats_interval: None`, which turns
+//! the gauges and their queries off; so should a process with relays on
+//! several outbox tables for all but one. The inbox gauge is set by each
+//! consumer for its group after its inbox purge
+//! ([`purge_interval`](crate::consumer::ConsumerConfig::purge_interval)).
 //!
 //! # Installing an exporter
 //!
@@ -51,11 +60,12 @@
 //! The `txmsg-example-metrics` example in the repository runs exactly this
 //! next to an order flow; its test scrapes the endpoint.
 
+use std::collections::HashSet;
 use std::sync::Once;
 
 use chrono::{DateTime, Utc};
 
-use crate::store::OutboxStats;
+use crate::store::{OutboxStats, TopicStats};
 
 /// Outbox rows waiting to be published, set by the relay every
 /// [`stats_interval`](crate::RelayConfig::stats_interval). Gauge, no labels.
@@ -64,6 +74,20 @@ pub const OUTBOX_PENDING: &str = "txmsg_outbox_pending";
 /// relay every [`stats_interval`](crate::RelayConfig::stats_interval).
 /// Gauge, seconds, no labels.
 pub const OUTBOX_OLDEST_PENDING_AGE_SECONDS: &str = "txmsg_outbox_oldest_pending_age_seconds";
+/// Half messages stored prepared (not yet committed or rolled back), set by
+/// the relay every [`stats_interval`](crate::RelayConfig::stats_interval).
+/// Gauge, no labels.
+pub const OUTBOX_PREPARED: &str = "txmsg_outbox_prepared";
+/// Outbox rows waiting to be published, by `topic`, set with the other
+/// outbox gauges. A topic with nothing pending reads 0. Gauge.
+pub const OUTBOX_TOPIC_PENDING: &str = "txmsg_outbox_topic_pending";
+/// Age of the oldest pending row of a `topic` (0 when none is pending), set
+/// with the other outbox gauges. Gauge, seconds.
+pub const OUTBOX_TOPIC_OLDEST_PENDING_AGE_SECONDS: &str =
+    "txmsg_outbox_topic_oldest_pending_age_seconds";
+/// Inbox keys a consumer `group` holds (what it would recognise as
+/// redeliveries), set after each inbox purge. Gauge.
+pub const INBOX_KEYS: &str = "txmsg_inbox_keys";
 
 /// Messages the broker confirmed, by `topic`. Counter.
 pub const PUBLISHED_TOTAL: &str = "txmsg_published_total";
@@ -71,7 +95,9 @@ pub const PUBLISHED_TOTAL: &str = "txmsg_published_total";
 pub const PUBLISH_DURATION_SECONDS: &str = "txmsg_publish_duration_seconds";
 /// Failed publish attempts that will be retried, by `topic`. Counter.
 pub const PUBLISH_RETRIES_TOTAL: &str = "txmsg_publish_retries_total";
-/// Messages that went dead, by `topic`. Counter.
+/// Messages that went dead, by `topic` and `side`: `outbox` (the relay or
+/// the check-back worker gave up on an outbox row) or `consumer` (a group's
+/// handler gave up; with its `group`). Counter.
 pub const DEAD_LETTERS_TOTAL: &str = "txmsg_dead_letters_total";
 
 /// Sent outbox rows the relay purged after their retention. Counter.
@@ -102,6 +128,20 @@ pub(crate) fn describe() {
             metrics::Unit::Seconds,
             "age of the oldest pending outbox row, 0 when none is pending"
         );
+        metrics::describe_gauge!(
+            OUTBOX_PREPARED,
+            "half messages stored prepared, not yet committed or rolled back"
+        );
+        metrics::describe_gauge!(
+            OUTBOX_TOPIC_PENDING,
+            "outbox rows of the topic waiting to be published"
+        );
+        metrics::describe_gauge!(
+            OUTBOX_TOPIC_OLDEST_PENDING_AGE_SECONDS,
+            metrics::Unit::Seconds,
+            "age of the topic's oldest pending outbox row, 0 when none is pending"
+        );
+        metrics::describe_gauge!(INBOX_KEYS, "inbox keys the consumer group holds");
         metrics::describe_counter!(PUBLISHED_TOTAL, "messages the broker confirmed");
         metrics::describe_histogram!(
             PUBLISH_DURATION_SECONDS,
@@ -137,6 +177,30 @@ pub(crate) fn record_outbox(stats: &OutboxStats, now: DateTime<Utc>) {
     metrics::gauge!(OUTBOX_PENDING).set(stats.pending as f64);
     metrics::gauge!(OUTBOX_OLDEST_PENDING_AGE_SECONDS)
         .set(oldest_pending_age(stats.oldest_pending, now));
+    metrics::gauge!(OUTBOX_PREPARED).set(stats.prepared as f64);
+}
+
+/// Sets the per-topic outbox gauges from `topics`, read at `now`; a topic
+/// of `shown` (those set before) that is no longer counted reads 0 again.
+/// Returns the topics now shown.
+pub(crate) fn record_topics(
+    topics: &[TopicStats],
+    shown: HashSet<String>,
+    now: DateTime<Utc>,
+) -> HashSet<String> {
+    let mut now_shown = HashSet::with_capacity(topics.len());
+    for t in topics {
+        let topic = t.topic.clone();
+        metrics::gauge!(OUTBOX_TOPIC_PENDING, "topic" => topic.clone()).set(t.pending as f64);
+        metrics::gauge!(OUTBOX_TOPIC_OLDEST_PENDING_AGE_SECONDS, "topic" => topic.clone())
+            .set(oldest_pending_age(t.oldest_pending, now));
+        now_shown.insert(topic);
+    }
+    for gone in shown.difference(&now_shown) {
+        metrics::gauge!(OUTBOX_TOPIC_PENDING, "topic" => gone.clone()).set(0.0);
+        metrics::gauge!(OUTBOX_TOPIC_OLDEST_PENDING_AGE_SECONDS, "topic" => gone.clone()).set(0.0);
+    }
+    now_shown
 }
 
 /// Seconds since `oldest` at `now`: 0 when nothing is pending, and 0 rather
@@ -168,6 +232,10 @@ mod tests {
         let all = [
             (OUTBOX_PENDING, "gauge"),
             (OUTBOX_OLDEST_PENDING_AGE_SECONDS, "gauge"),
+            (OUTBOX_PREPARED, "gauge"),
+            (OUTBOX_TOPIC_PENDING, "gauge"),
+            (OUTBOX_TOPIC_OLDEST_PENDING_AGE_SECONDS, "gauge"),
+            (INBOX_KEYS, "gauge"),
             (PUBLISHED_TOTAL, "counter"),
             (PUBLISH_DURATION_SECONDS, "histogram"),
             (PUBLISH_RETRIES_TOTAL, "counter"),

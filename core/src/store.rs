@@ -359,6 +359,31 @@ pub trait Store: Debug + Clone + Send + Sync + 'static {
         since: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<TopicStats>>> + Send;
 
+    /// The pending rows per topic: how many, and the oldest one's creation
+    /// time (the other counts of [`TopicStats`] are 0). One entry per topic
+    /// with a pending row, sorted by topic. Reads only pending rows: what
+    /// the relay's per-topic gauges read every
+    /// [`stats_interval`](crate::RelayConfig::stats_interval).
+    ///
+    /// The default counts through [`topic_stats`](Self::topic_stats), which
+    /// reads the whole table; a store with an index of pending rows should
+    /// answer from it.
+    fn pending_by_topic(&self) -> impl Future<Output = Result<Vec<TopicStats>>> + Send {
+        async {
+            let all = self.topic_stats(DateTime::<Utc>::MAX_UTC).await?;
+            Ok(all
+                .into_iter()
+                .filter(|t| t.pending > 0)
+                .map(|t| {
+                    let mut pending = TopicStats::new(t.topic);
+                    pending.pending = t.pending;
+                    pending.oldest_pending = t.oldest_pending;
+                    pending
+                })
+                .collect())
+        }
+    }
+
     /// One dead row by its message id; `None` if there is no such row or it
     /// is not dead.
     fn dead_letter(&self, id: Uuid) -> impl Future<Output = Result<Option<DeadLetter>>> + Send;

@@ -291,6 +291,12 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
                  FROM {o} GROUP BY topic ORDER BY topic"
         ))),
 
+        // Pending rows only, through the state index.
+        pending_by_topic: shared(&Text::new(format!(
+            "SELECT topic, COUNT(*) AS pending, MIN(created_at) AS oldest \
+                 FROM {o} WHERE state = 'pending' GROUP BY topic ORDER BY topic"
+        ))),
+
         // 1 id.
         dead_letter: shared(&Text::new(format!(
             "SELECT {cols}, last_error, dead_at FROM {o} WHERE id = ? AND state = 'dead'"

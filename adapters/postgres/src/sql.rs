@@ -323,6 +323,12 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
                  FROM {o} GROUP BY topic ORDER BY topic"
             )),
 
+            // From the partial index of pending rows.
+            pending_by_topic: stmt(format!(
+                "SELECT topic, count(*) AS pending, min(created_at) AS oldest \
+                 FROM {o} WHERE state = 'pending' GROUP BY topic ORDER BY topic"
+            )),
+
             // $1 id.
             dead_letter: stmt(format!(
                 "SELECT {cols}, last_error, dead_at FROM {o} WHERE id = $1 AND state = 'dead'"

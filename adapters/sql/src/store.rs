@@ -116,6 +116,9 @@ pub struct Statements<O> {
     /// Counts by topic: (sent since); columns `topic`, `pending`,
     /// `prepared`, `oldest`, `dead`, `sent_since`.
     pub topic_stats: Stmt,
+    /// Pending rows by topic, from the pending rows only: (); columns
+    /// `topic`, `pending`, `oldest`.
+    pub pending_by_topic: Stmt,
     /// One dead row: (id); columns as `dead_letters`.
     pub dead_letter: Stmt,
     /// Deletes dead rows: (topic or `NULL`, key or `NULL`, dead before,
@@ -681,6 +684,18 @@ impl<B: Backend> Store for TableStore<B> {
             .fetch_all(&self.sql.topic_stats, &[Arg::Time(since)])
             .await?;
         rows.iter().map(topic_stats_of::<B>).collect()
+    }
+
+    async fn pending_by_topic(&self) -> Result<Vec<TopicStats>> {
+        let rows = self.fetch_all(&self.sql.pending_by_topic, &[]).await?;
+        rows.iter()
+            .map(|row| {
+                let mut stats = TopicStats::new(B::text(row, "topic")?.unwrap_or_default());
+                stats.pending = B::count(row, "pending")?;
+                stats.oldest_pending = B::time(row, "oldest")?;
+                Ok(stats)
+            })
+            .collect()
     }
 
     async fn dead_letter(&self, id: Uuid) -> Result<Option<DeadLetter>> {

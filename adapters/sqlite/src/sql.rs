@@ -181,6 +181,7 @@ pub(crate) fn with_names(names: &Names) -> Sql {
         purge_sent: stmt(PURGE_SENT),
         stats: stmt(STATS),
         topic_stats: stmt(TOPIC_STATS),
+        pending_by_topic: stmt(PENDING_BY_TOPIC),
         dead_letter: stmt(&DEAD_LETTER.replace("{columns}", ENVELOPE_COLUMNS)),
         purge_dead: stmt(PURGE_DEAD),
         prepare: names.render(PREPARE),
@@ -444,6 +445,10 @@ const TOPIC_STATS: &str = "SELECT topic, \
      sum(state = 'dead') AS dead, \
      sum(state = 'sent' AND sent_at >= ?1) AS sent_since \
      FROM {outbox} GROUP BY topic ORDER BY topic";
+
+/// Pending rows only, through the index of pending rows.
+const PENDING_BY_TOPIC: &str = "SELECT topic, count(*) AS pending, min(created_at) AS oldest \
+     FROM {outbox} WHERE state = 'pending' GROUP BY topic ORDER BY topic";
 
 /// `?1` id.
 const DEAD_LETTER: &str =

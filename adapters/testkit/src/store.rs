@@ -1263,7 +1263,7 @@ pub async fn timestamps_come_from_the_caller<S: SqlStore>(store: &S) {
 
 /// `topic_stats` counts pending and dead rows per topic, the
 /// oldest pending row, and only the rows sent at or after `since`; topics
-/// come sorted.
+/// come sorted. `pending_by_topic` agrees on the pending rows.
 pub async fn topic_stats_count_each_topic<S: SqlStore>(store: &S) {
     let (ta, tb) = ("conf.topics-a", "conf.topics-b");
     let a = enqueue(
@@ -1334,6 +1334,20 @@ pub async fn topic_stats_count_each_topic<S: SqlStore>(store: &S) {
         later.iter().all(|s| s.sent_since == 0),
         "nothing was sent after t0 + 1 s"
     );
+
+    // From the pending rows only: topic b has none, so no entry.
+    let pending = store
+        .pending_by_topic()
+        .await
+        .expect("pending_by_topic failed");
+    assert_eq!(
+        pending.len(),
+        1,
+        "only topic a has pending rows: {pending:?}"
+    );
+    assert_eq!((pending[0].topic.as_str(), pending[0].pending), (ta, 2));
+    assert_eq!(pending[0].oldest_pending, sa.oldest_pending);
+    assert_eq!((pending[0].dead, pending[0].sent_since), (0, 0));
 }
 
 /// `dead_letter` finds one dead row by id (and nothing for a row that is

@@ -351,7 +351,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
         loop {
             match self.store.add_consumer_dead(&dead).await {
                 Ok(()) => {
-                    metrics::counter!(crate::metrics::DEAD_LETTERS_TOTAL, "topic" => self.record.topic)
+                    metrics::counter!(crate::metrics::DEAD_LETTERS_TOTAL, "topic" => self.record.topic, "side" => "consumer", "group" => self.config.group.clone())
                         .increment(1);
                     self.count("dead");
                     self.report(&dead.envelope, attempts, || {
@@ -431,6 +431,16 @@ pub(super) async fn purge_loop<S: InboxStore>(
         }
         if purged > 0 {
             tracing::debug!(purged, "purged old inbox keys");
+        }
+        // The inbox's size after the purge: every key the group recorded.
+        let everything = config.clock.now() + chrono::Duration::days(1);
+        match store.count_inbox(&config.group, everything).await {
+            Ok(keys) => {
+                // A gauge is an f64: exact up to 2^53 keys.
+                metrics::gauge!(crate::metrics::INBOX_KEYS, "group" => config.group.clone())
+                    .set(keys as f64);
+            }
+            Err(e) => tracing::warn!(error = %error_chain(&e), "counting the inbox failed"),
         }
     }
 }

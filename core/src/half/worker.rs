@@ -491,7 +491,7 @@ async fn dead<S: HalfStore>(shared: &Shared<S>, env: &crate::Envelope, reason: &
     {
         Ok(true) => {
             tracing::error!(reason, "prepared message is dead");
-            metrics::counter!(crate::metrics::DEAD_LETTERS_TOTAL, "topic" => env.topic.clone())
+            metrics::counter!(crate::metrics::DEAD_LETTERS_TOTAL, "topic" => env.topic.clone(), "side" => "outbox")
                 .increment(1);
             true
         }

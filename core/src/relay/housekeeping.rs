@@ -62,8 +62,9 @@ pub(super) async fn purge_loop<S: Store, B: Broker>(
     }
 }
 
-/// Sets the outbox gauges from [`Store::stats`] every `stats_interval`
-/// (the first time at start). Off the publish path: a slow or failing count
+/// Sets the outbox gauges from [`Store::stats`] and
+/// [`Store::pending_by_topic`] every `stats_interval` (the first time at
+/// start). Off the publish path: a slow or failing count
 /// delays only the next reading.
 pub(super) async fn stats_loop<S: Store, B: Broker>(
     shared: Arc<Shared<S, B>>,
@@ -74,6 +75,7 @@ pub(super) async fn stats_loop<S: Store, B: Broker>(
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shown = std::collections::HashSet::new();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -88,6 +90,19 @@ pub(super) async fn stats_loop<S: Store, B: Broker>(
             Ok(stats) => crate::metrics::record_outbox(&stats, shared.now()),
             Err(e) => {
                 tracing::warn!(error = %error_chain(&e), "counting the outbox failed; trying at the next interval");
+                continue;
+            }
+        }
+        // By topic, from the pending rows only.
+        let now = shared.now();
+        let topics = tokio::select! {
+            () = stop.cancelled() => return,
+            topics = shared.store.pending_by_topic() => topics,
+        };
+        match topics {
+            Ok(topics) => shown = crate::metrics::record_topics(&topics, shown, now),
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "counting the outbox by topic failed; trying at the next interval");
             }
         }
     }

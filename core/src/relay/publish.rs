@@ -132,7 +132,7 @@ impl<S: Store, B: Broker> Shared<S, B> {
 
     pub(super) async fn dead(&self, env: &Envelope, owner: Uuid, reason: &str) -> Outcome {
         tracing::error!(reason, "message is dead");
-        metrics::counter!(crate::metrics::DEAD_LETTERS_TOTAL, "topic" => env.topic.clone())
+        metrics::counter!(crate::metrics::DEAD_LETTERS_TOTAL, "topic" => env.topic.clone(), "side" => "outbox")
             .increment(1);
         if let Err(e) = self
             .store

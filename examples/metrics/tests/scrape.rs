@@ -182,6 +182,7 @@ async fn scrapes_see_the_counters_move_and_every_documented_metric() {
     for gauge in [
         "txmsg_outbox_pending",
         "txmsg_outbox_oldest_pending_age_seconds",
+        "txmsg_outbox_prepared",
     ] {
         assert!(
             second.contains(&format!("# TYPE {gauge} gauge")),
