@@ -126,13 +126,7 @@ pub(crate) async fn connect(
             ))
         }
         Kind::MySql => {
-            // sqlx knows MariaDB by the `mysql` scheme.
-            let url = match url.split_once("://") {
-                Some((scheme, rest)) if scheme.eq_ignore_ascii_case("mariadb") => {
-                    format!("mysql://{rest}")
-                }
-                _ => url.to_owned(),
-            };
+            let url = mysql_url(url);
             let pool = sqlx::mysql::MySqlPoolOptions::new()
                 .max_connections(MAX_CONNECTIONS)
                 .acquire_timeout(ctx.connect_timeout)
@@ -160,6 +154,14 @@ pub(crate) async fn connect(
     }
 }
 
+/// `url` as sqlx takes it: sqlx knows MariaDB by the `mysql` scheme.
+fn mysql_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("mariadb") => format!("mysql://{rest}"),
+        _ => url.to_owned(),
+    }
+}
+
 /// The migrations of the store `url` names, on `tables`, as one SQL script,
 /// without connecting: the URL only says which database it is.
 pub(crate) fn migration_script(url: &str, tables: Tables) -> Result<String, Failure> {
@@ -175,12 +177,7 @@ pub(crate) fn migration_script(url: &str, tables: Tables) -> Result<String, Fail
                 .migration_script()
         }
         Kind::MySql => {
-            let url = match url.split_once("://") {
-                Some((scheme, rest)) if scheme.eq_ignore_ascii_case("mariadb") => {
-                    format!("mysql://{rest}")
-                }
-                _ => url.to_owned(),
-            };
+            let url = mysql_url(url);
             let pool = sqlx::mysql::MySqlPoolOptions::new()
                 .connect_lazy(&url)
                 .map_err(lazy)?;

@@ -390,13 +390,7 @@ impl Binding {
                 plain_trace[i].get_or_insert(value.as_str());
                 continue;
             }
-            let name = self
-                .header_prefix
-                .and_then(|p| self.strip(name, p))
-                .unwrap_or(name);
-            headers
-                .entry(name.to_owned())
-                .or_insert_with(|| value.clone());
+            self.keep_header(&mut headers, name, value);
         }
         let first = |slot: usize| attributes.iter().find_map(|a| a[slot]);
 
@@ -454,6 +448,18 @@ impl Binding {
         envelope.key = key;
         envelope.headers = headers;
         Ok(envelope)
+    }
+
+    /// Keeps a header that is no attribute under the name it arrived with,
+    /// less the binding's header prefix; the first of a repeated name wins.
+    fn keep_header(&self, headers: &mut Headers, name: &str, value: &str) {
+        let name = self
+            .header_prefix
+            .and_then(|p| self.strip(name, p))
+            .unwrap_or(name);
+        headers
+            .entry(name.to_owned())
+            .or_insert_with(|| value.to_owned());
     }
 
     fn undecodable(&self, reason: String, incoming: Incoming) -> Undecodable {

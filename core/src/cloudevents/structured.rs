@@ -137,13 +137,7 @@ impl Binding {
                 || self.transport_headers.iter().any(|t| self.same(name, t))
                 || self.attribute_of(name).is_some();
             if !dropped {
-                let name = self
-                    .header_prefix
-                    .and_then(|p| self.strip(name, p))
-                    .unwrap_or(name);
-                headers
-                    .entry(name.to_owned())
-                    .or_insert_with(|| value.clone());
+                self.keep_header(&mut headers, name, value);
             }
         }
         let mut key = None;
