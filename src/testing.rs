@@ -217,13 +217,11 @@ impl<S: HalfStore + InboxStore> TestHarness<S> {
     pub async fn on(store: S) -> Result<Self> {
         store.migrate().await?;
         let clock = ManualClock::new();
-        let relay_config = RelayConfig {
-            poll_interval: Duration::from_millis(50),
-            backoff_min: Duration::from_millis(10),
-            backoff_max: Duration::from_secs(1),
-            clock: std::sync::Arc::new(clock.clone()),
-            ..RelayConfig::default()
-        };
+        let relay_config = RelayConfig::default()
+            .with_poll_interval(Duration::from_millis(50))
+            .with_backoff_min(Duration::from_millis(10))
+            .with_backoff_max(Duration::from_secs(1))
+            .with_clock(std::sync::Arc::new(clock.clone()));
         let broker = TestBroker::new(MemoryBroker::new());
         let relay = Relay::new(store.clone(), broker.clone(), relay_config.clone())?.start();
         let outbox = HalfOutbox::new(&store).with_relay(&relay);
@@ -307,12 +305,10 @@ impl<S: HalfStore + InboxStore> TestHarness<S> {
     /// handler for another database, a `State<T>` not given with
     /// [`with_state`](TestHarness::with_state).
     pub async fn consumer(&self, group: &str) -> Result<ConsumerHandle<S>> {
-        let config = ConsumerConfig {
-            backoff_min: Duration::from_millis(10),
-            backoff_max: Duration::from_millis(200),
-            clock: std::sync::Arc::new(self.clock.clone()),
-            ..ConsumerConfig::new(group)
-        };
+        let config = ConsumerConfig::new(group)
+            .with_backoff_min(Duration::from_millis(10))
+            .with_backoff_max(Duration::from_millis(200))
+            .with_clock(std::sync::Arc::new(self.clock.clone()));
         let handle = Consumer::new(self.store.clone(), self.broker.clone(), config)?
             .with_outbox(self.outbox())
             .with_observer(self.handled.sender())
@@ -339,11 +335,9 @@ impl<S: HalfStore + InboxStore> TestHarness<S> {
         if let Some(handle) = slot.as_ref() {
             return Ok(handle.clone());
         }
-        let config = CheckBackConfig {
-            poll_interval: Duration::from_millis(10),
-            clock: std::sync::Arc::new(self.clock.clone()),
-            ..CheckBackConfig::default()
-        };
+        let config = CheckBackConfig::default()
+            .with_poll_interval(Duration::from_millis(10))
+            .with_clock(std::sync::Arc::new(self.clock.clone()));
         let handle = CheckBackWorker::new(self.store.clone(), config)?
             .with_relay(&self.relay())
             .with_observer(self.checked.sender())
@@ -366,7 +360,7 @@ impl<S: HalfStore + InboxStore> TestHarness<S> {
     /// Moves the clock just past the relay's lease: rows a crashed relay
     /// held become free for the running one.
     pub fn advance_past_lease(&self) {
-        self.advance(self.relay_config.lease + Duration::from_secs(1));
+        self.advance(self.relay_config.lease() + Duration::from_secs(1));
     }
 
     // ---- faults ----

@@ -82,7 +82,7 @@ impl PgSchema {
             .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at DATABASE_URL={url}: {e}"));
         let store = PgStore::new(
             pool.clone(),
-            Tables::default().schema(&name).expect("schema name"),
+            Tables::default().with_schema(&name).expect("schema name"),
         )
         .expect("store");
         store.migrate().await.expect("migrate");
@@ -153,7 +153,7 @@ impl Rabbit {
         let id = unique();
         let exchange = format!("txmsg.test.{id}");
         let queue = format!("txmsg.test.{id}.all");
-        let config = config.exchange(&exchange).expect("exchange name");
+        let config = config.with_exchange(&exchange).expect("exchange name");
         let broker = RabbitBroker::connect(url, config)
             .await
             .unwrap_or_else(|e| panic!("cannot reach RabbitMQ at AMQP_URL={url}: {e}"));

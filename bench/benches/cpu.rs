@@ -264,7 +264,7 @@ mod rabbitmq {
     fn codec() -> RabbitCodec {
         RabbitCodec::new(
             &RabbitConfig::default()
-                .source(SOURCE)
+                .with_source(SOURCE)
                 .expect("a valid source"),
         )
     }

@@ -107,10 +107,7 @@ pub(crate) async fn drain(env: &Env) -> Res<DrainResult> {
         client: 0,
         amount: 3456,
     })?;
-    let config = RelayConfig {
-        max_in_flight: env.window,
-        ..RelayConfig::default()
-    };
+    let config = RelayConfig::default().with_max_in_flight(env.window);
     let mut out = DrainResult {
         rows: env.drain_rows,
         window: env.window,
@@ -158,7 +155,7 @@ pub(crate) async fn drain(env: &Env) -> Res<DrainResult> {
             Side::Baseline => out.baseline_rounds.push(rate),
         }
     }
-    let batch = usize::try_from(config.batch_size)?;
+    let batch = usize::try_from(config.batch_size())?;
     let ch = confirm_channel(&rabbit.conn, &rabbit.exchange).await?;
     rabbit.purge().await?;
     let start = Instant::now();
@@ -403,11 +400,9 @@ async fn consume_together(
 
 /// Starts txmsg's consumer runtime for the benchmark's group on `fw`.
 async fn start_consumer(fw: &Schema, broker: RabbitBroker) -> Res<ConsumerHandle<PgStore>> {
-    let config = ConsumerConfig {
-        prefetch: PREFETCH,
-        concurrency: CONSUME_CONCURRENCY,
-        ..ConsumerConfig::new("bench")
-    };
+    let config = ConsumerConfig::new("bench")
+        .with_prefetch(PREFETCH)
+        .with_concurrency(CONSUME_CONCURRENCY);
     Ok(Consumer::new(fw.store.clone(), broker, config)?
         .start()
         .await?)
@@ -593,13 +588,13 @@ pub(crate) async fn memory(env: &Env) -> Res<MemoryResult> {
 /// exchange, then prints its own VmHWM.
 pub(crate) async fn relay_child(env: &Env, schema: &str, exchange: &str, rows: usize) -> Res<()> {
     let schema = Schema::attach(env, schema, 2).await?;
-    let broker =
-        RabbitBroker::connect(&env.amqp_url, RabbitConfig::default().exchange(exchange)?).await?;
+    let broker = RabbitBroker::connect(
+        &env.amqp_url,
+        RabbitConfig::default().with_exchange(exchange)?,
+    )
+    .await?;
     let timed = TimedBroker::counting(broker.clone());
-    let config = RelayConfig {
-        max_in_flight: env.window,
-        ..RelayConfig::default()
-    };
+    let config = RelayConfig::default().with_max_in_flight(env.window);
     let relay = Relay::new(schema.store.clone(), timed.clone(), config)?.start();
     let ok = wait_drained(&schema, &timed, rows, Duration::from_secs(900)).await?;
     relay.shutdown().await;

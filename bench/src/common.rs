@@ -81,7 +81,7 @@ impl Schema {
     pub(crate) async fn create(env: &Env, tag: &str, conns: u32) -> Res<Self> {
         let name = format!("txmsg_bench_{tag}_{}", unique());
         let pool = pool_in(&env.db_url, &name, conns).await?;
-        let store = PgStore::new(pool.clone(), Tables::default().schema(&name)?)?;
+        let store = PgStore::new(pool.clone(), Tables::default().with_schema(&name)?)?;
         store.migrate().await?;
         sqlx::raw_sql(BUSINESS_DDL).execute(&pool).await?;
         Ok(Schema { name, pool, store })
@@ -90,7 +90,7 @@ impl Schema {
     /// Opens another pool on the same schema.
     pub(crate) async fn attach(env: &Env, name: &str, conns: u32) -> Res<Self> {
         let pool = pool_in(&env.db_url, name, conns).await?;
-        let store = PgStore::new(pool.clone(), Tables::default().schema(name)?)?;
+        let store = PgStore::new(pool.clone(), Tables::default().with_schema(name)?)?;
         Ok(Schema {
             name: name.to_owned(),
             pool,
@@ -182,10 +182,12 @@ impl Rabbit {
         let id = unique();
         let exchange = format!("txmsg.bench.{tag}.{id}");
         let queue = format!("{exchange}.all");
-        let broker =
-            RabbitBroker::connect(&env.amqp_url, RabbitConfig::default().exchange(&exchange)?)
-                .await
-                .map_err(|e| format!("cannot reach RabbitMQ at AMQP_URL: {e}"))?;
+        let broker = RabbitBroker::connect(
+            &env.amqp_url,
+            RabbitConfig::default().with_exchange(&exchange)?,
+        )
+        .await
+        .map_err(|e| format!("cannot reach RabbitMQ at AMQP_URL: {e}"))?;
         broker.bind_queue(&queue, "#").await?;
         let conn = connect_raw(env).await?;
         Ok(Rabbit {

@@ -563,8 +563,8 @@ fn check_inbox_age(args: &InboxPurgeArgs) -> Result<(), Failure> {
          backoff_max {}): a message redelivered after its key was purged would be applied \
          twice; pass --allow-below-horizon if group `{}` stops redelivering sooner",
         age(args.older_than),
-        age(defaults.redelivery_window),
-        age(defaults.backoff_max),
+        age(defaults.redelivery_window()),
+        age(defaults.backoff_max()),
         args.group,
     )))
 }

@@ -73,16 +73,16 @@ pub(crate) fn tables(db: &DbArgs) -> Result<Tables, Failure> {
     let bad = |e: Error| Failure::Usage(describe(&e, None));
     let mut tables = Tables::default();
     if let Some(schema) = &db.schema {
-        tables = tables.schema(schema).map_err(bad)?;
+        tables = tables.with_schema(schema).map_err(bad)?;
     }
     if let Some(name) = &db.outbox_table {
-        tables = tables.outbox(name).map_err(bad)?;
+        tables = tables.with_outbox(name).map_err(bad)?;
     }
     if let Some(name) = &db.inbox_table {
-        tables = tables.inbox(name).map_err(bad)?;
+        tables = tables.with_inbox(name).map_err(bad)?;
     }
     if let Some(name) = &db.migrations_table {
-        tables = tables.migrations(name).map_err(bad)?;
+        tables = tables.with_migrations(name).map_err(bad)?;
     }
     Ok(tables)
 }

@@ -141,8 +141,8 @@ async fn run(cli: &Cli) -> Result<cmd::Output, Failure> {
 
 /// The outbox table as people write it: `schema.table`.
 fn outbox_name(tables: &Tables) -> String {
-    match tables.schema_name() {
-        Some(schema) => format!("{schema}.{}", tables.outbox_name()),
-        None => tables.outbox_name().to_string(),
+    match tables.schema() {
+        Some(schema) => format!("{schema}.{}", tables.outbox()),
+        None => tables.outbox().to_string(),
     }
 }

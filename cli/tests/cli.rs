@@ -137,10 +137,10 @@ impl Db for Pg {
     }
 
     async fn store(&self) -> PgStore {
-        let tables = Tables::default().schema(&self.schema).expect("schema");
+        let tables = Tables::default().with_schema(&self.schema).expect("schema");
         PgStore::connect_with(
             &self.url,
-            txmsg::postgres::StoreConfig::from(tables).max_connections(4),
+            txmsg::postgres::StoreConfig::from(tables).with_max_connections(4),
         )
         .await
         .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at DATABASE_URL: {e}"))
@@ -190,9 +190,9 @@ impl Db for Lite {
 
     async fn store(&self) -> SqliteStore {
         let tables = Tables::default()
-            .outbox("ops_outbox")
+            .with_outbox("ops_outbox")
             .expect("outbox")
-            .inbox("ops_inbox")
+            .with_inbox("ops_inbox")
             .expect("inbox");
         SqliteStore::connect_with(&self.url(), tables)
             .await
@@ -362,10 +362,7 @@ async fn dead_replay_delivers_once<D: Db>(db: &D) {
     // A relay publishes each replayed message exactly once.
     let broker = MemoryBroker::new();
     let mut seen = broker.observe(topic);
-    let config = RelayConfig {
-        poll_interval: Duration::from_millis(50),
-        ..RelayConfig::default()
-    };
+    let config = RelayConfig::default().with_poll_interval(Duration::from_millis(50));
     let relay = Relay::new(store.clone(), broker.clone(), config)
         .expect("relay")
         .start();
@@ -679,13 +676,13 @@ impl Db for Maria {
 
     async fn store(&self) -> MySqlStore {
         let tables = Tables::default()
-            .outbox(&format!("{}_outbox", self.prefix))
-            .and_then(|t| t.inbox(&format!("{}_inbox", self.prefix)))
-            .and_then(|t| t.migrations(&format!("{}_migrations", self.prefix)))
+            .with_outbox(&format!("{}_outbox", self.prefix))
+            .and_then(|t| t.with_inbox(&format!("{}_inbox", self.prefix)))
+            .and_then(|t| t.with_migrations(&format!("{}_migrations", self.prefix)))
             .expect("table names");
         MySqlStore::connect_with(
             &self.url,
-            txmsg::mysql::StoreConfig::from(tables).max_connections(4),
+            txmsg::mysql::StoreConfig::from(tables).with_max_connections(4),
         )
         .await
         .unwrap_or_else(|e| panic!("cannot reach MariaDB at MYSQL_URL: {e}"))

@@ -95,7 +95,23 @@ const DEFAULT_CONSUMER_DEAD: &str = "txmsg_consumer_dead";
 ///
 /// Defaults: no schema (the connection's default), `txmsg_outbox`,
 /// `txmsg_inbox`, `txmsg_migrations`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Deserialized, e.g. from a service's config file, as
+/// `{ "schema": "…", "outbox": "…", "inbox": "…", "migrations": "…" }`
+/// (each may be left out), with the same checks as the setters:
+///
+/// ```
+/// use txmsg_core::Tables;
+///
+/// let tables: Tables = serde_json::from_str(r#"{ "schema": "billing", "outbox": "billing_outbox" }"#)?;
+/// assert_eq!(tables.outbox().as_str(), "billing_outbox");
+/// assert_eq!(tables.inbox().as_str(), "txmsg_inbox");
+/// assert!(serde_json::from_str::<Tables>(r#"{ "outbox": "orders; drop table x" }"#).is_err());
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "TableNames")]
+#[non_exhaustive]
 pub struct Tables {
     schema: Option<Ident>,
     outbox: Ident,
@@ -114,13 +130,48 @@ impl Default for Tables {
     }
 }
 
+/// [`Tables`] as written in a config file, before the setters check it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TableNames {
+    #[serde(default)]
+    schema: Option<String>,
+    #[serde(default)]
+    outbox: Option<String>,
+    #[serde(default)]
+    inbox: Option<String>,
+    #[serde(default)]
+    migrations: Option<String>,
+}
+
+impl TryFrom<TableNames> for Tables {
+    type Error = Error;
+
+    fn try_from(names: TableNames) -> Result<Self> {
+        let mut tables = Tables::default();
+        if let Some(schema) = names.schema {
+            tables = tables.with_schema(&schema)?;
+        }
+        if let Some(outbox) = names.outbox {
+            tables = tables.with_outbox(&outbox)?;
+        }
+        if let Some(inbox) = names.inbox {
+            tables = tables.with_inbox(&inbox)?;
+        }
+        if let Some(migrations) = names.migrations {
+            tables = tables.with_migrations(&migrations)?;
+        }
+        Ok(tables)
+    }
+}
+
 impl Tables {
     /// Puts the tables in `schema` (where the database has schemas).
     ///
     /// # Errors
     ///
     /// [`Error::Config`] if `schema` is not a valid identifier.
-    pub fn schema(mut self, schema: &str) -> Result<Self> {
+    pub fn with_schema(mut self, schema: &str) -> Result<Self> {
         self.schema = Some(Ident::for_field("schema", schema)?);
         Ok(self)
     }
@@ -130,7 +181,7 @@ impl Tables {
     /// # Errors
     ///
     /// [`Error::Config`] if `name` is not a valid identifier.
-    pub fn outbox(mut self, name: &str) -> Result<Self> {
+    pub fn with_outbox(mut self, name: &str) -> Result<Self> {
         self.outbox = Ident::for_field("outbox_table", name)?;
         Ok(self)
     }
@@ -140,7 +191,7 @@ impl Tables {
     /// # Errors
     ///
     /// [`Error::Config`] if `name` is not a valid identifier.
-    pub fn inbox(mut self, name: &str) -> Result<Self> {
+    pub fn with_inbox(mut self, name: &str) -> Result<Self> {
         let ident = Ident::for_field("inbox_table", name)?;
         // The consumer dead-letter table is named `<inbox>_dead`.
         if name.len() + DEAD_SUFFIX.len() > MAX_IDENT_LEN {
@@ -161,23 +212,23 @@ impl Tables {
     /// # Errors
     ///
     /// [`Error::Config`] if `name` is not a valid identifier.
-    pub fn migrations(mut self, name: &str) -> Result<Self> {
+    pub fn with_migrations(mut self, name: &str) -> Result<Self> {
         self.migrations = Ident::for_field("migrations_table", name)?;
         Ok(self)
     }
 
     /// The schema, if one was set.
-    pub fn schema_name(&self) -> Option<&Ident> {
+    pub fn schema(&self) -> Option<&Ident> {
         self.schema.as_ref()
     }
 
     /// The outbox table's name.
-    pub fn outbox_name(&self) -> &Ident {
+    pub fn outbox(&self) -> &Ident {
         &self.outbox
     }
 
     /// The inbox table's name.
-    pub fn inbox_name(&self) -> &Ident {
+    pub fn inbox(&self) -> &Ident {
         &self.inbox
     }
 
@@ -197,11 +248,11 @@ impl Tables {
     /// ```
     /// use txmsg_core::Tables;
     ///
-    /// assert_eq!(Tables::default().consumer_dead_name().unwrap().as_str(), "txmsg_consumer_dead");
-    /// let renamed = Tables::default().inbox("events_in").unwrap();
-    /// assert_eq!(renamed.consumer_dead_name().unwrap().as_str(), "events_in_dead");
+    /// assert_eq!(Tables::default().consumer_dead().unwrap().as_str(), "txmsg_consumer_dead");
+    /// let renamed = Tables::default().with_inbox("events_in").unwrap();
+    /// assert_eq!(renamed.consumer_dead().unwrap().as_str(), "events_in_dead");
     /// ```
-    pub fn consumer_dead_name(&self) -> Result<Ident> {
+    pub fn consumer_dead(&self) -> Result<Ident> {
         let name = if self.inbox == Tables::default().inbox {
             DEFAULT_CONSUMER_DEAD.to_owned()
         } else {
@@ -231,7 +282,7 @@ impl Tables {
     }
 
     /// The migrations table's name.
-    pub fn migrations_name(&self) -> &Ident {
+    pub fn migrations(&self) -> &Ident {
         &self.migrations
     }
 
@@ -245,8 +296,33 @@ impl Tables {
     }
 }
 
+/// Writes, for settings kept in private fields, a getter named after the
+/// field and a consuming `with_` setter, both documented with the setting's
+/// doc. Checks run in the config's `validate`, when the runner starts.
+macro_rules! settings {
+    ($config:ident { $( $(#[doc = $doc:literal])+ $field:ident / $with:ident : $ty:ty ),+ $(,)? }) => {
+        impl $config {
+            $(
+                $(#[doc = $doc])+
+                pub fn $field(&self) -> $ty {
+                    self.$field
+                }
+
+                #[doc = concat!("Sets [`", stringify!($field), "`](Self::", stringify!($field), ").")]
+                #[must_use]
+                pub fn $with(mut self, $field: $ty) -> Self {
+                    self.$field = $field;
+                    self
+                }
+            )+
+        }
+    };
+}
+pub(crate) use settings;
+
 /// What the relay does with the later messages of a key whose message went dead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum DeadKeyPolicy {
     /// The key is parked: its later messages wait until an operator replays or
@@ -260,66 +336,128 @@ pub enum DeadKeyPolicy {
 /// Settings of a [`Relay`](crate::Relay), validated by [`RelayConfig::validate`]
 /// when the relay is made.
 ///
-/// Set the fields you need and take the rest from `Default`, so that fields
-/// added later do not break your code:
+/// Start from `Default` and set what you need; each setting has a getter
+/// named after it and a `with_` setter:
 ///
 /// ```
 /// use std::time::Duration;
 /// use txmsg_core::RelayConfig;
 ///
-/// let config = RelayConfig { max_attempts: 5, lease: Duration::from_secs(60), ..RelayConfig::default() };
+/// let config = RelayConfig::default()
+///     .with_max_attempts(5)
+///     .with_lease(Duration::from_secs(60));
+/// assert_eq!(config.max_attempts(), 5);
 /// assert!(config.validate().is_ok());
 /// ```
-#[derive(Clone, Debug)]
+///
+/// The plain settings deserialize from a service's config file or
+/// environment (any serde format; durations as `"30s"`, `"1h 30m"`; unknown
+/// keys refused; what is left out keeps its default). The clock is not a
+/// setting there. [`Relay::new`](crate::Relay::new) checks the result:
+///
+/// ```
+/// use std::time::Duration;
+/// use txmsg_core::{DeadKeyPolicy, RelayConfig};
+///
+/// let config: RelayConfig = serde_json::from_str(
+///     r#"{ "max_attempts": 5, "lease": "1m", "dead_key_policy": "skip", "sent_retention": null }"#,
+/// )?;
+/// assert_eq!(config.lease(), Duration::from_secs(60));
+/// assert_eq!(config.dead_key_policy(), DeadKeyPolicy::Skip);
+/// assert_eq!(config.sent_retention(), None);
+/// assert_eq!(config.batch_size(), RelayConfig::default().batch_size());
+///
+/// let bad: RelayConfig = serde_json::from_str(r#"{ "publish_timeout": "2m" }"#)?;
+/// assert!(bad.validate().is_err(), "publish_timeout must be shorter than lease");
+/// assert!(serde_json::from_str::<RelayConfig>(r#"{ "leese": "1m" }"#).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, serde::Deserialize)]
+#[non_exhaustive]
+#[serde(default, deny_unknown_fields)]
 pub struct RelayConfig {
-    /// Most rows claimed by one poll. Default 500.
-    pub batch_size: u32,
-    /// Most rows of one key claimed by one poll, after its first. Default 100.
-    pub per_key_batch: u32,
-    /// How long a claimed row (or a row written by this process for the fast
-    /// path) belongs to this relay before another may take it. Default 30 s.
-    pub lease: Duration,
-    /// How often the poller looks for rows when nothing wakes it. Default 1 s.
-    pub poll_interval: Duration,
-    /// Attempts before a message is dead. Default 10.
-    pub max_attempts: u32,
-    /// First retry delay. Default 200 ms.
-    pub backoff_min: Duration,
-    /// Longest retry delay. Default 60 s.
-    pub backoff_max: Duration,
-    /// Largest payload published, in bytes; larger ones go dead. Default 1 MiB.
-    pub max_payload_bytes: usize,
-    /// Most publishes awaiting a broker confirm at once. Default 512.
-    pub max_in_flight: usize,
-    /// Messages buffered for the fast path; beyond it, new messages go to the
-    /// poller. Default 16 384.
-    pub fast_path_capacity: usize,
-    /// Most sent marks written in one statement. Default 512.
-    pub mark_batch: usize,
-    /// Longest a sent mark waits to be batched. Default 5 ms.
-    pub mark_interval: Duration,
-    /// Longest a publish may wait for the broker's confirm; shorter than `lease`. Default 10 s.
-    pub publish_timeout: Duration,
-    /// How long shutdown waits for in-flight publishes. Default 10 s.
-    pub shutdown_timeout: Duration,
-    /// What a dead message does to its key. Default [`DeadKeyPolicy::Park`].
-    pub dead_key_policy: DeadKeyPolicy,
-    /// How long sent rows are kept before the relay purges them; `None`
-    /// keeps them forever. Default 7 days.
-    pub sent_retention: Option<Duration>,
-    /// How often the relay purges sent rows past `sent_retention`. Default 60 s.
-    pub purge_interval: Duration,
-    /// Most rows one purge statement deletes; a purge deletes batch after
-    /// batch, pausing between them, so producers are never blocked by a
-    /// long delete. Default 1 000.
-    pub purge_batch: u32,
-    /// How often the relay reads [`Store::stats`](crate::Store::stats) to
-    /// set the outbox gauges ([`OUTBOX_PENDING`](crate::metrics::OUTBOX_PENDING),
-    /// [`OUTBOX_OLDEST_PENDING_AGE_SECONDS`](crate::metrics::OUTBOX_OLDEST_PENDING_AGE_SECONDS));
-    /// `None` sets no gauges and reads nothing. Default 5 s.
-    pub stats_interval: Option<Duration>,
-    /// The clock. Default the system clock.
-    pub clock: Arc<dyn Clock>,
+    pub(crate) batch_size: u32,
+    pub(crate) per_key_batch: u32,
+    #[serde(with = "humantime_serde")]
+    pub(crate) lease: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) poll_interval: Duration,
+    pub(crate) max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub(crate) backoff_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) backoff_max: Duration,
+    pub(crate) max_payload_bytes: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) fast_path_capacity: usize,
+    pub(crate) mark_batch: usize,
+    #[serde(with = "humantime_serde")]
+    pub(crate) mark_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) publish_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) dead_key_policy: DeadKeyPolicy,
+    #[serde(with = "humantime_serde")]
+    pub(crate) sent_retention: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub(crate) purge_interval: Duration,
+    pub(crate) purge_batch: u32,
+    #[serde(with = "humantime_serde")]
+    pub(crate) stats_interval: Option<Duration>,
+    #[serde(skip)]
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+crate::config::settings! {
+    RelayConfig {
+        /// Most rows claimed by one poll. Default 500.
+        batch_size / with_batch_size: u32,
+        /// Most rows of one key claimed by one poll, after its first. Default 100.
+        per_key_batch / with_per_key_batch: u32,
+        /// How long a claimed row (or a row written by this process for the fast
+        /// path) belongs to this relay before another may take it. Default 30 s.
+        lease / with_lease: Duration,
+        /// How often the poller looks for rows when nothing wakes it. Default 1 s.
+        poll_interval / with_poll_interval: Duration,
+        /// Attempts before a message is dead. Default 10.
+        max_attempts / with_max_attempts: u32,
+        /// First retry delay. Default 200 ms.
+        backoff_min / with_backoff_min: Duration,
+        /// Longest retry delay. Default 60 s.
+        backoff_max / with_backoff_max: Duration,
+        /// Largest payload published, in bytes; larger ones go dead. Default 1 MiB.
+        max_payload_bytes / with_max_payload_bytes: usize,
+        /// Most publishes awaiting a broker confirm at once. Default 512.
+        max_in_flight / with_max_in_flight: usize,
+        /// Messages buffered for the fast path; beyond it, new messages go to the
+        /// poller. Default 16 384.
+        fast_path_capacity / with_fast_path_capacity: usize,
+        /// Most sent marks written in one statement. Default 512.
+        mark_batch / with_mark_batch: usize,
+        /// Longest a sent mark waits to be batched. Default 5 ms.
+        mark_interval / with_mark_interval: Duration,
+        /// Longest a publish may wait for the broker's confirm; shorter than `lease`. Default 10 s.
+        publish_timeout / with_publish_timeout: Duration,
+        /// How long shutdown waits for in-flight publishes. Default 10 s.
+        shutdown_timeout / with_shutdown_timeout: Duration,
+        /// What a dead message does to its key. Default [`DeadKeyPolicy::Park`].
+        dead_key_policy / with_dead_key_policy: DeadKeyPolicy,
+        /// How long sent rows are kept before the relay purges them; `None`
+        /// keeps them forever. Default 7 days.
+        sent_retention / with_sent_retention: Option<Duration>,
+        /// How often the relay purges sent rows past `sent_retention`. Default 60 s.
+        purge_interval / with_purge_interval: Duration,
+        /// Most rows one purge statement deletes; a purge deletes batch after
+        /// batch, pausing between them, so producers are never blocked by a
+        /// long delete. Default 1 000.
+        purge_batch / with_purge_batch: u32,
+        /// How often the relay reads [`Store::stats`](crate::Store::stats) to
+        /// set the outbox gauges ([`OUTBOX_PENDING`](crate::metrics::OUTBOX_PENDING),
+        /// [`OUTBOX_OLDEST_PENDING_AGE_SECONDS`](crate::metrics::OUTBOX_OLDEST_PENDING_AGE_SECONDS));
+        /// `None` sets no gauges and reads nothing. Default 5 s.
+        stats_interval / with_stats_interval: Option<Duration>,
+    }
 }
 
 impl Default for RelayConfig {
@@ -350,6 +488,18 @@ impl Default for RelayConfig {
 }
 
 impl RelayConfig {
+    /// The clock. Default the system clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Sets [`clock`](Self::clock), e.g. a manual clock in tests.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Checks every field.
     ///
     /// # Errors
@@ -402,7 +552,7 @@ mod tests {
     #[test]
     fn ident_refuses_injection_and_names_the_field() {
         let err = Tables::default()
-            .outbox("orders; drop table x")
+            .with_outbox("orders; drop table x")
             .unwrap_err();
         assert!(matches!(
             err,
@@ -428,14 +578,14 @@ mod tests {
 
     #[test]
     fn the_consumer_dead_table_is_named_after_the_inbox() {
-        let name = |t: &Tables| t.consumer_dead_name().map(|i| i.to_string());
+        let name = |t: &Tables| t.consumer_dead().map(|i| i.to_string());
         assert_eq!(name(&Tables::default()).unwrap(), "txmsg_consumer_dead");
-        let renamed = Tables::default().inbox("events_in").unwrap();
+        let renamed = Tables::default().with_inbox("events_in").unwrap();
         assert_eq!(name(&renamed).unwrap(), "events_in_dead");
-        let fits = Tables::default().inbox(&"i".repeat(58)).unwrap();
+        let fits = Tables::default().with_inbox(&"i".repeat(58)).unwrap();
         assert_eq!(name(&fits).unwrap().len(), MAX_IDENT_LEN);
         // Too long is refused where the name is set.
-        let err = Tables::default().inbox(&"i".repeat(59)).unwrap_err();
+        let err = Tables::default().with_inbox(&"i".repeat(59)).unwrap_err();
         assert!(matches!(
             err,
             Error::Config {
@@ -445,11 +595,11 @@ mod tests {
         ));
         for (clash, what) in [("outbox", "outbox"), ("migrations", "migrations")] {
             let tables = match clash {
-                "outbox" => Tables::default().outbox("events_dead"),
-                _ => Tables::default().migrations("events_dead"),
+                "outbox" => Tables::default().with_outbox("events_dead"),
+                _ => Tables::default().with_migrations("events_dead"),
             };
-            let tables = tables.unwrap().inbox("events").unwrap();
-            let err = tables.consumer_dead_name().unwrap_err();
+            let tables = tables.unwrap().with_inbox("events").unwrap();
+            let err = tables.consumer_dead().unwrap_err();
             assert!(
                 matches!(
                     &err,
@@ -466,11 +616,8 @@ mod tests {
 
     #[test]
     fn qualified_quotes_both_parts() {
-        let t = Tables::default().schema("app").unwrap();
-        assert_eq!(
-            t.qualified(t.outbox_name(), '"'),
-            "\"app\".\"txmsg_outbox\""
-        );
+        let t = Tables::default().with_schema("app").unwrap();
+        assert_eq!(t.qualified(t.outbox(), '"'), "\"app\".\"txmsg_outbox\"");
         assert_eq!(
             Tables::default().qualified(&Ident::new("x").unwrap(), '`'),
             "`x`"
@@ -480,10 +627,7 @@ mod tests {
     #[test]
     fn relay_config_rules() {
         assert!(RelayConfig::default().validate().is_ok());
-        let c = RelayConfig {
-            max_attempts: 0,
-            ..RelayConfig::default()
-        };
+        let c = RelayConfig::default().with_max_attempts(0);
         assert!(matches!(
             c.validate(),
             Err(Error::Config {
@@ -491,10 +635,7 @@ mod tests {
                 ..
             })
         ));
-        let c = RelayConfig {
-            publish_timeout: Duration::from_secs(60),
-            ..RelayConfig::default()
-        };
+        let c = RelayConfig::default().with_publish_timeout(Duration::from_secs(60));
         assert!(matches!(
             c.validate(),
             Err(Error::Config {
@@ -506,10 +647,7 @@ mod tests {
 
     #[test]
     fn stats_interval_is_positive_or_off() {
-        let c = RelayConfig {
-            stats_interval: Some(Duration::ZERO),
-            ..RelayConfig::default()
-        };
+        let c = RelayConfig::default().with_stats_interval(Some(Duration::ZERO));
         assert!(matches!(
             c.validate(),
             Err(Error::Config {
@@ -517,10 +655,7 @@ mod tests {
                 ..
             })
         ));
-        let off = RelayConfig {
-            stats_interval: None,
-            ..RelayConfig::default()
-        };
+        let off = RelayConfig::default().with_stats_interval(None);
         assert!(off.validate().is_ok());
         assert_eq!(
             RelayConfig::default().stats_interval,

@@ -44,13 +44,30 @@ fn check_file_setting(
 /// use txmsg_core::tls::TlsFiles;
 ///
 /// let files = TlsFiles::default()
-///     .ca_file("/etc/ssl/billing-ca.pem")?
-///     .client_auth("/etc/ssl/app.pem", "/etc/ssl/app.key")?;
-/// assert!(files.get_ca_file().is_some());
-/// assert!(TlsFiles::default().ca_file("").is_err());
+///     .with_ca_file("/etc/ssl/billing-ca.pem")?
+///     .with_client_auth("/etc/ssl/app.pem", "/etc/ssl/app.key")?;
+/// assert!(files.ca_file().is_some());
+/// assert!(TlsFiles::default().with_ca_file("").is_err());
 /// # Ok::<(), txmsg_core::Error>(())
 /// ```
-#[derive(Clone, Default, PartialEq, Eq)]
+///
+/// Deserialized, e.g. from a service's config file, as
+/// `{ "ca_file": "…", "client_auth": { "cert": "…", "key": "…" } }`
+/// (either may be left out), with the same checks as the setters:
+///
+/// ```
+/// use txmsg_core::tls::TlsFiles;
+///
+/// let files: TlsFiles = serde_json::from_str(
+///     r#"{ "client_auth": { "cert": "/etc/ssl/app.pem", "key": "/etc/ssl/app.key" } }"#,
+/// )?;
+/// assert!(files.ca_file().is_none() && files.client_auth().is_some());
+/// assert!(serde_json::from_str::<TlsFiles>(r#"{ "ca_file": "" }"#).is_err());
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "TlsPaths")]
+#[non_exhaustive]
 pub struct TlsFiles {
     ca_file: Option<PathBuf>,
     client_auth: Option<(PathBuf, PathBuf)>,
@@ -65,6 +82,39 @@ impl fmt::Debug for TlsFiles {
     }
 }
 
+/// [`TlsFiles`] as written in a config file, before the setters check it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsPaths {
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    client_auth: Option<ClientAuthPaths>,
+}
+
+/// A client certificate and its key, as written in a config file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientAuthPaths {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl TryFrom<TlsPaths> for TlsFiles {
+    type Error = Error;
+
+    fn try_from(paths: TlsPaths) -> Result<Self> {
+        let mut files = TlsFiles::default();
+        if let Some(ca_file) = paths.ca_file {
+            files = files.with_ca_file(ca_file)?;
+        }
+        if let Some(ClientAuthPaths { cert, key }) = paths.client_auth {
+            files = files.with_client_auth(cert, key)?;
+        }
+        Ok(files)
+    }
+}
+
 impl TlsFiles {
     /// Trusts only the CA certificates in the PEM file at `path`, instead of
     /// the system's trust store.
@@ -72,7 +122,7 @@ impl TlsFiles {
     /// # Errors
     ///
     /// [`Error::Config`] for `tls_ca_file` if the path is empty.
-    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Result<Self> {
+    pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Result<Self> {
         let path = path.into();
         check_path("tls_ca_file", &path)?;
         self.ca_file = Some(path);
@@ -85,7 +135,7 @@ impl TlsFiles {
     /// # Errors
     ///
     /// [`Error::Config`] for `tls_client_auth` if a path is empty.
-    pub fn client_auth(
+    pub fn with_client_auth(
         mut self,
         cert: impl Into<PathBuf>,
         key: impl Into<PathBuf>,
@@ -98,12 +148,12 @@ impl TlsFiles {
     }
 
     /// The PEM file of the trusted CAs, if set.
-    pub fn get_ca_file(&self) -> Option<&Path> {
+    pub fn ca_file(&self) -> Option<&Path> {
         self.ca_file.as_deref()
     }
 
     /// The PEM files of the client certificate chain and its key, if set.
-    pub fn get_client_auth(&self) -> Option<(&Path, &Path)> {
+    pub fn client_auth(&self) -> Option<(&Path, &Path)> {
         self.client_auth
             .as_ref()
             .map(|(cert, key)| (cert.as_path(), key.as_path()))
@@ -177,16 +227,22 @@ mod tests {
     #[test]
     fn files_are_checked_where_they_are_set_and_used() {
         assert_eq!(
-            field(TlsFiles::default().ca_file("").unwrap_err()),
+            field(TlsFiles::default().with_ca_file("").unwrap_err()),
             "tls_ca_file"
         );
         assert_eq!(
-            field(TlsFiles::default().client_auth("c.pem", "").unwrap_err()),
+            field(
+                TlsFiles::default()
+                    .with_client_auth("c.pem", "")
+                    .unwrap_err()
+            ),
             "tls_client_auth"
         );
-        let files = TlsFiles::default().client_auth("c.pem", "k.pem").unwrap();
+        let files = TlsFiles::default()
+            .with_client_auth("c.pem", "k.pem")
+            .unwrap();
         assert_eq!(
-            files.get_client_auth(),
+            files.client_auth(),
             Some((Path::new("c.pem"), Path::new("k.pem")))
         );
         assert_eq!(

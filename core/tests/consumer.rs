@@ -57,11 +57,9 @@ async fn count(store: &SqliteStore, sql: &'static str) -> i64 {
 #[tokio::test]
 async fn retention_shorter_than_the_redelivery_horizon_is_refused_at_start() {
     let store = store().await;
-    let config = ConsumerConfig {
-        inbox_retention: Duration::from_secs(3600),
-        redelivery_window: Duration::from_secs(3600),
-        ..ConsumerConfig::new("purger")
-    };
+    let config = ConsumerConfig::new("purger")
+        .with_inbox_retention(Duration::from_secs(3600))
+        .with_redelivery_window(Duration::from_secs(3600));
     let err = Consumer::new(store, MemoryBroker::new(), config)
         .unwrap()
         .start()
@@ -88,13 +86,11 @@ async fn old_inbox_keys_are_purged_in_batches() {
     let store = store().await;
     let broker = MemoryBroker::new();
     let clock = Arc::new(TestClock(Mutex::new(Utc::now())));
-    let config = ConsumerConfig {
-        purge_interval: Duration::from_millis(20),
-        purge_batch: 7,
-        clock: clock.clone(),
-        ..ConsumerConfig::new("purger")
-    };
-    let retention = config.inbox_retention;
+    let config = ConsumerConfig::new("purger")
+        .with_purge_interval(Duration::from_millis(20))
+        .with_purge_batch(7)
+        .with_clock(clock.clone());
+    let retention = config.inbox_retention();
     let consumer = Consumer::new(store.clone(), broker.clone(), config)
         .unwrap()
         .start()
@@ -265,11 +261,9 @@ async fn panicking_handler_is_retried_then_dead_and_its_key_flows() {
     let store = store_with_applied().await;
     let broker = MemoryBroker::new();
     let (observer, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let config = ConsumerConfig {
-        backoff_min: Duration::from_millis(10),
-        backoff_max: Duration::from_millis(20),
-        ..ConsumerConfig::new("panicky")
-    };
+    let config = ConsumerConfig::new("panicky")
+        .with_backoff_min(Duration::from_millis(10))
+        .with_backoff_max(Duration::from_millis(20));
     let consumer = Consumer::new(store.clone(), broker.clone(), config)
         .unwrap()
         .with_observer(observer)

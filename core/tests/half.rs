@@ -24,10 +24,7 @@ async fn a_prepared_message_without_a_check_back_is_dead_with_that_reason() {
         .await
         .unwrap();
     drop(prepared);
-    let config = CheckBackConfig {
-        poll_interval: Duration::from_millis(10),
-        ..CheckBackConfig::default()
-    };
+    let config = CheckBackConfig::default().with_poll_interval(Duration::from_millis(10));
     let worker = CheckBackWorker::new(store.clone(), config)
         .unwrap()
         .start()
@@ -79,11 +76,9 @@ async fn committed_half_message_is_never_made_dead_by_its_check_back() {
         .await
         .unwrap();
     let (observer, mut checked) = tokio::sync::mpsc::unbounded_channel();
-    let config = CheckBackConfig {
-        poll_interval: Duration::from_millis(10),
-        max_checks: 1,
-        ..CheckBackConfig::default()
-    };
+    let config = CheckBackConfig::default()
+        .with_poll_interval(Duration::from_millis(10))
+        .with_max_checks(1);
     let worker = CheckBackWorker::new(store.clone(), config)
         .unwrap()
         .with_observer(observer)
@@ -149,13 +144,11 @@ async fn check_back_lease_is_checked_after_waiting_for_a_slot() {
         );
     }
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let config = CheckBackConfig {
-        poll_interval: Duration::from_millis(20),
-        concurrency: 1,
-        lease: Duration::from_secs(1),
-        timeout: Duration::from_millis(400),
-        ..CheckBackConfig::default()
-    };
+    let config = CheckBackConfig::default()
+        .with_poll_interval(Duration::from_millis(20))
+        .with_concurrency(1)
+        .with_lease(Duration::from_secs(1))
+        .with_timeout(Duration::from_millis(400));
     let a = CheckBackWorker::new(store.clone(), config.clone())
         .unwrap()
         .start()
@@ -219,10 +212,7 @@ async fn half_producer_reports_a_commit_by_check_back_after_its_body_failed() {
     let (observer, mut checked) = tokio::sync::mpsc::unbounded_channel();
     let worker = CheckBackWorker::new(
         store.clone(),
-        CheckBackConfig {
-            poll_interval: Duration::from_millis(10),
-            ..CheckBackConfig::default()
-        },
+        CheckBackConfig::default().with_poll_interval(Duration::from_millis(10)),
     )
     .unwrap()
     .with_observer(observer)

@@ -153,11 +153,9 @@ async fn relay_sets_pending_and_oldest_age_gauges_from_the_store() {
     assert_eq!(store.stats().await.unwrap().pending, 3);
     assert_eq!(gauges.get(OUTBOX_PENDING), None);
 
-    let config = RelayConfig {
-        poll_interval: Duration::from_secs(3600),
-        stats_interval: Some(Duration::from_millis(50)),
-        ..RelayConfig::default()
-    };
+    let config = RelayConfig::default()
+        .with_poll_interval(Duration::from_secs(3600))
+        .with_stats_interval(Some(Duration::from_millis(50)));
     let relay = Relay::new(store.clone(), broker.clone(), config)
         .unwrap()
         .start();
@@ -217,10 +215,7 @@ async fn a_consumer_sets_its_inbox_gauge_after_each_purge() {
     let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
     store.migrate().await.unwrap();
     let broker = MemoryBroker::new();
-    let config = ConsumerConfig {
-        purge_interval: Duration::from_millis(20),
-        ..ConsumerConfig::new("gauged")
-    };
+    let config = ConsumerConfig::new("gauged").with_purge_interval(Duration::from_millis(20));
     let consumer = Consumer::new(store.clone(), broker.clone(), config)
         .unwrap()
         .start()

@@ -91,12 +91,10 @@ fn every_payload_is_applied_or_dead_with_a_reason() {
             .execute(store.pool())
             .await
             .expect("create table");
-        let config = ConsumerConfig {
-            max_payload_bytes: MAX_PAYLOAD,
-            backoff_min: Duration::from_millis(1),
-            backoff_max: Duration::from_millis(5),
-            ..ConsumerConfig::new(GROUP)
-        };
+        let config = ConsumerConfig::new(GROUP)
+            .with_max_payload_bytes(MAX_PAYLOAD)
+            .with_backoff_min(Duration::from_millis(1))
+            .with_backoff_max(Duration::from_millis(5));
         let consumer = Consumer::new(store.clone(), broker.clone(), config)
             .expect("valid config")
             .start()

@@ -29,12 +29,10 @@ fn cleanup(path: std::path::PathBuf) {
 }
 
 fn config() -> RelayConfig {
-    RelayConfig {
-        poll_interval: Duration::from_millis(50),
-        backoff_min: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(80),
-        ..RelayConfig::default()
-    }
+    RelayConfig::default()
+        .with_poll_interval(Duration::from_millis(50))
+        .with_backoff_min(Duration::from_millis(20))
+        .with_backoff_max(Duration::from_millis(80))
 }
 
 /// Receives until `n` messages arrived or 10 s passed, then 200 ms more.
@@ -148,16 +146,9 @@ async fn poller_publishes_rows_written_without_a_relay() {
     }
     let broker = MemoryBroker::new();
     let mut sub = broker.observe("t.poll");
-    let relay = Relay::new(
-        store.clone(),
-        broker,
-        RelayConfig {
-            batch_size: 50,
-            ..config()
-        },
-    )
-    .unwrap()
-    .start();
+    let relay = Relay::new(store.clone(), broker, config().with_batch_size(50))
+        .unwrap()
+        .start();
     let got = receive(&mut sub, 120).await;
     relay.shutdown().await;
     assert_eq!(got.len(), 120);
@@ -173,10 +164,7 @@ async fn failing_message_is_retried_then_dead_while_other_keys_flow() {
     broker.reject_if(Some(Arc::new(|e: &txmsg_core::Envelope| {
         e.key.as_deref() == Some("bad")
     })));
-    let cfg = RelayConfig {
-        max_attempts: 3,
-        ..config()
-    };
+    let cfg = config().with_max_attempts(3);
     let relay = Relay::new(store.clone(), broker.clone(), cfg)
         .unwrap()
         .start();
@@ -242,10 +230,7 @@ async fn broker_outage_counts_no_attempts_and_recovers() {
     let (store, path) = store().await;
     let broker = MemoryBroker::new();
     let mut sub = broker.observe("t.down");
-    let cfg = RelayConfig {
-        max_attempts: 2,
-        ..config()
-    };
+    let cfg = config().with_max_attempts(2);
     let relay = Relay::new(store.clone(), broker.clone(), cfg)
         .unwrap()
         .start();
@@ -348,12 +333,10 @@ async fn sent_rows_are_purged_after_their_retention_in_batches() {
     let mut sub = broker.observe("purge.t");
     // Kept for 1 s, purged in batches of 7 (so a purge takes several
     // statements), looked at every 50 ms.
-    let cfg = RelayConfig {
-        sent_retention: Some(Duration::from_secs(1)),
-        purge_interval: Duration::from_millis(50),
-        purge_batch: 7,
-        ..config()
-    };
+    let cfg = config()
+        .with_sent_retention(Some(Duration::from_secs(1)))
+        .with_purge_interval(Duration::from_millis(50))
+        .with_purge_batch(7);
     let relay = Relay::new(store.clone(), broker.clone(), cfg)
         .unwrap()
         .start();
@@ -375,11 +358,9 @@ async fn sent_rows_are_purged_after_their_retention_in_batches() {
     relay.shutdown().await;
 
     // Without a retention nothing is purged.
-    let cfg = RelayConfig {
-        sent_retention: None,
-        purge_interval: Duration::from_millis(50),
-        ..config()
-    };
+    let cfg = config()
+        .with_sent_retention(None)
+        .with_purge_interval(Duration::from_millis(50));
     let relay = Relay::new(store.clone(), broker.clone(), cfg)
         .unwrap()
         .start();
@@ -400,10 +381,7 @@ async fn sent_rows_are_purged_after_their_retention_in_batches() {
 
 #[test]
 fn purge_settings_are_validated() {
-    let zero_batch = RelayConfig {
-        purge_batch: 0,
-        ..RelayConfig::default()
-    };
+    let zero_batch = RelayConfig::default().with_purge_batch(0);
     assert!(
         zero_batch
             .validate()
@@ -411,10 +389,7 @@ fn purge_settings_are_validated() {
             .to_string()
             .contains("purge_batch")
     );
-    let zero_interval = RelayConfig {
-        purge_interval: Duration::ZERO,
-        ..RelayConfig::default()
-    };
+    let zero_interval = RelayConfig::default().with_purge_interval(Duration::ZERO);
     assert!(
         zero_interval
             .validate()
@@ -581,22 +556,17 @@ async fn lease_is_checked_after_waiting_for_a_publish_slot() {
         ..Awkward::default()
     };
     let mut sub = slow.inner.observe("t.lease");
-    let one_at_a_time = RelayConfig {
-        max_in_flight: 1,
-        lease: Duration::from_secs(1),
-        publish_timeout: Duration::from_millis(300),
-        ..config()
-    };
+    let one_at_a_time = config()
+        .with_max_in_flight(1)
+        .with_lease(Duration::from_secs(1))
+        .with_publish_timeout(Duration::from_millis(300));
     let a = Relay::new(store.clone(), slow.clone(), one_at_a_time)
         .unwrap()
         .start();
     let b = Relay::new(
         store.clone(),
         fast,
-        RelayConfig {
-            poll_interval: Duration::from_millis(20),
-            ..config()
-        },
+        config().with_poll_interval(Duration::from_millis(20)),
     )
     .unwrap()
     .start();
@@ -704,10 +674,7 @@ async fn shutdown_publishes_what_waits_for_a_slot_or_its_key() {
         ..Awkward::default()
     };
     let mut sub = broker.inner.observe("t.flush");
-    let one_at_a_time = RelayConfig {
-        max_in_flight: 1,
-        ..config()
-    };
+    let one_at_a_time = config().with_max_in_flight(1);
     let relay = Relay::new(store.clone(), broker.clone(), one_at_a_time)
         .unwrap()
         .start();
@@ -749,11 +716,9 @@ async fn shutdown_past_its_deadline_releases_what_it_could_not_publish() {
         ..Awkward::default()
     };
     let mut sub = slow.inner.observe("t.deadline");
-    let short = RelayConfig {
-        max_in_flight: 1,
-        shutdown_timeout: Duration::from_millis(300),
-        ..config()
-    };
+    let short = config()
+        .with_max_in_flight(1)
+        .with_shutdown_timeout(Duration::from_millis(300));
     let relay = Relay::new(store.clone(), slow.clone(), short)
         .unwrap()
         .start();

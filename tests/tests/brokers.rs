@@ -74,14 +74,12 @@ fn envelope(key: &str, n: i64) -> Envelope {
 }
 
 fn config() -> ConsumerConfig {
-    ConsumerConfig {
-        prefetch: 16,
-        concurrency: 4,
-        backoff_min: Duration::from_millis(50),
-        backoff_max: Duration::from_millis(400),
-        shutdown_timeout: Duration::from_secs(5),
-        ..ConsumerConfig::new(GROUP)
-    }
+    ConsumerConfig::new(GROUP)
+        .with_prefetch(16)
+        .with_concurrency(4)
+        .with_backoff_min(Duration::from_millis(50))
+        .with_backoff_max(Duration::from_millis(400))
+        .with_shutdown_timeout(Duration::from_secs(5))
 }
 
 async fn start<B: Broker>(store: &PgStore, broker: &B) -> ConsumerHandle<PgStore> {
@@ -240,9 +238,9 @@ where
     let pg = PgSchema::new().await;
     let id = unique();
     let config = NatsConfig::default()
-        .stream(format!("T{id}"))
-        .and_then(|c| c.subject_prefix(format!("t{id}")))
-        .and_then(|c| c.ack_wait(Duration::from_secs(2)))
+        .with_stream(format!("T{id}"))
+        .and_then(|c| c.with_subject_prefix(format!("t{id}")))
+        .and_then(|c| c.with_ack_wait(Duration::from_secs(2)))
         .expect("a valid configuration");
     let url = env_or("NATS_URL", "nats://127.0.0.1:4222");
     let broker = NatsBroker::connect(&url, config)
@@ -261,8 +259,8 @@ where
     let pg = PgSchema::new().await;
     let prefix = format!("txmsg-test-{}:", unique());
     let config = RedisConfig::default()
-        .key_prefix(&prefix)
-        .and_then(|c| c.block(Duration::from_millis(100)))
+        .with_key_prefix(&prefix)
+        .and_then(|c| c.with_block(Duration::from_millis(100)))
         .expect("a valid configuration");
     let url = env_or("REDIS_URL", "redis://127.0.0.1:6379");
     let broker = RedisBroker::connect(&url, config)
@@ -287,7 +285,7 @@ where
 {
     let pg = PgSchema::new().await;
     let config = MqttConfig::default()
-        .topic_prefix(&format!("txmsg-test/{}/", unique()))
+        .with_topic_prefix(&format!("txmsg-test/{}/", unique()))
         .expect("a valid configuration");
     let url = env_or("MQTT_URL", "mqtt://127.0.0.1:1884");
     let broker = MqttBroker::connect(&url, config)

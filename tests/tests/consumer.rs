@@ -41,11 +41,9 @@ async fn setup() -> (PgSchema, Rabbit) {
 }
 
 fn config(group: &str) -> ConsumerConfig {
-    ConsumerConfig {
-        backoff_min: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(100),
-        ..ConsumerConfig::new(group)
-    }
+    ConsumerConfig::new(group)
+        .with_backoff_min(Duration::from_millis(20))
+        .with_backoff_max(Duration::from_millis(100))
 }
 
 async fn start(pg: &PgSchema, rabbit: &Rabbit, group: &str) -> ConsumerHandle<PgStore> {
@@ -377,10 +375,7 @@ fn ce(id: &str, topic: &'static str) -> Vec<(&'static str, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_are_dead_with_a_reason_and_the_rest_flow() {
     let (pg, rabbit) = setup().await;
-    let cfg = ConsumerConfig {
-        max_payload_bytes: 10_000,
-        ..config("poison")
-    };
+    let cfg = config("poison").with_max_payload_bytes(10_000);
     let consumer = Consumer::new(pg.store.clone(), rabbit.broker.clone(), cfg)
         .unwrap()
         .start()

@@ -144,14 +144,12 @@ fn charge(id: &str) -> Charge {
 }
 
 fn worker_config() -> CheckBackConfig {
-    CheckBackConfig {
-        interval: Duration::from_millis(50),
-        max_checks: 3,
-        timeout: Duration::from_millis(300),
-        lease: Duration::from_secs(5),
-        poll_interval: Duration::from_millis(20),
-        ..CheckBackConfig::default()
-    }
+    CheckBackConfig::default()
+        .with_interval(Duration::from_millis(50))
+        .with_max_checks(3)
+        .with_timeout(Duration::from_millis(300))
+        .with_lease(Duration::from_secs(5))
+        .with_poll_interval(Duration::from_millis(20))
 }
 
 struct Env {
@@ -164,10 +162,7 @@ struct Env {
 async fn setup() -> Env {
     let pg = PgSchema::new().await;
     let rabbit = Rabbit::new().await;
-    let config = RelayConfig {
-        poll_interval: Duration::from_millis(50),
-        ..RelayConfig::default()
-    };
+    let config = RelayConfig::default().with_poll_interval(Duration::from_millis(50));
     let relay = Relay::new(pg.store.clone(), rabbit.broker.clone(), config)
         .unwrap()
         .start();

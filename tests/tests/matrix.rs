@@ -84,11 +84,9 @@ where
     F: Fn(&'static str) -> Fut,
     Fut: Future<Output = i64>,
 {
-    let config = ConsumerConfig {
-        backoff_min: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(100),
-        ..ConsumerConfig::new(GROUP)
-    };
+    let config = ConsumerConfig::new(GROUP)
+        .with_backoff_min(Duration::from_millis(20))
+        .with_backoff_max(Duration::from_millis(100));
     let consumer = Consumer::new(store.clone(), broker.clone(), config)
         .unwrap()
         .start()
@@ -149,8 +147,8 @@ async fn postgres_nats() {
     let pg = pg_schema().await;
     let id = unique();
     let config = NatsConfig::default()
-        .stream(format!("T{id}"))
-        .and_then(|c| c.subject_prefix(format!("t{id}")))
+        .with_stream(format!("T{id}"))
+        .and_then(|c| c.with_subject_prefix(format!("t{id}")))
         .expect("a valid configuration");
     let url = env_or("NATS_URL", "nats://127.0.0.1:4222");
     let broker = NatsBroker::connect(&url, config)
@@ -196,9 +194,9 @@ async fn postgres_redis() {
     let pg = pg_schema().await;
     let prefix = format!("txmsg-test-{}:", unique());
     let config = RedisConfig::default()
-        .key_prefix(&prefix)
-        .and_then(|c| c.claim_idle(Duration::from_millis(1000)))
-        .and_then(|c| c.block(Duration::from_millis(100)))
+        .with_key_prefix(&prefix)
+        .and_then(|c| c.with_claim_idle(Duration::from_millis(1000)))
+        .and_then(|c| c.with_block(Duration::from_millis(100)))
         .expect("a valid configuration");
     let url = env_or("REDIS_URL", "redis://127.0.0.1:6379");
     let broker = RedisBroker::connect(&url, config)
@@ -213,7 +211,7 @@ async fn postgres_redis() {
 async fn postgres_mqtt() {
     let pg = pg_schema().await;
     let config = MqttConfig::default()
-        .topic_prefix(&format!("txmsg-test/{}/", unique()))
+        .with_topic_prefix(&format!("txmsg-test/{}/", unique()))
         .expect("a valid configuration");
     let url = env_or("MQTT_URL", "mqtt://127.0.0.1:1884");
     let broker = MqttBroker::connect(&url, config)

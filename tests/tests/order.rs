@@ -16,10 +16,7 @@ use txmsg::{Message, Outbox, Relay, RelayConfig};
 use txmsg_tests::PgSchema;
 
 fn relay_config() -> RelayConfig {
-    RelayConfig {
-        poll_interval: Duration::from_millis(20),
-        ..RelayConfig::default()
-    }
+    RelayConfig::default().with_poll_interval(Duration::from_millis(20))
 }
 
 /// A migrated store in a database file of its own, and the file's path.
@@ -152,13 +149,11 @@ async fn a_transaction_sent_to_the_poller_keeps_its_order() {
             e.idempotency_key == "t0" && !refused.swap(true, std::sync::atomic::Ordering::SeqCst)
         }
     })));
-    let config = RelayConfig {
-        lease: Duration::from_secs(2),
-        publish_timeout: Duration::from_millis(500),
-        backoff_min: Duration::from_millis(10),
-        backoff_max: Duration::from_millis(20),
-        ..relay_config()
-    };
+    let config = relay_config()
+        .with_lease(Duration::from_secs(2))
+        .with_publish_timeout(Duration::from_millis(500))
+        .with_backoff_min(Duration::from_millis(10))
+        .with_backoff_max(Duration::from_millis(20));
     let relay = Relay::new(store.clone(), broker, config).unwrap().start();
     let outbox = Outbox::new(&store).with_relay(&relay);
     let message = |idem: &str| {

@@ -62,12 +62,10 @@ async fn setup() -> (PgSchema, Rabbit) {
 }
 
 fn fast_config() -> RelayConfig {
-    RelayConfig {
-        poll_interval: Duration::from_millis(100),
-        backoff_min: Duration::from_millis(50),
-        backoff_max: Duration::from_millis(200),
-        ..RelayConfig::default()
-    }
+    RelayConfig::default()
+        .with_poll_interval(Duration::from_millis(100))
+        .with_backoff_min(Duration::from_millis(50))
+        .with_backoff_max(Duration::from_millis(200))
 }
 
 const QUIET: Duration = Duration::from_millis(700);
@@ -281,10 +279,7 @@ async fn two_relays_publish_every_message_once() {
         }
         tx.commit().await.unwrap();
     }
-    let cfg = || RelayConfig {
-        batch_size: 100,
-        ..fast_config()
-    };
+    let cfg = || fast_config().with_batch_size(100);
     let r1 = Relay::new(pg.store.clone(), rabbit.broker.clone(), cfg())
         .unwrap()
         .start();
@@ -363,10 +358,7 @@ async fn order_per_key_holds_with_concurrent_producers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_message_goes_dead_and_parks_only_its_key() {
     let (pg, rabbit) = setup().await;
-    let cfg = RelayConfig {
-        max_payload_bytes: 1_000,
-        ..fast_config()
-    };
+    let cfg = fast_config().with_max_payload_bytes(1_000);
     let relay = Relay::new(pg.store.clone(), rabbit.broker.clone(), cfg)
         .unwrap()
         .start();
@@ -426,7 +418,7 @@ async fn rejected_message_is_retried_with_backoff_then_dead_and_other_keys_flow(
     let pg = PgSchema::new().await;
     // mandatory: a message no queue is bound for comes back, so it fails.
     let rabbit = Rabbit::with_config(
-        txmsg::rabbitmq::RabbitConfig::default().mandatory(true),
+        txmsg::rabbitmq::RabbitConfig::default().with_mandatory(true),
         &txmsg_tests::amqp_url(),
     )
     .await;
@@ -441,10 +433,7 @@ async fn rejected_message_is_retried_with_backoff_then_dead_and_other_keys_flow(
         .bind_queue(&rabbit.queue, "good.#")
         .await
         .unwrap();
-    let cfg = RelayConfig {
-        max_attempts: 4,
-        ..fast_config()
-    };
+    let cfg = fast_config().with_max_attempts(4);
     let relay = Relay::new(pg.store.clone(), rabbit.broker.clone(), cfg)
         .unwrap()
         .start();
@@ -504,7 +493,7 @@ async fn rejected_message_is_retried_with_backoff_then_dead_and_other_keys_flow(
 #[tokio::test]
 async fn bad_table_name_is_refused_before_any_sql() {
     let err = Tables::default()
-        .outbox("orders; drop table x")
+        .with_outbox("orders; drop table x")
         .unwrap_err();
     assert!(matches!(
         err,
@@ -514,7 +503,7 @@ async fn bad_table_name_is_refused_before_any_sql() {
         }
     ));
     let err = Tables::default()
-        .schema("public\"; drop schema x")
+        .with_schema("public\"; drop schema x")
         .unwrap_err();
     assert!(matches!(
         err,
@@ -524,14 +513,11 @@ async fn bad_table_name_is_refused_before_any_sql() {
         }
     ));
     let err = txmsg::rabbitmq::RabbitConfig::default()
-        .exchange("bad exchange\n")
+        .with_exchange("bad exchange\n")
         .unwrap_err();
     assert!(matches!(err, Error::Config { .. }));
     let (pg, rabbit) = setup().await;
-    let bad = RelayConfig {
-        batch_size: 0,
-        ..RelayConfig::default()
-    };
+    let bad = RelayConfig::default().with_batch_size(0);
     let err = Relay::new(pg.store.clone(), rabbit.broker.clone(), bad).unwrap_err();
     assert!(matches!(
         err,

@@ -139,6 +139,7 @@ impl MqttBroker {
     ///
     /// Cancel safe: a dropped call leaves nothing behind.
     pub async fn connect(url: &str, config: MqttConfig) -> Result<Self> {
+        config.validate()?;
         let endpoint = config.endpoint(url)?;
         let inner = Inner {
             endpoint,
@@ -161,7 +162,7 @@ impl MqttBroker {
     /// The MQTT topic that `topic` is published to: the topic prefix
     /// followed by the topic.
     pub fn mqtt_topic(&self, topic: &str) -> String {
-        wire::mqtt_topic(self.inner.config.get_topic_prefix(), topic)
+        wire::mqtt_topic(self.inner.config.topic_prefix(), topic)
     }
 
     /// The shared-subscription filter a group subscribes with:
@@ -175,7 +176,7 @@ impl Inner {
     fn new_client_id(&self) -> String {
         format!(
             "{}{}",
-            self.config.get_client_id_prefix(),
+            self.config.client_id_prefix(),
             uuid::Uuid::now_v7().simple()
         )
     }
@@ -183,12 +184,12 @@ impl Inner {
     fn options(&self, id: String, clean: bool) -> MqttOptions {
         let c = &self.config;
         let mut o = MqttOptions::new(id, self.endpoint.host.clone(), self.endpoint.port);
-        o.set_keep_alive(c.get_keep_alive());
+        o.set_keep_alive(c.keep_alive());
         o.set_clean_start(clean);
-        o.set_connection_timeout(c.get_connect_timeout().as_secs());
-        o.set_max_packet_size(Some(c.get_max_packet_size()));
+        o.set_connection_timeout(c.connect_timeout().as_secs());
+        o.set_max_packet_size(Some(c.max_packet_size()));
         if !clean {
-            let secs = u32::try_from(c.get_session_expiry().as_secs()).unwrap_or(u32::MAX);
+            let secs = u32::try_from(c.session_expiry().as_secs()).unwrap_or(u32::MAX);
             o.set_session_expiry_interval(Some(secs));
         }
         if let Some((user, password)) = &self.endpoint.credentials {
@@ -202,12 +203,7 @@ impl Inner {
     async fn open_link(&self) -> Result<Link> {
         let (client, mut events) =
             AsyncClient::new(self.options(self.new_client_id(), true), REQUEST_CAPACITY);
-        await_connack(
-            &mut events,
-            self.config.get_connect_timeout(),
-            &self.endpoint,
-        )
-        .await?;
+        await_connack(&mut events, self.config.connect_timeout(), &self.endpoint).await?;
         let waiters = Arc::new(Mutex::new(Waiters::default()));
         let task = tokio::spawn(
             drive_publisher(events, waiters.clone())
@@ -343,10 +339,10 @@ impl MqttBroker {
     async fn publish_inner(&self, envelope: &Envelope) -> Result<()> {
         let inner = &self.inner;
         txmsg_core::validate_topic(&envelope.topic)?;
-        let topic = wire::mqtt_topic(inner.config.get_topic_prefix(), &envelope.topic);
-        let props = wire::encode(envelope, inner.config.get_source());
+        let topic = wire::mqtt_topic(inner.config.topic_prefix(), &envelope.topic);
+        let props = wire::encode(envelope, inner.config.source());
         let size = wire::packet_size(&topic, &props, envelope.payload.len());
-        let limit = inner.config.get_max_packet_size() as usize;
+        let limit = inner.config.max_packet_size() as usize;
         if size > limit {
             return Err(Error::PayloadTooLarge { size, limit });
         }
@@ -375,7 +371,7 @@ impl MqttBroker {
                 ));
             }
         }
-        let timeout = inner.config.get_publish_timeout();
+        let timeout = inner.config.publish_timeout();
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::broker_unavailable(
@@ -417,7 +413,7 @@ impl MqttBroker {
         options.set_manual_acks(true);
         options.set_receive_maximum(Some(spec.prefetch));
         let (client, mut events) = AsyncClient::new(options, REQUEST_CAPACITY);
-        let timeout = inner.config.get_connect_timeout();
+        let timeout = inner.config.connect_timeout();
         await_connack(&mut events, timeout, &inner.endpoint).await?;
         let filter = self.share_filter(&spec.group, &spec.topic);
         client
@@ -456,7 +452,7 @@ impl MqttBroker {
         }
         let reader = Reader {
             client,
-            prefix: inner.config.get_topic_prefix().to_owned(),
+            prefix: inner.config.topic_prefix().to_owned(),
             tx,
         };
         let task = tokio::spawn(

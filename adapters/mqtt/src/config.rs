@@ -38,20 +38,41 @@ const MAX_CLIENT_ID_PREFIX_LEN: usize = 64;
 ///
 /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let config = MqttConfig::default()
-///     .topic_prefix("shop/")?
-///     .source("/orders")?
-///     .keep_alive(Duration::from_secs(30))?;
-/// assert_eq!(config.get_topic_prefix(), "shop/");
+///     .with_topic_prefix("shop/")?
+///     .with_source("/orders")?
+///     .with_keep_alive(Duration::from_secs(30))?;
+/// assert_eq!(config.topic_prefix(), "shop/");
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The settings deserialize from a service's config file or environment
+/// (any serde format; durations as `"30s"`, `"1h 30m"`; unknown keys
+/// refused; what is left out keeps its default). The broker checks them when
+/// it connects; [`validate`](MqttConfig::validate) checks them before:
+///
+/// ```
+/// use txmsg_mqtt::MqttConfig;
+///
+/// let config: MqttConfig = serde_json::from_str(r#"{ "topic_prefix": "billing/", "keep_alive": "30s" }"#)?;
+/// assert!(config.validate().is_ok());
+/// let bad: MqttConfig = serde_json::from_str(r#"{ "max_packet_size": 0 }"#)?;
+/// assert!(bad.validate().is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[non_exhaustive]
+#[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
     topic_prefix: String,
     client_id_prefix: String,
     source: String,
+    #[serde(with = "humantime_serde")]
     keep_alive: Duration,
+    #[serde(with = "humantime_serde")]
     session_expiry: Duration,
+    #[serde(with = "humantime_serde")]
     connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
     publish_timeout: Duration,
     max_packet_size: u32,
     tls: TlsFiles,
@@ -74,6 +95,26 @@ impl Default for MqttConfig {
 }
 
 impl MqttConfig {
+    /// Checks every setting as its setter does: what a deserialized config
+    /// needs before use. [`MqttBroker::connect`](crate::MqttBroker::connect) runs it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the first setting that breaks its rule.
+    pub fn validate(&self) -> Result<()> {
+        MqttConfig::default()
+            .with_topic_prefix(&self.topic_prefix)?
+            .with_client_id_prefix(&self.client_id_prefix)?
+            .with_source(self.source.clone())?
+            .with_keep_alive(self.keep_alive)?
+            .with_session_expiry(self.session_expiry)?
+            .with_connect_timeout(self.connect_timeout)?
+            .with_publish_timeout(self.publish_timeout)?
+            .with_max_packet_size(self.max_packet_size)?
+            .with_tls(self.tls.clone())?;
+        Ok(())
+    }
+
     /// Sets what every MQTT topic starts with (default `txmsg/`): topic
     /// `orders.placed` is published to `<prefix>orders.placed`.
     ///
@@ -81,7 +122,7 @@ impl MqttConfig {
     ///
     /// [`Error::Config`] if the prefix holds a wildcard (`+`, `#`), a NUL or
     /// control character, starts with `$`, or is longer than 128 bytes.
-    pub fn topic_prefix(mut self, prefix: &str) -> Result<Self> {
+    pub fn with_topic_prefix(mut self, prefix: &str) -> Result<Self> {
         if prefix.len() > MAX_PREFIX_LEN {
             return Err(Error::config("topic_prefix", "must be at most 128 bytes"));
         }
@@ -108,7 +149,7 @@ impl MqttConfig {
     ///
     /// [`Error::Config`] unless it is 1 to 64 ASCII letters, digits, `-`
     /// or `_`.
-    pub fn client_id_prefix(mut self, prefix: &str) -> Result<Self> {
+    pub fn with_client_id_prefix(mut self, prefix: &str) -> Result<Self> {
         if prefix.is_empty() || prefix.len() > MAX_CLIENT_ID_PREFIX_LEN {
             return Err(Error::config(
                 "client_id_prefix",
@@ -134,7 +175,7 @@ impl MqttConfig {
     /// # Errors
     ///
     /// [`Error::Config`] for `source` if [`check_source`] refuses it.
-    pub fn source(mut self, source: impl Into<String>) -> Result<Self> {
+    pub fn with_source(mut self, source: impl Into<String>) -> Result<Self> {
         self.source = check_source(source)?;
         Ok(self)
     }
@@ -144,7 +185,7 @@ impl MqttConfig {
     /// # Errors
     ///
     /// [`Error::Config`] unless it is 5 s to 65535 s, in whole seconds.
-    pub fn keep_alive(mut self, keep_alive: Duration) -> Result<Self> {
+    pub fn with_keep_alive(mut self, keep_alive: Duration) -> Result<Self> {
         self.keep_alive = check::whole_seconds(
             "keep_alive",
             keep_alive,
@@ -163,7 +204,7 @@ impl MqttConfig {
     /// # Errors
     ///
     /// [`Error::Config`] unless it is whole seconds below `u32::MAX` s.
-    pub fn session_expiry(mut self, expiry: Duration) -> Result<Self> {
+    pub fn with_session_expiry(mut self, expiry: Duration) -> Result<Self> {
         self.session_expiry = check::whole_seconds(
             "session_expiry",
             expiry,
@@ -178,7 +219,7 @@ impl MqttConfig {
     /// # Errors
     ///
     /// [`Error::Config`] unless it is whole seconds from 1 s to 1 h.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Result<Self> {
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Result<Self> {
         self.connect_timeout = check::whole_seconds(
             "connect_timeout",
             timeout,
@@ -194,7 +235,7 @@ impl MqttConfig {
     /// # Errors
     ///
     /// [`Error::Config`] if zero.
-    pub fn publish_timeout(mut self, timeout: Duration) -> Result<Self> {
+    pub fn with_publish_timeout(mut self, timeout: Duration) -> Result<Self> {
         self.publish_timeout = check::positive("publish_timeout", timeout)?;
         Ok(self)
     }
@@ -205,7 +246,7 @@ impl MqttConfig {
     /// # Errors
     ///
     /// [`Error::Config`] if below 1024 bytes or above 256 MiB.
-    pub fn max_packet_size(mut self, size: u32) -> Result<Self> {
+    pub fn with_max_packet_size(mut self, size: u32) -> Result<Self> {
         self.max_packet_size = check::within("max_packet_size", size, 1024, 256 * 1024 * 1024)?;
         Ok(self)
     }
@@ -218,53 +259,53 @@ impl MqttConfig {
     ///
     /// [`Error::Config`] for the file set first without the `tls` feature
     /// of txmsg-mqtt.
-    pub fn tls(mut self, files: TlsFiles) -> Result<Self> {
+    pub fn with_tls(mut self, files: TlsFiles) -> Result<Self> {
         self.tls = files.for_adapter(cfg!(feature = "tls"), "txmsg-mqtt")?;
         Ok(self)
     }
 
     /// The topic prefix.
-    pub fn get_topic_prefix(&self) -> &str {
+    pub fn topic_prefix(&self) -> &str {
         &self.topic_prefix
     }
 
     /// The client id prefix.
-    pub fn get_client_id_prefix(&self) -> &str {
+    pub fn client_id_prefix(&self) -> &str {
         &self.client_id_prefix
     }
 
     /// The CloudEvents `source`.
-    pub fn get_source(&self) -> &str {
+    pub fn source(&self) -> &str {
         &self.source
     }
 
     /// The keep-alive interval.
-    pub fn get_keep_alive(&self) -> Duration {
+    pub fn keep_alive(&self) -> Duration {
         self.keep_alive
     }
 
     /// How long a subscription's session outlives its connection.
-    pub fn get_session_expiry(&self) -> Duration {
+    pub fn session_expiry(&self) -> Duration {
         self.session_expiry
     }
 
     /// The connect timeout.
-    pub fn get_connect_timeout(&self) -> Duration {
+    pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
     }
 
     /// The publish (PUBACK) timeout.
-    pub fn get_publish_timeout(&self) -> Duration {
+    pub fn publish_timeout(&self) -> Duration {
         self.publish_timeout
     }
 
     /// The largest packet size.
-    pub fn get_max_packet_size(&self) -> u32 {
+    pub fn max_packet_size(&self) -> u32 {
         self.max_packet_size
     }
 
     /// The TLS files.
-    pub fn get_tls(&self) -> &TlsFiles {
+    pub fn tls(&self) -> &TlsFiles {
         &self.tls
     }
 
@@ -296,7 +337,7 @@ impl MqttConfig {
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
         let mut roots = rustls::RootCertStore::empty();
-        match self.tls.get_ca_file() {
+        match self.tls.ca_file() {
             Some(path) => {
                 let certs = CertificateDer::pem_file_iter(path)
                     .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -333,7 +374,7 @@ impl MqttConfig {
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::config("url", format!("no TLS version can be offered: {e}")))?
             .with_root_certificates(roots);
-        let config = match self.tls.get_client_auth() {
+        let config = match self.tls.client_auth() {
             Some((cert, key)) => {
                 let chain = CertificateDer::pem_file_iter(cert)
                     .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -395,44 +436,65 @@ mod tests {
     use super::*;
     use txmsg_testkit::config::field_of;
 
+    #[tokio::test]
+    async fn a_deserialized_config_is_checked_before_connecting() {
+        let config: MqttConfig = serde_json::from_str(r#"{ "topic_prefix": "billing/", "client_id_prefix": "billing", "source": "/billing", "keep_alive": "30s", "session_expiry": "1h", "connect_timeout": "1s", "publish_timeout": "2s", "max_packet_size": 4096 }"#).expect("a config");
+        assert_eq!(
+            (
+                config.topic_prefix(),
+                config.keep_alive(),
+                config.max_packet_size()
+            ),
+            ("billing/", Duration::from_secs(30), 4096)
+        );
+        config.validate().expect("valid settings");
+        let bad: MqttConfig =
+            serde_json::from_str(r#"{ "max_packet_size": 0 }"#).expect("a config");
+        assert_eq!(field_of(bad.validate()), "max_packet_size");
+        // Refused before any connection is tried: nothing listens there.
+        let refused = crate::MqttBroker::connect("mqtt://127.0.0.1:1", bad).await;
+        assert_eq!(field_of(refused), "max_packet_size");
+        assert!(serde_json::from_str::<MqttConfig>(r#"{ "unknown_setting": 1 }"#).is_err());
+    }
+
     #[test]
     fn defaults() {
         let c = MqttConfig::default();
-        assert_eq!(c.get_topic_prefix(), "txmsg/");
-        assert_eq!(c.get_keep_alive(), Duration::from_secs(30));
+        assert_eq!(c.topic_prefix(), "txmsg/");
+        assert_eq!(c.keep_alive(), Duration::from_secs(30));
     }
 
     #[test]
     fn refuses_bad_values() {
         for bad in ["a/+/", "#", "$SYS/", "a\u{0}b"] {
             assert!(matches!(
-                MqttConfig::default().topic_prefix(bad),
+                MqttConfig::default().with_topic_prefix(bad),
                 Err(Error::Config {
                     field: "topic_prefix",
                     ..
                 })
             ));
         }
-        assert!(MqttConfig::default().topic_prefix("").is_ok());
-        assert!(MqttConfig::default().client_id_prefix("a b").is_err());
-        assert!(MqttConfig::default().client_id_prefix("").is_err());
+        assert!(MqttConfig::default().with_topic_prefix("").is_ok());
+        assert!(MqttConfig::default().with_client_id_prefix("a b").is_err());
+        assert!(MqttConfig::default().with_client_id_prefix("").is_err());
         assert!(
             MqttConfig::default()
-                .keep_alive(Duration::from_secs(1))
+                .with_keep_alive(Duration::from_secs(1))
                 .is_err()
         );
         assert!(
             MqttConfig::default()
-                .keep_alive(Duration::from_millis(5500))
+                .with_keep_alive(Duration::from_millis(5500))
                 .is_err()
         );
         assert!(
             MqttConfig::default()
-                .publish_timeout(Duration::ZERO)
+                .with_publish_timeout(Duration::ZERO)
                 .is_err()
         );
-        assert!(MqttConfig::default().max_packet_size(10).is_err());
-        assert!(MqttConfig::default().source("").is_err());
+        assert!(MqttConfig::default().with_max_packet_size(10).is_err());
+        assert!(MqttConfig::default().with_source("").is_err());
     }
 
     #[test]
@@ -455,16 +517,16 @@ mod tests {
         assert_eq!(
             field_of(
                 TlsFiles::default()
-                    .ca_file("/etc/ssl/ca.pem")
-                    .and_then(|f| MqttConfig::default().tls(f))
+                    .with_ca_file("/etc/ssl/ca.pem")
+                    .and_then(|f| MqttConfig::default().with_tls(f))
             ),
             "tls_ca_file"
         );
         assert_eq!(
             field_of(
                 TlsFiles::default()
-                    .client_auth("c.pem", "k.pem")
-                    .and_then(|f| MqttConfig::default().tls(f))
+                    .with_client_auth("c.pem", "k.pem")
+                    .and_then(|f| MqttConfig::default().with_tls(f))
             ),
             "tls_client_auth"
         );
@@ -479,13 +541,13 @@ mod tests {
         #[test]
         fn options_with_a_plain_url_are_refused() {
             let c = TlsFiles::default()
-                .ca_file("/etc/ssl/ca.pem")
-                .and_then(|f| MqttConfig::default().tls(f))
+                .with_ca_file("/etc/ssl/ca.pem")
+                .and_then(|f| MqttConfig::default().with_tls(f))
                 .unwrap();
             assert_eq!(field_of(c.endpoint("mqtt://127.0.0.1")), "tls_ca_file");
             let c = TlsFiles::default()
-                .client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
-                .and_then(|f| MqttConfig::default().tls(f))
+                .with_client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
+                .and_then(|f| MqttConfig::default().with_tls(f))
                 .unwrap();
             assert_eq!(field_of(c.endpoint("tcp://127.0.0.1")), "tls_client_auth");
         }
@@ -509,15 +571,15 @@ mod tests {
         fn unreadable_or_bad_files_are_config_errors() {
             let missing = std::env::temp_dir().join("txmsg-mqtt-no-such-ca.pem");
             let c = TlsFiles::default()
-                .ca_file(&missing)
-                .and_then(|f| MqttConfig::default().tls(f))
+                .with_ca_file(&missing)
+                .and_then(|f| MqttConfig::default().with_tls(f))
                 .unwrap();
             assert_eq!(field_of(c.endpoint("mqtts://h")), "tls_ca_file");
 
             let empty = temp_file("ca.pem", b"no pem here");
             let c = TlsFiles::default()
-                .ca_file(&empty)
-                .and_then(|f| MqttConfig::default().tls(f))
+                .with_ca_file(&empty)
+                .and_then(|f| MqttConfig::default().with_tls(f))
                 .unwrap();
             let result = c.endpoint("mqtts://h");
             std::fs::remove_file(&empty).unwrap();
@@ -528,8 +590,8 @@ mod tests {
                 b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
             );
             let c = TlsFiles::default()
-                .ca_file(&garbage)
-                .and_then(|f| MqttConfig::default().tls(f))
+                .with_ca_file(&garbage)
+                .and_then(|f| MqttConfig::default().with_tls(f))
                 .unwrap();
             let result = c.endpoint("mqtts://h");
             std::fs::remove_file(&garbage).unwrap();
@@ -541,8 +603,8 @@ mod tests {
             );
             let cert = temp_file("cert.pem", b"");
             let c = TlsFiles::default()
-                .client_auth(&cert, &key)
-                .and_then(|f| MqttConfig::default().tls(f))
+                .with_client_auth(&cert, &key)
+                .and_then(|f| MqttConfig::default().with_tls(f))
                 .unwrap();
             let result = c.endpoint("mqtts://h");
             std::fs::remove_file(&key).unwrap();

@@ -152,7 +152,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let broker = MqttBroker::connect(
 //!     "mqtt://127.0.0.1:1883",
-//!     MqttConfig::default().topic_prefix("shop/")?.source("/orders")?,
+//!     MqttConfig::default().with_topic_prefix("shop/")?.with_source("/orders")?,
 //! )
 //! .await?;
 //! assert_eq!(broker.mqtt_topic("orders.placed"), "shop/orders.placed");

@@ -26,7 +26,7 @@ fn url() -> String {
 async fn broker() -> (MqttBroker, String) {
     let id = uuid::Uuid::now_v7().simple().to_string();
     let config = MqttConfig::default()
-        .topic_prefix(&format!("txmsg-test/{id}/"))
+        .with_topic_prefix(&format!("txmsg-test/{id}/"))
         .expect("a valid topic prefix");
     let url = url();
     let broker = match MqttBroker::connect(&url, config).await {
@@ -88,7 +88,7 @@ async fn held_delivery_is_not_redelivered() {
 async fn conformance_reconnects_after_connection_drop() {
     let id = Uuid::now_v7().simple().to_string();
     let config = MqttConfig::default()
-        .topic_prefix(&format!("txmsg-test/{id}/"))
+        .with_topic_prefix(&format!("txmsg-test/{id}/"))
         .expect("a valid topic prefix");
     let (proxy, via_proxy) = TcpProxy::for_url(&url(), 1883).await;
     suite::reconnects_after_connection_drop(
@@ -113,7 +113,7 @@ async fn conformance_reconnects_after_connection_drop() {
 async fn subscription_ends_after_a_long_outage_and_resubscribing_resumes_it() {
     let id = Uuid::now_v7().simple().to_string();
     let config = MqttConfig::default()
-        .topic_prefix(&format!("txmsg-test/{id}/"))
+        .with_topic_prefix(&format!("txmsg-test/{id}/"))
         .expect("a valid topic prefix");
     let (proxy, via_proxy) = TcpProxy::for_url(&url(), 1883).await;
     let b = MqttBroker::connect(&via_proxy, config)
@@ -290,7 +290,7 @@ async fn oversize_message_is_refused() {
         &url(),
         b.config()
             .clone()
-            .max_packet_size(4096)
+            .with_max_packet_size(4096)
             .expect("a valid size"),
     )
     .await

@@ -33,7 +33,7 @@ async fn debug_and_connection_errors_never_show_the_password() {
         listener.local_addr().expect("addr").port()
     };
     let config = MqttConfig::default()
-        .connect_timeout(Duration::from_secs(2))
+        .with_connect_timeout(Duration::from_secs(2))
         .expect("a valid timeout");
     for url in [
         // Nothing listens there.
@@ -59,8 +59,8 @@ async fn no_password_in_logs() {
         listener.local_addr().expect("addr").port()
     };
     let config = MqttConfig::default()
-        .topic_prefix(&format!("txmsg-test/{}/", uuid::Uuid::now_v7().simple()))
-        .and_then(|c| c.connect_timeout(Duration::from_secs(2)))
+        .with_topic_prefix(&format!("txmsg-test/{}/", uuid::Uuid::now_v7().simple()))
+        .and_then(|c| c.with_connect_timeout(Duration::from_secs(2)))
         .expect("valid settings");
     txmsg_testkit::broker::no_password_in_logs(
         move |url: String| {

@@ -127,12 +127,12 @@ fn lock_hash(text: &str) -> u64 {
 /// [`Error::Config`] for `inbox_table` if its name leaves no name for the
 /// consumer dead-letter table.
 pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
-    let outbox = tables.qualified(tables.outbox_name(), '`');
-    let inbox = tables.qualified(tables.inbox_name(), '`');
-    let migrations_table = tables.qualified(tables.migrations_name(), '`');
+    let outbox = tables.qualified(tables.outbox(), '`');
+    let inbox = tables.qualified(tables.inbox(), '`');
+    let migrations_table = tables.qualified(tables.migrations(), '`');
     let o = &outbox;
     let cols = ENVELOPE_COLUMNS;
-    let dead = &tables.consumer_dead_name()?;
+    let dead = &tables.consumer_dead()?;
 
     let render = |template: &str| {
         template
@@ -141,8 +141,8 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
             .replace("{consumer_dead}", &tables.qualified(dead, '`'))
     };
     let table_name = |table: Table| match table {
-        Table::Outbox => tables.outbox_name().to_string(),
-        Table::Inbox => tables.inbox_name().to_string(),
+        Table::Outbox => tables.outbox().to_string(),
+        Table::Inbox => tables.inbox().to_string(),
     };
     let migrations = {
         MIGRATIONS
@@ -156,7 +156,7 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
                     .map(|step| {
                         let unless = |exists, table, name, then: &str| RenderedStep::Unless {
                             exists,
-                            schema: tables.schema_name().map(ToString::to_string),
+                            schema: tables.schema().map(ToString::to_string),
                             table: table_name(table),
                             name,
                             then: sql_str(render(then)),
@@ -384,7 +384,7 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
                 "txmsg_migrate_{:016x}",
                 lock_hash(&format!("txmsg migrate {migrations_table}"))
             ),
-            create_schema: tables.schema_name().map(|s| {
+            create_schema: tables.schema().map(|s| {
                 (
                     s.to_string(),
                     Text::new(format!(
@@ -655,9 +655,9 @@ mod tests {
     #[test]
     fn statements_use_qualified_quoted_names() {
         let tables = Tables::default()
-            .schema("app")
+            .with_schema("app")
             .unwrap()
-            .outbox("events")
+            .with_outbox("events")
             .unwrap();
         let sql = statements(&tables).unwrap();
         assert!(sql.mark_sent.as_str().contains("`app`.`events`"));
@@ -691,12 +691,12 @@ mod tests {
 
     #[test]
     fn an_inbox_without_a_name_for_its_dead_letters_is_refused() {
-        // The naming rule is `Tables::consumer_dead_name`'s; the statements
+        // The naming rule is `Tables::consumer_dead`'s; the statements
         // apply it.
         let clash = Tables::default()
-            .outbox("events_dead")
+            .with_outbox("events_dead")
             .unwrap()
-            .inbox("events")
+            .with_inbox("events")
             .unwrap();
         assert_eq!(
             txmsg_testkit::config::field_of(statements(&clash)),
@@ -708,7 +708,7 @@ mod tests {
     fn lock_name_depends_on_the_tables_and_fits() {
         let lock = |t: &Tables| statements(t).unwrap().own.migrate_lock;
         let a = lock(&Tables::default());
-        let b = lock(&Tables::default().schema("b").unwrap());
+        let b = lock(&Tables::default().with_schema("b").unwrap());
         assert_ne!(a, b);
         assert!(a.len() <= 64);
         assert_eq!(a, lock(&Tables::default()));

@@ -49,8 +49,8 @@ const CLAIM_ATTEMPTS: usize = 3;
 /// use txmsg_mysql::{MySqlStore, StoreConfig};
 ///
 /// # async fn demo() -> txmsg_core::Result<()> {
-/// let tables = Tables::default().schema("billing")?;
-/// let config = StoreConfig::from(tables).max_connections(20);
+/// let tables = Tables::default().with_schema("billing")?;
+/// let config = StoreConfig::from(tables).with_max_connections(20);
 /// let store = MySqlStore::connect_with("mysql://app@db/app", config).await?;
 /// store.migrate().await?;
 ///
@@ -87,7 +87,7 @@ impl Backend for MySqlBackend {
             .map_err(|e| Error::config("url", format!("is not a mysql url: {e}")))?;
         txmsg_sql::connect_once::<MySqlConnection>(&options, &url, 3306).await?;
         Ok(MySqlPoolOptions::new()
-            .max_connections(config.get_max_connections())
+            .max_connections(config.max_connections())
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     // Strict mode: a value too long for its column is an
@@ -139,7 +139,7 @@ impl Backend for MySqlBackend {
         let target = txmsg_sql::ScriptTarget {
             store: "txmsg-mysql",
             before: &before,
-            migrations_table: &tables.qualified(tables.migrations_name(), '`'),
+            migrations_table: &tables.qualified(tables.migrations(), '`'),
             now: "CURRENT_TIMESTAMP(6)",
         };
         txmsg_sql::migration_script::<MySqlBackend, _>(

@@ -139,10 +139,10 @@ async fn hostile_identifiers_are_refused_before_any_sql() {
 async fn reserved_words_as_table_names_are_quoted() {
     with_canary(|pool, schema| async move {
         let tables = Tables::default()
-            .schema(&schema)
-            .and_then(|t| t.outbox("select"))
-            .and_then(|t| t.inbox("order"))
-            .and_then(|t| t.migrations("table"))
+            .with_schema(&schema)
+            .and_then(|t| t.with_outbox("select"))
+            .and_then(|t| t.with_inbox("order"))
+            .and_then(|t| t.with_migrations("table"))
             .expect("valid identifiers");
         let store = MySqlStore::new(pool.clone(), tables).expect("store");
         store.migrate().await.expect("migrate");
@@ -162,7 +162,7 @@ async fn reserved_words_as_table_names_are_quoted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_values_round_trip_through_the_outbox() {
     with_canary(|pool, schema| async move {
-        let store = MySqlStore::new(pool, Tables::default().schema(&schema).expect("valid"))
+        let store = MySqlStore::new(pool, Tables::default().with_schema(&schema).expect("valid"))
             .expect("store");
         store.migrate().await.expect("migrate");
         assert_outbox_keeps_hostile_values(&store, mysql_expect).await;
@@ -173,7 +173,7 @@ async fn hostile_values_round_trip_through_the_outbox() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_values_round_trip_through_the_inbox() {
     with_canary(|pool, schema| async move {
-        let store = MySqlStore::new(pool, Tables::default().schema(&schema).expect("valid"))
+        let store = MySqlStore::new(pool, Tables::default().with_schema(&schema).expect("valid"))
             .expect("store");
         store.migrate().await.expect("migrate");
         assert_inbox_keeps_hostile_values(&store, mysql_expect).await;

@@ -66,7 +66,9 @@ where
 }
 
 fn tables(schema: &str) -> Tables {
-    Tables::default().schema(schema).expect("valid schema name")
+    Tables::default()
+        .with_schema(schema)
+        .expect("valid schema name")
 }
 
 /// A database of its own per conformance case.
@@ -199,13 +201,16 @@ fn bad_identifiers_are_rejected_before_any_sql() {
         Err(Error::Config { field, .. }) => field,
         other => panic!("expected a config error, got {other:?}"),
     };
-    assert_eq!(field(Tables::default().outbox(bad)), "outbox_table");
-    assert_eq!(field(Tables::default().inbox(bad)), "inbox_table");
-    assert_eq!(field(Tables::default().migrations(bad)), "migrations_table");
-    assert_eq!(field(Tables::default().schema(bad)), "schema");
-    assert_eq!(field(Tables::default().schema("a`b")), "schema");
-    assert_eq!(field(Tables::default().outbox("x`y")), "outbox_table");
-    assert_eq!(field(Tables::default().outbox("")), "outbox_table");
+    assert_eq!(field(Tables::default().with_outbox(bad)), "outbox_table");
+    assert_eq!(field(Tables::default().with_inbox(bad)), "inbox_table");
+    assert_eq!(
+        field(Tables::default().with_migrations(bad)),
+        "migrations_table"
+    );
+    assert_eq!(field(Tables::default().with_schema(bad)), "schema");
+    assert_eq!(field(Tables::default().with_schema("a`b")), "schema");
+    assert_eq!(field(Tables::default().with_outbox("x`y")), "outbox_table");
+    assert_eq!(field(Tables::default().with_outbox("")), "outbox_table");
     // A store can only be built from validated `Tables`, so no statement with
     // such a name can exist, let alone run.
 }
@@ -213,9 +218,9 @@ fn bad_identifiers_are_rejected_before_any_sql() {
 #[tokio::test]
 async fn an_inbox_name_without_room_for_its_dead_letters_is_refused_before_any_sql() {
     let tables = Tables::default()
-        .inbox("events")
+        .with_inbox("events")
         .unwrap()
-        .outbox("events_dead")
+        .with_outbox("events_dead")
         .unwrap();
     let err = MySqlStore::connect_with("mysql://127.0.0.1:1/x", tables.clone())
         .await
@@ -357,10 +362,8 @@ async fn concurrent_producers_of_one_key_never_deadlock() {
         let relay = txmsg_core::Relay::new(
             store.clone(),
             broker,
-            txmsg_core::RelayConfig {
-                poll_interval: std::time::Duration::from_millis(1),
-                ..txmsg_core::RelayConfig::default()
-            },
+            txmsg_core::RelayConfig::default()
+                .with_poll_interval(std::time::Duration::from_millis(1)),
         )
         .expect("relay")
         .start();

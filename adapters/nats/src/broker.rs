@@ -45,8 +45,8 @@ pub struct NatsBroker {
 impl fmt::Debug for NatsBroker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NatsBroker")
-            .field("stream", &self.config.get_stream())
-            .field("subject_prefix", &self.config.get_subject_prefix())
+            .field("stream", &self.config.stream())
+            .field("subject_prefix", &self.config.subject_prefix())
             .field("connection", &self.client.connection_state())
             .finish_non_exhaustive()
     }
@@ -72,16 +72,17 @@ impl NatsBroker {
     ///   another stream already takes its subjects); a retryable one if the
     ///   JetStream API did not answer.
     pub async fn connect(url: &str, config: NatsConfig) -> Result<Self> {
+        config.validate()?;
         let (options, servers) = config.connect_options(url)?;
         let connecting = async_nats::connect_with_options(servers, options);
-        let client = match tokio::time::timeout(config.get_connect_timeout(), connecting).await {
+        let client = match tokio::time::timeout(config.connect_timeout(), connecting).await {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => return Err(connect_error(e)),
             Err(_) => {
                 return Err(Error::broker_unavailable(
                     format!(
                         "connecting to nats timed out after {:?}",
-                        config.get_connect_timeout()
+                        config.connect_timeout()
                     ),
                     None,
                 ));
@@ -99,10 +100,10 @@ impl NatsBroker {
     /// As [`connect`](Self::connect), for the stream.
     pub async fn with_client(client: async_nats::Client, config: NatsConfig) -> Result<Self> {
         let js = context::ContextBuilder::new()
-            .timeout(config.get_publish_timeout())
+            .timeout(config.publish_timeout())
             .build(client.clone());
         let broker = NatsBroker {
-            source: config.get_source().to_owned(),
+            source: config.source().to_owned(),
             client,
             js,
             config: Arc::new(config),
@@ -117,9 +118,9 @@ impl NatsBroker {
     /// and the configured duplicate window. A stream that already has both
     /// is not touched.
     async fn ensure_stream(&self) -> Result<()> {
-        let name = self.config.get_stream();
+        let name = self.config.stream();
         let subjects = self.config.stream_subjects();
-        let window = self.config.get_duplicate_window();
+        let window = self.config.duplicate_window();
         let existing = match self.js.get_stream(name).await {
             Ok(mut stream) => Some(
                 stream
@@ -216,7 +217,7 @@ impl NatsBroker {
     pub async fn delete_group_consumer(&self, group: &str, topic: &str) -> Result<()> {
         let name = durable_name(group, topic)?;
         self.js
-            .delete_consumer_from_stream(&name, self.config.get_stream())
+            .delete_consumer_from_stream(&name, self.config.stream())
             .await
             .map(|_| ())
             .map_err(|e| self.failure(format!("deleting consumer `{name}`"), e))
@@ -231,10 +232,10 @@ impl NatsBroker {
     /// refused or cannot be reached.
     pub async fn delete_stream(&self) -> Result<()> {
         self.js
-            .delete_stream(self.config.get_stream())
+            .delete_stream(self.config.stream())
             .await
             .map(|_| ())
-            .map_err(|e| self.failure(format!("deleting stream `{}`", self.config.get_stream()), e))
+            .map_err(|e| self.failure(format!("deleting stream `{}`", self.config.stream()), e))
     }
 
     /// Flushes what the client buffered and waits for the server.
@@ -269,7 +270,7 @@ impl NatsBroker {
         let headers = wire::encode(envelope, &self.source)?;
         let subject = self.config.subject(&envelope.topic);
         let payload = envelope.payload.clone().into();
-        let timeout = self.config.get_publish_timeout();
+        let timeout = self.config.publish_timeout();
         let publishing = async {
             let ack = self
                 .js
@@ -325,20 +326,17 @@ impl NatsBroker {
         let name = durable_name(&spec.group, &spec.topic)?;
         let stream = self
             .js
-            .get_stream(self.config.get_stream())
+            .get_stream(self.config.stream())
             .await
             .map_err(|e| {
-                self.failure(
-                    format!("looking up stream `{}`", self.config.get_stream()),
-                    e,
-                )
+                self.failure(format!("looking up stream `{}`", self.config.stream()), e)
             })?;
         let wanted = consumer::pull::Config {
             durable_name: Some(name.clone()),
             filter_subject: self.config.subject(&spec.topic),
             ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: self.config.get_ack_wait(),
-            max_ack_pending: i64::from(self.config.get_max_ack_pending()),
+            ack_wait: self.config.ack_wait(),
+            max_ack_pending: i64::from(self.config.max_ack_pending()),
             deliver_policy: consumer::DeliverPolicy::All,
             ..Default::default()
         };
@@ -354,7 +352,7 @@ impl NatsBroker {
         tokio::spawn(keep_in_progress(
             Arc::downgrade(&held),
             self.client.clone(),
-            self.config.get_ack_wait() / 3,
+            self.config.ack_wait() / 3,
         ));
         tokio::spawn(pull_loop(
             PullLoop {
@@ -521,7 +519,7 @@ async fn pull_loop(this: PullLoop, mut closing: oneshot::Receiver<()>) {
                 acker: Some(acker),
                 permit: held.pop(),
                 client: this.client.clone(),
-                timeout: this.config.get_publish_timeout(),
+                timeout: this.config.publish_timeout(),
                 held: held_id.map(|id| (Arc::clone(&this.held), id)),
             };
             let topic = this

@@ -46,24 +46,44 @@ const MAX_PREFIX_LEN: usize = 128;
 /// use txmsg_nats::NatsConfig;
 ///
 /// let config = NatsConfig::default()
-///     .stream("BILLING")?
-///     .subject_prefix("billing")?
-///     .duplicate_window(Duration::from_secs(600))?;
-/// assert_eq!(config.get_stream(), "BILLING");
+///     .with_stream("BILLING")?
+///     .with_subject_prefix("billing")?
+///     .with_duplicate_window(Duration::from_secs(600))?;
+/// assert_eq!(config.stream(), "BILLING");
 /// assert_eq!(config.subject("orders.placed"), "billing.orders.placed");
 ///
-/// assert!(NatsConfig::default().stream("no.dots").is_err());
+/// assert!(NatsConfig::default().with_stream("no.dots").is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The settings deserialize from a service's config file or environment
+/// (any serde format; durations as `"30s"`, `"1h 30m"`; unknown keys
+/// refused; what is left out keeps its default). The broker checks them when
+/// it connects; [`validate`](NatsConfig::validate) checks them before:
+///
+/// ```
+/// use txmsg_nats::NatsConfig;
+///
+/// let config: NatsConfig = serde_json::from_str(r#"{ "stream": "BILLING", "duplicate_window": "10m", "tls": { "ca_file": "/etc/ssl/ca.pem" } }"#)?;
+/// assert!(config.validate().is_ok());
+/// let bad: NatsConfig = serde_json::from_str(r#"{ "stream": "no.dots" }"#)?;
+/// assert!(bad.validate().is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[non_exhaustive]
+#[serde(default, deny_unknown_fields)]
 pub struct NatsConfig {
     stream: String,
     subject_prefix: String,
+    #[serde(with = "humantime_serde")]
     duplicate_window: Duration,
+    #[serde(with = "humantime_serde")]
     ack_wait: Duration,
     max_ack_pending: u32,
+    #[serde(with = "humantime_serde")]
     connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
     publish_timeout: Duration,
     source: String,
     tls: TlsFiles,
@@ -86,6 +106,26 @@ impl Default for NatsConfig {
 }
 
 impl NatsConfig {
+    /// Checks every setting as its setter does: what a deserialized config
+    /// needs before use. [`NatsBroker::connect`](crate::NatsBroker::connect) runs it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the first setting that breaks its rule.
+    pub fn validate(&self) -> Result<()> {
+        NatsConfig::default()
+            .with_stream(self.stream.clone())?
+            .with_subject_prefix(self.subject_prefix.clone())?
+            .with_duplicate_window(self.duplicate_window)?
+            .with_ack_wait(self.ack_wait)?
+            .with_max_ack_pending(self.max_ack_pending)?
+            .with_connect_timeout(self.connect_timeout)?
+            .with_publish_timeout(self.publish_timeout)?
+            .with_source(self.source.clone())?
+            .with_tls(self.tls.clone())?;
+        Ok(())
+    }
+
     /// Names the JetStream stream, created (or updated) when the broker
     /// connects, that stores every message published under the subject
     /// prefix.
@@ -94,7 +134,7 @@ impl NatsConfig {
     ///
     /// [`Error::Config`] for `stream` if the name is empty, longer than 64
     /// bytes, or contains anything but ASCII letters, digits, `-` and `_`.
-    pub fn stream(mut self, stream: impl Into<String>) -> Result<Self> {
+    pub fn with_stream(mut self, stream: impl Into<String>) -> Result<Self> {
         let stream = stream.into();
         if stream.is_empty() || stream.len() > MAX_STREAM_LEN {
             return Err(Error::config(
@@ -123,7 +163,7 @@ impl NatsConfig {
     /// [`Error::Config`] for `subject_prefix` if it is empty, longer than
     /// 128 bytes, has an empty token (`a..b`, a leading or trailing `.`) or
     /// contains anything but ASCII letters, digits, `-`, `_` and `.`.
-    pub fn subject_prefix(mut self, prefix: impl Into<String>) -> Result<Self> {
+    pub fn with_subject_prefix(mut self, prefix: impl Into<String>) -> Result<Self> {
         let prefix = prefix.into();
         if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN {
             return Err(Error::config(
@@ -157,7 +197,7 @@ impl NatsConfig {
     /// # Errors
     ///
     /// [`Error::Config`] for `duplicate_window` if it is under 1 s.
-    pub fn duplicate_window(mut self, window: Duration) -> Result<Self> {
+    pub fn with_duplicate_window(mut self, window: Duration) -> Result<Self> {
         self.duplicate_window =
             check::at_least("duplicate_window", window, Duration::from_secs(1))?;
         Ok(self)
@@ -171,7 +211,7 @@ impl NatsConfig {
     /// # Errors
     ///
     /// [`Error::Config`] for `ack_wait` if it is under 1 s.
-    pub fn ack_wait(mut self, ack_wait: Duration) -> Result<Self> {
+    pub fn with_ack_wait(mut self, ack_wait: Duration) -> Result<Self> {
         self.ack_wait = check::at_least("ack_wait", ack_wait, Duration::from_secs(1))?;
         Ok(self)
     }
@@ -183,7 +223,7 @@ impl NatsConfig {
     /// # Errors
     ///
     /// [`Error::Config`] for `max_ack_pending` if it is 0.
-    pub fn max_ack_pending(mut self, max: u32) -> Result<Self> {
+    pub fn with_max_ack_pending(mut self, max: u32) -> Result<Self> {
         self.max_ack_pending = check::positive("max_ack_pending", max)?;
         Ok(self)
     }
@@ -193,7 +233,7 @@ impl NatsConfig {
     /// # Errors
     ///
     /// [`Error::Config`] for `connect_timeout` if it is zero.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Result<Self> {
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Result<Self> {
         self.connect_timeout = check::positive("connect_timeout", timeout)?;
         Ok(self)
     }
@@ -204,7 +244,7 @@ impl NatsConfig {
     /// # Errors
     ///
     /// [`Error::Config`] for `publish_timeout` if it is zero.
-    pub fn publish_timeout(mut self, timeout: Duration) -> Result<Self> {
+    pub fn with_publish_timeout(mut self, timeout: Duration) -> Result<Self> {
         self.publish_timeout = check::positive("publish_timeout", timeout)?;
         Ok(self)
     }
@@ -215,7 +255,7 @@ impl NatsConfig {
     /// # Errors
     ///
     /// [`Error::Config`] for `source` if [`check_source`] refuses it.
-    pub fn source(mut self, source: impl Into<String>) -> Result<Self> {
+    pub fn with_source(mut self, source: impl Into<String>) -> Result<Self> {
         self.source = check_source(source)?;
         Ok(self)
     }
@@ -228,53 +268,53 @@ impl NatsConfig {
     ///
     /// [`Error::Config`] for the file set first without the `tls` feature
     /// of txmsg-nats.
-    pub fn tls(mut self, files: TlsFiles) -> Result<Self> {
+    pub fn with_tls(mut self, files: TlsFiles) -> Result<Self> {
         self.tls = files.for_adapter(cfg!(feature = "tls"), "txmsg-nats")?;
         Ok(self)
     }
 
     /// The stream name.
-    pub fn get_stream(&self) -> &str {
+    pub fn stream(&self) -> &str {
         &self.stream
     }
 
     /// The subject prefix.
-    pub fn get_subject_prefix(&self) -> &str {
+    pub fn subject_prefix(&self) -> &str {
         &self.subject_prefix
     }
 
     /// The duplicate window.
-    pub fn get_duplicate_window(&self) -> Duration {
+    pub fn duplicate_window(&self) -> Duration {
         self.duplicate_window
     }
 
     /// The consumers' ack wait.
-    pub fn get_ack_wait(&self) -> Duration {
+    pub fn ack_wait(&self) -> Duration {
         self.ack_wait
     }
 
     /// The consumers' `max_ack_pending`.
-    pub fn get_max_ack_pending(&self) -> u32 {
+    pub fn max_ack_pending(&self) -> u32 {
         self.max_ack_pending
     }
 
     /// The connect timeout.
-    pub fn get_connect_timeout(&self) -> Duration {
+    pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
     }
 
     /// The publish timeout.
-    pub fn get_publish_timeout(&self) -> Duration {
+    pub fn publish_timeout(&self) -> Duration {
         self.publish_timeout
     }
 
     /// The CloudEvents `source`.
-    pub fn get_source(&self) -> &str {
+    pub fn source(&self) -> &str {
         &self.source
     }
 
     /// The TLS files.
-    pub fn get_tls(&self) -> &TlsFiles {
+    pub fn tls(&self) -> &TlsFiles {
         &self.tls
     }
 
@@ -313,23 +353,23 @@ impl NatsConfig {
             Some(Credentials::Token(token)) => options.token(token),
             None => options,
         };
-        Ok((self.with_tls(options)?, servers))
+        Ok((self.tls_options(options)?, servers))
     }
 
     /// `options` with the TLS settings, if any.
     #[cfg(feature = "tls")]
-    fn with_tls(
+    fn tls_options(
         &self,
         mut options: async_nats::ConnectOptions,
     ) -> Result<async_nats::ConnectOptions> {
         ensure_crypto_provider();
-        if let Some(path) = self.tls.get_ca_file() {
+        if let Some(path) = self.tls.ca_file() {
             check_file("tls_ca_file", path)?;
             options = options
                 .add_root_certificates(path.to_owned())
                 .require_tls(true);
         }
-        if let Some((cert, key)) = self.tls.get_client_auth() {
+        if let Some((cert, key)) = self.tls.client_auth() {
             check_file("tls_client_auth", cert)?;
             check_file("tls_client_auth", key)?;
             options = options
@@ -342,7 +382,10 @@ impl NatsConfig {
     /// `options` as they are: without the `tls` feature no TLS option can
     /// be set.
     #[cfg(not(feature = "tls"))]
-    fn with_tls(&self, options: async_nats::ConnectOptions) -> Result<async_nats::ConnectOptions> {
+    fn tls_options(
+        &self,
+        options: async_nats::ConnectOptions,
+    ) -> Result<async_nats::ConnectOptions> {
         Ok(options)
     }
 
@@ -456,23 +499,44 @@ mod tests {
     use super::*;
     use txmsg_testkit::config::field_of;
 
+    #[tokio::test]
+    async fn a_deserialized_config_is_checked_before_connecting() {
+        let config: NatsConfig = serde_json::from_str(r#"{ "stream": "BILLING", "subject_prefix": "billing", "duplicate_window": "10m", "ack_wait": "5s", "max_ack_pending": 10, "connect_timeout": "1s", "publish_timeout": "2s", "source": "/billing" }"#).expect("a config");
+        assert_eq!(
+            (
+                config.stream(),
+                config.subject_prefix(),
+                config.duplicate_window(),
+                config.max_ack_pending()
+            ),
+            ("BILLING", "billing", Duration::from_secs(600), 10)
+        );
+        config.validate().expect("valid settings");
+        let bad: NatsConfig = serde_json::from_str(r#"{ "stream": "no.dots" }"#).expect("a config");
+        assert_eq!(field_of(bad.validate()), "stream");
+        // Refused before any connection is tried: nothing listens there.
+        let refused = crate::NatsBroker::connect("nats://127.0.0.1:1", bad).await;
+        assert_eq!(field_of(refused), "stream");
+        assert!(serde_json::from_str::<NatsConfig>(r#"{ "unknown_setting": 1 }"#).is_err());
+    }
+
     #[test]
     fn validates() {
         let c = NatsConfig::default();
-        assert!(c.clone().stream("").is_err());
-        assert!(c.clone().stream("a.b").is_err());
-        assert!(c.clone().stream("a b").is_err());
-        assert!(c.clone().stream("A_b-1").is_ok());
-        assert!(c.clone().subject_prefix("a..b").is_err());
-        assert!(c.clone().subject_prefix("a.*").is_err());
-        assert!(c.clone().subject_prefix(".a").is_err());
-        assert!(c.clone().subject_prefix("a.b").is_ok());
-        assert!(c.clone().duplicate_window(Duration::ZERO).is_err());
-        assert!(c.clone().ack_wait(Duration::from_millis(10)).is_err());
-        assert!(c.clone().max_ack_pending(0).is_err());
-        assert!(c.clone().connect_timeout(Duration::ZERO).is_err());
-        assert!(c.clone().publish_timeout(Duration::ZERO).is_err());
-        assert!(c.clone().source("a\nb").is_err());
+        assert!(c.clone().with_stream("").is_err());
+        assert!(c.clone().with_stream("a.b").is_err());
+        assert!(c.clone().with_stream("a b").is_err());
+        assert!(c.clone().with_stream("A_b-1").is_ok());
+        assert!(c.clone().with_subject_prefix("a..b").is_err());
+        assert!(c.clone().with_subject_prefix("a.*").is_err());
+        assert!(c.clone().with_subject_prefix(".a").is_err());
+        assert!(c.clone().with_subject_prefix("a.b").is_ok());
+        assert!(c.clone().with_duplicate_window(Duration::ZERO).is_err());
+        assert!(c.clone().with_ack_wait(Duration::from_millis(10)).is_err());
+        assert!(c.clone().with_max_ack_pending(0).is_err());
+        assert!(c.clone().with_connect_timeout(Duration::ZERO).is_err());
+        assert!(c.clone().with_publish_timeout(Duration::ZERO).is_err());
+        assert!(c.clone().with_source("a\nb").is_err());
     }
 
     #[test]
@@ -527,16 +591,16 @@ mod tests {
         assert_eq!(
             field_of(
                 TlsFiles::default()
-                    .ca_file("/etc/ssl/ca.pem")
-                    .and_then(|f| NatsConfig::default().tls(f))
+                    .with_ca_file("/etc/ssl/ca.pem")
+                    .and_then(|f| NatsConfig::default().with_tls(f))
             ),
             "tls_ca_file"
         );
         assert_eq!(
             field_of(
                 TlsFiles::default()
-                    .client_auth("c.pem", "k.pem")
-                    .and_then(|f| NatsConfig::default().tls(f))
+                    .with_client_auth("c.pem", "k.pem")
+                    .and_then(|f| NatsConfig::default().with_tls(f))
             ),
             "tls_client_auth"
         );
@@ -552,13 +616,13 @@ mod tests {
         );
         let missing = std::env::temp_dir().join("txmsg-nats-no-such-ca.pem");
         let c = TlsFiles::default()
-            .ca_file(&missing)
-            .and_then(|f| NatsConfig::default().tls(f))
+            .with_ca_file(&missing)
+            .and_then(|f| NatsConfig::default().with_tls(f))
             .unwrap();
         assert_eq!(field_of(c.connect_options("tls://h:4222")), "tls_ca_file");
         let c = TlsFiles::default()
-            .client_auth(&missing, &missing)
-            .and_then(|f| NatsConfig::default().tls(f))
+            .with_client_auth(&missing, &missing)
+            .and_then(|f| NatsConfig::default().with_tls(f))
             .unwrap();
         assert_eq!(
             field_of(c.connect_options("tls://h:4222")),

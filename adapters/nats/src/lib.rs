@@ -106,7 +106,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let broker = NatsBroker::connect(
 //!     "nats://127.0.0.1:4222",
-//!     NatsConfig::default().source("/orders")?,
+//!     NatsConfig::default().with_source("/orders")?,
 //! )
 //! .await?;
 //! # let _ = broker;

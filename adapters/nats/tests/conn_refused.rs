@@ -7,7 +7,7 @@ use txmsg_nats::{NatsBroker, NatsConfig};
 #[tokio::test(flavor = "multi_thread")]
 async fn closed_port_is_a_retryable_error() {
     let config = NatsConfig::default()
-        .connect_timeout(Duration::from_secs(3))
+        .with_connect_timeout(Duration::from_secs(3))
         .expect("a valid timeout");
     let started = Instant::now();
     let err = NatsBroker::connect("nats://127.0.0.1:1", config)

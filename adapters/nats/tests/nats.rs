@@ -21,10 +21,10 @@ fn url() -> String {
 fn config() -> NatsConfig {
     let id = Uuid::now_v7().simple().to_string();
     NatsConfig::default()
-        .stream(format!("T{id}"))
-        .and_then(|c| c.subject_prefix(format!("t{id}")))
-        .and_then(|c| c.ack_wait(Duration::from_secs(5)))
-        .and_then(|c| c.publish_timeout(Duration::from_secs(5)))
+        .with_stream(format!("T{id}"))
+        .and_then(|c| c.with_subject_prefix(format!("t{id}")))
+        .and_then(|c| c.with_ack_wait(Duration::from_secs(5)))
+        .and_then(|c| c.with_publish_timeout(Duration::from_secs(5)))
         .expect("a valid configuration")
 }
 
@@ -94,7 +94,7 @@ txmsg_testkit::broker_conformance!(Nats);
 #[tokio::test(flavor = "multi_thread")]
 async fn conformance_held_delivery_is_not_redelivered() {
     let config = config()
-        .ack_wait(Duration::from_secs(1))
+        .with_ack_wait(Duration::from_secs(1))
         .expect("a valid ack_wait");
     let broker = connect(&config).await;
     let prefix = format!("h{}", &Uuid::now_v7().simple().to_string()[20..]);
@@ -117,13 +117,13 @@ async fn connect_keeps_the_operators_stream_settings() {
     let js = async_nats::jetstream::new(plain_client().await);
     let mut created = js
         .create_stream(stream::Config {
-            name: config.get_stream().to_owned(),
+            name: config.stream().to_owned(),
             subjects: vec![config.stream_subjects()],
             description: Some("operated by the payments team".to_owned()),
             max_age: Duration::from_secs(3600),
             max_messages: 1_000,
             max_bytes: 10 * 1024 * 1024,
-            duplicate_window: config.get_duplicate_window(),
+            duplicate_window: config.duplicate_window(),
             ..Default::default()
         })
         .await
@@ -153,7 +153,7 @@ async fn connect_keeps_the_operators_stream_settings() {
     // A stream without txmsg's subjects or with another duplicate window
     // gets them, and keeps the rest.
     let mut narrowed = after.clone();
-    narrowed.subjects = vec![format!("{}x.other", config.get_subject_prefix())];
+    narrowed.subjects = vec![format!("{}x.other", config.subject_prefix())];
     narrowed.duplicate_window = Duration::from_secs(5);
     js.update_stream(narrowed)
         .await
@@ -169,11 +169,11 @@ async fn connect_keeps_the_operators_stream_settings() {
     assert!(
         again
             .subjects
-            .contains(&format!("{}x.other", config.get_subject_prefix())),
+            .contains(&format!("{}x.other", config.subject_prefix())),
         "the operator's subjects stay: {:?}",
         again.subjects
     );
-    assert_eq!(again.duplicate_window, config.get_duplicate_window());
+    assert_eq!(again.duplicate_window, config.duplicate_window());
     assert_eq!(
         (
             again.description.as_deref(),
@@ -369,6 +369,6 @@ async fn debug_shows_no_credentials() {
     };
     let shown = format!("{broker:?}");
     assert!(!shown.contains("s3cr3t"), "{shown}");
-    assert!(shown.contains(config.get_stream()), "{shown}");
+    assert!(shown.contains(config.stream()), "{shown}");
     broker.delete_stream().await.expect("delete the stream");
 }

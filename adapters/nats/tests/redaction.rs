@@ -18,9 +18,9 @@ fn nats_url() -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn debug_and_connection_errors_never_show_the_password() {
     let config = NatsConfig::default()
-        .stream(format!("REDACT_{}", uuid::Uuid::now_v7().simple()))
-        .and_then(|c| c.subject_prefix(format!("redact{}", uuid::Uuid::now_v7().simple())))
-        .and_then(|c| c.connect_timeout(Duration::from_secs(3)))
+        .with_stream(format!("REDACT_{}", uuid::Uuid::now_v7().simple()))
+        .and_then(|c| c.with_subject_prefix(format!("redact{}", uuid::Uuid::now_v7().simple())))
+        .and_then(|c| c.with_connect_timeout(Duration::from_secs(3)))
         .expect("valid settings");
     // A server without authentication ignores the password; one with it
     // refuses it: either way it is not shown.
@@ -29,7 +29,7 @@ async fn debug_and_connection_errors_never_show_the_password() {
         Ok(broker) => {
             let shown = format!("{broker:?}");
             assert!(!shown.contains(PASSWORD), "{shown}");
-            assert!(shown.contains(config.get_stream()), "{shown}");
+            assert!(shown.contains(config.stream()), "{shown}");
             broker
                 .delete_stream()
                 .await
@@ -58,9 +58,9 @@ async fn debug_and_connection_errors_never_show_the_password() {
 #[tokio::test(flavor = "multi_thread")]
 async fn no_password_in_logs() {
     let config = NatsConfig::default()
-        .stream(format!("REDACT_{}", uuid::Uuid::now_v7().simple()))
-        .and_then(|c| c.subject_prefix(format!("redact{}", uuid::Uuid::now_v7().simple())))
-        .and_then(|c| c.connect_timeout(Duration::from_secs(3)))
+        .with_stream(format!("REDACT_{}", uuid::Uuid::now_v7().simple()))
+        .and_then(|c| c.with_subject_prefix(format!("redact{}", uuid::Uuid::now_v7().simple())))
+        .and_then(|c| c.with_connect_timeout(Duration::from_secs(3)))
         .expect("valid settings");
     let connect_config = config.clone();
     txmsg_testkit::broker::no_password_in_logs(

@@ -82,9 +82,9 @@ fn lock_key(text: &str) -> i64 {
 /// consumer dead-letter table.
 pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
     {
-        let outbox = tables.qualified(tables.outbox_name(), '"');
-        let inbox = tables.qualified(tables.inbox_name(), '"');
-        let migrations_table = tables.qualified(tables.migrations_name(), '"');
+        let outbox = tables.qualified(tables.outbox(), '"');
+        let inbox = tables.qualified(tables.inbox(), '"');
+        let migrations_table = tables.qualified(tables.migrations(), '"');
         let o = &outbox;
         let cols = ENVELOPE_COLUMNS;
         let returning = ENVELOPE_COLUMNS
@@ -92,7 +92,7 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
             .map(|c| format!("o.{c}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let dead = &tables.consumer_dead_name()?;
+        let dead = &tables.consumer_dead()?;
 
         let render = |template: &str| {
             template
@@ -102,19 +102,16 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
                 .replace("{consumer_dead_idx}", &index_name(dead, "_group_idx"))
                 .replace(
                     "{outbox_pending_idx}",
-                    &index_name(tables.outbox_name(), "_pending_idx"),
+                    &index_name(tables.outbox(), "_pending_idx"),
                 )
                 .replace(
                     "{outbox_prepared_idx}",
-                    &index_name(tables.outbox_name(), "_prepared_idx"),
+                    &index_name(tables.outbox(), "_prepared_idx"),
                 )
-                .replace(
-                    "{outbox_key_idx}",
-                    &index_name(tables.outbox_name(), "_key_idx"),
-                )
+                .replace("{outbox_key_idx}", &index_name(tables.outbox(), "_key_idx"))
                 .replace(
                     "{inbox_processed_idx}",
-                    &index_name(tables.inbox_name(), "_processed_idx"),
+                    &index_name(tables.inbox(), "_processed_idx"),
                 )
         };
         let migrations = MIGRATIONS
@@ -127,7 +124,7 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
             .collect();
         let own = Own {
             migrate_lock_key: lock_key(&format!("txmsg migrate {migrations_table}")),
-            create_schema: tables.schema_name().map(|s| {
+            create_schema: tables.schema().map(|s| {
                 (
                     s.to_string(),
                     sql_str(format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"")),
@@ -515,9 +512,9 @@ mod tests {
     #[test]
     fn statements_use_qualified_quoted_names() {
         let tables = Tables::default()
-            .schema("app")
+            .with_schema("app")
             .unwrap()
-            .outbox("events")
+            .with_outbox("events")
             .unwrap();
         let sql = statements(&tables).unwrap();
         assert!(sql.mark_sent.as_str().contains("\"app\".\"events\""));
@@ -538,12 +535,12 @@ mod tests {
 
     #[test]
     fn an_inbox_without_a_name_for_its_dead_letters_is_refused() {
-        // The naming rule is `Tables::consumer_dead_name`'s; the statements
+        // The naming rule is `Tables::consumer_dead`'s; the statements
         // apply it.
         let clash = Tables::default()
-            .outbox("events_dead")
+            .with_outbox("events_dead")
             .unwrap()
-            .inbox("events")
+            .with_inbox("events")
             .unwrap();
         assert_eq!(
             txmsg_testkit::config::field_of(statements(&clash)),
@@ -554,9 +551,9 @@ mod tests {
     #[test]
     fn version_2_creates_the_dead_letter_table_beside_the_inbox() {
         let tables = Tables::default()
-            .schema("app")
+            .with_schema("app")
             .unwrap()
-            .inbox("events_in")
+            .with_inbox("events_in")
             .unwrap();
         let sql = statements(&tables).unwrap();
         let v2 = &sql.own.migrations[1];
@@ -582,9 +579,9 @@ mod tests {
     #[test]
     fn version_3_adds_the_half_mark_and_the_prepared_index() {
         let tables = Tables::default()
-            .schema("app")
+            .with_schema("app")
             .unwrap()
-            .outbox("events")
+            .with_outbox("events")
             .unwrap();
         let sql = statements(&tables).unwrap();
         let v3 = &sql.own.migrations[2];
@@ -604,7 +601,7 @@ mod tests {
     fn lock_key_depends_on_the_tables() {
         let key = |t: &Tables| statements(t).unwrap().own.migrate_lock_key;
         let a = key(&Tables::default());
-        let b = key(&Tables::default().schema("b").unwrap());
+        let b = key(&Tables::default().with_schema("b").unwrap());
         assert_ne!(a, b);
         assert_eq!(a, key(&Tables::default()));
     }

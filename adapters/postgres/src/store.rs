@@ -41,8 +41,8 @@ use crate::writer::PgWriter;
 /// use txmsg::{Outbox, Message, Store, Tables};
 ///
 /// # async fn demo() -> txmsg::Result<()> {
-/// let tables = Tables::default().schema("billing")?;
-/// let config = StoreConfig::from(tables).max_connections(20);
+/// let tables = Tables::default().with_schema("billing")?;
+/// let config = StoreConfig::from(tables).with_max_connections(20);
 /// let store = PgStore::connect_with("postgres://app@db/app", config).await?;
 /// store.migrate().await?;
 ///
@@ -69,7 +69,7 @@ impl Backend for PgBackend {
             .map_err(|e| Error::config("url", format!("is not a postgres url: {e}")))?;
         txmsg_sql::connect_once::<PgConnection>(&options, url, 5432).await?;
         Ok(PgPoolOptions::new()
-            .max_connections(config.get_max_connections())
+            .max_connections(config.max_connections())
             .connect_with(options)
             .await?)
     }
@@ -95,7 +95,7 @@ impl Backend for PgBackend {
         let target = txmsg_sql::ScriptTarget {
             store: "txmsg-postgres",
             before: &before,
-            migrations_table: &tables.qualified(tables.migrations_name(), '"'),
+            migrations_table: &tables.qualified(tables.migrations(), '"'),
             now: "now()",
         };
         txmsg_sql::migration_script::<PgBackend, _>(target, &sql.migrations_table, &sql.migrations)
@@ -245,9 +245,9 @@ mod tests {
     async fn an_inbox_name_without_room_for_its_dead_letters_is_a_config_error() {
         // `events` + `_dead` is the outbox's name.
         let tables = Tables::default()
-            .inbox("events")
+            .with_inbox("events")
             .unwrap()
-            .outbox("events_dead")
+            .with_outbox("events_dead")
             .unwrap();
         let connected = PgStore::connect_with("postgres://127.0.0.1:1/x", tables.clone()).await;
         assert_eq!(field_of(connected), "inbox_table");
@@ -262,7 +262,7 @@ mod tests {
     async fn zero_connections_is_a_config_error() {
         let connected = PgStore::connect_with(
             "postgres://127.0.0.1:1/x",
-            StoreConfig::default().max_connections(0),
+            StoreConfig::default().with_max_connections(0),
         )
         .await;
         assert_eq!(field_of(connected), "max_connections");

@@ -125,7 +125,7 @@ async fn hostile_identifiers_are_refused_before_any_sql() {
         for bad in BAD_IDENTIFIERS {
             let store = PgStore::new(
                 pool.clone(),
-                Tables::default().schema(&schema).expect("valid"),
+                Tables::default().with_schema(&schema).expect("valid"),
             )
             .expect("store");
             match store.with_notify(bad) {
@@ -146,10 +146,10 @@ async fn hostile_identifiers_are_refused_before_any_sql() {
 async fn reserved_words_as_table_names_are_quoted() {
     with_canary(|pool, schema| async move {
         let tables = Tables::default()
-            .schema(&schema)
-            .and_then(|t| t.outbox("select"))
-            .and_then(|t| t.inbox("order"))
-            .and_then(|t| t.migrations("Table"))
+            .with_schema(&schema)
+            .and_then(|t| t.with_outbox("select"))
+            .and_then(|t| t.with_inbox("order"))
+            .and_then(|t| t.with_migrations("Table"))
             .expect("valid identifiers");
         let store = PgStore::new(pool.clone(), tables)
             .expect("store")
@@ -172,8 +172,8 @@ async fn reserved_words_as_table_names_are_quoted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_values_round_trip_through_the_outbox() {
     with_canary(|pool, schema| async move {
-        let store =
-            PgStore::new(pool, Tables::default().schema(&schema).expect("valid")).expect("store");
+        let store = PgStore::new(pool, Tables::default().with_schema(&schema).expect("valid"))
+            .expect("store");
         store.migrate().await.expect("migrate");
         assert_outbox_keeps_hostile_values(&store, pg_expect).await;
     })
@@ -183,8 +183,8 @@ async fn hostile_values_round_trip_through_the_outbox() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_values_round_trip_through_the_inbox() {
     with_canary(|pool, schema| async move {
-        let store =
-            PgStore::new(pool, Tables::default().schema(&schema).expect("valid")).expect("store");
+        let store = PgStore::new(pool, Tables::default().with_schema(&schema).expect("valid"))
+            .expect("store");
         store.migrate().await.expect("migrate");
         assert_inbox_keeps_hostile_values(&store, pg_expect).await;
     })

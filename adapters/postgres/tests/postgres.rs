@@ -67,7 +67,9 @@ where
 }
 
 fn tables(schema: &str) -> Tables {
-    Tables::default().schema(schema).expect("valid schema name")
+    Tables::default()
+        .with_schema(schema)
+        .expect("valid schema name")
 }
 
 /// A schema of its own per conformance case.
@@ -130,9 +132,9 @@ async fn upgrade_from_version_2_keeps_rows() {
         .await;
 
         let renamed = tables(&schema)
-            .outbox("events_out")
-            .and_then(|t| t.inbox("events_in"))
-            .and_then(|t| t.migrations("events_versions"))
+            .with_outbox("events_out")
+            .and_then(|t| t.with_inbox("events_in"))
+            .and_then(|t| t.with_migrations("events_versions"))
             .expect("valid names");
         let store = PgStore::new(pool.clone(), renamed).expect("store");
         store.migrate().await.expect("migrate");
@@ -216,9 +218,9 @@ async fn upgrade_from_version_1_keeps_rows() {
         .await;
 
         let renamed = tables(&schema)
-            .outbox("events_out")
-            .and_then(|t| t.inbox("events_in"))
-            .and_then(|t| t.migrations("events_versions"))
+            .with_outbox("events_out")
+            .and_then(|t| t.with_inbox("events_in"))
+            .and_then(|t| t.with_migrations("events_versions"))
             .expect("valid names");
         let store = PgStore::new(pool.clone(), renamed).expect("store");
         store.migrate().await.expect("migrate");
@@ -234,9 +236,9 @@ async fn upgrade_from_version_1_keeps_rows() {
 async fn schema_qualified_tables_work() {
     with_schema(|pool, schema| async move {
         let custom = tables(&schema)
-            .outbox("events_out")
-            .and_then(|t| t.inbox("events_in"))
-            .and_then(|t| t.migrations("events_versions"))
+            .with_outbox("events_out")
+            .and_then(|t| t.with_inbox("events_in"))
+            .and_then(|t| t.with_migrations("events_versions"))
             .expect("valid names");
         let store = PgStore::new(pool.clone(), custom).expect("store");
         store.migrate().await.expect("migrate");
@@ -426,12 +428,15 @@ fn bad_identifiers_are_rejected_before_any_sql() {
         Err(Error::Config { field, .. }) => field,
         other => panic!("expected a config error, got {other:?}"),
     };
-    assert_eq!(field(Tables::default().outbox(bad)), "outbox_table");
-    assert_eq!(field(Tables::default().inbox(bad)), "inbox_table");
-    assert_eq!(field(Tables::default().migrations(bad)), "migrations_table");
-    assert_eq!(field(Tables::default().schema(bad)), "schema");
-    assert_eq!(field(Tables::default().schema("a\"b")), "schema");
-    assert_eq!(field(Tables::default().outbox("")), "outbox_table");
+    assert_eq!(field(Tables::default().with_outbox(bad)), "outbox_table");
+    assert_eq!(field(Tables::default().with_inbox(bad)), "inbox_table");
+    assert_eq!(
+        field(Tables::default().with_migrations(bad)),
+        "migrations_table"
+    );
+    assert_eq!(field(Tables::default().with_schema(bad)), "schema");
+    assert_eq!(field(Tables::default().with_schema("a\"b")), "schema");
+    assert_eq!(field(Tables::default().with_outbox("")), "outbox_table");
     // A store can only be built from validated `Tables`, so no statement with
     // such a name can exist, let alone run.
 }
@@ -514,10 +519,8 @@ async fn notify_wakes_a_relay_of_another_process() {
         let broker = txmsg_memory::MemoryBroker::new();
         let mut sub = broker.observe(&format!("wake.{schema}"));
         // The relay polls only once a minute: only the NOTIFY can wake it.
-        let config = txmsg_core::RelayConfig {
-            poll_interval: std::time::Duration::from_secs(60),
-            ..txmsg_core::RelayConfig::default()
-        };
+        let config = txmsg_core::RelayConfig::default()
+            .with_poll_interval(std::time::Duration::from_secs(60));
         let relay = txmsg_core::Relay::new(store.clone(), broker, config)
             .unwrap()
             .start();

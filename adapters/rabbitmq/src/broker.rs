@@ -45,7 +45,7 @@ const REPLY_SUCCESS: u16 = 200;
 /// use txmsg_rabbitmq::{RabbitBroker, RabbitConfig};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// let config = RabbitConfig::default().exchange("shop")?.source("/orders")?;
+/// let config = RabbitConfig::default().with_exchange("shop")?.with_source("/orders")?;
 /// let broker = RabbitBroker::connect("amqp://guest:guest@127.0.0.1:5672/%2f", config).await?;
 /// // A durable queue that receives every `orders.*` message.
 /// broker.bind_queue("billing.orders", "orders.*").await?;
@@ -63,7 +63,7 @@ impl fmt::Debug for RabbitBroker {
         f.debug_struct("RabbitBroker")
             .field("url", &self.shared.url)
             .field("exchange", &self.exchange())
-            .field("mandatory", &self.shared.config.get_mandatory())
+            .field("mandatory", &self.shared.config.mandatory())
             .field("connected", &self.is_connected())
             .finish_non_exhaustive()
     }
@@ -93,9 +93,9 @@ impl RabbitBroker {
     /// Dropping the future abandons the attempt and closes any connection it
     /// opened.
     pub async fn connect(url: &str, config: RabbitConfig) -> Result<Self> {
+        config.validate()?;
         let url = BrokerUrl::parse(url)?;
-        let span =
-            debug_span!("txmsg.rabbitmq.connect", url = %url, exchange = config.get_exchange());
+        let span = debug_span!("txmsg.rabbitmq.connect", url = %url, exchange = config.exchange());
         let shared = Shared::connect(url, config).instrument(span).await?;
         Ok(RabbitBroker { shared })
     }
@@ -298,7 +298,7 @@ impl RabbitBroker {
         let (routing_key, properties) = crate::wire::encode(envelope, &self.shared.source)?;
         let link = self.shared.link()?;
         let options = BasicPublishOptions {
-            mandatory: self.shared.config.get_mandatory(),
+            mandatory: self.shared.config.mandatory(),
             ..BasicPublishOptions::default()
         };
         let confirm = match link

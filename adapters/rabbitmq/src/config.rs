@@ -30,24 +30,43 @@ const MAX_CONNECTION_NAME_LEN: usize = 255;
 /// use txmsg_rabbitmq::RabbitConfig;
 ///
 /// let config = RabbitConfig::default()
-///     .exchange("billing.events")?
-///     .mandatory(true)
-///     .source("/billing")?
-///     .reconnect_backoff(Duration::from_millis(50), Duration::from_secs(5))?;
-/// assert_eq!(config.get_exchange(), "billing.events");
+///     .with_exchange("billing.events")?
+///     .with_mandatory(true)
+///     .with_source("/billing")?
+///     .with_reconnect_backoff(Duration::from_millis(50), Duration::from_secs(5))?;
+/// assert_eq!(config.exchange(), "billing.events");
 ///
-/// assert!(RabbitConfig::default().exchange("no spaces").is_err());
+/// assert!(RabbitConfig::default().with_exchange("no spaces").is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The settings deserialize from a service's config file or environment
+/// (any serde format; durations as `"30s"`, `"1h 30m"`; unknown keys
+/// refused; what is left out keeps its default). The broker checks them when
+/// it connects; [`validate`](RabbitConfig::validate) checks them before:
+///
+/// ```
+/// use txmsg_rabbitmq::RabbitConfig;
+///
+/// let config: RabbitConfig = serde_json::from_str(r#"{ "exchange": "billing", "reconnect_max": "1m" }"#)?;
+/// assert!(config.validate().is_ok());
+/// let bad: RabbitConfig = serde_json::from_str(r#"{ "reconnect_min": "2m", "reconnect_max": "1m" }"#)?;
+/// assert!(bad.validate().is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[non_exhaustive]
+#[serde(default, deny_unknown_fields)]
 pub struct RabbitConfig {
     exchange: String,
     mandatory: bool,
     source: String,
     connection_name: String,
+    #[serde(with = "humantime_serde")]
     reconnect_min: Duration,
+    #[serde(with = "humantime_serde")]
     reconnect_max: Duration,
+    #[serde(with = "humantime_serde")]
     connect_timeout: Duration,
 }
 
@@ -66,6 +85,23 @@ impl Default for RabbitConfig {
 }
 
 impl RabbitConfig {
+    /// Checks every setting as its setter does: what a deserialized config
+    /// needs before use. [`RabbitBroker::connect`](crate::RabbitBroker::connect) runs it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the first setting that breaks its rule.
+    pub fn validate(&self) -> Result<()> {
+        RabbitConfig::default()
+            .with_exchange(&self.exchange)?
+            .with_mandatory(self.mandatory)
+            .with_source(self.source.clone())?
+            .with_connection_name(&self.connection_name)?
+            .with_reconnect_backoff(self.reconnect_min, self.reconnect_max)?
+            .with_connect_timeout(self.connect_timeout)?;
+        Ok(())
+    }
+
     /// Names the exchange messages are published to.
     ///
     /// The broker declares it as a durable topic exchange when it connects
@@ -77,7 +113,7 @@ impl RabbitConfig {
     /// [`Error::Config`] for `exchange` if the name is empty, longer than
     /// 255 bytes, contains anything but ASCII letters, digits, `-`, `_`, `.`
     /// and `:`, or starts with `amq.` (reserved by RabbitMQ).
-    pub fn exchange(mut self, name: &str) -> Result<Self> {
+    pub fn with_exchange(mut self, name: &str) -> Result<Self> {
         if name.is_empty() {
             return Err(Error::config("exchange", "must not be empty"));
         }
@@ -119,7 +155,7 @@ impl RabbitConfig {
     /// consumers first started is not lost. Off, RabbitMQ drops such a
     /// message and confirms it, as any topic exchange does; turn it off only
     /// for topics that may have no listener on purpose.
-    pub fn mandatory(mut self, mandatory: bool) -> Self {
+    pub fn with_mandatory(mut self, mandatory: bool) -> Self {
         self.mandatory = mandatory;
         self
     }
@@ -130,7 +166,7 @@ impl RabbitConfig {
     /// # Errors
     ///
     /// [`Error::Config`] for `source` if [`check_source`] refuses it.
-    pub fn source(mut self, source: impl Into<String>) -> Result<Self> {
+    pub fn with_source(mut self, source: impl Into<String>) -> Result<Self> {
         self.source = check_source(source)?;
         Ok(self)
     }
@@ -143,7 +179,7 @@ impl RabbitConfig {
     ///
     /// [`Error::Config`] for `connection_name` if it is empty, longer than
     /// 255 bytes, or contains control characters.
-    pub fn connection_name(mut self, name: &str) -> Result<Self> {
+    pub fn with_connection_name(mut self, name: &str) -> Result<Self> {
         if name.chars().any(char::is_control) {
             return Err(Error::config(
                 "connection_name",
@@ -171,7 +207,7 @@ impl RabbitConfig {
     ///
     /// [`Error::Config`] for `reconnect_backoff` if `min` is zero or greater
     /// than `max`.
-    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Result<Self> {
+    pub fn with_reconnect_backoff(mut self, min: Duration, max: Duration) -> Result<Self> {
         if min.is_zero() || min > max {
             return Err(Error::config(
                 "reconnect_backoff",
@@ -189,38 +225,38 @@ impl RabbitConfig {
     /// # Errors
     ///
     /// [`Error::Config`] for `connect_timeout` if it is zero.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Result<Self> {
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Result<Self> {
         self.connect_timeout = check::positive("connect_timeout", timeout)?;
         Ok(self)
     }
 
     /// The exchange messages are published to.
-    pub fn get_exchange(&self) -> &str {
+    pub fn exchange(&self) -> &str {
         &self.exchange
     }
 
     /// Whether a message that no queue is bound for is an error.
-    pub fn get_mandatory(&self) -> bool {
+    pub fn mandatory(&self) -> bool {
         self.mandatory
     }
 
     /// The CloudEvents `source` attribute.
-    pub fn get_source(&self) -> &str {
+    pub fn source(&self) -> &str {
         &self.source
     }
 
     /// The connection name shown by RabbitMQ.
-    pub fn get_connection_name(&self) -> &str {
+    pub fn connection_name(&self) -> &str {
         &self.connection_name
     }
 
     /// The shortest and longest delay between reconnect attempts.
-    pub fn get_reconnect_backoff(&self) -> (Duration, Duration) {
+    pub fn reconnect_backoff(&self) -> (Duration, Duration) {
         (self.reconnect_min, self.reconnect_max)
     }
 
     /// The longest one connect attempt may take.
-    pub fn get_connect_timeout(&self) -> Duration {
+    pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
     }
 }
@@ -230,14 +266,39 @@ mod tests {
     use super::*;
     use txmsg_testkit::config::field_of;
 
+    #[tokio::test]
+    async fn a_deserialized_config_is_checked_before_connecting() {
+        let config: RabbitConfig = serde_json::from_str(r#"{ "exchange": "billing", "mandatory": false, "source": "/billing", "connection_name": "billing-1", "reconnect_min": "100ms", "reconnect_max": "1m", "connect_timeout": "3s" }"#).expect("a config");
+        assert_eq!(
+            (
+                config.exchange(),
+                config.mandatory(),
+                config.reconnect_backoff()
+            ),
+            (
+                "billing",
+                false,
+                (Duration::from_millis(100), Duration::from_secs(60))
+            )
+        );
+        config.validate().expect("valid settings");
+        let bad: RabbitConfig =
+            serde_json::from_str(r#"{ "exchange": "no spaces" }"#).expect("a config");
+        assert_eq!(field_of(bad.validate()), "exchange");
+        // Refused before any connection is tried: nothing listens there.
+        let refused = crate::RabbitBroker::connect("amqp://127.0.0.1:1/%2f", bad).await;
+        assert_eq!(field_of(refused), "exchange");
+        assert!(serde_json::from_str::<RabbitConfig>(r#"{ "unknown_setting": 1 }"#).is_err());
+    }
+
     #[test]
     fn defaults() {
         let c = RabbitConfig::default();
-        assert_eq!(c.get_exchange(), "txmsg");
-        assert!(c.get_mandatory());
-        assert_eq!(c.get_source(), "/txmsg");
-        assert_eq!(c.get_connection_name(), "txmsg");
-        let (min, max) = c.get_reconnect_backoff();
+        assert_eq!(c.exchange(), "txmsg");
+        assert!(c.mandatory());
+        assert_eq!(c.source(), "/txmsg");
+        assert_eq!(c.connection_name(), "txmsg");
+        let (min, max) = c.reconnect_backoff();
         assert!(!min.is_zero() && min <= max);
     }
 
@@ -246,9 +307,9 @@ mod tests {
         for good in ["txmsg", "billing.events", "a-b_c:d.e", &"x".repeat(255)] {
             assert_eq!(
                 RabbitConfig::default()
-                    .exchange(good)
+                    .with_exchange(good)
                     .unwrap()
-                    .get_exchange(),
+                    .exchange(),
                 good
             );
         }
@@ -262,7 +323,7 @@ mod tests {
             "amq.topic",
             &"x".repeat(256),
         ] {
-            let err = RabbitConfig::default().exchange(bad);
+            let err = RabbitConfig::default().with_exchange(bad);
             assert_eq!(field_of(err), "exchange", "{bad:?}");
         }
     }
@@ -271,19 +332,19 @@ mod tests {
     fn source_and_name_rules() {
         assert!(
             RabbitConfig::default()
-                .source("https://example.com/orders")
+                .with_source("https://example.com/orders")
                 .is_ok()
         );
         for bad in ["", "a b", "a\nb"] {
-            assert_eq!(field_of(RabbitConfig::default().source(bad)), "source");
+            assert_eq!(field_of(RabbitConfig::default().with_source(bad)), "source");
         }
         assert!(
             RabbitConfig::default()
-                .connection_name("orders service")
+                .with_connection_name("orders service")
                 .is_ok()
         );
         for bad in ["", "a\u{7}b", &"n".repeat(256)] {
-            let err = RabbitConfig::default().connection_name(bad);
+            let err = RabbitConfig::default().with_connection_name(bad);
             assert_eq!(field_of(err), "connection_name");
         }
     }
@@ -293,14 +354,14 @@ mod tests {
         let ms = Duration::from_millis;
         assert!(
             RabbitConfig::default()
-                .reconnect_backoff(ms(1), ms(1))
+                .with_reconnect_backoff(ms(1), ms(1))
                 .is_ok()
         );
         for (min, max) in [(ms(0), ms(10)), (ms(20), ms(10))] {
-            let err = RabbitConfig::default().reconnect_backoff(min, max);
+            let err = RabbitConfig::default().with_reconnect_backoff(min, max);
             assert_eq!(field_of(err), "reconnect_backoff");
         }
-        let err = RabbitConfig::default().connect_timeout(Duration::ZERO);
+        let err = RabbitConfig::default().with_connect_timeout(Duration::ZERO);
         assert_eq!(field_of(err), "connect_timeout");
     }
 }

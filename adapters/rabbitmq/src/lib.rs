@@ -50,7 +50,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let broker = RabbitBroker::connect(
 //!     "amqp://guest:guest@127.0.0.1:5672/%2f",
-//!     RabbitConfig::default().source("/orders")?,
+//!     RabbitConfig::default().with_source("/orders")?,
 //! )
 //! .await?;
 //! broker.bind_queue("billing", "orders.#").await?;

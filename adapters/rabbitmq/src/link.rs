@@ -165,10 +165,10 @@ impl Shared {
         let runtime = Handle::try_current().map_err(|_| {
             Error::broker_permanent("connecting to rabbitmq needs a running tokio runtime")
         })?;
-        let exchange = ShortString::try_new(config.get_exchange())
+        let exchange = ShortString::try_new(config.exchange())
             .map_err(|_| Error::config("exchange", "must be at most 255 bytes"))?;
         let shared = Arc::new(Shared {
-            source: config.get_source().to_owned(),
+            source: config.source().to_owned(),
             url,
             config,
             exchange,
@@ -300,7 +300,7 @@ impl Shared {
     /// One connect attempt: connection, channel in confirm mode, exchange,
     /// and a task that watches the connection for errors.
     async fn open_link(self: &Arc<Self>) -> Result<Arc<Link>, Down> {
-        let timeout = self.config.get_connect_timeout();
+        let timeout = self.config.connect_timeout();
         let (connection, channel) = tokio::time::timeout(timeout, self.open_channel())
             .await
             .map_err(|_| Down::Timeout(timeout))?
@@ -321,7 +321,7 @@ impl Shared {
 
     async fn open_channel(&self) -> lapin::Result<(Connection, Channel)> {
         let properties = ConnectionProperties::default()
-            .with_connection_name(self.config.get_connection_name().into());
+            .with_connection_name(self.config.connection_name().into());
         let connection = Connection::connect_uri(self.url.uri().clone(), properties).await?;
         let channel = connection.create_channel().await?;
         channel
@@ -354,7 +354,7 @@ enum Attempt {
 /// delay) until it succeeds or the broker is gone; holds the broker only
 /// during an attempt, never while sleeping.
 async fn reconnect(weak: Weak<Shared>) {
-    let Some((min, max)) = weak.upgrade().map(|s| s.config.get_reconnect_backoff()) else {
+    let Some((min, max)) = weak.upgrade().map(|s| s.config.reconnect_backoff()) else {
         return;
     };
     // Wait before the first attempt too: a connection the server just

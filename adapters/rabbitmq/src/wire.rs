@@ -104,7 +104,7 @@ pub(crate) fn encode(envelope: &Envelope, source: &str) -> Result<(ShortString, 
 /// use txmsg_rabbitmq::{RabbitCodec, RabbitConfig};
 /// use uuid::Uuid;
 ///
-/// let codec = RabbitCodec::new(&RabbitConfig::default().source("/billing")?);
+/// let codec = RabbitCodec::new(&RabbitConfig::default().with_source("/billing")?);
 /// let mut envelope = Envelope::new(
 ///     Uuid::now_v7(),
 ///     "orders.placed",
@@ -138,7 +138,7 @@ impl RabbitCodec {
     /// [`source`](RabbitConfig::source) goes into every message encoded.
     pub fn new(config: &RabbitConfig) -> Self {
         RabbitCodec {
-            source: config.get_source().to_owned(),
+            source: config.source().to_owned(),
         }
     }
 

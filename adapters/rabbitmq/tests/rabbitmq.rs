@@ -85,9 +85,9 @@ impl Names {
 
     fn config(&self) -> RabbitConfig {
         RabbitConfig::default()
-            .exchange(&self.exchange)
+            .with_exchange(&self.exchange)
             .expect("valid exchange name")
-            .source("/txmsg-tests")
+            .with_source("/txmsg-tests")
             .expect("valid source")
     }
 
@@ -297,7 +297,7 @@ async fn concurrent_publishes_are_all_confirmed_and_delivered() {
 #[tokio::test]
 async fn mandatory_publish_without_a_bound_queue_is_a_retryable_error() {
     with_names(1, |names| async move {
-        let broker = connect(names.config().mandatory(true)).await;
+        let broker = connect(names.config().with_mandatory(true)).await;
         let env = envelope("nobody.listens", 1);
         let err = broker
             .publish(&env)
@@ -351,7 +351,7 @@ async fn by_default_a_message_no_queue_is_bound_for_is_not_confirmed() {
 #[tokio::test]
 async fn unroutable_publish_without_mandatory_is_confirmed() {
     with_names(0, |names| async move {
-        let broker = connect(names.config().mandatory(false)).await;
+        let broker = connect(names.config().with_mandatory(false)).await;
         broker
             .publish(&envelope("nobody.listens", 1))
             .await
@@ -435,10 +435,10 @@ async fn reconnects_after_the_server_closes_the_connection() {
         let conn_name = unique("conn");
         let config = names
             .config()
-            .connection_name(&conn_name)
+            .with_connection_name(&conn_name)
             .expect("valid name")
             // A visible outage: the first reconnect attempt waits one second.
-            .reconnect_backoff(Duration::from_secs(1), Duration::from_secs(2))
+            .with_reconnect_backoff(Duration::from_secs(1), Duration::from_secs(2))
             .expect("valid backoff");
         let broker = connect(config).await;
         let queue = &names.queues[0];
@@ -543,8 +543,8 @@ async fn reconnects_in_the_background_without_publishes() {
             names
                 .config()
                 // Publishes here go to topics nobody listens to, on purpose.
-                .mandatory(false)
-                .connection_name(&conn_name)
+                .with_mandatory(false)
+                .with_connection_name(&conn_name)
                 .expect("valid name"),
         )
         .await;
@@ -581,7 +581,7 @@ async fn recovers_when_the_exchange_is_deleted_under_it() {
             names
                 .config()
                 // Publishes here go to topics nobody listens to, on purpose.
-                .mandatory(false),
+                .with_mandatory(false),
         )
         .await;
         let queue = &names.queues[0];
@@ -668,7 +668,7 @@ async fn refused_bind_queue_does_not_disturb_publishing() {
             names
                 .config()
                 // Publishes here go to topics nobody listens to, on purpose.
-                .mandatory(false),
+                .with_mandatory(false),
         )
         .await;
         let queue = &names.queues[0];
@@ -1071,9 +1071,9 @@ async fn subscription_ends_with_the_connection_and_unacked_messages_come_back() 
         let conn_name = unique("conn");
         let config = names
             .config()
-            .connection_name(&conn_name)
+            .with_connection_name(&conn_name)
             .expect("valid name")
-            .reconnect_backoff(Duration::from_millis(200), Duration::from_secs(1))
+            .with_reconnect_backoff(Duration::from_millis(200), Duration::from_secs(1))
             .expect("valid backoff");
         let broker = connect(config).await;
         let topic = "lost.conn";

@@ -39,7 +39,7 @@ const RECONNECT_RETRIES: usize = 1;
 /// use txmsg_redis::{RedisBroker, RedisConfig};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// let config = RedisConfig::default().key_prefix("shop:")?;
+/// let config = RedisConfig::default().with_key_prefix("shop:")?;
 /// let broker = RedisBroker::connect("redis://127.0.0.1:6379", config).await?;
 /// assert_eq!(broker.stream_key("orders.placed"), "shop:orders.placed");
 /// // Hand `broker` to a `Relay`; it publishes through `Broker::publish`.
@@ -62,7 +62,7 @@ impl fmt::Debug for RedisBroker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBroker")
             .field("url", &self.inner.url)
-            .field("key_prefix", &self.inner.config.get_key_prefix())
+            .field("key_prefix", &self.inner.config.key_prefix())
             .finish_non_exhaustive()
     }
 }
@@ -85,9 +85,10 @@ impl RedisBroker {
     /// Dropping the future abandons the attempt and closes any connection it
     /// opened.
     pub async fn connect(url: &str, config: RedisConfig) -> Result<Self> {
+        config.validate()?;
         let (client, masked) = config.open_client(url)?;
         let span = debug_span!("txmsg.redis.connect", url = %masked);
-        let conn = manager(&client, &config, config.get_response_timeout())
+        let conn = manager(&client, &config, config.response_timeout())
             .instrument(span)
             .await?;
         Ok(RedisBroker {
@@ -107,7 +108,7 @@ impl RedisBroker {
 
     /// The key of the stream of `topic`: `<prefix><topic>`.
     pub fn stream_key(&self, topic: &str) -> String {
-        format!("{}{topic}", self.inner.config.get_key_prefix())
+        format!("{}{topic}", self.inner.config.key_prefix())
     }
 }
 
@@ -255,11 +256,11 @@ impl RedisBroker {
         let key = self.stream_key(&envelope.topic);
         let mut cmd = redis::cmd("XADD");
         cmd.arg(&key);
-        if let Some(max_len) = self.inner.config.get_max_len() {
+        if let Some(max_len) = self.inner.config.max_len() {
             cmd.arg("MAXLEN").arg("~").arg(max_len);
         }
         cmd.arg("*");
-        for (name, value) in crate::wire::encode(envelope, self.inner.config.get_source()) {
+        for (name, value) in crate::wire::encode(envelope, self.inner.config.source()) {
             cmd.arg(name).arg(value);
         }
         let mut conn = self.inner.conn.clone();
@@ -298,7 +299,7 @@ pub(crate) async fn manager(
         .set_number_of_retries(RECONNECT_RETRIES)
         .set_min_delay(std::time::Duration::from_millis(50))
         .set_max_delay(std::time::Duration::from_secs(1))
-        .set_connection_timeout(Some(config.get_connect_timeout()))
+        .set_connection_timeout(Some(config.connect_timeout()))
         .set_response_timeout(Some(response_timeout));
     ConnectionManager::new_with_config(client.clone(), manager_config)
         .await

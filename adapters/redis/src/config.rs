@@ -22,7 +22,7 @@ const MAX_PREFIX_LEN: usize = 128;
 /// | [`block`](Self::block) | 1 s | longest one `XREADGROUP` waits for new entries |
 /// | [`read_count`](Self::read_count) | 100 | most entries one read asks for (never more than the free prefetch) |
 /// | [`source`](Self::source) | `"/txmsg"` | the CloudEvents `source` of every message |
-/// | [`timeouts`](Self::timeouts) | 5 s, 5 s | connect and response timeouts |
+/// | [`timeouts`](Self::with_timeouts) | 5 s, 5 s | connect and response timeouts |
 /// | [`tls`](Self::tls) | none (the system's roots, no client certificate) | the PEM files of the trusted CAs, and of a client certificate and key, for `rediss://` |
 ///
 /// # TLS
@@ -44,24 +44,44 @@ const MAX_PREFIX_LEN: usize = 128;
 /// use txmsg_redis::RedisConfig;
 ///
 /// let config = RedisConfig::default()
-///     .key_prefix("shop:")?
-///     .max_len(Some(100_000))?
-///     .claim_idle(Duration::from_secs(10))?;
-/// assert_eq!(config.get_key_prefix(), "shop:");
+///     .with_key_prefix("shop:")?
+///     .with_max_len(Some(100_000))?
+///     .with_claim_idle(Duration::from_secs(10))?;
+/// assert_eq!(config.key_prefix(), "shop:");
 ///
-/// assert!(RedisConfig::default().key_prefix("no spaces").is_err());
+/// assert!(RedisConfig::default().with_key_prefix("no spaces").is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The settings deserialize from a service's config file or environment
+/// (any serde format; durations as `"30s"`, `"1h 30m"`; unknown keys
+/// refused; what is left out keeps its default). The broker checks them when
+/// it connects; [`validate`](RedisConfig::validate) checks them before:
+///
+/// ```
+/// use txmsg_redis::RedisConfig;
+///
+/// let config: RedisConfig = serde_json::from_str(r#"{ "key_prefix": "billing:", "max_len": 100000, "block": "2s" }"#)?;
+/// assert!(config.validate().is_ok());
+/// let bad: RedisConfig = serde_json::from_str(r#"{ "read_count": 0 }"#)?;
+/// assert!(bad.validate().is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[non_exhaustive]
+#[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     key_prefix: String,
     max_len: Option<u64>,
+    #[serde(with = "humantime_serde")]
     claim_idle: Duration,
+    #[serde(with = "humantime_serde")]
     block: Duration,
     read_count: usize,
     source: String,
+    #[serde(with = "humantime_serde")]
     connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
     response_timeout: Duration,
     tls: TlsFiles,
 }
@@ -83,6 +103,25 @@ impl Default for RedisConfig {
 }
 
 impl RedisConfig {
+    /// Checks every setting as its setter does: what a deserialized config
+    /// needs before use. [`RedisBroker::connect`](crate::RedisBroker::connect) runs it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the first setting that breaks its rule.
+    pub fn validate(&self) -> Result<()> {
+        RedisConfig::default()
+            .with_key_prefix(&self.key_prefix)?
+            .with_max_len(self.max_len)?
+            .with_claim_idle(self.claim_idle)?
+            .with_block(self.block)?
+            .with_read_count(self.read_count)?
+            .with_source(self.source.clone())?
+            .with_timeouts(self.connect_timeout, self.response_timeout)?
+            .with_tls(self.tls.clone())?;
+        Ok(())
+    }
+
     /// Sets the prefix of every stream key: topic `orders` is the stream at
     /// `<prefix>orders`.
     ///
@@ -90,7 +129,7 @@ impl RedisConfig {
     ///
     /// [`Error::Config`] for `key_prefix` if it is longer than 128 bytes or
     /// contains anything but printable ASCII without spaces.
-    pub fn key_prefix(mut self, prefix: &str) -> Result<Self> {
+    pub fn with_key_prefix(mut self, prefix: &str) -> Result<Self> {
         if prefix.len() > MAX_PREFIX_LEN {
             return Err(Error::config("key_prefix", "must be at most 128 bytes"));
         }
@@ -116,7 +155,7 @@ impl RedisConfig {
     /// # Errors
     ///
     /// [`Error::Config`] for `max_len` if it is zero.
-    pub fn max_len(mut self, max_len: Option<u64>) -> Result<Self> {
+    pub fn with_max_len(mut self, max_len: Option<u64>) -> Result<Self> {
         if max_len == Some(0) {
             return Err(Error::config("max_len", "must be greater than zero"));
         }
@@ -133,7 +172,7 @@ impl RedisConfig {
     ///
     /// [`Error::Config`] for `claim_idle` if it is under 100 ms or over one
     /// day.
-    pub fn claim_idle(mut self, idle: Duration) -> Result<Self> {
+    pub fn with_claim_idle(mut self, idle: Duration) -> Result<Self> {
         self.claim_idle = check::within(
             "claim_idle",
             idle,
@@ -148,7 +187,7 @@ impl RedisConfig {
     /// # Errors
     ///
     /// [`Error::Config`] for `block` if it is under 10 ms or over 60 s.
-    pub fn block(mut self, block: Duration) -> Result<Self> {
+    pub fn with_block(mut self, block: Duration) -> Result<Self> {
         self.block = check::within(
             "block",
             block,
@@ -164,7 +203,7 @@ impl RedisConfig {
     /// # Errors
     ///
     /// [`Error::Config`] for `read_count` if it is zero or over 10 000.
-    pub fn read_count(mut self, count: usize) -> Result<Self> {
+    pub fn with_read_count(mut self, count: usize) -> Result<Self> {
         self.read_count = check::within("read_count", count, 1, 10_000)?;
         Ok(self)
     }
@@ -175,7 +214,7 @@ impl RedisConfig {
     /// # Errors
     ///
     /// [`Error::Config`] for `source` if [`check_source`] refuses it.
-    pub fn source(mut self, source: impl Into<String>) -> Result<Self> {
+    pub fn with_source(mut self, source: impl Into<String>) -> Result<Self> {
         self.source = check_source(source)?;
         Ok(self)
     }
@@ -186,7 +225,7 @@ impl RedisConfig {
     /// # Errors
     ///
     /// [`Error::Config`] for `timeouts` if either is zero or over 5 minutes.
-    pub fn timeouts(mut self, connect: Duration, response: Duration) -> Result<Self> {
+    pub fn with_timeouts(mut self, connect: Duration, response: Duration) -> Result<Self> {
         let ok = |d: Duration| !d.is_zero() && d <= Duration::from_secs(300);
         if !ok(connect) || !ok(response) {
             return Err(Error::config(
@@ -207,53 +246,53 @@ impl RedisConfig {
     ///
     /// [`Error::Config`] for the file set first without the `tls` feature
     /// of txmsg-redis.
-    pub fn tls(mut self, files: TlsFiles) -> Result<Self> {
+    pub fn with_tls(mut self, files: TlsFiles) -> Result<Self> {
         self.tls = files.for_adapter(cfg!(feature = "tls"), "txmsg-redis")?;
         Ok(self)
     }
 
     /// The prefix of every stream key.
-    pub fn get_key_prefix(&self) -> &str {
+    pub fn key_prefix(&self) -> &str {
         &self.key_prefix
     }
 
     /// The approximate length streams are trimmed to, if any.
-    pub fn get_max_len(&self) -> Option<u64> {
+    pub fn max_len(&self) -> Option<u64> {
         self.max_len
     }
 
     /// How long a delivery stays pending unkept before it is taken over.
-    pub fn get_claim_idle(&self) -> Duration {
+    pub fn claim_idle(&self) -> Duration {
         self.claim_idle
     }
 
     /// The longest one read waits for new entries.
-    pub fn get_block(&self) -> Duration {
+    pub fn block(&self) -> Duration {
         self.block
     }
 
     /// The most entries one read asks for.
-    pub fn get_read_count(&self) -> usize {
+    pub fn read_count(&self) -> usize {
         self.read_count
     }
 
     /// The CloudEvents `source` of every message.
-    pub fn get_source(&self) -> &str {
+    pub fn source(&self) -> &str {
         &self.source
     }
 
     /// The connect timeout.
-    pub fn get_connect_timeout(&self) -> Duration {
+    pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
     }
 
     /// The response timeout.
-    pub fn get_response_timeout(&self) -> Duration {
+    pub fn response_timeout(&self) -> Duration {
         self.response_timeout
     }
 
     /// The TLS files of `rediss://` connections.
-    pub fn get_tls(&self) -> &TlsFiles {
+    pub fn tls(&self) -> &TlsFiles {
         &self.tls
     }
 
@@ -299,11 +338,11 @@ impl RedisConfig {
             return redis::Client::open(url).map_err(url_error);
         }
         let info = url.into_connection_info().map_err(url_error)?;
-        let root_cert = match self.tls.get_ca_file() {
+        let root_cert = match self.tls.ca_file() {
             Some(path) => Some(read_file("tls_ca_file", path)?),
             None => None,
         };
-        let client_tls = match self.tls.get_client_auth() {
+        let client_tls = match self.tls.client_auth() {
             Some((cert, key)) => Some(redis::ClientTlsConfig {
                 client_cert: read_file("tls_client_auth", cert)?,
                 client_key: read_file("tls_client_auth", key)?,
@@ -426,16 +465,40 @@ mod tests {
     use super::*;
     use txmsg_testkit::config::{assert_refused_without, field_of};
 
+    #[tokio::test]
+    async fn a_deserialized_config_is_checked_before_connecting() {
+        let config: RedisConfig = serde_json::from_str(r#"{ "key_prefix": "billing:", "max_len": 1000, "claim_idle": "1m", "block": "2s", "read_count": 10, "source": "/billing", "connect_timeout": "1s", "response_timeout": "3s" }"#).expect("a config");
+        assert_eq!(
+            (
+                config.key_prefix(),
+                config.max_len(),
+                config.block(),
+                config.read_count()
+            ),
+            ("billing:", Some(1000), Duration::from_secs(2), 10)
+        );
+        config.validate().expect("valid settings");
+        let bad: RedisConfig = serde_json::from_str(r#"{ "read_count": 0 }"#).expect("a config");
+        assert_eq!(field_of(bad.validate()), "read_count");
+        // Refused before any connection is tried: nothing listens there.
+        let refused = crate::RedisBroker::connect("redis://127.0.0.1:1", bad).await;
+        assert_eq!(field_of(refused), "read_count");
+        assert!(serde_json::from_str::<RedisConfig>(r#"{ "unknown_setting": 1 }"#).is_err());
+    }
+
     #[test]
     fn refuses_bad_values() {
         let c = RedisConfig::default();
-        assert!(c.clone().key_prefix("a b").is_err());
-        assert!(c.clone().max_len(Some(0)).is_err());
-        assert!(c.clone().claim_idle(Duration::from_millis(1)).is_err());
-        assert!(c.clone().block(Duration::ZERO).is_err());
-        assert!(c.clone().read_count(0).is_err());
-        assert!(c.clone().source("").is_err());
-        assert!(c.timeouts(Duration::ZERO, Duration::from_secs(1)).is_err());
+        assert!(c.clone().with_key_prefix("a b").is_err());
+        assert!(c.clone().with_max_len(Some(0)).is_err());
+        assert!(c.clone().with_claim_idle(Duration::from_millis(1)).is_err());
+        assert!(c.clone().with_block(Duration::ZERO).is_err());
+        assert!(c.clone().with_read_count(0).is_err());
+        assert!(c.clone().with_source("").is_err());
+        assert!(
+            c.with_timeouts(Duration::ZERO, Duration::from_secs(1))
+                .is_err()
+        );
     }
 
     #[test]
@@ -498,16 +561,16 @@ mod tests {
         assert_eq!(
             field_of(
                 TlsFiles::default()
-                    .ca_file("/etc/ssl/ca.pem")
-                    .and_then(|f| RedisConfig::default().tls(f))
+                    .with_ca_file("/etc/ssl/ca.pem")
+                    .and_then(|f| RedisConfig::default().with_tls(f))
             ),
             "tls_ca_file"
         );
         assert_eq!(
             field_of(
                 TlsFiles::default()
-                    .client_auth("c.pem", "k.pem")
-                    .and_then(|f| RedisConfig::default().tls(f))
+                    .with_client_auth("c.pem", "k.pem")
+                    .and_then(|f| RedisConfig::default().with_tls(f))
             ),
             "tls_client_auth"
         );
@@ -530,16 +593,16 @@ mod tests {
         #[test]
         fn options_with_a_plain_url_are_refused() {
             let c = TlsFiles::default()
-                .ca_file("/etc/ssl/ca.pem")
-                .and_then(|f| RedisConfig::default().tls(f))
+                .with_ca_file("/etc/ssl/ca.pem")
+                .and_then(|f| RedisConfig::default().with_tls(f))
                 .unwrap();
             assert_eq!(
                 field_of(c.open_client("redis://127.0.0.1:6379")),
                 "tls_ca_file"
             );
             let c = TlsFiles::default()
-                .client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
-                .and_then(|f| RedisConfig::default().tls(f))
+                .with_client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
+                .and_then(|f| RedisConfig::default().with_tls(f))
                 .unwrap();
             assert_eq!(
                 field_of(c.open_client("redis://127.0.0.1:6379")),
@@ -559,8 +622,8 @@ mod tests {
         fn unreadable_or_bad_files_are_config_errors() {
             let missing = std::env::temp_dir().join("txmsg-redis-no-such-ca.pem");
             let c = TlsFiles::default()
-                .ca_file(&missing)
-                .and_then(|f| RedisConfig::default().tls(f))
+                .with_ca_file(&missing)
+                .and_then(|f| RedisConfig::default().with_tls(f))
                 .unwrap();
             assert_eq!(field_of(c.open_client("rediss://h")), "tls_ca_file");
 
@@ -569,8 +632,8 @@ mod tests {
                 b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
             );
             let c = TlsFiles::default()
-                .ca_file(&garbage)
-                .and_then(|f| RedisConfig::default().tls(f))
+                .with_ca_file(&garbage)
+                .and_then(|f| RedisConfig::default().with_tls(f))
                 .unwrap();
             let result = c.open_client("rediss://h");
             std::fs::remove_file(&garbage).unwrap();
@@ -579,8 +642,8 @@ mod tests {
             let key = temp_file("key.pem", b"s3cr3t-key-bytes");
             let cert = temp_file("cert.pem", b"");
             let c = TlsFiles::default()
-                .client_auth(&cert, &key)
-                .and_then(|f| RedisConfig::default().tls(f))
+                .with_client_auth(&cert, &key)
+                .and_then(|f| RedisConfig::default().with_tls(f))
                 .unwrap();
             let result = c.open_client("rediss://h");
             std::fs::remove_file(&key).unwrap();

@@ -96,16 +96,16 @@ pub(crate) async fn subscribe(broker: &RedisBroker, spec: &SubscribeSpec) -> Res
     let reader = manager(
         &inner.client,
         config,
-        config.get_response_timeout() + config.get_block(),
+        config.response_timeout() + config.block(),
     )
     .await?;
     let consumer = format!("txmsg-{}", Uuid::now_v7().simple());
     let (tx, rx) = mpsc::channel(usize::from(spec.prefetch));
     let (nack_tx, nack_rx) = mpsc::unbounded_channel();
-    let claim_idle = config.get_claim_idle();
+    let claim_idle = config.claim_idle();
     // Never wait longer than a third of the claim time: the task must
     // keep its held entries fresh.
-    let tick = config.get_block().min(claim_idle / 3);
+    let tick = config.block().min(claim_idle / 3);
     let shared = Arc::new(Shared {
         conn,
         key,
@@ -132,8 +132,8 @@ pub(crate) async fn subscribe(broker: &RedisBroker, spec: &SubscribeSpec) -> Res
         tick,
         // A live consumer touches the group at least every tick; one that
         // did not for three ticks and a response timeout is gone.
-        gone_after: tick * 3 + config.get_response_timeout(),
-        read_count: config.get_read_count(),
+        gone_after: tick * 3 + config.response_timeout(),
+        read_count: config.read_count(),
     };
     tokio::spawn(task.run(closing));
     Ok(Subscription::with_close(rx, closing_tx))

@@ -51,7 +51,7 @@ async fn debug_and_connection_errors_never_show_the_password() {
 async fn no_password_in_logs() {
     let prefix = format!("txmsg-test-{}:", uuid::Uuid::now_v7().simple());
     let config = RedisConfig::default()
-        .key_prefix(&prefix)
+        .with_key_prefix(&prefix)
         .expect("a valid prefix");
     txmsg_testkit::broker::no_password_in_logs(
         move |url: String| {

@@ -21,9 +21,9 @@ fn key_prefix() -> String {
 
 fn config(prefix: &str) -> RedisConfig {
     RedisConfig::default()
-        .key_prefix(prefix)
-        .and_then(|c| c.claim_idle(Duration::from_millis(1000)))
-        .and_then(|c| c.block(Duration::from_millis(100)))
+        .with_key_prefix(prefix)
+        .and_then(|c| c.with_claim_idle(Duration::from_millis(1000)))
+        .and_then(|c| c.with_block(Duration::from_millis(100)))
         .expect("valid test settings")
 }
 
@@ -344,7 +344,7 @@ fn number(d: &txmsg_core::consumer::Delivery) -> String {
 async fn order_after_a_crash_of_the_only_consumer() {
     let prefix = key_prefix();
     let config = config(&prefix)
-        .claim_idle(Duration::from_secs(30))
+        .with_claim_idle(Duration::from_secs(30))
         .expect("valid claim_idle");
     let broker = RedisBroker::connect(&redis_url(), config)
         .await
@@ -450,7 +450,9 @@ async fn an_entry_trimmed_before_its_ack_is_reported() {
     let prefix = key_prefix();
     let broker = RedisBroker::connect(
         &redis_url(),
-        config(&prefix).max_len(Some(10)).expect("valid max_len"),
+        config(&prefix)
+            .with_max_len(Some(10))
+            .expect("valid max_len"),
     )
     .await
     .expect("redis");
@@ -557,7 +559,9 @@ async fn max_len_trims_the_stream() {
     let url = redis_url();
     let broker = RedisBroker::connect(
         &url,
-        config(&prefix).max_len(Some(10)).expect("valid max_len"),
+        config(&prefix)
+            .with_max_len(Some(10))
+            .expect("valid max_len"),
     )
     .await
     .unwrap_or_else(|e| panic!("the Redis at REDIS_URL={url} is unreachable: {e:?}"));

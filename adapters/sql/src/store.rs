@@ -35,12 +35,27 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 ///
 /// # fn demo() -> txmsg_core::Result<()> {
 /// let config = StoreConfig::default()
-///     .tables(Tables::default().outbox("billing_outbox")?)
-///     .max_connections(20);
-/// assert_eq!(config.get_max_connections(), 20);
+///     .with_tables(Tables::default().with_outbox("billing_outbox")?)
+///     .with_max_connections(20);
+/// assert_eq!(config.max_connections(), 20);
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+///
+/// Deserialized, e.g. from a service's config file, as
+/// `{ "tables": { … }, "max_connections": 20 }` (each may be left out; the
+/// tables as [`Tables`] deserializes them, checked):
+///
+/// ```
+/// use txmsg_sql::StoreConfig;
+///
+/// let config: StoreConfig = serde_json::from_str(r#"{ "tables": { "schema": "billing" }, "max_connections": 20 }"#)?;
+/// assert_eq!(config.max_connections(), 20);
+/// assert_eq!(config.tables().schema().map(|s| s.as_str()), Some("billing"));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct StoreConfig {
     tables: Tables,
     max_connections: u32,
@@ -57,14 +72,14 @@ impl Default for StoreConfig {
 
 impl From<Tables> for StoreConfig {
     fn from(tables: Tables) -> Self {
-        StoreConfig::default().tables(tables)
+        StoreConfig::default().with_tables(tables)
     }
 }
 
 impl StoreConfig {
     /// Where the tables are (default: [`Tables::default`]).
     #[must_use]
-    pub fn tables(mut self, tables: Tables) -> Self {
+    pub fn with_tables(mut self, tables: Tables) -> Self {
         self.tables = tables;
         self
     }
@@ -72,18 +87,18 @@ impl StoreConfig {
     /// The most connections the pool opens (default 10; an in-memory SQLite
     /// database always has exactly one).
     #[must_use]
-    pub fn max_connections(mut self, n: u32) -> Self {
+    pub fn with_max_connections(mut self, n: u32) -> Self {
         self.max_connections = n;
         self
     }
 
     /// Where the tables are.
-    pub fn get_tables(&self) -> &Tables {
+    pub fn tables(&self) -> &Tables {
         &self.tables
     }
 
     /// The most connections the pool opens.
-    pub fn get_max_connections(&self) -> u32 {
+    pub fn max_connections(&self) -> u32 {
         self.max_connections
     }
 }

@@ -47,7 +47,7 @@ impl Names {
     /// name that leaves no name for the consumer dead-letter table (see
     /// [`consumer_dead_table`]).
     pub(crate) fn new(tables: &Tables) -> Result<Self> {
-        if let Some(schema) = tables.schema_name() {
+        if let Some(schema) = tables.schema() {
             return Err(Error::config(
                 "schema",
                 format!(
@@ -59,12 +59,12 @@ impl Names {
         let consumer_dead = consumer_dead_table(tables)?;
         let quote = |name: &Ident| tables.qualified(name, '"');
         Ok(Names {
-            outbox: quote(tables.outbox_name()),
-            inbox: quote(tables.inbox_name()),
-            migrations: quote(tables.migrations_name()),
+            outbox: quote(tables.outbox()),
+            inbox: quote(tables.inbox()),
+            migrations: quote(tables.migrations()),
             consumer_dead: quote(&consumer_dead),
-            outbox_bare: tables.outbox_name().as_str().to_owned(),
-            inbox_bare: tables.inbox_name().as_str().to_owned(),
+            outbox_bare: tables.outbox().as_str().to_owned(),
+            inbox_bare: tables.inbox().as_str().to_owned(),
             consumer_dead_bare: consumer_dead.as_str().to_owned(),
         })
     }
@@ -99,10 +99,10 @@ impl Names {
 /// configuration works on all of them), or would be the name of the outbox or
 /// migrations table or of the outbox's dead-row index.
 fn consumer_dead_table(tables: &Tables) -> Result<Ident> {
-    let dead = tables.consumer_dead_name()?;
+    let dead = tables.consumer_dead()?;
     // Tables and indexes share one namespace; the outbox's dead-row index is
     // `<outbox>_dead`.
-    if format!("{}_dead", tables.outbox_name()) == dead.as_str() {
+    if format!("{}_dead", tables.outbox()) == dead.as_str() {
         return Err(Error::config(
             "inbox_table",
             format!(
@@ -570,25 +570,25 @@ mod tests {
             dead_name(&Tables::default()).unwrap(),
             "txmsg_consumer_dead"
         );
-        let renamed = Tables::default().inbox("events_in").unwrap();
+        let renamed = Tables::default().with_inbox("events_in").unwrap();
         assert_eq!(dead_name(&renamed).unwrap(), "events_in_dead");
         let names = Names::new(&renamed).unwrap();
         assert_eq!(
             names.render_text("{consumer_dead} {consumer_dead_bare}_group {inbox}"),
             "\"events_in_dead\" events_in_dead_group \"events_in\""
         );
-        let fits = Tables::default().inbox(&"i".repeat(58)).unwrap();
+        let fits = Tables::default().with_inbox(&"i".repeat(58)).unwrap();
         assert_eq!(dead_name(&fits).unwrap().len(), txmsg_core::MAX_IDENT_LEN);
     }
 
     #[test]
     fn an_inbox_name_without_room_for_its_dead_letters_is_refused() {
         let clash = Tables::default()
-            .inbox("events")
+            .with_inbox("events")
             .unwrap()
-            .migrations("events_dead")
+            .with_migrations("events_dead")
             .unwrap();
-        let index_clash = Tables::default().outbox("txmsg_consumer").unwrap();
+        let index_clash = Tables::default().with_outbox("txmsg_consumer").unwrap();
         for tables in [clash, index_clash] {
             assert_eq!(
                 txmsg_testkit::config::field_of(Names::new(&tables)),

@@ -121,7 +121,7 @@ impl Backend for SqliteBackend {
                 .await?
         } else {
             SqlitePoolOptions::new()
-                .max_connections(config.get_max_connections())
+                .max_connections(config.max_connections())
                 .connect_with(options.journal_mode(SqliteJournalMode::Wal))
                 .await?
         })
@@ -145,7 +145,7 @@ impl Backend for SqliteBackend {
         let target = txmsg_sql::ScriptTarget {
             store: "txmsg-sqlite",
             before: &[],
-            migrations_table: &tables.qualified(tables.migrations_name(), '"'),
+            migrations_table: &tables.qualified(tables.migrations(), '"'),
             // `applied_at` holds microseconds since the Unix epoch.
             now: "CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)",
         };

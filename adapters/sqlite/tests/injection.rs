@@ -111,7 +111,7 @@ async fn hostile_identifiers_are_refused_before_any_sql() {
         assert_identifiers_refused();
         // SQLite has no schemas: even a valid one is refused, before the
         // database is touched.
-        let with_schema = Tables::default().schema("main").expect("a valid name");
+        let with_schema = Tables::default().with_schema("main").expect("a valid name");
         let err = SqliteStore::new(store.pool().clone(), with_schema.clone())
             .expect_err("a schema is refused");
         assert!(
@@ -149,9 +149,9 @@ async fn hostile_identifiers_are_refused_before_any_sql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reserved_words_as_table_names_are_quoted() {
     let tables = Tables::default()
-        .outbox("select")
-        .and_then(|t| t.inbox("order"))
-        .and_then(|t| t.migrations("table"))
+        .with_outbox("select")
+        .and_then(|t| t.with_inbox("order"))
+        .and_then(|t| t.with_migrations("table"))
         .expect("valid identifiers");
     with_canary(tables, |store| async move {
         store.migrate().await.expect("migrate");

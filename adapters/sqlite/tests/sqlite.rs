@@ -919,7 +919,7 @@ async fn two_relays_never_claim_the_same_row() {
 #[tokio::test]
 async fn bad_table_names_are_refused_before_any_sql_runs() {
     let db = TempDb::new();
-    let with_schema = Tables::default().schema("app").unwrap();
+    let with_schema = Tables::default().with_schema("app").unwrap();
     let err = SqliteStore::connect_with(&db.url(), with_schema)
         .await
         .unwrap_err();
@@ -936,7 +936,7 @@ async fn bad_table_names_are_refused_before_any_sql_runs() {
     assert!(!db.path.exists(), "the database was opened");
 
     let err = Tables::default()
-        .outbox("orders; drop table x")
+        .with_outbox("orders; drop table x")
         .unwrap_err();
     assert!(matches!(
         err,
@@ -945,7 +945,7 @@ async fn bad_table_names_are_refused_before_any_sql_runs() {
             ..
         }
     ));
-    let err = Tables::default().inbox("a\"b").unwrap_err();
+    let err = Tables::default().with_inbox("a\"b").unwrap_err();
     assert!(matches!(
         err,
         Error::Config {
@@ -955,7 +955,7 @@ async fn bad_table_names_are_refused_before_any_sql_runs() {
     ));
 
     let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
-    let err = SqliteStore::new(pool, Tables::default().schema("main").unwrap()).unwrap_err();
+    let err = SqliteStore::new(pool, Tables::default().with_schema("main").unwrap()).unwrap_err();
     assert!(matches!(
         err,
         Error::Config {
@@ -972,11 +972,11 @@ async fn bad_table_names_are_refused_before_any_sql_runs() {
     // The consumer dead-letter table is `<inbox>_dead`: the inbox name must
     // leave room for the suffix (refused where it is set) and must not clash
     // with another table (refused by the store before opening anything).
-    assert!(Tables::default().inbox(&"i".repeat(59)).is_err());
+    assert!(Tables::default().with_inbox(&"i".repeat(59)).is_err());
     let long_inbox = Tables::default()
-        .inbox("events")
+        .with_inbox("events")
         .unwrap()
-        .outbox("events_dead")
+        .with_outbox("events_dead")
         .unwrap();
     let err = SqliteStore::connect_with(&db.url(), long_inbox.clone())
         .await
@@ -1008,11 +1008,11 @@ async fn custom_table_names_and_idempotent_migrations() {
     let (db, tables) = (
         TempDb::new(),
         Tables::default()
-            .outbox("app_out")
+            .with_outbox("app_out")
             .unwrap()
-            .inbox("app_in")
+            .with_inbox("app_in")
             .unwrap()
-            .migrations("app_mig")
+            .with_migrations("app_mig")
             .unwrap(),
     );
     let store = SqliteStore::connect_with(&db.url(), tables.clone())
@@ -1163,9 +1163,9 @@ async fn upgrade_from_version_2_keeps_rows() {
     .await;
 
     let tables = Tables::default()
-        .outbox("app_out")
+        .with_outbox("app_out")
         .unwrap()
-        .migrations("app_mig")
+        .with_migrations("app_mig")
         .unwrap();
     let store = SqliteStore::connect_with("sqlite::memory:", tables)
         .await
@@ -1237,9 +1237,9 @@ async fn upgrade_from_version_1_keeps_rows() {
     .await;
 
     let tables = Tables::default()
-        .inbox("app_in")
+        .with_inbox("app_in")
         .unwrap()
-        .migrations("app_mig")
+        .with_migrations("app_mig")
         .unwrap();
     let store = SqliteStore::connect_with("sqlite::memory:", tables)
         .await

@@ -102,10 +102,10 @@ fn at(n: i64) -> DateTime<Utc> {
 pub fn assert_identifiers_refused() {
     type Setter = fn(Tables, &str) -> txmsg_core::Result<Tables>;
     let setters: [(&str, Setter); 4] = [
-        ("schema", Tables::schema),
-        ("outbox_table", Tables::outbox),
-        ("inbox_table", Tables::inbox),
-        ("migrations_table", Tables::migrations),
+        ("schema", Tables::with_schema),
+        ("outbox_table", Tables::with_outbox),
+        ("inbox_table", Tables::with_inbox),
+        ("migrations_table", Tables::with_migrations),
     ];
     let too_long = "t".repeat(MAX_IDENT_LEN + 1);
     let names = BAD_IDENTIFIERS.iter().copied().chain([too_long.as_str()]);
@@ -125,7 +125,7 @@ pub fn assert_identifiers_refused() {
     }
     // The inbox name leaves room for `<inbox>_dead`.
     let err = Tables::default()
-        .inbox(&"i".repeat(MAX_IDENT_LEN - 4))
+        .with_inbox(&"i".repeat(MAX_IDENT_LEN - 4))
         .expect_err("no room for the dead-letter table");
     assert!(matches!(
         err,

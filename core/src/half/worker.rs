@@ -21,28 +21,61 @@ use crate::{Clock, Error, HalfStore, RelayHandle, Result, States, SystemClock};
 /// Settings of a [`CheckBackWorker`]. Defaults follow RocketMQ 5: first
 /// check 6 s after a message was prepared (set by the producer, see
 /// [`CheckBackConfig::check_after`]), then 30 s apart, 15 checks.
-#[derive(Clone, Debug)]
+///
+/// Start from `Default` and set what you need with the `with_` setters; the
+/// settings but the clock deserialize as [`RelayConfig`](crate::RelayConfig)'s do:
+///
+/// ```
+/// use std::time::Duration;
+/// use txmsg_core::half::CheckBackConfig;
+///
+/// let config = CheckBackConfig::default().with_max_checks(5);
+/// let loaded: CheckBackConfig = serde_json::from_str(r#"{ "max_checks": 5, "interval": "10s" }"#)?;
+/// assert_eq!((loaded.max_checks(), loaded.interval()), (config.max_checks(), Duration::from_secs(10)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, serde::Deserialize)]
+#[non_exhaustive]
+#[serde(default, deny_unknown_fields)]
 pub struct CheckBackConfig {
-    /// Time from preparing a message to its first check. Producers use it
-    /// (through their attribute or call); here it is only validated. Default 6 s.
-    pub check_after: Duration,
-    /// Time between checks that answered Unknown (or failed). Default 30 s.
-    pub interval: Duration,
-    /// Checks that really ran before the message is dead. Default 15.
-    pub max_checks: u32,
-    /// Longest a check-back may take; past it, the check counts as Unknown.
-    /// Default 10 s.
-    pub timeout: Duration,
-    /// Most prepared messages claimed at once. Default 100.
-    pub batch_size: u32,
-    /// Check-backs running at once. Default 16.
-    pub concurrency: usize,
-    /// How long a claimed message belongs to this worker. Default 60 s.
-    pub lease: Duration,
-    /// How often to look for due messages. Default 1 s.
-    pub poll_interval: Duration,
-    /// The clock. Default the system clock.
-    pub clock: Arc<dyn Clock>,
+    #[serde(with = "humantime_serde")]
+    pub(crate) check_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) interval: Duration,
+    pub(crate) max_checks: u32,
+    #[serde(with = "humantime_serde")]
+    pub(crate) timeout: Duration,
+    pub(crate) batch_size: u32,
+    pub(crate) concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub(crate) lease: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) poll_interval: Duration,
+    #[serde(skip)]
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+crate::config::settings! {
+    CheckBackConfig {
+        /// Time from preparing a message to its first check. Producers use it
+        /// (through their attribute or call); here it is only validated. Default 6 s.
+        check_after / with_check_after: Duration,
+        /// Time between checks that answered Unknown (or failed). Default 30 s.
+        interval / with_interval: Duration,
+        /// Checks that really ran before the message is dead. Default 15.
+        max_checks / with_max_checks: u32,
+        /// Longest a check-back may take; past it, the check counts as Unknown.
+        /// Default 10 s.
+        timeout / with_timeout: Duration,
+        /// Most prepared messages claimed at once. Default 100.
+        batch_size / with_batch_size: u32,
+        /// Check-backs running at once. Default 16.
+        concurrency / with_concurrency: usize,
+        /// How long a claimed message belongs to this worker. Default 60 s.
+        lease / with_lease: Duration,
+        /// How often to look for due messages. Default 1 s.
+        poll_interval / with_poll_interval: Duration,
+    }
 }
 
 impl Default for CheckBackConfig {
@@ -62,6 +95,18 @@ impl Default for CheckBackConfig {
 }
 
 impl CheckBackConfig {
+    /// The clock. Default the system clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Sets [`clock`](Self::clock), e.g. a manual clock in tests.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Checks every field.
     ///
     /// # Errors

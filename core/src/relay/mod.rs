@@ -357,11 +357,9 @@ mod tests {
 
     #[test]
     fn retry_delay_grows_and_is_capped() {
-        let cfg = RelayConfig {
-            backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(1),
-            ..RelayConfig::default()
-        };
+        let cfg = RelayConfig::default()
+            .with_backoff_min(Duration::from_millis(100))
+            .with_backoff_max(Duration::from_secs(1));
         let d1 = retry_delay(&cfg, 1, 7);
         let d4 = retry_delay(&cfg, 4, 7);
         assert!(

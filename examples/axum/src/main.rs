@@ -224,7 +224,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut tables = Tables::default();
     let mut options = PgPoolOptions::new().max_connections(16);
     if let Some(schema) = &schema {
-        tables = tables.schema(schema)?;
+        tables = tables.with_schema(schema)?;
         let set = format!("SET search_path TO \"{schema}\"");
         options = options.after_connect(move |conn, _| {
             let set = set.clone();
@@ -254,7 +254,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let exchange = env_or("TXMSG_EXCHANGE", "txmsg");
     let broker =
-        RabbitBroker::connect(&amqp_url, RabbitConfig::default().exchange(&exchange)?).await?;
+        RabbitBroker::connect(&amqp_url, RabbitConfig::default().with_exchange(&exchange)?).await?;
     let relay = Relay::new(store.clone(), broker.clone(), RelayConfig::default())?.start();
     let outbox = Outbox::new(&store).with_relay(&relay);
     let billing = Billing {

@@ -132,11 +132,8 @@ async fn flow(path: &std::path::Path, args: &Args) -> Result<(), Box<dyn std::er
     service::create_schema(store.pool()).await?;
     let broker = MemoryBroker::new();
 
-    let config = RelayConfig {
-        // Often enough to watch the outbox gauges move in a short run.
-        stats_interval: Some(Duration::from_secs(1)),
-        ..RelayConfig::default()
-    };
+    // Often enough to watch the outbox gauges move in a short run.
+    let config = RelayConfig::default().with_stats_interval(Some(Duration::from_secs(1)));
     let relay = Relay::new(store.clone(), broker.clone(), config)?.start();
     let outbox = Outbox::new(&store).with_relay(&relay);
     let billing = Consumer::new(

@@ -188,7 +188,7 @@ impl StoreChoice {
                 sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
                     .execute(&pool)
                     .await?;
-                let tables = Tables::default().schema(&schema)?;
+                let tables = Tables::default().with_schema(&schema)?;
                 Ok(StoreChoice::Postgres {
                     store: PgStore::new(pool, tables)?,
                     schema,
@@ -330,7 +330,7 @@ impl BrokerChoice {
         };
         match scheme(&url) {
             "amqp" | "amqps" => {
-                let config = RabbitConfig::default().exchange(&format!("txmsg.demo.{run}"))?;
+                let config = RabbitConfig::default().with_exchange(&format!("txmsg.demo.{run}"))?;
                 let broker = RabbitBroker::connect(&url, config)
                     .await
                     .map_err(reaching(var_name, "RabbitMQ"))?;
@@ -338,16 +338,17 @@ impl BrokerChoice {
             }
             "nats" if var_name == BROKER_VAR => {
                 let config = NatsConfig::default()
-                    .stream(format!("txmsg_demo_{run}"))?
-                    .subject_prefix(format!("txmsg_demo.{run}"))?
-                    .duplicate_window(NATS_DUPLICATE_WINDOW)?;
+                    .with_stream(format!("txmsg_demo_{run}"))?
+                    .with_subject_prefix(format!("txmsg_demo.{run}"))?
+                    .with_duplicate_window(NATS_DUPLICATE_WINDOW)?;
                 let broker = NatsBroker::connect(&url, config)
                     .await
                     .map_err(reaching(var_name, "NATS JetStream"))?;
                 Ok(BrokerChoice::Nats(Box::new(broker)))
             }
             "redis" if var_name == BROKER_VAR => {
-                let config = RedisConfig::default().key_prefix(&format!("txmsg-demo:{run}:"))?;
+                let config =
+                    RedisConfig::default().with_key_prefix(&format!("txmsg-demo:{run}:"))?;
                 let broker = RedisBroker::connect(&url, config)
                     .await
                     .map_err(reaching(var_name, "Redis"))?;
@@ -355,8 +356,8 @@ impl BrokerChoice {
             }
             "mqtt" if var_name == BROKER_VAR => {
                 let config = MqttConfig::default()
-                    .topic_prefix(&format!("txmsg-demo/{run}/"))?
-                    .session_expiry(MQTT_SESSION_EXPIRY)?;
+                    .with_topic_prefix(&format!("txmsg-demo/{run}/"))?
+                    .with_session_expiry(MQTT_SESSION_EXPIRY)?;
                 let broker = MqttBroker::connect(&url, config)
                     .await
                     .map_err(reaching(var_name, "MQTT"))?;
@@ -382,7 +383,7 @@ impl BrokerChoice {
                 format!("RabbitMQ (exchange {})", broker.exchange())
             }
             BrokerChoice::Nats(broker) => {
-                format!("NATS JetStream (stream {})", broker.config().get_stream())
+                format!("NATS JetStream (stream {})", broker.config().stream())
             }
             BrokerChoice::Redis { broker, .. } => {
                 format!("Redis Streams (stream {})", broker.stream_key(TOPIC))

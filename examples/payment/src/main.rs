@@ -151,11 +151,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut ledger = broker.subscribe(&spec).await?;
     let relay = Relay::new(store.clone(), broker.clone(), RelayConfig::default())?.start();
     let outbox = HalfOutbox::new(&store).with_relay(&relay);
-    let config = CheckBackConfig {
-        interval: Duration::from_millis(200),
-        poll_interval: Duration::from_millis(50),
-        ..CheckBackConfig::default()
-    };
+    let config = CheckBackConfig::default()
+        .with_interval(Duration::from_millis(200))
+        .with_poll_interval(Duration::from_millis(50));
     let provider = Provider::default();
     let worker = CheckBackWorker::new(store.clone(), config)?
         .with_relay(&relay)

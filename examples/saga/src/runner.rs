@@ -29,21 +29,16 @@ const TICK: Duration = Duration::from_millis(50);
 /// The relay settings of every service. A short lease, so that what a
 /// crashed relay held is taken over by its successor within seconds.
 fn relay_config() -> RelayConfig {
-    RelayConfig {
-        lease: Duration::from_secs(2),
-        publish_timeout: Duration::from_secs(1),
-        poll_interval: Duration::from_millis(200),
-        shutdown_timeout: Duration::from_secs(2),
-        ..RelayConfig::default()
-    }
+    RelayConfig::default()
+        .with_lease(Duration::from_secs(2))
+        .with_publish_timeout(Duration::from_secs(1))
+        .with_poll_interval(Duration::from_millis(200))
+        .with_shutdown_timeout(Duration::from_secs(2))
 }
 
 /// The consumer settings of `service`.
 fn consumer_config(service: Service) -> ConsumerConfig {
-    ConsumerConfig {
-        shutdown_timeout: Duration::from_secs(2),
-        ..ConsumerConfig::new(service.group())
-    }
+    ConsumerConfig::new(service.group()).with_shutdown_timeout(Duration::from_secs(2))
 }
 
 /// How placing one order ended, as the client saw it.

@@ -279,7 +279,7 @@ impl Databases for PgSchemas {
     async fn connect(&self, service: Service) -> Result<PgStore, BoxError> {
         let schema = self.schema(service);
         let pool = self.pool(Some(&schema)).await?;
-        let tables = Tables::default().schema(&schema)?;
+        let tables = Tables::default().with_schema(&schema)?;
         Ok(PgStore::new(pool, tables)?)
     }
 
@@ -383,8 +383,8 @@ impl Rabbit {
 
     fn config(&self, name: &str) -> Result<RabbitConfig, BoxError> {
         Ok(RabbitConfig::default()
-            .exchange(&self.exchange)?
-            .connection_name(name)?)
+            .with_exchange(&self.exchange)?
+            .with_connection_name(name)?)
     }
 
     async fn remove(&self) -> Result<(), BoxError> {

@@ -70,16 +70,14 @@ pub(crate) async fn pool(
 /// The relay settings of every process: short leases and quick retries,
 /// so that a killed relay's rows come back within seconds.
 pub(crate) fn relay_config() -> RelayConfig {
-    RelayConfig {
-        lease: Duration::from_secs(3),
-        poll_interval: Duration::from_millis(100),
-        backoff_min: Duration::from_millis(50),
-        backoff_max: Duration::from_secs(1),
-        publish_timeout: Duration::from_secs(2),
-        shutdown_timeout: Duration::from_secs(3),
-        max_attempts: 1_000,
-        ..RelayConfig::default()
-    }
+    RelayConfig::default()
+        .with_lease(Duration::from_secs(3))
+        .with_poll_interval(Duration::from_millis(100))
+        .with_backoff_min(Duration::from_millis(50))
+        .with_backoff_max(Duration::from_secs(1))
+        .with_publish_timeout(Duration::from_secs(2))
+        .with_shutdown_timeout(Duration::from_secs(3))
+        .with_max_attempts(1_000)
 }
 
 async fn connect(env: &Env, max: u32) -> Result<(PgStore, RabbitBroker), BoxError> {
@@ -93,12 +91,12 @@ async fn connect(env: &Env, max: u32) -> Result<(PgStore, RabbitBroker), BoxErro
             }
         }
     };
-    let store = PgStore::new(pool, Tables::default().schema(&env.schema)?)?;
+    let store = PgStore::new(pool, Tables::default().with_schema(&env.schema)?)?;
     let config = RabbitConfig::default()
-        .exchange(&env.exchange)?
-        .connection_name(&env.app)?
-        .reconnect_backoff(Duration::from_millis(100), Duration::from_secs(1))?
-        .connect_timeout(Duration::from_secs(2))?;
+        .with_exchange(&env.exchange)?
+        .with_connection_name(&env.app)?
+        .with_reconnect_backoff(Duration::from_millis(100), Duration::from_secs(1))?
+        .with_connect_timeout(Duration::from_secs(2))?;
     let broker = loop {
         match RabbitBroker::connect(&env.amqp, config.clone()).await {
             Ok(broker) => break broker,
@@ -227,12 +225,10 @@ pub(crate) async fn consumer(group: String) -> Result<(), BoxError> {
     let _fail = crash_on_panic();
     let env = Env::from_env()?;
     let (store, broker) = connect(&env, 8).await?;
-    let config = ConsumerConfig {
-        backoff_min: Duration::from_millis(50),
-        backoff_max: Duration::from_secs(1),
-        shutdown_timeout: Duration::from_secs(3),
-        ..ConsumerConfig::new(group)
-    };
+    let config = ConsumerConfig::new(group)
+        .with_backoff_min(Duration::from_millis(50))
+        .with_backoff_max(Duration::from_secs(1))
+        .with_shutdown_timeout(Duration::from_secs(3));
     let consumer = loop {
         match Consumer::new(store.clone(), broker.clone(), config.clone())?
             .start()

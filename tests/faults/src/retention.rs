@@ -17,7 +17,7 @@ use txmsg::consumer::{Consumer, ConsumerConfig};
 use txmsg::postgres::PgStore;
 use txmsg::prelude::*;
 use txmsg::rabbitmq::{RabbitBroker, RabbitConfig};
-use txmsg::{Outbox, Relay, RelayConfig, Tables};
+use txmsg::{Outbox, Relay, Tables};
 
 use crate::child;
 use crate::workload::{self, ORDERED};
@@ -202,8 +202,11 @@ pub(crate) async fn run(opts: Options) -> Result<Report, BoxError> {
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
         .execute(&pool)
         .await?;
-    let broker =
-        RabbitBroker::connect(&opts.amqp, RabbitConfig::default().exchange(&exchange)?).await?;
+    let broker = RabbitBroker::connect(
+        &opts.amqp,
+        RabbitConfig::default().with_exchange(&exchange)?,
+    )
+    .await?;
     let result = measure(&opts, &pool, &schema, &broker).await;
     crate::scenario::cleanup(&pool, &schema, &broker, &opts.amqp, &exchange).await;
     result
@@ -215,26 +218,26 @@ async fn measure(
     schema: &str,
     broker: &RabbitBroker,
 ) -> Result<Report, BoxError> {
-    let store = PgStore::new(pool.clone(), Tables::default().schema(schema)?)?;
+    let store = PgStore::new(pool.clone(), Tables::default().with_schema(schema)?)?;
     store.migrate().await?;
     workload::create_schema(pool).await?;
     fill(pool, opts.rows).await?;
     sqlx::query("ANALYZE").execute(pool).await?;
-    let relay_config = |retention: Option<Duration>| RelayConfig {
-        sent_retention: retention,
-        purge_interval: Duration::from_millis(100),
-        purge_batch: opts.batch,
-        ..child::relay_config()
+    let relay_config = |retention: Option<Duration>| {
+        child::relay_config()
+            .with_sent_retention(retention)
+            .with_purge_interval(Duration::from_millis(100))
+            .with_purge_batch(opts.batch)
     };
 
     // Both phases run the same relay and consumer (which applies every
     // order produced); only their retentions differ. Baseline: nothing old
     // enough to purge (sent rows kept, inbox keys kept a year).
-    let consumer_config = |retention: Duration| ConsumerConfig {
-        inbox_retention: retention,
-        purge_interval: Duration::from_millis(100),
-        purge_batch: opts.batch,
-        ..ConsumerConfig::new(ORDERED)
+    let consumer_config = |retention: Duration| {
+        ConsumerConfig::new(ORDERED)
+            .with_inbox_retention(retention)
+            .with_purge_interval(Duration::from_millis(100))
+            .with_purge_batch(opts.batch)
     };
     let relay = Relay::new(store.clone(), broker.clone(), relay_config(None))?.start();
     let consumer = Consumer::new(

@@ -325,11 +325,14 @@ pub(crate) async fn run(opts: Options) -> Result<Report, BoxError> {
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
         .execute(&admin)
         .await?;
-    let store = PgStore::new(admin.clone(), Tables::default().schema(&schema)?)?;
+    let store = PgStore::new(admin.clone(), Tables::default().with_schema(&schema)?)?;
     store.migrate().await?;
     workload::create_schema(&admin).await?;
-    let rabbit =
-        RabbitBroker::connect(&opts.amqp, RabbitConfig::default().exchange(&exchange)?).await?;
+    let rabbit = RabbitBroker::connect(
+        &opts.amqp,
+        RabbitConfig::default().with_exchange(&exchange)?,
+    )
+    .await?;
 
     let pg_proxy = if opts.kind == Kind::Database {
         Some(TcpProxy::start(host_port(&opts.db, 5432)?).await)

@@ -592,17 +592,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn relay_config(plan: &Plan) -> RelayConfig {
-    RelayConfig {
-        poll_interval: Duration::from_millis(10),
-        lease: plan.lease,
-        publish_timeout: plan.lease / 3,
-        backoff_min: Duration::from_millis(5),
-        backoff_max: Duration::from_millis(50),
-        max_attempts: 1000,
-        shutdown_timeout: Duration::from_millis(200),
-        mark_interval: Duration::from_millis(5),
-        ..RelayConfig::default()
-    }
+    RelayConfig::default()
+        .with_poll_interval(Duration::from_millis(10))
+        .with_lease(plan.lease)
+        .with_publish_timeout(plan.lease / 3)
+        .with_backoff_min(Duration::from_millis(5))
+        .with_backoff_max(Duration::from_millis(50))
+        .with_max_attempts(1000)
+        .with_shutdown_timeout(Duration::from_millis(200))
+        .with_mark_interval(Duration::from_millis(5))
 }
 
 async fn start_consumer<S: InboxStore>(
@@ -610,12 +608,10 @@ async fn start_consumer<S: InboxStore>(
     broker: &FaultyBroker,
     group: &str,
 ) -> txmsg::Result<ConsumerHandle<S>> {
-    let config = ConsumerConfig {
-        backoff_min: Duration::from_millis(2),
-        backoff_max: Duration::from_millis(20),
-        shutdown_timeout: Duration::from_millis(200),
-        ..ConsumerConfig::new(group)
-    };
+    let config = ConsumerConfig::new(group)
+        .with_backoff_min(Duration::from_millis(2))
+        .with_backoff_max(Duration::from_millis(20))
+        .with_shutdown_timeout(Duration::from_millis(200));
     Consumer::new(world_store.clone(), broker.clone(), config)?
         .start()
         .await
@@ -874,14 +870,12 @@ async fn simulate<B: Backend>(
     }
     let checks = CheckBackWorker::new(
         store.clone(),
-        CheckBackConfig {
-            interval: Duration::from_millis(10),
-            poll_interval: Duration::from_millis(5),
-            max_checks: 10_000,
-            lease: plan.lease,
-            timeout: Duration::from_millis(100),
-            ..CheckBackConfig::default()
-        },
+        CheckBackConfig::default()
+            .with_interval(Duration::from_millis(10))
+            .with_poll_interval(Duration::from_millis(5))
+            .with_max_checks(10_000)
+            .with_lease(plan.lease)
+            .with_timeout(Duration::from_millis(100)),
     )?
     .with_relay(&relays[0])
     .start()?;

@@ -111,11 +111,7 @@ async fn main() {
         .await
         .unwrap();
     let broker = MemoryBroker::new();
-    let config = |group: &str| ConsumerConfig {
-        backoff_min: Duration::from_millis(5),
-        backoff_max: Duration::from_millis(20),
-        ..ConsumerConfig::new(group)
-    };
+    let config = |group: &str| ConsumerConfig::new(group).with_backoff_min(Duration::from_millis(5)).with_backoff_max(Duration::from_millis(20));
     let billing = Consumer::new(store.clone(), broker.clone(), config("billing")).unwrap();
     let topics: Vec<_> = billing.handlers().unwrap().iter().map(|h| h.topic).collect();
     assert_eq!(topics, ["orders.cancelled", "orders.placed"]);
