@@ -298,10 +298,23 @@ impl Tables {
 
 /// Writes, for settings kept in private fields, a getter named after the
 /// field and a consuming `with_` setter, both documented with the setting's
-/// doc. Checks run in the config's `validate`, when the runner starts.
+/// doc, and the same pair for the config's `clock`. Checks run in the
+/// config's `validate`, when the runner starts.
 macro_rules! settings {
     ($config:ident { $( $(#[doc = $doc:literal])+ $field:ident / $with:ident : $ty:ty ),+ $(,)? }) => {
         impl $config {
+            /// The clock of the times this runner writes and waits for.
+            /// Default the system clock.
+            pub fn clock(&self) -> &std::sync::Arc<dyn $crate::Clock> {
+                &self.clock
+            }
+
+            /// Sets [`clock`](Self::clock), e.g. a manual clock in tests.
+            #[must_use]
+            pub fn with_clock(mut self, clock: std::sync::Arc<dyn $crate::Clock>) -> Self {
+                self.clock = clock;
+                self
+            }
             $(
                 $(#[doc = $doc])+
                 pub fn $field(&self) -> $ty {
@@ -488,18 +501,6 @@ impl Default for RelayConfig {
 }
 
 impl RelayConfig {
-    /// The clock. Default the system clock.
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
-    }
-
-    /// Sets [`clock`](Self::clock), e.g. a manual clock in tests.
-    #[must_use]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-
     /// Checks every field.
     ///
     /// # Errors

@@ -55,3 +55,37 @@ pub fn assert_refused_without<T>(result: Result<T>, field: &str, secret: &str) {
         Ok(_) => panic!("expected a config error for `{field}`, got a value"),
     }
 }
+
+/// Deserializes a broker's settings from `good` (JSON), checks that they
+/// validate, and returns them; checks that the settings of `bad` are refused
+/// for `field` by `validate` and by `connect` (which must check them before
+/// it tries any connection), and that an unknown key is refused when
+/// deserializing.
+///
+/// # Panics
+///
+/// When any of these does not hold.
+pub async fn checked_settings<C, T, Fut>(
+    good: &str,
+    bad: &str,
+    field: &str,
+    validate: fn(&C) -> Result<()>,
+    connect: impl FnOnce(C) -> Fut,
+) -> C
+where
+    C: serde::de::DeserializeOwned,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let config: C = serde_json::from_str(good).expect("good settings deserialize");
+    if let Err(e) = validate(&config) {
+        panic!("good settings were refused: {e}");
+    }
+    let refused: C = serde_json::from_str(bad).expect("bad settings deserialize");
+    assert_eq!(field_of(validate(&refused)), field);
+    assert_eq!(field_of(connect(refused).await), field);
+    assert!(
+        serde_json::from_str::<C>(r#"{ "unknown_setting": 1 }"#).is_err(),
+        "an unknown key is refused"
+    );
+    config
+}

@@ -114,18 +114,6 @@ impl ConsumerConfig {
         &self.group
     }
 
-    /// The clock for inbox and dead-letter times. Default the system clock.
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
-    }
-
-    /// Sets [`clock`](Self::clock), e.g. a manual clock in tests.
-    #[must_use]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-
     /// The longest time after its first delivery that a message of a
     /// handler with `max_attempts` may be delivered again:
     /// `redelivery_window + max_attempts × backoff_max`.

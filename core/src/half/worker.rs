@@ -95,18 +95,6 @@ impl Default for CheckBackConfig {
 }
 
 impl CheckBackConfig {
-    /// The clock. Default the system clock.
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
-    }
-
-    /// Sets [`clock`](Self::clock), e.g. a manual clock in tests.
-    #[must_use]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-
     /// Checks every field.
     ///
     /// # Errors
