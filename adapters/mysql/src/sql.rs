@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 use txmsg_core::{Result, Tables};
-use txmsg_sql::{IdList, InboxStatements, MigrationsSql, SettleSql, Statements, Stmt};
+use txmsg_sql::{
+    IdList, InboxStatements, MigrationsSql, OutboxInsert, SettleSql, Statements, Stmt,
+};
 
 use crate::migrate::{MIGRATIONS, Step, Table};
 
@@ -378,6 +380,42 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
             after_commit: None,
         },
 
+        insert: OutboxInsert {
+            // 1 id, 2 topic, 3 key, 4 idempotency key, 5 payload, 6 headers,
+            // 7 next attempt at (created at), 8 lease owner, 9 lease until, 10 created at,
+            // 11 expires at, then for the order check: 12 key, 13 topic,
+            // 14 key, 15 id, 16 lease owner.
+            //
+            // The row is leased to the owner unless an earlier row of its key
+            // is pending or dead and not the owner's: then the poller must
+            // publish this one after it, so it goes in unleased. A duplicate
+            // (same topic and idempotency key) changes nothing; the driver asks
+            // for found rows, so it counts as changed too: `holder` tells
+            // them apart by reading which row holds the key. Not `INSERT
+            // IGNORE`, which would hide other errors.
+            insert: Stmt::new(sql_str(format!(
+                "INSERT INTO {o} (id, topic, `key`, idempotency_key, payload, headers, state, \
+                 attempts, next_attempt_at, lease_owner, lease_until, checks, half, \
+                 created_at, expires_at) \
+                 SELECT ?, ?, ?, ?, ?, ?, 'pending', 0, ?, \
+                 CASE WHEN b.blocked THEN NULL ELSE ? END, \
+                 CASE WHEN b.blocked THEN NULL ELSE ? END, \
+                 0, FALSE, ?, ? \
+                 FROM (SELECT (? IS NOT NULL AND EXISTS (\
+                   SELECT 1 FROM {o} p \
+                   WHERE p.topic = ? AND p.`key` = ? AND p.id < ? \
+                   AND p.state IN ('pending', 'dead') \
+                   AND (p.lease_owner IS NULL OR p.lease_owner <> ?))) AS blocked) AS b \
+                 ON DUPLICATE KEY UPDATE id = id"
+            )))
+            // In the logical order: 0 id, 1 topic, 2 key, 3 idempotency key,
+            // 4 payload, 5 headers, 6 created at, 7 expires at, 8 lease
+            // owner, 9 lease until.
+            .bind_order(&[0, 1, 2, 3, 4, 5, 6, 8, 9, 6, 7, 2, 1, 2, 0, 8]),
+            unchecked: None,
+            holder: Some(Stmt::new(inserted.clone())),
+            notify: None,
+        },
         inbox,
         own: Own {
             migrate_lock: format!(
@@ -412,34 +450,6 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
             has_legacy_keys: i.has_legacy_keys,
             is_legacy_key: i.is_legacy_key,
             inbox_purge_delete: i.purge_delete,
-
-            // 1 id, 2 topic, 3 key, 4 idempotency key, 5 payload, 6 headers,
-            // 7 next attempt at, 8 lease owner, 9 lease until, 10 created at,
-            // 11 expires at, then for the order check: 12 key, 13 topic,
-            // 14 key, 15 id, 16 lease owner.
-            //
-            // The row is leased to the owner unless an earlier row of its key
-            // is pending or dead and not the owner's: then the poller must
-            // publish this one after it, so it goes in unleased. A duplicate
-            // (same topic and idempotency key) changes nothing; `inserted`
-            // then tells which row holds the key.
-            insert: Text::new(format!(
-                "INSERT INTO {o} (id, topic, `key`, idempotency_key, payload, headers, state, \
-                 attempts, next_attempt_at, lease_owner, lease_until, checks, half, \
-                 created_at, expires_at) \
-                 SELECT ?, ?, ?, ?, ?, ?, 'pending', 0, ?, \
-                 CASE WHEN b.blocked THEN NULL ELSE ? END, \
-                 CASE WHEN b.blocked THEN NULL ELSE ? END, \
-                 0, FALSE, ?, ? \
-                 FROM (SELECT (? IS NOT NULL AND EXISTS (\
-                   SELECT 1 FROM {o} p \
-                   WHERE p.topic = ? AND p.`key` = ? AND p.id < ? \
-                   AND p.state IN ('pending', 'dead') \
-                   AND (p.lease_owner IS NULL OR p.lease_owner <> ?))) AS blocked) AS b \
-                 ON DUPLICATE KEY UPDATE id = id"
-            )),
-
-            inserted: inserted.clone(),
 
             // 1 now, 2 now, 3 dead_parks_key, 4 limit.
             //
@@ -614,8 +624,6 @@ pub struct Own {
     pub(crate) create_schema: Option<(String, Text)>,
     pub(crate) migrations_table: MigrationsSql,
     pub(crate) migrations: Vec<RenderedMigration>,
-    pub(crate) insert: Text,
-    pub(crate) inserted: SqlStr,
     pub(crate) claim_heads: Text,
     pub(crate) claim_heads_lock: Text,
     pub(crate) claim_followers: Text,
@@ -677,7 +685,7 @@ mod tests {
                 assert!(!text.contains('"'), "{text}");
             }
         }
-        assert!(!sql.own.insert.as_str().contains("IGNORE"));
+        assert!(!sql.insert.insert.as_str().contains("IGNORE"));
     }
 
     #[test]

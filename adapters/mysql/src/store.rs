@@ -17,7 +17,7 @@ use txmsg_sql::{Arg, Backend, StoreConfig, TableStore};
 use crate::dialect::MySqlBackend;
 use crate::migrate;
 use crate::sql::{self, Sql};
-use crate::writer::{MySqlInbox, MySqlWriter};
+use crate::writer::MySqlInbox;
 
 /// How often a claim is tried when the server ends it to break a deadlock.
 const CLAIM_ATTEMPTS: usize = 3;
@@ -103,15 +103,6 @@ impl Backend for MySqlBackend {
             })
             .connect_with(options)
             .await?)
-    }
-
-    fn writer(
-        sql: &Arc<Sql>,
-        _notify: Option<&txmsg_core::Ident>,
-    ) -> Arc<dyn txmsg_core::OutboxWriter<MySql>> {
-        Arc::new(MySqlWriter {
-            sql: Arc::clone(sql),
-        })
     }
 
     fn inbox(sql: &Arc<Sql>) -> Arc<dyn txmsg_core::consumer::InboxWriter<MySql>> {

@@ -7,7 +7,7 @@
 
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 use txmsg_core::{Ident, MAX_IDENT_LEN, Result, Tables};
-use txmsg_sql::{InboxStatements, MigrationsSql, SettleSql, Statements, Stmt};
+use txmsg_sql::{InboxStatements, MigrationsSql, OutboxInsert, SettleSql, Statements, Stmt};
 
 use crate::migrate::MIGRATIONS;
 
@@ -34,8 +34,7 @@ fn stmt(sql: String) -> Stmt {
 /// A migration, rendered for the configured tables: one script.
 pub(crate) type RenderedMigration = txmsg_sql::Migration<SqlStr>;
 
-/// The statements only PostgreSQL runs: migrations, the producer's insert
-/// and the claim.
+/// The statements only PostgreSQL runs: migrations and the claim.
 #[derive(Debug)]
 pub struct Own {
     /// Key of the advisory lock that serialises migrations on these tables.
@@ -44,8 +43,6 @@ pub struct Own {
     pub(crate) create_schema: Option<(String, SqlStr)>,
     pub(crate) migrations_table: MigrationsSql,
     pub(crate) migrations: Vec<RenderedMigration>,
-    pub(crate) insert: SqlStr,
-    pub(crate) insert_plain: SqlStr,
     pub(crate) claim_heads: SqlStr,
     pub(crate) claim_followers: SqlStr,
     pub(crate) claim_lease: SqlStr,
@@ -122,6 +119,53 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
                 steps: vec![sql_str(render(m.sql))],
             })
             .collect();
+        let insert = OutboxInsert {
+            // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
+            // $6 headers, $7 created_at, $8 expires_at, $9 lease owner,
+            // $10 lease until.
+            //
+            // The row is leased to $9 unless an earlier row of its key is
+            // pending or dead and not $9's: then the poller must publish this
+            // one after it, so it goes in unleased.
+            insert: stmt(format!(
+                "INSERT INTO {o} AS n (id, topic, key, idempotency_key, payload, headers, state, \
+                 attempts, next_attempt_at, lease_owner, lease_until, created_at, expires_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, 'pending', 0, $7, \
+                 CASE WHEN b.blocked THEN NULL ELSE $9::uuid END, \
+                 CASE WHEN b.blocked THEN NULL ELSE $10::timestamptz END, \
+                 $7, $8 \
+                 FROM (SELECT $3::text IS NOT NULL AND EXISTS (\
+                   SELECT 1 FROM {o} p \
+                   WHERE p.topic = $2 AND p.key = $3 AND p.id < $1 \
+                   AND p.state IN ('pending', 'dead') \
+                   AND (p.lease_owner IS NULL OR p.lease_owner <> $9)) AS blocked) AS b \
+                 ON CONFLICT (topic, idempotency_key) DO NOTHING \
+                 RETURNING (n.lease_owner IS NOT NULL)::int::int8 AS leased"
+            )),
+
+            // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
+            // $6 headers, $7 created_at, $8 expires_at,
+            // $9 lease owner, $10 lease until.
+            //
+            // `insert` without its per-key check, for the rows that do not
+            // need it: a row without an ordering key has no earlier row to
+            // wait for, and a row written without a lease is unleased either
+            // way. A plain `VALUES` insert, which PostgreSQL plans and runs
+            // for markedly less than the `INSERT ... SELECT` (measured in
+            // BENCHMARKS.md). No `RETURNING`: the affected row count says
+            // whether it was a duplicate.
+            unchecked: Some(stmt(format!(
+                "INSERT INTO {o} (id, topic, key, idempotency_key, payload, headers, state, \
+                 attempts, next_attempt_at, lease_owner, lease_until, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, \
+                 $9, $10, $7, $8) \
+                 ON CONFLICT (topic, idempotency_key) DO NOTHING"
+            ))),
+            holder: None,
+            // Delivered at commit, and only then; repeats within one
+            // transaction are folded into one by PostgreSQL.
+            notify: Some(sql_str("SELECT pg_notify($1, '')".to_owned())),
+        };
         let own = Own {
             migrate_lock_key: lock_key(&format!("txmsg migrate {migrations_table}")),
             create_schema: tables.schema().map(|s| {
@@ -144,48 +188,6 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
                 )),
             },
             migrations,
-
-            // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
-            // $6 headers, $7 created_at, $8 expires_at, $9 lease owner,
-            // $10 lease until.
-            //
-            // The row is leased to $9 unless an earlier row of its key is
-            // pending or dead and not $9's: then the poller must publish this
-            // one after it, so it goes in unleased.
-            insert: sql_str(format!(
-                "INSERT INTO {o} AS n (id, topic, key, idempotency_key, payload, headers, state, \
-                 attempts, next_attempt_at, lease_owner, lease_until, created_at, expires_at) \
-                 SELECT $1, $2, $3, $4, $5, $6, 'pending', 0, $7, \
-                 CASE WHEN b.blocked THEN NULL ELSE $9::uuid END, \
-                 CASE WHEN b.blocked THEN NULL ELSE $10::timestamptz END, \
-                 $7, $8 \
-                 FROM (SELECT $3::text IS NOT NULL AND EXISTS (\
-                   SELECT 1 FROM {o} p \
-                   WHERE p.topic = $2 AND p.key = $3 AND p.id < $1 \
-                   AND p.state IN ('pending', 'dead') \
-                   AND (p.lease_owner IS NULL OR p.lease_owner <> $9)) AS blocked) AS b \
-                 ON CONFLICT (topic, idempotency_key) DO NOTHING \
-                 RETURNING (n.lease_owner IS NOT NULL)"
-            )),
-
-            // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
-            // $6 headers (NULL: none), $7 created_at, $8 expires_at,
-            // $9 lease owner, $10 lease until.
-            //
-            // `insert` without its per-key check, for the rows that do not
-            // need it: a row without an ordering key has no earlier row to
-            // wait for, and a row written without a lease is unleased either
-            // way. A plain `VALUES` insert, which PostgreSQL plans and runs
-            // for markedly less than the `INSERT ... SELECT` (measured in
-            // BENCHMARKS.md). No `RETURNING`: the affected row count says
-            // whether it was a duplicate.
-            insert_plain: sql_str(format!(
-                "INSERT INTO {o} (id, topic, key, idempotency_key, payload, headers, state, \
-                 attempts, next_attempt_at, lease_owner, lease_until, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, COALESCE($6, '{{}}'::jsonb), 'pending', 0, $7, \
-                 $9, $10, $7, $8) \
-                 ON CONFLICT (topic, idempotency_key) DO NOTHING"
-            )),
 
             // $1 now, $2 dead_parks_key, $3 limit.
             //
@@ -244,6 +246,7 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
         };
         Ok(Statements {
             own,
+            insert,
             inbox: inbox_statements(&inbox, &tables.qualified(dead, '"')),
             prepare_holder: None,
             mark_sent: stmt(format!(

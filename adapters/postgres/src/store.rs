@@ -13,7 +13,6 @@ use uuid::Uuid;
 use crate::dialect::PgBackend;
 use crate::migrate;
 use crate::sql::{self, Sql};
-use crate::writer::PgWriter;
 
 /// A [`Store`](txmsg_core::Store) whose outbox and inbox are PostgreSQL tables.
 ///
@@ -72,16 +71,6 @@ impl Backend for PgBackend {
             .max_connections(config.max_connections())
             .connect_with(options)
             .await?)
-    }
-
-    fn writer(
-        sql: &std::sync::Arc<Sql>,
-        notify: Option<&Ident>,
-    ) -> std::sync::Arc<dyn txmsg_core::OutboxWriter<sqlx::Postgres>> {
-        std::sync::Arc::new(PgWriter {
-            sql: std::sync::Arc::clone(sql),
-            notify: notify.cloned(),
-        })
     }
 
     fn migrate(store: &PgStore) -> impl Future<Output = Result<()>> + Send {

@@ -8,7 +8,7 @@
 //! trait), running statements ([`Stmt`]), reading rows as envelopes and dead
 //! letters ([`envelope`], [`dead_letter`], [`consumer_dead_letter`]),
 //! applying migrations ([`apply_migrations`]), settling half messages
-//! ([`settle`]) and the half-message and inbox writers. A store crate keeps
+//! ([`settle`]) and the outbox, half-message and inbox writers. A store crate keeps
 //! its SQL text and what truly differs between databases.
 //!
 //! Generic sqlx code usually needs a bound such as `for<'c> &'c mut
@@ -39,7 +39,7 @@ pub use store::{
     Backend, DEFAULT_MAX_CONNECTIONS, InboxStatements, Notifying, Statements, StoreConfig,
     TableStore, read_claimed,
 };
-pub use writer::{SqlHalfWriter, SqlInbox};
+pub use writer::{OutboxInsert, SqlHalfWriter, SqlInbox, SqlOutboxWriter};
 
 #[doc(hidden)]
 pub mod __private {

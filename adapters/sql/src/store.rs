@@ -19,7 +19,7 @@ use crate::dialect::{Arg, Conn, Dialect, SqlRow};
 use crate::half::{SettleSql, settle};
 use crate::row::{attempts_to_int, consumer_dead_letter, dead_letter, envelope};
 use crate::stmt::Stmt;
-use crate::writer::{SqlHalfWriter, SqlInbox};
+use crate::writer::{OutboxInsert, SqlHalfWriter, SqlInbox, SqlOutboxWriter};
 
 /// Pool size when [`StoreConfig::max_connections`] is not set.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
@@ -139,6 +139,8 @@ pub struct Statements<O> {
     /// Deletes dead rows: (topic or `NULL`, key or `NULL`, dead before,
     /// limit); see [`Backend::purge_dead`].
     pub purge_dead: Stmt,
+    /// Inserts outbox rows; see [`OutboxInsert`].
+    pub insert: OutboxInsert,
     /// Inserts a prepared row; see [`SqlHalfWriter::new`].
     pub prepare: SqlStr,
     /// See [`SqlHalfWriter::with_holder`].
@@ -226,13 +228,6 @@ pub trait Backend: Dialect + Sized {
         url: &str,
         config: &StoreConfig,
     ) -> impl Future<Output = Result<Pool<Self::Db>>> + Send;
-
-    /// The producers' outbox writer; it sends `NOTIFY` on `notify` where the
-    /// backend is [`Notifying`].
-    fn writer(
-        sql: &Arc<Statements<Self::Own>>,
-        notify: Option<&Ident>,
-    ) -> Arc<dyn OutboxWriter<Self::Db>>;
 
     /// The handlers' inbox writer.
     fn inbox(sql: &Arc<Statements<Self::Own>>) -> Arc<dyn InboxWriter<Self::Db>> {
@@ -428,7 +423,7 @@ impl<B: Backend> TableStore<B> {
     /// or index of the store; SQLite has no schemas.
     pub fn new(pool: Pool<B::Db>, tables: Tables) -> Result<Self> {
         let sql = Arc::new(B::statements(&tables)?);
-        let writer = B::writer(&sql, None);
+        let writer = Self::writer(&sql, None);
         let inbox = B::inbox(&sql);
         let half = Arc::new(Self::half(&sql, None));
         Ok(TableStore {
@@ -440,6 +435,11 @@ impl<B: Backend> TableStore<B> {
             inbox,
             notify: None,
         })
+    }
+
+    fn writer(sql: &Statements<B::Own>, notify: Option<&Ident>) -> Arc<dyn OutboxWriter<B::Db>> {
+        let channel = notify.map(|c| c.as_str().to_owned());
+        Arc::new(SqlOutboxWriter::<B>::new(sql.insert.clone(), channel))
     }
 
     fn half(sql: &Statements<B::Own>, notify: Option<&Ident>) -> SqlHalfWriter<B> {
@@ -584,7 +584,7 @@ impl<B: Notifying> TableStore<B> {
     /// [`Error::Config`] if `channel` is not a valid identifier.
     pub fn with_notify(mut self, channel: &str) -> Result<Self> {
         let channel = Ident::for_field("notify_channel", channel)?;
-        self.writer = B::writer(&self.sql, Some(&channel));
+        self.writer = Self::writer(&self.sql, Some(&channel));
         self.half = Arc::new(Self::half(&self.sql, Some(&channel)));
         self.notify = Some(channel);
         Ok(self)

@@ -1,4 +1,5 @@
-//! The half-message writer every SQL store hands producers.
+//! The outbox, half-message and inbox writers every SQL store hands
+//! producers and handlers.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -6,11 +7,149 @@ use std::marker::PhantomData;
 use chrono::{DateTime, Utc};
 use sqlx::SqlStr;
 use txmsg_core::half::{Decision, ResolveOutcome};
-use txmsg_core::{BoxFuture, Envelope, HalfWriter, Inserted, Result};
+use txmsg_core::{BoxFuture, Envelope, HalfWriter, Inserted, Lease, OutboxWriter, Result};
 use uuid::Uuid;
 
 use crate::dialect::{Arg, Conn, Dialect, execute, fetch_optional};
 use crate::half::{SettleSql, settle};
+use crate::stmt::Stmt;
+
+/// The statements of a store's outbox insert. `insert` and `unchecked` take
+/// (id, topic, key, idempotency key, payload, headers, created at, expires
+/// at, lease owner, lease until).
+#[derive(Debug, Clone)]
+pub struct OutboxInsert {
+    /// Inserts the row unless its (topic, idempotency key) is taken, leased
+    /// to the owner unless an earlier row of its key is pending or dead and
+    /// not the owner's (then the poller must publish it after that one).
+    /// Without a [`holder`](Self::holder), it returns one row for an
+    /// inserted message, with an integer column `leased` (not 0: leased),
+    /// and none for a duplicate.
+    pub insert: Stmt,
+    /// A cheaper statement for the rows that need no per-key check (no key,
+    /// or no lease), whose changed rows tell an insert from a duplicate;
+    /// such a row is leased whenever a lease is given. `None`: `insert`
+    /// writes every row.
+    pub unchecked: Option<Stmt>,
+    /// For a database that counts a duplicate as a changed row and cannot
+    /// return the row (MySQL's `ON DUPLICATE KEY UPDATE` with found rows):
+    /// reads the row holding (topic, idempotency key), with columns `id`
+    /// and `leased` (as above).
+    pub holder: Option<Stmt>,
+    /// Wakes the relays of other processes after an insert left a row
+    /// unleased, with the channel as its one parameter (PostgreSQL's
+    /// `pg_notify`); run only when the store has a channel.
+    pub notify: Option<SqlStr>,
+}
+
+/// Inserts outbox rows on the producer's connection, inside its
+/// transaction, for a store of dialect `D`: the statements of an
+/// [`OutboxInsert`], bound from the envelope in one way for every store.
+pub struct SqlOutboxWriter<D> {
+    sql: OutboxInsert,
+    channel: Option<String>,
+    dialect: PhantomData<fn() -> D>,
+}
+
+impl<D> fmt::Debug for SqlOutboxWriter<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlOutboxWriter")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D> SqlOutboxWriter<D> {
+    /// A writer running `sql`, which notifies `channel` (when set and the
+    /// store has a notify statement) after an insert left a row unleased.
+    pub fn new(sql: OutboxInsert, channel: Option<String>) -> Self {
+        SqlOutboxWriter {
+            sql,
+            channel,
+            dialect: PhantomData,
+        }
+    }
+}
+
+/// What an insert that went in did, by whether its row is leased.
+fn went_in(leased: bool) -> Inserted {
+    if leased {
+        Inserted::Leased
+    } else {
+        Inserted::Unleased
+    }
+}
+
+impl<D: Dialect> SqlOutboxWriter<D> {
+    async fn write(
+        &self,
+        conn: &mut Conn<D>,
+        envelope: &Envelope,
+        lease: Option<Lease>,
+    ) -> Result<Inserted> {
+        let args = [
+            Arg::Id(envelope.id),
+            Arg::Text(&envelope.topic),
+            Arg::OptText(envelope.key.as_deref()),
+            Arg::Text(&envelope.idempotency_key),
+            Arg::Bytes(&envelope.payload),
+            Arg::Headers(&envelope.headers),
+            Arg::Time(envelope.created_at),
+            Arg::OptTime(envelope.expires_at),
+            Arg::OptId(lease.map(|l| l.owner)),
+            Arg::OptTime(lease.map(|l| l.until)),
+        ];
+        let needs_no_check = envelope.key.is_none() || lease.is_none();
+        if let Some(unchecked) = self.sql.unchecked.as_ref().filter(|_| needs_no_check) {
+            return Ok(match unchecked.execute::<D>(conn, &args).await? {
+                0 => Inserted::Duplicate,
+                _ => went_in(lease.is_some()),
+            });
+        }
+        let Some(holder) = &self.sql.holder else {
+            return Ok(
+                match self.sql.insert.fetch_optional::<D>(conn, &args).await? {
+                    Some(row) => went_in(D::count(&row, "leased")? > 0),
+                    None => Inserted::Duplicate,
+                },
+            );
+        };
+        self.sql.insert.execute::<D>(conn, &args).await?;
+        let key = [
+            Arg::Text(&envelope.topic),
+            Arg::Text(&envelope.idempotency_key),
+        ];
+        Ok(match holder.fetch_optional::<D>(conn, &key).await? {
+            // The id may be taken by a row with another key: not inserted
+            // either.
+            Some(row) if D::id(&row, "id")? == envelope.id => {
+                went_in(D::count(&row, "leased")? > 0)
+            }
+            _ => Inserted::Duplicate,
+        })
+    }
+}
+
+impl<D: Dialect> OutboxWriter<D::Db> for SqlOutboxWriter<D> {
+    fn insert<'a>(
+        &'a self,
+        conn: &'a mut Conn<D>,
+        envelope: &'a Envelope,
+        lease: Option<Lease>,
+    ) -> BoxFuture<'a, Result<Inserted>> {
+        Box::pin(async move {
+            let inserted = self.write(&mut *conn, envelope, lease).await?;
+            if let (Inserted::Unleased, Some(notify), Some(channel)) =
+                (inserted, &self.sql.notify, &self.channel)
+            {
+                // Delivered at commit, and only then; the database may fold
+                // repeats within one transaction into one.
+                execute::<D>(conn, notify, &[Arg::Text(channel)]).await?;
+            }
+            Ok(inserted)
+        })
+    }
+}
 
 /// Prepares and settles half messages on a producer's connection, for a
 /// store of dialect `D`.

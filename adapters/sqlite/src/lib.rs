@@ -31,7 +31,6 @@ mod dialect;
 mod migrate;
 mod sql;
 mod store;
-mod writer;
 
 pub use dialect::SqliteBackend;
 pub use store::SqliteStore;

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 use txmsg_core::{Error, Ident, Result, Tables};
-use txmsg_sql::{IdList, InboxStatements, MigrationsSql, SettleSql, Statements, Stmt};
+use txmsg_sql::{
+    IdList, InboxStatements, MigrationsSql, OutboxInsert, SettleSql, Statements, Stmt,
+};
 
 use crate::migrate::{self, Rendered};
 
@@ -128,11 +130,9 @@ fn id_list(names: &Names, head: &str, first: usize) -> Stmt {
     }))
 }
 
-/// The statements only SQLite runs: migrations, the producer's insert and
-/// the claim.
+/// The statements only SQLite runs: migrations and the claim.
 #[derive(Debug)]
 pub struct Own {
-    pub(crate) insert: SqlStr,
     /// Claim with heads found in id order ([`HEADS_IN_ID_ORDER`]).
     pub(crate) claim_in_id_order: SqlStr,
     /// Claim with heads found per key ([`HEADS_BY_KEY`]).
@@ -158,7 +158,6 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
 pub(crate) fn with_names(names: &Names) -> Sql {
     let stmt = |template: &str| Stmt::new(names.render(template));
     let own = Own {
-        insert: names.render(INSERT),
         claim_in_id_order: names.render(&claim(HEADS_IN_ID_ORDER)),
         claim_by_key: names.render(&claim(HEADS_BY_KEY)),
         migrations: MigrationsSql {
@@ -171,6 +170,14 @@ pub(crate) fn with_names(names: &Names) -> Sql {
         rendered: migrate::render(names),
     };
     Statements {
+        // One statement: `ON CONFLICT DO NOTHING` leaves the transaction
+        // usable when the idempotency key was seen before.
+        insert: OutboxInsert {
+            insert: stmt(INSERT),
+            unchecked: None,
+            holder: None,
+            notify: None,
+        },
         // The list is numbered from `?2`: `?1` is the time or the owner.
         mark_sent: id_list(names, MARK_SENT, 2).bind_order(&[1, 0]),
         mark_failed: stmt(MARK_FAILED),

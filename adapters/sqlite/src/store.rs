@@ -14,7 +14,6 @@ use txmsg_sql::{Backend, StoreConfig, TableStore};
 use crate::dialect::{SqliteBackend, micros};
 use crate::migrate;
 use crate::sql::{self, Sql};
-use crate::writer::SqliteWriter;
 
 /// How long a statement waits for another connection's write lock before it
 /// fails with `SQLITE_BUSY`.
@@ -125,13 +124,6 @@ impl Backend for SqliteBackend {
                 .connect_with(options.journal_mode(SqliteJournalMode::Wal))
                 .await?
         })
-    }
-
-    fn writer(
-        sql: &std::sync::Arc<Sql>,
-        _notify: Option<&txmsg_core::Ident>,
-    ) -> std::sync::Arc<dyn txmsg_core::OutboxWriter<Sqlite>> {
-        std::sync::Arc::new(SqliteWriter::new(sql.own.insert.clone()))
     }
 
     async fn migrate(store: &SqliteStore) -> Result<()> {

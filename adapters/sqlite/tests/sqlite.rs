@@ -1090,7 +1090,7 @@ async fn store_is_clone_and_debug_without_secrets() {
     assert_eq!(copy.stats().await.unwrap(), store.stats().await.unwrap());
     let shown = format!("{store:?}");
     assert!(shown.starts_with("SqliteStore"), "{shown}");
-    assert!(format!("{:?}", store.writer()).contains("SqliteWriter"));
+    assert!(format!("{:?}", store.writer()).contains("SqlOutboxWriter"));
 }
 
 /// A database file of its own per conformance case.
