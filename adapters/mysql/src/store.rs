@@ -108,6 +108,10 @@ impl Backend for MySqlBackend {
     fn inbox(sql: &Arc<Sql>) -> Arc<dyn txmsg_core::consumer::InboxWriter<MySql>> {
         Arc::new(MySqlInbox {
             sql: Arc::clone(sql),
+            shared: txmsg_sql::SqlInbox::new(
+                sql.inbox.record.clone(),
+                sql.inbox.remove_dead.clone(),
+            ),
         })
     }
 

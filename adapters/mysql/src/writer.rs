@@ -9,6 +9,9 @@ use txmsg_core::consumer::InboxWriter;
 use txmsg_core::{BoxFuture, Result};
 use uuid::Uuid;
 
+use txmsg_sql::SqlInbox;
+
+use crate::MySqlBackend;
 use crate::sql::Sql;
 
 /// Records inbox keys and removes replayed dead letters on the handler's
@@ -16,6 +19,8 @@ use crate::sql::Sql;
 #[derive(Debug)]
 pub(crate) struct MySqlInbox {
     pub(crate) sql: Arc<Sql>,
+    /// The shared writer, for what MySQL does as every store does.
+    pub(crate) shared: SqlInbox<MySqlBackend>,
 }
 
 impl MySqlInbox {
@@ -90,12 +95,6 @@ impl InboxWriter<MySql> for MySqlInbox {
         conn: &'a mut MySqlConnection,
         id: Uuid,
     ) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(async move {
-            let done = sqlx::query(self.sql.inbox.remove_dead.clone())
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-            Ok(done.rows_affected() > 0)
-        })
+        self.shared.remove_dead(conn, id)
     }
 }

@@ -538,17 +538,7 @@ mod tests {
 
     #[test]
     fn an_inbox_without_a_name_for_its_dead_letters_is_refused() {
-        // The naming rule is `Tables::consumer_dead`'s; the statements
-        // apply it.
-        let clash = Tables::default()
-            .with_outbox("events_dead")
-            .unwrap()
-            .with_inbox("events")
-            .unwrap();
-        assert_eq!(
-            txmsg_testkit::config::field_of(statements(&clash)),
-            "inbox_table"
-        );
+        txmsg_testkit::config::assert_dead_letter_name_clash_refused(statements);
     }
 
     #[test]

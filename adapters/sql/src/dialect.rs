@@ -49,7 +49,7 @@ pub enum Arg<'a> {
 }
 
 /// What a database supplies to the shared SQL layer.
-pub trait Dialect: Send + Sync + 'static {
+pub trait Dialect: std::fmt::Debug + Send + Sync + 'static {
     /// The sqlx database.
     type Db: Database<Arguments: sqlx::IntoArguments<Self::Db>>;
 

@@ -1,7 +1,6 @@
 //! The outbox, half-message and inbox writers every SQL store hands
 //! producers and handlers.
 
-use std::fmt;
 use std::marker::PhantomData;
 
 use chrono::{DateTime, Utc};
@@ -10,7 +9,7 @@ use txmsg_core::half::{Decision, ResolveOutcome};
 use txmsg_core::{BoxFuture, Envelope, HalfWriter, Inserted, Lease, OutboxWriter, Result};
 use uuid::Uuid;
 
-use crate::dialect::{Arg, Conn, Dialect, execute, fetch_optional};
+use crate::dialect::{Arg, Conn, Dialect, SqlRow, execute};
 use crate::half::{SettleSql, settle};
 use crate::stmt::Stmt;
 
@@ -45,18 +44,11 @@ pub struct OutboxInsert {
 /// Inserts outbox rows on the producer's connection, inside its
 /// transaction, for a store of dialect `D`: the statements of an
 /// [`OutboxInsert`], bound from the envelope in one way for every store.
+#[derive(Debug)]
 pub struct SqlOutboxWriter<D> {
     sql: OutboxInsert,
     channel: Option<String>,
     dialect: PhantomData<fn() -> D>,
-}
-
-impl<D> fmt::Debug for SqlOutboxWriter<D> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqlOutboxWriter")
-            .field("channel", &self.channel)
-            .finish_non_exhaustive()
-    }
 }
 
 impl<D> SqlOutboxWriter<D> {
@@ -68,6 +60,24 @@ impl<D> SqlOutboxWriter<D> {
             channel,
             dialect: PhantomData,
         }
+    }
+}
+
+/// The row holding `envelope`'s (topic, idempotency key), read with
+/// `holder`, if it is `envelope`'s own: `None` for a duplicate, and for a
+/// row of another key that took its id (not inserted either).
+async fn own_row<D: Dialect>(
+    conn: &mut Conn<D>,
+    holder: &Stmt,
+    envelope: &Envelope,
+) -> Result<Option<SqlRow<D>>> {
+    let key = [
+        Arg::Text(&envelope.topic),
+        Arg::Text(&envelope.idempotency_key),
+    ];
+    match holder.fetch_optional::<D>(conn, &key).await? {
+        Some(row) if D::id(&row, "id")? == envelope.id => Ok(Some(row)),
+        _ => Ok(None),
     }
 }
 
@@ -115,17 +125,9 @@ impl<D: Dialect> SqlOutboxWriter<D> {
             );
         };
         self.sql.insert.execute::<D>(conn, &args).await?;
-        let key = [
-            Arg::Text(&envelope.topic),
-            Arg::Text(&envelope.idempotency_key),
-        ];
-        Ok(match holder.fetch_optional::<D>(conn, &key).await? {
-            // The id may be taken by a row with another key: not inserted
-            // either.
-            Some(row) if D::id(&row, "id")? == envelope.id => {
-                went_in(D::count(&row, "leased")? > 0)
-            }
-            _ => Inserted::Duplicate,
+        Ok(match own_row::<D>(conn, holder, envelope).await? {
+            Some(row) => went_in(D::count(&row, "leased")? > 0),
+            None => Inserted::Duplicate,
         })
     }
 }
@@ -153,20 +155,13 @@ impl<D: Dialect> OutboxWriter<D::Db> for SqlOutboxWriter<D> {
 
 /// Prepares and settles half messages on a producer's connection, for a
 /// store of dialect `D`.
+#[derive(Debug)]
 pub struct SqlHalfWriter<D> {
     prepare: SqlStr,
-    holder: Option<SqlStr>,
+    holder: Option<Stmt>,
     settle: SettleSql,
     after_commit_arg: Option<String>,
     dialect: PhantomData<fn() -> D>,
-}
-
-impl<D> fmt::Debug for SqlHalfWriter<D> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqlHalfWriter")
-            .field("after_commit_arg", &self.after_commit_arg)
-            .finish_non_exhaustive()
-    }
 }
 
 impl<D> SqlHalfWriter<D> {
@@ -195,7 +190,7 @@ impl<D> SqlHalfWriter<D> {
     /// found rows).
     #[must_use]
     pub fn with_holder(mut self, holder: SqlStr) -> Self {
-        self.holder = Some(holder);
+        self.holder = Some(Stmt::new(holder));
         self
     }
 }
@@ -222,16 +217,7 @@ impl<D: Dialect> HalfWriter<D::Db> for SqlHalfWriter<D> {
             let changed = execute::<D>(conn, &self.prepare, &args).await?;
             let inserted = match &self.holder {
                 None => changed > 0,
-                Some(holder) => {
-                    let key = [
-                        Arg::Text(&envelope.topic),
-                        Arg::Text(&envelope.idempotency_key),
-                    ];
-                    match fetch_optional::<D>(conn, holder, &key).await? {
-                        Some(row) => D::id(&row, "id")? == envelope.id,
-                        None => false,
-                    }
-                }
+                Some(holder) => own_row::<D>(conn, holder, envelope).await?.is_some(),
             };
             Ok(if inserted {
                 Inserted::Unleased
@@ -261,16 +247,11 @@ impl<D: Dialect> HalfWriter<D::Db> for SqlHalfWriter<D> {
 
 /// Records inbox keys and removes replayed dead letters on a handler's
 /// connection, in one statement each, for a store of dialect `D`.
+#[derive(Debug)]
 pub struct SqlInbox<D> {
     record: SqlStr,
     remove_dead: SqlStr,
     dialect: PhantomData<fn() -> D>,
-}
-
-impl<D> fmt::Debug for SqlInbox<D> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqlInbox").finish_non_exhaustive()
-    }
 }
 
 impl<D> SqlInbox<D> {

@@ -1,6 +1,6 @@
 //! Helpers for the tests of configuration checks.
 
-use txmsg_core::{Error, Result};
+use txmsg_core::{Error, Result, Tables};
 
 /// The field an [`Error::Config`] names.
 ///
@@ -88,4 +88,20 @@ where
         "an unknown key is refused"
     );
     config
+}
+
+/// Fails unless `statements` refuses, for `inbox_table`, tables whose
+/// inbox leaves no name for its dead-letter table (the rule of
+/// [`Tables::consumer_dead`](txmsg_core::Tables::consumer_dead), which
+/// every store's statements apply).
+///
+/// # Panics
+///
+/// If the tables are accepted or refused for another reason.
+pub fn assert_dead_letter_name_clash_refused<T>(statements: impl Fn(&Tables) -> Result<T>) {
+    let clash = Tables::default()
+        .with_outbox("events_dead")
+        .and_then(|t| t.with_inbox("events"))
+        .expect("valid names");
+    assert_eq!(field_of(statements(&clash)), "inbox_table");
 }

@@ -15,22 +15,17 @@
 //!
 //! # Examples
 //!
-//! ```no_run
-//! use txmsg_core::{HalfStore, SqlStore, Store};
-//!
-//! async fn half_conformance<S: SqlStore + HalfStore>(open_isolated: impl Fn() -> S) {
-//!     txmsg_testkit::half::run_all(|| {
-//!         let store = open_isolated();
-//!         async move {
-//!             store.migrate().await.expect("migrate");
-//!             store
-//!         }
-//!     })
-//!     .await;
-//! }
+//! ```ignore
+//! // In `adapters/<store>/tests/<store>.rs`, with `Fixture` a
+//! // [`StoreFixture`](crate::StoreFixture) that gives each case a migrated
+//! // store on a schema or database of its own:
+//! txmsg_testkit::half_conformance!(Fixture);
 //! ```
 //!
-//! [`upgrade_keeps_rows`] is not part of [`run_all`]: it needs the adapter to
+//! One `#[tokio::test]` per case, so that one case runs alone:
+//! `cargo nextest run -p txmsg-postgres -E 'test(half_conformance::<case>)'`.
+//!
+//! [`upgrade_keeps_rows`] is not one of the cases the macro runs: it needs the adapter to
 //! take its tables back to the previous version.
 //!
 //! # Panics
@@ -52,7 +47,7 @@ use txmsg_core::{
 };
 use uuid::Uuid;
 /// Invokes the macro at path `[$path]` with `[$pre]` followed by the cases
-/// of [`run_all`]: the one list of this suite's cases.
+/// of this suite: the one list of its cases.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __half_cases {
@@ -93,32 +88,6 @@ macro_rules! half_conformance {
     ($fixture:ty, $module:ident) => {
         $crate::__half_cases!([$crate::__store_fixture_tests] [$module, half, $fixture:]);
     };
-}
-
-/// Runs every case of this suite, each on a fresh store from `make`.
-///
-/// `make` must return a migrated, empty store that no other case or test
-/// uses. Cases run one after another; each prints its name to stderr first,
-/// so a failure's output says which case broke.
-///
-/// # Panics
-///
-/// When a case fails.
-pub async fn run_all<S, F, Fut>(mut make: F)
-where
-    S: SqlStore + HalfStore,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = S>,
-{
-    macro_rules! cases {
-        ($($case:ident),* $(,)?) => {
-            $(
-                eprintln!("half conformance: {}", stringify!($case));
-                $case(&make().await).await;
-            )*
-        };
-    }
-    crate::__half_cases!([cases] []);
 }
 
 // ---------------------------------------------------------------------------
@@ -944,7 +913,7 @@ pub async fn resume_ignores_other_dead_rows<S: SqlStore + HalfStore>(store: &S) 
 /// `store` is migrated and empty; `to_previous_version` takes its tables back
 /// to the version before half messages (for example by dropping the `half`
 /// column and its index and deleting the version's record), keeping the
-/// rows. Not part of [`run_all`].
+/// rows. Not one of the cases the macro runs.
 pub async fn upgrade_keeps_rows<S, F, Fut>(store: &S, to_previous_version: F)
 where
     S: SqlStore + HalfStore,

@@ -20,23 +20,17 @@
 //! In an adapter's integration tests, with a function that opens a store on a
 //! database, schema or table prefix of its own:
 //!
-//! ```no_run
-//! use txmsg_core::Store;
-//! use txmsg_core::consumer::InboxStore;
-//!
-//! async fn inbox_conformance<S: InboxStore>(open_isolated: impl Fn() -> S) {
-//!     txmsg_testkit::inbox::run_all(|| {
-//!         let store = open_isolated();
-//!         async move {
-//!             store.migrate().await.expect("migrate");
-//!             store
-//!         }
-//!     })
-//!     .await;
-//! }
+//! ```ignore
+//! // In `adapters/<store>/tests/<store>.rs`, with `Fixture` a
+//! // [`StoreFixture`](crate::StoreFixture) that gives each case a migrated
+//! // store on a schema or database of its own:
+//! txmsg_testkit::inbox_conformance!(Fixture);
 //! ```
 //!
-//! [`upgrade_keeps_rows`] is not part of [`run_all`]: it needs the adapter to
+//! One `#[tokio::test]` per case, so that one case runs alone:
+//! `cargo nextest run -p txmsg-postgres -E 'test(inbox_conformance::<case>)'`.
+//!
+//! [`upgrade_keeps_rows`] is not one of the cases the macro runs: it needs the adapter to
 //! take its tables back to the previous version.
 //!
 //! # Panics
@@ -51,7 +45,7 @@ use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore};
 use txmsg_core::{DeadFilter, Envelope, Message, Outbox, Store};
 use uuid::Uuid;
 /// Invokes the macro at path `[$path]` with `[$pre]` followed by the cases
-/// of [`run_all`]: the one list of this suite's cases.
+/// of this suite: the one list of its cases.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __inbox_cases {
@@ -86,32 +80,6 @@ macro_rules! inbox_conformance {
     ($fixture:ty, $module:ident) => {
         $crate::__inbox_cases!([$crate::__store_fixture_tests] [$module, inbox, $fixture:]);
     };
-}
-
-/// Runs every case of this suite, each on a fresh store from `make`.
-///
-/// `make` must return a migrated, empty store that no other case or test
-/// uses. Cases run one after another; each prints its name to stderr first,
-/// so a failure's output says which case broke.
-///
-/// # Panics
-///
-/// When a case fails.
-pub async fn run_all<S, F, Fut>(mut make: F)
-where
-    S: InboxStore,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = S>,
-{
-    macro_rules! cases {
-        ($($case:ident),* $(,)?) => {
-            $(
-                eprintln!("inbox conformance: {}", stringify!($case));
-                $case(&make().await).await;
-            )*
-        };
-    }
-    crate::__inbox_cases!([cases] []);
 }
 
 // ---------------------------------------------------------------------------
@@ -319,7 +287,7 @@ pub async fn migrate_is_idempotent<S: InboxStore>(store: &S) {
 /// `store` is migrated and empty; `to_previous_version` takes its tables back
 /// to the version before the consumer dead letters (for example by dropping
 /// the dead-letter table and deleting the version's record), keeping the
-/// outbox and inbox rows. Not part of [`run_all`].
+/// outbox and inbox rows. Not one of the cases the macro runs.
 pub async fn upgrade_keeps_rows<S, F, Fut>(store: &S, to_previous_version: F)
 where
     S: InboxStore,
@@ -411,7 +379,7 @@ pub async fn record_is_once_per_topic_and_key<S: InboxStore>(store: &S) {
 /// back to the layout before the topic was part of the key (the table keyed
 /// by (group, idempotency key) only, and the version's record deleted) and
 /// records the key it is given for the group it is given, as that version
-/// did. Not part of [`run_all`].
+/// did. Not one of the cases the macro runs.
 pub async fn keys_from_before_topics_are_recognised<S, F, Fut>(
     store: &S,
     to_layout_without_topics: F,

@@ -1,7 +1,9 @@
 //! Conformance suites that every txmsg adapter must pass.
 //!
 //! One suite per core trait, each a set of plain `pub async fn`s that take the
-//! adapter under test, plus a `run_all` that runs every case. An adapter's
+//! adapter under test, plus a macro that makes each case a test of its own
+//! over the adapter's fixture ([`store_conformance!`],
+//! [`broker_conformance!`], ...). An adapter's
 //! integration tests call the suite of the trait it implements, against the
 //! real service, so all adapters are held to the same contract.
 //!

@@ -23,22 +23,15 @@
 //! In an adapter's integration tests, with a function that opens a store on a
 //! database, schema or table prefix of its own:
 //!
-//! ```no_run
-//! use txmsg_core::{SqlStore, Store};
-//!
-//! async fn store_conformance<S: SqlStore>(open_isolated: impl Fn() -> S) {
-//!     txmsg_testkit::store::run_all(|| {
-//!         let store = open_isolated();
-//!         async move {
-//!             store.migrate().await.expect("migrate");
-//!             store
-//!         }
-//!     })
-//!     .await;
-//! }
+//! ```ignore
+//! // In `adapters/<store>/tests/<store>.rs`, with `Fixture` a
+//! // [`StoreFixture`](crate::StoreFixture) that gives each case a migrated
+//! // store on a schema or database of its own:
+//! txmsg_testkit::store_conformance!(Fixture);
 //! ```
 //!
-//! Or one case at a time, e.g. `store::claim_keeps_key_order(&store).await`.
+//! One `#[tokio::test]` per case, so that one case runs alone:
+//! `cargo nextest run -p txmsg-postgres -E 'test(store_conformance::<case>)'`.
 //!
 //! # Panics
 //!
@@ -53,7 +46,7 @@ use txmsg_core::{
 };
 use uuid::Uuid;
 /// Invokes the macro at path `[$path]` with `[$pre]` followed by the cases
-/// of [`run_all`]: the one list of this suite's cases.
+/// of this suite: the one list of its cases.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __store_cases {
@@ -100,32 +93,6 @@ macro_rules! store_conformance {
     };
 }
 
-/// Runs every case of this suite, each on a fresh store from `make`.
-///
-/// `make` must return a migrated, empty store that no other case or test
-/// uses. Cases run one after another; each prints its name to stderr first,
-/// so a failure's output says which case broke.
-///
-/// # Panics
-///
-/// When a case fails.
-pub async fn run_all<S, F, Fut>(mut make: F)
-where
-    S: SqlStore,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = S>,
-{
-    macro_rules! cases {
-        ($($case:ident),* $(,)?) => {
-            $(
-                eprintln!("store conformance: {}", stringify!($case));
-                $case(&make().await).await;
-            )*
-        };
-    }
-    crate::__store_cases!([cases] []);
-}
-
 // ---------------------------------------------------------------------------
 // helpers
 
@@ -161,6 +128,32 @@ async fn claim_with<S: Store>(store: &S, req: &ClaimRequest) -> Vec<Envelope> {
     sorted.sort();
     assert_eq!(ids, sorted, "claim must return rows sorted by id");
     claimed
+}
+
+async fn release_ok<S: Store>(store: &S, ids: &[Uuid], owner: Uuid) {
+    store.release(ids, owner).await.expect("release failed");
+}
+
+async fn mark_sent_ok<S: Store>(store: &S, ids: &[Uuid], at: DateTime<Utc>) {
+    store.mark_sent(ids, at).await.expect("mark_sent failed");
+}
+
+async fn mark_dead_ok<S: Store>(store: &S, id: Uuid, owner: Uuid, reason: &str, at: DateTime<Utc>) {
+    store
+        .mark_dead(id, owner, reason, at)
+        .await
+        .expect("mark_dead failed");
+}
+
+async fn mark_failed_ok<S: Store>(store: &S, failure: &Failure) {
+    store
+        .mark_failed(failure)
+        .await
+        .expect("mark_failed failed");
+}
+
+async fn stats_ok<S: Store>(store: &S) -> txmsg_core::OutboxStats {
+    store.stats().await.expect("stats failed")
 }
 
 fn ids(envelopes: &[Envelope]) -> Vec<Uuid> {
@@ -225,7 +218,7 @@ pub async fn migrate_is_idempotent<S: SqlStore>(store: &S) {
     store.migrate().await.expect("second migrate failed");
     enqueue(store, vec![msg("conf.migrate", None, 1)]).await;
     store.migrate().await.expect("third migrate failed");
-    let stats = store.stats().await.expect("stats failed");
+    let stats = stats_ok(store).await;
     assert_eq!(stats.pending, 1, "migrate must keep existing rows");
     assert_eq!((stats.sent, stats.dead), (0, 0));
 }
@@ -248,7 +241,7 @@ pub async fn commit_round_trips_every_field<S: SqlStore>(store: &S) {
     let id = enqueue(store, vec![message]).await[0];
     let after = Utc::now();
 
-    let stats = store.stats().await.expect("stats failed");
+    let stats = stats_ok(store).await;
     assert_eq!(stats.pending, 1);
 
     let owner = Uuid::now_v7();
@@ -324,7 +317,7 @@ pub async fn rollback_writes_nothing<S: SqlStore>(store: &S) {
             .await
             .is_empty()
     );
-    let stats = store.stats().await.expect("stats failed");
+    let stats = stats_ok(store).await;
     assert_eq!((stats.pending, stats.sent, stats.dead), (0, 0, 0));
     assert_eq!(stats.oldest_pending, None);
 }
@@ -421,10 +414,7 @@ pub async fn mark_sent_finishes_rows<S: SqlStore>(store: &S) {
     let a = Uuid::now_v7();
     let t0 = after_writes();
     assert_eq!(claim(store, a, t0).await.len(), 2);
-    store
-        .mark_sent(&written[..1], t0)
-        .await
-        .expect("mark_sent failed");
+    mark_sent_ok(store, &written[..1], t0).await;
     store
         .mark_sent(&[], t0)
         .await
@@ -435,10 +425,7 @@ pub async fn mark_sent_finishes_rows<S: SqlStore>(store: &S) {
         ids(&claim(store, Uuid::now_v7(), later).await),
         vec![written[1]]
     );
-    store
-        .mark_sent(&written, later)
-        .await
-        .expect("mark_sent failed");
+    mark_sent_ok(store, &written, later).await;
     store
         .mark_sent(&written, later)
         .await
@@ -449,7 +436,7 @@ pub async fn mark_sent_finishes_rows<S: SqlStore>(store: &S) {
             .await
             .is_empty()
     );
-    let stats = store.stats().await.expect("stats failed");
+    let stats = stats_ok(store).await;
     assert_eq!((stats.pending, stats.sent, stats.dead), (0, 2, 0));
     assert_eq!(stats.oldest_pending, None);
 }
@@ -468,19 +455,13 @@ pub async fn mark_failed_schedules_a_retry<S: SqlStore>(store: &S) {
         next_attempt_at: retry_at,
         error: "broker unreachable".to_owned(),
     };
-    store
-        .mark_failed(&fail(b, t0))
-        .await
-        .expect("mark_failed failed");
+    mark_failed_ok(store, &fail(b, t0)).await;
     assert!(
         claim(store, b, t0).await.is_empty(),
         "only the lease holder may record a failure"
     );
 
-    store
-        .mark_failed(&fail(a, t0 + secs(60)))
-        .await
-        .expect("mark_failed failed");
+    mark_failed_ok(store, &fail(a, t0 + secs(60))).await;
     assert!(
         claim(store, b, t0 + secs(1)).await.is_empty(),
         "a failed row waits for its retry"
@@ -497,13 +478,10 @@ pub async fn mark_failed_schedules_a_retry<S: SqlStore>(store: &S) {
     );
     assert_eq!(retried[0].attempts, 1);
 
-    store
-        .mark_failed(&fail(b, t0 + secs(120)))
-        .await
-        .expect("mark_failed failed");
+    mark_failed_ok(store, &fail(b, t0 + secs(120))).await;
     let retried = claim(store, a, t0 + secs(121)).await;
     assert_eq!(retried[0].attempts, 2);
-    let stats = store.stats().await.expect("stats failed");
+    let stats = stats_ok(store).await;
     assert_eq!(
         (stats.pending, stats.dead),
         (1, 0),
@@ -535,30 +513,18 @@ pub async fn mark_dead_lists_and_replays<S: SqlStore>(store: &S) {
         next_attempt_at: t0,
         error: "first failure".to_owned(),
     };
-    store
-        .mark_failed(&failure)
-        .await
-        .expect("mark_failed failed");
+    mark_failed_ok(store, &failure).await;
     assert_eq!(ids(&claim(store, a, t0).await), vec![x]);
 
-    store
-        .mark_dead(y, b, "not the owner", t0)
-        .await
-        .expect("mark_dead failed");
+    mark_dead_ok(store, y, b, "not the owner", t0).await;
     let none = store
         .dead_letters(&DeadFilter::default())
         .await
         .expect("dead_letters failed");
     assert!(none.is_empty(), "only the lease holder may mark a row dead");
 
-    store
-        .mark_dead(x, a, "payload too large", t0 + secs(1))
-        .await
-        .expect("mark_dead failed");
-    store
-        .mark_dead(y, a, "expired", t0 + secs(2))
-        .await
-        .expect("mark_dead failed");
+    mark_dead_ok(store, x, a, "payload too large", t0 + secs(1)).await;
+    mark_dead_ok(store, y, a, "expired", t0 + secs(2)).await;
 
     let dead = store
         .dead_letters(&DeadFilter::default())
@@ -606,7 +572,7 @@ pub async fn mark_dead_lists_and_replays<S: SqlStore>(store: &S) {
     let limited = store.dead_letters(&DeadFilter::default().limit(1)).await;
     assert_eq!(limited.expect("dead_letters failed").len(), 1);
 
-    let stats = store.stats().await.expect("stats failed");
+    let stats = stats_ok(store).await;
     assert_eq!((stats.pending, stats.dead), (1, 2));
     let later = t0 + secs(3600);
     assert_eq!(
@@ -664,13 +630,13 @@ pub async fn release_gives_rows_back<S: SqlStore>(store: &S) {
     let t0 = after_writes();
     assert_eq!(claim(store, a, t0).await.len(), 2);
 
-    store.release(&written, b).await.expect("release failed");
+    release_ok(store, &written, b).await;
     assert!(
         claim(store, b, t0).await.is_empty(),
         "only the lease holder may release"
     );
 
-    store.release(&written, a).await.expect("release failed");
+    release_ok(store, &written, a).await;
     store
         .release(&[], a)
         .await
@@ -691,18 +657,9 @@ pub async fn purge_sent_deletes_old_sent_rows_in_batches<S: SqlStore>(store: &S)
     let a = Uuid::now_v7();
     let t0 = after_writes();
     assert_eq!(claim(store, a, t0).await.len(), 7);
-    store
-        .mark_sent(&written[..3], t0)
-        .await
-        .expect("mark_sent failed");
-    store
-        .mark_sent(&written[3..5], t0 + secs(100))
-        .await
-        .expect("mark_sent failed");
-    store
-        .mark_dead(written[5], a, "dead", t0)
-        .await
-        .expect("mark_dead failed");
+    mark_sent_ok(store, &written[..3], t0).await;
+    mark_sent_ok(store, &written[3..5], t0 + secs(100)).await;
+    mark_dead_ok(store, written[5], a, "dead", t0).await;
     // written[6] stays pending.
 
     let cut = t0 + secs(50);
@@ -710,12 +667,12 @@ pub async fn purge_sent_deletes_old_sent_rows_in_batches<S: SqlStore>(store: &S)
     assert_eq!(store.purge_sent(cut, 2).await.expect("purge failed"), 1);
     assert_eq!(store.purge_sent(cut, 2).await.expect("purge failed"), 0);
     assert_eq!(store.purge_sent(cut, 0).await.expect("purge failed"), 0);
-    let stats = store.stats().await.expect("stats failed");
+    let stats = stats_ok(store).await;
     assert_eq!((stats.pending, stats.sent, stats.dead), (1, 2, 1));
 
     let far = t0 + secs(3600);
     assert_eq!(store.purge_sent(far, 100).await.expect("purge failed"), 2);
-    let stats = store.stats().await.expect("stats failed");
+    let stats = stats_ok(store).await;
     assert_eq!(
         (stats.pending, stats.sent, stats.dead),
         (1, 0, 1),
@@ -783,10 +740,7 @@ pub async fn leased_head_holds_back_its_key<S: SqlStore>(store: &S) {
     );
 
     // The holder finishes the first row: the rest of the key is next, in order.
-    store
-        .mark_sent(&[w[0]], t0)
-        .await
-        .expect("mark_sent failed");
+    mark_sent_ok(store, &[w[0]], t0).await;
     assert_eq!(ids(&claim(store, a, t0).await), vec![w[1], w[4]]);
 }
 
@@ -813,15 +767,9 @@ pub async fn retry_holds_back_its_key<S: SqlStore>(store: &S) {
         next_attempt_at: t0 + secs(60),
         error: "nack".to_owned(),
     };
-    store
-        .mark_failed(&failure)
-        .await
-        .expect("mark_failed failed");
-    store.release(&[w[1]], a).await.expect("release failed");
-    store
-        .mark_sent(&[w[2]], t0)
-        .await
-        .expect("mark_sent failed");
+    mark_failed_ok(store, &failure).await;
+    release_ok(store, &[w[1]], a).await;
+    mark_sent_ok(store, &[w[2]], t0).await;
     let later_b = enqueue(store, vec![msg(t, Some("b"), 4)]).await[0];
 
     let t1 = after_writes().max(t0 + secs(1));
@@ -830,10 +778,7 @@ pub async fn retry_holds_back_its_key<S: SqlStore>(store: &S) {
         vec![later_b],
         "key `a` waits for its retry, key `b` flows"
     );
-    store
-        .mark_sent(&[later_b], t1)
-        .await
-        .expect("mark_sent failed");
+    mark_sent_ok(store, &[later_b], t1).await;
 
     let retried = claim(store, b, t0 + secs(60)).await;
     assert_eq!(
@@ -856,14 +801,8 @@ pub async fn dead_row_parks_its_key<S: SqlStore>(store: &S) {
     let owners: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
     let t0 = after_writes();
     assert_eq!(ids(&claim(store, owners[0], t0).await), w);
-    store
-        .mark_dead(w[0], owners[0], "poison", t0)
-        .await
-        .expect("mark_dead failed");
-    store
-        .release(&w[1..], owners[0])
-        .await
-        .expect("release failed");
+    mark_dead_ok(store, w[0], owners[0], "poison", t0).await;
+    release_ok(store, &w[1..], owners[0]).await;
 
     let parked = claim_req(owners[1], t0, 100);
     assert_eq!(
@@ -871,10 +810,7 @@ pub async fn dead_row_parks_its_key<S: SqlStore>(store: &S) {
         vec![w[2]],
         "key `a` is parked"
     );
-    store
-        .mark_sent(&[w[2]], t0)
-        .await
-        .expect("mark_sent failed");
+    mark_sent_ok(store, &[w[2]], t0).await;
     assert!(
         claim_with(store, &parked).await.is_empty(),
         "key `a` stays parked"
@@ -889,10 +825,7 @@ pub async fn dead_row_parks_its_key<S: SqlStore>(store: &S) {
         vec![w[1]],
         "without parking it flows"
     );
-    store
-        .release(&[w[1]], owners[2])
-        .await
-        .expect("release failed");
+    release_ok(store, &[w[1]], owners[2]).await;
 
     assert!(store.replay(w[0], t0).await.expect("replay failed"));
     let replayed = claim_with(store, &claim_req(owners[3], t0, 100)).await;
@@ -920,56 +853,35 @@ pub async fn claim_stops_a_key_at_its_first_unclaimable_row<S: SqlStore>(store: 
         next_attempt_at: t0 + secs(60),
         error: "nack".into(),
     };
-    store
-        .mark_failed(&failure)
-        .await
-        .expect("mark_failed failed");
-    store
-        .release(&[w[0], w[2], w[3]], owners[0])
-        .await
-        .expect("release failed");
+    mark_failed_ok(store, &failure).await;
+    release_ok(store, &[w[0], w[2], w[3]], owners[0]).await;
     assert_eq!(
         ids(&claim(store, owners[1], t0).await),
         vec![w[0]],
         "a retry closes the run"
     );
-    store
-        .release(&[w[0]], owners[1])
-        .await
-        .expect("release failed");
+    release_ok(store, &[w[0]], owners[1]).await;
 
     // The second row is leased elsewhere.
     let t1 = t0 + secs(60);
     assert_eq!(ids(&claim(store, owners[2], t1).await), w);
-    store
-        .release(&[w[0], w[2], w[3]], owners[2])
-        .await
-        .expect("release failed");
+    release_ok(store, &[w[0], w[2], w[3]], owners[2]).await;
     assert_eq!(
         ids(&claim(store, owners[3], t1).await),
         vec![w[0]],
         "a lease closes the run"
     );
-    store
-        .release(&[w[0]], owners[3])
-        .await
-        .expect("release failed");
+    release_ok(store, &[w[0]], owners[3]).await;
 
     // The second row is dead.
-    store
-        .mark_dead(w[1], owners[2], "poison", t1)
-        .await
-        .expect("mark_dead failed");
+    mark_dead_ok(store, w[1], owners[2], "poison", t1).await;
     let parked = claim_req(owners[4], t1, 100);
     assert_eq!(
         ids(&claim_with(store, &parked).await),
         vec![w[0]],
         "a dead row closes the run"
     );
-    store
-        .release(&[w[0]], owners[4])
-        .await
-        .expect("release failed");
+    release_ok(store, &[w[0]], owners[4]).await;
     let skipping = ClaimRequest {
         dead_parks_key: false,
         ..claim_req(owners[5], t1, 100)
@@ -1112,7 +1024,7 @@ pub async fn concurrent_claims_are_disjoint<S: SqlStore>(store: &S) {
         sorted.sort();
         assert_eq!(order, &sorted, "key {key} was claimed out of order");
     }
-    let stats = store.stats().await.expect("stats failed");
+    let stats = stats_ok(store).await;
     assert_eq!((stats.pending, stats.sent), (0, total as u64));
 }
 
@@ -1191,10 +1103,7 @@ pub async fn insert_with_lease_yields_to_earlier_rows<S: SqlStore>(store: &S) {
     tx.commit().await.expect("commit failed");
 
     // Rows of a finished key no longer hold it back.
-    store
-        .mark_sent(&[e4.id], Utc::now())
-        .await
-        .expect("mark_sent failed");
+    mark_sent_ok(store, &[e4.id], Utc::now()).await;
     let e10 = envelope(t, Some("k2"));
     assert_eq!(
         insert(store, &e10, lease_a).await,
@@ -1205,10 +1114,7 @@ pub async fn insert_with_lease_yields_to_earlier_rows<S: SqlStore>(store: &S) {
     // A dead row parks its key for inserts too.
     let e11 = envelope(t, Some("k4"));
     assert_eq!(insert(store, &e11, lease_a).await, Inserted::Leased);
-    store
-        .mark_dead(e11.id, a, "poison", Utc::now())
-        .await
-        .expect("mark_dead failed");
+    mark_dead_ok(store, e11.id, a, "poison", Utc::now()).await;
     let e12 = envelope(t, Some("k4"));
     assert_eq!(
         insert(store, &e12, lease_a).await,
@@ -1221,7 +1127,7 @@ pub async fn insert_with_lease_yields_to_earlier_rows<S: SqlStore>(store: &S) {
     let now = after_writes();
     let claimed = claim(store, c, now).await;
     assert_eq!(ids(&claimed), vec![e8.id, e9.id]);
-    let stats = store.stats().await.expect("stats failed");
+    let stats = stats_ok(store).await;
     assert_eq!(
         stats.pending, 10,
         "every row but the sent, the dead and the duplicate is pending"
@@ -1257,7 +1163,7 @@ pub async fn timestamps_come_from_the_caller<S: SqlStore>(store: &S) {
     assert_eq!(ids(&claimed), vec![id]);
     assert!(close(claimed[0].created_at, future));
     assert!(!claimed[0].is_expired(future));
-    let stats = store.stats().await.expect("stats failed");
+    let stats = stats_ok(store).await;
     assert!(stats.oldest_pending.is_some_and(|t| close(t, future)));
 }
 
@@ -1287,19 +1193,10 @@ pub async fn topic_stats_count_each_topic<S: SqlStore>(store: &S) {
 
     // a[0] sent long ago, a[1] sent at t0: only a[1] is recent. b[0] dead,
     // b[1] sent at t0. a[2], a[3] stay pending.
-    store
-        .mark_sent(&a[..1], t0 - secs(3600))
-        .await
-        .expect("mark_sent failed");
-    store
-        .mark_sent(&[a[1], b[1]], t0)
-        .await
-        .expect("mark_sent failed");
-    store
-        .mark_dead(b[0], owner, "broken", t0)
-        .await
-        .expect("mark_dead failed");
-    store.release(&a[2..], owner).await.expect("release failed");
+    mark_sent_ok(store, &a[..1], t0 - secs(3600)).await;
+    mark_sent_ok(store, &[a[1], b[1]], t0).await;
+    mark_dead_ok(store, b[0], owner, "broken", t0).await;
+    release_ok(store, &a[2..], owner).await;
 
     let stats = store
         .topic_stats(t0 - secs(60))
@@ -1371,10 +1268,7 @@ pub async fn dead_letter_by_id_and_purge_dead<S: SqlStore>(store: &S) {
     assert_eq!(claim(store, owner, t0).await.len(), 5);
     for (i, id) in written[..4].iter().enumerate() {
         let at = t0 + secs(i64::try_from(i).expect("small") + 1);
-        store
-            .mark_dead(*id, owner, "gave up", at)
-            .await
-            .expect("mark_dead failed");
+        mark_dead_ok(store, *id, owner, "gave up", at).await;
     }
     // written[4] stays pending (leased).
 
@@ -1451,7 +1345,7 @@ pub async fn dead_letter_by_id_and_purge_dead<S: SqlStore>(store: &S) {
             .expect("purge_dead failed"),
         1
     );
-    let stats = store.stats().await.expect("stats failed");
+    let stats = stats_ok(store).await;
     assert_eq!(
         (stats.pending, stats.dead),
         (1, 0),
@@ -1498,17 +1392,14 @@ pub async fn an_unreadable_row_is_dead_lettered<S, C, CF, R, RF>(
         .await
         .expect("a claim must not fail on a row it cannot read");
     assert_eq!(ids(&claimed), vec![w[0], w[3]]);
-    let stats = store.stats().await.expect("stats failed");
+    let stats = stats_ok(store).await;
     assert_eq!(stats.dead, 1, "the unreadable row is dead");
     let reason = last_error(w[1]).await.unwrap_or_default();
     assert!(
         reason.starts_with("the row cannot be read:"),
         "reason: {reason:?}"
     );
-    store
-        .mark_sent(&[w[0], w[3]], t0)
-        .await
-        .expect("mark_sent failed");
+    mark_sent_ok(store, &[w[0], w[3]], t0).await;
     // The dead row parks its key, and claims keep working.
     assert!(claim(store, Uuid::now_v7(), t0).await.is_empty());
     let skipping = ClaimRequest {
