@@ -46,14 +46,8 @@ use txmsg_core::{
     SqlStore,
 };
 use uuid::Uuid;
-/// Invokes the macro at path `[$path]` with `[$pre]` followed by the cases
-/// of this suite: the one list of its cases.
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __half_cases {
-    ([$($path:tt)*] [$($pre:tt)*]) => {
-        $($path)*! {
-            $($pre)*
+crate::suite_macro! {
+    $ half_conformance, half, [
         migrate_is_idempotent,
         prepared_is_stored_but_not_published,
         prepared_round_trips_every_field,
@@ -72,22 +66,7 @@ macro_rules! __half_cases {
         mark_prepared_dead_only_takes_a_held_prepared_row,
         resume_puts_a_dead_half_message_back,
         resume_ignores_other_dead_rows,
-        }
-    };
-}
-
-/// One `#[tokio::test]` per case of this suite, in a module
-/// `half_conformance` (or the one named after the fixture), each on a
-/// fresh [`StoreFixture`](crate::StoreFixture), so that one case runs
-/// alone and a failure hides no other. See [`crate::StoreFixture`].
-#[macro_export]
-macro_rules! half_conformance {
-    ($fixture:ty) => {
-        $crate::half_conformance!($fixture, half_conformance);
-    };
-    ($fixture:ty, $module:ident) => {
-        $crate::__half_cases!([$crate::__store_fixture_tests] [$module, half, $fixture:]);
-    };
+    ]
 }
 
 // ---------------------------------------------------------------------------

@@ -44,14 +44,8 @@ use chrono::{DateTime, Utc};
 use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore};
 use txmsg_core::{DeadFilter, Envelope, Message, Outbox, Store};
 use uuid::Uuid;
-/// Invokes the macro at path `[$path]` with `[$pre]` followed by the cases
-/// of this suite: the one list of its cases.
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __inbox_cases {
-    ([$($path:tt)*] [$($pre:tt)*]) => {
-        $($path)*! {
-            $($pre)*
+crate::suite_macro! {
+    $ inbox_conformance, inbox, [
         migrate_is_idempotent,
         record_is_once_per_group_and_key,
         record_is_once_per_topic_and_key,
@@ -64,22 +58,7 @@ macro_rules! __inbox_cases {
         dead_letters_are_listed_100_at_most_by_default,
         remove_dead_follows_the_transaction,
         purge_inbox_deletes_old_keys_in_batches,
-        }
-    };
-}
-
-/// One `#[tokio::test]` per case of this suite, in a module
-/// `inbox_conformance` (or the one named after the fixture), each on a
-/// fresh [`StoreFixture`](crate::StoreFixture), so that one case runs
-/// alone and a failure hides no other. See [`crate::StoreFixture`].
-#[macro_export]
-macro_rules! inbox_conformance {
-    ($fixture:ty) => {
-        $crate::inbox_conformance!($fixture, inbox_conformance);
-    };
-    ($fixture:ty, $module:ident) => {
-        $crate::__inbox_cases!([$crate::__store_fixture_tests] [$module, inbox, $fixture:]);
-    };
+    ]
 }
 
 // ---------------------------------------------------------------------------

@@ -64,6 +64,33 @@ pub trait StoreFixture: Sized + Send {
     fn finish(self) -> impl Future<Output = ()> + Send;
 }
 
+/// Defines `$name!`, the macro of a store suite (`$suite`, whose cases
+/// are `$case`s): `$name!(Fixture)` makes one `#[tokio::test]` per case in
+/// a module `$name` (`$name!(Fixture, module)` names the module), each on a
+/// fresh [`StoreFixture`], so that one case runs alone and a failure hides
+/// no other. `$d` is `$`, for the defined macro's own variables.
+macro_rules! suite_macro {
+    ($d:tt $name:ident, $suite:ident, [$($case:ident),* $(,)?]) => {
+        #[doc = concat!(
+            "One `#[tokio::test]` per case of the [`", stringify!($suite), "`](crate::",
+            stringify!($suite), ") suite, in a module `", stringify!($name), "` (or the one ",
+            "named after the fixture), each on a fresh [`StoreFixture`](crate::StoreFixture), ",
+            "so that one case runs alone and a failure hides no other. The adapters' own ",
+            "tests (`adapters/*/tests/*.rs`) show one fixture per store."
+        )]
+        #[macro_export]
+        macro_rules! $name {
+            ($d fixture:ty) => {
+                $crate::__store_fixture_tests!($name, $suite, $d fixture: $($case),*);
+            };
+            ($d fixture:ty, $d module:ident) => {
+                $crate::__store_fixture_tests!($d module, $suite, $d fixture: $($case),*);
+            };
+        }
+    };
+}
+pub(crate) use suite_macro;
+
 /// The tests of one suite over a [`StoreFixture`]: `[$module, $suite,
 /// $fixture: cases...]`.
 #[doc(hidden)]

@@ -45,14 +45,8 @@ use txmsg_core::{
     ClaimRequest, DeadFilter, Envelope, Failure, Inserted, Lease, Message, Outbox, SqlStore, Store,
 };
 use uuid::Uuid;
-/// Invokes the macro at path `[$path]` with `[$pre]` followed by the cases
-/// of this suite: the one list of its cases.
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __store_cases {
-    ([$($path:tt)*] [$($pre:tt)*]) => {
-        $($path)*! {
-            $($pre)*
+crate::suite_macro! {
+    $ store_conformance, store, [
         migrate_is_idempotent,
         commit_round_trips_every_field,
         rollback_writes_nothing,
@@ -75,22 +69,7 @@ macro_rules! __store_cases {
         timestamps_come_from_the_caller,
         topic_stats_count_each_topic,
         dead_letter_by_id_and_purge_dead,
-        }
-    };
-}
-
-/// One `#[tokio::test]` per case of this suite, in a module
-/// `store_conformance` (or the one named after the fixture), each on a
-/// fresh [`StoreFixture`](crate::StoreFixture), so that one case runs
-/// alone and a failure hides no other. See [`crate::StoreFixture`].
-#[macro_export]
-macro_rules! store_conformance {
-    ($fixture:ty) => {
-        $crate::store_conformance!($fixture, store_conformance);
-    };
-    ($fixture:ty, $module:ident) => {
-        $crate::__store_cases!([$crate::__store_fixture_tests] [$module, store, $fixture:]);
-    };
+    ]
 }
 
 // ---------------------------------------------------------------------------
