@@ -42,10 +42,11 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Duration, Utc};
 use txmsg_core::half::{ClaimedHalf, Decision, HalfOutbox, Prepared, ResolveOutcome};
 use txmsg_core::{
-    ClaimRequest, DeadFilter, Envelope, Failure, HalfStore, Inserted, Lease, Message, Outbox,
-    SqlStore,
+    DeadFilter, Envelope, Failure, HalfStore, Inserted, Lease, Message, Outbox, SqlStore,
 };
 use uuid::Uuid;
+
+use crate::support::{LEASE_SECS, after_writes, claim_req, close, msg, secs};
 crate::suite_macro! {
     $ half_conformance, half, [
         migrate_is_idempotent,
@@ -72,39 +73,6 @@ crate::suite_macro! {
 // ---------------------------------------------------------------------------
 // helpers
 
-const LEASE_SECS: i64 = 30;
-
-fn secs(n: i64) -> Duration {
-    Duration::seconds(n)
-}
-
-/// A point safely after every row written so far.
-fn after_writes() -> DateTime<Utc> {
-    Utc::now() + secs(1)
-}
-
-fn req(owner: Uuid, now: DateTime<Utc>, limit: u32) -> ClaimRequest {
-    ClaimRequest {
-        lease: Lease {
-            owner,
-            until: now + secs(LEASE_SECS),
-        },
-        now,
-        limit,
-        per_key_limit: 100,
-        dead_parks_key: true,
-    }
-}
-
-/// A message of `topic` with ordering key `key` and a small JSON payload.
-fn msg(topic: &str, key: Option<&str>, n: u32) -> Message {
-    let m = Message::new(topic, &n).expect("valid message");
-    match key {
-        Some(k) => m.key(k),
-        None => m,
-    }
-}
-
 /// Stores `message` prepared, its first check due after `check_after`.
 async fn prepare<S: SqlStore + HalfStore>(
     store: &S,
@@ -128,7 +96,7 @@ async fn prepare_now<S: SqlStore + HalfStore>(
 /// The relay's claim.
 async fn relay_claim<S: HalfStore>(store: &S, now: DateTime<Utc>) -> Vec<Uuid> {
     store
-        .claim(&req(Uuid::now_v7(), now, 1000))
+        .claim(&claim_req(Uuid::now_v7(), now, 1000))
         .await
         .expect("claim failed")
         .iter()
@@ -144,7 +112,7 @@ async fn claim_prepared<S: HalfStore>(
     limit: u32,
 ) -> Vec<ClaimedHalf> {
     let claimed = store
-        .claim_prepared(&req(owner, now, limit))
+        .claim_prepared(&claim_req(owner, now, limit))
         .await
         .expect("claim_prepared failed");
     let ids = prepared_ids(&claimed);
@@ -168,10 +136,6 @@ async fn resolve<S: HalfStore>(store: &S, id: Uuid, how: Decision) -> ResolveOut
 async fn counts<S: HalfStore>(store: &S) -> (u64, u64, u64, u64) {
     let s = store.stats().await.expect("stats failed");
     (s.prepared, s.pending, s.sent, s.dead)
-}
-
-fn close(a: DateTime<Utc>, b: DateTime<Utc>) -> bool {
-    (a - b).abs() <= Duration::milliseconds(1)
 }
 
 // ---------------------------------------------------------------------------
@@ -545,7 +509,7 @@ pub async fn concurrent_prepared_claims_are_disjoint<S: SqlStore + HalfStore>(st
     let mut seen = HashSet::new();
     for round in 0..200 {
         let now = t0 + Duration::milliseconds(round);
-        let (ra, rb) = (req(a, now, 17), req(b, now, 23));
+        let (ra, rb) = (claim_req(a, now, 17), claim_req(b, now, 23));
         let (got_a, got_b) = tokio::join!(store.claim_prepared(&ra), store.claim_prepared(&rb));
         let (got_a, got_b) = (
             got_a.expect("claim_prepared failed"),
@@ -853,7 +817,7 @@ pub async fn resume_ignores_other_dead_rows<S: SqlStore + HalfStore>(store: &S) 
     let owner = Uuid::now_v7();
     let now = after_writes();
     let claimed = store
-        .claim(&req(owner, now, 10))
+        .claim(&claim_req(owner, now, 10))
         .await
         .expect("claim failed");
     assert_eq!(claimed.len(), 2);
@@ -916,15 +880,7 @@ where
         .await
         .expect("mark_dead failed");
 
-    to_previous_version().await;
-    store
-        .migrate()
-        .await
-        .expect("migrate from the previous version failed");
-    store
-        .migrate()
-        .await
-        .expect("migrate after the upgrade failed");
+    crate::support::upgrade_from_previous(store, to_previous_version).await;
 
     assert_eq!(counts(store).await, (0, 1, 0, 1), "the upgrade keeps rows");
     assert!(

@@ -285,15 +285,7 @@ where
     tx.commit().await.expect("commit failed");
     assert!(record_committed(store, GROUP, "before-upgrade", at(0)).await);
 
-    to_previous_version().await;
-    store
-        .migrate()
-        .await
-        .expect("migrate from the previous version failed");
-    store
-        .migrate()
-        .await
-        .expect("migrate after the upgrade failed");
+    crate::support::upgrade_from_previous(store, to_previous_version).await;
 
     let stats = store.stats().await.expect("stats failed");
     assert_eq!(stats.pending, 1, "the upgrade must keep outbox rows");

@@ -42,6 +42,7 @@ pub mod logs;
 pub mod proxy;
 pub mod redaction;
 pub mod store;
+mod support;
 pub mod wire;
 
 /// What a store adapter's tests supply to run the store, inbox and half

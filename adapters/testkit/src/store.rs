@@ -45,6 +45,8 @@ use txmsg_core::{
     ClaimRequest, DeadFilter, Envelope, Failure, Inserted, Lease, Message, Outbox, SqlStore, Store,
 };
 use uuid::Uuid;
+
+use crate::support::{LEASE_SECS, after_writes, claim_req, close, msg, secs};
 crate::suite_macro! {
     $ store_conformance, store, [
         migrate_is_idempotent,
@@ -74,27 +76,6 @@ crate::suite_macro! {
 
 // ---------------------------------------------------------------------------
 // helpers
-
-const LEASE_SECS: i64 = 30;
-
-fn secs(n: i64) -> Duration {
-    Duration::seconds(n)
-}
-
-/// A claim by `owner` at `now`, leasing for 30 s, with a dead row parking
-/// its key.
-fn claim_req(owner: Uuid, now: DateTime<Utc>, limit: u32) -> ClaimRequest {
-    ClaimRequest {
-        lease: Lease {
-            owner,
-            until: now + secs(LEASE_SECS),
-        },
-        now,
-        limit,
-        per_key_limit: 100,
-        dead_parks_key: true,
-    }
-}
 
 async fn claim<S: Store>(store: &S, owner: Uuid, now: DateTime<Utc>) -> Vec<Envelope> {
     claim_with(store, &claim_req(owner, now, 1000)).await
@@ -139,15 +120,6 @@ fn ids(envelopes: &[Envelope]) -> Vec<Uuid> {
     envelopes.iter().map(|e| e.id).collect()
 }
 
-/// A message of `topic` with ordering key `key` and a small JSON payload.
-fn msg(topic: &str, key: Option<&str>, n: u32) -> Message {
-    let m = Message::new(topic, &n).expect("valid message");
-    match key {
-        Some(k) => m.key(k),
-        None => m,
-    }
-}
-
 /// Writes `messages` in one committed transaction; returns their ids.
 async fn enqueue<S: SqlStore>(store: &S, messages: Vec<Message>) -> Vec<Uuid> {
     let mut tx = Outbox::new(store).begin().await.expect("begin failed");
@@ -178,15 +150,6 @@ async fn insert<S: SqlStore>(store: &S, env: &Envelope, lease: Option<Lease>) ->
         .expect("insert failed");
     tx.commit().await.expect("commit failed");
     outcome
-}
-
-fn close(a: DateTime<Utc>, b: DateTime<Utc>) -> bool {
-    (a - b).abs() <= Duration::milliseconds(1)
-}
-
-/// A point safely after every row written so far.
-fn after_writes() -> DateTime<Utc> {
-    Utc::now() + secs(1)
 }
 
 // ---------------------------------------------------------------------------
