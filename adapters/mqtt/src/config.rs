@@ -45,20 +45,12 @@ const MAX_CLIENT_ID_PREFIX_LEN: usize = 64;
 /// # Ok(()) }
 /// ```
 ///
-/// The settings deserialize from a service's config file or environment
-/// (any serde format; durations as `"30s"`, `"1h 30m"`; unknown keys
-/// refused; what is left out keeps its default). The broker checks them when
-/// it connects; [`validate`](MqttConfig::validate) checks them before:
+/// It deserializes with serde, from a service's config file or environment,
+/// as [the guide's configuration reference][guide] shows;
+/// [`validate`](Self::validate) then checks it as the setters do
+/// (connecting checks it too).
 ///
-/// ```
-/// use txmsg_mqtt::MqttConfig;
-///
-/// let config: MqttConfig = serde_json::from_str(r#"{ "topic_prefix": "billing/", "keep_alive": "30s" }"#)?;
-/// assert!(config.validate().is_ok());
-/// let bad: MqttConfig = serde_json::from_str(r#"{ "max_packet_size": 0 }"#)?;
-/// assert!(bad.validate().is_err());
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
+/// [guide]: https://github.com/txmsg/txmsg/blob/main/docs/guide.md#4-configuration-reference
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[non_exhaustive]
 #[serde(default, deny_unknown_fields)]

@@ -56,20 +56,12 @@ const MAX_PREFIX_LEN: usize = 128;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
-/// The settings deserialize from a service's config file or environment
-/// (any serde format; durations as `"30s"`, `"1h 30m"`; unknown keys
-/// refused; what is left out keeps its default). The broker checks them when
-/// it connects; [`validate`](NatsConfig::validate) checks them before:
+/// It deserializes with serde, from a service's config file or environment,
+/// as [the guide's configuration reference][guide] shows;
+/// [`validate`](Self::validate) then checks it as the setters do
+/// (connecting checks it too).
 ///
-/// ```
-/// use txmsg_nats::NatsConfig;
-///
-/// let config: NatsConfig = serde_json::from_str(r#"{ "stream": "BILLING", "duplicate_window": "10m", "tls": { "ca_file": "/etc/ssl/ca.pem" } }"#)?;
-/// assert!(config.validate().is_ok());
-/// let bad: NatsConfig = serde_json::from_str(r#"{ "stream": "no.dots" }"#)?;
-/// assert!(bad.validate().is_err());
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
+/// [guide]: https://github.com/txmsg/txmsg/blob/main/docs/guide.md#4-configuration-reference
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[non_exhaustive]
 #[serde(default, deny_unknown_fields)]

@@ -40,20 +40,12 @@ const MAX_CONNECTION_NAME_LEN: usize = 255;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
-/// The settings deserialize from a service's config file or environment
-/// (any serde format; durations as `"30s"`, `"1h 30m"`; unknown keys
-/// refused; what is left out keeps its default). The broker checks them when
-/// it connects; [`validate`](RabbitConfig::validate) checks them before:
+/// It deserializes with serde, from a service's config file or environment,
+/// as [the guide's configuration reference][guide] shows;
+/// [`validate`](Self::validate) then checks it as the setters do
+/// (connecting checks it too).
 ///
-/// ```
-/// use txmsg_rabbitmq::RabbitConfig;
-///
-/// let config: RabbitConfig = serde_json::from_str(r#"{ "exchange": "billing", "reconnect_max": "1m" }"#)?;
-/// assert!(config.validate().is_ok());
-/// let bad: RabbitConfig = serde_json::from_str(r#"{ "reconnect_min": "2m", "reconnect_max": "1m" }"#)?;
-/// assert!(bad.validate().is_err());
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
+/// [guide]: https://github.com/txmsg/txmsg/blob/main/docs/guide.md#4-configuration-reference
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[non_exhaustive]
 #[serde(default, deny_unknown_fields)]

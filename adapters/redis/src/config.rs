@@ -53,20 +53,12 @@ const MAX_PREFIX_LEN: usize = 128;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
-/// The settings deserialize from a service's config file or environment
-/// (any serde format; durations as `"30s"`, `"1h 30m"`; unknown keys
-/// refused; what is left out keeps its default). The broker checks them when
-/// it connects; [`validate`](RedisConfig::validate) checks them before:
+/// It deserializes with serde, from a service's config file or environment,
+/// as [the guide's configuration reference][guide] shows;
+/// [`validate`](Self::validate) then checks it as the setters do
+/// (connecting checks it too).
 ///
-/// ```
-/// use txmsg_redis::RedisConfig;
-///
-/// let config: RedisConfig = serde_json::from_str(r#"{ "key_prefix": "billing:", "max_len": 100000, "block": "2s" }"#)?;
-/// assert!(config.validate().is_ok());
-/// let bad: RedisConfig = serde_json::from_str(r#"{ "read_count": 0 }"#)?;
-/// assert!(bad.validate().is_err());
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
+/// [guide]: https://github.com/txmsg/txmsg/blob/main/docs/guide.md#4-configuration-reference
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[non_exhaustive]
 #[serde(default, deny_unknown_fields)]
