@@ -428,26 +428,9 @@ mod tests {
     use super::*;
     use txmsg_testkit::config::field_of;
 
-    #[tokio::test]
-    async fn a_deserialized_config_is_checked_before_connecting() {
-        // Refused before any connection is tried: nothing listens there.
-        let config = txmsg_testkit::config::checked_settings(
-            r#"{ "topic_prefix": "billing/", "client_id_prefix": "billing", "source": "/billing", "keep_alive": "30s", "session_expiry": "1h", "connect_timeout": "1s", "publish_timeout": "2s", "max_packet_size": 4096 }"#,
-            r#"{ "max_packet_size": 0 }"#,
-            "max_packet_size",
-            MqttConfig::validate,
-            |bad| crate::MqttBroker::connect("mqtt://127.0.0.1:1", bad),
-        )
-        .await;
-        assert_eq!(
-            (
-                config.topic_prefix(),
-                config.keep_alive(),
-                config.max_packet_size()
-            ),
-            ("billing/", Duration::from_secs(30), 4096)
-        );
-    }
+    txmsg_testkit::deserialized_config_is_checked!(MqttConfig; |c| crate::MqttBroker::connect("mqtt://127.0.0.1:1", c);
+        r#"{ "topic_prefix": "billing/", "client_id_prefix": "billing", "source": "/billing", "keep_alive": "30s", "session_expiry": "1h", "connect_timeout": "1s", "publish_timeout": "2s", "max_packet_size": 4096 }"#;
+        r#"{ "max_packet_size": 0 }"#; "max_packet_size");
 
     #[test]
     fn defaults() {

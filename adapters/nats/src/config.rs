@@ -491,27 +491,9 @@ mod tests {
     use super::*;
     use txmsg_testkit::config::field_of;
 
-    #[tokio::test]
-    async fn a_deserialized_config_is_checked_before_connecting() {
-        // Refused before any connection is tried: nothing listens there.
-        let config = txmsg_testkit::config::checked_settings(
-            r#"{ "stream": "BILLING", "subject_prefix": "billing", "duplicate_window": "10m", "ack_wait": "5s", "max_ack_pending": 10, "connect_timeout": "1s", "publish_timeout": "2s", "source": "/billing" }"#,
-            r#"{ "stream": "no.dots" }"#,
-            "stream",
-            NatsConfig::validate,
-            |bad| crate::NatsBroker::connect("nats://127.0.0.1:1", bad),
-        )
-        .await;
-        assert_eq!(
-            (
-                config.stream(),
-                config.subject_prefix(),
-                config.duplicate_window(),
-                config.max_ack_pending()
-            ),
-            ("BILLING", "billing", Duration::from_secs(600), 10)
-        );
-    }
+    txmsg_testkit::deserialized_config_is_checked!(NatsConfig; |c| crate::NatsBroker::connect("nats://127.0.0.1:1", c);
+        r#"{ "stream": "BILLING", "subject_prefix": "billing", "duplicate_window": "10m", "ack_wait": "5s", "max_ack_pending": 10, "connect_timeout": "1s", "publish_timeout": "2s", "source": "/billing" }"#;
+        r#"{ "stream": "no.dots" }"#; "stream");
 
     #[test]
     fn validates() {

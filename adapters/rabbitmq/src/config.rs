@@ -258,30 +258,9 @@ mod tests {
     use super::*;
     use txmsg_testkit::config::field_of;
 
-    #[tokio::test]
-    async fn a_deserialized_config_is_checked_before_connecting() {
-        // Refused before any connection is tried: nothing listens there.
-        let config = txmsg_testkit::config::checked_settings(
-            r#"{ "exchange": "billing", "mandatory": false, "source": "/billing", "connection_name": "billing-1", "reconnect_min": "100ms", "reconnect_max": "1m", "connect_timeout": "3s" }"#,
-            r#"{ "exchange": "no spaces" }"#,
-            "exchange",
-            RabbitConfig::validate,
-            |bad| crate::RabbitBroker::connect("amqp://127.0.0.1:1/%2f", bad),
-        )
-        .await;
-        assert_eq!(
-            (
-                config.exchange(),
-                config.mandatory(),
-                config.reconnect_backoff()
-            ),
-            (
-                "billing",
-                false,
-                (Duration::from_millis(100), Duration::from_secs(60))
-            )
-        );
-    }
+    txmsg_testkit::deserialized_config_is_checked!(RabbitConfig; |c| crate::RabbitBroker::connect("amqp://127.0.0.1:1/%2f", c);
+        r#"{ "exchange": "billing", "mandatory": false, "source": "/billing", "connection_name": "billing-1", "reconnect_min": "100ms", "reconnect_max": "1m", "connect_timeout": "3s" }"#;
+        r#"{ "exchange": "no spaces" }"#; "exchange");
 
     #[test]
     fn defaults() {

@@ -457,27 +457,9 @@ mod tests {
     use super::*;
     use txmsg_testkit::config::{assert_refused_without, field_of};
 
-    #[tokio::test]
-    async fn a_deserialized_config_is_checked_before_connecting() {
-        // Refused before any connection is tried: nothing listens there.
-        let config = txmsg_testkit::config::checked_settings(
-            r#"{ "key_prefix": "billing:", "max_len": 1000, "claim_idle": "1m", "block": "2s", "read_count": 10, "source": "/billing", "connect_timeout": "1s", "response_timeout": "3s" }"#,
-            r#"{ "read_count": 0 }"#,
-            "read_count",
-            RedisConfig::validate,
-            |bad| crate::RedisBroker::connect("redis://127.0.0.1:1", bad),
-        )
-        .await;
-        assert_eq!(
-            (
-                config.key_prefix(),
-                config.max_len(),
-                config.block(),
-                config.read_count()
-            ),
-            ("billing:", Some(1000), Duration::from_secs(2), 10)
-        );
-    }
+    txmsg_testkit::deserialized_config_is_checked!(RedisConfig; |c| crate::RedisBroker::connect("redis://127.0.0.1:1", c);
+        r#"{ "key_prefix": "billing:", "max_len": 1000, "claim_idle": "1m", "block": "2s", "read_count": 10, "source": "/billing", "connect_timeout": "1s", "response_timeout": "3s" }"#;
+        r#"{ "read_count": 0 }"#; "read_count");
 
     #[test]
     fn refuses_bad_values() {

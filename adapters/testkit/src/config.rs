@@ -105,3 +105,27 @@ pub fn assert_dead_letter_name_clash_refused<T>(statements: impl Fn(&Tables) -> 
         .expect("valid names");
     assert_eq!(field_of(statements(&clash)), "inbox_table");
 }
+
+/// A `#[tokio::test]` named `a_deserialized_config_is_checked_before_connecting`
+/// that runs [`checked_settings`] for broker config `$config`, connecting
+/// with `$connect` (a closure taking the config), with the JSON settings
+/// `$good` (every setting, to catch a renamed one: unknown keys are
+/// refused) and `$bad`, which must be refused for `$field`:
+/// `deserialized_config_is_checked!(NatsConfig; connect; good; bad; field)`.
+#[macro_export]
+macro_rules! deserialized_config_is_checked {
+    ($config:ty; $connect:expr; $good:literal; $bad:literal; $field:literal) => {
+        #[tokio::test]
+        async fn a_deserialized_config_is_checked_before_connecting() {
+            // Refused before any connection is tried: nothing listens there.
+            $crate::config::checked_settings::<$config, _, _>(
+                $good,
+                $bad,
+                $field,
+                <$config>::validate,
+                $connect,
+            )
+            .await;
+        }
+    };
+}
