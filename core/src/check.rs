@@ -153,6 +153,113 @@ pub fn backoff(
     }
 }
 
+/// Writes a broker config's validated settings: for each, a getter named
+/// after the field, documented with the setting's doc, and a `with_` setter
+/// that runs one of this module's checks on the value, naming the field.
+///
+/// It adds the CloudEvents `source` setting every broker has (checked by
+/// [`check_source`](crate::cloudevents::check_source)), and with
+/// `tls "<crate>" { <docs> }` the TLS files setting, refused without the
+/// crate's `tls` feature.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// /// A broker's settings.
+/// #[derive(Debug, Clone)]
+/// pub struct DemoConfig {
+///     ack_wait: Duration,
+///     source: String,
+/// }
+///
+/// txmsg_core::broker_settings! {
+///     DemoConfig {
+///         /// How long a delivery may stay unsettled.
+///         ack_wait / with_ack_wait: Duration, unless "it is at least 1 s"
+///             = at_least(Duration::from_secs(1)),
+///     }
+/// }
+///
+/// let config = DemoConfig { ack_wait: Duration::from_secs(5), source: "/txmsg".into() };
+/// assert!(config.clone().with_ack_wait(Duration::ZERO).is_err());
+/// assert_eq!(config.with_ack_wait(Duration::from_secs(2))?.ack_wait(), Duration::from_secs(2));
+/// # Ok::<(), txmsg_core::Error>(())
+/// ```
+#[macro_export]
+macro_rules! broker_settings {
+    ($config:ident {
+        $( tls $adapter:literal { $(#[doc = $tls_doc:literal])+ } )?
+        $(
+            $(#[doc = $doc:literal])+
+            $field:ident / $with:ident : $ty:ty, unless $rule:literal = $check:ident ( $($arg:expr),* )
+        ),* $(,)?
+    }) => {
+        impl $config {
+            $(
+                $(#[doc = $doc])+
+                pub fn $field(&self) -> $ty {
+                    self.$field
+                }
+
+                #[doc = concat!(
+                    "Sets [`", stringify!($field), "`](Self::", stringify!($field), ").\n\n",
+                    "# Errors\n\n",
+                    "[`Error::Config`](txmsg_core::Error::Config) for `", stringify!($field),
+                    "` unless ", $rule, "."
+                )]
+                pub fn $with(mut self, $field: $ty) -> $crate::Result<Self> {
+                    self.$field = $crate::check::$check(stringify!($field), $field $(, $arg)*)?;
+                    Ok(self)
+                }
+            )*
+        }
+        $crate::broker_settings!(@source $config);
+        $( $crate::broker_settings!(@tls $config, $adapter, $(#[doc = $tls_doc])+); )?
+    };
+    (@source $config:ident) => {
+        impl $config {
+            /// The CloudEvents `source` of every message published.
+            pub fn source(&self) -> &str {
+                &self.source
+            }
+
+            /// Sets [`source`](Self::source) (default `/txmsg`), by the rule
+            /// every broker shares
+            /// ([`check_source`](txmsg_core::cloudevents::check_source)).
+            ///
+            /// # Errors
+            ///
+            /// [`Error::Config`](txmsg_core::Error::Config) for `source` if
+            /// `check_source` refuses it.
+            pub fn with_source(mut self, source: impl Into<String>) -> $crate::Result<Self> {
+                self.source = $crate::cloudevents::check_source(source)?;
+                Ok(self)
+            }
+        }
+    };
+    (@tls $config:ident, $adapter:literal, $(#[doc = $doc:literal])+) => {
+        impl $config {
+            /// The TLS files connections use.
+            pub fn tls(&self) -> &$crate::tls::TlsFiles {
+                &self.tls
+            }
+
+            $(#[doc = $doc])+
+            ///
+            /// # Errors
+            ///
+            #[doc = concat!(
+                "[`Error::Config`](txmsg_core::Error::Config) for the file set first ",
+                "without the `tls` feature of ", $adapter, "."
+            )]
+            pub fn with_tls(mut self, files: $crate::tls::TlsFiles) -> $crate::Result<Self> {
+                self.tls = files.for_adapter(cfg!(feature = "tls"), $adapter)?;
+                Ok(self)
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -213,6 +213,126 @@ fn check_path(field: &'static str, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The PEM contents of [`TlsFiles`], read and checked once for every
+/// broker whose `tls` feature is on.
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+impl TlsFiles {
+    /// The certificates of [`ca_file`](Self::ca_file), or `None` when it is
+    /// not set (the system's trust store is used).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `tls_ca_file` if the file cannot be read, is not
+    /// PEM, or holds no certificate.
+    pub fn ca_certificates(
+        &self,
+    ) -> Result<Option<Vec<rustls::pki_types::CertificateDer<'static>>>> {
+        let Some(path) = &self.ca_file else {
+            return Ok(None);
+        };
+        certificates("tls_ca_file", path).map(Some)
+    }
+
+    /// The certificate chain and private key of
+    /// [`client_auth`](Self::client_auth), or `None` when it is not set.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `tls_client_auth` if a file cannot be read, is
+    /// not PEM of its kind, or the certificate file holds no certificate. No
+    /// message quotes a file's contents.
+    #[allow(clippy::type_complexity)]
+    pub fn client_identity(
+        &self,
+    ) -> Result<
+        Option<(
+            Vec<rustls::pki_types::CertificateDer<'static>>,
+            rustls::pki_types::PrivateKeyDer<'static>,
+        )>,
+    > {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject as _;
+
+        let Some((cert, key)) = &self.client_auth else {
+            return Ok(None);
+        };
+        let chain = certificates("tls_client_auth", cert)?;
+        let key =
+            PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error("tls_client_auth", key, &e))?;
+        Ok(Some((chain, key)))
+    }
+
+    /// Reads and checks every file that is set, as
+    /// [`ca_certificates`](Self::ca_certificates) and
+    /// [`client_identity`](Self::client_identity) do: for a client that reads
+    /// the files itself, so that a bad file is refused when the broker is
+    /// configured rather than at its first connection.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `tls_ca_file` or `tls_client_auth`.
+    pub fn check_contents(&self) -> Result<()> {
+        self.ca_certificates()?;
+        self.client_identity()?;
+        Ok(())
+    }
+}
+
+/// The certificates in the PEM file at `path`: at least one.
+#[cfg(feature = "tls")]
+fn certificates(
+    field: &'static str,
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|e| pem_error(field, path, &e))?;
+    if certs.is_empty() {
+        return Err(Error::config(
+            field,
+            format!("`{}` holds no certificate", path.display()),
+        ));
+    }
+    Ok(certs)
+}
+
+/// The config error for a PEM file that could not be read or parsed. Only
+/// I/O errors are quoted: parse errors may quote the file, which may be a
+/// private key.
+#[cfg(feature = "tls")]
+fn pem_error(field: &'static str, path: &Path, e: &rustls::pki_types::pem::Error) -> Error {
+    match e {
+        rustls::pki_types::pem::Error::Io(io) => {
+            Error::config(field, format!("cannot read `{}`: {io}", path.display()))
+        }
+        _ => Error::config(
+            field,
+            format!(
+                "`{}` is not a PEM file of the expected kind",
+                path.display()
+            ),
+        ),
+    }
+}
+
+/// Makes rustls's `ring` provider the process default when the process has
+/// none: clients that ask rustls for the default (the Redis and NATS
+/// clients) find none in a build that holds two providers (`ring` and
+/// `aws-lc-rs`) until one is installed. A provider installed by the
+/// application is kept.
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: either way there is one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,7 @@
 //! Validated settings of an [`MqttBroker`](crate::MqttBroker).
 
-#[cfg(feature = "tls")]
-use std::path::Path;
 use std::time::Duration;
-use txmsg_core::check;
 
-use txmsg_core::cloudevents::check_source;
 use txmsg_core::tls::TlsFiles;
 use txmsg_core::{Error, Result};
 
@@ -86,6 +82,37 @@ impl Default for MqttConfig {
     }
 }
 
+txmsg_core::broker_settings! {
+    MqttConfig {
+        tls "txmsg-mqtt" {
+            /// Sets the TLS files of `mqtts://` connections: a CA file trusted
+            /// instead of the system's roots, a client certificate and key (see
+            /// [`TlsFiles`]; read when the broker connects).
+        }
+        /// The MQTT keep-alive interval (default 30 s).
+        keep_alive / with_keep_alive: Duration, unless "it is 5 s to 65535 s, in whole seconds"
+            = whole_seconds(Duration::from_secs(5), Duration::from_secs(u64::from(u16::MAX))),
+        /// How long the broker keeps a subscription's session (its
+        /// unacknowledged and queued messages) after the connection drops
+        /// (default 1 h). Subscriptions connect with `clean_start = false`, so
+        /// a reconnect resumes the session and gets its unacknowledged
+        /// messages again. Zero makes every session end with its connection.
+        session_expiry / with_session_expiry: Duration, unless "it is whole seconds below `u32::MAX` s"
+            = whole_seconds(Duration::ZERO, Duration::from_secs(u64::from(u32::MAX) - 1)),
+        /// How long a connection attempt may take (default 5 s).
+        connect_timeout / with_connect_timeout: Duration, unless "it is whole seconds from 1 s to 1 h"
+            = whole_seconds(Duration::from_secs(1), Duration::from_secs(3600)),
+        /// How long a publish waits for its PUBACK (default 30 s); past it
+        /// the publish fails with a retryable error.
+        publish_timeout / with_publish_timeout: Duration, unless "it is greater than zero"
+            = positive(),
+        /// The largest MQTT packet this client sends or accepts (default
+        /// 16 MiB; the broker's own limit applies as well).
+        max_packet_size / with_max_packet_size: u32, unless "it is 1024 bytes to 256 MiB"
+            = within(1024, 256 * 1024 * 1024),
+    }
+}
+
 impl MqttConfig {
     /// Checks every setting as its setter does: what a deserialized config
     /// needs before use. [`MqttBroker::connect`](crate::MqttBroker::connect) runs it.
@@ -161,101 +188,6 @@ impl MqttConfig {
         Ok(self)
     }
 
-    /// Sets the CloudEvents `source` of every message (default `/txmsg`), by
-    /// the rule every broker shares ([`check_source`]).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for `source` if [`check_source`] refuses it.
-    pub fn with_source(mut self, source: impl Into<String>) -> Result<Self> {
-        self.source = check_source(source)?;
-        Ok(self)
-    }
-
-    /// Sets the MQTT keep-alive interval (default 30 s).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] unless it is 5 s to 65535 s, in whole seconds.
-    pub fn with_keep_alive(mut self, keep_alive: Duration) -> Result<Self> {
-        self.keep_alive = check::whole_seconds(
-            "keep_alive",
-            keep_alive,
-            Duration::from_secs(5),
-            Duration::from_secs(u64::from(u16::MAX)),
-        )?;
-        Ok(self)
-    }
-
-    /// Sets how long the broker keeps a subscription's session (its
-    /// unacknowledged and queued messages) after the connection drops
-    /// (default 1 h). Subscriptions connect with `clean_start = false`, so
-    /// a reconnect resumes the session and gets its unacknowledged
-    /// messages again. Zero makes every session end with its connection.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] unless it is whole seconds below `u32::MAX` s.
-    pub fn with_session_expiry(mut self, expiry: Duration) -> Result<Self> {
-        self.session_expiry = check::whole_seconds(
-            "session_expiry",
-            expiry,
-            Duration::ZERO,
-            Duration::from_secs(u64::from(u32::MAX) - 1),
-        )?;
-        Ok(self)
-    }
-
-    /// Sets how long a connection attempt may take (default 5 s).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] unless it is whole seconds from 1 s to 1 h.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Result<Self> {
-        self.connect_timeout = check::whole_seconds(
-            "connect_timeout",
-            timeout,
-            Duration::from_secs(1),
-            Duration::from_secs(3600),
-        )?;
-        Ok(self)
-    }
-
-    /// Sets how long a publish waits for its PUBACK (default 30 s); past
-    /// it the publish fails with a retryable error.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] if zero.
-    pub fn with_publish_timeout(mut self, timeout: Duration) -> Result<Self> {
-        self.publish_timeout = check::positive("publish_timeout", timeout)?;
-        Ok(self)
-    }
-
-    /// Sets the largest MQTT packet this client sends or accepts (default
-    /// 16 MiB; the broker's own limit applies as well).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] if below 1024 bytes or above 256 MiB.
-    pub fn with_max_packet_size(mut self, size: u32) -> Result<Self> {
-        self.max_packet_size = check::within("max_packet_size", size, 1024, 256 * 1024 * 1024)?;
-        Ok(self)
-    }
-
-    /// Sets the TLS files of `mqtts://` connections: a CA file trusted
-    /// instead of the system's roots, a client certificate and key (see
-    /// [`TlsFiles`]; read when the broker connects).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for the file set first without the `tls` feature
-    /// of txmsg-mqtt.
-    pub fn with_tls(mut self, files: TlsFiles) -> Result<Self> {
-        self.tls = files.for_adapter(cfg!(feature = "tls"), "txmsg-mqtt")?;
-        Ok(self)
-    }
-
     /// The topic prefix.
     pub fn topic_prefix(&self) -> &str {
         &self.topic_prefix
@@ -264,41 +196,6 @@ impl MqttConfig {
     /// The client id prefix.
     pub fn client_id_prefix(&self) -> &str {
         &self.client_id_prefix
-    }
-
-    /// The CloudEvents `source`.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    /// The keep-alive interval.
-    pub fn keep_alive(&self) -> Duration {
-        self.keep_alive
-    }
-
-    /// How long a subscription's session outlives its connection.
-    pub fn session_expiry(&self) -> Duration {
-        self.session_expiry
-    }
-
-    /// The connect timeout.
-    pub fn connect_timeout(&self) -> Duration {
-        self.connect_timeout
-    }
-
-    /// The publish (PUBACK) timeout.
-    pub fn publish_timeout(&self) -> Duration {
-        self.publish_timeout
-    }
-
-    /// The largest packet size.
-    pub fn max_packet_size(&self) -> u32 {
-        self.max_packet_size
-    }
-
-    /// The TLS files.
-    pub fn tls(&self) -> &TlsFiles {
-        &self.tls
     }
 
     /// The server at `url`, with the transport these settings ask for.
@@ -325,28 +222,13 @@ impl MqttConfig {
     fn tls_transport(&self) -> Result<rumqttc::Transport> {
         use std::sync::Arc;
 
-        use rustls::pki_types::pem::PemObject as _;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
         let mut roots = rustls::RootCertStore::empty();
-        match self.tls.ca_file() {
-            Some(path) => {
-                let certs = CertificateDer::pem_file_iter(path)
-                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| pem_error("tls_ca_file", path, &e))?;
+        match self.tls.ca_certificates()? {
+            Some(certs) => {
                 for cert in certs {
                     roots.add(cert).map_err(|e| {
-                        Error::config(
-                            "tls_ca_file",
-                            format!("`{}` holds a bad certificate: {e}", path.display()),
-                        )
+                        Error::config("tls_ca_file", format!("holds a bad certificate: {e}"))
                     })?;
-                }
-                if roots.is_empty() {
-                    return Err(Error::config(
-                        "tls_ca_file",
-                        format!("`{}` holds no certificate", path.display()),
-                    ));
                 }
             }
             None => {
@@ -366,26 +248,13 @@ impl MqttConfig {
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::config("url", format!("no TLS version can be offered: {e}")))?
             .with_root_certificates(roots);
-        let config = match self.tls.client_auth() {
-            Some((cert, key)) => {
-                let chain = CertificateDer::pem_file_iter(cert)
-                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| pem_error("tls_client_auth", cert, &e))?;
-                if chain.is_empty() {
-                    return Err(Error::config(
-                        "tls_client_auth",
-                        format!("`{}` holds no certificate", cert.display()),
-                    ));
-                }
-                let key_der = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| pem_error("tls_client_auth", key, &e))?;
-                builder.with_client_auth_cert(chain, key_der).map_err(|e| {
-                    Error::config(
-                        "tls_client_auth",
-                        format!("the certificate and key cannot be used: {e}"),
-                    )
-                })?
-            }
+        let config = match self.tls.client_identity()? {
+            Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(|e| {
+                Error::config(
+                    "tls_client_auth",
+                    format!("the certificate and key cannot be used: {e}"),
+                )
+            })?,
             None => builder.with_no_client_auth(),
         };
         Ok(rumqttc::Transport::tls_with_config(
@@ -404,28 +273,10 @@ impl MqttConfig {
     }
 }
 
-/// The config error for a PEM file that could not be read or parsed. Only
-/// I/O errors are quoted: parse errors may quote the file, which may be a
-/// private key.
-#[cfg(feature = "tls")]
-fn pem_error(field: &'static str, path: &Path, e: &rustls::pki_types::pem::Error) -> Error {
-    match e {
-        rustls::pki_types::pem::Error::Io(io) => {
-            Error::config(field, format!("cannot read `{}`: {io}", path.display()))
-        }
-        _ => Error::config(
-            field,
-            format!(
-                "`{}` is not a PEM file of the expected kind",
-                path.display()
-            ),
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(not(feature = "tls"))]
     use txmsg_testkit::config::field_of;
 
     txmsg_testkit::deserialized_config_is_checked!(MqttConfig; |c| crate::MqttBroker::connect("mqtt://127.0.0.1:1", c);
@@ -489,42 +340,23 @@ mod tests {
             field_of(MqttConfig::default().endpoint("mqtts://127.0.0.1")),
             "url"
         );
-        assert_eq!(
-            field_of(
-                TlsFiles::default()
-                    .with_ca_file("/etc/ssl/ca.pem")
-                    .and_then(|f| MqttConfig::default().with_tls(f))
-            ),
-            "tls_ca_file"
-        );
-        assert_eq!(
-            field_of(
-                TlsFiles::default()
-                    .with_client_auth("c.pem", "k.pem")
-                    .and_then(|f| MqttConfig::default().with_tls(f))
-            ),
-            "tls_client_auth"
-        );
+        txmsg_testkit::config::assert_tls_files_need_the_feature(|f| {
+            MqttConfig::default().with_tls(f)
+        });
     }
 
     #[cfg(feature = "tls")]
     mod tls {
-        use txmsg_testkit::temp_file;
 
         use super::*;
 
         #[test]
-        fn options_with_a_plain_url_are_refused() {
-            let c = TlsFiles::default()
-                .with_ca_file("/etc/ssl/ca.pem")
-                .and_then(|f| MqttConfig::default().with_tls(f))
-                .unwrap();
-            assert_eq!(field_of(c.endpoint("mqtt://127.0.0.1")), "tls_ca_file");
-            let c = TlsFiles::default()
-                .with_client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
-                .and_then(|f| MqttConfig::default().with_tls(f))
-                .unwrap();
-            assert_eq!(field_of(c.endpoint("tcp://127.0.0.1")), "tls_client_auth");
+        fn tls_files_are_checked() {
+            txmsg_testkit::config::assert_tls_files_checked(
+                |f, url| MqttConfig::default().with_tls(f)?.endpoint(url),
+                Some("mqtt://127.0.0.1"),
+                "mqtts://h",
+            );
         }
 
         #[test]
@@ -540,58 +372,6 @@ mod tests {
                 rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(_))
             ));
             assert!(!format!("{e:?} {e}").contains("s3cr3t-pw"));
-        }
-
-        #[test]
-        fn unreadable_or_bad_files_are_config_errors() {
-            let missing = std::env::temp_dir().join("txmsg-mqtt-no-such-ca.pem");
-            let c = TlsFiles::default()
-                .with_ca_file(&missing)
-                .and_then(|f| MqttConfig::default().with_tls(f))
-                .unwrap();
-            assert_eq!(field_of(c.endpoint("mqtts://h")), "tls_ca_file");
-
-            let empty = temp_file("ca.pem", b"no pem here");
-            let c = TlsFiles::default()
-                .with_ca_file(&empty)
-                .and_then(|f| MqttConfig::default().with_tls(f))
-                .unwrap();
-            let result = c.endpoint("mqtts://h");
-            std::fs::remove_file(&empty).unwrap();
-            assert_eq!(field_of(result), "tls_ca_file");
-
-            let garbage = temp_file(
-                "ca.pem",
-                b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
-            );
-            let c = TlsFiles::default()
-                .with_ca_file(&garbage)
-                .and_then(|f| MqttConfig::default().with_tls(f))
-                .unwrap();
-            let result = c.endpoint("mqtts://h");
-            std::fs::remove_file(&garbage).unwrap();
-            assert_eq!(field_of(result), "tls_ca_file");
-
-            let key = temp_file(
-                "key.pem",
-                b"-----BEGIN PRIVATE KEY-----\ns3cr3t-key!\n-----END PRIVATE KEY-----\n",
-            );
-            let cert = temp_file("cert.pem", b"");
-            let c = TlsFiles::default()
-                .with_client_auth(&cert, &key)
-                .and_then(|f| MqttConfig::default().with_tls(f))
-                .unwrap();
-            let result = c.endpoint("mqtts://h");
-            std::fs::remove_file(&key).unwrap();
-            std::fs::remove_file(&cert).unwrap();
-            match result {
-                Err(Error::Config {
-                    field: "tls_client_auth",
-                    reason,
-                }) => assert!(!reason.contains("s3cr3t-key"), "{reason}"),
-                Err(other) => panic!("expected a config error, got {other:?}"),
-                Ok(_) => panic!("expected a config error, got an endpoint"),
-            }
         }
     }
 }

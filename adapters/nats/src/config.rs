@@ -1,11 +1,7 @@
 //! Settings of a [`NatsBroker`](crate::NatsBroker).
 
-#[cfg(feature = "tls")]
-use std::path::Path;
 use std::time::Duration;
-use txmsg_core::check;
 
-use txmsg_core::cloudevents::check_source;
 use txmsg_core::tls::TlsFiles;
 use txmsg_core::{Error, Result};
 
@@ -97,6 +93,39 @@ impl Default for NatsConfig {
     }
 }
 
+txmsg_core::broker_settings! {
+    NatsConfig {
+        tls "txmsg-nats" {
+            /// Sets the TLS files: CA certificates trusted beside the system's
+            /// roots, a client certificate and key (see [`TlsFiles`]; read when
+            /// the broker connects). Once any is set, the client requires TLS.
+        }
+        /// How long the stream remembers a message's `Nats-Msg-Id` (its
+        /// idempotency key): a message published again within the window is
+        /// acknowledged and dropped.
+        duplicate_window / with_duplicate_window: Duration, unless "it is at least 1 s"
+            = at_least(Duration::from_secs(1)),
+        /// How long a delivery may stay unsettled before the server delivers
+        /// it again (the consumers' `ack_wait`). Deliveries that are nacked
+        /// or dropped come back at once; this bounds the wait for those of a
+        /// consumer that vanished without a word.
+        ack_wait / with_ack_wait: Duration, unless "it is at least 1 s"
+            = at_least(Duration::from_secs(1)),
+        /// The most deliveries one group may have unsettled over all its
+        /// subscriptions (the consumers' `max_ack_pending`). Each
+        /// subscription is further held to its own `prefetch`.
+        max_ack_pending / with_max_ack_pending: u32, unless "it is greater than zero"
+            = positive(),
+        /// The longest the first connect may take.
+        connect_timeout / with_connect_timeout: Duration, unless "it is greater than zero"
+            = positive(),
+        /// The longest a publish waits for its PubAck; after that it fails
+        /// with a retryable error.
+        publish_timeout / with_publish_timeout: Duration, unless "it is greater than zero"
+            = positive(),
+    }
+}
+
 impl NatsConfig {
     /// Checks every setting as its setter does: what a deserialized config
     /// needs before use. [`NatsBroker::connect`](crate::NatsBroker::connect) runs it.
@@ -182,89 +211,6 @@ impl NatsConfig {
         Ok(self)
     }
 
-    /// Sets how long the stream remembers a message's `Nats-Msg-Id` (its
-    /// idempotency key): a message published again within the window is
-    /// acknowledged and dropped.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for `duplicate_window` if it is under 1 s.
-    pub fn with_duplicate_window(mut self, window: Duration) -> Result<Self> {
-        self.duplicate_window =
-            check::at_least("duplicate_window", window, Duration::from_secs(1))?;
-        Ok(self)
-    }
-
-    /// Sets how long a delivery may stay unsettled before the server
-    /// delivers it again (the consumers' `ack_wait`). Deliveries that are
-    /// nacked or dropped come back at once; this bounds the wait for those
-    /// of a consumer that vanished without a word.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for `ack_wait` if it is under 1 s.
-    pub fn with_ack_wait(mut self, ack_wait: Duration) -> Result<Self> {
-        self.ack_wait = check::at_least("ack_wait", ack_wait, Duration::from_secs(1))?;
-        Ok(self)
-    }
-
-    /// Sets the most deliveries one group may have unsettled over all its
-    /// subscriptions (the consumers' `max_ack_pending`). Each subscription
-    /// is further held to its own `prefetch`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for `max_ack_pending` if it is 0.
-    pub fn with_max_ack_pending(mut self, max: u32) -> Result<Self> {
-        self.max_ack_pending = check::positive("max_ack_pending", max)?;
-        Ok(self)
-    }
-
-    /// Sets the longest the first connect may take.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for `connect_timeout` if it is zero.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Result<Self> {
-        self.connect_timeout = check::positive("connect_timeout", timeout)?;
-        Ok(self)
-    }
-
-    /// Sets the longest a publish waits for its PubAck; after that it fails
-    /// with a retryable error.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for `publish_timeout` if it is zero.
-    pub fn with_publish_timeout(mut self, timeout: Duration) -> Result<Self> {
-        self.publish_timeout = check::positive("publish_timeout", timeout)?;
-        Ok(self)
-    }
-
-    /// Sets the CloudEvents `source` of every message (default `/txmsg`), by
-    /// the rule every broker shares ([`check_source`]).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for `source` if [`check_source`] refuses it.
-    pub fn with_source(mut self, source: impl Into<String>) -> Result<Self> {
-        self.source = check_source(source)?;
-        Ok(self)
-    }
-
-    /// Sets the TLS files: CA certificates trusted beside the system's
-    /// roots, a client certificate and key (see [`TlsFiles`]; read when the
-    /// broker connects). Once any is set, the client requires TLS.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for the file set first without the `tls` feature
-    /// of txmsg-nats.
-    pub fn with_tls(mut self, files: TlsFiles) -> Result<Self> {
-        self.tls = files.for_adapter(cfg!(feature = "tls"), "txmsg-nats")?;
-        Ok(self)
-    }
-
     /// The stream name.
     pub fn stream(&self) -> &str {
         &self.stream
@@ -273,41 +219,6 @@ impl NatsConfig {
     /// The subject prefix.
     pub fn subject_prefix(&self) -> &str {
         &self.subject_prefix
-    }
-
-    /// The duplicate window.
-    pub fn duplicate_window(&self) -> Duration {
-        self.duplicate_window
-    }
-
-    /// The consumers' ack wait.
-    pub fn ack_wait(&self) -> Duration {
-        self.ack_wait
-    }
-
-    /// The consumers' `max_ack_pending`.
-    pub fn max_ack_pending(&self) -> u32 {
-        self.max_ack_pending
-    }
-
-    /// The connect timeout.
-    pub fn connect_timeout(&self) -> Duration {
-        self.connect_timeout
-    }
-
-    /// The publish timeout.
-    pub fn publish_timeout(&self) -> Duration {
-        self.publish_timeout
-    }
-
-    /// The CloudEvents `source`.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    /// The TLS files.
-    pub fn tls(&self) -> &TlsFiles {
-        &self.tls
     }
 
     /// The client options for connecting to `url` with these settings.
@@ -354,16 +265,16 @@ impl NatsConfig {
         &self,
         mut options: async_nats::ConnectOptions,
     ) -> Result<async_nats::ConnectOptions> {
-        ensure_crypto_provider();
+        txmsg_core::tls::ensure_crypto_provider();
+        // The client reads the files when it connects; checked here so that
+        // a bad file is refused now, for its own setting.
+        self.tls.check_contents()?;
         if let Some(path) = self.tls.ca_file() {
-            check_file("tls_ca_file", path)?;
             options = options
                 .add_root_certificates(path.to_owned())
                 .require_tls(true);
         }
         if let Some((cert, key)) = self.tls.client_auth() {
-            check_file("tls_client_auth", cert)?;
-            check_file("tls_client_auth", key)?;
             options = options
                 .add_client_certificate(cert.to_owned(), key.to_owned())
                 .require_tls(true);
@@ -460,32 +371,6 @@ fn asks_for_tls(server: &str) -> bool {
     })
 }
 
-/// Refuses a path that is not a readable file.
-#[cfg(feature = "tls")]
-fn check_file(field: &'static str, path: &Path) -> Result<()> {
-    match std::fs::File::open(path) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(Error::config(
-            field,
-            format!("cannot read `{}`: {e}", path.display()),
-        )),
-    }
-}
-
-/// Makes rustls's `ring` provider the process default when the process has
-/// none: the NATS client asks rustls for the default, and a build that
-/// holds two providers (`ring` and `aws-lc-rs`) has none until one is
-/// installed. A provider installed by the application is kept.
-#[cfg(feature = "tls")]
-fn ensure_crypto_provider() {
-    use async_nats::rustls::crypto::{CryptoProvider, ring};
-
-    if CryptoProvider::get_default().is_none() {
-        // Losing a race to another installer is fine: either way there is one.
-        let _ = ring::default_provider().install_default();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,22 +448,9 @@ mod tests {
         for url in ["tls://127.0.0.1:4222", "nats://a:4222,tls://b:4222"] {
             assert_eq!(field_of(NatsConfig::default().connect_options(url)), "url");
         }
-        assert_eq!(
-            field_of(
-                TlsFiles::default()
-                    .with_ca_file("/etc/ssl/ca.pem")
-                    .and_then(|f| NatsConfig::default().with_tls(f))
-            ),
-            "tls_ca_file"
-        );
-        assert_eq!(
-            field_of(
-                TlsFiles::default()
-                    .with_client_auth("c.pem", "k.pem")
-                    .and_then(|f| NatsConfig::default().with_tls(f))
-            ),
-            "tls_client_auth"
-        );
+        txmsg_testkit::config::assert_tls_files_need_the_feature(|f| {
+            NatsConfig::default().with_tls(f)
+        });
     }
 
     #[cfg(feature = "tls")]
@@ -589,19 +461,10 @@ mod tests {
                 .connect_options("tls://127.0.0.1:4222")
                 .is_ok()
         );
-        let missing = std::env::temp_dir().join("txmsg-nats-no-such-ca.pem");
-        let c = TlsFiles::default()
-            .with_ca_file(&missing)
-            .and_then(|f| NatsConfig::default().with_tls(f))
-            .unwrap();
-        assert_eq!(field_of(c.connect_options("tls://h:4222")), "tls_ca_file");
-        let c = TlsFiles::default()
-            .with_client_auth(&missing, &missing)
-            .and_then(|f| NatsConfig::default().with_tls(f))
-            .unwrap();
-        assert_eq!(
-            field_of(c.connect_options("tls://h:4222")),
-            "tls_client_auth"
+        txmsg_testkit::config::assert_tls_files_checked(
+            |f, url| NatsConfig::default().with_tls(f)?.connect_options(url),
+            None,
+            "tls://h:4222",
         );
     }
 

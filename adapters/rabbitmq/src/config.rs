@@ -1,9 +1,7 @@
 //! Settings of a [`RabbitBroker`](crate::RabbitBroker).
 
 use std::time::Duration;
-use txmsg_core::check;
 
-use txmsg_core::cloudevents::check_source;
 use txmsg_core::{Error, Result};
 
 /// Longest exchange name RabbitMQ accepts, in bytes (an AMQP short string).
@@ -73,6 +71,15 @@ impl Default for RabbitConfig {
             reconnect_max: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+txmsg_core::broker_settings! {
+    RabbitConfig {
+        /// The longest one connect attempt (TCP, handshake, channel setup,
+        /// exchange declaration) may take before it counts as failed.
+        connect_timeout / with_connect_timeout: Duration, unless "it is greater than zero"
+            = positive(),
     }
 }
 
@@ -152,17 +159,6 @@ impl RabbitConfig {
         self
     }
 
-    /// Sets the CloudEvents `source` of every message (default `/txmsg`), by
-    /// the rule every broker shares ([`check_source`]).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for `source` if [`check_source`] refuses it.
-    pub fn with_source(mut self, source: impl Into<String>) -> Result<Self> {
-        self.source = check_source(source)?;
-        Ok(self)
-    }
-
     /// Sets the connection name RabbitMQ shows for the connection (the
     /// `connection_name` client property), to tell services apart in the
     /// management UI and in `rabbitmqctl list_connections`.
@@ -211,17 +207,6 @@ impl RabbitConfig {
         Ok(self)
     }
 
-    /// Sets the longest one connect attempt (TCP, handshake, channel setup,
-    /// exchange declaration) may take before it counts as failed.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for `connect_timeout` if it is zero.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Result<Self> {
-        self.connect_timeout = check::positive("connect_timeout", timeout)?;
-        Ok(self)
-    }
-
     /// The exchange messages are published to.
     pub fn exchange(&self) -> &str {
         &self.exchange
@@ -232,11 +217,6 @@ impl RabbitConfig {
         self.mandatory
     }
 
-    /// The CloudEvents `source` attribute.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
     /// The connection name shown by RabbitMQ.
     pub fn connection_name(&self) -> &str {
         &self.connection_name
@@ -245,11 +225,6 @@ impl RabbitConfig {
     /// The shortest and longest delay between reconnect attempts.
     pub fn reconnect_backoff(&self) -> (Duration, Duration) {
         (self.reconnect_min, self.reconnect_max)
-    }
-
-    /// The longest one connect attempt may take.
-    pub fn connect_timeout(&self) -> Duration {
-        self.connect_timeout
     }
 }
 

@@ -3,9 +3,7 @@
 #[cfg(feature = "tls")]
 use std::path::Path;
 use std::time::Duration;
-use txmsg_core::check;
 
-use txmsg_core::cloudevents::check_source;
 use txmsg_core::tls::TlsFiles;
 use txmsg_core::{Error, Result};
 
@@ -94,6 +92,29 @@ impl Default for RedisConfig {
     }
 }
 
+txmsg_core::broker_settings! {
+    RedisConfig {
+        tls "txmsg-redis" {
+            /// Sets the TLS files of `rediss://` connections: a CA file trusted
+            /// instead of the system's roots, a client certificate and key (see
+            /// [`TlsFiles`]; read when the broker connects).
+        }
+        /// How long a delivery may stay pending without its consumer keeping
+        /// it before any subscription of the group takes it over and delivers
+        /// it again: the redelivery delay of a dropped delivery or of the
+        /// deliveries of a vanished consumer.
+        claim_idle / with_claim_idle: Duration, unless "it is 100 ms to one day"
+            = within(Duration::from_millis(100), Duration::from_secs(86_400)),
+        /// The longest one read waits for new entries (`BLOCK`).
+        block / with_block: Duration, unless "it is 10 ms to 60 s"
+            = within(Duration::from_millis(10), Duration::from_secs(60)),
+        /// The most entries one read asks for (`COUNT`); a read never asks
+        /// for more than the subscription's free prefetch.
+        read_count / with_read_count: usize, unless "it is 1 to 10 000"
+            = within(1, 10_000),
+    }
+}
+
 impl RedisConfig {
     /// Checks every setting as its setter does: what a deserialized config
     /// needs before use. [`RedisBroker::connect`](crate::RedisBroker::connect) runs it.
@@ -155,62 +176,6 @@ impl RedisConfig {
         Ok(self)
     }
 
-    /// Sets how long a delivery may stay pending without its consumer
-    /// keeping it before any subscription of the group takes it over and
-    /// delivers it again: the redelivery delay of a dropped delivery or of
-    /// the deliveries of a vanished consumer.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for `claim_idle` if it is under 100 ms or over one
-    /// day.
-    pub fn with_claim_idle(mut self, idle: Duration) -> Result<Self> {
-        self.claim_idle = check::within(
-            "claim_idle",
-            idle,
-            Duration::from_millis(100),
-            Duration::from_secs(86_400),
-        )?;
-        Ok(self)
-    }
-
-    /// Sets the longest one read waits for new entries (`BLOCK`).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for `block` if it is under 10 ms or over 60 s.
-    pub fn with_block(mut self, block: Duration) -> Result<Self> {
-        self.block = check::within(
-            "block",
-            block,
-            Duration::from_millis(10),
-            Duration::from_secs(60),
-        )?;
-        Ok(self)
-    }
-
-    /// Sets the most entries one read asks for (`COUNT`); a read never asks
-    /// for more than the subscription's free prefetch.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for `read_count` if it is zero or over 10 000.
-    pub fn with_read_count(mut self, count: usize) -> Result<Self> {
-        self.read_count = check::within("read_count", count, 1, 10_000)?;
-        Ok(self)
-    }
-
-    /// Sets the CloudEvents `source` of every message (default `/txmsg`), by
-    /// the rule every broker shares ([`check_source`]).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for `source` if [`check_source`] refuses it.
-    pub fn with_source(mut self, source: impl Into<String>) -> Result<Self> {
-        self.source = check_source(source)?;
-        Ok(self)
-    }
-
     /// Sets the timeout of one connect attempt and of one command's reply
     /// (a blocking read waits [`block`](Self::block) longer).
     ///
@@ -230,19 +195,6 @@ impl RedisConfig {
         Ok(self)
     }
 
-    /// Sets the TLS files of `rediss://` connections: a CA file trusted
-    /// instead of the system's roots, a client certificate and key (see
-    /// [`TlsFiles`]; read when the broker connects).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for the file set first without the `tls` feature
-    /// of txmsg-redis.
-    pub fn with_tls(mut self, files: TlsFiles) -> Result<Self> {
-        self.tls = files.for_adapter(cfg!(feature = "tls"), "txmsg-redis")?;
-        Ok(self)
-    }
-
     /// The prefix of every stream key.
     pub fn key_prefix(&self) -> &str {
         &self.key_prefix
@@ -253,26 +205,6 @@ impl RedisConfig {
         self.max_len
     }
 
-    /// How long a delivery stays pending unkept before it is taken over.
-    pub fn claim_idle(&self) -> Duration {
-        self.claim_idle
-    }
-
-    /// The longest one read waits for new entries.
-    pub fn block(&self) -> Duration {
-        self.block
-    }
-
-    /// The most entries one read asks for.
-    pub fn read_count(&self) -> usize {
-        self.read_count
-    }
-
-    /// The CloudEvents `source` of every message.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
     /// The connect timeout.
     pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
@@ -281,11 +213,6 @@ impl RedisConfig {
     /// The response timeout.
     pub fn response_timeout(&self) -> Duration {
         self.response_timeout
-    }
-
-    /// The TLS files of `rediss://` connections.
-    pub fn tls(&self) -> &TlsFiles {
-        &self.tls
     }
 
     /// A client for `url` with these settings, and `url` with its password
@@ -325,11 +252,14 @@ impl RedisConfig {
                 "`#insecure` (no certificate check) is not supported",
             ));
         }
-        ensure_crypto_provider();
+        txmsg_core::tls::ensure_crypto_provider();
         if self.tls.is_empty() {
             return redis::Client::open(url).map_err(url_error);
         }
         let info = url.into_connection_info().map_err(url_error)?;
+        // The client parses the files when it connects; checked here so
+        // that a bad file is refused now, for its own setting.
+        self.tls.check_contents()?;
         let root_cert = match self.tls.ca_file() {
             Some(path) => Some(read_file("tls_ca_file", path)?),
             None => None,
@@ -382,18 +312,6 @@ fn url_error(e: redis::RedisError) -> Error {
 fn read_file(field: &'static str, path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path)
         .map_err(|e| Error::config(field, format!("cannot read `{}`: {e}", path.display())))
-}
-
-/// Makes rustls's `ring` provider the process default when the process has
-/// none: the Redis client asks rustls for the default, and a build that
-/// holds two providers (`ring` and `aws-lc-rs`) has none until one is
-/// installed. A provider installed by the application is kept.
-#[cfg(feature = "tls")]
-fn ensure_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race to another installer is fine: either way there is one.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
 }
 
 /// `url` with its password masked: the password of the user info
@@ -533,29 +451,24 @@ mod tests {
             field_of(RedisConfig::default().open_client("rediss://127.0.0.1:6379")),
             "url"
         );
-        assert_eq!(
-            field_of(
-                TlsFiles::default()
-                    .with_ca_file("/etc/ssl/ca.pem")
-                    .and_then(|f| RedisConfig::default().with_tls(f))
-            ),
-            "tls_ca_file"
-        );
-        assert_eq!(
-            field_of(
-                TlsFiles::default()
-                    .with_client_auth("c.pem", "k.pem")
-                    .and_then(|f| RedisConfig::default().with_tls(f))
-            ),
-            "tls_client_auth"
-        );
+        txmsg_testkit::config::assert_tls_files_need_the_feature(|f| {
+            RedisConfig::default().with_tls(f)
+        });
     }
 
     #[cfg(feature = "tls")]
     mod tls {
-        use txmsg_testkit::temp_file;
 
         use super::*;
+
+        #[test]
+        fn tls_files_are_checked() {
+            txmsg_testkit::config::assert_tls_files_checked(
+                |f, url| RedisConfig::default().with_tls(f)?.open_client(url),
+                Some("redis://127.0.0.1:6379"),
+                "rediss://h",
+            );
+        }
 
         #[test]
         fn a_tls_url_builds_a_client() {
@@ -566,70 +479,11 @@ mod tests {
         }
 
         #[test]
-        fn options_with_a_plain_url_are_refused() {
-            let c = TlsFiles::default()
-                .with_ca_file("/etc/ssl/ca.pem")
-                .and_then(|f| RedisConfig::default().with_tls(f))
-                .unwrap();
-            assert_eq!(
-                field_of(c.open_client("redis://127.0.0.1:6379")),
-                "tls_ca_file"
-            );
-            let c = TlsFiles::default()
-                .with_client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem")
-                .and_then(|f| RedisConfig::default().with_tls(f))
-                .unwrap();
-            assert_eq!(
-                field_of(c.open_client("redis://127.0.0.1:6379")),
-                "tls_client_auth"
-            );
-        }
-
-        #[test]
         fn insecure_is_refused() {
             assert_eq!(
                 field_of(RedisConfig::default().open_client("rediss://h#insecure")),
                 "url"
             );
-        }
-
-        #[test]
-        fn unreadable_or_bad_files_are_config_errors() {
-            let missing = std::env::temp_dir().join("txmsg-redis-no-such-ca.pem");
-            let c = TlsFiles::default()
-                .with_ca_file(&missing)
-                .and_then(|f| RedisConfig::default().with_tls(f))
-                .unwrap();
-            assert_eq!(field_of(c.open_client("rediss://h")), "tls_ca_file");
-
-            let garbage = temp_file(
-                "ca.pem",
-                b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
-            );
-            let c = TlsFiles::default()
-                .with_ca_file(&garbage)
-                .and_then(|f| RedisConfig::default().with_tls(f))
-                .unwrap();
-            let result = c.open_client("rediss://h");
-            std::fs::remove_file(&garbage).unwrap();
-            assert_eq!(field_of(result), "tls_ca_file");
-
-            let key = temp_file("key.pem", b"s3cr3t-key-bytes");
-            let cert = temp_file("cert.pem", b"");
-            let c = TlsFiles::default()
-                .with_client_auth(&cert, &key)
-                .and_then(|f| RedisConfig::default().with_tls(f))
-                .unwrap();
-            let result = c.open_client("rediss://h");
-            std::fs::remove_file(&key).unwrap();
-            std::fs::remove_file(&cert).unwrap();
-            match result {
-                Err(Error::Config {
-                    field: "tls_client_auth",
-                    reason,
-                }) => assert!(!reason.contains("s3cr3t-key-bytes"), "{reason}"),
-                other => panic!("expected a config error, got {other:?}"),
-            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Helpers for the tests of configuration checks.
 
+use txmsg_core::tls::TlsFiles;
 use txmsg_core::{Error, Result, Tables};
 
 /// The field an [`Error::Config`] names.
@@ -104,6 +105,73 @@ pub fn assert_dead_letter_name_clash_refused<T>(statements: impl Fn(&Tables) -> 
         .and_then(|t| t.with_inbox("events"))
         .expect("valid names");
     assert_eq!(field_of(statements(&clash)), "inbox_table");
+}
+
+/// Fails unless a broker built without its `tls` feature refuses TLS files
+/// when they are set: `with_tls` sets `files` on the broker's default
+/// settings.
+///
+/// # Panics
+///
+/// If a CA file or a client certificate is accepted, or refused for another
+/// field than its own.
+pub fn assert_tls_files_need_the_feature<T>(with_tls: impl Fn(TlsFiles) -> Result<T>) {
+    let ca = TlsFiles::default().with_ca_file("/etc/ssl/ca.pem");
+    assert_eq!(field_of(ca.and_then(&with_tls)), "tls_ca_file");
+    let client = TlsFiles::default().with_client_auth("c.pem", "k.pem");
+    assert_eq!(field_of(client.and_then(&with_tls)), "tls_client_auth");
+}
+
+/// Fails unless a broker refuses TLS files it would not use or cannot read:
+/// `open(files, url)` builds the broker's client settings for `url` with
+/// `files`. Files set for `plain_url` (if the broker has URLs that do not
+/// use TLS) are refused, and so are files that do not exist for `tls_url`. With `parses_pem`, files that exist but
+/// hold no usable PEM are refused too, without quoting the key's contents.
+///
+/// # Panics
+///
+/// If any of these is accepted, or refused for another field.
+pub fn assert_tls_files_checked<T>(
+    open: impl Fn(TlsFiles, &str) -> Result<T>,
+    plain_url: Option<&str>,
+    tls_url: &str,
+) {
+    let files = |f: Result<TlsFiles>| f.expect("valid TLS settings");
+    if let Some(plain_url) = plain_url {
+        let ca = files(TlsFiles::default().with_ca_file("/etc/ssl/ca.pem"));
+        assert_eq!(field_of(open(ca, plain_url)), "tls_ca_file");
+        let client =
+            files(TlsFiles::default().with_client_auth("/etc/ssl/c.pem", "/etc/ssl/k.pem"));
+        assert_eq!(field_of(open(client, plain_url)), "tls_client_auth");
+    }
+
+    let missing = std::env::temp_dir().join("txmsg-no-such-file.pem");
+    let ca = files(TlsFiles::default().with_ca_file(&missing));
+    assert_eq!(field_of(open(ca, tls_url)), "tls_ca_file");
+    let client = files(TlsFiles::default().with_client_auth(&missing, &missing));
+    assert_eq!(field_of(open(client, tls_url)), "tls_client_auth");
+    for contents in [
+        &b"no pem here"[..],
+        b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    ] {
+        let bad = crate::temp_file("ca.pem", contents);
+        let result = open(files(TlsFiles::default().with_ca_file(&bad)), tls_url);
+        std::fs::remove_file(&bad).expect("the temporary file is removed");
+        assert_eq!(field_of(result), "tls_ca_file");
+    }
+
+    let key = crate::temp_file(
+        "key.pem",
+        b"-----BEGIN PRIVATE KEY-----\ns3cr3t-key!\n-----END PRIVATE KEY-----\n",
+    );
+    let cert = crate::temp_file("cert.pem", b"");
+    let result = open(
+        files(TlsFiles::default().with_client_auth(&cert, &key)),
+        tls_url,
+    );
+    std::fs::remove_file(&key).expect("the temporary file is removed");
+    std::fs::remove_file(&cert).expect("the temporary file is removed");
+    assert_refused_without(result, "tls_client_auth", "s3cr3t-key");
 }
 
 /// A `#[tokio::test]` named `a_deserialized_config_is_checked_before_connecting`
