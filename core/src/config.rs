@@ -296,13 +296,46 @@ impl Tables {
     }
 }
 
-/// Writes, for settings kept in private fields, a getter named after the
-/// field and a consuming `with_` setter, both documented with the setting's
-/// doc, and the same pair for the config's `clock`. Checks run in the
+/// Writes a runner's config from one list of its settings: the struct, with
+/// private fields that deserialize as settings do ([`Setting`]) and a
+/// `clock` that is not a setting; `defaults()`, which serde starts from
+/// (the caller writes the derive and the serde attributes,
+/// `#[serde(default = "<Config>::defaults", deny_unknown_fields)]`: serde's
+/// names must come from the call site); and
+/// for each setting a getter named after the field and a consuming `with_`
+/// setter, both documented with the setting's doc, and the same pair for
+/// the clock. Fields listed before the settings (`group: String = …;`) are
+/// part of the struct and its defaults without accessors. Checks run in the
 /// config's `validate`, when the runner starts.
 macro_rules! settings {
-    ($config:ident { $( $(#[doc = $doc:literal])+ $field:ident / $with:ident : $ty:ty ),+ $(,)? }) => {
+    (
+        $(#[$meta:meta])*
+        pub struct $config:ident {
+            $( $extra:ident : $extra_ty:ty = $extra_default:expr; )*
+            $( $(#[doc = $doc:literal])+ $field:ident / $with:ident : $ty:ty = $default:expr ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $config {
+            $( pub(crate) $extra: $extra_ty, )*
+            $(
+                #[serde(deserialize_with = "crate::config::setting")]
+                pub(crate) $field: $ty,
+            )+
+            #[serde(skip, default = "crate::config::system_clock")]
+            pub(crate) clock: std::sync::Arc<dyn $crate::Clock>,
+        }
+
         impl $config {
+            /// Every setting at its default.
+            fn defaults() -> Self {
+                $config {
+                    $( $extra: $extra_default, )*
+                    $( $field: $default, )+
+                    clock: $crate::config::system_clock(),
+                }
+            }
+
             /// The clock of the times this runner writes and waits for.
             /// Default the system clock.
             pub fn clock(&self) -> &std::sync::Arc<dyn $crate::Clock> {
@@ -333,6 +366,52 @@ macro_rules! settings {
 }
 pub(crate) use settings;
 
+/// The clock a runner's config starts with.
+pub(crate) fn system_clock() -> Arc<dyn Clock> {
+    Arc::new(SystemClock)
+}
+
+/// A value of a runner's setting, as it is written in a config file:
+/// durations as `"30s"` or `"1h 30m"`, the rest as serde reads them.
+pub(crate) trait Setting: Sized {
+    /// Reads the value.
+    fn read<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error>;
+}
+
+impl Setting for Duration {
+    fn read<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        humantime_serde::deserialize(d)
+    }
+}
+
+impl Setting for Option<Duration> {
+    fn read<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        humantime_serde::deserialize(d)
+    }
+}
+
+macro_rules! plain_setting {
+    ($($t:ty),*) => {$(
+        impl Setting for $t {
+            fn read<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                serde::Deserialize::deserialize(d)
+            }
+        }
+    )*};
+}
+
+plain_setting!(u16, u32, usize, DeadKeyPolicy);
+
+/// Reads a setting ([`Setting`]): the `deserialize_with` of every field
+/// that [`settings!`] writes.
+pub(crate) fn setting<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Setting,
+{
+    T::read(d)
+}
+
 /// What the relay does with the later messages of a key whose message went dead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -346,157 +425,102 @@ pub enum DeadKeyPolicy {
     Skip,
 }
 
-/// Settings of a [`Relay`](crate::Relay), validated by [`RelayConfig::validate`]
-/// when the relay is made.
-///
-/// Start from `Default` and set what you need; each setting has a getter
-/// named after it and a `with_` setter:
-///
-/// ```
-/// use std::time::Duration;
-/// use txmsg_core::RelayConfig;
-///
-/// let config = RelayConfig::default()
-///     .with_max_attempts(5)
-///     .with_lease(Duration::from_secs(60));
-/// assert_eq!(config.max_attempts(), 5);
-/// assert!(config.validate().is_ok());
-/// ```
-///
-/// The plain settings deserialize from a service's config file or
-/// environment (any serde format; durations as `"30s"`, `"1h 30m"`; unknown
-/// keys refused; what is left out keeps its default). The clock is not a
-/// setting there. [`Relay::new`](crate::Relay::new) checks the result:
-///
-/// ```
-/// use std::time::Duration;
-/// use txmsg_core::{DeadKeyPolicy, RelayConfig};
-///
-/// let config: RelayConfig = serde_json::from_str(
-///     r#"{ "max_attempts": 5, "lease": "1m", "dead_key_policy": "skip", "sent_retention": null }"#,
-/// )?;
-/// assert_eq!(config.lease(), Duration::from_secs(60));
-/// assert_eq!(config.dead_key_policy(), DeadKeyPolicy::Skip);
-/// assert_eq!(config.sent_retention(), None);
-/// assert_eq!(config.batch_size(), RelayConfig::default().batch_size());
-///
-/// let bad: RelayConfig = serde_json::from_str(r#"{ "publish_timeout": "2m" }"#)?;
-/// assert!(bad.validate().is_err(), "publish_timeout must be shorter than lease");
-/// assert!(serde_json::from_str::<RelayConfig>(r#"{ "leese": "1m" }"#).is_err());
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Clone, Debug, serde::Deserialize)]
-#[non_exhaustive]
-#[serde(default, deny_unknown_fields)]
-pub struct RelayConfig {
-    pub(crate) batch_size: u32,
-    pub(crate) per_key_batch: u32,
-    #[serde(with = "humantime_serde")]
-    pub(crate) lease: Duration,
-    #[serde(with = "humantime_serde")]
-    pub(crate) poll_interval: Duration,
-    pub(crate) max_attempts: u32,
-    #[serde(with = "humantime_serde")]
-    pub(crate) backoff_min: Duration,
-    #[serde(with = "humantime_serde")]
-    pub(crate) backoff_max: Duration,
-    pub(crate) max_payload_bytes: usize,
-    pub(crate) max_in_flight: usize,
-    pub(crate) fast_path_capacity: usize,
-    pub(crate) mark_batch: usize,
-    #[serde(with = "humantime_serde")]
-    pub(crate) mark_interval: Duration,
-    #[serde(with = "humantime_serde")]
-    pub(crate) publish_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    pub(crate) shutdown_timeout: Duration,
-    pub(crate) dead_key_policy: DeadKeyPolicy,
-    #[serde(with = "humantime_serde")]
-    pub(crate) sent_retention: Option<Duration>,
-    #[serde(with = "humantime_serde")]
-    pub(crate) purge_interval: Duration,
-    pub(crate) purge_batch: u32,
-    #[serde(with = "humantime_serde")]
-    pub(crate) stats_interval: Option<Duration>,
-    #[serde(skip)]
-    pub(crate) clock: Arc<dyn Clock>,
-}
-
 crate::config::settings! {
-    RelayConfig {
+    /// Settings of a [`Relay`](crate::Relay), validated by [`RelayConfig::validate`]
+    /// when the relay is made.
+    ///
+    /// Start from `Default` and set what you need; each setting has a getter
+    /// named after it and a `with_` setter:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use txmsg_core::RelayConfig;
+    ///
+    /// let config = RelayConfig::default()
+    ///     .with_max_attempts(5)
+    ///     .with_lease(Duration::from_secs(60));
+    /// assert_eq!(config.max_attempts(), 5);
+    /// assert!(config.validate().is_ok());
+    /// ```
+    ///
+    /// The plain settings deserialize from a service's config file or
+    /// environment (any serde format; durations as `"30s"`, `"1h 30m"`; unknown
+    /// keys refused; what is left out keeps its default). The clock is not a
+    /// setting there. [`Relay::new`](crate::Relay::new) checks the result:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use txmsg_core::{DeadKeyPolicy, RelayConfig};
+    ///
+    /// let config: RelayConfig = serde_json::from_str(
+    ///     r#"{ "max_attempts": 5, "lease": "1m", "dead_key_policy": "skip", "sent_retention": null }"#,
+    /// )?;
+    /// assert_eq!(config.lease(), Duration::from_secs(60));
+    /// assert_eq!(config.dead_key_policy(), DeadKeyPolicy::Skip);
+    /// assert_eq!(config.sent_retention(), None);
+    /// assert_eq!(config.batch_size(), RelayConfig::default().batch_size());
+    ///
+    /// let bad: RelayConfig = serde_json::from_str(r#"{ "publish_timeout": "2m" }"#)?;
+    /// assert!(bad.validate().is_err(), "publish_timeout must be shorter than lease");
+    /// assert!(serde_json::from_str::<RelayConfig>(r#"{ "leese": "1m" }"#).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[derive(Clone, Debug, serde::Deserialize)]
+    #[non_exhaustive]
+    #[serde(default = "RelayConfig::defaults", deny_unknown_fields)]
+    pub struct RelayConfig {
         /// Most rows claimed by one poll. Default 500.
-        batch_size / with_batch_size: u32,
+        batch_size / with_batch_size: u32 = 500,
         /// Most rows of one key claimed by one poll, after its first. Default 100.
-        per_key_batch / with_per_key_batch: u32,
+        per_key_batch / with_per_key_batch: u32 = 100,
         /// How long a claimed row (or a row written by this process for the fast
         /// path) belongs to this relay before another may take it. Default 30 s.
-        lease / with_lease: Duration,
+        lease / with_lease: Duration = Duration::from_secs(30),
         /// How often the poller looks for rows when nothing wakes it. Default 1 s.
-        poll_interval / with_poll_interval: Duration,
+        poll_interval / with_poll_interval: Duration = Duration::from_secs(1),
         /// Attempts before a message is dead. Default 10.
-        max_attempts / with_max_attempts: u32,
+        max_attempts / with_max_attempts: u32 = 10,
         /// First retry delay. Default 200 ms.
-        backoff_min / with_backoff_min: Duration,
+        backoff_min / with_backoff_min: Duration = Duration::from_millis(200),
         /// Longest retry delay. Default 60 s.
-        backoff_max / with_backoff_max: Duration,
+        backoff_max / with_backoff_max: Duration = Duration::from_secs(60),
         /// Largest payload published, in bytes; larger ones go dead. Default 1 MiB.
-        max_payload_bytes / with_max_payload_bytes: usize,
+        max_payload_bytes / with_max_payload_bytes: usize = 1024 * 1024,
         /// Most publishes awaiting a broker confirm at once. Default 512.
-        max_in_flight / with_max_in_flight: usize,
+        max_in_flight / with_max_in_flight: usize = 512,
         /// Messages buffered for the fast path; beyond it, new messages go to the
         /// poller. Default 16 384.
-        fast_path_capacity / with_fast_path_capacity: usize,
+        fast_path_capacity / with_fast_path_capacity: usize = 16 * 1024,
         /// Most sent marks written in one statement. Default 512.
-        mark_batch / with_mark_batch: usize,
+        mark_batch / with_mark_batch: usize = 512,
         /// Longest a sent mark waits to be batched. Default 5 ms.
-        mark_interval / with_mark_interval: Duration,
+        mark_interval / with_mark_interval: Duration = Duration::from_millis(5),
         /// Longest a publish may wait for the broker's confirm; shorter than `lease`. Default 10 s.
-        publish_timeout / with_publish_timeout: Duration,
+        publish_timeout / with_publish_timeout: Duration = Duration::from_secs(10),
         /// How long shutdown waits for in-flight publishes. Default 10 s.
-        shutdown_timeout / with_shutdown_timeout: Duration,
+        shutdown_timeout / with_shutdown_timeout: Duration = Duration::from_secs(10),
         /// What a dead message does to its key. Default [`DeadKeyPolicy::Park`].
-        dead_key_policy / with_dead_key_policy: DeadKeyPolicy,
+        dead_key_policy / with_dead_key_policy: DeadKeyPolicy = DeadKeyPolicy::Park,
         /// How long sent rows are kept before the relay purges them; `None`
         /// keeps them forever. Default 7 days.
-        sent_retention / with_sent_retention: Option<Duration>,
+        sent_retention / with_sent_retention: Option<Duration> = Some(Duration::from_secs(7 * 24 * 3600)),
         /// How often the relay purges sent rows past `sent_retention`. Default 60 s.
-        purge_interval / with_purge_interval: Duration,
+        purge_interval / with_purge_interval: Duration = Duration::from_secs(60),
         /// Most rows one purge statement deletes; a purge deletes batch after
         /// batch, pausing between them, so producers are never blocked by a
         /// long delete. Default 1 000.
-        purge_batch / with_purge_batch: u32,
+        purge_batch / with_purge_batch: u32 = 1_000,
         /// How often the relay reads [`Store::stats`](crate::Store::stats) to
         /// set the outbox gauges ([`OUTBOX_PENDING`](crate::metrics::OUTBOX_PENDING),
         /// [`OUTBOX_OLDEST_PENDING_AGE_SECONDS`](crate::metrics::OUTBOX_OLDEST_PENDING_AGE_SECONDS));
         /// `None` sets no gauges and reads nothing. Default 5 s.
-        stats_interval / with_stats_interval: Option<Duration>,
+        stats_interval / with_stats_interval: Option<Duration> = Some(Duration::from_secs(5)),
     }
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
-        RelayConfig {
-            batch_size: 500,
-            per_key_batch: 100,
-            lease: Duration::from_secs(30),
-            poll_interval: Duration::from_secs(1),
-            max_attempts: 10,
-            backoff_min: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(60),
-            max_payload_bytes: 1024 * 1024,
-            max_in_flight: 512,
-            fast_path_capacity: 16 * 1024,
-            mark_batch: 512,
-            mark_interval: Duration::from_millis(5),
-            publish_timeout: Duration::from_secs(10),
-            shutdown_timeout: Duration::from_secs(10),
-            dead_key_policy: DeadKeyPolicy::Park,
-            sent_retention: Some(Duration::from_secs(7 * 24 * 3600)),
-            purge_interval: Duration::from_secs(60),
-            purge_batch: 1_000,
-            stats_interval: Some(Duration::from_secs(5)),
-            clock: Arc::new(SystemClock),
-        }
+        Self::defaults()
     }
 }
 

@@ -16,81 +16,53 @@ use super::registry::{CheckBackRecord, CheckStatus, registered_check_backs};
 use crate::error::error_chain;
 use crate::store::{ClaimRequest, Lease};
 use crate::task::Tasks;
-use crate::{Clock, Error, HalfStore, RelayHandle, Result, States, SystemClock};
-
-/// Settings of a [`CheckBackWorker`]. Defaults follow RocketMQ 5: first
-/// check 6 s after a message was prepared (set by the producer, see
-/// [`CheckBackConfig::check_after`]), then 30 s apart, 15 checks.
-///
-/// Start from `Default` and set what you need with the `with_` setters; the
-/// settings but the clock deserialize as [`RelayConfig`](crate::RelayConfig)'s do:
-///
-/// ```
-/// use std::time::Duration;
-/// use txmsg_core::half::CheckBackConfig;
-///
-/// let config = CheckBackConfig::default().with_max_checks(5);
-/// let loaded: CheckBackConfig = serde_json::from_str(r#"{ "max_checks": 5, "interval": "10s" }"#)?;
-/// assert_eq!((loaded.max_checks(), loaded.interval()), (config.max_checks(), Duration::from_secs(10)));
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Clone, Debug, serde::Deserialize)]
-#[non_exhaustive]
-#[serde(default, deny_unknown_fields)]
-pub struct CheckBackConfig {
-    #[serde(with = "humantime_serde")]
-    pub(crate) check_after: Duration,
-    #[serde(with = "humantime_serde")]
-    pub(crate) interval: Duration,
-    pub(crate) max_checks: u32,
-    #[serde(with = "humantime_serde")]
-    pub(crate) timeout: Duration,
-    pub(crate) batch_size: u32,
-    pub(crate) concurrency: usize,
-    #[serde(with = "humantime_serde")]
-    pub(crate) lease: Duration,
-    #[serde(with = "humantime_serde")]
-    pub(crate) poll_interval: Duration,
-    #[serde(skip)]
-    pub(crate) clock: Arc<dyn Clock>,
-}
+use crate::{Error, HalfStore, RelayHandle, Result, States};
 
 crate::config::settings! {
-    CheckBackConfig {
+    /// Settings of a [`CheckBackWorker`]. Defaults follow RocketMQ 5: first
+    /// check 6 s after a message was prepared (set by the producer, see
+    /// [`CheckBackConfig::check_after`]), then 30 s apart, 15 checks.
+    ///
+    /// Start from `Default` and set what you need with the `with_` setters; the
+    /// settings but the clock deserialize as [`RelayConfig`](crate::RelayConfig)'s do:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use txmsg_core::half::CheckBackConfig;
+    ///
+    /// let config = CheckBackConfig::default().with_max_checks(5);
+    /// let loaded: CheckBackConfig = serde_json::from_str(r#"{ "max_checks": 5, "interval": "10s" }"#)?;
+    /// assert_eq!((loaded.max_checks(), loaded.interval()), (config.max_checks(), Duration::from_secs(10)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[derive(Clone, Debug, serde::Deserialize)]
+    #[non_exhaustive]
+    #[serde(default = "CheckBackConfig::defaults", deny_unknown_fields)]
+    pub struct CheckBackConfig {
         /// Time from preparing a message to its first check. Producers use it
         /// (through their attribute or call); here it is only validated. Default 6 s.
-        check_after / with_check_after: Duration,
+        check_after / with_check_after: Duration = Duration::from_secs(6),
         /// Time between checks that answered Unknown (or failed). Default 30 s.
-        interval / with_interval: Duration,
+        interval / with_interval: Duration = Duration::from_secs(30),
         /// Checks that really ran before the message is dead. Default 15.
-        max_checks / with_max_checks: u32,
+        max_checks / with_max_checks: u32 = 15,
         /// Longest a check-back may take; past it, the check counts as Unknown.
         /// Default 10 s.
-        timeout / with_timeout: Duration,
+        timeout / with_timeout: Duration = Duration::from_secs(10),
         /// Most prepared messages claimed at once. Default 100.
-        batch_size / with_batch_size: u32,
+        batch_size / with_batch_size: u32 = 100,
         /// Check-backs running at once. Default 16.
-        concurrency / with_concurrency: usize,
+        concurrency / with_concurrency: usize = 16,
         /// How long a claimed message belongs to this worker. Default 60 s.
-        lease / with_lease: Duration,
+        lease / with_lease: Duration = Duration::from_secs(60),
         /// How often to look for due messages. Default 1 s.
-        poll_interval / with_poll_interval: Duration,
+        poll_interval / with_poll_interval: Duration = Duration::from_secs(1),
     }
 }
 
 impl Default for CheckBackConfig {
     fn default() -> Self {
-        CheckBackConfig {
-            check_after: Duration::from_secs(6),
-            interval: Duration::from_secs(30),
-            max_checks: 15,
-            timeout: Duration::from_secs(10),
-            batch_size: 100,
-            concurrency: 16,
-            lease: Duration::from_secs(60),
-            poll_interval: Duration::from_secs(1),
-            clock: Arc::new(SystemClock),
-        }
+        Self::defaults()
     }
 }
 
