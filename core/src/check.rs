@@ -153,47 +153,138 @@ pub fn backoff(
     }
 }
 
-/// Writes a broker config's validated settings: for each, a getter named
-/// after the field, documented with the setting's doc, and a `with_` setter
-/// that runs one of this module's checks on the value, naming the field.
+/// A setting's value as a config file writes it: durations as `"30s"` or
+/// `"1h 30m"` (through humantime-serde), everything else as serde reads it.
+/// The configs' fields read through [`setting`].
+pub trait Setting: Sized {
+    /// Reads the value.
+    ///
+    /// # Errors
+    ///
+    /// The deserializer's, for a value of the wrong kind.
+    fn read<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error>;
+}
+
+impl Setting for Duration {
+    fn read<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        humantime_serde::deserialize(d)
+    }
+}
+
+impl Setting for Option<Duration> {
+    fn read<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        humantime_serde::deserialize(d)
+    }
+}
+
+macro_rules! plain_setting {
+    ($($t:ty),*) => {$(
+        impl Setting for $t {
+            fn read<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                serde::Deserialize::deserialize(d)
+            }
+        }
+    )*};
+}
+
+plain_setting!(
+    bool,
+    u16,
+    u32,
+    u64,
+    usize,
+    Option<u64>,
+    String,
+    crate::DeadKeyPolicy,
+    crate::tls::TlsFiles
+);
+
+/// Reads a setting ([`Setting`]): the `deserialize_with` of every field of
+/// the configs that [`broker_settings!`](crate::broker_settings) and the
+/// runners' configs define.
 ///
-/// It adds the CloudEvents `source` setting every broker has (checked by
-/// [`check_source`](crate::cloudevents::check_source)), and with
-/// `tls "<crate>" { <docs> }` the TLS files setting, refused without the
+/// # Errors
+///
+/// The deserializer's, for a value of the wrong kind.
+pub fn setting<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Setting,
+{
+    T::read(d)
+}
+
+/// Writes a broker's config from one list of its settings: the struct (its
+/// derives and `#[serde(default)]` come from the caller, as serde's names
+/// must), `#[non_exhaustive]` and refusing unknown keys, its `Default`, and for
+/// each checked setting a getter named after the
+/// field, documented with the setting's doc, and a `with_` setter that runs
+/// one of this module's checks on the value, naming the field. Plain fields
+/// (`name: Type = default;`, listed first) get their accessors by hand.
+///
+/// It adds the accessors of the CloudEvents `source` every broker has
+/// (checked by [`check_source`](crate::cloudevents::check_source)), and with
+/// `tls "<crate>" { <docs> }` those of the TLS files, refused without the
 /// crate's `tls` feature.
 ///
 /// ```
 /// use std::time::Duration;
 ///
-/// /// A broker's settings.
-/// #[derive(Debug, Clone)]
-/// pub struct DemoConfig {
-///     ack_wait: Duration,
-///     source: String,
-/// }
-///
 /// txmsg_core::broker_settings! {
-///     DemoConfig {
+///     /// A broker's settings.
+///     #[derive(Debug, Clone, serde::Deserialize)]
+///     #[serde(default)]
+///     pub struct DemoConfig {
+///         source: String = "/txmsg".to_owned();
 ///         /// How long a delivery may stay unsettled.
-///         ack_wait / with_ack_wait: Duration, unless "it is at least 1 s"
-///             = at_least(Duration::from_secs(1)),
+///         ack_wait / with_ack_wait: Duration = Duration::from_secs(30),
+///             unless "it is at least 1 s" = at_least(Duration::from_secs(1)),
 ///     }
 /// }
 ///
-/// let config = DemoConfig { ack_wait: Duration::from_secs(5), source: "/txmsg".into() };
-/// assert!(config.clone().with_ack_wait(Duration::ZERO).is_err());
-/// assert_eq!(config.with_ack_wait(Duration::from_secs(2))?.ack_wait(), Duration::from_secs(2));
-/// # Ok::<(), txmsg_core::Error>(())
+/// assert!(DemoConfig::default().with_ack_wait(Duration::ZERO).is_err());
+/// let config: DemoConfig = serde_json::from_str(r#"{ "ack_wait": "2s" }"#)?;
+/// assert_eq!(config.ack_wait(), Duration::from_secs(2));
+/// assert_eq!(config.source(), "/txmsg");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[macro_export]
 macro_rules! broker_settings {
-    ($config:ident {
+    (
+        $(#[$meta:meta])*
+        pub struct $config:ident {
+            $( $plain:ident : $plain_ty:ty = $plain_default:expr; )*
+            $(
+                $(#[doc = $doc:literal])+
+                $field:ident / $with:ident : $ty:ty = $default:expr,
+                    unless $rule:literal = $check:ident ( $($arg:expr),* )
+            ),* $(,)?
+        }
         $( tls $adapter:literal { $(#[doc = $tls_doc:literal])+ } )?
-        $(
-            $(#[doc = $doc:literal])+
-            $field:ident / $with:ident : $ty:ty, unless $rule:literal = $check:ident ( $($arg:expr),* )
-        ),* $(,)?
-    }) => {
+    ) => {
+        $(#[$meta])*
+        #[non_exhaustive]
+        #[serde(deny_unknown_fields)]
+        pub struct $config {
+            $(
+                #[serde(deserialize_with = "txmsg_core::check::setting")]
+                $plain: $plain_ty,
+            )*
+            $(
+                #[serde(deserialize_with = "txmsg_core::check::setting")]
+                $field: $ty,
+            )*
+        }
+
+        impl Default for $config {
+            fn default() -> Self {
+                $config {
+                    $( $plain: $plain_default, )*
+                    $( $field: $default, )*
+                }
+            }
+        }
+
         impl $config {
             $(
                 $(#[doc = $doc])+

@@ -319,7 +319,7 @@ macro_rules! settings {
         pub struct $config {
             $( pub(crate) $extra: $extra_ty, )*
             $(
-                #[serde(deserialize_with = "crate::config::setting")]
+                #[serde(deserialize_with = "crate::check::setting")]
                 pub(crate) $field: $ty,
             )+
             #[serde(skip, default = "crate::config::system_clock")]
@@ -369,47 +369,6 @@ pub(crate) use settings;
 /// The clock a runner's config starts with.
 pub(crate) fn system_clock() -> Arc<dyn Clock> {
     Arc::new(SystemClock)
-}
-
-/// A value of a runner's setting, as it is written in a config file:
-/// durations as `"30s"` or `"1h 30m"`, the rest as serde reads them.
-pub(crate) trait Setting: Sized {
-    /// Reads the value.
-    fn read<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error>;
-}
-
-impl Setting for Duration {
-    fn read<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        humantime_serde::deserialize(d)
-    }
-}
-
-impl Setting for Option<Duration> {
-    fn read<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        humantime_serde::deserialize(d)
-    }
-}
-
-macro_rules! plain_setting {
-    ($($t:ty),*) => {$(
-        impl Setting for $t {
-            fn read<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-                serde::Deserialize::deserialize(d)
-            }
-        }
-    )*};
-}
-
-plain_setting!(u16, u32, usize, DeadKeyPolicy);
-
-/// Reads a setting ([`Setting`]): the `deserialize_with` of every field
-/// that [`settings!`] writes.
-pub(crate) fn setting<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Setting,
-{
-    T::read(d)
 }
 
 /// What the relay does with the later messages of a key whose message went dead.

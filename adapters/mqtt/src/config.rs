@@ -7,111 +7,88 @@ use txmsg_core::{Error, Result};
 
 use crate::url::Endpoint;
 
-/// Longest topic prefix, in bytes.
-const MAX_PREFIX_LEN: usize = 128;
-/// Longest client id prefix, in bytes (a UUID is appended to it).
-const MAX_CLIENT_ID_PREFIX_LEN: usize = 64;
-
-/// Settings of an [`MqttBroker`](crate::MqttBroker), validated as they are set.
-///
-/// # TLS
-///
-/// An `mqtts://` URL (or `ssl://`, port 8883 by default) connects over TLS;
-/// it needs the crate's `tls` feature, and without it
-/// [`MqttBroker::connect`](crate::MqttBroker::connect) refuses the URL with
-/// [`Error::Config`] for `url` rather than connecting in plain text. The
-/// server's certificate is checked against the system's trust store, or only
-/// against [`TlsFiles::ca_file`] when that is set;
-/// [`TlsFiles::client_auth`] adds a client certificate
-/// (mutual TLS). The TLS options are refused for a plain `mqtt://` URL,
-/// which would not use them.
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use txmsg_mqtt::MqttConfig;
-///
-/// # fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// let config = MqttConfig::default()
-///     .with_topic_prefix("shop/")?
-///     .with_source("/orders")?
-///     .with_keep_alive(Duration::from_secs(30))?;
-/// assert_eq!(config.topic_prefix(), "shop/");
-/// # Ok(()) }
-/// ```
-///
-/// It deserializes with serde, from a service's config file or environment,
-/// as [the guide's configuration reference][guide] shows;
-/// [`validate`](Self::validate) then checks it as the setters do
-/// (connecting checks it too).
-///
-/// [guide]: https://github.com/txmsg/txmsg/blob/main/docs/guide.md#4-configuration-reference
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[non_exhaustive]
-#[serde(default, deny_unknown_fields)]
-pub struct MqttConfig {
-    topic_prefix: String,
-    client_id_prefix: String,
-    source: String,
-    #[serde(with = "humantime_serde")]
-    keep_alive: Duration,
-    #[serde(with = "humantime_serde")]
-    session_expiry: Duration,
-    #[serde(with = "humantime_serde")]
-    connect_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    publish_timeout: Duration,
-    max_packet_size: u32,
-    tls: TlsFiles,
-}
-
-impl Default for MqttConfig {
-    fn default() -> Self {
-        MqttConfig {
-            topic_prefix: "txmsg/".to_owned(),
-            client_id_prefix: "txmsg-".to_owned(),
-            source: "/txmsg".to_owned(),
-            keep_alive: Duration::from_secs(30),
-            session_expiry: Duration::from_secs(3600),
-            connect_timeout: Duration::from_secs(5),
-            publish_timeout: Duration::from_secs(30),
-            max_packet_size: 16 * 1024 * 1024,
-            tls: TlsFiles::default(),
-        }
-    }
-}
-
 txmsg_core::broker_settings! {
-    MqttConfig {
-        tls "txmsg-mqtt" {
-            /// Sets the TLS files of `mqtts://` connections: a CA file trusted
-            /// instead of the system's roots, a client certificate and key (see
-            /// [`TlsFiles`]; read when the broker connects).
-        }
+    /// Settings of an [`MqttBroker`](crate::MqttBroker), validated as they are set.
+    ///
+    /// # TLS
+    ///
+    /// An `mqtts://` URL (or `ssl://`, port 8883 by default) connects over TLS;
+    /// it needs the crate's `tls` feature, and without it
+    /// [`MqttBroker::connect`](crate::MqttBroker::connect) refuses the URL with
+    /// [`Error::Config`] for `url` rather than connecting in plain text. The
+    /// server's certificate is checked against the system's trust store, or only
+    /// against [`TlsFiles::ca_file`] when that is set;
+    /// [`TlsFiles::client_auth`] adds a client certificate
+    /// (mutual TLS). The TLS options are refused for a plain `mqtt://` URL,
+    /// which would not use them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use txmsg_mqtt::MqttConfig;
+    ///
+    /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = MqttConfig::default()
+    ///     .with_topic_prefix("shop/")?
+    ///     .with_source("/orders")?
+    ///     .with_keep_alive(Duration::from_secs(30))?;
+    /// assert_eq!(config.topic_prefix(), "shop/");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// It deserializes with serde, from a service's config file or environment,
+    /// as [the guide's configuration reference][guide] shows;
+    /// [`validate`](Self::validate) then checks it as the setters do
+    /// (connecting checks it too).
+    ///
+    /// [guide]: https://github.com/txmsg/txmsg/blob/main/docs/guide.md#4-configuration-reference
+    #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+    #[serde(default)]
+    pub struct MqttConfig {
+        topic_prefix: String = "txmsg/".to_owned();
+        client_id_prefix: String = "txmsg-".to_owned();
+        source: String = "/txmsg".to_owned();
+        tls: TlsFiles = TlsFiles::default();
         /// The MQTT keep-alive interval (default 30 s).
-        keep_alive / with_keep_alive: Duration, unless "it is 5 s to 65535 s, in whole seconds"
+        keep_alive / with_keep_alive: Duration = Duration::from_secs(30),
+            unless "it is 5 s to 65535 s, in whole seconds"
             = whole_seconds(Duration::from_secs(5), Duration::from_secs(u64::from(u16::MAX))),
         /// How long the broker keeps a subscription's session (its
         /// unacknowledged and queued messages) after the connection drops
         /// (default 1 h). Subscriptions connect with `clean_start = false`, so
         /// a reconnect resumes the session and gets its unacknowledged
         /// messages again. Zero makes every session end with its connection.
-        session_expiry / with_session_expiry: Duration, unless "it is whole seconds below `u32::MAX` s"
+        session_expiry / with_session_expiry: Duration = Duration::from_secs(3600),
+            unless "it is whole seconds below `u32::MAX` s"
             = whole_seconds(Duration::ZERO, Duration::from_secs(u64::from(u32::MAX) - 1)),
         /// How long a connection attempt may take (default 5 s).
-        connect_timeout / with_connect_timeout: Duration, unless "it is whole seconds from 1 s to 1 h"
+        connect_timeout / with_connect_timeout: Duration = Duration::from_secs(5),
+            unless "it is whole seconds from 1 s to 1 h"
             = whole_seconds(Duration::from_secs(1), Duration::from_secs(3600)),
         /// How long a publish waits for its PUBACK (default 30 s); past it
         /// the publish fails with a retryable error.
-        publish_timeout / with_publish_timeout: Duration, unless "it is greater than zero"
+        publish_timeout / with_publish_timeout: Duration = Duration::from_secs(30),
+            unless "it is greater than zero"
             = positive(),
         /// The largest MQTT packet this client sends or accepts (default
         /// 16 MiB; the broker's own limit applies as well).
-        max_packet_size / with_max_packet_size: u32, unless "it is 1024 bytes to 256 MiB"
+        max_packet_size / with_max_packet_size: u32 = 16 * 1024 * 1024,
+            unless "it is 1024 bytes to 256 MiB"
             = within(1024, 256 * 1024 * 1024),
     }
+    tls "txmsg-mqtt" {
+        /// Sets the TLS files of `mqtts://` connections: a CA file trusted
+        /// instead of the system's roots, a client certificate and key (see
+        /// [`TlsFiles`]; read when the broker connects).
+    }
 }
+
+/// Longest topic prefix, in bytes.
+const MAX_PREFIX_LEN: usize = 128;
+
+/// Longest client id prefix, in bytes (a UUID is appended to it).
+const MAX_CLIENT_ID_PREFIX_LEN: usize = 64;
 
 impl MqttConfig {
     /// Checks every setting as its setter does: what a deserialized config

@@ -5,126 +5,102 @@ use std::time::Duration;
 use txmsg_core::tls::TlsFiles;
 use txmsg_core::{Error, Result};
 
-/// Longest stream name accepted, in bytes.
-const MAX_STREAM_LEN: usize = 64;
-
-/// Longest subject prefix accepted, in bytes.
-const MAX_PREFIX_LEN: usize = 128;
-
-/// Settings of a [`NatsBroker`](crate::NatsBroker), checked as they are set.
-///
-/// | setting | default | meaning |
-/// |---------|---------|---------|
-/// | [`stream`](Self::stream) | `"TXMSG"` | JetStream stream holding every message |
-/// | [`subject_prefix`](Self::subject_prefix) | `"txmsg"` | topic `orders.placed` is published on `txmsg.orders.placed`; the stream takes `txmsg.>` |
-/// | [`duplicate_window`](Self::duplicate_window) | 2 min | how long the stream remembers a `Nats-Msg-Id` to drop a republish |
-/// | [`ack_wait`](Self::ack_wait) | 30 s | how long a delivery may stay unsettled before the server delivers it again |
-/// | [`max_ack_pending`](Self::max_ack_pending) | 1000 | most unsettled deliveries of one group, over all its subscriptions |
-/// | [`connect_timeout`](Self::connect_timeout) | 10 s | longest the first connect may take |
-/// | [`publish_timeout`](Self::publish_timeout) | 10 s | longest a publish waits for its PubAck |
-/// | [`source`](Self::source) | `"/txmsg"` | the CloudEvents `source` attribute of every message |
-/// | [`tls`](Self::tls) | none (the system's roots, no client certificate) | the PEM files of the trusted CAs, and of a client certificate and key, for TLS |
-///
-/// # TLS
-///
-/// A `tls://` server URL connects over TLS; so does a `nats://` one whose
-/// server asks for TLS, and any URL once a TLS option is set (the client
-/// then requires TLS and never falls back to plain text). TLS needs the
-/// crate's `tls` feature: without it a `tls://` URL is refused with
-/// [`Error::Config`] for `url`, and so are the TLS options. The server's
-/// certificate is checked against the system's trust store, plus
-/// [`TlsFiles::ca_file`] when that is set.
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use txmsg_nats::NatsConfig;
-///
-/// let config = NatsConfig::default()
-///     .with_stream("BILLING")?
-///     .with_subject_prefix("billing")?
-///     .with_duplicate_window(Duration::from_secs(600))?;
-/// assert_eq!(config.stream(), "BILLING");
-/// assert_eq!(config.subject("orders.placed"), "billing.orders.placed");
-///
-/// assert!(NatsConfig::default().with_stream("no.dots").is_err());
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-///
-/// It deserializes with serde, from a service's config file or environment,
-/// as [the guide's configuration reference][guide] shows;
-/// [`validate`](Self::validate) then checks it as the setters do
-/// (connecting checks it too).
-///
-/// [guide]: https://github.com/txmsg/txmsg/blob/main/docs/guide.md#4-configuration-reference
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[non_exhaustive]
-#[serde(default, deny_unknown_fields)]
-pub struct NatsConfig {
-    stream: String,
-    subject_prefix: String,
-    #[serde(with = "humantime_serde")]
-    duplicate_window: Duration,
-    #[serde(with = "humantime_serde")]
-    ack_wait: Duration,
-    max_ack_pending: u32,
-    #[serde(with = "humantime_serde")]
-    connect_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    publish_timeout: Duration,
-    source: String,
-    tls: TlsFiles,
-}
-
-impl Default for NatsConfig {
-    fn default() -> Self {
-        NatsConfig {
-            stream: "TXMSG".to_owned(),
-            subject_prefix: "txmsg".to_owned(),
-            duplicate_window: Duration::from_secs(120),
-            ack_wait: Duration::from_secs(30),
-            max_ack_pending: 1000,
-            connect_timeout: Duration::from_secs(10),
-            publish_timeout: Duration::from_secs(10),
-            source: "/txmsg".to_owned(),
-            tls: TlsFiles::default(),
-        }
-    }
-}
-
 txmsg_core::broker_settings! {
-    NatsConfig {
-        tls "txmsg-nats" {
-            /// Sets the TLS files: CA certificates trusted beside the system's
-            /// roots, a client certificate and key (see [`TlsFiles`]; read when
-            /// the broker connects). Once any is set, the client requires TLS.
-        }
+    /// Settings of a [`NatsBroker`](crate::NatsBroker), checked as they are set.
+    ///
+    /// | setting | default | meaning |
+    /// |---------|---------|---------|
+    /// | [`stream`](Self::stream) | `"TXMSG"` | JetStream stream holding every message |
+    /// | [`subject_prefix`](Self::subject_prefix) | `"txmsg"` | topic `orders.placed` is published on `txmsg.orders.placed`; the stream takes `txmsg.>` |
+    /// | [`duplicate_window`](Self::duplicate_window) | 2 min | how long the stream remembers a `Nats-Msg-Id` to drop a republish |
+    /// | [`ack_wait`](Self::ack_wait) | 30 s | how long a delivery may stay unsettled before the server delivers it again |
+    /// | [`max_ack_pending`](Self::max_ack_pending) | 1000 | most unsettled deliveries of one group, over all its subscriptions |
+    /// | [`connect_timeout`](Self::connect_timeout) | 10 s | longest the first connect may take |
+    /// | [`publish_timeout`](Self::publish_timeout) | 10 s | longest a publish waits for its PubAck |
+    /// | [`source`](Self::source) | `"/txmsg"` | the CloudEvents `source` attribute of every message |
+    /// | [`tls`](Self::tls) | none (the system's roots, no client certificate) | the PEM files of the trusted CAs, and of a client certificate and key, for TLS |
+    ///
+    /// # TLS
+    ///
+    /// A `tls://` server URL connects over TLS; so does a `nats://` one whose
+    /// server asks for TLS, and any URL once a TLS option is set (the client
+    /// then requires TLS and never falls back to plain text). TLS needs the
+    /// crate's `tls` feature: without it a `tls://` URL is refused with
+    /// [`Error::Config`] for `url`, and so are the TLS options. The server's
+    /// certificate is checked against the system's trust store, plus
+    /// [`TlsFiles::ca_file`] when that is set.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use txmsg_nats::NatsConfig;
+    ///
+    /// let config = NatsConfig::default()
+    ///     .with_stream("BILLING")?
+    ///     .with_subject_prefix("billing")?
+    ///     .with_duplicate_window(Duration::from_secs(600))?;
+    /// assert_eq!(config.stream(), "BILLING");
+    /// assert_eq!(config.subject("orders.placed"), "billing.orders.placed");
+    ///
+    /// assert!(NatsConfig::default().with_stream("no.dots").is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// It deserializes with serde, from a service's config file or environment,
+    /// as [the guide's configuration reference][guide] shows;
+    /// [`validate`](Self::validate) then checks it as the setters do
+    /// (connecting checks it too).
+    ///
+    /// [guide]: https://github.com/txmsg/txmsg/blob/main/docs/guide.md#4-configuration-reference
+    #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+    #[serde(default)]
+    pub struct NatsConfig {
+        stream: String = "TXMSG".to_owned();
+        subject_prefix: String = "txmsg".to_owned();
+        source: String = "/txmsg".to_owned();
+        tls: TlsFiles = TlsFiles::default();
         /// How long the stream remembers a message's `Nats-Msg-Id` (its
         /// idempotency key): a message published again within the window is
         /// acknowledged and dropped.
-        duplicate_window / with_duplicate_window: Duration, unless "it is at least 1 s"
+        duplicate_window / with_duplicate_window: Duration = Duration::from_secs(120),
+            unless "it is at least 1 s"
             = at_least(Duration::from_secs(1)),
         /// How long a delivery may stay unsettled before the server delivers
         /// it again (the consumers' `ack_wait`). Deliveries that are nacked
         /// or dropped come back at once; this bounds the wait for those of a
         /// consumer that vanished without a word.
-        ack_wait / with_ack_wait: Duration, unless "it is at least 1 s"
+        ack_wait / with_ack_wait: Duration = Duration::from_secs(30),
+            unless "it is at least 1 s"
             = at_least(Duration::from_secs(1)),
         /// The most deliveries one group may have unsettled over all its
         /// subscriptions (the consumers' `max_ack_pending`). Each
         /// subscription is further held to its own `prefetch`.
-        max_ack_pending / with_max_ack_pending: u32, unless "it is greater than zero"
+        max_ack_pending / with_max_ack_pending: u32 = 1000,
+            unless "it is greater than zero"
             = positive(),
         /// The longest the first connect may take.
-        connect_timeout / with_connect_timeout: Duration, unless "it is greater than zero"
+        connect_timeout / with_connect_timeout: Duration = Duration::from_secs(10),
+            unless "it is greater than zero"
             = positive(),
         /// The longest a publish waits for its PubAck; after that it fails
         /// with a retryable error.
-        publish_timeout / with_publish_timeout: Duration, unless "it is greater than zero"
+        publish_timeout / with_publish_timeout: Duration = Duration::from_secs(10),
+            unless "it is greater than zero"
             = positive(),
     }
+    tls "txmsg-nats" {
+        /// Sets the TLS files: CA certificates trusted beside the system's
+        /// roots, a client certificate and key (see [`TlsFiles`]; read when
+        /// the broker connects). Once any is set, the client requires TLS.
+    }
 }
+
+/// Longest stream name accepted, in bytes.
+const MAX_STREAM_LEN: usize = 64;
+
+/// Longest subject prefix accepted, in bytes.
+const MAX_PREFIX_LEN: usize = 128;
 
 impl NatsConfig {
     /// Checks every setting as its setter does: what a deserialized config

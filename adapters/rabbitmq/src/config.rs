@@ -4,84 +4,63 @@ use std::time::Duration;
 
 use txmsg_core::{Error, Result};
 
+txmsg_core::broker_settings! {
+    /// Settings of a [`RabbitBroker`](crate::RabbitBroker), checked as they are set.
+    ///
+    /// | setting | default | meaning |
+    /// |---------|---------|---------|
+    /// | [`exchange`](Self::exchange) | `"txmsg"` | durable topic exchange messages are published to; the routing key is the topic |
+    /// | [`mandatory`](Self::mandatory) | `true` | whether a message no queue is bound for is an error (kept and retried) rather than dropped |
+    /// | [`source`](Self::source) | `"/txmsg"` | the CloudEvents `source` attribute of every message |
+    /// | [`connection_name`](Self::connection_name) | `"txmsg"` | the name RabbitMQ shows for the connection |
+    /// | [`reconnect_backoff`](Self::reconnect_backoff) | 100 ms to 10 s | delays between reconnect attempts (exponential, with jitter) |
+    /// | [`connect_timeout`](Self::connect_timeout) | 10 s | longest one connect attempt may take |
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use txmsg_rabbitmq::RabbitConfig;
+    ///
+    /// let config = RabbitConfig::default()
+    ///     .with_exchange("billing.events")?
+    ///     .with_mandatory(true)
+    ///     .with_source("/billing")?
+    ///     .with_reconnect_backoff(Duration::from_millis(50), Duration::from_secs(5))?;
+    /// assert_eq!(config.exchange(), "billing.events");
+    ///
+    /// assert!(RabbitConfig::default().with_exchange("no spaces").is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// It deserializes with serde, from a service's config file or environment,
+    /// as [the guide's configuration reference][guide] shows;
+    /// [`validate`](Self::validate) then checks it as the setters do
+    /// (connecting checks it too).
+    ///
+    /// [guide]: https://github.com/txmsg/txmsg/blob/main/docs/guide.md#4-configuration-reference
+    #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+    #[serde(default)]
+    pub struct RabbitConfig {
+        exchange: String = "txmsg".to_owned();
+        mandatory: bool = true;
+        source: String = "/txmsg".to_owned();
+        connection_name: String = "txmsg".to_owned();
+        reconnect_min: Duration = Duration::from_millis(100);
+        reconnect_max: Duration = Duration::from_secs(10);
+        /// The longest one connect attempt (TCP, handshake, channel setup,
+        /// exchange declaration) may take before it counts as failed.
+        connect_timeout / with_connect_timeout: Duration = Duration::from_secs(10),
+            unless "it is greater than zero"
+            = positive(),
+    }
+}
+
 /// Longest exchange name RabbitMQ accepts, in bytes (an AMQP short string).
 const MAX_EXCHANGE_LEN: usize = 255;
 
 /// Longest connection name accepted, in bytes.
 const MAX_CONNECTION_NAME_LEN: usize = 255;
-
-/// Settings of a [`RabbitBroker`](crate::RabbitBroker), checked as they are set.
-///
-/// | setting | default | meaning |
-/// |---------|---------|---------|
-/// | [`exchange`](Self::exchange) | `"txmsg"` | durable topic exchange messages are published to; the routing key is the topic |
-/// | [`mandatory`](Self::mandatory) | `true` | whether a message no queue is bound for is an error (kept and retried) rather than dropped |
-/// | [`source`](Self::source) | `"/txmsg"` | the CloudEvents `source` attribute of every message |
-/// | [`connection_name`](Self::connection_name) | `"txmsg"` | the name RabbitMQ shows for the connection |
-/// | [`reconnect_backoff`](Self::reconnect_backoff) | 100 ms to 10 s | delays between reconnect attempts (exponential, with jitter) |
-/// | [`connect_timeout`](Self::connect_timeout) | 10 s | longest one connect attempt may take |
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use txmsg_rabbitmq::RabbitConfig;
-///
-/// let config = RabbitConfig::default()
-///     .with_exchange("billing.events")?
-///     .with_mandatory(true)
-///     .with_source("/billing")?
-///     .with_reconnect_backoff(Duration::from_millis(50), Duration::from_secs(5))?;
-/// assert_eq!(config.exchange(), "billing.events");
-///
-/// assert!(RabbitConfig::default().with_exchange("no spaces").is_err());
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-///
-/// It deserializes with serde, from a service's config file or environment,
-/// as [the guide's configuration reference][guide] shows;
-/// [`validate`](Self::validate) then checks it as the setters do
-/// (connecting checks it too).
-///
-/// [guide]: https://github.com/txmsg/txmsg/blob/main/docs/guide.md#4-configuration-reference
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[non_exhaustive]
-#[serde(default, deny_unknown_fields)]
-pub struct RabbitConfig {
-    exchange: String,
-    mandatory: bool,
-    source: String,
-    connection_name: String,
-    #[serde(with = "humantime_serde")]
-    reconnect_min: Duration,
-    #[serde(with = "humantime_serde")]
-    reconnect_max: Duration,
-    #[serde(with = "humantime_serde")]
-    connect_timeout: Duration,
-}
-
-impl Default for RabbitConfig {
-    fn default() -> Self {
-        RabbitConfig {
-            exchange: "txmsg".to_owned(),
-            mandatory: true,
-            source: "/txmsg".to_owned(),
-            connection_name: "txmsg".to_owned(),
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-txmsg_core::broker_settings! {
-    RabbitConfig {
-        /// The longest one connect attempt (TCP, handshake, channel setup,
-        /// exchange declaration) may take before it counts as failed.
-        connect_timeout / with_connect_timeout: Duration, unless "it is greater than zero"
-            = positive(),
-    }
-}
 
 impl RabbitConfig {
     /// Checks every setting as its setter does: what a deserialized config

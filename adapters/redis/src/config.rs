@@ -7,113 +7,89 @@ use std::time::Duration;
 use txmsg_core::tls::TlsFiles;
 use txmsg_core::{Error, Result};
 
-/// Longest key prefix accepted, in bytes.
-const MAX_PREFIX_LEN: usize = 128;
-
-/// Settings of a [`RedisBroker`](crate::RedisBroker), checked as they are set.
-///
-/// | setting | default | meaning |
-/// |---------|---------|---------|
-/// | [`key_prefix`](Self::key_prefix) | `"txmsg:"` | the stream of topic `t` is at key `<prefix>t` |
-/// | [`max_len`](Self::max_len) | none | trim each stream to about this many entries on publish (`MAXLEN ~`) |
-/// | [`claim_idle`](Self::claim_idle) | 30 s | how long a delivery may stay unsettled by a vanished consumer before another consumer of its group takes it over |
-/// | [`block`](Self::block) | 1 s | longest one `XREADGROUP` waits for new entries |
-/// | [`read_count`](Self::read_count) | 100 | most entries one read asks for (never more than the free prefetch) |
-/// | [`source`](Self::source) | `"/txmsg"` | the CloudEvents `source` of every message |
-/// | [`timeouts`](Self::with_timeouts) | 5 s, 5 s | connect and response timeouts |
-/// | [`tls`](Self::tls) | none (the system's roots, no client certificate) | the PEM files of the trusted CAs, and of a client certificate and key, for `rediss://` |
-///
-/// # TLS
-///
-/// A `rediss://` URL (or `valkeys://`) connects over TLS; it needs the
-/// crate's `tls` feature, and without it [`RedisBroker::connect`] refuses the
-/// URL with [`Error::Config`] for `url` rather than connecting in plain
-/// text. The server's certificate is checked against the system's trust
-/// store, or only against [`TlsFiles::ca_file`] when that is
-/// set. The TLS options are refused for a plain `redis://` URL, which would
-/// not use them.
-///
-/// [`RedisBroker::connect`]: crate::RedisBroker::connect
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use txmsg_redis::RedisConfig;
-///
-/// let config = RedisConfig::default()
-///     .with_key_prefix("shop:")?
-///     .with_max_len(Some(100_000))?
-///     .with_claim_idle(Duration::from_secs(10))?;
-/// assert_eq!(config.key_prefix(), "shop:");
-///
-/// assert!(RedisConfig::default().with_key_prefix("no spaces").is_err());
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-///
-/// It deserializes with serde, from a service's config file or environment,
-/// as [the guide's configuration reference][guide] shows;
-/// [`validate`](Self::validate) then checks it as the setters do
-/// (connecting checks it too).
-///
-/// [guide]: https://github.com/txmsg/txmsg/blob/main/docs/guide.md#4-configuration-reference
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[non_exhaustive]
-#[serde(default, deny_unknown_fields)]
-pub struct RedisConfig {
-    key_prefix: String,
-    max_len: Option<u64>,
-    #[serde(with = "humantime_serde")]
-    claim_idle: Duration,
-    #[serde(with = "humantime_serde")]
-    block: Duration,
-    read_count: usize,
-    source: String,
-    #[serde(with = "humantime_serde")]
-    connect_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    response_timeout: Duration,
-    tls: TlsFiles,
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        RedisConfig {
-            key_prefix: "txmsg:".to_owned(),
-            max_len: None,
-            claim_idle: Duration::from_secs(30),
-            block: Duration::from_secs(1),
-            read_count: 100,
-            source: "/txmsg".to_owned(),
-            connect_timeout: Duration::from_secs(5),
-            response_timeout: Duration::from_secs(5),
-            tls: TlsFiles::default(),
-        }
-    }
-}
-
 txmsg_core::broker_settings! {
-    RedisConfig {
-        tls "txmsg-redis" {
-            /// Sets the TLS files of `rediss://` connections: a CA file trusted
-            /// instead of the system's roots, a client certificate and key (see
-            /// [`TlsFiles`]; read when the broker connects).
-        }
+    /// Settings of a [`RedisBroker`](crate::RedisBroker), checked as they are set.
+    ///
+    /// | setting | default | meaning |
+    /// |---------|---------|---------|
+    /// | [`key_prefix`](Self::key_prefix) | `"txmsg:"` | the stream of topic `t` is at key `<prefix>t` |
+    /// | [`max_len`](Self::max_len) | none | trim each stream to about this many entries on publish (`MAXLEN ~`) |
+    /// | [`claim_idle`](Self::claim_idle) | 30 s | how long a delivery may stay unsettled by a vanished consumer before another consumer of its group takes it over |
+    /// | [`block`](Self::block) | 1 s | longest one `XREADGROUP` waits for new entries |
+    /// | [`read_count`](Self::read_count) | 100 | most entries one read asks for (never more than the free prefetch) |
+    /// | [`source`](Self::source) | `"/txmsg"` | the CloudEvents `source` of every message |
+    /// | [`timeouts`](Self::with_timeouts) | 5 s, 5 s | connect and response timeouts |
+    /// | [`tls`](Self::tls) | none (the system's roots, no client certificate) | the PEM files of the trusted CAs, and of a client certificate and key, for `rediss://` |
+    ///
+    /// # TLS
+    ///
+    /// A `rediss://` URL (or `valkeys://`) connects over TLS; it needs the
+    /// crate's `tls` feature, and without it [`RedisBroker::connect`] refuses the
+    /// URL with [`Error::Config`] for `url` rather than connecting in plain
+    /// text. The server's certificate is checked against the system's trust
+    /// store, or only against [`TlsFiles::ca_file`] when that is
+    /// set. The TLS options are refused for a plain `redis://` URL, which would
+    /// not use them.
+    ///
+    /// [`RedisBroker::connect`]: crate::RedisBroker::connect
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use txmsg_redis::RedisConfig;
+    ///
+    /// let config = RedisConfig::default()
+    ///     .with_key_prefix("shop:")?
+    ///     .with_max_len(Some(100_000))?
+    ///     .with_claim_idle(Duration::from_secs(10))?;
+    /// assert_eq!(config.key_prefix(), "shop:");
+    ///
+    /// assert!(RedisConfig::default().with_key_prefix("no spaces").is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// It deserializes with serde, from a service's config file or environment,
+    /// as [the guide's configuration reference][guide] shows;
+    /// [`validate`](Self::validate) then checks it as the setters do
+    /// (connecting checks it too).
+    ///
+    /// [guide]: https://github.com/txmsg/txmsg/blob/main/docs/guide.md#4-configuration-reference
+    #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+    #[serde(default)]
+    pub struct RedisConfig {
+        key_prefix: String = "txmsg:".to_owned();
+        max_len: Option<u64> = None;
+        source: String = "/txmsg".to_owned();
+        connect_timeout: Duration = Duration::from_secs(5);
+        response_timeout: Duration = Duration::from_secs(5);
+        tls: TlsFiles = TlsFiles::default();
         /// How long a delivery may stay pending without its consumer keeping
         /// it before any subscription of the group takes it over and delivers
         /// it again: the redelivery delay of a dropped delivery or of the
         /// deliveries of a vanished consumer.
-        claim_idle / with_claim_idle: Duration, unless "it is 100 ms to one day"
+        claim_idle / with_claim_idle: Duration = Duration::from_secs(30),
+            unless "it is 100 ms to one day"
             = within(Duration::from_millis(100), Duration::from_secs(86_400)),
         /// The longest one read waits for new entries (`BLOCK`).
-        block / with_block: Duration, unless "it is 10 ms to 60 s"
+        block / with_block: Duration = Duration::from_secs(1),
+            unless "it is 10 ms to 60 s"
             = within(Duration::from_millis(10), Duration::from_secs(60)),
         /// The most entries one read asks for (`COUNT`); a read never asks
         /// for more than the subscription's free prefetch.
-        read_count / with_read_count: usize, unless "it is 1 to 10 000"
+        read_count / with_read_count: usize = 100,
+            unless "it is 1 to 10 000"
             = within(1, 10_000),
     }
+    tls "txmsg-redis" {
+        /// Sets the TLS files of `rediss://` connections: a CA file trusted
+        /// instead of the system's roots, a client certificate and key (see
+        /// [`TlsFiles`]; read when the broker connects).
+    }
 }
+
+/// Longest key prefix accepted, in bytes.
+const MAX_PREFIX_LEN: usize = 128;
 
 impl RedisConfig {
     /// Checks every setting as its setter does: what a deserialized config
