@@ -1,0 +1,53 @@
+//! RocketMQ broker for txmsg, on the Rust RocketMQ client
+//! ([`rocketmq-client-rust`](https://crates.io/crates/rocketmq-client-rust)).
+//!
+//! [`RocketBroker`] is a [`Broker`](txmsg_core::Broker): the relay publishes
+//! the outbox to it, and consumer groups subscribe to it.
+//!
+//! # Mapping
+//!
+//! - **Topics.** RocketMQ names hold `[%|a-zA-Z0-9_-]`, txmsg topics hold
+//!   `.` and never `|`: topic `orders.placed` is the RocketMQ topic
+//!   `<prefix>orders|placed` ([`RocketConfig::topic_prefix`], default none).
+//!   Two txmsg topics never share a RocketMQ topic. The broker creates a
+//!   topic on its first publish when its `autoCreateTopicEnable` is on;
+//!   otherwise create each topic first (`mqadmin updateTopic`).
+//! - **Confirms.** A publish is `Ok` only once the broker answered
+//!   `SEND_OK`; `FLUSH_DISK_TIMEOUT`, `FLUSH_SLAVE_TIMEOUT`,
+//!   `SLAVE_NOT_AVAILABLE`, a failed send and no answer within
+//!   [`RocketConfig::send_timeout`] are retryable errors (the message may
+//!   be stored; the inbox makes the second copy harmless).
+//! - **Order per key.** A message goes to the message queue that
+//!   `SelectMessageQueueByHash` picks for its ordering key (the queue a Java
+//!   producer picks for the same key), so one key stays in one queue, and
+//!   keys spread over the topic's queues. A message without a key goes to
+//!   any queue.
+//! - **Consumer groups.** A txmsg group is a RocketMQ consumer group (named
+//!   as topics are) in clustering mode, consuming each queue in order:
+//!   one delivery of a queue at a time, acknowledged after the handler's
+//!   transaction commits (the consumed offset then moves on). A nack
+//!   pauses the queue for [`RocketConfig::retry_delay`] and delivers the
+//!   message again, before the later messages of its queue. txmsg counts
+//!   attempts and dead-letters a message past its `max_attempts` itself,
+//!   so RocketMQ's own dead-letter queue is not used. A new group starts
+//!   at the end of each queue.
+//! - **Wire format.** The
+//!   [CloudEvents RocketMQ binding](https://github.com/apache/rocketmq-externals/blob/master/rocketmq-cloudevents-binding/rocketmq-transport-binding.md)
+//!   in binary mode: attributes as user properties prefixed `CE_`
+//!   (`CE_id` the idempotency key, `CE_type` the topic, `CE_contenttype`
+//!   `application/json`, ...), the other headers as user properties of
+//!   their own names, the payload as the body, the ordering key also as
+//!   the message's `KEYS`. A header that RocketMQ reserves (`KEYS`,
+//!   `TAGS`, ...) or that holds the property separators `\u{1}`/`\u{2}`
+//!   cannot be sent: publishing it fails for good, with the reason. A
+//!   message from a plain RocketMQ producer without `CE_id` is known by
+//!   RocketMQ's message id.
+
+mod broker;
+mod config;
+mod wire;
+
+pub use wire::{PROPERTY_CONTENT_TYPE, PROPERTY_ID, PROPERTY_TXMSG_ID, PROPERTY_TYPE};
+
+pub use broker::RocketBroker;
+pub use config::RocketConfig;
