@@ -30,7 +30,11 @@ wait_port() {
 
 if ! command -v rocketmq-namesrv-rust >/dev/null || ! command -v rocketmq-broker-rust >/dev/null; then
   log "installing rocketmq-namesrv and rocketmq-broker $VERSION (once)"
-  cargo install --locked --version "$VERSION" rocketmq-namesrv rocketmq-broker
+  # One target dir for both, so that what they share is built once; it is
+  # removed afterwards (the binaries are what is kept).
+  build_dir=$HOME/.cache/txmsg/rocketmq-build
+  cargo install --locked --version "$VERSION" --target-dir "$build_dir" rocketmq-namesrv rocketmq-broker
+  rm -rf "$build_dir"
 fi
 
 mkdir -p "$ROCKETMQ_HOME/store"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure the services the integration tests talk to are installed, running
 # and accepting connections on loopback: PostgreSQL, RabbitMQ, MariaDB, Redis,
-# Mosquitto (the machine's, and one on port 1884 with scripts/mosquitto.conf)
-# and NATS (JetStream). Installs missing ones from Debian's packages.
+# Mosquitto (the machine's, and one on port 1884 with scripts/mosquitto.conf),
+# NATS (JetStream) and RocketMQ. Installs missing ones from Debian's packages
+# (RocketMQ with cargo, see scripts/rocketmq.sh).
 # Safe to run again: running services are left alone.
 set -euo pipefail
 
@@ -83,3 +84,6 @@ fi
 if command -v rabbitmqctl >/dev/null 2>&1; then
   as_root timeout 120 rabbitmqctl await_startup >/dev/null 2>&1 || log "rabbitmqctl await_startup did not confirm; going on"
 fi
+# RocketMQ: the Rust name server and broker, installed with cargo (once) and
+# started on loopback by their own script.
+bash "$(cd "$(dirname "$0")" && pwd)/rocketmq.sh"

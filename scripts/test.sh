@@ -11,6 +11,7 @@ export MYSQL_URL=${MYSQL_URL:-mysql://root@127.0.0.1:3306/test}
 export NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 export MQTT_URL=${MQTT_URL:-mqtt://127.0.0.1:1884}
+export ROCKETMQ_URL=${ROCKETMQ_URL:-rocketmq://127.0.0.1:9876}
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi

@@ -59,6 +59,7 @@
 //! | `nats`     | [`nats::NatsBroker`] (JetStream, publish acks, durable pull consumers) | no |
 //! | `redis`    | [`redis::RedisBroker`] (Redis Streams, consumer groups) | no |
 //! | `mqtt`     | [`mqtt::MqttBroker`] (MQTT 5, QoS 1, shared subscriptions) | no |
+//! | `rocketmq` | [`rocketmq::RocketBroker`] (SEND_OK confirms, a message queue per key, ordered consumption) | no |
 //! | `opentelemetry` | `traceparent` captured when a message is written; handler spans continue the trace | no |
 //! | `testing`  | [`testing`]: an in-memory harness with a manual clock, fault injection and awaitable hooks | no |
 //! | `tls`      | TLS (rustls) in every enabled network store and broker: `sslmode`/`ssl-mode`, `amqps://`, `tls://`, `rediss://`, `mqtts://` | no |
@@ -99,6 +100,10 @@
 #![cfg_attr(
     not(feature = "mqtt"),
     doc = "[`mqtt::MqttBroker`]: https://docs.rs/txmsg-mqtt/latest/txmsg_mqtt/struct.MqttBroker.html"
+)]
+#![cfg_attr(
+    not(feature = "rocketmq"),
+    doc = "[`rocketmq::RocketBroker`]: https://docs.rs/txmsg-rocketmq/latest/txmsg_rocketmq/struct.RocketBroker.html"
 )]
 #![cfg_attr(
     not(feature = "testing"),
@@ -178,6 +183,11 @@ pub use txmsg_redis as redis;
 #[cfg_attr(docsrs, doc(cfg(feature = "mqtt")))]
 #[doc(inline)]
 pub use txmsg_mqtt as mqtt;
+
+#[cfg(feature = "rocketmq")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rocketmq")))]
+#[doc(inline)]
+pub use txmsg_rocketmq as rocketmq;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]

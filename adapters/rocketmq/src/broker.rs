@@ -96,7 +96,10 @@ impl Drop for Inner {
 }
 
 /// A retryable broker error with its cause.
-fn retryable(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Error {
+fn retryable(
+    message: impl Into<String>,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
     Error::Broker {
         message: message.into(),
         retryable: true,
@@ -120,10 +123,9 @@ impl RocketBroker {
     pub async fn connect(url: &str, config: RocketConfig) -> Result<Self> {
         config.validate()?;
         let name_servers = name_servers(url)?;
-        let unavailable =
-            |what: &str, e: Box<dyn std::error::Error + Send + Sync>| {
-                Error::broker_unavailable(format!("the rocketmq client {what}"), Some(e))
-            };
+        let unavailable = |what: &str, e: Box<dyn std::error::Error + Send + Sync>| {
+            Error::broker_unavailable(format!("the rocketmq client {what}"), Some(e))
+        };
         let plan = RuntimeOwner::plan(RuntimeConfig::for_parallelism("txmsg-rocketmq", 2))
             .map_err(|e| unavailable("runtime is refused", Box::new(e)))?;
         let owner = plan
@@ -233,9 +235,12 @@ impl RocketBroker {
         let timeout = self.inner.config.send_timeout();
         let sent = tokio::time::timeout(
             timeout + Duration::from_millis(500),
-            self.inner
-                .producer
-                .send_with_selector_timeout(message, select, arg, millis(timeout).into()),
+            self.inner.producer.send_with_selector_timeout(
+                message,
+                select,
+                arg,
+                millis(timeout).into(),
+            ),
         )
         .await
         .map_err(|_| Error::Broker {
@@ -279,10 +284,11 @@ const NEW_GROUP_LOOKBACK: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 /// instance per instance name, and a group can have only one consumer in an
 /// instance.
 fn client_config(name_servers: &str) -> ClientConfig {
-    let mut config = ClientConfig::default();
-    config.instance_name = format!("txmsg-{}", uuid::Uuid::now_v7().simple()).into();
-    config.namesrv_addr = Some(name_servers.into());
-    config
+    ClientConfig {
+        instance_name: format!("txmsg-{}", uuid::Uuid::now_v7().simple()).into(),
+        namesrv_addr: Some(name_servers.into()),
+        ..ClientConfig::default()
+    }
 }
 
 /// `duration` in whole milliseconds, as the client takes its timeouts.
@@ -326,7 +332,8 @@ impl Broker for RocketBroker {
     async fn subscribe(&self, spec: &SubscribeSpec) -> Result<Subscription> {
         spec.validate()?;
         let topic = self.rocketmq_topic(&spec.topic)?;
-        let group = wire::rocketmq_name(self.inner.config.topic_prefix(), &spec.group)?;
+        let group =
+            wire::consumer_group(self.inner.config.topic_prefix(), &spec.group, &spec.topic)?;
         self.ensure_topic(&topic).await?;
         let (tx, rx) = mpsc::channel(usize::from(spec.prefetch));
         let listener = Listener {
@@ -356,7 +363,10 @@ impl Broker for RocketBroker {
             .build();
         let unavailable = |e: rocketmq_client_rust::ClientError| {
             Error::broker_unavailable(
-                format!("the rocketmq consumer of group `{}` cannot start", spec.group),
+                format!(
+                    "the rocketmq consumer of group `{}` cannot start",
+                    spec.group
+                ),
                 Some(Box::new(e)),
             )
         };
@@ -451,7 +461,7 @@ impl fmt::Debug for RocketAcker {
 }
 
 impl RocketAcker {
-    fn settle(mut self: Box<Self>, acked: bool) -> BoxFuture<'static, Result<()>> {
+    fn settle(mut self, acked: bool) -> BoxFuture<'static, Result<()>> {
         let settled = self
             .settle
             .take()
@@ -471,10 +481,10 @@ impl RocketAcker {
 
 impl Acker for RocketAcker {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
-        self.settle(true)
+        (*self).settle(true)
     }
 
     fn nack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
-        self.settle(false)
+        (*self).settle(false)
     }
 }

@@ -194,7 +194,10 @@ mod tests {
     fn refuses_bad_values() {
         let c = RocketConfig::default();
         assert_eq!(field_of(c.clone().with_topic_prefix("a|b")), "topic_prefix");
-        assert_eq!(field_of(c.clone().with_producer_group("")), "producer_group");
+        assert_eq!(
+            field_of(c.clone().with_producer_group("")),
+            "producer_group"
+        );
         assert_eq!(
             field_of(c.clone().with_send_timeout(Duration::ZERO)),
             "send_timeout"
@@ -207,7 +210,10 @@ mod tests {
 
     #[test]
     fn urls_name_their_name_servers() {
-        assert_eq!(name_servers("rocketmq://127.0.0.1:9876").unwrap(), "127.0.0.1:9876");
+        assert_eq!(
+            name_servers("rocketmq://127.0.0.1:9876").unwrap(),
+            "127.0.0.1:9876"
+        );
         assert_eq!(
             name_servers("rocketmq://a:9876,b:9877/").unwrap(),
             "a:9876;b:9877"

@@ -22,8 +22,10 @@
 //!   producer picks for the same key), so one key stays in one queue, and
 //!   keys spread over the topic's queues. A message without a key goes to
 //!   any queue.
-//! - **Consumer groups.** A txmsg group is a RocketMQ consumer group (named
-//!   as topics are) in clustering mode, consuming each queue in order:
+//! - **Consumer groups.** A txmsg group consumes each topic as a RocketMQ
+//!   consumer group of its own, `<prefix><group>||<topic>` (RocketMQ wants
+//!   every consumer of a group to subscribe to the same topics), in
+//!   clustering mode, consuming each queue in order:
 //!   one delivery of a queue at a time, acknowledged after the handler's
 //!   transaction commits (the consumed offset then moves on). A nack
 //!   pauses the queue for [`RocketConfig::retry_delay`] and delivers the
@@ -41,13 +43,16 @@
 //!   `TAGS`, ...) or that holds the property separators `\u{1}`/`\u{2}`
 //!   cannot be sent: publishing it fails for good, with the reason. A
 //!   message from a plain RocketMQ producer without `CE_id` is known by
-//!   RocketMQ's message id.
+//!   RocketMQ's message id. RocketMQ refuses an empty body: an empty
+//!   payload travels as one zero byte with [`PROPERTY_EMPTY_BODY`] set.
 
 mod broker;
 mod config;
 mod wire;
 
-pub use wire::{PROPERTY_CONTENT_TYPE, PROPERTY_ID, PROPERTY_TXMSG_ID, PROPERTY_TYPE};
+pub use wire::{
+    PROPERTY_CONTENT_TYPE, PROPERTY_EMPTY_BODY, PROPERTY_ID, PROPERTY_TXMSG_ID, PROPERTY_TYPE,
+};
 
 pub use broker::RocketBroker;
 pub use config::RocketConfig;

@@ -47,6 +47,37 @@ pub(crate) fn rocketmq_name(prefix: &str, name: &str) -> Result<String> {
     Ok(mapped)
 }
 
+/// The RocketMQ consumer group of txmsg group `group` on txmsg topic
+/// `topic`: `<prefix><group>||<topic>`, with `.` as `|`. RocketMQ wants
+/// every consumer of a group to subscribe to the same topics, while a txmsg
+/// group subscribes to each topic on its own: one RocketMQ group per topic
+/// keeps them apart. `||` never stands in a mapped txmsg name (no empty
+/// segments), so two pairs never share a group.
+///
+/// # Errors
+///
+/// [`Error::Config`] for `group` if the name would be longer than 127
+/// bytes.
+pub(crate) fn consumer_group(prefix: &str, group: &str, topic: &str) -> Result<String> {
+    let name = format!(
+        "{prefix}{}||{}",
+        group.replace('.', "|"),
+        topic.replace('.', "|")
+    );
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::config(
+            "group",
+            "with the topic prefix and the topic, must be at most 127 bytes on RocketMQ",
+        ));
+    }
+    Ok(name)
+}
+
+/// The user property that marks an empty payload: RocketMQ refuses a
+/// message without a body, so an empty payload travels as one zero byte
+/// with this property set.
+pub const PROPERTY_EMPTY_BODY: &str = "txmsg-empty-body";
+
 /// Whether `name` may stand in a RocketMQ property (key or value): the
 /// properties are sent as one text with `\u{1}` and `\u{2}` as separators.
 fn property_text_ok(text: &str) -> bool {
@@ -65,9 +96,15 @@ fn property_text_ok(text: &str) -> bool {
 /// the property separators `\u{1}` or `\u{2}`: such a message can never be
 /// published as it is.
 pub(crate) fn encode(envelope: &Envelope, topic: &str, source: &str) -> Result<Message> {
+    let empty = envelope.payload.is_empty();
+    let body = if empty {
+        vec![0]
+    } else {
+        envelope.payload.clone()
+    };
     let mut message = Message::builder()
         .topic(topic)
-        .body(envelope.payload.clone())
+        .body(body)
         .build()
         .map_err(|e| Error::broker_permanent(format!("not a rocketmq message: {e}")))?;
     let mut properties = HashMap::new();
@@ -84,6 +121,9 @@ pub(crate) fn encode(envelope: &Envelope, topic: &str, source: &str) -> Result<M
             )));
         }
         properties.insert(name.into(), value.into());
+    }
+    if empty {
+        properties.insert(PROPERTY_EMPTY_BODY.into(), "1".into());
     }
     message.set_properties(properties);
     if let Some(key) = &envelope.key
@@ -116,11 +156,15 @@ pub(crate) struct Received<'a> {
 /// `UNIQ_KEY`, `MIN_OFFSET`, ...) are not envelope headers and are left
 /// out; a message without `CE_id` is known by RocketMQ's message id.
 pub(crate) fn decode(received: Received<'_>) -> std::result::Result<Envelope, Undecodable> {
-    let mut incoming = Incoming::new(received.topic, received.body);
+    let empty = received.properties.contains_key(PROPERTY_EMPTY_BODY);
+    let body = if empty { Vec::new() } else { received.body };
+    let mut incoming = Incoming::new(received.topic, body);
     let mut headers: Vec<(String, String)> = received
         .properties
         .iter()
-        .filter(|(name, _)| !STRING_HASH_SET.contains(name.as_str()))
+        .filter(|(name, _)| {
+            !STRING_HASH_SET.contains(name.as_str()) && name.as_str() != PROPERTY_EMPTY_BODY
+        })
         .map(|(name, value)| (name.to_string(), value.to_string()))
         .collect();
     // A map has no order; decoding must not depend on its iteration order.
@@ -199,8 +243,36 @@ mod tests {
         let mut expected = e.headers.clone();
         expected.insert("CE_source".into(), "/src".into());
         assert_eq!(got.headers, expected, "nothing of RocketMQ's own is kept");
-        assert_eq!(got.created_at.timestamp_millis(), e.created_at.timestamp_millis());
+        assert_eq!(
+            got.created_at.timestamp_millis(),
+            e.created_at.timestamp_millis()
+        );
         assert_eq!(got.payload, e.payload);
+    }
+
+    #[test]
+    fn an_empty_payload_comes_back_empty() {
+        let mut e = envelope();
+        e.payload.clear();
+        let message = encode(&e, "t", "/src").unwrap();
+        assert_eq!(message.body().unwrap().len(), 1, "rocketmq needs a body");
+        let properties = message.properties().as_map().clone();
+        let got = decode(received(&message, &properties)).expect("decodes");
+        assert!(got.payload.is_empty());
+        assert!(!got.headers.contains_key(PROPERTY_EMPTY_BODY));
+    }
+
+    #[test]
+    fn groups_are_per_topic_and_distinct() {
+        assert_eq!(
+            consumer_group("p_", "billing.eu", "orders.placed").unwrap(),
+            "p_billing|eu||orders|placed"
+        );
+        assert_ne!(
+            consumer_group("", "a.b", "c").unwrap(),
+            consumer_group("", "a", "b.c").unwrap()
+        );
+        assert!(consumer_group("", &"g".repeat(100), &"t".repeat(30)).is_err());
     }
 
     #[test]

@@ -1,9 +1,25 @@
 //! Integration tests against the running RocketMQ name server and broker,
 //! found through `ROCKETMQ_URL` (default `rocketmq://127.0.0.1:9876`, what
 //! `scripts/rocketmq.sh` starts).
+//!
+//! Runs every case of the broker conformance suite that RocketMQ's ordered
+//! consumption meets. Three it cannot meet as stated, and tests below hold
+//! it to what it does instead (the crate docs say why):
+//! `group_members_share_messages` (members share a topic by message
+//! queues), `order_across_a_restart_of_the_only_consumer` (a subscription
+//! holds one unsettled delivery per queue, so it cannot hold several of one
+//! key) and `dropped_subscription_redelivers` (the message comes again, but
+//! RocketMQ does not mark it redelivered).
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use txmsg_core::consumer::{Delivery, SubscribeSpec, Subscription};
+use txmsg_core::{Broker, Envelope};
 use txmsg_rocketmq::{RocketBroker, RocketConfig};
 use txmsg_testkit::broker as suite;
+use uuid::Uuid;
 
 fn url() -> String {
     std::env::var("ROCKETMQ_URL").unwrap_or_else(|_| "rocketmq://127.0.0.1:9876".to_owned())
@@ -39,4 +55,191 @@ impl suite::BrokerFixture for Rocket {
     async fn finish(self) {}
 }
 
-txmsg_testkit::broker_conformance!(Rocket);
+txmsg_testkit::broker_conformance!(Rocket:
+    delivers_every_field,
+    one_idempotency_key_on_two_topics_is_two_messages,
+    every_group_gets_every_message,
+    nack_redelivers,
+    dropped_delivery_is_redelivered,
+    per_key_order_is_kept,
+    handed_back_message_holds_its_key,
+    large_and_empty_payloads,
+    queue_outlives_its_subscribers,
+    subscribe_refuses_bad_specs,
+    slow_consumer_loses_nothing,
+);
+
+fn spec(group: &str, topic: &str, prefetch: u16) -> SubscribeSpec {
+    SubscribeSpec {
+        group: group.to_owned(),
+        topic: topic.to_owned(),
+        prefetch,
+    }
+}
+
+fn envelope(topic: &str, key: &str, n: usize) -> Envelope {
+    let mut e = Envelope::new(
+        Uuid::now_v7(),
+        topic,
+        format!("{key}-{n}"),
+        format!("{n}").into_bytes(),
+        Utc::now(),
+    );
+    e.key = Some(key.to_owned());
+    e
+}
+
+async fn next(sub: &mut Subscription, what: &str) -> Delivery {
+    match tokio::time::timeout(suite::WAIT, sub.next()).await {
+        Ok(Some(d)) => d,
+        Ok(None) => panic!("{what}: the subscription ended"),
+        Err(_) => panic!("{what}: nothing was delivered within {:?}", suite::WAIT),
+    }
+}
+
+fn id_of(d: &Delivery) -> Uuid {
+    d.message.as_ref().expect("a decodable message").id
+}
+
+/// The members of a group share a topic by message queues: messages of
+/// many keys published while both are subscribed reach the group once
+/// each, and both members get some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_members_share_messages_by_queue() {
+    const N: usize = 40;
+    let b = broker().await;
+    let topic = format!("{}.share", suite::unique_prefix());
+    let mut a = b
+        .subscribe(&spec("g", &topic, 4))
+        .await
+        .expect("subscribe a");
+    let mut c = b
+        .subscribe(&spec("g", &topic, 4))
+        .await
+        .expect("subscribe c");
+    // Both members hold queues once the group rebalanced: wait until each
+    // has taken a message published to every queue's keys.
+    let mut sent = BTreeSet::new();
+    for n in 0..N {
+        let e = envelope(&topic, &format!("key{n}"), n);
+        b.publish(&e).await.expect("publish");
+        sent.insert(e.id);
+    }
+    let mut got = BTreeSet::new();
+    let (mut by_a, mut by_c) = (0, 0);
+    while got.len() < N {
+        let d = tokio::select! {
+            d = next(&mut a, "member a") => { by_a += 1; d }
+            d = next(&mut c, "member c") => { by_c += 1; d }
+        };
+        assert!(got.insert(id_of(&d)), "a message reached the group twice");
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(got, sent, "every message reached the group once");
+    assert!(
+        by_a > 0 && by_c > 0,
+        "both members took a share: {by_a} and {by_c}"
+    );
+}
+
+/// A consumer that stops while it holds the first message of a key, and
+/// hands it back, leaves the key to the next subscription of its group in
+/// publish order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_across_a_restart_holding_one() {
+    const N: usize = 12;
+    let b = broker().await;
+    let topic = format!("{}.restart", suite::unique_prefix());
+    let group = spec("g", &topic, 6);
+    let mut first = b.subscribe(&group).await.expect("subscribe");
+    let sent: Vec<Envelope> = (0..N).map(|n| envelope(&topic, "k", n)).collect();
+    for e in &sent {
+        b.publish(e).await.expect("publish");
+    }
+    let held = next(&mut first, "first subscription").await;
+    assert_eq!(
+        id_of(&held),
+        sent[0].id,
+        "the key's first message comes first"
+    );
+    let late = first.close().await;
+    held.nack().await.expect("hand back");
+    for d in late {
+        d.nack().await.expect("hand back");
+    }
+    drop(first);
+
+    let mut second = b.subscribe(&group).await.expect("subscribe again");
+    let mut got = Vec::new();
+    for i in 0..N {
+        let d = next(&mut second, &format!("second subscription, delivery {i}")).await;
+        got.push(id_of(&d));
+        d.ack().await.expect("ack");
+    }
+    let expected: Vec<Uuid> = sent.iter().map(|e| e.id).collect();
+    assert_eq!(got, expected, "the key's messages in publish order, once");
+}
+
+/// The delivery a dropped subscription held comes again to the group's
+/// next subscription, with the rest, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_subscription_redelivers_unmarked() {
+    const N: usize = 5;
+    let b = broker().await;
+    let topic = format!("{}.drop", suite::unique_prefix());
+    let group = spec("g", &topic, 10);
+    let mut first = b.subscribe(&group).await.expect("subscribe");
+    let sent: Vec<Envelope> = (0..N).map(|n| envelope(&topic, "k", n)).collect();
+    for e in &sent {
+        b.publish(e).await.expect("publish");
+    }
+    let held = next(&mut first, "first subscription").await;
+    drop(first);
+    drop(held);
+
+    let mut second = b.subscribe(&group).await.expect("subscribe again");
+    let mut got = BTreeSet::new();
+    for i in 0..N {
+        let d = next(&mut second, &format!("second subscription, delivery {i}")).await;
+        assert!(got.insert(id_of(&d)), "a message came twice");
+        d.ack().await.expect("ack");
+    }
+    let expected: BTreeSet<Uuid> = sent.iter().map(|e| e.id).collect();
+    assert_eq!(got, expected);
+    let quiet = tokio::time::timeout(suite::QUIET, second.next()).await;
+    assert!(quiet.is_err(), "nothing more arrives");
+}
+
+/// What a publish answers for a topic too long for RocketMQ, and for a
+/// header RocketMQ reserves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsendable_messages_are_refused_for_good() {
+    let b = broker().await;
+    let long = format!("{}.{}", suite::unique_prefix(), "t".repeat(120));
+    let e = envelope(&long, "k", 0);
+    assert!(matches!(
+        b.publish(&e).await,
+        Err(txmsg_core::Error::InvalidTopic { .. })
+    ));
+    let mut e = envelope(&format!("{}.reserved", suite::unique_prefix()), "k", 0);
+    e.headers.insert("TAGS".into(), "x".into());
+    let err = b
+        .publish(&e)
+        .await
+        .expect_err("a reserved header is refused");
+    assert!(!err.is_retryable(), "{err}");
+}
+
+/// Nothing listens on the name server port: connecting or publishing
+/// fails with a clear error rather than hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_name_server_is_an_error() {
+    let result = tokio::time::timeout(Duration::from_secs(30), async {
+        let b = RocketBroker::connect("rocketmq://127.0.0.1:1", RocketConfig::default()).await?;
+        b.publish(&envelope("unreachable.t", "k", 0)).await
+    })
+    .await
+    .expect("an answer within 30 s");
+    let err = result.expect_err("no name server, no publish");
+    assert!(err.is_retryable(), "{err}");
+}
