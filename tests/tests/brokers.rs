@@ -7,7 +7,7 @@
 //!   message of the key waits, and the store is tried again with backoff
 //!   rather than the message being handed back to the broker in a loop.
 //!
-//! Each test runs on PostgreSQL with RabbitMQ, NATS, Redis, MQTT and the
+//! Each test runs on PostgreSQL with RabbitMQ, NATS, Redis, MQTT, RocketMQ and the
 //! in-process broker.
 
 // Test code: a failed unwrap is a failed test.
@@ -25,6 +25,7 @@ use txmsg::mqtt::{MqttBroker, MqttConfig};
 use txmsg::nats::{NatsBroker, NatsConfig};
 use txmsg::postgres::PgStore;
 use txmsg::redis::{RedisBroker, RedisConfig};
+use txmsg::rocketmq::{RocketBroker, RocketConfig};
 use txmsg::{Broker, DeadFilter, Envelope, Tx};
 use txmsg_tests::{HandlerError, PgSchema, Rabbit, unique};
 
@@ -295,6 +296,23 @@ where
     pg.drop_schema().await;
 }
 
+async fn with_rocketmq<F, Fut>(test: F)
+where
+    F: FnOnce(PgSchema, RocketBroker) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let pg = PgSchema::new().await;
+    let config = RocketConfig::default()
+        .with_topic_prefix(&format!("t{}_", unique()))
+        .expect("a valid configuration");
+    let url = env_or("ROCKETMQ_URL", "rocketmq://127.0.0.1:9876");
+    let broker = RocketBroker::connect(&url, config)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach RocketMQ at ROCKETMQ_URL={url}: {e:?}"));
+    test(pg.clone(), broker).await;
+    pg.drop_schema().await;
+}
+
 async fn with_memory<F, Fut>(test: F)
 where
     F: FnOnce(PgSchema, MemoryBroker) -> Fut,
@@ -329,6 +347,11 @@ macro_rules! on_every_broker {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn mqtt() {
                     with_mqtt(|pg, b| async move { super::$case(&pg, &b).await }).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn rocketmq() {
+                    with_rocketmq(|pg, b| async move { super::$case(&pg, &b).await }).await;
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
