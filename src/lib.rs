@@ -218,7 +218,8 @@ pub mod __private {
     pub use serde;
     pub use txmsg_core::consumer::{AnyCtx, HandlerOutcome, HandlerRecord, run_handler};
     pub use txmsg_core::half::{
-        CheckBackRecord, CheckStatus, HalfOutbox, Prepared, ResolveOutcome, run_check_back,
+        CheckBackRecord, CheckStatus, HalfMessage, HalfOutbox, HalfProducer, Prepared,
+        ResolveOutcome, run_check_back,
     };
     pub use txmsg_core::{
         BoxFuture, Envelope, Error, Message, Outbox, State, StateType, States, Tx,

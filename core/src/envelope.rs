@@ -187,8 +187,10 @@ impl Message {
         &self.topic
     }
 
-    /// Turns the message into an envelope written at `now`.
-    pub(crate) fn into_envelope(mut self, now: DateTime<Utc>) -> Envelope {
+    /// Turns the message into an envelope written at `now`, with a new id
+    /// and the current span's trace context: what a store writes, and what
+    /// a broker that keeps half messages itself sends.
+    pub fn into_envelope(mut self, now: DateTime<Utc>) -> Envelope {
         let id = Uuid::now_v7();
         // The trace context of the span that writes the row, not of the
         // relay that will publish it.

@@ -288,11 +288,15 @@ use proc_macro::TokenStream;
 /// as are `check_back` or `check_after` without `half`.
 ///
 /// The function itself is emitted unchanged. Next to it comes
-/// `name_and_commit(outbox: &HalfOutbox<DB>, params..) -> Result<T, E>`,
-/// generic over the sqlx database `DB` of the outbox, with the same
-/// visibility, lifetimes and parameters (all of them, the payload first). A
-/// [`HalfOutbox`] is built only from a store that keeps half messages, so a
-/// half producer on a store without them does not compile. It:
+/// `name_and_commit(outbox: &P, params..) -> Result<T, E>`, generic over
+/// `P: txmsg::half::HalfProducer`, the keeper of the half message, with the
+/// same visibility, lifetimes and parameters (all of them, the payload
+/// first). The keeper is a [`HalfOutbox`] (the store keeps the message
+/// prepared, the relay publishes it once committed), built only from a
+/// store that keeps half messages, so a half producer on a store without
+/// them does not compile; or a broker's own half messages, such as
+/// RocketMQ's (`txmsg::rocketmq::RocketHalfProducer`), where the broker
+/// keeps the message and asks the check-back itself. It:
 ///
 /// 1. builds the message from the payload and the keys, and stores it
 ///    prepared with [`HalfOutbox::prepare`], its first check due after

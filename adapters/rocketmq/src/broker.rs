@@ -166,6 +166,16 @@ impl RocketBroker {
         &self.inner.config
     }
 
+    /// The client runtime every client of this broker runs on.
+    pub(crate) fn client(&self) -> Arc<ClientRuntime> {
+        Arc::clone(&self.inner.client)
+    }
+
+    /// The name server addresses, as the client takes them.
+    pub(crate) fn name_servers(&self) -> &str {
+        &self.inner.name_servers
+    }
+
     /// The RocketMQ topic a txmsg topic is published to.
     ///
     /// # Errors
@@ -283,7 +293,7 @@ const NEW_GROUP_LOOKBACK: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 /// A client config of its own for each client: the client keeps one
 /// instance per instance name, and a group can have only one consumer in an
 /// instance.
-fn client_config(name_servers: &str) -> ClientConfig {
+pub(crate) fn client_config(name_servers: &str) -> ClientConfig {
     ClientConfig {
         instance_name: format!("txmsg-{}", uuid::Uuid::now_v7().simple()).into(),
         namesrv_addr: Some(name_servers.into()),
@@ -292,7 +302,7 @@ fn client_config(name_servers: &str) -> ClientConfig {
 }
 
 /// `duration` in whole milliseconds, as the client takes its timeouts.
-fn millis(duration: Duration) -> u32 {
+pub(crate) fn millis(duration: Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
 }
 

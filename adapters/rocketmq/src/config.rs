@@ -126,7 +126,7 @@ impl RocketConfig {
 /// `name` if it is `min` to [`MAX_PREFIX_LEN`] bytes of what every RocketMQ
 /// name may hold and a txmsg name too (no `|` or `%`, which mean something
 /// to RocketMQ).
-fn check_name(field: &'static str, name: &str, min: usize) -> Result<String> {
+pub(crate) fn check_name(field: &'static str, name: &str, min: usize) -> Result<String> {
     if name.len() < min || name.len() > MAX_PREFIX_LEN {
         return Err(Error::config(
             field,

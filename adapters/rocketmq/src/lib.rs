@@ -48,6 +48,7 @@
 
 mod broker;
 mod config;
+mod half;
 mod wire;
 
 pub use wire::{
@@ -56,3 +57,4 @@ pub use wire::{
 
 pub use broker::RocketBroker;
 pub use config::RocketConfig;
+pub use half::{RocketHalf, RocketHalfProducer, RocketHalfProducerBuilder};

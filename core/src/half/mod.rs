@@ -11,12 +11,14 @@
 
 mod outbox;
 mod prepared;
+mod producer;
 mod registry;
 mod worker;
 
 pub use outbox::HalfOutbox;
 pub(crate) use prepared::first_check_at;
 pub use prepared::{ClaimedHalf, Decision, Prepared, ResolveOutcome};
+pub use producer::{HalfMessage, HalfProducer};
 pub use registry::{
     CheckBackFn, CheckBackRecord, CheckStatus, MISSING_STATE, registered_check_backs,
     run_check_back,

@@ -172,8 +172,9 @@ fn and_commit_fn(p: &Producer<'_>, db: &Type) -> TokenStream {
 
 /// `{name}_and_commit` of a half producer: stores the message prepared,
 /// calls the user's function, commits the message on `Ok` and rolls it back
-/// on `Err`. Generic over the database, which nothing else in the signature
-/// names.
+/// on `Err`. Generic over the keeper of the half message (a store's
+/// `HalfOutbox`, a broker's half producer), which nothing else in the
+/// signature names.
 fn half_and_commit_fn(p: &Producer<'_>, half: &Half) -> TokenStream {
     let func = p.func;
     let name = &func.sig.ident;
@@ -182,10 +183,10 @@ fn half_and_commit_fn(p: &Producer<'_>, half: &Half) -> TokenStream {
     let vis = &func.vis;
     let generics = and_commit_generics(p);
     let private = private_path(p, Span::call_site());
-    // The user's generic parameters (lifetimes only), then the database.
+    // The user's generic parameters (lifetimes only), then the keeper.
     let params = &generics.params;
     let comma = (!params.is_empty() && !params.trailing_punct()).then(|| quote!(,));
-    let generics_with_db = quote!(<#params #comma __TxmsgDb: #private::Database>);
+    let generics_with_db = quote!(<#params #comma __TxmsgHalf: #private::HalfProducer>);
     let where_clause = &generics.where_clause;
     let output = &func.sig.output;
     let topic = &p.args.topic;
@@ -230,7 +231,7 @@ fn half_and_commit_fn(p: &Producer<'_>, half: &Half) -> TokenStream {
         #[doc = #doc_origin]
         #[allow(dead_code)]
         #vis async fn #and_commit #generics_with_db (
-            #outbox: &#private::HalfOutbox<__TxmsgDb>,
+            #outbox: &__TxmsgHalf,
             #(#params),*
         ) #output #where_clause {
             #assert_check_back
@@ -238,7 +239,7 @@ fn half_and_commit_fn(p: &Producer<'_>, half: &Half) -> TokenStream {
             let __txmsg_prepared = match #new_message(#payload_arg, #topic) {
                 #private::Ok(__txmsg_message) => {
                     #set_keys
-                    #private::HalfOutbox::prepare(
+                    #private::HalfProducer::prepare(
                         #outbox,
                         __txmsg_message,
                         #private::Duration::from_millis(#check_after),
@@ -253,7 +254,7 @@ fn half_and_commit_fn(p: &Producer<'_>, half: &Half) -> TokenStream {
             };
             match #name(#(#forwarded),*).await {
                 #private::Ok(__txmsg_value) => {
-                    match #private::Prepared::commit(__txmsg_prepared).await {
+                    match #private::HalfMessage::commit(__txmsg_prepared).await {
                         #private::Ok(()) => #private::Ok(__txmsg_value),
                         #private::Err(__txmsg_error) => {
                             #private::Err(#from_error(__txmsg_error))
@@ -265,9 +266,9 @@ fn half_and_commit_fn(p: &Producer<'_>, half: &Half) -> TokenStream {
                     // rollback, which leaves the message to its check-back.
                     // But if the check-back committed the message first, it
                     // will be delivered: the caller is told so instead.
-                    let __txmsg_id = #private::Prepared::id(&__txmsg_prepared);
-                    let __txmsg_topic = #private::String::from(#private::Prepared::topic(&__txmsg_prepared));
-                    match #private::Prepared::rollback(__txmsg_prepared).await {
+                    let __txmsg_id = #private::HalfMessage::id(&__txmsg_prepared);
+                    let __txmsg_topic = #private::String::from(#private::HalfMessage::topic(&__txmsg_prepared));
+                    match #private::HalfMessage::rollback(__txmsg_prepared).await {
                         #private::Ok(#private::ResolveOutcome::AlreadyCommitted) => #private::Err(#from_error(
                             #private::Error::CommittedByCheckBack {
                                 id: __txmsg_id,
@@ -683,7 +684,7 @@ mod tests {
         let (eval_at, set_at, prepare_at) = (
             body.find(&eval),
             body.find(&set),
-            body.find("HalfOutbox::prepare"),
+            body.find("HalfProducer::prepare"),
         );
         assert!(eval_at.is_some() && set_at.is_some(), "{body}");
         assert!(eval_at < set_at && set_at < prepare_at, "{body}");
@@ -832,8 +833,8 @@ mod tests {
         assert_eq!(
             squeeze(&and_commit.sig),
             squeeze(quote! {
-                async fn charge_and_commit<'a, __TxmsgDb: ::txmsg::__private::Database>(
-                    outbox: &::txmsg::__private::HalfOutbox<__TxmsgDb>,
+                async fn charge_and_commit<'a, __TxmsgHalf: ::txmsg::__private::HalfProducer>(
+                    outbox: &__TxmsgHalf,
                     payment: &'a Payment,
                     card: &'a str,
                     __txmsg_arg2: (u8, u8)
@@ -852,15 +853,15 @@ mod tests {
                 "payments.requested"
             )),
             quote!(.key(__txmsg_key).ttl(::txmsg::__private::Duration::from_millis(3600000u64))),
-            quote!(::txmsg::__private::HalfOutbox::prepare(
+            quote!(::txmsg::__private::HalfProducer::prepare(
                 outbox,
                 __txmsg_message,
                 ::txmsg::__private::Duration::from_millis(6000u64),
             )),
             quote!(charge(payment, card, __txmsg_arg2).await),
-            quote!(::txmsg::__private::Prepared::commit(__txmsg_prepared).await),
+            quote!(::txmsg::__private::HalfMessage::commit(__txmsg_prepared).await),
             quote!(<PayError as ::txmsg::__private::From<::txmsg::__private::Error>>::from),
-            quote!(::txmsg::__private::Prepared::rollback(__txmsg_prepared).await),
+            quote!(::txmsg::__private::HalfMessage::rollback(__txmsg_prepared).await),
         ] {
             let expected = squeeze(expected);
             let found = body[at..].find(&expected);
