@@ -243,3 +243,199 @@ async fn an_unreachable_name_server_is_an_error() {
     let err = result.expect_err("no name server, no publish");
     assert!(err.is_retryable(), "{err}");
 }
+
+/// Five keys, 200 messages each, published by five concurrent producers
+/// (one per key, each in order): every key arrives complete and in publish
+/// order at the group, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_arrive_in_order_from_concurrent_producers() {
+    const KEYS: usize = 5;
+    const PER_KEY: usize = 200;
+    let b = broker().await;
+    let topic = format!("{}.order", suite::unique_prefix());
+    let mut sub = b
+        .subscribe(&spec("g", &topic, 32))
+        .await
+        .expect("subscribe");
+    let producers: Vec<_> = (0..KEYS)
+        .map(|k| {
+            let b = b.clone();
+            let topic = topic.clone();
+            tokio::spawn(async move {
+                for n in 0..PER_KEY {
+                    b.publish(&envelope(&topic, &format!("key{k}"), n))
+                        .await
+                        .expect("publish");
+                }
+            })
+        })
+        .collect();
+    let mut next_of: std::collections::BTreeMap<String, usize> = Default::default();
+    for i in 0..KEYS * PER_KEY {
+        let d = next(&mut sub, &format!("delivery {i}")).await;
+        let e = d.message.as_ref().expect("decodable").clone();
+        let n: usize = String::from_utf8(e.payload.clone())
+            .expect("text")
+            .parse()
+            .expect("a number");
+        let key = e.key.clone().expect("a key");
+        let expected = next_of.entry(key.clone()).or_default();
+        assert_eq!(n, *expected, "key {key} out of order");
+        *expected += 1;
+        d.ack().await.expect("ack");
+    }
+    for p in producers {
+        p.await.expect("a producer task");
+    }
+    assert!(next_of.values().all(|&n| n == PER_KEY), "{next_of:?}");
+    let quiet = tokio::time::timeout(suite::QUIET, sub.next()).await;
+    assert!(quiet.is_err(), "nothing more arrives");
+}
+
+/// A client runtime for the plain RocketMQ clients of the interop test,
+/// with its owner (kept alive with it).
+fn plain_client() -> (
+    rocketmq_runtime::RuntimeOwner,
+    std::sync::Arc<rocketmq_client_rust::ClientRuntime>,
+) {
+    let owner = rocketmq_runtime::RuntimeOwner::plan(
+        rocketmq_runtime::RuntimeConfig::for_parallelism("plain-rocketmq", 1),
+    )
+    .expect("a runtime plan")
+    .build()
+    .expect("a runtime");
+    let client = rocketmq_client_rust::ClientRuntime::try_new(
+        owner.root_context().component("plain"),
+        rocketmq_client_rust::ClientRuntimeConfig::default(),
+        rocketmq_client_rust::TelemetryHandle::default(),
+    )
+    .expect("a client runtime");
+    (owner, client)
+}
+
+/// The name server address of `ROCKETMQ_URL`, as plain clients take it.
+fn name_server() -> String {
+    url().trim_start_matches("rocketmq://").replace(',', ";")
+}
+
+/// Interoperability both ways, with clients written against the plain
+/// RocketMQ client: a plain consumer counts txmsg's messages and reads
+/// their CloudEvents properties; a plain producer's CloudEvents message
+/// reaches a txmsg group once, with its id, type and payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_rocketmq_clients_read_and_write_txmsg_messages() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use rocketmq_client_rust::{
+        ConsumeConcurrentlyStatus, DefaultMQProducer, DefaultMQPushConsumer, MQPushConsumer,
+    };
+    use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
+    use rocketmq_model::common::message::message_single::Message as RocketMessage;
+
+    const N: usize = 5;
+    let b = broker().await;
+    let topic = format!("{}.interop", suite::unique_prefix());
+    let rocket_topic = b.rocketmq_topic(&topic).expect("a topic");
+    let mut txmsg_sub = b.subscribe(&spec("g", &topic, 8)).await.expect("subscribe");
+
+    // txmsg -> a plain consumer.
+    let sent: Vec<Envelope> = (0..N).map(|n| envelope(&topic, "k", n)).collect();
+    for e in &sent {
+        b.publish(e).await.expect("publish");
+    }
+    let (_owner, client) = plain_client();
+    let seen: Arc<Mutex<Vec<HashMap<String, String>>>> = Arc::default();
+    let seen_by_listener = Arc::clone(&seen);
+    let mut plain = DefaultMQPushConsumer::builder(Arc::clone(&client))
+        .consumer_group(format!("{}plain", b.config().topic_prefix()))
+        .name_server_addr(name_server())
+        .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
+        .build();
+    plain
+        .subscribe(rocket_topic.as_str(), "*")
+        .await
+        .expect("plain subscribe");
+    plain.register_message_listener_concurrently(
+        move |msgs: &[&rocketmq_model::common::message::message_ext::MessageExt],
+              _: &rocketmq_client_rust::ConsumeConcurrentlyContext| {
+            let mut seen = seen_by_listener.lock().expect("lock");
+            for m in msgs {
+                seen.push(
+                    m.properties()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                );
+            }
+            Ok(ConsumeConcurrentlyStatus::ConsumeSuccess)
+        },
+    );
+    plain.start().await.expect("plain consumer starts");
+    let deadline = tokio::time::Instant::now() + suite::WAIT;
+    while seen.lock().expect("lock").len() < N {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the plain consumer got {} of {N}",
+            seen.lock().expect("lock").len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    {
+        let seen = seen.lock().expect("lock");
+        assert_eq!(seen.len(), N, "each message once");
+        let mut ids: Vec<&str> = seen.iter().map(|p| p["CE_id"].as_str()).collect();
+        ids.sort_unstable();
+        let mut expected: Vec<&str> = sent.iter().map(|e| e.idempotency_key.as_str()).collect();
+        expected.sort_unstable();
+        assert_eq!(ids, expected);
+        for p in seen.iter() {
+            assert_eq!(p["CE_type"], topic);
+            assert_eq!(p["CE_specversion"], "1.0");
+            assert_eq!(p["CE_source"], "/txmsg");
+            assert_eq!(p["CE_contenttype"], "application/json");
+        }
+    }
+    plain.shutdown().await;
+    for _ in 0..N {
+        next(&mut txmsg_sub, "txmsg's own messages")
+            .await
+            .ack()
+            .await
+            .expect("ack");
+    }
+
+    // A plain producer -> the txmsg group.
+    let mut producer = DefaultMQProducer::builder(Arc::clone(&client))
+        .producer_group(format!("{}plainp", b.config().topic_prefix()))
+        .name_server_addr(name_server())
+        .build();
+    producer.start().await.expect("plain producer starts");
+    let mut message = RocketMessage::builder()
+        .topic(rocket_topic.as_str())
+        .body(br#"{"from":"plain"}"#.to_vec())
+        .build()
+        .expect("a message");
+    let mut properties = HashMap::new();
+    for (k, v) in [
+        ("CE_id", "plain-1"),
+        ("CE_type", topic.as_str()),
+        ("CE_source", "/plain"),
+        ("CE_specversion", "1.0"),
+        ("CE_contenttype", "application/json"),
+    ] {
+        properties.insert(k.into(), v.into());
+    }
+    message.set_properties(properties);
+    let result = producer.send(message).await.expect("plain send");
+    assert!(result.is_some());
+    let d = next(&mut txmsg_sub, "the plain producer's message").await;
+    let e = d.message.as_ref().expect("decodable").clone();
+    assert_eq!(e.idempotency_key, "plain-1");
+    assert_eq!(e.topic, topic);
+    assert_eq!(e.payload, br#"{"from":"plain"}"#);
+    d.ack().await.expect("ack");
+    let quiet = tokio::time::timeout(suite::QUIET, txmsg_sub.next()).await;
+    assert!(quiet.is_err(), "it arrives once");
+    producer.shutdown().await;
+}
