@@ -55,6 +55,9 @@ if ! port_open 10911; then
   fi
   sed "s|@STORE@|$ROCKETMQ_HOME/store|" "$here/rocketmq-broker.conf" >broker.conf
   log "starting the broker"
-  nohup rocketmq-broker-rust -c broker.conf >broker.log 2>&1 &
+  # A crashed consumer's queue locks expire after 10 s (60 s by default),
+  # so that the tests of crashes see the queues taken over in seconds.
+  nohup env 'rocketmq.broker.rebalance.lockMaxLiveTime=10000' \
+    rocketmq-broker-rust -c broker.conf >broker.log 2>&1 &
 fi
 wait_port "RocketMQ broker" 10911 broker.log

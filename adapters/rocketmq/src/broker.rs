@@ -285,11 +285,6 @@ const AUTO_CREATE_TOPIC_KEY: &str = "TBW102";
 /// Longest wait for a topic just created to be routable.
 const TOPIC_WAIT: Duration = Duration::from_secs(10);
 
-/// How far before its first subscribe a new group starts reading: messages
-/// stored in the seconds before count as published after (at least once
-/// allows them; the store's clock and ours may differ a little).
-const NEW_GROUP_LOOKBACK: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
-
 /// A client config of its own for each client: the client keeps one
 /// instance per instance name, and a group can have only one consumer in an
 /// instance.
@@ -358,14 +353,11 @@ impl Broker for RocketBroker {
             .name_server_addr(self.inner.name_servers.as_str())
             .client_config(client_config(&self.inner.name_servers))
             .message_model(MessageModel::Clustering)
-            // A group without a consumed offset starts at its first
-            // subscribe: every message published after it reaches the group.
-            .consume_from_where(ConsumeFromWhere::ConsumeFromTimestamp)
-            .consume_timestamp(
-                (chrono::Local::now() - NEW_GROUP_LOOKBACK)
-                    .format("%Y%m%d%H%M%S")
-                    .to_string(),
-            )
+            // A group without a consumed offset reads what the topic still
+            // holds. Starting at its first subscribe instead (by time, or at
+            // the end) would lose messages if the consumer died before its
+            // first offset was stored: the restart would start later again.
+            .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
             .consume_message_batch_max_size(1)
             .suspend_current_queue_time_millis(millis(self.inner.config.retry_delay()).into())
             // txmsg counts attempts and dead-letters itself.

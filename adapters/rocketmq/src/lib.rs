@@ -31,8 +31,11 @@
 //!   pauses the queue for [`RocketConfig::retry_delay`] and delivers the
 //!   message again, before the later messages of its queue. txmsg counts
 //!   attempts and dead-letters a message past its `max_attempts` itself,
-//!   so RocketMQ's own dead-letter queue is not used. A new group starts
-//!   at the end of each queue.
+//!   so RocketMQ's own dead-letter queue is not used. A new group reads
+//!   what the topic still holds (RocketMQ's `CONSUME_FROM_FIRST_OFFSET`):
+//!   starting at its first subscribe could lose what was published before
+//!   a consumer that died stored its first offset. On a topic with a long
+//!   history, a new group's inbox sees the old messages once.
 //! - **Wire format.** The
 //!   [CloudEvents RocketMQ binding](https://github.com/apache/rocketmq-externals/blob/master/rocketmq-cloudevents-binding/rocketmq-transport-binding.md)
 //!   in binary mode: attributes as user properties prefixed `CE_`

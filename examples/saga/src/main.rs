@@ -59,8 +59,10 @@
 //! |----------------|--------------------------------|------------------------------------------|
 //! | `DATABASE_URL` | unset                          | SQLite, three temporary files            |
 //! |                | `postgres://`, `postgresql://` | PostgreSQL, three schemas                |
-//! | `AMQP_URL`     | unset                          | the in-process broker                    |
+//! | `BROKER_URL`   | unset                          | the in-process broker (or `AMQP_URL`)    |
 //! |                | `amqp://`, `amqps://`          | RabbitMQ                                 |
+//! |                | `rocketmq://`                  | RocketMQ (its name server)               |
+//! | `AMQP_URL`     | `amqp://`, `amqps://`          | RabbitMQ, when `BROKER_URL` is unset      |
 //! | `SAGA_CRASH`   | `order`, `payment`, `shipping` | that service crashes (as `--crash`)      |
 //!
 //! On a server, each run works in names of its own
@@ -107,7 +109,7 @@ mod service;
 mod wiring;
 
 use service::{NewOrder, OrderRow, PaymentRow, Service, payment_decision};
-use wiring::{BROKER_VAR, BoxError, Brokers, Databases, STORE_VAR};
+use wiring::{BROKER_VAR, BoxError, Brokers, Databases, LEGACY_AMQP_VAR, STORE_VAR};
 
 /// Orders the demo places: (id, customer, total in cents). Orders 3
 /// (a flagged customer), 4 and 6 (over the limit) are declined.
@@ -186,22 +188,16 @@ async fn demo() -> Result<(), BoxError> {
     let crash = crash_from(&args)?;
     // One suffix for every name of this run.
     let run = uuid::Uuid::now_v7().simple().to_string();
-    let broker_url = wiring::var(BROKER_VAR)?;
+    let broker_url = match wiring::var(BROKER_VAR)? {
+        Some(url) => Some((BROKER_VAR, url)),
+        None => wiring::var(LEGACY_AMQP_VAR)?.map(|url| (LEGACY_AMQP_VAR, url)),
+    };
     let summary = match wiring::var(STORE_VAR)? {
-        None => {
-            let databases = wiring::SqliteFiles::new(&run);
-            match broker_url {
-                None => run_on(databases, wiring::InProcess::default(), crash).await?,
-                Some(url) => run_on(databases, wiring::Rabbit::new(url, &run)?, crash).await?,
-            }
-        }
+        None => on_broker(wiring::SqliteFiles::new(&run), broker_url, &run, crash).await?,
         Some(url) => match wiring::scheme(&url) {
             "postgres" | "postgresql" => {
                 let databases = wiring::PgSchemas::new(url, &run)?;
-                match broker_url {
-                    None => run_on(databases, wiring::InProcess::default(), crash).await?,
-                    Some(url) => run_on(databases, wiring::Rabbit::new(url, &run)?, crash).await?,
-                }
+                on_broker(databases, broker_url, &run, crash).await?
             }
             other => {
                 return Err(wiring::unknown_scheme(
@@ -232,6 +228,24 @@ async fn demo() -> Result<(), BoxError> {
 
 /// Runs the saga on these backends, then removes what the run created,
 /// whether it succeeded or not.
+/// Runs the saga on `databases` and the broker of `broker_url` (the
+/// variable it came from, and its value): the in-process broker when there
+/// is none, RocketMQ for `rocketmq://`, RabbitMQ otherwise.
+async fn on_broker<D: Databases>(
+    databases: D,
+    broker_url: Option<(&'static str, String)>,
+    run: &str,
+    crash: Option<Service>,
+) -> Result<Summary, BoxError> {
+    match broker_url {
+        None => run_on(databases, wiring::InProcess::default(), crash).await,
+        Some((BROKER_VAR, url)) if wiring::scheme(&url) == "rocketmq" => {
+            run_on(databases, wiring::Rocket::new(url, run), crash).await
+        }
+        Some((var, url)) => run_on(databases, wiring::Rabbit::new(url, run, var)?, crash).await,
+    }
+}
+
 async fn run_on<D: Databases, K: Brokers>(
     databases: D,
     brokers: K,

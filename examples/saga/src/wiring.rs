@@ -15,6 +15,7 @@ use txmsg::memory::MemoryBroker;
 use txmsg::postgres::PgStore;
 use txmsg::prelude::*;
 use txmsg::rabbitmq::{RabbitBroker, RabbitConfig};
+use txmsg::rocketmq::{RocketBroker, RocketConfig};
 use txmsg::sqlite::SqliteStore;
 use txmsg::{Outbox, Tables};
 
@@ -27,7 +28,10 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The variable that chooses the databases.
 pub(crate) const STORE_VAR: &str = "DATABASE_URL";
 /// The variable that chooses the broker.
-pub(crate) const BROKER_VAR: &str = "AMQP_URL";
+pub(crate) const BROKER_VAR: &str = "BROKER_URL";
+/// The broker variable of earlier versions, read when `BROKER_URL` is unset
+/// (RabbitMQ only).
+pub(crate) const LEGACY_AMQP_VAR: &str = "AMQP_URL";
 
 /// How long the demo waits for a database connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -367,16 +371,17 @@ impl std::fmt::Debug for Rabbit {
 }
 
 impl Rabbit {
-    pub(crate) fn new(url: String, run: &str) -> Result<Self, BoxError> {
+    /// RabbitMQ at `url` (from variable `var`).
+    pub(crate) fn new(url: String, run: &str, var: &str) -> Result<Self, BoxError> {
         match scheme(&url) {
             "amqp" | "amqps" => Ok(Rabbit {
                 url,
                 exchange: format!("txmsg.saga.{run}"),
             }),
             other => Err(unknown_scheme(
-                BROKER_VAR,
+                var,
                 other,
-                "amqp:// or amqps:// (or leave it unset for the in-process broker)",
+                "amqp://, amqps:// or rocketmq:// (or leave it unset for the in-process broker)",
             )),
         }
     }
@@ -430,4 +435,41 @@ impl Brokers for Rabbit {
             eprintln!("could not remove the exchange and queues of this run: {e}");
         }
     }
+}
+
+/// RocketMQ, with a topic prefix of this run (its topics and consumer
+/// groups carry it). Each service (and each restart of it) has a client of
+/// its own.
+#[derive(Debug, Clone)]
+pub(crate) struct Rocket {
+    url: String,
+    prefix: String,
+}
+
+impl Rocket {
+    pub(crate) fn new(url: String, run: &str) -> Self {
+        Rocket {
+            url,
+            prefix: format!("saga_{}_", &run[run.len().saturating_sub(16)..]),
+        }
+    }
+}
+
+impl Brokers for Rocket {
+    type Broker = RocketBroker;
+
+    fn describe(&self) -> String {
+        format!("RocketMQ (topic prefix {})", self.prefix)
+    }
+
+    async fn connect(&self, _service: Service) -> Result<RocketBroker, BoxError> {
+        let config = RocketConfig::default().with_topic_prefix(&self.prefix)?;
+        RocketBroker::connect(&self.url, config)
+            .await
+            .map_err(reaching(BROKER_VAR, "RocketMQ"))
+    }
+
+    // RocketMQ's topics and groups are deleted with its admin tools only;
+    // the run's prefix keeps them apart from every other run's.
+    async fn teardown(&self) {}
 }

@@ -1,6 +1,6 @@
 //! The saga demo is a test too: it must pass its own consistency check on
 //! the embedded default, after a crash of each service, and on PostgreSQL
-//! with RabbitMQ.
+//! with RabbitMQ and with RocketMQ.
 //!
 //! Each run works in names of its own on the servers (the demo adds a
 //! suffix of its run) and removes them at the end, so these tests run side
@@ -323,6 +323,55 @@ fn saga_on_postgres_and_rabbitmq_heals_a_payment_crash() {
     let run = run_id(&stdout);
     assert_eq!(schemas_left(&run), 0, "the run's schemas were not dropped");
     assert!(!exchange_left(&run), "the run's exchange was not deleted");
+}
+
+// ---- PostgreSQL and RocketMQ ----
+
+fn rocketmq_url() -> String {
+    env_or("ROCKETMQ_URL", "rocketmq://127.0.0.1:9876")
+}
+
+#[test]
+fn saga_on_postgres_schemas_and_rocketmq() {
+    let stdout = run_demo(
+        &[],
+        &[
+            ("DATABASE_URL", postgres_url()),
+            ("BROKER_URL", rocketmq_url()),
+        ],
+    );
+    assert_backends(
+        &stdout,
+        "PostgreSQL (3 schemas",
+        "RocketMQ (topic prefix saga_",
+    );
+    assert_consistent(&stdout);
+    let run = run_id(&stdout);
+    assert_eq!(schemas_left(&run), 0, "the run's schemas were not dropped");
+}
+
+#[test]
+fn saga_on_postgres_and_rocketmq_heals_a_payment_crash() {
+    let stdout = run_demo(
+        &["--crash", "payment"],
+        &[
+            ("DATABASE_URL", postgres_url()),
+            ("BROKER_URL", rocketmq_url()),
+        ],
+    );
+    assert_backends(
+        &stdout,
+        "PostgreSQL (3 schemas",
+        "RocketMQ (topic prefix saga_",
+    );
+    assert_crashed(&stdout, "payment");
+    // The dead service's consumer never stored the offset of the message
+    // it had applied: the group's next consumer got it again, once its
+    // queue lock expired, and the inbox skipped it.
+    assert_redelivery_skipped(&stdout, "payment");
+    assert_consistent(&stdout);
+    let run = run_id(&stdout);
+    assert_eq!(schemas_left(&run), 0, "the run's schemas were not dropped");
 }
 
 // ---- bad input ----
