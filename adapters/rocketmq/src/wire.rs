@@ -177,25 +177,9 @@ pub(crate) fn decode(received: Received<'_>) -> std::result::Result<Envelope, Un
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
-    use txmsg_core::TRACEPARENT;
-    use uuid::Uuid;
+    use txmsg_testkit::wire::sample_envelope as envelope;
 
     use super::*;
-
-    fn envelope() -> Envelope {
-        let mut e = Envelope::new(
-            Uuid::now_v7(),
-            "orders.placed",
-            "k-1",
-            br#"{"a":1}"#.to_vec(),
-            Utc::now(),
-        );
-        e.key = Some("order-1".into());
-        e.headers.insert(TRACEPARENT.into(), "00-ab-cd-01".into());
-        e.headers.insert("x-tenant".into(), "acme".into());
-        e
-    }
 
     fn received<'a>(
         message: &'a Message,
@@ -239,7 +223,7 @@ mod tests {
         assert_eq!(got.id, e.id);
         assert_eq!(got.topic, e.topic);
         assert_eq!(got.key, e.key);
-        assert_eq!(got.idempotency_key, "k-1");
+        assert_eq!(got.idempotency_key, e.idempotency_key);
         let mut expected = e.headers.clone();
         expected.insert("CE_source".into(), "/src".into());
         assert_eq!(got.headers, expected, "nothing of RocketMQ's own is kept");
