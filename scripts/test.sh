@@ -17,6 +17,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 cargo test --doc --workspace --all-features
 cargo nextest run --workspace --all-features --profile "${NEXTEST_PROFILE:-default}" "$@"
+# The RocketMQ broker killed and started again under load: alone, since it
+# stops RocketMQ for every other test.
+cargo nextest run -p txmsg-tests --test rocketmq_restart --run-ignored only --profile "${NEXTEST_PROFILE:-default}"
 # RabbitMQ stopped and started under load: alone, since it stops RabbitMQ
 # for every other test.
 bash scripts/faults.sh restart

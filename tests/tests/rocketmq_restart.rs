@@ -82,9 +82,12 @@ async fn rocketmq_restart_loses_nothing_and_applies_nothing_twice() {
     let relay = Relay::new(
         pg.store.clone(),
         broker.clone(),
+        // Retries far apart enough to outlast the restart: no message may
+        // run out of attempts while the broker is away.
         RelayConfig::default()
-            .with_backoff_min(Duration::from_millis(100))
-            .with_backoff_max(Duration::from_secs(1))
+            .with_backoff_min(Duration::from_millis(500))
+            .with_backoff_max(Duration::from_secs(5))
+            .with_max_attempts(30)
             .with_publish_timeout(Duration::from_secs(5)),
     )
     .unwrap()
@@ -120,6 +123,11 @@ async fn rocketmq_restart_loses_nothing_and_applies_nothing_twice() {
     }
     // Time for a late redelivery to show up, were there one.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let stats = txmsg::Store::stats(&pg.store).await.unwrap();
+    eprintln!(
+        "applied {applied}; outbox pending {}, sent {}, dead {}",
+        stats.pending, stats.sent, stats.dead
+    );
     relay.shutdown().await;
     consumer.shutdown().await;
     assert_eq!(
@@ -131,7 +139,6 @@ async fn rocketmq_restart_loses_nothing_and_applies_nothing_twice() {
         count(&pg, "SELECT count(DISTINCT n) FROM restart_effects").await,
         N
     );
-    let stats = txmsg::Store::stats(&pg.store).await.unwrap();
     assert_eq!((stats.pending, stats.dead), (0, 0), "nothing left behind");
     pg.drop_schema().await;
 }
