@@ -439,3 +439,13 @@ async fn plain_rocketmq_clients_read_and_write_txmsg_messages() {
     assert!(quiet.is_err(), "it arrives once");
     producer.shutdown().await;
 }
+
+/// A delivery held for 20 s is not delivered again, to its subscription or
+/// another of its group: orderly consumption holds the queue (and its
+/// broker lock) for as long as the delivery is unsettled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_delivery_is_not_redelivered() {
+    let b = broker().await;
+    suite::held_delivery_is_not_redelivered(&b, &suite::unique_prefix(), Duration::from_secs(20))
+        .await;
+}
