@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use txmsg::postgres::PgStore;
 use txmsg::rabbitmq::{RabbitBroker, RabbitConfig};
+use txmsg::rocketmq::{RocketBroker, RocketConfig};
 use txmsg::{Store, Tables};
 
 /// The error of the tests' handlers: a message, and any sqlx error as its
@@ -38,6 +39,26 @@ pub fn database_url() -> String {
 /// `AMQP_URL`, or the machine's RabbitMQ.
 pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A broker on the RocketMQ of `ROCKETMQ_URL` (default
+/// `rocketmq://127.0.0.1:9876`) whose topics and groups start with `prefix`
+/// (a fresh one when `None`), so that tests never see each other's
+/// messages.
+///
+/// # Panics
+///
+/// If RocketMQ cannot be reached.
+pub async fn rocketmq_broker(prefix: Option<&str>) -> RocketBroker {
+    let prefix = prefix.map_or_else(|| format!("t{}_", &unique()[16..]), str::to_owned);
+    let config = RocketConfig::default()
+        .with_topic_prefix(&prefix)
+        .expect("a valid topic prefix");
+    let url =
+        std::env::var("ROCKETMQ_URL").unwrap_or_else(|_| "rocketmq://127.0.0.1:9876".to_owned());
+    RocketBroker::connect(&url, config)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach RocketMQ at ROCKETMQ_URL={url}: {e:?}"))
 }
 
 /// A unique lowercase suffix for names.

@@ -25,7 +25,7 @@ use txmsg::mqtt::{MqttBroker, MqttConfig};
 use txmsg::nats::{NatsBroker, NatsConfig};
 use txmsg::postgres::PgStore;
 use txmsg::redis::{RedisBroker, RedisConfig};
-use txmsg::rocketmq::{RocketBroker, RocketConfig};
+use txmsg::rocketmq::RocketBroker;
 use txmsg::{Broker, DeadFilter, Envelope, Tx};
 use txmsg_tests::{HandlerError, PgSchema, Rabbit, unique};
 
@@ -302,13 +302,7 @@ where
     Fut: Future<Output = ()>,
 {
     let pg = PgSchema::new().await;
-    let config = RocketConfig::default()
-        .with_topic_prefix(&format!("t{}_", unique()))
-        .expect("a valid configuration");
-    let url = env_or("ROCKETMQ_URL", "rocketmq://127.0.0.1:9876");
-    let broker = RocketBroker::connect(&url, config)
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach RocketMQ at ROCKETMQ_URL={url}: {e:?}"));
+    let broker = txmsg_tests::rocketmq_broker(None).await;
     test(pg.clone(), broker).await;
     pg.drop_schema().await;
 }

@@ -17,7 +17,6 @@ use txmsg::mqtt::{MqttBroker, MqttConfig};
 use txmsg::mysql::MySqlStore;
 use txmsg::nats::{NatsBroker, NatsConfig};
 use txmsg::redis::{RedisBroker, RedisConfig};
-use txmsg::rocketmq::{RocketBroker, RocketConfig};
 use txmsg::sqlite::SqliteStore;
 use txmsg::{Envelope, SqlStore, Store, Tables, Tx};
 use txmsg_tests::{HandlerError, PgSchema, Rabbit, unique};
@@ -225,13 +224,7 @@ async fn postgres_mqtt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_rocketmq() {
     let pg = pg_schema().await;
-    let config = RocketConfig::default()
-        .with_topic_prefix(&format!("t{}_", unique()))
-        .expect("a valid configuration");
-    let url = env_or("ROCKETMQ_URL", "rocketmq://127.0.0.1:9876");
-    let broker = RocketBroker::connect(&url, config)
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach RocketMQ at ROCKETMQ_URL={url}: {e:?}"));
+    let broker = txmsg_tests::rocketmq_broker(None).await;
     exactly_once(&pg.store, &broker, |sql| pg_count(&pg, sql)).await;
     pg.drop_schema().await;
 }

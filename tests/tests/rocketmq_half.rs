@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use txmsg::consumer::{SubscribeSpec, Subscription};
 use txmsg::half::{CheckStatus, HalfProducer};
-use txmsg::rocketmq::{RocketBroker, RocketConfig, RocketHalfProducer};
+use txmsg::rocketmq::{RocketBroker, RocketHalfProducer};
 use txmsg::{Broker, Error, Message, check_back, transactional_message};
 use txmsg_tests::unique;
 
@@ -54,16 +54,9 @@ async fn charge_state(charge: &Charge) -> Result<CheckStatus, String> {
     })
 }
 
-fn url() -> String {
-    std::env::var("ROCKETMQ_URL").unwrap_or_else(|_| "rocketmq://127.0.0.1:9876".to_owned())
-}
-
 /// A broker of this test's own topics.
 async fn broker(prefix: &str) -> RocketBroker {
-    let config = RocketConfig::default().with_topic_prefix(prefix).unwrap();
-    RocketBroker::connect(&url(), config)
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach RocketMQ at ROCKETMQ_URL={}: {e:?}", url()))
+    txmsg_tests::rocketmq_broker(Some(prefix)).await
 }
 
 async fn subscribe(broker: &RocketBroker) -> Subscription {

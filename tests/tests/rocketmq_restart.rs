@@ -16,9 +16,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use txmsg::consumer::{Consumer, ConsumerConfig};
-use txmsg::rocketmq::{RocketBroker, RocketConfig};
 use txmsg::{Message, Outbox, Relay, RelayConfig, Tx};
-use txmsg_tests::{HandlerError, PgSchema, unique};
+use txmsg_tests::{HandlerError, PgSchema};
 
 const N: i64 = 300;
 
@@ -62,12 +61,7 @@ async fn rocketmq_restart_loses_nothing_and_applies_nothing_twice() {
     let pg = PgSchema::new().await;
     pg.exec("CREATE TABLE restart_effects (n BIGINT NOT NULL)")
         .await;
-    let url =
-        std::env::var("ROCKETMQ_URL").unwrap_or_else(|_| "rocketmq://127.0.0.1:9876".to_owned());
-    let config = RocketConfig::default()
-        .with_topic_prefix(&format!("r{}_", &unique()[16..]))
-        .unwrap();
-    let broker = RocketBroker::connect(&url, config).await.unwrap();
+    let broker = txmsg_tests::rocketmq_broker(None).await;
     let consumer = Consumer::new(
         pg.store.clone(),
         broker.clone(),
