@@ -2,7 +2,7 @@
 # Installs the Rust RocketMQ name server and broker once (cargo install,
 # cached in ~/.cargo/bin; about 13 minutes on two cores the first time) and
 # starts both on loopback: the name server on 127.0.0.1:9876, the broker on
-# 127.0.0.1:10911 with scripts/rocketmq-broker.conf. Their home, store and
+# 127.0.0.1:10911 (every listener on loopback) with scripts/rocketmq-broker.toml. Their home, store and
 # logs are under $ROCKETMQ_HOME (default ~/.cache/txmsg/rocketmq).
 # Safe to run again: running servers are left alone.
 set -euo pipefail
@@ -56,11 +56,11 @@ if ! port_open 10911; then
   if [ "${used:-0}" -ge 75 ]; then
     log "the disk of $ROCKETMQ_HOME/store is ${used} % full: the broker will not start at 75 % or more"
   fi
-  sed "s|@STORE@|$ROCKETMQ_HOME/store|" "$here/rocketmq-broker.conf" >broker.conf
+  sed "s|@STORE@|$ROCKETMQ_HOME/store|" "$here/rocketmq-broker.toml" >broker.toml
   log "starting the broker"
   # A crashed consumer's queue locks expire after 10 s (60 s by default),
   # so that the tests of crashes see the queues taken over in seconds.
   nohup env 'rocketmq.broker.rebalance.lockMaxLiveTime=10000' \
-    rocketmq-broker-rust -c broker.conf >broker.log 2>&1 &
+    rocketmq-broker-rust -c broker.toml >broker.log 2>&1 &
 fi
 wait_port "RocketMQ broker" 10911 broker.log

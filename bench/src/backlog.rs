@@ -51,9 +51,9 @@ pub(crate) async fn insert_backlog(schema: &Schema, n: usize) -> Res<()> {
 
 /// Waits until `broker` confirmed `n` publishes and no row is pending;
 /// returns false on timeout.
-async fn wait_drained(
+pub(crate) async fn wait_drained<B>(
     schema: &Schema,
-    broker: &TimedBroker,
+    broker: &TimedBroker<B>,
     n: usize,
     limit: Duration,
 ) -> Res<bool> {

@@ -408,13 +408,14 @@ pub(crate) fn median(xs: &[f64]) -> f64 {
     }
 }
 
-/// A broker that forwards to the framework's RabbitMQ broker and records,
+/// A broker that forwards to one of the framework's brokers (RabbitMQ
+/// unless said otherwise) and records,
 /// for each publish the broker confirmed, the message's idempotency key
 /// and the instant of the confirm. The relay knows nothing about it; it is
 /// how the benchmark sees "commit → confirmed" without a relay hook.
 #[derive(Debug, Clone)]
-pub(crate) struct TimedBroker {
-    inner: RabbitBroker,
+pub(crate) struct TimedBroker<B = RabbitBroker> {
+    inner: B,
     confirms: Arc<Mutex<Vec<(u64, Instant)>>>,
     /// Confirms so far, recorded or not.
     confirmed: Arc<AtomicUsize>,
@@ -422,9 +423,9 @@ pub(crate) struct TimedBroker {
     record: bool,
 }
 
-impl TimedBroker {
+impl<B> TimedBroker<B> {
     /// Wraps `inner`.
-    pub(crate) fn new(inner: RabbitBroker) -> Self {
+    pub(crate) fn new(inner: B) -> Self {
         TimedBroker {
             inner,
             confirms: Arc::new(Mutex::new(Vec::new())),
@@ -434,7 +435,7 @@ impl TimedBroker {
     }
 
     /// Wraps `inner`, counting confirms without keeping their instants.
-    pub(crate) fn counting(inner: RabbitBroker) -> Self {
+    pub(crate) fn counting(inner: B) -> Self {
         TimedBroker {
             record: false,
             ..TimedBroker::new(inner)
@@ -455,9 +456,9 @@ impl TimedBroker {
     }
 }
 
-impl Broker for TimedBroker {
+impl<B: Broker> Broker for TimedBroker<B> {
     fn system(&self) -> &'static str {
-        "rabbitmq"
+        self.inner.system()
     }
 
     async fn publish(&self, envelope: &Envelope) -> txmsg::Result<()> {

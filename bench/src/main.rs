@@ -14,6 +14,7 @@ mod backlog;
 mod common;
 mod producer;
 mod report;
+mod rocket;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -77,6 +78,10 @@ struct Cli {
     /// RabbitMQ URL (default `AMQP_URL`, else the local server).
     #[arg(long, global = true)]
     amqp_url: Option<String>,
+    /// RocketMQ name servers, `rocketmq://host:port` (default
+    /// `ROCKETMQ_URL`, else the local name server).
+    #[arg(long, global = true)]
+    rocketmq_url: Option<String>,
 }
 
 /// The modes.
@@ -94,6 +99,10 @@ enum Mode {
     Memory,
     /// Every mode, then the JSON results and the SVG plot.
     All,
+    /// The drain and e2e modes on RocketMQ, beside a hand-written
+    /// rocketmq-client baseline (not part of `all`); writes
+    /// `rocketmq-results.json`.
+    Rocketmq,
     /// Internal: the relay process of the memory mode.
     #[command(hide = true)]
     RelayChild {
@@ -202,6 +211,16 @@ async fn run(cli: Cli) -> Res<()> {
                 memory,
             };
             report::write(&cli.out, &report)?;
+        }
+        Mode::Rocketmq => {
+            let url = cli.rocketmq_url.clone().unwrap_or_else(|| {
+                std::env::var("ROCKETMQ_URL").unwrap_or_else(|_| "rocketmq://127.0.0.1:9876".into())
+            });
+            let result = rocket::run(&env, &url).await?;
+            std::fs::create_dir_all(&cli.out)?;
+            let path = cli.out.join("rocketmq-results.json");
+            std::fs::write(&path, serde_json::to_string_pretty(&result)?)?;
+            println!("wrote {}", path.display());
         }
         Mode::RelayChild {
             schema,

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
-use txmsg::{Outbox, Relay, RelayConfig, Tx};
+use txmsg::rabbitmq::RabbitBroker;
+use txmsg::{Broker, Outbox, Relay, RelayConfig, Tx};
 
 use crate::common::{
     Env, Lat, Paired, QueueDrain, Rabbit, Res, Schema, Side, TimedBroker, confirm_channel, lat,
@@ -64,10 +65,118 @@ pub(crate) const MARK_SENT: &str = "UPDATE txmsg_outbox SET state = 'sent', sent
 
 /// A row the baseline hands from the producer to its publisher.
 #[derive(Debug)]
-struct Committed {
-    id: uuid::Uuid,
-    seq: i64,
-    payload: Vec<u8>,
+pub(crate) struct Committed {
+    /// The outbox row's id, marked sent once confirmed.
+    pub(crate) id: uuid::Uuid,
+    /// The order id, also the message's idempotency key.
+    pub(crate) seq: i64,
+    /// The message body.
+    pub(crate) payload: Vec<u8>,
+}
+
+/// Where the baseline's publisher records `(order id, instant of the
+/// confirm)` of each message the broker confirmed.
+pub(crate) type Confirms = Arc<Mutex<Vec<(u64, Instant)>>>;
+
+/// Records that the broker confirmed `seq` now.
+pub(crate) fn record_confirm(confirms: &Confirms, seq: i64) {
+    let now = Instant::now();
+    if let Ok(mut v) = confirms.lock() {
+        v.push((u64::try_from(seq).unwrap_or(u64::MAX), now));
+    }
+}
+
+/// The broker an e2e run publishes to: the framework's broker for txmsg,
+/// a hand-written publisher on the broker's own client for the baseline.
+pub(crate) trait E2eTarget {
+    /// The framework's broker.
+    type Broker: Broker + Clone + 'static;
+    /// What the printed figures are called (`e2e`, `rocketmq e2e`).
+    fn label(&self) -> &'static str;
+    /// How its confirm is taken, for the printed method.
+    fn method(&self) -> &'static str;
+    /// The framework's broker.
+    fn broker(&self) -> Self::Broker;
+    /// Prepares a round; what it returns is stopped after the round.
+    async fn start_round(&self, env: &Env) -> Res<Option<QueueDrain>>;
+    /// The baseline's publisher: publishes each row `rx` yields with at most
+    /// `env.window` awaiting a confirm, records each confirm in `confirms`
+    /// and sends the confirmed row's id to `mark`; ends when `rx` ends and
+    /// every confirm is in.
+    async fn publisher(
+        &self,
+        env: &Env,
+        rx: mpsc::UnboundedReceiver<Committed>,
+        confirms: Confirms,
+        mark: mpsc::UnboundedSender<uuid::Uuid>,
+    ) -> Res<tokio::task::JoinHandle<Res<()>>>;
+}
+
+impl E2eTarget for Rabbit {
+    type Broker = RabbitBroker;
+
+    fn label(&self) -> &'static str {
+        "e2e"
+    }
+
+    fn method(&self) -> &'static str {
+        "commit returned to the producer -> publisher confirm received \
+         (txmsg: recorded by a Broker wrapper around RabbitBroker; \
+         baseline: recorded where its confirm future resolves)"
+    }
+
+    fn broker(&self) -> RabbitBroker {
+        self.broker.clone()
+    }
+
+    async fn start_round(&self, env: &Env) -> Res<Option<QueueDrain>> {
+        self.purge().await?;
+        Ok(Some(QueueDrain::start(env, &self.queue).await?))
+    }
+
+    async fn publisher(
+        &self,
+        env: &Env,
+        mut rx: mpsc::UnboundedReceiver<Committed>,
+        confirms: Confirms,
+        mark_tx: mpsc::UnboundedSender<uuid::Uuid>,
+    ) -> Res<tokio::task::JoinHandle<Res<()>>> {
+        let ch = confirm_channel(&self.conn, &self.exchange).await?;
+        let window = Arc::new(Semaphore::new(env.window));
+        let exchange = self.exchange.clone();
+        Ok(tokio::spawn(async move {
+            let mut waits = Vec::new();
+            while let Some(row) = rx.recv().await {
+                let permit = Arc::clone(&window).acquire_owned().await?;
+                let confirm = ch
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        TOPIC.into(),
+                        lapin::options::BasicPublishOptions::default(),
+                        &row.payload,
+                        crate::common::baseline_properties(&row.seq.to_string(), TOPIC),
+                    )
+                    .await?;
+                let (confirms, mark_tx) = (Arc::clone(&confirms), mark_tx.clone());
+                waits.push(tokio::spawn(async move {
+                    let ok = matches!(confirm.await, Ok(lapin::Confirmation::Ack(_)));
+                    drop(permit);
+                    if ok {
+                        record_confirm(&confirms, row.seq);
+                        let _ = mark_tx.send(row.id);
+                    }
+                }));
+                if waits.len() > 4096 {
+                    waits.retain(|w: &tokio::task::JoinHandle<()>| !w.is_finished());
+                }
+            }
+            for w in waits {
+                w.await?;
+            }
+            let _ = ch.close(200, "done".into()).await;
+            Res::Ok(())
+        }))
+    }
 }
 
 /// Hand-written insert + insert + commit; returns the outbox row.
@@ -332,20 +441,19 @@ pub(crate) struct E2eResult {
 }
 
 /// One timed e2e round: returns (confirmed msgs/s, commit → confirm samples).
-async fn e2e_round(
+async fn e2e_round<T: E2eTarget>(
     env: &Env,
     side: Side,
     clients: usize,
     schema: &Schema,
-    rabbit: &Rabbit,
+    target: &T,
     rate: Option<f64>,
     next: &Arc<AtomicI64>,
 ) -> Res<(f64, Vec<Duration>)> {
     schema.truncate().await?;
-    rabbit.purge().await?;
-    let drain = QueueDrain::start(env, &rabbit.queue).await?;
-    let timed = TimedBroker::new(rabbit.broker.clone());
-    let baseline_confirms: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+    let drain = target.start_round(env).await?;
+    let timed = TimedBroker::new(target.broker());
+    let baseline_confirms: Confirms = Arc::default();
     let mut relay = None;
     let mut pipeline = None;
     let outbox = match side {
@@ -358,7 +466,7 @@ async fn e2e_round(
         }
         Side::Baseline => {
             pipeline =
-                Some(baseline_pipeline(env, schema, rabbit, Arc::clone(&baseline_confirms)).await?);
+                Some(baseline_pipeline(env, schema, target, Arc::clone(&baseline_confirms)).await?);
             Outbox::new(&schema.store)
         }
     };
@@ -427,7 +535,9 @@ async fn e2e_round(
     if let Some(p) = pipeline {
         p.finish().await?;
     }
-    drain.stop().await?;
+    if let Some(drain) = drain {
+        drain.stop().await?;
+    }
     if confirms.len() < commits.len() {
         return Err(format!(
             "{}: only {} of {} messages confirmed within 60 s",
@@ -451,8 +561,8 @@ async fn e2e_round(
 }
 
 /// The hand-written relay: producers send committed rows over a channel; one
-/// task publishes them on a confirm channel with at most `window` awaiting
-/// a confirm; confirmed ids are marked sent in batches (up to 512 ids or
+/// task ([`E2eTarget::publisher`]) publishes them with at most `window`
+/// awaiting a confirm; confirmed ids are marked sent in batches (up to 512 ids or
 /// 5 ms), as txmsg's default marks are.
 #[derive(Debug)]
 struct Pipeline {
@@ -470,52 +580,15 @@ impl Pipeline {
     }
 }
 
-async fn baseline_pipeline(
+async fn baseline_pipeline<T: E2eTarget>(
     env: &Env,
     schema: &Schema,
-    rabbit: &Rabbit,
-    confirms: Arc<Mutex<Vec<(u64, Instant)>>>,
+    target: &T,
+    confirms: Confirms,
 ) -> Res<Pipeline> {
-    let ch = confirm_channel(&rabbit.conn, &rabbit.exchange).await?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<Committed>();
+    let (tx, rx) = mpsc::unbounded_channel::<Committed>();
     let (mark_tx, mark_rx) = mpsc::unbounded_channel::<uuid::Uuid>();
-    let window = Arc::new(Semaphore::new(env.window));
-    let exchange = rabbit.exchange.clone();
-    let publisher = tokio::spawn(async move {
-        let mut waits = Vec::new();
-        while let Some(row) = rx.recv().await {
-            let permit = Arc::clone(&window).acquire_owned().await?;
-            let confirm = ch
-                .basic_publish(
-                    exchange.as_str().into(),
-                    TOPIC.into(),
-                    lapin::options::BasicPublishOptions::default(),
-                    &row.payload,
-                    crate::common::baseline_properties(&row.seq.to_string(), TOPIC),
-                )
-                .await?;
-            let (confirms, mark_tx) = (Arc::clone(&confirms), mark_tx.clone());
-            waits.push(tokio::spawn(async move {
-                let ok = matches!(confirm.await, Ok(lapin::Confirmation::Ack(_)));
-                let now = Instant::now();
-                drop(permit);
-                if ok {
-                    if let Ok(mut v) = confirms.lock() {
-                        v.push((u64::try_from(row.seq).unwrap_or(u64::MAX), now));
-                    }
-                    let _ = mark_tx.send(row.id);
-                }
-            }));
-            if waits.len() > 4096 {
-                waits.retain(|w: &tokio::task::JoinHandle<()>| !w.is_finished());
-            }
-        }
-        for w in waits {
-            w.await?;
-        }
-        let _ = ch.close(200, "done".into()).await;
-        Res::Ok(())
-    });
+    let publisher = target.publisher(env, rx, confirms, mark_tx).await?;
     let marker = tokio::spawn(mark_loop(schema.pool.clone(), mark_rx));
     Ok(Pipeline {
         tx,
@@ -546,28 +619,45 @@ pub(crate) async fn mark_loop(
     Ok(())
 }
 
-/// `e2e`: peak first, then half of the lower peak.
+/// `e2e` on RabbitMQ: peak first, then half of the lower peak.
 pub(crate) async fn e2e(env: &Env) -> Res<E2eResult> {
+    let rabbit = Rabbit::create(env, "e2e").await?;
+    let other = match env.only {
+        None => Some(Rabbit::create(env, "e2e-b").await?),
+        Some(_) => None,
+    };
+    let out = e2e_on(env, &rabbit, other.as_ref()).await?;
+    if let Some(other) = other {
+        other.cleanup(&[]).await?;
+    }
+    rabbit.cleanup(&[]).await?;
+    Ok(out)
+}
+
+/// `e2e` on `target`: peak first (alternating, then at once with `other`
+/// taking the baseline's messages), then half of the lower peak.
+pub(crate) async fn e2e_on<T: E2eTarget>(
+    env: &Env,
+    target: &T,
+    other: Option<&T>,
+) -> Res<E2eResult> {
     // Producers plus the relay's and the marker's connections.
     let conns = u32::try_from(env.clients + 4)?;
     let fw = Schema::create(env, "ef", conns).await?;
     let bl = Schema::create(env, "eb", conns).await?;
-    let rabbit = Rabbit::create(env, "e2e").await?;
     let next = Arc::new(AtomicI64::new(1));
     let mut out = E2eResult {
-        method: "commit returned to the producer -> publisher confirm received \
-                 (txmsg: recorded by a Broker wrapper around RabbitBroker; \
-                 baseline: recorded where its confirm future resolves)"
-            .into(),
+        method: target.method().into(),
         ..E2eResult::default()
     };
     let mut peak_lat: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     for (round, side) in Side::schedule(env, env.rounds) {
         let schema = if side == Side::Framework { &fw } else { &bl };
-        let (rate, mut s) = e2e_round(env, side, env.clients, schema, &rabbit, None, &next).await?;
+        let (rate, mut s) = e2e_round(env, side, env.clients, schema, target, None, &next).await?;
         let l = lat(&mut s);
         println!(
-            "  e2e peak round {} {}: {rate:.1} msg/s, p50 {:.3} ms p99 {:.3} ms",
+            "  {} peak round {} {}: {rate:.1} msg/s, p50 {:.3} ms p99 {:.3} ms",
+            target.label(),
             round + 1,
             side.label(),
             l.p50_ms,
@@ -580,25 +670,24 @@ pub(crate) async fn e2e(env: &Env) -> Res<E2eResult> {
         target.peak_rounds.push(rate);
         peak_lat[i].extend(s);
     }
-    if env.only.is_none() {
-        let other = Rabbit::create(env, "e2e-b").await?;
+    if let Some(other) = other {
         let half = (env.clients / 2).max(1);
         let (mut f, mut b) = (Vec::new(), Vec::new());
         for round in 0..env.rounds {
             let (fr, br) = tokio::join!(
-                e2e_round(env, Side::Framework, half, &fw, &rabbit, None, &next),
-                e2e_round(env, Side::Baseline, half, &bl, &other, None, &next)
+                e2e_round(env, Side::Framework, half, &fw, target, None, &next),
+                e2e_round(env, Side::Baseline, half, &bl, other, None, &next)
             );
             let (fr, br) = (fr?.0, br?.0);
             println!(
-                "  e2e peak round {} at once ({half} clients each): txmsg {fr:.1} msg/s, \
+                "  {} peak round {} at once ({half} clients each): txmsg {fr:.1} msg/s, \
                  baseline {br:.1} msg/s",
+                target.label(),
                 round + 1
             );
             f.push(fr);
             b.push(br);
         }
-        other.cleanup(&[]).await?;
         out.peak_together = Paired::of(&f, &b);
     }
     out.txmsg.peak = median(&out.txmsg.peak_rounds);
@@ -615,14 +704,15 @@ pub(crate) async fn e2e(env: &Env) -> Res<E2eResult> {
             side,
             env.clients,
             schema,
-            &rabbit,
+            target,
             Some(out.offered),
             &next,
         )
         .await?;
         let l = lat(&mut s);
         println!(
-            "  e2e half-peak round {} {}: {rate:.1} msg/s, p50 {:.3} ms p99 {:.3} ms",
+            "  {} half-peak round {} {}: {rate:.1} msg/s, p50 {:.3} ms p99 {:.3} ms",
+            target.label(),
             round + 1,
             side.label(),
             l.p50_ms,
@@ -637,7 +727,6 @@ pub(crate) async fn e2e(env: &Env) -> Res<E2eResult> {
     }
     fw.drop().await?;
     bl.drop().await?;
-    rabbit.cleanup(&[]).await?;
     out.txmsg.half = median(&out.txmsg.half_rounds);
     out.baseline.half = median(&out.baseline.half_rounds);
     let [mut a, mut b] = half_lat;
@@ -645,11 +734,11 @@ pub(crate) async fn e2e(env: &Env) -> Res<E2eResult> {
     out.baseline.half_latency = lat(&mut b);
     out.txmsg.half_samples_ms = a.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     out.baseline.half_samples_ms = b.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-    println!("e2e latency: {}", out.method);
+    println!("{} latency: {}", target.label(), out.method);
     out.peak = Paired::of(&out.txmsg.peak_rounds, &out.baseline.peak_rounds);
     out.ratio = out.peak.ratio;
     print_pair(
-        "e2e peak throughput",
+        &format!("{} peak throughput", target.label()),
         "msg/s",
         out.txmsg.peak,
         out.baseline.peak,
@@ -657,14 +746,16 @@ pub(crate) async fn e2e(env: &Env) -> Res<E2eResult> {
     );
     print_together(
         &format!(
-            "e2e peak, both pipelines at once ({} clients each)",
+            "{} peak, both pipelines at once ({} clients each)",
+            target.label(),
             (env.clients / 2).max(1)
         ),
         &out.peak_together,
     );
     println!(
-        "e2e at half of peak ({:.1} msg/s offered): txmsg {:.1} msg/s p50 {:.3} ms p99 {:.3} ms | \
+        "{} at half of peak ({:.1} msg/s offered): txmsg {:.1} msg/s p50 {:.3} ms p99 {:.3} ms | \
          baseline {:.1} msg/s p50 {:.3} ms p99 {:.3} ms",
+        target.label(),
         out.offered,
         out.txmsg.half,
         out.txmsg.half_latency.p50_ms,

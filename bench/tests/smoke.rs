@@ -83,3 +83,41 @@ fn figure_after(line: &str, label: &str) -> f64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("a number after `{label}` in {line}"))
 }
+
+#[test]
+fn rocketmq_modes_complete_and_print_both_figures() {
+    let out_dir =
+        std::env::temp_dir().join(format!("txmsg-bench-smoke-rocketmq-{}", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_txmsg-bench"))
+        .args(["--quick", "--out"])
+        .arg(&out_dir)
+        .arg("rocketmq")
+        .output()
+        .expect("run txmsg-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "txmsg-bench --quick rocketmq failed ({}); is RocketMQ at ROCKETMQ_URL up?\n\
+         {stdout}\n{stderr}",
+        output.status
+    );
+    for prefix in ["rocketmq drain of", "rocketmq e2e peak throughput:"] {
+        let l = stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{stdout}"));
+        let fw = figure_after(l, ": txmsg ");
+        let bl = figure_after(l, "| baseline ");
+        assert!(fw > 0.0 && bl > 0.0, "both figures positive: {l}");
+    }
+    let json = std::fs::read_to_string(out_dir.join("rocketmq-results.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    for mode in ["drain", "e2e"] {
+        assert!(
+            v[mode]["ratio"].as_f64().is_some(),
+            "{mode} ratio in {json}"
+        );
+    }
+    std::fs::remove_dir_all(&out_dir).unwrap();
+}

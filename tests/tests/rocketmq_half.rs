@@ -1,7 +1,7 @@
 //! RocketMQ's own half messages behind `#[transactional_message(half)]`,
 //! against the running RocketMQ broker (`ROCKETMQ_URL`, default
 //! `rocketmq://127.0.0.1:9876`; its `transactionTimeout` of 3 s and
-//! `transactionCheckInterval` of 2 s, from `scripts/rocketmq-broker.conf`,
+//! `transactionCheckInterval` of 2 s, from `scripts/rocketmq-broker.toml`,
 //! keep the check-backs seconds apart). Counted at a consumer subscribed to
 //! the topic.
 
