@@ -97,28 +97,17 @@ const COLUMN_EXISTS: &str = "SELECT COUNT(*) FROM information_schema.COLUMNS \
 const INDEX_EXISTS: &str = "SELECT COUNT(*) FROM information_schema.STATISTICS \
      WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND INDEX_NAME = ?";
 
-/// The statements of the inbox and the consumer dead letters.
+/// The inbox statements only MySQL runs, and what the inbox learnt of the
+/// tables.
 #[derive(Debug)]
-pub(crate) struct InboxSql {
-    pub(crate) record: Text,
+pub(crate) struct OwnInbox {
     pub(crate) has_legacy_keys: Text,
     pub(crate) is_legacy_key: Text,
-    pub(crate) remove_dead: Text,
-    pub(crate) add_dead: Text,
-    pub(crate) dead_letters: Text,
-    pub(crate) dead_letter: Text,
-    pub(crate) purge_pick: Text,
     pub(crate) purge_delete: Text,
-}
-
-/// FNV-1a, so every build and every process derives the same lock name.
-fn lock_hash(text: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
+    /// Groups seen to have no key recorded before the inbox kept topics.
+    /// No such key is written any more, so a group stays in the set (until
+    /// the next migration), and its records skip the look-up.
+    pub(crate) without_legacy_keys: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Every statement of a store on `tables`. MySQL's placeholders are
@@ -181,24 +170,7 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
             })
             .collect()
     };
-    let i = InboxSql::new(&inbox, &tables.qualified(dead, '`'));
-    let inbox = InboxStatements {
-        record: sql_str(i.record.0.to_string()),
-        remove_dead: sql_str(i.remove_dead.0.to_string()),
-        add_dead: shared(&i.add_dead),
-        dead_letters: shared(&i.dead_letters).bind_order(&[0, 1, 1, 2, 2, 3]),
-        dead_letter: shared(&i.dead_letter),
-        // Picks the keys to delete; see `MySqlBackend::purge_inbox`.
-        purge: shared(&i.purge_pick).bind_order(&[2, 0, 1]),
-        dead_groups: Stmt::new(sql_str(format!(
-            "SELECT consumer_group, COUNT(*) AS n FROM {} \
-             GROUP BY consumer_group ORDER BY consumer_group",
-            tables.qualified(dead, '`')
-        ))),
-        count: Stmt::new(sql_str(format!(
-            "SELECT COUNT(*) AS n FROM {inbox} WHERE consumer_group = ? AND processed_at < ?"
-        ))),
-    };
+    let (inbox, own_inbox) = inbox_statements(&inbox, &tables.qualified(dead, '`'));
 
     // 1 topic, 2 idempotency key. The row holding the key, read with
     // a lock so that it is the latest committed version, and whether
@@ -210,22 +182,22 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
 
     Ok(Statements {
         // 1 sent at, then the ids.
-        mark_sent: shared_ids(&Text::new(format!(
+        mark_sent: stmt_ids(format!(
             "UPDATE {o} SET state = 'sent', sent_at = ?, lease_owner = NULL, lease_until = NULL \
                  WHERE state = 'pending' AND id IN ({IDS})"
-        )))
+        ))
         .bind_order(&[1, 0]),
 
         // 1 next attempt at, 2 error, 3 id, 4 owner.
-        mark_failed: shared(&Text::new(format!(
+        mark_failed: stmt(format!(
             "UPDATE {o} SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, \
                  lease_owner = NULL, lease_until = NULL \
                  WHERE id = ? AND lease_owner = ? AND state = 'pending'"
-        )))
+        ))
         .bind_order(&[2, 3, 0, 1]),
 
         // 1 reason, 2 dead at, 3 id, 4 owner.
-        mark_dead: shared(&Text::new(format!(
+        mark_dead: stmt(format!(
             // `attempts` first: MySQL assigns left to right, with the new
             // values of the columns already set.
             "UPDATE {o} SET \
@@ -234,56 +206,56 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
                  lease_owner = NULL, lease_until = NULL \
                  WHERE id = ? AND state IN ('pending', 'prepared') \
                  AND (lease_owner = ? OR lease_owner IS NULL)"
-        )))
+        ))
         .bind_order(&[2, 3, 0, 1]),
 
         // 1 owner, then the ids.
-        release: shared_ids(&Text::new(format!(
+        release: stmt_ids(format!(
             "UPDATE {o} SET lease_owner = NULL, lease_until = NULL \
                  WHERE lease_owner = ? AND state = 'pending' AND id IN ({IDS})"
-        )))
+        ))
         .bind_order(&[1, 0]),
 
         // 1, 2 topic or NULL, 3, 4 key or NULL, 5 limit.
-        dead_letters: shared(&Text::new(format!(
+        dead_letters: stmt(format!(
             "SELECT {cols}, last_error, dead_at FROM {o} \
                  WHERE state = 'dead' \
                  AND (? IS NULL OR topic = ?) \
                  AND (? IS NULL OR `key` = ?) \
                  ORDER BY dead_at, id \
                  LIMIT ?"
-        )))
+        ))
         .bind_order(&[0, 0, 1, 1, 2]),
 
         // 1 next attempt at, 2 id. Replaying a dead half message delivers
         // it: it is an ordinary message from then on, so it loses its
         // half mark.
-        replay: shared(&Text::new(format!(
+        replay: stmt(format!(
             "UPDATE {o} SET state = 'pending', attempts = 0, next_attempt_at = ?, \
                  lease_owner = NULL, lease_until = NULL, dead_at = NULL, half = FALSE \
                  WHERE id = ? AND state = 'dead'"
-        )))
+        ))
         .bind_order(&[1, 0]),
 
         // 1 before, 2 limit. No ORDER BY: the first matching rows found
         // are as good as any. SKIP LOCKED keeps the purge from waiting on
         // anything else.
-        purge_sent: shared(&Text::new(format!(
+        purge_sent: stmt(format!(
             "SELECT id FROM {o} WHERE state = 'sent' AND sent_at < ? \
                  LIMIT ? FOR UPDATE SKIP LOCKED"
-        ))),
+        )),
 
-        stats: shared(&Text::new(format!(
+        stats: stmt(format!(
             "SELECT COUNT(CASE WHEN state = 'pending' THEN 1 END) AS pending, \
                  MIN(CASE WHEN state = 'pending' THEN created_at END) AS oldest, \
                  COUNT(CASE WHEN state = 'dead' THEN 1 END) AS dead, \
                  COUNT(CASE WHEN state = 'sent' THEN 1 END) AS sent, \
                  COUNT(CASE WHEN state = 'prepared' THEN 1 END) AS prepared \
                  FROM {o}"
-        ))),
+        )),
 
         // 1 sent since. Every row is read: for operators only.
-        topic_stats: shared(&Text::new(format!(
+        topic_stats: stmt(format!(
             "SELECT topic, \
                  COUNT(CASE WHEN state = 'pending' THEN 1 END) AS pending, \
                  COUNT(CASE WHEN state = 'prepared' THEN 1 END) AS prepared, \
@@ -291,66 +263,66 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
                  COUNT(CASE WHEN state = 'dead' THEN 1 END) AS dead, \
                  COUNT(CASE WHEN state = 'sent' AND sent_at >= ? THEN 1 END) AS sent_since \
                  FROM {o} GROUP BY topic ORDER BY topic"
-        ))),
+        )),
 
         // Pending rows only, through the state index.
-        pending_by_topic: shared(&Text::new(format!(
+        pending_by_topic: stmt(format!(
             "SELECT topic, COUNT(*) AS pending, MIN(created_at) AS oldest \
                  FROM {o} WHERE state = 'pending' GROUP BY topic ORDER BY topic"
-        ))),
+        )),
 
         // 1 id.
-        dead_letter: shared(&Text::new(format!(
+        dead_letter: stmt(format!(
             "SELECT {cols}, last_error, dead_at FROM {o} WHERE id = ? AND state = 'dead'"
-        ))),
+        )),
 
         // 1, 2 topic or NULL, 3, 4 key or NULL, 5 dead before, 6 limit.
-        // SKIP LOCKED, as `purge_pick`.
-        purge_dead: shared(&Text::new(format!(
+        // SKIP LOCKED, as `purge_sent`.
+        purge_dead: stmt(format!(
             "SELECT id FROM {o} WHERE state = 'dead' \
                  AND (? IS NULL OR topic = ?) \
                  AND (? IS NULL OR `key` = ?) \
                  AND COALESCE(dead_at, created_at) < ? \
                  ORDER BY dead_at, id \
                  LIMIT ? FOR UPDATE SKIP LOCKED"
-        )))
+        ))
         .bind_order(&[0, 0, 1, 1, 2, 3]),
 
         // 1 now, 2 now, 3 limit. SKIP LOCKED keeps concurrent workers
         // apart; the rows are then leased by id (`claim_lease`).
-        claim_prepared: shared(&Text::new(format!(
+        claim_prepared: stmt(format!(
             "SELECT {cols}, checks FROM {o} \
                  WHERE state = 'prepared' AND next_attempt_at <= ? \
                  AND (lease_until IS NULL OR lease_until < ?) \
                  ORDER BY id \
                  LIMIT ? \
                  FOR UPDATE SKIP LOCKED"
-        )))
+        ))
         .bind_order(&[2, 2, 3]),
 
         // 1 checks to add (0 or 1), 2 next check at, 3 id, 4 owner.
-        record_check: shared(&Text::new(format!(
+        record_check: stmt(format!(
             "UPDATE {o} SET checks = checks + ?, next_attempt_at = ?, \
                  lease_owner = NULL, lease_until = NULL \
                  WHERE id = ? AND lease_owner = ? AND state = 'prepared'"
-        )))
+        ))
         .bind_order(&[3, 2, 0, 1]),
 
         // 1 reason, 2 at, 3 id, 4 owner.
-        mark_prepared_dead: shared(&Text::new(format!(
+        mark_prepared_dead: stmt(format!(
             "UPDATE {o} SET state = 'dead', last_error = ?, dead_at = ?, \
                  lease_owner = NULL, lease_until = NULL \
                  WHERE id = ? AND lease_owner = ? AND state = 'prepared'"
-        )))
+        ))
         .bind_order(&[2, 3, 0, 1]),
 
         // 1 first check at, 2 id. Only a half message that went dead
         // while prepared.
-        resume: shared(&Text::new(format!(
+        resume: stmt(format!(
             "UPDATE {o} SET state = 'prepared', checks = 0, next_attempt_at = ?, \
                  lease_owner = NULL, lease_until = NULL, dead_at = NULL \
                  WHERE id = ? AND state = 'dead' AND half"
-        )))
+        ))
         .bind_order(&[1, 0]),
         prepare_holder: Some(inserted.clone()),
         // 1 id, 2 topic, 3 key, 4 idempotency key, 5 payload, 6 headers,
@@ -393,7 +365,7 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
             // for found rows, so it counts as changed too: `holder` tells
             // them apart by reading which row holds the key. Not `INSERT
             // IGNORE`, which would hide other errors.
-            insert: Stmt::new(sql_str(format!(
+            insert: stmt(format!(
                 "INSERT INTO {o} (id, topic, `key`, idempotency_key, payload, headers, state, \
                  attempts, next_attempt_at, lease_owner, lease_until, checks, half, \
                  created_at, expires_at) \
@@ -407,7 +379,7 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
                    AND p.state IN ('pending', 'dead') \
                    AND (p.lease_owner IS NULL OR p.lease_owner <> ?))) AS blocked) AS b \
                  ON DUPLICATE KEY UPDATE id = id"
-            )))
+            ))
             // In the logical order: 0 id, 1 topic, 2 key, 3 idempotency key,
             // 4 payload, 5 headers, 6 created at, 7 expires at, 8 lease
             // owner, 9 lease until.
@@ -420,7 +392,7 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
         own: Own {
             migrate_lock: format!(
                 "txmsg_migrate_{:016x}",
-                lock_hash(&format!("txmsg migrate {migrations_table}"))
+                txmsg_sql::lock_hash(&format!("txmsg migrate {migrations_table}"))
             ),
             create_schema: tables.schema().map(|s| {
                 (
@@ -446,10 +418,7 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
                 )),
             },
             migrations,
-            inbox_record: i.record,
-            has_legacy_keys: i.has_legacy_keys,
-            is_legacy_key: i.is_legacy_key,
-            inbox_purge_delete: i.purge_delete,
+            inbox: own_inbox,
 
             // 1 now, 2 now, 3 dead_parks_key, 4 limit.
             //
@@ -520,7 +489,7 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
                  WHERE id IN ({IDS})"
             )),
 
-            // The ids picked (and locked) by `purge_pick`.
+            // The ids picked (and locked) by `purge_sent`.
             purge_delete: Text::new(format!(
                 "DELETE FROM {o} WHERE state = 'sent' AND id IN ({IDS})"
             )),
@@ -529,90 +498,103 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
             purge_dead_delete: Text::new(format!(
                 "DELETE FROM {o} WHERE state = 'dead' AND id IN ({IDS})"
             )),
-
-            without_legacy_keys: std::sync::Mutex::default(),
         },
     })
 }
 
-impl InboxSql {
-    /// Statements on the inbox table `i` and the dead-letter table `d`, both
-    /// qualified and quoted.
-    fn new(i: &str, d: &str) -> Self {
-        let cols = CONSUMER_DEAD_COLUMNS;
-        InboxSql {
-            // 1 group, 2 topic, 3 idempotency key, 4 processed at.
-            //
-            // `ON DUPLICATE KEY UPDATE` rather than catching the duplicate
-            // key error. A duplicate sets `LAST_INSERT_ID(1)`, which the
-            // reply carries as its insert id (0 for an insert: the table has
-            // no auto-increment column); the affected-row count cannot tell
-            // them apart, as the driver asks for found rows. A concurrent
-            // transaction that inserted the same key holds its index entry:
-            // this insert waits for it to end, then inserts (it rolled back)
-            // or does nothing (it committed).
-            record: Text::new(format!(
-                "INSERT INTO {i} (consumer_group, topic, idempotency_key, processed_at) \
-                 VALUES (?, ?, ?, ?) \
-                 ON DUPLICATE KEY UPDATE \
-                 processed_at = IF(LAST_INSERT_ID(1) = 1, processed_at, processed_at)"
-            )),
+/// Statements on the inbox table `i` and the dead-letter table `d`, both
+/// qualified and quoted: the shared ones and MySQL's own.
+fn inbox_statements(i: &str, d: &str) -> (InboxStatements, OwnInbox) {
+    let cols = CONSUMER_DEAD_COLUMNS;
+    let shared = InboxStatements {
+        // 1 group, 2 topic, 3 idempotency key, 4 processed at; see
+        // `MySqlInbox::record`.
+        //
+        // `ON DUPLICATE KEY UPDATE` rather than catching the duplicate
+        // key error. A duplicate sets `LAST_INSERT_ID(1)`, which the
+        // reply carries as its insert id (0 for an insert: the table has
+        // no auto-increment column); the affected-row count cannot tell
+        // them apart, as the driver asks for found rows. A concurrent
+        // transaction that inserted the same key holds its index entry:
+        // this insert waits for it to end, then inserts (it rolled back)
+        // or does nothing (it committed).
+        record: sql_str(format!(
+            "INSERT INTO {i} (consumer_group, topic, idempotency_key, processed_at) \
+             VALUES (?, ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE \
+             processed_at = IF(LAST_INSERT_ID(1) = 1, processed_at, processed_at)"
+        )),
 
-            // 1 group. Whether the group has keys recorded before the inbox
-            // kept topics (empty topic). Plain reads: no locks. Such keys
-            // are never written again, so once a group has none it never has.
-            has_legacy_keys: Text::new(format!(
-                "SELECT EXISTS (SELECT 1 FROM {i} WHERE consumer_group = ? AND topic = '')"
-            )),
+        remove_dead: sql_str(format!("DELETE FROM {d} WHERE id = ?")),
 
-            // 1 group, 2 idempotency key.
-            is_legacy_key: Text::new(format!(
-                "SELECT EXISTS (SELECT 1 FROM {i} \
-                 WHERE consumer_group = ? AND topic = '' AND idempotency_key = ?)"
-            )),
+        // 1 id, 2 group, 3 topic, 4 key, 5 idempotency key, 6 headers,
+        // 7 payload, 8 envelope id, 9 created at, 10 reason, 11 attempts,
+        // 12 dead at. Adding the same dead letter twice (a retry after a
+        // lost reply) keeps the first.
+        add_dead: stmt(format!(
+            "INSERT INTO {d} ({cols}) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE id = id"
+        )),
 
-            remove_dead: Text::new(format!("DELETE FROM {d} WHERE id = ?")),
+        // 1 group, 2, 3 topic or NULL, 4, 5 key or NULL, 6 limit.
+        dead_letters: stmt(format!(
+            "SELECT {cols} FROM {d} \
+             WHERE consumer_group = ? \
+             AND (? IS NULL OR topic = ?) \
+             AND (? IS NULL OR `key` = ?) \
+             ORDER BY dead_at, id \
+             LIMIT ?"
+        ))
+        .bind_order(&[0, 1, 1, 2, 2, 3]),
 
-            // 1 id, 2 group, 3 topic, 4 key, 5 idempotency key, 6 headers,
-            // 7 payload, 8 envelope id, 9 created at, 10 reason, 11 attempts,
-            // 12 dead at. Adding the same dead letter twice (a retry after a
-            // lost reply) keeps the first.
-            add_dead: Text::new(format!(
-                "INSERT INTO {d} ({cols}) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 ON DUPLICATE KEY UPDATE id = id"
-            )),
+        // 1 group, 2 id.
+        dead_letter: stmt(format!(
+            "SELECT {cols} FROM {d} WHERE consumer_group = ? AND id = ?"
+        )),
 
-            // 1 group, 2, 3 topic or NULL, 4, 5 key or NULL, 6 limit.
-            dead_letters: Text::new(format!(
-                "SELECT {cols} FROM {d} \
-                 WHERE consumer_group = ? \
-                 AND (? IS NULL OR topic = ?) \
-                 AND (? IS NULL OR `key` = ?) \
-                 ORDER BY dead_at, id \
-                 LIMIT ?"
-            )),
+        // 1 group, 2 processed before, 3 limit. Picks the keys to delete
+        // (see `MySqlBackend::purge`). As `purge_sent`: no ORDER BY, and
+        // SKIP LOCKED so the purge never waits on a handler.
+        purge: stmt(format!(
+            "SELECT topic, idempotency_key FROM {i} \
+             WHERE consumer_group = ? AND processed_at < ? \
+             LIMIT ? FOR UPDATE SKIP LOCKED"
+        ))
+        .bind_order(&[2, 0, 1]),
 
-            // 1 group, 2 id.
-            dead_letter: Text::new(format!(
-                "SELECT {cols} FROM {d} WHERE consumer_group = ? AND id = ?"
-            )),
+        dead_groups: stmt(format!(
+            "SELECT consumer_group, COUNT(*) AS n FROM {d} \
+             GROUP BY consumer_group ORDER BY consumer_group"
+        )),
 
-            // 1 group, 2 processed before, 3 limit. As `purge_pick`: no ORDER
-            // BY, and SKIP LOCKED so the purge never waits on a handler.
-            purge_pick: Text::new(format!(
-                "SELECT topic, idempotency_key FROM {i} \
-                 WHERE consumer_group = ? AND processed_at < ? \
-                 LIMIT ? FOR UPDATE SKIP LOCKED"
-            )),
+        count: stmt(format!(
+            "SELECT COUNT(*) AS n FROM {i} WHERE consumer_group = ? AND processed_at < ?"
+        )),
+    };
+    let own = OwnInbox {
+        // 1 group. Whether the group has keys recorded before the inbox
+        // kept topics (empty topic). Plain reads: no locks. Such keys
+        // are never written again, so once a group has none it never has.
+        has_legacy_keys: Text::new(format!(
+            "SELECT EXISTS (SELECT 1 FROM {i} WHERE consumer_group = ? AND topic = '')"
+        )),
 
-            // 1 group, then the (topic, key) pairs picked (and locked) by
-            // `purge_pick`.
-            purge_delete: Text::new(format!(
-                "DELETE FROM {i} WHERE consumer_group = ? AND (topic, idempotency_key) IN ({IDS})"
-            )),
-        }
-    }
+        // 1 group, 2 idempotency key.
+        is_legacy_key: Text::new(format!(
+            "SELECT EXISTS (SELECT 1 FROM {i} \
+             WHERE consumer_group = ? AND topic = '' AND idempotency_key = ?)"
+        )),
+
+        // 1 group, then the (topic, key) pairs picked (and locked) by the
+        // shared `purge`.
+        purge_delete: Text::new(format!(
+            "DELETE FROM {i} WHERE consumer_group = ? AND (topic, idempotency_key) IN ({IDS})"
+        )),
+
+        without_legacy_keys: std::sync::Mutex::default(),
+    };
+    (shared, own)
 }
 
 /// The statements only MySQL runs, and what the inbox learnt of the tables.
@@ -631,28 +613,22 @@ pub struct Own {
     pub(crate) claim_lease: Text,
     pub(crate) purge_delete: Text,
     pub(crate) purge_dead_delete: Text,
-    pub(crate) inbox_record: Text,
-    pub(crate) has_legacy_keys: Text,
-    pub(crate) is_legacy_key: Text,
-    pub(crate) inbox_purge_delete: Text,
-    /// Groups seen to have no key recorded before the inbox kept topics.
-    /// No such key is written any more, so a group stays in the set (until
-    /// the next migration), and its records skip the look-up.
-    pub(crate) without_legacy_keys: std::sync::Mutex<std::collections::HashSet<String>>,
+    pub(crate) inbox: OwnInbox,
 }
 
 /// The statements of one store.
 pub(crate) type Sql = Statements<Own>;
 
-/// A statement of the shared store.
-fn shared(text: &Text) -> Stmt {
-    Stmt::new(sql_str(text.0.to_string()))
+/// `sql` as a statement of the shared store.
+fn stmt(sql: String) -> Stmt {
+    Stmt::new(sql_str(sql))
 }
 
-/// A shared statement with an id list, prepared for the usual lengths.
-fn shared_ids(text: &Text) -> Stmt {
+/// `sql` as a statement of the shared store with an id list (`{ids}`),
+/// prepared for the usual lengths.
+fn stmt_ids(sql: String) -> Stmt {
     Stmt::id_list(IdList::new(&IdList::SIZES, |n| {
-        sql_str(text.0.replace(IDS, &vec!["?"; n].join(", ")))
+        sql_str(sql.replace(IDS, &vec!["?"; n].join(", ")))
     }))
 }
 

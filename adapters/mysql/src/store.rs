@@ -2,17 +2,14 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use std::str::FromStr;
-
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions, MySqlRow};
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, MySql, MySqlPool, Row};
 use txmsg_core::half::ClaimedHalf;
-use txmsg_core::{ClaimRequest, DeadFilter, Envelope, Error, Result, SqlStore, Tables};
+use txmsg_core::{ClaimRequest, Envelope, Error, Result, SqlStore, Tables};
 use uuid::Uuid;
 
-use txmsg_sql::{Arg, Backend, StoreConfig, TableStore};
+use txmsg_sql::{Arg, Backend, Heads, Purge, SqlQuery, StoreConfig, TableStore};
 
 use crate::dialect::MySqlBackend;
 use crate::migrate;
@@ -83,8 +80,7 @@ impl Backend for MySqlBackend {
             }
             _ => url.to_owned(),
         };
-        let options = MySqlConnectOptions::from_str(&url)
-            .map_err(|e| Error::config("url", format!("is not a mysql url: {e}")))?;
+        let options: MySqlConnectOptions = txmsg_sql::connect_options(&url, "a mysql")?;
         txmsg_sql::connect_once::<MySqlConnection>(&options, &url, 3306).await?;
         Ok(MySqlPoolOptions::new()
             .max_connections(config.max_connections())
@@ -120,6 +116,7 @@ impl Backend for MySqlBackend {
         migrate::migrate(store.pool(), sql).await?;
         // What the inbox knew of the tables may have changed.
         sql.own
+            .inbox
             .without_legacy_keys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -193,86 +190,45 @@ impl Backend for MySqlBackend {
         Ok(claimed)
     }
 
-    /// Picks the rows with the shared statement (`SKIP LOCKED`), then
-    /// deletes them by id, in one `READ COMMITTED` transaction.
-    async fn purge_sent(store: &MySqlStore, before: DateTime<Utc>, limit: u32) -> Result<u64> {
-        let sql = store.statements();
-        let args = [Arg::Time(before), Arg::Int(i64::from(limit))];
-        purge_picked(store, &sql.purge_sent, &args, &sql.own.purge_delete).await
-    }
-
-    /// As [`purge_sent`](Backend::purge_sent).
-    async fn purge_dead(
-        store: &MySqlStore,
-        filter: &DeadFilter,
-        before: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<u64> {
-        let sql = store.statements();
-        let args = [
-            Arg::OptText(filter.topic.as_deref()),
-            Arg::OptText(filter.key.as_deref()),
-            Arg::Time(before),
-            Arg::Int(i64::from(limit)),
-        ];
-        purge_picked(store, &sql.purge_dead, &args, &sql.own.purge_dead_delete).await
-    }
-
-    /// Picks the keys with the shared statement (`SKIP LOCKED`), then
-    /// deletes them, in one `READ COMMITTED` transaction.
-    async fn purge_inbox(
-        store: &MySqlStore,
-        group: &str,
-        before: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<u64> {
+    /// Picks the rows (or inbox keys) with the shared statement (`SKIP
+    /// LOCKED`), then deletes them by id (or key), in one `READ COMMITTED`
+    /// transaction.
+    async fn purge(store: &MySqlStore, what: Purge<'_>, args: &[Arg<'_>]) -> Result<u64> {
         let sql = store.statements();
         let mut conn = read_committed(store.pool()).await?;
         let mut tx = conn.begin().await?;
-        let args = [
-            Arg::Time(before),
-            Arg::Int(i64::from(limit)),
-            Arg::Text(group),
-        ];
-        let rows = sql.inbox.purge.fetch_all::<Self>(&mut tx, &args).await?;
+        let rows = what.statement(sql).fetch_all::<Self>(&mut tx, args).await?;
         if rows.is_empty() {
             tx.commit().await?;
             return Ok(0);
         }
-        let mut q = sqlx::query(sql.own.inbox_purge_delete.with_pairs(rows.len())).bind(group);
-        for row in &rows {
-            q = q
-                .bind(row.try_get::<String, _>("topic")?)
-                .bind(row.try_get::<String, _>("idempotency_key")?);
-        }
-        let done = q.execute(&mut *tx).await?;
+        let delete = match what {
+            Purge::Sent => by_id(&sql.own.purge_delete, &rows)?,
+            Purge::Dead => by_id(&sql.own.purge_dead_delete, &rows)?,
+            Purge::Inbox(group) => {
+                let mut q =
+                    sqlx::query(sql.own.inbox.purge_delete.with_pairs(rows.len())).bind(group);
+                for row in &rows {
+                    q = q
+                        .bind(row.try_get::<String, _>("topic")?)
+                        .bind(row.try_get::<String, _>("idempotency_key")?);
+                }
+                q
+            }
+        };
+        let done = delete.execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(done.rows_affected())
     }
 }
 
-/// Runs `pick` with `args` (ids of rows to delete, locked), then `delete`
-/// on them, in one `READ COMMITTED` transaction.
-async fn purge_picked(
-    store: &MySqlStore,
-    pick: &txmsg_sql::Stmt,
-    args: &[Arg<'_>],
-    delete: &sql::Text,
-) -> Result<u64> {
-    let mut conn = read_committed(store.pool()).await?;
-    let mut tx = conn.begin().await?;
-    let rows = pick.fetch_all::<MySqlBackend>(&mut tx, args).await?;
-    if rows.is_empty() {
-        tx.commit().await?;
-        return Ok(0);
-    }
+/// `delete` with the ids of the rows `rows` picked.
+fn by_id<'q>(delete: &sql::Text, rows: &[MySqlRow]) -> Result<SqlQuery<'q, MySqlBackend>> {
     let mut q = sqlx::query(delete.with_ids(rows.len()));
-    for row in &rows {
+    for row in rows {
         q = q.bind(row.try_get::<Uuid, _>("id")?);
     }
-    let done = q.execute(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(done.rows_affected())
+    Ok(q)
 }
 
 /// A pooled connection whose next transaction runs at `READ COMMITTED`.
@@ -311,7 +267,7 @@ async fn claim_once(store: &MySqlStore, req: &ClaimRequest) -> Result<Vec<Envelo
         .bind(req.now)
         .bind(req.now)
         .bind(req.dead_parks_key)
-        .bind(limit(req.limit))
+        .bind(i64::from(req.limit))
         .fetch_all(&mut *tx)
         .await?;
     if candidates.is_empty() {
@@ -329,21 +285,12 @@ async fn claim_once(store: &MySqlStore, req: &ClaimRequest) -> Result<Vec<Envelo
         tx.commit().await?;
         return Ok(Vec::new());
     }
-    let mut ids: Vec<Uuid> = Vec::with_capacity(heads.len());
-    let mut keyed = Vec::new();
-    for head in &heads {
-        let id: Uuid = head.try_get(0)?;
-        ids.push(id);
-        if let Some(key) = head.try_get::<Option<String>, _>(2)? {
-            keyed.push((id, head.try_get::<String, _>(1)?, key));
-        }
-    }
+    let heads = Heads::read::<MySqlBackend>(&heads)?;
 
     // Followers: for each keyed head, the rows after it while they are
     // claimable, up to the per-key limit, within what is left of the limit.
-    let mut budget = usize::try_from(req.limit)
-        .unwrap_or(usize::MAX)
-        .saturating_sub(ids.len());
+    let mut budget = heads.budget(req.limit);
+    let Heads { mut ids, keyed } = heads;
     if req.per_key_limit > 0 {
         for (head, topic, key) in &keyed {
             if budget == 0 {
@@ -356,7 +303,7 @@ async fn claim_once(store: &MySqlStore, req: &ClaimRequest) -> Result<Vec<Envelo
                 .bind(key)
                 .bind(*head)
                 .bind(req.dead_parks_key)
-                .bind(limit(req.per_key_limit))
+                .bind(i64::from(req.per_key_limit))
                 .fetch_all(&mut *tx)
                 .await?;
             for row in &rows {
@@ -392,8 +339,4 @@ async fn claim_once(store: &MySqlStore, req: &ClaimRequest) -> Result<Vec<Envelo
         txmsg_sql::read_claimed::<MySqlBackend>(&mut tx, store.statements(), &rows, req).await?;
     tx.commit().await?;
     Ok(claimed)
-}
-
-fn limit(n: u32) -> i64 {
-    i64::from(n)
 }

@@ -35,6 +35,7 @@ impl MySqlInbox {
         let known_clean = self
             .sql
             .own
+            .inbox
             .without_legacy_keys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -42,7 +43,7 @@ impl MySqlInbox {
         if known_clean {
             return Ok(false);
         }
-        let sql = &self.sql.own;
+        let sql = &self.sql.own.inbox;
         let any: bool = sqlx::query_scalar(sql.has_legacy_keys.get())
             .bind(group)
             .fetch_one(&mut *conn)
@@ -78,7 +79,7 @@ impl InboxWriter<MySql> for MySqlInbox {
             {
                 return Ok(false);
             }
-            let done = sqlx::query(self.sql.own.inbox_record.get())
+            let done = sqlx::query(self.sql.inbox.record.clone())
                 .bind(group)
                 .bind(topic)
                 .bind(idempotency_key)

@@ -61,16 +61,6 @@ fn index_name(table: &Ident, suffix: &str) -> String {
     format!("\"{base}{suffix}\"")
 }
 
-/// FNV-1a, so every build and every process derives the same lock key.
-fn lock_key(text: &str) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    i64::from_ne_bytes(hash.to_ne_bytes())
-}
-
 /// Every statement of a store on `tables`.
 ///
 /// # Errors
@@ -167,7 +157,9 @@ pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
             notify: Some(sql_str("SELECT pg_notify($1, '')".to_owned())),
         };
         let own = Own {
-            migrate_lock_key: lock_key(&format!("txmsg migrate {migrations_table}")),
+            migrate_lock_key: i64::from_ne_bytes(
+                txmsg_sql::lock_hash(&format!("txmsg migrate {migrations_table}")).to_ne_bytes(),
+            ),
             create_schema: tables.schema().map(|s| {
                 (
                     s.to_string(),
@@ -512,14 +504,39 @@ mod tests {
         );
     }
 
-    #[test]
-    fn statements_use_qualified_quoted_names() {
+    /// The statements of the tables `outbox` and `inbox` in schema `app`.
+    fn in_app(outbox: &str, inbox: &str) -> Sql {
         let tables = Tables::default()
             .with_schema("app")
             .unwrap()
-            .with_outbox("events")
+            .with_outbox(outbox)
+            .unwrap()
+            .with_inbox(inbox)
             .unwrap();
-        let sql = statements(&tables).unwrap();
+        statements(&tables).unwrap()
+    }
+
+    /// The script of migration `version`, checked to be the one at its place.
+    fn migration(sql: &Sql, version: i64) -> &str {
+        let m = &sql.own.migrations[usize::try_from(version - 1).unwrap()];
+        assert_eq!(m.version, version);
+        m.steps[0].as_str()
+    }
+
+    /// Asserts that the migration script `text` holds every one of `names`
+    /// and none of the template's `placeholders`.
+    fn assert_rendered(text: &str, names: &[&str], placeholders: &[&str]) {
+        for name in names {
+            assert!(text.contains(name), "{name} in {text}");
+        }
+        for placeholder in placeholders {
+            assert!(!text.contains(placeholder), "{placeholder} in {text}");
+        }
+    }
+
+    #[test]
+    fn statements_use_qualified_quoted_names() {
+        let sql = in_app("events", "txmsg_inbox");
         assert!(sql.mark_sent.as_str().contains("\"app\".\"events\""));
         assert!(
             sql.own
@@ -528,12 +545,11 @@ mod tests {
                 .as_str()
                 .contains("\"app\".\"txmsg_migrations\"")
         );
-        let m = &sql.own.migrations[0].steps[0];
-        assert!(m.as_str().contains("\"app\".\"txmsg_inbox\""));
-        assert!(m.as_str().contains("\"events_pending_idx\""));
-        for placeholder in ["{outbox}", "{inbox}", "_idx}"] {
-            assert!(!m.as_str().contains(placeholder), "{placeholder}");
-        }
+        assert_rendered(
+            migration(&sql, 1),
+            &["\"app\".\"txmsg_inbox\"", "\"events_pending_idx\""],
+            &["{outbox}", "{inbox}", "_idx}"],
+        );
     }
 
     #[test]
@@ -543,27 +559,16 @@ mod tests {
 
     #[test]
     fn version_2_creates_the_dead_letter_table_beside_the_inbox() {
-        let tables = Tables::default()
-            .with_schema("app")
-            .unwrap()
-            .with_inbox("events_in")
-            .unwrap();
-        let sql = statements(&tables).unwrap();
-        let v2 = &sql.own.migrations[1];
-        assert_eq!(v2.version, 2);
-        let text = v2.steps[0].as_str();
-        assert!(
-            text.contains("CREATE TABLE \"app\".\"events_in_dead\""),
-            "{text}"
+        let sql = in_app("txmsg_outbox", "events_in");
+        assert_rendered(
+            migration(&sql, 2),
+            &[
+                "CREATE TABLE \"app\".\"events_in_dead\"",
+                "\"events_in_dead_group_idx\"",
+                "IF NOT EXISTS \"events_in_processed_idx\"",
+            ],
+            &["{inbox", "{consumer_dead", "_idx}"],
         );
-        assert!(text.contains("\"events_in_dead_group_idx\""), "{text}");
-        assert!(
-            text.contains("IF NOT EXISTS \"events_in_processed_idx\""),
-            "{text}"
-        );
-        for placeholder in ["{inbox", "{consumer_dead", "_idx}"] {
-            assert!(!text.contains(placeholder), "{placeholder}");
-        }
         let inbox = &sql.inbox;
         assert!(inbox.record.as_str().contains("\"app\".\"events_in\""));
         assert!(inbox.purge.as_str().contains("SKIP LOCKED"));
@@ -571,21 +576,15 @@ mod tests {
 
     #[test]
     fn version_3_adds_the_half_mark_and_the_prepared_index() {
-        let tables = Tables::default()
-            .with_schema("app")
-            .unwrap()
-            .with_outbox("events")
-            .unwrap();
-        let sql = statements(&tables).unwrap();
-        let v3 = &sql.own.migrations[2];
-        assert_eq!(v3.version, 3);
-        let text = v3.steps[0].as_str();
-        assert!(
-            text.contains("ALTER TABLE \"app\".\"events\" ADD COLUMN IF NOT EXISTS half"),
-            "{text}"
+        let sql = in_app("events", "txmsg_inbox");
+        assert_rendered(
+            migration(&sql, 3),
+            &[
+                "ALTER TABLE \"app\".\"events\" ADD COLUMN IF NOT EXISTS half",
+                "\"events_prepared_idx\"",
+            ],
+            &["_idx}"],
         );
-        assert!(text.contains("\"events_prepared_idx\""), "{text}");
-        assert!(!text.contains("_idx}"), "{text}");
         assert!(sql.claim_prepared.as_str().contains("SKIP LOCKED"));
         assert!(sql.mark_dead.as_str().contains("'prepared'"));
     }

@@ -2,12 +2,10 @@
 
 use std::future::Future;
 
-use std::str::FromStr;
-
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Row};
-use txmsg_core::{BoxFuture, ClaimRequest, Envelope, Error, Ident, Result, Tables, Waker};
-use txmsg_sql::{Backend, Notifying, StoreConfig, TableStore};
+use txmsg_core::{BoxFuture, ClaimRequest, Envelope, Ident, Result, Tables, Waker};
+use txmsg_sql::{Backend, Heads, Notifying, StoreConfig, TableStore};
 use uuid::Uuid;
 
 use crate::dialect::PgBackend;
@@ -64,8 +62,7 @@ impl Backend for PgBackend {
     }
 
     async fn connect(url: &str, config: &StoreConfig) -> Result<PgPool> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| Error::config("url", format!("is not a postgres url: {e}")))?;
+        let options: PgConnectOptions = txmsg_sql::connect_options(url, "a postgres")?;
         txmsg_sql::connect_once::<PgConnection>(&options, url, 5432).await?;
         Ok(PgPoolOptions::new()
             .max_connections(config.max_connections())
@@ -97,38 +94,31 @@ impl Backend for PgBackend {
         let heads = sqlx::query(sql.claim_heads.clone())
             .bind(req.now)
             .bind(req.dead_parks_key)
-            .bind(limit(req.limit))
+            .bind(i64::from(req.limit))
             .fetch_all(&mut *tx)
             .await?;
         if heads.is_empty() {
             tx.commit().await?;
             return Ok(Vec::new());
         }
-        let mut ids: Vec<Uuid> = Vec::with_capacity(heads.len());
-        let (mut head_ids, mut head_topics, mut head_keys) = (Vec::new(), Vec::new(), Vec::new());
-        for head in &heads {
-            let id: Uuid = head.try_get(0)?;
-            ids.push(id);
-            if let Some(key) = head.try_get::<Option<String>, _>(2)? {
-                head_ids.push(id);
-                head_topics.push(head.try_get::<String, _>(1)?);
-                head_keys.push(key);
-            }
-        }
+        let heads = Heads::read::<PgBackend>(&heads)?;
 
         // Followers: for each keyed head, the rows after it while they are
         // claimable, up to the per-key limit, within what is left of the limit.
-        let mut budget = usize::try_from(req.limit)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(ids.len());
-        if budget > 0 && req.per_key_limit > 0 && !head_ids.is_empty() {
+        let mut budget = heads.budget(req.limit);
+        let Heads { mut ids, keyed } = heads;
+        if budget > 0 && req.per_key_limit > 0 && !keyed.is_empty() {
+            // One array per column, for `unnest`.
+            let head_ids: Vec<Uuid> = keyed.iter().map(|(id, _, _)| *id).collect();
+            let head_topics: Vec<&str> = keyed.iter().map(|(_, topic, _)| topic.as_str()).collect();
+            let head_keys: Vec<&str> = keyed.iter().map(|(_, _, key)| key.as_str()).collect();
             let rows = sqlx::query(sql.claim_followers.clone())
                 .bind(head_ids.as_slice())
                 .bind(head_topics.as_slice())
                 .bind(head_keys.as_slice())
                 .bind(req.now)
                 .bind(req.dead_parks_key)
-                .bind(limit(req.per_key_limit))
+                .bind(i64::from(req.per_key_limit))
                 .fetch_all(&mut *tx)
                 .await?;
             let mut current = None;
@@ -219,10 +209,6 @@ async fn listen(pool: PgPool, channel: txmsg_core::Ident, waker: Waker) {
 
 fn listen_backoff(failures: u32) -> std::time::Duration {
     std::time::Duration::from_millis(100u64.saturating_mul(1u64 << failures.min(6)))
-}
-
-fn limit(n: u32) -> i64 {
-    i64::from(n)
 }
 
 #[cfg(test)]

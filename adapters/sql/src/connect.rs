@@ -1,6 +1,6 @@
 //! What every SQL store checks and reports when it connects.
 
-use sqlx::Connection;
+use sqlx::{ConnectOptions, Connection};
 use txmsg_core::{Error, Result};
 
 /// Refuses `url` unless its scheme is one of `schemes` (`store` names the
@@ -54,6 +54,17 @@ pub fn address_of(url: &str, default_port: u16) -> String {
         },
         Err(_) => "an unreadable url".to_owned(),
     }
+}
+
+/// `url` read as the connect options `O` of a driver; `kind` names the url
+/// the store expects in the error (`"a postgres"`: "is not a postgres
+/// url").
+///
+/// # Errors
+///
+/// [`Error::Config`] for `url`, with the driver's reason.
+pub fn connect_options<O: ConnectOptions>(url: &str, kind: &str) -> Result<O> {
+    O::from_str(url).map_err(|e| Error::config("url", format!("is not {kind} url: {e}")))
 }
 
 /// Opens one connection with `options` and closes it again, so that a server

@@ -6,15 +6,18 @@
 //! and claims. Everything written over that is here once, for every SQL
 //! store: the store itself ([`TableStore`], which implements every store
 //! trait), running statements ([`Stmt`]), reading rows as envelopes and dead
-//! letters ([`envelope`], [`dead_letter`], [`consumer_dead_letter`]),
-//! applying migrations ([`apply_migrations`]), settling half messages
-//! ([`settle`]) and the outbox, half-message and inbox writers. A store crate keeps
-//! its SQL text and what truly differs between databases.
+//! letters ([`envelope`], [`dead_letter`], [`consumer_dead_letter`]) and a
+//! claim's first rows ([`Heads`]), applying migrations
+//! ([`apply_migrations`], under a lock named with [`lock_hash`]), settling
+//! half messages ([`settle`]) and the outbox, half-message and inbox
+//! writers. A store crate keeps its SQL text and what truly differs between
+//! databases.
 //!
 //! Generic sqlx code usually needs a bound such as `for<'c> &'c mut
 //! DB::Connection: Executor<'c>` on every function; [`Dialect::executor`]
 //! says it once per dialect instead.
 
+mod claim;
 mod connect;
 mod dialect;
 mod half;
@@ -24,11 +27,12 @@ mod stmt;
 mod store;
 mod writer;
 
-pub use connect::{address_of, check_scheme, connect_once};
+pub use claim::Heads;
+pub use connect::{address_of, check_scheme, connect_once, connect_options};
 pub use dialect::{Arg, Conn, Dialect, SqlQuery, SqlRow, execute, fetch_all, fetch_optional};
 pub use half::{SettleSql, settle};
 pub use migrate::{
-    Migration, MigrationsSql, ScriptTarget, Step, apply_migrations, migration_script,
+    Migration, MigrationsSql, ScriptTarget, Step, apply_migrations, lock_hash, migration_script,
 };
 pub use row::{
     attempts_to_int, consumer_dead_letter, dead_letter, envelope, headers_from_json,
@@ -36,7 +40,7 @@ pub use row::{
 };
 pub use stmt::{IdList, Stmt};
 pub use store::{
-    Backend, DEFAULT_MAX_CONNECTIONS, InboxStatements, Notifying, Statements, StoreConfig,
+    Backend, DEFAULT_MAX_CONNECTIONS, InboxStatements, Notifying, Purge, Statements, StoreConfig,
     TableStore, read_claimed,
 };
 pub use writer::{OutboxInsert, SqlHalfWriter, SqlInbox, SqlOutboxWriter};

@@ -119,6 +119,26 @@ pub fn migration_script<D: Dialect, S: Step<D>>(
     out
 }
 
+/// A 64-bit FNV-1a hash of `text`: the same in every build and every
+/// process, so that each store derives the lock that serialises its
+/// migrations (an advisory lock key, a `GET_LOCK` name) from the name of
+/// its migrations table, and concurrent processes agree on it.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(txmsg_sql::lock_hash(""), 0xcbf2_9ce4_8422_2325);
+/// assert_ne!(txmsg_sql::lock_hash("a"), txmsg_sql::lock_hash("b"));
+/// ```
+pub fn lock_hash(text: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
 /// Appends `statement`, trimmed and ended with `;`, on lines of its own.
 fn push_statement(out: &mut String, statement: &str) {
     let statement = statement.trim();

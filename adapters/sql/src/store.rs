@@ -123,7 +123,7 @@ pub struct Statements<O> {
     pub dead_letters: Stmt,
     /// Makes a dead row pending again: (id, at).
     pub replay: Stmt,
-    /// Deletes sent rows: (sent before, limit); see [`Backend::purge_sent`].
+    /// Deletes sent rows: (sent before, limit); see [`Backend::purge`].
     pub purge_sent: Stmt,
     /// Counts by state: (); columns `pending`, `oldest`, `dead`, `sent`,
     /// `prepared`.
@@ -137,7 +137,7 @@ pub struct Statements<O> {
     /// One dead row: (id); columns as `dead_letters`.
     pub dead_letter: Stmt,
     /// Deletes dead rows: (topic or `NULL`, key or `NULL`, dead before,
-    /// limit); see [`Backend::purge_dead`].
+    /// limit); see [`Backend::purge`].
     pub purge_dead: Stmt,
     /// Inserts outbox rows; see [`OutboxInsert`].
     pub insert: OutboxInsert,
@@ -181,7 +181,7 @@ pub struct InboxStatements {
     /// One dead letter of a group: (group, id).
     pub dead_letter: Stmt,
     /// Deletes a group's keys: (processed before, limit, group); see
-    /// [`Backend::purge_inbox`].
+    /// [`Backend::purge`].
     pub purge: Stmt,
     /// Counts a group's keys: (group, processed before); column `n`.
     pub count: Stmt,
@@ -285,55 +285,16 @@ pub trait Backend: Dialect + Sized {
         }
     }
 
-    /// Deletes sent rows written before `before`, at most `limit` (above
-    /// zero); see [`Store::purge_sent`]. By default,
-    /// [`Statements::purge_sent`] does it.
-    fn purge_sent(
+    /// Deletes what `what` names, with `args` the arguments of its
+    /// statement ([`Purge::statement`]), whose limit is above zero; see
+    /// [`Store::purge_sent`], [`Store::purge_dead`] and
+    /// [`InboxStore::purge_inbox`]. By default, the statement does it.
+    fn purge(
         store: &TableStore<Self>,
-        before: DateTime<Utc>,
-        limit: u32,
+        what: Purge<'_>,
+        args: &[Arg<'_>],
     ) -> impl Future<Output = Result<u64>> + Send {
-        async move {
-            let args = [Arg::Time(before), Arg::Int(i64::from(limit))];
-            store.run(&store.sql.purge_sent, &args).await
-        }
-    }
-
-    /// Deletes dead rows; see [`Store::purge_dead`]. By default,
-    /// [`Statements::purge_dead`] does it.
-    fn purge_dead(
-        store: &TableStore<Self>,
-        filter: &DeadFilter,
-        before: DateTime<Utc>,
-        limit: u32,
-    ) -> impl Future<Output = Result<u64>> + Send {
-        async move {
-            let args = [
-                Arg::OptText(filter.topic.as_deref()),
-                Arg::OptText(filter.key.as_deref()),
-                Arg::Time(before),
-                Arg::Int(i64::from(limit)),
-            ];
-            store.run(&store.sql.purge_dead, &args).await
-        }
-    }
-
-    /// Deletes a group's inbox keys; see [`InboxStore::purge_inbox`]. By
-    /// default, [`InboxStatements::purge`] does it.
-    fn purge_inbox(
-        store: &TableStore<Self>,
-        group: &str,
-        before: DateTime<Utc>,
-        limit: u32,
-    ) -> impl Future<Output = Result<u64>> + Send {
-        async move {
-            let args = [
-                Arg::Time(before),
-                Arg::Int(i64::from(limit)),
-                Arg::Text(group),
-            ];
-            store.run(&store.sql.inbox.purge, &args).await
-        }
+        async move { store.run(what.statement(store.statements()), args).await }
     }
 
     /// Wakes `waker` whenever another process writes a row, for as long as
@@ -345,6 +306,32 @@ pub trait Backend: Dialect + Sized {
     ) -> Option<BoxFuture<'static, ()>> {
         let _ = (pool, channel, waker);
         None
+    }
+}
+
+/// What a purge deletes; see [`Backend::purge`].
+///
+/// Every backend handles every kind (no wildcard): a kind added here is a
+/// compile error in each backend that purges its own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purge<'a> {
+    /// Sent rows, with [`Statements::purge_sent`].
+    Sent,
+    /// Dead rows, with [`Statements::purge_dead`].
+    Dead,
+    /// The inbox keys of this consumer group, with [`InboxStatements::purge`].
+    Inbox(&'a str),
+}
+
+impl Purge<'_> {
+    /// The statement among `sql` that purges it (or, for a backend that
+    /// deletes in two steps, picks what to delete).
+    pub fn statement<O>(self, sql: &Statements<O>) -> &Stmt {
+        match self {
+            Purge::Sent => &sql.purge_sent,
+            Purge::Dead => &sql.purge_dead,
+            Purge::Inbox(_) => &sql.inbox.purge,
+        }
     }
 }
 
@@ -601,12 +588,19 @@ fn stats_of<B: Backend>(row: &SqlRow<B>) -> Result<OutboxStats> {
     Ok(stats)
 }
 
-fn topic_stats_of<B: Backend>(row: &SqlRow<B>) -> Result<TopicStats> {
-    let topic = B::text(row, "topic")?.unwrap_or_default();
-    let mut stats = TopicStats::new(topic);
+/// A topic's pending rows, from the columns `topic`, `pending` and `oldest`
+/// (all that [`Statements::pending_by_topic`] reads).
+fn topic_pending_of<B: Backend>(row: &SqlRow<B>) -> Result<TopicStats> {
+    let mut stats = TopicStats::new(B::text(row, "topic")?.unwrap_or_default());
     stats.pending = B::count(row, "pending")?;
-    stats.prepared = B::count(row, "prepared")?;
     stats.oldest_pending = B::time(row, "oldest")?;
+    Ok(stats)
+}
+
+/// A topic's counts, from the columns [`Statements::topic_stats`] reads.
+fn topic_stats_of<B: Backend>(row: &SqlRow<B>) -> Result<TopicStats> {
+    let mut stats = topic_pending_of::<B>(row)?;
+    stats.prepared = B::count(row, "prepared")?;
     stats.dead = B::count(row, "dead")?;
     stats.sent_since = B::count(row, "sent_since")?;
     Ok(stats)
@@ -684,7 +678,8 @@ impl<B: Backend> Store for TableStore<B> {
         if limit == 0 {
             return Ok(0);
         }
-        B::purge_sent(self, before, limit).await
+        let args = [Arg::Time(before), Arg::Int(i64::from(limit))];
+        B::purge(self, Purge::Sent, &args).await
     }
 
     async fn stats(&self) -> Result<OutboxStats> {
@@ -703,14 +698,7 @@ impl<B: Backend> Store for TableStore<B> {
 
     async fn pending_by_topic(&self) -> Result<Vec<TopicStats>> {
         let rows = self.fetch_all(&self.sql.pending_by_topic, &[]).await?;
-        rows.iter()
-            .map(|row| {
-                let mut stats = TopicStats::new(B::text(row, "topic")?.unwrap_or_default());
-                stats.pending = B::count(row, "pending")?;
-                stats.oldest_pending = B::time(row, "oldest")?;
-                Ok(stats)
-            })
-            .collect()
+        rows.iter().map(topic_pending_of::<B>).collect()
     }
 
     async fn dead_letter(&self, id: Uuid) -> Result<Option<DeadLetter>> {
@@ -725,7 +713,13 @@ impl<B: Backend> Store for TableStore<B> {
         if limit == 0 {
             return Ok(0);
         }
-        B::purge_dead(self, filter, before, limit).await
+        let args = [
+            Arg::OptText(filter.topic.as_deref()),
+            Arg::OptText(filter.key.as_deref()),
+            Arg::Time(before),
+            Arg::Int(i64::from(limit)),
+        ];
+        B::purge(self, Purge::Dead, &args).await
     }
 
     fn watch(&self, waker: Waker) -> Option<BoxFuture<'static, ()>> {
@@ -870,7 +864,12 @@ impl<B: Backend> InboxStore for TableStore<B> {
         if limit == 0 {
             return Ok(0);
         }
-        B::purge_inbox(self, group, before, limit).await
+        let args = [
+            Arg::Time(before),
+            Arg::Int(i64::from(limit)),
+            Arg::Text(group),
+        ];
+        B::purge(self, Purge::Inbox(group), &args).await
     }
 
     async fn consumer_dead_groups(&self) -> Result<Vec<(String, u64)>> {

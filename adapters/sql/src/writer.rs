@@ -81,6 +81,20 @@ async fn own_row<D: Dialect>(
     }
 }
 
+/// The arguments of a statement that writes `envelope` as an outbox row:
+/// its id, topic, key, idempotency key, payload and headers, then `rest`.
+fn with_message<'a>(envelope: &'a Envelope, rest: &[Arg<'a>]) -> Vec<Arg<'a>> {
+    let message = [
+        Arg::Id(envelope.id),
+        Arg::Text(&envelope.topic),
+        Arg::OptText(envelope.key.as_deref()),
+        Arg::Text(&envelope.idempotency_key),
+        Arg::Bytes(&envelope.payload),
+        Arg::Headers(&envelope.headers),
+    ];
+    [message.as_slice(), rest].concat()
+}
+
 /// What an insert that went in did, by whether its row is leased.
 fn went_in(leased: bool) -> Inserted {
     if leased {
@@ -97,18 +111,15 @@ impl<D: Dialect> SqlOutboxWriter<D> {
         envelope: &Envelope,
         lease: Option<Lease>,
     ) -> Result<Inserted> {
-        let args = [
-            Arg::Id(envelope.id),
-            Arg::Text(&envelope.topic),
-            Arg::OptText(envelope.key.as_deref()),
-            Arg::Text(&envelope.idempotency_key),
-            Arg::Bytes(&envelope.payload),
-            Arg::Headers(&envelope.headers),
-            Arg::Time(envelope.created_at),
-            Arg::OptTime(envelope.expires_at),
-            Arg::OptId(lease.map(|l| l.owner)),
-            Arg::OptTime(lease.map(|l| l.until)),
-        ];
+        let args = with_message(
+            envelope,
+            &[
+                Arg::Time(envelope.created_at),
+                Arg::OptTime(envelope.expires_at),
+                Arg::OptId(lease.map(|l| l.owner)),
+                Arg::OptTime(lease.map(|l| l.until)),
+            ],
+        );
         let needs_no_check = envelope.key.is_none() || lease.is_none();
         if let Some(unchecked) = self.sql.unchecked.as_ref().filter(|_| needs_no_check) {
             return Ok(match unchecked.execute::<D>(conn, &args).await? {
@@ -203,17 +214,14 @@ impl<D: Dialect> HalfWriter<D::Db> for SqlHalfWriter<D> {
         check_at: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<Inserted>> {
         Box::pin(async move {
-            let args = [
-                Arg::Id(envelope.id),
-                Arg::Text(&envelope.topic),
-                Arg::OptText(envelope.key.as_deref()),
-                Arg::Text(&envelope.idempotency_key),
-                Arg::Bytes(&envelope.payload),
-                Arg::Headers(&envelope.headers),
-                Arg::Time(check_at),
-                Arg::Time(envelope.created_at),
-                Arg::OptTime(envelope.expires_at),
-            ];
+            let args = with_message(
+                envelope,
+                &[
+                    Arg::Time(check_at),
+                    Arg::Time(envelope.created_at),
+                    Arg::OptTime(envelope.expires_at),
+                ],
+            );
             let changed = execute::<D>(conn, &self.prepare, &args).await?;
             let inserted = match &self.holder {
                 None => changed > 0,

@@ -1,13 +1,12 @@
 //! `SqliteStore`: the outbox in an SQLite database.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::query::Query;
 use sqlx::sqlite::SqliteArguments;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{SqlStr, Sqlite, SqlitePool};
-use txmsg_core::{ClaimRequest, Envelope, Error, Result, Tables};
+use txmsg_core::{ClaimRequest, Envelope, Result, Tables};
 
 use txmsg_sql::{Backend, StoreConfig, TableStore};
 
@@ -104,8 +103,7 @@ impl Backend for SqliteBackend {
     /// URL (`sqlite://path/to/file.db`, `sqlite:file.db`, or
     /// `sqlite::memory:`).
     async fn connect(url: &str, config: &StoreConfig) -> Result<SqlitePool> {
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| Error::config("url", format!("is not an sqlite url: {e}")))?
+        let options = txmsg_sql::connect_options::<SqliteConnectOptions>(url, "an sqlite")?
             .create_if_missing(true)
             .busy_timeout(BUSY_TIMEOUT)
             .synchronous(SqliteSynchronous::Normal)
