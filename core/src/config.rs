@@ -305,9 +305,18 @@ impl Tables {
 /// for each setting a getter named after the field and a consuming `with_`
 /// setter, both documented with the setting's doc, and the same pair for
 /// the clock. Fields listed before the settings (`group: String = …;`) are
-/// part of the struct and its defaults without accessors. Checks run in the
+/// part of the struct and its defaults without accessors; a config without
+/// them is `Default` (every setting at its default). Checks run in the
 /// config's `validate`, when the runner starts.
 macro_rules! settings {
+    (@default $config:ident;) => {
+        impl Default for $config {
+            fn default() -> Self {
+                Self::defaults()
+            }
+        }
+    };
+    (@default $config:ident; $($extra:ident)+) => {};
     (
         $(#[$meta:meta])*
         pub struct $config:ident {
@@ -362,9 +371,18 @@ macro_rules! settings {
                 }
             )+
         }
+
+        $crate::config::settings!(@default $config; $($extra)*);
     };
 }
 pub(crate) use settings;
+
+/// Checks a runner's `backoff_min` and `backoff_max` settings: the first
+/// retry delay is greater than zero and at most the longest.
+pub(crate) fn check_backoff(min: Duration, max: Duration) -> Result<()> {
+    crate::check::backoff("backoff_min", min, "backoff_max", max)?;
+    Ok(())
+}
 
 /// The clock a runner's config starts with.
 pub(crate) fn system_clock() -> Arc<dyn Clock> {
@@ -477,12 +495,6 @@ crate::config::settings! {
     }
 }
 
-impl Default for RelayConfig {
-    fn default() -> Self {
-        Self::defaults()
-    }
-}
-
 impl RelayConfig {
     /// Checks every field.
     ///
@@ -490,7 +502,7 @@ impl RelayConfig {
     ///
     /// [`Error::Config`] naming the first field that breaks its rule.
     pub fn validate(&self) -> Result<()> {
-        use crate::check::{at_least, backoff, positive};
+        use crate::check::{at_least, positive};
         positive("batch_size", self.batch_size)?;
         positive("max_attempts", self.max_attempts)?;
         positive("max_payload_bytes", self.max_payload_bytes)?;
@@ -513,12 +525,7 @@ impl RelayConfig {
         }
         at_least("lease", self.lease, Duration::from_secs(1))?;
         positive("poll_interval", self.poll_interval)?;
-        backoff(
-            "backoff_min",
-            self.backoff_min,
-            "backoff_max",
-            self.backoff_max,
-        )?;
+        check_backoff(self.backoff_min, self.backoff_max)?;
         if self.publish_timeout >= self.lease {
             return Err(Error::config(
                 "publish_timeout",

@@ -27,6 +27,7 @@ mod envelope;
 mod error;
 pub mod half;
 pub mod metrics;
+mod registry;
 mod relay;
 mod state;
 mod store;

@@ -64,6 +64,7 @@ use std::collections::HashSet;
 use std::sync::Once;
 
 use chrono::{DateTime, Utc};
+use metrics::Unit;
 
 use crate::store::{OutboxStats, TopicStats};
 
@@ -119,55 +120,128 @@ pub const CHECK_BACKS_TOTAL: &str = "txmsg_check_backs_total";
 
 static DESCRIBE: Once = Once::new();
 
+/// What a metric records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric as recorders describe it.
+struct Description {
+    name: &'static str,
+    kind: Kind,
+    unit: Option<Unit>,
+    help: &'static str,
+}
+
+impl Description {
+    const fn new(name: &'static str, kind: Kind, help: &'static str) -> Self {
+        Description {
+            name,
+            kind,
+            unit: None,
+            help,
+        }
+    }
+
+    const fn seconds(name: &'static str, kind: Kind, help: &'static str) -> Self {
+        Description {
+            unit: Some(Unit::Seconds),
+            ..Description::new(name, kind, help)
+        }
+    }
+}
+
+/// Every metric txmsg records, in the order they are described.
+const ALL: [Description; 15] = [
+    Description::new(
+        OUTBOX_PENDING,
+        Kind::Gauge,
+        "outbox rows waiting to be published",
+    ),
+    Description::seconds(
+        OUTBOX_OLDEST_PENDING_AGE_SECONDS,
+        Kind::Gauge,
+        "age of the oldest pending outbox row, 0 when none is pending",
+    ),
+    Description::new(
+        OUTBOX_PREPARED,
+        Kind::Gauge,
+        "half messages stored prepared, not yet committed or rolled back",
+    ),
+    Description::new(
+        OUTBOX_TOPIC_PENDING,
+        Kind::Gauge,
+        "outbox rows of the topic waiting to be published",
+    ),
+    Description::seconds(
+        OUTBOX_TOPIC_OLDEST_PENDING_AGE_SECONDS,
+        Kind::Gauge,
+        "age of the topic's oldest pending outbox row, 0 when none is pending",
+    ),
+    Description::new(
+        INBOX_KEYS,
+        Kind::Gauge,
+        "inbox keys the consumer group holds",
+    ),
+    Description::new(
+        PUBLISHED_TOTAL,
+        Kind::Counter,
+        "messages the broker confirmed",
+    ),
+    Description::seconds(
+        PUBLISH_DURATION_SECONDS,
+        Kind::Histogram,
+        "time from sending a message to the broker's confirm",
+    ),
+    Description::new(
+        PUBLISH_RETRIES_TOTAL,
+        Kind::Counter,
+        "failed publish attempts that will be retried",
+    ),
+    Description::new(DEAD_LETTERS_TOTAL, Kind::Counter, "messages that went dead"),
+    Description::new(
+        SENT_PURGED_TOTAL,
+        Kind::Counter,
+        "sent outbox rows purged after their retention",
+    ),
+    Description::new(
+        CHECK_BACKS_TOTAL,
+        Kind::Counter,
+        "check-backs that ran, by outcome",
+    ),
+    Description::new(
+        CONSUMED_TOTAL,
+        Kind::Counter,
+        "messages a consumer group settled",
+    ),
+    Description::new(
+        INBOX_DUPLICATES_TOTAL,
+        Kind::Counter,
+        "redeliveries skipped through the inbox",
+    ),
+    Description::seconds(
+        HANDLE_DURATION_SECONDS,
+        Kind::Histogram,
+        "time a handler call took, including its transaction",
+    ),
+];
+
 /// Describes every metric once per process, for recorders that show help text.
 pub(crate) fn describe() {
     DESCRIBE.call_once(|| {
-        metrics::describe_gauge!(OUTBOX_PENDING, "outbox rows waiting to be published");
-        metrics::describe_gauge!(
-            OUTBOX_OLDEST_PENDING_AGE_SECONDS,
-            metrics::Unit::Seconds,
-            "age of the oldest pending outbox row, 0 when none is pending"
-        );
-        metrics::describe_gauge!(
-            OUTBOX_PREPARED,
-            "half messages stored prepared, not yet committed or rolled back"
-        );
-        metrics::describe_gauge!(
-            OUTBOX_TOPIC_PENDING,
-            "outbox rows of the topic waiting to be published"
-        );
-        metrics::describe_gauge!(
-            OUTBOX_TOPIC_OLDEST_PENDING_AGE_SECONDS,
-            metrics::Unit::Seconds,
-            "age of the topic's oldest pending outbox row, 0 when none is pending"
-        );
-        metrics::describe_gauge!(INBOX_KEYS, "inbox keys the consumer group holds");
-        metrics::describe_counter!(PUBLISHED_TOTAL, "messages the broker confirmed");
-        metrics::describe_histogram!(
-            PUBLISH_DURATION_SECONDS,
-            metrics::Unit::Seconds,
-            "time from sending a message to the broker's confirm"
-        );
-        metrics::describe_counter!(
-            PUBLISH_RETRIES_TOTAL,
-            "failed publish attempts that will be retried"
-        );
-        metrics::describe_counter!(DEAD_LETTERS_TOTAL, "messages that went dead");
-        metrics::describe_counter!(
-            SENT_PURGED_TOTAL,
-            "sent outbox rows purged after their retention"
-        );
-        metrics::describe_counter!(CHECK_BACKS_TOTAL, "check-backs that ran, by outcome");
-        metrics::describe_counter!(CONSUMED_TOTAL, "messages a consumer group settled");
-        metrics::describe_counter!(
-            INBOX_DUPLICATES_TOTAL,
-            "redeliveries skipped through the inbox"
-        );
-        metrics::describe_histogram!(
-            HANDLE_DURATION_SECONDS,
-            metrics::Unit::Seconds,
-            "time a handler call took, including its transaction"
-        );
+        for m in &ALL {
+            metrics::with_recorder(|recorder| {
+                let (name, help) = (m.name.into(), m.help.into());
+                match m.kind {
+                    Kind::Counter => recorder.describe_counter(name, m.unit, help),
+                    Kind::Gauge => recorder.describe_gauge(name, m.unit, help),
+                    Kind::Histogram => recorder.describe_histogram(name, m.unit, help),
+                }
+            });
+        }
     });
 }
 
@@ -229,34 +303,25 @@ mod tests {
 
     #[test]
     fn names_follow_the_convention() {
-        let all = [
-            (OUTBOX_PENDING, "gauge"),
-            (OUTBOX_OLDEST_PENDING_AGE_SECONDS, "gauge"),
-            (OUTBOX_PREPARED, "gauge"),
-            (OUTBOX_TOPIC_PENDING, "gauge"),
-            (OUTBOX_TOPIC_OLDEST_PENDING_AGE_SECONDS, "gauge"),
-            (INBOX_KEYS, "gauge"),
-            (PUBLISHED_TOTAL, "counter"),
-            (PUBLISH_DURATION_SECONDS, "histogram"),
-            (PUBLISH_RETRIES_TOTAL, "counter"),
-            (DEAD_LETTERS_TOTAL, "counter"),
-            (SENT_PURGED_TOTAL, "counter"),
-            (CHECK_BACKS_TOTAL, "counter"),
-            (CONSUMED_TOTAL, "counter"),
-            (INBOX_DUPLICATES_TOTAL, "counter"),
-            (HANDLE_DURATION_SECONDS, "histogram"),
-        ];
-        for (name, kind) in all {
+        for Description {
+            name, kind, unit, ..
+        } in ALL
+        {
             assert!(name.starts_with("txmsg_"), "{name}");
             assert!(
                 name.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
                 "{name}"
             );
-            assert_eq!(name.ends_with("_total"), kind == "counter", "{name}");
-            if kind == "histogram" {
+            assert_eq!(name.ends_with("_total"), kind == Kind::Counter, "{name}");
+            if kind == Kind::Histogram {
                 assert!(name.ends_with("_seconds"), "{name}");
             }
+            assert_eq!(
+                name.ends_with("_seconds"),
+                unit == Some(Unit::Seconds),
+                "{name}"
+            );
         }
     }
 }

@@ -136,6 +136,40 @@ impl States {
     }
 }
 
+/// Writes the setters of a runner of registered functions (the consumer,
+/// the check-back worker), for a struct with the fields `states: States` and
+/// `observer: Option<UnboundedSender<$report>>`: `with_state`, `with_states`
+/// and `with_observer`, each with the doc the caller writes above its name.
+macro_rules! runner_setters {
+    (
+        $(#[$state_doc:meta])* fn with_state;
+        $(#[$states_doc:meta])* fn with_states;
+        $(#[$observer_doc:meta])* fn with_observer($report:ty);
+    ) => {
+        $(#[$state_doc])*
+        pub fn with_state<T: Clone + Send + Sync + 'static>(mut self, state: T) -> Self {
+            self.states.insert(state);
+            self
+        }
+
+        $(#[$states_doc])*
+        pub fn with_states(mut self, states: $crate::States) -> Self {
+            self.states = states;
+            self
+        }
+
+        $(#[$observer_doc])*
+        pub fn with_observer(
+            mut self,
+            observer: ::tokio::sync::mpsc::UnboundedSender<$report>,
+        ) -> Self {
+            self.observer = Some(observer);
+            self
+        }
+    };
+}
+pub(crate) use runner_setters;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,8 +5,10 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::FutureExt;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -113,6 +115,21 @@ impl Tasks {
         self.tracker.close();
         self.tracker.wait().await;
     }
+}
+
+/// Waits until every task of `set` has ended.
+///
+/// # Cancel safety
+///
+/// Cancel safe: the tasks not yet joined stay in `set`.
+pub(crate) async fn join_all<T: 'static>(set: &mut JoinSet<T>) {
+    while set.join_next().await.is_some() {}
+}
+
+/// Waits up to `limit` for every task of `set` to end; whether they all did
+/// (those left stay in `set`).
+pub(crate) async fn join_all_within<T: 'static>(set: &mut JoinSet<T>, limit: Duration) -> bool {
+    tokio::time::timeout(limit, join_all(set)).await.is_ok()
 }
 
 #[cfg(test)]

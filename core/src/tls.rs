@@ -1,7 +1,6 @@
 //! The TLS settings the network brokers share: the files of a connection,
 //! checked once for every adapter.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
@@ -65,21 +64,12 @@ fn check_file_setting(
 /// assert!(serde_json::from_str::<TlsFiles>(r#"{ "ca_file": "" }"#).is_err());
 /// # Ok::<(), serde_json::Error>(())
 /// ```
-#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(try_from = "TlsPaths")]
 #[non_exhaustive]
 pub struct TlsFiles {
     ca_file: Option<PathBuf>,
     client_auth: Option<(PathBuf, PathBuf)>,
-}
-
-impl fmt::Debug for TlsFiles {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsFiles")
-            .field("ca_file", &self.ca_file)
-            .field("client_auth", &self.client_auth)
-            .finish()
-    }
 }
 
 /// [`TlsFiles`] as written in a config file, before the setters check it.

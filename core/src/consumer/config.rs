@@ -119,18 +119,13 @@ impl ConsumerConfig {
             Error::InvalidTopic { reason, .. } => Error::config("group", reason),
             other => other,
         })?;
-        use crate::check::{backoff, positive};
+        use crate::check::positive;
         positive("prefetch", self.prefetch)?;
         positive("concurrency", self.concurrency)?;
         positive("max_payload_bytes", self.max_payload_bytes)?;
         positive("purge_interval", self.purge_interval)?;
         positive("purge_batch", self.purge_batch)?;
-        backoff(
-            "backoff_min",
-            self.backoff_min,
-            "backoff_max",
-            self.backoff_max,
-        )?;
+        crate::config::check_backoff(self.backoff_min, self.backoff_max)?;
         Ok(())
     }
 }

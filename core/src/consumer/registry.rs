@@ -66,7 +66,7 @@ impl fmt::Debug for HandlerRecord {
 impl HandlerRecord {
     /// `name (file:line)`, for messages that point at the handler.
     pub fn location(&self) -> String {
-        format!("`{}` ({}:{})", self.name, self.file, self.line)
+        crate::registry::location(self.name, self.file, self.line)
     }
 }
 
@@ -74,10 +74,7 @@ inventory::collect!(HandlerRecord);
 
 /// Every registered handler, sorted by (group, topic, name).
 pub fn registered_handlers() -> Vec<&'static HandlerRecord> {
-    let mut all: Vec<&'static HandlerRecord> =
-        inventory::iter::<HandlerRecord>.into_iter().collect();
-    all.sort_by_key(|h| (h.group, h.topic, h.name));
-    all
+    crate::registry::sorted::<HandlerRecord, _>(|h| (h.group, h.topic, h.name))
 }
 
 /// How one handler call ended.

@@ -80,50 +80,43 @@ impl<S: InboxStore, B: Broker> Consumer<S, B> {
         })
     }
 
-    /// Gives the group's handlers `state`: each handler parameter
-    /// `State<T>` gets a clone of it (one value per type; a second value
-    /// of a type replaces the first).
-    ///
-    /// # Examples
-    ///
-    /// ```no_run
-    /// # async fn demo() -> txmsg::Result<()> {
-    /// use txmsg::consumer::{Consumer, ConsumerConfig};
-    /// use txmsg::memory::MemoryBroker;
-    /// use txmsg::sqlite::SqliteStore;
-    ///
-    /// #[derive(Clone)]
-    /// struct AppState {
-    ///     fx_rates_url: String,
-    /// }
-    ///
-    /// let store = SqliteStore::connect("sqlite://billing.db").await?;
-    /// let app = AppState { fx_rates_url: "https://fx.example".into() };
-    /// let consumer = Consumer::new(store, MemoryBroker::new(), ConsumerConfig::new("billing"))?
-    ///     .with_state(app)
-    ///     .start()
-    ///     .await?;
-    /// # Ok(()) }
-    /// ```
-    pub fn with_state<T: Clone + Send + Sync + 'static>(mut self, state: T) -> Self {
-        self.states.insert(state);
-        self
-    }
+    crate::state::runner_setters! {
+        /// Gives the group's handlers `state`: each handler parameter
+        /// `State<T>` gets a clone of it (one value per type; a second value
+        /// of a type replaces the first).
+        ///
+        /// # Examples
+        ///
+        /// ```no_run
+        /// # async fn demo() -> txmsg::Result<()> {
+        /// use txmsg::consumer::{Consumer, ConsumerConfig};
+        /// use txmsg::memory::MemoryBroker;
+        /// use txmsg::sqlite::SqliteStore;
+        ///
+        /// #[derive(Clone)]
+        /// struct AppState {
+        ///     fx_rates_url: String,
+        /// }
+        ///
+        /// let store = SqliteStore::connect("sqlite://billing.db").await?;
+        /// let app = AppState { fx_rates_url: "https://fx.example".into() };
+        /// let consumer = Consumer::new(store, MemoryBroker::new(), ConsumerConfig::new("billing"))?
+        ///     .with_state(app)
+        ///     .start()
+        ///     .await?;
+        /// # Ok(()) }
+        /// ```
+        fn with_state;
 
-    /// Gives the group's handlers every state of `states`, replacing those
-    /// given before: one set shared by several consumers.
-    pub fn with_states(mut self, states: States) -> Self {
-        self.states = states;
-        self
-    }
+        /// Gives the group's handlers every state of `states`, replacing those
+        /// given before: one set shared by several consumers.
+        fn with_states;
 
-    /// Reports every delivery the consumer is done with to `observer`: what
-    /// tests await instead of sleeping (see [`Handled`]). Without an
-    /// observer, nothing is reported and nothing is allocated for it. A
-    /// closed observer is ignored.
-    pub fn with_observer(mut self, observer: mpsc::UnboundedSender<Handled>) -> Self {
-        self.observer = Some(observer);
-        self
+        /// Reports every delivery the consumer is done with to `observer`: what
+        /// tests await instead of sleeping (see [`Handled`]). Without an
+        /// observer, nothing is reported and nothing is allocated for it. A
+        /// closed observer is ignored.
+        fn with_observer(Handled);
     }
 
     /// Begins handler transactions from `outbox`, so that messages handlers

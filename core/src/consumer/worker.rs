@@ -20,6 +20,7 @@ use super::inbox::{ConsumerDeadLetter, InboxStore};
 use super::observe::{Handled, Settlement};
 use super::registry::{AnyCtx, HandlerOutcome, HandlerRecord};
 use crate::error::error_chain;
+use crate::task::join_all_within;
 use crate::{Broker, Envelope, Error};
 
 use super::config::ConsumerConfig;
@@ -127,11 +128,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
         // hand-backs (JetStream) then keeps each key's order for the next
         // consumer.
         let late = subscription.close().await;
-        let all = async { while running.join_next().await.is_some() {} };
-        if tokio::time::timeout(this.config.shutdown_timeout, all)
-            .await
-            .is_err()
-        {
+        if !join_all_within(&mut running, this.config.shutdown_timeout).await {
             tracing::warn!(
                 left = running.len(),
                 "shutdown timeout: running handlers abandoned; their messages are delivered again"
@@ -143,11 +140,7 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
             // before an abandoned earlier one is back in the queue. An
             // aborted task ends at its next await; one that never yields
             // (blocking code in a handler) is left after a second timeout.
-            let gone = async { while running.join_next().await.is_some() {} };
-            if tokio::time::timeout(this.config.shutdown_timeout, gone)
-                .await
-                .is_err()
-            {
+            if !join_all_within(&mut running, this.config.shutdown_timeout).await {
                 tracing::error!(
                     left = running.len(),
                     "aborted handlers did not stop (blocking code in a handler?); \

@@ -20,7 +20,7 @@ pub(crate) use prepared::first_check_at;
 pub use prepared::{ClaimedHalf, Decision, Prepared, ResolveOutcome};
 pub use producer::{HalfMessage, HalfProducer};
 pub use registry::{
-    CheckBackFn, CheckBackRecord, CheckStatus, MISSING_STATE, registered_check_backs,
-    run_check_back,
+    CheckBackFn, CheckBackRecord, CheckStatus, MISSING_STATE, check_backs_by_topic,
+    registered_check_backs, run_check_back,
 };
 pub use worker::{CheckBackConfig, CheckBackHandle, CheckBackWorker, Checked};

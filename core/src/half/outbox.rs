@@ -1,7 +1,6 @@
 //! The producer's side of half messages: an [`Outbox`] on a store that keeps
 //! them.
 
-use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
@@ -36,6 +35,7 @@ use crate::{Error, Message, Outbox, RelayHandle, Result};
 /// prepared.commit().await?;
 /// # Ok(()) }
 /// ```
+#[derive(Debug)]
 pub struct HalfOutbox<DB: sqlx::Database> {
     outbox: Outbox<DB>,
     writer: Arc<dyn HalfWriter<DB>>,
@@ -47,15 +47,6 @@ impl<DB: sqlx::Database> Clone for HalfOutbox<DB> {
             outbox: self.outbox.clone(),
             writer: Arc::clone(&self.writer),
         }
-    }
-}
-
-impl<DB: sqlx::Database> fmt::Debug for HalfOutbox<DB> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HalfOutbox")
-            .field("outbox", &self.outbox)
-            .field("writer", &self.writer)
-            .finish()
     }
 }
 

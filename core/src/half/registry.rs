@@ -1,11 +1,12 @@
 //! Check-back functions registered by `#[check_back]`.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::de::DeserializeOwned;
 
 use crate::store::BoxFuture;
-use crate::{Envelope, StateType, States};
+use crate::{Envelope, Error, StateType, States};
 
 /// A check-back's verdict on a prepared message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -56,7 +57,7 @@ impl fmt::Debug for CheckBackRecord {
 impl CheckBackRecord {
     /// `name (file:line)`, for messages that point at the function.
     pub fn location(&self) -> String {
-        format!("`{}` ({}:{})", self.name, self.file, self.line)
+        crate::registry::location(self.name, self.file, self.line)
     }
 }
 
@@ -64,10 +65,33 @@ inventory::collect!(CheckBackRecord);
 
 /// Every registered check-back, sorted by (topic, name).
 pub fn registered_check_backs() -> Vec<&'static CheckBackRecord> {
-    let mut all: Vec<&'static CheckBackRecord> =
-        inventory::iter::<CheckBackRecord>.into_iter().collect();
-    all.sort_by_key(|c| (c.topic, c.name));
-    all
+    crate::registry::sorted::<CheckBackRecord, _>(|c| (c.topic, c.name))
+}
+
+/// Every registered check-back by topic, checked: one per topic. What a
+/// [`CheckBackWorker`](super::CheckBackWorker) or a broker's own
+/// transactional producer answers check-backs with.
+///
+/// # Errors
+///
+/// [`Error::Config`] for `check_back`, naming both functions of a topic that
+/// has two.
+pub fn check_backs_by_topic() -> crate::Result<HashMap<&'static str, &'static CheckBackRecord>> {
+    let mut by_topic: HashMap<&'static str, &'static CheckBackRecord> = HashMap::new();
+    for c in registered_check_backs() {
+        if let Some(first) = by_topic.insert(c.topic, c) {
+            return Err(Error::config(
+                "check_back",
+                format!(
+                    "two check-backs for topic `{}`: {} and {}",
+                    c.topic,
+                    first.location(),
+                    c.location()
+                ),
+            ));
+        }
+    }
+    Ok(by_topic)
 }
 
 /// Decodes the payload as `M` and runs `check` on it. Called by generated

@@ -12,10 +12,10 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::prepared::{ClaimedHalf, Decision, ResolveOutcome};
-use super::registry::{CheckBackRecord, CheckStatus, registered_check_backs};
+use super::registry::{CheckBackRecord, CheckStatus, check_backs_by_topic};
 use crate::error::error_chain;
 use crate::store::{ClaimRequest, Lease};
-use crate::task::Tasks;
+use crate::task::{Tasks, join_all};
 use crate::{Error, HalfStore, RelayHandle, Result, States};
 
 crate::config::settings! {
@@ -57,12 +57,6 @@ crate::config::settings! {
         lease / with_lease: Duration = Duration::from_secs(60),
         /// How often to look for due messages. Default 1 s.
         poll_interval / with_poll_interval: Duration = Duration::from_secs(1),
-    }
-}
-
-impl Default for CheckBackConfig {
-    fn default() -> Self {
-        Self::defaults()
     }
 }
 
@@ -152,26 +146,19 @@ impl<S: HalfStore> CheckBackWorker<S> {
         })
     }
 
-    /// Gives the check-backs `state`: each parameter `State<T>` gets a clone
-    /// of it (one value per type; a second value of a type replaces the
-    /// first).
-    pub fn with_state<T: Clone + Send + Sync + 'static>(mut self, state: T) -> Self {
-        self.states.insert(state);
-        self
-    }
+    crate::state::runner_setters! {
+        /// Gives the check-backs `state`: each parameter `State<T>` gets a clone
+        /// of it (one value per type; a second value of a type replaces the
+        /// first).
+        fn with_state;
 
-    /// Gives the check-backs every state of `states`, replacing those given
-    /// before.
-    pub fn with_states(mut self, states: States) -> Self {
-        self.states = states;
-        self
-    }
+        /// Gives the check-backs every state of `states`, replacing those given
+        /// before.
+        fn with_states;
 
-    /// Reports every check that ran to `observer` (see [`Checked`]): what
-    /// tests await instead of sleeping. A closed observer is ignored.
-    pub fn with_observer(mut self, observer: mpsc::UnboundedSender<Checked>) -> Self {
-        self.observer = Some(observer);
-        self
+        /// Reports every check that ran to `observer` (see [`Checked`]): what
+        /// tests await instead of sleeping. A closed observer is ignored.
+        fn with_observer(Checked);
     }
 
     /// Wakes `relay` when a check commits a message, so it goes out at once.
@@ -186,22 +173,7 @@ impl<S: HalfStore> CheckBackWorker<S> {
     ///
     /// [`Error::Config`] naming both functions of a topic that has two.
     pub fn check_backs() -> Result<HashMap<&'static str, &'static CheckBackRecord>> {
-        let all = registered_check_backs();
-        let mut by_topic: HashMap<&'static str, &'static CheckBackRecord> = HashMap::new();
-        for c in all {
-            if let Some(first) = by_topic.insert(c.topic, c) {
-                return Err(Error::config(
-                    "check_back",
-                    format!(
-                        "two check-backs for topic `{}`: {} and {}",
-                        c.topic,
-                        first.location(),
-                        c.location()
-                    ),
-                ));
-            }
-        }
-        Ok(by_topic)
+        check_backs_by_topic()
     }
 
     /// Starts checking on the current Tokio runtime.
@@ -368,7 +340,7 @@ async fn run<S: HalfStore>(shared: Arc<Shared<S>>, stop: CancellationToken) {
                 check_one(&shared, prepared, stop).await;
             });
         }
-        while running.join_next().await.is_some() {}
+        join_all(&mut running).await;
         if full {
             continue;
         }

@@ -33,7 +33,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::store::Lease;
-use crate::task::Tasks;
+use crate::task::{Tasks, join_all};
 use crate::{Broker, Clock, Envelope, RelayConfig, Result, Store};
 use fast::fast_loop;
 use housekeeping::{purge_loop, stats_loop};
@@ -333,7 +333,7 @@ pub(crate) fn retry_delay(config: &RelayConfig, attempts: u32, seed: u64) -> Dur
 /// (its row stays leased until the lease runs out).
 pub(super) async fn drain<S, B, T: 'static>(shared: &Shared<S, B>, running: &mut JoinSet<T>) {
     let grace = shared.config.publish_timeout;
-    let all = async { while running.join_next().await.is_some() {} };
+    let all = join_all(running);
     let limit = async {
         shared.deadline.cancelled().await;
         tokio::time::sleep(grace).await;

@@ -12,6 +12,7 @@ use tracing::Instrument;
 use super::{KeyId, Shared, drain, key_of, retry_delay};
 use crate::error::error_chain;
 use crate::store::ClaimRequest;
+use crate::task::join_all;
 use crate::{Broker, DeadKeyPolicy, Envelope, Store};
 
 /// Rows of other processes, crash leftovers and retries.
@@ -38,20 +39,13 @@ pub(super) async fn poll_loop<S: Store, B: Broker>(
         let mut previous: Option<JoinSet<()>> = None;
         loop {
             if stop.is_cancelled() {
-                if let Some(mut running) = previous.take() {
-                    drain(&shared, &mut running).await;
-                }
+                drain_previous(&shared, &mut previous).await;
                 return;
             }
             if let Some(until) = shared.paused_until() {
-                tokio::select! {
-                    () = stop.cancelled() => {
-                        if let Some(mut running) = previous.take() {
-                            drain(&shared, &mut running).await;
-                        }
-                        return;
-                    }
-                    () = tokio::time::sleep_until(until) => {}
+                let resume = tokio::time::sleep_until(until);
+                if !wait_or_drain(&shared, &mut previous, &stop, resume).await {
+                    return;
                 }
             }
             let now = shared.now();
@@ -77,14 +71,9 @@ pub(super) async fn poll_loop<S: Store, B: Broker>(
                     errors = errors.saturating_add(1);
                     let delay = retry_delay(&shared.config, errors, shared.seed);
                     tracing::warn!(error = %error_chain(&e), retry_in = ?delay, "claim failed");
-                    tokio::select! {
-                        () = stop.cancelled() => {
-                            if let Some(mut running) = previous.take() {
-                                drain(&shared, &mut running).await;
-                            }
-                            return;
-                        }
-                        () = tokio::time::sleep(delay) => {}
+                    let retry = tokio::time::sleep(delay);
+                    if !wait_or_drain(&shared, &mut previous, &stop, retry).await {
+                        return;
                     }
                     continue;
                 }
@@ -127,6 +116,30 @@ pub(super) async fn poll_loop<S: Store, B: Broker>(
     }
 }
 
+/// Lets the publishes of the batch before, if any, finish (see [`drain`]).
+async fn drain_previous<S, B>(shared: &Shared<S, B>, previous: &mut Option<JoinSet<()>>) {
+    if let Some(mut running) = previous.take() {
+        drain(shared, &mut running).await;
+    }
+}
+
+/// Waits for `wait`; on shutdown lets the publishes of the batch before
+/// finish (see [`drain_previous`]) and returns `false`.
+async fn wait_or_drain<S, B>(
+    shared: &Shared<S, B>,
+    previous: &mut Option<JoinSet<()>>,
+    stop: &CancellationToken,
+    wait: impl Future<Output = ()>,
+) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => {
+            drain_previous(shared, previous).await;
+            false
+        }
+        () = wait => true,
+    }
+}
+
 /// Waits for every publish of a batch; on shutdown lets them finish (see
 /// [`drain`]) and returns `false`.
 async fn settle<S: Store, B: Broker>(
@@ -135,7 +148,7 @@ async fn settle<S: Store, B: Broker>(
     stop: &CancellationToken,
 ) -> bool {
     tokio::select! {
-        () = async { while running.join_next().await.is_some() {} } => true,
+        () = join_all(running) => true,
         () = stop.cancelled() => {
             drain(shared, running).await;
             false
