@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::mpsc::UnboundedReceiver;
 use txmsg::Tx;
-use txmsg::consumer::{Consumer, ConsumerConfig};
+use txmsg::consumer::{Consumer, ConsumerConfig, ConsumerHandle, Handled};
 use txmsg_core::{Broker, Clock, Envelope, Error, SqlStore, Store};
 use txmsg_memory::MemoryBroker;
 use txmsg_sqlite::SqliteStore;
@@ -45,6 +46,30 @@ async fn store() -> SqliteStore {
         .await
         .unwrap();
     store
+}
+
+/// Starts a consumer of `config` on `store` and `broker`.
+async fn start(
+    store: &SqliteStore,
+    broker: &MemoryBroker,
+    config: ConsumerConfig,
+) -> ConsumerHandle<SqliteStore> {
+    Consumer::new(store.clone(), broker.clone(), config)
+        .unwrap()
+        .start()
+        .await
+        .unwrap()
+}
+
+/// A message of `topic` whose payload is `{"n": n}`.
+fn numbered(topic: &str, idempotency_key: &str, n: u32) -> Envelope {
+    Envelope::new(
+        uuid::Uuid::now_v7(),
+        topic,
+        idempotency_key,
+        format!(r#"{{"n":{n}}}"#).into_bytes(),
+        Utc::now(),
+    )
 }
 
 async fn count(store: &SqliteStore, sql: &'static str) -> i64 {
@@ -91,19 +116,9 @@ async fn old_inbox_keys_are_purged_in_batches() {
         .with_purge_batch(7)
         .with_clock(clock.clone());
     let retention = config.inbox_retention();
-    let consumer = Consumer::new(store.clone(), broker.clone(), config)
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let consumer = start(&store, &broker, config).await;
     for n in 0..30 {
-        let env = Envelope::new(
-            uuid::Uuid::now_v7(),
-            "t.purge",
-            format!("p{n}"),
-            format!(r#"{{"n":{n}}}"#).into_bytes(),
-            Utc::now(),
-        );
+        let env = numbered("t.purge", &format!("p{n}"), n);
         broker.publish(&env).await.unwrap();
     }
     for _ in 0..500 {
@@ -191,22 +206,13 @@ async fn store_with_applied() -> SqliteStore {
 }
 
 fn order(topic: &str, key: &str, idempotency_key: &str, n: u32) -> Envelope {
-    let mut env = Envelope::new(
-        uuid::Uuid::now_v7(),
-        topic,
-        idempotency_key,
-        format!(r#"{{"n":{n}}}"#).into_bytes(),
-        Utc::now(),
-    );
+    let mut env = numbered(topic, idempotency_key, n);
     env.key = Some(key.to_owned());
     env
 }
 
 /// Waits for `n` settled deliveries (10 s at most) and returns them.
-async fn settled(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<txmsg::consumer::Handled>,
-    n: usize,
-) -> Vec<txmsg::consumer::Handled> {
+async fn settled(rx: &mut UnboundedReceiver<Handled>, n: usize) -> Vec<Handled> {
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while out.len() < n {
@@ -218,29 +224,38 @@ async fn settled(
     out
 }
 
+/// Runs a consumer of `config` on `store` and `broker` while `messages` are
+/// published, until as many deliveries are settled (10 s at most); returns
+/// them.
+async fn run_until_settled(
+    store: &SqliteStore,
+    broker: &MemoryBroker,
+    config: ConsumerConfig,
+    messages: &[Envelope],
+) -> Vec<Handled> {
+    let (observer, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let consumer = Consumer::new(store.clone(), broker.clone(), config)
+        .unwrap()
+        .with_observer(observer)
+        .start()
+        .await
+        .unwrap();
+    for env in messages {
+        broker.publish(env).await.unwrap();
+    }
+    let done = settled(&mut rx, messages.len()).await;
+    consumer.shutdown().await;
+    done
+}
+
 /// An idempotency key is unique per topic, so one key on two topics is two
 /// messages: a group handling both applies each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_idempotency_key_on_two_topics_is_applied_on_each() {
     let store = store_with_applied().await;
     let broker = MemoryBroker::new();
-    let (observer, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let consumer = Consumer::new(store.clone(), broker.clone(), ConsumerConfig::new("multi"))
-        .unwrap()
-        .with_observer(observer)
-        .start()
-        .await
-        .unwrap();
-    broker
-        .publish(&order("t.multi.placed", "42", "order-42", 42))
-        .await
-        .unwrap();
-    broker
-        .publish(&order("t.multi.shipped", "42", "order-42", 42))
-        .await
-        .unwrap();
-    let done = settled(&mut rx, 2).await;
-    consumer.shutdown().await;
+    let messages = ["t.multi.placed", "t.multi.shipped"].map(|t| order(t, "42", "order-42", 42));
+    let done = run_until_settled(&store, &broker, ConsumerConfig::new("multi"), &messages).await;
     let outcomes: Vec<_> = done
         .iter()
         .map(|h| (h.topic.clone(), h.outcome.clone()))
@@ -260,24 +275,12 @@ async fn one_idempotency_key_on_two_topics_is_applied_on_each() {
 async fn panicking_handler_is_retried_then_dead_and_its_key_flows() {
     let store = store_with_applied().await;
     let broker = MemoryBroker::new();
-    let (observer, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let config = ConsumerConfig::new("panicky")
         .with_backoff_min(Duration::from_millis(10))
         .with_backoff_max(Duration::from_millis(20));
-    let consumer = Consumer::new(store.clone(), broker.clone(), config)
-        .unwrap()
-        .with_observer(observer)
-        .start()
-        .await
-        .unwrap();
-    for (key, n) in [("k", 1), ("k", 2), ("other", 3)] {
-        broker
-            .publish(&order("t.panicky", key, &format!("p{n}"), n))
-            .await
-            .unwrap();
-    }
-    let done = settled(&mut rx, 3).await;
-    consumer.shutdown().await;
+    let messages = [("k", 1), ("k", 2), ("other", 3)]
+        .map(|(key, n)| order("t.panicky", key, &format!("p{n}"), n));
+    let done = run_until_settled(&store, &broker, config, &messages).await;
     let by_key: Vec<_> = done
         .iter()
         .map(|h| (h.idempotency_key.clone(), h.outcome.clone(), h.attempts))

@@ -6,29 +6,64 @@
 
 use std::time::Duration;
 
-use txmsg::half::{CheckBackConfig, CheckBackWorker, CheckStatus};
-use txmsg_core::half::HalfOutbox;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use txmsg::half::{CheckBackConfig, CheckBackHandle, CheckBackWorker, CheckStatus, Checked};
+use txmsg_core::half::{HalfOutbox, Prepared};
 use txmsg_core::{DeadFilter, Message, Store};
 use txmsg_sqlite::SqliteStore;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_prepared_message_without_a_check_back_is_dead_with_that_reason() {
+/// A migrated store in memory.
+async fn memory_store() -> SqliteStore {
     let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
     store.migrate().await.unwrap();
-    let outbox = HalfOutbox::new(&store);
-    let prepared = outbox
-        .prepare(
-            Message::new("orphans.x", &1).unwrap(),
-            Duration::from_millis(1),
-        )
+    store
+}
+
+/// Prepares a message of `topic` with payload `n`, its first check due
+/// after a millisecond.
+async fn prepare(outbox: &HalfOutbox<sqlx::Sqlite>, topic: &str, n: u32) -> Prepared<sqlx::Sqlite> {
+    outbox
+        .prepare(Message::new(topic, &n).unwrap(), Duration::from_millis(1))
         .await
-        .unwrap();
-    drop(prepared);
-    let config = CheckBackConfig::default().with_poll_interval(Duration::from_millis(10));
-    let worker = CheckBackWorker::new(store.clone(), config)
+        .unwrap()
+}
+
+/// Starts a check-back worker on `store`.
+fn start_worker(store: &SqliteStore, config: CheckBackConfig) -> CheckBackHandle {
+    CheckBackWorker::new(store.clone(), config)
         .unwrap()
         .start()
+        .unwrap()
+}
+
+/// Starts a check-back worker on `store` that reports each check it ran.
+fn start_observed(
+    store: &SqliteStore,
+    config: CheckBackConfig,
+) -> (CheckBackHandle, UnboundedReceiver<Checked>) {
+    let (observer, checked) = unbounded_channel();
+    let worker = CheckBackWorker::new(store.clone(), config)
+        .unwrap()
+        .with_observer(observer)
+        .start()
         .unwrap();
+    (worker, checked)
+}
+
+/// The next check `checked` reports; fails after 10 s.
+async fn next_check(checked: &mut UnboundedReceiver<Checked>) -> Checked {
+    tokio::time::timeout(Duration::from_secs(10), checked.recv())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_message_without_a_check_back_is_dead_with_that_reason() {
+    let store = memory_store().await;
+    drop(prepare(&HalfOutbox::new(&store), "orphans.x", 1).await);
+    let config = CheckBackConfig::default().with_poll_interval(Duration::from_millis(10));
+    let worker = start_worker(&store, config);
     let mut dead = Vec::new();
     for _ in 0..300 {
         dead = store.dead_letters(&DeadFilter::default()).await.unwrap();
@@ -65,33 +100,17 @@ async fn race_check(_n: &u32) -> Result<CheckStatus, std::convert::Infallible> {
 /// prepared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_half_message_is_never_made_dead_by_its_check_back() {
-    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
-    store.migrate().await.unwrap();
-    let outbox = HalfOutbox::new(&store);
-    let prepared = outbox
-        .prepare(
-            Message::new("t.half.race", &1u32).unwrap(),
-            Duration::from_millis(1),
-        )
-        .await
-        .unwrap();
-    let (observer, mut checked) = tokio::sync::mpsc::unbounded_channel();
+    let store = memory_store().await;
+    let prepared = prepare(&HalfOutbox::new(&store), "t.half.race", 1).await;
     let config = CheckBackConfig::default()
         .with_poll_interval(Duration::from_millis(10))
         .with_max_checks(1);
-    let worker = CheckBackWorker::new(store.clone(), config)
-        .unwrap()
-        .with_observer(observer)
-        .start()
-        .unwrap();
+    let (worker, mut checked) = start_observed(&store, config);
     RACE_CHECKING.notified().await;
     // The check is running; the producer commits now.
     prepared.commit().await.unwrap();
     RACE_PRODUCER_DONE.notify_one();
-    let outcome = tokio::time::timeout(Duration::from_secs(10), checked.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let outcome = next_check(&mut checked).await;
     worker.shutdown().await;
     assert_eq!(outcome.status, CheckStatus::Unknown);
     let dead = store.dead_letters(&DeadFilter::default()).await.unwrap();
@@ -132,16 +151,8 @@ async fn check_back_lease_is_checked_after_waiting_for_a_slot() {
     .unwrap();
     store.migrate().await.unwrap();
     let outbox = HalfOutbox::new(&store);
-    for n in 0..8u32 {
-        drop(
-            outbox
-                .prepare(
-                    Message::new("t.half.dup", &n).unwrap(),
-                    Duration::from_millis(1),
-                )
-                .await
-                .unwrap(),
-        );
+    for n in 0..8 {
+        drop(prepare(&outbox, "t.half.dup", n).await);
     }
     tokio::time::sleep(Duration::from_millis(5)).await;
     let config = CheckBackConfig::default()
@@ -149,15 +160,9 @@ async fn check_back_lease_is_checked_after_waiting_for_a_slot() {
         .with_concurrency(1)
         .with_lease(Duration::from_secs(1))
         .with_timeout(Duration::from_millis(400));
-    let a = CheckBackWorker::new(store.clone(), config.clone())
-        .unwrap()
-        .start()
-        .unwrap();
+    let a = start_worker(&store, config.clone());
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let b = CheckBackWorker::new(store.clone(), config)
-        .unwrap()
-        .start()
-        .unwrap();
+    let b = start_worker(&store, config);
     for _ in 0..500 {
         if store.stats().await.unwrap().prepared == 0 {
             break;
@@ -206,26 +211,15 @@ async fn fails_late(_n: &u32) -> Result<(), SplitError> {
 /// message is told so: the message will be delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_producer_reports_a_commit_by_check_back_after_its_body_failed() {
-    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
-    store.migrate().await.unwrap();
+    let store = memory_store().await;
     let outbox = HalfOutbox::new(&store);
-    let (observer, mut checked) = tokio::sync::mpsc::unbounded_channel();
-    let worker = CheckBackWorker::new(
-        store.clone(),
-        CheckBackConfig::default().with_poll_interval(Duration::from_millis(10)),
-    )
-    .unwrap()
-    .with_observer(observer)
-    .start()
-    .unwrap();
+    let config = CheckBackConfig::default().with_poll_interval(Duration::from_millis(10));
+    let (worker, mut checked) = start_observed(&store, config);
     let producer = tokio::spawn({
         let outbox = outbox.clone();
         async move { fails_late_and_commit(&outbox, &7).await }
     });
-    let check = tokio::time::timeout(Duration::from_secs(10), checked.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let check = next_check(&mut checked).await;
     assert_eq!(check.status, CheckStatus::Commit);
     SPLIT_COMMITTED.notify_one();
     let result = producer.await.unwrap();

@@ -6,10 +6,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use txmsg_core::{DeadFilter, Message, Outbox, Relay, RelayConfig, Store};
+use txmsg_core::{DeadFilter, Message, Outbox, Relay, RelayConfig, RelayHandle, Store, Tx};
 use txmsg_memory::{MemoryBroker, MemorySubscription};
 use txmsg_sqlite::SqliteStore;
 
@@ -53,6 +54,18 @@ async fn receive(sub: &mut MemorySubscription, n: usize) -> Vec<txmsg_core::Enve
     out
 }
 
+/// Starts a relay over `store` and `broker`, and an outbox whose commits
+/// hand their messages to it.
+fn start<B: txmsg_core::Broker>(
+    store: &SqliteStore,
+    broker: B,
+    cfg: RelayConfig,
+) -> (RelayHandle, Outbox<sqlx::Sqlite>) {
+    let relay = Relay::new(store.clone(), broker, cfg).unwrap().start();
+    let outbox = Outbox::new(store).with_relay(&relay);
+    (relay, outbox)
+}
+
 async fn send(outbox: &Outbox<sqlx::Sqlite>, topic: &str, key: Option<&str>, idem: &str) {
     let mut msg = Message::new(topic, &idem).unwrap().idempotency_key(idem);
     if let Some(k) = key {
@@ -63,9 +76,55 @@ async fn send(outbox: &Outbox<sqlx::Sqlite>, topic: &str, key: Option<&str>, ide
     tx.commit().await.unwrap();
 }
 
-/// Fails unless every key's messages (idempotency keys `0`, `1`, ...) came
-/// in increasing order; keyless ones have no order.
-fn assert_key_order(got: &[txmsg_core::Envelope], when: &str) {
+/// Sends messages `0..count` (their idempotency keys), spread over the
+/// keys `k0` to `k{keys - 1}`, a transaction each.
+async fn send_over_keys(outbox: &Outbox<sqlx::Sqlite>, topic: &str, count: u32, keys: u32) {
+    for n in 0..count {
+        send(
+            outbox,
+            topic,
+            Some(&format!("k{}", n % keys)),
+            &n.to_string(),
+        )
+        .await;
+    }
+}
+
+/// Enqueues messages `ns` of `topic` in `tx` (payload `n`, idempotency key
+/// `{prefix}{n}`), all of `key` if one is given.
+async fn enqueue_numbered(
+    tx: &mut Tx<'_, sqlx::Sqlite>,
+    topic: &str,
+    key: Option<&str>,
+    prefix: &str,
+    ns: Range<u32>,
+) {
+    for n in ns {
+        let mut msg = Message::new(topic, &n)
+            .unwrap()
+            .idempotency_key(format!("{prefix}{n}"));
+        if let Some(k) = key {
+            msg = msg.key(k);
+        }
+        tx.enqueue(msg).await.unwrap();
+    }
+}
+
+/// How many times each idempotency key arrived.
+fn deliveries(got: &[txmsg_core::Envelope]) -> HashMap<String, u32> {
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for e in got {
+        *seen.entry(e.idempotency_key.clone()).or_default() += 1;
+    }
+    seen
+}
+
+/// Receives from `sub` as [`receive`] does, and fails unless `n` messages
+/// came and every key's messages (idempotency keys `0`, `1`, ...) in
+/// increasing order; keyless ones have no order.
+async fn receive_all_in_key_order(sub: &mut MemorySubscription, n: usize, when: &str) {
+    let got = receive(sub, n).await;
+    assert_eq!(got.len(), n, "messages received{when}");
     let mut per_key: HashMap<&str, Vec<u32>> = HashMap::new();
     for e in got.iter().filter(|e| e.key.is_some()) {
         let n = e.idempotency_key.parse().unwrap();
@@ -101,10 +160,7 @@ async fn fast_path_publishes_committed_messages_only() {
     let (store, path) = store().await;
     let broker = MemoryBroker::new();
     let mut sub = broker.observe("t.fast");
-    let relay = Relay::new(store.clone(), broker.clone(), config())
-        .unwrap()
-        .start();
-    let outbox = Outbox::new(&store).with_relay(&relay);
+    let (relay, outbox) = start(&store, broker.clone(), config());
     for n in 0..20 {
         let mut tx = outbox.begin().await.unwrap();
         tx.enqueue(Message::new("t.fast", &n).unwrap().idempotency_key(n))
@@ -135,24 +191,14 @@ async fn fast_path_publishes_committed_messages_only() {
 async fn poller_publishes_rows_written_without_a_relay() {
     let (store, path) = store().await;
     let outbox = Outbox::new(&store);
-    for n in 0..120 {
-        send(
-            &outbox,
-            "t.poll",
-            Some(&format!("k{}", n % 7)),
-            &n.to_string(),
-        )
-        .await;
-    }
+    send_over_keys(&outbox, "t.poll", 120, 7).await;
     let broker = MemoryBroker::new();
     let mut sub = broker.observe("t.poll");
     let relay = Relay::new(store.clone(), broker, config().with_batch_size(50))
         .unwrap()
         .start();
-    let got = receive(&mut sub, 120).await;
+    receive_all_in_key_order(&mut sub, 120, "").await;
     relay.shutdown().await;
-    assert_eq!(got.len(), 120);
-    assert_key_order(&got, "");
     cleanup(path);
 }
 
@@ -165,10 +211,7 @@ async fn failing_message_is_retried_then_dead_while_other_keys_flow() {
         e.key.as_deref() == Some("bad")
     })));
     let cfg = config().with_max_attempts(3);
-    let relay = Relay::new(store.clone(), broker.clone(), cfg)
-        .unwrap()
-        .start();
-    let outbox = Outbox::new(&store).with_relay(&relay);
+    let (relay, outbox) = start(&store, broker.clone(), cfg);
     send(&outbox, "t.fail", Some("bad"), "bad-0").await;
     send(&outbox, "t.fail", Some("bad"), "bad-1").await;
     for n in 0..10 {
@@ -231,29 +274,16 @@ async fn broker_outage_counts_no_attempts_and_recovers() {
     let broker = MemoryBroker::new();
     let mut sub = broker.observe("t.down");
     let cfg = config().with_max_attempts(2);
-    let relay = Relay::new(store.clone(), broker.clone(), cfg)
-        .unwrap()
-        .start();
-    let outbox = Outbox::new(&store).with_relay(&relay);
+    let (relay, outbox) = start(&store, broker.clone(), cfg);
     broker.set_down(true);
-    for n in 0..30 {
-        send(
-            &outbox,
-            "t.down",
-            Some(&format!("k{}", n % 3)),
-            &n.to_string(),
-        )
-        .await;
-    }
+    send_over_keys(&outbox, "t.down", 30, 3).await;
     // Longer than max_attempts × backoff: an outage must not kill messages.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let stats = store.stats().await.unwrap();
     assert_eq!((stats.pending, stats.dead, stats.sent), (30, 0, 0));
     broker.set_down(false);
-    let got = receive(&mut sub, 30).await;
+    receive_all_in_key_order(&mut sub, 30, " after the outage").await;
     relay.shutdown().await;
-    assert_eq!(got.len(), 30);
-    assert_key_order(&got, " after the outage");
     cleanup(path);
 }
 
@@ -292,22 +322,11 @@ async fn nothing_is_lost_across_a_shutdown_under_load() {
     let (store, path) = store().await;
     let broker = MemoryBroker::new();
     let mut sub = broker.observe("t.stop");
-    let relay = Relay::new(store.clone(), broker.clone(), config())
-        .unwrap()
-        .start();
-    let outbox = Outbox::new(&store).with_relay(&relay);
+    let (relay, outbox) = start(&store, broker.clone(), config());
     let producer = {
         let outbox = outbox.clone();
         tokio::spawn(async move {
-            for n in 0..300 {
-                send(
-                    &outbox,
-                    "t.stop",
-                    Some(&format!("k{}", n % 4)),
-                    &n.to_string(),
-                )
-                .await;
-            }
+            send_over_keys(&outbox, "t.stop", 300, 4).await;
         })
     };
     tokio::time::sleep(Duration::from_millis(30)).await;
@@ -317,10 +336,7 @@ async fn nothing_is_lost_across_a_shutdown_under_load() {
     let relay = Relay::new(store.clone(), broker, config()).unwrap().start();
     let got = receive(&mut sub, 300).await;
     relay.shutdown().await;
-    let mut seen: HashMap<String, u32> = HashMap::new();
-    for e in &got {
-        *seen.entry(e.idempotency_key.clone()).or_default() += 1;
-    }
+    let seen = deliveries(&got);
     assert_eq!(seen.len(), 300, "none lost");
     assert_eq!(store.stats().await.unwrap().pending, 0);
     cleanup(path);
@@ -337,10 +353,7 @@ async fn sent_rows_are_purged_after_their_retention_in_batches() {
         .with_sent_retention(Some(Duration::from_secs(1)))
         .with_purge_interval(Duration::from_millis(50))
         .with_purge_batch(7);
-    let relay = Relay::new(store.clone(), broker.clone(), cfg)
-        .unwrap()
-        .start();
-    let outbox = Outbox::new(&store).with_relay(&relay);
+    let (relay, outbox) = start(&store, broker.clone(), cfg);
     for i in 0..40 {
         send(&outbox, "purge.t", Some("k"), &format!("p-{i}")).await;
     }
@@ -361,10 +374,7 @@ async fn sent_rows_are_purged_after_their_retention_in_batches() {
     let cfg = config()
         .with_sent_retention(None)
         .with_purge_interval(Duration::from_millis(50));
-    let relay = Relay::new(store.clone(), broker.clone(), cfg)
-        .unwrap()
-        .start();
-    let outbox = Outbox::new(&store).with_relay(&relay);
+    let (relay, outbox) = start(&store, broker.clone(), cfg);
     for i in 0..5 {
         send(&outbox, "purge.t", Some("k"), &format!("q-{i}")).await;
     }
@@ -409,6 +419,16 @@ struct Awkward {
     started: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+impl Awkward {
+    /// One that waits `delay` before each publish.
+    fn slow(delay: Duration) -> Self {
+        Awkward {
+            delay,
+            ..Awkward::default()
+        }
+    }
+}
+
 impl txmsg_core::Broker for Awkward {
     async fn publish(&self, envelope: &txmsg_core::Envelope) -> txmsg_core::Result<()> {
         self.started
@@ -441,10 +461,7 @@ async fn nested_transaction_publishes_only_after_the_outer_commit() {
     let (store, path) = store().await;
     let broker = MemoryBroker::new();
     let mut sub = broker.observe("t.nested");
-    let relay = Relay::new(store.clone(), broker.clone(), config())
-        .unwrap()
-        .start();
-    let outbox = Outbox::new(&store).with_relay(&relay);
+    let (relay, outbox) = start(&store, broker.clone(), config());
 
     for (idem, commit_outer) in [("rolled-back", false), ("committed", true)] {
         let mut outer = outbox.begin().await.unwrap();
@@ -486,10 +503,7 @@ async fn panicking_publish_is_a_failed_attempt_and_its_key_flows() {
     let broker = Awkward::default();
     broker.panic_once.lock().unwrap().insert("p1".into());
     let mut sub = broker.inner.observe("t.panic");
-    let relay = Relay::new(store.clone(), broker.clone(), config())
-        .unwrap()
-        .start();
-    let outbox = Outbox::new(&store).with_relay(&relay);
+    let (relay, outbox) = start(&store, broker.clone(), config());
     for n in 1..=3 {
         send(&outbox, "t.panic", Some("k"), &format!("p{n}")).await;
     }
@@ -510,14 +524,8 @@ async fn panicking_publish_is_a_failed_attempt_and_its_key_flows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_marks_what_in_flight_publishes_confirmed() {
     let (store, path) = store().await;
-    let broker = Awkward {
-        delay: Duration::from_millis(300),
-        ..Awkward::default()
-    };
-    let relay = Relay::new(store.clone(), broker.clone(), config())
-        .unwrap()
-        .start();
-    let outbox = Outbox::new(&store).with_relay(&relay);
+    let broker = Awkward::slow(Duration::from_millis(300));
+    let (relay, outbox) = start(&store, broker.clone(), config());
     for n in 0..5 {
         send(&outbox, "t.drain", None, &format!("d{n}")).await;
     }
@@ -547,10 +555,7 @@ async fn shutdown_marks_what_in_flight_publishes_confirmed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_is_checked_after_waiting_for_a_publish_slot() {
     let (store, path) = store().await;
-    let slow = Awkward {
-        delay: Duration::from_millis(250),
-        ..Awkward::default()
-    };
+    let slow = Awkward::slow(Duration::from_millis(250));
     let fast = Awkward {
         inner: slow.inner.clone(),
         ..Awkward::default()
@@ -560,9 +565,7 @@ async fn lease_is_checked_after_waiting_for_a_publish_slot() {
         .with_max_in_flight(1)
         .with_lease(Duration::from_secs(1))
         .with_publish_timeout(Duration::from_millis(300));
-    let a = Relay::new(store.clone(), slow.clone(), one_at_a_time)
-        .unwrap()
-        .start();
+    let (a, outbox) = start(&store, slow.clone(), one_at_a_time);
     let b = Relay::new(
         store.clone(),
         fast,
@@ -570,26 +573,14 @@ async fn lease_is_checked_after_waiting_for_a_publish_slot() {
     )
     .unwrap()
     .start();
-    let outbox = Outbox::new(&store).with_relay(&a);
     let mut tx = outbox.begin().await.unwrap();
-    for n in 0..8 {
-        tx.enqueue(
-            Message::new("t.lease", &n)
-                .unwrap()
-                .idempotency_key(format!("l{n}")),
-        )
-        .await
-        .unwrap();
-    }
+    enqueue_numbered(&mut tx, "t.lease", None, "l", 0..8).await;
     assert_eq!(tx.fast_path_len(), 8);
     tx.commit().await.unwrap();
     let got = receive(&mut sub, 8).await;
     a.shutdown().await;
     b.shutdown().await;
-    let mut seen: HashMap<String, u32> = HashMap::new();
-    for e in &got {
-        *seen.entry(e.idempotency_key.clone()).or_default() += 1;
-    }
+    let seen = deliveries(&got);
     assert_eq!(seen.len(), 8, "none lost: {seen:?}");
     assert!(
         seen.values().all(|n| *n == 1),
@@ -640,10 +631,7 @@ async fn a_publish_span_carries_the_messaging_attributes() {
     let (store, path) = store().await;
     let broker = MemoryBroker::new();
     let mut sub = broker.observe("t.otel");
-    let relay = Relay::new(store.clone(), broker.clone(), config())
-        .unwrap()
-        .start();
-    let outbox = Outbox::new(&store).with_relay(&relay);
+    let (relay, outbox) = start(&store, broker.clone(), config());
     send(&outbox, "t.otel", Some("k"), "otel-1").await;
     let got = receive(&mut sub, 1).await;
     relay.shutdown().await;
@@ -663,46 +651,44 @@ async fn a_publish_span_carries_the_messaging_attributes() {
     cleanup(path);
 }
 
+/// Starts a relay with one publish slot (`cfg`, then one at a time) over
+/// `broker`, hands it 30 messages of `topic` (the first `keyed` of one key,
+/// in one transaction, then keyless ones) and at once shuts it down.
+async fn shut_down_while_busy(
+    store: &SqliteStore,
+    broker: &Awkward,
+    cfg: RelayConfig,
+    topic: &str,
+    keyed: u32,
+) {
+    let (relay, outbox) = start(store, broker.clone(), cfg.with_max_in_flight(1));
+    // One transaction's messages of a key all go to the fast path (a later
+    // transaction's would go to the poller while the key has one pending).
+    let mut tx = outbox.begin().await.unwrap();
+    enqueue_numbered(&mut tx, topic, Some("k"), "", 0..keyed).await;
+    tx.commit().await.unwrap();
+    for n in keyed..30 {
+        send(&outbox, topic, None, &n.to_string()).await;
+    }
+    relay.shutdown().await;
+}
+
 /// Shutdown publishes what the relay holds: the messages queued behind
 /// their key and those waiting for a publish slot go out, in order, rather
 /// than being left pending for another relay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_publishes_what_waits_for_a_slot_or_its_key() {
     let (store, path) = store().await;
-    let broker = Awkward {
-        delay: Duration::from_millis(10),
-        ..Awkward::default()
-    };
+    let broker = Awkward::slow(Duration::from_millis(10));
     let mut sub = broker.inner.observe("t.flush");
-    let one_at_a_time = config().with_max_in_flight(1);
-    let relay = Relay::new(store.clone(), broker.clone(), one_at_a_time)
-        .unwrap()
-        .start();
-    let outbox = Outbox::new(&store).with_relay(&relay);
-    // One transaction's messages of a key all go to the fast path (a later
-    // transaction's would go to the poller while the key has one pending).
-    let mut tx = outbox.begin().await.unwrap();
-    for n in 0..20 {
-        let msg = Message::new("t.flush", &n)
-            .unwrap()
-            .key("k")
-            .idempotency_key(n.to_string());
-        tx.enqueue(msg).await.unwrap();
-    }
-    tx.commit().await.unwrap();
-    for n in 20..30 {
-        send(&outbox, "t.flush", None, &n.to_string()).await;
-    }
-    relay.shutdown().await;
+    shut_down_while_busy(&store, &broker, config(), "t.flush", 20).await;
     let stats = store.stats().await.unwrap();
     assert_eq!(
         (stats.sent, stats.pending),
         (30, 0),
         "everything held when shutdown began was published and marked"
     );
-    let got = receive(&mut sub, 30).await;
-    assert_eq!(got.len(), 30);
-    assert_key_order(&got, " across the shutdown");
+    receive_all_in_key_order(&mut sub, 30, " across the shutdown").await;
     cleanup(path);
 }
 
@@ -711,31 +697,10 @@ async fn shutdown_publishes_what_waits_for_a_slot_or_its_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_past_its_deadline_releases_what_it_could_not_publish() {
     let (store, path) = store().await;
-    let slow = Awkward {
-        delay: Duration::from_millis(100),
-        ..Awkward::default()
-    };
+    let slow = Awkward::slow(Duration::from_millis(100));
     let mut sub = slow.inner.observe("t.deadline");
-    let short = config()
-        .with_max_in_flight(1)
-        .with_shutdown_timeout(Duration::from_millis(300));
-    let relay = Relay::new(store.clone(), slow.clone(), short)
-        .unwrap()
-        .start();
-    let outbox = Outbox::new(&store).with_relay(&relay);
-    let mut tx = outbox.begin().await.unwrap();
-    for n in 0..10 {
-        let msg = Message::new("t.deadline", &n)
-            .unwrap()
-            .key("k")
-            .idempotency_key(n.to_string());
-        tx.enqueue(msg).await.unwrap();
-    }
-    tx.commit().await.unwrap();
-    for n in 10..30 {
-        send(&outbox, "t.deadline", None, &n.to_string()).await;
-    }
-    relay.shutdown().await;
+    let short = config().with_shutdown_timeout(Duration::from_millis(300));
+    shut_down_while_busy(&store, &slow, short, "t.deadline", 10).await;
     let left = store.stats().await.unwrap().pending;
     assert!(left > 0, "a 300 ms flush cannot publish 3 s of messages");
     // Nothing is leased any more: a claim now (far inside the 30 s lease)
@@ -766,9 +731,7 @@ async fn shutdown_past_its_deadline_releases_what_it_could_not_publish() {
     let relay = Relay::new(store.clone(), slow.inner.clone(), config())
         .unwrap()
         .start();
-    let got = receive(&mut sub, 30).await;
+    receive_all_in_key_order(&mut sub, 30, " across two relays").await;
     relay.shutdown().await;
-    assert_eq!(got.len(), 30, "nothing lost");
-    assert_key_order(&got, " across two relays");
     cleanup(path);
 }

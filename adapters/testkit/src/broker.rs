@@ -516,53 +516,57 @@ pub async fn group_members_share_messages<B: Broker>(broker: &B, prefix: &str) {
 /// A nacked delivery is delivered again, marked redelivered.
 pub async fn nack_redelivers<B: Broker>(broker: &B, prefix: &str) {
     let topic = format!("{prefix}.nack");
-    let mut sub = subscribe(broker, &spec(format!("{prefix}.g"), &topic, 4)).await;
-    let sent = envelope(&topic, 1);
-    publish(broker, &sent).await;
-
-    let first = next(&mut sub, "first delivery").await;
-    assert!(!first.redelivered, "a first delivery is not redelivered");
-    assert_eq!(envelope_of(&first).id, sent.id);
-    if let Err(e) = within(first.nack(), "nack").await {
-        panic!("nack failed: {e:?}");
-    }
-
-    let again = next(&mut sub, "delivery after nack").await;
-    assert_eq!(
-        envelope_of(&again).id,
-        sent.id,
-        "the nacked message comes back"
-    );
-    assert_eq!(envelope_of(&again).payload, sent.payload);
-    assert!(
-        again.redelivered,
-        "a nacked message comes back marked redelivered"
-    );
-    ack(again).await;
-    quiet(&mut sub, "after the redelivery was acknowledged").await;
+    comes_back_redelivered(broker, prefix, &topic, "nack", |first| async move {
+        assert!(!first.redelivered, "a first delivery is not redelivered");
+        if let Err(e) = within(first.nack(), "nack").await {
+            panic!("nack failed: {e:?}");
+        }
+    })
+    .await;
 }
 
 /// A delivery dropped without ack or nack (its handler crashed) is
 /// delivered again, marked redelivered.
 pub async fn dropped_delivery_is_redelivered<B: Broker>(broker: &B, prefix: &str) {
     let topic = format!("{prefix}.drop-delivery");
-    let mut sub = subscribe(broker, &spec(format!("{prefix}.g"), &topic, 4)).await;
-    let sent = envelope(&topic, 1);
+    comes_back_redelivered(broker, prefix, &topic, "drop", |first| async move {
+        drop(first);
+    })
+    .await;
+}
+
+/// Publishes one message to `topic`, has `settle` give up its first
+/// delivery (`how`: nack or drop), and fails unless the same message comes
+/// back, marked redelivered, and only once.
+async fn comes_back_redelivered<B, F, Fut>(
+    broker: &B,
+    prefix: &str,
+    topic: &str,
+    how: &str,
+    settle: F,
+) where
+    B: Broker,
+    F: FnOnce(Delivery) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut sub = subscribe(broker, &spec(format!("{prefix}.g"), topic, 4)).await;
+    let sent = envelope(topic, 1);
     publish(broker, &sent).await;
 
     let first = next(&mut sub, "first delivery").await;
     assert_eq!(envelope_of(&first).id, sent.id);
-    drop(first);
+    settle(first).await;
 
-    let again = next(&mut sub, "delivery after the first was dropped").await;
+    let again = next(&mut sub, &format!("delivery after the {how}")).await;
     assert_eq!(
         envelope_of(&again).id,
         sent.id,
-        "the dropped message comes back"
+        "the message given up by {how} comes back"
     );
+    assert_eq!(envelope_of(&again).payload, sent.payload);
     assert!(
         again.redelivered,
-        "a dropped delivery comes back marked redelivered"
+        "a message given up by {how} comes back marked redelivered"
     );
     ack(again).await;
     quiet(&mut sub, "after the redelivery was acknowledged").await;

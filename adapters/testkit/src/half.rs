@@ -41,12 +41,13 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
 use txmsg_core::half::{ClaimedHalf, Decision, HalfOutbox, Prepared, ResolveOutcome};
-use txmsg_core::{
-    DeadFilter, Envelope, Failure, HalfStore, Inserted, Lease, Message, Outbox, SqlStore,
-};
+use txmsg_core::{DeadFilter, Envelope, Failure, HalfStore, Inserted, Lease, Message, SqlStore};
 use uuid::Uuid;
 
-use crate::support::{LEASE_SECS, after_writes, claim_req, close, msg, secs};
+use crate::support::{
+    LEASE_SECS, after_writes, claim_req, close, dead_letters_ok, enqueue, mark_dead_ok,
+    mark_failed_ok, mark_sent_ok, msg, release_ok, secs, stats_ok,
+};
 crate::suite_macro! {
     $ half_conformance, half, [
         migrate_is_idempotent,
@@ -93,10 +94,28 @@ async fn prepare_now<S: SqlStore + HalfStore>(
     prepare(store, message, StdDuration::ZERO).await
 }
 
+/// A message of `topic` stored prepared and claimed at once by a check-back
+/// worker, and its id.
+async fn prepared_in_check<S: SqlStore + HalfStore>(
+    store: &S,
+    topic: &str,
+) -> (Prepared<S::Database>, Uuid) {
+    let p = prepare_now(store, msg(topic, None, 1)).await;
+    let id = p.id();
+    let claimed = claim_prepared(store, Uuid::now_v7(), after_writes(), 10).await;
+    assert_eq!(prepared_ids(&claimed), vec![id]);
+    (p, id)
+}
+
 /// The relay's claim.
 async fn relay_claim<S: HalfStore>(store: &S, now: DateTime<Utc>) -> Vec<Uuid> {
+    relay_claim_by(store, Uuid::now_v7(), now).await
+}
+
+/// The claim of the relay `owner`.
+async fn relay_claim_by<S: HalfStore>(store: &S, owner: Uuid, now: DateTime<Utc>) -> Vec<Uuid> {
     store
-        .claim(&claim_req(Uuid::now_v7(), now, 1000))
+        .claim(&claim_req(owner, now, 1000))
         .await
         .expect("claim failed")
         .iter()
@@ -126,6 +145,21 @@ fn prepared_ids(claimed: &[ClaimedHalf]) -> Vec<Uuid> {
     claimed.iter().map(|p| p.envelope.id).collect()
 }
 
+/// Records a check-back of `id` by `owner` (`ran`: whether it ran), the
+/// next one due at `next`.
+async fn record_check_ok<S: HalfStore>(
+    store: &S,
+    id: Uuid,
+    owner: Uuid,
+    next: DateTime<Utc>,
+    ran: bool,
+) {
+    store
+        .record_check(id, owner, next, ran)
+        .await
+        .expect("record_check failed");
+}
+
 async fn resolve<S: HalfStore>(store: &S, id: Uuid, how: Decision) -> ResolveOutcome {
     store
         .resolve_prepared(id, how, Utc::now())
@@ -133,8 +167,18 @@ async fn resolve<S: HalfStore>(store: &S, id: Uuid, how: Decision) -> ResolveOut
         .expect("resolve_prepared failed")
 }
 
+/// Fails unless the producer's commit failed with `Error::RolledBack`
+/// (`why` says why it must).
+fn assert_rolled_back(committed: txmsg_core::Result<()>, why: &str) {
+    let err = committed.expect_err(why);
+    assert!(
+        err.is_rolled_back(),
+        "expected Error::RolledBack, got {err:?}"
+    );
+}
+
 async fn counts<S: HalfStore>(store: &S) -> (u64, u64, u64, u64) {
-    let s = store.stats().await.expect("stats failed");
+    let s = stats_ok(store).await;
     (s.prepared, s.pending, s.sent, s.dead)
 }
 
@@ -163,7 +207,7 @@ pub async fn prepared_is_stored_but_not_published<S: SqlStore + HalfStore>(store
     )
     .await;
     let id = p.id();
-    let stats = store.stats().await.expect("stats failed");
+    let stats = stats_ok(store).await;
     assert_eq!(stats.prepared, 1, "a prepared row is counted as prepared");
     assert_eq!((stats.pending, stats.sent, stats.dead), (0, 0, 0));
     assert_eq!(stats.oldest_pending, None, "a prepared row is not pending");
@@ -188,20 +232,15 @@ pub async fn prepared_is_stored_but_not_published<S: SqlStore + HalfStore>(store
     );
     // The relay's marks do not apply to prepared rows.
     let owner = Uuid::now_v7();
-    store
-        .mark_sent(&[id], late)
-        .await
-        .expect("mark_sent failed");
-    store
-        .mark_failed(&Failure {
-            id,
-            owner,
-            next_attempt_at: late + secs(3600),
-            error: "nope".into(),
-        })
-        .await
-        .expect("mark_failed failed");
-    store.release(&[id], owner).await.expect("release failed");
+    mark_sent_ok(store, &[id], late).await;
+    let failure = Failure {
+        id,
+        owner,
+        next_attempt_at: late + secs(3600),
+        error: "nope".into(),
+    };
+    mark_failed_ok(store, &failure).await;
+    release_ok(store, &[id], owner).await;
     assert_eq!(counts(store).await, (1, 0, 0, 0));
 
     assert!(
@@ -259,21 +298,13 @@ pub async fn prepared_row_does_not_hold_back_its_key<S: SqlStore + HalfStore>(st
     let t = "conf.half.key";
     let _p = prepare_now(store, msg(t, Some("k"), 1)).await;
 
-    let mut tx = Outbox::new(store).begin().await.expect("begin failed");
-    let later = tx
-        .enqueue(msg(t, Some("k"), 2))
-        .await
-        .expect("enqueue failed");
-    tx.commit().await.expect("commit failed");
+    let later = enqueue(store, vec![msg(t, Some("k"), 2)]).await[0];
     assert_eq!(
         relay_claim(store, after_writes()).await,
         vec![later],
         "a prepared row must not hold back the later rows of its key"
     );
-    store
-        .mark_sent(&[later], after_writes())
-        .await
-        .expect("mark_sent failed");
+    mark_sent_ok(store, &[later], after_writes()).await;
 
     let id = Uuid::now_v7();
     let mut env = Envelope::new(id, t, id.to_string(), b"3".to_vec(), Utc::now());
@@ -309,11 +340,7 @@ pub async fn duplicate_idempotency_key_is_reported<S: SqlStore + HalfStore>(stor
     assert!(err.is_duplicate(), "expected Error::Duplicate, got {err:?}");
 
     // Also against a pending message of the topic.
-    let mut tx = Outbox::new(store).begin().await.expect("begin failed");
-    tx.enqueue(msg(t, None, 3).idempotency_key("pending-one"))
-        .await
-        .expect("enqueue failed");
-    tx.commit().await.expect("commit failed");
+    enqueue(store, vec![msg(t, None, 3).idempotency_key("pending-one")]).await;
     let err = HalfOutbox::new(store)
         .prepare(
             msg(t, None, 4).idempotency_key("pending-one"),
@@ -344,7 +371,7 @@ pub async fn commit_makes_it_pending<S: SqlStore + HalfStore>(store: &S) {
     .await;
     let id = p.id();
     p.commit().await.expect("commit failed");
-    let stats = store.stats().await.expect("stats failed");
+    let stats = stats_ok(store).await;
     assert_eq!((stats.prepared, stats.pending), (0, 1));
     assert!(stats.oldest_pending.is_some());
     assert!(
@@ -375,10 +402,7 @@ pub async fn rollback_deletes_it<S: SqlStore + HalfStore>(store: &S) {
             .await
             .is_empty()
     );
-    let dead = store
-        .dead_letters(&DeadFilter::default())
-        .await
-        .expect("dead_letters failed");
+    let dead = dead_letters_ok(store, &DeadFilter::default()).await;
     assert!(
         dead.is_empty(),
         "a rolled-back message is not a dead letter"
@@ -392,24 +416,14 @@ pub async fn rollback_deletes_it<S: SqlStore + HalfStore>(store: &S) {
 /// The fence: a check-back that rolled the message back first makes the
 /// producer's commit fail with `Error::RolledBack`.
 pub async fn check_back_rollback_fences_a_later_commit<S: SqlStore + HalfStore>(store: &S) {
-    let p = prepare_now(store, msg("conf.half.fence1", None, 1)).await;
-    let id = p.id();
-    let owner = Uuid::now_v7();
-    assert_eq!(
-        prepared_ids(&claim_prepared(store, owner, after_writes(), 10).await),
-        vec![id]
-    );
+    let (p, id) = prepared_in_check(store, "conf.half.fence1").await;
     assert_eq!(
         resolve(store, id, Decision::Rollback).await,
         ResolveOutcome::Done
     );
-    let err = p
-        .commit()
-        .await
-        .expect_err("committing a rolled-back message must fail");
-    assert!(
-        err.is_rolled_back(),
-        "expected Error::RolledBack, got {err:?}"
+    assert_rolled_back(
+        p.commit().await,
+        "committing a rolled-back message must fail",
     );
     assert_eq!(counts(store).await, (0, 0, 0, 0));
     assert!(relay_claim(store, after_writes()).await.is_empty());
@@ -418,13 +432,7 @@ pub async fn check_back_rollback_fences_a_later_commit<S: SqlStore + HalfStore>(
 /// The fence: after the producer committed, the check-back's verdicts find
 /// the message committed and change nothing.
 pub async fn producer_commit_fences_a_later_check_back<S: SqlStore + HalfStore>(store: &S) {
-    let p = prepare_now(store, msg("conf.half.fence2", None, 1)).await;
-    let id = p.id();
-    let owner = Uuid::now_v7();
-    assert_eq!(
-        prepared_ids(&claim_prepared(store, owner, after_writes(), 10).await),
-        vec![id]
-    );
+    let (p, id) = prepared_in_check(store, "conf.half.fence2").await;
     p.commit().await.expect("commit failed");
     assert_eq!(
         resolve(store, id, Decision::Rollback).await,
@@ -437,7 +445,7 @@ pub async fn producer_commit_fences_a_later_check_back<S: SqlStore + HalfStore>(
     assert_eq!(counts(store).await, (0, 1, 0, 0), "the row stays pending");
     let now = after_writes();
     assert_eq!(relay_claim(store, now).await, vec![id]);
-    store.mark_sent(&[id], now).await.expect("mark_sent failed");
+    mark_sent_ok(store, &[id], now).await;
     assert_eq!(
         resolve(store, id, Decision::Rollback).await,
         ResolveOutcome::AlreadyCommitted,
@@ -533,14 +541,11 @@ pub async fn concurrent_prepared_claims_are_disjoint<S: SqlStore + HalfStore>(st
             );
         }
         for p in &got_b {
-            store
-                .record_check(p.envelope.id, b, t0 + secs(3600), true)
-                .await
-                .expect("record_check failed");
+            record_check_ok(store, p.envelope.id, b, t0 + secs(3600), true).await;
         }
     }
     assert_eq!(seen, written, "every row must be claimed exactly once");
-    let stats = store.stats().await.expect("stats failed");
+    let stats = stats_ok(store).await;
     assert_eq!(stats.prepared + stats.pending, u64::from(total));
 }
 
@@ -553,10 +558,7 @@ pub async fn record_check_counts_and_reschedules<S: SqlStore + HalfStore>(store:
     let t0 = after_writes();
     assert_eq!(claim_prepared(store, owner, t0, 10).await.len(), 1);
 
-    store
-        .record_check(id, owner, t0 + secs(30), true)
-        .await
-        .expect("record_check failed");
+    record_check_ok(store, id, owner, t0 + secs(30), true).await;
     assert!(
         claim_prepared(store, owner, t0 + secs(29), 10)
             .await
@@ -571,10 +573,7 @@ pub async fn record_check_counts_and_reschedules<S: SqlStore + HalfStore>(store:
     );
     assert_eq!(got[0].checks, 1, "a check that ran counts");
 
-    store
-        .record_check(id, owner, t0 + secs(60), false)
-        .await
-        .expect("record_check failed");
+    record_check_ok(store, id, owner, t0 + secs(60), false).await;
     assert!(
         claim_prepared(store, owner, t0 + secs(59), 10)
             .await
@@ -583,19 +582,13 @@ pub async fn record_check_counts_and_reschedules<S: SqlStore + HalfStore>(store:
     let got = claim_prepared(store, owner, t0 + secs(60), 10).await;
     assert_eq!(got[0].checks, 1, "a check that did not run does not count");
 
-    store
-        .record_check(id, owner, t0 + secs(90), true)
-        .await
-        .expect("record_check failed");
+    record_check_ok(store, id, owner, t0 + secs(90), true).await;
     let got = claim_prepared(store, owner, t0 + secs(90), 10).await;
     assert_eq!(got[0].checks, 2);
 
     // A committed row is no longer checked; recording a check changes nothing.
     p.commit().await.expect("commit failed");
-    store
-        .record_check(id, owner, t0 + secs(120), true)
-        .await
-        .expect("record_check failed");
+    record_check_ok(store, id, owner, t0 + secs(120), true).await;
     assert_eq!(counts(store).await, (0, 1, 0, 0));
 }
 
@@ -608,10 +601,7 @@ pub async fn record_check_by_another_owner_changes_nothing<S: SqlStore + HalfSto
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     let t0 = after_writes();
     assert_eq!(claim_prepared(store, a, t0, 10).await.len(), 1);
-    store
-        .record_check(id, b, t0 + secs(3600), true)
-        .await
-        .expect("record_check failed");
+    record_check_ok(store, id, b, t0 + secs(3600), true).await;
     assert!(
         claim_prepared(store, b, t0 + secs(1), 10).await.is_empty(),
         "the holder's lease must stay"
@@ -638,30 +628,32 @@ pub async fn mark_dead_takes_prepared_rows<S: SqlStore + HalfStore>(store: &S) {
     let t0 = after_writes();
     assert_eq!(claim_prepared(store, a, t0, 1).await.len(), 1);
 
-    store
-        .mark_dead(held_id, b, "not mine", t0)
-        .await
-        .expect("mark_dead failed");
+    mark_dead_ok(store, held_id, b, "not mine", t0).await;
     assert_eq!(
         counts(store).await,
         (2, 0, 0, 0),
         "another worker's row stays"
     );
 
-    store
-        .mark_dead(held_id, a, "unresolved after 15 checks", t0 + secs(1))
-        .await
-        .expect("mark_dead failed");
-    store
-        .mark_dead(free_id, b, "no check-back for the topic", t0 + secs(2))
-        .await
-        .expect("mark_dead failed");
+    mark_dead_ok(
+        store,
+        held_id,
+        a,
+        "unresolved after 15 checks",
+        t0 + secs(1),
+    )
+    .await;
+    mark_dead_ok(
+        store,
+        free_id,
+        b,
+        "no check-back for the topic",
+        t0 + secs(2),
+    )
+    .await;
     assert_eq!(counts(store).await, (0, 0, 0, 2));
 
-    let dead = store
-        .dead_letters(&DeadFilter::default())
-        .await
-        .expect("dead_letters failed");
+    let dead = dead_letters_ok(store, &DeadFilter::default()).await;
     let listed: BTreeMap<Uuid, (String, DateTime<Utc>)> = dead
         .iter()
         .map(|d| (d.envelope.id, (d.reason.clone(), d.dead_at)))
@@ -683,14 +675,7 @@ pub async fn mark_dead_takes_prepared_rows<S: SqlStore + HalfStore>(store: &S) {
         resolve(store, free_id, Decision::Rollback).await,
         ResolveOutcome::Dead
     );
-    let err = held
-        .commit()
-        .await
-        .expect_err("committing a dead message must fail");
-    assert!(
-        err.is_rolled_back(),
-        "expected Error::RolledBack, got {err:?}"
-    );
+    assert_rolled_back(held.commit().await, "committing a dead message must fail");
     assert_eq!(
         free.rollback().await.expect("rollback failed"),
         ResolveOutcome::Dead
@@ -726,10 +711,7 @@ pub async fn mark_prepared_dead_only_takes_a_held_prepared_row<S: SqlStore + Hal
 
     assert!(mark(held_id, a).await, "the holder's verdict applies");
     assert_eq!(counts(store).await, (1, 1, 0, 1));
-    let dead = store
-        .dead_letters(&DeadFilter::default())
-        .await
-        .expect("dead_letters failed");
+    let dead = dead_letters_ok(store, &DeadFilter::default()).await;
     assert_eq!(
         dead.iter()
             .map(|d| (d.envelope.id, d.reason.as_str()))
@@ -750,27 +732,19 @@ pub async fn resume_puts_a_dead_half_message_back<S: SqlStore + HalfStore>(store
     for i in 0..2 {
         let now = t0 + secs(i * 10);
         assert_eq!(claim_prepared(store, owner, now, 10).await.len(), 1);
-        store
-            .record_check(id, owner, now + secs(10), true)
-            .await
-            .expect("record_check failed");
+        record_check_ok(store, id, owner, now + secs(10), true).await;
     }
     let now = t0 + secs(20);
     let got = claim_prepared(store, owner, now, 10).await;
     assert_eq!(got[0].checks, 2);
-    store
-        .mark_dead(id, owner, "unresolved after 3 checks", now)
-        .await
-        .expect("mark_dead failed");
+    mark_dead_ok(store, id, owner, "unresolved after 3 checks", now).await;
 
     let at = now + secs(100);
     assert!(store.resume(id, at).await.expect("resume failed"));
     assert_eq!(counts(store).await, (1, 0, 0, 0));
     assert!(
-        store
-            .dead_letters(&DeadFilter::default())
+        dead_letters_ok(store, &DeadFilter::default())
             .await
-            .expect("dead_letters failed")
             .is_empty()
     );
     assert!(
@@ -807,25 +781,16 @@ pub async fn resume_ignores_other_dead_rows<S: SqlStore + HalfStore>(store: &S) 
             .expect("resume failed")
     );
 
-    let mut tx = Outbox::new(store).begin().await.expect("begin failed");
-    let plain = tx.enqueue(msg(t, None, 1)).await.expect("enqueue failed");
-    tx.commit().await.expect("commit failed");
+    let plain = enqueue(store, vec![msg(t, None, 1)]).await[0];
     let committed = prepare_now(store, msg(t, None, 2)).await;
     let committed_id = committed.id();
     committed.commit().await.expect("commit failed");
 
     let owner = Uuid::now_v7();
     let now = after_writes();
-    let claimed = store
-        .claim(&claim_req(owner, now, 10))
-        .await
-        .expect("claim failed");
-    assert_eq!(claimed.len(), 2);
+    assert_eq!(relay_claim_by(store, owner, now).await.len(), 2);
     for id in [plain, committed_id] {
-        store
-            .mark_dead(id, owner, "too many attempts", now)
-            .await
-            .expect("mark_dead failed");
+        mark_dead_ok(store, id, owner, "too many attempts", now).await;
         assert!(
             !store.resume(id, now).await.expect("resume failed"),
             "only a half message that died prepared can be resumed"
@@ -836,16 +801,10 @@ pub async fn resume_ignores_other_dead_rows<S: SqlStore + HalfStore>(store: &S) 
     // A dead half message that an operator replays is delivered, and is an
     // ordinary message from then on.
     let half = prepare_now(store, msg(t, None, 3)).await.id();
-    store
-        .mark_dead(half, owner, "unresolved", now)
-        .await
-        .expect("mark_dead failed");
+    mark_dead_ok(store, half, owner, "unresolved", now).await;
     assert!(store.replay(half, now).await.expect("replay failed"));
     assert_eq!(counts(store).await, (0, 1, 0, 2));
-    store
-        .mark_dead(half, owner, "too many attempts", now)
-        .await
-        .expect("mark_dead failed");
+    mark_dead_ok(store, half, owner, "too many attempts", now).await;
     assert!(!store.resume(half, now).await.expect("resume failed"));
     assert!(store.replay(plain, now).await.expect("replay failed"));
 }
@@ -864,21 +823,11 @@ where
     Fut: Future<Output = ()>,
 {
     let t = "conf.half.upgrade";
-    let mut tx = Outbox::new(store).begin().await.expect("begin failed");
-    let pending = tx
-        .enqueue(msg(t, Some("k"), 1))
-        .await
-        .expect("enqueue failed");
-    tx.commit().await.expect("commit failed");
+    let pending = enqueue(store, vec![msg(t, Some("k"), 1)]).await[0];
     let owner = Uuid::now_v7();
     let now = after_writes();
-    let mut tx = Outbox::new(store).begin().await.expect("begin failed");
-    let dead = tx.enqueue(msg(t, None, 2)).await.expect("enqueue failed");
-    tx.commit().await.expect("commit failed");
-    store
-        .mark_dead(dead, owner, "too many attempts", now)
-        .await
-        .expect("mark_dead failed");
+    let dead = enqueue(store, vec![msg(t, None, 2)]).await[0];
+    mark_dead_ok(store, dead, owner, "too many attempts", now).await;
 
     crate::support::upgrade_from_previous(store, to_previous_version).await;
 

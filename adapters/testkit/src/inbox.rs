@@ -42,8 +42,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore};
-use txmsg_core::{DeadFilter, Envelope, Message, Outbox, Store};
+use txmsg_core::{DeadFilter, Envelope, Store};
 use uuid::Uuid;
+
+use crate::support::{after_writes, assert_same_fields, claim_req, enqueue, msg, stats_ok};
 crate::suite_macro! {
     $ inbox_conformance, inbox, [
         migrate_is_idempotent,
@@ -239,11 +241,7 @@ fn oldest_first(letters: &[&ConsumerDeadLetter]) -> Vec<Uuid> {
 pub async fn migrate_is_idempotent<S: InboxStore>(store: &S) {
     store.migrate().await.expect("second migrate failed");
     store.migrate().await.expect("third migrate failed");
-    let mut tx = Outbox::new(store).begin().await.expect("begin failed");
-    tx.enqueue(Message::new("conf.inbox.migrate", &1).expect("valid message"))
-        .await
-        .expect("enqueue failed");
-    tx.commit().await.expect("commit failed");
+    enqueue(store, vec![msg("conf.inbox.migrate", None, 1)]).await;
     assert!(record_committed(store, GROUP, "kept", at(0)).await);
     let dead = dead_letter(GROUP, "conf.inbox.migrate", None, at(1));
     add_dead(store, &dead).await;
@@ -273,34 +271,15 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut tx = Outbox::new(store).begin().await.expect("begin failed");
-    let id = tx
-        .enqueue(
-            Message::new("conf.inbox.upgrade", &1)
-                .expect("valid message")
-                .key("k"),
-        )
-        .await
-        .expect("enqueue failed");
-    tx.commit().await.expect("commit failed");
+    let id = enqueue(store, vec![msg("conf.inbox.upgrade", Some("k"), 1)]).await[0];
     assert!(record_committed(store, GROUP, "before-upgrade", at(0)).await);
 
     crate::support::upgrade_from_previous(store, to_previous_version).await;
 
-    let stats = store.stats().await.expect("stats failed");
+    let stats = stats_ok(store).await;
     assert_eq!(stats.pending, 1, "the upgrade must keep outbox rows");
-    let now = Utc::now() + chrono::Duration::seconds(1);
     let claimed = store
-        .claim(&txmsg_core::ClaimRequest {
-            lease: txmsg_core::Lease {
-                owner: Uuid::now_v7(),
-                until: now + chrono::Duration::seconds(30),
-            },
-            now,
-            limit: 10,
-            per_key_limit: 10,
-            dead_parks_key: true,
-        })
+        .claim(&claim_req(Uuid::now_v7(), after_writes(), 10))
         .await
         .expect("claim failed");
     assert_eq!(
@@ -474,40 +453,32 @@ pub async fn duplicate_keeps_the_transaction_usable<S: InboxStore>(store: &S) {
 /// The key and the handler's writes commit together or not at all.
 pub async fn key_commits_with_business_writes<S: InboxStore>(store: &S) {
     let writer = store.writer();
-
-    let mut tx = store.begin().await.expect("begin failed");
-    assert!(record!(store, tx, GROUP, "both", at(0)));
-    writer
-        .insert(&mut *tx, &business_row(1), None)
-        .await
-        .expect("business write failed");
-    tx.commit().await.expect("commit failed");
-    assert!(
-        is_recorded(store, GROUP, "both").await,
-        "the key must commit with the writes"
-    );
-    assert_eq!(
-        pending(store).await,
-        1,
-        "the writes must commit with the key"
-    );
-
-    let mut tx = store.begin().await.expect("begin failed");
-    assert!(record!(store, tx, GROUP, "neither", at(0)));
-    writer
-        .insert(&mut *tx, &business_row(2), None)
-        .await
-        .expect("business write failed");
-    tx.rollback().await.expect("rollback failed");
-    assert!(
-        !is_recorded(store, GROUP, "neither").await,
-        "the key must roll back with the writes"
-    );
-    assert_eq!(
-        pending(store).await,
-        1,
-        "the writes must roll back with the key"
-    );
+    for (key, row, commits, how) in [
+        ("both", 1, true, "commit"),
+        ("neither", 2, false, "roll back"),
+    ] {
+        let mut tx = store.begin().await.expect("begin failed");
+        assert!(record!(store, tx, GROUP, key, at(0)));
+        writer
+            .insert(&mut *tx, &business_row(row), None)
+            .await
+            .expect("business write failed");
+        if commits {
+            tx.commit().await.expect("commit failed");
+        } else {
+            tx.rollback().await.expect("rollback failed");
+        }
+        assert_eq!(
+            is_recorded(store, GROUP, key).await,
+            commits,
+            "the key must {how} with the writes"
+        );
+        assert_eq!(
+            pending(store).await,
+            1,
+            "the writes must {how} with the key"
+        );
+    }
 }
 
 /// Two transactions recording one key at once: the second waits for the
@@ -572,14 +543,7 @@ pub async fn dead_letter_round_trips_every_field<S: InboxStore>(store: &S) {
     assert_eq!(got.dead_at, dead.dead_at);
     let (e, w) = (&got.envelope, &dead.envelope);
     assert_eq!(e.id, w.id, "the message id must be kept");
-    assert_eq!(e.topic, w.topic);
-    assert_eq!(e.key, w.key);
-    assert_eq!(e.idempotency_key, w.idempotency_key);
-    assert_eq!(e.headers, w.headers);
-    assert_eq!(
-        e.payload, w.payload,
-        "the payload bytes must be kept exactly"
-    );
+    assert_same_fields(e, w, "the dead letter's message");
     assert_eq!(e.created_at, w.created_at);
 
     assert!(

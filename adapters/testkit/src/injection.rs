@@ -13,8 +13,8 @@
 use chrono::{DateTime, Utc};
 use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore};
 use txmsg_core::{
-    ClaimRequest, DeadFilter, Envelope, Error, Failure, Inserted, Lease, MAX_IDENT_LEN, Message,
-    Outbox, SqlStore, Tables, validate_topic,
+    ClaimRequest, DeadFilter, Envelope, Error, Failure, Inserted, MAX_IDENT_LEN, Message, Outbox,
+    SqlStore, Tables, validate_topic,
 };
 use uuid::Uuid;
 
@@ -145,6 +145,14 @@ pub enum Expect {
     Refused,
 }
 
+/// A claim by `owner` at `now` of every row written, whatever its key.
+fn claim_every_row(owner: Uuid, now: DateTime<Utc>) -> ClaimRequest {
+    ClaimRequest {
+        per_key_limit: 10_000,
+        ..crate::support::claim_req(owner, now, 10_000)
+    }
+}
+
 /// Writes one outbox row per hostile value (as topic, key, idempotency key,
 /// header name and value, inside the payload), through the writer and
 /// through `Tx::enqueue`; reads them back by claiming; then marks them dead
@@ -210,16 +218,7 @@ pub async fn assert_outbox_keeps_hostile_values<S: SqlStore>(
     let owner = Uuid::now_v7();
     let now = Utc::now() + chrono::Duration::seconds(2);
     let claimed = store
-        .claim(&ClaimRequest {
-            lease: Lease {
-                owner,
-                until: now + chrono::Duration::seconds(60),
-            },
-            now,
-            limit: 10_000,
-            per_key_limit: 10_000,
-            dead_parks_key: true,
-        })
+        .claim(&claim_every_row(owner, now))
         .await
         .expect("claim");
     assert_eq!(
@@ -232,15 +231,7 @@ pub async fn assert_outbox_keeps_hostile_values<S: SqlStore>(
             .iter()
             .find(|e| e.id == want.id)
             .unwrap_or_else(|| panic!("row for {:?} is claimed", want.topic));
-        assert_eq!(got.topic, want.topic);
-        assert_eq!(got.key, want.key);
-        assert_eq!(got.idempotency_key, want.idempotency_key);
-        assert_eq!(got.headers, want.headers);
-        assert_eq!(
-            got.payload, want.payload,
-            "payload bytes for {:?}",
-            want.topic
-        );
+        crate::support::assert_same_fields(got, want, &format!("{:?}", want.topic));
     }
     for (id, s) in &enqueued {
         let got = claimed.iter().find(|e| e.id == *id).expect("enqueued row");
@@ -264,16 +255,7 @@ pub async fn assert_outbox_keeps_hostile_values<S: SqlStore>(
             .expect("mark_failed");
     }
     let reclaimed = store
-        .claim(&ClaimRequest {
-            lease: Lease {
-                owner,
-                until: now + chrono::Duration::seconds(60),
-            },
-            now: now + chrono::Duration::seconds(1),
-            limit: 10_000,
-            per_key_limit: 10_000,
-            dead_parks_key: true,
-        })
+        .claim(&claim_every_row(owner, now + chrono::Duration::seconds(1)))
         .await
         .expect("claim after failures");
     for want in &written {

@@ -387,6 +387,13 @@ mod tests {
             .expect("connect must not hang")
     }
 
+    /// A proxy in front of an echo server, and a connection through it.
+    async fn proxied_echo() -> (TcpProxy, TcpStream) {
+        let proxy = TcpProxy::start(echo_server().await.to_string()).await;
+        let stream = connect(&proxy).await.expect("the proxy accepts");
+        (proxy, stream)
+    }
+
     /// Sends `msg` and reads the echo back.
     async fn round_trip(stream: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
         stream.write_all(msg).await.expect("write");
@@ -409,8 +416,7 @@ mod tests {
 
     #[tokio::test]
     async fn forwards_cuts_refuses_and_comes_back_up() {
-        let proxy = TcpProxy::start(echo_server().await.to_string()).await;
-        let mut open = connect(&proxy).await.expect("the proxy accepts");
+        let (proxy, mut open) = proxied_echo().await;
         assert_eq!(round_trip(&mut open, b"hello").await, b"hello");
 
         proxy.set_down();
@@ -433,8 +439,7 @@ mod tests {
 
     #[tokio::test]
     async fn pause_holds_bytes_and_resume_releases_them() {
-        let proxy = TcpProxy::start(echo_server().await.to_string()).await;
-        let mut stream = connect(&proxy).await.expect("the proxy accepts");
+        let (proxy, mut stream) = proxied_echo().await;
         assert_eq!(round_trip(&mut stream, b"warm").await, b"warm");
 
         proxy.pause();
@@ -454,8 +459,7 @@ mod tests {
 
     #[tokio::test]
     async fn delay_slows_every_chunk() {
-        let proxy = TcpProxy::start(echo_server().await.to_string()).await;
-        let mut stream = connect(&proxy).await.expect("the proxy accepts");
+        let (proxy, mut stream) = proxied_echo().await;
         proxy.set_delay(Duration::from_millis(150));
         let started = Instant::now();
         assert_eq!(round_trip(&mut stream, b"slow").await, b"slow");

@@ -46,7 +46,10 @@ use txmsg_core::{
 };
 use uuid::Uuid;
 
-use crate::support::{LEASE_SECS, after_writes, claim_req, close, msg, secs};
+use crate::support::{
+    LEASE_SECS, after_writes, claim_req, close, dead_ids, dead_letters_ok, enqueue, mark_dead_ok,
+    mark_failed_ok, mark_sent_ok, msg, msgs, release_ok, secs, stats_ok,
+};
 crate::suite_macro! {
     $ store_conformance, store, [
         migrate_is_idempotent,
@@ -90,45 +93,30 @@ async fn claim_with<S: Store>(store: &S, req: &ClaimRequest) -> Vec<Envelope> {
     claimed
 }
 
-async fn release_ok<S: Store>(store: &S, ids: &[Uuid], owner: Uuid) {
-    store.release(ids, owner).await.expect("release failed");
+/// Fails unless nothing is claimable at `now` and the store counts no
+/// pending or dead row and `sent` sent ones.
+async fn assert_nothing_pending<S: Store>(store: &S, now: DateTime<Utc>, sent: u64) {
+    assert!(claim(store, Uuid::now_v7(), now).await.is_empty());
+    let stats = stats_ok(store).await;
+    assert_eq!((stats.pending, stats.sent, stats.dead), (0, sent, 0));
+    assert_eq!(stats.oldest_pending, None);
 }
 
-async fn mark_sent_ok<S: Store>(store: &S, ids: &[Uuid], at: DateTime<Utc>) {
-    store.mark_sent(ids, at).await.expect("mark_sent failed");
-}
-
-async fn mark_dead_ok<S: Store>(store: &S, id: Uuid, owner: Uuid, reason: &str, at: DateTime<Utc>) {
-    store
-        .mark_dead(id, owner, reason, at)
-        .await
-        .expect("mark_dead failed");
-}
-
-async fn mark_failed_ok<S: Store>(store: &S, failure: &Failure) {
-    store
-        .mark_failed(failure)
-        .await
-        .expect("mark_failed failed");
-}
-
-async fn stats_ok<S: Store>(store: &S) -> txmsg_core::OutboxStats {
-    store.stats().await.expect("stats failed")
+/// Fails unless a claim by `owner` at `now` gets `id` alone (`why` says
+/// why), then gives it back.
+async fn claim_only_then_release<S: Store>(
+    store: &S,
+    owner: Uuid,
+    now: DateTime<Utc>,
+    id: Uuid,
+    why: &str,
+) {
+    assert_eq!(ids(&claim(store, owner, now).await), vec![id], "{why}");
+    release_ok(store, &[id], owner).await;
 }
 
 fn ids(envelopes: &[Envelope]) -> Vec<Uuid> {
     envelopes.iter().map(|e| e.id).collect()
-}
-
-/// Writes `messages` in one committed transaction; returns their ids.
-async fn enqueue<S: SqlStore>(store: &S, messages: Vec<Message>) -> Vec<Uuid> {
-    let mut tx = Outbox::new(store).begin().await.expect("begin failed");
-    let mut ids = Vec::with_capacity(messages.len());
-    for m in messages {
-        ids.push(tx.enqueue(m).await.expect("enqueue failed"));
-    }
-    tx.commit().await.expect("commit failed");
-    ids
 }
 
 /// An envelope as the producer side builds it, for driving the writer
@@ -254,14 +242,7 @@ pub async fn rollback_writes_nothing<S: SqlStore>(store: &S) {
         .expect("enqueue failed");
     drop(tx);
 
-    assert!(
-        claim(store, Uuid::now_v7(), after_writes())
-            .await
-            .is_empty()
-    );
-    let stats = stats_ok(store).await;
-    assert_eq!((stats.pending, stats.sent, stats.dead), (0, 0, 0));
-    assert_eq!(stats.oldest_pending, None);
+    assert_nothing_pending(store, after_writes(), 0).await;
 }
 
 /// A second message with a topic's idempotency key is refused with
@@ -306,15 +287,7 @@ pub async fn duplicate_idempotency_key_is_reported<S: SqlStore>(store: &S) {
 /// A claim leases rows: no other claim gets them while the lease runs, and
 /// anyone gets them once `now` is past its end.
 pub async fn claim_leases_rows<S: SqlStore>(store: &S) {
-    let written = enqueue(
-        store,
-        vec![
-            msg("conf.lease", None, 1),
-            msg("conf.lease", None, 2),
-            msg("conf.lease", None, 3),
-        ],
-    )
-    .await;
+    let written = enqueue(store, msgs("conf.lease", &[None, None, None])).await;
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     let t0 = after_writes();
 
@@ -348,11 +321,7 @@ pub async fn claim_leases_rows<S: SqlStore>(store: &S) {
 /// Sent rows are never claimed again, are counted as sent, and marking them
 /// again changes nothing.
 pub async fn mark_sent_finishes_rows<S: SqlStore>(store: &S) {
-    let written = enqueue(
-        store,
-        vec![msg("conf.sent", Some("k"), 1), msg("conf.sent", None, 2)],
-    )
-    .await;
+    let written = enqueue(store, msgs("conf.sent", &[Some("k"), None])).await;
     let a = Uuid::now_v7();
     let t0 = after_writes();
     assert_eq!(claim(store, a, t0).await.len(), 2);
@@ -373,14 +342,7 @@ pub async fn mark_sent_finishes_rows<S: SqlStore>(store: &S) {
         .await
         .expect("marking sent rows again failed");
 
-    assert!(
-        claim(store, Uuid::now_v7(), later + secs(3600))
-            .await
-            .is_empty()
-    );
-    let stats = stats_ok(store).await;
-    assert_eq!((stats.pending, stats.sent, stats.dead), (0, 2, 0));
-    assert_eq!(stats.oldest_pending, None);
+    assert_nothing_pending(store, later + secs(3600), 2).await;
 }
 
 /// A failed attempt counts, releases the lease, and hides the row until its
@@ -459,19 +421,13 @@ pub async fn mark_dead_lists_and_replays<S: SqlStore>(store: &S) {
     assert_eq!(ids(&claim(store, a, t0).await), vec![x]);
 
     mark_dead_ok(store, y, b, "not the owner", t0).await;
-    let none = store
-        .dead_letters(&DeadFilter::default())
-        .await
-        .expect("dead_letters failed");
+    let none = dead_letters_ok(store, &DeadFilter::default()).await;
     assert!(none.is_empty(), "only the lease holder may mark a row dead");
 
     mark_dead_ok(store, x, a, "payload too large", t0 + secs(1)).await;
     mark_dead_ok(store, y, a, "expired", t0 + secs(2)).await;
 
-    let dead = store
-        .dead_letters(&DeadFilter::default())
-        .await
-        .expect("dead_letters failed");
+    let dead = dead_letters_ok(store, &DeadFilter::default()).await;
     let listed: Vec<(Uuid, &str)> = dead
         .iter()
         .map(|d| (d.envelope.id, d.reason.as_str()))
@@ -491,28 +447,12 @@ pub async fn mark_dead_lists_and_replays<S: SqlStore>(store: &S) {
         "one failure, then the attempt that went dead"
     );
 
-    let by_topic = store
-        .dead_letters(&DeadFilter::default().topic("conf.dead-b"))
-        .await;
-    assert_eq!(
-        by_topic
-            .expect("dead_letters failed")
-            .iter()
-            .map(|d| d.envelope.id)
-            .collect::<Vec<_>>(),
-        vec![y]
-    );
-    let by_key = store.dead_letters(&DeadFilter::default().key("k1")).await;
-    assert_eq!(
-        by_key
-            .expect("dead_letters failed")
-            .iter()
-            .map(|d| d.envelope.id)
-            .collect::<Vec<_>>(),
-        vec![x]
-    );
-    let limited = store.dead_letters(&DeadFilter::default().limit(1)).await;
-    assert_eq!(limited.expect("dead_letters failed").len(), 1);
+    let by_topic = dead_letters_ok(store, &DeadFilter::default().topic("conf.dead-b")).await;
+    assert_eq!(dead_ids(&by_topic), vec![y]);
+    let by_key = dead_letters_ok(store, &DeadFilter::default().key("k1")).await;
+    assert_eq!(dead_ids(&by_key), vec![x]);
+    let limited = dead_letters_ok(store, &DeadFilter::default().limit(1)).await;
+    assert_eq!(limited.len(), 1);
 
     let stats = stats_ok(store).await;
     assert_eq!((stats.pending, stats.dead), (1, 2));
@@ -547,27 +487,14 @@ pub async fn mark_dead_lists_and_replays<S: SqlStore>(store: &S) {
     let replayed = claim(store, b, replay_at).await;
     assert_eq!(ids(&replayed), vec![x]);
     assert_eq!(replayed[0].attempts, 0, "replay resets attempts");
-    let dead = store
-        .dead_letters(&DeadFilter::default())
-        .await
-        .expect("dead_letters failed");
-    assert_eq!(
-        dead.iter().map(|d| d.envelope.id).collect::<Vec<_>>(),
-        vec![y]
-    );
+    let dead = dead_letters_ok(store, &DeadFilter::default()).await;
+    assert_eq!(dead_ids(&dead), vec![y]);
 }
 
 /// `release` gives the holder's rows back at once, without counting an
 /// attempt; another relay's release changes nothing.
 pub async fn release_gives_rows_back<S: SqlStore>(store: &S) {
-    let written = enqueue(
-        store,
-        vec![
-            msg("conf.release", Some("k"), 1),
-            msg("conf.release", None, 2),
-        ],
-    )
-    .await;
+    let written = enqueue(store, msgs("conf.release", &[Some("k"), None])).await;
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     let t0 = after_writes();
     assert_eq!(claim(store, a, t0).await.len(), 2);
@@ -627,19 +554,12 @@ pub async fn purge_sent_deletes_old_sent_rows_in_batches<S: SqlStore>(store: &S)
 /// keyless rows alike.
 pub async fn claim_keeps_key_order<S: SqlStore>(store: &S) {
     let t = "conf.order";
-    let written = enqueue(
-        store,
-        vec![
-            msg(t, Some("a"), 1),
-            msg(t, Some("b"), 2),
-            msg(t, None, 3),
-            msg(t, Some("a"), 4),
-            msg(t, Some("b"), 5),
-            msg(t, Some("a"), 6),
-            msg("conf.order-other", Some("a"), 7),
-        ],
-    )
-    .await;
+    let mut messages = msgs(
+        t,
+        &[Some("a"), Some("b"), None, Some("a"), Some("b"), Some("a")],
+    );
+    messages.push(msg("conf.order-other", Some("a"), 7));
+    let written = enqueue(store, messages).await;
     let mut sorted = written.clone();
     sorted.sort();
     assert_eq!(written, sorted, "ids must sort in write order");
@@ -656,18 +576,9 @@ pub async fn claim_keeps_key_order<S: SqlStore>(store: &S) {
 /// another topic) flow.
 pub async fn leased_head_holds_back_its_key<S: SqlStore>(store: &S) {
     let t = "conf.held";
-    let w = enqueue(
-        store,
-        vec![
-            msg(t, Some("a"), 1),
-            msg(t, Some("a"), 2),
-            msg(t, Some("b"), 3),
-            msg(t, None, 4),
-            msg(t, Some("a"), 5),
-            msg("conf.held-other", Some("a"), 6),
-        ],
-    )
-    .await;
+    let mut messages = msgs(t, &[Some("a"), Some("a"), Some("b"), None, Some("a")]);
+    messages.push(msg("conf.held-other", Some("a"), 6));
+    let w = enqueue(store, messages).await;
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     let t0 = after_writes();
 
@@ -690,15 +601,7 @@ pub async fn leased_head_holds_back_its_key<S: SqlStore>(store: &S) {
 /// those.
 pub async fn retry_holds_back_its_key<S: SqlStore>(store: &S) {
     let t = "conf.retry-order";
-    let w = enqueue(
-        store,
-        vec![
-            msg(t, Some("a"), 1),
-            msg(t, Some("a"), 2),
-            msg(t, Some("b"), 3),
-        ],
-    )
-    .await;
+    let w = enqueue(store, msgs(t, &[Some("a"), Some("a"), Some("b")])).await;
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     let t0 = after_writes();
     assert_eq!(ids(&claim(store, a, t0).await), w);
@@ -735,11 +638,7 @@ pub async fn retry_holds_back_its_key<S: SqlStore>(store: &S) {
 /// until it is replayed; without it they flow.
 pub async fn dead_row_parks_its_key<S: SqlStore>(store: &S) {
     let t = "conf.park";
-    let w = enqueue(
-        store,
-        vec![msg(t, Some("a"), 1), msg(t, Some("a"), 2), msg(t, None, 3)],
-    )
-    .await;
+    let w = enqueue(store, msgs(t, &[Some("a"), Some("a"), None])).await;
     let owners: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
     let t0 = after_writes();
     assert_eq!(ids(&claim(store, owners[0], t0).await), w);
@@ -797,33 +696,17 @@ pub async fn claim_stops_a_key_at_its_first_unclaimable_row<S: SqlStore>(store: 
     };
     mark_failed_ok(store, &failure).await;
     release_ok(store, &[w[0], w[2], w[3]], owners[0]).await;
-    assert_eq!(
-        ids(&claim(store, owners[1], t0).await),
-        vec![w[0]],
-        "a retry closes the run"
-    );
-    release_ok(store, &[w[0]], owners[1]).await;
+    claim_only_then_release(store, owners[1], t0, w[0], "a retry closes the run").await;
 
     // The second row is leased elsewhere.
     let t1 = t0 + secs(60);
     assert_eq!(ids(&claim(store, owners[2], t1).await), w);
     release_ok(store, &[w[0], w[2], w[3]], owners[2]).await;
-    assert_eq!(
-        ids(&claim(store, owners[3], t1).await),
-        vec![w[0]],
-        "a lease closes the run"
-    );
-    release_ok(store, &[w[0]], owners[3]).await;
+    claim_only_then_release(store, owners[3], t1, w[0], "a lease closes the run").await;
 
     // The second row is dead.
     mark_dead_ok(store, w[1], owners[2], "poison", t1).await;
-    let parked = claim_req(owners[4], t1, 100);
-    assert_eq!(
-        ids(&claim_with(store, &parked).await),
-        vec![w[0]],
-        "a dead row closes the run"
-    );
-    release_ok(store, &[w[0]], owners[4]).await;
+    claim_only_then_release(store, owners[4], t1, w[0], "a dead row closes the run").await;
     let skipping = ClaimRequest {
         dead_parks_key: false,
         ..claim_req(owners[5], t1, 100)
@@ -1119,7 +1002,7 @@ pub async fn topic_stats_count_each_topic<S: SqlStore>(store: &S) {
         (0..4).map(|n| msg(ta, Some("k"), n)).collect::<Vec<_>>(),
     )
     .await;
-    let b = enqueue(store, vec![msg(tb, None, 1), msg(tb, None, 2)]).await;
+    let b = enqueue(store, msgs(tb, &[None, None])).await;
 
     let owner = Uuid::now_v7();
     let t0 = after_writes();
@@ -1240,9 +1123,6 @@ pub async fn dead_letter_by_id_and_purge_dead<S: SqlStore>(store: &S) {
             .is_none()
     );
 
-    let dead_ids = |dead: Vec<txmsg_core::DeadLetter>| {
-        dead.into_iter().map(|d| d.envelope.id).collect::<Vec<_>>()
-    };
     let far = t0 + secs(3600);
 
     // By key: k1 of topic a and of topic b; the cut-off keeps b's (dead at +4 s).
@@ -1251,23 +1131,13 @@ pub async fn dead_letter_by_id_and_purge_dead<S: SqlStore>(store: &S) {
         .await
         .expect("purge_dead failed");
     assert_eq!(purged, 1, "only k1's rows dead before the cut-off");
-    let left = dead_ids(
-        store
-            .dead_letters(&DeadFilter::default())
-            .await
-            .expect("dead_letters failed"),
-    );
+    let left = dead_ids(&dead_letters_ok(store, &DeadFilter::default()).await);
     assert_eq!(left, vec![written[1], written[2], written[3]]);
 
     // By topic, in batches of one, oldest first.
     let batch = DeadFilter::default().topic(ta).limit(1);
     assert_eq!(store.purge_dead(&batch, far).await.expect("purge"), 1);
-    let left = dead_ids(
-        store
-            .dead_letters(&DeadFilter::default())
-            .await
-            .expect("dead_letters failed"),
-    );
+    let left = dead_ids(&dead_letters_ok(store, &DeadFilter::default()).await);
     assert_eq!(left, vec![written[2], written[3]], "the oldest goes first");
     assert_eq!(store.purge_dead(&batch, far).await.expect("purge"), 1);
     assert_eq!(store.purge_dead(&batch, far).await.expect("purge"), 0);
@@ -1317,12 +1187,7 @@ pub async fn an_unreadable_row_is_dead_lettered<S, C, CF, R, RF>(
     let t = "conf.unreadable";
     let w = enqueue(
         store,
-        vec![
-            msg(t, Some("k"), 1),
-            msg(t, Some("k"), 2),
-            msg(t, Some("k"), 3),
-            msg(t, Some("other"), 4),
-        ],
+        msgs(t, &[Some("k"), Some("k"), Some("k"), Some("other")]),
     )
     .await;
     corrupt(w[1]).await;

@@ -3,7 +3,10 @@
 use std::future::Future;
 
 use chrono::{DateTime, Duration, Utc};
-use txmsg_core::{ClaimRequest, Lease, Message, Store};
+use txmsg_core::{
+    ClaimRequest, DeadFilter, DeadLetter, Envelope, Failure, Lease, Message, Outbox, OutboxStats,
+    SqlStore, Store,
+};
 use uuid::Uuid;
 
 /// How long the suites' claims lease their rows, in seconds.
@@ -45,6 +48,87 @@ pub(crate) fn msg(topic: &str, key: Option<&str>, n: u32) -> Message {
         Some(k) => m.key(k),
         None => m,
     }
+}
+
+/// One message of `topic` per entry of `keys`, with the payloads 1, 2, ...
+pub(crate) fn msgs(topic: &str, keys: &[Option<&str>]) -> Vec<Message> {
+    keys.iter()
+        .zip(1..)
+        .map(|(k, n)| msg(topic, *k, n))
+        .collect()
+}
+
+/// Writes `messages` in one committed transaction; returns their ids.
+pub(crate) async fn enqueue<S: SqlStore>(store: &S, messages: Vec<Message>) -> Vec<Uuid> {
+    let mut tx = Outbox::new(store).begin().await.expect("begin failed");
+    let mut ids = Vec::with_capacity(messages.len());
+    for m in messages {
+        ids.push(tx.enqueue(m).await.expect("enqueue failed"));
+    }
+    tx.commit().await.expect("commit failed");
+    ids
+}
+
+// The store's own methods, failing the case when they fail.
+
+pub(crate) async fn stats_ok<S: Store>(store: &S) -> OutboxStats {
+    store.stats().await.expect("stats failed")
+}
+
+pub(crate) async fn release_ok<S: Store>(store: &S, ids: &[Uuid], owner: Uuid) {
+    store.release(ids, owner).await.expect("release failed");
+}
+
+pub(crate) async fn mark_sent_ok<S: Store>(store: &S, ids: &[Uuid], at: DateTime<Utc>) {
+    store.mark_sent(ids, at).await.expect("mark_sent failed");
+}
+
+pub(crate) async fn mark_dead_ok<S: Store>(
+    store: &S,
+    id: Uuid,
+    owner: Uuid,
+    reason: &str,
+    at: DateTime<Utc>,
+) {
+    store
+        .mark_dead(id, owner, reason, at)
+        .await
+        .expect("mark_dead failed");
+}
+
+pub(crate) async fn mark_failed_ok<S: Store>(store: &S, failure: &Failure) {
+    store
+        .mark_failed(failure)
+        .await
+        .expect("mark_failed failed");
+}
+
+pub(crate) async fn dead_letters_ok<S: Store>(store: &S, filter: &DeadFilter) -> Vec<DeadLetter> {
+    store
+        .dead_letters(filter)
+        .await
+        .expect("dead_letters failed")
+}
+
+/// The ids of `dead`, in their order.
+pub(crate) fn dead_ids(dead: &[DeadLetter]) -> Vec<Uuid> {
+    dead.iter().map(|d| d.envelope.id).collect()
+}
+
+/// Fails unless `got` carries `want`'s topic, key, idempotency key,
+/// headers and exact payload bytes (`what` names the row in a failure).
+pub(crate) fn assert_same_fields(got: &Envelope, want: &Envelope, what: &str) {
+    assert_eq!(got.topic, want.topic, "{what}: topic");
+    assert_eq!(got.key, want.key, "{what}: key");
+    assert_eq!(
+        got.idempotency_key, want.idempotency_key,
+        "{what}: idempotency key"
+    );
+    assert_eq!(got.headers, want.headers, "{what}: headers");
+    assert_eq!(
+        got.payload, want.payload,
+        "{what}: the payload bytes must be kept exactly"
+    );
 }
 
 /// Takes the store's tables back to the previous version with
