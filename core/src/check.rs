@@ -153,6 +153,71 @@ pub fn backoff(
     }
 }
 
+/// `value` unless it is empty.
+///
+/// # Errors
+///
+/// [`Error::Config`] for `field`: "must not be empty".
+pub fn not_empty<S: AsRef<str>>(field: &'static str, value: S) -> Result<S> {
+    if value.as_ref().is_empty() {
+        Err(Error::config(field, "must not be empty"))
+    } else {
+        Ok(value)
+    }
+}
+
+/// `value` if it is at most `max` bytes long.
+///
+/// # Errors
+///
+/// [`Error::Config`] for `field`: "must be at most `max` bytes".
+pub fn at_most_bytes<S: AsRef<str>>(field: &'static str, value: S, max: usize) -> Result<S> {
+    if value.as_ref().len() <= max {
+        Ok(value)
+    } else {
+        Err(Error::config(field, format!("must be at most {max} bytes")))
+    }
+}
+
+/// `value` if it is `min` to `max` bytes long, both included.
+///
+/// # Errors
+///
+/// [`Error::Config`] for `field`: "must be `min` to `max` bytes long".
+pub fn byte_len<S: AsRef<str>>(field: &'static str, value: S, min: usize, max: usize) -> Result<S> {
+    let len = value.as_ref().len();
+    if min <= len && len <= max {
+        Ok(value)
+    } else {
+        Err(Error::config(
+            field,
+            format!("must be {min} to {max} bytes long"),
+        ))
+    }
+}
+
+/// `value` if it holds only ASCII letters, digits, `-` and `_`: a name
+/// that every broker takes as it is.
+///
+/// # Errors
+///
+/// [`Error::Config`] for `field`: "may hold only ASCII letters, digits,
+/// `-` and `_`".
+pub fn word<S: AsRef<str>>(field: &'static str, value: S) -> Result<S> {
+    if value
+        .as_ref()
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        Ok(value)
+    } else {
+        Err(Error::config(
+            field,
+            "may hold only ASCII letters, digits, `-` and `_`",
+        ))
+    }
+}
+
 /// A setting's value as a config file writes it: durations as `"30s"` or
 /// `"1h 30m"` (through humantime-serde), everything else as serde reads it.
 /// The configs' fields read through [`setting`].
@@ -227,6 +292,12 @@ where
 /// `tls "<crate>" { <docs> }` those of the TLS files, refused without the
 /// crate's `tls` feature.
 ///
+/// It also writes `validate`, which runs every setter on the config's own
+/// values, as a deserialized config needs: first the caller's
+/// `fn with_plain_settings_of(self, from: &Self) -> Result<Self>`, which
+/// sets the plain fields other than `source` from `from` through their
+/// setters, then `source`, the checked settings and the TLS files.
+///
 /// ```
 /// use std::time::Duration;
 ///
@@ -242,10 +313,19 @@ where
 ///     }
 /// }
 ///
+/// impl DemoConfig {
+///     // No plain settings but `source`: nothing to set.
+///     fn with_plain_settings_of(self, _: &Self) -> txmsg_core::Result<Self> {
+///         Ok(self)
+///     }
+/// }
+///
 /// assert!(DemoConfig::default().with_ack_wait(Duration::ZERO).is_err());
 /// let config: DemoConfig = serde_json::from_str(r#"{ "ack_wait": "2s" }"#)?;
 /// assert_eq!(config.ack_wait(), Duration::from_secs(2));
 /// assert_eq!(config.source(), "/txmsg");
+/// let config: DemoConfig = serde_json::from_str(r#"{ "ack_wait": "0s" }"#)?;
+/// assert!(config.validate().is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[macro_export]
@@ -304,8 +384,32 @@ macro_rules! broker_settings {
                 }
             )*
         }
+        impl $config {
+            /// Checks every setting as its setter does: what a deserialized
+            /// config needs before use. Connecting the broker runs it.
+            ///
+            /// # Errors
+            ///
+            /// [`Error::Config`](txmsg_core::Error::Config) naming the first
+            /// setting that breaks its rule.
+            pub fn validate(&self) -> $crate::Result<()> {
+                $crate::broker_settings!(@validate self $(, $adapter)?;
+                    $config::default()
+                        .with_plain_settings_of(self)?
+                        .with_source(self.source.clone())?
+                        $( .$with(self.$field)? )*
+                );
+                Ok(())
+            }
+        }
         $crate::broker_settings!(@source $config);
         $( $crate::broker_settings!(@tls $config, $adapter, $(#[doc = $tls_doc])+); )?
+    };
+    (@validate $from:expr, $adapter:literal; $checked:expr) => {
+        $checked.with_tls($from.tls.clone())?
+    };
+    (@validate $from:expr; $checked:expr) => {
+        $checked
     };
     (@source $config:ident) => {
         impl $config {
@@ -389,6 +493,27 @@ mod tests {
             reason(whole_seconds("f", ms(5_500), s(5), s(65_535)).unwrap_err()),
             "must be whole seconds from 5 s to 65535 s"
         );
+        assert_eq!(not_empty("f", "a").unwrap(), "a");
+        assert_eq!(reason(not_empty("f", "").unwrap_err()), "must not be empty");
+        assert_eq!(at_most_bytes("f", "", 2).unwrap(), "");
+        assert_eq!(
+            reason(at_most_bytes("f", "abc", 2).unwrap_err()),
+            "must be at most 2 bytes"
+        );
+        assert_eq!(byte_len("f", "ab", 1, 2).unwrap(), "ab");
+        for bad in ["", "abc"] {
+            assert_eq!(
+                reason(byte_len("f", bad, 1, 2).unwrap_err()),
+                "must be 1 to 2 bytes long"
+            );
+        }
+        assert_eq!(word("f", "a-Z_9").unwrap(), "a-Z_9");
+        for bad in ["a.b", "é", "a b"] {
+            assert_eq!(
+                reason(word("f", bad).unwrap_err()),
+                "may hold only ASCII letters, digits, `-` and `_`"
+            );
+        }
         assert!(backoff("min", ms(10), "max", s(1)).is_ok());
         for bad in [Duration::ZERO, s(2)] {
             assert_eq!(

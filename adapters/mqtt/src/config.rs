@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use txmsg_core::tls::TlsFiles;
-use txmsg_core::{Error, Result};
+use txmsg_core::{Error, Result, check};
 
 use crate::url::Endpoint;
 
@@ -91,24 +91,12 @@ const MAX_PREFIX_LEN: usize = 128;
 const MAX_CLIENT_ID_PREFIX_LEN: usize = 64;
 
 impl MqttConfig {
-    /// Checks every setting as its setter does: what a deserialized config
-    /// needs before use. [`MqttBroker::connect`](crate::MqttBroker::connect) runs it.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] naming the first setting that breaks its rule.
-    pub fn validate(&self) -> Result<()> {
-        MqttConfig::default()
-            .with_topic_prefix(&self.topic_prefix)?
-            .with_client_id_prefix(&self.client_id_prefix)?
-            .with_source(self.source.clone())?
-            .with_keep_alive(self.keep_alive)?
-            .with_session_expiry(self.session_expiry)?
-            .with_connect_timeout(self.connect_timeout)?
-            .with_publish_timeout(self.publish_timeout)?
-            .with_max_packet_size(self.max_packet_size)?
-            .with_tls(self.tls.clone())?;
-        Ok(())
+    /// Sets the plain settings but `source` from `from`, through their
+    /// setters: the part of [`validate`](Self::validate) that is this
+    /// config's own.
+    fn with_plain_settings_of(self, from: &Self) -> Result<Self> {
+        self.with_topic_prefix(&from.topic_prefix)?
+            .with_client_id_prefix(&from.client_id_prefix)
     }
 
     /// Sets what every MQTT topic starts with (default `txmsg/`): topic
@@ -119,9 +107,7 @@ impl MqttConfig {
     /// [`Error::Config`] if the prefix holds a wildcard (`+`, `#`), a NUL or
     /// control character, starts with `$`, or is longer than 128 bytes.
     pub fn with_topic_prefix(mut self, prefix: &str) -> Result<Self> {
-        if prefix.len() > MAX_PREFIX_LEN {
-            return Err(Error::config("topic_prefix", "must be at most 128 bytes"));
-        }
+        check::at_most_bytes("topic_prefix", prefix, MAX_PREFIX_LEN)?;
         if prefix.starts_with('$') {
             return Err(Error::config("topic_prefix", "must not start with `$`"));
         }
@@ -146,22 +132,8 @@ impl MqttConfig {
     /// [`Error::Config`] unless it is 1 to 64 ASCII letters, digits, `-`
     /// or `_`.
     pub fn with_client_id_prefix(mut self, prefix: &str) -> Result<Self> {
-        if prefix.is_empty() || prefix.len() > MAX_CLIENT_ID_PREFIX_LEN {
-            return Err(Error::config(
-                "client_id_prefix",
-                "must be 1 to 64 bytes long",
-            ));
-        }
-        if !prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(Error::config(
-                "client_id_prefix",
-                "may hold only ASCII letters, digits, `-` and `_`",
-            ));
-        }
-        self.client_id_prefix = prefix.to_owned();
+        let prefix = check::byte_len("client_id_prefix", prefix, 1, MAX_CLIENT_ID_PREFIX_LEN)?;
+        self.client_id_prefix = check::word("client_id_prefix", prefix)?.to_owned();
         Ok(self)
     }
 

@@ -557,6 +557,28 @@ impl NatsAcker {
             held.remove(id);
         }
     }
+
+    /// Waits, at most the ack timeout, for the server's answer to the ack
+    /// or nak `answer` (`what` it does, for the error), then frees the
+    /// delivery's permit.
+    async fn settle<E: fmt::Display>(
+        &mut self,
+        what: &str,
+        answer: impl Future<Output = std::result::Result<(), E>>,
+    ) -> Result<()> {
+        self.release();
+        let result = match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(failure(&self.client, what, ErrorText(e.to_string()))),
+            Err(_) => Err(failure(
+                &self.client,
+                what,
+                ErrorText(format!("no answer within {:?}", self.timeout)),
+            )),
+        };
+        drop(self.permit.take());
+        result
+    }
 }
 
 impl fmt::Debug for NatsAcker {
@@ -573,22 +595,8 @@ impl Acker for NatsAcker {
             let Some(acker) = self.acker.take() else {
                 return Ok(());
             };
-            self.release();
-            let result = match tokio::time::timeout(self.timeout, acker.double_ack()).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(failure(
-                    &self.client,
-                    "acknowledging a delivery",
-                    ErrorText(e.to_string()),
-                )),
-                Err(_) => Err(failure(
-                    &self.client,
-                    "acknowledging a delivery",
-                    ErrorText(format!("no answer within {:?}", self.timeout)),
-                )),
-            };
-            drop(self.permit.take());
-            result
+            self.settle("acknowledging a delivery", acker.double_ack())
+                .await
         })
     }
 
@@ -601,23 +609,8 @@ impl Acker for NatsAcker {
             let Some(acker) = self.acker.take() else {
                 return Ok(());
             };
-            self.release();
             let nak = acker.double_ack_with(jetstream::AckKind::Nak(None));
-            let result = match tokio::time::timeout(self.timeout, nak).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(failure(
-                    &self.client,
-                    "handing a delivery back",
-                    ErrorText(e.to_string()),
-                )),
-                Err(_) => Err(failure(
-                    &self.client,
-                    "handing a delivery back",
-                    ErrorText(format!("no answer within {:?}", self.timeout)),
-                )),
-            };
-            drop(self.permit.take());
-            result
+            self.settle("handing a delivery back", nak).await
         })
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use txmsg_core::tls::TlsFiles;
-use txmsg_core::{Error, Result};
+use txmsg_core::{Error, Result, check};
 
 txmsg_core::broker_settings! {
     /// Settings of a [`NatsBroker`](crate::NatsBroker), checked as they are set.
@@ -103,24 +103,12 @@ const MAX_STREAM_LEN: usize = 64;
 const MAX_PREFIX_LEN: usize = 128;
 
 impl NatsConfig {
-    /// Checks every setting as its setter does: what a deserialized config
-    /// needs before use. [`NatsBroker::connect`](crate::NatsBroker::connect) runs it.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] naming the first setting that breaks its rule.
-    pub fn validate(&self) -> Result<()> {
-        NatsConfig::default()
-            .with_stream(self.stream.clone())?
-            .with_subject_prefix(self.subject_prefix.clone())?
-            .with_duplicate_window(self.duplicate_window)?
-            .with_ack_wait(self.ack_wait)?
-            .with_max_ack_pending(self.max_ack_pending)?
-            .with_connect_timeout(self.connect_timeout)?
-            .with_publish_timeout(self.publish_timeout)?
-            .with_source(self.source.clone())?
-            .with_tls(self.tls.clone())?;
-        Ok(())
+    /// Sets the plain settings but `source` from `from`, through their
+    /// setters: the part of [`validate`](Self::validate) that is this
+    /// config's own.
+    fn with_plain_settings_of(self, from: &Self) -> Result<Self> {
+        self.with_stream(from.stream.clone())?
+            .with_subject_prefix(from.subject_prefix.clone())
     }
 
     /// Names the JetStream stream, created (or updated) when the broker
@@ -132,13 +120,7 @@ impl NatsConfig {
     /// [`Error::Config`] for `stream` if the name is empty, longer than 64
     /// bytes, or contains anything but ASCII letters, digits, `-` and `_`.
     pub fn with_stream(mut self, stream: impl Into<String>) -> Result<Self> {
-        let stream = stream.into();
-        if stream.is_empty() || stream.len() > MAX_STREAM_LEN {
-            return Err(Error::config(
-                "stream",
-                format!("must be 1 to {MAX_STREAM_LEN} bytes long"),
-            ));
-        }
+        let stream = check::byte_len("stream", stream.into(), 1, MAX_STREAM_LEN)?;
         if !stream
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -161,13 +143,7 @@ impl NatsConfig {
     /// 128 bytes, has an empty token (`a..b`, a leading or trailing `.`) or
     /// contains anything but ASCII letters, digits, `-`, `_` and `.`.
     pub fn with_subject_prefix(mut self, prefix: impl Into<String>) -> Result<Self> {
-        let prefix = prefix.into();
-        if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN {
-            return Err(Error::config(
-                "subject_prefix",
-                format!("must be 1 to {MAX_PREFIX_LEN} bytes long"),
-            ));
-        }
+        let prefix = check::byte_len("subject_prefix", prefix.into(), 1, MAX_PREFIX_LEN)?;
         if prefix.split('.').any(str::is_empty) {
             return Err(Error::config(
                 "subject_prefix",

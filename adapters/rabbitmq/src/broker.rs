@@ -3,15 +3,15 @@
 use std::fmt;
 use std::sync::Arc;
 
-use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Confirmation, message::BasicReturnMessage};
+use lapin::{Channel, Confirmation, message::BasicReturnMessage};
 use tracing::{Instrument, debug, debug_span};
 use txmsg_core::consumer::{SubscribeSpec, Subscription};
 use txmsg_core::{Broker, Envelope, Error, Result};
 
 use crate::config::RabbitConfig;
-use crate::link::{Down, Shared, broker_error, driver_error};
+use crate::link::{Down, Shared, broker_error, declare_bound_queue, driver_error};
 use crate::url::BrokerUrl;
 
 /// Reply code of a normal close.
@@ -140,45 +140,19 @@ impl RabbitBroker {
     /// Dropping the future may leave the queue declared but not yet bound;
     /// calling again completes it.
     pub async fn bind_queue(&self, queue: &str, topic_pattern: &str) -> Result<()> {
-        let queue_name = short("queue", queue)?;
+        let queue = short("queue", queue)?;
         let pattern = short("topic_pattern", topic_pattern)?;
-        let link = self.shared.link()?;
-        let channel = link
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| broker_error("could not open a rabbitmq channel", e))?;
-        channel
-            .queue_declare(
-                queue_name.clone(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| broker_error(format!("declaring queue `{queue}` failed"), e))?;
-        channel
-            .queue_bind(
-                queue_name,
-                self.shared.exchange.clone(),
-                pattern,
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| {
-                broker_error(
-                    format!(
-                        "binding queue `{queue}` to exchange `{}` with `{topic_pattern}` failed",
-                        self.exchange()
-                    ),
-                    e,
-                )
-            })?;
+        let channel = self.declaring_channel().await?;
+        declare_bound_queue(
+            &channel,
+            &queue,
+            &self.shared.exchange,
+            &pattern,
+            broker_error,
+        )
+        .await?;
         // The declaration and binding are done; a failed close changes nothing.
-        let _ = channel.close(REPLY_SUCCESS, "OK".into()).await;
+        close_declaring(channel).await;
         Ok(())
     }
 
@@ -192,12 +166,7 @@ impl RabbitBroker {
     pub async fn unbind_queue(&self, queue: &str, topic_pattern: &str) -> Result<()> {
         let queue_name = short("queue", queue)?;
         let pattern = short("topic_pattern", topic_pattern)?;
-        let link = self.shared.link()?;
-        let channel = link
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| broker_error("could not open a rabbitmq channel", e))?;
+        let channel = self.declaring_channel().await?;
         channel
             .queue_unbind(
                 queue_name,
@@ -212,7 +181,7 @@ impl RabbitBroker {
                     e,
                 )
             })?;
-        let _ = channel.close(REPLY_SUCCESS, "OK".into()).await;
+        close_declaring(channel).await;
         Ok(())
     }
 
@@ -240,18 +209,19 @@ impl RabbitBroker {
     pub async fn delete_group_queue(&self, group: &str, topic: &str) -> Result<()> {
         let name = self.queue_name(group, topic)?;
         let queue = short("queue", &name)?;
-        let link = self.shared.link()?;
-        let channel = link
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| broker_error("could not open a rabbitmq channel", e))?;
+        let channel = self.declaring_channel().await?;
         channel
             .queue_delete(queue, lapin::options::QueueDeleteOptions::default())
             .await
             .map_err(|e| broker_error(format!("deleting queue `{name}` failed"), e))?;
-        let _ = channel.close(REPLY_SUCCESS, "OK".into()).await;
+        close_declaring(channel).await;
         Ok(())
+    }
+
+    /// A channel of its own for one declaration, so that a refusal does not
+    /// disturb publishes in flight.
+    async fn declaring_channel(&self) -> Result<Channel> {
+        self.shared.link()?.open_channel(broker_error).await
     }
 
     /// Closes the connection after the confirms of publishes in flight have
@@ -435,6 +405,12 @@ impl Broker for RabbitBroker {
     async fn subscribe(&self, spec: &SubscribeSpec) -> Result<Subscription> {
         crate::consume::subscribe(&self.shared, spec).await
     }
+}
+
+/// Closes a channel of [`RabbitBroker::declaring_channel`] once its work is
+/// done: a failed close changes nothing.
+async fn close_declaring(channel: Channel) {
+    let _ = channel.close(REPLY_SUCCESS, "OK".into()).await;
 }
 
 /// `value` as an AMQP short string, or a config error for `field`.

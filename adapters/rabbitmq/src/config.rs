@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use txmsg_core::{Error, Result};
+use txmsg_core::{Error, Result, check};
 
 txmsg_core::broker_settings! {
     /// Settings of a [`RabbitBroker`](crate::RabbitBroker), checked as they are set.
@@ -63,21 +63,14 @@ const MAX_EXCHANGE_LEN: usize = 255;
 const MAX_CONNECTION_NAME_LEN: usize = 255;
 
 impl RabbitConfig {
-    /// Checks every setting as its setter does: what a deserialized config
-    /// needs before use. [`RabbitBroker::connect`](crate::RabbitBroker::connect) runs it.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] naming the first setting that breaks its rule.
-    pub fn validate(&self) -> Result<()> {
-        RabbitConfig::default()
-            .with_exchange(&self.exchange)?
-            .with_mandatory(self.mandatory)
-            .with_source(self.source.clone())?
-            .with_connection_name(&self.connection_name)?
-            .with_reconnect_backoff(self.reconnect_min, self.reconnect_max)?
-            .with_connect_timeout(self.connect_timeout)?;
-        Ok(())
+    /// Sets the plain settings but `source` from `from`, through their
+    /// setters: the part of [`validate`](Self::validate) that is this
+    /// config's own.
+    fn with_plain_settings_of(self, from: &Self) -> Result<Self> {
+        self.with_exchange(&from.exchange)?
+            .with_mandatory(from.mandatory)
+            .with_connection_name(&from.connection_name)?
+            .with_reconnect_backoff(from.reconnect_min, from.reconnect_max)
     }
 
     /// Names the exchange messages are published to.
@@ -92,15 +85,8 @@ impl RabbitConfig {
     /// 255 bytes, contains anything but ASCII letters, digits, `-`, `_`, `.`
     /// and `:`, or starts with `amq.` (reserved by RabbitMQ).
     pub fn with_exchange(mut self, name: &str) -> Result<Self> {
-        if name.is_empty() {
-            return Err(Error::config("exchange", "must not be empty"));
-        }
-        if name.len() > MAX_EXCHANGE_LEN {
-            return Err(Error::config(
-                "exchange",
-                format!("must be at most {MAX_EXCHANGE_LEN} bytes"),
-            ));
-        }
+        let name = check::not_empty("exchange", name)?;
+        check::at_most_bytes("exchange", name, MAX_EXCHANGE_LEN)?;
         if !name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
@@ -153,15 +139,8 @@ impl RabbitConfig {
                 "must not contain control characters",
             ));
         }
-        if name.is_empty() {
-            return Err(Error::config("connection_name", "must not be empty"));
-        }
-        if name.len() > MAX_CONNECTION_NAME_LEN {
-            return Err(Error::config(
-                "connection_name",
-                format!("must be at most {MAX_CONNECTION_NAME_LEN} bytes"),
-            ));
-        }
+        let name = check::not_empty("connection_name", name)?;
+        check::at_most_bytes("connection_name", name, MAX_CONNECTION_NAME_LEN)?;
         self.connection_name = name.to_owned();
         Ok(self)
     }

@@ -13,10 +13,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Consumer};
 use tokio::sync::mpsc;
@@ -24,7 +21,7 @@ use tracing::{Instrument, debug, debug_span, warn};
 use txmsg_core::consumer::{Acker, Delivery, SubscribeSpec, Subscription};
 use txmsg_core::{BoxFuture, Error, Result};
 
-use crate::link::{Shared, driver_error};
+use crate::link::{Shared, declare_bound_queue, driver_error};
 use crate::wire::decode;
 
 /// The name of the durable queue of `group` for `topic` on `exchange`:
@@ -78,41 +75,15 @@ async fn open(
     routing_key: ShortString,
     prefetch: u16,
 ) -> Result<(Channel, Consumer)> {
-    let link = shared.consuming_link()?;
-    let channel = link
-        .connection
-        .create_channel()
-        .await
-        .map_err(|e| driver_error("could not open a rabbitmq channel", e))?;
-    channel
-        .queue_declare(
-            queue.clone(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| driver_error(format!("declaring queue `{queue}` failed"), e))?;
-    channel
-        .queue_bind(
-            queue.clone(),
-            shared.exchange.clone(),
-            routing_key.clone(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| {
-            driver_error(
-                format!(
-                    "binding queue `{queue}` to exchange `{}` with `{routing_key}` failed",
-                    shared.exchange
-                ),
-                e,
-            )
-        })?;
+    let channel = shared.consuming_link()?.open_channel(driver_error).await?;
+    declare_bound_queue(
+        &channel,
+        &queue,
+        &shared.exchange,
+        &routing_key,
+        driver_error,
+    )
+    .await?;
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await

@@ -17,7 +17,9 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use futures_util::StreamExt;
 use futures_util::future::select;
-use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::options::{
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind, Event, ExchangeKind};
@@ -67,6 +69,61 @@ impl Link {
     fn healthy(&self) -> bool {
         self.connection.status().connected() && self.channel.status().connected()
     }
+
+    /// Opens a channel of its own on the connection, for declaring or
+    /// consuming apart from the publishing channel; a failure is reported
+    /// by `error`.
+    pub(crate) async fn open_channel(&self, error: ErrorOf) -> Result<Channel> {
+        self.connection
+            .create_channel()
+            .await
+            .map_err(|e| error("could not open a rabbitmq channel".to_owned(), e))
+    }
+}
+
+/// How a failed channel operation is reported: [`broker_error`] or
+/// [`driver_error`].
+pub(crate) type ErrorOf = fn(String, lapin::Error) -> Error;
+
+/// Declares the durable queue `queue` on `channel` and binds it to
+/// `exchange` with `routing_key` (a topic or a pattern). Declaring an
+/// existing queue with the same settings, or binding it again, changes
+/// nothing; a failure is reported by `error`.
+pub(crate) async fn declare_bound_queue(
+    channel: &Channel,
+    queue: &ShortString,
+    exchange: &ShortString,
+    routing_key: &ShortString,
+    error: ErrorOf,
+) -> Result<()> {
+    channel
+        .queue_declare(
+            queue.clone(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| error(format!("declaring queue `{queue}` failed"), e))?;
+    channel
+        .queue_bind(
+            queue.clone(),
+            exchange.clone(),
+            routing_key.clone(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| {
+            error(
+                format!(
+                    "binding queue `{queue}` to exchange `{exchange}` with `{routing_key}` failed"
+                ),
+                e,
+            )
+        })
 }
 
 /// Why the broker has no live link: kept as the source of outage errors.

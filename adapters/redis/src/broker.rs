@@ -10,7 +10,7 @@ use txmsg_core::consumer::{SubscribeSpec, Subscription};
 use txmsg_core::{Broker, Envelope, Error, Result};
 
 use crate::config::RedisConfig;
-use crate::reply::{array, integer, pairs, parse_id, text};
+use crate::reply::{Info, array, info, parse_id, text};
 
 /// How often a lost connection is tried again before a command fails.
 const RECONNECT_RETRIES: usize = 1;
@@ -205,18 +205,12 @@ impl RedisBroker {
         };
         let mut floor: Option<(u64, u64)> = None;
         for group in array(groups) {
-            let mut name = None;
-            let mut pending = 0;
-            let mut last = None;
-            for (field, value) in pairs(group) {
-                match text(field).as_deref() {
-                    Some("name") => name = text(value),
-                    Some("pending") => pending = integer(value),
-                    Some("last-delivered-id") => last = text(value),
-                    _ => {}
-                }
-            }
-            let (Some(name), Some(last)) = (name, last) else {
+            let Info {
+                name,
+                pending,
+                other: last,
+            } = info(group, "last-delivered-id");
+            let (Some(name), Some(last)) = (name, last.and_then(text)) else {
                 continue;
             };
             let needed = if pending > 0 {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use txmsg_core::tls::TlsFiles;
-use txmsg_core::{Error, Result};
+use txmsg_core::{Error, Result, check};
 
 txmsg_core::broker_settings! {
     /// Settings of a [`RedisBroker`](crate::RedisBroker), checked as they are set.
@@ -92,23 +92,13 @@ txmsg_core::broker_settings! {
 const MAX_PREFIX_LEN: usize = 128;
 
 impl RedisConfig {
-    /// Checks every setting as its setter does: what a deserialized config
-    /// needs before use. [`RedisBroker::connect`](crate::RedisBroker::connect) runs it.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] naming the first setting that breaks its rule.
-    pub fn validate(&self) -> Result<()> {
-        RedisConfig::default()
-            .with_key_prefix(&self.key_prefix)?
-            .with_max_len(self.max_len)?
-            .with_claim_idle(self.claim_idle)?
-            .with_block(self.block)?
-            .with_read_count(self.read_count)?
-            .with_source(self.source.clone())?
-            .with_timeouts(self.connect_timeout, self.response_timeout)?
-            .with_tls(self.tls.clone())?;
-        Ok(())
+    /// Sets the plain settings but `source` from `from`, through their
+    /// setters: the part of [`validate`](Self::validate) that is this
+    /// config's own.
+    fn with_plain_settings_of(self, from: &Self) -> Result<Self> {
+        self.with_key_prefix(&from.key_prefix)?
+            .with_max_len(from.max_len)?
+            .with_timeouts(from.connect_timeout, from.response_timeout)
     }
 
     /// Sets the prefix of every stream key: topic `orders` is the stream at
@@ -119,9 +109,7 @@ impl RedisConfig {
     /// [`Error::Config`] for `key_prefix` if it is longer than 128 bytes or
     /// contains anything but printable ASCII without spaces.
     pub fn with_key_prefix(mut self, prefix: &str) -> Result<Self> {
-        if prefix.len() > MAX_PREFIX_LEN {
-            return Err(Error::config("key_prefix", "must be at most 128 bytes"));
-        }
+        check::at_most_bytes("key_prefix", prefix, MAX_PREFIX_LEN)?;
         if !prefix.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(Error::config(
                 "key_prefix",
@@ -351,6 +339,11 @@ mod tests {
     use super::*;
     use txmsg_testkit::config::{assert_refused_without, field_of};
 
+    /// `url` as `open_client` shows it, once it accepted it.
+    fn shown(url: &str) -> String {
+        RedisConfig::default().open_client(url).unwrap().1
+    }
+
     txmsg_testkit::deserialized_config_is_checked!(RedisConfig; |c| crate::RedisBroker::connect("redis://127.0.0.1:1", c);
         r#"{ "key_prefix": "billing:", "max_len": 1000, "claim_idle": "1m", "block": "2s", "read_count": 10, "source": "/billing", "connect_timeout": "1s", "response_timeout": "3s" }"#;
         r#"{ "read_count": 0 }"#; "read_count");
@@ -414,10 +407,10 @@ mod tests {
 
     #[test]
     fn a_plain_url_keeps_the_password_out_of_the_shown_form() {
-        let (_, shown) = RedisConfig::default()
-            .open_client("redis://app:s3cr3t-pw@127.0.0.1:6379/0")
-            .unwrap();
-        assert_eq!(shown, "redis://app:***@127.0.0.1:6379/0");
+        assert_eq!(
+            shown("redis://app:s3cr3t-pw@127.0.0.1:6379/0"),
+            "redis://app:***@127.0.0.1:6379/0"
+        );
     }
 
     #[cfg(not(feature = "tls"))]
@@ -448,10 +441,10 @@ mod tests {
 
         #[test]
         fn a_tls_url_builds_a_client() {
-            let (_, shown) = RedisConfig::default()
-                .open_client("rediss://app:s3cr3t-pw@redis.example.com:6380")
-                .unwrap();
-            assert_eq!(shown, "rediss://app:***@redis.example.com:6380");
+            assert_eq!(
+                shown("rediss://app:s3cr3t-pw@redis.example.com:6380"),
+                "rediss://app:***@redis.example.com:6380"
+            );
         }
 
         #[test]

@@ -44,7 +44,7 @@ use txmsg_core::{BoxFuture, Error, Headers, Result};
 use uuid::Uuid;
 
 use crate::broker::{RedisBroker, manager, redis_error};
-use crate::reply::{Entry, array, entries, integer, pairs, parse_id, streams, text};
+use crate::reply::{Entry, Info, array, entries, info, integer, parse_id, streams, text};
 
 /// Longest pause between two attempts after a failed read.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -402,14 +402,7 @@ impl Reader {
                 state.next_autoclaim = Instant::now() + self.claim_idle / 2;
             }
             state.cursor = cursor;
-            if !claimed.is_empty() {
-                debug!(
-                    key = self.shared.key,
-                    group = self.shared.group,
-                    count = claimed.len(),
-                    "took over idle entries"
-                );
-            }
+            self.taking_over(claimed.len(), "took over idle entries");
             self.deliver(claimed, true).await?;
             self.deliver_trimmed(trimmed).await?;
             if !scanned {
@@ -443,6 +436,19 @@ impl Reader {
             new.extend(entries(stream_entries));
         }
         self.deliver(new, false).await
+    }
+
+    /// Logs that `count` entries of the group are taken over, as `what`
+    /// says; nothing when there are none.
+    fn taking_over(&self, count: usize, what: &str) {
+        if count > 0 {
+            debug!(
+                key = self.shared.key,
+                group = self.shared.group,
+                count,
+                "{what}"
+            );
+        }
     }
 
     /// Waits for a delivery to be settled (which frees a permit), but no
@@ -502,14 +508,10 @@ impl Reader {
         // Stream order: ids are `<ms>-<seq>`.
         ids.sort_by_key(|id| parse_id(id));
         ids.dedup();
-        if !ids.is_empty() {
-            debug!(
-                key = self.shared.key,
-                group = self.shared.group,
-                count = ids.len(),
-                "taking over entries of gone consumers and handed-back ones"
-            );
-        }
+        self.taking_over(
+            ids.len(),
+            "taking over entries of gone consumers and handed-back ones",
+        );
         state.nacked.extend(ids);
         for name in gone.iter().filter(|n| n.as_str() != HANDED_BACK) {
             // Its entries are claimed before they are delivered; removing
@@ -536,21 +538,15 @@ impl Reader {
         Ok(array(reply)
             .into_iter()
             .filter_map(|consumer| {
-                let mut name = None;
-                let mut pending = 0;
-                let mut idle = 0;
-                for (field, value) in pairs(consumer) {
-                    match text(field).as_deref() {
-                        Some("name") => name = text(value),
-                        Some("pending") => pending = integer(value),
-                        Some("idle") => idle = integer(value),
-                        _ => {}
-                    }
-                }
+                let Info {
+                    name,
+                    pending,
+                    other: idle,
+                } = info(consumer, "idle");
                 Some(ConsumerInfo {
                     name: name?,
                     pending,
-                    idle: Duration::from_millis(idle),
+                    idle: Duration::from_millis(idle.map_or(0, integer)),
                 })
             })
             .collect())

@@ -27,6 +27,34 @@ pub(crate) fn pairs(value: Value) -> Vec<(Value, Value)> {
     }
 }
 
+/// What one element of an `XINFO GROUPS` or `XINFO CONSUMERS` reply says
+/// of its group or consumer: the name, the pending count, and the value of
+/// one more field.
+pub(crate) struct Info {
+    pub(crate) name: Option<String>,
+    pub(crate) pending: u64,
+    /// The value of the field asked for (`last-delivered-id`, `idle`).
+    pub(crate) other: Option<Value>,
+}
+
+/// The [`Info`] of one element of an `XINFO` reply, with the field `other`.
+pub(crate) fn info(element: Value, other: &str) -> Info {
+    let mut info = Info {
+        name: None,
+        pending: 0,
+        other: None,
+    };
+    for (field, value) in pairs(element) {
+        match text(field).as_deref() {
+            Some("name") => info.name = text(value),
+            Some("pending") => info.pending = integer(value),
+            Some(name) if name == other => info.other = Some(value),
+            _ => {}
+        }
+    }
+    info
+}
+
 /// A reply as a number (0 for anything else).
 pub(crate) fn integer(value: Value) -> u64 {
     match value {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use txmsg_core::{Error, Result};
+use txmsg_core::{Error, Result, check};
 
 txmsg_core::broker_settings! {
     /// Settings of a [`RocketBroker`](crate::RocketBroker), checked as they are set.
@@ -69,22 +69,12 @@ txmsg_core::broker_settings! {
 const MAX_PREFIX_LEN: usize = 64;
 
 impl RocketConfig {
-    /// Checks every setting as its setter does: what a deserialized config
-    /// needs before use. [`RocketBroker::connect`](crate::RocketBroker::connect)
-    /// runs it.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] naming the first setting that breaks its rule.
-    pub fn validate(&self) -> Result<()> {
-        RocketConfig::default()
-            .with_topic_prefix(&self.topic_prefix)?
-            .with_producer_group(&self.producer_group)?
-            .with_source(self.source.clone())?
-            .with_send_timeout(self.send_timeout)?
-            .with_retry_delay(self.retry_delay)?
-            .with_topic_queues(self.topic_queues)?;
-        Ok(())
+    /// Sets the plain settings but `source` from `from`, through their
+    /// setters: the part of [`validate`](Self::validate) that is this
+    /// config's own.
+    fn with_plain_settings_of(self, from: &Self) -> Result<Self> {
+        self.with_topic_prefix(&from.topic_prefix)?
+            .with_producer_group(&from.producer_group)
     }
 
     /// Sets what every RocketMQ topic and consumer group name starts with
@@ -127,22 +117,8 @@ impl RocketConfig {
 /// name may hold and a txmsg name too (no `|` or `%`, which mean something
 /// to RocketMQ).
 pub(crate) fn check_name(field: &'static str, name: &str, min: usize) -> Result<String> {
-    if name.len() < min || name.len() > MAX_PREFIX_LEN {
-        return Err(Error::config(
-            field,
-            format!("must be {min} to {MAX_PREFIX_LEN} bytes long"),
-        ));
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(Error::config(
-            field,
-            "may hold only ASCII letters, digits, `-` and `_`",
-        ));
-    }
-    Ok(name.to_owned())
+    let name = check::byte_len(field, name, min, MAX_PREFIX_LEN)?;
+    Ok(check::word(field, name)?.to_owned())
 }
 
 /// The name server addresses of a `rocketmq://host:port[,host:port…]` URL,

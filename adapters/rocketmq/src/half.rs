@@ -183,7 +183,7 @@ impl RocketHalfProducerBuilder {
     /// [`Error::BrokerUnavailable`] if the producer cannot start.
     pub async fn start(self) -> Result<RocketHalfProducer> {
         crate::config::check_name("group", &self.group, 1)?;
-        let check_backs = check_backs()?;
+        let check_backs = txmsg_core::half::check_backs_by_topic()?;
         let pending: Pending = Arc::default();
         let listener = HalfListener {
             pending: Arc::clone(&pending),
@@ -229,25 +229,6 @@ impl RocketHalfProducerBuilder {
             }),
         })
     }
-}
-
-/// Every registered check-back by topic.
-fn check_backs() -> Result<HashMap<&'static str, &'static CheckBackRecord>> {
-    let mut by_topic: HashMap<&'static str, &'static CheckBackRecord> = HashMap::new();
-    for record in txmsg_core::half::registered_check_backs() {
-        if let Some(first) = by_topic.insert(record.topic, record) {
-            return Err(Error::config(
-                "check_back",
-                format!(
-                    "topic `{}` has two check-backs: {} and {}",
-                    record.topic,
-                    first.location(),
-                    record.location()
-                ),
-            ));
-        }
-    }
-    Ok(by_topic)
 }
 
 impl HalfProducer for RocketHalfProducer {

@@ -220,18 +220,14 @@ mod tests {
         properties.insert("UNIQ_KEY".into(), "AC1100".into());
         properties.insert("MIN_OFFSET".into(), "0".into());
         let got = decode(received(&message, &properties)).expect("decodes");
-        assert_eq!(got.id, e.id);
-        assert_eq!(got.topic, e.topic);
-        assert_eq!(got.key, e.key);
-        assert_eq!(got.idempotency_key, e.idempotency_key);
-        let mut expected = e.headers.clone();
-        expected.insert("CE_source".into(), "/src".into());
-        assert_eq!(got.headers, expected, "nothing of RocketMQ's own is kept");
         assert_eq!(
             got.created_at.timestamp_millis(),
             e.created_at.timestamp_millis()
         );
-        assert_eq!(got.payload, e.payload);
+        let mut expected = e.clone();
+        expected.created_at = got.created_at;
+        expected.headers.insert("CE_source".into(), "/src".into());
+        assert_eq!(got, expected, "nothing of RocketMQ's own is kept");
     }
 
     #[test]

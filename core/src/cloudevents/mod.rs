@@ -81,13 +81,7 @@ pub const MAX_SOURCE_LEN: usize = 4096;
 /// # Ok::<(), txmsg_core::Error>(())
 /// ```
 pub fn check_source(source: impl Into<String>) -> crate::Result<String> {
-    let source = source.into();
-    if source.is_empty() || source.len() > MAX_SOURCE_LEN {
-        return Err(crate::Error::config(
-            "source",
-            format!("must be 1 to {MAX_SOURCE_LEN} bytes long"),
-        ));
-    }
+    let source = crate::check::byte_len("source", source.into(), 1, MAX_SOURCE_LEN)?;
     if source.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(crate::Error::config(
             "source",
