@@ -449,3 +449,43 @@ async fn held_delivery_is_not_redelivered() {
     suite::held_delivery_is_not_redelivered(&b, &suite::unique_prefix(), Duration::from_secs(20))
         .await;
 }
+
+/// Many publishes at once, as the relay makes them (512 awaiting their
+/// confirm by default): every one is stored and answered `Ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_publishes_at_once_all_succeed() {
+    const N: usize = 512;
+    let b = broker().await;
+    let topic = format!("{}.many", suite::unique_prefix());
+    let mut sub = b
+        .subscribe(&spec("g", &topic, 16))
+        .await
+        .expect("subscribe");
+    let sent: Vec<Envelope> = (0..N)
+        .map(|n| envelope(&topic, &format!("key{}", n % 16), n))
+        .collect();
+    let mut publishes = tokio::task::JoinSet::new();
+    for e in sent.clone() {
+        let b = b.clone();
+        publishes.spawn(async move { b.publish(&e).await });
+    }
+    let mut failed = Vec::new();
+    while let Some(r) = publishes.join_next().await {
+        if let Err(e) = r.expect("publish task") {
+            failed.push(e.to_string());
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {N} publishes failed, the first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    let mut got = BTreeSet::new();
+    while got.len() < N {
+        let d = next(&mut sub, "the group").await;
+        got.insert(id_of(&d));
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(got, sent.iter().map(|e| e.id).collect::<BTreeSet<_>>());
+}
