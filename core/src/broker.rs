@@ -25,6 +25,15 @@ use crate::{Envelope, Result};
 /// - A broker reconnects by itself after its connection drops; a publish
 ///   during the outage fails (retryable) rather than waiting forever.
 ///
+/// # Tracing
+///
+/// The callers in txmsg run each call in a span of their own: the relay runs
+/// `publish` in [`broker_publish_span`], the consumer runs `subscribe` in
+/// [`broker_subscribe_span`], with [`system`](Broker::system) naming the
+/// broker. Implementations need not create these spans; a task a
+/// subscription spawns may run in [`Span::current`](tracing::Span::current)
+/// to stay under the caller's.
+///
 /// # Cancel safety
 ///
 /// Dropping a `publish` future is safe: the message may or may not have
@@ -67,19 +76,24 @@ pub trait Broker: Debug + Clone + Send + Sync + 'static {
     }
 }
 
-/// The span a broker adapter's [`Broker::publish`] runs in: one name and one
-/// set of fields for every adapter, below the relay's `publish <topic>` span.
+/// The span the relay runs each [`Broker::publish`] in: one name,
+/// `txmsg.broker.publish`, and one set of fields for every broker
+/// (`messaging.system`, `topic`, `key`, `message_id`, `attempt`), below the
+/// relay's `publish <topic>` span.
+///
+/// Code that calls [`Broker::publish`] outside the relay can run the call in
+/// it too.
 ///
 /// # Examples
 ///
 /// ```
 /// use tracing::Instrument;
-/// use txmsg_core::{Envelope, broker_publish_span};
+/// use txmsg_core::{Broker, Envelope, Result, broker_publish_span};
 ///
-/// # async fn send(_: &Envelope) {}
-/// # async fn demo(envelope: &Envelope) {
-/// send(envelope).instrument(broker_publish_span("nats", envelope)).await;
-/// # }
+/// async fn send(broker: &impl Broker, envelope: &Envelope) -> Result<()> {
+///     let span = broker_publish_span(broker.system(), envelope);
+///     broker.publish(envelope).instrument(span).await
+/// }
 /// ```
 pub fn broker_publish_span(system: &'static str, envelope: &Envelope) -> tracing::Span {
     tracing::debug_span!(
@@ -89,5 +103,34 @@ pub fn broker_publish_span(system: &'static str, envelope: &Envelope) -> tracing
         key = envelope.key.as_deref(),
         message_id = %envelope.id,
         attempt = envelope.attempts,
+    )
+}
+
+/// The span the consumer runs each [`Broker::subscribe`] in (when it starts,
+/// and again when a subscription ended): one name, `txmsg.broker.subscribe`,
+/// and one set of fields for every broker (`messaging.system`, `topic`,
+/// `group`).
+///
+/// Code that calls [`Broker::subscribe`] outside the consumer can run the
+/// call in it too.
+///
+/// # Examples
+///
+/// ```
+/// use tracing::Instrument;
+/// use txmsg_core::consumer::{SubscribeSpec, Subscription};
+/// use txmsg_core::{Broker, Result, broker_subscribe_span};
+///
+/// async fn join(broker: &impl Broker, spec: &SubscribeSpec) -> Result<Subscription> {
+///     let span = broker_subscribe_span(broker.system(), spec);
+///     broker.subscribe(spec).instrument(span).await
+/// }
+/// ```
+pub fn broker_subscribe_span(system: &'static str, spec: &SubscribeSpec) -> tracing::Span {
+    tracing::debug_span!(
+        "txmsg.broker.subscribe",
+        messaging.system = system,
+        topic = %spec.topic,
+        group = %spec.group,
     )
 }

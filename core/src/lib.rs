@@ -40,7 +40,7 @@ mod topic;
 mod trace;
 mod tx;
 
-pub use broker::{Broker, broker_publish_span};
+pub use broker::{Broker, broker_publish_span, broker_subscribe_span};
 pub use clock::{Clock, SystemClock};
 pub use config::{DeadKeyPolicy, Ident, MAX_IDENT_LEN, RelayConfig, Tables};
 pub use envelope::{Envelope, Headers, Message, TRACEPARENT, TRACESTATE};

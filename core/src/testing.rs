@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use tokio::sync::{Notify, mpsc};
+use tracing::Instrument;
 
 use crate::consumer::{SubscribeSpec, Subscription};
 use crate::{Broker, Clock, Envelope, Result};
@@ -351,7 +352,8 @@ impl<B: Broker> TestBroker<B> {
     ///
     /// As the wrapped broker's `publish`.
     pub async fn redeliver(&self, envelope: &Envelope) -> Result<()> {
-        self.inner.publish(envelope).await
+        let span = crate::broker_publish_span(self.inner.system(), envelope);
+        self.inner.publish(envelope).instrument(span).await
     }
 
     fn take_duplicate(&self) -> bool {

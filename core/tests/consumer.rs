@@ -1,9 +1,11 @@
 //! The consumer runtime on the embedded store and the in-process broker:
-//! inbox retention (refused when too short, purged in batches).
+//! inbox retention (refused when too short, purged in batches), handlers,
+//! and the span each subscribe runs in.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +13,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc::UnboundedReceiver;
 use txmsg::Tx;
 use txmsg::consumer::{Consumer, ConsumerConfig, ConsumerHandle, Handled};
+use txmsg_core::consumer::{SubscribeSpec, Subscription};
 use txmsg_core::{Broker, Clock, Envelope, Error, SqlStore, Store};
 use txmsg_memory::MemoryBroker;
 use txmsg_sqlite::SqliteStore;
@@ -301,4 +304,90 @@ async fn panicking_handler_is_retried_then_dead_and_its_key_flows() {
         "a panic is an attempt, retried up to max_attempts"
     );
     assert_eq!(count(&store, "SELECT count(*) FROM applied").await, 2);
+}
+
+#[txmsg::message_handler(topic = "t.traced", group = "traced")]
+async fn traced(_tx: &mut Tx<'_, sqlx::Sqlite>, _ping: Ping) -> Result<(), sqlx::Error> {
+    Ok(())
+}
+
+/// A span's name and its fields, as text.
+type SpanFields = (String, HashMap<String, String>);
+
+/// Spans opened while the test runs, by id.
+#[derive(Clone, Default)]
+struct SpanLog(Arc<Mutex<HashMap<tracing::span::Id, SpanFields>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanLog {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Fields(HashMap<String, String>);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.insert(field.name().to_owned(), format!("{value:?}"));
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                self.0.insert(field.name().to_owned(), value.to_owned());
+            }
+        }
+        let mut fields = Fields(HashMap::new());
+        attrs.record(&mut fields);
+        if let Ok(mut log) = self.0.lock() {
+            log.insert(id.clone(), (attrs.metadata().name().to_owned(), fields.0));
+        }
+    }
+}
+
+/// The in-process broker, noting the span each subscribe is called in.
+#[derive(Debug, Clone, Default)]
+struct SpanProbe {
+    inner: MemoryBroker,
+    subscribed_in: Arc<Mutex<Vec<Option<tracing::span::Id>>>>,
+}
+
+impl Broker for SpanProbe {
+    fn system(&self) -> &'static str {
+        self.inner.system()
+    }
+
+    async fn publish(&self, envelope: &Envelope) -> txmsg_core::Result<()> {
+        self.inner.publish(envelope).await
+    }
+
+    async fn subscribe(&self, spec: &SubscribeSpec) -> txmsg_core::Result<Subscription> {
+        let current = tracing::Span::current().id();
+        self.subscribed_in.lock().unwrap().push(current);
+        self.inner.subscribe(spec).await
+    }
+}
+
+/// The consumer subscribes in the one span every broker shares, with the
+/// messaging system, the topic and the group.
+#[tokio::test]
+async fn a_subscribe_runs_in_the_broker_subscribe_span() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let spans = SpanLog::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+    let store = store().await;
+    let broker = SpanProbe::default();
+    let consumer = Consumer::new(store, broker.clone(), ConsumerConfig::new("traced"))
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    consumer.shutdown().await;
+    let ids = broker.subscribed_in.lock().unwrap().clone();
+    assert_eq!(ids.len(), 1, "one handler, one subscribe: {ids:?}");
+    let id = ids[0].clone().expect("subscribe runs in a span");
+    let (name, fields) = spans.0.lock().unwrap().get(&id).cloned().unwrap();
+    assert_eq!(name, "txmsg.broker.subscribe", "{fields:?}");
+    let field = |name: &str| fields.get(name).cloned().unwrap_or_default();
+    assert_eq!(field("messaging.system"), "txmsg_memory");
+    assert_eq!(field("topic"), "t.traced");
+    assert_eq!(field("group"), "traced");
 }

@@ -621,7 +621,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanLog {
 }
 
 /// A publish is a producer span with OpenTelemetry's messaging attributes,
-/// named `publish <topic>` once exported.
+/// named `publish <topic>` once exported; the broker's publish runs below it
+/// in `txmsg.broker.publish`.
 #[tokio::test]
 async fn a_publish_span_carries_the_messaging_attributes() {
     use tracing_subscriber::layer::SubscriberExt;
@@ -648,6 +649,22 @@ async fn a_publish_span_carries_the_messaging_attributes() {
     assert_eq!(field("messaging.operation.type"), "send");
     assert_eq!(field("messaging.destination.name"), "t.otel");
     assert_eq!(field("messaging.message.id"), got[0].id.to_string());
+    // The relay runs the broker's publish in the span every broker shares.
+    let broker_publish = log
+        .iter()
+        .find(|(name, _)| name == "txmsg.broker.publish")
+        .map(|(_, fields)| fields.clone())
+        .expect("a txmsg.broker.publish span");
+    let field = |name: &str| broker_publish.get(name).cloned().unwrap_or_default();
+    assert_eq!(
+        field("messaging.system"),
+        "txmsg_memory",
+        "{broker_publish:?}"
+    );
+    assert_eq!(field("topic"), "t.otel");
+    assert_eq!(field("key"), "k");
+    assert_eq!(field("message_id"), got[0].id.to_string());
+    assert_eq!(field("attempt"), "0");
     cleanup(path);
 }
 

@@ -170,35 +170,6 @@ impl MemoryBroker {
         Ok(())
     }
 
-    fn try_publish(&self, envelope: &Envelope) -> Result<()> {
-        self.check_up()?;
-        let rejected = self
-            .inner
-            .reject
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|p| p(envelope));
-        if rejected {
-            return Err(Error::Broker {
-                message: format!("message {} was nacked", envelope.id),
-                retryable: true,
-                source: None,
-            });
-        }
-        let mut topics = self.topics();
-        if let Some(list) = topics.observers.get_mut(&envelope.topic) {
-            list.retain(|tx| tx.send(envelope.clone()).is_ok());
-        }
-        if let Some(groups) = topics.groups.get(&envelope.topic) {
-            for queue in groups.values() {
-                queue.push(envelope.clone());
-            }
-        }
-        self.inner.published.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-
     fn group_queue(&self, spec: &SubscribeSpec) -> Arc<GroupQueue> {
         Arc::clone(
             self.topics()
@@ -230,7 +201,32 @@ impl Broker for MemoryBroker {
     /// Cancel safe: the publish happens at the first poll, entirely or not
     /// at all.
     async fn publish(&self, envelope: &Envelope) -> Result<()> {
-        self.try_publish(envelope)
+        self.check_up()?;
+        let rejected = self
+            .inner
+            .reject
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|p| p(envelope));
+        if rejected {
+            return Err(Error::Broker {
+                message: format!("message {} was nacked", envelope.id),
+                retryable: true,
+                source: None,
+            });
+        }
+        let mut topics = self.topics();
+        if let Some(list) = topics.observers.get_mut(&envelope.topic) {
+            list.retain(|tx| tx.send(envelope.clone()).is_ok());
+        }
+        if let Some(groups) = topics.groups.get(&envelope.topic) {
+            for queue in groups.values() {
+                queue.push(envelope.clone());
+            }
+        }
+        self.inner.published.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Subscribes `spec.group` to `spec.topic`, creating the group's queue on

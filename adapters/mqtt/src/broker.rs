@@ -320,23 +320,6 @@ impl Broker for MqttBroker {
     }
 
     async fn publish(&self, envelope: &Envelope) -> Result<()> {
-        let span = txmsg_core::broker_publish_span("mqtt", envelope);
-        self.publish_inner(envelope).instrument(span).await
-    }
-
-    async fn subscribe(&self, spec: &SubscribeSpec) -> Result<Subscription> {
-        spec.validate()?;
-        let span = tracing::debug_span!(
-            "txmsg.mqtt.subscription",
-            topic = %spec.topic,
-            group = %spec.group,
-        );
-        self.subscribe_inner(spec).instrument(span).await
-    }
-}
-
-impl MqttBroker {
-    async fn publish_inner(&self, envelope: &Envelope) -> Result<()> {
         let inner = &self.inner;
         txmsg_core::validate_topic(&envelope.topic)?;
         let topic = wire::mqtt_topic(inner.config.topic_prefix(), &envelope.topic);
@@ -386,7 +369,8 @@ impl MqttBroker {
         }
     }
 
-    async fn subscribe_inner(&self, spec: &SubscribeSpec) -> Result<Subscription> {
+    async fn subscribe(&self, spec: &SubscribeSpec) -> Result<Subscription> {
+        spec.validate()?;
         let inner = &self.inner;
         let (tx, rx) = mpsc::channel(usize::from(spec.prefetch));
         let id = {

@@ -9,7 +9,6 @@ use async_nats::connection::State;
 use async_nats::jetstream::{self, consumer, context, stream};
 use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tracing::Instrument;
 use txmsg_core::consumer::{Acker, Delivery, SubscribeSpec, Subscription};
 use txmsg_core::{BoxFuture, Broker, Envelope, Error, Result, validate_topic};
 
@@ -258,8 +257,14 @@ impl NatsBroker {
     ) -> Error {
         failure(&self.client, what, source)
     }
+}
 
-    async fn publish_envelope(&self, envelope: &Envelope) -> Result<()> {
+impl Broker for NatsBroker {
+    fn system(&self) -> &'static str {
+        "nats"
+    }
+
+    async fn publish(&self, envelope: &Envelope) -> Result<()> {
         validate_topic(&envelope.topic)?;
         if !self.is_connected() {
             return Err(Error::broker_unavailable(
@@ -315,7 +320,7 @@ impl NatsBroker {
         }
     }
 
-    async fn subscribe_spec(&self, spec: &SubscribeSpec) -> Result<Subscription> {
+    async fn subscribe(&self, spec: &SubscribeSpec) -> Result<Subscription> {
         spec.validate()?;
         if !self.is_connected() {
             return Err(Error::broker_unavailable(
@@ -366,21 +371,6 @@ impl NatsBroker {
             closing,
         ));
         Ok(Subscription::with_close(rx, closing_tx))
-    }
-}
-
-impl Broker for NatsBroker {
-    fn system(&self) -> &'static str {
-        "nats"
-    }
-
-    fn publish(&self, envelope: &Envelope) -> impl Future<Output = Result<()>> + Send {
-        let span = txmsg_core::broker_publish_span("nats", envelope);
-        self.publish_envelope(envelope).instrument(span)
-    }
-
-    fn subscribe(&self, spec: &SubscribeSpec) -> impl Future<Output = Result<Subscription>> + Send {
-        self.subscribe_spec(spec)
     }
 }
 

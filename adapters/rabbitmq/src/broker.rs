@@ -264,7 +264,42 @@ impl RabbitBroker {
         }
     }
 
-    async fn publish_confirmed(&self, envelope: &Envelope) -> Result<()> {
+    fn unroutable(&self, envelope: &Envelope, returned: &BasicReturnMessage) -> Error {
+        Error::Broker {
+            message: format!(
+                "unroutable: no queue bound for routing key `{}` on exchange `{}`",
+                envelope.topic,
+                self.exchange()
+            ),
+            retryable: true,
+            source: returned
+                .error()
+                .map(|e| Box::new(e) as txmsg_core::BoxError),
+        }
+    }
+}
+
+impl Broker for RabbitBroker {
+    fn system(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    /// Publishes `envelope` and waits for RabbitMQ's publisher confirm.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BrokerUnavailable`] if the broker is not connected (it is
+    /// reconnecting) or the connection was lost before the confirm;
+    /// [`Error::Broker`], retryable, if RabbitMQ nacked the message or
+    /// returned it as unroutable (with [`RabbitConfig::mandatory`]); not
+    /// retryable if the topic or a header name is longer than AMQP allows
+    /// (255 bytes).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future is safe: the message may or may not have reached
+    /// RabbitMQ, and the caller publishes it again (at least once).
+    async fn publish(&self, envelope: &Envelope) -> Result<()> {
         let (routing_key, properties) = crate::wire::encode(envelope, &self.shared.source)?;
         let link = self.shared.link()?;
         let options = BasicPublishOptions {
@@ -323,46 +358,6 @@ impl RabbitBroker {
                 ))
             }
         }
-    }
-
-    fn unroutable(&self, envelope: &Envelope, returned: &BasicReturnMessage) -> Error {
-        Error::Broker {
-            message: format!(
-                "unroutable: no queue bound for routing key `{}` on exchange `{}`",
-                envelope.topic,
-                self.exchange()
-            ),
-            retryable: true,
-            source: returned
-                .error()
-                .map(|e| Box::new(e) as txmsg_core::BoxError),
-        }
-    }
-}
-
-impl Broker for RabbitBroker {
-    fn system(&self) -> &'static str {
-        "rabbitmq"
-    }
-
-    /// Publishes `envelope` and waits for RabbitMQ's publisher confirm.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::BrokerUnavailable`] if the broker is not connected (it is
-    /// reconnecting) or the connection was lost before the confirm;
-    /// [`Error::Broker`], retryable, if RabbitMQ nacked the message or
-    /// returned it as unroutable (with [`RabbitConfig::mandatory`]); not
-    /// retryable if the topic or a header name is longer than AMQP allows
-    /// (255 bytes).
-    ///
-    /// # Cancel safety
-    ///
-    /// Dropping the future is safe: the message may or may not have reached
-    /// RabbitMQ, and the caller publishes it again (at least once).
-    async fn publish(&self, envelope: &Envelope) -> Result<()> {
-        let span = txmsg_core::broker_publish_span("rabbitmq", envelope);
-        self.publish_confirmed(envelope).instrument(span).await
     }
 
     /// Subscribes consumer group `spec.group` to `spec.topic`.

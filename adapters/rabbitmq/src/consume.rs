@@ -17,7 +17,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, Bas
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Consumer};
 use tokio::sync::mpsc;
-use tracing::{Instrument, debug, debug_span, warn};
+use tracing::{Instrument, debug, warn};
 use txmsg_core::consumer::{Acker, Delivery, SubscribeSpec, Subscription};
 use txmsg_core::{BoxFuture, Error, Result};
 
@@ -51,19 +51,12 @@ pub(crate) async fn subscribe(shared: &Arc<Shared>, spec: &SubscribeSpec) -> Res
     // Validated above: at most 200 bytes.
     let routing_key = ShortString::try_new(spec.topic.as_str())
         .map_err(|_| Error::config("topic", "must be at most 255 bytes"))?;
-    let span = debug_span!(
-        "txmsg.rabbitmq.subscribe",
-        group = %spec.group,
-        topic = %spec.topic,
-        queue = %queue,
-    );
-    let (channel, consumer) = open(shared, queue, routing_key, spec.prefetch)
-        .instrument(span.clone())
-        .await?;
+    let (channel, consumer) = open(shared, queue, routing_key, spec.prefetch).await?;
     let (tx, rx) = mpsc::channel(usize::from(spec.prefetch));
-    let pump = shared
-        .runtime
-        .spawn(pump(consumer, channel, tx, spec.topic.clone()).instrument(span));
+    // The pump stays in the span the subscribe was called in.
+    let pump = shared.runtime.spawn(
+        pump(consumer, channel, tx, spec.topic.clone()).instrument(tracing::Span::current()),
+    );
     Ok(Subscription::new(rx, Some(pump.abort_handle())))
 }
 
@@ -97,7 +90,7 @@ async fn open(
         )
         .await
         .map_err(|e| driver_error(format!("consuming queue `{queue}` failed"), e))?;
-    debug!(consumer_tag = %consumer.tag(), "consuming");
+    debug!(%queue, consumer_tag = %consumer.tag(), "consuming");
     Ok((channel, consumer))
 }
 

@@ -133,8 +133,31 @@ impl Broker for RedisBroker {
     /// Dropping the future is safe: the entry may or may not have been
     /// added, and the caller publishes it again (at least once).
     async fn publish(&self, envelope: &Envelope) -> Result<()> {
-        let span = txmsg_core::broker_publish_span("redis", envelope);
-        self.add(envelope).instrument(span).await
+        txmsg_core::validate_topic(&envelope.topic)?;
+        let key = self.stream_key(&envelope.topic);
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&key);
+        if let Some(max_len) = self.inner.config.max_len() {
+            cmd.arg("MAXLEN").arg("~").arg(max_len);
+        }
+        cmd.arg("*");
+        for (name, value) in crate::wire::encode(envelope, self.inner.config.source()) {
+            cmd.arg(name).arg(value);
+        }
+        let mut conn = self.inner.conn.clone();
+        let reply: Value = cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| redis_error(format!("XADD to `{key}` failed"), e))?;
+        match reply {
+            Value::BulkString(_) | Value::SimpleString(_) | Value::VerbatimString { .. } => {
+                tracing::trace!(id = %envelope.id, key, "published");
+                Ok(())
+            }
+            other => Err(Error::broker_permanent(format!(
+                "XADD to `{key}` replied {other:?} instead of an entry id"
+            ))),
+        }
     }
 
     /// Subscribes consumer group `spec.group` to `spec.topic`.
@@ -155,8 +178,7 @@ impl Broker for RedisBroker {
     /// Dropping the future may leave the group created; nothing is read
     /// until a subscription is returned.
     async fn subscribe(&self, spec: &SubscribeSpec) -> Result<Subscription> {
-        let span = debug_span!("txmsg.redis.subscribe", topic = %spec.topic, group = %spec.group);
-        crate::consume::subscribe(self, spec).instrument(span).await
+        crate::consume::subscribe(self, spec).await
     }
 }
 
@@ -242,35 +264,6 @@ impl RedisBroker {
             .await
             .map_err(|e| failed("XTRIM", e))?;
         Ok(deleted)
-    }
-
-    /// `XADD` of `envelope`, `Ok` on an entry id.
-    async fn add(&self, envelope: &Envelope) -> Result<()> {
-        txmsg_core::validate_topic(&envelope.topic)?;
-        let key = self.stream_key(&envelope.topic);
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&key);
-        if let Some(max_len) = self.inner.config.max_len() {
-            cmd.arg("MAXLEN").arg("~").arg(max_len);
-        }
-        cmd.arg("*");
-        for (name, value) in crate::wire::encode(envelope, self.inner.config.source()) {
-            cmd.arg(name).arg(value);
-        }
-        let mut conn = self.inner.conn.clone();
-        let reply: Value = cmd
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| redis_error(format!("XADD to `{key}` failed"), e))?;
-        match reply {
-            Value::BulkString(_) | Value::SimpleString(_) | Value::VerbatimString { .. } => {
-                tracing::trace!(id = %envelope.id, key, "published");
-                Ok(())
-            }
-            other => Err(Error::broker_permanent(format!(
-                "XADD to `{key}` replied {other:?} instead of an entry id"
-            ))),
-        }
     }
 }
 

@@ -18,7 +18,6 @@ use rocketmq_model::common::message::message_single::Message;
 use rocketmq_protocol::protocol::heartbeat::message_model::MessageModel;
 use rocketmq_runtime::{RuntimeConfig, RuntimeOwner};
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tracing::Instrument;
 use txmsg_core::consumer::{Acker, Delivery, SubscribeSpec, Subscription};
 use txmsg_core::{BoxFuture, Broker, Envelope, Error, Result};
 
@@ -229,53 +228,6 @@ impl RocketBroker {
             }
         }
     }
-
-    async fn send(&self, envelope: &Envelope) -> Result<()> {
-        let topic = self.rocketmq_topic(&envelope.topic)?;
-        let message = wire::encode(envelope, &topic, self.inner.config.source())?;
-        // One key, one queue (Java's `SelectMessageQueueByHash` picks the
-        // same one for the same key); a message without a key goes to any.
-        let arg = envelope
-            .key
-            .clone()
-            .unwrap_or_else(|| envelope.id.to_string());
-        let select = |mqs: &[MessageQueue], msg: &Message, arg: &String| {
-            SelectMessageQueueByHash.select(mqs, msg, arg)
-        };
-        let timeout = self.inner.config.send_timeout();
-        let sent = tokio::time::timeout(
-            timeout + Duration::from_millis(500),
-            self.inner.producer.send_with_selector_timeout(
-                message,
-                select,
-                arg,
-                millis(timeout).into(),
-            ),
-        )
-        .await
-        .map_err(|_| Error::Broker {
-            message: format!("rocketmq did not answer the publish within {timeout:?}"),
-            retryable: true,
-            source: None,
-        })?
-        .map_err(|e| retryable("rocketmq did not take the message", e))?;
-        match sent {
-            Some(result) if result.send_status == SendStatus::SendOk => Ok(()),
-            Some(result) => Err(Error::Broker {
-                message: format!(
-                    "rocketmq stored the message without its guarantee: {:?}",
-                    result.send_status
-                ),
-                retryable: true,
-                source: None,
-            }),
-            None => Err(Error::Broker {
-                message: "rocketmq gave no result for the publish".into(),
-                retryable: true,
-                source: None,
-            }),
-        }
-    }
 }
 
 /// The topic whose route new topics are created from (RocketMQ's
@@ -321,8 +273,50 @@ impl Broker for RocketBroker {
     /// Dropping the future is safe: the message may or may not have been
     /// stored, and the caller publishes it again (at least once).
     async fn publish(&self, envelope: &Envelope) -> Result<()> {
-        let span = txmsg_core::broker_publish_span("rocketmq", envelope);
-        self.send(envelope).instrument(span).await
+        let topic = self.rocketmq_topic(&envelope.topic)?;
+        let message = wire::encode(envelope, &topic, self.inner.config.source())?;
+        // One key, one queue (Java's `SelectMessageQueueByHash` picks the
+        // same one for the same key); a message without a key goes to any.
+        let arg = envelope
+            .key
+            .clone()
+            .unwrap_or_else(|| envelope.id.to_string());
+        let select = |mqs: &[MessageQueue], msg: &Message, arg: &String| {
+            SelectMessageQueueByHash.select(mqs, msg, arg)
+        };
+        let timeout = self.inner.config.send_timeout();
+        let sent = tokio::time::timeout(
+            timeout + Duration::from_millis(500),
+            self.inner.producer.send_with_selector_timeout(
+                message,
+                select,
+                arg,
+                millis(timeout).into(),
+            ),
+        )
+        .await
+        .map_err(|_| Error::Broker {
+            message: format!("rocketmq did not answer the publish within {timeout:?}"),
+            retryable: true,
+            source: None,
+        })?
+        .map_err(|e| retryable("rocketmq did not take the message", e))?;
+        match sent {
+            Some(result) if result.send_status == SendStatus::SendOk => Ok(()),
+            Some(result) => Err(Error::Broker {
+                message: format!(
+                    "rocketmq stored the message without its guarantee: {:?}",
+                    result.send_status
+                ),
+                retryable: true,
+                source: None,
+            }),
+            None => Err(Error::Broker {
+                message: "rocketmq gave no result for the publish".into(),
+                retryable: true,
+                source: None,
+            }),
+        }
     }
 
     /// Subscribes consumer group `spec.group` to `spec.topic`: a RocketMQ

@@ -14,7 +14,7 @@ use super::inbox::{ConsumerDeadLetter, InboxStore};
 use super::observe::Handled;
 use super::registry::{AnyCtx, HandlerCtx, HandlerOutcome, HandlerRecord, registered_handlers};
 use crate::task::Tasks;
-use crate::{Broker, DeadFilter, Error, Outbox, Result, States};
+use crate::{Broker, DeadFilter, Error, Outbox, Result, States, broker_subscribe_span};
 
 use super::config::ConsumerConfig;
 use super::worker::{Worker, purge_loop};
@@ -168,7 +168,11 @@ impl<S: InboxStore, B: Broker> Consumer<S, B> {
                 topic: record.topic.to_owned(),
                 prefetch: self.config.prefetch,
             };
-            let subscription = self.broker.subscribe(&spec).await?;
+            let subscription = self
+                .broker
+                .subscribe(&spec)
+                .instrument(broker_subscribe_span(self.broker.system(), &spec))
+                .await?;
             let worker = Worker {
                 record,
                 ctx: Arc::clone(&ctx),

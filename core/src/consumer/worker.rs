@@ -21,7 +21,7 @@ use super::observe::{Handled, Settlement};
 use super::registry::{AnyCtx, HandlerOutcome, HandlerRecord};
 use crate::error::error_chain;
 use crate::task::join_all_within;
-use crate::{Broker, Envelope, Error};
+use crate::{Broker, Envelope, Error, broker_subscribe_span};
 
 use super::config::ConsumerConfig;
 use super::runtime::Counters;
@@ -100,7 +100,8 @@ impl<S: InboxStore, B: Broker> Worker<S, B> {
                             () = stop.cancelled() => break,
                             () = tokio::time::sleep(delay) => {}
                         }
-                        match this.broker.subscribe(&this.spec).await {
+                        let span = broker_subscribe_span(this.broker.system(), &this.spec);
+                        match this.broker.subscribe(&this.spec).instrument(span).await {
                             Ok(s) => { subscription = s; resubscribes = 0; }
                             Err(e) => tracing::warn!(error = %error_chain(&e), "subscribing again failed"),
                         }

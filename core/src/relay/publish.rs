@@ -72,7 +72,8 @@ impl<S: Store, B: Broker> Shared<S, B> {
         fail_point!("txmsg::relay::before_publish", |_| Outcome::Skipped);
         // A panicking broker client is a failed attempt, not a lost task
         // that would leave its key held forever.
-        let publish = AssertUnwindSafe(self.broker.publish(env)).catch_unwind();
+        let span = crate::broker_publish_span(self.broker.system(), env);
+        let publish = AssertUnwindSafe(self.broker.publish(env).instrument(span)).catch_unwind();
         let result = match tokio::time::timeout(self.config.publish_timeout, publish).await {
             Ok(Ok(r)) => r,
             Ok(Err(panic)) => Err(Error::Broker {
