@@ -47,6 +47,10 @@ struct Inner {
     name_servers: String,
     client: Arc<ClientRuntime>,
     producer: DefaultMQProducer,
+    /// One permit per send that may await the broker's answer at once:
+    /// the client queues sends past a few dozen internally, where they run
+    /// out of their timeout under load instead of waiting here.
+    sends: Semaphore,
     /// The runtime the client runs on (the client never uses the caller's);
     /// taken when the last clone is dropped.
     owner: Mutex<Option<RuntimeOwner>>,
@@ -151,6 +155,7 @@ impl RocketBroker {
             .map_err(|e| unavailable("producer cannot start", Box::new(e)))?;
         Ok(RocketBroker {
             inner: Arc::new(Inner {
+                sends: Semaphore::new(MAX_SENDS_IN_FLIGHT),
                 config,
                 name_servers,
                 client,
@@ -230,6 +235,10 @@ impl RocketBroker {
     }
 }
 
+/// Most sends of one broker awaiting the broker's answer at once; the
+/// others wait for a turn before their send timeout starts.
+const MAX_SENDS_IN_FLIGHT: usize = 64;
+
 /// The topic whose route new topics are created from (RocketMQ's
 /// `TBW102`).
 const AUTO_CREATE_TOPIC_KEY: &str = "TBW102";
@@ -259,7 +268,10 @@ impl Broker for RocketBroker {
     }
 
     /// Sends `envelope` to the message queue of its ordering key and waits
-    /// for the broker's answer; `Ok` only for `SEND_OK`.
+    /// for the broker's answer; `Ok` only for `SEND_OK`. At most 64 sends
+    /// of one broker (and its clones) await an answer at once; the others
+    /// wait for a turn before their send timeout starts (the client fails
+    /// sends under load when more wait inside it).
     ///
     /// # Errors
     ///
@@ -284,6 +296,10 @@ impl Broker for RocketBroker {
         let select = |mqs: &[MessageQueue], msg: &Message, arg: &String| {
             SelectMessageQueueByHash.select(mqs, msg, arg)
         };
+        // Fails only once the semaphore is closed, which it never is.
+        let _permit = self.inner.sends.acquire().await.map_err(|e| {
+            Error::broker_unavailable("the rocketmq broker is shut down", Some(Box::new(e)))
+        })?;
         let timeout = self.inner.config.send_timeout();
         let sent = tokio::time::timeout(
             timeout + Duration::from_millis(500),
