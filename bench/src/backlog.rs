@@ -51,7 +51,7 @@ pub(crate) async fn insert_backlog(schema: &Schema, n: usize) -> Res<()> {
 
 /// Waits until `broker` confirmed `n` publishes and no row is pending;
 /// returns false on timeout.
-pub(crate) async fn wait_drained<B>(
+async fn wait_drained<B>(
     schema: &Schema,
     broker: &TimedBroker<B>,
     n: usize,
@@ -71,6 +71,26 @@ pub(crate) async fn wait_drained<B>(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(true)
+}
+
+/// Starts a relay over `broker` on the backlog of `rows` rows in `schema`;
+/// rows sent per second until every one is confirmed and marked sent.
+pub(crate) async fn relay_drain_rate<B: Broker + Clone + 'static>(
+    schema: &Schema,
+    broker: B,
+    rows: usize,
+    config: &RelayConfig,
+) -> Res<f64> {
+    let timed = TimedBroker::counting(broker);
+    let start = Instant::now();
+    let relay = Relay::new(schema.store.clone(), timed.clone(), config.clone())?.start();
+    let ok = wait_drained(schema, &timed, rows, Duration::from_secs(900)).await?;
+    let elapsed = start.elapsed();
+    relay.shutdown().await;
+    if !ok {
+        return Err("the relay did not drain the backlog within 900 s".into());
+    }
+    Ok(rows as f64 / elapsed.as_secs_f64())
 }
 
 /// Result of the drain mode.
@@ -98,6 +118,18 @@ pub(crate) struct DrainResult {
     pub(crate) raw_batched_stop_and_wait: f64,
 }
 
+impl DrainResult {
+    /// Computes the medians and the paired ratio of the rounds, and prints
+    /// them as `what`.
+    pub(crate) fn finish(&mut self, what: &str) {
+        self.txmsg = median(&self.txmsg_rounds);
+        self.baseline = median(&self.baseline_rounds);
+        self.paired = Paired::of(&self.txmsg_rounds, &self.baseline_rounds);
+        self.ratio = self.paired.ratio;
+        print_pair(what, "msg/s", self.txmsg, self.baseline, &self.paired);
+    }
+}
+
 /// `drain`: the relay started after `rows` pending rows vs raw publishes.
 pub(crate) async fn drain(env: &Env) -> Res<DrainResult> {
     let schema = Schema::create(env, "d", 8).await?;
@@ -122,18 +154,7 @@ pub(crate) async fn drain(env: &Env) -> Res<DrainResult> {
         let consumer = QueueDrain::start(env, &rabbit.queue).await?;
         let rate = match side {
             Side::Framework => {
-                let timed = TimedBroker::counting(rabbit.broker.clone());
-                let start = Instant::now();
-                let relay =
-                    Relay::new(schema.store.clone(), timed.clone(), config.clone())?.start();
-                let ok =
-                    wait_drained(&schema, &timed, env.drain_rows, Duration::from_secs(900)).await?;
-                let elapsed = start.elapsed();
-                relay.shutdown().await;
-                if !ok {
-                    return Err("the relay did not drain the backlog within 900 s".into());
-                }
-                env.drain_rows as f64 / elapsed.as_secs_f64()
+                relay_drain_rate(&schema, rabbit.broker.clone(), env.drain_rows, &config).await?
             }
             Side::Baseline => {
                 let ch = confirm_channel(&rabbit.conn, &rabbit.exchange).await?;
@@ -173,20 +194,10 @@ pub(crate) async fn drain(env: &Env) -> Res<DrainResult> {
     );
     schema.drop().await?;
     rabbit.cleanup(&[]).await?;
-    out.txmsg = median(&out.txmsg_rounds);
-    out.baseline = median(&out.baseline_rounds);
-    out.paired = Paired::of(&out.txmsg_rounds, &out.baseline_rounds);
-    out.ratio = out.paired.ratio;
-    print_pair(
-        &format!(
-            "drain of {} rows (txmsg relay) vs {} raw lapin publishes, window {}",
-            env.drain_rows, env.drain_rows, env.window
-        ),
-        "msg/s",
-        out.txmsg,
-        out.baseline,
-        &out.paired,
-    );
+    out.finish(&format!(
+        "drain of {} rows (txmsg relay) vs {} raw lapin publishes, window {}",
+        env.drain_rows, env.drain_rows, env.window
+    ));
     Ok(out)
 }
 

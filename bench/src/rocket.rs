@@ -16,15 +16,13 @@ use rocketmq_model::common::message::message_queue::MessageQueue;
 use rocketmq_model::common::message::message_single::Message;
 use rocketmq_runtime::{RuntimeConfig, RuntimeOwner};
 use serde::Serialize;
+use txmsg::RelayConfig;
 use txmsg::rocketmq::{RocketBroker, RocketConfig};
-use txmsg::{Relay, RelayConfig};
 
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::backlog::{DrainResult, insert_backlog, wait_drained};
-use crate::common::{
-    Env, Paired, QueueDrain, Res, Schema, Side, TimedBroker, median, print_pair, unique,
-};
+use crate::backlog::{DrainResult, insert_backlog, relay_drain_rate};
+use crate::common::{Env, QueueDrain, Res, Schema, Side, unique};
 use crate::producer::{
     Committed, Confirms, E2eResult, E2eTarget, OrderPlaced, TOPIC, e2e_on, record_confirm,
 };
@@ -306,18 +304,7 @@ async fn drain(env: &Env, target: &RocketTarget) -> Res<DrainResult> {
         }
         let rate = match side {
             Side::Framework => {
-                let timed = TimedBroker::counting(target.broker.clone());
-                let start = Instant::now();
-                let relay =
-                    Relay::new(schema.store.clone(), timed.clone(), config.clone())?.start();
-                let ok =
-                    wait_drained(&schema, &timed, env.drain_rows, Duration::from_secs(900)).await?;
-                let elapsed = start.elapsed();
-                relay.shutdown().await;
-                if !ok {
-                    return Err("the relay did not drain the backlog within 900 s".into());
-                }
-                env.drain_rows as f64 / elapsed.as_secs_f64()
+                relay_drain_rate(&schema, target.broker.clone(), env.drain_rows, &config).await?
             }
             Side::Baseline => {
                 let start = Instant::now();
@@ -343,19 +330,9 @@ async fn drain(env: &Env, target: &RocketTarget) -> Res<DrainResult> {
         "  rocketmq drain: the baseline made {} failed sends again",
         target.raw.retried.load(Ordering::Relaxed)
     );
-    out.txmsg = median(&out.txmsg_rounds);
-    out.baseline = median(&out.baseline_rounds);
-    out.paired = Paired::of(&out.txmsg_rounds, &out.baseline_rounds);
-    out.ratio = out.paired.ratio;
-    print_pair(
-        &format!(
-            "rocketmq drain of {} rows (txmsg relay) vs {} raw rocketmq-client sends, window {}",
-            env.drain_rows, env.drain_rows, env.window
-        ),
-        "msg/s",
-        out.txmsg,
-        out.baseline,
-        &out.paired,
-    );
+    out.finish(&format!(
+        "rocketmq drain of {} rows (txmsg relay) vs {} raw rocketmq-client sends, window {}",
+        env.drain_rows, env.drain_rows, env.window
+    ));
     Ok(out)
 }

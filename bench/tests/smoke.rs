@@ -11,19 +11,10 @@ use std::process::Command;
 #[test]
 fn every_mode_completes_and_prints_both_figures() {
     let out_dir = std::env::temp_dir().join(format!("txmsg-bench-smoke-{}", std::process::id()));
-    let output = Command::new(env!("CARGO_BIN_EXE_txmsg-bench"))
-        .args(["--quick", "--out"])
-        .arg(&out_dir)
-        .arg("all")
-        .output()
-        .expect("run txmsg-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "txmsg-bench --quick all failed ({}); is PostgreSQL at DATABASE_URL and RabbitMQ at \
-         AMQP_URL up?\n{stdout}\n{stderr}",
-        output.status
+    let stdout = run_quick(
+        "all",
+        &out_dir,
+        "PostgreSQL at DATABASE_URL and RabbitMQ at AMQP_URL",
     );
     let line = |prefix: &str| {
         stdout
@@ -72,6 +63,25 @@ fn every_mode_completes_and_prints_both_figures() {
     std::fs::remove_dir_all(&out_dir).unwrap();
 }
 
+/// Runs `txmsg-bench --quick --out <out_dir> <mode>` and returns what it
+/// printed, failing the test if it failed (naming the `services` it needs).
+fn run_quick(mode: &str, out_dir: &std::path::Path, services: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_txmsg-bench"))
+        .args(["--quick", "--out"])
+        .arg(out_dir)
+        .arg(mode)
+        .output()
+        .expect("run txmsg-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "txmsg-bench --quick {mode} failed ({}); are {services} up?\n{stdout}\n{stderr}",
+        output.status
+    );
+    stdout
+}
+
 /// The number right after `label` in `line`.
 fn figure_after(line: &str, label: &str) -> f64 {
     let rest = &line[line
@@ -88,19 +98,10 @@ fn figure_after(line: &str, label: &str) -> f64 {
 fn rocketmq_modes_complete_and_print_both_figures() {
     let out_dir =
         std::env::temp_dir().join(format!("txmsg-bench-smoke-rocketmq-{}", std::process::id()));
-    let output = Command::new(env!("CARGO_BIN_EXE_txmsg-bench"))
-        .args(["--quick", "--out"])
-        .arg(&out_dir)
-        .arg("rocketmq")
-        .output()
-        .expect("run txmsg-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "txmsg-bench --quick rocketmq failed ({}); is RocketMQ at ROCKETMQ_URL up?\n\
-         {stdout}\n{stderr}",
-        output.status
+    let stdout = run_quick(
+        "rocketmq",
+        &out_dir,
+        "PostgreSQL at DATABASE_URL and RocketMQ at ROCKETMQ_URL",
     );
     for prefix in ["rocketmq drain of", "rocketmq e2e peak throughput:"] {
         let l = stdout

@@ -5,7 +5,6 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +16,9 @@ use txmsg_core::consumer::{SubscribeSpec, Subscription};
 use txmsg_core::{Broker, Clock, Envelope, Error, SqlStore, Store};
 use txmsg_memory::MemoryBroker;
 use txmsg_sqlite::SqliteStore;
+
+mod support;
+use support::spans::SpanLog;
 
 #[derive(Debug)]
 struct TestClock(Mutex<DateTime<Utc>>);
@@ -311,37 +313,6 @@ async fn traced(_tx: &mut Tx<'_, sqlx::Sqlite>, _ping: Ping) -> Result<(), sqlx:
     Ok(())
 }
 
-/// A span's name and its fields, as text.
-type SpanFields = (String, HashMap<String, String>);
-
-/// Spans opened while the test runs, by id.
-#[derive(Clone, Default)]
-struct SpanLog(Arc<Mutex<HashMap<tracing::span::Id, SpanFields>>>);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanLog {
-    fn on_new_span(
-        &self,
-        attrs: &tracing::span::Attributes<'_>,
-        id: &tracing::span::Id,
-        _: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        struct Fields(HashMap<String, String>);
-        impl tracing::field::Visit for Fields {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                self.0.insert(field.name().to_owned(), format!("{value:?}"));
-            }
-            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-                self.0.insert(field.name().to_owned(), value.to_owned());
-            }
-        }
-        let mut fields = Fields(HashMap::new());
-        attrs.record(&mut fields);
-        if let Ok(mut log) = self.0.lock() {
-            log.insert(id.clone(), (attrs.metadata().name().to_owned(), fields.0));
-        }
-    }
-}
-
 /// The in-process broker, noting the span each subscribe is called in.
 #[derive(Debug, Clone, Default)]
 struct SpanProbe {
@@ -369,10 +340,7 @@ impl Broker for SpanProbe {
 /// messaging system, the topic and the group.
 #[tokio::test]
 async fn a_subscribe_runs_in_the_broker_subscribe_span() {
-    use tracing_subscriber::layer::SubscriberExt;
-    let spans = SpanLog::default();
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+    let (spans, _guard) = SpanLog::install();
     let store = store().await;
     let broker = SpanProbe::default();
     let consumer = Consumer::new(store, broker.clone(), ConsumerConfig::new("traced"))
@@ -384,7 +352,7 @@ async fn a_subscribe_runs_in_the_broker_subscribe_span() {
     let ids = broker.subscribed_in.lock().unwrap().clone();
     assert_eq!(ids.len(), 1, "one handler, one subscribe: {ids:?}");
     let id = ids[0].clone().expect("subscribe runs in a span");
-    let (name, fields) = spans.0.lock().unwrap().get(&id).cloned().unwrap();
+    let (name, fields) = spans.by_id(&id).expect("the span was noted");
     assert_eq!(name, "txmsg.broker.subscribe", "{fields:?}");
     let field = |name: &str| fields.get(name).cloned().unwrap_or_default();
     assert_eq!(field("messaging.system"), "txmsg_memory");

@@ -14,6 +14,9 @@ use txmsg_core::{DeadFilter, Message, Outbox, Relay, RelayConfig, RelayHandle, S
 use txmsg_memory::{MemoryBroker, MemorySubscription};
 use txmsg_sqlite::SqliteStore;
 
+mod support;
+use support::spans::SpanLog;
+
 async fn store() -> (SqliteStore, std::path::PathBuf) {
     let path = std::env::temp_dir().join(format!("txmsg-relay-{}.db", uuid::Uuid::now_v7()));
     let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
@@ -589,46 +592,12 @@ async fn lease_is_checked_after_waiting_for_a_publish_slot() {
     cleanup(path);
 }
 
-/// A span's name and its fields, as text.
-type SpanFields = (String, HashMap<String, String>);
-
-/// Spans opened while the test runs.
-#[derive(Clone, Default)]
-struct SpanLog(Arc<std::sync::Mutex<Vec<SpanFields>>>);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanLog {
-    fn on_new_span(
-        &self,
-        attrs: &tracing::span::Attributes<'_>,
-        _: &tracing::span::Id,
-        _: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        struct Fields(HashMap<String, String>);
-        impl tracing::field::Visit for Fields {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                self.0.insert(field.name().to_owned(), format!("{value:?}"));
-            }
-            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-                self.0.insert(field.name().to_owned(), value.to_owned());
-            }
-        }
-        let mut fields = Fields(HashMap::new());
-        attrs.record(&mut fields);
-        if let Ok(mut log) = self.0.lock() {
-            log.push((attrs.metadata().name().to_owned(), fields.0));
-        }
-    }
-}
-
 /// A publish is a producer span with OpenTelemetry's messaging attributes,
 /// named `publish <topic>` once exported; the broker's publish runs below it
 /// in `txmsg.broker.publish`.
 #[tokio::test]
 async fn a_publish_span_carries_the_messaging_attributes() {
-    use tracing_subscriber::layer::SubscriberExt;
-    let spans = SpanLog::default();
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+    let (spans, _guard) = SpanLog::install();
     let (store, path) = store().await;
     let broker = MemoryBroker::new();
     let mut sub = broker.observe("t.otel");
@@ -636,12 +605,7 @@ async fn a_publish_span_carries_the_messaging_attributes() {
     send(&outbox, "t.otel", Some("k"), "otel-1").await;
     let got = receive(&mut sub, 1).await;
     relay.shutdown().await;
-    let log = spans.0.lock().unwrap().clone();
-    let publish = log
-        .iter()
-        .find(|(name, _)| name == "txmsg.publish")
-        .map(|(_, fields)| fields.clone())
-        .expect("a txmsg.publish span");
+    let publish = spans.first("txmsg.publish").expect("a txmsg.publish span");
     let field = |name: &str| publish.get(name).cloned().unwrap_or_default();
     assert_eq!(field("otel.name"), "publish t.otel", "{publish:?}");
     assert_eq!(field("otel.kind"), "producer");
@@ -650,10 +614,8 @@ async fn a_publish_span_carries_the_messaging_attributes() {
     assert_eq!(field("messaging.destination.name"), "t.otel");
     assert_eq!(field("messaging.message.id"), got[0].id.to_string());
     // The relay runs the broker's publish in the span every broker shares.
-    let broker_publish = log
-        .iter()
-        .find(|(name, _)| name == "txmsg.broker.publish")
-        .map(|(_, fields)| fields.clone())
+    let broker_publish = spans
+        .first("txmsg.broker.publish")
         .expect("a txmsg.broker.publish span");
     let field = |name: &str| broker_publish.get(name).cloned().unwrap_or_default();
     assert_eq!(

@@ -1,0 +1,3 @@
+//! What several of core's test files share.
+
+pub(crate) mod spans;
