@@ -119,6 +119,15 @@ pub(crate) struct DrainResult {
 }
 
 impl DrainResult {
+    /// No rounds yet, of `env`'s rows and window.
+    pub(crate) fn of(env: &Env) -> Self {
+        DrainResult {
+            rows: env.drain_rows,
+            window: env.window,
+            ..DrainResult::default()
+        }
+    }
+
     /// Computes the medians and the paired ratio of the rounds, and prints
     /// them as `what`.
     pub(crate) fn finish(&mut self, what: &str) {
@@ -130,21 +139,23 @@ impl DrainResult {
     }
 }
 
+/// The body of every raw publish of the drain modes: the JSON of one order,
+/// of the same shape as the backlog's rows.
+pub(crate) fn raw_body() -> Res<Vec<u8>> {
+    Ok(serde_json::to_vec(&OrderPlaced {
+        id: 123_456,
+        client: 0,
+        amount: 3456,
+    })?)
+}
+
 /// `drain`: the relay started after `rows` pending rows vs raw publishes.
 pub(crate) async fn drain(env: &Env) -> Res<DrainResult> {
     let schema = Schema::create(env, "d", 8).await?;
     let rabbit = Rabbit::create(env, "drain").await?;
-    let body = serde_json::to_vec(&OrderPlaced {
-        id: 123_456,
-        client: 0,
-        amount: 3456,
-    })?;
+    let body = raw_body()?;
     let config = RelayConfig::default().with_max_in_flight(env.window);
-    let mut out = DrainResult {
-        rows: env.drain_rows,
-        window: env.window,
-        ..DrainResult::default()
-    };
+    let mut out = DrainResult::of(env);
     for (round, side) in Side::schedule(env, env.rounds) {
         rabbit.purge().await?;
         if side == Side::Framework {

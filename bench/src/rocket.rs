@@ -21,11 +21,9 @@ use txmsg::rocketmq::{RocketBroker, RocketConfig};
 
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::backlog::{DrainResult, insert_backlog, relay_drain_rate};
+use crate::backlog::{DrainResult, insert_backlog, raw_body, relay_drain_rate};
 use crate::common::{Env, QueueDrain, Res, Schema, Side, unique};
-use crate::producer::{
-    Committed, Confirms, E2eResult, E2eTarget, OrderPlaced, TOPIC, e2e_on, record_confirm,
-};
+use crate::producer::{Committed, Confirms, E2eResult, E2eTarget, TOPIC, e2e_on, record_confirm};
 
 /// Queues of the benchmark's topic (the adapter's default).
 const QUEUES: i32 = 8;
@@ -286,17 +284,9 @@ pub(crate) async fn run(env: &Env, url: &str) -> Res<RocketResult> {
 /// rows vs raw rocketmq-client sends of as many messages.
 async fn drain(env: &Env, target: &RocketTarget) -> Res<DrainResult> {
     let schema = Schema::create(env, "r", 8).await?;
-    let body = serde_json::to_vec(&OrderPlaced {
-        id: 123_456,
-        client: 0,
-        amount: 3456,
-    })?;
+    let body = raw_body()?;
     let config = RelayConfig::default().with_max_in_flight(env.window);
-    let mut out = DrainResult {
-        rows: env.drain_rows,
-        window: env.window,
-        ..DrainResult::default()
-    };
+    let mut out = DrainResult::of(env);
     for (round, side) in Side::schedule(env, env.rounds) {
         if side == Side::Framework {
             schema.truncate().await?;
