@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use lapin::options::BasicPublishOptions;
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Confirmation, message::BasicReturnMessage};
+use lapin::{Channel, message::BasicReturnMessage};
 use tracing::{Instrument, debug, debug_span};
 use txmsg_core::consumer::{SubscribeSpec, Subscription};
 use txmsg_core::{Broker, Envelope, Error, Result};
 
 use crate::config::RabbitConfig;
+use crate::confirm::Outcome;
 use crate::link::{Down, Shared, broker_error, declare_bound_queue, driver_error};
 use crate::url::BrokerUrl;
 
@@ -242,8 +243,8 @@ impl RabbitBroker {
         let Some(link) = self.shared.close() else {
             return Ok(());
         };
-        // Errors here mean the channel is gone already: nothing to wait for.
-        let _ = link.channel.wait_for_confirms().await;
+        // Publishes in flight get their confirms (or the channel's error).
+        link.confirms.settled().await;
         if !link.connection.status().connected() {
             return Ok(());
         }
@@ -264,7 +265,7 @@ impl RabbitBroker {
         }
     }
 
-    fn unroutable(&self, envelope: &Envelope, returned: &BasicReturnMessage) -> Error {
+    fn unroutable(&self, envelope: &Envelope, returned: Option<&BasicReturnMessage>) -> Error {
         Error::Broker {
             message: format!(
                 "unroutable: no queue bound for routing key `{}` on exchange `{}`",
@@ -273,7 +274,7 @@ impl RabbitBroker {
             ),
             retryable: true,
             source: returned
-                .error()
+                .and_then(BasicReturnMessage::error)
                 .map(|e| Box::new(e) as txmsg_core::BoxError),
         }
     }
@@ -306,36 +307,24 @@ impl Broker for RabbitBroker {
             mandatory: self.shared.config.mandatory(),
             ..BasicPublishOptions::default()
         };
-        let confirm = match link
-            .channel
-            .basic_publish(
-                self.shared.exchange.clone(),
-                routing_key,
-                options,
-                &envelope.payload,
-                properties,
-            )
-            .await
-        {
-            Ok(confirm) => confirm,
-            Err(e) => {
-                self.shared.check(&link, Down::Lapin(e.clone()), false);
-                return Err(driver_error(
-                    format!("publishing to exchange `{}` failed", self.exchange()),
-                    e,
-                ));
-            }
-        };
-        match confirm.await {
-            Ok(Confirmation::Ack(None)) => Ok(()),
-            Ok(Confirmation::Ack(Some(returned))) => {
+        let outcome = link.confirms.publish(
+            self.shared.exchange.clone(),
+            routing_key,
+            options,
+            envelope.payload.clone(),
+            properties,
+            envelope.id.to_string(),
+        );
+        match outcome.await {
+            Ok(Outcome::Routed) => Ok(()),
+            Ok(Outcome::Returned(returned)) => {
                 debug!(
-                    reply_code = returned.reply_code,
+                    reply_code = returned.as_ref().map(|r| r.reply_code),
                     "rabbitmq returned the message"
                 );
-                Err(self.unroutable(envelope, &returned))
+                Err(self.unroutable(envelope, returned.as_deref()))
             }
-            Ok(Confirmation::Nack(_)) => {
+            Ok(Outcome::Nacked) => {
                 debug!("rabbitmq nacked the message");
                 Err(Error::Broker {
                     message: format!("rabbitmq nacked message {}", envelope.id),
@@ -343,20 +332,32 @@ impl Broker for RabbitBroker {
                     source: None,
                 })
             }
-            Ok(Confirmation::NotRequested) => {
+            Ok(Outcome::NotConfirmed) => {
                 self.shared.check(&link, Down::NoConfirms, true);
                 Err(Error::broker(
                     format!("rabbitmq did not confirm message {}", envelope.id),
                     Down::NoConfirms,
                 ))
             }
-            Err(e) => {
+            Ok(Outcome::SendFailed(e)) => {
+                self.shared.check(&link, Down::Lapin(e.clone()), false);
+                Err(driver_error(
+                    format!("publishing to exchange `{}` failed", self.exchange()),
+                    e,
+                ))
+            }
+            Ok(Outcome::ConfirmFailed(e)) => {
                 self.shared.check(&link, Down::Lapin(e.clone()), false);
                 Err(driver_error(
                     format!("no publisher confirm for message {}", envelope.id),
                     e,
                 ))
             }
+            // The runtime that settles publishes is shutting down.
+            Err(_) => Err(Error::broker_unavailable(
+                format!("no publisher confirm for message {}", envelope.id),
+                None,
+            )),
         }
     }
 

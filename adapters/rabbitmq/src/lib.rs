@@ -74,6 +74,7 @@
 
 mod broker;
 mod config;
+mod confirm;
 mod consume;
 mod link;
 mod url;

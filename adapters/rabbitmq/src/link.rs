@@ -29,6 +29,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use txmsg_core::{Error, Result};
 
 use crate::config::RabbitConfig;
+use crate::confirm::Confirms;
 use crate::url::BrokerUrl;
 
 /// What every clone of one broker shares.
@@ -59,6 +60,8 @@ struct State {
 pub(crate) struct Link {
     pub(crate) connection: Connection,
     pub(crate) channel: Channel,
+    /// Settles the channel's publishes, returns told apart by message id.
+    pub(crate) confirms: Confirms,
     generation: u64,
     /// Dropping the link stops its event watcher.
     _stop_watcher: oneshot::Sender<()>,
@@ -368,9 +371,11 @@ impl Shared {
         self.runtime
             .spawn(watch(Arc::downgrade(self), generation, events, stopped));
         debug!(url = %self.url, exchange = %self.exchange, "connected to rabbitmq");
+        let confirms = Confirms::start(channel.clone(), &self.runtime);
         Ok(Arc::new(Link {
             connection,
             channel,
+            confirms,
             generation,
             _stop_watcher: stop,
         }))

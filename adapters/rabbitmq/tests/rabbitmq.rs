@@ -294,6 +294,73 @@ async fn concurrent_publishes_are_all_confirmed_and_delivered() {
     .await;
 }
 
+/// Routed and unroutable messages published at once on one channel: RabbitMQ
+/// returns each unroutable one before it confirms it, often in one ack that
+/// covers many messages. Each publish must be told its own outcome: a
+/// returned message reported as confirmed would be lost, a routed one
+/// reported as returned would be sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn routed_and_unroutable_publishes_at_once_each_get_their_own_outcome() {
+    const N: usize = 1_000;
+    with_names(1, |names| async move {
+        let broker = connect(names.config().with_mandatory(true)).await;
+        let queue = &names.queues[0];
+        broker
+            .bind_queue(queue, "bound.#")
+            .await
+            .expect("bind queue");
+
+        let envelopes: Vec<(bool, Envelope)> = (0..N)
+            .map(|n| {
+                let routed = n % 2 == 0;
+                let topic = if routed { "bound.item" } else { "nowhere.item" };
+                (routed, envelope(topic, n))
+            })
+            .collect();
+        let expected: BTreeSet<String> = envelopes
+            .iter()
+            .filter(|(routed, _)| *routed)
+            .map(|(_, e)| e.id.to_string())
+            .collect();
+        let tasks: Vec<_> = envelopes
+            .into_iter()
+            .map(|(routed, env)| {
+                let broker = broker.clone();
+                tokio::spawn(async move { (routed, broker.publish(&env).await) })
+            })
+            .collect();
+        let (mut routed_ok, mut routed_err, mut unroutable_ok, mut unroutable_err) = (0, 0, 0, 0);
+        for task in tasks {
+            match task.await.expect("task") {
+                (true, Ok(())) => routed_ok += 1,
+                (true, Err(_)) => routed_err += 1,
+                (false, Ok(())) => unroutable_ok += 1,
+                (false, Err(e)) => {
+                    assert!(e.to_string().contains("unroutable"), "{e}");
+                    unroutable_err += 1;
+                }
+            }
+        }
+        assert_eq!(
+            (routed_ok, routed_err, unroutable_ok, unroutable_err),
+            (N / 2, 0, 0, N / 2),
+            "(routed confirmed, routed reported returned, returned reported confirmed, \
+             returned reported returned)"
+        );
+
+        let (conn, ch) = raw_channel().await;
+        let got = drain(&ch, queue).await;
+        let ids: BTreeSet<String> = got
+            .iter()
+            .map(|m| header(&m.delivery.properties, "txmsg-id").expect("txmsg-id header"))
+            .collect();
+        assert_eq!(got.len(), N / 2, "every routed message was delivered, once");
+        assert_eq!(ids, expected);
+        let _ = conn.close(200, "OK".into()).await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn mandatory_publish_without_a_bound_queue_is_a_retryable_error() {
     with_names(1, |names| async move {
