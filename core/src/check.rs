@@ -279,34 +279,34 @@ where
     T::read(d)
 }
 
-/// Writes a broker's config from one list of its settings: the struct (its
-/// derives and `#[serde(default)]` come from the caller, as serde's names
-/// must), `#[non_exhaustive]` and refusing unknown keys, its `Default`, and for
-/// each checked setting a getter named after the
-/// field, documented with the setting's doc, and a `with_` setter that runs
-/// one of this module's checks on the value, naming the field. Plain fields
-/// (`name: Type = default;`, listed first) get their accessors by hand.
+/// Writes a broker's config from one list of its settings: the struct
+/// (`Debug`, `Clone`, `PartialEq`, `Eq`, deserializable with serde, every
+/// setting defaulted, unknown keys refused, `#[non_exhaustive]`), its
+/// `Default`, and for each checked setting a getter named after the field,
+/// documented with the setting's doc, and a `with_` setter that runs one of
+/// this module's checks on the value, naming the field. Plain fields
+/// (`name: Type = default;`, listed first) get their accessors by hand. The
+/// struct's docs end with a paragraph on deserializing it.
 ///
-/// It adds the accessors of the CloudEvents `source` every broker has
-/// (checked by [`check_source`](crate::cloudevents::check_source)), and with
-/// `tls "<crate>" { <docs> }` those of the TLS files, refused without the
-/// crate's `tls` feature.
+/// It adds the CloudEvents `source` every broker has (default `/txmsg`,
+/// checked by [`check_source`](crate::cloudevents::check_source)), and with
+/// `tls "<crate>" { <docs> }` the TLS files, refused without the crate's
+/// `tls` feature, both with their accessors.
 ///
 /// It also writes `validate`, which runs every setter on the config's own
 /// values, as a deserialized config needs: first the caller's
 /// `fn with_plain_settings_of(self, from: &Self) -> Result<Self>`, which
-/// sets the plain fields other than `source` from `from` through their
-/// setters, then `source`, the checked settings and the TLS files.
+/// sets the plain fields from `from` through their setters, then `source`,
+/// the checked settings and the TLS files.
+///
+/// The calling crate depends on `serde` (with `derive`).
 ///
 /// ```
 /// use std::time::Duration;
 ///
 /// txmsg_core::broker_settings! {
 ///     /// A broker's settings.
-///     #[derive(Debug, Clone, serde::Deserialize)]
-///     #[serde(default)]
 ///     pub struct DemoConfig {
-///         source: String = "/txmsg".to_owned();
 ///         /// How long a delivery may stay unsettled.
 ///         ack_wait / with_ack_wait: Duration = Duration::from_secs(30),
 ///             unless "it is at least 1 s" = at_least(Duration::from_secs(1)),
@@ -314,7 +314,7 @@ where
 /// }
 ///
 /// impl DemoConfig {
-///     // No plain settings but `source`: nothing to set.
+///     // No plain settings: nothing to set.
 ///     fn with_plain_settings_of(self, _: &Self) -> txmsg_core::Result<Self> {
 ///         Ok(self)
 ///     }
@@ -343,6 +343,15 @@ macro_rules! broker_settings {
         $( tls $adapter:literal { $(#[doc = $tls_doc:literal])+ } )?
     ) => {
         $(#[$meta])*
+        ///
+        /// It deserializes with serde, from a service's config file or
+        /// environment, as [the guide's configuration reference][guide]
+        /// shows; [`validate`](Self::validate) then checks it as the setters
+        /// do (connecting checks it too).
+        ///
+        /// [guide]: https://github.com/txmsg/txmsg/blob/main/docs/guide.md#4-configuration-reference
+        #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+        #[serde(default)]
         #[non_exhaustive]
         #[serde(deny_unknown_fields)]
         pub struct $config {
@@ -350,6 +359,12 @@ macro_rules! broker_settings {
                 #[serde(deserialize_with = "txmsg_core::check::setting")]
                 $plain: $plain_ty,
             )*
+            #[serde(deserialize_with = "txmsg_core::check::setting")]
+            source: String,
+            $(
+                #[serde(deserialize_with = "txmsg_core::check::setting")]
+                tls: $crate::broker_settings!(@tls_files $adapter),
+            )?
             $(
                 #[serde(deserialize_with = "txmsg_core::check::setting")]
                 $field: $ty,
@@ -360,6 +375,8 @@ macro_rules! broker_settings {
             fn default() -> Self {
                 $config {
                     $( $plain: $plain_default, )*
+                    source: "/txmsg".to_owned(),
+                    $( tls: <$crate::broker_settings!(@tls_files $adapter)>::default(), )?
                     $( $field: $default, )*
                 }
             }
@@ -404,6 +421,9 @@ macro_rules! broker_settings {
         }
         $crate::broker_settings!(@source $config);
         $( $crate::broker_settings!(@tls $config, $adapter, $(#[doc = $tls_doc])+); )?
+    };
+    (@tls_files $adapter:literal) => {
+        $crate::tls::TlsFiles
     };
     (@validate $from:expr, $adapter:literal; $checked:expr) => {
         $checked.with_tls($from.tls.clone())?

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use txmsg_core::tls::TlsFiles;
 use txmsg_core::{Error, Result, check};
 
 use crate::url::Endpoint;
@@ -17,8 +16,8 @@ txmsg_core::broker_settings! {
     /// [`MqttBroker::connect`](crate::MqttBroker::connect) refuses the URL with
     /// [`Error::Config`] for `url` rather than connecting in plain text. The
     /// server's certificate is checked against the system's trust store, or only
-    /// against [`TlsFiles::ca_file`] when that is set;
-    /// [`TlsFiles::client_auth`] adds a client certificate
+    /// against [`TlsFiles::ca_file`](txmsg_core::tls::TlsFiles::ca_file) when that is set;
+    /// [`TlsFiles::client_auth`](txmsg_core::tls::TlsFiles::client_auth) adds a client certificate
     /// (mutual TLS). The TLS options are refused for a plain `mqtt://` URL,
     /// which would not use them.
     ///
@@ -36,20 +35,9 @@ txmsg_core::broker_settings! {
     /// assert_eq!(config.topic_prefix(), "shop/");
     /// # Ok(()) }
     /// ```
-    ///
-    /// It deserializes with serde, from a service's config file or environment,
-    /// as [the guide's configuration reference][guide] shows;
-    /// [`validate`](Self::validate) then checks it as the setters do
-    /// (connecting checks it too).
-    ///
-    /// [guide]: https://github.com/txmsg/txmsg/blob/main/docs/guide.md#4-configuration-reference
-    #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-    #[serde(default)]
     pub struct MqttConfig {
         topic_prefix: String = "txmsg/".to_owned();
         client_id_prefix: String = "txmsg-".to_owned();
-        source: String = "/txmsg".to_owned();
-        tls: TlsFiles = TlsFiles::default();
         /// The MQTT keep-alive interval (default 30 s).
         keep_alive / with_keep_alive: Duration = Duration::from_secs(30),
             unless "it is 5 s to 65535 s, in whole seconds"
@@ -80,7 +68,7 @@ txmsg_core::broker_settings! {
     tls "txmsg-mqtt" {
         /// Sets the TLS files of `mqtts://` connections: a CA file trusted
         /// instead of the system's roots, a client certificate and key (see
-        /// [`TlsFiles`]; read when the broker connects).
+        /// [`TlsFiles`](txmsg_core::tls::TlsFiles); read when the broker connects).
     }
 }
 

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use txmsg_core::tls::TlsFiles;
 use txmsg_core::{Error, Result, check};
 
 txmsg_core::broker_settings! {
@@ -28,7 +27,7 @@ txmsg_core::broker_settings! {
     /// crate's `tls` feature: without it a `tls://` URL is refused with
     /// [`Error::Config`] for `url`, and so are the TLS options. The server's
     /// certificate is checked against the system's trust store, plus
-    /// [`TlsFiles::ca_file`] when that is set.
+    /// [`TlsFiles::ca_file`](txmsg_core::tls::TlsFiles::ca_file) when that is set.
     ///
     /// # Examples
     ///
@@ -46,20 +45,9 @@ txmsg_core::broker_settings! {
     /// assert!(NatsConfig::default().with_stream("no.dots").is_err());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    ///
-    /// It deserializes with serde, from a service's config file or environment,
-    /// as [the guide's configuration reference][guide] shows;
-    /// [`validate`](Self::validate) then checks it as the setters do
-    /// (connecting checks it too).
-    ///
-    /// [guide]: https://github.com/txmsg/txmsg/blob/main/docs/guide.md#4-configuration-reference
-    #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-    #[serde(default)]
     pub struct NatsConfig {
         stream: String = "TXMSG".to_owned();
         subject_prefix: String = "txmsg".to_owned();
-        source: String = "/txmsg".to_owned();
-        tls: TlsFiles = TlsFiles::default();
         /// How long the stream remembers a message's `Nats-Msg-Id` (its
         /// idempotency key): a message published again within the window is
         /// acknowledged and dropped.
@@ -91,7 +79,7 @@ txmsg_core::broker_settings! {
     }
     tls "txmsg-nats" {
         /// Sets the TLS files: CA certificates trusted beside the system's
-        /// roots, a client certificate and key (see [`TlsFiles`]; read when
+        /// roots, a client certificate and key (see [`TlsFiles`](txmsg_core::tls::TlsFiles); read when
         /// the broker connects). Once any is set, the client requires TLS.
     }
 }

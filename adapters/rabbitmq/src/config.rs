@@ -32,19 +32,9 @@ txmsg_core::broker_settings! {
     /// assert!(RabbitConfig::default().with_exchange("no spaces").is_err());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    ///
-    /// It deserializes with serde, from a service's config file or environment,
-    /// as [the guide's configuration reference][guide] shows;
-    /// [`validate`](Self::validate) then checks it as the setters do
-    /// (connecting checks it too).
-    ///
-    /// [guide]: https://github.com/txmsg/txmsg/blob/main/docs/guide.md#4-configuration-reference
-    #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-    #[serde(default)]
     pub struct RabbitConfig {
         exchange: String = "txmsg".to_owned();
         mandatory: bool = true;
-        source: String = "/txmsg".to_owned();
         connection_name: String = "txmsg".to_owned();
         reconnect_min: Duration = Duration::from_millis(100);
         reconnect_max: Duration = Duration::from_secs(10);

@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use txmsg_core::tls::TlsFiles;
 use txmsg_core::{Error, Result, check};
 
 txmsg_core::broker_settings! {
@@ -27,7 +26,7 @@ txmsg_core::broker_settings! {
     /// crate's `tls` feature, and without it [`RedisBroker::connect`] refuses the
     /// URL with [`Error::Config`] for `url` rather than connecting in plain
     /// text. The server's certificate is checked against the system's trust
-    /// store, or only against [`TlsFiles::ca_file`] when that is
+    /// store, or only against [`TlsFiles::ca_file`](txmsg_core::tls::TlsFiles::ca_file) when that is
     /// set. The TLS options are refused for a plain `redis://` URL, which would
     /// not use them.
     ///
@@ -48,22 +47,11 @@ txmsg_core::broker_settings! {
     /// assert!(RedisConfig::default().with_key_prefix("no spaces").is_err());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    ///
-    /// It deserializes with serde, from a service's config file or environment,
-    /// as [the guide's configuration reference][guide] shows;
-    /// [`validate`](Self::validate) then checks it as the setters do
-    /// (connecting checks it too).
-    ///
-    /// [guide]: https://github.com/txmsg/txmsg/blob/main/docs/guide.md#4-configuration-reference
-    #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-    #[serde(default)]
     pub struct RedisConfig {
         key_prefix: String = "txmsg:".to_owned();
         max_len: Option<u64> = None;
-        source: String = "/txmsg".to_owned();
         connect_timeout: Duration = Duration::from_secs(5);
         response_timeout: Duration = Duration::from_secs(5);
-        tls: TlsFiles = TlsFiles::default();
         /// How long a delivery may stay pending without its consumer keeping
         /// it before any subscription of the group takes it over and delivers
         /// it again: the redelivery delay of a dropped delivery or of the
@@ -84,7 +72,7 @@ txmsg_core::broker_settings! {
     tls "txmsg-redis" {
         /// Sets the TLS files of `rediss://` connections: a CA file trusted
         /// instead of the system's roots, a client certificate and key (see
-        /// [`TlsFiles`]; read when the broker connects).
+        /// [`TlsFiles`](txmsg_core::tls::TlsFiles); read when the broker connects).
     }
 }
 

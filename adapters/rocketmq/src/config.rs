@@ -30,19 +30,9 @@ txmsg_core::broker_settings! {
     /// assert!(RocketConfig::default().with_topic_prefix("no.dots").is_err());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    ///
-    /// It deserializes with serde, from a service's config file or environment,
-    /// as [the guide's configuration reference][guide] shows;
-    /// [`validate`](Self::validate) then checks it as the setters do
-    /// (connecting checks it too).
-    ///
-    /// [guide]: https://github.com/txmsg/txmsg/blob/main/docs/guide.md#4-configuration-reference
-    #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-    #[serde(default)]
     pub struct RocketConfig {
         topic_prefix: String = String::new();
         producer_group: String = "txmsg".to_owned();
-        source: String = "/txmsg".to_owned();
         /// The longest a publish waits for the broker's answer; past it the
         /// publish fails with a retryable error.
         send_timeout / with_send_timeout: Duration = Duration::from_secs(3),
