@@ -10,7 +10,8 @@ use std::sync::Arc;
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 use txmsg_core::{Result, Tables};
 use txmsg_sql::{
-    IdList, InboxStatements, MigrationsSql, OutboxInsert, SettleSql, Statements, Stmt,
+    IdList, InboxStatements, MigrationsSql, OutboxInsert, OwnStatements, SettleSql, Statements,
+    Stmt,
 };
 
 use crate::migrate::{MIGRATIONS, Step, Table};
@@ -110,396 +111,398 @@ pub(crate) struct OwnInbox {
     pub(crate) without_legacy_keys: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
-/// Every statement of a store on `tables`. MySQL's placeholders are
-/// positional, so each shared statement says which argument fills each.
-///
-/// # Errors
-///
-/// [`Error::Config`] for `inbox_table` if its name leaves no name for the
-/// consumer dead-letter table.
-pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
-    let outbox = tables.qualified(tables.outbox(), '`');
-    let inbox = tables.qualified(tables.inbox(), '`');
-    let migrations_table = tables.qualified(tables.migrations(), '`');
-    let o = &outbox;
-    let cols = ENVELOPE_COLUMNS;
-    let dead = &tables.consumer_dead()?;
+impl OwnStatements for Own {
+    /// Every statement of a store on `tables`. MySQL's placeholders are
+    /// positional, so each shared statement says which argument fills each.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `inbox_table` if its name leaves no name for the
+    /// consumer dead-letter table.
+    fn statements(tables: &Tables) -> Result<Sql> {
+        let outbox = tables.qualified(tables.outbox(), '`');
+        let inbox = tables.qualified(tables.inbox(), '`');
+        let migrations_table = tables.qualified(tables.migrations(), '`');
+        let o = &outbox;
+        let cols = ENVELOPE_COLUMNS;
+        let dead = &tables.consumer_dead()?;
 
-    let render = |template: &str| {
-        template
-            .replace("{outbox}", &outbox)
-            .replace("{inbox}", &inbox)
-            .replace("{consumer_dead}", &tables.qualified(dead, '`'))
-    };
-    let table_name = |table: Table| match table {
-        Table::Outbox => tables.outbox().to_string(),
-        Table::Inbox => tables.inbox().to_string(),
-    };
-    let migrations = {
-        MIGRATIONS
-            .iter()
-            .map(|m| RenderedMigration {
-                version: i64::from(m.version),
-                description: m.description,
-                steps: m
-                    .steps
-                    .iter()
-                    .map(|step| {
-                        let unless = |exists, table, name, then: &str| RenderedStep::Unless {
-                            exists,
-                            schema: tables.schema().map(ToString::to_string),
-                            table: table_name(table),
-                            name,
-                            then: sql_str(render(then)),
-                        };
-                        match *step {
-                            Step::Sql(text) => RenderedStep::Sql(sql_str(render(text))),
-                            Step::AddColumn {
-                                table,
-                                column,
-                                alter,
-                            } => unless(COLUMN_EXISTS, table, column, alter),
-                            Step::AddIndex {
-                                table,
-                                index,
-                                create,
-                            } => unless(INDEX_EXISTS, table, index, create),
-                        }
-                    })
-                    .collect(),
-            })
-            .collect()
-    };
-    let (inbox, own_inbox) = inbox_statements(&inbox, &tables.qualified(dead, '`'));
+        let render = |template: &str| {
+            template
+                .replace("{outbox}", &outbox)
+                .replace("{inbox}", &inbox)
+                .replace("{consumer_dead}", &tables.qualified(dead, '`'))
+        };
+        let table_name = |table: Table| match table {
+            Table::Outbox => tables.outbox().to_string(),
+            Table::Inbox => tables.inbox().to_string(),
+        };
+        let migrations = {
+            MIGRATIONS
+                .iter()
+                .map(|m| RenderedMigration {
+                    version: i64::from(m.version),
+                    description: m.description,
+                    steps: m
+                        .steps
+                        .iter()
+                        .map(|step| {
+                            let unless = |exists, table, name, then: &str| RenderedStep::Unless {
+                                exists,
+                                schema: tables.schema().map(ToString::to_string),
+                                table: table_name(table),
+                                name,
+                                then: sql_str(render(then)),
+                            };
+                            match *step {
+                                Step::Sql(text) => RenderedStep::Sql(sql_str(render(text))),
+                                Step::AddColumn {
+                                    table,
+                                    column,
+                                    alter,
+                                } => unless(COLUMN_EXISTS, table, column, alter),
+                                Step::AddIndex {
+                                    table,
+                                    index,
+                                    create,
+                                } => unless(INDEX_EXISTS, table, index, create),
+                            }
+                        })
+                        .collect(),
+                })
+                .collect()
+        };
+        let (inbox, own_inbox) = inbox_statements(&inbox, &tables.qualified(dead, '`'));
 
-    // 1 topic, 2 idempotency key. The row holding the key, read with
-    // a lock so that it is the latest committed version, and whether
-    // it is leased.
-    let inserted = sql_str(format!(
-        "SELECT id, CAST(lease_owner IS NOT NULL AS SIGNED) AS leased FROM {o} \
-                 WHERE topic = ? AND idempotency_key = ? LOCK IN SHARE MODE"
-    ));
+        // 1 topic, 2 idempotency key. The row holding the key, read with
+        // a lock so that it is the latest committed version, and whether
+        // it is leased.
+        let inserted = sql_str(format!(
+            "SELECT id, CAST(lease_owner IS NOT NULL AS SIGNED) AS leased FROM {o} \
+                     WHERE topic = ? AND idempotency_key = ? LOCK IN SHARE MODE"
+        ));
 
-    Ok(Statements {
-        // 1 sent at, then the ids.
-        mark_sent: stmt_ids(format!(
-            "UPDATE {o} SET state = 'sent', sent_at = ?, lease_owner = NULL, lease_until = NULL \
-                 WHERE state = 'pending' AND id IN ({IDS})"
-        ))
-        .bind_order(&[1, 0]),
-
-        // 1 next attempt at, 2 error, 3 id, 4 owner.
-        mark_failed: stmt(format!(
-            "UPDATE {o} SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, \
-                 lease_owner = NULL, lease_until = NULL \
-                 WHERE id = ? AND lease_owner = ? AND state = 'pending'"
-        ))
-        .bind_order(&[2, 3, 0, 1]),
-
-        // 1 reason, 2 dead at, 3 id, 4 owner.
-        mark_dead: stmt(format!(
-            // `attempts` first: MySQL assigns left to right, with the new
-            // values of the columns already set.
-            "UPDATE {o} SET \
-                 attempts = CASE WHEN state = 'pending' THEN attempts + 1 ELSE attempts END, \
-                 state = 'dead', last_error = ?, dead_at = ?, \
-                 lease_owner = NULL, lease_until = NULL \
-                 WHERE id = ? AND state IN ('pending', 'prepared') \
-                 AND (lease_owner = ? OR lease_owner IS NULL)"
-        ))
-        .bind_order(&[2, 3, 0, 1]),
-
-        // 1 owner, then the ids.
-        release: stmt_ids(format!(
-            "UPDATE {o} SET lease_owner = NULL, lease_until = NULL \
-                 WHERE lease_owner = ? AND state = 'pending' AND id IN ({IDS})"
-        ))
-        .bind_order(&[1, 0]),
-
-        // 1, 2 topic or NULL, 3, 4 key or NULL, 5 limit.
-        dead_letters: stmt(format!(
-            "SELECT {cols}, last_error, dead_at FROM {o} \
-                 WHERE state = 'dead' \
-                 AND (? IS NULL OR topic = ?) \
-                 AND (? IS NULL OR `key` = ?) \
-                 ORDER BY dead_at, id \
-                 LIMIT ?"
-        ))
-        .bind_order(&[0, 0, 1, 1, 2]),
-
-        // 1 next attempt at, 2 id. Replaying a dead half message delivers
-        // it: it is an ordinary message from then on, so it loses its
-        // half mark.
-        replay: stmt(format!(
-            "UPDATE {o} SET state = 'pending', attempts = 0, next_attempt_at = ?, \
-                 lease_owner = NULL, lease_until = NULL, dead_at = NULL, half = FALSE \
-                 WHERE id = ? AND state = 'dead'"
-        ))
-        .bind_order(&[1, 0]),
-
-        // 1 before, 2 limit. No ORDER BY: the first matching rows found
-        // are as good as any. SKIP LOCKED keeps the purge from waiting on
-        // anything else.
-        purge_sent: stmt(format!(
-            "SELECT id FROM {o} WHERE state = 'sent' AND sent_at < ? \
-                 LIMIT ? FOR UPDATE SKIP LOCKED"
-        )),
-
-        stats: stmt(format!(
-            "SELECT COUNT(CASE WHEN state = 'pending' THEN 1 END) AS pending, \
-                 MIN(CASE WHEN state = 'pending' THEN created_at END) AS oldest, \
-                 COUNT(CASE WHEN state = 'dead' THEN 1 END) AS dead, \
-                 COUNT(CASE WHEN state = 'sent' THEN 1 END) AS sent, \
-                 COUNT(CASE WHEN state = 'prepared' THEN 1 END) AS prepared \
-                 FROM {o}"
-        )),
-
-        // 1 sent since. Every row is read: for operators only.
-        topic_stats: stmt(format!(
-            "SELECT topic, \
-                 COUNT(CASE WHEN state = 'pending' THEN 1 END) AS pending, \
-                 COUNT(CASE WHEN state = 'prepared' THEN 1 END) AS prepared, \
-                 MIN(CASE WHEN state = 'pending' THEN created_at END) AS oldest, \
-                 COUNT(CASE WHEN state = 'dead' THEN 1 END) AS dead, \
-                 COUNT(CASE WHEN state = 'sent' AND sent_at >= ? THEN 1 END) AS sent_since \
-                 FROM {o} GROUP BY topic ORDER BY topic"
-        )),
-
-        // Pending rows only, through the state index.
-        pending_by_topic: stmt(format!(
-            "SELECT topic, COUNT(*) AS pending, MIN(created_at) AS oldest \
-                 FROM {o} WHERE state = 'pending' GROUP BY topic ORDER BY topic"
-        )),
-
-        // 1 id.
-        dead_letter: stmt(format!(
-            "SELECT {cols}, last_error, dead_at FROM {o} WHERE id = ? AND state = 'dead'"
-        )),
-
-        // 1, 2 topic or NULL, 3, 4 key or NULL, 5 dead before, 6 limit.
-        // SKIP LOCKED, as `purge_sent`.
-        purge_dead: stmt(format!(
-            "SELECT id FROM {o} WHERE state = 'dead' \
-                 AND (? IS NULL OR topic = ?) \
-                 AND (? IS NULL OR `key` = ?) \
-                 AND COALESCE(dead_at, created_at) < ? \
-                 ORDER BY dead_at, id \
-                 LIMIT ? FOR UPDATE SKIP LOCKED"
-        ))
-        .bind_order(&[0, 0, 1, 1, 2, 3]),
-
-        // 1 now, 2 now, 3 limit. SKIP LOCKED keeps concurrent workers
-        // apart; the rows are then leased by id (`claim_lease`).
-        claim_prepared: stmt(format!(
-            "SELECT {cols}, checks FROM {o} \
-                 WHERE state = 'prepared' AND next_attempt_at <= ? \
-                 AND (lease_until IS NULL OR lease_until < ?) \
-                 ORDER BY id \
-                 LIMIT ? \
-                 FOR UPDATE SKIP LOCKED"
-        ))
-        .bind_order(&[2, 2, 3]),
-
-        // 1 checks to add (0 or 1), 2 next check at, 3 id, 4 owner.
-        record_check: stmt(format!(
-            "UPDATE {o} SET checks = checks + ?, next_attempt_at = ?, \
-                 lease_owner = NULL, lease_until = NULL \
-                 WHERE id = ? AND lease_owner = ? AND state = 'prepared'"
-        ))
-        .bind_order(&[3, 2, 0, 1]),
-
-        // 1 reason, 2 at, 3 id, 4 owner.
-        mark_prepared_dead: stmt(format!(
-            "UPDATE {o} SET state = 'dead', last_error = ?, dead_at = ?, \
-                 lease_owner = NULL, lease_until = NULL \
-                 WHERE id = ? AND lease_owner = ? AND state = 'prepared'"
-        ))
-        .bind_order(&[2, 3, 0, 1]),
-
-        // 1 first check at, 2 id. Only a half message that went dead
-        // while prepared.
-        resume: stmt(format!(
-            "UPDATE {o} SET state = 'prepared', checks = 0, next_attempt_at = ?, \
-                 lease_owner = NULL, lease_until = NULL, dead_at = NULL \
-                 WHERE id = ? AND state = 'dead' AND half"
-        ))
-        .bind_order(&[1, 0]),
-        prepare_holder: Some(inserted.clone()),
-        // 1 id, 2 topic, 3 key, 4 idempotency key, 5 payload, 6 headers,
-        // 7 first check at, 8 created_at, 9 expires_at.
-        // Not leased: only the check-back worker leases prepared rows.
-        prepare: sql_str(format!(
-            "INSERT INTO {o} (id, topic, `key`, idempotency_key, payload, headers, state, \
-                 attempts, next_attempt_at, checks, half, created_at, expires_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, 'prepared', 0, ?, 0, TRUE, ?, ?) \
-                 ON DUPLICATE KEY UPDATE id = id"
-        )),
-
-        // 1 now, 2 id. The fence: only a row that is still prepared.
-        settle: SettleSql {
-            commit: sql_str(format!(
-                "UPDATE {o} SET state = 'pending', next_attempt_at = ?, \
-                     lease_owner = NULL, lease_until = NULL, half = FALSE \
-                     WHERE id = ? AND state = 'prepared'"
-            )),
-            rollback: sql_str(format!(
-                "DELETE FROM {o} WHERE id = ? AND state = 'prepared'"
-            )),
-            // A locking read: the latest committed state.
-            state_of: sql_str(format!(
-                "SELECT state FROM {o} WHERE id = ? LOCK IN SHARE MODE"
-            )),
-            after_commit: None,
-        },
-
-        insert: OutboxInsert {
-            // 1 id, 2 topic, 3 key, 4 idempotency key, 5 payload, 6 headers,
-            // 7 next attempt at (created at), 8 lease owner, 9 lease until, 10 created at,
-            // 11 expires at, then for the order check: 12 key, 13 topic,
-            // 14 key, 15 id, 16 lease owner.
-            //
-            // The row is leased to the owner unless an earlier row of its key
-            // is pending or dead and not the owner's: then the poller must
-            // publish this one after it, so it goes in unleased. A duplicate
-            // (same topic and idempotency key) changes nothing; the driver asks
-            // for found rows, so it counts as changed too: `holder` tells
-            // them apart by reading which row holds the key. Not `INSERT
-            // IGNORE`, which would hide other errors.
-            insert: stmt(format!(
-                "INSERT INTO {o} (id, topic, `key`, idempotency_key, payload, headers, state, \
-                 attempts, next_attempt_at, lease_owner, lease_until, checks, half, \
-                 created_at, expires_at) \
-                 SELECT ?, ?, ?, ?, ?, ?, 'pending', 0, ?, \
-                 CASE WHEN b.blocked THEN NULL ELSE ? END, \
-                 CASE WHEN b.blocked THEN NULL ELSE ? END, \
-                 0, FALSE, ?, ? \
-                 FROM (SELECT (? IS NOT NULL AND EXISTS (\
-                   SELECT 1 FROM {o} p \
-                   WHERE p.topic = ? AND p.`key` = ? AND p.id < ? \
-                   AND p.state IN ('pending', 'dead') \
-                   AND (p.lease_owner IS NULL OR p.lease_owner <> ?))) AS blocked) AS b \
-                 ON DUPLICATE KEY UPDATE id = id"
+        Ok(Statements {
+            // 1 sent at, then the ids.
+            mark_sent: stmt_ids(format!(
+                "UPDATE {o} SET state = 'sent', sent_at = ?, lease_owner = NULL, lease_until = NULL \
+                     WHERE state = 'pending' AND id IN ({IDS})"
             ))
-            // In the logical order: 0 id, 1 topic, 2 key, 3 idempotency key,
-            // 4 payload, 5 headers, 6 created at, 7 expires at, 8 lease
-            // owner, 9 lease until.
-            .bind_order(&[0, 1, 2, 3, 4, 5, 6, 8, 9, 6, 7, 2, 1, 2, 0, 8]),
-            unchecked: None,
-            holder: Some(Stmt::new(inserted.clone())),
-            notify: None,
-        },
-        inbox,
-        own: Own {
-            migrate_lock: format!(
-                "txmsg_migrate_{:016x}",
-                txmsg_sql::lock_hash(&format!("txmsg migrate {migrations_table}"))
-            ),
-            create_schema: tables.schema().map(|s| {
-                (
-                    s.to_string(),
-                    Text::new(format!(
-                        "CREATE DATABASE IF NOT EXISTS `{s}` \
-                         CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-                    )),
-                )
-            }),
-            migrations_table: MigrationsSql {
-                create: sql_str(format!(
-                    "CREATE TABLE IF NOT EXISTS {migrations_table} (\
-                 version INT NOT NULL PRIMARY KEY, \
-                 description VARCHAR(255) NOT NULL, \
-                 applied_at DATETIME(6) NOT NULL\
-                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+            .bind_order(&[1, 0]),
+
+            // 1 next attempt at, 2 error, 3 id, 4 owner.
+            mark_failed: stmt(format!(
+                "UPDATE {o} SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, \
+                     lease_owner = NULL, lease_until = NULL \
+                     WHERE id = ? AND lease_owner = ? AND state = 'pending'"
+            ))
+            .bind_order(&[2, 3, 0, 1]),
+
+            // 1 reason, 2 dead at, 3 id, 4 owner.
+            mark_dead: stmt(format!(
+                // `attempts` first: MySQL assigns left to right, with the new
+                // values of the columns already set.
+                "UPDATE {o} SET \
+                     attempts = CASE WHEN state = 'pending' THEN attempts + 1 ELSE attempts END, \
+                     state = 'dead', last_error = ?, dead_at = ?, \
+                     lease_owner = NULL, lease_until = NULL \
+                     WHERE id = ? AND state IN ('pending', 'prepared') \
+                     AND (lease_owner = ? OR lease_owner IS NULL)"
+            ))
+            .bind_order(&[2, 3, 0, 1]),
+
+            // 1 owner, then the ids.
+            release: stmt_ids(format!(
+                "UPDATE {o} SET lease_owner = NULL, lease_until = NULL \
+                     WHERE lease_owner = ? AND state = 'pending' AND id IN ({IDS})"
+            ))
+            .bind_order(&[1, 0]),
+
+            // 1, 2 topic or NULL, 3, 4 key or NULL, 5 limit.
+            dead_letters: stmt(format!(
+                "SELECT {cols}, last_error, dead_at FROM {o} \
+                     WHERE state = 'dead' \
+                     AND (? IS NULL OR topic = ?) \
+                     AND (? IS NULL OR `key` = ?) \
+                     ORDER BY dead_at, id \
+                     LIMIT ?"
+            ))
+            .bind_order(&[0, 0, 1, 1, 2]),
+
+            // 1 next attempt at, 2 id. Replaying a dead half message delivers
+            // it: it is an ordinary message from then on, so it loses its
+            // half mark.
+            replay: stmt(format!(
+                "UPDATE {o} SET state = 'pending', attempts = 0, next_attempt_at = ?, \
+                     lease_owner = NULL, lease_until = NULL, dead_at = NULL, half = FALSE \
+                     WHERE id = ? AND state = 'dead'"
+            ))
+            .bind_order(&[1, 0]),
+
+            // 1 before, 2 limit. No ORDER BY: the first matching rows found
+            // are as good as any. SKIP LOCKED keeps the purge from waiting on
+            // anything else.
+            purge_sent: stmt(format!(
+                "SELECT id FROM {o} WHERE state = 'sent' AND sent_at < ? \
+                     LIMIT ? FOR UPDATE SKIP LOCKED"
+            )),
+
+            stats: stmt(format!(
+                "SELECT COUNT(CASE WHEN state = 'pending' THEN 1 END) AS pending, \
+                     MIN(CASE WHEN state = 'pending' THEN created_at END) AS oldest, \
+                     COUNT(CASE WHEN state = 'dead' THEN 1 END) AS dead, \
+                     COUNT(CASE WHEN state = 'sent' THEN 1 END) AS sent, \
+                     COUNT(CASE WHEN state = 'prepared' THEN 1 END) AS prepared \
+                     FROM {o}"
+            )),
+
+            // 1 sent since. Every row is read: for operators only.
+            topic_stats: stmt(format!(
+                "SELECT topic, \
+                     COUNT(CASE WHEN state = 'pending' THEN 1 END) AS pending, \
+                     COUNT(CASE WHEN state = 'prepared' THEN 1 END) AS prepared, \
+                     MIN(CASE WHEN state = 'pending' THEN created_at END) AS oldest, \
+                     COUNT(CASE WHEN state = 'dead' THEN 1 END) AS dead, \
+                     COUNT(CASE WHEN state = 'sent' AND sent_at >= ? THEN 1 END) AS sent_since \
+                     FROM {o} GROUP BY topic ORDER BY topic"
+            )),
+
+            // Pending rows only, through the state index.
+            pending_by_topic: stmt(format!(
+                "SELECT topic, COUNT(*) AS pending, MIN(created_at) AS oldest \
+                     FROM {o} WHERE state = 'pending' GROUP BY topic ORDER BY topic"
+            )),
+
+            // 1 id.
+            dead_letter: stmt(format!(
+                "SELECT {cols}, last_error, dead_at FROM {o} WHERE id = ? AND state = 'dead'"
+            )),
+
+            // 1, 2 topic or NULL, 3, 4 key or NULL, 5 dead before, 6 limit.
+            // SKIP LOCKED, as `purge_sent`.
+            purge_dead: stmt(format!(
+                "SELECT id FROM {o} WHERE state = 'dead' \
+                     AND (? IS NULL OR topic = ?) \
+                     AND (? IS NULL OR `key` = ?) \
+                     AND COALESCE(dead_at, created_at) < ? \
+                     ORDER BY dead_at, id \
+                     LIMIT ? FOR UPDATE SKIP LOCKED"
+            ))
+            .bind_order(&[0, 0, 1, 1, 2, 3]),
+
+            // 1 now, 2 now, 3 limit. SKIP LOCKED keeps concurrent workers
+            // apart; the rows are then leased by id (`claim_lease`).
+            claim_prepared: stmt(format!(
+                "SELECT {cols}, checks FROM {o} \
+                     WHERE state = 'prepared' AND next_attempt_at <= ? \
+                     AND (lease_until IS NULL OR lease_until < ?) \
+                     ORDER BY id \
+                     LIMIT ? \
+                     FOR UPDATE SKIP LOCKED"
+            ))
+            .bind_order(&[2, 2, 3]),
+
+            // 1 checks to add (0 or 1), 2 next check at, 3 id, 4 owner.
+            record_check: stmt(format!(
+                "UPDATE {o} SET checks = checks + ?, next_attempt_at = ?, \
+                     lease_owner = NULL, lease_until = NULL \
+                     WHERE id = ? AND lease_owner = ? AND state = 'prepared'"
+            ))
+            .bind_order(&[3, 2, 0, 1]),
+
+            // 1 reason, 2 at, 3 id, 4 owner.
+            mark_prepared_dead: stmt(format!(
+                "UPDATE {o} SET state = 'dead', last_error = ?, dead_at = ?, \
+                     lease_owner = NULL, lease_until = NULL \
+                     WHERE id = ? AND lease_owner = ? AND state = 'prepared'"
+            ))
+            .bind_order(&[2, 3, 0, 1]),
+
+            // 1 first check at, 2 id. Only a half message that went dead
+            // while prepared.
+            resume: stmt(format!(
+                "UPDATE {o} SET state = 'prepared', checks = 0, next_attempt_at = ?, \
+                     lease_owner = NULL, lease_until = NULL, dead_at = NULL \
+                     WHERE id = ? AND state = 'dead' AND half"
+            ))
+            .bind_order(&[1, 0]),
+            prepare_holder: Some(inserted.clone()),
+            // 1 id, 2 topic, 3 key, 4 idempotency key, 5 payload, 6 headers,
+            // 7 first check at, 8 created_at, 9 expires_at.
+            // Not leased: only the check-back worker leases prepared rows.
+            prepare: sql_str(format!(
+                "INSERT INTO {o} (id, topic, `key`, idempotency_key, payload, headers, state, \
+                     attempts, next_attempt_at, checks, half, created_at, expires_at) \
+                     VALUES (?, ?, ?, ?, ?, ?, 'prepared', 0, ?, 0, TRUE, ?, ?) \
+                     ON DUPLICATE KEY UPDATE id = id"
+            )),
+
+            // 1 now, 2 id. The fence: only a row that is still prepared.
+            settle: SettleSql {
+                commit: sql_str(format!(
+                    "UPDATE {o} SET state = 'pending', next_attempt_at = ?, \
+                         lease_owner = NULL, lease_until = NULL, half = FALSE \
+                         WHERE id = ? AND state = 'prepared'"
                 )),
-                applied: sql_str(format!("SELECT version FROM {migrations_table}")),
-                record: sql_str(format!(
-                    "INSERT INTO {migrations_table} (version, description, applied_at) \
-                 VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE version = version"
+                rollback: sql_str(format!(
+                    "DELETE FROM {o} WHERE id = ? AND state = 'prepared'"
+                )),
+                // A locking read: the latest committed state.
+                state_of: sql_str(format!(
+                    "SELECT state FROM {o} WHERE id = ? LOCK IN SHARE MODE"
+                )),
+                after_commit: None,
+            },
+
+            insert: OutboxInsert {
+                // 1 id, 2 topic, 3 key, 4 idempotency key, 5 payload, 6 headers,
+                // 7 next attempt at (created at), 8 lease owner, 9 lease until, 10 created at,
+                // 11 expires at, then for the order check: 12 key, 13 topic,
+                // 14 key, 15 id, 16 lease owner.
+                //
+                // The row is leased to the owner unless an earlier row of its key
+                // is pending or dead and not the owner's: then the poller must
+                // publish this one after it, so it goes in unleased. A duplicate
+                // (same topic and idempotency key) changes nothing; the driver asks
+                // for found rows, so it counts as changed too: `holder` tells
+                // them apart by reading which row holds the key. Not `INSERT
+                // IGNORE`, which would hide other errors.
+                insert: stmt(format!(
+                    "INSERT INTO {o} (id, topic, `key`, idempotency_key, payload, headers, state, \
+                     attempts, next_attempt_at, lease_owner, lease_until, checks, half, \
+                     created_at, expires_at) \
+                     SELECT ?, ?, ?, ?, ?, ?, 'pending', 0, ?, \
+                     CASE WHEN b.blocked THEN NULL ELSE ? END, \
+                     CASE WHEN b.blocked THEN NULL ELSE ? END, \
+                     0, FALSE, ?, ? \
+                     FROM (SELECT (? IS NOT NULL AND EXISTS (\
+                       SELECT 1 FROM {o} p \
+                       WHERE p.topic = ? AND p.`key` = ? AND p.id < ? \
+                       AND p.state IN ('pending', 'dead') \
+                       AND (p.lease_owner IS NULL OR p.lease_owner <> ?))) AS blocked) AS b \
+                     ON DUPLICATE KEY UPDATE id = id"
+                ))
+                // In the logical order: 0 id, 1 topic, 2 key, 3 idempotency key,
+                // 4 payload, 5 headers, 6 created at, 7 expires at, 8 lease
+                // owner, 9 lease until.
+                .bind_order(&[0, 1, 2, 3, 4, 5, 6, 8, 9, 6, 7, 2, 1, 2, 0, 8]),
+                unchecked: None,
+                holder: Some(Stmt::new(inserted.clone())),
+                notify: None,
+            },
+            inbox,
+            own: Own {
+                migrate_lock: format!(
+                    "txmsg_migrate_{:016x}",
+                    txmsg_sql::lock_hash(&format!("txmsg migrate {migrations_table}"))
+                ),
+                create_schema: tables.schema().map(|s| {
+                    (
+                        s.to_string(),
+                        Text::new(format!(
+                            "CREATE DATABASE IF NOT EXISTS `{s}` \
+                             CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+                        )),
+                    )
+                }),
+                migrations_table: MigrationsSql {
+                    create: sql_str(format!(
+                        "CREATE TABLE IF NOT EXISTS {migrations_table} (\
+                     version INT NOT NULL PRIMARY KEY, \
+                     description VARCHAR(255) NOT NULL, \
+                     applied_at DATETIME(6) NOT NULL\
+                     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+                    )),
+                    applied: sql_str(format!("SELECT version FROM {migrations_table}")),
+                    record: sql_str(format!(
+                        "INSERT INTO {migrations_table} (version, description, applied_at) \
+                     VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE version = version"
+                    )),
+                },
+                migrations,
+                inbox: own_inbox,
+
+                // 1 now, 2 now, 3 dead_parks_key, 4 limit.
+                //
+                // A head is a due, unleased (or lease-expired) pending row that is
+                // first of its key. This read takes no locks: in MariaDB a locking
+                // read with SKIP LOCKED would skip locked rows inside the order
+                // check too, and so would take a row whose earlier row another
+                // claimer holds for a head. The heads found are locked next
+                // (`claim_heads_lock`).
+                claim_heads: Text::new(format!(
+                    "SELECT o.id FROM {o} o \
+                     WHERE o.state = 'pending' AND o.next_attempt_at <= ? \
+                     AND (o.lease_until IS NULL OR o.lease_until < ?) \
+                     AND (o.`key` IS NULL OR NOT EXISTS (\
+                       SELECT 1 FROM {o} e \
+                       WHERE e.topic = o.topic AND e.`key` = o.`key` AND e.id < o.id \
+                       AND e.state IN ('pending', 'dead') AND (e.state = 'pending' OR ?))) \
+                     ORDER BY o.id \
+                     LIMIT ?"
+                )),
+
+                // 1 now, 2 now, then the head ids. Locking the heads is what keeps
+                // two relays off one key at once: the later rows of a key are only
+                // ever claimed as followers of its head, in the transaction that
+                // holds the head's row lock, and a concurrent claimer skips the
+                // locked head (SKIP LOCKED) while every later row of that key
+                // still has the earlier pending row in front of it. After commit
+                // the head is leased, so it is still pending and still blocks its
+                // key. The head's own conditions are checked again under the lock.
+                claim_heads_lock: Text::new(format!(
+                    "SELECT id, topic, `key` FROM {o} FORCE INDEX (PRIMARY) \
+                     WHERE state = 'pending' AND next_attempt_at <= ? \
+                     AND (lease_until IS NULL OR lease_until < ?) \
+                     AND id IN ({IDS}) \
+                     ORDER BY id \
+                     FOR UPDATE SKIP LOCKED"
+                )),
+
+                // 1 now, 2 now, 3 topic, 4 key, 5 head id, 6 dead_parks_key,
+                // 7 per-key limit.
+                //
+                // The rows after one head that could block or follow it, in key
+                // order; the caller keeps the unbroken prefix of claimable ones.
+                // With dead rows not parking their key they are skipped here.
+                claim_followers: Text::new(format!(
+                    "SELECT id, CAST((state = 'pending' AND next_attempt_at <= ? \
+                       AND (lease_until IS NULL OR lease_until < ?)) AS SIGNED) AS claimable \
+                     FROM {o} \
+                     WHERE topic = ? AND `key` = ? AND id > ? \
+                     AND state IN ('pending', 'dead') AND (state = 'pending' OR ?) \
+                     ORDER BY id \
+                     LIMIT ?"
+                )),
+
+                // 1 now, then the ids. The conditions are checked again: a
+                // follower is not locked before this statement, and its last
+                // owner may have finished it meanwhile.
+                claim_lock: Text::new(format!(
+                    "SELECT {cols} FROM {o} FORCE INDEX (PRIMARY) \
+                     WHERE state = 'pending' AND (lease_until IS NULL OR lease_until < ?) \
+                     AND id IN ({IDS}) \
+                     FOR UPDATE"
+                )),
+
+                // 1 owner, 2 until, then the ids (locked by `claim_lock`).
+                claim_lease: Text::new(format!(
+                    "UPDATE {o} FORCE INDEX (PRIMARY) SET lease_owner = ?, lease_until = ? \
+                     WHERE id IN ({IDS})"
+                )),
+
+                // The ids picked (and locked) by `purge_sent`.
+                purge_delete: Text::new(format!(
+                    "DELETE FROM {o} WHERE state = 'sent' AND id IN ({IDS})"
+                )),
+
+                // The ids picked (and locked) by `purge_dead_pick`.
+                purge_dead_delete: Text::new(format!(
+                    "DELETE FROM {o} WHERE state = 'dead' AND id IN ({IDS})"
                 )),
             },
-            migrations,
-            inbox: own_inbox,
-
-            // 1 now, 2 now, 3 dead_parks_key, 4 limit.
-            //
-            // A head is a due, unleased (or lease-expired) pending row that is
-            // first of its key. This read takes no locks: in MariaDB a locking
-            // read with SKIP LOCKED would skip locked rows inside the order
-            // check too, and so would take a row whose earlier row another
-            // claimer holds for a head. The heads found are locked next
-            // (`claim_heads_lock`).
-            claim_heads: Text::new(format!(
-                "SELECT o.id FROM {o} o \
-                 WHERE o.state = 'pending' AND o.next_attempt_at <= ? \
-                 AND (o.lease_until IS NULL OR o.lease_until < ?) \
-                 AND (o.`key` IS NULL OR NOT EXISTS (\
-                   SELECT 1 FROM {o} e \
-                   WHERE e.topic = o.topic AND e.`key` = o.`key` AND e.id < o.id \
-                   AND e.state IN ('pending', 'dead') AND (e.state = 'pending' OR ?))) \
-                 ORDER BY o.id \
-                 LIMIT ?"
-            )),
-
-            // 1 now, 2 now, then the head ids. Locking the heads is what keeps
-            // two relays off one key at once: the later rows of a key are only
-            // ever claimed as followers of its head, in the transaction that
-            // holds the head's row lock, and a concurrent claimer skips the
-            // locked head (SKIP LOCKED) while every later row of that key
-            // still has the earlier pending row in front of it. After commit
-            // the head is leased, so it is still pending and still blocks its
-            // key. The head's own conditions are checked again under the lock.
-            claim_heads_lock: Text::new(format!(
-                "SELECT id, topic, `key` FROM {o} FORCE INDEX (PRIMARY) \
-                 WHERE state = 'pending' AND next_attempt_at <= ? \
-                 AND (lease_until IS NULL OR lease_until < ?) \
-                 AND id IN ({IDS}) \
-                 ORDER BY id \
-                 FOR UPDATE SKIP LOCKED"
-            )),
-
-            // 1 now, 2 now, 3 topic, 4 key, 5 head id, 6 dead_parks_key,
-            // 7 per-key limit.
-            //
-            // The rows after one head that could block or follow it, in key
-            // order; the caller keeps the unbroken prefix of claimable ones.
-            // With dead rows not parking their key they are skipped here.
-            claim_followers: Text::new(format!(
-                "SELECT id, CAST((state = 'pending' AND next_attempt_at <= ? \
-                   AND (lease_until IS NULL OR lease_until < ?)) AS SIGNED) AS claimable \
-                 FROM {o} \
-                 WHERE topic = ? AND `key` = ? AND id > ? \
-                 AND state IN ('pending', 'dead') AND (state = 'pending' OR ?) \
-                 ORDER BY id \
-                 LIMIT ?"
-            )),
-
-            // 1 now, then the ids. The conditions are checked again: a
-            // follower is not locked before this statement, and its last
-            // owner may have finished it meanwhile.
-            claim_lock: Text::new(format!(
-                "SELECT {cols} FROM {o} FORCE INDEX (PRIMARY) \
-                 WHERE state = 'pending' AND (lease_until IS NULL OR lease_until < ?) \
-                 AND id IN ({IDS}) \
-                 FOR UPDATE"
-            )),
-
-            // 1 owner, 2 until, then the ids (locked by `claim_lock`).
-            claim_lease: Text::new(format!(
-                "UPDATE {o} FORCE INDEX (PRIMARY) SET lease_owner = ?, lease_until = ? \
-                 WHERE id IN ({IDS})"
-            )),
-
-            // The ids picked (and locked) by `purge_sent`.
-            purge_delete: Text::new(format!(
-                "DELETE FROM {o} WHERE state = 'sent' AND id IN ({IDS})"
-            )),
-
-            // The ids picked (and locked) by `purge_dead_pick`.
-            purge_dead_delete: Text::new(format!(
-                "DELETE FROM {o} WHERE state = 'dead' AND id IN ({IDS})"
-            )),
-        },
-    })
+        })
+    }
 }
 
 /// Statements on the inbox table `i` and the dead-letter table `d`, both
@@ -643,7 +646,7 @@ mod tests {
             .unwrap()
             .with_outbox("events")
             .unwrap();
-        let sql = statements(&tables).unwrap();
+        let sql = Own::statements(&tables).unwrap();
         assert!(sql.mark_sent.as_str().contains("`app`.`events`"));
         assert!(
             sql.own
@@ -666,7 +669,7 @@ mod tests {
 
     #[test]
     fn id_lists_have_one_placeholder_per_id() {
-        let sql = statements(&Tables::default()).unwrap();
+        let sql = Own::statements(&Tables::default()).unwrap();
         let AssertSqlSafe(text) = sql.own.claim_lease.with_ids(3);
         assert!(text.contains("IN (?, ?, ?)"), "{text}");
         // Shared id lists are prepared for a few lengths; the longest here.
@@ -675,12 +678,12 @@ mod tests {
 
     #[test]
     fn an_inbox_without_a_name_for_its_dead_letters_is_refused() {
-        txmsg_testkit::config::assert_dead_letter_name_clash_refused(statements);
+        txmsg_testkit::config::assert_dead_letter_name_clash_refused(Own::statements);
     }
 
     #[test]
     fn lock_name_depends_on_the_tables_and_fits() {
-        let lock = |t: &Tables| statements(t).unwrap().own.migrate_lock;
+        let lock = |t: &Tables| Own::statements(t).unwrap().own.migrate_lock;
         let a = lock(&Tables::default());
         let b = lock(&Tables::default().with_schema("b").unwrap());
         assert_ne!(a, b);

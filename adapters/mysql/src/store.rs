@@ -6,7 +6,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions, MySqlR
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, MySql, MySqlPool, Row};
 use txmsg_core::half::ClaimedHalf;
-use txmsg_core::{ClaimRequest, Envelope, Error, Result, SqlStore, Tables};
+use txmsg_core::{ClaimRequest, Envelope, Error, Result, SqlStore};
 use uuid::Uuid;
 
 use txmsg_sql::{Arg, Backend, Heads, Purge, SqlQuery, StoreConfig, TableStore};
@@ -64,10 +64,6 @@ impl Backend for MySqlBackend {
     const SCHEMES: &'static [&'static str] = &["mysql", "mariadb"];
 
     type Own = sql::Own;
-
-    fn statements(tables: &Tables) -> Result<Sql> {
-        sql::statements(tables)
-    }
 
     /// Every connection runs in strict mode (`STRICT_TRANS_TABLES`), so a
     /// value too long for its column is refused rather than cut. A pool

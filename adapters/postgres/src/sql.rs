@@ -7,7 +7,9 @@
 
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 use txmsg_core::{Ident, MAX_IDENT_LEN, Result, Tables};
-use txmsg_sql::{InboxStatements, MigrationsSql, OutboxInsert, SettleSql, Statements, Stmt};
+use txmsg_sql::{
+    InboxStatements, MigrationsSql, OutboxInsert, OwnStatements, SettleSql, Statements, Stmt,
+};
 
 use crate::migrate::MIGRATIONS;
 
@@ -61,352 +63,355 @@ fn index_name(table: &Ident, suffix: &str) -> String {
     format!("\"{base}{suffix}\"")
 }
 
-/// Every statement of a store on `tables`.
-///
-/// # Errors
-///
-/// [`Error::Config`] for `inbox_table` if its name leaves no name for the
-/// consumer dead-letter table.
-pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
-    {
-        let outbox = tables.qualified(tables.outbox(), '"');
-        let inbox = tables.qualified(tables.inbox(), '"');
-        let migrations_table = tables.qualified(tables.migrations(), '"');
-        let o = &outbox;
-        let cols = ENVELOPE_COLUMNS;
-        let returning = ENVELOPE_COLUMNS
-            .split(", ")
-            .map(|c| format!("o.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let dead = &tables.consumer_dead()?;
+impl OwnStatements for Own {
+    /// Every statement of a store on `tables`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `inbox_table` if its name leaves no name for the
+    /// consumer dead-letter table.
+    fn statements(tables: &Tables) -> Result<Sql> {
+        {
+            let outbox = tables.qualified(tables.outbox(), '"');
+            let inbox = tables.qualified(tables.inbox(), '"');
+            let migrations_table = tables.qualified(tables.migrations(), '"');
+            let o = &outbox;
+            let cols = ENVELOPE_COLUMNS;
+            let returning = ENVELOPE_COLUMNS
+                .split(", ")
+                .map(|c| format!("o.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let dead = &tables.consumer_dead()?;
 
-        let render = |template: &str| {
-            template
-                .replace("{outbox}", &outbox)
-                .replace("{inbox}", &inbox)
-                .replace("{consumer_dead}", &tables.qualified(dead, '"'))
-                .replace("{consumer_dead_idx}", &index_name(dead, "_group_idx"))
-                .replace(
-                    "{outbox_pending_idx}",
-                    &index_name(tables.outbox(), "_pending_idx"),
-                )
-                .replace(
-                    "{outbox_prepared_idx}",
-                    &index_name(tables.outbox(), "_prepared_idx"),
-                )
-                .replace("{outbox_key_idx}", &index_name(tables.outbox(), "_key_idx"))
-                .replace(
-                    "{inbox_processed_idx}",
-                    &index_name(tables.inbox(), "_processed_idx"),
-                )
-        };
-        let migrations = MIGRATIONS
-            .iter()
-            .map(|m| RenderedMigration {
-                version: i64::from(m.version),
-                description: m.description,
-                steps: vec![sql_str(render(m.sql))],
+            let render = |template: &str| {
+                template
+                    .replace("{outbox}", &outbox)
+                    .replace("{inbox}", &inbox)
+                    .replace("{consumer_dead}", &tables.qualified(dead, '"'))
+                    .replace("{consumer_dead_idx}", &index_name(dead, "_group_idx"))
+                    .replace(
+                        "{outbox_pending_idx}",
+                        &index_name(tables.outbox(), "_pending_idx"),
+                    )
+                    .replace(
+                        "{outbox_prepared_idx}",
+                        &index_name(tables.outbox(), "_prepared_idx"),
+                    )
+                    .replace("{outbox_key_idx}", &index_name(tables.outbox(), "_key_idx"))
+                    .replace(
+                        "{inbox_processed_idx}",
+                        &index_name(tables.inbox(), "_processed_idx"),
+                    )
+            };
+            let migrations = MIGRATIONS
+                .iter()
+                .map(|m| RenderedMigration {
+                    version: i64::from(m.version),
+                    description: m.description,
+                    steps: vec![sql_str(render(m.sql))],
+                })
+                .collect();
+            let insert = OutboxInsert {
+                // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
+                // $6 headers, $7 created_at, $8 expires_at, $9 lease owner,
+                // $10 lease until.
+                //
+                // The row is leased to $9 unless an earlier row of its key is
+                // pending or dead and not $9's: then the poller must publish this
+                // one after it, so it goes in unleased.
+                insert: stmt(format!(
+                    "INSERT INTO {o} AS n (id, topic, key, idempotency_key, payload, headers, state, \
+                     attempts, next_attempt_at, lease_owner, lease_until, created_at, expires_at) \
+                     SELECT $1, $2, $3, $4, $5, $6, 'pending', 0, $7, \
+                     CASE WHEN b.blocked THEN NULL ELSE $9::uuid END, \
+                     CASE WHEN b.blocked THEN NULL ELSE $10::timestamptz END, \
+                     $7, $8 \
+                     FROM (SELECT $3::text IS NOT NULL AND EXISTS (\
+                       SELECT 1 FROM {o} p \
+                       WHERE p.topic = $2 AND p.key = $3 AND p.id < $1 \
+                       AND p.state IN ('pending', 'dead') \
+                       AND (p.lease_owner IS NULL OR p.lease_owner <> $9)) AS blocked) AS b \
+                     ON CONFLICT (topic, idempotency_key) DO NOTHING \
+                     RETURNING (n.lease_owner IS NOT NULL)::int::int8 AS leased"
+                )),
+
+                // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
+                // $6 headers, $7 created_at, $8 expires_at,
+                // $9 lease owner, $10 lease until.
+                //
+                // `insert` without its per-key check, for the rows that do not
+                // need it: a row without an ordering key has no earlier row to
+                // wait for, and a row written without a lease is unleased either
+                // way. A plain `VALUES` insert, which PostgreSQL plans and runs
+                // for markedly less than the `INSERT ... SELECT` (measured in
+                // BENCHMARKS.md). No `RETURNING`: the affected row count says
+                // whether it was a duplicate.
+                unchecked: Some(stmt(format!(
+                    "INSERT INTO {o} (id, topic, key, idempotency_key, payload, headers, state, \
+                     attempts, next_attempt_at, lease_owner, lease_until, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, \
+                     $9, $10, $7, $8) \
+                     ON CONFLICT (topic, idempotency_key) DO NOTHING"
+                ))),
+                holder: None,
+                // Delivered at commit, and only then; repeats within one
+                // transaction are folded into one by PostgreSQL.
+                notify: Some(sql_str("SELECT pg_notify($1, '')".to_owned())),
+            };
+            let own = Own {
+                migrate_lock_key: i64::from_ne_bytes(
+                    txmsg_sql::lock_hash(&format!("txmsg migrate {migrations_table}"))
+                        .to_ne_bytes(),
+                ),
+                create_schema: tables.schema().map(|s| {
+                    (
+                        s.to_string(),
+                        sql_str(format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"")),
+                    )
+                }),
+                migrations_table: MigrationsSql {
+                    create: sql_str(format!(
+                        "CREATE TABLE IF NOT EXISTS {migrations_table} (\
+                     version int PRIMARY KEY, \
+                     description text NOT NULL, \
+                     applied_at timestamptz NOT NULL)"
+                    )),
+                    applied: sql_str(format!("SELECT version FROM {migrations_table}")),
+                    record: sql_str(format!(
+                        "INSERT INTO {migrations_table} (version, description, applied_at) \
+                     VALUES ($1, $2, $3)"
+                    )),
+                },
+                migrations,
+
+                // $1 now, $2 dead_parks_key, $3 limit.
+                //
+                // A head is a due, unleased (or lease-expired) pending row that is
+                // first of its key. Locking the heads is what keeps two relays off
+                // one key at once: the later rows of a key are only ever claimed
+                // as followers of its head, in the transaction that holds the
+                // head's row lock, and a concurrent claimer skips the locked head
+                // (SKIP LOCKED) while every later row of that key still has the
+                // earlier pending row in front of it. After commit the head is
+                // leased, so it is still pending and still blocks its key.
+                claim_heads: sql_str(format!(
+                    "SELECT o.id, o.topic, o.key FROM {o} o \
+                     WHERE o.state = 'pending' AND o.next_attempt_at <= $1 \
+                     AND (o.lease_until IS NULL OR o.lease_until < $1) \
+                     AND (o.key IS NULL OR NOT EXISTS (\
+                       SELECT 1 FROM {o} e \
+                       WHERE e.topic = o.topic AND e.key = o.key AND e.id < o.id \
+                       AND e.state IN ('pending', 'dead') AND (e.state = 'pending' OR $2))) \
+                     ORDER BY o.id \
+                     LIMIT $3 \
+                     FOR UPDATE OF o SKIP LOCKED"
+                )),
+
+                // $1 head ids, $2 head topics, $3 head keys, $4 now,
+                // $5 dead_parks_key, $6 per-key limit.
+                //
+                // The rows after each head that could block or follow it, in key
+                // order; the caller keeps the unbroken prefix of claimable ones.
+                // With dead rows not parking their key they are skipped here.
+                claim_followers: sql_str(format!(
+                    "SELECT h.id AS head, f.id, f.claimable FROM \
+                     unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY AS h(id, topic, key, ord) \
+                     CROSS JOIN LATERAL (\
+                       SELECT o.id, (o.state = 'pending' AND o.next_attempt_at <= $4 \
+                         AND (o.lease_until IS NULL OR o.lease_until < $4)) AS claimable \
+                       FROM {o} o \
+                       WHERE o.topic = h.topic AND o.key = h.key AND o.id > h.id \
+                       AND o.state IN ('pending', 'dead') AND (o.state = 'pending' OR $5) \
+                       ORDER BY o.id \
+                       LIMIT $6) AS f \
+                     ORDER BY h.ord, f.id"
+                )),
+
+                // $1 ids, $2 owner, $3 until, $4 now.
+                //
+                // The conditions are checked again: a follower is not locked
+                // before this statement, and its last owner may have finished it
+                // meanwhile.
+                claim_lease: sql_str(format!(
+                    "UPDATE {o} SET lease_owner = $2, lease_until = $3 \
+                     WHERE id = ANY($1) AND state = 'pending' \
+                     AND (lease_until IS NULL OR lease_until < $4) \
+                     RETURNING {cols}"
+                )),
+            };
+            Ok(Statements {
+                own,
+                insert,
+                inbox: inbox_statements(&inbox, &tables.qualified(dead, '"')),
+                prepare_holder: None,
+                mark_sent: stmt(format!(
+                    "UPDATE {o} SET state = 'sent', sent_at = $2, lease_owner = NULL, lease_until = NULL \
+                     WHERE id = ANY($1) AND state = 'pending'"
+                )),
+
+                mark_failed: stmt(format!(
+                    "UPDATE {o} SET attempts = attempts + 1, next_attempt_at = $3, last_error = $4, \
+                     lease_owner = NULL, lease_until = NULL \
+                     WHERE id = $1 AND lease_owner = $2 AND state = 'pending'"
+                )),
+
+                mark_dead: stmt(format!(
+                    "UPDATE {o} SET state = 'dead', last_error = $3, dead_at = $4, \
+                     attempts = CASE WHEN state = 'pending' THEN attempts + 1 ELSE attempts END, \
+                     lease_owner = NULL, lease_until = NULL \
+                     WHERE id = $1 AND state IN ('pending', 'prepared') \
+                     AND (lease_owner = $2 OR lease_owner IS NULL)"
+                )),
+
+                release: stmt(format!(
+                    "UPDATE {o} SET lease_owner = NULL, lease_until = NULL \
+                     WHERE id = ANY($1) AND lease_owner = $2 AND state = 'pending'"
+                )),
+
+                // $1 topic or NULL, $2 key or NULL, $3 limit.
+                dead_letters: stmt(format!(
+                    "SELECT {cols}, last_error, dead_at FROM {o} \
+                     WHERE state = 'dead' \
+                     AND ($1::text IS NULL OR topic = $1) \
+                     AND ($2::text IS NULL OR key = $2) \
+                     ORDER BY dead_at, id \
+                     LIMIT $3"
+                )),
+
+                // Replaying a dead half message delivers it: it is an ordinary
+                // message from then on, so it loses its half mark.
+                replay: stmt(format!(
+                    "UPDATE {o} SET state = 'pending', attempts = 0, next_attempt_at = $2, \
+                     lease_owner = NULL, lease_until = NULL, dead_at = NULL, half = false \
+                     WHERE id = $1 AND state = 'dead'"
+                )),
+
+                // No ORDER BY: the first matching rows found are as good as any,
+                // and sorting would read every sent row. SKIP LOCKED keeps the
+                // purge from waiting on anything else. A materialized CTE is
+                // evaluated once: a subquery under `IN` may run again and delete
+                // more than the limit.
+                purge_sent: stmt(format!(
+                    "WITH picked AS MATERIALIZED (\
+                       SELECT id FROM {o} WHERE state = 'sent' AND sent_at < $1 \
+                       LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                     DELETE FROM {o} AS o USING picked WHERE o.id = picked.id"
+                )),
+
+                stats: stmt(format!(
+                    "SELECT count(*) FILTER (WHERE state = 'pending') AS pending, \
+                     min(created_at) FILTER (WHERE state = 'pending') AS oldest, \
+                     count(*) FILTER (WHERE state = 'dead') AS dead, \
+                     count(*) FILTER (WHERE state = 'sent') AS sent, \
+                     count(*) FILTER (WHERE state = 'prepared') AS prepared \
+                     FROM {o}"
+                )),
+
+                // $1 sent since. Every row is read: for operators only.
+                topic_stats: stmt(format!(
+                    "SELECT topic, \
+                     count(*) FILTER (WHERE state = 'pending') AS pending, \
+                     count(*) FILTER (WHERE state = 'prepared') AS prepared, \
+                     min(created_at) FILTER (WHERE state = 'pending') AS oldest, \
+                     count(*) FILTER (WHERE state = 'dead') AS dead, \
+                     count(*) FILTER (WHERE state = 'sent' AND sent_at >= $1) AS sent_since \
+                     FROM {o} GROUP BY topic ORDER BY topic"
+                )),
+
+                // From the partial index of pending rows.
+                pending_by_topic: stmt(format!(
+                    "SELECT topic, count(*) AS pending, min(created_at) AS oldest \
+                     FROM {o} WHERE state = 'pending' GROUP BY topic ORDER BY topic"
+                )),
+
+                // $1 id.
+                dead_letter: stmt(format!(
+                    "SELECT {cols}, last_error, dead_at FROM {o} WHERE id = $1 AND state = 'dead'"
+                )),
+
+                // $1 topic or NULL, $2 key or NULL, $3 dead before, $4 limit.
+                // SKIP LOCKED, as `purge_sent`. The rows are picked in a
+                // materialized CTE, evaluated once, as in `claim_prepared`: a
+                // subquery under `IN` may run again and go past its limit.
+                purge_dead: stmt(format!(
+                    "WITH picked AS MATERIALIZED (\
+                       SELECT id FROM {o} WHERE state = 'dead' \
+                       AND ($1::text IS NULL OR topic = $1) \
+                       AND ($2::text IS NULL OR key = $2) \
+                       AND COALESCE(dead_at, created_at) < $3 \
+                       ORDER BY dead_at, id \
+                       LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                     DELETE FROM {o} AS o USING picked \
+                     WHERE o.id = picked.id AND o.state = 'dead'"
+                )),
+
+                // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
+                // $6 headers, $7 created_at, $8 expires_at, $9 first check at.
+                // Not leased: only the check-back worker leases prepared rows.
+                prepare: sql_str(format!(
+                    "INSERT INTO {o} (id, topic, key, idempotency_key, payload, headers, state, \
+                     attempts, next_attempt_at, checks, half, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 'prepared', 0, $7, 0, true, $8, $9) \
+                     ON CONFLICT (topic, idempotency_key) DO NOTHING"
+                )),
+
+                // $1 now, $2 id. The fence: only a row that is still prepared.
+                settle: SettleSql {
+                    commit: sql_str(format!(
+                        "UPDATE {o} SET state = 'pending', next_attempt_at = $1, \
+                         lease_owner = NULL, lease_until = NULL, half = false \
+                         WHERE id = $2 AND state = 'prepared'"
+                    )),
+                    rollback: sql_str(format!(
+                        "DELETE FROM {o} WHERE id = $1 AND state = 'prepared'"
+                    )),
+                    state_of: sql_str(format!("SELECT state FROM {o} WHERE id = $1")),
+                    // Wakes relays of other processes, when a channel is set.
+                    after_commit: Some(sql_str("SELECT pg_notify($1, '')".to_owned())),
+                },
+
+                // $1 owner, $2 until, $3 now, $4 limit. One statement, so one
+                // transaction: SKIP LOCKED keeps concurrent workers apart. The
+                // rows are picked in a materialized CTE, evaluated once: a
+                // subquery under `IN` may be planned so that it runs again and
+                // goes past its limit.
+                claim_prepared: stmt(format!(
+                    "WITH picked AS MATERIALIZED (\
+                       SELECT id FROM {o} \
+                       WHERE state = 'prepared' AND next_attempt_at <= $3 \
+                       AND (lease_until IS NULL OR lease_until < $3) \
+                       ORDER BY id \
+                       LIMIT $4 \
+                       FOR UPDATE SKIP LOCKED) \
+                     UPDATE {o} AS o SET lease_owner = $1, lease_until = $2 \
+                     FROM picked WHERE o.id = picked.id \
+                     RETURNING {returning}, o.checks"
+                )),
+
+                // $1 id, $2 owner, $3 next check at, $4 checks to add (0 or 1).
+                record_check: stmt(format!(
+                    "UPDATE {o} SET checks = checks + $4, next_attempt_at = $3, \
+                     lease_owner = NULL, lease_until = NULL \
+                     WHERE id = $1 AND lease_owner = $2 AND state = 'prepared'"
+                )),
+
+                // $1 id, $2 owner, $3 reason, $4 at.
+                mark_prepared_dead: stmt(format!(
+                    "UPDATE {o} SET state = 'dead', last_error = $3, dead_at = $4, \
+                     lease_owner = NULL, lease_until = NULL \
+                     WHERE id = $1 AND lease_owner = $2 AND state = 'prepared'"
+                )),
+
+                // $1 id, $2 first check at. Only a half message that went dead
+                // while prepared.
+                resume: stmt(format!(
+                    "UPDATE {o} SET state = 'prepared', checks = 0, next_attempt_at = $2, \
+                     lease_owner = NULL, lease_until = NULL, dead_at = NULL \
+                     WHERE id = $1 AND state = 'dead' AND half"
+                )),
             })
-            .collect();
-        let insert = OutboxInsert {
-            // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
-            // $6 headers, $7 created_at, $8 expires_at, $9 lease owner,
-            // $10 lease until.
-            //
-            // The row is leased to $9 unless an earlier row of its key is
-            // pending or dead and not $9's: then the poller must publish this
-            // one after it, so it goes in unleased.
-            insert: stmt(format!(
-                "INSERT INTO {o} AS n (id, topic, key, idempotency_key, payload, headers, state, \
-                 attempts, next_attempt_at, lease_owner, lease_until, created_at, expires_at) \
-                 SELECT $1, $2, $3, $4, $5, $6, 'pending', 0, $7, \
-                 CASE WHEN b.blocked THEN NULL ELSE $9::uuid END, \
-                 CASE WHEN b.blocked THEN NULL ELSE $10::timestamptz END, \
-                 $7, $8 \
-                 FROM (SELECT $3::text IS NOT NULL AND EXISTS (\
-                   SELECT 1 FROM {o} p \
-                   WHERE p.topic = $2 AND p.key = $3 AND p.id < $1 \
-                   AND p.state IN ('pending', 'dead') \
-                   AND (p.lease_owner IS NULL OR p.lease_owner <> $9)) AS blocked) AS b \
-                 ON CONFLICT (topic, idempotency_key) DO NOTHING \
-                 RETURNING (n.lease_owner IS NOT NULL)::int::int8 AS leased"
-            )),
-
-            // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
-            // $6 headers, $7 created_at, $8 expires_at,
-            // $9 lease owner, $10 lease until.
-            //
-            // `insert` without its per-key check, for the rows that do not
-            // need it: a row without an ordering key has no earlier row to
-            // wait for, and a row written without a lease is unleased either
-            // way. A plain `VALUES` insert, which PostgreSQL plans and runs
-            // for markedly less than the `INSERT ... SELECT` (measured in
-            // BENCHMARKS.md). No `RETURNING`: the affected row count says
-            // whether it was a duplicate.
-            unchecked: Some(stmt(format!(
-                "INSERT INTO {o} (id, topic, key, idempotency_key, payload, headers, state, \
-                 attempts, next_attempt_at, lease_owner, lease_until, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, \
-                 $9, $10, $7, $8) \
-                 ON CONFLICT (topic, idempotency_key) DO NOTHING"
-            ))),
-            holder: None,
-            // Delivered at commit, and only then; repeats within one
-            // transaction are folded into one by PostgreSQL.
-            notify: Some(sql_str("SELECT pg_notify($1, '')".to_owned())),
-        };
-        let own = Own {
-            migrate_lock_key: i64::from_ne_bytes(
-                txmsg_sql::lock_hash(&format!("txmsg migrate {migrations_table}")).to_ne_bytes(),
-            ),
-            create_schema: tables.schema().map(|s| {
-                (
-                    s.to_string(),
-                    sql_str(format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"")),
-                )
-            }),
-            migrations_table: MigrationsSql {
-                create: sql_str(format!(
-                    "CREATE TABLE IF NOT EXISTS {migrations_table} (\
-                 version int PRIMARY KEY, \
-                 description text NOT NULL, \
-                 applied_at timestamptz NOT NULL)"
-                )),
-                applied: sql_str(format!("SELECT version FROM {migrations_table}")),
-                record: sql_str(format!(
-                    "INSERT INTO {migrations_table} (version, description, applied_at) \
-                 VALUES ($1, $2, $3)"
-                )),
-            },
-            migrations,
-
-            // $1 now, $2 dead_parks_key, $3 limit.
-            //
-            // A head is a due, unleased (or lease-expired) pending row that is
-            // first of its key. Locking the heads is what keeps two relays off
-            // one key at once: the later rows of a key are only ever claimed
-            // as followers of its head, in the transaction that holds the
-            // head's row lock, and a concurrent claimer skips the locked head
-            // (SKIP LOCKED) while every later row of that key still has the
-            // earlier pending row in front of it. After commit the head is
-            // leased, so it is still pending and still blocks its key.
-            claim_heads: sql_str(format!(
-                "SELECT o.id, o.topic, o.key FROM {o} o \
-                 WHERE o.state = 'pending' AND o.next_attempt_at <= $1 \
-                 AND (o.lease_until IS NULL OR o.lease_until < $1) \
-                 AND (o.key IS NULL OR NOT EXISTS (\
-                   SELECT 1 FROM {o} e \
-                   WHERE e.topic = o.topic AND e.key = o.key AND e.id < o.id \
-                   AND e.state IN ('pending', 'dead') AND (e.state = 'pending' OR $2))) \
-                 ORDER BY o.id \
-                 LIMIT $3 \
-                 FOR UPDATE OF o SKIP LOCKED"
-            )),
-
-            // $1 head ids, $2 head topics, $3 head keys, $4 now,
-            // $5 dead_parks_key, $6 per-key limit.
-            //
-            // The rows after each head that could block or follow it, in key
-            // order; the caller keeps the unbroken prefix of claimable ones.
-            // With dead rows not parking their key they are skipped here.
-            claim_followers: sql_str(format!(
-                "SELECT h.id AS head, f.id, f.claimable FROM \
-                 unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY AS h(id, topic, key, ord) \
-                 CROSS JOIN LATERAL (\
-                   SELECT o.id, (o.state = 'pending' AND o.next_attempt_at <= $4 \
-                     AND (o.lease_until IS NULL OR o.lease_until < $4)) AS claimable \
-                   FROM {o} o \
-                   WHERE o.topic = h.topic AND o.key = h.key AND o.id > h.id \
-                   AND o.state IN ('pending', 'dead') AND (o.state = 'pending' OR $5) \
-                   ORDER BY o.id \
-                   LIMIT $6) AS f \
-                 ORDER BY h.ord, f.id"
-            )),
-
-            // $1 ids, $2 owner, $3 until, $4 now.
-            //
-            // The conditions are checked again: a follower is not locked
-            // before this statement, and its last owner may have finished it
-            // meanwhile.
-            claim_lease: sql_str(format!(
-                "UPDATE {o} SET lease_owner = $2, lease_until = $3 \
-                 WHERE id = ANY($1) AND state = 'pending' \
-                 AND (lease_until IS NULL OR lease_until < $4) \
-                 RETURNING {cols}"
-            )),
-        };
-        Ok(Statements {
-            own,
-            insert,
-            inbox: inbox_statements(&inbox, &tables.qualified(dead, '"')),
-            prepare_holder: None,
-            mark_sent: stmt(format!(
-                "UPDATE {o} SET state = 'sent', sent_at = $2, lease_owner = NULL, lease_until = NULL \
-                 WHERE id = ANY($1) AND state = 'pending'"
-            )),
-
-            mark_failed: stmt(format!(
-                "UPDATE {o} SET attempts = attempts + 1, next_attempt_at = $3, last_error = $4, \
-                 lease_owner = NULL, lease_until = NULL \
-                 WHERE id = $1 AND lease_owner = $2 AND state = 'pending'"
-            )),
-
-            mark_dead: stmt(format!(
-                "UPDATE {o} SET state = 'dead', last_error = $3, dead_at = $4, \
-                 attempts = CASE WHEN state = 'pending' THEN attempts + 1 ELSE attempts END, \
-                 lease_owner = NULL, lease_until = NULL \
-                 WHERE id = $1 AND state IN ('pending', 'prepared') \
-                 AND (lease_owner = $2 OR lease_owner IS NULL)"
-            )),
-
-            release: stmt(format!(
-                "UPDATE {o} SET lease_owner = NULL, lease_until = NULL \
-                 WHERE id = ANY($1) AND lease_owner = $2 AND state = 'pending'"
-            )),
-
-            // $1 topic or NULL, $2 key or NULL, $3 limit.
-            dead_letters: stmt(format!(
-                "SELECT {cols}, last_error, dead_at FROM {o} \
-                 WHERE state = 'dead' \
-                 AND ($1::text IS NULL OR topic = $1) \
-                 AND ($2::text IS NULL OR key = $2) \
-                 ORDER BY dead_at, id \
-                 LIMIT $3"
-            )),
-
-            // Replaying a dead half message delivers it: it is an ordinary
-            // message from then on, so it loses its half mark.
-            replay: stmt(format!(
-                "UPDATE {o} SET state = 'pending', attempts = 0, next_attempt_at = $2, \
-                 lease_owner = NULL, lease_until = NULL, dead_at = NULL, half = false \
-                 WHERE id = $1 AND state = 'dead'"
-            )),
-
-            // No ORDER BY: the first matching rows found are as good as any,
-            // and sorting would read every sent row. SKIP LOCKED keeps the
-            // purge from waiting on anything else. A materialized CTE is
-            // evaluated once: a subquery under `IN` may run again and delete
-            // more than the limit.
-            purge_sent: stmt(format!(
-                "WITH picked AS MATERIALIZED (\
-                   SELECT id FROM {o} WHERE state = 'sent' AND sent_at < $1 \
-                   LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                 DELETE FROM {o} AS o USING picked WHERE o.id = picked.id"
-            )),
-
-            stats: stmt(format!(
-                "SELECT count(*) FILTER (WHERE state = 'pending') AS pending, \
-                 min(created_at) FILTER (WHERE state = 'pending') AS oldest, \
-                 count(*) FILTER (WHERE state = 'dead') AS dead, \
-                 count(*) FILTER (WHERE state = 'sent') AS sent, \
-                 count(*) FILTER (WHERE state = 'prepared') AS prepared \
-                 FROM {o}"
-            )),
-
-            // $1 sent since. Every row is read: for operators only.
-            topic_stats: stmt(format!(
-                "SELECT topic, \
-                 count(*) FILTER (WHERE state = 'pending') AS pending, \
-                 count(*) FILTER (WHERE state = 'prepared') AS prepared, \
-                 min(created_at) FILTER (WHERE state = 'pending') AS oldest, \
-                 count(*) FILTER (WHERE state = 'dead') AS dead, \
-                 count(*) FILTER (WHERE state = 'sent' AND sent_at >= $1) AS sent_since \
-                 FROM {o} GROUP BY topic ORDER BY topic"
-            )),
-
-            // From the partial index of pending rows.
-            pending_by_topic: stmt(format!(
-                "SELECT topic, count(*) AS pending, min(created_at) AS oldest \
-                 FROM {o} WHERE state = 'pending' GROUP BY topic ORDER BY topic"
-            )),
-
-            // $1 id.
-            dead_letter: stmt(format!(
-                "SELECT {cols}, last_error, dead_at FROM {o} WHERE id = $1 AND state = 'dead'"
-            )),
-
-            // $1 topic or NULL, $2 key or NULL, $3 dead before, $4 limit.
-            // SKIP LOCKED, as `purge_sent`. The rows are picked in a
-            // materialized CTE, evaluated once, as in `claim_prepared`: a
-            // subquery under `IN` may run again and go past its limit.
-            purge_dead: stmt(format!(
-                "WITH picked AS MATERIALIZED (\
-                   SELECT id FROM {o} WHERE state = 'dead' \
-                   AND ($1::text IS NULL OR topic = $1) \
-                   AND ($2::text IS NULL OR key = $2) \
-                   AND COALESCE(dead_at, created_at) < $3 \
-                   ORDER BY dead_at, id \
-                   LIMIT $4 FOR UPDATE SKIP LOCKED) \
-                 DELETE FROM {o} AS o USING picked \
-                 WHERE o.id = picked.id AND o.state = 'dead'"
-            )),
-
-            // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
-            // $6 headers, $7 created_at, $8 expires_at, $9 first check at.
-            // Not leased: only the check-back worker leases prepared rows.
-            prepare: sql_str(format!(
-                "INSERT INTO {o} (id, topic, key, idempotency_key, payload, headers, state, \
-                 attempts, next_attempt_at, checks, half, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'prepared', 0, $7, 0, true, $8, $9) \
-                 ON CONFLICT (topic, idempotency_key) DO NOTHING"
-            )),
-
-            // $1 now, $2 id. The fence: only a row that is still prepared.
-            settle: SettleSql {
-                commit: sql_str(format!(
-                    "UPDATE {o} SET state = 'pending', next_attempt_at = $1, \
-                     lease_owner = NULL, lease_until = NULL, half = false \
-                     WHERE id = $2 AND state = 'prepared'"
-                )),
-                rollback: sql_str(format!(
-                    "DELETE FROM {o} WHERE id = $1 AND state = 'prepared'"
-                )),
-                state_of: sql_str(format!("SELECT state FROM {o} WHERE id = $1")),
-                // Wakes relays of other processes, when a channel is set.
-                after_commit: Some(sql_str("SELECT pg_notify($1, '')".to_owned())),
-            },
-
-            // $1 owner, $2 until, $3 now, $4 limit. One statement, so one
-            // transaction: SKIP LOCKED keeps concurrent workers apart. The
-            // rows are picked in a materialized CTE, evaluated once: a
-            // subquery under `IN` may be planned so that it runs again and
-            // goes past its limit.
-            claim_prepared: stmt(format!(
-                "WITH picked AS MATERIALIZED (\
-                   SELECT id FROM {o} \
-                   WHERE state = 'prepared' AND next_attempt_at <= $3 \
-                   AND (lease_until IS NULL OR lease_until < $3) \
-                   ORDER BY id \
-                   LIMIT $4 \
-                   FOR UPDATE SKIP LOCKED) \
-                 UPDATE {o} AS o SET lease_owner = $1, lease_until = $2 \
-                 FROM picked WHERE o.id = picked.id \
-                 RETURNING {returning}, o.checks"
-            )),
-
-            // $1 id, $2 owner, $3 next check at, $4 checks to add (0 or 1).
-            record_check: stmt(format!(
-                "UPDATE {o} SET checks = checks + $4, next_attempt_at = $3, \
-                 lease_owner = NULL, lease_until = NULL \
-                 WHERE id = $1 AND lease_owner = $2 AND state = 'prepared'"
-            )),
-
-            // $1 id, $2 owner, $3 reason, $4 at.
-            mark_prepared_dead: stmt(format!(
-                "UPDATE {o} SET state = 'dead', last_error = $3, dead_at = $4, \
-                 lease_owner = NULL, lease_until = NULL \
-                 WHERE id = $1 AND lease_owner = $2 AND state = 'prepared'"
-            )),
-
-            // $1 id, $2 first check at. Only a half message that went dead
-            // while prepared.
-            resume: stmt(format!(
-                "UPDATE {o} SET state = 'prepared', checks = 0, next_attempt_at = $2, \
-                 lease_owner = NULL, lease_until = NULL, dead_at = NULL \
-                 WHERE id = $1 AND state = 'dead' AND half"
-            )),
-        })
+        }
     }
 }
 
@@ -513,7 +518,7 @@ mod tests {
             .unwrap()
             .with_inbox(inbox)
             .unwrap();
-        statements(&tables).unwrap()
+        Own::statements(&tables).unwrap()
     }
 
     /// The script of migration `version`, checked to be the one at its place.
@@ -554,7 +559,7 @@ mod tests {
 
     #[test]
     fn an_inbox_without_a_name_for_its_dead_letters_is_refused() {
-        txmsg_testkit::config::assert_dead_letter_name_clash_refused(statements);
+        txmsg_testkit::config::assert_dead_letter_name_clash_refused(Own::statements);
     }
 
     #[test]
@@ -591,7 +596,7 @@ mod tests {
 
     #[test]
     fn lock_key_depends_on_the_tables() {
-        let key = |t: &Tables| statements(t).unwrap().own.migrate_lock_key;
+        let key = |t: &Tables| Own::statements(t).unwrap().own.migrate_lock_key;
         let a = key(&Tables::default());
         let b = key(&Tables::default().with_schema("b").unwrap());
         assert_ne!(a, b);

@@ -4,13 +4,13 @@ use std::future::Future;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Row};
-use txmsg_core::{BoxFuture, ClaimRequest, Envelope, Ident, Result, Tables, Waker};
+use txmsg_core::{BoxFuture, ClaimRequest, Envelope, Ident, Result, Waker};
 use txmsg_sql::{Backend, Heads, Notifying, StoreConfig, TableStore};
 use uuid::Uuid;
 
 use crate::dialect::PgBackend;
 use crate::migrate;
-use crate::sql::{self, Sql};
+use crate::sql;
 
 /// A [`Store`](txmsg_core::Store) whose outbox and inbox are PostgreSQL tables.
 ///
@@ -56,10 +56,6 @@ impl Backend for PgBackend {
     const SCHEMES: &'static [&'static str] = &["postgres", "postgresql"];
 
     type Own = sql::Own;
-
-    fn statements(tables: &Tables) -> Result<Sql> {
-        sql::statements(tables)
-    }
 
     async fn connect(url: &str, config: &StoreConfig) -> Result<PgPool> {
         let options: PgConnectOptions = txmsg_sql::connect_options(url, "a postgres")?;
@@ -214,6 +210,7 @@ fn listen_backoff(failures: u32) -> std::time::Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use txmsg_core::Tables;
     use txmsg_testkit::config::field_of;
 
     #[tokio::test]

@@ -40,8 +40,8 @@ pub use row::{
 };
 pub use stmt::{IdList, Stmt};
 pub use store::{
-    Backend, DEFAULT_MAX_CONNECTIONS, InboxStatements, Notifying, Purge, Statements, StoreConfig,
-    TableStore, read_claimed,
+    Backend, DEFAULT_MAX_CONNECTIONS, InboxStatements, Notifying, OwnStatements, Purge, Statements,
+    StoreConfig, TableStore, read_claimed,
 };
 pub use writer::{OutboxInsert, SqlHalfWriter, SqlInbox, SqlOutboxWriter};
 

@@ -190,6 +190,19 @@ pub struct InboxStatements {
     pub dead_groups: Stmt,
 }
 
+/// The statements only one database needs, which render all of a store's
+/// statements for its tables.
+pub trait OwnStatements: fmt::Debug + Send + Sync + Sized + 'static {
+    /// The statements for `tables`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if the database cannot keep tables so named (a
+    /// schema where there are none, no name left for the consumer
+    /// dead-letter table).
+    fn statements(tables: &Tables) -> Result<Statements<Self>>;
+}
+
 /// A database a [`TableStore`] runs on: its [`Dialect`] plus what truly
 /// differs between databases (statement text, connect options, migrations,
 /// the claim strategy).
@@ -207,17 +220,9 @@ pub trait Backend: Dialect + Sized {
     /// database's default (SQLite: `BEGIN IMMEDIATE`).
     const BEGIN: Option<&'static str> = None;
 
-    /// Statements and state only this database needs.
-    type Own: fmt::Debug + Send + Sync + 'static;
-
-    /// The statements for `tables`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] if the database cannot keep tables so named (a
-    /// schema where there are none, no name left for the consumer
-    /// dead-letter table).
-    fn statements(tables: &Tables) -> Result<Statements<Self::Own>>;
+    /// Statements and state only this database needs; they render the
+    /// whole set of statements.
+    type Own: OwnStatements;
 
     /// A pool for `url` (its scheme already checked), with `config`'s
     /// connection limit (already checked to be above zero). A backend over
@@ -409,7 +414,7 @@ impl<B: Backend> TableStore<B> {
     /// suffix within 63 bytes, and the result must not name another table
     /// or index of the store; SQLite has no schemas.
     pub fn new(pool: Pool<B::Db>, tables: Tables) -> Result<Self> {
-        let sql = Arc::new(B::statements(&tables)?);
+        let sql = Arc::new(B::Own::statements(&tables)?);
         let writer = Self::writer(&sql, None);
         let inbox = B::inbox(&sql);
         let half = Arc::new(Self::half(&sql, None));
@@ -479,7 +484,7 @@ impl<B: Backend> TableStore<B> {
         // The URL and the names first: they are found wrong without a
         // database.
         crate::connect::check_scheme(url, B::SCHEMES, B::STORE)?;
-        B::statements(&config.tables)?;
+        B::Own::statements(&config.tables)?;
         let pool = B::connect(url, &config).await?;
         Self::new(pool, config.tables)
     }

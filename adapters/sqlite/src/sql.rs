@@ -12,7 +12,8 @@ use std::sync::Arc;
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 use txmsg_core::{Error, Ident, Result, Tables};
 use txmsg_sql::{
-    IdList, InboxStatements, MigrationsSql, OutboxInsert, SettleSql, Statements, Stmt,
+    IdList, InboxStatements, MigrationsSql, OutboxInsert, OwnStatements, SettleSql, Statements,
+    Stmt,
 };
 
 use crate::migrate::{self, Rendered};
@@ -144,14 +145,16 @@ pub struct Own {
 /// The statements of one store.
 pub(crate) type Sql = Statements<Own>;
 
-/// Every statement of a store on `tables`.
-///
-/// # Errors
-///
-/// As [`Names::new`].
-pub(crate) fn statements(tables: &Tables) -> Result<Sql> {
-    let names = Names::new(tables)?;
-    Ok(with_names(&names))
+impl OwnStatements for Own {
+    /// Every statement of a store on `tables`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Names::new`].
+    fn statements(tables: &Tables) -> Result<Sql> {
+        let names = Names::new(tables)?;
+        Ok(with_names(&names))
+    }
 }
 
 /// Every statement of a store on the tables `names` names.

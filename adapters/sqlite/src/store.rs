@@ -6,13 +6,13 @@ use sqlx::query::Query;
 use sqlx::sqlite::SqliteArguments;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{SqlStr, Sqlite, SqlitePool};
-use txmsg_core::{ClaimRequest, Envelope, Result, Tables};
+use txmsg_core::{ClaimRequest, Envelope, Result};
 
 use txmsg_sql::{Backend, StoreConfig, TableStore};
 
 use crate::dialect::{SqliteBackend, micros};
 use crate::migrate;
-use crate::sql::{self, Sql};
+use crate::sql;
 
 /// How long a statement waits for another connection's write lock before it
 /// fails with `SQLITE_BUSY`.
@@ -94,10 +94,6 @@ impl Backend for SqliteBackend {
     const BEGIN: Option<&'static str> = Some(BEGIN_IMMEDIATE);
 
     type Own = sql::Own;
-
-    fn statements(tables: &Tables) -> Result<Sql> {
-        sql::statements(tables)
-    }
 
     /// Opens (and creates if missing) the database at `url`: an sqlx SQLite
     /// URL (`sqlite://path/to/file.db`, `sqlite:file.db`, or
