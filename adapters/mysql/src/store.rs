@@ -26,7 +26,7 @@ const CLAIM_ATTEMPTS: usize = 3;
 /// idempotency keys in the inbox table, in the handler's transaction, and
 /// keep the messages they gave up on in a dead-letter table beside it
 /// (`txmsg_consumer_dead` beside the default inbox, `<inbox>_dead` beside a
-/// renamed one). With [`Tables::schema`] set, the tables live in that
+/// renamed one). With [`Tables::schema`](txmsg_core::Tables::schema) set, the tables live in that
 /// database.
 ///
 /// Every SQL statement is built once, when the store is made, from the
