@@ -119,7 +119,8 @@ impl RabbitBroker {
         self.shared.is_connected()
     }
 
-    /// Declares the durable queue `queue` and binds it to the exchange with
+    /// Declares the durable queue `queue` (of the configured
+    /// [`queue_type`](RabbitConfig::queue_type)) and binds it to the exchange with
     /// `topic_pattern`, so that it receives every message whose topic
     /// matches: `orders.placed` exactly, `orders.*` one more segment,
     /// `orders.#` any number of them. Declaring an existing queue with the
@@ -147,6 +148,7 @@ impl RabbitBroker {
         declare_bound_queue(
             &channel,
             &queue,
+            self.shared.config.queue_type(),
             &self.shared.exchange,
             &pattern,
             broker_error,

@@ -11,6 +11,7 @@ txmsg_core::broker_settings! {
     /// |---------|---------|---------|
     /// | [`exchange`](Self::exchange) | `"txmsg"` | durable topic exchange messages are published to; the routing key is the topic |
     /// | [`mandatory`](Self::mandatory) | `true` | whether a message no queue is bound for is an error (kept and retried) rather than dropped |
+    /// | [`queue_type`](Self::queue_type) | classic | the type of the queues the broker declares: [`QueueType::Quorum`] for replicated queues on a cluster |
     /// | [`source`](Self::source) | `"/txmsg"` | the CloudEvents `source` attribute of every message |
     /// | [`connection_name`](Self::connection_name) | `"txmsg"` | the name RabbitMQ shows for the connection |
     /// | [`reconnect_backoff`](Self::reconnect_backoff) | 100 ms to 10 s | delays between reconnect attempts (exponential, with jitter) |
@@ -35,6 +36,7 @@ txmsg_core::broker_settings! {
     pub struct RabbitConfig {
         exchange: String = "txmsg".to_owned();
         mandatory: bool = true;
+        queue_type: QueueType = QueueType::Classic;
         connection_name: String = "txmsg".to_owned();
         reconnect_min: Duration = Duration::from_millis(100);
         reconnect_max: Duration = Duration::from_secs(10);
@@ -43,6 +45,28 @@ txmsg_core::broker_settings! {
         connect_timeout / with_connect_timeout: Duration = Duration::from_secs(10),
             unless "it is greater than zero"
             = positive(),
+    }
+}
+
+/// The type of a RabbitMQ queue (its `x-queue-type` argument): see
+/// [`RabbitConfig::with_queue_type`].
+///
+/// In a config file: `"classic"` or `"quorum"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum QueueType {
+    /// A classic queue, on one node: declared without `x-queue-type`, as
+    /// queues declared by earlier versions were.
+    #[default]
+    Classic,
+    /// A quorum queue, replicated over the cluster's nodes.
+    Quorum,
+}
+
+impl check::Setting for QueueType {
+    fn read<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        serde::Deserialize::deserialize(d)
     }
 }
 
@@ -59,6 +83,7 @@ impl RabbitConfig {
     fn with_plain_settings_of(self, from: &Self) -> Result<Self> {
         self.with_exchange(&from.exchange)?
             .with_mandatory(from.mandatory)
+            .with_queue_type(from.queue_type)
             .with_connection_name(&from.connection_name)?
             .with_reconnect_backoff(from.reconnect_min, from.reconnect_max)
     }
@@ -112,6 +137,43 @@ impl RabbitConfig {
     pub fn with_mandatory(mut self, mandatory: bool) -> Self {
         self.mandatory = mandatory;
         self
+    }
+
+    /// Sets the type of the queues the broker declares: the group queues of
+    /// subscriptions and those of [`bind_queue`](crate::RabbitBroker::bind_queue).
+    ///
+    /// [`QueueType::Classic`] (the default) suits one RabbitMQ node.
+    /// [`QueueType::Quorum`] is the durable, replicated queue type RabbitMQ
+    /// recommends for clusters: a quorum queue keeps its messages while a
+    /// majority of its nodes is up. The type is fixed when a queue is first
+    /// declared; a queue that exists with the other type is refused (a
+    /// permanent [`Error::Broker`] naming the queue), so moving a group to
+    /// quorum queues means a new group, or moving the queue by RabbitMQ's
+    /// own means.
+    ///
+    /// Per-key order holds on quorum queues until a delivery is handed back
+    /// (a nack, or a consumer that went away holding it): RabbitMQ puts a
+    /// message returned to a quorum queue behind the queue's other messages
+    /// (seen on 3.10), where a classic queue puts it back in its place. So
+    /// on quorum queues a message whose handler failed, or that was in
+    /// flight when its consumer restarted, may be applied after later
+    /// messages of its key; the inbox still applies each exactly once.
+    ///
+    /// RabbitMQ 4.0 and later drop a message of a quorum queue once it was
+    /// delivered more than the queue's delivery limit (20 by default) times.
+    /// txmsg settles a delivery its handler failed on by `basic.nack` with
+    /// requeue until the handler's `max_attempts` (5 unless the
+    /// `#[message_handler]` says otherwise), and a delivery whose consumer
+    /// went away comes again too: keep `max_attempts` well below that limit,
+    /// or raise the limit with a RabbitMQ policy.
+    pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
+    /// The type of the queues the broker declares.
+    pub fn queue_type(&self) -> QueueType {
+        self.queue_type
     }
 
     /// Sets the connection name RabbitMQ shows for the connection (the
@@ -182,14 +244,24 @@ mod tests {
     use txmsg_testkit::config::field_of;
 
     txmsg_testkit::deserialized_config_is_checked!(RabbitConfig; |c| crate::RabbitBroker::connect("amqp://127.0.0.1:1/%2f", c);
-        r#"{ "exchange": "billing", "mandatory": false, "source": "/billing", "connection_name": "billing-1", "reconnect_min": "100ms", "reconnect_max": "1m", "connect_timeout": "3s" }"#;
+        r#"{ "exchange": "billing", "mandatory": false, "queue_type": "quorum", "source": "/billing", "connection_name": "billing-1", "reconnect_min": "100ms", "reconnect_max": "1m", "connect_timeout": "3s" }"#;
         r#"{ "exchange": "no spaces" }"#; "exchange");
+
+    #[test]
+    fn queue_type_reads_from_a_config_file() {
+        let c: RabbitConfig = serde_json::from_str(r#"{ "queue_type": "quorum" }"#).unwrap();
+        assert_eq!(c.queue_type(), QueueType::Quorum);
+        let err = serde_json::from_str::<RabbitConfig>(r#"{ "queue_type": "stream" }"#)
+            .expect_err("not a queue type txmsg declares");
+        assert!(err.to_string().contains("unknown variant"), "{err}");
+    }
 
     #[test]
     fn defaults() {
         let c = RabbitConfig::default();
         assert_eq!(c.exchange(), "txmsg");
         assert!(c.mandatory());
+        assert_eq!(c.queue_type(), QueueType::Classic);
         assert_eq!(c.source(), "/txmsg");
         assert_eq!(c.connection_name(), "txmsg");
         let (min, max) = c.reconnect_backoff();

@@ -72,6 +72,7 @@ async fn open(
     declare_bound_queue(
         &channel,
         &queue,
+        shared.config.queue_type(),
         &shared.exchange,
         &routing_key,
         driver_error,

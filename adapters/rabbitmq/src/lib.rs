@@ -81,5 +81,5 @@ mod url;
 mod wire;
 
 pub use broker::RabbitBroker;
-pub use config::RabbitConfig;
+pub use config::{QueueType, RabbitConfig};
 pub use wire::{CLOUDEVENTS_PREFIX, RabbitCodec, TXMSG_ID_HEADER};

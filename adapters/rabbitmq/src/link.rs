@@ -21,14 +21,14 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind, Event, ExchangeKind};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info, info_span, warn};
 use txmsg_core::{Error, Result};
 
-use crate::config::RabbitConfig;
+use crate::config::{QueueType, RabbitConfig};
 use crate::confirm::Confirms;
 use crate::url::BrokerUrl;
 
@@ -88,17 +88,30 @@ impl Link {
 /// [`driver_error`].
 pub(crate) type ErrorOf = fn(String, lapin::Error) -> Error;
 
-/// Declares the durable queue `queue` on `channel` and binds it to
-/// `exchange` with `routing_key` (a topic or a pattern). Declaring an
-/// existing queue with the same settings, or binding it again, changes
-/// nothing; a failure is reported by `error`.
+/// Declares the durable queue `queue` of type `queue_type` on `channel` and
+/// binds it to `exchange` with `routing_key` (a topic or a pattern).
+/// Declaring an existing queue with the same settings, or binding it again,
+/// changes nothing; a failure is reported by `error`.
 pub(crate) async fn declare_bound_queue(
     channel: &Channel,
     queue: &ShortString,
+    queue_type: QueueType,
     exchange: &ShortString,
     routing_key: &ShortString,
     error: ErrorOf,
 ) -> Result<()> {
+    let mut arguments = FieldTable::default();
+    match queue_type {
+        // No argument: the queues of earlier versions were declared so, and
+        // RabbitMQ refuses a declaration whose arguments differ.
+        QueueType::Classic => {}
+        QueueType::Quorum => {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+    }
     channel
         .queue_declare(
             queue.clone(),
@@ -106,7 +119,7 @@ pub(crate) async fn declare_bound_queue(
                 durable: true,
                 ..QueueDeclareOptions::default()
             },
-            FieldTable::default(),
+            arguments,
         )
         .await
         .map_err(|e| error(format!("declaring queue `{queue}` failed"), e))?;

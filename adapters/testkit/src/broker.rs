@@ -175,17 +175,20 @@ macro_rules! __broker_cases {
 ///
 /// `broker_conformance!(Fixture)` runs every case; `broker_conformance!(
 /// Fixture: case, case, ...)` runs the cases named (for a broker that
-/// cannot keep some rule: its docs say which and why). `Fixture`
+/// cannot keep some rule: its docs say which and why). Both take a module
+/// name first, as in `broker_conformance!(mod quorum, QuorumFixture)`, to
+/// run the suite on a second fixture (another configuration of the same
+/// broker) in the same test crate. `Fixture`
 /// implements [`BrokerFixture`]; the adapters' own tests
 /// (`adapters/*/tests/*.rs`) show one fixture per broker. The calling test
 /// crate needs `tokio` with the `macros` and `rt-multi-thread` features.
 #[macro_export]
 macro_rules! broker_conformance {
-    ($fixture:ty) => {
-        $crate::__broker_cases!([$crate::broker_conformance] [$fixture:]);
+    (mod $module:ident, $fixture:ty) => {
+        $crate::__broker_cases!([$crate::broker_conformance] [mod $module, $fixture:]);
     };
-    ($fixture:ty : $($case:ident),* $(,)?) => {
-        mod conformance {
+    (mod $module:ident, $fixture:ty : $($case:ident),* $(,)?) => {
+        mod $module {
             #[allow(unused_imports)]
             use super::*;
             $(
@@ -200,6 +203,12 @@ macro_rules! broker_conformance {
                 }
             )*
         }
+    };
+    ($fixture:ty) => {
+        $crate::broker_conformance!(mod conformance, $fixture);
+    };
+    ($fixture:ty : $($case:ident),* $(,)?) => {
+        $crate::broker_conformance!(mod conformance, $fixture: $($case),*);
     };
 }
 
