@@ -111,7 +111,8 @@ impl NatsBroker {
         Ok(broker)
     }
 
-    /// Creates the stream with the configured settings; an existing stream
+    /// Creates the stream with the configured settings (file storage, the
+    /// configured replicas); an existing stream
     /// keeps every setting of its operator (limits, replicas, storage,
     /// description, ...) and gets only what txmsg needs: its subjects added
     /// and the configured duplicate window. A stream that already has both
@@ -144,6 +145,7 @@ impl NatsBroker {
                     subjects: vec![subjects],
                     duplicate_window: window,
                     storage: stream::StorageType::File,
+                    num_replicas: self.config.replicas(),
                     ..Default::default()
                 };
                 match self.js.create_stream(wanted).await {
@@ -160,6 +162,14 @@ impl NatsBroker {
                 }
             }
             Some(mut config) => {
+                if config.num_replicas != self.config.replicas() {
+                    tracing::warn!(
+                        stream = name,
+                        replicas = config.num_replicas,
+                        configured = self.config.replicas(),
+                        "the stream exists with another replica count: txmsg leaves it as its operator set it"
+                    );
+                }
                 let mut changed = Vec::new();
                 if !config.subjects.contains(&subjects) {
                     config.subjects.push(subjects);

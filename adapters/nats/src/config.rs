@@ -14,6 +14,7 @@ txmsg_core::broker_settings! {
     /// | [`duplicate_window`](Self::duplicate_window) | 2 min | how long the stream remembers a `Nats-Msg-Id` to drop a republish |
     /// | [`ack_wait`](Self::ack_wait) | 30 s | how long a delivery may stay unsettled before the server delivers it again |
     /// | [`max_ack_pending`](Self::max_ack_pending) | 1000 | most unsettled deliveries of one group, over all its subscriptions |
+    /// | [`replicas`](Self::replicas) | 1 | servers of a JetStream cluster that keep the stream, when the broker creates it |
     /// | [`connect_timeout`](Self::connect_timeout) | 10 s | longest the first connect may take |
     /// | [`publish_timeout`](Self::publish_timeout) | 10 s | longest a publish waits for its PubAck |
     /// | [`source`](Self::source) | `"/txmsg"` | the CloudEvents `source` attribute of every message |
@@ -67,6 +68,14 @@ txmsg_core::broker_settings! {
         max_ack_pending / with_max_ack_pending: u32 = 1000,
             unless "it is greater than zero"
             = positive(),
+        /// How many servers of a JetStream cluster keep the stream (its
+        /// `num_replicas`): 3 or 5 survive the loss of one or two servers;
+        /// a single server keeps only 1 and refuses more. Used when the
+        /// broker creates the stream; an existing stream keeps the replicas
+        /// its operator gave it (a different count is logged as a warning).
+        replicas / with_replicas: usize = 1,
+            unless "it is 1 to 5"
+            = within(1, 5),
         /// The longest the first connect may take.
         connect_timeout / with_connect_timeout: Duration = Duration::from_secs(10),
             unless "it is greater than zero"
@@ -317,8 +326,21 @@ mod tests {
     use txmsg_testkit::config::field_of;
 
     txmsg_testkit::deserialized_config_is_checked!(NatsConfig; |c| crate::NatsBroker::connect("nats://127.0.0.1:1", c);
-        r#"{ "stream": "BILLING", "subject_prefix": "billing", "duplicate_window": "10m", "ack_wait": "5s", "max_ack_pending": 10, "connect_timeout": "1s", "publish_timeout": "2s", "source": "/billing" }"#;
+        r#"{ "stream": "BILLING", "subject_prefix": "billing", "duplicate_window": "10m", "ack_wait": "5s", "max_ack_pending": 10, "replicas": 3, "connect_timeout": "1s", "publish_timeout": "2s", "source": "/billing" }"#;
         r#"{ "stream": "no.dots" }"#; "stream");
+
+    #[test]
+    fn replicas_are_one_to_five() {
+        assert_eq!(NatsConfig::default().replicas(), 1);
+        assert_eq!(
+            NatsConfig::default().with_replicas(5).unwrap().replicas(),
+            5
+        );
+        for bad in [0, 6] {
+            let err = NatsConfig::default().with_replicas(bad).unwrap_err();
+            assert_eq!(field_of(Err::<(), _>(err)), "replicas");
+        }
+    }
 
     #[test]
     fn validates() {

@@ -107,6 +107,42 @@ async fn conformance_held_delivery_is_not_redelivered() {
     broker.delete_stream().await.expect("delete the stream");
 }
 
+/// The stream the broker creates has the configured replicas; on this
+/// single server only one, and asking for three is a clear error, not a
+/// stream with fewer copies than asked for.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stream_gets_the_configured_replicas() {
+    let config = config().with_replicas(1).expect("valid");
+    let broker = connect(&config).await;
+    let js = async_nats::jetstream::new(plain_client().await);
+    let mut stream = js.get_stream(config.stream()).await.expect("stream");
+    let info = stream.info().await.expect("stream info");
+    assert_eq!(info.config.num_replicas, 1);
+    drop(broker);
+    js.delete_stream(config.stream())
+        .await
+        .expect("delete stream");
+
+    let three = config_with_replicas(3);
+    let err = NatsBroker::connect(&url(), three.clone())
+        .await
+        .expect_err("a single server keeps one replica only");
+    let text = err.to_string();
+    eprintln!("three replicas on one server: {text}");
+    assert!(
+        text.contains(three.stream()) && text.contains("replicas"),
+        "the error names the stream and the cause: {text}"
+    );
+    assert!(
+        js.get_stream(three.stream()).await.is_err(),
+        "no stream was created with fewer replicas than asked for"
+    );
+}
+
+fn config_with_replicas(replicas: usize) -> NatsConfig {
+    config().with_replicas(replicas).expect("1 to 5 replicas")
+}
+
 /// `connect` to a stream an operator created keeps the operator's
 /// settings: only what txmsg needs (its subjects, the duplicate window) is
 /// changed.
