@@ -60,10 +60,15 @@ struct Inner {
 }
 
 impl fmt::Debug for MqttBroker {
+    // The endpoint shows no password; the connection and sessions are left
+    // out.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Inner {
+            endpoint, config, ..
+        } = &*self.inner;
         f.debug_struct("MqttBroker")
-            .field("endpoint", &self.inner.endpoint)
-            .field("config", &self.inner.config)
+            .field("endpoint", endpoint)
+            .field("config", config)
             .finish_non_exhaustive()
     }
 }

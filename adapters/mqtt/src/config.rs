@@ -79,14 +79,6 @@ const MAX_PREFIX_LEN: usize = 128;
 const MAX_CLIENT_ID_PREFIX_LEN: usize = 64;
 
 impl MqttConfig {
-    /// Sets the plain settings but `source` from `from`, through their
-    /// setters: the part of [`validate`](Self::validate) that is this
-    /// config's own.
-    fn with_plain_settings_of(self, from: &Self) -> Result<Self> {
-        self.with_topic_prefix(&from.topic_prefix)?
-            .with_client_id_prefix(&from.client_id_prefix)
-    }
-
     /// Sets what every MQTT topic starts with (default `txmsg/`): topic
     /// `orders.placed` is published to `<prefix>orders.placed`.
     ///
@@ -207,6 +199,12 @@ impl MqttConfig {
             "url",
             "`mqtts://` needs the `tls` feature of txmsg-mqtt (the `tls` feature of txmsg)",
         ))
+    }
+
+    // For `validate` (see `broker_settings!`).
+    fn with_plain_settings_of(self, from: &Self) -> Result<Self> {
+        self.with_topic_prefix(&from.topic_prefix)?
+            .with_client_id_prefix(&from.client_id_prefix)
     }
 }
 

@@ -100,9 +100,7 @@ const MAX_STREAM_LEN: usize = 64;
 const MAX_PREFIX_LEN: usize = 128;
 
 impl NatsConfig {
-    /// Sets the plain settings but `source` from `from`, through their
-    /// setters: the part of [`validate`](Self::validate) that is this
-    /// config's own.
+    // For `validate` (see `broker_settings!`).
     fn with_plain_settings_of(self, from: &Self) -> Result<Self> {
         self.with_stream(from.stream.clone())?
             .with_subject_prefix(from.subject_prefix.clone())

@@ -77,9 +77,7 @@ const MAX_EXCHANGE_LEN: usize = 255;
 const MAX_CONNECTION_NAME_LEN: usize = 255;
 
 impl RabbitConfig {
-    /// Sets the plain settings but `source` from `from`, through their
-    /// setters: the part of [`validate`](Self::validate) that is this
-    /// config's own.
+    // For `validate` (see `broker_settings!`).
     fn with_plain_settings_of(self, from: &Self) -> Result<Self> {
         self.with_exchange(&from.exchange)?
             .with_mandatory(from.mandatory)

@@ -80,9 +80,7 @@ txmsg_core::broker_settings! {
 const MAX_PREFIX_LEN: usize = 128;
 
 impl RedisConfig {
-    /// Sets the plain settings but `source` from `from`, through their
-    /// setters: the part of [`validate`](Self::validate) that is this
-    /// config's own.
+    // For `validate` (see `broker_settings!`).
     fn with_plain_settings_of(self, from: &Self) -> Result<Self> {
         self.with_key_prefix(&from.key_prefix)?
             .with_max_len(from.max_len)?

@@ -59,9 +59,7 @@ txmsg_core::broker_settings! {
 const MAX_PREFIX_LEN: usize = 64;
 
 impl RocketConfig {
-    /// Sets the plain settings but `source` from `from`, through their
-    /// setters: the part of [`validate`](Self::validate) that is this
-    /// config's own.
+    // For `validate` (see `broker_settings!`).
     fn with_plain_settings_of(self, from: &Self) -> Result<Self> {
         self.with_topic_prefix(&from.topic_prefix)?
             .with_producer_group(&from.producer_group)
