@@ -39,31 +39,21 @@ txmsg_core::broker_settings! {
         topic_prefix: String = "txmsg/".to_owned();
         client_id_prefix: String = "txmsg-".to_owned();
         /// The MQTT keep-alive interval (default 30 s).
-        keep_alive / with_keep_alive: Duration = Duration::from_secs(30),
-            unless "it is 5 s to 65535 s, in whole seconds"
-            = whole_seconds(Duration::from_secs(5), Duration::from_secs(u64::from(u16::MAX))),
+        keep_alive / with_keep_alive: Duration = Duration::from_secs(30), unless "it is 5 s to 65535 s, in whole seconds" = whole_seconds(Duration::from_secs(5), Duration::from_secs(u64::from(u16::MAX))),
         /// How long the broker keeps a subscription's session (its
         /// unacknowledged and queued messages) after the connection drops
         /// (default 1 h). Subscriptions connect with `clean_start = false`, so
         /// a reconnect resumes the session and gets its unacknowledged
         /// messages again. Zero makes every session end with its connection.
-        session_expiry / with_session_expiry: Duration = Duration::from_secs(3600),
-            unless "it is whole seconds below `u32::MAX` s"
-            = whole_seconds(Duration::ZERO, Duration::from_secs(u64::from(u32::MAX) - 1)),
+        session_expiry / with_session_expiry: Duration = Duration::from_secs(3600), unless "it is whole seconds below `u32::MAX` s" = whole_seconds(Duration::ZERO, Duration::from_secs(u64::from(u32::MAX) - 1)),
         /// How long a connection attempt may take (default 5 s).
-        connect_timeout / with_connect_timeout: Duration = Duration::from_secs(5),
-            unless "it is whole seconds from 1 s to 1 h"
-            = whole_seconds(Duration::from_secs(1), Duration::from_secs(3600)),
+        connect_timeout / with_connect_timeout: Duration = Duration::from_secs(5), unless "it is whole seconds from 1 s to 1 h" = whole_seconds(Duration::from_secs(1), Duration::from_secs(3600)),
         /// How long a publish waits for its PUBACK (default 30 s); past it
         /// the publish fails with a retryable error.
-        publish_timeout / with_publish_timeout: Duration = Duration::from_secs(30),
-            unless "it is greater than zero"
-            = positive(),
+        publish_timeout / with_publish_timeout: Duration = Duration::from_secs(30), unless "it is greater than zero" = positive(),
         /// The largest MQTT packet this client sends or accepts (default
         /// 16 MiB; the broker's own limit applies as well).
-        max_packet_size / with_max_packet_size: u32 = 16 * 1024 * 1024,
-            unless "it is 1024 bytes to 256 MiB"
-            = within(1024, 256 * 1024 * 1024),
+        max_packet_size / with_max_packet_size: u32 = 16 * 1024 * 1024, unless "it is 1024 bytes to 256 MiB" = within(1024, 256 * 1024 * 1024),
     }
     tls "txmsg-mqtt" {
         /// Sets the TLS files of `mqtts://` connections: a CA file trusted

@@ -52,39 +52,27 @@ txmsg_core::broker_settings! {
         /// How long the stream remembers a message's `Nats-Msg-Id` (its
         /// idempotency key): a message published again within the window is
         /// acknowledged and dropped.
-        duplicate_window / with_duplicate_window: Duration = Duration::from_secs(120),
-            unless "it is at least 1 s"
-            = at_least(Duration::from_secs(1)),
+        duplicate_window / with_duplicate_window: Duration = Duration::from_secs(120), unless "it is at least 1 s" = at_least(Duration::from_secs(1)),
         /// How long a delivery may stay unsettled before the server delivers
         /// it again (the consumers' `ack_wait`). Deliveries that are nacked
         /// or dropped come back at once; this bounds the wait for those of a
         /// consumer that vanished without a word.
-        ack_wait / with_ack_wait: Duration = Duration::from_secs(30),
-            unless "it is at least 1 s"
-            = at_least(Duration::from_secs(1)),
+        ack_wait / with_ack_wait: Duration = Duration::from_secs(30), unless "it is at least 1 s" = at_least(Duration::from_secs(1)),
         /// The most deliveries one group may have unsettled over all its
         /// subscriptions (the consumers' `max_ack_pending`). Each
         /// subscription is further held to its own `prefetch`.
-        max_ack_pending / with_max_ack_pending: u32 = 1000,
-            unless "it is greater than zero"
-            = positive(),
+        max_ack_pending / with_max_ack_pending: u32 = 1000, unless "it is greater than zero" = positive(),
         /// How many servers of a JetStream cluster keep the stream (its
         /// `num_replicas`): 3 or 5 survive the loss of one or two servers;
         /// a single server keeps only 1 and refuses more. Used when the
         /// broker creates the stream; an existing stream keeps the replicas
         /// its operator gave it (a different count is logged as a warning).
-        replicas / with_replicas: usize = 1,
-            unless "it is 1 to 5"
-            = within(1, 5),
+        replicas / with_replicas: usize = 1, unless "it is 1 to 5" = within(1, 5),
         /// The longest the first connect may take.
-        connect_timeout / with_connect_timeout: Duration = Duration::from_secs(10),
-            unless "it is greater than zero"
-            = positive(),
+        connect_timeout / with_connect_timeout: Duration = Duration::from_secs(10), unless "it is greater than zero" = positive(),
         /// The longest a publish waits for its PubAck; after that it fails
         /// with a retryable error.
-        publish_timeout / with_publish_timeout: Duration = Duration::from_secs(10),
-            unless "it is greater than zero"
-            = positive(),
+        publish_timeout / with_publish_timeout: Duration = Duration::from_secs(10), unless "it is greater than zero" = positive(),
     }
     tls "txmsg-nats" {
         /// Sets the TLS files: CA certificates trusted beside the system's

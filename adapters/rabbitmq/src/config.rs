@@ -42,9 +42,7 @@ txmsg_core::broker_settings! {
         reconnect_max: Duration = Duration::from_secs(10);
         /// The longest one connect attempt (TCP, handshake, channel setup,
         /// exchange declaration) may take before it counts as failed.
-        connect_timeout / with_connect_timeout: Duration = Duration::from_secs(10),
-            unless "it is greater than zero"
-            = positive(),
+        connect_timeout / with_connect_timeout: Duration = Duration::from_secs(10), unless "it is greater than zero" = positive(),
     }
 }
 

@@ -56,18 +56,12 @@ txmsg_core::broker_settings! {
         /// it before any subscription of the group takes it over and delivers
         /// it again: the redelivery delay of a dropped delivery or of the
         /// deliveries of a vanished consumer.
-        claim_idle / with_claim_idle: Duration = Duration::from_secs(30),
-            unless "it is 100 ms to one day"
-            = within(Duration::from_millis(100), Duration::from_secs(86_400)),
+        claim_idle / with_claim_idle: Duration = Duration::from_secs(30), unless "it is 100 ms to one day" = within(Duration::from_millis(100), Duration::from_secs(86_400)),
         /// The longest one read waits for new entries (`BLOCK`).
-        block / with_block: Duration = Duration::from_secs(1),
-            unless "it is 10 ms to 60 s"
-            = within(Duration::from_millis(10), Duration::from_secs(60)),
+        block / with_block: Duration = Duration::from_secs(1), unless "it is 10 ms to 60 s" = within(Duration::from_millis(10), Duration::from_secs(60)),
         /// The most entries one read asks for (`COUNT`); a read never asks
         /// for more than the subscription's free prefetch.
-        read_count / with_read_count: usize = 100,
-            unless "it is 1 to 10 000"
-            = within(1, 10_000),
+        read_count / with_read_count: usize = 100, unless "it is 1 to 10 000" = within(1, 10_000),
     }
     tls "txmsg-redis" {
         /// Sets the TLS files of `rediss://` connections: a CA file trusted

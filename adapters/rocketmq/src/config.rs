@@ -35,23 +35,17 @@ txmsg_core::broker_settings! {
         producer_group: String = "txmsg".to_owned();
         /// The longest a publish waits for the broker's answer; past it the
         /// publish fails with a retryable error.
-        send_timeout / with_send_timeout: Duration = Duration::from_secs(3),
-            unless "it is 100 ms to 5 min"
-            = within(Duration::from_millis(100), Duration::from_secs(300)),
+        send_timeout / with_send_timeout: Duration = Duration::from_secs(3), unless "it is 100 ms to 5 min" = within(Duration::from_millis(100), Duration::from_secs(300)),
         /// How long a message queue pauses after a nacked delivery before
         /// the delivery comes again (RocketMQ's "suspend current queue a
         /// moment"): the later messages of its queue wait too, which keeps
         /// their order.
-        retry_delay / with_retry_delay: Duration = Duration::from_secs(1),
-            unless "it is 10 ms to 60 s"
-            = within(Duration::from_millis(10), Duration::from_secs(60)),
+        retry_delay / with_retry_delay: Duration = Duration::from_secs(1), unless "it is 10 ms to 60 s" = within(Duration::from_millis(10), Duration::from_secs(60)),
         /// How many message queues a topic gets when a subscribe creates it
         /// (a publish to a missing topic creates it with the broker's
         /// default). The queues bound how many subscriptions of one group
         /// consume at once.
-        topic_queues / with_topic_queues: u16 = 8,
-            unless "it is 1 to 1024"
-            = within(1, 1024),
+        topic_queues / with_topic_queues: u16 = 8, unless "it is 1 to 1024" = within(1, 1024),
     }
 }
 
