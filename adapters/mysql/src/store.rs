@@ -9,7 +9,7 @@ use txmsg_core::half::ClaimedHalf;
 use txmsg_core::{ClaimRequest, Envelope, Error, Result, SqlStore};
 use uuid::Uuid;
 
-use txmsg_sql::{Arg, Backend, Heads, Purge, SqlQuery, StoreConfig, TableStore};
+use txmsg_sql::{Arg, Backend, Heads, Purge, ScriptTarget, SqlQuery, StoreConfig, TableStore};
 
 use crate::dialect::MySqlBackend;
 use crate::migrate;
@@ -42,19 +42,26 @@ const CLAIM_ATTEMPTS: usize = 3;
 /// # Examples
 ///
 /// ```no_run
-/// use txmsg_core::{Message, Outbox, Store, Tables};
+/// use txmsg_core::{Message, Outbox, SqlStore, Store, Tables};
 /// use txmsg_mysql::{MySqlStore, StoreConfig};
 ///
 /// # async fn demo() -> txmsg_core::Result<()> {
 /// let tables = Tables::default().with_schema("billing")?;
 /// let config = StoreConfig::from(tables).with_max_connections(20);
-/// let store = MySqlStore::connect_with("mysql://app@db/app", config).await?;
+/// // MariaDB: `mariadb://` or `mysql://`.
+/// let store = MySqlStore::connect_with("mariadb://app@db/app", config).await?;
 /// store.migrate().await?;
 ///
-/// let mut tx = Outbox::new(&store).begin().await?;
-/// tx.enqueue(Message::new("invoices.created", &7)?.key(7)).await?;
-/// tx.commit().await?;
-/// # Ok(()) }
+/// // A transaction begun with sqlx, wrapped to carry messages too.
+/// let txn = store.pool().begin().await?;
+/// let mut tx = Outbox::new(&store).wrap(txn);
+/// sqlx::query("UPDATE invoices SET state = 'issued' WHERE id = ?")
+///     .bind(7)
+///     .execute(&mut *tx)
+///     .await?;
+/// tx.enqueue(Message::new("invoices.issued", &7)?.key(7)).await?;
+/// tx.commit().await
+/// # }
 /// ```
 pub type MySqlStore = TableStore<MySqlBackend>;
 
@@ -122,14 +129,8 @@ impl Backend for MySqlBackend {
 
     fn migration_script(store: &MySqlStore) -> String {
         let sql = &store.statements().own;
-        let tables = store.tables();
-        let before: Vec<&str> = sql.create_schema.iter().map(|(_, s)| s.as_str()).collect();
-        let target = txmsg_sql::ScriptTarget {
-            store: "txmsg-mysql",
-            before: &before,
-            migrations_table: &tables.qualified(tables.migrations(), '`'),
-            now: "CURRENT_TIMESTAMP(6)",
-        };
+        let target = ScriptTarget::new("txmsg-mysql", store.tables(), '`', "CURRENT_TIMESTAMP(6)")
+            .with_before(sql.create_schema.iter().map(|(_, s)| s.as_str()));
         txmsg_sql::migration_script::<MySqlBackend, _>(
             target,
             &sql.migrations_table,
@@ -277,16 +278,15 @@ async fn claim_once(store: &MySqlStore, req: &ClaimRequest) -> Result<Vec<Envelo
         lock_heads = lock_heads.bind(*id);
     }
     let heads = lock_heads.fetch_all(&mut *tx).await?;
-    if heads.is_empty() {
+    let Some((Heads { mut ids, keyed }, mut budget)) =
+        Heads::read_some::<MySqlBackend>(&heads, req.limit)?
+    else {
         tx.commit().await?;
         return Ok(Vec::new());
-    }
-    let heads = Heads::read::<MySqlBackend>(&heads)?;
+    };
 
     // Followers: for each keyed head, the rows after it while they are
     // claimable, up to the per-key limit, within what is left of the limit.
-    let mut budget = heads.budget(req.limit);
-    let Heads { mut ids, keyed } = heads;
     if req.per_key_limit > 0 {
         for (head, topic, key) in &keyed {
             if budget == 0 {

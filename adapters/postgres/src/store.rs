@@ -5,7 +5,7 @@ use std::future::Future;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Row};
 use txmsg_core::{BoxFuture, ClaimRequest, Envelope, Ident, Result, Waker};
-use txmsg_sql::{Backend, Heads, Notifying, StoreConfig, TableStore};
+use txmsg_sql::{Backend, Heads, Notifying, ScriptTarget, StoreConfig, TableStore};
 use uuid::Uuid;
 
 use crate::dialect::PgBackend;
@@ -50,6 +50,10 @@ use crate::sql;
 /// ```
 pub type PgStore = TableStore<PgBackend>;
 
+/// Relays of a PostgreSQL store can be woken by `LISTEN`/`NOTIFY`
+/// ([`PgStore::with_notify`](TableStore::with_notify)).
+impl Notifying for PgBackend {}
+
 impl Backend for PgBackend {
     const STORE: &'static str = "PgStore";
 
@@ -72,15 +76,12 @@ impl Backend for PgBackend {
 
     fn migration_script(store: &PgStore) -> String {
         let sql = &store.statements().own;
-        let tables = store.tables();
-        let before: Vec<&str> = sql.create_schema.iter().map(|(_, s)| s.as_str()).collect();
-        let target = txmsg_sql::ScriptTarget {
-            store: "txmsg-postgres",
-            before: &before,
-            migrations_table: &tables.qualified(tables.migrations(), '"'),
-            now: "now()",
-        };
-        txmsg_sql::migration_script::<PgBackend, _>(target, &sql.migrations_table, &sql.migrations)
+        txmsg_sql::migration_script::<PgBackend, _>(
+            ScriptTarget::new("txmsg-postgres", store.tables(), '"', "now()")
+                .with_before(sql.create_schema.iter().map(|(_, s)| s.as_str())),
+            &sql.migrations_table,
+            &sql.migrations,
+        )
     }
 
     async fn claim(store: &PgStore, req: &ClaimRequest) -> Result<Vec<Envelope>> {
@@ -93,16 +94,15 @@ impl Backend for PgBackend {
             .bind(i64::from(req.limit))
             .fetch_all(&mut *tx)
             .await?;
-        if heads.is_empty() {
+        let Some((Heads { mut ids, keyed }, mut budget)) =
+            Heads::read_some::<PgBackend>(&heads, req.limit)?
+        else {
             tx.commit().await?;
             return Ok(Vec::new());
-        }
-        let heads = Heads::read::<PgBackend>(&heads)?;
+        };
 
         // Followers: for each keyed head, the rows after it while they are
         // claimable, up to the per-key limit, within what is left of the limit.
-        let mut budget = heads.budget(req.limit);
-        let Heads { mut ids, keyed } = heads;
         if budget > 0 && req.per_key_limit > 0 && !keyed.is_empty() {
             // One array per column, for `unnest`.
             let head_ids: Vec<Uuid> = keyed.iter().map(|(id, _, _)| *id).collect();
@@ -161,8 +161,6 @@ impl Backend for PgBackend {
         Some(Box::pin(listen(pool.clone(), channel.clone(), waker)))
     }
 }
-
-impl Notifying for PgBackend {}
 
 /// Listens on `channel` and wakes the relay on each notification, for as
 /// long as it runs; reconnects after errors.

@@ -40,6 +40,22 @@ impl Heads {
         Ok(heads)
     }
 
+    /// The heads in `rows`, as [`read`](Self::read), with how many
+    /// followers a claim of at most `limit` rows can take after them;
+    /// `None` when there are none (the claim has nothing to take).
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read).
+    pub fn read_some<D: Dialect>(rows: &[SqlRow<D>], limit: u32) -> Result<Option<(Self, usize)>> {
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let heads = Self::read::<D>(rows)?;
+        let budget = heads.budget(limit);
+        Ok(Some((heads, budget)))
+    }
+
     /// How many followers a claim of at most `limit` rows can take after
     /// these heads.
     pub fn budget(&self, limit: u32) -> usize {

@@ -61,17 +61,38 @@ impl<D: Dialect> Step<D> for SqlStr {
 }
 
 /// Where a [`migration_script`] records each version, as `migrate` does.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ScriptTarget<'a> {
     /// The store, named in the script's heading (`txmsg-postgres`, ...).
     pub store: &'a str,
     /// Statements run before the migrations (creating the schema).
-    pub before: &'a [&'a str],
+    pub before: Vec<&'a str>,
     /// The migrations table, qualified and quoted.
-    pub migrations_table: &'a str,
+    pub migrations_table: String,
     /// The database's expression for the current time, in the migrations
     /// table's `applied_at` type.
     pub now: &'a str,
+}
+
+impl<'a> ScriptTarget<'a> {
+    /// The target of `store` (named in the script's heading) on `tables`,
+    /// whose migrations table is quoted with `quote`; `now` is the
+    /// database's expression for the current time. Nothing runs before the
+    /// migrations.
+    pub fn new(store: &'a str, tables: &txmsg_core::Tables, quote: char, now: &'a str) -> Self {
+        ScriptTarget {
+            store,
+            before: Vec::new(),
+            migrations_table: tables.qualified(tables.migrations(), quote),
+            now,
+        }
+    }
+
+    /// Runs `statements` before the migrations: creating the schema.
+    pub fn with_before(mut self, statements: impl IntoIterator<Item = &'a str>) -> Self {
+        self.before = statements.into_iter().collect();
+        self
+    }
 }
 
 /// Every migration as one SQL script, for teams whose migrations run
@@ -96,7 +117,7 @@ pub fn migration_script<D: Dialect, S: Step<D>>(
         store = target.store,
         table = target.migrations_table,
     );
-    for statement in target.before {
+    for statement in &target.before {
         push_statement(&mut out, statement);
     }
     push_statement(&mut out, sql.create.as_str());

@@ -127,14 +127,9 @@ impl Backend for SqliteBackend {
 
     fn migration_script(store: &SqliteStore) -> String {
         let sql = &store.statements().own;
-        let tables = store.tables();
-        let target = txmsg_sql::ScriptTarget {
-            store: "txmsg-sqlite",
-            before: &[],
-            migrations_table: &tables.qualified(tables.migrations(), '"'),
-            // `applied_at` holds microseconds since the Unix epoch.
-            now: "CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)",
-        };
+        // `applied_at` holds microseconds since the Unix epoch.
+        let now = "CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)";
+        let target = txmsg_sql::ScriptTarget::new("txmsg-sqlite", store.tables(), '"', now);
         txmsg_sql::migration_script::<SqliteBackend, _>(target, &sql.migrations, &sql.rendered)
     }
 
