@@ -10,8 +10,8 @@ use std::sync::Arc;
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 use txmsg_core::{Result, Tables};
 use txmsg_sql::{
-    IdList, InboxStatements, MigrationsSql, OutboxInsert, OwnStatements, SettleSql, Statements,
-    Stmt,
+    IdList, InboxStatements, MigrationsSql, OutboxInsert, OwnStatements, QuotedTables, SettleSql,
+    Statements, Stmt,
 };
 
 use crate::migrate::{MIGRATIONS, Step, Table};
@@ -120,19 +120,11 @@ impl OwnStatements for Own {
     /// [`Error::Config`] for `inbox_table` if its name leaves no name for the
     /// consumer dead-letter table.
     fn statements(tables: &Tables) -> Result<Sql> {
-        let outbox = tables.qualified(tables.outbox(), '`');
-        let inbox = tables.qualified(tables.inbox(), '`');
-        let migrations_table = tables.qualified(tables.migrations(), '`');
-        let o = &outbox;
+        let names = QuotedTables::new(tables, '`')?;
+        let o = &names.outbox;
         let cols = ENVELOPE_COLUMNS;
-        let dead = &tables.consumer_dead()?;
-
-        let render = |template: &str| {
-            template
-                .replace("{outbox}", &outbox)
-                .replace("{inbox}", &inbox)
-                .replace("{consumer_dead}", &tables.qualified(dead, '`'))
-        };
+        let migrations_table = &names.migrations;
+        let render = |template: &str| names.render(template);
         let table_name = |table: Table| match table {
             Table::Outbox => tables.outbox().to_string(),
             Table::Inbox => tables.inbox().to_string(),
@@ -172,7 +164,7 @@ impl OwnStatements for Own {
                 })
                 .collect()
         };
-        let (inbox, own_inbox) = inbox_statements(&inbox, &tables.qualified(dead, '`'));
+        let (inbox, own_inbox) = inbox_statements(&names.inbox, &names.consumer_dead);
 
         // 1 topic, 2 idempotency key. The row holding the key, read with
         // a lock so that it is the latest committed version, and whether

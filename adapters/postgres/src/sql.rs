@@ -8,7 +8,8 @@
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 use txmsg_core::{Ident, MAX_IDENT_LEN, Result, Tables};
 use txmsg_sql::{
-    InboxStatements, MigrationsSql, OutboxInsert, OwnStatements, SettleSql, Statements, Stmt,
+    InboxStatements, MigrationsSql, OutboxInsert, OwnStatements, QuotedTables, SettleSql,
+    Statements, Stmt,
 };
 
 use crate::migrate::MIGRATIONS;
@@ -72,23 +73,20 @@ impl OwnStatements for Own {
     /// consumer dead-letter table.
     fn statements(tables: &Tables) -> Result<Sql> {
         {
-            let outbox = tables.qualified(tables.outbox(), '"');
-            let inbox = tables.qualified(tables.inbox(), '"');
-            let migrations_table = tables.qualified(tables.migrations(), '"');
-            let o = &outbox;
+            let names = QuotedTables::new(tables, '"')?;
+            let o = &names.outbox;
+            let migrations_table = &names.migrations;
             let cols = ENVELOPE_COLUMNS;
             let returning = ENVELOPE_COLUMNS
                 .split(", ")
                 .map(|c| format!("o.{c}"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let dead = &tables.consumer_dead()?;
+            let dead = &names.consumer_dead_name;
 
             let render = |template: &str| {
-                template
-                    .replace("{outbox}", &outbox)
-                    .replace("{inbox}", &inbox)
-                    .replace("{consumer_dead}", &tables.qualified(dead, '"'))
+                names
+                    .render(template)
                     .replace("{consumer_dead_idx}", &index_name(dead, "_group_idx"))
                     .replace(
                         "{outbox_pending_idx}",
@@ -243,7 +241,7 @@ impl OwnStatements for Own {
             Ok(Statements {
                 own,
                 insert,
-                inbox: inbox_statements(&inbox, &tables.qualified(dead, '"')),
+                inbox: inbox_statements(&names.inbox, &names.consumer_dead),
                 prepare_holder: None,
                 mark_sent: stmt(format!(
                     "UPDATE {o} SET state = 'sent', sent_at = $2, lease_owner = NULL, lease_until = NULL \

@@ -60,6 +60,51 @@ impl<D: Dialect> Step<D> for SqlStr {
     }
 }
 
+/// A store's table names, qualified and quoted for its SQL text, and its
+/// statement templates filled in with them.
+#[derive(Debug, Clone)]
+pub struct QuotedTables {
+    /// The outbox.
+    pub outbox: String,
+    /// The inbox.
+    pub inbox: String,
+    /// The migrations table.
+    pub migrations: String,
+    /// The consumer dead-letter table.
+    pub consumer_dead: String,
+    /// The consumer dead-letter table's own name, neither qualified nor
+    /// quoted (to name its indexes after).
+    pub consumer_dead_name: txmsg_core::Ident,
+}
+
+impl QuotedTables {
+    /// The names of `tables`, each quoted with `quote`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`](txmsg_core::Error::Config) for `inbox_table` if its
+    /// name leaves no name for the consumer dead-letter table.
+    pub fn new(tables: &txmsg_core::Tables, quote: char) -> txmsg_core::Result<Self> {
+        let consumer_dead_name = tables.consumer_dead()?;
+        Ok(QuotedTables {
+            outbox: tables.qualified(tables.outbox(), quote),
+            inbox: tables.qualified(tables.inbox(), quote),
+            migrations: tables.qualified(tables.migrations(), quote),
+            consumer_dead: tables.qualified(&consumer_dead_name, quote),
+            consumer_dead_name,
+        })
+    }
+
+    /// `template` with `{outbox}`, `{inbox}` and `{consumer_dead}` replaced
+    /// by the quoted names.
+    pub fn render(&self, template: &str) -> String {
+        template
+            .replace("{outbox}", &self.outbox)
+            .replace("{inbox}", &self.inbox)
+            .replace("{consumer_dead}", &self.consumer_dead)
+    }
+}
+
 /// Where a [`migration_script`] records each version, as `migrate` does.
 #[derive(Debug, Clone)]
 pub struct ScriptTarget<'a> {
