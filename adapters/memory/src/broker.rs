@@ -6,7 +6,7 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use txmsg_core::consumer::{Acker, Delivery, SubscribeSpec, Subscription};
 use txmsg_core::{BoxFuture, Broker, Envelope, Error, Result};
 
@@ -255,21 +255,42 @@ impl Broker for MemoryBroker {
         let capacity = usize::from(spec.prefetch);
         let (tx, rx) = mpsc::channel(capacity);
         let unsettled = Arc::new(Semaphore::new(capacity));
-        let feeder = runtime.spawn(feed(queue, unsettled, tx));
-        Ok(Subscription::new(rx, Some(feeder.abort_handle())))
+        let (closing, closed) = oneshot::channel();
+        runtime.spawn(feed(queue, unsettled, tx, closed));
+        Ok(Subscription::with_close(rx, closing))
     }
 }
 
 /// Moves messages from `queue` into one subscription, keeping at most as
 /// many unsettled as `unsettled` has permits. Ends when the subscription is
-/// dropped (it is aborted then, or finds the channel closed).
-async fn feed(queue: Arc<GroupQueue>, unsettled: Arc<Semaphore>, tx: mpsc::Sender<Delivery>) {
+/// closed or dropped (`closed` resolves), after passing on the message it
+/// had taken, so that [`Subscription::close`] hands back every delivery in
+/// order; stopping it from outside instead could leave a message taken
+/// from the queue and sent after the close had looked, coming back only
+/// once the task is gone, behind later messages of its key.
+async fn feed(
+    queue: Arc<GroupQueue>,
+    unsettled: Arc<Semaphore>,
+    tx: mpsc::Sender<Delivery>,
+    mut closed: oneshot::Receiver<()>,
+) {
     loop {
-        let Ok(permit) = Arc::clone(&unsettled).acquire_owned().await else {
-            return;
+        // Every step is cancel safe: a message leaves the queue only when
+        // `pop` completes, and then it is sent before `closed` is looked at
+        // again.
+        let next = async {
+            let permit = Arc::clone(&unsettled).acquire_owned().await.ok()?;
+            let slot = tx.reserve().await.ok()?;
+            Some((permit, slot, queue.pop().await))
         };
-        let Ok(slot) = tx.reserve().await else { return };
-        let item = queue.pop().await;
+        let (permit, slot, item) = tokio::select! {
+            biased;
+            _ = &mut closed => return,
+            next = next => match next {
+                Some(next) => next,
+                None => return,
+            },
+        };
         let redelivered = item.redelivered;
         let message = item.envelope.clone();
         let acker = MemoryAcker {
