@@ -12,7 +12,7 @@ use sqlx::mysql::MySqlConnection;
 use txmsg_core::{BoxFuture, Result};
 
 use crate::dialect::MySqlBackend;
-use crate::sql::{RenderedMigration, RenderedStep, Sql};
+use crate::sql::{RenderedStep, Sql};
 
 /// How long `migrate` waits for a concurrent migration, in seconds.
 const LOCK_WAIT_SECS: i64 = 120;
@@ -169,7 +169,6 @@ CREATE TABLE IF NOT EXISTS {consumer_dead} (
 /// connection is closed afterwards rather than returned to the pool, so a
 /// call dropped halfway never leaves the lock held by a pooled connection.
 pub(crate) async fn migrate(pool: &MySqlPool, sql: &Sql) -> Result<()> {
-    let migrations = &sql.own.migrations;
     let mut conn = pool.acquire().await?;
     conn.close_on_drop();
     let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
@@ -184,7 +183,7 @@ pub(crate) async fn migrate(pool: &MySqlPool, sql: &Sql) -> Result<()> {
         ))
         .into());
     }
-    let outcome = apply(&mut conn, sql, migrations).await;
+    let outcome = apply(&mut conn, sql).await;
     let released = sqlx::query("SELECT RELEASE_LOCK(?)")
         .bind(&sql.own.migrate_lock)
         .execute(&mut *conn)
@@ -194,12 +193,9 @@ pub(crate) async fn migrate(pool: &MySqlPool, sql: &Sql) -> Result<()> {
     Ok(())
 }
 
-async fn apply(
-    conn: &mut MySqlConnection,
-    sql: &Sql,
-    migrations: &[RenderedMigration],
-) -> Result<()> {
-    if let Some((schema, create)) = &sql.own.create_schema {
+async fn apply(conn: &mut MySqlConnection, sql: &Sql) -> Result<()> {
+    let migrations = &sql.own.migrations;
+    if let Some((schema, create)) = &migrations.create_schema {
         // Checked first: CREATE DATABASE IF NOT EXISTS needs the CREATE right
         // even when the database is already there.
         let exists: i64 = sqlx::query_scalar(
@@ -209,16 +205,10 @@ async fn apply(
         .fetch_one(&mut *conn)
         .await?;
         if exists == 0 {
-            sqlx::query(create.get()).execute(&mut *conn).await?;
+            sqlx::query(create.clone()).execute(&mut *conn).await?;
         }
     }
-    txmsg_sql::apply_migrations::<MySqlBackend, _>(
-        conn,
-        &sql.own.migrations_table,
-        migrations,
-        "txmsg-mysql",
-    )
-    .await
+    migrations.apply::<MySqlBackend>(conn, "txmsg-mysql").await
 }
 
 impl txmsg_sql::Step<MySqlBackend> for RenderedStep {

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 use txmsg_core::{Result, Tables};
 use txmsg_sql::{
-    IdList, InboxStatements, MigrationsSql, OutboxInsert, OwnStatements, QuotedTables, SettleSql,
-    Statements, Stmt,
+    IdList, InboxStatements, Migrations, MigrationsDialect, OutboxInsert, OwnStatements,
+    QuotedTables, SettleSql, Statements, Stmt,
 };
 
 use crate::migrate::{MIGRATIONS, Step, Table};
@@ -64,10 +64,6 @@ impl Text {
         let list = vec!["?"; n.max(1)].join(", ");
         AssertSqlSafe(self.0.replace(IDS, &list))
     }
-
-    pub(crate) fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 /// A step of a migration, rendered for the configured tables.
@@ -98,6 +94,18 @@ const COLUMN_EXISTS: &str = "SELECT COUNT(*) FROM information_schema.COLUMNS \
 const INDEX_EXISTS: &str = "SELECT COUNT(*) FROM information_schema.STATISTICS \
      WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND INDEX_NAME = ?";
 
+/// MySQL's migrations table, database and record statements. A version
+/// recorded twice by racing processes is harmless.
+const MIGRATIONS_DIALECT: MigrationsDialect = MigrationsDialect {
+    create_schema: "CREATE DATABASE IF NOT EXISTS {schema} \
+                    CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+    table: "(version INT NOT NULL PRIMARY KEY, description VARCHAR(255) NOT NULL, \
+            applied_at DATETIME(6) NOT NULL) \
+            ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    record_values: "?, ?, ?",
+    record_suffix: " ON DUPLICATE KEY UPDATE version = version",
+};
+
 /// The inbox statements only MySQL runs, and what the inbox learnt of the
 /// tables.
 #[derive(Debug)]
@@ -123,13 +131,15 @@ impl OwnStatements for Own {
         let names = QuotedTables::new(tables, '`')?;
         let o = &names.outbox;
         let cols = ENVELOPE_COLUMNS;
-        let migrations_table = &names.migrations;
         let render = |template: &str| names.render(template);
         let table_name = |table: Table| match table {
             Table::Outbox => tables.outbox().to_string(),
             Table::Inbox => tables.inbox().to_string(),
         };
-        let migrations = {
+        let migrations = Migrations::new(
+            tables,
+            '`',
+            &MIGRATIONS_DIALECT,
             MIGRATIONS
                 .iter()
                 .map(|m| RenderedMigration {
@@ -162,8 +172,8 @@ impl OwnStatements for Own {
                         })
                         .collect(),
                 })
-                .collect()
-        };
+                .collect(),
+        );
         let (inbox, own_inbox) = inbox_statements(&names.inbox, &names.consumer_dead);
 
         // 1 topic, 2 idempotency key. The row holding the key, read with
@@ -384,33 +394,7 @@ impl OwnStatements for Own {
             },
             inbox,
             own: Own {
-                migrate_lock: format!(
-                    "txmsg_migrate_{:016x}",
-                    txmsg_sql::lock_hash(&format!("txmsg migrate {migrations_table}"))
-                ),
-                create_schema: tables.schema().map(|s| {
-                    (
-                        s.to_string(),
-                        Text::new(format!(
-                            "CREATE DATABASE IF NOT EXISTS `{s}` \
-                             CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-                        )),
-                    )
-                }),
-                migrations_table: MigrationsSql {
-                    create: sql_str(format!(
-                        "CREATE TABLE IF NOT EXISTS {migrations_table} (\
-                     version INT NOT NULL PRIMARY KEY, \
-                     description VARCHAR(255) NOT NULL, \
-                     applied_at DATETIME(6) NOT NULL\
-                     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
-                    )),
-                    applied: sql_str(format!("SELECT version FROM {migrations_table}")),
-                    record: sql_str(format!(
-                        "INSERT INTO {migrations_table} (version, description, applied_at) \
-                     VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE version = version"
-                    )),
-                },
+                migrate_lock: format!("txmsg_migrate_{:016x}", migrations.lock_hash),
                 migrations,
                 inbox: own_inbox,
 
@@ -597,10 +581,9 @@ fn inbox_statements(i: &str, d: &str) -> (InboxStatements, OwnInbox) {
 pub struct Own {
     /// Name of the `GET_LOCK` lock that serialises migrations on these tables.
     pub(crate) migrate_lock: String,
-    /// The database's name and the statement that creates it, if one is set.
-    pub(crate) create_schema: Option<(String, Text)>,
-    pub(crate) migrations_table: MigrationsSql,
-    pub(crate) migrations: Vec<RenderedMigration>,
+    /// The migrations, and what runs around them (the database to create is
+    /// the schema).
+    pub(crate) migrations: Migrations<RenderedStep>,
     pub(crate) claim_heads: Text,
     pub(crate) claim_heads_lock: Text,
     pub(crate) claim_followers: Text,
@@ -640,14 +623,7 @@ mod tests {
             .unwrap();
         let sql = Own::statements(&tables).unwrap();
         assert!(sql.mark_sent.as_str().contains("`app`.`events`"));
-        assert!(
-            sql.own
-                .migrations_table
-                .create
-                .as_str()
-                .contains("`app`.`txmsg_migrations`")
-        );
-        for m in &sql.own.migrations {
+        for m in &sql.own.migrations.list {
             for step in &m.steps {
                 let text = match step {
                     RenderedStep::Sql(s) | RenderedStep::Unless { then: s, .. } => s.as_str(),

@@ -9,7 +9,7 @@ use txmsg_core::half::ClaimedHalf;
 use txmsg_core::{ClaimRequest, Envelope, Error, Result, SqlStore};
 use uuid::Uuid;
 
-use txmsg_sql::{Arg, Backend, Heads, Purge, ScriptTarget, SqlQuery, StoreConfig, TableStore};
+use txmsg_sql::{Arg, Backend, Heads, Purge, SqlQuery, StoreConfig, TableStore};
 
 use crate::dialect::MySqlBackend;
 use crate::migrate;
@@ -129,13 +129,8 @@ impl Backend for MySqlBackend {
 
     fn migration_script(store: &MySqlStore) -> String {
         let sql = &store.statements().own;
-        let target = ScriptTarget::new("txmsg-mysql", store.tables(), '`', "CURRENT_TIMESTAMP(6)")
-            .with_before(sql.create_schema.iter().map(|(_, s)| s.as_str()));
-        txmsg_sql::migration_script::<MySqlBackend, _>(
-            target,
-            &sql.migrations_table,
-            &sql.migrations,
-        )
+        sql.migrations
+            .script::<MySqlBackend>("txmsg-mysql", "CURRENT_TIMESTAMP(6)")
     }
 
     async fn claim(store: &MySqlStore, req: &ClaimRequest) -> Result<Vec<Envelope>> {

@@ -162,10 +162,10 @@ pub(crate) async fn migrate(pool: &PgPool, sql: &Sql) -> Result<()> {
     let sql = &sql.own;
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(sql.migrate_lock_key)
+        .bind(sql.migrate_lock_key())
         .execute(&mut *tx)
         .await?;
-    if let Some((schema, create)) = &sql.create_schema {
+    if let Some((schema, create)) = &sql.migrations.create_schema {
         // Checked first: CREATE SCHEMA IF NOT EXISTS needs the CREATE right on
         // the database even when the schema is already there.
         let exists: bool =
@@ -177,13 +177,9 @@ pub(crate) async fn migrate(pool: &PgPool, sql: &Sql) -> Result<()> {
             sqlx::query(create.clone()).execute(&mut *tx).await?;
         }
     }
-    txmsg_sql::apply_migrations::<PgBackend, _>(
-        &mut tx,
-        &sql.migrations_table,
-        &sql.migrations,
-        "txmsg-postgres",
-    )
-    .await?;
+    sql.migrations
+        .apply::<PgBackend>(&mut tx, "txmsg-postgres")
+        .await?;
     tx.commit().await?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! write lock), since databases differ there.
 
 use chrono::Utc;
-use sqlx::SqlStr;
+use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 use txmsg_core::{BoxFuture, Result};
 
 use crate::dialect::{Arg, Conn, Dialect, execute, fetch_all};
@@ -57,6 +57,115 @@ impl<D: Dialect> Step<D> for SqlStr {
 
     fn script(&self) -> String {
         self.as_str().to_owned()
+    }
+}
+
+/// What a store's database writes where the shared migration flow leaves it
+/// a choice; static text only, so that nothing configurable reaches it.
+#[derive(Debug, Clone, Copy)]
+pub struct MigrationsDialect {
+    /// The statement that creates a schema, with `{schema}` where its quoted
+    /// name goes.
+    pub create_schema: &'static str,
+    /// The migrations table's definition after its name in `CREATE TABLE IF
+    /// NOT EXISTS`: the columns `version`, `description` and `applied_at`,
+    /// then any table options.
+    pub table: &'static str,
+    /// The placeholders of version, description and applied-at in the
+    /// statement that records a version.
+    pub record_values: &'static str,
+    /// Text after that statement's values (empty, or what makes a
+    /// concurrent record of the same version harmless).
+    pub record_suffix: &'static str,
+}
+
+/// A store's migrations rendered for its tables, with what runs around them:
+/// the schema to create, the migrations table, and the hash its lock is
+/// made of.
+#[derive(Debug, Clone)]
+pub struct Migrations<S> {
+    /// [`lock_hash`] of `txmsg migrate <migrations table>`: each store makes
+    /// the lock that serialises its migrations from it (an advisory lock
+    /// key, a `GET_LOCK` name), so that every process on the same tables
+    /// takes the same lock and processes on other tables do not wait.
+    pub lock_hash: u64,
+    /// The schema's name and the statement that creates it, if one is set.
+    pub create_schema: Option<(String, SqlStr)>,
+    /// The migrations table, qualified and quoted.
+    pub table_name: String,
+    /// The migrations table's statements.
+    pub table: MigrationsSql,
+    /// The migrations, oldest first.
+    pub list: Vec<Migration<S>>,
+}
+
+impl<S> Migrations<S> {
+    /// The migrations `list` of a store on `tables`, whose names it quotes
+    /// with `quote`, in `dialect`.
+    pub fn new(
+        tables: &txmsg_core::Tables,
+        quote: char,
+        dialect: &MigrationsDialect,
+        list: Vec<Migration<S>>,
+    ) -> Self {
+        let table_name = tables.qualified(tables.migrations(), quote);
+        // Only validated identifiers, quoted, and the dialect's static text
+        // are formatted into these statements.
+        let sql = |text: String| AssertSqlSafe(text).into_sql_str();
+        Migrations {
+            lock_hash: lock_hash(&format!("txmsg migrate {table_name}")),
+            create_schema: tables.schema().map(|s| {
+                let quoted = format!("{quote}{s}{quote}");
+                (
+                    s.to_string(),
+                    sql(dialect.create_schema.replace("{schema}", &quoted)),
+                )
+            }),
+            table: MigrationsSql {
+                create: sql(format!(
+                    "CREATE TABLE IF NOT EXISTS {table_name} {}",
+                    dialect.table
+                )),
+                applied: sql(format!("SELECT version FROM {table_name}")),
+                record: sql(format!(
+                    "INSERT INTO {table_name} (version, description, applied_at) VALUES ({}){}",
+                    dialect.record_values, dialect.record_suffix
+                )),
+            },
+            table_name,
+            list,
+        }
+    }
+
+    /// Applies the migrations not yet recorded on `conn`, as
+    /// [`apply_migrations`] does; the caller holds the lock and has created
+    /// the schema.
+    ///
+    /// # Errors
+    ///
+    /// As [`apply_migrations`].
+    pub async fn apply<D: Dialect>(&self, conn: &mut Conn<D>, store: &str) -> Result<()>
+    where
+        S: Step<D>,
+    {
+        apply_migrations::<D, S>(conn, &self.table, &self.list, store).await
+    }
+
+    /// Every migration as one SQL script, as [`migration_script`] writes
+    /// it: the schema first if one is set; `store` names the store in the
+    /// script's heading, `now` is the database's expression for the current
+    /// time.
+    pub fn script<D: Dialect>(&self, store: &str, now: &str) -> String
+    where
+        S: Step<D>,
+    {
+        let target = ScriptTarget {
+            store,
+            before: self.create_schema.iter().map(|(_, s)| s.as_str()).collect(),
+            migrations_table: self.table_name.clone(),
+            now,
+        };
+        migration_script::<D, S>(target, &self.table, &self.list)
     }
 }
 
@@ -283,4 +392,60 @@ pub async fn apply_migrations<D: Dialect, S: Step<D>>(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIALECT: MigrationsDialect = MigrationsDialect {
+        create_schema: "CREATE SCHEMA {schema}",
+        table: "(version int, description text, applied_at text)",
+        record_values: "?, ?, ?",
+        record_suffix: " ON CONFLICT DO NOTHING",
+    };
+
+    fn in_app(quote: char) -> Migrations<SqlStr> {
+        let tables = txmsg_core::Tables::default()
+            .with_schema("app")
+            .and_then(|t| t.with_migrations("done"))
+            .expect("valid names");
+        Migrations::new(&tables, quote, &DIALECT, Vec::new())
+    }
+
+    #[test]
+    fn the_statements_name_the_qualified_quoted_table() {
+        let m = in_app('`');
+        assert_eq!(m.table_name, "`app`.`done`");
+        assert_eq!(
+            m.table.create.as_str(),
+            "CREATE TABLE IF NOT EXISTS `app`.`done` (version int, description text, applied_at text)"
+        );
+        assert_eq!(m.table.applied.as_str(), "SELECT version FROM `app`.`done`");
+        assert_eq!(
+            m.table.record.as_str(),
+            "INSERT INTO `app`.`done` (version, description, applied_at) VALUES (?, ?, ?) \
+             ON CONFLICT DO NOTHING"
+        );
+        let (schema, create) = m.create_schema.expect("a schema is set");
+        assert_eq!(schema, "app");
+        assert_eq!(create.as_str(), "CREATE SCHEMA `app`");
+        assert!(
+            Migrations::<SqlStr>::new(&txmsg_core::Tables::default(), '"', &DIALECT, Vec::new())
+                .create_schema
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_lock_hash_follows_the_table() {
+        assert_eq!(in_app('"').lock_hash, in_app('"').lock_hash);
+        assert_eq!(
+            in_app('"').lock_hash,
+            lock_hash("txmsg migrate \"app\".\"done\"")
+        );
+        let other =
+            Migrations::<SqlStr>::new(&txmsg_core::Tables::default(), '"', &DIALECT, Vec::new());
+        assert_ne!(in_app('"').lock_hash, other.lock_hash);
+    }
 }
