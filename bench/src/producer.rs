@@ -206,6 +206,49 @@ async fn baseline_write(pool: &sqlx::PgPool, id: i64, client: i32, amount: i64) 
     })
 }
 
+/// The bare business transaction, no message: `BEGIN`, the business
+/// insert, `COMMIT`. What a producer costs at the very least.
+async fn bare_write(pool: &sqlx::PgPool, id: i64, client: i32, amount: i64) -> Res<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(BUSINESS_INSERT)
+        .bind(id)
+        .bind(client)
+        .bind(amount)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `clients` closed-loop clients of the bare transaction until `deadline`;
+/// how many transactions they committed.
+async fn bare_round(
+    clients: usize,
+    pool: &sqlx::PgPool,
+    next: &Arc<AtomicI64>,
+    deadline: Instant,
+) -> Res<usize> {
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let (pool, next) = (pool.clone(), Arc::clone(next));
+        let client = i32::try_from(client)?;
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            while Instant::now() < deadline {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                bare_write(&pool, id, client, id % 10_000).await?;
+                n += 1;
+            }
+            Res::Ok(n)
+        }));
+    }
+    let mut all = 0;
+    for t in tasks {
+        all += t.await??;
+    }
+    Ok(all)
+}
+
 /// One round of `side`: `clients` closed-loop clients until `deadline`;
 /// the latency of every transaction.
 async fn producer_round(
@@ -276,6 +319,13 @@ pub(crate) struct ProducerResult {
     pub(crate) together: Paired,
     /// The ratio reported: the alternating one.
     pub(crate) ratio: f64,
+    /// txmsg / the bare business transaction (no message), both at once
+    /// (half of the clients each), paired by round: how close the producer
+    /// comes to the physical limit.
+    pub(crate) txmsg_vs_bare: Paired,
+    /// The hand-written outbox / the bare business transaction, the same
+    /// way, in rounds of their own.
+    pub(crate) baseline_vs_bare: Paired,
 }
 
 /// `producer`: the write path only (no relay).
@@ -289,6 +339,7 @@ pub(crate) async fn producer(env: &Env) -> Res<ProducerResult> {
     let conns = u32::try_from(env.clients)?;
     let fw = Schema::create(env, "pf", conns).await?;
     let bl = Schema::create(env, "pb", conns).await?;
+    let bare = Schema::create(env, "pz", conns).await?;
     let outbox = Outbox::new(&fw.store);
     let next = Arc::new(AtomicI64::new(1));
     let run = |side: Side, clients: usize, deadline: Instant| {
@@ -299,6 +350,7 @@ pub(crate) async fn producer(env: &Env) -> Res<ProducerResult> {
     // sides' tables grow alike, round after round.
     fw.truncate().await?;
     bl.truncate().await?;
+    bare.truncate().await?;
     // One unrecorded second per side first, so that no side's first round
     // pays for cold caches.
     for side in [Side::Framework, Side::Baseline] {
@@ -345,8 +397,36 @@ pub(crate) async fn producer(env: &Env) -> Res<ProducerResult> {
             together[1].push(b);
         }
     }
+    // Each side beside the bare transaction, at once: [txmsg, bare, baseline, bare].
+    let mut beside: [Vec<f64>; 4] = Default::default();
+    if env.only.is_none() {
+        let half = (env.clients / 2).max(1);
+        for round in 0..env.producer_rounds {
+            for (i, side) in [(0, Side::Framework), (2, Side::Baseline)] {
+                let start = Instant::now();
+                let deadline = start + env.producer_round;
+                let (s, z) = tokio::join!(
+                    run(side, half, deadline),
+                    bare_round(half, &bare.pool, &next, deadline)
+                );
+                let secs = start.elapsed().as_secs_f64();
+                let (s, z) = (s?.len() as f64 / secs, z? as f64 / secs);
+                println!(
+                    "  producer round {} beside bare ({half} clients each): {} {s:.1} tx/s, \
+                     bare {z:.1} tx/s",
+                    round + 1,
+                    side.label()
+                );
+                beside[i].push(s);
+                beside[i + 1].push(z);
+            }
+        }
+    }
     fw.drop().await?;
     bl.drop().await?;
+    bare.drop().await?;
+    let txmsg_vs_bare = Paired::of(&beside[0], &beside[1]);
+    let baseline_vs_bare = Paired::of(&beside[2], &beside[3]);
     let [mut lf, mut lb] = lats;
     let [tf, tb] = tps;
     let alternating = Paired::of(&tf, &tb);
@@ -378,6 +458,20 @@ pub(crate) async fn producer(env: &Env) -> Res<ProducerResult> {
         ),
         &together,
     );
+    print_together(
+        &format!(
+            "producer txmsg / bare transaction, at once ({} clients each)",
+            (env.clients / 2).max(1)
+        ),
+        &txmsg_vs_bare,
+    );
+    print_together(
+        &format!(
+            "producer baseline / bare transaction, at once ({} clients each)",
+            (env.clients / 2).max(1)
+        ),
+        &baseline_vs_bare,
+    );
     println!(
         "producer latency: txmsg p50 {:.3} ms p99 {:.3} ms | baseline p50 {:.3} ms p99 {:.3} ms",
         txmsg.latency.p50_ms,
@@ -396,6 +490,8 @@ pub(crate) async fn producer(env: &Env) -> Res<ProducerResult> {
         ratio: alternating.ratio,
         alternating,
         together,
+        txmsg_vs_bare,
+        baseline_vs_bare,
     })
 }
 

@@ -136,6 +136,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// [`Error::Duplicate`] for `envelope`'s topic and idempotency key.
+    pub fn duplicate_of(envelope: &crate::Envelope) -> Self {
+        Error::Duplicate {
+            topic: envelope.topic.clone(),
+            idempotency_key: envelope.idempotency_key.clone(),
+        }
+    }
+
     /// Whether this is [`Error::Duplicate`]: the message was already written.
     pub fn is_duplicate(&self) -> bool {
         matches!(self, Error::Duplicate { .. })

@@ -55,6 +55,48 @@ pub trait OutboxWriter<DB: sqlx::Database>: Debug + Send + Sync + 'static {
         envelope: &'a Envelope,
         lease: Option<Lease>,
     ) -> BoxFuture<'a, Result<Inserted>>;
+
+    /// Whether [`insert_and_commit`](Self::insert_and_commit) sends the
+    /// rows in the round trip of `COMMIT`. Then a transaction begun with
+    /// [`Outbox::begin`](crate::Outbox::begin) holds its messages until
+    /// [`Tx::commit`](crate::Tx::commit) instead of writing each at
+    /// [`Tx::enqueue`](crate::Tx::enqueue). `false` by default.
+    fn writes_with_commit(&self) -> bool {
+        false
+    }
+
+    /// Inserts `rows` as [`insert`](Self::insert) does, each with its
+    /// lease, and commits `txn`; for each row, whether it went in leased.
+    ///
+    /// A row whose (topic, idempotency key) is taken is an error here, not
+    /// [`Inserted::Duplicate`]: the transaction is rolled back, business
+    /// writes included, and the result is [`Error::Duplicate`](crate::Error::Duplicate)
+    /// naming it. By default, each row is inserted with `insert` and then
+    /// `txn` commits; a store that can sends the rows with `COMMIT`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Duplicate`](crate::Error::Duplicate) as above (nothing was
+    /// committed); [`Error::Database`](crate::Error::Database) if a
+    /// statement or the commit failed (nothing was committed, or, if the
+    /// connection broke during the commit, the outcome is unknown).
+    fn insert_and_commit<'a, 'c: 'a>(
+        &'a self,
+        mut txn: sqlx::Transaction<'c, DB>,
+        rows: &'a [(&'a Envelope, Option<Lease>)],
+    ) -> BoxFuture<'a, Result<Vec<Inserted>>> {
+        Box::pin(async move {
+            let mut inserted = Vec::with_capacity(rows.len());
+            for (envelope, lease) in rows {
+                match self.insert(&mut txn, envelope, *lease).await? {
+                    Inserted::Duplicate => return Err(crate::Error::duplicate_of(envelope)),
+                    went_in => inserted.push(went_in),
+                }
+            }
+            txn.commit().await?;
+            Ok(inserted)
+        })
+    }
 }
 
 /// Writes and settles half messages on a connection of the producer: what a

@@ -152,7 +152,11 @@ impl<DB: sqlx::Database> Outbox<DB> {
     /// Cancel safe: a dropped call leaves no transaction open.
     pub async fn begin(&self) -> Result<Tx<'static, DB>> {
         let txn = crate::store::begin_with(&self.inner.pool, self.inner.begin_statement).await?;
-        Ok(self.wrap(txn))
+        let mut tx = self.wrap(txn);
+        if self.inner.writer.writes_with_commit() {
+            tx.held = Some(Vec::new());
+        }
+        Ok(tx)
     }
 
     /// A connection of the outbox's pool.
@@ -187,11 +191,18 @@ impl<DB: sqlx::Database> Outbox<DB> {
             txn,
             outbox: self.clone(),
             pending: Vec::new(),
+            held: None,
             nudge: false,
             nested: depth > 1,
             fast_owner: Uuid::now_v7(),
         }
     }
+}
+
+/// A message held for the commit, with its fast-path reservation if any.
+struct Held {
+    envelope: crate::Envelope,
+    reserved: Option<(Lease, OwnedPermit<FastMsg>)>,
 }
 
 /// A local database transaction that also carries outbox messages.
@@ -205,6 +216,10 @@ pub struct Tx<'c, DB: sqlx::Database> {
     txn: sqlx::Transaction<'c, DB>,
     outbox: Outbox<DB>,
     pending: Vec<(FastMsg, OwnedPermit<FastMsg>)>,
+    /// Messages written with `COMMIT` (where the store can, in a
+    /// transaction this outbox began), each with its fast-path
+    /// reservation; `None`: each message is written at `enqueue`.
+    held: Option<Vec<Held>>,
     nudge: bool,
     /// Begun inside another transaction: its commit is not the one that
     /// makes the rows visible, so nothing goes to the fast path.
@@ -243,6 +258,12 @@ impl<DB: sqlx::Database> DerefMut for Tx<'_, DB> {
 impl<'c, DB: sqlx::Database> Tx<'c, DB> {
     /// Writes `message` to the outbox in this transaction and returns its id.
     ///
+    /// In a transaction begun with [`Outbox::begin`] on a store that writes
+    /// messages with `COMMIT` (PostgreSQL), the message is held and written
+    /// by [`commit`](Tx::commit), in the same round trip as `COMMIT`; a
+    /// duplicate is then reported by `commit`. Otherwise (other stores, and
+    /// a transaction made with [`Outbox::wrap`]) it is written here.
+    ///
     /// # Errors
     ///
     /// [`Error::Duplicate`] if the topic already has a message with this
@@ -269,6 +290,12 @@ impl<'c, DB: sqlx::Database> Tx<'c, DB> {
             Some(relay) if !self.nested => relay.reserve(self.fast_owner, now),
             _ => None,
         };
+        if let Some(held) = &mut self.held {
+            let id = envelope.id;
+            span.in_scope(|| tracing::trace!("held for the commit"));
+            held.push(Held { envelope, reserved });
+            return Ok(id);
+        }
         let lease = reserved.as_ref().map(|(lease, _)| *lease);
         let outcome = {
             use tracing::Instrument;
@@ -299,6 +326,9 @@ impl<'c, DB: sqlx::Database> Tx<'c, DB> {
     ///
     /// # Errors
     ///
+    /// [`Error::Duplicate`] if a message held for the commit (see
+    /// [`enqueue`](Tx::enqueue)) has an idempotency key its topic already
+    /// has: the transaction is rolled back, business rows included.
     /// [`Error::Database`] if the commit failed; then nothing was written.
     ///
     /// # Cancel safety
@@ -310,13 +340,36 @@ impl<'c, DB: sqlx::Database> Tx<'c, DB> {
         let Tx {
             txn,
             outbox,
-            pending,
-            nudge,
+            mut pending,
+            held,
+            mut nudge,
             nested: _,
             fast_owner: _,
         } = self;
         fail_point!("txmsg::before_commit", |_| Err(Error::Shutdown));
-        txn.commit().await?;
+        match held {
+            Some(held) if !held.is_empty() => {
+                let rows: Vec<_> = held
+                    .iter()
+                    .map(|h| (&h.envelope, h.reserved.as_ref().map(|(l, _)| *l)))
+                    .collect();
+                let inserted = outbox.inner.writer.insert_and_commit(txn, &rows).await?;
+                drop(rows);
+                for (h, inserted) in held.into_iter().zip(inserted) {
+                    match (inserted, h.reserved) {
+                        (Inserted::Leased, Some((lease, permit))) => pending.push((
+                            FastMsg {
+                                envelope: h.envelope,
+                                lease,
+                            },
+                            permit,
+                        )),
+                        _ => nudge = true,
+                    }
+                }
+            }
+            _ => txn.commit().await?,
+        }
         fail_point!("txmsg::after_commit_before_handoff", |_| Ok(()));
         #[cfg(feature = "testing")]
         if !pending.is_empty() && outbox.take_lost_handoff() {
@@ -351,9 +404,15 @@ impl<'c, DB: sqlx::Database> Tx<'c, DB> {
         &mut self.txn
     }
 
-    /// How many messages this transaction carries for the fast path.
+    /// How many messages this transaction carries for the fast path (those
+    /// held for the commit with a reservation included: the commit may
+    /// still send one of them to the poller, behind an earlier message of
+    /// its key).
     pub fn fast_path_len(&self) -> usize {
         self.pending.len()
+            + self.held.as_ref().map_or(0, |held| {
+                held.iter().filter(|h| h.reserved.is_some()).count()
+            })
     }
 }
 

@@ -132,7 +132,10 @@ use proc_macro::TokenStream;
 ///   converted with `From` and returned: for instance
 ///   `txmsg::Error::Duplicate` when the topic already has a message with
 ///   this idempotency key. The caller must then roll its transaction back
-///   (dropping it does), so that the business writes are undone too.
+///   (dropping it does), so that the business writes are undone too. On a
+///   store that writes messages with `COMMIT` (PostgreSQL, in a transaction
+///   begun with `Outbox::begin`), the message is held until `Tx::commit`,
+///   which reports the duplicate and rolls everything back itself.
 ///
 ///   The body is unchanged: `?` converts errors into `E`, `return` returns
 ///   from it, and it may move the parameters, `tx` included: it runs as an

@@ -68,6 +68,7 @@ mod dialect;
 mod migrate;
 mod sql;
 mod store;
+mod writer;
 
 pub use dialect::PgBackend;
 pub use store::PgStore;

@@ -8,8 +8,8 @@
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 use txmsg_core::{Ident, MAX_IDENT_LEN, Result, Tables};
 use txmsg_sql::{
-    InboxStatements, MigrationsSql, OutboxInsert, OwnStatements, QuotedTables, SettleSql,
-    Statements, Stmt,
+    InboxStatements, Migrations, MigrationsDialect, OutboxInsert, OwnStatements, QuotedTables,
+    SettleSql, Statements, Stmt,
 };
 
 use crate::migrate::MIGRATIONS;
@@ -37,18 +37,48 @@ fn stmt(sql: String) -> Stmt {
 /// A migration, rendered for the configured tables: one script.
 pub(crate) type RenderedMigration = txmsg_sql::Migration<SqlStr>;
 
+/// PostgreSQL's migrations table, schema and record statements.
+const MIGRATIONS_DIALECT: MigrationsDialect = MigrationsDialect {
+    create_schema: "CREATE SCHEMA IF NOT EXISTS {schema}",
+    table: "(version int PRIMARY KEY, description text NOT NULL, \
+            applied_at timestamptz NOT NULL)",
+    record_values: "$1, $2, $3",
+    record_suffix: "",
+};
+
 /// The statements only PostgreSQL runs: migrations and the claim.
 #[derive(Debug)]
 pub struct Own {
-    /// Key of the advisory lock that serialises migrations on these tables.
-    pub(crate) migrate_lock_key: i64,
-    /// The schema's name and the statement that creates it, if one is set.
-    pub(crate) create_schema: Option<(String, SqlStr)>,
-    pub(crate) migrations_table: MigrationsSql,
-    pub(crate) migrations: Vec<RenderedMigration>,
+    /// The migrations, and what runs around them.
+    pub(crate) migrations: Migrations<SqlStr>,
+    /// The outbox insert sent with `COMMIT`.
+    pub(crate) commit_insert: CommitInsert,
     pub(crate) claim_heads: SqlStr,
     pub(crate) claim_followers: SqlStr,
     pub(crate) claim_lease: SqlStr,
+}
+
+impl Own {
+    /// Key of the advisory lock that serialises migrations on these tables.
+    pub(crate) fn migrate_lock_key(&self) -> i64 {
+        i64::from_ne_bytes(self.migrations.lock_hash.to_ne_bytes())
+    }
+}
+
+/// The outbox insert a producer's transaction sends with its `COMMIT`:
+/// templates with `$1` to `$10` as [`OutboxInsert::insert`], filled with
+/// literals by [`PgOutboxWriter`](crate::writer::PgOutboxWriter).
+#[derive(Debug, Clone)]
+pub(crate) struct CommitInsert {
+    /// With the per-key check.
+    pub(crate) checked: String,
+    /// Without it, for a row with no key or no lease.
+    pub(crate) unchecked: String,
+    /// $1 topic, $2 idempotency key: whether a row holds them.
+    pub(crate) held: SqlStr,
+    /// The outbox's schema and table, as a unique violation names them.
+    pub(crate) schema: Option<String>,
+    pub(crate) outbox: String,
 }
 
 /// The statements of one store.
@@ -75,7 +105,6 @@ impl OwnStatements for Own {
         {
             let names = QuotedTables::new(tables, '"')?;
             let o = &names.outbox;
-            let migrations_table = &names.migrations;
             let cols = ENVELOPE_COLUMNS;
             let returning = ENVELOPE_COLUMNS
                 .split(", ")
@@ -110,78 +139,72 @@ impl OwnStatements for Own {
                     steps: vec![sql_str(render(m.sql))],
                 })
                 .collect();
+            // The insert with its per-key check, $1 id, $2 topic, $3 key,
+            // $4 idempotency key, $5 payload, $6 headers, $7 created_at,
+            // $8 expires_at, $9 lease owner, $10 lease until.
+            //
+            // The row is leased to $9 unless an earlier row of its key is
+            // pending or dead and not $9's: then the poller must publish this
+            // one after it, so it goes in unleased.
+            let checked = format!(
+                "INSERT INTO {o} AS n (id, topic, key, idempotency_key, payload, headers, state, \
+                 attempts, next_attempt_at, lease_owner, lease_until, created_at, expires_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, 'pending', 0, $7, \
+                 CASE WHEN b.blocked THEN NULL ELSE $9::uuid END, \
+                 CASE WHEN b.blocked THEN NULL ELSE $10::timestamptz END, \
+                 $7, $8 \
+                 FROM (SELECT $3::text IS NOT NULL AND EXISTS (\
+                   SELECT 1 FROM {o} p \
+                   WHERE p.topic = $2 AND p.key = $3 AND p.id < $1 \
+                   AND p.state IN ('pending', 'dead') \
+                   AND (p.lease_owner IS NULL OR p.lease_owner <> $9)) AS blocked) AS b"
+            );
+            // The same without its per-key check, for the rows that do not
+            // need it: a row without an ordering key has no earlier row to
+            // wait for, and a row written without a lease is unleased either
+            // way. A plain `VALUES` insert, which PostgreSQL plans and runs
+            // for markedly less than the `INSERT ... SELECT` (measured in
+            // BENCHMARKS.md).
+            let unchecked = format!(
+                "INSERT INTO {o} AS n (id, topic, key, idempotency_key, payload, headers, state, \
+                 attempts, next_attempt_at, lease_owner, lease_until, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $9, $10, $7, $8)"
+            );
+            let on_conflict = "ON CONFLICT (topic, idempotency_key) DO NOTHING";
+            // Sent with COMMIT: no `ON CONFLICT`, so that a duplicate aborts
+            // the transaction; one row, `leased`, and the relays woken
+            // (`{wake}`) if it went in unleased.
+            let with_commit = |insert: &str| {
+                format!(
+                    "WITH n AS ({insert} RETURNING n.lease_owner IS NOT NULL AS leased) \
+                     SELECT leased::int::int8 AS leased{{wake}} FROM n"
+                )
+            };
+            let commit_insert = CommitInsert {
+                checked: with_commit(&checked),
+                unchecked: with_commit(&unchecked),
+                held: sql_str(format!(
+                    "SELECT 1 AS held FROM {o} WHERE topic = $1 AND idempotency_key = $2"
+                )),
+                schema: tables.schema().map(ToString::to_string),
+                outbox: tables.outbox().to_string(),
+            };
             let insert = OutboxInsert {
-                // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
-                // $6 headers, $7 created_at, $8 expires_at, $9 lease owner,
-                // $10 lease until.
-                //
-                // The row is leased to $9 unless an earlier row of its key is
-                // pending or dead and not $9's: then the poller must publish this
-                // one after it, so it goes in unleased.
                 insert: stmt(format!(
-                    "INSERT INTO {o} AS n (id, topic, key, idempotency_key, payload, headers, state, \
-                     attempts, next_attempt_at, lease_owner, lease_until, created_at, expires_at) \
-                     SELECT $1, $2, $3, $4, $5, $6, 'pending', 0, $7, \
-                     CASE WHEN b.blocked THEN NULL ELSE $9::uuid END, \
-                     CASE WHEN b.blocked THEN NULL ELSE $10::timestamptz END, \
-                     $7, $8 \
-                     FROM (SELECT $3::text IS NOT NULL AND EXISTS (\
-                       SELECT 1 FROM {o} p \
-                       WHERE p.topic = $2 AND p.key = $3 AND p.id < $1 \
-                       AND p.state IN ('pending', 'dead') \
-                       AND (p.lease_owner IS NULL OR p.lease_owner <> $9)) AS blocked) AS b \
-                     ON CONFLICT (topic, idempotency_key) DO NOTHING \
+                    "{checked} {on_conflict} \
                      RETURNING (n.lease_owner IS NOT NULL)::int::int8 AS leased"
                 )),
-
-                // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
-                // $6 headers, $7 created_at, $8 expires_at,
-                // $9 lease owner, $10 lease until.
-                //
-                // `insert` without its per-key check, for the rows that do not
-                // need it: a row without an ordering key has no earlier row to
-                // wait for, and a row written without a lease is unleased either
-                // way. A plain `VALUES` insert, which PostgreSQL plans and runs
-                // for markedly less than the `INSERT ... SELECT` (measured in
-                // BENCHMARKS.md). No `RETURNING`: the affected row count says
-                // whether it was a duplicate.
-                unchecked: Some(stmt(format!(
-                    "INSERT INTO {o} (id, topic, key, idempotency_key, payload, headers, state, \
-                     attempts, next_attempt_at, lease_owner, lease_until, created_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, \
-                     $9, $10, $7, $8) \
-                     ON CONFLICT (topic, idempotency_key) DO NOTHING"
-                ))),
+                // No `RETURNING`: the affected row count says whether it was
+                // a duplicate.
+                unchecked: Some(stmt(format!("{unchecked} {on_conflict}"))),
                 holder: None,
                 // Delivered at commit, and only then; repeats within one
                 // transaction are folded into one by PostgreSQL.
                 notify: Some(sql_str("SELECT pg_notify($1, '')".to_owned())),
             };
             let own = Own {
-                migrate_lock_key: i64::from_ne_bytes(
-                    txmsg_sql::lock_hash(&format!("txmsg migrate {migrations_table}"))
-                        .to_ne_bytes(),
-                ),
-                create_schema: tables.schema().map(|s| {
-                    (
-                        s.to_string(),
-                        sql_str(format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"")),
-                    )
-                }),
-                migrations_table: MigrationsSql {
-                    create: sql_str(format!(
-                        "CREATE TABLE IF NOT EXISTS {migrations_table} (\
-                     version int PRIMARY KEY, \
-                     description text NOT NULL, \
-                     applied_at timestamptz NOT NULL)"
-                    )),
-                    applied: sql_str(format!("SELECT version FROM {migrations_table}")),
-                    record: sql_str(format!(
-                        "INSERT INTO {migrations_table} (version, description, applied_at) \
-                     VALUES ($1, $2, $3)"
-                    )),
-                },
-                migrations,
+                commit_insert,
+                migrations: Migrations::new(tables, '"', &MIGRATIONS_DIALECT, migrations),
 
                 // $1 now, $2 dead_parks_key, $3 limit.
                 //
@@ -521,7 +544,7 @@ mod tests {
 
     /// The script of migration `version`, checked to be the one at its place.
     fn migration(sql: &Sql, version: i64) -> &str {
-        let m = &sql.own.migrations[usize::try_from(version - 1).unwrap()];
+        let m = &sql.own.migrations.list[usize::try_from(version - 1).unwrap()];
         assert_eq!(m.version, version);
         m.steps[0].as_str()
     }
@@ -541,13 +564,6 @@ mod tests {
     fn statements_use_qualified_quoted_names() {
         let sql = in_app("events", "txmsg_inbox");
         assert!(sql.mark_sent.as_str().contains("\"app\".\"events\""));
-        assert!(
-            sql.own
-                .migrations_table
-                .create
-                .as_str()
-                .contains("\"app\".\"txmsg_migrations\"")
-        );
         assert_rendered(
             migration(&sql, 1),
             &["\"app\".\"txmsg_inbox\"", "\"events_pending_idx\""],
@@ -594,7 +610,7 @@ mod tests {
 
     #[test]
     fn lock_key_depends_on_the_tables() {
-        let key = |t: &Tables| Own::statements(t).unwrap().own.migrate_lock_key;
+        let key = |t: &Tables| Own::statements(t).unwrap().own.migrate_lock_key();
         let a = key(&Tables::default());
         let b = key(&Tables::default().with_schema("b").unwrap());
         assert_ne!(a, b);

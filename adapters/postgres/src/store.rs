@@ -5,7 +5,7 @@ use std::future::Future;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Row};
 use txmsg_core::{BoxFuture, ClaimRequest, Envelope, Ident, Result, Waker};
-use txmsg_sql::{Backend, Heads, Notifying, ScriptTarget, StoreConfig, TableStore};
+use txmsg_sql::{Backend, Heads, Notifying, StoreConfig, TableStore};
 use uuid::Uuid;
 
 use crate::dialect::PgBackend;
@@ -61,6 +61,13 @@ impl Backend for PgBackend {
 
     type Own = sql::Own;
 
+    fn outbox_writer(
+        sql: &std::sync::Arc<txmsg_sql::Statements<sql::Own>>,
+        channel: Option<String>,
+    ) -> std::sync::Arc<dyn txmsg_core::OutboxWriter<sqlx::Postgres>> {
+        std::sync::Arc::new(crate::writer::PgOutboxWriter::new(sql, channel))
+    }
+
     async fn connect(url: &str, config: &StoreConfig) -> Result<PgPool> {
         let options: PgConnectOptions = txmsg_sql::connect_options(url, "a postgres")?;
         txmsg_sql::connect_once::<PgConnection>(&options, url, 5432).await?;
@@ -76,12 +83,8 @@ impl Backend for PgBackend {
 
     fn migration_script(store: &PgStore) -> String {
         let sql = &store.statements().own;
-        txmsg_sql::migration_script::<PgBackend, _>(
-            ScriptTarget::new("txmsg-postgres", store.tables(), '"', "now()")
-                .with_before(sql.create_schema.iter().map(|(_, s)| s.as_str())),
-            &sql.migrations_table,
-            &sql.migrations,
-        )
+        sql.migrations
+            .script::<PgBackend>("txmsg-postgres", "now()")
     }
 
     async fn claim(store: &PgStore, req: &ClaimRequest) -> Result<Vec<Envelope>> {

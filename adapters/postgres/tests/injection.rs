@@ -19,8 +19,8 @@ use sqlx::{AssertSqlSafe, PgPool};
 use txmsg_core::{Error, Message, Outbox, Store, Tables};
 use txmsg_postgres::PgStore;
 use txmsg_testkit::injection::{
-    BAD_IDENTIFIERS, Expect, assert_identifiers_refused, assert_inbox_keeps_hostile_values,
-    assert_outbox_keeps_hostile_values,
+    BAD_IDENTIFIERS, Expect, assert_commit_keeps_hostile_values, assert_identifiers_refused,
+    assert_inbox_keeps_hostile_values, assert_outbox_keeps_hostile_values,
 };
 use uuid::Uuid;
 
@@ -176,6 +176,19 @@ async fn hostile_values_round_trip_through_the_outbox() {
             .expect("store");
         store.migrate().await.expect("migrate");
         assert_outbox_keeps_hostile_values(&store, pg_expect).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_values_round_trip_through_a_commit() {
+    with_canary(|pool, schema| async move {
+        let store = PgStore::new(pool, Tables::default().with_schema(&schema).expect("valid"))
+            .expect("store")
+            .with_notify("txmsg_inj_wake")
+            .expect("valid channel");
+        store.migrate().await.expect("migrate");
+        assert_commit_keeps_hostile_values(&store, pg_expect).await;
     })
     .await;
 }

@@ -654,3 +654,197 @@ async fn the_migration_script_does_what_migrate_does() {
     })
     .await;
 }
+
+/// `DATABASE_URL`, or the default test server.
+fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+/// A migrated store in `schema` on `pool`, with a business table
+/// `orders (id int PRIMARY KEY, v int)` beside the outbox.
+async fn store_with_orders(pool: &PgPool, schema: &str) -> PgStore {
+    let store = PgStore::new(pool.clone(), tables(schema)).expect("store");
+    store.migrate().await.expect("migrate");
+    // `schema` comes from `schema_name`: letters, digits and `_` only.
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TABLE \"{schema}\".orders (id int PRIMARY KEY, \
+         v int UNIQUE DEFERRABLE INITIALLY DEFERRED)"
+    )))
+    .execute(pool)
+    .await
+    .expect("create orders");
+    store
+}
+
+/// The ids of the committed orders in `schema`.
+async fn orders(pool: &PgPool, schema: &str) -> Vec<i32> {
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT id FROM \"{schema}\".orders ORDER BY id"
+    )))
+    .fetch_all(pool)
+    .await
+    .expect("read orders")
+}
+
+/// `INSERT INTO orders` for `schema`, as a business statement.
+fn insert_order(schema: &str) -> AssertSqlSafe<String> {
+    AssertSqlSafe(format!(
+        "INSERT INTO \"{schema}\".orders (id, v) VALUES ($1, $2)"
+    ))
+}
+
+// On one thread, so that nothing else (the pool's handling of a returned
+// connection) reaches the proxy between the commit and the count.
+#[tokio::test(flavor = "current_thread")]
+async fn a_transaction_sends_its_messages_with_commit_in_one_round_trip() {
+    with_schema(|pool, schema| async move {
+        let (proxy, via) = txmsg_testkit::proxy::TcpProxy::for_url(&database_url(), 5432).await;
+        let proxied = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&via)
+            .await
+            .expect("connect through the proxy");
+        store_with_orders(&pool, &schema).await;
+        let store = PgStore::new(proxied, tables(&schema)).expect("store");
+        let outbox = Outbox::new(&store);
+
+        let mut tx = outbox.begin().await.expect("begin");
+        sqlx::query(insert_order(&schema))
+            .bind(1)
+            .bind(1)
+            .execute(&mut *tx)
+            .await
+            .expect("business insert");
+        let before = proxy.client_reads();
+        for n in 0..3 {
+            let message = Message::new("rt.placed", &n)
+                .expect("valid")
+                .key(if n == 1 { "b" } else { "a" });
+            tx.enqueue(message).await.expect("enqueue");
+        }
+        assert_eq!(proxy.client_reads(), before, "enqueue sends nothing");
+        tx.commit().await.expect("commit");
+        assert_eq!(
+            proxy.client_reads() - before,
+            1,
+            "the messages go with COMMIT, in its round trip"
+        );
+
+        assert_eq!(store.stats().await.expect("stats").pending, 3);
+        assert_eq!(orders(&pool, &schema).await, [1]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_duplicate_sent_with_commit_rolls_back_the_business_rows() {
+    with_schema(|pool, schema| async move {
+        let store = store_with_orders(&pool, &schema).await;
+        let outbox = Outbox::new(&store);
+        let once = || {
+            Message::new("dup.placed", &1)
+                .expect("valid")
+                .idempotency_key("order-1")
+        };
+
+        let mut tx = outbox.begin().await.expect("begin");
+        tx.enqueue(once()).await.expect("enqueue");
+        tx.commit().await.expect("the first one commits");
+
+        let mut tx = outbox.begin().await.expect("begin");
+        sqlx::query(insert_order(&schema))
+            .bind(2)
+            .bind(2)
+            .execute(&mut *tx)
+            .await
+            .expect("business insert");
+        tx.enqueue(once()).await.expect("held for the commit");
+        match tx.commit().await {
+            Err(Error::Duplicate {
+                topic,
+                idempotency_key,
+            }) => assert_eq!(
+                (topic.as_str(), idempotency_key.as_str()),
+                ("dup.placed", "order-1")
+            ),
+            other => panic!("expected the duplicate at commit, got {other:?}"),
+        }
+        assert!(
+            orders(&pool, &schema).await.is_empty(),
+            "the business row is rolled back with the message"
+        );
+
+        // The pool's connection is fine afterwards.
+        let mut tx = outbox.begin().await.expect("begin after a duplicate");
+        sqlx::query(insert_order(&schema))
+            .bind(3)
+            .bind(3)
+            .execute(&mut *tx)
+            .await
+            .expect("business insert");
+        tx.enqueue(Message::new("dup.placed", &3).expect("valid"))
+            .await
+            .expect("enqueue");
+        tx.commit().await.expect("commit after a duplicate");
+        assert_eq!(orders(&pool, &schema).await, [3]);
+        assert_eq!(store.stats().await.expect("stats").pending, 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_commit_is_the_database_error_and_writes_nothing() {
+    with_schema(|pool, schema| async move {
+        let store = store_with_orders(&pool, &schema).await;
+        let mut tx = Outbox::new(&store).begin().await.expect("begin");
+        // Two orders with one `v`: the deferred unique check fails at COMMIT.
+        for id in [1, 2] {
+            sqlx::query(insert_order(&schema))
+                .bind(id)
+                .bind(7)
+                .execute(&mut *tx)
+                .await
+                .expect("business insert");
+        }
+        tx.enqueue(Message::new("fail.placed", &1).expect("valid"))
+            .await
+            .expect("enqueue");
+        let err = tx.commit().await.expect_err("the deferred check fails");
+        assert!(!err.is_duplicate(), "a business table's violation: {err:?}");
+        let Error::Database(sqlx::Error::Database(db)) = &err else {
+            panic!("expected the database's error, got {err:?}");
+        };
+        assert_eq!(db.code().as_deref(), Some("23505"), "{db}");
+        assert!(orders(&pool, &schema).await.is_empty());
+        assert_eq!(store.stats().await.expect("stats").pending, 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_wrapped_transaction_writes_each_message_at_enqueue() {
+    with_schema(|pool, schema| async move {
+        let store = store_with_orders(&pool, &schema).await;
+        let outbox = Outbox::new(&store);
+        let once = || {
+            Message::new("wrap.placed", &1)
+                .expect("valid")
+                .idempotency_key("once")
+        };
+        let mut tx = outbox.wrap(pool.begin().await.expect("begin"));
+        tx.enqueue(once()).await.expect("enqueue");
+        assert_eq!(
+            store.stats().await.expect("stats").pending,
+            0,
+            "not committed yet"
+        );
+        let again = tx.enqueue(once()).await;
+        assert!(
+            again.is_err_and(|e| e.is_duplicate()),
+            "the composed form writes at once and reports the duplicate there"
+        );
+        tx.commit().await.expect("commit");
+        assert_eq!(store.stats().await.expect("stats").pending, 1);
+    })
+    .await;
+}

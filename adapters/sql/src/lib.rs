@@ -32,8 +32,8 @@ pub use connect::{address_of, check_scheme, connect_once, connect_options};
 pub use dialect::{Arg, Conn, Dialect, SqlQuery, SqlRow, execute, fetch_all, fetch_optional};
 pub use half::{SettleSql, settle};
 pub use migrate::{
-    Migration, MigrationsSql, QuotedTables, ScriptTarget, Step, apply_migrations, lock_hash,
-    migration_script,
+    Migration, Migrations, MigrationsDialect, MigrationsSql, QuotedTables, ScriptTarget, Step,
+    apply_migrations, lock_hash, migration_script,
 };
 pub use row::{
     attempts_to_int, consumer_dead_letter, dead_letter, envelope, headers_from_json,
@@ -44,7 +44,7 @@ pub use store::{
     Backend, DEFAULT_MAX_CONNECTIONS, InboxStatements, Notifying, OwnStatements, Purge, Statements,
     StoreConfig, TableStore, read_claimed,
 };
-pub use writer::{OutboxInsert, SqlHalfWriter, SqlInbox, SqlOutboxWriter};
+pub use writer::{OutboxInsert, SqlHalfWriter, SqlInbox, SqlOutboxWriter, outbox_args};
 
 #[doc(hidden)]
 pub mod __private {

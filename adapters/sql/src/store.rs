@@ -234,6 +234,16 @@ pub trait Backend: Dialect + Sized {
         config: &StoreConfig,
     ) -> impl Future<Output = Result<Pool<Self::Db>>> + Send;
 
+    /// The producers' outbox writer, which wakes the relays of other
+    /// processes on `channel` (when set) after leaving a row unleased. By
+    /// default the shared [`SqlOutboxWriter`] over [`Statements::insert`].
+    fn outbox_writer(
+        sql: &Arc<Statements<Self::Own>>,
+        channel: Option<String>,
+    ) -> Arc<dyn OutboxWriter<Self::Db>> {
+        Arc::new(SqlOutboxWriter::<Self>::new(sql.insert.clone(), channel))
+    }
+
     /// The handlers' inbox writer.
     fn inbox(sql: &Arc<Statements<Self::Own>>) -> Arc<dyn InboxWriter<Self::Db>> {
         Arc::new(SqlInbox::<Self>::new(
@@ -429,9 +439,11 @@ impl<B: Backend> TableStore<B> {
         })
     }
 
-    fn writer(sql: &Statements<B::Own>, notify: Option<&Ident>) -> Arc<dyn OutboxWriter<B::Db>> {
-        let channel = notify.map(|c| c.as_str().to_owned());
-        Arc::new(SqlOutboxWriter::<B>::new(sql.insert.clone(), channel))
+    fn writer(
+        sql: &Arc<Statements<B::Own>>,
+        notify: Option<&Ident>,
+    ) -> Arc<dyn OutboxWriter<B::Db>> {
+        B::outbox_writer(sql, notify.map(|c| c.as_str().to_owned()))
     }
 
     fn half(sql: &Statements<B::Own>, notify: Option<&Ident>) -> SqlHalfWriter<B> {

@@ -81,6 +81,21 @@ async fn own_row<D: Dialect>(
     }
 }
 
+/// The arguments of an outbox insert ([`OutboxInsert::insert`]) writing
+/// `envelope` with `lease`: id, topic, key, idempotency key, payload,
+/// headers, created at, expires at, lease owner, lease until.
+pub fn outbox_args(envelope: &Envelope, lease: Option<Lease>) -> Vec<Arg<'_>> {
+    with_message(
+        envelope,
+        &[
+            Arg::Time(envelope.created_at),
+            Arg::OptTime(envelope.expires_at),
+            Arg::OptId(lease.map(|l| l.owner)),
+            Arg::OptTime(lease.map(|l| l.until)),
+        ],
+    )
+}
+
 /// The arguments of a statement that writes `envelope` as an outbox row:
 /// its id, topic, key, idempotency key, payload and headers, then `rest`.
 fn with_message<'a>(envelope: &'a Envelope, rest: &[Arg<'a>]) -> Vec<Arg<'a>> {
@@ -111,15 +126,7 @@ impl<D: Dialect> SqlOutboxWriter<D> {
         envelope: &Envelope,
         lease: Option<Lease>,
     ) -> Result<Inserted> {
-        let args = with_message(
-            envelope,
-            &[
-                Arg::Time(envelope.created_at),
-                Arg::OptTime(envelope.expires_at),
-                Arg::OptId(lease.map(|l| l.owner)),
-                Arg::OptTime(lease.map(|l| l.until)),
-            ],
-        );
+        let args = outbox_args(envelope, lease);
         let needs_no_check = envelope.key.is_none() || lease.is_none();
         if let Some(unchecked) = self.sql.unchecked.as_ref().filter(|_| needs_no_check) {
             return Ok(match unchecked.execute::<D>(conn, &args).await? {

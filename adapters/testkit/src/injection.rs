@@ -13,8 +13,8 @@
 use chrono::{DateTime, Utc};
 use txmsg_core::consumer::{ConsumerDeadLetter, InboxStore};
 use txmsg_core::{
-    ClaimRequest, DeadFilter, Envelope, Error, Failure, Inserted, MAX_IDENT_LEN, Message, Outbox,
-    SqlStore, Tables, validate_topic,
+    ClaimRequest, DeadFilter, Envelope, Error, Failure, Inserted, Lease, MAX_IDENT_LEN, Message,
+    Outbox, SqlStore, Tables, validate_topic,
 };
 use uuid::Uuid;
 
@@ -226,13 +226,7 @@ pub async fn assert_outbox_keeps_hostile_values<S: SqlStore>(
         written.len() + enqueued.len(),
         "every row, no more"
     );
-    for want in &written {
-        let got = claimed
-            .iter()
-            .find(|e| e.id == want.id)
-            .unwrap_or_else(|| panic!("row for {:?} is claimed", want.topic));
-        crate::support::assert_same_fields(got, want, &format!("{:?}", want.topic));
-    }
+    assert_each_claimed(&claimed, &written);
     for (id, s) in &enqueued {
         let got = claimed.iter().find(|e| e.id == *id).expect("enqueued row");
         assert_eq!(got.key.as_deref(), Some(s.as_str()));
@@ -297,6 +291,87 @@ pub async fn assert_outbox_keeps_hostile_values<S: SqlStore>(
             vec![want.id],
             "key {key:?} matches itself only"
         );
+    }
+}
+
+/// Writes one outbox row per hostile value (as topic, key, idempotency
+/// key, header name and value, inside the payload) with
+/// `OutboxWriter::insert_and_commit`, as a producer's commit does: every
+/// other row leased (the per-key check), the others not. Each row comes back
+/// unchanged; the same (topic, idempotency key) again is `Error::Duplicate`
+/// naming it and writes nothing; a value the database cannot hold fails the
+/// commit and writes nothing.
+pub async fn assert_commit_keeps_hostile_values<S: SqlStore>(
+    store: &S,
+    expect: fn(&str) -> Expect,
+) {
+    let owner = Uuid::now_v7();
+    let mut written: Vec<Envelope> = Vec::new();
+    for (i, s) in hostile_values().iter().enumerate() {
+        let mut env = Envelope::new(Uuid::now_v7(), s.clone(), s.clone(), payload_of(s), at(0));
+        env.key = Some(s.clone());
+        env.headers.insert(s.clone(), s.clone());
+        env.headers.insert(format!("x-h{i}"), s.clone());
+        // A lease that has run out, so that the claim below takes the row.
+        let lease = (i % 2 == 0).then_some(Lease {
+            owner,
+            until: at(1),
+        });
+        let txn = store.begin().await.expect("begin");
+        let outcome = store
+            .writer()
+            .insert_and_commit(txn, &[(&env, lease)])
+            .await;
+        match expect(s) {
+            Expect::Kept => {
+                let want = if lease.is_some() {
+                    Inserted::Leased
+                } else {
+                    Inserted::Unleased
+                };
+                assert_eq!(
+                    outcome.expect("a hostile value is only data"),
+                    vec![want],
+                    "{s:?}"
+                );
+                let mut again = env.clone();
+                again.id = Uuid::now_v7();
+                let txn = store.begin().await.expect("begin");
+                match store
+                    .writer()
+                    .insert_and_commit(txn, &[(&again, lease)])
+                    .await
+                {
+                    Err(Error::Duplicate {
+                        topic,
+                        idempotency_key,
+                    }) => assert_eq!((&topic, &idempotency_key), (s, s), "the duplicate named"),
+                    other => panic!("{s:?} again must be a duplicate, got {other:?}"),
+                }
+                written.push(env);
+            }
+            Expect::Refused => {
+                let err = outcome.expect_err("a value the database cannot hold is refused");
+                assert!(!err.to_string().trim().is_empty());
+            }
+        }
+    }
+    let claimed = store
+        .claim(&claim_every_row(Uuid::now_v7(), Utc::now()))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), written.len(), "every row once, no more");
+    assert_each_claimed(&claimed, &written);
+}
+
+/// Asserts that each of `written` is among `claimed`, every field unchanged.
+fn assert_each_claimed(claimed: &[Envelope], written: &[Envelope]) {
+    for want in written {
+        let got = claimed
+            .iter()
+            .find(|e| e.id == want.id)
+            .unwrap_or_else(|| panic!("row for {:?} is claimed", want.topic));
+        crate::support::assert_same_fields(got, want, &format!("{:?}", want.topic));
     }
 }
 

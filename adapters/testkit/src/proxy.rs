@@ -33,6 +33,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
@@ -68,6 +69,8 @@ struct Shared {
     /// Wakes the accept task when a listener was put back.
     rebound: Notify,
     link: watch::Sender<Link>,
+    /// Reads from clients so far, every connection together.
+    client_reads: AtomicU64,
 }
 
 impl Shared {
@@ -138,6 +141,7 @@ impl TcpProxy {
             listener: Mutex::new(Some(listener)),
             rebound: Notify::new(),
             link,
+            client_reads: AtomicU64::new(0),
         });
         let accept = tokio::spawn(accept_loop(Arc::clone(&shared))).abort_handle();
         TcpProxy {
@@ -145,6 +149,14 @@ impl TcpProxy {
             shared,
             accept,
         }
+    }
+
+    /// How many times the proxy has read bytes from its clients, every
+    /// connection together. On loopback, a client that writes a request at
+    /// once and then waits for the answer is read once a request, so the
+    /// difference between two readings counts its round trips.
+    pub fn client_reads(&self) -> u64 {
+        self.shared.client_reads.load(Ordering::SeqCst)
     }
 
     /// Starts a proxy to the service of `url` (`scheme://[user@]host[:port]/...`,
@@ -307,23 +319,28 @@ async fn accept_loop(shared: Arc<Shared>) {
             // Accepted just before the port was closed.
             continue;
         }
-        tokio::spawn(forward(inbound, shared.target.clone(), link, now.epoch));
+        tokio::spawn(forward(inbound, Arc::clone(&shared), link, now.epoch));
     }
 }
 
 /// Forwards one connection until both sides are done, one fails, or the
 /// proxy cuts it.
-async fn forward(inbound: TcpStream, target: String, mut link: watch::Receiver<Link>, epoch: u64) {
+async fn forward(
+    inbound: TcpStream,
+    shared: Arc<Shared>,
+    mut link: watch::Receiver<Link>,
+    epoch: u64,
+) {
     let (to_target, to_client) = (link.clone(), link.clone());
     let work = async move {
-        let outbound = TcpStream::connect(target.as_str()).await?;
+        let outbound = TcpStream::connect(shared.target.as_str()).await?;
         let _ = inbound.set_nodelay(true);
         let _ = outbound.set_nodelay(true);
         let (in_read, in_write) = inbound.into_split();
         let (out_read, out_write) = outbound.into_split();
         tokio::try_join!(
-            pump(in_read, out_write, to_target),
-            pump(out_read, in_write, to_client),
+            pump(in_read, out_write, to_target, Some(&shared.client_reads)),
+            pump(out_read, in_write, to_client, None),
         )
         .map(|_| ())
     };
@@ -340,12 +357,16 @@ async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     mut link: watch::Receiver<Link>,
+    reads: Option<&AtomicU64>,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = from.read(&mut buf).await?;
         if n == 0 {
             return to.shutdown().await;
+        }
+        if let Some(reads) = reads {
+            reads.fetch_add(1, Ordering::SeqCst);
         }
         let delay = match link.wait_for(|l| !l.paused).await {
             Ok(l) => l.delay,

@@ -245,39 +245,72 @@ pub async fn rollback_writes_nothing<S: SqlStore>(store: &S) {
     assert_nothing_pending(store, after_writes(), 0).await;
 }
 
+/// Enqueues `messages` in one transaction and commits it; the first error
+/// of `enqueue` (the transaction is then dropped, which rolls it back) or
+/// of `commit`.
+async fn try_enqueue<S: SqlStore>(store: &S, messages: Vec<Message>) -> txmsg_core::Result<()> {
+    let mut tx = Outbox::new(store).begin().await.expect("begin failed");
+    for message in messages {
+        tx.enqueue(message).await?;
+    }
+    tx.commit().await
+}
+
+/// Asserts that `outcome` is `Error::Duplicate` naming `topic` and `key`.
+fn assert_duplicate(outcome: txmsg_core::Result<()>, topic: &str, key: &str) {
+    match outcome {
+        Err(txmsg_core::Error::Duplicate {
+            topic: t,
+            idempotency_key: k,
+        }) => assert_eq!(
+            (t.as_str(), k.as_str()),
+            (topic, key),
+            "the duplicate named"
+        ),
+        other => panic!("expected Error::Duplicate for {topic}/{key}, got {other:?}"),
+    }
+}
+
 /// A second message with a topic's idempotency key is refused with
-/// `Error::Duplicate`, the transaction stays usable, and the same key on
-/// another topic is a different message.
+/// `Error::Duplicate` naming it, by `enqueue` or, where the store writes
+/// messages with `COMMIT`, by `commit`; either way its transaction commits
+/// nothing, its other messages included. A key repeated within one
+/// transaction is refused the same way, and the same key on another topic
+/// is a different message.
 pub async fn duplicate_idempotency_key_is_reported<S: SqlStore>(store: &S) {
     let first = msg("conf.dup", None, 1).idempotency_key("once");
     let first_id = enqueue(store, vec![first]).await[0];
 
-    let mut tx = Outbox::new(store).begin().await.expect("begin failed");
-    let again = tx
-        .enqueue(msg("conf.dup", None, 2).idempotency_key("once"))
-        .await;
-    let err = again.expect_err("a repeated idempotency key must be refused");
-    assert!(err.is_duplicate(), "expected Error::Duplicate, got {err:?}");
-    // The transaction still works and commits its other messages.
-    let other = tx
-        .enqueue(msg("conf.dup", None, 3).idempotency_key("other"))
-        .await;
-    let other_id = other.expect("the transaction must stay usable after a duplicate");
-    let same_key_elsewhere = tx
-        .enqueue(msg("conf.dup-elsewhere", None, 4).idempotency_key("once"))
-        .await;
-    let elsewhere_id = same_key_elsewhere.expect("idempotency keys are per topic");
-    let twice = tx
-        .enqueue(msg("conf.dup", None, 5).idempotency_key("other"))
-        .await;
-    assert!(
-        twice.is_err_and(|e| e.is_duplicate()),
-        "a duplicate in one transaction is refused"
-    );
-    tx.commit().await.expect("commit after a duplicate failed");
+    let again = try_enqueue(
+        store,
+        vec![
+            msg("conf.dup", None, 2).idempotency_key("before"),
+            msg("conf.dup", Some("k"), 3).idempotency_key("once"),
+            msg("conf.dup", None, 4).idempotency_key("after"),
+        ],
+    )
+    .await;
+    assert_duplicate(again, "conf.dup", "once");
+
+    let twice = try_enqueue(
+        store,
+        vec![
+            msg("conf.dup", None, 5).idempotency_key("twice"),
+            msg("conf.dup", None, 6).idempotency_key("twice"),
+        ],
+    )
+    .await;
+    assert_duplicate(twice, "conf.dup", "twice");
+
+    let elsewhere = msg("conf.dup-elsewhere", None, 7).idempotency_key("once");
+    let elsewhere_id = enqueue(store, vec![elsewhere]).await[0];
 
     let claimed = claim(store, Uuid::now_v7(), after_writes()).await;
-    assert_eq!(ids(&claimed), vec![first_id, other_id, elsewhere_id]);
+    assert_eq!(
+        ids(&claimed),
+        vec![first_id, elsewhere_id],
+        "nothing of a transaction with a duplicate is committed"
+    );
     assert_eq!(
         claimed[0].payload, b"1",
         "the first message must not be overwritten"
