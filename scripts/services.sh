@@ -76,6 +76,23 @@ if ! psql "postgres://postgres@127.0.0.1:5432/postgres" -Atqc 'select 1' >/dev/n
   as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
   as_root su postgres -c "psql -Atqc 'select pg_reload_conf()'" >/dev/null
 fi
+# PostgreSQL: logical decoding, for the log capture's relay. `wal_level`
+# needs a restart; ALTER SYSTEM keeps it for the next starts.
+pg_url="postgres://postgres@127.0.0.1:5432/postgres"
+if [ "$(psql "$pg_url" -Atqc 'show wal_level')" != logical ]; then
+  log "PostgreSQL: setting wal_level = logical and restarting"
+  psql "$pg_url" -Atqc "ALTER SYSTEM SET wal_level = logical" >/dev/null
+  as_root bash -c "${pg_start/ start/ restart}" >/dev/null
+  wait_port PostgreSQL 5432
+  for _ in $(seq 60); do
+    psql "$pg_url" -Atqc 'select 1' >/dev/null 2>&1 && break
+    sleep 1
+  done
+fi
+# Slots a killed test run left behind keep WAL: drop the idle ones of the
+# tests (named `p_<uuid>`).
+psql "$pg_url" -Atqc "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+  WHERE slot_name LIKE 'p\_%' AND NOT active" >/dev/null || log "PostgreSQL: could not drop idle test slots"
 # MariaDB: a `test` database and root without a password over TCP.
 if command -v mariadb >/dev/null 2>&1; then
   as_root mariadb -uroot -e "CREATE DATABASE IF NOT EXISTS test" >/dev/null 2>&1 || true

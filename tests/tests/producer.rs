@@ -122,10 +122,11 @@ async fn duplicate_idempotency_key_is_refused_and_rolls_back() {
     let msg = Message::new("items.added", &ItemAdded { id: 7, seq: 1 })
         .unwrap()
         .idempotency_key("item-7");
-    let dup = tx.enqueue(msg).await;
+    // On PostgreSQL the message is held for the commit, which refuses the
+    // duplicate and rolls everything back.
+    tx.enqueue(msg).await.expect("held for the commit");
+    let dup = tx.commit().await;
     assert!(matches!(&dup, Err(e) if e.is_duplicate()), "{dup:?}");
-    // The transaction is still usable; the caller rolls it back.
-    tx.rollback().await.unwrap();
 
     let got = rabbit.drain(1, QUIET, TIMEOUT).await;
     relay.shutdown().await;

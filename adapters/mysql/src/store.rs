@@ -72,6 +72,8 @@ impl Backend for MySqlBackend {
 
     type Own = sql::Own;
 
+    type Capture = ();
+
     /// Every connection runs in strict mode (`STRICT_TRANS_TABLES`), so a
     /// value too long for its column is refused rather than cut. A pool
     /// given to [`TableStore::new`] should do the same.

@@ -64,12 +64,16 @@
 //! tables and the pool size only, and connection errors do not quote the
 //! URL.
 
+mod capture;
 mod dialect;
+mod log;
 mod migrate;
 mod sql;
 mod store;
 mod writer;
 
+pub use capture::Capture;
 pub use dialect::PgBackend;
+pub use log::{LogRelay, LogRelayConfig, LogRelayHandle};
 pub use store::PgStore;
 pub use txmsg_sql::StoreConfig;

@@ -49,6 +49,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "inbox keyed by topic",
         sql: V5_INBOX_TOPIC,
     },
+    Migration {
+        version: 6,
+        description: "idempotency keys of log capture",
+        sql: V6_LOG_KEYS,
+    },
 ];
 
 // The poller's index is on `id` rather than `next_attempt_at`: a claim reads
@@ -183,3 +188,16 @@ pub(crate) async fn migrate(pool: &PgPool, sql: &Sql) -> Result<()> {
     tx.commit().await?;
     Ok(())
 }
+
+// Log capture writes no outbox row; a message with an idempotency key of its
+// own writes the key here, so that a repeated one is refused as in the
+// outbox. Plain `CREATE TABLE`: a table of the user's of that name is an
+// error at migrate, never taken over.
+const V6_LOG_KEYS: &str = "
+CREATE TABLE {outbox_keys} (
+    topic text NOT NULL,
+    idempotency_key text NOT NULL,
+    created_at timestamptz NOT NULL,
+    PRIMARY KEY (topic, idempotency_key)
+);
+";

@@ -79,6 +79,16 @@ pub(crate) struct CommitInsert {
     /// The outbox's schema and table, as a unique violation names them.
     pub(crate) schema: Option<String>,
     pub(crate) outbox: String,
+    /// Log capture: $1 topic, $2 idempotency key, $3 created at.
+    pub(crate) key_insert: String,
+    /// Log capture: $1 topic, $2 idempotency key: whether a key is taken.
+    pub(crate) key_held: SqlStr,
+    /// Log capture: the keys table, as a unique violation names it.
+    pub(crate) keys: String,
+    /// Log capture: $1 prefix, $2 record.
+    pub(crate) emit: String,
+    /// The log relay's dead letters.
+    pub(crate) dead_insert: String,
 }
 
 /// The statements of one store.
@@ -113,9 +123,15 @@ impl OwnStatements for Own {
                 .join(", ");
             let dead = &names.consumer_dead_name;
 
+            let keys_name = index_name(tables.outbox(), "_keys");
+            let keys = match tables.schema() {
+                Some(schema) => format!("\"{schema}\".{keys_name}"),
+                None => keys_name.clone(),
+            };
             let render = |template: &str| {
                 names
                     .render(template)
+                    .replace("{outbox_keys}", &keys)
                     .replace("{consumer_dead_idx}", &index_name(dead, "_group_idx"))
                     .replace(
                         "{outbox_pending_idx}",
@@ -188,6 +204,27 @@ impl OwnStatements for Own {
                 )),
                 schema: tables.schema().map(ToString::to_string),
                 outbox: tables.outbox().to_string(),
+                // Log capture: the key of a message that has one, then the
+                // record. $1 topic, $2 idempotency key, $3 created at.
+                key_insert: format!(
+                    "INSERT INTO {keys} (topic, idempotency_key, created_at) VALUES ($1, $2, $3)"
+                ),
+                key_held: sql_str(format!(
+                    "SELECT 1 AS held FROM {keys} WHERE topic = $1 AND idempotency_key = $2"
+                )),
+                keys: keys_name.trim_matches('"').to_owned(),
+                // The log relay's dead letters: $1 id, $2 topic, $3 key,
+                // $4 idempotency key, $5 payload, $6 headers, $7 attempts,
+                // $8 created at, $9 expires at, $10 reason, $11 dead at.
+                dead_insert: format!(
+                    "INSERT INTO {o} (id, topic, key, idempotency_key, payload, headers, state, \
+                     attempts, next_attempt_at, created_at, expires_at, last_error, dead_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 'dead', $7, $8, $8, $9, $10, $11) \
+                     ON CONFLICT DO NOTHING"
+                ),
+                // $1 prefix, $2 record; one row, as an insert's.
+                emit: "SELECT 0::int8 AS leased FROM pg_logical_emit_message(true, $1, $2) AS e"
+                    .to_owned(),
             };
             let insert = OutboxInsert {
                 insert: stmt(format!(

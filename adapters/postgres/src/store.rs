@@ -61,11 +61,14 @@ impl Backend for PgBackend {
 
     type Own = sql::Own;
 
+    type Capture = crate::Capture;
+
     fn outbox_writer(
         sql: &std::sync::Arc<txmsg_sql::Statements<sql::Own>>,
         channel: Option<String>,
+        capture: &crate::Capture,
     ) -> std::sync::Arc<dyn txmsg_core::OutboxWriter<sqlx::Postgres>> {
-        std::sync::Arc::new(crate::writer::PgOutboxWriter::new(sql, channel))
+        std::sync::Arc::new(crate::writer::PgOutboxWriter::new(sql, channel, capture))
     }
 
     async fn connect(url: &str, config: &StoreConfig) -> Result<PgPool> {

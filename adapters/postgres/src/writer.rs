@@ -23,6 +23,7 @@ use sqlx::{AssertSqlSafe, Either, PgConnection, Postgres, Row};
 use txmsg_core::{BoxFuture, Envelope, Error, Inserted, Lease, OutboxWriter, Result};
 use txmsg_sql::{Arg, SqlOutboxWriter, Statements, outbox_args};
 
+use crate::capture::{self, Capture, has_own_key};
 use crate::dialect::PgBackend;
 use crate::sql::{CommitInsert, Own};
 
@@ -155,33 +156,71 @@ fn literal(arg: &Arg<'_>, out: &mut String) {
 #[derive(Debug)]
 pub(crate) struct PgOutboxWriter {
     each: SqlOutboxWriter<PgBackend>,
-    checked: Template,
-    unchecked: Template,
+    mode: Mode,
     sql: CommitInsert,
 }
 
+/// What a message is written as.
+#[derive(Debug)]
+enum Mode {
+    /// An outbox row.
+    Table {
+        checked: Template,
+        unchecked: Template,
+    },
+    /// A record in the log under `prefix`, and the key in the keys table
+    /// when the message has one of its own.
+    Log {
+        prefix: String,
+        key_insert: Template,
+        emit: Template,
+        key_insert_bound: String,
+        emit_bound: String,
+    },
+}
+
 impl PgOutboxWriter {
-    /// The writer of a store with statements `sql`, which wakes the relays
-    /// of other processes on `channel` after leaving a row unleased.
-    pub(crate) fn new(sql: &Arc<Statements<Own>>, channel: Option<String>) -> Self {
+    /// The writer of a store with statements `sql` capturing messages as
+    /// `capture` says, which wakes the relays of other processes on
+    /// `channel` after leaving an outbox row unleased.
+    pub(crate) fn new(
+        sql: &Arc<Statements<Own>>,
+        channel: Option<String>,
+        capture: &Capture,
+    ) -> Self {
         let commit = &sql.own.commit_insert;
-        // The channel is a checked identifier; it is encoded all the same.
-        let wake = channel.as_deref().map_or_else(String::new, |channel| {
-            let mut wake = String::from(", CASE WHEN leased THEN NULL ELSE pg_notify(");
-            push_text(channel, &mut wake);
-            wake.push_str(", '')::text END AS woke");
-            wake
-        });
+        let mode = match capture {
+            Capture::Table => {
+                // The channel is a checked identifier; it is encoded all the
+                // same.
+                let wake = channel.as_deref().map_or_else(String::new, |channel| {
+                    let mut wake = String::from(", CASE WHEN leased THEN NULL ELSE pg_notify(");
+                    push_text(channel, &mut wake);
+                    wake.push_str(", '')::text END AS woke");
+                    wake
+                });
+                Mode::Table {
+                    checked: Template::new(&commit.checked.replace("{wake}", &wake)),
+                    unchecked: Template::new(&commit.unchecked.replace("{wake}", &wake)),
+                }
+            }
+            Capture::Log { prefix } => Mode::Log {
+                prefix: prefix.as_str().to_owned(),
+                key_insert: Template::new(&commit.key_insert),
+                emit: Template::new(&commit.emit),
+                key_insert_bound: format!("{} ON CONFLICT DO NOTHING", commit.key_insert),
+                emit_bound: "SELECT pg_logical_emit_message(true, $1, $2)".to_owned(),
+            },
+        };
         PgOutboxWriter {
             each: SqlOutboxWriter::new(sql.insert.clone(), channel),
-            checked: Template::new(&commit.checked.replace("{wake}", &wake)),
-            unchecked: Template::new(&commit.unchecked.replace("{wake}", &wake)),
+            mode,
             sql: commit.clone(),
         }
     }
 
-    /// The script that inserts `rows` and commits: each insert returns one
-    /// row, `leased`.
+    /// The script that writes `rows` and commits: one row, `leased`, per
+    /// message.
     fn script(&self, rows: &[(&Envelope, Option<Lease>)]) -> String {
         let mut script = String::with_capacity(
             rows.iter()
@@ -189,20 +228,67 @@ impl PgOutboxWriter {
                 .sum::<usize>(),
         );
         for (envelope, lease) in rows {
-            let args = outbox_args(envelope, *lease);
-            let template = if envelope.key.is_none() || lease.is_none() {
-                &self.unchecked
-            } else {
-                &self.checked
-            };
-            template.fill(&args, &mut script);
+            match &self.mode {
+                Mode::Table { checked, unchecked } => {
+                    let args = outbox_args(envelope, *lease);
+                    let template = if envelope.key.is_none() || lease.is_none() {
+                        unchecked
+                    } else {
+                        checked
+                    };
+                    template.fill(&args, &mut script);
+                }
+                Mode::Log {
+                    prefix,
+                    key_insert,
+                    emit,
+                    ..
+                } => {
+                    if has_own_key(envelope) {
+                        key_insert.fill(&key_args(envelope), &mut script);
+                        script.push_str(";\n");
+                    }
+                    let record = capture::encode(envelope);
+                    emit.fill(&[Arg::Text(prefix), Arg::Bytes(&record)], &mut script);
+                }
+            }
             script.push_str(";\n");
         }
         script.push_str("COMMIT;\nBEGIN");
         script
     }
 
-    /// Whether `error` is a unique violation on the outbox table.
+    /// Writes `envelope` to the log on `conn` (and its key, if it has one
+    /// of its own), with bound statements.
+    async fn log_one(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+        prefix: &str,
+        key_insert: &str,
+        emit: &str,
+    ) -> Result<Inserted> {
+        if has_own_key(envelope) {
+            let done = sqlx::query(AssertSqlSafe(key_insert.to_owned()))
+                .bind(&envelope.topic)
+                .bind(&envelope.idempotency_key)
+                .bind(envelope.created_at)
+                .execute(&mut *conn)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Ok(Inserted::Duplicate);
+            }
+        }
+        sqlx::query(AssertSqlSafe(emit.to_owned()))
+            .bind(prefix)
+            .bind(capture::encode(envelope))
+            .execute(&mut *conn)
+            .await?;
+        Ok(Inserted::Unleased)
+    }
+
+    /// Whether `error` is a unique violation on the outbox table (the keys
+    /// table, in log capture).
     fn is_outbox_unique_violation(&self, error: &Error) -> bool {
         let Error::Database(sqlx::Error::Database(db)) = error else {
             return false;
@@ -210,8 +296,12 @@ impl PgOutboxWriter {
         let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() else {
             return false;
         };
+        let table = match self.mode {
+            Mode::Table { .. } => &self.sql.outbox,
+            Mode::Log { .. } => &self.sql.keys,
+        };
         pg.code() == UNIQUE_VIOLATION
-            && pg.table() == Some(self.sql.outbox.as_str())
+            && pg.table() == Some(table.as_str())
             && (self.sql.schema.is_none() || pg.schema() == self.sql.schema.as_deref())
     }
 
@@ -222,8 +312,12 @@ impl PgOutboxWriter {
         conn: &mut PgConnection,
         rows: &[(&Envelope, Option<Lease>)],
     ) -> Result<Option<Error>> {
+        let held = match self.mode {
+            Mode::Table { .. } => &self.sql.held,
+            Mode::Log { .. } => &self.sql.key_held,
+        };
         for (envelope, _) in rows {
-            let held = sqlx::query(self.sql.held.clone())
+            let held = sqlx::query(held.clone())
                 .bind(&envelope.topic)
                 .bind(&envelope.idempotency_key)
                 .fetch_optional(&mut *conn)
@@ -234,6 +328,16 @@ impl PgOutboxWriter {
         }
         Ok(None)
     }
+}
+
+/// The arguments of the keys table's insert: topic, idempotency key,
+/// created at.
+fn key_args(envelope: &Envelope) -> [Arg<'_>; 3] {
+    [
+        Arg::Text(&envelope.topic),
+        Arg::Text(&envelope.idempotency_key),
+        Arg::Time(envelope.created_at),
+    ]
 }
 
 /// The second of two `rows` with the same (topic, idempotency key), if any:
@@ -252,7 +356,15 @@ impl OutboxWriter<Postgres> for PgOutboxWriter {
         envelope: &'a Envelope,
         lease: Option<Lease>,
     ) -> BoxFuture<'a, Result<Inserted>> {
-        self.each.insert(conn, envelope, lease)
+        match &self.mode {
+            Mode::Table { .. } => self.each.insert(conn, envelope, lease),
+            Mode::Log {
+                prefix,
+                key_insert_bound,
+                emit_bound,
+                ..
+            } => Box::pin(self.log_one(conn, envelope, prefix, key_insert_bound, emit_bound)),
+        }
     }
 
     fn writes_with_commit(&self) -> bool {
@@ -298,6 +410,10 @@ impl OutboxWriter<Postgres> for PgOutboxWriter {
                     rows.len(),
                     leased.len()
                 ))));
+            }
+            if matches!(self.mode, Mode::Log { .. }) {
+                // No row for a relay's fast path: the log relay reads them.
+                return Ok(vec![Inserted::Unleased; leased.len()]);
             }
             Ok(leased
                 .into_iter()

@@ -164,7 +164,17 @@ async fn reserved_words_as_table_names_are_quoted() {
         assert_eq!(store.stats().await.expect("stats").pending, 1);
         let mut names = tables_in(&pool, &schema).await;
         names.sort();
-        assert_eq!(names, ["Table", "canary", "order", "order_dead", "select"]);
+        assert_eq!(
+            names,
+            [
+                "Table",
+                "canary",
+                "order",
+                "order_dead",
+                "select",
+                "select_keys"
+            ]
+        );
     })
     .await;
 }

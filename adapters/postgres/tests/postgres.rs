@@ -259,11 +259,13 @@ async fn schema_qualified_tables_work() {
                 "events_in",
                 "events_in_dead",
                 "events_out",
+                "events_out_keys",
                 "events_versions",
                 "txmsg_consumer_dead",
                 "txmsg_inbox",
                 "txmsg_migrations",
-                "txmsg_outbox"
+                "txmsg_outbox",
+                "txmsg_outbox_keys"
             ]
         );
 
@@ -413,7 +415,7 @@ async fn concurrent_migrate_is_safe() {
         let first = versions().await;
         assert_eq!(
             first.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
-            vec![1, 2, 3, 4, 5]
+            vec![1, 2, 3, 4, 5, 6]
         );
         store.migrate().await.expect("migrate again");
         assert_eq!(versions().await, first, "migrating again changes nothing");

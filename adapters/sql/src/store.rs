@@ -224,6 +224,11 @@ pub trait Backend: Dialect + Sized {
     /// whole set of statements.
     type Own: OwnStatements;
 
+    /// How producers' messages are captured, where a database offers more
+    /// than the outbox table (PostgreSQL's log capture); `()` elsewhere.
+    /// Set with [`TableStore::with_capture`].
+    type Capture: Clone + std::fmt::Debug + Default + Send + Sync + 'static;
+
     /// A pool for `url` (its scheme already checked), with `config`'s
     /// connection limit (already checked to be above zero). A backend over
     /// the network opens a first connection on its own
@@ -234,13 +239,16 @@ pub trait Backend: Dialect + Sized {
         config: &StoreConfig,
     ) -> impl Future<Output = Result<Pool<Self::Db>>> + Send;
 
-    /// The producers' outbox writer, which wakes the relays of other
-    /// processes on `channel` (when set) after leaving a row unleased. By
+    /// The producers' outbox writer for `capture`, which wakes the relays
+    /// of other processes on `channel` (when set) after leaving a row
+    /// unleased. By
     /// default the shared [`SqlOutboxWriter`] over [`Statements::insert`].
     fn outbox_writer(
         sql: &Arc<Statements<Self::Own>>,
         channel: Option<String>,
+        capture: &Self::Capture,
     ) -> Arc<dyn OutboxWriter<Self::Db>> {
+        let _ = capture;
         Arc::new(SqlOutboxWriter::<Self>::new(sql.insert.clone(), channel))
     }
 
@@ -380,6 +388,7 @@ pub struct TableStore<B: Backend> {
     half: Arc<SqlHalfWriter<B>>,
     inbox: Arc<dyn InboxWriter<B::Db>>,
     notify: Option<Ident>,
+    capture: B::Capture,
 }
 
 impl<B: Backend> Clone for TableStore<B> {
@@ -392,6 +401,7 @@ impl<B: Backend> Clone for TableStore<B> {
             half: Arc::clone(&self.half),
             inbox: Arc::clone(&self.inbox),
             notify: self.notify.clone(),
+            capture: self.capture.clone(),
         }
     }
 }
@@ -425,7 +435,7 @@ impl<B: Backend> TableStore<B> {
     /// or index of the store; SQLite has no schemas.
     pub fn new(pool: Pool<B::Db>, tables: Tables) -> Result<Self> {
         let sql = Arc::new(B::Own::statements(&tables)?);
-        let writer = Self::writer(&sql, None);
+        let writer = Self::writer(&sql, None, &B::Capture::default());
         let inbox = B::inbox(&sql);
         let half = Arc::new(Self::half(&sql, None));
         Ok(TableStore {
@@ -436,14 +446,16 @@ impl<B: Backend> TableStore<B> {
             half,
             inbox,
             notify: None,
+            capture: B::Capture::default(),
         })
     }
 
     fn writer(
         sql: &Arc<Statements<B::Own>>,
         notify: Option<&Ident>,
+        capture: &B::Capture,
     ) -> Arc<dyn OutboxWriter<B::Db>> {
-        B::outbox_writer(sql, notify.map(|c| c.as_str().to_owned()))
+        B::outbox_writer(sql, notify.map(|c| c.as_str().to_owned()), capture)
     }
 
     fn half(sql: &Statements<B::Own>, notify: Option<&Ident>) -> SqlHalfWriter<B> {
@@ -588,10 +600,24 @@ impl<B: Notifying> TableStore<B> {
     /// [`Error::Config`] if `channel` is not a valid identifier.
     pub fn with_notify(mut self, channel: &str) -> Result<Self> {
         let channel = Ident::for_field("notify_channel", channel)?;
-        self.writer = Self::writer(&self.sql, Some(&channel));
+        self.writer = Self::writer(&self.sql, Some(&channel), &self.capture);
         self.half = Arc::new(Self::half(&self.sql, Some(&channel)));
         self.notify = Some(channel);
         Ok(self)
+    }
+
+    /// Captures producers' messages as `capture` says (see the backend's
+    /// [`Backend::Capture`]); the outbox table by default.
+    #[must_use]
+    pub fn with_capture(mut self, capture: B::Capture) -> Self {
+        self.writer = Self::writer(&self.sql, self.notify.as_ref(), &capture);
+        self.capture = capture;
+        self
+    }
+
+    /// How producers' messages are captured.
+    pub fn capture(&self) -> &B::Capture {
+        &self.capture
     }
 }
 

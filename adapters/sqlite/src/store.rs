@@ -95,6 +95,8 @@ impl Backend for SqliteBackend {
 
     type Own = sql::Own;
 
+    type Capture = ();
+
     /// Opens (and creates if missing) the database at `url`: an sqlx SQLite
     /// URL (`sqlite://path/to/file.db`, `sqlite:file.db`, or
     /// `sqlite::memory:`).
