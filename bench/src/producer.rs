@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
+use txmsg::postgres::Capture;
 use txmsg::rabbitmq::RabbitBroker;
 use txmsg::{Broker, Outbox, Relay, RelayConfig, Tx};
 
@@ -326,6 +327,9 @@ pub(crate) struct ProducerResult {
     /// The hand-written outbox / the bare business transaction, the same
     /// way, in rounds of their own.
     pub(crate) baseline_vs_bare: Paired,
+    /// txmsg with the store in log capture / the bare business
+    /// transaction, the same way.
+    pub(crate) log_vs_bare: Paired,
 }
 
 /// `producer`: the write path only (no relay).
@@ -397,25 +401,33 @@ pub(crate) async fn producer(env: &Env) -> Res<ProducerResult> {
             together[1].push(b);
         }
     }
-    // Each side beside the bare transaction, at once: [txmsg, bare, baseline, bare].
-    let mut beside: [Vec<f64>; 4] = Default::default();
+    // Each side beside the bare transaction, at once: [txmsg, bare,
+    // baseline, bare, txmsg in log capture, bare].
+    let log = Schema::create(env, "pl", conns).await?;
+    log.truncate().await?;
+    let log_outbox = Outbox::new(&log.store.clone().with_capture(Capture::log("bench")?));
+    let mut beside: [Vec<f64>; 6] = Default::default();
     if env.only.is_none() {
         let half = (env.clients / 2).max(1);
         for round in 0..env.producer_rounds {
-            for (i, side) in [(0, Side::Framework), (2, Side::Baseline)] {
+            for (i, side, label) in [
+                (0, Side::Framework, "txmsg"),
+                (2, Side::Baseline, "baseline"),
+                (4, Side::Framework, "txmsg log"),
+            ] {
                 let start = Instant::now();
                 let deadline = start + env.producer_round;
+                let outbox = if i == 4 { &log_outbox } else { &outbox };
                 let (s, z) = tokio::join!(
-                    run(side, half, deadline),
+                    producer_round(side, half, outbox, &bl.pool, &next, deadline),
                     bare_round(half, &bare.pool, &next, deadline)
                 );
                 let secs = start.elapsed().as_secs_f64();
                 let (s, z) = (s?.len() as f64 / secs, z? as f64 / secs);
                 println!(
-                    "  producer round {} beside bare ({half} clients each): {} {s:.1} tx/s, \
+                    "  producer round {} beside bare ({half} clients each): {label} {s:.1} tx/s, \
                      bare {z:.1} tx/s",
                     round + 1,
-                    side.label()
                 );
                 beside[i].push(s);
                 beside[i + 1].push(z);
@@ -425,8 +437,10 @@ pub(crate) async fn producer(env: &Env) -> Res<ProducerResult> {
     fw.drop().await?;
     bl.drop().await?;
     bare.drop().await?;
+    log.drop().await?;
     let txmsg_vs_bare = Paired::of(&beside[0], &beside[1]);
     let baseline_vs_bare = Paired::of(&beside[2], &beside[3]);
+    let log_vs_bare = Paired::of(&beside[4], &beside[5]);
     let [mut lf, mut lb] = lats;
     let [tf, tb] = tps;
     let alternating = Paired::of(&tf, &tb);
@@ -472,6 +486,13 @@ pub(crate) async fn producer(env: &Env) -> Res<ProducerResult> {
         ),
         &baseline_vs_bare,
     );
+    print_together(
+        &format!(
+            "producer txmsg in log capture / bare transaction, at once ({} clients each)",
+            (env.clients / 2).max(1)
+        ),
+        &log_vs_bare,
+    );
     println!(
         "producer latency: txmsg p50 {:.3} ms p99 {:.3} ms | baseline p50 {:.3} ms p99 {:.3} ms",
         txmsg.latency.p50_ms,
@@ -492,6 +513,7 @@ pub(crate) async fn producer(env: &Env) -> Res<ProducerResult> {
         together,
         txmsg_vs_bare,
         baseline_vs_bare,
+        log_vs_bare,
     })
 }
 

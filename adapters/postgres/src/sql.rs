@@ -72,7 +72,7 @@ impl Own {
 pub(crate) struct CommitInsert {
     /// With the per-key check.
     pub(crate) checked: String,
-    /// Without it, for a row with no key or no lease.
+    /// Without it, for a row with no key or no lease: returns nothing.
     pub(crate) unchecked: String,
     /// $1 topic, $2 idempotency key: whether a row holds them.
     pub(crate) held: SqlStr,
@@ -198,7 +198,8 @@ impl OwnStatements for Own {
             };
             let commit_insert = CommitInsert {
                 checked: with_commit(&checked),
-                unchecked: with_commit(&unchecked),
+                // Goes in leased whenever it has a lease: nothing to read back.
+                unchecked: unchecked.clone(),
                 held: sql_str(format!(
                     "SELECT 1 AS held FROM {o} WHERE topic = $1 AND idempotency_key = $2"
                 )),
@@ -222,9 +223,8 @@ impl OwnStatements for Own {
                      VALUES ($1, $2, $3, $4, $5, $6, 'dead', $7, $8, $8, $9, $10, $11) \
                      ON CONFLICT DO NOTHING"
                 ),
-                // $1 prefix, $2 record; one row, as an insert's.
-                emit: "SELECT 0::int8 AS leased FROM pg_logical_emit_message(true, $1, $2) AS e"
-                    .to_owned(),
+                // $1 prefix, $2 record.
+                emit: "SELECT pg_logical_emit_message(true, $1, $2)".to_owned(),
             };
             let insert = OutboxInsert {
                 insert: stmt(format!(

@@ -167,6 +167,8 @@ enum Mode {
     Table {
         checked: Template,
         unchecked: Template,
+        /// Wakes other processes' relays, with the store's channel.
+        wake: Option<String>,
     },
     /// A record in the log under `prefix`, and the key in the keys table
     /// when the message has one of its own.
@@ -201,7 +203,13 @@ impl PgOutboxWriter {
                 });
                 Mode::Table {
                     checked: Template::new(&commit.checked.replace("{wake}", &wake)),
-                    unchecked: Template::new(&commit.unchecked.replace("{wake}", &wake)),
+                    unchecked: Template::new(&commit.unchecked),
+                    wake: channel.as_deref().map(|channel| {
+                        let mut wake = String::from("SELECT pg_notify(");
+                        push_text(channel, &mut wake);
+                        wake.push_str(", '')");
+                        wake
+                    }),
                 }
             }
             Capture::Log { prefix } => Mode::Log {
@@ -219,24 +227,28 @@ impl PgOutboxWriter {
         }
     }
 
-    /// The script that writes `rows` and commits: one row, `leased`, per
-    /// message.
+    /// The script that writes `rows` and commits: one row, `leased`, for
+    /// each row that needs the per-key check ([`needs_check`]), nothing
+    /// else with that column.
     fn script(&self, rows: &[(&Envelope, Option<Lease>)]) -> String {
         let mut script = String::with_capacity(
             rows.iter()
                 .map(|(e, _)| 2 * e.payload.len() + 1500)
                 .sum::<usize>(),
         );
+        let mut wakes = false;
         for (envelope, lease) in rows {
             match &self.mode {
-                Mode::Table { checked, unchecked } => {
+                Mode::Table {
+                    checked, unchecked, ..
+                } => {
                     let args = outbox_args(envelope, *lease);
-                    let template = if envelope.key.is_none() || lease.is_none() {
-                        unchecked
+                    if needs_check(envelope, *lease) {
+                        checked.fill(&args, &mut script);
                     } else {
-                        checked
-                    };
-                    template.fill(&args, &mut script);
+                        unchecked.fill(&args, &mut script);
+                        wakes |= lease.is_none();
+                    }
                 }
                 Mode::Log {
                     prefix,
@@ -252,6 +264,15 @@ impl PgOutboxWriter {
                     emit.fill(&[Arg::Text(prefix), Arg::Bytes(&record)], &mut script);
                 }
             }
+            script.push_str(";\n");
+        }
+        if let Mode::Table {
+            wake: Some(wake), ..
+        } = &self.mode
+            && wakes
+        {
+            // Delivered at commit; repeats in one transaction fold into one.
+            script.push_str(wake);
             script.push_str(";\n");
         }
         script.push_str("COMMIT;\nBEGIN");
@@ -330,6 +351,13 @@ impl PgOutboxWriter {
     }
 }
 
+/// Whether `envelope`, written with `lease`, goes through the per-key
+/// check: it has an ordering key and a lease (otherwise it goes in leased
+/// exactly when it has a lease).
+fn needs_check(envelope: &Envelope, lease: Option<Lease>) -> bool {
+    envelope.key.is_some() && lease.is_some()
+}
+
 /// The arguments of the keys table's insert: topic, idempotency key,
 /// created at.
 fn key_args(envelope: &Envelope) -> [Arg<'_>; 3] {
@@ -387,7 +415,12 @@ impl OutboxWriter<Postgres> for PgOutboxWriter {
                 let mut results = sqlx::raw_sql(AssertSqlSafe(script)).fetch_many(&mut *txn);
                 while let Some(result) = results.try_next().await? {
                     if let Either::Right(row) = result {
-                        leased.push(row.try_get::<i64, _>("leased")? > 0);
+                        match row.try_get::<i64, _>("leased") {
+                            Ok(n) => leased.push(n > 0),
+                            // A wake-up's or a log record's row.
+                            Err(sqlx::Error::ColumnNotFound(_)) => {}
+                            Err(e) => return Err(e.into()),
+                        }
                     }
                 }
                 Ok(())
@@ -404,21 +437,27 @@ impl OutboxWriter<Postgres> for PgOutboxWriter {
                 }
                 return Err(error);
             }
-            if leased.len() != rows.len() {
+            if matches!(self.mode, Mode::Log { .. }) {
+                // No row for a relay's fast path: the log relay reads them.
+                return Ok(vec![Inserted::Unleased; rows.len()]);
+            }
+            let checked = rows.iter().filter(|(e, l)| needs_check(e, *l)).count();
+            if leased.len() != checked {
                 return Err(Error::Database(sqlx::Error::Protocol(format!(
-                    "the outbox insert of {} messages returned {} rows",
-                    rows.len(),
+                    "the outbox inserts of {checked} messages with an ordering key returned {} rows",
                     leased.len()
                 ))));
             }
-            if matches!(self.mode, Mode::Log { .. }) {
-                // No row for a relay's fast path: the log relay reads them.
-                return Ok(vec![Inserted::Unleased; leased.len()]);
-            }
-            Ok(leased
-                .into_iter()
-                .map(|leased| {
-                    if leased {
+            let mut leased = leased.into_iter();
+            Ok(rows
+                .iter()
+                .map(|(e, lease)| {
+                    let went_in_leased = if needs_check(e, *lease) {
+                        leased.next().unwrap_or(false)
+                    } else {
+                        lease.is_some()
+                    };
+                    if went_in_leased {
                         Inserted::Leased
                     } else {
                         Inserted::Unleased
