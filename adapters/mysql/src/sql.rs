@@ -584,13 +584,21 @@ pub struct Own {
     /// The migrations, and what runs around them (the database to create is
     /// the schema).
     pub(crate) migrations: Migrations<RenderedStep>,
+    /// A claim's first step: the due heads, read without locks.
     pub(crate) claim_heads: Text,
+    /// Locks the heads still claimable, skipping those locked elsewhere.
     pub(crate) claim_heads_lock: Text,
+    /// The rows after each head of its key.
     pub(crate) claim_followers: Text,
+    /// Locks the followers taken.
     pub(crate) claim_lock: Text,
+    /// Leases the locked rows.
     pub(crate) claim_lease: Text,
+    /// Deletes the sent rows a purge picked.
     pub(crate) purge_delete: Text,
+    /// Deletes the dead rows a purge picked.
     pub(crate) purge_dead_delete: Text,
+    /// The inbox's own statements and what it learnt of the tables.
     pub(crate) inbox: OwnInbox,
 }
 

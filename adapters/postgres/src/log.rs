@@ -234,7 +234,7 @@ impl LogRelay {
             pool: store.pool().clone(),
             prefix: prefix.to_owned(),
             replication,
-            dead_insert: store.statements().own.commit_insert.dead_insert.clone(),
+            dead_insert: store.statements().own.commit_insert.log.dead_insert.clone(),
             config,
             confirmed: Arc::new(AtomicU64::new(0)),
         };

@@ -70,24 +70,42 @@ impl Own {
 /// literals by [`PgOutboxWriter`](crate::writer::PgOutboxWriter).
 #[derive(Debug, Clone)]
 pub(crate) struct CommitInsert {
-    /// With the per-key check.
-    pub(crate) checked: String,
-    /// Without it, for a row with no key or no lease: returns nothing.
-    pub(crate) unchecked: String,
-    /// $1 topic, $2 idempotency key: whether a row holds them.
-    pub(crate) held: SqlStr,
-    /// The outbox's schema and table, as a unique violation names them.
+    /// In table mode.
+    pub(crate) table: TableInserts,
+    /// In log capture.
+    pub(crate) log: LogInserts,
+    /// The tables' schema, as a unique violation names it.
     pub(crate) schema: Option<String>,
-    pub(crate) outbox: String,
-    /// Log capture: $1 topic, $2 idempotency key, $3 created at.
+}
+
+/// The statements of a commit in table mode.
+#[derive(Debug, Clone)]
+pub(crate) struct TableInserts {
+    /// With the per-key check: returns one row, `leased`.
+    pub(crate) checked: String,
+    /// Without it, for a row with no key or no lease: returns nothing, as
+    /// such a row goes in leased exactly when it has a lease.
+    pub(crate) unchecked: String,
+    /// $1 topic, $2 idempotency key: whether a row holds them, read after
+    /// a unique violation to name the duplicate.
+    pub(crate) held: SqlStr,
+    /// The outbox table, as a unique violation names it.
+    pub(crate) name: String,
+}
+
+/// The statements of log capture.
+#[derive(Debug, Clone)]
+pub(crate) struct LogInserts {
+    /// $1 topic, $2 idempotency key, $3 created at. No `ON CONFLICT`: a
+    /// repeated key aborts the transaction.
     pub(crate) key_insert: String,
-    /// Log capture: $1 topic, $2 idempotency key: whether a key is taken.
+    /// $1 topic, $2 idempotency key: whether a key is taken.
     pub(crate) key_held: SqlStr,
-    /// Log capture: the keys table, as a unique violation names it.
+    /// The keys table, as a unique violation names it.
     pub(crate) keys: String,
-    /// Log capture: $1 prefix, $2 record.
+    /// $1 prefix, $2 record.
     pub(crate) emit: String,
-    /// The log relay's dead letters.
+    /// The log relay's dead letters, written to the outbox table.
     pub(crate) dead_insert: String,
 }
 
@@ -197,34 +215,39 @@ impl OwnStatements for Own {
                 )
             };
             let commit_insert = CommitInsert {
-                checked: with_commit(&checked),
-                // Goes in leased whenever it has a lease: nothing to read back.
-                unchecked: unchecked.clone(),
-                held: sql_str(format!(
-                    "SELECT 1 AS held FROM {o} WHERE topic = $1 AND idempotency_key = $2"
-                )),
+                table: TableInserts {
+                    checked: with_commit(&checked),
+                    // Goes in leased whenever it has a lease: nothing to read
+                    // back.
+                    unchecked: unchecked.clone(),
+                    held: sql_str(format!(
+                        "SELECT 1 AS held FROM {o} WHERE topic = $1 AND idempotency_key = $2"
+                    )),
+                    name: tables.outbox().to_string(),
+                },
+                log: LogInserts {
+                    // The key of a message that has one, then the record.
+                    // $1 topic, $2 idempotency key, $3 created at.
+                    key_insert: format!(
+                        "INSERT INTO {keys} (topic, idempotency_key, created_at) VALUES ($1, $2, $3)"
+                    ),
+                    key_held: sql_str(format!(
+                        "SELECT 1 AS held FROM {keys} WHERE topic = $1 AND idempotency_key = $2"
+                    )),
+                    keys: keys_name.trim_matches('"').to_owned(),
+                    // $1 prefix, $2 record.
+                    emit: "SELECT pg_logical_emit_message(true, $1, $2)".to_owned(),
+                    // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
+                    // $6 headers, $7 attempts, $8 created at, $9 expires at,
+                    // $10 reason, $11 dead at.
+                    dead_insert: format!(
+                        "INSERT INTO {o} (id, topic, key, idempotency_key, payload, headers, state, \
+                         attempts, next_attempt_at, created_at, expires_at, last_error, dead_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, 'dead', $7, $8, $8, $9, $10, $11) \
+                         ON CONFLICT DO NOTHING"
+                    ),
+                },
                 schema: tables.schema().map(ToString::to_string),
-                outbox: tables.outbox().to_string(),
-                // Log capture: the key of a message that has one, then the
-                // record. $1 topic, $2 idempotency key, $3 created at.
-                key_insert: format!(
-                    "INSERT INTO {keys} (topic, idempotency_key, created_at) VALUES ($1, $2, $3)"
-                ),
-                key_held: sql_str(format!(
-                    "SELECT 1 AS held FROM {keys} WHERE topic = $1 AND idempotency_key = $2"
-                )),
-                keys: keys_name.trim_matches('"').to_owned(),
-                // The log relay's dead letters: $1 id, $2 topic, $3 key,
-                // $4 idempotency key, $5 payload, $6 headers, $7 attempts,
-                // $8 created at, $9 expires at, $10 reason, $11 dead at.
-                dead_insert: format!(
-                    "INSERT INTO {o} (id, topic, key, idempotency_key, payload, headers, state, \
-                     attempts, next_attempt_at, created_at, expires_at, last_error, dead_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 'dead', $7, $8, $8, $9, $10, $11) \
-                     ON CONFLICT DO NOTHING"
-                ),
-                // $1 prefix, $2 record.
-                emit: "SELECT pg_logical_emit_message(true, $1, $2)".to_owned(),
             };
             let insert = OutboxInsert {
                 insert: stmt(format!(

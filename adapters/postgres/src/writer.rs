@@ -202,8 +202,8 @@ impl PgOutboxWriter {
                     wake
                 });
                 Mode::Table {
-                    checked: Template::new(&commit.checked.replace("{wake}", &wake)),
-                    unchecked: Template::new(&commit.unchecked),
+                    checked: Template::new(&commit.table.checked.replace("{wake}", &wake)),
+                    unchecked: Template::new(&commit.table.unchecked),
                     wake: channel.as_deref().map(|channel| {
                         let mut wake = String::from("SELECT pg_notify(");
                         push_text(channel, &mut wake);
@@ -214,9 +214,9 @@ impl PgOutboxWriter {
             }
             Capture::Log { prefix } => Mode::Log {
                 prefix: prefix.as_str().to_owned(),
-                key_insert: Template::new(&commit.key_insert),
-                emit: Template::new(&commit.emit),
-                key_insert_bound: format!("{} ON CONFLICT DO NOTHING", commit.key_insert),
+                key_insert: Template::new(&commit.log.key_insert),
+                emit: Template::new(&commit.log.emit),
+                key_insert_bound: format!("{} ON CONFLICT DO NOTHING", commit.log.key_insert),
                 emit_bound: "SELECT pg_logical_emit_message(true, $1, $2)".to_owned(),
             },
         };
@@ -318,8 +318,8 @@ impl PgOutboxWriter {
             return false;
         };
         let table = match self.mode {
-            Mode::Table { .. } => &self.sql.outbox,
-            Mode::Log { .. } => &self.sql.keys,
+            Mode::Table { .. } => &self.sql.table.name,
+            Mode::Log { .. } => &self.sql.log.keys,
         };
         pg.code() == UNIQUE_VIOLATION
             && pg.table() == Some(table.as_str())
@@ -334,8 +334,8 @@ impl PgOutboxWriter {
         rows: &[(&Envelope, Option<Lease>)],
     ) -> Result<Option<Error>> {
         let held = match self.mode {
-            Mode::Table { .. } => &self.sql.held,
-            Mode::Log { .. } => &self.sql.key_held,
+            Mode::Table { .. } => &self.sql.table.held,
+            Mode::Log { .. } => &self.sql.log.key_held,
         };
         for (envelope, _) in rows {
             let held = sqlx::query(held.clone())

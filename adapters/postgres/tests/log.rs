@@ -344,3 +344,67 @@ async fn a_store_in_table_capture_has_no_log_relay() {
         other => panic!("expected a config error, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_values_come_back_unchanged_through_the_log() {
+    with_log_store(|pool, store, names| async move {
+        let broker = MemoryBroker::new();
+        let mut sub = broker.observe(&names.topic);
+        let relay = LogRelay::start(&store, &url(), broker, names.relay_config())
+            .await
+            .expect("start the relay");
+        let outbox = Outbox::new(&store);
+        let mut sent = Vec::new();
+        for value in txmsg_testkit::injection::hostile_values() {
+            if value.contains('\0') {
+                // PostgreSQL text cannot hold NUL: refused, nothing written.
+                let mut tx = outbox.begin().await.expect("begin");
+                tx.enqueue(
+                    Message::new(&names.topic, &1)
+                        .expect("valid")
+                        .idempotency_key(&value),
+                )
+                .await
+                .expect("held for the commit");
+                assert!(tx.commit().await.is_err(), "{value:?} is refused");
+                continue;
+            }
+            let message = Message::new(&names.topic, &value)
+                .expect("valid")
+                .key(&value)
+                .idempotency_key(&value)
+                .header(value.clone(), value.clone());
+            let mut tx = outbox.begin().await.expect("begin");
+            tx.enqueue(message).await.expect("enqueue");
+            tx.commit().await.expect("a hostile value is only data");
+            sent.push(value);
+        }
+        let got = receive(&mut sub, sent.len()).await;
+        relay.shutdown().await;
+        assert_eq!(got.len(), sent.len(), "each once");
+        for value in &sent {
+            let e = got
+                .iter()
+                .find(|e| &e.idempotency_key == value)
+                .unwrap_or_else(|| panic!("{value:?} is published"));
+            assert_eq!(e.key.as_deref(), Some(value.as_str()));
+            assert_eq!(&e.idempotency_key, value);
+            assert_eq!(e.headers.get(value), Some(value));
+            let body: String = serde_json::from_slice(&e.payload).expect("a string");
+            assert_eq!(&body, value);
+        }
+        let keys: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM \"{}\".txmsg_outbox_keys",
+            names.schema
+        )))
+        .fetch_one(&pool)
+        .await
+        .expect("keys");
+        assert_eq!(
+            keys,
+            i64::try_from(sent.len()).expect("small"),
+            "each key once"
+        );
+    })
+    .await;
+}
