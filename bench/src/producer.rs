@@ -472,27 +472,19 @@ pub(crate) async fn producer(env: &Env) -> Res<ProducerResult> {
         ),
         &together,
     );
-    print_together(
-        &format!(
-            "producer txmsg / bare transaction, at once ({} clients each)",
-            (env.clients / 2).max(1)
-        ),
-        &txmsg_vs_bare,
-    );
-    print_together(
-        &format!(
-            "producer baseline / bare transaction, at once ({} clients each)",
-            (env.clients / 2).max(1)
-        ),
-        &baseline_vs_bare,
-    );
-    print_together(
-        &format!(
-            "producer txmsg in log capture / bare transaction, at once ({} clients each)",
-            (env.clients / 2).max(1)
-        ),
-        &log_vs_bare,
-    );
+    for (side, paired) in [
+        ("txmsg", &txmsg_vs_bare),
+        ("baseline", &baseline_vs_bare),
+        ("txmsg in log capture", &log_vs_bare),
+    ] {
+        print_together(
+            &format!(
+                "producer {side} / bare transaction, at once ({} clients each)",
+                (env.clients / 2).max(1)
+            ),
+            paired,
+        );
+    }
     println!(
         "producer latency: txmsg p50 {:.3} ms p99 {:.3} ms | baseline p50 {:.3} ms p99 {:.3} ms",
         txmsg.latency.p50_ms,

@@ -166,6 +166,17 @@ async fn receive(sub: &mut txmsg_memory::MemorySubscription, want: usize) -> Vec
     got
 }
 
+/// A relay of `store` on the test's slot to `broker`.
+async fn relay(
+    store: &PgStore,
+    names: &Names,
+    broker: &MemoryBroker,
+) -> txmsg_postgres::LogRelayHandle {
+    LogRelay::start(store, &url(), broker.clone(), names.relay_config())
+        .await
+        .expect("start the relay")
+}
+
 fn number(e: &Envelope) -> u64 {
     serde_json::from_slice(&e.payload).expect("a number")
 }
@@ -175,9 +186,7 @@ async fn committed_messages_are_published_once_in_commit_order_and_rolled_back_o
     with_log_store(|_pool, store, names| async move {
         let broker = MemoryBroker::new();
         let mut sub = broker.observe(&names.topic);
-        let relay = LogRelay::start(&store, &url(), broker, names.relay_config())
-            .await
-            .expect("start the relay");
+        let relay = relay(&store, &names, &broker).await;
         let keys: Vec<&str> = (0..300).map(|i| ["a", "b", "c", "d", "e"][i % 5]).collect();
         let committed = produce(&store, &names.topic, &keys, 1, 7).await;
         let got = receive(&mut sub, committed.len()).await;
@@ -214,9 +223,7 @@ async fn a_relay_started_again_goes_on_after_what_it_confirmed() {
     with_log_store(|_pool, store, names| async move {
         let broker = MemoryBroker::new();
         let mut sub = broker.observe(&names.topic);
-        let first = LogRelay::start(&store, &url(), broker.clone(), names.relay_config())
-            .await
-            .expect("start");
+        let first = relay(&store, &names, &broker).await;
         let before = produce(&store, &names.topic, &["k"; 40], 1, 0).await;
         let got = receive(&mut sub, before.len()).await;
         assert_eq!(got.len(), before.len());
@@ -224,9 +231,7 @@ async fn a_relay_started_again_goes_on_after_what_it_confirmed() {
 
         // Written while no relay runs: kept in the slot.
         let while_down = produce(&store, &names.topic, &["k"; 40], 41, 0).await;
-        let second = LogRelay::start(&store, &url(), broker, names.relay_config())
-            .await
-            .expect("start again");
+        let second = relay(&store, &names, &broker).await;
         let got = receive(&mut sub, while_down.len()).await;
         second.shutdown().await;
         assert_eq!(
@@ -243,15 +248,11 @@ async fn a_second_relay_on_the_slot_takes_over_when_the_first_is_gone() {
     with_log_store(|_pool, store, names| async move {
         let broker = MemoryBroker::new();
         let mut sub = broker.observe(&names.topic);
-        let first = LogRelay::start(&store, &url(), broker.clone(), names.relay_config())
-            .await
-            .expect("start");
+        let first = relay(&store, &names, &broker).await;
         let sent = produce(&store, &names.topic, &["k"; 20], 1, 0).await;
         assert_eq!(receive(&mut sub, sent.len()).await.len(), sent.len());
         // The second waits while the first holds the slot.
-        let second = LogRelay::start(&store, &url(), broker, names.relay_config())
-            .await
-            .expect("start a second");
+        let second = relay(&store, &names, &broker).await;
         first.abort();
         let after = produce(&store, &names.topic, &["k"; 20], 21, 0).await;
         let got = receive(&mut sub, after.len()).await;
@@ -350,9 +351,7 @@ async fn hostile_values_come_back_unchanged_through_the_log() {
     with_log_store(|pool, store, names| async move {
         let broker = MemoryBroker::new();
         let mut sub = broker.observe(&names.topic);
-        let relay = LogRelay::start(&store, &url(), broker, names.relay_config())
-            .await
-            .expect("start the relay");
+        let relay = relay(&store, &names, &broker).await;
         let outbox = Outbox::new(&store);
         let mut sent = Vec::new();
         for value in txmsg_testkit::injection::hostile_values() {

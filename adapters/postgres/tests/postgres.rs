@@ -688,6 +688,16 @@ async fn orders(pool: &PgPool, schema: &str) -> Vec<i32> {
     .expect("read orders")
 }
 
+/// Inserts order `id` with `v` in `tx`, as business code would.
+async fn order(tx: &mut txmsg_core::Tx<'_, sqlx::Postgres>, schema: &str, id: i32, v: i32) {
+    sqlx::query(insert_order(schema))
+        .bind(id)
+        .bind(v)
+        .execute(&mut **tx)
+        .await
+        .expect("business insert");
+}
+
 /// `INSERT INTO orders` for `schema`, as a business statement.
 fn insert_order(schema: &str) -> AssertSqlSafe<String> {
     AssertSqlSafe(format!(
@@ -711,12 +721,7 @@ async fn a_transaction_sends_its_messages_with_commit_in_one_round_trip() {
         let outbox = Outbox::new(&store);
 
         let mut tx = outbox.begin().await.expect("begin");
-        sqlx::query(insert_order(&schema))
-            .bind(1)
-            .bind(1)
-            .execute(&mut *tx)
-            .await
-            .expect("business insert");
+        order(&mut tx, &schema, 1, 1).await;
         let before = proxy.client_reads();
         for n in 0..3 {
             let message = Message::new("rt.placed", &n)
@@ -754,12 +759,7 @@ async fn a_duplicate_sent_with_commit_rolls_back_the_business_rows() {
         tx.commit().await.expect("the first one commits");
 
         let mut tx = outbox.begin().await.expect("begin");
-        sqlx::query(insert_order(&schema))
-            .bind(2)
-            .bind(2)
-            .execute(&mut *tx)
-            .await
-            .expect("business insert");
+        order(&mut tx, &schema, 2, 2).await;
         tx.enqueue(once()).await.expect("held for the commit");
         match tx.commit().await {
             Err(Error::Duplicate {
@@ -778,12 +778,7 @@ async fn a_duplicate_sent_with_commit_rolls_back_the_business_rows() {
 
         // The pool's connection is fine afterwards.
         let mut tx = outbox.begin().await.expect("begin after a duplicate");
-        sqlx::query(insert_order(&schema))
-            .bind(3)
-            .bind(3)
-            .execute(&mut *tx)
-            .await
-            .expect("business insert");
+        order(&mut tx, &schema, 3, 3).await;
         tx.enqueue(Message::new("dup.placed", &3).expect("valid"))
             .await
             .expect("enqueue");
@@ -801,12 +796,7 @@ async fn a_failed_commit_is_the_database_error_and_writes_nothing() {
         let mut tx = Outbox::new(&store).begin().await.expect("begin");
         // Two orders with one `v`: the deferred unique check fails at COMMIT.
         for id in [1, 2] {
-            sqlx::query(insert_order(&schema))
-                .bind(id)
-                .bind(7)
-                .execute(&mut *tx)
-                .await
-                .expect("business insert");
+            order(&mut tx, &schema, id, 7).await;
         }
         tx.enqueue(Message::new("fail.placed", &1).expect("valid"))
             .await
