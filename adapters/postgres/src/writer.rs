@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use futures_util::TryStreamExt;
 use sqlx::postgres::PgDatabaseError;
-use sqlx::{AssertSqlSafe, Either, PgConnection, Postgres, Row};
+use sqlx::{AssertSqlSafe, Either, PgConnection, Postgres, Row, SqlSafeStr, SqlStr};
 use txmsg_core::{BoxFuture, Envelope, Error, Inserted, Lease, OutboxWriter, Result};
 use txmsg_sql::{Arg, SqlOutboxWriter, Statements, outbox_args};
 
@@ -176,8 +176,8 @@ enum Mode {
         prefix: String,
         key_insert: Template,
         emit: Template,
-        key_insert_bound: String,
-        emit_bound: String,
+        key_insert_bound: SqlStr,
+        emit_bound: SqlStr,
     },
 }
 
@@ -216,8 +216,12 @@ impl PgOutboxWriter {
                 prefix: prefix.as_str().to_owned(),
                 key_insert: Template::new(&commit.log.key_insert),
                 emit: Template::new(&commit.log.emit),
-                key_insert_bound: format!("{} ON CONFLICT DO NOTHING", commit.log.key_insert),
-                emit_bound: "SELECT pg_logical_emit_message(true, $1, $2)".to_owned(),
+                key_insert_bound: AssertSqlSafe(format!(
+                    "{} ON CONFLICT DO NOTHING",
+                    commit.log.key_insert
+                ))
+                .into_sql_str(),
+                emit_bound: AssertSqlSafe(commit.log.emit.clone()).into_sql_str(),
             },
         };
         PgOutboxWriter {
@@ -286,11 +290,11 @@ impl PgOutboxWriter {
         conn: &mut PgConnection,
         envelope: &Envelope,
         prefix: &str,
-        key_insert: &str,
-        emit: &str,
+        key_insert: &SqlStr,
+        emit: &SqlStr,
     ) -> Result<Inserted> {
         if has_own_key(envelope) {
-            let done = sqlx::query(AssertSqlSafe(key_insert.to_owned()))
+            let done = sqlx::query(key_insert.clone())
                 .bind(&envelope.topic)
                 .bind(&envelope.idempotency_key)
                 .bind(envelope.created_at)
@@ -300,7 +304,7 @@ impl PgOutboxWriter {
                 return Ok(Inserted::Duplicate);
             }
         }
-        sqlx::query(AssertSqlSafe(emit.to_owned()))
+        sqlx::query(emit.clone())
             .bind(prefix)
             .bind(capture::encode(envelope))
             .execute(&mut *conn)
