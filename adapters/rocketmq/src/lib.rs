@@ -48,6 +48,28 @@
 //!   message from a plain RocketMQ producer without `CE_id` is known by
 //!   RocketMQ's message id. RocketMQ refuses an empty body: an empty
 //!   payload travels as one zero byte with [`PROPERTY_EMPTY_BODY`] set.
+//!
+//! # Members of a group, and the rebalance
+//!
+//! RocketMQ shares a topic among a group's members by message queue: each
+//! queue is read by one member at a time, which holds the queue's lock at
+//! the broker. The client rebalances, and takes the locks of the queues it
+//! was given, every 20 s by default (the Java client's values, read from the
+//! process's environment as `rocketmq.client.rebalance.waitInterval` and
+//! `rocketmq.client.rebalance.lockInterval`, in milliseconds). So when a
+//! member starts, stops or dies, its queues move to the others within about
+//! that interval, and a queue whose lock was not had at once waits for the
+//! next round: deliveries of that queue pause, then go on in order. Shorter
+//! intervals move queues sooner at the cost of more requests to the broker;
+//! this workspace's tests use 2 s (`.cargo/config.toml`).
+//!
+//! Three consequences differ from the brokers whose members compete per
+//! message: a member holding one unsettled delivery holds its whole queue
+//! (other keys of that queue wait, keys of other queues flow); a member
+//! cannot hold several unsettled deliveries of one queue; and a delivery
+//! handed back by a member that stopped comes again without a redelivered
+//! mark (RocketMQ's orderly consumption keeps no delivery count across
+//! members), so the inbox, not the mark, tells a repeat.
 
 mod broker;
 mod config;
