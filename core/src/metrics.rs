@@ -21,6 +21,9 @@
 //! | [`txmsg_consumed_total`](CONSUMED_TOTAL) | counter | `topic`, `group`, `outcome` (`applied`, `duplicate`, `dead`, `requeued`) | deliveries a consumer group settled |
 //! | [`txmsg_inbox_duplicates_total`](INBOX_DUPLICATES_TOTAL) | counter | `topic`, `group` | redeliveries recognised in the inbox and skipped |
 //! | [`txmsg_handle_duration_seconds`](HANDLE_DURATION_SECONDS) | histogram | `topic`, `group` | time a handler call took, its transaction included |
+//! | [`txmsg_log_slot_lag_bytes`](LOG_SLOT_LAG_BYTES) | gauge | `slot` | PostgreSQL log capture: WAL bytes between the server's end and the position the relay confirmed |
+//! | [`txmsg_log_oldest_unconfirmed_age_seconds`](LOG_OLDEST_UNCONFIRMED_AGE_SECONDS) | gauge | `slot` | PostgreSQL log capture: age of the oldest message read but not yet confirmed, 0 when none |
+//! | [`txmsg_log_slot_invalidated`](LOG_SLOT_INVALIDATED) | gauge | `slot` | PostgreSQL log capture: 1 once the relay stopped because its slot is gone or invalidated |
 //!
 //! Counters and histograms are recorded as things happen. The outbox gauges
 //! are set by each running relay from [`Store::stats`](crate::Store::stats)
@@ -33,6 +36,9 @@
 //! several outbox tables for all but one. The inbox gauge is set by each
 //! consumer for its group after its inbox purge
 //! ([`purge_interval`](crate::consumer::ConsumerConfig::purge_interval)).
+//! The log capture's gauges are set every second by the PostgreSQL log
+//! relay reading the slot (a waiting relay sets none); it also counts what
+//! it publishes and dead-letters in the counters above.
 //!
 //! # Installing an exporter
 //!
@@ -114,6 +120,18 @@ pub const INBOX_DUPLICATES_TOTAL: &str = "txmsg_inbox_duplicates_total";
 /// `group`. Histogram, seconds.
 pub const HANDLE_DURATION_SECONDS: &str = "txmsg_handle_duration_seconds";
 
+/// PostgreSQL log capture: WAL bytes between the end of the server's WAL
+/// (as last heard) and the position the relay confirmed to its `slot`:
+/// what the server keeps for the slot, at least. Gauge, bytes.
+pub const LOG_SLOT_LAG_BYTES: &str = "txmsg_log_slot_lag_bytes";
+/// PostgreSQL log capture: age of the oldest message the relay of `slot`
+/// read and has not yet confirmed (0 when none waits). Gauge, seconds.
+pub const LOG_OLDEST_UNCONFIRMED_AGE_SECONDS: &str = "txmsg_log_oldest_unconfirmed_age_seconds";
+/// PostgreSQL log capture: 1 once the relay of `slot` stopped because the
+/// slot is gone or PostgreSQL invalidated it (its WAL was removed); 0 while
+/// it reads. Gauge.
+pub const LOG_SLOT_INVALIDATED: &str = "txmsg_log_slot_invalidated";
+
 /// Check-backs that ran, by `topic` and `outcome` (`commit`, `rollback`,
 /// `unknown`, `error`). Counter.
 pub const CHECK_BACKS_TOTAL: &str = "txmsg_check_backs_total";
@@ -155,7 +173,7 @@ impl Description {
 }
 
 /// Every metric txmsg records, in the order they are described.
-const ALL: [Description; 15] = [
+const ALL: [Description; 18] = [
     Description::new(
         OUTBOX_PENDING,
         Kind::Gauge,
@@ -227,10 +245,28 @@ const ALL: [Description; 15] = [
         Kind::Histogram,
         "time a handler call took, including its transaction",
     ),
+    Description::new(
+        LOG_SLOT_LAG_BYTES,
+        Kind::Gauge,
+        "WAL bytes between the server's end and the log relay's confirmed position",
+    ),
+    Description::seconds(
+        LOG_OLDEST_UNCONFIRMED_AGE_SECONDS,
+        Kind::Gauge,
+        "age of the oldest message the log relay read and has not confirmed",
+    ),
+    Description::new(
+        LOG_SLOT_INVALIDATED,
+        Kind::Gauge,
+        "1 once the log relay stopped because its slot is gone or invalidated",
+    ),
 ];
 
-/// Describes every metric once per process, for recorders that show help text.
-pub(crate) fn describe() {
+/// Describes every metric to the installed recorder, once per process, for
+/// recorders that show help text. Relays, consumers and check-back workers
+/// call it when they start; a component of another crate that records
+/// these metrics does the same.
+pub fn describe() {
     DESCRIBE.call_once(|| {
         for m in &ALL {
             metrics::with_recorder(|recorder| {

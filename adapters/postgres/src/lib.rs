@@ -74,6 +74,6 @@ mod writer;
 
 pub use capture::Capture;
 pub use dialect::PgBackend;
-pub use log::{LogRelay, LogRelayConfig, LogRelayHandle};
+pub use log::{LogLag, LogRelay, LogRelayConfig, LogRelayHandle, SlotStatus};
 pub use store::PgStore;
 pub use txmsg_sql::StoreConfig;

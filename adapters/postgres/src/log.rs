@@ -14,12 +14,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use sqlx::{AssertSqlSafe, PgPool};
 use tokio_util::sync::CancellationToken;
-use txmsg_core::{Broker, Envelope, Error, Ident, Result, SqlStore};
+use txmsg_core::{Broker, DeadKeyPolicy, Envelope, Error, Ident, Result, SqlStore};
 use uuid::Uuid;
 
 use crate::PgStore;
@@ -27,6 +28,9 @@ use crate::capture;
 
 /// How often the relay tells the server the position it confirmed.
 const STATUS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How often the relay updates its lag (handle and gauges).
+const LAG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Settings of a [`LogRelay`].
 ///
@@ -52,6 +56,8 @@ pub struct LogRelayConfig {
     retry_min: Duration,
     retry_max: Duration,
     retry_stream: Duration,
+    application_name: String,
+    dead_key_policy: DeadKeyPolicy,
 }
 
 impl Default for LogRelayConfig {
@@ -64,6 +70,8 @@ impl Default for LogRelayConfig {
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
             retry_stream: Duration::from_millis(500),
+            application_name: "txmsg-log-relay".to_owned(),
+            dead_key_policy: DeadKeyPolicy::Park,
         }
     }
 }
@@ -107,6 +115,58 @@ impl LogRelayConfig {
     pub fn with_max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = n.max(1);
         self
+    }
+
+    /// The name the relay's replication connection gives itself
+    /// (`application_name`, shown by `pg_stat_replication` and
+    /// `pg_stat_activity`): naming each relay process tells which one holds
+    /// the slot. Default `txmsg-log-relay`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `application_name` if `name` is empty, longer
+    /// than 63 bytes (PostgreSQL would cut it) or holds anything but
+    /// printable ASCII.
+    pub fn with_application_name(mut self, name: &str) -> Result<Self> {
+        let bad = |reason: &str| Error::Config {
+            field: "application_name",
+            reason: format!("{name:?}: {reason}"),
+        };
+        if name.is_empty() {
+            return Err(bad("empty"));
+        }
+        if name.len() > 63 {
+            return Err(bad("longer than 63 bytes"));
+        }
+        if !name.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            return Err(bad("only printable ASCII is allowed"));
+        }
+        name.clone_into(&mut self.application_name);
+        Ok(self)
+    }
+
+    /// What a dead message does to the later messages of its key, as the
+    /// table relay's setting of the same name. Default
+    /// [`DeadKeyPolicy::Park`]: the key's later messages are written to the
+    /// outbox table as pending rows behind the dead one, where a
+    /// [`Relay`](txmsg_core::Relay) on the store publishes them, in order,
+    /// once an operator replays (or purges) the dead letter; the key's
+    /// messages go through the slot again once the table holds none of
+    /// them. [`DeadKeyPolicy::Skip`]: they are published as they come.
+    #[must_use]
+    pub fn with_dead_key_policy(mut self, policy: DeadKeyPolicy) -> Self {
+        self.dead_key_policy = policy;
+        self
+    }
+
+    /// What a dead message does to the later messages of its key.
+    pub fn dead_key_policy(&self) -> DeadKeyPolicy {
+        self.dead_key_policy
+    }
+
+    /// The replication connection's `application_name`.
+    pub fn application_name(&self) -> &str {
+        &self.application_name
     }
 
     /// The replication slot.
@@ -161,14 +221,69 @@ pub struct LogRelay;
 pub struct LogRelayHandle {
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    confirmed: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+}
+
+/// What a relay's task shares with its handle.
+#[derive(Debug, Default)]
+struct Shared {
+    confirmed: AtomicU64,
+    lag: std::sync::Mutex<LogLag>,
+    failure: std::sync::Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn lag(&self) -> std::sync::MutexGuard<'_, LogLag> {
+        self.lag
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn failure(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// How far a running [`LogRelay`] is behind, as it last saw it (updated
+/// every second while it reads the slot).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LogLag {
+    /// WAL bytes between the end of the server's WAL (as last heard) and
+    /// the position confirmed to the slot: what PostgreSQL keeps for the
+    /// slot, at least.
+    pub bytes: u64,
+    /// When the oldest message read and not yet confirmed was written
+    /// (`None`: none waits).
+    pub oldest_unconfirmed: Option<DateTime<Utc>>,
 }
 
 impl LogRelayHandle {
     /// The slot position last confirmed: every record before it was
     /// published and confirmed (or dead-lettered). 0 before the first.
     pub fn confirmed_lsn(&self) -> u64 {
-        self.confirmed.load(Ordering::SeqCst)
+        self.shared.confirmed.load(Ordering::SeqCst)
+    }
+
+    /// How far behind the relay is (zero while it waits for the slot).
+    pub fn lag(&self) -> LogLag {
+        *self.shared.lag()
+    }
+
+    /// Why the relay stopped by itself, if it did: its slot is gone or
+    /// PostgreSQL invalidated it. Nothing is read after that (the relay
+    /// never creates a slot again on its own, which would skip what the
+    /// lost one held); see the guide on recovering.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure().clone()
+    }
+
+    /// Whether the relay's task ended: after [`failure`](Self::failure),
+    /// or a panic.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
     }
 
     /// Stops reading, waits for what is in flight (the slot is confirmed up
@@ -195,7 +310,9 @@ struct Ctx<B> {
     replication: ReplicationConfig,
     config: LogRelayConfig,
     dead_insert: String,
-    confirmed: Arc<AtomicU64>,
+    park_insert: String,
+    parked_keys: String,
+    shared: Arc<Shared>,
 }
 
 impl LogRelay {
@@ -235,16 +352,19 @@ impl LogRelay {
             prefix: prefix.to_owned(),
             replication,
             dead_insert: store.statements().own.commit_insert.log.dead_insert.clone(),
+            park_insert: store.statements().own.commit_insert.log.park_insert.clone(),
+            parked_keys: store.statements().own.commit_insert.log.parked_keys.clone(),
             config,
-            confirmed: Arc::new(AtomicU64::new(0)),
+            shared: Arc::default(),
         };
+        txmsg_core::metrics::describe();
         let cancel = CancellationToken::new();
-        let confirmed = Arc::clone(&ctx.confirmed);
+        let shared = Arc::clone(&ctx.shared);
         let task = tokio::spawn(run(ctx, cancel.clone()));
         Ok(LogRelayHandle {
             cancel,
             task,
-            confirmed,
+            shared,
         })
     }
 
@@ -283,6 +403,143 @@ impl LogRelay {
         }
         Ok(())
     }
+}
+
+/// A log relay's replication slot, as PostgreSQL reports it
+/// ([`LogRelay::status`]).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SlotStatus {
+    /// The slot's name.
+    pub slot: String,
+    /// Whether a relay reads it now.
+    pub active: bool,
+    /// WAL bytes between the server's current position and the position
+    /// the slot confirmed (`None` once invalidated): what the server keeps
+    /// for the slot, at least.
+    pub lag_bytes: Option<u64>,
+    /// PostgreSQL's `wal_status` of the slot: `reserved`, `extended`,
+    /// `unreserved` (past `max_slot_wal_keep_size`, about to be lost) or
+    /// `lost` (invalidated: the WAL it needs is gone).
+    pub wal_status: Option<String>,
+    /// Bytes of WAL that can still be written before the slot is past
+    /// `max_slot_wal_keep_size` (`None` when that is unlimited).
+    pub safe_wal_bytes: Option<i64>,
+    /// When the oldest message not yet confirmed was written: read from
+    /// the slot itself when no relay reads it, `None` when none waits or
+    /// a relay reads it (then see [`reader_lag`](Self::reader_lag)).
+    pub oldest_unconfirmed: Option<DateTime<Utc>>,
+    /// How far behind its reader is in time, as PostgreSQL measures it
+    /// (`replay_lag` of `pg_stat_replication`; `None` when caught up or
+    /// not read).
+    pub reader_lag: Option<Duration>,
+}
+
+impl SlotStatus {
+    /// Whether PostgreSQL invalidated the slot (`wal_status` `lost`): its
+    /// relay cannot read it again, and messages it held past the last
+    /// confirmed position may never be published.
+    pub fn invalidated(&self) -> bool {
+        self.wal_status.as_deref() == Some("lost")
+    }
+}
+
+/// A row of `pg_replication_slots` as [`LogRelay::status`] reads it:
+/// active, lag in bytes, `wal_status`, `safe_wal_size`, reader lag in
+/// seconds.
+type SlotRow = (bool, Option<i64>, Option<String>, Option<i64>, Option<f64>);
+
+/// Changes a status read decodes at most to find the oldest unconfirmed
+/// message (it stops at the end of the transaction it is in).
+const PEEK_CHANGES: i32 = 64;
+
+impl LogRelay {
+    /// The state of `config`'s slot on `store`'s database: lag in bytes
+    /// and in time, `wal_status`, whether a relay reads it; `None` if there
+    /// is no such slot. When no relay reads it, the oldest unconfirmed
+    /// message is read from the slot without consuming it
+    /// (`pg_logical_slot_peek_binary_changes`, decoding from the slot's
+    /// position until the first of the store's records).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if the store is not in log capture;
+    /// [`Error::Database`] if the queries fail.
+    pub async fn status(store: &PgStore, config: &LogRelayConfig) -> Result<Option<SlotStatus>> {
+        let Some(prefix) = store.capture().prefix() else {
+            return Err(Error::Config {
+                field: "capture",
+                reason: "the store writes messages to the outbox table: its relay has no slot"
+                    .into(),
+            });
+        };
+        let pool = store.pool();
+        let row: Option<SlotRow> = sqlx::query_as(
+            "SELECT s.active, \
+                        pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::int8, \
+                        s.wal_status, s.safe_wal_size, \
+                        extract(epoch FROM r.replay_lag)::float8 \
+                   FROM pg_replication_slots s \
+                   LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
+                  WHERE s.slot_name = $1",
+        )
+        .bind(config.slot())
+        .fetch_optional(pool)
+        .await?;
+        let Some((active, lag, wal_status, safe, reader_lag)) = row else {
+            return Ok(None);
+        };
+        let mut status = SlotStatus {
+            slot: config.slot().to_owned(),
+            active,
+            lag_bytes: lag.map(|b| u64::try_from(b).unwrap_or(0)),
+            wal_status,
+            safe_wal_bytes: safe,
+            oldest_unconfirmed: None,
+            reader_lag: reader_lag
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Duration::from_secs_f64),
+        };
+        if !status.active && !status.invalidated() {
+            let peeked: std::result::Result<Vec<Vec<u8>>, sqlx::Error> = sqlx::query_scalar(
+                "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
+                 'proto_version', '1', 'publication_names', $3, 'messages', 'true')",
+            )
+            .bind(config.slot())
+            .bind(PEEK_CHANGES)
+            .bind(config.publication())
+            .fetch_all(pool)
+            .await;
+            match peeked {
+                Ok(rows) => {
+                    status.oldest_unconfirmed = rows
+                        .iter()
+                        .filter_map(|data| logical_message(data))
+                        .filter(|(p, _)| *p == prefix.as_bytes())
+                        .find_map(|(_, content)| capture::decode(content).ok())
+                        .map(|envelope| envelope.created_at);
+                }
+                // A relay took the slot in between: it knows the rest.
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55006") => {
+                    status.active = true;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Some(status))
+    }
+}
+
+/// The prefix and content of a pgoutput logical decoding message (`M`),
+/// `None` for any other message or a malformed one.
+fn logical_message(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    // 'M', flags (1), LSN (8), prefix (NUL-terminated), length (4), content.
+    let rest = data.strip_prefix(b"M")?.get(9..)?;
+    let nul = rest.iter().position(|&b| b == 0)?;
+    let (prefix, rest) = (&rest[..nul], &rest[nul + 1..]);
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+    let content = rest.get(4..4 + usize::try_from(len).ok()?)?;
+    Some((prefix, content))
 }
 
 /// `outcome`, with "already exists" (a concurrent creator) as success.
@@ -329,7 +586,7 @@ fn replication_config(url: &str, config: &LogRelayConfig) -> Result<ReplicationC
     // The confirmed position reaches the server within this: after a crash,
     // what was confirmed longer ago than that is not published again.
     .with_status_interval(STATUS_INTERVAL)
-    .with_application_name("txmsg-log-relay"))
+    .with_application_name(config.application_name()))
 }
 
 /// `text` with its percent escapes decoded.
@@ -342,11 +599,25 @@ fn decode(text: &str) -> String {
 /// Reads the slot until cancelled, starting the stream again after an
 /// error (a lost connection, the slot held by another relay).
 async fn run<B: Broker>(ctx: Ctx<B>, cancel: CancellationToken) {
+    let slot = ctx.config.slot().to_owned();
+    metrics::gauge!(txmsg_core::metrics::LOG_SLOT_INVALIDATED, "slot" => slot.clone()).set(0.0);
     loop {
         match stream(&ctx, &cancel).await {
             Ok(()) => return,
             Err(e) => {
                 let text = e.to_string();
+                if let Some(why) = slot_lost(&ctx, &text).await {
+                    tracing::error!(
+                        slot = %slot,
+                        reason = %why,
+                        "log relay: STOPPED, the replication slot is lost; messages it \
+                         held may not be published: recover them before creating a new slot"
+                    );
+                    metrics::gauge!(txmsg_core::metrics::LOG_SLOT_INVALIDATED, "slot" => slot)
+                        .set(1.0);
+                    *ctx.shared.failure() = Some(why);
+                    return;
+                }
                 if text.contains("is active for PID") {
                     tracing::debug!(
                         slot = ctx.config.slot(),
@@ -368,18 +639,57 @@ async fn run<B: Broker>(ctx: Ctx<B>, cancel: CancellationToken) {
     }
 }
 
+/// Why the slot can no longer be read, if that is what the stream error
+/// `text` means: the slot is gone, or PostgreSQL invalidated it (its WAL
+/// was removed past `max_slot_wal_keep_size`). Asks the server when the
+/// error alone does not tell.
+async fn slot_lost<B>(ctx: &Ctx<B>, text: &str) -> Option<String> {
+    if let Some(why) = lost_by_error(ctx.config.slot(), text) {
+        return Some(why);
+    }
+    let row: std::result::Result<Option<(Option<String>,)>, _> =
+        sqlx::query_as("SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1")
+            .bind(ctx.config.slot())
+            .fetch_optional(&ctx.pool)
+            .await;
+    match row {
+        Ok(None) => Some(format!(
+            "replication slot \"{}\" does not exist",
+            ctx.config.slot()
+        )),
+        Ok(Some((Some(status),))) if status == "lost" => Some(format!(
+            "replication slot \"{}\" was invalidated (wal_status lost): its WAL was removed",
+            ctx.config.slot()
+        )),
+        _ => None,
+    }
+}
+
+/// The stream errors that mean the slot is lost: PostgreSQL's messages for
+/// a dropped slot and for an invalidated one.
+fn lost_by_error(slot: &str, text: &str) -> Option<String> {
+    let lost = text.contains("does not exist") && text.contains("replication slot")
+        || text.contains("can no longer get changes from replication slot")
+        || text.contains("has been invalidated");
+    lost.then(|| format!("replication slot \"{slot}\": {text}"))
+}
+
 /// One entry of the stream, in order: a record, or the end of a
 /// transaction (its position, confirmed once every record before it is).
 #[derive(Debug)]
 enum Entry {
-    Record { done: bool },
+    Record {
+        done: bool,
+        created_at: DateTime<Utc>,
+    },
     Commit(Lsn),
 }
 
 /// How one record ended.
 #[derive(Debug)]
 enum Outcome {
-    Sent,
+    Sent(String),
+    Parked,
     Dead(Envelope, String),
 }
 
@@ -391,9 +701,32 @@ struct Queue {
     base: u64,
     waiting: VecDeque<(u64, Envelope)>,
     busy: HashSet<(String, String)>,
+    /// The furthest server position heard of.
+    wal_end: u64,
+    /// The last position queued to be confirmed.
+    last_position: u64,
+    /// Parked keys (their messages go to the outbox table), each with the
+    /// number of the last park decision about it.
+    parked: std::collections::HashMap<(String, String), u64>,
+    /// Park decisions so far.
+    parks: u64,
 }
 
 impl Queue {
+    /// Queues `lsn` to be confirmed once every entry before it is, unless
+    /// a later one is already queued.
+    fn position(&mut self, lsn: Lsn) {
+        if lsn.as_u64() > self.last_position {
+            self.last_position = lsn.as_u64();
+            self.push(Entry::Commit(lsn));
+        }
+    }
+
+    /// Notes that the server's WAL reaches at least `lsn`.
+    fn seen(&mut self, lsn: Lsn) {
+        self.wal_end = self.wal_end.max(lsn.as_u64());
+    }
+
     fn push(&mut self, entry: Entry) -> u64 {
         self.entries.push_back(entry);
         self.base + self.entries.len() as u64 - 1
@@ -401,7 +734,7 @@ impl Queue {
 
     /// Marks record `seq` done.
     fn done(&mut self, seq: u64) {
-        if let Some(Entry::Record { done }) = seq
+        if let Some(Entry::Record { done, .. }) = seq
             .checked_sub(self.base)
             .and_then(|i| usize::try_from(i).ok())
             .and_then(|i| self.entries.get_mut(i))
@@ -416,13 +749,43 @@ impl Queue {
         let mut last = None;
         loop {
             match self.entries.front() {
-                Some(Entry::Record { done: true }) => {}
+                Some(Entry::Record { done: true, .. }) => {}
                 Some(Entry::Commit(lsn)) => last = Some(*lsn),
                 _ => return last,
             }
             self.entries.pop_front();
             self.base += 1;
         }
+    }
+
+    /// Parks `key`: its later messages go to the outbox table.
+    fn park(&mut self, key: (String, String)) {
+        self.parks += 1;
+        self.parked.insert(key, self.parks);
+    }
+
+    /// Sets the parked keys from the outbox table's `in_table` (keys with a
+    /// pending or dead row), read when `parks` park decisions had been
+    /// made: keys parked since stay parked, and so do busy ones.
+    fn refresh_parked(&mut self, in_table: Vec<(String, String)>, parks: u64) {
+        let in_table: HashSet<(String, String)> = in_table.into_iter().collect();
+        let busy = &self.busy;
+        self.parked
+            .retain(|k, made| *made > parks || busy.contains(k) || in_table.contains(k));
+        for k in in_table {
+            self.parked.entry(k).or_insert(parks);
+        }
+    }
+
+    /// When the oldest record not yet confirmed was written.
+    fn oldest_unconfirmed(&self) -> Option<DateTime<Utc>> {
+        self.entries.iter().find_map(|e| match e {
+            Entry::Record {
+                done: false,
+                created_at,
+            } => Some(*created_at),
+            _ => None,
+        })
     }
 }
 
@@ -439,7 +802,7 @@ fn order_key(envelope: &Envelope) -> Option<(String, String)> {
 async fn deliver<B: Broker>(broker: B, mut envelope: Envelope, config: LogRelayConfig) -> Outcome {
     loop {
         match broker.publish(&envelope).await {
-            Ok(()) => return Outcome::Sent,
+            Ok(()) => return Outcome::Sent(envelope.topic),
             Err(e) => {
                 envelope.attempts = envelope.attempts.saturating_add(1);
                 if !e.is_retryable() || envelope.attempts >= config.max_attempts {
@@ -468,6 +831,14 @@ async fn stream<B: Broker>(ctx: &Ctx<B>, cancel: &CancellationToken) -> Result<(
     let mut in_flight = FuturesUnordered::new();
     let limit = ctx.config.max_in_flight.saturating_mul(4);
     let mut ended: Option<Error> = None;
+    let mut tick = tokio::time::interval(LAG_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let parking = ctx.config.dead_key_policy == DeadKeyPolicy::Park;
+    if parking {
+        // Keys left parked by an earlier run, or with rows in the table.
+        let in_table = parked_keys(ctx).await?;
+        queue.refresh_parked(in_table, 0);
+    }
     loop {
         // Launch what waits, in order, past the keys that are busy.
         let mut blocked: HashSet<(String, String)> = HashSet::new();
@@ -478,10 +849,27 @@ async fn stream<B: Broker>(ctx: &Ctx<B>, cancel: &CancellationToken) -> Result<(
                 .as_ref()
                 .is_none_or(|k| !queue.busy.contains(k) && !blocked.contains(k));
             if free && in_flight.len() < ctx.config.max_in_flight {
+                let parked = key.as_ref().is_some_and(|k| queue.parked.contains_key(k));
                 if let Some(k) = &key {
                     queue.busy.insert(k.clone());
+                    if parked {
+                        queue.park(k.clone());
+                    }
                 }
-                let work = deliver(ctx.broker.clone(), envelope, ctx.config.clone());
+                let work = if parked {
+                    futures_util::future::Either::Left(park(
+                        ctx.pool.clone(),
+                        ctx.park_insert.clone(),
+                        envelope,
+                        ctx.config.clone(),
+                    ))
+                } else {
+                    futures_util::future::Either::Right(deliver(
+                        ctx.broker.clone(),
+                        envelope,
+                        ctx.config.clone(),
+                    ))
+                };
                 in_flight.push(async move { (seq, key, work.await) });
             } else {
                 if let Some(k) = key {
@@ -493,7 +881,7 @@ async fn stream<B: Broker>(ctx: &Ctx<B>, cancel: &CancellationToken) -> Result<(
         queue.waiting = kept;
         if let Some(lsn) = queue.settle() {
             client.update_applied_lsn(lsn);
-            ctx.confirmed.store(lsn.as_u64(), Ordering::SeqCst);
+            ctx.shared.confirmed.store(lsn.as_u64(), Ordering::SeqCst);
         }
         if ended.is_some() || cancel.is_cancelled() {
             if in_flight.is_empty() {
@@ -512,6 +900,16 @@ async fn stream<B: Broker>(ctx: &Ctx<B>, cancel: &CancellationToken) -> Result<(
         let room = queue.entries.len() < limit;
         tokio::select! {
             () = cancel.cancelled() => {}
+            _ = tick.tick() => {
+                report_lag(ctx, &queue);
+                if parking && !queue.parked.is_empty() {
+                    let parks = queue.parks;
+                    match parked_keys(ctx).await {
+                        Ok(in_table) => queue.refresh_parked(in_table, parks),
+                        Err(e) => tracing::warn!(error = %e, "log relay: cannot read the parked keys; they stay parked"),
+                    }
+                }
+            }
             Some((seq, key, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
                 finish(ctx, &mut queue, seq, key, outcome).await;
             }
@@ -524,6 +922,26 @@ async fn stream<B: Broker>(ctx: &Ctx<B>, cancel: &CancellationToken) -> Result<(
     }
 }
 
+/// Records how far behind the relay is, in its handle and its gauges.
+fn report_lag<B>(ctx: &Ctx<B>, queue: &Queue) {
+    let confirmed = ctx.shared.confirmed.load(Ordering::SeqCst);
+    let lag = LogLag {
+        bytes: queue.wal_end.saturating_sub(confirmed),
+        oldest_unconfirmed: queue.oldest_unconfirmed(),
+    };
+    *ctx.shared.lag() = lag;
+    let slot = ctx.config.slot().to_owned();
+    // A gauge is an f64: exact up to 2^53 bytes.
+    #[allow(clippy::cast_precision_loss)]
+    metrics::gauge!(txmsg_core::metrics::LOG_SLOT_LAG_BYTES, "slot" => slot.clone())
+        .set(lag.bytes as f64);
+    let age = lag.oldest_unconfirmed.map_or(0.0, |t| {
+        (Utc::now() - t).to_std().unwrap_or_default().as_secs_f64()
+    });
+    metrics::gauge!(txmsg_core::metrics::LOG_OLDEST_UNCONFIRMED_AGE_SECONDS, "slot" => slot)
+        .set(age);
+}
+
 /// Takes in one replication event.
 async fn read<B: Broker>(ctx: &Ctx<B>, queue: &mut Queue, event: ReplicationEvent) {
     match event {
@@ -534,7 +952,11 @@ async fn read<B: Broker>(ctx: &Ctx<B>, queue: &mut Queue, event: ReplicationEven
             ..
         } if prefix == ctx.prefix => match capture::decode(&content) {
             Ok(envelope) => {
-                let seq = queue.push(Entry::Record { done: false });
+                queue.seen(lsn);
+                let seq = queue.push(Entry::Record {
+                    done: false,
+                    created_at: envelope.created_at,
+                });
                 queue.waiting.push_back((seq, envelope));
             }
             Err(reason) => {
@@ -550,7 +972,16 @@ async fn read<B: Broker>(ctx: &Ctx<B>, queue: &mut Queue, event: ReplicationEven
             }
         },
         ReplicationEvent::Commit { end_lsn, .. } => {
-            queue.push(Entry::Commit(end_lsn));
+            queue.seen(end_lsn);
+            queue.position(end_lsn);
+        }
+        // The server sent everything up to here: once what came before is
+        // confirmed, so is this position. Without it a slot whose records
+        // are rare would keep the WAL of every other transaction (the
+        // server sends nothing for those).
+        ReplicationEvent::KeepAlive { wal_end, .. } => {
+            queue.seen(wal_end);
+            queue.position(wal_end);
         }
         _ => {}
     }
@@ -564,14 +995,69 @@ async fn finish<B: Broker>(
     key: Option<(String, String)>,
     outcome: Outcome,
 ) {
-    if let Outcome::Dead(envelope, reason) = outcome {
-        tracing::warn!(message_id = %envelope.id, %reason, "log relay: message dead-lettered");
-        dead_letter(ctx, &envelope, &reason).await;
+    match outcome {
+        Outcome::Dead(envelope, reason) => {
+            tracing::warn!(message_id = %envelope.id, %reason, "log relay: message dead-lettered");
+            if ctx.config.dead_key_policy == DeadKeyPolicy::Park
+                && let Some(k) = &key
+            {
+                queue.park(k.clone());
+            }
+            metrics::counter!(txmsg_core::metrics::DEAD_LETTERS_TOTAL, "topic" => envelope.topic.clone(), "side" => "outbox")
+                .increment(1);
+            dead_letter(ctx, &envelope, &reason).await;
+        }
+        Outcome::Sent(topic) => {
+            metrics::counter!(txmsg_core::metrics::PUBLISHED_TOTAL, "topic" => topic).increment(1);
+        }
+        Outcome::Parked => {}
     }
     if let Some(k) = key {
         queue.busy.remove(&k);
     }
     queue.done(seq);
+}
+
+/// The keys with a pending or dead row in the outbox table.
+async fn parked_keys<B>(ctx: &Ctx<B>) -> Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as(AssertSqlSafe(ctx.parked_keys.clone()))
+        .fetch_all(&ctx.pool)
+        .await?)
+}
+
+/// Writes `envelope` to the outbox table as a pending row (its key is
+/// parked behind a dead message), trying until it is written.
+async fn park(
+    pool: PgPool,
+    statement: String,
+    envelope: Envelope,
+    config: LogRelayConfig,
+) -> Outcome {
+    let mut tries = 0u32;
+    loop {
+        let written = sqlx::query(AssertSqlSafe(statement.clone()))
+            .bind(envelope.id)
+            .bind(&envelope.topic)
+            .bind(envelope.key.as_deref())
+            .bind(&envelope.idempotency_key)
+            .bind(&envelope.payload)
+            .bind(txmsg_sql::headers_to_json(&envelope.headers))
+            .bind(envelope.created_at)
+            .bind(envelope.expires_at)
+            .execute(&pool)
+            .await;
+        match written {
+            Ok(_) => {
+                tracing::debug!(message_id = %envelope.id, "log relay: key parked; message written to the outbox table");
+                return Outcome::Parked;
+            }
+            Err(e) => {
+                tries = tries.saturating_add(1);
+                tracing::error!(message_id = %envelope.id, error = %e, "log relay: a parked message cannot be written; trying again");
+                tokio::time::sleep(config.retry_after(tries)).await;
+            }
+        }
+    }
 }
 
 /// Writes `envelope` to the outbox table as a dead letter with `reason`,
@@ -601,5 +1087,75 @@ async fn dead_letter<B: Broker>(ctx: &Ctx<B>, envelope: &Envelope, reason: &str)
                 tokio::time::sleep(ctx.config.retry_after(tries)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(prefix: &[u8], content: &[u8]) -> Vec<u8> {
+        let mut data = vec![b'M', 1];
+        data.extend_from_slice(&42u64.to_be_bytes());
+        data.extend_from_slice(prefix);
+        data.push(0);
+        data.extend_from_slice(&u32::try_from(content.len()).unwrap_or(0).to_be_bytes());
+        data.extend_from_slice(content);
+        data
+    }
+
+    #[test]
+    fn a_logical_message_gives_its_prefix_and_content() {
+        let data = message(b"p_orders", b"{\"v\":1}\nbody");
+        assert_eq!(
+            logical_message(&data),
+            Some((&b"p_orders"[..], &b"{\"v\":1}\nbody"[..]))
+        );
+    }
+
+    #[test]
+    fn other_or_cut_messages_give_nothing() {
+        assert_eq!(logical_message(b"B\0\0\0"), None);
+        assert_eq!(logical_message(b""), None);
+        let data = message(b"p", b"content");
+        for cut in 0..data.len() {
+            assert_eq!(logical_message(&data[..cut]), None, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_dropped_or_invalidated_slot_is_lost_and_a_busy_one_is_not() {
+        let dropped = "db error: ERROR: replication slot \"s\" does not exist";
+        let invalidated = "ERROR: can no longer get changes from replication slot \"s\"";
+        let busy = "ERROR: replication slot \"s\" is active for PID 42";
+        assert!(lost_by_error("s", dropped).is_some_and(|w| w.contains("does not exist")));
+        assert!(lost_by_error("s", invalidated).is_some());
+        assert_eq!(lost_by_error("s", busy), None);
+        assert_eq!(lost_by_error("s", "connection reset by peer"), None);
+    }
+
+    #[test]
+    fn a_position_is_confirmed_only_past_every_record_before_it() {
+        let mut queue = Queue::default();
+        let t = Utc::now();
+        let first = queue.push(Entry::Record {
+            done: false,
+            created_at: t,
+        });
+        queue.position(Lsn::from(100));
+        queue.position(Lsn::from(90)); // behind: ignored
+        let second = queue.push(Entry::Record {
+            done: false,
+            created_at: t + chrono::Duration::seconds(1),
+        });
+        queue.position(Lsn::from(200));
+        assert_eq!(queue.oldest_unconfirmed(), Some(t));
+        queue.done(second);
+        assert_eq!(queue.settle(), None, "the first record is not confirmed");
+        assert_eq!(queue.oldest_unconfirmed(), Some(t));
+        queue.done(first);
+        assert_eq!(queue.settle(), Some(Lsn::from(200)));
+        assert_eq!(queue.oldest_unconfirmed(), None);
+        assert!(queue.entries.is_empty());
     }
 }

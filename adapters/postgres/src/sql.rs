@@ -107,6 +107,11 @@ pub(crate) struct LogInserts {
     pub(crate) emit: String,
     /// The log relay's dead letters, written to the outbox table.
     pub(crate) dead_insert: String,
+    /// The log relay's messages of a parked key, written to the outbox
+    /// table as pending rows.
+    pub(crate) park_insert: String,
+    /// The keys with a pending or dead row in the outbox table.
+    pub(crate) parked_keys: String,
 }
 
 /// The statements of one store.
@@ -245,6 +250,19 @@ impl OwnStatements for Own {
                          attempts, next_attempt_at, created_at, expires_at, last_error, dead_at) \
                          VALUES ($1, $2, $3, $4, $5, $6, 'dead', $7, $8, $8, $9, $10, $11) \
                          ON CONFLICT DO NOTHING"
+                    ),
+                    // $1 id, $2 topic, $3 key, $4 idempotency key, $5 payload,
+                    // $6 headers, $7 created at, $8 expires at. Written again
+                    // after a crash: the first write stands.
+                    park_insert: format!(
+                        "INSERT INTO {o} (id, topic, key, idempotency_key, payload, headers, state, \
+                         attempts, next_attempt_at, created_at, expires_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, now(), $7, $8) \
+                         ON CONFLICT DO NOTHING"
+                    ),
+                    parked_keys: format!(
+                        "SELECT DISTINCT topic, key FROM {o} \
+                         WHERE key IS NOT NULL AND state IN ('pending', 'dead')"
                     ),
                 },
                 schema: tables.schema().map(ToString::to_string),

@@ -407,3 +407,335 @@ async fn hostile_values_come_back_unchanged_through_the_log() {
     })
     .await;
 }
+
+/// Waits up to 20 s for `ok`, checking every 100 ms.
+async fn eventually(mut ok: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_what_the_slot_keeps_and_its_oldest_message() {
+    with_log_store(|_pool, store, names| async move {
+        let config = names.relay_config();
+        assert_eq!(
+            LogRelay::status(&store, &config).await.expect("status"),
+            None,
+            "no slot yet"
+        );
+        LogRelay::create_slot(&store, &config).await.expect("slot");
+        let before = chrono::Utc::now();
+        produce(&store, &names.topic, &["k"; 10], 1, 0).await;
+        let after = chrono::Utc::now();
+
+        let waiting = LogRelay::status(&store, &config)
+            .await
+            .expect("status")
+            .expect("the slot");
+        assert!(!waiting.active, "no relay reads it");
+        assert!(!waiting.invalidated());
+        assert_eq!(waiting.wal_status.as_deref(), Some("reserved"));
+        assert!(
+            waiting.lag_bytes.is_some_and(|b| b > 0),
+            "ten unread messages keep WAL: {waiting:?}"
+        );
+        let oldest = waiting.oldest_unconfirmed.expect("the first message");
+        assert!(
+            before <= oldest && oldest <= after,
+            "the first message's time: {oldest} not within {before}..{after}"
+        );
+
+        let broker = MemoryBroker::new();
+        let mut sub = broker.observe(&names.topic);
+        let relay = relay(&store, &names, &broker).await;
+        assert_eq!(receive(&mut sub, 10).await.len(), 10);
+        relay.shutdown().await;
+        let read = LogRelay::status(&store, &config)
+            .await
+            .expect("status")
+            .expect("the slot");
+        assert_eq!(read.oldest_unconfirmed, None, "everything was confirmed");
+        assert!(read.lag_bytes.is_some(), "{read:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_of_a_table_store_is_a_config_error() {
+    let store = PgStore::new(pool().await, Tables::default()).expect("store");
+    let err = LogRelay::status(&store, &LogRelayConfig::default())
+        .await
+        .expect_err("no slot in table capture");
+    assert!(
+        matches!(
+            err,
+            Error::Config {
+                field: "capture",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_relay_reports_what_it_has_not_confirmed() {
+    with_log_store(|_pool, store, names| async move {
+        let broker = MemoryBroker::new();
+        let mut sub = broker.observe(&names.topic);
+        let relay = relay(&store, &names, &broker).await;
+        broker.set_down(true);
+        let before = chrono::Utc::now();
+        produce(&store, &names.topic, &["k"; 5], 1, 0).await;
+        assert!(
+            eventually(|| relay.lag().oldest_unconfirmed.is_some()).await,
+            "the unpublished messages show: {:?}",
+            relay.lag()
+        );
+        let lag = relay.lag();
+        assert!(lag.bytes > 0, "{lag:?}");
+        let oldest = lag.oldest_unconfirmed.expect("checked");
+        assert!(
+            oldest >= before,
+            "the first message's time: {oldest} < {before}"
+        );
+
+        broker.set_down(false);
+        assert_eq!(receive(&mut sub, 5).await.len(), 5);
+        assert!(
+            eventually(|| relay.lag().oldest_unconfirmed.is_none()).await,
+            "nothing waits once published: {:?}",
+            relay.lag()
+        );
+        relay.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_slot_is_gone_stops_and_says_why() {
+    with_log_store(|pool, store, names| async move {
+        let broker = MemoryBroker::new();
+        let relay = relay(&store, &names, &broker).await;
+        // Drop the slot under the relay: end its session, then drop it
+        // while it is free (the relay tries again every half second).
+        let mut dropped = false;
+        for _ in 0..100 {
+            sqlx::query(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND active_pid IS NOT NULL",
+            )
+            .bind(&names.prefix)
+            .execute(&pool)
+            .await
+            .expect("terminate");
+            if sqlx::query("SELECT pg_drop_replication_slot($1)")
+                .bind(&names.prefix)
+                .execute(&pool)
+                .await
+                .is_ok()
+            {
+                dropped = true;
+                break;
+            }
+        }
+        assert!(dropped, "the slot could be dropped");
+        assert!(
+            eventually(|| relay.is_finished()).await,
+            "the relay stops instead of reading on"
+        );
+        let why = relay.failure().expect("a reason");
+        assert!(why.contains("does not exist"), "{why}");
+        assert!(why.contains(&names.prefix), "names the slot: {why}");
+        let slots: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1")
+                .bind(&names.prefix)
+                .fetch_one(&pool)
+                .await
+                .expect("count");
+        assert_eq!(slots, 0, "the relay does not create the slot again");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_message_parks_its_key_until_replayed_and_order_holds() {
+    with_log_store(|_pool, store, names| async move {
+        let broker = MemoryBroker::new();
+        let mut sub = broker.observe(&names.topic);
+        // Message 3 is refused until it is replayed.
+        let refuse = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let refusing = std::sync::Arc::clone(&refuse);
+        broker.reject_if(Some(std::sync::Arc::new(move |e: &Envelope| {
+            refusing.load(std::sync::atomic::Ordering::SeqCst) && number(e) == 3
+        })));
+        let relay = LogRelay::start(
+            &store,
+            &url(),
+            broker.clone(),
+            names.relay_config().with_max_attempts(2),
+        )
+        .await
+        .expect("start the relay");
+        produce(&store, &names.topic, &["k"; 6], 1, 0).await;
+        produce(&store, &names.topic, &["j"; 3], 7, 0).await;
+        let mut got: Vec<Envelope> = receive(&mut sub, 5).await;
+        assert_eq!(
+            got.iter().map(number).collect::<Vec<_>>(),
+            [1, 2, 7, 8, 9],
+            "k stops at its dead message, j goes on"
+        );
+        let dead = store
+            .dead_letters(&txmsg_core::DeadFilter::default())
+            .await
+            .expect("dead letters");
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(number(&dead[0].envelope), 3);
+        assert!(!dead[0].reason.is_empty(), "a dead letter says why");
+        let stats = store.stats().await.expect("stats");
+        assert_eq!(stats.pending, 3, "4, 5 and 6 wait in the table behind 3");
+
+        // The operator replays 3; a table relay publishes the key's rows.
+        refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            store
+                .replay(dead[0].envelope.id, chrono::Utc::now())
+                .await
+                .expect("replay")
+        );
+        let table = txmsg_core::Relay::new(
+            store.clone(),
+            broker.clone(),
+            txmsg_core::RelayConfig::default(),
+        )
+        .expect("relay")
+        .start();
+        got.extend(receive(&mut sub, 4).await);
+        // Once the table holds none of k (its rows are marked sent, and the
+        // relay reads the parked keys every second), k goes through the
+        // slot again.
+        let mut pending = u64::MAX;
+        for _ in 0..100 {
+            pending = store.stats().await.expect("stats").pending;
+            if pending == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(pending, 0, "the table relay published the parked rows");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        produce(&store, &names.topic, &["k"; 1], 10, 0).await;
+        got.extend(receive(&mut sub, 1).await);
+        table.shutdown().await;
+        relay.shutdown().await;
+
+        let k: Vec<u64> = got
+            .iter()
+            .filter(|e| e.key.as_deref() == Some("k"))
+            .map(number)
+            .collect();
+        assert_eq!(k, [1, 2, 3, 4, 5, 6, 10], "k in commit order, each once");
+        let stats = store.stats().await.expect("stats");
+        assert_eq!(stats.pending, 0);
+        assert_eq!(
+            stats.sent, 4,
+            "the replayed message and the three parked ones"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_skip_policy_a_dead_message_does_not_hold_its_key() {
+    with_log_store(|_pool, store, names| async move {
+        let broker = MemoryBroker::new();
+        let mut sub = broker.observe(&names.topic);
+        broker.reject_if(Some(std::sync::Arc::new(|e: &Envelope| number(e) == 2)));
+        let relay = LogRelay::start(
+            &store,
+            &url(),
+            broker.clone(),
+            names
+                .relay_config()
+                .with_max_attempts(1)
+                .with_dead_key_policy(txmsg_core::DeadKeyPolicy::Skip),
+        )
+        .await
+        .expect("start the relay");
+        produce(&store, &names.topic, &["k"; 4], 1, 0).await;
+        let got = receive(&mut sub, 3).await;
+        relay.shutdown().await;
+        assert_eq!(got.iter().map(number).collect::<Vec<_>>(), [1, 3, 4]);
+        let stats = store.stats().await.expect("stats");
+        assert_eq!((stats.pending, stats.dead), (0, 1));
+    })
+    .await;
+}
+
+/// An envelope of key `key` as a producer whose clock is `skew` off would
+/// write it: its id (UUIDv7) and creation time from that clock.
+fn skewed_envelope(topic: &str, key: &str, n: u64, skew: chrono::Duration) -> Envelope {
+    let at = chrono::Utc::now() + skew;
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        u64::try_from(at.timestamp()).expect("after 1970"),
+        at.timestamp_subsec_nanos(),
+    );
+    let id = Uuid::new_v7(ts);
+    let mut envelope = Envelope::new(
+        id,
+        topic,
+        id.to_string(),
+        serde_json::to_vec(&n).expect("json"),
+        at,
+    );
+    envelope.key = Some(key.to_owned());
+    envelope
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_with_skewed_clocks_are_published_in_commit_order() {
+    with_log_store(|pool, store, names| async move {
+        let broker = MemoryBroker::new();
+        let mut sub = broker.observe(&names.topic);
+        let relay = relay(&store, &names, &broker).await;
+        let writer = txmsg_core::SqlStore::writer(&store);
+        // Two producers on the same keys, one clock an hour ahead, the
+        // other an hour behind, taking turns: commit order is 1, 2, 3, ...
+        // while ids and times jump back and forth.
+        let (ahead, behind) = (chrono::Duration::hours(1), chrono::Duration::hours(-1));
+        let mut written = Vec::new();
+        for n in 1..=60u64 {
+            let key = ["k1", "k2", "k3"][usize::try_from(n % 3).unwrap_or(0)];
+            let skew = if n % 2 == 0 { ahead } else { behind };
+            let envelope = skewed_envelope(&names.topic, key, n, skew);
+            let txn = pool.begin().await.expect("begin");
+            writer
+                .insert_and_commit(txn, &[(&envelope, None)])
+                .await
+                .expect("commit");
+            written.push(envelope);
+        }
+        let mut by_id = written.clone();
+        by_id.sort_by_key(|e| e.id);
+        assert_ne!(
+            by_id.iter().map(number).collect::<Vec<_>>(),
+            (1..=60).collect::<Vec<_>>(),
+            "the clocks disagree with commit order"
+        );
+
+        let got = receive(&mut sub, written.len()).await;
+        relay.shutdown().await;
+        assert_eq!(
+            got.iter().map(number).collect::<Vec<_>>(),
+            (1..=60).collect::<Vec<_>>(),
+            "published in commit order, each once"
+        );
+    })
+    .await;
+}
