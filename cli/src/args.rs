@@ -110,6 +110,27 @@ pub(crate) struct StatusArgs {
     /// Count rows sent within this window (e.g. 1m, 15m, 1h).
     #[arg(long, default_value = "1m", value_parser = parse_age, value_name = "AGE")]
     pub(crate) sent_window: Duration,
+    /// PostgreSQL log capture: the records' prefix (as in `Capture::log`);
+    /// shows the log relay's slot: its lag, `wal_status`, reader and oldest
+    /// unconfirmed message. Exits 1 if the slot is invalidated or missing.
+    #[arg(long, value_name = "PREFIX")]
+    pub(crate) log_prefix: Option<String>,
+    /// The log relay's replication slot (with --log-prefix).
+    #[arg(
+        long,
+        default_value = "txmsg_log",
+        value_name = "SLOT",
+        requires = "log_prefix"
+    )]
+    pub(crate) log_slot: String,
+    /// The log relay's publication (with --log-prefix).
+    #[arg(
+        long,
+        default_value = "txmsg_log",
+        value_name = "NAME",
+        requires = "log_prefix"
+    )]
+    pub(crate) log_publication: String,
 }
 
 /// `txmsg dead ...`.

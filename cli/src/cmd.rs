@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Value, json};
 use txmsg::consumer::{ConsumerConfig, ConsumerDeadLetter, InboxStore};
+use txmsg::postgres::{Capture, LogRelay, LogRelayConfig, PgStore};
 use txmsg::{DeadFilter, DeadLetter, Envelope, Error};
 use txmsg_core::TopicStats;
 use uuid::Uuid;
@@ -141,6 +142,92 @@ async fn status<S: InboxStore>(r: &Runner<'_, S>, args: &StatusArgs) -> Result<O
         )
     };
     Ok(Output::ok(json, text))
+}
+
+/// Adds the log relay's slot to `out` (`txmsg status --log-prefix`); a
+/// missing or invalidated slot makes the command fail (exit 1) after
+/// printing what it found.
+pub(crate) async fn log_slot(
+    store: &PgStore,
+    args: &StatusArgs,
+    out: &mut Output,
+    ctx: &Context,
+) -> Result<(), Failure> {
+    let usage = |e: Error| Failure::Usage(describe(&e, None));
+    let prefix = args.log_prefix.as_deref().unwrap_or_default();
+    let store = store
+        .clone()
+        .with_capture(Capture::log(prefix).map_err(usage)?);
+    let config = LogRelayConfig::default()
+        .with_slot(&args.log_slot)
+        .and_then(|c| c.with_publication(&args.log_publication))
+        .map_err(usage)?;
+    let status = LogRelay::status(&store, &config)
+        .await
+        .map_err(|e| Failure::Failed(describe(&e, Some(ctx))))?;
+    let Some(st) = status else {
+        out.ok = false;
+        out.json["log_slot"] = json!({ "slot": args.log_slot, "exists": false });
+        out.text.push_str(&format!(
+            "\nLOG SLOT {}: MISSING. No relay can read the log capture's messages; \
+             create it before producers write (LogRelay::create_slot)\n",
+            args.log_slot
+        ));
+        return Ok(());
+    };
+    let age = st
+        .oldest_unconfirmed
+        .map(|t| (Utc::now() - t).num_seconds().max(0));
+    out.json["log_slot"] = json!({
+        "slot": st.slot,
+        "exists": true,
+        "active": st.active,
+        "lag_bytes": st.lag_bytes,
+        "wal_status": st.wal_status,
+        "safe_wal_bytes": st.safe_wal_bytes,
+        "invalidated": st.invalidated(),
+        "oldest_unconfirmed": st.oldest_unconfirmed.map(rfc3339),
+        "oldest_unconfirmed_age_seconds": age,
+        "reader_lag_seconds": st.reader_lag.map(|d| d.as_secs_f64()),
+    });
+    let rows = vec![vec![
+        st.slot.clone(),
+        if st.active { "reading" } else { "no reader" }.to_owned(),
+        st.lag_bytes
+            .map_or_else(|| "-".to_owned(), |b| b.to_string()),
+        st.wal_status.clone().unwrap_or_else(|| "-".to_owned()),
+        age.map_or_else(|| "-".to_owned(), format_age),
+        st.reader_lag
+            .map_or_else(|| "-".to_owned(), |d| format!("{:.3}s", d.as_secs_f64())),
+    ]];
+    out.text.push('\n');
+    out.text.push_str(&table(
+        &[
+            "LOG SLOT",
+            "READER",
+            "LAG BYTES",
+            "WAL STATUS",
+            "OLDEST UNCONFIRMED",
+            "READER LAG",
+        ],
+        &rows,
+    ));
+    if st.invalidated() {
+        out.ok = false;
+        out.text.push_str(&format!(
+            "LOG SLOT {} IS INVALIDATED: PostgreSQL removed WAL it needed \
+             (max_slot_wal_keep_size). Messages past its last confirmed position may never \
+             be published; see the guide on recovering before creating a new slot.\n",
+            st.slot
+        ));
+    } else if st.wal_status.as_deref() == Some("unreserved") {
+        out.text.push_str(&format!(
+            "warning: log slot {} is past max_slot_wal_keep_size and will be invalidated \
+             at the next checkpoint unless its relay catches up\n",
+            st.slot
+        ));
+    }
+    Ok(())
 }
 
 /// The most dead letters a dry run looks at.

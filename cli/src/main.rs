@@ -16,6 +16,7 @@
 //! | `txmsg migrate` | creates or upgrades the tables; running it again changes nothing |
 //! | `txmsg migrate --print-sql` | prints the migrations as one SQL script for a migration tool of your own; connects to nothing |
 //! | `txmsg status [--sent-window 1m]` | per topic: pending, prepared, age of the oldest pending message, dead, and sent within the window |
+//! | `txmsg status --log-prefix P [--log-slot S] [--log-publication N]` | also PostgreSQL's log capture slot: WAL bytes it keeps, `wal_status`, reader, age of the oldest unconfirmed message; exit 1 if the slot is missing or invalidated |
 //! | `txmsg dead list [--topic T] [--key K] [--older-than AGE] [--limit N] [--group G]` | dead letters, oldest first; with `--group`, a consumer group's |
 //! | `txmsg dead show ID [--group G]` | one dead letter in full: headers, payload, reason |
 //! | `txmsg dead replay ID...` or `txmsg dead replay [--topic T] [--key K] [--older-than AGE] [--all]` | puts dead outbox messages back to pending with attempts reset; the relay publishes them |
@@ -35,7 +36,10 @@
 //! Tables for people by default; `--json` prints one JSON document on stdout
 //! instead (`status`: `{"sent_window_seconds", "topics": [{"topic",
 //! "pending", "prepared", "oldest_pending", "oldest_pending_age_seconds",
-//! "dead", "sent_recently"}]}`; `dead list`: `{"dead_letters": [...]}`;
+//! "dead", "sent_recently"}]}`, with `--log-prefix` also `"log_slot": {"slot",
+//! "exists", "active", "lag_bytes", "wal_status", "safe_wal_bytes",
+//! "invalidated", "oldest_unconfirmed", "oldest_unconfirmed_age_seconds",
+//! "reader_lag_seconds"}`; `dead list`: `{"dead_letters": [...]}`;
 //! `dead show`: the dead letter with `headers` and `payload`; `dead replay`:
 //! `{"replayed": [ids], "not_dead": [ids]}`; `dead purge` and `inbox purge`:
 //! `{"purged": n}`; `migrate`: `{"migrated": true}`).
@@ -45,7 +49,8 @@
 //! be reached (`--connect-timeout`, 10 s by default) and tables that are not
 //! there (run `txmsg migrate`) each say so; the URL's password is never
 //! printed. `dead replay` with ids that are not dead letters replays the
-//! others and exits with 1.
+//! others and exits with 1; `status --log-prefix` prints what it found and
+//! exits with 1 when the slot is missing or invalidated.
 //!
 //! # Examples
 //!
@@ -132,8 +137,22 @@ async fn run(cli: &Cli) -> Result<cmd::Output, Failure> {
     }
     let create = matches!(cli.command, Command::Migrate(_));
     let store = connect::connect(url, tables, create, &ctx).await?;
+    let log_status = match &cli.command {
+        Command::Status(args) if args.log_prefix.is_some() => Some(args),
+        _ => None,
+    };
     match &store {
-        AnyStore::Postgres(s) => cmd::run(s, &cli.command, &ctx).await,
+        AnyStore::Postgres(s) => {
+            let mut out = cmd::run(s, &cli.command, &ctx).await?;
+            if let Some(args) = log_status {
+                cmd::log_slot(s, args, &mut out, &ctx).await?;
+            }
+            Ok(out)
+        }
+        _ if log_status.is_some() => Err(Failure::Usage(
+            "--log-prefix: log capture is PostgreSQL's; this database keeps messages in the outbox table"
+                .to_owned(),
+        )),
         AnyStore::MySql(s) => cmd::run(s, &cli.command, &ctx).await,
         AnyStore::Sqlite(s) => cmd::run(s, &cli.command, &ctx).await,
     }

@@ -537,8 +537,92 @@ async fn pg_unmigrated_schema_says_to_migrate() {
     db.drop_schema().await;
 }
 
+/// `status --log-prefix` shows the log capture's slot: what it keeps and its
+/// oldest unconfirmed message; a missing slot fails the command.
+#[tokio::test(flavor = "multi_thread")]
+async fn pg_status_shows_the_log_slot() {
+    use txmsg::postgres::{Capture, LogRelay, LogRelayConfig};
+    let db = Pg::new();
+    ok(&strs(&with(&db, &["migrate"])));
+    let slot = format!("p_{}", unique());
+    let store = db
+        .store()
+        .await
+        .with_capture(Capture::log("cli_orders").expect("prefix"));
+    let config = LogRelayConfig::default()
+        .with_slot(&slot)
+        .and_then(|c| c.with_publication(&slot))
+        .expect("names");
+    LogRelay::create_slot(&store, &config).await.expect("slot");
+    enqueue(&store, "cli.log", &["a", "b", "c"]).await;
+
+    let args = with(
+        &db,
+        &[
+            "status",
+            "--log-prefix",
+            "cli_orders",
+            "--log-slot",
+            &slot,
+            "--log-publication",
+            &slot,
+        ],
+    );
+    let status = json(&strs(&args));
+    let s = &status["log_slot"];
+    assert_eq!(s["slot"], slot.as_str(), "{status}");
+    assert_eq!(s["exists"], true);
+    assert_eq!(s["active"], false, "no relay reads it");
+    assert_eq!(s["invalidated"], false);
+    assert_eq!(s["wal_status"], "reserved");
+    assert!(s["lag_bytes"].as_u64().is_some_and(|b| b > 0), "{s}");
+    assert!(s["oldest_unconfirmed"].is_string(), "{s}");
+    assert!(
+        s["oldest_unconfirmed_age_seconds"]
+            .as_i64()
+            .is_some_and(|a| a >= 0),
+        "{s}"
+    );
+    let text = ok(&strs(&args));
+    assert!(text.contains("LOG SLOT") && text.contains(&slot), "{text}");
+
+    let missing = format!("p_{}", unique());
+    let out = txmsg(&strs(&with(
+        &db,
+        &[
+            "status",
+            "--log-prefix",
+            "cli_orders",
+            "--log-slot",
+            &missing,
+        ],
+    )));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stdout(&out).contains("MISSING"), "{}", stdout(&out));
+
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("PostgreSQL");
+    sqlx::query("SELECT pg_drop_replication_slot($1)")
+        .bind(&slot)
+        .execute(&pool)
+        .await
+        .expect("drop the slot");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP PUBLICATION \"{slot}\"")))
+        .execute(&pool)
+        .await
+        .expect("drop the publication");
+    db.drop_schema().await;
+}
+
 // ---------------------------------------------------------------------------
 // SQLite
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_has_no_log_slot_to_show() {
+    let db = Lite::new();
+    ok(&strs(&with(&db, &["migrate"])));
+    let err = fails(&strs(&with(&db, &["status", "--log-prefix", "orders"])), 2);
+    assert!(err.contains("PostgreSQL"), "{err}");
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_migrate_and_status() {
