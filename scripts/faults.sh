@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The fault harness's runs against the real PostgreSQL and RabbitMQ.
 #
-#   bash scripts/faults.sh restart   RabbitMQ stopped and started mid-run (300 messages);
-#                                    run alone: it stops RabbitMQ for everyone
+#   bash scripts/faults.sh restart   RabbitMQ stopped and started mid-run (300 messages), and
+#                                    PostgreSQL restarted under log capture (300 messages);
+#                                    run alone: they stop the servers for everyone
 #   bash scripts/faults.sh long      the long runs whose figures are in RELIABILITY.md
 #   bash scripts/faults.sh sim       the seeded simulation over 3000 schedules on SQLite and 3000
 #                                    on PostgreSQL (SIM_SEEDS, SIM_PG_SEEDS, SIM_FIRST_SEED;
@@ -32,11 +33,13 @@ run() {
 case "${1:-}" in
   restart)
     run run broker --messages 300
+    run run log --messages 300 --kills 2
     ;;
   long)
     run run crash --messages 5000 --kills 40 --seconds 120 --crash-percent 0.5
     run run broker --messages 5000 --seconds 60
     run run database --messages 5000 --seconds 60
+    run run log --messages 5000 --kills 5 --seconds 60
     run run relays --messages 20000 --relays 4 --kills 0 --seconds 0
     run run relays --messages 20000 --relays 4 --kills 3 --seconds 0
     run retention --rows 200000 --seconds 5

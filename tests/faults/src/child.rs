@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::signal::unix::{SignalKind, signal};
 use txmsg::consumer::{Consumer, ConsumerConfig};
-use txmsg::postgres::PgStore;
+use txmsg::postgres::{Capture, LogRelay, LogRelayConfig, PgStore};
 use txmsg::prelude::*;
 use txmsg::rabbitmq::{RabbitBroker, RabbitConfig};
 use txmsg::{Outbox, Relay, RelayConfig, Tables};
@@ -28,6 +28,8 @@ pub(crate) struct Env {
     pub(crate) amqp: String,
     pub(crate) exchange: String,
     pub(crate) app: String,
+    /// Log capture: producers write the WAL, relays read the slot.
+    pub(crate) log: bool,
 }
 
 impl Env {
@@ -36,6 +38,7 @@ impl Env {
     pub(crate) const AMQP: &'static str = "FAULTS_AMQP";
     pub(crate) const EXCHANGE: &'static str = "FAULTS_EXCHANGE";
     pub(crate) const APP: &'static str = "FAULTS_APP";
+    pub(crate) const CAPTURE: &'static str = "FAULTS_CAPTURE";
 
     fn from_env() -> Result<Self, BoxError> {
         let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
@@ -45,9 +48,25 @@ impl Env {
             amqp: var(Self::AMQP)?,
             exchange: var(Self::EXCHANGE)?,
             app: var(Self::APP)?,
+            log: std::env::var(Self::CAPTURE).is_ok_and(|c| c == "log"),
         })
     }
+
+    /// The log capture's slot and publication of this run, named after its
+    /// schema, and the relay's name on its replication connection.
+    pub(crate) fn log_relay_config(&self) -> Result<LogRelayConfig, BoxError> {
+        let config = LogRelayConfig::default()
+            .with_slot(&self.schema)?
+            .with_publication(&self.schema)?;
+        if self.app.is_empty() {
+            return Ok(config);
+        }
+        Ok(config.with_application_name(&self.app)?)
+    }
 }
+
+/// The prefix of the log capture's records.
+pub(crate) const LOG_PREFIX: &str = "txmsg_faults";
 
 /// A pool whose connections use `schema` first and name themselves `app`
 /// (so the harness can find and terminate them).
@@ -91,7 +110,10 @@ async fn connect(env: &Env, max: u32) -> Result<(PgStore, RabbitBroker), BoxErro
             }
         }
     };
-    let store = PgStore::new(pool, Tables::default().with_schema(&env.schema)?)?;
+    let mut store = PgStore::new(pool, Tables::default().with_schema(&env.schema)?)?;
+    if env.log {
+        store = store.with_capture(Capture::log(LOG_PREFIX)?);
+    }
     let config = RabbitConfig::default()
         .with_exchange(&env.exchange)?
         .with_connection_name(&env.app)?
@@ -157,8 +179,9 @@ pub(crate) async fn producer(
     let _fail = crash_on_panic();
     let env = Env::from_env()?;
     let (store, broker) = connect(&env, 4).await?;
-    let relay =
-        relay.then(|| Relay::new(store.clone(), broker, relay_config()).map(txmsg::Relay::start));
+    // In log capture the relay processes publish everything.
+    let relay = (relay && !env.log)
+        .then(|| Relay::new(store.clone(), broker, relay_config()).map(txmsg::Relay::start));
     let relay = relay.transpose()?;
     let mut outbox = Outbox::new(&store);
     if let Some(relay) = &relay {
@@ -208,11 +231,28 @@ pub(crate) async fn producer(
     Ok(())
 }
 
-/// Relays until SIGTERM, then shuts down gracefully.
+/// Relays until SIGTERM, then shuts down gracefully. In log capture,
+/// reads the run's slot (or waits for it while another relay does).
 pub(crate) async fn relay() -> Result<(), BoxError> {
     let _fail = crash_on_panic();
     let env = Env::from_env()?;
     let (store, broker) = connect(&env, 4).await?;
+    if env.log {
+        let config = env.log_relay_config()?;
+        let relay = loop {
+            match LogRelay::start(&store, &env.db, broker.clone(), config.clone()).await {
+                Ok(relay) => break relay,
+                Err(e) => {
+                    eprintln!("{}: log relay not started yet: {e}", env.app);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        println!("ready");
+        terminated().await?;
+        relay.shutdown().await;
+        return Ok(());
+    }
     let relay = Relay::new(store, broker, relay_config())?.start();
     println!("ready");
     terminated().await?;

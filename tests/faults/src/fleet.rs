@@ -122,6 +122,10 @@ impl Fleet {
                 (Env::SCHEMA, env.schema.clone()),
                 (Env::AMQP, env.amqp.clone()),
                 (Env::EXCHANGE, env.exchange.clone()),
+                (
+                    Env::CAPTURE,
+                    if env.log { "log" } else { "table" }.to_owned(),
+                ),
             ],
             slots: Vec::new(),
             verbose,

@@ -1,6 +1,6 @@
 //! The fault harness of txmsg.
 //!
-//! `txmsg-faults <crash|broker|database|relays> [options]` runs producers,
+//! `txmsg-faults run <crash|broker|database|relays|log> [options]` runs producers,
 //! relays and consumers as separate processes against the real PostgreSQL
 //! and RabbitMQ, injects the chosen faults while the producers write, lets
 //! everything settle, and counts: every committed order has exactly one

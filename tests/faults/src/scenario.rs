@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use txmsg::Tables;
 use txmsg::consumer::SubscribeSpec;
-use txmsg::postgres::PgStore;
+use txmsg::postgres::{LogRelay, PgStore};
 use txmsg::prelude::*;
 use txmsg::rabbitmq::{RabbitBroker, RabbitConfig};
 use txmsg_testkit::proxy::{TcpProxy, url_target, url_via};
@@ -39,6 +39,13 @@ pub(crate) enum Kind {
     /// Many relay processes on one store and no fast path: every message
     /// goes through the relays' claims; with `--kills`, relays are killed.
     Relays,
+    /// Log capture: producers write each message to the WAL
+    /// (`Capture::log`), relay processes read one replication slot (one
+    /// reads, the others wait). The relay reading the slot is SIGKILLed
+    /// `--kills` times (the time until another one publishes is the
+    /// takeover), then PostgreSQL itself is restarted (unless
+    /// `--no-restart`).
+    Log,
 }
 
 /// What a run is asked to do.
@@ -86,10 +93,19 @@ pub(crate) struct Options {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub(crate) amqp: String,
-    /// Broker runs: skip stopping RabbitMQ itself (for runs beside other
-    /// users of the same RabbitMQ).
+    /// Broker runs: skip stopping RabbitMQ itself; log runs: skip
+    /// restarting PostgreSQL (for runs beside other users of the same
+    /// server).
     #[arg(long)]
     pub(crate) no_restart: bool,
+    /// The command that restarts PostgreSQL (log runs); by default
+    /// `pg_ctlcluster` on the machine's cluster, as root.
+    #[arg(
+        long,
+        env = "FAULTS_PG_RESTART",
+        default_value = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -n1) main restart"
+    )]
+    pub(crate) pg_restart: String,
     /// Print the children's stderr.
     #[arg(long)]
     pub(crate) verbose: bool,
@@ -356,7 +372,14 @@ pub(crate) async fn run(opts: Options) -> Result<Report, BoxError> {
         },
         exchange: exchange.clone(),
         app: String::new(),
+        log: opts.kind == Kind::Log,
     };
+    // The slot must exist before the producers write: records written
+    // before it are not in it.
+    if env.log {
+        let config = env.log_relay_config()?;
+        LogRelay::create_slot(&store, &config).await?;
+    }
 
     let tally = Arc::new(Mutex::new(Tally::default()));
     let tally_task = spawn_tally(rabbit.clone(), Arc::clone(&tally));
@@ -421,6 +444,8 @@ pub(crate) async fn run(opts: Options) -> Result<Report, BoxError> {
         Kind::Broker => opts.seconds.max(30.0),
         Kind::Database => opts.seconds.max(20.0),
         Kind::Crash | Kind::Relays => opts.seconds,
+        // Kills, then the restart, each followed by new messages.
+        Kind::Log => opts.seconds.max(5.0 * f64::from(opts.kills) + 15.0),
     };
     let interval = if seconds > 0.0 {
         Duration::from_secs_f64(seconds / per_producer)
@@ -444,6 +469,7 @@ pub(crate) async fn run(opts: Options) -> Result<Report, BoxError> {
     // The faults, while the producers write.
     let faults = Faults {
         opts: &opts,
+        schema: &schema,
         admin: &admin,
         pg_proxy: pg_proxy.as_ref(),
         amqp_proxy: amqp_proxy.as_ref(),
@@ -547,6 +573,9 @@ pub(crate) async fn run(opts: Options) -> Result<Report, BoxError> {
     report.judge(opts.kind == Kind::Relays && opts.kills == 0);
 
     if !opts.keep {
+        if env.log {
+            drop_slot(&admin, &schema).await;
+        }
         cleanup(&admin, &schema, &rabbit, &opts.amqp, &exchange).await;
     }
     Ok(report)
@@ -599,6 +628,7 @@ pub(crate) async fn cleanup(
 /// The faults of a scenario.
 struct Faults<'a> {
     opts: &'a Options,
+    schema: &'a str,
     admin: &'a PgPool,
     pg_proxy: Option<&'a TcpProxy>,
     amqp_proxy: Option<&'a TcpProxy>,
@@ -611,7 +641,82 @@ impl Faults<'_> {
             Kind::Crash | Kind::Relays => self.kills(fleet, report).await,
             Kind::Broker => self.broker(fleet, report).await,
             Kind::Database => self.database(fleet, report).await,
+            Kind::Log => self.log(fleet, report).await,
         }
+    }
+
+    /// Log capture: the relay reading the slot SIGKILLed, `kills` times,
+    /// each time timed until another relay publishes (the takeover); then
+    /// PostgreSQL restarted.
+    async fn log(&self, fleet: &mut Fleet, report: &mut Report) -> Result<(), BoxError> {
+        let step = Duration::from_secs(2);
+        for _ in 0..self.opts.kills {
+            self.pass(fleet, step).await?;
+            let Some((pid, name)) = slot_reader(self.admin, self.schema).await? else {
+                report
+                    .failures
+                    .push("no relay was reading the slot when one was to be killed".into());
+                continue;
+            };
+            let victim = fleet
+                .running(|r| matches!(r, Role::Relay(_)))
+                .into_iter()
+                .find(|&i| format!("txmsg-faults-{}", fleet.role(i).name()) == name);
+            let Some(victim) = victim else {
+                report.failures.push(format!(
+                    "the slot's reader {name} is not a relay of the run"
+                ));
+                continue;
+            };
+            report.harness_sigkills += 1;
+            let killed = Instant::now();
+            fleet.sigkill(victim);
+            report
+                .faults
+                .push(format!("SIGKILL {name} (reading the slot)"));
+            // The takeover: until another session reads the slot.
+            loop {
+                if let Some((now, _)) = slot_reader(self.admin, self.schema).await?
+                    && now != pid
+                {
+                    report.resume_ms.push((
+                        "slot reader SIGKILL (slot taken over)".into(),
+                        killed.elapsed().as_millis(),
+                    ));
+                    break;
+                }
+                if killed.elapsed() > Duration::from_secs(60) {
+                    report
+                        .failures
+                        .push("no relay read the slot within 60 s of a kill".into());
+                    break;
+                }
+                fleet.reap()?;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            self.resumed(fleet, "slot reader SIGKILL", report).await?;
+        }
+        if self.opts.no_restart {
+            return Ok(());
+        }
+        self.pass(fleet, step).await?;
+        report.faults.push("PostgreSQL restarted".into());
+        let out = tokio::process::Command::new("bash")
+            .arg("-c")
+            .arg(&self.opts.pg_restart)
+            .output()
+            .await
+            .map_err(|e| format!("{}: {e}", self.opts.pg_restart))?;
+        if !out.status.success() {
+            return Err(format!(
+                "restarting PostgreSQL failed ({}): {}",
+                self.opts.pg_restart,
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        self.resumed(fleet, "PostgreSQL restart", report).await?;
+        Ok(())
     }
 
     /// Sleeps `d` while restarting children that died.
@@ -798,6 +903,49 @@ impl Faults<'_> {
         self.resumed(fleet, "outage", report).await?;
         Ok(())
     }
+}
+
+/// The server process and application name of the session reading the
+/// run's slot, if any.
+async fn slot_reader(admin: &PgPool, slot: &str) -> Result<Option<(i32, String)>, BoxError> {
+    let name = sqlx::query_as(
+        "SELECT s.active_pid, a.application_name FROM pg_replication_slots s
+           JOIN pg_stat_activity a ON a.pid = s.active_pid
+          WHERE s.slot_name = $1",
+    )
+    .bind(slot)
+    .fetch_optional(admin)
+    .await?;
+    Ok(name)
+}
+
+/// Drops the run's slot and publication (named after its schema), waiting
+/// for the last reader to let go of the slot.
+async fn drop_slot(admin: &PgPool, schema: &str) {
+    for _ in 0..50 {
+        let dropped = sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+              WHERE slot_name = $1 AND NOT active",
+        )
+        .bind(schema)
+        .execute(admin)
+        .await;
+        let left: Result<bool, _> = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+        )
+        .bind(schema)
+        .fetch_one(admin)
+        .await;
+        if dropped.is_ok() && matches!(left, Ok(false)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP PUBLICATION IF EXISTS \"{schema}\""
+    )))
+    .execute(admin)
+    .await;
 }
 
 /// Terminates the backends whose application name matches one of the

@@ -111,3 +111,19 @@ fn a_killed_relay_loses_nothing() {
     check_counts(&report, 0);
     assert_eq!(report["harness_sigkills"].as_u64(), Some(1));
 }
+
+#[test]
+fn log_capture_loses_nothing_when_the_slot_reader_is_killed() {
+    let report = run(&["log", "--messages=300", "--kills=2", "--no-restart"]);
+    check_counts(&report, 2);
+    assert_eq!(report["harness_sigkills"].as_u64(), Some(2));
+    let resumed = report["resume_ms"].as_array().unwrap();
+    assert_eq!(
+        resumed.len(),
+        6,
+        "two kills: slot read again, publish and consume each"
+    );
+    for r in resumed {
+        assert!(r[1].as_u64().unwrap() < 30_000, "{r}");
+    }
+}
