@@ -58,6 +58,9 @@ pub struct LogRelayConfig {
     retry_stream: Duration,
     application_name: String,
     dead_key_policy: DeadKeyPolicy,
+    key_retention: Option<Duration>,
+    purge_interval: Duration,
+    purge_batch: u32,
 }
 
 impl Default for LogRelayConfig {
@@ -72,6 +75,9 @@ impl Default for LogRelayConfig {
             retry_stream: Duration::from_millis(500),
             application_name: "txmsg-log-relay".to_owned(),
             dead_key_policy: DeadKeyPolicy::Park,
+            key_retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            purge_interval: Duration::from_secs(60),
+            purge_batch: 1_000,
         }
     }
 }
@@ -162,6 +168,49 @@ impl LogRelayConfig {
     /// What a dead message does to the later messages of its key.
     pub fn dead_key_policy(&self) -> DeadKeyPolicy {
         self.dead_key_policy
+    }
+
+    /// How long an idempotency key of log capture (`<outbox>_keys`) is
+    /// kept: a key repeated after that is no longer refused, as a table
+    /// store's key is not once its sent row is purged (`sent_retention`).
+    /// Every relay purges older keys every
+    /// [`purge_interval`](Self::with_purge_interval); `None` keeps them all.
+    /// Default 7 days.
+    #[must_use]
+    pub fn with_key_retention(mut self, retention: Option<Duration>) -> Self {
+        self.key_retention = retention;
+        self
+    }
+
+    /// How often the relay purges keys past their retention (at least
+    /// 10 ms). Default 60 s.
+    #[must_use]
+    pub fn with_purge_interval(mut self, interval: Duration) -> Self {
+        self.purge_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Most keys one purge statement deletes (at least 1); a purge deletes
+    /// batch after batch until none is left. Default 1 000.
+    #[must_use]
+    pub fn with_purge_batch(mut self, batch: u32) -> Self {
+        self.purge_batch = batch.max(1);
+        self
+    }
+
+    /// How long an idempotency key of log capture is kept.
+    pub fn key_retention(&self) -> Option<Duration> {
+        self.key_retention
+    }
+
+    /// How often the relay purges keys.
+    pub fn purge_interval(&self) -> Duration {
+        self.purge_interval
+    }
+
+    /// Most keys one purge statement deletes.
+    pub fn purge_batch(&self) -> u32 {
+        self.purge_batch
     }
 
     /// The replication connection's `application_name`.
@@ -298,6 +347,8 @@ impl LogRelayHandle {
     /// confirmed position to the next reader.
     pub fn abort(self) {
         self.task.abort();
+        // The key purge stops too.
+        self.cancel.cancel();
     }
 }
 
@@ -359,6 +410,15 @@ impl LogRelay {
         };
         txmsg_core::metrics::describe();
         let cancel = CancellationToken::new();
+        if let Some(retention) = ctx.config.key_retention {
+            tokio::spawn(purge_keys_every(
+                store.clone(),
+                retention,
+                ctx.config.purge_interval,
+                ctx.config.purge_batch,
+                cancel.clone(),
+            ));
+        }
         let shared = Arc::clone(&ctx.shared);
         let task = tokio::spawn(run(ctx, cancel.clone()));
         Ok(LogRelayHandle {
@@ -366,6 +426,42 @@ impl LogRelay {
             task,
             shared,
         })
+    }
+
+    /// Deletes the log capture's idempotency keys written before `before`,
+    /// at most `batch` per statement, until none is left; returns how
+    /// many. A key deleted is no longer refused when repeated. Relays do
+    /// this on their own ([`LogRelayConfig::with_key_retention`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if the store is not in log capture;
+    /// [`Error::Database`] if a delete fails (what was deleted before
+    /// stays deleted).
+    pub async fn purge_keys(store: &PgStore, before: DateTime<Utc>, batch: u32) -> Result<u64> {
+        if store.capture().prefix().is_none() {
+            return Err(Error::Config {
+                field: "capture",
+                reason: "the store writes messages to the outbox table, not to the log: it \
+                         has no log capture keys"
+                    .into(),
+            });
+        }
+        let statement = &store.statements().own.commit_insert.log.keys_purge;
+        let batch = i64::from(batch.max(1));
+        let mut total = 0;
+        loop {
+            let n = sqlx::query(AssertSqlSafe(statement.clone()))
+                .bind(before)
+                .bind(batch)
+                .execute(store.pool())
+                .await?
+                .rows_affected();
+            total += n;
+            if n < u64::try_from(batch).unwrap_or(u64::MAX) {
+                return Ok(total);
+            }
+        }
     }
 
     /// Creates `config`'s publication (empty) and replication slot
@@ -540,6 +636,31 @@ fn logical_message(data: &[u8]) -> Option<(&[u8], &[u8])> {
     let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
     let content = rest.get(4..4 + usize::try_from(len).ok()?)?;
     Some((prefix, content))
+}
+
+/// Purges keys older than `retention` every `interval` until cancelled.
+async fn purge_keys_every(
+    store: PgStore,
+    retention: Duration,
+    interval: Duration,
+    batch: u32,
+    cancel: CancellationToken,
+) {
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let before = Utc::now()
+            .checked_sub_signed(retention)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        match LogRelay::purge_keys(&store, before, batch).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(keys = n, "log relay: idempotency keys purged"),
+            Err(e) => tracing::warn!(error = %e, "log relay: purging idempotency keys failed"),
+        }
+    }
 }
 
 /// `outcome`, with "already exists" (a concurrent creator) as success.

@@ -54,6 +54,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "idempotency keys of log capture",
         sql: V6_LOG_KEYS,
     },
+    Migration {
+        version: 7,
+        description: "log capture keys by time, for their purge",
+        sql: V7_LOG_KEYS_CREATED,
+    },
 ];
 
 // The poller's index is on `id` rather than `next_attempt_at`: a claim reads
@@ -200,4 +205,9 @@ CREATE TABLE {outbox_keys} (
     created_at timestamptz NOT NULL,
     PRIMARY KEY (topic, idempotency_key)
 );
+";
+
+// The log relay purges keys past their retention, oldest first.
+const V7_LOG_KEYS_CREATED: &str = "
+CREATE INDEX {outbox_keys_created_idx} ON {outbox_keys} (created_at);
 ";

@@ -112,6 +112,8 @@ pub(crate) struct LogInserts {
     pub(crate) park_insert: String,
     /// The keys with a pending or dead row in the outbox table.
     pub(crate) parked_keys: String,
+    /// Deletes keys written before $1, at most $2.
+    pub(crate) keys_purge: String,
 }
 
 /// The statements of one store.
@@ -155,6 +157,10 @@ impl OwnStatements for Own {
                 names
                     .render(template)
                     .replace("{outbox_keys}", &keys)
+                    .replace(
+                        "{outbox_keys_created_idx}",
+                        &index_name(tables.outbox(), "_keys_created_idx"),
+                    )
                     .replace("{consumer_dead_idx}", &index_name(dead, "_group_idx"))
                     .replace(
                         "{outbox_pending_idx}",
@@ -259,6 +265,15 @@ impl OwnStatements for Own {
                          attempts, next_attempt_at, created_at, expires_at) \
                          VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, now(), $7, $8) \
                          ON CONFLICT DO NOTHING"
+                    ),
+                    // Picked once (a materialized CTE), skipping keys a
+                    // concurrent purge holds, as `purge_sent`.
+                    keys_purge: format!(
+                        "WITH picked AS MATERIALIZED (\
+                           SELECT topic, idempotency_key FROM {keys} WHERE created_at < $1 \
+                           LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                         DELETE FROM {keys} AS k USING picked \
+                         WHERE k.topic = picked.topic AND k.idempotency_key = picked.idempotency_key"
                     ),
                     parked_keys: format!(
                         "SELECT DISTINCT topic, key FROM {o} \

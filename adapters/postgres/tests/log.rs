@@ -739,3 +739,97 @@ async fn producers_with_skewed_clocks_are_published_in_commit_order() {
     })
     .await;
 }
+
+/// Commits one message with idempotency key `key`: `Ok` or the duplicate.
+async fn commit_keyed(store: &PgStore, topic: &str, key: &str) -> Result<(), Error> {
+    let outbox = Outbox::new(store);
+    let mut tx = outbox.begin().await?;
+    tx.enqueue(Message::new(topic, &1)?.idempotency_key(key))
+        .await?;
+    tx.commit().await
+}
+
+async fn keys_held(pool: &PgPool, names: &Names) -> i64 {
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM \"{}\".txmsg_outbox_keys",
+        names.schema
+    )))
+    .fetch_one(pool)
+    .await
+    .expect("count keys")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_past_their_retention_are_purged_and_can_be_used_again() {
+    with_log_store(|pool, store, names| async move {
+        for key in ["order-1", "order-2", "order-3"] {
+            commit_keyed(&store, &names.topic, key)
+                .await
+                .expect("first");
+        }
+        assert!(matches!(
+            commit_keyed(&store, &names.topic, "order-1").await,
+            Err(Error::Duplicate { .. })
+        ));
+        let before_any = chrono::Utc::now() - chrono::Duration::hours(1);
+        assert_eq!(
+            LogRelay::purge_keys(&store, before_any, 2)
+                .await
+                .expect("purge"),
+            0,
+            "no key is that old"
+        );
+        let purged =
+            LogRelay::purge_keys(&store, chrono::Utc::now() + chrono::Duration::seconds(1), 2)
+                .await
+                .expect("purge");
+        assert_eq!(purged, 3, "in batches of two, until none is left");
+        assert_eq!(keys_held(&pool, &names).await, 0);
+        commit_keyed(&store, &names.topic, "order-1")
+            .await
+            .expect("a purged key is accepted again");
+
+        // A relay purges on its own.
+        let broker = MemoryBroker::new();
+        let relay = LogRelay::start(
+            &store,
+            &url(),
+            broker,
+            names
+                .relay_config()
+                .with_key_retention(Some(Duration::ZERO))
+                .with_purge_interval(Duration::from_millis(50)),
+        )
+        .await
+        .expect("relay");
+        let mut held = i64::MAX;
+        for _ in 0..100 {
+            held = keys_held(&pool, &names).await;
+            if held == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        relay.shutdown().await;
+        assert_eq!(held, 0, "the relay purged the key past its retention");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purging_keys_of_a_table_store_is_a_config_error() {
+    let store = PgStore::new(pool().await, Tables::default()).expect("store");
+    let err = LogRelay::purge_keys(&store, chrono::Utc::now(), 10)
+        .await
+        .expect_err("no keys table in table capture");
+    assert!(
+        matches!(
+            err,
+            Error::Config {
+                field: "capture",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
