@@ -93,6 +93,48 @@ pub(crate) async fn relay_drain_rate<B: Broker + Clone + 'static>(
     Ok(rows as f64 / elapsed.as_secs_f64())
 }
 
+/// Log capture: writes `env.drain_rows` messages to the WAL (1 000 per
+/// transaction) with a fresh slot and no relay, then times a `LogRelay`
+/// from its start until the broker confirmed them all.
+async fn log_drain_rate(env: &Env, schema: &Schema, broker: RabbitBroker) -> Res<f64> {
+    use txmsg::postgres::LogRelay;
+    let store = schema.log_store()?;
+    let config = schema.log_config(env.window)?;
+    schema.drop_log_slot().await?;
+    LogRelay::create_slot(&store, &config).await?;
+    let outbox = txmsg::Outbox::new(&store);
+    let mut written = 0usize;
+    while written < env.drain_rows {
+        let take = 1_000.min(env.drain_rows - written);
+        let mut tx = outbox.begin().await?;
+        for i in written..written + take {
+            let id = i64::try_from(i)?;
+            let order = OrderPlaced {
+                id,
+                client: 0,
+                amount: id % 10_000,
+            };
+            tx.enqueue(txmsg::Message::new(TOPIC, &order)?).await?;
+        }
+        tx.commit().await?;
+        written += take;
+    }
+    let timed = TimedBroker::counting(broker);
+    let start = Instant::now();
+    let relay = LogRelay::start(&store, &env.db_url, timed.clone(), config).await?;
+    let limit = start + Duration::from_secs(900);
+    while timed.count() < env.drain_rows && Instant::now() < limit {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = start.elapsed();
+    relay.shutdown().await;
+    schema.drop_log_slot().await?;
+    if timed.count() < env.drain_rows {
+        return Err("the log relay did not drain the backlog within 900 s".into());
+    }
+    Ok(env.drain_rows as f64 / elapsed.as_secs_f64())
+}
+
 /// Result of the drain mode.
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct DrainResult {
@@ -158,12 +200,15 @@ pub(crate) async fn drain(env: &Env) -> Res<DrainResult> {
     let mut out = DrainResult::of(env);
     for (round, side) in Side::schedule(env, env.rounds) {
         rabbit.purge().await?;
-        if side == Side::Framework {
+        if side == Side::Framework && !env.log_capture {
             schema.truncate().await?;
             insert_backlog(&schema, env.drain_rows).await?;
         }
         let consumer = QueueDrain::start(env, &rabbit.queue).await?;
         let rate = match side {
+            Side::Framework if env.log_capture => {
+                log_drain_rate(env, &schema, rabbit.broker.clone()).await?
+            }
             Side::Framework => {
                 relay_drain_rate(&schema, rabbit.broker.clone(), env.drain_rows, &config).await?
             }
@@ -205,8 +250,13 @@ pub(crate) async fn drain(env: &Env) -> Res<DrainResult> {
     );
     schema.drop().await?;
     rabbit.cleanup(&[]).await?;
+    let what = if env.log_capture {
+        "messages in the WAL (txmsg log relay)"
+    } else {
+        "rows (txmsg relay)"
+    };
     out.finish(&format!(
-        "drain of {} rows (txmsg relay) vs {} raw lapin publishes, window {}",
+        "drain of {} {what} vs {} raw lapin publishes, window {}",
         env.drain_rows, env.drain_rows, env.window
     ));
     Ok(out)

@@ -52,6 +52,47 @@ pub(crate) struct Env {
     pub(crate) baseline_first: bool,
     /// Run this side alone (for a profiler); `None`: both.
     pub(crate) only: Option<Side>,
+    /// e2e and drain: txmsg in PostgreSQL log capture (a `LogRelay`
+    /// reading a slot) instead of the outbox table.
+    pub(crate) log_capture: bool,
+}
+
+/// The records' prefix of log capture.
+pub(crate) const LOG_PREFIX: &str = "bench";
+
+impl Schema {
+    /// The schema's store in log capture.
+    pub(crate) fn log_store(&self) -> Res<PgStore> {
+        Ok(self
+            .store
+            .clone()
+            .with_capture(txmsg::postgres::Capture::log(LOG_PREFIX)?))
+    }
+
+    /// The schema's log relay settings: a slot and publication named after
+    /// it, `window` publishes awaiting a confirm.
+    pub(crate) fn log_config(&self, window: usize) -> Res<txmsg::postgres::LogRelayConfig> {
+        Ok(txmsg::postgres::LogRelayConfig::default()
+            .with_slot(&self.name)?
+            .with_publication(&self.name)?
+            .with_max_in_flight(window))
+    }
+
+    /// Drops the schema's slot and publication, if any.
+    pub(crate) async fn drop_log_slot(&self) -> Res<()> {
+        sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1",
+        )
+        .bind(&self.name)
+        .execute(&self.pool)
+        .await?;
+        let sql = format!("DROP PUBLICATION IF EXISTS {}", self.name);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
 }
 
 /// A unique lowercase suffix for names.

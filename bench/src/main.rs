@@ -66,6 +66,10 @@ struct Cli {
     /// Start each ABBA pair of rounds with the baseline (default: txmsg).
     #[arg(long, global = true)]
     baseline_first: bool,
+    /// e2e and drain: txmsg in PostgreSQL log capture (producers write the
+    /// WAL, a `LogRelay` reads a slot) instead of the outbox table.
+    #[arg(long, global = true)]
+    log_capture: bool,
     /// Run one side alone, e.g. under a profiler (the ratios then show 0 rounds).
     #[arg(long, global = true, value_name = "SIDE")]
     only: Option<Side>,
@@ -141,6 +145,7 @@ fn env_of(cli: &Cli) -> Env {
             window: cli.window,
             baseline_first: cli.baseline_first,
             only: cli.only,
+            log_capture: cli.log_capture,
         }
     } else {
         Env {
@@ -157,6 +162,7 @@ fn env_of(cli: &Cli) -> Env {
             window: cli.window.max(1),
             baseline_first: cli.baseline_first,
             only: cli.only,
+            log_capture: cli.log_capture,
         }
     }
 }
@@ -166,13 +172,18 @@ async fn run(cli: Cli) -> Res<()> {
     if !matches!(cli.mode, Mode::RelayChild { .. }) {
         println!(
             "txmsg-bench: producer {} round(s) per side of {:.1} s; e2e, drain, consumer {} round(s) \
-             per side ({:.1} s per e2e round); {} clients, window {}",
+             per side ({:.1} s per e2e round); {} clients, window {}{}",
             env.producer_rounds,
             env.producer_round.as_secs_f64(),
             env.rounds,
             env.round.as_secs_f64(),
             env.clients,
-            env.window
+            env.window,
+            if env.log_capture {
+                "; txmsg in log capture"
+            } else {
+                ""
+            }
         );
     }
     match &cli.mode {

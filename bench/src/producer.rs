@@ -565,8 +565,18 @@ async fn e2e_round<T: E2eTarget>(
     let timed = TimedBroker::new(target.broker());
     let baseline_confirms: Confirms = Arc::default();
     let mut relay = None;
+    let mut log_relay = None;
     let mut pipeline = None;
     let outbox = match side {
+        Side::Framework if env.log_capture => {
+            let store = schema.log_store()?;
+            let config = schema.log_config(env.window)?;
+            let handle =
+                txmsg::postgres::LogRelay::start(&store, &env.db_url, timed.clone(), config)
+                    .await?;
+            log_relay = Some(handle);
+            Outbox::new(&store)
+        }
         Side::Framework => {
             let handle =
                 Relay::new(schema.store.clone(), timed.clone(), RelayConfig::default())?.start();
@@ -640,6 +650,9 @@ async fn e2e_round<T: E2eTarget>(
             .unwrap_or_default(),
     };
     if let Some(r) = relay {
+        r.shutdown().await;
+    }
+    if let Some(r) = log_relay {
         r.shutdown().await;
     }
     if let Some(p) = pipeline {
@@ -834,6 +847,9 @@ pub(crate) async fn e2e_on<T: E2eTarget>(
         };
         target.half_rounds.push(rate);
         half_lat[i].extend(s);
+    }
+    if env.log_capture {
+        fw.drop_log_slot().await?;
     }
     fw.drop().await?;
     bl.drop().await?;
