@@ -23,6 +23,19 @@
 //! and the check-back worker, and by (topic, key, id) for the order checks;
 //! (topic, idempotency key) is unique.
 //!
+//! # Written with `COMMIT`
+//!
+//! A transaction begun with [`Outbox::begin`](txmsg_core::Outbox::begin)
+//! holds its messages until [`Tx::commit`](txmsg_core::Tx::commit), which
+//! sends them with `COMMIT` in one query of several statements: no round
+//! trip per message. Values are literals no input can change (text, bytes
+//! and ids as hexadecimal digits, times as digits). A repeated idempotency
+//! key is then a duplicate-key error of its insert: the server runs nothing
+//! after it, and `commit` rolls the transaction back and returns
+//! [`Error::Duplicate`](txmsg_core::Error::Duplicate). A pool given to
+//! [`TableStore::new`](txmsg_sql::TableStore::new) must allow
+//! multi-statements, as sqlx's connections do.
+//!
 //! # Features
 //!
 //! | feature | enables                              | default |
@@ -44,6 +57,7 @@
 //! the tables and the pool size only, and connection errors do not quote the
 //! URL.
 
+mod commit;
 mod dialect;
 mod migrate;
 mod sql;

@@ -25,6 +25,14 @@ pub(crate) const ENVELOPE_COLUMNS: &str =
 const CONSUMER_DEAD_COLUMNS: &str = "id, consumer_group, topic, `key`, idempotency_key, headers, \
      payload, envelope_id, created_at, reason, attempts, dead_at";
 
+/// Which argument each `?` of the outbox insert takes, in the logical
+/// order: 0 id, 1 topic, 2 key, 3 idempotency key, 4 payload, 5 headers,
+/// 6 created at, 7 expires at, 8 lease owner, 9 lease until. The text has
+/// id, topic, key, idempotency key, payload, headers, next attempt at
+/// (created at), lease owner, lease until, created at, expires at, then for
+/// the order check: key, topic, key, id, lease owner.
+const INSERT_ORDER: &[usize] = &[0, 1, 2, 3, 4, 5, 6, 8, 9, 6, 7, 2, 1, 2, 0, 8];
+
 /// The placeholder a statement with an id list has where the list goes.
 const IDS: &str = "{ids}";
 
@@ -179,6 +187,30 @@ impl OwnStatements for Own {
         // 1 topic, 2 idempotency key. The row holding the key, read with
         // a lock so that it is the latest committed version, and whether
         // it is leased.
+        let insert = format!(
+            "INSERT INTO {o} (id, topic, `key`, idempotency_key, payload, headers, state, \
+             attempts, next_attempt_at, lease_owner, lease_until, checks, half, \
+             created_at, expires_at) \
+             SELECT ?, ?, ?, ?, ?, ?, 'pending', 0, ?, \
+             CASE WHEN b.blocked THEN NULL ELSE ? END, \
+             CASE WHEN b.blocked THEN NULL ELSE ? END, \
+             0, FALSE, ?, ? \
+             FROM (SELECT (? IS NOT NULL AND EXISTS (\
+               SELECT 1 FROM {o} p \
+               WHERE p.topic = ? AND p.`key` = ? AND p.id < ? \
+               AND p.state IN ('pending', 'dead') \
+               AND (p.lease_owner IS NULL OR p.lease_owner <> ?))) AS blocked) AS b"
+        );
+        let commit = CommitSql {
+            insert: insert.clone(),
+            insert_order: INSERT_ORDER,
+            leased_of: format!(
+                "SELECT CAST(lease_owner IS NOT NULL AS SIGNED) AS leased FROM {o} WHERE id = ?"
+            ),
+            held: sql_str(format!(
+                "SELECT 1 AS held FROM {o} WHERE topic = ? AND idempotency_key = ?"
+            )),
+        };
         let inserted = sql_str(format!(
             "SELECT id, CAST(lease_owner IS NOT NULL AS SIGNED) AS leased FROM {o} \
                      WHERE topic = ? AND idempotency_key = ? LOCK IN SHARE MODE"
@@ -369,25 +401,8 @@ impl OwnStatements for Own {
                 // for found rows, so it counts as changed too: `holder` tells
                 // them apart by reading which row holds the key. Not `INSERT
                 // IGNORE`, which would hide other errors.
-                insert: stmt(format!(
-                    "INSERT INTO {o} (id, topic, `key`, idempotency_key, payload, headers, state, \
-                     attempts, next_attempt_at, lease_owner, lease_until, checks, half, \
-                     created_at, expires_at) \
-                     SELECT ?, ?, ?, ?, ?, ?, 'pending', 0, ?, \
-                     CASE WHEN b.blocked THEN NULL ELSE ? END, \
-                     CASE WHEN b.blocked THEN NULL ELSE ? END, \
-                     0, FALSE, ?, ? \
-                     FROM (SELECT (? IS NOT NULL AND EXISTS (\
-                       SELECT 1 FROM {o} p \
-                       WHERE p.topic = ? AND p.`key` = ? AND p.id < ? \
-                       AND p.state IN ('pending', 'dead') \
-                       AND (p.lease_owner IS NULL OR p.lease_owner <> ?))) AS blocked) AS b \
-                     ON DUPLICATE KEY UPDATE id = id"
-                ))
-                // In the logical order: 0 id, 1 topic, 2 key, 3 idempotency key,
-                // 4 payload, 5 headers, 6 created at, 7 expires at, 8 lease
-                // owner, 9 lease until.
-                .bind_order(&[0, 1, 2, 3, 4, 5, 6, 8, 9, 6, 7, 2, 1, 2, 0, 8]),
+                insert: stmt(format!("{insert} ON DUPLICATE KEY UPDATE id = id"))
+                    .bind_order(INSERT_ORDER),
                 unchecked: None,
                 holder: Some(Stmt::new(inserted.clone())),
                 notify: None,
@@ -397,6 +412,7 @@ impl OwnStatements for Own {
                 migrate_lock: format!("txmsg_migrate_{:016x}", migrations.lock_hash),
                 migrations,
                 inbox: own_inbox,
+                commit,
 
                 // 1 now, 2 now, 3 dead_parks_key, 4 limit.
                 //
@@ -600,6 +616,23 @@ pub struct Own {
     pub(crate) purge_dead_delete: Text,
     /// The inbox's own statements and what it learnt of the tables.
     pub(crate) inbox: OwnInbox,
+    /// What a transaction's messages are written with `COMMIT` with.
+    pub(crate) commit: CommitSql,
+}
+
+/// The statements of the messages written with `COMMIT`, as text the
+/// writer fills with literals.
+#[derive(Debug, Clone)]
+pub(crate) struct CommitSql {
+    /// The outbox insert without `ON DUPLICATE KEY UPDATE`: a repeated key
+    /// is an error, which ends the script before `COMMIT`.
+    pub(crate) insert: String,
+    /// Which argument (in the logical order) each `?` of `insert` takes.
+    pub(crate) insert_order: &'static [usize],
+    /// Whether the row of id `?` went in leased, as `leased`.
+    pub(crate) leased_of: String,
+    /// A committed row with topic `?` and idempotency key `?`, if any.
+    pub(crate) held: SqlStr,
 }
 
 /// The statements of one store.

@@ -74,6 +74,14 @@ impl Backend for MySqlBackend {
 
     type Capture = ();
 
+    fn outbox_writer(
+        sql: &std::sync::Arc<txmsg_sql::Statements<sql::Own>>,
+        channel: Option<String>,
+        _capture: &(),
+    ) -> std::sync::Arc<dyn txmsg_core::OutboxWriter<sqlx::MySql>> {
+        std::sync::Arc::new(crate::commit::MySqlOutboxWriter::new(sql, channel))
+    }
+
     /// Every connection runs in strict mode (`STRICT_TRANS_TABLES`), so a
     /// value too long for its column is refused rather than cut. A pool
     /// given to [`TableStore::new`] should do the same.

@@ -20,8 +20,8 @@ use sqlx::{AssertSqlSafe, MySqlPool};
 use txmsg_core::{Message, Outbox, Store, Tables};
 use txmsg_mysql::MySqlStore;
 use txmsg_testkit::injection::{
-    Expect, assert_identifiers_refused, assert_inbox_keeps_hostile_values,
-    assert_outbox_keeps_hostile_values,
+    Expect, assert_commit_keeps_hostile_values, assert_identifiers_refused,
+    assert_inbox_keeps_hostile_values, assert_outbox_keeps_hostile_values,
 };
 use uuid::Uuid;
 
@@ -166,6 +166,17 @@ async fn hostile_values_round_trip_through_the_outbox() {
             .expect("store");
         store.migrate().await.expect("migrate");
         assert_outbox_keeps_hostile_values(&store, mysql_expect).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_values_round_trip_through_a_commit() {
+    with_canary(|pool, schema| async move {
+        let store = MySqlStore::new(pool, Tables::default().with_schema(&schema).expect("valid"))
+            .expect("store");
+        store.migrate().await.expect("migrate");
+        assert_commit_keeps_hostile_values(&store, mysql_expect).await;
     })
     .await;
 }

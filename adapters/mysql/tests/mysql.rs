@@ -538,3 +538,132 @@ async fn the_migration_script_does_what_migrate_does() {
     })
     .await;
 }
+
+/// A migrated store on `schema` over `pool`, with a business table
+/// `orders (id INT PRIMARY KEY)` beside its tables.
+async fn store_with_orders(pool: &MySqlPool, schema: &str) -> MySqlStore {
+    let store = MySqlStore::new(pool.clone(), tables(schema)).expect("store");
+    store.migrate().await.expect("migrate");
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TABLE `{schema}`.orders (id INT PRIMARY KEY) ENGINE=InnoDB"
+    )))
+    .execute(pool)
+    .await
+    .expect("orders");
+    store
+}
+
+/// The order ids committed.
+async fn orders(pool: &MySqlPool, schema: &str) -> Vec<i32> {
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT id FROM `{schema}`.orders ORDER BY id"
+    )))
+    .fetch_all(pool)
+    .await
+    .expect("orders")
+}
+
+/// Inserts order `id` in `tx`, as business code would.
+async fn order(tx: &mut txmsg_core::Tx<'_, sqlx::MySql>, schema: &str, id: i32) {
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO `{schema}`.orders (id) VALUES (?)"
+    )))
+    .bind(id)
+    .execute(&mut **tx)
+    .await
+    .expect("business insert");
+}
+
+// On one thread, so that nothing else (the pool's handling of a returned
+// connection) reaches the proxy between the commit and the count.
+#[tokio::test(flavor = "current_thread")]
+async fn a_transaction_sends_its_messages_with_commit_in_one_round_trip() {
+    with_schema(|pool, schema| async move {
+        let url = std::env::var("MYSQL_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
+        let (proxy, via) = txmsg_testkit::proxy::TcpProxy::for_url(&url, 3306).await;
+        let proxied = MySqlPoolOptions::new()
+            .max_connections(1)
+            .connect(&via)
+            .await
+            .expect("connect through the proxy");
+        store_with_orders(&pool, &schema).await;
+        let store = MySqlStore::new(proxied, tables(&schema)).expect("store");
+        let outbox = Outbox::new(&store);
+
+        let mut tx = outbox.begin().await.expect("begin");
+        order(&mut tx, &schema, 1).await;
+        let before = proxy.client_reads();
+        for n in 0..3 {
+            let message = Message::new("rt.placed", &n)
+                .expect("valid")
+                .key(if n == 1 { "b" } else { "a" });
+            tx.enqueue(message).await.expect("enqueue");
+        }
+        assert_eq!(proxy.client_reads(), before, "enqueue sends nothing");
+        tx.commit().await.expect("commit");
+        assert_eq!(
+            proxy.client_reads() - before,
+            1,
+            "the messages go with COMMIT, in its round trip"
+        );
+
+        assert_eq!(store.stats().await.expect("stats").pending, 3);
+        assert_eq!(orders(&pool, &schema).await, [1]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_duplicate_sent_with_commit_rolls_back_the_business_rows() {
+    with_schema(|pool, schema| async move {
+        let store = store_with_orders(&pool, &schema).await;
+        let outbox = Outbox::new(&store);
+        let once = || {
+            Message::new("dup.placed", &1)
+                .expect("valid")
+                .key("k")
+                .idempotency_key("order-1")
+        };
+
+        let mut tx = outbox.begin().await.expect("begin");
+        tx.enqueue(once()).await.expect("enqueue");
+        tx.commit().await.expect("the first one commits");
+
+        let mut tx = outbox.begin().await.expect("begin");
+        order(&mut tx, &schema, 2).await;
+        tx.enqueue(Message::new("dup.placed", &2).expect("valid"))
+            .await
+            .expect("held for the commit");
+        tx.enqueue(once()).await.expect("held for the commit");
+        match tx.commit().await {
+            Err(Error::Duplicate {
+                topic,
+                idempotency_key,
+            }) => assert_eq!(
+                (topic.as_str(), idempotency_key.as_str()),
+                ("dup.placed", "order-1")
+            ),
+            other => panic!("expected the duplicate at commit, got {other:?}"),
+        }
+        assert!(
+            orders(&pool, &schema).await.is_empty(),
+            "the business row is rolled back with the messages"
+        );
+        assert_eq!(
+            store.stats().await.expect("stats").pending,
+            1,
+            "the message before the duplicate is rolled back too"
+        );
+
+        // The pool's connections are fine afterwards.
+        let mut tx = outbox.begin().await.expect("begin after a duplicate");
+        order(&mut tx, &schema, 3).await;
+        tx.enqueue(Message::new("dup.placed", &3).expect("valid"))
+            .await
+            .expect("enqueue");
+        tx.commit().await.expect("commit after a duplicate");
+        assert_eq!(orders(&pool, &schema).await, [3]);
+        assert_eq!(store.stats().await.expect("stats").pending, 2);
+    })
+    .await;
+}
