@@ -671,6 +671,7 @@ mod tests {
             window: 1,
             baseline_first,
             only,
+            log_capture: false,
         }
     }
 

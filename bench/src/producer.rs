@@ -574,6 +574,15 @@ async fn e2e_round<T: E2eTarget>(
             let handle =
                 txmsg::postgres::LogRelay::start(&store, &env.db_url, timed.clone(), config)
                     .await?;
+            // The round starts once the relay streams, as an in-process
+            // relay does at once.
+            let ready = Instant::now() + Duration::from_secs(30);
+            while !handle.is_reading() && Instant::now() < ready {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if !handle.is_reading() {
+                return Err("the log relay did not read its slot within 30 s".into());
+            }
             log_relay = Some(handle);
             Outbox::new(&store)
         }

@@ -277,6 +277,7 @@ pub struct LogRelayHandle {
 #[derive(Debug, Default)]
 struct Shared {
     confirmed: AtomicU64,
+    reading: std::sync::atomic::AtomicBool,
     lag: std::sync::Mutex<LogLag>,
     failure: std::sync::Mutex<Option<String>>,
 }
@@ -314,6 +315,13 @@ impl LogRelayHandle {
     /// published and confirmed (or dead-lettered). 0 before the first.
     pub fn confirmed_lsn(&self) -> u64 {
         self.shared.confirmed.load(Ordering::SeqCst)
+    }
+
+    /// Whether the relay reads its slot now (connected and streaming);
+    /// `false` while it connects, waits for another relay to let go of
+    /// the slot, or after it stopped.
+    pub fn is_reading(&self) -> bool {
+        self.shared.reading.load(Ordering::SeqCst)
     }
 
     /// How far behind the relay is (zero while it waits for the slot).
@@ -948,6 +956,18 @@ async fn stream<B: Broker>(ctx: &Ctx<B>, cancel: &CancellationToken) -> Result<(
         .await
         .map_err(replication_error)?;
     tracing::info!(slot = ctx.config.slot(), "log relay: reading the slot");
+    ctx.shared.reading.store(true, Ordering::SeqCst);
+    let outcome = read_stream(ctx, cancel, &mut client).await;
+    ctx.shared.reading.store(false, Ordering::SeqCst);
+    outcome
+}
+
+/// [`stream`]'s loop over a connected `client`.
+async fn read_stream<B: Broker>(
+    ctx: &Ctx<B>,
+    cancel: &CancellationToken,
+    client: &mut ReplicationClient,
+) -> Result<()> {
     let mut queue = Queue::default();
     let mut in_flight = FuturesUnordered::new();
     let limit = ctx.config.max_in_flight.saturating_mul(4);
@@ -961,10 +981,13 @@ async fn stream<B: Broker>(ctx: &Ctx<B>, cancel: &CancellationToken) -> Result<(
         queue.refresh_parked(in_table, 0);
     }
     loop {
-        // Launch what waits, in order, past the keys that are busy.
+        // Launch what waits, in order, past the keys that are busy, until
+        // as many are in flight as allowed (the rest keeps its order).
         let mut blocked: HashSet<(String, String)> = HashSet::new();
-        let mut kept = VecDeque::with_capacity(queue.waiting.len());
-        while let Some((seq, envelope)) = queue.waiting.pop_front() {
+        let mut kept = VecDeque::new();
+        while in_flight.len() < ctx.config.max_in_flight
+            && let Some((seq, envelope)) = queue.waiting.pop_front()
+        {
             let key = order_key(&envelope);
             let free = key
                 .as_ref()
@@ -999,7 +1022,10 @@ async fn stream<B: Broker>(ctx: &Ctx<B>, cancel: &CancellationToken) -> Result<(
                 kept.push_back((seq, envelope));
             }
         }
-        queue.waiting = kept;
+        if !kept.is_empty() {
+            kept.append(&mut queue.waiting);
+            queue.waiting = kept;
+        }
         if let Some(lsn) = queue.settle() {
             client.update_applied_lsn(lsn);
             ctx.shared.confirmed.store(lsn.as_u64(), Ordering::SeqCst);

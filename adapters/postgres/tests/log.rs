@@ -833,3 +833,25 @@ async fn purging_keys_of_a_table_store_is_a_config_error() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_says_whether_it_reads_the_slot() {
+    with_log_store(|_pool, store, names| async move {
+        let broker = MemoryBroker::new();
+        let first = relay(&store, &names, &broker).await;
+        assert!(
+            eventually(|| first.is_reading()).await,
+            "the first relay reads"
+        );
+        let second = relay(&store, &names, &broker).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!second.is_reading(), "the second waits for the slot");
+        first.abort();
+        assert!(
+            eventually(|| second.is_reading()).await,
+            "the second reads once the first is gone"
+        );
+        second.shutdown().await;
+    })
+    .await;
+}
