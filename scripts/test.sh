@@ -20,6 +20,10 @@ cargo nextest run --workspace --all-features --profile "${NEXTEST_PROFILE:-defau
 # The RocketMQ broker killed and started again under load: alone, since it
 # stops RocketMQ for every other test.
 cargo nextest run -p txmsg-tests --test rocketmq_restart --run-ignored only --profile "${NEXTEST_PROFILE:-default}"
+# A log capture slot invalidated by PostgreSQL: alone, since it lowers
+# max_slot_wal_keep_size for the whole server.
+cargo nextest run --workspace --all-features --run-ignored only \
+  -E 'package(txmsg-postgres) & binary(log_invalidated)' --profile "${NEXTEST_PROFILE:-default}"
 # RabbitMQ stopped and started under load: alone, since it stops RabbitMQ
 # for every other test.
 bash scripts/faults.sh restart

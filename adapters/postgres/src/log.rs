@@ -593,10 +593,12 @@ impl LogRelay {
         let Some((active, lag, wal_status, safe, reader_lag)) = row else {
             return Ok(None);
         };
+        let lost = wal_status.as_deref() == Some("lost");
         let mut status = SlotStatus {
             slot: config.slot().to_owned(),
             active,
-            lag_bytes: lag.map(|b| u64::try_from(b).unwrap_or(0)),
+            // An invalidated slot keeps no WAL; its old position means nothing.
+            lag_bytes: lag.filter(|_| !lost).map(|b| u64::try_from(b).unwrap_or(0)),
             wal_status,
             safe_wal_bytes: safe,
             oldest_unconfirmed: None,
