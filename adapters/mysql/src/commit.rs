@@ -20,59 +20,19 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use futures_util::TryStreamExt;
+use sqlx::MySql;
 use sqlx::mysql::{MySqlConnection, MySqlDatabaseError};
-use sqlx::{AssertSqlSafe, Either, MySql, Row, SqlStr};
 use txmsg_core::{BoxFuture, Envelope, Error, Inserted, Lease, OutboxWriter, Result};
-use txmsg_sql::{Arg, SqlOutboxWriter, Statements, outbox_args};
+use txmsg_sql::{
+    Arg, SqlOutboxWriter, Statements, Stmt, Template, first_held, inserted_with_commit,
+    needs_key_check, outbox_args, repeated_key, run_script,
+};
 
 use crate::MySqlBackend;
 use crate::sql::Own;
 
 /// MySQL's error number of a duplicate key.
 const DUPLICATE_KEY: u16 = 1062;
-
-/// One part of a statement template: text as it is, or the argument (in
-/// the logical order) a placeholder takes.
-#[derive(Debug, Clone)]
-enum Part {
-    Text(String),
-    Arg(usize),
-}
-
-/// A statement template with positional `?` placeholders.
-#[derive(Debug, Clone)]
-struct Template(Vec<Part>);
-
-impl Template {
-    /// `text` split at its placeholders, the `k`-th taking argument
-    /// `order[k]` (`k` without an order). Only the store's own statement
-    /// text comes here, which has no `?` but its placeholders.
-    fn new(text: &str, order: Option<&[usize]>) -> Self {
-        let mut parts = Vec::new();
-        for (k, piece) in text.split('?').enumerate() {
-            if k > 0 {
-                let arg = order.and_then(|o| o.get(k - 1).copied()).unwrap_or(k - 1);
-                parts.push(Part::Arg(arg));
-            }
-            parts.push(Part::Text(piece.to_owned()));
-        }
-        Template(parts)
-    }
-
-    /// Appends the statement with `args` in place of its placeholders.
-    fn fill(&self, args: &[Arg<'_>], out: &mut String) {
-        for part in &self.0 {
-            match part {
-                Part::Text(text) => out.push_str(text),
-                Part::Arg(n) => match args.get(*n) {
-                    Some(arg) => literal(arg, out),
-                    None => out.push_str("NULL"),
-                },
-            }
-        }
-    }
-}
 
 /// Appends `bytes` as a hexadecimal literal, `X'…'`.
 fn push_hex(bytes: &[u8], out: &mut String) {
@@ -136,7 +96,7 @@ pub(crate) struct MySqlOutboxWriter {
     each: SqlOutboxWriter<MySqlBackend>,
     insert: Template,
     leased_of: Template,
-    held: SqlStr,
+    held: Stmt,
 }
 
 impl MySqlOutboxWriter {
@@ -145,9 +105,9 @@ impl MySqlOutboxWriter {
         let commit = &sql.own.commit;
         MySqlOutboxWriter {
             each: SqlOutboxWriter::new(sql.insert.clone(), channel),
-            insert: Template::new(&commit.insert, Some(commit.insert_order)),
-            leased_of: Template::new(&commit.leased_of, None),
-            held: commit.held.clone(),
+            insert: Template::positional(&commit.insert, Some(commit.insert_order)),
+            leased_of: Template::positional(&commit.leased_of, None),
+            held: Stmt::new(commit.held.clone()),
         }
     }
 
@@ -162,35 +122,16 @@ impl MySqlOutboxWriter {
         );
         for (envelope, lease) in rows {
             let args = outbox_args(envelope, *lease);
-            self.insert.fill(&args, &mut script);
+            self.insert.fill(&args, literal, &mut script);
             script.push_str(";\n");
-            if needs_check(envelope, *lease) {
-                self.leased_of.fill(&[Arg::Id(envelope.id)], &mut script);
+            if needs_key_check(envelope, *lease) {
+                self.leased_of
+                    .fill(&[Arg::Id(envelope.id)], literal, &mut script);
                 script.push_str(";\n");
             }
         }
         script.push_str("COMMIT;\nBEGIN");
         script
-    }
-
-    /// The first of `rows` whose (topic, idempotency key) a committed row
-    /// holds, read after the failed transaction was rolled back.
-    async fn held_by_another(
-        &self,
-        conn: &mut MySqlConnection,
-        rows: &[(&Envelope, Option<Lease>)],
-    ) -> Result<Option<Error>> {
-        for (envelope, _) in rows {
-            let held = sqlx::query(self.held.clone())
-                .bind(&envelope.topic)
-                .bind(&envelope.idempotency_key)
-                .fetch_optional(&mut *conn)
-                .await?;
-            if held.is_some() {
-                return Ok(Some(Error::duplicate_of(envelope)));
-            }
-        }
-        Ok(None)
     }
 }
 
@@ -202,22 +143,6 @@ fn is_duplicate_key(error: &Error) -> bool {
     };
     db.try_downcast_ref::<MySqlDatabaseError>()
         .is_some_and(|e| e.number() == DUPLICATE_KEY)
-}
-
-/// Whether `envelope`, written with `lease`, goes through the per-key
-/// check: it has an ordering key and a lease (otherwise it goes in leased
-/// exactly when it has a lease).
-fn needs_check(envelope: &Envelope, lease: Option<Lease>) -> bool {
-    envelope.key.is_some() && lease.is_some()
-}
-
-/// The second of two `rows` with the same (topic, idempotency key), if any:
-/// it could never go in.
-fn repeated<'a>(rows: &[(&'a Envelope, Option<Lease>)]) -> Option<&'a Envelope> {
-    let mut seen = std::collections::HashSet::with_capacity(rows.len());
-    rows.iter()
-        .map(|(e, _)| *e)
-        .find(|e| !seen.insert((e.topic.as_str(), e.idempotency_key.as_str())))
 }
 
 impl OutboxWriter<MySql> for MySqlOutboxWriter {
@@ -240,58 +165,30 @@ impl OutboxWriter<MySql> for MySqlOutboxWriter {
         rows: &'a [(&'a Envelope, Option<Lease>)],
     ) -> BoxFuture<'a, Result<Vec<Inserted>>> {
         Box::pin(async move {
-            if let Some(envelope) = repeated(rows) {
+            if let Some(envelope) = repeated_key(rows) {
                 // Dropping the transaction rolls it back.
                 return Err(Error::duplicate_of(envelope));
             }
             let script = self.script(rows);
-            let mut leased = Vec::with_capacity(rows.len());
-            let sent: Result<()> = async {
-                let mut results = sqlx::raw_sql(AssertSqlSafe(script)).fetch_many(&mut *txn);
-                while let Some(result) = results.try_next().await? {
-                    if let Either::Right(row) = result {
-                        leased.push(row.try_get::<i64, _>("leased")? > 0);
+            let sent = run_script::<MySqlBackend>(&mut txn, script).await;
+            let leased = match sent {
+                Ok(leased) => leased,
+                Err(error) => {
+                    // Nothing after the failed statement ran: the transaction is
+                    // open with the business rows in it. End it; the look-up
+                    // runs in a new one (as above, for sqlx), which sees
+                    // committed rows.
+                    sqlx::raw_sql("ROLLBACK; BEGIN").execute(&mut *txn).await?;
+                    if is_duplicate_key(&error)
+                        && let Some(duplicate) =
+                            first_held::<MySqlBackend>(&mut txn, &self.held, rows).await?
+                    {
+                        return Err(duplicate);
                     }
+                    return Err(error);
                 }
-                Ok(())
-            }
-            .await;
-            if let Err(error) = sent {
-                // Nothing after the failed statement ran: the transaction is
-                // open with the business rows in it. End it; the look-up
-                // runs in a new one (as above, for sqlx), which sees
-                // committed rows.
-                sqlx::raw_sql("ROLLBACK; BEGIN").execute(&mut *txn).await?;
-                if is_duplicate_key(&error)
-                    && let Some(duplicate) = self.held_by_another(&mut txn, rows).await?
-                {
-                    return Err(duplicate);
-                }
-                return Err(error);
-            }
-            let checked = rows.iter().filter(|(e, l)| needs_check(e, *l)).count();
-            if leased.len() != checked {
-                return Err(Error::Database(sqlx::Error::Protocol(format!(
-                    "the outbox inserts of {checked} messages with an ordering key returned {} rows",
-                    leased.len()
-                ))));
-            }
-            let mut leased = leased.into_iter();
-            Ok(rows
-                .iter()
-                .map(|(e, lease)| {
-                    let went_in_leased = if needs_check(e, *lease) {
-                        leased.next().unwrap_or(false)
-                    } else {
-                        lease.is_some()
-                    };
-                    if went_in_leased {
-                        Inserted::Leased
-                    } else {
-                        Inserted::Unleased
-                    }
-                })
-                .collect())
+            };
+            inserted_with_commit(rows, leased)
         })
     }
 }
@@ -302,9 +199,13 @@ mod tests {
 
     #[test]
     fn placeholders_take_their_arguments_in_the_given_order() {
-        let t = Template::new("SELECT ?, ?, ? FROM t", Some(&[2, 0, 2]));
+        let t = Template::positional("SELECT ?, ?, ? FROM t", Some(&[2, 0, 2]));
         let mut out = String::new();
-        t.fill(&[Arg::Int(1), Arg::Int(2), Arg::Text("x'y")], &mut out);
+        t.fill(
+            &[Arg::Int(1), Arg::Int(2), Arg::Text("x'y")],
+            literal,
+            &mut out,
+        );
         assert_eq!(
             out,
             "SELECT CONVERT(X'782779' USING utf8mb4) COLLATE utf8mb4_bin, 1, \

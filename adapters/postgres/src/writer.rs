@@ -17,11 +17,13 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use futures_util::TryStreamExt;
 use sqlx::postgres::PgDatabaseError;
-use sqlx::{AssertSqlSafe, Either, PgConnection, Postgres, Row, SqlSafeStr, SqlStr};
+use sqlx::{AssertSqlSafe, PgConnection, Postgres, SqlSafeStr, SqlStr};
 use txmsg_core::{BoxFuture, Envelope, Error, Inserted, Lease, OutboxWriter, Result};
-use txmsg_sql::{Arg, SqlOutboxWriter, Statements, outbox_args};
+use txmsg_sql::{
+    Arg, SqlOutboxWriter, Statements, Stmt, Template, first_held, inserted_with_commit,
+    needs_key_check, outbox_args, repeated_key, run_script,
+};
 
 use crate::capture::{self, Capture, has_own_key};
 use crate::dialect::PgBackend;
@@ -29,54 +31,6 @@ use crate::sql::{CommitInsert, Own};
 
 /// PostgreSQL's SQLSTATE for a unique violation.
 const UNIQUE_VIOLATION: &str = "23505";
-
-/// One part of a statement template: text as it is, or parameter `$n`.
-#[derive(Debug, Clone)]
-enum Part {
-    Text(String),
-    Param(usize),
-}
-
-/// A statement template with `$1`, `$2`, ... where literals go.
-#[derive(Debug, Clone)]
-struct Template(Vec<Part>);
-
-impl Template {
-    /// `text` split at its parameters. Only the store's own statement text
-    /// comes here, which has no `$` but in its parameters.
-    fn new(text: &str) -> Self {
-        let mut parts = Vec::new();
-        let mut rest = text;
-        while let Some(at) = rest.find('$') {
-            let digits = rest[at + 1..]
-                .find(|c: char| !c.is_ascii_digit())
-                .map_or(rest.len() - at - 1, |n| n);
-            match rest[at + 1..at + 1 + digits].parse::<usize>() {
-                Ok(n) if n > 0 => {
-                    parts.push(Part::Text(rest[..at].to_owned()));
-                    parts.push(Part::Param(n - 1));
-                }
-                _ => parts.push(Part::Text(rest[..at + 1 + digits].to_owned())),
-            }
-            rest = &rest[at + 1 + digits..];
-        }
-        parts.push(Part::Text(rest.to_owned()));
-        Template(parts)
-    }
-
-    /// Appends the statement with `args` in place of its parameters.
-    fn fill(&self, args: &[Arg<'_>], out: &mut String) {
-        for part in &self.0 {
-            match part {
-                Part::Text(text) => out.push_str(text),
-                Part::Param(n) => match args.get(*n) {
-                    Some(arg) => literal(arg, out),
-                    None => out.push_str("NULL"),
-                },
-            }
-        }
-    }
-}
 
 /// Appends `bytes` as lowercase hexadecimal digits.
 fn push_hex(bytes: &[u8], out: &mut String) {
@@ -202,8 +156,8 @@ impl PgOutboxWriter {
                     wake
                 });
                 Mode::Table {
-                    checked: Template::new(&commit.table.checked.replace("{wake}", &wake)),
-                    unchecked: Template::new(&commit.table.unchecked),
+                    checked: Template::numbered(&commit.table.checked.replace("{wake}", &wake)),
+                    unchecked: Template::numbered(&commit.table.unchecked),
                     wake: channel.as_deref().map(|channel| {
                         let mut wake = String::from("SELECT pg_notify(");
                         push_text(channel, &mut wake);
@@ -214,8 +168,8 @@ impl PgOutboxWriter {
             }
             Capture::Log { prefix } => Mode::Log {
                 prefix: prefix.as_str().to_owned(),
-                key_insert: Template::new(&commit.log.key_insert),
-                emit: Template::new(&commit.log.emit),
+                key_insert: Template::numbered(&commit.log.key_insert),
+                emit: Template::numbered(&commit.log.emit),
                 key_insert_bound: AssertSqlSafe(format!(
                     "{} ON CONFLICT DO NOTHING",
                     commit.log.key_insert
@@ -247,10 +201,10 @@ impl PgOutboxWriter {
                     checked, unchecked, ..
                 } => {
                     let args = outbox_args(envelope, *lease);
-                    if needs_check(envelope, *lease) {
-                        checked.fill(&args, &mut script);
+                    if needs_key_check(envelope, *lease) {
+                        checked.fill(&args, literal, &mut script);
                     } else {
-                        unchecked.fill(&args, &mut script);
+                        unchecked.fill(&args, literal, &mut script);
                         wakes |= lease.is_none();
                     }
                 }
@@ -261,11 +215,15 @@ impl PgOutboxWriter {
                     ..
                 } => {
                     if has_own_key(envelope) {
-                        key_insert.fill(&key_args(envelope), &mut script);
+                        key_insert.fill(&key_args(envelope), literal, &mut script);
                         script.push_str(";\n");
                     }
                     let record = capture::encode(envelope);
-                    emit.fill(&[Arg::Text(prefix), Arg::Bytes(&record)], &mut script);
+                    emit.fill(
+                        &[Arg::Text(prefix), Arg::Bytes(&record)],
+                        literal,
+                        &mut script,
+                    );
                 }
             }
             script.push_str(";\n");
@@ -329,37 +287,6 @@ impl PgOutboxWriter {
             && pg.table() == Some(table.as_str())
             && (self.sql.schema.is_none() || pg.schema() == self.sql.schema.as_deref())
     }
-
-    /// The first of `rows` whose (topic, idempotency key) a committed row
-    /// holds, read after the failed transaction was rolled back.
-    async fn held_by_another(
-        &self,
-        conn: &mut PgConnection,
-        rows: &[(&Envelope, Option<Lease>)],
-    ) -> Result<Option<Error>> {
-        let held = match self.mode {
-            Mode::Table { .. } => &self.sql.table.held,
-            Mode::Log { .. } => &self.sql.log.key_held,
-        };
-        for (envelope, _) in rows {
-            let held = sqlx::query(held.clone())
-                .bind(&envelope.topic)
-                .bind(&envelope.idempotency_key)
-                .fetch_optional(&mut *conn)
-                .await?;
-            if held.is_some() {
-                return Ok(Some(Error::duplicate_of(envelope)));
-            }
-        }
-        Ok(None)
-    }
-}
-
-/// Whether `envelope`, written with `lease`, goes through the per-key
-/// check: it has an ordering key and a lease (otherwise it goes in leased
-/// exactly when it has a lease).
-fn needs_check(envelope: &Envelope, lease: Option<Lease>) -> bool {
-    envelope.key.is_some() && lease.is_some()
 }
 
 /// The arguments of the keys table's insert: topic, idempotency key,
@@ -370,15 +297,6 @@ fn key_args(envelope: &Envelope) -> [Arg<'_>; 3] {
         Arg::Text(&envelope.idempotency_key),
         Arg::Time(envelope.created_at),
     ]
-}
-
-/// The second of two `rows` with the same (topic, idempotency key), if any:
-/// it could never go in.
-fn repeated<'a>(rows: &[(&'a Envelope, Option<Lease>)]) -> Option<&'a Envelope> {
-    let mut seen = std::collections::HashSet::with_capacity(rows.len());
-    rows.iter()
-        .map(|(e, _)| *e)
-        .find(|e| !seen.insert((e.topic.as_str(), e.idempotency_key.as_str())))
 }
 
 impl OutboxWriter<Postgres> for PgOutboxWriter {
@@ -409,65 +327,38 @@ impl OutboxWriter<Postgres> for PgOutboxWriter {
         rows: &'a [(&'a Envelope, Option<Lease>)],
     ) -> BoxFuture<'a, Result<Vec<Inserted>>> {
         Box::pin(async move {
-            if let Some(envelope) = repeated(rows) {
+            if let Some(envelope) = repeated_key(rows) {
                 // Dropping the transaction rolls it back.
                 return Err(Error::duplicate_of(envelope));
             }
             let script = self.script(rows);
-            let mut leased = Vec::with_capacity(rows.len());
-            let sent: Result<()> = async {
-                let mut results = sqlx::raw_sql(AssertSqlSafe(script)).fetch_many(&mut *txn);
-                while let Some(result) = results.try_next().await? {
-                    if let Either::Right(row) = result {
-                        match row.try_get::<i64, _>("leased") {
-                            Ok(n) => leased.push(n > 0),
-                            // A wake-up's or a log record's row.
-                            Err(sqlx::Error::ColumnNotFound(_)) => {}
-                            Err(e) => return Err(e.into()),
+            let sent = run_script::<PgBackend>(&mut txn, script).await;
+            let leased = match sent {
+                Ok(leased) => leased,
+                Err(error) => {
+                    if self.is_outbox_unique_violation(&error) {
+                        // The failed transaction ends; the look-up runs in a new
+                        // one (as above, for sqlx), which sees committed rows.
+                        sqlx::raw_sql("ROLLBACK; BEGIN").execute(&mut *txn).await?;
+                        let held = match self.mode {
+                            Mode::Table { .. } => &self.sql.table.held,
+                            Mode::Log { .. } => &self.sql.log.key_held,
+                        };
+                        if let Some(duplicate) =
+                            first_held::<PgBackend>(&mut txn, &Stmt::new(held.clone()), rows)
+                                .await?
+                        {
+                            return Err(duplicate);
                         }
                     }
+                    return Err(error);
                 }
-                Ok(())
-            }
-            .await;
-            if let Err(error) = sent {
-                if self.is_outbox_unique_violation(&error) {
-                    // The failed transaction ends; the look-up runs in a new
-                    // one (as above, for sqlx), which sees committed rows.
-                    sqlx::raw_sql("ROLLBACK; BEGIN").execute(&mut *txn).await?;
-                    if let Some(duplicate) = self.held_by_another(&mut txn, rows).await? {
-                        return Err(duplicate);
-                    }
-                }
-                return Err(error);
-            }
+            };
             if matches!(self.mode, Mode::Log { .. }) {
                 // No row for a relay's fast path: the log relay reads them.
                 return Ok(vec![Inserted::Unleased; rows.len()]);
             }
-            let checked = rows.iter().filter(|(e, l)| needs_check(e, *l)).count();
-            if leased.len() != checked {
-                return Err(Error::Database(sqlx::Error::Protocol(format!(
-                    "the outbox inserts of {checked} messages with an ordering key returned {} rows",
-                    leased.len()
-                ))));
-            }
-            let mut leased = leased.into_iter();
-            Ok(rows
-                .iter()
-                .map(|(e, lease)| {
-                    let went_in_leased = if needs_check(e, *lease) {
-                        leased.next().unwrap_or(false)
-                    } else {
-                        lease.is_some()
-                    };
-                    if went_in_leased {
-                        Inserted::Leased
-                    } else {
-                        Inserted::Unleased
-                    }
-                })
-                .collect())
+            inserted_with_commit(rows, leased)
         })
     }
 }

@@ -25,6 +25,7 @@ mod migrate;
 mod row;
 mod stmt;
 mod store;
+mod template;
 mod writer;
 
 pub use claim::Heads;
@@ -44,7 +45,11 @@ pub use store::{
     Backend, DEFAULT_MAX_CONNECTIONS, InboxStatements, Notifying, OwnStatements, Purge, Statements,
     StoreConfig, TableStore, read_claimed,
 };
-pub use writer::{OutboxInsert, SqlHalfWriter, SqlInbox, SqlOutboxWriter, outbox_args};
+pub use template::Template;
+pub use writer::{
+    OutboxInsert, SqlHalfWriter, SqlInbox, SqlOutboxWriter, first_held, inserted_with_commit,
+    needs_key_check, outbox_args, repeated_key, run_script,
+};
 
 #[doc(hidden)]
 pub mod __private {

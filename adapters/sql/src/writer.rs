@@ -81,6 +81,107 @@ async fn own_row<D: Dialect>(
     }
 }
 
+/// Whether `envelope`, written with `lease`, goes through the per-key
+/// check of [`OutboxInsert::insert`]: it has an ordering key and a lease
+/// (otherwise it goes in leased exactly when it has a lease).
+pub fn needs_key_check(envelope: &Envelope, lease: Option<Lease>) -> bool {
+    envelope.key.is_some() && lease.is_some()
+}
+
+/// The second of two `rows` with the same (topic, idempotency key), if any:
+/// it could never go in, and a script that writes the rows of a
+/// transaction with its `COMMIT` refuses it before sending.
+pub fn repeated_key<'a>(rows: &[(&'a Envelope, Option<Lease>)]) -> Option<&'a Envelope> {
+    let mut seen = std::collections::HashSet::with_capacity(rows.len());
+    rows.iter()
+        .map(|(e, _)| *e)
+        .find(|e| !seen.insert((e.topic.as_str(), e.idempotency_key.as_str())))
+}
+
+/// What each of `rows`, written with `COMMIT`, went in as: `leased` holds,
+/// in order, whether each row that needed the per-key check
+/// ([`needs_key_check`]) went in leased; the others went in leased exactly
+/// when they had a lease.
+///
+/// # Errors
+///
+/// [`Error::Database`](txmsg_core::Error::Database) if `leased` does not
+/// hold one flag per checked row.
+pub fn inserted_with_commit(
+    rows: &[(&Envelope, Option<Lease>)],
+    leased: Vec<bool>,
+) -> Result<Vec<Inserted>> {
+    let checked = rows.iter().filter(|(e, l)| needs_key_check(e, *l)).count();
+    if leased.len() != checked {
+        return Err(txmsg_core::Error::Database(sqlx::Error::Protocol(format!(
+            "the outbox inserts of {checked} messages with an ordering key returned {} rows",
+            leased.len()
+        ))));
+    }
+    let mut leased = leased.into_iter();
+    Ok(rows
+        .iter()
+        .map(|(e, lease)| {
+            let went_in_leased = if needs_key_check(e, *lease) {
+                leased.next().unwrap_or(false)
+            } else {
+                lease.is_some()
+            };
+            went_in(went_in_leased)
+        })
+        .collect())
+}
+
+/// Runs `script` (several statements, values written in) on `conn` and
+/// returns, in order, the integer column `leased` of each row it returned
+/// that has one (not 0: leased); rows without the column are passed over.
+///
+/// # Errors
+///
+/// [`Error::Database`](txmsg_core::Error::Database) with the first
+/// statement's error that failed; the statements after it did not run.
+pub async fn run_script<D: Dialect>(conn: &mut Conn<D>, script: String) -> Result<Vec<bool>> {
+    use futures_util::TryStreamExt;
+    let mut leased = Vec::new();
+    let mut results = sqlx::raw_sql(sqlx::AssertSqlSafe(script)).fetch_many(D::executor(conn));
+    while let Some(result) = results.try_next().await? {
+        if let sqlx::Either::Right(row) = result {
+            match D::count(&row, "leased") {
+                Ok(n) => leased.push(n > 0),
+                // A row of another statement (a wake-up, a log record).
+                Err(txmsg_core::Error::Database(sqlx::Error::ColumnNotFound(_))) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(leased)
+}
+
+/// The first of `rows` whose (topic, idempotency key) a committed row
+/// holds, as [`Error::Duplicate`](txmsg_core::Error::Duplicate); `held`
+/// reads a row by topic and idempotency key. For a commit that failed on a
+/// unique key: run it after rolling back, so that it sees committed rows.
+///
+/// # Errors
+///
+/// [`Error::Database`](txmsg_core::Error::Database) if a read fails.
+pub async fn first_held<D: Dialect>(
+    conn: &mut Conn<D>,
+    held: &Stmt,
+    rows: &[(&Envelope, Option<Lease>)],
+) -> Result<Option<txmsg_core::Error>> {
+    for (envelope, _) in rows {
+        let key = [
+            Arg::Text(&envelope.topic),
+            Arg::Text(&envelope.idempotency_key),
+        ];
+        if held.fetch_optional::<D>(conn, &key).await?.is_some() {
+            return Ok(Some(txmsg_core::Error::duplicate_of(envelope)));
+        }
+    }
+    Ok(None)
+}
+
 /// The arguments of an outbox insert ([`OutboxInsert::insert`]) writing
 /// `envelope` with `lease`: id, topic, key, idempotency key, payload,
 /// headers, created at, expires at, lease owner, lease until.
