@@ -19,7 +19,8 @@ cargo test --doc --workspace --all-features
 cargo nextest run --workspace --all-features --profile "${NEXTEST_PROFILE:-default}" "$@"
 # The RocketMQ broker killed and started again under load: alone, since it
 # stops RocketMQ for every other test.
-cargo nextest run -p txmsg-tests --test rocketmq_restart --run-ignored only --profile "${NEXTEST_PROFILE:-default}"
+cargo nextest run --workspace --all-features --run-ignored only \
+  -E 'package(txmsg-tests) & binary(rocketmq_restart)' --profile "${NEXTEST_PROFILE:-default}"
 # A log capture slot invalidated by PostgreSQL: alone, since it lowers
 # max_slot_wal_keep_size for the whole server.
 cargo nextest run --workspace --all-features --run-ignored only \

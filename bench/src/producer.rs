@@ -576,12 +576,23 @@ async fn e2e_round<T: E2eTarget>(
                     .await?;
             // The round starts once the relay streams, as an in-process
             // relay does at once.
-            let ready = Instant::now() + Duration::from_secs(30);
-            while !handle.is_reading() && Instant::now() < ready {
+            // A slot read again starts from where its restart position
+            // is, and the server decodes the WAL written since (the other
+            // side's rounds included) before it sends anything new: the
+            // round starts once the relay has caught up with the WAL as
+            // it is now, as a relay that runs all along would be.
+            let now: i64 = sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0')::int8")
+                .fetch_one(&schema.pool)
+                .await?;
+            let now = u64::try_from(now)?;
+            let ready = Instant::now() + Duration::from_secs(60);
+            while !(handle.is_reading() && handle.confirmed_lsn() >= now)
+                && Instant::now() < ready
+            {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            if !handle.is_reading() {
-                return Err("the log relay did not read its slot within 30 s".into());
+            if !handle.is_reading() || handle.confirmed_lsn() < now {
+                return Err("the log relay did not catch up with its slot within 60 s".into());
             }
             log_relay = Some(handle);
             Outbox::new(&store)
