@@ -586,8 +586,7 @@ async fn e2e_round<T: E2eTarget>(
                 .await?;
             let now = u64::try_from(now)?;
             let ready = Instant::now() + Duration::from_secs(60);
-            while !(handle.is_reading() && handle.confirmed_lsn() >= now)
-                && Instant::now() < ready
+            while !(handle.is_reading() && handle.confirmed_lsn() >= now) && Instant::now() < ready
             {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
